@@ -1,0 +1,43 @@
+# Riskdesk: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run stop status test test-fast bench lint screenshots clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	@touch $(STAMP)
+
+## run: start embedded Redis (unless REDIS_URL is set), seed it if empty, start the daemons and the dashboard
+run: $(STAMP)
+	$(PY) launcher.py start
+
+## stop: stop everything `make run` started, by PID
+stop:
+	@if [ -x $(PY) ]; then $(PY) launcher.py stop; else echo "nothing to stop (no .venv)"; fi
+
+status: $(STAMP)
+	$(PY) launcher.py status
+
+## test: the whole suite against real servers it starts itself
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## test-fast: everything except the browser tests
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not browser"
+
+## bench: performance table, each figure beside a baseline measured in the same run
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy engine logic notifications
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info

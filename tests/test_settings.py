@@ -1,0 +1,90 @@
+"""Settings: the shipped riskdesk.toml loads, env overrides apply, bad values are refused with clear errors."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.settings import load_settings, settings_from_dict
+
+from .conftest import TEST_CONFIG, merge
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_settings_file_loads_and_is_frozen() -> None:
+    settings = load_settings(ROOT / "riskdesk.toml", env={})
+
+    assert settings.portfolio_ids == ("main", "hedge")
+    assert settings.model.ewma_decay == 0.94 and settings.model.bars_per_day == 390
+    assert isinstance(settings.portfolio("main").cash, Decimal)
+    assert settings.limits_for("hedge").var_limit == Decimal("40000")
+    assert settings.limits_for("hedge").var_confidence == settings.limits.var_confidence
+    with pytest.raises(AttributeError):
+        settings.model.ewma_decay = 0.5  # type: ignore[misc]
+
+
+def test_environment_overrides_win_over_the_file() -> None:
+    env = {
+        "RISKDESK__LIMITS__VAR_LIMIT": "75000",
+        "RISKDESK__MODEL__EWMA_DECAY": "0.97",
+        "REDIS_URL": "redis://:secret@127.0.0.1:6390/2",
+    }
+
+    settings = load_settings(ROOT / "riskdesk.toml", env=env)
+
+    assert settings.limits.var_limit == Decimal("75000")
+    assert settings.limits_for("main").var_limit == Decimal("75000")
+    assert settings.model.ewma_decay == 0.97
+    assert settings.redis.url == "redis://:secret@127.0.0.1:6390/2"
+
+
+def test_money_from_a_float_literal_is_exact() -> None:
+    settings = settings_from_dict(merge(TEST_CONFIG, {"fees": {"per_share": 0.1}}))
+    assert settings.fees.per_share == Decimal("0.1")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"model": {"ewma_decay": 1.0}}, "ewma_decay"),
+        ({"model": {"ewma_decay": 0.0}}, "ewma_decay"),
+        ({"limits": {"var_confidence": 1.5}}, "var_confidence"),
+        ({"limits": {"var_limit": -1}}, "var_limit"),
+        ({"limits": {"bogus": 1}}, "unknown setting"),
+        ({"universe": {"assets": {"BAD": {"price": -5.0, "annual_vol": 0.2}}}}, "price"),
+        ({"portfolios": [{"id": "x", "cash": "10", "holdings": {"ZZZ": 5}}]}, "outside the universe"),
+        ({"portfolios": [{"id": "x", "cash": "10", "holdings": {"AAA": -5}}]}, "short"),
+        ({"portfolios": [{"id": "x", "cash": "NaN"}]}, "finite"),
+        ({"portfolios": [{"id": "x", "cash": "10", "account_type": "crypto"}]}, "not one of"),
+        ({"model": {"bars_per_day": "many"}}, "integer"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_message_naming_the_setting(override, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict(merge(TEST_CONFIG, override))
+
+
+def test_a_missing_or_malformed_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits\nvar_limit = ")
+    with pytest.raises(ConfigError, match="TOML"):
+        load_settings(bad, env={})
+
+
+def test_no_limit_or_universe_constant_is_repeated_outside_the_settings() -> None:
+    """The defaults live in riskdesk.toml and engine/settings.py only."""
+    offenders = []
+    for path in list((ROOT / "engine").glob("*.py")) + list((ROOT / "logic").glob("*.py")):
+        if path.name in ("settings.py", "math_logic.py"):
+            continue  # math_logic's keyword defaults are the public API of SPEC.md section 3
+        text = path.read_text()
+        for needle in ("0.94", "= 390", "AAPL"):
+            if needle in text:
+                offenders.append(f"{path.name}: {needle}")
+    assert offenders == []

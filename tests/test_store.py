@@ -1,0 +1,196 @@
+"""The store against a real redis-server: codec round trips, corruption, schema guard, consistency."""
+
+from __future__ import annotations
+
+import pickle  # noqa: S403 - only to prove a pickled payload is refused, never loaded
+import struct
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from engine.errors import CorruptDataError, SchemaMismatchError, StoreEmptyError
+from engine.store import (
+    MARKET_KEY,
+    SCHEMA_KEY,
+    MarketSnapshot,
+    PortfolioKeys,
+    PortfolioState,
+    Position,
+    Store,
+    TradingState,
+    decode_array,
+    encode_array,
+)
+
+
+def _snapshot(n: int, version: int = 7, seed: int = 0) -> MarketSnapshot:
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n))
+    return MarketSnapshot(
+        version=version,
+        ts=1_700_000_000.25,
+        tickers=tuple(f"T{i}" for i in range(n)),
+        prices=rng.uniform(10, 500, n),
+        price_ts=np.full(n, 1_700_000_000.0),
+        cov=a @ a.T / n,
+    )
+
+
+def test_a_500_by_500_matrix_round_trips_bit_exact_through_redis(store: Store) -> None:
+    snap = _snapshot(500)
+    store.write_market(snap)
+
+    back = store.read_market()
+
+    assert back.version == 7 and back.ts == snap.ts and back.tickers == snap.tickers
+    assert back.cov.tobytes() == snap.cov.tobytes()
+    assert back.prices.tobytes() == snap.prices.tobytes()
+    assert back.cov.flags.writeable and back.cov.flags.c_contiguous
+
+
+def test_the_header_read_returns_prices_without_the_matrix(store: Store) -> None:
+    snap = _snapshot(20)
+    store.write_market(snap)
+
+    header = store.read_market_header()
+
+    assert not hasattr(header, "cov")
+    np.testing.assert_array_equal(header.prices, snap.prices)
+    assert store.read_market_version() == 7
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(lambda good: good[:-3], id="truncated"),
+        pytest.param(lambda good: good + b"\x00" * 8, id="too long"),
+        pytest.param(lambda good: good[:4] + b"<f4\x00" + good[8:], id="wrong dtype tag"),
+        pytest.param(lambda good: b"XXXX" + good[4:], id="bad magic"),
+        pytest.param(lambda good: good[:12] + struct.pack("<2Q", 3, 3) + good[28:], id="wrong shape"),
+        pytest.param(lambda good: good[:10], id="header only"),
+        pytest.param(lambda good: b"", id="empty"),
+    ],
+)
+def test_a_malformed_matrix_raises_the_typed_error_naming_the_fix(store: Store, payload) -> None:
+    snap = _snapshot(4)
+    store.write_market(snap)
+    good = encode_array(snap.cov)
+    store.client.hset(MARKET_KEY, "cov", payload(good))
+
+    with pytest.raises(CorruptDataError) as info:
+        store.read_market()
+
+    assert info.value.code == "STORE_CORRUPT"
+    assert "warmup.py" in str(info.value)
+
+
+class _Boom:
+    """Unpickling this would run code; the codec must never get that far."""
+
+    def __reduce__(self):  # pragma: no cover - must never run
+        return (exec, ("import sys; sys.exit('pickle was executed')",))
+
+
+@pytest.mark.parametrize("field", ["cov", "prices", "price_ts", "tickers", "version", "ts"])
+def test_a_pickled_payload_in_any_market_field_is_refused_and_never_executed(store: Store, field: str) -> None:
+    store.write_market(_snapshot(3))
+    store.client.hset(MARKET_KEY, field, pickle.dumps(_Boom()))
+
+    with pytest.raises(CorruptDataError):
+        store.read_market()
+
+
+def test_a_pickled_payload_in_portfolio_keys_is_refused(store: Store) -> None:
+    keys = PortfolioKeys("main")
+    state = PortfolioState("main", "cash", Decimal("100.00"), {"AAA": Position(5, Decimal("10.5"))})
+    store.write_portfolio(state)
+    store.client.hset(keys.positions, "AAA", pickle.dumps(_Boom()))
+
+    with pytest.raises(CorruptDataError):
+        store.read_portfolio("main")
+
+    store.write_portfolio(state)
+    store.client.hset(keys.state, "cash", pickle.dumps(Decimal("1")))
+    with pytest.raises(CorruptDataError):
+        store.read_portfolio("main")
+
+
+def test_a_portfolio_round_trips_with_exact_money(store: Store) -> None:
+    state = PortfolioState(
+        "main",
+        "margin",
+        Decimal("1000000.10"),
+        {"AAA": Position(-300, Decimal("101.333333333333333333"), Decimal("-0.01")), "BBB": Position(7, Decimal("0.1"))},
+        realized_pnl=Decimal("0.30"),
+        fees_paid=Decimal("12.345"),
+        updated_at=12.5,
+    )
+    store.write_portfolio(state)
+
+    back = store.read_portfolio("main")
+
+    assert back == state
+    assert store.portfolio_ids() == ["main"]
+
+
+def test_a_missing_portfolio_or_market_raises_store_empty_with_the_warmup_fix(store: Store) -> None:
+    with pytest.raises(StoreEmptyError, match="warmup.py"):
+        store.read_portfolio("nope")
+    with pytest.raises(StoreEmptyError):
+        store.read_market()
+    with pytest.raises(StoreEmptyError):
+        store.require_schema()
+
+
+def test_a_store_written_by_another_layout_version_is_refused(store: Store) -> None:
+    store.client.set(SCHEMA_KEY, 999)
+
+    with pytest.raises(SchemaMismatchError) as info:
+        store.require_schema()
+
+    assert info.value.code == "SCHEMA_MISMATCH"
+
+
+def test_nan_or_non_numeric_money_is_corrupt(store: Store) -> None:
+    store.write_portfolio(PortfolioState("main", "cash", Decimal("1"), {}))
+    for bad in (b"NaN", b"Infinity", b"12,5", b"\xff"):
+        store.client.hset(PortfolioKeys("main").state, "cash", bad)
+        with pytest.raises(CorruptDataError):
+            store.read_portfolio("main")
+
+
+def test_an_unknown_trading_state_is_corrupt_so_callers_fail_closed(store: Store) -> None:
+    store.write_trading_state("main", TradingState("ACTIVE", "ok", "me", 1.0))
+    assert store.read_trading_state("main").state == "ACTIVE"
+
+    store.client.hset(PortfolioKeys("main").trading_state, "state", "YOLO")
+
+    with pytest.raises(CorruptDataError):
+        store.read_trading_state("main")
+
+
+def test_portfolio_keys_share_one_hash_tag() -> None:
+    keys = PortfolioKeys("desk-1")
+    assert all(key.startswith("pf:{desk-1}:") for key in keys.all())
+    assert len(set(keys.all())) == len(keys.all())
+
+
+def test_encode_array_refuses_scalars_and_decode_checks_expected_shape() -> None:
+    with pytest.raises(ValueError):
+        encode_array(np.float64(1.0))
+    blob = encode_array(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(decode_array(blob), np.arange(6.0).reshape(2, 3))
+    with pytest.raises(CorruptDataError):
+        decode_array(blob, shape=(3, 2))
+
+
+def test_audit_records_read_back_newest_first(store: Store) -> None:
+    key = PortfolioKeys("main").audit
+    for i in range(5):
+        store.append_audit(key, {"n": i, "amount": Decimal("1.10")})
+
+    records = store.read_stream_json(key, count=3)
+
+    assert [r["n"] for r in records] == [4, 3, 2]
+    assert records[0]["amount"] == "1.10"

@@ -1,0 +1,322 @@
+"""Seed (or re-seed, or grow) the Riskdesk store from the settings.
+
+Usage::
+
+    python warmup.py                       # seed an empty store; on a seeded one add only what is new
+    python warmup.py --history prices.csv  # estimate the EWMA covariance from a price history instead
+    python warmup.py --reset [--yes]       # wipe every Riskdesk key and seed again
+    python warmup.py --add-ticker IBM --price 180 --vol 0.22   # grow the universe, keep holdings and history
+
+Idempotent: running it twice changes nothing the second time and says so. Exit status 0 on success, 2 on bad
+input or an unreachable store, with the reason on stderr.
+
+The history CSV is wide: a ``date`` column then one column of closes per ticker (one-minute bars, or any
+regular bars: they are treated as model bars). Every universe ticker must have a column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from engine import math_logic
+from engine.errors import RiskdeskError
+from engine.redis_server import connect
+from engine.settings import Settings, load_settings, valid_symbol
+from engine.store import (
+    GLOBAL_AUDIT_KEY,
+    MARKET_KEY,
+    REFERENCE_KEY,
+    STRESSED_KEY,
+    MarketSnapshot,
+    PortfolioKeys,
+    PortfolioState,
+    Position,
+    Store,
+    TradingState,
+)
+
+ACTOR = "warmup"
+
+
+class WarmupError(RiskdeskError):
+    code = "WARMUP_INPUT"
+    fix = "see `python warmup.py --help`"
+
+
+@dataclass(frozen=True)
+class SeedMarket:
+    tickers: tuple[str, ...]
+    prices: np.ndarray
+    cov: np.ndarray
+
+
+def per_bar_vols(settings: Settings, annual_vols: Sequence[float]) -> np.ndarray:
+    """Annual volatility -> one-bar (one-minute) volatility."""
+    return np.asarray(annual_vols, dtype=float) / math.sqrt(settings.model.bars_per_year)
+
+
+def market_from_settings(settings: Settings) -> SeedMarket:
+    assets = settings.universe.assets
+    tickers = tuple(assets)
+    vols = per_bar_vols(settings, [a.annual_vol for a in assets.values()])
+    cov = math_logic.covariance_from_vols_and_correlation(vols, settings.universe.correlation)
+    prices = np.array([a.price for a in assets.values()], dtype=float)
+    return SeedMarket(tickers, prices, cov)
+
+
+def read_history(path: Path, settings: Settings) -> SeedMarket:
+    """Estimate the seed covariance from a wide CSV of closes with the settings' EWMA decay."""
+    if not path.is_file():
+        raise WarmupError(f"history file {path} not found")
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 3:
+        raise WarmupError(f"{path}: need a header and at least two rows of prices")
+    header = [h.strip() for h in rows[0]]
+    if not header or header[0].lower() not in ("date", "timestamp", "time"):
+        raise WarmupError(f"{path}: first column must be 'date' (wide format: date, then one column per ticker)")
+    columns = header[1:]
+    unknown = sorted(set(columns) - set(settings.universe.assets))
+    if unknown:
+        raise WarmupError(f"{path}: tickers not in the universe: {unknown}; add them to riskdesk.toml first")
+    missing = sorted(set(settings.universe.assets) - set(columns))
+    if missing:
+        raise WarmupError(f"{path}: no price column for {missing}")
+    values = np.empty((len(rows) - 1, len(columns)))
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise WarmupError(f"{path}:{i}: expected {len(header)} fields, found {len(row)}")
+        for j, cell in enumerate(row[1:]):
+            try:
+                price = float(cell)
+            except ValueError:
+                raise WarmupError(f"{path}:{i}: {columns[j]} price {cell!r} is not a number") from None
+            if not math.isfinite(price) or price <= 0:
+                raise WarmupError(f"{path}:{i}: {columns[j]} price {cell!r} must be positive and finite")
+            values[i - 2, j] = price
+    order = [columns.index(t) for t in settings.universe.assets]
+    values = values[:, order]
+    returns = np.log(values[1:] / values[:-1])
+    cov = math_logic.ewma_covariance_from_returns(returns, decay=settings.model.ewma_decay)
+    return SeedMarket(tuple(settings.universe.assets), values[-1].copy(), cov)
+
+
+def _initial_portfolio(settings: Settings, portfolio_id: str, prices: dict[str, float], now: float) -> PortfolioState:
+    cfg = settings.portfolio(portfolio_id)
+    positions = {
+        ticker: Position(qty=qty, avg_price=Decimal(str(prices[ticker])))
+        for ticker, qty in cfg.holdings.items()
+        if qty != 0
+    }
+    return PortfolioState(
+        portfolio_id=cfg.id,
+        account_type=cfg.account_type,
+        cash=cfg.cash,
+        positions=positions,
+        initial_margin=cfg.initial_margin,
+        maintenance_margin=cfg.maintenance_margin,
+        updated_at=now,
+    )
+
+
+def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None, now: float | None = None) -> list[str]:
+    """Seed what is missing and return a list of what changed (empty when nothing did).
+
+    An empty store gets the market snapshot (version 0), the stressed matrix, the reference prices, every
+    configured portfolio with trading state ACTIVE, and the schema key, in one transaction. A seeded store
+    gets only the configured portfolios and universe tickers it does not have yet.
+    """
+    now = time.time() if now is None else now
+    if store.schema_version() is not None:
+        store.require_schema()
+        return _grow(store, settings, now)
+    market = history or market_from_settings(settings)
+    snap = MarketSnapshot(
+        version=0,
+        ts=now,
+        tickers=market.tickers,
+        prices=market.prices,
+        price_ts=np.full(len(market.tickers), now),
+        cov=market.cov,
+    )
+    prices = dict(zip(market.tickers, market.prices.tolist(), strict=True))
+    pipe = store.client.pipeline(transaction=True)
+    store.write_market(snap, pipe)
+    _write_stressed(store, settings, snap, pipe)
+    store.write_reference_prices(market.tickers, market.prices, now, pipe)
+    for pid in settings.portfolio_ids:
+        _write_new_portfolio(store, settings, pid, prices, now, pipe)
+    store.write_schema(pipe)
+    store.append_audit(GLOBAL_AUDIT_KEY, {"ts": now, "actor": ACTOR, "action": "seed"}, pipe)
+    pipe.execute()
+    changed = [f"market: {len(market.tickers)} tickers, covariance {'from history' if history else 'from settings'}"]
+    changed += [f"portfolio {pid}" for pid in settings.portfolio_ids]
+    return changed
+
+
+def _write_stressed(store: Store, settings: Settings, snap: MarketSnapshot, pipe: object) -> None:
+    stressed = math_logic.build_stressed_covariance(
+        snap.cov,
+        vol_multiplier=settings.model.stress_vol_multiplier,
+        correlation_floor=settings.model.stress_correlation_floor,
+    )
+    store.write_stressed(snap.version, snap.tickers, stressed, pipe)
+
+
+def _write_new_portfolio(
+    store: Store, settings: Settings, pid: str, prices: dict[str, float], now: float, pipe: object
+) -> None:
+    store.write_portfolio(_initial_portfolio(settings, pid, prices, now), pipe)
+    state = TradingState(state="ACTIVE", reason="seeded by warm-up", actor=ACTOR, ts=now)
+    store.write_trading_state(pid, state, pipe)
+    store.append_audit(PortfolioKeys(pid).audit, {"ts": now, "actor": ACTOR, "action": "seed", "state": "ACTIVE"}, pipe)
+
+
+def _grow(store: Store, settings: Settings, now: float) -> list[str]:
+    changed: list[str] = []
+    header = store.read_market_header()
+    for ticker, asset in settings.universe.assets.items():
+        if ticker not in header.tickers:
+            add_ticker(store, settings, ticker, asset.price, asset.annual_vol, now=now)
+            changed.append(f"ticker {ticker}")
+    existing = set(store.portfolio_ids())
+    header = store.read_market_header()
+    prices = dict(zip(header.tickers, header.prices.tolist(), strict=True))
+    for pid in settings.portfolio_ids:
+        if pid not in existing:
+            pipe = store.client.pipeline(transaction=True)
+            _write_new_portfolio(store, settings, pid, prices, now, pipe)
+            pipe.execute()
+            changed.append(f"portfolio {pid}")
+    return changed
+
+
+def add_ticker(
+    store: Store, settings: Settings, symbol: str, price: float, annual_vol: float, *, now: float | None = None
+) -> int:
+    """Grow the universe by one ticker without touching holdings or history; returns the new version.
+
+    The new row of the covariance uses the settings' target correlation with every existing ticker. The
+    snapshot version is bumped so that cached matrices are reloaded and the stream daemon picks the ticker up.
+    """
+    now = time.time() if now is None else now
+    if not valid_symbol(symbol):
+        raise WarmupError(f"invalid ticker symbol {symbol!r}")
+    if not (math.isfinite(price) and price > 0):
+        raise WarmupError(f"price for {symbol} must be positive and finite, got {price}")
+    if not (math.isfinite(annual_vol) and annual_vol > 0):
+        raise WarmupError(f"annual vol for {symbol} must be positive and finite, got {annual_vol}")
+    vol = float(per_bar_vols(settings, [annual_vol])[0])
+    while True:
+        with store.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY)
+                snap = store.read_market(pipe)
+                if symbol in snap.tickers:
+                    raise WarmupError(f"{symbol} is already in the universe")
+                n = len(snap.tickers)
+                old_vols = np.sqrt(np.clip(np.diag(snap.cov), 0.0, None))
+                cov = np.zeros((n + 1, n + 1))
+                cov[:n, :n] = snap.cov
+                cross = settings.universe.correlation * old_vols * vol
+                cov[n, :n] = cross
+                cov[:n, n] = cross
+                cov[n, n] = vol * vol
+                grown = MarketSnapshot(
+                    version=snap.version + 1,
+                    ts=now,
+                    tickers=(*snap.tickers, symbol),
+                    prices=np.append(snap.prices, price),
+                    price_ts=np.append(snap.price_ts, now),
+                    cov=cov,
+                )
+                try:
+                    reference = store.read_reference_prices(pipe)
+                except RiskdeskError:
+                    reference = {}
+                reference[symbol] = price
+                pipe.multi()
+                store.write_market(grown, pipe)
+                _write_stressed(store, settings, grown, pipe)
+                store.write_reference_prices(
+                    tuple(reference), np.array(list(reference.values()), dtype=float), now, pipe
+                )
+                store.append_audit(
+                    GLOBAL_AUDIT_KEY,
+                    {"ts": now, "actor": ACTOR, "action": "add_ticker", "ticker": symbol, "price": price,
+                     "annual_vol": annual_vol},
+                    pipe,
+                )  # fmt: skip
+                pipe.execute()
+                return grown.version
+            except redis.WatchError:
+                continue  # the daemon wrote a bar meanwhile: grow the newer snapshot
+
+
+def reset(store: Store) -> int:
+    """Delete every Riskdesk key; returns how many were deleted."""
+    keys = store.all_keys()
+    if keys:
+        store.client.delete(*keys)
+    return len(keys)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
+    parser.add_argument("--history", type=Path, help="wide CSV of closes to estimate the covariance from")
+    parser.add_argument("--reset", action="store_true", help="wipe every Riskdesk key and seed again")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation with --reset")
+    parser.add_argument("--add-ticker", metavar="SYMBOL", help="add one ticker to the universe")
+    parser.add_argument("--price", type=float, help="initial price of --add-ticker")
+    parser.add_argument("--vol", type=float, help="annual volatility of --add-ticker, e.g. 0.25")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        store = Store(connect(settings))
+        store.ping()
+        if args.add_ticker:
+            if args.price is None or args.vol is None:
+                raise WarmupError("--add-ticker needs --price and --vol")
+            version = add_ticker(store, settings, args.add_ticker, args.price, args.vol)
+            print(f"added {args.add_ticker} at {args.price} (annual vol {args.vol}); market version {version}")
+            return 0
+        history = read_history(args.history, settings) if args.history else None
+        if args.reset:
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    raise WarmupError("--reset wipes the store: confirm with --yes when not on a terminal")
+                answer = input("This deletes every trade, alert and history point. Type 'reset' to go on: ")
+                if answer.strip() != "reset":
+                    print("reset cancelled; nothing changed")
+                    return 1
+            print(f"deleted {reset(store)} keys")
+        elif history is not None and store.schema_version() is not None:
+            raise WarmupError("the store is already seeded: use --reset to re-seed it from --history")
+        changed = seed(store, settings, history=history)
+    except RiskdeskError as exc:
+        print(f"warmup: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"warmup: error [STORE_UNAVAILABLE]: cannot reach Redis ({exc}); start it with `make run`", file=sys.stderr)
+        return 2
+    if changed:
+        print("warmup: seeded " + "; ".join(changed))
+    else:
+        print("warmup: store already seeded; nothing changed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
