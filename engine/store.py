@@ -597,6 +597,15 @@ class Store:
             return None
         return {decode_str(k): decode_str(v) for k, v in raw.items()}
 
+    # -- ticks, history, snapshots (engine/stream.py, logic/monitor.py) --------------------------------------
+    # (section owned by the stream/monitor work: add its methods here)
+
+    # -- trading (logic/risk_manager.py) ---------------------------------------------------------------------
+    # (section owned by the pre-trade/execution work: add its methods here)
+
+    # -- alerts and notifications (logic/alerts.py, logic/escalation.py, notifications/) ----------------------
+    # (section owned by the alerts work: add its methods here)
+
     # -- maintenance -----------------------------------------------------------------------------------------
     def is_seeded(self) -> bool:
         return self.schema_version() is not None and self.client.exists(MARKET_KEY) == 1
