@@ -8,11 +8,13 @@ store          :class:`engine.store.Store` over ``redis_client``
 settings       small deterministic :class:`Settings` (4 tickers, a cash and a margin portfolio)
 seeded_store   ``store`` after :func:`warmup.seed` with ``settings``
 make_settings  build Settings from ``TEST_CONFIG`` with overrides (nested dicts are merged)
+config_file    ``TEST_CONFIG`` written to a TOML file (for subprocesses: RISKDESK_CONFIG)
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -67,6 +69,25 @@ TEST_CONFIG: dict[str, Any] = {
 }
 
 
+def to_toml(data: dict[str, Any]) -> str:
+    """Write a settings dict as TOML (inline tables), so subprocess tests can get it via RISKDESK_CONFIG."""
+
+    def inline(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(inline(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{json.dumps(str(k))} = {inline(v)}" for k, v in value.items()) + " }"
+        raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+    return "\n".join(f"{key} = {inline(value)}" for key, value in data.items()) + "\n"
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -117,6 +138,13 @@ def make_settings() -> Callable[..., Settings]:
         return settings_from_dict(merge(TEST_CONFIG, override or {}))
 
     return build
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "riskdesk.toml"
+    path.write_text(to_toml(TEST_CONFIG))
+    return path
 
 
 @pytest.fixture

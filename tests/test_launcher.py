@@ -1,0 +1,66 @@
+"""`make run` / `make stop` as a newcomer uses them: the launcher on a temporary data directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from engine.store import Store
+
+from .conftest import TEST_CONFIG, merge, to_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _launcher(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("RISKDESK")}
+    return subprocess.run(
+        [sys.executable, "launcher.py", *args, "--config", str(config)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_run_starts_one_redis_seeds_it_and_stop_stops_everything_by_pid(tmp_path: Path) -> None:
+    data_dir = tmp_path / "v"
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(merge(TEST_CONFIG, {"redis": {"data_dir": str(data_dir)},
+                                                  "dashboard": {"port": 18531}})))  # fmt: skip
+    try:
+        first = _launcher("start", config=config)
+        assert first.returncode == 0, first.stderr
+        assert "redis      started" in first.stdout
+        assert "seeded" in first.stdout
+        pid = int((data_dir / "redis.pid").read_text())
+        client = redis.Redis(unix_socket_path=str(data_dir / "redis.sock"))
+        assert Store(client).is_seeded()
+        assert client.config_get("appendonly")["appendonly"] == b"yes"
+        assert client.config_get("port")["port"] == b"0"  # no TCP listener
+
+        second = _launcher("start", config=config)
+        assert second.returncode == 0, second.stderr
+        assert "already running" in second.stdout
+        assert "already seeded" in second.stdout
+        assert int((data_dir / "redis.pid").read_text()) == pid
+        service_pids = [int(p.read_text()) for p in (data_dir / "run").glob("*.pid")]
+    finally:
+        stopped = _launcher("stop", config=config)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "redis      stopped" in stopped.stdout
+    for p in [pid, *service_pids]:
+        try:
+            os.kill(p, 0)
+            alive = not _is_zombie(p)
+        except ProcessLookupError:
+            alive = False
+        assert not alive, f"pid {p} still running after stop"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
