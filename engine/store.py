@@ -605,6 +605,112 @@ class Store:
 
     # -- alerts and notifications (logic/alerts.py, logic/escalation.py, notifications/) ----------------------
     # (section owned by the alerts work: add its methods here)
+    #
+    # Keys of this section (besides PortfolioKeys.alerts / alert_log / deliveries and RULES_KEY):
+    #   rd:rules_version               string   bumped by every rule edit (engines reload their rule cache)
+    #   rd:notify_lock                 string   lease of the process flushing notifications (SET NX PX)
+    #   rd:nrate:<sha1 of target>      zset     send times per recipient address (per-recipient rate limit)
+    #   pf:{<id>}:alert_eval           hash     rule id -> JSON pending/clear timers of the rule
+    #   pf:{<id>}:outbox               hash     delivery id -> JSON notification waiting to be sent
+    #   pf:{<id>}:notify               hash     target -> JSON group state (last sent, deferral)
+    #   pf:{<id>}:actions              hash     action id -> JSON automated response waiting to run
+    # Every per-portfolio key shares the portfolio's hash tag, so an alert transition, its notifications and
+    # its pending actions are written in one MULTI transaction.
+
+    RULES_VERSION_KEY = "rd:rules_version"
+    NOTIFY_LOCK_KEY = "rd:notify_lock"
+
+    @staticmethod
+    def alert_eval_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id)._key("alert_eval")
+
+    @staticmethod
+    def outbox_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id)._key("outbox")
+
+    @staticmethod
+    def notify_state_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id)._key("notify")
+
+    @staticmethod
+    def actions_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id)._key("actions")
+
+    @staticmethod
+    def notify_rate_key(target: str) -> str:
+        import hashlib
+
+        return "rd:nrate:" + hashlib.sha1(target.encode("utf-8")).hexdigest()[:20]
+
+    def read_json_hash(self, key: str, conn: Conn = None) -> dict[str, Any]:
+        """Every field of a hash whose values are JSON objects, decoded (``{}`` when the key is missing)."""
+        raw = (conn or self.client).hgetall(key)
+        out: dict[str, Any] = {}
+        for name, value in raw.items():
+            field_name = decode_str(name, key=key)
+            out[field_name] = decode_json(value, key=f"{key}.{field_name}")
+        return out
+
+    def write_json_fields(self, key: str, mapping: Mapping[str, Any], pipe: Conn = None) -> None:
+        if mapping:
+            (pipe or self.client).hset(key, mapping={k: encode_json(v) for k, v in mapping.items()})
+
+    def delete_fields(self, key: str, names: Iterable[str], pipe: Conn = None) -> None:
+        names = list(names)
+        if names:
+            (pipe or self.client).hdel(key, *names)
+
+    def read_rules_version(self, conn: Conn = None) -> int:
+        raw = (conn or self.client).get(self.RULES_VERSION_KEY)
+        return 0 if raw is None else decode_int(raw, key=self.RULES_VERSION_KEY)
+
+    def bump_rules_version(self, pipe: Conn = None) -> None:
+        (pipe or self.client).incr(self.RULES_VERSION_KEY)
+
+    def read_rule_overrides(self, conn: Conn = None) -> dict[str, Any]:
+        """Run-time rule edits: rule id -> JSON ``{"rule": {...}}`` or ``{"deleted": true}``."""
+        return self.read_json_hash(RULES_KEY, conn)
+
+    def write_rule_override(self, rule_id: str, payload: Mapping[str, Any] | None, pipe: Conn = None) -> None:
+        """Store a run-time rule edit; ``None`` drops it (the settings default applies again)."""
+        c = pipe or self.client
+        if payload is None:
+            c.hdel(RULES_KEY, rule_id)
+        else:
+            c.hset(RULES_KEY, rule_id, encode_json(dict(payload)))
+
+    def read_active_alerts(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any]:
+        """Rule id -> JSON record of the portfolio's active (not yet resolved) alert."""
+        return self.read_json_hash(PortfolioKeys(portfolio_id).alerts, conn)
+
+    def append_alert_log(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
+        self.append_audit(PortfolioKeys(portfolio_id).alert_log, record, pipe)
+
+    def append_delivery(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
+        self.append_audit(PortfolioKeys(portfolio_id).deliveries, record, pipe, maxlen=50_000)
+
+    def count_recent_sends(self, target: str, since: float, conn: Conn = None) -> int:
+        return int((conn or self.client).zcount(self.notify_rate_key(target), f"({since!r}", "+inf"))
+
+    def record_send(self, target: str, ts: float, window_seconds: float, pipe: Conn = None) -> None:
+        """Remember one message sent to ``target`` at ``ts`` (entries older than the window are dropped)."""
+        c = pipe or self.client
+        key = self.notify_rate_key(target)
+        c.zadd(key, {f"{ts!r}:{time.perf_counter_ns()}": ts})
+        c.zremrangebyscore(key, "-inf", f"({ts - window_seconds!r}")
+        c.expire(key, max(1, int(math.ceil(window_seconds)) + 60))
+
+    def acquire_notify_lock(self, token: str, ttl_seconds: float) -> bool:
+        """Take the notification flush lease (one flushing process at a time); True when taken."""
+        return bool(self.client.set(self.NOTIFY_LOCK_KEY, token, nx=True, px=max(1, int(ttl_seconds * 1000))))
+
+    # KEYS[1] = the lock key; ARGV[1] = the caller's token. Deletes the lock only when the caller holds it.
+    _RELEASE_LOCK_LUA = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+    )
+
+    def release_notify_lock(self, token: str) -> None:
+        self.client.eval(self._RELEASE_LOCK_LUA, 1, self.NOTIFY_LOCK_KEY, token)
 
     # -- maintenance -----------------------------------------------------------------------------------------
     def is_seeded(self) -> bool:
