@@ -35,20 +35,28 @@ not decode raises :class:`~engine.errors.CorruptDataError` and is never executed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
-from engine.errors import CorruptDataError, SchemaMismatchError, StoreEmptyError, StoreUnavailableError
+from engine.errors import (
+    CorruptDataError,
+    SchemaMismatchError,
+    StoreEmptyError,
+    StoreError,
+    StoreUnavailableError,
+)
 
 SCHEMA_VERSION = 1
 
@@ -544,18 +552,7 @@ class Store:
     # -- trading state ---------------------------------------------------------------------------------------
     def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingState:
         key = PortfolioKeys(portfolio_id).trading_state
-        raw = (conn or self.client).hgetall(key)
-        if not raw:
-            raise StoreEmptyError(f"{key} is missing")
-        state = decode_str(raw.get(b"state"), key=f"{key}.state")
-        if state not in TRADING_STATES:
-            raise CorruptDataError(f"{key}.state: unknown trading state {state!r}")
-        return TradingState(
-            state=state,
-            reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
-            actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
-            ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
-        )
+        return self._decode_trading_state(key, (conn or self.client).hgetall(key))
 
     def write_trading_state(self, portfolio_id: str, ts_: TradingState, pipe: Conn = None) -> None:
         if ts_.state not in TRADING_STATES:
@@ -602,6 +599,179 @@ class Store:
 
     # -- trading (logic/risk_manager.py) ---------------------------------------------------------------------
     # (section owned by the pre-trade/execution work: add its methods here)
+    #
+    # A fill is one MULTI/EXEC over keys of one portfolio (one hash tag, so one Cluster slot), run by
+    # logic/risk_manager.py after WATCHing :meth:`trading_watch_keys`: state scalars, the position, the trade
+    # log record, the idempotency record under the client order id and the order-rate entry.
+
+    def trading_watch_keys(self, portfolio_id: str) -> tuple[str, ...]:
+        """The keys a fill reads and writes; WATCH them all before re-checking a trade."""
+        keys = PortfolioKeys(portfolio_id)
+        return (keys.state, keys.positions, keys.trading_state, keys.orders, keys.rate)
+
+    def read_trade_view(
+        self,
+        portfolio_id: str,
+        rate_since: float,
+        client_order_id: str | None = None,
+        memo: dict[Any, Any] | None = None,
+    ) -> TradeView:
+        """Market header, reference prices, portfolio, trading state, recent order count and the idempotency
+        record of ``client_order_id``, in ONE round trip.
+
+        The reads run in one MULTI/EXEC, so they are one consistent snapshot of the store; a caller that has
+        WATCHed :meth:`trading_watch_keys` on another connection first knows its EXEC fails if any of them
+        changed since. A part that is missing or does not decode is ``None`` with its typed error in
+        ``errors`` (the caller fails closed). ``memo`` is a caller-owned dict in which decoded tickers,
+        reference prices and positions are kept keyed by their raw bytes, so an unchanged value is not decoded
+        twice (a big book has hundreds of JSON positions).
+        """
+        keys = PortfolioKeys(portfolio_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts"])
+        pipe.hmget(REFERENCE_KEY, ["tickers", "prices"])
+        pipe.hgetall(keys.state)
+        pipe.hgetall(keys.positions)
+        pipe.hgetall(keys.trading_state)
+        pipe.zcount(keys.rate, repr(float(rate_since)), "+inf")
+        if client_order_id is not None:
+            pipe.hget(keys.orders, client_order_id)
+        try:
+            raw_market, raw_ref, raw_state, raw_positions, raw_trading, recent, *raw_order = pipe.execute()
+        except redis.RedisError as exc:
+            raise _redis_failure(exc) from exc
+        memo = {} if memo is None else memo
+        if len(memo) > 256:  # bounded: a long-running process sees many versions of the reference prices
+            memo.clear()
+        errors: dict[str, StoreError] = {}
+        header = _try(errors, "market", lambda: self._decode_header_memo(raw_market, memo))
+        reference = _try(errors, "reference", lambda: self._decode_reference_memo(raw_ref, memo))
+        positions_key = tuple(raw_positions.items())
+        portfolio = _try(
+            errors, "portfolio",
+            lambda: self._decode_portfolio_memo(portfolio_id, raw_state, positions_key, memo),
+        )  # fmt: skip
+        trading = _try(
+            errors, "trading_state", lambda: self._decode_trading_state(keys.trading_state, raw_trading)
+        )
+        order = None
+        if raw_order and raw_order[0] is not None:
+            where = f"{keys.orders}.{client_order_id}"
+            order = _try(errors, "order", lambda: _decode_object(raw_order[0], where))
+        return TradeView(header, reference, portfolio, positions_key, trading, int(recent), order, errors)
+
+    def write_fill(
+        self,
+        portfolio: PortfolioState,
+        ticker: str,
+        position: Position,
+        record: Mapping[str, Any],
+        *,
+        trade_id: str,
+        client_order_id: str | None,
+        ts: float,
+        rate_window_seconds: float,
+        pipe: Conn,
+    ) -> None:
+        """Queue every write of one fill on ``pipe`` (a MULTI): the caller executes it.
+
+        ``portfolio`` carries the new cash, realized P&L, fees and time; ``position`` the new position of
+        ``ticker`` (removed when flat with no realized P&L); ``record`` is appended to the trade log and,
+        with a ``client_order_id``, stored as that order's idempotency record.
+        """
+        keys = PortfolioKeys(portfolio.portfolio_id)
+        pipe.hset(
+            keys.state,
+            mapping={
+                "cash": str(portfolio.cash),
+                "realized_pnl": str(portfolio.realized_pnl),
+                "fees_paid": str(portfolio.fees_paid),
+                "updated_at": repr(float(portfolio.updated_at)),
+            },
+        )
+        if position.qty == 0 and position.realized_pnl == 0:
+            pipe.hdel(keys.positions, ticker)
+        else:
+            pipe.hset(keys.positions, ticker, position.to_json())
+        payload = encode_json(dict(record))
+        pipe.xadd(keys.trades, {"json": payload}, maxlen=TRADE_LOG_MAXLEN, approximate=True)
+        if client_order_id is not None:
+            pipe.hset(keys.orders, client_order_id, payload)
+        pipe.zadd(keys.rate, {trade_id: float(ts)})
+        pipe.zremrangebyscore(keys.rate, "-inf", f"({float(ts) - rate_window_seconds!r}")
+
+    def append_trade_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
+        """Append a record (e.g. a rejected order) to the portfolio's trade log."""
+        (pipe or self.client).xadd(
+            PortfolioKeys(portfolio_id).trades, {"json": encode_json(dict(record))},
+            maxlen=TRADE_LOG_MAXLEN, approximate=True,
+        )  # fmt: skip
+
+    def read_trade_log(
+        self, portfolio_id: str, count: int = 100, newest_first: bool = True, conn: Conn = None
+    ) -> list[dict[str, Any]]:
+        """The trade log: fills and rejected orders, newest first, each with its stream ``id``."""
+        return self.read_stream_json(PortfolioKeys(portfolio_id).trades, count, newest_first, conn)
+
+    def read_order(self, portfolio_id: str, client_order_id: str, conn: Conn = None) -> dict[str, Any] | None:
+        """The stored result of ``client_order_id``, or None when no fill claimed that id."""
+        key = PortfolioKeys(portfolio_id).orders
+        raw = (conn or self.client).hget(key, client_order_id)
+        return None if raw is None else _decode_object(raw, f"{key}.{client_order_id}")
+
+    def _decode_header_memo(self, raw: list[Any], memo: dict[Any, Any]) -> MarketHeader:
+        if raw[0] is None:
+            raise StoreEmptyError("no market snapshot in the store")
+        tickers = _memo(memo, ("tickers", raw[2]), lambda: _decode_tickers(raw[2], MARKET_KEY))
+        n = len(tickers)
+        return MarketHeader(
+            version=decode_int(raw[0], key=f"{MARKET_KEY}.version"),
+            ts=decode_float(raw[1], key=f"{MARKET_KEY}.ts"),
+            tickers=tickers,
+            prices=decode_array(raw[3], key=f"{MARKET_KEY}.prices", shape=(n,)),
+            price_ts=decode_array(raw[4], key=f"{MARKET_KEY}.price_ts", shape=(n,)),
+        )
+
+    def _decode_reference_memo(self, raw: list[Any], memo: dict[Any, Any]) -> Mapping[str, float]:
+        if raw[0] is None:
+            raise StoreEmptyError("no reference prices in the store")
+
+        def decode() -> Mapping[str, float]:
+            tickers = _decode_tickers(raw[0], REFERENCE_KEY)
+            prices = decode_array(raw[1], key=f"{REFERENCE_KEY}.prices", shape=(len(tickers),))
+            return MappingProxyType(dict(zip(tickers, prices.tolist(), strict=True)))
+
+        return _memo(memo, ("reference", raw[0], raw[1]), decode)
+
+    def _decode_portfolio_memo(
+        self,
+        portfolio_id: str,
+        state: Mapping[bytes, bytes],
+        positions_key: tuple[tuple[bytes, bytes], ...],
+        memo: dict[Any, Any],
+    ) -> PortfolioState:
+        if not state:
+            raise StoreEmptyError(f"portfolio {portfolio_id!r} is not in the store")
+        # positions are decoded once per distinct raw content (hundreds of JSON fields on a big book)
+        cached = memo.get(("positions", portfolio_id, positions_key))
+        if cached is None:
+            decoded = self._decode_portfolio(portfolio_id, state, dict(positions_key))
+            memo[("positions", portfolio_id, positions_key)] = MappingProxyType(dict(decoded.positions))
+            return decoded
+        return dataclasses.replace(self._decode_portfolio(portfolio_id, state, {}), positions=cached)
+
+    def _decode_trading_state(self, key: str, raw: Mapping[bytes, bytes]) -> TradingState:
+        if not raw:
+            raise StoreEmptyError(f"{key} is missing")
+        state = decode_str(raw.get(b"state"), key=f"{key}.state")
+        if state not in TRADING_STATES:
+            raise CorruptDataError(f"{key}.state: unknown trading state {state!r}")
+        return TradingState(
+            state=state,
+            reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
+            actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
+            ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
+        )
 
     # -- alerts and notifications (logic/alerts.py, logic/escalation.py, notifications/) ----------------------
     # (section owned by the alerts work: add its methods here)
@@ -722,3 +892,61 @@ class Store:
         for pattern in ("rd:*", "hb:*", "mkt:*", "pf:*"):
             out.extend(self.client.scan_iter(match=pattern, count=1000))
         return sorted(out)
+
+
+# -- trading value objects and helpers (logic/risk_manager.py) -----------------------------------------------
+
+TRADE_LOG_MAXLEN = 1_000_000
+"""Approximate bound of a portfolio's trade log stream (XADD MAXLEN ~): fills and rejected orders."""
+
+
+@dataclass(frozen=True)
+class TradeView:
+    """What a pre-trade check reads, taken from one consistent snapshot of the store.
+
+    A part that is missing or does not decode is ``None`` and its typed error is in ``errors`` under the
+    part's name (``market``, ``reference``, ``portfolio``, ``trading_state``, ``order``): the caller fails
+    closed.
+    """
+
+    header: MarketHeader | None
+    reference: Mapping[str, float] | None
+    portfolio: PortfolioState | None
+    positions_key: tuple[tuple[bytes, bytes], ...]
+    """The raw stored positions (hashable): a cache key for anything that depends on the holdings only."""
+    trading_state: TradingState | None
+    recent_orders: int
+    """Fills recorded in the order-rate window."""
+    order: dict[str, Any] | None
+    """The stored result of the client order id asked for, if a fill claimed it."""
+    errors: Mapping[str, StoreError]
+
+
+def _try(errors: dict[str, StoreError], part: str, decode: Callable[[], Any]) -> Any:
+    try:
+        return decode()
+    except StoreError as exc:
+        errors[part] = exc
+        return None
+
+
+def _memo(memo: dict[Any, Any], key: Any, decode: Callable[[], Any]) -> Any:
+    value = memo.get(key)
+    if value is None:
+        value = decode()
+        memo[key] = value
+    return value
+
+
+def _decode_object(raw: bytes, key: str) -> dict[str, Any]:
+    value = decode_json(raw, key=key)
+    if not isinstance(value, dict):
+        raise CorruptDataError(f"{key}: expected a JSON object")
+    return value
+
+
+def _redis_failure(exc: redis.RedisError) -> StoreError:
+    """A Redis error as the store's typed error: unreachable, or a key holding the wrong type (corrupt)."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return StoreUnavailableError(f"Redis is unreachable: {exc}")
+    return CorruptDataError(f"Redis refused a read: {exc}")
