@@ -37,8 +37,9 @@ def test_run_starts_one_redis_seeds_it_and_stop_stops_everything_by_pid(tmp_path
         pid = int((data_dir / "redis.pid").read_text())
         client = redis.Redis(unix_socket_path=str(data_dir / "redis.sock"))
         assert Store(client).is_seeded()
-        assert client.config_get("appendonly")["appendonly"] == b"yes"
-        assert client.config_get("port")["port"] == b"0"  # no TCP listener
+        config_values = {_text(k): _text(v) for k, v in client.config_get("*").items()}
+        assert config_values["appendonly"] == "yes"
+        assert config_values["port"] == "0"  # no TCP listener
 
         second = _launcher("start", config=config)
         assert second.returncode == 0, second.stderr
@@ -57,6 +58,10 @@ def test_run_starts_one_redis_seeds_it_and_stop_stops_everything_by_pid(tmp_path
         except ProcessLookupError:
             alive = False
         assert not alive, f"pid {p} still running after stop"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _is_zombie(pid: int) -> bool:
