@@ -35,6 +35,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py
 
+## screenshots: regenerate docs/screenshots/*.png (private stack on a temporary store, headless Chromium)
+screenshots: $(STAMP)
+	RISKDESK_SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -q -m browser tests/test_browser.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy engine logic notifications

@@ -1,0 +1,35 @@
+"""Riskdesk dashboard: ``streamlit run dashboard/app.py`` (``make run`` starts it for you).
+
+The entry point and router: page config, the sidebar shared by every page (portfolio, live refresh) and
+``st.navigation`` over the pages beside this file. Settings and the Redis URL come from the environment
+(``RISKDESK_CONFIG``, ``REDIS_URL``; see :meth:`logic.views.Desk.from_env`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run` puts dashboard/ on sys.path; the packages live one level up (also when not pip-installed).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from dashboard import components as ui  # noqa: E402
+
+st.set_page_config(page_title="Riskdesk", page_icon=":material/monitoring:", layout="wide")
+
+PAGES = [
+    st.Page("screens/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("screens/trade.py", title="Trade", icon=":material/swap_horiz:"),
+    st.Page("screens/risk.py", title="Risk", icon=":material/analytics:"),
+    st.Page("screens/alerts.py", title="Alerts", icon=":material/notifications:"),
+    st.Page("screens/system.py", title="System", icon=":material/settings:"),
+]
+
+page = st.navigation(PAGES)
+with ui.guard():
+    ui.sidebar(ui.desk())
+page.run()

@@ -1,0 +1,265 @@
+"""Shared widgets of the dashboard: the desk handle, the sidebar, live fragments, error messages, gauges,
+heatmaps, traffic lights and tables with CSV export.
+
+Pages call these with view models from :mod:`logic.views`; nothing here reads Redis keys or computes risk.
+Text that comes from the store (tickers, alert descriptions, reasons) is shown with ``st.text``, in tables or
+with Markdown escaped by :func:`md`: never as raw HTML.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from logic import views
+
+log = logging.getLogger("riskdesk.dashboard")
+
+REFRESH_CHOICES: dict[str, float | None] = {
+    "Paused": None,
+    "1 s": 1.0,
+    "2 s": 2.0,
+    "5 s": 5.0,
+    "10 s": 10.0,
+    "30 s": 30.0,
+}
+"""Live-refresh intervals offered in the sidebar; ``None`` pauses every live fragment."""
+
+PORTFOLIO_KEY = "portfolio"
+REFRESH_KEY = "refresh"
+
+LIGHT_COLOURS = {"green": "green", "amber": "orange", "red": "red", "grey": "gray"}
+SEVERITY_COLOURS = {"LOW": "#5b9bd5", "MEDIUM": "#f0ad4e", "HIGH": "#e8743b", "CRITICAL": "#d9534f"}
+STATE_COLOURS = {"ACTIVE": "green", "REDUCING": "orange", "HALTED": "red"}
+
+
+# -- the desk -------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def desk() -> views.Desk:
+    """One :class:`~logic.views.Desk` per dashboard process (settings and Redis from the environment)."""
+    return views.Desk.from_env()
+
+
+# -- sidebar: portfolio and refresh ---------------------------------------------------------------------------
+
+
+def sidebar(d: views.Desk) -> None:
+    """Portfolio selector and live-refresh interval, shared by every page (widgets keep their values)."""
+    with st.sidebar:
+        ids = views.portfolio_ids(d)
+        if st.session_state.get(PORTFOLIO_KEY) not in ids:
+            st.session_state.pop(PORTFOLIO_KEY, None)
+        st.selectbox("Portfolio", ids, key=PORTFOLIO_KEY, help="every page shows this portfolio")
+        if REFRESH_KEY not in st.session_state:
+            st.session_state[REFRESH_KEY] = _default_refresh(d.settings.dashboard.refresh_seconds)
+        st.selectbox(
+            "Live refresh",
+            list(REFRESH_CHOICES),
+            key=REFRESH_KEY,
+            help="how often live parts update; typing in a form is never interrupted",
+        )
+
+
+def _default_refresh(seconds: float) -> str:
+    for label, value in REFRESH_CHOICES.items():
+        if value is not None and value >= seconds:
+            return label
+    return "Paused"
+
+
+def portfolio() -> str | None:
+    return st.session_state.get(PORTFOLIO_KEY)
+
+
+def refresh_seconds() -> float | None:
+    return REFRESH_CHOICES.get(st.session_state.get(REFRESH_KEY, "Paused"))
+
+
+# -- live fragments and error handling -------------------------------------------------------------------------
+
+
+def live(render: Callable[..., None], *args: Any) -> None:
+    """Run ``render(*args)`` as a fragment that reruns on its own at the sidebar's interval.
+
+    Only the fragment reruns, so widgets outside it (the trade ticket, the rules editor, the kill switch
+    reason) keep what the user is typing. Errors inside become a message (see :func:`guard`).
+    """
+
+    @functools.wraps(render)
+    def guarded(*inner: Any) -> None:
+        with guard():
+            render(*inner)
+
+    st.fragment(guarded, run_every=refresh_seconds())(*args)
+
+
+@contextmanager
+def guard() -> Iterator[None]:
+    """Show any error raised inside as a plain message with its fix; log the traceback, never show it.
+
+    ``st.rerun`` and ``st.stop`` raise BaseException subclasses and pass through.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the page must never show a traceback
+        log.exception("dashboard view failed")
+        show_problem(views.problem_from_exception(exc))
+
+
+def show_problem(problem: views.Problem) -> None:
+    st.error(f"**{md(problem.title)}** — {md(problem.detail)}", icon=":material/error:")
+    # the fix is our own advice (engine/errors.py, logic/views.py), written in Markdown on purpose
+    st.info(f"**How to fix:** {problem.fix}", icon=":material/build:")
+
+
+def health_gate(d: views.Desk) -> bool:
+    """Say plainly when the store cannot be used (and how to fix it) or a daemon is stale.
+
+    Returns False when there is nothing to show, True otherwise (warnings do not hide the data).
+    """
+    health = views.check_health(d)
+    if health.problem is not None:
+        show_problem(health.problem)
+        return False
+    for warning in health.warnings:
+        st.warning(md(warning), icon=":material/schedule:")
+    return True
+
+
+def act(action: Callable[[], Any], result_key: str) -> None:
+    """Run a button callback's action, storing its result or its problem in session state."""
+    try:
+        st.session_state[result_key] = {"ok": True, "value": action()}
+    except Exception as exc:  # noqa: BLE001 - shown as a message on the next run
+        log.exception("dashboard action failed")
+        st.session_state[result_key] = {"ok": False, "problem": views.problem_from_exception(exc)}
+
+
+# -- text -------------------------------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~$:])")
+
+
+def md(text: object) -> str:
+    """Escape Markdown (links, emphasis, colour and icon directives, HTML-looking tags) in store text.
+
+    Newlines become spaces, so no line-start syntax (headings, lists) can form either.
+    """
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def when(ts: float | None) -> str:
+    if ts is None or not ts:
+        return "-"
+    return datetime.fromtimestamp(float(ts), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def money(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+,.0f}" if signed else f"{value:,.0f}"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+# -- widgets ----------------------------------------------------------------------------------------------------
+
+
+def traffic_light(label: str, level: str, detail: str) -> None:
+    """A coloured dot, the area and one line of detail (level: green, amber, red or grey)."""
+    colour = LIGHT_COLOURS.get(level, "gray")
+    with st.container(border=True):
+        st.markdown(f":{colour}[●] **{md(label)}** · :{colour}[{md(level.upper())}]")
+        st.caption(md(detail))
+
+
+def state_badge(state: str, reason: str, actor: str, ts: float | None) -> None:
+    colour = STATE_COLOURS.get(state, "gray")
+    st.markdown(f"Trading state: :{colour}-background[**{md(state)}**]")
+    st.caption(f"{md(reason) or 'no reason recorded'} — by {md(actor) or '?'} at {when(ts)}")
+
+
+def gauge(title: str, value: float, limit: float | None, key: str, suffix: str = "") -> None:
+    """A dial from 0 with the limit drawn as a red line; the bar turns amber at 80% and red past the limit."""
+    top = max(limit * 1.25 if limit else 0.0, value * 1.1, 1.0)
+    colour = "#2ca02c"
+    if limit:
+        colour = "#d62728" if value > limit else ("#ff9f1a" if value >= 0.8 * limit else "#2ca02c")
+    fig = go.Figure(
+        go.Indicator(
+            mode="gauge+number",
+            value=value,
+            number={"valueformat": ",.0f", "suffix": suffix},
+            title={"text": title, "font": {"size": 14}},
+            gauge={
+                "axis": {"range": [0, top]},
+                "bar": {"color": colour},
+                **({"threshold": {"line": {"color": "red", "width": 3}, "value": limit}} if limit else {}),
+            },
+        )
+    )
+    fig.update_layout(height=190, margin={"l": 20, "r": 20, "t": 40, "b": 10})
+    chart(fig, key=key)
+
+
+def chart(fig: go.Figure, key: str) -> None:
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
+def heatmap(
+    matrix: pd.DataFrame, title: str, key: str, zmin: float | None = None, zmax: float | None = None,
+    colorscale: str = "RdBu_r", fmt: str = ".2f",
+) -> None:  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix.to_numpy(),
+            x=[str(c) for c in matrix.columns],
+            y=[str(i) for i in matrix.index],
+            zmin=zmin,
+            zmax=zmax,
+            colorscale=colorscale,
+            texttemplate="%{z:" + fmt + "}",
+        )
+    )
+    fig.update_layout(title=title, height=max(300, 28 * len(matrix) + 120), margin={"t": 40, "b": 10})
+    fig.update_yaxes(autorange="reversed")
+    chart(fig, key=key)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], title: str, key: str, x_title: str = "") -> None:
+    colours = ["#d62728" if v > 0 else "#2ca02c" for v in values]
+    fig = go.Figure(go.Bar(x=list(values), y=[str(s) for s in labels], orientation="h", marker_color=colours))
+    fig.update_layout(title=title, height=max(260, 24 * len(labels) + 100), margin={"t": 40, "b": 10})
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(autorange="reversed")
+    chart(fig, key=key)
+
+
+def table(
+    df: pd.DataFrame, key: str, filename: str, *, height: int | str = "auto",
+    column_config: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """A read-only table with an "Export CSV" button (the export does not rerun the page)."""
+    st.dataframe(df, hide_index=True, height=height, column_config=column_config, key=f"{key}_table")
+    st.download_button(
+        "Export CSV",
+        data=df.to_csv(index=False).encode("utf-8"),
+        file_name=filename,
+        mime="text/csv",
+        key=f"{key}_csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )

@@ -1,0 +1,163 @@
+"""Trade: positions with P&L, a ticket that shows the pre-trade decision before it can execute, the blotter."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import components as ui
+from logic import views
+
+# Session keys: the last checked ticket (its inputs, decision and the client order id it executes with) and
+# the result of executing it. (Comments, not docstrings: Streamlit's "magic" would print a bare string.)
+TICKET = "ticket"
+RESULT = "ticket_result"
+
+st.title("Trade")
+
+
+def positions(d: views.Desk, pid: str) -> None:
+    if not ui.health_gate(d):
+        return
+    pv = views.positions_view(d, pid)
+    t = pv.totals
+    cols = st.columns(5)
+    cols[0].metric("Equity", ui.money(t.get("equity")))
+    cols[1].metric("Cash", ui.money(t.get("cash")))
+    cols[2].metric("Unrealized P&L", ui.money(t.get("unrealized_pnl"), signed=True))
+    cols[3].metric("Realized P&L", ui.money(t.get("realized_pnl"), signed=True))
+    cols[4].metric("Trading state", str(t.get("trading_state", "-")))
+    st.subheader("Positions")
+    ui.table(pv.positions, "positions", f"positions_{pid}.csv", column_config=POSITION_FORMAT)
+
+
+POSITION_FORMAT = {
+    "avg_price": st.column_config.NumberColumn("avg price", format="%.2f"),
+    "last": st.column_config.NumberColumn("last", format="%.2f"),
+    "market_value": st.column_config.NumberColumn("value", format="%,.0f"),
+    "weight": st.column_config.NumberColumn("weight", format="percent"),
+    "unrealized_pnl": st.column_config.NumberColumn("unrealized P&L", format="%,.0f"),
+    "realized_pnl": st.column_config.NumberColumn("realized P&L", format="%,.0f"),
+    "mfe": st.column_config.NumberColumn("MFE", format="%,.0f"),
+    "mae": st.column_config.NumberColumn("MAE", format="%,.0f"),
+}
+
+
+def check(d: views.Desk, pid: str) -> None:
+    s = st.session_state
+    ticker, side, qty = s.get("tk_ticker"), s.get("tk_side"), s.get("tk_qty")
+
+    def run() -> dict:
+        return {
+            "portfolio": pid, "ticker": ticker, "side": side, "qty": qty,
+            "decision": views.check_ticket(d, pid, ticker, side, qty),
+            # generated once per check: every Execute click of this ticket sends the same id
+            "client_order_id": views.new_client_order_id(),
+        }  # fmt: skip
+
+    s.pop(RESULT, None)
+    ui.act(run, TICKET)
+
+
+def execute(d: views.Desk) -> None:
+    s = st.session_state
+    ticket = s[TICKET]["value"]
+    ui.act(
+        lambda: views.execute_ticket(
+            d, ticket["portfolio"], ticket["ticker"], ticket["side"], ticket["qty"],
+            ticket["client_order_id"], s.get("tk_actor") or "trader",
+        ),
+        RESULT,
+    )  # fmt: skip
+
+
+def ticket_form(d: views.Desk, pid: str) -> None:
+    st.subheader("Ticket")
+    tickers = views.ticket_tickers(d)
+    with st.form("ticket_form"):
+        c1, c2, c3 = st.columns([2, 1, 1])
+        c1.selectbox("Ticker", tickers, key="tk_ticker")
+        c2.segmented_control("Side", ["BUY", "SELL"], key="tk_side", default="BUY")
+        c3.number_input("Quantity (shares)", value=100, step=1, key="tk_qty")
+        st.text_input("Trader", value="trader", key="tk_actor", max_chars=64)
+        st.form_submit_button("Check", type="secondary", on_click=check, args=(d, pid),
+                              icon=":material/fact_check:")  # fmt: skip
+
+
+def decision_panel(d: views.Desk, pid: str) -> None:
+    held = st.session_state.get(TICKET)
+    if held is None:
+        st.caption("Fill the ticket and press Check: the pre-trade decision shows here before you can execute.")
+        return
+    if not held["ok"]:
+        ui.show_problem(held["problem"])
+        return
+    ticket = held["value"]
+    if ticket["portfolio"] != pid:
+        st.caption("The last checked ticket was for another portfolio: check again.")
+        return
+    decision = ticket["decision"]
+    label = f"{ticket['side']} {ticket['qty']} {ticket['ticker']}"
+    if decision["status"] == "APPROVED":
+        st.success(f"**APPROVED** · {ui.md(label)}", icon=":material/check_circle:")
+    else:
+        st.error(f"**REJECTED** · {ui.md(label)}", icon=":material/block:")
+        ui.table(views.reasons_frame(decision), "reasons", "reasons.csv")
+    ui.table(views.deltas_frame(decision), "deltas", "decision.csv", column_config=DELTA_FORMAT)
+    if decision["status"] == "APPROVED":
+        st.button("Execute", type="primary", key="tk_execute", on_click=execute, args=(d,),
+                  icon=":material/send:")  # fmt: skip
+        st.caption(f"client order id {ui.md(ticket['client_order_id'])}: a second click cannot trade twice")
+    result = st.session_state.get(RESULT)
+    if result is not None:
+        execution_result(result)
+
+
+DELTA_FORMAT = {
+    "before": st.column_config.NumberColumn(format="%,.2f"),
+    "after": st.column_config.NumberColumn(format="%,.2f"),
+    "change": st.column_config.NumberColumn(format="%+,.2f"),
+}
+
+
+def execution_result(result: dict) -> None:
+    if not result["ok"]:
+        ui.show_problem(result["problem"])
+        return
+    r = result["value"]
+    fill = r.get("fill") or {}
+    if r.get("duplicate"):
+        st.info(f"Already executed as trade {ui.md(fill.get('trade_id', '?'))}: this ticket's order id was "
+                "filled before, nothing was traded twice.", icon=":material/content_copy:")  # fmt: skip
+    elif r["status"] == "FILLED":
+        st.success(
+            f"**FILLED** {ui.md(fill['side'])} {fill['qty']} {ui.md(fill['ticker'])} @ {ui.md(fill['price'])}"
+            f" · fees {ui.md(fill['fees'])} · trade {ui.md(fill['trade_id'])}",
+            icon=":material/done_all:",
+        )
+    else:
+        st.error("**Not executed** — the re-check inside the transaction refused it:", icon=":material/block:")
+        ui.table(views.reasons_frame(r), "exec_reasons", "execution_reasons.csv")
+
+
+def blotter(d: views.Desk, pid: str) -> None:
+    if not views.check_health(d).ok:
+        return
+    st.subheader("Blotter")
+    ui.table(views.blotter_frame(d, pid), "blotter", f"blotter_{pid}.csv", height=320)
+
+
+with ui.guard():
+    desk = ui.desk()
+    pid = ui.portfolio()
+    if pid is None:
+        ui.health_gate(desk)
+    else:
+        ui.live(positions, desk, pid)
+        if views.check_health(desk).ok:
+            left, right = st.columns([2, 3])
+            with left:
+                ticket_form(desk, pid)
+            with right:
+                st.subheader("Pre-trade decision")
+                decision_panel(desk, pid)
+            ui.live(blotter, desk, pid)
