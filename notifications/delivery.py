@@ -1,0 +1,453 @@
+"""Delivery: the outbox, grouping, per-recipient rate limit, retries with backoff, SMS fallback, delivery log.
+
+How a notification travels
+--------------------------
+1. ``logic/alerts.py`` changes an alert and, **in the same Redis transaction**, calls :meth:`Notifier.enqueue`
+   to add one outbox entry per target (channel + address) to ``pf:{id}:outbox``. A crash can therefore never
+   leave a changed alert without its notification, nor a notification without its alert change.
+2. :meth:`Notifier.flush` (called from ``AlertEngine.tick`` or a delivery thread) groups the waiting entries
+   by target. A target's group is due ``group_wait_seconds`` after its oldest entry and never sooner than
+   ``group_interval_seconds`` after the last message to that target (Alertmanager's group_wait and
+   group_interval): all entries due together become **one message** (one template, or the digest).
+3. The message is sent with bounded retries: transient failures (SMTP 4xx, HTTP 429/5xx, network) wait
+   ``backoff * multiplier**(n-1)`` (capped; a server's Retry-After is honoured up to the cap) through the
+   injected ``sleep``; permanent failures (SMTP 5xx, HTTP 4xx) are not retried.
+4. In one transaction the entries leave the outbox, a record goes to the delivery log ``pf:{id}:deliveries``
+   (channel, recipient, status, error, attempts, events) and the target's group state is updated. A restarted
+   process sees only what is still in the outbox, so nothing delivered is sent again. The one unavoidable
+   window is a crash after the server accepted a message and before step 4 commits: that message would be
+   sent once more (at-least-once: losing a CRITICAL alert is worse than a duplicate).
+5. A CRITICAL email that fails (or cannot be sent because SMTP is not configured) is sent by SMS to the same
+   recipient's number, unless that level already texts them; the record says ``fallback_for: "email"``.
+
+A recipient address over its rate limit (``max_messages`` per ``per_seconds``) is held back, not dropped: its
+entries wait in the outbox and go out grouped as soon as the window allows (one ``rate_limited`` record per
+hold). Only one process flushes at a time (a lease in Redis), so two monitors never send the same message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engine.store import PortfolioKeys, Store
+from notifications.channels import (
+    LOGGER_NAME,
+    Channel,
+    EmailChannel,
+    LogChannel,
+    Message,
+    PermanentDeliveryError,
+    SmsChannel,
+    TransientDeliveryError,
+    WebhookChannel,
+    mask_address,
+)
+from notifications.config import CHANNELS, NotificationConfig
+from notifications.render import SEVERITY_ORDER, Renderer
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+LOCK_TTL_SECONDS = 300.0
+"""Lease of the flushing process; longer than any flush (retries are bounded), short enough to recover."""
+MAX_EVENTS_IN_RECORD = 50
+"""A delivery record lists at most this many events (a storm digest counts the rest)."""
+
+NOT_CONFIGURED_HINT = {
+    "email": "email is not configured: set SMTP_HOST (and SMTP_USER, SMTP_PASSWORD, SMTP_FROM)",
+    "sms": "SMS is not configured: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one message goes: a channel and an address, on behalf of one or more recipients."""
+
+    channel: str
+    address: str
+    recipients: tuple[str, ...]
+    skip_reason: str = ""
+    """Non-empty when the target cannot be served (channel not configured, address secret unset)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.channel}|{self.address or '?' + ','.join(self.recipients)}"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: str
+    """``delivered``, ``failed`` or ``skipped``."""
+    attempts: int
+    error: str = ""
+    provider_id: str | None = None
+
+
+def build_channels(
+    config: NotificationConfig,
+    *,
+    twilio_http_client: Any = None,
+    webhook_opener: Any = None,
+    logger: logging.Logger | None = None,
+) -> dict[str, Channel]:
+    """The channels ``config`` allows: ``log`` and ``webhook`` always, ``email``/``sms`` when configured."""
+    channels: dict[str, Channel] = {
+        "log": LogChannel(logger),
+        "webhook": WebhookChannel(opener=webhook_opener),
+    }
+    if config.smtp is not None:
+        channels["email"] = EmailChannel(config.smtp)
+    if config.twilio is not None:
+        channels["sms"] = SmsChannel(config.twilio, http_client=twilio_http_client)
+    return channels
+
+
+class Notifier:
+    """Queues, groups, sends and logs notifications. Imports nothing from ``logic/``."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: NotificationConfig,
+        *,
+        channels: Mapping[str, Channel] | None = None,
+        renderer: Renderer | None = None,
+        clock: Clock = time.time,
+        sleep: Sleep = time.sleep,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+        self.channels = dict(channels) if channels is not None else build_channels(config, logger=self.logger)
+        self.renderer = renderer or Renderer()
+        self.clock = clock
+        self.sleep = sleep
+
+    # -- enqueue (inside the caller's transaction) -----------------------------------------------------------
+    def targets(self, recipients: Iterable[str], channels: Iterable[str]) -> list[Target]:
+        """The distinct targets of an escalation level: ``log`` once, each recipient's address per channel.
+
+        A recipient without an address for a channel is simply not a target of that channel (a level may
+        list ``sms`` for the people who have a phone number).
+        """
+        recipients = list(dict.fromkeys(recipients))
+        out: dict[str, Target] = {}
+        for channel in dict.fromkeys(channels):
+            if channel not in CHANNELS:
+                raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+            if channel == "log":
+                out["log|log"] = Target("log", "log", ("log",))
+                continue
+            for name in recipients:
+                recipient = self.config.recipients.get(name)
+                if recipient is None:
+                    target = Target(channel, "", (name,), f"unknown recipient {name!r}")
+                elif channel in recipient.addresses:
+                    skip = "" if self.config.channel_configured(channel) else NOT_CONFIGURED_HINT[channel]
+                    target = Target(channel, recipient.addresses[channel], (name,), skip)
+                elif channel in recipient.unresolved:
+                    ref = recipient.unresolved[channel]
+                    target = Target(channel, "", (name,), f"{name}'s {channel} address {ref} is not set")
+                else:
+                    continue
+                known = out.get(target.key)
+                if known is not None:
+                    target = Target(
+                        channel, target.address, known.recipients + target.recipients, known.skip_reason
+                    )
+                out[target.key] = target
+        return list(out.values())
+
+    def enqueue(
+        self, portfolio_id: str, event: Mapping[str, Any], targets: Sequence[Target], now: float, pipe: Any
+    ) -> int:
+        """Add ``event`` for each target to the portfolio's outbox, on the caller's MULTI ``pipe``."""
+        entries = {
+            f"{event['event_id']}|{t.key}": {"event": dict(event), "target": asdict(t), "enqueued_at": now}
+            for t in targets
+        }
+        self.store.write_json_fields(Store.outbox_key(portfolio_id), entries, pipe)
+        return len(entries)
+
+    # -- flush -----------------------------------------------------------------------------------------------
+    def pending(self, portfolio_id: str) -> dict[str, Any]:
+        """The outbox entries still waiting (delivery id -> entry)."""
+        return self.store.read_json_hash(Store.outbox_key(portfolio_id))
+
+    def flush(
+        self, now: float | None = None, portfolio_ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Send every group that is due at ``now``; returns the delivery records written.
+
+        Returns ``[]`` at once when another process holds the flush lease.
+        """
+        now = self.clock() if now is None else now
+        token = uuid.uuid4().hex
+        if not self.store.acquire_notify_lock(token, LOCK_TTL_SECONDS):
+            return []
+        records: list[dict[str, Any]] = []
+        try:
+            pids = list(portfolio_ids) if portfolio_ids is not None else self.store.portfolio_ids()
+            for pid in pids:
+                records.extend(self._flush_portfolio(pid, now))
+        finally:
+            self.store.release_notify_lock(token)
+        return records
+
+    def _flush_portfolio(self, portfolio_id: str, now: float) -> list[dict[str, Any]]:
+        entries = self.pending(portfolio_id)
+        if not entries:
+            return []
+        state = self.store.read_json_hash(Store.notify_state_key(portfolio_id))
+        groups: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        for field_name, entry in entries.items():
+            groups[Target(**_target_args(entry["target"])).key].append((field_name, entry))
+        records = []
+        for key, items in sorted(groups.items()):
+            target = Target(**_target_args(items[0][1]["target"]))
+            group_state = state.get(key, {})
+            due = min(e["enqueued_at"] for _, e in items) + self.config.group_wait_seconds
+            if group_state.get("last_sent_at") is not None:
+                due = max(due, group_state["last_sent_at"] + self.config.group_interval_seconds)
+            if now < due:
+                continue
+            events = _distinct_events(e["event"] for _, e in items)
+            fields = [f for f, _ in items]
+            records.extend(self._deliver_group(portfolio_id, target, events, fields, group_state, now))
+        return records
+
+    def _deliver_group(
+        self,
+        portfolio_id: str,
+        target: Target,
+        events: list[dict[str, Any]],
+        fields: list[str],
+        group_state: Mapping[str, Any],
+        now: float,
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if target.skip_reason:
+            result = SendResult("skipped", 0, target.skip_reason)
+            message = None
+        else:
+            held = self._hold_back(portfolio_id, target, events, group_state, now)
+            if held is not None:
+                return [held] if held else []
+            try:
+                message = self.renderer.render(portfolio_id, events)
+            except Exception as exc:  # a template bug must not block the outbox forever
+                self.logger.exception("cannot render notification for %s", target.key)
+                message, result = None, SendResult("failed", 0, f"template error: {exc!r}")
+            else:
+                result = self.send(target, message)
+        record = self._record(portfolio_id, target, events, result, now, message)
+        with self.store.client.pipeline(transaction=True) as pipe:
+            self.store.delete_fields(Store.outbox_key(portfolio_id), fields, pipe)
+            self.store.append_delivery(portfolio_id, record, pipe)
+            if result.status != "skipped":
+                self._write_group_state(portfolio_id, target, {"last_sent_at": now, "deferred": False}, pipe)
+            if result.status == "delivered" and target.channel != "log":
+                self.store.record_send(target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)
+            pipe.execute()
+        out.append(record)
+        if target.channel == "email" and result.status != "delivered":
+            out.extend(self._sms_fallback(portfolio_id, target, events, message, now))
+        return out
+
+    def _hold_back(
+        self,
+        portfolio_id: str,
+        target: Target,
+        events: list[dict[str, Any]],
+        group_state: Mapping[str, Any],
+        now: float,
+    ) -> dict[str, Any] | None:
+        """None when the target may receive a message now; else the ``rate_limited`` record written for this
+        hold ({} when the hold was recorded already)."""
+        limit = self.config.rate_limit
+        if not limit.enabled or target.channel == "log":
+            return None
+        sent = self.store.count_recent_sends(target.key, now - limit.per_seconds)
+        if sent < limit.max_messages:
+            return None
+        if group_state.get("deferred"):
+            return {}
+        error = (
+            f"{sent} messages in the last {limit.per_seconds:.0f} s (limit {limit.max_messages}); "
+            "held back and grouped until the window allows"
+        )
+        record = self._record(portfolio_id, target, events, SendResult("rate_limited", 0, error), now, None)
+        with self.store.client.pipeline(transaction=True) as pipe:
+            self.store.append_delivery(portfolio_id, record, pipe)
+            self._write_group_state(portfolio_id, target, {**group_state, "deferred": True}, pipe)
+            pipe.execute()
+        return record
+
+    def _sms_fallback(
+        self,
+        portfolio_id: str,
+        email: Target,
+        events: list[dict[str, Any]],
+        message: Message | None,
+        now: float,
+    ) -> list[dict[str, Any]]:
+        critical = [e for e in events if e["alert"].get("severity") == "CRITICAL"]
+        if not (critical and self.config.sms_fallback):
+            return []
+        # the level already texts the recipient: a second SMS would add nothing
+        critical = [e for e in critical if "sms" not in e.get("channels", ())]
+        if not critical:
+            return []
+        if message is None or len(critical) != len(events):
+            message = self.renderer.render(portfolio_id, critical)
+        out = []
+        for name in email.recipients:
+            targets = self.targets([name], ["sms"])
+            if not targets:
+                target = Target("sms", "", (name,), f"no SMS number for {name} to fall back to")
+            else:
+                target = targets[0]
+            result = (
+                SendResult("skipped", 0, target.skip_reason)
+                if target.skip_reason
+                else self.send(target, message)
+            )
+            record = self._record(portfolio_id, target, critical, result, now, message, fallback_for="email")
+            with self.store.client.pipeline(transaction=True) as pipe:
+                self.store.append_delivery(portfolio_id, record, pipe)
+                if result.status == "delivered":
+                    self.store.record_send(
+                        target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe
+                    )
+                pipe.execute()
+            out.append(record)
+        return out
+
+    def send(self, target: Target, message: Message) -> SendResult:
+        """Send with bounded retries on transient failures; never raises."""
+        channel = self.channels.get(target.channel)
+        if channel is None:
+            return SendResult(
+                "skipped", 0, NOT_CONFIGURED_HINT.get(target.channel, f"no {target.channel} channel")
+            )
+        retry = self.config.retry
+        error = ""
+        retry_after: float | None = None
+        for attempt in range(1, retry.max_attempts + 1):
+            if attempt > 1:
+                delay = retry.delay_before(attempt)
+                if retry_after is not None:
+                    delay = min(retry.max_backoff_seconds, max(delay, retry_after))
+                self.sleep(delay)
+            try:
+                provider_id = channel.send(target.address, message)
+            except TransientDeliveryError as exc:
+                error, retry_after = str(exc), exc.retry_after
+                self.logger.info("transient failure on %s (attempt %d): %s", target.channel, attempt, exc)
+                continue
+            except PermanentDeliveryError as exc:
+                return SendResult("failed", attempt, str(exc))
+            except Exception as exc:  # a bug in a channel: record it, do not kill the monitor
+                self.logger.exception("unexpected error sending by %s", target.channel)
+                return SendResult("failed", attempt, f"unexpected error: {exc!r}")
+            return SendResult("delivered", attempt, "", provider_id)
+        return SendResult(
+            "failed", retry.max_attempts, f"gave up after {retry.max_attempts} attempts: {error}"
+        )
+
+    # -- records ---------------------------------------------------------------------------------------------
+    def _write_group_state(
+        self, portfolio_id: str, target: Target, value: Mapping[str, Any], pipe: Any
+    ) -> None:
+        self.store.write_json_fields(Store.notify_state_key(portfolio_id), {target.key: dict(value)}, pipe)
+
+    def _record(
+        self,
+        portfolio_id: str,
+        target: Target,
+        events: list[dict[str, Any]],
+        result: SendResult,
+        now: float,
+        message: Message | None,
+        fallback_for: str | None = None,
+    ) -> dict[str, Any]:
+        severity = max(
+            (e["alert"].get("severity", "LOW") for e in events), key=lambda s: SEVERITY_ORDER.get(s, 0)
+        )
+        return {
+            "ts": now,
+            "portfolio_id": portfolio_id,
+            "message_id": uuid.uuid4().hex[:16],
+            "channel": target.channel,
+            "recipient": ",".join(target.recipients),
+            "address": mask_address(target.channel, target.address),
+            "status": result.status,
+            "error": result.error,
+            "attempts": result.attempts,
+            "severity": severity,
+            "subject": message.subject if message is not None else "",
+            "fallback_for": fallback_for,
+            "provider_id": result.provider_id,
+            "event_count": len(events),
+            "events": [
+                {
+                    "event_id": e["event_id"],
+                    "kind": e["kind"],
+                    "alert_id": e["alert"].get("alert_id"),
+                    "rule_id": e["alert"].get("rule_id"),
+                    "severity": e["alert"].get("severity"),
+                    "level": e.get("level"),
+                }
+                for e in events[:MAX_EVENTS_IN_RECORD]
+            ],
+        }
+
+    def delivery_log(
+        self,
+        portfolio_ids: Iterable[str],
+        count: int = 100,
+        *,
+        status: str | None = None,
+        channel: str | None = None,
+        alert_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first, across ``portfolio_ids``, optionally filtered by status, channel or alert id."""
+        out: list[dict[str, Any]] = []
+        filtered = status is not None or channel is not None or alert_id is not None
+        for pid in portfolio_ids:
+            key = PortfolioKeys(pid).deliveries
+            for record in self.store.read_stream_json(key, count=count * 10 if filtered else count):
+                if status is not None and record.get("status") != status:
+                    continue
+                if channel is not None and record.get("channel") != channel:
+                    continue
+                if alert_id is not None and all(
+                    e.get("alert_id") != alert_id for e in record.get("events", ())
+                ):
+                    continue
+                out.append(record)
+        out.sort(key=lambda r: (r.get("ts", 0), r.get("id", "")), reverse=True)
+        return out[:count]
+
+
+def _target_args(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "channel": raw["channel"],
+        "address": raw["address"],
+        "recipients": tuple(raw["recipients"]),
+        "skip_reason": raw.get("skip_reason", ""),
+    }
+
+
+def _distinct_events(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for event in events:
+        seen.setdefault(event["event_id"], dict(event))
+    return sorted(seen.values(), key=lambda e: (e.get("ts", 0.0), e["event_id"]))

@@ -1,0 +1,176 @@
+"""Render notification events with the Jinja2 templates under ``notifications/templates/``.
+
+One template per event kind (``triggered.j2``, ``escalated.j2``, ``acknowledged_reminder.j2``,
+``resolved.j2``), each with three blocks: ``subject``, ``body`` (email, log, webhook) and ``short`` (SMS).
+Several events for one recipient within a group window become one message through ``digest.j2``.
+
+An *event* is the plain dict built by ``logic/alerts.py``::
+
+    {"event_id", "kind", "portfolio_id", "ts", "level", "repeat", "alert": {alert_id, rule_id, severity,
+     description, metric, op, threshold, value, unit, status, stale, triggered_at, acknowledged_by, ...}}
+
+Values are formatted for humans by the ``metric`` filter according to the metric's ``unit``: ``money``
+($1,234.56), ``fraction`` (12.3%), ``percent`` (already in percent points: 150.0%), ``ratio`` (1.52x),
+``seconds`` (45 s), ``count`` and ``number``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from notifications.channels import Message
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+KINDS = ("triggered", "escalated", "acknowledged_reminder", "resolved")
+SEVERITY_ORDER = {"LOW": 0, "MEDIUM": 1, "HIGH": 2, "CRITICAL": 3}
+DIGEST_MAX_SECTIONS = 20
+"""A digest shows this many events in full and counts the rest (a storm must not make a 1 MB email)."""
+
+
+def money(value: Any) -> str:
+    if not _finite(value):
+        return str(value)
+    v = float(value)
+    return f"-${abs(v):,.2f}" if v < 0 else f"${v:,.2f}"
+
+
+def percent(value: Any, digits: int = 1) -> str:
+    """A fraction as percent: 0.1234 -> 12.3%."""
+    return f"{float(value) * 100:.{digits}f}%" if _finite(value) else str(value)
+
+
+def format_metric(value: Any, unit: str = "number") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if not _finite(value):
+        return str(value)
+    v = float(value)
+    if unit == "money":
+        return money(v)
+    if unit == "fraction":
+        return percent(v)
+    if unit == "percent":
+        return f"{v:.1f}%"
+    if unit == "ratio":
+        return f"{v:.2f}x"
+    if unit == "seconds":
+        return duration(v)
+    if unit == "count":
+        return f"{int(v):d}"
+    return f"{v:,.4g}"
+
+
+def duration(seconds: Any) -> str:
+    if not _finite(seconds):
+        return str(seconds)
+    s = float(seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def timestamp(epoch: Any, tz: str = "UTC") -> str:
+    if not _finite(epoch):
+        return "-"
+    try:
+        from zoneinfo import ZoneInfo
+
+        zone: dt.tzinfo = ZoneInfo(tz)
+    except Exception:  # an unknown zone name must not stop a notification
+        zone = dt.UTC
+    return dt.datetime.fromtimestamp(float(epoch), tz=zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Renderer:
+    """Turns the events queued for one recipient into one :class:`Message`."""
+
+    def __init__(self, template_dir: Path = TEMPLATE_DIR, timezone: str = "UTC") -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(template_dir)),
+            autoescape=False,  # plain-text email, SMS and log lines; nothing here is HTML
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        self.timezone = timezone
+        self.env.filters.update(
+            money=money,
+            percent=percent,
+            metric=format_metric,
+            duration=duration,
+            ts=lambda e: timestamp(e, self.timezone),
+        )
+
+    def render_event(self, event: Mapping[str, Any]) -> tuple[str, str, str]:
+        """(subject, body, short) of one event."""
+        kind = event.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"unknown notification kind {kind!r}; expected one of {KINDS}")
+        template = self.env.get_template(f"{kind}.j2")
+        context = template.new_context({"e": event, "a": event["alert"]})
+        parts = []
+        for block in ("subject", "body", "short"):
+            text = "".join(template.blocks[block](context)).strip()
+            parts.append(" ".join(text.split()) if block != "body" else text)
+        return parts[0], parts[1], parts[2]
+
+    def render(self, portfolio_id: str, events: Sequence[Mapping[str, Any]]) -> Message:
+        """One message for ``events`` (one event: its own template; several: the digest)."""
+        if not events:
+            raise ValueError("nothing to render")
+        severity = max(
+            (e["alert"].get("severity", "LOW") for e in events), key=lambda s: SEVERITY_ORDER.get(s, 0)
+        )
+        payload = {"portfolio_id": portfolio_id, "events": [_event_summary(e) for e in events]}
+        if len(events) == 1:
+            subject, body, short = self.render_event(events[0])
+            return Message(subject, body, short, severity, payload)
+        ordered = sorted(
+            events, key=lambda e: (-SEVERITY_ORDER.get(e["alert"].get("severity"), 0), e.get("ts", 0))
+        )
+        shown = ordered[:DIGEST_MAX_SECTIONS]
+        sections = [self.render_event(e) for e in shown]
+        counts = Counter(e["kind"] for e in events)
+        template = self.env.get_template("digest.j2")
+        context = template.new_context(
+            {
+                "portfolio_id": portfolio_id,
+                "severity": severity,
+                "count": len(events),
+                "counts": dict(counts),
+                "sections": sections,
+                "hidden": len(events) - len(shown),
+            }
+        )
+        subject = " ".join("".join(template.blocks["subject"](context)).split())
+        body = "".join(template.blocks["body"](context)).strip()
+        short = " ".join("".join(template.blocks["short"](context)).split())
+        return Message(subject, body, short, severity, payload)
+
+
+def _event_summary(event: Mapping[str, Any]) -> dict[str, Any]:
+    alert = event["alert"]
+    keys = ("alert_id", "rule_id", "severity", "metric", "op", "threshold", "value", "status", "description")
+    return {
+        "event_id": event.get("event_id"),
+        "kind": event.get("kind"),
+        "ts": event.get("ts"),
+        "level": event.get("level"),
+        **{k: alert.get(k) for k in keys},
+    }
