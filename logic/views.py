@@ -36,6 +36,7 @@ from engine.errors import (
 )
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings
+from logic.valuation import value_portfolio
 from engine.store import SCHEMA_VERSION, TRADING_STATES as TRADING_STATE_NAMES, PortfolioKeys, Store, encode_json
 
 Clock = Callable[[], float]
@@ -86,6 +87,15 @@ class Desk:
                 service = factory()
                 self._services[key] = service
             return service
+
+    def alert_engine(self) -> Any:
+        """The :class:`~logic.alerts.AlertEngine` the dashboard acknowledges, resolves and edits rules with.
+
+        It never sends anything itself: notifications go to the outbox the monitor's engine flushes.
+        """
+        from logic.alerts import build_alert_engine
+
+        return self._service("alert_engine", "*", lambda: build_alert_engine(self.store, self.settings, self.clock))
 
     def risk_manager(self, portfolio_id: str) -> Any:
         """The portfolio's :class:`~logic.risk_manager.RiskManager` (created on first use)."""
@@ -579,3 +589,425 @@ def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> p
     df["time"] = pd.to_datetime(pd.to_numeric(df["time"], errors="coerce"), unit="s", utc=True)
     df["ticker"] = df["ticker"].map(lambda v: v if v is None else str(v))
     return df
+
+
+# -- Overview page -------------------------------------------------------------------------------------------
+
+HISTORY_WINDOWS: dict[str, float] = {
+    "5 min": 300.0,
+    "30 min": 1800.0,
+    "4 h": 4 * 3600.0,
+    "1 day": 86400.0,
+    "7 days": 7 * 86400.0,
+}
+"""Equity-curve windows the Overview offers (the monitor keeps 7 days)."""
+HISTORY_DIRECT_POINTS = 900
+"""Read every point of a window up to this many (about 15 minutes at one point a second) ..."""
+HISTORY_SAMPLES = 240
+"""... and above that one point per 1/240th of the window, so a 7-day curve costs 240 small reads."""
+
+
+@dataclass(frozen=True)
+class Gauge:
+    title: str
+    value: float
+    limit: float | None
+
+
+@dataclass(frozen=True)
+class OverviewView:
+    portfolio_id: str
+    snapshot: Mapping[str, Any] | None
+    """The monitor's latest snapshot, None before its first one (the figures then come from RiskManager)."""
+    snapshot_age: float | None
+    stale: bool
+    trading: TradingStateView
+    headline: Mapping[str, float | None]
+    """equity, cash, daily_pnl, total_pnl, unrealized, realized, leverage (None where unknown)."""
+    gauges: list[Gauge]
+    lights: list[Any]
+    breakers: list[dict[str, Any]]
+
+
+def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
+    """Headline figures, VaR/CVaR against the limit, traffic lights and trading state of one portfolio."""
+    from logic import analytics
+
+    snapshot = latest_snapshot(desk, portfolio_id)
+    ts = desk.store.read_trading_state(portfolio_id)
+    trading = TradingStateView(ts.state, ts.reason, ts.actor, ts.ts)
+    rules = effective_rules(desk)
+    limit = float(desk.settings.limits_for(portfolio_id).var_limit)
+    confidence = desk.settings.limits_for(portfolio_id).var_confidence
+    if snapshot is not None:
+        pnl, var = snapshot.get("pnl", {}), snapshot.get("var", {})
+        headline = {
+            "equity": _float_or_none(snapshot.get("equity")), "cash": _float_or_none(snapshot.get("cash")),
+            "daily_pnl": _float_or_none(pnl.get("daily")), "total_pnl": _float_or_none(pnl.get("total")),
+            "unrealized": _float_or_none(pnl.get("unrealized")), "realized": _float_or_none(pnl.get("realized")),
+            "leverage": _float_or_none(snapshot.get("leverage")),
+        }  # fmt: skip
+        limit = _float_or_none(var.get("limit")) or limit
+        gauges = [
+            Gauge("VaR 95% (1 day)", _float_or_none(var.get("var95")) or 0.0, limit),
+            Gauge("VaR 99% (1 day)", _float_or_none(var.get("var99")) or 0.0, limit),
+            Gauge("CVaR 95% (1 day)", _float_or_none(var.get("cvar95")) or 0.0, limit),
+            Gauge("Stressed VaR 99%", _float_or_none(var.get("stressed_var99")) or 0.0, limit),
+        ]
+        age = max(0.0, desk.clock() - float(snapshot.get("ts", 0.0)))
+    else:  # no monitor yet: the risk manager's own figures (no drawdown, no daily P&L)
+        totals = desk.risk_manager(portfolio_id).get_dashboard_metrics().attrs.get("totals", {})
+        headline = {
+            "equity": totals.get("equity"), "cash": totals.get("cash"), "daily_pnl": None,
+            "total_pnl": (totals.get("unrealized_pnl") or 0.0) + (totals.get("realized_pnl") or 0.0),
+            "unrealized": totals.get("unrealized_pnl"), "realized": totals.get("realized_pnl"),
+            "leverage": totals.get("leverage"),
+        }  # fmt: skip
+        gauges = [
+            Gauge(f"VaR {confidence:.0%} (1 day)", float(totals.get("var") or 0.0), limit),
+            Gauge(f"CVaR {confidence:.0%} (1 day)", float(totals.get("cvar") or 0.0), limit),
+        ]
+        age = None
+    alerts = active_alerts(desk, portfolio_id)
+    return OverviewView(
+        portfolio_id=portfolio_id,
+        snapshot=snapshot,
+        snapshot_age=age,
+        stale=age is None or age > desk.settings.monitor.stale_snapshot_seconds,
+        trading=trading,
+        headline=headline,
+        gauges=gauges,
+        lights=analytics.traffic_lights(rules, snapshot, portfolio_id, alerts),
+        breakers=analytics.breaker_levels(rules, portfolio_id),
+    )
+
+
+def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.DataFrame:
+    """The monitor's history over the last ``window_seconds`` (sampled when long), oldest first.
+
+    Columns: ``time`` (UTC) then the flat metrics of the history (``equity``, ``drawdown.daily``, ...).
+    """
+    now = desk.clock()
+    start = now - window_seconds
+    points = desk.store.read_history(portfolio_id, start_ts=start, count=HISTORY_DIRECT_POINTS + 1,
+                                     newest_first=True)  # fmt: skip
+    if len(points) > HISTORY_DIRECT_POINTS:
+        step = window_seconds / HISTORY_SAMPLES
+        points = []
+        for i in range(HISTORY_SAMPLES):
+            lo = start + i * step
+            points += desk.store.read_history(portfolio_id, start_ts=lo, end_ts=lo + step, count=1)
+    else:
+        points.reverse()
+    if not points:
+        return pd.DataFrame(columns=["time", "equity"])
+    df = pd.DataFrame.from_records(points).drop(columns=["id"], errors="ignore")
+    df.insert(0, "time", pd.to_datetime(df["ts"], unit="s", utc=True))
+    return df
+
+
+def effective_rules(desk: Desk) -> tuple[Any, ...]:
+    """The alert rules in force: riskdesk.toml's, with the edits made at run time."""
+    return desk.alert_engine().rulebook.rules()
+
+
+def active_alerts(desk: Desk, portfolio_id: str | None = None) -> list[dict[str, Any]]:
+    return desk.alert_engine().active_alerts(portfolio_id)
+
+
+# -- Risk page ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExposureView:
+    correlation: pd.DataFrame
+    """Correlation of the tickers' one-bar returns (ticker x ticker)."""
+    exposures: pd.DataFrame
+    """ticker, market_value, weight, daily_vol, component_var, component_share (held tickers)."""
+    var: float
+    var_limit: float
+    var_confidence: float
+
+
+def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
+    from engine import math_logic
+
+    rm = desk.risk_manager(portfolio_id)
+    metrics = rm.get_dashboard_metrics()
+    totals = dict(metrics.attrs.get("totals", {}))
+    snap, _prices = rm.get_market_data()
+    if snap is None:
+        raise rm.last_error or StoreEmptyError("no market snapshot in the store")
+    corr = math_logic.correlation_from_covariance(snap.cov, validate=False)
+    exposures = metrics.reindex(columns=[
+        "ticker", "qty", "market_value", "weight", "daily_vol", "marginal_var", "component_var", "component_share",
+    ])  # fmt: skip
+    return ExposureView(
+        correlation=pd.DataFrame(corr, index=list(snap.tickers), columns=list(snap.tickers)),
+        exposures=exposures,
+        var=float(totals.get("var") or 0.0),
+        var_limit=float(totals.get("var_limit") or 0.0),
+        var_confidence=float(totals.get("var_confidence") or 0.0),
+    )
+
+
+@dataclass(frozen=True)
+class StressView:
+    var: float
+    stressed_var: float
+    stressed_var99: float
+    confidence: float
+    equity: float
+    scenarios: pd.DataFrame
+    """name, description, pnl, pnl_pct, equity_after."""
+
+
+def stress_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]] | None = None) -> StressView:
+    result = desk.risk_manager(portfolio_id).stress_test(trades)
+    scenarios = pd.DataFrame(result["scenarios"], columns=["name", "description", "pnl", "pnl_pct", "equity_after"])
+    return StressView(
+        var=float(result["var"]), stressed_var=float(result["stressed_var"]),
+        stressed_var99=float(result["stressed_var99"]), confidence=float(result["var_confidence"]),
+        equity=float(result["equity"]), scenarios=scenarios,
+    )  # fmt: skip
+
+
+WHAT_IF_COLUMNS = ("ticker", "side", "qty")
+
+
+@dataclass(frozen=True)
+class WhatIfView:
+    status: str
+    decisions: pd.DataFrame
+    """One row per trade: ticker, side, qty, status, delta_var, var_after, reasons."""
+    var_before: float | None
+    var_after: float | None
+    cash_before: float | None
+    cash_after: float | None
+    stress: StressView | None
+    """Stress of the book after the basket's approved trades (None when it cannot be computed)."""
+
+
+def basket_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The what-if editor's rows as trades; empty rows are skipped, the rest goes to the checks as typed."""
+    trades = []
+    for row in rows:
+        ticker, side, qty = row.get("ticker"), row.get("side"), row.get("qty")
+        if _blank(ticker) and _blank(qty):
+            continue
+        number = _float_or_none(qty)
+        trades.append({
+            "ticker": None if _blank(ticker) else str(ticker),
+            "side": None if _blank(side) else str(side),
+            "qty": int(number) if number is not None and number.is_integer() else (number if number is not None else qty),
+        })  # fmt: skip
+    return trades
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def what_if_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]]) -> WhatIfView:
+    """Check a basket cumulatively (nothing is written) and stress the book it would leave."""
+    if not trades:
+        raise InputError("add at least one trade to the basket")
+    rm = desk.risk_manager(portfolio_id)
+    result = rm.what_if(trades)
+    rows = []
+    for trade, d in zip(trades, result["decisions"], strict=True):
+        rows.append({
+            "ticker": trade["ticker"], "side": trade["side"], "qty": trade["qty"], "status": d["status"],
+            "delta_var": d.get("delta_var"), "var_after": d.get("var_after"),
+            "reasons": "; ".join(f"{r['code']}: {r['message']}" for r in d.get("reasons") or []),
+        })  # fmt: skip
+    try:
+        stress = stress_view(desk, portfolio_id, trades)
+    except RiskdeskError:
+        stress = None
+    return WhatIfView(
+        status=result["status"],
+        decisions=pd.DataFrame(rows, columns=["ticker", "side", "qty", "status", "delta_var", "var_after", "reasons"]),
+        var_before=result.get("var_before"), var_after=result.get("var_after"),
+        cash_before=result.get("cash_before"), cash_after=result.get("cash_after"), stress=stress,
+    )  # fmt: skip
+
+
+SURFACE_STEPS = 21
+
+
+def surface_view(desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS) -> Any:
+    """VaR (the limit's confidence and horizon) over a grid of sizes of two positions (logic.analytics)."""
+    from logic import analytics
+
+    rm = desk.risk_manager(portfolio_id)
+    snap, _prices = rm.get_market_data()
+    state = rm.get_portfolio_state()
+    if snap is None or state is None:
+        raise rm.last_error or StoreEmptyError("no market or portfolio in the store")
+    valuation = value_portfolio(state, snap)
+    if valuation.missing:
+        raise CorruptDataError(f"no usable price for {', '.join(valuation.missing)}: cannot draw the surface")
+    index = {t: i for i, t in enumerate(snap.tickers)}
+    for t in (ticker_a, ticker_b):
+        if t not in index:
+            raise InputError(f"{t} is not in the market data")
+    ia, ib = index[ticker_a], index[ticker_b]
+    limits = desk.settings.limits_for(portfolio_id)
+    equity = valuation.equity
+    qty_a = analytics.qty_grid(float(valuation.qty[ia]), float(snap.prices[ia]), equity, steps)
+    qty_b = analytics.qty_grid(float(valuation.qty[ib]), float(snap.prices[ib]), equity, steps)
+    return analytics.var_surface(
+        np.asarray(valuation.market_values, dtype=float), snap.prices, snap.cov, ia, ib, qty_a, qty_b,
+        confidence=limits.var_confidence,
+        horizon_bars=desk.settings.model.bars_per_day * limits.var_horizon_days,
+        tickers=(ticker_a, ticker_b),
+    )  # fmt: skip
+
+
+BACKTEST_POINTS = 3000
+"""History points the backtest reads (newest first): about 50 minutes at one point a second."""
+
+
+def backtest_view(desk: Desk, portfolio_id: str, confidence: float, points: int = BACKTEST_POINTS) -> Any:
+    """Backtest of the monitor's one-day VaR (scaled to one bar) on the portfolio's own recent history."""
+    from logic import analytics
+
+    history = desk.store.read_history(portfolio_id, count=points, newest_first=True)
+    return analytics.var_backtest(history, confidence=confidence, bars_per_day=desk.settings.model.bars_per_day)
+
+
+# -- Alerts page ----------------------------------------------------------------------------------------------
+
+ALERT_COLUMNS = (
+    "severity", "status", "portfolio_id", "rule_id", "description", "metric", "value", "threshold", "op",
+    "triggered_at", "acknowledged_by", "acknowledged_at", "resolved_at", "resolved_by", "escalation_level",
+    "next_escalation_at", "alert_id",
+)  # fmt: skip
+ALERT_TIME_COLUMNS = ("triggered_at", "acknowledged_at", "resolved_at", "next_escalation_at")
+ALERT_STATUSES = ("TRIGGERED", "ACKNOWLEDGED", "RESOLVED")
+ALERT_WINDOWS: dict[str, float | None] = {"1 h": 3600.0, "24 h": 86400.0, "7 days": 7 * 86400.0, "all": None}
+
+
+def alerts_frame(
+    desk: Desk,
+    portfolio_id: str | None,
+    *,
+    severities: Iterable[str] | None = None,
+    statuses: Iterable[str] | None = None,
+    window_seconds: float | None = None,
+    limit: int = 200,
+) -> pd.DataFrame:
+    """Active and resolved alerts, newest first, filtered (severity, status, portfolio, time)."""
+    since = None if window_seconds is None else desk.clock() - window_seconds
+    alerts = desk.alert_engine().list_alerts(
+        portfolio_id, status=_set_or_none(statuses), severity=_set_or_none(severities), since=since, limit=limit
+    )
+    df = pd.DataFrame.from_records(alerts).reindex(columns=list(ALERT_COLUMNS))
+    for col in ALERT_TIME_COLUMNS:
+        df[col] = pd.to_datetime(pd.to_numeric(df[col], errors="coerce"), unit="s", utc=True)
+    return df
+
+
+def _set_or_none(values: Iterable[str] | None) -> set[str] | None:
+    return None if values is None else set(values)
+
+
+def acknowledge_alert(desk: Desk, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
+    return desk.alert_engine().acknowledge(portfolio_id, rule_id, _actor(actor), note)
+
+
+def resolve_alert(desk: Desk, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
+    return desk.alert_engine().resolve(portfolio_id, rule_id, _actor(actor), note)
+
+
+def _actor(actor: str | None) -> str:
+    actor = (actor or "").strip()
+    if not actor:
+        raise InputError("say who you are (the name is recorded with the alert)")
+    return actor
+
+
+def delivery_frame(desk: Desk, portfolio_id: str | None, count: int = 100) -> pd.DataFrame:
+    records = desk.alert_engine().delivery_log(portfolio_id, count)
+    return records_frame(records, time_fields=("ts", "sent_at", "created_at", "next_attempt_at"))
+
+
+RULE_COLUMNS = (
+    "id", "metric", "op", "threshold", "severity", "description", "pending_seconds", "clear_seconds",
+    "stale_after_seconds", "stale_policy", "portfolios", "actions", "source",
+)  # fmt: skip
+
+
+def rules_frame(desk: Desk) -> pd.DataFrame:
+    """The rules in force (and removed defaults), one row each; lists as comma-separated text for editing."""
+    rows = desk.alert_engine().list_rules()
+    df = pd.DataFrame.from_records(rows).reindex(columns=list(RULE_COLUMNS))
+    for col in ("portfolios", "actions"):
+        df[col] = df[col].map(_comma_text)
+    df["description"] = df["description"].fillna("").astype(str)
+    return df
+
+
+def _comma_text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def rule_metrics() -> list[str]:
+    from logic.alerts import SNAPSHOT_METRICS
+
+    return list(SNAPSHOT_METRICS)
+
+
+def rule_choices() -> dict[str, tuple[str, ...]]:
+    from logic.alerts import OPERATORS, SEVERITIES, STALE_POLICIES
+
+    return {"op": OPERATORS, "severity": SEVERITIES, "stale_policy": STALE_POLICIES}
+
+
+def rule_from_form(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The rules editor's fields as a rule dict (lists from comma-separated text); alerts validates it."""
+    out = dict(values)
+    for col in ("portfolios", "actions"):
+        if isinstance(out.get(col), str):
+            out[col] = [part.strip() for part in out[col].split(",") if part.strip()]
+    if not out.get("portfolios"):
+        out["portfolios"] = ["*"]
+    return out
+
+
+def save_rule(desk: Desk, values: Mapping[str, Any], actor: str, reason: str = "") -> Any:
+    """Add a new rule or update an existing one (validated and audited by the alerts module)."""
+    rule = rule_from_form(values)
+    engine = desk.alert_engine()
+    rule_id = str(rule.get("id") or "").strip()
+    if not rule_id:
+        raise InputError("a rule needs an id")
+    existing = {r["id"] for r in engine.list_rules() if r.get("source") != "removed"}
+    if rule_id in existing:
+        changes = {k: v for k, v in rule.items() if k != "id"}
+        return engine.update_rule(rule_id, changes, _actor(actor), reason)
+    return engine.add_rule(rule, _actor(actor), reason)
+
+
+def remove_rule(desk: Desk, rule_id: str, actor: str, reason: str = "") -> Any:
+    return desk.alert_engine().remove_rule(rule_id, _actor(actor), reason)
+
+
+def reset_rule(desk: Desk, rule_id: str, actor: str, reason: str = "") -> Any:
+    return desk.alert_engine().reset_rule(rule_id, _actor(actor), reason)
+
+
+def escalation_summary(desk: Desk) -> pd.DataFrame:
+    """Escalation policy per severity: level, delay, recipients and channels (the [escalation] settings)."""
+    config = desk.alert_engine().escalation
+    rows = []
+    for severity in ("LOW", "MEDIUM", "HIGH", "CRITICAL"):
+        for n, level in enumerate(config.policy(severity).levels):
+            rows.append({
+                "severity": severity, "level": n, "after (s)": level.delay_seconds,
+                "notify": ", ".join(level.recipients) or "-", "channels": ", ".join(level.channels),
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=["severity", "level", "after (s)", "notify", "channels"])

@@ -1,9 +1,189 @@
-"""Alerts page (being built)."""
+"""Alerts: the live feed with filters, acknowledge and resolve, escalation status, the delivery log, and the
+rules editor. The filters, the action panel and the editor sit outside the live fragments: a refresh never
+wipes what is being typed."""
+
+from __future__ import annotations
 
 import streamlit as st
 
 from dashboard import components as ui
+from logic import views
+
+SEVERITY_MARK = {"CRITICAL": "🟥 CRITICAL", "HIGH": "🟧 HIGH", "MEDIUM": "🟨 MEDIUM", "LOW": "🟦 LOW"}
+NEW_RULE = "➕ new rule"
 
 st.title("Alerts")
+
+
+def filters(d: views.Desk, pid: str) -> dict:
+    c = st.columns([2, 2, 1, 1])
+    severities = c[0].multiselect("Severity", list(SEVERITY_MARK), default=list(SEVERITY_MARK), key="al_sev")
+    statuses = c[1].multiselect("State", views.ALERT_STATUSES, default=["TRIGGERED", "ACKNOWLEDGED"],
+                                key="al_status")  # fmt: skip
+    scope = c[2].selectbox("Portfolio", [pid, "all"], key="al_scope")
+    window = c[3].selectbox("Since", list(views.ALERT_WINDOWS), index=1, key="al_window")
+    return {
+        "portfolio_id": None if scope == "all" else pid,
+        "severities": severities,
+        "statuses": statuses,
+        "window_seconds": views.ALERT_WINDOWS[window],
+    }
+
+
+def feed(d: views.Desk, f: dict) -> None:
+    if not ui.health_gate(d):
+        return
+    df = views.alerts_frame(d, f["portfolio_id"], severities=f["severities"], statuses=f["statuses"],
+                            window_seconds=f["window_seconds"])  # fmt: skip
+    active = df[df["status"].isin(["TRIGGERED", "ACKNOWLEDGED"])]
+    c = st.columns(4)
+    c[0].metric("Active", len(active))
+    c[1].metric("Unacknowledged", int((active["status"] == "TRIGGERED").sum()))
+    c[2].metric("Critical active", int((active["severity"] == "CRITICAL").sum()))
+    c[3].metric("Escalated", int((active["escalation_level"].fillna(0) > 1).sum()))
+    shown = df.assign(severity=df["severity"].map(lambda s: SEVERITY_MARK.get(s, s)))
+    if shown.empty:
+        st.caption("No alert matches the filters.")
+    ui.table(shown, "alerts", "alerts.csv", height=300, column_config={
+        "value": st.column_config.NumberColumn(format="%.4g"),
+        "threshold": st.column_config.NumberColumn(format="%.4g"),
+        "escalation_level": st.column_config.NumberColumn("escalation level"),
+    })  # fmt: skip
+
+
+def act_on_alert(d: views.Desk, f: dict) -> None:
+    active = views.alerts_frame(d, f["portfolio_id"], statuses=["TRIGGERED", "ACKNOWLEDGED"])
+    st.subheader("Acknowledge or resolve")
+    if active.empty:
+        st.caption("No active alert.")
+        return
+    labels = {
+        f"{r.portfolio_id} · {r.rule_id} · {r.severity} · {r.status}": (r.portfolio_id, r.rule_id)
+        for r in active.itertuples()
+    }
+    with st.form("alert_action_form"):
+        st.selectbox("Alert", list(labels), key="al_target")
+        c = st.columns(2)
+        c[0].text_input("Your name", key="al_actor", max_chars=64)
+        c[1].text_input("Note", key="al_note", max_chars=500)
+        b = st.columns(2)
+        b[0].form_submit_button("Acknowledge", on_click=alert_action, args=(d, labels, "ack"),
+                                icon=":material/done:")  # fmt: skip
+        b[1].form_submit_button("Resolve", on_click=alert_action, args=(d, labels, "resolve"),
+                                icon=":material/task_alt:")  # fmt: skip
+    show_result("al_result", "Alert {}.")
+
+
+def alert_action(d: views.Desk, labels: dict, what: str) -> None:
+    s = st.session_state
+    pid, rule_id = labels.get(s.get("al_target"), (None, None))
+    fn = views.acknowledge_alert if what == "ack" else views.resolve_alert
+    ui.act(lambda: fn(d, pid, rule_id, s.get("al_actor", ""), s.get("al_note", ""))["status"].lower(),
+           "al_result")  # fmt: skip
+
+
+def deliveries(d: views.Desk, f: dict) -> None:
+    if not views.check_health(d).ok:
+        return
+    ui.table(views.delivery_frame(d, f["portfolio_id"]), "deliveries", "deliveries.csv", height=260)
+
+
+def rules_editor(d: views.Desk) -> None:
+    rules = views.rules_frame(d)
+    ui.table(rules, "rules", "alert_rules.csv", height=280)
+    editable = rules[rules["source"] != "removed"]
+    choice = st.selectbox("Rule", [NEW_RULE, *editable["id"].astype(str)], key="rule_pick")
+    rule = {} if choice == NEW_RULE else editable[editable["id"] == choice].iloc[0].to_dict()
+    k = f"rule_{choice}_"  # keys per rule: picking another rule fills the form with its values
+    choices = views.rule_choices()
+    metrics = views.rule_metrics()
+    with st.form("rule_form"):
+        c = st.columns(4)
+        c[0].text_input("Id", value=rule.get("id", ""), key=k + "id", disabled=bool(rule))
+        metric = rule.get("metric", metrics[0])
+        c[1].selectbox("Metric", metrics, index=metrics.index(metric) if metric in metrics else 0, key=k + "metric")
+        c[2].selectbox("Operator", choices["op"], index=_index(choices["op"], rule.get("op", ">=")), key=k + "op")
+        c[3].number_input("Threshold", value=float(rule.get("threshold", 0.0)), format="%.6g", key=k + "threshold")
+        c = st.columns(4)
+        c[0].selectbox("Severity", choices["severity"], index=_index(choices["severity"], rule.get("severity",
+                       "MEDIUM")), key=k + "severity")  # fmt: skip
+        c[1].number_input("Pending (s)", value=float(rule.get("pending_seconds", 0.0)), min_value=0.0,
+                          key=k + "pending_seconds")  # fmt: skip
+        c[2].number_input("Clear (s)", value=float(rule.get("clear_seconds", 0.0)), min_value=0.0,
+                          key=k + "clear_seconds")  # fmt: skip
+        c[3].number_input("Stale after (s)", value=float(rule.get("stale_after_seconds", 60.0)), min_value=0.0,
+                          key=k + "stale_after_seconds")  # fmt: skip
+        c = st.columns([3, 1, 1, 2])
+        c[0].text_input("Description", value=str(rule.get("description", "") or ""), key=k + "description")
+        c[1].selectbox("Stale data", choices["stale_policy"],
+                       index=_index(choices["stale_policy"], rule.get("stale_policy", "keep")),
+                       key=k + "stale_policy")  # fmt: skip
+        c[2].text_input("Portfolios", value=str(rule.get("portfolios", "*") or "*"), key=k + "portfolios",
+                        help="comma-separated ids, * for all")  # fmt: skip
+        c[3].text_input("Actions", value=str(rule.get("actions", "") or ""), key=k + "actions",
+                        help="e.g. set_state:HALTED, set_state:REDUCING, reduce:0.25")  # fmt: skip
+        c = st.columns([2, 3])
+        c[0].text_input("Your name", key="rule_actor", max_chars=64)
+        c[1].text_input("Reason", key="rule_reason", max_chars=200)
+        b = st.columns(3)
+        b[0].form_submit_button("Save rule", type="primary", on_click=rule_action, args=(d, k, "save"),
+                                icon=":material/save:")  # fmt: skip
+        b[1].form_submit_button("Remove rule", on_click=rule_action, args=(d, k, "remove"), disabled=not rule,
+                                icon=":material/delete:")  # fmt: skip
+        b[2].form_submit_button("Reset to settings", on_click=rule_action, args=(d, k, "reset"),
+                                disabled=rule.get("source") not in ("edited",), icon=":material/restore:")  # fmt: skip
+    show_result("rule_result", "Rule {} saved.")
+
+
+FIELDS = ("id", "metric", "op", "threshold", "severity", "pending_seconds", "clear_seconds",
+          "stale_after_seconds", "description", "stale_policy", "portfolios", "actions")  # fmt: skip
+
+
+def rule_action(d: views.Desk, k: str, what: str) -> None:
+    s = st.session_state
+    values = {name: s.get(k + name) for name in FIELDS}
+    actor, reason = s.get("rule_actor", ""), s.get("rule_reason", "")
+    if what == "save":
+        ui.act(lambda: views.save_rule(d, values, actor, reason).id, "rule_result")
+    elif what == "remove":
+        ui.act(lambda: views.remove_rule(d, values["id"], actor, reason).id + " removed; it", "rule_result")
+    else:
+        ui.act(lambda: views.reset_rule(d, values["id"], actor, reason).id + " reset to the settings; it",
+               "rule_result")  # fmt: skip
+
+
+def show_result(key: str, template: str) -> None:
+    result = st.session_state.pop(key, None)
+    if result is None:
+        return
+    if result["ok"]:
+        st.success(template.format(ui.md(result["value"])), icon=":material/check:")
+    else:
+        ui.show_problem(result["problem"])
+
+
+def _index(options: tuple[str, ...], value: object) -> int:
+    return options.index(value) if value in options else 0
+
+
 with ui.guard():
-    ui.health_gate(ui.desk())
+    desk = ui.desk()
+    pid = ui.portfolio()
+    if pid is None or not views.check_health(desk).ok:
+        ui.health_gate(desk)
+    else:
+        f = filters(desk, pid)
+        ui.live(feed, desk, f)
+        left, right = st.columns([3, 2])
+        with left:
+            with ui.guard():
+                act_on_alert(desk, f)
+        with right:
+            st.subheader("Escalation policy")
+            with ui.guard():
+                ui.table(views.escalation_summary(desk), "escalation", "escalation.csv", height=200)
+        st.subheader("Delivery log")
+        ui.live(deliveries, desk, f)
+        st.subheader("Rules")
+        with ui.guard():
+            rules_editor(desk)

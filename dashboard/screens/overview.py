@@ -1,9 +1,82 @@
-"""Overview page (being built)."""
+"""Overview: traffic lights per risk area, trading state, equity and P&L, VaR/CVaR gauges against the limit,
+the drawdown chart with the circuit-breaker levels, and the equity curve from the monitor's history."""
 
+from __future__ import annotations
+
+import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import components as ui
+from logic import views
 
 st.title("Overview")
+
+
+def summary(d: views.Desk, pid: str) -> None:
+    if not ui.health_gate(d):
+        return
+    ov = views.overview_view(d, pid)
+    if ov.snapshot is None:
+        st.info("No risk snapshot from the monitor yet: drawdown, daily P&L and the equity curve appear once it "
+                "runs. Fix: start it with `make run` (or `python -m logic.monitor`).", icon=":material/info:")  # fmt: skip
+    elif ov.stale:
+        st.warning(f"The latest snapshot is {ov.snapshot_age:.0f} s old: the figures below are not live. Fix: "
+                   "check the monitor on the System page.", icon=":material/schedule:")  # fmt: skip
+
+    lights = st.columns(len(ov.lights))
+    for col, light in zip(lights, ov.lights, strict=True):
+        with col:
+            ui.traffic_light(light.area, light.level, light.detail)
+
+    h = ov.headline
+    left, *cols = st.columns([2, 1, 1, 1, 1])
+    with left:
+        ui.state_badge(ov.trading.state, ov.trading.reason, ov.trading.actor, ov.trading.ts)
+    cols[0].metric("Equity", ui.money(h.get("equity")))
+    cols[1].metric("Daily P&L", ui.money(h.get("daily_pnl"), signed=True))
+    cols[2].metric("Total P&L", ui.money(h.get("total_pnl"), signed=True))
+    cols[3].metric("Leverage", "-" if h.get("leverage") is None else f"{h['leverage']:.2f}x")
+
+    for col, g in zip(st.columns(len(ov.gauges)), ov.gauges, strict=True):
+        with col:
+            st.metric(g.title, ui.money(g.value), f"{g.value / g.limit:.0%} of limit" if g.limit else None,
+                      delta_color="off")  # fmt: skip
+            ui.gauge(g.title, g.value, g.limit, key=f"gauge_{g.title}")
+
+    if ov.snapshot is not None:
+        history(d, pid, ov.breakers)
+
+
+def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
+    window = st.segmented_control("History window", list(views.HISTORY_WINDOWS), key="ov_window",
+                                  default="5 min")  # fmt: skip
+    df = views.history_frame(d, pid, views.HISTORY_WINDOWS[window or "5 min"])
+    if df.empty or "equity" not in df:
+        st.caption("No history points in this window yet.")
+        return
+    left, right = st.columns(2)
+    with left:
+        fig = go.Figure(go.Scatter(x=df["time"], y=df["equity"], mode="lines", name="equity"))
+        fig.update_layout(title="Equity", height=300, margin={"t": 40, "b": 10})
+        ui.chart(fig, key="equity_curve")
+    with right:
+        fig = go.Figure()
+        for col, name in (("drawdown.daily", "daily"), ("drawdown.weekly", "weekly"), ("drawdown.max", "max")):
+            if col in df:
+                fig.add_trace(go.Scatter(x=df["time"], y=df[col], mode="lines", name=name))
+        for b in breakers:
+            fig.add_hline(y=b["level"], line_dash="dash", line_color="red" if b["severity"] == "CRITICAL"
+                          else "orange", annotation_text=b["label"], annotation_position="bottom left")  # fmt: skip
+        low = min([b["level"] for b in breakers] + [float(df.get("drawdown.daily", [0]).min() or 0)])
+        fig.update_yaxes(tickformat=".1%", range=[low * 1.25 if low < 0 else -0.01, 0.002])
+        fig.update_layout(title="Drawdown and circuit breakers", height=300, margin={"t": 40, "b": 10})
+        ui.chart(fig, key="drawdown_chart")
+
+
 with ui.guard():
-    ui.health_gate(ui.desk())
+    desk = ui.desk()
+    pid = ui.portfolio()
+    if pid is None:
+        ui.health_gate(desk)
+    else:
+        ui.live(summary, desk, pid)

@@ -1,0 +1,256 @@
+"""Risk read-outs the dashboard shows that no other module computes: traffic lights from the alert rules, the
+VaR backtest of a portfolio's own history, and the VaR surface over two positions' sizes.
+
+Pure functions over plain data (snapshots, history points, arrays); every risk formula comes from
+:mod:`engine.math_logic` and every rule comparison from :mod:`logic.alerts`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine import math_logic
+from engine.settings import AlertRule
+from engine.store import Float64Array
+from logic.alerts import ACTIVE_STATUSES, MISSING, SEVERITY_RANK, applies, compare, metric_value
+
+# -- traffic lights ------------------------------------------------------------------------------------------
+
+AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("VaR", ("var.",)),
+    ("Drawdown", ("drawdown.", "pnl.")),
+    ("Concentration", ("concentration.",)),
+    ("Margin & leverage", ("margin.", "leverage", "gross_exposure", "net_exposure")),
+    ("Market data", ("data.",)),
+)
+"""Risk areas of the Overview and the rule metrics (dotted-path prefixes) that belong to each."""
+
+LEVELS = ("grey", "green", "amber", "red")
+RED_SEVERITIES = frozenset({"HIGH", "CRITICAL"})
+"""A breached rule or active alert of these severities turns its area red; LOW and MEDIUM turn it amber."""
+
+
+@dataclass(frozen=True)
+class Light:
+    area: str
+    level: str
+    """``green`` (every applicable rule clear), ``amber``, ``red``, or ``grey`` (no rule applies)."""
+    detail: str
+
+
+def area_of(metric: str) -> str | None:
+    for area, prefixes in AREAS:
+        if any(metric == p or metric.startswith(p) for p in prefixes):
+            return area
+    return None
+
+
+def traffic_lights(
+    rules: Iterable[AlertRule],
+    snapshot: Mapping[str, Any] | None,
+    portfolio_id: str,
+    active_alerts: Iterable[Mapping[str, Any]] = (),
+) -> list[Light]:
+    """One light per area of :data:`AREAS`: the worst of the rules' current breaches and the active alerts.
+
+    A rule breached now (on ``snapshot``) or an active alert of a rule of the area colours it by severity;
+    an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey.
+    """
+    by_area: dict[str, list[tuple[int, int, str]]] = {area: [] for area, _ in AREAS}  # (rank, rule first, text)
+    applicable = {area: 0 for area, _ in AREAS}
+    for rule in rules:
+        area = area_of(rule.metric)
+        if area is None or not applies(rule, portfolio_id) or snapshot is None:
+            continue
+        value = metric_value(snapshot, rule.metric)
+        if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
+            continue
+        applicable[area] += 1
+        if compare(float(value), rule.op, rule.threshold):
+            rank = _rank(rule.severity)
+            text = f"{rule.description or rule.id}: {rule.metric} = {_fmt(value)} {rule.op} {_fmt(rule.threshold)}"
+            by_area[area].append((rank, 1, text))
+    for alert in active_alerts:
+        if alert.get("status") not in ACTIVE_STATUSES:
+            continue
+        area = area_of(str(alert.get("metric", "")))
+        if area is None:
+            continue
+        applicable[area] += 1
+        text = f"{alert.get('status', '').lower()} alert {alert.get('rule_id', '?')} ({alert.get('severity', '?')})"
+        by_area[area].append((_rank(str(alert.get("severity", "LOW"))), 0, text))
+    lights = []
+    for area, _ in AREAS:
+        hits = sorted(by_area[area], reverse=True)
+        if hits:
+            rank, _, text = hits[0]
+            level = "red" if rank >= min(SEVERITY_RANK[s] for s in RED_SEVERITIES) else "amber"
+            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
+            lights.append(Light(area, level, text + more))
+        elif applicable[area]:
+            lights.append(Light(area, "green", f"{applicable[area]} rule(s) clear"))
+        else:
+            lights.append(Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet"))
+    return lights
+
+
+def breaker_levels(rules: Iterable[AlertRule], portfolio_id: str, metric: str = "drawdown.daily") -> list[dict[str, Any]]:
+    """The circuit-breaker levels on ``metric``: rules with automated actions, as ``{level, label}``."""
+    out = []
+    for rule in rules:
+        if rule.metric == metric and rule.actions and applies(rule, portfolio_id):
+            out.append({"level": float(rule.threshold), "label": f"{rule.id}: {', '.join(rule.actions)}",
+                        "severity": rule.severity})  # fmt: skip
+    return sorted(out, key=lambda b: b["level"], reverse=True)
+
+
+def _rank(severity: str) -> int:
+    return SEVERITY_RANK.get(severity, 0)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fmt(value: Any) -> str:
+    number = float(value)
+    return f"{number:,.4g}" if abs(number) < 1000 else f"{number:,.0f}"
+
+
+# -- VaR backtest ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """One-bar VaR forecasts of the monitor's history against the next bar's P&L."""
+
+    confidence: float
+    observations: int
+    exceedances: int
+    expected: float
+    """Exceedances a correct model expects: observations x (1 - confidence)."""
+    kupiec_lr: float | None
+    kupiec_p: float | None
+    christoffersen_lr: float | None
+    christoffersen_p: float | None
+    zone: str | None
+    """Basel traffic-light zone ("green", "yellow", "red") at this confidence and sample size."""
+    series: pd.DataFrame
+    """time, pnl, var (one bar, dollars), exceeded."""
+
+
+MIN_BACKTEST_OBSERVATIONS = 2
+
+
+def var_backtest(
+    points: Sequence[Mapping[str, Any]], *, confidence: float, bars_per_day: float, field: str | None = None
+) -> Backtest:
+    """Backtest the monitor's daily VaR scaled to one bar against the realised one-bar P&L.
+
+    Parameters
+    ----------
+    points:
+        History points (``ts``, ``version``, ``equity``, ``var.var95`` / ``var.var99``), any order.
+    confidence:
+        0.95 or 0.99: which VaR of the history is tested.
+    bars_per_day:
+        The settings' bars per day; a one-day VaR is scaled to one bar by ``1 / sqrt(bars_per_day)``.
+
+    Notes
+    -----
+    Per market version the last point is kept (idle refreshes repeat a version). For consecutive versions
+    ``v -> v + 1`` the observation is ``pnl = equity(v + 1) - equity(v)`` and the forecast
+    ``VaR_bar(v) = VaR_day(v) / sqrt(bars_per_day)`` made at ``v``; an exceedance is ``-pnl > VaR_bar``.
+    Gaps in the versions (monitor down) are skipped, not bridged. Trades between two bars move equity by
+    their fees only (fills are at the last price). Kupiec POF, Christoffersen independence and the Basel zone
+    come from :mod:`engine.math_logic`.
+    """
+    field = field or ("var.var99" if confidence >= 0.99 else "var.var95")
+    last: dict[int, Mapping[str, Any]] = {}
+    for p in sorted(points, key=lambda q: (q.get("ts") or 0.0)):
+        version = p.get("version")
+        if isinstance(version, int) and _finite(p.get("equity")) and _finite(p.get(field)):
+            last[version] = p
+    rows = []
+    scale = 1.0 / math.sqrt(bars_per_day)
+    for version in sorted(last):
+        nxt = last.get(version + 1)
+        if nxt is None:
+            continue
+        pnl = float(nxt["equity"]) - float(last[version]["equity"])
+        var_bar = float(last[version][field]) * scale
+        rows.append({"time": float(nxt["ts"]), "pnl": pnl, "var": var_bar, "exceeded": -pnl > var_bar})
+    series = pd.DataFrame(rows, columns=["time", "pnl", "var", "exceeded"])
+    series["time"] = pd.to_datetime(series["time"], unit="s", utc=True)
+    n = len(series)
+    x = int(series["exceeded"].sum()) if n else 0
+    kupiec = christoffersen = (None, None)
+    zone = None
+    if n >= MIN_BACKTEST_OBSERVATIONS:
+        kupiec = math_logic.kupiec_pof(x, n, confidence)
+        christoffersen = math_logic.christoffersen_independence(series["exceeded"].to_numpy(dtype=int))
+        zone = math_logic.basel_traffic_light(x, n, confidence=confidence)
+    return Backtest(
+        confidence=confidence, observations=n, exceedances=x, expected=n * (1.0 - confidence),
+        kupiec_lr=kupiec[0], kupiec_p=kupiec[1], christoffersen_lr=christoffersen[0],
+        christoffersen_p=christoffersen[1], zone=zone, series=series,
+    )  # fmt: skip
+
+
+# -- VaR surface over two positions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Surface:
+    tickers: tuple[str, str]
+    qty_a: Float64Array
+    qty_b: Float64Array
+    var: Float64Array
+    """``var[j, i]``: VaR with ``qty_a[i]`` shares of the first ticker and ``qty_b[j]`` of the second."""
+    current: tuple[float, float]
+    current_var: float
+
+
+def qty_grid(current: float, price: float, equity: float, steps: int) -> Float64Array:
+    """Share counts from -2x to +2x the current position (or +-10% of equity in shares when flat)."""
+    span = 2.0 * abs(current) if current else 0.10 * max(equity, 0.0) / price
+    span = max(span, 1.0)
+    return np.linspace(current - span, current + span, steps)
+
+
+def var_surface(
+    exposures: Float64Array,
+    prices: Float64Array,
+    cov: Float64Array,
+    index_a: int,
+    index_b: int,
+    qty_a: Float64Array,
+    qty_b: Float64Array,
+    *,
+    confidence: float,
+    horizon_bars: float,
+    tickers: tuple[str, str],
+) -> Surface:
+    """Parametric VaR (dollar exposures, :func:`math_logic.get_portfolio_var` with ``portfolio_value=1``) of
+    the book with the two positions set to every pair of share counts; the other positions stay as they are."""
+    if index_a == index_b:
+        raise ValueError("pick two different tickers")
+    x = np.array(exposures, dtype=float)
+    out = np.empty((len(qty_b), len(qty_a)))
+    for j, qb in enumerate(qty_b):
+        x[index_b] = qb * prices[index_b]
+        for i, qa in enumerate(qty_a):
+            x[index_a] = qa * prices[index_a]
+            out[j, i] = math_logic.get_portfolio_var(x, cov, 1.0, confidence, horizon_bars, validate=False)[0]
+    current_var = math_logic.get_portfolio_var(exposures, cov, 1.0, confidence, horizon_bars, validate=False)[0]
+    current = (float(exposures[index_a] / prices[index_a]), float(exposures[index_b] / prices[index_b]))
+    return Surface(tickers, np.asarray(qty_a), np.asarray(qty_b), out, current, float(current_var))
