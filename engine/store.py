@@ -11,7 +11,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN
-    pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins
+    pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
+                                             positions_rev (new random token on every positions write)
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl, ...}
     pf:{<id>}:trading_state         hash     state, reason, actor, ts
     pf:{<id>}:orders                hash     client_order_id -> JSON result (idempotency)
@@ -40,6 +41,7 @@ import json
 import math
 import struct
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -496,10 +498,7 @@ class Store:
         def field_(name: str) -> bytes | None:
             return state.get(name.encode())
 
-        positions = {}
-        for raw_ticker, raw_pos in raw_positions.items():
-            ticker = decode_str(raw_ticker, key=keys.positions)
-            positions[ticker] = Position.from_json(raw_pos, f"{keys.positions}.{ticker}")
+        positions = self._decode_positions(portfolio_id, raw_positions)
         account_type = decode_str(field_("account_type"), key=f"{keys.state}.account_type")
         if account_type not in ("cash", "margin"):
             raise CorruptDataError(f"{keys.state}.account_type: unknown account type {account_type!r}")
@@ -514,6 +513,14 @@ class Store:
             maintenance_margin=decode_float(field_("maintenance_margin"), key=f"{keys.state}.maintenance_margin"),
             updated_at=decode_float(field_("updated_at"), key=f"{keys.state}.updated_at"),
         )
+
+    def _decode_positions(self, portfolio_id: str, raw_positions: Mapping[bytes, bytes]) -> dict[str, Position]:
+        key = PortfolioKeys(portfolio_id).positions
+        positions = {}
+        for raw_ticker, raw_pos in raw_positions.items():
+            ticker = decode_str(raw_ticker, key=key)
+            positions[ticker] = Position.from_json(raw_pos, f"{key}.{ticker}")
+        return positions
 
     def write_portfolio_state(self, state: PortfolioState, pipe: Conn = None) -> None:
         """Write the scalar fields of a portfolio (not its positions)."""
@@ -538,6 +545,7 @@ class Store:
             c.hdel(key, ticker)
         else:
             c.hset(key, ticker, position.to_json())
+        _new_positions_rev(c, portfolio_id)
 
     def write_portfolio(self, state: PortfolioState, pipe: Conn = None) -> None:
         """Replace a whole portfolio (warm-up): scalar fields, every position, registry membership."""
@@ -547,6 +555,7 @@ class Store:
         c.delete(keys.positions)
         if state.positions:
             c.hset(keys.positions, mapping={t: p.to_json() for t, p in state.positions.items()})
+        _new_positions_rev(c, state.portfolio_id)
         c.sadd(PORTFOLIOS_KEY, state.portfolio_id)
 
     # -- trading state ---------------------------------------------------------------------------------------
@@ -617,48 +626,72 @@ class Store:
         memo: dict[Any, Any] | None = None,
     ) -> TradeView:
         """Market header, reference prices, portfolio, trading state, recent order count and the idempotency
-        record of ``client_order_id``, in ONE round trip.
+        record of ``client_order_id``, from one consistent snapshot in one round trip.
 
-        The reads run in one MULTI/EXEC, so they are one consistent snapshot of the store; a caller that has
-        WATCHed :meth:`trading_watch_keys` on another connection first knows its EXEC fails if any of them
+        The read is one read-only Lua script (atomic, one reply). A caller that WATCHed
+        :meth:`trading_watch_keys` on another connection before this read knows its EXEC fails if any of them
         changed since. A part that is missing or does not decode is ``None`` with its typed error in
-        ``errors`` (the caller fails closed). ``memo`` is a caller-owned dict in which decoded tickers,
-        reference prices and positions are kept keyed by their raw bytes, so an unchanged value is not decoded
-        twice (a big book has hundreds of JSON positions).
+        ``errors`` (the caller fails closed).
+
+        ``memo`` is a caller-owned dict of decoded values keyed by their raw bytes. Every write of a
+        portfolio's positions through this class stores a new random ``positions_rev`` token in its state
+        hash; the script sends the positions (hundreds of JSON fields on a big book) only when that token is
+        not the one the memo holds them under, so an unchanged book costs nothing to read or decode.
         """
-        keys = PortfolioKeys(portfolio_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts"])
-        pipe.hmget(REFERENCE_KEY, ["tickers", "prices"])
-        pipe.hgetall(keys.state)
-        pipe.hgetall(keys.positions)
-        pipe.hgetall(keys.trading_state)
-        pipe.zcount(keys.rate, repr(float(rate_since)), "+inf")
-        if client_order_id is not None:
-            pipe.hget(keys.orders, client_order_id)
-        try:
-            raw_market, raw_ref, raw_state, raw_positions, raw_trading, recent, *raw_order = pipe.execute()
-        except redis.RedisError as exc:
-            raise _redis_failure(exc) from exc
         memo = {} if memo is None else memo
         if len(memo) > 256:  # bounded: a long-running process sees many versions of the reference prices
             memo.clear()
+        keys = PortfolioKeys(portfolio_id)
+        known = memo.get(("positions", portfolio_id))  # (rev, decoded positions) of the last book seen
+        script = self.__dict__.get("_trade_view_script")
+        if script is None:  # registered once per Store; redis-py re-sends it if the server lost its cache
+            script = self.__dict__["_trade_view_script"] = self.client.register_script(_READ_TRADE_VIEW_LUA)
+        try:
+            raw_market, raw_ref, raw_state, raw_trading, recent, raw_order, rev, raw_positions = script(
+                keys=[MARKET_KEY, REFERENCE_KEY, keys.state, keys.trading_state, keys.rate, keys.orders,
+                      keys.positions],
+                args=[repr(float(rate_since)), client_order_id or "", known[0] if known else ""],
+            )  # fmt: skip
+        except redis.RedisError as exc:
+            raise _redis_failure(exc) from exc
         errors: dict[str, StoreError] = {}
-        header = _try(errors, "market", lambda: self._decode_header_memo(raw_market, memo))
-        reference = _try(errors, "reference", lambda: self._decode_reference_memo(raw_ref, memo))
-        positions_key = tuple(raw_positions.items())
+        header = _try(errors, "market", lambda: self._decode_header_memo(_ok(raw_market, MARKET_KEY), memo))
+        reference = _try(
+            errors, "reference", lambda: self._decode_reference_memo(_ok(raw_ref, REFERENCE_KEY), memo)
+        )
+        if isinstance(rev, redis.ResponseError):
+            rev = None
+        if raw_positions is None:  # unchanged since ``known``
+            assert known is not None
+            positions_key: Any = known[0]
+            cached = known[1]
+        else:
+            # no token (a store written by an older layout): key the caches by content instead
+            positions_key = rev if rev is not None else repr(raw_positions)
+            cached = None
         portfolio = _try(
             errors, "portfolio",
-            lambda: self._decode_portfolio_memo(portfolio_id, raw_state, positions_key, memo),
+            lambda: self._decode_portfolio_memo(portfolio_id, _ok(raw_state, keys.state), rev, cached,
+                                                _ok(raw_positions, keys.positions), memo),
         )  # fmt: skip
         trading = _try(
-            errors, "trading_state", lambda: self._decode_trading_state(keys.trading_state, raw_trading)
-        )
+            errors, "trading_state",
+            lambda: self._decode_trading_state(keys.trading_state, _pairs(_ok(raw_trading, keys.trading_state))),
+        )  # fmt: skip
+        recent = _try(errors, "rate", lambda: int(_ok(recent, keys.rate)))
         order = None
-        if raw_order and raw_order[0] is not None:
+        if client_order_id is not None and raw_order is not None:
             where = f"{keys.orders}.{client_order_id}"
-            order = _try(errors, "order", lambda: _decode_object(raw_order[0], where))
-        return TradeView(header, reference, portfolio, positions_key, trading, int(recent), order, errors)
+            order = _try(errors, "order", lambda: _decode_object(_ok(raw_order, keys.orders), where))
+        return TradeView(header, reference, portfolio, positions_key, trading, recent or 0, order, errors)
+
+    def remember_positions(
+        self, memo: dict[Any, Any], portfolio_id: str, rev: bytes | str, positions: Mapping[str, Position]
+    ) -> None:
+        """Put positions the caller just wrote (with :meth:`write_fill`, which returned ``rev``) into ``memo``,
+        so the next :meth:`read_trade_view` neither transfers nor decodes them."""
+        token = rev.encode() if isinstance(rev, str) else rev
+        memo[("positions", portfolio_id)] = (token, MappingProxyType(dict(positions)))
 
     def write_fill(
         self,
@@ -672,12 +705,13 @@ class Store:
         ts: float,
         rate_window_seconds: float,
         pipe: Conn,
-    ) -> None:
+    ) -> str:
         """Queue every write of one fill on ``pipe`` (a MULTI): the caller executes it.
 
         ``portfolio`` carries the new cash, realized P&L, fees and time; ``position`` the new position of
         ``ticker`` (removed when flat with no realized P&L); ``record`` is appended to the trade log and,
         with a ``client_order_id``, stored as that order's idempotency record.
+        Returns the new ``positions_rev`` token (see :meth:`remember_positions`).
         """
         keys = PortfolioKeys(portfolio.portfolio_id)
         pipe.hset(
@@ -699,6 +733,7 @@ class Store:
             pipe.hset(keys.orders, client_order_id, payload)
         pipe.zadd(keys.rate, {trade_id: float(ts)})
         pipe.zremrangebyscore(keys.rate, "-inf", f"({float(ts) - rate_window_seconds!r}")
+        return _new_positions_rev(pipe, portfolio.portfolio_id)
 
     def append_trade_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
         """Append a record (e.g. a rejected order) to the portfolio's trade log."""
@@ -746,19 +781,24 @@ class Store:
     def _decode_portfolio_memo(
         self,
         portfolio_id: str,
-        state: Mapping[bytes, bytes],
-        positions_key: tuple[tuple[bytes, bytes], ...],
+        flat_state: list[Any] | None,
+        rev: bytes | None,
+        cached: Mapping[str, Position] | None,
+        flat_positions: list[Any] | None,
         memo: dict[Any, Any],
     ) -> PortfolioState:
-        if not state:
+        if not flat_state:
             raise StoreEmptyError(f"portfolio {portfolio_id!r} is not in the store")
-        # positions are decoded once per distinct raw content (hundreds of JSON fields on a big book)
-        cached = memo.get(("positions", portfolio_id, positions_key))
+        state_key = ("state", portfolio_id, tuple(flat_state))
+        scalars = memo.get(state_key)
+        if scalars is None:
+            scalars = self._decode_portfolio(portfolio_id, _pairs(flat_state), {})
+            memo[state_key] = scalars
         if cached is None:
-            decoded = self._decode_portfolio(portfolio_id, state, dict(positions_key))
-            memo[("positions", portfolio_id, positions_key)] = MappingProxyType(dict(decoded.positions))
-            return decoded
-        return dataclasses.replace(self._decode_portfolio(portfolio_id, state, {}), positions=cached)
+            cached = MappingProxyType(self._decode_positions(portfolio_id, _pairs(flat_positions)))
+            if rev is not None:
+                memo[("positions", portfolio_id)] = (rev, cached)
+        return dataclasses.replace(scalars, positions=cached)
 
     def _decode_trading_state(self, key: str, raw: Mapping[bytes, bytes]) -> TradingState:
         if not raw:
@@ -912,14 +952,57 @@ class TradeView:
     header: MarketHeader | None
     reference: Mapping[str, float] | None
     portfolio: PortfolioState | None
-    positions_key: tuple[tuple[bytes, bytes], ...]
-    """The raw stored positions (hashable): a cache key for anything that depends on the holdings only."""
+    positions_key: bytes
+    """The DUMP of the stored positions: a cache key for anything that depends on the holdings only."""
     trading_state: TradingState | None
     recent_orders: int
     """Fills recorded in the order-rate window."""
     order: dict[str, Any] | None
     """The stored result of the client order id asked for, if a fill claimed it."""
     errors: Mapping[str, StoreError]
+
+
+_READ_TRADE_VIEW_LUA = """
+-- One consistent, read-only snapshot of everything a pre-trade check needs, in one round trip.
+-- KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference, KEYS[3] = pf:{id}:state,
+-- KEYS[4] = pf:{id}:trading_state, KEYS[5] = pf:{id}:rate, KEYS[6] = pf:{id}:orders, KEYS[7] = pf:{id}:positions
+-- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
+-- ARGV[3] = the positions_rev the caller has the positions of ('' for none)
+-- Returns the positions hash (flat) unless the state's positions_rev equals ARGV[3] (then nil).
+-- Every read is a pcall: a key of the wrong type comes back as an error in its own slot of the reply, so the
+-- caller can fail closed on that part and still report the others.
+-- (The keys span two hash tags: on Redis Cluster this read would have to be split in two.)
+local order = false
+if ARGV[2] ~= '' then order = redis.pcall('HGET', KEYS[6], ARGV[2]) end
+local rev = redis.pcall('HGET', KEYS[3], 'positions_rev')
+local positions = false
+if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[7]) end
+return {redis.pcall('HMGET', KEYS[1], 'version', 'ts', 'tickers', 'prices', 'price_ts'),
+        redis.pcall('HMGET', KEYS[2], 'tickers', 'prices'),
+        redis.pcall('HGETALL', KEYS[3]), redis.pcall('HGETALL', KEYS[4]),
+        redis.pcall('ZCOUNT', KEYS[5], ARGV[1], '+inf'), order, rev, positions}
+"""
+
+
+def _new_positions_rev(conn: Conn, portfolio_id: str) -> str:
+    """Mark the positions of ``portfolio_id`` as changed: readers drop what they cached under the old token."""
+    rev = uuid.uuid4().hex
+    conn.hset(PortfolioKeys(portfolio_id).state, "positions_rev", rev)
+    return rev
+
+
+def _ok(raw: Any, key: str) -> Any:
+    """A part of a script reply, or the typed error when Redis refused that part (a key of the wrong type)."""
+    if isinstance(raw, redis.ResponseError):
+        raise CorruptDataError(f"{key}: {raw}")
+    return raw
+
+
+def _pairs(flat: list[Any] | None) -> dict[Any, Any]:
+    """A flat ``[field, value, ...]`` reply (HGETALL inside a script) as a dict."""
+    if not flat:
+        return {}
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _try(errors: dict[str, StoreError], part: str, decode: Callable[[], Any]) -> Any:

@@ -82,6 +82,8 @@ class Reason(StrEnum):
     """A stored value does not decode, or the covariance is not a valid matrix: fail closed."""
     SCHEMA_MISMATCH = "SCHEMA_MISMATCH"
     """The store was written by another layout version."""
+    BAD_ORDER_ID = "BAD_ORDER_ID"
+    """execute_trade: client_order_id is not a non-empty string of at most 128 characters."""
     RETRY_EXHAUSTED = "RETRY_EXHAUSTED"
     """execute_trade: concurrent trades kept changing the portfolio; nothing was traded, send it again."""
 
