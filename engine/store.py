@@ -861,6 +861,18 @@ class Store:
             out[field_name] = decode_json(value, key=f"{key}.{field_name}")
         return out
 
+    def read_field_names(self, key: str, conn: Conn = None) -> list[str]:
+        """The field names of a hash (no values: cheap even when the values are large)."""
+        return [decode_str(name, key=key) for name in (conn or self.client).hkeys(key)]
+
+    def read_json_fields(self, key: str, names: Iterable[str], conn: Conn = None) -> dict[str, Any]:
+        """The named fields of a JSON hash, decoded; fields that vanished meanwhile are left out."""
+        names = list(names)
+        if not names:
+            return {}
+        values = (conn or self.client).hmget(key, names)
+        return {n: decode_json(v, key=f"{key}.{n}") for n, v in zip(names, values, strict=True) if v is not None}
+
     def write_json_fields(self, key: str, mapping: Mapping[str, Any], pipe: Conn = None) -> None:
         if mapping:
             (pipe or self.client).hset(key, mapping={k: encode_json(v) for k, v in mapping.items()})
