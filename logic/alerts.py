@@ -83,6 +83,9 @@ AUTO_ACTOR_PREFIX = "auto:"
 ACTION_RULE_PREFIX = "action:"
 MAX_TRANSACTION_ATTEMPTS = 20
 """WATCH retries of one alert transaction; only a storm of concurrent acknowledgements could exhaust them."""
+MANUAL_RESOLVE_REARM_SECONDS = 60.0
+"""After a manual resolve, a condition that still holds fires again after its pending period but no sooner
+than this: the breach is real and the desk must hear of it again, yet not on the very next tick."""
 HISTORY_SCAN = 5000
 """How many history records ``list_alerts`` scans per portfolio for resolved alerts."""
 
@@ -682,7 +685,8 @@ class AlertEngine:
 
     def resolve(self, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
         """Resolve by hand (ACTIVE -> RESOLVED by ``actor``); escalation is cancelled and everyone notified so
-        far gets one resolved message. A condition that still holds triggers again after its pending period.
+        far gets one resolved message. A condition that still holds triggers again after its pending period,
+        and no sooner than :data:`MANUAL_RESOLVE_REARM_SECONDS`.
         Raises :class:`AlertNotFoundError` when there is no active alert (e.g. it resolved already)."""
         actor = _require_actor(actor)
         now = self.clock()
@@ -697,8 +701,8 @@ class AlertEngine:
             ch = _Changes()
             resolved = self._resolve_into(ch, portfolio_id, alert, now, actor, note or "resolved by hand")
             if alert.get("kind") == "metric":
-                # restart the pending period: a breach that persists fires again, but not at once
-                ch.trackers_set[rule_id] = {"breach_since": now}
+                # a breach that persists fires again, but not at once (see MANUAL_RESOLVE_REARM_SECONDS)
+                ch.trackers_set[rule_id] = {"breach_since": now, "hold_until": now + MANUAL_RESOLVE_REARM_SECONDS}
             result.update(resolved)
             return ch
 
@@ -772,7 +776,7 @@ class AlertEngine:
 
     def pending_notifications(self, portfolio_id: str) -> int:
         """How many (event, target) notifications wait in the outbox."""
-        return len(self.notifier.pending(portfolio_id))
+        return self.notifier.pending_count(portfolio_id)
 
     # rules (delegated to the rule book, here so the dashboard needs one object)
     def list_rules(self) -> list[dict[str, Any]]:
@@ -920,17 +924,19 @@ class AlertEngine:
         if breach is None:
             return
         alert = current.get(rule.id)
-        new = {"breach_since": tracker.get("breach_since"), "clear_since": tracker.get("clear_since")}
+        new = {k: tracker.get(k) for k in ("breach_since", "clear_since", "hold_until")}
+        if new["hold_until"] is not None and now >= new["hold_until"]:
+            new["hold_until"] = None
         if breach:
             new["clear_since"] = None
             if alert is not None:
-                if alert.get("value") != value or alert.get("stale") != stale:
-                    alert.update(value=value, stale=stale, updated_at=now)
+                if alert.get("value") != value or alert.get("stale") != stale or alert.get("clear_since"):
+                    alert.update(value=value, stale=stale, clear_since=None, updated_at=now)
                     ch.alerts_set[rule.id] = alert
             else:
                 since = new["breach_since"] if new["breach_since"] is not None else now
                 new["breach_since"] = since
-                if now - since >= rule.pending_seconds:
+                if now - since >= rule.pending_seconds and new["hold_until"] is None:
                     alert = self._trigger(ch, portfolio_id, rule, value, stale, since, now, snapshot)
                     current[rule.id] = alert
         else:
@@ -949,9 +955,9 @@ class AlertEngine:
                         f"clear for {now - since:.0f} s" if rule.clear_seconds else "clear",
                     )
                     del current[rule.id]
-                    new = {"breach_since": None, "clear_since": None}
-                elif alert.get("value") != value or alert.get("stale"):
-                    alert.update(value=value, stale=False, updated_at=now)
+                    new = {"breach_since": None, "clear_since": None, "hold_until": None}
+                elif alert.get("value") != value or alert.get("stale") or alert.get("clear_since") != since:
+                    alert.update(value=value, stale=False, clear_since=since, updated_at=now)
                     ch.alerts_set[rule.id] = alert
             else:
                 new["clear_since"] = None
@@ -1123,7 +1129,10 @@ class AlertEngine:
                     )
                 )
                 changed = True
-            if alert["status"] == "TRIGGERED" and not alert.get("inhibited"):
+            # an alert never announced yet whose metric is already back (clear period running) waits: if it
+            # resolves, nobody was bothered; if the breach returns, it is announced then
+            quiet = not alert.get("notified") and alert.get("clear_since") is not None
+            if alert["status"] == "TRIGGERED" and not alert.get("inhibited") and not quiet:
                 levels = esc.due_levels(alert, policy, now)
                 for level in levels:
                     kind = esc.event_kind(alert, level)

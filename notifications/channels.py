@@ -175,7 +175,7 @@ class SmsChannel:
         self.client = Client(config.account_sid, config.auth_token, http_client=http_client)
 
     def send(self, address: str, message: Message) -> str | None:
-        from twilio.base.exceptions import TwilioException, TwilioRestException
+        from twilio.base.exceptions import TwilioException
 
         if not address.startswith("+") or not address[1:].isdigit():
             raise PermanentDeliveryError(f"not an E.164 phone number: {address!r}")
@@ -184,13 +184,16 @@ class SmsChannel:
             body = body[: SMS_MAX_CHARS - 1] + "…"
         try:
             sent = self.client.messages.create(to=address, from_=self.config.sender, body=body)
-        except TwilioRestException as exc:
-            text = f"Twilio HTTP {exc.status}: {exc.msg}" + (f" (code {exc.code})" if exc.code else "")
-            if exc.status == 429 or exc.status >= 500:
-                raise TransientDeliveryError(text, code=exc.status) from exc
-            raise PermanentDeliveryError(text, code=exc.status) from exc
         except (TwilioException, OSError) as exc:  # requests' ConnectionError and Timeout are OSErrors
-            raise TransientDeliveryError(f"Twilio: {exc!r}") from exc
+            status = getattr(exc, "status", None)  # Twilio REST and RFC 9457 service errors carry it
+            if not isinstance(status, int):
+                raise TransientDeliveryError(f"Twilio: {exc!r}") from exc
+            detail = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", "")
+            code = getattr(exc, "code", None)
+            text = f"Twilio HTTP {status}: {detail}" + (f" (code {code})" if code and code != status else "")
+            if status == 429 or status >= 500:
+                raise TransientDeliveryError(text, code=status) from exc
+            raise PermanentDeliveryError(text, code=status) from exc
         return getattr(sent, "sid", None)
 
 

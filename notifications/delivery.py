@@ -28,6 +28,7 @@ hold). Only one process flushes at a time (a lease in Redis), so two monitors ne
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -168,9 +169,17 @@ class Notifier:
     def enqueue(
         self, portfolio_id: str, event: Mapping[str, Any], targets: Sequence[Target], now: float, pipe: Any
     ) -> int:
-        """Add ``event`` for each target to the portfolio's outbox, on the caller's MULTI ``pipe``."""
+        """Add ``event`` for each target to the portfolio's outbox, on the caller's MULTI ``pipe``.
+
+        Field names are ``<event id>|<enqueued at>|<target key>`` so a flush can tell which groups are due
+        from the names alone (HKEYS) and decode only the entries it sends.
+        """
         entries = {
-            f"{event['event_id']}|{t.key}": {"event": dict(event), "target": asdict(t), "enqueued_at": now}
+            f"{event['event_id']}|{now!r}|{t.key}": {
+                "event": dict(event),
+                "target": asdict(t),
+                "enqueued_at": now,
+            }
             for t in targets
         }
         self.store.write_json_fields(Store.outbox_key(portfolio_id), entries, pipe)
@@ -180,6 +189,9 @@ class Notifier:
     def pending(self, portfolio_id: str) -> dict[str, Any]:
         """The outbox entries still waiting (delivery id -> entry)."""
         return self.store.read_json_hash(Store.outbox_key(portfolio_id))
+
+    def pending_count(self, portfolio_id: str) -> int:
+        return len(self.store.read_field_names(Store.outbox_key(portfolio_id)))
 
     def flush(
         self, now: float | None = None, portfolio_ids: Iterable[str] | None = None
@@ -202,25 +214,31 @@ class Notifier:
         return records
 
     def _flush_portfolio(self, portfolio_id: str, now: float) -> list[dict[str, Any]]:
-        entries = self.pending(portfolio_id)
-        if not entries:
+        outbox = Store.outbox_key(portfolio_id)
+        names = self.store.read_field_names(outbox)
+        if not names:
             return []
+        groups: dict[str, list[str]] = defaultdict(list)
+        oldest: dict[str, float] = {}
+        for name in names:
+            _event_id, enqueued_at, target_key = name.split("|", 2)
+            groups[target_key].append(name)
+            oldest[target_key] = min(oldest.get(target_key, math.inf), float(enqueued_at))
         state = self.store.read_json_hash(Store.notify_state_key(portfolio_id))
-        groups: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-        for field_name, entry in entries.items():
-            groups[Target(**_target_args(entry["target"])).key].append((field_name, entry))
         records = []
-        for key, items in sorted(groups.items()):
-            target = Target(**_target_args(items[0][1]["target"]))
+        for key in sorted(groups):
             group_state = state.get(key, {})
-            due = min(e["enqueued_at"] for _, e in items) + self.config.group_wait_seconds
+            due = oldest[key] + self.config.group_wait_seconds
             if group_state.get("last_sent_at") is not None:
                 due = max(due, group_state["last_sent_at"] + self.config.group_interval_seconds)
             if now < due:
                 continue
-            events = _distinct_events(e["event"] for _, e in items)
-            fields = [f for f, _ in items]
-            records.extend(self._deliver_group(portfolio_id, target, events, fields, group_state, now))
+            entries = self.store.read_json_fields(outbox, groups[key])
+            if not entries:
+                continue
+            target = Target(**_target_args(next(iter(entries.values()))["target"]))
+            events = _distinct_events(e["event"] for e in entries.values())
+            records.extend(self._deliver_group(portfolio_id, target, events, list(entries), group_state, now))
         return records
 
     def _deliver_group(
