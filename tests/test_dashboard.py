@@ -7,19 +7,22 @@ written from ``TEST_CONFIG``, and clears Streamlit's caches so no Desk survives 
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
-from engine.store import Store, heartbeat_key
+from engine.store import GLOBAL_AUDIT_KEY, Store, heartbeat_key
 
 from .conftest import TEST_CONFIG
 
@@ -277,6 +280,265 @@ def test_a_new_check_gets_a_new_order_id_and_trades_again(app_env: Store) -> Non
     assert_clean(at)
     assert first != second
     assert app_env.read_portfolio("main").positions["AAA"].qty == 1000 - 20
+
+
+# -- live data from the real daemons' code -------------------------------------------------------------------
+
+
+def monitor_snapshots(store: Store, settings: Settings, engine: Any = None, refreshes: int = 1) -> Any:
+    """Run the real monitor (and alert engine) in-process: snapshots, history points and alerts in Redis."""
+    from logic.monitor import Monitor
+
+    monitor = Monitor(store, settings, alert_engine=engine)
+    for _ in range(refreshes):
+        monitor.refresh()
+    return monitor
+
+
+def run_bars(store: Store, settings: Settings, bars: int, shocks: tuple[str, ...] = ()) -> Any:
+    """``bars`` bars of the simulated feed through the real stream daemon, each snapshotted by the monitor."""
+    from engine.feeds import SimulatedFeed, parse_shock
+    from engine.stream import StreamDaemon
+    from logic.monitor import Monitor
+
+    monitor = Monitor(store, settings)
+    monitor.process_available()  # joins the tick consumer group before the first tick
+    feed = SimulatedFeed.from_settings(settings, seed=11, bars=bars, shocks=[parse_shock(x) for x in shocks])
+    StreamDaemon(store, settings, feed, interval=0).run()
+    monitor.process_available()
+    return monitor
+
+
+def alert_engine(store: Store, settings: Settings) -> Any:
+    from logic.alerts import build_alert_engine
+
+    return build_alert_engine(store, settings)
+
+
+def charts(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def arr(value: Any) -> np.ndarray:
+    """A Plotly JSON array: a list, or a typed array ``{"dtype", "bdata" (base64), "shape"}``."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if shape:
+            out = out.reshape([int(n) for n in str(shape).split(",")])
+        return out
+    return np.array(value)
+
+
+def parametric_var(store: Store, settings: Settings, portfolio_id: str, confidence: float) -> float:
+    """z * sqrt(x' Σ x) * sqrt(bars per day), computed here from the stored book and matrix."""
+    from scipy.stats import norm
+
+    snap = store.read_market()
+    book = store.read_portfolio(portfolio_id)
+    x = np.array([book.positions[t].qty * snap.prices[i] if t in book.positions else 0.0
+                  for i, t in enumerate(snap.tickers)])  # fmt: skip
+    return float(norm.ppf(confidence) * math.sqrt(x @ snap.cov @ x) * math.sqrt(settings.model.bars_per_day))
+
+
+# -- Overview -------------------------------------------------------------------------------------------------
+
+
+def test_overview_shows_the_monitor_snapshot_gauges_and_lights(app_env: Store, settings: Settings) -> None:
+    engine = alert_engine(app_env, settings)
+    engine.add_rule({"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05,
+                     "severity": "HIGH", "description": "VaR <b>used</b> [x](http://evil)"}, "tester")  # fmt: skip
+    engine.add_rule({"id": "conc", "metric": "concentration.largest_share", "op": ">", "threshold": 0.9,
+                     "severity": "MEDIUM"}, "tester")  # fmt: skip
+    engine.add_rule({"id": "dd_halt", "metric": "drawdown.daily", "op": "<=", "threshold": -0.05,
+                     "severity": "CRITICAL", "actions": ["set_state:HALTED"]}, "tester")  # fmt: skip
+    monitor_snapshots(app_env, settings, engine, refreshes=3)
+    snapshot = app_env.read_snapshot("main")
+    at = open_page("overview")
+    assert_clean(at)
+    assert metric(at, "Equity") == money(1_000_000 + 1000 * 100.0 + 2000 * 50.0)
+    assert metric(at, "VaR 95% (1 day)") == money(parametric_var(app_env, settings, "main", 0.95))
+    assert metric(at, "VaR 99% (1 day)") == money(parametric_var(app_env, settings, "main", 0.99))
+    assert metric(at, "CVaR 95% (1 day)") == money(snapshot["var"]["cvar95"])
+    lights = joined(at.markdown)
+    assert ":red[●] **VaR**" in lights  # breached HIGH rule
+    assert ":green[●] **Concentration**" in lights  # its rule holds
+    assert ":gray[●] **Margin & leverage**" in lights  # no rule applies to a cash account
+    details = texts(at.caption)
+    assert any("\\<b\\>used\\</b\\>" in c and "\\[x\\]" in c for c in details)  # escaped, never HTML/links
+    assert not any(getattr(m.proto, "allow_html", False) for m in at.markdown)
+    specs = charts(at)
+    gauges = [s for s in specs if s["data"][0]["type"] == "indicator"]
+    assert len(gauges) == 4
+    var95_gauge = next(g for g in gauges if g["data"][0]["title"]["text"] == "VaR 95% (1 day)")
+    assert var95_gauge["data"][0]["value"] == pytest.approx(snapshot["var"]["var95"])
+    assert var95_gauge["data"][0]["gauge"]["threshold"]["value"] == pytest.approx(20000)
+    drawdown = next(s for s in specs if s["layout"].get("title", {}).get("text", "").startswith("Drawdown"))
+    assert [shape["y0"] for shape in drawdown["layout"]["shapes"]] == [pytest.approx(-0.05)]
+    equity = next(s for s in specs if s["layout"].get("title", {}).get("text") == "Equity")
+    assert arr(equity["data"][0]["y"])[-1] == pytest.approx(snapshot["equity"])
+
+
+def test_overview_without_a_monitor_says_so_and_shows_the_risk_managers_figures(
+    app_env: Store, settings: Settings
+) -> None:
+    at = open_page("overview")
+    assert_clean(at)
+    assert "No risk snapshot from the monitor yet" in joined(at.info)
+    assert "python -m logic.monitor" in joined(at.info)
+    assert metric(at, "VaR 95% (1 day)") == money(parametric_var(app_env, settings, "main", 0.95))
+
+
+# -- Risk -----------------------------------------------------------------------------------------------------
+
+
+def open_risk_tab(tab: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.session_state["refresh"] = "Paused"
+    at.session_state["risk_tab"] = tab
+    at.switch_page("screens/risk.py")
+    return at.run()
+
+
+def test_risk_exposure_tab_component_var_sums_to_the_var(app_env: Store, settings: Settings) -> None:
+    at = open_risk_tab("Exposure & VaR")
+    assert_clean(at)
+    var = parametric_var(app_env, settings, "main", 0.95)
+    assert metric(at, "VaR 95% (1 day)") == money(var)
+    exposures = frame_with(at, "component_var")
+    assert exposures["component_var"].sum() == pytest.approx(var, rel=1e-9)
+    corr = next(s for s in charts(at) if s["data"][0]["type"] == "heatmap")["data"][0]
+    assert corr["x"] == ["AAA", "BBB", "CCC", "DDD"]
+    assert np.allclose(np.diag(arr(corr["z"])), 1.0)
+    assert arr(corr["z"])[0][1] == pytest.approx(TEST_CONFIG["universe"]["correlation"], abs=1e-9)
+
+
+def test_risk_stress_tab_shows_each_scenarios_pnl(app_env: Store) -> None:
+    at = open_risk_tab("Stress")
+    assert_clean(at)
+    scenarios = frame_with(at, "pnl").set_index("name")
+    assert scenarios.loc["crash", "pnl"] == pytest.approx(-0.2 * (1000 * 100.0 + 2000 * 50.0))
+    assert scenarios.loc["rotation", "pnl"] == pytest.approx(-0.1 * 1000 * 100.0)
+
+
+def test_risk_what_if_checks_the_basket_without_trading(app_env: Store) -> None:
+    at = open_risk_tab("What-if")
+    at.button(key="FormSubmitter:what_if_form-Run what-if").click().run()
+    assert_clean(at)
+    decisions = frame_with(at, "delta_var")
+    assert list(decisions["status"]) == ["APPROVED"]
+    assert decisions.iloc[0]["ticker"] == "AAA" and decisions.iloc[0]["qty"] == 100
+    assert metric(at, "Basket") == "APPROVED"
+    assert app_env.read_portfolio("main").positions["AAA"].qty == 1000  # nothing traded
+
+
+def test_risk_surface_passes_through_the_current_var(app_env: Store, settings: Settings) -> None:
+    at = open_risk_tab("Surface")
+    assert_clean(at)
+    spec = next(s for s in charts(at) if s["data"][0]["type"] == "contour")
+    x, y, z = (arr(spec["data"][0][k]) for k in ("x", "y", "z"))
+    i, j = int(np.argmin(abs(x - 1000))), int(np.argmin(abs(y - 2000)))  # the grid is centred on the book
+    assert (x[i], y[j]) == (1000, 2000)
+    assert z[j][i] == pytest.approx(parametric_var(app_env, settings, "main", 0.95))
+    assert z.min() < z[j][i]  # smaller positions carry less VaR
+
+
+def test_risk_backtest_counts_exceedances_of_the_monitors_history(app_env: Store, settings: Settings) -> None:
+    run_bars(app_env, settings, bars=30, shocks=("*:-0.03@12",))
+    at = open_risk_tab("Backtest")
+    assert_clean(at)
+    history = {p["version"]: p for p in app_env.read_history("main")}
+    pairs = [(history[v], history[v + 1]) for v in sorted(history) if v + 1 in history]
+    hits = [-(b["equity"] - a["equity"]) > a["var.var99"] / math.sqrt(settings.model.bars_per_day) for a, b in pairs]
+    assert metric(at, "Observations (bars)") == str(len(pairs))
+    assert metric(at, "Exceedances") == str(sum(hits))
+    assert sum(hits) >= 1  # the -3% shock is far beyond a one-bar 99% VaR
+    series = frame_with(at, "exceeded")
+    assert list(series["exceeded"]) == hits
+
+
+# -- Alerts ---------------------------------------------------------------------------------------------------
+
+
+def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_resolved(
+    app_env: Store, settings: Settings
+) -> None:
+    engine = alert_engine(app_env, settings)
+    engine.add_rule({"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05,
+                     "severity": "CRITICAL", "description": "VaR used"}, "tester")  # fmt: skip
+    monitor_snapshots(app_env, settings, engine)
+    at = open_page("alerts")
+    assert_clean(at)
+    feed = frame_with(at, "rule_id")
+    assert list(feed["rule_id"]) == ["var_used"]
+    assert feed.iloc[0]["severity"] == "🟥 CRITICAL" and feed.iloc[0]["status"] == "TRIGGERED"
+    assert feed.iloc[0]["value"] == pytest.approx(app_env.read_snapshot("main")["var"]["utilization"])
+    assert metric(at, "Unacknowledged") == "1"
+
+    at.text_input(key="al_actor").input("bob")
+    at.text_input(key="al_note").input("looking")
+    at.button(key="FormSubmitter:alert_action_form-Acknowledge").click().run()
+    assert_clean(at)
+    assert "acknowledged" in joined(at.success)
+    alert = app_env.read_active_alerts("main")["var_used"]
+    assert (alert["status"], alert["acknowledged_by"], alert["ack_note"]) == ("ACKNOWLEDGED", "bob", "looking")
+    assert metric(at, "Unacknowledged") == "0"
+
+    at.button(key="FormSubmitter:alert_action_form-Resolve").click().run()
+    assert_clean(at)
+    assert app_env.read_active_alerts("main") == {}
+    at.multiselect(key="al_status").set_value(["RESOLVED"]).run()
+    resolved = frame_with(at, "rule_id")
+    assert list(resolved["status"]) == ["RESOLVED"] and resolved.iloc[0]["resolved_by"] == "bob"
+
+
+def test_acknowledge_without_a_name_is_refused_with_the_reason(app_env: Store, settings: Settings) -> None:
+    engine = alert_engine(app_env, settings)
+    engine.add_rule({"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05,
+                     "severity": "LOW"}, "tester")  # fmt: skip
+    monitor_snapshots(app_env, settings, engine)
+    at = open_page("alerts")
+    at.button(key="FormSubmitter:alert_action_form-Acknowledge").click().run()
+    assert_clean(at)
+    assert "say who you are" in joined(at.error)
+    assert app_env.read_active_alerts("main")["var_used"]["status"] == "TRIGGERED"
+
+
+def test_rules_editor_adds_and_edits_a_rule_with_audit(app_env: Store, settings: Settings) -> None:
+    at = open_page("alerts")
+    k = "rule_➕ new rule_"
+    at.text_input(key=k + "id").input("lev")
+    at.selectbox(key=k + "metric").set_value("leverage")
+    at.selectbox(key=k + "op").set_value(">")
+    at.number_input(key=k + "threshold").set_value(2.5)
+    at.selectbox(key=k + "severity").set_value("HIGH")
+    at.text_input(key=k + "description").input("Leverage above 2.5x")
+    at.text_input(key="rule_actor").input("carol")
+    at.button(key="FormSubmitter:rule_form-Save rule").click().run()
+    assert_clean(at)
+    assert "Rule lev saved" in joined(at.success)
+    rule = alert_engine(app_env, settings).get_rule("lev")
+    assert (rule.metric, rule.op, rule.threshold, rule.severity) == ("leverage", ">", 2.5, "HIGH")
+    assert "lev" in set(frame_with(at, "source")["id"])
+
+    at.selectbox(key="rule_pick").set_value("lev").run()
+    at.number_input(key="rule_lev_threshold").set_value(3.0)
+    at.button(key="FormSubmitter:rule_form-Save rule").click().run()
+    assert_clean(at)
+    assert alert_engine(app_env, settings).get_rule("lev").threshold == 3.0
+    audit = app_env.read_stream_json(GLOBAL_AUDIT_KEY, count=10)
+    assert [r.get("actor") for r in audit[:2]] == ["carol", "carol"]
+
+
+def test_rules_editor_refuses_an_invalid_rule_with_the_validation_message(app_env: Store, settings: Settings) -> None:
+    at = open_page("alerts")
+    k = "rule_➕ new rule_"
+    at.text_input(key=k + "id").input("bad rule id!")
+    at.text_input(key="rule_actor").input("carol")
+    at.button(key="FormSubmitter:rule_form-Save rule").click().run()
+    assert_clean(at)
+    assert at.error, "the editor must say why"
+    assert all(r["id"] != "bad rule id!" for r in alert_engine(app_env, settings).list_rules())
 
 
 # -- failure modes: every page says what is wrong and how to fix it, never a traceback -----------------------
