@@ -934,6 +934,17 @@ class Store:
     def release_notify_lock(self, token: str) -> None:
         self.client.eval(self._RELEASE_LOCK_LUA, 1, self.NOTIFY_LOCK_KEY, token)
 
+    # KEYS[1] = the lock key; ARGV[1] = the caller's token, ARGV[2] = new lease in ms. Extends only our lease.
+    _RENEW_LOCK_LUA = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+    )
+
+    def renew_notify_lock(self, token: str, ttl_seconds: float) -> bool:
+        """Extend the flush lease we hold (before a long delivery); False when it is no longer ours."""
+        ttl_ms = max(1, int(ttl_seconds * 1000))
+        return bool(self.client.eval(self._RENEW_LOCK_LUA, 1, self.NOTIFY_LOCK_KEY, token, ttl_ms))
+
     # -- maintenance -----------------------------------------------------------------------------------------
     def is_seeded(self) -> bool:
         return self.schema_version() is not None and self.client.exists(MARKET_KEY) == 1
