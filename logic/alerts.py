@@ -40,14 +40,16 @@ Driving the engine
 ``evaluate(portfolio_id, snapshot, now)``: call once per snapshot (the monitor does).
 ``tick(now)``: call regularly (every second or so), snapshots or not. It re-evaluates each portfolio's last
 snapshot at ``now`` (pending and clear periods, stale data), runs escalation timers, repeat reminders and
-acknowledge timeouts, runs leftover automated actions, and flushes due notification groups (unless a delivery
-thread does that: :meth:`AlertEngine.start_delivery`).
+acknowledge timeouts, runs leftover automated actions, and flushes due notification groups.
+:meth:`AlertEngine.start_background` runs ``tick`` on a thread of its own (the monitor then only calls
+``evaluate``); :meth:`AlertEngine.close` stops it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import logging
 import math
 import threading
@@ -562,8 +564,8 @@ class AlertEngine:
         )
         self._last: dict[str, Snapshot] = {}
         self._lock = threading.RLock()
-        self._delivery_thread: threading.Thread | None = None
-        self._delivery_stop = threading.Event()
+        self._background: threading.Thread | None = None
+        self._stop = threading.Event()
 
     # -- the monitor's calls ---------------------------------------------------------------------------------
     def evaluate(
@@ -582,20 +584,23 @@ class AlertEngine:
             self._last[portfolio_id] = snapshot
             changes = self._transact(
                 portfolio_id,
-                lambda a, t, rules: self._plan_evaluation(portfolio_id, snapshot, now, rules, a, t),
+                functools.partial(self._plan_evaluation, portfolio_id, snapshot, now),
             )
             if changes.actions:
                 self._run_pending_actions(portfolio_id, now)
         return changes.transitions
 
     def tick(self, now: float | None = None) -> dict[str, Any]:
-        """Time-based work; call about once a second whether or not snapshots arrive.
+        """Time-based work; call about once a second whether or not snapshots arrive (or let
+        :meth:`start_background` do it).
 
         For every portfolio: re-evaluate its last snapshot at ``now`` (pending and clear periods complete,
-        data goes stale), fire due escalation levels, repeat reminders and acknowledge timeouts, run
-        automated actions left over (e.g. by a crash), then flush the notification groups that are due
-        (unless :meth:`start_delivery` runs a delivery thread).
+        data goes stale), fire due escalation levels, repeat reminders and acknowledge timeouts, and run
+        automated actions left over (e.g. by a crash); then flush the notification groups that are due.
         Returns ``{"transitions": [...], "deliveries": [...]}``.
+
+        The flush runs outside the engine's lock, so an SMTP server retrying does not hold up
+        :meth:`evaluate` on another thread.
         """
         now = self.clock() if now is None else float(now)
         transitions: list[dict[str, Any]] = []
@@ -605,45 +610,42 @@ class AlertEngine:
                 snapshot = self._last.get(pid)
                 if snapshot is not None:
                     changes = self._transact(
-                        pid,
-                        lambda a, t, rules, p=pid, s=snapshot: self._plan_evaluation(p, s, now, rules, a, t),
+                        pid, functools.partial(self._plan_evaluation, pid, snapshot, now)
                     )
                 else:
-                    changes = self._transact(
-                        pid, lambda a, t, rules, p=pid: self._plan_timers_only(p, now, a)
-                    )
+                    changes = self._transact(pid, functools.partial(self._plan_timers_only, pid, now))
                 transitions.extend(changes.transitions)
                 self._run_pending_actions(pid, now)
-        deliveries = [] if self._delivery_thread is not None else self.notifier.flush(now, pids)
+        deliveries = self.notifier.flush(now, pids)
         return {"transitions": transitions, "deliveries": deliveries}
 
-    def start_delivery(self, interval_seconds: float = 1.0) -> None:
-        """Send notifications from a background thread (so SMTP retries never delay the monitor's loop).
+    def start_background(self, interval_seconds: float = 1.0) -> None:
+        """Run :meth:`tick` every ``interval_seconds`` (engine clock) on a daemon thread until :meth:`close`.
 
-        The thread flushes every ``interval_seconds`` with the engine's clock; :meth:`tick` then stops
-        flushing itself. Stop it with :meth:`close`.
+        With it the monitor only calls :meth:`evaluate`; notification delivery (and its retries) never
+        delays the monitor's loop. Errors are logged and the thread carries on.
         """
-        if self._delivery_thread is not None:
+        if self._background is not None:
             return
-        self._delivery_stop.clear()
+        self._stop.clear()
 
         def loop() -> None:
-            while not self._delivery_stop.is_set():
+            while not self._stop.is_set():
                 try:
-                    self.notifier.flush(self.clock(), self.portfolio_ids())
-                except Exception:  # keep delivering: a Redis blip must not end notifications for good
-                    LOGGER.exception("notification flush failed")
-                self._delivery_stop.wait(interval_seconds)
+                    self.tick(self.clock())
+                except Exception:  # keep going: a Redis blip must not end notifications for good
+                    LOGGER.exception("alert engine tick failed")
+                self._stop.wait(interval_seconds)
 
-        self._delivery_thread = threading.Thread(target=loop, name="riskdesk-notify", daemon=True)
-        self._delivery_thread.start()
+        self._background = threading.Thread(target=loop, name="riskdesk-alerts", daemon=True)
+        self._background.start()
 
     def close(self) -> None:
-        """Stop the delivery thread (if any) after its current flush."""
-        thread, self._delivery_thread = self._delivery_thread, None
+        """Stop the background thread (after its current tick); safe to call twice."""
+        thread, self._background = self._background, None
         if thread is not None:
-            self._delivery_stop.set()
-            thread.join(timeout=60)
+            self._stop.set()
+            thread.join(timeout=300)
 
     # -- the dashboard's calls -------------------------------------------------------------------------------
     def acknowledge(self, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
@@ -702,7 +704,10 @@ class AlertEngine:
             resolved = self._resolve_into(ch, portfolio_id, alert, now, actor, note or "resolved by hand")
             if alert.get("kind") == "metric":
                 # a breach that persists fires again, but not at once (see MANUAL_RESOLVE_REARM_SECONDS)
-                ch.trackers_set[rule_id] = {"breach_since": now, "hold_until": now + MANUAL_RESOLVE_REARM_SECONDS}
+                ch.trackers_set[rule_id] = {
+                    "breach_since": now,
+                    "hold_until": now + MANUAL_RESOLVE_REARM_SECONDS,
+                }
             result.update(resolved)
             return ch
 
@@ -864,9 +869,9 @@ class AlertEngine:
         portfolio_id: str,
         snapshot: Snapshot,
         now: float,
-        rules: tuple[AlertRule, ...],
         alerts: dict[str, Any],
         trackers: dict[str, Any],
+        rules: tuple[AlertRule, ...],
     ) -> _Changes:
         ch = _Changes()
         current = {rid: dict(a) for rid, a in alerts.items()}
@@ -891,7 +896,9 @@ class AlertEngine:
         self._plan_timers(ch, portfolio_id, current, now)
         return ch
 
-    def _plan_timers_only(self, portfolio_id: str, now: float, alerts: dict[str, Any]) -> _Changes:
+    def _plan_timers_only(
+        self, portfolio_id: str, now: float, alerts: dict[str, Any], trackers: Any, rules: Any
+    ) -> _Changes:
         ch = _Changes()
         current = {rid: dict(a) for rid, a in alerts.items()}
         self._plan_timers(ch, portfolio_id, current, now)
@@ -902,7 +909,7 @@ class AlertEngine:
         data_ts = snapshot.get("market_ts")
         if not _finite(data_ts):
             data_ts = snapshot.get("ts")
-        age = now - float(data_ts) if _finite(data_ts) else math.inf
+        age = now - float(data_ts) if isinstance(data_ts, int | float) and _finite(data_ts) else math.inf
         value = metric_value(snapshot, rule.metric)
         if age <= rule.stale_after_seconds and value is None and rule.metric in NOT_APPLICABLE_WHEN_NULL:
             return False, None, False
@@ -1229,7 +1236,7 @@ class AlertEngine:
         for items in by_alert.values():
             outcomes = [(item, self.responses.run(portfolio_id, item)) for item in items]
             self._transact(
-                portfolio_id, lambda a, t, rules, o=outcomes: self._plan_action_alert(portfolio_id, o, now, a)
+                portfolio_id, functools.partial(self._plan_action_alert, portfolio_id, outcomes, now)
             )
 
     def _plan_action_alert(
@@ -1238,6 +1245,8 @@ class AlertEngine:
         outcomes: list[tuple[dict[str, Any], Any]],
         now: float,
         alerts: dict[str, Any],
+        trackers: Any,
+        rules: Any,
     ) -> _Changes:
         ch = _Changes()
         first = outcomes[0][0]

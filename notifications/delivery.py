@@ -55,8 +55,11 @@ from notifications.render import SEVERITY_ORDER, Renderer
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
-LOCK_TTL_SECONDS = 300.0
-"""Lease of the flushing process; longer than any flush (retries are bounded), short enough to recover."""
+LOCK_TTL_SECONDS = 30.0
+"""Lease of the flushing process, renewed before each message for that message's worst case (all retries,
+backoffs and timeouts): a process killed mid-flush blocks the others for at most one message's budget."""
+CHANNEL_TIMEOUT_BUDGET_SECONDS = 15.0
+"""What one attempt may take (connection + send) when the lease is sized; channels time out sooner."""
 MAX_EVENTS_IN_RECORD = 50
 """A delivery record lists at most this many events (a storm digest counts the rest)."""
 
@@ -208,12 +211,17 @@ class Notifier:
         try:
             pids = list(portfolio_ids) if portfolio_ids is not None else self.store.portfolio_ids()
             for pid in pids:
-                records.extend(self._flush_portfolio(pid, now))
+                records.extend(self._flush_portfolio(pid, now, token))
         finally:
             self.store.release_notify_lock(token)
         return records
 
-    def _flush_portfolio(self, portfolio_id: str, now: float) -> list[dict[str, Any]]:
+    def _message_budget(self) -> float:
+        retry = self.config.retry
+        one = retry.max_attempts * (retry.max_backoff_seconds + CHANNEL_TIMEOUT_BUDGET_SECONDS)
+        return LOCK_TTL_SECONDS + 2 * one  # the message and a possible SMS fallback
+
+    def _flush_portfolio(self, portfolio_id: str, now: float, token: str) -> list[dict[str, Any]]:
         outbox = Store.outbox_key(portfolio_id)
         names = self.store.read_field_names(outbox)
         if not names:
@@ -233,6 +241,9 @@ class Notifier:
                 due = max(due, group_state["last_sent_at"] + self.config.group_interval_seconds)
             if now < due:
                 continue
+            if not self.store.renew_notify_lock(token, self._message_budget()):
+                self.logger.warning("notification flush lease lost; another process continues")
+                break
             entries = self.store.read_json_fields(outbox, groups[key])
             if not entries:
                 continue
