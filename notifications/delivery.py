@@ -287,7 +287,7 @@ class Notifier:
             pipe.execute()
         out.append(record)
         if target.channel == "email" and result.status != "delivered":
-            out.extend(self._sms_fallback(portfolio_id, target, events, message, now))
+            out.extend(self._sms_fallback(portfolio_id, target, events, message, now, result.status))
         return out
 
     def _hold_back(
@@ -326,7 +326,13 @@ class Notifier:
         events: list[dict[str, Any]],
         message: Message | None,
         now: float,
+        email_status: str,
     ) -> list[dict[str, Any]]:
+        """Text the CRITICAL events of an email that failed (or was skipped) to each of its recipients.
+
+        When no SMS can be sent either, that is recorded only if the email really failed: a desk that
+        configured neither SMTP nor Twilio gets its alerts in the log without a second skipped record.
+        """
         critical = [e for e in events if e["alert"].get("severity") == "CRITICAL"]
         if not (critical and self.config.sms_fallback):
             return []
@@ -343,6 +349,8 @@ class Notifier:
                 target = Target("sms", "", (name,), f"no SMS number for {name} to fall back to")
             else:
                 target = targets[0]
+            if target.skip_reason and email_status == "skipped":
+                continue
             result = (
                 SendResult("skipped", 0, target.skip_reason)
                 if target.skip_reason
