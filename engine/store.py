@@ -605,6 +605,360 @@ class Store:
 
     # -- ticks, history, snapshots (engine/stream.py, logic/monitor.py) --------------------------------------
     # (section owned by the stream/monitor work: add its methods here)
+    #
+    # Keys of this section (besides TICKS_KEY and PortfolioKeys.history / snapshot / marks):
+    #   pf:{<id>}:peaks                hash     equity references: day, day_open, day_peak, week, week_peak,
+    #                                           max_peak, max_dd, last (drawdown windows and daily P&L)
+    #   rd:lock:<name>                 string   short lease (SET NX PX), e.g. the monitor's idle refresh
+    # The tick stream is read by the consumer group MONITOR_GROUP. Per-portfolio writes of one snapshot
+    # (latest snapshot, history point) touch keys of one hash tag only and run in one Lua script.
+
+    @staticmethod
+    def peaks_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id)._key("peaks")
+
+    @staticmethod
+    def lock_key(name: str) -> str:
+        return f"rd:lock:{name}"
+
+    # ticks --------------------------------------------------------------------------------------------------
+    def publish_tick(
+        self, event: TickEvent, maxlen: int, pipe: Conn = None, *, tickers_json: str | None = None
+    ) -> None:
+        """Append a tick event to :data:`TICKS_KEY`, bounded by ``MAXLEN ~ maxlen``.
+
+        ``tickers_json`` is the caller's cached ``encode_json(list(event.tickers))`` (it changes rarely)."""
+        fields = event.to_fields(tickers_json)
+        (pipe or self.client).xadd(TICKS_KEY, fields, maxlen=maxlen, approximate=True)
+
+    def read_ticks(
+        self, count: int | None = None, newest_first: bool = False, conn: Conn = None
+    ) -> list[TickEvent]:
+        """Tick events of the stream (oldest first unless ``newest_first``); for tests and the dashboard."""
+        c = conn or self.client
+        entries = c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
+        return [TickEvent.from_fields(entry_id, fields) for entry_id, fields in entries]
+
+    def last_tick(self, conn: Conn = None) -> TickEvent | None:
+        ticks = self.read_ticks(count=1, newest_first=True, conn=conn)
+        return ticks[0] if ticks else None
+
+    def ensure_tick_group(self, group: str = "monitor", conn: Conn = None) -> bool:
+        """Create the consumer group on the tick stream (and the stream) unless it exists; True if created.
+
+        A new group starts at the end of the stream (``$``): events published from then on are kept for it
+        until a consumer acknowledges them, whether or not a monitor is running yet.
+        """
+        try:
+            (conn or self.client).xgroup_create(TICKS_KEY, group, id="$", mkstream=True)
+            return True
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+
+    def read_tick_group(
+        self,
+        group: str,
+        consumer: str,
+        *,
+        pending: bool = False,
+        count: int = 100,
+        block_ms: int | None = None,
+    ) -> list[tuple[str, TickEvent | None]]:
+        """XREADGROUP: new events (``pending=False``) or this consumer's delivered but unacknowledged ones.
+
+        Returns ``(entry id, event)`` pairs; the event is ``None`` when the entry was trimmed away meanwhile
+        or does not decode (the caller acknowledges and skips it).
+        """
+        start = "0" if pending else ">"
+        raw = self.client.xreadgroup(group, consumer, {TICKS_KEY: start}, count=count, block=block_ms)
+        return _decode_tick_entries(raw[0][1] if raw else [])
+
+    def claim_stale_ticks(
+        self, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[tuple[str, TickEvent | None]]:
+        """XAUTOCLAIM: take over events another consumer received but did not acknowledge for ``min_idle_ms``
+        (a monitor that died); they become this consumer's pending entries."""
+        raw = self.client.xautoclaim(TICKS_KEY, group, consumer, min_idle_ms, start_id="0-0", count=count)
+        return _decode_tick_entries(raw[1] if raw and len(raw) > 1 else [])
+
+    def ack_ticks(self, group: str, entry_ids: Iterable[str], pipe: Conn = None) -> None:
+        ids = list(entry_ids)
+        if ids:
+            (pipe or self.client).xack(TICKS_KEY, group, *ids)
+
+    def tick_group_pending(self, group: str = "monitor") -> int:
+        """Events delivered to the group's consumers and not yet acknowledged (0 when there is no group)."""
+        try:
+            info = self.client.xpending(TICKS_KEY, group)
+        except redis.ResponseError:
+            return 0
+        return int(info.get("pending", 0)) if isinstance(info, dict) else 0
+
+    def read_stressed_version(self, conn: Conn = None) -> int | None:
+        """Version of the stored stressed matrix (it changes when the warm-up rebuilds it), or None."""
+        raw = (conn or self.client).hget(STRESSED_KEY, "version")
+        return None if raw is None else decode_int(raw, key=f"{STRESSED_KEY}.version")
+
+    # portfolios, read together ------------------------------------------------------------------------------
+    def read_portfolio_bundles(self, known_ids: Iterable[str] | None = None) -> dict[str, PortfolioBundle]:
+        """Every registered portfolio's state, positions and trading state in ONE MULTI/EXEC.
+
+        One transaction, so a fill (itself one MULTI) is seen entirely or not at all: cash and holdings never
+        come from two sides of a trade. ``known_ids`` is the caller's guess of the registry; when the registry
+        differs, the read is repeated with the registered ids (at most twice more). A portfolio that does not
+        decode carries its typed error instead of a state (the caller skips it: fail closed).
+        """
+        ids = sorted(known_ids) if known_ids is not None else self.portfolio_ids()
+        for _ in range(3):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.smembers(PORTFOLIOS_KEY)
+            for pid in ids:
+                keys = PortfolioKeys(pid)
+                pipe.hgetall(keys.state)
+                pipe.hgetall(keys.positions)
+                pipe.hgetall(keys.trading_state)
+            raw = pipe.execute()
+            registered = sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw[0])
+            if registered == ids:
+                break
+            ids = registered
+        else:
+            raise CorruptDataError(f"{PORTFOLIOS_KEY} keeps changing; cannot read a consistent set")
+        out: dict[str, PortfolioBundle] = {}
+        for i, pid in enumerate(ids):
+            state_raw, positions_raw, trading_raw = raw[1 + 3 * i : 4 + 3 * i]
+            try:
+                if not state_raw:
+                    raise StoreEmptyError(f"portfolio {pid!r} is registered but has no state")
+                state = self._decode_portfolio(pid, state_raw, positions_raw)
+                trading = _trading_state_from_hash(PortfolioKeys(pid).trading_state, trading_raw)
+                out[pid] = PortfolioBundle(pid, state, trading, None)
+            except StoreError as exc:
+                out[pid] = PortfolioBundle(pid, None, None, exc)
+        return out
+
+    # equity peaks and position excursions -------------------------------------------------------------------
+    # KEYS[1] = pf:{id}:peaks (hash: day, day_open, day_peak, week, week_peak, max_peak, max_dd, last)
+    # ARGV[1] = equity now (number as text), ARGV[2] = day id, ARGV[3] = week id (ISO dates order as text)
+    # Merges one equity observation. A later day (week) opens at the last equity seen before it (the previous
+    # close; this equity when there is none) and its peak restarts at max(open, equity), so a loss between
+    # the close and the first snapshot of the day counts (math_logic.period_drawdown's convention). An
+    # observation of an earlier day (a late tick) leaves that period alone. The all-time peak is a max and the
+    # worst drawdown from it a min, so two monitors, or a tick processed twice, never lose an update.
+    # Returns {day, day_open, day_peak, week, week_peak, max_peak, max_dd}.
+    _PEAKS_LUA = """
+local key, e, day, week = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local h = redis.call('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd',
+                     'last')
+local open_s = h[8] or ARGV[1]
+local start_peak = ARGV[1]
+if tonumber(open_s) > e then start_peak = open_s end
+if not h[1] or day > h[1] then
+  h[1] = day; h[2] = open_s; h[3] = start_peak
+elseif day == h[1] and e > tonumber(h[3]) then
+  h[3] = ARGV[1]
+end
+if not h[4] or week > h[4] then
+  h[4] = week; h[5] = start_peak
+elseif week == h[4] and e > tonumber(h[5]) then
+  h[5] = ARGV[1]
+end
+if not h[6] or e > tonumber(h[6]) then h[6] = ARGV[1] end
+local peak = tonumber(h[6])
+local dd = 0
+if peak > 0 and e < peak then dd = e / peak - 1 end
+if not h[7] or dd < tonumber(h[7]) then h[7] = string.format('%.17g', dd) end
+redis.call('HSET', key, 'day', h[1], 'day_open', h[2], 'day_peak', h[3], 'week', h[4], 'week_peak', h[5],
+           'max_peak', h[6], 'max_dd', h[7], 'last', ARGV[1])
+return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
+"""
+
+    def update_peaks(
+        self, portfolio_id: str, equity: float, day_id: str, week_id: str, pipe: Conn = None
+    ) -> EquityPeaks | None:
+        """Merge one equity observation into the portfolio's peaks (atomic); returns the merged peaks, or
+        ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`)."""
+        if not math.isfinite(equity):
+            raise ValueError(f"equity must be finite, got {equity}")
+        reply = (pipe or self.client).eval(
+            self._PEAKS_LUA, 1, self.peaks_key(portfolio_id), repr(float(equity)), day_id, week_id
+        )
+        return None if pipe is not None else EquityPeaks.from_reply(reply, self.peaks_key(portfolio_id))
+
+    def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
+        key = self.peaks_key(portfolio_id)
+        raw = (conn or self.client).hmget(
+            key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"]
+        )
+        return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
+
+    # KEYS[1] = pf:{id}:marks (hash: ticker -> JSON {"side": 1 or -1, "mfe": number, "mae": number})
+    # ARGV = ticker, side, unrealized P&L, ... for every open position now.
+    # MFE (maximum favourable excursion) is the highest unrealized P&L since the position was opened (>= 0),
+    # MAE (maximum adverse excursion) the lowest (<= 0). A new ticker, or one whose side flipped, starts again
+    # at this P&L; a ticker not listed (position closed) is deleted. Max/min merges: order-insensitive.
+    # Returns {ticker, side, mfe, mae, ...} after the merge.
+    _MARKS_LUA = """
+local key = KEYS[1]
+local open, out = {}, {}
+for i = 1, #ARGV, 3 do
+  local t, side, pnl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  open[t] = true
+  local mfe, mae, changed = math.max(pnl, 0), math.min(pnl, 0), true
+  local raw = redis.call('HGET', key, t)
+  if raw then
+    local m = cjson.decode(raw)
+    if m.side == side then
+      changed = pnl > m.mfe or pnl < m.mae
+      mfe = math.max(mfe, m.mfe); mae = math.min(mae, m.mae)
+    end
+  end
+  local mfe_s, mae_s = string.format('%.17g', mfe), string.format('%.17g', mae)
+  if changed then
+    local side_s = string.format('%d', side)
+    redis.call('HSET', key, t, '{"side":' .. side_s .. ',"mfe":' .. mfe_s .. ',"mae":' .. mae_s .. '}')
+  end
+  out[#out + 1] = t; out[#out + 1] = string.format('%d', side); out[#out + 1] = mfe_s; out[#out + 1] = mae_s
+end
+for _, t in ipairs(redis.call('HKEYS', key)) do
+  if not open[t] then redis.call('HDEL', key, t) end
+end
+return out
+"""
+
+    def update_marks(
+        self, portfolio_id: str, unrealized: Mapping[str, tuple[int, float]], pipe: Conn = None
+    ) -> dict[str, Excursion] | None:
+        """Merge the unrealized P&L of every open position (ticker -> (side +1/-1, P&L)) into its MFE/MAE
+        (atomic); closed positions lose their marks. Returns the merged marks, or ``None`` on a pipeline
+        (decode its result with :func:`decode_marks_reply`)."""
+        args: list[str] = []
+        for ticker, (side, pnl) in unrealized.items():
+            if side not in (1, -1) or not math.isfinite(pnl):
+                raise ValueError(f"{ticker}: side must be +1/-1 and P&L finite, got {side}, {pnl}")
+            args += [ticker, str(side), repr(float(pnl))]
+        key = PortfolioKeys(portfolio_id).marks
+        reply = (pipe or self.client).eval(self._MARKS_LUA, 1, key, *args)
+        return None if pipe is not None else decode_marks_reply(reply, key)
+
+    def read_marks(self, portfolio_id: str, conn: Conn = None) -> dict[str, Excursion]:
+        key = PortfolioKeys(portfolio_id).marks
+        out = {}
+        for raw_ticker, raw in (conn or self.client).hgetall(key).items():
+            ticker = decode_str(raw_ticker, key=key)
+            data = _json_object(raw, f"{key}.{ticker}")
+            try:
+                out[ticker] = Excursion(int(data["side"]), float(data["mfe"]), float(data["mae"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CorruptDataError(f"{key}.{ticker}: bad excursion record ({exc})") from exc
+        return out
+
+    # latest snapshot and history ----------------------------------------------------------------------------
+    # KEYS[1] = pf:{id}:snapshot (string: snapshot JSON), KEYS[2] = pf:{id}:history (stream)
+    # ARGV[1] = snapshot version, ARGV[2] = snapshot JSON, ARGV[3] = history entry time (ms),
+    # ARGV[4] = oldest entry time kept (ms; XTRIM MINID, exact), ARGV[5] = entry cap (MAXLEN ~),
+    # ARGV[6..] = field, value, ... of the history point.
+    # The latest snapshot is replaced unless the stored one has a higher version (two monitors may finish
+    # ticks out of order; the latest snapshot never goes back). The entry id is <ms>-0, or the stream's last
+    # id plus one when that is not greater (several ticks in one millisecond, or a late tick): every call
+    # appends exactly one point. Returns the entry id.
+    _RECORD_LUA = """
+local version = tonumber(ARGV[1])
+local current = redis.call('GET', KEYS[1])
+local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
+if not stored or version >= stored then redis.call('SET', KEYS[1], ARGV[2]) end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = ARGV[3] .. '-0'
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
+if type(added) == 'table' and added.err then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  local last = '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+  local ms, seq = string.match(last, '(%d+)-(%d+)')
+  id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
+end
+redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
+return id
+"""
+
+    def record_snapshot(
+        self,
+        portfolio_id: str,
+        snapshot: Mapping[str, Any],
+        point: Mapping[str, float | int | None],
+        *,
+        ts: float,
+        retention_seconds: float,
+        max_points: int,
+        pipe: Conn = None,
+    ) -> str | None:
+        """Write the latest snapshot (unless a newer version is stored) and append one history point at
+        ``ts``, trimming points older than ``retention_seconds`` and beyond ``max_points``; one Lua script.
+
+        ``point`` is flat (dotted metric names, numbers or ``None``); see :meth:`read_history`.
+        Returns the history entry id, or ``None`` on a pipeline.
+        """
+        keys = PortfolioKeys(portfolio_id)
+        ms = int(ts * 1000)
+        min_ms = max(0, int((ts - retention_seconds) * 1000))
+        args: list[Any] = [int(snapshot["version"]), encode_json(dict(snapshot)), ms, min_ms, int(max_points)]
+        for name, value in point.items():
+            args += [name, _encode_point_value(value)]
+        reply = (pipe or self.client).eval(self._RECORD_LUA, 2, keys.snapshot, keys.history, *args)
+        return None if pipe is not None else decode_str(reply, key=keys.history)
+
+    def read_snapshot(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
+        """The latest snapshot of a portfolio (schema in logic/snapshot.py), or ``None`` if none yet."""
+        key = PortfolioKeys(portfolio_id).snapshot
+        raw = (conn or self.client).get(key)
+        return None if raw is None else _json_object(raw, key)
+
+    def read_history(
+        self,
+        portfolio_id: str,
+        start_ts: float | None = None,
+        end_ts: float | None = None,
+        count: int | None = None,
+        newest_first: bool = False,
+        conn: Conn = None,
+    ) -> list[dict[str, Any]]:
+        """History points between two epoch times (inclusive): dicts of the flat fields written by the monitor
+        (``ts``, ``version``, ``equity``, ``var.var95``, ...; numbers, ``None`` where the metric had no value)
+        plus the entry ``id``. Entry ids are in write order, which is time order except for a late tick."""
+        key = PortfolioKeys(portfolio_id).history
+        lo = "-" if start_ts is None else str(max(0, int(start_ts * 1000)))
+        hi = "+" if end_ts is None else str(max(0, int(end_ts * 1000)))
+        c = conn or self.client
+        if newest_first:
+            entries = c.xrevrange(key, hi, lo, count=count)
+        else:
+            entries = c.xrange(key, lo, hi, count=count)
+        out = []
+        for entry_id, fields in entries:
+            point: dict[str, Any] = {"id": decode_str(entry_id, key=key)}
+            for raw_name, raw_value in fields.items():
+                name = decode_str(raw_name, key=key)
+                if raw_value == b"":
+                    point[name] = None
+                elif name == "version":
+                    point[name] = decode_int(raw_value, key=f"{key}.version")
+                else:
+                    point[name] = decode_float(raw_value, key=f"{key}.{name}")
+            out.append(point)
+        return out
+
+    def history_length(self, portfolio_id: str, conn: Conn = None) -> int:
+        return int((conn or self.client).xlen(PortfolioKeys(portfolio_id).history))
+
+    def acquire_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
+        """Take the short lease ``name`` unless someone holds it (SET NX PX); True when taken."""
+        return bool(self.client.set(self.lock_key(name), token, nx=True, px=max(1, int(ttl_seconds * 1000))))
 
     # -- trading (logic/risk_manager.py) ---------------------------------------------------------------------
     # (section owned by the pre-trade/execution work: add its methods here)
@@ -1056,3 +1410,179 @@ def _redis_failure(exc: redis.RedisError) -> StoreError:
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return StoreUnavailableError(f"Redis is unreachable: {exc}")
     return CorruptDataError(f"Redis refused a read: {exc}")
+
+
+# -- tick, history and snapshot value objects (engine/stream.py, logic/monitor.py) ---------------------------
+
+MONITOR_GROUP = "monitor"
+"""Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""
+
+
+@dataclass(frozen=True)
+class TickEvent:
+    """One accepted bar as published on :data:`TICKS_KEY`, in the same transaction as the market snapshot.
+
+    ``prices`` are the last accepted prices of every ticker after this bar (a ticker without a valid price in
+    the bar keeps its previous price), aligned with ``tickers``: consecutive events give the exact log
+    returns the EWMA covariance was updated with (none after a ``reset`` event).
+    """
+
+    version: int
+    ts: float
+    """Epoch seconds at which the daemon wrote the bar (the market snapshot's ``ts``)."""
+    tickers: tuple[str, ...]
+    prices: Float64Array
+    bar_ts: float = 0.0
+    """The bar's own timestamp from the feed (a replayed date, or the simulated bar time)."""
+    token: str = ""
+    """Unique id of the bar (daemon pid, sequence): tells a committed write from a lost one after a crash."""
+    reset: bool = False
+    """Prices restarted here: the covariance was not updated with a return for this bar."""
+    rejected: int = 0
+    """Prices of this bar refused by validation (NaN, inf, <= 0, unknown ticker)."""
+    entry_id: str = ""
+    """Stream entry id (set when read back)."""
+
+    def to_fields(self, tickers_json: str | None = None) -> dict[str, Any]:
+        return {
+            "version": int(self.version),
+            "ts": repr(float(self.ts)),
+            "bar_ts": repr(float(self.bar_ts)),
+            "tickers": tickers_json if tickers_json is not None else encode_json(list(self.tickers)),
+            "prices": encode_array(self.prices),
+            "token": self.token,
+            "reset": int(self.reset),
+            "rejected": int(self.rejected),
+        }
+
+    @classmethod
+    def from_fields(cls, entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> TickEvent:
+        eid = decode_str(entry_id, key=TICKS_KEY)
+        key = f"{TICKS_KEY}[{eid}]"
+        tickers = _decode_tickers(fields.get(b"tickers"), key)
+        return cls(
+            version=decode_int(fields.get(b"version"), key=f"{key}.version"),
+            ts=decode_float(fields.get(b"ts"), key=f"{key}.ts"),
+            tickers=tickers,
+            prices=decode_array(fields.get(b"prices"), key=f"{key}.prices", shape=(len(tickers),)),
+            bar_ts=decode_float(fields.get(b"bar_ts", b"0"), key=f"{key}.bar_ts"),
+            token=decode_str(fields.get(b"token", b""), key=f"{key}.token"),
+            reset=decode_int(fields.get(b"reset", b"0"), key=f"{key}.reset") == 1,
+            rejected=decode_int(fields.get(b"rejected", b"0"), key=f"{key}.rejected"),
+            entry_id=eid,
+        )
+
+
+def _decode_tick_entries(entries: Iterable[Any]) -> list[tuple[str, TickEvent | None]]:
+    out: list[tuple[str, TickEvent | None]] = []
+    for entry in entries:
+        if entry is None:  # XAUTOCLAIM on 6.2 may list a deleted entry as nil
+            continue
+        entry_id, fields = entry
+        eid = decode_str(entry_id, key=TICKS_KEY)
+        if not fields:  # trimmed by MAXLEN while pending
+            out.append((eid, None))
+            continue
+        try:
+            out.append((eid, TickEvent.from_fields(entry_id, fields)))
+        except StoreError:
+            out.append((eid, None))
+    return out
+
+
+@dataclass(frozen=True)
+class PortfolioBundle:
+    """One portfolio read by :meth:`Store.read_portfolio_bundles`: state and trading state, or the error."""
+
+    portfolio_id: str
+    state: PortfolioState | None
+    trading_state: TradingState | None
+    error: StoreError | None
+
+
+@dataclass(frozen=True)
+class EquityPeaks:
+    """Equity reference points of the drawdown windows (``pf:{id}:peaks``)."""
+
+    day: str
+    day_open: float
+    """Equity at the first snapshot of the day (daily P&L is measured from it)."""
+    day_peak: float
+    week: str
+    week_peak: float
+    max_peak: float
+    max_drawdown: float
+    """Worst drawdown from the running all-time peak seen so far (a fraction <= 0)."""
+
+    @classmethod
+    def from_reply(cls, reply: Any, key: str = "peaks") -> EquityPeaks:
+        if not isinstance(reply, list | tuple) or len(reply) != 7 or any(r is None for r in reply):
+            raise CorruptDataError(f"{key}: expected 7 peak fields, got {reply!r}")
+        return cls(
+            day=decode_str(reply[0], key=f"{key}.day"),
+            day_open=decode_float(reply[1], key=f"{key}.day_open"),
+            day_peak=decode_float(reply[2], key=f"{key}.day_peak"),
+            week=decode_str(reply[3], key=f"{key}.week"),
+            week_peak=decode_float(reply[4], key=f"{key}.week_peak"),
+            max_peak=decode_float(reply[5], key=f"{key}.max_peak"),
+            max_drawdown=decode_float(reply[6], key=f"{key}.max_dd"),
+        )
+
+
+@dataclass(frozen=True)
+class Excursion:
+    """Maximum favourable / adverse excursion of an open position's unrealized P&L since it was opened."""
+
+    side: int
+    mfe: float
+    mae: float
+
+
+def decode_marks_reply(reply: Any, key: str = "marks") -> dict[str, Excursion]:
+    """Decode the reply of :meth:`Store.update_marks` (``[ticker, side, mfe, mae, ...]``)."""
+    if not isinstance(reply, list | tuple) or len(reply) % 4:
+        raise CorruptDataError(f"{key}: malformed marks reply")
+    out = {}
+    for i in range(0, len(reply), 4):
+        ticker = decode_str(reply[i], key=key)
+        out[ticker] = Excursion(
+            side=decode_int(reply[i + 1], key=f"{key}.{ticker}.side"),
+            mfe=decode_float(reply[i + 2], key=f"{key}.{ticker}.mfe"),
+            mae=decode_float(reply[i + 3], key=f"{key}.{ticker}.mae"),
+        )
+    return out
+
+
+def _encode_point_value(value: float | int | None) -> str:
+    """A history field: integers exactly, floats with 15 significant digits, ``None`` as the empty string."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    number = float(value)
+    if not math.isfinite(number):
+        return ""
+    return format(number, ".15g")
+
+
+def _json_object(raw: bytes | str, key: str) -> dict[str, Any]:
+    value = decode_json(raw, key=key)
+    if not isinstance(value, dict):
+        raise CorruptDataError(f"{key}: expected a JSON object")
+    return value
+
+
+def _trading_state_from_hash(key: str, raw: Mapping[bytes, bytes]) -> TradingState:
+    if not raw:
+        raise StoreEmptyError(f"{key} is missing")
+    state = decode_str(raw.get(b"state"), key=f"{key}.state")
+    if state not in TRADING_STATES:
+        raise CorruptDataError(f"{key}.state: unknown trading state {state!r}")
+    return TradingState(
+        state=state,
+        reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
+        actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
+        ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
+    )

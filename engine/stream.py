@@ -1,0 +1,487 @@
+"""The market-data daemon: ``python -m engine.stream``.
+
+Per bar from the feed (:mod:`engine.feeds`):
+
+1. validate each price: an unknown ticker, a non-number, NaN, inf or a price <= 0 is rejected, counted and
+   logged, never written; the bar's other prices go on (a bar with no valid price is rejected whole);
+2. log returns against the last accepted prices (zero for a ticker without a new price; none at all for a
+   ``reset`` bar, the first bar of a replay);
+3. EWMA update of the covariance in place (``engine.math_logic.update_covariance_ewma``, no O(N³) check on
+   the hot path: the matrix is validated once each time it is loaded from the store);
+4. ONE transaction: market snapshot (prices, price times, matrix, version + 1), the tick event on
+   ``mkt:{m}:ticks`` (bounded by MAXLEN ~) and the heartbeat ``hb:stream``.
+
+Versions: the daemon keeps the version it last wrote. Before each write it WATCHes the market hash and reads
+the stored version (one HGET); if it is not the one the daemon wrote (the warm-up added a ticker, Redis came
+back from its AOF, someone re-seeded) it reloads prices, matrix and version from the store and continues from
+there, so a new ticker is picked up without a restart and the version sequence has no gap and no repeat. If
+the store changes between that check and EXEC, the WATCH aborts the transaction and the bar is retried.
+
+Redis down: the bar is kept, the error logged, and the write retried with capped exponential backoff
+(:data:`BACKOFF_INITIAL_SECONDS` doubling up to :data:`BACKOFF_MAX_SECONDS`); the feed is not read meanwhile.
+When Redis is back the daemon reloads the stored state and writes the kept bar with the next version. If the
+connection broke during EXEC, the last tick event tells whether the bar was committed (its token is unique)
+so it is never written twice. With ``appendfsync everysec`` a Redis crash may lose the last second of writes:
+the daemon then continues from the version that survived.
+
+SIGINT / SIGTERM stop the daemon between bars (a bar being retried during an outage is dropped).
+
+Usage::
+
+    python -m engine.stream [--feed sim|replay] [--file CSV] [--interval SECONDS] [--ticks N] [--seed N]
+                            [--shock AAA:-0.08@100 ...] [--vol-regime 2.0@150 ...] [--config FILE]
+                            [--log-level INFO]
+
+Redis is ``REDIS_URL`` (or the settings' embedded server); the settings file is ``$RISKDESK_CONFIG`` or
+``riskdesk.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from engine import math_logic
+from engine.errors import FeedError, RiskdeskError
+from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
+from engine.redis_server import connect
+from engine.settings import Settings, load_settings
+from engine.store import (
+    MARKET_KEY,
+    MONITOR_GROUP,
+    Float64Array,
+    MarketSnapshot,
+    Store,
+    TickEvent,
+    encode_json,
+)
+
+log = logging.getLogger("riskdesk.stream")
+
+HEARTBEAT_COMPONENT = "stream"
+BACKOFF_INITIAL_SECONDS = 0.05
+"""First wait after a failed write; doubles on every further failure."""
+BACKOFF_MAX_SECONDS = 5.0
+"""Longest wait between two attempts while Redis is unreachable."""
+WATCH_RETRIES_WITHOUT_WAIT = 3
+"""A WATCH conflict (the warm-up wrote meanwhile) is retried at once this many times, then with backoff."""
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class DaemonStats:
+    bars_read: int = 0
+    """Bars pulled from the feed."""
+    bars_written: int = 0
+    """Bars written (one market version each)."""
+    bars_rejected: int = 0
+    """Bars with no valid price: nothing written."""
+    prices_rejected: int = 0
+    """Single prices refused (unknown ticker, not a number, NaN, inf, <= 0)."""
+    reloads: int = 0
+    """Times the state was reloaded from the store (start, version written by someone else, after an outage)."""
+    store_errors: int = 0
+    """Failed write attempts (Redis down, store not usable)."""
+    last_latency_ms: float = 0.0
+    """Validation + update + atomic write of the last bar written (excluding waits for Redis)."""
+    rejections: list[str] = field(default_factory=list)
+    """The last few rejection reasons (for logs and tests)."""
+
+
+@dataclass(frozen=True)
+class _Step:
+    prices: Float64Array
+    price_ts: Float64Array
+    returns: Float64Array | None
+    """None for a reset bar (no covariance update)."""
+    accepted: int
+    rejected: tuple[str, ...]
+
+
+class StreamDaemon:
+    """Turns feed bars into market versions in the store (see the module docstring).
+
+    Parameters
+    ----------
+    store, settings, feed:
+        Where to write, the model settings (decay, MAXLEN), where bars come from.
+    clock:
+        Epoch seconds of the written snapshot (``ts``, ``price_ts``); tests pass a controllable one.
+    interval:
+        Wall seconds per bar (default ``settings.model.bar_interval_seconds``); 0 runs as fast as possible.
+    stop_event:
+        Set to stop between bars (``stop()`` does it; signal handlers call it).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        feed: Feed,
+        *,
+        clock: Clock = time.time,
+        interval: float | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.feed = feed
+        self.clock = clock
+        self.interval = settings.model.bar_interval_seconds if interval is None else float(interval)
+        if not (math.isfinite(self.interval) and self.interval >= 0):
+            raise ValueError(f"interval must be >= 0 seconds, got {interval}")
+        self.decay = settings.model.ewma_decay
+        self.maxlen = settings.stream.tick_stream_maxlen
+        self._stop = stop_event or threading.Event()
+        self.stats = DaemonStats()
+        # state mirrored from the store; valid only while self._synced
+        self.version: int | None = None
+        self.tickers: tuple[str, ...] = ()
+        self.prices: Float64Array = np.empty(0)
+        self.price_ts: Float64Array = np.empty(0)
+        self.cov: Float64Array = np.empty((0, 0))
+        self._index: dict[str, int] = {}
+        self._tickers_json = "[]"
+        self._synced = False
+        self._validate_next = True
+        self._in_flight: str | None = None
+        self._token_prefix = f"{os.getpid()}-{int(time.time() * 1000)}"
+        self._seq = 0
+
+    # -- control ---------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, ticks: int | None = None) -> DaemonStats:
+        """Read bars until the feed ends, ``ticks`` bars were read, or :meth:`stop`."""
+        iterator = iter(self.feed)
+        next_at = time.monotonic()
+        while not self.stopping and (ticks is None or self.stats.bars_read < ticks):
+            if self.interval > 0:
+                delay = next_at - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                # after a stall (Redis outage) start a new schedule instead of bursting to catch up
+                next_at = max(next_at + self.interval, time.monotonic())
+            try:
+                bar = next(iterator)
+            except StopIteration:
+                log.info("feed %s has no more bars", getattr(self.feed, "name", "?"))
+                break
+            self.stats.bars_read += 1
+            self.process_bar(bar)
+        log.info(
+            "stopped after %d bars: %d written (version %s), %d rejected, %d prices rejected, %d reloads",
+            self.stats.bars_read, self.stats.bars_written, self.version, self.stats.bars_rejected,
+            self.stats.prices_rejected, self.stats.reloads,
+        )  # fmt: skip
+        return self.stats
+
+    # -- one bar ---------------------------------------------------------------------------------------------
+    def process_bar(self, bar: Bar) -> bool:
+        """Validate, update and write one bar, retrying until it is written, rejected, or the daemon stops
+        (a stop ends the retries of a bar that cannot be written; it does not prevent the first attempt).
+
+        Returns True when the bar was written as a new version.
+        """
+        self._seq += 1
+        token = f"{self._token_prefix}-{self._seq}"
+        backoff = BACKOFF_INITIAL_SECONDS
+        watch_conflicts = 0
+        while True:  # a bar already read is written even when a stop was asked meanwhile; retries are not
+            started = time.perf_counter()
+            try:
+                if not self._synced:
+                    if self._in_flight == token and self._committed(token):
+                        log.info("bar %s was committed before the connection broke: not writing it again", token)
+                        self._in_flight = None
+                        self._load()
+                        self._count_written(started)
+                        return True
+                    self._load()
+                return self._write(bar, token, started)
+            except redis.WatchError:
+                # the warm-up (or anyone) wrote the market between our check and EXEC, or the connection
+                # broke while watching: reload and recompute the bar on the new state
+                self._synced = False
+                watch_conflicts += 1
+                if watch_conflicts <= WATCH_RETRIES_WITHOUT_WAIT:
+                    continue
+                delay = backoff
+            except (redis.RedisError, RiskdeskError, ValueError) as exc:
+                self._synced = False
+                self.stats.store_errors += 1
+                delay = backoff
+                level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
+                log.log(level, "cannot write bar %s (%s: %s); retrying in %.2f s", token, type(exc).__name__,
+                        exc, delay)  # fmt: skip
+            backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+            if self._stop.wait(delay):
+                break
+        log.warning("stopping with bar %s not written", token)
+        return False
+
+    def _committed(self, token: str) -> bool:
+        last = self.store.last_tick()
+        return last is not None and last.token == token
+
+    def _load(self, conn: object = None) -> None:
+        """Mirror the stored market (version, tickers, prices, matrix); validate the matrix on next use."""
+        snap = self.store.read_market(conn)
+        changed = snap.tickers != self.tickers
+        self.version = snap.version
+        self.tickers = snap.tickers
+        self._index = {t: i for i, t in enumerate(snap.tickers)}
+        self._tickers_json = encode_json(list(snap.tickers))
+        self.prices = snap.prices.copy()
+        self.price_ts = snap.price_ts.copy()
+        self.cov = snap.cov  # a fresh writeable copy (decode_array), updated in place from now on
+        self._validate_next = True
+        self._synced = True
+        self.stats.reloads += 1
+        if conn is None:
+            self.store.ensure_tick_group(MONITOR_GROUP)
+        if isinstance(self.feed, UniverseAware):
+            usable = np.where(np.isfinite(self.prices) & (self.prices > 0), self.prices, 1.0)
+            vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
+            self.feed.sync_universe(list(self.tickers), usable.tolist(), vols.tolist())
+        log.info("loaded market version %d (%d tickers%s)", snap.version, len(snap.tickers),
+                 ", universe changed" if changed else "")  # fmt: skip
+
+    def validate(self, bar: Bar, now: float) -> _Step:
+        """Check every price of ``bar`` against the loaded universe and compute the returns (no side effect)."""
+        prices = self.prices.copy()
+        price_ts = self.price_ts.copy()
+        accepted: list[int] = []
+        rejected: list[str] = []
+        for ticker, raw in bar.prices.items():
+            i = self._index.get(ticker)
+            if i is None:
+                rejected.append(f"{ticker}={raw!r}: unknown ticker")
+                continue
+            try:
+                price = float(raw)
+            except (TypeError, ValueError):
+                rejected.append(f"{ticker}={raw!r}: not a number")
+                continue
+            if not math.isfinite(price) or price <= 0:
+                rejected.append(f"{ticker}={raw!r}: not a positive finite price")
+                continue
+            prices[i] = price
+            price_ts[i] = now
+            accepted.append(i)
+        returns: Float64Array | None = None
+        if not bar.reset:
+            returns = np.zeros(len(self.tickers))
+            idx = np.array([i for i in accepted if math.isfinite(self.prices[i]) and self.prices[i] > 0], dtype=int)
+            if idx.size:
+                returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
+        return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
+
+    def _write(self, bar: Bar, token: str, started: float) -> bool:
+        with self.store.client.pipeline(transaction=True) as pipe:
+            pipe.watch(MARKET_KEY)
+            stored = self.store.read_market_version(pipe)
+            if stored != self.version:
+                log.info("store holds market version %s, this daemon wrote %s: reloading", stored, self.version)
+                self._load(pipe)
+            now = self.clock()
+            step = self.validate(bar, now)
+            if step.rejected:
+                log.warning("bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected))
+                self.stats.rejections = (self.stats.rejections + list(step.rejected))[-50:]
+            if step.accepted == 0:
+                self.stats.bars_rejected += 1
+                self.stats.prices_rejected += len(step.rejected)
+                pipe.unwatch()
+                self._write_heartbeat_best_effort(now)
+                return False
+            version = int(self.version or 0) + 1
+            # The matrix is updated in place: until EXEC succeeds the store, not this copy, is the truth.
+            self._synced = False
+            if step.returns is not None:
+                math_logic.update_covariance_ewma(self.cov, step.returns, self.decay, validate=self._validate_next)
+            snap = MarketSnapshot(
+                version=version, ts=now, tickers=self.tickers, prices=step.prices, price_ts=step.price_ts, cov=self.cov
+            )
+            event = TickEvent(
+                version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
+                token=token, reset=bar.reset, rejected=len(step.rejected),
+            )  # fmt: skip
+            pipe.multi()
+            self.store.write_market(snap, pipe)
+            self.store.publish_tick(event, self.maxlen, pipe, tickers_json=self._tickers_json)
+            heartbeat = self._heartbeat(now, version, self.stats.bars_written + 1, len(step.rejected))
+            self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, pipe)
+            self._in_flight = token
+            pipe.execute()
+        self._in_flight = None
+        self.version = version
+        self.prices = step.prices
+        self.price_ts = step.price_ts
+        self._validate_next = False
+        self._synced = True
+        self.stats.prices_rejected += len(step.rejected)
+        self._count_written(started)
+        return True
+
+    def _count_written(self, started: float) -> None:
+        self.stats.bars_written += 1
+        self.stats.last_latency_ms = (time.perf_counter() - started) * 1000.0
+
+    def _heartbeat(
+        self, now: float, version: int | None, bars_written: int, rejected_now: int = 0
+    ) -> dict[str, object]:
+        return {
+            "ts": now,
+            "pid": os.getpid(),
+            "feed": getattr(self.feed, "name", "?"),
+            "version": -1 if version is None else version,
+            "bars_read": self.stats.bars_read,
+            "bars_processed": bars_written,
+            "bars_rejected": self.stats.bars_rejected,
+            "prices_rejected": self.stats.prices_rejected + rejected_now,
+            "last_latency_ms": round(self.stats.last_latency_ms, 3),
+            "interval": self.interval,
+        }
+
+    def _write_heartbeat_best_effort(self, now: float) -> None:
+        try:
+            self.store.write_heartbeat(HEARTBEAT_COMPONENT, self._heartbeat(now, self.version, self.stats.bars_written))
+        except redis.RedisError as exc:
+            log.debug("heartbeat not written: %s", exc)
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+
+FeedBuilder = Callable[[argparse.Namespace, Settings, Store], Feed]
+
+
+def _sim_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Feed:
+    snap = store.read_market()
+    assets = settings.universe.assets
+    per_year = math.sqrt(settings.model.bars_per_year)
+    stored_vols = np.sqrt(np.clip(np.diagonal(snap.cov), 0.0, None))
+    vols = [assets[t].annual_vol / per_year if t in assets else float(stored_vols[i]) for i, t in enumerate(snap.tickers)]
+    prices = [
+        float(p) if math.isfinite(p) and p > 0 else (assets[t].price if t in assets else 1.0)
+        for t, p in zip(snap.tickers, snap.prices, strict=True)
+    ]
+    return SimulatedFeed.from_settings(
+        settings,
+        tickers=snap.tickers,
+        prices=prices,
+        vols_per_bar=vols,
+        seed=args.seed,
+        shocks=[parse_shock(s) for s in args.shock],
+        regimes=[parse_regime(r) for r in args.vol_regime],
+    )
+
+
+def _replay_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Feed:
+    if not args.file:
+        raise FeedError("--feed replay needs --file CSV", fix="pass the CSV of bars to replay with --file")
+    return ReplayFeed(args.file, universe=store.read_market_header().tickers)
+
+
+FEEDS: dict[str, FeedBuilder] = {"sim": _sim_feed, "replay": _replay_feed}
+"""``--feed`` name -> builder. Register a broker feed here (see engine/feeds.py)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine.stream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--feed", choices=sorted(FEEDS), default="sim", help="where bars come from (default sim)")
+    parser.add_argument("--file", help="CSV of bars for --feed replay (wide or long, see engine/feeds.py)")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="wall seconds per one-minute model bar (default: model.bar_interval_seconds)")
+    parser.add_argument("--ticks", type=int, default=None, help="stop after reading N bars")
+    parser.add_argument("--seed", type=int, default=None, help="random seed of the simulated feed")
+    parser.add_argument("--shock", action="append", default=[], metavar="TICKER:RETURN@BAR",
+                        help="simulated shock, e.g. AAA:-0.08@100 (repeatable; * = every ticker)")
+    parser.add_argument("--vol-regime", action="append", default=[], metavar="MULTIPLIER@BAR",
+                        help="simulated volatility regime change, e.g. 2.0@150 (repeatable)")
+    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser  # fmt: skip
+
+
+def connect_for_daemon(settings: Settings) -> redis.Redis:
+    """A client whose failures surface at once: the daemons run their own backoff, and redis-py's default
+    retry of a whole MULTI/EXEC after a broken connection could apply a committed transaction twice."""
+    client = connect(settings)
+    client.set_retry(Retry(NoBackoff(), 0))
+    return client
+
+
+def wait_for_store(store: Store, stop: threading.Event, what: str) -> bool:
+    """Block until Redis answers and the store is seeded; False if stopped first. Raises on a wrong schema."""
+    delay = BACKOFF_INITIAL_SECONDS
+    while not stop.is_set():
+        try:
+            store.client.ping()
+            store.require_schema()
+            return True
+        except redis.RedisError as exc:
+            log.warning("%s: Redis is unreachable (%s); retrying in %.1f s", what, exc, delay)
+        if stop.wait(delay):
+            break
+        delay = min(BACKOFF_MAX_SECONDS, delay * 2)
+    return False
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping between bars", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.ticks is not None and args.ticks < 0:
+        print("stream: error: --ticks must be >= 0", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    install_signal_handlers(stop.set)
+    try:
+        settings = load_settings(args.config)
+        store = Store(connect_for_daemon(settings))
+        if not wait_for_store(store, stop, "stream"):
+            return 0
+        feed = FEEDS[args.feed](args, settings, store)
+        daemon = StreamDaemon(store, settings, feed, interval=args.interval, stop_event=stop)
+    except RiskdeskError as exc:
+        print(f"stream: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"stream: error [STORE_UNAVAILABLE]: {exc}", file=sys.stderr)
+        return 2
+    log.info("stream daemon pid %d: feed %s, interval %.3f s, ticks %s", os.getpid(), args.feed,
+             daemon.interval, args.ticks)  # fmt: skip
+    daemon.run(ticks=args.ticks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,558 @@
+"""The risk monitor daemon: ``python -m logic.monitor``.
+
+On every tick event of the stream daemon it computes each portfolio's snapshot (:mod:`logic.snapshot`), keeps
+it as the latest snapshot and appends it to the portfolio's history, then hands it to the alert engine.
+
+Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream.
+Each tick event is delivered to exactly one of them, and that monitor computes ALL portfolios for that tick.
+Two monitors therefore split the ticks, not the portfolios; per-portfolio state they both update (equity peaks,
+MFE/MAE marks, latest snapshot) is merged atomically in Redis (max/min merges, "replace only if not older"),
+so ticks finishing out of order do no harm. A tick is acknowledged in the same MULTI/EXEC that writes its
+snapshots and history points, so it is recorded exactly once; a monitor that stops (or crashes) before that
+leaves it pending: on restart the monitor first processes its own pending entries, then new ones, and entries
+left pending by a monitor that never came back are claimed by a live one after ``--claim-idle`` seconds.
+
+Per tick: one MULTI read of every portfolio (state, positions, trading state); valuation at the tick's prices
+(published in the tick event); the covariance matrix read once per market version and cached (a lagging
+monitor measures older prices with the newest matrix); one pipeline of atomic peak/mark merges; one MULTI
+writing snapshots, history points (entry ids from the snapshot time in ms, unique even when many ticks share a
+millisecond; trimmed to ``monitor.history_retention_days`` by time and ``monitor.history_max_points`` by
+count), the acknowledgement and the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
+
+When no tick arrives for ``--idle-refresh`` seconds (one monitor at a time, by a short lease) the portfolios
+are snapshotted from the stored market, so the history keeps at least one point per second and
+``data.market_age_seconds`` grows while the feed is silent (the stale-data rules need it).
+
+Usage::
+
+    python -m logic.monitor [--consumer NAME] [--ticks N] [--idle-refresh SECONDS] [--claim-idle SECONDS]
+                            [--batch N] [--config FILE] [--log-level INFO]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from engine import math_logic
+from engine.errors import ConfigError, RiskdeskError, StoreError
+from engine.redis_server import connect
+from engine.settings import Settings, load_settings
+from engine.store import (
+    MONITOR_GROUP,
+    EquityPeaks,
+    Float64Array,
+    MarketHeader,
+    PortfolioBundle,
+    Store,
+    TickEvent,
+    decode_float,
+    decode_marks_reply,
+)
+from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl, period_ids
+from logic.valuation import Valuation, value_portfolio
+
+log = logging.getLogger("riskdesk.monitor")
+
+HEARTBEAT_COMPONENT = "monitor"
+REFRESH_LEASE = "monitor_refresh"
+DEFAULT_BATCH = 100
+"""Tick events read per XREADGROUP."""
+DEFAULT_CLAIM_IDLE_SECONDS = 30.0
+"""A tick delivered to a monitor and not acknowledged for this long is taken over by another one."""
+CLAIM_EVERY_SECONDS = 5.0
+DEFAULT_IDLE_REFRESH_SECONDS = 1.0
+BACKOFF_INITIAL_SECONDS = 0.05
+BACKOFF_MAX_SECONDS = 5.0
+HEARTBEAT_EVERY_SECONDS = 1.0
+
+Clock = Callable[[], float]
+
+
+class AlertEvaluator(Protocol):
+    """What the monitor calls once per snapshot (logic/alerts.py provides it)."""
+
+    def evaluate(self, portfolio_id: str, snapshot: Mapping[str, Any], now: float) -> object: ...
+
+
+@dataclass
+class MonitorStats:
+    ticks_processed: int = 0
+    refreshes: int = 0
+    snapshots: int = 0
+    entries_skipped: int = 0
+    """Tick entries that were trimmed away or did not decode: acknowledged without a snapshot."""
+    portfolio_errors: int = 0
+    alert_errors: int = 0
+    store_errors: int = 0
+    last_version: int = -1
+    last_latency_ms: float = 0.0
+    """Read + compute + write of the last tick, all portfolios (alert evaluation excluded)."""
+    last_alert_ms: float = 0.0
+    last_tick_age_ms: float = 0.0
+    """Snapshot time minus the tick's write time: how far behind the stream the monitor is."""
+
+
+@dataclass
+class _Matrices:
+    version: int
+    ts: float
+    tickers: tuple[str, ...]
+    cov: Float64Array
+    stressed: Float64Array
+    stressed_version: int | None
+    aligned: dict[tuple[str, ...], tuple[Float64Array, Float64Array]]
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Monitor:
+    """Consumes tick events and writes per-portfolio snapshots (see the module docstring).
+
+    Parameters
+    ----------
+    store, settings:
+        The store and the settings (limits, model, monitor section).
+    clock:
+        Epoch seconds of each snapshot; tests pass a controllable one.
+    alert_engine:
+        Object whose ``evaluate(portfolio_id, snapshot, now)`` is called once per snapshot; None: no alerts.
+    consumer:
+        Name in the consumer group (default ``<host>-<pid>``); a monitor restarted under the same name resumes
+        its own pending ticks at once, under another name after ``claim_idle_seconds``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock = time.time,
+        alert_engine: AlertEvaluator | None = None,
+        *,
+        consumer: str | None = None,
+        group: str = MONITOR_GROUP,
+        batch_size: int = DEFAULT_BATCH,
+        claim_idle_seconds: float = DEFAULT_CLAIM_IDLE_SECONDS,
+        idle_refresh_seconds: float = DEFAULT_IDLE_REFRESH_SECONDS,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        cfg = settings.monitor
+        if not 0 <= cfg.day_reset_hour <= 23:
+            raise ConfigError(f"monitor.day_reset_hour must be 0..23, got {cfg.day_reset_hour}")
+        try:
+            self.tz = ZoneInfo(cfg.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"monitor.timezone: unknown time zone {cfg.timezone!r}") from exc
+        if cfg.history_retention_days <= 0 or cfg.history_max_points <= 0:
+            raise ConfigError("monitor.history_retention_days and history_max_points must be > 0")
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.alert_engine = alert_engine
+        self.consumer = consumer or default_consumer_name()
+        self.group = group
+        self.batch_size = batch_size
+        self.claim_idle_ms = int(claim_idle_seconds * 1000)
+        self.idle_refresh_seconds = idle_refresh_seconds
+        self.retention_seconds = cfg.history_retention_days * 86400.0
+        self._stop = stop_event or threading.Event()
+        self.stats = MonitorStats()
+        self._matrices: _Matrices | None = None
+        self._portfolio_ids: list[str] | None = None
+        self._group_ready = False
+        self._check_pending = True
+        self._next_claim = 0.0
+        self._last_heartbeat = 0.0
+        self._reported_errors: set[str] = set()
+
+    # -- control ---------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def process_available(self, max_ticks: int | None = None) -> int:
+        """Process this consumer's pending ticks, then every new one, without waiting; returns how many."""
+        done = 0
+        while max_ticks is None or done < max_ticks:
+            count = self.batch_size if max_ticks is None else min(self.batch_size, max_ticks - done)
+            entries = self._next_entries(block_ms=None, count=count)
+            if not entries:
+                break
+            done += self._process_entries(entries)
+        return done
+
+    def run(self, max_ticks: int | None = None, block_ms: int = 1000) -> MonitorStats:
+        """Process ticks until :meth:`stop` (or ``max_ticks``), surviving Redis outages (capped backoff)."""
+        backoff = BACKOFF_INITIAL_SECONDS
+        while not self.stopping and (max_ticks is None or self.stats.ticks_processed < max_ticks):
+            try:
+                wanted = self.batch_size
+                if max_ticks is not None:
+                    wanted = min(wanted, max_ticks - self.stats.ticks_processed)
+                entries = self._next_entries(block_ms=block_ms, count=wanted)
+                if entries:
+                    self._process_entries(entries)
+                else:
+                    self._idle()
+                backoff = BACKOFF_INITIAL_SECONDS
+            except (redis.RedisError, StoreError) as exc:
+                self._on_store_error(exc)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+        log.info(
+            "monitor %s stopped: processed %d ticks, %d idle refreshes, %d snapshots, %d skipped entries, "
+            "%d portfolio errors, %d alert errors", self.consumer, self.stats.ticks_processed,
+            self.stats.refreshes, self.stats.snapshots, self.stats.entries_skipped, self.stats.portfolio_errors,
+            self.stats.alert_errors,
+        )  # fmt: skip
+        return self.stats
+
+    def _on_store_error(self, exc: Exception) -> None:
+        self.stats.store_errors += 1
+        # whatever was read but not acknowledged is pending: read it again first; caches may be stale
+        self._check_pending = True
+        self._group_ready = False
+        self._matrices = None
+        level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
+        log.log(level, "store unavailable (%s: %s); retrying with backoff", type(exc).__name__, exc)
+
+    # -- reading the tick stream -----------------------------------------------------------------------------
+    def _ensure_group(self) -> None:
+        if not self._group_ready:
+            self.store.ensure_tick_group(self.group)
+            self._group_ready = True
+
+    def _next_entries(self, block_ms: int | None, count: int) -> list[tuple[str, TickEvent | None]]:
+        self._ensure_group()
+        try:
+            if self._check_pending:
+                entries = self.store.read_tick_group(self.group, self.consumer, pending=True, count=count)
+                if entries:
+                    return entries
+                self._check_pending = False
+            if time.monotonic() >= self._next_claim:
+                self._next_claim = time.monotonic() + CLAIM_EVERY_SECONDS
+                claimed = self.store.claim_stale_ticks(self.group, self.consumer, self.claim_idle_ms, count)
+                if claimed:
+                    log.info("claimed %d tick(s) left pending by another monitor", len(claimed))
+                    self._check_pending = True  # any further claimed entries are now our pending ones
+                    return claimed
+            return self.store.read_tick_group(
+                self.group, self.consumer, pending=False, count=count, block_ms=block_ms
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the store was wiped and re-seeded: create the group again
+                self._group_ready = False
+                return []
+            raise
+
+    def _process_entries(self, entries: list[tuple[str, TickEvent | None]]) -> int:
+        done = 0
+        for entry_id, event in entries:
+            if self.stopping and done:
+                break
+            if event is None:
+                self.stats.entries_skipped += 1
+                log.warning("tick entry %s is gone or unreadable: acknowledged without a snapshot", entry_id)
+                self.store.ack_ticks(self.group, [entry_id])
+                continue
+            self.process_tick(entry_id, event)
+            done += 1
+        return done
+
+    # -- one tick --------------------------------------------------------------------------------------------
+    def process_tick(self, entry_id: str | None, event: TickEvent) -> dict[str, dict[str, Any]]:
+        """Snapshot every portfolio at the tick's prices; acknowledge ``entry_id`` with the writes."""
+        started = time.perf_counter()
+        now = self.clock()
+        n = len(event.tickers)
+        header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
+        cov, stressed = self._matrices_for(event.version, event.ts, event.tickers)
+        view = MarketView(header, cov, stressed)
+        snapshots = self._snapshot_all(view, now, ack=entry_id, tick=True, started=started)
+        self.stats.ticks_processed += 1
+        self.stats.last_tick_age_ms = max(0.0, (now - event.ts) * 1000.0)
+        self._evaluate_alerts(snapshots, now)
+        return snapshots
+
+    def refresh(self) -> dict[str, dict[str, Any]]:
+        """Snapshot every portfolio from the stored market (no tick): see the module docstring."""
+        started = time.perf_counter()
+        now = self.clock()
+        header = self.store.read_market_header()
+        cov, stressed = self._matrices_for(header.version, header.ts, header.tickers)
+        view = MarketView(header, cov, stressed)
+        snapshots = self._snapshot_all(view, now, ack=None, tick=False, started=started)
+        self.stats.refreshes += 1
+        self._evaluate_alerts(snapshots, now)
+        return snapshots
+
+    def _evaluate_alerts(self, snapshots: Mapping[str, dict[str, Any]], now: float) -> None:
+        started = time.perf_counter()
+        for portfolio_id, snapshot in snapshots.items():
+            try:
+                if self.alert_engine is not None:
+                    self.alert_engine.evaluate(portfolio_id, snapshot, now)
+            except Exception:  # one bad rule or channel must not stop the monitoring of every portfolio
+                self.stats.alert_errors += 1
+                log.exception("alert evaluation failed for portfolio %s", portfolio_id)
+        self.stats.last_alert_ms = (time.perf_counter() - started) * 1000.0
+
+    def _matrices_for(
+        self, version: int, ts: float, tickers: tuple[str, ...]
+    ) -> tuple[Float64Array, Float64Array]:
+        """Covariance and stressed matrices aligned with ``tickers``, read once per market version.
+
+        Reloaded for a newer version, or for prices written after the cached matrix whatever their version
+        (the store was re-seeded and versions restarted); an older tick (a lagging monitor) uses the cached,
+        newer matrix.
+        """
+        m = self._matrices
+        if m is None or version > m.version or ts > m.ts or not set(tickers) <= set(m.tickers):
+            m = self._load_matrices()
+        cached = m.aligned.get(tickers)
+        if cached is None:
+            if tickers == m.tickers:
+                cached = (m.cov, m.stressed)
+            else:
+                index = {t: i for i, t in enumerate(m.tickers)}
+                missing = [t for t in tickers if t not in index]
+                if missing:
+                    raise StoreError(f"tick names tickers {missing} the market snapshot does not hold")
+                idx = np.array([index[t] for t in tickers], dtype=int)
+                cached = (m.cov[np.ix_(idx, idx)], m.stressed[np.ix_(idx, idx)])
+            m.aligned = {tickers: cached}
+        return cached
+
+    def _load_matrices(self) -> _Matrices:
+        snap = self.store.read_market()
+        if not np.isfinite(snap.cov).all() or (np.diagonal(snap.cov) < 0).any():
+            raise StoreError(f"market version {snap.version}: covariance has NaN/inf or negative variances")
+        old = self._matrices
+        stressed_version = self.store.read_stressed_version()
+        if old is not None and old.stressed_version == stressed_version and old.tickers == snap.tickers:
+            stressed = old.stressed
+        else:
+            stressed = self._aligned_stressed(snap.tickers, snap.cov)
+        self._matrices = _Matrices(snap.version, snap.ts, snap.tickers, snap.cov, stressed, stressed_version, {})
+        return self._matrices
+
+    def _aligned_stressed(self, tickers: tuple[str, ...], cov: Float64Array) -> Float64Array:
+        model = self.settings.model
+        try:
+            _, stressed_tickers, stressed = self.store.read_stressed()
+        except StoreError as exc:
+            stressed_tickers, stressed = (), np.empty((0, 0))
+            self._report_once("stressed", f"stored stressed matrix unusable ({exc})")
+        if stressed_tickers == tickers:
+            return stressed
+        index = {t: i for i, t in enumerate(stressed_tickers)}
+        if all(t in index for t in tickers):
+            idx = np.array([index[t] for t in tickers], dtype=int)
+            return stressed[np.ix_(idx, idx)]
+        self._report_once("stressed-cover", "stressed matrix does not cover the universe: rebuilt from the EWMA one")
+        return math_logic.build_stressed_covariance(
+            cov, model.stress_vol_multiplier, model.stress_correlation_floor, validate=False
+        )
+
+    def _report_once(self, key: str, message: str) -> None:
+        if key not in self._reported_errors:
+            self._reported_errors.add(key)
+            log.warning(message)
+
+    def _snapshot_all(
+        self, market: MarketView, now: float, *, ack: str | None, tick: bool, started: float
+    ) -> dict[str, dict[str, Any]]:
+        """Value, merge peaks and marks, build and write the snapshots of every portfolio (one MULTI)."""
+        bundles = self.store.read_portfolio_bundles(self._portfolio_ids)
+        self._portfolio_ids = sorted(bundles)
+        day_id, week_id = period_ids(now, self.tz, self.settings.monitor.day_reset_hour)
+        valued: list[tuple[PortfolioBundle, Valuation]] = []
+        merges = self.store.client.pipeline(transaction=False)
+        for pid, bundle in bundles.items():
+            if bundle.state is None:
+                self._portfolio_error(pid, f"cannot read portfolio: {bundle.error}")
+                continue
+            valuation = value_portfolio(bundle.state, market.header)
+            if not math.isfinite(valuation.equity):
+                self._portfolio_error(pid, "equity is not finite")
+                continue
+            self.store.update_peaks(pid, valuation.equity, day_id, week_id, merges)
+            self.store.update_marks(pid, open_position_pnl(valuation), merges)
+            valued.append((bundle, valuation))
+        replies = merges.execute(raise_on_error=False) if valued else []
+
+        snapshots: dict[str, dict[str, Any]] = {}
+        for k, (bundle, valuation) in enumerate(valued):
+            pid = bundle.portfolio_id
+            try:
+                peaks_raw, marks_raw = replies[2 * k], replies[2 * k + 1]
+                for reply in (peaks_raw, marks_raw):
+                    if isinstance(reply, Exception):
+                        raise StoreError(f"peak/mark merge failed: {reply}")
+                assert bundle.state is not None
+                snapshots[pid] = build_snapshot(
+                    portfolio_id=pid,
+                    state=bundle.state,
+                    trading_state=bundle.trading_state,
+                    valuation=valuation,
+                    market=market,
+                    limits=self.settings.limits_for(pid),
+                    model=self.settings.model,
+                    peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
+                    marks=decode_marks_reply(marks_raw, pid),
+                    now=now,
+                )
+            except (StoreError, ValueError) as exc:
+                self._portfolio_error(pid, str(exc))
+
+        cfg = self.settings.monitor
+        tx = self.store.client.pipeline(transaction=True)
+        for pid, snapshot in snapshots.items():
+            self.store.record_snapshot(
+                pid, snapshot, history_point(snapshot), ts=now, retention_seconds=self.retention_seconds,
+                max_points=cfg.history_max_points, pipe=tx,
+            )  # fmt: skip
+        if ack is not None:
+            self.store.ack_ticks(self.group, [ack], tx)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
+        self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
+        tx.execute()
+        self._last_heartbeat = time.monotonic()
+        self.stats.snapshots += len(snapshots)
+        self.stats.last_version = market.header.version
+        self.stats.last_latency_ms = latency_ms
+        return snapshots
+
+    def _portfolio_error(self, pid: str, message: str) -> None:
+        self.stats.portfolio_errors += 1
+        self._report_once(f"{pid}:{message}", f"portfolio {pid}: no snapshot: {message}")
+
+    def _heartbeat(
+        self, now: float, market: MarketView | None, portfolios: int, latency_ms: float, *, ticks: int
+    ) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "ts": now,
+            "pid": os.getpid(),
+            "consumer": self.consumer,
+            "ticks_processed": ticks,
+            "bars_rejected": self.stats.entries_skipped,
+            "refreshes": self.stats.refreshes,
+            "portfolios": portfolios,
+            "portfolio_errors": self.stats.portfolio_errors,
+            "alert_errors": self.stats.alert_errors,
+            "last_latency_ms": round(latency_ms, 3),
+            "last_alert_ms": round(self.stats.last_alert_ms, 3),
+        }
+        if market is not None:
+            fields["version"] = market.header.version
+            fields["snapshot_ts"] = now
+            fields["tick_age_ms"] = round(max(0.0, (now - market.header.ts) * 1000.0), 3)
+        return fields
+
+    # -- idle ------------------------------------------------------------------------------------------------
+    def _idle(self) -> None:
+        """No tick: refresh the snapshots when nobody did for ``idle_refresh_seconds``; keep the heartbeat."""
+        if self.idle_refresh_seconds > 0:
+            hb = self.store.read_heartbeat(HEARTBEAT_COMPONENT) or {}
+            try:
+                last = decode_float(hb.get("snapshot_ts", "0"), key="hb:monitor.snapshot_ts")
+            except StoreError:
+                last = 0.0
+            if self.clock() - last >= self.idle_refresh_seconds and self.store.acquire_lock(
+                REFRESH_LEASE, self.consumer, self.idle_refresh_seconds * 0.9
+            ):
+                try:
+                    self.refresh()
+                except StoreError as exc:  # not seeded yet, or wiped: nothing to snapshot
+                    self._report_once(f"refresh:{type(exc).__name__}", f"idle refresh skipped: {exc}")
+                else:
+                    return
+        if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
+            heartbeat = self._heartbeat(self.clock(), None, 0, 0.0, ticks=self.stats.ticks_processed)
+            self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat)
+            self._last_heartbeat = time.monotonic()
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+
+
+def make_alert_engine(store: Store, settings: Settings, clock: Clock) -> AlertEvaluator | None:
+    """The object evaluating alert rules on each snapshot, or None (no alerts).
+
+    Extension point for logic/alerts.py: build its AlertEngine here (it gets the same store, settings and clock
+    as the monitor).
+    """
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m logic.monitor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--consumer", help="name in the consumer group (default: <host>-<pid>)")
+    parser.add_argument("--ticks", type=int, default=None, help="stop after processing N ticks")
+    parser.add_argument("--idle-refresh", type=float, default=DEFAULT_IDLE_REFRESH_SECONDS, metavar="SECONDS",
+                        help="snapshot from the stored market after this long without a tick (0: never)")
+    parser.add_argument("--claim-idle", type=float, default=DEFAULT_CLAIM_IDLE_SECONDS, metavar="SECONDS",
+                        help="take over ticks another monitor left unacknowledged this long")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="tick events read at a time")
+    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        settings = load_settings(args.config)
+        client = connect(settings)
+        # our own backoff; redis-py's default retry of a whole MULTI/EXEC could record a tick twice
+        client.set_retry(Retry(NoBackoff(), 0))
+        store = Store(client)
+        monitor = Monitor(
+            store, settings, alert_engine=make_alert_engine(store, settings, time.time), consumer=args.consumer,
+            batch_size=max(1, args.batch), claim_idle_seconds=args.claim_idle,
+            idle_refresh_seconds=args.idle_refresh, stop_event=stop,
+        )  # fmt: skip
+    except RiskdeskError as exc:
+        print(f"monitor: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    log.info("monitor %s (pid %d) in group %s", monitor.consumer, os.getpid(), monitor.group)
+    stats = monitor.run(max_ticks=args.ticks)
+    print(f"monitor {monitor.consumer}: processed {stats.ticks_processed} ticks", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

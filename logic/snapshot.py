@@ -1,0 +1,250 @@
+"""The per-portfolio risk snapshot the monitor computes on every tick, and the flat history point kept of it.
+
+Schema (read by the alert rules as dotted paths, and by the dashboard)::
+
+    portfolio_id  str
+    ts            float   epoch seconds the snapshot was computed
+    version       int     market version of the prices used (the tick's version)
+    market_ts     float   when the daemon wrote those prices
+    equity, cash, market_value, gross_exposure, net_exposure, leverage          floats (leverage null if
+                                                                              equity <= 0 with exposure)
+    pnl           {unrealized, realized, daily, total}
+    var           {var95, var99, cvar95, cvar99, stressed_var99, limit, confidence, utilization}
+    drawdown      {daily, weekly, max}                      fractions <= 0
+    concentration {hhi, largest_share, largest_ticker}
+    margin        {level, used, maintenance}                level null for a cash account
+    data          {market_age_seconds, missing_prices}
+    trading_state "ACTIVE" | "REDUCING" | "HALTED"
+    positions     [{ticker, qty, avg_price, last, market_value, weight, unrealized_pnl, realized_pnl, mfe, mae}]
+
+Definitions:
+
+- VaR / CVaR: parametric, one day = ``settings.model.bars_per_day`` one-bar horizons, from the EWMA matrix of the
+  market snapshot; ``stressed_var99`` from the stressed (crisis) matrix. Computed on dollar exposures
+  (``math_logic`` with ``portfolio_value=1``) so a book with equity <= 0 still shows its risk.
+  ``var.limit`` is the portfolio's VaR limit, ``var.confidence`` its confidence, and ``var.utilization`` the VaR
+  at that confidence and the limit's horizon (``var_horizon_days``) divided by the limit.
+- ``pnl.unrealized`` sums positions with a usable price; ``pnl.realized`` is the portfolio's realized P&L;
+  ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity (the last equity seen before
+  the day started, see ``Store.update_peaks``).
+- Drawdowns: ``daily`` / ``weekly`` = equity / peak of the day (week) - 1, where a day starts at
+  ``monitor.day_reset_hour`` in ``monitor.timezone`` and a week on Monday at that hour, and the period's peak
+  includes its opening equity; ``max`` is the worst drawdown from the running all-time peak seen so far.
+- ``concentration.hhi``: Herfindahl index of gross-exposure shares; ``largest_share``: the largest absolute
+  position value over equity (the measure ``limits.max_concentration`` caps; null when equity <= 0);
+  ``largest_ticker`` its ticker.
+- Margin accounts: ``used`` = initial margin on gross exposure, ``level`` = equity / used x 100 (%),
+  ``maintenance`` = maintenance margin on gross exposure. Cash accounts: level null, used and maintenance 0.
+- ``mfe`` / ``mae``: highest / lowest unrealized P&L of the position since it was opened (0 for a flat one).
+- A held ticker without a usable price is listed in ``data.missing_prices``; its value counts as 0 (and its
+  ``last`` is null).
+
+Every float is finite (JSON has no NaN/inf): a value that is not becomes null.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from engine import math_logic
+from engine.settings import Limits, Model
+from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingState
+from logic.valuation import Valuation
+
+HISTORY_FIELDS: tuple[str, ...] = (
+    "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure", "net_exposure", "leverage",
+    "pnl.unrealized", "pnl.realized", "pnl.daily", "pnl.total",
+    "var.var95", "var.var99", "var.cvar95", "var.cvar99", "var.stressed_var99", "var.utilization",
+    "drawdown.daily", "drawdown.weekly", "drawdown.max",
+    "concentration.hhi", "concentration.largest_share", "margin.level", "data.market_age_seconds",
+)  # fmt: skip
+"""The snapshot metrics kept in the history stream, one field each (dotted paths as in alert rules)."""
+
+
+@dataclass(frozen=True)
+class MarketView:
+    """Prices of one tick with the matrices to measure risk with, all aligned with ``header.tickers``."""
+
+    header: MarketHeader
+    cov: Float64Array
+    """EWMA covariance of one-bar log returns."""
+    stressed: Float64Array
+    """The crisis covariance (stressed VaR)."""
+
+
+def period_ids(now: float, tz: ZoneInfo, reset_hour: int) -> tuple[str, str]:
+    """Ids of the drawdown day and week containing ``now``: ISO dates of the day and of its week's Monday.
+
+    A day starts at ``reset_hour`` local time in ``tz`` (wall clock, so DST shifts follow the local hour); a week
+    starts on Monday at that hour.
+    """
+    local = datetime.fromtimestamp(now, tz) - timedelta(hours=reset_hour)
+    day = local.date()
+    return day.isoformat(), (day - timedelta(days=day.weekday())).isoformat()
+
+
+def usable_prices(valuation: Valuation) -> np.ndarray:
+    """Mask of tickers with a finite positive price."""
+    prices = valuation.prices
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(prices) & (prices > 0)
+
+
+def open_position_pnl(valuation: Valuation) -> dict[str, tuple[int, float]]:
+    """Ticker -> (side +1/-1, unrealized P&L) of every open position with a usable price (MFE/MAE input)."""
+    ok = usable_prices(valuation)
+    unrealized = valuation.unrealized
+    out = {}
+    for i in np.flatnonzero((valuation.qty != 0) & ok):
+        pnl = float(unrealized[i])
+        if math.isfinite(pnl):
+            out[valuation.tickers[i]] = (1 if valuation.qty[i] > 0 else -1, pnl)
+    return out
+
+
+def _f(value: float | None) -> float | None:
+    if value is None:
+        return None
+    x = float(value)
+    return x if math.isfinite(x) else None
+
+
+def _drawdown(equity: float, peak: float) -> float:
+    if not (math.isfinite(peak) and peak > 0 and math.isfinite(equity)):
+        return 0.0
+    return math_logic.current_drawdown(np.array([peak, equity]))
+
+
+def build_snapshot(
+    *,
+    portfolio_id: str,
+    state: PortfolioState,
+    trading_state: TradingState | None,
+    valuation: Valuation,
+    market: MarketView,
+    limits: Limits,
+    model: Model,
+    peaks: EquityPeaks,
+    marks: Mapping[str, Excursion],
+    now: float,
+) -> dict[str, Any]:
+    """The snapshot of one portfolio at one tick (schema in the module docstring)."""
+    header = market.header
+    ok = usable_prices(valuation)
+    exposures = np.where(ok, valuation.market_values, 0.0)
+    unrealized = np.where(ok, valuation.unrealized, 0.0)
+    held = np.flatnonzero(exposures != 0.0)
+    # Risk on the held sub-matrix: w'Σw with zero weights elsewhere is the same number, at O(k²) not O(N²).
+    dollars = exposures[held]
+    cov = market.cov[np.ix_(held, held)]
+    stressed = market.stressed[np.ix_(held, held)]
+    day = float(model.bars_per_day)
+    var95, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, 0.95, day, validate=False)
+    var99, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, 0.99, day, validate=False)
+    cvar95 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, 0.95, day, validate=False)
+    cvar99 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, 0.99, day, validate=False)
+    stressed99 = math_logic.get_stressed_var(dollars, stressed, 1.0, 0.99, day, validate=False)
+    limit_horizon = model.bars_per_day * limits.var_horizon_days
+    limit_var, _ = math_logic.get_portfolio_var(
+        dollars, cov, 1.0, limits.var_confidence, limit_horizon, validate=False
+    )
+    var_limit = float(limits.var_limit)
+
+    equity = valuation.equity
+    gross = valuation.gross_exposure
+    realized = float(state.realized_pnl)
+    unrealized_total = float(unrealized.sum())
+    largest_i = int(np.argmax(np.abs(exposures))) if held.size else None
+    largest_share = None
+    if largest_i is not None and equity > 0:
+        largest_share = abs(float(exposures[largest_i])) / equity
+    margin = valuation.account_type == "margin"
+
+    index = {t: i for i, t in enumerate(header.tickers)}
+    weights = valuation.weights
+    positions = []
+    for ticker in sorted(state.positions):
+        pos = state.positions[ticker]
+        i = index.get(ticker)
+        priced = i is not None and bool(ok[i])
+        mark = marks.get(ticker)
+        positions.append({
+            "ticker": ticker,
+            "qty": int(pos.qty),
+            "avg_price": float(pos.avg_price),
+            "last": _f(header.prices[i]) if priced else None,
+            "market_value": float(exposures[i]) if priced else 0.0,
+            "weight": _f(weights[i]) if priced else 0.0,
+            "unrealized_pnl": float(unrealized[i]) if priced else 0.0,
+            "realized_pnl": float(pos.realized_pnl),
+            "mfe": mark.mfe if mark is not None and pos.qty != 0 else 0.0,
+            "mae": mark.mae if mark is not None and pos.qty != 0 else 0.0,
+        })  # fmt: skip
+
+    return {
+        "portfolio_id": portfolio_id,
+        "ts": float(now),
+        "version": int(header.version),
+        "market_ts": float(header.ts),
+        "equity": _f(equity),
+        "cash": float(state.cash),
+        "market_value": _f(valuation.market_value),
+        "gross_exposure": _f(gross),
+        "net_exposure": _f(valuation.market_value),
+        "leverage": _f(valuation.leverage),
+        "pnl": {
+            "unrealized": _f(unrealized_total),
+            "realized": realized,
+            "daily": _f(equity - peaks.day_open),
+            "total": _f(realized + unrealized_total),
+        },
+        "var": {
+            "var95": _f(var95),
+            "var99": _f(var99),
+            "cvar95": _f(cvar95),
+            "cvar99": _f(cvar99),
+            "stressed_var99": _f(stressed99),
+            "limit": var_limit,
+            "confidence": float(limits.var_confidence),
+            "utilization": _f(limit_var / var_limit),
+        },
+        "drawdown": {
+            "daily": _drawdown(equity, peaks.day_peak),
+            "weekly": _drawdown(equity, peaks.week_peak),
+            "max": min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)),
+        },
+        "concentration": {
+            "hhi": math_logic.hhi_concentration(exposures),
+            "largest_share": _f(largest_share),
+            "largest_ticker": header.tickers[largest_i] if largest_i is not None else None,
+        },
+        "margin": {
+            "level": _f(valuation.margin_level) if margin else None,
+            "used": _f(valuation.margin_used) if margin else 0.0,
+            "maintenance": _f(gross * valuation.maintenance_margin) if margin else 0.0,
+        },
+        "data": {
+            "market_age_seconds": max(0.0, float(now) - float(header.ts)),
+            "missing_prices": list(valuation.missing),
+        },
+        "trading_state": trading_state.state if trading_state is not None else "ACTIVE",
+        "positions": positions,
+    }
+
+
+def history_point(snapshot: Mapping[str, Any]) -> dict[str, float | int | None]:
+    """The flat history record of a snapshot: :data:`HISTORY_FIELDS`, dotted names, numbers or None."""
+    point: dict[str, float | int | None] = {}
+    for name in HISTORY_FIELDS:
+        node: Any = snapshot
+        for part in name.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        point[name] = node if isinstance(node, int | float) and not isinstance(node, bool) else None
+    return point
