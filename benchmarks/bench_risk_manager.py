@@ -2,9 +2,10 @@
 
 Rows:
 
-- ``check_trade_impact`` p50 and p99 at N = 50 and N = 500 assets (portfolio holding every asset), including the
-  Redis round trip, against a naive check measured in the same run: read the whole snapshot (matrix included)
-  and the portfolio, then compute VaR before and after the trade with two full O(N²) VaR calls. The naive check
+- ``check_trade_impact`` p50 and p99 at N = 50 and N = 500 assets (portfolio holding every asset), including
+  the Redis round trip, against a naive check measured in the same run: read the whole snapshot (matrix
+  included) and the portfolio, then compute VaR before and after the trade with two full O(N²) VaR calls. The
+  naive check
   is measured twice: with math_logic's defaults (each VaR call validates the matrix, O(N³): what a naive
   caller gets) and with ``validate=False`` (the fairest possible naive check).
 - ``execute_trade`` p50 and p99 at N = 500 (WATCH, one-round-trip read, re-check, MULTI/EXEC of the fill).
@@ -41,12 +42,19 @@ def bench_settings(n: int, seed: int = 7) -> Settings:
         for i in range(n)
     }
     holdings = {t: int(rng.integers(10, 500)) for t in assets}
-    return settings_from_dict({
-        "universe": {"correlation": 0.3, "assets": assets},
-        "limits": {"var_limit": 1e12, "max_concentration": 1.0, "max_order_notional": 1e12,
-                   "stale_price_seconds": 1e9, "max_orders_per_minute": 10_000_000},
-        "portfolios": [{"id": PORTFOLIO, "cash": "100000000", "holdings": holdings}],
-    })  # fmt: skip
+    return settings_from_dict(
+        {
+            "universe": {"correlation": 0.3, "assets": assets},
+            "limits": {
+                "var_limit": 1e12,
+                "max_concentration": 1.0,
+                "max_order_notional": 1e12,
+                "stale_price_seconds": 1e9,
+                "max_orders_per_minute": 10_000_000,
+            },
+            "portfolios": [{"id": PORTFOLIO, "cash": "100000000", "holdings": holdings}],
+        }
+    )
 
 
 def naive_check(store: Store, settings: Settings, ticker: str, qty: int, validate: bool) -> float:
@@ -58,10 +66,14 @@ def naive_check(store: Store, settings: Settings, ticker: str, qty: int, validat
     limits = settings.limits_for(PORTFOLIO)
     horizon = settings.model.bars_per_day * limits.var_horizon_days
     x = np.array(valuation.market_values)
-    before, _ = math_logic.get_portfolio_var(x, snap.cov, 1.0, limits.var_confidence, horizon, validate=validate)
+    before, _ = math_logic.get_portfolio_var(
+        x, snap.cov, 1.0, limits.var_confidence, horizon, validate=validate
+    )
     i = snap.tickers.index(ticker)
     x[i] += qty * snap.prices[i]
-    after, _ = math_logic.get_portfolio_var(x, snap.cov, 1.0, limits.var_confidence, horizon, validate=validate)
+    after, _ = math_logic.get_portfolio_var(
+        x, snap.cov, 1.0, limits.var_confidence, horizon, validate=validate
+    )
     return after - before
 
 
@@ -97,22 +109,46 @@ def run(ctx: Context) -> list[Row]:
         fast = time_calls(_cycle(check), repeat=REPEAT, warmup=200)
         slow = time_calls(
             _cycle(lambda k, s=settings, t=tickers: naive_check(store, s, t[k % len(t)], 10, True)),
-            repeat=NAIVE_REPEAT[n], warmup=5,
-        )  # fmt: skip
+            repeat=NAIVE_REPEAT[n],
+            warmup=5,
+        )
         slow_fair = time_calls(
             _cycle(lambda k, s=settings, t=tickers: naive_check(store, s, t[k % len(t)], 10, False)),
-            repeat=NAIVE_REPEAT[n], warmup=5,
-        )  # fmt: skip
+            repeat=NAIVE_REPEAT[n],
+            warmup=5,
+        )
         target = "p99 <= 500 us, >= 10x naive" if n == 500 else ""
         p99 = pct_us(fast, 99)
         ratio = pct_us(slow, 99) / p99
-        rows.append(Row(f"check_trade_impact p50, N={n}", pct_us(fast, 50), "us",
-                        "naive check p50 (defaults: validates Σ)", pct_us(slow, 50)))  # fmt: skip
-        rows.append(Row(f"check_trade_impact p99, N={n}", p99, "us",
-                        "naive check p99 (defaults: validates Σ)", pct_us(slow, 99), target,
-                        (p99 <= 500 and ratio >= 10) if n == 500 else None))  # fmt: skip
-        rows.append(Row(f"check_trade_impact p99, N={n}", p99, "us",
-                        "naive check p99, validate=False", pct_us(slow_fair, 99)))  # fmt: skip
+        rows.append(
+            Row(
+                f"check_trade_impact p50, N={n}",
+                pct_us(fast, 50),
+                "us",
+                "naive check p50 (defaults: validates Σ)",
+                pct_us(slow, 50),
+            )
+        )
+        rows.append(
+            Row(
+                f"check_trade_impact p99, N={n}",
+                p99,
+                "us",
+                "naive check p99 (defaults: validates Σ)",
+                pct_us(slow, 99),
+                target,
+                (p99 <= 500 and ratio >= 10) if n == 500 else None,
+            )
+        )
+        rows.append(
+            Row(
+                f"check_trade_impact p99, N={n}",
+                p99,
+                "us",
+                "naive check p99, validate=False",
+                pct_us(slow_fair, 99),
+            )
+        )
 
         if n == 500:
 

@@ -561,7 +561,8 @@ class Store:
     # -- trading state ---------------------------------------------------------------------------------------
     def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingState:
         key = PortfolioKeys(portfolio_id).trading_state
-        return self._decode_trading_state(key, (conn or self.client).hgetall(key))
+        raw: Any = (conn or self.client).hgetall(key)
+        return self._decode_trading_state(key, raw)
 
     def write_trading_state(self, portfolio_id: str, ts_: TradingState, pipe: Conn = None) -> None:
         if ts_.state not in TRADING_STATES:
@@ -1105,7 +1106,7 @@ return id
     def read_order(self, portfolio_id: str, client_order_id: str, conn: Conn = None) -> dict[str, Any] | None:
         """The stored result of ``client_order_id``, or None when no fill claimed that id."""
         key = PortfolioKeys(portfolio_id).orders
-        raw = (conn or self.client).hget(key, client_order_id)
+        raw: Any = (conn or self.client).hget(key, client_order_id)
         return None if raw is None else _decode_object(raw, f"{key}.{client_order_id}")
 
     def _decode_header_memo(self, raw: list[Any], memo: dict[Any, Any]) -> MarketHeader:

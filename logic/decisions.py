@@ -53,7 +53,7 @@ class Reason(StrEnum):
     STALE_PRICE = "STALE_PRICE"
     """The last price is older than ``stale_price_seconds``."""
     PRICE_COLLAR = "PRICE_COLLAR"
-    """The last price is further than ``price_collar_pct`` from the session reference price (or there is none)."""
+    """The last price is further than ``price_collar_pct`` from the session reference price (or has none)."""
     MAX_NOTIONAL = "MAX_NOTIONAL"
     """``qty * price`` exceeds ``max_order_notional``."""
     INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
@@ -93,11 +93,11 @@ def reason(code: Reason, message: str) -> dict[str, str]:
     return {"code": code.value, "message": message}
 
 
-# -- inputs ------------------------------------------------------------------------------------------------------
+# -- inputs --------------------------------------------------------------------------------------------------
 
 
 def parse_quantity(qty: Any, max_qty: int) -> tuple[int | None, str | None]:
-    """A whole, positive, finite number of shares not above ``max_qty``: ``(shares, None)`` or ``(None, why)``.
+    """A whole, positive, finite number of shares up to ``max_qty``: ``(shares, None)`` or ``(None, why)``.
 
     Integral floats and Decimals (``100.0``) are accepted; strings, booleans, fractions, NaN and inf are not.
     """
@@ -136,7 +136,7 @@ def parse_side(side: Any) -> str | None:
     return normalized if normalized in SIDES else None
 
 
-# -- money -------------------------------------------------------------------------------------------------------
+# -- money ---------------------------------------------------------------------------------------------------
 
 
 def fill_price(last: float) -> Decimal:

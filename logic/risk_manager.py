@@ -13,7 +13,7 @@ Decision (:meth:`RiskManager.check_trade_impact`, and ``decision`` inside an exe
     notional, est_fees   qty * fill price and the commission (float|None)
     liquidity_cost       half-spread + square-root impact estimate, dollars (float|None)
     var_before, var_after, delta_var   parametric VaR at the limit's confidence and horizon, dollars
-    marginal_var         VaR added per extra dollar of exposure to the ticker (dimensionless, at the horizon)
+    marginal_var         VaR added per extra dollar of exposure to the ticker (at the limit's horizon)
     var_limit, var_confidence, var_horizon_days
     cash_before, cash_after, position_before, position_after, equity_after
     concentration_after  |position value| / equity after the trade (None when equity would be <= 0)
@@ -37,27 +37,31 @@ with a client order id, the idempotency record)::
                       position_after, avg_price_before, avg_price_after, ts, actor, market_version}
                       with money as exact decimal strings (``Decimal(fill["cash_after"])``), quantities as int
 
-Risk model: dollar exposures ``x = qty * last`` and the one-bar (one-minute) EWMA covariance ``Σ`` of the
-market snapshot. VaR = z · sqrt(xᵀΣx) · sqrt(bars_per_day · horizon_days) — identical to the equity-weighted
-form ``weights = x / equity, value = equity`` but also defined when equity is not positive. The gate refuses a
-trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR is always allowed by that check,
-even above the limit), and likewise refuses on concentration / margin only trades that grow the position /
-gross exposure: risk-reducing trades must stay possible when a limit is already breached.
+Risk model: dollar exposures ``x = qty * last`` and the one-bar (one-minute) EWMA covariance ``S`` of the
+market snapshot; VaR = z * sqrt(x'Sx) * sqrt(bars_per_day * horizon_days). That is the equity-weighted form
+(``weights = x / equity, value = equity``) of engine.math_logic, but also defined when equity is not positive.
+The gate refuses a trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR passes that
+check even above the limit), and on concentration / margin only trades that grow the position / the gross
+exposure: risk-reducing trades must stay possible when a limit is already breached.
 
-Hot path: :meth:`RiskManager.check_trade_impact` reads the market header (no matrix), the reference prices, the
-portfolio, its trading state and the order-rate count in one MULTI/EXEC round trip. The covariance is cached in
-process keyed by the market version (and time); it is read in full and checked for positive semi-definiteness
-only when that key changes. VaR, σ² and the marginal VaR vector of the current holdings are cached per
-(market key, holdings); ΔVaR of a trade is the O(N) incremental formula
-(:func:`engine.math_logic.incremental_var_single`).
+Hot path: :meth:`RiskManager.check_trade_impact` reads the market header (no matrix), the reference prices,
+the portfolio, its trading state and the order-rate count in one round trip (one read-only Lua script, see
+:meth:`engine.store.Store.read_trade_view`; the positions travel only when their revision token changed).
+The covariance is cached in process keyed by the market (version, time); it is read in full and checked for
+positive semi-definiteness only when that key changes. VaR, variance and the marginal VaR vector of the
+holdings are cached per (market key, holdings revision); the VaR change of a trade is the O(N) incremental
+formula (:func:`engine.math_logic.incremental_var_single`).
 
 Execution: WATCH the portfolio's keys, read the book, re-run every check on the watched state, MULTI the
-fill (cash, position, realized P&L, fees, trade log record, idempotency record, order-rate entry), EXEC. On a
-WatchError (another trade got in first) it starts again, at most :data:`MAX_ATTEMPTS` times with jittered
-backoff; after that the order is REJECTED with ``RETRY_EXHAUSTED`` and nothing is traded. Rejected executions
-are recorded in the trade log too, in the same watched transaction (so a concurrent caller with the same
-client order id cannot get a rejection while another caller's fill of that id commits); they do not claim the
-client order id: a rejected order may be sent again with the same id. check_trade_impact never writes.
+fill (cash, position, realized P&L, fees, trade log record, idempotency record, order-rate entry), EXEC. On
+a WatchError (another trade got in first) it starts again, at most :data:`MAX_ATTEMPTS` times with jittered
+backoff; after that the order is REJECTED with ``RETRY_EXHAUSTED`` and nothing is traded. Rejected
+executions are recorded in the trade log too, in the same watched transaction (so a caller cannot get a
+rejection while another caller's fill of the same client order id commits); they do not claim the client
+order id: a rejected order may be sent again with the same id. check_trade_impact never writes.
+
+The market snapshot itself is not WATCHed: the decision and the fill use one consistent snapshot read in the
+transaction, and a market tick landing meanwhile must not abort (and, with a fast feed, starve) trading.
 
 Fail closed: any store error (unreachable, empty, corrupt) and any missing or unreadable trading state make
 every trade REJECTED with a coded reason; risk data reads (dashboard metrics, stress) raise the typed errors
@@ -109,13 +113,13 @@ BACKOFF_MAX_SECONDS = 0.01
 RATE_WINDOW_SECONDS = 60.0
 """The order-rate throttle counts fills in this trailing window (``max_orders_per_minute``)."""
 BOOK_CACHE_SIZE = 16
-"""Holdings risk (VaR, σ², marginal VaR) kept per (market key, holdings); a few distinct books is plenty."""
+"""Holdings risk (VaR, variance, marginal VaR) kept per (market key, holdings): a few books are plenty."""
 SYSTEM_ACTOR = "system"
 _DEFAULT_ASSET = Asset(price=1.0, annual_vol=1.0)
-"""Liquidity parameters (avg daily volume, spread) for tickers the settings do not list (added at run time)."""
+"""Liquidity parameters (avg daily volume, spread) of tickers the settings do not list (added at run time)."""
 
 
-# -- cached model state ------------------------------------------------------------------------------------------
+# -- cached model state --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -267,9 +271,11 @@ class RiskManager:
     def _fail_closed_state(self, exc: BaseException) -> TradingState:
         detail = exc.detail if isinstance(exc, RiskdeskError) else str(exc)
         return TradingState(
-            state="HALTED", reason=f"trading state unreadable, failing closed: {detail}", actor=SYSTEM_ACTOR,
+            state="HALTED",
+            reason=f"trading state unreadable, failing closed: {detail}",
+            actor=SYSTEM_ACTOR,
             ts=self.clock(),
-        )  # fmt: skip
+        )
 
     def set_trading_state(self, state: str, reason: str, actor: str) -> TradingState:
         """Persist ACTIVE / REDUCING / HALTED with who and why, and append an audit record (one transaction).
@@ -288,9 +294,13 @@ class RiskManager:
         now = self.clock()
         new = TradingState(state=state, reason=reason.strip(), actor=actor.strip(), ts=now)
         record = {
-            "ts": now, "actor": new.actor, "action": "set_trading_state", "state": state,
-            "previous": previous.state, "reason": new.reason,
-        }  # fmt: skip
+            "ts": now,
+            "actor": new.actor,
+            "action": "set_trading_state",
+            "state": state,
+            "previous": previous.state,
+            "reason": new.reason,
+        }
         try:
             pipe = self.client.pipeline(transaction=True)
             self.store.write_trading_state(self.portfolio_id, new, pipe)
@@ -338,8 +348,12 @@ class RiskManager:
             now = self.clock()
             decision, _ = self._evaluate(_Sim(None, None, None, None, None, 0, {}), ticker, qty, side, now)
             decision["status"] = "REJECTED"
-            decision["reasons"] = [reason(Reason.BAD_ORDER_ID,
-                                          "client_order_id must be a non-empty string of at most 128 characters")]  # fmt: skip
+            decision["reasons"] = [
+                reason(
+                    Reason.BAD_ORDER_ID,
+                    "client_order_id must be a non-empty string of at most 128 characters",
+                )
+            ]
             return self._result("REJECTED", decision, None, None, actor, now)
         keys = self.store.trading_watch_keys(self.portfolio_id)
         now = self.clock()
@@ -365,10 +379,16 @@ class RiskManager:
                         self.store.append_trade_record(self.portfolio_id, _without_duplicate(result), pipe)
                     else:
                         rev = self.store.write_fill(
-                            plan.portfolio_after, plan.ticker, plan.position_after, _without_duplicate(result),
-                            trade_id=result["fill"]["trade_id"], client_order_id=client_order_id, ts=now,
-                            rate_window_seconds=RATE_WINDOW_SECONDS, pipe=pipe,
-                        )  # fmt: skip
+                            plan.portfolio_after,
+                            plan.ticker,
+                            plan.position_after,
+                            _without_duplicate(result),
+                            trade_id=result["fill"]["trade_id"],
+                            client_order_id=client_order_id,
+                            ts=now,
+                            rate_window_seconds=RATE_WINDOW_SECONDS,
+                            pipe=pipe,
+                        )
                     pipe.execute()
                     if plan is not None:
                         self._remember_fill(plan, rev)
@@ -376,19 +396,40 @@ class RiskManager:
             except redis.WatchError:
                 time.sleep(random.uniform(0.0, min(0.00025 * 2**attempt, BACKOFF_MAX_SECONDS)))
             except StoreError as exc:
-                return self._result("REJECTED", self._store_failure_decision(ticker, qty, side, exc, now),
-                                    None, client_order_id, actor, now)  # fmt: skip
+                return self._result(
+                    "REJECTED",
+                    self._store_failure_decision(ticker, qty, side, exc, now),
+                    None,
+                    client_order_id,
+                    actor,
+                    now,
+                )
             except redis.RedisError as exc:
                 failure = StoreUnavailableError(f"Redis failed during the trade: {exc}")
-                return self._result("REJECTED", self._store_failure_decision(ticker, qty, side, failure, now),
-                                    None, client_order_id, actor, now)  # fmt: skip
+                return self._result(
+                    "REJECTED",
+                    self._store_failure_decision(ticker, qty, side, failure, now),
+                    None,
+                    client_order_id,
+                    actor,
+                    now,
+                )
         now = self.clock()
+        if client_order_id is not None:
+            try:  # the same id may have been filled by a concurrent caller meanwhile: that is the answer
+                stored = self.store.read_order(self.portfolio_id, client_order_id)
+            except (StoreError, redis.RedisError):
+                stored = None
+            if stored is not None:
+                return {**stored, "duplicate": True}
         decision = self._store_failure_decision(ticker, qty, side, None, now)
-        decision["reasons"] = [reason(
-            Reason.RETRY_EXHAUSTED,
-            f"the portfolio kept changing under {MAX_ATTEMPTS} attempts (heavy concurrent trading); nothing was "
-            "traded: send the order again",
-        )]  # fmt: skip
+        decision["reasons"] = [
+            reason(
+                Reason.RETRY_EXHAUSTED,
+                f"the portfolio kept changing under {MAX_ATTEMPTS} attempts (heavy concurrent trading); "
+                "nothing was traded: send the order again",
+            )
+        ]
         result = self._result("REJECTED", decision, None, client_order_id, actor, now)
         try:
             self.store.append_trade_record(self.portfolio_id, _without_duplicate(result))
@@ -397,7 +438,7 @@ class RiskManager:
         return result
 
     def what_if(self, trades: Iterable[Any]) -> dict[str, Any]:
-        """Check a basket cumulatively: each trade is checked on the state left by the approved ones before it.
+        """Check a basket cumulatively: each trade is checked on the state the approved ones before it leave.
 
         ``trades``: ``(ticker, qty, side)`` tuples or ``{"ticker", "qty", "side"}`` dicts. Returns
         ``{"status": "APPROVED" if every trade passes else "REJECTED", "decisions": [decision per trade],
@@ -436,7 +477,7 @@ class RiskManager:
             return None
         return self._book(model, sim.book_key, sim.portfolio).var
 
-    # -- stress and dashboard ----------------------------------------------------------------------------------
+    # -- stress and dashboard --------------------------------------------------------------------------------
 
     def stress_test(self, trades: Iterable[Any] | None = None) -> dict[str, Any]:
         """Stressed VaR and the P&L of every named scenario of the settings, for the current holdings (or for
@@ -471,26 +512,39 @@ class RiskManager:
                 "the stressed matrix does not cover the market's tickers; re-run `python warmup.py`"
             )
         stressed = stressed[np.ix_(order, order)]
-        stressed_var = math_logic.get_stressed_var(book.exposures, stressed, 1.0, self.limits.var_confidence,
-                                                   self.horizon_bars)  # validated: read on demand, not cached
-        stressed_var99 = math_logic.get_stressed_var(book.exposures, stressed, 1.0, 0.99, self.horizon_bars,
-                                                     validate=False)  # fmt: skip
+        stressed_var = math_logic.get_stressed_var(
+            book.exposures, stressed, 1.0, self.limits.var_confidence, self.horizon_bars
+        )  # validated: read on demand, not cached
+        stressed_var99 = math_logic.get_stressed_var(
+            book.exposures, stressed, 1.0, 0.99, self.horizon_bars, validate=False
+        )
         equity = float(sim.portfolio.cash) + book.market_value
         scenarios = []
         for name, scenario in self.settings.stress_scenarios.items():
             default = float(scenario.shocks.get("*", 0.0))
             shocks = np.array([float(scenario.shocks.get(t, default)) for t in model.header.tickers])
             pnl = float(book.exposures @ shocks)
-            scenarios.append({
-                "name": name, "description": scenario.description, "pnl": pnl,
-                "pnl_pct": pnl / equity if equity > 0 else None, "equity_after": equity + pnl,
-            })  # fmt: skip
+            scenarios.append(
+                {
+                    "name": name,
+                    "description": scenario.description,
+                    "pnl": pnl,
+                    "pnl_pct": pnl / equity if equity > 0 else None,
+                    "equity_after": equity + pnl,
+                }
+            )
         return {
-            "portfolio_id": self.portfolio_id, "market_version": model.header.version, "equity": equity,
-            "var": book.var, "stressed_var": stressed_var, "stressed_var99": stressed_var99,
-            "stressed_matrix_version": version, "var_confidence": self.limits.var_confidence,
-            "var_horizon_days": self.limits.var_horizon_days, "scenarios": scenarios,
-        }  # fmt: skip
+            "portfolio_id": self.portfolio_id,
+            "market_version": model.header.version,
+            "equity": equity,
+            "var": book.var,
+            "stressed_var": stressed_var,
+            "stressed_var99": stressed_var99,
+            "stressed_matrix_version": version,
+            "var_confidence": self.limits.var_confidence,
+            "var_horizon_days": self.limits.var_horizon_days,
+            "scenarios": scenarios,
+        }
 
     def get_dashboard_metrics(self) -> pd.DataFrame:
         """One row per open position, portfolio totals in ``df.attrs["totals"]``.
@@ -516,29 +570,37 @@ class RiskManager:
         valuation = value_portfolio(portfolio, header)
         book = self._book(model, view.positions_key, portfolio)
         held = np.flatnonzero(valuation.qty != 0)
-        daily_vol = math_logic.scale_volatility(np.sqrt(np.clip(np.diag(model.cov), 0.0, None)),
-                                                self.settings.model.bars_per_day)  # fmt: skip
+        daily_vol = np.asarray(
+            math_logic.scale_volatility(
+                np.sqrt(np.clip(np.diag(model.cov), 0.0, None)), self.settings.model.bars_per_day
+            )
+        )
         component = book.exposures * book.marginal
         rows = []
         for i in held:
             ticker = header.tickers[i]
-            rows.append({
-                "ticker": ticker,
-                "qty": int(valuation.qty[i]),
-                "avg_price": float(valuation.avg_prices[i]),
-                "last": float(header.prices[i]),
-                "market_value": float(valuation.market_values[i]),
-                "weight": float(valuation.weights[i]),
-                "unrealized_pnl": float(valuation.unrealized[i]),
-                "realized_pnl": float(portfolio.positions[ticker].realized_pnl),
-                "daily_vol": float(daily_vol[i]),
-                "marginal_var": float(book.marginal[i]),
-                "component_var": float(component[i]),
-                "component_share": float(component[i] / book.var) if book.var > 0 else 0.0,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "ticker": ticker,
+                    "qty": int(valuation.qty[i]),
+                    "avg_price": float(valuation.avg_prices[i]),
+                    "last": float(header.prices[i]),
+                    "market_value": float(valuation.market_values[i]),
+                    "weight": float(valuation.weights[i]),
+                    "unrealized_pnl": float(valuation.unrealized[i]),
+                    "realized_pnl": float(portfolio.positions[ticker].realized_pnl),
+                    "daily_vol": float(daily_vol[i]),
+                    "marginal_var": float(book.marginal[i]),
+                    "component_var": float(component[i]),
+                    "component_share": float(component[i] / book.var) if book.var > 0 else 0.0,
+                }
+            )
         df = pd.DataFrame(rows, columns=DASHBOARD_COLUMNS)
-        cvar = float(math_logic.get_portfolio_cvar(book.exposures, model.cov, 1.0, self.limits.var_confidence,
-                                                   self.horizon_bars, validate=False))  # fmt: skip
+        cvar = float(
+            math_logic.get_portfolio_cvar(
+                book.exposures, model.cov, 1.0, self.limits.var_confidence, self.horizon_bars, validate=False
+            )
+        )
         var_limit = float(self.limits.var_limit)
         df.attrs["totals"] = {
             "portfolio_id": self.portfolio_id,
@@ -586,9 +648,12 @@ class RiskManager:
                 error = CorruptDataError(f"the market covariance (version {snap.version}) is unusable: {exc}")
             header_of_snap = MarketHeader(snap.version, snap.ts, snap.tickers, snap.prices, snap.price_ts)
             model = _Model(
-                key=(snap.version, snap.ts), header=header_of_snap, cov=snap.cov,
-                index={t: i for i, t in enumerate(snap.tickers)}, error=error,
-            )  # fmt: skip
+                key=(snap.version, snap.ts),
+                header=header_of_snap,
+                cov=snap.cov,
+                index={t: i for i, t in enumerate(snap.tickers)},
+                error=error,
+            )
             self._model = model
             return model
 
@@ -611,14 +676,21 @@ class RiskManager:
         self._cache_book((plan.model.key, rev.encode()), self._risk_of(plan.model, x, plan.book.missing))
 
     def _risk_of(self, model: _Model, x: Float64Array, missing: tuple[str, ...]) -> _Book:
-        var, sigma = math_logic.get_portfolio_var(x, model.cov, 1.0, self.limits.var_confidence,
-                                                  self.horizon_bars, validate=False)  # fmt: skip
-        marginal = math_logic.calculate_marginal_var(x, model.cov, 1.0, self.limits.var_confidence,
-                                                     horizon=self.horizon_bars, validate=False)  # fmt: skip
+        var, sigma = math_logic.get_portfolio_var(
+            x, model.cov, 1.0, self.limits.var_confidence, self.horizon_bars, validate=False
+        )
+        marginal = math_logic.calculate_marginal_var(
+            x, model.cov, 1.0, self.limits.var_confidence, horizon=self.horizon_bars, validate=False
+        )
         return _Book(
-            exposures=x, market_value=float(x.sum()), gross_exposure=float(np.abs(x).sum()), missing=missing,
-            variance=float(sigma) ** 2, var=float(var), marginal=marginal,
-        )  # fmt: skip
+            exposures=x,
+            market_value=float(x.sum()),
+            gross_exposure=float(np.abs(x).sum()),
+            missing=missing,
+            variance=float(sigma) ** 2,
+            var=float(var),
+            marginal=marginal,
+        )
 
     def _cache_book(self, key: Any, book: _Book) -> None:
         with self._books_lock:
@@ -629,8 +701,15 @@ class RiskManager:
     # -- the checks ------------------------------------------------------------------------------------------
 
     def _sim_from_view(self, view: TradeView) -> _Sim:
-        return _Sim(view.header, view.reference, view.portfolio, view.positions_key, view.trading_state,
-                    view.recent_orders, view.errors)  # fmt: skip
+        return _Sim(
+            view.header,
+            view.reference,
+            view.portfolio,
+            view.positions_key,
+            view.trading_state,
+            view.recent_orders,
+            view.errors,
+        )
 
     def _evaluate(
         self, sim: _Sim, ticker: Any, qty: Any, side: Any, now: float, pending_orders: int = 0
@@ -667,12 +746,17 @@ class RiskManager:
         if trading is None:
             error = sim.errors.get("trading_state")
             detail = error.detail if error is not None else "missing"
-            reasons.append(reason(Reason.TRADING_HALTED,
-                                  f"trading state unreadable ({detail}): treated as HALTED"))  # fmt: skip
+            reasons.append(
+                reason(Reason.TRADING_HALTED, f"trading state unreadable ({detail}): treated as HALTED")
+            )
         elif state == "HALTED":
-            reasons.append(reason(Reason.TRADING_HALTED,
-                                  f"trading is HALTED ({trading.reason or 'no reason given'}, by "
-                                  f"{trading.actor or 'unknown'})"))  # fmt: skip
+            reasons.append(
+                reason(
+                    Reason.TRADING_HALTED,
+                    f"trading is HALTED ({trading.reason or 'no reason given'}, by "
+                    f"{trading.actor or 'unknown'})",
+                )
+            )
 
         # the order itself
         shares, why = parse_quantity(qty, limits.max_order_qty)
@@ -702,27 +786,42 @@ class RiskManager:
                 d["price"] = last
                 age = now - float(header.price_ts[index])
                 if not math.isfinite(age) or age > limits.stale_price_seconds:
-                    reasons.append(reason(Reason.STALE_PRICE,
-                                          f"{ticker} price is {age:.0f} s old (limit {limits.stale_price_seconds:g} s)"))  # fmt: skip
+                    reasons.append(
+                        reason(
+                            Reason.STALE_PRICE,
+                            f"{ticker} price is {age:.0f} s old (limit {limits.stale_price_seconds:g} s)",
+                        )
+                    )
                 if sim.reference is not None:
                     ref = sim.reference.get(ticker)
                     if ref is None or not math.isfinite(ref) or ref <= 0:
-                        reasons.append(reason(Reason.PRICE_COLLAR,
-                                              f"{ticker} has no session reference price: the collar cannot be "
-                                              "checked"))  # fmt: skip
+                        reasons.append(
+                            reason(
+                                Reason.PRICE_COLLAR,
+                                f"{ticker} has no session reference price: the collar cannot be checked",
+                            )
+                        )
                     else:
                         d["reference_price"] = ref
                         move = last / ref - 1.0
                         if abs(move) > limits.price_collar_pct:
-                            reasons.append(reason(Reason.PRICE_COLLAR,
-                                                  f"{ticker} last {last:g} is {move:+.1%} from the reference "
-                                                  f"{ref:g} (collar ±{limits.price_collar_pct:.0%})"))  # fmt: skip
+                            reasons.append(
+                                reason(
+                                    Reason.PRICE_COLLAR,
+                                    f"{ticker} last {last:g} is {move:+.1%} from the reference "
+                                    f"{ref:g} (collar ±{limits.price_collar_pct:.0%})",
+                                )
+                            )
 
         # order-rate throttle
         if sim.recent_orders + pending_orders >= limits.max_orders_per_minute:
-            reasons.append(reason(Reason.RATE_LIMIT,
-                                  f"{sim.recent_orders + pending_orders} orders in the last minute (limit "
-                                  f"{limits.max_orders_per_minute})"))  # fmt: skip
+            reasons.append(
+                reason(
+                    Reason.RATE_LIMIT,
+                    f"{sim.recent_orders + pending_orders} orders in the last minute (limit "
+                    f"{limits.max_orders_per_minute})",
+                )
+            )
 
         portfolio = sim.portfolio
         plan: _Plan | None = None
@@ -734,13 +833,24 @@ class RiskManager:
             if state == "REDUCING" and shares is not None and side_n is not None:
                 q1 = q0 + (shares if side_n == "BUY" else -shares)
                 if not (q0 != 0 and abs(q1) < abs(q0) and q0 * q1 >= 0):
-                    reasons.append(reason(Reason.REDUCING_ONLY,
-                                          f"trading is REDUCING: only trades that shrink the {ticker} position "
-                                          f"({q0:+d}) toward zero pass"))  # fmt: skip
-            if shares is not None and side_n is not None and price is not None and model is not None \
-                    and model.error is None and index is not None:
-                plan = self._check_risk(d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n,
-                                        price, now)  # fmt: skip
+                    reasons.append(
+                        reason(
+                            Reason.REDUCING_ONLY,
+                            f"trading is REDUCING: only trades that shrink the {ticker} position "
+                            f"({q0:+d}) toward zero pass",
+                        )
+                    )
+            if (
+                shares is not None
+                and side_n is not None
+                and price is not None
+                and model is not None
+                and model.error is None
+                and index is not None
+            ):
+                plan = self._check_risk(
+                    d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price, now
+                )
 
         d["reasons"] = reasons
         d["status"] = "REJECTED" if reasons else "APPROVED"
@@ -769,30 +879,46 @@ class RiskManager:
         q0 = held.qty if held is not None else 0
         q1 = booking.position.qty
         cash_after = portfolio.cash + booking.cash_delta
-        d.update(notional=float(booking.notional), est_fees=float(fee), cash_after=float(cash_after),
-                 position_after=q1)  # fmt: skip
+        d.update(
+            notional=float(booking.notional),
+            est_fees=float(fee),
+            cash_after=float(cash_after),
+            position_after=q1,
+        )
 
         if booking.notional > limits.max_order_notional:
-            reasons.append(reason(Reason.MAX_NOTIONAL,
-                                  f"order notional {booking.notional:,.2f} exceeds the limit "
-                                  f"{limits.max_order_notional:,.2f}"))  # fmt: skip
+            reasons.append(
+                reason(
+                    Reason.MAX_NOTIONAL,
+                    f"order notional {booking.notional:,.2f} exceeds the limit "
+                    f"{limits.max_order_notional:,.2f}",
+                )
+            )
         cash_account = portfolio.account_type == "cash"
         if cash_account and side == "SELL":
             if q0 <= 0:
-                reasons.append(reason(Reason.SHORT_NOT_ALLOWED,
-                                      f"no {ticker} held: a cash account cannot sell short"))  # fmt: skip
+                reasons.append(
+                    reason(Reason.SHORT_NOT_ALLOWED, f"no {ticker} held: a cash account cannot sell short")
+                )
             elif shares > q0:
                 reasons.append(reason(Reason.OVERSELL, f"selling {shares:,} {ticker} but only {q0:,} held"))
         if cash_account and cash_after < 0:
             needed = -booking.cash_delta
-            reasons.append(reason(Reason.INSUFFICIENT_CASH,
-                                  f"cost plus fees {needed:,.2f} exceed the cash {portfolio.cash:,.2f}"))  # fmt: skip
+            reasons.append(
+                reason(
+                    Reason.INSUFFICIENT_CASH,
+                    f"cost plus fees {needed:,.2f} exceed the cash {portfolio.cash:,.2f}",
+                )
+            )
 
         book = self._book(model, sim.book_key, portfolio)
         if book.missing:
-            reasons.append(reason(Reason.MISSING_PRICE,
-                                  f"no usable price for held {', '.join(book.missing)}: risk cannot be "
-                                  "computed"))  # fmt: skip
+            reasons.append(
+                reason(
+                    Reason.MISSING_PRICE,
+                    f"no usable price for held {', '.join(book.missing)}: risk cannot be computed",
+                )
+            )
         signed = shares if side == "BUY" else -shares
         delta = signed * price
         x_i = float(book.exposures[index])
@@ -802,46 +928,79 @@ class RiskManager:
 
         # VaR: O(N) incremental update of the cached holdings' variance
         delta_var = math_logic.incremental_var_single(
-            index, delta, book.exposures, model.cov, 1.0, book.variance, limits.var_confidence,
+            index,
+            delta,
+            book.exposures,
+            model.cov,
+            1.0,
+            book.variance,
+            limits.var_confidence,
             horizon=self.horizon_bars,
-        )  # fmt: skip
+        )
         var_after = book.var + delta_var
-        d.update(var_before=book.var, var_after=var_after, delta_var=delta_var,
-                 marginal_var=float(book.marginal[index]))  # fmt: skip
+        d.update(
+            var_before=book.var,
+            var_after=var_after,
+            delta_var=delta_var,
+            marginal_var=float(book.marginal[index]),
+        )
         if var_after > float(limits.var_limit) and delta_var > 0:
-            reasons.append(reason(Reason.VAR_LIMIT,
-                                  f"VaR would rise from {book.var:,.0f} to {var_after:,.0f}, above the limit "
-                                  f"{limits.var_limit:,.0f} ({limits.var_confidence:.0%}, "
-                                  f"{limits.var_horizon_days:g} d)"))  # fmt: skip
+            reasons.append(
+                reason(
+                    Reason.VAR_LIMIT,
+                    f"VaR would rise from {book.var:,.0f} to {var_after:,.0f}, above the limit "
+                    f"{limits.var_limit:,.0f} ({limits.var_confidence:.0%}, "
+                    f"{limits.var_horizon_days:g} d)",
+                )
+            )
 
         grows = abs(q1) > abs(q0)
         if equity_after > 0:
             concentration = abs(x_i + delta) / equity_after
             d["concentration_after"] = concentration
             if concentration > limits.max_concentration and grows:
-                reasons.append(reason(Reason.CONCENTRATION,
-                                      f"{ticker} would be {concentration:.1%} of equity (limit "
-                                      f"{limits.max_concentration:.0%})"))  # fmt: skip
+                reasons.append(
+                    reason(
+                        Reason.CONCENTRATION,
+                        f"{ticker} would be {concentration:.1%} of equity (limit "
+                        f"{limits.max_concentration:.0%})",
+                    )
+                )
         elif grows:
-            reasons.append(reason(Reason.CONCENTRATION,
-                                  f"equity would be {equity_after:,.2f}: no position may grow"))  # fmt: skip
+            reasons.append(
+                reason(Reason.CONCENTRATION, f"equity would be {equity_after:,.2f}: no position may grow")
+            )
 
         if portfolio.account_type == "margin":
             used_after = gross_after * portfolio.initial_margin
             d["margin_level_after"] = equity_after / used_after * 100.0 if used_after > 0 else None
             if used_after > equity_after and gross_after > book.gross_exposure:
-                reasons.append(reason(Reason.MARGIN,
-                                      f"initial margin {used_after:,.0f} ({portfolio.initial_margin:.0%} of gross "
-                                      f"{gross_after:,.0f}) would exceed equity {equity_after:,.0f}"))  # fmt: skip
+                reasons.append(
+                    reason(
+                        Reason.MARGIN,
+                        f"initial margin {used_after:,.0f} ({portfolio.initial_margin:.0%} of gross "
+                        f"{gross_after:,.0f}) would exceed equity {equity_after:,.0f}",
+                    )
+                )
 
         asset = self.settings.universe.assets.get(ticker, _DEFAULT_ASSET)
         half_spread = price * asset.spread_bps / 20_000.0
-        daily_vol = float(math_logic.scale_volatility(math.sqrt(max(float(model.cov[index, index]), 0.0)),
-                                                      self.settings.model.bars_per_day))  # fmt: skip
-        d["liquidity_cost"] = float(math_logic.calculate_liquidity_var(
-            shares, price, price - half_spread, price + half_spread, asset.avg_daily_volume,
-            daily_vol=daily_vol, impact_coef=self.settings.model.liquidity_impact_coef,
-        ))  # fmt: skip
+        daily_vol = float(
+            math_logic.scale_volatility(
+                math.sqrt(max(float(model.cov[index, index]), 0.0)), self.settings.model.bars_per_day
+            )
+        )
+        d["liquidity_cost"] = float(
+            math_logic.calculate_liquidity_var(
+                shares,
+                price,
+                price - half_spread,
+                price + half_spread,
+                asset.avg_daily_volume,
+                daily_vol=daily_vol,
+                impact_coef=self.settings.model.liquidity_impact_coef,
+            )
+        )
 
         after = dict(portfolio.positions)
         if q1 == 0 and booking.position.realized_pnl == 0:
@@ -849,11 +1008,29 @@ class RiskManager:
         else:
             after[ticker] = booking.position
         portfolio_after = replace(
-            portfolio, cash=cash_after, positions=after, realized_pnl=portfolio.realized_pnl + booking.realized,
-            fees_paid=portfolio.fees_paid + fee, updated_at=now,
-        )  # fmt: skip
-        return _Plan(ticker, side, shares, px, portfolio.cash, held, booking.position, portfolio_after, booking.realized,
-                     booking.notional, fee, model, book, index)  # fmt: skip
+            portfolio,
+            cash=cash_after,
+            positions=after,
+            realized_pnl=portfolio.realized_pnl + booking.realized,
+            fees_paid=portfolio.fees_paid + fee,
+            updated_at=now,
+        )
+        return _Plan(
+            ticker,
+            side,
+            shares,
+            px,
+            portfolio.cash,
+            held,
+            booking.position,
+            portfolio_after,
+            booking.realized,
+            booking.notional,
+            fee,
+            model,
+            book,
+            index,
+        )
 
     # -- results ---------------------------------------------------------------------------------------------
 
@@ -862,8 +1039,12 @@ class RiskManager:
     ) -> dict[str, Any]:
         d = _empty_decision(self.portfolio_id, ticker, self.limits, now)
         shares, _ = parse_quantity(qty, self.limits.max_order_qty)
-        d.update(qty=shares, side=parse_side(side), status="REJECTED",
-                 reasons=[_store_reason(error)] if error is not None else [])  # fmt: skip
+        d.update(
+            qty=shares,
+            side=parse_side(side),
+            status="REJECTED",
+            reasons=[_store_reason(error)] if error is not None else [],
+        )
         return d
 
     def _result(
@@ -912,27 +1093,56 @@ class RiskManager:
 
 
 DASHBOARD_COLUMNS = (
-    "ticker", "qty", "avg_price", "last", "market_value", "weight", "unrealized_pnl", "realized_pnl",
-    "daily_vol", "marginal_var", "component_var", "component_share",
-)  # fmt: skip
+    "ticker",
+    "qty",
+    "avg_price",
+    "last",
+    "market_value",
+    "weight",
+    "unrealized_pnl",
+    "realized_pnl",
+    "daily_vol",
+    "marginal_var",
+    "component_var",
+    "component_share",
+)
 """Columns of :meth:`RiskManager.get_dashboard_metrics`, in order."""
 
 
-# -- helpers -----------------------------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------------------
 
 
 def _empty_decision(portfolio_id: str, ticker: Any, limits: Limits, now: float) -> dict[str, Any]:
     return {
-        "status": "REJECTED", "reasons": [], "portfolio_id": portfolio_id,
-        "ticker": ticker if isinstance(ticker, str) else repr(ticker), "side": None, "qty": None,
-        "price": None, "reference_price": None, "notional": None, "est_fees": None, "liquidity_cost": None,
-        "var_before": None, "var_after": None, "delta_var": None, "marginal_var": None,
-        "var_limit": float(limits.var_limit), "var_confidence": limits.var_confidence,
+        "status": "REJECTED",
+        "reasons": [],
+        "portfolio_id": portfolio_id,
+        "ticker": ticker if isinstance(ticker, str) else repr(ticker),
+        "side": None,
+        "qty": None,
+        "price": None,
+        "reference_price": None,
+        "notional": None,
+        "est_fees": None,
+        "liquidity_cost": None,
+        "var_before": None,
+        "var_after": None,
+        "delta_var": None,
+        "marginal_var": None,
+        "var_limit": float(limits.var_limit),
+        "var_confidence": limits.var_confidence,
         "var_horizon_days": limits.var_horizon_days,
-        "cash_before": None, "cash_after": None, "position_before": None, "position_after": None,
-        "equity_after": None, "concentration_after": None, "margin_level_after": None,
-        "trading_state": None, "market_version": None, "checked_at": now,
-    }  # fmt: skip
+        "cash_before": None,
+        "cash_after": None,
+        "position_before": None,
+        "position_after": None,
+        "equity_after": None,
+        "concentration_after": None,
+        "margin_level_after": None,
+        "trading_state": None,
+        "market_version": None,
+        "checked_at": now,
+    }
 
 
 def _holdings_key(portfolio: PortfolioState) -> tuple[Any, ...]:

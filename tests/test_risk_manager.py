@@ -1,4 +1,4 @@
-"""The pre-trade gate against a real redis-server: every rejection reason, exact fills, states, what-if, stress.
+"""The pre-trade gate on a real redis-server: every rejection reason, exact fills, states, what-if, stress.
 
 Figures are checked against independent computations (numpy and scipy here, not engine.math_logic), and every
 rejected check is shown to leave the store byte-for-byte unchanged (DUMP of every key before and after).
@@ -37,7 +37,7 @@ NOW = 1_700_000_000.0
 BARS_PER_DAY = TEST_CONFIG["model"]["bars_per_day"]
 
 
-# -- helpers -----------------------------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------------------
 
 
 def dump_all(client: redis.Redis) -> dict[bytes, Any]:
@@ -69,8 +69,9 @@ def codes(decision: dict[str, Any]) -> set[str]:
     return {r["code"] for r in decision["reasons"]}
 
 
-def set_market(store: Store, prices: dict[str, float] | None = None, *, ts: float = NOW,
-               cov: np.ndarray | None = None) -> MarketSnapshot:  # fmt: skip
+def set_market(
+    store: Store, prices: dict[str, float] | None = None, *, ts: float = NOW, cov: np.ndarray | None = None
+) -> MarketSnapshot:
     """Write a new market snapshot (version + 1) with some prices changed, as the stream daemon would."""
     snap = store.read_market()
     new_prices = snap.prices.copy()
@@ -80,9 +81,13 @@ def set_market(store: Store, prices: dict[str, float] | None = None, *, ts: floa
         new_prices[i] = price
         price_ts[i] = ts
     new = MarketSnapshot(
-        version=snap.version + 1, ts=ts, tickers=snap.tickers, prices=new_prices, price_ts=price_ts,
+        version=snap.version + 1,
+        ts=ts,
+        tickers=snap.tickers,
+        prices=new_prices,
+        price_ts=price_ts,
         cov=snap.cov if cov is None else cov,
-    )  # fmt: skip
+    )
     store.write_market(new)
     return new
 
@@ -106,8 +111,12 @@ def exposures(store: Store, portfolio_id: str) -> np.ndarray:
 def desk(store: Store) -> Callable[..., RiskManager]:
     """Seed the store with TEST_CONFIG (plus overrides) at NOW and return a manager for one portfolio."""
 
-    def build(override: dict[str, Any] | None = None, portfolio_id: str = "main",
-              clock: Callable[[], float] | None = None, settings: Settings | None = None) -> RiskManager:  # fmt: skip
+    def build(
+        override: dict[str, Any] | None = None,
+        portfolio_id: str = "main",
+        clock: Callable[[], float] | None = None,
+        settings: Settings | None = None,
+    ) -> RiskManager:
         settings = settings or settings_from_dict(merge(TEST_CONFIG, override or {}))
         if store.schema_version() is None:
             warmup.seed(store, settings, now=NOW)
@@ -121,7 +130,7 @@ def rm(desk: Callable[..., RiskManager]) -> RiskManager:
     return desk()
 
 
-# -- approvals and their numbers ---------------------------------------------------------------------------------
+# -- approvals and their numbers -----------------------------------------------------------------------------
 
 
 def test_an_ordinary_buy_is_approved_with_var_deltas_matching_an_independent_full_computation(
@@ -137,7 +146,9 @@ def test_an_ordinary_buy_is_approved_with_var_deltas_matching_an_independent_ful
     x_after[snap.tickers.index("AAA")] += 100 * 100.0
     np.testing.assert_allclose(decision["var_before"], independent_var(x_before, snap.cov), rtol=1e-10)
     np.testing.assert_allclose(decision["var_after"], independent_var(x_after, snap.cov), rtol=1e-10)
-    np.testing.assert_allclose(decision["delta_var"], decision["var_after"] - decision["var_before"], rtol=1e-9)
+    np.testing.assert_allclose(
+        decision["delta_var"], decision["var_after"] - decision["var_before"], rtol=1e-9
+    )
     # marginal VaR per dollar: z (Σx)_i / σ · sqrt(390)
     i = snap.tickers.index("AAA")
     sigma = math.sqrt(x_before @ snap.cov @ x_before)
@@ -174,7 +185,7 @@ def test_a_ticker_added_at_run_time_trades_with_default_liquidity_parameters(
     assert decision["market_version"] == 1 and decision["liquidity_cost"] > 0
 
 
-# -- every rejection reason, each leaving the store untouched ------------------------------------------------------
+# -- every rejection reason, each leaving the store untouched ------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -225,7 +236,9 @@ def test_an_integral_float_quantity_and_a_lower_case_side_are_accepted(rm: RiskM
     assert decision["status"] == "APPROVED" and decision["qty"] == 100 and decision["side"] == "BUY"
 
 
-def _rejected_without_change(rm: RiskManager, client: redis.Redis, ticker: str, qty: int, side: str) -> set[str]:
+def _rejected_without_change(
+    rm: RiskManager, client: redis.Redis, ticker: str, qty: int, side: str
+) -> set[str]:
     before = dump_all(client)
     decision = rm.check_trade_impact(ticker, qty, side)
     assert decision["status"] == "REJECTED"
@@ -257,7 +270,9 @@ def test_a_stale_price_is_refused(desk: Callable[..., RiskManager], redis_client
     assert desk(clock=lambda: NOW + 29.0).check_trade_impact("AAA", 10, "BUY")["status"] == "APPROVED"
 
 
-def test_a_price_outside_the_collar_is_refused(rm: RiskManager, store: Store, redis_client: redis.Redis) -> None:
+def test_a_price_outside_the_collar_is_refused(
+    rm: RiskManager, store: Store, redis_client: redis.Redis
+) -> None:
     set_market(store, {"AAA": 111.0})  # reference 100, collar 10%
 
     assert _rejected_without_change(rm, redis_client, "AAA", 10, "BUY") == {"PRICE_COLLAR"}
@@ -265,7 +280,9 @@ def test_a_price_outside_the_collar_is_refused(rm: RiskManager, store: Store, re
     assert rm.check_trade_impact("AAA", 10, "BUY")["status"] == "APPROVED"
 
 
-def test_a_purchase_beyond_the_cash_is_refused(rm: RiskManager, store: Store, redis_client: redis.Redis) -> None:
+def test_a_purchase_beyond_the_cash_is_refused(
+    rm: RiskManager, store: Store, redis_client: redis.Redis
+) -> None:
     state = store.read_portfolio("main")
     store.write_portfolio_state(PortfolioState(**{**state.__dict__, "cash": Decimal("2000.00")}))
 
@@ -346,7 +363,9 @@ def test_reducing_passes_only_trades_that_shrink_the_position_toward_zero(
     rm.set_trading_state("REDUCING", "drawdown level 1", "monitor")
 
     assert _rejected_without_change(rm, redis_client, "AAA", 10, "BUY") == {"REDUCING_ONLY"}
-    assert _rejected_without_change(rm, redis_client, "CCC", 1, "BUY") == {"REDUCING_ONLY"}  # opens a position
+    assert _rejected_without_change(rm, redis_client, "CCC", 1, "BUY") == {
+        "REDUCING_ONLY"
+    }  # opens a position
     assert rm.check_trade_impact("AAA", 400, "SELL")["status"] == "APPROVED"
     assert rm.check_trade_impact("AAA", 1000, "SELL")["status"] == "APPROVED"  # flat is reduced
 
@@ -378,7 +397,7 @@ def test_a_missing_or_unreadable_trading_state_counts_as_halted(
     assert rm.get_trading_state().state == "HALTED"
 
 
-# -- fail closed on store trouble ----------------------------------------------------------------------------------
+# -- fail closed on store trouble ----------------------------------------------------------------------------
 
 
 def test_an_empty_store_rejects_with_store_empty_and_reads_return_none(
@@ -410,9 +429,7 @@ def test_an_unreachable_redis_rejects_with_store_unavailable_instead_of_raising(
     assert rm.get_market_data() == (None, None) and rm.last_error.code == "STORE_UNAVAILABLE"
 
 
-def test_a_corrupt_price_array_rejects_with_store_corrupt(
-    rm: RiskManager, redis_client: redis.Redis
-) -> None:
+def test_a_corrupt_price_array_rejects_with_store_corrupt(rm: RiskManager, redis_client: redis.Redis) -> None:
     redis_client.hset(MARKET_KEY, "prices", b"RDA1garbage")
 
     decision = rm.check_trade_impact("AAA", 10, "BUY")
@@ -431,10 +448,12 @@ def test_a_covariance_that_is_not_positive_semi_definite_fails_closed(rm: RiskMa
     assert decision["status"] == "REJECTED" and codes(decision) == {"STORE_CORRUPT"}
 
 
-# -- the covariance cache ----------------------------------------------------------------------------------------
+# -- the covariance cache ------------------------------------------------------------------------------------
 
 
-def test_the_matrix_is_read_once_per_market_version(rm: RiskManager, store: Store, redis_client: redis.Redis) -> None:
+def test_the_matrix_is_read_once_per_market_version(
+    rm: RiskManager, store: Store, redis_client: redis.Redis
+) -> None:
     first = rm.check_trade_impact("AAA", 100, "BUY")
     # tamper with the matrix WITHOUT a new version: a manager that reread it on every check would notice
     tampered = store.read_market().cov * 4.0
@@ -461,7 +480,7 @@ def test_a_reset_store_with_the_same_version_number_is_not_served_from_the_old_c
     assert second["market_version"] == 0 and second["var_after"] > first["var_after"]
 
 
-# -- execution -------------------------------------------------------------------------------------------------
+# -- execution -----------------------------------------------------------------------------------------------
 
 
 def test_a_fill_updates_cash_position_fees_and_the_trade_log_exactly(rm: RiskManager, store: Store) -> None:
@@ -522,7 +541,9 @@ def test_a_margin_position_that_flips_side_opens_the_new_side_at_the_fill_price(
     assert store.read_portfolio("hedge").positions["CCC"].qty == -150
 
 
-def test_the_same_client_order_id_trades_once_and_returns_the_first_fill(rm: RiskManager, store: Store) -> None:
+def test_the_same_client_order_id_trades_once_and_returns_the_first_fill(
+    rm: RiskManager, store: Store
+) -> None:
     first = rm.execute_trade("AAA", 10, "BUY", client_order_id="dbl-click")
     cash = store.read_portfolio("main").cash
 
@@ -581,7 +602,7 @@ def test_a_portfolio_that_keeps_changing_exhausts_the_retries_and_trades_nothing
     other.close()
 
 
-# -- trading states --------------------------------------------------------------------------------------------
+# -- trading states ------------------------------------------------------------------------------------------
 
 
 def test_a_trading_state_change_is_persisted_with_an_audit_record(rm: RiskManager) -> None:
@@ -591,8 +612,12 @@ def test_a_trading_state_change_is_persisted_with_an_audit_record(rm: RiskManage
     assert rm.get_trading_state() == new
     audit = rm.audit_log(1)[0]
     assert (audit["action"], audit["state"], audit["previous"], audit["actor"], audit["reason"]) == (
-        "set_trading_state", "HALTED", "ACTIVE", "carol", "VaR breach",
-    )  # fmt: skip
+        "set_trading_state",
+        "HALTED",
+        "ACTIVE",
+        "carol",
+        "VaR breach",
+    )
 
 
 @pytest.mark.parametrize(
@@ -607,7 +632,7 @@ def test_a_trading_state_change_needs_a_known_state_a_reason_and_an_actor(
     assert rm.get_trading_state().state == "ACTIVE"
 
 
-# -- what-if and stress ----------------------------------------------------------------------------------------
+# -- what-if and stress --------------------------------------------------------------------------------------
 
 
 def test_what_if_checks_a_basket_cumulatively_and_writes_nothing(
@@ -616,8 +641,9 @@ def test_what_if_checks_a_basket_cumulatively_and_writes_nothing(
     rm = desk({"limits": {"max_concentration": 0.2}})  # AAA 100k of 1.2M; each buy adds 100k
     before = dump_all(redis_client)
 
-    basket = rm.what_if([("AAA", 1000, "BUY"), {"ticker": "AAA", "qty": 1000, "side": "BUY"},
-                         ("BBB", 100, "SELL")])  # fmt: skip
+    basket = rm.what_if(
+        [("AAA", 1000, "BUY"), {"ticker": "AAA", "qty": 1000, "side": "BUY"}, ("BBB", 100, "SELL")]
+    )
 
     assert dump_all(redis_client) == before
     first, second, third = basket["decisions"]
@@ -631,7 +657,9 @@ def test_what_if_checks_a_basket_cumulatively_and_writes_nothing(
     x = np.zeros(4)
     x[0], x[1] = 2000 * 100.0, 1900 * 50.0
     np.testing.assert_allclose(basket["var_after"], independent_var(x, snap.cov), rtol=1e-10)
-    np.testing.assert_allclose(basket["var_before"], independent_var(exposures(store, "main"), snap.cov), rtol=1e-10)
+    np.testing.assert_allclose(
+        basket["var_before"], independent_var(exposures(store, "main"), snap.cov), rtol=1e-10
+    )
 
 
 def test_stress_test_reports_stressed_var_and_scenario_pnl(rm: RiskManager, store: Store) -> None:
@@ -646,7 +674,9 @@ def test_stress_test_reports_stressed_var_and_scenario_pnl(rm: RiskManager, stor
     pnl = {s["name"]: s["pnl"] for s in report["scenarios"]}
     assert pnl == {"crash": pytest.approx(-40_000.0), "rotation": pytest.approx(-10_000.0)}
     crash = next(s for s in report["scenarios"] if s["name"] == "crash")
-    assert crash["equity_after"] == pytest.approx(1_160_000.0) and crash["pnl_pct"] == pytest.approx(-40 / 1200)
+    assert crash["equity_after"] == pytest.approx(1_160_000.0) and crash["pnl_pct"] == pytest.approx(
+        -40 / 1200
+    )
 
 
 def test_stress_test_of_a_basket_stresses_the_holdings_after_it(rm: RiskManager) -> None:
@@ -656,7 +686,7 @@ def test_stress_test_of_a_basket_stresses_the_holdings_after_it(rm: RiskManager)
     assert all(s["pnl"] == pytest.approx(0.0) for s in report["scenarios"])
 
 
-# -- dashboard metrics -----------------------------------------------------------------------------------------
+# -- dashboard metrics ---------------------------------------------------------------------------------------
 
 
 def test_dashboard_metrics_match_independent_figures_and_components_sum_to_var(
@@ -700,7 +730,9 @@ def test_get_market_data_and_portfolio_state_read_the_store(rm: RiskManager, sto
     snap, prices = rm.get_market_data()
     state = rm.get_portfolio_state()
 
-    assert snap is not None and snap.cov.shape == (4, 4) and prices == {"AAA": 100.0, "BBB": 50.0,
-                                                                         "CCC": 200.0, "DDD": 25.0}  # fmt: skip
+    assert (
+        snap is not None
+        and snap.cov.shape == (4, 4)
+        and prices == {"AAA": 100.0, "BBB": 50.0, "CCC": 200.0, "DDD": 25.0}
+    )
     assert state == store.read_portfolio("main")
-
