@@ -1231,7 +1231,12 @@ class AlertEngine:
         if not pending:
             return
         by_alert: dict[str, list[dict[str, Any]]] = {}
-        for item in sorted(pending.values(), key=lambda p: (p.get("created_at", 0.0), p.get("order", 0))):
+
+        def order(p: Mapping[str, Any]) -> tuple[Any, ...]:  # the most severe rule's actions first
+            return (p.get("created_at", 0.0), -SEVERITY_RANK.get(p.get("severity", "LOW"), 0), p["rule_id"],
+                    p.get("order", 0))  # fmt: skip
+
+        for item in sorted(pending.values(), key=order):
             by_alert.setdefault(item["alert_id"], []).append(item)
         for items in by_alert.values():
             outcomes = [(item, self.responses.run(portfolio_id, item)) for item in items]

@@ -1,0 +1,175 @@
+"""Automated responses through the real RiskManager: circuit breakers, position reduction (largest losers first),
+audit and their own alert; re-runs after a crash change nothing twice."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+import warmup
+from engine.store import PortfolioKeys, Store
+from logic.alerts import build_alert_engine
+from logic.responses import parse_action, plan_reduction
+from logic.risk_manager import RiskManager
+
+from .alerts_support import T0, SimClock, SleepRecorder, delivered_events, rule, snapshot
+
+DD_HALT = rule("drawdown_halt", "drawdown.daily", "<=", -0.05, "CRITICAL", description="Daily drawdown beyond 5%",
+               actions=["set_state:HALTED"])  # fmt: skip
+DD_REDUCE = rule("drawdown_reduce", "drawdown.daily", "<=", -0.03, "HIGH", description="Daily drawdown beyond 3%",
+                 actions=["set_state:REDUCING"])  # fmt: skip
+
+POSITIONS = [  # main's seeded book (AAA 1000 @ 100, BBB 2000 @ 50) with AAA the loser
+    {"ticker": "AAA", "qty": 1000, "avg_price": 105.0, "last": 100.0, "market_value": 100_000.0, "weight": 0.1,
+     "unrealized_pnl": -5_000.0, "realized_pnl": 0.0, "mfe": 0.0, "mae": -5_000.0},
+    {"ticker": "BBB", "qty": 2000, "avg_price": 49.0, "last": 50.0, "market_value": 100_000.0, "weight": 0.1,
+     "unrealized_pnl": 2_000.0, "realized_pnl": 0.0, "mfe": 2_000.0, "mae": 0.0},
+]  # fmt: skip
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing on the way catches it."""
+
+
+@pytest.fixture
+def seeded(store: Store, settings: Any) -> Store:
+    warmup.seed(store, settings, now=T0)
+    return store
+
+
+def build(store: Store, make_settings: Any, clock: SimClock, rules: list[dict[str, Any]], factory: Any = None):
+    settings = make_settings({"alert_rules": rules,
+                              "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0}})  # fmt: skip
+    return build_alert_engine(store, settings, clock=clock, risk_manager_factory=factory, env={},
+                              sleep=SleepRecorder()), settings  # fmt: skip
+
+
+def test_plan_reduction_takes_the_largest_losers_first_until_the_fraction_of_gross_is_cut() -> None:
+    positions = [
+        {"ticker": "W", "qty": 100, "last": 10.0, "unrealized_pnl": 50.0},
+        {"ticker": "L1", "qty": -300, "last": 20.0, "unrealized_pnl": -900.0},  # a losing short
+        {"ticker": "L2", "qty": 200, "last": 30.0, "unrealized_pnl": -100.0},
+        {"ticker": "N", "qty": 0, "last": 5.0, "unrealized_pnl": 0.0},
+        {"ticker": "X", "qty": 10, "last": None, "unrealized_pnl": -1e6},  # no price: cannot be planned
+    ]
+    gross = 100 * 10 + 300 * 20 + 200 * 30
+    legs = plan_reduction(positions, 0.5)
+    assert [(leg["ticker"], leg["side"], leg["qty"]) for leg in legs] == [("L1", "BUY", 300), ("L2", "SELL", 17)]
+    cut = sum(leg["notional"] for leg in legs)
+    assert 0.5 * gross <= cut < 0.5 * gross + 30.0  # at least the target, less than one more share over
+    assert [leg["ticker"] for leg in plan_reduction(positions, 1.0)] == ["L1", "L2", "W"]
+    assert sum(leg["notional"] for leg in plan_reduction(positions, 1.0)) == gross
+    with pytest.raises(ValueError):
+        plan_reduction(positions, 0.0)
+
+
+@pytest.mark.parametrize("text", ["set_state:ACTIVE", "halt", "reduce:0", "reduce:nan", "reduce:x", "sell:0.5"])
+def test_parse_action_refuses_what_an_automated_response_may_not_do(text: str) -> None:
+    with pytest.raises(ValueError, match="expected 'set_state:REDUCING'"):
+        parse_action(text)
+
+
+def test_drawdown_beyond_the_circuit_breaker_halts_trading_audited_and_shown_as_an_alert(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    engine, settings = build(seeded, make_settings, clock, [DD_REDUCE, DD_HALT])
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.06, positions=POSITIONS), clock.now)
+
+    state = seeded.read_trading_state("main")
+    assert (state.state, state.actor) == ("HALTED", "auto:drawdown_halt")
+    assert "Daily drawdown beyond 5%" in state.reason and "-0.06" in state.reason
+    audit = seeded.read_stream_json(PortfolioKeys("main").audit, count=10, newest_first=False)
+    responses = [a for a in audit if a["action"] == "automated_response"]
+    assert [(a["rule_id"], a["response"], a["ok"]) for a in responses] == [
+        ("drawdown_halt", "set_state:HALTED", True), ("drawdown_reduce", "set_state:REDUCING", True)]  # fmt: skip
+    assert "already HALTED" in responses[1]["summary"]  # never loosened to REDUCING
+    assert [a["state"] for a in audit if a["action"] == "set_trading_state"] == ["HALTED"]
+
+    active = {a["rule_id"]: a for a in engine.active_alerts("main")}
+    assert active["action:drawdown_halt"]["summary"] == "trading state set to HALTED (was ACTIVE)"
+    assert active["action:drawdown_halt"]["severity"] == "CRITICAL"
+    engine.tick(clock.now)
+    notified = {e["rule_id"] for e in delivered_events(engine)}
+    assert {"drawdown_halt", "action:drawdown_halt", "action:drawdown_reduce"} <= notified
+
+    decision = RiskManager(seeded.client, "main", settings, clock).execute_trade("AAA", 10, "BUY", actor="trader")
+    assert decision["status"] == "REJECTED"
+    assert "TRADING_HALTED" in [r["code"] for r in decision["reasons"]]
+
+    engine.evaluate("main", snapshot(now=clock.now + 1, drawdown__daily=-0.01), clock.now + 1)
+    assert seeded.read_trading_state("main").state == "HALTED"  # only a human lifts a circuit breaker
+    assert "action:drawdown_halt" in {a["rule_id"] for a in engine.active_alerts("main")}
+
+
+def test_margin_critical_reduces_positions_largest_losers_first_through_the_execution_path(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    reduce_rule = rule("margin_critical", "var.utilization", ">=", 1.0, "CRITICAL", actions=["reduce:0.6"])
+    engine, _ = build(seeded, make_settings, clock, [reduce_rule])
+    engine.evaluate("main", snapshot(now=clock.now, var__utilization=1.3, positions=POSITIONS), clock.now)
+
+    positions = seeded.read_portfolio("main").positions
+    assert "AAA" not in positions and positions["BBB"].qty == 1600  # 60% of $200k: AAA (the loser), 400 BBB
+    (alert,) = [a for a in engine.active_alerts("main") if a["rule_id"] == "action:margin_critical"]
+    assert alert["summary"].startswith("reduce:0.6: 2 of 2 legs filled: SELL 1000 AAA FILLED, SELL 400 BBB FILLED")
+    trades = RiskManager(seeded.client, "main", None, clock).trade_log(10)
+    assert sorted(t["client_order_id"] for t in trades if t["status"] == "FILLED") == [
+        f"{alert['source_alert_id']}-0-0", f"{alert['source_alert_id']}-0-1"]  # fmt: skip
+    assert {t["actor"] for t in trades} == {"auto:margin_critical"}
+
+
+def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_trading_twice(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    reduce_rule = rule("cut", "var.utilization", ">=", 1.0, "CRITICAL", actions=["reduce:0.6", "set_state:REDUCING"])
+    _, settings = build(seeded, make_settings, clock, [reduce_rule])
+
+    class DiesAfterFirstFill:
+        def __init__(self, portfolio_id: str) -> None:
+            self.rm = RiskManager(seeded.client, portfolio_id, settings, clock)
+
+        def get_trading_state(self) -> Any:
+            return self.rm.get_trading_state()
+
+        def set_trading_state(self, state: str, reason: str, actor: str) -> Any:
+            return self.rm.set_trading_state(state, reason, actor)
+
+        def execute_trade(self, ticker: str, qty: int, side: str, client_order_id: str | None = None,
+                          actor: str = "trader") -> dict[str, Any]:  # fmt: skip
+            result = self.rm.execute_trade(ticker, qty, side, client_order_id=client_order_id, actor=actor)
+            raise Crash(f"died after {result['status']} {ticker}")
+
+    first, _ = build(seeded, make_settings, clock, [reduce_rule], factory=DiesAfterFirstFill)
+    with pytest.raises(Crash):
+        first.evaluate("main", snapshot(now=clock.now, var__utilization=1.3, positions=POSITIONS), clock.now)
+    assert "AAA" not in seeded.read_portfolio("main").positions
+    assert len(seeded.read_json_hash(Store.actions_key("main"))) == 2  # both actions still to be done
+
+    second, _ = build(seeded, make_settings, clock, [reduce_rule])  # the restarted monitor, real RiskManager
+    second.tick(clock.now + 1)
+    second.tick(clock.now + 2)
+    positions = seeded.read_portfolio("main").positions
+    assert positions["BBB"].qty == 1600 and "AAA" not in positions
+    fills = [t for t in RiskManager(seeded.client, "main", settings, clock).trade_log(20) if t["status"] == "FILLED"]
+    assert sorted((t["fill"]["ticker"], t["fill"]["qty"]) for t in fills) == [("AAA", 1000), ("BBB", 400)]
+    assert seeded.read_trading_state("main").state == "REDUCING"
+    assert seeded.read_json_hash(Store.actions_key("main")) == {}
+    audit = seeded.read_stream_json(PortfolioKeys("main").audit, count=20)
+    assert sum(a["action"] == "automated_response" for a in audit) == 2
+    (action_alert,) = [a for a in second.active_alerts("main") if a["kind"] == "action"]
+    assert "2 of 2 legs filled" in action_alert["summary"] and "REDUCING" in action_alert["summary"]
+
+
+def test_without_a_risk_manager_the_action_is_reported_as_not_executed(store: Store, make_settings: Any) -> None:
+    clock = SimClock(T0)
+    engine, _ = build(store, make_settings, clock, [DD_HALT], factory=None)
+    engine.responses.factory = None  # a deployment where no RiskManager could be wired
+    engine.evaluate("main", snapshot(drawdown__daily=-0.2), T0)
+    (alert,) = [a for a in engine.active_alerts("main") if a["kind"] == "action"]
+    assert alert["severity"] == "CRITICAL" and not alert["ok"] and "NOT executed" in alert["summary"]
+    assert math.isclose(alert["value"], -0.2)
