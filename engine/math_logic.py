@@ -1,0 +1,1197 @@
+"""Pure risk mathematics: arrays in, numbers and arrays out.
+
+This module is the numerical kernel of Riskdesk. It imports only the standard library, numpy and scipy:
+no Redis, no I/O, no clock, no logging configuration. The rest of the tree calls it; it calls nothing of ours.
+
+Conventions
+-----------
+- ``weights`` are exposures as fractions of ``portfolio_value``: the dollar exposure of asset i is
+  ``weights[i] * portfolio_value``. Weights may be negative (shorts) and need not sum to one. To work in
+  dollars, pass dollar exposures as weights and ``portfolio_value=1``.
+- Covariance matrices are of per-bar (one-minute) log returns. ``horizon`` is a number of bars; a one-bar
+  figure scales by ``sqrt(horizon)``. This module knows nothing about bars per day: callers pass it from
+  settings.
+- VaR, CVaR and liquidity costs are positive numbers for losses.
+- Bad input raises ``ValueError`` before anything is computed or mutated.
+- Functions taking a covariance matrix accept a keyword-only ``validate``. With ``validate=True`` the matrix
+  is checked to be finite, symmetric and positive semi-definite, which costs O(N^3). Hot paths that validated
+  the matrix once pass ``validate=False``; then only O(1) shape checks are made on the matrix and O(N) checks
+  on vectors.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from scipy import linalg, special, stats
+from scipy.linalg import blas
+
+Float64Array = npt.NDArray[np.float64]
+
+_SYMMETRY_RTOL: Final = 1e-10
+"""Largest |C - C.T| accepted, relative to max |C|, when validating a covariance matrix."""
+
+_PSD_RTOL: Final = 1e-10
+"""Smallest eigenvalue accepted, as a fraction of -trace(C), when validating positive semi-definiteness."""
+
+_MONTE_CARLO_CHUNK: Final = 1 << 20
+"""Normal draws generated at a time by the Monte Carlo VaR, to bound memory at large N."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _finite_scalar(value: float, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def _positive_scalar(value: float, name: str) -> float:
+    x = _finite_scalar(value, name)
+    if x <= 0.0:
+        raise ValueError(f"{name} must be > 0, got {x}")
+    return x
+
+
+def _non_negative_scalar(value: float, name: str) -> float:
+    x = _finite_scalar(value, name)
+    if x < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {x}")
+    return x
+
+
+def _open_unit_interval(value: float, name: str) -> float:
+    x = _finite_scalar(value, name)
+    if not 0.0 < x < 1.0:
+        raise ValueError(f"{name} must be strictly between 0 and 1, got {x}")
+    return x
+
+
+def _integer(value: int, name: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _vector(values: npt.ArrayLike, name: str, length: int | None = None) -> Float64Array:
+    """Return ``values`` as a finite 1-D float64 array (no copy when it already is one)."""
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D array of real numbers") from None
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {x.shape}")
+    if length is not None and x.shape[0] != length:
+        raise ValueError(f"{name} has length {x.shape[0]}, expected {length}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _square_matrix(values: npt.ArrayLike, name: str, size: int | None = None) -> Float64Array:
+    """Return ``values`` as a square float64 array, checking only its shape (O(1))."""
+    try:
+        m = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 2-D array of real numbers") from None
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"{name} must be a square 2-D array, got shape {m.shape}")
+    if size is not None and m.shape[0] != size:
+        raise ValueError(f"{name} has shape {m.shape}, expected ({size}, {size}) to match the weights")
+    return m
+
+
+def _check_symmetric_psd(m: Float64Array, name: str) -> None:
+    """Raise unless ``m`` is finite, symmetric and positive semi-definite. O(N^3)."""
+    if not np.isfinite(m).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    n = m.shape[0]
+    if n == 0:
+        return
+    scale = float(np.max(np.abs(m)))
+    if float(np.max(np.abs(m - m.T))) > _SYMMETRY_RTOL * scale:
+        raise ValueError(f"{name} is not symmetric")
+    diagonal = np.diagonal(m)
+    if (diagonal < 0.0).any():
+        raise ValueError(f"{name} has a negative variance on its diagonal")
+    trace = float(diagonal.sum())
+    if trace == 0.0:
+        # A symmetric matrix with a zero diagonal is PSD only if it is zero.
+        if scale != 0.0:
+            raise ValueError(f"{name} is not positive semi-definite")
+        return
+    # Cholesky of C + eps*I succeeds iff the smallest eigenvalue is above about -eps: an O(N^3/3) test that
+    # accepts singular matrices (zero-variance assets, EWMA seeded from few rows) and rounding noise.
+    jittered = m.copy()
+    jittered.flat[:: n + 1] += _PSD_RTOL * trace
+    try:
+        linalg.cholesky(jittered, lower=True, check_finite=False)
+    except linalg.LinAlgError:
+        raise ValueError(f"{name} is not positive semi-definite") from None
+
+
+def _covariance(
+    cov_matrix: npt.ArrayLike, size: int | None, validate: bool, name: str = "cov_matrix"
+) -> Float64Array:
+    m = _square_matrix(cov_matrix, name, size)
+    if validate:
+        _check_symmetric_psd(m, name)
+    return m
+
+
+@functools.lru_cache(maxsize=128)
+def _norm_ppf(confidence: float) -> float:
+    # norm.ppf costs ~50 us per call; the same few confidence levels are asked for on every tick.
+    return float(stats.norm.ppf(confidence))
+
+
+def _z_score(confidence: float) -> float:
+    return _norm_ppf(_open_unit_interval(confidence, "confidence"))
+
+
+def _portfolio_variance(w: Float64Array, cov: Float64Array) -> float:
+    # wᵀΣw may round to a tiny negative number for a (near) riskless book.
+    return max(float(w @ (cov @ w)), 0.0)
+
+
+def _var_scale(portfolio_value: float, horizon: float) -> float:
+    value = _non_negative_scalar(portfolio_value, "portfolio_value")
+    return value * math.sqrt(_positive_scalar(horizon, "horizon"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parametric VaR and its decomposition
+# ----------------------------------------------------------------------------------------------------------
+
+
+def get_portfolio_var(
+    weights: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    portfolio_value: float,
+    confidence: float = 0.95,
+    horizon: float = 1.0,
+    *,
+    validate: bool = True,
+) -> tuple[float, float]:
+    """Parametric (delta-normal) value at risk.
+
+    Parameters
+    ----------
+    weights : array_like, shape (N,)
+        Exposures as fractions of ``portfolio_value``.
+    cov_matrix : array_like, shape (N, N)
+        Covariance of one-bar log returns.
+    portfolio_value : float
+        Portfolio value in dollars, >= 0.
+    confidence : float
+        Confidence level c in (0, 1).
+    horizon : float
+        Horizon in bars, > 0.
+
+    Returns
+    -------
+    var_dollar : float
+        VaR in dollars over ``horizon`` bars.
+    port_std_dev : float
+        One-bar standard deviation of the portfolio return, as a fraction of ``portfolio_value``.
+
+    Notes
+    -----
+    ``σ_p = sqrt(wᵀΣw)``, ``VaR = z_c · σ_p · V · sqrt(h)`` with ``z_c = Φ⁻¹(c)`` (1.6449 at 95%, not 1.65).
+    Below c = 0.5 the VaR is negative.
+    """
+    w = _vector(weights, "weights")
+    cov = _covariance(cov_matrix, w.shape[0], validate)
+    z = _z_score(confidence)
+    scale = _var_scale(portfolio_value, horizon)
+    sigma = math.sqrt(_portfolio_variance(w, cov))
+    return z * sigma * scale, sigma
+
+
+def get_portfolio_cvar(
+    weights: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    portfolio_value: float,
+    confidence: float = 0.95,
+    horizon: float = 1.0,
+    *,
+    validate: bool = True,
+) -> float:
+    """Parametric expected shortfall (CVaR) of a normal portfolio return, in dollars.
+
+    Parameters are those of :func:`get_portfolio_var`.
+
+    Notes
+    -----
+    ``ES = σ_p · φ(z_c) / (1 - c) · V · sqrt(h)``, the mean loss beyond the VaR when returns are normal.
+    """
+    w = _vector(weights, "weights")
+    cov = _covariance(cov_matrix, w.shape[0], validate)
+    c = _open_unit_interval(confidence, "confidence")
+    z = _norm_ppf(c)
+    scale = _var_scale(portfolio_value, horizon)
+    sigma = math.sqrt(_portfolio_variance(w, cov))
+    density = math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return sigma * density / (1.0 - c) * scale
+
+
+def calculate_marginal_var(
+    weights: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    portfolio_value: float,
+    confidence: float = 0.95,
+    *,
+    horizon: float = 1.0,
+    validate: bool = True,
+) -> Float64Array:
+    """Marginal VaR: the derivative of the dollar VaR with respect to each weight.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        ``∂VaR/∂w_i`` in dollars per unit of weight: adding ``dw`` of asset i (``dw · V`` dollars) changes the
+        VaR by about ``marginal_i · dw`` dollars.
+
+    Notes
+    -----
+    ``∂VaR/∂w_i = z_c · (Σw)_i / σ_p · V · sqrt(h)``.
+
+    A riskless book (``σ_p = 0``) has no derivative; the one-sided derivative of adding asset i to it is
+    returned instead: ``z_c · sqrt(Σ_ii) · V · sqrt(h)`` (VaR grows by that much per unit of weight added).
+    """
+    w = _vector(weights, "weights")
+    cov = _covariance(cov_matrix, w.shape[0], validate)
+    z = _z_score(confidence)
+    scale = _var_scale(portfolio_value, horizon)
+    sigma_w = cov @ w
+    sigma = math.sqrt(max(float(w @ sigma_w), 0.0))
+    if sigma == 0.0:
+        return z * scale * np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
+    return (z * scale / sigma) * sigma_w
+
+
+def calculate_component_var(
+    weights: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    portfolio_value: float,
+    confidence: float = 0.95,
+    *,
+    horizon: float = 1.0,
+    validate: bool = True,
+) -> Float64Array:
+    """Component VaR: each asset's share of the portfolio VaR, in dollars.
+
+    Notes
+    -----
+    ``CVaR_i = w_i · ∂VaR/∂w_i = z_c · w_i (Σw)_i / σ_p · V · sqrt(h)``; by Euler's theorem the components sum
+    to the portfolio VaR. A riskless book (``σ_p = 0``) has VaR 0 and all components 0.
+    """
+    w = _vector(weights, "weights")
+    cov = _covariance(cov_matrix, w.shape[0], validate)
+    z = _z_score(confidence)
+    scale = _var_scale(portfolio_value, horizon)
+    sigma_w = cov @ w
+    sigma = math.sqrt(max(float(w @ sigma_w), 0.0))
+    if sigma == 0.0:
+        return np.zeros_like(w)
+    return (z * scale / sigma) * (w * sigma_w)
+
+
+def _var_increase(variance: float, variance_change: float, z: float, scale: float) -> float:
+    """``z·scale·(σ' - σ)`` from σ² and σ'² - σ², without the cancellation of subtracting two square roots."""
+    if variance + variance_change < 0.0:
+        variance_change = -variance  # rounding: the new variance cannot be negative
+    sigma = math.sqrt(variance)
+    sigma_new = math.sqrt(variance + variance_change)
+    if sigma + sigma_new == 0.0:
+        return 0.0
+    # σ' - σ = (σ'² - σ²) / (σ' + σ)
+    return z * scale * variance_change / (sigma + sigma_new)
+
+
+def incremental_var_single(
+    index: int,
+    delta: float,
+    weights: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    portfolio_value: float,
+    port_variance: float,
+    confidence: float = 0.95,
+    *,
+    horizon: float = 1.0,
+) -> float:
+    """Incremental VaR of changing one weight, in O(N): the pre-trade hot path.
+
+    Parameters
+    ----------
+    index : int
+        Asset whose weight changes, ``0 <= index < N``.
+    delta : float
+        Change of its weight (a fraction of ``portfolio_value``).
+    weights, cov_matrix, portfolio_value, confidence, horizon
+        As in :func:`get_portfolio_var`. They are not validated beyond shapes: the caller validated them.
+    port_variance : float
+        ``wᵀΣw`` of the current weights, cached by the caller. Tiny negative values (rounding) count as 0.
+
+    Returns
+    -------
+    float
+        ``VaR(w + delta·e_i) - VaR(w)`` in dollars.
+
+    Notes
+    -----
+    ``σ'² = σ² + 2Δ(Σw)_i + Δ²Σ_ii`` reads one row of Σ; the increase is computed as
+    ``z_c · (σ'² - σ²) / (σ' + σ) · V · sqrt(h)`` to avoid cancellation.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    cov = np.asarray(cov_matrix, dtype=np.float64)
+    n = w.shape[0] if w.ndim == 1 else -1
+    if n < 0 or cov.shape != (n, n):
+        raise ValueError(f"weights {w.shape} and cov_matrix {cov.shape} do not match")
+    i = _integer(index, "index")
+    if not 0 <= i < n:
+        raise ValueError(f"index {i} is out of range for {n} assets")
+    d = _finite_scalar(delta, "delta")
+    variance = max(_finite_scalar(port_variance, "port_variance"), 0.0)
+    z = _z_score(confidence)
+    scale = _var_scale(portfolio_value, horizon)
+    # Σ is symmetric, so row i equals column i; take whichever is contiguous.
+    row = cov[i] if cov.flags.c_contiguous else cov[:, i]
+    variance_change = 2.0 * d * float(row @ w) + d * d * float(cov[i, i])
+    result = _var_increase(variance, variance_change, z, scale)
+    if not math.isfinite(result):
+        raise ValueError("incremental VaR is not finite: weights or the covariance row contain NaN or inf")
+    return result
+
+
+def calculate_incremental_var(
+    current_weights: npt.ArrayLike,
+    trade_delta: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    portfolio_value: float,
+    confidence: float = 0.95,
+    *,
+    port_variance: float | None = None,
+    horizon: float = 1.0,
+    validate: bool = True,
+) -> float:
+    """Incremental VaR of a trade: ``VaR(w + Δ) - VaR(w)`` in dollars, at the same portfolio value.
+
+    Parameters
+    ----------
+    current_weights : array_like, shape (N,)
+        Weights before the trade.
+    trade_delta : array_like, shape (N,)
+        Change of each weight.
+    port_variance : float, optional
+        Cached ``wᵀΣw`` of ``current_weights``; computed (O(N²)) when not given.
+
+    Notes
+    -----
+    With ``σ'² - σ² = Δᵀ Σ (2w + Δ)`` the result is ``z_c · (σ'² - σ²) / (σ' + σ) · V · sqrt(h)``.
+    When exactly one entry of Δ is non-zero this needs one row of Σ (O(N), see
+    :func:`incremental_var_single`); otherwise one matrix-vector product.
+    """
+    w = _vector(current_weights, "current_weights")
+    delta = _vector(trade_delta, "trade_delta", w.shape[0])
+    cov = _covariance(cov_matrix, w.shape[0], validate)
+    z = _z_score(confidence)
+    scale = _var_scale(portfolio_value, horizon)
+    if port_variance is None:
+        variance = _portfolio_variance(w, cov)
+    else:
+        variance = max(_finite_scalar(port_variance, "port_variance"), 0.0)
+    traded = np.flatnonzero(delta)
+    if traded.size == 0:
+        return 0.0
+    if traded.size == 1:
+        i = int(traded[0])
+        return incremental_var_single(
+            i, float(delta[i]), w, cov, portfolio_value, variance, confidence, horizon=horizon
+        )
+    variance_change = float(delta @ (cov @ (2.0 * w + delta)))
+    return _var_increase(variance, variance_change, z, scale)
+
+
+def calculate_liquidity_var(
+    quantity: float,
+    price: float,
+    bid: float,
+    ask: float,
+    avg_vol: float,
+    daily_vol: float = 0.02,
+    impact_coef: float = 0.1,
+) -> float:
+    """Cost of liquidating ``quantity`` shares: half the spread plus square-root-law impact, in dollars.
+
+    Parameters
+    ----------
+    quantity : float
+        Shares to trade; the sign is ignored.
+    price : float
+        Reference price, > 0.
+    bid, ask : float
+        Quotes, ``0 <= bid <= ask``.
+    avg_vol : float
+        Average daily volume in shares, > 0.
+    daily_vol : float
+        Daily return volatility, >= 0.
+    impact_coef : float
+        Square-root-law coefficient, >= 0.
+
+    Notes
+    -----
+    ``cost = (ask - bid)/2 · |q| + k · σ_d · sqrt(|q| / ADV) · price · |q|``.
+    """
+    q = abs(_finite_scalar(quantity, "quantity"))
+    p = _positive_scalar(price, "price")
+    b = _non_negative_scalar(bid, "bid")
+    a = _non_negative_scalar(ask, "ask")
+    if b > a:
+        raise ValueError(f"bid {b} is above ask {a}")
+    adv = _positive_scalar(avg_vol, "avg_vol")
+    sigma_d = _non_negative_scalar(daily_vol, "daily_vol")
+    k = _non_negative_scalar(impact_coef, "impact_coef")
+    return (a - b) / 2.0 * q + k * sigma_d * math.sqrt(q / adv) * p * q
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Returns and covariance estimation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def log_returns(prev_prices: npt.ArrayLike, prices: npt.ArrayLike) -> Float64Array:
+    """Log returns between two price arrays of the same shape.
+
+    Notes
+    -----
+    ``r = ln(P_t / P_{t-1})``; every price must be finite and > 0.
+    """
+    prev = np.asarray(prev_prices, dtype=np.float64)
+    curr = np.asarray(prices, dtype=np.float64)
+    if prev.shape != curr.shape:
+        raise ValueError(f"prev_prices {prev.shape} and prices {curr.shape} differ in shape")
+    for name, p in (("prev_prices", prev), ("prices", curr)):
+        if not np.isfinite(p).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if (p <= 0.0).any():
+            raise ValueError(f"{name} must be > 0")
+    return np.log(curr / prev)
+
+
+def _check_decay(decay: float) -> float:
+    return _open_unit_interval(decay, "decay")
+
+
+def update_covariance_ewma(
+    old_cov: Float64Array,
+    returns: npt.ArrayLike,
+    decay: float = 0.94,
+    *,
+    validate: bool = True,
+) -> Float64Array:
+    """RiskMetrics EWMA covariance update, in place.
+
+    Parameters
+    ----------
+    old_cov : ndarray, shape (N, N)
+        Writeable, C- or F-contiguous float64 covariance matrix; overwritten with the update.
+    returns : array_like, shape (N,)
+        One-bar log returns.
+    decay : float
+        λ in (0, 1).
+    validate : bool
+        Check ``old_cov`` is finite, symmetric and PSD first (O(N³)). With False only the returns are checked.
+
+    Returns
+    -------
+    ndarray
+        ``old_cov`` itself.
+
+    Notes
+    -----
+    ``Σ_t = λ Σ_{t-1} + (1 - λ) r rᵀ`` (zero mean). With ``s = sqrt(1 - λ) r`` each entry becomes
+    ``fl(fl(λ a_ij) + fl(s_i s_j))``, which is the same for ij and ji, so a bitwise-symmetric matrix stays
+    bitwise symmetric. PSD is preserved: a PSD matrix scaled by λ > 0 plus a rank-one PSD term.
+    """
+    lam = _check_decay(decay)
+    if not isinstance(old_cov, np.ndarray) or old_cov.dtype != np.float64:
+        raise ValueError("old_cov must be a float64 numpy array (it is updated in place)")
+    if old_cov.ndim != 2 or old_cov.shape[0] != old_cov.shape[1]:
+        raise ValueError(f"old_cov must be square, got shape {old_cov.shape}")
+    if not old_cov.flags.writeable:
+        raise ValueError("old_cov must be writeable (it is updated in place)")
+    # BLAS wants column-major. The transpose of a C-contiguous array is column-major, and the update commutes
+    # with transposition ((λA + s sᵀ)ᵀ = λAᵀ + s sᵀ), so updating the transpose in place updates the array.
+    if old_cov.flags.c_contiguous:
+        column_major = old_cov.T
+    elif old_cov.flags.f_contiguous:
+        column_major = old_cov
+    else:
+        raise ValueError("old_cov must be C- or F-contiguous (it is updated in place)")
+    n = old_cov.shape[0]
+    r = _vector(returns, "returns", n)
+    if validate:
+        _check_symmetric_psd(old_cov, "old_cov")
+    if n == 0:
+        return old_cov
+    s = math.sqrt(1.0 - lam) * r
+    # Two memory passes: scale by λ, then add s sᵀ with a k=1 dgemm, which forms each product s_i s_j from
+    # zero (one rounding) before adding it to a_ij, so a_ij and a_ji receive the same value. A rank-one
+    # dger is faster (70 vs 100 us at N=500) but not bitwise symmetric: OpenBLAS's FMA kernels fuse the
+    # multiply-add in their vector body and round the product separately in their scalar tail, so a_ij and
+    # a_ji can differ by an ulp when N is not a multiple of the vector length.
+    np.multiply(old_cov, lam, out=old_cov)
+    updated = blas.dgemm(1.0, s[:, np.newaxis], s[np.newaxis, :], beta=1.0, c=column_major, overwrite_c=True)
+    if updated is not column_major:  # the wrapper copied (it does not for contiguous float64): keep in place
+        column_major[...] = updated
+    return old_cov
+
+
+def ewma_covariance_from_returns(
+    returns_matrix: npt.ArrayLike,
+    decay: float = 0.94,
+    initial: npt.ArrayLike | None = None,
+    *,
+    seed_rows: int = 30,
+) -> Float64Array:
+    """EWMA covariance after a history of returns, for warm-up.
+
+    Parameters
+    ----------
+    returns_matrix : array_like, shape (T, N)
+        One-bar log returns, oldest first.
+    decay : float
+        λ in (0, 1).
+    initial : array_like, shape (N, N), optional
+        Starting covariance (validated, not modified); every row of ``returns_matrix`` is then applied.
+    seed_rows : int
+        Without ``initial``, the zero-mean second moment of the first ``m = min(T, seed_rows)`` rows seeds the
+        recursion and the remaining rows are applied.
+
+    Returns
+    -------
+    ndarray, shape (N, N)
+        A new C-contiguous, bitwise-symmetric matrix.
+
+    Notes
+    -----
+    ``Σ_0 = (1/m) Σ_{t<m} r_t r_tᵀ`` (zero mean, as in RiskMetrics), then
+    ``Σ_t = λ Σ_{t-1} + (1 - λ) r_t r_tᵀ`` applied with :func:`update_covariance_ewma`, so warm-up gives bit
+    for bit what live updates give.
+    """
+    lam = _check_decay(decay)
+    try:
+        history = np.asarray(returns_matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("returns_matrix must be a 2-D array of real numbers") from None
+    if history.ndim != 2:
+        raise ValueError(f"returns_matrix must be 2-D (T, N), got shape {history.shape}")
+    if not np.isfinite(history).all():
+        raise ValueError("returns_matrix contains NaN or infinite values")
+    n_obs, n_assets = history.shape
+    if initial is None:
+        m = min(n_obs, _integer(seed_rows, "seed_rows"))
+        if m < 1:
+            raise ValueError("need at least one row of returns (and seed_rows >= 1) to seed the covariance")
+        seed = history[:m]
+        cov: Float64Array = (seed.T @ seed) / m
+        cov = (cov + cov.T) / 2.0  # exactly symmetric, whatever the matmul kernel did
+        remaining = history[m:]
+    else:
+        cov = np.array(
+            _covariance(initial, n_assets, True, "initial"), dtype=np.float64, order="C", copy=True
+        )
+        remaining = history
+    for row in remaining:
+        update_covariance_ewma(cov, row, lam, validate=False)
+    return cov
+
+
+def correlation_from_covariance(cov: npt.ArrayLike, *, validate: bool = True) -> Float64Array:
+    """Correlation matrix of a covariance matrix.
+
+    Notes
+    -----
+    ``ρ_ij = Σ_ij / (σ_i σ_j)``, clipped to [-1, 1], diagonal exactly 1. An asset with zero variance has
+    correlation 0 with every other asset. The result is exactly symmetric.
+    """
+    m = _covariance(cov, None, validate, "cov")
+    vols = np.sqrt(np.clip(np.diagonal(m), 0.0, None))
+    denominator = np.multiply.outer(vols, vols)
+    corr = np.zeros_like(m)
+    np.divide(m, denominator, out=corr, where=denominator > 0.0)
+    corr = (corr + corr.T) / 2.0
+    np.clip(corr, -1.0, 1.0, out=corr)
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+def covariance_from_vols_and_correlation(
+    vols: npt.ArrayLike, corr: npt.ArrayLike, *, validate: bool = True
+) -> Float64Array:
+    """Covariance matrix from volatilities and a correlation.
+
+    Parameters
+    ----------
+    vols : array_like, shape (N,)
+        Volatilities, >= 0.
+    corr : float or array_like, shape (N, N)
+        A constant correlation for every pair, or a full correlation matrix (unit diagonal, entries in
+        [-1, 1]).
+    validate : bool
+        Check the correlation matrix is symmetric and PSD (O(N³)).
+
+    Notes
+    -----
+    ``Σ_ij = σ_i σ_j ρ_ij``. A constant ρ is PSD only for ``ρ >= -1/(N - 1)``.
+    """
+    v = _vector(vols, "vols")
+    if (v < 0.0).any():
+        raise ValueError("vols must be >= 0")
+    n = v.shape[0]
+    c = np.asarray(corr, dtype=np.float64)
+    if c.ndim == 0:
+        rho = _finite_scalar(float(c), "corr")
+        if not -1.0 <= rho <= 1.0:
+            raise ValueError(f"corr must be in [-1, 1], got {rho}")
+        c = np.full((n, n), rho)
+        np.fill_diagonal(c, 1.0)
+    else:
+        c = _square_matrix(c, "corr", n)
+        if not np.isfinite(c).all():
+            raise ValueError("corr contains NaN or infinite values")
+        if (np.abs(c) > 1.0 + 1e-12).any():
+            raise ValueError("corr entries must be in [-1, 1]")
+        if (np.abs(np.diagonal(c) - 1.0) > 1e-12).any():
+            raise ValueError("corr must have a unit diagonal")
+    if validate:
+        _check_symmetric_psd(c, "corr")
+    cov = np.multiply.outer(v, v) * c
+    return (cov + cov.T) / 2.0
+
+
+def build_stressed_covariance(
+    cov: npt.ArrayLike,
+    vol_multiplier: float = 2.0,
+    correlation_floor: float = 0.6,
+    *,
+    validate: bool = True,
+) -> Float64Array:
+    """Crisis covariance: volatilities multiplied, correlations raised to a floor, kept PSD.
+
+    Parameters
+    ----------
+    cov : array_like, shape (N, N)
+        Normal-times covariance.
+    vol_multiplier : float
+        Factor on every volatility, > 0.
+    correlation_floor : float
+        Lowest off-diagonal correlation in the scenario, in [-1, 1].
+
+    Returns
+    -------
+    ndarray, shape (N, N)
+        Exactly symmetric PSD matrix whose off-diagonal correlations are all >= ``correlation_floor``
+        (between assets with non-zero variance).
+
+    Notes
+    -----
+    ``ρ^f_ij = max(ρ_ij, floor)``: signs are not kept, so hedges stop working, which is the conservative
+    crisis assumption. ``ρ^f`` may not be PSD. Clipping its eigenvalues would push some correlations back
+    below the floor, so instead it is shrunk toward ``K = f⁺·11ᵀ + (1 - f⁺)I`` (``f⁺ = max(floor, 0)``,
+    PSD with entries >= floor): ``ρ^s = (1 - t)ρ^f + tK`` with the smallest t that Weyl's inequality
+    guarantees PSD, ``t = -λ_min(ρ^f) / (λ_min(K) - λ_min(ρ^f))``. Then ``Σ^s_ij = (m σ_i)(m σ_j) ρ^s_ij``.
+    """
+    m = _covariance(cov, None, validate, "cov")
+    k = _positive_scalar(vol_multiplier, "vol_multiplier")
+    floor = _finite_scalar(correlation_floor, "correlation_floor")
+    if not -1.0 <= floor <= 1.0:
+        raise ValueError(f"correlation_floor must be in [-1, 1], got {floor}")
+    n = m.shape[0]
+    if n == 0:
+        return np.zeros((0, 0))
+    corr = np.maximum(correlation_from_covariance(m, validate=False), floor)
+    np.fill_diagonal(corr, 1.0)
+    lowest = float(linalg.eigvalsh(corr, subset_by_index=[0, 0], check_finite=False)[0])
+    if lowest < 0.0:
+        floor_pos = max(floor, 0.0)
+        target = np.full((n, n), floor_pos)
+        np.fill_diagonal(target, 1.0)
+        target_lowest = 1.0 - floor_pos if n > 1 else 1.0
+        t = min(1.0, -lowest / (target_lowest - lowest))
+        corr = (1.0 - t) * corr + t * target
+        corr = (corr + corr.T) / 2.0
+        np.fill_diagonal(corr, 1.0)
+    vols = k * np.sqrt(np.clip(np.diagonal(m), 0.0, None))
+    stressed: Float64Array = np.multiply.outer(vols, vols) * corr
+    return (stressed + stressed.T) / 2.0
+
+
+def get_stressed_var(
+    weights: npt.ArrayLike,
+    stressed_cov: npt.ArrayLike,
+    portfolio_value: float,
+    confidence: float = 0.99,
+    horizon: float = 1.0,
+    *,
+    validate: bool = True,
+) -> float:
+    """Parametric VaR under a stressed covariance (see :func:`build_stressed_covariance`), in dollars.
+
+    Notes
+    -----
+    ``sVaR = z_c · sqrt(wᵀΣ^s w) · V · sqrt(h)``.
+    """
+    var, _ = get_portfolio_var(weights, stressed_cov, portfolio_value, confidence, horizon, validate=validate)
+    return var
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Historical and Monte Carlo VaR
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _loss_quantile_and_tail_mean(losses: Float64Array, confidence: float) -> tuple[float, float]:
+    var = float(np.quantile(losses, confidence))
+    tail = losses[losses >= var]
+    return var, float(tail.mean())
+
+
+def _historical_losses(pnl_or_returns: npt.ArrayLike, portfolio_value: float) -> Float64Array:
+    x = _vector(pnl_or_returns, "pnl_or_returns")
+    if x.shape[0] == 0:
+        raise ValueError("pnl_or_returns is empty")
+    return -x * _non_negative_scalar(portfolio_value, "portfolio_value")
+
+
+def get_historical_var(
+    pnl_or_returns: npt.ArrayLike, portfolio_value: float = 1.0, confidence: float = 0.95
+) -> float:
+    """Historical VaR: the ``confidence`` quantile of the losses.
+
+    Parameters
+    ----------
+    pnl_or_returns : array_like, shape (T,)
+        Historical returns (with ``portfolio_value`` the dollar value), or P&L in dollars
+        (``portfolio_value=1``).
+
+    Notes
+    -----
+    Losses ``L = -x · V``; ``VaR = Q_L(c)`` with ``numpy.quantile``'s default linear interpolation
+    (Hyndman-Fan type 7) between order statistics. Positive for a loss; negative if even that quantile is
+    a gain.
+    """
+    losses = _historical_losses(pnl_or_returns, portfolio_value)
+    return _loss_quantile_and_tail_mean(losses, _open_unit_interval(confidence, "confidence"))[0]
+
+
+def get_historical_cvar(
+    pnl_or_returns: npt.ArrayLike, portfolio_value: float = 1.0, confidence: float = 0.95
+) -> float:
+    """Historical expected shortfall: the mean of the losses at or beyond the historical VaR.
+
+    Notes
+    -----
+    ``ES = mean{L_t : L_t >= VaR}`` with VaR from :func:`get_historical_var` (never empty: VaR <= max L).
+    """
+    losses = _historical_losses(pnl_or_returns, portfolio_value)
+    return _loss_quantile_and_tail_mean(losses, _open_unit_interval(confidence, "confidence"))[1]
+
+
+def _factor(cov: Float64Array) -> Float64Array:
+    """A matrix L with L Lᵀ = Σ: Cholesky, or the eigen-factor when Σ is singular."""
+    factor: Float64Array
+    try:
+        factor = linalg.cholesky(cov, lower=True, check_finite=False)
+    except linalg.LinAlgError:
+        eigenvalues, eigenvectors = linalg.eigh(cov, check_finite=False)
+        factor = eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+    return factor
+
+
+def get_monte_carlo_var(
+    weights: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    portfolio_value: float,
+    confidence: float = 0.95,
+    horizon: float = 1.0,
+    n_sims: int = 100_000,
+    seed: int | np.random.Generator | None = None,
+    *,
+    validate: bool = True,
+) -> tuple[float, float]:
+    """Monte Carlo VaR and CVaR from correlated normal asset returns.
+
+    Returns
+    -------
+    var, cvar : float
+        Dollar VaR and expected shortfall over ``horizon`` bars.
+
+    Notes
+    -----
+    ``x = L z`` with ``L Lᵀ = Σ`` (Cholesky, or the eigen-factor when Σ is singular) and ``z ~ N(0, I)``
+    drawn from ``numpy.random.default_rng(seed)``. The portfolio return ``wᵀx = (Lᵀw)ᵀ z`` needs one
+    N-vector, so the draws are reduced chunk by chunk. Losses ``-wᵀx · V · sqrt(h)`` are summarised as in
+    :func:`get_historical_var` and :func:`get_historical_cvar`.
+    """
+    w = _vector(weights, "weights")
+    cov = _covariance(cov_matrix, w.shape[0], validate)
+    c = _open_unit_interval(confidence, "confidence")
+    scale = _var_scale(portfolio_value, horizon)
+    sims = _integer(n_sims, "n_sims")
+    if sims < 1:
+        raise ValueError(f"n_sims must be >= 1, got {sims}")
+    rng = np.random.default_rng(seed)
+    n = w.shape[0]
+    exposure = _factor(cov).T @ w if n else np.zeros(0)
+    returns = np.empty(sims)
+    chunk = max(1, _MONTE_CARLO_CHUNK // max(n, 1))
+    for start in range(0, sims, chunk):
+        stop = min(start + chunk, sims)
+        returns[start:stop] = rng.standard_normal((stop - start, n)) @ exposure
+    return _loss_quantile_and_tail_mean(-returns * scale, c)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Concentration and sizing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _absolute_shares(weights: npt.ArrayLike) -> Float64Array:
+    a = np.abs(_vector(weights, "weights"))
+    total = float(a.sum())
+    if total == 0.0:
+        return np.zeros(0)
+    return a / total
+
+
+def hhi_concentration(weights: npt.ArrayLike) -> float:
+    """Herfindahl-Hirschman concentration of gross exposure.
+
+    Notes
+    -----
+    ``HHI = Σ s_i²`` with ``s_i = |w_i| / Σ|w_j|``: 1/N for equal positions, 1 for a single one, 0 for an
+    empty or all-zero book.
+    """
+    shares = _absolute_shares(weights)
+    return float(shares @ shares)
+
+
+def largest_share(weights: npt.ArrayLike) -> float:
+    """Largest share of gross exposure held in one position.
+
+    Notes
+    -----
+    ``max_i |w_i| / Σ|w_j|``; 0 for an empty or all-zero book.
+    """
+    shares = _absolute_shares(weights)
+    return float(shares.max()) if shares.size else 0.0
+
+
+def kelly_fraction(expected_return: float, variance: float) -> float:
+    """Continuous-time Kelly fraction of capital for one asset.
+
+    Parameters
+    ----------
+    expected_return : float
+        Expected excess return μ per period.
+    variance : float
+        Return variance σ² over the same period, > 0.
+
+    Notes
+    -----
+    ``f* = μ / σ²`` maximises the expected log growth ``f μ - f² σ² / 2`` of a continuously rebalanced
+    position. Negative means short; above 1 means leverage.
+    """
+    mu = _finite_scalar(expected_return, "expected_return")
+    return mu / _positive_scalar(variance, "variance")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Drawdowns and performance statistics
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _equity(equity: npt.ArrayLike) -> Float64Array:
+    e = _vector(equity, "equity")
+    if e.size and e[0] <= 0.0:
+        raise ValueError("equity must start > 0 to measure drawdowns from its peak")
+    return e
+
+
+def drawdown_series(equity: npt.ArrayLike) -> Float64Array:
+    """Drawdown at each point of an equity curve.
+
+    Notes
+    -----
+    ``DD_t = E_t / max_{s<=t} E_s - 1`` (<= 0). The first value must be > 0.
+    """
+    e = _equity(equity)
+    return e / np.maximum.accumulate(e) - 1.0
+
+
+def current_drawdown(equity: npt.ArrayLike) -> float:
+    """Drawdown of the last equity value from the running peak; 0 for an empty curve.
+
+    Notes
+    -----
+    ``DD = E_T / max_t E_t - 1``.
+    """
+    e = _equity(equity)
+    return float(e[-1] / e.max() - 1.0) if e.size else 0.0
+
+
+def period_drawdown(equity: npt.ArrayLike, period_ids: npt.ArrayLike) -> float:
+    """Drawdown of the last equity value within the current period (day, week...).
+
+    Parameters
+    ----------
+    equity : array_like, shape (T,)
+        Equity curve, oldest first.
+    period_ids : array_like of int, shape (T,)
+        Period of each point (e.g. trading-day number or ISO week); the caller maps timestamps to ids.
+
+    Notes
+    -----
+    The current period is the trailing run of points sharing ``period_ids[-1]``. Its reference includes the
+    last point before it, the equity the period opened with, so a loss between the previous close and the
+    first snapshot of the day still counts: ``DD = E_T / max(E_open, max_{t in period} E_t) - 1``.
+    """
+    e = _equity(equity)
+    ids = np.asarray(period_ids)
+    if ids.shape != e.shape:
+        raise ValueError(f"period_ids {ids.shape} and equity {e.shape} differ in shape")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError("period_ids must be integers")
+    if e.size == 0:
+        return 0.0
+    earlier = np.flatnonzero(ids != ids[-1])
+    start = int(earlier[-1]) if earlier.size else 0  # the opening point, or the first point of the curve
+    return float(e[-1] / e[start:].max() - 1.0)
+
+
+def _returns(returns: npt.ArrayLike) -> Float64Array:
+    r = _vector(returns, "returns")
+    if r.size == 0:
+        raise ValueError("returns is empty")
+    return r
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator`` where a zero denominator gives ±inf, or nan for 0/0, with no warning."""
+    if denominator == 0.0:
+        return math.copysign(math.inf, numerator) if numerator != 0.0 else math.nan
+    return numerator / denominator
+
+
+def sharpe_ratio(returns: npt.ArrayLike, periods_per_year: float = 252, risk_free: float = 0.0) -> float:
+    """Annualised Sharpe ratio of simple periodic returns.
+
+    Parameters
+    ----------
+    returns : array_like, shape (T,)
+        Simple returns per period, T >= 1.
+    periods_per_year : float
+        Periods in a year (252 trading days).
+    risk_free : float
+        Risk-free return per period.
+
+    Notes
+    -----
+    ``SR = mean(r - r_f) / std(r - r_f) · sqrt(P)`` with the population standard deviation (ddof=0).
+    Constant returns give +inf, -inf, or nan when the mean excess is 0.
+    """
+    excess = _returns(returns) - _finite_scalar(risk_free, "risk_free")
+    p = _positive_scalar(periods_per_year, "periods_per_year")
+    mean = float(excess.mean())
+    # Test constancy exactly: np.std of a constant array can be 1e-18 instead of 0.
+    std = 0.0 if float(np.ptp(excess)) == 0.0 else float(excess.std())
+    return _ratio(mean, std) * math.sqrt(p)
+
+
+def sortino_ratio(
+    returns: npt.ArrayLike, periods_per_year: float = 252, required_return: float = 0.0
+) -> float:
+    """Annualised Sortino ratio of simple periodic returns.
+
+    Notes
+    -----
+    ``SoR = mean(r - τ) / DD · sqrt(P)`` with downside deviation ``DD = sqrt(mean(min(r - τ, 0)²))`` over
+    all T periods (population). No return below τ gives +inf, or nan when every return equals τ.
+    """
+    excess = _returns(returns) - _finite_scalar(required_return, "required_return")
+    p = _positive_scalar(periods_per_year, "periods_per_year")
+    downside = np.minimum(excess, 0.0)
+    return _ratio(float(excess.mean()), math.sqrt(float(downside @ downside) / excess.size)) * math.sqrt(p)
+
+
+def _equity_from_returns(r: Float64Array) -> Float64Array:
+    if (r < -1.0).any():
+        raise ValueError("returns below -100% are not simple returns of a positive equity")
+    return np.concatenate(([1.0], np.cumprod(1.0 + r)))
+
+
+def max_drawdown(returns: npt.ArrayLike) -> float:
+    """Maximum drawdown of the compounded equity curve of simple returns.
+
+    Notes
+    -----
+    ``E = (1, (1 + r_1), (1 + r_1)(1 + r_2), ...)``, starting at 1 so a first-period loss counts;
+    ``MDD = min_t (E_t / max_{s<=t} E_s - 1)`` (<= 0). 0 for no returns.
+    """
+    r = _vector(returns, "returns")
+    return float(drawdown_series(_equity_from_returns(r)).min())
+
+
+def calmar_ratio(returns: npt.ArrayLike, periods_per_year: float = 252) -> float:
+    """Calmar ratio: annualised geometric return over the absolute maximum drawdown.
+
+    Notes
+    -----
+    ``CAGR = (Π(1 + r_t))^{P/T} - 1``, ``Calmar = CAGR / |MDD|`` with MDD from :func:`max_drawdown`.
+    No drawdown gives +inf, or nan when CAGR is 0 too.
+    """
+    r = _returns(returns)
+    p = _positive_scalar(periods_per_year, "periods_per_year")
+    equity = _equity_from_returns(r)
+    growth = float(equity[-1]) ** (p / r.size) - 1.0
+    return _ratio(growth, abs(float(drawdown_series(equity).min())))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VaR backtests
+# ----------------------------------------------------------------------------------------------------------
+
+
+def kupiec_pof(exceedances: int, observations: int, confidence: float) -> tuple[float, float]:
+    """Kupiec proportion-of-failures test of a VaR model.
+
+    Parameters
+    ----------
+    exceedances : int
+        Days the loss exceeded the VaR, x.
+    observations : int
+        Days observed, T >= 1.
+    confidence : float
+        VaR confidence c; the expected exceedance rate is ``p = 1 - c``.
+
+    Returns
+    -------
+    lr_stat, p_value : float
+        Likelihood ratio and its χ²(1) p-value.
+
+    Notes
+    -----
+    ``LR = -2 ln[(1 - p)^{T-x} p^x] + 2 ln[(1 - x/T)^{T-x} (x/T)^x]`` with ``0 · ln 0 = 0`` (x = 0, x = T).
+    """
+    x = _integer(exceedances, "exceedances")
+    t = _integer(observations, "observations")
+    p = 1.0 - _open_unit_interval(confidence, "confidence")
+    if t < 1:
+        raise ValueError(f"observations must be >= 1, got {t}")
+    if not 0 <= x <= t:
+        raise ValueError(f"exceedances must be between 0 and observations ({t}), got {x}")
+    rate = x / t
+    log_null = special.xlogy(t - x, 1.0 - p) + special.xlogy(x, p)
+    log_alt = special.xlogy(t - x, 1.0 - rate) + special.xlogy(x, rate)
+    lr = max(2.0 * float(log_alt - log_null), 0.0)
+    return lr, float(stats.chi2.sf(lr, 1))
+
+
+def christoffersen_independence(hits: npt.ArrayLike) -> tuple[float, float]:
+    """Christoffersen test that VaR exceedances do not cluster.
+
+    Parameters
+    ----------
+    hits : array_like of 0/1 or bool, shape (T,)
+        1 where the loss exceeded the VaR, T >= 2.
+
+    Returns
+    -------
+    lr_stat, p_value : float
+        Likelihood ratio and its χ²(1) p-value.
+
+    Notes
+    -----
+    With transition counts ``n_ij`` (state i followed by j), ``π01 = n01/(n00 + n01)``,
+    ``π11 = n11/(n10 + n11)``, ``π = (n01 + n11)/(n00 + n01 + n10 + n11)``:
+    ``LR = -2 ln[(1 - π)^{n00+n10} π^{n01+n11}] + 2 ln[(1 - π01)^{n00} π01^{n01} (1 - π11)^{n10} π11^{n11}]``,
+    with ``0 · ln 0 = 0`` and a probability of 0 for a state never visited.
+    """
+    h = np.asarray(hits)
+    if h.ndim != 1 or h.shape[0] < 2:
+        raise ValueError(f"hits must be 1-D with at least 2 observations, got shape {h.shape}")
+    if not np.isin(h, (0, 1)).all():
+        raise ValueError("hits must contain only 0/1 or booleans")
+    h = h.astype(np.int64)
+    transitions = 2 * h[:-1] + h[1:]
+    n00, n01, n10, n11 = (float(c) for c in np.bincount(transitions, minlength=4))
+    pi01 = n01 / (n00 + n01) if n00 + n01 else 0.0
+    pi11 = n11 / (n10 + n11) if n10 + n11 else 0.0
+    pi = (n01 + n11) / (n00 + n01 + n10 + n11)
+    log_null = special.xlogy(n00 + n10, 1.0 - pi) + special.xlogy(n01 + n11, pi)
+    log_alt = (
+        special.xlogy(n00, 1.0 - pi01)
+        + special.xlogy(n01, pi01)
+        + special.xlogy(n10, 1.0 - pi11)
+        + special.xlogy(n11, pi11)
+    )
+    lr = max(2.0 * float(log_alt - log_null), 0.0)
+    return lr, float(stats.chi2.sf(lr, 1))
+
+
+def basel_traffic_light(exceedances: int, observations: int = 250, *, confidence: float = 0.99) -> str:
+    """Basel traffic-light zone of a VaR backtest: "green", "yellow" or "red".
+
+    Notes
+    -----
+    With ``F`` the binomial CDF of exceedances under a correct model (T trials, ``p = 1 - c``):
+    green if ``F(x) < 95%``, yellow if ``95% <= F(x) < 99.99%``, red otherwise. At c = 99% and T = 250 this is
+    the Basel table: green 0-4, yellow 5-9, red 10 or more.
+    """
+    x = _integer(exceedances, "exceedances")
+    t = _integer(observations, "observations")
+    p = 1.0 - _open_unit_interval(confidence, "confidence")
+    if t < 1:
+        raise ValueError(f"observations must be >= 1, got {t}")
+    if not 0 <= x <= t:
+        raise ValueError(f"exceedances must be between 0 and observations ({t}), got {x}")
+    cumulative = float(stats.binom.cdf(x, t, p))
+    if cumulative < 0.95:
+        return "green"
+    if cumulative < 0.9999:
+        return "yellow"
+    return "red"
+
+
+def scale_volatility(vol_per_bar: float | npt.ArrayLike, bars: float) -> float | Float64Array:
+    """Scale a one-bar volatility to ``bars`` bars (square-root-of-time rule).
+
+    Notes
+    -----
+    ``σ_h = σ_1 · sqrt(h)``; e.g. daily volatility with ``h`` = bars per trading day from settings.
+    """
+    h = _positive_scalar(bars, "bars")
+    v = np.asarray(vol_per_bar, dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise ValueError("vol_per_bar contains NaN or infinite values")
+    if (v < 0.0).any():
+        raise ValueError("vol_per_bar must be >= 0")
+    scaled = v * math.sqrt(h)
+    return float(scaled) if scaled.ndim == 0 else scaled
