@@ -1026,12 +1026,16 @@ return id
             cached = None
         portfolio = _try(
             errors, "portfolio",
-            lambda: self._decode_portfolio_memo(portfolio_id, _ok(raw_state, keys.state), rev, cached,
-                                                _ok(raw_positions, keys.positions), memo),
+            lambda: self._decode_portfolio_memo(
+                portfolio_id, _fields(_STATE_FIELDS, _ok(raw_state, keys.state)), rev, cached,
+                _ok(raw_positions, keys.positions), memo,
+            ),
         )  # fmt: skip
         trading = _try(
             errors, "trading_state",
-            lambda: self._decode_trading_state(keys.trading_state, _pairs(_ok(raw_trading, keys.trading_state))),
+            lambda: self._decode_trading_state(
+                keys.trading_state, _fields(_TRADING_FIELDS, _ok(raw_trading, keys.trading_state))
+            ),
         )  # fmt: skip
         recent = _try(errors, "rate", lambda: int(_ok(recent, keys.rate)))
         order = None
@@ -1043,8 +1047,8 @@ return id
     def remember_positions(
         self, memo: dict[Any, Any], portfolio_id: str, rev: bytes | str, positions: Mapping[str, Position]
     ) -> None:
-        """Put positions the caller just wrote (with :meth:`write_fill`, which returned ``rev``) into ``memo``,
-        so the next :meth:`read_trade_view` neither transfers nor decodes them."""
+        """Put positions the caller just wrote (with :meth:`write_fill`, which returned ``rev``) into
+        ``memo``, so the next :meth:`read_trade_view` neither transfers nor decodes them."""
         token = rev.encode() if isinstance(rev, str) else rev
         memo[("positions", portfolio_id)] = (token, MappingProxyType(dict(positions)))
 
@@ -1136,18 +1140,18 @@ return id
     def _decode_portfolio_memo(
         self,
         portfolio_id: str,
-        flat_state: list[Any] | None,
+        state: dict[bytes, bytes],
         rev: bytes | None,
         cached: Mapping[str, Position] | None,
         flat_positions: list[Any] | None,
         memo: dict[Any, Any],
     ) -> PortfolioState:
-        if not flat_state:
+        if not state:
             raise StoreEmptyError(f"portfolio {portfolio_id!r} is not in the store")
-        state_key = ("state", portfolio_id, tuple(flat_state))
+        state_key = ("state", portfolio_id, tuple(state.items()))
         scalars = memo.get(state_key)
         if scalars is None:
-            scalars = self._decode_portfolio(portfolio_id, _pairs(flat_state), {})
+            scalars = self._decode_portfolio(portfolio_id, state, {})
             memo[state_key] = scalars
         if cached is None:
             cached = MappingProxyType(self._decode_positions(portfolio_id, _pairs(flat_positions)))
@@ -1343,7 +1347,8 @@ class TradeView:
 _READ_TRADE_VIEW_LUA = """
 -- One consistent, read-only snapshot of everything a pre-trade check needs, in one round trip.
 -- KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference, KEYS[3] = pf:{id}:state,
--- KEYS[4] = pf:{id}:trading_state, KEYS[5] = pf:{id}:rate, KEYS[6] = pf:{id}:orders, KEYS[7] = pf:{id}:positions
+-- KEYS[4] = pf:{id}:trading_state, KEYS[5] = pf:{id}:rate, KEYS[6] = pf:{id}:orders,
+-- KEYS[7] = pf:{id}:positions
 -- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
 -- ARGV[3] = the positions_rev the caller has the positions of ('' for none)
 -- Returns the positions hash (flat) unless the state's positions_rev equals ARGV[3] (then nil).
@@ -1357,13 +1362,15 @@ local positions = false
 if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[7]) end
 return {redis.pcall('HMGET', KEYS[1], 'version', 'ts', 'tickers', 'prices', 'price_ts'),
         redis.pcall('HMGET', KEYS[2], 'tickers', 'prices'),
-        redis.pcall('HGETALL', KEYS[3]), redis.pcall('HGETALL', KEYS[4]),
+        redis.pcall('HMGET', KEYS[3], 'account_type', 'cash', 'realized_pnl', 'fees_paid', 'initial_margin',
+                    'maintenance_margin', 'updated_at'),
+        redis.pcall('HMGET', KEYS[4], 'state', 'reason', 'actor', 'ts'),
         redis.pcall('ZCOUNT', KEYS[5], ARGV[1], '+inf'), order, rev, positions}
 """
 
 
 def _new_positions_rev(conn: Conn, portfolio_id: str) -> str:
-    """Mark the positions of ``portfolio_id`` as changed: readers drop what they cached under the old token."""
+    """Mark the positions of ``portfolio_id`` as changed: readers drop what they cached under the old one."""
     rev = uuid.uuid4().hex
     conn.hset(PortfolioKeys(portfolio_id).state, "positions_rev", rev)
     return rev
@@ -1374,6 +1381,18 @@ def _ok(raw: Any, key: str) -> Any:
     if isinstance(raw, redis.ResponseError):
         raise CorruptDataError(f"{key}: {raw}")
     return raw
+
+
+_STATE_FIELDS = (b"account_type", b"cash", b"realized_pnl", b"fees_paid", b"initial_margin",
+                 b"maintenance_margin", b"updated_at")  # fmt: skip
+"""The fields of ``pf:{id}:state`` the trade view reads, in the order of its script's HMGET."""
+_TRADING_FIELDS = (b"state", b"reason", b"actor", b"ts")
+"""The fields of ``pf:{id}:trading_state`` the trade view reads, in the order of its script's HMGET."""
+
+
+def _fields(names: tuple[bytes, ...], values: list[Any]) -> dict[bytes, bytes]:
+    """An HMGET reply as a dict of the fields that exist (empty when the hash does not)."""
+    return {name: value for name, value in zip(names, values, strict=True) if value is not None}
 
 
 def _pairs(flat: list[Any] | None) -> dict[Any, Any]:

@@ -79,6 +79,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,8 @@ class _Model:
     header: MarketHeader
     cov: Float64Array
     index: Mapping[str, int]
+    daily_vol: Float64Array
+    """One-bar volatility of each ticker scaled to a day: sqrt(S_ii) * sqrt(bars_per_day)."""
     error: StoreError | None
     """Set when the matrix is unusable (not symmetric PSD, not finite): every trade fails closed."""
 
@@ -176,7 +179,8 @@ class _Plan:
     cash_before: Decimal
     position_before: Position | None
     position_after: Position
-    portfolio_after: PortfolioState
+    portfolio_before: PortfolioState
+    now: float
     realized: Decimal
     notional: Decimal
     fee: Decimal
@@ -184,6 +188,25 @@ class _Plan:
     book: _Book
     """Risk of the holdings before the trade, from which the book after it is derived."""
     index: int
+
+    @cached_property
+    def portfolio_after(self) -> PortfolioState:
+        """The portfolio after the fill (built only when needed: copying a big book costs time)."""
+        before = self.portfolio_before
+        positions = dict(before.positions)
+        if self.position_after.qty == 0 and self.position_after.realized_pnl == 0:
+            positions.pop(self.ticker, None)
+        else:
+            positions[self.ticker] = self.position_after
+        cash_delta = (-self.notional if self.side == "BUY" else self.notional) - self.fee
+        return replace(
+            before,
+            cash=before.cash + cash_delta,
+            positions=positions,
+            realized_pnl=before.realized_pnl + self.realized,
+            fees_paid=before.fees_paid + self.fee,
+            updated_at=self.now,
+        )
 
 
 class RiskManager:
@@ -570,11 +593,7 @@ class RiskManager:
         valuation = value_portfolio(portfolio, header)
         book = self._book(model, view.positions_key, portfolio)
         held = np.flatnonzero(valuation.qty != 0)
-        daily_vol = np.asarray(
-            math_logic.scale_volatility(
-                np.sqrt(np.clip(np.diag(model.cov), 0.0, None)), self.settings.model.bars_per_day
-            )
-        )
+        daily_vol = model.daily_vol
         component = book.exposures * book.marginal
         rows = []
         for i in held:
@@ -646,12 +665,17 @@ class RiskManager:
                 math_logic.get_portfolio_var(np.zeros(len(snap.tickers)), snap.cov, 1.0, validate=True)
             except ValueError as exc:
                 error = CorruptDataError(f"the market covariance (version {snap.version}) is unusable: {exc}")
+            daily_vol = np.zeros(len(snap.tickers))
+            if error is None:
+                one_bar = np.sqrt(np.clip(np.diagonal(snap.cov), 0.0, None))
+                daily_vol = np.asarray(math_logic.scale_volatility(one_bar, self.settings.model.bars_per_day))
             header_of_snap = MarketHeader(snap.version, snap.ts, snap.tickers, snap.prices, snap.price_ts)
             model = _Model(
                 key=(snap.version, snap.ts),
                 header=header_of_snap,
                 cov=snap.cov,
                 index={t: i for i, t in enumerate(snap.tickers)},
+                daily_vol=daily_vol,
                 error=error,
             )
             self._model = model
@@ -985,11 +1009,7 @@ class RiskManager:
 
         asset = self.settings.universe.assets.get(ticker, _DEFAULT_ASSET)
         half_spread = price * asset.spread_bps / 20_000.0
-        daily_vol = float(
-            math_logic.scale_volatility(
-                math.sqrt(max(float(model.cov[index, index]), 0.0)), self.settings.model.bars_per_day
-            )
-        )
+        daily_vol = float(model.daily_vol[index])
         d["liquidity_cost"] = float(
             math_logic.calculate_liquidity_var(
                 shares,
@@ -1002,34 +1022,22 @@ class RiskManager:
             )
         )
 
-        after = dict(portfolio.positions)
-        if q1 == 0 and booking.position.realized_pnl == 0:
-            after.pop(ticker, None)
-        else:
-            after[ticker] = booking.position
-        portfolio_after = replace(
-            portfolio,
-            cash=cash_after,
-            positions=after,
-            realized_pnl=portfolio.realized_pnl + booking.realized,
-            fees_paid=portfolio.fees_paid + fee,
-            updated_at=now,
-        )
         return _Plan(
-            ticker,
-            side,
-            shares,
-            px,
-            portfolio.cash,
-            held,
-            booking.position,
-            portfolio_after,
-            booking.realized,
-            booking.notional,
-            fee,
-            model,
-            book,
-            index,
+            ticker=ticker,
+            side=side,
+            qty=shares,
+            price=px,
+            cash_before=portfolio.cash,
+            position_before=held,
+            position_after=booking.position,
+            portfolio_before=portfolio,
+            now=now,
+            realized=booking.realized,
+            notional=booking.notional,
+            fee=fee,
+            model=model,
+            book=book,
+            index=index,
         )
 
     # -- results ---------------------------------------------------------------------------------------------
