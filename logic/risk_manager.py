@@ -70,6 +70,7 @@ of :mod:`engine.errors` instead, for the page to show with their ``fix``.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import threading
@@ -79,8 +80,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -106,6 +106,7 @@ from logic.decisions import Reason, book_fill, commission, fill_price, parse_qua
 from logic.valuation import value_portfolio
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 MAX_ATTEMPTS = 100
 """Transaction attempts of one execute_trade before it gives up with RETRY_EXHAUSTED."""
@@ -118,6 +119,23 @@ BOOK_CACHE_SIZE = 16
 SYSTEM_ACTOR = "system"
 _DEFAULT_ASSET = Asset(price=1.0, annual_vol=1.0)
 """Liquidity parameters (avg daily volume, spread) of tickers the settings do not list (added at run time)."""
+
+
+def _typed_store_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """Let a Redis failure out of a read method only as the store's typed error (with its ``fix``)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except redis.ConnectionError as exc:
+            raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+        except redis.TimeoutError as exc:
+            raise StoreUnavailableError(f"Redis did not answer in time: {exc}") from exc
+        except redis.RedisError as exc:
+            raise CorruptDataError(f"Redis refused a read: {exc}") from exc
+
+    return wrapper
 
 
 # -- cached model state --------------------------------------------------------------------------------------
@@ -189,7 +207,7 @@ class _Plan:
     """Risk of the holdings before the trade, from which the book after it is derived."""
     index: int
 
-    @cached_property
+    @functools.cached_property
     def portfolio_after(self) -> PortfolioState:
         """The portfolio after the fill (built only when needed: copying a big book costs time)."""
         before = self.portfolio_before
@@ -333,11 +351,13 @@ class RiskManager:
             raise StoreUnavailableError(f"could not write the trading state: {exc}") from exc
         return new
 
+    @_typed_store_errors
     def trade_log(self, count: int = 100) -> list[dict[str, Any]]:
         """Newest ``count`` trade log records (fills and rejected orders, shaped like execute_trade's result,
         plus the stream ``id``)."""
         return self.store.read_trade_log(self.portfolio_id, count)
 
+    @_typed_store_errors
     def audit_log(self, count: int = 100) -> list[dict[str, Any]]:
         """Newest ``count`` audit records of the portfolio (trading state changes, automated actions)."""
         return self.store.read_stream_json(PortfolioKeys(self.portfolio_id).audit, count)
@@ -495,13 +515,17 @@ class RiskManager:
     def _sim_var(self, sim: _Sim) -> float | None:
         if sim.errors.get("market") or sim.portfolio is None or sim.header is None:
             return None
-        model = self._model_for(sim.header)
+        try:
+            model = self._model_for(sim.header)
+        except (StoreError, redis.RedisError):
+            return None  # the decisions carry the reason
         if model.error is not None:
             return None
         return self._book(model, sim.book_key, sim.portfolio).var
 
     # -- stress and dashboard --------------------------------------------------------------------------------
 
+    @_typed_store_errors
     def stress_test(self, trades: Iterable[Any] | None = None) -> dict[str, Any]:
         """Stressed VaR and the P&L of every named scenario of the settings, for the current holdings (or for
         the holdings after the approved trades of the ``trades`` basket).
@@ -569,6 +593,7 @@ class RiskManager:
             "scenarios": scenarios,
         }
 
+    @_typed_store_errors
     def get_dashboard_metrics(self) -> pd.DataFrame:
         """One row per open position, portfolio totals in ``df.attrs["totals"]``.
 

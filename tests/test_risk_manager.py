@@ -736,3 +736,15 @@ def test_get_market_data_and_portfolio_state_read_the_store(rm: RiskManager, sto
         and prices == {"AAA": 100.0, "BBB": 50.0, "CCC": 200.0, "DDD": 25.0}
     )
     assert state == store.read_portfolio("main")
+
+
+def test_risk_reads_on_an_unreachable_redis_raise_the_typed_error(settings: Settings, tmp_path: Any) -> None:
+    from engine.errors import StoreUnavailableError
+
+    rm = RiskManager(f"unix://{tmp_path}/nobody.sock", "main", settings, clock=lambda: NOW)
+
+    for read in (rm.get_dashboard_metrics, rm.stress_test, rm.trade_log, rm.audit_log):
+        with pytest.raises(StoreUnavailableError):
+            read()
+    basket = rm.what_if([("AAA", 1, "BUY")])
+    assert basket["status"] == "REJECTED" and basket["var_before"] is None
