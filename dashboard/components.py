@@ -250,10 +250,24 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str, key: str, x
 
 def table(
     df: pd.DataFrame, key: str, filename: str, *, height: int | str = "auto",
-    column_config: dict[str, Any] | None = None,
+    column_config: dict[str, Any] | None = None, empty: str | None = None,
+    colours: dict[str, dict[str, str]] | None = None,
 ) -> None:  # fmt: skip
-    """A read-only table with an "Export CSV" button (the export does not rerun the page)."""
-    st.dataframe(df, hide_index=True, height=height, column_config=column_config, key=f"{key}_table")
+    """A read-only table with an "Export CSV" button (the export does not rerun the page).
+
+    With ``empty`` set, an empty table is replaced by that sentence. ``colours`` maps a column to
+    ``{cell value: background colour}`` (e.g. severities).
+    """
+    if empty is not None and df.empty:
+        st.caption(empty)
+        return
+    shown: Any = df
+    if colours:
+        shown = df.style
+        for column, palette in colours.items():
+            if column in df:
+                shown = shown.map(lambda v, p=palette: _cell_colour(p.get(v)), subset=[column])
+    st.dataframe(shown, hide_index=True, height=height, column_config=column_config, key=f"{key}_table")
     st.download_button(
         "Export CSV",
         data=df.to_csv(index=False).encode("utf-8"),
@@ -263,3 +277,7 @@ def table(
         on_click="ignore",
         icon=":material/download:",
     )
+
+
+def _cell_colour(colour: str | None) -> str:
+    return f"background-color: {colour}; color: #ffffff; font-weight: 600" if colour else ""

@@ -284,7 +284,8 @@ def heartbeat_frame(statuses: list[DaemonStatus]) -> pd.DataFrame:
             if key not in dict(HEARTBEAT_COLUMNS) and key != "ts":
                 row[key] = _number_or_text(value)
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    return df.dropna(axis="columns", how="all")  # counters no daemon reports
 
 
 def _number_or_text(value: str | None) -> Any:
@@ -527,7 +528,7 @@ def reasons_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
 
 
 DELTA_ROWS: tuple[tuple[str, str, str | None], ...] = (
-    ("VaR (limit confidence)", "var_before", "var_after"),
+    ("VaR", "var_before", "var_after"),
     ("Cash", "cash_before", "cash_after"),
     ("Position (shares)", "position_before", "position_after"),
     ("Equity after", "", "equity_after"),
@@ -548,16 +549,21 @@ COST_ROWS: tuple[tuple[str, str], ...] = (
 def deltas_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
     """Before / after / change of every risk figure of a decision (None where it could not be computed)."""
     rows = []
+    confidence = _float_or_none(decision.get("var_confidence"))
+    horizon = _float_or_none(decision.get("var_horizon_days"))
     for label, before_key, after_key in DELTA_ROWS:
         before = _float_or_none(decision.get(before_key)) if before_key else None
         after = _float_or_none(decision.get(after_key)) if after_key else None
         change = after - before if before is not None and after is not None else None
-        if label.startswith("VaR") and decision.get("delta_var") is not None:
+        if label == "VaR":
             change = _float_or_none(decision.get("delta_var"))
+            if confidence is not None and horizon is not None:
+                label = f"VaR {confidence:.0%} ({horizon:g} day)"
         rows.append({"figure": label, "before": before, "after": after, "change": change})
     for label, key in COST_ROWS:
         rows.append({"figure": label, "before": None, "after": _float_or_none(decision.get(key)), "change": None})
-    return pd.DataFrame(rows, columns=["figure", "before", "after", "change"])
+    df = pd.DataFrame(rows, columns=["figure", "before", "after", "change"])
+    return df.astype({"before": float, "after": float, "change": float})  # None -> NaN: shown empty
 
 
 def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> pd.DataFrame:

@@ -249,10 +249,10 @@ def test_ticket_shows_the_decision_then_executes_exactly_once(app_env: Store, se
     fee = max(float(TEST_CONFIG["fees"]["minimum"]), 40 * float(TEST_CONFIG["fees"]["per_share"]))
     assert deltas.loc["Cash", "after"] == pytest.approx(1_000_000 - 40 * 200.0 - fee)
     assert deltas.loc["Position (shares)", "after"] == 40
-    assert deltas.loc["VaR (limit confidence)", "change"] == pytest.approx(
-        deltas.loc["VaR (limit confidence)", "after"] - deltas.loc["VaR (limit confidence)", "before"]
+    assert deltas.loc["VaR 95% (1 day)", "change"] == pytest.approx(
+        deltas.loc["VaR 95% (1 day)", "after"] - deltas.loc["VaR 95% (1 day)", "before"]
     )
-    assert deltas.loc["VaR (limit confidence)", "change"] > 0
+    assert deltas.loc["VaR 95% (1 day)", "change"] > 0
     order_id = at.session_state["ticket"]["value"]["client_order_id"]
 
     at.button(key="tk_execute").click().run()  # first click trades
@@ -471,7 +471,7 @@ def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_reso
     assert_clean(at)
     feed = frame_with(at, "rule_id")
     assert list(feed["rule_id"]) == ["var_used"]
-    assert feed.iloc[0]["severity"] == "🟥 CRITICAL" and feed.iloc[0]["status"] == "TRIGGERED"
+    assert feed.iloc[0]["severity"] == "CRITICAL" and feed.iloc[0]["status"] == "TRIGGERED"
     assert feed.iloc[0]["value"] == pytest.approx(app_env.read_snapshot("main")["var"]["utilization"])
     assert metric(at, "Unacknowledged") == "1"
 

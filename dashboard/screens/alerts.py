@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import components as ui
 from logic import views
 
-SEVERITY_MARK = {"CRITICAL": "🟥 CRITICAL", "HIGH": "🟧 HIGH", "MEDIUM": "🟨 MEDIUM", "LOW": "🟦 LOW"}
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 NEW_RULE = "➕ new rule"
 
 st.title("Alerts")
@@ -17,7 +17,7 @@ st.title("Alerts")
 
 def filters(d: views.Desk, pid: str) -> dict:
     c = st.columns([2, 2, 1, 1])
-    severities = c[0].multiselect("Severity", list(SEVERITY_MARK), default=list(SEVERITY_MARK), key="al_sev")
+    severities = c[0].multiselect("Severity", list(SEVERITIES), default=list(SEVERITIES), key="al_sev")
     statuses = c[1].multiselect("State", views.ALERT_STATUSES, default=["TRIGGERED", "ACKNOWLEDGED"],
                                 key="al_status")  # fmt: skip
     scope = c[2].selectbox("Portfolio", [pid, "all"], key="al_scope")
@@ -41,10 +41,8 @@ def feed(d: views.Desk, f: dict) -> None:
     c[1].metric("Unacknowledged", int((active["status"] == "TRIGGERED").sum()))
     c[2].metric("Critical active", int((active["severity"] == "CRITICAL").sum()))
     c[3].metric("Escalated", int((active["escalation_level"].fillna(0) > 1).sum()))
-    shown = df.assign(severity=df["severity"].map(lambda s: SEVERITY_MARK.get(s, s)))
-    if shown.empty:
-        st.caption("No alert matches the filters.")
-    ui.table(shown, "alerts", "alerts.csv", height=300, column_config={
+    ui.table(df, "alerts", "alerts.csv", height=300, empty="No alert matches the filters.",
+             colours={"severity": ui.SEVERITY_COLOURS}, column_config={
         "value": st.column_config.NumberColumn(format="%.4g"),
         "threshold": st.column_config.NumberColumn(format="%.4g"),
         "escalation_level": st.column_config.NumberColumn("escalation level"),
@@ -85,7 +83,8 @@ def alert_action(d: views.Desk, labels: dict, what: str) -> None:
 def deliveries(d: views.Desk, f: dict) -> None:
     if not views.check_health(d).ok:
         return
-    ui.table(views.delivery_frame(d, f["portfolio_id"]), "deliveries", "deliveries.csv", height=260)
+    ui.table(views.delivery_frame(d, f["portfolio_id"]), "deliveries", "deliveries.csv", height=260,
+             empty="No notification delivered yet.")  # fmt: skip
 
 
 def rules_editor(d: views.Desk) -> None:
@@ -181,7 +180,7 @@ with ui.guard():
         with right:
             st.subheader("Escalation policy")
             with ui.guard():
-                ui.table(views.escalation_summary(desk), "escalation", "escalation.csv", height=200)
+                ui.table(views.escalation_summary(desk), "escalation", "escalation.csv", height="content")
         st.subheader("Delivery log")
         ui.live(deliveries, desk, f)
         st.subheader("Rules")

@@ -40,7 +40,7 @@ def summary(d: views.Desk, pid: str) -> None:
     for col, g in zip(st.columns(len(ov.gauges)), ov.gauges, strict=True):
         with col:
             st.metric(g.title, ui.money(g.value), f"{g.value / g.limit:.0%} of limit" if g.limit else None,
-                      delta_color="off")  # fmt: skip
+                      delta_color="off", delta_arrow="off")  # fmt: skip
             ui.gauge(g.title, g.value, g.limit, key=f"gauge_{g.title}")
 
     if ov.snapshot is not None:

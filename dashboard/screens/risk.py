@@ -56,7 +56,7 @@ def stress(d: views.Desk, pid: str) -> None:
     sv = views.stress_view(d, pid)
     c = st.columns(3)
     c[0].metric(f"VaR {sv.confidence:.0%}", ui.money(sv.var))
-    c[1].metric(f"Stressed VaR {sv.confidence:.0%}", ui.money(sv.stressed_var), delta_color="off",
+    c[1].metric(f"Stressed VaR {sv.confidence:.0%}", ui.money(sv.stressed_var), delta_color="off", delta_arrow="off",
                 delta=f"x{sv.stressed_var / sv.var:.1f}" if sv.var else None)  # fmt: skip
     c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
     if sv.scenarios.empty:
@@ -140,10 +140,10 @@ def backtest(d: views.Desk, pid: str) -> None:
     zone_colour = {"green": "green", "yellow": "orange", "red": "red"}.get(bt.zone or "", "gray")
     c = st.columns(5)
     c[0].metric("Observations (bars)", f"{bt.observations:,}")
-    c[1].metric("Exceedances", f"{bt.exceedances}", f"expected {bt.expected:.1f}", delta_color="off")
-    c[2].metric("Kupiec POF p-value", f"{bt.kupiec_p:.3f}", f"LR {bt.kupiec_lr:.2f}", delta_color="off")
+    c[1].metric("Exceedances", f"{bt.exceedances}", f"expected {bt.expected:.1f}", delta_color="off", delta_arrow="off")
+    c[2].metric("Kupiec POF p-value", f"{bt.kupiec_p:.3f}", f"LR {bt.kupiec_lr:.2f}", delta_color="off", delta_arrow="off")
     c[3].metric("Christoffersen p-value", f"{bt.christoffersen_p:.3f}", f"LR {bt.christoffersen_lr:.2f}",
-                delta_color="off")  # fmt: skip
+                delta_color="off", delta_arrow="off")  # fmt: skip
     with c[4]:
         st.markdown(f"Basel zone\n\n:{zone_colour}-background[**{(bt.zone or '-').upper()}**]")
     df = bt.series

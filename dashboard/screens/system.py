@@ -15,7 +15,7 @@ def status(d: views.Desk) -> None:
     if sv.health.problem is not None:
         ui.show_problem(sv.health.problem)
         st.subheader("Versions")
-        ui.table(sv.versions, "versions", "versions.csv")
+        ui.table(sv.versions, "versions", "versions.csv", height="content")
         return
     for warning in sv.health.warnings:
         st.warning(ui.md(warning), icon=":material/schedule:")
@@ -24,11 +24,11 @@ def status(d: views.Desk) -> None:
     cols = st.columns(len(sv.health.daemons) + 1)
     for col, daemon in zip(cols, sv.health.daemons, strict=False):
         age = "never" if daemon.age_seconds is None else f"{daemon.age_seconds:.1f} s ago"
-        col.metric(f"{daemon.name} daemon", daemon.state.upper(), f"heartbeat {age}", delta_color="off")
+        col.metric(f"{daemon.name} daemon", daemon.state.upper(), f"heartbeat {age}", delta_color="off", delta_arrow="off")
     if sv.market is not None:
         cols[-1].metric(
             "Last tick", f"{sv.market.age_seconds:.1f} s ago", f"market version {sv.market.version}",
-            delta_color="off",
+            delta_color="off", delta_arrow="off",
         )  # fmt: skip
         if sv.market.stale_tickers:
             st.warning(f"Stale prices: {ui.md(', '.join(sv.market.stale_tickers))}", icon=":material/schedule:")
@@ -37,17 +37,17 @@ def status(d: views.Desk) -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Redis")
-        ui.table(views.key_value_frame(sv.redis), "redis", "redis_health.csv")
+        ui.table(views.key_value_frame(sv.redis), "redis", "redis_health.csv", height="content")
     with right:
         st.subheader("Versions")
-        ui.table(sv.versions, "versions", "versions.csv")
+        ui.table(sv.versions, "versions", "versions.csv", height="content")
 
 
 def trading_state(d: views.Desk, pid: str) -> None:
     tv = views.trading_state_view(d, pid)
     ui.state_badge(tv.state, tv.reason, tv.actor, tv.ts)
     st.caption("Audit (newest first)")
-    ui.table(tv.audit, "audit", f"audit_{pid}.csv", height=240)
+    ui.table(tv.audit, "audit", f"audit_{pid}.csv", height=240, empty="No trading-state change recorded.")
 
 
 def apply_state(d: views.Desk, pid: str) -> None:

@@ -74,11 +74,12 @@ def ticket_form(d: views.Desk, pid: str) -> None:
     st.subheader("Ticket")
     tickers = views.ticket_tickers(d)
     with st.form("ticket_form"):
-        c1, c2, c3 = st.columns([2, 1, 1])
+        c1, c2 = st.columns(2)
         c1.selectbox("Ticker", tickers, key="tk_ticker")
         c2.segmented_control("Side", ["BUY", "SELL"], key="tk_side", default="BUY")
-        c3.number_input("Quantity (shares)", value=100, step=1, key="tk_qty")
-        st.text_input("Trader", value="trader", key="tk_actor", max_chars=64)
+        c1, c2 = st.columns(2)
+        c1.number_input("Quantity (shares)", value=100, step=1, key="tk_qty")
+        c2.text_input("Trader", value="trader", key="tk_actor", max_chars=64)
         st.form_submit_button("Check", type="secondary", on_click=check, args=(d, pid),
                               icon=":material/fact_check:")  # fmt: skip
 
@@ -102,7 +103,7 @@ def decision_panel(d: views.Desk, pid: str) -> None:
     else:
         st.error(f"**REJECTED** · {ui.md(label)}", icon=":material/block:")
         ui.table(views.reasons_frame(decision), "reasons", "reasons.csv")
-    ui.table(views.deltas_frame(decision), "deltas", "decision.csv", column_config=DELTA_FORMAT)
+    ui.table(views.deltas_frame(decision), "deltas", "decision.csv", column_config=DELTA_FORMAT, height="content")
     if decision["status"] == "APPROVED":
         st.button("Execute", type="primary", key="tk_execute", on_click=execute, args=(d,),
                   icon=":material/send:")  # fmt: skip
@@ -143,7 +144,8 @@ def blotter(d: views.Desk, pid: str) -> None:
     if not views.check_health(d).ok:
         return
     st.subheader("Blotter")
-    ui.table(views.blotter_frame(d, pid), "blotter", f"blotter_{pid}.csv", height=320)
+    ui.table(views.blotter_frame(d, pid), "blotter", f"blotter_{pid}.csv", height=320,
+             empty="No order yet: the blotter lists every fill and rejected order.")  # fmt: skip
 
 
 with ui.guard():

@@ -1,0 +1,157 @@
+"""End to end in a real headless Chromium: ``make run``-style startup on a temporary store, every page, a trade
+through the UI, screenshots.
+
+The stack (embedded Redis, warm-up, stream daemon, monitor, ``streamlit run``) is started by ``launcher.py`` on
+a temporary data directory and a free loopback port (:class:`dashboard.e2e.Stack`) and stopped by PID at the
+end. Screenshots go to ``$RISKDESK_SCREENSHOT_DIR`` (``make screenshots`` sets ``docs/screenshots``), else to
+``test-artifacts/screenshots`` (git-ignored), so a test run never rewrites the README's images.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard.e2e import (
+    CHART_SELECTOR, CHROMIUM, EXCEPTION_SELECTOR, ROOT, Stack, launch_chromium, open_page, settle,
+)  # fmt: skip
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"Debian's chromium is not installed at {CHROMIUM}: `apt-get install chromium` (.ci/run does it)",
+    ),
+]
+
+SCREENSHOT_DIR = Path(os.environ.get("RISKDESK_SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
+VIEWPORT = {"width": 1440, "height": 1400}
+PAGES = ("Overview", "Trade", "Risk", "Alerts", "System")
+FRIENDLY_PROBLEMS = ("Redis is unreachable", "store is empty", "This view failed")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with Stack(bar_interval=0.5) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def shoot(page: Any, name: str) -> Path:
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def assert_no_exception(page: Any, title: str) -> None:
+    assert page.locator(EXCEPTION_SELECTOR).count() == 0, f"{title}: {page.locator(EXCEPTION_SELECTOR).first.inner_text()}"
+    text = page.inner_text('[data-testid="stMain"]')
+    assert not [p for p in FRIENDLY_PROBLEMS if p in text], f"{title} shows a problem on a healthy stack:\n{text[:2000]}"
+
+
+@pytest.mark.parametrize("title", PAGES)
+def test_every_page_loads_without_an_exception(page: Any, stack: Stack, title: str) -> None:
+    open_page(page, stack.url, title)
+    if title in ("Overview", "Risk"):
+        page.wait_for_selector(CHART_SELECTOR, timeout=30_000)
+    if title == "Risk":
+        # every tab runs lazily: open each and check it too
+        for tab in ("Stress", "What-if", "Surface", "Backtest", "Exposure & VaR"):
+            page.get_by_role("tab", name=tab).click()
+            page.get_by_role("tab", name=tab, selected=True).wait_for(timeout=30_000)
+            settle(page)
+            assert_no_exception(page, f"Risk/{tab}")
+            if tab == "Surface":
+                page.wait_for_selector(CHART_SELECTOR, timeout=30_000)
+                shoot(page, "risk_surface")
+        page.wait_for_selector(CHART_SELECTOR, timeout=30_000)
+    settle(page)
+    assert_no_exception(page, title)
+    assert shoot(page, title.lower()).stat().st_size > 10_000
+
+
+def test_a_trade_submitted_in_the_ui_reaches_the_blotter_and_redis(page: Any, stack: Stack) -> None:
+    from engine.redis_server import connect
+    from engine.store import Store
+
+    open_page(page, stack.url, "Trade")
+    page.get_by_label("Quantity (shares)").fill("7")
+    page.get_by_role("button", name="Check").click()
+    page.get_by_text("APPROVED").first.wait_for(timeout=30_000)
+    caption = page.get_by_text(re.compile(r"client order id dash-[0-9a-f]+")).inner_text()
+    order_id = re.search(r"dash-[0-9a-f]+", caption).group(0)  # type: ignore[union-attr]
+
+    execute = page.get_by_role("button", name="Execute")
+    execute.dblclick()  # a double click: the second click re-sends the same order id
+    page.get_by_text(re.compile(r"FILLED|Already executed")).first.wait_for(timeout=30_000)
+    blotter_cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text=order_id)
+    blotter_cell.first.wait_for(state="attached", timeout=30_000)  # the grid's accessible (offscreen) cells
+    settle(page)
+    assert_no_exception(page, "Trade")
+    shoot(page, "trade_filled")
+
+    store = Store(connect(stack.redis_url))
+    try:
+        order = store.read_order("main", order_id)
+        assert order is not None and order["status"] == "FILLED"
+        assert (order["fill"]["side"], order["fill"]["qty"]) == ("BUY", 7)
+        fills = [r for r in store.read_trade_log("main", 100) if r.get("client_order_id") == order_id]
+        assert len(fills) == 1, "the double click traded twice"
+    finally:
+        store.client.close()
+
+
+def test_an_alert_on_the_live_snapshot_is_acknowledged_in_the_ui(page: Any, stack: Stack) -> None:
+    from engine.redis_server import connect
+    from engine.store import Store
+    from logic.alerts import build_alert_engine
+
+    store = Store(connect(stack.redis_url))
+    try:
+        engine = build_alert_engine(store, stack.settings())
+        engine.add_rule({"id": "var_in_use", "metric": "var.utilization", "op": ">=", "threshold": 0.0001,
+                         "severity": "HIGH", "description": "VaR in use (end-to-end test rule)"}, "e2e")  # fmt: skip
+        engine.evaluate("main", store.read_snapshot("main"))  # the real engine on the monitor's latest snapshot
+
+        open_page(page, stack.url, "Alerts")
+        cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="var_in_use")
+        cell.first.wait_for(state="attached", timeout=30_000)
+        settle(page)
+        assert_no_exception(page, "Alerts")
+        shoot(page, "alerts")
+
+        form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_role("button", name="Acknowledge"))
+        form.get_by_label("Your name").fill("e2e trader")
+        form.get_by_role("button", name="Acknowledge").click()
+        page.get_by_text("Alert acknowledged.").wait_for(timeout=30_000)
+        alert = store.read_active_alerts("main")["var_in_use"]
+        assert (alert["status"], alert["acknowledged_by"]) == ("ACKNOWLEDGED", "e2e trader")
+        engine.remove_rule("var_in_use", "e2e", "end of test")
+    finally:
+        store.client.close()
