@@ -35,21 +35,36 @@ TWILIO_ENV = {
 
 
 def snapshot(portfolio_id: str = "main", now: float = T0, **overrides: Any) -> dict[str, Any]:
-    """A snapshot shaped like logic/snapshot.py's; keyword ``var__utilization=1.2`` sets ``var.utilization``."""
+    """A snapshot shaped like logic/snapshot.py's; ``var__utilization=1.2`` sets ``var.utilization``."""
     snap: dict[str, Any] = {
-        "portfolio_id": portfolio_id, "ts": now, "version": 1, "market_ts": now,
-        "equity": 1_000_000.0, "cash": 900_000.0, "market_value": 100_000.0, "gross_exposure": 100_000.0,
-        "net_exposure": 100_000.0, "leverage": 0.1,
+        "portfolio_id": portfolio_id,
+        "ts": now,
+        "version": 1,
+        "market_ts": now,
+        "equity": 1_000_000.0,
+        "cash": 900_000.0,
+        "market_value": 100_000.0,
+        "gross_exposure": 100_000.0,
+        "net_exposure": 100_000.0,
+        "leverage": 0.1,
         "pnl": {"unrealized": 0.0, "realized": 0.0, "daily": 0.0, "total": 0.0},
-        "var": {"var95": 5_000.0, "var99": 7_000.0, "cvar95": 6_000.0, "cvar99": 8_000.0,
-                "stressed_var99": 14_000.0, "limit": 20_000.0, "confidence": 0.95, "utilization": 0.25},
+        "var": {
+            "var95": 5_000.0,
+            "var99": 7_000.0,
+            "cvar95": 6_000.0,
+            "cvar99": 8_000.0,
+            "stressed_var99": 14_000.0,
+            "limit": 20_000.0,
+            "confidence": 0.95,
+            "utilization": 0.25,
+        },
         "drawdown": {"daily": 0.0, "weekly": 0.0, "max": 0.0},
         "concentration": {"hhi": 0.5, "largest_share": 0.06, "largest_ticker": "AAA"},
         "margin": {"level": None, "used": 0.0, "maintenance": 0.0},
         "data": {"market_age_seconds": 0.0, "missing_prices": []},
         "trading_state": "ACTIVE",
         "positions": [],
-    }  # fmt: skip
+    }
     for key, value in overrides.items():
         node = snap
         parts = key.split("__")
@@ -95,7 +110,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# -- SMTP -----------------------------------------------------------------------------------------------------------
+# -- SMTP ----------------------------------------------------------------------------------------------------
 
 
 class ScriptedSmtpHandler:
@@ -123,14 +138,19 @@ def smtp_server(replies: Iterable[str] = ()) -> Iterator[tuple[ScriptedSmtpHandl
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(controller.port), "SMTP_SECURITY": "none",
-               "SMTP_FROM": "riskdesk@test.local", "SMTP_TIMEOUT": "5"}  # fmt: skip
+        env = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(controller.port),
+            "SMTP_SECURITY": "none",
+            "SMTP_FROM": "riskdesk@test.local",
+            "SMTP_TIMEOUT": "5",
+        }
         yield handler, env
     finally:
         controller.stop()
 
 
-# -- Twilio ---------------------------------------------------------------------------------------------------------
+# -- Twilio --------------------------------------------------------------------------------------------------
 
 
 class RecordingTwilioHttpClient(HttpClient):
@@ -158,8 +178,14 @@ class RecordingTwilioHttpClient(HttpClient):
             body = {"code": 20000 + status, "message": f"scripted {status}", "status": status}
         else:
             data = data or {}
-            body = {"sid": f"SM{len(self.requests):032d}", "to": data.get("To"), "from": data.get("From"),
-                    "body": data.get("Body"), "status": "queued", "account_sid": TWILIO_ENV["TWILIO_ACCOUNT_SID"]}  # fmt: skip
+            body = {
+                "sid": f"SM{len(self.requests):032d}",
+                "to": data.get("To"),
+                "from": data.get("From"),
+                "body": data.get("Body"),
+                "status": "queued",
+                "account_sid": TWILIO_ENV["TWILIO_ACCOUNT_SID"],
+            }
         return Response(status, json.dumps(body))
 
     @property
@@ -167,12 +193,12 @@ class RecordingTwilioHttpClient(HttpClient):
         return [r["data"] for r in self.requests]
 
 
-# -- webhook --------------------------------------------------------------------------------------------------------
+# -- webhook -------------------------------------------------------------------------------------------------
 
 
 @contextmanager
 def webhook_server(statuses: Iterable[int] = ()) -> Iterator[tuple[list[dict[str, Any]], str]]:
-    """A real HTTP server on loopback; yields (received JSON bodies, URL). Answers scripted statuses, then 200."""
+    """A real HTTP server on loopback yielding (JSON bodies received, URL); scripted statuses, then 200."""
     script = list(statuses)
     received: list[dict[str, Any]] = []
 

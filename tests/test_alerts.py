@@ -1,5 +1,5 @@
-"""Alert rules and lifecycle on a real Redis: validation, audited edits, pending/clear, inhibition, stale data,
-flapping and storms, restarts."""
+"""Alert rules and lifecycle on a real Redis: validation, audited edits, pending/clear, inhibition, stale
+data, flapping and storms, restarts."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.settings import load_settings
-from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
+from engine.store import GLOBAL_AUDIT_KEY, Store
 from logic.alerts import (
-    AlertError,
     MANUAL_RESOLVE_REARM_SECONDS,
+    AlertError,
     AlertNotFoundError,
     RuleExistsError,
     RuleNotFoundError,
@@ -36,18 +36,22 @@ VAR_CRIT = rule("var_breach", "var.utilization", ">=", 1.0, "CRITICAL", descript
 
 def make_engine(store: Store, make_settings: Any, rules: list[dict[str, Any]], clock: SimClock, **extra: Any):
     notifications = {"group_wait_seconds": 0, "group_interval_seconds": 0, **extra.pop("notifications", {})}
-    settings = make_settings({"alert_rules": rules, "notifications": notifications,
-                              "escalation": extra.pop("escalation", {})})  # fmt: skip
+    settings = make_settings(
+        {"alert_rules": rules, "notifications": notifications, "escalation": extra.pop("escalation", {})}
+    )
     return build_alert_engine(store, settings, clock=clock, env={}, sleep=SleepRecorder(), **extra)
 
 
-# -- rules ----------------------------------------------------------------------------------------------------------
+# -- rules ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"metric": "var.utilisation"}, r"unknown metric path 'var.utilisation'.*did you mean 'var.utilization'"),
+        (
+            {"metric": "var.utilisation"},
+            r"unknown metric path 'var.utilisation'.*did you mean 'var.utilization'",
+        ),
         ({"metric": "positions"}, r"unknown metric path 'positions'"),
         ({"op": "=>"}, r"bad operator '=>'; use one of < <= > >= =="),
         ({"threshold": math.nan}, r"threshold must be a finite number, got nan"),
@@ -68,8 +72,16 @@ def test_validate_rule_refuses_bad_fields_with_a_clear_message(change: dict[str,
 
 
 def test_validate_rule_accepts_every_documented_field_and_normalises_actions() -> None:
-    built = validate_rule({**VAR_CRIT, "pending_seconds": 5, "clear_seconds": 30, "stale_policy": "fire",
-                           "portfolios": ["main"], "actions": ["set_state:halted", "reduce:0.25"]})  # fmt: skip
+    built = validate_rule(
+        {
+            **VAR_CRIT,
+            "pending_seconds": 5,
+            "clear_seconds": 30,
+            "stale_policy": "fire",
+            "portfolios": ["main"],
+            "actions": ["set_state:halted", "reduce:0.25"],
+        }
+    )
     assert built.actions == ("set_state:HALTED", "reduce:0.25")
     assert built.portfolios == ("main",) and built.pending_seconds == 5.0 and built.stale_policy == "fire"
 
@@ -78,8 +90,16 @@ def test_shipped_riskdesk_toml_rules_build_an_engine_with_the_default_alerts(sto
     settings = load_settings(ROOT / "riskdesk.toml", env={})
     engine = build_alert_engine(store, settings, env={})
     ids = {r["id"] for r in engine.list_rules()}
-    assert {"var_warning", "var_breach", "drawdown_reduce", "drawdown_halt", "concentration", "margin_warning",
-            "margin_critical", "stale_market_data"} <= ids  # fmt: skip
+    assert {
+        "var_warning",
+        "var_breach",
+        "drawdown_reduce",
+        "drawdown_halt",
+        "concentration",
+        "margin_warning",
+        "margin_critical",
+        "stale_market_data",
+    } <= ids
     assert engine.escalation.policy("CRITICAL").levels[1].delay_seconds == 300
 
 
@@ -121,15 +141,17 @@ def test_rule_edits_are_validated_audited_and_seen_by_every_engine(store: Store,
 
     audit = store.read_stream_json(GLOBAL_AUDIT_KEY, count=20, newest_first=False)
     assert [(a["action"], a["rule_id"], a["actor"]) for a in audit] == [
-        ("rule_added", "lev", "alice"), ("rule_updated", "var_warning", "bob"),
-        ("rule_removed", "var_warning", "carol"), ("rule_reset", "var_warning", "carol"),
+        ("rule_added", "lev", "alice"),
+        ("rule_updated", "var_warning", "bob"),
+        ("rule_removed", "var_warning", "carol"),
+        ("rule_reset", "var_warning", "carol"),
         ("rule_removed", "lev", "carol"),
-    ]  # fmt: skip
+    ]
     assert audit[1]["before"]["threshold"] == 0.8 and audit[1]["after"]["threshold"] == 0.85
     assert audit[0]["reason"] == "new desk rule"
 
 
-# -- lifecycle ------------------------------------------------------------------------------------------------------
+# -- lifecycle -----------------------------------------------------------------------------------------------
 
 
 def test_pending_period_delays_the_trigger_and_clear_period_delays_resolution(
@@ -142,8 +164,9 @@ def test_pending_period_delays_the_trigger_and_clear_period_delays_resolution(
     for t in range(0, 30):
         engine.evaluate("main", snapshot(now=T0 + t, var__utilization=0.9), T0 + t)
     assert engine.active_alerts("main") == []
-    assert [t["event"] for t in engine.evaluate("main", snapshot(now=T0 + 30, var__utilization=0.9), T0 + 30)] == [
-        "TRIGGERED"]  # fmt: skip
+    assert [
+        t["event"] for t in engine.evaluate("main", snapshot(now=T0 + 30, var__utilization=0.9), T0 + 30)
+    ] == ["TRIGGERED"]
     (alert,) = engine.active_alerts("main")
     assert (alert["breach_since"], alert["triggered_at"], alert["value"]) == (T0, T0 + 30, 0.9)
 
@@ -171,7 +194,11 @@ def test_acknowledge_and_resolve_record_who_and_when_and_the_history(store: Stor
     clock.now = T0 + 10
     acked = engine.acknowledge("main", "var_breach", actor="alice", note="looking")
     assert (acked["status"], acked["acknowledged_by"], acked["acknowledged_at"], acked["ack_note"]) == (
-        "ACKNOWLEDGED", "alice", T0 + 10, "looking")  # fmt: skip
+        "ACKNOWLEDGED",
+        "alice",
+        T0 + 10,
+        "looking",
+    )
     clock.now = T0 + 20
     resolved = engine.resolve("main", "var_breach", actor="bob", note="hedged")
     assert (resolved["status"], resolved["resolved_by"], resolved["resolved_at"]) == (
@@ -187,7 +214,10 @@ def test_acknowledge_and_resolve_record_who_and_when_and_the_history(store: Stor
 
     history = list(reversed(engine.alert_history("main")))
     assert [(h["event"], h["actor"]) for h in history] == [
-        ("TRIGGERED", "system"), ("ACKNOWLEDGED", "alice"), ("RESOLVED", "bob")]  # fmt: skip
+        ("TRIGGERED", "system"),
+        ("ACKNOWLEDGED", "alice"),
+        ("RESOLVED", "bob"),
+    ]
     assert len({h["alert_id"] for h in history}) == 1
     engine.tick(T0 + 21)
     kinds = [e["kind"] for e in delivered_events(engine)]
@@ -219,7 +249,9 @@ def test_exactly_one_active_alert_per_rule_and_portfolio(store: Store, make_sett
         engine.evaluate("hedge", snapshot("hedge", var__utilization=0.95), T0 + t)
     active = engine.active_alerts()
     assert sorted((a["portfolio_id"], a["rule_id"]) for a in active) == [
-        ("hedge", "var_warning"), ("main", "var_warning")]  # fmt: skip
+        ("hedge", "var_warning"),
+        ("main", "var_warning"),
+    ]
     assert next(a for a in active if a["portfolio_id"] == "main")["value"] == pytest.approx(0.949)
     assert Counter(h["event"] for h in engine.alert_history("main")) == {"TRIGGERED": 1}
 
@@ -239,11 +271,15 @@ def test_a_critical_alert_inhibits_lower_severities_on_the_same_metric_only(
 
     engine.evaluate("main", snapshot(var__utilization=0.9, concentration__largest_share=0.5), T0 + 5)
     engine.tick(T0 + 5)
-    assert {a["rule_id"]: a["inhibited"] for a in engine.active_alerts("main")} == {"var_warning": False,
-                                                                                    "conc": False}  # fmt: skip
+    assert {a["rule_id"]: a["inhibited"] for a in engine.active_alerts("main")} == {
+        "var_warning": False,
+        "conc": False,
+    }
     later = delivered_events(engine)[2:]
-    assert sorted((e["kind"], e["rule_id"]) for e in later) == [("resolved", "var_breach"),
-                                                                ("triggered", "var_warning")]  # fmt: skip
+    assert sorted((e["kind"], e["rule_id"]) for e in later) == [
+        ("resolved", "var_breach"),
+        ("triggered", "var_warning"),
+    ]
 
 
 def test_stale_data_keeps_the_state_or_fires_a_stale_alert_as_the_rule_says(
@@ -318,15 +354,17 @@ def test_list_alerts_filters_by_status_severity_rule_portfolio_and_time(store: S
     engine.evaluate("hedge", snapshot("hedge", var__utilization=0.9), T0 + 1)
     engine.evaluate("main", snapshot(var__utilization=0.1), T0 + 2)
     assert {(a["portfolio_id"], a["rule_id"], a["status"]) for a in engine.list_alerts()} == {
-        ("main", "var_warning", "RESOLVED"), ("main", "var_breach", "RESOLVED"),
-        ("hedge", "var_warning", "TRIGGERED")}  # fmt: skip
+        ("main", "var_warning", "RESOLVED"),
+        ("main", "var_breach", "RESOLVED"),
+        ("hedge", "var_warning", "TRIGGERED"),
+    }
     assert [a["rule_id"] for a in engine.list_alerts(severity="CRITICAL")] == ["var_breach"]
     assert [a["portfolio_id"] for a in engine.list_alerts(status=["TRIGGERED", "ACKNOWLEDGED"])] == ["hedge"]
     assert [a["rule_id"] for a in engine.list_alerts("main", rule_id="var_warning")] == ["var_warning"]
     assert [a["portfolio_id"] for a in engine.list_alerts(since=T0 + 1, status="TRIGGERED")] == ["hedge"]
 
 
-# -- flapping, storms, restarts ---------------------------------------------------------------------------------------
+# -- flapping, storms, restarts ------------------------------------------------------------------------------
 
 
 def test_a_metric_flapping_for_ten_minutes_sends_one_triggered_and_one_resolved(
@@ -360,8 +398,9 @@ def test_a_storm_of_breaches_sends_one_message_per_group_interval(store: Store, 
     clock = SimClock()
     twitchy = {**VAR_WARN, "pending_seconds": 0, "clear_seconds": 0}
     interval = 2.0
-    engine = make_engine(store, make_settings, [twitchy], clock,
-                         notifications={"group_interval_seconds": interval})  # fmt: skip
+    engine = make_engine(
+        store, make_settings, [twitchy], clock, notifications={"group_interval_seconds": interval}
+    )
     for i in range(2000):  # 1,000 breaches (and 1,000 recoveries) in 10 s
         now = T0 + i * 0.005
         engine.evaluate("main", snapshot(now=now, var__utilization=0.9 if i % 2 == 0 else 0.5), now)
@@ -374,8 +413,10 @@ def test_a_storm_of_breaches_sends_one_message_per_group_interval(store: Store, 
     assert all(b - a >= interval for a, b in zip(sent_at, sent_at[1:], strict=False))
     # grouped, not dropped: every transition is in exactly one message
     assert sum(m["event_count"] for m in messages) == 2000
-    assert Counter(h["event"] for h in engine.alert_history("main", count=5000)) == {"TRIGGERED": 1000,
-                                                                                    "RESOLVED": 1000}  # fmt: skip
+    assert Counter(h["event"] for h in engine.alert_history("main", count=5000)) == {
+        "TRIGGERED": 1000,
+        "RESOLVED": 1000,
+    }
 
 
 def test_a_new_engine_on_the_same_redis_loses_nothing_and_sends_nothing_twice(
@@ -404,6 +445,8 @@ def test_a_new_engine_on_the_same_redis_loses_nothing_and_sends_nothing_twice(
     assert fourth.active_alerts("main") == []
     # the warning was inhibited while it mattered and already clearing when the CRITICAL ended: never sent
     assert [(e["kind"], e["rule_id"]) for e in delivered_events(fourth)] == [
-        ("triggered", "var_breach"), ("resolved", "var_breach")]  # fmt: skip
+        ("triggered", "var_breach"),
+        ("resolved", "var_breach"),
+    ]
     events = [h["event"] for h in reversed(fourth.alert_history("main"))]
     assert Counter(events) == {"TRIGGERED": 2, "INHIBITED": 1, "UNINHIBITED": 1, "RESOLVED": 2}

@@ -1,5 +1,5 @@
-"""Automated responses through the real RiskManager: circuit breakers, position reduction (largest losers first),
-audit and their own alert; re-runs after a crash change nothing twice."""
+"""Automated responses through the real RiskManager: circuit breakers, position reduction (largest losers
+first), audit and their own alert; re-runs after a crash change nothing twice."""
 
 from __future__ import annotations
 
@@ -16,17 +16,51 @@ from logic.risk_manager import RiskManager
 
 from .alerts_support import T0, SimClock, SleepRecorder, delivered_events, rule, snapshot
 
-DD_HALT = rule("drawdown_halt", "drawdown.daily", "<=", -0.05, "CRITICAL", description="Daily drawdown beyond 5%",
-               actions=["set_state:HALTED"])  # fmt: skip
-DD_REDUCE = rule("drawdown_reduce", "drawdown.daily", "<=", -0.03, "HIGH", description="Daily drawdown beyond 3%",
-                 actions=["set_state:REDUCING"])  # fmt: skip
+DD_HALT = rule(
+    "drawdown_halt",
+    "drawdown.daily",
+    "<=",
+    -0.05,
+    "CRITICAL",
+    description="Daily drawdown beyond 5%",
+    actions=["set_state:HALTED"],
+)
+DD_REDUCE = rule(
+    "drawdown_reduce",
+    "drawdown.daily",
+    "<=",
+    -0.03,
+    "HIGH",
+    description="Daily drawdown beyond 3%",
+    actions=["set_state:REDUCING"],
+)
 
 POSITIONS = [  # main's seeded book (AAA 1000 @ 100, BBB 2000 @ 50) with AAA the loser
-    {"ticker": "AAA", "qty": 1000, "avg_price": 105.0, "last": 100.0, "market_value": 100_000.0, "weight": 0.1,
-     "unrealized_pnl": -5_000.0, "realized_pnl": 0.0, "mfe": 0.0, "mae": -5_000.0},
-    {"ticker": "BBB", "qty": 2000, "avg_price": 49.0, "last": 50.0, "market_value": 100_000.0, "weight": 0.1,
-     "unrealized_pnl": 2_000.0, "realized_pnl": 0.0, "mfe": 2_000.0, "mae": 0.0},
-]  # fmt: skip
+    {
+        "ticker": "AAA",
+        "qty": 1000,
+        "avg_price": 105.0,
+        "last": 100.0,
+        "market_value": 100_000.0,
+        "weight": 0.1,
+        "unrealized_pnl": -5_000.0,
+        "realized_pnl": 0.0,
+        "mfe": 0.0,
+        "mae": -5_000.0,
+    },
+    {
+        "ticker": "BBB",
+        "qty": 2000,
+        "avg_price": 49.0,
+        "last": 50.0,
+        "market_value": 100_000.0,
+        "weight": 0.1,
+        "unrealized_pnl": 2_000.0,
+        "realized_pnl": 0.0,
+        "mfe": 2_000.0,
+        "mae": 0.0,
+    },
+]
 
 
 class Crash(BaseException):
@@ -39,11 +73,15 @@ def seeded(store: Store, settings: Any) -> Store:
     return store
 
 
-def build(store: Store, make_settings: Any, clock: SimClock, rules: list[dict[str, Any]], factory: Any = None):
-    settings = make_settings({"alert_rules": rules,
-                              "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0}})  # fmt: skip
-    return build_alert_engine(store, settings, clock=clock, risk_manager_factory=factory, env={},
-                              sleep=SleepRecorder()), settings  # fmt: skip
+def build(
+    store: Store, make_settings: Any, clock: SimClock, rules: list[dict[str, Any]], factory: Any = None
+):
+    settings = make_settings(
+        {"alert_rules": rules, "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0}}
+    )
+    return build_alert_engine(
+        store, settings, clock=clock, risk_manager_factory=factory, env={}, sleep=SleepRecorder()
+    ), settings
 
 
 def test_plan_reduction_takes_the_largest_losers_first_until_the_fraction_of_gross_is_cut() -> None:
@@ -56,7 +94,10 @@ def test_plan_reduction_takes_the_largest_losers_first_until_the_fraction_of_gro
     ]
     gross = 100 * 10 + 300 * 20 + 200 * 30
     legs = plan_reduction(positions, 0.5)
-    assert [(leg["ticker"], leg["side"], leg["qty"]) for leg in legs] == [("L1", "BUY", 300), ("L2", "SELL", 17)]
+    assert [(leg["ticker"], leg["side"], leg["qty"]) for leg in legs] == [
+        ("L1", "BUY", 300),
+        ("L2", "SELL", 17),
+    ]
     cut = sum(leg["notional"] for leg in legs)
     assert 0.5 * gross <= cut < 0.5 * gross + 30.0  # at least the target, less than one more share over
     assert [leg["ticker"] for leg in plan_reduction(positions, 1.0)] == ["L1", "L2", "W"]
@@ -65,7 +106,9 @@ def test_plan_reduction_takes_the_largest_losers_first_until_the_fraction_of_gro
         plan_reduction(positions, 0.0)
 
 
-@pytest.mark.parametrize("text", ["set_state:ACTIVE", "halt", "reduce:0", "reduce:nan", "reduce:x", "sell:0.5"])
+@pytest.mark.parametrize(
+    "text", ["set_state:ACTIVE", "halt", "reduce:0", "reduce:nan", "reduce:x", "sell:0.5"]
+)
 def test_parse_action_refuses_what_an_automated_response_may_not_do(text: str) -> None:
     with pytest.raises(ValueError, match="expected 'set_state:REDUCING'"):
         parse_action(text)
@@ -84,7 +127,9 @@ def test_drawdown_beyond_the_circuit_breaker_halts_trading_audited_and_shown_as_
     audit = seeded.read_stream_json(PortfolioKeys("main").audit, count=10, newest_first=False)
     responses = [a for a in audit if a["action"] == "automated_response"]
     assert [(a["rule_id"], a["response"], a["ok"]) for a in responses] == [
-        ("drawdown_halt", "set_state:HALTED", True), ("drawdown_reduce", "set_state:REDUCING", True)]  # fmt: skip
+        ("drawdown_halt", "set_state:HALTED", True),
+        ("drawdown_reduce", "set_state:REDUCING", True),
+    ]
     assert "already HALTED" in responses[1]["summary"]  # never loosened to REDUCING
     assert [a["state"] for a in audit if a["action"] == "set_trading_state"] == ["HALTED"]
 
@@ -95,7 +140,9 @@ def test_drawdown_beyond_the_circuit_breaker_halts_trading_audited_and_shown_as_
     notified = {e["rule_id"] for e in delivered_events(engine)}
     assert {"drawdown_halt", "action:drawdown_halt", "action:drawdown_reduce"} <= notified
 
-    decision = RiskManager(seeded.client, "main", settings, clock).execute_trade("AAA", 10, "BUY", actor="trader")
+    decision = RiskManager(seeded.client, "main", settings, clock).execute_trade(
+        "AAA", 10, "BUY", actor="trader"
+    )
     assert decision["status"] == "REJECTED"
     assert "TRADING_HALTED" in [r["code"] for r in decision["reasons"]]
 
@@ -115,10 +162,14 @@ def test_margin_critical_reduces_positions_largest_losers_first_through_the_exec
     positions = seeded.read_portfolio("main").positions
     assert "AAA" not in positions and positions["BBB"].qty == 1600  # 60% of $200k: AAA (the loser), 400 BBB
     (alert,) = [a for a in engine.active_alerts("main") if a["rule_id"] == "action:margin_critical"]
-    assert alert["summary"].startswith("reduce:0.6: 2 of 2 legs filled: SELL 1000 AAA FILLED, SELL 400 BBB FILLED")
+    assert alert["summary"].startswith(
+        "reduce:0.6: 2 of 2 legs filled: SELL 1000 AAA FILLED, SELL 400 BBB FILLED"
+    )
     trades = RiskManager(seeded.client, "main", None, clock).trade_log(10)
     assert sorted(t["client_order_id"] for t in trades if t["status"] == "FILLED") == [
-        f"{alert['source_alert_id']}-0-0", f"{alert['source_alert_id']}-0-1"]  # fmt: skip
+        f"{alert['source_alert_id']}-0-0",
+        f"{alert['source_alert_id']}-0-1",
+    ]
     assert {t["actor"] for t in trades} == {"auto:margin_critical"}
 
 
@@ -126,7 +177,9 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
     seeded: Store, make_settings: Any
 ) -> None:
     clock = SimClock(T0 + 5)
-    reduce_rule = rule("cut", "var.utilization", ">=", 1.0, "CRITICAL", actions=["reduce:0.6", "set_state:REDUCING"])
+    reduce_rule = rule(
+        "cut", "var.utilization", ">=", 1.0, "CRITICAL", actions=["reduce:0.6", "set_state:REDUCING"]
+    )
     _, settings = build(seeded, make_settings, clock, [reduce_rule])
 
     class DiesAfterFirstFill:
@@ -139,8 +192,9 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
         def set_trading_state(self, state: str, reason: str, actor: str) -> Any:
             return self.rm.set_trading_state(state, reason, actor)
 
-        def execute_trade(self, ticker: str, qty: int, side: str, client_order_id: str | None = None,
-                          actor: str = "trader") -> dict[str, Any]:  # fmt: skip
+        def execute_trade(
+            self, ticker: str, qty: int, side: str, client_order_id: str | None = None, actor: str = "trader"
+        ) -> dict[str, Any]:
             result = self.rm.execute_trade(ticker, qty, side, client_order_id=client_order_id, actor=actor)
             raise Crash(f"died after {result['status']} {ticker}")
 
@@ -155,7 +209,11 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
     second.tick(clock.now + 2)
     positions = seeded.read_portfolio("main").positions
     assert positions["BBB"].qty == 1600 and "AAA" not in positions
-    fills = [t for t in RiskManager(seeded.client, "main", settings, clock).trade_log(20) if t["status"] == "FILLED"]
+    fills = [
+        t
+        for t in RiskManager(seeded.client, "main", settings, clock).trade_log(20)
+        if t["status"] == "FILLED"
+    ]
     assert sorted((t["fill"]["ticker"], t["fill"]["qty"]) for t in fills) == [("AAA", 1000), ("BBB", 400)]
     assert seeded.read_trading_state("main").state == "REDUCING"
     assert seeded.read_json_hash(Store.actions_key("main")) == {}
@@ -165,7 +223,9 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
     assert "2 of 2 legs filled" in action_alert["summary"] and "REDUCING" in action_alert["summary"]
 
 
-def test_without_a_risk_manager_the_action_is_reported_as_not_executed(store: Store, make_settings: Any) -> None:
+def test_without_a_risk_manager_the_action_is_reported_as_not_executed(
+    store: Store, make_settings: Any
+) -> None:
     clock = SimClock(T0)
     engine, _ = build(store, make_settings, clock, [DD_HALT], factory=None)
     engine.responses.factory = None  # a deployment where no RiskManager could be wired

@@ -23,13 +23,21 @@ POLICY = [
 ]
 
 
-def build(store: Store, make_settings: Any, clock: SimClock, env: dict[str, str] | None = None, **notifications: Any):
-    settings = make_settings({
-        "alert_rules": [VAR_CRIT],
-        "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0, "recipients": RECIPIENTS,
-                          **notifications},
-        "escalation": {"ack_timeout_seconds": 600, "CRITICAL": POLICY},
-    })  # fmt: skip
+def build(
+    store: Store, make_settings: Any, clock: SimClock, env: dict[str, str] | None = None, **notifications: Any
+):
+    settings = make_settings(
+        {
+            "alert_rules": [VAR_CRIT],
+            "notifications": {
+                "group_wait_seconds": 0,
+                "group_interval_seconds": 0,
+                "recipients": RECIPIENTS,
+                **notifications,
+            },
+            "escalation": {"ack_timeout_seconds": 600, "CRITICAL": POLICY},
+        }
+    )
     return build_alert_engine(store, settings, clock=clock, env=env or {}, sleep=SleepRecorder())
 
 
@@ -96,7 +104,9 @@ def test_the_resolved_message_goes_to_every_level_that_was_told(store: Store, ma
     assert rcpts == {("desk@test.local",): 2, ("boss@test.local",): 2}
 
 
-def test_an_acknowledged_alert_still_active_after_the_timeout_re_escalates(store: Store, make_settings) -> None:
+def test_an_acknowledged_alert_still_active_after_the_timeout_re_escalates(
+    store: Store, make_settings
+) -> None:
     clock = SimClock(T0 - 10)
     engine = build(store, make_settings, clock)
     run(engine, clock, 100)
@@ -156,10 +166,21 @@ def test_a_restart_in_the_middle_of_an_escalation_sends_nothing_twice_and_keeps_
 def test_escalation_settings_are_validated() -> None:
     names = {"desk"}
     with pytest.raises(ConfigError, match=r"\['nobody'\] not defined in \[notifications.recipients\]"):
-        escalation_config({"escalation": {"HIGH": [{"recipients": ["nobody"], "channels": ["email"]}]}}, names)
+        escalation_config(
+            {"escalation": {"HIGH": [{"recipients": ["nobody"], "channels": ["email"]}]}}, names
+        )
     with pytest.raises(ConfigError, match="must not decrease"):
-        escalation_config({"escalation": {"HIGH": [{"delay_seconds": 60, "channels": ["log"]},
-                                                   {"delay_seconds": 30, "channels": ["log"]}]}}, names)  # fmt: skip
+        escalation_config(
+            {
+                "escalation": {
+                    "HIGH": [
+                        {"delay_seconds": 60, "channels": ["log"]},
+                        {"delay_seconds": 30, "channels": ["log"]},
+                    ]
+                }
+            },
+            names,
+        )
     with pytest.raises(ConfigError, match="pager"):
         escalation_config({"escalation": {"HIGH": [{"recipients": ["desk"], "channels": ["pager"]}]}}, names)
     with pytest.raises(ConfigError, match="unknown setting"):

@@ -30,18 +30,38 @@ from .alerts_support import (
 )
 
 VAR_CRIT = rule("var_breach", "var.utilization", ">=", 1.0, "CRITICAL", description="VaR above its limit")
-VAR_WARN = rule("var_warning", "var.utilization", ">=", 0.8, "MEDIUM", description="VaR above 80% of its limit")
+VAR_WARN = rule(
+    "var_warning", "var.utilization", ">=", 0.8, "MEDIUM", description="VaR above 80% of its limit"
+)
 RECIPIENTS = {"desk": {"email": "desk@test.local", "sms": "+15550100001"}}
 RETRY = {"max_attempts": 3, "backoff_seconds": 1.0, "backoff_multiplier": 2.0, "max_backoff_seconds": 30.0}
 
 
-def engine_with(store: Store, make_settings: Any, env: dict[str, str], channels: list[str], *, rules=None,
-                notifications=None, **kwargs: Any):  # fmt: skip
-    notifications = {"group_wait_seconds": 0, "group_interval_seconds": 0, "retry": RETRY,
-                     "recipients": RECIPIENTS, **(notifications or {})}  # fmt: skip
+def engine_with(
+    store: Store,
+    make_settings: Any,
+    env: dict[str, str],
+    channels: list[str],
+    *,
+    rules=None,
+    notifications=None,
+    **kwargs: Any,
+):
+    notifications = {
+        "group_wait_seconds": 0,
+        "group_interval_seconds": 0,
+        "retry": RETRY,
+        "recipients": RECIPIENTS,
+        **(notifications or {}),
+    }
     level = [{"delay_seconds": 0, "recipients": ["desk"], "channels": channels}]
-    settings = make_settings({"alert_rules": rules or [VAR_CRIT], "notifications": notifications,
-                              "escalation": {"CRITICAL": level, "MEDIUM": level}})  # fmt: skip
+    settings = make_settings(
+        {
+            "alert_rules": rules or [VAR_CRIT],
+            "notifications": notifications,
+            "escalation": {"CRITICAL": level, "MEDIUM": level},
+        }
+    )
     sleep = SleepRecorder()
     clock = SimClock()
     engine = build_alert_engine(store, settings, clock=clock, env=env, sleep=sleep, **kwargs)
@@ -65,7 +85,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return attempts
 
 
-# -- email ----------------------------------------------------------------------------------------------------------
+# -- email ---------------------------------------------------------------------------------------------------
 
 
 def test_a_breach_sends_exactly_one_email_with_the_rendered_template(store: Store, make_settings) -> None:
@@ -81,8 +101,13 @@ def test_a_breach_sends_exactly_one_email_with_the_rendered_template(store: Stor
     assert "Subject: [Riskdesk CRITICAL] main: VaR above its limit" in text
     assert "Value:       112.3%" in text and "Condition:   var.utilization >= 100.0%" in text
     (record,) = engine.delivery_log("main")
-    assert (record["channel"], record["recipient"], record["address"], record["status"], record["attempts"]) == (
-        "email", "desk", "desk@test.local", "delivered", 1)  # fmt: skip
+    assert (
+        record["channel"],
+        record["recipient"],
+        record["address"],
+        record["status"],
+        record["attempts"],
+    ) == ("email", "desk", "desk@test.local", "delivered", 1)
     assert [e["kind"] for e in record["events"]] == ["triggered"]
 
 
@@ -99,7 +124,9 @@ def test_a_451_reply_is_retried_with_backoff_and_then_delivered(store: Store, ma
 
 def test_a_550_reply_is_not_retried_and_is_recorded_as_failed(store: Store, make_settings) -> None:
     with smtp_server(["550 5.1.1 mailbox unavailable"]) as (server, env):
-        engine, sleep, _ = engine_with(store, make_settings, env, ["email"], notifications={"sms_fallback": False})
+        engine, sleep, _ = engine_with(
+            store, make_settings, env, ["email"], notifications={"sms_fallback": False}
+        )
         engine.evaluate("main", snapshot(var__utilization=1.5), T0)
         engine.tick(T0)
     assert (server.attempts, server.messages, sleep.calls) == (1, [], [])
@@ -114,8 +141,9 @@ def test_with_the_smtp_server_down_a_critical_alert_falls_back_to_sms(
 ) -> None:
     env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_SECURITY": "none", **TWILIO_ENV}
     twilio = RecordingTwilioHttpClient()
-    engine, sleep, _ = engine_with(store, make_settings, env, ["email"], rules=[VAR_CRIT, VAR_WARN],
-                                   twilio_http_client=twilio)  # fmt: skip
+    engine, sleep, _ = engine_with(
+        store, make_settings, env, ["email"], rules=[VAR_CRIT, VAR_WARN], twilio_http_client=twilio
+    )
     engine.evaluate("main", snapshot(var__utilization=1.5), T0)
     engine.tick(T0)
     email, sms = sorted(engine.delivery_log("main"), key=lambda r: r["channel"])
@@ -131,7 +159,9 @@ def test_with_the_smtp_server_down_a_critical_alert_falls_back_to_sms(
 def test_a_failed_email_of_lower_severity_does_not_fall_back_to_sms(store: Store, make_settings) -> None:
     env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_SECURITY": "none", **TWILIO_ENV}
     twilio = RecordingTwilioHttpClient()
-    engine, _, _ = engine_with(store, make_settings, env, ["email"], rules=[VAR_WARN], twilio_http_client=twilio)
+    engine, _, _ = engine_with(
+        store, make_settings, env, ["email"], rules=[VAR_WARN], twilio_http_client=twilio
+    )
     engine.evaluate("main", snapshot(var__utilization=0.9), T0)
     engine.tick(T0)
     assert [r["channel"] for r in engine.delivery_log("main")] == ["email"] and twilio.requests == []
@@ -141,7 +171,9 @@ def test_email_without_smtp_configuration_is_skipped_with_the_fix_and_critical_f
     store: Store, make_settings
 ) -> None:
     twilio = RecordingTwilioHttpClient()
-    engine, _, _ = engine_with(store, make_settings, dict(TWILIO_ENV), ["log", "email"], twilio_http_client=twilio)
+    engine, _, _ = engine_with(
+        store, make_settings, dict(TWILIO_ENV), ["log", "email"], twilio_http_client=twilio
+    )
     engine.evaluate("main", snapshot(var__utilization=1.5), T0)
     engine.tick(T0)
     by_channel = {r["channel"]: r for r in engine.delivery_log("main")}
@@ -150,7 +182,7 @@ def test_email_without_smtp_configuration_is_skipped_with_the_fix_and_critical_f
     assert by_channel["sms"]["status"] == "delivered" and len(twilio.requests) == 1
 
 
-# -- SMS (the real twilio.rest.Client) ------------------------------------------------------------------------------
+# -- SMS (the real twilio.rest.Client) -----------------------------------------------------------------------
 
 
 def sms_channel(statuses: list[int]) -> tuple[SmsChannel, RecordingTwilioHttpClient]:
@@ -162,22 +194,35 @@ def sms_channel(statuses: list[int]) -> tuple[SmsChannel, RecordingTwilioHttpCli
 
 def test_twilio_request_carries_to_from_body_and_opens_no_socket(no_network: list[Any]) -> None:
     channel, client = sms_channel([201])
-    sid = channel.send("+15550100001", Message("subject", "body", "Riskdesk CRITICAL main: VaR 112%", "CRITICAL"))
+    sid = channel.send(
+        "+15550100001", Message("subject", "body", "Riskdesk CRITICAL main: VaR 112%", "CRITICAL")
+    )
     (request,) = client.requests
     assert request["method"] == "POST"
     assert request["uri"].endswith(f"/Accounts/{TWILIO_ENV['TWILIO_ACCOUNT_SID']}/Messages.json")
-    assert request["data"] == {"To": "+15550100001", "From": "+15550009999", "Body": "Riskdesk CRITICAL main: VaR 112%"}
+    assert request["data"] == {
+        "To": "+15550100001",
+        "From": "+15550009999",
+        "Body": "Riskdesk CRITICAL main: VaR 112%",
+    }
     assert request["auth"] == (TWILIO_ENV["TWILIO_ACCOUNT_SID"], TWILIO_ENV["TWILIO_AUTH_TOKEN"])
     assert sid == "SM" + "1".rjust(32, "0") and no_network == []
 
 
-def test_twilio_429_and_500_are_retried_and_400_is_not(store: Store, make_settings, no_network: list[Any]) -> None:
+def test_twilio_429_and_500_are_retried_and_400_is_not(
+    store: Store, make_settings, no_network: list[Any]
+) -> None:
     twilio = RecordingTwilioHttpClient([429, 500, 201])
     engine, sleep, _ = engine_with(store, make_settings, dict(TWILIO_ENV), ["sms"], twilio_http_client=twilio)
     engine.evaluate("main", snapshot(var__utilization=1.5), T0)
     engine.tick(T0)
     (record,) = engine.delivery_log("main")
-    assert (record["status"], record["attempts"], len(twilio.requests), sleep.calls) == ("delivered", 3, 3, [1.0, 2.0])
+    assert (record["status"], record["attempts"], len(twilio.requests), sleep.calls) == (
+        "delivered",
+        3,
+        3,
+        [1.0, 2.0],
+    )
 
     channel, client = sms_channel([400])
     with pytest.raises(PermanentDeliveryError, match="Twilio HTTP 400"):
@@ -201,7 +246,7 @@ def test_twilio_keeps_failing_transiently_then_gives_up_after_the_bounded_attemp
     assert len(client.requests) == 1
 
 
-# -- webhook --------------------------------------------------------------------------------------------------------
+# -- webhook -------------------------------------------------------------------------------------------------
 
 
 def test_webhook_posts_json_retries_429_after_retry_after_and_does_not_retry_404(
@@ -210,15 +255,18 @@ def test_webhook_posts_json_retries_429_after_retry_after_and_does_not_retry_404
     with webhook_server([429, 200, 404]) as (received, url):
         env = {"SLACK_URL": url}
         recipients = {"desk": {"webhook": "env:SLACK_URL"}}
-        engine, sleep, _ = engine_with(store, make_settings, env, ["webhook"],
-                                       notifications={"recipients": recipients})  # fmt: skip
+        engine, sleep, _ = engine_with(
+            store, make_settings, env, ["webhook"], notifications={"recipients": recipients}
+        )
         engine.evaluate("main", snapshot(var__utilization=1.5), T0)
         engine.tick(T0)
         engine.resolve("main", "var_breach", actor="alice")
         engine.tick(T0 + 1)
     assert len(received) == 3
     assert received[0]["subject"] == "[Riskdesk CRITICAL] main: VaR above its limit"
-    assert received[0]["text"].startswith("[Riskdesk CRITICAL] main") and received[0]["severity"] == "CRITICAL"
+    assert (
+        received[0]["text"].startswith("[Riskdesk CRITICAL] main") and received[0]["severity"] == "CRITICAL"
+    )
     assert [(e["kind"], e["rule_id"]) for e in received[0]["events"]] == [("triggered", "var_breach")]
     assert sleep.calls == [7.0]  # the server's Retry-After, above our 1 s backoff
     resolved, triggered = engine.delivery_log("main")
@@ -229,28 +277,41 @@ def test_webhook_posts_json_retries_429_after_retry_after_and_does_not_retry_404
 
 def test_an_unset_webhook_secret_is_skipped_naming_the_variable(store: Store, make_settings) -> None:
     recipients = {"desk": {"webhook": "env:SLACK_URL"}}
-    engine, _, _ = engine_with(store, make_settings, {}, ["webhook"], notifications={"recipients": recipients})
+    engine, _, _ = engine_with(
+        store, make_settings, {}, ["webhook"], notifications={"recipients": recipients}
+    )
     engine.evaluate("main", snapshot(var__utilization=1.5), T0)
     engine.tick(T0)
     (record,) = engine.delivery_log("main")
     assert record["status"] == "skipped" and "env:SLACK_URL is not set" in record["error"]
 
 
-# -- grouping, rate limit, delivery log -----------------------------------------------------------------------------
+# -- grouping, rate limit, delivery log ----------------------------------------------------------------------
 
 
-def test_alerts_of_one_portfolio_within_the_group_window_go_out_as_one_message(store: Store, make_settings) -> None:
-    rules = [VAR_CRIT, rule("conc", "concentration.largest_share", ">", 0.3, "CRITICAL", description="Too big"),
-             rule("lev", "leverage", ">", 2.0, "CRITICAL", description="Leverage")]  # fmt: skip
+def test_alerts_of_one_portfolio_within_the_group_window_go_out_as_one_message(
+    store: Store, make_settings
+) -> None:
+    rules = [
+        VAR_CRIT,
+        rule("conc", "concentration.largest_share", ">", 0.3, "CRITICAL", description="Too big"),
+        rule("lev", "leverage", ">", 2.0, "CRITICAL", description="Leverage"),
+    ]
     with smtp_server() as (server, env):
-        engine, _, _ = engine_with(store, make_settings, env, ["email"], rules=rules,
-                                   notifications={"group_wait_seconds": 10})  # fmt: skip
+        engine, _, _ = engine_with(
+            store, make_settings, env, ["email"], rules=rules, notifications={"group_wait_seconds": 10}
+        )
         engine.evaluate("main", snapshot(var__utilization=1.5), T0)
-        engine.evaluate("main", snapshot(now=T0 + 3, var__utilization=1.5, concentration__largest_share=0.4), T0 + 3)
+        engine.evaluate(
+            "main", snapshot(now=T0 + 3, var__utilization=1.5, concentration__largest_share=0.4), T0 + 3
+        )
         engine.tick(T0 + 9)
         assert server.messages == []
-        engine.evaluate("main", snapshot(now=T0 + 10, var__utilization=1.5, concentration__largest_share=0.4,
-                                         leverage=2.5), T0 + 10)  # fmt: skip
+        engine.evaluate(
+            "main",
+            snapshot(now=T0 + 10, var__utilization=1.5, concentration__largest_share=0.4, leverage=2.5),
+            T0 + 10,
+        )
         engine.tick(T0 + 10)
     (message,) = server.messages
     text = message.content.decode()
@@ -260,11 +321,19 @@ def test_alerts_of_one_portfolio_within_the_group_window_go_out_as_one_message(s
     assert record["event_count"] == 3
 
 
-def test_the_per_recipient_rate_limit_holds_messages_back_and_groups_them(store: Store, make_settings) -> None:
+def test_the_per_recipient_rate_limit_holds_messages_back_and_groups_them(
+    store: Store, make_settings
+) -> None:
     twitchy = {**VAR_CRIT, "clear_seconds": 0}
     with smtp_server() as (server, env):
-        engine, _, _ = engine_with(store, make_settings, env, ["email"], rules=[twitchy],
-                                   notifications={"rate_limit": {"max_messages": 2, "per_seconds": 600}})  # fmt: skip
+        engine, _, _ = engine_with(
+            store,
+            make_settings,
+            env,
+            ["email"],
+            rules=[twitchy],
+            notifications={"rate_limit": {"max_messages": 2, "per_seconds": 600}},
+        )
         for i in range(6):  # trigger, resolve, trigger, ... one per minute
             now = T0 + 60 * i
             engine.evaluate("main", snapshot(now=now, var__utilization=1.5 if i % 2 == 0 else 0.5), now)
@@ -280,8 +349,14 @@ def test_the_per_recipient_rate_limit_holds_messages_back_and_groups_them(store:
 
 
 def test_the_delivery_log_filters_by_status_channel_and_alert(store: Store, make_settings) -> None:
-    engine, _, _ = engine_with(store, make_settings, {}, ["log", "email"], rules=[VAR_CRIT, VAR_WARN],
-                               notifications={"sms_fallback": False})  # fmt: skip
+    engine, _, _ = engine_with(
+        store,
+        make_settings,
+        {},
+        ["log", "email"],
+        rules=[VAR_CRIT, VAR_WARN],
+        notifications={"sms_fallback": False},
+    )
     engine.evaluate("main", snapshot(var__utilization=1.5), T0)
     engine.tick(T0)
     assert {r["status"] for r in engine.delivery_log()} == {"delivered", "skipped"}
@@ -300,18 +375,28 @@ def test_only_one_process_flushes_at_a_time(store: Store, make_settings) -> None
     assert [r["status"] for r in engine.tick(T0 + 1)["deliveries"]] == ["delivered"]
 
 
-# -- configuration and templates ------------------------------------------------------------------------------------
+# -- configuration and templates -----------------------------------------------------------------------------
 
 
 def test_secrets_come_from_the_environment_or_a_secrets_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "smtp_password"
     secret_file.write_text("s3cret\n")
-    env = {"SMTP_HOST": "mail.example.com", "SMTP_USER": "risk@example.com", "SMTP_PASSWORD_FILE": str(secret_file),
-           "SMTP_SECURITY": "ssl"}  # fmt: skip
+    env = {
+        "SMTP_HOST": "mail.example.com",
+        "SMTP_USER": "risk@example.com",
+        "SMTP_PASSWORD_FILE": str(secret_file),
+        "SMTP_SECURITY": "ssl",
+    }
     smtp = smtp_from_env(env)
     assert smtp is not None
     assert (smtp.host, smtp.port, smtp.security, smtp.user, smtp.password, smtp.sender) == (
-        "mail.example.com", 465, "ssl", "risk@example.com", "s3cret", "risk@example.com")  # fmt: skip
+        "mail.example.com",
+        465,
+        "ssl",
+        "risk@example.com",
+        "s3cret",
+        "risk@example.com",
+    )
     assert smtp_from_env({}) is None and twilio_from_env({"TWILIO_ACCOUNT_SID": "AC1"}) is None
     with pytest.raises(ConfigError, match="SMTP_SECURITY"):
         smtp_from_env({"SMTP_HOST": "h", "SMTP_SECURITY": "tls1.0"})
@@ -328,7 +413,9 @@ def test_secrets_come_from_the_environment_or_a_secrets_file(tmp_path: Path) -> 
         ({"recipients": {"desk": {"pager": "123"}}}, r"recipients.desk: unknown setting\(s\) \['pager'\]"),
     ],
 )
-def test_bad_notification_settings_are_refused_with_a_clear_message(section: dict[str, Any], message: str) -> None:
+def test_bad_notification_settings_are_refused_with_a_clear_message(
+    section: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         notification_config({"notifications": section}, env={})
 
@@ -341,13 +428,32 @@ def test_templates_format_values_for_humans() -> None:
     assert format_metric(1.523, "ratio") == "1.52x"
     assert format_metric(45, "seconds") == "45 s" and format_metric(600, "seconds") == "10 min"
     assert format_metric(None, "money") == "n/a"
-    alert = {"alert_id": "a1", "rule_id": "dd", "severity": "HIGH", "description": "Daily drawdown beyond 3%",
-             "metric": "drawdown.daily", "op": "<=", "threshold": -0.03, "value": -0.0412, "unit": "fraction",
-             "triggered_at": T0, "resolved_at": T0 + 600, "resolved_by": "alice"}  # fmt: skip
+    alert = {
+        "alert_id": "a1",
+        "rule_id": "dd",
+        "severity": "HIGH",
+        "description": "Daily drawdown beyond 3%",
+        "metric": "drawdown.daily",
+        "op": "<=",
+        "threshold": -0.03,
+        "value": -0.0412,
+        "unit": "fraction",
+        "triggered_at": T0,
+        "resolved_at": T0 + 600,
+        "resolved_by": "alice",
+    }
     renderer = Renderer()
     for kind in ("triggered", "escalated", "acknowledged_reminder", "resolved"):
-        event = {"event_id": "e", "kind": kind, "portfolio_id": "main", "ts": T0 + 600, "level": 1,
-                 "acknowledged_by": "bob", "acknowledged_at": T0 + 60, "alert": alert}  # fmt: skip
+        event = {
+            "event_id": "e",
+            "kind": kind,
+            "portfolio_id": "main",
+            "ts": T0 + 600,
+            "level": 1,
+            "acknowledged_by": "bob",
+            "acknowledged_at": T0 + 60,
+            "alert": alert,
+        }
         subject, body, short = renderer.render_event(event)
         assert "main" in subject and "Daily drawdown beyond 3%" in subject
         assert "-4.1%" in body and "-3.0%" in body and "2023-11-14 22:13:20 UTC" in body
