@@ -5,16 +5,16 @@ A feed is any iterable of :class:`Bar` (a timestamp and a price per ticker). The
 next: a feed may block (a socket read) and need not buffer. Three feeds ship:
 
 - :class:`SimulatedFeed`: correlated geometric Brownian motion from the settings' volatilities and
-  correlation, seedable, with scheduled shocks (``AAA:-0.08@100``: AAA drops 8% at the 100th bar) and volatility
-  regime changes (``2.0@150``: every volatility doubles from the 150th bar), to exercise alerts and circuit
-  breakers on demand;
+  correlation, seedable, with scheduled shocks (``AAA:-0.08@100``: AAA drops 8% at the 100th bar) and
+  volatility regime changes (``2.0@150``: every volatility doubles from the 150th bar), to exercise alerts
+  and circuit breakers on demand;
 - :class:`ReplayFeed`: plays a CSV file of bars (wide or long, see its docstring for the validation rules);
 - :class:`IterableFeed`: wraps any iterable of bars (tests, scripts).
 
 Adding a broker or exchange feed
 --------------------------------
-Write a class with a ``name`` attribute and an ``__iter__`` that yields :class:`Bar` objects, one per model bar
-(one minute: aggregate trades or quotes into a last price per bar yourself), e.g. a websocket client that
+Write a class with a ``name`` attribute and an ``__iter__`` that yields :class:`Bar` objects, one per model
+bar (one minute: aggregate trades or quotes into a last price per bar yourself), e.g. a websocket client that
 buffers ticks and yields ``Bar(ts=bar_close_epoch, prices={"AAPL": 190.12, ...})`` at each minute close. A
 ticker missing from a bar keeps its last price (its return for that bar is zero). Yield every ticker symbol
 exactly as it is in the store (``riskdesk.toml`` / ``warmup.py --add-ticker``): the daemon rejects and counts
@@ -79,7 +79,7 @@ class UniverseAware(Protocol):
     ) -> None: ...
 
 
-# -- simulated feed --------------------------------------------------------------------------------------------
+# -- simulated feed ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -162,9 +162,9 @@ class SimulatedFeed:
 
     Notes
     -----
-    ``log(S_t / S_{t-1}) = m σ_i (L z)_i - (m σ_i)² / 2`` with ``L Lᵀ = R`` (the constant correlation matrix),
-    ``z ~ N(0, I)`` and ``m`` the regime multiplier; a shock multiplies the price by ``1 + r`` afterwards.
-    The drift term makes each price a martingale.
+    ``log(S_t / S_{t-1}) = m σ_i (L z)_i - (m σ_i)² / 2`` with ``L Lᵀ = R`` (the constant correlation
+    matrix), ``z ~ N(0, I)`` and ``m`` the regime multiplier; a shock multiplies the price by ``1 + r``
+    afterwards. The drift term makes each price a martingale.
     """
 
     name = "sim"
@@ -190,7 +190,9 @@ class SimulatedFeed:
         self.max_bars = bars
         self.bar_index = 0
         """Bars yielded so far."""
-        self._set_universe(list(tickers), np.asarray(prices, dtype=float), np.asarray(vols_per_bar, dtype=float))
+        self._set_universe(
+            list(tickers), np.asarray(prices, dtype=float), np.asarray(vols_per_bar, dtype=float)
+        )
 
     @classmethod
     def from_settings(
@@ -212,7 +214,8 @@ class SimulatedFeed:
         if vols_per_bar is None:
             vols_per_bar = [assets[t].annual_vol / per_year for t in tickers]
         seed = settings.stream.seed if seed is None else seed
-        return cls(tickers, prices, vols_per_bar, settings.universe.correlation, seed=seed, **kwargs)  # type: ignore[arg-type]
+        rho = settings.universe.correlation
+        return cls(tickers, prices, vols_per_bar, rho, seed=seed, **kwargs)  # type: ignore[arg-type]
 
     def _set_universe(self, tickers: list[str], prices: np.ndarray, vols: np.ndarray) -> None:
         n = len(tickers)
@@ -232,13 +235,17 @@ class SimulatedFeed:
             corr = math_logic.covariance_from_vols_and_correlation(np.ones(n), self.correlation)
             chol = np.linalg.cholesky(corr) if n else np.zeros((0, 0))
         except (ValueError, np.linalg.LinAlgError) as exc:
-            raise FeedError(f"simulated feed: correlation {self.correlation} is not usable for {n} tickers") from exc
+            raise FeedError(
+                f"simulated feed: correlation {self.correlation} is not usable for {n} tickers"
+            ) from exc
         self.tickers = tickers
         self.prices = prices.copy()
         self.vols = vols.copy()
         self._chol = chol
 
-    def sync_universe(self, tickers: Sequence[str], prices: Sequence[float], vols_per_bar: Sequence[float]) -> None:
+    def sync_universe(
+        self, tickers: Sequence[str], prices: Sequence[float], vols_per_bar: Sequence[float]
+    ) -> None:
         """Continue from the store's prices; tickers new to the feed get the store's volatility."""
         known = dict(zip(self.tickers, self.vols.tolist(), strict=True))
         vols = np.array([known.get(t, v) for t, v in zip(tickers, vols_per_bar, strict=True)], dtype=float)
@@ -275,7 +282,7 @@ class SimulatedFeed:
             yield self.step()
 
 
-# -- replay feed -----------------------------------------------------------------------------------------------
+# -- replay feed ---------------------------------------------------------------------------------------------
 
 _DATE_COLUMNS = ("date", "datetime", "timestamp", "time")
 _TICKER_COLUMNS = ("ticker", "symbol")
@@ -290,7 +297,7 @@ class ReplayStats:
     rows: int = 0
     bars: int = 0
     skipped_cells: int = 0
-    """Prices that were not a number, not finite or not positive: skipped (the ticker has no price that bar)."""
+    """Prices not a number, not finite or not positive: skipped (no price for that ticker and bar)."""
     missing_cells: int = 0
     """Empty cells (wide) or tickers absent from a date (long): gaps, the last price carries on."""
     empty_bars: int = 0
@@ -334,7 +341,12 @@ class ReplayFeed:
         self.stats = ReplayStats()
         self.bars: list[Bar] = self._read()
         self.stats.bars = len(self.bars)
-        if self.stats.skipped_cells or self.stats.missing_cells or self.stats.empty_bars or self.stats.time_gaps:
+        if (
+            self.stats.skipped_cells
+            or self.stats.missing_cells
+            or self.stats.empty_bars
+            or self.stats.time_gaps
+        ):
             log.warning(
                 "replay %s: %d bars; skipped %d bad prices, %d empty cells, %d empty bars, %d time gaps%s",
                 self.path, self.stats.bars, self.stats.skipped_cells, self.stats.missing_cells,
@@ -356,7 +368,9 @@ class ReplayFeed:
     def _read(self) -> list[Bar]:
         try:
             with self.path.open(newline="", encoding="utf-8-sig") as fh:
-                rows = [(i, row) for i, row in enumerate(csv.reader(fh), start=1) if any(c.strip() for c in row)]
+                rows = [
+                    (i, row) for i, row in enumerate(csv.reader(fh), start=1) if any(c.strip() for c in row)
+                ]
         except FileNotFoundError:
             raise self._error(None, "file not found") from None
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -378,7 +392,9 @@ class ReplayFeed:
         price_cols = [i for i, h in enumerate(lower) if h in _PRICE_COLUMNS]
         if ticker_cols or price_cols:
             if len(header) != 3 or len(ticker_cols) != 1 or len(price_cols) != 1:
-                raise self._error(rows[0][0], f"long format needs exactly date,ticker,close columns, got {header}")
+                raise self._error(
+                    rows[0][0], f"long format needs exactly date,ticker,close columns, got {header}"
+                )
             bars = self._read_long(data, date_cols[0], ticker_cols[0], price_cols[0], len(header))
         else:
             bars = self._read_wide(data, header, date_cols[0], rows[0][0])
@@ -428,10 +444,14 @@ class ReplayFeed:
             return price
         self.stats.skipped_cells += 1
         if len(self.stats.problems) < _MAX_LOGGED_PROBLEMS:
-            self.stats.problems.append(f"{self.path}:{line}: {ticker} price {text!r} is not a positive number")
+            self.stats.problems.append(
+                f"{self.path}:{line}: {ticker} price {text!r} is not a positive number"
+            )
         return None
 
-    def _read_wide(self, data: list[tuple[int, list[str]]], header: list[str], date_col: int, hline: int) -> list[Bar]:
+    def _read_wide(
+        self, data: list[tuple[int, list[str]]], header: list[str], date_col: int, hline: int
+    ) -> list[Bar]:
         tickers = [h for i, h in enumerate(header) if i != date_col]
         if not tickers:
             raise self._error(hline, "wide format needs one price column per ticker after the date")
@@ -474,7 +494,9 @@ class ReplayFeed:
             if not groups or ts > groups[-1][0]:
                 groups.append((ts, {}, set()))
             elif ts < groups[-1][0]:
-                raise self._error(line, "dates must not go backwards (rows of one date together, dates in order)")
+                raise self._error(
+                    line, "dates must not go backwards (rows of one date together, dates in order)"
+                )
             _, prices, named = groups[-1]
             if ticker in named:
                 raise self._error(line, f"{ticker} appears twice for the same date")
@@ -498,13 +520,15 @@ class ReplayFeed:
             self.stats.time_gaps = sum(1 for s in steps if s > 1.5 * usual)
 
 
-# -- any iterable ----------------------------------------------------------------------------------------------
+# -- any iterable --------------------------------------------------------------------------------------------
 
 
 class IterableFeed:
     """Wrap any iterable of bars (or of ``(ts, prices)`` pairs)."""
 
-    def __init__(self, bars: Iterable[Bar | tuple[float, Mapping[str, float]]], name: str = "iterable") -> None:
+    def __init__(
+        self, bars: Iterable[Bar | tuple[float, Mapping[str, float]]], name: str = "iterable"
+    ) -> None:
         self._bars = bars
         self.name = name
 

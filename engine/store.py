@@ -629,7 +629,7 @@ class Store:
         """Append a tick event to :data:`TICKS_KEY`, bounded by ``MAXLEN ~ maxlen``.
 
         ``tickers_json`` is the caller's cached ``encode_json(list(event.tickers))`` (it changes rarely)."""
-        fields = event.to_fields(tickers_json)
+        fields: dict[Any, Any] = event.to_fields(tickers_json)
         (pipe or self.client).xadd(TICKS_KEY, fields, maxlen=maxlen, approximate=True)
 
     def read_ticks(
@@ -637,7 +637,9 @@ class Store:
     ) -> list[TickEvent]:
         """Tick events of the stream (oldest first unless ``newest_first``); for tests and the dashboard."""
         c = conn or self.client
-        entries = c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
+        entries: Any = (
+            c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
+        )
         return [TickEvent.from_fields(entry_id, fields) for entry_id, fields in entries]
 
     def last_tick(self, conn: Conn = None) -> TickEvent | None:
@@ -673,7 +675,7 @@ class Store:
         or does not decode (the caller acknowledges and skips it).
         """
         start = "0" if pending else ">"
-        raw = self.client.xreadgroup(group, consumer, {TICKS_KEY: start}, count=count, block=block_ms)
+        raw: Any = self.client.xreadgroup(group, consumer, {TICKS_KEY: start}, count=count, block=block_ms)
         return _decode_tick_entries(raw[0][1] if raw else [])
 
     def claim_stale_ticks(
@@ -936,10 +938,9 @@ return id
         lo = "-" if start_ts is None else str(max(0, int(start_ts * 1000)))
         hi = "+" if end_ts is None else str(max(0, int(end_ts * 1000)))
         c = conn or self.client
-        if newest_first:
-            entries = c.xrevrange(key, hi, lo, count=count)
-        else:
-            entries = c.xrange(key, lo, hi, count=count)
+        entries: Any = (
+            c.xrevrange(key, hi, lo, count=count) if newest_first else c.xrange(key, lo, hi, count=count)
+        )
         out = []
         for entry_id, fields in entries:
             point: dict[str, Any] = {"id": decode_str(entry_id, key=key)}

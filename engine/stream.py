@@ -93,7 +93,7 @@ class DaemonStats:
     prices_rejected: int = 0
     """Single prices refused (unknown ticker, not a number, NaN, inf, <= 0)."""
     reloads: int = 0
-    """Times the state was reloaded from the store (start, version written by someone else, after an outage)."""
+    """Times the state was reloaded from the store (start, a version written by another, after an outage)."""
     store_errors: int = 0
     """Failed write attempts (Redis down, store not usable)."""
     last_latency_ms: float = 0.0
@@ -211,7 +211,9 @@ class StreamDaemon:
             try:
                 if not self._synced:
                     if self._in_flight == token and self._committed(token):
-                        log.info("bar %s was committed before the connection broke: not writing it again", token)
+                        log.info(
+                            "bar %s was committed before the connection broke: not writing it again", token
+                        )
                         self._in_flight = None
                         self._load()
                         self._count_written(started)
@@ -267,7 +269,7 @@ class StreamDaemon:
                  ", universe changed" if changed else "")  # fmt: skip
 
     def validate(self, bar: Bar, now: float) -> _Step:
-        """Check every price of ``bar`` against the loaded universe and compute the returns (no side effect)."""
+        """Check every price of ``bar`` against the loaded universe and compute the returns (pure)."""
         prices = self.prices.copy()
         price_ts = self.price_ts.copy()
         accepted: list[int] = []
@@ -291,7 +293,9 @@ class StreamDaemon:
         returns: Float64Array | None = None
         if not bar.reset:
             returns = np.zeros(len(self.tickers))
-            idx = np.array([i for i in accepted if math.isfinite(self.prices[i]) and self.prices[i] > 0], dtype=int)
+            idx = np.array(
+                [i for i in accepted if math.isfinite(self.prices[i]) and self.prices[i] > 0], dtype=int
+            )
             if idx.size:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
         return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
@@ -301,12 +305,16 @@ class StreamDaemon:
             pipe.watch(MARKET_KEY)
             stored = self.store.read_market_version(pipe)
             if stored != self.version:
-                log.info("store holds market version %s, this daemon wrote %s: reloading", stored, self.version)
+                log.info(
+                    "store holds market version %s, this daemon wrote %s: reloading", stored, self.version
+                )
                 self._load(pipe)
             now = self.clock()
             step = self.validate(bar, now)
             if step.rejected:
-                log.warning("bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected))
+                log.warning(
+                    "bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected)
+                )
                 self.stats.rejections = (self.stats.rejections + list(step.rejected))[-50:]
             if step.accepted == 0:
                 self.stats.bars_rejected += 1
@@ -318,9 +326,16 @@ class StreamDaemon:
             # The matrix is updated in place: until EXEC succeeds the store, not this copy, is the truth.
             self._synced = False
             if step.returns is not None:
-                math_logic.update_covariance_ewma(self.cov, step.returns, self.decay, validate=self._validate_next)
+                math_logic.update_covariance_ewma(
+                    self.cov, step.returns, self.decay, validate=self._validate_next
+                )
             snap = MarketSnapshot(
-                version=version, ts=now, tickers=self.tickers, prices=step.prices, price_ts=step.price_ts, cov=self.cov
+                version=version,
+                ts=now,
+                tickers=self.tickers,
+                prices=step.prices,
+                price_ts=step.price_ts,
+                cov=self.cov,
             )
             event = TickEvent(
                 version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
@@ -365,12 +380,14 @@ class StreamDaemon:
 
     def _write_heartbeat_best_effort(self, now: float) -> None:
         try:
-            self.store.write_heartbeat(HEARTBEAT_COMPONENT, self._heartbeat(now, self.version, self.stats.bars_written))
+            self.store.write_heartbeat(
+                HEARTBEAT_COMPONENT, self._heartbeat(now, self.version, self.stats.bars_written)
+            )
         except redis.RedisError as exc:
             log.debug("heartbeat not written: %s", exc)
 
 
-# -- command line ----------------------------------------------------------------------------------------------
+# -- command line --------------------------------------------------------------------------------------------
 
 FeedBuilder = Callable[[argparse.Namespace, Settings, Store], Feed]
 
@@ -380,7 +397,10 @@ def _sim_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Fee
     assets = settings.universe.assets
     per_year = math.sqrt(settings.model.bars_per_year)
     stored_vols = np.sqrt(np.clip(np.diagonal(snap.cov), 0.0, None))
-    vols = [assets[t].annual_vol / per_year if t in assets else float(stored_vols[i]) for i, t in enumerate(snap.tickers)]
+    vols = [
+        assets[t].annual_vol / per_year if t in assets else float(stored_vols[i])
+        for i, t in enumerate(snap.tickers)
+    ]
     prices = [
         float(p) if math.isfinite(p) and p > 0 else (assets[t].price if t in assets else 1.0)
         for t, p in zip(snap.tickers, snap.prices, strict=True)
@@ -408,16 +428,32 @@ FEEDS: dict[str, FeedBuilder] = {"sim": _sim_feed, "replay": _replay_feed}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.stream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--feed", choices=sorted(FEEDS), default="sim", help="where bars come from (default sim)")
+    parser.add_argument(
+        "--feed", choices=sorted(FEEDS), default="sim", help="where bars come from (default sim)"
+    )
     parser.add_argument("--file", help="CSV of bars for --feed replay (wide or long, see engine/feeds.py)")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="wall seconds per one-minute model bar (default: model.bar_interval_seconds)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="wall seconds per one-minute model bar (default: model.bar_interval_seconds)",
+    )
     parser.add_argument("--ticks", type=int, default=None, help="stop after reading N bars")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the simulated feed")
-    parser.add_argument("--shock", action="append", default=[], metavar="TICKER:RETURN@BAR",
-                        help="simulated shock, e.g. AAA:-0.08@100 (repeatable; * = every ticker)")
-    parser.add_argument("--vol-regime", action="append", default=[], metavar="MULTIPLIER@BAR",
-                        help="simulated volatility regime change, e.g. 2.0@150 (repeatable)")
+    parser.add_argument(
+        "--shock",
+        action="append",
+        default=[],
+        metavar="TICKER:RETURN@BAR",
+        help="simulated shock, e.g. AAA:-0.08@100 (repeatable; * = every ticker)",
+    )
+    parser.add_argument(
+        "--vol-regime",
+        action="append",
+        default=[],
+        metavar="MULTIPLIER@BAR",
+        help="simulated volatility regime change, e.g. 2.0@150 (repeatable)",
+    )
     parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser  # fmt: skip

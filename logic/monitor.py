@@ -5,12 +5,13 @@ it as the latest snapshot and appends it to the portfolio's history, then hands 
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream.
 Each tick event is delivered to exactly one of them, and that monitor computes ALL portfolios for that tick.
-Two monitors therefore split the ticks, not the portfolios; per-portfolio state they both update (equity peaks,
-MFE/MAE marks, latest snapshot) is merged atomically in Redis (max/min merges, "replace only if not older"),
-so ticks finishing out of order do no harm. A tick is acknowledged in the same MULTI/EXEC that writes its
-snapshots and history points, so it is recorded exactly once; a monitor that stops (or crashes) before that
-leaves it pending: on restart the monitor first processes its own pending entries, then new ones, and entries
-left pending by a monitor that never came back are claimed by a live one after ``--claim-idle`` seconds.
+Two monitors therefore split the ticks, not the portfolios; per-portfolio state they both update (equity
+peaks, MFE/MAE marks, latest snapshot) is merged atomically in Redis (max/min merges, "replace only if not
+older"), so ticks finishing out of order do no harm. A tick is acknowledged in the same MULTI/EXEC that writes
+its snapshots and history points, so it is recorded exactly once; a monitor that stops (or crashes) before
+that leaves it pending: on restart the monitor first processes its own pending entries, then new ones, and
+entries left pending by a monitor that never came back are claimed by a live one after ``--claim-idle``
+seconds.
 
 Per tick: one MULTI read of every portfolio (state, positions, trading state); valuation at the tick's prices
 (published in the tick event); the covariance matrix read once per market version and cached (a lagging
@@ -224,8 +225,8 @@ class Monitor:
         log.info(
             "monitor %s stopped: processed %d ticks, %d idle refreshes, %d snapshots, %d skipped entries, "
             "%d portfolio errors, %d alert errors", self.consumer, self.stats.ticks_processed,
-            self.stats.refreshes, self.stats.snapshots, self.stats.entries_skipped, self.stats.portfolio_errors,
-            self.stats.alert_errors,
+            self.stats.refreshes, self.stats.snapshots, self.stats.entries_skipped,
+            self.stats.portfolio_errors, self.stats.alert_errors,
         )  # fmt: skip
         return self.stats
 
@@ -356,7 +357,9 @@ class Monitor:
             stressed = old.stressed
         else:
             stressed = self._aligned_stressed(snap.tickers, snap.cov)
-        self._matrices = _Matrices(snap.version, snap.ts, snap.tickers, snap.cov, stressed, stressed_version, {})
+        self._matrices = _Matrices(
+            snap.version, snap.ts, snap.tickers, snap.cov, stressed, stressed_version, {}
+        )
         return self._matrices
 
     def _aligned_stressed(self, tickers: tuple[str, ...], cov: Float64Array) -> Float64Array:
@@ -372,7 +375,9 @@ class Monitor:
         if all(t in index for t in tickers):
             idx = np.array([index[t] for t in tickers], dtype=int)
             return stressed[np.ix_(idx, idx)]
-        self._report_once("stressed-cover", "stressed matrix does not cover the universe: rebuilt from the EWMA one")
+        self._report_once(
+            "stressed-cover", "stressed matrix does not cover the universe: rebuilt from the EWMA one"
+        )
         return math_logic.build_stressed_covariance(
             cov, model.stress_vol_multiplier, model.stress_correlation_floor, validate=False
         )
@@ -438,7 +443,9 @@ class Monitor:
         if ack is not None:
             self.store.ack_ticks(self.group, [ack], tx)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
+        heartbeat = self._heartbeat(
+            now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick
+        )
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
         tx.execute()
         self._last_heartbeat = time.monotonic()
@@ -497,14 +504,14 @@ class Monitor:
             self._last_heartbeat = time.monotonic()
 
 
-# -- command line ----------------------------------------------------------------------------------------------
+# -- command line --------------------------------------------------------------------------------------------
 
 
 def make_alert_engine(store: Store, settings: Settings, clock: Clock) -> AlertEvaluator | None:
     """The object evaluating alert rules on each snapshot, or None (no alerts).
 
-    Extension point for logic/alerts.py: build its AlertEngine here (it gets the same store, settings and clock
-    as the monitor).
+    Extension point for logic/alerts.py: build its AlertEngine here (it gets the same store, settings and
+    clock as the monitor).
     """
     return None
 
@@ -513,10 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m logic.monitor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--consumer", help="name in the consumer group (default: <host>-<pid>)")
     parser.add_argument("--ticks", type=int, default=None, help="stop after processing N ticks")
-    parser.add_argument("--idle-refresh", type=float, default=DEFAULT_IDLE_REFRESH_SECONDS, metavar="SECONDS",
-                        help="snapshot from the stored market after this long without a tick (0: never)")
-    parser.add_argument("--claim-idle", type=float, default=DEFAULT_CLAIM_IDLE_SECONDS, metavar="SECONDS",
-                        help="take over ticks another monitor left unacknowledged this long")
+    parser.add_argument(
+        "--idle-refresh",
+        type=float,
+        default=DEFAULT_IDLE_REFRESH_SECONDS,
+        metavar="SECONDS",
+        help="snapshot from the stored market after this long without a tick (0: never)",
+    )
+    parser.add_argument(
+        "--claim-idle",
+        type=float,
+        default=DEFAULT_CLAIM_IDLE_SECONDS,
+        metavar="SECONDS",
+        help="take over ticks another monitor left unacknowledged this long",
+    )
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="tick events read at a time")
     parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -541,8 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_retry(Retry(NoBackoff(), 0))
         store = Store(client)
         monitor = Monitor(
-            store, settings, alert_engine=make_alert_engine(store, settings, time.time), consumer=args.consumer,
-            batch_size=max(1, args.batch), claim_idle_seconds=args.claim_idle,
+            store, settings, alert_engine=make_alert_engine(store, settings, time.time),
+            consumer=args.consumer, batch_size=max(1, args.batch), claim_idle_seconds=args.claim_idle,
             idle_refresh_seconds=args.idle_refresh, stop_event=stop,
         )  # fmt: skip
     except RiskdeskError as exc:

@@ -15,15 +15,16 @@ Schema (read by the alert rules as dotted paths, and by the dashboard)::
     margin        {level, used, maintenance}                level null for a cash account
     data          {market_age_seconds, missing_prices}
     trading_state "ACTIVE" | "REDUCING" | "HALTED"
-    positions     [{ticker, qty, avg_price, last, market_value, weight, unrealized_pnl, realized_pnl, mfe, mae}]
+    positions     [{ticker, qty, avg_price, last, market_value, weight, unrealized_pnl, realized_pnl,
+                    mfe, mae}]
 
 Definitions:
 
-- VaR / CVaR: parametric, one day = ``settings.model.bars_per_day`` one-bar horizons, from the EWMA matrix of the
-  market snapshot; ``stressed_var99`` from the stressed (crisis) matrix. Computed on dollar exposures
+- VaR / CVaR: parametric, one day = ``settings.model.bars_per_day`` one-bar horizons, from the EWMA matrix of
+  the market snapshot; ``stressed_var99`` from the stressed (crisis) matrix. Computed on dollar exposures
   (``math_logic`` with ``portfolio_value=1``) so a book with equity <= 0 still shows its risk.
-  ``var.limit`` is the portfolio's VaR limit, ``var.confidence`` its confidence, and ``var.utilization`` the VaR
-  at that confidence and the limit's horizon (``var_horizon_days``) divided by the limit.
+  ``var.limit`` is the portfolio's VaR limit, ``var.confidence`` its confidence, and ``var.utilization`` the
+  VaR at that confidence and the limit's horizon (``var_horizon_days``) divided by the limit.
 - ``pnl.unrealized`` sums positions with a usable price; ``pnl.realized`` is the portfolio's realized P&L;
   ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity (the last equity seen before
   the day started, see ``Store.update_peaks``).
@@ -48,6 +49,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -59,7 +61,8 @@ from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, Por
 from logic.valuation import Valuation
 
 HISTORY_FIELDS: tuple[str, ...] = (
-    "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure", "net_exposure", "leverage",
+    "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure", "net_exposure",
+    "leverage",
     "pnl.unrealized", "pnl.realized", "pnl.daily", "pnl.total",
     "var.var95", "var.var99", "var.cvar95", "var.cvar99", "var.stressed_var99", "var.utilization",
     "drawdown.daily", "drawdown.weekly", "drawdown.max",
@@ -68,7 +71,7 @@ HISTORY_FIELDS: tuple[str, ...] = (
 """The snapshot metrics kept in the history stream, one field each (dotted paths as in alert rules)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MarketView:
     """Prices of one tick with the matrices to measure risk with, all aligned with ``header.tickers``."""
 
@@ -78,12 +81,17 @@ class MarketView:
     stressed: Float64Array
     """The crisis covariance (stressed VaR)."""
 
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Ticker -> position in the arrays (built once per tick, shared by every portfolio)."""
+        return {t: i for i, t in enumerate(self.header.tickers)}
+
 
 def period_ids(now: float, tz: ZoneInfo, reset_hour: int) -> tuple[str, str]:
     """Ids of the drawdown day and week containing ``now``: ISO dates of the day and of its week's Monday.
 
-    A day starts at ``reset_hour`` local time in ``tz`` (wall clock, so DST shifts follow the local hour); a week
-    starts on Monday at that hour.
+    A day starts at ``reset_hour`` local time in ``tz`` (wall clock, so DST shifts follow the local hour); a
+    week starts on Monday at that hour.
     """
     local = datetime.fromtimestamp(now, tz) - timedelta(hours=reset_hour)
     day = local.date()
@@ -167,7 +175,7 @@ def build_snapshot(
         largest_share = abs(float(exposures[largest_i])) / equity
     margin = valuation.account_type == "margin"
 
-    index = {t: i for i, t in enumerate(header.tickers)}
+    index = market.index
     weights = valuation.weights
     positions = []
     for ticker in sorted(state.positions):
@@ -179,9 +187,9 @@ def build_snapshot(
             "ticker": ticker,
             "qty": int(pos.qty),
             "avg_price": float(pos.avg_price),
-            "last": _f(header.prices[i]) if priced else None,
+            "last": _f(float(header.prices[i])) if priced else None,
             "market_value": float(exposures[i]) if priced else 0.0,
-            "weight": _f(weights[i]) if priced else 0.0,
+            "weight": _f(float(weights[i])) if priced else 0.0,
             "unrealized_pnl": float(unrealized[i]) if priced else 0.0,
             "realized_pnl": float(pos.realized_pnl),
             "mfe": mark.mfe if mark is not None and pos.qty != 0 else 0.0,

@@ -1,4 +1,4 @@
-"""engine/feeds.py: the simulated GBM feed (statistics, shocks, regimes), the CSV replay and its validation."""
+"""engine/feeds.py: the simulated GBM feed (statistics, shocks, regimes), the CSV replay, its validation."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _log_returns(start: np.ndarray, prices: np.ndarray) -> np.ndarray:
     return np.diff(np.log(np.vstack([start, prices])), axis=0)
 
 
-# -- simulated feed --------------------------------------------------------------------------------------------
+# -- simulated feed ------------------------------------------------------------------------------------------
 
 
 def test_simulated_feed_with_the_same_seed_yields_the_same_bars(settings: Settings) -> None:
@@ -134,7 +134,7 @@ def test_constant_correlation_that_is_not_positive_definite_is_refused() -> None
         SimulatedFeed(list(TICKERS), [1.0] * 4, [0.01] * 4, correlation=-0.5)
 
 
-# -- replay feed -----------------------------------------------------------------------------------------------
+# -- replay feed ---------------------------------------------------------------------------------------------
 
 
 def _csv(tmp_path: Path, text: str) -> Path:
@@ -173,7 +173,11 @@ def test_long_replay_groups_rows_by_date_and_counts_missing_tickers(tmp_path: Pa
                           "2024-01-04,BBB,52\n2024-01-04,AAA,99\n")  # fmt: skip
     feed = ReplayFeed(path, universe=TICKERS)
     bars = list(feed)
-    assert [b.prices for b in bars] == [{"AAA": 100.0, "BBB": 50.0}, {"AAA": 101.0}, {"AAA": 99.0, "BBB": 52.0}]
+    assert [b.prices for b in bars] == [
+        {"AAA": 100.0, "BBB": 50.0},
+        {"AAA": 101.0},
+        {"AAA": 99.0, "BBB": 52.0},
+    ]
     assert feed.stats.missing_cells == 1
     assert bars[0].reset and not bars[1].reset
 

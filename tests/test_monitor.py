@@ -28,7 +28,7 @@ from engine.stream import StreamDaemon
 from logic.monitor import Monitor
 from logic.snapshot import HISTORY_FIELDS, period_ids
 
-from .test_stream import daemon_env, history_versions, spawn, stop_process, wait_for, write_config
+from .test_stream import daemon_env, history_versions, spawn, wait_for, write_config
 
 WEDNESDAY = datetime(2024, 3, 6, 15, 0, tzinfo=UTC).timestamp()
 DAY = 86_400.0
@@ -43,7 +43,9 @@ class Clock:
         return self.t
 
 
-def _tick(store: Store, settings: Settings, clock: Clock, prices: Mapping[str, float], monitor: Monitor) -> None:
+def _tick(
+    store: Store, settings: Settings, clock: Clock, prices: Mapping[str, float], monitor: Monitor
+) -> None:
     """Write one bar at ``clock`` and let the monitor process it."""
     StreamDaemon(store, settings, IterableFeed([Bar(clock.t, dict(prices))]), clock=clock, interval=0).run()
     monitor.process_available()
@@ -59,7 +61,7 @@ def _snapshot(store: Store, pid: str) -> dict[str, Any]:
     return snap
 
 
-# -- snapshot numbers ------------------------------------------------------------------------------------------
+# -- snapshot numbers ----------------------------------------------------------------------------------------
 
 
 def test_snapshot_figures_match_closed_forms_computed_here(seeded_store: Store, settings: Settings) -> None:
@@ -105,7 +107,9 @@ def test_snapshot_figures_match_closed_forms_computed_here(seeded_store: Store, 
         assert snap["var"]["var99"] == pytest.approx(z99 * sigma * day, rel=1e-9)
         assert snap["var"]["cvar95"] == pytest.approx(sigma * stats.norm.pdf(z95) / 0.05 * day, rel=1e-9)
         assert snap["var"]["cvar99"] == pytest.approx(sigma * stats.norm.pdf(z99) / 0.01 * day, rel=1e-9)
-        assert snap["var"]["stressed_var99"] == pytest.approx(z99 * math.sqrt(mv @ stressed @ mv) * day, rel=1e-9)
+        assert snap["var"]["stressed_var99"] == pytest.approx(
+            z99 * math.sqrt(mv @ stressed @ mv) * day, rel=1e-9
+        )
         assert snap["var"]["utilization"] == pytest.approx(z95 * sigma * day / 20_000, rel=1e-9)
         assert (snap["var"]["limit"], snap["var"]["confidence"]) == (20_000.0, 0.95)
         shares = np.abs(mv) / np.abs(mv).sum()
@@ -140,8 +144,8 @@ def test_snapshot_has_exactly_the_contract_keys(seeded_store: Store, settings: S
     snap = _snapshot(seeded_store, "main")
     assert set(snap) == {
         "portfolio_id", "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure",
-        "net_exposure", "leverage", "pnl", "var", "drawdown", "concentration", "margin", "data", "trading_state",
-        "positions",
+        "net_exposure", "leverage", "pnl", "var", "drawdown", "concentration", "margin", "data",
+        "trading_state", "positions",
     }  # fmt: skip
     assert set(snap["pnl"]) == {"unrealized", "realized", "daily", "total"}
     assert set(snap["var"]) == {"var95", "var99", "cvar95", "cvar99", "stressed_var99", "limit", "confidence",
@@ -204,7 +208,9 @@ def test_daily_and_weekly_drawdowns_reset_at_the_configured_day_and_on_monday(
         (datetime(2024, 3, 10, 23, 59), 0, "2024-03-10", "2024-03-04"),
     ],
 )
-def test_period_ids_follow_the_local_reset_hour_and_monday_weeks(local: datetime, hour: int, day: str, week: str) -> None:
+def test_period_ids_follow_the_local_reset_hour_and_monday_weeks(
+    local: datetime, hour: int, day: str, week: str
+) -> None:
     tz = ZoneInfo("America/New_York")
     assert period_ids(local.replace(tzinfo=tz).timestamp(), tz, hour) == (day, week)
 
@@ -234,7 +240,9 @@ def test_mfe_and_mae_follow_the_position_and_restart_when_it_flips_or_closes(
     assert [(p["ticker"], p["mfe"], p["mae"]) for p in positions] == [("CCC", pytest.approx(500.0), 0.0)]
 
 
-def test_held_ticker_without_a_price_is_listed_and_valued_at_zero(seeded_store: Store, settings: Settings) -> None:
+def test_held_ticker_without_a_price_is_listed_and_valued_at_zero(
+    seeded_store: Store, settings: Settings
+) -> None:
     seeded_store.write_position("main", "ZZZ", Position(qty=10, avg_price=Decimal("5")))
     monitor = Monitor(seeded_store, settings)
     _sim_ticks(seeded_store, settings, 1)
@@ -258,10 +266,12 @@ def test_a_portfolio_that_does_not_decode_is_skipped_and_the_others_go_on(
     assert seeded_store.tick_group_pending() == 0
 
 
-# -- history ---------------------------------------------------------------------------------------------------
+# -- history -------------------------------------------------------------------------------------------------
 
 
-def test_history_has_one_point_per_tick_even_within_one_millisecond(seeded_store: Store, settings: Settings) -> None:
+def test_history_has_one_point_per_tick_even_within_one_millisecond(
+    seeded_store: Store, settings: Settings
+) -> None:
     clock = Clock(WEDNESDAY)  # never moves: every tick in the same millisecond
     monitor = Monitor(seeded_store, settings, clock=clock)
     _sim_ticks(seeded_store, settings, 5)
@@ -305,10 +315,14 @@ def test_a_late_tick_never_replaces_a_newer_latest_snapshot(seeded_store: Store,
     assert sorted(history_versions(seeded_store, "main")) == [1, 2]
 
 
-def test_idle_refresh_snapshots_from_the_stored_market_and_shows_its_age(seeded_store: Store, settings: Settings) -> None:
+def test_idle_refresh_snapshots_from_the_stored_market_and_shows_its_age(
+    seeded_store: Store, settings: Settings
+) -> None:
     clock = Clock(WEDNESDAY)
     monitor = Monitor(seeded_store, settings, clock=clock)
-    StreamDaemon(seeded_store, settings, SimulatedFeed.from_settings(settings, seed=1), clock=clock, interval=0).run(1)
+    StreamDaemon(
+        seeded_store, settings, SimulatedFeed.from_settings(settings, seed=1), clock=clock, interval=0
+    ).run(1)
     monitor.process_available()
     clock.t += 45.0
     snapshots = monitor.refresh()
@@ -333,10 +347,12 @@ def test_running_monitor_refreshes_when_no_tick_comes(seeded_store: Store, setti
     assert seeded_store.read_heartbeat("monitor") is not None
 
 
-# -- consumer group --------------------------------------------------------------------------------------------
+# -- consumer group ------------------------------------------------------------------------------------------
 
 
-def test_two_monitors_in_one_group_process_every_tick_exactly_once(seeded_store: Store, settings: Settings) -> None:
+def test_two_monitors_in_one_group_process_every_tick_exactly_once(
+    seeded_store: Store, settings: Settings
+) -> None:
     # Arrange
     m1 = Monitor(seeded_store, settings, consumer="m1")
     m2 = Monitor(seeded_store, settings, consumer="m2")
@@ -353,7 +369,9 @@ def test_two_monitors_in_one_group_process_every_tick_exactly_once(seeded_store:
     assert seeded_store.tick_group_pending() == 0
 
 
-def test_a_restarted_monitor_first_finishes_its_pending_ticks(seeded_store: Store, settings: Settings) -> None:
+def test_a_restarted_monitor_first_finishes_its_pending_ticks(
+    seeded_store: Store, settings: Settings
+) -> None:
     # Arrange: "m1" received four ticks and died before acknowledging them
     seeded_store.ensure_tick_group(MONITOR_GROUP)
     _sim_ticks(seeded_store, settings, 10)
@@ -391,7 +409,7 @@ def test_a_trimmed_pending_entry_is_acknowledged_and_skipped(seeded_store: Store
     assert seeded_store.tick_group_pending() == 0
 
 
-# -- alerts hand-off -------------------------------------------------------------------------------------------
+# -- alerts hand-off -----------------------------------------------------------------------------------------
 
 
 class RecordingAlerts:
@@ -405,7 +423,9 @@ class RecordingAlerts:
             raise RuntimeError("a broken rule")
 
 
-def test_alert_engine_gets_every_snapshot_once_with_the_snapshot_time(seeded_store: Store, settings: Settings) -> None:
+def test_alert_engine_gets_every_snapshot_once_with_the_snapshot_time(
+    seeded_store: Store, settings: Settings
+) -> None:
     clock = Clock(WEDNESDAY)
     alerts = RecordingAlerts()
     monitor = Monitor(seeded_store, settings, clock=clock, alert_engine=alerts)
@@ -423,7 +443,7 @@ def test_a_failing_alert_engine_does_not_stop_the_monitoring(seeded_store: Store
     assert seeded_store.history_length("main") == 2 and len(alerts.calls) == 4
 
 
-# -- real processes --------------------------------------------------------------------------------------------
+# -- real processes ------------------------------------------------------------------------------------------
 
 
 def test_two_real_monitor_processes_share_the_ticks_exactly_once(
@@ -440,8 +460,8 @@ def test_two_real_monitor_processes_share_the_ticks_exactly_once(
         wait_for(lambda: len(seeded_store.client.xinfo_consumers(TICKS_KEY, MONITOR_GROUP)) == 2, 60,
                  "both monitors in the group")  # fmt: skip
         stream = subprocess.run(
-            [*_stream_cmd(), "--interval", "0.005", "--ticks", "120", "--seed", "3"], env=env, capture_output=True,
-            text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
+            [*_stream_cmd(), "--interval", "0.005", "--ticks", "120", "--seed", "3"], env=env,
+            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
         assert stream.returncode == 0, stream.stderr
         wait_for(lambda: seeded_store.history_length("hedge") >= 120, 60, "all ticks recorded")
@@ -451,7 +471,9 @@ def test_two_real_monitor_processes_share_the_ticks_exactly_once(
                 m.send_signal(signal.SIGTERM)
         codes = [_wait_or_kill(m) for m in monitors]
     assert codes == [0, 0]
-    counts = [int(re.findall(r"processed (\d+) ticks", (tmp_path / f"{n}.log").read_text())[-1]) for n in "ab"]
+    counts = [
+        int(re.findall(r"processed (\d+) ticks", (tmp_path / f"{n}.log").read_text())[-1]) for n in "ab"
+    ]
     assert sum(counts) == 120 and min(counts) > 0
     for pid in ("main", "hedge"):
         assert sorted(history_versions(seeded_store, pid)) == list(range(1, 121))

@@ -35,7 +35,7 @@ TICKERS = ("AAA", "BBB", "CCC", "DDD")
 DECAY = TEST_CONFIG["model"]["ewma_decay"]
 
 
-# -- helpers (test_monitor.py uses them too) -------------------------------------------------------------------
+# -- helpers (test_monitor.py uses them too) -----------------------------------------------------------------
 
 
 def ewma_from_ticks(start: MarketSnapshot, events: Sequence[TickEvent], decay: float = DECAY) -> np.ndarray:
@@ -105,7 +105,7 @@ def history_versions(store: Store, portfolio_id: str) -> list[int]:
     return [int(p["version"]) for p in store.read_history(portfolio_id)]
 
 
-# -- in process ------------------------------------------------------------------------------------------------
+# -- in process ----------------------------------------------------------------------------------------------
 
 
 def test_daemon_writes_one_version_per_bar_with_the_ewma_of_the_published_prices(
@@ -155,7 +155,11 @@ def test_bad_prices_are_rejected_and_counted_while_the_rest_of_the_bar_goes_on(
     np.testing.assert_allclose(snap.cov, ewma_from_ticks(start, events), rtol=1e-10, atol=0)
     heartbeat = seeded_store.read_heartbeat("stream")
     assert heartbeat is not None
-    assert (heartbeat["bars_processed"], heartbeat["bars_rejected"], heartbeat["prices_rejected"]) == ("4", "2", "7")
+    assert (heartbeat["bars_processed"], heartbeat["bars_rejected"], heartbeat["prices_rejected"]) == (
+        "4",
+        "2",
+        "7",
+    )
 
 
 def test_a_ticker_added_by_the_warmup_is_picked_up_without_a_restart(
@@ -207,7 +211,9 @@ def test_a_store_write_between_the_version_check_and_exec_makes_the_bar_retry_on
 
 
 def test_daemon_stop_ends_the_run_between_bars(seeded_store: Store, settings: Settings) -> None:
-    daemon = StreamDaemon(seeded_store, settings, SimulatedFeed.from_settings(settings, seed=1), interval=0.01)
+    daemon = StreamDaemon(
+        seeded_store, settings, SimulatedFeed.from_settings(settings, seed=1), interval=0.01
+    )
 
     def bars() -> Iterator[Bar]:
         for i, bar in enumerate(SimulatedFeed.from_settings(settings, seed=1)):
@@ -220,7 +226,7 @@ def test_daemon_stop_ends_the_run_between_bars(seeded_store: Store, settings: Se
     assert stats.bars_written == 4 and seeded_store.read_market().version == 4
 
 
-# -- the real daemon -------------------------------------------------------------------------------------------
+# -- the real daemon -----------------------------------------------------------------------------------------
 
 
 def test_real_daemons_turn_200_bars_into_200_versions_an_exact_ewma_and_200_history_points(
