@@ -10,6 +10,8 @@ Rows:
   caller gets) and with ``validate=False`` (the fairest possible naive check).
 - ``execute_trade`` p50 and p99 at N = 500 (WATCH, one-round-trip read, re-check, MULTI/EXEC of the fill).
 
+The gate and the baselines are timed in interleaved blocks, so load from other processes hits all of them.
+
 SPEC.md section 9: check_trade_impact p99 <= 0.5 ms at N = 500 and >= 10x faster than the naive check.
 """
 
@@ -32,6 +34,7 @@ PORTFOLIO = "bench"
 SIZES = (50, 500)
 REPEAT = 2000
 NAIVE_REPEAT = {50: 300, 500: 100}
+BLOCKS = 5
 
 
 def bench_settings(n: int, seed: int = 7) -> Settings:
@@ -88,12 +91,12 @@ def _cycle(fn: Callable[[int], Any]) -> Callable[[], Any]:
 
 
 def run(ctx: Context) -> list[Row]:
+    import warmup  # lazily: warm-up imports the whole engine
+
     client = ctx.redis()
     store = Store(client)
     rows: list[Row] = []
     for n in SIZES:
-        import warmup  # lazily: warm-up imports the whole engine
-
         client.flushall()
         settings = bench_settings(n)
         now = time.time()
@@ -106,49 +109,28 @@ def run(ctx: Context) -> list[Row]:
             assert decision["status"] == "APPROVED", decision["reasons"]
             return decision
 
-        fast = time_calls(_cycle(check), repeat=REPEAT, warmup=200)
-        slow = time_calls(
-            _cycle(lambda k, s=settings, t=tickers: naive_check(store, s, t[k % len(t)], 10, True)),
-            repeat=NAIVE_REPEAT[n],
-            warmup=5,
-        )
-        slow_fair = time_calls(
-            _cycle(lambda k, s=settings, t=tickers: naive_check(store, s, t[k % len(t)], 10, False)),
-            repeat=NAIVE_REPEAT[n],
-            warmup=5,
-        )
-        target = "p99 <= 500 us, >= 10x naive" if n == 500 else ""
-        p99 = pct_us(fast, 99)
-        ratio = pct_us(slow, 99) / p99
-        rows.append(
-            Row(
-                f"check_trade_impact p50, N={n}",
-                pct_us(fast, 50),
-                "us",
-                "naive check p50 (defaults: validates Σ)",
-                pct_us(slow, 50),
-            )
-        )
-        rows.append(
-            Row(
-                f"check_trade_impact p99, N={n}",
-                p99,
-                "us",
-                "naive check p99 (defaults: validates Σ)",
-                pct_us(slow, 99),
-                target,
-                (p99 <= 500 and ratio >= 10) if n == 500 else None,
-            )
-        )
-        rows.append(
-            Row(
-                f"check_trade_impact p99, N={n}",
-                p99,
-                "us",
-                "naive check p99, validate=False",
-                pct_us(slow_fair, 99),
-            )
-        )
+        def naive(validate: bool, settings: Settings = settings, t: list[str] = tickers) -> Callable[[], Any]:
+            return _cycle(lambda i: naive_check(store, settings, t[i % len(t)], 10, validate))
+
+        # interleaved blocks: the gate and both baselines see the same (shared, noisy) machine
+        fast_calls, naive_calls, fair_calls = _cycle(check), naive(True), naive(False)
+        blocks: dict[str, list[np.ndarray]] = {"fast": [], "naive": [], "fair": []}
+        for block in range(BLOCKS):
+            warm = 200 if block == 0 else 20
+            blocks["fast"].append(time_calls(fast_calls, repeat=REPEAT // BLOCKS, warmup=warm))
+            blocks["naive"].append(time_calls(naive_calls, repeat=NAIVE_REPEAT[n] // BLOCKS, warmup=2))
+            blocks["fair"].append(time_calls(fair_calls, repeat=NAIVE_REPEAT[n] // BLOCKS, warmup=2))
+        fast, slow, fair = (np.concatenate(blocks[name]) for name in ("fast", "naive", "fair"))
+        p50, p99 = pct_us(fast, 50), pct_us(fast, 99)
+        at_target = n == 500
+        naive_p50, fair_p50, naive_p99 = pct_us(slow, 50), pct_us(fair, 50), pct_us(slow, 99)
+        rows += [
+            Row(f"check_trade_impact p50, N={n}", p50, "us", "naive p50 (library defaults: validates Σ)",
+                naive_p50, ">= 10x naive" if at_target else "", naive_p50 / p50 >= 10 if at_target else None),
+            Row(f"check_trade_impact p50, N={n}", p50, "us", "naive p50, validate=False", fair_p50),
+            Row(f"check_trade_impact p99, N={n}", p99, "us", "naive p99 (library defaults)", naive_p99,
+                "<= 500 us" if at_target else "", p99 <= 500 if at_target else None),
+        ]  # fmt: skip
 
         if n == 500:
 
