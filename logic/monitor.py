@@ -27,7 +27,7 @@ are snapshotted from the stored market, so the history keeps at least one point 
 Usage::
 
     python -m logic.monitor [--consumer NAME] [--ticks N] [--idle-refresh SECONDS] [--claim-idle SECONDS]
-                            [--batch N] [--config FILE] [--log-level INFO]
+                            [--batch N] [--no-alerts] [--config FILE] [--log-level INFO]
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ DEFAULT_IDLE_REFRESH_SECONDS = 1.0
 BACKOFF_INITIAL_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
 HEARTBEAT_EVERY_SECONDS = 1.0
+ALERTS_TICK_SECONDS = 0.5
+"""Period of the alert engine's background work (notification delivery, escalation timers)."""
 
 Clock = Callable[[], float]
 
@@ -508,12 +510,17 @@ class Monitor:
 
 
 def make_alert_engine(store: Store, settings: Settings, clock: Clock) -> AlertEvaluator | None:
-    """The object evaluating alert rules on each snapshot, or None (no alerts).
+    """The object evaluating alert rules on each snapshot: logic/alerts.py's engine, configured from the
+    settings (``[[alert_rules]]``, ``[notifications]``, ``[escalation]``) on the monitor's store and clock.
 
-    Extension point for logic/alerts.py: build its AlertEngine here (it gets the same store, settings and
-    clock as the monitor).
+    Its notifications, escalation timers and repeats run on its own background thread, so a slow SMTP server
+    never delays the monitor's loop; the monitor itself only calls ``evaluate`` once per snapshot.
     """
-    return None
+    from logic.alerts import build_alert_engine  # lazily: channels import Jinja2 and the Twilio client
+
+    engine = build_alert_engine(store, settings, clock)
+    engine.start_background(ALERTS_TICK_SECONDS)
+    return engine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -535,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="take over ticks another monitor left unacknowledged this long",
     )
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="tick events read at a time")
+    parser.add_argument("--no-alerts", action="store_true", help="snapshots only, no alert rules")
     parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser  # fmt: skip
@@ -557,8 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # our own backoff; redis-py's default retry of a whole MULTI/EXEC could record a tick twice
         client.set_retry(Retry(NoBackoff(), 0))
         store = Store(client)
+        alert_engine = None if args.no_alerts else make_alert_engine(store, settings, time.time)
         monitor = Monitor(
-            store, settings, alert_engine=make_alert_engine(store, settings, time.time),
+            store, settings, alert_engine=alert_engine,
             consumer=args.consumer, batch_size=max(1, args.batch), claim_idle_seconds=args.claim_idle,
             idle_refresh_seconds=args.idle_refresh, stop_event=stop,
         )  # fmt: skip
@@ -566,7 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"monitor: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
     log.info("monitor %s (pid %d) in group %s", monitor.consumer, os.getpid(), monitor.group)
-    stats = monitor.run(max_ticks=args.ticks)
+    try:
+        stats = monitor.run(max_ticks=args.ticks)
+    finally:
+        close = getattr(alert_engine, "close", None)
+        if callable(close):
+            close()
     print(f"monitor {monitor.consumer}: processed {stats.ticks_processed} ticks", flush=True)
     return 0
 
