@@ -8,6 +8,7 @@ does what ``make run`` does (``launcher.py start``: embedded Redis, warm-up, str
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +35,38 @@ EXCEPTION_SELECTOR = '[data-testid="stException"]'
 CHART_SELECTOR = '[data-testid="stPlotlyChart"] .main-svg'
 PAGE_PATHS = {"Overview": "", "Trade": "trade", "Risk": "risk", "Alerts": "alerts", "System": "system"}
 """Page title -> URL path (st.navigation derives it from the page file name)."""
+
+
+def toml_dumps(data: Mapping[str, Any]) -> str:
+    """Enough TOML for a settings file: tables, arrays of tables, inline tables, scalars and arrays."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, Mapping):
+            return "{" + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+    def body(table: Mapping[str, Any]) -> list[str]:
+        return [f"{json.dumps(str(k))} = {value(v)}" for k, v in table.items()]
+
+    top: list[str] = []
+    lines: list[str] = []
+    for key, val in data.items():
+        if isinstance(val, list | tuple) and val and all(isinstance(x, Mapping) for x in val):
+            for item in val:
+                lines += [f"[[{key}]]", *body(item), ""]
+        elif isinstance(val, Mapping):
+            lines += [f"[{key}]", *body(val), ""]
+        else:
+            top.append(f"{json.dumps(key)} = {value(val)}")
+    return "\n".join(top + lines) + "\n"
 
 
 def free_port() -> int:

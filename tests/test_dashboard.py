@@ -20,6 +20,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from dashboard.e2e import toml_dumps
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, Store, heartbeat_key
@@ -32,37 +33,6 @@ TIMEOUT = 30.0
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-
-def toml_dumps(data: dict[str, Any]) -> str:
-    """Enough TOML for TEST_CONFIG: tables, arrays of tables, inline tables, scalars and arrays."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
-        raise TypeError(type(v))
-
-    def body(table: dict[str, Any]) -> list[str]:
-        return [f"{json.dumps(k)} = {value(v)}" for k, v in table.items()]
-
-    lines: list[str] = []
-    for key, val in data.items():
-        if isinstance(val, list) and val and all(isinstance(x, dict) for x in val):
-            for item in val:
-                lines += [f"[[{key}]]", *body(item), ""]
-        elif isinstance(val, dict):
-            lines += [f"[{key}]", *body(val), ""]
-        else:
-            lines.insert(0, f"{json.dumps(key)} = {value(val)}")
-    return "\n".join(lines) + "\n"
 
 
 def open_page(page: str) -> AppTest:

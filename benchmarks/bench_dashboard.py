@@ -1,0 +1,225 @@
+"""Dashboard: script run time of each page at N = 50 tickers (Streamlit AppTest), and the time from a click in
+the navigation to the first rendered chart in a real headless Chromium (warm session).
+
+Script time is Streamlit's own measurement of the page script (``PageProfile.exec_time``: the entry point,
+the page and its live fragments, without AppTest's harness). The store is a private Redis seeded with N = 50
+tickers, a cash and a margin portfolio, a minute of market bars and monitor snapshots, some fills and alerts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Context, Row
+from dashboard.e2e import CHROMIUM, ROOT, Stack, launch_chromium, open_page, toml_dumps
+
+N = 50
+REPEAT = 15
+PAGES = (
+    ("Overview", "screens/overview.py", None),
+    ("Trade", "screens/trade.py", None),
+    ("Risk / Exposure & VaR", "screens/risk.py", "Exposure & VaR"),
+    ("Risk / Stress", "screens/risk.py", "Stress"),
+    ("Risk / Surface", "screens/risk.py", "Surface"),
+    ("Risk / Backtest", "screens/risk.py", "Backtest"),
+    ("Alerts", "screens/alerts.py", None),
+    ("System", "screens/system.py", None),
+)
+SCRIPT_TARGET_MS = 100.0
+CHART_TARGET_S = 2.0
+NAVIGATIONS = 6
+
+
+def bench_config(n: int = N) -> dict[str, Any]:
+    """riskdesk.toml (limits, model, rules, sections of other components) with an N-ticker universe."""
+    with (ROOT / "riskdesk.toml").open("rb") as fh:
+        data = tomllib.load(fh)
+    tickers = [f"T{i:02d}" for i in range(n)]
+    data["universe"] = {
+        "correlation": 0.35,
+        "assets": {t: {"price": 50.0 + 5 * i, "annual_vol": 0.15 + 0.005 * i,
+                       "avg_daily_volume": 5_000_000, "spread_bps": 1.5} for i, t in enumerate(tickers)},
+    }  # fmt: skip
+    data["portfolios"] = [
+        {"id": "main", "account_type": "cash", "cash": "2000000.00",
+         "holdings": {t: 200 + 10 * i for i, t in enumerate(tickers[: n // 2])}},
+        {"id": "hedge", "account_type": "margin", "cash": "1000000.00", "initial_margin": 0.5,
+         "maintenance_margin": 0.25, "limits": {"var_limit": 40000, "max_concentration": 0.5},
+         "holdings": {t: (300 if i % 2 else -200) for i, t in enumerate(tickers[n // 2 :])}},
+    ]  # fmt: skip
+    data["stress_scenarios"] = {
+        "equity_crash": {"description": "everything -20%", "shocks": {"*": -0.20}},
+        "first_ten_down": {"description": "T00-T09 -15%", "shocks": {"*": -0.02, **{t: -0.15 for t in tickers[:10]}}},
+    }  # fmt: skip
+    data.setdefault("monitor", {})["timezone"] = "UTC"
+    data.pop("redis", None)
+    return data
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _exec_times() -> Iterator[list[float]]:
+    """Collect Streamlit's PageProfile.exec_time (microseconds) of every AppTest run, in milliseconds."""
+    from streamlit import config
+    from streamlit.testing.v1 import local_script_runner
+
+    times: list[float] = []
+    original = local_script_runner.LocalScriptRunner.run
+    gather = config.get_option("browser.gatherUsageStats")
+
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tree = original(self, *args, **kwargs)
+        for msg in self.forward_msgs():
+            if msg.WhichOneof("type") == "page_profile" and not msg.page_profile.is_fragment_run:
+                times.append(msg.page_profile.exec_time / 1000.0)
+        return tree
+
+    local_script_runner.LocalScriptRunner.run = run  # type: ignore[method-assign]
+    config.set_option("browser.gatherUsageStats", True)  # PageProfile is only built when this is on
+    try:
+        yield times
+    finally:
+        local_script_runner.LocalScriptRunner.run = original  # type: ignore[method-assign]
+        config.set_option("browser.gatherUsageStats", gather)
+
+
+def _populate(store: Any, settings: Any) -> None:
+    """Seed, then a minute of bars through the real stream daemon and monitor, fills and alerts."""
+    import warmup
+    from engine.feeds import SimulatedFeed
+    from engine.stream import StreamDaemon
+    from logic.alerts import build_alert_engine
+    from logic.monitor import Monitor
+    from logic.risk_manager import RiskManager
+
+    warmup.seed(store, settings)
+    engine = build_alert_engine(store, settings)
+    engine.add_rule({"id": "bench_var", "metric": "var.utilization", "op": ">=", "threshold": 0.01,
+                     "severity": "HIGH", "description": "benchmark alert"}, "bench")  # fmt: skip
+    monitor = Monitor(store, settings, alert_engine=engine)
+    monitor.process_available()
+    StreamDaemon(store, settings, SimulatedFeed.from_settings(settings, seed=3, bars=60), interval=0).run()
+    monitor.process_available()
+    rm = RiskManager(store.client, "main", settings)
+    tickers = list(settings.universe.assets)
+    for i in range(20):
+        rm.execute_trade(tickers[i % len(tickers)], 10 + i, "BUY" if i % 3 else "SELL", client_order_id=f"b{i}")
+    monitor.refresh()
+
+
+def page_rows(tmp: Path) -> list[Row]:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from engine.redis_server import EmbeddedRedis, connect
+    from engine.settings import settings_from_dict
+    from engine.store import Store
+
+    data = bench_config()
+    config = tmp / "bench.toml"
+    config.write_text(toml_dumps(data), encoding="utf-8")
+    server = EmbeddedRedis(tmp / "redis")
+    server.start()
+    rows = []
+    try:
+        store = Store(connect(server.url))
+        _populate(store, settings_from_dict(data))
+        with _env(REDIS_URL=server.url, RISKDESK_CONFIG=str(config)), _exec_times() as times:
+            st.cache_resource.clear()
+            for label, path, tab in PAGES:
+                at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+                at.session_state["refresh"] = "Paused"
+                if tab:
+                    at.session_state["risk_tab"] = tab
+                at.switch_page(path).run()
+                at.run()  # warm: imports, caches, the risk manager's matrix
+                if at.exception:
+                    raise RuntimeError(f"{label}: {at.exception[0].value}")
+                del times[:]
+                for _ in range(REPEAT):
+                    at.run()
+                median = statistics.median(times)
+                rows.append(Row(f"dashboard page script run, {label} (N={N}, median)", median, "ms",
+                                target=f"<= {SCRIPT_TARGET_MS:.0f} ms", met=median <= SCRIPT_TARGET_MS))  # fmt: skip
+            st.cache_resource.clear()
+        store.client.close()
+    finally:
+        server.stop()
+    return rows
+
+
+def browser_rows(tmp: Path) -> list[Row]:
+    if not CHROMIUM.exists():
+        print(f"bench_dashboard: {CHROMIUM} missing, browser rows skipped (apt-get install chromium)", file=sys.stderr)
+        return []
+    from playwright.sync_api import sync_playwright
+
+    config = tmp / "browser.toml"
+    config.write_text(toml_dumps(bench_config()), encoding="utf-8")
+    samples: dict[str, list[float]] = {"Overview": [], "Risk": []}
+    with Stack(bar_interval=1.0, env={"RISKDESK_CONFIG": str(config)}) as stack, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            t0 = time.perf_counter()
+            open_page(page, stack.url, "Overview")
+            _wait_chart(page, "Overview")
+            cold = time.perf_counter() - t0
+            for _ in range(NAVIGATIONS):
+                for title in ("Risk", "Overview"):
+                    t0 = time.perf_counter()
+                    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+                    _wait_chart(page, title)
+                    samples[title].append(time.perf_counter() - t0)
+        finally:
+            browser.close()
+    rows = [Row("first load of the dashboard -> first chart, Chromium (cold session)", cold, "s")]
+    for title, values in samples.items():
+        median = statistics.median(values)
+        rows.append(Row(f"navigation -> first chart, Chromium warm, {title} (N={N}, median)", median, "s",
+                        target=f"<= {CHART_TARGET_S:.0f} s", met=median <= CHART_TARGET_S))  # fmt: skip
+    return rows
+
+
+def _wait_chart(page: Any, title: str) -> None:
+    page.wait_for_function(
+        """title => {
+            const h1 = document.querySelector('[data-testid="stMain"] h1');
+            if (!h1 || h1.textContent.trim() !== title) return false;
+            return !!document.querySelector(
+                '[data-testid="stMain"] [data-stale="false"] [data-testid="stPlotlyChart"] .main-svg');
+        }""",
+        arg=title,
+        timeout=30_000,
+    )
+
+
+def run(ctx: Context) -> list[Row]:
+    tmp = Path(tempfile.mkdtemp(prefix="rdbd-"))
+    try:
+        return page_rows(tmp) + browser_rows(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
