@@ -279,10 +279,7 @@ class RiskManager:
         """The market snapshot (covariance included) and ``{ticker: last price}``; ``(None, None)`` when the
         store is unreachable, empty or corrupt (the typed error is in :attr:`last_error`)."""
         try:
-            snap = self.store.read_market()
-        except redis.RedisError as exc:
-            self.last_error = StoreUnavailableError(f"Redis is unreachable: {exc}")
-            return None, None
+            snap = _typed_store_errors(self.store.read_market)()
         except StoreError as exc:
             self.last_error = exc
             return None, None
