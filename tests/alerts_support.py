@@ -14,11 +14,14 @@ import copy
 import json
 import logging
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from twilio.http import HttpClient
@@ -120,6 +123,7 @@ class ScriptedSmtpHandler:
         self.replies = list(replies)
         self.messages: list[Any] = []
         self.attempts = 0
+        self.logins: list[str] = []
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.attempts += 1
@@ -130,24 +134,89 @@ class ScriptedSmtpHandler:
 
 
 @contextmanager
-def smtp_server(replies: Iterable[str] = ()) -> Iterator[tuple[ScriptedSmtpHandler, dict[str, str]]]:
-    """A real SMTP server on 127.0.0.1:<free port>; yields the handler and the SMTP_* environment for it."""
+def smtp_server(
+    replies: Iterable[str] = (),
+    *,
+    tls: str | None = None,
+    cert_dir: Path | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> Iterator[tuple[ScriptedSmtpHandler, dict[str, str]]]:
+    """A real SMTP server on 127.0.0.1:<free port>; yields the handler and the SMTP_* environment for it.
+
+    ``tls="starttls"`` requires STARTTLS, ``tls="ssl"`` speaks implicit TLS (certificate made in
+    ``cert_dir`` by :func:`self_signed_certificate`); ``credentials`` requires AUTH with that user/password.
+    """
     from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
 
     handler = ScriptedSmtpHandler(replies)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    kwargs: dict[str, Any] = {}
+    env = {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_SECURITY": tls or "none",
+        "SMTP_FROM": "riskdesk@test.local",
+        "SMTP_TIMEOUT": "5",
+    }
+    if tls is not None:
+        assert cert_dir is not None
+        cert, key = self_signed_certificate(cert_dir)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        env["SMTP_CA_FILE"] = str(cert)
+        if tls == "starttls":
+            kwargs.update(tls_context=context, require_starttls=True)
+        else:
+            kwargs.update(ssl_context=context)
+    if credentials is not None:
+        user, password = credentials
+
+        def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+            ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+                user.encode(),
+                password.encode(),
+            )
+            handler.logins.append(data.login.decode() if isinstance(data, LoginPassword) else repr(data))
+            return AuthResult(success=ok, handled=False)  # not handled: the server answers 235 or 535 itself
+
+        # with implicit TLS aiosmtpd does not know the transport is encrypted: allow AUTH on it explicitly
+        kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=tls != "ssl")
+        env.update(SMTP_USER=user, SMTP_PASSWORD=password)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
     controller.start()
     try:
-        env = {
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(controller.port),
-            "SMTP_SECURITY": "none",
-            "SMTP_FROM": "riskdesk@test.local",
-            "SMTP_TIMEOUT": "5",
-        }
+        env["SMTP_PORT"] = str(controller.port)
         yield handler, env
     finally:
         controller.stop()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (made with the openssl command line tool)."""
+    cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
 
 
 # -- Twilio --------------------------------------------------------------------------------------------------

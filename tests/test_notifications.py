@@ -3,6 +3,7 @@ a loopback webhook; retries and backoff, SMS fallback, rate limit, grouping, del
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,46 @@ def test_a_breach_sends_exactly_one_email_with_the_rendered_template(store: Stor
         record["attempts"],
     ) == ("email", "desk", "desk@test.local", "delivered", 1)
     assert [e["kind"] for e in record["events"]] == ["triggered"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl tool to make a certificate")
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+@pytest.mark.filterwarnings(
+    "ignore:Requiring AUTH while not requiring TLS"
+)  # the ssl case is TLS from byte 1
+def test_email_over_starttls_or_implicit_tls_with_login(
+    store: Store, make_settings: Any, tmp_path: Path, security: str
+) -> None:
+    with smtp_server(tls=security, cert_dir=tmp_path, credentials=("risk@test.local", "s3cret")) as (
+        server,
+        env,
+    ):
+        engine, _, _ = engine_with(store, make_settings, env, ["email"])
+        engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+        engine.tick(T0)
+    (record,) = engine.delivery_log("main")
+    assert record["status"] == "delivered", record["error"]
+    assert len(server.messages) == 1 and server.logins == ["risk@test.local"]
+
+
+def test_a_wrong_smtp_password_is_a_permanent_failure(
+    store: Store, make_settings: Any, tmp_path: Path
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl tool to make a certificate")
+    with smtp_server(tls="starttls", cert_dir=tmp_path, credentials=("risk@test.local", "s3cret")) as (
+        server,
+        env,
+    ):
+        env["SMTP_PASSWORD"] = "wrong"
+        engine, sleep, _ = engine_with(
+            store, make_settings, env, ["email"], notifications={"sms_fallback": False}
+        )
+        engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+        engine.tick(T0)
+    (record,) = engine.delivery_log("main")
+    assert (record["status"], record["attempts"], sleep.calls) == ("failed", 1, [])
+    assert record["error"].startswith("SMTP 535") and server.messages == []
 
 
 def test_a_451_reply_is_retried_with_backoff_and_then_delivered(store: Store, make_settings) -> None:
