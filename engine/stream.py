@@ -259,8 +259,9 @@ class StreamDaemon:
         self._validate_next = True
         self._synced = True
         self.stats.reloads += 1
-        if conn is None:
-            self.store.ensure_tick_group(MONITOR_GROUP)
+        # on the plain client, not ``conn``: a WATCHing pipeline must only read; the ticks key is not watched.
+        # After a re-seed the group is gone: recreate it before publishing so the monitors miss no tick.
+        self.store.ensure_tick_group(MONITOR_GROUP)
         if isinstance(self.feed, UniverseAware):
             usable = np.where(np.isfinite(self.prices) & (self.prices > 0), self.prices, 1.0)
             vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))

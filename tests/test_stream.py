@@ -25,7 +25,7 @@ import warmup
 from engine.feeds import Bar, IterableFeed, SimulatedFeed
 from engine.redis_server import EmbeddedRedis, connect
 from engine.settings import Settings
-from engine.store import MarketSnapshot, PortfolioKeys, Store, TickEvent
+from engine.store import MONITOR_GROUP, MarketSnapshot, PortfolioKeys, Store, TickEvent
 from engine.stream import StreamDaemon
 
 from .conftest import TEST_CONFIG, to_toml
@@ -208,6 +208,20 @@ def test_a_store_write_between_the_version_check_and_exec_makes_the_bar_retry_on
     assert len(events[2].tickers) == 5
     np.testing.assert_array_equal([e.prices[0] for e in events], [b.prices["AAA"] for b in bars])
     other.client.close()
+
+
+def test_a_reseed_while_running_makes_the_daemon_continue_from_the_new_store(
+    seeded_store: Store, settings: Settings
+) -> None:
+    daemon = StreamDaemon(seeded_store, settings, SimulatedFeed.from_settings(settings, seed=3), interval=0)
+    daemon.run(ticks=3)
+    warmup.reset(seeded_store)
+    warmup.seed(seeded_store, settings)
+    daemon.run(ticks=5)
+    assert [e.version for e in seeded_store.read_ticks()] == [1, 2]
+    # the consumer group was recreated before the first new tick: a monitor misses none of them
+    delivered = seeded_store.read_tick_group(MONITOR_GROUP, "m", count=10)
+    assert [e.version for _, e in delivered if e is not None] == [1, 2]
 
 
 def test_daemon_stop_ends_the_run_between_bars(seeded_store: Store, settings: Settings) -> None:
