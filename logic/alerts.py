@@ -594,7 +594,7 @@ class AlertEngine:
         """Time-based work; call about once a second whether or not snapshots arrive (or let
         :meth:`start_background` do it).
 
-        For every portfolio: re-evaluate its last snapshot at ``now`` (pending and clear periods complete,
+        For every portfolio: re-evaluate its newest snapshot at ``now`` (pending and clear periods complete,
         data goes stale), fire due escalation levels, repeat reminders and acknowledge timeouts, and run
         automated actions left over (e.g. by a crash); then flush the notification groups that are due.
         Returns ``{"transitions": [...], "deliveries": [...]}``.
@@ -607,7 +607,7 @@ class AlertEngine:
         pids = self.portfolio_ids()
         with self._lock:
             for pid in pids:
-                snapshot = self._last.get(pid)
+                snapshot = self._latest_snapshot(pid)
                 if snapshot is not None:
                     changes = self._transact(
                         pid, functools.partial(self._plan_evaluation, pid, snapshot, now)
@@ -618,6 +618,20 @@ class AlertEngine:
                 self._run_pending_actions(pid, now)
         deliveries = self.notifier.flush(now, pids)
         return {"transitions": transitions, "deliveries": deliveries}
+
+    def _latest_snapshot(self, portfolio_id: str) -> Snapshot | None:
+        """The newest snapshot known for the portfolio: the last one evaluated here, or the one the monitors
+        stored if it is newer (another monitor may have evaluated later ticks; after a restart this engine has
+        seen none). Re-evaluating an older one every second would make two monitors flap."""
+        mine = self._last.get(portfolio_id)
+        try:
+            stored = self.store.read_snapshot(portfolio_id)
+        except (RiskdeskError, redis.RedisError):
+            stored = None
+        if stored is not None and (mine is None or _snapshot_ts(stored) > _snapshot_ts(mine)):
+            self._last[portfolio_id] = stored
+            return stored
+        return mine
 
     def start_background(self, interval_seconds: float = 1.0) -> None:
         """Run :meth:`tick` every ``interval_seconds`` (engine clock) on a daemon thread until :meth:`close`.
@@ -1332,6 +1346,11 @@ def _public(alert: Mapping[str, Any]) -> dict[str, Any]:
     out["escalation_level"] = int(escalation.get("max_level", -1)) + 1
     out["next_escalation_at"] = escalation.get("next_at")
     return out
+
+
+def _snapshot_ts(snapshot: Snapshot) -> float:
+    ts = snapshot.get("ts")
+    return float(ts) if isinstance(ts, int | float) and _finite(ts) else -math.inf
 
 
 def _as_set(value: str | Iterable[str] | None) -> set[str] | None:

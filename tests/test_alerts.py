@@ -450,3 +450,26 @@ def test_a_new_engine_on_the_same_redis_loses_nothing_and_sends_nothing_twice(
     ]
     events = [h["event"] for h in reversed(fourth.alert_history("main"))]
     assert Counter(events) == {"TRIGGERED": 2, "INHIBITED": 1, "UNINHIBITED": 1, "RESOLVED": 2}
+
+
+def test_tick_uses_the_newest_stored_snapshot_so_a_fresh_engine_completes_a_pending_period(
+    store: Store, make_settings
+) -> None:
+    clock = SimClock()
+    pending = {**VAR_WARN, "pending_seconds": 30}
+    first = make_engine(store, make_settings, [pending], clock)
+    breach = snapshot(now=T0, var__utilization=0.9)
+    first.evaluate("main", breach, T0)
+    store.record_snapshot(
+        "main", breach, {"equity": 1e6}, ts=T0, retention_seconds=3600, max_points=100
+    )  # the monitor's write
+
+    second = make_engine(store, make_settings, [pending], clock)  # restarted: has evaluated nothing yet
+    assert second.tick(T0 + 29)["transitions"] == []
+    assert [t["event"] for t in second.tick(T0 + 30)["transitions"]] == ["TRIGGERED"]
+
+    newer = snapshot(now=T0 + 31, var__utilization=0.5)
+    newer["version"] = 2
+    store.record_snapshot("main", newer, {"equity": 1e6}, ts=T0 + 31, retention_seconds=3600, max_points=100)
+    first.tick(T0 + 32)  # holds an older snapshot in memory; the stored one is newer and wins
+    assert [t["event"] for t in first.alert_history("main")][:1] == ["RESOLVED"]
