@@ -47,20 +47,40 @@ def bench_config(n: int = N) -> dict[str, Any]:
     tickers = [f"T{i:02d}" for i in range(n)]
     data["universe"] = {
         "correlation": 0.35,
-        "assets": {t: {"price": 50.0 + 5 * i, "annual_vol": 0.15 + 0.005 * i,
-                       "avg_daily_volume": 5_000_000, "spread_bps": 1.5} for i, t in enumerate(tickers)},
-    }  # fmt: skip
+        "assets": {
+            t: {
+                "price": 50.0 + 5 * i,
+                "annual_vol": 0.15 + 0.005 * i,
+                "avg_daily_volume": 5_000_000,
+                "spread_bps": 1.5,
+            }
+            for i, t in enumerate(tickers)
+        },
+    }
     data["portfolios"] = [
-        {"id": "main", "account_type": "cash", "cash": "2000000.00",
-         "holdings": {t: 200 + 10 * i for i, t in enumerate(tickers[: n // 2])}},
-        {"id": "hedge", "account_type": "margin", "cash": "1000000.00", "initial_margin": 0.5,
-         "maintenance_margin": 0.25, "limits": {"var_limit": 40000, "max_concentration": 0.5},
-         "holdings": {t: (300 if i % 2 else -200) for i, t in enumerate(tickers[n // 2 :])}},
-    ]  # fmt: skip
+        {
+            "id": "main",
+            "account_type": "cash",
+            "cash": "2000000.00",
+            "holdings": {t: 200 + 10 * i for i, t in enumerate(tickers[: n // 2])},
+        },
+        {
+            "id": "hedge",
+            "account_type": "margin",
+            "cash": "1000000.00",
+            "initial_margin": 0.5,
+            "maintenance_margin": 0.25,
+            "limits": {"var_limit": 40000, "max_concentration": 0.5},
+            "holdings": {t: (300 if i % 2 else -200) for i, t in enumerate(tickers[n // 2 :])},
+        },
+    ]
     data["stress_scenarios"] = {
         "equity_crash": {"description": "everything -20%", "shocks": {"*": -0.20}},
-        "first_ten_down": {"description": "T00-T09 -15%", "shocks": {"*": -0.02, **{t: -0.15 for t in tickers[:10]}}},
-    }  # fmt: skip
+        "first_ten_down": {
+            "description": "T00-T09 -15%",
+            "shocks": {"*": -0.02, **{t: -0.15 for t in tickers[:10]}},
+        },
+    }
     data.setdefault("monitor", {})["timezone"] = "UTC"
     data.pop("redis", None)
     return data
@@ -117,8 +137,17 @@ def _populate(store: Any, settings: Any) -> None:
 
     warmup.seed(store, settings)
     engine = build_alert_engine(store, settings)
-    engine.add_rule({"id": "bench_var", "metric": "var.utilization", "op": ">=", "threshold": 0.01,
-                     "severity": "HIGH", "description": "benchmark alert"}, "bench")  # fmt: skip
+    engine.add_rule(
+        {
+            "id": "bench_var",
+            "metric": "var.utilization",
+            "op": ">=",
+            "threshold": 0.01,
+            "severity": "HIGH",
+            "description": "benchmark alert",
+        },
+        "bench",
+    )
     monitor = Monitor(store, settings, alert_engine=engine)
     monitor.process_available()
     StreamDaemon(store, settings, SimulatedFeed.from_settings(settings, seed=3, bars=60), interval=0).run()
@@ -126,7 +155,9 @@ def _populate(store: Any, settings: Any) -> None:
     rm = RiskManager(store.client, "main", settings)
     tickers = list(settings.universe.assets)
     for i in range(20):
-        rm.execute_trade(tickers[i % len(tickers)], 10 + i, "BUY" if i % 3 else "SELL", client_order_id=f"b{i}")
+        rm.execute_trade(
+            tickers[i % len(tickers)], 10 + i, "BUY" if i % 3 else "SELL", client_order_id=f"b{i}"
+        )
     monitor.refresh()
 
 
@@ -162,8 +193,15 @@ def page_rows(tmp: Path) -> list[Row]:
                 for _ in range(REPEAT):
                     at.run()
                 median = statistics.median(times)
-                rows.append(Row(f"dashboard page script run, {label} (N={N}, median)", median, "ms",
-                                target=f"<= {SCRIPT_TARGET_MS:.0f} ms", met=median <= SCRIPT_TARGET_MS))  # fmt: skip
+                rows.append(
+                    Row(
+                        f"dashboard page script run, {label} (N={N}, median)",
+                        median,
+                        "ms",
+                        target=f"<= {SCRIPT_TARGET_MS:.0f} ms",
+                        met=median <= SCRIPT_TARGET_MS,
+                    )
+                )
             st.cache_resource.clear()
         store.client.close()
     finally:
@@ -173,7 +211,10 @@ def page_rows(tmp: Path) -> list[Row]:
 
 def browser_rows(tmp: Path) -> list[Row]:
     if not CHROMIUM.exists():
-        print(f"bench_dashboard: {CHROMIUM} missing, browser rows skipped (apt-get install chromium)", file=sys.stderr)
+        print(
+            f"bench_dashboard: {CHROMIUM} missing, browser rows skipped (apt-get install chromium)",
+            file=sys.stderr,
+        )
         return []
     from playwright.sync_api import sync_playwright
 
@@ -199,8 +240,15 @@ def browser_rows(tmp: Path) -> list[Row]:
     rows = [Row("first load of the dashboard -> first chart, Chromium (cold session)", cold, "s")]
     for title, values in samples.items():
         median = statistics.median(values)
-        rows.append(Row(f"navigation -> first chart, Chromium warm, {title} (N={N}, median)", median, "s",
-                        target=f"<= {CHART_TARGET_S:.0f} s", met=median <= CHART_TARGET_S))  # fmt: skip
+        rows.append(
+            Row(
+                f"navigation -> first chart, Chromium warm, {title} (N={N}, median)",
+                median,
+                "s",
+                target=f"<= {CHART_TARGET_S:.0f} s",
+                met=median <= CHART_TARGET_S,
+            )
+        )
     return rows
 
 

@@ -42,7 +42,7 @@ SEVERITY_COLOURS = {"LOW": "#5b9bd5", "MEDIUM": "#f0ad4e", "HIGH": "#e8743b", "C
 STATE_COLOURS = {"ACTIVE": "green", "REDUCING": "orange", "HALTED": "red"}
 
 
-# -- the desk -------------------------------------------------------------------------------------------------
+# -- the desk ------------------------------------------------------------------------------------------------
 
 
 @st.cache_resource(show_spinner=False)
@@ -51,7 +51,7 @@ def desk() -> views.Desk:
     return views.Desk.from_env()
 
 
-# -- sidebar: portfolio and refresh ---------------------------------------------------------------------------
+# -- sidebar: portfolio and refresh --------------------------------------------------------------------------
 
 
 def sidebar(d: views.Desk) -> None:
@@ -86,7 +86,7 @@ def refresh_seconds() -> float | None:
     return REFRESH_CHOICES.get(st.session_state.get(REFRESH_KEY, "Paused"))
 
 
-# -- live fragments and error handling -------------------------------------------------------------------------
+# -- live fragments and error handling -----------------------------------------------------------------------
 
 
 def live(render: Callable[..., None], *args: Any) -> None:
@@ -146,7 +146,7 @@ def act(action: Callable[[], Any], result_key: str) -> None:
         st.session_state[result_key] = {"ok": False, "problem": views.problem_from_exception(exc)}
 
 
-# -- text -------------------------------------------------------------------------------------------------------
+# -- text ----------------------------------------------------------------------------------------------------
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~$:])")
 
@@ -175,7 +175,7 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
-# -- widgets ----------------------------------------------------------------------------------------------------
+# -- widgets -------------------------------------------------------------------------------------------------
 
 
 def traffic_light(label: str, level: str, detail: str) -> None:
@@ -220,9 +220,14 @@ def chart(fig: go.Figure, key: str) -> None:
 
 
 def heatmap(
-    matrix: pd.DataFrame, title: str, key: str, zmin: float | None = None, zmax: float | None = None,
-    colorscale: str = "RdBu_r", fmt: str = ".2f",
-) -> None:  # fmt: skip
+    matrix: pd.DataFrame,
+    title: str,
+    key: str,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorscale: str = "RdBu_r",
+    fmt: str = ".2f",
+) -> None:
     fig = go.Figure(
         go.Heatmap(
             z=matrix.to_numpy(),
@@ -249,10 +254,15 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str, key: str, x
 
 
 def table(
-    df: pd.DataFrame, key: str, filename: str, *, height: int | str = "auto",
-    column_config: dict[str, Any] | None = None, empty: str | None = None,
+    df: pd.DataFrame,
+    key: str,
+    filename: str,
+    *,
+    height: Any = "auto",
+    column_config: dict[str, Any] | None = None,
+    empty: str | None = None,
     colours: dict[str, dict[str, str]] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """A read-only table with an "Export CSV" button (the export does not rerun the page).
 
     With ``empty`` set, an empty table is replaced by that sentence. ``colours`` maps a column to

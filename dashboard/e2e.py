@@ -26,9 +26,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)  # fmt: skip
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 START_TIMEOUT_SECONDS = 60.0
 PAGE_TIMEOUT_MS = 30_000
 EXCEPTION_SELECTOR = '[data-testid="stException"]'
@@ -91,12 +97,14 @@ class Stack:
         self.data_dir = Path(tempfile.mkdtemp(prefix="rde2e-"))
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RISKDESK_CONFIG")}
-        self.env.update({
-            "RISKDESK__REDIS__DATA_DIR": str(self.data_dir),
-            "RISKDESK__DASHBOARD__PORT": str(self.port),
-            "RISKDESK__MODEL__BAR_INTERVAL_SECONDS": repr(float(bar_interval)),
-            "PYTHONUNBUFFERED": "1",
-        })  # fmt: skip
+        self.env.update(
+            {
+                "RISKDESK__REDIS__DATA_DIR": str(self.data_dir),
+                "RISKDESK__DASHBOARD__PORT": str(self.port),
+                "RISKDESK__MODEL__BAR_INTERVAL_SECONDS": repr(float(bar_interval)),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.env.update(env or {})
         self.started = False
 
@@ -116,11 +124,17 @@ class Stack:
 
     def _launcher(self, command: str) -> str:
         done = subprocess.run(
-            [sys.executable, "launcher.py", command], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            [sys.executable, "launcher.py", command],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=START_TIMEOUT_SECONDS,
-        )  # fmt: skip
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"launcher.py {command} failed ({done.returncode}): {done.stderr or done.stdout}")
+            raise RuntimeError(
+                f"launcher.py {command} failed ({done.returncode}): {done.stderr or done.stdout}"
+            )
         return done.stdout
 
     def start(self) -> Stack:
@@ -149,7 +163,9 @@ class Stack:
                 return
             time.sleep(0.2)
         store.client.close()
-        raise TimeoutError(f"the stack did not come up in {START_TIMEOUT_SECONDS:.0f} s; logs: {self.log_tail()}")
+        raise TimeoutError(
+            f"the stack did not come up in {START_TIMEOUT_SECONDS:.0f} s; logs: {self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 20) -> str:
         out = []
@@ -194,8 +210,8 @@ def wait_rendered(page: Any, title: str) -> None:
 
 
 def settle(page: Any) -> None:
-    """Wait until no script run is under way and every element is drawn (lazy widgets show a skeleton first)."""
+    """Wait until no script runs and every element is drawn (lazy widgets show a skeleton first)."""
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"], [data-testid=\"stSkeleton\"]')",
+        '() => !document.querySelector(\'[data-testid="stStatusWidget"], [data-testid="stSkeleton"]\')',
         timeout=PAGE_TIMEOUT_MS,
     )

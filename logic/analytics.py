@@ -62,7 +62,9 @@ def traffic_lights(
     A rule breached now (on ``snapshot``) or an active alert of a rule of the area colours it by severity;
     an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey.
     """
-    by_area: dict[str, list[tuple[int, int, str]]] = {area: [] for area, _ in AREAS}  # (rank, rule first, text)
+    by_area: dict[str, list[tuple[int, int, str]]] = {
+        area: [] for area, _ in AREAS
+    }  # (rank, rule first, text)
     applicable = {area: 0 for area, _ in AREAS}
     for rule in rules:
         area = area_of(rule.metric)
@@ -74,7 +76,8 @@ def traffic_lights(
         applicable[area] += 1
         if compare(float(value), rule.op, rule.threshold):
             rank = _rank(rule.severity)
-            text = f"{rule.description or rule.id}: {rule.metric} = {_fmt(value)} {rule.op} {_fmt(rule.threshold)}"
+            now = f"{rule.metric} = {_fmt(value)} {rule.op} {_fmt(rule.threshold)}"
+            text = f"{rule.description or rule.id}: {now}"
             by_area[area].append((rank, 1, text))
     for alert in active_alerts:
         if alert.get("status") not in ACTIVE_STATUSES:
@@ -83,7 +86,8 @@ def traffic_lights(
         if area is None:
             continue
         applicable[area] += 1
-        text = f"{alert.get('status', '').lower()} alert {alert.get('rule_id', '?')} ({alert.get('severity', '?')})"
+        status, rule_id = str(alert.get("status", "")).lower(), alert.get("rule_id", "?")
+        text = f"{status} alert {rule_id} ({alert.get('severity', '?')})"
         by_area[area].append((_rank(str(alert.get("severity", "LOW"))), 0, text))
     lights = []
     for area, _ in AREAS:
@@ -96,17 +100,26 @@ def traffic_lights(
         elif applicable[area]:
             lights.append(Light(area, "green", f"{applicable[area]} rule(s) clear"))
         else:
-            lights.append(Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet"))
+            lights.append(
+                Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet")
+            )
     return lights
 
 
-def breaker_levels(rules: Iterable[AlertRule], portfolio_id: str, metric: str = "drawdown.daily") -> list[dict[str, Any]]:
+def breaker_levels(
+    rules: Iterable[AlertRule], portfolio_id: str, metric: str = "drawdown.daily"
+) -> list[dict[str, Any]]:
     """The circuit-breaker levels on ``metric``: rules with automated actions, as ``{level, label}``."""
     out = []
     for rule in rules:
         if rule.metric == metric and rule.actions and applies(rule, portfolio_id):
-            out.append({"level": float(rule.threshold), "label": f"{rule.id}: {', '.join(rule.actions)}",
-                        "severity": rule.severity})  # fmt: skip
+            out.append(
+                {
+                    "level": float(rule.threshold),
+                    "label": f"{rule.id}: {', '.join(rule.actions)}",
+                    "severity": rule.severity,
+                }
+            )
     return sorted(out, key=lambda b: b["level"], reverse=True)
 
 
@@ -126,7 +139,7 @@ def _fmt(value: Any) -> str:
     return f"{number:,.4g}" if abs(number) < 1000 else f"{number:,.0f}"
 
 
-# -- VaR backtest ---------------------------------------------------------------------------------------------
+# -- VaR backtest --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,7 @@ def var_backtest(
     """
     field = field or ("var.var99" if confidence >= 0.99 else "var.var95")
     last: dict[int, Mapping[str, Any]] = {}
-    for p in sorted(points, key=lambda q: (q.get("ts") or 0.0)):
+    for p in sorted(points, key=lambda q: q.get("ts") or 0.0):
         version = p.get("version")
         if isinstance(version, int) and _finite(p.get("equity")) and _finite(p.get(field)):
             last[version] = p
@@ -193,20 +206,28 @@ def var_backtest(
     series["time"] = pd.to_datetime(series["time"], unit="s", utc=True)
     n = len(series)
     x = int(series["exceeded"].sum()) if n else 0
-    kupiec = christoffersen = (None, None)
+    kupiec: tuple[float | None, float | None] = (None, None)
+    christoffersen: tuple[float | None, float | None] = (None, None)
     zone = None
     if n >= MIN_BACKTEST_OBSERVATIONS:
         kupiec = math_logic.kupiec_pof(x, n, confidence)
         christoffersen = math_logic.christoffersen_independence(series["exceeded"].to_numpy(dtype=int))
         zone = math_logic.basel_traffic_light(x, n, confidence=confidence)
     return Backtest(
-        confidence=confidence, observations=n, exceedances=x, expected=n * (1.0 - confidence),
-        kupiec_lr=kupiec[0], kupiec_p=kupiec[1], christoffersen_lr=christoffersen[0],
-        christoffersen_p=christoffersen[1], zone=zone, series=series,
-    )  # fmt: skip
+        confidence=confidence,
+        observations=n,
+        exceedances=x,
+        expected=n * (1.0 - confidence),
+        kupiec_lr=kupiec[0],
+        kupiec_p=kupiec[1],
+        christoffersen_lr=christoffersen[0],
+        christoffersen_p=christoffersen[1],
+        zone=zone,
+        series=series,
+    )
 
 
-# -- VaR surface over two positions ---------------------------------------------------------------------------
+# -- VaR surface over two positions --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -241,7 +262,8 @@ def var_surface(
     tickers: tuple[str, str],
 ) -> Surface:
     """Parametric VaR (dollar exposures, :func:`math_logic.get_portfolio_var` with ``portfolio_value=1``) of
-    the book with the two positions set to every pair of share counts; the other positions stay as they are."""
+    the book with the two positions set to every pair of share counts; the other positions stay as they
+    are."""
     if index_a == index_b:
         raise ValueError("pick two different tickers")
     x = np.array(exposures, dtype=float)
@@ -251,6 +273,8 @@ def var_surface(
         for i, qa in enumerate(qty_a):
             x[index_a] = qa * prices[index_a]
             out[j, i] = math_logic.get_portfolio_var(x, cov, 1.0, confidence, horizon_bars, validate=False)[0]
-    current_var = math_logic.get_portfolio_var(exposures, cov, 1.0, confidence, horizon_bars, validate=False)[0]
+    current_var = math_logic.get_portfolio_var(exposures, cov, 1.0, confidence, horizon_bars, validate=False)[
+        0
+    ]
     current = (float(exposures[index_a] / prices[index_a]), float(exposures[index_b] / prices[index_b]))
     return Surface(tickers, np.asarray(qty_a), np.asarray(qty_b), out, current, float(current_var))

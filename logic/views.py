@@ -18,7 +18,7 @@ import platform
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +36,9 @@ from engine.errors import (
 )
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings
+from engine.store import SCHEMA_VERSION, PortfolioKeys, Store, encode_json
+from engine.store import TRADING_STATES as TRADING_STATE_NAMES
 from logic.valuation import value_portfolio
-from engine.store import SCHEMA_VERSION, TRADING_STATES as TRADING_STATE_NAMES, PortfolioKeys, Store, encode_json
 
 Clock = Callable[[], float]
 
@@ -95,7 +96,9 @@ class Desk:
         """
         from logic.alerts import build_alert_engine
 
-        return self._service("alert_engine", "*", lambda: build_alert_engine(self.store, self.settings, self.clock))
+        return self._service(
+            "alert_engine", "*", lambda: build_alert_engine(self.store, self.settings, self.clock)
+        )
 
     def risk_manager(self, portfolio_id: str) -> Any:
         """The portfolio's :class:`~logic.risk_manager.RiskManager` (created on first use)."""
@@ -104,7 +107,9 @@ class Desk:
         return self._service(
             "risk_manager",
             portfolio_id,
-            lambda: RiskManager(self.client, portfolio_id=portfolio_id, settings=self.settings, clock=self.clock),
+            lambda: RiskManager(
+                self.client, portfolio_id=portfolio_id, settings=self.settings, clock=self.clock
+            ),
         )
 
 
@@ -147,7 +152,10 @@ def problem_from_exception(exc: BaseException) -> Problem:
         return Problem(exc.code, "Riskdesk refused the request", _detail(exc), exc.fix or "see the message")
     if isinstance(exc, redis.RedisError):
         return Problem(
-            "STORE_ERROR", "Redis returned an error", _short(exc), "check the Redis server log and `make status`"
+            "STORE_ERROR",
+            "Redis returned an error",
+            _short(exc),
+            "check the Redis server log and `make status`",
         )
     return Problem(
         "UNEXPECTED",
@@ -166,7 +174,7 @@ def _short(exc: BaseException | str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# -- health: is there anything to show, and is it fresh --------------------------------------------------------
+# -- health: is there anything to show, and is it fresh ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -313,9 +321,10 @@ def market_status(desk: Desk) -> MarketStatus:
     now = desk.clock()
     limit = desk.settings.limits.stale_price_seconds
     stale = tuple(
-        t for t, ts, p in zip(header.tickers, header.price_ts, header.prices, strict=True)
+        t
+        for t, ts, p in zip(header.tickers, header.price_ts, header.prices, strict=True)
         if not (np.isfinite(p) and now - ts <= limit)
-    )  # fmt: skip
+    )
     return MarketStatus(header.version, header.ts, max(0.0, now - header.ts), len(header.tickers), stale)
 
 
@@ -443,8 +452,17 @@ def records_frame(records: list[dict[str, Any]], time_fields: tuple[str, ...] = 
 # -- Trade page ----------------------------------------------------------------------------------------------
 
 POSITION_COLUMNS = (
-    "ticker", "qty", "avg_price", "last", "market_value", "weight", "unrealized_pnl", "realized_pnl", "mfe", "mae",
-)  # fmt: skip
+    "ticker",
+    "qty",
+    "avg_price",
+    "last",
+    "market_value",
+    "weight",
+    "unrealized_pnl",
+    "realized_pnl",
+    "mfe",
+    "mae",
+)
 BLOTTER_ROWS = 50
 
 
@@ -474,8 +492,9 @@ def _excursions(desk: Desk, portfolio_id: str) -> dict[str, dict[str, float | No
         return {}
     return {
         str(p.get("ticker")): {"mfe": _float_or_none(p.get("mfe")), "mae": _float_or_none(p.get("mae"))}
-        for p in snapshot.get("positions", []) if isinstance(p, dict)
-    }  # fmt: skip
+        for p in snapshot.get("positions", [])
+        if isinstance(p, dict)
+    }
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -487,7 +506,7 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def latest_snapshot(desk: Desk, portfolio_id: str) -> dict[str, Any] | None:
-    """The monitor's latest snapshot of the portfolio (see README "Snapshot fields"), None before the first."""
+    """The monitor's latest snapshot of the portfolio (schema in logic/snapshot.py); None before the first."""
     reader = getattr(desk.store, "read_snapshot", None)
     if reader is None:  # the monitor is not part of this build yet
         return None
@@ -505,13 +524,13 @@ def new_client_order_id() -> str:
     return f"dash-{uuid.uuid4().hex}"
 
 
-def check_ticket(desk: Desk, portfolio_id: str, ticker: str, side: str, qty: Any) -> dict[str, Any]:
+def check_ticket(desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any) -> dict[str, Any]:
     """The pre-trade decision (never writes; every failed check is a reason)."""
     return desk.risk_manager(portfolio_id).check_trade_impact(ticker, qty, side)
 
 
 def execute_ticket(
-    desk: Desk, portfolio_id: str, ticker: str, side: str, qty: Any, client_order_id: str, actor: str
+    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, client_order_id: str, actor: str
 ) -> dict[str, Any]:
     """Execute a checked ticket; the same ``client_order_id`` trades at most once (``duplicate`` says so)."""
     return desk.risk_manager(portfolio_id).execute_trade(
@@ -561,7 +580,9 @@ def deltas_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
                 label = f"VaR {confidence:.0%} ({horizon:g} day)"
         rows.append({"figure": label, "before": before, "after": after, "change": change})
     for label, key in COST_ROWS:
-        rows.append({"figure": label, "before": None, "after": _float_or_none(decision.get(key)), "change": None})
+        rows.append(
+            {"figure": label, "before": None, "after": _float_or_none(decision.get(key)), "change": None}
+        )
     df = pd.DataFrame(rows, columns=["figure", "before", "after", "change"])
     return df.astype({"before": float, "after": float, "change": float})  # None -> NaN: shown empty
 
@@ -573,25 +594,41 @@ def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> p
     for r in records:
         fill = r.get("fill") or {}
         decision = r.get("decision") or {}
-        rows.append({
-            "time": r.get("ts"),
-            "status": r.get("status"),
-            "side": fill.get("side") or decision.get("side"),
-            "ticker": fill.get("ticker") or decision.get("ticker"),
-            "qty": fill.get("qty") if fill else decision.get("qty"),
-            "price": _float_or_none(fill.get("price")) if fill else _float_or_none(decision.get("price")),
-            "notional": _float_or_none(fill.get("notional")),
-            "fees": _float_or_none(fill.get("fees")),
-            "realized_pnl": _float_or_none(fill.get("realized_pnl")),
-            "reasons": "; ".join(str(x.get("code")) for x in r.get("reasons") or []),
-            "actor": r.get("actor"),
-            "client_order_id": r.get("client_order_id"),
-            "trade_id": fill.get("trade_id"),
-        })  # fmt: skip
-    df = pd.DataFrame(rows, columns=[
-        "time", "status", "side", "ticker", "qty", "price", "notional", "fees", "realized_pnl", "reasons",
-        "actor", "client_order_id", "trade_id",
-    ])  # fmt: skip
+        rows.append(
+            {
+                "time": r.get("ts"),
+                "status": r.get("status"),
+                "side": fill.get("side") or decision.get("side"),
+                "ticker": fill.get("ticker") or decision.get("ticker"),
+                "qty": fill.get("qty") if fill else decision.get("qty"),
+                "price": _float_or_none(fill.get("price")) if fill else _float_or_none(decision.get("price")),
+                "notional": _float_or_none(fill.get("notional")),
+                "fees": _float_or_none(fill.get("fees")),
+                "realized_pnl": _float_or_none(fill.get("realized_pnl")),
+                "reasons": "; ".join(str(x.get("code")) for x in r.get("reasons") or []),
+                "actor": r.get("actor"),
+                "client_order_id": r.get("client_order_id"),
+                "trade_id": fill.get("trade_id"),
+            }
+        )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "time",
+            "status",
+            "side",
+            "ticker",
+            "qty",
+            "price",
+            "notional",
+            "fees",
+            "realized_pnl",
+            "reasons",
+            "actor",
+            "client_order_id",
+            "trade_id",
+        ],
+    )
     df["time"] = pd.to_datetime(pd.to_numeric(df["time"], errors="coerce"), unit="s", utc=True)
     df["ticker"] = df["ticker"].map(lambda v: v if v is None else str(v))
     return df
@@ -648,11 +685,14 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
     if snapshot is not None:
         pnl, var = snapshot.get("pnl", {}), snapshot.get("var", {})
         headline = {
-            "equity": _float_or_none(snapshot.get("equity")), "cash": _float_or_none(snapshot.get("cash")),
-            "daily_pnl": _float_or_none(pnl.get("daily")), "total_pnl": _float_or_none(pnl.get("total")),
-            "unrealized": _float_or_none(pnl.get("unrealized")), "realized": _float_or_none(pnl.get("realized")),
+            "equity": _float_or_none(snapshot.get("equity")),
+            "cash": _float_or_none(snapshot.get("cash")),
+            "daily_pnl": _float_or_none(pnl.get("daily")),
+            "total_pnl": _float_or_none(pnl.get("total")),
+            "unrealized": _float_or_none(pnl.get("unrealized")),
+            "realized": _float_or_none(pnl.get("realized")),
             "leverage": _float_or_none(snapshot.get("leverage")),
-        }  # fmt: skip
+        }
         limit = _float_or_none(var.get("limit")) or limit
         gauges = [
             Gauge("VaR 95% (1 day)", _float_or_none(var.get("var95")) or 0.0, limit),
@@ -664,11 +704,14 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
     else:  # no monitor yet: the risk manager's own figures (no drawdown, no daily P&L)
         totals = desk.risk_manager(portfolio_id).get_dashboard_metrics().attrs.get("totals", {})
         headline = {
-            "equity": totals.get("equity"), "cash": totals.get("cash"), "daily_pnl": None,
+            "equity": totals.get("equity"),
+            "cash": totals.get("cash"),
+            "daily_pnl": None,
             "total_pnl": (totals.get("unrealized_pnl") or 0.0) + (totals.get("realized_pnl") or 0.0),
-            "unrealized": totals.get("unrealized_pnl"), "realized": totals.get("realized_pnl"),
+            "unrealized": totals.get("unrealized_pnl"),
+            "realized": totals.get("realized_pnl"),
             "leverage": totals.get("leverage"),
-        }  # fmt: skip
+        }
         gauges = [
             Gauge(f"VaR {confidence:.0%} (1 day)", float(totals.get("var") or 0.0), limit),
             Gauge(f"CVaR {confidence:.0%} (1 day)", float(totals.get("cvar") or 0.0), limit),
@@ -695,8 +738,9 @@ def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.Da
     """
     now = desk.clock()
     start = now - window_seconds
-    points = desk.store.read_history(portfolio_id, start_ts=start, count=HISTORY_DIRECT_POINTS + 1,
-                                     newest_first=True)  # fmt: skip
+    points = desk.store.read_history(
+        portfolio_id, start_ts=start, count=HISTORY_DIRECT_POINTS + 1, newest_first=True
+    )
     if len(points) > HISTORY_DIRECT_POINTS:
         step = window_seconds / HISTORY_SAMPLES
         points = []
@@ -721,7 +765,7 @@ def active_alerts(desk: Desk, portfolio_id: str | None = None) -> list[dict[str,
     return desk.alert_engine().active_alerts(portfolio_id)
 
 
-# -- Risk page ------------------------------------------------------------------------------------------------
+# -- Risk page -----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -745,9 +789,18 @@ def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
     if snap is None:
         raise rm.last_error or StoreEmptyError("no market snapshot in the store")
     corr = math_logic.correlation_from_covariance(snap.cov, validate=False)
-    exposures = metrics.reindex(columns=[
-        "ticker", "qty", "market_value", "weight", "daily_vol", "marginal_var", "component_var", "component_share",
-    ])  # fmt: skip
+    exposures = metrics.reindex(
+        columns=[
+            "ticker",
+            "qty",
+            "market_value",
+            "weight",
+            "daily_vol",
+            "marginal_var",
+            "component_var",
+            "component_share",
+        ]
+    )
     return ExposureView(
         correlation=pd.DataFrame(corr, index=list(snap.tickers), columns=list(snap.tickers)),
         exposures=exposures,
@@ -770,12 +823,17 @@ class StressView:
 
 def stress_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]] | None = None) -> StressView:
     result = desk.risk_manager(portfolio_id).stress_test(trades)
-    scenarios = pd.DataFrame(result["scenarios"], columns=["name", "description", "pnl", "pnl_pct", "equity_after"])
+    scenarios = pd.DataFrame(
+        result["scenarios"], columns=["name", "description", "pnl", "pnl_pct", "equity_after"]
+    )
     return StressView(
-        var=float(result["var"]), stressed_var=float(result["stressed_var"]),
-        stressed_var99=float(result["stressed_var99"]), confidence=float(result["var_confidence"]),
-        equity=float(result["equity"]), scenarios=scenarios,
-    )  # fmt: skip
+        var=float(result["var"]),
+        stressed_var=float(result["stressed_var"]),
+        stressed_var99=float(result["stressed_var99"]),
+        confidence=float(result["var_confidence"]),
+        equity=float(result["equity"]),
+        scenarios=scenarios,
+    )
 
 
 WHAT_IF_COLUMNS = ("ticker", "side", "qty")
@@ -802,16 +860,24 @@ def basket_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if _blank(ticker) and _blank(qty):
             continue
         number = _float_or_none(qty)
-        trades.append({
-            "ticker": None if _blank(ticker) else str(ticker),
-            "side": None if _blank(side) else str(side),
-            "qty": int(number) if number is not None and number.is_integer() else (number if number is not None else qty),
-        })  # fmt: skip
+        trades.append(
+            {
+                "ticker": None if _blank(ticker) else str(ticker),
+                "side": None if _blank(side) else str(side),
+                "qty": int(number)
+                if number is not None and number.is_integer()
+                else (number if number is not None else qty),
+            }
+        )
     return trades
 
 
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
 
 
 def what_if_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]]) -> WhatIfView:
@@ -822,27 +888,40 @@ def what_if_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]]) ->
     result = rm.what_if(trades)
     rows = []
     for trade, d in zip(trades, result["decisions"], strict=True):
-        rows.append({
-            "ticker": trade["ticker"], "side": trade["side"], "qty": trade["qty"], "status": d["status"],
-            "delta_var": d.get("delta_var"), "var_after": d.get("var_after"),
-            "reasons": "; ".join(f"{r['code']}: {r['message']}" for r in d.get("reasons") or []),
-        })  # fmt: skip
+        rows.append(
+            {
+                "ticker": trade["ticker"],
+                "side": trade["side"],
+                "qty": trade["qty"],
+                "status": d["status"],
+                "delta_var": d.get("delta_var"),
+                "var_after": d.get("var_after"),
+                "reasons": "; ".join(f"{r['code']}: {r['message']}" for r in d.get("reasons") or []),
+            }
+        )
     try:
         stress = stress_view(desk, portfolio_id, trades)
     except RiskdeskError:
         stress = None
     return WhatIfView(
         status=result["status"],
-        decisions=pd.DataFrame(rows, columns=["ticker", "side", "qty", "status", "delta_var", "var_after", "reasons"]),
-        var_before=result.get("var_before"), var_after=result.get("var_after"),
-        cash_before=result.get("cash_before"), cash_after=result.get("cash_after"), stress=stress,
-    )  # fmt: skip
+        decisions=pd.DataFrame(
+            rows, columns=["ticker", "side", "qty", "status", "delta_var", "var_after", "reasons"]
+        ),
+        var_before=result.get("var_before"),
+        var_after=result.get("var_after"),
+        cash_before=result.get("cash_before"),
+        cash_after=result.get("cash_after"),
+        stress=stress,
+    )
 
 
 SURFACE_STEPS = 21
 
 
-def surface_view(desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS) -> Any:
+def surface_view(
+    desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS
+) -> Any:
     """VaR (the limit's confidence and horizon) over a grid of sizes of two positions (logic.analytics)."""
     from logic import analytics
 
@@ -864,11 +943,17 @@ def surface_view(desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, st
     qty_a = analytics.qty_grid(float(valuation.qty[ia]), float(snap.prices[ia]), equity, steps)
     qty_b = analytics.qty_grid(float(valuation.qty[ib]), float(snap.prices[ib]), equity, steps)
     return analytics.var_surface(
-        np.asarray(valuation.market_values, dtype=float), snap.prices, snap.cov, ia, ib, qty_a, qty_b,
+        np.asarray(valuation.market_values, dtype=float),
+        snap.prices,
+        snap.cov,
+        ia,
+        ib,
+        qty_a,
+        qty_b,
         confidence=limits.var_confidence,
         horizon_bars=desk.settings.model.bars_per_day * limits.var_horizon_days,
         tickers=(ticker_a, ticker_b),
-    )  # fmt: skip
+    )
 
 
 BACKTEST_POINTS = 3000
@@ -880,16 +965,32 @@ def backtest_view(desk: Desk, portfolio_id: str, confidence: float, points: int 
     from logic import analytics
 
     history = desk.store.read_history(portfolio_id, count=points, newest_first=True)
-    return analytics.var_backtest(history, confidence=confidence, bars_per_day=desk.settings.model.bars_per_day)
+    return analytics.var_backtest(
+        history, confidence=confidence, bars_per_day=desk.settings.model.bars_per_day
+    )
 
 
-# -- Alerts page ----------------------------------------------------------------------------------------------
+# -- Alerts page ---------------------------------------------------------------------------------------------
 
 ALERT_COLUMNS = (
-    "severity", "status", "portfolio_id", "rule_id", "description", "metric", "value", "threshold", "op",
-    "triggered_at", "acknowledged_by", "acknowledged_at", "resolved_at", "resolved_by", "escalation_level",
-    "next_escalation_at", "alert_id",
-)  # fmt: skip
+    "severity",
+    "status",
+    "portfolio_id",
+    "rule_id",
+    "description",
+    "metric",
+    "value",
+    "threshold",
+    "op",
+    "triggered_at",
+    "acknowledged_by",
+    "acknowledged_at",
+    "resolved_at",
+    "resolved_by",
+    "escalation_level",
+    "next_escalation_at",
+    "alert_id",
+)
 ALERT_TIME_COLUMNS = ("triggered_at", "acknowledged_at", "resolved_at", "next_escalation_at")
 ALERT_STATUSES = ("TRIGGERED", "ACKNOWLEDGED", "RESOLVED")
 ALERT_WINDOWS: dict[str, float | None] = {"1 h": 3600.0, "24 h": 86400.0, "7 days": 7 * 86400.0, "all": None}
@@ -907,7 +1008,11 @@ def alerts_frame(
     """Active and resolved alerts, newest first, filtered (severity, status, portfolio, time)."""
     since = None if window_seconds is None else desk.clock() - window_seconds
     alerts = desk.alert_engine().list_alerts(
-        portfolio_id, status=_set_or_none(statuses), severity=_set_or_none(severities), since=since, limit=limit
+        portfolio_id,
+        status=_set_or_none(statuses),
+        severity=_set_or_none(severities),
+        since=since,
+        limit=limit,
     )
     df = pd.DataFrame.from_records(alerts).reindex(columns=list(ALERT_COLUMNS))
     for col in ALERT_TIME_COLUMNS:
@@ -919,7 +1024,9 @@ def _set_or_none(values: Iterable[str] | None) -> set[str] | None:
     return None if values is None else set(values)
 
 
-def acknowledge_alert(desk: Desk, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
+def acknowledge_alert(
+    desk: Desk, portfolio_id: str, rule_id: str, actor: str, note: str = ""
+) -> dict[str, Any]:
     return desk.alert_engine().acknowledge(portfolio_id, rule_id, _actor(actor), note)
 
 
@@ -940,9 +1047,20 @@ def delivery_frame(desk: Desk, portfolio_id: str | None, count: int = 100) -> pd
 
 
 RULE_COLUMNS = (
-    "id", "metric", "op", "threshold", "severity", "description", "pending_seconds", "clear_seconds",
-    "stale_after_seconds", "stale_policy", "portfolios", "actions", "source",
-)  # fmt: skip
+    "id",
+    "metric",
+    "op",
+    "threshold",
+    "severity",
+    "description",
+    "pending_seconds",
+    "clear_seconds",
+    "stale_after_seconds",
+    "stale_policy",
+    "portfolios",
+    "actions",
+    "source",
+)
 
 
 def rules_frame(desk: Desk) -> pd.DataFrame:
@@ -1012,8 +1130,13 @@ def escalation_summary(desk: Desk) -> pd.DataFrame:
     rows = []
     for severity in ("LOW", "MEDIUM", "HIGH", "CRITICAL"):
         for n, level in enumerate(config.policy(severity).levels):
-            rows.append({
-                "severity": severity, "level": n, "after (s)": level.delay_seconds,
-                "notify": ", ".join(level.recipients) or "-", "channels": ", ".join(level.channels),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "severity": severity,
+                    "level": n,
+                    "after (s)": level.delay_seconds,
+                    "notify": ", ".join(level.recipients) or "-",
+                    "channels": ", ".join(level.channels),
+                }
+            )
     return pd.DataFrame(rows, columns=["severity", "level", "after (s)", "notify", "channels"])

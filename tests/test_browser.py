@@ -1,10 +1,10 @@
-"""End to end in a real headless Chromium: ``make run``-style startup on a temporary store, every page, a trade
-through the UI, screenshots.
+"""End to end in a real headless Chromium: ``make run``-style startup on a temporary store, every page, a
+trade through the UI, screenshots.
 
-The stack (embedded Redis, warm-up, stream daemon, monitor, ``streamlit run``) is started by ``launcher.py`` on
-a temporary data directory and a free loopback port (:class:`dashboard.e2e.Stack`) and stopped by PID at the
-end. Screenshots go to ``$RISKDESK_SCREENSHOT_DIR`` (``make screenshots`` sets ``docs/screenshots``), else to
-``test-artifacts/screenshots`` (git-ignored), so a test run never rewrites the README's images.
+The stack (embedded Redis, warm-up, stream daemon, monitor, ``streamlit run``) is started by ``launcher.py``
+on a temporary data directory and a free loopback port (:class:`dashboard.e2e.Stack`) and stopped by PID at
+the end. Screenshots go to ``$RISKDESK_SCREENSHOT_DIR`` (``make screenshots`` sets ``docs/screenshots``),
+else to ``test-artifacts/screenshots`` (git-ignored), so a test run never rewrites the README's images.
 """
 
 from __future__ import annotations
@@ -18,14 +18,21 @@ from typing import Any
 import pytest
 
 from dashboard.e2e import (
-    CHART_SELECTOR, CHROMIUM, EXCEPTION_SELECTOR, ROOT, Stack, launch_chromium, open_page, settle,
-)  # fmt: skip
+    CHART_SELECTOR,
+    CHROMIUM,
+    EXCEPTION_SELECTOR,
+    ROOT,
+    Stack,
+    launch_chromium,
+    open_page,
+    settle,
+)
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
-        reason=f"Debian's chromium is not installed at {CHROMIUM}: `apt-get install chromium` (.ci/run does it)",
+        reason=f"Debian's chromium is not at {CHROMIUM}: `apt-get install chromium` (.ci/run does it)",
     ),
 ]
 
@@ -70,9 +77,13 @@ def shoot(page: Any, name: str) -> Path:
 
 
 def assert_no_exception(page: Any, title: str) -> None:
-    assert page.locator(EXCEPTION_SELECTOR).count() == 0, f"{title}: {page.locator(EXCEPTION_SELECTOR).first.inner_text()}"
+    assert page.locator(EXCEPTION_SELECTOR).count() == 0, (
+        f"{title}: {page.locator(EXCEPTION_SELECTOR).first.inner_text()}"
+    )
     text = page.inner_text('[data-testid="stMain"]')
-    assert not [p for p in FRIENDLY_PROBLEMS if p in text], f"{title} shows a problem on a healthy stack:\n{text[:2000]}"
+    assert not [p for p in FRIENDLY_PROBLEMS if p in text], (
+        f"{title} shows a problem on a healthy stack:\n{text[:2000]}"
+    )
 
 
 @pytest.mark.parametrize("title", PAGES)
@@ -135,9 +146,20 @@ def test_an_alert_on_the_live_snapshot_is_acknowledged_in_the_ui(page: Any, stac
     store = Store(connect(stack.redis_url))
     try:
         engine = build_alert_engine(store, stack.settings())
-        engine.add_rule({"id": "var_in_use", "metric": "var.utilization", "op": ">=", "threshold": 0.0001,
-                         "severity": "HIGH", "description": "VaR in use (end-to-end test rule)"}, "e2e")  # fmt: skip
-        engine.evaluate("main", store.read_snapshot("main"))  # the real engine on the monitor's latest snapshot
+        engine.add_rule(
+            {
+                "id": "var_in_use",
+                "metric": "var.utilization",
+                "op": ">=",
+                "threshold": 0.0001,
+                "severity": "HIGH",
+                "description": "VaR in use (end-to-end test rule)",
+            },
+            "e2e",
+        )
+        engine.evaluate(
+            "main", store.read_snapshot("main")
+        )  # the real engine on the monitor's latest snapshot
 
         open_page(page, stack.url, "Alerts")
         cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="var_in_use")
@@ -146,7 +168,9 @@ def test_an_alert_on_the_live_snapshot_is_acknowledged_in_the_ui(page: Any, stac
         assert_no_exception(page, "Alerts")
         shoot(page, "alerts")
 
-        form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_role("button", name="Acknowledge"))
+        form = page.locator('[data-testid="stForm"]').filter(
+            has=page.get_by_role("button", name="Acknowledge")
+        )
         form.get_by_label("Your name").fill("e2e trader")
         form.get_by_role("button", name="Acknowledge").click()
         page.get_by_text("Alert acknowledged.").wait_for(timeout=30_000)

@@ -73,7 +73,7 @@ def money(value: float) -> str:
     return f"{value:,.0f}"
 
 
-# -- fixtures -------------------------------------------------------------------------------------------------
+# -- fixtures ------------------------------------------------------------------------------------------------
 
 
 def _point_app_at(monkeypatch: pytest.MonkeyPatch, url: str, tmp_path: Path) -> None:
@@ -106,13 +106,31 @@ def empty_env(
 def beat(store: Store, age: float = 0.0) -> None:
     """Heartbeats of both daemons, ``age`` seconds old (what the stream and monitor write each tick)."""
     now = time.time() - age
-    store.write_heartbeat("stream", {"ts": now, "pid": 4242, "bars_processed": 17, "bars_rejected": 2,
-                                     "last_latency_ms": 0.8, "version": 17})  # fmt: skip
-    store.write_heartbeat("monitor", {"ts": now, "pid": 4343, "ticks_processed": 16, "bars_rejected": 0,
-                                      "last_latency_ms": 3.5, "version": 17})  # fmt: skip
+    store.write_heartbeat(
+        "stream",
+        {
+            "ts": now,
+            "pid": 4242,
+            "bars_processed": 17,
+            "bars_rejected": 2,
+            "last_latency_ms": 0.8,
+            "version": 17,
+        },
+    )
+    store.write_heartbeat(
+        "monitor",
+        {
+            "ts": now,
+            "pid": 4343,
+            "ticks_processed": 16,
+            "bars_rejected": 0,
+            "last_latency_ms": 3.5,
+            "version": 17,
+        },
+    )
 
 
-# -- System ---------------------------------------------------------------------------------------------------
+# -- System --------------------------------------------------------------------------------------------------
 
 
 def test_system_page_shows_heartbeats_redis_health_and_versions(app_env: Store) -> None:
@@ -173,7 +191,7 @@ def test_kill_switch_refuses_a_change_without_reason(app_env: Store) -> None:
     assert app_env.read_trading_state("main").state == "ACTIVE"
 
 
-# -- Trade ----------------------------------------------------------------------------------------------------
+# -- Trade ---------------------------------------------------------------------------------------------------
 
 
 def submit_ticket(at: AppTest, ticker: str, side: str, qty: int) -> AppTest:
@@ -197,7 +215,9 @@ def test_trade_page_shows_positions_with_the_store_numbers(app_env: Store, setti
     assert metric(at, "Trading state") == "ACTIVE"
 
 
-def test_ticket_rejects_a_bad_quantity_with_its_reason_and_no_execute(app_env: Store, settings: Settings) -> None:
+def test_ticket_rejects_a_bad_quantity_with_its_reason_and_no_execute(
+    app_env: Store, settings: Settings
+) -> None:
     at = open_page("trade")
     at = submit_ticket(at, "AAA", "BUY", settings.limits.max_order_qty + 1)
     assert_clean(at)
@@ -306,22 +326,52 @@ def parametric_var(store: Store, settings: Settings, portfolio_id: str, confiden
 
     snap = store.read_market()
     book = store.read_portfolio(portfolio_id)
-    x = np.array([book.positions[t].qty * snap.prices[i] if t in book.positions else 0.0
-                  for i, t in enumerate(snap.tickers)])  # fmt: skip
+    x = np.array(
+        [
+            book.positions[t].qty * snap.prices[i] if t in book.positions else 0.0
+            for i, t in enumerate(snap.tickers)
+        ]
+    )
     return float(norm.ppf(confidence) * math.sqrt(x @ snap.cov @ x) * math.sqrt(settings.model.bars_per_day))
 
 
-# -- Overview -------------------------------------------------------------------------------------------------
+# -- Overview ------------------------------------------------------------------------------------------------
 
 
 def test_overview_shows_the_monitor_snapshot_gauges_and_lights(app_env: Store, settings: Settings) -> None:
     engine = alert_engine(app_env, settings)
-    engine.add_rule({"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05,
-                     "severity": "HIGH", "description": "VaR <b>used</b> [x](http://evil)"}, "tester")  # fmt: skip
-    engine.add_rule({"id": "conc", "metric": "concentration.largest_share", "op": ">", "threshold": 0.9,
-                     "severity": "MEDIUM"}, "tester")  # fmt: skip
-    engine.add_rule({"id": "dd_halt", "metric": "drawdown.daily", "op": "<=", "threshold": -0.05,
-                     "severity": "CRITICAL", "actions": ["set_state:HALTED"]}, "tester")  # fmt: skip
+    engine.add_rule(
+        {
+            "id": "var_used",
+            "metric": "var.utilization",
+            "op": ">=",
+            "threshold": 0.05,
+            "severity": "HIGH",
+            "description": "VaR <b>used</b> [x](http://evil)",
+        },
+        "tester",
+    )
+    engine.add_rule(
+        {
+            "id": "conc",
+            "metric": "concentration.largest_share",
+            "op": ">",
+            "threshold": 0.9,
+            "severity": "MEDIUM",
+        },
+        "tester",
+    )
+    engine.add_rule(
+        {
+            "id": "dd_halt",
+            "metric": "drawdown.daily",
+            "op": "<=",
+            "threshold": -0.05,
+            "severity": "CRITICAL",
+            "actions": ["set_state:HALTED"],
+        },
+        "tester",
+    )
     monitor_snapshots(app_env, settings, engine, refreshes=3)
     snapshot = app_env.read_snapshot("main")
     at = open_page("overview")
@@ -359,7 +409,7 @@ def test_overview_without_a_monitor_says_so_and_shows_the_risk_managers_figures(
     assert metric(at, "VaR 95% (1 day)") == money(parametric_var(app_env, settings, "main", 0.95))
 
 
-# -- Risk -----------------------------------------------------------------------------------------------------
+# -- Risk ----------------------------------------------------------------------------------------------------
 
 
 def open_risk_tab(tab: str) -> AppTest:
@@ -419,7 +469,10 @@ def test_risk_backtest_counts_exceedances_of_the_monitors_history(app_env: Store
     assert_clean(at)
     history = {p["version"]: p for p in app_env.read_history("main")}
     pairs = [(history[v], history[v + 1]) for v in sorted(history) if v + 1 in history]
-    hits = [-(b["equity"] - a["equity"]) > a["var.var99"] / math.sqrt(settings.model.bars_per_day) for a, b in pairs]
+    hits = [
+        -(b["equity"] - a["equity"]) > a["var.var99"] / math.sqrt(settings.model.bars_per_day)
+        for a, b in pairs
+    ]
     assert metric(at, "Observations (bars)") == str(len(pairs))
     assert metric(at, "Exceedances") == str(sum(hits))
     assert sum(hits) >= 1  # the -3% shock is far beyond a one-bar 99% VaR
@@ -427,15 +480,24 @@ def test_risk_backtest_counts_exceedances_of_the_monitors_history(app_env: Store
     assert list(series["exceeded"]) == hits
 
 
-# -- Alerts ---------------------------------------------------------------------------------------------------
+# -- Alerts --------------------------------------------------------------------------------------------------
 
 
 def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_resolved(
     app_env: Store, settings: Settings
 ) -> None:
     engine = alert_engine(app_env, settings)
-    engine.add_rule({"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05,
-                     "severity": "CRITICAL", "description": "VaR used"}, "tester")  # fmt: skip
+    engine.add_rule(
+        {
+            "id": "var_used",
+            "metric": "var.utilization",
+            "op": ">=",
+            "threshold": 0.05,
+            "severity": "CRITICAL",
+            "description": "VaR used",
+        },
+        "tester",
+    )
     monitor_snapshots(app_env, settings, engine)
     at = open_page("alerts")
     assert_clean(at)
@@ -451,7 +513,11 @@ def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_reso
     assert_clean(at)
     assert "acknowledged" in joined(at.success)
     alert = app_env.read_active_alerts("main")["var_used"]
-    assert (alert["status"], alert["acknowledged_by"], alert["ack_note"]) == ("ACKNOWLEDGED", "bob", "looking")
+    assert (alert["status"], alert["acknowledged_by"], alert["ack_note"]) == (
+        "ACKNOWLEDGED",
+        "bob",
+        "looking",
+    )
     assert metric(at, "Unacknowledged") == "0"
 
     at.button(key="FormSubmitter:alert_action_form-Resolve").click().run()
@@ -464,8 +530,10 @@ def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_reso
 
 def test_acknowledge_without_a_name_is_refused_with_the_reason(app_env: Store, settings: Settings) -> None:
     engine = alert_engine(app_env, settings)
-    engine.add_rule({"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05,
-                     "severity": "LOW"}, "tester")  # fmt: skip
+    engine.add_rule(
+        {"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05, "severity": "LOW"},
+        "tester",
+    )
     monitor_snapshots(app_env, settings, engine)
     at = open_page("alerts")
     at.button(key="FormSubmitter:alert_action_form-Acknowledge").click().run()
@@ -500,7 +568,9 @@ def test_rules_editor_adds_and_edits_a_rule_with_audit(app_env: Store, settings:
     assert [r.get("actor") for r in audit[:2]] == ["carol", "carol"]
 
 
-def test_rules_editor_refuses_an_invalid_rule_with_the_validation_message(app_env: Store, settings: Settings) -> None:
+def test_rules_editor_refuses_an_invalid_rule_with_the_validation_message(
+    app_env: Store, settings: Settings
+) -> None:
     at = open_page("alerts")
     k = "rule_➕ new rule_"
     at.text_input(key=k + "id").input("bad rule id!")

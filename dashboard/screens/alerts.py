@@ -18,8 +18,9 @@ st.title("Alerts")
 def filters(d: views.Desk, pid: str) -> dict:
     c = st.columns([2, 2, 1, 1])
     severities = c[0].multiselect("Severity", list(SEVERITIES), default=list(SEVERITIES), key="al_sev")
-    statuses = c[1].multiselect("State", views.ALERT_STATUSES, default=["TRIGGERED", "ACKNOWLEDGED"],
-                                key="al_status")  # fmt: skip
+    statuses = c[1].multiselect(
+        "State", views.ALERT_STATUSES, default=["TRIGGERED", "ACKNOWLEDGED"], key="al_status"
+    )
     scope = c[2].selectbox("Portfolio", [pid, "all"], key="al_scope")
     window = c[3].selectbox("Since", list(views.ALERT_WINDOWS), index=1, key="al_window")
     return {
@@ -33,20 +34,32 @@ def filters(d: views.Desk, pid: str) -> dict:
 def feed(d: views.Desk, f: dict) -> None:
     if not ui.health_gate(d):
         return
-    df = views.alerts_frame(d, f["portfolio_id"], severities=f["severities"], statuses=f["statuses"],
-                            window_seconds=f["window_seconds"])  # fmt: skip
+    df = views.alerts_frame(
+        d,
+        f["portfolio_id"],
+        severities=f["severities"],
+        statuses=f["statuses"],
+        window_seconds=f["window_seconds"],
+    )
     active = df[df["status"].isin(["TRIGGERED", "ACKNOWLEDGED"])]
     c = st.columns(4)
     c[0].metric("Active", len(active))
     c[1].metric("Unacknowledged", int((active["status"] == "TRIGGERED").sum()))
     c[2].metric("Critical active", int((active["severity"] == "CRITICAL").sum()))
     c[3].metric("Escalated", int((active["escalation_level"].fillna(0) > 1).sum()))
-    ui.table(df, "alerts", "alerts.csv", height=300, empty="No alert matches the filters.",
-             colours={"severity": ui.SEVERITY_COLOURS}, column_config={
-        "value": st.column_config.NumberColumn(format="%.4g"),
-        "threshold": st.column_config.NumberColumn(format="%.4g"),
-        "escalation_level": st.column_config.NumberColumn("escalation level"),
-    })  # fmt: skip
+    ui.table(
+        df,
+        "alerts",
+        "alerts.csv",
+        height=300,
+        empty="No alert matches the filters.",
+        colours={"severity": ui.SEVERITY_COLOURS},
+        column_config={
+            "value": st.column_config.NumberColumn(format="%.4g"),
+            "threshold": st.column_config.NumberColumn(format="%.4g"),
+            "escalation_level": st.column_config.NumberColumn("escalation level"),
+        },
+    )
 
 
 def act_on_alert(d: views.Desk, f: dict) -> None:
@@ -65,10 +78,12 @@ def act_on_alert(d: views.Desk, f: dict) -> None:
         c[0].text_input("Your name", key="al_actor", max_chars=64)
         c[1].text_input("Note", key="al_note", max_chars=500)
         b = st.columns(2)
-        b[0].form_submit_button("Acknowledge", on_click=alert_action, args=(d, labels, "ack"),
-                                icon=":material/done:")  # fmt: skip
-        b[1].form_submit_button("Resolve", on_click=alert_action, args=(d, labels, "resolve"),
-                                icon=":material/task_alt:")  # fmt: skip
+        b[0].form_submit_button(
+            "Acknowledge", on_click=alert_action, args=(d, labels, "ack"), icon=":material/done:"
+        )
+        b[1].form_submit_button(
+            "Resolve", on_click=alert_action, args=(d, labels, "resolve"), icon=":material/task_alt:"
+        )
     show_result("al_result", "Alert {}.")
 
 
@@ -76,15 +91,22 @@ def alert_action(d: views.Desk, labels: dict, what: str) -> None:
     s = st.session_state
     pid, rule_id = labels.get(s.get("al_target"), (None, None))
     fn = views.acknowledge_alert if what == "ack" else views.resolve_alert
-    ui.act(lambda: fn(d, pid, rule_id, s.get("al_actor", ""), s.get("al_note", ""))["status"].lower(),
-           "al_result")  # fmt: skip
+    ui.act(
+        lambda: fn(d, pid, rule_id, s.get("al_actor", ""), s.get("al_note", ""))["status"].lower(),
+        "al_result",
+    )
 
 
 def deliveries(d: views.Desk, f: dict) -> None:
     if not views.check_health(d).ok:
         return
-    ui.table(views.delivery_frame(d, f["portfolio_id"]), "deliveries", "deliveries.csv", height=260,
-             empty="No notification delivered yet.")  # fmt: skip
+    ui.table(
+        views.delivery_frame(d, f["portfolio_id"]),
+        "deliveries",
+        "deliveries.csv",
+        height=260,
+        empty="No notification delivered yet.",
+    )
 
 
 def rules_editor(d: views.Desk) -> None:
@@ -97,58 +119,114 @@ def rules_editor(d: views.Desk) -> None:
     choices = views.rule_choices()
     metrics = views.rule_metrics()
     with st.form("rule_form"):
-        c = st.columns(4)
-        c[0].text_input("Id", value=rule.get("id", ""), key=k + "id", disabled=bool(rule))
+        r1 = st.columns(4)
+        r1[0].text_input("Id", value=rule.get("id", ""), key=k + "id", disabled=bool(rule))
         metric = rule.get("metric", metrics[0])
-        c[1].selectbox("Metric", metrics, index=metrics.index(metric) if metric in metrics else 0, key=k + "metric")
-        c[2].selectbox("Operator", choices["op"], index=_index(choices["op"], rule.get("op", ">=")), key=k + "op")
-        c[3].number_input("Threshold", value=float(rule.get("threshold", 0.0)), format="%.6g", key=k + "threshold")
-        c = st.columns(4)
-        c[0].selectbox("Severity", choices["severity"], index=_index(choices["severity"], rule.get("severity",
-                       "MEDIUM")), key=k + "severity")  # fmt: skip
-        c[1].number_input("Pending (s)", value=float(rule.get("pending_seconds", 0.0)), min_value=0.0,
-                          key=k + "pending_seconds")  # fmt: skip
-        c[2].number_input("Clear (s)", value=float(rule.get("clear_seconds", 0.0)), min_value=0.0,
-                          key=k + "clear_seconds")  # fmt: skip
-        c[3].number_input("Stale after (s)", value=float(rule.get("stale_after_seconds", 60.0)), min_value=0.0,
-                          key=k + "stale_after_seconds")  # fmt: skip
-        c = st.columns([3, 1, 1, 2])
-        c[0].text_input("Description", value=str(rule.get("description", "") or ""), key=k + "description")
-        c[1].selectbox("Stale data", choices["stale_policy"],
-                       index=_index(choices["stale_policy"], rule.get("stale_policy", "keep")),
-                       key=k + "stale_policy")  # fmt: skip
-        c[2].text_input("Portfolios", value=str(rule.get("portfolios", "*") or "*"), key=k + "portfolios",
-                        help="comma-separated ids, * for all")  # fmt: skip
-        c[3].text_input("Actions", value=str(rule.get("actions", "") or ""), key=k + "actions",
-                        help="e.g. set_state:HALTED, set_state:REDUCING, reduce:0.25")  # fmt: skip
-        c = st.columns([2, 3])
-        c[0].text_input("Your name", key="rule_actor", max_chars=64)
-        c[1].text_input("Reason", key="rule_reason", max_chars=200)
+        r1[1].selectbox(
+            "Metric", metrics, index=metrics.index(metric) if metric in metrics else 0, key=k + "metric"
+        )
+        r1[2].selectbox(
+            "Operator", choices["op"], index=_index(choices["op"], rule.get("op", ">=")), key=k + "op"
+        )
+        r1[3].number_input(
+            "Threshold", value=float(rule.get("threshold", 0.0)), format="%.6g", key=k + "threshold"
+        )
+        r2 = st.columns(4)
+        r2[0].selectbox(
+            "Severity",
+            choices["severity"],
+            index=_index(choices["severity"], rule.get("severity", "MEDIUM")),
+            key=k + "severity",
+        )
+        r2[1].number_input(
+            "Pending (s)",
+            value=float(rule.get("pending_seconds", 0.0)),
+            min_value=0.0,
+            key=k + "pending_seconds",
+        )
+        r2[2].number_input(
+            "Clear (s)", value=float(rule.get("clear_seconds", 0.0)), min_value=0.0, key=k + "clear_seconds"
+        )
+        r2[3].number_input(
+            "Stale after (s)",
+            value=float(rule.get("stale_after_seconds", 60.0)),
+            min_value=0.0,
+            key=k + "stale_after_seconds",
+        )
+        r3 = st.columns([3, 1, 1, 2])
+        r3[0].text_input("Description", value=str(rule.get("description", "") or ""), key=k + "description")
+        r3[1].selectbox(
+            "Stale data",
+            choices["stale_policy"],
+            index=_index(choices["stale_policy"], rule.get("stale_policy", "keep")),
+            key=k + "stale_policy",
+        )
+        r3[2].text_input(
+            "Portfolios",
+            value=str(rule.get("portfolios", "*") or "*"),
+            key=k + "portfolios",
+            help="comma-separated ids, * for all",
+        )
+        r3[3].text_input(
+            "Actions",
+            value=str(rule.get("actions", "") or ""),
+            key=k + "actions",
+            help="e.g. set_state:HALTED, set_state:REDUCING, reduce:0.25",
+        )
+        r4 = st.columns([2, 3])
+        r4[0].text_input("Your name", key="rule_actor", max_chars=64)
+        r4[1].text_input("Reason", key="rule_reason", max_chars=200)
         b = st.columns(3)
-        b[0].form_submit_button("Save rule", type="primary", on_click=rule_action, args=(d, k, "save"),
-                                icon=":material/save:")  # fmt: skip
-        b[1].form_submit_button("Remove rule", on_click=rule_action, args=(d, k, "remove"), disabled=not rule,
-                                icon=":material/delete:")  # fmt: skip
-        b[2].form_submit_button("Reset to settings", on_click=rule_action, args=(d, k, "reset"),
-                                disabled=rule.get("source") not in ("edited",), icon=":material/restore:")  # fmt: skip
+        b[0].form_submit_button(
+            "Save rule", type="primary", on_click=rule_action, args=(d, k, "save"), icon=":material/save:"
+        )
+        b[1].form_submit_button(
+            "Remove rule",
+            on_click=rule_action,
+            args=(d, k, "remove"),
+            disabled=not rule,
+            icon=":material/delete:",
+        )
+        b[2].form_submit_button(
+            "Reset to settings",
+            on_click=rule_action,
+            args=(d, k, "reset"),
+            disabled=rule.get("source") not in ("edited",),
+            icon=":material/restore:",
+        )
     show_result("rule_result", "Rule {} saved.")
 
 
-FIELDS = ("id", "metric", "op", "threshold", "severity", "pending_seconds", "clear_seconds",
-          "stale_after_seconds", "description", "stale_policy", "portfolios", "actions")  # fmt: skip
+FIELDS = (
+    "id",
+    "metric",
+    "op",
+    "threshold",
+    "severity",
+    "pending_seconds",
+    "clear_seconds",
+    "stale_after_seconds",
+    "description",
+    "stale_policy",
+    "portfolios",
+    "actions",
+)
 
 
 def rule_action(d: views.Desk, k: str, what: str) -> None:
     s = st.session_state
     values = {name: s.get(k + name) for name in FIELDS}
+    rule_id = str(values["id"] or "")
     actor, reason = s.get("rule_actor", ""), s.get("rule_reason", "")
     if what == "save":
         ui.act(lambda: views.save_rule(d, values, actor, reason).id, "rule_result")
     elif what == "remove":
-        ui.act(lambda: views.remove_rule(d, values["id"], actor, reason).id + " removed; it", "rule_result")
+        ui.act(lambda: views.remove_rule(d, rule_id, actor, reason).id + " removed; it", "rule_result")
     else:
-        ui.act(lambda: views.reset_rule(d, values["id"], actor, reason).id + " reset to the settings; it",
-               "rule_result")  # fmt: skip
+        ui.act(
+            lambda: views.reset_rule(d, rule_id, actor, reason).id + " reset to the settings; it",
+            "rule_result",
+        )
 
 
 def show_result(key: str, template: str) -> None:

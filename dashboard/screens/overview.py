@@ -17,11 +17,17 @@ def summary(d: views.Desk, pid: str) -> None:
         return
     ov = views.overview_view(d, pid)
     if ov.snapshot is None:
-        st.info("No risk snapshot from the monitor yet: drawdown, daily P&L and the equity curve appear once it "
-                "runs. Fix: start it with `make run` (or `python -m logic.monitor`).", icon=":material/info:")  # fmt: skip
+        st.info(
+            "No risk snapshot from the monitor yet: drawdown, daily P&L and the equity curve appear once it "
+            "runs. Fix: start it with `make run` (or `python -m logic.monitor`).",
+            icon=":material/info:",
+        )
     elif ov.stale:
-        st.warning(f"The latest snapshot is {ov.snapshot_age:.0f} s old: the figures below are not live. Fix: "
-                   "check the monitor on the System page.", icon=":material/schedule:")  # fmt: skip
+        st.warning(
+            f"The latest snapshot is {ov.snapshot_age:.0f} s old: the figures below are not live. Fix: "
+            "check the monitor on the System page.",
+            icon=":material/schedule:",
+        )
 
     lights = st.columns(len(ov.lights))
     for col, light in zip(lights, ov.lights, strict=True):
@@ -39,8 +45,13 @@ def summary(d: views.Desk, pid: str) -> None:
 
     for col, g in zip(st.columns(len(ov.gauges)), ov.gauges, strict=True):
         with col:
-            st.metric(g.title, ui.money(g.value), f"{g.value / g.limit:.0%} of limit" if g.limit else None,
-                      delta_color="off", delta_arrow="off")  # fmt: skip
+            st.metric(
+                g.title,
+                ui.money(g.value),
+                f"{g.value / g.limit:.0%} of limit" if g.limit else None,
+                delta_color="off",
+                delta_arrow="off",
+            )
             ui.gauge(g.title, g.value, g.limit, key=f"gauge_{g.title}")
 
     if ov.snapshot is not None:
@@ -48,8 +59,9 @@ def summary(d: views.Desk, pid: str) -> None:
 
 
 def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
-    window = st.segmented_control("History window", list(views.HISTORY_WINDOWS), key="ov_window",
-                                  default="5 min")  # fmt: skip
+    window = st.segmented_control(
+        "History window", list(views.HISTORY_WINDOWS), key="ov_window", default="5 min"
+    )
     df = views.history_frame(d, pid, views.HISTORY_WINDOWS[window or "5 min"])
     if df.empty or "equity" not in df:
         st.caption("No history points in this window yet.")
@@ -61,12 +73,21 @@ def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
         ui.chart(fig, key="equity_curve")
     with right:
         fig = go.Figure()
-        for col, name in (("drawdown.daily", "daily"), ("drawdown.weekly", "weekly"), ("drawdown.max", "max")):
+        for col, name in (
+            ("drawdown.daily", "daily"),
+            ("drawdown.weekly", "weekly"),
+            ("drawdown.max", "max"),
+        ):
             if col in df:
                 fig.add_trace(go.Scatter(x=df["time"], y=df[col], mode="lines", name=name))
         for b in breakers:
-            fig.add_hline(y=b["level"], line_dash="dash", line_color="red" if b["severity"] == "CRITICAL"
-                          else "orange", annotation_text=b["label"], annotation_position="bottom left")  # fmt: skip
+            fig.add_hline(
+                y=b["level"],
+                line_dash="dash",
+                line_color="red" if b["severity"] == "CRITICAL" else "orange",
+                annotation_text=b["label"],
+                annotation_position="bottom left",
+            )
         low = min([b["level"] for b in breakers] + [float(df.get("drawdown.daily", [0]).min() or 0)])
         fig.update_yaxes(tickformat=".1%", range=[low * 1.25 if low < 0 else -0.01, 0.002])
         fig.update_layout(title="Drawdown and circuit breakers", height=300, margin={"t": 40, "b": 10})

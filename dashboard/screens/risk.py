@@ -30,23 +30,43 @@ def exposure(d: views.Desk, pid: str) -> None:
         if df.empty:
             st.caption("No open positions.")
         else:
-            fig = go.Figure(go.Treemap(
-                labels=[str(t) for t in df["ticker"]],
-                parents=["" for _ in df["ticker"]],
-                values=df["market_value"].abs(),
-                marker={"colors": df["weight"], "colorscale": "RdBu", "cmid": 0.0,
-                        "colorbar": {"title": "weight", "tickformat": ".0%"}},
-                texttemplate="%{label}<br>%{value:,.0f}",
-            ))  # fmt: skip
-            fig.update_layout(title="Exposure by ticker (size: |value|, colour: weight)", height=380,
-                              margin={"t": 40, "b": 10, "l": 10, "r": 10})  # fmt: skip
+            fig = go.Figure(
+                go.Treemap(
+                    labels=[str(t) for t in df["ticker"]],
+                    parents=["" for _ in df["ticker"]],
+                    values=df["market_value"].abs(),
+                    marker={
+                        "colors": df["weight"],
+                        "colorscale": "RdBu",
+                        "cmid": 0.0,
+                        "colorbar": {"title": "weight", "tickformat": ".0%"},
+                    },
+                    texttemplate="%{label}<br>%{value:,.0f}",
+                )
+            )
+            fig.update_layout(
+                title="Exposure by ticker (size: |value|, colour: weight)",
+                height=380,
+                margin={"t": 40, "b": 10, "l": 10, "r": 10},
+            )
             ui.chart(fig, key="exposure_treemap")
-            ui.bars(df["ticker"].astype(str).tolist(), df["component_var"].tolist(),
-                    "Component VaR (sums to the VaR)", key="component_var", x_title="dollars")  # fmt: skip
+            ui.bars(
+                df["ticker"].astype(str).tolist(),
+                df["component_var"].tolist(),
+                "Component VaR (sums to the VaR)",
+                key="component_var",
+                x_title="dollars",
+            )
     with right:
         n = len(ev.correlation)
-        ui.heatmap(ev.correlation, "Correlation of one-bar returns", key="correlation", zmin=-1.0, zmax=1.0,
-                   fmt=".2f" if n <= 15 else "")  # fmt: skip
+        ui.heatmap(
+            ev.correlation,
+            "Correlation of one-bar returns",
+            key="correlation",
+            zmin=-1.0,
+            zmax=1.0,
+            fmt=".2f" if n <= 15 else "",
+        )
     ui.table(ev.exposures, "exposures", f"exposures_{pid}.csv")
 
 
@@ -56,35 +76,54 @@ def stress(d: views.Desk, pid: str) -> None:
     sv = views.stress_view(d, pid)
     c = st.columns(3)
     c[0].metric(f"VaR {sv.confidence:.0%}", ui.money(sv.var))
-    c[1].metric(f"Stressed VaR {sv.confidence:.0%}", ui.money(sv.stressed_var), delta_color="off", delta_arrow="off",
-                delta=f"x{sv.stressed_var / sv.var:.1f}" if sv.var else None)  # fmt: skip
+    c[1].metric(
+        f"Stressed VaR {sv.confidence:.0%}",
+        ui.money(sv.stressed_var),
+        delta_color="off",
+        delta_arrow="off",
+        delta=f"x{sv.stressed_var / sv.var:.1f}" if sv.var else None,
+    )
     c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
     if sv.scenarios.empty:
         st.caption("No stress scenarios in the settings ([stress_scenarios] in riskdesk.toml).")
         return
-    ui.bars(sv.scenarios["name"].astype(str).tolist(), (-sv.scenarios["pnl"]).tolist(),
-            "Scenario loss (positive = loss)", key="scenarios", x_title="dollars")  # fmt: skip
-    ui.table(sv.scenarios, "scenarios", f"stress_{pid}.csv", column_config={
-        "pnl": st.column_config.NumberColumn("P&L", format="%,.0f"),
-        "pnl_pct": st.column_config.NumberColumn("P&L % equity", format="percent"),
-        "equity_after": st.column_config.NumberColumn("equity after", format="%,.0f"),
-    })  # fmt: skip
+    ui.bars(
+        sv.scenarios["name"].astype(str).tolist(),
+        (-sv.scenarios["pnl"]).tolist(),
+        "Scenario loss (positive = loss)",
+        key="scenarios",
+        x_title="dollars",
+    )
+    ui.table(
+        sv.scenarios,
+        "scenarios",
+        f"stress_{pid}.csv",
+        column_config={
+            "pnl": st.column_config.NumberColumn("P&L", format="%,.0f"),
+            "pnl_pct": st.column_config.NumberColumn("P&L % equity", format="percent"),
+            "equity_after": st.column_config.NumberColumn("equity after", format="%,.0f"),
+        },
+    )
 
 
 def what_if(d: views.Desk, pid: str) -> None:
-    st.caption("A basket of trades checked in order, each on the book the approved ones before it leave. "
-               "Nothing is traded.")  # fmt: skip
+    st.caption(
+        "A basket of trades checked in order, each on the book the approved ones before it leave. "
+        "Nothing is traded."
+    )
     tickers = views.ticket_tickers(d)
     with st.form("what_if_form"):
         basket = st.data_editor(
             pd.DataFrame({"ticker": [tickers[0]], "side": ["BUY"], "qty": [100]}),
-            key="wi_basket", num_rows="dynamic", hide_index=True,
+            key="wi_basket",
+            num_rows="dynamic",
+            hide_index=True,
             column_config={
                 "ticker": st.column_config.SelectboxColumn("ticker", options=tickers, required=True),
                 "side": st.column_config.SelectboxColumn("side", options=["BUY", "SELL"], required=True),
                 "qty": st.column_config.NumberColumn("qty", step=1),
             },
-        )  # fmt: skip
+        )
         run = st.form_submit_button("Run what-if", icon=":material/science:")
     if not run:
         return
@@ -92,10 +131,14 @@ def what_if(d: views.Desk, pid: str) -> None:
     c = st.columns(4)
     c[0].metric("Basket", wv.status)
     c[1].metric("VaR before", ui.money(wv.var_before))
-    c[2].metric("VaR after", ui.money(wv.var_after),
-                None if wv.var_after is None or wv.var_before is None else ui.money(wv.var_after - wv.var_before,
-                                                                                    signed=True),
-                delta_color="inverse")  # fmt: skip
+    c[2].metric(
+        "VaR after",
+        ui.money(wv.var_after),
+        None
+        if wv.var_after is None or wv.var_before is None
+        else ui.money(wv.var_after - wv.var_before, signed=True),
+        delta_color="inverse",
+    )
     c[3].metric("Cash after", ui.money(wv.cash_after))
     ui.table(wv.decisions, "what_if", "what_if.csv")
     if wv.stress is not None:
@@ -115,51 +158,110 @@ def surface(d: views.Desk, pid: str) -> None:
         st.warning("Pick two different tickers.")
         return
     s = views.surface_view(d, pid, a, b)
-    fig = go.Figure(go.Contour(x=s.qty_a, y=s.qty_b, z=s.var, colorscale="Viridis",
-                               contours={"showlabels": True}, colorbar={"title": "VaR $"}))  # fmt: skip
-    fig.add_trace(go.Scatter(x=[s.current[0]], y=[s.current[1]], mode="markers+text", text=["now"],
-                             textposition="top center", marker={"color": "red", "size": 10}, name="current"))  # fmt: skip
-    fig.update_layout(title=f"VaR over position sizes (current VaR {s.current_var:,.0f})", height=480,
-                      xaxis_title=f"{a} shares", yaxis_title=f"{b} shares", margin={"t": 40})  # fmt: skip
+    fig = go.Figure(
+        go.Contour(
+            x=s.qty_a,
+            y=s.qty_b,
+            z=s.var,
+            colorscale="Viridis",
+            contours={"showlabels": True},
+            colorbar={"title": "VaR $"},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[s.current[0]],
+            y=[s.current[1]],
+            mode="markers+text",
+            text=["now"],
+            textposition="top center",
+            marker={"color": "red", "size": 10},
+            name="current",
+        )
+    )
+    fig.update_layout(
+        title=f"VaR over position sizes (current VaR {s.current_var:,.0f})",
+        height=480,
+        xaxis_title=f"{a} shares",
+        yaxis_title=f"{b} shares",
+        margin={"t": 40},
+    )
     ui.chart(fig, key="surface")
     i_min = np.unravel_index(int(np.argmin(s.var)), s.var.shape)
-    st.caption(f"Lowest VaR on this grid: {s.var[i_min]:,.0f} at {s.qty_a[i_min[1]]:,.0f} {ui.md(a)} and "
-               f"{s.qty_b[i_min[0]]:,.0f} {ui.md(b)} (other positions unchanged).")  # fmt: skip
+    st.caption(
+        f"Lowest VaR on this grid: {s.var[i_min]:,.0f} at {s.qty_a[i_min[1]]:,.0f} {ui.md(a)} and "
+        f"{s.qty_b[i_min[0]]:,.0f} {ui.md(b)} (other positions unchanged)."
+    )
 
 
 def backtest(d: views.Desk, pid: str) -> None:
     if not ui.health_gate(d):
         return
-    confidence = st.segmented_control("VaR tested", [0.99, 0.95], default=0.99, key="bt_conf",
-                                      format_func=lambda c: f"{c:.0%}")  # fmt: skip
+    confidence = st.segmented_control(
+        "VaR tested", [0.99, 0.95], default=0.99, key="bt_conf", format_func=lambda c: f"{c:.0%}"
+    )
     bt = views.backtest_view(d, pid, confidence or 0.99)
     if bt.observations < 2:
-        st.info("Not enough history for a backtest yet: it needs the monitor's snapshots over at least three "
-                "consecutive bars. Fix: keep the stream and monitor running (`make run`).", icon=":material/info:")  # fmt: skip
+        st.info(
+            "Not enough history for a backtest yet: it needs the monitor's snapshots over at least three "
+            "consecutive bars. Fix: keep the stream and monitor running (`make run`).",
+            icon=":material/info:",
+        )
         return
     zone_colour = {"green": "green", "yellow": "orange", "red": "red"}.get(bt.zone or "", "gray")
     c = st.columns(5)
     c[0].metric("Observations (bars)", f"{bt.observations:,}")
-    c[1].metric("Exceedances", f"{bt.exceedances}", f"expected {bt.expected:.1f}", delta_color="off", delta_arrow="off")
-    c[2].metric("Kupiec POF p-value", f"{bt.kupiec_p:.3f}", f"LR {bt.kupiec_lr:.2f}", delta_color="off", delta_arrow="off")
-    c[3].metric("Christoffersen p-value", f"{bt.christoffersen_p:.3f}", f"LR {bt.christoffersen_lr:.2f}",
-                delta_color="off", delta_arrow="off")  # fmt: skip
+    c[1].metric(
+        "Exceedances",
+        f"{bt.exceedances}",
+        f"expected {bt.expected:.1f}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    c[2].metric(
+        "Kupiec POF p-value",
+        f"{bt.kupiec_p:.3f}",
+        f"LR {bt.kupiec_lr:.2f}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    c[3].metric(
+        "Christoffersen p-value",
+        f"{bt.christoffersen_p:.3f}",
+        f"LR {bt.christoffersen_lr:.2f}",
+        delta_color="off",
+        delta_arrow="off",
+    )
     with c[4]:
         st.markdown(f"Basel zone\n\n:{zone_colour}-background[**{(bt.zone or '-').upper()}**]")
     df = bt.series
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=df["time"], y=-df["pnl"], mode="lines", name="loss (-P&L)"))
-    fig.add_trace(go.Scatter(x=df["time"], y=df["var"], mode="lines", name=f"VaR {bt.confidence:.0%} (1 bar)"))
+    fig.add_trace(
+        go.Scatter(x=df["time"], y=df["var"], mode="lines", name=f"VaR {bt.confidence:.0%} (1 bar)")
+    )
     hits = df[df["exceeded"]]
-    fig.add_trace(go.Scatter(x=hits["time"], y=-hits["pnl"], mode="markers", name="exceedance",
-                             marker={"color": "red", "size": 9}))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=hits["time"],
+            y=-hits["pnl"],
+            mode="markers",
+            name="exceedance",
+            marker={"color": "red", "size": 9},
+        )
+    )
     fig.update_layout(title="One-bar loss against the forecast VaR", height=340, margin={"t": 40, "b": 10})
     ui.chart(fig, key="backtest")
     ui.table(df, "backtest", f"backtest_{pid}.csv", height=240)
 
 
-RENDER = {"Exposure & VaR": exposure, "Stress": stress, "What-if": what_if, "Surface": surface,
-          "Backtest": backtest}  # fmt: skip
+RENDER = {
+    "Exposure & VaR": exposure,
+    "Stress": stress,
+    "What-if": what_if,
+    "Surface": surface,
+    "Backtest": backtest,
+}
 LIVE = {"Exposure & VaR", "Stress", "Backtest"}
 
 with ui.guard():

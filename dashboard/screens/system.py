@@ -24,14 +24,25 @@ def status(d: views.Desk) -> None:
     cols = st.columns(len(sv.health.daemons) + 1)
     for col, daemon in zip(cols, sv.health.daemons, strict=False):
         age = "never" if daemon.age_seconds is None else f"{daemon.age_seconds:.1f} s ago"
-        col.metric(f"{daemon.name} daemon", daemon.state.upper(), f"heartbeat {age}", delta_color="off", delta_arrow="off")
+        col.metric(
+            f"{daemon.name} daemon",
+            daemon.state.upper(),
+            f"heartbeat {age}",
+            delta_color="off",
+            delta_arrow="off",
+        )
     if sv.market is not None:
         cols[-1].metric(
-            "Last tick", f"{sv.market.age_seconds:.1f} s ago", f"market version {sv.market.version}",
-            delta_color="off", delta_arrow="off",
-        )  # fmt: skip
+            "Last tick",
+            f"{sv.market.age_seconds:.1f} s ago",
+            f"market version {sv.market.version}",
+            delta_color="off",
+            delta_arrow="off",
+        )
         if sv.market.stale_tickers:
-            st.warning(f"Stale prices: {ui.md(', '.join(sv.market.stale_tickers))}", icon=":material/schedule:")
+            st.warning(
+                f"Stale prices: {ui.md(', '.join(sv.market.stale_tickers))}", icon=":material/schedule:"
+            )
     ui.table(sv.heartbeats, "heartbeats", "heartbeats.csv")
 
     left, right = st.columns(2)
@@ -53,13 +64,14 @@ def trading_state(d: views.Desk, pid: str) -> None:
 def apply_state(d: views.Desk, pid: str) -> None:
     ui.act(
         lambda: views.change_trading_state(
-            d, pid,
+            d,
+            pid,
             st.session_state["ts_new_state"],
             st.session_state.get("ts_reason", ""),
             st.session_state.get("ts_actor", ""),
         ),
         "ts_result",
-    )  # fmt: skip
+    )
 
 
 def kill_switch(d: views.Desk, pid: str) -> None:

@@ -1,4 +1,4 @@
-"""Trade: positions with P&L, a ticket that shows the pre-trade decision before it can execute, the blotter."""
+"""Trade: positions with P&L, a ticket showing the pre-trade decision before it can execute, the blotter."""
 
 from __future__ import annotations
 
@@ -48,11 +48,14 @@ def check(d: views.Desk, pid: str) -> None:
 
     def run() -> dict:
         return {
-            "portfolio": pid, "ticker": ticker, "side": side, "qty": qty,
+            "portfolio": pid,
+            "ticker": ticker,
+            "side": side,
+            "qty": qty,
             "decision": views.check_ticket(d, pid, ticker, side, qty),
             # generated once per check: every Execute click of this ticket sends the same id
             "client_order_id": views.new_client_order_id(),
-        }  # fmt: skip
+        }
 
     s.pop(RESULT, None)
     ui.act(run, TICKET)
@@ -63,11 +66,16 @@ def execute(d: views.Desk) -> None:
     ticket = s[TICKET]["value"]
     ui.act(
         lambda: views.execute_ticket(
-            d, ticket["portfolio"], ticket["ticker"], ticket["side"], ticket["qty"],
-            ticket["client_order_id"], s.get("tk_actor") or "trader",
+            d,
+            ticket["portfolio"],
+            ticket["ticker"],
+            ticket["side"],
+            ticket["qty"],
+            ticket["client_order_id"],
+            s.get("tk_actor") or "trader",
         ),
         RESULT,
-    )  # fmt: skip
+    )
 
 
 def ticket_form(d: views.Desk, pid: str) -> None:
@@ -80,14 +88,17 @@ def ticket_form(d: views.Desk, pid: str) -> None:
         c1, c2 = st.columns(2)
         c1.number_input("Quantity (shares)", value=100, step=1, key="tk_qty")
         c2.text_input("Trader", value="trader", key="tk_actor", max_chars=64)
-        st.form_submit_button("Check", type="secondary", on_click=check, args=(d, pid),
-                              icon=":material/fact_check:")  # fmt: skip
+        st.form_submit_button(
+            "Check", type="secondary", on_click=check, args=(d, pid), icon=":material/fact_check:"
+        )
 
 
 def decision_panel(d: views.Desk, pid: str) -> None:
     held = st.session_state.get(TICKET)
     if held is None:
-        st.caption("Fill the ticket and press Check: the pre-trade decision shows here before you can execute.")
+        st.caption(
+            "Fill the ticket and press Check: the pre-trade decision shows here before you can execute."
+        )
         return
     if not held["ok"]:
         ui.show_problem(held["problem"])
@@ -103,10 +114,13 @@ def decision_panel(d: views.Desk, pid: str) -> None:
     else:
         st.error(f"**REJECTED** · {ui.md(label)}", icon=":material/block:")
         ui.table(views.reasons_frame(decision), "reasons", "reasons.csv")
-    ui.table(views.deltas_frame(decision), "deltas", "decision.csv", column_config=DELTA_FORMAT, height="content")
+    ui.table(
+        views.deltas_frame(decision), "deltas", "decision.csv", column_config=DELTA_FORMAT, height="content"
+    )
     if decision["status"] == "APPROVED":
-        st.button("Execute", type="primary", key="tk_execute", on_click=execute, args=(d,),
-                  icon=":material/send:")  # fmt: skip
+        st.button(
+            "Execute", type="primary", key="tk_execute", on_click=execute, args=(d,), icon=":material/send:"
+        )
         st.caption(f"client order id {ui.md(ticket['client_order_id'])}: a second click cannot trade twice")
     result = st.session_state.get(RESULT)
     if result is not None:
@@ -127,8 +141,11 @@ def execution_result(result: dict) -> None:
     r = result["value"]
     fill = r.get("fill") or {}
     if r.get("duplicate"):
-        st.info(f"Already executed as trade {ui.md(fill.get('trade_id', '?'))}: this ticket's order id was "
-                "filled before, nothing was traded twice.", icon=":material/content_copy:")  # fmt: skip
+        st.info(
+            f"Already executed as trade {ui.md(fill.get('trade_id', '?'))}: this ticket's order id was "
+            "filled before, nothing was traded twice.",
+            icon=":material/content_copy:",
+        )
     elif r["status"] == "FILLED":
         st.success(
             f"**FILLED** {ui.md(fill['side'])} {fill['qty']} {ui.md(fill['ticker'])} @ {ui.md(fill['price'])}"
@@ -136,7 +153,9 @@ def execution_result(result: dict) -> None:
             icon=":material/done_all:",
         )
     else:
-        st.error("**Not executed** — the re-check inside the transaction refused it:", icon=":material/block:")
+        st.error(
+            "**Not executed** — the re-check inside the transaction refused it:", icon=":material/block:"
+        )
         ui.table(views.reasons_frame(r), "exec_reasons", "execution_reasons.csv")
 
 
@@ -144,8 +163,13 @@ def blotter(d: views.Desk, pid: str) -> None:
     if not views.check_health(d).ok:
         return
     st.subheader("Blotter")
-    ui.table(views.blotter_frame(d, pid), "blotter", f"blotter_{pid}.csv", height=320,
-             empty="No order yet: the blotter lists every fill and rejected order.")  # fmt: skip
+    ui.table(
+        views.blotter_frame(d, pid),
+        "blotter",
+        f"blotter_{pid}.csv",
+        height=320,
+        empty="No order yet: the blotter lists every fill and rejected order.",
+    )
 
 
 with ui.guard():
