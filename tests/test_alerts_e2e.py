@@ -2,22 +2,18 @@
 is TRIGGERED and emailed to a local SMTP server, the circuit breaker sets HALTED, and a trade is then rejected
 with the HALTED reason.
 
-``python -m engine.stream`` runs as it ships. The monitor runs as its own process too: ``python -m
-logic.monitor`` once its ``make_alert_engine`` builds the alert engine; until then the same ``main()`` with
-that one function supplied (:data:`MONITOR_WITH_ALERTS`), which is exactly the wiring it needs.
+Both daemons run as they ship (``python -m engine.stream``, ``python -m logic.monitor``, whose alert engine
+sends notifications from its background thread), each as its own process on the test's Redis.
 """
 
 from __future__ import annotations
 
-import inspect
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import logic.monitor
 import warmup
 from engine.settings import settings_from_dict
 from engine.store import Store
@@ -25,23 +21,9 @@ from logic.risk_manager import RiskManager
 
 from .alerts_support import smtp_server
 from .conftest import TEST_CONFIG, merge, to_toml
-from .test_stream import ROOT, daemon_env, spawn, stop_process, wait_for
+from .test_stream import daemon_env, spawn, stop_process, wait_for
 
 pytestmark = pytest.mark.slow
-
-MONITOR_WITH_ALERTS = """
-import sys
-import logic.monitor as monitor
-from logic.alerts import build_alert_engine
-
-def make_alert_engine(store, settings, clock):
-    engine = build_alert_engine(store, settings, clock)
-    engine.start_background(0.2)  # notifications, escalation timers and repeats off the monitor's loop
-    return engine
-
-monitor.make_alert_engine = make_alert_engine
-sys.exit(monitor.main(sys.argv[1:]))
-"""
 
 CONFIG = merge(
     TEST_CONFIG,
@@ -70,10 +52,8 @@ CONFIG = merge(
 )
 
 
-def monitor_command() -> list[str]:
-    if "build_alert_engine" in inspect.getsource(logic.monitor):
-        return [sys.executable, "-m", "logic.monitor"]
-    return [sys.executable, "-c", MONITOR_WITH_ALERTS]
+def mail_text(smtp: Any) -> str:
+    return "\n".join(m.content.decode() for m in list(smtp.messages))
 
 
 def test_a_scheduled_shock_breaches_var_emails_the_alert_halts_trading_and_a_trade_is_rejected(
@@ -88,42 +68,18 @@ def test_a_scheduled_shock_breaches_var_emails_the_alert_halts_trading_and_a_tra
     with smtp_server() as (smtp, smtp_env):
         env = {**daemon_env(redis_server.url, config), **smtp_env}
         try:
-            log = (tmp_path / "monitor.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [*monitor_command(), "--idle-refresh", "1"],
-                    cwd=ROOT,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+            procs.append(spawn("logic.monitor", ["--idle-refresh", "1"], env, tmp_path / "monitor.log"))
             # every price -10% at bar 20: the EWMA matrix takes in a 10% one-minute move and VaR explodes
-            procs.append(
-                spawn(
-                    "engine.stream",
-                    [
-                        "--feed",
-                        "sim",
-                        "--interval",
-                        "0.05",
-                        "--ticks",
-                        "60",
-                        "--seed",
-                        "3",
-                        "--shock",
-                        "*:-0.10@20",
-                    ],
-                    env,
-                    tmp_path / "stream.log",
-                )
-            )
+            stream_args = "--feed sim --interval 0.05 --ticks 60 --seed 3 --shock *:-0.10@20".split()
+            procs.append(spawn("engine.stream", stream_args, env, tmp_path / "stream.log"))
 
             wait_for(lambda: "var_breach" in store.read_active_alerts("main"), 60, "the VaR alert")
             wait_for(lambda: store.read_trading_state("main").state == "HALTED", 30, "the circuit breaker")
-            wait_for(lambda: len(smtp.messages) >= 1, 30, "the alert email")
+            wait_for(
+                lambda: "HALTED (was ACTIVE)" in mail_text(smtp),
+                30,
+                "the emails of the alert and its response",
+            )
         finally:
             for proc in procs:
                 stop_process(proc)
