@@ -89,7 +89,8 @@ MANUAL_RESOLVE_REARM_SECONDS = 60.0
 """After a manual resolve, a condition that still holds fires again after its pending period but no sooner
 than this: the breach is real and the desk must hear of it again, yet not on the very next tick."""
 HISTORY_SCAN = 5000
-"""How many history records ``list_alerts`` scans per portfolio for resolved alerts."""
+"""At most this many history records are scanned per portfolio for resolved alerts by ``list_alerts``
+(``5 * limit`` of them, at least 200: an alert leaves 2 to 6 records)."""
 
 SNAPSHOT_METRICS: Mapping[str, str] = {
     "equity": "money",
@@ -742,8 +743,7 @@ class AlertEngine:
         """Active and resolved alerts, newest trigger first, filtered.
 
         ``status``/``severity`` accept one value or several; ``since`` keeps alerts triggered (or resolved) at
-        or after that time. Resolved alerts come from the history (the newest :data:`HISTORY_SCAN` records per
-        portfolio).
+        or after that time. Resolved alerts come from the newest history records (see :data:`HISTORY_SCAN`).
         """
         statuses = _as_set(status)
         severities = _as_set(severity)
@@ -752,7 +752,8 @@ class AlertEngine:
             alerts = list(self.store.read_active_alerts(pid).values())
             if statuses is None or "RESOLVED" in statuses:
                 seen = set()
-                for record in self.store.read_stream_json(PortfolioKeys(pid).alert_log, count=HISTORY_SCAN):
+                scan = min(HISTORY_SCAN, max(200, 5 * limit))
+                for record in self.store.read_stream_json(PortfolioKeys(pid).alert_log, count=scan):
                     alert = record.get("alert") or {}
                     if record.get("event") == "RESOLVED" and alert.get("alert_id") not in seen:
                         seen.add(alert.get("alert_id"))
