@@ -226,13 +226,7 @@ def add_ticker(
                 if symbol in snap.tickers:
                     raise WarmupError(f"{symbol} is already in the universe")
                 n = len(snap.tickers)
-                old_vols = np.sqrt(np.clip(np.diag(snap.cov), 0.0, None))
-                cov = np.zeros((n + 1, n + 1))
-                cov[:n, :n] = snap.cov
-                cross = settings.universe.correlation * old_vols * vol
-                cov[n, :n] = cross
-                cov[:n, n] = cross
-                cov[n, n] = vol * vol
+                cov = _grown_covariance(snap.cov, vol, settings.universe.correlation)
                 grown = MarketSnapshot(
                     version=snap.version + 1,
                     ts=now,
@@ -262,6 +256,32 @@ def add_ticker(
                 return grown.version
             except redis.WatchError:
                 continue  # the daemon wrote a bar meanwhile: grow the newer snapshot
+
+
+def _grown_covariance(cov: np.ndarray, vol: float, rho: float) -> np.ndarray:
+    """Append one asset of one-bar volatility ``vol`` to ``cov``, keeping the matrix PSD.
+
+    First choice: correlation ``rho`` with every existing asset, as the seed matrix has. When the existing
+    assets have drifted apart (say two became strongly anti-correlated) that matrix can be indefinite; then the
+    new asset is built as ``rho`` times the equal-risk factor of the existing assets plus independent noise,
+    ``r_new = beta * a'r + e``, whose covariance is PSD by construction.
+    """
+    n = cov.shape[0]
+    old_vols = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    grown = np.zeros((n + 1, n + 1))
+    grown[:n, :n] = cov
+    grown[n, n] = vol * vol
+    cross = rho * old_vols * vol
+    grown[n, :n] = cross
+    grown[:n, n] = cross
+    if np.linalg.eigvalsh(grown).min() >= -1e-12 * np.trace(grown):
+        return grown
+    a = np.divide(1.0, old_vols, out=np.zeros(n), where=old_vols > 0)
+    factor_var = float(a @ cov @ a)
+    cross = rho * vol / np.sqrt(factor_var) * (cov @ a) if factor_var > 0 else np.zeros(n)
+    grown[n, :n] = cross
+    grown[:n, n] = cross
+    return grown
 
 
 def reset(store: Store) -> int:

@@ -12,7 +12,7 @@ import pytest
 import warmup
 from engine import math_logic
 from engine.settings import Settings
-from engine.store import SCHEMA_VERSION, Store
+from engine.store import MARKET_KEY, SCHEMA_VERSION, Store, encode_array
 
 from .conftest import TEST_CONFIG, merge, to_toml
 
@@ -107,6 +107,38 @@ def test_add_ticker_refuses_bad_input_and_changes_nothing(store, settings, symbo
         warmup.add_ticker(store, settings, symbol, price, vol)
 
     assert _dump_all(store) == before
+
+
+def test_add_ticker_keeps_the_matrix_psd_when_the_target_correlation_cannot_hold(
+    store: Store, settings: Settings
+) -> None:
+    warmup.seed(store, settings, now=1_000.0)
+    snap = store.read_market()
+    vols = np.sqrt(np.diag(snap.cov))
+    corr = np.eye(4)
+    corr[0, 1] = corr[1, 0] = -0.95  # AAA and BBB became strongly anti-correlated
+    cov = corr * np.outer(vols, vols)
+    store.client.hset(MARKET_KEY, "cov", encode_array(cov))
+    vol = 0.35 / math.sqrt(390 * 252)
+    # premise: the constant-correlation row (0.9 with every ticker) would make the matrix indefinite
+    naive = np.zeros((5, 5))
+    naive[:4, :4] = cov
+    naive[4, 4] = vol**2
+    naive[4, :4] = naive[:4, 4] = 0.9 * vols * vol
+    assert np.linalg.eigvalsh(naive).min() < 0
+
+    warmup.add_ticker(store, make_high_rho(settings), "EEE", 80.0, 0.35, now=1_500.0)
+
+    grown = store.read_market().cov
+    assert np.linalg.eigvalsh(grown).min() >= -1e-18
+    assert grown[:4, :4].tobytes() == cov.tobytes()
+    assert grown[4, 4] == pytest.approx(vol**2, rel=1e-12)
+
+
+def make_high_rho(settings: Settings) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, universe=replace(settings.universe, correlation=0.9))
 
 
 def _write_history(path: Path, prices: np.ndarray, tickers: list[str]) -> None:
