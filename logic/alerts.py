@@ -946,6 +946,11 @@ class AlertEngine:
         if breach is None:
             return
         alert = current.get(rule.id)
+        if alert is not None:
+            edited = {"op": rule.op, "threshold": rule.threshold, "description": rule.description}
+            if any(alert.get(k) != v for k, v in edited.items()):  # the rule was edited while active
+                alert.update(edited, updated_at=now)
+                ch.alerts_set[rule.id] = alert
         new = {k: tracker.get(k) for k in ("breach_since", "clear_since", "hold_until")}
         if new["hold_until"] is not None and now >= new["hold_until"]:
             new["hold_until"] = None

@@ -125,6 +125,14 @@ def test_rule_edits_are_validated_audited_and_seen_by_every_engine(store: Store,
     with pytest.raises(AlertError, match="actor"):
         engine.add_rule(rule("lev2", "leverage", ">", 2.0, "HIGH"), actor=" ")
 
+    engine.evaluate("main", snapshot(var__utilization=0.9), T0)
+    assert engine.active_alerts("main")[0]["threshold"] == 0.85
+    engine.update_rule("var_warning", {"threshold": 0.88, "description": "tighter"}, actor="bob")
+    engine.evaluate("main", snapshot(var__utilization=0.9), T0 + 1)  # the active alert shows the edit
+    assert [(a["threshold"], a["description"]) for a in engine.active_alerts("main")] == [(0.88, "tighter")]
+    engine.update_rule(
+        "var_warning", {"threshold": 0.85, "description": VAR_WARN["description"]}, actor="bob"
+    )
     listed = {r["id"]: r for r in other.list_rules()}
     assert listed["var_warning"]["threshold"] == 0.85 and listed["var_warning"]["source"] == "edited"
     assert listed["lev"]["source"] == "runtime"
@@ -142,6 +150,8 @@ def test_rule_edits_are_validated_audited_and_seen_by_every_engine(store: Store,
     audit = store.read_stream_json(GLOBAL_AUDIT_KEY, count=20, newest_first=False)
     assert [(a["action"], a["rule_id"], a["actor"]) for a in audit] == [
         ("rule_added", "lev", "alice"),
+        ("rule_updated", "var_warning", "bob"),
+        ("rule_updated", "var_warning", "bob"),
         ("rule_updated", "var_warning", "bob"),
         ("rule_removed", "var_warning", "carol"),
         ("rule_reset", "var_warning", "carol"),
