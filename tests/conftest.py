@@ -88,6 +88,34 @@ def to_toml(data: dict[str, Any]) -> str:
     return "\n".join(f"{key} = {inline(value)}" for key, value in data.items()) + "\n"
 
 
+def store_contents(client: redis.Redis) -> dict[bytes, tuple[bytes, object]]:
+    """Every key with its type and its content in a canonical form, for "the store did not change" checks.
+
+    DUMP bytes are not canonical: a hash stored as a hashtable can serialise its fields in another order
+    after an incremental rehash, with the same content.
+    """
+    out: dict[bytes, tuple[bytes, object]] = {}
+    for key in sorted(client.scan_iter(count=1000)):
+        kind = client.type(key)
+        kind = kind if isinstance(kind, bytes) else kind.encode()
+        if kind == b"string":
+            value: object = client.get(key)
+        elif kind == b"hash":
+            value = sorted(client.hgetall(key).items())
+        elif kind == b"list":
+            value = client.lrange(key, 0, -1)
+        elif kind == b"set":
+            value = sorted(client.smembers(key))
+        elif kind == b"zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"stream":
+            value = client.xrange(key)
+        else:
+            value = client.dump(key)
+        out[key] = (kind, value)
+    return out
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():

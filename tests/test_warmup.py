@@ -14,11 +14,11 @@ from engine import math_logic
 from engine.settings import Settings
 from engine.store import MARKET_KEY, SCHEMA_VERSION, Store, encode_array
 
-from .conftest import TEST_CONFIG, merge, to_toml
+from .conftest import TEST_CONFIG, merge, store_contents, to_toml
 
 
-def _dump_all(store: Store) -> dict[bytes, bytes]:
-    return {key: store.client.dump(key) for key in store.all_keys()}
+def _dump_all(store: Store) -> dict[bytes, tuple[bytes, object]]:
+    return store_contents(store.client)
 
 
 def test_seeding_an_empty_store_writes_market_matrix_and_portfolios(store: Store, settings: Settings) -> None:
