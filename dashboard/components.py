@@ -171,6 +171,13 @@ def money(value: float | None, signed: bool = False) -> str:
     return f"{value:+,.0f}" if signed else f"{value:,.0f}"
 
 
+def number(value: float | None) -> str:
+    """Thousands separators for large figures, four significant digits for small ones."""
+    if value is None:
+        return "-"
+    return f"{value:,.2f}" if abs(value) >= 100 else f"{value:.4g}"
+
+
 def pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 

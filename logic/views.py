@@ -546,45 +546,53 @@ def reasons_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
     )
 
 
-DELTA_ROWS: tuple[tuple[str, str, str | None], ...] = (
+DELTA_ROWS: tuple[tuple[str, str, str], ...] = (
     ("VaR", "var_before", "var_after"),
     ("Cash", "cash_before", "cash_after"),
     ("Position (shares)", "position_before", "position_after"),
-    ("Equity after", "", "equity_after"),
-    ("Concentration after", "", "concentration_after"),
-    ("Margin level after (%)", "", "margin_level_after"),
 )
-COST_ROWS: tuple[tuple[str, str], ...] = (
+IMPACT_ROWS: tuple[tuple[str, str], ...] = (
+    ("Equity after", "equity_after"),
+    ("Concentration after", "concentration_after"),
+    ("Margin level after (%)", "margin_level_after"),
     ("Price", "price"),
     ("Reference price", "reference_price"),
     ("Notional", "notional"),
     ("Estimated fees", "est_fees"),
     ("Liquidity cost (spread + impact)", "liquidity_cost"),
-    ("Marginal VaR (per $)", "marginal_var"),
+    ("Marginal VaR (per $ of exposure)", "marginal_var"),
     ("VaR limit", "var_limit"),
 )
 
 
 def deltas_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
-    """Before / after / change of every risk figure of a decision (None where it could not be computed)."""
+    """Before / after / change of VaR, cash and the position; rows a rejected order could not compute (bad
+    ticker or quantity) are left out."""
     rows = []
     confidence = _float_or_none(decision.get("var_confidence"))
     horizon = _float_or_none(decision.get("var_horizon_days"))
     for label, before_key, after_key in DELTA_ROWS:
-        before = _float_or_none(decision.get(before_key)) if before_key else None
-        after = _float_or_none(decision.get(after_key)) if after_key else None
-        change = after - before if before is not None and after is not None else None
+        before, after = _float_or_none(decision.get(before_key)), _float_or_none(decision.get(after_key))
+        if before is None or after is None:
+            continue
+        change = after - before
         if label == "VaR":
-            change = _float_or_none(decision.get("delta_var"))
+            change = _float_or_none(decision.get("delta_var")) or change
             if confidence is not None and horizon is not None:
                 label = f"VaR {confidence:.0%} ({horizon:g} day)"
         rows.append({"figure": label, "before": before, "after": after, "change": change})
-    for label, key in COST_ROWS:
-        rows.append(
-            {"figure": label, "before": None, "after": _float_or_none(decision.get(key)), "change": None}
-        )
-    df = pd.DataFrame(rows, columns=["figure", "before", "after", "change"])
-    return df.astype({"before": float, "after": float, "change": float})  # None -> NaN: shown empty
+    return pd.DataFrame(rows, columns=["figure", "before", "after", "change"])
+
+
+def impact_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
+    """The order's price, costs and the book after it; figures that do not apply (margin level of a cash
+    account) or could not be computed are left out."""
+    rows = [
+        {"figure": label, "value": value}
+        for label, key in IMPACT_ROWS
+        if (value := _float_or_none(decision.get(key))) is not None
+    ]
+    return pd.DataFrame(rows, columns=["figure", "value"])
 
 
 def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> pd.DataFrame:

@@ -70,9 +70,19 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def shoot(page: Any, name: str) -> Path:
+    """Screenshot the whole page: the app scrolls inside its main container, so grow the viewport to fit."""
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
-    page.screenshot(path=str(path))
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size(
+        {"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height), 3600))}
+    )
+    try:
+        page.wait_for_timeout(400)  # charts re-layout to the new size
+        settle(page)
+        page.screenshot(path=str(path))
+    finally:
+        page.set_viewport_size(VIEWPORT)
     return path
 
 
@@ -98,9 +108,9 @@ def test_every_page_loads_without_an_exception(page: Any, stack: Stack, title: s
             page.get_by_role("tab", name=tab, selected=True).wait_for(timeout=30_000)
             settle(page)
             assert_no_exception(page, f"Risk/{tab}")
-            if tab == "Surface":
+            if tab in ("Stress", "Surface", "Backtest"):
                 page.wait_for_selector(CHART_SELECTOR, timeout=30_000)
-                shoot(page, "risk_surface")
+                shoot(page, f"risk_{tab.lower()}")
         page.wait_for_selector(CHART_SELECTOR, timeout=30_000)
     settle(page)
     assert_no_exception(page, title)

@@ -115,8 +115,10 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         st.error(f"**REJECTED** · {ui.md(label)}", icon=":material/block:")
         ui.table(views.reasons_frame(decision), "reasons", "reasons.csv")
     ui.table(
-        views.deltas_frame(decision), "deltas", "decision.csv", column_config=DELTA_FORMAT, height="content"
+        views.deltas_frame(decision), "deltas", "decision.csv", height="content", column_config=DELTA_FORMAT
     )
+    impact = views.impact_frame(decision)
+    ui.table(impact.assign(value=impact["value"].map(ui.number)), "impact", "order.csv", height="content")
     if decision["status"] == "APPROVED":
         st.button(
             "Execute", type="primary", key="tk_execute", on_click=execute, args=(d,), icon=":material/send:"
