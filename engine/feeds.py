@@ -15,7 +15,7 @@ Adding a broker or exchange feed
 --------------------------------
 Write a class with a ``name`` attribute and an ``__iter__`` that yields :class:`Bar` objects, one per model
 bar (one minute: aggregate trades or quotes into a last price per bar yourself), e.g. a websocket client that
-buffers ticks and yields ``Bar(ts=bar_close_epoch, prices={"AAPL": 190.12, ...})`` at each minute close. A
+buffers ticks and yields ``Bar(ts=bar_close_epoch, prices={"XYZ": 190.12, ...})`` at each minute close. A
 ticker missing from a bar keeps its last price (its return for that bar is zero). Yield every ticker symbol
 exactly as it is in the store (``riskdesk.toml`` / ``warmup.py --add-ticker``): the daemon rejects and counts
 unknown tickers and NaN, infinite or non-positive prices rather than writing them, but do not rely on it for
