@@ -240,6 +240,12 @@ class Surface:
     current: tuple[float, float]
     current_var: float
 
+    @property
+    def lowest(self) -> tuple[float, float, float]:
+        """``(qty_a, qty_b, var)`` of the grid point with the lowest VaR."""
+        j, i = np.unravel_index(int(np.argmin(self.var)), self.var.shape)
+        return float(self.qty_a[i]), float(self.qty_b[j]), float(self.var[j, i])
+
 
 def qty_grid(current: float, price: float, equity: float, steps: int) -> Float64Array:
     """Share counts from -2x to +2x the current position (or +-10% of equity in shares when flat)."""

@@ -664,6 +664,11 @@ class Gauge:
     value: float
     limit: float | None
 
+    @property
+    def of_limit(self) -> float | None:
+        """The value as a fraction of the limit (None without a limit)."""
+        return self.value / self.limit if self.limit else None
+
 
 @dataclass(frozen=True)
 class OverviewView:
@@ -786,6 +791,10 @@ class ExposureView:
     var_limit: float
     var_confidence: float
 
+    @property
+    def utilization(self) -> float | None:
+        return self.var / self.var_limit if self.var_limit else None
+
 
 def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
     from engine import math_logic
@@ -827,6 +836,11 @@ class StressView:
     equity: float
     scenarios: pd.DataFrame
     """name, description, pnl, pnl_pct, equity_after."""
+
+    @property
+    def multiple(self) -> float | None:
+        """Stressed VaR over VaR at the same confidence."""
+        return self.stressed_var / self.var if self.var else None
 
 
 def stress_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]] | None = None) -> StressView:
@@ -1026,6 +1040,17 @@ def alerts_frame(
     for col in ALERT_TIME_COLUMNS:
         df[col] = pd.to_datetime(pd.to_numeric(df[col], errors="coerce"), unit="s", utc=True)
     return df
+
+
+def alert_counts(alerts: pd.DataFrame) -> dict[str, int]:
+    """Headline counts of an :func:`alerts_frame`: active, unacknowledged, critical, escalated."""
+    active = alerts[alerts["status"].isin(["TRIGGERED", "ACKNOWLEDGED"])]
+    return {
+        "Active": len(active),
+        "Unacknowledged": int((active["status"] == "TRIGGERED").sum()),
+        "Critical active": int((active["severity"] == "CRITICAL").sum()),
+        "Escalated": int((pd.to_numeric(active["escalation_level"], errors="coerce").fillna(0) > 1).sum()),
+    }
 
 
 def _set_or_none(values: Iterable[str] | None) -> set[str] | None:

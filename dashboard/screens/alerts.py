@@ -41,12 +41,8 @@ def feed(d: views.Desk, f: dict) -> None:
         statuses=f["statuses"],
         window_seconds=f["window_seconds"],
     )
-    active = df[df["status"].isin(["TRIGGERED", "ACKNOWLEDGED"])]
-    c = st.columns(4)
-    c[0].metric("Active", len(active))
-    c[1].metric("Unacknowledged", int((active["status"] == "TRIGGERED").sum()))
-    c[2].metric("Critical active", int((active["severity"] == "CRITICAL").sum()))
-    c[3].metric("Escalated", int((active["escalation_level"].fillna(0) > 1).sum()))
+    for col, (label, count) in zip(st.columns(4), views.alert_counts(df).items(), strict=True):
+        col.metric(label, count)
     ui.table(
         df,
         "alerts",

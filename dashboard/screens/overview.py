@@ -48,7 +48,7 @@ def summary(d: views.Desk, pid: str) -> None:
             st.metric(
                 g.title,
                 ui.money(g.value),
-                f"{g.value / g.limit:.0%} of limit" if g.limit else None,
+                None if g.of_limit is None else f"{g.of_limit:.0%} of limit",
                 delta_color="off",
                 delta_arrow="off",
             )

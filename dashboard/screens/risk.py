@@ -3,7 +3,6 @@ positions, and the VaR backtest of the portfolio's own history. Only the open ta
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -23,7 +22,7 @@ def exposure(d: views.Desk, pid: str) -> None:
     c = st.columns(3)
     c[0].metric(f"VaR {ev.var_confidence:.0%} (1 day)", ui.money(ev.var))
     c[1].metric("VaR limit", ui.money(ev.var_limit))
-    c[2].metric("Utilization", ui.pct(ev.var / ev.var_limit if ev.var_limit else None))
+    c[2].metric("Utilization", ui.pct(ev.utilization))
     left, right = st.columns(2)
     with left:
         df = ev.exposures
@@ -81,7 +80,7 @@ def stress(d: views.Desk, pid: str) -> None:
         ui.money(sv.stressed_var),
         delta_color="off",
         delta_arrow="off",
-        delta=f"x{sv.stressed_var / sv.var:.1f}" if sv.var else None,
+        delta=None if sv.multiple is None else f"x{sv.multiple:.1f}",
     )
     c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
     if sv.scenarios.empty:
@@ -187,10 +186,10 @@ def surface(d: views.Desk, pid: str) -> None:
         margin={"t": 40},
     )
     ui.chart(fig, key="surface")
-    i_min = np.unravel_index(int(np.argmin(s.var)), s.var.shape)
+    qa, qb, low = s.lowest
     st.caption(
-        f"Lowest VaR on this grid: {s.var[i_min]:,.0f} at {s.qty_a[i_min[1]]:,.0f} {ui.md(a)} and "
-        f"{s.qty_b[i_min[0]]:,.0f} {ui.md(b)} (other positions unchanged)."
+        f"Lowest VaR on this grid: {low:,.0f} at {qa:,.0f} {ui.md(a)} and {qb:,.0f} {ui.md(b)} "
+        "(other positions unchanged)."
     )
 
 
