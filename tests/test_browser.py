@@ -117,12 +117,28 @@ def test_every_page_loads_without_an_exception(page: Any, stack: Stack, title: s
     assert shoot(page, title.lower()).stat().st_size > 10_000
 
 
+def test_live_parts_refresh_on_their_own(page: Any, stack: Stack) -> None:
+    open_page(page, stack.url, "System")
+    last_tick = page.get_by_test_id("stMetric").filter(has_text="Last tick")
+    first = last_tick.inner_text()
+    # the stream writes a bar every 0.5 s: the live fragment shows a newer market version without a reload
+    page.wait_for_function(
+        """first => [...document.querySelectorAll('[data-testid="stMetric"]')]
+                .some(m => m.innerText.includes('Last tick') && m.innerText !== first)""",
+        arg=first,
+        timeout=15_000,
+    )
+
+
 def test_a_trade_submitted_in_the_ui_reaches_the_blotter_and_redis(page: Any, stack: Stack) -> None:
     from engine.redis_server import connect
     from engine.store import Store
 
     open_page(page, stack.url, "Trade")
     page.get_by_label("Quantity (shares)").fill("7")
+    # typed but not submitted: live refreshes (every 2 s) rerun only the live fragments, never the ticket
+    page.wait_for_timeout(2500)
+    assert page.get_by_label("Quantity (shares)").input_value() == "7"
     page.get_by_role("button", name="Check").click()
     page.get_by_text("APPROVED").first.wait_for(timeout=30_000)
     caption = page.get_by_text(re.compile(r"client order id dash-[0-9a-f]+")).inner_text()
