@@ -9,7 +9,7 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     hb:<component>                  hash     heartbeat of a daemon (time, counters, latency)
     mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts, cov (arrays)
     mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
-    mkt:{m}:reference               hash     tickers (JSON), prices (array), ts: session reference prices
+    mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
                                              positions_rev (new random token on every positions write)
@@ -465,8 +465,11 @@ class Store:
         tickers = list(tickers)
         (pipe or self.client).hset(
             REFERENCE_KEY,
-            mapping={"tickers": encode_json(tickers), "prices": encode_array(prices), "ts": repr(float(ts))},
-        )
+            mapping={
+                "tickers": encode_json(tickers), "prices": encode_array(prices), "ts": repr(float(ts)),
+                "rev": uuid.uuid4().hex,  # readers cache the decoded prices by it (see read_trade_view)
+            },
+        )  # fmt: skip
 
     def read_reference_prices(self, conn: Conn = None) -> dict[str, float]:
         raw = (conn or self.client).hmget(REFERENCE_KEY, ["tickers", "prices"])
@@ -999,22 +1002,33 @@ return id
             memo.clear()
         keys = PortfolioKeys(portfolio_id)
         known = memo.get(("positions", portfolio_id))  # (rev, decoded positions) of the last book seen
+        known_tickers = memo.get("tickers")  # (b"<version> <ts>", tickers) of the last snapshot seen
+        known_reference = memo.get("reference")  # (rev, reference prices) last seen
         script = self.__dict__.get("_trade_view_script")
         if script is None:  # registered once per Store; redis-py re-sends it if the server lost its cache
             script = self.__dict__["_trade_view_script"] = self.client.register_script(_READ_TRADE_VIEW_LUA)
         try:
-            raw_market, raw_ref, raw_state, raw_trading, recent, raw_order, rev, raw_positions = script(
+            reply = script(
                 keys=[MARKET_KEY, REFERENCE_KEY, keys.state, keys.trading_state, keys.rate, keys.orders,
                       keys.positions],
-                args=[repr(float(rate_since)), client_order_id or "", known[0] if known else ""],
+                args=[
+                    repr(float(rate_since)), client_order_id or "", known[0] if known else "",
+                    known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
+                ],
             )  # fmt: skip
         except redis.RedisError as exc:
             raise _redis_failure(exc) from exc
+        raw_market, raw_tickers, raw_ref, ref_rev, raw_state, raw_trading, recent, raw_order, rev = reply[:9]
+        raw_positions = reply[9]
         errors: dict[str, StoreError] = {}
-        header = _try(errors, "market", lambda: self._decode_header_memo(_ok(raw_market, MARKET_KEY), memo))
+        header = _try(
+            errors, "market",
+            lambda: self._decode_header_memo(_ok(raw_market, MARKET_KEY), raw_tickers, known_tickers, memo),
+        )  # fmt: skip
         reference = _try(
-            errors, "reference", lambda: self._decode_reference_memo(_ok(raw_ref, REFERENCE_KEY), memo)
-        )
+            errors, "reference",
+            lambda: self._decode_reference_memo(raw_ref, ref_rev, known_reference, memo),
+        )  # fmt: skip
         if isinstance(rev, redis.ResponseError):
             rev = None
         if raw_positions is None:  # unchanged since ``known``
@@ -1114,29 +1128,43 @@ return id
         raw: Any = (conn or self.client).hget(key, client_order_id)
         return None if raw is None else _decode_object(raw, f"{key}.{client_order_id}")
 
-    def _decode_header_memo(self, raw: list[Any], memo: dict[Any, Any]) -> MarketHeader:
+    def _decode_header_memo(
+        self,
+        raw: list[Any],
+        raw_tickers: Any,
+        known: tuple[bytes, tuple[str, ...]] | None,
+        memo: dict[Any, Any],
+    ) -> MarketHeader:
         if raw[0] is None:
             raise StoreEmptyError("no market snapshot in the store")
-        tickers = _memo(memo, ("tickers", raw[2]), lambda: _decode_tickers(raw[2], MARKET_KEY))
+        if raw_tickers is None and known is not None:  # the script saw the snapshot the tickers came with
+            tickers = known[1]
+        else:
+            tickers = _decode_tickers(_ok(raw_tickers, MARKET_KEY), MARKET_KEY)
+            memo["tickers"] = (raw[0] + b" " + raw[1], tickers)
         n = len(tickers)
         return MarketHeader(
             version=decode_int(raw[0], key=f"{MARKET_KEY}.version"),
             ts=decode_float(raw[1], key=f"{MARKET_KEY}.ts"),
             tickers=tickers,
-            prices=decode_array(raw[3], key=f"{MARKET_KEY}.prices", shape=(n,)),
-            price_ts=decode_array(raw[4], key=f"{MARKET_KEY}.price_ts", shape=(n,)),
+            prices=decode_array(raw[2], key=f"{MARKET_KEY}.prices", shape=(n,)),
+            price_ts=decode_array(raw[3], key=f"{MARKET_KEY}.price_ts", shape=(n,)),
         )
 
-    def _decode_reference_memo(self, raw: list[Any], memo: dict[Any, Any]) -> Mapping[str, float]:
+    def _decode_reference_memo(
+        self, raw: Any, rev: Any, known: tuple[bytes, Mapping[str, float]] | None, memo: dict[Any, Any]
+    ) -> Mapping[str, float]:
+        if raw is None and known is not None:  # unchanged since ``known``
+            return known[1]
+        raw = _ok(raw, REFERENCE_KEY)
         if raw[0] is None:
             raise StoreEmptyError("no reference prices in the store")
-
-        def decode() -> Mapping[str, float]:
-            tickers = _decode_tickers(raw[0], REFERENCE_KEY)
-            prices = decode_array(raw[1], key=f"{REFERENCE_KEY}.prices", shape=(len(tickers),))
-            return MappingProxyType(dict(zip(tickers, prices.tolist(), strict=True)))
-
-        return _memo(memo, ("reference", raw[0], raw[1]), decode)
+        tickers = _decode_tickers(raw[0], REFERENCE_KEY)
+        prices = decode_array(raw[1], key=f"{REFERENCE_KEY}.prices", shape=(len(tickers),))
+        reference = MappingProxyType(dict(zip(tickers, prices.tolist(), strict=True)))
+        if isinstance(rev, bytes):  # a store written before reference revisions: decode every time
+            memo["reference"] = (rev, reference)
+        return reference
 
     def _decode_portfolio_memo(
         self,
@@ -1351,8 +1379,12 @@ _READ_TRADE_VIEW_LUA = """
 -- KEYS[4] = pf:{id}:trading_state, KEYS[5] = pf:{id}:rate, KEYS[6] = pf:{id}:orders,
 -- KEYS[7] = pf:{id}:positions
 -- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
--- ARGV[3] = the positions_rev the caller has the positions of ('' for none)
--- Returns the positions hash (flat) unless the state's positions_rev equals ARGV[3] (then nil).
+-- ARGV[3] = the positions_rev the caller has the positions of ('' for none),
+-- ARGV[4] = '<version> <ts>' of the market snapshot the caller has the tickers of ('' for none),
+-- ARGV[5] = the rev of the reference prices the caller has ('' for none)
+-- What the caller already has is not sent again: the positions hash (flat) is nil when the state's
+-- positions_rev equals ARGV[3], the tickers when the snapshot's version and ts equal ARGV[4], the reference
+-- tickers and prices when the reference's rev equals ARGV[5].
 -- Every read is a pcall: a key of the wrong type comes back as an error in its own slot of the reply, so the
 -- caller can fail closed on that part and still report the others.
 -- (The keys span two hash tags: on Redis Cluster this read would have to be split in two.)
@@ -1361,8 +1393,17 @@ if ARGV[2] ~= '' then order = redis.pcall('HGET', KEYS[6], ARGV[2]) end
 local rev = redis.pcall('HGET', KEYS[3], 'positions_rev')
 local positions = false
 if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[7]) end
-return {redis.pcall('HMGET', KEYS[1], 'version', 'ts', 'tickers', 'prices', 'price_ts'),
-        redis.pcall('HMGET', KEYS[2], 'tickers', 'prices'),
+local market = redis.pcall('HMGET', KEYS[1], 'version', 'ts', 'prices', 'price_ts')
+local tickers = false
+if market.err or not (market[1] and market[2]) or (market[1] .. ' ' .. market[2]) ~= ARGV[4] then
+  tickers = redis.pcall('HGET', KEYS[1], 'tickers')
+end
+local ref_rev = redis.pcall('HGET', KEYS[2], 'rev')
+local reference = false
+if type(ref_rev) ~= 'string' or ref_rev ~= ARGV[5] then
+  reference = redis.pcall('HMGET', KEYS[2], 'tickers', 'prices')
+end
+return {market, tickers, reference, ref_rev,
         redis.pcall('HMGET', KEYS[3], 'account_type', 'cash', 'realized_pnl', 'fees_paid', 'initial_margin',
                     'maintenance_margin', 'updated_at'),
         redis.pcall('HMGET', KEYS[4], 'state', 'reason', 'actor', 'ts'),

@@ -177,6 +177,7 @@ def test_the_liquidity_cost_is_half_spread_plus_square_root_impact(rm: RiskManag
 def test_a_ticker_added_at_run_time_trades_with_default_liquidity_parameters(
     rm: RiskManager, store: Store, settings: Settings
 ) -> None:
+    assert codes(rm.check_trade_impact("EEE", 100, "BUY")) == {"UNKNOWN_TICKER"}
     warmup.add_ticker(store, settings, "EEE", 40.0, 0.3, now=NOW)
 
     decision = rm.check_trade_impact("EEE", 100, "BUY")
@@ -278,6 +279,17 @@ def test_a_price_outside_the_collar_is_refused(
     assert _rejected_without_change(rm, redis_client, "AAA", 10, "BUY") == {"PRICE_COLLAR"}
     set_market(store, {"AAA": 109.0})
     assert rm.check_trade_impact("AAA", 10, "BUY")["status"] == "APPROVED"
+
+
+def test_a_new_session_reference_price_is_seen_by_a_running_manager(rm: RiskManager, store: Store) -> None:
+    set_market(store, {"AAA": 111.0})
+    assert codes(rm.check_trade_impact("AAA", 10, "BUY")) == {"PRICE_COLLAR"}
+    snap = store.read_market()
+
+    store.write_reference_prices(snap.tickers, snap.prices, NOW)  # a new session opens at the last prices
+
+    decision = rm.check_trade_impact("AAA", 10, "BUY")
+    assert decision["status"] == "APPROVED" and decision["reference_price"] == 111.0
 
 
 def test_a_purchase_beyond_the_cash_is_refused(
