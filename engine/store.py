@@ -992,10 +992,12 @@ return id
         changed since. A part that is missing or does not decode is ``None`` with its typed error in
         ``errors`` (the caller fails closed).
 
-        ``memo`` is a caller-owned dict of decoded values keyed by their raw bytes. Every write of a
-        portfolio's positions through this class stores a new random ``positions_rev`` token in its state
-        hash; the script sends the positions (hundreds of JSON fields on a big book) only when that token is
-        not the one the memo holds them under, so an unchanged book costs nothing to read or decode.
+        ``memo`` is a caller-owned dict of what was decoded before. Every write of a portfolio's positions
+        through this class stores a new random ``positions_rev`` token in its state hash (and every write of
+        the reference prices a new ``rev``); the script sends the positions (hundreds of JSON fields on a big
+        book), the reference prices and the snapshot's tickers only when the memo does not hold the current
+        ones, so what did not change costs nothing to transfer or decode. Writing those keys other than
+        through this class would leave stale caches: do not.
         """
         memo = {} if memo is None else memo
         if len(memo) > 256:  # bounded: a long-running process sees many versions of the reference prices
