@@ -88,8 +88,8 @@ def to_toml(data: dict[str, Any]) -> str:
     return "\n".join(f"{key} = {inline(value)}" for key, value in data.items()) + "\n"
 
 
-def store_contents(client: redis.Redis) -> dict[bytes, tuple[bytes, object]]:
-    """Every key with its type and its content in a canonical form, for "the store did not change" checks.
+def store_contents(client: redis.Redis) -> dict[bytes, tuple[bytes, int, object]]:
+    """Every key with its type, TTL and content in a canonical form, for "the store did not change" checks.
 
     DUMP bytes are not canonical: a hash stored as a hashtable can serialise its fields in another order
     after an incremental rehash, with the same content.
@@ -110,9 +110,9 @@ def store_contents(client: redis.Redis) -> dict[bytes, tuple[bytes, object]]:
             value = client.zrange(key, 0, -1, withscores=True)
         elif kind == b"stream":
             value = client.xrange(key)
-        else:
-            value = client.dump(key)
-        out[key] = (kind, value)
+        else:  # pragma: no cover - the store uses no other type
+            raise AssertionError(f"unexpected type {kind!r} of {key!r}")
+        out[key] = (kind, client.pttl(key), value)
     return out
 
 

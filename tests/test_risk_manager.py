@@ -30,7 +30,7 @@ from logic import risk_manager as risk_manager_module
 from logic.decisions import Reason
 from logic.risk_manager import DASHBOARD_COLUMNS, RiskManager
 
-from .conftest import TEST_CONFIG, merge
+from .conftest import TEST_CONFIG, merge, store_contents
 
 NOW = 1_700_000_000.0
 """Seed time of every test here; the manager's clock stands still at it unless a test moves it."""
@@ -38,31 +38,6 @@ BARS_PER_DAY = TEST_CONFIG["model"]["bars_per_day"]
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-
-def dump_all(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key of the database with its type, TTL and exact bytes, canonically ordered: equal results mean
-    byte-for-byte equal contents. (Not ``DUMP``: a big hash is serialized in its hash table's order, which a
-    mere read may change by an incremental rehash step.)"""
-    out: dict[bytes, Any] = {}
-    for key in sorted(client.keys("*")):
-        kind = client.type(key)
-        if kind == b"hash":
-            value: Any = sorted(client.hgetall(key).items())
-        elif kind == b"string":
-            value = client.get(key)
-        elif kind == b"stream":
-            value = client.xrange(key)
-        elif kind == b"zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        elif kind == b"set":
-            value = sorted(client.smembers(key))
-        elif kind == b"list":
-            value = client.lrange(key, 0, -1)
-        else:  # pragma: no cover - the store uses no other type
-            raise AssertionError(f"unexpected type {kind!r} of {key!r}")
-        out[key] = (kind, client.pttl(key), value)
-    return out
 
 
 def codes(decision: dict[str, Any]) -> set[str]:
@@ -215,14 +190,14 @@ def test_a_ticker_added_at_run_time_trades_with_default_liquidity_parameters(
 def test_a_malformed_or_impossible_order_is_rejected_with_its_code_and_changes_nothing(
     rm: RiskManager, redis_client: redis.Redis, ticker: Any, qty: Any, side: Any, code: Reason
 ) -> None:
-    before = dump_all(redis_client)
+    before = store_contents(redis_client)
 
     decision = rm.check_trade_impact(ticker, qty, side)
 
     assert decision["status"] == "REJECTED"
     assert codes(decision) == {code.value}
     assert all(r["message"] for r in decision["reasons"])
-    assert dump_all(redis_client) == before
+    assert store_contents(redis_client) == before
 
 
 def test_every_failed_check_is_reported_not_only_the_first(rm: RiskManager) -> None:
@@ -240,10 +215,10 @@ def test_an_integral_float_quantity_and_a_lower_case_side_are_accepted(rm: RiskM
 def _rejected_without_change(
     rm: RiskManager, client: redis.Redis, ticker: str, qty: int, side: str
 ) -> set[str]:
-    before = dump_all(client)
+    before = store_contents(client)
     decision = rm.check_trade_impact(ticker, qty, side)
     assert decision["status"] == "REJECTED"
-    assert dump_all(client) == before
+    assert store_contents(client) == before
     return codes(decision)
 
 
@@ -572,12 +547,12 @@ def test_a_rejected_execution_is_logged_but_changes_no_money_position_or_state(
     rm: RiskManager, redis_client: redis.Redis
 ) -> None:
     trades_key = PortfolioKeys("main").trades.encode()
-    before = {k: v for k, v in dump_all(redis_client).items() if k != trades_key}
+    before = {k: v for k, v in store_contents(redis_client).items() if k != trades_key}
 
     result = rm.execute_trade("AAA", 5000, "SELL", client_order_id="too-many", actor="bob")
 
     assert result["status"] == "REJECTED" and codes(result) == {"OVERSELL"} and result["fill"] is None
-    after = {k: v for k, v in dump_all(redis_client).items() if k != trades_key}
+    after = {k: v for k, v in store_contents(redis_client).items() if k != trades_key}
     assert after == before
     (record,) = rm.trade_log(10)
     assert record["status"] == "REJECTED" and record["actor"] == "bob" and record["fill"] is None
@@ -651,13 +626,13 @@ def test_what_if_checks_a_basket_cumulatively_and_writes_nothing(
     desk: Callable[..., RiskManager], store: Store, redis_client: redis.Redis
 ) -> None:
     rm = desk({"limits": {"max_concentration": 0.2}})  # AAA 100k of 1.2M; each buy adds 100k
-    before = dump_all(redis_client)
+    before = store_contents(redis_client)
 
     basket = rm.what_if(
         [("AAA", 1000, "BUY"), {"ticker": "AAA", "qty": 1000, "side": "BUY"}, ("BBB", 100, "SELL")]
     )
 
-    assert dump_all(redis_client) == before
+    assert store_contents(redis_client) == before
     first, second, third = basket["decisions"]
     assert first["status"] == "APPROVED" and second["status"] == "REJECTED"
     assert codes(second) == {"CONCENTRATION"} and second["position_before"] == 2000

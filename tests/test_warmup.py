@@ -17,10 +17,6 @@ from engine.store import MARKET_KEY, SCHEMA_VERSION, Store, encode_array
 from .conftest import TEST_CONFIG, merge, store_contents, to_toml
 
 
-def _dump_all(store: Store) -> dict[bytes, tuple[bytes, object]]:
-    return store_contents(store.client)
-
-
 def test_seeding_an_empty_store_writes_market_matrix_and_portfolios(store: Store, settings: Settings) -> None:
     changed = warmup.seed(store, settings, now=1_000.0)
 
@@ -50,12 +46,12 @@ def test_seeding_an_empty_store_writes_market_matrix_and_portfolios(store: Store
 
 def test_running_the_warmup_twice_changes_nothing_the_second_time(store: Store, settings: Settings) -> None:
     warmup.seed(store, settings, now=1_000.0)
-    before = _dump_all(store)
+    before = store_contents(store.client)
 
     changed = warmup.seed(store, settings, now=2_000.0)
 
     assert changed == []
-    assert _dump_all(store) == before
+    assert store_contents(store.client) == before
 
 
 def test_a_portfolio_added_to_the_settings_is_seeded_without_touching_the_others(
@@ -101,12 +97,12 @@ def test_add_ticker_grows_the_matrix_and_keeps_holdings_and_the_old_block(store:
 )  # fmt: skip
 def test_add_ticker_refuses_bad_input_and_changes_nothing(store, settings, symbol, price, vol, message) -> None:
     warmup.seed(store, settings, now=1_000.0)
-    before = _dump_all(store)
+    before = store_contents(store.client)
 
     with pytest.raises(warmup.WarmupError, match=message):
         warmup.add_ticker(store, settings, symbol, price, vol)
 
-    assert _dump_all(store) == before
+    assert store_contents(store.client) == before
 
 
 def test_add_ticker_keeps_the_matrix_psd_when_the_target_correlation_cannot_hold(
