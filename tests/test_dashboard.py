@@ -544,7 +544,7 @@ def test_acknowledge_without_a_name_is_refused_with_the_reason(app_env: Store, s
 
 def test_rules_editor_adds_and_edits_a_rule_with_audit(app_env: Store, settings: Settings) -> None:
     at = open_page("alerts")
-    k = "rule_➕ new rule_"
+    k = "rule_+ new rule_"
     at.text_input(key=k + "id").input("lev")
     at.selectbox(key=k + "metric").set_value("leverage")
     at.selectbox(key=k + "op").set_value(">")
@@ -572,7 +572,7 @@ def test_rules_editor_refuses_an_invalid_rule_with_the_validation_message(
     app_env: Store, settings: Settings
 ) -> None:
     at = open_page("alerts")
-    k = "rule_➕ new rule_"
+    k = "rule_+ new rule_"
     at.text_input(key=k + "id").input("bad rule id!")
     at.text_input(key="rule_actor").input("carol")
     at.button(key="FormSubmitter:rule_form-Save rule").click().run()

@@ -10,7 +10,7 @@ from dashboard import components as ui
 from logic import views
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
-NEW_RULE = "➕ new rule"
+NEW_RULE = "+ new rule"
 
 st.title("Alerts")
 
