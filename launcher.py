@@ -75,6 +75,8 @@ class Launcher:
         embedded = self.embedded
         env["REDIS_URL"] = embedded.url if embedded is not None else str(self.settings.redis.url)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # three numeric processes share two cores: one BLAS thread each avoids oversubscription stalls
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         return env
 
     def start(self) -> list[str]:
@@ -142,10 +144,11 @@ class Launcher:
         lines = []
         embedded = self.embedded
         if embedded is not None:
-            lines.append(f"redis      {'running (pid %s)' % embedded.pid() if embedded.is_running() else 'stopped'}")
+            running = f"running (pid {embedded.pid()})" if embedded.is_running() else "stopped"
+            lines.append(f"redis      {running}")
         for service in services(self.settings):
             pid = self.pid(service.name)
-            lines.append(f"{service.name:<10} {'running (pid %s)' % pid if pid else 'stopped'}")
+            lines.append(f"{service.name:<10} {f'running (pid {pid})' if pid else 'stopped'}")
         return lines
 
 

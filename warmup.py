@@ -225,7 +225,6 @@ def add_ticker(
                 snap = store.read_market(pipe)
                 if symbol in snap.tickers:
                     raise WarmupError(f"{symbol} is already in the universe")
-                n = len(snap.tickers)
                 cov = _grown_covariance(snap.cov, vol, settings.universe.correlation)
                 grown = MarketSnapshot(
                     version=snap.version + 1,
@@ -329,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warmup: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
-        print(f"warmup: error [STORE_UNAVAILABLE]: cannot reach Redis ({exc}); start it with `make run`", file=sys.stderr)
+        print(f"warmup: error [STORE_UNAVAILABLE]: cannot reach Redis ({exc}); start it with `make run`",
+              file=sys.stderr)  # fmt: skip
         return 2
     if changed:
         print("warmup: seeded " + "; ".join(changed))

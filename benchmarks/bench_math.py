@@ -20,51 +20,58 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     rng = np.random.default_rng(0)
     for n in (50, 500, 2000):
-        cov = _random_cov(n, rng)
-        r = rng.standard_normal(n) * 1e-3
-        repeat = 300 if n < 2000 else 60
+        rows.extend(_rows_for(n, rng))
+    return rows
 
-        fast = time_calls(lambda: math_logic.update_covariance_ewma(cov, r, DECAY, validate=False), repeat=repeat)
-        naive_cov = cov.copy()
 
-        def naive() -> None:
-            nonlocal naive_cov
-            naive_cov = DECAY * naive_cov + (1 - DECAY) * np.outer(r, r)
+def _rows_for(n: int, rng: np.random.Generator) -> list[Row]:
+    """Rows for one matrix size (a function per size, so the timed closures bind their own arrays)."""
+    rows: list[Row] = []
+    cov = _random_cov(n, rng)
+    r = rng.standard_normal(n) * 1e-3
+    repeat = 300 if n < 2000 else 60
 
-        baseline = time_calls(naive, repeat=repeat)
-        one_pass = time_calls(lambda: np.multiply(cov, 1.0, out=cov), repeat=repeat)
-        target = EWMA_TARGET_US.get(n)
-        rows.append(Row(
-            f"EWMA update per tick, N={n}", median_us(fast), "us",
-            "numpy lam*S + (1-lam)*outer(r, r)", median_us(baseline),
-            f"<= {target:.0f} us" if target else "",
-            None if target is None else median_us(fast) <= target,
-        ))  # fmt: skip
-        rows.append(Row(
-            f"EWMA update vs one memory pass, N={n}", median_us(fast), "us",
-            "one in-place pass over the matrix", median_us(one_pass), "<= 2.5x one pass",
-            median_us(fast) <= 2.5 * median_us(one_pass),
-        ))  # fmt: skip
+    fast = time_calls(lambda: math_logic.update_covariance_ewma(cov, r, DECAY, validate=False), repeat=repeat)
+    naive_cov = cov.copy()
 
-        w = rng.uniform(-0.05, 0.1, n)
-        value = 1e7
-        port_var = float(w @ cov @ w)
-        i = n // 3
-        delta = np.zeros(n)
-        delta[i] = 0.01
-        inc = time_calls(
-            lambda: math_logic.incremental_var_single(i, 0.01, w, cov, value, port_var, 0.95), repeat=repeat
-        )
+    def naive() -> None:
+        nonlocal naive_cov
+        naive_cov = DECAY * naive_cov + (1 - DECAY) * np.outer(r, r)
 
-        def two_full() -> None:
-            after = w + delta
-            math_logic.get_portfolio_var(after, cov, value, 0.95, validate=False)
-            math_logic.get_portfolio_var(w, cov, value, 0.95, validate=False)
+    baseline = time_calls(naive, repeat=repeat)
+    one_pass = time_calls(lambda: np.multiply(cov, 1.0, out=cov), repeat=repeat)
+    target = EWMA_TARGET_US.get(n)
+    rows.append(Row(
+        f"EWMA update per tick, N={n}", median_us(fast), "us",
+        "numpy lam*S + (1-lam)*outer(r, r)", median_us(baseline),
+        f"<= {target:.0f} us" if target else "",
+        None if target is None else median_us(fast) <= target,
+    ))  # fmt: skip
+    rows.append(Row(
+        f"EWMA update vs one memory pass, N={n}", median_us(fast), "us",
+        "one in-place pass over the matrix", median_us(one_pass), "<= 2.5x one pass",
+        median_us(fast) <= 2.5 * median_us(one_pass),
+    ))  # fmt: skip
 
-        full = time_calls(two_full, repeat=repeat)
-        rows.append(Row(
-            f"incremental VaR of one trade, N={n}", median_us(inc), "us",
-            "two full VaR computations", median_us(full), "O(N), >= 10x at N=500" if n == 500 else "",
-            (median_us(full) / median_us(inc) >= 10) if n == 500 else None,
-        ))  # fmt: skip
+    w = rng.uniform(-0.05, 0.1, n)
+    value = 1e7
+    port_var = float(w @ cov @ w)
+    i = n // 3
+    delta = np.zeros(n)
+    delta[i] = 0.01
+    inc = time_calls(
+        lambda: math_logic.incremental_var_single(i, 0.01, w, cov, value, port_var, 0.95), repeat=repeat
+    )
+
+    def two_full() -> None:
+        after = w + delta
+        math_logic.get_portfolio_var(after, cov, value, 0.95, validate=False)
+        math_logic.get_portfolio_var(w, cov, value, 0.95, validate=False)
+
+    full = time_calls(two_full, repeat=repeat)
+    rows.append(Row(
+        f"incremental VaR of one trade, N={n}", median_us(inc), "us",
+        "two full VaR computations", median_us(full), "O(N), >= 10x at N=500" if n == 500 else "",
+        (median_us(full) / median_us(inc) >= 10) if n == 500 else None,
+    ))  # fmt: skip
     return rows

@@ -137,8 +137,9 @@ def _check_symmetric_psd(m: Float64Array, name: str) -> None:
         return
     # Cholesky of C + eps*I succeeds iff the smallest eigenvalue is above about -eps: an O(N^3/3) test that
     # accepts singular matrices (zero-variance assets, EWMA seeded from few rows) and rounding noise.
-    jittered = m.copy()
-    jittered.flat[:: n + 1] += _PSD_RTOL * trace
+    # Scaled to a unit largest entry first, so tiny (even subnormal) matrices get a jitter that registers.
+    jittered = m / scale
+    jittered.flat[:: n + 1] += _PSD_RTOL * (trace / scale)
     try:
         linalg.cholesky(jittered, lower=True, check_finite=False)
     except linalg.LinAlgError:

@@ -370,9 +370,13 @@ class Store:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
+    def _conn(self, conn: Conn) -> Conn:
+        """``conn`` (a caller's pipeline) or the plain client; typed loosely: the codec checks every reply."""
+        return conn if conn is not None else self.client
+
     # -- schema ----------------------------------------------------------------------------------------------
     def schema_version(self, conn: Conn = None) -> int | None:
-        raw = (conn or self.client).get(SCHEMA_KEY)
+        raw = self._conn(conn).get(SCHEMA_KEY)
         return None if raw is None else decode_int(raw, key=SCHEMA_KEY)
 
     def require_schema(self, conn: Conn = None) -> None:
@@ -384,7 +388,7 @@ class Store:
             raise SchemaMismatchError(f"store layout version {found}, this code reads {SCHEMA_VERSION}")
 
     def write_schema(self, pipe: Conn = None) -> None:
-        (pipe or self.client).set(SCHEMA_KEY, SCHEMA_VERSION)
+        self._conn(pipe).set(SCHEMA_KEY, SCHEMA_VERSION)
 
     def ping(self) -> bool:
         try:
@@ -398,7 +402,7 @@ class Store:
         n = len(snap.tickers)
         if snap.prices.shape != (n,) or snap.price_ts.shape != (n,) or snap.cov.shape != (n, n):
             raise ValueError(f"market snapshot shapes do not match {n} tickers")
-        (pipe or self.client).hset(
+        self._conn(pipe).hset(
             MARKET_KEY,
             mapping={
                 "version": int(snap.version),
@@ -411,17 +415,17 @@ class Store:
         )
 
     def read_market_version(self, conn: Conn = None) -> int | None:
-        raw = (conn or self.client).hget(MARKET_KEY, "version")
+        raw = self._conn(conn).hget(MARKET_KEY, "version")
         return None if raw is None else decode_int(raw, key=f"{MARKET_KEY}.version")
 
     def read_market_header(self, conn: Conn = None) -> MarketHeader:
         """Version, time, tickers and prices in one HMGET (no matrix)."""
-        raw = (conn or self.client).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts"])
+        raw = self._conn(conn).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts"])
         return self._decode_header(raw)
 
     def read_market(self, conn: Conn = None) -> MarketSnapshot:
         """The whole snapshot, matrix included, in one HMGET (consistent by construction)."""
-        raw = (conn or self.client).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts", "cov"])
+        raw = self._conn(conn).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts", "cov"])
         header = self._decode_header(raw[:5])
         n = len(header.tickers)
         cov = decode_array(raw[5], key=f"{MARKET_KEY}.cov", shape=(n, n))
@@ -444,13 +448,13 @@ class Store:
         tickers = list(tickers)
         if cov.shape != (len(tickers), len(tickers)):
             raise ValueError("stressed matrix shape does not match tickers")
-        (pipe or self.client).hset(
+        self._conn(pipe).hset(
             STRESSED_KEY,
             mapping={"version": int(version), "tickers": encode_json(tickers), "cov": encode_array(cov)},
         )
 
     def read_stressed(self, conn: Conn = None) -> tuple[int, tuple[str, ...], Float64Array]:
-        raw = (conn or self.client).hmget(STRESSED_KEY, ["version", "tickers", "cov"])
+        raw = self._conn(conn).hmget(STRESSED_KEY, ["version", "tickers", "cov"])
         if raw[0] is None:
             raise StoreEmptyError("no stressed covariance in the store")
         tickers = _decode_tickers(raw[1], STRESSED_KEY)
@@ -463,7 +467,7 @@ class Store:
     ) -> None:
         """Session reference prices (for the price collar and daily P&L of the market)."""
         tickers = list(tickers)
-        (pipe or self.client).hset(
+        self._conn(pipe).hset(
             REFERENCE_KEY,
             mapping={
                 "tickers": encode_json(tickers), "prices": encode_array(prices), "ts": repr(float(ts)),
@@ -472,7 +476,7 @@ class Store:
         )  # fmt: skip
 
     def read_reference_prices(self, conn: Conn = None) -> dict[str, float]:
-        raw = (conn or self.client).hmget(REFERENCE_KEY, ["tickers", "prices"])
+        raw = self._conn(conn).hmget(REFERENCE_KEY, ["tickers", "prices"])
         if raw[0] is None:
             raise StoreEmptyError("no reference prices in the store")
         tickers = _decode_tickers(raw[0], REFERENCE_KEY)
@@ -481,12 +485,12 @@ class Store:
 
     # -- portfolios ------------------------------------------------------------------------------------------
     def portfolio_ids(self, conn: Conn = None) -> list[str]:
-        raw = (conn or self.client).smembers(PORTFOLIOS_KEY)
+        raw = self._conn(conn).smembers(PORTFOLIOS_KEY)
         return sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw)
 
     def read_portfolio(self, portfolio_id: str, conn: Conn = None) -> PortfolioState:
         keys = PortfolioKeys(portfolio_id)
-        c = conn or self.client
+        c = self._conn(conn)
         state = c.hgetall(keys.state)
         if not state:
             raise StoreEmptyError(f"portfolio {portfolio_id!r} is not in the store")
@@ -527,7 +531,7 @@ class Store:
 
     def write_portfolio_state(self, state: PortfolioState, pipe: Conn = None) -> None:
         """Write the scalar fields of a portfolio (not its positions)."""
-        (pipe or self.client).hset(
+        self._conn(pipe).hset(
             PortfolioKeys(state.portfolio_id).state,
             mapping={
                 "account_type": state.account_type,
@@ -542,7 +546,7 @@ class Store:
 
     def write_position(self, portfolio_id: str, ticker: str, position: Position | None, pipe: Conn = None) -> None:
         """Set one position; ``None`` or a flat position without realized P&L removes the field."""
-        c = pipe or self.client
+        c = self._conn(pipe)
         key = PortfolioKeys(portfolio_id).positions
         if position is None:
             c.hdel(key, ticker)
@@ -552,7 +556,7 @@ class Store:
 
     def write_portfolio(self, state: PortfolioState, pipe: Conn = None) -> None:
         """Replace a whole portfolio (warm-up): scalar fields, every position, registry membership."""
-        c = pipe or self.client
+        c = self._conn(pipe)
         keys = PortfolioKeys(state.portfolio_id)
         self.write_portfolio_state(state, c)
         c.delete(keys.positions)
@@ -564,13 +568,13 @@ class Store:
     # -- trading state ---------------------------------------------------------------------------------------
     def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingState:
         key = PortfolioKeys(portfolio_id).trading_state
-        raw: Any = (conn or self.client).hgetall(key)
+        raw: Any = self._conn(conn).hgetall(key)
         return self._decode_trading_state(key, raw)
 
     def write_trading_state(self, portfolio_id: str, ts_: TradingState, pipe: Conn = None) -> None:
         if ts_.state not in TRADING_STATES:
             raise ValueError(f"unknown trading state {ts_.state!r}")
-        (pipe or self.client).hset(
+        self._conn(pipe).hset(
             PortfolioKeys(portfolio_id).trading_state,
             mapping={"state": ts_.state, "reason": ts_.reason, "actor": ts_.actor, "ts": repr(float(ts_.ts))},
         )
@@ -578,13 +582,13 @@ class Store:
     # -- audit streams ---------------------------------------------------------------------------------------
     def append_audit(self, key: str, record: Mapping[str, Any], pipe: Conn = None, maxlen: int = 100_000) -> None:
         """Append a JSON record to an audit stream (``PortfolioKeys(..).audit`` or :data:`GLOBAL_AUDIT_KEY`)."""
-        (pipe or self.client).xadd(key, {"json": encode_json(dict(record))}, maxlen=maxlen, approximate=True)
+        self._conn(pipe).xadd(key, {"json": encode_json(dict(record))}, maxlen=maxlen, approximate=True)
 
     def read_stream_json(
         self, key: str, count: int = 100, newest_first: bool = True, conn: Conn = None
     ) -> list[dict[str, Any]]:
         """Newest (or oldest) ``count`` JSON records of a stream, each with its stream ``id``."""
-        c = conn or self.client
+        c = self._conn(conn)
         entries = c.xrevrange(key, count=count) if newest_first else c.xrange(key, count=count)
         out = []
         for entry_id, fields in entries:
@@ -599,10 +603,10 @@ class Store:
     def write_heartbeat(self, component: str, fields: Mapping[str, Any], pipe: Conn = None) -> None:
         payload = {k: (repr(float(v)) if isinstance(v, float) else str(v)) for k, v in fields.items()}
         payload.setdefault("ts", repr(time.time()))
-        (pipe or self.client).hset(heartbeat_key(component), mapping=payload)
+        self._conn(pipe).hset(heartbeat_key(component), mapping=payload)
 
     def read_heartbeat(self, component: str, conn: Conn = None) -> dict[str, str] | None:
-        raw = (conn or self.client).hgetall(heartbeat_key(component))
+        raw = self._conn(conn).hgetall(heartbeat_key(component))
         if not raw:
             return None
         return {decode_str(k): decode_str(v) for k, v in raw.items()}
@@ -633,13 +637,13 @@ class Store:
 
         ``tickers_json`` is the caller's cached ``encode_json(list(event.tickers))`` (it changes rarely)."""
         fields: dict[Any, Any] = event.to_fields(tickers_json)
-        (pipe or self.client).xadd(TICKS_KEY, fields, maxlen=maxlen, approximate=True)
+        self._conn(pipe).xadd(TICKS_KEY, fields, maxlen=maxlen, approximate=True)
 
     def read_ticks(
         self, count: int | None = None, newest_first: bool = False, conn: Conn = None
     ) -> list[TickEvent]:
         """Tick events of the stream (oldest first unless ``newest_first``); for tests and the dashboard."""
-        c = conn or self.client
+        c = self._conn(conn)
         entries: Any = (
             c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
         )
@@ -656,7 +660,7 @@ class Store:
         until a consumer acknowledges them, whether or not a monitor is running yet.
         """
         try:
-            (conn or self.client).xgroup_create(TICKS_KEY, group, id="$", mkstream=True)
+            self._conn(conn).xgroup_create(TICKS_KEY, group, id="$", mkstream=True)
             return True
         except redis.ResponseError as exc:
             if "BUSYGROUP" in str(exc):
@@ -692,7 +696,7 @@ class Store:
     def ack_ticks(self, group: str, entry_ids: Iterable[str], pipe: Conn = None) -> None:
         ids = list(entry_ids)
         if ids:
-            (pipe or self.client).xack(TICKS_KEY, group, *ids)
+            self._conn(pipe).xack(TICKS_KEY, group, *ids)
 
     def tick_group_pending(self, group: str = "monitor") -> int:
         """Events delivered to the group's consumers and not yet acknowledged (0 when there is no group)."""
@@ -704,7 +708,7 @@ class Store:
 
     def read_stressed_version(self, conn: Conn = None) -> int | None:
         """Version of the stored stressed matrix (it changes when the warm-up rebuilds it), or None."""
-        raw = (conn or self.client).hget(STRESSED_KEY, "version")
+        raw = self._conn(conn).hget(STRESSED_KEY, "version")
         return None if raw is None else decode_int(raw, key=f"{STRESSED_KEY}.version")
 
     # portfolios, read together ------------------------------------------------------------------------------
@@ -788,14 +792,14 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`)."""
         if not math.isfinite(equity):
             raise ValueError(f"equity must be finite, got {equity}")
-        reply = (pipe or self.client).eval(
+        reply = self._conn(pipe).eval(
             self._PEAKS_LUA, 1, self.peaks_key(portfolio_id), repr(float(equity)), day_id, week_id
         )
         return None if pipe is not None else EquityPeaks.from_reply(reply, self.peaks_key(portfolio_id))
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
         key = self.peaks_key(portfolio_id)
-        raw = (conn or self.client).hmget(
+        raw = self._conn(conn).hmget(
             key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"]
         )
         return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
@@ -846,13 +850,13 @@ return out
                 raise ValueError(f"{ticker}: side must be +1/-1 and P&L finite, got {side}, {pnl}")
             args += [ticker, str(side), repr(float(pnl))]
         key = PortfolioKeys(portfolio_id).marks
-        reply = (pipe or self.client).eval(self._MARKS_LUA, 1, key, *args)
+        reply = self._conn(pipe).eval(self._MARKS_LUA, 1, key, *args)
         return None if pipe is not None else decode_marks_reply(reply, key)
 
     def read_marks(self, portfolio_id: str, conn: Conn = None) -> dict[str, Excursion]:
         key = PortfolioKeys(portfolio_id).marks
         out = {}
-        for raw_ticker, raw in (conn or self.client).hgetall(key).items():
+        for raw_ticker, raw in self._conn(conn).hgetall(key).items():
             ticker = decode_str(raw_ticker, key=key)
             data = _json_object(raw, f"{key}.{ticker}")
             try:
@@ -916,13 +920,13 @@ return id
         args: list[Any] = [int(snapshot["version"]), encode_json(dict(snapshot)), ms, min_ms, int(max_points)]
         for name, value in point.items():
             args += [name, _encode_point_value(value)]
-        reply = (pipe or self.client).eval(self._RECORD_LUA, 2, keys.snapshot, keys.history, *args)
+        reply = self._conn(pipe).eval(self._RECORD_LUA, 2, keys.snapshot, keys.history, *args)
         return None if pipe is not None else decode_str(reply, key=keys.history)
 
     def read_snapshot(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
         """The latest snapshot of a portfolio (schema in logic/snapshot.py), or ``None`` if none yet."""
         key = PortfolioKeys(portfolio_id).snapshot
-        raw = (conn or self.client).get(key)
+        raw = self._conn(conn).get(key)
         return None if raw is None else _json_object(raw, key)
 
     def read_history(
@@ -940,7 +944,7 @@ return id
         key = PortfolioKeys(portfolio_id).history
         lo = "-" if start_ts is None else str(max(0, int(start_ts * 1000)))
         hi = "+" if end_ts is None else str(max(0, int(end_ts * 1000)))
-        c = conn or self.client
+        c = self._conn(conn)
         entries: Any = (
             c.xrevrange(key, hi, lo, count=count) if newest_first else c.xrange(key, lo, hi, count=count)
         )
@@ -959,7 +963,7 @@ return id
         return out
 
     def history_length(self, portfolio_id: str, conn: Conn = None) -> int:
-        return int((conn or self.client).xlen(PortfolioKeys(portfolio_id).history))
+        return int(self._conn(conn).xlen(PortfolioKeys(portfolio_id).history))
 
     def acquire_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
         """Take the short lease ``name`` unless someone holds it (SET NX PX); True when taken."""
@@ -1113,7 +1117,7 @@ return id
 
     def append_trade_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
         """Append a record (e.g. a rejected order) to the portfolio's trade log."""
-        (pipe or self.client).xadd(
+        self._conn(pipe).xadd(
             PortfolioKeys(portfolio_id).trades, {"json": encode_json(dict(record))},
             maxlen=TRADE_LOG_MAXLEN, approximate=True,
         )  # fmt: skip
@@ -1127,7 +1131,7 @@ return id
     def read_order(self, portfolio_id: str, client_order_id: str, conn: Conn = None) -> dict[str, Any] | None:
         """The stored result of ``client_order_id``, or None when no fill claimed that id."""
         key = PortfolioKeys(portfolio_id).orders
-        raw: Any = (conn or self.client).hget(key, client_order_id)
+        raw: Any = self._conn(conn).hget(key, client_order_id)
         return None if raw is None else _decode_object(raw, f"{key}.{client_order_id}")
 
     def _decode_header_memo(
@@ -1244,7 +1248,7 @@ return id
 
     def read_json_hash(self, key: str, conn: Conn = None) -> dict[str, Any]:
         """Every field of a hash whose values are JSON objects, decoded (``{}`` when the key is missing)."""
-        raw = (conn or self.client).hgetall(key)
+        raw = self._conn(conn).hgetall(key)
         out: dict[str, Any] = {}
         for name, value in raw.items():
             field_name = decode_str(name, key=key)
@@ -1253,31 +1257,31 @@ return id
 
     def read_field_names(self, key: str, conn: Conn = None) -> list[str]:
         """The field names of a hash (no values: cheap even when the values are large)."""
-        return [decode_str(name, key=key) for name in (conn or self.client).hkeys(key)]
+        return [decode_str(name, key=key) for name in self._conn(conn).hkeys(key)]
 
     def read_json_fields(self, key: str, names: Iterable[str], conn: Conn = None) -> dict[str, Any]:
         """The named fields of a JSON hash, decoded; fields that vanished meanwhile are left out."""
         names = list(names)
         if not names:
             return {}
-        values = (conn or self.client).hmget(key, names)
+        values = self._conn(conn).hmget(key, names)
         return {n: decode_json(v, key=f"{key}.{n}") for n, v in zip(names, values, strict=True) if v is not None}
 
     def write_json_fields(self, key: str, mapping: Mapping[str, Any], pipe: Conn = None) -> None:
         if mapping:
-            (pipe or self.client).hset(key, mapping={k: encode_json(v) for k, v in mapping.items()})
+            self._conn(pipe).hset(key, mapping={k: encode_json(v) for k, v in mapping.items()})
 
     def delete_fields(self, key: str, names: Iterable[str], pipe: Conn = None) -> None:
         names = list(names)
         if names:
-            (pipe or self.client).hdel(key, *names)
+            self._conn(pipe).hdel(key, *names)
 
     def read_rules_version(self, conn: Conn = None) -> int:
-        raw = (conn or self.client).get(self.RULES_VERSION_KEY)
+        raw = self._conn(conn).get(self.RULES_VERSION_KEY)
         return 0 if raw is None else decode_int(raw, key=self.RULES_VERSION_KEY)
 
     def bump_rules_version(self, pipe: Conn = None) -> None:
-        (pipe or self.client).incr(self.RULES_VERSION_KEY)
+        self._conn(pipe).incr(self.RULES_VERSION_KEY)
 
     def read_rule_overrides(self, conn: Conn = None) -> dict[str, Any]:
         """Run-time rule edits: rule id -> JSON ``{"rule": {...}}`` or ``{"deleted": true}``."""
@@ -1285,7 +1289,7 @@ return id
 
     def write_rule_override(self, rule_id: str, payload: Mapping[str, Any] | None, pipe: Conn = None) -> None:
         """Store a run-time rule edit; ``None`` drops it (the settings default applies again)."""
-        c = pipe or self.client
+        c = self._conn(pipe)
         if payload is None:
             c.hdel(RULES_KEY, rule_id)
         else:
@@ -1302,11 +1306,11 @@ return id
         self.append_audit(PortfolioKeys(portfolio_id).deliveries, record, pipe, maxlen=50_000)
 
     def count_recent_sends(self, target: str, since: float, conn: Conn = None) -> int:
-        return int((conn or self.client).zcount(self.notify_rate_key(target), f"({since!r}", "+inf"))
+        return int(self._conn(conn).zcount(self.notify_rate_key(target), f"({since!r}", "+inf"))
 
     def record_send(self, target: str, ts: float, window_seconds: float, pipe: Conn = None) -> None:
         """Remember one message sent to ``target`` at ``ts`` (entries older than the window are dropped)."""
-        c = pipe or self.client
+        c = self._conn(pipe)
         key = self.notify_rate_key(target)
         c.zadd(key, {f"{ts!r}:{time.perf_counter_ns()}": ts})
         c.zremrangebyscore(key, "-inf", f"({ts - window_seconds!r}")

@@ -887,3 +887,13 @@ def test_math_logic_imports_no_io_or_upper_layer_module() -> None:
     assert imported, "the parser found no imports at all"
     assert not imported & forbidden
     assert imported <= {"__future__", "functools", "math", "operator", "typing", "numpy", "scipy"}
+
+
+def test_a_psd_matrix_of_subnormal_variances_is_accepted() -> None:
+    # found by hypothesis: a jitter relative to a subnormal trace underflowed to zero and Cholesky failed
+    cov = np.array([[0.0, 0.0], [0.0, 8e-323]])
+
+    var, sigma = ml.get_portfolio_var(np.array([0.0, 1.0]), cov, 1.0)
+
+    assert sigma == pytest.approx(math.sqrt(8e-323))
+    assert var >= 0.0

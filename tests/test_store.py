@@ -121,7 +121,10 @@ def test_a_portfolio_round_trips_with_exact_money(store: Store) -> None:
         "main",
         "margin",
         Decimal("1000000.10"),
-        {"AAA": Position(-300, Decimal("101.333333333333333333"), Decimal("-0.01")), "BBB": Position(7, Decimal("0.1"))},
+        {
+            "AAA": Position(-300, Decimal("101.333333333333333333"), Decimal("-0.01")),
+            "BBB": Position(7, Decimal("0.1")),
+        },
         realized_pnl=Decimal("0.30"),
         fees_paid=Decimal("12.345"),
         updated_at=12.5,
