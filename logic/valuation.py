@@ -7,8 +7,8 @@ and margin mean the same everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from decimal import Decimal
+from functools import cached_property
 
 import numpy as np
 
