@@ -569,7 +569,7 @@ class Store:
     def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingState:
         key = PortfolioKeys(portfolio_id).trading_state
         raw: Any = self._conn(conn).hgetall(key)
-        return self._decode_trading_state(key, raw)
+        return _trading_state_from_hash(key, raw)
 
     def write_trading_state(self, portfolio_id: str, ts_: TradingState, pipe: Conn = None) -> None:
         if ts_.state not in TRADING_STATES:
@@ -1054,7 +1054,7 @@ return id
         )  # fmt: skip
         trading = _try(
             errors, "trading_state",
-            lambda: self._decode_trading_state(
+            lambda: _trading_state_from_hash(
                 keys.trading_state, _fields(_TRADING_FIELDS, _ok(raw_trading, keys.trading_state))
             ),
         )  # fmt: skip
@@ -1193,19 +1193,6 @@ return id
             if rev is not None:
                 memo[("positions", portfolio_id)] = (rev, cached)
         return dataclasses.replace(scalars, positions=cached)
-
-    def _decode_trading_state(self, key: str, raw: Mapping[bytes, bytes]) -> TradingState:
-        if not raw:
-            raise StoreEmptyError(f"{key} is missing")
-        state = decode_str(raw.get(b"state"), key=f"{key}.state")
-        if state not in TRADING_STATES:
-            raise CorruptDataError(f"{key}.state: unknown trading state {state!r}")
-        return TradingState(
-            state=state,
-            reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
-            actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
-            ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
-        )
 
     # -- alerts and notifications (logic/alerts.py, logic/escalation.py, notifications/) ----------------------
     # (section owned by the alerts work: add its methods here)

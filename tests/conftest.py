@@ -13,13 +13,14 @@ config_file    ``TEST_CONFIG`` written to a TOML file (for subprocesses: RISKDES
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import redis
@@ -126,17 +127,24 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
+@contextlib.contextmanager
+def private_redis(prefix: str, appendfsync: Literal["everysec", "always"] = "everysec") -> Iterator[EmbeddedRedis]:
+    """A real redis-server on a temporary unix socket, stopped by PID and removed afterwards."""
     # short path: unix socket paths are limited to ~107 bytes
-    tmp = Path(tempfile.mkdtemp(prefix="rdt-"))
-    server = EmbeddedRedis(tmp, appendfsync="everysec")
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    server = EmbeddedRedis(tmp, appendfsync=appendfsync)
     server.start()
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    with private_redis("rdt-") as server:
+        yield server
 
 
 @pytest.fixture
@@ -191,11 +199,5 @@ def seeded_store(store: Store, settings: Settings) -> Store:
 @pytest.fixture
 def fresh_redis() -> Iterator[EmbeddedRedis]:
     """A private server for tests that kill or restart Redis (AOF everysec)."""
-    tmp = Path(tempfile.mkdtemp(prefix="rdf-"))
-    server = EmbeddedRedis(tmp, appendfsync="everysec")
-    server.start()
-    try:
+    with private_redis("rdf-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)

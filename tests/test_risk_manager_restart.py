@@ -3,11 +3,8 @@ closed while Redis is down."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import redis
@@ -18,20 +15,16 @@ from engine.settings import Settings
 from engine.store import Store
 from logic.risk_manager import RiskManager
 
+from .conftest import private_redis
+
 NOW = 1_700_000_000.0
 
 
 @pytest.fixture
 def always_fsync_server() -> Iterator[EmbeddedRedis]:
     """A private server with ``appendfsync always``: a write is on disk before Redis acknowledges it."""
-    tmp = Path(tempfile.mkdtemp(prefix="rdk-"))  # short: unix socket paths are limited to ~107 bytes
-    server = EmbeddedRedis(tmp, appendfsync="always")
-    server.start()
-    try:
+    with private_redis("rdk-", appendfsync="always") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_acknowledged_trades_and_the_trading_state_survive_kill_and_restart(
