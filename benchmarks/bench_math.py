@@ -47,10 +47,12 @@ def _rows_for(n: int, rng: np.random.Generator) -> list[Row]:
         f"<= {target:.0f} us" if target else "",
         None if target is None else median_us(fast) <= target,
     ))  # fmt: skip
+    # SPEC.md sets this bar at N=500 and 2000; at N=50 a call's fixed overhead (~8 us) dwarfs a 1 us pass
+    has_target = target is not None
     rows.append(Row(
         f"EWMA update vs one memory pass, N={n}", median_us(fast), "us",
-        "one in-place pass over the matrix", median_us(one_pass), "<= 2.5x one pass",
-        median_us(fast) <= 2.5 * median_us(one_pass),
+        "one in-place pass over the matrix", median_us(one_pass), "<= 2.5x one pass" if has_target else "",
+        median_us(fast) <= 2.5 * median_us(one_pass) if has_target else None,
     ))  # fmt: skip
 
     w = rng.uniform(-0.05, 0.1, n)
