@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle  # noqa: S403 - only to prove a pickled payload is refused, never loaded
 import struct
 from decimal import Decimal
 
@@ -85,17 +84,22 @@ def test_a_malformed_matrix_raises_the_typed_error_naming_the_fix(store: Store, 
     assert "warmup.py" in str(info.value)
 
 
-class _Boom:
-    """Unpickling this would run code; the codec must never get that far."""
-
-    def __reduce__(self):  # pragma: no cover - must never run
-        return (exec, ("import sys; sys.exit('pickle was executed')",))
+# Pickle payloads written as literal bytes (the project imports no pickle): unpickling the first would run
+# ``exec(...)`` and exit; the second is a pickled Decimal. The codec must refuse both without executing them.
+PICKLED_EXEC = (
+    b"\x80\x04\x95G\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94\x8c\x04exec\x94\x93\x94"
+    b"\x8c+import sys; sys.exit('pickle was executed')\x94\x85\x94R\x94."
+)
+PICKLED_DECIMAL = (
+    b"\x80\x04\x95\x1f\x00\x00\x00\x00\x00\x00\x00\x8c\x07decimal\x94\x8c\x07Decimal\x94\x93\x94"
+    b"\x8c\x011\x94\x85\x94R\x94."
+)
 
 
 @pytest.mark.parametrize("field", ["cov", "prices", "price_ts", "tickers", "version", "ts"])
 def test_a_pickled_payload_in_any_market_field_is_refused_and_never_executed(store: Store, field: str) -> None:
     store.write_market(_snapshot(3))
-    store.client.hset(MARKET_KEY, field, pickle.dumps(_Boom()))
+    store.client.hset(MARKET_KEY, field, PICKLED_EXEC)
 
     with pytest.raises(CorruptDataError):
         store.read_market()
@@ -105,13 +109,13 @@ def test_a_pickled_payload_in_portfolio_keys_is_refused(store: Store) -> None:
     keys = PortfolioKeys("main")
     state = PortfolioState("main", "cash", Decimal("100.00"), {"AAA": Position(5, Decimal("10.5"))})
     store.write_portfolio(state)
-    store.client.hset(keys.positions, "AAA", pickle.dumps(_Boom()))
+    store.client.hset(keys.positions, "AAA", PICKLED_EXEC)
 
     with pytest.raises(CorruptDataError):
         store.read_portfolio("main")
 
     store.write_portfolio(state)
-    store.client.hset(keys.state, "cash", pickle.dumps(Decimal("1")))
+    store.client.hset(keys.state, "cash", PICKLED_DECIMAL)
     with pytest.raises(CorruptDataError):
         store.read_portfolio("main")
 
