@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Context, Row, median_us, pct_us
+from benchmarks.common import Context, Row, median_us, pct_us, synthetic_assets
 from engine import math_logic
 from engine.feeds import SimulatedFeed
 from engine.settings import Settings, settings_from_dict
@@ -39,10 +39,7 @@ TARGET_50_US = 250_000.0
 
 def bench_settings(portfolios: int, seed: int = 5) -> Settings:
     rng = np.random.default_rng(seed)
-    assets = {
-        f"T{i:04d}": {"price": float(rng.uniform(20, 400)), "annual_vol": float(rng.uniform(0.15, 0.5))}
-        for i in range(N)
-    }
+    assets = synthetic_assets(N, rng)
     tickers = list(assets)
     books = []
     for k in range(portfolios):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Context, Row, pct_us, time_calls
+from benchmarks.common import Context, Row, pct_us, synthetic_assets, time_calls
 from engine import math_logic
 from engine.settings import Settings, settings_from_dict
 from engine.store import Store
@@ -40,10 +40,7 @@ BLOCKS = 5
 def bench_settings(n: int, seed: int = 7) -> Settings:
     """N assets, one cash portfolio holding all of them, limits wide enough that the checked trade passes."""
     rng = np.random.default_rng(seed)
-    assets = {
-        f"T{i:04d}": {"price": float(rng.uniform(20, 400)), "annual_vol": float(rng.uniform(0.15, 0.5))}
-        for i in range(n)
-    }
+    assets = synthetic_assets(n, rng)
     holdings = {t: int(rng.integers(10, 500)) for t in assets}
     return settings_from_dict(
         {

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from benchmarks.common import Context, Row, median_us, pct_us, time_calls
+from benchmarks.common import Context, Row, median_us, pct_us, synthetic_assets, time_calls
 from engine.feeds import Bar, SimulatedFeed
 from engine.settings import Settings, settings_from_dict
 from engine.store import MarketSnapshot, Store, TickEvent, encode_json
@@ -29,10 +29,7 @@ TARGET_US = {500: 5000.0}
 
 def bench_settings(n: int, seed: int = 3) -> Settings:
     rng = np.random.default_rng(seed)
-    assets = {
-        f"T{i:04d}": {"price": float(rng.uniform(20, 400)), "annual_vol": float(rng.uniform(0.15, 0.5))}
-        for i in range(n)
-    }
+    assets = synthetic_assets(n, rng)
     return settings_from_dict(
         {"universe": {"correlation": 0.3, "assets": assets}, "model": {"bar_interval_seconds": 0}}
     )

@@ -62,6 +62,14 @@ class Context:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def synthetic_assets(n: int, rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """``n`` tickers T0000... with random prices (20-400) and annual vols (15-50%), as a settings table."""
+    return {
+        f"T{i:04d}": {"price": float(rng.uniform(20, 400)), "annual_vol": float(rng.uniform(0.15, 0.5))}
+        for i in range(n)
+    }
+
+
 def time_calls(fn: Callable[[], object], *, repeat: int = 200, warmup: int = 20) -> np.ndarray:
     """Seconds per call of ``fn``, one sample per call, after ``warmup`` discarded calls."""
     for _ in range(warmup):
