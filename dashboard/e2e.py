@@ -114,7 +114,9 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return f"unix://{self.data_dir / 'redis.sock'}"
+        from engine.redis_server import EmbeddedRedis
+
+        return EmbeddedRedis(self.data_dir).url
 
     def settings(self) -> Any:
         """The settings every process of the stack reads (riskdesk.toml with this stack's overrides)."""
