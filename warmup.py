@@ -43,7 +43,7 @@ from engine.store import (
     PortfolioState,
     Position,
     Store,
-    TradingState,
+    TradingStatus,
 )
 
 ACTOR = "warmup"
@@ -178,7 +178,7 @@ def _write_new_portfolio(
     store: Store, settings: Settings, pid: str, prices: dict[str, float], now: float, pipe: object
 ) -> None:
     store.write_portfolio(_initial_portfolio(settings, pid, prices, now), pipe)
-    state = TradingState(state="ACTIVE", reason="seeded by warm-up", actor=ACTOR, ts=now)
+    state = TradingStatus(state="ACTIVE", reason="seeded by warm-up", actor=ACTOR, ts=now)
     store.write_trading_state(pid, state, pipe)
     store.append_audit(PortfolioKeys(pid).audit, {"ts": now, "actor": ACTOR, "action": "seed", "state": "ACTIVE"}, pipe)
 

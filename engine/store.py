@@ -52,6 +52,14 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from engine.records import (
+    MarketHeader,
+    MarketSnapshot,
+    PortfolioState,
+    Position,
+    TradingState,
+    TradingStatus,
+)
 from engine.errors import (
     CorruptDataError,
     SchemaMismatchError,
@@ -284,77 +292,29 @@ def _decode_tickers(raw: bytes | None, key: str) -> tuple[str, ...]:
     return tuple(tickers)
 
 
-# -- value objects -----------------------------------------------------------------------------------------------
+# -- value objects (defined in engine.records; the codec of each is here) ------------------------------------
 
 
-@dataclass(frozen=True)
-class MarketHeader:
-    """Everything of the market snapshot but the covariance matrix (cheap to read on every check)."""
-
-    version: int
-    ts: float
-    tickers: tuple[str, ...]
-    prices: Float64Array
-    """Last price per ticker, NaN where none was ever received."""
-    price_ts: Float64Array
-    """Epoch seconds of each ticker's last accepted price."""
-
-    def index(self, ticker: str) -> int:
-        return self.tickers.index(ticker)
+def encode_position(position: Position) -> str:
+    return encode_json(position.to_dict())
 
 
-@dataclass(frozen=True)
-class MarketSnapshot(MarketHeader):
-    cov: Float64Array = field(default_factory=lambda: np.empty((0, 0)))
-    """EWMA covariance of one-bar log returns, in ticker order."""
+def decode_position(raw: bytes | str, key: str) -> Position:
+    data = decode_json(raw, key=key)
+    if not isinstance(data, dict):
+        raise CorruptDataError(f"{key}: expected an object")
+    qty = data.get("qty")
+    if not isinstance(qty, int) or isinstance(qty, bool):
+        raise CorruptDataError(f"{key}: qty must be an integer")
+    return Position(
+        qty=qty,
+        avg_price=decode_decimal(data.get("avg_price"), key=f"{key}.avg_price"),
+        realized_pnl=decode_decimal(data.get("realized_pnl", "0"), key=f"{key}.realized_pnl"),
+    )
 
 
-@dataclass(frozen=True)
-class Position:
-    qty: int
-    avg_price: Decimal
-    realized_pnl: Decimal = Decimal(0)
-
-    def to_json(self) -> str:
-        return encode_json({"qty": self.qty, "avg_price": self.avg_price, "realized_pnl": self.realized_pnl})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str, key: str) -> Position:
-        data = decode_json(raw, key=key)
-        if not isinstance(data, dict):
-            raise CorruptDataError(f"{key}: expected an object")
-        qty = data.get("qty")
-        if not isinstance(qty, int) or isinstance(qty, bool):
-            raise CorruptDataError(f"{key}: qty must be an integer")
-        return cls(
-            qty=qty,
-            avg_price=decode_decimal(data.get("avg_price"), key=f"{key}.avg_price"),
-            realized_pnl=decode_decimal(data.get("realized_pnl", "0"), key=f"{key}.realized_pnl"),
-        )
-
-
-@dataclass(frozen=True)
-class PortfolioState:
-    portfolio_id: str
-    account_type: str
-    cash: Decimal
-    positions: Mapping[str, Position]
-    realized_pnl: Decimal = Decimal(0)
-    fees_paid: Decimal = Decimal(0)
-    initial_margin: float = 0.5
-    maintenance_margin: float = 0.25
-    updated_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class TradingState:
-    state: str
-    reason: str
-    actor: str
-    ts: float
-
-
-TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
+TRADING_STATES = tuple(TradingState)
+"""Every trading state name, in escalating order."""
 
 
 # -- the store ---------------------------------------------------------------------------------------------------
@@ -526,7 +486,7 @@ class Store:
         positions = {}
         for raw_ticker, raw_pos in raw_positions.items():
             ticker = decode_str(raw_ticker, key=key)
-            positions[ticker] = Position.from_json(raw_pos, f"{key}.{ticker}")
+            positions[ticker] = decode_position(raw_pos, f"{key}.{ticker}")
         return positions
 
     def write_portfolio_state(self, state: PortfolioState, pipe: Conn = None) -> None:
@@ -551,7 +511,7 @@ class Store:
         if position is None:
             c.hdel(key, ticker)
         else:
-            c.hset(key, ticker, position.to_json())
+            c.hset(key, ticker, encode_position(position))
         _new_positions_rev(c, portfolio_id)
 
     def write_portfolio(self, state: PortfolioState, pipe: Conn = None) -> None:
@@ -561,17 +521,17 @@ class Store:
         self.write_portfolio_state(state, c)
         c.delete(keys.positions)
         if state.positions:
-            c.hset(keys.positions, mapping={t: p.to_json() for t, p in state.positions.items()})
+            c.hset(keys.positions, mapping={t: encode_position(p) for t, p in state.positions.items()})
         _new_positions_rev(c, state.portfolio_id)
         c.sadd(PORTFOLIOS_KEY, state.portfolio_id)
 
     # -- trading state ---------------------------------------------------------------------------------------
-    def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingState:
+    def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingStatus:
         key = PortfolioKeys(portfolio_id).trading_state
         raw: Any = self._conn(conn).hgetall(key)
         return _trading_state_from_hash(key, raw)
 
-    def write_trading_state(self, portfolio_id: str, ts_: TradingState, pipe: Conn = None) -> None:
+    def write_trading_state(self, portfolio_id: str, ts_: TradingStatus, pipe: Conn = None) -> None:
         if ts_.state not in TRADING_STATES:
             raise ValueError(f"unknown trading state {ts_.state!r}")
         self._conn(pipe).hset(
@@ -1106,7 +1066,7 @@ return id
         if position.qty == 0 and position.realized_pnl == 0:
             pipe.hdel(keys.positions, ticker)
         else:
-            pipe.hset(keys.positions, ticker, position.to_json())
+            pipe.hset(keys.positions, ticker, encode_position(position))
         payload = encode_json(dict(record))
         pipe.xadd(keys.trades, {"json": payload}, maxlen=TRADE_LOG_MAXLEN, approximate=True)
         if client_order_id is not None:
@@ -1358,7 +1318,7 @@ class TradeView:
     portfolio: PortfolioState | None
     positions_key: bytes
     """The DUMP of the stored positions: a cache key for anything that depends on the holdings only."""
-    trading_state: TradingState | None
+    trading_state: TradingStatus | None
     recent_orders: int
     """Fills recorded in the order-rate window."""
     order: dict[str, Any] | None
@@ -1551,7 +1511,7 @@ class PortfolioBundle:
 
     portfolio_id: str
     state: PortfolioState | None
-    trading_state: TradingState | None
+    trading_state: TradingStatus | None
     error: StoreError | None
 
 
@@ -1629,14 +1589,14 @@ def _json_object(raw: bytes | str, key: str) -> dict[str, Any]:
     return value
 
 
-def _trading_state_from_hash(key: str, raw: Mapping[bytes, bytes]) -> TradingState:
+def _trading_state_from_hash(key: str, raw: Mapping[bytes, bytes]) -> TradingStatus:
     if not raw:
         raise StoreEmptyError(f"{key} is missing")
     state = decode_str(raw.get(b"state"), key=f"{key}.state")
     if state not in TRADING_STATES:
         raise CorruptDataError(f"{key}.state: unknown trading state {state!r}")
-    return TradingState(
-        state=state,
+    return TradingStatus(
+        state=TradingState(state),
         reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
         actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
         ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),

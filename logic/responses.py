@@ -31,7 +31,7 @@ class TradingControl(Protocol):
     """What an automated response needs from a portfolio's ``logic.risk_manager.RiskManager``."""
 
     def get_trading_state(self) -> Any:
-        """An object with a ``state`` attribute (a ``TradingState``) or the state name."""
+        """An object with a ``state`` attribute (a ``TradingStatus``) or the state name."""
         ...
 
     def set_trading_state(self, state: str, reason: str, actor: str) -> Any: ...

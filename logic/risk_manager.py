@@ -100,7 +100,7 @@ from engine.store import (
     Position,
     Store,
     TradeView,
-    TradingState,
+    TradingStatus,
 )
 from logic.decisions import Reason, book_fill, commission, fill_price, parse_quantity, parse_side, reason
 from logic.valuation import value_portfolio
@@ -181,7 +181,7 @@ class _Sim:
     reference: Mapping[str, float] | None
     portfolio: PortfolioState | None
     book_key: Any
-    trading_state: TradingState | None
+    trading_state: TradingStatus | None
     recent_orders: int
     errors: Mapping[str, StoreError]
 
@@ -297,7 +297,7 @@ class RiskManager:
         self.last_error = error
         return view.portfolio
 
-    def get_trading_state(self) -> TradingState:
+    def get_trading_state(self) -> TradingStatus:
         """The portfolio's trading state; HALTED (with the reason) when it is missing or unreadable."""
         try:
             return self.store.read_trading_state(self.portfolio_id)
@@ -306,16 +306,16 @@ class RiskManager:
         except redis.RedisError as exc:
             return self._fail_closed_state(StoreUnavailableError(f"Redis is unreachable: {exc}"))
 
-    def _fail_closed_state(self, exc: BaseException) -> TradingState:
+    def _fail_closed_state(self, exc: BaseException) -> TradingStatus:
         detail = exc.detail if isinstance(exc, RiskdeskError) else str(exc)
-        return TradingState(
+        return TradingStatus(
             state="HALTED",
             reason=f"trading state unreadable, failing closed: {detail}",
             actor=SYSTEM_ACTOR,
             ts=self.clock(),
         )
 
-    def set_trading_state(self, state: str, reason: str, actor: str) -> TradingState:
+    def set_trading_state(self, state: str, reason: str, actor: str) -> TradingStatus:
         """Persist ACTIVE / REDUCING / HALTED with who and why, and append an audit record (one transaction).
 
         Raises ``ValueError`` for an unknown state or an empty reason or actor (a kill switch is changed only
@@ -330,7 +330,7 @@ class RiskManager:
             raise ValueError("a trading state change needs an actor (who made it)")
         previous = self.get_trading_state()
         now = self.clock()
-        new = TradingState(state=state, reason=reason.strip(), actor=actor.strip(), ts=now)
+        new = TradingStatus(state=state, reason=reason.strip(), actor=actor.strip(), ts=now)
         record = {
             "ts": now,
             "actor": new.actor,

@@ -57,7 +57,7 @@ import numpy as np
 
 from engine import math_logic
 from engine.settings import Limits, Model
-from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingState
+from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingStatus
 from logic.valuation import Valuation
 
 HISTORY_FIELDS: tuple[str, ...] = (
@@ -134,7 +134,7 @@ def build_snapshot(
     *,
     portfolio_id: str,
     state: PortfolioState,
-    trading_state: TradingState | None,
+    trading_state: TradingStatus | None,
     valuation: Valuation,
     market: MarketView,
     limits: Limits,

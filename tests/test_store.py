@@ -17,7 +17,7 @@ from engine.store import (
     PortfolioState,
     Position,
     Store,
-    TradingState,
+    TradingStatus,
     decode_array,
     encode_array,
 )
@@ -168,7 +168,7 @@ def test_nan_or_non_numeric_money_is_corrupt(store: Store) -> None:
 
 
 def test_an_unknown_trading_state_is_corrupt_so_callers_fail_closed(store: Store) -> None:
-    store.write_trading_state("main", TradingState("ACTIVE", "ok", "me", 1.0))
+    store.write_trading_state("main", TradingStatus("ACTIVE", "ok", "me", 1.0))
     assert store.read_trading_state("main").state == "ACTIVE"
 
     store.client.hset(PortfolioKeys("main").trading_state, "state", "YOLO")

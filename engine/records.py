@@ -1,0 +1,224 @@
+"""The domain's vocabulary and value objects, each defined once.
+
+Every word of the domain that other modules spell (trading states, severities, alert statuses, sides, channels,
+reason codes) is a :class:`~enum.StrEnum` here; the value objects that travel between layers are frozen
+dataclasses with ``to_dict()`` / ``from_dict()`` for the wire (the store's codec) and for the public API's
+JSON-safe results. A ``StrEnum`` member *is* its string, so ``TradingState.HALTED == "HALTED"`` and JSON encodes
+it as ``"HALTED"``: stored data and the public API keep their plain strings.
+
+Nothing here does I/O; :mod:`engine.store` encodes these records, :mod:`logic` builds them.
+
+Sections::
+
+    vocabulary          TradingState, Severity, AlertStatus, Side, Channel, ReasonCode, AccountType, Clock
+    market and books    MarketHeader, MarketSnapshot, Position, PortfolioState, TradingStatus
+    decisions           Reason, Decision, Fill, ExecutionResult           (logic/risk_manager.py builds them)
+    snapshots           Snapshot                                          (logic/monitor.py builds them)
+    alerts              Alert, Delivery                                   (logic/alerts.py, notifications/)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Float64Array = npt.NDArray[np.float64]
+
+Clock = Callable[[], float]
+"""Seconds since the epoch, injected wherever time is stamped or windowed (``time.time`` when live; a replay
+passes the data's own clock)."""
+
+
+# -- vocabulary --------------------------------------------------------------------------------------------------
+
+
+class TradingState(StrEnum):
+    """A portfolio's trading state: the kill switch. A missing or unreadable state counts as HALTED."""
+
+    ACTIVE = "ACTIVE"
+    """Every check applies; nothing else restricts trading."""
+    REDUCING = "REDUCING"
+    """Only trades that shrink the absolute position pass."""
+    HALTED = "HALTED"
+    """Nothing is approved."""
+
+
+class Severity(StrEnum):
+    """How bad an alert is, lowest first (the order of :data:`SEVERITY_RANK`)."""
+
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+
+SEVERITY_RANK: Mapping[Severity, int] = {s: rank for rank, s in enumerate(Severity, start=1)}
+"""LOW 1, MEDIUM 2, HIGH 3, CRITICAL 4: higher is worse."""
+
+
+class AlertStatus(StrEnum):
+    """The lifecycle of an alert: TRIGGERED -> ACKNOWLEDGED -> RESOLVED (or TRIGGERED -> RESOLVED)."""
+
+    TRIGGERED = "TRIGGERED"
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    RESOLVED = "RESOLVED"
+
+
+ACTIVE_ALERT_STATUSES: frozenset[AlertStatus] = frozenset({AlertStatus.TRIGGERED, AlertStatus.ACKNOWLEDGED})
+"""Statuses of an alert that is still open (one per rule and portfolio)."""
+
+
+class Side(StrEnum):
+    """The side of an order."""
+
+    BUY = "BUY"
+    SELL = "SELL"
+
+    @property
+    def sign(self) -> int:
+        """+1 for BUY, -1 for SELL: the sign of the position change."""
+        return 1 if self is Side.BUY else -1
+
+
+class AccountType(StrEnum):
+    """A cash account cannot short or borrow; a margin account posts initial margin on gross exposure."""
+
+    CASH = "cash"
+    MARGIN = "margin"
+
+
+class Channel(StrEnum):
+    """Where a notification goes."""
+
+    LOG = "log"
+    """The monitor's log: always available, needs no configuration."""
+    EMAIL = "email"
+    SMS = "sms"
+    WEBHOOK = "webhook"
+
+
+class ReasonCode(StrEnum):
+    """Why a trade is refused. The value is the stable code stored in decisions and the trade log."""
+
+    UNKNOWN_TICKER = "UNKNOWN_TICKER"
+    """The ticker is not in the market snapshot (not in the universe, or not yet added)."""
+    BAD_QUANTITY = "BAD_QUANTITY"
+    """Quantity is not a positive whole number of shares, is not finite, or exceeds ``max_order_qty``."""
+    BAD_SIDE = "BAD_SIDE"
+    """Side is neither BUY nor SELL."""
+    MISSING_PRICE = "MISSING_PRICE"
+    """The ticker (or a held ticker needed for the risk figures) has no usable price: NaN, inf or <= 0."""
+    STALE_PRICE = "STALE_PRICE"
+    """The last price is older than ``stale_price_seconds``."""
+    PRICE_COLLAR = "PRICE_COLLAR"
+    """The last price is further than ``price_collar_pct`` from the session reference price (or has none)."""
+    MAX_NOTIONAL = "MAX_NOTIONAL"
+    """``qty * price`` exceeds ``max_order_notional``."""
+    INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
+    """Cash account: cost plus fees exceed the cash (cash would go negative)."""
+    OVERSELL = "OVERSELL"
+    """Cash account: selling more shares than are held."""
+    SHORT_NOT_ALLOWED = "SHORT_NOT_ALLOWED"
+    """Cash account: selling a ticker that is not held (a short sale)."""
+    MARGIN = "MARGIN"
+    """Margin account: post-trade initial margin (gross exposure x initial_margin) would exceed equity."""
+    VAR_LIMIT = "VAR_LIMIT"
+    """Post-trade VaR would exceed ``var_limit`` and the trade adds VaR."""
+    CONCENTRATION = "CONCENTRATION"
+    """The position would exceed ``max_concentration`` of equity and the trade grows it."""
+    RATE_LIMIT = "RATE_LIMIT"
+    """More than ``max_orders_per_minute`` fills in the last 60 seconds."""
+    TRADING_HALTED = "TRADING_HALTED"
+    """The portfolio's trading state is HALTED, or missing/unreadable (fail closed)."""
+    REDUCING_ONLY = "REDUCING_ONLY"
+    """The trading state is REDUCING and the trade does not reduce the absolute position."""
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    """Redis cannot be reached: nothing is approved (fail closed)."""
+    STORE_EMPTY = "STORE_EMPTY"
+    """The store holds no market snapshot or no such portfolio: run the warm-up."""
+    STORE_CORRUPT = "STORE_CORRUPT"
+    """A stored value does not decode, or the covariance is not a valid matrix: fail closed."""
+    SCHEMA_MISMATCH = "SCHEMA_MISMATCH"
+    """The store was written by another layout version."""
+    BAD_ORDER_ID = "BAD_ORDER_ID"
+    """execute_trade: client_order_id is not a non-empty string of at most 128 characters."""
+    RETRY_EXHAUSTED = "RETRY_EXHAUSTED"
+    """execute_trade: concurrent trades kept changing the portfolio; nothing was traded, send it again."""
+
+
+# -- market and books --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarketHeader:
+    """Everything of the market snapshot but the covariance matrix (cheap to read on every check)."""
+
+    version: int
+    ts: float
+    tickers: tuple[str, ...]
+    prices: Float64Array
+    """Last price per ticker, NaN where none was ever received."""
+    price_ts: Float64Array
+    """Epoch seconds of each ticker's last accepted price."""
+
+    def index(self, ticker: str) -> int:
+        return self.tickers.index(ticker)
+
+
+@dataclass(frozen=True)
+class MarketSnapshot(MarketHeader):
+    cov: Float64Array = field(default_factory=lambda: np.empty((0, 0)))
+    """EWMA covariance of one-bar log returns, in ticker order."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """One holding: signed whole shares, average cost and the realized P&L booked on it (exact money)."""
+
+    qty: int
+    avg_price: Decimal
+    realized_pnl: Decimal = Decimal(0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: money as exact decimal strings (the codec encodes Decimals as strings)."""
+        return {"qty": self.qty, "avg_price": self.avg_price, "realized_pnl": self.realized_pnl}
+
+
+@dataclass(frozen=True)
+class PortfolioState:
+    """A portfolio's books as stored: cash, positions and the account's terms."""
+
+    portfolio_id: str
+    account_type: str
+    cash: Decimal
+    positions: Mapping[str, Position]
+    realized_pnl: Decimal = Decimal(0)
+    fees_paid: Decimal = Decimal(0)
+    initial_margin: float = 0.5
+    maintenance_margin: float = 0.25
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TradingStatus:
+    """A portfolio's trading state with who set it, why and when (the record behind the kill switch)."""
+
+    state: TradingState
+    reason: str
+    actor: str
+    ts: float
+
+
+# -- decisions ---------------------------------------------------------------------------------------------------
+
+
+# -- snapshots ---------------------------------------------------------------------------------------------------
+
+
+# -- alerts ------------------------------------------------------------------------------------------------------
