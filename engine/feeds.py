@@ -33,7 +33,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,11 +43,11 @@ import numpy as np
 
 from engine import math_logic
 from engine.errors import FeedError
+from engine.records import Clock
 from engine.settings import Settings, valid_symbol
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from redis.retry import Retry
 from engine import math_logic
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
+from engine.records import Clock
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings
 from engine.store import (
@@ -79,7 +80,6 @@ BACKOFF_MAX_SECONDS = 5.0
 WATCH_RETRIES_WITHOUT_WAIT = 3
 """A WATCH conflict (the warm-up wrote meanwhile) is retried at once this many times, then with backoff."""
 
-Clock = Callable[[], float]
 
 
 @dataclass
