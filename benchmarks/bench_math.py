@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import Context, Row, median_us, time_calls
+from benchmarks.common import Context, Row, median_us, target_row, time_calls
 from engine import math_logic
 
 DECAY = 0.94
@@ -41,11 +41,8 @@ def _rows_for(n: int, rng: np.random.Generator) -> list[Row]:
     baseline = time_calls(naive, repeat=repeat)
     one_pass = time_calls(lambda: np.multiply(cov, 1.0, out=cov), repeat=repeat)
     target = EWMA_TARGET_US.get(n)
-    rows.append(Row(
-        f"EWMA update per tick, N={n}", median_us(fast), "us",
-        "numpy lam*S + (1-lam)*outer(r, r)", median_us(baseline),
-        f"<= {target:.0f} us" if target else "",
-        None if target is None else median_us(fast) <= target,
+    rows.append(target_row(
+        f"EWMA update per tick, N={n}", fast, "numpy lam*S + (1-lam)*outer(r, r)", baseline, target,
     ))  # fmt: skip
     # SPEC.md sets this bar at N=500 and 2000; at N=50 a call's fixed overhead (~8 us) dwarfs a 1 us pass
     has_target = target is not None

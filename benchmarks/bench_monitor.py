@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Context, Row, median_us, pct_us, synthetic_assets
+from benchmarks.common import Context, Row, median_us, pct_us, seeded_store, synthetic_assets
 from engine import math_logic
 from engine.feeds import SimulatedFeed
 from engine.settings import Settings, settings_from_dict
@@ -79,15 +79,10 @@ def naive_tick(store: Store, settings: Settings, now: float) -> None:
 
 
 def run(ctx: Context) -> list[Row]:
-    import warmup  # lazily: warm-up imports the whole engine
-
-    client = ctx.redis()
-    store = Store(client)
     rows: list[Row] = []
     for count in PORTFOLIO_COUNTS:
-        client.flushall()
         settings = bench_settings(count)
-        warmup.seed(store, settings)
+        store = seeded_store(ctx, settings)
         daemon = StreamDaemon(store, settings, iter(()), interval=0)  # type: ignore[arg-type]
         bars = iter(SimulatedFeed.from_settings(settings, seed=2))
         monitor = Monitor(store, settings, consumer="bench", idle_refresh_seconds=0)
@@ -128,5 +123,5 @@ def run(ctx: Context) -> list[Row]:
                 target="< 25%", met=median_us(fast) / 1e4 < 25.0,
             ))  # fmt: skip
         assert history_point  # the history format is part of what is timed (record_snapshot)
-    client.flushall()
+    ctx.redis().flushall()
     return rows

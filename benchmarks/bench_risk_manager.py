@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Context, Row, pct_us, synthetic_assets, time_calls
+from benchmarks.common import Context, Row, pct_us, seeded_store, synthetic_assets, time_calls
 from engine import math_logic
 from engine.settings import Settings, settings_from_dict
 from engine.store import Store
@@ -88,17 +88,12 @@ def _cycle(fn: Callable[[int], Any]) -> Callable[[], Any]:
 
 
 def run(ctx: Context) -> list[Row]:
-    import warmup  # lazily: warm-up imports the whole engine
-
-    client = ctx.redis()
-    store = Store(client)
     rows: list[Row] = []
     for n in SIZES:
-        client.flushall()
         settings = bench_settings(n)
         now = time.time()
-        warmup.seed(store, settings, now=now)
-        rm = RiskManager(client, PORTFOLIO, settings, clock=lambda now=now: now)
+        store = seeded_store(ctx, settings, now=now)
+        rm = RiskManager(store.client, PORTFOLIO, settings, clock=lambda now=now: now)
         tickers = list(settings.universe.assets)
 
         def check(k: int, rm: RiskManager = rm, tickers: list[str] = tickers) -> Any:
@@ -106,7 +101,9 @@ def run(ctx: Context) -> list[Row]:
             assert decision["status"] == "APPROVED", decision["reasons"]
             return decision
 
-        def naive(validate: bool, settings: Settings = settings, t: list[str] = tickers) -> Callable[[], Any]:
+        def naive(
+            validate: bool, settings: Settings = settings, t: list[str] = tickers, store: Store = store
+        ) -> Callable[[], Any]:
             return _cycle(lambda i: naive_check(store, settings, t[i % len(t)], 10, validate))
 
         # interleaved blocks: the gate and both baselines see the same (shared, noisy) machine
@@ -139,5 +136,5 @@ def run(ctx: Context) -> list[Row]:
             ex = time_calls(_cycle(execute), repeat=1000, warmup=50)
             rows.append(Row(f"execute_trade p50, N={n}", pct_us(ex, 50), "us"))
             rows.append(Row(f"execute_trade p99, N={n}", pct_us(ex, 99), "us"))
-    client.flushall()
+    ctx.redis().flushall()
     return rows

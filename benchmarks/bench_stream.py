@@ -16,7 +16,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from benchmarks.common import Context, Row, median_us, pct_us, synthetic_assets, time_calls
+from benchmarks.common import (
+    Context,
+    Row,
+    median_us,
+    pct_us,
+    seeded_store,
+    synthetic_assets,
+    target_row,
+    time_calls,
+)
 from engine.feeds import Bar, SimulatedFeed
 from engine.settings import Settings, settings_from_dict
 from engine.store import MarketSnapshot, Store, TickEvent, encode_json
@@ -40,15 +49,11 @@ def _bars(settings: Settings) -> Iterator[Bar]:
 
 
 def run(ctx: Context) -> list[Row]:
-    import warmup  # lazily: warm-up imports the whole engine
-
-    client = ctx.redis()
-    store = Store(client)
     rows: list[Row] = []
     for n in SIZES:
-        client.flushall()
         settings = bench_settings(n)
-        warmup.seed(store, settings)
+        store = seeded_store(ctx, settings)
+        client = store.client
         daemon = StreamDaemon(store, settings, iter(()), interval=0)  # type: ignore[arg-type]
         bars = _bars(settings)
         fast = time_calls(lambda d=daemon, b=bars: d.process_bar(next(b)), repeat=REPEAT, warmup=20)
@@ -67,6 +72,7 @@ def run(ctx: Context) -> list[Row]:
             tickers: tuple = snap.tickers,
             decay: float = decay,
             tickers_json: str = tickers_json,
+            store: Store = store,
         ) -> None:
             bar = next(bars)
             prices = np.array([bar.prices[t] for t in tickers])
@@ -75,7 +81,7 @@ def run(ctx: Context) -> list[Row]:
             state["prices"] = prices
             state["version"] += 1
             now = time.time()
-            pipe = client.pipeline(transaction=True)
+            pipe = store.client.pipeline(transaction=True)
             stamps = np.full(len(tickers), now)
             snap_ = MarketSnapshot(state["version"], now, tickers, prices, stamps, state["cov"])
             store.write_market(snap_, pipe)
@@ -85,12 +91,9 @@ def run(ctx: Context) -> list[Row]:
             pipe.execute()
 
         slow = time_calls(naive, repeat=REPEAT, warmup=20)
-        target = TARGET_US.get(n)
-        rows.append(Row(
-            f"daemon bar (update + atomic write) p50, N={n}", median_us(fast), "us",
-            "allocate-per-tick numpy EWMA + same write", median_us(slow),
-            f"<= {target / 1000:.0f} ms" if target else "",
-            None if target is None else median_us(fast) <= target,
+        rows.append(target_row(
+            f"daemon bar (update + atomic write) p50, N={n}", fast,
+            "allocate-per-tick numpy EWMA + same write", slow, TARGET_US.get(n),
         ))  # fmt: skip
         rows.append(Row(
             f"daemon bar p99, N={n}", pct_us(fast, 99), "us", "naive p99", pct_us(slow, 99),
@@ -104,5 +107,5 @@ def run(ctx: Context) -> list[Row]:
             finally:
                 client.config_set("appendonly", "yes")
             rows.append(Row(f"daemon bar p50, N={n}, Redis AOF off (diagnostic)", median_us(no_aof), "us"))
-    client.flushall()
+    ctx.redis().flushall()
     return rows

@@ -14,6 +14,8 @@ import numpy as np
 import redis
 
 from engine.redis_server import EmbeddedRedis
+from engine.settings import Settings
+from engine.store import Store
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,26 @@ def time_calls(fn: Callable[[], object], *, repeat: int = 200, warmup: int = 20)
         fn()
         samples[i] = time.perf_counter() - t0
     return samples
+
+
+def seeded_store(ctx: Context, settings: Settings, now: float | None = None) -> Store:
+    """An empty private Redis seeded by the warm-up with ``settings``: the starting point of every benchmark."""
+    import warmup  # lazily: warm-up imports the whole engine
+
+    client = ctx.redis()
+    client.flushall()
+    store = Store(client)
+    warmup.seed(store, settings, now=now)
+    return store
+
+
+def target_row(what: str, fast: np.ndarray, baseline: str, slow: np.ndarray, target_us: float | None) -> Row:
+    """The p50 row of a figure beside its baseline's p50, with SPEC.md's target in microseconds when it has one."""
+    figure = median_us(fast)
+    if target_us is None:
+        return Row(what, figure, "us", baseline, median_us(slow))
+    target = f"<= {target_us / 1000:.0f} ms" if target_us >= 1000 else f"<= {target_us:.0f} us"
+    return Row(what, figure, "us", baseline, median_us(slow), target, figure <= target_us)
 
 
 def median_us(samples: np.ndarray) -> float:
