@@ -315,7 +315,7 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Decision:
-        values = {f.name: data.get(f.name) for f in fields(cls)}
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
         values["status"] = DecisionStatus(data["status"])
         values["reasons"] = _reasons_from(data.get("reasons"))
         values["side"] = None if data.get("side") is None else Side(data["side"])
@@ -369,7 +369,7 @@ class Fill:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Fill:
-        values = {f.name: data.get(f.name) for f in fields(cls)}
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
         for name in _FILL_MONEY:
             values[name] = Decimal(str(data[name]))
         values["side"] = Side(data["side"])
