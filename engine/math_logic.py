@@ -1,7 +1,8 @@
 """Pure risk mathematics: arrays in, numbers and arrays out.
 
 This module is the numerical kernel of Riskdesk. It imports only the standard library, numpy, scipy and the
-model defaults of :mod:`engine.defaults` (constants): no Redis, no I/O, no clock, no logging configuration. The rest of the tree calls it; it calls nothing of ours.
+model defaults of :mod:`engine.defaults` (constants): no Redis, no I/O, no clock, no logging configuration.
+The rest of the tree calls it; of ours it calls nothing but those constants.
 
 Conventions
 -----------
@@ -1014,7 +1015,9 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
-def sharpe_ratio(returns: npt.ArrayLike, periods_per_year: float = TRADING_DAYS_PER_YEAR, risk_free: float = 0.0) -> float:
+def sharpe_ratio(
+    returns: npt.ArrayLike, periods_per_year: float = TRADING_DAYS_PER_YEAR, risk_free: float = 0.0
+) -> float:
     """Annualised Sharpe ratio of simple periodic returns.
 
     Parameters
