@@ -170,7 +170,8 @@ def _write_new_portfolio(
     store.write_portfolio(_initial_portfolio(settings, pid, prices, now), pipe)
     state = TradingStatus(state=TradingState.ACTIVE, reason="seeded by warm-up", actor=ACTOR, ts=now)
     store.write_trading_state(pid, state, pipe)
-    store.append_audit(PortfolioKeys(pid).audit, {"ts": now, "actor": ACTOR, "action": "seed", "state": TradingState.ACTIVE}, pipe)
+    seed = {"ts": now, "actor": ACTOR, "action": "seed", "state": TradingState.ACTIVE}
+    store.append_audit(PortfolioKeys(pid).audit, seed, pipe)
 
 
 def _grow(store: Store, settings: Settings, now: float) -> list[str]:
