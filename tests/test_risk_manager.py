@@ -17,7 +17,8 @@ import redis
 from scipy import stats
 
 import warmup
-from engine.records import ReasonCode
+from engine.market_model import MarketModelCache
+from engine.records import Decision, ExecutionResult, ReasonCode
 from engine.settings import Settings, settings_from_dict
 from engine.store import (
     MARKET_KEY,
@@ -735,3 +736,48 @@ def test_risk_reads_on_an_unreachable_redis_raise_the_typed_error(settings: Sett
             read()
     basket = rm.what_if([("AAA", 1, "BUY")])
     assert basket["status"] == "REJECTED" and basket["var_before"] is None
+
+
+# -- typed entry points and records ------------------------------------------------------------------------
+
+
+def test_a_replayed_order_returns_the_stored_record_with_duplicate_set(rm: RiskManager, store: Store) -> None:
+    first = rm.execute_trade("AAA", 10, "BUY", client_order_id="replay-1")
+
+    stored = store.read_order("main", "replay-1")
+    second = rm.execute_trade("AAA", 10, "BUY", client_order_id="replay-1")
+
+    assert stored is not None
+    assert second == {**stored, "duplicate": True}
+    assert {k: v for k, v in second.items() if k != "duplicate"} == {
+        k: v for k, v in first.items() if k != "duplicate"
+    }
+
+
+def test_the_typed_entry_points_return_records_whose_dicts_are_the_public_api(rm: RiskManager) -> None:
+    decision = rm.check("AAA", 10, "BUY")
+    result = rm.execute("AAA", 10, "BUY", client_order_id="typed-1")
+
+    assert isinstance(decision, Decision) and decision.approved
+    assert decision.to_dict().keys() == rm.check_trade_impact("AAA", 10, "BUY").keys()
+    assert Decision.from_dict(decision.to_dict()) == decision
+    assert isinstance(result, ExecutionResult) and result.filled and result.fill is not None
+    assert ExecutionResult.from_dict(result.to_dict()) == result
+    assert type(result.to_dict()["fill"]["cash_after"]) is str
+    assert type(result.to_dict()["decision"]["side"]) is str
+
+
+def test_the_market_model_cache_validates_once_per_snapshot_and_aligns_the_stressed_matrix(
+    rm: RiskManager, store: Store
+) -> None:
+    models = MarketModelCache(store)
+
+    model = models.get()
+    again = models.get(store.read_market_header())
+    stressed = models.stressed(model)
+
+    assert again is model and model.error is None
+    assert stressed.cov.shape == (len(model.tickers), len(model.tickers))
+    assert models.stressed(model) is stressed
+    sub = model.aligned(model.tickers[:2][::-1])
+    assert sub[0, 0] == model.cov[1, 1] and sub[0, 1] == model.cov[1, 0]
