@@ -12,6 +12,7 @@ Usage::
     models = MarketModelCache(store, bars_per_day=settings.model.bars_per_day)
     model = models.get()                      # reads the header, reloads the matrix only when it changed
     model = models.get(header)                # the same for a header the caller already read
+    model = models.at_least(version, ts)      # a lagging reader (the monitor): cached if not older
     if model.error is not None: ...           # an unusable matrix: fail closed (the gate) or report
     cov = model.aligned(("AAA", "BBB"))       # the covariance of a subset / another order (cached)
     stressed = models.stressed(model)         # StressedModel(version, cov in model.tickers order)
@@ -159,6 +160,24 @@ class MarketModelCache:
         with self._lock:
             model = self._model
             if model is not None and model.key == (header.version, header.ts):
+                return model
+            snap = self.store.read_market()
+            model = build_model(snap, snap.cov, self.bars_per_day)
+            self._model = model
+            return model
+
+    def at_least(self, version: int, ts: float) -> MarketModel:
+        """A model no older than (``version``, ``ts``): the cached one when it is, else the stored one.
+
+        For a reader that may lag behind the store (the monitor's ticks): an older tick uses the cached, newer
+        matrix; a newer one (or one written after a re-seed restarted the versions) reloads.
+        """
+        model = self._model
+        if model is not None and version <= model.key[0] and ts <= model.key[1]:
+            return model
+        with self._lock:
+            model = self._model
+            if model is not None and version <= model.key[0] and ts <= model.key[1]:
                 return model
             snap = self.store.read_market()
             model = build_model(snap, snap.cov, self.bars_per_day)
