@@ -31,20 +31,10 @@ import redis
 
 from engine import math_logic
 from engine.errors import RiskdeskError
+from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings, valid_symbol
-from engine.store import (
-    GLOBAL_AUDIT_KEY,
-    MARKET_KEY,
-    REFERENCE_KEY,
-    STRESSED_KEY,
-    MarketSnapshot,
-    PortfolioKeys,
-    PortfolioState,
-    Position,
-    Store,
-    TradingStatus,
-)
+from engine.store import GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, STRESSED_KEY, PortfolioKeys, Store
 
 ACTOR = "warmup"
 
@@ -178,9 +168,10 @@ def _write_new_portfolio(
     store: Store, settings: Settings, pid: str, prices: dict[str, float], now: float, pipe: object
 ) -> None:
     store.write_portfolio(_initial_portfolio(settings, pid, prices, now), pipe)
-    state = TradingStatus(state="ACTIVE", reason="seeded by warm-up", actor=ACTOR, ts=now)
+    state = TradingStatus(state=TradingState.ACTIVE, reason="seeded by warm-up", actor=ACTOR, ts=now)
     store.write_trading_state(pid, state, pipe)
-    store.append_audit(PortfolioKeys(pid).audit, {"ts": now, "actor": ACTOR, "action": "seed", "state": "ACTIVE"}, pipe)
+    seed = {"ts": now, "actor": ACTOR, "action": "seed", "state": TradingState.ACTIVE}
+    store.append_audit(PortfolioKeys(pid).audit, seed, pipe)
 
 
 def _grow(store: Store, settings: Settings, now: float) -> list[str]:

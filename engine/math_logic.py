@@ -1,7 +1,8 @@
 """Pure risk mathematics: arrays in, numbers and arrays out.
 
-This module is the numerical kernel of Riskdesk. It imports only the standard library, numpy and scipy:
-no Redis, no I/O, no clock, no logging configuration. The rest of the tree calls it; it calls nothing of ours.
+This module is the numerical kernel of Riskdesk. It imports only the standard library, numpy, scipy and the
+model defaults of :mod:`engine.defaults` (constants): no Redis, no I/O, no clock, no logging configuration.
+The rest of the tree calls it; of ours it calls nothing but those constants.
 
 Conventions
 -----------
@@ -30,6 +31,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import linalg, special, stats
 from scipy.linalg import blas
+
+from engine.defaults import (
+    DAILY_VOL_FOR_IMPACT,
+    EWMA_DECAY,
+    LIQUIDITY_IMPACT_COEF,
+    REPORTED_CONFIDENCES,
+    TRADING_DAYS_PER_YEAR,
+    VAR_CONFIDENCE,
+)
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -184,7 +194,7 @@ def get_portfolio_var(
     weights: npt.ArrayLike,
     cov_matrix: npt.ArrayLike,
     portfolio_value: float,
-    confidence: float = 0.95,
+    confidence: float = VAR_CONFIDENCE,
     horizon: float = 1.0,
     *,
     validate: bool = True,
@@ -228,7 +238,7 @@ def get_portfolio_cvar(
     weights: npt.ArrayLike,
     cov_matrix: npt.ArrayLike,
     portfolio_value: float,
-    confidence: float = 0.95,
+    confidence: float = VAR_CONFIDENCE,
     horizon: float = 1.0,
     *,
     validate: bool = True,
@@ -255,7 +265,7 @@ def calculate_marginal_var(
     weights: npt.ArrayLike,
     cov_matrix: npt.ArrayLike,
     portfolio_value: float,
-    confidence: float = 0.95,
+    confidence: float = VAR_CONFIDENCE,
     *,
     horizon: float = 1.0,
     validate: bool = True,
@@ -290,7 +300,7 @@ def calculate_component_var(
     weights: npt.ArrayLike,
     cov_matrix: npt.ArrayLike,
     portfolio_value: float,
-    confidence: float = 0.95,
+    confidence: float = VAR_CONFIDENCE,
     *,
     horizon: float = 1.0,
     validate: bool = True,
@@ -332,7 +342,7 @@ def incremental_var_single(
     cov_matrix: npt.ArrayLike,
     portfolio_value: float,
     port_variance: float,
-    confidence: float = 0.95,
+    confidence: float = VAR_CONFIDENCE,
     *,
     horizon: float = 1.0,
 ) -> float:
@@ -385,7 +395,7 @@ def calculate_incremental_var(
     trade_delta: npt.ArrayLike,
     cov_matrix: npt.ArrayLike,
     portfolio_value: float,
-    confidence: float = 0.95,
+    confidence: float = VAR_CONFIDENCE,
     *,
     port_variance: float | None = None,
     horizon: float = 1.0,
@@ -429,14 +439,14 @@ def calculate_incremental_var(
     return _var_increase(variance, variance_change, z, scale)
 
 
-def calculate_liquidity_var(
+def liquidity_cost(
     quantity: float,
     price: float,
     bid: float,
     ask: float,
     avg_vol: float,
-    daily_vol: float = 0.02,
-    impact_coef: float = 0.1,
+    daily_vol: float = DAILY_VOL_FOR_IMPACT,
+    impact_coef: float = LIQUIDITY_IMPACT_COEF,
 ) -> float:
     """Cost of liquidating ``quantity`` shares: half the spread plus square-root-law impact, in dollars.
 
@@ -471,6 +481,10 @@ def calculate_liquidity_var(
     return (a - b) / 2.0 * q + k * sigma_d * math.sqrt(q / adv) * p * q
 
 
+calculate_liquidity_var = liquidity_cost
+"""The SPEC.md name of :func:`liquidity_cost` (it returns a cost in dollars, not a VaR)."""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Returns and covariance estimation
 # ----------------------------------------------------------------------------------------------------------
@@ -502,7 +516,7 @@ def _check_decay(decay: float) -> float:
 def update_covariance_ewma(
     old_cov: Float64Array,
     returns: npt.ArrayLike,
-    decay: float = 0.94,
+    decay: float = EWMA_DECAY,
     *,
     validate: bool = True,
 ) -> Float64Array:
@@ -566,7 +580,7 @@ def update_covariance_ewma(
 
 def ewma_covariance_from_returns(
     returns_matrix: npt.ArrayLike,
-    decay: float = 0.94,
+    decay: float = EWMA_DECAY,
     initial: npt.ArrayLike | None = None,
     *,
     seed_rows: int = 30,
@@ -748,7 +762,7 @@ def get_stressed_var(
     weights: npt.ArrayLike,
     stressed_cov: npt.ArrayLike,
     portfolio_value: float,
-    confidence: float = 0.99,
+    confidence: float = REPORTED_CONFIDENCES[-1],
     horizon: float = 1.0,
     *,
     validate: bool = True,
@@ -782,7 +796,7 @@ def _historical_losses(pnl_or_returns: npt.ArrayLike, portfolio_value: float) ->
 
 
 def get_historical_var(
-    pnl_or_returns: npt.ArrayLike, portfolio_value: float = 1.0, confidence: float = 0.95
+    pnl_or_returns: npt.ArrayLike, portfolio_value: float = 1.0, confidence: float = VAR_CONFIDENCE
 ) -> float:
     """Historical VaR: the ``confidence`` quantile of the losses.
 
@@ -803,7 +817,7 @@ def get_historical_var(
 
 
 def get_historical_cvar(
-    pnl_or_returns: npt.ArrayLike, portfolio_value: float = 1.0, confidence: float = 0.95
+    pnl_or_returns: npt.ArrayLike, portfolio_value: float = 1.0, confidence: float = VAR_CONFIDENCE
 ) -> float:
     """Historical expected shortfall: the mean of the losses at or beyond the historical VaR.
 
@@ -830,7 +844,7 @@ def get_monte_carlo_var(
     weights: npt.ArrayLike,
     cov_matrix: npt.ArrayLike,
     portfolio_value: float,
-    confidence: float = 0.95,
+    confidence: float = VAR_CONFIDENCE,
     horizon: float = 1.0,
     n_sims: int = 100_000,
     seed: int | np.random.Generator | None = None,
@@ -1001,7 +1015,9 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
-def sharpe_ratio(returns: npt.ArrayLike, periods_per_year: float = 252, risk_free: float = 0.0) -> float:
+def sharpe_ratio(
+    returns: npt.ArrayLike, periods_per_year: float = TRADING_DAYS_PER_YEAR, risk_free: float = 0.0
+) -> float:
     """Annualised Sharpe ratio of simple periodic returns.
 
     Parameters
@@ -1027,7 +1043,7 @@ def sharpe_ratio(returns: npt.ArrayLike, periods_per_year: float = 252, risk_fre
 
 
 def sortino_ratio(
-    returns: npt.ArrayLike, periods_per_year: float = 252, required_return: float = 0.0
+    returns: npt.ArrayLike, periods_per_year: float = TRADING_DAYS_PER_YEAR, required_return: float = 0.0
 ) -> float:
     """Annualised Sortino ratio of simple periodic returns.
 
@@ -1060,7 +1076,7 @@ def max_drawdown(returns: npt.ArrayLike) -> float:
     return float(drawdown_series(_equity_from_returns(r)).min())
 
 
-def calmar_ratio(returns: npt.ArrayLike, periods_per_year: float = 252) -> float:
+def calmar_ratio(returns: npt.ArrayLike, periods_per_year: float = TRADING_DAYS_PER_YEAR) -> float:
     """Calmar ratio: annualised geometric return over the absolute maximum drawdown.
 
     Notes

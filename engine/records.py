@@ -20,7 +20,7 @@ Sections::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -216,6 +216,221 @@ class TradingStatus:
 
 
 # -- decisions ---------------------------------------------------------------------------------------------------
+
+
+class DecisionStatus(StrEnum):
+    """The verdict of the pre-trade gate on one order."""
+
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
+class ExecutionStatus(StrEnum):
+    """What execute_trade did with one order."""
+
+    FILLED = "FILLED"
+    REJECTED = "REJECTED"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One failed check of a decision: a stable code for programs and a sentence a trader can act on."""
+
+    code: ReasonCode
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": str(self.code), "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reason:
+        return cls(code=ReasonCode(data["code"]), message=str(data["message"]))
+
+
+def _plain(value: Any) -> Any:
+    """A StrEnum member as its plain string (the public JSON keeps the types it had: str, not a subclass)."""
+    return str(value) if isinstance(value, StrEnum) else value
+
+
+def _reasons_from(raw: Any) -> tuple[Reason, ...]:
+    return tuple(Reason.from_dict(r) for r in (raw or ()))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's decision on one order (``check_trade_impact``; ``decision`` inside an execution result).
+
+    Figures that cannot be computed (bad input, missing data) are ``None``; the reasons say why. Money is in
+    dollars as floats here (a decision is an estimate); the fill carries the exact amounts.
+    ``to_dict()`` is the public JSON form, keys in this order.
+    """
+
+    status: DecisionStatus
+    reasons: tuple[Reason, ...]
+    """Every failed check, not only the first (empty when approved)."""
+    portfolio_id: str
+    ticker: str
+    """The ticker as given, or its ``repr`` when it was not a string."""
+    side: Side | None
+    qty: int | None
+    """None when the quantity is invalid."""
+    price: float | None
+    """Last price the market order would fill at."""
+    reference_price: float | None
+    """Session reference price used by the collar."""
+    notional: float | None
+    est_fees: float | None
+    liquidity_cost: float | None
+    """Half-spread plus square-root impact estimate, dollars."""
+    var_before: float | None
+    var_after: float | None
+    delta_var: float | None
+    marginal_var: float | None
+    """VaR added per extra dollar of exposure to the ticker (at the limit's horizon)."""
+    var_limit: float
+    var_confidence: float
+    var_horizon_days: float
+    cash_before: float | None
+    cash_after: float | None
+    position_before: int | None
+    position_after: int | None
+    equity_after: float | None
+    concentration_after: float | None
+    """|position value| / equity after the trade (None when equity would be <= 0)."""
+    margin_level_after: float | None
+    """Equity / used margin x 100 after the trade (margin accounts; None otherwise)."""
+    trading_state: TradingState | None
+    """None when unreadable (treated as HALTED)."""
+    market_version: int | None
+    checked_at: float
+
+    @property
+    def approved(self) -> bool:
+        return self.status == DecisionStatus.APPROVED
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        data["reasons"] = [r.to_dict() for r in self.reasons]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
+        values["status"] = DecisionStatus(data["status"])
+        values["reasons"] = _reasons_from(data.get("reasons"))
+        values["side"] = None if data.get("side") is None else Side(data["side"])
+        state = data.get("trading_state")
+        values["trading_state"] = None if state is None else TradingState(state)
+        return cls(**values)
+
+
+_FILL_MONEY = (
+    "price",
+    "notional",
+    "fees",
+    "realized_pnl",
+    "cash_before",
+    "cash_after",
+    "avg_price_before",
+    "avg_price_after",
+)
+
+
+@dataclass(frozen=True)
+class Fill:
+    """The booking of one fill: exact money (``Decimal``; strings on the wire), whole-share quantities."""
+
+    trade_id: str
+    client_order_id: str | None
+    portfolio_id: str
+    ticker: str
+    side: Side
+    qty: int
+    price: Decimal
+    notional: Decimal
+    fees: Decimal
+    realized_pnl: Decimal
+    """Realized P&L of this fill (average cost, gross of fees)."""
+    cash_before: Decimal
+    cash_after: Decimal
+    position_before: int
+    position_after: int
+    avg_price_before: Decimal
+    avg_price_after: Decimal
+    ts: float
+    actor: str
+    market_version: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        for name in _FILL_MONEY:
+            data[name] = str(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fill:
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
+        for name in _FILL_MONEY:
+            values[name] = Decimal(str(data[name]))
+        values["side"] = Side(data["side"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """What ``execute_trade`` returns; also the trade log record and, for a fill with a client order id, the
+    idempotency record (both stored without ``duplicate``)."""
+
+    status: ExecutionStatus
+    client_order_id: str | None
+    duplicate: bool
+    """True when this call returned the stored result of an earlier call (nothing traded)."""
+    ts: float
+    actor: str
+    decision: Decision
+    """The decision taken inside the transaction."""
+    fill: Fill | None
+    """None when rejected."""
+
+    @property
+    def reasons(self) -> tuple[Reason, ...]:
+        """The decision's reasons ([] for a fill)."""
+        return self.decision.reasons
+
+    @property
+    def filled(self) -> bool:
+        return self.status == ExecutionStatus.FILLED
+
+    def to_dict(self, *, with_duplicate: bool = True) -> dict[str, Any]:
+        """The public JSON form; ``with_duplicate=False`` is the stored record (no ``duplicate`` key)."""
+        decision = self.decision.to_dict()
+        data: dict[str, Any] = {
+            "status": str(self.status),
+            "reasons": decision["reasons"],
+            "client_order_id": self.client_order_id,
+            "duplicate": self.duplicate,
+            "ts": self.ts,
+            "actor": self.actor,
+            "decision": decision,
+            "fill": None if self.fill is None else self.fill.to_dict(),
+        }
+        if not with_duplicate:
+            del data["duplicate"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, duplicate: bool | None = None) -> ExecutionResult:
+        """Read a result back (a stored record has no ``duplicate``: pass it)."""
+        fill = data.get("fill")
+        return cls(
+            status=ExecutionStatus(data["status"]),
+            client_order_id=data.get("client_order_id"),
+            duplicate=bool(data.get("duplicate", False)) if duplicate is None else duplicate,
+            ts=data["ts"],
+            actor=data["actor"],
+            decision=Decision.from_dict(data["decision"]),
+            fill=None if fill is None else Fill.from_dict(fill),
+        )
 
 
 # -- snapshots ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Reason codes of the pre-trade gate, and the exact money arithmetic of a fill.
 
-Every check of :class:`logic.risk_manager.RiskManager` that fails adds one reason ``{"code", "message"}`` to a
-decision; ``code`` is one of :class:`Reason` (stable, for programs and alert rules) and ``message`` is a
-sentence a trader can act on. A decision reports *every* failed check, not only the first.
+Every check of :class:`logic.risk_manager.RiskManager` that fails adds one :class:`engine.records.Reason` to a
+decision; its ``code`` is one of :class:`engine.records.ReasonCode` (stable, for programs and alert rules) and
+``message`` is a sentence a trader can act on. A decision reports *every* failed check, not only the first.
 
 Money conventions (all :class:`~decimal.Decimal`, never float):
 
@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
-from enum import StrEnum
 from typing import Any
 
+from engine.records import Position, Reason, ReasonCode, Side
 from engine.settings import Fees
-from engine.store import Position
 
 PRICE_QUANTUM = Decimal("0.0001")
 """Fill prices are quantized to this (sub-penny precision, as US equities allow below $1)."""
@@ -36,61 +35,12 @@ AVG_PRICE_QUANTUM = Decimal("0.00000001")
 CENT = Decimal("0.01")
 """Fees are charged in whole cents."""
 
-SIDES = ("BUY", "SELL")
+SIDES: tuple[Side, ...] = tuple(Side)
 
 
-class Reason(StrEnum):
-    """Why a trade is refused. The value is the stable code stored in decisions and the trade log."""
-
-    UNKNOWN_TICKER = "UNKNOWN_TICKER"
-    """The ticker is not in the market snapshot (not in the universe, or not yet added)."""
-    BAD_QUANTITY = "BAD_QUANTITY"
-    """Quantity is not a positive whole number of shares, is not finite, or exceeds ``max_order_qty``."""
-    BAD_SIDE = "BAD_SIDE"
-    """Side is neither BUY nor SELL."""
-    MISSING_PRICE = "MISSING_PRICE"
-    """The ticker (or a held ticker needed for the risk figures) has no usable price: NaN, inf or <= 0."""
-    STALE_PRICE = "STALE_PRICE"
-    """The last price is older than ``stale_price_seconds``."""
-    PRICE_COLLAR = "PRICE_COLLAR"
-    """The last price is further than ``price_collar_pct`` from the session reference price (or has none)."""
-    MAX_NOTIONAL = "MAX_NOTIONAL"
-    """``qty * price`` exceeds ``max_order_notional``."""
-    INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
-    """Cash account: cost plus fees exceed the cash (cash would go negative)."""
-    OVERSELL = "OVERSELL"
-    """Cash account: selling more shares than are held."""
-    SHORT_NOT_ALLOWED = "SHORT_NOT_ALLOWED"
-    """Cash account: selling a ticker that is not held (a short sale)."""
-    MARGIN = "MARGIN"
-    """Margin account: post-trade initial margin (gross exposure x initial_margin) would exceed equity."""
-    VAR_LIMIT = "VAR_LIMIT"
-    """Post-trade VaR would exceed ``var_limit`` and the trade adds VaR."""
-    CONCENTRATION = "CONCENTRATION"
-    """The position would exceed ``max_concentration`` of equity and the trade grows it."""
-    RATE_LIMIT = "RATE_LIMIT"
-    """More than ``max_orders_per_minute`` fills in the last 60 seconds."""
-    TRADING_HALTED = "TRADING_HALTED"
-    """The portfolio's trading state is HALTED, or missing/unreadable (fail closed)."""
-    REDUCING_ONLY = "REDUCING_ONLY"
-    """The trading state is REDUCING and the trade does not reduce the absolute position."""
-    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
-    """Redis cannot be reached: nothing is approved (fail closed)."""
-    STORE_EMPTY = "STORE_EMPTY"
-    """The store holds no market snapshot or no such portfolio: run the warm-up."""
-    STORE_CORRUPT = "STORE_CORRUPT"
-    """A stored value does not decode, or the covariance is not a valid matrix: fail closed."""
-    SCHEMA_MISMATCH = "SCHEMA_MISMATCH"
-    """The store was written by another layout version."""
-    BAD_ORDER_ID = "BAD_ORDER_ID"
-    """execute_trade: client_order_id is not a non-empty string of at most 128 characters."""
-    RETRY_EXHAUSTED = "RETRY_EXHAUSTED"
-    """execute_trade: concurrent trades kept changing the portfolio; nothing was traded, send it again."""
-
-
-def reason(code: Reason, message: str) -> dict[str, str]:
+def reason(code: ReasonCode, message: str) -> Reason:
     """One coded reason of a decision."""
-    return {"code": code.value, "message": message}
+    return Reason(code=code, message=message)
 
 
 # -- inputs --------------------------------------------------------------------------------------------------
@@ -128,12 +78,12 @@ def parse_quantity(qty: Any, max_qty: int) -> tuple[int | None, str | None]:
     return shares, None
 
 
-def parse_side(side: Any) -> str | None:
-    """``"BUY"`` or ``"SELL"`` (case-insensitive), else None."""
+def parse_side(side: Any) -> Side | None:
+    """``Side.BUY`` or ``Side.SELL`` from ``"buy"``, ``"SELL"``, ... (case-insensitive), else None."""
     if not isinstance(side, str):
         return None
     normalized = side.strip().upper()
-    return normalized if normalized in SIDES else None
+    return Side(normalized) if normalized in SIDES else None
 
 
 # -- money ---------------------------------------------------------------------------------------------------
@@ -165,7 +115,7 @@ class Booking:
     fee: Decimal
 
 
-def book_fill(before: Position | None, side: str, qty: int, price: Decimal, fee: Decimal) -> Booking:
+def book_fill(before: Position | None, side: Side | str, qty: int, price: Decimal, fee: Decimal) -> Booking:
     """Apply a fill of ``qty`` shares at ``price`` to a position (average-cost accounting).
 
     Notes
@@ -179,7 +129,7 @@ def book_fill(before: Position | None, side: str, qty: int, price: Decimal, fee:
     q0 = before.qty if before else 0
     avg0 = before.avg_price if before else Decimal(0)
     realized_total = before.realized_pnl if before else Decimal(0)
-    signed = qty if side == "BUY" else -qty
+    signed = qty if side == Side.BUY else -qty
     q1 = q0 + signed
     notional = price * qty
     realized = Decimal(0)
@@ -194,7 +144,7 @@ def book_fill(before: Position | None, side: str, qty: int, price: Decimal, fee:
             avg1 = avg0
         else:
             avg1 = price
-    cash_delta = (-notional if side == "BUY" else notional) - fee
+    cash_delta = (-notional if side == Side.BUY else notional) - fee
     return Booking(
         position=Position(qty=q1, avg_price=avg1, realized_pnl=realized_total + realized),
         realized=realized,

@@ -10,8 +10,8 @@ import pytest
 
 import warmup
 from engine.store import PortfolioKeys, Store
+from logic.actions import parse_action, plan_reduction
 from logic.alerts import build_alert_engine
-from logic.responses import parse_action, plan_reduction
 from logic.risk_manager import RiskManager
 
 from .alerts_support import T0, SimClock, SleepRecorder, delivered_events, rule, snapshot

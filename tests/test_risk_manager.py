@@ -17,6 +17,8 @@ import redis
 from scipy import stats
 
 import warmup
+from engine.market_model import MarketModelCache
+from engine.records import Decision, ExecutionResult, ReasonCode
 from engine.settings import Settings, settings_from_dict
 from engine.store import (
     MARKET_KEY,
@@ -26,8 +28,7 @@ from engine.store import (
     Store,
     encode_array,
 )
-from logic import risk_manager as risk_manager_module
-from logic.decisions import Reason
+from logic import execution as execution_module
 from logic.risk_manager import DASHBOARD_COLUMNS, RiskManager
 
 from .conftest import TEST_CONFIG, merge, store_contents
@@ -167,28 +168,28 @@ def test_a_ticker_added_at_run_time_trades_with_default_liquidity_parameters(
 @pytest.mark.parametrize(
     ("ticker", "qty", "side", "code"),
     [
-        pytest.param("ZZZ", 10, "BUY", Reason.UNKNOWN_TICKER, id="unknown ticker"),
-        pytest.param(123, 10, "BUY", Reason.UNKNOWN_TICKER, id="ticker not a string"),
-        pytest.param("AAA", 0, "BUY", Reason.BAD_QUANTITY, id="qty 0"),
-        pytest.param("AAA", -5, "BUY", Reason.BAD_QUANTITY, id="qty negative"),
-        pytest.param("AAA", 1.5, "BUY", Reason.BAD_QUANTITY, id="qty fractional"),
-        pytest.param("AAA", Decimal("2.5"), "BUY", Reason.BAD_QUANTITY, id="qty fractional decimal"),
-        pytest.param("AAA", float("nan"), "BUY", Reason.BAD_QUANTITY, id="qty NaN"),
-        pytest.param("AAA", float("inf"), "BUY", Reason.BAD_QUANTITY, id="qty inf"),
-        pytest.param("AAA", 1e30, "BUY", Reason.BAD_QUANTITY, id="qty 1e30"),
-        pytest.param("AAA", 100_001, "BUY", Reason.BAD_QUANTITY, id="qty above the fat-finger limit"),
-        pytest.param("AAA", "100", "BUY", Reason.BAD_QUANTITY, id="qty a string"),
-        pytest.param("AAA", True, "BUY", Reason.BAD_QUANTITY, id="qty a boolean"),
-        pytest.param("AAA", None, "BUY", Reason.BAD_QUANTITY, id="qty None"),
-        pytest.param("AAA", 10, "HOLD", Reason.BAD_SIDE, id="side HOLD"),
-        pytest.param("AAA", 10, "", Reason.BAD_SIDE, id="side empty"),
-        pytest.param("AAA", 10, None, Reason.BAD_SIDE, id="side None"),
-        pytest.param("AAA", 1500, "SELL", Reason.OVERSELL, id="oversell"),
-        pytest.param("CCC", 10, "SELL", Reason.SHORT_NOT_ALLOWED, id="short in a cash account"),
+        pytest.param("ZZZ", 10, "BUY", ReasonCode.UNKNOWN_TICKER, id="unknown ticker"),
+        pytest.param(123, 10, "BUY", ReasonCode.UNKNOWN_TICKER, id="ticker not a string"),
+        pytest.param("AAA", 0, "BUY", ReasonCode.BAD_QUANTITY, id="qty 0"),
+        pytest.param("AAA", -5, "BUY", ReasonCode.BAD_QUANTITY, id="qty negative"),
+        pytest.param("AAA", 1.5, "BUY", ReasonCode.BAD_QUANTITY, id="qty fractional"),
+        pytest.param("AAA", Decimal("2.5"), "BUY", ReasonCode.BAD_QUANTITY, id="qty fractional decimal"),
+        pytest.param("AAA", float("nan"), "BUY", ReasonCode.BAD_QUANTITY, id="qty NaN"),
+        pytest.param("AAA", float("inf"), "BUY", ReasonCode.BAD_QUANTITY, id="qty inf"),
+        pytest.param("AAA", 1e30, "BUY", ReasonCode.BAD_QUANTITY, id="qty 1e30"),
+        pytest.param("AAA", 100_001, "BUY", ReasonCode.BAD_QUANTITY, id="qty above the fat-finger limit"),
+        pytest.param("AAA", "100", "BUY", ReasonCode.BAD_QUANTITY, id="qty a string"),
+        pytest.param("AAA", True, "BUY", ReasonCode.BAD_QUANTITY, id="qty a boolean"),
+        pytest.param("AAA", None, "BUY", ReasonCode.BAD_QUANTITY, id="qty None"),
+        pytest.param("AAA", 10, "HOLD", ReasonCode.BAD_SIDE, id="side HOLD"),
+        pytest.param("AAA", 10, "", ReasonCode.BAD_SIDE, id="side empty"),
+        pytest.param("AAA", 10, None, ReasonCode.BAD_SIDE, id="side None"),
+        pytest.param("AAA", 1500, "SELL", ReasonCode.OVERSELL, id="oversell"),
+        pytest.param("CCC", 10, "SELL", ReasonCode.SHORT_NOT_ALLOWED, id="short in a cash account"),
     ],
 )
 def test_a_malformed_or_impossible_order_is_rejected_with_its_code_and_changes_nothing(
-    rm: RiskManager, redis_client: redis.Redis, ticker: Any, qty: Any, side: Any, code: Reason
+    rm: RiskManager, redis_client: redis.Redis, ticker: Any, qty: Any, side: Any, code: ReasonCode
 ) -> None:
     before = store_contents(redis_client)
 
@@ -568,7 +569,7 @@ def test_an_invalid_client_order_id_is_refused(rm: RiskManager) -> None:
 def test_a_portfolio_that_keeps_changing_exhausts_the_retries_and_trades_nothing(
     desk: Callable[..., RiskManager], store: Store, redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(risk_manager_module, "MAX_ATTEMPTS", 3)
+    monkeypatch.setattr(execution_module, "MAX_ATTEMPTS", 3)
     other = redis.Redis.from_url(redis_server.url)
     state_key = PortfolioKeys("main").state
 
@@ -735,3 +736,49 @@ def test_risk_reads_on_an_unreachable_redis_raise_the_typed_error(settings: Sett
             read()
     basket = rm.what_if([("AAA", 1, "BUY")])
     assert basket["status"] == "REJECTED" and basket["var_before"] is None
+
+
+# -- typed entry points and records ------------------------------------------------------------------------
+
+
+def test_a_replayed_order_returns_the_stored_record_with_duplicate_set(rm: RiskManager, store: Store) -> None:
+    first = rm.execute_trade("AAA", 10, "BUY", client_order_id="replay-1")
+
+    stored = store.read_order("main", "replay-1")
+    second = rm.execute_trade("AAA", 10, "BUY", client_order_id="replay-1")
+
+    assert stored is not None
+    assert second == {**stored, "duplicate": True}
+    assert {k: v for k, v in second.items() if k != "duplicate"} == {
+        k: v for k, v in first.items() if k != "duplicate"
+    }
+
+
+def test_the_typed_entry_points_return_records_whose_dicts_are_the_public_api(rm: RiskManager) -> None:
+    decision = rm.check("AAA", 10, "BUY")
+    result = rm.execute("AAA", 10, "BUY", client_order_id="typed-1")
+
+    assert isinstance(decision, Decision) and decision.approved
+    assert decision.to_dict().keys() == rm.check_trade_impact("AAA", 10, "BUY").keys()
+    assert Decision.from_dict(decision.to_dict()) == decision
+    assert isinstance(result, ExecutionResult) and result.filled and result.fill is not None
+    assert ExecutionResult.from_dict(result.to_dict()) == result
+    assert type(result.to_dict()["fill"]["cash_after"]) is str
+    assert type(result.to_dict()["decision"]["side"]) is str
+
+
+def test_the_market_model_cache_validates_once_per_snapshot_and_aligns_the_stressed_matrix(
+    rm: RiskManager, store: Store
+) -> None:
+    models = MarketModelCache(store)
+
+    model = models.get()
+    again = models.get(store.read_market_header())
+    stressed = models.stressed(model)
+
+    assert again is model and model.error is None
+    assert models.at_least(model.version - 1, model.key[1]) is model  # a lagging reader keeps the newer matrix
+    assert stressed.cov.shape == (len(model.tickers), len(model.tickers))
+    assert models.stressed(model) is stressed
+    sub = model.aligned(model.tickers[:2][::-1])
+    assert sub[0, 0] == model.cov[1, 1] and sub[0, 1] == model.cov[1, 0]

@@ -1,0 +1,212 @@
+"""The market's risk model, validated once per market snapshot and shared by its readers.
+
+A :class:`MarketModel` is one market snapshot (version, time, tickers, prices) with its EWMA covariance checked
+once (finite, symmetric, positive semi-definite: the O(N³) check of :mod:`engine.math_logic`) and the daily
+volatility of every ticker. :class:`MarketModelCache` loads it through the :class:`~engine.store.Store` when the
+snapshot changes, and aligns the stored stressed matrix to the market's tickers once per (market snapshot,
+stressed version). The pre-trade gate uses it; the monitor and the dashboard views can share one instance
+(one per process and store), so the matrix is read and validated once, not once per reader.
+
+Usage::
+
+    models = MarketModelCache(store, bars_per_day=settings.model.bars_per_day)
+    model = models.get()                      # reads the header, reloads the matrix only when it changed
+    model = models.get(header)                # the same for a header the caller already read
+    model = models.at_least(version, ts)      # a lagging reader (the monitor): cached if not older
+    if model.error is not None: ...           # an unusable matrix: fail closed (the gate) or report
+    cov = model.aligned(("AAA", "BBB"))       # the covariance of a subset / another order (cached)
+    stressed = models.stressed(model)         # StressedModel(version, cov in model.tickers order)
+
+Nothing here decides anything: a matrix that fails the check is kept with its :attr:`MarketModel.error` so that
+each caller applies its own policy (the gate rejects every trade; a page shows the error).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine import math_logic
+from engine.defaults import BARS_PER_DAY
+from engine.errors import CorruptDataError, StoreError
+from engine.records import Float64Array, MarketHeader
+from engine.store import Store
+
+ModelKey = tuple[int, float]
+"""(version, ts) of a market snapshot: a warm-up ``--reset`` restarts versions, the time still differs."""
+
+
+@dataclass(frozen=True)
+class MarketModel:
+    """The covariance of one market snapshot, checked once, with what every reader derives from it."""
+
+    key: ModelKey
+    header: MarketHeader
+    """The snapshot the matrix came with (its prices may be newer than a header a caller read before)."""
+    cov: Float64Array
+    """EWMA covariance of one-bar log returns, in ``header.tickers`` order."""
+    index: Mapping[str, int]
+    """Ticker -> row of the matrix."""
+    daily_vol: Float64Array
+    """One-bar volatility of each ticker scaled to a day: sqrt(S_ii) * sqrt(bars_per_day) (zeros when the
+    matrix is unusable)."""
+    error: StoreError | None
+    """Set when the matrix is unusable (not symmetric PSD, not finite)."""
+    _aligned: dict[tuple[str, ...], Float64Array] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def version(self) -> int:
+        return self.header.version
+
+    @property
+    def tickers(self) -> tuple[str, ...]:
+        return self.header.tickers
+
+    def aligned(self, tickers: tuple[str, ...]) -> Float64Array:
+        """The covariance of ``tickers`` (a subset or another order), computed once per ticker tuple.
+
+        Raises :class:`~engine.errors.CorruptDataError` when a ticker is not in the snapshot.
+        """
+        if tickers == self.header.tickers:
+            return self.cov
+        cached = self._aligned.get(tickers)
+        if cached is None:
+            order = reorder(self.header.tickers, tickers)
+            if order is None:
+                missing = [t for t in tickers if t not in self.index]
+                raise CorruptDataError(f"the market snapshot does not hold {missing}")
+            cached = self.cov[np.ix_(order, order)]
+            self._aligned[tickers] = cached  # a benign race: two threads compute the same matrix
+        return cached
+
+
+@dataclass(frozen=True)
+class StressedModel:
+    """The stored stressed (crisis) covariance, aligned with one market model's tickers."""
+
+    version: int
+    """Version of the stored stressed matrix (the warm-up bumps it when it rebuilds the matrix)."""
+    market_key: ModelKey
+    cov: Float64Array
+    """In the market model's ticker order; not validated here (``get_stressed_var`` validates)."""
+
+
+def reorder(have: tuple[str, ...], want: tuple[str, ...]) -> list[int] | None:
+    """Positions in ``have`` of each ticker of ``want``; None when one is missing."""
+    index = {t: i for i, t in enumerate(have)}
+    if not all(t in index for t in want):
+        return None
+    return [index[t] for t in want]
+
+
+def build_model(snap: MarketHeader, cov: Float64Array, bars_per_day: float = BARS_PER_DAY) -> MarketModel:
+    """Validate ``cov`` once and derive the daily volatilities (no I/O: tests and the warm-up may call it)."""
+    error: StoreError | None = None
+    try:  # the O(N^3) symmetric-PSD check, once per version; every later call passes validate=False
+        math_logic.get_portfolio_var(np.zeros(len(snap.tickers)), cov, 1.0, validate=True)
+    except ValueError as exc:
+        error = CorruptDataError(f"the market covariance (version {snap.version}) is unusable: {exc}")
+    daily_vol = np.zeros(len(snap.tickers))
+    if error is None:
+        one_bar = np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
+        daily_vol = np.asarray(math_logic.scale_volatility(one_bar, bars_per_day))
+    header = MarketHeader(snap.version, snap.ts, snap.tickers, snap.prices, snap.price_ts)
+    return MarketModel(
+        key=(snap.version, snap.ts),
+        header=header,
+        cov=cov,
+        index={t: i for i, t in enumerate(snap.tickers)},
+        daily_vol=daily_vol,
+        error=error,
+    )
+
+
+class MarketModelCache:
+    """The latest :class:`MarketModel` of a store, reloaded when the market snapshot changes.
+
+    Parameters
+    ----------
+    store:
+        Where the market snapshot and the stressed matrix are read.
+    bars_per_day:
+        Scales one-bar volatility to a day (``settings.model.bars_per_day``).
+
+    Safe to share between threads: a reload happens under a lock, the models themselves are immutable (their
+    aligned-submatrix memo is filled idempotently).
+    """
+
+    def __init__(self, store: Store, bars_per_day: float = BARS_PER_DAY) -> None:
+        self.store = store
+        self.bars_per_day = bars_per_day
+        self._model: MarketModel | None = None
+        self._stressed: StressedModel | None = None
+        self._lock = threading.Lock()
+
+    def get(self, header: MarketHeader | None = None) -> MarketModel:
+        """The model of ``header``'s snapshot (default: the stored one, read by one HMGET without the matrix).
+
+        Reads the full matrix only when (version, ts) differs from the cached model's; the snapshot read then
+        may be newer than ``header`` (its prices come with it). Raises the store's typed errors and
+        ``redis.RedisError``.
+        """
+        if header is None:
+            header = self.store.read_market_header()
+        model = self._model
+        if model is not None and model.key == (header.version, header.ts):
+            return model
+        with self._lock:
+            model = self._model
+            if model is not None and model.key == (header.version, header.ts):
+                return model
+            snap = self.store.read_market()
+            model = build_model(snap, snap.cov, self.bars_per_day)
+            self._model = model
+            return model
+
+    def at_least(self, version: int, ts: float) -> MarketModel:
+        """A model no older than (``version``, ``ts``): the cached one when it is, else the stored one.
+
+        For a reader that may lag behind the store (the monitor's ticks): an older tick uses the cached, newer
+        matrix; a newer one (or one written after a re-seed restarted the versions) reloads.
+        """
+        model = self._model
+        if model is not None and version <= model.key[0] and ts <= model.key[1]:
+            return model
+        with self._lock:
+            model = self._model
+            if model is not None and version <= model.key[0] and ts <= model.key[1]:
+                return model
+            snap = self.store.read_market()
+            model = build_model(snap, snap.cov, self.bars_per_day)
+            self._model = model
+            return model
+
+    @property
+    def current(self) -> MarketModel | None:
+        """The cached model, without reading anything (None before the first :meth:`get`)."""
+        return self._model
+
+    def stressed(self, model: MarketModel) -> StressedModel:
+        """The stored stressed matrix aligned with ``model``'s tickers, aligned once per (model, version).
+
+        Costs one HGET (the stressed version) when cached. Raises ``StoreEmptyError`` when there is none and
+        :class:`~engine.errors.CorruptDataError` when it does not cover the market's tickers.
+        """
+        version = self.store.read_stressed_version()
+        cached = self._stressed
+        if cached is not None and cached.market_key == model.key and cached.version == version:
+            return cached
+        version_read, stressed_tickers, stressed = self.store.read_stressed()
+        order = reorder(stressed_tickers, model.header.tickers)
+        if order is None:
+            raise CorruptDataError(
+                "the stressed matrix does not cover the market's tickers; re-run `python warmup.py`"
+            )
+        if stressed_tickers != model.header.tickers:
+            stressed = stressed[np.ix_(order, order)]
+        result = StressedModel(version=version_read, market_key=model.key, cov=stressed)
+        self._stressed = result
+        return result

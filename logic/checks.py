@@ -1,0 +1,589 @@
+"""The pre-trade checks of SPEC.md section 6: one order against a portfolio's state, a market model and limits.
+
+:class:`Checker` runs every check on a :class:`Sim` (what one evaluation reads: the market header, reference
+prices, the portfolio, its trading state, the order-rate count and the store errors met reading them) and
+returns a :class:`~engine.records.Decision` listing *every* failed check, plus, when approved, the
+:class:`Plan` that execution books. Nothing here writes; the covariance comes from the shared
+:class:`~engine.market_model.MarketModelCache` and the risk of the holdings from a :class:`BookCache`.
+
+Risk model: dollar exposures ``x = qty * last`` and the one-bar (one-minute) EWMA covariance ``S`` of the
+market snapshot; VaR = z * sqrt(x'Sx) * sqrt(bars_per_day * horizon_days). That is the equity-weighted form
+(``weights = x / equity, value = equity``) of engine.math_logic, but also defined when equity is not positive.
+The gate refuses a trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR passes that
+check even above the limit), and on concentration / margin only trades that grow the position / the gross
+exposure: risk-reducing trades must stay possible when a limit is already breached. VaR, variance and the
+marginal VaR vector of the holdings are cached per (market key, holdings revision); the VaR change of a trade
+is the O(N) incremental formula (:func:`engine.math_logic.incremental_var_single`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import redis
+
+from engine import math_logic
+from engine.errors import StoreError, StoreUnavailableError
+from engine.market_model import MarketModel, MarketModelCache, ModelKey
+from engine.records import (
+    AccountType,
+    Decision,
+    DecisionStatus,
+    Float64Array,
+    MarketHeader,
+    PortfolioState,
+    Position,
+    Reason,
+    ReasonCode,
+    Side,
+    TradingState,
+    TradingStatus,
+)
+from engine.settings import Asset, Limits, Settings, valid_symbol
+from engine.store import TradeView
+from logic.decisions import book_fill, commission, fill_price, parse_quantity, parse_side, reason
+from logic.valuation import value_portfolio
+
+BOOK_CACHE_SIZE = 16
+"""Holdings risk (VaR, variance, marginal VaR) kept per (market key, holdings): a few books are plenty."""
+_DEFAULT_ASSET = Asset(price=1.0, annual_vol=1.0)
+"""Liquidity parameters (avg daily volume, spread) of tickers the settings do not list (added at run time)."""
+
+
+@dataclass(frozen=True)
+class Book:
+    """Risk of one set of holdings at one market snapshot (cash is not part of it)."""
+
+    exposures: Float64Array
+    """Dollar exposure per ticker, matrix order."""
+    market_value: float
+    gross_exposure: float
+    missing: tuple[str, ...]
+    variance: float
+    """xᵀΣx of one bar, dollars squared."""
+    var: float
+    """VaR at the limit's confidence and horizon, dollars."""
+    marginal: Float64Array
+    """dVaR/dx per ticker at the limit's confidence and horizon."""
+
+
+@dataclass
+class Sim:
+    """What one evaluation needs, mutable only inside what_if (cumulative baskets)."""
+
+    header: MarketHeader | None
+    reference: Mapping[str, float] | None
+    portfolio: PortfolioState | None
+    book_key: Any
+    trading_state: TradingStatus | None
+    recent_orders: int
+    errors: Mapping[str, StoreError]
+
+    @classmethod
+    def from_view(cls, view: TradeView) -> Sim:
+        return cls(
+            view.header,
+            view.reference,
+            view.portfolio,
+            view.positions_key,
+            view.trading_state,
+            view.recent_orders,
+            view.errors,
+        )
+
+    @classmethod
+    def empty(cls) -> Sim:
+        """Nothing read: only the order itself can be checked."""
+        return cls(None, None, None, None, None, 0, {})
+
+    def apply(self, plan: Plan) -> None:
+        """Continue from the state an approved trade leaves (what-if and stress baskets)."""
+        self.portfolio = plan.portfolio_after
+        self.book_key = holdings_key(plan.portfolio_after)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An approved trade's bookkeeping, for execution to write."""
+
+    ticker: str
+    side: Side
+    qty: int
+    price: Decimal
+    cash_before: Decimal
+    position_before: Position | None
+    position_after: Position
+    portfolio_before: PortfolioState
+    now: float
+    realized: Decimal
+    notional: Decimal
+    fee: Decimal
+    model: MarketModel
+    book: Book
+    """Risk of the holdings before the trade, from which the book after it is derived."""
+    index: int
+
+    @functools.cached_property
+    def portfolio_after(self) -> PortfolioState:
+        """The portfolio after the fill (built only when needed: copying a big book costs time)."""
+        before = self.portfolio_before
+        positions = dict(before.positions)
+        if self.position_after.qty == 0 and self.position_after.realized_pnl == 0:
+            positions.pop(self.ticker, None)
+        else:
+            positions[self.ticker] = self.position_after
+        cash_delta = (-self.notional if self.side == Side.BUY else self.notional) - self.fee
+        return replace(
+            before,
+            cash=before.cash + cash_delta,
+            positions=positions,
+            realized_pnl=before.realized_pnl + self.realized,
+            fees_paid=before.fees_paid + self.fee,
+            updated_at=self.now,
+        )
+
+
+class BookCache:
+    """Risk of recently seen holdings, per (market key, holdings key), bounded to :data:`BOOK_CACHE_SIZE`."""
+
+    def __init__(self, limits: Limits, horizon_bars: float) -> None:
+        self.limits = limits
+        self.horizon_bars = horizon_bars
+        self._books: OrderedDict[Any, Book] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def book(self, model: MarketModel, positions_key: Any, portfolio: PortfolioState) -> Book:
+        key = (model.key, positions_key)
+        book = self._books.get(key)
+        if book is not None:
+            return book
+        valuation = value_portfolio(portfolio, model.header)
+        book = self.risk_of(model, np.array(valuation.market_values, dtype=float), valuation.missing)
+        self.put(key, book)
+        return book
+
+    def remember_fill(self, plan: Plan, positions_key: bytes) -> None:
+        """After our own fill: cache the new holdings' risk under the new positions token (O(N²) instead of
+        valuing every position again)."""
+        x = plan.book.exposures.copy()
+        x[plan.index] = float(plan.position_after.qty) * float(plan.model.header.prices[plan.index])
+        self.put((plan.model.key, positions_key), self.risk_of(plan.model, x, plan.book.missing))
+
+    def risk_of(self, model: MarketModel, x: Float64Array, missing: tuple[str, ...]) -> Book:
+        var, sigma = math_logic.get_portfolio_var(
+            x, model.cov, 1.0, self.limits.var_confidence, self.horizon_bars, validate=False
+        )
+        marginal = math_logic.calculate_marginal_var(
+            x, model.cov, 1.0, self.limits.var_confidence, horizon=self.horizon_bars, validate=False
+        )
+        return Book(
+            exposures=x,
+            market_value=float(x.sum()),
+            gross_exposure=float(np.abs(x).sum()),
+            missing=missing,
+            variance=float(sigma) ** 2,
+            var=float(var),
+            marginal=marginal,
+        )
+
+    def put(self, key: tuple[ModelKey, Any], book: Book) -> None:
+        with self._lock:
+            self._books[key] = book
+            while len(self._books) > BOOK_CACHE_SIZE:
+                self._books.popitem(last=False)
+
+
+class Checker:
+    """Every pre-trade check of one portfolio (pure over what it is given, apart from the two caches)."""
+
+    def __init__(
+        self,
+        portfolio_id: str,
+        settings: Settings,
+        limits: Limits,
+        horizon_bars: float,
+        models: MarketModelCache,
+        books: BookCache,
+    ) -> None:
+        self.portfolio_id = portfolio_id
+        self.settings = settings
+        self.limits = limits
+        self.horizon_bars = horizon_bars
+        self.models = models
+        self.books = books
+
+    def evaluate(
+        self, sim: Sim, ticker: Any, qty: Any, side: Any, now: float, pending_orders: int = 0
+    ) -> tuple[Decision, Plan | None]:
+        """Every check of SPEC.md section 6 on ``sim``; returns the decision and, when approved, the plan."""
+        limits = self.limits
+        reasons: list[Reason] = []
+        d = empty_decision_fields(self.portfolio_id, ticker, limits, now)
+
+        # store health: anything unreadable fails closed
+        for part in ("market", "portfolio", "reference", "rate", "order"):
+            error = sim.errors.get(part)
+            if error is not None:
+                reasons.append(store_reason(error))
+        header = sim.header
+        model: MarketModel | None = None
+        if header is not None:
+            try:
+                model = self.models.get(header)
+            except StoreError as exc:
+                reasons.append(store_reason(exc))
+            except redis.RedisError as exc:
+                reasons.append(store_reason(StoreUnavailableError(f"Redis is unreachable: {exc}")))
+            else:
+                if model.error is not None:
+                    reasons.append(store_reason(model.error))
+                header = model.header
+                d["market_version"] = header.version
+
+        # trading state (fail closed)
+        trading = sim.trading_state
+        state = trading.state if trading is not None else None
+        d["trading_state"] = state
+        if trading is None:
+            error = sim.errors.get("trading_state")
+            detail = error.detail if error is not None else "missing"
+            reasons.append(
+                reason(ReasonCode.TRADING_HALTED, f"trading state unreadable ({detail}): treated as HALTED")
+            )
+        elif state == TradingState.HALTED:
+            reasons.append(
+                reason(
+                    ReasonCode.TRADING_HALTED,
+                    f"trading is HALTED ({trading.reason or 'no reason given'}, by "
+                    f"{trading.actor or 'unknown'})",
+                )
+            )
+
+        # the order itself
+        shares, why = parse_quantity(qty, limits.max_order_qty)
+        if why is not None:
+            reasons.append(reason(ReasonCode.BAD_QUANTITY, why))
+        d["qty"] = shares
+        side_n = parse_side(side)
+        if side_n is None:
+            reasons.append(reason(ReasonCode.BAD_SIDE, f"side must be BUY or SELL, got {side!r}"))
+        d["side"] = side_n
+        index: int | None = None
+        if not valid_symbol(ticker):
+            reasons.append(reason(ReasonCode.UNKNOWN_TICKER, f"{ticker!r} is not a ticker symbol"))
+        elif header is not None and model is not None:
+            index = model.index.get(ticker)
+            if index is None:
+                reasons.append(reason(ReasonCode.UNKNOWN_TICKER, f"{ticker} is not in the market data universe"))
+
+        # the price
+        price: float | None = None
+        if index is not None and header is not None:
+            last = float(header.prices[index])
+            if not math.isfinite(last) or last <= 0:
+                reasons.append(reason(ReasonCode.MISSING_PRICE, f"{ticker} has no usable price ({last!r})"))
+            else:
+                price = last
+                d["price"] = last
+                age = now - float(header.price_ts[index])
+                if not math.isfinite(age) or age > limits.stale_price_seconds:
+                    reasons.append(
+                        reason(
+                            ReasonCode.STALE_PRICE,
+                            f"{ticker} price is {age:.0f} s old (limit {limits.stale_price_seconds:g} s)",
+                        )
+                    )
+                if sim.reference is not None:
+                    ref = sim.reference.get(ticker)
+                    if ref is None or not math.isfinite(ref) or ref <= 0:
+                        reasons.append(
+                            reason(
+                                ReasonCode.PRICE_COLLAR,
+                                f"{ticker} has no session reference price: the collar cannot be checked",
+                            )
+                        )
+                    else:
+                        d["reference_price"] = ref
+                        move = last / ref - 1.0
+                        if abs(move) > limits.price_collar_pct:
+                            reasons.append(
+                                reason(
+                                    ReasonCode.PRICE_COLLAR,
+                                    f"{ticker} last {last:g} is {move:+.1%} from the reference "
+                                    f"{ref:g} (collar ±{limits.price_collar_pct:.0%})",
+                                )
+                            )
+
+        # order-rate throttle
+        if sim.recent_orders + pending_orders >= limits.max_orders_per_minute:
+            reasons.append(
+                reason(
+                    ReasonCode.RATE_LIMIT,
+                    f"{sim.recent_orders + pending_orders} orders in the last minute (limit "
+                    f"{limits.max_orders_per_minute})",
+                )
+            )
+
+        portfolio = sim.portfolio
+        plan: Plan | None = None
+        if portfolio is not None:
+            d["cash_before"] = float(portfolio.cash)
+            held = portfolio.positions.get(ticker) if isinstance(ticker, str) else None
+            q0 = held.qty if held is not None else 0
+            d["position_before"] = q0
+            if state == TradingState.REDUCING and shares is not None and side_n is not None:
+                q1 = q0 + (shares if side_n == Side.BUY else -shares)
+                if not (q0 != 0 and abs(q1) < abs(q0) and q0 * q1 >= 0):
+                    reasons.append(
+                        reason(
+                            ReasonCode.REDUCING_ONLY,
+                            f"trading is REDUCING: only trades that shrink the {ticker} position "
+                            f"({q0:+d}) toward zero pass",
+                        )
+                    )
+            if (
+                shares is not None
+                and side_n is not None
+                and price is not None
+                and model is not None
+                and model.error is None
+                and index is not None
+            ):
+                plan = self._check_risk(
+                    d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price, now
+                )
+
+        d["reasons"] = tuple(reasons)
+        d["status"] = DecisionStatus.REJECTED if reasons else DecisionStatus.APPROVED
+        return Decision(**d), (plan if not reasons else None)
+
+    def _check_risk(
+        self,
+        d: dict[str, Any],
+        reasons: list[Reason],
+        model: MarketModel,
+        sim: Sim,
+        portfolio: PortfolioState,
+        held: Position | None,
+        index: int,
+        ticker: str,
+        shares: int,
+        side: Side,
+        price: float,
+        now: float,
+    ) -> Plan:
+        """Money, inventory, margin, VaR and concentration checks of a well-formed order."""
+        limits = self.limits
+        px = fill_price(price)
+        fee = commission(self.settings.fees, shares, px)
+        booking = book_fill(held, side, shares, px, fee)
+        q0 = held.qty if held is not None else 0
+        q1 = booking.position.qty
+        cash_after = portfolio.cash + booking.cash_delta
+        d.update(
+            notional=float(booking.notional),
+            est_fees=float(fee),
+            cash_after=float(cash_after),
+            position_after=q1,
+        )
+
+        if booking.notional > limits.max_order_notional:
+            reasons.append(
+                reason(
+                    ReasonCode.MAX_NOTIONAL,
+                    f"order notional {booking.notional:,.2f} exceeds the limit "
+                    f"{limits.max_order_notional:,.2f}",
+                )
+            )
+        cash_account = portfolio.account_type == AccountType.CASH
+        if cash_account and side == Side.SELL:
+            if q0 <= 0:
+                reasons.append(
+                    reason(ReasonCode.SHORT_NOT_ALLOWED, f"no {ticker} held: a cash account cannot sell short")
+                )
+            elif shares > q0:
+                reasons.append(reason(ReasonCode.OVERSELL, f"selling {shares:,} {ticker} but only {q0:,} held"))
+        if cash_account and cash_after < 0:
+            needed = -booking.cash_delta
+            reasons.append(
+                reason(
+                    ReasonCode.INSUFFICIENT_CASH,
+                    f"cost plus fees {needed:,.2f} exceed the cash {portfolio.cash:,.2f}",
+                )
+            )
+
+        book = self.books.book(model, sim.book_key, portfolio)
+        if book.missing:
+            reasons.append(
+                reason(
+                    ReasonCode.MISSING_PRICE,
+                    f"no usable price for held {', '.join(book.missing)}: risk cannot be computed",
+                )
+            )
+        signed = shares if side == Side.BUY else -shares
+        delta = signed * price
+        x_i = float(book.exposures[index])
+        equity_after = float(cash_after) + book.market_value + delta
+        gross_after = book.gross_exposure - abs(x_i) + abs(x_i + delta)
+        d["equity_after"] = equity_after
+
+        # VaR: O(N) incremental update of the cached holdings' variance
+        delta_var = math_logic.incremental_var_single(
+            index,
+            delta,
+            book.exposures,
+            model.cov,
+            1.0,
+            book.variance,
+            limits.var_confidence,
+            horizon=self.horizon_bars,
+        )
+        var_after = book.var + delta_var
+        d.update(
+            var_before=book.var,
+            var_after=var_after,
+            delta_var=delta_var,
+            marginal_var=float(book.marginal[index]),
+        )
+        if var_after > float(limits.var_limit) and delta_var > 0:
+            reasons.append(
+                reason(
+                    ReasonCode.VAR_LIMIT,
+                    f"VaR would rise from {book.var:,.0f} to {var_after:,.0f}, above the limit "
+                    f"{limits.var_limit:,.0f} ({limits.var_confidence:.0%}, "
+                    f"{limits.var_horizon_days:g} d)",
+                )
+            )
+
+        grows = abs(q1) > abs(q0)
+        if equity_after > 0:
+            concentration = abs(x_i + delta) / equity_after
+            d["concentration_after"] = concentration
+            if concentration > limits.max_concentration and grows:
+                reasons.append(
+                    reason(
+                        ReasonCode.CONCENTRATION,
+                        f"{ticker} would be {concentration:.1%} of equity (limit "
+                        f"{limits.max_concentration:.0%})",
+                    )
+                )
+        elif grows:
+            reasons.append(
+                reason(ReasonCode.CONCENTRATION, f"equity would be {equity_after:,.2f}: no position may grow")
+            )
+
+        if portfolio.account_type == AccountType.MARGIN:
+            used_after = gross_after * portfolio.initial_margin
+            d["margin_level_after"] = equity_after / used_after * 100.0 if used_after > 0 else None
+            if used_after > equity_after and gross_after > book.gross_exposure:
+                reasons.append(
+                    reason(
+                        ReasonCode.MARGIN,
+                        f"initial margin {used_after:,.0f} ({portfolio.initial_margin:.0%} of gross "
+                        f"{gross_after:,.0f}) would exceed equity {equity_after:,.0f}",
+                    )
+                )
+
+        asset = self.settings.universe.assets.get(ticker, _DEFAULT_ASSET)
+        half_spread = price * asset.spread_bps / 20_000.0
+        daily_vol = float(model.daily_vol[index])
+        d["liquidity_cost"] = float(
+            math_logic.liquidity_cost(
+                shares,
+                price,
+                price - half_spread,
+                price + half_spread,
+                asset.avg_daily_volume,
+                daily_vol=daily_vol,
+                impact_coef=self.settings.model.liquidity_impact_coef,
+            )
+        )
+
+        return Plan(
+            ticker=ticker,
+            side=side,
+            qty=shares,
+            price=px,
+            cash_before=portfolio.cash,
+            position_before=held,
+            position_after=booking.position,
+            portfolio_before=portfolio,
+            now=now,
+            realized=booking.realized,
+            notional=booking.notional,
+            fee=fee,
+            model=model,
+            book=book,
+            index=index,
+        )
+
+
+# -- decisions without a check -------------------------------------------------------------------------------
+
+
+def empty_decision_fields(portfolio_id: str, ticker: Any, limits: Limits, now: float) -> dict[str, Any]:
+    """The fields of a :class:`~engine.records.Decision` before any check ran (REJECTED, no figures)."""
+    return {
+        "status": DecisionStatus.REJECTED,
+        "reasons": (),
+        "portfolio_id": portfolio_id,
+        "ticker": ticker if isinstance(ticker, str) else repr(ticker),
+        "side": None,
+        "qty": None,
+        "price": None,
+        "reference_price": None,
+        "notional": None,
+        "est_fees": None,
+        "liquidity_cost": None,
+        "var_before": None,
+        "var_after": None,
+        "delta_var": None,
+        "marginal_var": None,
+        "var_limit": float(limits.var_limit),
+        "var_confidence": limits.var_confidence,
+        "var_horizon_days": limits.var_horizon_days,
+        "cash_before": None,
+        "cash_after": None,
+        "position_before": None,
+        "position_after": None,
+        "equity_after": None,
+        "concentration_after": None,
+        "margin_level_after": None,
+        "trading_state": None,
+        "market_version": None,
+        "checked_at": now,
+    }
+
+
+def store_failure_decision(
+    portfolio_id: str, limits: Limits, ticker: Any, qty: Any, side: Any, error: StoreError | None, now: float
+) -> Decision:
+    """REJECTED for a store failure (or, with ``error=None``, with no reason yet: the caller adds one)."""
+    d = empty_decision_fields(portfolio_id, ticker, limits, now)
+    shares, _ = parse_quantity(qty, limits.max_order_qty)
+    d.update(
+        qty=shares,
+        side=parse_side(side),
+        status=DecisionStatus.REJECTED,
+        reasons=(store_reason(error),) if error is not None else (),
+    )
+    return Decision(**d)
+
+
+def store_reason(error: StoreError) -> Reason:
+    code = error.code if error.code in ReasonCode.__members__ else ReasonCode.STORE_CORRUPT
+    message = f"{error.detail} (fix: {error.fix})" if error.fix else error.detail
+    return Reason(code=ReasonCode(code), message=message)
+
+
+def holdings_key(portfolio: PortfolioState) -> tuple[Any, ...]:
+    """A cache key for simulated holdings (what-if), by content: quantities are all risk depends on."""
+    return ("simulated", tuple(sorted((t, p.qty) for t, p in portfolio.positions.items() if p.qty != 0)))
