@@ -1,0 +1,208 @@
+"""View models of the dashboard: what each Streamlit page shows, as plain values and DataFrames.
+
+One module per page, mirroring ``dashboard/screens/``; :mod:`~logic.views.common` holds what every page shares::
+
+    common      Desk (Redis client, settings, clock, services), Problem and problem_from_exception, Health and
+                check_health, InputError, TradingStateView, shared readers and formatters
+    overview    headline figures, VaR gauges, traffic lights, equity and drawdown history
+    trade       positions with excursions, the ticket's decision and execution, the blotter
+    risk        exposure and correlation, stress, what-if basket, VaR surface, VaR backtest
+    alerts      alert feed and counts, acknowledge / resolve, deliveries, escalation, the rules editor
+    system      daemon heartbeats, market-data age, Redis health, versions, the trading-state kill switch
+
+The pages in ``dashboard/`` lay these out and nothing more: no key names, no risk math, no limit checks live
+there. Everything a page needs is read through the store, :class:`~logic.risk_manager.RiskManager`, the
+monitor's snapshots and the alert engine; computations the other modules do not offer (traffic lights, the VaR
+backtest, the risk surface) are in :mod:`logic.analytics`, which calls :mod:`engine.math_logic`.
+
+Every function takes a :class:`Desk` and raises the typed errors of :mod:`engine.errors` or
+``redis.RedisError``; :func:`problem_from_exception` turns any of them into the plain sentence and fix a page
+shows instead of a traceback. Every public name of the page modules is re-exported here, so a page reads
+``views.overview_view(...)`` after ``from logic import views``.
+"""
+
+from __future__ import annotations
+
+from logic.views.alerts import (
+    ACTIVE_STATUSES,
+    ALERT_COLUMNS,
+    ALERT_STATUSES,
+    ALERT_TIME_COLUMNS,
+    ALERT_WINDOWS,
+    RULE_COLUMNS,
+    SEVERITIES_WORST_FIRST,
+    acknowledge_alert,
+    alert_counts,
+    alerts_frame,
+    delivery_frame,
+    escalation_summary,
+    remove_rule,
+    reset_rule,
+    resolve_alert,
+    rule_choices,
+    rule_from_form,
+    rule_metrics,
+    rules_frame,
+    save_rule,
+)
+from logic.views.common import (
+    DAEMONS,
+    REDIS_TIMEOUT_SECONDS,
+    DaemonStatus,
+    Desk,
+    Health,
+    InputError,
+    Problem,
+    TradingStateView,
+    check_health,
+    daemon_statuses,
+    float_or_none,
+    latest_snapshot,
+    portfolio_ids,
+    problem_from_exception,
+    records_frame,
+    ticket_tickers,
+)
+from logic.views.overview import (
+    HISTORY_DIRECT_POINTS,
+    HISTORY_SAMPLES,
+    HISTORY_WINDOWS,
+    Gauge,
+    OverviewView,
+    active_alerts,
+    effective_rules,
+    history_frame,
+    overview_view,
+    snapshot_gauges,
+)
+from logic.views.risk import (
+    BACKTEST_POINTS,
+    SURFACE_STEPS,
+    WHAT_IF_COLUMNS,
+    ExposureView,
+    StressView,
+    WhatIfView,
+    backtest_view,
+    basket_from_rows,
+    exposure_view,
+    stress_view,
+    surface_view,
+    what_if_view,
+)
+from logic.views.system import (
+    AUDIT_ROWS,
+    HEARTBEAT_COLUMNS,
+    TRADING_STATES,
+    MarketStatus,
+    SystemView,
+    change_trading_state,
+    heartbeat_frame,
+    key_value_frame,
+    market_status,
+    redis_health,
+    system_view,
+    trading_state_view,
+    versions,
+)
+from logic.views.trade import (
+    BLOTTER_ROWS,
+    DELTA_ROWS,
+    IMPACT_ROWS,
+    POSITION_COLUMNS,
+    PositionsView,
+    blotter_frame,
+    check_ticket,
+    deltas_frame,
+    execute_ticket,
+    impact_frame,
+    new_client_order_id,
+    positions_view,
+    reasons_frame,
+)
+
+__all__ = [
+    "DAEMONS",
+    "REDIS_TIMEOUT_SECONDS",
+    "Desk",
+    "Problem",
+    "problem_from_exception",
+    "DaemonStatus",
+    "Health",
+    "check_health",
+    "daemon_statuses",
+    "portfolio_ids",
+    "TradingStateView",
+    "InputError",
+    "records_frame",
+    "float_or_none",
+    "latest_snapshot",
+    "ticket_tickers",
+    "HISTORY_WINDOWS",
+    "HISTORY_DIRECT_POINTS",
+    "HISTORY_SAMPLES",
+    "Gauge",
+    "OverviewView",
+    "snapshot_gauges",
+    "overview_view",
+    "history_frame",
+    "effective_rules",
+    "active_alerts",
+    "POSITION_COLUMNS",
+    "BLOTTER_ROWS",
+    "PositionsView",
+    "positions_view",
+    "new_client_order_id",
+    "check_ticket",
+    "execute_ticket",
+    "reasons_frame",
+    "DELTA_ROWS",
+    "IMPACT_ROWS",
+    "deltas_frame",
+    "impact_frame",
+    "blotter_frame",
+    "ExposureView",
+    "exposure_view",
+    "StressView",
+    "stress_view",
+    "WHAT_IF_COLUMNS",
+    "WhatIfView",
+    "basket_from_rows",
+    "what_if_view",
+    "SURFACE_STEPS",
+    "surface_view",
+    "BACKTEST_POINTS",
+    "backtest_view",
+    "ALERT_COLUMNS",
+    "ALERT_TIME_COLUMNS",
+    "ALERT_STATUSES",
+    "ACTIVE_STATUSES",
+    "SEVERITIES_WORST_FIRST",
+    "ALERT_WINDOWS",
+    "alerts_frame",
+    "alert_counts",
+    "acknowledge_alert",
+    "resolve_alert",
+    "delivery_frame",
+    "escalation_summary",
+    "RULE_COLUMNS",
+    "rules_frame",
+    "rule_metrics",
+    "rule_choices",
+    "rule_from_form",
+    "save_rule",
+    "remove_rule",
+    "reset_rule",
+    "HEARTBEAT_COLUMNS",
+    "heartbeat_frame",
+    "MarketStatus",
+    "market_status",
+    "redis_health",
+    "versions",
+    "SystemView",
+    "system_view",
+    "TRADING_STATES",
+    "AUDIT_ROWS",
+    "key_value_frame",
+    "trading_state_view",
+    "change_trading_state",
+]
