@@ -76,6 +76,7 @@ from logic.views.overview import (
     snapshot_gauges,
 )
 from logic.views.risk import (
+    BACKTEST_CONFIDENCES,
     BACKTEST_POINTS,
     SURFACE_STEPS,
     WHAT_IF_COLUMNS,
@@ -109,6 +110,7 @@ from logic.views.trade import (
     DELTA_ROWS,
     IMPACT_ROWS,
     POSITION_COLUMNS,
+    SIDES,
     PositionsView,
     blotter_frame,
     check_ticket,
@@ -149,6 +151,7 @@ __all__ = [
     "active_alerts",
     "POSITION_COLUMNS",
     "BLOTTER_ROWS",
+    "SIDES",
     "PositionsView",
     "positions_view",
     "new_client_order_id",
@@ -171,6 +174,7 @@ __all__ = [
     "SURFACE_STEPS",
     "surface_view",
     "BACKTEST_POINTS",
+    "BACKTEST_CONFIDENCES",
     "backtest_view",
     "ALERT_COLUMNS",
     "ALERT_TIME_COLUMNS",

@@ -35,11 +35,11 @@ ALERT_COLUMNS = (
     "alert_id",
 )
 ALERT_TIME_COLUMNS = ("triggered_at", "acknowledged_at", "resolved_at", "next_escalation_at")
-ALERT_STATUSES: tuple[AlertStatus, ...] = tuple(AlertStatus)
+ALERT_STATUSES: tuple[str, ...] = tuple(s.value for s in AlertStatus)
 """The states the feed filters on, in lifecycle order (TRIGGERED, ACKNOWLEDGED, RESOLVED)."""
-ACTIVE_STATUSES: tuple[AlertStatus, ...] = tuple(s for s in AlertStatus if s in ACTIVE_ALERT_STATUSES)
-"""The open states, in lifecycle order: the feed's default filter and what the action panel offers."""
-SEVERITIES_WORST_FIRST: tuple[Severity, ...] = tuple(reversed(Severity))
+ACTIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in AlertStatus if s in ACTIVE_ALERT_STATUSES)
+"""The open states, in lifecycle order: the feed's default filter and the alerts the action panel offers."""
+SEVERITIES_WORST_FIRST: tuple[str, ...] = tuple(s.value for s in reversed(Severity))
 """The severities the feed filters on, CRITICAL first."""
 ALERT_WINDOWS: dict[str, float | None] = {"1 h": 3600.0, "24 h": 86400.0, "7 days": 7 * 86400.0, "all": None}
 
@@ -70,7 +70,7 @@ def alerts_frame(
 
 def alert_counts(alerts: pd.DataFrame) -> dict[str, int]:
     """Headline counts of an :func:`alerts_frame`: active, unacknowledged, critical, escalated."""
-    active = alerts[alerts["status"].isin([s.value for s in ACTIVE_STATUSES])]
+    active = alerts[alerts["status"].isin(list(ACTIVE_STATUSES))]
     return {
         "Active": len(active),
         "Unacknowledged": int((active["status"] == AlertStatus.TRIGGERED.value).sum()),

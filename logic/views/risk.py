@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, InputError, float_or_none
@@ -225,6 +226,8 @@ def surface_view(
 
 BACKTEST_POINTS = 3000
 """History points the backtest reads (newest first): about 50 minutes at one point a second."""
+BACKTEST_CONFIDENCES: tuple[float, ...] = tuple(sorted(REPORTED_CONFIDENCES, reverse=True))
+"""The VaRs of the monitor's history the backtest can test, highest confidence (the default) first."""
 
 
 def backtest_view(desk: Desk, portfolio_id: str, confidence: float, points: int = BACKTEST_POINTS) -> Any:

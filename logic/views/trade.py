@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from engine.records import Side
 from logic.views.common import Desk, float_or_none, latest_snapshot
 
 # -- positions -----------------------------------------------------------------------------------------------
@@ -27,6 +28,8 @@ POSITION_COLUMNS = (
     "mae",
 )
 BLOTTER_ROWS = 50
+SIDES: tuple[str, ...] = tuple(s.value for s in Side)
+"""The sides the ticket and the what-if basket offer (BUY first, the default)."""
 
 
 @dataclass(frozen=True)
