@@ -129,7 +129,7 @@ def guard() -> Iterator[None]:
 
 def show_problem(problem: views.Problem) -> None:
     st.error(f"**{md(problem.title)}** — {md(problem.detail)}", icon=":material/error:")
-    # the fix is our own advice (engine/errors.py, logic/views.py), written in Markdown on purpose
+    # the fix is our own advice (engine/errors.py, logic/views/common.py), written in Markdown on purpose
     st.info(f"**How to fix:** {problem.fix}", icon=":material/build:")
 
 
