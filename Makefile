@@ -41,7 +41,7 @@ screenshots: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m mypy engine logic notifications
+	$(PY) -m mypy engine logic notifications dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Context, Row
-from dashboard.e2e import CHROMIUM, ROOT, Stack, launch_chromium, open_page, toml_dumps
+from tests.e2e_stack import CHROMIUM, ROOT, Stack, launch_chromium, open_page, toml_dumps
 
 N = 50
 REPEAT = 15

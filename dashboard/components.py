@@ -20,6 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from engine.records import Severity, TradingState
 from logic import views
 
 log = logging.getLogger("riskdesk.dashboard")
@@ -38,8 +39,17 @@ PORTFOLIO_KEY = "portfolio"
 REFRESH_KEY = "refresh"
 
 LIGHT_COLOURS = {"green": "green", "amber": "orange", "red": "red", "grey": "gray"}
-SEVERITY_COLOURS = {"LOW": "#5b9bd5", "MEDIUM": "#f0ad4e", "HIGH": "#e8743b", "CRITICAL": "#d9534f"}
-STATE_COLOURS = {"ACTIVE": "green", "REDUCING": "orange", "HALTED": "red"}
+SEVERITY_COLOURS: dict[str, str] = {
+    Severity.LOW: "#5b9bd5",
+    Severity.MEDIUM: "#f0ad4e",
+    Severity.HIGH: "#e8743b",
+    Severity.CRITICAL: "#d9534f",
+}
+STATE_COLOURS: dict[str, str] = {
+    TradingState.ACTIVE: "green",
+    TradingState.REDUCING: "orange",
+    TradingState.HALTED: "red",
+}
 
 
 # -- the desk ------------------------------------------------------------------------------------------------
@@ -119,7 +129,7 @@ def guard() -> Iterator[None]:
 
 def show_problem(problem: views.Problem) -> None:
     st.error(f"**{md(problem.title)}** — {md(problem.detail)}", icon=":material/error:")
-    # the fix is our own advice (engine/errors.py, logic/views.py), written in Markdown on purpose
+    # the fix is our own advice (engine/errors.py, logic/views/common.py), written in Markdown on purpose
     st.info(f"**How to fix:** {problem.fix}", icon=":material/build:")
 
 

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from engine import math_logic
+from engine.defaults import REPORTED_CONFIDENCES
+from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, Float64Array, Severity
 from engine.settings import AlertRule
-from engine.store import Float64Array
-from logic.alerts import ACTIVE_STATUSES, MISSING, SEVERITY_RANK, applies, compare, metric_value
+from logic.alerts import MISSING, applies, compare, metric_value
 
 # -- traffic lights ------------------------------------------------------------------------------------------
 
@@ -32,7 +33,7 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
 """Risk areas of the Overview and the rule metrics (dotted-path prefixes) that belong to each."""
 
 LEVELS = ("grey", "green", "amber", "red")
-RED_SEVERITIES = frozenset({"HIGH", "CRITICAL"})
+RED_SEVERITIES: frozenset[Severity] = frozenset({Severity.HIGH, Severity.CRITICAL})
 """A breached rule or active alert of these severities turns its area red; LOW and MEDIUM turn it amber."""
 
 
@@ -80,7 +81,7 @@ def traffic_lights(
             text = f"{rule.description or rule.id}: {now}"
             by_area[area].append((rank, 1, text))
     for alert in active_alerts:
-        if alert.get("status") not in ACTIVE_STATUSES:
+        if alert.get("status") not in ACTIVE_ALERT_STATUSES:
             continue
         area = area_of(str(alert.get("metric", "")))
         if area is None:
@@ -88,7 +89,7 @@ def traffic_lights(
         applicable[area] += 1
         status, rule_id = str(alert.get("status", "")).lower(), alert.get("rule_id", "?")
         text = f"{status} alert {rule_id} ({alert.get('severity', '?')})"
-        by_area[area].append((_rank(str(alert.get("severity", "LOW"))), 0, text))
+        by_area[area].append((_rank(str(alert.get("severity", Severity.LOW))), 0, text))
     lights = []
     for area, _ in AREAS:
         hits = sorted(by_area[area], reverse=True)
@@ -124,7 +125,11 @@ def breaker_levels(
 
 
 def _rank(severity: str) -> int:
-    return SEVERITY_RANK.get(severity, 0)
+    """The severity's rank (:data:`~engine.records.SEVERITY_RANK`); an unknown word ranks as LOW."""
+    try:
+        return SEVERITY_RANK[Severity(severity)]
+    except ValueError:
+        return SEVERITY_RANK[Severity.LOW]
 
 
 def _finite(value: Any) -> bool:
@@ -174,7 +179,7 @@ def var_backtest(
     points:
         History points (``ts``, ``version``, ``equity``, ``var.var95`` / ``var.var99``), any order.
     confidence:
-        0.95 or 0.99: which VaR of the history is tested.
+        One of :data:`~engine.defaults.REPORTED_CONFIDENCES`: which VaR of the history is tested.
     bars_per_day:
         The settings' bars per day; a one-day VaR is scaled to one bar by ``1 / sqrt(bars_per_day)``.
 
@@ -187,7 +192,8 @@ def var_backtest(
     their fees only (fills are at the last price). Kupiec POF, Christoffersen independence and the Basel zone
     come from :mod:`engine.math_logic`.
     """
-    field = field or ("var.var99" if confidence >= 0.99 else "var.var95")
+    low, high = REPORTED_CONFIDENCES
+    field = field or (f"var.var{high * 100:.0f}" if confidence >= high else f"var.var{low * 100:.0f}")
     last: dict[int, Mapping[str, Any]] = {}
     for p in sorted(points, key=lambda q: q.get("ts") or 0.0):
         version = p.get("version")

@@ -2,7 +2,7 @@
 trade through the UI, screenshots.
 
 The stack (embedded Redis, warm-up, stream daemon, monitor, ``streamlit run``) is started by ``launcher.py``
-on a temporary data directory and a free loopback port (:class:`dashboard.e2e.Stack`) and stopped by PID at
+on a temporary data directory and a free loopback port (:class:`tests.e2e_stack.Stack`) and stopped by PID at
 the end. Screenshots go to ``$RISKDESK_SCREENSHOT_DIR`` (``make screenshots`` sets ``docs/screenshots``),
 else to ``test-artifacts/screenshots`` (git-ignored), so a test run never rewrites the README's images.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dashboard.e2e import (
+from .e2e_stack import (
     CHART_SELECTOR,
     CHROMIUM,
     EXCEPTION_SELECTOR,

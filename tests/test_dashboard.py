@@ -20,12 +20,12 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from dashboard.e2e import toml_dumps
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, Store, heartbeat_key
 
 from .conftest import TEST_CONFIG
+from .e2e_stack import toml_dumps
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 PAGES = ("overview", "trade", "risk", "alerts", "system")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
+from engine.records import Severity
 from logic import views
 
-SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 NEW_RULE = "+ new rule"
 
 st.title("Alerts")
@@ -17,9 +17,14 @@ st.title("Alerts")
 
 def filters(d: views.Desk, pid: str) -> dict:
     c = st.columns([2, 2, 1, 1])
-    severities = c[0].multiselect("Severity", list(SEVERITIES), default=list(SEVERITIES), key="al_sev")
+    severities = c[0].multiselect(
+        "Severity",
+        list(views.SEVERITIES_WORST_FIRST),
+        default=list(views.SEVERITIES_WORST_FIRST),
+        key="al_sev",
+    )
     statuses = c[1].multiselect(
-        "State", views.ALERT_STATUSES, default=["TRIGGERED", "ACKNOWLEDGED"], key="al_status"
+        "State", views.ALERT_STATUSES, default=list(views.ACTIVE_STATUSES), key="al_status"
     )
     scope = c[2].selectbox("Portfolio", [pid, "all"], key="al_scope")
     window = c[3].selectbox("Since", list(views.ALERT_WINDOWS), index=1, key="al_window")
@@ -59,7 +64,7 @@ def feed(d: views.Desk, f: dict) -> None:
 
 
 def act_on_alert(d: views.Desk, f: dict) -> None:
-    active = views.alerts_frame(d, f["portfolio_id"], statuses=["TRIGGERED", "ACKNOWLEDGED"])
+    active = views.alerts_frame(d, f["portfolio_id"], statuses=views.ACTIVE_STATUSES)
     st.subheader("Acknowledge or resolve")
     if active.empty:
         st.caption("No active alert.")
@@ -131,7 +136,7 @@ def rules_editor(d: views.Desk) -> None:
         r2[0].selectbox(
             "Severity",
             choices["severity"],
-            index=_index(choices["severity"], rule.get("severity", "MEDIUM")),
+            index=_index(choices["severity"], rule.get("severity", Severity.MEDIUM)),
             key=k + "severity",
         )
         r2[1].number_input(

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import components as ui
+from engine.records import Severity
 from logic import views
 
 st.title("Overview")
@@ -84,7 +85,7 @@ def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
             fig.add_hline(
                 y=b["level"],
                 line_dash="dash",
-                line_color="red" if b["severity"] == "CRITICAL" else "orange",
+                line_color="red" if b["severity"] == Severity.CRITICAL else "orange",
                 annotation_text=b["label"],
                 annotation_position="bottom left",
             )

@@ -113,13 +113,13 @@ def what_if(d: views.Desk, pid: str) -> None:
     tickers = views.ticket_tickers(d)
     with st.form("what_if_form"):
         basket = st.data_editor(
-            pd.DataFrame({"ticker": [tickers[0]], "side": ["BUY"], "qty": [100]}),
+            pd.DataFrame({"ticker": [tickers[0]], "side": [views.SIDES[0]], "qty": [100]}),
             key="wi_basket",
             num_rows="dynamic",
             hide_index=True,
             column_config={
                 "ticker": st.column_config.SelectboxColumn("ticker", options=tickers, required=True),
-                "side": st.column_config.SelectboxColumn("side", options=["BUY", "SELL"], required=True),
+                "side": st.column_config.SelectboxColumn("side", options=list(views.SIDES), required=True),
                 "qty": st.column_config.NumberColumn("qty", step=1),
             },
         )
@@ -196,10 +196,11 @@ def surface(d: views.Desk, pid: str) -> None:
 def backtest(d: views.Desk, pid: str) -> None:
     if not ui.health_gate(d):
         return
+    choices = views.BACKTEST_CONFIDENCES
     confidence = st.segmented_control(
-        "VaR tested", [0.99, 0.95], default=0.99, key="bt_conf", format_func=lambda c: f"{c:.0%}"
+        "VaR tested", list(choices), default=choices[0], key="bt_conf", format_func=lambda c: f"{c:.0%}"
     )
-    bt = views.backtest_view(d, pid, confidence or 0.99)
+    bt = views.backtest_view(d, pid, confidence or choices[0])
     if bt.observations < 2:
         st.info(
             "Not enough history for a backtest yet: it needs the monitor's snapshots over at least three "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
+from engine.records import TradingState
 from logic import views
 
 st.title("System")
@@ -78,7 +79,9 @@ def kill_switch(d: views.Desk, pid: str) -> None:
     st.subheader(f"Trading state · {pid}")
     ui.live(trading_state, d, pid)
     with st.form("trading_state_form"):
-        st.segmented_control("New state", views.TRADING_STATES, key="ts_new_state", default="HALTED")
+        st.segmented_control(
+            "New state", views.TRADING_STATES, key="ts_new_state", default=TradingState.HALTED
+        )
         st.text_input("Reason (required, audited)", key="ts_reason", max_chars=200)
         st.text_input("Your name", key="ts_actor", value="dashboard", max_chars=64)
         st.form_submit_button("Apply", type="primary", on_click=apply_state, args=(d, pid))

@@ -84,7 +84,7 @@ def ticket_form(d: views.Desk, pid: str) -> None:
     with st.form("ticket_form"):
         c1, c2 = st.columns(2)
         c1.selectbox("Ticker", tickers, key="tk_ticker")
-        c2.segmented_control("Side", ["BUY", "SELL"], key="tk_side", default="BUY")
+        c2.segmented_control("Side", list(views.SIDES), key="tk_side", default=views.SIDES[0])
         c1, c2 = st.columns(2)
         c1.number_input("Quantity (shares)", value=100, step=1, key="tk_qty")
         c2.text_input("Trader", value="trader", key="tk_actor", max_chars=64)

@@ -1,0 +1,316 @@
+"""What every page of the dashboard shares: the :class:`Desk` (Redis client, settings, clock and the services
+it hands out), the :class:`Problem` a page shows instead of a traceback, the :class:`Health` check every page
+starts with, :class:`InputError`, and small readers and formatters several pages use.
+
+Every function takes a :class:`Desk` and raises the typed errors of :mod:`engine.errors` or
+``redis.RedisError``; :func:`problem_from_exception` turns any of them into the plain sentence and fix a page
+shows.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import redis
+
+from engine.errors import (
+    ConfigError,
+    CorruptDataError,
+    RiskdeskError,
+    SchemaMismatchError,
+    StoreEmptyError,
+    StoreUnavailableError,
+)
+from engine.records import Clock
+from engine.redis_server import connect
+from engine.settings import Settings, load_settings
+from engine.store import Store, encode_json
+
+DAEMONS: tuple[tuple[str, str], ...] = (
+    ("stream", "python -m engine.stream"),
+    ("monitor", "python -m logic.monitor"),
+)
+"""The daemons whose heartbeats the dashboard watches, with the command that starts each."""
+
+REDIS_TIMEOUT_SECONDS = 2.0
+"""Socket timeout of the dashboard's Redis client: a page says "unreachable" instead of hanging."""
+
+
+# -- the dashboard's handle on the system --------------------------------------------------------------------
+
+
+class Desk:
+    """The Redis client, the settings and the clock the dashboard reads with, plus per-portfolio services.
+
+    One Desk is shared by every browser session of a dashboard process (the Redis client is a thread-safe
+    connection pool); the services it hands out are created once per portfolio and reused.
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Clock | None = None) -> None:
+        self.client = client
+        self.settings = settings
+        self.clock: Clock = clock or time.time
+        self.store = Store(client)
+        self._services: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Desk:
+        """Settings from ``RISKDESK_CONFIG`` (or ``riskdesk.toml``) with ``REDIS_URL`` and ``RISKDESK__*``
+        overrides, and a client on that Redis. The one place the dashboard reads its environment."""
+        settings = load_settings(env=env)
+        return cls(connect(settings, timeout=REDIS_TIMEOUT_SECONDS), settings)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _service(self, kind: str, portfolio_id: str, factory: Callable[[], Any]) -> Any:
+        key = (kind, portfolio_id)
+        with self._lock:
+            service = self._services.get(key)
+            if service is None:
+                service = factory()
+                self._services[key] = service
+            return service
+
+    def alert_engine(self) -> Any:
+        """The :class:`~logic.alerts.AlertEngine` the dashboard acknowledges, resolves and edits rules with.
+
+        It never sends anything itself: notifications go to the outbox the monitor's engine flushes.
+        """
+        from logic.alerts import build_alert_engine
+
+        return self._service(
+            "alert_engine", "*", lambda: build_alert_engine(self.store, self.settings, self.clock)
+        )
+
+    def risk_manager(self, portfolio_id: str) -> Any:
+        """The portfolio's :class:`~logic.risk_manager.RiskManager` (created on first use)."""
+        from logic.risk_manager import RiskManager
+
+        return self._service(
+            "risk_manager",
+            portfolio_id,
+            lambda: RiskManager(
+                self.client, portfolio_id=portfolio_id, settings=self.settings, clock=self.clock
+            ),
+        )
+
+
+# -- problems a page shows instead of a traceback ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a page cannot show its data, in words, with what to do about it."""
+
+    code: str
+    title: str
+    detail: str
+    fix: str
+
+
+def problem_from_exception(exc: BaseException) -> Problem:
+    """Map an error to the message a page shows (the traceback goes to the log, never to the page)."""
+    if isinstance(exc, StoreUnavailableError) or isinstance(
+        exc, redis.ConnectionError | redis.TimeoutError | ConnectionError | TimeoutError
+    ):
+        detail = _detail(exc).removeprefix("Redis is unreachable: ")
+        return Problem(
+            StoreUnavailableError.code,
+            "Redis is unreachable",
+            f"The dashboard cannot reach the Riskdesk store: {_short(detail)}",
+            StoreUnavailableError.fix,
+        )
+    if isinstance(exc, StoreEmptyError):
+        return Problem(
+            exc.code, "The store is empty", f"The Riskdesk store has no data yet ({_detail(exc)}).", exc.fix
+        )
+    if isinstance(exc, SchemaMismatchError):
+        return Problem(exc.code, "The store has another layout", _detail(exc), exc.fix)
+    if isinstance(exc, CorruptDataError):
+        return Problem(exc.code, "A stored value does not decode", _detail(exc), exc.fix)
+    if isinstance(exc, ConfigError):
+        return Problem(exc.code, "The settings are invalid", _detail(exc), exc.fix)
+    if isinstance(exc, RiskdeskError):
+        return Problem(exc.code, "Riskdesk refused the request", _detail(exc), exc.fix or "see the message")
+    if isinstance(exc, redis.RedisError):
+        return Problem(
+            "STORE_ERROR",
+            "Redis returned an error",
+            _short(exc),
+            "check the Redis server log and `make status`",
+        )
+    return Problem(
+        "UNEXPECTED",
+        "This view failed",
+        f"{type(exc).__name__}: {_short(exc)}",
+        "reload the page; if it persists, see the dashboard log (var/log/dashboard.log)",
+    )
+
+
+def _detail(exc: BaseException) -> str:
+    return str(getattr(exc, "detail", None) or exc)
+
+
+def _short(exc: BaseException | str, limit: int = 300) -> str:
+    text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- health: is there anything to show, and is it fresh ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    name: str
+    state: str
+    """``running``, ``stale`` (heartbeat older than the threshold) or ``missing`` (never seen)."""
+    age_seconds: float | None
+    fields: Mapping[str, str]
+    command: str
+
+    @property
+    def fix(self) -> str:
+        if self.state == "running":
+            return ""
+        verb = "has not written a heartbeat" if self.state == "missing" else "stopped writing heartbeats"
+        return f"the {self.name} daemon {verb}: start it with `make run` (or `{self.command}`)"
+
+
+@dataclass(frozen=True)
+class Health:
+    problem: Problem | None
+    """Set when nothing can be shown: Redis unreachable, store empty or of another layout."""
+    daemons: tuple[DaemonStatus, ...] = ()
+    stale_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per stale or missing daemon (the page still shows what the store holds)."""
+        return [
+            f"{d.name.capitalize()} daemon {'not running' if d.state == 'missing' else 'stale'}"
+            + (f" (last heartbeat {d.age_seconds:.0f} s ago)" if d.age_seconds is not None else "")
+            + f" — fix: {d.fix.split(': ', 1)[1]}"
+            for d in self.daemons
+            if d.state != "running"
+        ]
+
+
+def check_health(desk: Desk) -> Health:
+    """Can the store be read, and are the daemons alive? Never raises."""
+    try:
+        desk.store.ping()
+        desk.store.require_schema()
+        if desk.store.read_market_version() is None:
+            raise StoreEmptyError("no market snapshot in the store")
+        daemons = daemon_statuses(desk)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a message
+        return Health(problem=problem_from_exception(exc))
+    return Health(problem=None, daemons=tuple(daemons), stale_seconds=_stale_after(desk.settings))
+
+
+def _stale_after(settings: Settings) -> float:
+    """A heartbeat older than this is stale: the monitor's stale-snapshot threshold, or 5 bars if longer."""
+    return max(settings.monitor.stale_snapshot_seconds, 5 * settings.model.bar_interval_seconds)
+
+
+def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
+    now = desk.clock()
+    limit = _stale_after(desk.settings)
+    out = []
+    for name, command in DAEMONS:
+        beat = desk.store.read_heartbeat(name)
+        if beat is None:
+            out.append(DaemonStatus(name, "missing", None, {}, command))
+            continue
+        age = _age(now, beat.get("ts"))
+        state = "running" if age is not None and age <= limit else "stale"
+        out.append(DaemonStatus(name, state, age, dict(beat), command))
+    return out
+
+
+def _age(now: float, ts: str | float | None) -> float | None:
+    try:
+        value = float(ts)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, now - value) if math.isfinite(value) else None
+
+
+def portfolio_ids(desk: Desk) -> list[str]:
+    """Portfolios in the store (configured ones first when the store is empty or unreachable)."""
+    try:
+        ids = desk.store.portfolio_ids()
+    except Exception:  # noqa: BLE001 - the selector still shows the configured portfolios
+        ids = []
+    configured = list(desk.settings.portfolio_ids)
+    return [p for p in configured if p in ids or not ids] + [p for p in ids if p not in configured]
+
+
+# -- shared view models, errors and readers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TradingStateView:
+    """A portfolio's trading state with who set it, why and when (Overview badge, System kill switch)."""
+
+    state: str
+    reason: str
+    actor: str
+    ts: float
+    audit: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+class InputError(RiskdeskError):
+    """The user's input cannot be used as it is (the page shows the message next to the form)."""
+
+    code = "INPUT_INVALID"
+    fix = "correct the highlighted field and try again"
+
+
+def records_frame(records: list[dict[str, Any]], time_fields: tuple[str, ...] = ("ts",)) -> pd.DataFrame:
+    """Stream records as a table: time columns as UTC datetimes, nested values as compact JSON text."""
+    if not records:
+        return pd.DataFrame()
+    df = pd.DataFrame.from_records(records)
+    for col in df.columns:
+        if col in time_fields:
+            df[col] = pd.to_datetime(pd.to_numeric(df[col], errors="coerce"), unit="s", utc=True)
+        elif df[col].map(lambda v: isinstance(v, dict | list)).any():
+            df[col] = df[col].map(lambda v: encode_json(v) if isinstance(v, dict | list) else v)
+    first = [c for c in time_fields if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def float_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, not a number, NaN or infinite)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def latest_snapshot(desk: Desk, portfolio_id: str) -> dict[str, Any] | None:
+    """The monitor's latest snapshot of the portfolio (schema in logic/snapshot.py); None before the first."""
+    reader = getattr(desk.store, "read_snapshot", None)
+    if reader is None:  # the monitor is not part of this build yet
+        return None
+    snapshot = reader(portfolio_id)
+    return snapshot if isinstance(snapshot, dict) else None
+
+
+def ticket_tickers(desk: Desk) -> list[str]:
+    """Tickers the ticket offers: the market snapshot's universe, in matrix order."""
+    return list(desk.store.read_market_header().tickers)

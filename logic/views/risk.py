@@ -1,0 +1,240 @@
+"""View models of the Risk page (``dashboard/screens/risk.py``): correlation and exposure with component VaR,
+stress tests, the what-if basket, the VaR surface over two positions and the VaR backtest (the last two
+computed by :mod:`logic.analytics`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.defaults import REPORTED_CONFIDENCES
+from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError
+from logic.valuation import value_portfolio
+from logic.views.common import Desk, InputError, float_or_none
+
+# -- exposure and VaR ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExposureView:
+    correlation: pd.DataFrame
+    """Correlation of the tickers' one-bar returns (ticker x ticker)."""
+    exposures: pd.DataFrame
+    """ticker, market_value, weight, daily_vol, component_var, component_share (held tickers)."""
+    var: float
+    var_limit: float
+    var_confidence: float
+
+    @property
+    def utilization(self) -> float | None:
+        return self.var / self.var_limit if self.var_limit else None
+
+
+def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
+    from engine import math_logic
+
+    rm = desk.risk_manager(portfolio_id)
+    metrics = rm.get_dashboard_metrics()
+    totals = dict(metrics.attrs.get("totals", {}))
+    snap, _prices = rm.get_market_data()
+    if snap is None:
+        raise rm.last_error or StoreEmptyError("no market snapshot in the store")
+    corr = math_logic.correlation_from_covariance(snap.cov, validate=False)
+    exposures = metrics.reindex(
+        columns=[
+            "ticker",
+            "qty",
+            "market_value",
+            "weight",
+            "daily_vol",
+            "marginal_var",
+            "component_var",
+            "component_share",
+        ]
+    )
+    return ExposureView(
+        correlation=pd.DataFrame(corr, index=list(snap.tickers), columns=list(snap.tickers)),
+        exposures=exposures,
+        var=float(totals.get("var") or 0.0),
+        var_limit=float(totals.get("var_limit") or 0.0),
+        var_confidence=float(totals.get("var_confidence") or 0.0),
+    )
+
+
+# -- stress --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StressView:
+    var: float
+    stressed_var: float
+    stressed_var99: float
+    confidence: float
+    equity: float
+    scenarios: pd.DataFrame
+    """name, description, pnl, pnl_pct, equity_after."""
+
+    @property
+    def multiple(self) -> float | None:
+        """Stressed VaR over VaR at the same confidence."""
+        return self.stressed_var / self.var if self.var else None
+
+
+def stress_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]] | None = None) -> StressView:
+    result = desk.risk_manager(portfolio_id).stress_test(trades)
+    scenarios = pd.DataFrame(
+        result["scenarios"], columns=["name", "description", "pnl", "pnl_pct", "equity_after"]
+    )
+    return StressView(
+        var=float(result["var"]),
+        stressed_var=float(result["stressed_var"]),
+        stressed_var99=float(result["stressed_var99"]),
+        confidence=float(result["var_confidence"]),
+        equity=float(result["equity"]),
+        scenarios=scenarios,
+    )
+
+
+# -- what-if basket ------------------------------------------------------------------------------------------
+
+WHAT_IF_COLUMNS = ("ticker", "side", "qty")
+
+
+@dataclass(frozen=True)
+class WhatIfView:
+    status: str
+    decisions: pd.DataFrame
+    """One row per trade: ticker, side, qty, status, delta_var, var_after, reasons."""
+    var_before: float | None
+    var_after: float | None
+    cash_before: float | None
+    cash_after: float | None
+    stress: StressView | None
+    """Stress of the book after the basket's approved trades (None when it cannot be computed)."""
+
+
+def basket_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The what-if editor's rows as trades; empty rows are skipped, the rest goes to the checks as typed."""
+    trades = []
+    for row in rows:
+        ticker, side, qty = row.get("ticker"), row.get("side"), row.get("qty")
+        if _blank(ticker) and _blank(qty):
+            continue
+        number = float_or_none(qty)
+        trades.append(
+            {
+                "ticker": None if _blank(ticker) else str(ticker),
+                "side": None if _blank(side) else str(side),
+                "qty": int(number)
+                if number is not None and number.is_integer()
+                else (number if number is not None else qty),
+            }
+        )
+    return trades
+
+
+def _blank(value: Any) -> bool:
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def what_if_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]]) -> WhatIfView:
+    """Check a basket cumulatively (nothing is written) and stress the book it would leave."""
+    if not trades:
+        raise InputError("add at least one trade to the basket")
+    rm = desk.risk_manager(portfolio_id)
+    result = rm.what_if(trades)
+    rows = []
+    for trade, d in zip(trades, result["decisions"], strict=True):
+        rows.append(
+            {
+                "ticker": trade["ticker"],
+                "side": trade["side"],
+                "qty": trade["qty"],
+                "status": d["status"],
+                "delta_var": d.get("delta_var"),
+                "var_after": d.get("var_after"),
+                "reasons": "; ".join(f"{r['code']}: {r['message']}" for r in d.get("reasons") or []),
+            }
+        )
+    try:
+        stress = stress_view(desk, portfolio_id, trades)
+    except RiskdeskError:
+        stress = None
+    return WhatIfView(
+        status=result["status"],
+        decisions=pd.DataFrame(
+            rows, columns=["ticker", "side", "qty", "status", "delta_var", "var_after", "reasons"]
+        ),
+        var_before=result.get("var_before"),
+        var_after=result.get("var_after"),
+        cash_before=result.get("cash_before"),
+        cash_after=result.get("cash_after"),
+        stress=stress,
+    )
+
+
+# -- VaR surface and backtest --------------------------------------------------------------------------------
+
+SURFACE_STEPS = 21
+
+
+def surface_view(
+    desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS
+) -> Any:
+    """VaR (the limit's confidence and horizon) over a grid of sizes of two positions (logic.analytics)."""
+    from logic import analytics
+
+    rm = desk.risk_manager(portfolio_id)
+    snap, _prices = rm.get_market_data()
+    state = rm.get_portfolio_state()
+    if snap is None or state is None:
+        raise rm.last_error or StoreEmptyError("no market or portfolio in the store")
+    valuation = value_portfolio(state, snap)
+    if valuation.missing:
+        raise CorruptDataError(f"no usable price for {', '.join(valuation.missing)}: cannot draw the surface")
+    index = {t: i for i, t in enumerate(snap.tickers)}
+    for t in (ticker_a, ticker_b):
+        if t not in index:
+            raise InputError(f"{t} is not in the market data")
+    ia, ib = index[ticker_a], index[ticker_b]
+    limits = desk.settings.limits_for(portfolio_id)
+    equity = valuation.equity
+    qty_a = analytics.qty_grid(float(valuation.qty[ia]), float(snap.prices[ia]), equity, steps)
+    qty_b = analytics.qty_grid(float(valuation.qty[ib]), float(snap.prices[ib]), equity, steps)
+    return analytics.var_surface(
+        np.asarray(valuation.market_values, dtype=float),
+        snap.prices,
+        snap.cov,
+        ia,
+        ib,
+        qty_a,
+        qty_b,
+        confidence=limits.var_confidence,
+        horizon_bars=desk.settings.model.bars_per_day * limits.var_horizon_days,
+        tickers=(ticker_a, ticker_b),
+    )
+
+
+BACKTEST_POINTS = 3000
+"""History points the backtest reads (newest first): about 50 minutes at one point a second."""
+BACKTEST_CONFIDENCES: tuple[float, ...] = tuple(sorted(REPORTED_CONFIDENCES, reverse=True))
+"""The VaRs of the monitor's history the backtest can test, highest confidence (the default) first."""
+
+
+def backtest_view(desk: Desk, portfolio_id: str, confidence: float, points: int = BACKTEST_POINTS) -> Any:
+    """Backtest of the monitor's one-day VaR (scaled to one bar) on the portfolio's own recent history."""
+    from logic import analytics
+
+    history = desk.store.read_history(portfolio_id, count=points, newest_first=True)
+    return analytics.var_backtest(
+        history, confidence=confidence, bars_per_day=desk.settings.model.bars_per_day
+    )

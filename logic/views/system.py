@@ -1,0 +1,180 @@
+"""View models of the System page (``dashboard/screens/system.py``): daemon heartbeats, market-data age,
+Redis health, software versions, and the trading-state kill switch with its audit trail."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis
+
+from engine.records import TradingState
+from engine.store import SCHEMA_VERSION, PortfolioKeys
+from logic.views.common import (
+    DaemonStatus,
+    Desk,
+    Health,
+    InputError,
+    TradingStateView,
+    check_health,
+    records_frame,
+)
+
+# -- status --------------------------------------------------------------------------------------------------
+
+HEARTBEAT_COLUMNS = (
+    ("ticks_processed", "ticks processed"),
+    ("bars_processed", "bars processed"),
+    ("bars_rejected", "bars rejected"),
+    ("snapshots", "snapshots"),
+    ("last_latency_ms", "last latency (ms)"),
+    ("version", "market version"),
+    ("pid", "pid"),
+)
+
+
+def heartbeat_frame(statuses: list[DaemonStatus]) -> pd.DataFrame:
+    """One row per daemon: state, heartbeat age and its counters (every field it reports)."""
+    rows = []
+    for d in statuses:
+        row: dict[str, Any] = {"daemon": d.name, "state": d.state, "heartbeat age (s)": d.age_seconds}
+        for key, label in HEARTBEAT_COLUMNS:
+            row[label] = _number_or_text(d.fields.get(key))
+        for key, value in d.fields.items():
+            if key not in dict(HEARTBEAT_COLUMNS) and key != "ts":
+                row[key] = _number_or_text(value)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df.dropna(axis="columns", how="all")  # counters no daemon reports
+
+
+def _number_or_text(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number
+
+
+@dataclass(frozen=True)
+class MarketStatus:
+    version: int
+    ts: float
+    age_seconds: float
+    tickers: int
+    stale_tickers: tuple[str, ...]
+    """Tickers whose last price is older than the stale-price limit."""
+
+
+def market_status(desk: Desk) -> MarketStatus:
+    header = desk.store.read_market_header()
+    now = desk.clock()
+    limit = desk.settings.limits.stale_price_seconds
+    stale = tuple(
+        t
+        for t, ts, p in zip(header.tickers, header.price_ts, header.prices, strict=True)
+        if not (np.isfinite(p) and now - ts <= limit)
+    )
+    return MarketStatus(header.version, header.ts, max(0.0, now - header.ts), len(header.tickers), stale)
+
+
+def redis_health(desk: Desk) -> dict[str, Any]:
+    """Reachability, memory and persistence from ``INFO`` (what an operator checks first)."""
+    info = desk.client.info()
+    keys = sum(v.get("keys", 0) for k, v in info.items() if k.startswith("db") and isinstance(v, dict))
+    aof = bool(info.get("aof_enabled"))
+    return {
+        "reachable": True,
+        "redis version": str(info.get("redis_version", "?")),
+        "uptime (s)": int(info.get("uptime_in_seconds", 0)),
+        "used memory": str(info.get("used_memory_human", "?")),
+        "peak memory": str(info.get("used_memory_peak_human", "?")),
+        "max memory": str(info.get("maxmemory_human", "0B")) if info.get("maxmemory") else "unlimited",
+        "keys": int(keys),
+        "connected clients": int(info.get("connected_clients", 0)),
+        "persistence": "AOF" if aof else ("RDB" if info.get("rdb_last_save_time") else "none"),
+        "AOF last write": str(info.get("aof_last_write_status", "-")) if aof else "-",
+        "AOF rewrite in progress": bool(info.get("aof_rewrite_in_progress", 0)) if aof else False,
+        "RDB last save status": str(info.get("rdb_last_bgsave_status", "-")),
+        "changes since last save": int(info.get("rdb_changes_since_last_save", 0)),
+    }
+
+
+def versions(desk: Desk) -> pd.DataFrame:
+    """Software versions and the store's layout and market versions."""
+    rows: list[tuple[str, str]] = []
+    for dist in ("riskdesk", "streamlit", "numpy", "pandas", "scipy", "plotly", "redis"):
+        try:
+            rows.append((dist, importlib.metadata.version(dist)))
+        except importlib.metadata.PackageNotFoundError:
+            rows.append((dist, "not installed"))
+    rows.append(("python", platform.python_version()))
+    try:
+        found = desk.store.schema_version()
+        rows.append(("store layout", f"{found} (code reads {SCHEMA_VERSION})"))
+        market_version = desk.store.read_market_version()
+        rows.append(("market version (bars)", "-" if market_version is None else str(market_version)))
+    except redis.RedisError:
+        rows.append(("store layout", "unreachable"))
+    return pd.DataFrame(rows, columns=["component", "version"])
+
+
+@dataclass(frozen=True)
+class SystemView:
+    health: Health
+    heartbeats: pd.DataFrame
+    market: MarketStatus | None
+    redis: dict[str, Any]
+    versions: pd.DataFrame
+
+
+def system_view(desk: Desk) -> SystemView:
+    health = check_health(desk)
+    if not health.ok:
+        return SystemView(health, pd.DataFrame(), None, {"reachable": False}, versions(desk))
+    return SystemView(
+        health=health,
+        heartbeats=heartbeat_frame(list(health.daemons)),
+        market=market_status(desk),
+        redis=redis_health(desk),
+        versions=versions(desk),
+    )
+
+
+# -- the kill switch -----------------------------------------------------------------------------------------
+
+
+TRADING_STATES: tuple[TradingState, ...] = tuple(TradingState)
+"""The states the kill switch offers, in the vocabulary's order (ACTIVE, REDUCING, HALTED)."""
+AUDIT_ROWS = 50
+
+
+def key_value_frame(values: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame({"item": list(values), "value": [str(v) for v in values.values()]})
+
+
+def trading_state_view(desk: Desk, portfolio_id: str) -> TradingStateView:
+    """The portfolio's trading state and its audit trail (state changes and automated actions)."""
+    ts = desk.store.read_trading_state(portfolio_id)
+    records = desk.store.read_stream_json(PortfolioKeys(portfolio_id).audit, count=AUDIT_ROWS)
+    return TradingStateView(ts.state, ts.reason, ts.actor, ts.ts, audit=records_frame(records))
+
+
+def change_trading_state(desk: Desk, portfolio_id: str, state: str | None, reason: str, actor: str) -> Any:
+    """Set ACTIVE / REDUCING / HALTED deliberately: a reason and an actor are required (both are audited)."""
+    if state not in TRADING_STATES:
+        raise InputError(f"choose one of {', '.join(TRADING_STATES)}")
+    reason, actor = (reason or "").strip(), (actor or "").strip()
+    if not reason:
+        raise InputError("a reason is required to change the trading state")
+    if not actor:
+        raise InputError("say who is changing the trading state")
+    desk.risk_manager(portfolio_id).set_trading_state(state, reason, actor)
+    return desk.store.read_trading_state(portfolio_id)

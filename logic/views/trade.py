@@ -1,0 +1,192 @@
+"""View models of the Trade page (``dashboard/screens/trade.py``): open positions with P&L and excursions, the
+ticket's pre-trade decision and execution, and the blotter."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from engine.records import Side
+from logic.views.common import Desk, float_or_none, latest_snapshot
+
+# -- positions -----------------------------------------------------------------------------------------------
+
+POSITION_COLUMNS = (
+    "ticker",
+    "qty",
+    "avg_price",
+    "last",
+    "market_value",
+    "weight",
+    "unrealized_pnl",
+    "realized_pnl",
+    "mfe",
+    "mae",
+)
+BLOTTER_ROWS = 50
+SIDES: tuple[str, ...] = tuple(s.value for s in Side)
+"""The sides the ticket and the what-if basket offer (BUY first, the default)."""
+
+
+@dataclass(frozen=True)
+class PositionsView:
+    positions: pd.DataFrame
+    """One row per open position: :data:`POSITION_COLUMNS`."""
+    totals: Mapping[str, Any]
+    """Portfolio totals of :meth:`RiskManager.get_dashboard_metrics` (cash, equity, VaR, ...)."""
+
+
+def positions_view(desk: Desk, portfolio_id: str) -> PositionsView:
+    """Open positions with P&L, and the maximum favourable / adverse excursions the monitor tracks."""
+    metrics = desk.risk_manager(portfolio_id).get_dashboard_metrics()
+    totals = dict(metrics.attrs.get("totals", {}))
+    df = metrics.reindex(columns=[c for c in POSITION_COLUMNS if c not in ("mfe", "mae")]).copy()
+    excursions = _excursions(desk, portfolio_id)
+    df["mfe"] = [excursions.get(t, {}).get("mfe") for t in df["ticker"]]
+    df["mae"] = [excursions.get(t, {}).get("mae") for t in df["ticker"]]
+    return PositionsView(df.reset_index(drop=True), totals)
+
+
+def _excursions(desk: Desk, portfolio_id: str) -> dict[str, dict[str, float | None]]:
+    """Ticker -> {mfe, mae} from the monitor's latest snapshot (empty when the monitor has not run)."""
+    snapshot = latest_snapshot(desk, portfolio_id)
+    if snapshot is None:
+        return {}
+    return {
+        str(p.get("ticker")): {"mfe": float_or_none(p.get("mfe")), "mae": float_or_none(p.get("mae"))}
+        for p in snapshot.get("positions", [])
+        if isinstance(p, dict)
+    }
+
+
+# -- the ticket: check, then execute -------------------------------------------------------------------------
+
+
+def new_client_order_id() -> str:
+    """A fresh idempotency key for one checked ticket (a double click re-sends the same one)."""
+    return f"dash-{uuid.uuid4().hex}"
+
+
+def check_ticket(desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any) -> dict[str, Any]:
+    """The pre-trade decision (never writes; every failed check is a reason)."""
+    return desk.risk_manager(portfolio_id).check_trade_impact(ticker, qty, side)
+
+
+def execute_ticket(
+    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, client_order_id: str, actor: str
+) -> dict[str, Any]:
+    """Execute a checked ticket; the same ``client_order_id`` trades at most once (``duplicate`` says so)."""
+    return desk.risk_manager(portfolio_id).execute_trade(
+        ticker, qty, side, client_order_id=client_order_id, actor=actor or "dashboard"
+    )
+
+
+def reasons_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
+    reasons = decision.get("reasons") or []
+    return pd.DataFrame(
+        [{"code": str(r.get("code", "")), "message": str(r.get("message", ""))} for r in reasons],
+        columns=["code", "message"],
+    )
+
+
+DELTA_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("VaR", "var_before", "var_after"),
+    ("Cash", "cash_before", "cash_after"),
+    ("Position (shares)", "position_before", "position_after"),
+)
+IMPACT_ROWS: tuple[tuple[str, str], ...] = (
+    ("Equity after", "equity_after"),
+    ("Concentration after", "concentration_after"),
+    ("Margin level after (%)", "margin_level_after"),
+    ("Price", "price"),
+    ("Reference price", "reference_price"),
+    ("Notional", "notional"),
+    ("Estimated fees", "est_fees"),
+    ("Liquidity cost (spread + impact)", "liquidity_cost"),
+    ("Marginal VaR (per $ of exposure)", "marginal_var"),
+    ("VaR limit", "var_limit"),
+)
+
+
+def deltas_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
+    """Before / after / change of VaR, cash and the position; rows a rejected order could not compute (bad
+    ticker or quantity) are left out."""
+    rows = []
+    confidence = float_or_none(decision.get("var_confidence"))
+    horizon = float_or_none(decision.get("var_horizon_days"))
+    for label, before_key, after_key in DELTA_ROWS:
+        before, after = float_or_none(decision.get(before_key)), float_or_none(decision.get(after_key))
+        if before is None or after is None:
+            continue
+        change = after - before
+        if label == "VaR":
+            change = float_or_none(decision.get("delta_var")) or change
+            if confidence is not None and horizon is not None:
+                label = f"VaR {confidence:.0%} ({horizon:g} day)"
+        rows.append({"figure": label, "before": before, "after": after, "change": change})
+    return pd.DataFrame(rows, columns=["figure", "before", "after", "change"])
+
+
+def impact_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
+    """The order's price, costs and the book after it; figures that do not apply (margin level of a cash
+    account) or could not be computed are left out."""
+    rows = [
+        {"figure": label, "value": value}
+        for label, key in IMPACT_ROWS
+        if (value := float_or_none(decision.get(key))) is not None
+    ]
+    return pd.DataFrame(rows, columns=["figure", "value"])
+
+
+# -- blotter -------------------------------------------------------------------------------------------------
+
+
+def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> pd.DataFrame:
+    """The trade log, newest first: fills and rejected orders with their reasons."""
+    records = desk.risk_manager(portfolio_id).trade_log(count)
+    rows = []
+    for r in records:
+        fill = r.get("fill") or {}
+        decision = r.get("decision") or {}
+        rows.append(
+            {
+                "time": r.get("ts"),
+                "status": r.get("status"),
+                "side": fill.get("side") or decision.get("side"),
+                "ticker": fill.get("ticker") or decision.get("ticker"),
+                "qty": fill.get("qty") if fill else decision.get("qty"),
+                "price": float_or_none(fill.get("price")) if fill else float_or_none(decision.get("price")),
+                "notional": float_or_none(fill.get("notional")),
+                "fees": float_or_none(fill.get("fees")),
+                "realized_pnl": float_or_none(fill.get("realized_pnl")),
+                "reasons": "; ".join(str(x.get("code")) for x in r.get("reasons") or []),
+                "actor": r.get("actor"),
+                "client_order_id": r.get("client_order_id"),
+                "trade_id": fill.get("trade_id"),
+            }
+        )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "time",
+            "status",
+            "side",
+            "ticker",
+            "qty",
+            "price",
+            "notional",
+            "fees",
+            "realized_pnl",
+            "reasons",
+            "actor",
+            "client_order_id",
+            "trade_id",
+        ],
+    )
+    df["time"] = pd.to_datetime(pd.to_numeric(df["time"], errors="coerce"), unit="s", utc=True)
+    df["ticker"] = df["ticker"].map(lambda v: v if v is None else str(v))
+    return df
