@@ -370,7 +370,7 @@ class Settings:
 # -- validation --------------------------------------------------------------------------------------------------
 
 
-def validate_config(tp: type[T] | Any, data: Any, where: str, context: Mapping[str, Any] | None = None) -> T:
+def validate_config(tp: type[T], data: Any, where: str, context: Mapping[str, Any] | None = None) -> T:
     """Validate plain TOML-shaped ``data`` as ``tp`` (a settings dataclass or any annotated type).
 
     Parameters
@@ -444,6 +444,8 @@ def _describe(tp: Any, error: Mapping[str, Any], where: str) -> str:
         return f"{path}: unknown setting(s) {sorted(error['keys'])}; known: {known}"
     if error["type"] in ("literal_error", "enum"):
         return f"{path}: {error['input']!r} is not one of {error['ctx']['expected'].replace(' or ', ', ')}"
+    if error["type"] in ("tuple_type", "list_type"):
+        return f"{path}: expected an array, got {type(error['input']).__name__}"
     if error["type"] == "dataclass_type":
         return f"{path}: expected a table, got {type(error['input']).__name__}"
     if error["type"] == "missing_keyword_only_argument" or error["type"] == "missing_argument":
