@@ -10,67 +10,160 @@ Environment overrides (applied after the file):
 - ``RISKDESK__SECTION__KEY=value`` sets any scalar, e.g. ``RISKDESK__LIMITS__VAR_LIMIT=75000`` or
   ``RISKDESK__MODEL__EWMA_DECAY=0.97``. The value is parsed as a TOML literal when it is one (numbers,
   booleans, quoted strings, arrays), else taken as a plain string.
+
+Validation
+----------
+Every section is a frozen pydantic dataclass (``extra="forbid"``: an unknown key is an error), so the file, the
+environment and the other config sections (:mod:`notifications.config`, :mod:`logic.escalation`) are checked
+one way: :func:`validate_config` runs the validation and turns every failure into one
+:class:`~engine.errors.ConfigError` naming each bad setting by its path, e.g.
+``portfolios[1].limits.var_limit: Input should be greater than 0``. Numbers are strict (a quoted ``"5"`` is not
+a number) and finite; money is an exact :class:`~decimal.Decimal` (a float literal goes through ``str()``
+first, so ``0.1`` is ``Decimal("0.1")``).
+
+Pydantic *dataclasses* rather than ``BaseModel`` because the rest of the tree treats settings as dataclasses:
+``dataclasses.fields`` / ``asdict`` / ``replace`` and positional construction (``Fees(a, b, c)``) keep working,
+and assigning to a field raises ``FrozenInstanceError`` (an ``AttributeError``). ``dataclasses.replace`` re-runs
+the validation.
+
+Why not pydantic-settings' sources: today's environment semantics are not theirs. Values are TOML literals
+(so ``RISKDESK__MODEL__BARS_PER_DAY=many`` is refused like the same string in the file, while the file stays
+strict), the environment comes from an explicit mapping (tests pass their own), ``REDIS_URL`` maps to
+``redis.url``, a missing file named explicitly is an error, and the global ``[limits]`` are merged into every
+portfolio *after* the overrides. Expressing that with ``EnvSettingsSource`` means overriding its private
+``_load_env_vars`` and value decoding; the 30 lines of :func:`load_settings` below say it directly.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field, fields, is_dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.dataclasses import dataclass
+
+from engine.defaults import (
+    BARS_PER_DAY,
+    EWMA_DECAY,
+    LIQUIDITY_IMPACT_COEF,
+    STRESS_CORRELATION_FLOOR,
+    STRESS_VOL_MULTIPLIER,
+    TRADING_DAYS_PER_YEAR,
+    VAR_CONFIDENCE,
+)
 from engine.errors import ConfigError
+from engine.records import AccountType, Severity
 
 ENV_PREFIX = "RISKDESK__"
 CONFIG_ENV = "RISKDESK_CONFIG"
 DEFAULT_CONFIG_FILE = "riskdesk.toml"
 
-AccountType = Literal["cash", "margin"]
-Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
 Operator = Literal["<", "<=", ">", ">=", "=="]
+"""Comparison of an alert rule (``metric op threshold``)."""
 StalePolicy = Literal["keep", "fire"]
-TradingStateName = Literal["ACTIVE", "REDUCING", "HALTED"]
+"""What an alert rule does when its metric is stale: hold its state, or fire."""
+
+CONFIG = ConfigDict(extra="forbid")
+"""Every settings section: an unknown key is an error, not silently ignored."""
+
+T = TypeVar("T")
+
+# -- value types -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+def _money(value: Any) -> Any:
+    # str() first: Decimal(0.1) would carry the binary float's error into money
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        result = Decimal(value) if isinstance(value, Decimal) else Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not result.is_finite():
+        raise ValueError(f"must be finite, got {value!r}")
+    return result
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def at_least(minimum: int) -> BeforeValidator:
+    """A strict integer >= ``minimum``: ``Annotated[int, at_least(1)]``."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _read_only(value: Mapping[str, T]) -> Mapping[str, T]:
+    return types.MappingProxyType(dict(value))
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
+"""Exact money: a number or a numeric string, finite; never a bool."""
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+"""A finite number (an integer is accepted); a string or a bool is not."""
+Integer = Annotated[int, Strict()]
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+"""A duration: a finite number >= 0."""
+Text = Annotated[str, Strict()]
+Flag = Annotated[bool, Strict()]
+Table = Annotated[Mapping[str, T], AfterValidator(_read_only)]
+"""A read-only table (``types.MappingProxyType``): a frozen settings object has no mutable parts."""
+
+
+# -- sections ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, config=CONFIG)
 class Asset:
     """One tradable instrument of the universe."""
 
-    price: float
+    price: Annotated[Number, Field(gt=0)]
     """Initial price used by the warm-up (and by the simulated feed as its starting point)."""
-    annual_vol: float
+    annual_vol: Annotated[Number, Field(gt=0)]
     """Annualised volatility used to seed the covariance and drive the simulated feed."""
-    avg_daily_volume: float = 5_000_000.0
+    avg_daily_volume: Annotated[Number, Field(gt=0)] = 5_000_000.0
     """Average daily traded shares, for the square-root market-impact estimate."""
-    spread_bps: float = 2.0
+    spread_bps: Annotated[Number, Field(ge=0)] = 2.0
     """Quoted bid/ask spread in basis points of the price, for the half-spread cost."""
 
-    def __post_init__(self) -> None:
-        _require(math.isfinite(self.price) and self.price > 0, f"asset price must be > 0, got {self.price}")
-        _require(
-            math.isfinite(self.annual_vol) and self.annual_vol > 0,
-            f"asset annual_vol must be > 0, got {self.annual_vol}",
-        )
-        _require(self.avg_daily_volume > 0, "asset avg_daily_volume must be > 0")
-        _require(self.spread_bps >= 0, "asset spread_bps must be >= 0")
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Universe:
-    assets: Mapping[str, Asset] = field(default_factory=dict)
+    assets: Table[Asset] = field(default_factory=dict)
     """Ticker -> asset; the order here is the order of the covariance matrix at warm-up."""
-    correlation: float = 0.3
+    correlation: Annotated[Number, Field(gt=-1, lt=1)] = 0.3
     """Target pairwise correlation used to seed the covariance and the simulated feed."""
 
     def __post_init__(self) -> None:
-        _require(-1.0 < self.correlation < 1.0, "universe.correlation must be in (-1, 1)")
         for ticker in self.assets:
             _require(_valid_ticker(ticker), f"invalid ticker symbol {ticker!r}")
 
@@ -79,171 +172,172 @@ class Universe:
         return tuple(self.assets)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Limits:
     """Pre-trade limits. Each portfolio may override any of them in its own ``limits`` table."""
 
-    var_limit: Decimal = Decimal("50000")
+    var_limit: Annotated[Money, Field(gt=0)] = Decimal("50000")
     """Maximum post-trade 1-day VaR in dollars at ``var_confidence``."""
-    var_confidence: float = 0.95
-    var_horizon_days: float = 1.0
-    max_concentration: float = 0.30
+    var_confidence: Annotated[Number, Field(gt=0, lt=1)] = VAR_CONFIDENCE
+    var_horizon_days: Annotated[Number, Field(gt=0)] = 1.0
+    max_concentration: Annotated[Number, Field(gt=0, le=1)] = 0.30
     """Maximum single-position market value as a fraction of equity."""
-    max_order_notional: Decimal = Decimal("1000000")
-    max_order_qty: int = 1_000_000
+    max_order_notional: Annotated[Money, Field(gt=0)] = Decimal("1000000")
+    max_order_qty: Annotated[Integer, Field(gt=0)] = 1_000_000
     """Any order above this many shares is treated as a fat-finger and refused."""
-    price_collar_pct: float = 0.10
+    price_collar_pct: Annotated[Number, Field(gt=0)] = 0.10
     """Refuse when the last price is further than this from the reference price (session open)."""
-    stale_price_seconds: float = 30.0
+    stale_price_seconds: Annotated[Number, Field(gt=0)] = 30.0
     """A price older than this is stale: no trade is approved on it."""
-    max_orders_per_minute: int = 600
-
-    def __post_init__(self) -> None:
-        _require(self.var_limit > 0, "limits.var_limit must be > 0")
-        _require(0.0 < self.var_confidence < 1.0, "limits.var_confidence must be in (0, 1)")
-        _require(self.var_horizon_days > 0, "limits.var_horizon_days must be > 0")
-        _require(0.0 < self.max_concentration <= 1.0, "limits.max_concentration must be in (0, 1]")
-        _require(self.max_order_notional > 0, "limits.max_order_notional must be > 0")
-        _require(self.max_order_qty > 0, "limits.max_order_qty must be > 0")
-        _require(self.price_collar_pct > 0, "limits.price_collar_pct must be > 0")
-        _require(self.stale_price_seconds > 0, "limits.stale_price_seconds must be > 0")
-        _require(self.max_orders_per_minute > 0, "limits.max_orders_per_minute must be > 0")
+    max_orders_per_minute: Annotated[Integer, Field(gt=0)] = 600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Fees:
     """Commission charged on every fill: max(minimum, per_share * qty + bps * notional / 10_000)."""
 
-    per_share: Decimal = Decimal("0.005")
-    bps: Decimal = Decimal("0")
-    minimum: Decimal = Decimal("1.00")
-
-    def __post_init__(self) -> None:
-        _require(self.per_share >= 0 and self.bps >= 0 and self.minimum >= 0, "fees must be >= 0")
+    per_share: Annotated[Money, Field(ge=0)] = Decimal("0.005")
+    bps: Annotated[Money, Field(ge=0)] = Decimal("0")
+    minimum: Annotated[Money, Field(ge=0)] = Decimal("1.00")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class PortfolioConfig:
-    id: str
-    cash: Decimal
-    holdings: Mapping[str, int] = field(default_factory=dict)
-    account_type: AccountType = "cash"
-    initial_margin: float = 0.5
+    id: Text
+    cash: Annotated[Money, Field(ge=0)]
+    holdings: Table[Integer] = field(default_factory=dict)
+    account_type: AccountType = AccountType.CASH
+    initial_margin: Number = 0.5
     """Margin accounts: fraction of gross exposure that must be posted (Reg T style 50%)."""
-    maintenance_margin: float = 0.25
+    maintenance_margin: Number = 0.25
     limits: Limits = field(default_factory=Limits)
     """Filled from the global ``[limits]`` table, overridden by this portfolio's ``limits`` table."""
 
     def __post_init__(self) -> None:
         _require(_valid_ticker(self.id), f"invalid portfolio id {self.id!r}")
-        _require(self.cash >= 0, f"portfolio {self.id}: cash must be >= 0")
         _require(0 < self.maintenance_margin <= self.initial_margin <= 1, f"portfolio {self.id}: margins")
         for ticker, qty in self.holdings.items():
-            _require(isinstance(qty, int) and not isinstance(qty, bool), f"{self.id}: {ticker} qty must be int")
-            _require(self.account_type == "margin" or qty >= 0, f"{self.id}: short {ticker} in a cash account")
+            _require(
+                self.account_type == AccountType.MARGIN or qty >= 0, f"{self.id}: short {ticker} in a cash account"
+            )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Model:
-    ewma_decay: float = 0.94
+    ewma_decay: Annotated[Number, Field(gt=0, lt=1)] = EWMA_DECAY
     """RiskMetrics λ of the EWMA covariance of one-bar log returns."""
-    bar_interval_seconds: float = 2.0
+    bar_interval_seconds: Annotated[Number, Field(ge=0)] = 2.0
     """Wall-clock seconds one one-minute model bar takes in the daemon (``--interval``)."""
-    bars_per_day: int = 390
+    bars_per_day: Annotated[Integer, Field(gt=0)] = BARS_PER_DAY
     """Trading minutes per day: daily figures scale one-bar volatility by sqrt(bars_per_day)."""
-    trading_days_per_year: int = 252
-    stress_vol_multiplier: float = 2.0
-    stress_correlation_floor: float = 0.6
-    liquidity_impact_coef: float = 0.1
-
-    def __post_init__(self) -> None:
-        _require(0.0 < self.ewma_decay < 1.0, "model.ewma_decay must be strictly between 0 and 1")
-        _require(self.bar_interval_seconds >= 0, "model.bar_interval_seconds must be >= 0")
-        _require(self.bars_per_day > 0 and self.trading_days_per_year > 0, "model bars/days must be > 0")
-        _require(self.stress_vol_multiplier >= 1.0, "model.stress_vol_multiplier must be >= 1")
-        _require(-1.0 < self.stress_correlation_floor < 1.0, "model.stress_correlation_floor in (-1, 1)")
+    trading_days_per_year: Annotated[Integer, Field(gt=0)] = TRADING_DAYS_PER_YEAR
+    stress_vol_multiplier: Annotated[Number, Field(ge=1)] = STRESS_VOL_MULTIPLIER
+    stress_correlation_floor: Annotated[Number, Field(gt=-1, lt=1)] = STRESS_CORRELATION_FLOOR
+    liquidity_impact_coef: Number = LIQUIDITY_IMPACT_COEF
 
     @property
     def bars_per_year(self) -> int:
         return self.bars_per_day * self.trading_days_per_year
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class StressScenario:
     """A named shock: ticker -> simple return; ``"*"`` applies to every ticker not named."""
 
-    description: str
-    shocks: Mapping[str, float]
+    description: Text
+    shocks: Table[Number]
 
 
-@dataclass(frozen=True)
+ALL_PORTFOLIOS = "*"
+"""An alert rule's ``portfolios`` entry meaning every portfolio."""
+
+
+@dataclass(frozen=True, config=CONFIG)
 class AlertRule:
-    """A threshold rule evaluated on every portfolio snapshot (see logic/alerts.py)."""
+    """A threshold rule evaluated on every portfolio snapshot (see logic/alerts.py).
 
-    id: str
-    metric: str
+    The checks that need nothing outside the settings are made here (operator, severity, finite threshold,
+    durations, stale policy, portfolio ids, description length, id syntax); the metric path and the action
+    texts are checked against the snapshot and the automated responses by ``logic.alerts.validate_rule``.
+    """
+
+    id: Text
+    metric: Text
     """Dotted path into the snapshot, e.g. ``var.var95`` or ``concentration.largest_share``."""
     op: Operator
-    threshold: float
+    threshold: Number
     severity: Severity
-    description: str = ""
-    pending_seconds: float = 0.0
-    clear_seconds: float = 0.0
-    stale_after_seconds: float = 60.0
+    description: Text = ""
+    pending_seconds: Seconds = 0.0
+    clear_seconds: Seconds = 0.0
+    stale_after_seconds: Annotated[Seconds, Field(gt=0)] = 60.0
     stale_policy: StalePolicy = "keep"
-    portfolios: tuple[str, ...] = ("*",)
-    actions: tuple[str, ...] = ()
+    portfolios: tuple[Text, ...] = (ALL_PORTFOLIOS,)
+    actions: tuple[Text, ...] = ()
     """Automated responses, e.g. ``"set_state:HALTED"``, ``"set_state:REDUCING"``, ``"reduce:0.25"``."""
 
+    def __post_init__(self) -> None:
+        _require(valid_symbol(self.id), f"rule id {self.id!r}: use 1-32 letters, digits, '.', '_' or '-'")
+        _require(len(self.description) <= 500, "description must be text of at most 500 characters")
+        _require(bool(self.portfolios), 'portfolios must be a non-empty list of portfolio ids, or ["*"] for all')
+        for pid in self.portfolios:
+            _require(pid == ALL_PORTFOLIOS or valid_symbol(pid), f"portfolios: {pid!r} is not a portfolio id")
+        _require(
+            ALL_PORTFOLIOS not in self.portfolios or len(self.portfolios) == 1,
+            'portfolios: "*" (all) cannot be combined with named portfolios',
+        )
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=CONFIG)
 class MonitorConfig:
-    timezone: str = "America/New_York"
+    timezone: Text = "America/New_York"
     """Time zone in which the daily and weekly drawdown windows reset."""
-    day_reset_hour: int = 0
+    day_reset_hour: Integer = 0
     """Local hour at which a new day (and on Mondays a new week) starts for drawdown."""
-    history_retention_days: float = 7.0
-    history_max_points: int = 700_000
+    history_retention_days: Number = 7.0
+    history_max_points: Integer = 700_000
     """Safety cap on history length per portfolio (7 days at 1 point/s is ~605k)."""
-    stale_snapshot_seconds: float = 30.0
+    stale_snapshot_seconds: Number = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class StreamConfig:
-    tick_stream_maxlen: int = 10_000
+    tick_stream_maxlen: Integer = 10_000
     """Approximate bound of the tick event stream (XADD MAXLEN ~)."""
-    seed: int | None = None
+    seed: Integer | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class RedisConfig:
-    url: str | None = None
+    url: Text | None = None
     """Use this server; when unset an embedded redis-server is started under ``data_dir``."""
-    data_dir: str = "var"
+    data_dir: Text = "var"
     appendfsync: Literal["everysec", "always", "no"] = "everysec"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class DashboardConfig:
-    port: int = 8501
-    refresh_seconds: float = 2.0
+    port: Integer = 8501
+    refresh_seconds: Number = 2.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Settings:
     universe: Universe = field(default_factory=Universe)
     portfolios: tuple[PortfolioConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
     fees: Fees = field(default_factory=Fees)
     model: Model = field(default_factory=Model)
-    stress_scenarios: Mapping[str, StressScenario] = field(default_factory=dict)
+    stress_scenarios: Table[StressScenario] = field(default_factory=dict)
     alert_rules: tuple[AlertRule, ...] = ()
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Sections owned by later components (notifications, escalation) kept verbatim for their own parsers."""
+    extra: Table[Any] = field(default_factory=dict)
+    """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
+    validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):
+    the engine does not import the layers above it."""
 
     def __post_init__(self) -> None:
         ids = [p.id for p in self.portfolios]
@@ -273,8 +367,120 @@ class Settings:
         return tuple(p.id for p in self.portfolios)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Loading
+# -- validation --------------------------------------------------------------------------------------------------
+
+
+def validate_config(tp: type[T], data: Any, where: str, context: Mapping[str, Any] | None = None) -> T:
+    """Validate plain TOML-shaped ``data`` as ``tp`` (a settings dataclass or any annotated type).
+
+    Parameters
+    ----------
+    tp:
+        The type to build.
+    data:
+        Plain data as TOML reads it.
+    where:
+        The path of ``data`` in the settings, the prefix of every message (``"settings"``, ``"notifications"``).
+    context:
+        Passed to the validators (``logic.escalation`` passes the recipients notifications knows).
+
+    Raises
+    ------
+    ConfigError
+        One message listing every invalid setting by its path, e.g.
+        ``portfolios[1].limits.var_limit: limits.var_limit must be > 0``.
+    """
+    try:
+        return typing.cast(T, _adapter(tp).validate_python(data, context=dict(context or {})))
+    except ValidationError as exc:
+        raise config_error(tp, exc.errors(include_url=False), where) from None
+
+
+def config_error(tp: Any, errors: list[Any], where: str) -> ConfigError:
+    """One :class:`ConfigError` naming every error of pydantic's ``errors()`` list by its path."""
+    return ConfigError("; ".join(_describe(tp, error, where) for error in _merge_unknown(errors)))
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    # building an adapter compiles the validator: once per type, not once per call
+    try:
+        return _ADAPTERS[tp]
+    except (KeyError, TypeError):
+        adapter: TypeAdapter[Any] = TypeAdapter(tp)
+        try:
+            _ADAPTERS[tp] = adapter
+        except TypeError:  # pragma: no cover - an unhashable annotation
+            pass
+        return adapter
+
+
+_UNKNOWN = frozenset({"unexpected_keyword_argument", "extra_forbidden"})
+
+
+def _merge_unknown(errors: list[Any]) -> list[dict[str, Any]]:
+    """The errors, with the unknown keys of one table folded into one error located at the table."""
+    out: list[dict[str, Any]] = []
+    unknown: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for error in errors:
+        if error["type"] in _UNKNOWN:
+            table = tuple(error["loc"][:-1])
+            if table not in unknown:
+                unknown[table] = {"type": "unknown", "loc": table, "keys": []}
+                out.append(unknown[table])
+            unknown[table]["keys"].append(str(error["loc"][-1]))
+        else:
+            out.append(dict(error))
+    return out
+
+
+def _describe(tp: Any, error: Mapping[str, Any], where: str) -> str:
+    loc = tuple(error["loc"])
+    path = where + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    if error["type"] == "unknown":
+        known = sorted(_field_names(tp, loc))
+        return f"{path}: unknown setting(s) {sorted(error['keys'])}; known: {known}"
+    if error["type"] in ("literal_error", "enum"):
+        return f"{path}: {error['input']!r} is not one of {error['ctx']['expected'].replace(' or ', ', ')}"
+    if error["type"] in ("tuple_type", "list_type"):
+        return f"{path}: expected an array, got {type(error['input']).__name__}"
+    if error["type"] == "dataclass_type":
+        return f"{path}: expected a table, got {type(error['input']).__name__}"
+    if error["type"] == "missing_keyword_only_argument" or error["type"] == "missing_argument":
+        return f"{path}: required"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{path}: {message}"
+
+
+def _field_names(tp: Any, loc: tuple[Any, ...]) -> set[str]:
+    """The field names of the dataclass found at ``loc`` below ``tp`` (for an "unknown setting" message)."""
+    tp = _unwrap(tp)
+    for part in loc:
+        if is_dataclass(tp) and isinstance(tp, type):
+            tp = _unwrap(typing.get_type_hints(tp, include_extras=True).get(str(part), Any))
+        elif typing.get_origin(tp) in (tuple, Mapping, dict):
+            tp = _unwrap(typing.get_args(tp)[-1 if typing.get_origin(tp) is not tuple else 0])
+        else:
+            return set()
+    return {f.name for f in fields(tp)} if is_dataclass(tp) and isinstance(tp, type) else set()
+
+
+def _unwrap(tp: Any) -> Any:
+    """``Annotated[X, ...]`` -> X, ``X | None`` -> X."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = non_none[0] if len(non_none) == 1 else Any
+        else:
+            return tp
+
+
+# -- loading -----------------------------------------------------------------------------------------------------
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -300,24 +506,37 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
 
 
 def settings_from_dict(data: Mapping[str, Any]) -> Settings:
-    """Build and validate :class:`Settings` from a plain dict shaped like ``riskdesk.toml``."""
+    """Build and validate :class:`Settings` from a plain dict shaped like ``riskdesk.toml``.
+
+    Each portfolio's ``limits`` start from the global ``[limits]`` table; top-level tables that are not settings
+    fields go to :attr:`Settings.extra` unchanged.
+    """
     data = dict(data)
-    global_limits = dict(data.get("limits", {}))
-    portfolios = []
-    for raw in data.get("portfolios", []):
-        raw = dict(raw)
-        raw["limits"] = {**global_limits, **raw.get("limits", {})}
-        portfolios.append(raw)
-    data["portfolios"] = portfolios
-    known = {f.name for f in dataclasses.fields(Settings)}
+    global_limits = data.get("limits", {})
+    portfolios = data.get("portfolios", [])
+    if isinstance(global_limits, Mapping) and isinstance(portfolios, list):
+        data["portfolios"] = [
+            {**raw, "limits": {**global_limits, **raw.get("limits", {})}}
+            if isinstance(raw, Mapping) and isinstance(raw.get("limits", {}), Mapping)
+            else raw
+            for raw in portfolios
+        ]
+    known = {f.name for f in fields(Settings)}
     data["extra"] = {k: v for k, v in data.items() if k not in known}
     data = {k: v for k, v in data.items() if k in known}
     try:
-        return _build(Settings, data, "settings")
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+        return typing.cast(Settings, _adapter(Settings).validate_python(data))
+    except ValidationError as exc:
+        errors = [e for e in exc.errors(include_url=False) if not _inherited(e["loc"], portfolios)]
+        raise config_error(Settings, errors, "settings") from None
+
+
+def _inherited(loc: tuple[Any, ...], portfolios: Any) -> bool:
+    """An error in a portfolio's limits about a key it took from ``[limits]``: reported there, not again here."""
+    if len(loc) < 4 or loc[0] != "portfolios" or loc[2] != "limits" or not isinstance(portfolios, list):
+        return False
+    own = portfolios[loc[1]].get("limits", {}) if isinstance(portfolios[loc[1]], Mapping) else {}
+    return isinstance(own, Mapping) and loc[3] not in own
 
 
 def _resolve_config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
@@ -357,85 +576,10 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-T = TypeVar("T")
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    """Convert plain TOML data to the annotated type ``tp``, refusing unknown keys and wrong types."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = set(value) - names
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
-        kwargs = {k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()}
-        try:
-            return tp(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc.detail}") from exc
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _build(non_none[0], value, where)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
-        return value
-    if origin is tuple:
-        (item_tp, *_rest) = typing.get_args(tp)
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected an array")
-        return tuple(_build(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict) or tp is Mapping:
-        _key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table")
-        return types.MappingProxyType({str(k): _build(val_tp, v, f"{where}.{k}") for k, v in value.items()})
-    if tp is Any:
-        return value
-    if tp is Decimal:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{where}: expected a number")
-        try:
-            # str() first: Decimal(0.1) would carry the binary float's error into money
-            result = Decimal(str(value))
-        except InvalidOperation as exc:
-            raise ConfigError(f"{where}: {value!r} is not a number") from exc
-        if not result.is_finite():
-            raise ConfigError(f"{where}: must be finite")
-        return result
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: must be finite")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string")
-        return value
-    raise ConfigError(f"{where}: unsupported setting type {tp!r}")  # pragma: no cover - a bug in this module
-
-
 def _require(condition: bool, message: str) -> None:
+    """Inside a validator: a ``ValueError`` that :func:`validate_config` reports with the setting's path."""
     if not condition:
-        raise ConfigError(message)
+        raise ValueError(message)
 
 
 def _valid_ticker(symbol: str) -> bool:

@@ -32,41 +32,104 @@ first message is the *acknowledged-reminder*.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from engine.errors import ConfigError
-from notifications.config import CHANNELS
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
 
-SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+from engine.records import Channel, Severity
+from engine.settings import CONFIG, Seconds, Text, validate_config
+
+SEVERITIES: tuple[str, ...] = tuple(Severity)
+"""Severities a policy may be given for (:class:`engine.records.Severity`), lowest first."""
 
 
-@dataclass(frozen=True)
+def _unique(names: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def _non_empty_array(what: str) -> BeforeValidator:
+    # before the items are validated: an empty array is one error, not one more beside the items' errors
+    def check(value: Any) -> Any:
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError(f"expected a non-empty array of {what}")
+        return value
+
+    return BeforeValidator(check)
+
+
+@dataclass(frozen=True, config=CONFIG)
 class EscalationLevel:
-    delay_seconds: float
-    recipients: tuple[str, ...]
-    channels: tuple[str, ...]
+    """One level of a policy: after ``delay_seconds`` (from the trigger) tell ``recipients`` by ``channels``."""
+
+    delay_seconds: Seconds = 0.0
+    recipients: Annotated[tuple[Annotated[Text, Field(min_length=1)], ...], AfterValidator(_unique)] = ()
+    channels: Annotated[tuple[Channel, ...], _non_empty_array("channels"), AfterValidator(_unique)] = (Channel.LOG,)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_are_known(cls, names: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        known = (info.context or {}).get("recipients")
+        missing = [n for n in names if known is not None and n not in known]
+        if missing:
+            raise ValueError(f"{missing} not defined in [notifications.recipients] (defined: {sorted(known or ())})")
+        return names
+
+    def __post_init__(self) -> None:
+        if not self.recipients and any(c != Channel.LOG for c in self.channels):
+            raise ValueError(f"channels {[str(c) for c in self.channels]} need recipients")
 
 
-@dataclass(frozen=True)
+def _delays_do_not_decrease(levels: tuple[EscalationLevel, ...]) -> tuple[EscalationLevel, ...]:
+    for i in range(1, len(levels)):
+        previous, delay = levels[i - 1].delay_seconds, levels[i].delay_seconds
+        if delay < previous:
+            raise ValueError(
+                f"[{i}].delay_seconds ({delay}) is shorter than the previous level's ({previous}): "
+                "delays count from the trigger and must not decrease"
+            )
+    return levels
+
+
+Levels = Annotated[tuple[EscalationLevel, ...], _non_empty_array("levels"), AfterValidator(_delays_do_not_decrease)]
+"""A policy as written: a non-empty array of ``[[escalation.<SEVERITY>]]`` tables, delays not decreasing."""
+
+
+@dataclass(frozen=True, config=CONFIG)
 class EscalationPolicy:
-    levels: tuple[EscalationLevel, ...]
+    levels: Levels
 
     def delay(self, level: int) -> float:
         return self.levels[level].delay_seconds
 
 
-DEFAULT_POLICY = EscalationPolicy((EscalationLevel(0.0, (), ("log",)),))
+DEFAULT_POLICY = EscalationPolicy((EscalationLevel(0.0, (), (Channel.LOG,)),))
 """Without any configuration every alert is written to the log at once, and nothing else."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
+class EscalationTable:
+    """The ``[escalation]`` table as written: the acknowledge timeout and a policy per severity (or default).
+
+    The field names are the :class:`~engine.records.Severity` values, so the table's keys are the severities.
+    """
+
+    ack_timeout_seconds: Seconds = 0.0
+    """0 = an acknowledged alert never re-escalates."""
+    default: Levels | None = None
+    LOW: Levels | None = None
+    MEDIUM: Levels | None = None
+    HIGH: Levels | None = None
+    CRITICAL: Levels | None = None
+
+
+@dataclass(frozen=True, config=CONFIG)
 class EscalationConfig:
     policies: Mapping[str, EscalationPolicy]
+    """Severity -> its policy (keys are :class:`~engine.records.Severity` members)."""
     default: EscalationPolicy = DEFAULT_POLICY
-    ack_timeout_seconds: float = 0.0
+    ack_timeout_seconds: Seconds = 0.0
     """0 = an acknowledged alert never re-escalates."""
 
     def policy(self, severity: str) -> EscalationPolicy:
@@ -79,79 +142,20 @@ def escalation_config(extra: Mapping[str, Any], recipients: Collection[str]) -> 
     Raises
     ------
     ConfigError
-        Unknown key or channel, unknown recipient, decreasing or negative delays, an empty policy.
+        Unknown key or channel, unknown recipient, decreasing or negative delays, an empty policy, each named
+        by its path (``escalation.HIGH[0].recipients: ['nobody'] not defined in [notifications.recipients]``).
     """
-    raw = extra.get("escalation", {}) or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("escalation: expected a table")
-    known = {"ack_timeout_seconds", "default", *SEVERITIES}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"escalation: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    ack_timeout = raw.get("ack_timeout_seconds", 0.0)
-    if (
-        isinstance(ack_timeout, bool)
-        or not isinstance(ack_timeout, int | float)
-        or not math.isfinite(ack_timeout)
-        or ack_timeout < 0
-    ):
-        raise ConfigError(f"escalation.ack_timeout_seconds must be a number >= 0, got {ack_timeout!r}")
-    policies = {s: _policy(raw[s], f"escalation.{s}", recipients) for s in SEVERITIES if s in raw}
-    default = (
-        _policy(raw["default"], "escalation.default", recipients) if "default" in raw else DEFAULT_POLICY
+    table = validate_config(
+        EscalationTable,
+        extra.get("escalation", {}) or {},
+        "escalation",
+        context={"recipients": frozenset(recipients)},
     )
-    return EscalationConfig(policies=policies, default=default, ack_timeout_seconds=float(ack_timeout))
-
-
-def _policy(raw: Any, where: str, recipients: Collection[str]) -> EscalationPolicy:
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{where}: expected a non-empty array of levels ([[{where}]] tables)")
-    levels = []
-    previous = 0.0
-    for i, level in enumerate(raw):
-        lw = f"{where}[{i}]"
-        if not isinstance(level, Mapping):
-            raise ConfigError(f"{lw}: expected a table")
-        unknown = set(level) - {"delay_seconds", "recipients", "channels"}
-        if unknown:
-            raise ConfigError(
-                f"{lw}: unknown setting(s) {sorted(unknown)}; known: delay_seconds, recipients, channels"
-            )
-        delay = level.get("delay_seconds", 0.0)
-        if (
-            isinstance(delay, bool)
-            or not isinstance(delay, int | float)
-            or not math.isfinite(delay)
-            or delay < 0
-        ):
-            raise ConfigError(f"{lw}.delay_seconds must be a number >= 0, got {delay!r}")
-        if delay < previous:
-            raise ConfigError(
-                f"{lw}.delay_seconds ({delay}) is shorter than the previous level's ({previous}): "
-                "delays count from the trigger and must not decrease"
-            )
-        previous = float(delay)
-        names = _names(level.get("recipients", []), f"{lw}.recipients")
-        missing = [n for n in names if n not in recipients]
-        if missing:
-            raise ConfigError(
-                f"{lw}.recipients: {missing} not defined in [notifications.recipients] "
-                f"(defined: {sorted(recipients)})"
-            )
-        channels = _names(level.get("channels", ["log"]), f"{lw}.channels")
-        bad = [c for c in channels if c not in CHANNELS]
-        if bad or not channels:
-            raise ConfigError(f"{lw}.channels: {bad or 'empty'}; expected some of {list(CHANNELS)}")
-        if not names and any(c != "log" for c in channels):
-            raise ConfigError(f"{lw}: channels {channels} need recipients")
-        levels.append(EscalationLevel(float(delay), tuple(names), tuple(channels)))
-    return EscalationPolicy(tuple(levels))
-
-
-def _names(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: expected an array of names")
-    return list(dict.fromkeys(value))
+    policies: dict[str, EscalationPolicy] = {
+        s: EscalationPolicy(levels) for s in Severity if (levels := getattr(table, s.value)) is not None
+    }
+    default = EscalationPolicy(table.default) if table.default is not None else DEFAULT_POLICY
+    return EscalationConfig(policies=policies, default=default, ack_timeout_seconds=table.ack_timeout_seconds)
 
 
 # -- state of one alert --------------------------------------------------------------------------------------
@@ -216,11 +220,7 @@ def event_kind(alert: Mapping[str, Any], level: int) -> str:
     """Template of a level's message: first level ``triggered`` (``acknowledged_reminder`` after an
     acknowledge timeout), later levels ``escalated``."""
     if level == 0:
-        return (
-            "triggered"
-            if int((alert.get("escalation") or {}).get("cycle", 0)) == 0
-            else "acknowledged_reminder"
-        )
+        return "triggered" if int((alert.get("escalation") or {}).get("cycle", 0)) == 0 else "acknowledged_reminder"
     return "escalated"
 
 

@@ -34,106 +34,149 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic.dataclasses import dataclass
 
 from engine.errors import ConfigError
+from engine.records import Channel
+from engine.settings import CONFIG, Flag, Seconds, Table, at_least, validate_config
 
-CHANNELS = ("log", "email", "sms", "webhook")
-"""Every channel name a policy or recipient may use."""
+CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)
+"""Every channel name a policy or recipient may use (:class:`engine.records.Channel`, as plain strings)."""
 
-ADDRESSED_CHANNELS = ("email", "sms", "webhook")
+ADDRESSED_CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel if c is not Channel.LOG)
 """Channels that need a recipient address (``log`` does not)."""
 
 DEFAULT_WEBHOOK_ENV = "RISKDESK_WEBHOOK_URL"
 
+SmtpSecurity = Literal["starttls", "ssl", "none"]
+SMTP_DEFAULT_PORTS: Mapping[str, int] = {"starttls": 587, "ssl": 465, "none": 25}
 
-@dataclass(frozen=True)
+
+def _address(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value.strip()
+
+
+Address = Annotated[str, BeforeValidator(_address)]
+
+
+@dataclass(frozen=True, config=CONFIG)
 class RetryPolicy:
     """Bounded retries of transient failures: waits ``backoff * multiplier**(attempt-1)``, capped."""
 
-    max_attempts: int = 3
-    backoff_seconds: float = 1.0
-    backoff_multiplier: float = 2.0
-    max_backoff_seconds: float = 30.0
+    max_attempts: Annotated[int, at_least(1)] = 3
+    backoff_seconds: Seconds = 1.0
+    backoff_multiplier: Annotated[Seconds, Field(ge=1)] = 2.0
+    max_backoff_seconds: Seconds = 30.0
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number ``attempt`` (2, 3, ...)."""
         return min(self.max_backoff_seconds, self.backoff_seconds * self.backoff_multiplier ** (attempt - 2))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class RateLimit:
-    max_messages: int = 20
-    per_seconds: float = 3600.0
+    max_messages: Annotated[int, at_least(0)] = 20
+    per_seconds: Seconds = 3600.0
 
     @property
     def enabled(self) -> bool:
         return self.max_messages > 0 and self.per_seconds > 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
+class RecipientAddresses:
+    """One ``[notifications.recipients]`` entry as written: an address (or ``env:NAME``) per channel."""
+
+    email: Address | None = None
+    sms: Address | None = None
+    webhook: Address | None = None
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(c, a) for c in ADDRESSED_CHANNELS if (a := getattr(self, c)) is not None]
+
+
+@dataclass(frozen=True, config=CONFIG)
+class NotificationsTable:
+    """The ``[notifications]`` table as written in riskdesk.toml (validated; addresses not yet resolved)."""
+
+    group_wait_seconds: Seconds = 0.0
+    group_interval_seconds: Seconds = 60.0
+    repeat_interval_seconds: Seconds = 3600.0
+    sms_fallback: Flag = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    recipients: Table[RecipientAddresses] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, config=CONFIG)
 class Recipient:
     name: str
-    addresses: Mapping[str, str] = field(default_factory=dict)
-    """Channel -> address (email address, E.164 phone number, webhook URL), secrets already resolved."""
+    addresses: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Channel -> address (email address, E.164 phone number, webhook URL), secrets already resolved; left out
+    of the repr because an address read from the environment (a webhook URL) is a secret."""
     unresolved: Mapping[str, str] = field(default_factory=dict)
     """Channel -> ``env:NAME`` reference whose variable is not set (the address is unusable)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class SmtpConfig:
     host: str
-    port: int
-    security: str
+    port: Annotated[int, Field(gt=0, lt=65536)]
+    security: SmtpSecurity
     """``starttls`` (default, port 587), ``ssl`` (implicit TLS, port 465) or ``none`` (a local relay)."""
     sender: str
     user: str | None = None
-    password: str | None = None
+    password_secret: SecretStr | None = None
+    """The password; a ``SecretStr`` so that no repr or log line shows it (read it as :attr:`password`)."""
     timeout: float = 10.0
     ca_file: str | None = None
 
+    @property
+    def password(self) -> str | None:
+        """The password in clear, for the SMTP login only."""
+        return None if self.password_secret is None else self.password_secret.get_secret_value()
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=CONFIG)
 class TwilioConfig:
     account_sid: str
-    auth_token: str
+    auth_token_secret: SecretStr
+    """The auth token; a ``SecretStr`` so that no repr or log line shows it (read it as :attr:`auth_token`)."""
     sender: str
 
+    @property
+    def auth_token(self) -> str:
+        """The auth token in clear, for the Twilio client only."""
+        return self.auth_token_secret.get_secret_value()
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=CONFIG)
 class NotificationConfig:
-    group_wait_seconds: float = 0.0
-    group_interval_seconds: float = 60.0
-    repeat_interval_seconds: float = 3600.0
-    sms_fallback: bool = True
+    group_wait_seconds: Seconds = 0.0
+    group_interval_seconds: Seconds = 60.0
+    repeat_interval_seconds: Seconds = 3600.0
+    sms_fallback: Flag = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limit: RateLimit = field(default_factory=RateLimit)
-    recipients: Mapping[str, Recipient] = field(default_factory=dict)
+    recipients: Table[Recipient] = field(default_factory=dict)
     smtp: SmtpConfig | None = None
     twilio: TwilioConfig | None = None
 
     def channel_configured(self, channel: str) -> bool:
-        if channel == "email":
+        if channel == Channel.EMAIL:
             return self.smtp is not None
-        if channel == "sms":
+        if channel == Channel.SMS:
             return self.twilio is not None
-        return channel in ("log", "webhook")
-
-
-_TOP_KEYS = {
-    "group_wait_seconds",
-    "group_interval_seconds",
-    "repeat_interval_seconds",
-    "sms_fallback",
-    "retry",
-    "rate_limit",
-    "recipients",
-}
+        return channel in (Channel.LOG, Channel.WEBHOOK)
 
 
 def notification_config(extra: Mapping[str, Any], env: Mapping[str, str] | None = None) -> NotificationConfig:
@@ -142,60 +185,30 @@ def notification_config(extra: Mapping[str, Any], env: Mapping[str, str] | None 
     Raises
     ------
     ConfigError
-        For an unknown key, a negative or non-finite duration or an unknown channel of a recipient. An
-        ``env:`` address whose variable is unset leaves that address out (deliveries to it are logged as
-        ``skipped`` with the variable's name) rather than stopping the monitor.
+        For an unknown key, a negative or non-finite duration or an unknown channel of a recipient, naming each
+        by its path (``notifications.retry.max_attempts: must be >= 1, got 0``). An ``env:`` address whose
+        variable is unset leaves that address out (deliveries to it are logged as ``skipped`` with the
+        variable's name) rather than stopping the monitor.
     """
     env = os.environ if env is None else env
-    raw = extra.get("notifications", {}) or {}
-    where = "notifications"
-    _mapping(raw, where)
-    _no_unknown(raw, _TOP_KEYS, where)
-    retry_raw = _mapping(raw.get("retry", {}), f"{where}.retry")
-    _no_unknown(
-        retry_raw,
-        {"max_attempts", "backoff_seconds", "backoff_multiplier", "max_backoff_seconds"},
-        f"{where}.retry",
-    )
-    retry = RetryPolicy(
-        max_attempts=_int(retry_raw.get("max_attempts", 3), f"{where}.retry.max_attempts", minimum=1),
-        backoff_seconds=_number(retry_raw, "backoff_seconds", 1.0, f"{where}.retry"),
-        backoff_multiplier=_number(retry_raw, "backoff_multiplier", 2.0, f"{where}.retry"),
-        max_backoff_seconds=_number(retry_raw, "max_backoff_seconds", 30.0, f"{where}.retry"),
-    )
-    if retry.backoff_multiplier < 1:
-        raise ConfigError(f"{where}.retry.backoff_multiplier must be >= 1")
-    rl_raw = _mapping(raw.get("rate_limit", {}), f"{where}.rate_limit")
-    _no_unknown(rl_raw, {"max_messages", "per_seconds"}, f"{where}.rate_limit")
-    rate_limit = RateLimit(
-        max_messages=_int(rl_raw.get("max_messages", 20), f"{where}.rate_limit.max_messages", minimum=0),
-        per_seconds=_number(rl_raw, "per_seconds", 3600.0, f"{where}.rate_limit"),
-    )
+    table = validate_config(NotificationsTable, extra.get("notifications", {}) or {}, "notifications")
     recipients: dict[str, Recipient] = {}
-    for name, addresses in _mapping(raw.get("recipients", {}), f"{where}.recipients").items():
-        rw = f"{where}.recipients.{name}"
-        _mapping(addresses, rw)
-        _no_unknown(addresses, set(ADDRESSED_CHANNELS), rw)
+    for name, addresses in table.recipients.items():
         resolved, unresolved = {}, {}
         for channel, address in addresses.items():
-            if not isinstance(address, str) or not address.strip():
-                raise ConfigError(f"{rw}.{channel}: expected a non-empty string")
-            value = _resolve_address(address.strip(), env)
+            value = _resolve_address(address, env)
             if value:
                 resolved[channel] = value
             else:
-                unresolved[channel] = address.strip()
+                unresolved[channel] = address
         recipients[str(name)] = Recipient(str(name), resolved, unresolved)
-    sms_fallback = raw.get("sms_fallback", True)
-    if not isinstance(sms_fallback, bool):
-        raise ConfigError(f"{where}.sms_fallback: expected true or false")
     return NotificationConfig(
-        group_wait_seconds=_number(raw, "group_wait_seconds", 0.0, where),
-        group_interval_seconds=_number(raw, "group_interval_seconds", 60.0, where),
-        repeat_interval_seconds=_number(raw, "repeat_interval_seconds", 3600.0, where),
-        sms_fallback=sms_fallback,
-        retry=retry,
-        rate_limit=rate_limit,
+        group_wait_seconds=table.group_wait_seconds,
+        group_interval_seconds=table.group_interval_seconds,
+        repeat_interval_seconds=table.repeat_interval_seconds,
+        sms_fallback=table.sms_fallback,
+        retry=table.retry,
+        rate_limit=table.rate_limit,
         recipients=recipients,
         smtp=smtp_from_env(env),
         twilio=twilio_from_env(env),
@@ -223,12 +236,11 @@ def smtp_from_env(env: Mapping[str, str]) -> SmtpConfig | None:
     if not host:
         return None
     security = (secret(env, "SMTP_SECURITY") or "starttls").lower()
-    if security not in ("starttls", "ssl", "none"):
+    if security not in SMTP_DEFAULT_PORTS:
         raise ConfigError(f"SMTP_SECURITY={security!r}: expected starttls, ssl or none")
-    default_port = {"starttls": 587, "ssl": 465, "none": 25}[security]
     port_raw = secret(env, "SMTP_PORT")
     try:
-        port = int(port_raw) if port_raw else default_port
+        port = int(port_raw) if port_raw else SMTP_DEFAULT_PORTS[security]
     except ValueError as exc:
         raise ConfigError(f"SMTP_PORT={port_raw!r} is not a port number") from exc
     if not 0 < port < 65536:
@@ -242,13 +254,14 @@ def smtp_from_env(env: Mapping[str, str]) -> SmtpConfig | None:
         timeout = float(timeout_raw) if timeout_raw else 10.0
     except ValueError as exc:
         raise ConfigError(f"SMTP_TIMEOUT={timeout_raw!r} is not a number") from exc
+    password = secret(env, "SMTP_PASSWORD")
     return SmtpConfig(
         host=host,
         port=port,
-        security=security,
+        security=security,  # type: ignore[arg-type]  # checked against SMTP_DEFAULT_PORTS above
         sender=sender,
         user=user,
-        password=secret(env, "SMTP_PASSWORD"),
+        password_secret=None if password is None else SecretStr(password),
         timeout=timeout,
         ca_file=secret(env, "SMTP_CA_FILE"),
     )
@@ -259,7 +272,7 @@ def twilio_from_env(env: Mapping[str, str]) -> TwilioConfig | None:
     sid, token, sender = (secret(env, n) for n in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM"))
     if not (sid and token and sender):
         return None
-    return TwilioConfig(account_sid=sid, auth_token=token, sender=sender)
+    return TwilioConfig(account_sid=sid, auth_token_secret=SecretStr(token), sender=sender)
 
 
 def _resolve_address(address: str, env: Mapping[str, str]) -> str:
@@ -267,35 +280,3 @@ def _resolve_address(address: str, env: Mapping[str, str]) -> str:
     if address.startswith("env:"):
         return secret(env, address[4:]) or ""
     return address
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a table")
-    return value
-
-
-def _no_unknown(value: Mapping[str, Any], known: set[str], where: str) -> None:
-    unknown = set(value) - known
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-
-
-def _number(table: Mapping[str, Any], key: str, default: float, where: str) -> float:
-    return _seconds(table.get(key, default), f"{where}.{key}")
-
-
-def _seconds(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _int(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{where}: must be >= {minimum}, got {value}")
-    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -88,3 +89,61 @@ def test_no_limit_or_universe_constant_is_repeated_outside_the_settings() -> Non
             if needle in text:
                 offenders.append(f"{path.name}: {needle}")
     assert offenders == []
+
+
+def test_an_error_names_the_setting_by_its_path_and_every_bad_setting_is_reported() -> None:
+    override = {
+        "portfolios": [
+            {"id": "x", "cash": "10"},
+            {"id": "y", "cash": "10", "limits": {"var_limit": 0}},
+        ],
+        "model": {"bars_per_day": 0},
+    }
+
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(merge(TEST_CONFIG, override))
+
+    assert "settings.portfolios[1].limits.var_limit:" in caught.value.detail
+    assert "settings.model.bars_per_day:" in caught.value.detail
+    assert "portfolios[0]" not in caught.value.detail
+
+
+def test_a_bad_global_limit_is_reported_once_not_again_for_every_portfolio() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(merge(TEST_CONFIG, {"limits": {"var_limit": -1, "bogus": 1}}))
+
+    assert caught.value.detail.count("var_limit:") == 1 and caught.value.detail.count("['bogus']") == 1
+    assert caught.value.detail.startswith("settings.limits")
+
+
+def test_an_environment_override_is_validated_like_the_file() -> None:
+    with pytest.raises(ConfigError, match=r"settings\.model\.bars_per_day: .*integer"):
+        load_settings(ROOT / "riskdesk.toml", env={"RISKDESK__MODEL__BARS_PER_DAY": "many"})
+
+
+def test_tables_of_other_components_are_kept_verbatim_in_extra() -> None:
+    settings = settings_from_dict(merge(TEST_CONFIG, {"escalation": {"ack_timeout_seconds": 5}}))
+
+    assert settings.extra["escalation"] == {"ack_timeout_seconds": 5}
+
+
+def test_alert_rules_are_checked_when_the_settings_load() -> None:
+    rule = {"id": "r", "metric": "var.var95", "op": "=>", "threshold": 1.0, "severity": "URGENT"}
+
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(merge(TEST_CONFIG, {"alert_rules": [rule]}))
+
+    assert "settings.alert_rules[0].op: '=>' is not one of" in caught.value.detail
+    assert "settings.alert_rules[0].severity: 'URGENT' is not one of" in caught.value.detail
+
+
+def test_replace_revalidates_and_keeps_the_settings_frozen() -> None:
+    settings = load_settings(ROOT / "riskdesk.toml", env={})
+
+    changed = replace(settings, universe=replace(settings.universe, correlation=0.9))
+
+    assert changed.universe.correlation == 0.9 and changed.universe.assets == settings.universe.assets
+    with pytest.raises(ValueError, match="correlation"):
+        replace(settings.universe, correlation=1.5)
+    with pytest.raises(TypeError):
+        settings.universe.assets["NEW"] = settings.universe.assets["AAPL"]  # type: ignore[index]
