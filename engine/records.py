@@ -221,6 +221,184 @@ class TradingStatus:
 # -- snapshots ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SnapshotPnl:
+    unrealized: float | None
+    realized: float
+    daily: float | None
+    total: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unrealized": self.unrealized, "realized": self.realized, "daily": self.daily, "total": self.total}
+
+
+@dataclass(frozen=True)
+class SnapshotVar:
+    """VaR and CVaR at the reported confidences (:data:`engine.defaults.REPORTED_CONFIDENCES`), stressed VaR,
+    and the limit's use."""
+
+    var95: float | None
+    var99: float | None
+    cvar95: float | None
+    cvar99: float | None
+    stressed_var99: float | None
+    limit: float
+    confidence: float
+    utilization: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "var95": self.var95,
+            "var99": self.var99,
+            "cvar95": self.cvar95,
+            "cvar99": self.cvar99,
+            "stressed_var99": self.stressed_var99,
+            "limit": self.limit,
+            "confidence": self.confidence,
+            "utilization": self.utilization,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotDrawdown:
+    daily: float
+    weekly: float
+    max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"daily": self.daily, "weekly": self.weekly, "max": self.max}
+
+
+@dataclass(frozen=True)
+class SnapshotConcentration:
+    hhi: float
+    largest_share: float | None
+    largest_ticker: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hhi": self.hhi, "largest_share": self.largest_share, "largest_ticker": self.largest_ticker}
+
+
+@dataclass(frozen=True)
+class SnapshotMargin:
+    level: float | None
+    """Equity / used x 100 (%); None for a cash account."""
+    used: float | None
+    maintenance: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "used": self.used, "maintenance": self.maintenance}
+
+
+@dataclass(frozen=True)
+class SnapshotData:
+    market_age_seconds: float
+    missing_prices: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"market_age_seconds": self.market_age_seconds, "missing_prices": list(self.missing_prices)}
+
+
+@dataclass(frozen=True)
+class SnapshotPosition:
+    ticker: str
+    qty: int
+    avg_price: float
+    last: float | None
+    market_value: float
+    weight: float | None
+    unrealized_pnl: float
+    realized_pnl: float
+    mfe: float
+    mae: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ticker": self.ticker,
+            "qty": self.qty,
+            "avg_price": self.avg_price,
+            "last": self.last,
+            "market_value": self.market_value,
+            "weight": self.weight,
+            "unrealized_pnl": self.unrealized_pnl,
+            "realized_pnl": self.realized_pnl,
+            "mfe": self.mfe,
+            "mae": self.mae,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The per-portfolio risk snapshot the monitor computes on every tick (schema and definitions:
+    :mod:`logic.snapshot`). Alert rules read its :meth:`to_dict` form by dotted paths."""
+
+    portfolio_id: str
+    ts: float
+    version: int
+    market_ts: float
+    equity: float | None
+    cash: float
+    market_value: float | None
+    gross_exposure: float | None
+    net_exposure: float | None
+    leverage: float | None
+    pnl: SnapshotPnl
+    var: SnapshotVar
+    drawdown: SnapshotDrawdown
+    concentration: SnapshotConcentration
+    margin: SnapshotMargin
+    data: SnapshotData
+    trading_state: TradingState
+    positions: tuple[SnapshotPosition, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON form (the store's snapshot, the alert engine's input)."""
+        return {
+            "portfolio_id": self.portfolio_id,
+            "ts": self.ts,
+            "version": self.version,
+            "market_ts": self.market_ts,
+            "equity": self.equity,
+            "cash": self.cash,
+            "market_value": self.market_value,
+            "gross_exposure": self.gross_exposure,
+            "net_exposure": self.net_exposure,
+            "leverage": self.leverage,
+            "pnl": self.pnl.to_dict(),
+            "var": self.var.to_dict(),
+            "drawdown": self.drawdown.to_dict(),
+            "concentration": self.concentration.to_dict(),
+            "margin": self.margin.to_dict(),
+            "data": self.data.to_dict(),
+            "trading_state": self.trading_state,
+            "positions": [p.to_dict() for p in self.positions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        """The record of a stored snapshot; raises KeyError / TypeError / ValueError for a malformed one."""
+        d = dict(data)
+        return cls(
+            **{k: d[k] for k in _SNAPSHOT_SCALARS},
+            pnl=SnapshotPnl(**d["pnl"]),
+            var=SnapshotVar(**d["var"]),
+            drawdown=SnapshotDrawdown(**d["drawdown"]),
+            concentration=SnapshotConcentration(**d["concentration"]),
+            margin=SnapshotMargin(**d["margin"]),
+            data=SnapshotData(
+                float(d["data"]["market_age_seconds"]), tuple(d["data"]["missing_prices"])
+            ),
+            trading_state=TradingState(d["trading_state"]),
+            positions=tuple(SnapshotPosition(**p) for p in d["positions"]),
+        )
+
+
+_SNAPSHOT_SCALARS = (
+    "portfolio_id", "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure",
+    "net_exposure", "leverage",
+)  # fmt: skip
+
+
 # -- alerts ------------------------------------------------------------------------------------------------------
 
 
