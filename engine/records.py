@@ -403,6 +403,72 @@ _SNAPSHOT_SCALARS = (
 
 
 @dataclass(frozen=True)
+class Alert:
+    """An alert record as stored in ``pf:{id}:alerts`` (one per rule) and in each history record.
+
+    The engine (:mod:`logic.lifecycle`) plans on the dict form and writes it; this record is the typed view
+    for readers. Fields an alert of one kind carries only (an action alert's ``summary``, ``ok``,
+    ``source_alert_id``, ``history``, ``occurrences``; a metric alert's ``actions``; the escalation
+    bookkeeping) stay in :attr:`extra`. ``to_dict()`` gives back the same mapping ``from_dict`` read.
+    """
+
+    alert_id: str
+    portfolio_id: str
+    rule_id: str
+    kind: str
+    """``metric`` (a rule's condition) or ``action`` (the outcome of an automated action)."""
+    metric: str
+    op: str
+    threshold: float
+    unit: str
+    severity: Severity
+    description: str
+    status: AlertStatus
+    value: float | None
+    trigger_value: float | None
+    stale: bool
+    breach_since: float | None
+    triggered_at: float
+    updated_at: float
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    ack_note: str = ""
+    ack_timeout_at: float | None = None
+    resolved_by: str | None = None
+    resolved_at: float | None = None
+    resolve_reason: str = ""
+    inhibited: bool = False
+    notified: bool = False
+    last_notified_at: float | None = None
+    repeats: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_ALERT_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f: getattr(self, f) for f in _ALERT_FIELDS}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Alert:
+        known = {f: data[f] for f in _ALERT_FIELDS if f in data}
+        known["severity"] = Severity(data["severity"])
+        known["status"] = AlertStatus(data["status"])
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _ALERT_FIELDS})
+
+
+_ALERT_FIELDS = (
+    "alert_id", "portfolio_id", "rule_id", "kind", "metric", "op", "threshold", "unit", "severity", "description",
+    "status", "value", "trigger_value", "stale", "breach_since", "triggered_at", "updated_at", "acknowledged_by",
+    "acknowledged_at", "ack_note", "ack_timeout_at", "resolved_by", "resolved_at", "resolve_reason", "inhibited",
+    "notified", "last_notified_at", "repeats",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class OutboxEntry:
     """One notification to send: an alert event for one recipient *name* on one channel.
 

@@ -30,17 +30,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from engine.errors import ConfigError, RiskdeskError
-from engine.records import (
-    ACTIVE_ALERT_STATUSES,
-    SEVERITY_RANK,
-    AlertStatus,
-    Clock,
-)
+from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
+from engine.records import SEVERITY_RANK as _SEVERITY_RANK
 from engine.settings import AlertRule, Settings
 from engine.store import PortfolioKeys, Store
 from logic.escalation import EscalationConfig, escalation_config
@@ -111,6 +107,9 @@ __all__ = [  # the names other modules import from here (their homes: logic.rule
 LOGGER = logging.getLogger("riskdesk.alerts")
 
 ACTIVE_STATUSES = ACTIVE_ALERT_STATUSES
+SEVERITY_RANK = cast(Mapping[str, int], _SEVERITY_RANK)
+""":data:`engine.records.SEVERITY_RANK`, re-exported for callers that look plain strings up in it (a
+``Severity`` is its string, so the lookups are the same)."""
 """Kept for the modules that import it from here; the definition is :data:`engine.records.ACTIVE_ALERT_STATUSES`."""
 HISTORY_SCAN = 5000
 """At most this many history records are scanned per portfolio for resolved alerts by ``list_alerts``
@@ -466,7 +465,7 @@ class AlertEngine:
         by_alert: dict[str, list[dict[str, Any]]] = {}
 
         def order(p: Mapping[str, Any]) -> tuple[Any, ...]:  # the most severe rule's actions first
-            return (p.get("created_at", 0.0), -SEVERITY_RANK.get(p.get("severity", "LOW"), 0), p["rule_id"],
+            return (p.get("created_at", 0.0), -SEVERITY_RANK.get(p.get("severity", Severity.LOW), 0), p["rule_id"],
                     p.get("order", 0))  # fmt: skip
 
         for item in sorted(pending.values(), key=order):

@@ -7,7 +7,7 @@ import ast
 import json
 from pathlib import Path
 
-from engine.records import Channel, Delivery, OutboxEntry, Snapshot
+from engine.records import Alert, Channel, Delivery, OutboxEntry, Severity, Snapshot
 
 from .alerts_support import T0, snapshot
 
@@ -71,3 +71,17 @@ def test_a_delivery_record_round_trips_with_its_stream_id() -> None:
         "id": "1-0",
     }  # fmt: skip
     assert Delivery.from_dict(stored).to_dict() == stored
+
+
+def test_an_alert_record_reads_a_stored_alert_and_gives_back_the_same_mapping(store, make_settings) -> None:
+    from notifications.service import build_delivering_engine
+
+    from .alerts_support import rule
+
+    settings = make_settings({"alert_rules": [rule("var_breach", "var.utilization", ">=", 1.0, "CRITICAL")]})
+    engine = build_delivering_engine(store, settings, env={})
+    engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+    stored = store.read_active_alerts("main")["var_breach"]
+    alert = Alert.from_dict(stored)
+    assert alert.active and alert.severity is Severity.CRITICAL and alert.value == 1.5
+    assert alert.to_dict() == stored and "escalation" in alert.extra
