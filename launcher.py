@@ -41,6 +41,7 @@ def services(settings: Settings) -> tuple[Service, ...]:
     return (
         Service("stream", (py, "-m", "engine.stream"), "engine/stream.py"),
         Service("monitor", (py, "-m", "logic.monitor"), "logic/monitor.py"),
+        Service("notify", (py, "-m", "notifications"), "notifications/__main__.py"),
         Service(
             "dashboard",
             (
@@ -75,7 +76,7 @@ class Launcher:
         embedded = self.embedded
         env["REDIS_URL"] = embedded.url if embedded is not None else str(self.settings.redis.url)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # three numeric processes share two cores: one BLAS thread each avoids oversubscription stalls
+        # the numeric processes share two cores: one BLAS thread each avoids oversubscription stalls
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         return env
 

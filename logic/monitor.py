@@ -41,7 +41,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -53,6 +53,7 @@ from redis.retry import Retry
 
 from engine import math_logic
 from engine.errors import ConfigError, RiskdeskError, StoreError
+from engine.records import Clock
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings
 from engine.store import (
@@ -83,9 +84,7 @@ BACKOFF_INITIAL_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
 HEARTBEAT_EVERY_SECONDS = 1.0
 ALERTS_TICK_SECONDS = 0.5
-"""Period of the alert engine's background work (notification delivery, escalation timers)."""
-
-Clock = Callable[[], float]
+"""Period of the alert engine's background work (escalation timers, repeats, pending and clear periods)."""
 
 
 class AlertEvaluator(Protocol):
@@ -511,12 +510,13 @@ class Monitor:
 
 def make_alert_engine(store: Store, settings: Settings, clock: Clock) -> AlertEvaluator | None:
     """The object evaluating alert rules on each snapshot: logic/alerts.py's engine, configured from the
-    settings (``[[alert_rules]]``, ``[notifications]``, ``[escalation]``) on the monitor's store and clock.
+    settings (``[[alert_rules]]``, ``[escalation]``, the recipient names of ``[notifications]``) on the
+    monitor's store and clock.
 
-    Its notifications, escalation timers and repeats run on its own background thread, so a slow SMTP server
-    never delays the monitor's loop; the monitor itself only calls ``evaluate`` once per snapshot.
+    Its escalation timers and repeats run on its own background thread; the monitor itself only calls
+    ``evaluate`` once per snapshot. The notifications it queues are sent by ``python -m notifications``.
     """
-    from logic.alerts import build_alert_engine  # lazily: channels import Jinja2 and the Twilio client
+    from logic.alerts import build_alert_engine  # lazily: only a monitor that evaluates alerts needs it
 
     engine = build_alert_engine(store, settings, clock)
     engine.start_background(ALERTS_TICK_SECONDS)

@@ -14,7 +14,7 @@ Schema (read by the alert rules as dotted paths, and by the dashboard)::
     concentration {hhi, largest_share, largest_ticker}
     margin        {level, used, maintenance}                level null for a cash account
     data          {market_age_seconds, missing_prices}
-    trading_state "ACTIVE" | "REDUCING" | "HALTED"
+    trading_state a TradingState: ACTIVE | REDUCING | HALTED
     positions     [{ticker, qty, avg_price, last, market_value, weight, unrealized_pnl, realized_pnl,
                     mfe, mae}]
 
@@ -41,6 +41,9 @@ Definitions:
   ``last`` is null).
 
 Every float is finite (JSON has no NaN/inf): a value that is not becomes null.
+
+The typed record is :class:`engine.records.Snapshot` (:func:`snapshot_record`); its ``to_dict()`` is the
+form stored and evaluated (:func:`build_snapshot`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,19 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from engine import math_logic
+from engine.defaults import REPORTED_CONFIDENCES
+from engine.records import (
+    AccountType,
+    Snapshot,
+    SnapshotConcentration,
+    SnapshotData,
+    SnapshotDrawdown,
+    SnapshotMargin,
+    SnapshotPnl,
+    SnapshotPosition,
+    SnapshotVar,
+    TradingState,
+)
 from engine.settings import Limits, Model
 from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingStatus
 from logic.valuation import Valuation
@@ -130,7 +146,13 @@ def _drawdown(equity: float, peak: float) -> float:
     return math_logic.current_drawdown(np.array([peak, equity]))
 
 
-def build_snapshot(
+def build_snapshot(**parts: Any) -> dict[str, Any]:
+    """The snapshot of one portfolio at one tick as stored and evaluated: :func:`snapshot_record`'s
+    ``to_dict()`` (schema in the module docstring)."""
+    return snapshot_record(**parts).to_dict()
+
+
+def snapshot_record(
     *,
     portfolio_id: str,
     state: PortfolioState,
@@ -142,7 +164,7 @@ def build_snapshot(
     peaks: EquityPeaks,
     marks: Mapping[str, Excursion],
     now: float,
-) -> dict[str, Any]:
+) -> Snapshot:
     """The snapshot of one portfolio at one tick (schema in the module docstring)."""
     header = market.header
     ok = usable_prices(valuation)
@@ -154,11 +176,12 @@ def build_snapshot(
     cov = market.cov[np.ix_(held, held)]
     stressed = market.stressed[np.ix_(held, held)]
     day = float(model.bars_per_day)
-    var95, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, 0.95, day, validate=False)
-    var99, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, 0.99, day, validate=False)
-    cvar95 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, 0.95, day, validate=False)
-    cvar99 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, 0.99, day, validate=False)
-    stressed99 = math_logic.get_stressed_var(dollars, stressed, 1.0, 0.99, day, validate=False)
+    low, high = REPORTED_CONFIDENCES  # reported as var95 / var99 (cvar95 / cvar99, stressed_var99)
+    var95, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, low, day, validate=False)
+    var99, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, high, day, validate=False)
+    cvar95 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, low, day, validate=False)
+    cvar99 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, high, day, validate=False)
+    stressed99 = math_logic.get_stressed_var(dollars, stressed, 1.0, high, day, validate=False)
     limit_horizon = model.bars_per_day * limits.var_horizon_days
     limit_var, _ = math_logic.get_portfolio_var(
         dollars, cov, 1.0, limits.var_confidence, limit_horizon, validate=False
@@ -173,7 +196,7 @@ def build_snapshot(
     largest_share = None
     if largest_i is not None and equity > 0:
         largest_share = abs(float(exposures[largest_i])) / equity
-    margin = valuation.account_type == "margin"
+    margin = valuation.account_type == AccountType.MARGIN
 
     index = market.index
     weights = valuation.weights
@@ -183,68 +206,68 @@ def build_snapshot(
         i = index.get(ticker)
         priced = i is not None and bool(ok[i])
         mark = marks.get(ticker)
-        positions.append({
-            "ticker": ticker,
-            "qty": int(pos.qty),
-            "avg_price": float(pos.avg_price),
-            "last": _f(float(header.prices[i])) if priced else None,
-            "market_value": float(exposures[i]) if priced else 0.0,
-            "weight": _f(float(weights[i])) if priced else 0.0,
-            "unrealized_pnl": float(unrealized[i]) if priced else 0.0,
-            "realized_pnl": float(pos.realized_pnl),
-            "mfe": mark.mfe if mark is not None and pos.qty != 0 else 0.0,
-            "mae": mark.mae if mark is not None and pos.qty != 0 else 0.0,
-        })  # fmt: skip
+        positions.append(SnapshotPosition(
+            ticker=ticker,
+            qty=int(pos.qty),
+            avg_price=float(pos.avg_price),
+            last=_f(float(header.prices[i])) if priced else None,
+            market_value=float(exposures[i]) if priced else 0.0,
+            weight=_f(float(weights[i])) if priced else 0.0,
+            unrealized_pnl=float(unrealized[i]) if priced else 0.0,
+            realized_pnl=float(pos.realized_pnl),
+            mfe=mark.mfe if mark is not None and pos.qty != 0 else 0.0,
+            mae=mark.mae if mark is not None and pos.qty != 0 else 0.0,
+        ))  # fmt: skip
 
-    return {
-        "portfolio_id": portfolio_id,
-        "ts": float(now),
-        "version": int(header.version),
-        "market_ts": float(header.ts),
-        "equity": _f(equity),
-        "cash": float(state.cash),
-        "market_value": _f(valuation.market_value),
-        "gross_exposure": _f(gross),
-        "net_exposure": _f(valuation.market_value),
-        "leverage": _f(valuation.leverage),
-        "pnl": {
-            "unrealized": _f(unrealized_total),
-            "realized": realized,
-            "daily": _f(equity - peaks.day_open),
-            "total": _f(realized + unrealized_total),
-        },
-        "var": {
-            "var95": _f(var95),
-            "var99": _f(var99),
-            "cvar95": _f(cvar95),
-            "cvar99": _f(cvar99),
-            "stressed_var99": _f(stressed99),
-            "limit": var_limit,
-            "confidence": float(limits.var_confidence),
-            "utilization": _f(limit_var / var_limit),
-        },
-        "drawdown": {
-            "daily": _drawdown(equity, peaks.day_peak),
-            "weekly": _drawdown(equity, peaks.week_peak),
-            "max": min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)),
-        },
-        "concentration": {
-            "hhi": math_logic.hhi_concentration(exposures),
-            "largest_share": _f(largest_share),
-            "largest_ticker": header.tickers[largest_i] if largest_i is not None else None,
-        },
-        "margin": {
-            "level": _f(valuation.margin_level) if margin else None,
-            "used": _f(valuation.margin_used) if margin else 0.0,
-            "maintenance": _f(gross * valuation.maintenance_margin) if margin else 0.0,
-        },
-        "data": {
-            "market_age_seconds": max(0.0, float(now) - float(header.ts)),
-            "missing_prices": list(valuation.missing),
-        },
-        "trading_state": trading_state.state if trading_state is not None else "ACTIVE",
-        "positions": positions,
-    }
+    return Snapshot(
+        portfolio_id=portfolio_id,
+        ts=float(now),
+        version=int(header.version),
+        market_ts=float(header.ts),
+        equity=_f(equity),
+        cash=float(state.cash),
+        market_value=_f(valuation.market_value),
+        gross_exposure=_f(gross),
+        net_exposure=_f(valuation.market_value),
+        leverage=_f(valuation.leverage),
+        pnl=SnapshotPnl(
+            unrealized=_f(unrealized_total),
+            realized=realized,
+            daily=_f(equity - peaks.day_open),
+            total=_f(realized + unrealized_total),
+        ),
+        var=SnapshotVar(
+            var95=_f(var95),
+            var99=_f(var99),
+            cvar95=_f(cvar95),
+            cvar99=_f(cvar99),
+            stressed_var99=_f(stressed99),
+            limit=var_limit,
+            confidence=float(limits.var_confidence),
+            utilization=_f(limit_var / var_limit),
+        ),
+        drawdown=SnapshotDrawdown(
+            daily=_drawdown(equity, peaks.day_peak),
+            weekly=_drawdown(equity, peaks.week_peak),
+            max=min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)),
+        ),
+        concentration=SnapshotConcentration(
+            hhi=math_logic.hhi_concentration(exposures),
+            largest_share=_f(largest_share),
+            largest_ticker=header.tickers[largest_i] if largest_i is not None else None,
+        ),
+        margin=SnapshotMargin(
+            level=_f(valuation.margin_level) if margin else None,
+            used=_f(valuation.margin_used) if margin else 0.0,
+            maintenance=_f(gross * valuation.maintenance_margin) if margin else 0.0,
+        ),
+        data=SnapshotData(
+            market_age_seconds=max(0.0, float(now) - float(header.ts)),
+            missing_prices=tuple(valuation.missing),
+        ),
+        trading_state=trading_state.state if trading_state is not None else TradingState.ACTIVE,
+        positions=tuple(positions),
+    )
 
 
 def history_point(snapshot: Mapping[str, Any]) -> dict[str, float | int | None]:

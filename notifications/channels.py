@@ -25,6 +25,8 @@ from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from engine.records import Channel as ChannelName
+from engine.records import Severity
 from notifications.config import SmtpConfig, TwilioConfig
 
 LOGGER_NAME = "riskdesk.notifications"
@@ -57,7 +59,7 @@ class Message:
     subject: str
     body: str
     short: str
-    severity: str = "LOW"
+    severity: str = Severity.LOW
     payload: Mapping[str, Any] = field(default_factory=dict)
     """Machine-readable content for the webhook (portfolio, events)."""
 
@@ -73,13 +75,13 @@ class Channel(Protocol):
 class LogChannel:
     """Writes every message to the ``riskdesk.notifications`` logger; needs no configuration."""
 
-    name = "log"
+    name: str = ChannelName.LOG
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger(LOGGER_NAME)
 
     def send(self, address: str, message: Message) -> str | None:
-        level = logging.WARNING if message.severity in ("HIGH", "CRITICAL") else logging.INFO
+        level = logging.WARNING if message.severity in (Severity.HIGH, Severity.CRITICAL) else logging.INFO
         self.logger.log(level, "%s\n%s", message.subject, message.body)
         return None
 
@@ -87,7 +89,7 @@ class LogChannel:
 class EmailChannel:
     """SMTP via smtplib: STARTTLS (default), implicit TLS (``ssl``) or plain (``none``, a local relay)."""
 
-    name = "email"
+    name: str = ChannelName.EMAIL
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
@@ -166,7 +168,7 @@ class SmsChannel:
     answers without opening a socket.
     """
 
-    name = "sms"
+    name: str = ChannelName.SMS
 
     def __init__(self, config: TwilioConfig, http_client: Any = None) -> None:
         from twilio.rest import Client  # imported here: only processes that send SMS pay for it
@@ -206,7 +208,7 @@ class WebhookChannel:
     ``text`` makes it a valid Slack incoming-webhook payload; other receivers read the structured fields.
     """
 
-    name = "webhook"
+    name: str = ChannelName.WEBHOOK
 
     def __init__(self, timeout: float = 10.0, opener: Opener | None = None) -> None:
         self.timeout = timeout

@@ -2,13 +2,17 @@
 
 How a notification travels
 --------------------------
-1. ``logic/alerts.py`` changes an alert and, **in the same Redis transaction**, calls :meth:`Notifier.enqueue`
-   to add one outbox entry per target (channel + address) to ``pf:{id}:outbox``. A crash can therefore never
-   leave a changed alert without its notification, nor a notification without its alert change.
-2. :meth:`Notifier.flush` (called from ``AlertEngine.tick`` or a delivery thread) groups the waiting entries
-   by target. A target's group is due ``group_wait_seconds`` after its oldest entry and never sooner than
-   ``group_interval_seconds`` after the last message to that target (Alertmanager's group_wait and
-   group_interval): all entries due together become **one message** (one template, or the digest).
+1. ``logic/alerts.py`` changes an alert and, **in the same Redis transaction**, adds one outbox entry per
+   channel and recipient *name* (:class:`engine.records.OutboxEntry`) to ``pf:{id}:outbox``. A crash can
+   therefore never leave a changed alert without its notification, nor a notification without its alert
+   change. The alert engine knows names only; addresses are this package's.
+2. :meth:`Notifier.flush` (run by ``python -m notifications``, see :mod:`notifications.service`) resolves
+   each entry's recipient to a target (channel + address) from the configuration and groups the waiting
+   entries by target; an entry whose recipient has no address for its channel is dropped (that level simply
+   does not reach them by that channel). A target's group is due ``group_wait_seconds`` after its oldest
+   entry and never sooner than ``group_interval_seconds`` after the last message to that target
+   (Alertmanager's group_wait and group_interval): all entries due together become **one message** (one
+   template, or the digest).
 3. The message is sent with bounded retries: transient failures (SMTP 4xx, HTTP 429/5xx, network) wait
    ``backoff * multiplier**(n-1)`` (capped; a server's Retry-After is honoured up to the cap) through the
    injected ``sleep``; permanent failures (SMTP 5xx, HTTP 4xx) are not retried.
@@ -32,14 +36,14 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from engine.store import PortfolioKeys, Store
+from engine.records import SEVERITY_RANK, Channel, Clock, Delivery, OutboxEntry, Severity
+from engine.store import Store
 from notifications.channels import (
     LOGGER_NAME,
-    Channel,
     EmailChannel,
     LogChannel,
     Message,
@@ -49,10 +53,12 @@ from notifications.channels import (
     WebhookChannel,
     mask_address,
 )
-from notifications.config import CHANNELS, NotificationConfig
-from notifications.render import SEVERITY_ORDER, Renderer
+from notifications.channels import (
+    Channel as Sender,
+)
+from notifications.config import NotificationConfig
+from notifications.render import Renderer
 
-Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 LOCK_TTL_SECONDS = 30.0
@@ -63,9 +69,9 @@ CHANNEL_TIMEOUT_BUDGET_SECONDS = 15.0
 MAX_EVENTS_IN_RECORD = 50
 """A delivery record lists at most this many events (a storm digest counts the rest)."""
 
-NOT_CONFIGURED_HINT = {
-    "email": "email is not configured: set SMTP_HOST (and SMTP_USER, SMTP_PASSWORD, SMTP_FROM)",
-    "sms": "SMS is not configured: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM",
+NOT_CONFIGURED_HINT: dict[str, str] = {
+    Channel.EMAIL: "email is not configured: set SMTP_HOST (and SMTP_USER, SMTP_PASSWORD, SMTP_FROM)",
+    Channel.SMS: "SMS is not configured: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM",
 }
 
 
@@ -99,16 +105,16 @@ def build_channels(
     twilio_http_client: Any = None,
     webhook_opener: Any = None,
     logger: logging.Logger | None = None,
-) -> dict[str, Channel]:
+) -> dict[str, Sender]:
     """The channels ``config`` allows: ``log`` and ``webhook`` always, ``email``/``sms`` when configured."""
-    channels: dict[str, Channel] = {
-        "log": LogChannel(logger),
-        "webhook": WebhookChannel(opener=webhook_opener),
+    channels: dict[str, Sender] = {
+        Channel.LOG: LogChannel(logger),
+        Channel.WEBHOOK: WebhookChannel(opener=webhook_opener),
     }
     if config.smtp is not None:
-        channels["email"] = EmailChannel(config.smtp)
+        channels[Channel.EMAIL] = EmailChannel(config.smtp)
     if config.twilio is not None:
-        channels["sms"] = SmsChannel(config.twilio, http_client=twilio_http_client)
+        channels[Channel.SMS] = SmsChannel(config.twilio, http_client=twilio_http_client)
     return channels
 
 
@@ -120,7 +126,7 @@ class Notifier:
         store: Store,
         config: NotificationConfig,
         *,
-        channels: Mapping[str, Channel] | None = None,
+        channels: Mapping[str, Sender] | None = None,
         renderer: Renderer | None = None,
         clock: Clock = time.time,
         sleep: Sleep = time.sleep,
@@ -134,7 +140,7 @@ class Notifier:
         self.clock = clock
         self.sleep = sleep
 
-    # -- enqueue (inside the caller's transaction) -----------------------------------------------------------
+    # -- routing: recipient names to addresses ---------------------------------------------------------------
     def targets(self, recipients: Iterable[str], channels: Iterable[str]) -> list[Target]:
         """The distinct targets of an escalation level: ``log`` once, each recipient's address per channel.
 
@@ -144,10 +150,11 @@ class Notifier:
         recipients = list(dict.fromkeys(recipients))
         out: dict[str, Target] = {}
         for channel in dict.fromkeys(channels):
-            if channel not in CHANNELS:
-                raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
-            if channel == "log":
-                out["log|log"] = Target("log", "log", ("log",))
+            if channel not in tuple(Channel):
+                raise ValueError(f"unknown channel {channel!r}; expected one of {tuple(Channel)}")
+            if channel == Channel.LOG:
+                target = Target(Channel.LOG, Channel.LOG, (Channel.LOG,))
+                out[target.key] = target
                 continue
             for name in recipients:
                 recipient = self.config.recipients.get(name)
@@ -163,30 +170,9 @@ class Notifier:
                     continue
                 known = out.get(target.key)
                 if known is not None:
-                    target = Target(
-                        channel, target.address, known.recipients + target.recipients, known.skip_reason
-                    )
+                    target = Target(channel, target.address, known.recipients + target.recipients, known.skip_reason)
                 out[target.key] = target
         return list(out.values())
-
-    def enqueue(
-        self, portfolio_id: str, event: Mapping[str, Any], targets: Sequence[Target], now: float, pipe: Any
-    ) -> int:
-        """Add ``event`` for each target to the portfolio's outbox, on the caller's MULTI ``pipe``.
-
-        Field names are ``<event id>|<enqueued at>|<target key>`` so a flush can tell which groups are due
-        from the names alone (HKEYS) and decode only the entries it sends.
-        """
-        entries = {
-            f"{event['event_id']}|{now!r}|{t.key}": {
-                "event": dict(event),
-                "target": asdict(t),
-                "enqueued_at": now,
-            }
-            for t in targets
-        }
-        self.store.write_json_fields(Store.outbox_key(portfolio_id), entries, pipe)
-        return len(entries)
 
     # -- flush -----------------------------------------------------------------------------------------------
     def pending(self, portfolio_id: str) -> dict[str, Any]:
@@ -196,9 +182,7 @@ class Notifier:
     def pending_count(self, portfolio_id: str) -> int:
         return len(self.store.read_field_names(Store.outbox_key(portfolio_id)))
 
-    def flush(
-        self, now: float | None = None, portfolio_ids: Iterable[str] | None = None
-    ) -> list[dict[str, Any]]:
+    def flush(self, now: float | None = None, portfolio_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Send every group that is due at ``now``; returns the delivery records written.
 
         Returns ``[]`` at once when another process holds the flush lease.
@@ -228,10 +212,29 @@ class Notifier:
             return []
         groups: dict[str, list[str]] = defaultdict(list)
         oldest: dict[str, float] = {}
+        routed: dict[str, Target] = {}
+        unroutable: list[str] = []
         for name in names:
-            _event_id, enqueued_at, target_key = name.split("|", 2)
-            groups[target_key].append(name)
-            oldest[target_key] = min(oldest.get(target_key, math.inf), float(enqueued_at))
+            _event_id, enqueued_at, rest = OutboxEntry.parse_field(name)
+            channel, _, who = rest.partition("|")
+            if who.startswith(OutboxEntry.RECIPIENT_MARK):  # a recipient name: resolve it now
+                found = self.targets([who[len(OutboxEntry.RECIPIENT_MARK) :]], [channel])
+                if not found:
+                    unroutable.append(name)
+                    continue
+                target = found[0]
+                known = routed.get(target.key)
+                if known is not None:  # several names share this address: one message serves them all
+                    more = tuple(r for r in target.recipients if r not in known.recipients)
+                    target = Target(target.channel, target.address, known.recipients + more, known.skip_reason)
+                routed[target.key] = target
+                key = target.key
+            else:  # an entry queued by an older version: its target is resolved already
+                key = rest
+            groups[key].append(name)
+            oldest[key] = min(oldest.get(key, math.inf), enqueued_at)
+        if unroutable:  # the recipient has no address for that channel (any more): nobody to send it to
+            self.store.delete_fields(outbox, unroutable)
         state = self.store.read_json_hash(Store.notify_state_key(portfolio_id))
         records = []
         for key in sorted(groups):
@@ -247,9 +250,11 @@ class Notifier:
             entries = self.store.read_json_fields(outbox, groups[key])
             if not entries:
                 continue
-            target = Target(**_target_args(next(iter(entries.values()))["target"]))
+            resolved = routed.get(key)
+            if resolved is None:  # an older entry: the target is stored with it
+                resolved = Target(**_target_args(next(iter(entries.values()))["target"]))
             events = _distinct_events(e["event"] for e in entries.values())
-            records.extend(self._deliver_group(portfolio_id, target, events, list(entries), group_state, now))
+            records.extend(self._deliver_group(portfolio_id, resolved, events, list(entries), group_state, now))
         return records
 
     def _deliver_group(
@@ -282,11 +287,11 @@ class Notifier:
             self.store.append_delivery(portfolio_id, record, pipe)
             if result.status != "skipped":
                 self._write_group_state(portfolio_id, target, {"last_sent_at": now, "deferred": False}, pipe)
-            if result.status == "delivered" and target.channel != "log":
+            if result.status == "delivered" and target.channel != Channel.LOG:
                 self.store.record_send(target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)
             pipe.execute()
         out.append(record)
-        if target.channel == "email" and result.status != "delivered":
+        if target.channel == Channel.EMAIL and result.status != "delivered":
             out.extend(self._sms_fallback(portfolio_id, target, events, message, now, result.status))
         return out
 
@@ -301,7 +306,7 @@ class Notifier:
         """None when the target may receive a message now; else the ``rate_limited`` record written for this
         hold ({} when the hold was recorded already)."""
         limit = self.config.rate_limit
-        if not limit.enabled or target.channel == "log":
+        if not limit.enabled or target.channel == Channel.LOG:
             return None
         sent = self.store.count_recent_sends(target.key, now - limit.per_seconds)
         if sent < limit.max_messages:
@@ -333,36 +338,30 @@ class Notifier:
         When no SMS can be sent either, that is recorded only if the email really failed: a desk that
         configured neither SMTP nor Twilio gets its alerts in the log without a second skipped record.
         """
-        critical = [e for e in events if e["alert"].get("severity") == "CRITICAL"]
+        critical = [e for e in events if e["alert"].get("severity") == Severity.CRITICAL]
         if not (critical and self.config.sms_fallback):
             return []
         # the level already texts the recipient: a second SMS would add nothing
-        critical = [e for e in critical if "sms" not in e.get("channels", ())]
+        critical = [e for e in critical if Channel.SMS not in e.get("channels", ())]
         if not critical:
             return []
         if message is None or len(critical) != len(events):
             message = self.renderer.render(portfolio_id, critical)
         out = []
         for name in email.recipients:
-            targets = self.targets([name], ["sms"])
+            targets = self.targets([name], [Channel.SMS])
             if not targets:
-                target = Target("sms", "", (name,), f"no SMS number for {name} to fall back to")
+                target = Target(Channel.SMS, "", (name,), f"no SMS number for {name} to fall back to")
             else:
                 target = targets[0]
             if target.skip_reason and email_status == "skipped":
                 continue
-            result = (
-                SendResult("skipped", 0, target.skip_reason)
-                if target.skip_reason
-                else self.send(target, message)
-            )
-            record = self._record(portfolio_id, target, critical, result, now, message, fallback_for="email")
+            result = SendResult("skipped", 0, target.skip_reason) if target.skip_reason else self.send(target, message)
+            record = self._record(portfolio_id, target, critical, result, now, message, fallback_for=Channel.EMAIL)
             with self.store.client.pipeline(transaction=True) as pipe:
                 self.store.append_delivery(portfolio_id, record, pipe)
                 if result.status == "delivered":
-                    self.store.record_send(
-                        target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe
-                    )
+                    self.store.record_send(target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)
                 pipe.execute()
             out.append(record)
         return out
@@ -371,9 +370,7 @@ class Notifier:
         """Send with bounded retries on transient failures; never raises."""
         channel = self.channels.get(target.channel)
         if channel is None:
-            return SendResult(
-                "skipped", 0, NOT_CONFIGURED_HINT.get(target.channel, f"no {target.channel} channel")
-            )
+            return SendResult("skipped", 0, NOT_CONFIGURED_HINT.get(target.channel, f"no {target.channel} channel"))
         retry = self.config.retry
         error = ""
         retry_after: float | None = None
@@ -395,14 +392,10 @@ class Notifier:
                 self.logger.exception("unexpected error sending by %s", target.channel)
                 return SendResult("failed", attempt, f"unexpected error: {exc!r}")
             return SendResult("delivered", attempt, "", provider_id)
-        return SendResult(
-            "failed", retry.max_attempts, f"gave up after {retry.max_attempts} attempts: {error}"
-        )
+        return SendResult("failed", retry.max_attempts, f"gave up after {retry.max_attempts} attempts: {error}")
 
     # -- records ---------------------------------------------------------------------------------------------
-    def _write_group_state(
-        self, portfolio_id: str, target: Target, value: Mapping[str, Any], pipe: Any
-    ) -> None:
+    def _write_group_state(self, portfolio_id: str, target: Target, value: Mapping[str, Any], pipe: Any) -> None:
         self.store.write_json_fields(Store.notify_state_key(portfolio_id), {target.key: dict(value)}, pipe)
 
     def _record(
@@ -416,24 +409,24 @@ class Notifier:
         fallback_for: str | None = None,
     ) -> dict[str, Any]:
         severity = max(
-            (e["alert"].get("severity", "LOW") for e in events), key=lambda s: SEVERITY_ORDER.get(s, 0)
+            (e["alert"].get("severity", Severity.LOW) for e in events), key=lambda s: SEVERITY_RANK.get(s, 0)
         )
-        return {
-            "ts": now,
-            "portfolio_id": portfolio_id,
-            "message_id": uuid.uuid4().hex[:16],
-            "channel": target.channel,
-            "recipient": ",".join(target.recipients),
-            "address": mask_address(target.channel, target.address),
-            "status": result.status,
-            "error": result.error,
-            "attempts": result.attempts,
-            "severity": severity,
-            "subject": message.subject if message is not None else "",
-            "fallback_for": fallback_for,
-            "provider_id": result.provider_id,
-            "event_count": len(events),
-            "events": [
+        return Delivery(
+            ts=now,
+            portfolio_id=portfolio_id,
+            message_id=uuid.uuid4().hex[:16],
+            channel=target.channel,
+            recipient=",".join(target.recipients),
+            address=mask_address(target.channel, target.address),
+            status=result.status,
+            error=result.error,
+            attempts=result.attempts,
+            severity=severity,
+            subject=message.subject if message is not None else "",
+            fallback_for=fallback_for,
+            provider_id=result.provider_id,
+            event_count=len(events),
+            events=tuple(
                 {
                     "event_id": e["event_id"],
                     "kind": e["kind"],
@@ -443,35 +436,8 @@ class Notifier:
                     "level": e.get("level"),
                 }
                 for e in events[:MAX_EVENTS_IN_RECORD]
-            ],
-        }
-
-    def delivery_log(
-        self,
-        portfolio_ids: Iterable[str],
-        count: int = 100,
-        *,
-        status: str | None = None,
-        channel: str | None = None,
-        alert_id: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Newest first, across ``portfolio_ids``, optionally filtered by status, channel or alert id."""
-        out: list[dict[str, Any]] = []
-        filtered = status is not None or channel is not None or alert_id is not None
-        for pid in portfolio_ids:
-            key = PortfolioKeys(pid).deliveries
-            for record in self.store.read_stream_json(key, count=count * 10 if filtered else count):
-                if status is not None and record.get("status") != status:
-                    continue
-                if channel is not None and record.get("channel") != channel:
-                    continue
-                if alert_id is not None and all(
-                    e.get("alert_id") != alert_id for e in record.get("events", ())
-                ):
-                    continue
-                out.append(record)
-        out.sort(key=lambda r: (r.get("ts", 0), r.get("id", "")), reverse=True)
-        return out[:count]
+            ),
+        ).to_dict()
 
 
 def _target_args(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,11 +25,13 @@ from typing import Any
 
 import jinja2
 
+from engine.records import SEVERITY_RANK, Severity
 from notifications.channels import Message
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 KINDS = ("triggered", "escalated", "acknowledged_reminder", "resolved")
-SEVERITY_ORDER = {"LOW": 0, "MEDIUM": 1, "HIGH": 2, "CRITICAL": 3}
+SEVERITY_ORDER = SEVERITY_RANK
+"""Kept for callers that import it from here; the ranking is :data:`engine.records.SEVERITY_RANK`."""
 DIGEST_MAX_SECTIONS = 20
 """A digest shows this many events in full and counts the rest (a storm must not make a 1 MB email)."""
 
@@ -135,7 +137,7 @@ class Renderer:
         if not events:
             raise ValueError("nothing to render")
         severity = max(
-            (e["alert"].get("severity", "LOW") for e in events), key=lambda s: SEVERITY_ORDER.get(s, 0)
+            (e["alert"].get("severity", Severity.LOW) for e in events), key=lambda s: SEVERITY_ORDER.get(s, 0)
         )
         payload = {"portfolio_id": portfolio_id, "events": [_event_summary(e) for e in events]}
         if len(events) == 1:

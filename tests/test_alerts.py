@@ -13,16 +13,16 @@ import pytest
 from engine.errors import ConfigError
 from engine.settings import load_settings
 from engine.store import GLOBAL_AUDIT_KEY, Store
-from logic.alerts import (
-    MANUAL_RESOLVE_REARM_SECONDS,
+from logic.lifecycle import MANUAL_RESOLVE_REARM_SECONDS
+from logic.rules import (
     AlertError,
     AlertNotFoundError,
     RuleExistsError,
     RuleNotFoundError,
     RuleValidationError,
-    build_alert_engine,
     validate_rule,
 )
+from notifications.service import build_delivering_engine
 
 from .alerts_support import T0, SimClock, SleepRecorder, delivered_events, rule, snapshot
 
@@ -39,7 +39,7 @@ def make_engine(store: Store, make_settings: Any, rules: list[dict[str, Any]], c
     settings = make_settings(
         {"alert_rules": rules, "notifications": notifications, "escalation": extra.pop("escalation", {})}
     )
-    return build_alert_engine(store, settings, clock=clock, env={}, sleep=SleepRecorder(), **extra)
+    return build_delivering_engine(store, settings, clock=clock, env={}, sleep=SleepRecorder(), **extra)
 
 
 # -- rules ---------------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def test_validate_rule_accepts_every_documented_field_and_normalises_actions() -
 
 def test_shipped_riskdesk_toml_rules_build_an_engine_with_the_default_alerts(store: Store) -> None:
     settings = load_settings(ROOT / "riskdesk.toml", env={})
-    engine = build_alert_engine(store, settings, env={})
+    engine = build_delivering_engine(store, settings, env={})
     ids = {r["id"] for r in engine.list_rules()}
     assert {
         "var_warning",
@@ -108,7 +108,7 @@ def test_an_invalid_rule_in_the_settings_is_refused_when_the_engine_is_built(
 ) -> None:
     settings = make_settings({"alert_rules": [rule("x", "var.var96", ">", 1.0, "LOW")]})
     with pytest.raises(ConfigError, match=r"alert_rules 'x': unknown metric path 'var.var96'"):
-        build_alert_engine(store, settings, env={})
+        build_delivering_engine(store, settings, env={})
 
 
 def test_rule_edits_are_validated_audited_and_seen_by_every_engine(store: Store, make_settings) -> None:

@@ -2,8 +2,9 @@
 is TRIGGERED and emailed to a local SMTP server, the circuit breaker sets HALTED, and a trade is then rejected
 with the HALTED reason.
 
-Both daemons run as they ship (``python -m engine.stream``, ``python -m logic.monitor``, whose alert engine
-sends notifications from its background thread), each as its own process on the test's Redis.
+The daemons run as they ship (``python -m engine.stream``, ``python -m logic.monitor``, whose alert engine
+queues the notifications, and ``python -m notifications``, which delivers them), each as its own process on
+the test's Redis.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def test_a_scheduled_shock_breaches_var_emails_the_alert_halts_trading_and_a_tra
         env = {**daemon_env(redis_server.url, config), **smtp_env}
         try:
             procs.append(spawn("logic.monitor", ["--idle-refresh", "1"], env, tmp_path / "monitor.log"))
+            procs.append(spawn("notifications", [], env, tmp_path / "notifications.log"))
             # every price -10% at bar 20: the EWMA matrix takes in a 10% one-minute move and VaR explodes
             stream_args = "--feed sim --interval 0.05 --ticks 60 --seed 3 --shock *:-0.10@20".split()
             procs.append(spawn("engine.stream", stream_args, env, tmp_path / "stream.log"))

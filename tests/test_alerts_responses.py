@@ -11,8 +11,8 @@ import pytest
 import warmup
 from engine.store import PortfolioKeys, Store
 from logic.actions import parse_action, plan_reduction
-from logic.alerts import build_alert_engine
 from logic.risk_manager import RiskManager
+from notifications.service import build_delivering_engine
 
 from .alerts_support import T0, SimClock, SleepRecorder, delivered_events, rule, snapshot
 
@@ -79,7 +79,7 @@ def build(
     settings = make_settings(
         {"alert_rules": rules, "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0}}
     )
-    return build_alert_engine(
+    return build_delivering_engine(
         store, settings, clock=clock, risk_manager_factory=factory, env={}, sleep=SleepRecorder()
     ), settings
 

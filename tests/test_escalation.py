@@ -10,7 +10,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import Store
-from logic.alerts import build_alert_engine
+from notifications.service import build_delivering_engine as build_alert_engine
 from logic.escalation import escalation_config
 
 from .alerts_support import T0, SimClock, SleepRecorder, rule, smtp_server, snapshot

@@ -12,10 +12,10 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import Store
-from logic.alerts import build_alert_engine
 from notifications.channels import Message, PermanentDeliveryError, SmsChannel
 from notifications.config import notification_config, smtp_from_env, twilio_from_env
 from notifications.render import Renderer, format_metric
+from notifications.service import build_delivering_engine
 
 from .alerts_support import (
     T0,
@@ -65,7 +65,7 @@ def engine_with(
     )
     sleep = SleepRecorder()
     clock = SimClock()
-    engine = build_alert_engine(store, settings, clock=clock, env=env, sleep=sleep, **kwargs)
+    engine = build_delivering_engine(store, settings, clock=clock, env=env, sleep=sleep, **kwargs)
     return engine, sleep, clock
 
 

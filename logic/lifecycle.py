@@ -1,0 +1,600 @@
+"""The alert lifecycle, planned: what one evaluation, timer run, acknowledgement or resolve changes.
+
+``TRIGGERED -> ACKNOWLEDGED -> RESOLVED``, each with who and when; at most one active alert per rule and
+portfolio. Alerts resolve by themselves after the clear period, or by hand. A CRITICAL alert *inhibits* the
+lower-severity alerts on the same metric of the same portfolio: they stay visible but send nothing until it is
+gone. An acknowledged alert that is still active after ``[escalation] ack_timeout_seconds`` goes back to
+TRIGGERED and escalation restarts. Every transition becomes a history record with the full alert.
+
+:class:`AlertPlanner` is pure: each ``plan_*`` method reads only its arguments (the alerts and timers the
+engine read inside its WATCH) and returns a :class:`Changes`, which :class:`logic.alerts.AlertEngine` writes
+in one MULTI together with the outbox entries (:class:`engine.records.OutboxEntry`) and the automated actions.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, AlertStatus, Channel, OutboxEntry, Severity
+from engine.settings import AlertRule
+from logic import escalation as esc
+from logic.escalation import EscalationConfig
+from logic.actions import parse_action, plan_reduction
+from logic.rules import (
+    ACTION_RULE_PREFIX,
+    NOT_APPLICABLE_WHEN_NULL,
+    SNAPSHOT_METRICS,
+    AlertNotFoundError,
+    Snapshot,
+    applies,
+    compare,
+    metric_value,
+)
+
+SYSTEM_ACTOR = "system"
+AUTO_ACTOR_PREFIX = "auto:"
+MANUAL_RESOLVE_REARM_SECONDS = 60.0
+"""After a manual resolve, a condition that still holds fires again after its pending period but no sooner
+than this: the breach is real and the desk must hear of it again, yet not on the very next tick."""
+ACTIVE_STATUSES = ACTIVE_ALERT_STATUSES
+
+
+@dataclass
+class Changes:
+    """What one alert transaction writes (and reports)."""
+
+    alerts_set: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts_del: list[str] = field(default_factory=list)
+    trackers_set: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trackers_del: list[str] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    notify: list[OutboxEntry] = field(default_factory=list)
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    actions_done: list[str] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (
+            self.alerts_set
+            or self.alerts_del
+            or self.trackers_set
+            or self.trackers_del
+            or self.log
+            or self.notify
+            or self.actions
+            or self.actions_done
+            or self.audit
+        )
+
+    @property
+    def transitions(self) -> list[dict[str, Any]]:
+        return [{k: r[k] for k in ("event", "rule_id", "alert_id", "severity", "ts")} for r in self.log]
+
+
+class AlertPlanner:
+    """Plans alert transitions from the stored alerts, the timers, the rules and a snapshot.
+
+    Parameters
+    ----------
+    escalation:
+        Escalation policies (:func:`logic.escalation.escalation_config`).
+    repeat_interval_seconds:
+        Remind about an active, unacknowledged alert this often (0 = never).
+    """
+
+    def __init__(self, escalation: EscalationConfig, repeat_interval_seconds: float) -> None:
+        self.escalation = escalation
+        self.repeat_interval_seconds = repeat_interval_seconds
+
+    # -- the dashboard's transitions -------------------------------------------------------------------------
+    def plan_acknowledge(
+        self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any]
+    ) -> tuple[Changes, dict[str, Any]]:
+        """TRIGGERED -> ACKNOWLEDGED by ``actor``: escalation stops (until the acknowledge timeout, if any)."""
+        alert = alerts.get(rule_id)
+        if alert is None:
+            raise AlertNotFoundError(f"no active alert for rule {rule_id!r} in portfolio {portfolio_id!r}")
+        ch = Changes()
+        alert = dict(alert)
+        alert.update(
+            status=AlertStatus.ACKNOWLEDGED,
+            acknowledged_by=actor,
+            acknowledged_at=now,
+            ack_note=str(note)[:500],
+            updated_at=now,
+        )
+        timeout = self.escalation.ack_timeout_seconds
+        alert["ack_timeout_at"] = now + timeout if timeout > 0 else None
+        esc.stop(alert)
+        ch.alerts_set[rule_id] = alert
+        ch.log.append(self.log_record(AlertStatus.ACKNOWLEDGED, alert, now, actor, note))
+        return ch, alert
+
+    def plan_resolve(
+        self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any]
+    ) -> tuple[Changes, dict[str, Any]]:
+        """Resolve by hand; a metric breach that persists is re-armed (see MANUAL_RESOLVE_REARM_SECONDS)."""
+        alert = alerts.get(rule_id)
+        if alert is None:
+            raise AlertNotFoundError(f"no active alert for rule {rule_id!r} in portfolio {portfolio_id!r}")
+        ch = Changes()
+        resolved = self.resolve_into(ch, portfolio_id, alert, now, actor, note or "resolved by hand")
+        if alert.get("kind") == "metric":
+            # a breach that persists fires again, but not at once (see MANUAL_RESOLVE_REARM_SECONDS)
+            ch.trackers_set[rule_id] = {"breach_since": now, "hold_until": now + MANUAL_RESOLVE_REARM_SECONDS}
+        return ch, resolved
+
+    # -- evaluation and timers -------------------------------------------------------------------------------
+    def plan_evaluation(
+        self,
+        portfolio_id: str,
+        snapshot: Snapshot,
+        now: float,
+        alerts: dict[str, Any],
+        trackers: dict[str, Any],
+        rules: tuple[AlertRule, ...],
+    ) -> Changes:
+        ch = Changes()
+        current = {rid: dict(a) for rid, a in alerts.items()}
+        applicable = {r.id: r for r in rules if applies(r, portfolio_id)}
+        for rule_id, alert in list(current.items()):
+            if alert.get("kind") == "metric" and rule_id not in applicable:
+                self.resolve_into(
+                    ch,
+                    portfolio_id,
+                    alert,
+                    now,
+                    SYSTEM_ACTOR,
+                    "rule removed or no longer applies to this portfolio",
+                )
+                del current[rule_id]
+        for rule_id in trackers:
+            if rule_id not in applicable:
+                ch.trackers_del.append(rule_id)
+        for rule in sorted(applicable.values(), key=lambda r: -SEVERITY_RANK[Severity(r.severity)]):
+            self.evaluate_rule(ch, portfolio_id, rule, snapshot, now, current, trackers.get(rule.id) or {})
+        self.plan_inhibition(ch, current, now)
+        self.plan_timers(ch, portfolio_id, current, now)
+        return ch
+
+    def plan_timers_only(
+        self, portfolio_id: str, now: float, alerts: dict[str, Any], trackers: Any, rules: Any
+    ) -> Changes:
+        ch = Changes()
+        current = {rid: dict(a) for rid, a in alerts.items()}
+        self.plan_timers(ch, portfolio_id, current, now)
+        return ch
+
+    def condition(self, rule: AlertRule, snapshot: Snapshot, now: float) -> tuple[bool | None, Any, bool]:
+        """(breach, value, stale): breach None means "hold" (stale data under the ``keep`` policy)."""
+        data_ts = snapshot.get("market_ts")
+        if not _finite(data_ts):
+            data_ts = snapshot.get("ts")
+        age = now - float(data_ts) if isinstance(data_ts, int | float) and _finite(data_ts) else math.inf
+        value = metric_value(snapshot, rule.metric)
+        if age <= rule.stale_after_seconds and value is None and rule.metric in NOT_APPLICABLE_WHEN_NULL:
+            return False, None, False
+        if age > rule.stale_after_seconds or not _finite(value):
+            return (True, None, True) if rule.stale_policy == "fire" else (None, None, False)
+        return compare(float(value), rule.op, rule.threshold), float(value), False
+
+    def evaluate_rule(
+        self,
+        ch: Changes,
+        portfolio_id: str,
+        rule: AlertRule,
+        snapshot: Snapshot,
+        now: float,
+        current: dict[str, dict[str, Any]],
+        tracker: Mapping[str, Any],
+    ) -> None:
+        breach, value, stale = self.condition(rule, snapshot, now)
+        if breach is None:
+            return
+        alert = current.get(rule.id)
+        if alert is not None:
+            edited = {"op": rule.op, "threshold": rule.threshold, "description": rule.description}
+            if any(alert.get(k) != v for k, v in edited.items()):  # the rule was edited while active
+                alert.update(edited, updated_at=now)
+                ch.alerts_set[rule.id] = alert
+        new = {k: tracker.get(k) for k in ("breach_since", "clear_since", "hold_until")}
+        if new["hold_until"] is not None and now >= new["hold_until"]:
+            new["hold_until"] = None
+        if breach:
+            new["clear_since"] = None
+            if alert is not None:
+                if alert.get("value") != value or alert.get("stale") != stale or alert.get("clear_since"):
+                    alert.update(value=value, stale=stale, clear_since=None, updated_at=now)
+                    ch.alerts_set[rule.id] = alert
+            else:
+                since = new["breach_since"] if new["breach_since"] is not None else now
+                new["breach_since"] = since
+                if now - since >= rule.pending_seconds and new["hold_until"] is None:
+                    alert = self.trigger(ch, portfolio_id, rule, value, stale, since, now, snapshot)
+                    current[rule.id] = alert
+        else:
+            new["breach_since"] = None
+            if alert is not None:
+                since = new["clear_since"] if new["clear_since"] is not None else now
+                new["clear_since"] = since
+                if now - since >= rule.clear_seconds:
+                    alert.update(value=value, stale=False)
+                    self.resolve_into(
+                        ch,
+                        portfolio_id,
+                        alert,
+                        now,
+                        "auto",
+                        f"clear for {now - since:.0f} s" if rule.clear_seconds else "clear",
+                    )
+                    del current[rule.id]
+                    new = {"breach_since": None, "clear_since": None, "hold_until": None}
+                elif alert.get("value") != value or alert.get("stale") or alert.get("clear_since") != since:
+                    alert.update(value=value, stale=False, clear_since=since, updated_at=now)
+                    ch.alerts_set[rule.id] = alert
+            else:
+                new["clear_since"] = None
+        stored = {k: v for k, v in tracker.items() if v is not None}
+        wanted = {k: v for k, v in new.items() if v is not None}
+        if wanted != stored:
+            if wanted:
+                ch.trackers_set[rule.id] = wanted
+            else:
+                ch.trackers_del.append(rule.id)
+
+    def trigger(
+        self,
+        ch: Changes,
+        portfolio_id: str,
+        rule: AlertRule,
+        value: Any,
+        stale: bool,
+        since: float,
+        now: float,
+        snapshot: Snapshot,
+    ) -> dict[str, Any]:
+        alert = {
+            "alert_id": uuid.uuid4().hex[:16],
+            "portfolio_id": portfolio_id,
+            "rule_id": rule.id,
+            "kind": "metric",
+            "metric": rule.metric,
+            "op": rule.op,
+            "threshold": rule.threshold,
+            "unit": SNAPSHOT_METRICS.get(rule.metric, "number"),
+            "severity": rule.severity,
+            "description": rule.description,
+            "status": AlertStatus.TRIGGERED,
+            "value": value,
+            "trigger_value": value,
+            "stale": stale,
+            "breach_since": since,
+            "triggered_at": now,
+            "updated_at": now,
+            "acknowledged_by": None,
+            "acknowledged_at": None,
+            "ack_note": "",
+            "ack_timeout_at": None,
+            "resolved_by": None,
+            "resolved_at": None,
+            "resolve_reason": "",
+            "inhibited": False,
+            "notified": False,
+            "last_notified_at": None,
+            "repeats": 0,
+            "actions": list(rule.actions),
+        }
+        esc.start(alert, self.escalation.policy(rule.severity), now)
+        ch.alerts_set[rule.id] = alert
+        ch.log.append(
+            self.log_record(AlertStatus.TRIGGERED, alert, now, SYSTEM_ACTOR, "STALE market data" if stale else "")
+        )
+        shown = "STALE" if value is None else f"{value:g}"
+        for order, text in enumerate(rule.actions):
+            action = parse_action(text)
+            action_id = f"{alert['alert_id']}-{order}"
+            pending = {
+                "action_id": action_id,
+                "order": order,
+                "action": action.text,
+                "rule_id": rule.id,
+                "alert_id": alert["alert_id"],
+                "severity": rule.severity,
+                "description": rule.description,
+                "metric": rule.metric,
+                "op": rule.op,
+                "threshold": rule.threshold,
+                "value": value,
+                "actor": f"{AUTO_ACTOR_PREFIX}{rule.id}",
+                "created_at": now,
+                "reason": f"alert {rule.id}: {rule.description or rule.metric} "
+                f"({rule.metric} {rule.op} {rule.threshold:g}, value {shown})",
+            }
+            if action.kind == "reduce":
+                assert action.fraction is not None
+                pending["plan"] = plan_reduction(snapshot.get("positions") or [], action.fraction)
+            ch.actions[action_id] = pending
+        return alert
+
+    def resolve_into(
+        self, ch: Changes, portfolio_id: str, alert: Mapping[str, Any], now: float, actor: str, reason: str
+    ) -> dict[str, Any]:
+        resolved = dict(alert)
+        resolved.update(
+            status=AlertStatus.RESOLVED, resolved_by=actor, resolved_at=now, resolve_reason=reason, updated_at=now
+        )
+        esc.stop(resolved)
+        ch.alerts_del.append(alert["rule_id"])
+        ch.alerts_set.pop(alert["rule_id"], None)
+        ch.log.append(self.log_record(AlertStatus.RESOLVED, resolved, now, actor, reason))
+        if resolved.get("notified"):
+            policy = self.escalation.policy(resolved["severity"])
+            recipients: list[str] = []
+            channels: list[str] = []
+            for level in esc.notified_levels(resolved, policy):
+                recipients.extend(policy.levels[level].recipients)
+                channels.extend(policy.levels[level].channels)
+            self.notify(ch, portfolio_id, "resolved", resolved, now, recipients, channels, level=None)
+        return resolved
+
+    def plan_inhibition(self, ch: Changes, current: dict[str, dict[str, Any]], now: float) -> None:
+        critical = {
+            a["metric"]
+            for a in current.values()
+            if a.get("kind") == "metric" and a["severity"] == Severity.CRITICAL and a["status"] in ACTIVE_STATUSES
+        }
+        for rule_id, alert in current.items():
+            if alert.get("kind") != "metric" or alert["severity"] == Severity.CRITICAL:
+                continue
+            inhibit = alert["metric"] in critical
+            if inhibit == bool(alert.get("inhibited")):
+                continue
+            alert["inhibited"] = inhibit
+            alert["updated_at"] = now
+            if inhibit:
+                esc.stop(alert)
+                ch.log.append(
+                    self.log_record(
+                        "INHIBITED",
+                        alert,
+                        now,
+                        SYSTEM_ACTOR,
+                        f"a {Severity.CRITICAL} alert on {alert['metric']} is active",
+                    )
+                )
+            else:
+                policy = self.escalation.policy(alert["severity"])
+                if alert.get("notified"):
+                    esc.resume(alert, policy, now)
+                else:
+                    esc.start(alert, policy, now)
+                ch.log.append(self.log_record("UNINHIBITED", alert, now, SYSTEM_ACTOR, ""))
+            ch.alerts_set[rule_id] = alert
+
+    def plan_timers(self, ch: Changes, portfolio_id: str, current: dict[str, dict[str, Any]], now: float) -> None:
+        """Acknowledge timeouts, due escalation levels, repeat reminders."""
+        for rule_id, alert in current.items():
+            policy = self.escalation.policy(alert["severity"])
+            changed = False
+            if (
+                alert["status"] == AlertStatus.ACKNOWLEDGED
+                and alert.get("ack_timeout_at") is not None
+                and now >= alert["ack_timeout_at"]
+            ):
+                cycle = int((alert.get("escalation") or {}).get("cycle", 0)) + 1
+                alert["reminder"] = {
+                    "acknowledged_by": alert.get("acknowledged_by"),
+                    "acknowledged_at": alert.get("acknowledged_at"),
+                }
+                alert.update(status=AlertStatus.TRIGGERED, ack_timeout_at=None, updated_at=now)
+                if not alert.get("inhibited"):
+                    esc.start(alert, policy, now, cycle=cycle)
+                ch.log.append(
+                    self.log_record(
+                        "REESCALATED",
+                        alert,
+                        now,
+                        SYSTEM_ACTOR,
+                        f"still active after the acknowledge timeout ({self.escalation.ack_timeout_seconds:.0f} s)",
+                    )
+                )
+                changed = True
+            # an alert never announced yet whose metric is already back (clear period running) waits: if it
+            # resolves, nobody was bothered; if the breach returns, it is announced then
+            quiet = not alert.get("notified") and alert.get("clear_since") is not None
+            if alert["status"] == AlertStatus.TRIGGERED and not alert.get("inhibited") and not quiet:
+                levels = esc.due_levels(alert, policy, now)
+                for level in levels:
+                    kind = esc.event_kind(alert, level)
+                    lvl = policy.levels[level]
+                    self.notify(ch, portfolio_id, kind, alert, now, lvl.recipients, lvl.channels, level)
+                    esc.mark_notified(alert, policy, level)
+                    if level > 0:
+                        ch.log.append(self.log_record("ESCALATED", alert, now, SYSTEM_ACTOR, f"level {level + 1}"))
+                if levels:
+                    alert.update(notified=True, last_notified_at=now)
+                    changed = True
+                elif (
+                    self.repeat_interval_seconds > 0
+                    and alert.get("notified")
+                    and alert.get("last_notified_at") is not None
+                    and now - alert["last_notified_at"] >= self.repeat_interval_seconds
+                ):
+                    recipients: list[str] = []
+                    channels: list[str] = []
+                    for level in esc.notified_levels(alert, policy):
+                        recipients.extend(policy.levels[level].recipients)
+                        channels.extend(policy.levels[level].channels)
+                    alert["repeats"] = int(alert.get("repeats", 0)) + 1
+                    alert["last_notified_at"] = now
+                    self.notify(ch, portfolio_id, "triggered", alert, now, recipients, channels, None, repeat=True)
+                    ch.log.append(
+                        self.log_record(
+                            "REPEATED", alert, now, SYSTEM_ACTOR, f"still active, reminder {alert['repeats']}"
+                        )
+                    )
+                    changed = True
+            if changed:
+                ch.alerts_set[rule_id] = alert
+
+    def notify(
+        self,
+        ch: Changes,
+        portfolio_id: str,
+        kind: str,
+        alert: Mapping[str, Any],
+        now: float,
+        recipients: Sequence[str],
+        channels: Sequence[str],
+        level: int | None,
+        repeat: bool = False,
+    ) -> None:
+        """Queue one event for the outbox: one entry per channel and recipient *name* (``log`` once).
+
+        Addresses are not resolved here: the notifications side looks each name up in its own configuration
+        when it sends (a recipient without an address for a channel is then simply not served by it).
+        """
+        pairs = _outbox_pairs(recipients, channels)
+        if not pairs:
+            return
+        reminder = alert.get("reminder") or {}
+        event = {
+            "event_id": uuid.uuid4().hex[:16],
+            "kind": kind,
+            "portfolio_id": portfolio_id,
+            "ts": now,
+            "level": level,
+            "repeat": repeat,
+            "channels": sorted(set(channels)),
+            "acknowledged_by": reminder.get("acknowledged_by"),
+            "acknowledged_at": reminder.get("acknowledged_at"),
+            "alert": public_alert(alert),
+        }
+        ch.notify.extend(OutboxEntry(event, channel, name, now) for channel, name in pairs)
+
+    def log_record(self, event: str, alert: Mapping[str, Any], now: float, actor: str, note: str) -> dict[str, Any]:
+        return {
+            "ts": now,
+            "event": event,
+            "alert_id": alert["alert_id"],
+            "rule_id": alert["rule_id"],
+            "severity": alert["severity"],
+            "actor": actor,
+            "note": note,
+            "alert": public_alert(alert),
+        }
+
+    def plan_action_alert(
+        self,
+        portfolio_id: str,
+        outcomes: list[tuple[dict[str, Any], Any]],
+        now: float,
+        alerts: dict[str, Any],
+        trackers: Any,
+        rules: Any,
+    ) -> Changes:
+        ch = Changes()
+        first = outcomes[0][0]
+        ok = all(outcome.ok for _, outcome in outcomes)
+        summary = "; ".join(outcome.summary for _, outcome in outcomes)
+        for item, outcome in outcomes:
+            ch.actions_done.append(item["action_id"])
+            ch.audit.append(
+                {
+                    "ts": now,
+                    "actor": item["actor"],
+                    "action": "automated_response",
+                    "response": item["action"],
+                    "rule_id": item["rule_id"],
+                    "alert_id": item["alert_id"],
+                    "ok": outcome.ok,
+                    "summary": outcome.summary,
+                    "details": dict(outcome.details),
+                }
+            )
+        key = f"{ACTION_RULE_PREFIX}{first['rule_id']}"
+        severity = first["severity"] if ok else Severity.CRITICAL
+        previous = alerts.get(key)
+        alert = {
+            "alert_id": uuid.uuid4().hex[:16],
+            "portfolio_id": portfolio_id,
+            "rule_id": key,
+            "kind": "action",
+            "metric": first["metric"],
+            "op": first["op"],
+            "threshold": first["threshold"],
+            "unit": SNAPSHOT_METRICS.get(first["metric"], "number"),
+            "severity": severity,
+            "description": f"Automated response to {first['rule_id']}"
+            + ("" if ok else " FAILED")
+            + f": {', '.join(i['action'] for i, _ in outcomes)}",
+            "summary": summary,
+            "ok": ok,
+            "source_alert_id": first["alert_id"],
+            "status": AlertStatus.TRIGGERED,
+            "value": first.get("value"),
+            "trigger_value": first.get("value"),
+            "stale": False,
+            "breach_since": now,
+            "triggered_at": now,
+            "updated_at": now,
+            "acknowledged_by": None,
+            "acknowledged_at": None,
+            "ack_note": "",
+            "ack_timeout_at": None,
+            "resolved_by": None,
+            "resolved_at": None,
+            "resolve_reason": "",
+            "inhibited": False,
+            "notified": False,
+            "last_notified_at": None,
+            "repeats": 0,
+            "occurrences": 1,
+        }
+        if previous is not None:
+            # one active alert per rule: a newer automated action replaces the older record's content
+            alert["alert_id"] = previous["alert_id"]
+            alert["occurrences"] = int(previous.get("occurrences", 1)) + 1
+            alert["history"] = (previous.get("history") or [])[-9:] + [
+                {"ts": previous.get("triggered_at"), "summary": previous.get("summary")}
+            ]
+        esc.start(alert, self.escalation.policy(severity), now)
+        ch.alerts_set[key] = alert
+        ch.log.append(self.log_record(AlertStatus.TRIGGERED, alert, now, first["actor"], summary))
+        self.plan_timers(ch, portfolio_id, {key: alert}, now)
+        return ch
+
+
+def public_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """The alert as the dashboard and templates see it (without the escalation bookkeeping's internals)."""
+    out = {k: v for k, v in alert.items() if k not in ("escalation", "reminder")}
+    escalation = alert.get("escalation") or {}
+    out["escalation_level"] = int(escalation.get("max_level", -1)) + 1
+    out["next_escalation_at"] = escalation.get("next_at")
+    return out
+
+
+def snapshot_ts(snapshot: Snapshot) -> float:
+    ts = snapshot.get("ts")
+    return float(ts) if isinstance(ts, int | float) and _finite(ts) else -math.inf
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _outbox_pairs(recipients: Sequence[str], channels: Sequence[str]) -> list[tuple[Channel, str]]:
+    """(channel, recipient name) pairs of one event: ``log`` once (as recipient ``log``), every other channel
+    once per distinct recipient."""
+    pairs: list[tuple[Channel, str]] = []
+    names = list(dict.fromkeys(recipients))
+    for channel in dict.fromkeys(Channel(c) for c in channels):
+        if channel is Channel.LOG:
+            pairs.append((channel, Channel.LOG.value))
+        else:
+            pairs.extend((channel, name) for name in names)
+    return pairs

@@ -1,0 +1,436 @@
+"""Alert rules: the metrics a rule may watch, validation, comparison and the rule book.
+
+A rule (:class:`engine.settings.AlertRule`) compares one metric of the monitor's per-portfolio snapshot with a
+threshold: ``metric`` is a dotted path from :data:`SNAPSHOT_METRICS` (e.g. ``var.utilization``,
+``concentration.largest_share``), ``op`` one of ``< <= > >= ==``, ``severity`` one of
+:class:`engine.records.Severity`. ``pending_seconds``: the breach must hold that long before the alert fires;
+``clear_seconds``: the metric must be back that long before it resolves (together: no flapping).
+``stale_after_seconds`` / ``stale_policy``: when the snapshot's market data is older than that, ``keep`` holds
+the rule's state as it is and ``fire`` counts the staleness as a breach (a STALE alert). A metric that is
+``null`` in the snapshot (margin level of a cash account) does not apply: it never breaches. ``portfolios`` is
+``["*"]`` or a list of ids; ``actions`` are automated actions (:mod:`logic.actions`).
+
+The rules of ``riskdesk.toml`` are the defaults. :class:`RuleBook` edits them at run time: edits live in Redis
+(``rd:rules``), are validated (unknown metric path, bad operator, NaN threshold... refused with a clear
+message) and audited in ``rd:audit`` with who, before and after, in the same transaction. Every engine sees
+an edit at its next evaluation (a version counter).
+
+Errors::
+
+    AlertError                  (engine.errors.RiskdeskError)
+    +-- RuleValidationError     a rule field is invalid
+    +-- RuleNotFoundError       no such rule
+    +-- RuleExistsError         adding a rule whose id is taken
+    +-- AlertNotFoundError      no active alert for that rule and portfolio
+    +-- AlertConflictError      a WATCH transaction kept failing
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from engine.errors import ConfigError, RiskdeskError
+from engine.records import Clock, Severity
+from engine.settings import AlertRule, valid_symbol
+from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
+from logic.actions import parse_action
+
+Snapshot = Mapping[str, Any]
+"""A monitor snapshot in its dict form (:meth:`engine.records.Snapshot.to_dict`): rules read dotted paths."""
+
+OPERATORS = ("<", "<=", ">", ">=", "==")
+STALE_POLICIES = ("keep", "fire")
+SEVERITIES: tuple[Severity, ...] = tuple(Severity)
+"""Every severity, lowest first (the members of :class:`engine.records.Severity`)."""
+ACTION_RULE_PREFIX = "action:"
+"""Rule id prefix of the alerts that report an automated action (``action:<rule id>``)."""
+MAX_TRANSACTION_ATTEMPTS = 20
+"""WATCH retries of one alert transaction; only a storm of concurrent acknowledgements could exhaust them."""
+
+SNAPSHOT_METRICS: Mapping[str, str] = {
+    "equity": "money",
+    "cash": "money",
+    "market_value": "money",
+    "gross_exposure": "money",
+    "net_exposure": "money",
+    "leverage": "ratio",
+    "pnl.unrealized": "money",
+    "pnl.realized": "money",
+    "pnl.daily": "money",
+    "pnl.total": "money",
+    "var.var95": "money",
+    "var.var99": "money",
+    "var.cvar95": "money",
+    "var.cvar99": "money",
+    "var.stressed_var99": "money",
+    "var.limit": "money",
+    "var.confidence": "fraction",
+    "var.utilization": "fraction",
+    "drawdown.daily": "fraction",
+    "drawdown.weekly": "fraction",
+    "drawdown.max": "fraction",
+    "concentration.hhi": "number",
+    "concentration.largest_share": "fraction",
+    "margin.level": "percent",
+    "margin.used": "money",
+    "margin.maintenance": "money",
+    "data.market_age_seconds": "seconds",
+    "data.missing_prices": "count",
+}
+"""Every metric path a rule may use, with its unit (how notifications format it). These are the numeric
+fields of the monitor's snapshot (see the snapshot schema in README / the contracts); ``data.missing_prices``
+is a list and a rule compares its length. ``margin.level`` is in percent points (150 = 150%)."""
+
+NOT_APPLICABLE_WHEN_NULL = frozenset({"margin.level"})
+"""Metrics whose ``null`` means "does not apply" (a cash account has no margin level; a margin account
+without exposure uses no margin): a rule on them does not breach. Any other ``null`` (a value that could not
+be computed) or absent field is *no data* and follows the rule's stale-data policy."""
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+
+
+class AlertError(RiskdeskError):
+    code = "ALERT_ERROR"
+
+
+class RuleValidationError(AlertError):
+    code = "RULE_INVALID"
+    fix = "correct the rule as the message says"
+
+
+class RuleNotFoundError(AlertError):
+    code = "RULE_NOT_FOUND"
+    fix = "pick a rule from the rule list"
+
+
+class RuleExistsError(AlertError):
+    code = "RULE_EXISTS"
+    fix = "choose another id, or edit the existing rule"
+
+
+class AlertNotFoundError(AlertError):
+    code = "ALERT_NOT_FOUND"
+    fix = "refresh the alert list: the alert may have been resolved already"
+
+
+class AlertConflictError(AlertError):
+    code = "ALERT_CONFLICT"
+    fix = "try again: the alert kept changing while it was being updated"
+
+
+# -- rules ---------------------------------------------------------------------------------------------------
+
+_RULE_FIELDS = tuple(f.name for f in dataclasses.fields(AlertRule))
+
+
+def rule_to_dict(rule: AlertRule) -> dict[str, Any]:
+    d = dataclasses.asdict(rule)
+    d["portfolios"] = list(rule.portfolios)
+    d["actions"] = list(rule.actions)
+    return d
+
+
+def metric_value(snapshot: Snapshot, path: str) -> Any:
+    """The value at a dotted ``path`` of ``snapshot`` (a list's length); :data:`MISSING` when absent."""
+    node: Any = snapshot
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return MISSING
+        node = node[part]
+    if isinstance(node, list | tuple):
+        return len(node)
+    return node
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def compare(value: float, op: str, threshold: float) -> bool:
+    if op == "<":
+        return value < threshold
+    if op == "<=":
+        return value <= threshold
+    if op == ">":
+        return value > threshold
+    if op == ">=":
+        return value >= threshold
+    if op == "==":
+        return math.isclose(value, threshold, rel_tol=1e-9, abs_tol=1e-12)
+    raise ValueError(f"bad operator {op!r}")
+
+
+def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
+    """Check every field of a rule and build it.
+
+    Raises
+    ------
+    RuleValidationError
+        Naming the field and what is accepted, e.g. ``unknown metric path 'var.var96'; did you mean
+        'var.var95'?``, ``bad operator '=>'``, ``threshold must be a finite number, got nan``.
+    """
+    if isinstance(data, AlertRule):
+        data = rule_to_dict(data)
+    if not isinstance(data, Mapping):
+        raise RuleValidationError(f"a rule must be a table of fields, got {type(data).__name__}")
+    unknown = set(data) - set(_RULE_FIELDS)
+    if unknown:
+        raise RuleValidationError(f"unknown rule field(s) {sorted(unknown)}; known: {list(_RULE_FIELDS)}")
+    for required in ("id", "metric", "op", "threshold", "severity"):
+        if required not in data or data[required] is None or data[required] == "":
+            raise RuleValidationError(f"rule field {required!r} is required")
+    rule_id = data["id"]
+    if not valid_symbol(rule_id) or str(rule_id).startswith(ACTION_RULE_PREFIX.rstrip(":")):
+        raise RuleValidationError(f"rule id {rule_id!r}: use 1-32 letters, digits, '.', '_' or '-'")
+    metric = data["metric"]
+    if not isinstance(metric, str) or metric not in SNAPSHOT_METRICS:
+        close = difflib.get_close_matches(str(metric), list(SNAPSHOT_METRICS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(SNAPSHOT_METRICS)}"
+        raise RuleValidationError(f"unknown metric path {metric!r} (not a numeric field of the snapshot){hint}")
+    op = data["op"]
+    if op not in OPERATORS:
+        raise RuleValidationError(f"bad operator {op!r}; use one of {' '.join(OPERATORS)}")
+    threshold = _finite_number(data["threshold"], "threshold")
+    severity = data["severity"]
+    if severity not in SEVERITIES:
+        raise RuleValidationError(f"severity {severity!r}: use one of {', '.join(SEVERITIES)}")
+    description = data.get("description", "")
+    if not isinstance(description, str) or len(description) > 500:
+        raise RuleValidationError("description must be text of at most 500 characters")
+    pending = _finite_number(data.get("pending_seconds", 0.0), "pending_seconds", minimum=0.0)
+    clear = _finite_number(data.get("clear_seconds", 0.0), "clear_seconds", minimum=0.0)
+    stale_after = _finite_number(data.get("stale_after_seconds", 60.0), "stale_after_seconds", minimum=0.0)
+    if stale_after <= 0:
+        raise RuleValidationError("stale_after_seconds must be > 0")
+    stale_policy = data.get("stale_policy", "keep")
+    if stale_policy not in STALE_POLICIES:
+        raise RuleValidationError(f"stale_policy {stale_policy!r}: use 'keep' (hold the state) or 'fire' (STALE)")
+    portfolios = data.get("portfolios", ("*",))
+    if isinstance(portfolios, str):
+        portfolios = [portfolios]
+    if not isinstance(portfolios, list | tuple) or not portfolios:
+        raise RuleValidationError('portfolios must be a non-empty list of portfolio ids, or ["*"] for all')
+    for pid in portfolios:
+        if pid != "*" and not valid_symbol(pid):
+            raise RuleValidationError(f"portfolios: {pid!r} is not a portfolio id")
+    if "*" in portfolios and len(portfolios) > 1:
+        raise RuleValidationError('portfolios: "*" (all) cannot be combined with named portfolios')
+    actions = data.get("actions", ())
+    if isinstance(actions, str) or not isinstance(actions, list | tuple):
+        raise RuleValidationError('actions must be a list such as ["set_state:HALTED"]')
+    parsed = []
+    for text in actions:
+        try:
+            parsed.append(parse_action(text).text)
+        except ValueError as exc:
+            raise RuleValidationError(str(exc)) from None
+    return AlertRule(
+        id=rule_id,
+        metric=metric,
+        op=op,
+        threshold=threshold,
+        severity=severity,
+        description=description,
+        pending_seconds=pending,
+        clear_seconds=clear,
+        stale_after_seconds=stale_after,
+        stale_policy=stale_policy,
+        portfolios=tuple(portfolios),
+        actions=tuple(parsed),
+    )
+
+
+def _finite_number(value: Any, name: str, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        try:
+            value = float(value) if isinstance(value, str) and value.strip() else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise RuleValidationError(f"{name} must be a number")
+    if not math.isfinite(value):
+        raise RuleValidationError(f"{name} must be a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise RuleValidationError(f"{name} must be >= {minimum:g}, got {value:g}")
+    return float(value)
+
+
+class RuleBook:
+    """The effective rules: the settings' defaults overlaid with the run-time edits stored in Redis."""
+
+    def __init__(self, store: Store, defaults: Sequence[AlertRule], clock: Clock = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        validated = []
+        for rule in defaults:
+            try:
+                validated.append(validate_rule(rule))
+            except RuleValidationError as exc:
+                raise ConfigError(f"alert_rules {rule.id!r}: {exc.detail}") from exc
+        ids = [r.id for r in validated]
+        if len(ids) != len(set(ids)):
+            raise ConfigError(f"alert_rules: duplicate rule ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        self.defaults: dict[str, AlertRule] = {r.id: r for r in validated}
+        self._cache: tuple[int, tuple[AlertRule, ...]] | None = None
+        self._lock = threading.Lock()
+
+    def rules(self, conn: Any = None) -> tuple[AlertRule, ...]:
+        """The effective rules (cached per rules version: one GET per call)."""
+        version = self.store.read_rules_version(conn)
+        cached = self._cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        rules = self._effective(self.store.read_rule_overrides(conn))
+        with self._lock:
+            self._cache = (version, rules)
+        return rules
+
+    def _effective(self, overrides: Mapping[str, Any]) -> tuple[AlertRule, ...]:
+        out: list[AlertRule] = []
+        for rule_id, rule in self.defaults.items():
+            override = overrides.get(rule_id)
+            if override is None:
+                out.append(rule)
+            elif not override.get("deleted"):
+                out.append(self._decode(rule_id, override))
+        for rule_id in sorted(set(overrides) - set(self.defaults)):
+            if not overrides[rule_id].get("deleted"):
+                out.append(self._decode(rule_id, overrides[rule_id]))
+        return tuple(out)
+
+    def _decode(self, rule_id: str, override: Mapping[str, Any]) -> AlertRule:
+        try:
+            return validate_rule(override["rule"])
+        except (RuleValidationError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"stored rule {rule_id!r} in {RULES_KEY} is invalid: {exc}",
+                fix=f"remove it with reset_rule('{rule_id}') or fix it in the rules editor",
+            ) from exc
+
+    def list_rules(self) -> list[dict[str, Any]]:
+        """Every effective rule as a dict plus ``source``: ``settings``, ``edited`` (a default changed at run
+        time) or ``runtime`` (added at run time); removed defaults are listed with ``source="removed"``."""
+        overrides = self.store.read_rule_overrides()
+        out = []
+        for rule in self._effective(overrides):
+            source = "runtime" if rule.id not in self.defaults else ("edited" if rule.id in overrides else "settings")
+            out.append({**rule_to_dict(rule), "source": source})
+        for rule_id, override in overrides.items():
+            if override.get("deleted") and rule_id in self.defaults:
+                out.append({**rule_to_dict(self.defaults[rule_id]), "source": "removed"})
+        return out
+
+    def get(self, rule_id: str) -> AlertRule:
+        for rule in self.rules():
+            if rule.id == rule_id:
+                return rule
+        raise RuleNotFoundError(f"no rule {rule_id!r}")
+
+    def add(self, data: Mapping[str, Any], actor: str, reason: str = "") -> AlertRule:
+        rule = validate_rule(data)
+        return self._change(rule.id, actor, "rule_added", reason, lambda current: self._add(rule, current))
+
+    def update(self, rule_id: str, changes: Mapping[str, Any], actor: str, reason: str = "") -> AlertRule:
+        if "id" in changes and changes["id"] != rule_id:
+            raise RuleValidationError("a rule's id cannot change: add a new rule and remove this one")
+
+        def apply(current: AlertRule | None) -> tuple[AlertRule, dict[str, Any]]:
+            if current is None:
+                raise RuleNotFoundError(f"no rule {rule_id!r}")
+            rule = validate_rule({**rule_to_dict(current), **dict(changes)})
+            return rule, {"rule": rule_to_dict(rule)}
+
+        return self._change(rule_id, actor, "rule_updated", reason, apply)
+
+    def remove(self, rule_id: str, actor: str, reason: str = "") -> AlertRule:
+        """Remove a rule (a settings default is masked until :meth:`reset`). Its active alerts resolve at the
+        next evaluation with reason "rule removed"."""
+
+        def apply(current: AlertRule | None) -> tuple[AlertRule, dict[str, Any] | None]:
+            if current is None:
+                raise RuleNotFoundError(f"no rule {rule_id!r}")
+            return current, ({"deleted": True} if rule_id in self.defaults else None)
+
+        return self._change(rule_id, actor, "rule_removed", reason, apply)
+
+    def reset(self, rule_id: str, actor: str, reason: str = "") -> AlertRule:
+        """Drop the run-time edit of a settings default: the rule of riskdesk.toml applies again."""
+        if rule_id not in self.defaults:
+            raise RuleNotFoundError(f"{rule_id!r} is not a rule of the settings file; nothing to reset to")
+        return self._change(rule_id, actor, "rule_reset", reason, lambda current: (self.defaults[rule_id], None))
+
+    @staticmethod
+    def _add(rule: AlertRule, current: AlertRule | None) -> tuple[AlertRule, dict[str, Any]]:
+        if current is not None:
+            raise RuleExistsError(f"a rule {rule.id!r} exists already")
+        return rule, {"rule": rule_to_dict(rule)}
+
+    def _change(
+        self,
+        rule_id: str,
+        actor: str,
+        action: str,
+        reason: str,
+        apply: Callable[[AlertRule | None], tuple[AlertRule, dict[str, Any] | None]],
+    ) -> AlertRule:
+        actor = require_actor(actor)
+        client = self.store.client
+        for _ in range(MAX_TRANSACTION_ATTEMPTS):
+            with client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(RULES_KEY, Store.RULES_VERSION_KEY)
+                    overrides = self.store.read_rule_overrides(pipe)
+                    current = {r.id: r for r in self._effective(overrides)}.get(rule_id)
+                    rule, payload = apply(current)
+                    pipe.multi()
+                    self.store.write_rule_override(rule_id, payload, pipe)
+                    self.store.bump_rules_version(pipe)
+                    self.store.append_audit(
+                        GLOBAL_AUDIT_KEY,
+                        {
+                            "ts": self.clock(),
+                            "actor": actor,
+                            "action": action,
+                            "rule_id": rule_id,
+                            "before": rule_to_dict(current) if current is not None else None,
+                            "after": rule_to_dict(rule) if action != "rule_removed" else None,
+                            "reason": reason,
+                        },
+                        pipe,
+                    )
+                    pipe.execute()
+                    return rule
+                except redis.WatchError:
+                    continue
+        raise AlertConflictError(f"rule {rule_id!r} kept changing during the edit")
+
+    def audit_log(self, count: int = 100) -> list[dict[str, Any]]:
+        """The newest rule edits (and other global audit records) from ``rd:audit``."""
+        return [r for r in self.store.read_stream_json(GLOBAL_AUDIT_KEY, count=count) if "rule_id" in r]
+
+
+def require_actor(actor: Any) -> str:
+    """The acting user's name, stripped; refused when empty or longer than 64 characters."""
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 64:
+        raise AlertError(
+            "say who does this: actor must be a non-empty name of at most 64 characters",
+            fix="pass the user's name as actor",
+        )
+    return actor.strip()
+
+
+def applies(rule: AlertRule, portfolio_id: str) -> bool:
+    return "*" in rule.portfolios or portfolio_id in rule.portfolios

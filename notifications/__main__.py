@@ -1,0 +1,52 @@
+"""``python -m notifications``: the delivery daemon. Flushes every portfolio's outbox about once a second.
+
+Usage: python -m notifications [--config FILE] [--interval SECONDS] [--log-level INFO]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from engine.errors import RiskdeskError
+from engine.redis_server import connect
+from engine.settings import load_settings
+from engine.store import Store
+from notifications.service import FLUSH_INTERVAL_SECONDS, build_notifier, run
+
+LOGGER = logging.getLogger("riskdesk.notifications")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notifications", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
+    parser.add_argument("--interval", type=float, default=FLUSH_INTERVAL_SECONDS, metavar="SECONDS")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        LOGGER.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        settings = load_settings(args.config)
+        store = Store(connect(settings))
+        notifier = build_notifier(store, settings)
+    except RiskdeskError as exc:
+        print(f"notifications: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    written = run(notifier, stop, max(0.05, args.interval))
+    print(f"notifications: {written} delivery records written", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
