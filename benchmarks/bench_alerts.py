@@ -57,7 +57,7 @@ def run(ctx: Context) -> list[Row]:
     store = Store(client)
     settings = _settings()
     warmup.seed(store, settings)
-    engine = build_alert_engine(store, settings, env={})
+    engine = build_alert_engine(store, settings)
     monitor = Monitor(store, settings, alert_engine=engine, consumer="bench")
     store.ensure_tick_group(monitor.group)
     base = store.read_market()

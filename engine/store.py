@@ -43,7 +43,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
@@ -52,6 +52,13 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from engine.errors import (
+    CorruptDataError,
+    SchemaMismatchError,
+    StoreEmptyError,
+    StoreError,
+    StoreUnavailableError,
+)
 from engine.records import (
     MarketHeader,
     MarketSnapshot,
@@ -59,13 +66,6 @@ from engine.records import (
     Position,
     TradingState,
     TradingStatus,
-)
-from engine.errors import (
-    CorruptDataError,
-    SchemaMismatchError,
-    StoreEmptyError,
-    StoreError,
-    StoreUnavailableError,
 )
 
 SCHEMA_VERSION = 1

@@ -39,6 +39,7 @@ from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
 from engine.settings import AlertRule, Settings
 from engine.store import PortfolioKeys, Store
+from logic.actions import ControlFactory, ResponseRunner
 from logic.escalation import EscalationConfig, escalation_config
 from logic.lifecycle import (
     AUTO_ACTOR_PREFIX,
@@ -49,7 +50,6 @@ from logic.lifecycle import (
     public_alert,
     snapshot_ts,
 )
-from logic.actions import ControlFactory, ResponseRunner
 from logic.rules import (
     ACTION_RULE_PREFIX,
     MAX_TRANSACTION_ATTEMPTS,

@@ -22,8 +22,8 @@ from typing import Any
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, AlertStatus, Channel, OutboxEntry, Severity
 from engine.settings import AlertRule
 from logic import escalation as esc
-from logic.escalation import EscalationConfig
 from logic.actions import parse_action, plan_reduction
+from logic.escalation import EscalationConfig
 from logic.rules import (
     ACTION_RULE_PREFIX,
     NOT_APPLICABLE_WHEN_NULL,

@@ -17,8 +17,8 @@ from typing import Any
 from engine.records import Clock
 from engine.settings import Settings
 from engine.store import Store
-from logic.alerts import AlertEngine, build_alert_engine
 from logic.actions import ControlFactory
+from logic.alerts import AlertEngine, build_alert_engine
 from notifications.config import NotificationConfig, notification_config
 from notifications.delivery import Notifier, build_channels
 

@@ -10,8 +10,8 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import Store
-from notifications.service import build_delivering_engine as build_alert_engine
 from logic.escalation import escalation_config
+from notifications.service import build_delivering_engine as build_alert_engine
 
 from .alerts_support import T0, SimClock, SleepRecorder, rule, smtp_server, snapshot
 

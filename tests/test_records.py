@@ -1,41 +1,13 @@
-"""The alert engine's layer and its records: logic/ never imports notifications/ (the edge reads the outbox),
-and the records of the snapshot, the outbox and the delivery log round-trip through their stored dict form."""
+"""The records of the snapshot, the outbox and the delivery log round-trip through their stored dict form (the
+layering itself is checked in tests/test_architecture.py)."""
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 from engine.records import Alert, Channel, Delivery, OutboxEntry, Severity, Snapshot
 
 from .alerts_support import T0, snapshot
-
-ROOT = Path(__file__).resolve().parent.parent
-
-NOT_YET_MOVED = {"logic/escalation.py"}
-"""Imports ``notifications.config.CHANNELS`` until the settings rework switches it to
-``engine.records.Channel`` (issue 9); drop the entry when it does."""
-
-
-def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_no_logic_module_imports_the_notifications_package() -> None:
-    offenders = {
-        str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path) if m.split(".")[0] == "notifications")
-        for path in sorted((ROOT / "logic").rglob("*.py"))
-        if str(path.relative_to(ROOT)) not in NOT_YET_MOVED
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_a_snapshot_record_gives_back_exactly_the_stored_json() -> None:
