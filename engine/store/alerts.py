@@ -1,0 +1,60 @@
+"""Alert state (logic/alerts.py, logic/escalation.py): run-time rule edits, each portfolio's active alerts,
+their transition log, the rules' evaluation timers and the automated actions waiting to run.
+
+Keys: ``rd:rules``, ``rd:rules_version``, ``pf:{<id>}:alerts``, ``pf:{<id>}:alert_log``,
+``pf:{<id>}:alert_eval``, ``pf:{<id>}:actions`` (see :mod:`engine.store.keys`). Every per-portfolio key shares
+the portfolio's hash tag, so an alert transition, its notifications and its pending actions are written in
+one MULTI transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.store.base import Conn, StoreBase
+from engine.store.codec import decode_int, encode_json
+from engine.store.keys import RULES_KEY, RULES_VERSION_KEY, PortfolioKeys
+
+
+class AlertStore(StoreBase):
+    """Rule overrides and their version, active alerts, the alert log, evaluation timers, pending actions."""
+
+    RULES_VERSION_KEY = RULES_VERSION_KEY
+    """Kept on the class for callers that WATCH it (:data:`engine.store.keys.RULES_VERSION_KEY`)."""
+
+    @staticmethod
+    def alert_eval_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id).alert_eval
+
+    @staticmethod
+    def actions_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id).actions
+
+    # -- rules -----------------------------------------------------------------------------------------------
+    def read_rules_version(self, conn: Conn = None) -> int:
+        raw = self._conn(conn).get(RULES_VERSION_KEY)
+        return 0 if raw is None else decode_int(raw, key=RULES_VERSION_KEY)
+
+    def bump_rules_version(self, pipe: Conn = None) -> None:
+        self._conn(pipe).incr(RULES_VERSION_KEY)
+
+    def read_rule_overrides(self, conn: Conn = None) -> dict[str, Any]:
+        """Run-time rule edits: rule id -> JSON ``{"rule": {...}}`` or ``{"deleted": true}``."""
+        return self.read_json_hash(RULES_KEY, conn)
+
+    def write_rule_override(self, rule_id: str, payload: Mapping[str, Any] | None, pipe: Conn = None) -> None:
+        """Store a run-time rule edit; ``None`` drops it (the settings default applies again)."""
+        c = self._conn(pipe)
+        if payload is None:
+            c.hdel(RULES_KEY, rule_id)
+        else:
+            c.hset(RULES_KEY, rule_id, encode_json(dict(payload)))
+
+    # -- alerts ----------------------------------------------------------------------------------------------
+    def read_active_alerts(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any]:
+        """Rule id -> JSON record of the portfolio's active (not yet resolved) alert."""
+        return self.read_json_hash(PortfolioKeys(portfolio_id).alerts, conn)
+
+    def append_alert_log(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
+        self.append_audit(PortfolioKeys(portfolio_id).alert_log, record, pipe)
