@@ -8,6 +8,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
+import engine.store.keys as store_keys
 from engine.errors import CorruptDataError, SchemaMismatchError, StoreEmptyError
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.store import (
@@ -17,9 +18,6 @@ from engine.store import (
     Store,
     decode_array,
     encode_array,
-)
-from engine.store import (
-    keys as store_keys,
 )
 
 
