@@ -202,8 +202,7 @@ def test_audit_records_read_back_newest_first(store: Store) -> None:
 
 
 def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> None:
-    """Every Store write that touches a portfolio's keys, once each (the generic JSON-hash writes on the keys
-    the alert engine and the notifications name through the store)."""
+    """Every Store write that touches a portfolio's keys, once each."""
     keys = PortfolioKeys(portfolio_id)
     state = PortfolioState(portfolio_id, "cash", Decimal("1000.00"), {"AAA": Position(5, Decimal("10.5"))})
     store.write_portfolio(state)
@@ -223,12 +222,12 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
     )
     store.update_peaks(portfolio_id, 1000.0, "2023-11-14", "2023-W46")
     store.update_marks(portfolio_id, {"AAA": (1, 3.0)})
-    store.write_json_fields(keys.alerts, {"rule": {"status": "TRIGGERED"}})
+    store.write_active_alerts(portfolio_id, {"rule": {"status": "TRIGGERED"}})
     store.append_alert_log(portfolio_id, {"rule": "r"})
-    store.write_json_fields(Store.alert_eval_key(portfolio_id), {"rule": {"pending_since": 1.0}})
-    store.write_json_fields(Store.actions_key(portfolio_id), {"a1": {"action": "halt"}})
-    store.write_json_fields(Store.outbox_key(portfolio_id), {"d1": {"channel": "log"}})
-    store.write_json_fields(Store.notify_state_key(portfolio_id), {"log:x": {"last_sent": 1.0}})
+    store.write_alert_eval(portfolio_id, {"rule": {"pending_since": 1.0}})
+    store.write_pending_actions(portfolio_id, {"a1": {"action": "halt"}})
+    store.write_outbox(portfolio_id, {"d1": {"channel": "log"}})
+    store.write_notify_state(portfolio_id, {"log:x": {"last_sent": 1.0}})
     store.append_delivery(portfolio_id, {"delivery": "d1"})
 
 
@@ -255,3 +254,25 @@ def test_the_old_static_key_helpers_delegate_to_portfolio_keys() -> None:
     assert Store.actions_key("main") == keys.actions
     assert Store.outbox_key("main") == keys.outbox
     assert Store.notify_state_key("main") == keys.notify_state
+
+
+def test_alert_and_notification_hashes_round_trip_through_their_typed_methods(store: Store) -> None:
+    keys = PortfolioKeys("main")
+    pairs = [
+        (store.write_active_alerts, store.read_active_alerts, store.delete_active_alerts, keys.alerts),
+        (store.write_alert_eval, store.read_alert_eval, store.delete_alert_eval, keys.alert_eval),
+        (store.write_pending_actions, store.read_pending_actions, store.delete_pending_actions, keys.actions),
+        (store.write_outbox, store.read_outbox, store.delete_outbox, keys.outbox),
+    ]
+    for write, read, delete, key in pairs:
+        write("main", {"a": {"n": 1}, "b": {"amount": Decimal("1.10")}})
+
+        assert read("main") == {"a": {"n": 1}, "b": {"amount": "1.10"}}
+        assert store.read_json_hash(key) == read("main")
+
+        delete("main", ["a"])
+        assert read("main") == {"b": {"amount": "1.10"}}
+    assert store.read_outbox_ids("main") == ["b"]
+    store.write_notify_state("main", {"log:desk": {"last_sent_at": 2.5}})
+    assert store.read_notify_state("main") == {"log:desk": {"last_sent_at": 2.5}}
+    assert store.alert_watch_keys("main") == (keys.alerts, keys.alert_eval)

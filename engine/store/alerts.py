@@ -9,7 +9,7 @@ one MULTI transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.store.base import Conn, StoreBase
@@ -56,5 +56,39 @@ class AlertStore(StoreBase):
         """Rule id -> JSON record of the portfolio's active (not yet resolved) alert."""
         return self.read_json_hash(PortfolioKeys(portfolio_id).alerts, conn)
 
+    def alert_watch_keys(self, portfolio_id: str) -> tuple[str, ...]:
+        """The keys an alert transition reads and rewrites; WATCH them before planning one."""
+        keys = PortfolioKeys(portfolio_id)
+        return (keys.alerts, keys.alert_eval)
+
+    def write_active_alerts(self, portfolio_id: str, alerts: Mapping[str, Any], pipe: Conn = None) -> None:
+        """Set rule id -> JSON record of active alerts (others are left alone)."""
+        self.write_json_fields(PortfolioKeys(portfolio_id).alerts, alerts, pipe)
+
+    def delete_active_alerts(self, portfolio_id: str, rule_ids: Iterable[str], pipe: Conn = None) -> None:
+        self.delete_fields(PortfolioKeys(portfolio_id).alerts, rule_ids, pipe)
+
     def append_alert_log(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
         self.append_audit(PortfolioKeys(portfolio_id).alert_log, record, pipe)
+
+    # -- evaluation timers -----------------------------------------------------------------------------------
+    def read_alert_eval(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any]:
+        """Rule id -> JSON pending/clear timers of the rule."""
+        return self.read_json_hash(PortfolioKeys(portfolio_id).alert_eval, conn)
+
+    def write_alert_eval(self, portfolio_id: str, timers: Mapping[str, Any], pipe: Conn = None) -> None:
+        self.write_json_fields(PortfolioKeys(portfolio_id).alert_eval, timers, pipe)
+
+    def delete_alert_eval(self, portfolio_id: str, rule_ids: Iterable[str], pipe: Conn = None) -> None:
+        self.delete_fields(PortfolioKeys(portfolio_id).alert_eval, rule_ids, pipe)
+
+    # -- automated actions waiting to run --------------------------------------------------------------------
+    def read_pending_actions(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any]:
+        """Action id -> JSON automated response waiting to run."""
+        return self.read_json_hash(PortfolioKeys(portfolio_id).actions, conn)
+
+    def write_pending_actions(self, portfolio_id: str, actions: Mapping[str, Any], pipe: Conn = None) -> None:
+        self.write_json_fields(PortfolioKeys(portfolio_id).actions, actions, pipe)
+
+    def delete_pending_actions(self, portfolio_id: str, action_ids: Iterable[str], pipe: Conn = None) -> None:
+        self.delete_fields(PortfolioKeys(portfolio_id).actions, action_ids, pipe)

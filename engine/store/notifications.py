@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.store.base import Conn, StoreBase
@@ -29,6 +29,30 @@ class NotificationStore(StoreBase):
     @staticmethod
     def notify_state_key(portfolio_id: str) -> str:
         return PortfolioKeys(portfolio_id).notify_state
+
+    # -- outbox (the alert engine writes, notifications/ delivers) ------------------------------------------
+    def write_outbox(self, portfolio_id: str, entries: Mapping[str, Any], pipe: Conn = None) -> None:
+        """Queue notifications: delivery id -> JSON entry (in the caller's alert transaction)."""
+        self.write_json_fields(PortfolioKeys(portfolio_id).outbox, entries, pipe)
+
+    def read_outbox(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any]:
+        """Delivery id -> JSON entry of every notification still waiting."""
+        return self.read_json_hash(PortfolioKeys(portfolio_id).outbox, conn)
+
+    def read_outbox_ids(self, portfolio_id: str, conn: Conn = None) -> list[str]:
+        """The delivery ids waiting (no entries: cheap even when they are large)."""
+        return self.read_field_names(PortfolioKeys(portfolio_id).outbox, conn)
+
+    def delete_outbox(self, portfolio_id: str, delivery_ids: Iterable[str], pipe: Conn = None) -> None:
+        self.delete_fields(PortfolioKeys(portfolio_id).outbox, delivery_ids, pipe)
+
+    # -- group state -----------------------------------------------------------------------------------------
+    def read_notify_state(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any]:
+        """Target -> JSON group state (last sent, deferral)."""
+        return self.read_json_hash(PortfolioKeys(portfolio_id).notify_state, conn)
+
+    def write_notify_state(self, portfolio_id: str, states: Mapping[str, Any], pipe: Conn = None) -> None:
+        self.write_json_fields(PortfolioKeys(portfolio_id).notify_state, states, pipe)
 
     # -- delivery log and send rate --------------------------------------------------------------------------
     def append_delivery(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
