@@ -12,10 +12,13 @@
     └── FeedError                 a market-data feed or its input file is invalid
 
 Each error has a short machine-readable ``code`` and a ``fix`` telling an operator what to do, so a page or
-a log line can say both without parsing the message.
+a log line can say both without parsing the message. The store errors' codes are the
+:class:`~engine.records.ReasonCode` a refused trade carries for them (a ``StrEnum``: each equals its string).
 """
 
 from __future__ import annotations
+
+from engine.records import ReasonCode
 
 WARMUP_FIX = "run `python warmup.py` (or `make run`, which seeds an empty store)"
 
@@ -23,7 +26,7 @@ WARMUP_FIX = "run `python warmup.py` (or `make run`, which seeds an empty store)
 class RiskdeskError(Exception):
     """Base class; ``code`` is stable and documented, ``fix`` is advice for a human."""
 
-    code = "RISKDESK_ERROR"
+    code: str = "RISKDESK_ERROR"
     fix = ""
 
     def __init__(self, message: str, *, fix: str | None = None) -> None:
@@ -43,22 +46,22 @@ class StoreError(RiskdeskError):
 
 
 class StoreUnavailableError(StoreError):
-    code = "STORE_UNAVAILABLE"
+    code = ReasonCode.STORE_UNAVAILABLE
     fix = "start Redis with `make run`, or point REDIS_URL at a running server"
 
 
 class StoreEmptyError(StoreError):
-    code = "STORE_EMPTY"
+    code = ReasonCode.STORE_EMPTY
     fix = WARMUP_FIX
 
 
 class CorruptDataError(StoreError):
-    code = "STORE_CORRUPT"
+    code = ReasonCode.STORE_CORRUPT
     fix = "re-seed the store with `python warmup.py --reset`"
 
 
 class SchemaMismatchError(StoreError):
-    code = "SCHEMA_MISMATCH"
+    code = ReasonCode.SCHEMA_MISMATCH
     fix = "the store was written by another Riskdesk version: re-seed it with `python warmup.py --reset`"
 
 

@@ -8,16 +8,14 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
+import engine.store.keys as store_keys
 from engine.errors import CorruptDataError, SchemaMismatchError, StoreEmptyError
+from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.store import (
     MARKET_KEY,
     SCHEMA_KEY,
-    MarketSnapshot,
     PortfolioKeys,
-    PortfolioState,
-    Position,
     Store,
-    TradingStatus,
     decode_array,
     encode_array,
 )
@@ -201,3 +199,80 @@ def test_audit_records_read_back_newest_first(store: Store) -> None:
 
     assert [r["n"] for r in records] == [4, 3, 2]
     assert records[0]["amount"] == "1.10"
+
+
+def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> None:
+    """Every Store write that touches a portfolio's keys, once each."""
+    keys = PortfolioKeys(portfolio_id)
+    state = PortfolioState(portfolio_id, "cash", Decimal("1000.00"), {"AAA": Position(5, Decimal("10.5"))})
+    store.write_portfolio(state)
+    store.write_portfolio_state(state)
+    store.write_position(portfolio_id, "BBB", Position(1, Decimal("2")))
+    store.write_trading_state(portfolio_id, TradingStatus(TradingState.ACTIVE, "ok", "test", 1.0))
+    store.append_audit(keys.audit, {"event": "test"})
+    with store.client.pipeline(transaction=True) as pipe:
+        store.write_fill(
+            state, "AAA", Position(6, Decimal("10.5")), {"fill": 1},
+            trade_id="t1", client_order_id="o1", ts=1_700_000_000.0, rate_window_seconds=60.0, pipe=pipe,
+        )  # fmt: skip
+        pipe.execute()
+    store.append_trade_record(portfolio_id, {"rejected": True})
+    store.record_snapshot(
+        portfolio_id, {"version": 1}, {"equity": 1.0}, ts=1_700_000_000.0, retention_seconds=3600, max_points=10
+    )
+    store.update_peaks(portfolio_id, 1000.0, "2023-11-14", "2023-W46")
+    store.update_marks(portfolio_id, {"AAA": (1, 3.0)})
+    store.write_active_alerts(portfolio_id, {"rule": {"status": "TRIGGERED"}})
+    store.append_alert_log(portfolio_id, {"rule": "r"})
+    store.write_alert_eval(portfolio_id, {"rule": {"pending_since": 1.0}})
+    store.write_pending_actions(portfolio_id, {"a1": {"action": "halt"}})
+    store.write_outbox(portfolio_id, {"d1": {"channel": "log"}})
+    store.write_notify_state(portfolio_id, {"log:x": {"last_sent": 1.0}})
+    store.append_delivery(portfolio_id, {"delivery": "d1"})
+
+
+def test_every_key_the_store_writes_for_a_portfolio_is_listed_by_portfolio_keys_all(store: Store) -> None:
+    keys = PortfolioKeys("desk-1")
+
+    _write_through_every_portfolio_method(store, "desk-1")
+
+    written = {k.decode() for k in store.client.scan_iter(match="pf:{desk-1}:*", count=1000)}
+    assert written == set(keys.all())
+
+
+def test_the_key_table_docstring_lists_every_portfolio_key() -> None:
+    doc = store_keys.__doc__ or ""
+    for key in PortfolioKeys("<id>").all():
+        assert f"\n    {key} " in doc, key
+
+
+def test_the_old_static_key_helpers_delegate_to_portfolio_keys() -> None:
+    keys = PortfolioKeys("main")
+
+    assert Store.peaks_key("main") == keys.peaks
+    assert Store.alert_eval_key("main") == keys.alert_eval
+    assert Store.actions_key("main") == keys.actions
+    assert Store.outbox_key("main") == keys.outbox
+    assert Store.notify_state_key("main") == keys.notify_state
+
+
+def test_alert_and_notification_hashes_round_trip_through_their_typed_methods(store: Store) -> None:
+    keys = PortfolioKeys("main")
+    pairs = [
+        (store.write_active_alerts, store.read_active_alerts, store.delete_active_alerts, keys.alerts),
+        (store.write_alert_eval, store.read_alert_eval, store.delete_alert_eval, keys.alert_eval),
+        (store.write_pending_actions, store.read_pending_actions, store.delete_pending_actions, keys.actions),
+        (store.write_outbox, store.read_outbox, store.delete_outbox, keys.outbox),
+    ]
+    for write, read, delete, key in pairs:
+        write("main", {"a": {"n": 1}, "b": {"amount": Decimal("1.10")}})
+
+        assert read("main") == {"a": {"n": 1}, "b": {"amount": "1.10"}}
+        assert store.read_json_hash(key) == read("main")
+
+        delete("main", ["a"])
+        assert read("main") == {"b": {"amount": "1.10"}}
+    assert store.read_outbox_ids("main") == ["b"]
+    store.write_notify_state("main", {"log:desk": {"last_sent_at": 2.5}})
+    assert store.read_notify_state("main") == {"log:desk": {"last_sent_at": 2.5}}
+    assert store.alert_watch_keys("main") == (keys.alerts, keys.alert_eval)

@@ -1,0 +1,230 @@
+"""How values are written to and read from Redis: the only place a stored value is decoded.
+
+Arrays are ``MAGIC | dtype tag | ndim | shape | little-endian float64 bytes`` and every field is checked on
+read; everything else is JSON or plain hash fields; money is a decimal string. No pickle: a value that does not
+decode raises :class:`~engine.errors.CorruptDataError` and is never executed; a missing one raises
+:class:`~engine.errors.StoreEmptyError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import CorruptDataError, StoreEmptyError
+from engine.records import Float64Array, Position, TradingState, TradingStatus
+
+TRADING_STATES = tuple(TradingState)
+"""Every trading state name, in escalating order."""
+
+# -- arrays ------------------------------------------------------------------------------------------------------
+
+_ARRAY_MAGIC = b"RDA1"
+_F64_TAG = b"<f8\x00"
+_HEADER = struct.Struct("<4s4sI")  # magic, dtype tag, ndim; then ndim x uint64 shape
+_MAX_NDIM = 2
+
+
+def encode_array(array: npt.ArrayLike) -> bytes:
+    """Serialise a 1-D or 2-D float64 array: header with dtype and shape, then little-endian raw bytes."""
+    arr = np.asarray(array, dtype="<f8")
+    if arr.ndim == 0 or arr.ndim > _MAX_NDIM:
+        raise ValueError(f"only 1-D and 2-D arrays are stored, got ndim={arr.ndim}")
+    header = _HEADER.pack(_ARRAY_MAGIC, _F64_TAG, arr.ndim) + struct.pack(f"<{arr.ndim}Q", *arr.shape)
+    return header + np.ascontiguousarray(arr).tobytes()
+
+
+def decode_array(blob: bytes | None, *, key: str = "?", shape: tuple[int, ...] | None = None) -> Float64Array:
+    """Decode :func:`encode_array` output, checking magic, dtype, shape and exact length.
+
+    Returns a fresh, writeable, C-contiguous native float64 array (safe to update in place).
+    """
+    if blob is None:
+        raise StoreEmptyError(f"{key} is missing")
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise CorruptDataError(f"{key}: expected bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if len(blob) < _HEADER.size:
+        raise CorruptDataError(f"{key}: array payload truncated ({len(blob)} bytes)")
+    magic, tag, ndim = _HEADER.unpack_from(blob)
+    if magic != _ARRAY_MAGIC:
+        raise CorruptDataError(f"{key}: not a Riskdesk array (bad magic {magic!r})")
+    if tag != _F64_TAG:
+        raise CorruptDataError(f"{key}: unsupported dtype tag {tag!r}, expected float64")
+    if not 1 <= ndim <= _MAX_NDIM:
+        raise CorruptDataError(f"{key}: bad ndim {ndim}")
+    shape_end = _HEADER.size + 8 * ndim
+    if len(blob) < shape_end:
+        raise CorruptDataError(f"{key}: array header truncated")
+    found = struct.unpack_from(f"<{ndim}Q", blob, _HEADER.size)
+    expected_bytes = 8 * math.prod(found)
+    if len(blob) - shape_end != expected_bytes:
+        raise CorruptDataError(
+            f"{key}: payload is {len(blob) - shape_end} bytes, shape {found} needs {expected_bytes}"
+        )
+    if shape is not None and tuple(found) != tuple(shape):
+        raise CorruptDataError(f"{key}: shape {found} does not match expected {shape}")
+    return np.frombuffer(blob, dtype="<f8", offset=shape_end).reshape(found).astype(np.float64, copy=True)
+
+
+# -- JSON --------------------------------------------------------------------------------------------------------
+
+
+def encode_json(value: Any) -> str:
+    """JSON with Decimals as strings (exact) and no NaN (not valid JSON)."""
+    return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def decode_json(raw: bytes | str | None, *, key: str = "?") -> Any:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        return json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptDataError(f"{key}: not valid JSON ({exc})") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def decode_object(raw: bytes | str, key: str) -> dict[str, Any]:
+    """A JSON object (a record, a snapshot); anything else is corrupt."""
+    value = decode_json(raw, key=key)
+    if not isinstance(value, dict):
+        raise CorruptDataError(f"{key}: expected a JSON object")
+    return value
+
+
+# -- scalars -----------------------------------------------------------------------------------------------------
+
+
+def decode_decimal(raw: bytes | str | None, *, key: str = "?") -> Decimal:
+    """Exact money: a finite decimal string."""
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        text = raw.decode("ascii") if isinstance(raw, bytes | bytearray) else str(raw)
+        value = Decimal(text)
+    except (UnicodeDecodeError, InvalidOperation) as exc:
+        raise CorruptDataError(f"{key}: {raw!r} is not a decimal") from exc
+    if not value.is_finite():
+        raise CorruptDataError(f"{key}: {raw!r} is not finite")
+    return value
+
+
+def decode_int(raw: bytes | str | None, *, key: str = "?") -> int:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise CorruptDataError(f"{key}: {raw!r} is not an integer") from exc
+
+
+def decode_float(raw: bytes | str | None, *, key: str = "?") -> float:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise CorruptDataError(f"{key}: {raw!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise CorruptDataError(f"{key}: {raw!r} is not finite")
+    return value
+
+
+def decode_str(raw: bytes | str | None, *, key: str = "?") -> str:
+    if raw is None:
+        raise StoreEmptyError(f"{key} is missing")
+    try:
+        return raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw)
+    except UnicodeDecodeError as exc:
+        raise CorruptDataError(f"{key}: not UTF-8 text") from exc
+
+
+def decode_tickers(raw: bytes | None, key: str) -> tuple[str, ...]:
+    """The ``tickers`` field of ``key``: a JSON list of distinct strings."""
+    tickers = decode_json(raw, key=f"{key}.tickers")
+    if not isinstance(tickers, list) or not all(isinstance(t, str) for t in tickers):
+        raise CorruptDataError(f"{key}.tickers: expected a JSON list of strings")
+    if len(set(tickers)) != len(tickers):
+        raise CorruptDataError(f"{key}.tickers: duplicate tickers")
+    return tuple(tickers)
+
+
+def encode_point_value(value: float | int | None) -> str:
+    """A history field: integers exactly, floats with 15 significant digits, ``None`` as the empty string."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    number = float(value)
+    if not math.isfinite(number):
+        return ""
+    return format(number, ".15g")
+
+
+# -- value objects (defined in engine.records) -------------------------------------------------------------------
+
+
+def encode_position(position: Position) -> str:
+    return encode_json(position.to_dict())
+
+
+def decode_position(raw: bytes | str, key: str) -> Position:
+    data = decode_json(raw, key=key)
+    if not isinstance(data, dict):
+        raise CorruptDataError(f"{key}: expected an object")
+    qty = data.get("qty")
+    if not isinstance(qty, int) or isinstance(qty, bool):
+        raise CorruptDataError(f"{key}: qty must be an integer")
+    return Position(
+        qty=qty,
+        avg_price=decode_decimal(data.get("avg_price"), key=f"{key}.avg_price"),
+        realized_pnl=decode_decimal(data.get("realized_pnl", "0"), key=f"{key}.realized_pnl"),
+    )
+
+
+def encode_trading_status(status: TradingStatus) -> dict[str, Any]:
+    """The fields of ``pf:{id}:trading_state``; refuses a state that is not a :class:`TradingState`."""
+    if status.state not in TRADING_STATES:
+        raise ValueError(f"unknown trading state {status.state!r}")
+    return {"state": status.state, "reason": status.reason, "actor": status.actor, "ts": repr(float(status.ts))}
+
+
+def decode_trading_status(key: str, raw: Mapping[bytes, bytes]) -> TradingStatus:
+    """The hash ``key`` as read (HGETALL, or the fields an HMGET found); an unknown state is corrupt."""
+    if not raw:
+        raise StoreEmptyError(f"{key} is missing")
+    state = decode_str(raw.get(b"state"), key=f"{key}.state")
+    if state not in TRADING_STATES:
+        raise CorruptDataError(f"{key}.state: unknown trading state {state!r}")
+    return TradingStatus(
+        state=TradingState(state),
+        reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
+        actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
+        ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
+    )

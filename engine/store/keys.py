@@ -1,0 +1,185 @@
+"""The Redis key table: the one place a Riskdesk key name is spelled.
+
+Layout (schema version :data:`SCHEMA_VERSION`)::
+
+    rd:schema                       string   layout version; readers refuse any other
+    rd:portfolios                   set      ids of seeded portfolios
+    rd:rules                        hash     alert rule id -> JSON (rules edited at run time)
+    rd:rules_version                string   bumped by every rule edit (engines reload their rule cache)
+    rd:audit                        stream   global audit records (rule edits, warm-up runs)
+    rd:lock:<name>                  string   short lease (SET NX PX), e.g. the monitor's idle refresh
+    rd:notify_lock                  string   lease of the process flushing notifications (SET NX PX)
+    rd:nrate:<sha1 of target>       zset     send times per recipient address (per-recipient rate limit)
+    hb:<component>                  hash     heartbeat of a daemon (time, counters, latency)
+    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts, cov (arrays)
+    mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
+    mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
+    mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;
+                                             read by the consumer group MONITOR_GROUP
+    pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
+                                             positions_rev (new random token on every positions write)
+    pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
+    pf:{<id>}:trading_state         hash     state, reason, actor, ts
+    pf:{<id>}:orders                hash     client_order_id -> JSON result (idempotency)
+    pf:{<id>}:trades                stream   trade log / audit of every decision and fill
+    pf:{<id>}:audit                 stream   trading-state changes and automated actions
+    pf:{<id>}:history               stream   snapshot history (entry id = time), trimmed by age
+    pf:{<id>}:snapshot              string   latest snapshot JSON
+    pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
+                                             max_peak, max_dd, last (drawdown windows and daily P&L)
+    pf:{<id>}:marks                 hash     ticker -> JSON {side, mfe, mae} excursions of open positions
+    pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
+    pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
+    pf:{<id>}:alert_log             stream   every alert transition
+    pf:{<id>}:alert_eval            hash     rule id -> JSON pending/clear timers of the rule
+    pf:{<id>}:actions               hash     action id -> JSON automated response waiting to run
+    pf:{<id>}:outbox                hash     delivery id -> JSON notification waiting to be sent
+    pf:{<id>}:notify                hash     target -> JSON group state (last sent, deferral)
+    pf:{<id>}:deliveries            stream   notification delivery log
+
+Keys of one portfolio share the hash tag ``{<id>}`` and the market keys share ``{m}``, so every multi-key
+transaction stays in one Redis Cluster slot: a fill, or an alert transition with its notifications and its
+pending actions, is one MULTI over one portfolio's keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+"""The layout version written to :data:`SCHEMA_KEY`; readers refuse any other."""
+
+# -- global keys -------------------------------------------------------------------------------------------------
+
+SCHEMA_KEY = "rd:schema"
+PORTFOLIOS_KEY = "rd:portfolios"
+RULES_KEY = "rd:rules"
+RULES_VERSION_KEY = "rd:rules_version"
+GLOBAL_AUDIT_KEY = "rd:audit"
+NOTIFY_LOCK_KEY = "rd:notify_lock"
+
+# -- market keys (hash tag {m}) ----------------------------------------------------------------------------------
+
+MARKET_KEY = "mkt:{m}:snapshot"
+STRESSED_KEY = "mkt:{m}:stressed"
+REFERENCE_KEY = "mkt:{m}:reference"
+TICKS_KEY = "mkt:{m}:ticks"
+
+MONITOR_GROUP = "monitor"
+"""Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""
+
+KEY_PATTERNS = ("rd:*", "hb:*", "mkt:*", "pf:*")
+"""SCAN patterns that together match every Riskdesk key (the reset and the tests use them)."""
+
+
+def heartbeat_key(component: str) -> str:
+    return f"hb:{component}"
+
+
+def lock_key(name: str) -> str:
+    """The short lease ``name`` (:meth:`engine.store.Store.acquire_lock`)."""
+    return f"rd:lock:{name}"
+
+
+def notify_rate_key(target: str) -> str:
+    """Send times to one recipient address; the address is hashed so no address appears in a key name."""
+    return "rd:nrate:" + hashlib.sha1(target.encode("utf-8")).hexdigest()[:20]
+
+
+# -- portfolio keys (hash tag {<id>}) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortfolioKeys:
+    """Every key of one portfolio; all share the ``{id}`` hash tag. :meth:`all` lists them."""
+
+    portfolio_id: str
+
+    def _key(self, suffix: str) -> str:
+        return f"pf:{{{self.portfolio_id}}}:{suffix}"
+
+    # books and trading (engine/store/portfolio.py, engine/store/trading.py)
+    @property
+    def state(self) -> str:
+        return self._key("state")
+
+    @property
+    def positions(self) -> str:
+        return self._key("positions")
+
+    @property
+    def trading_state(self) -> str:
+        return self._key("trading_state")
+
+    @property
+    def orders(self) -> str:
+        return self._key("orders")
+
+    @property
+    def trades(self) -> str:
+        return self._key("trades")
+
+    @property
+    def rate(self) -> str:
+        return self._key("rate")
+
+    @property
+    def audit(self) -> str:
+        return self._key("audit")
+
+    # monitoring (engine/store/monitoring.py)
+    @property
+    def history(self) -> str:
+        return self._key("history")
+
+    @property
+    def snapshot(self) -> str:
+        return self._key("snapshot")
+
+    @property
+    def peaks(self) -> str:
+        return self._key("peaks")
+
+    @property
+    def marks(self) -> str:
+        return self._key("marks")
+
+    # alerts (engine/store/alerts.py)
+    @property
+    def alerts(self) -> str:
+        return self._key("alerts")
+
+    @property
+    def alert_log(self) -> str:
+        return self._key("alert_log")
+
+    @property
+    def alert_eval(self) -> str:
+        return self._key("alert_eval")
+
+    @property
+    def actions(self) -> str:
+        return self._key("actions")
+
+    # notifications (engine/store/notifications.py)
+    @property
+    def outbox(self) -> str:
+        return self._key("outbox")
+
+    @property
+    def notify_state(self) -> str:
+        return self._key("notify")
+
+    @property
+    def deliveries(self) -> str:
+        return self._key("deliveries")
+
+    def all(self) -> tuple[str, ...]:
+        """Every key of the portfolio (a test checks that the store writes no other)."""
+        return (
+            self.state, self.positions, self.trading_state, self.orders, self.trades, self.rate, self.audit,
+            self.history, self.snapshot, self.peaks, self.marks,
+            self.alerts, self.alert_log, self.alert_eval, self.actions,
+            self.outbox, self.notify_state, self.deliveries,
+        )  # fmt: skip

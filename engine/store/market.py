@@ -1,0 +1,300 @@
+"""Market reads and writes: the snapshot (prices and covariance), the stressed matrix, the session reference
+prices, the tick stream with its consumer group, and the daemons' heartbeats.
+
+Keys: ``mkt:{m}:snapshot``, ``mkt:{m}:stressed``, ``mkt:{m}:reference``, ``mkt:{m}:ticks`` and ``hb:<component>``
+(see :mod:`engine.store.keys`). The snapshot is one hash written by one HSET, so a reader never sees prices of one
+version with the matrix of another.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from engine.errors import StoreEmptyError, StoreError
+from engine.records import Float64Array, MarketHeader, MarketSnapshot
+from engine.store.base import Conn, StoreBase
+from engine.store.codec import (
+    decode_array,
+    decode_float,
+    decode_int,
+    decode_str,
+    decode_tickers,
+    encode_array,
+    encode_json,
+)
+from engine.store.keys import MARKET_KEY, MONITOR_GROUP, REFERENCE_KEY, STRESSED_KEY, TICKS_KEY, heartbeat_key
+
+
+class MarketStore(StoreBase):
+    """Market snapshot, stressed matrix, reference prices, ticks and heartbeats."""
+
+    # -- market snapshot -------------------------------------------------------------------------------------
+    def write_market(self, snap: MarketSnapshot, pipe: Conn = None) -> None:
+        """Write prices, covariance and version as one hash: one command, so readers never see a mix."""
+        n = len(snap.tickers)
+        if snap.prices.shape != (n,) or snap.price_ts.shape != (n,) or snap.cov.shape != (n, n):
+            raise ValueError(f"market snapshot shapes do not match {n} tickers")
+        self._conn(pipe).hset(
+            MARKET_KEY,
+            mapping={
+                "version": int(snap.version),
+                "ts": repr(float(snap.ts)),
+                "tickers": encode_json(list(snap.tickers)),
+                "prices": encode_array(snap.prices),
+                "price_ts": encode_array(snap.price_ts),
+                "cov": encode_array(snap.cov),
+            },
+        )
+
+    def read_market_version(self, conn: Conn = None) -> int | None:
+        raw = self._conn(conn).hget(MARKET_KEY, "version")
+        return None if raw is None else decode_int(raw, key=f"{MARKET_KEY}.version")
+
+    def read_market_header(self, conn: Conn = None) -> MarketHeader:
+        """Version, time, tickers and prices in one HMGET (no matrix)."""
+        raw = self._conn(conn).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts"])
+        return decode_market_header(raw)
+
+    def read_market(self, conn: Conn = None) -> MarketSnapshot:
+        """The whole snapshot, matrix included, in one HMGET (consistent by construction)."""
+        raw = self._conn(conn).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts", "cov"])
+        header = decode_market_header(raw[:5])
+        n = len(header.tickers)
+        cov = decode_array(raw[5], key=f"{MARKET_KEY}.cov", shape=(n, n))
+        return MarketSnapshot(**header.__dict__, cov=cov)
+
+    # -- stressed matrix -------------------------------------------------------------------------------------
+    def write_stressed(self, version: int, tickers: Iterable[str], cov: Float64Array, pipe: Conn = None) -> None:
+        tickers = list(tickers)
+        if cov.shape != (len(tickers), len(tickers)):
+            raise ValueError("stressed matrix shape does not match tickers")
+        self._conn(pipe).hset(
+            STRESSED_KEY,
+            mapping={"version": int(version), "tickers": encode_json(tickers), "cov": encode_array(cov)},
+        )
+
+    def read_stressed(self, conn: Conn = None) -> tuple[int, tuple[str, ...], Float64Array]:
+        raw = self._conn(conn).hmget(STRESSED_KEY, ["version", "tickers", "cov"])
+        if raw[0] is None:
+            raise StoreEmptyError("no stressed covariance in the store")
+        tickers = decode_tickers(raw[1], STRESSED_KEY)
+        n = len(tickers)
+        cov = decode_array(raw[2], key=f"{STRESSED_KEY}.cov", shape=(n, n))
+        return decode_int(raw[0], key=f"{STRESSED_KEY}.version"), tickers, cov
+
+    def read_stressed_version(self, conn: Conn = None) -> int | None:
+        """Version of the stored stressed matrix (it changes when the warm-up rebuilds it), or None."""
+        raw = self._conn(conn).hget(STRESSED_KEY, "version")
+        return None if raw is None else decode_int(raw, key=f"{STRESSED_KEY}.version")
+
+    # -- reference prices ------------------------------------------------------------------------------------
+    def write_reference_prices(
+        self, tickers: Iterable[str], prices: Float64Array, ts: float, pipe: Conn = None
+    ) -> None:
+        """Session reference prices (for the price collar and daily P&L of the market)."""
+        tickers = list(tickers)
+        self._conn(pipe).hset(
+            REFERENCE_KEY,
+            mapping={
+                "tickers": encode_json(tickers), "prices": encode_array(prices), "ts": repr(float(ts)),
+                "rev": uuid.uuid4().hex,  # readers cache the decoded prices by it (see read_trade_view)
+            },
+        )  # fmt: skip
+
+    def read_reference_prices(self, conn: Conn = None) -> dict[str, float]:
+        return decode_reference_prices(self._conn(conn).hmget(REFERENCE_KEY, ["tickers", "prices"]))
+
+    # -- heartbeats ------------------------------------------------------------------------------------------
+    def write_heartbeat(self, component: str, fields: Mapping[str, Any], pipe: Conn = None) -> None:
+        payload = {k: (repr(float(v)) if isinstance(v, float) else str(v)) for k, v in fields.items()}
+        payload.setdefault("ts", repr(time.time()))
+        self._conn(pipe).hset(heartbeat_key(component), mapping=payload)
+
+    def read_heartbeat(self, component: str, conn: Conn = None) -> dict[str, str] | None:
+        raw = self._conn(conn).hgetall(heartbeat_key(component))
+        if not raw:
+            return None
+        return {decode_str(k): decode_str(v) for k, v in raw.items()}
+
+    # -- ticks (engine/stream.py publishes, logic/monitor.py consumes) ---------------------------------------
+    def publish_tick(
+        self, event: TickEvent, maxlen: int, pipe: Conn = None, *, tickers_json: str | None = None
+    ) -> None:
+        """Append a tick event to :data:`TICKS_KEY`, bounded by ``MAXLEN ~ maxlen``.
+
+        ``tickers_json`` is the caller's cached ``encode_json(list(event.tickers))`` (it changes rarely)."""
+        fields: dict[Any, Any] = event.to_fields(tickers_json)
+        self._conn(pipe).xadd(TICKS_KEY, fields, maxlen=maxlen, approximate=True)
+
+    def read_ticks(
+        self, count: int | None = None, newest_first: bool = False, conn: Conn = None
+    ) -> list[TickEvent]:
+        """Tick events of the stream (oldest first unless ``newest_first``); for tests and the dashboard."""
+        c = self._conn(conn)
+        entries: Any = (
+            c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
+        )
+        return [TickEvent.from_fields(entry_id, fields) for entry_id, fields in entries]
+
+    def last_tick(self, conn: Conn = None) -> TickEvent | None:
+        ticks = self.read_ticks(count=1, newest_first=True, conn=conn)
+        return ticks[0] if ticks else None
+
+    def ensure_tick_group(self, group: str = MONITOR_GROUP, conn: Conn = None) -> bool:
+        """Create the consumer group on the tick stream (and the stream) unless it exists; True if created.
+
+        A new group starts at the end of the stream (``$``): events published from then on are kept for it
+        until a consumer acknowledges them, whether or not a monitor is running yet.
+        """
+        try:
+            self._conn(conn).xgroup_create(TICKS_KEY, group, id="$", mkstream=True)
+            return True
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+
+    def read_tick_group(
+        self,
+        group: str,
+        consumer: str,
+        *,
+        pending: bool = False,
+        count: int = 100,
+        block_ms: int | None = None,
+    ) -> list[tuple[str, TickEvent | None]]:
+        """XREADGROUP: new events (``pending=False``) or this consumer's delivered but unacknowledged ones.
+
+        Returns ``(entry id, event)`` pairs; the event is ``None`` when the entry was trimmed away meanwhile
+        or does not decode (the caller acknowledges and skips it).
+        """
+        start = "0" if pending else ">"
+        raw: Any = self.client.xreadgroup(group, consumer, {TICKS_KEY: start}, count=count, block=block_ms)
+        return _decode_tick_entries(raw[0][1] if raw else [])
+
+    def claim_stale_ticks(
+        self, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[tuple[str, TickEvent | None]]:
+        """XAUTOCLAIM: take over events another consumer received but did not acknowledge for ``min_idle_ms``
+        (a monitor that died); they become this consumer's pending entries."""
+        raw = self.client.xautoclaim(TICKS_KEY, group, consumer, min_idle_ms, start_id="0-0", count=count)
+        return _decode_tick_entries(raw[1] if raw and len(raw) > 1 else [])
+
+    def ack_ticks(self, group: str, entry_ids: Iterable[str], pipe: Conn = None) -> None:
+        ids = list(entry_ids)
+        if ids:
+            self._conn(pipe).xack(TICKS_KEY, group, *ids)
+
+    def tick_group_pending(self, group: str = MONITOR_GROUP) -> int:
+        """Events delivered to the group's consumers and not yet acknowledged (0 when there is no group)."""
+        try:
+            info = self.client.xpending(TICKS_KEY, group)
+        except redis.ResponseError:
+            return 0
+        return int(info.get("pending", 0)) if isinstance(info, dict) else 0
+
+
+def decode_market_header(raw: list[Any]) -> MarketHeader:
+    """An HMGET of ``version, ts, tickers, prices, price_ts`` on :data:`MARKET_KEY`."""
+    if raw[0] is None:
+        raise StoreEmptyError("no market snapshot in the store")
+    return market_header(raw[0], raw[1], decode_tickers(raw[2], MARKET_KEY), raw[3], raw[4])
+
+
+def decode_reference_prices(raw: list[Any]) -> dict[str, float]:
+    """An HMGET of ``tickers, prices`` on :data:`REFERENCE_KEY`: ticker -> reference price."""
+    if raw[0] is None:
+        raise StoreEmptyError("no reference prices in the store")
+    tickers = decode_tickers(raw[0], REFERENCE_KEY)
+    prices = decode_array(raw[1], key=f"{REFERENCE_KEY}.prices", shape=(len(tickers),))
+    return dict(zip(tickers, prices.tolist(), strict=True))
+
+
+def market_header(version: Any, ts: Any, tickers: tuple[str, ...], prices: Any, price_ts: Any) -> MarketHeader:
+    """The header of :data:`MARKET_KEY` from its raw fields and its (already decoded) tickers."""
+    n = len(tickers)
+    return MarketHeader(
+        version=decode_int(version, key=f"{MARKET_KEY}.version"),
+        ts=decode_float(ts, key=f"{MARKET_KEY}.ts"),
+        tickers=tickers,
+        prices=decode_array(prices, key=f"{MARKET_KEY}.prices", shape=(n,)),
+        price_ts=decode_array(price_ts, key=f"{MARKET_KEY}.price_ts", shape=(n,)),
+    )
+
+
+@dataclass(frozen=True)
+class TickEvent:
+    """One accepted bar as published on :data:`TICKS_KEY`, in the same transaction as the market snapshot.
+
+    ``prices`` are the last accepted prices of every ticker after this bar (a ticker without a valid price in
+    the bar keeps its previous price), aligned with ``tickers``: consecutive events give the exact log
+    returns the EWMA covariance was updated with (none after a ``reset`` event).
+    """
+
+    version: int
+    ts: float
+    """Epoch seconds at which the daemon wrote the bar (the market snapshot's ``ts``)."""
+    tickers: tuple[str, ...]
+    prices: Float64Array
+    bar_ts: float = 0.0
+    """The bar's own timestamp from the feed (a replayed date, or the simulated bar time)."""
+    token: str = ""
+    """Unique id of the bar (daemon pid, sequence): tells a committed write from a lost one after a crash."""
+    reset: bool = False
+    """Prices restarted here: the covariance was not updated with a return for this bar."""
+    rejected: int = 0
+    """Prices of this bar refused by validation (NaN, inf, <= 0, unknown ticker)."""
+    entry_id: str = ""
+    """Stream entry id (set when read back)."""
+
+    def to_fields(self, tickers_json: str | None = None) -> dict[str, Any]:
+        return {
+            "version": int(self.version),
+            "ts": repr(float(self.ts)),
+            "bar_ts": repr(float(self.bar_ts)),
+            "tickers": tickers_json if tickers_json is not None else encode_json(list(self.tickers)),
+            "prices": encode_array(self.prices),
+            "token": self.token,
+            "reset": int(self.reset),
+            "rejected": int(self.rejected),
+        }
+
+    @classmethod
+    def from_fields(cls, entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> TickEvent:
+        eid = decode_str(entry_id, key=TICKS_KEY)
+        key = f"{TICKS_KEY}[{eid}]"
+        tickers = decode_tickers(fields.get(b"tickers"), key)
+        return cls(
+            version=decode_int(fields.get(b"version"), key=f"{key}.version"),
+            ts=decode_float(fields.get(b"ts"), key=f"{key}.ts"),
+            tickers=tickers,
+            prices=decode_array(fields.get(b"prices"), key=f"{key}.prices", shape=(len(tickers),)),
+            bar_ts=decode_float(fields.get(b"bar_ts", b"0"), key=f"{key}.bar_ts"),
+            token=decode_str(fields.get(b"token", b""), key=f"{key}.token"),
+            reset=decode_int(fields.get(b"reset", b"0"), key=f"{key}.reset") == 1,
+            rejected=decode_int(fields.get(b"rejected", b"0"), key=f"{key}.rejected"),
+            entry_id=eid,
+        )
+
+
+def _decode_tick_entries(entries: Iterable[Any]) -> list[tuple[str, TickEvent | None]]:
+    out: list[tuple[str, TickEvent | None]] = []
+    for entry in entries:
+        if entry is None:  # XAUTOCLAIM on 6.2 may list a deleted entry as nil
+            continue
+        entry_id, fields = entry
+        eid = decode_str(entry_id, key=TICKS_KEY)
+        if not fields:  # trimmed by MAXLEN while pending
+            out.append((eid, None))
+            continue
+        try:
+            out.append((eid, TickEvent.from_fields(entry_id, fields)))
+        except StoreError:
+            out.append((eid, None))
+    return out

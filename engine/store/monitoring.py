@@ -1,0 +1,308 @@
+"""What the monitor writes for each tick (logic/monitor.py): the latest snapshot and its history, the equity
+peaks of the drawdown windows, the excursions of open positions, and short leases.
+
+Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:history``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks`` and
+``rd:lock:<name>`` (see :mod:`engine.store.keys`). Per-portfolio writes of one snapshot touch keys of one hash
+tag only and each runs in one Lua script, so two monitors (or a tick processed twice) never lose an update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import CorruptDataError
+from engine.store.base import Conn, StoreBase
+from engine.store.codec import (
+    decode_float,
+    decode_int,
+    decode_object,
+    decode_str,
+    encode_json,
+    encode_point_value,
+)
+from engine.store.keys import PortfolioKeys, lock_key
+
+
+@dataclass(frozen=True)
+class EquityPeaks:
+    """Equity reference points of the drawdown windows (``pf:{id}:peaks``)."""
+
+    day: str
+    day_open: float
+    """Equity at the first snapshot of the day (daily P&L is measured from it)."""
+    day_peak: float
+    week: str
+    week_peak: float
+    max_peak: float
+    max_drawdown: float
+    """Worst drawdown from the running all-time peak seen so far (a fraction <= 0)."""
+
+    @classmethod
+    def from_reply(cls, reply: Any, key: str = "peaks") -> EquityPeaks:
+        if not isinstance(reply, list | tuple) or len(reply) != 7 or any(r is None for r in reply):
+            raise CorruptDataError(f"{key}: expected 7 peak fields, got {reply!r}")
+        return cls(
+            day=decode_str(reply[0], key=f"{key}.day"),
+            day_open=decode_float(reply[1], key=f"{key}.day_open"),
+            day_peak=decode_float(reply[2], key=f"{key}.day_peak"),
+            week=decode_str(reply[3], key=f"{key}.week"),
+            week_peak=decode_float(reply[4], key=f"{key}.week_peak"),
+            max_peak=decode_float(reply[5], key=f"{key}.max_peak"),
+            max_drawdown=decode_float(reply[6], key=f"{key}.max_dd"),
+        )
+
+
+@dataclass(frozen=True)
+class Excursion:
+    """Maximum favourable / adverse excursion of an open position's unrealized P&L since it was opened."""
+
+    side: int
+    mfe: float
+    mae: float
+
+
+def decode_marks_reply(reply: Any, key: str = "marks") -> dict[str, Excursion]:
+    """Decode the reply of :meth:`Store.update_marks` (``[ticker, side, mfe, mae, ...]``)."""
+    if not isinstance(reply, list | tuple) or len(reply) % 4:
+        raise CorruptDataError(f"{key}: malformed marks reply")
+    out = {}
+    for i in range(0, len(reply), 4):
+        ticker = decode_str(reply[i], key=key)
+        out[ticker] = Excursion(
+            side=decode_int(reply[i + 1], key=f"{key}.{ticker}.side"),
+            mfe=decode_float(reply[i + 2], key=f"{key}.{ticker}.mfe"),
+            mae=decode_float(reply[i + 3], key=f"{key}.{ticker}.mae"),
+        )
+    return out
+
+
+class MonitoringStore(StoreBase):
+    """Snapshots and their history, equity peaks, position excursions and short leases."""
+
+    @staticmethod
+    def peaks_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id).peaks
+
+    # -- equity peaks ----------------------------------------------------------------------------------------
+    # KEYS[1] = pf:{id}:peaks (hash: day, day_open, day_peak, week, week_peak, max_peak, max_dd, last)
+    # ARGV[1] = equity now (number as text), ARGV[2] = day id, ARGV[3] = week id (ISO dates order as text)
+    # Merges one equity observation. A later day (week) opens at the last equity seen before it (the previous
+    # close; this equity when there is none) and its peak restarts at max(open, equity), so a loss between
+    # the close and the first snapshot of the day counts (math_logic.period_drawdown's convention). An
+    # observation of an earlier day (a late tick) leaves that period alone. The all-time peak is a max and the
+    # worst drawdown from it a min, so two monitors, or a tick processed twice, never lose an update.
+    # Returns {day, day_open, day_peak, week, week_peak, max_peak, max_dd}.
+    _PEAKS_LUA = """
+local key, e, day, week = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local h = redis.call('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd',
+                     'last')
+local open_s = h[8] or ARGV[1]
+local start_peak = ARGV[1]
+if tonumber(open_s) > e then start_peak = open_s end
+if not h[1] or day > h[1] then
+  h[1] = day; h[2] = open_s; h[3] = start_peak
+elseif day == h[1] and e > tonumber(h[3]) then
+  h[3] = ARGV[1]
+end
+if not h[4] or week > h[4] then
+  h[4] = week; h[5] = start_peak
+elseif week == h[4] and e > tonumber(h[5]) then
+  h[5] = ARGV[1]
+end
+if not h[6] or e > tonumber(h[6]) then h[6] = ARGV[1] end
+local peak = tonumber(h[6])
+local dd = 0
+if peak > 0 and e < peak then dd = e / peak - 1 end
+if not h[7] or dd < tonumber(h[7]) then h[7] = string.format('%.17g', dd) end
+redis.call('HSET', key, 'day', h[1], 'day_open', h[2], 'day_peak', h[3], 'week', h[4], 'week_peak', h[5],
+           'max_peak', h[6], 'max_dd', h[7], 'last', ARGV[1])
+return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
+"""
+
+    def update_peaks(
+        self, portfolio_id: str, equity: float, day_id: str, week_id: str, pipe: Conn = None
+    ) -> EquityPeaks | None:
+        """Merge one equity observation into the portfolio's peaks (atomic); returns the merged peaks, or
+        ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`)."""
+        if not math.isfinite(equity):
+            raise ValueError(f"equity must be finite, got {equity}")
+        key = PortfolioKeys(portfolio_id).peaks
+        reply = self._conn(pipe).eval(self._PEAKS_LUA, 1, key, repr(float(equity)), day_id, week_id)
+        return None if pipe is not None else EquityPeaks.from_reply(reply, key)
+
+    def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
+        key = PortfolioKeys(portfolio_id).peaks
+        raw = self._conn(conn).hmget(
+            key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"]
+        )
+        return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
+
+    # -- position excursions ---------------------------------------------------------------------------------
+    # KEYS[1] = pf:{id}:marks (hash: ticker -> JSON {"side": 1 or -1, "mfe": number, "mae": number})
+    # ARGV = ticker, side, unrealized P&L, ... for every open position now.
+    # MFE (maximum favourable excursion) is the highest unrealized P&L since the position was opened (>= 0),
+    # MAE (maximum adverse excursion) the lowest (<= 0). A new ticker, or one whose side flipped, starts again
+    # at this P&L; a ticker not listed (position closed) is deleted. Max/min merges: order-insensitive.
+    # Returns {ticker, side, mfe, mae, ...} after the merge.
+    _MARKS_LUA = """
+local key = KEYS[1]
+local open, out = {}, {}
+for i = 1, #ARGV, 3 do
+  local t, side, pnl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  open[t] = true
+  local mfe, mae, changed = math.max(pnl, 0), math.min(pnl, 0), true
+  local raw = redis.call('HGET', key, t)
+  if raw then
+    local m = cjson.decode(raw)
+    if m.side == side then
+      changed = pnl > m.mfe or pnl < m.mae
+      mfe = math.max(mfe, m.mfe); mae = math.min(mae, m.mae)
+    end
+  end
+  local mfe_s, mae_s = string.format('%.17g', mfe), string.format('%.17g', mae)
+  if changed then
+    local side_s = string.format('%d', side)
+    redis.call('HSET', key, t, '{"side":' .. side_s .. ',"mfe":' .. mfe_s .. ',"mae":' .. mae_s .. '}')
+  end
+  out[#out + 1] = t; out[#out + 1] = string.format('%d', side); out[#out + 1] = mfe_s; out[#out + 1] = mae_s
+end
+for _, t in ipairs(redis.call('HKEYS', key)) do
+  if not open[t] then redis.call('HDEL', key, t) end
+end
+return out
+"""
+
+    def update_marks(
+        self, portfolio_id: str, unrealized: Mapping[str, tuple[int, float]], pipe: Conn = None
+    ) -> dict[str, Excursion] | None:
+        """Merge the unrealized P&L of every open position (ticker -> (side +1/-1, P&L)) into its MFE/MAE
+        (atomic); closed positions lose their marks. Returns the merged marks, or ``None`` on a pipeline
+        (decode its result with :func:`decode_marks_reply`)."""
+        args: list[str] = []
+        for ticker, (side, pnl) in unrealized.items():
+            if side not in (1, -1) or not math.isfinite(pnl):
+                raise ValueError(f"{ticker}: side must be +1/-1 and P&L finite, got {side}, {pnl}")
+            args += [ticker, str(side), repr(float(pnl))]
+        key = PortfolioKeys(portfolio_id).marks
+        reply = self._conn(pipe).eval(self._MARKS_LUA, 1, key, *args)
+        return None if pipe is not None else decode_marks_reply(reply, key)
+
+    def read_marks(self, portfolio_id: str, conn: Conn = None) -> dict[str, Excursion]:
+        key = PortfolioKeys(portfolio_id).marks
+        out = {}
+        for raw_ticker, raw in self._conn(conn).hgetall(key).items():
+            ticker = decode_str(raw_ticker, key=key)
+            data = decode_object(raw, f"{key}.{ticker}")
+            try:
+                out[ticker] = Excursion(int(data["side"]), float(data["mfe"]), float(data["mae"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CorruptDataError(f"{key}.{ticker}: bad excursion record ({exc})") from exc
+        return out
+
+    # -- latest snapshot and history -------------------------------------------------------------------------
+    # KEYS[1] = pf:{id}:snapshot (string: snapshot JSON), KEYS[2] = pf:{id}:history (stream)
+    # ARGV[1] = snapshot version, ARGV[2] = snapshot JSON, ARGV[3] = history entry time (ms),
+    # ARGV[4] = oldest entry time kept (ms; XTRIM MINID, exact), ARGV[5] = entry cap (MAXLEN ~),
+    # ARGV[6..] = field, value, ... of the history point.
+    # The latest snapshot is replaced unless the stored one has a higher version (two monitors may finish
+    # ticks out of order; the latest snapshot never goes back). The entry id is <ms>-0, or the stream's last
+    # id plus one when that is not greater (several ticks in one millisecond, or a late tick): every call
+    # appends exactly one point. Returns the entry id.
+    _RECORD_LUA = """
+local version = tonumber(ARGV[1])
+local current = redis.call('GET', KEYS[1])
+local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
+if not stored or version >= stored then redis.call('SET', KEYS[1], ARGV[2]) end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = ARGV[3] .. '-0'
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
+if type(added) == 'table' and added.err then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  local last = '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+  local ms, seq = string.match(last, '(%d+)-(%d+)')
+  id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
+end
+redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
+return id
+"""
+
+    def record_snapshot(
+        self,
+        portfolio_id: str,
+        snapshot: Mapping[str, Any],
+        point: Mapping[str, float | int | None],
+        *,
+        ts: float,
+        retention_seconds: float,
+        max_points: int,
+        pipe: Conn = None,
+    ) -> str | None:
+        """Write the latest snapshot (unless a newer version is stored) and append one history point at
+        ``ts``, trimming points older than ``retention_seconds`` and beyond ``max_points``; one Lua script.
+
+        ``point`` is flat (dotted metric names, numbers or ``None``); see :meth:`read_history`.
+        Returns the history entry id, or ``None`` on a pipeline.
+        """
+        keys = PortfolioKeys(portfolio_id)
+        ms = int(ts * 1000)
+        min_ms = max(0, int((ts - retention_seconds) * 1000))
+        args: list[Any] = [int(snapshot["version"]), encode_json(dict(snapshot)), ms, min_ms, int(max_points)]
+        for name, value in point.items():
+            args += [name, encode_point_value(value)]
+        reply = self._conn(pipe).eval(self._RECORD_LUA, 2, keys.snapshot, keys.history, *args)
+        return None if pipe is not None else decode_str(reply, key=keys.history)
+
+    def read_snapshot(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
+        """The latest snapshot of a portfolio (schema in logic/snapshot.py), or ``None`` if none yet."""
+        key = PortfolioKeys(portfolio_id).snapshot
+        raw = self._conn(conn).get(key)
+        return None if raw is None else decode_object(raw, key)
+
+    def read_history(
+        self,
+        portfolio_id: str,
+        start_ts: float | None = None,
+        end_ts: float | None = None,
+        count: int | None = None,
+        newest_first: bool = False,
+        conn: Conn = None,
+    ) -> list[dict[str, Any]]:
+        """History points between two epoch times (inclusive): dicts of the flat fields written by the monitor
+        (``ts``, ``version``, ``equity``, ``var.var95``, ...; numbers, ``None`` where the metric had no value)
+        plus the entry ``id``. Entry ids are in write order, which is time order except for a late tick."""
+        key = PortfolioKeys(portfolio_id).history
+        lo = "-" if start_ts is None else str(max(0, int(start_ts * 1000)))
+        hi = "+" if end_ts is None else str(max(0, int(end_ts * 1000)))
+        c = self._conn(conn)
+        entries: Any = (
+            c.xrevrange(key, hi, lo, count=count) if newest_first else c.xrange(key, lo, hi, count=count)
+        )
+        out = []
+        for entry_id, fields in entries:
+            point: dict[str, Any] = {"id": decode_str(entry_id, key=key)}
+            for raw_name, raw_value in fields.items():
+                name = decode_str(raw_name, key=key)
+                if raw_value == b"":
+                    point[name] = None
+                elif name == "version":
+                    point[name] = decode_int(raw_value, key=f"{key}.version")
+                else:
+                    point[name] = decode_float(raw_value, key=f"{key}.{name}")
+            out.append(point)
+        return out
+
+    def history_length(self, portfolio_id: str, conn: Conn = None) -> int:
+        return int(self._conn(conn).xlen(PortfolioKeys(portfolio_id).history))
+
+    # -- short leases ----------------------------------------------------------------------------------------
+    def acquire_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
+        """Take the short lease ``name`` unless someone holds it (SET NX PX); True when taken."""
+        return bool(self.client.set(lock_key(name), token, nx=True, px=max(1, int(ttl_seconds * 1000))))

@@ -1,0 +1,183 @@
+"""Portfolio books: the registry of portfolios, each one's cash and positions, and its trading state.
+
+Keys: ``rd:portfolios``, ``pf:{<id>}:state``, ``pf:{<id>}:positions``, ``pf:{<id>}:trading_state`` (see
+:mod:`engine.store.keys`). Every write of a portfolio's positions stores a new random ``positions_rev`` token
+in its state hash: :meth:`engine.store.Store.read_trade_view` caches decoded positions by it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import CorruptDataError, StoreEmptyError, StoreError
+from engine.records import AccountType, PortfolioState, Position, TradingStatus
+from engine.store.base import Conn, StoreBase
+from engine.store.codec import (
+    decode_decimal,
+    decode_float,
+    decode_position,
+    decode_str,
+    decode_trading_status,
+    encode_position,
+    encode_trading_status,
+)
+from engine.store.keys import PORTFOLIOS_KEY, PortfolioKeys
+
+_ACCOUNT_TYPES = tuple(AccountType)
+
+
+@dataclass(frozen=True)
+class PortfolioBundle:
+    """One portfolio read by :meth:`Store.read_portfolio_bundles`: state and trading state, or the error."""
+
+    portfolio_id: str
+    state: PortfolioState | None
+    trading_state: TradingStatus | None
+    error: StoreError | None
+
+
+class PortfolioStore(StoreBase):
+    """Portfolio registry, books (state scalars and positions) and trading state."""
+
+    # -- books -----------------------------------------------------------------------------------------------
+    def portfolio_ids(self, conn: Conn = None) -> list[str]:
+        raw = self._conn(conn).smembers(PORTFOLIOS_KEY)
+        return sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw)
+
+    def read_portfolio(self, portfolio_id: str, conn: Conn = None) -> PortfolioState:
+        keys = PortfolioKeys(portfolio_id)
+        c = self._conn(conn)
+        state = c.hgetall(keys.state)
+        if not state:
+            raise StoreEmptyError(f"portfolio {portfolio_id!r} is not in the store")
+        raw_positions = c.hgetall(keys.positions)
+        return decode_portfolio(portfolio_id, state, raw_positions)
+
+    def write_portfolio_state(self, state: PortfolioState, pipe: Conn = None) -> None:
+        """Write the scalar fields of a portfolio (not its positions)."""
+        self._conn(pipe).hset(
+            PortfolioKeys(state.portfolio_id).state,
+            mapping={
+                "account_type": state.account_type,
+                "cash": str(state.cash),
+                "realized_pnl": str(state.realized_pnl),
+                "fees_paid": str(state.fees_paid),
+                "initial_margin": repr(float(state.initial_margin)),
+                "maintenance_margin": repr(float(state.maintenance_margin)),
+                "updated_at": repr(float(state.updated_at)),
+            },
+        )
+
+    def write_position(self, portfolio_id: str, ticker: str, position: Position | None, pipe: Conn = None) -> None:
+        """Set one position; ``None`` or a flat position without realized P&L removes the field."""
+        c = self._conn(pipe)
+        key = PortfolioKeys(portfolio_id).positions
+        if position is None:
+            c.hdel(key, ticker)
+        else:
+            c.hset(key, ticker, encode_position(position))
+        new_positions_rev(c, portfolio_id)
+
+    def write_portfolio(self, state: PortfolioState, pipe: Conn = None) -> None:
+        """Replace a whole portfolio (warm-up): scalar fields, every position, registry membership."""
+        c = self._conn(pipe)
+        keys = PortfolioKeys(state.portfolio_id)
+        self.write_portfolio_state(state, c)
+        c.delete(keys.positions)
+        if state.positions:
+            c.hset(keys.positions, mapping={t: encode_position(p) for t, p in state.positions.items()})
+        new_positions_rev(c, state.portfolio_id)
+        c.sadd(PORTFOLIOS_KEY, state.portfolio_id)
+
+    # -- trading state ---------------------------------------------------------------------------------------
+    def read_trading_state(self, portfolio_id: str, conn: Conn = None) -> TradingStatus:
+        key = PortfolioKeys(portfolio_id).trading_state
+        raw: Any = self._conn(conn).hgetall(key)
+        return decode_trading_status(key, raw)
+
+    def write_trading_state(self, portfolio_id: str, ts_: TradingStatus, pipe: Conn = None) -> None:
+        mapping = encode_trading_status(ts_)
+        self._conn(pipe).hset(PortfolioKeys(portfolio_id).trading_state, mapping=mapping)
+
+    # -- every portfolio, read together (logic/monitor.py) ---------------------------------------------------
+    def read_portfolio_bundles(self, known_ids: Iterable[str] | None = None) -> dict[str, PortfolioBundle]:
+        """Every registered portfolio's state, positions and trading state in ONE MULTI/EXEC.
+
+        One transaction, so a fill (itself one MULTI) is seen entirely or not at all: cash and holdings never
+        come from two sides of a trade. ``known_ids`` is the caller's guess of the registry; when the registry
+        differs, the read is repeated with the registered ids (at most twice more). A portfolio that does not
+        decode carries its typed error instead of a state (the caller skips it: fail closed).
+        """
+        ids = sorted(known_ids) if known_ids is not None else self.portfolio_ids()
+        for _ in range(3):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.smembers(PORTFOLIOS_KEY)
+            for pid in ids:
+                keys = PortfolioKeys(pid)
+                pipe.hgetall(keys.state)
+                pipe.hgetall(keys.positions)
+                pipe.hgetall(keys.trading_state)
+            raw = pipe.execute()
+            registered = sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw[0])
+            if registered == ids:
+                break
+            ids = registered
+        else:
+            raise CorruptDataError(f"{PORTFOLIOS_KEY} keeps changing; cannot read a consistent set")
+        out: dict[str, PortfolioBundle] = {}
+        for i, pid in enumerate(ids):
+            state_raw, positions_raw, trading_raw = raw[1 + 3 * i : 4 + 3 * i]
+            try:
+                if not state_raw:
+                    raise StoreEmptyError(f"portfolio {pid!r} is registered but has no state")
+                state = decode_portfolio(pid, state_raw, positions_raw)
+                trading = decode_trading_status(PortfolioKeys(pid).trading_state, trading_raw)
+                out[pid] = PortfolioBundle(pid, state, trading, None)
+            except StoreError as exc:
+                out[pid] = PortfolioBundle(pid, None, None, exc)
+        return out
+
+
+def decode_portfolio(
+    portfolio_id: str, state: Mapping[bytes, bytes], raw_positions: Mapping[bytes, bytes]
+) -> PortfolioState:
+    """A portfolio from its state hash and its positions hash (as HGETALL returns them)."""
+    keys = PortfolioKeys(portfolio_id)
+
+    def field_(name: str) -> bytes | None:
+        return state.get(name.encode())
+
+    positions = decode_positions(portfolio_id, raw_positions)
+    account_type = decode_str(field_("account_type"), key=f"{keys.state}.account_type")
+    if account_type not in _ACCOUNT_TYPES:
+        raise CorruptDataError(f"{keys.state}.account_type: unknown account type {account_type!r}")
+    return PortfolioState(
+        portfolio_id=portfolio_id,
+        account_type=account_type,
+        cash=decode_decimal(field_("cash"), key=f"{keys.state}.cash"),
+        positions=positions,
+        realized_pnl=decode_decimal(field_("realized_pnl"), key=f"{keys.state}.realized_pnl"),
+        fees_paid=decode_decimal(field_("fees_paid"), key=f"{keys.state}.fees_paid"),
+        initial_margin=decode_float(field_("initial_margin"), key=f"{keys.state}.initial_margin"),
+        maintenance_margin=decode_float(field_("maintenance_margin"), key=f"{keys.state}.maintenance_margin"),
+        updated_at=decode_float(field_("updated_at"), key=f"{keys.state}.updated_at"),
+    )
+
+
+def decode_positions(portfolio_id: str, raw_positions: Mapping[bytes, bytes]) -> dict[str, Position]:
+    key = PortfolioKeys(portfolio_id).positions
+    positions = {}
+    for raw_ticker, raw_pos in raw_positions.items():
+        ticker = decode_str(raw_ticker, key=key)
+        positions[ticker] = decode_position(raw_pos, f"{key}.{ticker}")
+    return positions
+
+
+def new_positions_rev(conn: Conn, portfolio_id: str) -> str:
+    """Mark the positions of ``portfolio_id`` as changed: readers drop what they cached under the old one."""
+    rev = uuid.uuid4().hex
+    conn.hset(PortfolioKeys(portfolio_id).state, "positions_rev", rev)
+    return rev

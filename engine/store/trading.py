@@ -1,0 +1,347 @@
+"""What the pre-trade gate reads and what a fill writes (logic/risk_manager.py).
+
+Keys: ``pf:{<id>}:orders`` (idempotency records), ``pf:{<id>}:trades`` (trade log), ``pf:{<id>}:rate`` (order-rate
+window), besides the market and book keys it reads (see :mod:`engine.store.keys`).
+
+A fill is one MULTI/EXEC over keys of one portfolio (one hash tag, so one Cluster slot), run by
+logic/risk_manager.py after WATCHing :meth:`TradingStore.trading_watch_keys`: state scalars, the position, the
+trade log record, the idempotency record under the client order id and the order-rate entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import redis
+
+from engine.errors import CorruptDataError, StoreEmptyError, StoreError, StoreUnavailableError
+from engine.records import MarketHeader, PortfolioState, Position, TradingStatus
+from engine.store.base import Conn, StoreBase
+from engine.store.codec import (
+    decode_object,
+    decode_tickers,
+    decode_trading_status,
+    encode_json,
+    encode_position,
+)
+from engine.store.keys import MARKET_KEY, REFERENCE_KEY, PortfolioKeys
+from engine.store.market import decode_reference_prices, market_header
+from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
+
+TRADE_LOG_MAXLEN = 1_000_000
+"""Approximate bound of a portfolio's trade log stream (XADD MAXLEN ~): fills and rejected orders."""
+
+
+@dataclass(frozen=True)
+class TradeView:
+    """What a pre-trade check reads, taken from one consistent snapshot of the store.
+
+    A part that is missing or does not decode is ``None`` and its typed error is in ``errors`` under the
+    part's name (``market``, ``reference``, ``portfolio``, ``trading_state``, ``order``): the caller fails
+    closed.
+    """
+
+    header: MarketHeader | None
+    reference: Mapping[str, float] | None
+    portfolio: PortfolioState | None
+    positions_key: bytes
+    """The DUMP of the stored positions: a cache key for anything that depends on the holdings only."""
+    trading_state: TradingStatus | None
+    recent_orders: int
+    """Fills recorded in the order-rate window."""
+    order: dict[str, Any] | None
+    """The stored result of the client order id asked for, if a fill claimed it."""
+    errors: Mapping[str, StoreError]
+
+
+class TradingStore(StoreBase):
+    """The trade view (one consistent read for a pre-trade check), fills, the trade log and order results."""
+
+    def trading_watch_keys(self, portfolio_id: str) -> tuple[str, ...]:
+        """The keys a fill reads and writes; WATCH them all before re-checking a trade."""
+        keys = PortfolioKeys(portfolio_id)
+        return (keys.state, keys.positions, keys.trading_state, keys.orders, keys.rate)
+
+    def read_trade_view(
+        self,
+        portfolio_id: str,
+        rate_since: float,
+        client_order_id: str | None = None,
+        memo: dict[Any, Any] | None = None,
+    ) -> TradeView:
+        """Market header, reference prices, portfolio, trading state, recent order count and the idempotency
+        record of ``client_order_id``, from one consistent snapshot in one round trip.
+
+        The read is one read-only Lua script (atomic, one reply). A caller that WATCHed
+        :meth:`trading_watch_keys` on another connection before this read knows its EXEC fails if any of them
+        changed since. A part that is missing or does not decode is ``None`` with its typed error in
+        ``errors`` (the caller fails closed).
+
+        ``memo`` is a caller-owned dict of what was decoded before. Every write of a portfolio's positions
+        through this class stores a new random ``positions_rev`` token in its state hash (and every write of
+        the reference prices a new ``rev``); the script sends the positions (hundreds of JSON fields on a big
+        book), the reference prices and the snapshot's tickers only when the memo does not hold the current
+        ones, so what did not change costs nothing to transfer or decode. Writing those keys other than
+        through this class would leave stale caches: do not.
+        """
+        memo = {} if memo is None else memo
+        if len(memo) > 256:  # bounded: a long-running process sees many versions of the reference prices
+            memo.clear()
+        keys = PortfolioKeys(portfolio_id)
+        known = memo.get(("positions", portfolio_id))  # (rev, decoded positions) of the last book seen
+        known_tickers = memo.get("tickers")  # (b"<version> <ts>", tickers) of the last snapshot seen
+        known_reference = memo.get("reference")  # (rev, reference prices) last seen
+        script = self.__dict__.get("_trade_view_script")
+        if script is None:  # registered once per Store; redis-py re-sends it if the server lost its cache
+            script = self.__dict__["_trade_view_script"] = self.client.register_script(_READ_TRADE_VIEW_LUA)
+        try:
+            reply = script(
+                keys=[MARKET_KEY, REFERENCE_KEY, keys.state, keys.trading_state, keys.rate, keys.orders,
+                      keys.positions],
+                args=[
+                    repr(float(rate_since)), client_order_id or "", known[0] if known else "",
+                    known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
+                ],
+            )  # fmt: skip
+        except redis.RedisError as exc:
+            raise _redis_failure(exc) from exc
+        raw_market, raw_tickers, raw_ref, ref_rev, raw_state, raw_trading, recent, raw_order, rev = reply[:9]
+        raw_positions = reply[9]
+        errors: dict[str, StoreError] = {}
+        header = _try(
+            errors, "market",
+            lambda: _decode_header_memo(_ok(raw_market, MARKET_KEY), raw_tickers, known_tickers, memo),
+        )  # fmt: skip
+        reference = _try(
+            errors, "reference",
+            lambda: _decode_reference_memo(raw_ref, ref_rev, known_reference, memo),
+        )  # fmt: skip
+        if isinstance(rev, redis.ResponseError):
+            rev = None
+        if raw_positions is None:  # unchanged since ``known``
+            assert known is not None
+            positions_key: Any = known[0]
+            cached = known[1]
+        else:
+            # no token (a store written by an older layout): key the caches by content instead
+            positions_key = rev if rev is not None else repr(raw_positions)
+            cached = None
+        portfolio = _try(
+            errors, "portfolio",
+            lambda: _decode_portfolio_memo(
+                portfolio_id, _fields(_STATE_FIELDS, _ok(raw_state, keys.state)), rev, cached,
+                _ok(raw_positions, keys.positions), memo,
+            ),
+        )  # fmt: skip
+        trading = _try(
+            errors, "trading_state",
+            lambda: decode_trading_status(
+                keys.trading_state, _fields(_TRADING_FIELDS, _ok(raw_trading, keys.trading_state))
+            ),
+        )  # fmt: skip
+        recent = _try(errors, "rate", lambda: int(_ok(recent, keys.rate)))
+        order = None
+        if client_order_id is not None and raw_order is not None:
+            where = f"{keys.orders}.{client_order_id}"
+            order = _try(errors, "order", lambda: decode_object(_ok(raw_order, keys.orders), where))
+        return TradeView(header, reference, portfolio, positions_key, trading, recent or 0, order, errors)
+
+    def remember_positions(
+        self, memo: dict[Any, Any], portfolio_id: str, rev: bytes | str, positions: Mapping[str, Position]
+    ) -> None:
+        """Put positions the caller just wrote (with :meth:`write_fill`, which returned ``rev``) into
+        ``memo``, so the next :meth:`read_trade_view` neither transfers nor decodes them."""
+        token = rev.encode() if isinstance(rev, str) else rev
+        memo[("positions", portfolio_id)] = (token, MappingProxyType(dict(positions)))
+
+    def write_fill(
+        self,
+        portfolio: PortfolioState,
+        ticker: str,
+        position: Position,
+        record: Mapping[str, Any],
+        *,
+        trade_id: str,
+        client_order_id: str | None,
+        ts: float,
+        rate_window_seconds: float,
+        pipe: Conn,
+    ) -> str:
+        """Queue every write of one fill on ``pipe`` (a MULTI): the caller executes it.
+
+        ``portfolio`` carries the new cash, realized P&L, fees and time; ``position`` the new position of
+        ``ticker`` (removed when flat with no realized P&L); ``record`` is appended to the trade log and,
+        with a ``client_order_id``, stored as that order's idempotency record.
+        Returns the new ``positions_rev`` token (see :meth:`remember_positions`).
+        """
+        keys = PortfolioKeys(portfolio.portfolio_id)
+        pipe.hset(
+            keys.state,
+            mapping={
+                "cash": str(portfolio.cash),
+                "realized_pnl": str(portfolio.realized_pnl),
+                "fees_paid": str(portfolio.fees_paid),
+                "updated_at": repr(float(portfolio.updated_at)),
+            },
+        )
+        if position.qty == 0 and position.realized_pnl == 0:
+            pipe.hdel(keys.positions, ticker)
+        else:
+            pipe.hset(keys.positions, ticker, encode_position(position))
+        payload = encode_json(dict(record))
+        pipe.xadd(keys.trades, {"json": payload}, maxlen=TRADE_LOG_MAXLEN, approximate=True)
+        if client_order_id is not None:
+            pipe.hset(keys.orders, client_order_id, payload)
+        pipe.zadd(keys.rate, {trade_id: float(ts)})
+        pipe.zremrangebyscore(keys.rate, "-inf", f"({float(ts) - rate_window_seconds!r}")
+        return new_positions_rev(pipe, portfolio.portfolio_id)
+
+    def append_trade_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
+        """Append a record (e.g. a rejected order) to the portfolio's trade log."""
+        self._conn(pipe).xadd(
+            PortfolioKeys(portfolio_id).trades, {"json": encode_json(dict(record))},
+            maxlen=TRADE_LOG_MAXLEN, approximate=True,
+        )  # fmt: skip
+
+    def read_trade_log(
+        self, portfolio_id: str, count: int = 100, newest_first: bool = True, conn: Conn = None
+    ) -> list[dict[str, Any]]:
+        """The trade log: fills and rejected orders, newest first, each with its stream ``id``."""
+        return self.read_stream_json(PortfolioKeys(portfolio_id).trades, count, newest_first, conn)
+
+    def read_order(self, portfolio_id: str, client_order_id: str, conn: Conn = None) -> dict[str, Any] | None:
+        """The stored result of ``client_order_id``, or None when no fill claimed that id."""
+        key = PortfolioKeys(portfolio_id).orders
+        raw: Any = self._conn(conn).hget(key, client_order_id)
+        return None if raw is None else decode_object(raw, f"{key}.{client_order_id}")
+
+
+_READ_TRADE_VIEW_LUA = """
+-- One consistent, read-only snapshot of everything a pre-trade check needs, in one round trip.
+-- KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference, KEYS[3] = pf:{id}:state,
+-- KEYS[4] = pf:{id}:trading_state, KEYS[5] = pf:{id}:rate, KEYS[6] = pf:{id}:orders,
+-- KEYS[7] = pf:{id}:positions
+-- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
+-- ARGV[3] = the positions_rev the caller has the positions of ('' for none),
+-- ARGV[4] = '<version> <ts>' of the market snapshot the caller has the tickers of ('' for none),
+-- ARGV[5] = the rev of the reference prices the caller has ('' for none)
+-- What the caller already has is not sent again: the positions hash (flat) is nil when the state's
+-- positions_rev equals ARGV[3], the tickers when the snapshot's version and ts equal ARGV[4], the reference
+-- tickers and prices when the reference's rev equals ARGV[5].
+-- Every read is a pcall: a key of the wrong type comes back as an error in its own slot of the reply, so the
+-- caller can fail closed on that part and still report the others.
+-- (The keys span two hash tags: on Redis Cluster this read would have to be split in two.)
+local order = false
+if ARGV[2] ~= '' then order = redis.pcall('HGET', KEYS[6], ARGV[2]) end
+local rev = redis.pcall('HGET', KEYS[3], 'positions_rev')
+local positions = false
+if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[7]) end
+local market = redis.pcall('HMGET', KEYS[1], 'version', 'ts', 'prices', 'price_ts')
+local tickers = false
+if market.err or not (market[1] and market[2]) or (market[1] .. ' ' .. market[2]) ~= ARGV[4] then
+  tickers = redis.pcall('HGET', KEYS[1], 'tickers')
+end
+local ref_rev = redis.pcall('HGET', KEYS[2], 'rev')
+local reference = false
+if type(ref_rev) ~= 'string' or ref_rev ~= ARGV[5] then
+  reference = redis.pcall('HMGET', KEYS[2], 'tickers', 'prices')
+end
+return {market, tickers, reference, ref_rev,
+        redis.pcall('HMGET', KEYS[3], 'account_type', 'cash', 'realized_pnl', 'fees_paid', 'initial_margin',
+                    'maintenance_margin', 'updated_at'),
+        redis.pcall('HMGET', KEYS[4], 'state', 'reason', 'actor', 'ts'),
+        redis.pcall('ZCOUNT', KEYS[5], ARGV[1], '+inf'), order, rev, positions}
+"""
+
+_STATE_FIELDS = (b"account_type", b"cash", b"realized_pnl", b"fees_paid", b"initial_margin",
+                 b"maintenance_margin", b"updated_at")  # fmt: skip
+"""The fields of ``pf:{id}:state`` the trade view reads, in the order of its script's HMGET."""
+_TRADING_FIELDS = (b"state", b"reason", b"actor", b"ts")
+"""The fields of ``pf:{id}:trading_state`` the trade view reads, in the order of its script's HMGET."""
+
+
+def _decode_header_memo(
+    raw: list[Any],
+    raw_tickers: Any,
+    known: tuple[bytes, tuple[str, ...]] | None,
+    memo: dict[Any, Any],
+) -> MarketHeader:
+    if raw[0] is None:
+        raise StoreEmptyError("no market snapshot in the store")
+    if raw_tickers is None and known is not None:  # the script saw the snapshot the tickers came with
+        tickers = known[1]
+    else:
+        tickers = decode_tickers(_ok(raw_tickers, MARKET_KEY), MARKET_KEY)
+        memo["tickers"] = (raw[0] + b" " + raw[1], tickers)
+    return market_header(raw[0], raw[1], tickers, raw[2], raw[3])
+
+
+def _decode_reference_memo(
+    raw: Any, rev: Any, known: tuple[bytes, Mapping[str, float]] | None, memo: dict[Any, Any]
+) -> Mapping[str, float]:
+    if raw is None and known is not None:  # unchanged since ``known``
+        return known[1]
+    reference = MappingProxyType(decode_reference_prices(_ok(raw, REFERENCE_KEY)))
+    if isinstance(rev, bytes):  # a store written before reference revisions: decode every time
+        memo["reference"] = (rev, reference)
+    return reference
+
+
+def _decode_portfolio_memo(
+    portfolio_id: str,
+    state: dict[bytes, bytes],
+    rev: bytes | None,
+    cached: Mapping[str, Position] | None,
+    flat_positions: list[Any] | None,
+    memo: dict[Any, Any],
+) -> PortfolioState:
+    if not state:
+        raise StoreEmptyError(f"portfolio {portfolio_id!r} is not in the store")
+    state_key = ("state", portfolio_id, tuple(state.items()))
+    scalars = memo.get(state_key)
+    if scalars is None:
+        scalars = decode_portfolio(portfolio_id, state, {})
+        memo[state_key] = scalars
+    if cached is None:
+        cached = MappingProxyType(decode_positions(portfolio_id, _pairs(flat_positions)))
+        if rev is not None:
+            memo[("positions", portfolio_id)] = (rev, cached)
+    return dataclasses.replace(scalars, positions=cached)
+
+
+def _ok(raw: Any, key: str) -> Any:
+    """A part of a script reply, or the typed error when Redis refused that part (a key of the wrong type)."""
+    if isinstance(raw, redis.ResponseError):
+        raise CorruptDataError(f"{key}: {raw}")
+    return raw
+
+
+def _fields(names: tuple[bytes, ...], values: list[Any]) -> dict[bytes, bytes]:
+    """An HMGET reply as a dict of the fields that exist (empty when the hash does not)."""
+    return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
+
+def _pairs(flat: list[Any] | None) -> dict[Any, Any]:
+    """A flat ``[field, value, ...]`` reply (HGETALL inside a script) as a dict."""
+    if not flat:
+        return {}
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _try(errors: dict[str, StoreError], part: str, decode: Callable[[], Any]) -> Any:
+    try:
+        return decode()
+    except StoreError as exc:
+        errors[part] = exc
+        return None
+
+
+def _redis_failure(exc: redis.RedisError) -> StoreError:
+    """A Redis error as the store's typed error: unreachable, or a key holding the wrong type (corrupt)."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return StoreUnavailableError(f"Redis is unreachable: {exc}")
+    return CorruptDataError(f"Redis refused a read: {exc}")
