@@ -1,11 +1,11 @@
 """The market's risk model, validated once per market snapshot and shared by its readers.
 
 A :class:`MarketModel` is one market snapshot (version, time, tickers, prices) with its EWMA covariance checked
-once (finite, symmetric, positive semi-definite: the O(N³) check of :mod:`engine.math_logic`) and the daily
-volatility of every ticker. :class:`MarketModelCache` loads it through the :class:`~engine.store.Store` when the
-snapshot changes, and aligns the stored stressed matrix to the market's tickers once per (market snapshot,
-stressed version). The pre-trade gate uses it; the monitor and the dashboard views can share one instance
-(one per process and store), so the matrix is read and validated once, not once per reader.
+at most once (finite, symmetric, positive semi-definite: the O(N³) check of :mod:`engine.math_logic`, run when a
+reader first asks) and the daily volatility of every ticker. :class:`MarketModelCache` loads it through the
+:class:`~engine.store.Store` when the snapshot changes, and aligns the stored stressed matrix to the market's
+tickers once per (market snapshot, stressed version). The pre-trade gate, the monitor and the dashboard views
+use it (one instance per process and store), so the matrix is read and validated once, not once per reader.
 
 Usage::
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -41,7 +42,11 @@ ModelKey = tuple[int, float]
 
 @dataclass(frozen=True)
 class MarketModel:
-    """The covariance of one market snapshot, checked once, with what every reader derives from it."""
+    """The covariance of one market snapshot with what every reader derives from it, each derived once.
+
+    The checks are lazy and remembered: the gate reads :attr:`error` (the O(N³) symmetric-PSD check, once per
+    snapshot), the monitor only :attr:`finite_error` (O(N²)), so a reader pays for the check it applies.
+    """
 
     key: ModelKey
     header: MarketHeader
@@ -50,12 +55,35 @@ class MarketModel:
     """EWMA covariance of one-bar log returns, in ``header.tickers`` order."""
     index: Mapping[str, int]
     """Ticker -> row of the matrix."""
-    daily_vol: Float64Array
-    """One-bar volatility of each ticker scaled to a day: sqrt(S_ii) * sqrt(bars_per_day) (zeros when the
-    matrix is unusable)."""
-    error: StoreError | None
-    """Set when the matrix is unusable (not symmetric PSD, not finite)."""
+    bars_per_day: float = BARS_PER_DAY
     _aligned: dict[tuple[str, ...], Float64Array] = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def error(self) -> StoreError | None:
+        """Set when the matrix is unusable for a decision: not finite, not symmetric, not PSD."""
+        try:
+            math_logic.get_portfolio_var(np.zeros(len(self.header.tickers)), self.cov, 1.0, validate=True)
+        except ValueError as exc:
+            return CorruptDataError(f"the market covariance (version {self.version}) is unusable: {exc}")
+        return None
+
+    @cached_property
+    def finite_error(self) -> StoreError | None:
+        """Set when the matrix has a NaN/inf or a negative variance: the monitor's (O(N²)) test of usability."""
+        if not np.isfinite(self.cov).all() or (np.diagonal(self.cov) < 0).any():
+            return CorruptDataError(
+                f"market version {self.version}: covariance has NaN/inf or negative variances"
+            )
+        return None
+
+    @cached_property
+    def daily_vol(self) -> Float64Array:
+        """One-bar volatility of each ticker scaled to a day: sqrt(S_ii) * sqrt(bars_per_day) (zeros when the
+        matrix is unusable)."""
+        if self.error is not None:
+            return np.zeros(len(self.header.tickers))
+        one_bar = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
+        return np.asarray(math_logic.scale_volatility(one_bar, self.bars_per_day))
 
     @property
     def version(self) -> int:
@@ -103,24 +131,14 @@ def reorder(have: tuple[str, ...], want: tuple[str, ...]) -> list[int] | None:
 
 
 def build_model(snap: MarketHeader, cov: Float64Array, bars_per_day: float = BARS_PER_DAY) -> MarketModel:
-    """Validate ``cov`` once and derive the daily volatilities (no I/O: tests and the warm-up may call it)."""
-    error: StoreError | None = None
-    try:  # the O(N^3) symmetric-PSD check, once per version; every later call passes validate=False
-        math_logic.get_portfolio_var(np.zeros(len(snap.tickers)), cov, 1.0, validate=True)
-    except ValueError as exc:
-        error = CorruptDataError(f"the market covariance (version {snap.version}) is unusable: {exc}")
-    daily_vol = np.zeros(len(snap.tickers))
-    if error is None:
-        one_bar = np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
-        daily_vol = np.asarray(math_logic.scale_volatility(one_bar, bars_per_day))
+    """The model of one snapshot (no I/O: tests and the warm-up may call it); its checks run when first read."""
     header = MarketHeader(snap.version, snap.ts, snap.tickers, snap.prices, snap.price_ts)
     return MarketModel(
         key=(snap.version, snap.ts),
         header=header,
         cov=cov,
         index={t: i for i, t in enumerate(snap.tickers)},
-        daily_vol=daily_vol,
-        error=error,
+        bars_per_day=bars_per_day,
     )
 
 
@@ -183,6 +201,12 @@ class MarketModelCache:
             model = build_model(snap, snap.cov, self.bars_per_day)
             self._model = model
             return model
+
+    def clear(self) -> None:
+        """Forget the cached models (after a store error: what was cached may be stale)."""
+        with self._lock:
+            self._model = None
+            self._stressed = None
 
     @property
     def current(self) -> MarketModel | None:

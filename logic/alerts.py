@@ -35,6 +35,7 @@ from typing import Any, cast
 import redis
 
 from engine.errors import ConfigError, RiskdeskError
+from engine.market_model import MarketModelCache
 from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
 from engine.settings import AlertRule, Settings
@@ -495,6 +496,7 @@ def build_alert_engine(
     recipients: Iterable[str] | None = None,
     repeat_interval_seconds: float | None = None,
     after_tick: TickHook | None = None,
+    market_models: MarketModelCache | None = None,
 ) -> AlertEngine:
     """An :class:`AlertEngine` configured from ``settings`` (``[[alert_rules]]``, ``[escalation]`` and, of
     ``[notifications]``, the recipient names and ``repeat_interval_seconds``).
@@ -503,6 +505,7 @@ def build_alert_engine(
     :class:`logic.risk_manager.RiskManager` on the same Redis, settings and clock. ``recipients`` (the names
     escalation levels may use) and ``repeat_interval_seconds`` override what the settings say; the process
     that delivers passes them from its validated notification configuration, and its flush as ``after_tick``.
+    ``market_models`` is the process's market-model cache, shared with the default risk managers.
 
     Raises
     ------
@@ -512,7 +515,7 @@ def build_alert_engine(
     names, repeat = _notification_plain(settings.extra)
     escalation = escalation_config(settings.extra, set(names if recipients is None else recipients))
     if risk_manager_factory is None:
-        risk_manager_factory = _default_risk_manager_factory(store, settings, clock)
+        risk_manager_factory = _default_risk_manager_factory(store, settings, clock, market_models)
     return AlertEngine(
         store,
         settings,
@@ -540,13 +543,18 @@ def _notification_plain(extra: Mapping[str, Any]) -> tuple[list[str], float]:
     return [str(name) for name in recipients], float(raw)
 
 
-def _default_risk_manager_factory(store: Store, settings: Settings, clock: Clock) -> ControlFactory | None:
+def _default_risk_manager_factory(
+    store: Store, settings: Settings, clock: Clock, market_models: MarketModelCache | None = None
+) -> ControlFactory | None:
     try:
         from logic.risk_manager import RiskManager
     except ImportError:  # pragma: no cover - the risk manager ships with the project
         return None
+    models = market_models or MarketModelCache(store, settings.model.bars_per_day)
 
     def factory(portfolio_id: str) -> Any:
-        return RiskManager(store.client, portfolio_id=portfolio_id, settings=settings, clock=clock)
+        return RiskManager(
+            store.client, portfolio_id=portfolio_id, settings=settings, clock=clock, market_models=models
+        )
 
     return factory

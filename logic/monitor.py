@@ -53,6 +53,7 @@ from redis.retry import Retry
 
 from engine import math_logic
 from engine.errors import ConfigError, RiskdeskError, StoreError
+from engine.market_model import MarketModel, MarketModelCache, ModelKey, reorder
 from engine.records import Clock
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings
@@ -111,17 +112,6 @@ class MonitorStats:
     """Snapshot time minus the tick's write time: how far behind the stream the monitor is."""
 
 
-@dataclass
-class _Matrices:
-    version: int
-    ts: float
-    tickers: tuple[str, ...]
-    cov: Float64Array
-    stressed: Float64Array
-    stressed_version: int | None
-    aligned: dict[tuple[str, ...], tuple[Float64Array, Float64Array]]
-
-
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -140,6 +130,9 @@ class Monitor:
     consumer:
         Name in the consumer group (default ``<host>-<pid>``); a monitor restarted under the same name resumes
         its own pending ticks at once, under another name after ``claim_idle_seconds``.
+    market_models:
+        The process's market-model cache (:mod:`engine.market_model`), shared with the risk managers of the
+        automated actions; by default one of its own.
     """
 
     def __init__(
@@ -155,6 +148,7 @@ class Monitor:
         claim_idle_seconds: float = DEFAULT_CLAIM_IDLE_SECONDS,
         idle_refresh_seconds: float = DEFAULT_IDLE_REFRESH_SECONDS,
         stop_event: threading.Event | None = None,
+        market_models: MarketModelCache | None = None,
     ) -> None:
         cfg = settings.monitor
         if not 0 <= cfg.day_reset_hour <= 23:
@@ -177,7 +171,8 @@ class Monitor:
         self.retention_seconds = cfg.history_retention_days * 86400.0
         self._stop = stop_event or threading.Event()
         self.stats = MonitorStats()
-        self._matrices: _Matrices | None = None
+        self.models = market_models or MarketModelCache(store, settings.model.bars_per_day)
+        self._stressed_fallback: tuple[ModelKey, Float64Array] | None = None
         self._portfolio_ids: list[str] | None = None
         self._group_ready = False
         self._check_pending = True
@@ -236,7 +231,7 @@ class Monitor:
         # whatever was read but not acknowledged is pending: read it again first; caches may be stale
         self._check_pending = True
         self._group_ready = False
-        self._matrices = None
+        self.models.clear()
         level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
         log.log(level, "store unavailable (%s: %s); retrying with backoff", type(exc).__name__, exc)
 
@@ -325,63 +320,41 @@ class Monitor:
     def _matrices_for(
         self, version: int, ts: float, tickers: tuple[str, ...]
     ) -> tuple[Float64Array, Float64Array]:
-        """Covariance and stressed matrices aligned with ``tickers``, read once per market version.
+        """Covariance and stressed matrices aligned with ``tickers``, from the shared market-model cache.
 
         Reloaded for a newer version, or for prices written after the cached matrix whatever their version
         (the store was re-seeded and versions restarted); an older tick (a lagging monitor) uses the cached,
         newer matrix.
         """
-        m = self._matrices
-        if m is None or version > m.version or ts > m.ts or not set(tickers) <= set(m.tickers):
-            m = self._load_matrices()
-        cached = m.aligned.get(tickers)
-        if cached is None:
-            if tickers == m.tickers:
-                cached = (m.cov, m.stressed)
-            else:
-                index = {t: i for i, t in enumerate(m.tickers)}
-                missing = [t for t in tickers if t not in index]
-                if missing:
-                    raise StoreError(f"tick names tickers {missing} the market snapshot does not hold")
-                idx = np.array([index[t] for t in tickers], dtype=int)
-                cached = (m.cov[np.ix_(idx, idx)], m.stressed[np.ix_(idx, idx)])
-            m.aligned = {tickers: cached}
-        return cached
+        model = self.models.at_least(version, ts)
+        if not set(tickers) <= model.index.keys():
+            model = self.models.get()
+        if model.finite_error is not None:
+            raise model.finite_error
+        stressed = self._stressed_for(model)
+        if tickers == model.tickers:
+            return model.cov, stressed
+        order = reorder(model.tickers, tickers)
+        if order is None:
+            missing = [t for t in tickers if t not in model.index]
+            raise StoreError(f"tick names tickers {missing} the market snapshot does not hold")
+        return model.aligned(tickers), stressed[np.ix_(order, order)]
 
-    def _load_matrices(self) -> _Matrices:
-        snap = self.store.read_market()
-        if not np.isfinite(snap.cov).all() or (np.diagonal(snap.cov) < 0).any():
-            raise StoreError(f"market version {snap.version}: covariance has NaN/inf or negative variances")
-        old = self._matrices
-        stressed_version = self.store.read_stressed_version()
-        if old is not None and old.stressed_version == stressed_version and old.tickers == snap.tickers:
-            stressed = old.stressed
-        else:
-            stressed = self._aligned_stressed(snap.tickers, snap.cov)
-        self._matrices = _Matrices(
-            snap.version, snap.ts, snap.tickers, snap.cov, stressed, stressed_version, {}
-        )
-        return self._matrices
-
-    def _aligned_stressed(self, tickers: tuple[str, ...], cov: Float64Array) -> Float64Array:
-        model = self.settings.model
+    def _stressed_for(self, model: MarketModel) -> Float64Array:
+        """The stored stressed matrix in ``model``'s ticker order; rebuilt from the EWMA one (once per market
+        snapshot) when the stored one is unusable or does not cover the universe."""
         try:
-            _, stressed_tickers, stressed = self.store.read_stressed()
+            return self.models.stressed(model).cov
         except StoreError as exc:
-            stressed_tickers, stressed = (), np.empty((0, 0))
-            self._report_once("stressed", f"stored stressed matrix unusable ({exc})")
-        if stressed_tickers == tickers:
-            return stressed
-        index = {t: i for i, t in enumerate(stressed_tickers)}
-        if all(t in index for t in tickers):
-            idx = np.array([index[t] for t in tickers], dtype=int)
-            return stressed[np.ix_(idx, idx)]
-        self._report_once(
-            "stressed-cover", "stressed matrix does not cover the universe: rebuilt from the EWMA one"
-        )
-        return math_logic.build_stressed_covariance(
-            cov, model.stress_vol_multiplier, model.stress_correlation_floor, validate=False
-        )
+            self._report_once("stressed", f"stored stressed matrix unusable ({exc}): rebuilt from the EWMA one")
+        fallback = self._stressed_fallback
+        if fallback is None or fallback[0] != model.key:
+            cfg = self.settings.model
+            rebuilt = math_logic.build_stressed_covariance(
+                model.cov, cfg.stress_vol_multiplier, cfg.stress_correlation_floor, validate=False
+            )
+            fallback = self._stressed_fallback = (model.key, rebuilt)
+        return fallback[1]
 
     def _report_once(self, key: str, message: str) -> None:
         if key not in self._reported_errors:
@@ -508,7 +481,9 @@ class Monitor:
 # -- command line --------------------------------------------------------------------------------------------
 
 
-def make_alert_engine(store: Store, settings: Settings, clock: Clock) -> AlertEvaluator | None:
+def make_alert_engine(
+    store: Store, settings: Settings, clock: Clock, market_models: MarketModelCache | None = None
+) -> AlertEvaluator | None:
     """The object evaluating alert rules on each snapshot: logic/alerts.py's engine, configured from the
     settings (``[[alert_rules]]``, ``[escalation]``, the recipient names of ``[notifications]``) on the
     monitor's store and clock.
@@ -518,7 +493,7 @@ def make_alert_engine(store: Store, settings: Settings, clock: Clock) -> AlertEv
     """
     from logic.alerts import build_alert_engine  # lazily: only a monitor that evaluates alerts needs it
 
-    engine = build_alert_engine(store, settings, clock)
+    engine = build_alert_engine(store, settings, clock, market_models=market_models)
     engine.start_background(ALERTS_TICK_SECONDS)
     return engine
 
@@ -565,11 +540,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # our own backoff; redis-py's default retry of a whole MULTI/EXEC could record a tick twice
         client.set_retry(Retry(NoBackoff(), 0))
         store = Store(client)
-        alert_engine = None if args.no_alerts else make_alert_engine(store, settings, time.time)
+        models = MarketModelCache(store, settings.model.bars_per_day)  # one per process: monitor and actions
+        alert_engine = None if args.no_alerts else make_alert_engine(store, settings, time.time, models)
         monitor = Monitor(
             store, settings, alert_engine=alert_engine,
             consumer=args.consumer, batch_size=max(1, args.batch), claim_idle_seconds=args.claim_idle,
-            idle_refresh_seconds=args.idle_refresh, stop_event=stop,
+            idle_refresh_seconds=args.idle_refresh, stop_event=stop, market_models=models,
         )  # fmt: skip
     except RiskdeskError as exc:
         print(f"monitor: error [{exc.code}]: {exc}", file=sys.stderr)

@@ -503,8 +503,8 @@ def test_warmup_reseed_is_survived(seeded_store: Store, settings: Settings) -> N
     _sim_ticks(seeded_store, settings, 1)  # the daemon recreates the group before writing its first tick
     assert monitor.process_available() == 1
     # the matrix cached before the re-seed (version 2) is not used for the new version 1
-    assert monitor._matrices is not None and monitor._matrices.version == 1
-    np.testing.assert_array_equal(monitor._matrices.cov, seeded_store.read_market().cov)
+    assert monitor.models.current is not None and monitor.models.current.version == 1
+    np.testing.assert_array_equal(monitor.models.current.cov, seeded_store.read_market().cov)
     _sim_ticks(seeded_store, settings, 2)
     assert monitor.process_available() == 2
     assert history_versions(seeded_store, "main") == [1, 2, 3]

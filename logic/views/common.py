@@ -27,6 +27,7 @@ from engine.errors import (
     StoreEmptyError,
     StoreUnavailableError,
 )
+from engine.market_model import MarketModel, MarketModelCache
 from engine.records import Clock
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings
@@ -57,6 +58,8 @@ class Desk:
         self.settings = settings
         self.clock: Clock = clock or time.time
         self.store = Store(client)
+        self.models = MarketModelCache(self.store, settings.model.bars_per_day)
+        """One market-model cache for every page and every portfolio's risk manager of this process."""
         self._services: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
@@ -98,9 +101,17 @@ class Desk:
             "risk_manager",
             portfolio_id,
             lambda: RiskManager(
-                self.client, portfolio_id=portfolio_id, settings=self.settings, clock=self.clock
+                self.client,
+                portfolio_id=portfolio_id,
+                settings=self.settings,
+                clock=self.clock,
+                market_models=self.models,
             ),
         )
+
+    def market_model(self) -> MarketModel:
+        """The stored market with its covariance, read (and checked) once per market version for every page."""
+        return self.models.get()
 
 
 # -- problems a page shows instead of a traceback ------------------------------------------------------------

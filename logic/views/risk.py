@@ -41,10 +41,9 @@ def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
     rm = desk.risk_manager(portfolio_id)
     metrics = rm.get_dashboard_metrics()
     totals = dict(metrics.attrs.get("totals", {}))
-    snap, _prices = rm.get_market_data()
-    if snap is None:
-        raise rm.last_error or StoreEmptyError("no market snapshot in the store")
-    corr = math_logic.correlation_from_covariance(snap.cov, validate=False)
+    model = desk.market_model()
+    snap = model.header
+    corr = math_logic.correlation_from_covariance(model.cov, validate=False)
     exposures = metrics.reindex(
         columns=[
             "ticker",
@@ -194,10 +193,11 @@ def surface_view(
     from logic import analytics
 
     rm = desk.risk_manager(portfolio_id)
-    snap, _prices = rm.get_market_data()
+    model = desk.market_model()
+    snap = model.header
     state = rm.get_portfolio_state()
-    if snap is None or state is None:
-        raise rm.last_error or StoreEmptyError("no market or portfolio in the store")
+    if state is None:
+        raise rm.last_error or StoreEmptyError("no portfolio in the store")
     valuation = value_portfolio(state, snap)
     if valuation.missing:
         raise CorruptDataError(f"no usable price for {', '.join(valuation.missing)}: cannot draw the surface")
@@ -213,7 +213,7 @@ def surface_view(
     return analytics.var_surface(
         np.asarray(valuation.market_values, dtype=float),
         snap.prices,
-        snap.cov,
+        model.cov,
         ia,
         ib,
         qty_a,
