@@ -267,33 +267,25 @@ class AlertEngine:
         Acknowledging an already acknowledged alert records the new acknowledgement (who and when).
         Raises :class:`AlertNotFoundError` when the rule has no active alert in that portfolio.
         """
-        actor = require_actor(actor)
-        now = self.clock()
-        result: dict[str, Any] = {}
-
-        def plan(alerts: dict[str, Any], trackers: dict[str, Any], rules: Any) -> Changes:
-            changes, alert = self.planner.plan_acknowledge(portfolio_id, rule_id, actor, note, now, alerts)
-            result.clear()
-            result.update(alert)
-            return changes
-
-        with self._lock:
-            self._transact(portfolio_id, plan)
-        return result
+        return self._by_hand(self.planner.plan_acknowledge, portfolio_id, rule_id, actor, note)
 
     def resolve(self, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
         """Resolve by hand (ACTIVE -> RESOLVED by ``actor``); escalation is cancelled and everyone notified so
         far gets one resolved message. A condition that still holds triggers again after its pending period,
         and no sooner than :data:`MANUAL_RESOLVE_REARM_SECONDS`.
         Raises :class:`AlertNotFoundError` when there is no active alert (e.g. it resolved already)."""
+        return self._by_hand(self.planner.plan_resolve, portfolio_id, rule_id, actor, note)
+
+    def _by_hand(self, planner: Any, portfolio_id: str, rule_id: str, actor: str, note: str) -> dict[str, Any]:
+        """One transition made by a person (acknowledge, resolve), planned and written in one transaction."""
         actor = require_actor(actor)
         now = self.clock()
         result: dict[str, Any] = {}
 
         def plan(alerts: dict[str, Any], trackers: dict[str, Any], rules: Any) -> Changes:
-            changes, resolved = self.planner.plan_resolve(portfolio_id, rule_id, actor, note, now, alerts)
+            changes, alert = planner(portfolio_id, rule_id, actor, note, now, alerts)
             result.clear()
-            result.update(resolved)
+            result.update(alert)
             return changes
 
         with self._lock:

@@ -75,6 +75,31 @@ class Changes:
         return [{k: r[k] for k in ("event", "rule_id", "alert_id", "severity", "ts")} for r in self.log]
 
 
+def triggered_fields(value: Any, stale: bool, since: float, now: float) -> dict[str, Any]:
+    """The lifecycle fields of an alert that has just triggered (in their stored order): nobody has
+    acknowledged, resolved or been notified of it yet."""
+    return {
+        "status": AlertStatus.TRIGGERED,
+        "value": value,
+        "trigger_value": value,
+        "stale": stale,
+        "breach_since": since,
+        "triggered_at": now,
+        "updated_at": now,
+        "acknowledged_by": None,
+        "acknowledged_at": None,
+        "ack_note": "",
+        "ack_timeout_at": None,
+        "resolved_by": None,
+        "resolved_at": None,
+        "resolve_reason": "",
+        "inhibited": False,
+        "notified": False,
+        "last_notified_at": None,
+        "repeats": 0,
+    }
+
+
 class AlertPlanner:
     """Plans alert transitions from the stored alerts, the timers, the rules and a snapshot.
 
@@ -268,24 +293,7 @@ class AlertPlanner:
             "unit": SNAPSHOT_METRICS.get(rule.metric, "number"),
             "severity": rule.severity,
             "description": rule.description,
-            "status": AlertStatus.TRIGGERED,
-            "value": value,
-            "trigger_value": value,
-            "stale": stale,
-            "breach_since": since,
-            "triggered_at": now,
-            "updated_at": now,
-            "acknowledged_by": None,
-            "acknowledged_at": None,
-            "ack_note": "",
-            "ack_timeout_at": None,
-            "resolved_by": None,
-            "resolved_at": None,
-            "resolve_reason": "",
-            "inhibited": False,
-            "notified": False,
-            "last_notified_at": None,
-            "repeats": 0,
+            **triggered_fields(value, stale, since, now),
             "actions": list(rule.actions),
         }
         esc.start(alert, self.escalation.policy(rule.severity), now)
@@ -535,24 +543,7 @@ class AlertPlanner:
             "summary": summary,
             "ok": ok,
             "source_alert_id": first["alert_id"],
-            "status": AlertStatus.TRIGGERED,
-            "value": first.get("value"),
-            "trigger_value": first.get("value"),
-            "stale": False,
-            "breach_since": now,
-            "triggered_at": now,
-            "updated_at": now,
-            "acknowledged_by": None,
-            "acknowledged_at": None,
-            "ack_note": "",
-            "ack_timeout_at": None,
-            "resolved_by": None,
-            "resolved_at": None,
-            "resolve_reason": "",
-            "inhibited": False,
-            "notified": False,
-            "last_notified_at": None,
-            "repeats": 0,
+            **triggered_fields(first.get("value"), False, now, now),
             "occurrences": 1,
         }
         if previous is not None:

@@ -475,7 +475,7 @@ class RiskManager:
         }
         return df
 
-DASHBOARD_COLUMNS = (
+POSITION_FIELDS = (
     "ticker",
     "qty",
     "avg_price",
@@ -484,11 +484,9 @@ DASHBOARD_COLUMNS = (
     "weight",
     "unrealized_pnl",
     "realized_pnl",
-    "daily_vol",
-    "marginal_var",
-    "component_var",
-    "component_share",
 )
+"""What a position is worth and has earned: the first columns of every per-position table."""
+DASHBOARD_COLUMNS = (*POSITION_FIELDS, "daily_vol", "marginal_var", "component_var", "component_share")
 """Columns of :meth:`RiskManager.get_dashboard_metrics`, in order."""
 
 

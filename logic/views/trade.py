@@ -11,22 +11,12 @@ from typing import Any
 import pandas as pd
 
 from engine.records import Side
+from logic.risk_manager import POSITION_FIELDS
 from logic.views.common import Desk, float_or_none, latest_snapshot
 
 # -- positions -----------------------------------------------------------------------------------------------
 
-POSITION_COLUMNS = (
-    "ticker",
-    "qty",
-    "avg_price",
-    "last",
-    "market_value",
-    "weight",
-    "unrealized_pnl",
-    "realized_pnl",
-    "mfe",
-    "mae",
-)
+POSITION_COLUMNS = (*POSITION_FIELDS, "mfe", "mae")
 BLOTTER_ROWS = 50
 SIDES: tuple[str, ...] = tuple(s.value for s in Side)
 """The sides the ticket and the what-if basket offer (BUY first, the default)."""
@@ -44,7 +34,7 @@ def positions_view(desk: Desk, portfolio_id: str) -> PositionsView:
     """Open positions with P&L, and the maximum favourable / adverse excursions the monitor tracks."""
     metrics = desk.risk_manager(portfolio_id).get_dashboard_metrics()
     totals = dict(metrics.attrs.get("totals", {}))
-    df = metrics.reindex(columns=[c for c in POSITION_COLUMNS if c not in ("mfe", "mae")]).copy()
+    df = metrics.reindex(columns=list(POSITION_FIELDS)).copy()
     excursions = _excursions(desk, portfolio_id)
     df["mfe"] = [excursions.get(t, {}).get("mfe") for t in df["ticker"]]
     df["mae"] = [excursions.get(t, {}).get("mae") for t in df["ticker"]]
