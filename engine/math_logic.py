@@ -261,6 +261,18 @@ def get_portfolio_cvar(
     return sigma * density / (1.0 - c) * scale
 
 
+def _var_gradient_terms(
+    weights: npt.ArrayLike, cov: npt.ArrayLike, value: float, confidence: float, horizon: float, validate: bool
+) -> tuple[Float64Array, Float64Array, float, Float64Array, float]:
+    """Validated ``w`` and ``Σ``, ``z_c · V · sqrt(h)``, ``Σw`` and ``σ_p``: what the VaR gradient is made of."""
+    w = _vector(weights, "weights")
+    m = _covariance(cov, w.shape[0], validate)
+    z_scale = _z_score(confidence) * _var_scale(value, horizon)
+    sigma_w = m @ w
+    sigma = math.sqrt(max(float(w @ sigma_w), 0.0))
+    return w, m, z_scale, sigma_w, sigma
+
+
 def calculate_marginal_var(
     weights: npt.ArrayLike,
     cov_matrix: npt.ArrayLike,
@@ -285,15 +297,12 @@ def calculate_marginal_var(
     A riskless book (``σ_p = 0``) has no derivative; the one-sided derivative of adding asset i to it is
     returned instead: ``z_c · sqrt(Σ_ii) · V · sqrt(h)`` (VaR grows by that much per unit of weight added).
     """
-    w = _vector(weights, "weights")
-    cov = _covariance(cov_matrix, w.shape[0], validate)
-    z = _z_score(confidence)
-    scale = _var_scale(portfolio_value, horizon)
-    sigma_w = cov @ w
-    sigma = math.sqrt(max(float(w @ sigma_w), 0.0))
+    w, cov, z_scale, sigma_w, sigma = _var_gradient_terms(
+        weights, cov_matrix, portfolio_value, confidence, horizon, validate
+    )
     if sigma == 0.0:
-        return z * scale * np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
-    return (z * scale / sigma) * sigma_w
+        return z_scale * np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
+    return (z_scale / sigma) * sigma_w
 
 
 def calculate_component_var(
@@ -312,15 +321,12 @@ def calculate_component_var(
     ``CVaR_i = w_i · ∂VaR/∂w_i = z_c · w_i (Σw)_i / σ_p · V · sqrt(h)``; by Euler's theorem the components sum
     to the portfolio VaR. A riskless book (``σ_p = 0``) has VaR 0 and all components 0.
     """
-    w = _vector(weights, "weights")
-    cov = _covariance(cov_matrix, w.shape[0], validate)
-    z = _z_score(confidence)
-    scale = _var_scale(portfolio_value, horizon)
-    sigma_w = cov @ w
-    sigma = math.sqrt(max(float(w @ sigma_w), 0.0))
+    w, _, z_scale, sigma_w, sigma = _var_gradient_terms(
+        weights, cov_matrix, portfolio_value, confidence, horizon, validate
+    )
     if sigma == 0.0:
         return np.zeros_like(w)
-    return (z * scale / sigma) * (w * sigma_w)
+    return (z_scale / sigma) * (w * sigma_w)
 
 
 def _var_increase(variance: float, variance_change: float, z: float, scale: float) -> float:
@@ -1096,6 +1102,18 @@ def calmar_ratio(returns: npt.ArrayLike, periods_per_year: float = TRADING_DAYS_
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _backtest_counts(exceedances: int, observations: int, confidence: float) -> tuple[int, int, float]:
+    """Validated exceedances x, observations T >= 1 (``0 <= x <= T``) and exceedance rate ``p = 1 - c``."""
+    x = _integer(exceedances, "exceedances")
+    t = _integer(observations, "observations")
+    p = 1.0 - _open_unit_interval(confidence, "confidence")
+    if t < 1:
+        raise ValueError(f"observations must be >= 1, got {t}")
+    if not 0 <= x <= t:
+        raise ValueError(f"exceedances must be between 0 and observations ({t}), got {x}")
+    return x, t, p
+
+
 def kupiec_pof(exceedances: int, observations: int, confidence: float) -> tuple[float, float]:
     """Kupiec proportion-of-failures test of a VaR model.
 
@@ -1117,13 +1135,7 @@ def kupiec_pof(exceedances: int, observations: int, confidence: float) -> tuple[
     -----
     ``LR = -2 ln[(1 - p)^{T-x} p^x] + 2 ln[(1 - x/T)^{T-x} (x/T)^x]`` with ``0 · ln 0 = 0`` (x = 0, x = T).
     """
-    x = _integer(exceedances, "exceedances")
-    t = _integer(observations, "observations")
-    p = 1.0 - _open_unit_interval(confidence, "confidence")
-    if t < 1:
-        raise ValueError(f"observations must be >= 1, got {t}")
-    if not 0 <= x <= t:
-        raise ValueError(f"exceedances must be between 0 and observations ({t}), got {x}")
+    x, t, p = _backtest_counts(exceedances, observations, confidence)
     rate = x / t
     log_null = special.xlogy(t - x, 1.0 - p) + special.xlogy(x, p)
     log_alt = special.xlogy(t - x, 1.0 - rate) + special.xlogy(x, rate)
@@ -1182,13 +1194,7 @@ def basel_traffic_light(exceedances: int, observations: int = 250, *, confidence
     green if ``F(x) < 95%``, yellow if ``95% <= F(x) < 99.99%``, red otherwise. At c = 99% and T = 250 this is
     the Basel table: green 0-4, yellow 5-9, red 10 or more.
     """
-    x = _integer(exceedances, "exceedances")
-    t = _integer(observations, "observations")
-    p = 1.0 - _open_unit_interval(confidence, "confidence")
-    if t < 1:
-        raise ValueError(f"observations must be >= 1, got {t}")
-    if not 0 <= x <= t:
-        raise ValueError(f"exceedances must be between 0 and observations ({t}), got {x}")
+    x, t, p = _backtest_counts(exceedances, observations, confidence)
     cumulative = float(stats.binom.cdf(x, t, p))
     if cumulative < 0.95:
         return "green"
