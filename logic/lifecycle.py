@@ -75,6 +75,14 @@ class Changes:
         return [{k: r[k] for k in ("event", "rule_id", "alert_id", "severity", "ts")} for r in self.log]
 
 
+def _active(alerts: Mapping[str, Any], portfolio_id: str, rule_id: str) -> Mapping[str, Any]:
+    """The active alert of ``rule_id``, or :class:`AlertNotFoundError` naming the rule and the portfolio."""
+    alert = alerts.get(rule_id)
+    if alert is None:
+        raise AlertNotFoundError(f"no active alert for rule {rule_id!r} in portfolio {portfolio_id!r}")
+    return alert
+
+
 def triggered_fields(value: Any, stale: bool, since: float, now: float) -> dict[str, Any]:
     """The lifecycle fields of an alert that has just triggered (in their stored order): nobody has
     acknowledged, resolved or been notified of it yet."""
@@ -120,11 +128,8 @@ class AlertPlanner:
         self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any]
     ) -> tuple[Changes, dict[str, Any]]:
         """TRIGGERED -> ACKNOWLEDGED by ``actor``: escalation stops (until the acknowledge timeout, if any)."""
-        alert = alerts.get(rule_id)
-        if alert is None:
-            raise AlertNotFoundError(f"no active alert for rule {rule_id!r} in portfolio {portfolio_id!r}")
+        alert = dict(_active(alerts, portfolio_id, rule_id))
         ch = Changes()
-        alert = dict(alert)
         alert.update(
             status=AlertStatus.ACKNOWLEDGED,
             acknowledged_by=actor,
@@ -143,9 +148,7 @@ class AlertPlanner:
         self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any]
     ) -> tuple[Changes, dict[str, Any]]:
         """Resolve by hand; a metric breach that persists is re-armed (see MANUAL_RESOLVE_REARM_SECONDS)."""
-        alert = alerts.get(rule_id)
-        if alert is None:
-            raise AlertNotFoundError(f"no active alert for rule {rule_id!r} in portfolio {portfolio_id!r}")
+        alert = _active(alerts, portfolio_id, rule_id)
         ch = Changes()
         resolved = self.resolve_into(ch, portfolio_id, alert, now, actor, note or "resolved by hand")
         if alert.get("kind") == "metric":
