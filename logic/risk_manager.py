@@ -71,6 +71,7 @@ from engine.market_model import MarketModelCache
 from engine.records import (
     Clock,
     Decision,
+    DecisionStatus,
     ExecutionResult,
     MarketSnapshot,
     PortfolioState,
@@ -514,9 +515,9 @@ def _basket(
     cash_after: float | None,
     positions: dict[str, int] | None,
 ) -> dict[str, Any]:
-    approved = bool(decisions) and all(d["status"] == "APPROVED" for d in decisions)
+    approved = bool(decisions) and all(d["status"] == DecisionStatus.APPROVED for d in decisions)
     return {
-        "status": "APPROVED" if approved else "REJECTED",
+        "status": (DecisionStatus.APPROVED if approved else DecisionStatus.REJECTED).value,
         "decisions": decisions,
         "var_before": var_before,
         "var_after": var_after,
