@@ -42,7 +42,6 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -51,14 +50,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from engine import math_logic
+from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
+from engine.daemon import install_signal_handlers as install_signal_handlers  # re-exported: a public name here
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
 from engine.records import Clock
-from engine.redis_server import connect
 from engine.settings import Settings, load_settings
 from engine.store import (
     MARKET_KEY,
@@ -455,17 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MULTIPLIER@BAR",
         help="simulated volatility regime change, e.g. 2.0@150 (repeatable)",
     )
-    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_daemon_arguments(parser)
     return parser  # fmt: skip
-
-
-def connect_for_daemon(settings: Settings) -> redis.Redis:
-    """A client whose failures surface at once: the daemons run their own backoff, and redis-py's default
-    retry of a whole MULTI/EXEC after a broken connection could apply a committed transaction twice."""
-    client = connect(settings)
-    client.set_retry(Retry(NoBackoff(), 0))
-    return client
 
 
 def wait_for_store(store: Store, stop: threading.Event, what: str) -> bool:
@@ -484,23 +473,13 @@ def wait_for_store(store: Store, stop: threading.Event, what: str) -> bool:
     return False
 
 
-def install_signal_handlers(stop: Callable[[], None]) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: stopping between bars", signal.Signals(signum).name)
-        stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if args.ticks is not None and args.ticks < 0:
         print("stream: error: --ticks must be >= 0", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    install_signal_handlers(stop.set)
+    stop = stop_on_signals(log, "stopping between bars")
     try:
         settings = load_settings(args.config)
         store = Store(connect_for_daemon(settings))

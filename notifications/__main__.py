@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
+from engine.daemon import add_daemon_arguments, configure_logging, stop_on_signals
 from engine.errors import RiskdeskError
 from engine.redis_server import connect
 from engine.settings import load_settings
@@ -23,19 +22,11 @@ LOGGER = logging.getLogger("riskdesk.notifications")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m notifications", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
+    add_daemon_arguments(parser)
     parser.add_argument("--interval", type=float, default=FLUSH_INTERVAL_SECONDS, metavar="SECONDS")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        LOGGER.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    configure_logging(args.log_level)
+    stop = stop_on_signals(LOGGER)
     try:
         settings = load_settings(args.config)
         store = Store(connect(settings))

@@ -1,0 +1,68 @@
+"""What every Riskdesk daemon does on the way in: the same command-line options for its settings file and log
+level, log lines in one format, a Redis client without redis-py's own retries, and a stop on SIGTERM / SIGINT.
+
+The stream daemon (``python -m engine.stream``), the monitor (``python -m logic.monitor``) and the delivery
+daemon (``python -m notifications``) call these from their ``main``; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Final
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from engine.redis_server import connect
+from engine.settings import Settings
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""One format for every daemon, so their logs interleave readably."""
+
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""The choices of ``--log-level``."""
+
+
+def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and ``--log-level``, the options every daemon takes."""
+    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` in :data:`LOG_FORMAT` (a no-op when the root logger is already set up)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def install_signal_handlers(
+    stop: Callable[[], None], logger: logging.Logger | None = None, doing: str = "stopping"
+) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT, logging ``received SIGTERM: <doing>`` to ``logger``."""
+    out = logger or logging.getLogger("riskdesk.daemon")
+
+    def handler(signum: int, _frame: object) -> None:
+        out.info("received %s: %s", signal.Signals(signum).name, doing)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def stop_on_signals(logger: logging.Logger, doing: str = "stopping") -> threading.Event:
+    """An event that SIGTERM and SIGINT set: the daemon's loop waits on it and ends once it is set."""
+    stop = threading.Event()
+    install_signal_handlers(stop.set, logger, doing)
+    return stop
+
+
+def connect_for_daemon(settings: Settings) -> redis.Redis:
+    """A client whose failures surface at once: the daemons run their own backoff, and redis-py's default
+    retry of a whole MULTI/EXEC after a broken connection could apply a committed transaction twice."""
+    client = connect(settings)
+    client.set_retry(Retry(NoBackoff(), 0))
+    return client
