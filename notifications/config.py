@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import field
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,8 +105,9 @@ class RecipientAddresses:
 
 
 @dataclass(frozen=True, config=CONFIG)
-class NotificationsTable:
-    """The ``[notifications]`` table as written in riskdesk.toml (validated; addresses not yet resolved)."""
+class DeliveryPolicy:
+    """Grouping, reminders, SMS fallback, retries and rate limit: the part of ``[notifications]`` taken as
+    written, shared by :class:`NotificationsTable` and :class:`NotificationConfig` (defaults spelled once)."""
 
     group_wait_seconds: Seconds = 0.0
     group_interval_seconds: Seconds = 60.0
@@ -114,6 +115,16 @@ class NotificationsTable:
     sms_fallback: Flag = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limit: RateLimit = field(default_factory=RateLimit)
+
+    def policy(self) -> dict[str, Any]:
+        """The :class:`DeliveryPolicy` fields of this object, by name (to build another subclass from it)."""
+        return {f.name: getattr(self, f.name) for f in fields(DeliveryPolicy)}
+
+
+@dataclass(frozen=True, config=CONFIG)
+class NotificationsTable(DeliveryPolicy):
+    """The ``[notifications]`` table as written in riskdesk.toml (validated; addresses not yet resolved)."""
+
     recipients: Table[RecipientAddresses] = field(default_factory=dict)
 
 
@@ -160,13 +171,9 @@ class TwilioConfig:
 
 
 @dataclass(frozen=True, config=CONFIG)
-class NotificationConfig:
-    group_wait_seconds: Seconds = 0.0
-    group_interval_seconds: Seconds = 60.0
-    repeat_interval_seconds: Seconds = 3600.0
-    sms_fallback: Flag = True
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    rate_limit: RateLimit = field(default_factory=RateLimit)
+class NotificationConfig(DeliveryPolicy):
+    """The ``[notifications]`` section ready to use: addresses resolved, channel secrets from the environment."""
+
     recipients: Table[Recipient] = field(default_factory=dict)
     smtp: SmtpConfig | None = None
     twilio: TwilioConfig | None = None
@@ -203,15 +210,7 @@ def notification_config(extra: Mapping[str, Any], env: Mapping[str, str] | None 
                 unresolved[channel] = address
         recipients[str(name)] = Recipient(str(name), resolved, unresolved)
     return NotificationConfig(
-        group_wait_seconds=table.group_wait_seconds,
-        group_interval_seconds=table.group_interval_seconds,
-        repeat_interval_seconds=table.repeat_interval_seconds,
-        sms_fallback=table.sms_fallback,
-        retry=table.retry,
-        rate_limit=table.rate_limit,
-        recipients=recipients,
-        smtp=smtp_from_env(env),
-        twilio=twilio_from_env(env),
+        **table.policy(), recipients=recipients, smtp=smtp_from_env(env), twilio=twilio_from_env(env)
     )
 
 
