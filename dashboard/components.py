@@ -147,6 +147,16 @@ def health_gate(d: views.Desk) -> bool:
     return True
 
 
+def selected_portfolio(d: views.Desk, *, healthy: bool = False) -> str | None:
+    """The sidebar's portfolio, or None once :func:`health_gate` has said why the page has nothing to show:
+    no portfolio selected, or (with ``healthy``) a store that cannot be used. The start of a portfolio page."""
+    pid = portfolio()
+    if pid is None or (healthy and not views.check_health(d).ok):
+        health_gate(d)
+        return None
+    return pid
+
+
 def act(action: Callable[[], Any], result_key: str) -> None:
     """Run a button callback's action, storing its result or its problem in session state."""
     try:

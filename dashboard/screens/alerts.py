@@ -246,10 +246,8 @@ def _index(options: tuple[str, ...], value: object) -> int:
 
 with ui.guard():
     desk = ui.desk()
-    pid = ui.portfolio()
-    if pid is None or not views.check_health(desk).ok:
-        ui.health_gate(desk)
-    else:
+    pid = ui.selected_portfolio(desk, healthy=True)
+    if pid is not None:
         f = filters(desk, pid)
         ui.live(feed, desk, f)
         left, right = st.columns([3, 2])

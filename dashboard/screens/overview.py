@@ -97,8 +97,6 @@ def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
 
 with ui.guard():
     desk = ui.desk()
-    pid = ui.portfolio()
-    if pid is None:
-        ui.health_gate(desk)
-    else:
+    pid = ui.selected_portfolio(desk)
+    if pid is not None:
         ui.live(summary, desk, pid)

@@ -266,10 +266,8 @@ LIVE = {"Exposure & VaR", "Stress", "Backtest"}
 
 with ui.guard():
     desk = ui.desk()
-    pid = ui.portfolio()
-    if pid is None or not views.check_health(desk).ok:
-        ui.health_gate(desk)
-    else:
+    pid = ui.selected_portfolio(desk, healthy=True)
+    if pid is not None:
         for name, tab in zip(TABS, st.tabs(TABS, key="risk_tab", on_change="rerun"), strict=True):
             if tab.open:
                 with tab:

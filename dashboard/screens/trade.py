@@ -176,10 +176,8 @@ def blotter(d: views.Desk, pid: str) -> None:
 
 with ui.guard():
     desk = ui.desk()
-    pid = ui.portfolio()
-    if pid is None:
-        ui.health_gate(desk)
-    else:
+    pid = ui.selected_portfolio(desk)
+    if pid is not None:
         ui.live(positions, desk, pid)
         if views.check_health(desk).ok:
             left, right = st.columns([2, 3])
