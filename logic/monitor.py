@@ -36,7 +36,6 @@ import argparse
 import logging
 import math
 import os
-import signal
 import socket
 import sys
 import threading
@@ -48,14 +47,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from engine import math_logic
+from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
 from engine.errors import ConfigError, RiskdeskError, StoreError
 from engine.market_model import MarketModel, MarketModelCache, ModelKey, reorder
 from engine.records import Clock
-from engine.redis_server import connect
 from engine.settings import Settings, load_settings
 from engine.store import (
     MONITOR_GROUP,
@@ -518,28 +515,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="tick events read at a time")
     parser.add_argument("--no-alerts", action="store_true", help="snapshots only, no alert rules")
-    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_daemon_arguments(parser)
     return parser  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    configure_logging(args.log_level)
+    stop = stop_on_signals(log)
     try:
         settings = load_settings(args.config)
-        client = connect(settings)
-        # our own backoff; redis-py's default retry of a whole MULTI/EXEC could record a tick twice
-        client.set_retry(Retry(NoBackoff(), 0))
-        store = Store(client)
+        store = Store(connect_for_daemon(settings))
         models = MarketModelCache(store, settings.model.bars_per_day)  # one per process: monitor and actions
         alert_engine = None if args.no_alerts else make_alert_engine(store, settings, time.time, models)
         monitor = Monitor(

@@ -41,6 +41,10 @@ VOCABULARY = (
     "TRIGGERED",
     "ACKNOWLEDGED",
     "RESOLVED",
+    # decision and execution statuses
+    "APPROVED",
+    "REJECTED",
+    "FILLED",
 )
 
 MAX_LINES = 800
@@ -94,7 +98,7 @@ def string_literals(path: Path) -> list[tuple[int, str]]:
     ]
 
 
-def test_trading_states_severities_and_alert_statuses_are_spelled_only_in_the_records_module() -> None:
+def test_trading_states_severities_and_statuses_are_spelled_only_in_the_records_module() -> None:
     words = set(VOCABULARY)
     offenders = [
         f"{rel(path)}:{line}: {value!r}"
@@ -109,7 +113,14 @@ def test_trading_states_severities_and_alert_statuses_are_spelled_only_in_the_re
 def test_the_records_module_defines_every_word_of_the_vocabulary() -> None:
     from engine import records
 
-    spelled = {m.value for enum in (records.TradingState, records.Severity, records.AlertStatus) for m in enum}
+    enums = (
+        records.TradingState,
+        records.Severity,
+        records.AlertStatus,
+        records.DecisionStatus,
+        records.ExecutionStatus,
+    )
+    spelled = {m.value for enum in enums for m in enum}
     assert spelled == set(VOCABULARY)
 
 

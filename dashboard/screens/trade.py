@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
+from engine.records import DecisionStatus, ExecutionStatus
 from logic import views
 
 # Session keys: the last checked ticket (its inputs, decision and the client order id it executes with) and
@@ -109,7 +110,7 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         return
     decision = ticket["decision"]
     label = f"{ticket['side']} {ticket['qty']} {ticket['ticker']}"
-    if decision["status"] == "APPROVED":
+    if decision["status"] == DecisionStatus.APPROVED:
         st.success(f"**APPROVED** · {ui.md(label)}", icon=":material/check_circle:")
     else:
         st.error(f"**REJECTED** · {ui.md(label)}", icon=":material/block:")
@@ -119,7 +120,7 @@ def decision_panel(d: views.Desk, pid: str) -> None:
     )
     impact = views.impact_frame(decision)
     ui.table(impact.assign(value=impact["value"].map(ui.number)), "impact", "order.csv", height="content")
-    if decision["status"] == "APPROVED":
+    if decision["status"] == DecisionStatus.APPROVED:
         st.button(
             "Execute", type="primary", key="tk_execute", on_click=execute, args=(d,), icon=":material/send:"
         )
@@ -148,7 +149,7 @@ def execution_result(result: dict) -> None:
             "filled before, nothing was traded twice.",
             icon=":material/content_copy:",
         )
-    elif r["status"] == "FILLED":
+    elif r["status"] == ExecutionStatus.FILLED:
         st.success(
             f"**FILLED** {ui.md(fill['side'])} {fill['qty']} {ui.md(fill['ticker'])} @ {ui.md(fill['price'])}"
             f" · fees {ui.md(fill['fees'])} · trade {ui.md(fill['trade_id'])}",
