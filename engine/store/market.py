@@ -8,7 +8,6 @@ version with the matrix of another.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -112,8 +111,10 @@ class MarketStore(StoreBase):
 
     # -- heartbeats ------------------------------------------------------------------------------------------
     def write_heartbeat(self, component: str, fields: Mapping[str, Any], pipe: Conn = None) -> None:
+        """``fields`` must carry ``ts``, stamped by the writer's clock (a replay's heartbeat is the data's time)."""
+        if "ts" not in fields:
+            raise ValueError(f"heartbeat of {component!r} has no ts: stamp it with the daemon's clock")
         payload = {k: (repr(float(v)) if isinstance(v, float) else str(v)) for k, v in fields.items()}
-        payload.setdefault("ts", repr(time.time()))
         self._conn(pipe).hset(heartbeat_key(component), mapping=payload)
 
     def read_heartbeat(self, component: str, conn: Conn = None) -> dict[str, str] | None:
