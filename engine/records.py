@@ -86,6 +86,29 @@ class Side(StrEnum):
         return 1 if self is Side.BUY else -1
 
 
+class OrderIntent(StrEnum):
+    """Why an order is sent: an ordinary trade, or a liquidation-only order that may only shrink a position.
+
+    Liquidation-only orders are what the automated responses and an authorised risk manager send to de-risk a
+    book; they are accepted in HALTED (SEC 15c3-5 / ESMA RTS 6: a kill switch must never prevent risk
+    reduction) and are refused if they would grow or flip a position.
+    """
+
+    TRADE = "trade"
+    LIQUIDATION = "liquidation"
+
+
+class VarMethod(StrEnum):
+    """How VaR and CVaR are computed (``model.var_method``, overridable per portfolio)."""
+
+    NORMAL = "normal"
+    """Parametric normal on the EWMA covariance (RiskMetrics)."""
+    STUDENT_T = "student_t"
+    """EWMA covariance with Student-t quantiles, degrees of freedom fitted to standardized returns."""
+    FHS = "fhs"
+    """Filtered historical simulation on the window of standardized returns (Barone-Adesi et al.)."""
+
+
 class AccountType(StrEnum):
     """A cash account cannot short or borrow; a margin account posts initial margin on gross exposure."""
 

@@ -39,6 +39,7 @@ from engine.records import (
     DecisionStatus,
     Float64Array,
     MarketHeader,
+    OrderIntent,
     PortfolioState,
     Position,
     Reason,
@@ -221,7 +222,14 @@ class Checker:
         self.books = books
 
     def evaluate(
-        self, sim: Sim, ticker: Any, qty: Any, side: Any, now: float, pending_orders: int = 0
+        self,
+        sim: Sim,
+        ticker: Any,
+        qty: Any,
+        side: Any,
+        now: float,
+        pending_orders: int = 0,
+        intent: OrderIntent = OrderIntent.TRADE,
     ) -> tuple[Decision, Plan | None]:
         """Every check of SPEC.md section 6 on ``sim``; returns the decision and, when approved, the plan."""
         limits = self.limits

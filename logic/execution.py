@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from engine.errors import StoreError, StoreUnavailableError
-from engine.records import Decision, DecisionStatus, ExecutionResult, ExecutionStatus, Fill, ReasonCode
+from engine.records import (
+    Decision,
+    DecisionStatus,
+    ExecutionResult,
+    ExecutionStatus,
+    Fill,
+    OrderIntent,
+    ReasonCode,
+)
 from logic.checks import Plan, Sim
 from logic.decisions import reason
 
@@ -40,7 +48,13 @@ RATE_WINDOW_SECONDS = 60.0
 
 
 def execute(
-    gate: RiskManager, ticker: Any, qty: Any, side: Any, client_order_id: str | None, actor: str
+    gate: RiskManager,
+    ticker: Any,
+    qty: Any,
+    side: Any,
+    client_order_id: str | None,
+    actor: str,
+    intent: OrderIntent = OrderIntent.TRADE,
 ) -> ExecutionResult:
     """Re-check and trade atomically at the last price; the same ``client_order_id`` trades at most once.
 
@@ -74,7 +88,7 @@ def execute(
                 if view.order is not None:
                     pipe.unwatch()
                     return ExecutionResult.from_dict(view.order, duplicate=True)
-                decision, plan = gate.checker.evaluate(Sim.from_view(view), ticker, qty, side, now)
+                decision, plan = gate.checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
                 result = result_of(gate.portfolio_id, decision, plan, client_order_id, actor, now)
                 if plan is None and view.portfolio is None:
                     pipe.unwatch()  # no such portfolio: nothing to record the rejection in

@@ -74,6 +74,7 @@ from engine.records import (
     DecisionStatus,
     ExecutionResult,
     MarketSnapshot,
+    OrderIntent,
     PortfolioState,
     TradingState,
     TradingStatus,
@@ -250,39 +251,54 @@ class RiskManager:
 
     # -- the gate --------------------------------------------------------------------------------------------
 
-    def check_trade_impact(self, ticker: Any, qty: Any, side: Any) -> dict[str, Any]:
+    def check_trade_impact(
+        self, ticker: Any, qty: Any, side: Any, intent: OrderIntent = OrderIntent.TRADE
+    ) -> dict[str, Any]:
         """Run every pre-trade check on the current state and return the decision (see the module doc).
 
         Never writes to the store and never raises for bad input or store trouble: those are reasons.
         """
-        return self.check(ticker, qty, side).to_dict()
+        return self.check(ticker, qty, side, intent).to_dict()
 
-    def check(self, ticker: Any, qty: Any, side: Any) -> Decision:
+    def check(self, ticker: Any, qty: Any, side: Any, intent: OrderIntent = OrderIntent.TRADE) -> Decision:
         """:meth:`check_trade_impact` as a typed :class:`~engine.records.Decision`."""
         now = self.clock()
         try:
             view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
         except StoreError as exc:
             return self.store_failure_decision(ticker, qty, side, exc, now)
-        decision, _plan = self.checker.evaluate(Sim.from_view(view), ticker, qty, side, now)
+        decision, _plan = self.checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
         return decision
 
     def execute_trade(
-        self, ticker: Any, qty: Any, side: Any, client_order_id: str | None = None, actor: str = "trader"
+        self,
+        ticker: Any,
+        qty: Any,
+        side: Any,
+        client_order_id: str | None = None,
+        actor: str = "trader",
+        intent: OrderIntent = OrderIntent.TRADE,
     ) -> dict[str, Any]:
         """Re-check and trade atomically at the last price; the same ``client_order_id`` trades at most once.
 
         Returns the execution result described in the module doc. Never raises for bad input or store
         trouble: the result is REJECTED with the reason.
         """
-        return self.execute(ticker, qty, side, client_order_id, actor).to_dict()
+        return self.execute(ticker, qty, side, client_order_id, actor, intent).to_dict()
 
     def execute(
-        self, ticker: Any, qty: Any, side: Any, client_order_id: str | None = None, actor: str = "trader"
+        self,
+        ticker: Any,
+        qty: Any,
+        side: Any,
+        client_order_id: str | None = None,
+        actor: str = "trader",
+        intent: OrderIntent = OrderIntent.TRADE,
     ) -> ExecutionResult:
         """:meth:`execute_trade` as a typed :class:`~engine.records.ExecutionResult` (see
-        :mod:`logic.execution`)."""
-        return execution.execute(self, ticker, qty, side, client_order_id, actor)
+        :mod:`logic.execution`). ``intent=LIQUIDATION``: a liquidation-only order (see
+        :class:`~engine.records.OrderIntent`)."""
+        return execution.execute(self, ticker, qty, side, client_order_id, actor, intent)
 
     def store_failure_decision(
         self, ticker: Any, qty: Any, side: Any, error: StoreError | None, now: float
