@@ -69,7 +69,7 @@ from engine.defaults import (
     VAR_CONFIDENCE,
 )
 from engine.errors import ConfigError
-from engine.records import AccountType, Severity
+from engine.records import AccountType, Severity, VarMethod
 
 ENV_PREFIX = "RISKDESK__"
 CONFIG_ENV = "RISKDESK_CONFIG"
@@ -212,6 +212,8 @@ class PortfolioConfig:
     maintenance_margin: Number = 0.25
     limits: Limits = field(default_factory=Limits)
     """Filled from the global ``[limits]`` table, overridden by this portfolio's ``limits`` table."""
+    var_method: VarMethod | None = None
+    """VaR method of this portfolio (snapshot, gate, pages); unset: ``model.var_method``."""
 
     def __post_init__(self) -> None:
         _require(_valid_ticker(self.id), f"invalid portfolio id {self.id!r}")
@@ -234,6 +236,13 @@ class Model:
     stress_vol_multiplier: Annotated[Number, Field(ge=1)] = STRESS_VOL_MULTIPLIER
     stress_correlation_floor: Annotated[Number, Field(gt=-1, lt=1)] = STRESS_CORRELATION_FLOOR
     liquidity_impact_coef: Number = LIQUIDITY_IMPACT_COEF
+    var_method: VarMethod = VarMethod.NORMAL
+    """How VaR / CVaR are computed (``normal``, ``student_t``, ``fhs``: :mod:`logic.var_methods`); a portfolio
+    may override it with its own ``var_method``."""
+    fhs_window: Annotated[Integer, Field(ge=20)] = 500
+    """Standardized one-bar returns kept per ticker (the FHS scenarios and the Student-t fit)."""
+    backtest_methods: Annotated[tuple[VarMethod, ...], Field(min_length=1)] = (VarMethod.NORMAL, VarMethod.STUDENT_T, VarMethod.FHS)
+    """Methods the monitor's continuous backtest runs side by side on the same P&L."""
 
     @property
     def bars_per_year(self) -> int:
@@ -361,6 +370,13 @@ class Settings:
             if p.id == portfolio_id:
                 return p.limits
         return self.limits
+
+    def var_method_for(self, portfolio_id: str) -> VarMethod:
+        """The portfolio's own ``var_method`` when it sets one, else ``model.var_method``."""
+        for p in self.portfolios:
+            if p.id == portfolio_id and p.var_method is not None:
+                return p.var_method
+        return self.model.var_method
 
     @property
     def portfolio_ids(self) -> tuple[str, ...]:
