@@ -12,6 +12,14 @@ input or an unreachable store, with the reason on stderr.
 
 The history CSV is wide: a ``date`` column then one column of closes per ticker (one-minute bars, or any
 regular bars: they are treated as model bars). Every universe ticker must have a column.
+
+The window of standardized returns (``mkt:{m}:stdret``, the scenarios of ``model.var_method = "fhs"`` and the
+sample of the Student-t fit) is filled the way the stream daemon fills it, bar by bar
+``z_t = r_t / sqrt(diag S_{t-1})`` then ``S_t = lam S_{t-1} + (1 - lam) r_t r_t'``
+(:func:`standardized_history`): from ``--history`` after the rows that seed the matrix, or, without a history,
+from ``model.fhs_window`` returns simulated from the settings' matrix (seed ``stream.seed``, else 0), which
+leaves the seeded matrix itself unchanged. ``--add-ticker`` gives the new ticker's column of the existing rows
+standard normal draws (it has no history; real rows replace them as bars arrive).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import csv
 import math
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,7 +43,16 @@ from engine.errors import RiskdeskError
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings, valid_symbol
-from engine.store import GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, STRESSED_KEY, PortfolioKeys, Store
+from engine.store import (
+    GLOBAL_AUDIT_KEY,
+    MARKET_KEY,
+    REFERENCE_KEY,
+    STDRET_META_KEY,
+    STRESSED_KEY,
+    PortfolioKeys,
+    StandardizedWindow,
+    Store,
+)
 
 ACTOR = "warmup"
 
@@ -44,11 +62,54 @@ class WarmupError(RiskdeskError):
     fix = "see `python warmup.py --help`"
 
 
+SIM_WINDOW_SEED = 0
+"""Random seed of the simulated warm-up window when ``stream.seed`` is unset (reproducible seeds)."""
+HISTORY_SEED_ROWS = 30
+"""Rows of ``--history`` whose second moment seeds the EWMA matrix (``ewma_covariance_from_returns``)."""
+
+
 @dataclass(frozen=True)
 class SeedMarket:
     tickers: tuple[str, ...]
     prices: np.ndarray
     cov: np.ndarray
+    standardized: np.ndarray | None = None
+    """Standardized one-bar returns, oldest first, shape (T, N); None: simulate them from ``cov``."""
+
+
+def standardized_history(
+    returns: np.ndarray, decay: float, *, initial: np.ndarray | None = None, seed_rows: int = HISTORY_SEED_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The EWMA matrix after ``returns`` and the standardized returns seen on the way, as the daemon sees them.
+
+    Without ``initial`` the first ``m = min(T, seed_rows)`` rows seed the matrix and give no standardized row
+    (there is no forecast before them), exactly as :func:`engine.math_logic.ewma_covariance_from_returns`, whose
+    matrix this returns bit for bit. Returns ``(cov, z)`` with ``z`` of shape (T - m, N) (T rows with
+    ``initial``).
+    """
+    history = np.asarray(returns, dtype=np.float64)
+    if initial is None:
+        m = min(len(history), seed_rows)
+        cov = math_logic.ewma_covariance_from_returns(history[:m], decay, seed_rows=seed_rows)
+        rest = history[m:]
+    else:
+        cov = np.array(initial, dtype=np.float64, order="C", copy=True)
+        rest = history
+    z = np.empty_like(rest)
+    for t, row in enumerate(rest):
+        z[t] = math_logic.standardize_returns(row, np.sqrt(np.clip(np.diagonal(cov), 0.0, None)))
+        math_logic.update_covariance_ewma(cov, row, decay, validate=False)
+    return cov, z
+
+
+def simulated_window(settings: Settings, cov: np.ndarray) -> np.ndarray:
+    """``model.fhs_window`` standardized returns of normal returns simulated from ``cov`` (seeded)."""
+    seed = settings.stream.seed if settings.stream.seed is not None else SIM_WINDOW_SEED
+    rng = np.random.default_rng(seed)
+    values, vectors = np.linalg.eigh(cov)
+    factor = vectors * np.sqrt(np.clip(values, 0.0, None))
+    returns = rng.standard_normal((settings.model.fhs_window, cov.shape[0])) @ factor.T
+    return standardized_history(returns, settings.model.ewma_decay, initial=cov)[1]
 
 
 def per_bar_vols(settings: Settings, annual_vols: Sequence[float]) -> np.ndarray:
@@ -98,8 +159,8 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
     order = [columns.index(t) for t in settings.universe.assets]
     values = values[:, order]
     returns = np.log(values[1:] / values[:-1])
-    cov = math_logic.ewma_covariance_from_returns(returns, decay=settings.model.ewma_decay)
-    return SeedMarket(tuple(settings.universe.assets), values[-1].copy(), cov)
+    cov, z = standardized_history(returns, settings.model.ewma_decay)
+    return SeedMarket(tuple(settings.universe.assets), values[-1].copy(), cov, z)
 
 
 def _initial_portfolio(settings: Settings, portfolio_id: str, prices: dict[str, float], now: float) -> PortfolioState:
@@ -145,6 +206,10 @@ def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None,
     store.write_market(snap, pipe)
     _write_stressed(store, settings, snap, pipe)
     store.write_reference_prices(market.tickers, market.prices, now, pipe)
+    window = market.standardized if market.standardized is not None else simulated_window(settings, market.cov)
+    store.write_standardized_window(
+        market.tickers, np.zeros(len(window), dtype=np.int64), window, settings.model.fhs_window, pipe
+    )
     for pid in settings.portfolio_ids:
         _write_new_portfolio(store, settings, pid, prices, now, pipe)
     store.write_schema(pipe)
@@ -212,10 +277,15 @@ def add_ticker(
     while True:
         with store.client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY)
+                pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY, STDRET_META_KEY)
                 snap = store.read_market(pipe)
                 if symbol in snap.tickers:
                     raise WarmupError(f"{symbol} is already in the universe")
+                window = store.read_standardized()
+                if window.tickers != snap.tickers:  # none stored, or stale: the daemon starts an empty one
+                    window = StandardizedWindow.empty(snap.tickers)
+                rng = np.random.default_rng(zlib.crc32(symbol.encode("utf-8")))
+                grown_window = np.column_stack((window.values, rng.standard_normal(window.rows)))
                 cov = _grown_covariance(snap.cov, vol, settings.universe.correlation)
                 grown = MarketSnapshot(
                     version=snap.version + 1,
@@ -233,6 +303,9 @@ def add_ticker(
                 pipe.multi()
                 store.write_market(grown, pipe)
                 _write_stressed(store, settings, grown, pipe)
+                store.write_standardized_window(
+                    grown.tickers, window.versions, grown_window, settings.model.fhs_window, pipe
+                )
                 store.write_reference_prices(
                     tuple(reference), np.array(list(reference.values()), dtype=float), now, pipe
                 )

@@ -6,10 +6,18 @@ Per bar from the feed (:mod:`engine.feeds`):
    logged, never written; the bar's other prices go on (a bar with no valid price is rejected whole);
 2. log returns against the last accepted prices (zero for a ticker without a new price; none at all for a
    ``reset`` bar, the first bar of a replay);
-3. EWMA update of the covariance in place (``engine.math_logic.update_covariance_ewma``, no O(N³) check on
+3. standardized returns ``z_i = r_i / sigma_i`` with ``sigma_i = sqrt(S_ii)`` of the matrix *before* this bar's
+   update (``engine.math_logic.standardize_returns``: the innovations of filtered historical simulation), then
+   the EWMA update of the covariance in place (``engine.math_logic.update_covariance_ewma``, no O(N³) check on
    the hot path: the matrix is validated once each time it is loaded from the store);
-4. ONE transaction: market snapshot (prices, price times, matrix, version + 1), the tick event on
+4. ONE transaction: market snapshot (prices, price times, matrix, version + 1), the row ``[version, z]`` of the
+   standardized window ``mkt:{m}:stdret`` (trimmed to ``model.fhs_window`` rows), the tick event on
    ``mkt:{m}:ticks`` (bounded by MAXLEN ~) and the heartbeat ``hb:stream``.
+
+The standardized window gets no row for a ``reset`` bar (the first bar of a replay: no return) nor for the
+first bar after a reload of a market someone else wrote (a warm-up re-seed or ``--add-ticker``: the "return"
+would span two unrelated price series). When the stored window's columns are not the market's tickers (a store
+seeded before the window existed, or grown without it) the daemon starts an empty window in its next write.
 
 Versions: the daemon keeps the version it last wrote. Before each write it WATCHes the market hash and reads
 the stored version (one HGET); if it is not the one the daemon wrote (the warm-up added a ticker, Redis came
@@ -143,6 +151,7 @@ class StreamDaemon:
         if not (math.isfinite(self.interval) and self.interval >= 0):
             raise ValueError(f"interval must be >= 0 seconds, got {interval}")
         self.decay = settings.model.ewma_decay
+        self.window = settings.model.fhs_window
         self.maxlen = settings.stream.tick_stream_maxlen
         self._stop = stop_event or threading.Event()
         self.stats = DaemonStats()
@@ -159,6 +168,12 @@ class StreamDaemon:
         self._in_flight: str | None = None
         self._token_prefix = f"{os.getpid()}-{int(time.time() * 1000)}"
         self._seq = 0
+        self._last_written: int | None = None
+        """The version this daemon last committed (None: unknown): a reload finding another is a foreign write."""
+        self._row_gap = False
+        """Set by a reload after a foreign write: the next bar's return spans it and gets no window row."""
+        self._window_ok = False
+        """The stored window's columns are this daemon's tickers (else the next write starts an empty one)."""
 
     # -- control ---------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -213,6 +228,7 @@ class StreamDaemon:
                             "bar %s was committed before the connection broke: not writing it again", token
                         )
                         self._in_flight = None
+                        self._last_written = None  # our own bar: the prices continue, no gap
                         self._load()
                         self._count_written(started)
                         return True
@@ -247,6 +263,9 @@ class StreamDaemon:
         """Mirror the stored market (version, tickers, prices, matrix); validate the matrix on next use."""
         snap = self.store.read_market(conn)
         changed = snap.tickers != self.tickers
+        if self._last_written is not None and snap.version != self._last_written:
+            self._row_gap = True
+        self._window_ok = self.store.read_standardized_tickers(conn) == snap.tickers
         self.version = snap.version
         self.tickers = snap.tickers
         self._index = {t: i for i, t in enumerate(snap.tickers)}
@@ -324,7 +343,11 @@ class StreamDaemon:
             version = int(self.version or 0) + 1
             # The matrix is updated in place: until EXEC succeeds the store, not this copy, is the truth.
             self._synced = False
+            z: Float64Array | None = None
             if step.returns is not None:
+                if not self._row_gap:
+                    vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
+                    z = math_logic.standardize_returns(step.returns, vols)
                 math_logic.update_covariance_ewma(
                     self.cov, step.returns, self.decay, validate=self._validate_next
                 )
@@ -342,6 +365,11 @@ class StreamDaemon:
             )  # fmt: skip
             pipe.multi()
             self.store.write_market(snap, pipe)
+            if not self._window_ok:
+                empty = np.zeros((0, len(self.tickers)))
+                self.store.write_standardized_window(self.tickers, [], empty, self.window, pipe)
+            if z is not None:
+                self.store.push_standardized(version, z, self.window, pipe)
             self.store.publish_tick(event, self.maxlen, pipe, tickers_json=self._tickers_json)
             heartbeat = self._heartbeat(now, version, self.stats.bars_written + 1, len(step.rejected))
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, pipe)
@@ -349,6 +377,9 @@ class StreamDaemon:
             pipe.execute()
         self._in_flight = None
         self.version = version
+        self._last_written = version
+        self._window_ok = True
+        self._row_gap = False  # the written prices anchor the next return
         self.prices = step.prices
         self.price_ts = step.price_ts
         self._validate_next = False

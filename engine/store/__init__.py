@@ -43,10 +43,12 @@ from engine.store.codec import (
     decode_str,
     decode_tickers,
     decode_trading_status,
+    decode_window_rows,
     encode_array,
     encode_json,
     encode_position,
     encode_trading_status,
+    encode_window_row,
 )
 from engine.store.keys import (
     GLOBAL_AUDIT_KEY,
@@ -59,6 +61,8 @@ from engine.store.keys import (
     RULES_VERSION_KEY,
     SCHEMA_KEY,
     SCHEMA_VERSION,
+    STDRET_KEY,
+    STDRET_META_KEY,
     STRESSED_KEY,
     TICKS_KEY,
     PortfolioKeys,
@@ -66,7 +70,7 @@ from engine.store.keys import (
     lock_key,
     notify_rate_key,
 )
-from engine.store.market import MarketStore, TickEvent
+from engine.store.market import MarketStore, StandardizedWindow, TickEvent
 from engine.store.monitoring import EquityPeaks, Excursion, MonitoringStore, decode_marks_reply
 from engine.store.notifications import NotificationStore
 from engine.store.portfolio import PortfolioBundle, PortfolioStore
@@ -88,13 +92,14 @@ __all__ = [
     # keys
     "SCHEMA_VERSION", "SCHEMA_KEY", "PORTFOLIOS_KEY", "RULES_KEY", "RULES_VERSION_KEY", "GLOBAL_AUDIT_KEY",
     "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP",
+    "STDRET_KEY", "STDRET_META_KEY",
     "PortfolioKeys", "heartbeat_key", "lock_key", "notify_rate_key",
     # codec
     "TRADING_STATES", "encode_array", "decode_array", "encode_json", "decode_json", "decode_object",
     "decode_decimal", "decode_int", "decode_float", "decode_str", "decode_tickers", "encode_position",
-    "decode_position", "encode_trading_status", "decode_trading_status",
+    "decode_position", "encode_trading_status", "decode_trading_status", "encode_window_row", "decode_window_rows",
     # value objects read and written here
-    "TickEvent", "PortfolioBundle", "TradeView", "TRADE_LOG_MAXLEN", "EquityPeaks", "Excursion",
+    "TickEvent", "StandardizedWindow", "PortfolioBundle", "TradeView", "TRADE_LOG_MAXLEN", "EquityPeaks", "Excursion",
     "decode_marks_reply",
     # value objects of engine.records, re-exported for compatibility
     "Float64Array", "MarketHeader", "MarketSnapshot", "PortfolioState", "Position", "TradingState",

@@ -66,12 +66,41 @@ def decode_array(blob: bytes | None, *, key: str = "?", shape: tuple[int, ...] |
     found = struct.unpack_from(f"<{ndim}Q", blob, _HEADER.size)
     expected_bytes = 8 * math.prod(found)
     if len(blob) - shape_end != expected_bytes:
-        raise CorruptDataError(
-            f"{key}: payload is {len(blob) - shape_end} bytes, shape {found} needs {expected_bytes}"
-        )
+        raise CorruptDataError(f"{key}: payload is {len(blob) - shape_end} bytes, shape {found} needs {expected_bytes}")
     if shape is not None and tuple(found) != tuple(shape):
         raise CorruptDataError(f"{key}: shape {found} does not match expected {shape}")
     return np.frombuffer(blob, dtype="<f8", offset=shape_end).reshape(found).astype(np.float64, copy=True)
+
+
+def encode_window_row(version: int, values: npt.ArrayLike) -> bytes:
+    """One row of the standardized-return window: the array ``[version, z_1, ..., z_N]`` (:func:`encode_array`).
+
+    The market version rides in the row (exact as a float64 up to 2**53) so a reader can drop rows newer than
+    the market snapshot it measures with.
+    """
+    row = np.asarray(values, dtype=np.float64)
+    if row.ndim != 1:
+        raise ValueError(f"a window row is 1-D, got shape {row.shape}")
+    if not np.isfinite(row).all():
+        raise ValueError("a window row must be finite")
+    if not 0 <= int(version) < 2**53:
+        raise ValueError(f"market version {version} out of range for a window row")
+    return encode_array(np.concatenate(([float(int(version))], row)))
+
+
+def decode_window_rows(raws: list[bytes], n: int, *, key: str = "?") -> tuple[npt.NDArray[np.int64], Float64Array]:
+    """Rows of :func:`encode_window_row` (oldest first) -> (versions, shape (T, n) standardized returns)."""
+    if not raws:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, n))
+    rows = np.empty((len(raws), n + 1))
+    for i, raw in enumerate(raws):
+        rows[i] = decode_array(raw, key=f"{key}[{i}]", shape=(n + 1,))
+    if not np.isfinite(rows).all():
+        raise CorruptDataError(f"{key}: a window row holds NaN or inf")
+    versions = rows[:, 0]
+    if (versions < 0).any() or (versions != np.floor(versions)).any():
+        raise CorruptDataError(f"{key}: a window row's version is not a non-negative integer")
+    return versions.astype(np.int64), np.ascontiguousarray(rows[:, 1:])
 
 
 # -- JSON --------------------------------------------------------------------------------------------------------

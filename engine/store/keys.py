@@ -16,6 +16,11 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;
                                              read by the consumer group MONITOR_GROUP
+    mkt:{m}:stdret                  list     standardized one-bar returns, one row per bar (oldest first):
+                                             version then r_i / sigma_i per ticker (codec window row),
+                                             bounded by LTRIM to model.fhs_window
+    mkt:{m}:stdret_meta             hash     tickers (JSON, the rows' column order), seq (rows ever pushed),
+                                             gen (token of the window's last rewrite), version (last row's)
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
                                              positions_rev (new random token on every positions write)
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
@@ -65,6 +70,10 @@ MARKET_KEY = "mkt:{m}:snapshot"
 STRESSED_KEY = "mkt:{m}:stressed"
 REFERENCE_KEY = "mkt:{m}:reference"
 TICKS_KEY = "mkt:{m}:ticks"
+STDRET_KEY = "mkt:{m}:stdret"
+"""The window of standardized one-bar returns (:meth:`engine.store.Store.push_standardized`)."""
+STDRET_META_KEY = "mkt:{m}:stdret_meta"
+"""Column order, row count and rewrite token of :data:`STDRET_KEY`."""
 
 MONITOR_GROUP = "monitor"
 """Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""

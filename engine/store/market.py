@@ -1,9 +1,9 @@
 """Market reads and writes: the snapshot (prices and covariance), the stressed matrix, the session reference
-prices, the tick stream with its consumer group, and the daemons' heartbeats.
+prices, the tick stream with its consumer group, the window of standardized returns, and the daemons' heartbeats.
 
-Keys: ``mkt:{m}:snapshot``, ``mkt:{m}:stressed``, ``mkt:{m}:reference``, ``mkt:{m}:ticks`` and ``hb:<component>``
-(see :mod:`engine.store.keys`). The snapshot is one hash written by one HSET, so a reader never sees prices of one
-version with the matrix of another.
+Keys: ``mkt:{m}:snapshot``, ``mkt:{m}:stressed``, ``mkt:{m}:reference``, ``mkt:{m}:ticks``, ``mkt:{m}:stdret``,
+``mkt:{m}:stdret_meta`` and ``hb:<component>`` (see :mod:`engine.store.keys`). The snapshot is one hash
+written by one HSET, so a reader never sees prices of one version with the matrix of another.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis
 
 from engine.errors import StoreEmptyError, StoreError
@@ -24,10 +26,24 @@ from engine.store.codec import (
     decode_int,
     decode_str,
     decode_tickers,
+    decode_window_rows,
     encode_array,
     encode_json,
+    encode_window_row,
 )
-from engine.store.keys import MARKET_KEY, MONITOR_GROUP, REFERENCE_KEY, STRESSED_KEY, TICKS_KEY, heartbeat_key
+from engine.store.keys import (
+    MARKET_KEY,
+    MONITOR_GROUP,
+    REFERENCE_KEY,
+    STDRET_KEY,
+    STDRET_META_KEY,
+    STRESSED_KEY,
+    TICKS_KEY,
+    heartbeat_key,
+)
+
+WINDOW_READ_ATTEMPTS = 3
+"""Incremental reads of the standardized window retried when the writer raced them; then one full read."""
 
 
 class MarketStore(StoreBase):
@@ -92,6 +108,104 @@ class MarketStore(StoreBase):
         raw = self._conn(conn).hget(STRESSED_KEY, "version")
         return None if raw is None else decode_int(raw, key=f"{STRESSED_KEY}.version")
 
+    # -- standardized returns (engine/stream.py and warmup.py write, engine/market_model.py reads) ------------
+    def write_standardized_window(
+        self,
+        tickers: Iterable[str],
+        versions: npt.ArrayLike,
+        values: Float64Array,
+        window: int,
+        pipe: Conn = None,
+    ) -> None:
+        """Replace the whole window: rows ``values`` (T, N) of market ``versions`` (T,), columns ``tickers``.
+
+        Used by the warm-up (a history, or a re-seed) and by the stream daemon when the stored window does not
+        match the market's tickers (it then starts an empty one). A new ``gen`` token tells readers to reload.
+        """
+        tickers = tuple(tickers)
+        values = np.asarray(values, dtype=np.float64).reshape(-1, len(tickers))
+        versions = np.asarray(versions, dtype=np.int64).reshape(-1)
+        if versions.shape[0] != values.shape[0]:
+            raise ValueError("one market version per window row")
+        if window < 1:
+            raise ValueError(f"window must be >= 1 row, got {window}")
+        values, versions = values[-window:], versions[-window:]
+        c = self._conn(pipe)
+        c.delete(STDRET_KEY)
+        if len(values):
+            c.rpush(STDRET_KEY, *[encode_window_row(int(v), row) for v, row in zip(versions, values, strict=True)])
+        c.delete(STDRET_META_KEY)
+        c.hset(
+            STDRET_META_KEY,
+            mapping={
+                "tickers": encode_json(list(tickers)), "seq": len(values), "gen": uuid.uuid4().hex,
+                "window": int(window), "version": int(versions[-1]) if len(versions) else -1,
+            },
+        )  # fmt: skip
+
+    def push_standardized(self, version: int, values: Float64Array, window: int, pipe: Conn = None) -> None:
+        """Append one bar's standardized returns (in the window's ticker order) and trim to ``window`` rows."""
+        if window < 1:
+            raise ValueError(f"window must be >= 1 row, got {window}")
+        c = self._conn(pipe)
+        c.rpush(STDRET_KEY, encode_window_row(version, values))
+        c.ltrim(STDRET_KEY, -int(window), -1)
+        c.hincrby(STDRET_META_KEY, "seq", 1)
+        c.hset(STDRET_META_KEY, mapping={"window": int(window), "version": int(version)})
+
+    def read_standardized_tickers(self, conn: Conn = None) -> tuple[str, ...] | None:
+        """Column order of the stored window; None when there is none."""
+        raw = self._conn(conn).hget(STDRET_META_KEY, "tickers")
+        return None if raw is None else decode_tickers(raw, STDRET_META_KEY)
+
+    def read_standardized(self, previous: StandardizedWindow | None = None) -> StandardizedWindow:
+        """The stored window (an empty one when none is stored), reading only the rows added since
+        ``previous`` when it is a read of the same window (same ``gen``) that the list still overlaps.
+
+        Meta and rows are read in one MULTI, so rows and their count agree; a rewrite or a writer faster than
+        the reader makes it fall back to a full read.
+        """
+        for _ in range(WINDOW_READ_ATTEMPTS):
+            if previous is not None:
+                meta = _decode_window_meta(self.client.hmget(STDRET_META_KEY, _WINDOW_META_FIELDS))
+                if meta is None:
+                    return StandardizedWindow.empty()
+                if meta[2] == previous.gen and meta[1] == previous.seq:
+                    return previous
+                new = meta[1] - previous.seq
+                if meta[2] != previous.gen or not 0 < new <= meta[3]:
+                    previous = None
+            start = 0 if previous is None else -(meta[1] - previous.seq)
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hmget(STDRET_META_KEY, _WINDOW_META_FIELDS)
+                pipe.lrange(STDRET_KEY, start, -1)
+                raw_meta, raws = pipe.execute()
+            got = _decode_window_meta(raw_meta)
+            if got is None:
+                return StandardizedWindow.empty()
+            tickers, seq, gen, window = got
+            versions, values = decode_window_rows(raws, len(tickers), key=STDRET_KEY)
+            if previous is None:
+                return StandardizedWindow(tickers, versions, values, seq, gen)
+            added = seq - previous.seq
+            if gen != previous.gen or added > len(raws) or tickers != previous.tickers:
+                previous = None  # rewritten or more rows than read meanwhile: read it whole
+                continue
+            keep = slice(len(raws) - added, None)
+            all_versions = np.concatenate((previous.versions, versions[keep]))[-window:]
+            all_values = np.concatenate((previous.values, values[keep]))[-window:]
+            return StandardizedWindow(tickers, all_versions, all_values, seq, gen)
+        previous = None
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hmget(STDRET_META_KEY, _WINDOW_META_FIELDS)
+            pipe.lrange(STDRET_KEY, 0, -1)
+            raw_meta, raws = pipe.execute()
+        got = _decode_window_meta(raw_meta)
+        if got is None:
+            return StandardizedWindow.empty()
+        versions, values = decode_window_rows(raws, len(got[0]), key=STDRET_KEY)
+        return StandardizedWindow(got[0], versions, values, got[1], got[2])
+
     # -- reference prices ------------------------------------------------------------------------------------
     def write_reference_prices(
         self, tickers: Iterable[str], prices: Float64Array, ts: float, pipe: Conn = None
@@ -133,14 +247,10 @@ class MarketStore(StoreBase):
         fields: dict[Any, Any] = event.to_fields(tickers_json)
         self._conn(pipe).xadd(TICKS_KEY, fields, maxlen=maxlen, approximate=True)
 
-    def read_ticks(
-        self, count: int | None = None, newest_first: bool = False, conn: Conn = None
-    ) -> list[TickEvent]:
+    def read_ticks(self, count: int | None = None, newest_first: bool = False, conn: Conn = None) -> list[TickEvent]:
         """Tick events of the stream (oldest first unless ``newest_first``); for tests and the dashboard."""
         c = self._conn(conn)
-        entries: Any = (
-            c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
-        )
+        entries: Any = c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
         return [TickEvent.from_fields(entry_id, fields) for entry_id, fields in entries]
 
     def last_tick(self, conn: Conn = None) -> TickEvent | None:
@@ -199,6 +309,52 @@ class MarketStore(StoreBase):
         except redis.ResponseError:
             return 0
         return int(info.get("pending", 0)) if isinstance(info, dict) else 0
+
+
+_WINDOW_META_FIELDS = ["tickers", "seq", "gen", "window"]
+
+
+def _decode_window_meta(raw: list[Any]) -> tuple[tuple[str, ...], int, str, int] | None:
+    if raw[0] is None:
+        return None
+    return (
+        decode_tickers(raw[0], STDRET_META_KEY),
+        decode_int(raw[1], key=f"{STDRET_META_KEY}.seq"),
+        decode_str(raw[2], key=f"{STDRET_META_KEY}.gen"),
+        max(1, decode_int(raw[3], key=f"{STDRET_META_KEY}.window")),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class StandardizedWindow:
+    """The stored window of standardized one-bar returns ``z_t,i = r_t,i / sigma_t,i`` (sigma before the EWMA
+    update with ``r_t``), oldest row first.
+
+    ``versions[t]`` is the market version whose bar gave row ``t``; ``seq`` counts the rows ever pushed to this
+    window and ``gen`` names its last rewrite (both let a reader fetch only new rows).
+    """
+
+    tickers: tuple[str, ...]
+    versions: npt.NDArray[np.int64]
+    values: Float64Array
+    """Shape (T, N), columns in ``tickers`` order."""
+    seq: int = 0
+    gen: str = ""
+
+    @classmethod
+    def empty(cls, tickers: tuple[str, ...] = ()) -> StandardizedWindow:
+        return cls(tickers, np.zeros(0, dtype=np.int64), np.zeros((0, len(tickers))))
+
+    @property
+    def rows(self) -> int:
+        return int(self.values.shape[0])
+
+    def upto(self, version: int) -> StandardizedWindow:
+        """The rows of market versions <= ``version`` (a reader measuring an older snapshot)."""
+        if not self.rows or int(self.versions[-1]) <= version:
+            return self
+        keep = self.versions <= version
+        return StandardizedWindow(self.tickers, self.versions[keep], self.values[keep], self.seq, self.gen)
 
 
 def decode_market_header(raw: list[Any]) -> MarketHeader:
