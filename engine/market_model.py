@@ -16,6 +16,16 @@ Usage::
     if model.error is not None: ...           # an unusable matrix: fail closed (the gate) or report
     cov = model.aligned(("AAA", "BBB"))       # the covariance of a subset / another order (cached)
     stressed = models.stressed(model)         # StressedModel(version, cov in model.tickers order)
+    z = model.standardized                    # the standardized-return window (T, N), read once per snapshot
+    rm = model.risk_model(VarMethod.FHS, 390, var_methods.risk_model)   # cached per (snapshot, method, horizon)
+
+The window of standardized returns (the stream daemon's ``mkt:{m}:stdret``) is read lazily, the first time a
+reader asks for :attr:`MarketModel.standardized` (the monitor and the gate under ``student_t`` / ``fhs``; a
+``normal`` reader never reads it), and the cache keeps the last window read so the next snapshot fetches only the
+rows added since. The window is cut to the rows of market versions <= the model's (a reader that lags sees no
+newer row). :meth:`MarketModel.risk_model` builds the :mod:`logic.var_methods` model of a (method, horizon) once
+per snapshot from the builder the caller passes (``logic.var_methods.risk_model``: the engine does not import the
+logic layer).
 
 Nothing here decides anything: a matrix that fails the check is kept with its :attr:`MarketModel.error` so that
 each caller applies its own policy (the gate rejects every trade; a page shows the error).
@@ -24,17 +34,24 @@ each caller applies its own policy (the gate rejects every trade; a page shows t
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
 from engine import math_logic
 from engine.defaults import BARS_PER_DAY
-from engine.errors import CorruptDataError, StoreError
-from engine.records import Float64Array, MarketHeader
-from engine.store import Store
+from engine.errors import CorruptDataError, StoreEmptyError, StoreError
+from engine.records import Float64Array, MarketHeader, VarMethod
+from engine.store import StandardizedWindow, Store
+
+RiskModelFactory = Callable[..., Any]
+"""``logic.var_methods.risk_model``: (method, cov, *, horizon_bars, validate, standardized, current_vol, dof)."""
+
+DOF_BOUNDS = (3.0, 30.0)
+"""Bounds of the Student-t degrees of freedom fitted to the window (``math_logic.fit_student_t_dof``)."""
 
 ModelKey = tuple[int, float]
 """(version, ts) of a market snapshot: a warm-up ``--reset`` restarts versions, the time still differs."""
@@ -56,7 +73,10 @@ class MarketModel:
     index: Mapping[str, int]
     """Ticker -> row of the matrix."""
     bars_per_day: float = BARS_PER_DAY
+    window_source: Callable[[], StandardizedWindow] | None = field(default=None, compare=False, repr=False)
+    """Reads the standardized-return window when first needed (set by :class:`MarketModelCache`)."""
     _aligned: dict[tuple[str, ...], Float64Array] = field(default_factory=dict, compare=False, repr=False)
+    _risk_models: dict[tuple[VarMethod, float], Any] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def error(self) -> StoreError | None:
@@ -71,9 +91,7 @@ class MarketModel:
     def finite_error(self) -> StoreError | None:
         """Set when the matrix has a NaN/inf or a negative variance: the monitor's (O(N²)) test of usability."""
         if not np.isfinite(self.cov).all() or (np.diagonal(self.cov) < 0).any():
-            return CorruptDataError(
-                f"market version {self.version}: covariance has NaN/inf or negative variances"
-            )
+            return CorruptDataError(f"market version {self.version}: covariance has NaN/inf or negative variances")
         return None
 
     @cached_property
@@ -84,6 +102,69 @@ class MarketModel:
             return np.zeros(len(self.header.tickers))
         one_bar = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
         return np.asarray(math_logic.scale_volatility(one_bar, self.bars_per_day))
+
+    @cached_property
+    def vol(self) -> Float64Array:
+        """One-bar volatility ``sqrt(S_ii)`` of each ticker (negative variances clipped to 0)."""
+        return np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
+
+    @cached_property
+    def window(self) -> StandardizedWindow:
+        """The stored standardized-return window of this snapshot's versions (empty when none is stored)."""
+        if self.window_source is None:
+            return StandardizedWindow.empty(self.tickers)
+        return self.window_source().upto(self.version)
+
+    @cached_property
+    def standardized(self) -> Float64Array:
+        """The window's rows (T, N) in this snapshot's ticker order; (0, N) when it does not cover them."""
+        window = self.window
+        if window.tickers == self.tickers:
+            return window.values
+        order = reorder(window.tickers, self.tickers)
+        if order is None:
+            return np.zeros((0, len(self.tickers)))
+        return np.ascontiguousarray(window.values[:, order])
+
+    @cached_property
+    def dof(self) -> float:
+        """Student-t degrees of freedom fitted to the whole window (pooled over tickers), in :data:`DOF_BOUNDS`."""
+        return math_logic.fit_student_t_dof(self.standardized, *DOF_BOUNDS)
+
+    def method_inputs(self, method: VarMethod | str) -> dict[str, Any]:
+        """The keyword inputs of ``logic.var_methods.risk_model`` for ``method`` at this snapshot.
+
+        Raises :class:`~engine.errors.StoreEmptyError` when ``fhs`` has no standardized return to work with.
+        """
+        kind = VarMethod(method)
+        if kind is VarMethod.FHS:
+            if self.standardized.shape[0] == 0:
+                raise StoreEmptyError(
+                    "no standardized returns for fhs in the store: run `python warmup.py` (or let the stream run)"
+                )
+            return {"standardized": self.standardized, "current_vol": self.vol}
+        if kind is VarMethod.STUDENT_T:
+            return {"dof": self.dof}
+        return {}
+
+    def risk_model(self, method: VarMethod | str, horizon_bars: float, build: RiskModelFactory) -> Any:
+        """The risk model of ``method`` over ``horizon_bars`` bars, built once per (snapshot, method, horizon).
+
+        ``build`` is ``logic.var_methods.risk_model`` (passed in: the engine does not import the logic layer;
+        :func:`logic.risk_models.risk_model_of` is the usual call). The one-bar model is built first and the
+        others are its :meth:`with_horizon`. The matrix is not re-validated: a decision-maker reads
+        :attr:`error` first.
+        """
+        key = (VarMethod(method), float(horizon_bars))
+        cached = self._risk_models.get(key)
+        if cached is None:
+            one_bar = self._risk_models.get((key[0], 1.0))
+            if one_bar is None:
+                one_bar = build(key[0], self.cov, horizon_bars=1.0, validate=False, **self.method_inputs(key[0]))
+                self._risk_models[(key[0], 1.0)] = one_bar
+            cached = one_bar if key[1] == 1.0 else one_bar.with_horizon(key[1])
+            self._risk_models[key] = cached  # a benign race: two threads build the same model
+        return cached
 
     @property
     def version(self) -> int:
@@ -130,8 +211,15 @@ def reorder(have: tuple[str, ...], want: tuple[str, ...]) -> list[int] | None:
     return [index[t] for t in want]
 
 
-def build_model(snap: MarketHeader, cov: Float64Array, bars_per_day: float = BARS_PER_DAY) -> MarketModel:
-    """The model of one snapshot (no I/O: tests and the warm-up may call it); its checks run when first read."""
+def build_model(
+    snap: MarketHeader,
+    cov: Float64Array,
+    bars_per_day: float = BARS_PER_DAY,
+    window_source: Callable[[], StandardizedWindow] | None = None,
+) -> MarketModel:
+    """The model of one snapshot (no I/O: tests and the warm-up may call it); its checks run when first read.
+
+    ``window_source`` returns the standardized-return window (a test may pass ``lambda: window``)."""
     header = MarketHeader(snap.version, snap.ts, snap.tickers, snap.prices, snap.price_ts)
     return MarketModel(
         key=(snap.version, snap.ts),
@@ -139,6 +227,7 @@ def build_model(snap: MarketHeader, cov: Float64Array, bars_per_day: float = BAR
         cov=cov,
         index={t: i for i, t in enumerate(snap.tickers)},
         bars_per_day=bars_per_day,
+        window_source=window_source,
     )
 
 
@@ -161,6 +250,8 @@ class MarketModelCache:
         self.bars_per_day = bars_per_day
         self._model: MarketModel | None = None
         self._stressed: StressedModel | None = None
+        self._window: StandardizedWindow | None = None
+        self._window_lock = threading.Lock()
         self._lock = threading.Lock()
 
     def get(self, header: MarketHeader | None = None) -> MarketModel:
@@ -180,7 +271,7 @@ class MarketModelCache:
             if model is not None and model.key == (header.version, header.ts):
                 return model
             snap = self.store.read_market()
-            model = build_model(snap, snap.cov, self.bars_per_day)
+            model = build_model(snap, snap.cov, self.bars_per_day, self.read_window)
             self._model = model
             return model
 
@@ -198,15 +289,22 @@ class MarketModelCache:
             if model is not None and version <= model.key[0] and ts <= model.key[1]:
                 return model
             snap = self.store.read_market()
-            model = build_model(snap, snap.cov, self.bars_per_day)
+            model = build_model(snap, snap.cov, self.bars_per_day, self.read_window)
             self._model = model
             return model
+
+    def read_window(self) -> StandardizedWindow:
+        """The stored standardized-return window, fetching only the rows added since the last read."""
+        with self._window_lock:
+            self._window = self.store.read_standardized(self._window)
+            return self._window
 
     def clear(self) -> None:
         """Forget the cached models (after a store error: what was cached may be stale)."""
         with self._lock:
             self._model = None
             self._stressed = None
+            self._window = None
 
     @property
     def current(self) -> MarketModel | None:
@@ -226,9 +324,7 @@ class MarketModelCache:
         version_read, stressed_tickers, stressed = self.store.read_stressed()
         order = reorder(stressed_tickers, model.header.tickers)
         if order is None:
-            raise CorruptDataError(
-                "the stressed matrix does not cover the market's tickers; re-run `python warmup.py`"
-            )
+            raise CorruptDataError("the stressed matrix does not cover the market's tickers; re-run `python warmup.py`")
         if stressed_tickers != model.header.tickers:
             stressed = stressed[np.ix_(order, order)]
         result = StressedModel(version=version_read, market_key=model.key, cov=stressed)

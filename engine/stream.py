@@ -87,7 +87,6 @@ WATCH_RETRIES_WITHOUT_WAIT = 3
 """A WATCH conflict (the warm-up wrote meanwhile) is retried at once this many times, then with backoff."""
 
 
-
 @dataclass
 class DaemonStats:
     bars_read: int = 0
@@ -224,9 +223,7 @@ class StreamDaemon:
             try:
                 if not self._synced:
                     if self._in_flight == token and self._committed(token):
-                        log.info(
-                            "bar %s was committed before the connection broke: not writing it again", token
-                        )
+                        log.info("bar %s was committed before the connection broke: not writing it again", token)
                         self._in_flight = None
                         self._last_written = None  # our own bar: the prices continue, no gap
                         self._load()
@@ -311,9 +308,7 @@ class StreamDaemon:
         returns: Float64Array | None = None
         if not bar.reset:
             returns = np.zeros(len(self.tickers))
-            idx = np.array(
-                [i for i in accepted if math.isfinite(self.prices[i]) and self.prices[i] > 0], dtype=int
-            )
+            idx = np.array([i for i in accepted if math.isfinite(self.prices[i]) and self.prices[i] > 0], dtype=int)
             if idx.size:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
         return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
@@ -323,16 +318,12 @@ class StreamDaemon:
             pipe.watch(MARKET_KEY)
             stored = self.store.read_market_version(pipe)
             if stored != self.version:
-                log.info(
-                    "store holds market version %s, this daemon wrote %s: reloading", stored, self.version
-                )
+                log.info("store holds market version %s, this daemon wrote %s: reloading", stored, self.version)
                 self._load(pipe)
             now = self.clock()
             step = self.validate(bar, now)
             if step.rejected:
-                log.warning(
-                    "bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected)
-                )
+                log.warning("bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected))
                 self.stats.rejections = (self.stats.rejections + list(step.rejected))[-50:]
             if step.accepted == 0:
                 self.stats.bars_rejected += 1
@@ -348,9 +339,7 @@ class StreamDaemon:
                 if not self._row_gap:
                     vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
                     z = math_logic.standardize_returns(step.returns, vols)
-                math_logic.update_covariance_ewma(
-                    self.cov, step.returns, self.decay, validate=self._validate_next
-                )
+                math_logic.update_covariance_ewma(self.cov, step.returns, self.decay, validate=self._validate_next)
             snap = MarketSnapshot(
                 version=version,
                 ts=now,
@@ -410,9 +399,7 @@ class StreamDaemon:
 
     def _write_heartbeat_best_effort(self, now: float) -> None:
         try:
-            self.store.write_heartbeat(
-                HEARTBEAT_COMPONENT, self._heartbeat(now, self.version, self.stats.bars_written)
-            )
+            self.store.write_heartbeat(HEARTBEAT_COMPONENT, self._heartbeat(now, self.version, self.stats.bars_written))
         except redis.RedisError as exc:
             log.debug("heartbeat not written: %s", exc)
 
@@ -428,8 +415,7 @@ def _sim_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Fee
     per_year = math.sqrt(settings.model.bars_per_year)
     stored_vols = np.sqrt(np.clip(np.diagonal(snap.cov), 0.0, None))
     vols = [
-        assets[t].annual_vol / per_year if t in assets else float(stored_vols[i])
-        for i, t in enumerate(snap.tickers)
+        assets[t].annual_vol / per_year if t in assets else float(stored_vols[i]) for i, t in enumerate(snap.tickers)
     ]
     prices = [
         float(p) if math.isfinite(p) and p > 0 else (assets[t].price if t in assets else 1.0)
@@ -458,9 +444,7 @@ FEEDS: dict[str, FeedBuilder] = {"sim": _sim_feed, "replay": _replay_feed}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.stream", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--feed", choices=sorted(FEEDS), default="sim", help="where bars come from (default sim)"
-    )
+    parser.add_argument("--feed", choices=sorted(FEEDS), default="sim", help="where bars come from (default sim)")
     parser.add_argument("--file", help="CSV of bars for --feed replay (wide or long, see engine/feeds.py)")
     parser.add_argument(
         "--interval",
