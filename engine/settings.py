@@ -241,7 +241,7 @@ class Model:
     may override it with its own ``var_method``."""
     fhs_window: Annotated[Integer, Field(ge=20)] = 500
     """Standardized one-bar returns kept per ticker (the FHS scenarios and the Student-t fit)."""
-    backtest_methods: Annotated[tuple[VarMethod, ...], Field(min_length=1)] = (VarMethod.NORMAL, VarMethod.STUDENT_T, VarMethod.FHS)
+    backtest_methods: Annotated[tuple[VarMethod, ...], Field(min_length=1)] = tuple(VarMethod)
     """Methods the monitor's continuous backtest runs side by side on the same P&L."""
 
     @property
