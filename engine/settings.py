@@ -243,6 +243,8 @@ class Model:
     """Standardized one-bar returns kept per ticker (the FHS scenarios and the Student-t fit)."""
     backtest_methods: Annotated[tuple[VarMethod, ...], Field(min_length=1)] = tuple(VarMethod)
     """Methods the monitor's continuous backtest runs side by side on the same P&L."""
+    backtest_confidence: Annotated[Number, Field(gt=0, lt=1)] = 0.99
+    """Confidence of the VaR the continuous backtest checks (the Basel zones are defined at 99%)."""
 
     @property
     def bars_per_year(self) -> int:

@@ -20,6 +20,12 @@ writing snapshots, history points (entry ids from the snapshot time in ms, uniqu
 millisecond; trimmed to ``monitor.history_retention_days`` by time and ``monitor.history_max_points`` by
 count), the acknowledgement and the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
 
+Each portfolio's VaR and CVaR use its method (``Settings.var_method_for``; the window of standardized returns
+is read through the shared market-model cache only when a method needs it), and every tick feeds the
+continuous VaR backtest of every portfolio (:mod:`logic.backtest_monitor`): its state is written in the same
+MULTI as the snapshots, which WATCHes the portfolios' backtest keys, so a bar is counted once even with two
+monitors (a conflict aborts the MULTI and the tick is processed again from the stored state).
+
 When no tick arrives for ``--idle-refresh`` seconds (one monitor at a time, by a short lease) the portfolios
 are snapshotted from the stored market, so the history keeps at least one point per second and
 ``data.market_age_seconds`` grows while the feed is silent (the stale-data rules need it).
@@ -65,6 +71,7 @@ from engine.store import (
     decode_float,
     decode_marks_reply,
 )
+from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl, period_ids
 from logic.valuation import Valuation, value_portfolio
 
@@ -170,6 +177,7 @@ class Monitor:
         self.stats = MonitorStats()
         self.models = market_models or MarketModelCache(store, settings.model.bars_per_day)
         self._stressed_fallback: tuple[ModelKey, Float64Array] | None = None
+        self.backtests = BacktestBooks(store, settings)
         self._portfolio_ids: list[str] | None = None
         self._group_ready = False
         self._check_pending = True
@@ -283,9 +291,9 @@ class Monitor:
         now = self.clock()
         n = len(event.tickers)
         header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
-        cov, stressed = self._matrices_for(event.version, event.ts, event.tickers)
-        view = MarketView(header, cov, stressed)
-        snapshots = self._snapshot_all(view, now, ack=entry_id, tick=True, started=started)
+        cov, stressed, model = self._matrices_for(event.version, event.ts, event.tickers)
+        view = MarketView(header, cov, stressed, model)
+        snapshots = self._snapshot_all(view, now, ack=entry_id, tick=True, started=started, event=event)
         self.stats.ticks_processed += 1
         self.stats.last_tick_age_ms = max(0.0, (now - event.ts) * 1000.0)
         self._evaluate_alerts(snapshots, now)
@@ -296,8 +304,8 @@ class Monitor:
         started = time.perf_counter()
         now = self.clock()
         header = self.store.read_market_header()
-        cov, stressed = self._matrices_for(header.version, header.ts, header.tickers)
-        view = MarketView(header, cov, stressed)
+        cov, stressed, model = self._matrices_for(header.version, header.ts, header.tickers)
+        view = MarketView(header, cov, stressed, model)
         snapshots = self._snapshot_all(view, now, ack=None, tick=False, started=started)
         self.stats.refreshes += 1
         self._evaluate_alerts(snapshots, now)
@@ -316,8 +324,9 @@ class Monitor:
 
     def _matrices_for(
         self, version: int, ts: float, tickers: tuple[str, ...]
-    ) -> tuple[Float64Array, Float64Array]:
-        """Covariance and stressed matrices aligned with ``tickers``, from the shared market-model cache.
+    ) -> tuple[Float64Array, Float64Array, MarketModel]:
+        """Covariance and stressed matrices aligned with ``tickers``, and the model they come from (its window
+        of standardized returns is read when a method needs it), from the shared market-model cache.
 
         Reloaded for a newer version, or for prices written after the cached matrix whatever their version
         (the store was re-seeded and versions restarted); an older tick (a lagging monitor) uses the cached,
@@ -330,12 +339,12 @@ class Monitor:
             raise model.finite_error
         stressed = self._stressed_for(model)
         if tickers == model.tickers:
-            return model.cov, stressed
+            return model.cov, stressed, model
         order = reorder(model.tickers, tickers)
         if order is None:
             missing = [t for t in tickers if t not in model.index]
             raise StoreError(f"tick names tickers {missing} the market snapshot does not hold")
-        return model.aligned(tickers), stressed[np.ix_(order, order)]
+        return model.aligned(tickers), stressed[np.ix_(order, order)], model
 
     def _stressed_for(self, model: MarketModel) -> Float64Array:
         """The stored stressed matrix in ``model``'s ticker order; rebuilt from the EWMA one (once per market
@@ -359,9 +368,17 @@ class Monitor:
             log.warning(message)
 
     def _snapshot_all(
-        self, market: MarketView, now: float, *, ack: str | None, tick: bool, started: float
+        self,
+        market: MarketView,
+        now: float,
+        *,
+        ack: str | None,
+        tick: bool,
+        started: float,
+        event: TickEvent | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Value, merge peaks and marks, build and write the snapshots of every portfolio (one MULTI)."""
+        """Value, merge peaks and marks, feed the backtests (a tick), build and write the snapshots of every
+        portfolio (one MULTI, WATCHing the backtests it writes)."""
         bundles = self.store.read_portfolio_bundles(self._portfolio_ids)
         self._portfolio_ids = sorted(bundles)
         day_id, week_id = period_ids(now, self.tz, self.settings.monitor.day_reset_hour)
@@ -380,6 +397,41 @@ class Monitor:
             valued.append((bundle, valuation))
         replies = merges.execute(raise_on_error=False) if valued else []
 
+        tx = self.store.client.pipeline(transaction=True)
+        try:
+            return self._write_snapshots(tx, market, now, valued, replies, ack, tick, started, event)
+        except redis.WatchError:
+            self.backtests.discard()  # another monitor fed a backtest meanwhile: redo the tick from the store
+            raise
+        finally:
+            tx.reset()
+
+    def _write_snapshots(
+        self,
+        tx: Any,
+        market: MarketView,
+        now: float,
+        valued: list[tuple[PortfolioBundle, Valuation]],
+        replies: list[Any],
+        ack: str | None,
+        tick: bool,
+        started: float,
+        event: TickEvent | None,
+    ) -> dict[str, dict[str, Any]]:
+        pids = [bundle.portfolio_id for bundle, _ in valued]
+        fed: dict[str, Fed] = {}
+        if event is not None and pids:
+            tx.watch(*(self.store.backtest_key(pid) for pid in pids))
+            try:
+                fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx)
+            except (StoreError, ValueError) as exc:  # the snapshots go on; the backtest skips this bar
+                self.backtests.discard()
+                self._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
+        summaries = {pid: f.summary for pid, f in fed.items()}
+        missing = [pid for pid in pids if pid not in summaries]
+        if missing:
+            summaries.update(self.backtests.summaries(missing))
+
         snapshots: dict[str, dict[str, Any]] = {}
         for k, (bundle, valuation) in enumerate(valued):
             pid = bundle.portfolio_id
@@ -389,7 +441,10 @@ class Monitor:
                     if isinstance(reply, Exception):
                         raise StoreError(f"peak/mark merge failed: {reply}")
                 assert bundle.state is not None
+                method = self.settings.var_method_for(pid)
                 snapshots[pid] = build_snapshot(
+                    method=method,
+                    backtest=snapshot_section(summaries.get(pid), method),
                     portfolio_id=pid,
                     state=bundle.state,
                     trading_state=bundle.trading_state,
@@ -405,7 +460,8 @@ class Monitor:
                 self._portfolio_error(pid, str(exc))
 
         cfg = self.settings.monitor
-        tx = self.store.client.pipeline(transaction=True)
+        tx.multi()
+        self.backtests.write(fed, tx)
         for pid, snapshot in snapshots.items():
             self.store.record_snapshot(
                 pid, snapshot, history_point(snapshot), ts=now, retention_seconds=self.retention_seconds,
@@ -419,6 +475,7 @@ class Monitor:
         )
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
         tx.execute()
+        self.backtests.commit(fed)
         self._last_heartbeat = time.monotonic()
         self.stats.snapshots += len(snapshots)
         self.stats.last_version = market.header.version

@@ -17,14 +17,21 @@ Schema (read by the alert rules as dotted paths, and by the dashboard)::
     trading_state a TradingState: ACTIVE | REDUCING | HALTED
     positions     [{ticker, qty, avg_price, last, market_value, weight, unrealized_pnl, realized_pnl,
                     mfe, mae}]
+    var_method    a VarMethod: normal | student_t | fhs, the method of every VaR / CVaR figure above
+    component_var {ticker: dollars} each held ticker's share of the VaR at the limit's confidence and horizon
+    backtest      the continuous VaR backtest (logic.backtest_monitor.snapshot_section) or null
 
 Definitions:
 
-- VaR / CVaR: parametric, one day = ``settings.model.bars_per_day`` one-bar horizons, from the EWMA matrix of
-  the market snapshot; ``stressed_var99`` from the stressed (crisis) matrix. Computed on dollar exposures
-  (``math_logic`` with ``portfolio_value=1``) so a book with equity <= 0 still shows its risk.
-  ``var.limit`` is the portfolio's VaR limit, ``var.confidence`` its confidence, and ``var.utilization`` the
-  VaR at that confidence and the limit's horizon (``var_horizon_days``) divided by the limit.
+- VaR / CVaR: by the portfolio's method (``Settings.var_method_for``: :mod:`logic.var_methods`), one day =
+  ``settings.model.bars_per_day`` one-bar horizons (square-root of time), from the EWMA matrix of the market
+  snapshot (``normal``: parametric; ``student_t``: the same scale with Student-t quantiles, degrees of freedom
+  fitted to the stored window of standardized returns; ``fhs``: that window rescaled to today's volatility,
+  revalued on the book); ``stressed_var99`` is always the normal VaR on the stressed (crisis) matrix. Computed
+  on dollar exposures so a book with equity <= 0 still shows its risk. ``var.limit`` is the portfolio's VaR
+  limit, ``var.confidence`` its confidence, and ``var.utilization`` the VaR at that confidence and the limit's
+  horizon (``var_horizon_days``) divided by the limit; ``component_var`` splits that VaR by ticker (Euler
+  allocation; under ``fhs`` the positions' losses in the VaR scenario), the shares sum to it.
 - ``pnl.unrealized`` sums positions with a usable price; ``pnl.realized`` is the portfolio's realized P&L;
   ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity (the last equity seen before
   the day started, see ``Store.update_peaks``).
@@ -42,8 +49,9 @@ Definitions:
 
 Every float is finite (JSON has no NaN/inf): a value that is not becomes null.
 
-The typed record is :class:`engine.records.Snapshot` (:func:`snapshot_record`); its ``to_dict()`` is the
-form stored and evaluated (:func:`build_snapshot`).
+The typed record is :class:`engine.records.Snapshot` (:func:`snapshot_record`); its ``to_dict()`` plus
+``var_method``, ``component_var`` and ``backtest`` (not in the record yet) is the form stored and evaluated
+(:func:`build_snapshot`).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ import numpy as np
 
 from engine import math_logic
 from engine.defaults import REPORTED_CONFIDENCES
+from engine.market_model import MarketModel, reorder
 from engine.records import (
     AccountType,
     Snapshot,
@@ -71,10 +80,12 @@ from engine.records import (
     SnapshotPosition,
     SnapshotVar,
     TradingState,
+    VarMethod,
 )
 from engine.settings import Limits, Model
 from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingStatus
 from logic.valuation import Valuation
+from logic.var_methods import RiskModel, risk_model
 
 HISTORY_FIELDS: tuple[str, ...] = (
     "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure", "net_exposure",
@@ -96,11 +107,46 @@ class MarketView:
     """EWMA covariance of one-bar log returns."""
     stressed: Float64Array
     """The crisis covariance (stressed VaR)."""
+    model: MarketModel | None = None
+    """Where the window of standardized returns and the Student-t degrees of freedom come from (read only when
+    a portfolio's method needs them); None: only ``normal`` can be measured."""
 
     @cached_property
     def index(self) -> dict[str, int]:
         """Ticker -> position in the arrays (built once per tick, shared by every portfolio)."""
         return {t: i for i, t in enumerate(self.header.tickers)}
+
+    @cached_property
+    def vol(self) -> Float64Array:
+        """Today's one-bar volatility of each ticker, ``sqrt(S_ii)``."""
+        return np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
+
+    @cached_property
+    def standardized(self) -> Float64Array:
+        """The model's window of standardized returns in ``header.tickers`` order (T, N)."""
+        if self.model is None:
+            return np.zeros((0, len(self.header.tickers)))
+        self.model.method_inputs(VarMethod.FHS)  # raises a clear StoreEmptyError without a window
+        if self.model.tickers == self.header.tickers:
+            return self.model.standardized
+        order = reorder(self.model.tickers, self.header.tickers)
+        if order is None:
+            return np.zeros((0, len(self.header.tickers)))
+        return self.model.standardized[:, order]
+
+    def risk(self, method: VarMethod, held: np.ndarray) -> RiskModel:
+        """The one-bar :class:`~logic.var_methods.RiskModel` of ``method`` on the tickers at ``held``."""
+        cov = self.cov[np.ix_(held, held)]
+        if method is VarMethod.FHS:
+            return risk_model(
+                method, cov, horizon_bars=1.0, standardized=self.standardized[:, held],
+                current_vol=self.vol[held], validate=False,
+            )  # fmt: skip
+        if method is VarMethod.STUDENT_T:
+            if self.model is None:
+                raise ValueError("student_t needs the market model's window to fit its degrees of freedom")
+            return risk_model(method, cov, horizon_bars=1.0, dof=self.model.dof, validate=False)
+        return risk_model(method, cov, horizon_bars=1.0, validate=False)
 
 
 def period_ids(now: float, tz: ZoneInfo, reset_hour: int) -> tuple[str, str]:
@@ -146,10 +192,18 @@ def _drawdown(equity: float, peak: float) -> float:
     return math_logic.current_drawdown(np.array([peak, equity]))
 
 
-def build_snapshot(**parts: Any) -> dict[str, Any]:
-    """The snapshot of one portfolio at one tick as stored and evaluated: :func:`snapshot_record`'s
-    ``to_dict()`` (schema in the module docstring)."""
-    return snapshot_record(**parts).to_dict()
+def build_snapshot(
+    *, method: VarMethod = VarMethod.NORMAL, backtest: Mapping[str, Any] | None = None, **parts: Any
+) -> dict[str, Any]:
+    """The snapshot of one portfolio at one tick as stored and evaluated (schema in the module docstring):
+    :func:`snapshot_record`'s ``to_dict()`` with ``var_method``, ``component_var`` and ``backtest``."""
+    components: dict[str, float] = {}
+    record = snapshot_record(method=method, components=components, **parts)
+    snapshot = record.to_dict()
+    snapshot["var_method"] = str(method)
+    snapshot["component_var"] = components
+    snapshot["backtest"] = None if backtest is None else dict(backtest)
+    return snapshot
 
 
 def snapshot_record(
@@ -164,8 +218,12 @@ def snapshot_record(
     peaks: EquityPeaks,
     marks: Mapping[str, Excursion],
     now: float,
+    method: VarMethod = VarMethod.NORMAL,
+    components: dict[str, float] | None = None,
 ) -> Snapshot:
-    """The snapshot of one portfolio at one tick (schema in the module docstring)."""
+    """The snapshot of one portfolio at one tick (schema in the module docstring); VaR / CVaR by ``method``.
+
+    ``components``, when given, receives each held ticker's component VaR (limit confidence and horizon)."""
     header = market.header
     ok = usable_prices(valuation)
     exposures = np.where(ok, valuation.market_values, 0.0)
@@ -173,19 +231,19 @@ def snapshot_record(
     held = np.flatnonzero(exposures != 0.0)
     # Risk on the held sub-matrix: w'Σw with zero weights elsewhere is the same number, at O(k²) not O(N²).
     dollars = exposures[held]
-    cov = market.cov[np.ix_(held, held)]
     stressed = market.stressed[np.ix_(held, held)]
     day = float(model.bars_per_day)
     low, high = REPORTED_CONFIDENCES  # reported as var95 / var99 (cvar95 / cvar99, stressed_var99)
-    var95, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, low, day, validate=False)
-    var99, _ = math_logic.get_portfolio_var(dollars, cov, 1.0, high, day, validate=False)
-    cvar95 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, low, day, validate=False)
-    cvar99 = math_logic.get_portfolio_cvar(dollars, cov, 1.0, high, day, validate=False)
+    one_bar = market.risk(VarMethod(method), held)
+    daily = one_bar.with_horizon(day)
+    var95, var99 = daily.var(dollars, low), daily.var(dollars, high)
+    cvar95, cvar99 = daily.cvar(dollars, low), daily.cvar(dollars, high)
     stressed99 = math_logic.get_stressed_var(dollars, stressed, 1.0, high, day, validate=False)
-    limit_horizon = model.bars_per_day * limits.var_horizon_days
-    limit_var, _ = math_logic.get_portfolio_var(
-        dollars, cov, 1.0, limits.var_confidence, limit_horizon, validate=False
-    )
+    at_limit = one_bar.with_horizon(model.bars_per_day * limits.var_horizon_days)
+    limit_var = at_limit.var(dollars, limits.var_confidence)
+    if components is not None and held.size:
+        shares = at_limit.component_var(dollars, limits.var_confidence)
+        components.update({header.tickers[i]: _f(float(c)) or 0.0 for i, c in zip(held, shares, strict=True)})
     var_limit = float(limits.var_limit)
 
     equity = valuation.equity

@@ -145,7 +145,13 @@ def test_snapshot_has_exactly_the_contract_keys(seeded_store: Store, settings: S
     assert set(snap) == {
         "portfolio_id", "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure",
         "net_exposure", "leverage", "pnl", "var", "drawdown", "concentration", "margin", "data",
-        "trading_state", "positions",
+        "trading_state", "positions", "var_method", "component_var", "backtest",
+    }  # fmt: skip
+    assert snap["var_method"] == "normal"
+    assert set(snap["component_var"]) == {"AAA", "BBB"}  # the held tickers
+    assert set(snap["backtest"]) == {
+        "method", "confidence", "exceedances", "zone", "observations", "bar_exceedances", "bar_zone",
+        "bar_observations", "methods",
     }  # fmt: skip
     assert set(snap["pnl"]) == {"unrealized", "realized", "daily", "total"}
     assert set(snap["var"]) == {"var95", "var99", "cvar95", "cvar99", "stressed_var99", "limit", "confidence",

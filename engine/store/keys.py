@@ -33,6 +33,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
                                              max_peak, max_dd, last (drawdown windows and daily P&L)
     pf:{<id>}:marks                 hash     ticker -> JSON {side, mfe, mae} excursions of open positions
+    pf:{<id>}:backtest              hash     state (JSON of logic.backtest.Backtester), summary (JSON), version
+                                             (market version of the last bar fed), token (new on every write)
     pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
     pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
     pf:{<id>}:alert_log             stream   every alert transition
@@ -154,6 +156,10 @@ class PortfolioKeys:
     def marks(self) -> str:
         return self._key("marks")
 
+    @property
+    def backtest(self) -> str:
+        return self._key("backtest")
+
     # alerts (engine/store/alerts.py)
     @property
     def alerts(self) -> str:
@@ -191,4 +197,5 @@ class PortfolioKeys:
             self.history, self.snapshot, self.peaks, self.marks,
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
+            self.backtest,
         )  # fmt: skip

@@ -1,9 +1,10 @@
 """What the monitor writes for each tick (logic/monitor.py): the latest snapshot and its history, the equity
-peaks of the drawdown windows, the excursions of open positions, and short leases.
+peaks of the drawdown windows, the excursions of open positions, the continuous VaR backtest, and short leases.
 
-Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:history``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks`` and
-``rd:lock:<name>`` (see :mod:`engine.store.keys`). Per-portfolio writes of one snapshot touch keys of one hash
-tag only and each runs in one Lua script, so two monitors (or a tick processed twice) never lose an update.
+Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:history``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks``,
+``pf:{<id>}:backtest`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`). Per-portfolio writes of one
+snapshot touch keys of one hash tag only and each runs in one Lua script, so two monitors (or a tick processed
+twice) never lose an update.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class MonitoringStore(StoreBase):
     @staticmethod
     def peaks_key(portfolio_id: str) -> str:
         return PortfolioKeys(portfolio_id).peaks
+
+    @staticmethod
+    def backtest_key(portfolio_id: str) -> str:
+        return PortfolioKeys(portfolio_id).backtest
 
     # -- equity peaks ----------------------------------------------------------------------------------------
     # KEYS[1] = pf:{id}:peaks (hash: day, day_open, day_peak, week, week_peak, max_peak, max_dd, last)
@@ -303,6 +308,50 @@ return id
         return int(self._conn(conn).xlen(PortfolioKeys(portfolio_id).history))
 
     # -- short leases ----------------------------------------------------------------------------------------
+    # -- continuous VaR backtest (logic/backtest_monitor.py) --------------------------------------------------
+    def write_backtest(
+        self,
+        portfolio_id: str,
+        state: Mapping[str, Any],
+        summary: Mapping[str, Any],
+        version: int,
+        token: str,
+        pipe: Conn = None,
+    ) -> None:
+        """Replace the portfolio's backtest: the backtester's state (bounded: its own record limit), the summary
+        the pages and the snapshot read, the market version of the last bar fed and a new ``token``."""
+        self._conn(pipe).hset(
+            PortfolioKeys(portfolio_id).backtest,
+            mapping={"state": encode_json(state), "summary": encode_json(summary), "version": int(version),
+                     "token": token},
+        )  # fmt: skip
+
+    def read_backtest_marker(self, portfolio_id: str, conn: Conn = None) -> tuple[int, str] | None:
+        """(version, token) of the stored backtest, None when there is none: one HMGET, no state decoded."""
+        key = PortfolioKeys(portfolio_id).backtest
+        raw = self._conn(conn).hmget(key, ["version", "token"])
+        if raw[0] is None:
+            return None
+        return decode_int(raw[0], key=f"{key}.version"), decode_str(raw[1], key=f"{key}.token")
+
+    def read_backtest_state(self, portfolio_id: str, conn: Conn = None) -> tuple[dict[str, Any], int, str] | None:
+        """(state, version, token) of the stored backtest; None when there is none."""
+        key = PortfolioKeys(portfolio_id).backtest
+        raw = self._conn(conn).hmget(key, ["state", "version", "token"])
+        if raw[0] is None:
+            return None
+        return (
+            decode_object(raw[0], key=f"{key}.state"),
+            decode_int(raw[1], key=f"{key}.version"),
+            decode_str(raw[2], key=f"{key}.token"),
+        )
+
+    def read_backtest_summary(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
+        """The stored summary (per track and method: counts, Kupiec, Christoffersen, zone), or None."""
+        key = PortfolioKeys(portfolio_id).backtest
+        raw = self._conn(conn).hget(key, "summary")
+        return None if raw is None else decode_object(raw, key=f"{key}.summary")
+
     def acquire_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
         """Take the short lease ``name`` unless someone holds it (SET NX PX); True when taken."""
         return bool(self.client.set(lock_key(name), token, nx=True, px=max(1, int(ttl_seconds * 1000))))

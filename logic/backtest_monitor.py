@@ -1,0 +1,217 @@
+"""The monitor's continuous VaR backtest: one :class:`logic.backtest.Backtester` per portfolio, fed every tick.
+
+Each tick event (a market bar) is fed to every portfolio's backtester with the bar's prices and the positions
+held at it, so every configured method (``model.backtest_methods``) forecasts the VaR of the same book at the
+same bar and is checked against the same clean P&L (the positions held at the forecast, revalued at the close of
+the horizon): at one bar and at the limit's horizon (``bars_per_day * var_horizon_days`` bars, non-overlapping),
+at ``model.backtest_confidence``. It is the code path of ``python -m logic.backtest`` (:func:`backtest_config`
+gives the same configuration), so a replay through the daemons and the CLI on the same closes agree exactly.
+
+State: ``pf:{id}:backtest`` holds the backtester (its JSON state, bounded by ``max_records`` closed
+observations), its summary and the market version of the last bar fed, written in the monitor's MULTI with the
+tick's snapshots and acknowledgement, so a bar is counted exactly once. A monitor keeps the backtesters in memory
+and reloads one when the stored token is not its own (another monitor fed a bar). A tick not newer than the
+stored version is not fed again; a tick whose tickers differ from the backtester's (the universe grew) starts a
+new backtest; a ``reset`` tick (a new replay: its prices do not follow the previous ones) gives no return and
+drops the open forecasts.
+
+Alert metrics (the snapshot's ``backtest`` section, see :func:`snapshot_section`): ``backtest.exceedances`` and
+``backtest.zone`` are the rolling (last 250 observations) exceedance count and Basel zone of the portfolio's own
+method at the limit's horizon, the zone as a number: 0 green, 1 yellow, 2 red (:data:`ZONE_LEVELS`), so a rule
+``backtest.zone >= 1`` pages when the model goes yellow and ``>= 2`` when it goes red. ``backtest.bar_*`` are the
+same on the one-bar track and ``backtest.<method>.*`` each configured method's. All are null (the rule does not
+apply) before the first closed horizon.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from engine.errors import CorruptDataError
+from engine.records import VarMethod
+from engine.settings import Settings
+from engine.store import Conn, Store, TickEvent
+from logic.backtest import BacktestConfig, Backtester, Track
+
+log = logging.getLogger("riskdesk.backtest")
+
+ZONE_LEVELS: Mapping[str, int] = {"green": 0, "yellow": 1, "red": 2}
+"""Basel zone -> the number alert rules compare (``backtest.zone``)."""
+BACKTEST_MAX_RECORDS = 1000
+"""Closed observations each stored backtest keeps (per portfolio, both tracks together)."""
+TRACK_FIELDS = {Track.LIMIT: "", Track.BAR: "bar_"}
+"""Prefix of a track's fields in the snapshot section."""
+
+
+def horizon_bars(settings: Settings, portfolio_id: str) -> int:
+    """The limit's horizon in whole bars (at least one)."""
+    limits = settings.limits_for(portfolio_id)
+    return max(1, round(settings.model.bars_per_day * limits.var_horizon_days))
+
+
+def backtest_config(settings: Settings, portfolio_id: str) -> BacktestConfig:
+    """The configuration of a portfolio's continuous backtest (what ``python -m logic.backtest`` takes as
+    ``--method``, ``--confidence``, ``--window``, ``--decay`` and ``--horizon-bars``)."""
+    model = settings.model
+    return BacktestConfig(
+        methods=tuple(model.backtest_methods),
+        confidence=float(model.backtest_confidence),
+        window=int(model.fhs_window),
+        decay=float(model.ewma_decay),
+        horizon_bars=horizon_bars(settings, portfolio_id),
+        max_records=BACKTEST_MAX_RECORDS,
+    )
+
+
+def summary_of(bt: Backtester) -> dict[str, Any]:
+    """The stored summary: per track and method, :class:`logic.backtest.MethodSummary` as a dict."""
+    return {
+        "confidence": bt.config.confidence,
+        "horizon_bars": bt.config.horizon_bars,
+        "methods": [str(m) for m in bt.config.methods],
+        "bars": bt.bar + 1,
+        "ready": bt.ready,
+        "tracks": {str(t): {str(m): s.to_dict() for m, s in bt.summary(t).items()} for t in Track},
+    }
+
+
+def _track_fields(track: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
+    if not track:
+        return {f"{prefix}exceedances": None, f"{prefix}zone": None, f"{prefix}observations": 0}
+    zone = track.get("zone")
+    return {
+        f"{prefix}exceedances": track["rolling_exceedances"] if track.get("rolling_observations") else None,
+        f"{prefix}zone": ZONE_LEVELS[zone] if zone is not None else None,
+        f"{prefix}observations": int(track.get("rolling_observations") or 0),
+    }
+
+
+def snapshot_section(summary: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:
+    """The snapshot's ``backtest`` section (module docstring) from a stored summary; None without one."""
+    if summary is None:
+        return None
+    tracks = summary.get("tracks", {})
+    methods = {}
+    for m in summary.get("methods", []):
+        fields: dict[str, Any] = {}
+        for track, prefix in TRACK_FIELDS.items():
+            fields.update(_track_fields(tracks.get(str(track), {}).get(m), prefix))
+        methods[m] = fields
+    own = methods.get(str(method))
+    section: dict[str, Any] = {"method": str(method), "confidence": summary.get("confidence")}
+    if own is None:  # the portfolio's method is not backtested: its fields do not apply
+        for prefix in TRACK_FIELDS.values():
+            section.update(_track_fields(None, prefix))
+    else:
+        section.update(own)
+    section["methods"] = methods
+    return section
+
+
+@dataclass
+class _Book:
+    bt: Backtester
+    token: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Fed:
+    """A backtest fed with one tick, waiting for the monitor's transaction."""
+
+    portfolio_id: str
+    bt: Backtester
+    version: int
+    token: str
+    summary: dict[str, Any]
+
+
+class BacktestBooks:
+    """The monitor's backtesters, one per portfolio, kept in step with the store (module docstring)."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._books: dict[str, _Book] = {}
+        self._summaries: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def feed(
+        self, event: TickEvent, portfolios: Mapping[str, np.ndarray], conn: Conn = None
+    ) -> dict[str, Fed]:
+        """Feed ``event`` to the backtest of each portfolio (``portfolios``: id -> qty in ``event.tickers``
+        order); returns what to write. Reads the stored markers through ``conn`` (the monitor's WATCHing
+        pipeline, so a concurrent write by another monitor aborts the transaction). Nothing is kept until
+        :meth:`commit`."""
+        pids = list(portfolios)
+        markers = {pid: self.store.read_backtest_marker(pid, conn) for pid in pids}
+        label = datetime.fromtimestamp(event.bar_ts, UTC).isoformat()
+        prices = np.asarray(event.prices, dtype=np.float64)
+        if not (np.isfinite(prices).all() and (prices > 0).all()):
+            log.debug("tick %s has tickers without a usable price: no backtest bar", event.version)
+            return {}
+        out: dict[str, Fed] = {}
+        for pid in pids:
+            marker = markers[pid]
+            if marker is not None and event.version <= marker[0]:
+                continue  # fed already (a lagging or second monitor)
+            book = self._book(pid, marker)
+            config = backtest_config(self.settings, pid)
+            if book is None or book.bt.tickers != event.tickers or book.bt.config != config:
+                bt = Backtester(event.tickers, config)
+            else:
+                bt = book.bt  # fed in place: a failed transaction calls discard(), which forgets it
+            if event.reset:
+                bt.last_prices = None  # no return across two unrelated price series
+                bt.pending.clear()  # a horizon spanning the reset has no meaningful P&L
+            bt.step(prices, np.asarray(portfolios[pid], dtype=np.float64), label)
+            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary_of(bt))
+        return out
+
+    def _book(self, pid: str, marker: tuple[int, str] | None) -> _Book | None:
+        if marker is None:
+            self._books.pop(pid, None)
+            return None
+        book = self._books.get(pid)
+        if book is not None and book.token == marker[1]:
+            return book
+        stored = self.store.read_backtest_state(pid)
+        if stored is None:
+            return None
+        state, version, token = stored
+        try:
+            bt = Backtester.from_dict(state)
+        except ValueError as exc:
+            raise CorruptDataError(f"portfolio {pid}: stored backtest unreadable ({exc})") from exc
+        book = _Book(bt, token, version)
+        self._books[pid] = book
+        return book
+
+    def write(self, fed: Mapping[str, Fed], pipe: Conn) -> None:
+        for f in fed.values():
+            self.store.write_backtest(f.portfolio_id, f.bt.to_dict(), f.summary, f.version, f.token, pipe)
+
+    def commit(self, fed: Mapping[str, Fed]) -> None:
+        """The transaction holding ``fed`` succeeded: keep its backtesters as this monitor's."""
+        for f in fed.values():
+            self._books[f.portfolio_id] = _Book(f.bt, f.token, f.version)
+            self._summaries[f.portfolio_id] = (f.token, f.summary)
+
+    def discard(self) -> None:
+        """The transaction failed: what was fed in memory may be ahead of the store; reload on next use."""
+        self._books.clear()
+        self._summaries.clear()
+
+    def summaries(self, pids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Each portfolio's latest summary: this monitor's, else the stored one."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for pid in pids:
+            mine = self._summaries.get(pid)
+            out[pid] = mine[1] if mine is not None else self.store.read_backtest_summary(pid)
+        return out
