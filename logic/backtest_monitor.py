@@ -39,11 +39,12 @@ from engine.records import VarMethod
 from engine.settings import Settings
 from engine.store import Conn, Store, TickEvent
 from logic.backtest import BacktestConfig, Backtester, Track
+from logic.rules import BACKTEST_ZONES
 
 log = logging.getLogger("riskdesk.backtest")
 
-ZONE_LEVELS: Mapping[str, int] = {"green": 0, "yellow": 1, "red": 2}
-"""Basel zone -> the number alert rules compare (``backtest.zone``)."""
+ZONE_LEVELS: Mapping[str, int] = BACKTEST_ZONES
+"""Basel zone -> the number alert rules compare (``backtest.zone``): :data:`logic.rules.BACKTEST_ZONES`."""
 BACKTEST_MAX_RECORDS = 1000
 """Closed observations each stored backtest keeps (per portfolio, both tracks together)."""
 TRACK_FIELDS = {Track.LIMIT: "", Track.BAR: "bar_"}
@@ -142,9 +143,7 @@ class BacktestBooks:
         self._books: dict[str, _Book] = {}
         self._summaries: dict[str, tuple[str, dict[str, Any]]] = {}
 
-    def feed(
-        self, event: TickEvent, portfolios: Mapping[str, np.ndarray], conn: Conn = None
-    ) -> dict[str, Fed]:
+    def feed(self, event: TickEvent, portfolios: Mapping[str, np.ndarray], conn: Conn = None) -> dict[str, Fed]:
         """Feed ``event`` to the backtest of each portfolio (``portfolios``: id -> qty in ``event.tickers``
         order); returns what to write. Reads the stored markers through ``conn`` (the monitor's WATCHing
         pipeline, so a concurrent write by another monitor aborts the transaction). Nothing is kept until

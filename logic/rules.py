@@ -38,7 +38,7 @@ from typing import Any
 import redis
 
 from engine.errors import ConfigError, RiskdeskError
-from engine.records import Clock, Severity
+from engine.records import Clock, Severity, VarMethod
 from engine.settings import AlertRule, valid_symbol
 from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
 from logic.actions import parse_action
@@ -84,14 +84,33 @@ SNAPSHOT_METRICS: Mapping[str, str] = {
     "margin.maintenance": "money",
     "data.market_age_seconds": "seconds",
     "data.missing_prices": "count",
+    "backtest.exceedances": "count",
+    "backtest.zone": "number",
+    "backtest.bar_exceedances": "count",
+    "backtest.bar_zone": "number",
+    **{f"backtest.methods.{m}.{f}": u for m in VarMethod for f, u in (
+        ("exceedances", "count"), ("zone", "number"), ("bar_exceedances", "count"), ("bar_zone", "number"),
+    )},  # fmt: skip
 }
 """Every metric path a rule may use, with its unit (how notifications format it). These are the numeric
 fields of the monitor's snapshot (see the snapshot schema in README / the contracts); ``data.missing_prices``
-is a list and a rule compares its length. ``margin.level`` is in percent points (150 = 150%)."""
+is a list and a rule compares its length. ``margin.level`` is in percent points (150 = 150%).
 
-NOT_APPLICABLE_WHEN_NULL = frozenset({"margin.level"})
+``backtest.exceedances`` / ``backtest.zone``: the continuous VaR backtest of the portfolio's own method at the
+limit's horizon (:mod:`logic.backtest_monitor`): exceedances among the last 250 closed horizons and their Basel
+zone as a number, 0 green, 1 yellow, 2 red (``backtest.zone >= 1`` pages when the model goes yellow, ``>= 2``
+when it goes red); ``backtest.bar_*`` the same for one-bar VaR, ``backtest.methods.<method>.*`` for each
+configured method."""
+
+BACKTEST_ZONES = {"green": 0, "yellow": 1, "red": 2}
+"""Basel zone -> the value of ``backtest.zone`` (the snapshot writes it; thresholds compare with it)."""
+
+NOT_APPLICABLE_WHEN_NULL = frozenset(
+    {"margin.level", *(metric for metric in SNAPSHOT_METRICS if metric.startswith("backtest."))}
+)
 """Metrics whose ``null`` means "does not apply" (a cash account has no margin level; a margin account
-without exposure uses no margin): a rule on them does not breach. Any other ``null`` (a value that could not
+without exposure uses no margin; a backtest with no closed horizon yet has no count): a rule on them does not
+breach. Any other ``null`` (a value that could not
 be computed) or absent field is *no data* and follows the rule's stale-data policy."""
 
 

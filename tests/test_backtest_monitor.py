@@ -1,0 +1,222 @@
+"""The continuous VaR backtest: real daemons replay real S&P 500 closes, the monitor stores each portfolio's
+backtest, and the stored numbers equal ``python -m logic.backtest`` on the same closes; an alert rule on
+``backtest.zone`` fires when the normal model goes red.
+
+Data: ``arch.data.sp500`` (Yahoo Finance ^GSPC daily adjusted closes, shipped with the arch package), the
+360 trading days 2007-06-01 .. 2008-10-31. With lambda = 0.94, a 50-return window (30 more seed the matrix)
+and 99% one-day VaR, the normal model's rolling exceedance count reaches the Basel red zone (10) at the
+September-October 2008 crash; FHS stays below it.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import warmup
+from engine.records import AlertStatus
+from engine.redis_server import EmbeddedRedis
+from engine.settings import Settings, settings_from_dict
+from engine.store import PortfolioKeys, Store
+from logic.backtest import Backtester, Track
+from logic.backtest_monitor import ZONE_LEVELS, backtest_config, snapshot_section
+
+from .conftest import TEST_CONFIG, merge, to_toml
+from .test_stream import ROOT, daemon_env, spawn, stop_process
+
+START, END = "2007-06-01", "2008-10-31"
+WINDOW = 50
+HORIZON_DAYS = 5.0
+"""The limit's horizon of the portfolio ``tail`` (five daily bars); ``idx`` keeps one day."""
+
+CONFIG: dict[str, Any] = merge(
+    {k: v for k, v in TEST_CONFIG.items() if k not in ("universe", "portfolios", "stress_scenarios")},
+    {
+        "model": {"ewma_decay": 0.94, "bars_per_day": 1, "fhs_window": WINDOW, "backtest_confidence": 0.99},
+        "universe": {"assets": {"SPX": {"price": 1500.0, "annual_vol": 0.2}}},
+        "limits": {"var_limit": 10_000_000},
+        "portfolios": [
+            {"id": "idx", "account_type": "cash", "cash": "1000000.00", "holdings": {"SPX": 100}},
+            {
+                "id": "tail",
+                "account_type": "cash",
+                "cash": "1000000.00",
+                "holdings": {"SPX": 100},
+                "var_method": "fhs",
+                "limits": {"var_horizon_days": HORIZON_DAYS},
+            },
+        ],  # fmt: skip
+        "alert_rules": [
+            {
+                "id": "bt_red",
+                "metric": "backtest.zone",
+                "op": ">=",
+                "threshold": 2,
+                "severity": "CRITICAL",
+                "description": "the VaR model is in the Basel red zone",
+                "portfolios": ["idx"],
+            },
+        ],  # fmt: skip
+    },
+)
+
+
+def _closes(path: Path) -> int:
+    """The S&P 500 closes of [START, END] as a wide CSV ``date,SPX``; returns the number of rows."""
+    from arch.data import sp500
+
+    closes = sp500.load()["Adj Close"][START:END]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["date", "SPX"])
+        for day, close in closes.items():
+            w.writerow([day.date().isoformat(), repr(float(close))])
+    return len(closes)
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -> Iterator[dict[str, Any]]:
+    """Warm-up, then the real stream daemon replays the closes while the real monitor (with its alert engine)
+    processes every tick. Runs once for the module."""
+    import redis
+
+    tmp = tmp_path_factory.mktemp("replay")
+    closes = tmp / "spx.csv"
+    rows = _closes(closes)
+    config = tmp / "riskdesk.toml"
+    config.write_text(to_toml(CONFIG))
+    settings = settings_from_dict(CONFIG)
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    store = Store(client)
+    warmup.seed(store, settings, now=1.0)
+    env = daemon_env(redis_server.url, config)
+    monitor = spawn("logic.monitor", ["--ticks", str(rows), "--idle-refresh", "0"], env, tmp / "monitor.log")
+    try:
+        stream = subprocess.run(
+            [sys.executable, "-m", "engine.stream", "--feed", "replay", "--file", str(closes), "--interval", "0"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert stream.returncode == 0, stream.stderr
+        assert monitor.wait(timeout=300) == 0, (tmp / "monitor.log").read_text()
+    finally:
+        stop_process(monitor)
+    yield {"store": store, "settings": settings, "closes": closes, "rows": rows, "tmp": tmp}
+    client.flushdb()
+    client.close()
+
+
+def _cli(closes: Path, tmp: Path, settings: Settings, portfolio_id: str) -> tuple[str, list[dict[str, str]]]:
+    book = tmp / f"{portfolio_id}.csv"
+    holdings = settings.portfolio(portfolio_id).holdings
+    book.write_text("ticker,qty\n" + "".join(f"{t},{q}\n" for t, q in holdings.items()))
+    cfg = backtest_config(settings, portfolio_id)
+    series = tmp / f"{portfolio_id}-series.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "logic.backtest", "--history", str(closes), "--book", str(book),
+         "--method", ",".join(cfg.methods), "--confidence", repr(cfg.confidence), "--window", str(cfg.window),
+         "--decay", repr(cfg.decay), "--horizon-bars", str(cfg.horizon_bars), "--out", str(series)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with series.open(newline="") as fh:
+        return done.stdout, list(csv.DictReader(fh))
+
+
+def test_the_monitors_stored_backtest_after_a_replay_equals_the_command_line_backtest(
+    replay: dict[str, Any],
+) -> None:
+    store, settings = replay["store"], replay["settings"]
+    for pid in ("idx", "tail"):
+        stored = store.read_backtest_state(pid)
+        assert stored is not None
+        state, version, _ = stored
+        bt = Backtester.from_dict(state)
+        stdout, series = _cli(replay["closes"], replay["tmp"], settings, pid)
+
+        assert version == replay["rows"]  # every bar fed once: market versions 1..rows
+        assert bt.bar + 1 == replay["rows"]
+        tracks = list(Track) if bt.config.horizon_bars > 1 else [Track.BAR]  # what the CLI reports
+        records = [r for r in bt.records if r.track in tracks]
+        assert len(records) == len(series) > 250
+        for rec, row in zip(records, series, strict=True):
+            assert str(rec.track) == row["track"]
+            assert rec.pnl == float(row["pnl"])  # exactly: the same code path on the same floats
+            for m in bt.config.methods:
+                assert rec.var[m] == float(row[f"var_{m}"])
+                assert int(rec.hit[m]) == int(row[f"hit_{m}"])
+        summary = store.read_backtest_summary(pid)
+        assert summary is not None
+        for track in tracks:
+            for m, s in summary["tracks"][str(track)].items():
+                assert s == bt.summary(track)[m].to_dict()  # type: ignore[index]
+                # the CLI prints the same counts: "method obs exceed rate ..."
+                line = next(
+                    ln
+                    for ln in stdout.splitlines()[stdout.splitlines().index(f"{track} track, 99.00% VaR") :]
+                    if ln.split()[:1] == [m]
+                )
+                assert line.split()[1:3] == [str(s["observations"]), str(s["exceedances"])]
+                assert line.split()[-1] == (s["zone"] or "-")
+
+
+def test_the_normal_model_goes_red_and_fhs_does_not_on_the_2008_replay(replay: dict[str, Any]) -> None:
+    stored = replay["store"].read_backtest_state("idx")
+    assert stored is not None
+    records = [r for r in Backtester.from_dict(stored[0]).records if r.track is Track.BAR]
+
+    def worst_rolling(method: str) -> int:  # the most exceedances in any 250 consecutive closed days
+        hits = np.array([int(r.hit[method]) for r in records])  # type: ignore[index]
+        return int(max(hits[max(0, k - 250) : k].sum() for k in range(1, len(hits) + 1)))
+
+    # Basel at 99% over 250 days: red from 10 exceedances
+    assert worst_rolling("normal") >= 10
+    assert worst_rolling("fhs") < 10
+
+
+def test_a_rule_on_backtest_zone_fires_when_the_replay_drives_the_normal_model_red(
+    replay: dict[str, Any],
+) -> None:
+    store = replay["store"]
+
+    records = store.read_stream_json(PortfolioKeys("idx").alert_log, count=10_000, newest_first=False)
+
+    fired = [r for r in records if r.get("rule_id") == "bt_red" and r.get("event") == AlertStatus.TRIGGERED]
+    assert fired, f"no bt_red alert in {records[-5:]}"
+    assert fired[0]["alert"]["value"] >= ZONE_LEVELS["red"]
+    # the portfolio on fhs has no such rule; its snapshot reports its own method's zone
+    tail = store.read_snapshot("tail")
+    tail_summary = store.read_backtest_summary("tail")
+    assert tail is not None and tail_summary is not None
+    assert tail["var_method"] == "fhs" and tail["backtest"]["method"] == "fhs"
+    assert tail["backtest"]["bar_zone"] == ZONE_LEVELS[tail_summary["tracks"]["bar"]["fhs"]["zone"]]
+
+
+def test_the_snapshot_section_reads_the_portfolios_own_method_and_every_method() -> None:
+    summary = {
+        "confidence": 0.99,
+        "methods": ["normal", "fhs"],
+        "tracks": {
+            "limit": {"normal": {"rolling_observations": 3, "rolling_exceedances": 1, "zone": "yellow"},
+                      "fhs": {"rolling_observations": 3, "rolling_exceedances": 0, "zone": "green"}},
+            "bar": {"normal": {"rolling_observations": 0, "rolling_exceedances": 0, "zone": None},
+                    "fhs": {"rolling_observations": 250, "rolling_exceedances": 10, "zone": "red"}},
+        },
+    }  # fmt: skip
+
+    normal = snapshot_section(summary, "normal")  # type: ignore[arg-type]
+    fhs = snapshot_section(summary, "fhs")  # type: ignore[arg-type]
+    student = snapshot_section(summary, "student_t")  # type: ignore[arg-type]
+
+    assert normal is not None and (normal["exceedances"], normal["zone"]) == (1, 1)
+    assert (normal["bar_exceedances"], normal["bar_zone"]) == (None, None)  # no closed bar yet: not applicable
+    assert fhs is not None and (fhs["zone"], fhs["bar_zone"], fhs["bar_exceedances"]) == (0, 2, 10)
+    assert student is not None and student["zone"] is None and student["methods"]["fhs"]["bar_zone"] == 2
+    assert snapshot_section(None, "normal") is None  # type: ignore[arg-type]
