@@ -10,6 +10,7 @@ P&L of the book with the trade.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from engine.stream import StreamDaemon
 from logic.risk_models import risk_model_of
 from logic.var_methods import risk_model
 
+from .conftest import TEST_CONFIG
 from .test_stream import ewma_from_ticks
 
 WINDOW = 20
@@ -226,3 +228,72 @@ def test_fhs_without_a_stored_window_is_a_clear_error(store: Store, make_setting
     with pytest.raises(StoreEmptyError, match="standardized returns"):
         risk_model_of(model, VarMethod.FHS, 1.0)
     assert math.isfinite(risk_model_of(model, VarMethod.NORMAL, 1.0).var(np.ones(4), 0.99))
+
+
+# -- the monitor's snapshot ------------------------------------------------------------------------------------
+
+
+def _fitted_dof(z: np.ndarray) -> float:
+    """ν = 6 / κ + 4 from the zero-mean excess kurtosis of the pooled window, in [3, 30] (written out here)."""
+    z2 = np.square(z.ravel())
+    kurtosis = np.mean(z2**2) / np.mean(z2) ** 2 - 3.0
+    return 30.0 if kurtosis <= 0 else float(min(max(6.0 / kurtosis + 4.0, 3.0), 30.0))
+
+
+@pytest.mark.parametrize("method", list(VarMethod))
+def test_the_monitors_snapshot_var_and_cvar_under_each_method_equal_risk_model_on_the_same_inputs(
+    store: Store, make_settings: Callable[..., Settings], method: VarMethod
+) -> None:
+    from logic.monitor import Monitor
+
+    settings = _settings(make_settings, var_method=str(method))
+    warmup.seed(store, settings, now=1.0)
+    start = store.read_market()
+    monitor = Monitor(store, settings, clock=lambda: 3.0, idle_refresh_seconds=0)
+    StreamDaemon(store, settings, IterableFeed(_bars(start, 3)), interval=0, clock=lambda: 2.0).run()
+
+    monitor.process_available()
+
+    snap = store.read_market()
+    window = store.read_standardized()
+    tick = store.last_tick()
+    assert tick is not None and window.tickers == snap.tickers
+    expected = risk_model(
+        method, snap.cov, horizon_bars=390.0, standardized=window.values,
+        current_vol=np.sqrt(np.diagonal(snap.cov)), dof=_fitted_dof(window.values),
+    )  # fmt: skip
+    limits = settings.limits_for("hedge")
+    for pid in ("main", "hedge"):
+        snapshot = store.read_snapshot(pid)
+        assert snapshot is not None and snapshot["version"] == 3 and snapshot["var_method"] == str(method)
+        holdings = settings.portfolio(pid).holdings
+        x = np.array([holdings.get(t, 0) * p for t, p in zip(snap.tickers, tick.prices, strict=True)])
+        var = snapshot["var"]
+        assert var["var95"] == pytest.approx(expected.var(x, 0.95), rel=1e-9)
+        assert var["var99"] == pytest.approx(expected.var(x, 0.99), rel=1e-9)
+        assert var["cvar95"] == pytest.approx(expected.cvar(x, 0.95), rel=1e-9)
+        assert var["cvar99"] == pytest.approx(expected.cvar(x, 0.99), rel=1e-9)
+        assert var["cvar99"] >= var["var99"] > 0
+        limit_var = expected.with_horizon(390.0 * limits.var_horizon_days).var(x, limits.var_confidence)
+        assert var["utilization"] == pytest.approx(limit_var / float(limits.var_limit), rel=1e-9)
+        assert sum(snapshot["component_var"].values()) == pytest.approx(limit_var, rel=1e-9)
+        assert set(snapshot["component_var"]) == set(holdings)
+
+
+def test_a_portfolio_overrides_the_models_var_method(store: Store, make_settings: Callable[..., Settings]) -> None:
+    from logic.monitor import Monitor
+
+    portfolios = copy.deepcopy(TEST_CONFIG["portfolios"])
+    portfolios[1]["var_method"] = "fhs"  # hedge on fhs, main on the model's student_t
+    settings = make_settings(
+        {"model": {"fhs_window": WINDOW, "var_method": "student_t"}, "portfolios": portfolios}
+    )
+    warmup.seed(store, settings, now=1.0)
+
+    Monitor(store, settings, clock=lambda: 3.0, idle_refresh_seconds=0).refresh()
+
+    main, hedge = store.read_snapshot("main"), store.read_snapshot("hedge")
+    assert main is not None and hedge is not None
+    assert (main["var_method"], hedge["var_method"]) == ("student_t", "fhs")
+    assert settings.var_method_for("main") is VarMethod.STUDENT_T
+    assert settings.var_method_for("hedge") is VarMethod.FHS
