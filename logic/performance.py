@@ -314,7 +314,7 @@ def liquidation_costs(
     if not (len(tickers) == q.size == px.size == vol.size):
         raise ValueError("tickers, qty, prices and daily_vols must have one length")
     out = []
-    for i in np.flatnonzero(q != 0):
+    for i in (int(j) for j in np.flatnonzero(q != 0)):
         ticker, price = tickers[i], float(px[i])
         asset = assets.get(ticker, _DEFAULT_ASSET)
         half_spread = price * float(asset.spread_bps) / 20_000.0
@@ -391,7 +391,7 @@ def fan_chart(
     qs = tuple(float(q) for q in percentiles)
     levels = np.percentile(paths, qs, axis=0)
     return FanChart(
-        days=np.arange(steps + 1) * (horizon_bars / steps) / bars_per_day,
+        days=np.arange(steps + 1, dtype=np.float64) * (horizon_bars / steps / bars_per_day),
         bands={q: levels[i] for i, q in enumerate(qs)},
         start_value=float(start_value),
         horizon_days=horizon_bars / bars_per_day,

@@ -63,16 +63,16 @@ def concentration_and_liquidity(pv: views.PerformanceView) -> None:
         if lq is None:
             st.info(f"LVaR n/a: {ui.md(pv.liquidity_reason)}.", icon=":material/info:")
             return
-        c = st.columns(3)
+        m = st.columns(3)
         for i, confidence in enumerate(sorted(lq.var)):
-            c[i].metric(
+            m[i].metric(
                 f"LVaR {confidence:.0%} (1 day)",
                 ui.money(lq.lvar(confidence)),
                 f"VaR {ui.money(lq.var[confidence])}",
                 delta_color="off",
                 delta_arrow="off",
             )
-        c[2].metric("Liquidation cost", ui.money(lq.cost), help="half spread + square-root impact, all positions")
+        m[2].metric("Liquidation cost", ui.money(lq.cost), help="half spread + square-root impact, all positions")
         ui.table(pv.liquidity_frame, "liquidation", f"liquidation_{pv.portfolio_id}.csv", empty="No positions.")
 
 
