@@ -116,6 +116,9 @@ def test_a_minute_spaced_series_annualises_with_1440_periods_a_day() -> None:
     minute = performance_stats(60.0 * np.arange(6), equity, 252)
     assert daily.periods_per_year == 252
     assert minute.periods_per_year == 252 * 1440
+    r = np.array(returns)
+    assert minute.sharpe.value == pytest.approx(r.mean() / r.std() * math.sqrt(252 * 1440), rel=1e-12)
+    assert daily.sharpe.value is not None and daily.sortino.value is not None
     assert minute.sharpe.value == pytest.approx(daily.sharpe.value * math.sqrt(1440), rel=1e-12)
     assert minute.sortino.value == pytest.approx(daily.sortino.value * math.sqrt(1440), rel=1e-12)
     assert minute.kelly.value == pytest.approx(daily.kelly.value, rel=1e-12)  # Kelly has no time unit
@@ -143,7 +146,7 @@ def test_equity_at_or_below_zero_or_no_elapsed_time_gives_a_reason() -> None:
 
 
 def test_equity_points_sorts_by_time_and_skips_points_without_equity() -> None:
-    points = [
+    points: list[dict[str, Any]] = [
         {"ts": 30.0, "equity": 103.0},
         {"ts": 10.0, "equity": 101.0},
         {"ts": 20.0, "equity": None},
@@ -303,6 +306,7 @@ def test_the_view_lvar_adds_the_liquidation_costs_to_the_monitors_var(
     monitor_snapshots(seeded_store, settings)
     view = performance_view(Desk(redis_client, settings), "main", DAY)
     snapshot = seeded_store.read_snapshot("main")
+    assert snapshot is not None
     market = seeded_store.read_market()
     index = {t: i for i, t in enumerate(market.tickers)}
     cost = 0.0
@@ -353,6 +357,7 @@ def test_performance_page_shows_ratios_bands_lvar_var_trend_and_fan(app_env: Sto
     assert metric(at, "Returns (observations)") == f"{len(history) - 1:,}"
     assert metric(at, "Sharpe") != "n/a"
     snapshot = app_env.read_snapshot("main")
+    assert snapshot is not None
     assert metric(at, "HHI") == f"{snapshot['concentration']['hhi']:.3f}"
     assert "**High**" in joined(at.markdown)  # two positions of about equal value: HHI near 0.5
     lvar95 = float(metric(at, "LVaR 95% (1 day)").replace(",", ""))
