@@ -8,14 +8,13 @@ Pure functions over plain data (timestamps, equity values, arrays, settings sect
 
 Annualisation
 -------------
-The monitor stamps each history point with the time it was computed, and bars need not be one minute apart
-(``model.bar_interval_seconds`` is wall-clock pacing, and a monitor may be down for a while), so the period of
-a return is measured, never assumed: with T returns over ``elapsed = t_last - t_first`` seconds the spacing is
-``Δt = elapsed / T`` and a year holds ``P = D · 86 400 / Δt`` periods, ``D`` = ``model.trading_days_per_year``.
-The monitor's day is a calendar day (its daily drawdown resets once every 24 hours at
-``monitor.day_reset_hour``), so a daily-spaced history gives ``P = D`` and a minute-spaced one
-``P = 1 440 · D``. With the mean spacing, the Calmar ratio's ``(E_T / E_0)^{P/T}`` is exactly the growth over
-a year of ``D · 86 400`` seconds.
+The monitor stamps each history point with the time it was computed, and points need not be evenly spaced (a
+feed may be paced by the wall clock or by a replay's own bars, closed over weekends and holidays, or down for a
+while), so the period of a return is measured, never assumed: with T returns over ``elapsed = t_last - t_first``
+seconds the mean spacing is ``Δt = elapsed / T`` and a year holds ``P = Y / Δt`` periods, ``Y`` = one calendar
+year (365.25 days). Business-daily closes (about 252 a year, weekends and holidays skipped) give ``P ≈ 252``,
+weekly closes ``P ≈ 52``, a history with a point every minute around the clock ``P = 525 960``. With the mean
+spacing, the Calmar ratio's ``(E_T / E_0)^{P/T}`` is exactly the growth over one calendar year.
 """
 
 from __future__ import annotations
@@ -34,7 +33,8 @@ from engine.records import Float64Array
 from engine.settings import Asset
 
 SECONDS_PER_DAY: Final = 86_400.0
-"""Length of the monitor's day (a calendar day, see the module docstring)."""
+SECONDS_PER_YEAR: Final = 365.25 * SECONDS_PER_DAY
+"""One calendar year: the annualisation unit (see the module docstring)."""
 
 MIN_RETURNS: Final = 2
 """Fewest returns the ratios are computed from: one return has no dispersion."""
@@ -108,13 +108,11 @@ def concentration(exposures: npt.ArrayLike) -> Concentration:
 # -- return ratios -------------------------------------------------------------------------------------------
 
 
-def periods_per_year(spacing_seconds: float, trading_days_per_year: float) -> float:
-    """Return periods in a year at one return every ``spacing_seconds``: ``D · 86 400 / Δt``."""
+def periods_per_year(spacing_seconds: float) -> float:
+    """Return periods in a calendar year at one return every ``spacing_seconds`` on average: ``Y / Δt``."""
     if not (math.isfinite(spacing_seconds) and spacing_seconds > 0):
         raise ValueError(f"spacing_seconds must be > 0, got {spacing_seconds}")
-    if not (math.isfinite(trading_days_per_year) and trading_days_per_year > 0):
-        raise ValueError(f"trading_days_per_year must be > 0, got {trading_days_per_year}")
-    return trading_days_per_year * SECONDS_PER_DAY / spacing_seconds
+    return SECONDS_PER_YEAR / spacing_seconds
 
 
 @dataclass(frozen=True)
@@ -196,17 +194,13 @@ def equity_points(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Fl
     return arr[:, 0].copy(), arr[:, 1].copy()
 
 
-def performance_stats(
-    ts: npt.ArrayLike, equity: npt.ArrayLike, trading_days_per_year: float, min_returns: int = MIN_RETURNS
-) -> PerformanceStats:
+def performance_stats(ts: npt.ArrayLike, equity: npt.ArrayLike, min_returns: int = MIN_RETURNS) -> PerformanceStats:
     """Sharpe, Sortino, Calmar and Kelly of the simple returns of an equity series stamped ``ts`` (seconds).
 
     Parameters
     ----------
     ts, equity : array_like, shape (T + 1,)
         Times (epoch seconds, non-decreasing) and equity of the points, oldest first.
-    trading_days_per_year : float
-        ``model.trading_days_per_year``.
     min_returns : int
         Fewest returns to compute from; fewer gives every ratio None with the reason.
 
@@ -238,7 +232,7 @@ def performance_stats(
     if elapsed <= 0:
         return _unavailable(observations, t, "every point has the same time: no period to annualise over")
     spacing = elapsed / observations
-    p = periods_per_year(spacing, trading_days_per_year)
+    p = periods_per_year(spacing)
     r = e[1:] / e[:-1] - 1.0
     flat = float(np.ptp(r)) == 0.0
     sharpe = _finite_ratio(

@@ -35,7 +35,8 @@ from .test_dashboard import (
     run_bars,
 )
 
-DAY = 86_400.0
+DAY = performance.SECONDS_PER_YEAR / 252
+"""Mean spacing of business-daily closes: 252 a year (weekends and holidays skipped)."""
 
 
 def equity_from(returns: list[float], start: float = 100.0) -> np.ndarray:
@@ -64,10 +65,11 @@ def test_ratios_of_alternating_daily_returns_equal_their_closed_forms() -> None:
     equity = equity_from(returns)
     ts = 1_700_000_000.0 + DAY * np.arange(n + 1)
     # Act
-    s = performance_stats(ts, equity, 252)
+    s = performance_stats(ts, equity)
     # Assert
     mean, std = (a + b) / 2, abs(a - b) / 2
-    assert s.observations == n and s.spacing_seconds == DAY and s.periods_per_year == 252
+    assert s.observations == n and s.spacing_seconds == pytest.approx(DAY, rel=1e-12)
+    assert s.periods_per_year == pytest.approx(252, rel=1e-9)
     assert s.sharpe.value == pytest.approx(mean / std * math.sqrt(252), rel=1e-12)
     assert s.sortino.value == pytest.approx(mean / math.sqrt(a * a / 2) * math.sqrt(252), rel=1e-12)
     assert s.kelly.value == pytest.approx(mean / std**2, rel=1e-12)
@@ -81,7 +83,7 @@ def test_ratios_of_alternating_daily_returns_equal_their_closed_forms() -> None:
 
 def test_two_returns_are_enough_and_give_the_two_point_closed_form() -> None:
     r1, r2 = 0.03, -0.01
-    s = performance_stats([0.0, DAY, 2 * DAY], equity_from([r1, r2]), 252)
+    s = performance_stats([0.0, DAY, 2 * DAY], equity_from([r1, r2]))
     assert s.observations == 2
     assert s.sharpe.value == pytest.approx((r1 + r2) / abs(r1 - r2) * math.sqrt(252), rel=1e-12)
     assert s.kelly.value == pytest.approx(((r1 + r2) / 2) / ((r1 - r2) / 2) ** 2, rel=1e-12)
@@ -89,18 +91,18 @@ def test_two_returns_are_enough_and_give_the_two_point_closed_form() -> None:
 
 
 def test_one_return_is_too_few_and_every_ratio_says_why() -> None:
-    s = performance_stats([0.0, DAY], [100.0, 101.0], 252)
+    s = performance_stats([0.0, DAY], [100.0, 101.0])
     assert s.observations == 1
     assert all(r.value is None for r in s.ratios)
     assert s.reason is not None and "1 return(s)" in s.reason and "at least 2" in s.reason
     assert s.sharpe.reason == s.reason and s.sharpe.text() == "n/a"
-    empty = performance_stats([], [], 252)
+    empty = performance_stats([], [])
     assert empty.observations == 0 and empty.start_ts is None and empty.sharpe.value is None
 
 
 def test_constant_returns_have_no_sharpe_sortino_calmar_or_kelly_but_a_closed_form_growth() -> None:
     r, n = 0.001, 30
-    s = performance_stats(DAY * np.arange(n + 1), equity_from([r] * n), 252)
+    s = performance_stats(DAY * np.arange(n + 1), equity_from([r] * n))
     assert s.sharpe.value is None and "do not vary" in (s.sharpe.reason or "")
     assert s.kelly.value is None and "do not vary" in (s.kelly.reason or "")
     assert s.sortino.value is None and "no return below 0" in (s.sortino.reason or "")
@@ -112,37 +114,47 @@ def test_constant_returns_have_no_sharpe_sortino_calmar_or_kelly_but_a_closed_fo
 def test_a_minute_spaced_series_annualises_with_1440_periods_a_day() -> None:
     returns = [0.0002, -0.0001, 0.0003, -0.0002, 0.0001]
     equity = equity_from(returns)
-    daily = performance_stats(DAY * np.arange(6), equity, 252)
-    minute = performance_stats(60.0 * np.arange(6), equity, 252)
-    assert daily.periods_per_year == 252
-    assert minute.periods_per_year == 252 * 1440
+    daily = performance_stats(DAY * np.arange(6), equity)
+    minute = performance_stats(60.0 * np.arange(6), equity)
+    assert daily.periods_per_year == pytest.approx(252, rel=1e-15)
+    assert minute.periods_per_year == performance.SECONDS_PER_YEAR / 60.0  # around the clock: 525 960
     r = np.array(returns)
-    assert minute.sharpe.value == pytest.approx(r.mean() / r.std() * math.sqrt(252 * 1440), rel=1e-12)
+    assert minute.sharpe.value == pytest.approx(r.mean() / r.std() * math.sqrt(525_960), rel=1e-12)
     assert daily.sharpe.value is not None and daily.sortino.value is not None
-    assert minute.sharpe.value == pytest.approx(daily.sharpe.value * math.sqrt(1440), rel=1e-12)
-    assert minute.sortino.value == pytest.approx(daily.sortino.value * math.sqrt(1440), rel=1e-12)
+    assert minute.sharpe.value == pytest.approx(daily.sharpe.value * math.sqrt(DAY / 60.0), rel=1e-12)
+    assert minute.sortino.value == pytest.approx(daily.sortino.value * math.sqrt(DAY / 60.0), rel=1e-12)
     assert minute.kelly.value == pytest.approx(daily.kelly.value, rel=1e-12)  # Kelly has no time unit
+
+
+def test_weekday_closes_annualise_from_their_calendar_span_not_an_assumed_bar() -> None:
+    # 52 weeks of Monday-Friday closes: 260 returns over 364 calendar days (weekend gaps included)
+    days = np.array([w * 7 + d for w in range(52) for d in range(5)] + [364], dtype=np.float64)
+    rng = np.random.default_rng(3)
+    equity = equity_from(list(rng.normal(0.0, 0.01, days.size - 1)))
+    s = performance_stats(days * 86_400.0, equity)
+    assert s.observations == 260
+    assert s.periods_per_year == pytest.approx(260 * 365.25 / 364, rel=1e-12)
 
 
 def test_irregular_spacing_uses_the_mean_spacing_of_the_real_timestamps() -> None:
     ts = [0.0, 60.0, 180.0, 200.0, 600.0]  # a gap: the monitor was down for a while
-    s = performance_stats(ts, [100.0, 100.5, 100.2, 100.4, 100.1], 250)
+    s = performance_stats(ts, [100.0, 100.5, 100.2, 100.4, 100.1])
     assert s.spacing_seconds == 150.0
-    assert s.periods_per_year == pytest.approx(250 * DAY / 150.0, rel=1e-15)
+    assert s.periods_per_year == pytest.approx(performance.SECONDS_PER_YEAR / 150.0, rel=1e-15)
     assert s.annual_return.value is None or math.isfinite(s.annual_return.value)
 
 
 def test_a_window_too_short_to_annualise_says_so_instead_of_overflowing() -> None:
-    s = performance_stats([0.0, 1.0, 2.0], [100.0, 150.0, 140.0], 252)
+    s = performance_stats([0.0, 1.0, 2.0], [100.0, 150.0, 140.0])
     assert s.calmar.value is None and "overflows" in (s.calmar.reason or "")
     assert s.sharpe.value is not None  # the other ratios still stand
 
 
 def test_equity_at_or_below_zero_or_no_elapsed_time_gives_a_reason() -> None:
-    assert "equity was <= 0" in (performance_stats([0, 1, 2], [100.0, 0.0, 5.0], 252).reason or "")
-    assert "same time" in (performance_stats([5, 5, 5], [100.0, 101.0, 99.0], 252).reason or "")
+    assert "equity was <= 0" in (performance_stats([0, 1, 2], [100.0, 0.0, 5.0]).reason or "")
+    assert "same time" in (performance_stats([5, 5, 5], [100.0, 101.0, 99.0]).reason or "")
     with pytest.raises(ValueError, match="time order"):
-        performance_stats([2, 1, 3], [100.0, 101.0, 99.0], 252)
+        performance_stats([2, 1, 3], [100.0, 101.0, 99.0])
 
 
 def test_equity_points_sorts_by_time_and_skips_points_without_equity() -> None:
@@ -159,7 +171,7 @@ def test_equity_points_sorts_by_time_and_skips_points_without_equity() -> None:
 
 def test_periods_per_year_refuses_a_non_positive_spacing() -> None:
     with pytest.raises(ValueError, match="spacing_seconds"):
-        performance.periods_per_year(0.0, 252)
+        performance.periods_per_year(0.0)
 
 
 # -- concentration bands -------------------------------------------------------------------------------------
@@ -284,7 +296,7 @@ def test_the_view_computes_the_ratios_from_the_stored_history_at_its_real_spacin
     desk = Desk(redis_client, settings, clock=lambda: now)
     view = performance_view(desk, "main", 7 * DAY)
     s = view.stats
-    assert s.observations == len(returns) and s.periods_per_year == settings.model.trading_days_per_year
+    assert s.observations == len(returns) and s.periods_per_year == pytest.approx(252, rel=1e-9)
     r = np.array(returns)
     expected = r.mean() / math.sqrt(((r - r.mean()) ** 2).mean()) * math.sqrt(252)
     assert s.sharpe.value == pytest.approx(expected, rel=1e-9)

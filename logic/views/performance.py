@@ -92,7 +92,7 @@ def performance_view(
     limits = settings.limits_for(portfolio_id)
     history = history_frame(desk, portfolio_id, window_seconds)
     ts, equity = performance.equity_points(history.to_dict("records"))
-    stats = performance.performance_stats(ts, equity, settings.model.trading_days_per_year)
+    stats = performance.performance_stats(ts, equity)
 
     rm = desk.risk_manager(portfolio_id)
     state = rm.get_portfolio_state()
