@@ -7,7 +7,7 @@ import numpy as np
 
 from benchmarks.common import Context, Row, median_us, pct_us, target_row, time_calls
 from engine import math_logic
-from logic.var_methods import risk_model
+from logic.var_methods import FhsModel
 
 DECAY = 0.94
 EWMA_TARGET_US = {500: 100.0, 2000: 3000.0}
@@ -32,7 +32,7 @@ def _fhs_rows(n_scenarios: int, n: int, rng: np.random.Generator) -> list[Row]:
     statistic (the revaluation it replaces), both from the same model in the same run."""
     z = rng.standard_t(4, (n_scenarios, n)) / np.sqrt(2.0)
     vol = rng.uniform(5e-4, 2e-3, n)
-    model = risk_model("fhs", None, horizon_bars=390.0, standardized=z, current_vol=vol)
+    model = FhsModel.from_standardized(z, vol, horizon_bars=390.0)
     x = rng.uniform(-1e5, 1e5, n)
     prepared = model.prepare(x)
     i, delta = n // 3, 25_000.0
