@@ -49,7 +49,7 @@ import numpy.typing as npt
 from engine import math_logic
 from engine.defaults import EWMA_DECAY
 from engine.records import Float64Array, VarMethod
-from logic.var_methods import risk_model
+from logic.var_methods import RiskModel, risk_model
 
 STATE_VERSION = 1
 """Version of :meth:`Backtester.to_dict`; :meth:`Backtester.from_dict` refuses any other."""
@@ -298,6 +298,7 @@ class Backtester:
         self.pending: dict[Track, _Pending] = {}
         self.counts = {track: {m: _Counts(self.config.rolling) for m in self.config.methods} for track in Track}
         self.records: deque[Observation] = deque(maxlen=self.config.max_records)
+        self._models: tuple[int, dict[VarMethod, RiskModel]] | None = None
 
     # --- model state --------------------------------------------------------------------------------------
 
@@ -331,23 +332,33 @@ class Backtester:
         self._window[-1] = z
         self.window_count = min(self.window_count + 1, cfg.window)
 
-    def forecasts(self, exposures: npt.ArrayLike, horizon_bars: float) -> dict[VarMethod, float]:
-        """Each configured method's VaR of ``exposures`` (dollars) over ``horizon_bars``, from the current state."""
+    def models(self) -> dict[VarMethod, RiskModel]:
+        """Each configured method's one-bar :class:`~logic.var_methods.RiskModel` at the current state.
+
+        ``student_t`` uses ``ν = dof()``, ``fhs`` the window and ``σ(now) = sqrt(diag Σ)``. Built once per bar
+        and valid until the next :meth:`step` (the normal and t models share the covariance updated in place).
+        """
         if not self.ready or self.cov is None:
             raise ValueError("the backtest is still in burn-in: no forecast yet")
-        cfg = self.config
-        out: dict[VarMethod, float] = {}
-        for method in cfg.methods:
-            model = risk_model(
+        if self._models is not None and self._models[0] == self.bar:
+            return self._models[1]
+        built: dict[VarMethod, RiskModel] = {}
+        for method in self.config.methods:
+            built[method] = risk_model(
                 method,
                 self.cov,
-                horizon_bars=horizon_bars,
+                horizon_bars=1,
                 standardized=self.window if method is VarMethod.FHS else None,
                 dof=self.dof() if method is VarMethod.STUDENT_T else None,
                 validate=False,
             )
-            out[method] = model.var(exposures, cfg.confidence)
-        return out
+        self._models = (self.bar, built)
+        return built
+
+    def forecasts(self, exposures: npt.ArrayLike, horizon_bars: float) -> dict[VarMethod, float]:
+        """Each configured method's VaR of ``exposures`` (dollars) over ``horizon_bars``, from the current state."""
+        confidence = self.config.confidence
+        return {m: model.with_horizon(horizon_bars).var(exposures, confidence) for m, model in self.models().items()}
 
     # --- the bar ------------------------------------------------------------------------------------------
 
