@@ -1307,8 +1307,10 @@ def fit_student_t_dof(standardized: npt.ArrayLike, lo: float = 3.0, hi: float = 
     A Student-t with ν > 4 degrees of freedom has excess kurtosis ``κ = 6 / (ν - 4)``, so
     ``ν = 6 / κ + 4`` with the zero-mean sample kurtosis ``κ = mean(z⁴) / mean(z²)² - 3`` (zero mean as in
     RiskMetrics). ``κ <= 0`` (tails no heavier than normal) gives ``hi``; the result is clipped to
-    ``[lo, hi]``. Cheap (one pass) and bounded, so it can be refitted on every bar; its noise is tamed by the
-    bounds. An empty sample or one of zeros gives ``hi``.
+    ``[lo, hi]``. The moment estimate is always above 4 (a t with ν <= 4 has no finite kurtosis), so the
+    floor binds only when ``lo > 4``; ``hi`` (30: close to normal) bounds the thin-tailed side. Cheap (one
+    pass) and bounded, so it can be refitted on every bar; its noise is tamed by the bounds. An empty sample
+    or one of zeros gives ``hi``.
     """
     low = _finite_scalar(lo, "lo")
     high = _finite_scalar(hi, "hi")

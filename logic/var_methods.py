@@ -260,6 +260,7 @@ class FhsModel:
     def __init__(self, scenarios_t: Float64Array, horizon_bars: float) -> None:
         # kept transposed (N, T), C-contiguous: a trade reads one ticker's T scenario returns contiguously
         self._columns = scenarios_t
+        self._tail_sizes: dict[float, int] = {}
         self.horizon_bars = _horizon(horizon_bars)
         self._root = math.sqrt(self.horizon_bars)
 
@@ -307,11 +308,24 @@ class FhsModel:
         x = np.array(self._x(exposures), dtype=np.float64)
         return Prepared(exposures=x, variance=math.nan, sigma_x=None, pnl=x @ self._columns)
 
+    def _tail_size(self, confidence: float) -> int:
+        k = self._tail_sizes.get(confidence)
+        if k is None:
+            k = self._tail_sizes[confidence] = math_logic.scenario_tail_size(self.n_scenarios, confidence)
+        return k
+
     def var_after(self, prepared: Prepared, index: int, delta: float, confidence: float) -> float:
-        """``p' = p + δ · S[:, i]`` (O(T), no revaluation of the book), then the order statistic of ``p'``."""
+        """``p' = p + δ · S[:, i]`` (O(T), no revaluation of the book), then the order statistic of ``p'``.
+
+        The same k-th worst loss as :func:`math_logic.scenario_var`, without re-validating the T scenario P&Ls
+        (finite by construction) on the pre-trade hot path.
+        """
         assert prepared.pnl is not None, "prepared by another method"
         i, d = _trade(prepared, index, delta)
-        return self._root * math_logic.scenario_var(prepared.pnl + d * self._columns[i], confidence)
+        k = self._tail_size(float(confidence))
+        pnl = self._columns[i] * d
+        pnl += prepared.pnl
+        return self._root * -float(np.partition(pnl, k - 1)[k - 1])
 
     def with_horizon(self, horizon_bars: float) -> FhsModel:
         return FhsModel(self._columns, horizon_bars)
