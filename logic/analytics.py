@@ -1,5 +1,6 @@
 """Risk read-outs the dashboard shows that no other module computes: traffic lights from the alert rules, the
-VaR backtest of a portfolio's own history, and the VaR surface over two positions' sizes.
+VaR backtest of a portfolio's own history, the monitor's stored continuous backtest as tables, and the VaR
+surface over two positions' sizes.
 
 Pure functions over plain data (snapshots, history points, arrays); every risk formula comes from
 :mod:`engine.math_logic` and every rule comparison from :mod:`logic.alerts`.
@@ -20,6 +21,7 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, Float64Array, Severity
 from engine.settings import AlertRule
 from logic.alerts import MISSING, applies, compare, metric_value
+from logic.var_methods import RiskModel
 
 # -- traffic lights ------------------------------------------------------------------------------------------
 
@@ -233,6 +235,63 @@ def var_backtest(
     )
 
 
+# -- the monitor's stored backtest ---------------------------------------------------------------------------
+
+STORED_BACKTEST_COLUMNS = (
+    "method", "observations", "exceedances", "expected", "rate", "kupiec_lr", "kupiec_p", "christoffersen_p",
+    "rolling_observations", "rolling_exceedances", "zone",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StoredBacktest:
+    """The monitor's continuous backtest of one portfolio (``pf:{id}:backtest``), every method side by side."""
+
+    confidence: float
+    horizon_bars: int
+    methods: tuple[str, ...]
+    bars: int
+    """Bars fed so far."""
+    ready: bool
+    """Burn-in done (forecasts are being made)."""
+    tables: Mapping[str, pd.DataFrame]
+    """Track (``bar``, ``limit``) -> one row per method: :data:`STORED_BACKTEST_COLUMNS`."""
+    series: Mapping[str, pd.DataFrame]
+    """Track -> the kept closed horizons: start, end, pnl, then var_<method> and hit_<method> per method."""
+
+
+def stored_backtest(summary: Mapping[str, Any], records: Iterable[Mapping[str, Any]]) -> StoredBacktest:
+    """The stored summary and closed observations (``Backtester.to_dict()["records"]``) as tables; nothing is
+    recomputed (the monitor computed them with :mod:`logic.backtest`)."""
+    methods = tuple(str(m) for m in summary.get("methods", ()))
+    confidence = float(summary.get("confidence", REPORTED_CONFIDENCES[-1]))
+    tables: dict[str, pd.DataFrame] = {}
+    for track, per_method in summary.get("tracks", {}).items():
+        rows = []
+        for m in methods:
+            s = per_method.get(m, {})
+            rows.append({**{c: s.get(c) for c in STORED_BACKTEST_COLUMNS}, "method": m,
+                         "expected": (s.get("observations") or 0) * (1.0 - confidence)})  # fmt: skip
+        tables[str(track)] = pd.DataFrame(rows, columns=list(STORED_BACKTEST_COLUMNS))
+    by_track: dict[str, list[dict[str, Any]]] = {t: [] for t in tables}
+    for r in records:
+        row: dict[str, Any] = {"start": r["start"], "end": r["end"], "pnl": r["pnl"]}
+        row.update({f"var_{m}": r["var"].get(m) for m in methods})
+        row.update({f"hit_{m}": bool(r["hit"].get(m)) for m in methods})
+        by_track.setdefault(str(r["track"]), []).append(row)
+    columns = ["start", "end", "pnl", *(f"var_{m}" for m in methods), *(f"hit_{m}" for m in methods)]
+    series = {t: pd.DataFrame(rows, columns=columns) for t, rows in by_track.items()}
+    return StoredBacktest(
+        confidence=confidence,
+        horizon_bars=int(summary.get("horizon_bars", 1)),
+        methods=methods,
+        bars=int(summary.get("bars", 0)),
+        ready=bool(summary.get("ready", False)),
+        tables=tables,
+        series=series,
+    )
+
+
 # -- VaR surface over two positions --------------------------------------------------------------------------
 
 
@@ -272,21 +331,27 @@ def var_surface(
     confidence: float,
     horizon_bars: float,
     tickers: tuple[str, str],
+    model: RiskModel | None = None,
 ) -> Surface:
-    """Parametric VaR (dollar exposures, :func:`math_logic.get_portfolio_var` with ``portfolio_value=1``) of
-    the book with the two positions set to every pair of share counts; the other positions stay as they
-    are."""
+    """VaR of the book with the two positions set to every pair of share counts (the other positions stay as
+    they are), on dollar exposures: by ``model`` (a :class:`logic.var_methods.RiskModel` at the horizon: the
+    portfolio's method) when given, else parametric normal (:func:`math_logic.get_portfolio_var` with
+    ``portfolio_value=1``) on ``cov`` over ``horizon_bars``."""
     if index_a == index_b:
         raise ValueError("pick two different tickers")
+
+    def var_of(book: Float64Array) -> float:
+        if model is not None:
+            return model.var(book, confidence)
+        return math_logic.get_portfolio_var(book, cov, 1.0, confidence, horizon_bars, validate=False)[0]
+
     x = np.array(exposures, dtype=float)
     out = np.empty((len(qty_b), len(qty_a)))
     for j, qb in enumerate(qty_b):
         x[index_b] = qb * prices[index_b]
         for i, qa in enumerate(qty_a):
             x[index_a] = qa * prices[index_a]
-            out[j, i] = math_logic.get_portfolio_var(x, cov, 1.0, confidence, horizon_bars, validate=False)[0]
-    current_var = math_logic.get_portfolio_var(exposures, cov, 1.0, confidence, horizon_bars, validate=False)[
-        0
-    ]
+            out[j, i] = var_of(x)
+    current_var = var_of(np.asarray(exposures, dtype=float))
     current = (float(exposures[index_a] / prices[index_a]), float(exposures[index_b] / prices[index_b]))
     return Surface(tickers, np.asarray(qty_a), np.asarray(qty_b), out, current, float(current_var))

@@ -54,6 +54,7 @@ def summary(d: views.Desk, pid: str) -> None:
                 delta_arrow="off",
             )
             ui.gauge(g.title, g.value, g.limit, key=f"gauge_{g.title}")
+    st.caption(ov.var_caption)
 
     if ov.snapshot is not None:
         history(d, pid, ov.breakers)

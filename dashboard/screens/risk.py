@@ -1,5 +1,6 @@
 """Risk: correlation and exposure, component VaR, stress tests, a what-if basket, the VaR surface over two
-positions, and the VaR backtest of the portfolio's own history. Only the open tab runs."""
+positions, and the monitor's continuous VaR backtest with every method side by side. Every VaR figure names its
+method (the portfolio's ``var_method``). Only the open tab runs."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def exposure(d: views.Desk, pid: str) -> None:
     c[0].metric(f"VaR {ev.var_confidence:.0%} (1 day)", ui.money(ev.var))
     c[1].metric("VaR limit", ui.money(ev.var_limit))
     c[2].metric("Utilization", ui.pct(ev.utilization))
+    st.caption(views.method_caption(d, pid))
     left, right = st.columns(2)
     with left:
         df = ev.exposures
@@ -83,6 +85,7 @@ def stress(d: views.Desk, pid: str) -> None:
         delta=None if sv.multiple is None else f"x{sv.multiple:.1f}",
     )
     c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
+    st.caption(f"{views.method_caption(d, pid)}; stressed VaR: normal on the stressed (crisis) matrix")
     if sv.scenarios.empty:
         st.caption("No stress scenarios in the settings ([stress_scenarios] in riskdesk.toml).")
         return
@@ -186,6 +189,7 @@ def surface(d: views.Desk, pid: str) -> None:
         margin={"t": 40},
     )
     ui.chart(fig, key="surface")
+    st.caption(views.method_caption(d, pid))
     qa, qb, low = s.lowest
     st.caption(
         f"Lowest VaR on this grid: {low:,.0f} at {qa:,.0f} {ui.md(a)} and {qb:,.0f} {ui.md(b)} "
@@ -196,63 +200,43 @@ def surface(d: views.Desk, pid: str) -> None:
 def backtest(d: views.Desk, pid: str) -> None:
     if not ui.health_gate(d):
         return
-    choices = views.BACKTEST_CONFIDENCES
-    confidence = st.segmented_control(
-        "VaR tested", list(choices), default=choices[0], key="bt_conf", format_func=lambda c: f"{c:.0%}"
-    )
-    bt = views.backtest_view(d, pid, confidence or choices[0])
-    if bt.observations < 2:
+    bt = views.backtest_view(d, pid)
+    if bt is None or not bt.ready:
+        fed = 0 if bt is None else bt.bars
         st.info(
-            "Not enough history for a backtest yet: it needs the monitor's snapshots over at least three "
-            "consecutive bars. Fix: keep the stream and monitor running (`make run`).",
+            f"The monitor's VaR backtest is in its burn-in ({fed:,} bars fed): forecasts start once the EWMA is "
+            "seeded and the window of standardized returns is full (model.fhs_window). Fix: keep the stream "
+            "and monitor running (`make run`).",
             icon=":material/info:",
         )
+        if bt is None:
+            return
+    labels = {"limit": f"limit horizon ({bt.horizon_bars:,} bars)", "bar": "one bar"}
+    track = st.segmented_control(
+        "Horizon", list(views.BACKTEST_TRACKS), default=views.BACKTEST_TRACKS[0], key="bt_track",
+        format_func=lambda t: labels.get(t, t),
+    ) or views.BACKTEST_TRACKS[0]  # fmt: skip
+    st.caption(
+        f"{bt.confidence:.0%} VaR of every configured method on the same P&L (the positions held at each "
+        f"forecast); {bt.bars:,} bars fed. Rolling: the last 250 observations (Basel zone). "
+        f"This portfolio's figures use {views.method_caption(d, pid).removeprefix('VaR method: ')}."
+    )
+    ui.table(bt.tables.get(track, pd.DataFrame()), f"backtest_{track}", f"backtest_{pid}_{track}.csv", height=160)
+    df = bt.series.get(track)
+    if df is None or df.empty:
+        st.caption("No closed horizon yet on this track.")
         return
-    zone_colour = {"green": "green", "yellow": "orange", "red": "red"}.get(bt.zone or "", "gray")
-    c = st.columns(5)
-    c[0].metric("Observations (bars)", f"{bt.observations:,}")
-    c[1].metric(
-        "Exceedances",
-        f"{bt.exceedances}",
-        f"expected {bt.expected:.1f}",
-        delta_color="off",
-        delta_arrow="off",
-    )
-    c[2].metric(
-        "Kupiec POF p-value",
-        f"{bt.kupiec_p:.3f}",
-        f"LR {bt.kupiec_lr:.2f}",
-        delta_color="off",
-        delta_arrow="off",
-    )
-    c[3].metric(
-        "Christoffersen p-value",
-        f"{bt.christoffersen_p:.3f}",
-        f"LR {bt.christoffersen_lr:.2f}",
-        delta_color="off",
-        delta_arrow="off",
-    )
-    with c[4]:
-        st.markdown(f"Basel zone\n\n:{zone_colour}-background[**{(bt.zone or '-').upper()}**]")
-    df = bt.series
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=df["time"], y=-df["pnl"], mode="lines", name="loss (-P&L)"))
-    fig.add_trace(
-        go.Scatter(x=df["time"], y=df["var"], mode="lines", name=f"VaR {bt.confidence:.0%} (1 bar)")
-    )
-    hits = df[df["exceeded"]]
-    fig.add_trace(
-        go.Scatter(
-            x=hits["time"],
-            y=-hits["pnl"],
-            mode="markers",
-            name="exceedance",
-            marker={"color": "red", "size": 9},
+    fig.add_trace(go.Scatter(x=df["end"], y=-df["pnl"], mode="lines", name="loss (-P&L)"))
+    for m in bt.methods:
+        fig.add_trace(go.Scatter(x=df["end"], y=df[f"var_{m}"], mode="lines", name=f"VaR {m}"))
+        hits = df[df[f"hit_{m}"]]
+        fig.add_trace(
+            go.Scatter(x=hits["end"], y=-hits["pnl"], mode="markers", name=f"exceeds {m}", marker={"size": 8})
         )
-    )
-    fig.update_layout(title="One-bar loss against the forecast VaR", height=340, margin={"t": 40, "b": 10})
+    fig.update_layout(title="Loss against each method's forecast VaR", height=340, margin={"t": 40, "b": 10})
     ui.chart(fig, key="backtest")
-    ui.table(df, "backtest", f"backtest_{pid}.csv", height=240)
+    ui.table(df, "backtest_series", f"backtest_series_{pid}_{track}.csv", height=240)
 
 
 RENDER = {

@@ -86,7 +86,8 @@ from logic.views.performance import (
 )
 from logic.views.risk import (
     BACKTEST_CONFIDENCES,
-    BACKTEST_POINTS,
+    BACKTEST_TRACKS,
+    METHOD_LABELS,
     SURFACE_STEPS,
     WHAT_IF_COLUMNS,
     ExposureView,
@@ -95,6 +96,7 @@ from logic.views.risk import (
     backtest_view,
     basket_from_rows,
     exposure_view,
+    method_caption,
     stress_view,
     surface_view,
     what_if_view,
@@ -182,7 +184,9 @@ __all__ = [
     "what_if_view",
     "SURFACE_STEPS",
     "surface_view",
-    "BACKTEST_POINTS",
+    "BACKTEST_TRACKS",
+    "METHOD_LABELS",
+    "method_caption",
     "BACKTEST_CONFIDENCES",
     "backtest_view",
     "ALERT_COLUMNS",

@@ -52,6 +52,8 @@ class OverviewView:
     gauges: list[Gauge]
     lights: list[Any]
     breakers: list[dict[str, Any]]
+    var_caption: str = ""
+    """Which method the VaR / CVaR gauges come from (the snapshot's ``var_method``)."""
 
 
 def snapshot_gauges(var: Mapping[str, Any], limit: float | None) -> list[Gauge]:
@@ -121,7 +123,17 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         gauges=gauges,
         lights=analytics.traffic_lights(rules, snapshot, portfolio_id, alerts),
         breakers=analytics.breaker_levels(rules, portfolio_id),
+        var_caption=_var_caption(desk, portfolio_id, snapshot),
     )
+
+
+def _var_caption(desk: Desk, portfolio_id: str, snapshot: Mapping[str, Any] | None) -> str:
+    from logic.views.risk import METHOD_LABELS, method_caption
+
+    method = None if snapshot is None else snapshot.get("var_method")
+    if method is None:
+        return method_caption(desk, portfolio_id)
+    return f"VaR method: {METHOD_LABELS.get(str(method), str(method))}; stressed VaR: normal on the crisis matrix"
 
 
 def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.DataFrame:

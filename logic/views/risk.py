@@ -17,6 +17,22 @@ from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, InputError, float_or_none
 
+# -- the VaR method -------------------------------------------------------------------------------------------
+
+METHOD_LABELS = {
+    "normal": "normal (parametric, EWMA covariance)",
+    "student_t": "Student-t (EWMA covariance, fitted tails)",
+    "fhs": "filtered historical simulation",
+}
+"""How a page names each :class:`engine.records.VarMethod`."""
+
+
+def method_caption(desk: Desk, portfolio_id: str) -> str:
+    """The line a page shows under a VaR figure: which method it comes from."""
+    method = str(desk.settings.var_method_for(portfolio_id))
+    return f"VaR method: {METHOD_LABELS.get(method, method)}"
+
+
 # -- exposure and VaR ----------------------------------------------------------------------------------------
 
 
@@ -29,6 +45,8 @@ class ExposureView:
     var: float
     var_limit: float
     var_confidence: float
+    method: str = "normal"
+    """The VaR method the figures come from (the portfolio's ``var_method``)."""
 
     @property
     def utilization(self) -> float | None:
@@ -62,6 +80,7 @@ def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
         var=float(totals.get("var") or 0.0),
         var_limit=float(totals.get("var_limit") or 0.0),
         var_confidence=float(totals.get("var_confidence") or 0.0),
+        method=str(desk.settings.var_method_for(portfolio_id)),
     )
 
 
@@ -77,6 +96,8 @@ class StressView:
     equity: float
     scenarios: pd.DataFrame
     """name, description, pnl, pnl_pct, equity_after."""
+    method: str = "normal"
+    """The method of ``var`` (the portfolio's); stressed VaR is the normal VaR on the stressed matrix."""
 
     @property
     def multiple(self) -> float | None:
@@ -96,6 +117,7 @@ def stress_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]] | No
         confidence=float(result["var_confidence"]),
         equity=float(result["equity"]),
         scenarios=scenarios,
+        method=str(desk.settings.var_method_for(portfolio_id)),
     )
 
 
@@ -189,8 +211,10 @@ SURFACE_STEPS = 21
 def surface_view(
     desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS
 ) -> Any:
-    """VaR (the limit's confidence and horizon) over a grid of sizes of two positions (logic.analytics)."""
+    """VaR (the portfolio's method, the limit's confidence and horizon) over a grid of sizes of two positions
+    (logic.analytics)."""
     from logic import analytics
+    from logic.risk_models import risk_model_of
 
     rm = desk.risk_manager(portfolio_id)
     model = desk.market_model()
@@ -210,6 +234,7 @@ def surface_view(
     equity = valuation.equity
     qty_a = analytics.qty_grid(float(valuation.qty[ia]), float(snap.prices[ia]), equity, steps)
     qty_b = analytics.qty_grid(float(valuation.qty[ib]), float(snap.prices[ib]), equity, steps)
+    horizon = desk.settings.model.bars_per_day * limits.var_horizon_days
     return analytics.var_surface(
         np.asarray(valuation.market_values, dtype=float),
         snap.prices,
@@ -219,22 +244,25 @@ def surface_view(
         qty_a,
         qty_b,
         confidence=limits.var_confidence,
-        horizon_bars=desk.settings.model.bars_per_day * limits.var_horizon_days,
+        horizon_bars=horizon,
         tickers=(ticker_a, ticker_b),
+        model=risk_model_of(model, desk.settings.var_method_for(portfolio_id), horizon),
     )
 
 
-BACKTEST_POINTS = 3000
-"""History points the backtest reads (newest first): about 50 minutes at one point a second."""
 BACKTEST_CONFIDENCES: tuple[float, ...] = tuple(sorted(REPORTED_CONFIDENCES, reverse=True))
-"""The VaRs of the monitor's history the backtest can test, highest confidence (the default) first."""
+"""The VaRs of the monitor's history the history backtest (:func:`logic.analytics.var_backtest`) can test."""
+BACKTEST_TRACKS: tuple[str, ...] = ("limit", "bar")
+"""The stored backtest's tracks: the limit's horizon, one bar (:class:`logic.backtest.Track`)."""
 
 
-def backtest_view(desk: Desk, portfolio_id: str, confidence: float, points: int = BACKTEST_POINTS) -> Any:
-    """Backtest of the monitor's one-day VaR (scaled to one bar) on the portfolio's own recent history."""
+def backtest_view(desk: Desk, portfolio_id: str) -> Any:
+    """The monitor's stored continuous backtest of the portfolio, every configured method side by side
+    (:func:`logic.analytics.stored_backtest`), or None when the monitor has not stored one yet."""
     from logic import analytics
 
-    history = desk.store.read_history(portfolio_id, count=points, newest_first=True)
-    return analytics.var_backtest(
-        history, confidence=confidence, bars_per_day=desk.settings.model.bars_per_day
-    )
+    summary = desk.store.read_backtest_summary(portfolio_id)
+    stored = desk.store.read_backtest_state(portfolio_id)
+    if summary is None or stored is None:
+        return None
+    return analytics.stored_backtest(summary, stored[0].get("records", ()))
