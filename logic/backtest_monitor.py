@@ -11,9 +11,14 @@ State: ``pf:{id}:backtest`` holds the backtester (its JSON state, bounded by ``m
 observations), its summary and the market version of the last bar fed, written in the monitor's MULTI with the
 tick's snapshots and acknowledgement, so a bar is counted exactly once. A monitor keeps the backtesters in memory
 and reloads one when the stored token is not its own (another monitor fed a bar). A tick not newer than the
-stored version is not fed again; a tick whose tickers differ from the backtester's (the universe grew) starts a
-new backtest; a ``reset`` tick (a new replay: its prices do not follow the previous ones) gives no return and
-drops the open forecasts.
+stored version is not fed again; a ``reset`` tick (a new replay: its prices do not follow the previous ones)
+gives no return and drops the open forecasts.
+
+Tickers: a portfolio's backtester models the tickers it holds (the P&L and every method's VaR of the book depend
+on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²): the state is rewritten on every
+tick. Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not
+model starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no
+longer lists one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
 
 Alert metrics (the snapshot's ``backtest`` section, see :func:`snapshot_section`): ``backtest.exceedances`` and
 ``backtest.zone`` are the rolling (last 250 observations) exceedance count and Basel zone of the portfolio's own
@@ -152,24 +157,31 @@ class BacktestBooks:
         markers = {pid: self.store.read_backtest_marker(pid, conn) for pid in pids}
         label = datetime.fromtimestamp(event.bar_ts, UTC).isoformat()
         prices = np.asarray(event.prices, dtype=np.float64)
-        if not (np.isfinite(prices).all() and (prices > 0).all()):
-            log.debug("tick %s has tickers without a usable price: no backtest bar", event.version)
-            return {}
+        index = {t: i for i, t in enumerate(event.tickers)}
         out: dict[str, Fed] = {}
         for pid in pids:
             marker = markers[pid]
             if marker is not None and event.version <= marker[0]:
                 continue  # fed already (a lagging or second monitor)
+            qty = np.asarray(portfolios[pid], dtype=np.float64)
+            held = {event.tickers[i] for i in np.flatnonzero(qty)}
             book = self._book(pid, marker)
             config = backtest_config(self.settings, pid)
-            if book is None or book.bt.tickers != event.tickers or book.bt.config != config:
-                bt = Backtester(event.tickers, config)
-            else:
+            if book is not None and book.bt.config == config and held <= set(book.bt.tickers) <= index.keys():
                 bt = book.bt  # fed in place: a failed transaction calls discard(), which forgets it
+            elif held:
+                bt = Backtester(tuple(t for t in event.tickers if t in held), config)
+            else:
+                continue  # nothing held and nothing modelled: no backtest yet
+            cols = [index[t] for t in bt.tickers]
+            bar_prices = prices[cols]
+            if not (np.isfinite(bar_prices).all() and (bar_prices > 0).all()):
+                log.debug("tick %s: a modelled ticker has no usable price: no backtest bar", event.version)
+                continue
             if event.reset:
                 bt.last_prices = None  # no return across two unrelated price series
                 bt.pending.clear()  # a horizon spanning the reset has no meaningful P&L
-            bt.step(prices, np.asarray(portfolios[pid], dtype=np.float64), label)
+            bt.step(bar_prices, qty[cols], label)
             out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary_of(bt))
         return out
 

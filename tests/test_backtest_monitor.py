@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ import warmup
 from engine.records import AlertStatus
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings, settings_from_dict
-from engine.store import PortfolioKeys, Store
+from engine.store import PortfolioKeys, Store, TickEvent
 from logic.backtest import Backtester, Track
-from logic.backtest_monitor import ZONE_LEVELS, backtest_config, snapshot_section
+from logic.backtest_monitor import ZONE_LEVELS, BacktestBooks, backtest_config, snapshot_section
 
 from .conftest import TEST_CONFIG, merge, to_toml
 from .test_stream import ROOT, daemon_env, spawn, stop_process
@@ -220,3 +220,39 @@ def test_the_snapshot_section_reads_the_portfolios_own_method_and_every_method()
     assert fhs is not None and (fhs["zone"], fhs["bar_zone"], fhs["bar_exceedances"]) == (0, 2, 10)
     assert student is not None and student["zone"] is None and student["methods"]["fhs"]["bar_zone"] == 2
     assert snapshot_section(None, "normal") is None  # type: ignore[arg-type]
+
+
+def _event(version: int, prices: list[float], *, reset: bool = False) -> TickEvent:
+    return TickEvent(version, float(version), ("AAA", "BBB"), np.array(prices), bar_ts=86400.0 * version,
+                     reset=reset)  # fmt: skip
+
+
+def test_a_bar_is_fed_once_a_new_ticker_restarts_and_a_reset_adds_no_return(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings({"model": {"fhs_window": 20}})
+    books = BacktestBooks(store, settings)
+
+    def feed(event: TickEvent, qty: list[float]) -> dict[str, Any]:
+        fed = books.feed(event, {"main": np.array(qty)})
+        pipe = store.client.pipeline(transaction=True)
+        books.write(fed, pipe)
+        pipe.execute()
+        books.commit(fed)
+        return fed
+
+    assert feed(_event(1, [100.0, 50.0]), [10, 0]) and feed(_event(2, [101.0, 51.0]), [10, 0])
+    state = store.read_backtest_state("main")
+    assert state is not None and state[0]["tickers"] == ["AAA"] and state[0]["bar"] == 1
+
+    assert feed(_event(2, [101.0, 51.0]), [10, 0]) == {}  # not newer than the stored bar: not fed again
+    feed(_event(3, [90.0, 52.0], reset=True), [10, 0])  # a new replay: no return from 101 to 90
+    state = store.read_backtest_state("main")
+    assert state is not None and state[0]["bar"] == 2 and len(state[0]["seed"]) == 1  # one return so far
+
+    feed(_event(4, [91.0, 53.0]), [10, 5])  # BBB opened: the backtest restarts on AAA, BBB
+    state = store.read_backtest_state("main")
+    assert state is not None and state[0]["tickers"] == ["AAA", "BBB"] and state[0]["bar"] == 0
+    assert feed(_event(5, [92.0, 54.0]), [0, 5])  # AAA closed: still modelled, with zero quantity
+    state = store.read_backtest_state("main")
+    assert state is not None and state[0]["tickers"] == ["AAA", "BBB"] and state[0]["bar"] == 1
