@@ -27,6 +27,12 @@ Each bar
 Statistics per track and method: all observations (count, exceedances, Kupiec POF, Christoffersen independence
 from the running transition counts) and the last ``rolling`` observations (exceedances, Basel zone). The
 closed observations are also kept, the last ``max_records`` of them.
+
+References: Kupiec (1995), "Techniques for verifying the accuracy of risk measurement models", J. Derivatives
+3(2) (proportion of failures, :func:`math_logic.kupiec_pof`); Christoffersen (1998), "Evaluating interval
+forecasts", Int. Econ. Review 39(4) (independence, :func:`math_logic.christoffersen_independence_counts`); Basel
+Committee (1996), "Supervisory framework for the use of backtesting" (traffic light,
+:func:`math_logic.basel_traffic_light`); J.P. Morgan/Reuters (1996), RiskMetrics Technical Document (EWMA).
 """
 
 from __future__ import annotations
