@@ -395,3 +395,16 @@ def test_python_dash_m_logic_backtest_runs(history):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "fhs" in done.stdout and "normal" not in done.stdout
+
+
+def test_cli_with_a_longer_limit_horizon_reports_both_tracks(history, tmp_path, capsys):
+    path, closes, _ = history
+    out = tmp_path / "s.csv"
+    assert main(["--history", str(path), *SMALL, "--horizon-bars", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bar track" in printed and "limit track" in printed
+    with out.open() as fh:
+        tracks = [r["track"] for r in csv.DictReader(fh)]
+    first_forecast = 1 + 5 + 30 - 1  # the bar whose return fills the window
+    assert tracks.count("bar") == len(closes) - 1 - first_forecast
+    assert tracks.count("limit") == (len(closes) - 1 - first_forecast) // 3
