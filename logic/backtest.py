@@ -27,6 +27,12 @@ Each bar
 Statistics per track and method: all observations (count, exceedances, Kupiec POF, Christoffersen independence
 from the running transition counts) and the last ``rolling`` observations (exceedances, Basel zone). The
 closed observations are also kept, the last ``max_records`` of them.
+
+References: Kupiec (1995), "Techniques for verifying the accuracy of risk measurement models", J. Derivatives
+3(2) (proportion of failures, :func:`math_logic.kupiec_pof`); Christoffersen (1998), "Evaluating interval
+forecasts", Int. Econ. Review 39(4) (independence, :func:`math_logic.christoffersen_independence_counts`); Basel
+Committee (1996), "Supervisory framework for the use of backtesting" (traffic light,
+:func:`math_logic.basel_traffic_light`); J.P. Morgan/Reuters (1996), RiskMetrics Technical Document (EWMA).
 """
 
 from __future__ import annotations
@@ -431,8 +437,20 @@ class Backtester:
 
     # --- state as plain data ------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """The whole state as JSON-ready dicts, lists, numbers and strings (floats round-trip exactly)."""
+    def to_dict(self, *, binary_arrays: bool = False) -> dict[str, Any]:
+        """The whole state as JSON-ready dicts, lists, numbers and strings (floats round-trip exactly).
+
+        With ``binary_arrays`` the two large entries, ``"cov"`` (N, N) and ``"window"`` (count, N), are float64
+        ndarrays (copies) instead of nested lists, for the store to write with ``engine.store.codec.encode_array``
+        beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON.
+        :meth:`from_dict` accepts either form.
+        """
+        if binary_arrays:
+            cov: Any = None if self.cov is None else self.cov.copy()
+            window: Any = self.window.copy()
+        else:
+            cov = None if self.cov is None else self.cov.tolist()
+            window = self.window.tolist()
         return {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
@@ -440,8 +458,8 @@ class Backtester:
             "bar": self.bar,
             "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
             "seed": [r.tolist() for r in self.seed],
-            "cov": None if self.cov is None else self.cov.tolist(),
-            "window": self.window.tolist(),
+            "cov": cov,
+            "window": window,
             "pending": {str(t): p.to_dict() for t, p in self.pending.items()},
             "counts": {str(t): {str(m): c.to_dict() for m, c in cs.items()} for t, cs in self.counts.items()},
             "records": [r.to_dict() for r in self.records],

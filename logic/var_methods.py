@@ -22,8 +22,9 @@ Methods
 
 Horizon: the covariance and the scenarios are of one bar; an h-bar figure is the one-bar figure times ``sqrt(h)``
 (square-root-of-time). For the normal this is exact under i.i.d. returns; for the t and FHS it is the usual
-approximation (a sum of h fat-tailed bars is less fat-tailed than one bar, so it errs on the prudent side at high
-confidence). The backtest checks the one-bar figure and the limit-horizon figure separately.
+approximation: with i.i.d. innovations a sum of h fat-tailed bars is less fat-tailed than one bar, so the scaled
+quantile errs on the prudent side at high confidence, while volatility clustering within the horizon pushes the
+other way. The backtest checks the one-bar figure and the limit-horizon figure separately.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from arch.data import sp500
 from scipy import stats
 
 from engine import math_logic as ml
@@ -38,7 +39,6 @@ def independent_kupiec(x: int, n: int, p: float) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def sp500_backtest() -> Backtester:
-    sp500 = pytest.importorskip("arch.data.sp500")
     closes = sp500.load()["Adj Close"]
     dates = closes.index.strftime("%Y-%m-%d")
     bars = ((d, [p], [1.0]) for d, p in zip(dates, closes.to_numpy(), strict=True))
@@ -216,6 +216,19 @@ def test_a_run_resumed_from_json_equals_the_uninterrupted_run_exactly():
     assert len(straight.records) == 50
 
 
+def test_the_state_with_binary_arrays_restores_the_same_backtester():
+    closes = synthetic_prices(70, 3, seed=11)
+    bt = Backtester(["A", "B", "C"], BacktestConfig(window=20, seed_rows=5))
+    for p in closes:
+        bt.step(p, [1.0, -2.0, 3.0])
+    state = bt.to_dict(binary_arrays=True)
+    assert isinstance(state["cov"], np.ndarray) and state["cov"].shape == (3, 3)
+    assert isinstance(state["window"], np.ndarray) and state["window"].shape == (20, 3)
+    rest = json.loads(json.dumps({k: v for k, v in state.items() if k not in ("cov", "window")}))
+    restored = Backtester.from_dict({**rest, "cov": state["cov"], "window": state["window"]})
+    assert restored.to_dict() == bt.to_dict()
+
+
 def test_the_rolling_count_and_zone_cover_the_last_rolling_observations():
     closes = synthetic_prices(150, 1, seed=8)
     cfg = BacktestConfig(window=20, seed_rows=5, rolling=30, confidence=0.9, max_records=None)
@@ -382,3 +395,16 @@ def test_python_dash_m_logic_backtest_runs(history):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "fhs" in done.stdout and "normal" not in done.stdout
+
+
+def test_cli_with_a_longer_limit_horizon_reports_both_tracks(history, tmp_path, capsys):
+    path, closes, _ = history
+    out = tmp_path / "s.csv"
+    assert main(["--history", str(path), *SMALL, "--horizon-bars", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bar track" in printed and "limit track" in printed
+    with out.open() as fh:
+        tracks = [r["track"] for r in csv.DictReader(fh)]
+    first_forecast = 1 + 5 + 30 - 1  # the bar whose return fills the window
+    assert tracks.count("bar") == len(closes) - 1 - first_forecast
+    assert tracks.count("limit") == (len(closes) - 1 - first_forecast) // 3
