@@ -71,7 +71,7 @@ def _cycle(fn: Callable[[int], Any]) -> Callable[[], Any]:
 def gate_rows(ctx: Context) -> list[Row]:
     settings = _settings(VarMethod.FHS, 1, WINDOW)
     store = seeded_store(ctx, settings, now=time.time())
-    rm = RiskManager(store, "p000", settings)
+    rm = RiskManager(store.client, "p000", settings)
     tickers = list(settings.universe.tickers)
     horizon = settings.model.bars_per_day * settings.limits.var_horizon_days
 

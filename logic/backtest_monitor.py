@@ -50,8 +50,9 @@ log = logging.getLogger("riskdesk.backtest")
 
 ZONE_LEVELS: Mapping[str, int] = BACKTEST_ZONES
 """Basel zone -> the number alert rules compare (``backtest.zone``): :data:`logic.rules.BACKTEST_ZONES`."""
-BACKTEST_MAX_RECORDS = 1000
-"""Closed observations each stored backtest keeps (per portfolio, both tracks together)."""
+BACKTEST_MAX_RECORDS = 500
+"""Closed observations each stored backtest keeps (per portfolio, both tracks together): the state is rewritten
+on every tick, so this bounds its JSON."""
 TRACK_FIELDS = {Track.LIMIT: "", Track.BAR: "bar_"}
 """Prefix of a track's fields in the snapshot section."""
 
@@ -76,15 +77,26 @@ def backtest_config(settings: Settings, portfolio_id: str) -> BacktestConfig:
     )
 
 
-def summary_of(bt: Backtester) -> dict[str, Any]:
-    """The stored summary: per track and method, :class:`logic.backtest.MethodSummary` as a dict."""
+def summary_of(
+    bt: Backtester, previous: Mapping[str, Any] | None = None, closed: frozenset[Track] = frozenset(Track)
+) -> dict[str, Any]:
+    """The stored summary: per track and method, :class:`logic.backtest.MethodSummary` as a dict.
+
+    A track on which no horizon ``closed`` keeps its figures from ``previous`` (the summary of the same
+    backtester one bar earlier): its tests are not recomputed."""
+    old = (previous or {}).get("tracks", {})
+    tracks = {
+        str(t): old[str(t)] if t not in closed and str(t) in old
+        else {str(m): s.to_dict() for m, s in bt.summary(t).items()}
+        for t in Track
+    }  # fmt: skip
     return {
         "confidence": bt.config.confidence,
         "horizon_bars": bt.config.horizon_bars,
         "methods": [str(m) for m in bt.config.methods],
         "bars": bt.bar + 1,
         "ready": bt.ready,
-        "tracks": {str(t): {str(m): s.to_dict() for m, s in bt.summary(t).items()} for t in Track},
+        "tracks": tracks,
     }
 
 
@@ -181,8 +193,12 @@ class BacktestBooks:
             if event.reset:
                 bt.last_prices = None  # no return across two unrelated price series
                 bt.pending.clear()  # a horizon spanning the reset has no meaningful P&L
-            bt.step(bar_prices, qty[cols], label)
-            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary_of(bt))
+            previous = self._summaries.get(pid)
+            kept = previous[1] if previous is not None and book is not None and bt is book.bt and (
+                previous[0] == book.token
+            ) else None  # fmt: skip
+            closed = frozenset(o.track for o in bt.step(bar_prices, qty[cols], label))
+            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary_of(bt, kept, closed))
         return out
 
     def _book(self, pid: str, marker: tuple[int, str] | None) -> _Book | None:

@@ -427,7 +427,7 @@ class Monitor:
             except (StoreError, ValueError) as exc:  # the snapshots go on; the backtest skips this bar
                 self.backtests.discard()
                 self._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
-        summaries = {pid: f.summary for pid, f in fed.items()}
+        summaries: dict[str, dict[str, Any] | None] = {pid: f.summary for pid, f in fed.items()}
         missing = [pid for pid in pids if pid not in summaries]
         if missing:
             summaries.update(self.backtests.summaries(missing))

@@ -166,6 +166,7 @@ class MarketStore(StoreBase):
         the reader makes it fall back to a full read.
         """
         for _ in range(WINDOW_READ_ATTEMPTS):
+            start = 0
             if previous is not None:
                 meta = _decode_window_meta(self.client.hmget(STDRET_META_KEY, _WINDOW_META_FIELDS))
                 if meta is None:
@@ -175,7 +176,8 @@ class MarketStore(StoreBase):
                 new = meta[1] - previous.seq
                 if meta[2] != previous.gen or not 0 < new <= meta[3]:
                     previous = None
-            start = 0 if previous is None else -(meta[1] - previous.seq)
+                else:
+                    start = -new
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.hmget(STDRET_META_KEY, _WINDOW_META_FIELDS)
                 pipe.lrange(STDRET_KEY, start, -1)
