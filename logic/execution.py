@@ -119,10 +119,13 @@ def execute(
             f"the order queue of this portfolio did not move for {QUEUE_WAIT_SECONDS:g} s (the order ahead is "
             "stuck or the store is overloaded); nothing was traded: send the order again",
         )  # fmt: skip
+    released = False
     try:
-        return _transact(gate, ticker, qty, side, client_order_id, actor, intent, ticket)
+        result, released = _transact(gate, ticker, qty, side, client_order_id, actor, intent, ticket)
+        return result
     finally:
-        _leave(gate, ticket)
+        if not released:
+            _leave(gate, ticket)
 
 
 def _wait_for_turn(gate: RiskManager, ticket: str) -> bool:
@@ -164,11 +167,13 @@ def _transact(
     actor: str,
     intent: OrderIntent,
     ticket: str | None,
-) -> ExecutionResult:
+) -> tuple[ExecutionResult, bool]:
     """The WATCH / read / check / MULTI / EXEC loop, with at most :data:`MAX_ATTEMPTS` attempts.
 
-    ``ticket`` is the caller's place at the head of the order queue (its lease is refreshed on a retry); None
-    runs the loop unqueued, purely optimistic (the benchmark's baseline, benchmarks/bench_contention.py).
+    ``ticket`` is the caller's place at the head of the order queue: its lease is refreshed on a retry, and the
+    EXEC that records the order also leaves the queue (one round trip less while the next order waits). Returns
+    the result and whether the queue was left that way. None runs the loop unqueued, purely optimistic (the
+    benchmark's baseline, benchmarks/bench_contention.py).
     """
     store = gate.store
     keys = store.trading_watch_keys(gate.portfolio_id)
@@ -183,12 +188,12 @@ def _transact(
                 )
                 if view.order is not None:
                     pipe.unwatch()
-                    return ExecutionResult.from_dict(view.order, duplicate=True)
+                    return ExecutionResult.from_dict(view.order, duplicate=True), False
                 decision, plan = gate.checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
                 result = result_of(gate.portfolio_id, decision, plan, client_order_id, actor, now)
                 if plan is None and view.portfolio is None:
                     pipe.unwatch()  # no such portfolio: nothing to record the rejection in
-                    return result
+                    return result, False
                 pipe.multi()
                 record = result.to_dict(with_duplicate=False)
                 if plan is None or result.fill is None:
@@ -205,11 +210,15 @@ def _transact(
                         rate_window_seconds=RATE_WINDOW_SECONDS,
                         pipe=pipe,
                     )
+                if ticket is not None:
+                    store.leave_order_queue(
+                        gate.portfolio_id, ticket, LEASE_SECONDS, QUEUE_WAIT_SECONDS + LEASE_SECONDS, pipe=pipe
+                    )
                 pipe.execute()
                 if plan is not None:
                     store.remember_positions(gate.memo, gate.portfolio_id, rev, plan.portfolio_after.positions)
                     gate.books.remember_fill(plan, rev.encode())
-                return result
+                return result, ticket is not None
         except redis.WatchError:
             time.sleep(random.uniform(0.0, min(0.00025 * 2**attempt, BACKOFF_MAX_SECONDS)))
             if ticket is not None:
@@ -219,16 +228,17 @@ def _transact(
                     pass  # the next attempt meets the same failure and reports it
         except StoreError as exc:
             failed = gate.store_failure_decision(ticker, qty, side, exc, now)
-            return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now)
+            return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now), False
         except redis.RedisError as exc:
             failure = StoreUnavailableError(f"Redis failed during the trade: {exc}")
             failed = gate.store_failure_decision(ticker, qty, side, failure, now)
-            return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now)
-    return _give_up(
+            return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now), False
+    gave_up = _give_up(
         gate, ticker, qty, side, client_order_id, actor, ReasonCode.RETRY_EXHAUSTED,
         f"the portfolio kept changing under {MAX_ATTEMPTS} attempts (heavy concurrent trading); "
         "nothing was traded: send the order again",
     )  # fmt: skip
+    return gave_up, False
 
 
 def _give_up(

@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from engine.store.base import StoreBase
+from engine.store.base import Conn, StoreBase
 from engine.store.codec import decode_str
 from engine.store.keys import PortfolioKeys
 
@@ -181,9 +181,24 @@ class SequencerStore(StoreBase):
         ``(-1, reaped)`` if it is no longer in the queue (it was reaped as a head that outlived its lease)."""
         return _pair(self._queue_call("_check_script", _CHECK_LUA, portfolio_id, ticket, lease_seconds, wake_seconds))
 
-    def leave_order_queue(self, portfolio_id: str, ticket: str, lease_seconds: float, wake_seconds: float) -> bool:
+    def leave_order_queue(
+        self, portfolio_id: str, ticket: str, lease_seconds: float, wake_seconds: float, pipe: Conn = None
+    ) -> bool:
         """Remove ``ticket`` from the queue (wherever it stands); when it was the head, the next ticket gets
-        the lease (for ``lease_seconds``) and its wake entry. Returns whether it was the head."""
+        the lease (for ``lease_seconds``) and its wake entry. Returns whether it was the head.
+
+        With ``pipe`` (a MULTI) the step is queued there and runs when the caller's EXEC does (the reply,
+        False here, is the pipeline's): a fill and the hand-over to the next order commit together, and an
+        EXEC that fails leaves the caller at the head. The script travels as EVAL, so a server that lost its
+        script cache cannot fail the transaction with NOSCRIPT.
+        """
+        if pipe is not None:
+            keys = PortfolioKeys(portfolio_id)
+            pipe.eval(
+                _LEAVE_LUA, 2, keys.order_queue, keys.order_lease,
+                ticket, _ms(lease_seconds), _ms(wake_seconds), keys.order_wake_prefix,
+            )  # fmt: skip
+            return False
         reply = self._queue_call("_leave_script", _LEAVE_LUA, portfolio_id, ticket, lease_seconds, wake_seconds)
         return int(reply) == 1
 
