@@ -213,9 +213,13 @@ def test_orders_that_queued_one_after_another_are_served_in_arrival_order(
         answers[i] = gate.execute_trade("AAA", 1 + i, "BUY", client_order_id=f"fifo-{i}")
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
+
+    def queued(n: int) -> Callable[[], bool]:
+        return lambda: len(seeded.read_order_queue("main")[0]) == n + 1  # the blocker and n senders
+
     for i, thread in enumerate(threads):  # each joins the queue before the next starts
         thread.start()
-        _wait_for(lambda n=i: len(seeded.read_order_queue("main")[0]) == n + 2, f"sender {i} to queue")
+        _wait_for(queued(i + 1), f"sender {i} to queue")
     assert seeded.read_order_queue("main")[1] == "blocker"
 
     seeded.leave_order_queue("main", "blocker", 60.0, 60.0)
