@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from engine.errors import StoreError, StoreUnavailableError
+from engine.errors import CorruptDataError, StoreError, StoreUnavailableError
 from engine.records import (
     Decision,
     DecisionStatus,
@@ -109,7 +109,7 @@ def execute(
         turn = _wait_for_turn(gate, ticket)
     except (StoreError, redis.RedisError) as exc:
         _leave(gate, ticket)
-        failure = exc if isinstance(exc, StoreError) else StoreUnavailableError(f"Redis failed: {exc}")
+        failure = exc if isinstance(exc, StoreError) else _queue_failure(exc)
         now = gate.clock()
         failed = gate.store_failure_decision(ticker, qty, side, failure, now)
         return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now)
@@ -148,6 +148,14 @@ def _wait_for_turn(gate: RiskManager, ticket: str) -> bool:
         else:
             head = place == 1
     return True
+
+
+def _queue_failure(exc: redis.RedisError) -> StoreError:
+    """A Redis error of the order queue as the store's typed error: unreachable, or a queue key holding the
+    wrong type (corrupt)."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return StoreUnavailableError(f"Redis failed while the order waited for its turn: {exc}")
+    return CorruptDataError(f"the order queue of the portfolio is unreadable: {exc}")
 
 
 def _leave(gate: RiskManager, ticket: str) -> None:

@@ -39,7 +39,7 @@ from engine.store import PortfolioKeys, Store
 from logic import execution
 from logic.risk_manager import RiskManager
 
-from .conftest import TEST_CONFIG
+from .conftest import TEST_CONFIG, store_contents
 
 CTX = multiprocessing.get_context("spawn")
 NOW = 1_700_000_000.0
@@ -301,6 +301,18 @@ def test_an_order_that_cannot_get_its_turn_in_time_is_refused_store_unavailable_
     seeded.leave_order_queue("main", "stuck", 60.0, 60.0)
     assert rm.execute_trade("AAA", 10, "BUY", client_order_id="patient")["status"] == "FILLED"
     assert _order_keys(seeded, "main") == []
+
+
+def test_an_order_queue_key_of_the_wrong_type_refuses_the_order_store_corrupt_and_changes_nothing(
+    rm: RiskManager, seeded: Store, redis_client: redis.Redis
+) -> None:
+    redis_client.set(PortfolioKeys("main").order_queue, "not a list")
+    before = store_contents(redis_client)
+
+    result = rm.execute_trade("AAA", 10, "BUY", client_order_id="corrupt")
+
+    assert result["status"] == "REJECTED" and [r["code"] for r in result["reasons"]] == ["STORE_CORRUPT"]
+    assert store_contents(redis_client) == before
 
 
 def test_an_order_leaves_no_queue_key_behind(rm: RiskManager, seeded: Store) -> None:
