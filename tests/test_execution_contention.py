@@ -281,6 +281,44 @@ def test_a_holder_killed_inside_the_critical_section_blocks_the_next_order_only_
     assert _order_keys(seeded, "main") == []
 
 
+def test_a_holder_that_stalls_past_its_lease_is_overtaken_and_still_books_correctly_when_it_wakes(
+    rm: RiskManager, seeded: Store, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(execution, "LEASE_SECONDS", 0.2)
+    monkeypatch.setattr(execution, "WAKE_POLL_SECONDS", 0.05)
+    before = seeded.read_portfolio("main")
+    inside, resume = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def stalling_clock() -> float:
+        calls.append(1)
+        if len(calls) == 2:  # after WATCH: the holder stalls inside the critical section
+            inside.set()
+            resume.wait(60)
+        return NOW
+
+    slow_client = redis.Redis.from_url(redis_server.url, socket_timeout=30)
+    slow = RiskManager(slow_client, "main", _settings(), clock=stalling_clock)
+    answers: dict[str, dict[str, Any]] = {}
+    thread = threading.Thread(target=lambda: answers.update(slow=slow.execute_trade("AAA", 7, "BUY", "slow")))
+    thread.start()
+    assert inside.wait(60)
+
+    overtaking = rm.execute_trade("AAA", 10, "BUY", client_order_id="overtaking")  # reaps the stalled head
+    resume.set()
+    thread.join(60)
+    slow_client.close()
+
+    assert overtaking["status"] == "FILLED" and answers["slow"]["status"] == "FILLED"
+    # the stalled order's WATCH saw the overtaking fill: it re-read the book and booked after it
+    assert Decimal(answers["slow"]["fill"]["cash_before"]) == Decimal(overtaking["fill"]["cash_after"])
+    after = seeded.read_portfolio("main")
+    assert after.cash == Decimal(answers["slow"]["fill"]["cash_after"])
+    assert after.positions["AAA"].qty == before.positions["AAA"].qty + 17
+    assert seeded.read_order_queue("main") == ([], None)
+    assert _order_keys(seeded, "main") == []
+
+
 def test_an_order_that_cannot_get_its_turn_in_time_is_refused_store_unavailable_and_leaves_the_queue(
     rm: RiskManager, seeded: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
