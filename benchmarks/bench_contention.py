@@ -12,7 +12,11 @@ alone (WATCH / read / check / MULTI / EXEC with jittered retries, no queue: ``lo
 no ticket), which is what execution did before the queue. For fills/s and refusals the table's ratio
 (baseline / measured) reads inverted: for fills/s a ratio below 1 means the queue is faster.
 
-Target (issue 12): p99 <= 50 ms at 16 writers on this 2-core machine.
+Target (issue 12): p99 <= 50 ms at 16 writers on this 2-core machine. With the queue, orders of one portfolio
+run one after another, so the 16-writer p99 is about 16 times the serial cost of one order: the hand-over, three
+round trips (WATCH, the one-script read, MULTI/EXEC with the hand-over to the next) and the check. On an idle
+machine that is about 1-2 ms; when the two cores are shared with other busy processes each round trip waits for
+a CPU and the figure grows with the load (read it beside the optimistic baseline of the same run).
 """
 
 from __future__ import annotations

@@ -75,9 +75,7 @@ from engine.store.sequencer import SequencerStore
 from engine.store.trading import TRADE_LOG_MAXLEN, TradeView, TradingStore
 
 
-class Store(
-    MarketStore, PortfolioStore, TradingStore, MonitoringStore, AlertStore, NotificationStore, SequencerStore
-):
+class Store(MarketStore, PortfolioStore, TradingStore, MonitoringStore, AlertStore, NotificationStore, SequencerStore):
     """Typed reads and writes over one Redis connection: every domain's mixin over one client.
 
     Every read method takes an optional ``conn`` so a caller can run it on a pipeline in WATCH mode, and every
