@@ -11,6 +11,7 @@ Modules, rq-style, one noun each::
     monitoring      MonitoringStore: latest snapshot, history, equity peaks, excursions, leases
     alerts          AlertStore: rule edits, active alerts, alert log, evaluation timers, actions
     notifications   NotificationStore: outbox, group state, delivery log, send rate, flush lease
+    sequencer       SequencerStore: the per-portfolio FIFO order queue and its lease
 
 :class:`Store` composes the mixins over one client: ``Store(client).read_market()``. Every read method takes an
 optional ``conn`` (a pipeline in WATCH mode) and every write method an optional ``pipe`` (a MULTI), so a caller
@@ -74,10 +75,11 @@ from engine.store.market import MarketStore, StandardizedWindow, TickEvent
 from engine.store.monitoring import EquityPeaks, Excursion, MonitoringStore, decode_marks_reply
 from engine.store.notifications import NotificationStore
 from engine.store.portfolio import PortfolioBundle, PortfolioStore
+from engine.store.sequencer import SequencerStore
 from engine.store.trading import TRADE_LOG_MAXLEN, TradeView, TradingStore
 
 
-class Store(MarketStore, PortfolioStore, TradingStore, MonitoringStore, AlertStore, NotificationStore):
+class Store(MarketStore, PortfolioStore, TradingStore, MonitoringStore, AlertStore, NotificationStore, SequencerStore):
     """Typed reads and writes over one Redis connection: every domain's mixin over one client.
 
     Every read method takes an optional ``conn`` so a caller can run it on a pipeline in WATCH mode, and every
@@ -89,6 +91,7 @@ __all__ = [
     # the store
     "Store", "StoreBase", "Conn",
     "MarketStore", "PortfolioStore", "TradingStore", "MonitoringStore", "AlertStore", "NotificationStore",
+    "SequencerStore",
     # keys
     "SCHEMA_VERSION", "SCHEMA_KEY", "PORTFOLIOS_KEY", "RULES_KEY", "RULES_VERSION_KEY", "GLOBAL_AUDIT_KEY",
     "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP",
