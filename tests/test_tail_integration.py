@@ -285,9 +285,7 @@ def test_a_portfolio_overrides_the_models_var_method(store: Store, make_settings
 
     portfolios = copy.deepcopy(TEST_CONFIG["portfolios"])
     portfolios[1]["var_method"] = "fhs"  # hedge on fhs, main on the model's student_t
-    settings = make_settings(
-        {"model": {"fhs_window": WINDOW, "var_method": "student_t"}, "portfolios": portfolios}
-    )
+    settings = make_settings({"model": {"fhs_window": WINDOW, "var_method": "student_t"}, "portfolios": portfolios})
     warmup.seed(store, settings, now=1.0)
 
     Monitor(store, settings, clock=lambda: 3.0, idle_refresh_seconds=0).refresh()
