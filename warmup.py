@@ -17,7 +17,6 @@ regular bars: they are treated as model bars). Every universe ticker must have a
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from engine import math_logic
+from engine import history, math_logic
 from engine.errors import RiskdeskError
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
@@ -66,40 +65,15 @@ def market_from_settings(settings: Settings) -> SeedMarket:
 
 
 def read_history(path: Path, settings: Settings) -> SeedMarket:
-    """Estimate the seed covariance from a wide CSV of closes with the settings' EWMA decay."""
-    if not path.is_file():
-        raise WarmupError(f"history file {path} not found")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if len(rows) < 3:
-        raise WarmupError(f"{path}: need a header and at least two rows of prices")
-    header = [h.strip() for h in rows[0]]
-    if not header or header[0].lower() not in ("date", "timestamp", "time"):
-        raise WarmupError(f"{path}: first column must be 'date' (wide format: date, then one column per ticker)")
-    columns = header[1:]
-    unknown = sorted(set(columns) - set(settings.universe.assets))
-    if unknown:
-        raise WarmupError(f"{path}: tickers not in the universe: {unknown}; add them to riskdesk.toml first")
-    missing = sorted(set(settings.universe.assets) - set(columns))
+    """Estimate the seed covariance from a CSV of closes (engine/history.py): the EWMA covariance of the file's
+    own returns, scaled from the file's bar (read from its timestamps) to one model bar."""
+    hist = history.read_history(path, settings.universe.assets)
+    missing = sorted(set(settings.universe.assets) - set(hist.tickers))
     if missing:
-        raise WarmupError(f"{path}: no price column for {missing}")
-    values = np.empty((len(rows) - 1, len(columns)))
-    for i, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise WarmupError(f"{path}:{i}: expected {len(header)} fields, found {len(row)}")
-        for j, cell in enumerate(row[1:]):
-            try:
-                price = float(cell)
-            except ValueError:
-                raise WarmupError(f"{path}:{i}: {columns[j]} price {cell!r} is not a number") from None
-            if not math.isfinite(price) or price <= 0:
-                raise WarmupError(f"{path}:{i}: {columns[j]} price {cell!r} must be positive and finite")
-            values[i - 2, j] = price
-    order = [columns.index(t) for t in settings.universe.assets]
-    values = values[:, order]
-    returns = np.log(values[1:] / values[:-1])
-    cov = math_logic.ewma_covariance_from_returns(returns, decay=settings.model.ewma_decay)
-    return SeedMarket(tuple(settings.universe.assets), values[-1].copy(), cov)
+        raise history.HistoryError(f"{path}:1: no price column for {missing}")
+    hist = hist.reordered(tuple(settings.universe.assets))
+    cov = history.model_covariance(hist, settings.model.ewma_decay, settings.model.bars_per_day)
+    return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov)
 
 
 def _initial_portfolio(settings: Settings, portfolio_id: str, prices: dict[str, float], now: float) -> PortfolioState:
