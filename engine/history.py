@@ -315,7 +315,7 @@ def _read_long(
     if not groups:
         raise _error(path, header_line, "a header but no rows of prices")
     tickers = list(groups[0][2])
-    for ts, line, prices in groups:
+    for _ts, line, prices in groups:
         if set(prices) != set(tickers):
             raise _error(path, line, f"date has tickers {sorted(prices)}, the first date has {sorted(tickers)}")
     return (
