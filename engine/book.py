@@ -277,9 +277,9 @@ def diff(stored: PortfolioState | None, want: PortfolioState) -> list[Change]:
             out.append(Change(pid, name, before, after))
     old_positions = {} if stored is None else stored.positions
     for ticker in sorted(set(old_positions) | set(want.positions)):
-        before, after = _show(old_positions.get(ticker)), _show(want.positions.get(ticker))
-        if before != after:
-            out.append(Change(pid, f"position:{ticker}", before, after))
+        was, now_ = _show(old_positions.get(ticker)), _show(want.positions.get(ticker))
+        if was != now_:
+            out.append(Change(pid, f"position:{ticker}", was, now_))
     return out
 
 

@@ -181,7 +181,9 @@ def _daily_history(tmp_path: Path, seed: int = 5) -> Path:
     closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, size=(60, 4)), axis=0))
     days = np.datetime64("2024-01-01") + np.arange(120)
     days = [d for d in days if np.is_busday(d)][:60]
-    lines = ["date,AAA,BBB,CCC,DDD"] + [f"{d},{','.join(repr(float(p)) for p in row)}" for d, row in zip(days, closes, strict=True)]
+    lines = ["date,AAA,BBB,CCC,DDD"] + [
+        f"{d},{','.join(repr(float(p)) for p in row)}" for d, row in zip(days, closes, strict=True)
+    ]
     return _write(tmp_path, "daily.csv", "\n".join(lines) + "\n")
 
 
@@ -227,3 +229,32 @@ def test_reset_keeps_the_audit_trail_unless_wipe_audit(cli, redis_client, settin
 
     assert not redis_client.exists(PortfolioKeys("main").trades)
     assert [r["action"] for r in _audit(redis_client, GLOBAL_AUDIT_KEY)] == ["reset", "seed"]
+
+
+def test_no_return_is_computed_across_a_market_reload_and_the_monitor_restarts_the_peaks(
+    seeded_store: Store, settings, redis_client
+) -> None:
+    from engine import reload
+    from engine.feeds import Bar, IterableFeed
+    from engine.stream import StreamDaemon
+
+    daemon = StreamDaemon(seeded_store, settings, IterableFeed([]), interval=0)
+    assert daemon.process_bar(Bar(1.0, {"AAA": 101.0}))
+    monitor = Monitor(seeded_store, settings, clock=time.time)
+    monitor.refresh()
+    tickers = seeded_store.read_market().tickers
+    new_cov = np.diag([1e-6, 2e-6, 3e-6, 4e-6])
+    reload.reload_market(seeded_store, settings, tickers, np.array([50.0, 20.0, 80.0, 10.0]), new_cov,
+                         now=time.time(), actor="test", detail={})  # fmt: skip
+    Monitor(seeded_store, settings, clock=time.time).refresh()  # the new market's first equity
+    redis_client.hset(PortfolioKeys("main").peaks, "max_peak", "1e12")  # a stale peak the reset tick must drop
+
+    assert daemon.process_bar(Bar(2.0, {"AAA": 51.0}))
+
+    event = seeded_store.last_tick()
+    assert event is not None and event.reset
+    np.testing.assert_array_equal(seeded_store.read_market().cov, new_cov)  # no return 101 -> 51 in the matrix
+    snapshots = monitor.process_tick(None, event)
+    assert snapshots["main"]["drawdown"]["max"] == 0.0
+    assert daemon.process_bar(Bar(3.0, {"AAA": 52.0}))
+    assert not seeded_store.last_tick().reset  # only the first bar of the new epoch

@@ -48,6 +48,3 @@ class BookStore(StoreBase):
         """Every Riskdesk key a reset deletes: all of them but the epoch, and the audit trail when kept."""
         keep = {EPOCH_KEY.encode(), *(self.audit_trail_keys() if keep_audit else [])}
         return [k for k in self.all_keys() if k not in keep]
-
-
-
