@@ -16,6 +16,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;
                                              read by the consumer group MONITOR_GROUP
+    mkt:{m}:epoch                   string   market epoch: bumped by every reload or re-seed (never reset),
+                                             no return is computed across two epochs
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
                                              positions_rev (new random token on every positions write)
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
@@ -69,6 +71,8 @@ MARKET_KEY = "mkt:{m}:snapshot"
 STRESSED_KEY = "mkt:{m}:stressed"
 REFERENCE_KEY = "mkt:{m}:reference"
 TICKS_KEY = "mkt:{m}:ticks"
+EPOCH_KEY = "mkt:{m}:epoch"
+"""Market epoch (engine/store/book.py): a counter bumped by each market reload or re-seed, kept by ``--reset``."""
 
 MONITOR_GROUP = "monitor"
 """Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""
