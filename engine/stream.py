@@ -156,6 +156,10 @@ class StreamDaemon:
         self.stats = DaemonStats()
         # state mirrored from the store; valid only while self._synced
         self.version: int | None = None
+        self._epoch: int | None = None
+        """Market epoch last loaded (engine/store/book.py); a different one means a reloaded market."""
+        self._new_epoch = False
+        self._epoch_seq = 0
         self.tickers: tuple[str, ...] = ()
         self.prices: Float64Array = np.empty(0)
         self.price_ts: Float64Array = np.empty(0)
@@ -263,6 +267,10 @@ class StreamDaemon:
         if self._last_written is not None and snap.version != self._last_written:
             self._row_gap = True
         self._window_ok = self.store.read_standardized_tickers(conn) == snap.tickers
+        epoch = self.store.read_market_epoch(conn)  # a new epoch: the market was reloaded or re-seeded
+        if self._epoch is not None and self._epoch != epoch:
+            self._new_epoch, self._epoch_seq = True, self._seq  # the bar in hand predates the new market
+        self._epoch = epoch
         self.version = snap.version
         self.tickers = snap.tickers
         self._index = {t: i for i, t in enumerate(snap.tickers)}
@@ -321,6 +329,11 @@ class StreamDaemon:
                 log.info("store holds market version %s, this daemon wrote %s: reloading", stored, self.version)
                 self._load(pipe)
             now = self.clock()
+            if self._new_epoch:  # no return across two markets (engine/reload.py)
+                if isinstance(self.feed, UniverseAware) and self._epoch_seq == self._seq:
+                    pipe.unwatch()  # drawn from the old market's prices: dropped; the feed now follows the new
+                    return False
+                bar = Bar(bar.ts, bar.prices, reset=True)
             step = self.validate(bar, now)
             if step.rejected:
                 log.warning("bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected))
@@ -365,6 +378,7 @@ class StreamDaemon:
             self._in_flight = token
             pipe.execute()
         self._in_flight = None
+        self._new_epoch = False
         self.version = version
         self._last_written = version
         self._window_ok = True

@@ -21,6 +21,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              bounded by LTRIM to model.fhs_window
     mkt:{m}:stdret_meta             hash     tickers (JSON, the rows' column order), seq (rows ever pushed),
                                              gen (token of the window's last rewrite), version (last row's)
+    mkt:{m}:epoch                   string   market epoch: bumped by every reload or re-seed (never reset),
+                                             no return is computed across two epochs
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
                                              positions_rev (new random token on every positions write)
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
@@ -80,6 +82,8 @@ STDRET_KEY = "mkt:{m}:stdret"
 """The window of standardized one-bar returns (:meth:`engine.store.Store.push_standardized`)."""
 STDRET_META_KEY = "mkt:{m}:stdret_meta"
 """Column order, row count and rewrite token of :data:`STDRET_KEY`."""
+EPOCH_KEY = "mkt:{m}:epoch"
+"""Market epoch (engine/store/book.py): a counter bumped by each market reload or re-seed, kept by ``--reset``."""
 
 MONITOR_GROUP = "monitor"
 """Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""
