@@ -156,7 +156,9 @@ def test_warm_up_from_history_fills_the_window_as_the_daemon_would(
     returns = rng.standard_t(4, size=(80, 4)) * 0.001
     prices = 100 * np.exp(np.cumsum(returns, axis=0))
     path = tmp_path / "h.csv"
-    rows = "".join(f"{k}," + ",".join(repr(p) for p in row.tolist()) + "\n" for k, row in enumerate(prices))
+    rows = "".join(  # one-minute bars: the model's bar, so the matrix is stored unscaled
+        f"{1_700_000_000 + 60 * k}," + ",".join(repr(p) for p in row.tolist()) + "\n" for k, row in enumerate(prices)
+    )
     path.write_text("date,AAA,BBB,CCC,DDD\n" + rows)
 
     warmup.seed(store, settings, history=warmup.read_history(path, settings), now=1.0)
@@ -295,3 +297,31 @@ def test_a_portfolio_overrides_the_models_var_method(store: Store, make_settings
     assert (main["var_method"], hedge["var_method"]) == ("student_t", "fhs")
     assert settings.var_method_for("main") is VarMethod.STUDENT_T
     assert settings.var_method_for("hedge") is VarMethod.FHS
+
+
+def test_a_history_reload_of_a_seeded_store_refills_the_window(
+    redis_server: Any, store: Store, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(5)
+    prices = 100 * np.exp(np.cumsum(rng.standard_t(5, size=(60, 4)) * 0.01, axis=0))
+    path = tmp_path / "daily.csv"
+    days = [f"2024-01-{d:02d}" for d in range(1, 32)] + [f"2024-02-{d:02d}" for d in range(1, 30)]
+    path.write_text("date,AAA,BBB,CCC,DDD\n" + "".join(
+        f"{day}," + ",".join(repr(p) for p in row.tolist()) + "\n" for day, row in zip(days, prices, strict=True)
+    ))  # fmt: skip
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    assert warmup.main(["--config", str(config_file)]) == 0
+    simulated = store.read_standardized()
+
+    assert warmup.main(["--config", str(config_file), "--history", str(path)]) == 0
+
+    window = store.read_standardized()
+    r = np.diff(np.log(prices), axis=0)
+    cov = r[:30].T @ r[:30] / 30  # the file's own EWMA (daily returns), written out
+    z = []
+    for row in r[30:]:
+        z.append(row / np.sqrt(np.diagonal(cov)))
+        cov = 0.94 * cov + 0.06 * np.outer(row, row)
+    assert window.gen != simulated.gen and window.rows == len(z) == 29
+    assert set(window.versions.tolist()) == {store.read_market().version}
+    np.testing.assert_allclose(window.values, np.array(z), rtol=1e-9, atol=1e-11)
