@@ -7,12 +7,13 @@ the horizon): at one bar and at the limit's horizon (``bars_per_day * var_horizo
 at ``model.backtest_confidence``. It is the code path of ``python -m logic.backtest`` (:func:`backtest_config`
 gives the same configuration), so a replay through the daemons and the CLI on the same closes agree exactly.
 
-State: ``pf:{id}:backtest`` holds the backtester (its JSON state, bounded by ``max_records`` closed
-observations), its summary and the market version of the last bar fed, written in the monitor's MULTI with the
-tick's snapshots and acknowledgement, so a bar is counted exactly once. A monitor keeps the backtesters in memory
-and reloads one when the stored token is not its own (another monitor fed a bar). A tick not newer than the
-stored version is not fed again; a ``reset`` tick (a new replay: its prices do not follow the previous ones)
-gives no return and drops the open forecasts.
+State: ``pf:{id}:backtest`` holds the backtester (its JSON state, without closed observations), its summary and
+the market version of the last bar fed, and ``pf:{id}:backtest_log`` every closed horizon (the realized P&L
+against each method's VaR forecast at its start), bounded to the latest :data:`BACKTEST_LOG_MAXLEN`; both are
+written in the monitor's MULTI with the tick's snapshots and acknowledgement, so a bar is counted exactly once.
+A monitor keeps the backtesters in memory and reloads one when the stored token is not its own (another monitor
+fed a bar). A tick not newer than the stored version is not fed again; a ``reset`` tick (a new replay: its
+prices do not follow the previous ones) gives no return and drops the open forecasts.
 
 Tickers: a portfolio's backtester models the tickers it holds (the P&L and every method's VaR of the book depend
 on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²): the state is rewritten on every
@@ -24,7 +25,7 @@ Alert metrics (the snapshot's ``backtest`` section, see :func:`snapshot_section`
 ``backtest.zone`` are the rolling (last 250 observations) exceedance count and Basel zone of the portfolio's own
 method at the limit's horizon, the zone as a number: 0 green, 1 yellow, 2 red (:data:`ZONE_LEVELS`), so a rule
 ``backtest.zone >= 1`` pages when the model goes yellow and ``>= 2`` when it goes red. ``backtest.bar_*`` are the
-same on the one-bar track and ``backtest.<method>.*`` each configured method's. All are null (the rule does not
+same on the one-bar track and ``backtest.methods.<method>.*`` each configured method's. All are null (the rule does not
 apply) before the first closed horizon.
 """
 
@@ -43,16 +44,15 @@ from engine.errors import CorruptDataError
 from engine.records import VarMethod
 from engine.settings import Settings
 from engine.store import Conn, Store, TickEvent
-from logic.backtest import BacktestConfig, Backtester, Track
+from logic.backtest import BacktestConfig, Backtester, Observation, Track
 from logic.rules import BACKTEST_ZONES
 
 log = logging.getLogger("riskdesk.backtest")
 
 ZONE_LEVELS: Mapping[str, int] = BACKTEST_ZONES
 """Basel zone -> the number alert rules compare (``backtest.zone``): :data:`logic.rules.BACKTEST_ZONES`."""
-BACKTEST_MAX_RECORDS = 500
-"""Closed observations each stored backtest keeps (per portfolio, both tracks together): the state is rewritten
-on every tick, so this bounds its JSON."""
+BACKTEST_LOG_MAXLEN = 1000
+"""Closed observations kept in each portfolio's ``pf:{id}:backtest_log`` (both tracks together, MAXLEN ~)."""
 TRACK_FIELDS = {Track.LIMIT: "", Track.BAR: "bar_"}
 """Prefix of a track's fields in the snapshot section."""
 
@@ -73,7 +73,7 @@ def backtest_config(settings: Settings, portfolio_id: str) -> BacktestConfig:
         window=int(model.fhs_window),
         decay=float(model.ewma_decay),
         horizon_bars=horizon_bars(settings, portfolio_id),
-        max_records=BACKTEST_MAX_RECORDS,
+        max_records=0,  # the closed observations go to the log, not into the state rewritten every tick
     )
 
 
@@ -149,6 +149,8 @@ class Fed:
     version: int
     token: str
     summary: dict[str, Any]
+    closed: tuple[Observation, ...] = ()
+    """The horizons that closed at this tick (appended to the log)."""
 
 
 class BacktestBooks:
@@ -197,8 +199,9 @@ class BacktestBooks:
             kept = previous[1] if previous is not None and book is not None and bt is book.bt and (
                 previous[0] == book.token
             ) else None  # fmt: skip
-            closed = frozenset(o.track for o in bt.step(bar_prices, qty[cols], label))
-            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary_of(bt, kept, closed))
+            closed = tuple(bt.step(bar_prices, qty[cols], label))
+            summary = summary_of(bt, kept, frozenset(o.track for o in closed))
+            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary, closed)
         return out
 
     def _book(self, pid: str, marker: tuple[int, str] | None) -> _Book | None:
@@ -223,6 +226,9 @@ class BacktestBooks:
     def write(self, fed: Mapping[str, Fed], pipe: Conn) -> None:
         for f in fed.values():
             self.store.write_backtest(f.portfolio_id, f.bt.to_dict(), f.summary, f.version, f.token, pipe)
+            if f.closed:
+                records = [o.to_dict() for o in f.closed]
+                self.store.append_backtest_observations(f.portfolio_id, records, BACKTEST_LOG_MAXLEN, pipe)
 
     def commit(self, fed: Mapping[str, Fed]) -> None:
         """The transaction holding ``fed`` succeeded: keep its backtesters as this monitor's."""

@@ -37,6 +37,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:marks                 hash     ticker -> JSON {side, mfe, mae} excursions of open positions
     pf:{<id>}:backtest              hash     state (JSON of logic.backtest.Backtester), summary (JSON), version
                                              (market version of the last bar fed), token (new on every write)
+    pf:{<id>}:backtest_log          stream   every closed horizon of the backtest (JSON observation: track,
+                                             start, end, pnl, var and hit per method), bounded by MAXLEN ~
     pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
     pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
     pf:{<id>}:alert_log             stream   every alert transition
@@ -168,6 +170,10 @@ class PortfolioKeys:
     def backtest(self) -> str:
         return self._key("backtest")
 
+    @property
+    def backtest_log(self) -> str:
+        return self._key("backtest_log")
+
     # alerts (engine/store/alerts.py)
     @property
     def alerts(self) -> str:
@@ -229,5 +235,5 @@ class PortfolioKeys:
             self.history, self.snapshot, self.peaks, self.marks,
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
-            self.backtest,
+            self.backtest, self.backtest_log,
         )  # fmt: skip

@@ -2,9 +2,9 @@
 peaks of the drawdown windows, the excursions of open positions, the continuous VaR backtest, and short leases.
 
 Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:history``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks``,
-``pf:{<id>}:backtest`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`). Per-portfolio writes of one
-snapshot touch keys of one hash tag only and each runs in one Lua script, so two monitors (or a tick processed
-twice) never lose an update.
+``pf:{<id>}:backtest``, ``pf:{<id>}:backtest_log`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`).
+Per-portfolio writes of one snapshot touch keys of one hash tag only and each runs in one Lua script, so two
+monitors (or a tick processed twice) never lose an update.
 """
 
 from __future__ import annotations
@@ -325,6 +325,18 @@ return id
             mapping={"state": encode_json(state), "summary": encode_json(summary), "version": int(version),
                      "token": token},
         )  # fmt: skip
+
+    def append_backtest_observations(
+        self, portfolio_id: str, observations: list[Mapping[str, Any]], maxlen: int, pipe: Conn = None
+    ) -> None:
+        """Append closed backtest horizons (JSON records) to ``pf:{id}:backtest_log``, bounded by MAXLEN ~."""
+        for record in observations:
+            self.append_audit(PortfolioKeys(portfolio_id).backtest_log, record, pipe, maxlen=maxlen)
+
+    def read_backtest_observations(self, portfolio_id: str, count: int, conn: Conn = None) -> list[dict[str, Any]]:
+        """The newest ``count`` closed horizons of the portfolio's backtest, oldest first."""
+        records = self.read_stream_json(PortfolioKeys(portfolio_id).backtest_log, count=count, conn=conn)
+        return records[::-1]
 
     def read_backtest_marker(self, portfolio_id: str, conn: Conn = None) -> tuple[int, str] | None:
         """(version, token) of the stored backtest, None when there is none: one HMGET, no state decoded."""

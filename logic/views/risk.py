@@ -252,6 +252,8 @@ def surface_view(
 
 BACKTEST_CONFIDENCES: tuple[float, ...] = tuple(sorted(REPORTED_CONFIDENCES, reverse=True))
 """The VaRs of the monitor's history the history backtest (:func:`logic.analytics.var_backtest`) can test."""
+BACKTEST_ROWS = 500
+"""Closed horizons of the stored backtest log a page reads (newest; both tracks)."""
 BACKTEST_TRACKS: tuple[str, ...] = ("limit", "bar")
 """The stored backtest's tracks: the limit's horizon, one bar (:class:`logic.backtest.Track`)."""
 
@@ -262,7 +264,6 @@ def backtest_view(desk: Desk, portfolio_id: str) -> Any:
     from logic import analytics
 
     summary = desk.store.read_backtest_summary(portfolio_id)
-    stored = desk.store.read_backtest_state(portfolio_id)
-    if summary is None or stored is None:
+    if summary is None:
         return None
-    return analytics.stored_backtest(summary, stored[0].get("records", ()))
+    return analytics.stored_backtest(summary, desk.store.read_backtest_observations(portfolio_id, BACKTEST_ROWS))
