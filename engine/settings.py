@@ -126,6 +126,16 @@ def _read_only(value: Mapping[str, T]) -> Mapping[str, T]:
     return types.MappingProxyType(dict(value))
 
 
+def _collar_reference(value: Any) -> Any:
+    if value == "session_open":
+        return value
+    if isinstance(value, str) and value.startswith("rolling:"):
+        n = value.removeprefix("rolling:")
+        if n.isdigit() and int(n) >= 1:
+            return value
+    raise ValueError(f'must be "session_open" or "rolling:N" with N a whole number of bars >= 1, got {value!r}')
+
+
 Money = Annotated[Decimal, BeforeValidator(_money)]
 """Exact money: a number or a numeric string, finite; never a bool."""
 Number = Annotated[float, Strict(), AllowInfNan(False)]
@@ -135,6 +145,8 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 """A duration: a finite number >= 0."""
 Text = Annotated[str, Strict()]
 Flag = Annotated[bool, Strict()]
+CollarReference = Annotated[str, BeforeValidator(_collar_reference)]
+"""``session_open`` or ``rolling:N`` (N >= 1 bars)."""
 Table = Annotated[Mapping[str, T], AfterValidator(_read_only)]
 """A read-only table (``types.MappingProxyType``): a frozen settings object has no mutable parts."""
 
@@ -190,6 +202,11 @@ class Limits:
     stale_price_seconds: Annotated[Number, Field(gt=0)] = 30.0
     """A price older than this is stale: no trade is approved on it."""
     max_orders_per_minute: Annotated[Integer, Field(gt=0)] = 600
+    collar_reference: CollarReference = "session_open"
+    """The collar's reference price: ``session_open`` (the previous session's close, re-anchored at every
+    session open) or ``rolling:N`` (the price N bars earlier in the session; the previous close until then)."""
+    outside_session: Literal["reject", "allow"] = "allow"
+    """A trade checked outside a session of ``market.calendar``: refused (``MARKET_CLOSED``) or checked as usual."""
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -301,6 +318,15 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, config=CONFIG)
+class Market:
+    """The exchange calendar the sessions come from (engine/sessions.py)."""
+
+    calendar: Text = "XNYS"
+    """An ``exchange-calendars`` name (daily P&L and drawdown reset at each session open, the weekly window
+    follows its weeks), or ``"24/7"``: no sessions, the day starts at ``monitor.day_reset_hour``."""
+
+
+@dataclass(frozen=True, config=CONFIG)
 class StreamConfig:
     tick_stream_maxlen: Integer = 10_000
     """Approximate bound of the tick event stream (XADD MAXLEN ~)."""
@@ -334,6 +360,7 @@ class Settings:
     stream: StreamConfig = field(default_factory=StreamConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    market: Market = field(default_factory=Market)
     extra: Table[Any] = field(default_factory=dict)
     """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
     validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):

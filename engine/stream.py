@@ -28,9 +28,14 @@ SIGINT / SIGTERM stop the daemon between bars (a bar being retried during an out
 
 Usage::
 
-    python -m engine.stream [--feed sim|replay] [--file CSV] [--interval SECONDS] [--ticks N] [--seed N]
+    python -m engine.stream [--feed sim|replay] [--file CSV] [--interval SECONDS | --speed X] [--ticks N] [--seed N]
                             [--shock AAA:-0.08@100 ...] [--vol-regime 2.0@150 ...] [--config FILE]
                             [--log-level INFO]
+
+Clock (engine/clocks.py): a replay stamps every write (snapshot ``ts``, ``price_ts``, tick event, heartbeat)
+with the bar's own time and publishes ``clock = replay`` in ``hb:stream``; ``--speed X`` plays X seconds of
+data per wall second. Live feeds stamp with the wall clock. Each bar also re-anchors the collar's reference
+prices at session opens (engine/collar.py), in the bar's transaction.
 
 Redis is ``REDIS_URL`` (or the settings' embedded server); the settings file is ``$RISKDESK_CONFIG`` or
 ``riskdesk.toml``.
@@ -52,11 +57,14 @@ import numpy as np
 import redis
 
 from engine import math_logic
+from engine.clocks import ClockMode, stamp_daily_closes, wall_sleep
+from engine.collar import CollarAnchor
 from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
 from engine.daemon import install_signal_handlers as install_signal_handlers  # re-exported: a public name here
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
 from engine.records import Clock
+from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
     MARKET_KEY,
@@ -123,6 +131,12 @@ class StreamDaemon:
         Wall seconds per bar (default ``settings.model.bar_interval_seconds``); 0 runs as fast as possible.
     stop_event:
         Set to stop between bars (``stop()`` does it; signal handlers call it).
+    clock_mode:
+        ``REPLAY`` stamps every write with the bar's own time (engine/clocks.py), ``LIVE`` with ``clock``;
+        default: ``REPLAY`` for a :class:`~engine.feeds.ReplayFeed`. Published in the heartbeat as ``clock``.
+    anchor:
+        Re-anchors the collar's reference prices (engine/collar.py); default from ``market.calendar`` and
+        ``limits.collar_reference``.
     """
 
     def __init__(
@@ -134,8 +148,12 @@ class StreamDaemon:
         clock: Clock = time.time,
         interval: float | None = None,
         stop_event: threading.Event | None = None,
+        clock_mode: ClockMode | None = None,
+        anchor: CollarAnchor | None = None,
     ) -> None:
         self.store = store
+        self.clock_mode = clock_mode or (ClockMode.REPLAY if isinstance(feed, ReplayFeed) else ClockMode.LIVE)
+        self.anchor = anchor or CollarAnchor(market_calendar(settings), settings.limits.collar_reference)
         self.settings = settings
         self.feed = feed
         self.clock = clock
@@ -258,6 +276,8 @@ class StreamDaemon:
         self.version = snap.version
         self.tickers = snap.tickers
         self._index = {t: i for i, t in enumerate(snap.tickers)}
+        if changed:
+            self.anchor.reset()
         self._tickers_json = encode_json(list(snap.tickers))
         self.prices = snap.prices.copy()
         self.price_ts = snap.price_ts.copy()
@@ -316,7 +336,7 @@ class StreamDaemon:
                     "store holds market version %s, this daemon wrote %s: reloading", stored, self.version
                 )
                 self._load(pipe)
-            now = self.clock()
+            now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
             if self._new_epoch:  # no return across two markets (engine/reload.py)
                 if isinstance(self.feed, UniverseAware) and self._epoch_seq == self._seq:
                     pipe.unwatch()  # drawn from the old market's prices: dropped; the feed now follows the new
@@ -353,8 +373,11 @@ class StreamDaemon:
                 version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
                 token=token, reset=bar.reset, rejected=len(step.rejected),
             )  # fmt: skip
+            reference, anchor_state = self.anchor.propose(now, step.prices, reset=bar.reset)
             pipe.multi()
             self.store.write_market(snap, pipe)
+            if reference is not None:
+                self.store.write_reference_prices(self.tickers, reference, now, pipe)
             self.store.publish_tick(event, self.maxlen, pipe, tickers_json=self._tickers_json)
             heartbeat = self._heartbeat(now, version, self.stats.bars_written + 1, len(step.rejected))
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, pipe)
@@ -362,6 +385,7 @@ class StreamDaemon:
             pipe.execute()
         self._in_flight = None
         self._new_epoch = False
+        self.anchor.commit(anchor_state)
         self.version = version
         self.prices = step.prices
         self.price_ts = step.price_ts
@@ -389,6 +413,7 @@ class StreamDaemon:
             "prices_rejected": self.stats.prices_rejected + rejected_now,
             "last_latency_ms": round(self.stats.last_latency_ms, 3),
             "interval": self.interval,
+            "clock": str(self.clock_mode),
         }
 
     def _write_heartbeat_best_effort(self, now: float) -> None:
@@ -432,7 +457,19 @@ def _sim_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Fee
 def _replay_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Feed:
     if not args.file:
         raise FeedError("--feed replay needs --file CSV", fix="pass the CSV of bars to replay with --file")
-    return ReplayFeed(args.file, universe=store.read_market_header().tickers)
+    feed = ReplayFeed(args.file, universe=store.read_market_header().tickers)
+    sessions = market_calendar(settings).sessions
+    if sessions is not None:  # a file of dates: each bar is its session's close (engine/clocks.py)
+        feed.bars = stamp_daily_closes(feed.bars, sessions)
+    return feed
+
+
+def replay_interval(feed: Feed, speed: float) -> float:
+    """Wall seconds per bar of a replay played at ``speed`` x its data's time: the median step between its
+    bars / ``speed`` (0: as fast as possible). A weekend gap waits one ordinary step."""
+    bars = getattr(feed, "bars", [])
+    steps = np.diff([float(b.ts) for b in bars]) if len(bars) > 1 else np.empty(0)
+    return wall_sleep(float(np.median(steps)) if steps.size else 0.0, speed)
 
 
 FEEDS: dict[str, FeedBuilder] = {"sim": _sim_feed, "replay": _replay_feed}
@@ -450,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="wall seconds per one-minute model bar (default: model.bar_interval_seconds)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="replay: data seconds per wall second (0: as fast as possible; 60: one hour of data per wall "
+        "minute); wall wait per bar = the data's bar spacing / speed. Overrides --interval",
     )
     parser.add_argument("--ticks", type=int, default=None, help="stop after reading N bars")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the simulated feed")
@@ -493,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ticks is not None and args.ticks < 0:
         print("stream: error: --ticks must be >= 0", file=sys.stderr)
         return 2
+    if args.speed is not None and not (math.isfinite(args.speed) and args.speed >= 0):
+        print("stream: error: --speed must be >= 0 (0: as fast as possible)", file=sys.stderr)
+        return 2
     stop = stop_on_signals(log, "stopping between bars")
     try:
         settings = load_settings(args.config)
@@ -500,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not wait_for_store(store, stop, "stream"):
             return 0
         feed = FEEDS[args.feed](args, settings, store)
-        daemon = StreamDaemon(store, settings, feed, interval=args.interval, stop_event=stop)
+        interval = args.interval if args.speed is None else replay_interval(feed, args.speed)
+        daemon = StreamDaemon(store, settings, feed, interval=interval, stop_event=stop)
     except RiskdeskError as exc:
         print(f"stream: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
