@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -64,13 +65,17 @@ class Sessions:
         import exchange_calendars as xc  # heavy import: only processes that measure sessions pay it
 
         try:
-            cal = xc.get_calendar(name, start=CALENDAR_START)
+            with warnings.catch_warnings():
+                # exchange-calendars 4.13 reads Series.values of tz-aware dates (deprecated in pandas 3.1):
+                # its warning is about its own code, not our numbers
+                warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+                cal = xc.get_calendar(name, start=CALENDAR_START)
         except (xc.errors.InvalidCalendarName, ValueError) as exc:
             raise ConfigError(f"market.calendar: unknown exchange calendar {name!r} ({exc})") from None
         self.name = name
         self.dates: tuple[str, ...] = tuple(d.date().isoformat() for d in cal.sessions)
-        self.opens: Float64Array = cal.opens.to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
-        self.closes: Float64Array = cal.closes.to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
+        self.opens: Float64Array = np.array([t.timestamp() for t in cal.opens], dtype=float)
+        self.closes: Float64Array = np.array([t.timestamp() for t in cal.closes], dtype=float)
         # week of each session: ISO (year, week) of its date; id = date of the week's first session
         iso = [d.isocalendar() for d in cal.sessions]
         week_ids: list[str] = []
@@ -162,10 +167,14 @@ class MarketCalendar:
         self.sessions: Sessions | None = None if name == ALWAYS_OPEN else sessions_for(name)
 
     def period_ids(self, t: float) -> tuple[str, str]:
-        """Ids of the daily and weekly windows holding ``t`` (ISO dates, ordered as text)."""
-        if self.sessions is None:
-            return wall_clock_period_ids(t, self.tz, self.reset_hour)
-        return self.sessions.period_ids(t)
+        """Ids of the daily and weekly windows holding ``t`` (ISO dates, ordered as text). A time outside the
+        calendar's range (before 1990, years ahead) falls back to the ``24/7`` rule."""
+        if self.sessions is not None:
+            try:
+                return self.sessions.period_ids(t)
+            except ValueError:
+                pass
+        return wall_clock_period_ids(t, self.tz, self.reset_hour)
 
     def is_open(self, t: float) -> bool:
         """True inside a session (always for ``24/7``)."""
