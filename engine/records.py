@@ -161,6 +161,7 @@ class ReasonCode(StrEnum):
     """The portfolio's trading state is HALTED, or missing/unreadable (fail closed)."""
     REDUCING_ONLY = "REDUCING_ONLY"
     """The trading state is REDUCING and the trade does not reduce the absolute position."""
+    MARKET_CLOSED = "MARKET_CLOSED"  # outside a session of market.calendar, limits.outside_session = "reject"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     """Redis cannot be reached: nothing is approved (fail closed)."""
     STORE_EMPTY = "STORE_EMPTY"

@@ -11,9 +11,10 @@ market snapshot; VaR = z * sqrt(x'Sx) * sqrt(bars_per_day * horizon_days). That 
 (``weights = x / equity, value = equity``) of engine.math_logic, but also defined when equity is not positive.
 The gate refuses a trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR passes that
 check even above the limit), and on concentration / margin only trades that grow the position / the gross
-exposure: risk-reducing trades must stay possible when a limit is already breached. VaR, variance and the
-marginal VaR vector of the holdings are cached per (market key, holdings revision); the VaR change of a trade
-is the O(N) incremental formula (:func:`engine.math_logic.incremental_var_single`).
+exposure: risk-reducing trades must stay possible when a limit is already breached. The price collar too
+stops only trades that do not shrink the position (the reference is re-anchored by engine/collar.py).
+VaR, variance and the marginal VaR vector of the holdings are cached per (market key, holdings revision); the
+VaR change of a trade is the O(N) incremental formula (:func:`engine.math_logic.incremental_var_single`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from engine.records import (
     TradingState,
     TradingStatus,
 )
+from engine.sessions import MarketCalendar, market_calendar
 from engine.settings import Asset, Limits, Settings, valid_symbol
 from engine.store import TradeView
 from logic.decisions import book_fill, commission, fill_price, parse_quantity, parse_side, reason
@@ -202,6 +204,16 @@ class BookCache:
                 self._books.popitem(last=False)
 
 
+def _reduces(sim: Sim, ticker: Any, shares: int | None, side: Side | None) -> bool:
+    """The order shrinks the held position toward zero without flipping it: the collar does not stop it."""
+    if sim.portfolio is None or shares is None or side is None or not isinstance(ticker, str):
+        return False
+    held = sim.portfolio.positions.get(ticker)
+    q0 = held.qty if held is not None else 0
+    q1 = q0 + (shares if side == Side.BUY else -shares)
+    return q0 != 0 and abs(q1) < abs(q0) and q0 * q1 >= 0
+
+
 class Checker:
     """Every pre-trade check of one portfolio (pure over what it is given, apart from the two caches)."""
 
@@ -220,6 +232,19 @@ class Checker:
         self.horizon_bars = horizon_bars
         self.models = models
         self.books = books
+
+    @functools.cached_property
+    def calendar(self) -> MarketCalendar:
+        """The market's sessions (built on first use: only ``outside_session = "reject"`` needs them)."""
+        return market_calendar(self.settings)
+
+    def market_closed(self, now: float) -> bool:
+        """``now`` is outside a session of ``market.calendar`` (a time the calendar cannot place counts as
+        closed: fail closed)."""
+        try:
+            return not self.calendar.is_open(now)
+        except ValueError:
+            return True
 
     def evaluate(
         self,
@@ -275,6 +300,12 @@ class Checker:
                 )
             )
 
+        # the market's session
+        if limits.outside_session == "reject" and self.market_closed(now):
+            reasons.append(
+                reason(ReasonCode.MARKET_CLOSED, f"the {self.settings.market.calendar} market is closed")
+            )
+
         # the order itself
         shares, why = parse_quantity(qty, limits.max_order_qty)
         if why is not None:
@@ -309,7 +340,7 @@ class Checker:
                             f"{ticker} price is {age:.0f} s old (limit {limits.stale_price_seconds:g} s)",
                         )
                     )
-                if sim.reference is not None:
+                if sim.reference is not None and not _reduces(sim, ticker, shares, side_n):
                     ref = sim.reference.get(ticker)
                     if ref is None or not math.isfinite(ref) or ref <= 0:
                         reasons.append(

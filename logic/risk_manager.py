@@ -56,7 +56,6 @@ of :mod:`engine.errors` instead, for the page to show with their ``fix``.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -65,6 +64,7 @@ import pandas as pd
 import redis
 
 from engine import math_logic
+from engine.clocks import MarketClock
 from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreError, StoreUnavailableError
 from engine.market_model import MarketModelCache
@@ -121,7 +121,8 @@ class RiskManager:
     settings:
         The frozen settings (default: :func:`engine.settings.load_settings`).
     clock:
-        Zero-argument callable returning epoch seconds (default ``time.time``): staleness, the order-rate
+        Zero-argument callable returning epoch seconds (default :class:`engine.clocks.MarketClock`: the wall
+        clock live, the bars' time in a replay): staleness, the order-rate
         window and audit times use it.
     market_models:
         A :class:`~engine.market_model.MarketModelCache` to share with other readers of the same store
@@ -148,7 +149,7 @@ class RiskManager:
         self.client = client
         self.store = Store(client)
         self.portfolio_id = portfolio_id
-        self.clock: Clock = clock or time.time
+        self.clock: Clock = clock or MarketClock(self.store)  # a replay's checks run on the data's time
         self.limits: Limits = self.settings.limits_for(portfolio_id)
         self.horizon_bars = self.settings.model.bars_per_day * self.limits.var_horizon_days
         self.last_error: RiskdeskError | None = None
