@@ -56,9 +56,7 @@ BAR_TIMES = [(9, 30)] + [(h, 30) for h in range(10, 16)] + [(16, 0)]
 
 def bar_schedule() -> list[tuple[float, date]]:
     """(epoch seconds, session date) of every bar."""
-    return [
-        (datetime(d.year, d.month, d.day, h, m, tzinfo=NY).timestamp(), d) for d in SESSIONS for h, m in BAR_TIMES
-    ]
+    return [(datetime(d.year, d.month, d.day, h, m, tzinfo=NY).timestamp(), d) for d in SESSIONS for h, m in BAR_TIMES]
 
 
 def gbm(n: int, vols: list[float], seed: int, start: list[float]) -> np.ndarray:
@@ -187,6 +185,7 @@ def test_outside_a_session_a_reject_setting_refuses_with_market_closed(
     allow = make_settings(XNYS)
     assert "MARKET_CLOSED" not in {
         r["code"]
-        for r in RiskManager(store.client, "main", allow, clock=lambda: open_ - 1)
-        .check_trade_impact("AAA", 10, "BUY")["reasons"]
+        for r in RiskManager(store.client, "main", allow, clock=lambda: open_ - 1).check_trade_impact("AAA", 10, "BUY")[
+            "reasons"
+        ]
     }
