@@ -101,7 +101,7 @@ class Stack:
             {
                 "RISKDESK__REDIS__DATA_DIR": str(self.data_dir),
                 "RISKDESK__DASHBOARD__PORT": str(self.port),
-                "RISKDESK__MODEL__BAR_INTERVAL_SECONDS": repr(float(bar_interval)),
+                "RISKDESK__MODEL__DEMO_CLOCK_SECONDS": repr(float(bar_interval)),
                 "PYTHONUNBUFFERED": "1",
             }
         )
