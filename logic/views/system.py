@@ -182,6 +182,7 @@ def change_trading_state(desk: Desk, portfolio_id: str, state: str | None, reaso
 
 # -- the clock the stream daemon plays ------------------------------------------------------------------------
 
+
 def clock_caption(desk: Desk) -> str | None:
     """What the dashboard says about model time on every page, or None when model time is wall time.
 
