@@ -167,10 +167,10 @@ class Launcher:
         """``start`` on the real weekly closes bundled with plotly (see the module docstring)."""
         from engine import demo_data
 
-        files = demo_data.export(self.data_dir / "demo-data")
+        files = demo_data.export(self.data_dir / "demo-data", self.settings)
         self.stream_args = ("--feed", "replay", "--file", str(files.replay), "--interval", repr(float(interval)))
-        lines = [f"demo       {files.weeks} weekly closes of {', '.join(demo_data.TICKERS)} (plotly.data.stocks) "
-                 f"in {files.replay.parent}"]  # fmt: skip
+        tickers = ", ".join(self.settings.universe.assets)
+        lines = [f"demo       {files.weeks} weekly closes of {tickers} (plotly.data.stocks) in {files.replay.parent}"]
         seed = ("--history", str(files.history), "--positions", str(files.book))
         return lines + self.start(seed_args=seed)
 
