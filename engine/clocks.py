@@ -39,6 +39,9 @@ class ClockMode(StrEnum):
     """The wall clock."""
     REPLAY = "replay"
     """The bars' own timestamps."""
+    COMPRESSED = "compressed"
+    """The wall clock, but a live feed played faster or slower than one model bar per ``model.bar_seconds``:
+    a demo clock the dashboard shows as such."""
 
 
 class MarketClock:

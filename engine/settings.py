@@ -243,8 +243,13 @@ class PortfolioConfig:
 class Model:
     ewma_decay: Annotated[Number, Field(gt=0, lt=1)] = EWMA_DECAY
     """RiskMetrics λ of the EWMA covariance of one-bar log returns."""
-    bar_interval_seconds: Annotated[Number, Field(ge=0)] = 2.0
-    """Wall-clock seconds one one-minute model bar takes in the daemon (``--interval``)."""
+    bar_seconds: Annotated[Number, Field(gt=0)] = 60.0
+    """Length of one model bar in seconds: the bar is one minute, so a live feed (any feed that is not a replay)
+    plays one bar per 60 s of wall time and model time matches wall time."""
+    demo_clock_seconds: Annotated[Number, Field(ge=0)] | None = None
+    """Compressed demo clock: when set, a live feed plays one model bar every this many wall seconds instead of
+    ``bar_seconds`` (``make run`` uses 2 s for a lively demo); the dashboard then says so on every page.
+    0 plays as fast as possible (tests)."""
     bars_per_day: Annotated[Integer, Field(gt=0)] = BARS_PER_DAY
     """Trading minutes per day: daily figures scale one-bar volatility by sqrt(bars_per_day)."""
     trading_days_per_year: Annotated[Integer, Field(gt=0)] = TRADING_DAYS_PER_YEAR
@@ -255,6 +260,16 @@ class Model:
     @property
     def bars_per_year(self) -> int:
         return self.bars_per_day * self.trading_days_per_year
+
+    @property
+    def bar_interval_seconds(self) -> float:
+        """Wall seconds per model bar of a live feed: the demo clock when one is set, else ``bar_seconds``."""
+        return float(self.bar_seconds if self.demo_clock_seconds is None else self.demo_clock_seconds)
+
+    @property
+    def compressed_clock(self) -> bool:
+        """True when a live feed does not play model time at wall-clock speed (an explicit demo option)."""
+        return self.bar_interval_seconds != self.bar_seconds
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -331,6 +346,9 @@ class StreamConfig:
     tick_stream_maxlen: Integer = 10_000
     """Approximate bound of the tick event stream (XADD MAXLEN ~)."""
     seed: Integer | None = None
+    max_jump_sigma: Annotated[Number, Field(gt=0)] = 12.0
+    """A price whose log return from the last accepted price exceeds this many standard deviations of the
+    ticker's current one-bar volatility (from the covariance) is rejected as absurd (engine/price_filter.py)."""
 
 
 @dataclass(frozen=True, config=CONFIG)

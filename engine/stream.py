@@ -63,6 +63,7 @@ from engine.daemon import add_daemon_arguments, configure_logging, connect_for_d
 from engine.daemon import install_signal_handlers as install_signal_handlers  # re-exported: a public name here
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
+from engine.price_filter import PriceFilter
 from engine.records import Clock
 from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
@@ -128,7 +129,8 @@ class StreamDaemon:
     clock:
         Epoch seconds of the written snapshot (``ts``, ``price_ts``); tests pass a controllable one.
     interval:
-        Wall seconds per bar (default ``settings.model.bar_interval_seconds``); 0 runs as fast as possible.
+        Wall seconds per bar (default ``settings.model.bar_interval_seconds``: ``model.bar_seconds``, 60, unless
+        a ``model.demo_clock_seconds`` compressed clock is set); 0 runs as fast as possible.
     stop_event:
         Set to stop between bars (``stop()`` does it; signal handlers call it).
     clock_mode:
@@ -152,7 +154,6 @@ class StreamDaemon:
         anchor: CollarAnchor | None = None,
     ) -> None:
         self.store = store
-        self.clock_mode = clock_mode or (ClockMode.REPLAY if isinstance(feed, ReplayFeed) else ClockMode.LIVE)
         self.anchor = anchor or CollarAnchor(market_calendar(settings), settings.limits.collar_reference)
         self.settings = settings
         self.feed = feed
@@ -164,6 +165,8 @@ class StreamDaemon:
         self.maxlen = settings.stream.tick_stream_maxlen
         self._stop = stop_event or threading.Event()
         self.stats = DaemonStats()
+        self.price_filter = PriceFilter.for_feed(settings, feed)
+        self.clock_mode = clock_mode or default_clock_mode(settings, feed, self.interval)
         # state mirrored from the store; valid only while self._synced
         self.version: int | None = None
         self._epoch: int | None = None
@@ -297,6 +300,7 @@ class StreamDaemon:
 
     def validate(self, bar: Bar, now: float) -> _Step:
         """Check every price of ``bar`` against the loaded universe and compute the returns (pure)."""
+        self.price_filter.begin(self._seq)  # a retried bar starts from the same remembered jumps
         prices = self.prices.copy()
         price_ts = self.price_ts.copy()
         accepted: list[int] = []
@@ -306,13 +310,9 @@ class StreamDaemon:
             if i is None:
                 rejected.append(f"{ticker}={raw!r}: unknown ticker")
                 continue
-            try:
-                price = float(raw)
-            except (TypeError, ValueError):
-                rejected.append(f"{ticker}={raw!r}: not a number")
-                continue
-            if not math.isfinite(price) or price <= 0:
-                rejected.append(f"{ticker}={raw!r}: not a positive finite price")
+            price, why = self.price_filter.check(ticker, raw, self.prices[i], self.cov[i, i], reset=bar.reset)
+            if why:  # engine/price_filter.py: absurd prices never reach the model
+                rejected.append(f"{ticker}={raw!r}: {why}")
                 continue
             prices[i] = price
             price_ts[i] = now
@@ -325,6 +325,7 @@ class StreamDaemon:
             )
             if idx.size:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
+        returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
         return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
@@ -414,6 +415,7 @@ class StreamDaemon:
             "last_latency_ms": round(self.stats.last_latency_ms, 3),
             "interval": self.interval,
             "clock": str(self.clock_mode),
+            "feed_bar_model_bars": self.price_filter.bar_scale,
         }
 
     def _write_heartbeat_best_effort(self, now: float) -> None:
@@ -423,6 +425,14 @@ class StreamDaemon:
             )
         except redis.RedisError as exc:
             log.debug("heartbeat not written: %s", exc)
+
+
+def default_clock_mode(settings: Settings, feed: object, interval: float) -> ClockMode:
+    """``REPLAY`` (bars from a file), ``LIVE`` (one model bar per ``model.bar_seconds`` of wall time) or
+    ``COMPRESSED`` (a live feed played faster or slower than wall time: a demo clock the dashboard shows)."""
+    if isinstance(feed, ReplayFeed):
+        return ClockMode.REPLAY
+    return ClockMode.LIVE if interval == settings.model.bar_seconds else ClockMode.COMPRESSED
 
 
 # -- command line --------------------------------------------------------------------------------------------
@@ -486,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval",
         type=float,
         default=None,
-        help="wall seconds per one-minute model bar (default: model.bar_interval_seconds)",
+        help="wall seconds per one-minute model bar (default: model.bar_seconds = 60, or model.demo_clock_seconds)",
     )
     parser.add_argument(
         "--speed",
