@@ -11,7 +11,16 @@ market snapshot; VaR = z * sqrt(x'Sx) * sqrt(bars_per_day * horizon_days). That 
 (``weights = x / equity, value = equity``) of engine.math_logic, but also defined when equity is not positive.
 The gate refuses a trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR passes that
 check even above the limit), and on concentration / margin only trades that grow the position / the gross
-exposure: risk-reducing trades must stay possible when a limit is already breached. VaR, variance and the
+exposure. On top of that, a *risk-reducing* trade (:func:`logic.limits.is_risk_reducing`: it shrinks the
+position without flipping it, or lowers both VaR and gross exposure) is never refused by any limit of
+:data:`logic.limits.WAIVED_WHEN_REDUCING_RISK` (collar, VaR, stressed VaR, concentration, margin, margin floor,
+leverage, daily loss, position, REDUCING); bad input, missing or stale data, store errors, HALTED, cash-account
+inventory and cash, the fat-finger limits and the order rate still refuse it. HALTED refuses every trader order
+(``OrderIntent.TRADE``); a liquidation-only order (``OrderIntent.LIQUIDATION``, the automated responses and
+authorised risk managers) passes in any state if it shrinks the position without flipping it, and is refused
+``LIQUIDATION_ONLY`` otherwise. REDUCING passes risk-reducing trades and, with ``limits.reducing_allows_hedges``,
+trades that lower the portfolio VaR. A refused well-formed order carries ``max_qty_allowed``
+(:mod:`logic.sizing`). VaR, variance and the
 marginal VaR vector of the holdings are cached per (market key, holdings revision); the VaR change of a trade
 is the O(N) incremental formula (:func:`engine.math_logic.incremental_var_single`).
 """

@@ -20,6 +20,9 @@ Decision (:meth:`RiskManager.check_trade_impact`, and ``decision`` inside an exe
     margin_level_after   equity / used margin x 100 after the trade (margin accounts; None otherwise)
     trading_state        "ACTIVE" | "REDUCING" | "HALTED" (None when unreadable: treated as HALTED)
     market_version, checked_at
+    intent               "trade" | "liquidation" (liquidation-only: must shrink the position; passes HALTED)
+    max_qty_allowed      refused well-formed orders: the largest quantity of the same ticker and side that
+                         passes every check now (0: none); None when approved or malformed
 
 Risk figures that cannot be computed (bad input, missing data) are ``None``; the reasons say why.
 

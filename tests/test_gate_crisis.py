@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import warmup
-from engine.records import Decision, DecisionStatus, OrderIntent, Position, ReasonCode
+from engine.records import Decision, DecisionStatus, OrderIntent, Position
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioState, Store
 from logic.limits import is_risk_reducing, shrinks_position

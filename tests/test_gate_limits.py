@@ -254,9 +254,7 @@ def test_a_short_position_limit_counts_absolute_shares(desk: Desk) -> None:
 def test_the_margin_floor_passes_exactly_at_it_and_refuses_one_share_more(desk: Desk) -> None:
     # hedge: equity 235k, gross 85k, initial margin 50%; buying q AAA at 100: level = 235k / ((85k + 100 q) / 2)
     # = 200% exactly at q = 1500
-    rm = desk(
-        {**NO_FEES, "limits": {"min_margin_level_after": 200.0, "max_concentration": 1.0}}, portfolio_id="hedge"
-    )
+    rm = desk({**NO_FEES, "limits": {"min_margin_level_after": 200.0, "max_concentration": 1.0}}, portfolio_id="hedge")
 
     assert rm.check("AAA", 1500, "BUY").margin_level_after == 200.0
     over = assert_boundary(rm, "AAA", "BUY", 1500, ReasonCode.MARGIN_FLOOR)
