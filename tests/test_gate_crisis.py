@@ -3,11 +3,14 @@ liquidation-only orders in HALTED, hedges in REDUCING, and what still refuses a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pytest
+from scipy import stats
 
 import warmup
 from engine.records import Decision, DecisionStatus, OrderIntent, Position
@@ -277,3 +280,42 @@ def test_a_decision_round_trips_with_intent_and_max_qty_and_an_old_record_still_
     old = {k: v for k, v in data.items() if k not in ("intent", "max_qty_allowed")}
     decoded = Decision.from_dict(old)
     assert decoded.intent == OrderIntent.TRADE and decoded.max_qty_allowed is None
+
+
+def test_a_store_failure_decision_still_echoes_the_parsed_order(settings: Any, tmp_path: Any) -> None:
+    rm = RiskManager(f"unix://{tmp_path}/nobody.sock", "main", settings, clock=lambda: NOW)
+
+    decision = rm.check("AAA", 10.0, "sell", intent=LIQUIDATION)
+    bad = rm.check(7, "ten", "HOLD")
+
+    assert codes(decision) == {"STORE_UNAVAILABLE"} and decision.status == DecisionStatus.REJECTED
+    assert (decision.ticker, decision.qty, decision.side) == ("AAA", 10, "SELL")
+    assert decision.var_limit == float(settings.limits.var_limit) and decision.checked_at == NOW
+    assert "fix" in decision.reasons[0].message
+    assert (bad.ticker, bad.qty, bad.side) == ("7", None, None)
+    assert decision.max_qty_allowed is None  # no price: not sized
+
+
+def test_the_first_order_of_a_one_per_minute_limit_fills(desk: Desk) -> None:
+    rm = desk({"limits": {"max_orders_per_minute": 1}})
+
+    assert rm.execute("AAA", 1, "SELL").fill is not None
+    assert codes(rm.check("AAA", 1, "SELL")) == {"RATE_LIMIT"}
+
+
+def test_after_a_fill_the_next_check_sees_the_new_holdings_risk(desk: Desk, store: Store) -> None:
+    # the book cache is updated from the fill (BookCache.remember_fill): its VaR, value and gross must be those
+    # of the new holdings, computed here
+    rm = desk({"limits": {"max_gross_leverage": 10.0}})
+    assert rm.execute("AAA", 300, "SELL").fill is not None
+
+    after = rm.check("BBB", 1, "BUY")
+
+    snap = store.read_market()
+    x = np.zeros(len(snap.tickers))
+    x[snap.tickers.index("AAA")] = 700 * 100.0
+    x[snap.tickers.index("BBB")] = 2000 * 50.0
+    var = float(stats.norm.ppf(0.95)) * math.sqrt(x @ snap.cov @ x) * math.sqrt(390)
+    np.testing.assert_allclose(after.var_before, var, rtol=1e-10)
+    cash = 1_000_000.0 + 300 * 100.0 - 3.0  # fee 300 x 0.01
+    assert after.equity_after == pytest.approx(cash + x.sum() - 1.0, rel=1e-12)  # minus the 1.00 fee
