@@ -246,6 +246,8 @@ class Checker:
         self.books = books
         self.day_open = day_open
         """Today's opening equity (``max_daily_loss``); None: unknown, the limit then fails closed."""
+        self.validated: dict[Any, str | None] = {}
+        """Stressed matrices already validated (see :class:`logic.limits.Lookups`)."""
 
     def evaluate(
         self,
@@ -264,7 +266,7 @@ class Checker:
         ``size``: on a refused well-formed order (known ticker, valid side, usable price), fill the decision's
         ``max_qty_allowed`` (:mod:`logic.sizing`); an approved order costs nothing more.
         """
-        lookups = Lookups(self.limits, self.models, self.horizon_bars, self.day_open, now)
+        lookups = Lookups(self.limits, self.models, self.horizon_bars, self.day_open, now, self.validated)
         decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
         if size and not decision.approved and decision.side is not None and decision.price is not None:
             best = self.max_qty_allowed(sim, ticker, decision.side, now, pending_orders, intent, lookups)

@@ -57,6 +57,8 @@ WAIVED_WHEN_REDUCING_RISK: frozenset[ReasonCode] = frozenset(
 )
 """The refusals a risk-reducing trade never gets (every other reason still refuses it)."""
 
+VALIDATED_MATRICES = 8
+"""Stressed matrices whose validation result is remembered (a new one comes with each warm-up or market)."""
 DayOpen = Callable[[float], float | None]
 """``now -> equity at the open of the day containing now`` (None when unknown)."""
 
@@ -194,16 +196,27 @@ def check_daily_loss(
 
 class Lookups:
     """Reads beyond the trade view that some limits need, made at most once per evaluation (the sizing search
-    of a refused order reuses them)."""
+    of a refused order reuses them).
+
+    ``validated`` (owned by the caller, kept across evaluations): the stressed matrices already validated, per
+    (stressed version, market key), with the problem found (None: valid); the O(N³) check runs once per matrix.
+    """
 
     def __init__(
-        self, limits: Limits, models: MarketModelCache, horizon_bars: float, day_open: DayOpen | None, now: float
+        self,
+        limits: Limits,
+        models: MarketModelCache,
+        horizon_bars: float,
+        day_open: DayOpen | None,
+        now: float,
+        validated: dict[Any, str | None] | None = None,
     ) -> None:
         self.limits = limits
         self.models = models
         self.horizon_bars = horizon_bars
         self.provider = day_open
         self.now = now
+        self.validated: dict[Any, str | None] = {} if validated is None else validated
         self._day: tuple[float | None, str | None] | None = None
         self._stressed: dict[Any, tuple[Float64Array | None, float | None, str | None]] = {}
 
@@ -223,22 +236,37 @@ class Lookups:
 
     def stressed(self, model: MarketModel, x: Float64Array) -> tuple[Float64Array | None, float | None, str | None]:
         """``(stressed matrix in the model's order, stressed VaR of x, None)`` or ``(None, None, why)``; the
-        matrix is validated here once (as the stress page does)."""
+        matrix is validated (as the stress page does) once per stored version."""
         key = (model.key, id(x))
         if key not in self._stressed:
-            limits = self.limits
-            try:
-                cov = self.models.stressed(model).cov
-                var = math_logic.get_stressed_var(x, cov, 1.0, limits.var_confidence, self.horizon_bars)
-            except StoreError as exc:
-                self._stressed[key] = (None, None, exc.detail)
-            except redis.RedisError as exc:
-                self._stressed[key] = (None, None, f"Redis is unreachable: {exc}")
-            except ValueError as exc:
-                self._stressed[key] = (None, None, f"the stressed matrix is not valid: {exc}")
-            else:
-                self._stressed[key] = (cov, float(var), None)
+            self._stressed[key] = self._stressed_var(model, x)
         return self._stressed[key]
+
+    def _stressed_var(
+        self, model: MarketModel, x: Float64Array
+    ) -> tuple[Float64Array | None, float | None, str | None]:
+        confidence = self.limits.var_confidence
+        try:
+            stressed = self.models.stressed(model)
+        except StoreError as exc:
+            return None, None, exc.detail
+        except redis.RedisError as exc:
+            return None, None, f"Redis is unreachable: {exc}"
+        tag = (stressed.version, stressed.market_key)
+        if tag not in self.validated:
+            try:
+                math_logic.get_stressed_var(x, stressed.cov, 1.0, confidence, self.horizon_bars)
+            except ValueError as exc:
+                self.validated[tag] = f"the stressed matrix is not valid: {exc}"
+            else:
+                self.validated[tag] = None
+            while len(self.validated) > VALIDATED_MATRICES:
+                del self.validated[next(iter(self.validated))]
+        why = self.validated[tag]
+        if why is not None:
+            return None, None, why
+        var = math_logic.get_stressed_var(x, stressed.cov, 1.0, confidence, self.horizon_bars, validate=False)
+        return stressed.cov, float(var), None
 
 
 def read_day_open(store: Store, portfolio_id: str, tz: ZoneInfo, reset_hour: int, now: float) -> float | None:

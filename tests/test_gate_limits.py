@@ -326,6 +326,22 @@ def test_stressed_var_limit_fails_closed_without_a_stressed_matrix(desk: Desk, s
     assert rm.check("AAA", 1, "SELL").approved  # risk-reducing: never refused by a limit
 
 
+def test_stressed_var_limit_fails_closed_on_a_stressed_matrix_that_is_not_a_covariance(
+    desk: Desk, store: Store
+) -> None:
+    rm = desk({"limits": {"stressed_var_limit": 1e9}})
+    version, tickers, cov = store.read_stressed()
+    broken = cov.copy()
+    broken[0, 0] = -broken[0, 0]  # a negative variance
+    store.write_stressed(version + 1, tickers, broken)
+
+    refused = rm.check("AAA", 1, "BUY")
+
+    assert codes(refused) == {"STRESSED_VAR"} and "not valid" in refused.reasons[0].message
+    store.write_stressed(version + 2, tickers, cov)  # a new, valid matrix is validated again
+    assert rm.check("AAA", 1, "BUY").approved
+
+
 def open_day(store: Store, portfolio_id: str, equity: float) -> None:
     """Record ``equity`` as today's opening equity, as the monitor's first snapshot of the day does."""
     day, week = period_ids(NOW, UTC, 0)
