@@ -39,6 +39,8 @@ def desk(store: Store) -> Desk:
 
 
 def codes(decision: Decision) -> set[str]:
+    """The decision's reason codes; every reason also says why in a non-empty sentence."""
+    assert all(isinstance(r.message, str) and r.message for r in decision.reasons), decision.reasons
     return {r.code.value for r in decision.reasons}
 
 
@@ -102,6 +104,7 @@ def test_halted_accepts_a_liquidation_order_that_shrinks_the_position_and_books_
     result = rm.execute("AAA", 400, "SELL", actor="auto:margin_critical", intent=LIQUIDATION)
 
     assert result.fill is not None and result.fill.position_after == 600
+    assert result.fill.position_before == 1000 and result.fill.avg_price_before == Decimal(100)
     assert result.decision.intent == LIQUIDATION and result.decision.trading_state == "HALTED"
     logged = rm.trade_log(1)[0]
     assert logged["actor"] == "auto:margin_critical" and logged["decision"]["intent"] == "liquidation"
@@ -273,6 +276,7 @@ def test_a_decision_round_trips_with_intent_and_max_qty_and_an_old_record_still_
     decision = rm.check("AAA", 60, "SELL", intent=LIQUIDATION)
     assert decision.status == DecisionStatus.REJECTED and decision.max_qty_allowed == 50
 
+    assert (decision.portfolio_id, decision.ticker, decision.checked_at) == ("main", "AAA", NOW)
     data = decision.to_dict()
     assert data["intent"] == "liquidation" and data["max_qty_allowed"] == 50
     assert Decision.from_dict(data) == decision
@@ -289,6 +293,7 @@ def test_a_store_failure_decision_still_echoes_the_parsed_order(settings: Any, t
     bad = rm.check(7, "ten", "HOLD")
 
     assert codes(decision) == {"STORE_UNAVAILABLE"} and decision.status == DecisionStatus.REJECTED
+    assert decision.portfolio_id == "main"
     assert (decision.ticker, decision.qty, decision.side) == ("AAA", 10, "SELL")
     assert decision.var_limit == float(settings.limits.var_limit) and decision.checked_at == NOW
     assert "fix" in decision.reasons[0].message
@@ -319,3 +324,111 @@ def test_after_a_fill_the_next_check_sees_the_new_holdings_risk(desk: Desk, stor
     np.testing.assert_allclose(after.var_before, var, rtol=1e-10)
     cash = 1_000_000.0 + 300 * 100.0 - 3.0  # fee 300 x 0.01
     assert after.equity_after == pytest.approx(cash + x.sum() - 1.0, rel=1e-12)  # minus the 1.00 fee
+
+
+# -- edges the mutation run found untested --------------------------------------------------------------------
+
+
+def test_a_liquidation_sale_of_a_ticker_not_held_is_refused(desk: Desk) -> None:
+    rm = desk({"limits": {"max_concentration": 1.0}}, portfolio_id="hedge")  # margin: a short would be allowed
+
+    decision = rm.check("AAA", 1, "SELL", intent=LIQUIDATION)
+
+    assert codes(decision) == {"LIQUIDATION_ONLY"} and decision.position_before == 0
+
+
+def test_reducing_refuses_a_same_size_flip_that_leaves_var_unchanged(desk: Desk, store: Store) -> None:
+    rm = desk({"limits": {"max_concentration": 1.0}}, portfolio_id="hedge")
+    set_positions(store, "hedge", {"AAA": 1000})
+    rm.set_trading_state("REDUCING", "drawdown", "monitor")
+
+    flip = rm.check("AAA", 2000, "SELL")  # +1000 -> -1000: VaR and gross unchanged, not a hedge
+
+    assert flip.delta_var == 0.0
+    assert codes(flip) == {"REDUCING_ONLY"}
+
+
+def test_a_same_size_flip_grows_nothing_so_no_growth_limit_refuses_it(desk: Desk, store: Store) -> None:
+    # margin account at an 80% margin level (equity 40k, used 50k), concentration far above its limit: a
+    # same-size flip grows neither the position nor the gross exposure
+    rm = desk(
+        {"fees": {"per_share": "0", "bps": "0", "minimum": "0"}, "limits": {"max_concentration": 0.1}},
+        portfolio_id="hedge",
+    )
+    set_positions(store, "hedge", {"AAA": 1000}, cash="-60000")
+
+    flip = rm.check("AAA", 2000, "SELL")
+
+    assert flip.approved, flip.reasons
+    assert flip.margin_level_after == pytest.approx(80.0)
+    assert codes(rm.check("AAA", 1, "BUY")) == {"CONCENTRATION", "MARGIN", "MARGIN_FLOOR"}
+
+
+def test_with_equity_exactly_zero_no_position_may_grow(desk: Desk, store: Store) -> None:
+    rm = desk({"fees": {"per_share": "0", "bps": "0", "minimum": "0"}}, portfolio_id="hedge")
+    set_positions(store, "hedge", {"CCC": 300, "DDD": -1000}, cash="-35000")  # 60k - 25k + cash = 0
+
+    grow = rm.check("CCC", 1, "BUY")
+
+    assert grow.equity_after == 0.0 and grow.concentration_after is None
+    assert "CONCENTRATION" in codes(grow)
+    assert any("equity would be 0.00" in r.message for r in grow.reasons)
+
+
+def test_any_var_increase_above_the_limit_is_refused_even_below_a_dollar(desk: Desk, store: Store) -> None:
+    rm = desk({"limits": {"var_limit": 4000}})  # main's VaR is ~4222: already above
+    set_prices(store, {"DDD": 0.5})
+    snap = store.read_market()
+    store.write_reference_prices(snap.tickers, snap.prices, NOW)  # a new session: no collar breach
+
+    tiny = rm.check("DDD", 1, "BUY")
+
+    assert tiny.delta_var is not None and 0 < tiny.delta_var < 1
+    assert codes(tiny) == {"VAR_LIMIT"}
+
+
+def test_a_price_below_one_dollar_is_usable(desk: Desk, store: Store) -> None:
+    rm = desk()
+    set_prices(store, {"DDD": 0.5})
+    snap = store.read_market()
+    store.write_reference_prices(snap.tickers, snap.prices, NOW)
+
+    assert rm.check("DDD", 10, "BUY").approved
+
+
+@pytest.mark.parametrize("reference", [float("nan"), 0.0, -1.0], ids=["nan", "zero", "negative"])
+def test_an_unusable_reference_price_fails_the_collar_closed_but_not_a_risk_cut(
+    desk: Desk, store: Store, reference: float
+) -> None:
+    rm = desk()
+    snap = store.read_market()
+    refs = snap.prices.copy()
+    refs[snap.tickers.index("AAA")] = reference
+    store.write_reference_prices(snap.tickers, refs, NOW)
+
+    buy = rm.check("AAA", 10, "BUY")
+
+    assert codes(buy) == {"PRICE_COLLAR"} and "no session reference" in buy.reasons[0].message
+    assert rm.check("AAA", 10, "SELL").approved
+
+
+def test_a_reference_price_below_one_dollar_is_usable(desk: Desk, store: Store) -> None:
+    rm = desk()
+    set_prices(store, {"DDD": 0.5})
+    snap = store.read_market()
+    refs = snap.prices.copy()
+    refs[snap.tickers.index("DDD")] = 0.48  # 0.5 is +4.2% from it: inside the 10% collar
+    store.write_reference_prices(snap.tickers, refs, NOW)
+
+    decision = rm.check("DDD", 10, "BUY")
+
+    assert decision.approved and decision.reference_price == 0.48
+
+
+def test_a_basket_counts_its_own_orders_against_the_rate_limit(desk: Desk) -> None:
+    rm = desk({"limits": {"max_orders_per_minute": 2}})
+
+    basket = rm.what_if([("AAA", 1, "SELL"), ("AAA", 1, "SELL"), ("AAA", 1, "SELL")])
+
+    assert [d["status"] for d in basket["decisions"]] == ["APPROVED", "APPROVED", "REJECTED"]
+    assert {r["code"] for r in basket["decisions"][2]["reasons"]} == {"RATE_LIMIT"}

@@ -21,7 +21,7 @@ import pytest
 from scipy import stats
 
 import warmup
-from engine.records import Decision, DecisionStatus, ReasonCode
+from engine.records import Decision, DecisionStatus, Position, ReasonCode
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioState, Store
 from engine.store.keys import STRESSED_KEY
@@ -54,6 +54,8 @@ def desk(store: Store) -> Desk:
 
 
 def codes(decision: Decision) -> set[str]:
+    """The decision's reason codes; every reason also says why in a non-empty sentence."""
+    assert all(isinstance(r.message, str) and r.message for r in decision.reasons), decision.reasons
     return {r.code.value for r in decision.reasons}
 
 
@@ -201,6 +203,15 @@ def test_selling_everything_held_passes_and_one_share_more_is_an_oversell(desk: 
     over = assert_boundary(rm, "AAA", "SELL", 1000, ReasonCode.OVERSELL)
 
     assert over.position_before == 1000
+
+
+def test_a_single_share_held_can_be_sold_and_not_two(desk: Desk, store: Store) -> None:
+    rm = desk()
+    state = store.read_portfolio("main")
+    store.write_position("main", "CCC", Position(qty=1, avg_price=Decimal(150)))
+    assert state.positions.get("CCC") is None
+
+    assert_boundary(rm, "CCC", "SELL", 1, ReasonCode.OVERSELL)
 
 
 def test_a_purchase_costing_exactly_the_cash_passes_and_one_cent_short_is_refused(desk: Desk, store: Store) -> None:

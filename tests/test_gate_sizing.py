@@ -89,7 +89,8 @@ def one_asset(x: float, price: float, vol: float, var_limit: float, side: int = 
 
 @pytest.mark.parametrize("side", [1, -1])
 def test_the_var_guess_is_the_root_of_the_quadratic(side: int) -> None:
-    # one asset in a margin account: VaR(q) = z sqrt(h) vol |x + s q p|, so VaR(q) = T at |x + s q p| = T / (z sqrt(h) vol)
+    # one asset in a margin account: VaR(q) = z sqrt(h) vol |x + s q p|,
+    # so VaR(q) = T at |x + s q p| = T / (z sqrt(h) vol)
     x, p, vol, limit = 50_000.0, 100.0, 0.001, 20_000.0
     inputs, limits = one_asset(x, p, vol, limit, side)
     k = float(stats.norm.ppf(0.95)) * math.sqrt(HORIZON) * vol
