@@ -32,6 +32,16 @@ def test_a_refused_ticket_offers_the_largest_quantity_that_passes_and_one_click_
     assert app_env.read_trade_log("main", 10) == []  # checks and the resize never write
 
 
+def test_a_refused_ticket_that_no_size_can_pass_says_so(app_env: Store) -> None:
+    at = open_page("trade")
+    at = submit_ticket(at, "CCC", "SELL", 10)  # main holds no CCC: a cash account cannot sell short
+
+    assert_clean(at)
+    assert "SHORT_NOT_ALLOWED" in set(frame_with(at, "code")["code"])
+    assert not [b for b in at.button if b.key == "tk_use_max"]
+    assert "No quantity of this SELL passes now" in joined(at.caption)
+
+
 def test_no_offer_when_nothing_passes_or_the_ticket_was_approved() -> None:
     rejected = {"status": "REJECTED", "qty": 1500, "max_qty_allowed": 1000}
     assert max_qty_offer(rejected) == 1000

@@ -130,6 +130,8 @@ def decision_panel(d: views.Desk, pid: str) -> None:
                 args=(offer,),
                 icon=":material/straighten:",
             )
+        elif decision.get("max_qty_allowed") == 0:
+            st.caption(f"No quantity of this {ui.md(ticket['side'])} passes now: the reasons above say why.")
     ui.table(
         views.deltas_frame(decision), "deltas", "decision.csv", height="content", column_config=DELTA_FORMAT
     )
