@@ -15,7 +15,8 @@ from scipy import stats
 import warmup
 from engine.records import Decision, DecisionStatus, OrderIntent, Position
 from engine.settings import settings_from_dict
-from engine.store import MarketSnapshot, PortfolioState, Store
+from engine.store import MarketSnapshot, PortfolioKeys, PortfolioState, Store
+from engine.store.keys import REFERENCE_KEY
 from logic.limits import is_risk_reducing, shrinks_position
 from logic.risk_manager import RiskManager
 
@@ -432,3 +433,27 @@ def test_a_basket_counts_its_own_orders_against_the_rate_limit(desk: Desk) -> No
 
     assert [d["status"] for d in basket["decisions"]] == ["APPROVED", "APPROVED", "REJECTED"]
     assert {r["code"] for r in basket["decisions"][2]["reasons"]} == {"RATE_LIMIT"}
+
+
+@pytest.mark.parametrize("part", ["reference", "rate", "portfolio"])
+def test_an_unreadable_part_of_the_trade_view_fails_even_a_risk_cut_closed(desk: Desk, store: Store, part: str) -> None:
+    rm = desk()
+    keys = PortfolioKeys("main")
+    key = {"reference": REFERENCE_KEY, "rate": keys.rate, "portfolio": keys.state}[part]
+    store.client.delete(key)
+    store.client.set(key, b"not a hash")  # the wrong Redis type
+
+    decision = rm.check("AAA", 10, "SELL", intent=LIQUIDATION)
+
+    assert decision.status == DecisionStatus.REJECTED
+    assert codes(decision) & {"STORE_CORRUPT", "STORE_EMPTY"}
+
+
+def test_an_unreadable_trading_state_says_what_is_wrong_with_it(desk: Desk, store: Store) -> None:
+    rm = desk()
+    store.client.hset(PortfolioKeys("main").trading_state, "state", "PARTY")
+
+    decision = rm.check("AAA", 10, "SELL")
+
+    assert codes(decision) == {"TRADING_HALTED"}
+    assert "PARTY" in decision.reasons[0].message and "missing" not in decision.reasons[0].message
