@@ -118,6 +118,16 @@ def test_var_limit_passes_a_trade_ending_exactly_at_it_and_refuses_one_share_mor
     assert over.var_after is not None and over.var_after > probe.var_after
 
 
+def test_the_var_limit_uses_the_configured_confidence(desk: Desk, store: Store) -> None:
+    rm = desk({"limits": {"var_confidence": 0.99}})
+    cov = store.read_market().cov
+
+    decision = rm.check("AAA", 100, "BUY")
+
+    np.testing.assert_allclose(decision.var_before, independent_var(main_exposures(store), cov, 0.99), rtol=1e-10)
+    np.testing.assert_allclose(decision.var_after, independent_var(main_exposures(store, 100), cov, 0.99), rtol=1e-10)
+
+
 def test_concentration_limit_passes_exactly_at_it_and_refuses_one_share_more(desk: Desk, store: Store) -> None:
     probe = desk(NO_FEES).check("AAA", 2000, "BUY")
     assert probe.concentration_after == pytest.approx(3000 * 100.0 / 1_200_000.0, rel=1e-15)  # 0.25
