@@ -126,6 +126,9 @@ def test_the_var_limit_uses_the_configured_confidence(desk: Desk, store: Store) 
 
     np.testing.assert_allclose(decision.var_before, independent_var(main_exposures(store), cov, 0.99), rtol=1e-10)
     np.testing.assert_allclose(decision.var_after, independent_var(main_exposures(store, 100), cov, 0.99), rtol=1e-10)
+    x, i = main_exposures(store), store.read_market().tickers.index("AAA")
+    marginal = float(stats.norm.ppf(0.99)) * (cov @ x)[i] / math.sqrt(x @ cov @ x) * math.sqrt(BARS_PER_DAY)
+    np.testing.assert_allclose(decision.marginal_var, marginal, rtol=1e-10)
 
 
 def test_concentration_limit_passes_exactly_at_it_and_refuses_one_share_more(desk: Desk, store: Store) -> None:
