@@ -356,7 +356,9 @@ class Checker:
         limits = self.limits
         reasons: list[Reason] = []
         d = empty_decision_fields(self.portfolio_id, ticker, limits, now)
-        if isinstance(intent, str) and intent.strip().lower() in OrderIntent._value2member_map_:
+        if intent is OrderIntent.TRADE or intent is OrderIntent.LIQUIDATION:
+            d["intent"] = intent
+        elif isinstance(intent, str) and intent.strip().lower() in OrderIntent._value2member_map_:
             intent = OrderIntent(intent.strip().lower())
             d["intent"] = intent
         else:

@@ -92,7 +92,7 @@ def position_cap(limits: Limits, ticker: str) -> int | None:
     return limits.position_limits.get(ticker, limits.max_position_qty)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Figures:
     """What the new limits read about one trade (dollars; shares signed)."""
 
