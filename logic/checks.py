@@ -289,58 +289,11 @@ class Checker:
             decision, _ = self._evaluate(sim, ticker, q, side, now, pending_orders, intent, lookups)
             return decision.approved
 
-        inputs = self._sizing_inputs(sim, ticker, side, intent, lookups)
+        inputs = sizing.sizing_inputs(self, sim, ticker, side, intent, lookups)
         estimate = math.inf
         if inputs is not None:
             estimate = sizing.guess(inputs[0], self.limits, self.settings.fees, daily_loss_hit=inputs[1])
         return sizing.largest_passing(passes, estimate, self.limits.max_order_qty)
-
-    def _sizing_inputs(
-        self, sim: Sim, ticker: str, side: Side, intent: OrderIntent, lookups: Lookups
-    ) -> tuple[sizing.SizingInputs, bool] | None:
-        """What :func:`logic.sizing.guess` needs, or None when the state cannot be read (the search decides)."""
-        portfolio, header = sim.portfolio, sim.header
-        if portfolio is None or header is None:
-            return None
-        try:
-            model = self.models.get(header)
-        except (StoreError, redis.RedisError):
-            return None
-        index = model.index.get(ticker)
-        if model.error is not None or index is None:
-            return None
-        price = float(model.header.prices[index])
-        book = self.books.book(model, sim.book_key, portfolio)
-        held = portfolio.positions.get(ticker)
-        stressed = None
-        if self.limits.stressed_var_limit is not None:
-            stressed, _, _ = lookups.stressed(model, book.exposures)
-        equity = float(portfolio.cash) + book.market_value
-        day_open, _ = lookups.day_open() if self.limits.max_daily_loss is not None else (None, None)
-        daily_loss_hit = self.limits.max_daily_loss is not None and (
-            day_open is None or equity - day_open <= -float(self.limits.max_daily_loss)
-        )
-        inputs = sizing.SizingInputs(
-            ticker=ticker,
-            s=side.sign,
-            price=price,
-            fill_price=fill_price(price),
-            q0=held.qty if held is not None else 0,
-            x=book.exposures,
-            index=index,
-            cov=model.cov,
-            variance=book.variance,
-            horizon_bars=self.horizon_bars,
-            cash=portfolio.cash,
-            equity=equity,
-            gross=book.gross_exposure,
-            cash_account=portfolio.account_type == AccountType.CASH,
-            initial_margin=portfolio.initial_margin,
-            state=sim.trading_state.state if sim.trading_state is not None else None,
-            intent=intent,
-            stressed_cov=stressed,
-        )
-        return inputs, daily_loss_hit
 
     def _evaluate(
         self,

@@ -20,10 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
-from engine.records import Float64Array, OrderIntent, TradingState
+import redis
+
+from engine.errors import StoreError
+from engine.records import AccountType, Float64Array, OrderIntent, Side, TradingState
 from engine.settings import Fees, Limits
-from logic.limits import position_cap
+from logic.decisions import fill_price
+from logic.limits import Lookups, position_cap
+
+if TYPE_CHECKING:  # logic.checks imports this module
+    from logic.checks import Checker, Sim
 
 MAX_EVALUATIONS = 64
 """Upper bound on the checks one search runs (the guess, a gallop and a bisection need about 45 at most)."""
@@ -160,3 +168,51 @@ def guess(inp: SizingInputs, limits: Limits, fees: Fees, daily_loss_hit: bool) -
     if inp.intent == OrderIntent.LIQUIDATION:
         hard.append(float(closing))
     return min(*hard, max(float(closing), min(soft)))
+
+
+def sizing_inputs(
+    checker: Checker, sim: Sim, ticker: str, side: Side, intent: OrderIntent, lookups: Lookups
+) -> tuple[SizingInputs, bool] | None:
+    """What :func:`logic.sizing.guess` needs, or None when the state cannot be read (the search decides)."""
+    portfolio, header = sim.portfolio, sim.header
+    if portfolio is None or header is None:
+        return None
+    try:
+        model = checker.models.get(header)
+    except (StoreError, redis.RedisError):
+        return None
+    index = model.index.get(ticker)
+    if model.error is not None or index is None:
+        return None
+    price = float(model.header.prices[index])
+    book = checker.books.book(model, sim.book_key, portfolio)
+    held = portfolio.positions.get(ticker)
+    stressed = None
+    if checker.limits.stressed_var_limit is not None:
+        stressed, _, _ = lookups.stressed(model, book.exposures)
+    equity = float(portfolio.cash) + book.market_value
+    day_open, _ = lookups.day_open() if checker.limits.max_daily_loss is not None else (None, None)
+    daily_loss_hit = checker.limits.max_daily_loss is not None and (
+        day_open is None or equity - day_open <= -float(checker.limits.max_daily_loss)
+    )
+    inputs = SizingInputs(
+        ticker=ticker,
+        s=side.sign,
+        price=price,
+        fill_price=fill_price(price),
+        q0=held.qty if held is not None else 0,
+        x=book.exposures,
+        index=index,
+        cov=model.cov,
+        variance=book.variance,
+        horizon_bars=checker.horizon_bars,
+        cash=portfolio.cash,
+        equity=equity,
+        gross=book.gross_exposure,
+        cash_account=portfolio.account_type == AccountType.CASH,
+        initial_margin=portfolio.initial_margin,
+        state=sim.trading_state.state if sim.trading_state is not None else None,
+        intent=intent,
+        stressed_cov=stressed,
+    )
+    return inputs, daily_loss_hit
