@@ -174,6 +174,18 @@ class ReasonCode(StrEnum):
     """execute_trade: client_order_id is not a non-empty string of at most 128 characters."""
     RETRY_EXHAUSTED = "RETRY_EXHAUSTED"
     """execute_trade: concurrent trades kept changing the portfolio; nothing was traded, send it again."""
+    LEVERAGE = "LEVERAGE"
+    """Gross exposure / equity after the trade would exceed ``max_gross_leverage`` and the trade grows it."""
+    STRESSED_VAR = "STRESSED_VAR"
+    """Post-trade stressed VaR would exceed ``stressed_var_limit`` and the trade adds stressed VaR."""
+    DAILY_LOSS = "DAILY_LOSS"
+    """Today's loss reached ``max_daily_loss`` (or is unknown): only risk-reducing trades pass."""
+    POSITION_LIMIT = "POSITION_LIMIT"
+    """The absolute position would exceed its share limit (``max_position_qty`` / ``position_limits``)."""
+    MARGIN_FLOOR = "MARGIN_FLOOR"
+    """Margin account: the margin level after the trade would fall below ``min_margin_level_after``."""
+    LIQUIDATION_ONLY = "LIQUIDATION_ONLY"
+    """A liquidation-only order that would not shrink the absolute position without flipping it."""
 
 
 # -- market and books --------------------------------------------------------------------------------------------
@@ -327,6 +339,9 @@ class Decision:
     """None when unreadable (treated as HALTED)."""
     market_version: int | None
     checked_at: float
+    intent: OrderIntent = OrderIntent.TRADE
+    max_qty_allowed: int | None = None
+    """Refused well-formed orders: the largest quantity of the same ticker and side that passes now."""
 
     @property
     def approved(self) -> bool:
@@ -345,6 +360,7 @@ class Decision:
         values["side"] = None if data.get("side") is None else Side(data["side"])
         state = data.get("trading_state")
         values["trading_state"] = None if state is None else TradingState(state)
+        values["intent"] = OrderIntent(data.get("intent") or OrderIntent.TRADE)  # older records: no intent
         return cls(**values)
 
 

@@ -207,6 +207,20 @@ class Limits:
     session open) or ``rolling:N`` (the price N bars earlier in the session; the previous close until then)."""
     outside_session: Literal["reject", "allow"] = "allow"
     """A trade checked outside a session of ``market.calendar``: refused (``MARKET_CLOSED``) or checked as usual."""
+    max_gross_leverage: Annotated[Number, Field(gt=0)] | None = None
+    """Gross exposure / equity after a trade that grows the gross exposure; None: no limit."""
+    stressed_var_limit: Annotated[Money, Field(gt=0)] | None = None
+    """Maximum post-trade stressed VaR (the stored stressed matrix) of a trade that adds it; None: no limit."""
+    max_daily_loss: Annotated[Money, Field(gt=0)] | None = None
+    """Once today's loss (equity - the monitor's day-open equity) reaches it, only risk-reducing trades pass."""
+    max_position_qty: Annotated[Integer, Field(gt=0)] | None = None
+    """Largest absolute position in shares of any ticker a trade may grow to; None: no limit."""
+    position_limits: Table[Annotated[Integer, Field(gt=0)]] = field(default_factory=dict)
+    """Ticker -> largest absolute position in shares (overrides ``max_position_qty`` for that ticker)."""
+    min_margin_level_after: Annotated[Number, Field(ge=0)] = 150.0
+    """Margin accounts: equity / (gross x initial margin) x 100 after a trade that grows the gross exposure."""
+    reducing_allows_hedges: Flag = True
+    """In REDUCING, also accept trades that lower the portfolio VaR (not only those shrinking a position)."""
 
 
 @dataclass(frozen=True, config=CONFIG)

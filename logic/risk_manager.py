@@ -20,6 +20,9 @@ Decision (:meth:`RiskManager.check_trade_impact`, and ``decision`` inside an exe
     margin_level_after   equity / used margin x 100 after the trade (margin accounts; None otherwise)
     trading_state        "ACTIVE" | "REDUCING" | "HALTED" (None when unreadable: treated as HALTED)
     market_version, checked_at
+    intent               "trade" | "liquidation" (liquidation-only: must shrink the position; passes HALTED)
+    max_qty_allowed      refused well-formed orders: the largest quantity of the same ticker and side that
+                         passes every check now (0: none); None when approved or malformed
 
 Risk figures that cannot be computed (bad input, missing data) are ``None``; the reasons say why.
 
@@ -58,6 +61,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -85,6 +89,7 @@ from engine.store import PortfolioKeys, Store
 from logic import execution
 from logic.checks import BookCache, Checker, Sim, store_failure_decision
 from logic.execution import RATE_WINDOW_SECONDS
+from logic.limits import read_day_open
 from logic.valuation import value_portfolio
 
 T = TypeVar("T")
@@ -157,8 +162,17 @@ class RiskManager:
         self.models = market_models or MarketModelCache(self.store, self.settings.model.bars_per_day)
         """The validated covariance per market snapshot; pass one cache to share it between managers."""
         self.books = BookCache(self.limits, self.horizon_bars)
+        monitor = self.settings.monitor
         self.checker = Checker(
-            portfolio_id, self.settings, self.limits, self.horizon_bars, self.models, self.books
+            portfolio_id,
+            self.settings,
+            self.limits,
+            self.horizon_bars,
+            self.models,
+            self.books,
+            day_open=functools.partial(
+                read_day_open, self.store, portfolio_id, ZoneInfo(monitor.timezone), monitor.day_reset_hour
+            ),
         )
         self.memo: dict[Any, Any] = {}
         """What :meth:`engine.store.Store.read_trade_view` need not read again (tickers, positions)."""
