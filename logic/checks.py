@@ -22,8 +22,11 @@ authorised risk managers) passes in any state if it shrinks the position without
 ``LIQUIDATION_ONLY`` otherwise. REDUCING passes risk-reducing trades and, with ``limits.reducing_allows_hedges``,
 trades that lower the portfolio VaR. A refused well-formed order carries ``max_qty_allowed``
 (:mod:`logic.sizing`). VaR, variance and the
-marginal VaR vector of the holdings are cached per (market key, holdings revision); the VaR change of a trade
-is the O(N) incremental formula (:func:`engine.math_logic.incremental_var_single`).
+marginal VaR vector of the holdings are cached per (market key, holdings revision), by the portfolio's VaR method
+(``Settings.var_method_for``, :mod:`logic.var_methods`); the VaR after a trade is ``RiskModel.var_after`` on the
+cached :class:`~logic.var_methods.Prepared` book: O(N) for normal (exactly
+:func:`engine.math_logic.incremental_var_single`) and Student-t, O(T) under ``fhs`` (the trade adds a multiple of
+one ticker's scenario column to the scenario P&L; no revaluation of the book).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from engine.records import (
     Side,
     TradingState,
     TradingStatus,
+    VarMethod,
 )
 from engine.sessions import MarketCalendar, market_calendar
 from engine.settings import Asset, Limits, Settings, valid_symbol
@@ -76,7 +80,9 @@ from logic.limits import (
     is_risk_reducing,
     shrinks_position,
 )
+from logic.risk_models import risk_model_of
 from logic.valuation import value_portfolio
+from logic.var_methods import Prepared
 
 BOOK_CACHE_SIZE = 16
 """Holdings risk (VaR, variance, marginal VaR) kept per (market key, holdings): a few books are plenty."""
@@ -99,6 +105,8 @@ class Book:
     """VaR at the limit's confidence and horizon, dollars."""
     marginal: Float64Array
     """dVaR/dx per ticker at the limit's confidence and horizon."""
+    prepared: Prepared | None = None
+    """What ``RiskModel.var_after`` needs of these holdings (the method's)."""
 
 
 @dataclass
@@ -180,9 +188,11 @@ class Plan:
 class BookCache:
     """Risk of recently seen holdings, per (market key, holdings key), bounded to :data:`BOOK_CACHE_SIZE`."""
 
-    def __init__(self, limits: Limits, horizon_bars: float) -> None:
+    def __init__(self, limits: Limits, horizon_bars: float, method: VarMethod = VarMethod.NORMAL) -> None:
         self.limits = limits
         self.horizon_bars = horizon_bars
+        self.method = VarMethod(method)
+        """The portfolio's VaR method: every figure of a :class:`Book` is by it."""
         self._books: OrderedDict[Any, Book] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -204,12 +214,10 @@ class BookCache:
         self.put((plan.model.key, positions_key), self.risk_of(plan.model, x, plan.book.missing))
 
     def risk_of(self, model: MarketModel, x: Float64Array, missing: tuple[str, ...]) -> Book:
-        var, sigma = math_logic.get_portfolio_var(
-            x, model.cov, 1.0, self.limits.var_confidence, self.horizon_bars, validate=False
-        )
-        marginal = math_logic.calculate_marginal_var(
-            x, model.cov, 1.0, self.limits.var_confidence, horizon=self.horizon_bars, validate=False
-        )
+        risk, confidence = risk_model_of(model, self.method, self.horizon_bars), self.limits.var_confidence
+        prepared = risk.prepare(x)
+        var, marginal = risk.var(x, confidence), risk.marginal_var(x, confidence)
+        sigma = math.sqrt(prepared.variance if self.method is not VarMethod.FHS else max(x @ model.cov @ x, 0.0))
         return Book(
             exposures=x,
             market_value=float(x.sum()),
@@ -218,6 +226,7 @@ class BookCache:
             variance=float(sigma) ** 2,
             var=float(var),
             marginal=marginal,
+            prepared=prepared,
         )
 
     def put(self, key: tuple[ModelKey, Any], book: Book) -> None:
@@ -344,6 +353,7 @@ class Checker:
                 reasons.append(store_reason(error))
         header = sim.header
         model: MarketModel | None = None
+        model_error: StoreError | None = None
         if header is not None:
             try:
                 model = self.models.get(header)
@@ -352,8 +362,9 @@ class Checker:
             except redis.RedisError as exc:
                 reasons.append(store_reason(StoreUnavailableError(f"Redis is unreachable: {exc}")))
             else:
-                if model.error is not None:
-                    reasons.append(store_reason(model.error))
+                model_error = model.error or self.method_error(model)  # fhs without its window: fail closed
+                if model_error is not None:
+                    reasons.append(store_reason(model_error))
                 header = model.header
                 d["market_version"] = header.version
 
@@ -440,7 +451,7 @@ class Checker:
                 if (
                     price is not None
                     and model is not None
-                    and model.error is None
+                    and model_error is None
                     and index is not None
                     and isinstance(ticker, str)
                 ):
@@ -454,6 +465,16 @@ class Checker:
         d["reasons"] = tuple(reasons)
         d["status"] = DecisionStatus.REJECTED if reasons else DecisionStatus.APPROVED
         return Decision(**d), (plan if not reasons else None)
+
+    def method_error(self, model: MarketModel) -> StoreError | None:
+        """Why the portfolio's VaR method cannot be computed on ``model`` (fhs without a window), or None."""
+        try:
+            model.method_inputs(self.books.method)
+        except StoreError as exc:
+            return exc
+        except redis.RedisError as exc:
+            return StoreUnavailableError(f"Redis is unreachable: {exc}")
+        return None
 
     def _check_collar(
         self, d: dict[str, Any], reasons: list[Reason], reference: Mapping[str, float], ticker: str, last: float
@@ -587,18 +608,11 @@ class Checker:
         gross_after = book.gross_exposure - abs(x_i) + abs(x_i + delta)
         d["equity_after"] = equity_after
 
-        # VaR: O(N) incremental update of the cached holdings' variance
-        delta_var = math_logic.incremental_var_single(
-            index,
-            delta,
-            book.exposures,
-            model.cov,
-            1.0,
-            book.variance,
-            limits.var_confidence,
-            horizon=self.horizon_bars,
-        )
-        var_after = book.var + delta_var
+        # VaR after the trade from the cached book: O(N) (normal, student_t) or O(T) (fhs)
+        assert book.prepared is not None
+        risk = risk_model_of(model, self.books.method, self.horizon_bars)
+        var_after = risk.var_after(book.prepared, index, delta, limits.var_confidence)
+        delta_var = var_after - book.var
         d.update(
             var_before=book.var,
             var_after=var_after,

@@ -90,6 +90,7 @@ from logic import execution
 from logic.checks import BookCache, Checker, Sim, store_failure_decision
 from logic.execution import RATE_WINDOW_SECONDS
 from logic.limits import read_day_open
+from logic.risk_models import risk_model_of
 from logic.valuation import value_portfolio
 
 T = TypeVar("T")
@@ -161,7 +162,7 @@ class RiskManager:
         """The typed error behind the last ``None`` returned by get_market_data / get_portfolio_state."""
         self.models = market_models or MarketModelCache(self.store, self.settings.model.bars_per_day)
         """The validated covariance per market snapshot; pass one cache to share it between managers."""
-        self.books = BookCache(self.limits, self.horizon_bars)
+        self.books = BookCache(self.limits, self.horizon_bars, self.settings.var_method_for(portfolio_id))
         monitor = self.settings.monitor
         self.checker = Checker(
             portfolio_id,
@@ -474,11 +475,8 @@ class RiskManager:
                 }
             )
         df = pd.DataFrame(rows, columns=DASHBOARD_COLUMNS)
-        cvar = float(
-            math_logic.get_portfolio_cvar(
-                book.exposures, model.cov, 1.0, self.limits.var_confidence, self.horizon_bars, validate=False
-            )
-        )
+        risk = risk_model_of(model, self.books.method, self.horizon_bars)  # the portfolio's VaR method
+        cvar = float(risk.cvar(book.exposures, self.limits.var_confidence))
         var_limit = float(self.limits.var_limit)
         df.attrs["totals"] = {
             "portfolio_id": self.portfolio_id,

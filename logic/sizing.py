@@ -182,7 +182,7 @@ def sizing_inputs(
     except (StoreError, redis.RedisError):
         return None
     index = model.index.get(ticker)
-    if model.error is not None or index is None:
+    if model.error is not None or index is None or checker.method_error(model) is not None:
         return None
     price = float(model.header.prices[index])
     book = checker.books.book(model, sim.book_key, portfolio)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,81 @@ def test_a_history_reload_of_a_seeded_store_refills_the_window(
     assert window.gen != simulated.gen and window.rows == len(z) == 29
     assert set(window.versions.tolist()) == {store.read_market().version}
     np.testing.assert_allclose(window.values, np.array(z), rtol=1e-9, atol=1e-11)
+
+
+# -- the pre-trade gate ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", list(VarMethod))
+def test_the_gates_var_after_a_trade_equals_a_full_revaluation_with_the_trade(
+    store: Store, make_settings: Callable[..., Settings], method: VarMethod
+) -> None:
+    from scipy import stats
+
+    from logic.risk_manager import RiskManager
+
+    settings = make_settings({
+        "model": {"fhs_window": 100, "var_method": str(method)},
+        "limits": {"var_limit": 1e9, "max_concentration": 1.0},
+    })  # fmt: skip
+    warmup.seed(store, settings, now=time.time())
+    rm = RiskManager(store.client, "main", settings)
+
+    decision = rm.check_trade_impact("CCC", 100, "BUY")
+
+    snap, window = store.read_market(), store.read_standardized()
+    limits = settings.limits_for("main")
+    c, h = limits.var_confidence, 390.0 * limits.var_horizon_days
+    holdings = settings.portfolio("main").holdings
+    x = np.array([holdings.get(t, 0) * p for t, p in zip(snap.tickers, snap.prices, strict=True)])
+    x_after = x.copy()
+    x_after[snap.tickers.index("CCC")] += 100 * snap.prices[snap.tickers.index("CCC")]
+
+    def full(book: np.ndarray) -> float:  # the whole book revalued, written out here
+        sigma = math.sqrt(book @ snap.cov @ book * h)
+        if method is VarMethod.NORMAL:
+            return float(stats.norm.ppf(c)) * sigma
+        if method is VarMethod.STUDENT_T:
+            nu = _fitted_dof(window.values)
+            return float(stats.t.ppf(c, nu)) * math.sqrt((nu - 2) / nu) * sigma
+        losses = np.sort(-(window.values * np.sqrt(np.diagonal(snap.cov))) @ book)[::-1]
+        k = math.ceil((1 - c) * len(losses) - 1e-9)
+        return math.sqrt(h) * float(losses[k - 1])
+
+    assert decision["status"] == "APPROVED", decision["reasons"]
+    assert decision["var_before"] == pytest.approx(full(x), rel=1e-9)
+    assert decision["var_after"] == pytest.approx(full(x_after), rel=1e-9)
+    assert decision["delta_var"] == pytest.approx(full(x_after) - full(x), rel=1e-6, abs=1e-6)
+
+
+def test_the_gate_refuses_on_the_var_limit_under_fhs_exactly_at_the_boundary(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    from logic.risk_manager import RiskManager
+
+    probe = make_settings({"model": {"fhs_window": 100, "var_method": "fhs"}, "limits": {"var_limit": 1e9}})
+    warmup.seed(store, probe, now=time.time())
+    var_after = RiskManager(store.client, "main", probe).check_trade_impact("AAA", 10, "BUY")["var_after"]
+
+    def decide(limit: float) -> dict[str, Any]:
+        settings = make_settings({"model": {"fhs_window": 100, "var_method": "fhs"},
+                                  "limits": {"var_limit": limit, "max_concentration": 1.0}})  # fmt: skip
+        return RiskManager(store.client, "main", settings).check_trade_impact("AAA", 10, "BUY")
+
+    at, below = decide(var_after), decide(math.nextafter(var_after, 0.0))
+    assert at["status"] == "APPROVED"  # exactly at the limit passes
+    assert below["status"] == "REJECTED" and "VAR_LIMIT" in {r["code"] for r in below["reasons"]}
+
+
+def test_the_gate_fails_closed_under_fhs_without_a_window(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    from logic.risk_manager import RiskManager
+
+    settings = make_settings({"model": {"fhs_window": 100, "var_method": "fhs"}})
+    warmup.seed(store, settings, now=time.time())
+    store.client.delete(STDRET_KEY, "mkt:{m}:stdret_meta")
+
+    decision = RiskManager(store.client, "main", settings).check_trade_impact("AAA", 10, "BUY")
+
+    assert decision["status"] == "REJECTED"
