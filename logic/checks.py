@@ -217,7 +217,7 @@ class BookCache:
         risk, confidence = risk_model_of(model, self.method, self.horizon_bars), self.limits.var_confidence
         prepared = risk.prepare(x)
         var, marginal = risk.var(x, confidence), risk.marginal_var(x, confidence)
-        sigma = math.sqrt(prepared.variance if self.method is not VarMethod.FHS else max(x @ model.cov @ x, 0.0))
+        sigma = math.sqrt(prepared.variance if self.method is not VarMethod.FHS else max(float(x @ model.cov @ x), 0.0))
         return Book(
             exposures=x,
             market_value=float(x.sum()),

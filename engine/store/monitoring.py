@@ -10,7 +10,7 @@ monitors (or a tick processed twice) never lose an update.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,7 +327,7 @@ return id
         )  # fmt: skip
 
     def append_backtest_observations(
-        self, portfolio_id: str, observations: list[Mapping[str, Any]], maxlen: int, pipe: Conn = None
+        self, portfolio_id: str, observations: Sequence[Mapping[str, Any]], maxlen: int, pipe: Conn = None
     ) -> None:
         """Append closed backtest horizons (JSON records) to ``pf:{id}:backtest_log``, bounded by MAXLEN ~."""
         for record in observations:
