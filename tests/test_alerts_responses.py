@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import warmup
+from engine.records import OrderIntent
 from engine.store import PortfolioKeys, Store
 from logic.actions import parse_action, plan_reduction
 from logic.risk_manager import RiskManager
@@ -193,9 +194,18 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
             return self.rm.set_trading_state(state, reason, actor)
 
         def execute_trade(
-            self, ticker: str, qty: int, side: str, client_order_id: str | None = None, actor: str = "trader"
+            self,
+            ticker: str,
+            qty: int,
+            side: str,
+            client_order_id: str | None = None,
+            actor: str = "trader",
+            intent: OrderIntent = OrderIntent.TRADE,
         ) -> dict[str, Any]:
-            result = self.rm.execute_trade(ticker, qty, side, client_order_id=client_order_id, actor=actor)
+            assert intent == OrderIntent.LIQUIDATION  # every automated leg is liquidation-only
+            result = self.rm.execute_trade(
+                ticker, qty, side, client_order_id=client_order_id, actor=actor, intent=intent
+            )
             raise Crash(f"died after {result['status']} {ticker}")
 
     first, _ = build(seeded, make_settings, clock, [reduce_rule], factory=DiesAfterFirstFill)
