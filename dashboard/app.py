@@ -27,6 +27,7 @@ PAGES = [
     st.Page("screens/risk.py", title="Risk", icon=":material/analytics:"),
     st.Page("screens/alerts.py", title="Alerts", icon=":material/notifications:"),
     st.Page("screens/system.py", title="System", icon=":material/settings:"),
+    st.Page("screens/firm.py", title="Firm", icon=":material/account_balance:"),
 ]
 
 page = st.navigation(PAGES)

@@ -120,9 +120,7 @@ def parse_action(text: Any) -> Action:
     if kind == "set_state":
         state = arg.upper()
         if state not in AUTOMATED_STATES:
-            raise ValueError(
-                f"action {text!r}: an automated action may set only REDUCING or HALTED ({forms})"
-            )
+            raise ValueError(f"action {text!r}: an automated action may set only REDUCING or HALTED ({forms})")
         return Action(f"set_state:{state}", "set_state", state=state)
     if kind == "reduce":
         try:
@@ -339,10 +337,7 @@ class MarginBook:
 def read_margin_book(control: TradingControl) -> MarginBook:
     df = control.get_dashboard_metrics()
     totals = dict(df.attrs["totals"])  # read right away: pandas drops attrs in some operations
-    rows = [
-        {k: r[k] for k in ("ticker", "qty", "last", "component_var")}
-        for r in df.to_dict("records")
-    ]
+    rows = [{k: r[k] for k in ("ticker", "qty", "last", "component_var")} for r in df.to_dict("records")]
     gross = float(totals["gross_exposure"])
     used = _number(totals.get("margin_used"))
     margin = used / gross if used is not None and gross > 0 else None
@@ -392,9 +387,7 @@ class ResponseRunner:
             action = parse_action(pending["action"])
             control = self.control(portfolio_id)
             if control is None:
-                return Outcome(
-                    False, f"{action.text} NOT executed: no RiskManager is wired into the alert engine"
-                )
+                return Outcome(False, f"{action.text} NOT executed: no RiskManager is wired into the alert engine")
             if action.kind == "set_state":
                 return self._set_state(control, action, pending)
             if action.kind == "flatten":
@@ -422,20 +415,14 @@ class ResponseRunner:
             {"previous": current_name, "state": action.state, "changed": True},
         )
 
-    def _reduce(
-        self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps
-    ) -> Outcome:
+    def _reduce(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
         legs = pending.get("plan") or []
         if not legs:
             return Outcome(True, f"{action.text}: nothing to reduce (no priced positions)", {"legs": []})
-        results = [
-            _send(control, leg, f"{pending['action_id']}-{i}", pending, step) for i, leg in enumerate(legs)
-        ]
+        results = [_send(control, leg, f"{pending['action_id']}-{i}", pending, step) for i, leg in enumerate(legs)]
         return _legs_outcome(action.text, results)
 
-    def _flatten(
-        self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps
-    ) -> Outcome:
+    def _flatten(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
         book = read_margin_book(control)
         legs = [
             {
@@ -454,9 +441,7 @@ class ResponseRunner:
         results = [_send(control, leg, f"{pending['action_id']}-{leg['ticker']}", pending, step) for leg in legs]
         return _legs_outcome(action.text, results)
 
-    def _sell_down(
-        self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps
-    ) -> Outcome:
+    def _sell_down(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
         spec = pending["margin"]
         target, op = float(spec["warning_level"]), str(spec["warning_op"])
         left = float(spec["budget"])
@@ -471,9 +456,7 @@ class ResponseRunner:
                 break
             if not breaches(book.level, op, target):
                 break
-            legs = plan_margin_sell_down(
-                book.rows, book.equity, book.gross, book.initial_margin, target, left, fee
-            )
+            legs = plan_margin_sell_down(book.rows, book.equity, book.gross, book.initial_margin, target, left, fee)
             step(
                 "plan", round=round_, margin_level=book.level, target_level=target, equity=book.equity,
                 gross=book.gross, budget_left=left, legs=legs,
@@ -482,8 +465,7 @@ class ResponseRunner:
                 stop = "the configured fraction is sold" if left < _cheapest(book.rows) else "nothing left to sell"
                 break
             sent = [
-                _send(control, leg, f"{pending['action_id']}-{round_}-{leg['ticker']}", pending, step)
-                for leg in legs
+                _send(control, leg, f"{pending['action_id']}-{round_}-{leg['ticker']}", pending, step) for leg in legs
             ]
             results += sent
             left -= sum(r["filled_notional"] for r in sent)

@@ -468,7 +468,6 @@ class AlertEngine:
             outcomes = [(item, self.responses.run(portfolio_id, item, audit)) for item in items]
             self._transact(portfolio_id, functools.partial(self.planner.plan_action_alert, portfolio_id, outcomes, now))
 
-
     def _audit_response_step(self, portfolio_id: str, record: Mapping[str, Any]) -> None:
         """Append one step or order of a running response to the portfolio's audit trail, as it happens (the
         outcome of the whole action follows in :meth:`AlertPlanner.plan_action_alert`'s transaction). An audit
