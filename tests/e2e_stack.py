@@ -39,7 +39,7 @@ START_TIMEOUT_SECONDS = 60.0
 PAGE_TIMEOUT_MS = 30_000
 EXCEPTION_SELECTOR = '[data-testid="stException"]'
 CHART_SELECTOR = '[data-testid="stPlotlyChart"] .main-svg'
-PAGE_PATHS = {"Overview": "", "Trade": "trade", "Risk": "risk", "Alerts": "alerts", "System": "system"}
+PAGE_PATHS = {"Overview": "", "Trade": "trade", "Risk": "risk", "Alerts": "alerts", "System": "system", "Firm": "firm"}
 """Page title -> URL path (st.navigation derives it from the page file name)."""
 
 
