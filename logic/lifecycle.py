@@ -595,7 +595,7 @@ def snapshot_ts(snapshot: Snapshot) -> float:
 def _gross(snapshot: Snapshot) -> float:
     """The snapshot's gross exposure (or the sum of its positions' |market value| when it has none)."""
     gross = snapshot.get("gross_exposure")
-    if _finite(gross):
+    if isinstance(gross, int | float) and _finite(gross):
         return float(gross)
     values = [p.get("market_value") for p in snapshot.get("positions") or []]
     return float(sum(abs(v) for v in values if _finite(v)))

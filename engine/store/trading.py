@@ -260,7 +260,7 @@ class TradingStore(StoreBase):
                             kept = previous in keep_states
                             changes[pid] = {"previous": str(previous), "state": str(previous if kept else status.state)}
                         pipe.multi()
-                        mapping = encode_trading_status(status)
+                        mapping: Any = encode_trading_status(status)
                         for pid, change in changes.items():
                             if change["state"] == status.state:
                                 pipe.hset(keys[pid], mapping=mapping)
