@@ -25,6 +25,7 @@ PAGES = [
     st.Page("screens/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("screens/trade.py", title="Trade", icon=":material/swap_horiz:"),
     st.Page("screens/risk.py", title="Risk", icon=":material/analytics:"),
+    st.Page("screens/performance.py", title="Performance", icon=":material/query_stats:"),
     st.Page("screens/alerts.py", title="Alerts", icon=":material/notifications:"),
     st.Page("screens/system.py", title="System", icon=":material/settings:"),
     st.Page("screens/firm.py", title="Firm", icon=":material/account_balance:"),

@@ -1218,3 +1218,75 @@ def scale_volatility(vol_per_bar: float | npt.ArrayLike, bars: float) -> float |
         raise ValueError("vol_per_bar must be >= 0")
     scaled = v * math.sqrt(h)
     return float(scaled) if scaled.ndim == 0 else scaled
+
+
+# -- performance --
+# ----------------------------------------------------------------------------------------------------------
+# Simulated portfolio value paths (the Monte Carlo fan chart)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def monte_carlo_value_paths(
+    exposures: npt.ArrayLike,
+    cov_matrix: npt.ArrayLike,
+    start_value: float,
+    steps: int,
+    bars_per_step: float = 1.0,
+    n_paths: int = 1_000,
+    seed: int | np.random.Generator | None = None,
+    *,
+    validate: bool = True,
+) -> Float64Array:
+    """Simulated paths of a portfolio's value, every position revalued at each step.
+
+    Parameters
+    ----------
+    exposures : array_like, shape (N,)
+        Dollar exposure of each asset now (``qty · price``; negative for shorts). Unlike the VaR functions this
+        takes dollars, because the paths are of a value level, not of a loss.
+    cov_matrix : array_like, shape (N, N)
+        Covariance of one-bar log returns.
+    start_value : float
+        Portfolio value now (equity: cash plus ``Σ exposures``), finite.
+    steps : int
+        Time steps simulated, >= 1.
+    bars_per_step : float
+        Bars per step, > 0 (the horizon is ``steps · bars_per_step`` bars).
+    n_paths : int
+        Paths simulated, >= 1.
+    seed : int, Generator or None
+        Seed of ``numpy.random.default_rng``: the same seed gives the same paths.
+
+    Returns
+    -------
+    values : ndarray, shape (n_paths, steps + 1)
+        Column 0 is ``start_value`` on every path; column k the value after k steps.
+
+    Notes
+    -----
+    Cumulative log returns ``X_0 = 0``, ``X_k = X_{k-1} + sqrt(Δ) L z_k`` with ``L Lᵀ = Σ`` (as in
+    :func:`get_monte_carlo_var`), ``z_k ~ N(0, I)`` and ``Δ`` = ``bars_per_step``: zero drift, as the VaR
+    assumes. Prices move as ``P_i exp(X_{k,i})`` and cash does not, so
+    ``V_k = V_0 + Σ_i x_i (exp(X_{k,i}) - 1)``: a full revaluation, not the linear ``V_0 + xᵀX_k``.
+    Memory is O(n_paths · N) whatever the number of steps.
+    """
+    x = _vector(exposures, "exposures")
+    cov = _covariance(cov_matrix, x.shape[0], validate)
+    v0 = _finite_scalar(start_value, "start_value")
+    n_steps = _integer(steps, "steps")
+    if n_steps < 1:
+        raise ValueError(f"steps must be >= 1, got {n_steps}")
+    dt = _positive_scalar(bars_per_step, "bars_per_step")
+    sims = _integer(n_paths, "n_paths")
+    if sims < 1:
+        raise ValueError(f"n_paths must be >= 1, got {sims}")
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    step_factor = _factor(cov).T * math.sqrt(dt) if n else np.zeros((0, 0))  # z @ (√Δ Lᵀ) has cov Δ Σ
+    values = np.empty((sims, n_steps + 1))
+    values[:, 0] = v0
+    cumulative = np.zeros((sims, n))
+    for k in range(1, n_steps + 1):
+        cumulative += rng.standard_normal((sims, n)) @ step_factor
+        values[:, k] = v0 + np.expm1(cumulative) @ x
+    return values

@@ -7,6 +7,7 @@ One module per page, mirroring ``dashboard/screens/``; :mod:`~logic.views.common
     overview    headline figures, VaR gauges, traffic lights, equity and drawdown history
     trade       positions with excursions, the ticket's decision and execution, the blotter
     risk        exposure and correlation, stress, what-if basket, VaR surface, VaR backtest
+    performance Sharpe/Sortino/Calmar/Kelly, HHI band, liquidity-adjusted VaR, VaR trend, Monte Carlo fan
     alerts      alert feed and counts, acknowledge / resolve, deliveries, escalation, the rules editor
     system      daemon heartbeats, market-data age, Redis health, versions, the trading-state kill switch
     firm        every portfolio together (firm VaR, exposure by ticker, drawdowns, lights), HALT ALL / REDUCE ALL
@@ -86,6 +87,14 @@ from logic.views.overview import (
     history_frame,
     overview_view,
     snapshot_gauges,
+)
+from logic.views.performance import (
+    PERFORMANCE_DEFAULT_WINDOW,
+    PERFORMANCE_WINDOWS,
+    VAR_TREND_COLUMNS,
+    PerformanceView,
+    performance_view,
+    var_trend_frame,
 )
 from logic.views.risk import (
     BACKTEST_CONFIDENCES,
@@ -230,4 +239,10 @@ __all__ = [
     "firm_switch",
     "firm_view",
     "last_firm_action",
+    "PERFORMANCE_WINDOWS",
+    "PERFORMANCE_DEFAULT_WINDOW",
+    "VAR_TREND_COLUMNS",
+    "PerformanceView",
+    "performance_view",
+    "var_trend_frame",
 ]

@@ -1,0 +1,158 @@
+"""View model of the Performance page (``dashboard/screens/performance.py``): Sharpe, Sortino, Calmar and Kelly of
+the portfolio's equity history, the HHI concentration band, the liquidity-adjusted VaR, the VaR trend against
+the limit, and the Monte Carlo fan of the portfolio's value over the limit's horizon.
+
+The computations are :mod:`logic.performance`'s; this module only reads the store and the market model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from engine import math_logic
+from engine.defaults import REPORTED_CONFIDENCES
+from engine.errors import StoreEmptyError
+from logic import performance
+from logic.snapshot import usable_prices
+from logic.valuation import value_portfolio
+from logic.views.common import Desk, float_or_none, latest_snapshot
+from logic.views.overview import HISTORY_WINDOWS, history_frame
+
+PERFORMANCE_WINDOWS: dict[str, float] = HISTORY_WINDOWS
+"""Windows of the history the ratios and the VaR trend are computed over (the Overview's)."""
+PERFORMANCE_DEFAULT_WINDOW = "1 day"
+
+VAR_TREND_COLUMNS = ("time", "var95", "var99", "limit")
+
+
+@dataclass(frozen=True, eq=False)
+class PerformanceView:
+    portfolio_id: str
+    window_seconds: float
+    stats: performance.PerformanceStats
+    concentration: performance.Concentration
+    liquidity: performance.LiquidityAdjustedVar | None
+    liquidity_reason: str | None
+    """Why there is no liquidity-adjusted VaR (no snapshot from the monitor yet), else None."""
+    var_trend: pd.DataFrame
+    """time (UTC), var95, var99 (one day, from the monitor's history) and limit (the portfolio's VaR limit)."""
+    var_limit: float
+    var_confidence: float
+    fan: performance.FanChart | None
+    fan_reason: str | None
+    mc_var: float | None
+    """Monte Carlo VaR at the limit's confidence and horizon (``math_logic.get_monte_carlo_var``, same seed)."""
+
+    @property
+    def liquidity_frame(self) -> pd.DataFrame:
+        """ticker, qty, price, cost: one row per position the liquidation would trade."""
+        rows = [] if self.liquidity is None else self.liquidity.costs
+        return pd.DataFrame(
+            [(c.ticker, c.qty, c.price, c.cost) for c in rows], columns=["ticker", "qty", "price", "cost"]
+        )
+
+    @property
+    def fan_frame(self) -> pd.DataFrame:
+        """day, then one column per percentile (``p1``, ``p5``, ...): the fan chart's bands."""
+        if self.fan is None:
+            return pd.DataFrame(columns=["day"])
+        data = {"day": self.fan.days} | {f"p{q:g}": v for q, v in self.fan.bands.items()}
+        return pd.DataFrame(data)
+
+
+def var_trend_frame(history: pd.DataFrame, limit: float) -> pd.DataFrame:
+    """VaR 95/99 of the monitor's history points with the limit beside each."""
+    if history.empty or "var.var95" not in history:
+        return pd.DataFrame(columns=list(VAR_TREND_COLUMNS))
+    low, high = REPORTED_CONFIDENCES
+    return pd.DataFrame(
+        {
+            "time": history["time"],
+            "var95": history[f"var.var{low * 100:.0f}"],
+            "var99": history[f"var.var{high * 100:.0f}"],
+            "limit": float(limit),
+        }
+    )
+
+
+def performance_view(
+    desk: Desk,
+    portfolio_id: str,
+    window_seconds: float,
+    *,
+    seed: int = performance.FAN_SEED,
+    n_paths: int = performance.FAN_PATHS,
+) -> PerformanceView:
+    """Ratios and VaR trend over the last ``window_seconds`` of history; concentration, LVaR and the fan of
+    the book now."""
+    settings = desk.settings
+    limits = settings.limits_for(portfolio_id)
+    history = history_frame(desk, portfolio_id, window_seconds)
+    ts, equity = performance.equity_points(history.to_dict("records"))
+    stats = performance.performance_stats(ts, equity)
+
+    rm = desk.risk_manager(portfolio_id)
+    state = rm.get_portfolio_state()
+    if state is None:
+        raise rm.last_error or StoreEmptyError("no portfolio in the store")
+    model = desk.market_model()
+    valuation = value_portfolio(state, model.header)
+    ok = usable_prices(valuation)
+    exposures = np.where(ok, valuation.market_values, 0.0)
+    held = np.flatnonzero(exposures != 0.0)
+
+    snapshot = latest_snapshot(desk, portfolio_id)
+    liquidity, liquidity_reason = None, None
+    if valuation.missing:
+        liquidity_reason = f"no usable price for {', '.join(valuation.missing)}"
+    elif snapshot is None:
+        liquidity_reason = "no risk snapshot from the monitor yet: start it with python -m logic.monitor"
+    else:
+        var = snapshot.get("var") or {}
+        figures = {c: float_or_none(var.get(f"var{c * 100:.0f}")) for c in REPORTED_CONFIDENCES}
+        if any(v is None for v in figures.values()):
+            liquidity_reason = "the monitor's snapshot has no VaR"
+        else:
+            costs = performance.liquidation_costs(
+                valuation.tickers,
+                np.where(ok, valuation.qty, 0.0),
+                np.where(ok, valuation.prices, 0.0),
+                model.daily_vol,
+                settings.universe.assets,
+                settings.model.liquidity_impact_coef,
+            )
+            liquidity = performance.LiquidityAdjustedVar(
+                var={c: float(v) for c, v in figures.items() if v is not None}, costs=costs
+            )
+
+    horizon_bars = settings.model.bars_per_day * limits.var_horizon_days
+    fan, fan_reason, mc_var = None, None, None
+    if valuation.missing:
+        fan_reason = f"no usable price for {', '.join(valuation.missing)}"
+    else:
+        dollars = exposures[held]
+        cov = model.cov[np.ix_(held, held)]
+        fan = performance.fan_chart(
+            dollars, cov, valuation.equity, horizon_bars, settings.model.bars_per_day, n_paths=n_paths, seed=seed
+        )
+        mc_var, _ = math_logic.get_monte_carlo_var(
+            dollars, cov, 1.0, limits.var_confidence, horizon_bars, performance.MC_VAR_SIMS, seed, validate=False
+        )
+
+    return PerformanceView(
+        portfolio_id=portfolio_id,
+        window_seconds=window_seconds,
+        stats=stats,
+        concentration=performance.concentration(exposures),
+        liquidity=liquidity,
+        liquidity_reason=liquidity_reason,
+        var_trend=var_trend_frame(history, float(limits.var_limit)),
+        var_limit=float(limits.var_limit),
+        var_confidence=float(limits.var_confidence),
+        fan=fan,
+        fan_reason=fan_reason,
+        mc_var=mc_var,
+    )
