@@ -26,7 +26,9 @@ Every trade leg is a **liquidation-only** order (``intent=OrderIntent.LIQUIDATIO
 never flip it), so HALTED, REDUCING and the limits never stop a response from cutting risk; it goes through
 ``RiskManager.execute_trade`` with the rule's actor (``auto:<rule id>``). Legs carry client order ids derived
 from the action id (and, for sizes computed at run time, the round and ticker), so a re-run after a crash
-never trades the same leg twice.
+never trades the same leg twice. A sell-down re-run after a crash starts from the book as it then is: what
+the first run sold already shows in the margin level (so it sells only what is still missing), though not in
+the budget, which starts again from the configured fraction.
 
 Audit: each step (a plan, a measurement) and each order sent, with its result, goes to the ``audit`` callback
 of :meth:`ResponseRunner.run` (the alert engine appends them to the portfolio's audit trail as they happen);
