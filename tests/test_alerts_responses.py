@@ -14,7 +14,7 @@ import pytest
 import warmup
 from engine.records import OrderIntent, Position
 from engine.store import PortfolioKeys, Store
-from logic.actions import parse_action, plan_margin_sell_down, plan_reduction
+from logic.actions import margin_response_spec, parse_action, plan_margin_sell_down, plan_reduction
 from logic.risk_manager import RiskManager
 from notifications.service import build_delivering_engine
 
@@ -409,3 +409,50 @@ def test_flatten_in_halted_leaves_the_book_flat(seeded: Store, make_settings: An
     assert all(p.qty == 0 for p in seeded.read_portfolio("main").positions.values())
     (alert,) = [a for a in engine.active_alerts("main") if a["kind"] == "action"]
     assert alert["ok"] and "2 of 2 legs filled" in alert["summary"]
+
+
+def test_the_warning_level_is_the_highest_margin_rule_and_without_one_the_critical_level_itself() -> None:
+    spec = margin_response_spec(0.25, 120.0, "<", [(150.0, "<"), (140.0, "<"), (300.0, ">")], 1000.0)
+    assert (spec["warning_level"], spec["warning_op"], spec["budget"]) == (150.0, "<", 250.0)
+    assert margin_response_spec(0.5, 120.0, "<", [(150.0, "<"), (150.0, "<=")], 10.0)["warning_op"] == "<="
+    alone = margin_response_spec(1.0, 120.0, "<", [], 10.0)
+    assert (alone["warning_level"], alone["critical_level"]) == (120.0, 120.0)
+
+
+def test_a_margin_rule_queues_a_sell_down_aimed_at_the_warning_level_not_a_fixed_plan(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    engine, _ = build(seeded, make_settings, clock, [MARGIN_WARNING, margin_critical(0.25)])
+    changes = engine.planner.plan_evaluation(
+        "hedge", margin_snapshot(110.0, 80_000.0, clock.now), clock.now, {}, {}, engine.rulebook.rules()
+    )
+    (pending,) = changes.actions.values()
+    assert "plan" not in pending
+    assert pending["margin"] == {
+        "warning_level": 150.0,
+        "warning_op": "<",
+        "critical_level": 120.0,
+        "fraction": 0.25,
+        "gross_at_trigger": 80_000.0,
+        "budget": 20_000.0,
+    }
+
+
+@NEEDS_GATE
+def test_drawdown_halt_and_margin_critical_together_halt_then_sell_down_while_halted(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    _, gross = lever(seeded, 110.0)
+    halt = {**DD_HALT, "portfolios": ["hedge"]}
+    engine, _ = build(seeded, make_settings, clock, [halt, MARGIN_WARNING, margin_critical(0.5)])
+    crash = margin_snapshot(110.0, gross, clock.now)
+    crash["drawdown"]["daily"] = -0.3
+    engine.evaluate("hedge", crash, clock.now)
+    assert seeded.read_trading_state("hedge").state == "HALTED"
+    assert margin_level(seeded) >= 150.0
+    audit = seeded.read_stream_json(PortfolioKeys("hedge").audit, count=50, newest_first=False)
+    kinds = [a["action"] for a in audit]
+    assert kinds.index("set_trading_state") < kinds.index("automated_order")
+    assert all(a["status"] == "FILLED" for a in audit if a["action"] == "automated_order")
