@@ -1,0 +1,528 @@
+"""Walk-forward VaR backtest: every configured method forecast on the same bars and checked on the same P&L.
+
+:class:`Backtester` is fed one bar at a time (:meth:`Backtester.step`: the bar's prices and the positions held from
+it) and is the only code path: the monitor feeds it live bars and stores :meth:`Backtester.to_dict` (plain JSON:
+lists, numbers, strings), ``python -m logic.backtest`` feeds it a CSV file. The same bars give the same numbers.
+
+Each bar
+--------
+1. The log return ``r_t = ln(P_t / P_{t-1})`` updates the model state, with :mod:`engine.math_logic` only (so the
+   stream daemon can run the identical update):
+
+   - burn-in, part 1: the first ``seed_rows`` returns seed ``Σ_0 = (1/m) Σ r rᵀ``
+     (:func:`math_logic.ewma_covariance_from_returns`, zero mean as in RiskMetrics);
+   - afterwards :func:`math_logic.ewma_standardize_and_update`: ``z_t = r_t / sqrt(diag Σ_{t-1})`` (the vol
+     forecast made *before* r_t), then ``Σ_t = λ Σ_{t-1} + (1 - λ) r_t r_tᵀ``; ``z_t`` joins the window of the last
+     ``window`` standardized returns;
+   - burn-in, part 2: forecasting starts once the window is full (``seed_rows + window`` returns), for every
+     method at once, so all methods are scored on the same observations.
+2. Forecasts whose horizon ends at this bar are closed: the realized P&L of the positions held at the forecast,
+   ``Σ_i q_i (P_{t,i} - P_{start,i})`` (hypothetical, "clean" P&L: no trades, no fees), against each method's VaR;
+   a hit is ``-P&L > VaR``.
+3. New forecasts are made with exposures ``x = q · P_t``: on the ``bar`` track every bar (one-bar VaR), on the
+   ``limit`` track when the previous ``horizon_bars`` horizon has closed (non-overlapping horizons).
+   Models: :func:`logic.var_methods.risk_model` with the current Σ; ``student_t`` with
+   ``ν = math_logic.fit_student_t_dof(window)``; ``fhs`` with the window and ``σ(now) = sqrt(diag Σ_t)``.
+
+Statistics per track and method: all observations (count, exceedances, Kupiec POF, Christoffersen independence
+from the running transition counts) and the last ``rolling`` observations (exceedances, Basel zone). The
+closed observations are also kept, the last ``max_records`` of them.
+
+References: Kupiec (1995), "Techniques for verifying the accuracy of risk measurement models", J. Derivatives
+3(2) (proportion of failures, :func:`math_logic.kupiec_pof`); Christoffersen (1998), "Evaluating interval
+forecasts", Int. Econ. Review 39(4) (independence, :func:`math_logic.christoffersen_independence_counts`); Basel
+Committee (1996), "Supervisory framework for the use of backtesting" (traffic light,
+:func:`math_logic.basel_traffic_light`); J.P. Morgan/Reuters (1996), RiskMetrics Technical Document (EWMA).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine import math_logic
+from engine.defaults import EWMA_DECAY
+from engine.records import Float64Array, VarMethod
+from logic.var_methods import RiskModel, risk_model
+
+STATE_VERSION = 1
+"""Version of :meth:`Backtester.to_dict`; :meth:`Backtester.from_dict` refuses any other."""
+
+ROLLING_OBSERVATIONS = 250
+"""Observations in the rolling exceedance count and the Basel zone (the Basel one-year window)."""
+
+
+class Track(StrEnum):
+    """Which horizon a forecast is for."""
+
+    BAR = "bar"
+    """One bar, every bar."""
+    LIMIT = "limit"
+    """The VaR limit's horizon (``horizon_bars``), non-overlapping."""
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """What a backtest forecasts and how its model is estimated."""
+
+    methods: tuple[VarMethod, ...] = (VarMethod.NORMAL, VarMethod.STUDENT_T, VarMethod.FHS)
+    confidence: float = 0.99
+    window: int = 500
+    """Standardized returns kept (the FHS scenarios, the sample ν is fitted on)."""
+    decay: float = EWMA_DECAY
+    horizon_bars: int = 1
+    """The limit's horizon, in bars."""
+    seed_rows: int = 30
+    """Returns whose zero-mean second moment seeds the EWMA covariance."""
+    rolling: int = ROLLING_OBSERVATIONS
+    max_records: int | None = 1000
+    """Closed observations kept in the state (None: all)."""
+    dof_bounds: tuple[float, float] = (3.0, 30.0)
+
+    def __post_init__(self) -> None:
+        methods = tuple(VarMethod(m) for m in self.methods)
+        object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "dof_bounds", tuple(float(b) for b in self.dof_bounds))
+        if not methods or len(set(methods)) != len(methods):
+            raise ValueError(f"methods must be distinct and at least one, got {list(methods)}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be strictly between 0 and 1, got {self.confidence}")
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"decay must be strictly between 0 and 1, got {self.decay}")
+        for name in ("window", "horizon_bars", "seed_rows", "rolling"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_records is not None and (not isinstance(self.max_records, int) or self.max_records < 0):
+            raise ValueError(f"max_records must be an integer >= 0 or None, got {self.max_records!r}")
+        lo, hi = self.dof_bounds
+        if not 2.0 < lo <= hi:
+            raise ValueError(f"dof_bounds must satisfy 2 < lo <= hi, got {self.dof_bounds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["methods"] = [str(m) for m in self.methods]
+        d["dof_bounds"] = list(self.dof_bounds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BacktestConfig:
+        return cls(
+            methods=tuple(VarMethod(m) for m in d["methods"]),
+            confidence=float(d["confidence"]),
+            window=int(d["window"]),
+            decay=float(d["decay"]),
+            horizon_bars=int(d["horizon_bars"]),
+            seed_rows=int(d["seed_rows"]),
+            rolling=int(d["rolling"]),
+            max_records=None if d["max_records"] is None else int(d["max_records"]),
+            dof_bounds=(float(d["dof_bounds"][0]), float(d["dof_bounds"][1])),
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One closed horizon: the VaR each method forecast at its start against the P&L that followed."""
+
+    track: Track
+    start: str
+    """Label of the forecast bar."""
+    end: str
+    """Label of the bar the horizon closed at."""
+    pnl: float
+    """Realized P&L of the positions held at ``start``, dollars."""
+    var: Mapping[VarMethod, float]
+    hit: Mapping[VarMethod, bool]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "track": str(self.track),
+            "start": self.start,
+            "end": self.end,
+            "pnl": self.pnl,
+            "var": {str(m): v for m, v in self.var.items()},
+            "hit": {str(m): h for m, h in self.hit.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Observation:
+        return cls(
+            track=Track(d["track"]),
+            start=str(d["start"]),
+            end=str(d["end"]),
+            pnl=float(d["pnl"]),
+            var={VarMethod(m): float(v) for m, v in d["var"].items()},
+            hit={VarMethod(m): bool(h) for m, h in d["hit"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """The backtest of one method on one track."""
+
+    method: VarMethod
+    observations: int
+    exceedances: int
+    rate: float | None
+    kupiec_lr: float | None
+    kupiec_p: float | None
+    christoffersen_lr: float | None
+    christoffersen_p: float | None
+    rolling_observations: int
+    rolling_exceedances: int
+    zone: str | None
+    """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None before any."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["method"] = str(self.method)
+        return d
+
+
+@dataclass
+class _Counts:
+    """Running counts of one method on one track; O(1) per observation plus the rolling window of hits."""
+
+    rolling: int
+    observations: int = 0
+    exceedances: int = 0
+    transitions: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    """n00, n01, n10, n11: hit state i followed by j."""
+    last_hit: int | None = None
+    recent: deque[int] = field(default_factory=deque)
+
+    def add(self, hit: bool) -> None:
+        h = int(hit)
+        self.observations += 1
+        self.exceedances += h
+        if self.last_hit is not None:
+            self.transitions[2 * self.last_hit + h] += 1
+        self.last_hit = h
+        self.recent.append(h)
+        if len(self.recent) > self.rolling:
+            self.recent.popleft()
+
+    def summary(self, method: VarMethod, confidence: float) -> MethodSummary:
+        n, x = self.observations, self.exceedances
+        kupiec = math_logic.kupiec_pof(x, n, confidence) if n else (None, None)
+        chris = math_logic.christoffersen_independence_counts(*self.transitions) if n >= 2 else (None, None)
+        recent_n, recent_x = len(self.recent), sum(self.recent)
+        zone = math_logic.basel_traffic_light(recent_x, recent_n, confidence=confidence) if recent_n else None
+        return MethodSummary(
+            method=method,
+            observations=n,
+            exceedances=x,
+            rate=x / n if n else None,
+            kupiec_lr=kupiec[0],
+            kupiec_p=kupiec[1],
+            christoffersen_lr=chris[0],
+            christoffersen_p=chris[1],
+            rolling_observations=recent_n,
+            rolling_exceedances=recent_x,
+            zone=zone,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "observations": self.observations,
+            "exceedances": self.exceedances,
+            "transitions": list(self.transitions),
+            "last_hit": self.last_hit,
+            "recent": list(self.recent),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], rolling: int) -> _Counts:
+        return cls(
+            rolling=rolling,
+            observations=int(d["observations"]),
+            exceedances=int(d["exceedances"]),
+            transitions=[int(n) for n in d["transitions"]],
+            last_hit=None if d["last_hit"] is None else int(d["last_hit"]),
+            recent=deque(int(h) for h in list(d["recent"])[-rolling:]),
+        )
+
+
+@dataclass
+class _Pending:
+    """An open forecast: what was held, at which prices, and each method's VaR."""
+
+    start: str
+    end_bar: int
+    qty: Float64Array
+    prices: Float64Array
+    var: dict[VarMethod, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end_bar": self.end_bar,
+            "qty": self.qty.tolist(),
+            "prices": self.prices.tolist(),
+            "var": {str(m): v for m, v in self.var.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Pending:
+        return cls(
+            start=str(d["start"]),
+            end_bar=int(d["end_bar"]),
+            qty=np.array(d["qty"], dtype=np.float64),
+            prices=np.array(d["prices"], dtype=np.float64),
+            var={VarMethod(m): float(v) for m, v in d["var"].items()},
+        )
+
+
+class Backtester:
+    """Incremental walk-forward VaR backtest of a fixed set of tickers (see the module docstring)."""
+
+    def __init__(self, tickers: Sequence[str], config: BacktestConfig | None = None) -> None:
+        self.config = config or BacktestConfig()
+        self.tickers = tuple(str(t) for t in tickers)
+        if not self.tickers or len(set(self.tickers)) != len(self.tickers):
+            raise ValueError("tickers must be distinct and at least one")
+        n = len(self.tickers)
+        self.bar = -1
+        """Index of the last bar fed (-1: none)."""
+        self.last_prices: Float64Array | None = None
+        self.seed: list[Float64Array] = []
+        self.cov: Float64Array | None = None
+        self._window = np.zeros((self.config.window, n))
+        self.window_count = 0
+        self.pending: dict[Track, _Pending] = {}
+        self.counts = {track: {m: _Counts(self.config.rolling) for m in self.config.methods} for track in Track}
+        self.records: deque[Observation] = deque(maxlen=self.config.max_records)
+        self._models: tuple[int, dict[VarMethod, RiskModel]] | None = None
+
+    # --- model state --------------------------------------------------------------------------------------
+
+    @property
+    def window(self) -> Float64Array:
+        """The standardized returns held, oldest first, shape (count, N)."""
+        return self._window[self.config.window - self.window_count :]
+
+    @property
+    def ready(self) -> bool:
+        """Burn-in done: the window is full and forecasts are being made."""
+        return self.window_count == self.config.window
+
+    def dof(self) -> float:
+        """ν of the Student-t, fitted to the current window."""
+        lo, hi = self.config.dof_bounds
+        return math_logic.fit_student_t_dof(self.window, lo, hi)
+
+    def _update_model(self, r: Float64Array) -> None:
+        cfg = self.config
+        if self.cov is None:
+            self.seed.append(r)
+            if len(self.seed) == cfg.seed_rows:
+                self.cov = math_logic.ewma_covariance_from_returns(
+                    np.array(self.seed), cfg.decay, seed_rows=cfg.seed_rows
+                )
+                self.seed = []
+            return
+        z = math_logic.ewma_standardize_and_update(self.cov, r, cfg.decay)
+        self._window[:-1] = self._window[1:]
+        self._window[-1] = z
+        self.window_count = min(self.window_count + 1, cfg.window)
+
+    def models(self) -> dict[VarMethod, RiskModel]:
+        """Each configured method's one-bar :class:`~logic.var_methods.RiskModel` at the current state.
+
+        ``student_t`` uses ``ν = dof()``, ``fhs`` the window and ``σ(now) = sqrt(diag Σ)``. Built once per bar
+        and valid until the next :meth:`step` (the normal and t models share the covariance updated in place).
+        """
+        if not self.ready or self.cov is None:
+            raise ValueError("the backtest is still in burn-in: no forecast yet")
+        if self._models is not None and self._models[0] == self.bar:
+            return self._models[1]
+        built: dict[VarMethod, RiskModel] = {}
+        for method in self.config.methods:
+            built[method] = risk_model(
+                method,
+                self.cov,
+                horizon_bars=1,
+                standardized=self.window if method is VarMethod.FHS else None,
+                dof=self.dof() if method is VarMethod.STUDENT_T else None,
+                validate=False,
+            )
+        self._models = (self.bar, built)
+        return built
+
+    def forecasts(self, exposures: npt.ArrayLike, horizon_bars: float) -> dict[VarMethod, float]:
+        """Each configured method's VaR of ``exposures`` (dollars) over ``horizon_bars``, from the current state."""
+        confidence = self.config.confidence
+        return {m: model.with_horizon(horizon_bars).var(exposures, confidence) for m, model in self.models().items()}
+
+    # --- the bar ------------------------------------------------------------------------------------------
+
+    def _vector(self, values: npt.ArrayLike, name: str) -> Float64Array:
+        x = np.array(values, dtype=np.float64)
+        if x.shape != (len(self.tickers),):
+            raise ValueError(f"{name} has shape {x.shape}, expected ({len(self.tickers)},)")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return x
+
+    def step(self, prices: npt.ArrayLike, qty: npt.ArrayLike, label: str | None = None) -> list[Observation]:
+        """Feed one bar.
+
+        Parameters
+        ----------
+        prices : array_like, shape (N,)
+            The bar's prices (closes), > 0, in ticker order.
+        qty : array_like, shape (N,)
+            Positions held from this bar on (the book at the forecast time), in units.
+        label : str, optional
+            The bar's name (a date, a timestamp); default its index.
+
+        Returns
+        -------
+        list of Observation
+            The horizons that closed at this bar (the ``bar`` track first).
+
+        Bad input raises ValueError before any state changes.
+        """
+        p = self._vector(prices, "prices")
+        if (p <= 0.0).any():
+            raise ValueError("prices must be > 0")
+        q = self._vector(qty, "qty")
+        name = str(self.bar + 1) if label is None else str(label)
+        closed: list[Observation] = []
+        if self.last_prices is not None:
+            self._update_model(math_logic.log_returns(self.last_prices, p))
+        self.bar += 1
+        for track in Track:
+            pending = self.pending.get(track)
+            if pending is not None and pending.end_bar == self.bar:
+                closed.append(self._close(track, pending, p, name))
+                del self.pending[track]
+        self.last_prices = p
+        if self.ready:
+            x = q * p
+            one_bar: dict[VarMethod, float] | None = None
+            for track in Track:
+                if track in self.pending:
+                    continue
+                h = 1 if track is Track.BAR else self.config.horizon_bars
+                if h == 1 and one_bar is not None:
+                    var = dict(one_bar)
+                else:
+                    var = self.forecasts(x, h)
+                if h == 1:
+                    one_bar = var
+                self.pending[track] = _Pending(name, self.bar + h, q, p, var)
+        return closed
+
+    def _close(self, track: Track, pending: _Pending, prices: Float64Array, label: str) -> Observation:
+        pnl = float(pending.qty @ (prices - pending.prices))
+        hits = {m: -pnl > v for m, v in pending.var.items()}
+        for method, hit in hits.items():
+            self.counts[track][method].add(hit)
+        observation = Observation(track, pending.start, label, pnl, dict(pending.var), hits)
+        self.records.append(observation)
+        return observation
+
+    def summary(self, track: Track = Track.BAR) -> dict[VarMethod, MethodSummary]:
+        """Per method: observations, exceedances, rate, Kupiec, Christoffersen, the rolling count and zone."""
+        return {m: c.summary(m, self.config.confidence) for m, c in self.counts[Track(track)].items()}
+
+    # --- state as plain data ------------------------------------------------------------------------------
+
+    def to_dict(self, *, binary_arrays: bool = False) -> dict[str, Any]:
+        """The whole state as JSON-ready dicts, lists, numbers and strings (floats round-trip exactly).
+
+        With ``binary_arrays`` the two large entries, ``"cov"`` (N, N) and ``"window"`` (count, N), are float64
+        ndarrays (copies) instead of nested lists, for the store to write with ``engine.store.codec.encode_array``
+        beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON.
+        :meth:`from_dict` accepts either form.
+        """
+        if binary_arrays:
+            cov: Any = None if self.cov is None else self.cov.copy()
+            window: Any = self.window.copy()
+        else:
+            cov = None if self.cov is None else self.cov.tolist()
+            window = self.window.tolist()
+        return {
+            "version": STATE_VERSION,
+            "config": self.config.to_dict(),
+            "tickers": list(self.tickers),
+            "bar": self.bar,
+            "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
+            "seed": [r.tolist() for r in self.seed],
+            "cov": cov,
+            "window": window,
+            "pending": {str(t): p.to_dict() for t, p in self.pending.items()},
+            "counts": {str(t): {str(m): c.to_dict() for m, c in cs.items()} for t, cs in self.counts.items()},
+            "records": [r.to_dict() for r in self.records],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Backtester:
+        """Rebuild a backtester from :meth:`to_dict`; raises ValueError on a malformed or foreign state."""
+        try:
+            if d["version"] != STATE_VERSION:
+                raise ValueError(f"backtest state version {d['version']!r}, expected {STATE_VERSION}")
+            bt = cls(d["tickers"], BacktestConfig.from_dict(d["config"]))
+            n, cfg = len(bt.tickers), bt.config
+            bt.bar = int(d["bar"])
+            if d["last_prices"] is not None:
+                bt.last_prices = bt._vector(d["last_prices"], "last_prices")
+            bt.seed = [bt._vector(r, "seed") for r in d["seed"]]
+            if d["cov"] is not None:
+                cov = np.array(d["cov"], dtype=np.float64, order="C")
+                if cov.shape != (n, n):
+                    raise ValueError(f"cov has shape {cov.shape}, expected ({n}, {n})")
+                bt.cov = cov
+            window = np.array(d["window"], dtype=np.float64).reshape(-1, n)
+            if window.shape[0] > cfg.window:
+                raise ValueError(f"window holds {window.shape[0]} rows, more than {cfg.window}")
+            bt.window_count = window.shape[0]
+            bt._window[cfg.window - bt.window_count :] = window
+            bt.pending = {Track(t): _Pending.from_dict(p) for t, p in d["pending"].items()}
+            for t, cs in d["counts"].items():
+                for m, c in cs.items():
+                    bt.counts[Track(t)][VarMethod(m)] = _Counts.from_dict(c, cfg.rolling)
+            bt.records.extend(Observation.from_dict(r) for r in d["records"])
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"malformed backtest state: {exc!r}") from None
+        return bt
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Backtester:
+        return cls.from_dict(json.loads(text))
+
+
+def run_backtest(
+    tickers: Sequence[str],
+    bars: Iterable[tuple[str, npt.ArrayLike, npt.ArrayLike]],
+    config: BacktestConfig | None = None,
+) -> tuple[Backtester, list[Observation]]:
+    """Feed ``(label, prices, qty)`` bars through one :class:`Backtester`; return it and every observation."""
+    bt = Backtester(tickers, config)
+    series: list[Observation] = []
+    for label, prices, qty in bars:
+        series.extend(bt.step(prices, qty, label))
+    return bt, series
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m logic.backtest``: see :mod:`logic.backtest_cli`. Returns the exit status (0, or 2 on bad input)."""
+    from logic import backtest_cli  # the edge, imported only when the command line runs
+
+    return backtest_cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
