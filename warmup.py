@@ -6,18 +6,22 @@ Usage::
     python warmup.py --history prices.csv  # estimate the EWMA covariance from a price history instead
     python warmup.py --reset [--yes]       # wipe every Riskdesk key and seed again
     python warmup.py --add-ticker IBM --price 180 --vol 0.22   # grow the universe, keep holdings and history
+    python warmup.py --positions book.csv  # seed portfolios from the desk's book, with their cost basis
+    python warmup.py --sync [--positions book.csv] [--dry-run] [--create]   # reconcile seeded portfolios
 
 Idempotent: running it twice changes nothing the second time and says so. Exit status 0 on success, 2 on bad
 input or an unreachable store, with the reason on stderr.
 
-The history CSV is wide: a ``date`` column then one column of closes per ticker (one-minute bars, or any
-regular bars: they are treated as model bars). Every universe ticker must have a column.
+The history CSV (engine/history.py) is wide (``date`` then one close column per ticker) or long
+(``date,ticker,close``); its bar length (minute, hourly, daily, weekly) is read from its timestamps and the
+covariance scaled to one model bar. On a seeded store ``--history`` reloads the market (new epoch, books,
+trades and audit kept, engine/reload.py); ``--reset`` keeps the audit trail unless ``--wipe-audit``. The book
+CSV and ``--sync`` are described in engine/book.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from engine import math_logic
+from engine import book, history, math_logic, reload
 from engine.errors import RiskdeskError
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
@@ -66,40 +70,15 @@ def market_from_settings(settings: Settings) -> SeedMarket:
 
 
 def read_history(path: Path, settings: Settings) -> SeedMarket:
-    """Estimate the seed covariance from a wide CSV of closes with the settings' EWMA decay."""
-    if not path.is_file():
-        raise WarmupError(f"history file {path} not found")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if len(rows) < 3:
-        raise WarmupError(f"{path}: need a header and at least two rows of prices")
-    header = [h.strip() for h in rows[0]]
-    if not header or header[0].lower() not in ("date", "timestamp", "time"):
-        raise WarmupError(f"{path}: first column must be 'date' (wide format: date, then one column per ticker)")
-    columns = header[1:]
-    unknown = sorted(set(columns) - set(settings.universe.assets))
-    if unknown:
-        raise WarmupError(f"{path}: tickers not in the universe: {unknown}; add them to riskdesk.toml first")
-    missing = sorted(set(settings.universe.assets) - set(columns))
+    """Estimate the seed covariance from a CSV of closes (engine/history.py): the EWMA covariance of the file's
+    own returns, scaled from the file's bar (read from its timestamps) to one model bar."""
+    hist = history.read_history(path, settings.universe.assets)
+    missing = sorted(set(settings.universe.assets) - set(hist.tickers))
     if missing:
-        raise WarmupError(f"{path}: no price column for {missing}")
-    values = np.empty((len(rows) - 1, len(columns)))
-    for i, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise WarmupError(f"{path}:{i}: expected {len(header)} fields, found {len(row)}")
-        for j, cell in enumerate(row[1:]):
-            try:
-                price = float(cell)
-            except ValueError:
-                raise WarmupError(f"{path}:{i}: {columns[j]} price {cell!r} is not a number") from None
-            if not math.isfinite(price) or price <= 0:
-                raise WarmupError(f"{path}:{i}: {columns[j]} price {cell!r} must be positive and finite")
-            values[i - 2, j] = price
-    order = [columns.index(t) for t in settings.universe.assets]
-    values = values[:, order]
-    returns = np.log(values[1:] / values[:-1])
-    cov = math_logic.ewma_covariance_from_returns(returns, decay=settings.model.ewma_decay)
-    return SeedMarket(tuple(settings.universe.assets), values[-1].copy(), cov)
+        raise history.HistoryError(f"{path}:1: no price column for {missing}")
+    hist = hist.reordered(tuple(settings.universe.assets))
+    cov = history.model_covariance(hist, settings.model.ewma_decay, settings.model.bars_per_day)
+    return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov)
 
 
 def _initial_portfolio(settings: Settings, portfolio_id: str, prices: dict[str, float], now: float) -> PortfolioState:
@@ -291,6 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--add-ticker", metavar="SYMBOL", help="add one ticker to the universe")
     parser.add_argument("--price", type=float, help="initial price of --add-ticker")
     parser.add_argument("--vol", type=float, help="annual volatility of --add-ticker, e.g. 0.25")
+    parser.add_argument("--wipe-audit", action="store_true", help="with --reset: delete the audit trail too")
+    parser.add_argument("--positions", type=Path, help="book CSV (format in engine/book.py)")
+    parser.add_argument("--sync", action="store_true", help="reconcile seeded portfolios with settings or --positions")
+    parser.add_argument("--dry-run", action="store_true", help="with --sync: print the diff, change nothing")
+    parser.add_argument("--create", action="store_true", help="with --sync: create portfolios not in the store")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -303,18 +287,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"added {args.add_ticker} at {args.price} (annual vol {args.vol}); market version {version}")
             return 0
         history = read_history(args.history, settings) if args.history else None
+        seeded = store.schema_version() is not None and not args.reset
+        universe = store.read_market_header().tickers if seeded else tuple(settings.universe.assets)
+        positions = book.read_book(args.positions, universe) if args.positions else None
+        if (args.dry_run or args.create) and not args.sync:
+            raise WarmupError("--dry-run and --create go with --sync")
+        if args.wipe_audit and not args.reset:
+            raise WarmupError("--wipe-audit goes with --reset")
+        if args.sync:
+            if args.reset or history is not None:
+                raise WarmupError("--sync reconciles books only: run --reset or --history separately")
+            book.sync(store, settings, positions, dry_run=args.dry_run, create=args.create, now=time.time(),
+                      actor=ACTOR)  # fmt: skip
+            return 0
+        if positions is not None:  # every check before the first write
+            if seeded:
+                book.plan_positions(store, settings, positions, now=time.time())
+            else:
+                book.check_book(settings, positions)
         if args.reset:
             if not args.yes:
                 if not sys.stdin.isatty():
                     raise WarmupError("--reset wipes the store: confirm with --yes when not on a terminal")
-                answer = input("This deletes every trade, alert and history point. Type 'reset' to go on: ")
+                answer = input("This deletes every book, alert and history point. Type 'reset' to go on: ")
                 if answer.strip() != "reset":
                     print("reset cancelled; nothing changed")
                     return 1
-            print(f"deleted {reset(store)} keys")
-        elif history is not None and store.schema_version() is not None:
-            raise WarmupError("the store is already seeded: use --reset to re-seed it from --history")
+            kept = "" if args.wipe_audit else " (audit trail kept)"
+            deleted = reload.reset_store(store, keep_audit=not args.wipe_audit, now=time.time(), actor=ACTOR)
+            print(f"deleted {deleted} keys{kept}")
+        elif history is not None and seeded:
+            version = reload.reload_market(
+                store, settings, history.tickers, history.prices, history.cov, now=time.time(), actor=ACTOR,
+                detail={"file": str(args.history)},
+            )  # fmt: skip
+            print(f"warmup: market reloaded from {args.history} (version {version}, new epoch; books kept)")
+            history = None
+        fresh = store.schema_version() is None
         changed = seed(store, settings, history=history)
+        if positions is not None:
+            replace = settings.portfolio_ids if fresh else ()
+            plan = book.plan_positions(store, settings, positions, now=time.time(), replace=replace)
+            book.apply_sync(store, plan, now=time.time(), actor=ACTOR)
+            changed += [f"book of {pid} from {args.positions}" for pid in sorted(plan.desired)]
     except RiskdeskError as exc:
         print(f"warmup: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2

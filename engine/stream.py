@@ -148,6 +148,10 @@ class StreamDaemon:
         self.stats = DaemonStats()
         # state mirrored from the store; valid only while self._synced
         self.version: int | None = None
+        self._epoch: int | None = None
+        """Market epoch last loaded (engine/store/book.py); a different one means a reloaded market."""
+        self._new_epoch = False
+        self._epoch_seq = 0
         self.tickers: tuple[str, ...] = ()
         self.prices: Float64Array = np.empty(0)
         self.price_ts: Float64Array = np.empty(0)
@@ -247,6 +251,10 @@ class StreamDaemon:
         """Mirror the stored market (version, tickers, prices, matrix); validate the matrix on next use."""
         snap = self.store.read_market(conn)
         changed = snap.tickers != self.tickers
+        epoch = self.store.read_market_epoch(conn)  # a new epoch: the market was reloaded or re-seeded
+        if self._epoch is not None and self._epoch != epoch:
+            self._new_epoch, self._epoch_seq = True, self._seq  # the bar in hand predates the new market
+        self._epoch = epoch
         self.version = snap.version
         self.tickers = snap.tickers
         self._index = {t: i for i, t in enumerate(snap.tickers)}
@@ -309,6 +317,11 @@ class StreamDaemon:
                 )
                 self._load(pipe)
             now = self.clock()
+            if self._new_epoch:  # no return across two markets (engine/reload.py)
+                if isinstance(self.feed, UniverseAware) and self._epoch_seq == self._seq:
+                    pipe.unwatch()  # drawn from the old market's prices: dropped; the feed now follows the new
+                    return False
+                bar = Bar(bar.ts, bar.prices, reset=True)
             step = self.validate(bar, now)
             if step.rejected:
                 log.warning(
@@ -348,6 +361,7 @@ class StreamDaemon:
             self._in_flight = token
             pipe.execute()
         self._in_flight = None
+        self._new_epoch = False
         self.version = version
         self.prices = step.prices
         self.price_ts = step.price_ts

@@ -282,6 +282,8 @@ class Monitor:
         started = time.perf_counter()
         now = self.clock()
         n = len(event.tickers)
+        if event.reset:  # prices restarted (a replay, a reloaded market): drawdowns restart with them
+            self.store.restart_peaks(self._portfolio_ids or self.store.portfolio_ids())
         header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
         cov, stressed = self._matrices_for(event.version, event.ts, event.tickers)
         view = MarketView(header, cov, stressed)

@@ -140,7 +140,7 @@ def make_high_rho(settings: Settings) -> Settings:
 def _write_history(path: Path, prices: np.ndarray, tickers: list[str]) -> None:
     lines = ["date," + ",".join(tickers)]
     for i, row in enumerate(prices):
-        lines.append(f"2026-01-01T09:{i // 60:02d}:{i % 60:02d}," + ",".join(repr(float(p)) for p in row))
+        lines.append(f"2026-01-01T{9 + i // 60:02d}:{i % 60:02d}:00," + ",".join(repr(float(p)) for p in row))
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -11,6 +11,8 @@ Modules, rq-style, one noun each::
     monitoring      MonitoringStore: latest snapshot, history, equity peaks, excursions, leases
     alerts          AlertStore: rule edits, active alerts, alert log, evaluation timers, actions
     notifications   NotificationStore: outbox, group state, delivery log, send rate, flush lease
+    sequencer       SequencerStore: the per-portfolio FIFO order queue and its lease
+    book            BookStore: market epoch, restarting drawdown peaks, the audit-keeping reset
 
 :class:`Store` composes the mixins over one client: ``Store(client).read_market()``. Every read method takes an
 optional ``conn`` (a pipeline in WATCH mode) and every write method an optional ``pipe`` (a MULTI), so a caller
@@ -31,6 +33,7 @@ from engine.records import (
 )
 from engine.store.alerts import AlertStore
 from engine.store.base import Conn, StoreBase
+from engine.store.book import BookStore
 from engine.store.codec import (
     TRADING_STATES,
     decode_array,
@@ -49,6 +52,7 @@ from engine.store.codec import (
     encode_trading_status,
 )
 from engine.store.keys import (
+    EPOCH_KEY,
     GLOBAL_AUDIT_KEY,
     MARKET_KEY,
     MONITOR_GROUP,
@@ -70,10 +74,20 @@ from engine.store.market import MarketStore, TickEvent
 from engine.store.monitoring import EquityPeaks, Excursion, MonitoringStore, decode_marks_reply
 from engine.store.notifications import NotificationStore
 from engine.store.portfolio import PortfolioBundle, PortfolioStore
+from engine.store.sequencer import SequencerStore
 from engine.store.trading import TRADE_LOG_MAXLEN, TradeView, TradingStore
 
 
-class Store(MarketStore, PortfolioStore, TradingStore, MonitoringStore, AlertStore, NotificationStore):
+class Store(
+    MarketStore,
+    PortfolioStore,
+    TradingStore,
+    MonitoringStore,
+    AlertStore,
+    NotificationStore,
+    SequencerStore,
+    BookStore,
+):
     """Typed reads and writes over one Redis connection: every domain's mixin over one client.
 
     Every read method takes an optional ``conn`` so a caller can run it on a pipeline in WATCH mode, and every
@@ -85,9 +99,11 @@ __all__ = [
     # the store
     "Store", "StoreBase", "Conn",
     "MarketStore", "PortfolioStore", "TradingStore", "MonitoringStore", "AlertStore", "NotificationStore",
+    "SequencerStore",
     # keys
     "SCHEMA_VERSION", "SCHEMA_KEY", "PORTFOLIOS_KEY", "RULES_KEY", "RULES_VERSION_KEY", "GLOBAL_AUDIT_KEY",
-    "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP",
+    "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP", "EPOCH_KEY",
+    "BookStore",
     "PortfolioKeys", "heartbeat_key", "lock_key", "notify_rate_key",
     # codec
     "TRADING_STATES", "encode_array", "decode_array", "encode_json", "decode_json", "decode_object",

@@ -16,6 +16,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;
                                              read by the consumer group MONITOR_GROUP
+    mkt:{m}:epoch                   string   market epoch: bumped by every reload or re-seed (never reset),
+                                             no return is computed across two epochs
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
                                              positions_rev (new random token on every positions write)
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
@@ -36,6 +38,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:outbox                hash     delivery id -> JSON notification waiting to be sent
     pf:{<id>}:notify                hash     target -> JSON group state (last sent, deferral)
     pf:{<id>}:deliveries            stream   notification delivery log
+    pf:{<id>}:order_queue           list     tickets of the orders waiting to execute, head = the one executing
+                                             (engine/store/sequencer.py); gone when no order is in flight
+    pf:{<id>}:order_lease           string   ticket of the order executing (SET PX: expires if its process dies)
+    pf:{<id>}:order_wake:<ticket>   list     "your turn" hand-over signal of one waiting order (PX TTL)
 
 Keys of one portfolio share the hash tag ``{<id>}`` and the market keys share ``{m}``, so every multi-key
 transaction stays in one Redis Cluster slot: a fill, or an alert transition with its notifications and its
@@ -65,6 +71,8 @@ MARKET_KEY = "mkt:{m}:snapshot"
 STRESSED_KEY = "mkt:{m}:stressed"
 REFERENCE_KEY = "mkt:{m}:reference"
 TICKS_KEY = "mkt:{m}:ticks"
+EPOCH_KEY = "mkt:{m}:epoch"
+"""Market epoch (engine/store/book.py): a counter bumped by each market reload or re-seed, kept by ``--reset``."""
 
 MONITOR_GROUP = "monitor"
 """Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""
@@ -174,6 +182,30 @@ class PortfolioKeys:
     @property
     def deliveries(self) -> str:
         return self._key("deliveries")
+
+    # the order queue (engine/store/sequencer.py): transient, see :meth:`transient`
+    @property
+    def order_queue(self) -> str:
+        return self._key("order_queue")
+
+    @property
+    def order_lease(self) -> str:
+        return self._key("order_lease")
+
+    @property
+    def order_wake_prefix(self) -> str:
+        """The common prefix of the wake keys (the queue's scripts build the next order's wake key from it)."""
+        return self._key("order_wake:")
+
+    def order_wake(self, ticket: str) -> str:
+        return self.order_wake_prefix + ticket
+
+    def transient(self) -> tuple[str, ...]:
+        """The order queue's fixed keys: they exist only while an order is in flight (the queue list is
+        deleted by Redis when its last ticket leaves, the lease is deleted on release or expires), so they are
+        not part of :meth:`all`, the keys a portfolio's data lives in; the per-ticket wake keys
+        (:meth:`order_wake`) carry a PX TTL as well."""
+        return (self.order_queue, self.order_lease)
 
     def all(self) -> tuple[str, ...]:
         """Every key of the portfolio (a test checks that the store writes no other)."""

@@ -1,0 +1,326 @@
+"""Price histories read from CSV: closes, timestamps and the spacing the timestamps prove.
+
+Bar length is a property of the data, never assumed. :func:`read_history` reads a file, checks it strictly and
+classifies its spacing; :func:`model_covariance` turns the EWMA covariance of the file's own returns into the
+covariance of one *model* bar, which is what the store keeps (``settings.model.bars_per_day`` bars a day).
+
+Formats (column names case-insensitive)::
+
+    wide   date,AAA,BBB,...        one row per bar, one close per ticker
+    long   date,ticker,close       one row per ticker and bar (``symbol``/``price`` accepted), rows of one
+                                   date together, every ticker present at every date
+
+``date`` is an ISO 8601 date or date-time (naive means UTC) or epoch seconds.
+
+Spacing
+-------
+The median step ``g`` between consecutive timestamps must lie within :data:`TOLERANCE` (relative) of one of the
+nominal spacings: minute (60 s), hourly (3,600 s), daily (86,400 s), weekly (604,800 s). Then every step ``d``
+must be a whole multiple ``k`` of the nominal spacing within the same tolerance (``|d/g_nom - k| <= TOLERANCE``),
+``k >= 1``; longer steps are gaps (weekends, holidays, overnight) and are allowed up to
+:data:`MAX_GAP_BARS` bars for daily and weekly data; for minute and hourly data any step longer than
+:data:`SESSION_BREAK_SECONDS` is a session break and need not be a multiple. At least :data:`MIN_REGULAR_SHARE`
+of the steps must be exactly one bar (``k = 1``). Anything else (mixed spacing, too irregular, fewer than two
+bars) is refused.
+
+Bar length in trading days ``b``: a minute bar is ``1 / bars_per_day`` (the model bar), an hour 60 model
+bars, a day 1, a week :data:`TRADING_DAYS_PER_WEEK` = 5 (the weekly return spans five trading sessions). A
+return across a weekend or holiday gap counts as one bar: the market was closed, so no risk accrued beyond the
+one trading-session step (the RiskMetrics convention for daily closes).
+
+Errors
+------
+:class:`HistoryError` (code ``HISTORY_INVALID``), its message ``file:line: reason``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from engine import math_logic
+from engine.errors import RiskdeskError
+from engine.records import Float64Array
+
+TOLERANCE = 0.1
+"""Relative tolerance of a step against a whole number of nominal bars (absorbs DST shifts of daily stamps)."""
+
+MIN_REGULAR_SHARE = 0.7
+"""Share of the steps that must be exactly one bar (daily closes: weekends make about 20% two-bar steps)."""
+
+MAX_GAP_BARS = 7
+"""Longest gap of a daily or weekly file, in nominal bars (a week of holidays), before it is refused."""
+
+SESSION_BREAK_SECONDS = 4 * 3600
+"""A step of a minute or hourly file longer than this is a session break (overnight, weekend)."""
+
+TRADING_DAYS_PER_WEEK = 5
+"""Trading days in a weekly bar."""
+
+MODEL_BAR_SECONDS = 60
+"""The model bar of the live feed: one minute (``settings.model.bars_per_day`` of them in a day)."""
+
+_DATE_COLUMNS = ("date", "datetime", "timestamp", "time")
+_TICKER_COLUMNS = ("ticker", "symbol")
+_PRICE_COLUMNS = ("close", "price")
+
+
+class HistoryError(RiskdeskError):
+    """A history file that cannot be used as it is; the message starts with ``file:line:``."""
+
+    code = "HISTORY_INVALID"
+    fix = "correct the file (format in engine/history.py and README.md)"
+
+
+class SpacingKind(StrEnum):
+    MINUTE = "minute"
+    HOURLY = "hourly"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+NOMINAL_SECONDS: dict[SpacingKind, int] = {
+    SpacingKind.MINUTE: 60,
+    SpacingKind.HOURLY: 3600,
+    SpacingKind.DAILY: 86_400,
+    SpacingKind.WEEKLY: 7 * 86_400,
+}
+"""Nominal step of each spacing, in calendar seconds."""
+
+
+@dataclass(frozen=True)
+class Spacing:
+    kind: SpacingKind
+    median_seconds: float
+    """Median step between timestamps, as measured."""
+    gaps: int
+    """Steps longer than one bar (weekends, holidays, session breaks)."""
+
+    def bar_days(self, bars_per_day: int) -> float:
+        """Length of one bar of the file in trading days."""
+        return self.model_bars(bars_per_day) / bars_per_day
+
+    def model_bars(self, bars_per_day: int) -> float:
+        """Length of one bar of the file in model bars (exactly 1 for a minute file)."""
+        if self.kind is SpacingKind.MINUTE:
+            return 1.0
+        if self.kind is SpacingKind.HOURLY:
+            return 3600 / MODEL_BAR_SECONDS
+        if self.kind is SpacingKind.DAILY:
+            return float(bars_per_day)
+        return float(TRADING_DAYS_PER_WEEK * bars_per_day)
+
+
+@dataclass(frozen=True)
+class History:
+    """A checked price history: closes aligned with ``tickers``, oldest row first."""
+
+    path: Path
+    tickers: tuple[str, ...]
+    timestamps: Float64Array
+    """Epoch seconds of each row, strictly increasing."""
+    closes: Float64Array
+    """Shape (T, N), every value finite and > 0."""
+    spacing: Spacing
+
+    def reordered(self, tickers: Sequence[str]) -> History:
+        """The same history with its columns in the order of ``tickers`` (a permutation of its own)."""
+        index = {t: i for i, t in enumerate(self.tickers)}
+        order = [index[t] for t in tickers]
+        return History(self.path, tuple(tickers), self.timestamps, self.closes[:, order], self.spacing)
+
+    def log_returns(self) -> Float64Array:
+        return np.log(self.closes[1:] / self.closes[:-1])
+
+
+def read_history(path: str | Path, universe: Iterable[str] | None = None) -> History:
+    """Read, check and classify a history file (see the module docstring); raise :class:`HistoryError`.
+
+    With ``universe``, every ticker of the file must be in it (the file's other shape checks are the same).
+    """
+    path = Path(path)
+    rows = _read_rows(path)
+    header_line, header = rows[0]
+    lower = [h.strip().lower() for h in header]
+    date_cols = [i for i, h in enumerate(lower) if h in _DATE_COLUMNS]
+    if len(date_cols) != 1:
+        raise _error(path, header_line, f"need exactly one date column (one of {list(_DATE_COLUMNS)}), got {header}")
+    if any(h in _TICKER_COLUMNS or h in _PRICE_COLUMNS for h in lower):
+        tickers, stamps, closes, lines = _read_long(path, rows, lower, date_cols[0])
+    else:
+        tickers, stamps, closes, lines = _read_wide(path, rows, header, date_cols[0])
+    if universe is not None:
+        unknown = sorted(set(tickers) - set(universe))
+        if unknown:
+            raise _error(path, header_line, f"tickers not in the universe: {unknown}; add them to riskdesk.toml first")
+    ts = np.asarray(stamps, dtype=float)
+    for k in range(1, len(ts)):
+        if ts[k] == ts[k - 1]:
+            raise _error(path, lines[k], "duplicate timestamp (same as the previous bar)")
+        if ts[k] < ts[k - 1]:
+            raise _error(path, lines[k], "timestamp goes backwards")
+    if len(ts) < 2:
+        raise _error(path, lines[-1] if lines else header_line, "fewer than 2 bars: the spacing cannot be determined")
+    spacing = classify_spacing(ts, path=path, lines=lines)
+    return History(path, tuple(tickers), ts, np.asarray(closes, dtype=float), spacing)
+
+
+def classify_spacing(timestamps: Float64Array, *, path: Path | str = "<data>", lines: Sequence[int] = ()) -> Spacing:
+    """The spacing of strictly increasing ``timestamps`` (rules in the module docstring)."""
+    steps = np.diff(np.asarray(timestamps, dtype=float))
+    where = lines[-1] if lines else 0
+    if steps.size == 0:
+        raise _error(path, where, "fewer than 2 bars: the spacing cannot be determined")
+    median = float(statistics.median(steps.tolist()))
+    kind = next((k for k, s in NOMINAL_SECONDS.items() if abs(median / s - 1) <= TOLERANCE), None)
+    if kind is None:
+        raise _error(
+            path, where, f"median step of {median:g} s is not minute, hourly, daily or weekly (±{TOLERANCE:.0%})"
+        )
+    nominal = NOMINAL_SECONDS[kind]
+    intraday = kind in (SpacingKind.MINUTE, SpacingKind.HOURLY)
+    regular = 0
+    for i, step in enumerate(steps.tolist()):
+        ratio = step / nominal
+        k = round(ratio)
+        line = lines[i + 1] if len(lines) > i + 1 else 0
+        if intraday and step > SESSION_BREAK_SECONDS:
+            continue
+        if k < 1 or abs(ratio - k) > TOLERANCE:
+            raise _error(path, line, f"step of {step:g} s is not a whole number of {kind} bars: mixed spacing")
+        if not intraday and k > MAX_GAP_BARS:
+            raise _error(path, line, f"gap of {k} {kind} bars (more than {MAX_GAP_BARS}): too irregular")
+        regular += k == 1
+    if regular < MIN_REGULAR_SHARE * steps.size:
+        raise _error(
+            path, where,
+            f"only {regular} of {steps.size} steps are one {kind} bar (need {MIN_REGULAR_SHARE:.0%}): too irregular",
+        )  # fmt: skip
+    return Spacing(kind, median, int(steps.size - regular))
+
+
+def model_covariance(history: History, decay: float, bars_per_day: int) -> Float64Array:
+    """EWMA covariance of the history's own log returns, expressed per model bar.
+
+    Notes
+    -----
+    With ``C_b`` the EWMA covariance (:func:`engine.math_logic.ewma_covariance_from_returns`) of returns whose
+    bar is ``b`` trading days, the store keeps ``C_b / (b · bars_per_day)``: a one-day VaR then scales it back
+    by ``bars_per_day`` and gives ``z · sqrt(wᵀ C_b w / b)``, exactly the EWMA answer of daily returns for a
+    daily file (``b = 1``). A minute file (``b · bars_per_day = 1``) is stored unscaled.
+    """
+    cov = math_logic.ewma_covariance_from_returns(history.log_returns(), decay=decay)
+    scale = history.spacing.model_bars(bars_per_day)
+    return cov if scale == 1.0 else cov / scale
+
+
+# -- parsing ---------------------------------------------------------------------------------------------------
+
+
+def _error(path: Path | str, line: int, message: str) -> HistoryError:
+    return HistoryError(f"{path}:{line}: {message}")
+
+
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [(i, row) for i, row in enumerate(csv.reader(fh), start=1) if any(c.strip() for c in row)]
+    except FileNotFoundError:
+        raise HistoryError(f"{path}:0: history file not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise HistoryError(f"{path}:0: cannot read the file ({exc})") from None
+    if not rows:
+        raise _error(path, 1, "the file is empty")
+    return rows
+
+
+def _parse_date(path: Path, line: int, text: str) -> float:
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise _error(path, line, f"date {text!r} is neither ISO 8601 nor epoch seconds") from None
+        return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(value):
+        raise _error(path, line, f"date {text!r} is not finite")
+    return value
+
+
+def _parse_close(path: Path, line: int, ticker: str, text: str) -> float:
+    try:
+        price = float(text)
+    except ValueError:
+        raise _error(path, line, f"{ticker} price {text.strip()!r} is not a number") from None
+    if not math.isfinite(price) or price <= 0:
+        raise _error(path, line, f"{ticker} price {text.strip()!r} must be positive and finite")
+    return price
+
+
+def _read_wide(
+    path: Path, rows: list[tuple[int, list[str]]], header: list[str], date_col: int
+) -> tuple[list[str], list[float], list[list[float]], list[int]]:
+    header_line = rows[0][0]
+    tickers = [h.strip() for i, h in enumerate(header) if i != date_col]
+    if not tickers or any(not t for t in tickers):
+        raise _error(path, header_line, f"wide format needs date then one named column per ticker, got {header}")
+    if len(set(tickers)) != len(tickers):
+        raise _error(path, header_line, f"duplicate ticker columns in {tickers}")
+    stamps: list[float] = []
+    closes: list[list[float]] = []
+    lines: list[int] = []
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise _error(path, line, f"expected {len(header)} fields, found {len(row)}")
+        stamps.append(_parse_date(path, line, row[date_col]))
+        cells = [c for i, c in enumerate(row) if i != date_col]
+        closes.append([_parse_close(path, line, t, c) for t, c in zip(tickers, cells, strict=True)])
+        lines.append(line)
+    return tickers, stamps, closes, lines
+
+
+def _read_long(
+    path: Path, rows: list[tuple[int, list[str]]], lower: list[str], date_col: int
+) -> tuple[list[str], list[float], list[list[float]], list[int]]:
+    header_line = rows[0][0]
+    ticker_cols = [i for i, h in enumerate(lower) if h in _TICKER_COLUMNS]
+    price_cols = [i for i, h in enumerate(lower) if h in _PRICE_COLUMNS]
+    if len(lower) != 3 or len(ticker_cols) != 1 or len(price_cols) != 1:
+        raise _error(path, header_line, f"long format needs exactly date,ticker,close columns, got {lower}")
+    tc, pc = ticker_cols[0], price_cols[0]
+    groups: list[tuple[float, int, dict[str, float]]] = []
+    for line, row in rows[1:]:
+        if len(row) != 3:
+            raise _error(path, line, f"expected 3 fields, found {len(row)}")
+        ts = _parse_date(path, line, row[date_col])
+        ticker = row[tc].strip()
+        if not groups or ts != groups[-1][0]:
+            if groups and any(ts == g[0] for g in groups):
+                raise _error(path, line, "duplicate timestamp (rows of one date must be together)")
+            groups.append((ts, line, {}))
+        prices = groups[-1][2]
+        if ticker in prices:
+            raise _error(path, line, f"duplicate timestamp for {ticker}")
+        prices[ticker] = _parse_close(path, line, ticker, row[pc])
+    if not groups:
+        raise _error(path, header_line, "a header but no rows of prices")
+    tickers = list(groups[0][2])
+    for _ts, line, prices in groups:
+        if set(prices) != set(tickers):
+            raise _error(path, line, f"date has tickers {sorted(prices)}, the first date has {sorted(tickers)}")
+    return (
+        tickers,
+        [g[0] for g in groups],
+        [[g[2][t] for t in tickers] for g in groups],
+        [g[1] for g in groups],
+    )

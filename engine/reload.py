@@ -1,0 +1,99 @@
+"""Loading a market into a store that already holds one, and resetting a store, without destroying or faking
+anything (``python warmup.py --history FILE`` on a seeded store, ``--reset [--wipe-audit]``).
+
+A reload replaces the market (prices, the EWMA matrix re-estimated from the history, the stressed matrix, the
+reference prices) in ONE transaction that also starts a new market epoch (:meth:`Store.bump_market_epoch`),
+restarts every portfolio's equity peaks and excursions, and appends an audit record. Books, trades, orders,
+alerts and audit trails are kept. The market version goes on from the stored one (+1), so every reader
+reloads its cached matrix; the stream daemon sees the new epoch and writes its next bar as a ``reset`` bar
+(no return across the two markets), on which the monitor restarts the peaks again (a tick of the old market
+processed late cannot leave a fake drawdown behind).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+
+from engine import math_logic
+from engine.errors import RiskdeskError
+from engine.records import Float64Array, MarketSnapshot
+from engine.settings import Settings
+from engine.store import EPOCH_KEY, GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, STRESSED_KEY, Store
+
+WATCH_RETRIES = 5
+"""A reload that loses its WATCH this many times in a row (the stream daemon keeps writing) gives up."""
+
+
+class ReloadError(RiskdeskError):
+    code = "RELOAD_REFUSED"
+    fix = "see `python warmup.py --help`"
+
+
+def reload_market(
+    store: Store,
+    settings: Settings,
+    tickers: Sequence[str],
+    prices: Float64Array,
+    cov: Float64Array,
+    *,
+    now: float,
+    actor: str,
+    detail: dict[str, object],
+) -> int:
+    """Replace the stored market by ``tickers, prices, cov`` (one model bar); returns the new version.
+
+    Refused (nothing written) when the store's universe holds a ticker that ``tickers`` does not cover.
+    """
+    for _ in range(WATCH_RETRIES):
+        with store.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY, EPOCH_KEY)
+                header = store.read_market_header(pipe)
+                missing = sorted(set(header.tickers) - set(tickers))
+                if missing:
+                    raise ReloadError(
+                        f"the store's universe holds {missing}, which the history does not cover; add their "
+                        "columns to the file (or re-seed with --reset)"
+                    )
+                epoch = store.read_market_epoch(pipe) + 1
+                pids = store.portfolio_ids(pipe)
+                snap = MarketSnapshot(
+                    version=header.version + 1, ts=now, tickers=tuple(tickers), prices=np.asarray(prices),
+                    price_ts=np.full(len(tickers), now), cov=cov,
+                )  # fmt: skip
+                stressed = math_logic.build_stressed_covariance(
+                    cov,
+                    vol_multiplier=settings.model.stress_vol_multiplier,
+                    correlation_floor=settings.model.stress_correlation_floor,
+                )
+                pipe.multi()
+                store.write_market(snap, pipe)
+                store.write_stressed(snap.version, snap.tickers, stressed, pipe)
+                store.write_reference_prices(snap.tickers, snap.prices, now, pipe)
+                store.bump_market_epoch(pipe)
+                store.restart_peaks(pids, pipe)
+                record = {"ts": now, "actor": actor, "action": "load_history", "version": snap.version,
+                          "epoch": epoch, **detail}  # fmt: skip
+                store.append_audit(GLOBAL_AUDIT_KEY, record, pipe)
+                pipe.execute()
+                return snap.version
+            except redis.WatchError:
+                continue
+    raise ReloadError(f"the market kept changing during {WATCH_RETRIES} attempts; stop the stream daemon and retry")
+
+
+def reset_store(store: Store, *, keep_audit: bool, now: float, actor: str) -> int:
+    """Delete every Riskdesk key but the market epoch (bumped) and, with ``keep_audit``, the audit trail
+    (:meth:`Store.audit_trail_keys`); one transaction, which also audits the reset. Returns keys deleted."""
+    keys = store.reset_keys(keep_audit=keep_audit)
+    pipe = store.client.pipeline(transaction=True)
+    if keys:
+        pipe.delete(*keys)
+    store.bump_market_epoch(pipe)
+    record = {"ts": now, "actor": actor, "action": "reset", "keys_deleted": len(keys), "audit_kept": keep_audit}
+    store.append_audit(GLOBAL_AUDIT_KEY, record, pipe)
+    pipe.execute()
+    return len(keys)

@@ -1,0 +1,50 @@
+"""Market loads and the desk's book: the market epoch, restarting the drawdown references, and a reset that
+keeps the audit trail.
+
+Keys: ``mkt:{m}:epoch`` (a counter), and of each portfolio ``pf:{<id>}:peaks`` and ``pf:{<id>}:marks`` (see
+:mod:`engine.store.keys`). The epoch is bumped in the same transaction that replaces the market (a history
+loaded into a seeded store, a reset): the stream daemon marks its first bar after a new epoch as a ``reset``
+bar (no return computed across the two markets) and the monitor restarts the equity peaks on a reset bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.store.base import Conn, StoreBase
+from engine.store.codec import decode_int
+from engine.store.keys import EPOCH_KEY, GLOBAL_AUDIT_KEY, PortfolioKeys
+
+AUDIT_TRAIL_SUFFIXES = (":audit", ":trades", ":alert_log", ":deliveries")
+"""Append-only logs of a portfolio that a reset keeps unless told to wipe them (with ``rd:audit``)."""
+
+
+class BookStore(StoreBase):
+    """The market epoch, restarting drawdown references, and the audit-keeping reset."""
+
+    def read_market_epoch(self, conn: Conn = None) -> int:
+        """The market epoch (0 when none was ever bumped)."""
+        raw = self._conn(conn).get(EPOCH_KEY)
+        return 0 if raw is None else decode_int(raw, key=EPOCH_KEY)
+
+    def bump_market_epoch(self, pipe: Conn = None) -> None:
+        """Start a new market epoch (INCR; in the caller's MULTI with the market it replaces)."""
+        self._conn(pipe).incr(EPOCH_KEY)
+
+    def restart_peaks(self, portfolio_ids: Iterable[str], pipe: Conn = None) -> None:
+        """Forget the equity peaks and position excursions: drawdowns restart from the next equity seen."""
+        keys = [k for pid in portfolio_ids for k in (PortfolioKeys(pid).peaks, PortfolioKeys(pid).marks)]
+        if keys:
+            self._conn(pipe).delete(*keys)
+
+    def audit_trail_keys(self) -> list[bytes]:
+        """The keys a reset keeps: the global audit stream and every portfolio's append-only logs."""
+        return [
+            k for k in self.all_keys()
+            if k == GLOBAL_AUDIT_KEY.encode() or (k.startswith(b"pf:") and k.decode().endswith(AUDIT_TRAIL_SUFFIXES))
+        ]  # fmt: skip
+
+    def reset_keys(self, *, keep_audit: bool) -> list[bytes]:
+        """Every Riskdesk key a reset deletes: all of them but the epoch, and the audit trail when kept."""
+        keep = {EPOCH_KEY.encode(), *(self.audit_trail_keys() if keep_audit else [])}
+        return [k for k in self.all_keys() if k not in keep]
