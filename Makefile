@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run stop status test test-fast bench lint screenshots clean
+.PHONY: run demo stop status test test-fast bench lint screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## run: start embedded Redis (unless REDIS_URL is set), seed it if empty, start the daemons and the dashboard
+## (simulated feed on a compressed demo clock: one one-minute bar every 2 s, shown as such on the dashboard)
 run: $(STAMP)
-	$(PY) launcher.py start
+	$(PY) launcher.py start --compressed-clock 2
+
+## demo: replay real weekly closes (plotly's bundled 2018-2019 stocks) through the whole system, no network
+demo: $(STAMP)
+	$(PY) launcher.py demo
 
 ## stop: stop everything `make run` started, by PID
 stop:
-	@if [ -x $(PY) ]; then $(PY) launcher.py stop; else echo "nothing to stop (no .venv)"; fi
+	@if [ -x $(PY) ]; then $(PY) launcher.py stop; $(PY) launcher.py stop --config configs/demo.toml; \
+	else echo "nothing to stop (no .venv)"; fi
 
 status: $(STAMP)
 	$(PY) launcher.py status

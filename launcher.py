@@ -1,9 +1,22 @@
-"""Bring the whole system up or down: ``python launcher.py start|stop|status`` (``make run`` / ``make stop``).
+"""Bring the whole system up or down: ``python launcher.py start|demo|stop|status`` (``make run`` / ``make demo`` /
+``make stop``).
 
 ``start`` starts the embedded Redis (unless ``REDIS_URL`` is set or it already runs), seeds the store when it
 is empty, then starts every service of :data:`SERVICES` that is not running yet, each with its PID file and log
 under ``<data_dir>/run`` and ``<data_dir>/log``. Running it twice starts nothing twice. ``stop`` stops, by PID,
 what ``start`` started: services first, Redis last (so its AOF holds everything they wrote).
+
+Clock: the stream daemon plays one one-minute model bar per ``model.bar_seconds`` (60) of wall time. ``start
+--compressed-clock S`` (``make run`` passes 2) sets ``model.demo_clock_seconds`` for every process: one bar
+every ``S`` seconds, and the dashboard shows a "Demo clock" badge on every page.
+
+``demo`` (``make demo``) is ``start`` on real data, with ``configs/demo.toml`` unless ``--config`` names another
+file: it writes the weekly closes bundled with plotly as CSVs under ``<data_dir>/demo-data``
+(engine/demo_data.py), seeds an empty store with ``warmup.py --history history.csv --positions book.csv`` (the
+covariance from 2018's weekly returns, the demo book at its 2018 cost) and starts the stream daemon as
+``--feed replay --file replay.csv --interval S`` (``--interval``, default :data:`DEMO_BAR_SECONDS`). When the
+file ends the stream daemon exits and the dashboard shows the market going stale, as it would for a dead feed.
+Stop it with ``python launcher.py stop --config configs/demo.toml`` (``make stop`` stops both).
 """
 
 from __future__ import annotations
@@ -25,6 +38,11 @@ from engine.store import Store
 
 ROOT = Path(__file__).resolve().parent
 STOP_TIMEOUT_SECONDS = 10.0
+DEMO_CONFIG = "configs/demo.toml"
+"""Settings of ``launcher.py demo`` (relative to the repository)."""
+DEMO_BAR_SECONDS = 3.0
+"""Wall seconds per replayed weekly bar in the demo: about 3 minutes for Oct 2018 - Dec 2019."""
+DEMO_CLOCK_ENV = "RISKDESK__MODEL__DEMO_CLOCK_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -35,11 +53,11 @@ class Service:
     """Path (relative to the repository) that must exist for the service to be started."""
 
 
-def services(settings: Settings) -> tuple[Service, ...]:
-    """The daemons and the dashboard, in start order."""
+def services(settings: Settings, stream_args: Sequence[str] = ()) -> tuple[Service, ...]:
+    """The daemons and the dashboard, in start order (``stream_args``: the stream daemon's feed options)."""
     py = sys.executable
     return (
-        Service("stream", (py, "-m", "engine.stream"), "engine/stream.py"),
+        Service("stream", (py, "-m", "engine.stream", *stream_args), "engine/stream.py"),
         Service("monitor", (py, "-m", "logic.monitor"), "logic/monitor.py"),
         Service("notify", (py, "-m", "notifications"), "notifications/__main__.py"),
         Service(
@@ -56,10 +74,25 @@ def services(settings: Settings) -> tuple[Service, ...]:
     )  # fmt: skip
 
 
+class LauncherError(RiskdeskError):
+    code = "LAUNCH_FAILED"
+    fix = "read the message; `python launcher.py stop` then start again"
+
+
 class Launcher:
-    def __init__(self, settings: Settings, root: Path = ROOT) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        root: Path = ROOT,
+        *,
+        config: str | os.PathLike[str] | None = None,
+        stream_args: Sequence[str] = (),
+    ) -> None:
         self.settings = settings
         self.root = root
+        self.config = None if config is None else Path(config).resolve()
+        """The settings file, handed to every child (RISKDESK_CONFIG) so they read what the launcher read."""
+        self.stream_args = tuple(stream_args)
         data_dir = Path(settings.redis.data_dir)
         self.data_dir = data_dir if data_dir.is_absolute() else root / data_dir
         self.run_dir = self.data_dir / "run"
@@ -75,12 +108,16 @@ class Launcher:
         env = dict(os.environ)
         embedded = self.embedded
         env["REDIS_URL"] = embedded.url if embedded is not None else str(self.settings.redis.url)
+        if self.config is not None:
+            env["RISKDESK_CONFIG"] = str(self.config)
         env.setdefault("PYTHONUNBUFFERED", "1")
         # the numeric processes share two cores: one BLAS thread each avoids oversubscription stalls
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         return env
 
-    def start(self) -> list[str]:
+    def start(self, seed_args: Sequence[str] | None = None) -> list[str]:
+        """Start what is not running; an empty store is seeded from the settings, or with ``python warmup.py
+        *seed_args`` when given (the demo's history and book)."""
         lines: list[str] = []
         embedded = self.embedded
         if embedded is not None:
@@ -91,7 +128,15 @@ class Launcher:
             lines.append(f"redis      using REDIS_URL {_redact(self.settings.redis.url or '')}")
         store = Store(connect(self.child_env()["REDIS_URL"]))
         store.ping()
-        if store.schema_version() is None:
+        if store.schema_version() is None and seed_args is not None:
+            done = subprocess.run(
+                [sys.executable, "warmup.py", *seed_args], cwd=self.root, env=self.child_env(),
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise LauncherError(f"warmup.py {' '.join(seed_args)} failed: {done.stderr.strip()}")
+            lines.append("warmup     " + done.stdout.strip().removeprefix("warmup: "))
+        elif store.schema_version() is None:
             import warmup
 
             changed = warmup.seed(store, self.settings)
@@ -101,7 +146,7 @@ class Launcher:
             lines.append("warmup     store already seeded")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for service in services(self.settings):
+        for service in services(self.settings, self.stream_args):
             if not (self.root / service.requires).exists():
                 lines.append(f"{service.name:<10} not built yet ({service.requires} missing)")
                 continue
@@ -117,6 +162,17 @@ class Launcher:
             (self.run_dir / f"{service.name}.pid").write_text(str(proc.pid))
             lines.append(f"{service.name:<10} started (pid {proc.pid}), log {self.log_dir / (service.name + '.log')}")
         return lines
+
+    def demo(self, interval: float = DEMO_BAR_SECONDS) -> list[str]:
+        """``start`` on the real weekly closes bundled with plotly (see the module docstring)."""
+        from engine import demo_data
+
+        files = demo_data.export(self.data_dir / "demo-data", self.settings)
+        self.stream_args = ("--feed", "replay", "--file", str(files.replay), "--interval", repr(float(interval)))
+        tickers = ", ".join(self.settings.universe.assets)
+        lines = [f"demo       {files.weeks} weekly closes of {tickers} (plotly.data.stocks) in {files.replay.parent}"]
+        seed = ("--history", str(files.history), "--positions", str(files.book))
+        return lines + self.start(seed_args=seed)
 
     def pid(self, name: str) -> int | None:
         path = self.run_dir / f"{name}.pid"
@@ -181,19 +237,40 @@ def _redact(url: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="start, stop or inspect the Riskdesk processes")
-    parser.add_argument("command", choices=("start", "stop", "status"))
-    parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
+    parser.add_argument("command", choices=("start", "demo", "stop", "status"))
+    parser.add_argument(
+        "--config", help=f"settings file (default: $RISKDESK_CONFIG or riskdesk.toml; demo: {DEMO_CONFIG})"
+    )
+    parser.add_argument(
+        "--compressed-clock", type=float, metavar="SECONDS",
+        help="start: a demo clock, one one-minute model bar every SECONDS of wall time (shown on the dashboard)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interval", type=float, default=DEMO_BAR_SECONDS, metavar="SECONDS",
+        help=f"demo: wall seconds per replayed weekly bar (default {DEMO_BAR_SECONDS:g})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    config = args.config
+    if config is None and args.command == "demo" and not os.environ.get("RISKDESK_CONFIG"):
+        config = str(ROOT / DEMO_CONFIG)
+    if args.compressed_clock is not None:
+        if args.command != "start" or not args.compressed_clock >= 0:
+            print("error: --compressed-clock SECONDS (>= 0) goes with start", file=sys.stderr)
+            return 2
+        os.environ[DEMO_CLOCK_ENV] = repr(float(args.compressed_clock))  # this process and every child
     try:
-        launcher = Launcher(load_settings(args.config))
-        lines = getattr(launcher, args.command)()
+        launcher = Launcher(load_settings(config), config=config)
+        lines = launcher.demo(args.interval) if args.command == "demo" else getattr(launcher, args.command)()
     except RiskdeskError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
     print("\n".join(lines))
-    if args.command == "start":
+    if args.command in ("start", "demo"):
         if (launcher.root / "dashboard/app.py").exists():
             print(f"\nDashboard: http://127.0.0.1:{launcher.settings.dashboard.port}")
+        if launcher.settings.model.compressed_clock:
+            print(f"Demo clock: one one-minute model bar every {launcher.settings.model.bar_interval_seconds:g} s "
+                  "(the dashboard says so); without --compressed-clock one bar per minute.")  # fmt: skip
         print("Stop everything with `make stop`.")
     return 0
 

@@ -40,7 +40,7 @@ def bench_settings(n: int, seed: int = 3) -> Settings:
     rng = np.random.default_rng(seed)
     assets = synthetic_assets(n, rng)
     return settings_from_dict(
-        {"universe": {"correlation": 0.3, "assets": assets}, "model": {"bar_interval_seconds": 0}}
+        {"universe": {"correlation": 0.3, "assets": assets}, "model": {"demo_clock_seconds": 0.0}}
     )
 
 

@@ -79,6 +79,11 @@ def sidebar(d: views.Desk) -> None:
             key=REFRESH_KEY,
             help="how often live parts update; typing in a form is never interrupted",
         )
+        clock = views.clock_caption(d)
+        if clock is not None:  # model time is not wall time: say so on every page
+            st.badge("Demo clock" if clock.startswith("Compressed") else "Replay", icon=":material/speed:",
+                     color="orange")  # fmt: skip
+            st.caption(md(clock))
 
 
 def _default_refresh(seconds: float) -> str:

@@ -126,6 +126,16 @@ def _read_only(value: Mapping[str, T]) -> Mapping[str, T]:
     return types.MappingProxyType(dict(value))
 
 
+def _collar_reference(value: Any) -> Any:
+    if value == "session_open":
+        return value
+    if isinstance(value, str) and value.startswith("rolling:"):
+        n = value.removeprefix("rolling:")
+        if n.isdigit() and int(n) >= 1:
+            return value
+    raise ValueError(f'must be "session_open" or "rolling:N" with N a whole number of bars >= 1, got {value!r}')
+
+
 Money = Annotated[Decimal, BeforeValidator(_money)]
 """Exact money: a number or a numeric string, finite; never a bool."""
 Number = Annotated[float, Strict(), AllowInfNan(False)]
@@ -135,6 +145,8 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 """A duration: a finite number >= 0."""
 Text = Annotated[str, Strict()]
 Flag = Annotated[bool, Strict()]
+CollarReference = Annotated[str, BeforeValidator(_collar_reference)]
+"""``session_open`` or ``rolling:N`` (N >= 1 bars)."""
 Table = Annotated[Mapping[str, T], AfterValidator(_read_only)]
 """A read-only table (``types.MappingProxyType``): a frozen settings object has no mutable parts."""
 
@@ -190,6 +202,25 @@ class Limits:
     stale_price_seconds: Annotated[Number, Field(gt=0)] = 30.0
     """A price older than this is stale: no trade is approved on it."""
     max_orders_per_minute: Annotated[Integer, Field(gt=0)] = 600
+    collar_reference: CollarReference = "session_open"
+    """The collar's reference price: ``session_open`` (the previous session's close, re-anchored at every
+    session open) or ``rolling:N`` (the price N bars earlier in the session; the previous close until then)."""
+    outside_session: Literal["reject", "allow"] = "allow"
+    """A trade checked outside a session of ``market.calendar``: refused (``MARKET_CLOSED``) or checked as usual."""
+    max_gross_leverage: Annotated[Number, Field(gt=0)] | None = None
+    """Gross exposure / equity after a trade that grows the gross exposure; None: no limit."""
+    stressed_var_limit: Annotated[Money, Field(gt=0)] | None = None
+    """Maximum post-trade stressed VaR (the stored stressed matrix) of a trade that adds it; None: no limit."""
+    max_daily_loss: Annotated[Money, Field(gt=0)] | None = None
+    """Once today's loss (equity - the monitor's day-open equity) reaches it, only risk-reducing trades pass."""
+    max_position_qty: Annotated[Integer, Field(gt=0)] | None = None
+    """Largest absolute position in shares of any ticker a trade may grow to; None: no limit."""
+    position_limits: Table[Annotated[Integer, Field(gt=0)]] = field(default_factory=dict)
+    """Ticker -> largest absolute position in shares (overrides ``max_position_qty`` for that ticker)."""
+    min_margin_level_after: Annotated[Number, Field(ge=0)] = 150.0
+    """Margin accounts: equity / (gross x initial margin) x 100 after a trade that grows the gross exposure."""
+    reducing_allows_hedges: Flag = True
+    """In REDUCING, also accept trades that lower the portfolio VaR (not only those shrinking a position)."""
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -226,8 +257,13 @@ class PortfolioConfig:
 class Model:
     ewma_decay: Annotated[Number, Field(gt=0, lt=1)] = EWMA_DECAY
     """RiskMetrics λ of the EWMA covariance of one-bar log returns."""
-    bar_interval_seconds: Annotated[Number, Field(ge=0)] = 2.0
-    """Wall-clock seconds one one-minute model bar takes in the daemon (``--interval``)."""
+    bar_seconds: Annotated[Number, Field(gt=0)] = 60.0
+    """Length of one model bar in seconds: the bar is one minute, so a live feed (any feed that is not a replay)
+    plays one bar per 60 s of wall time and model time matches wall time."""
+    demo_clock_seconds: Annotated[Number, Field(ge=0)] | None = None
+    """Compressed demo clock: when set, a live feed plays one model bar every this many wall seconds instead of
+    ``bar_seconds`` (``make run`` uses 2 s for a lively demo); the dashboard then says so on every page.
+    0 plays as fast as possible (tests)."""
     bars_per_day: Annotated[Integer, Field(gt=0)] = BARS_PER_DAY
     """Trading minutes per day: daily figures scale one-bar volatility by sqrt(bars_per_day)."""
     trading_days_per_year: Annotated[Integer, Field(gt=0)] = TRADING_DAYS_PER_YEAR
@@ -238,6 +274,16 @@ class Model:
     @property
     def bars_per_year(self) -> int:
         return self.bars_per_day * self.trading_days_per_year
+
+    @property
+    def bar_interval_seconds(self) -> float:
+        """Wall seconds per model bar of a live feed: the demo clock when one is set, else ``bar_seconds``."""
+        return float(self.bar_seconds if self.demo_clock_seconds is None else self.demo_clock_seconds)
+
+    @property
+    def compressed_clock(self) -> bool:
+        """True when a live feed does not play model time at wall-clock speed (an explicit demo option)."""
+        return self.bar_interval_seconds != self.bar_seconds
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -301,10 +347,22 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, config=CONFIG)
+class Market:
+    """The exchange calendar the sessions come from (engine/sessions.py)."""
+
+    calendar: Text = "XNYS"
+    """An ``exchange-calendars`` name (daily P&L and drawdown reset at each session open, the weekly window
+    follows its weeks), or ``"24/7"``: no sessions, the day starts at ``monitor.day_reset_hour``."""
+
+
+@dataclass(frozen=True, config=CONFIG)
 class StreamConfig:
     tick_stream_maxlen: Integer = 10_000
     """Approximate bound of the tick event stream (XADD MAXLEN ~)."""
     seed: Integer | None = None
+    max_jump_sigma: Annotated[Number, Field(gt=0)] = 12.0
+    """A price whose log return from the last accepted price exceeds this many standard deviations of the
+    ticker's current one-bar volatility (from the covariance) is rejected as absurd (engine/price_filter.py)."""
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -334,6 +392,7 @@ class Settings:
     stream: StreamConfig = field(default_factory=StreamConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    market: Market = field(default_factory=Market)
     extra: Table[Any] = field(default_factory=dict)
     """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
     validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):

@@ -28,9 +28,14 @@ SIGINT / SIGTERM stop the daemon between bars (a bar being retried during an out
 
 Usage::
 
-    python -m engine.stream [--feed sim|replay] [--file CSV] [--interval SECONDS] [--ticks N] [--seed N]
+    python -m engine.stream [--feed sim|replay] [--file CSV] [--interval SECONDS | --speed X] [--ticks N] [--seed N]
                             [--shock AAA:-0.08@100 ...] [--vol-regime 2.0@150 ...] [--config FILE]
                             [--log-level INFO]
+
+Clock (engine/clocks.py): a replay stamps every write (snapshot ``ts``, ``price_ts``, tick event, heartbeat)
+with the bar's own time and publishes ``clock = replay`` in ``hb:stream``; ``--speed X`` plays X seconds of
+data per wall second. Live feeds stamp with the wall clock. Each bar also re-anchors the collar's reference
+prices at session opens (engine/collar.py), in the bar's transaction.
 
 Redis is ``REDIS_URL`` (or the settings' embedded server); the settings file is ``$RISKDESK_CONFIG`` or
 ``riskdesk.toml``.
@@ -52,11 +57,15 @@ import numpy as np
 import redis
 
 from engine import math_logic
+from engine.clocks import ClockMode, stamp_daily_closes, wall_sleep
+from engine.collar import CollarAnchor
 from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
 from engine.daemon import install_signal_handlers as install_signal_handlers  # re-exported: a public name here
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
+from engine.price_filter import PriceFilter
 from engine.records import Clock
+from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
     MARKET_KEY,
@@ -120,9 +129,16 @@ class StreamDaemon:
     clock:
         Epoch seconds of the written snapshot (``ts``, ``price_ts``); tests pass a controllable one.
     interval:
-        Wall seconds per bar (default ``settings.model.bar_interval_seconds``); 0 runs as fast as possible.
+        Wall seconds per bar (default ``settings.model.bar_interval_seconds``: ``model.bar_seconds``, 60, unless
+        a ``model.demo_clock_seconds`` compressed clock is set); 0 runs as fast as possible.
     stop_event:
         Set to stop between bars (``stop()`` does it; signal handlers call it).
+    clock_mode:
+        ``REPLAY`` stamps every write with the bar's own time (engine/clocks.py), ``LIVE`` with ``clock``;
+        default: ``REPLAY`` for a :class:`~engine.feeds.ReplayFeed`. Published in the heartbeat as ``clock``.
+    anchor:
+        Re-anchors the collar's reference prices (engine/collar.py); default from ``market.calendar`` and
+        ``limits.collar_reference``.
     """
 
     def __init__(
@@ -134,8 +150,11 @@ class StreamDaemon:
         clock: Clock = time.time,
         interval: float | None = None,
         stop_event: threading.Event | None = None,
+        clock_mode: ClockMode | None = None,
+        anchor: CollarAnchor | None = None,
     ) -> None:
         self.store = store
+        self.anchor = anchor or CollarAnchor(market_calendar(settings), settings.limits.collar_reference)
         self.settings = settings
         self.feed = feed
         self.clock = clock
@@ -146,6 +165,8 @@ class StreamDaemon:
         self.maxlen = settings.stream.tick_stream_maxlen
         self._stop = stop_event or threading.Event()
         self.stats = DaemonStats()
+        self.price_filter = PriceFilter.for_feed(settings, feed)
+        self.clock_mode = clock_mode or default_clock_mode(settings, feed, self.interval)
         # state mirrored from the store; valid only while self._synced
         self.version: int | None = None
         self._epoch: int | None = None
@@ -258,6 +279,8 @@ class StreamDaemon:
         self.version = snap.version
         self.tickers = snap.tickers
         self._index = {t: i for i, t in enumerate(snap.tickers)}
+        if changed:
+            self.anchor.reset()
         self._tickers_json = encode_json(list(snap.tickers))
         self.prices = snap.prices.copy()
         self.price_ts = snap.price_ts.copy()
@@ -277,6 +300,7 @@ class StreamDaemon:
 
     def validate(self, bar: Bar, now: float) -> _Step:
         """Check every price of ``bar`` against the loaded universe and compute the returns (pure)."""
+        self.price_filter.begin(self._seq)  # a retried bar starts from the same remembered jumps
         prices = self.prices.copy()
         price_ts = self.price_ts.copy()
         accepted: list[int] = []
@@ -286,13 +310,9 @@ class StreamDaemon:
             if i is None:
                 rejected.append(f"{ticker}={raw!r}: unknown ticker")
                 continue
-            try:
-                price = float(raw)
-            except (TypeError, ValueError):
-                rejected.append(f"{ticker}={raw!r}: not a number")
-                continue
-            if not math.isfinite(price) or price <= 0:
-                rejected.append(f"{ticker}={raw!r}: not a positive finite price")
+            price, why = self.price_filter.check(ticker, raw, self.prices[i], self.cov[i, i], reset=bar.reset)
+            if why:  # engine/price_filter.py: absurd prices never reach the model
+                rejected.append(f"{ticker}={raw!r}: {why}")
                 continue
             prices[i] = price
             price_ts[i] = now
@@ -305,6 +325,7 @@ class StreamDaemon:
             )
             if idx.size:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
+        returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
         return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
@@ -316,7 +337,7 @@ class StreamDaemon:
                     "store holds market version %s, this daemon wrote %s: reloading", stored, self.version
                 )
                 self._load(pipe)
-            now = self.clock()
+            now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
             if self._new_epoch:  # no return across two markets (engine/reload.py)
                 if isinstance(self.feed, UniverseAware) and self._epoch_seq == self._seq:
                     pipe.unwatch()  # drawn from the old market's prices: dropped; the feed now follows the new
@@ -353,8 +374,11 @@ class StreamDaemon:
                 version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
                 token=token, reset=bar.reset, rejected=len(step.rejected),
             )  # fmt: skip
+            reference, anchor_state = self.anchor.propose(now, step.prices, reset=bar.reset)
             pipe.multi()
             self.store.write_market(snap, pipe)
+            if reference is not None:
+                self.store.write_reference_prices(self.tickers, reference, now, pipe)
             self.store.publish_tick(event, self.maxlen, pipe, tickers_json=self._tickers_json)
             heartbeat = self._heartbeat(now, version, self.stats.bars_written + 1, len(step.rejected))
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, pipe)
@@ -362,6 +386,7 @@ class StreamDaemon:
             pipe.execute()
         self._in_flight = None
         self._new_epoch = False
+        self.anchor.commit(anchor_state)
         self.version = version
         self.prices = step.prices
         self.price_ts = step.price_ts
@@ -389,6 +414,8 @@ class StreamDaemon:
             "prices_rejected": self.stats.prices_rejected + rejected_now,
             "last_latency_ms": round(self.stats.last_latency_ms, 3),
             "interval": self.interval,
+            "clock": str(self.clock_mode),
+            "feed_bar_model_bars": self.price_filter.bar_scale,
         }
 
     def _write_heartbeat_best_effort(self, now: float) -> None:
@@ -398,6 +425,14 @@ class StreamDaemon:
             )
         except redis.RedisError as exc:
             log.debug("heartbeat not written: %s", exc)
+
+
+def default_clock_mode(settings: Settings, feed: object, interval: float) -> ClockMode:
+    """``REPLAY`` (bars from a file), ``LIVE`` (one model bar per ``model.bar_seconds`` of wall time) or
+    ``COMPRESSED`` (a live feed played faster or slower than wall time: a demo clock the dashboard shows)."""
+    if isinstance(feed, ReplayFeed):
+        return ClockMode.REPLAY
+    return ClockMode.LIVE if interval == settings.model.bar_seconds else ClockMode.COMPRESSED
 
 
 # -- command line --------------------------------------------------------------------------------------------
@@ -432,7 +467,19 @@ def _sim_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Fee
 def _replay_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Feed:
     if not args.file:
         raise FeedError("--feed replay needs --file CSV", fix="pass the CSV of bars to replay with --file")
-    return ReplayFeed(args.file, universe=store.read_market_header().tickers)
+    feed = ReplayFeed(args.file, universe=store.read_market_header().tickers)
+    sessions = market_calendar(settings).sessions
+    if sessions is not None:  # a file of dates: each bar is its session's close (engine/clocks.py)
+        feed.bars = stamp_daily_closes(feed.bars, sessions)
+    return feed
+
+
+def replay_interval(feed: Feed, speed: float) -> float:
+    """Wall seconds per bar of a replay played at ``speed`` x its data's time: the median step between its
+    bars / ``speed`` (0: as fast as possible). A weekend gap waits one ordinary step."""
+    bars = getattr(feed, "bars", [])
+    steps = np.diff([float(b.ts) for b in bars]) if len(bars) > 1 else np.empty(0)
+    return wall_sleep(float(np.median(steps)) if steps.size else 0.0, speed)
 
 
 FEEDS: dict[str, FeedBuilder] = {"sim": _sim_feed, "replay": _replay_feed}
@@ -449,7 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval",
         type=float,
         default=None,
-        help="wall seconds per one-minute model bar (default: model.bar_interval_seconds)",
+        help="wall seconds per one-minute model bar (default: model.bar_seconds = 60, or model.demo_clock_seconds)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="replay: data seconds per wall second (0: as fast as possible; 60: one hour of data per wall "
+        "minute); wall wait per bar = the data's bar spacing / speed. Overrides --interval",
     )
     parser.add_argument("--ticks", type=int, default=None, help="stop after reading N bars")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the simulated feed")
@@ -493,6 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ticks is not None and args.ticks < 0:
         print("stream: error: --ticks must be >= 0", file=sys.stderr)
         return 2
+    if args.speed is not None and not (math.isfinite(args.speed) and args.speed >= 0):
+        print("stream: error: --speed must be >= 0 (0: as fast as possible)", file=sys.stderr)
+        return 2
     stop = stop_on_signals(log, "stopping between bars")
     try:
         settings = load_settings(args.config)
@@ -500,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not wait_for_store(store, stop, "stream"):
             return 0
         feed = FEEDS[args.feed](args, settings, store)
-        daemon = StreamDaemon(store, settings, feed, interval=args.interval, stop_event=stop)
+        interval = args.interval if args.speed is None else replay_interval(feed, args.speed)
+        daemon = StreamDaemon(store, settings, feed, interval=interval, stop_event=stop)
     except RiskdeskError as exc:
         print(f"stream: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ Atomicity and restarts
 ----------------------
 Each evaluation WATCHes the portfolio's alert and timer hashes, plans, and writes in one MULTI: the alert
 records, the timers, the history, **the notifications to send** (outbox entries naming recipients and
-channels, :class:`engine.records.OutboxEntry`) and the automated actions to run. Nothing lives only in memory,
+channels, :class:`engine.alert_records.OutboxEntry`) and the automated actions to run. Nothing lives only in memory,
 so a new :class:`AlertEngine` on the same Redis continues exactly where the old one stopped: no alert lost, no
 notification queued twice, escalation on its original schedule. Delivering the outbox is the notifications
 package's work (``python -m notifications``); this package never imports it.
@@ -350,7 +350,7 @@ class AlertEngine:
         alert_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Notification deliveries (channel, recipient, status, error, attempts, events), newest first,
-        optionally filtered by status, channel or alert id (:class:`engine.records.Delivery` as dicts)."""
+        optionally filtered by status, channel or alert id (:class:`engine.alert_records.Delivery` as dicts)."""
         pids = [portfolio_id] if portfolio_id else self.portfolio_ids()
         out: list[dict[str, Any]] = []
         filtered = status is not None or channel is not None or alert_id is not None

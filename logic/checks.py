@@ -11,7 +11,17 @@ market snapshot; VaR = z * sqrt(x'Sx) * sqrt(bars_per_day * horizon_days). That 
 (``weights = x / equity, value = equity``) of engine.math_logic, but also defined when equity is not positive.
 The gate refuses a trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR passes that
 check even above the limit), and on concentration / margin only trades that grow the position / the gross
-exposure: risk-reducing trades must stay possible when a limit is already breached. VaR, variance and the
+exposure. On top of that, a *risk-reducing* trade (:func:`logic.limits.is_risk_reducing`: it shrinks the
+position without flipping it, or lowers both VaR and gross exposure) is never refused by any limit of
+:data:`logic.limits.WAIVED_WHEN_REDUCING_RISK` (collar, VaR, stressed VaR, concentration, margin, margin floor,
+leverage, daily loss, position, REDUCING; the collar's reference is re-anchored at every session open by
+engine/collar.py); bad input, missing or stale data, store errors, HALTED, cash-account
+inventory and cash, the fat-finger limits and the order rate still refuse it. HALTED refuses every trader order
+(``OrderIntent.TRADE``); a liquidation-only order (``OrderIntent.LIQUIDATION``, the automated responses and
+authorised risk managers) passes in any state if it shrinks the position without flipping it, and is refused
+``LIQUIDATION_ONLY`` otherwise. REDUCING passes risk-reducing trades and, with ``limits.reducing_allows_hedges``,
+trades that lower the portfolio VaR. A refused well-formed order carries ``max_qty_allowed``
+(:mod:`logic.sizing`). VaR, variance and the
 marginal VaR vector of the holdings are cached per (market key, holdings revision); the VaR change of a trade
 is the O(N) incremental formula (:func:`engine.math_logic.incremental_var_single`).
 """
@@ -48,9 +58,24 @@ from engine.records import (
     TradingState,
     TradingStatus,
 )
+from engine.sessions import MarketCalendar, market_calendar
 from engine.settings import Asset, Limits, Settings, valid_symbol
 from engine.store import TradeView
+from logic import sizing
 from logic.decisions import book_fill, commission, fill_price, parse_quantity, parse_side, reason
+from logic.limits import (
+    WAIVED_WHEN_REDUCING_RISK,
+    DayOpen,
+    Figures,
+    Lookups,
+    check_daily_loss,
+    check_leverage,
+    check_margin_floor,
+    check_position,
+    check_stressed_var,
+    is_risk_reducing,
+    shrinks_position,
+)
 from logic.valuation import value_portfolio
 
 BOOK_CACHE_SIZE = 16
@@ -213,6 +238,7 @@ class Checker:
         horizon_bars: float,
         models: MarketModelCache,
         books: BookCache,
+        day_open: DayOpen | None = None,
     ) -> None:
         self.portfolio_id = portfolio_id
         self.settings = settings
@@ -220,6 +246,23 @@ class Checker:
         self.horizon_bars = horizon_bars
         self.models = models
         self.books = books
+        self.day_open = day_open
+        """Today's opening equity (``max_daily_loss``); None: unknown, the limit then fails closed."""
+        self.validated: dict[Any, str | None] = {}
+        """Stressed matrices already validated (see :class:`logic.limits.Lookups`)."""
+
+    @functools.cached_property
+    def calendar(self) -> MarketCalendar:
+        """The market's sessions (built on first use: only ``outside_session = "reject"`` needs them)."""
+        return market_calendar(self.settings)
+
+    def market_closed(self, now: float) -> bool:
+        """``now`` is outside a session of ``market.calendar`` (a time the calendar cannot place counts as
+        closed: fail closed)."""
+        try:
+            return not self.calendar.is_open(now)
+        except ValueError:
+            return True
 
     def evaluate(
         self,
@@ -230,11 +273,69 @@ class Checker:
         now: float,
         pending_orders: int = 0,
         intent: OrderIntent = OrderIntent.TRADE,
+        *,
+        size: bool = True,
     ) -> tuple[Decision, Plan | None]:
-        """Every check of SPEC.md section 6 on ``sim``; returns the decision and, when approved, the plan."""
+        """Every check of SPEC.md section 6 on ``sim``; returns the decision and, when approved, the plan.
+
+        ``size``: on a refused well-formed order (known ticker, valid side, usable price), fill the decision's
+        ``max_qty_allowed`` (:mod:`logic.sizing`); an approved order costs nothing more.
+        """
+        lookups = Lookups(self.limits, self.models, self.horizon_bars, self.day_open, now, self.validated)
+        decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
+        if size and not decision.approved and decision.side is not None and decision.price is not None:
+            best = self.max_qty_allowed(sim, ticker, decision.side, now, pending_orders, intent, lookups)
+            decision = replace(decision, max_qty_allowed=best)
+        return decision, plan
+
+    def max_qty_allowed(
+        self,
+        sim: Sim,
+        ticker: str,
+        side: Side,
+        now: float,
+        pending_orders: int,
+        intent: OrderIntent,
+        lookups: Lookups,
+    ) -> int:
+        """The largest quantity of ``ticker`` on ``side`` that passes every check on ``sim`` now (0: none)."""
+
+        def passes(q: int) -> bool:
+            decision, _ = self._evaluate(sim, ticker, q, side, now, pending_orders, intent, lookups)
+            return decision.approved
+
+        inputs = sizing.sizing_inputs(self, sim, ticker, side, intent, lookups)
+        estimate = math.inf
+        if inputs is not None:
+            estimate = sizing.guess(inputs[0], self.limits, self.settings.fees, daily_loss_hit=inputs[1])
+        return sizing.largest_passing(passes, estimate, self.limits.max_order_qty)
+
+    def _evaluate(
+        self,
+        sim: Sim,
+        ticker: Any,
+        qty: Any,
+        side: Any,
+        now: float,
+        pending_orders: int,
+        intent: Any,
+        lookups: Lookups,
+    ) -> tuple[Decision, Plan | None]:
         limits = self.limits
         reasons: list[Reason] = []
         d = empty_decision_fields(self.portfolio_id, ticker, limits, now)
+        if intent is OrderIntent.TRADE or intent is OrderIntent.LIQUIDATION:
+            d["intent"] = intent
+        elif isinstance(intent, str) and intent.strip().lower() in OrderIntent._value2member_map_:
+            intent = OrderIntent(intent.strip().lower())
+            d["intent"] = intent
+        else:
+            reasons.append(
+                reason(
+                    ReasonCode.LIQUIDATION_ONLY,
+                    f"intent must be {' or '.join(OrderIntent)}, got {intent!r}",
+                )
+            )
 
         # store health: anything unreadable fails closed
         for part in ("market", "portfolio", "reference", "rate", "order"):
@@ -256,23 +357,27 @@ class Checker:
                 header = model.header
                 d["market_version"] = header.version
 
-        # trading state (fail closed)
+        # trading state (fail closed: an unreadable state refuses every order, liquidation-only included)
         trading = sim.trading_state
         state = trading.state if trading is not None else None
         d["trading_state"] = state
         if trading is None:
             error = sim.errors.get("trading_state")
             detail = error.detail if error is not None else "missing"
-            reasons.append(
-                reason(ReasonCode.TRADING_HALTED, f"trading state unreadable ({detail}): treated as HALTED")
-            )
-        elif state == TradingState.HALTED:
+            reasons.append(reason(ReasonCode.TRADING_HALTED, f"trading state unreadable ({detail}): treated as HALTED"))
+        elif state == TradingState.HALTED and intent != OrderIntent.LIQUIDATION:
             reasons.append(
                 reason(
                     ReasonCode.TRADING_HALTED,
                     f"trading is HALTED ({trading.reason or 'no reason given'}, by "
-                    f"{trading.actor or 'unknown'})",
+                    f"{trading.actor or 'unknown'}): only liquidation-only orders pass",
                 )
+            )
+
+        # the market's session
+        if limits.outside_session == "reject" and self.market_closed(now):
+            reasons.append(
+                reason(ReasonCode.MARKET_CLOSED, f"the {self.settings.market.calendar} market is closed")
             )
 
         # the order itself
@@ -310,25 +415,7 @@ class Checker:
                         )
                     )
                 if sim.reference is not None:
-                    ref = sim.reference.get(ticker)
-                    if ref is None or not math.isfinite(ref) or ref <= 0:
-                        reasons.append(
-                            reason(
-                                ReasonCode.PRICE_COLLAR,
-                                f"{ticker} has no session reference price: the collar cannot be checked",
-                            )
-                        )
-                    else:
-                        d["reference_price"] = ref
-                        move = last / ref - 1.0
-                        if abs(move) > limits.price_collar_pct:
-                            reasons.append(
-                                reason(
-                                    ReasonCode.PRICE_COLLAR,
-                                    f"{ticker} last {last:g} is {move:+.1%} from the reference "
-                                    f"{ref:g} (collar ±{limits.price_collar_pct:.0%})",
-                                )
-                            )
+                    self._check_collar(d, reasons, sim.reference, ticker, last)
 
         # order-rate throttle
         if sim.recent_orders + pending_orders >= limits.max_orders_per_minute:
@@ -347,31 +434,87 @@ class Checker:
             held = portfolio.positions.get(ticker) if isinstance(ticker, str) else None
             q0 = held.qty if held is not None else 0
             d["position_before"] = q0
-            if state == TradingState.REDUCING and shares is not None and side_n is not None:
-                q1 = q0 + (shares if side_n == Side.BUY else -shares)
-                if not (q0 != 0 and abs(q1) < abs(q0) and q0 * q1 >= 0):
-                    reasons.append(
-                        reason(
-                            ReasonCode.REDUCING_ONLY,
-                            f"trading is REDUCING: only trades that shrink the {ticker} position "
-                            f"({q0:+d}) toward zero pass",
-                        )
+            if shares is not None and side_n is not None:
+                q1 = q0 + shares * side_n.sign
+                reducing = shrinks_position(q0, q1)
+                if (
+                    price is not None
+                    and model is not None
+                    and model.error is None
+                    and index is not None
+                    and isinstance(ticker, str)
+                ):
+                    plan, reducing = self._check_risk(
+                        d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price, now, lookups
                     )
-            if (
-                shares is not None
-                and side_n is not None
-                and price is not None
-                and model is not None
-                and model.error is None
-                and index is not None
-            ):
-                plan = self._check_risk(
-                    d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price, now
-                )
+                self._check_state(d, reasons, state, intent, q0, q1, ticker, reducing)
+                if reducing:  # de-risking is always possible: no limit refuses it
+                    reasons = [r for r in reasons if r.code not in WAIVED_WHEN_REDUCING_RISK]
 
         d["reasons"] = tuple(reasons)
         d["status"] = DecisionStatus.REJECTED if reasons else DecisionStatus.APPROVED
         return Decision(**d), (plan if not reasons else None)
+
+    def _check_collar(
+        self, d: dict[str, Any], reasons: list[Reason], reference: Mapping[str, float], ticker: str, last: float
+    ) -> None:
+        limits = self.limits
+        ref = reference.get(ticker)
+        if ref is None or not math.isfinite(ref) or ref <= 0:
+            reasons.append(
+                reason(
+                    ReasonCode.PRICE_COLLAR,
+                    f"{ticker} has no session reference price: the collar cannot be checked",
+                )
+            )
+            return
+        d["reference_price"] = ref
+        move = last / ref - 1.0
+        if abs(move) > limits.price_collar_pct:
+            reasons.append(
+                reason(
+                    ReasonCode.PRICE_COLLAR,
+                    f"{ticker} last {last:g} is {move:+.1%} from the reference "
+                    f"{ref:g} (collar ±{limits.price_collar_pct:.0%})",
+                )
+            )
+
+    def _check_state(
+        self,
+        d: dict[str, Any],
+        reasons: list[Reason],
+        state: TradingState | None,
+        intent: Any,
+        q0: int,
+        q1: int,
+        ticker: Any,
+        reducing: bool,
+    ) -> None:
+        """Liquidation-only orders must shrink the position without flipping it (any state); in REDUCING a
+        trader's order must reduce risk, or lower the VaR when ``reducing_allows_hedges``."""
+        if intent == OrderIntent.LIQUIDATION:
+            if not shrinks_position(q0, q1):
+                reasons.append(
+                    reason(
+                        ReasonCode.LIQUIDATION_ONLY,
+                        f"a liquidation-only order must shrink the {ticker} position ({q0:+d}) toward zero "
+                        f"without flipping it; it would leave {q1:+d}",
+                    )
+                )
+            return
+        if state != TradingState.REDUCING or reducing:
+            return
+        delta_var = d.get("delta_var")
+        if self.limits.reducing_allows_hedges and delta_var is not None and delta_var < 0:
+            return
+        hedges = " or lower the portfolio VaR" if self.limits.reducing_allows_hedges else ""
+        reasons.append(
+            reason(
+                ReasonCode.REDUCING_ONLY,
+                f"trading is REDUCING: only trades that shrink the {ticker} position ({q0:+d}) toward zero"
+                f"{hedges} pass",
+            )
+        )
 
     def _check_risk(
         self,
@@ -387,8 +530,10 @@ class Checker:
         side: Side,
         price: float,
         now: float,
-    ) -> Plan:
-        """Money, inventory, margin, VaR and concentration checks of a well-formed order."""
+        lookups: Lookups,
+    ) -> tuple[Plan, bool]:
+        """Money, inventory, margin, VaR, concentration and the desk limits of a well-formed order; returns
+        the plan and whether the trade is risk-reducing (:func:`logic.limits.is_risk_reducing`)."""
         limits = self.limits
         px = fill_price(price)
         fee = commission(self.settings.fees, shares, px)
@@ -407,8 +552,7 @@ class Checker:
             reasons.append(
                 reason(
                     ReasonCode.MAX_NOTIONAL,
-                    f"order notional {booking.notional:,.2f} exceeds the limit "
-                    f"{limits.max_order_notional:,.2f}",
+                    f"order notional {booking.notional:,.2f} exceeds the limit {limits.max_order_notional:,.2f}",
                 )
             )
         cash_account = portfolio.account_type == AccountType.CASH
@@ -479,8 +623,7 @@ class Checker:
                 reasons.append(
                     reason(
                         ReasonCode.CONCENTRATION,
-                        f"{ticker} would be {concentration:.1%} of equity (limit "
-                        f"{limits.max_concentration:.0%})",
+                        f"{ticker} would be {concentration:.1%} of equity (limit {limits.max_concentration:.0%})",
                     )
                 )
         elif grows:
@@ -488,9 +631,36 @@ class Checker:
                 reason(ReasonCode.CONCENTRATION, f"equity would be {equity_after:,.2f}: no position may grow")
             )
 
+        figures = Figures(
+            ticker=ticker,
+            q0=q0,
+            q1=q1,
+            equity_before=float(portfolio.cash) + book.market_value,
+            equity_after=equity_after,
+            gross_before=book.gross_exposure,
+            gross_after=gross_after,
+            margin_account=portfolio.account_type == AccountType.MARGIN,
+            initial_margin=portfolio.initial_margin,
+        )
+        check_leverage(limits, figures, reasons)
+        check_position(limits, figures, reasons)
+        if limits.stressed_var_limit is not None:
+            stressed, s_before, why = lookups.stressed(model, book.exposures)
+            s_after = None
+            if stressed is not None:
+                x_after = book.exposures.copy()
+                x_after[index] += delta
+                s_after = math_logic.get_stressed_var(
+                    x_after, stressed, 1.0, limits.var_confidence, self.horizon_bars, validate=False
+                )
+            check_stressed_var(limits, s_before, s_after, why, reasons)
+        if limits.max_daily_loss is not None:
+            day_open, why = lookups.day_open()
+            check_daily_loss(limits, figures.equity_before, day_open, why, reasons)
+
         if portfolio.account_type == AccountType.MARGIN:
             used_after = gross_after * portfolio.initial_margin
-            d["margin_level_after"] = equity_after / used_after * 100.0 if used_after > 0 else None
+            d["margin_level_after"] = check_margin_floor(limits, figures, reasons)
             if used_after > equity_after and gross_after > book.gross_exposure:
                 reasons.append(
                     reason(
@@ -515,7 +685,8 @@ class Checker:
             )
         )
 
-        return Plan(
+        reducing = is_risk_reducing(q0, q1, book.var, var_after, book.gross_exposure, gross_after)
+        plan = Plan(
             ticker=ticker,
             side=side,
             qty=shares,
@@ -532,6 +703,7 @@ class Checker:
             book=book,
             index=index,
         )
+        return plan, reducing
 
 
 # -- decisions without a check -------------------------------------------------------------------------------
@@ -568,6 +740,8 @@ def empty_decision_fields(portfolio_id: str, ticker: Any, limits: Limits, now: f
         "trading_state": None,
         "market_version": None,
         "checked_at": now,
+        "intent": OrderIntent.TRADE,
+        "max_qty_allowed": None,
     }
 
 

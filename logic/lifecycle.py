@@ -8,7 +8,7 @@ TRIGGERED and escalation restarts. Every transition becomes a history record wit
 
 :class:`AlertPlanner` is pure: each ``plan_*`` method reads only its arguments (the alerts and timers the
 engine read inside its WATCH) and returns a :class:`Changes`, which :class:`logic.alerts.AlertEngine` writes
-in one MULTI together with the outbox entries (:class:`engine.records.OutboxEntry`) and the automated actions.
+in one MULTI together with the outbox entries (:class:`engine.alert_records.OutboxEntry`) and the automated actions.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, AlertStatus, Channel, OutboxEntry, Severity
+from engine.alert_records import OutboxEntry
+from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, AlertStatus, Channel, Severity
 from engine.settings import AlertRule
 from logic import escalation as esc
 from logic.actions import MARGIN_METRIC, MARGIN_RULE_OPS, margin_response_spec, parse_action, plan_reduction

@@ -49,10 +49,12 @@ import numpy as np
 import redis
 
 from engine import math_logic
+from engine.clocks import MarketClock, tick_time
 from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
 from engine.errors import ConfigError, RiskdeskError, StoreError
 from engine.market_model import MarketModel, MarketModelCache, ModelKey, reorder
 from engine.records import Clock
+from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
     MONITOR_GROUP,
@@ -65,7 +67,7 @@ from engine.store import (
     decode_float,
     decode_marks_reply,
 )
-from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl, period_ids
+from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
 from logic.valuation import Valuation, value_portfolio
 
 log = logging.getLogger("riskdesk.monitor")
@@ -159,6 +161,8 @@ class Monitor:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.calendar = market_calendar(settings)
+        """Daily / weekly windows: sessions of ``market.calendar`` (engine/sessions.py)."""
         self.alert_engine = alert_engine
         self.consumer = consumer or default_consumer_name()
         self.group = group
@@ -280,7 +284,7 @@ class Monitor:
     def process_tick(self, entry_id: str | None, event: TickEvent) -> dict[str, dict[str, Any]]:
         """Snapshot every portfolio at the tick's prices; acknowledge ``entry_id`` with the writes."""
         started = time.perf_counter()
-        now = self.clock()
+        now = tick_time(self.clock, event.ts)  # a replay's tick is dated by its bar (engine/clocks.py)
         n = len(event.tickers)
         if event.reset:  # prices restarted (a replay, a reloaded market): drawdowns restart with them
             self.store.restart_peaks(self._portfolio_ids or self.store.portfolio_ids())
@@ -366,7 +370,7 @@ class Monitor:
         """Value, merge peaks and marks, build and write the snapshots of every portfolio (one MULTI)."""
         bundles = self.store.read_portfolio_bundles(self._portfolio_ids)
         self._portfolio_ids = sorted(bundles)
-        day_id, week_id = period_ids(now, self.tz, self.settings.monitor.day_reset_hour)
+        day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
         for pid, bundle in bundles.items():
@@ -529,9 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         store = Store(connect_for_daemon(settings))
         models = MarketModelCache(store, settings.model.bars_per_day)  # one per process: monitor and actions
-        alert_engine = None if args.no_alerts else make_alert_engine(store, settings, time.time, models)
+        clock = MarketClock(store)  # the wall clock live, the bars' time in a replay
+        alert_engine = None if args.no_alerts else make_alert_engine(store, settings, clock, models)
         monitor = Monitor(
-            store, settings, alert_engine=alert_engine,
+            store, settings, clock, alert_engine=alert_engine,
             consumer=args.consumer, batch_size=max(1, args.batch), claim_idle_seconds=args.claim_idle,
             idle_refresh_seconds=args.idle_refresh, stop_event=stop, market_models=models,
         )  # fmt: skip

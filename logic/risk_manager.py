@@ -20,6 +20,9 @@ Decision (:meth:`RiskManager.check_trade_impact`, and ``decision`` inside an exe
     margin_level_after   equity / used margin x 100 after the trade (margin accounts; None otherwise)
     trading_state        "ACTIVE" | "REDUCING" | "HALTED" (None when unreadable: treated as HALTED)
     market_version, checked_at
+    intent               "trade" | "liquidation" (liquidation-only: must shrink the position; passes HALTED)
+    max_qty_allowed      refused well-formed orders: the largest quantity of the same ticker and side that
+                         passes every check now (0: none); None when approved or malformed
 
 Risk figures that cannot be computed (bad input, missing data) are ``None``; the reasons say why.
 
@@ -56,15 +59,16 @@ of :mod:`engine.errors` instead, for the page to show with their ``fix``.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 import redis
 
 from engine import math_logic
+from engine.clocks import MarketClock
 from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreError, StoreUnavailableError
 from engine.market_model import MarketModelCache
@@ -85,6 +89,7 @@ from engine.store import PortfolioKeys, Store
 from logic import execution
 from logic.checks import BookCache, Checker, Sim, store_failure_decision
 from logic.execution import RATE_WINDOW_SECONDS
+from logic.limits import read_day_open
 from logic.valuation import value_portfolio
 
 T = TypeVar("T")
@@ -121,7 +126,8 @@ class RiskManager:
     settings:
         The frozen settings (default: :func:`engine.settings.load_settings`).
     clock:
-        Zero-argument callable returning epoch seconds (default ``time.time``): staleness, the order-rate
+        Zero-argument callable returning epoch seconds (default :class:`engine.clocks.MarketClock`: the wall
+        clock live, the bars' time in a replay): staleness, the order-rate
         window and audit times use it.
     market_models:
         A :class:`~engine.market_model.MarketModelCache` to share with other readers of the same store
@@ -148,7 +154,7 @@ class RiskManager:
         self.client = client
         self.store = Store(client)
         self.portfolio_id = portfolio_id
-        self.clock: Clock = clock or time.time
+        self.clock: Clock = clock or MarketClock(self.store)  # a replay's checks run on the data's time
         self.limits: Limits = self.settings.limits_for(portfolio_id)
         self.horizon_bars = self.settings.model.bars_per_day * self.limits.var_horizon_days
         self.last_error: RiskdeskError | None = None
@@ -156,8 +162,17 @@ class RiskManager:
         self.models = market_models or MarketModelCache(self.store, self.settings.model.bars_per_day)
         """The validated covariance per market snapshot; pass one cache to share it between managers."""
         self.books = BookCache(self.limits, self.horizon_bars)
+        monitor = self.settings.monitor
         self.checker = Checker(
-            portfolio_id, self.settings, self.limits, self.horizon_bars, self.models, self.books
+            portfolio_id,
+            self.settings,
+            self.limits,
+            self.horizon_bars,
+            self.models,
+            self.books,
+            day_open=functools.partial(
+                read_day_open, self.store, portfolio_id, ZoneInfo(monitor.timezone), monitor.day_reset_hour
+            ),
         )
         self.memo: dict[Any, Any] = {}
         """What :meth:`engine.store.Store.read_trade_view` need not read again (tickers, positions)."""

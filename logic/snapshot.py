@@ -28,8 +28,10 @@ Definitions:
 - ``pnl.unrealized`` sums positions with a usable price; ``pnl.realized`` is the portfolio's realized P&L;
   ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity (the last equity seen before
   the day started, see ``Store.update_peaks``).
-- Drawdowns: ``daily`` / ``weekly`` = equity / peak of the day (week) - 1, where a day starts at
-  ``monitor.day_reset_hour`` in ``monitor.timezone`` and a week on Monday at that hour, and the period's peak
+- Drawdowns: ``daily`` / ``weekly`` = equity / peak of the day (week) - 1, where a day is a session of
+  ``market.calendar`` (it starts at the session's open and runs to the next open) and a week the calendar's
+  week (from its first session's open), engine/sessions.py; with ``market.calendar = "24/7"`` a day starts at
+  ``monitor.day_reset_hour`` in ``monitor.timezone`` and a week on Monday at that hour. The period's peak
   includes its opening equity; ``max`` is the worst drawdown from the running all-time peak seen so far.
 - ``concentration.hhi``: Herfindahl index of gross-exposure shares; ``largest_share``: the largest absolute
   position value over equity (the measure ``limits.max_concentration`` caps; null when equity <= 0);
@@ -51,7 +53,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -72,6 +73,7 @@ from engine.records import (
     SnapshotVar,
     TradingState,
 )
+from engine.sessions import wall_clock_period_ids
 from engine.settings import Limits, Model
 from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingStatus
 from logic.valuation import Valuation
@@ -107,11 +109,10 @@ def period_ids(now: float, tz: ZoneInfo, reset_hour: int) -> tuple[str, str]:
     """Ids of the drawdown day and week containing ``now``: ISO dates of the day and of its week's Monday.
 
     A day starts at ``reset_hour`` local time in ``tz`` (wall clock, so DST shifts follow the local hour); a
-    week starts on Monday at that hour.
+    week starts on Monday at that hour: the ``market.calendar = "24/7"`` rule (the monitor asks
+    :class:`engine.sessions.MarketCalendar`, which uses the exchange's sessions otherwise).
     """
-    local = datetime.fromtimestamp(now, tz) - timedelta(hours=reset_hour)
-    day = local.date()
-    return day.isoformat(), (day - timedelta(days=day.weekday())).isoformat()
+    return wall_clock_period_ids(now, tz, reset_hour)
 
 
 def usable_prices(valuation: Valuation) -> np.ndarray:

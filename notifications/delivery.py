@@ -3,7 +3,7 @@
 How a notification travels
 --------------------------
 1. ``logic/alerts.py`` changes an alert and, **in the same Redis transaction**, adds one outbox entry per
-   channel and recipient *name* (:class:`engine.records.OutboxEntry`) to ``pf:{id}:outbox``. A crash can
+   channel and recipient *name* (:class:`engine.alert_records.OutboxEntry`) to ``pf:{id}:outbox``. A crash can
    therefore never leave a changed alert without its notification, nor a notification without its alert
    change. The alert engine knows names only; addresses are this package's.
 2. :meth:`Notifier.flush` (run by ``python -m notifications``, see :mod:`notifications.service`) resolves
@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.records import SEVERITY_RANK, Channel, Clock, Delivery, OutboxEntry, Severity
+from engine.alert_records import Delivery, OutboxEntry
+from engine.records import SEVERITY_RANK, Channel, Clock, Severity
 from engine.store import Store
 from notifications.channels import (
     LOGGER_NAME,

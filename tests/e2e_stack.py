@@ -39,7 +39,15 @@ START_TIMEOUT_SECONDS = 60.0
 PAGE_TIMEOUT_MS = 30_000
 EXCEPTION_SELECTOR = '[data-testid="stException"]'
 CHART_SELECTOR = '[data-testid="stPlotlyChart"] .main-svg'
-PAGE_PATHS = {"Overview": "", "Trade": "trade", "Risk": "risk", "Alerts": "alerts", "System": "system", "Firm": "firm"}
+PAGE_PATHS = {
+    "Overview": "",
+    "Trade": "trade",
+    "Risk": "risk",
+    "Performance": "performance",
+    "Alerts": "alerts",
+    "System": "system",
+    "Firm": "firm",
+}
 """Page title -> URL path (st.navigation derives it from the page file name)."""
 
 
@@ -90,9 +98,19 @@ class Stack:
         Wall seconds per model bar of the stream daemon (fast, so the monitor's history grows quickly).
     env:
         Extra environment (``RISKDESK__...`` overrides) for every process.
+    command, args:
+        The launcher command that starts the stack and its options: ``"demo", ("--interval", "1")`` brings up
+        the real-data replay of ``make demo`` (configs/demo.toml) instead of the simulated feed.
     """
 
-    def __init__(self, bar_interval: float = 0.5, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bar_interval: float = 0.5,
+        env: dict[str, str] | None = None,
+        command: str = "start",
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.command, self.args = command, args
         # a short path: the embedded Redis listens on a unix socket in it (~107 bytes at most)
         self.data_dir = Path(tempfile.mkdtemp(prefix="rde2e-"))
         self.port = free_port()
@@ -101,7 +119,7 @@ class Stack:
             {
                 "RISKDESK__REDIS__DATA_DIR": str(self.data_dir),
                 "RISKDESK__DASHBOARD__PORT": str(self.port),
-                "RISKDESK__MODEL__BAR_INTERVAL_SECONDS": repr(float(bar_interval)),
+                "RISKDESK__MODEL__DEMO_CLOCK_SECONDS": repr(float(bar_interval)),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -124,9 +142,9 @@ class Stack:
 
         return load_settings(env=self.env)
 
-    def _launcher(self, command: str) -> str:
+    def _launcher(self, command: str, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "launcher.py", command],
+            [sys.executable, "launcher.py", command, *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -134,14 +152,12 @@ class Stack:
             timeout=START_TIMEOUT_SECONDS,
         )
         if done.returncode != 0:
-            raise RuntimeError(
-                f"launcher.py {command} failed ({done.returncode}): {done.stderr or done.stdout}"
-            )
+            raise RuntimeError(f"launcher.py {command} failed ({done.returncode}): {done.stderr or done.stdout}")
         return done.stdout
 
     def start(self) -> Stack:
         self.started = True
-        self._launcher("start")
+        self._launcher(self.command, *self.args)
         self.wait_until_ready()
         return self
 
@@ -165,9 +181,7 @@ class Stack:
                 return
             time.sleep(0.2)
         store.client.close()
-        raise TimeoutError(
-            f"the stack did not come up in {START_TIMEOUT_SECONDS:.0f} s; logs: {self.log_tail()}"
-        )
+        raise TimeoutError(f"the stack did not come up in {START_TIMEOUT_SECONDS:.0f} s; logs: {self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
         out = []

@@ -67,8 +67,6 @@ POSITIONS = [  # main's seeded book (AAA 1000 @ 100, BBB 2000 @ 50) with AAA the
 ]
 
 
-NEEDS_GATE = pytest.mark.xfail(reason="needs gate liquidation-only semantics", strict=False)
-"""Liquidation-only orders accepted in HALTED: the gate's work (logic/checks.py), merged separately."""
 
 
 class Crash(BaseException):
@@ -400,7 +398,6 @@ def test_flatten_closes_every_position_with_liquidation_orders(seeded: Store, ma
     assert seeded.read_trading_state("main").state == "HALTED"
 
 
-@NEEDS_GATE
 def test_flatten_in_halted_leaves_the_book_flat(seeded: Store, make_settings: Any) -> None:
     clock = SimClock(T0 + 5)
     halt_and_flatten = {**DD_HALT, "actions": ["set_state:HALTED", "flatten"]}
@@ -439,7 +436,6 @@ def test_a_margin_rule_queues_a_sell_down_aimed_at_the_warning_level_not_a_fixed
     }
 
 
-@NEEDS_GATE
 def test_drawdown_halt_and_margin_critical_together_halt_then_sell_down_while_halted(
     seeded: Store, make_settings: Any
 ) -> None:

@@ -49,7 +49,7 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def browser(stack: Stack) -> Iterator[Any]:
+def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -74,9 +74,7 @@ def shoot(page: Any, name: str) -> Path:
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size(
-        {"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height), 3600))}
-    )
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height), 3600))})
     try:
         page.wait_for_timeout(400)  # charts re-layout to the new size
         settle(page)
@@ -183,9 +181,7 @@ def test_an_alert_on_the_live_snapshot_is_acknowledged_in_the_ui(page: Any, stac
             },
             "e2e",
         )
-        engine.evaluate(
-            "main", store.read_snapshot("main")
-        )  # the real engine on the monitor's latest snapshot
+        engine.evaluate("main", store.read_snapshot("main"))  # the real engine on the monitor's latest snapshot
 
         open_page(page, stack.url, "Alerts")
         cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="var_in_use")
@@ -194,9 +190,7 @@ def test_an_alert_on_the_live_snapshot_is_acknowledged_in_the_ui(page: Any, stac
         assert_no_exception(page, "Alerts")
         shoot(page, "alerts")
 
-        form = page.locator('[data-testid="stForm"]').filter(
-            has=page.get_by_role("button", name="Acknowledge")
-        )
+        form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_role("button", name="Acknowledge"))
         form.get_by_label("Your name").fill("e2e trader")
         form.get_by_role("button", name="Acknowledge").click()
         page.get_by_text("Alert acknowledged.").wait_for(timeout=30_000)
@@ -205,3 +199,23 @@ def test_an_alert_on_the_live_snapshot_is_acknowledged_in_the_ui(page: Any, stac
         engine.remove_rule("var_in_use", "e2e", "end of test")
     finally:
         store.client.close()
+
+
+def test_make_demo_replays_real_closes_and_every_page_loads_without_an_exception(browser: Any) -> None:
+    """``make demo`` (launcher.py demo): plotly's weekly closes through warm-up, stream, monitor and dashboard."""
+    demo_env = {"RISKDESK_CONFIG": str(ROOT / "configs" / "demo.toml")}
+    with Stack(env=demo_env, command="demo", args=("--interval", "1.5")) as demo:
+        context = browser.new_context(viewport=VIEWPORT)
+        try:
+            page = context.new_page()
+            for title in (*PAGES, "Performance"):
+                open_page(page, demo.url, title)
+                settle(page)
+                assert_no_exception(page, f"demo/{title}")
+                # the sidebar says this is a replay of historical bars, not live time
+                assert "Replay of historical weekly bars" in page.inner_text('[data-testid="stSidebar"]')
+            open_page(page, demo.url, "Overview")
+            page.wait_for_selector(CHART_SELECTOR, timeout=30_000)
+            shoot(page, "demo_overview")
+        finally:
+            context.close()

@@ -30,8 +30,6 @@ from .conftest import TEST_CONFIG, merge, private_redis, to_toml
 from .test_stream import daemon_env, spawn, stop_process, wait_for
 
 pytestmark = pytest.mark.slow
-NEEDS_GATE = pytest.mark.xfail(reason="needs gate liquidation-only semantics", strict=False)
-"""Liquidation-only orders accepted in HALTED and past the collar: the gate's work, merged separately."""
 
 SHOCK_BAR = 50
 LEVERED = {"AAA": 3000, "BBB": 4000, "CCC": 500}
@@ -190,7 +188,6 @@ def test_every_automated_order_is_liquidation_only_and_audited_after_the_halt(cr
     assert {r["rule_id"] for r in outcomes} == {"drawdown_halt", "margin_critical"}
 
 
-@NEEDS_GATE
 def test_the_response_de_levers_above_the_warning_level_while_halted_with_no_refused_order(crisis: Crisis) -> None:
     trades = crisis.store.read_trade_log("lev", count=1000)
     automated = [t for t in trades if t["actor"].startswith("auto:")]

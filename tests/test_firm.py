@@ -34,8 +34,6 @@ from .conftest import TEST_CONFIG
 from .e2e_stack import toml_dumps
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-NEEDS_GATE = pytest.mark.xfail(reason="needs gate liquidation-only semantics", strict=False)
-"""Liquidation-only orders accepted in HALTED: the gate's work (logic/checks.py), merged separately."""
 
 
 def prices_and_cov(store: Store) -> tuple[list[str], dict[str, float], np.ndarray]:
@@ -240,7 +238,6 @@ def test_after_halt_all_a_trader_order_to_any_portfolio_is_refused(seeded_store:
         assert "TRADING_HALTED" in [r["code"] for r in result["reasons"]]
 
 
-@NEEDS_GATE
 def test_after_halt_all_a_liquidation_only_order_by_the_automation_is_accepted(
     seeded_store: Store, settings: Settings
 ) -> None:

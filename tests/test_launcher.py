@@ -69,3 +69,42 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_demo_replays_the_bundled_weekly_closes_and_stop_stops_it_by_pid(tmp_path: Path) -> None:
+    # Arrange: the demo settings on a private data directory and port
+    data_dir = tmp_path / "d"
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("RISKDESK")}
+    env.update({"RISKDESK__REDIS__DATA_DIR": str(data_dir), "RISKDESK__DASHBOARD__PORT": "18533"})
+
+    def launcher(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "launcher.py", *args, "--config", "configs/demo.toml"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    try:
+        # Act
+        started = launcher("demo", "--interval", "0.05")
+        assert started.returncode == 0, started.stderr
+        pids = [int(p.read_text()) for p in (data_dir / "run").glob("*.pid")]
+        redis_pid = int((data_dir / "redis.pid").read_text())
+        store = Store(redis.Redis(unix_socket_path=str(data_dir / "redis.sock")))
+        # Assert: the universe and the book of the demo, the replay running through the stream daemon
+        assert "Dashboard: http://127.0.0.1:18533" in started.stdout
+        assert store.read_market_header().tickers == ("GOOG", "AAPL", "AMZN", "FB", "NFLX", "MSFT")
+        assert set(store.read_portfolio("main").positions) == {"GOOG", "AAPL", "AMZN", "FB", "NFLX", "MSFT"}
+        assert (data_dir / "demo-data" / "replay.csv").exists()
+        stream_argv = Path(f"/proc/{int((data_dir / 'run' / 'stream.pid').read_text())}/cmdline").read_bytes()
+        assert b"--feed\0replay\0--file\0" in stream_argv
+        assert len(pids) == 4
+    finally:
+        stopped = launcher("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    for p in [redis_pid, *pids]:
+        try:
+            os.kill(p, 0)
+            alive = not _is_zombie(p)
+        except ProcessLookupError:
+            alive = False
+        assert not alive, f"pid {p} still running after stop"

@@ -3,6 +3,7 @@ the consumer group (exactly once between two monitors, restart from pending), al
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import signal
@@ -22,7 +23,7 @@ from scipy import stats
 import warmup
 from engine.feeds import Bar, IterableFeed, SimulatedFeed
 from engine.redis_server import EmbeddedRedis
-from engine.settings import Settings
+from engine.settings import Market, Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Position, Store
 from engine.stream import StreamDaemon
 from logic.monitor import Monitor
@@ -161,7 +162,9 @@ def test_snapshot_has_exactly_the_contract_keys(seeded_store: Store, settings: S
 def test_daily_and_weekly_drawdowns_reset_at_the_configured_day_and_on_monday(
     seeded_store: Store, settings: Settings
 ) -> None:
-    # Arrange: only AAA moves; main's equity is 1,100,000 + 1000 * AAA
+    # Arrange: only AAA moves; main's equity is 1,100,000 + 1000 * AAA. The "24/7" market: days at the
+    # configured hour (exchange sessions: tests/test_replay_clock.py)
+    settings = dataclasses.replace(settings, market=Market(calendar="24/7"))
     clock = Clock(WEDNESDAY)
     monitor = Monitor(seeded_store, settings, clock=clock)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from engine.records import Alert, Channel, Delivery, OutboxEntry, Severity, Snapshot
+from engine.alert_records import Alert, Delivery, OutboxEntry
+from engine.records import Channel, Severity, Snapshot
 
 from .alerts_support import T0, snapshot
 

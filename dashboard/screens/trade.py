@@ -12,6 +12,7 @@ from logic import views
 # the result of executing it. (Comments, not docstrings: Streamlit's "magic" would print a bare string.)
 TICKET = "ticket"
 RESULT = "ticket_result"
+DEFAULT_QTY = 100
 
 st.title("Trade")
 
@@ -79,15 +80,20 @@ def execute(d: views.Desk) -> None:
     )
 
 
+def use_quantity(qty: int) -> None:
+    st.session_state["tk_qty"] = qty
+
+
 def ticket_form(d: views.Desk, pid: str) -> None:
     st.subheader("Ticket")
     tickers = views.ticket_tickers(d)
+    st.session_state.setdefault("tk_qty", DEFAULT_QTY)  # set here, not as value=: the resize button sets it too
     with st.form("ticket_form"):
         c1, c2 = st.columns(2)
         c1.selectbox("Ticker", tickers, key="tk_ticker")
         c2.segmented_control("Side", list(views.SIDES), key="tk_side", default=views.SIDES[0])
         c1, c2 = st.columns(2)
-        c1.number_input("Quantity (shares)", value=100, step=1, key="tk_qty")
+        c1.number_input("Quantity (shares)", step=1, key="tk_qty")
         c2.text_input("Trader", value="trader", key="tk_actor", max_chars=64)
         st.form_submit_button(
             "Check", type="secondary", on_click=check, args=(d, pid), icon=":material/fact_check:"
@@ -115,6 +121,17 @@ def decision_panel(d: views.Desk, pid: str) -> None:
     else:
         st.error(f"**REJECTED** · {ui.md(label)}", icon=":material/block:")
         ui.table(views.reasons_frame(decision), "reasons", "reasons.csv")
+        offer = views.max_qty_offer(decision)
+        if offer is not None:
+            st.button(
+                f"Use {offer:,} shares, the largest {ticket['side']} of {ticket['ticker']} that passes now",
+                key="tk_use_max",
+                on_click=use_quantity,
+                args=(offer,),
+                icon=":material/straighten:",
+            )
+        elif decision.get("max_qty_allowed") == 0:
+            st.caption(f"No quantity of this {ui.md(ticket['side'])} passes now: the reasons above say why.")
     ui.table(
         views.deltas_frame(decision), "deltas", "decision.csv", height="content", column_config=DELTA_FORMAT
     )

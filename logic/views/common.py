@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pandas as pd
 import redis
 
+from engine.clocks import MarketClock
 from engine.errors import (
     ConfigError,
     CorruptDataError,
@@ -56,8 +56,8 @@ class Desk:
     def __init__(self, client: redis.Redis, settings: Settings, clock: Clock | None = None) -> None:
         self.client = client
         self.settings = settings
-        self.clock: Clock = clock or time.time
         self.store = Store(client)
+        self.clock: Clock = clock or MarketClock(self.store)  # time axes on the data's clock in a replay
         self.models = MarketModelCache(self.store, settings.model.bars_per_day)
         """One market-model cache for every page and every portfolio's risk manager of this process."""
         self._services: dict[tuple[str, str], Any] = {}

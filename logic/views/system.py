@@ -178,3 +178,35 @@ def change_trading_state(desk: Desk, portfolio_id: str, state: str | None, reaso
         raise InputError("say who is changing the trading state")
     desk.risk_manager(portfolio_id).set_trading_state(state, reason, actor)
     return desk.store.read_trading_state(portfolio_id)
+
+
+# -- the clock the stream daemon plays ------------------------------------------------------------------------
+
+
+def clock_caption(desk: Desk) -> str | None:
+    """What the dashboard says about model time on every page, or None when model time is wall time.
+
+    Read from the stream daemon's heartbeat (its ``clock``: ``live``, ``compressed`` or ``replay``, and its
+    ``interval``), so it describes the daemon that runs; without a heartbeat, from the settings'
+    ``model.demo_clock_seconds``. Never raises: a page must render even when Redis is down.
+    """
+    try:
+        beat = desk.store.read_heartbeat("stream") or {}
+    except redis.RedisError:
+        beat = {}
+    model = desk.settings.model
+    mode = beat.get("clock") or ("compressed" if model.compressed_clock else "live")
+    try:
+        interval = float(beat.get("interval", model.bar_interval_seconds))
+        bar = float(beat.get("feed_bar_model_bars", 1.0))
+    except ValueError:
+        return None
+    pace = "as fast as possible" if interval == 0 else f"every {interval:g} s of wall time"
+    if mode == "compressed":
+        speed = f" ({model.bar_seconds / interval:g}x real time)" if interval > 0 else ""
+        return f"Compressed demo clock: one one-minute model bar {pace}{speed}; not live time"
+    if mode == "replay":
+        day = float(model.bars_per_day)
+        name = {1.0: "minute", 60.0: "hourly", day: "daily", 5 * day: "weekly"}.get(bar, f"{bar:g}-minute")
+        return f"Replay of historical {name} bars: one bar {pace}; not live time"
+    return None

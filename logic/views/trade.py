@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine.records import Side
+from engine.records import DecisionStatus, Side
 from logic.risk_manager import POSITION_FIELDS
 from logic.views.common import Desk, float_or_none, latest_snapshot
 
@@ -73,6 +73,18 @@ def execute_ticket(
     return desk.risk_manager(portfolio_id).execute_trade(
         ticker, qty, side, client_order_id=client_order_id, actor=actor or "dashboard"
     )
+
+
+def max_qty_offer(decision: Mapping[str, Any]) -> int | None:
+    """The quantity a refused ticket can be resized to with one click: the decision's ``max_qty_allowed`` (the
+    largest quantity of the same ticker and side that passes every check now), when it is a positive size other
+    than the one asked for; None otherwise (approved, malformed order, or nothing passes)."""
+    if decision.get("status") != DecisionStatus.REJECTED:
+        return None
+    best = decision.get("max_qty_allowed")
+    if not isinstance(best, int) or isinstance(best, bool) or best <= 0 or best == decision.get("qty"):
+        return None
+    return best
 
 
 def reasons_frame(decision: Mapping[str, Any]) -> pd.DataFrame:

@@ -1,0 +1,182 @@
+"""Absurd prices never reach the model: the stream daemon's per-price filter.
+
+Every price of every bar, from any feed, goes through :meth:`PriceFilter.check` before it can touch the market
+snapshot, the covariance, the pre-trade gate or the monitor. A price is rejected (and counted by the daemon in
+``prices_rejected`` / ``prices_filtered`` of its heartbeat, on the System page) when it is
+
+- not a number (``"abc"``, ``None``), NaN or infinite;
+- zero or negative;
+- above :data:`MAX_PRICE` (``1e308`` is finite but no traded price);
+- a *jump*: its log return from the ticker's last accepted price is more than ``stream.max_jump_sigma``
+  standard deviations of the ticker's current one-bar volatility.
+
+Notes
+-----
+The jump test, with ``p0`` the last accepted price, ``S_ii`` the ticker's variance of one *model* bar in the
+stored EWMA covariance and ``k`` the model bars one feed bar spans (:attr:`PriceFilter.bar_scale`; 1 for a live
+feed, e.g. ``5 x 390`` for a replay of weekly closes)::
+
+    sigma = sqrt(k * S_ii)
+    accept  iff  |ln(p / p0)| <= max_jump_sigma * sigma * (1 + JUMP_TOLERANCE)
+
+so a jump of exactly ``max_jump_sigma`` sigmas passes and anything measurably beyond it is refused. No jump
+test is possible (and none is made) when the ticker has no valid last price, when its variance is zero or not
+finite, or on a ``reset`` bar (the first bar of a replay anchors new prices: no return is computed from it).
+
+A *single* absurd print is refused; a real move is not refused for long. A rejected jump is remembered as the
+ticker's candidate level, and the ticker's next price that lies within the jump bound of that candidate
+confirms the move: it is accepted (its return from the last accepted price then enters the covariance, as a
+real crash must). So a genuine gap costs one bar of latency, and a lone spike that the next print contradicts
+never gets in. Non-numbers, non-positive and too-large prices are refused whatever follows.
+
+What is written for that ticker on that bar
+-------------------------------------------
+A rejected price is treated **exactly as a price that never arrived**: the ticker keeps its last accepted price
+and price time, its return in this bar is 0, and the bar's other prices are written as usual (a bar with no
+valid price at all is held back whole: nothing is written). The stored market after such a bar is byte-for-byte
+the one the same bar without that price gives (the tests check this). Why not hold back the whole bar: one
+ticker printing garbage would freeze every other ticker's valuation. Why a zero return rather than skipping the
+ticker in the EWMA update: updating only part of the matrix can make it indefinite. A bad print therefore never
+moves a price, a P&L or a VaR by itself; if the bad prints persist, the ticker's price time stops advancing and
+the gate's stale-price check refuses trades in it (fail closed) instead of trading on a guess.
+
+Bar scale
+---------
+A replay file's rows may be minutes, hours, days or weeks (engine/history.py reads the spacing from the
+timestamps). :meth:`PriceFilter.per_model_bar` divides a feed bar's log returns by ``sqrt(k)`` before the EWMA
+update, so the stored covariance stays the covariance of one model bar (as warm-up's ``--history`` stores it)
+and the jump test compares like with like.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.errors import RiskdeskError
+from engine.settings import Settings
+
+log = logging.getLogger("riskdesk.price_filter")
+
+MAX_PRICE = 1e9
+"""No traded instrument is quoted above this (the dearest share trades below 1e6): a larger price is absurd."""
+JUMP_TOLERANCE = 1e-9
+"""Relative slack of the jump bound: float rounding of ``ln(p/p0)`` must not refuse a jump of exactly the limit."""
+
+
+@dataclass
+class PriceFilter:
+    """Checks one price at a time against the absurd-price rules (see the module docstring).
+
+    Parameters
+    ----------
+    max_jump_sigma:
+        Largest accepted jump, in standard deviations of one feed bar (``stream.max_jump_sigma``).
+    bar_scale:
+        Model bars per feed bar ``k`` (>= 1 in practice; 1 for a live feed).
+    """
+
+    max_jump_sigma: float
+    bar_scale: float = 1.0
+    pending: dict[str, float] = field(default_factory=dict)
+    """Ticker -> price of its last rejected jump, waiting for the next print to confirm or contradict it."""
+    _bar: object = None
+    _before: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_jump_sigma) and self.max_jump_sigma > 0):
+            raise ValueError(f"max_jump_sigma must be a positive number, got {self.max_jump_sigma}")
+        if not (math.isfinite(self.bar_scale) and self.bar_scale > 0):
+            raise ValueError(f"bar_scale must be a positive number of model bars, got {self.bar_scale}")
+
+    @classmethod
+    def for_feed(cls, settings: Settings, feed: object) -> PriceFilter:
+        """The filter for ``feed``: a replay's bar scale comes from its timestamps, any other feed's is 1.
+
+        A replay whose spacing cannot be classified (engine/history.py) keeps one model bar per row, as before
+        this filter existed, and says so in the log.
+        """
+        scale = 1.0
+        bars = getattr(feed, "bars", None)
+        if getattr(feed, "name", None) == "replay" and bars is not None and len(bars) >= 2:
+            from engine import history  # noqa: PLC0415 - only a replay needs it
+
+            ts = np.array([float(b.ts) for b in bars], dtype=float)
+            try:
+                spacing = history.classify_spacing(ts, path=str(getattr(feed, "path", "<replay>")))
+                scale = float(spacing.model_bars(settings.model.bars_per_day))
+            except RiskdeskError as exc:
+                log.warning("replay spacing unknown (%s): one row = one model bar", exc)
+        return cls(float(settings.stream.max_jump_sigma), scale)
+
+    def begin(self, bar: object) -> None:
+        """Start checking bar ``bar`` (any key unique per bar). The same key again is a retry of that bar (the
+        daemon recomputes a bar after a WATCH conflict): the remembered jumps are restored to what they were
+        before its first attempt, so a retry never confirms the bar's own rejected price."""
+        if bar == self._bar:
+            self.pending = dict(self._before)
+        else:
+            self._bar, self._before = bar, dict(self.pending)
+
+    def check(
+        self, ticker: str, raw: Any, last_price: float, variance: float, *, reset: bool = False
+    ) -> tuple[float, str]:
+        """Validate one price of ``ticker``.
+
+        Parameters
+        ----------
+        ticker:
+            Whose price (a rejected jump is remembered per ticker, see the module docstring).
+        raw:
+            The price as the feed gave it.
+        last_price:
+            The ticker's last accepted price (NaN or <= 0: none yet).
+        variance:
+            The ticker's one-model-bar variance ``S_ii`` from the covariance.
+        reset:
+            A reset bar (no return computed): no jump test, and every remembered jump is forgotten.
+
+        Returns
+        -------
+        ``(price, "")`` when accepted, ``(nan, reason)`` when rejected.
+        """
+        if reset:
+            self.pending.clear()
+        try:
+            price = float(raw)
+        except (TypeError, ValueError, OverflowError):
+            return math.nan, "not a number"
+        if not math.isfinite(price):
+            return math.nan, "not a finite price"
+        if price <= 0:
+            return math.nan, "not a positive price"
+        if price > MAX_PRICE:
+            return math.nan, f"above the largest plausible price {MAX_PRICE:g}"
+        candidate = self.pending.pop(ticker, None)
+        if reset or not (math.isfinite(last_price) and last_price > 0):
+            return price, ""
+        if not (math.isfinite(variance) and variance > 0):
+            return price, ""
+        sigma = math.sqrt(self.bar_scale * variance)
+        if self._within(price, last_price, sigma):
+            return price, ""
+        if candidate is not None and self._within(price, candidate, sigma):
+            return price, ""  # the previous print's level is confirmed: a real move
+        self.pending[ticker] = price
+        jump = abs(math.log(price / last_price)) / sigma
+        return math.nan, f"jump of {jump:.1f} sigma from {last_price:g} (limit {self.max_jump_sigma:g} sigma)"
+
+    def _within(self, price: float, reference: float, sigma: float) -> bool:
+        bound = self.max_jump_sigma * sigma * (1.0 + JUMP_TOLERANCE)
+        return abs(math.log(price / reference)) <= bound
+
+    def per_model_bar(self, returns: np.ndarray | None) -> np.ndarray | None:
+        """A feed bar's log returns as returns of one model bar (divided by ``sqrt(bar_scale)``)."""
+        if returns is None or self.bar_scale == 1.0:
+            return returns
+        out: np.ndarray = returns / math.sqrt(self.bar_scale)
+        return out

@@ -1,0 +1,147 @@
+"""engine/sessions.py: XNYS sessions at their boundaries, early closes, holidays, calendar weeks, the 24/7 rule;
+engine/collar.py: the reference re-anchored at session opens and rolling; engine/clocks.py: daily closes and
+the replay pacing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from engine.clocks import stamp_daily_closes, wall_sleep
+from engine.collar import CollarAnchor
+from engine.errors import ConfigError
+from engine.feeds import Bar
+from engine.sessions import ALWAYS_OPEN, MarketCalendar, Sessions, sessions_for
+
+NY = ZoneInfo("America/New_York")
+
+
+def ny(*args: int) -> float:
+    return datetime(*args, tzinfo=NY).timestamp()  # type: ignore[misc]
+
+
+@pytest.fixture(scope="module")
+def xnys() -> Sessions:
+    return sessions_for("XNYS")
+
+
+def test_exactly_at_the_open_is_in_the_session_and_one_second_before_is_not(xnys: Sessions) -> None:
+    open_ = ny(2019, 1, 22, 9, 30)
+    assert xnys.is_open(open_)
+    assert xnys.session_at(open_).date == "2019-01-22"
+    assert not xnys.is_open(open_ - 1)
+    assert xnys.session_at(open_ - 1).date == "2019-01-18"  # Monday 21 is MLK day: Friday's session goes on
+
+
+def test_the_close_is_in_the_session_and_one_second_after_is_not(xnys: Sessions) -> None:
+    close = ny(2019, 1, 22, 16, 0)
+    assert xnys.is_open(close) and not xnys.is_open(close + 1)
+    assert xnys.session_at(close + 1).date == "2019-01-22"  # the evening belongs to the session that closed
+
+
+def test_an_early_close_ends_the_session_at_13_00(xnys: Sessions) -> None:
+    assert xnys.session_at(ny(2019, 12, 24, 12)).close == ny(2019, 12, 24, 13, 0)
+    assert xnys.is_open(ny(2019, 12, 24, 13, 0)) and not xnys.is_open(ny(2019, 12, 24, 13, 0) + 1)
+
+
+def test_holidays_and_weekends_are_not_sessions_and_next_previous_skip_them(xnys: Sessions) -> None:
+    saturday = ny(2019, 1, 19, 12)
+    assert not xnys.is_open(saturday) and not xnys.is_open(ny(2019, 1, 21, 12))  # MLK day
+    assert xnys.next_session(saturday).date == "2019-01-22"
+    assert xnys.previous_session(ny(2019, 1, 22, 12)).date == "2019-01-18"
+    assert "2019-02-18" not in xnys.dates and "2019-02-19" in xnys.dates  # Presidents' Day
+
+
+def test_the_week_id_is_the_first_session_of_the_calendar_week(xnys: Sessions) -> None:
+    assert xnys.period_ids(ny(2019, 1, 25, 15)) == ("2019-01-25", "2019-01-22")  # after MLK Monday
+    assert xnys.period_ids(ny(2019, 1, 28, 9, 30)) == ("2019-01-28", "2019-01-28")
+    assert xnys.period_ids(ny(2019, 1, 28, 9, 29)) == ("2019-01-25", "2019-01-22")  # before the week's open
+    assert xnys.period_ids(ny(2019, 1, 2, 10)) == ("2019-01-02", "2018-12-31")  # the ISO week spans New Year
+
+
+def test_old_data_is_covered_and_a_time_outside_the_calendar_is_refused(xnys: Sessions) -> None:
+    assert xnys.session_at(ny(1990, 6, 1, 12)).date == "1990-06-01"
+    with pytest.raises(ValueError, match="outside"):
+        xnys.session_index(datetime(1980, 1, 1, tzinfo=UTC).timestamp())
+
+
+def test_an_unknown_calendar_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="market.calendar"):
+        Sessions("NOPE")
+
+
+def test_the_24_7_market_keeps_the_reset_hour_rule_and_never_closes() -> None:
+    cal = MarketCalendar(ALWAYS_OPEN, ZoneInfo("UTC"), 0)
+    saturday = datetime(2019, 1, 19, 12, tzinfo=UTC).timestamp()
+    assert cal.is_open(saturday)
+    assert cal.period_ids(saturday) == ("2019-01-19", "2019-01-14")
+
+
+def test_a_time_before_the_calendar_falls_back_to_the_reset_hour_rule() -> None:
+    cal = MarketCalendar("XNYS", ZoneInfo("UTC"), 0)
+    assert cal.period_ids(0.0) == ("1970-01-01", "1969-12-29")
+
+
+# -- collar anchor ---------------------------------------------------------------------------------------------
+
+
+def test_the_reference_is_the_previous_session_close_at_each_open_and_a_reset_bar_anchors_it() -> None:
+    anchor = CollarAnchor(MarketCalendar("XNYS", NY, 0))
+    bars = [
+        (ny(2019, 1, 18, 10), 100.0, True),
+        (ny(2019, 1, 18, 16), 104.0, False),
+        (ny(2019, 1, 18, 17), 150.0, False),  # after the close: not the session's close
+        (ny(2019, 1, 22, 10), 110.0, False),  # MLK day skipped: Friday's close is the reference
+        (ny(2019, 1, 22, 11), 111.0, False),
+    ]
+    written = []
+    for t, p, reset in bars:
+        out, state = anchor.propose(t, np.array([p]), reset=reset)
+        anchor.commit(state)
+        written.append(None if out is None else float(out[0]))
+    assert written == [100.0, None, None, 104.0, None]
+
+
+def test_a_proposal_not_committed_leaves_the_state_as_it_was() -> None:
+    anchor = CollarAnchor(MarketCalendar("XNYS", NY, 0))
+    anchor.commit(anchor.propose(ny(2019, 1, 18, 16), np.array([104.0]), reset=True)[1])
+    before = anchor.state
+    anchor.propose(ny(2019, 1, 22, 10), np.array([110.0]))
+    assert anchor.state is before
+
+
+def test_a_rolling_reference_is_the_price_n_bars_earlier_in_the_session() -> None:
+    anchor = CollarAnchor(MarketCalendar("XNYS", NY, 0), "rolling:2")
+    prices = {ny(2019, 1, 18, 16): 100.0}
+    anchor.commit(anchor.propose(ny(2019, 1, 18, 16), np.array([100.0]), reset=True)[1])
+    seen = []
+    for hour, p in zip(range(10, 15), [101.0, 102.0, 103.0, 104.0, 105.0], strict=True):
+        t = ny(2019, 1, 22, hour)
+        prices[t] = p
+        out, state = anchor.propose(t, np.array([p]))
+        anchor.commit(state)
+        seen.append(None if out is None else float(out[0]))
+    # bar 1: the previous close (written at the open); bar 2: still the close (2 bars back = the anchor);
+    # then the price 2 bars earlier
+    assert seen == [100.0, 100.0, 101.0, 102.0, 103.0]
+
+
+# -- clocks ----------------------------------------------------------------------------------------------------
+
+
+def test_a_file_of_dates_is_stamped_at_each_session_close_and_intraday_files_are_not(xnys: Sessions) -> None:
+    dates = [Bar(datetime(2019, 12, d, tzinfo=UTC).timestamp(), {"A": 1.0}) for d in (23, 24, 26)]
+    stamped = [b.ts for b in stamp_daily_closes(dates, xnys)]
+    assert stamped == [ny(2019, 12, 23, 16), ny(2019, 12, 24, 13), ny(2019, 12, 26, 16)]
+    intraday = [Bar(ny(2019, 12, 23, 10), {"A": 1.0}), Bar(ny(2019, 12, 23, 11), {"A": 1.0})]
+    assert stamp_daily_closes(intraday, xnys) == intraday
+
+
+def test_the_wall_wait_per_bar_is_the_spacing_over_the_speed() -> None:
+    assert wall_sleep(3600.0, 60.0) == 60.0  # one hour of data per wall minute
+    assert wall_sleep(86_400.0, 0.0) == 0.0  # as fast as possible
+    with pytest.raises(ValueError, match="speed"):
+        wall_sleep(60.0, -1.0)
