@@ -199,8 +199,9 @@ class Limits:
     """Any order above this many shares is treated as a fat-finger and refused."""
     price_collar_pct: Annotated[Number, Field(gt=0)] = 0.10
     """Refuse when the last price is further than this from the reference price (session open)."""
-    stale_price_seconds: Annotated[Number, Field(gt=0)] = 30.0
-    """A price older than this is stale: no trade is approved on it."""
+    stale_price_seconds: Annotated[Number, Field(gt=0)] = 150.0
+    """A price older than this is stale: no trade is approved on it. Keep it above one live bar
+    (``model.bar_seconds``, 60 s): the default allows two and a half bars."""
     max_orders_per_minute: Annotated[Integer, Field(gt=0)] = 600
     collar_reference: CollarReference = "session_open"
     """The collar's reference price: ``session_open`` (the previous session's close, re-anchored at every
