@@ -28,6 +28,7 @@ PAGES = [
     st.Page("screens/performance.py", title="Performance", icon=":material/query_stats:"),
     st.Page("screens/alerts.py", title="Alerts", icon=":material/notifications:"),
     st.Page("screens/system.py", title="System", icon=":material/settings:"),
+    st.Page("screens/firm.py", title="Firm", icon=":material/account_balance:"),
 ]
 
 page = st.navigation(PAGES)

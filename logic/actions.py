@@ -7,13 +7,33 @@ Actions
     automated action never loosens it: when the state is already as strict or stricter, nothing changes and
     the outcome says so. Only a human returns a portfolio to ACTIVE.
 ``reduce:<fraction>``
-    Cut gross exposure by ``fraction`` (0 < f <= 1) of its value at the snapshot that fired the rule, taking
-    the **largest losers first** (most negative unrealized P&L; ties: the larger position), each leg through
-    ``RiskManager.execute_trade`` so every pre-trade check still applies. Legs carry client order ids derived
-    from the action id, so a re-run after a crash never trades twice.
+    On a rule of any metric but ``margin.level``: cut gross exposure by ``fraction`` (0 < f <= 1) of its value
+    at the snapshot that fired the rule, taking the **largest losers first** (most negative unrealized P&L;
+    ties: the larger position). The plan is fixed when the rule fires (stored with the pending action).
 
-The plan of an action is fixed when the rule fires (and stored with the pending action), so a re-run uses the
-same legs and ids. How the outcome is audited and shown as its own alert is ``logic/alerts.py``'s business.
+    On a ``margin.level`` rule: a **margin sell-down**. Sell the largest risk contributors first (component
+    VaR of the current book) until the margin level is back above the *warning level* or ``fraction`` of the
+    gross exposure at the trigger is sold, whichever comes first (:func:`plan_margin_sell_down`). The warning
+    level is the highest threshold among the rules on ``margin.level`` (``<`` / ``<=``) that apply to the
+    portfolio, fixed when the rule fires (:func:`margin_response_spec`); with no other such rule it is the
+    firing rule's own threshold. The sizes are computed from the book at run time, then the level is measured
+    again and, while it is still below (fees, a moving price), sized again, at most
+    :data:`MAX_SELL_DOWN_ROUNDS` rounds.
+``flatten``
+    Close every position, the largest risk contributors first (a drawdown breaker's optional last step).
+
+Every trade leg is a **liquidation-only** order (``intent=OrderIntent.LIQUIDATION``: it may shrink a position,
+never flip it), so HALTED, REDUCING and the limits never stop a response from cutting risk; it goes through
+``RiskManager.execute_trade`` with the rule's actor (``auto:<rule id>``). Legs carry client order ids derived
+from the action id (and, for sizes computed at run time, the round and ticker), so a re-run after a crash
+never trades the same leg twice. A sell-down re-run after a crash starts from the book as it then is: what
+the first run sold already shows in the margin level (so it sells only what is still missing), though not in
+the budget, which starts again from the configured fraction.
+
+Audit: each step (a plan, a measurement) and each order sent, with its result, goes to the ``audit`` callback
+of :meth:`ResponseRunner.run` (the alert engine appends them to the portfolio's audit trail as they happen);
+the outcome of the whole action is audited and shown as its own alert by ``logic/alerts.py``. An outcome
+that is not ``ok`` names the refused legs with their reasons, or why the target was not reached.
 """
 
 from __future__ import annotations
@@ -21,12 +41,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
-from engine.records import ExecutionStatus, Side, TradingState
+from engine.records import ExecutionStatus, OrderIntent, Side, TradingState
 
 STATE_RANK: Mapping[str, int] = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 AUTOMATED_STATES = (TradingState.REDUCING, TradingState.HALTED)
+MARGIN_METRIC = "margin.level"
+"""The snapshot metric whose ``reduce`` action is a margin sell-down (percent points: 150 = 150%)."""
+MARGIN_RULE_OPS = ("<", "<=")
+"""Operators of a margin rule that fires when the level falls (the only ones that define a warning level)."""
+MAX_SELL_DOWN_ROUNDS = 3
+"""Size, sell, measure again: at most this many rounds (fees and a moving price can leave the level a hair
+below its target after the first; a third round is already rare)."""
+TARGET_CUSHION_DOLLARS = 0.01
+"""A margin sell-down aims one cent of gross exposure past the exact target, so float rounding never leaves
+the level a hair below it."""
 
 
 class TradingControl(Protocol):
@@ -39,34 +70,51 @@ class TradingControl(Protocol):
     def set_trading_state(self, state: str, reason: str, actor: str) -> Any: ...
 
     def execute_trade(
-        self, ticker: str, qty: int, side: str, client_order_id: str | None = None, actor: str = "trader"
+        self,
+        ticker: str,
+        qty: int,
+        side: str,
+        client_order_id: str | None = None,
+        actor: str = "trader",
+        intent: OrderIntent = OrderIntent.TRADE,
     ) -> Mapping[str, Any]:
         """Returns a dict with ``status`` ("FILLED" | "REJECTED") and ``reasons`` [{code, message}]."""
+        ...
+
+    def get_dashboard_metrics(self) -> Any:
+        """A DataFrame of the positions (``ticker, qty, last, component_var``) with ``attrs["totals"]``
+        (``equity, gross_exposure, margin_used, margin_level``); used by the sell-down and ``flatten``."""
         ...
 
 
 ControlFactory = Callable[[str], TradingControl]
 """portfolio id -> what trades it, e.g. ``lambda pid: RiskManager(redis, pid, settings, clock)``."""
+Audit = Callable[[Mapping[str, Any]], None]
+"""Receives one audit record per step and per order of a response (the caller stamps the time)."""
+FeeEstimate = Callable[[int, float], float]
+"""(shares, price) -> the commission a fill would pay, dollars."""
 
 
 @dataclass(frozen=True)
 class Action:
     text: str
     kind: str
-    """``set_state`` or ``reduce``."""
+    """``set_state``, ``reduce`` or ``flatten``."""
     state: str | None = None
     fraction: float | None = None
 
 
 def parse_action(text: Any) -> Action:
-    """Parse ``"set_state:HALTED"``, ``"set_state:REDUCING"`` or ``"reduce:0.25"``.
+    """Parse ``"set_state:HALTED"``, ``"set_state:REDUCING"``, ``"reduce:0.25"`` or ``"flatten"``.
 
     Raises
     ------
     ValueError
         With a message naming the accepted forms.
     """
-    forms = "expected 'set_state:REDUCING', 'set_state:HALTED' or 'reduce:<fraction in (0, 1]>'"
+    forms = "expected 'set_state:REDUCING', 'set_state:HALTED', 'reduce:<fraction in (0, 1]>' or 'flatten'"
+    if isinstance(text, str) and text.strip().lower() == "flatten":
+        return Action("flatten", "flatten")
     if not isinstance(text, str) or ":" not in text:
         raise ValueError(f"action {text!r}: {forms}")
     kind, _, arg = text.strip().partition(":")
@@ -74,9 +122,7 @@ def parse_action(text: Any) -> Action:
     if kind == "set_state":
         state = arg.upper()
         if state not in AUTOMATED_STATES:
-            raise ValueError(
-                f"action {text!r}: an automated action may set only REDUCING or HALTED ({forms})"
-            )
+            raise ValueError(f"action {text!r}: an automated action may set only REDUCING or HALTED ({forms})")
         return Action(f"set_state:{state}", "set_state", state=state)
     if kind == "reduce":
         try:
@@ -87,6 +133,12 @@ def parse_action(text: Any) -> Action:
             raise ValueError(f"action {text!r}: the fraction must be in (0, 1] ({forms})")
         return Action(f"reduce:{fraction:g}", "reduce", fraction=fraction)
     raise ValueError(f"action {text!r}: unknown action {kind!r} ({forms})")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def plan_reduction(positions: Sequence[Mapping[str, Any]], fraction: float) -> list[dict[str, Any]]:
@@ -144,6 +196,169 @@ def plan_reduction(positions: Sequence[Mapping[str, Any]], fraction: float) -> l
     return legs
 
 
+# -- the margin sell-down ------------------------------------------------------------------------------------
+
+
+def breaches(level: float, op: str, threshold: float) -> bool:
+    """Whether a margin level breaches a margin rule ``level op threshold`` (``<`` or ``<=``)."""
+    return level < threshold if op == "<" else level <= threshold
+
+
+def margin_response_spec(
+    fraction: float, threshold: float, op: str, warning_rules: Sequence[tuple[float, str]], gross: float
+) -> dict[str, Any]:
+    """What a margin sell-down aims at, fixed when its rule fires (stored with the pending action).
+
+    Parameters
+    ----------
+    fraction:
+        The action's fraction: at most ``fraction * gross`` dollars of gross exposure are sold.
+    threshold, op:
+        The firing rule's level and operator.
+    warning_rules:
+        ``(threshold, op)`` of every rule on ``margin.level`` applying to the portfolio (the firing one may be
+        among them): the highest is the warning level the sell-down restores.
+    gross:
+        Gross exposure at the trigger (the snapshot's), dollars.
+
+    Returns
+    -------
+    dict
+        ``{"warning_level", "warning_op", "critical_level", "fraction", "gross_at_trigger", "budget"}``.
+    """
+    levels = [(float(t), o) for t, o in warning_rules if o in MARGIN_RULE_OPS] + [(float(threshold), op)]
+    # the highest level; at equal levels "<=" is the stricter target (it must end strictly above)
+    level, level_op = max(levels, key=lambda lo: (lo[0], lo[1] == "<="))
+    return {
+        "warning_level": level,
+        "warning_op": level_op,
+        "critical_level": float(threshold),
+        "fraction": float(fraction),
+        "gross_at_trigger": float(gross),
+        "budget": float(fraction) * float(gross),
+    }
+
+
+def plan_margin_sell_down(
+    rows: Sequence[Mapping[str, Any]],
+    equity: float,
+    gross: float,
+    initial_margin: float,
+    target_level: float,
+    budget: float,
+    fee: FeeEstimate | None = None,
+) -> list[dict[str, Any]]:
+    """Legs that bring the margin level up to ``target_level``, largest risk contributors first.
+
+    Parameters
+    ----------
+    rows:
+        Positions with ``ticker``, ``qty`` (signed), ``last`` and ``component_var`` (dollars).
+    equity, gross:
+        Equity and gross exposure of the book now, dollars.
+    initial_margin:
+        Fraction of gross exposure posted as margin (``m``).
+    target_level:
+        Margin level to reach, percent (150 = 150%).
+    budget:
+        At most this many dollars of gross exposure are sold.
+    fee:
+        Commission of a fill (``(shares, price) -> dollars``); none by default.
+
+    Returns
+    -------
+    list of dict
+        ``{"ticker", "side", "qty", "notional", "component_var"}``, in the order to send them.
+
+    Notes
+    -----
+    Selling ``n`` dollars of a long (or buying back ``n`` of a short) turns exposure into cash: equity ``E``
+    only loses the fee ``f``, gross exposure ``G`` falls by ``n``. The level ``L = 100 E / (m G)`` reaches
+    ``T`` once ``G - Σn <= 100 (E - Σf) / (m T)``. Positions are taken by component VaR, largest first (then
+    larger |exposure|, then ticker), each fully before the next, so the fewest, riskiest legs do the work;
+    a leg takes ``min(|q|, floor(B_left / p), ceil(need / p))`` shares, grown while its own fee still leaves
+    the level short. Hedges (negative component VaR) come last. With ``E <= 0`` no sale can restore the level:
+    the plan sells the whole budget.
+    """
+    if not (initial_margin > 0 and target_level > 0):
+        raise ValueError("initial_margin and target_level must be > 0")
+    usable = []
+    for r in rows:
+        qty, last = _number(r.get("qty")), _number(r.get("last"))
+        if qty is None or last is None or qty == 0 or last <= 0:
+            continue
+        cvar = _number(r.get("component_var")) or 0.0
+        usable.append((str(r["ticker"]), int(qty), last, cvar))
+    usable.sort(key=lambda u: (-u[3], -abs(u[1]) * u[2], u[0]))
+    fee = fee or (lambda shares, price: 0.0)
+    scale = 100.0 / (initial_margin * target_level)
+
+    def need(g: float, e: float) -> float:  # gross still to cut
+        return g - scale * e + TARGET_CUSHION_DOLLARS
+
+    e, g, left = float(equity), float(gross), float(budget)
+    legs = []
+    for ticker, qty, last, cvar in usable:
+        if need(g, e) <= 0:
+            break
+        cap = min(abs(qty), math.floor(left / last + 1e-9))
+        if cap <= 0:
+            continue  # a cheaper share may still fit the budget
+        shares = min(cap, max(1, math.ceil(need(g, e) / last - 1e-9)))
+        for _ in range(8):  # the leg's own fee lowers equity: grow it until it holds (or the cap)
+            short = need(g - shares * last, e - fee(shares, last))
+            if short <= 0 or shares >= cap:
+                break
+            shares = min(cap, shares + math.ceil(short / last - 1e-9))
+        legs.append(
+            {
+                "ticker": ticker,
+                "side": Side.SELL if qty > 0 else Side.BUY,
+                "qty": shares,
+                "notional": shares * last,
+                "component_var": cvar,
+            }
+        )
+        e -= fee(shares, last)
+        g -= shares * last
+        left -= shares * last
+    return legs
+
+
+@dataclass(frozen=True)
+class MarginBook:
+    """What a sell-down reads of the current book (from ``get_dashboard_metrics``)."""
+
+    equity: float
+    gross: float
+    initial_margin: float | None
+    level: float | None
+    rows: list[dict[str, Any]]
+
+
+def read_margin_book(control: TradingControl) -> MarginBook:
+    df = control.get_dashboard_metrics()
+    totals = dict(df.attrs["totals"])  # read right away: pandas drops attrs in some operations
+    rows = [{k: r[k] for k in ("ticker", "qty", "last", "component_var")} for r in df.to_dict("records")]
+    gross = float(totals["gross_exposure"])
+    used = _number(totals.get("margin_used"))
+    margin = used / gross if used is not None and gross > 0 else None
+    return MarginBook(float(totals["equity"]), gross, margin, _number(totals.get("margin_level")), rows)
+
+
+def fee_estimate(control: TradingControl) -> FeeEstimate | None:
+    """The commission schedule of the control's settings, when it has one."""
+    fees = getattr(getattr(control, "settings", None), "fees", None)
+    if fees is None:
+        return None
+    from logic.decisions import commission, fill_price
+
+    def estimate(shares: int, price: float) -> float:
+        return float(commission(fees, shares, fill_price(price)))
+
+    return estimate
+
+
 @dataclass(frozen=True)
 class Outcome:
     ok: bool
@@ -166,18 +381,22 @@ class ResponseRunner:
             self._controls[portfolio_id] = self.factory(portfolio_id)
         return self._controls[portfolio_id]
 
-    def run(self, portfolio_id: str, pending: Mapping[str, Any]) -> Outcome:
-        """Run one pending action (``{"action_id", "action", "actor", "reason", "plan"?}``); never raises."""
+    def run(self, portfolio_id: str, pending: Mapping[str, Any], audit: Audit | None = None) -> Outcome:
+        """Run one pending action (``{"action_id", "action", "actor", "reason", "plan"? | "margin"?}``);
+        never raises. ``audit`` receives a record for each step and each order sent."""
+        step = _Steps(pending, audit)
         try:
             action = parse_action(pending["action"])
             control = self.control(portfolio_id)
             if control is None:
-                return Outcome(
-                    False, f"{action.text} NOT executed: no RiskManager is wired into the alert engine"
-                )
+                return Outcome(False, f"{action.text} NOT executed: no RiskManager is wired into the alert engine")
             if action.kind == "set_state":
                 return self._set_state(control, action, pending)
-            return self._reduce(control, action, pending)
+            if action.kind == "flatten":
+                return self._flatten(control, action, pending, step)
+            if pending.get("margin"):
+                return self._sell_down(control, action, pending, step)
+            return self._reduce(control, action, pending, step)
         except Exception as exc:  # the monitor must survive a failing response; the alert shows the failure
             return Outcome(False, f"{pending.get('action')} FAILED: {exc}", {"error": repr(exc)})
 
@@ -198,35 +417,166 @@ class ResponseRunner:
             {"previous": current_name, "state": action.state, "changed": True},
         )
 
-    def _reduce(self, control: TradingControl, action: Action, pending: Mapping[str, Any]) -> Outcome:
+    def _reduce(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
         legs = pending.get("plan") or []
         if not legs:
             return Outcome(True, f"{action.text}: nothing to reduce (no priced positions)", {"legs": []})
-        results = []
-        for i, leg in enumerate(legs):
-            order_id = f"{pending['action_id']}-{i}"
-            result = control.execute_trade(
-                leg["ticker"],
-                int(leg["qty"]),
-                leg["side"],
-                client_order_id=order_id,
-                actor=str(pending["actor"]),
-            )
-            reasons = "; ".join(r.get("message") or r.get("code", "") for r in result.get("reasons") or [])
-            results.append(
-                {
-                    **leg,
-                    "client_order_id": order_id,
-                    "status": result.get("status"),
-                    "duplicate": bool(result.get("duplicate")),
-                    "reasons": reasons,
-                }
-            )
-        filled = [r for r in results if r["status"] == ExecutionStatus.FILLED]
-        parts = [
-            f"{r['side']} {r['qty']} {r['ticker']} {r['status']}"
-            + (f" ({r['reasons']})" if r["reasons"] else "")
-            for r in results
+        results = [_send(control, leg, f"{pending['action_id']}-{i}", pending, step) for i, leg in enumerate(legs)]
+        return _legs_outcome(action.text, results)
+
+    def _flatten(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
+        book = read_margin_book(control)
+        legs = [
+            {
+                "ticker": r["ticker"],
+                "side": Side.SELL if r["qty"] > 0 else Side.BUY,
+                "qty": abs(int(r["qty"])),
+                "notional": abs(float(r["qty"]) * float(r["last"])),
+                "component_var": float(r["component_var"]),
+            }
+            for r in sorted(book.rows, key=lambda r: (-float(r["component_var"]), str(r["ticker"])))
+            if r["qty"] and _number(r["last"]) is not None
         ]
-        summary = f"{action.text}: {len(filled)} of {len(results)} legs filled: " + ", ".join(parts)
-        return Outcome(len(filled) == len(results), summary, {"legs": results})
+        step("plan", legs=legs, gross=book.gross, equity=book.equity)
+        if not legs:
+            return Outcome(True, f"{action.text}: nothing to close (no priced positions)", {"legs": []})
+        results = [_send(control, leg, f"{pending['action_id']}-{leg['ticker']}", pending, step) for leg in legs]
+        return _legs_outcome(action.text, results)
+
+    def _sell_down(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
+        spec = pending["margin"]
+        target, op = float(spec["warning_level"]), str(spec["warning_op"])
+        left = float(spec["budget"])
+        fee = fee_estimate(control)
+        results: list[dict[str, Any]] = []
+        book = read_margin_book(control)
+        level_before = book.level
+        stop = ""
+        for round_ in range(MAX_SELL_DOWN_ROUNDS):
+            if book.level is None or book.initial_margin is None:
+                stop = "no margin in use"
+                break
+            if not breaches(book.level, op, target):
+                break
+            legs = plan_margin_sell_down(book.rows, book.equity, book.gross, book.initial_margin, target, left, fee)
+            step(
+                "plan", round=round_, margin_level=book.level, target_level=target, equity=book.equity,
+                gross=book.gross, budget_left=left, legs=legs,
+            )  # fmt: skip
+            if not legs:
+                stop = "the configured fraction is sold" if left < _cheapest(book.rows) else "nothing left to sell"
+                break
+            sent = [
+                _send(control, leg, f"{pending['action_id']}-{round_}-{leg['ticker']}", pending, step) for leg in legs
+            ]
+            results += sent
+            left -= sum(r["filled_notional"] for r in sent)
+            book = read_margin_book(control)
+            step("measure", round=round_, margin_level=book.level, target_level=target, budget_left=left)
+            if any(r["status"] != ExecutionStatus.FILLED for r in sent):
+                stop = "a leg was refused"
+                break
+        reached = book.level is None or not breaches(book.level, op, target)
+        outcome = _legs_outcome(action.text, results) if results else None
+        ok = reached and (outcome is None or outcome.ok)
+        shown = "n/a" if book.level is None else f"{book.level:.1f}%"
+        before = "n/a" if level_before is None else f"{level_before:.1f}%"
+        if reached:
+            head = f"{action.text}: margin level {before} -> {shown}, back above the warning level {target:g}%"
+        else:
+            why = stop or f"still below after {MAX_SELL_DOWN_ROUNDS} rounds"
+            head = (
+                f"{action.text} FAILED: margin level {before} -> {shown}, still below the warning level "
+                f"{target:g}% ({why})"
+            )
+        summary = head + (f"; {outcome.summary}" if outcome is not None else "")
+        details = {
+            **(dict(outcome.details) if outcome is not None else {"legs": []}),
+            "margin_level_before": level_before,
+            "margin_level_after": book.level,
+            "warning_level": target,
+            "budget_left": left,
+            "reached": reached,
+        }
+        return Outcome(ok, summary, details)
+
+
+def _cheapest(rows: Sequence[Mapping[str, Any]]) -> float:
+    prices = [_number(r.get("last")) for r in rows if r.get("qty")]
+    return min((p for p in prices if p is not None and p > 0), default=math.inf)
+
+
+class _Steps:
+    """Sends a response's step and order records to the audit callback, with the action's identity."""
+
+    def __init__(self, pending: Mapping[str, Any], audit: Audit | None) -> None:
+        self.audit = audit
+        self.base = {
+            "actor": pending.get("actor"),
+            "rule_id": pending.get("rule_id"),
+            "alert_id": pending.get("alert_id"),
+            "action_id": pending.get("action_id"),
+            "response": pending.get("action"),
+        }
+
+    def __call__(self, step: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit({**self.base, "action": "automated_step", "step": step, **fields})
+
+    def order(self, record: Mapping[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit({**self.base, "action": "automated_order", **record})
+
+
+def _send(
+    control: TradingControl, leg: Mapping[str, Any], order_id: str, pending: Mapping[str, Any], step: _Steps
+) -> dict[str, Any]:
+    """One liquidation-only leg through the gate; its result is audited at once."""
+    result = control.execute_trade(
+        leg["ticker"],
+        int(leg["qty"]),
+        leg["side"],
+        client_order_id=order_id,
+        actor=str(pending["actor"]),
+        intent=OrderIntent.LIQUIDATION,
+    )
+    raw_reasons = result.get("reasons") or []
+    codes = [str(r.get("code", "")) for r in raw_reasons]
+    reasons = "; ".join(r.get("message") or r.get("code", "") for r in raw_reasons)
+    fill = result.get("fill") or {}
+    filled = result.get("status") == ExecutionStatus.FILLED
+    notional = float(Decimal(str(fill["notional"]))) if filled and fill.get("notional") is not None else 0.0
+    record = {
+        **leg,
+        "client_order_id": order_id,
+        "intent": OrderIntent.LIQUIDATION.value,
+        "status": result.get("status"),
+        "duplicate": bool(result.get("duplicate")),
+        "codes": codes,
+        "reasons": reasons,
+        "filled_notional": notional if filled else 0.0,
+    }
+    step.order(record)
+    return record
+
+
+def _legs_outcome(text: str, results: list[dict[str, Any]]) -> Outcome:
+    filled = [r for r in results if r["status"] == ExecutionStatus.FILLED]
+    refused = [r for r in results if r["status"] != ExecutionStatus.FILLED]
+    parts = [
+        f"{r['side']} {r['qty']} {r['ticker']} {r['status']}" + (f" ({r['reasons']})" if r["reasons"] else "")
+        for r in results
+    ]
+    summary = f"{text}: {len(filled)} of {len(results)} legs filled: " + ", ".join(parts)
+    if refused:
+        summary += "; REFUSED: " + ", ".join(
+            f"{r['side']} {r['qty']} {r['ticker']} [{', '.join(r['codes']) or 'no reason'}]" for r in refused
+        )
+    details = {
+        "legs": results,
+        "refused": [
+            {"ticker": r["ticker"], "side": r["side"], "qty": r["qty"], "codes": r["codes"], "reasons": r["reasons"]}
+            for r in refused
+        ],
+    }
+    return Outcome(not refused, summary, details)

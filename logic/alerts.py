@@ -464,8 +464,18 @@ class AlertEngine:
         for item in sorted(pending.values(), key=order):
             by_alert.setdefault(item["alert_id"], []).append(item)
         for items in by_alert.values():
-            outcomes = [(item, self.responses.run(portfolio_id, item)) for item in items]
+            audit = functools.partial(self._audit_response_step, portfolio_id)
+            outcomes = [(item, self.responses.run(portfolio_id, item, audit)) for item in items]
             self._transact(portfolio_id, functools.partial(self.planner.plan_action_alert, portfolio_id, outcomes, now))
+
+    def _audit_response_step(self, portfolio_id: str, record: Mapping[str, Any]) -> None:
+        """Append one step or order of a running response to the portfolio's audit trail, as it happens (the
+        outcome of the whole action follows in :meth:`AlertPlanner.plan_action_alert`'s transaction). An audit
+        write that fails is logged: it must not stop a response that is cutting risk."""
+        try:
+            self.store.append_audit(PortfolioKeys(portfolio_id).audit, {"ts": self.clock(), **record})
+        except (RiskdeskError, redis.RedisError):
+            LOGGER.exception("could not audit a step of an automated response of %s", portfolio_id)
 
 
 def _as_set(value: str | Iterable[str] | None) -> set[str] | None:

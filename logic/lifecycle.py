@@ -23,7 +23,7 @@ from engine.alert_records import OutboxEntry
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, AlertStatus, Channel, Severity
 from engine.settings import AlertRule
 from logic import escalation as esc
-from logic.actions import parse_action, plan_reduction
+from logic.actions import MARGIN_METRIC, MARGIN_RULE_OPS, margin_response_spec, parse_action, plan_reduction
 from logic.escalation import EscalationConfig
 from logic.rules import (
     ACTION_RULE_PREFIX,
@@ -184,8 +184,11 @@ class AlertPlanner:
         for rule_id in trackers:
             if rule_id not in applicable:
                 ch.trackers_del.append(rule_id)
-        for rule in sorted(applicable.values(), key=lambda r: -SEVERITY_RANK[Severity(r.severity)]):
-            self.evaluate_rule(ch, portfolio_id, rule, snapshot, now, current, trackers.get(rule.id) or {})
+        ordered = sorted(applicable.values(), key=lambda r: -SEVERITY_RANK[Severity(r.severity)])
+        for rule in ordered:
+            self.evaluate_rule(
+                ch, portfolio_id, rule, snapshot, now, current, trackers.get(rule.id) or {}, rules=ordered
+            )
         self.plan_inhibition(ch, current, now)
         self.plan_timers(ch, portfolio_id, current, now)
         return ch
@@ -220,7 +223,9 @@ class AlertPlanner:
         now: float,
         current: dict[str, dict[str, Any]],
         tracker: Mapping[str, Any],
+        rules: Sequence[AlertRule] = (),
     ) -> None:
+        """``rules``: every rule applying to the portfolio (a margin sell-down reads its warning level there)."""
         breach, value, stale = self.condition(rule, snapshot, now)
         if breach is None:
             return
@@ -243,7 +248,7 @@ class AlertPlanner:
                 since = new["breach_since"] if new["breach_since"] is not None else now
                 new["breach_since"] = since
                 if now - since >= rule.pending_seconds and new["hold_until"] is None:
-                    alert = self.trigger(ch, portfolio_id, rule, value, stale, since, now, snapshot)
+                    alert = self.trigger(ch, portfolio_id, rule, value, stale, since, now, snapshot, rules)
                     current[rule.id] = alert
         else:
             new["breach_since"] = None
@@ -285,6 +290,7 @@ class AlertPlanner:
         since: float,
         now: float,
         snapshot: Snapshot,
+        rules: Sequence[AlertRule] = (),
     ) -> dict[str, Any]:
         alert = {
             "alert_id": uuid.uuid4().hex[:16],
@@ -326,7 +332,16 @@ class AlertPlanner:
                 "reason": f"alert {rule.id}: {rule.description or rule.metric} "
                 f"({rule.metric} {rule.op} {rule.threshold:g}, value {shown})",
             }
-            if action.kind == "reduce":
+            if action.kind == "reduce" and rule.metric == MARGIN_METRIC and rule.op in MARGIN_RULE_OPS:
+                assert action.fraction is not None
+                pending["margin"] = margin_response_spec(
+                    action.fraction,
+                    rule.threshold,
+                    rule.op,
+                    [(r.threshold, r.op) for r in rules if r.metric == MARGIN_METRIC],
+                    _gross(snapshot),
+                )
+            elif action.kind == "reduce":
                 assert action.fraction is not None
                 pending["plan"] = plan_reduction(snapshot.get("positions") or [], action.fraction)
             ch.actions[action_id] = pending
@@ -576,6 +591,15 @@ def public_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
 def snapshot_ts(snapshot: Snapshot) -> float:
     ts = snapshot.get("ts")
     return float(ts) if isinstance(ts, int | float) and _finite(ts) else -math.inf
+
+
+def _gross(snapshot: Snapshot) -> float:
+    """The snapshot's gross exposure (or the sum of its positions' |market value| when it has none)."""
+    gross = snapshot.get("gross_exposure")
+    if isinstance(gross, int | float) and _finite(gross):
+        return float(gross)
+    values = [p.get("market_value") for p in snapshot.get("positions") or []]
+    return float(sum(abs(v) for v in values if _finite(v)))
 
 
 def _finite(value: Any) -> bool:

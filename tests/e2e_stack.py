@@ -46,6 +46,7 @@ PAGE_PATHS = {
     "Performance": "performance",
     "Alerts": "alerts",
     "System": "system",
+    "Firm": "firm",
 }
 """Page title -> URL path (st.navigation derives it from the page file name)."""
 

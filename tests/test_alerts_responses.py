@@ -3,14 +3,18 @@ first), audit and their own alert; re-runs after a crash change nothing twice.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pytest
 
 import warmup
+from engine.records import OrderIntent, Position
 from engine.store import PortfolioKeys, Store
-from logic.actions import parse_action, plan_reduction
+from logic.actions import margin_response_spec, parse_action, plan_margin_sell_down, plan_reduction
 from logic.risk_manager import RiskManager
 from notifications.service import build_delivering_engine
 
@@ -63,6 +67,8 @@ POSITIONS = [  # main's seeded book (AAA 1000 @ 100, BBB 2000 @ 50) with AAA the
 ]
 
 
+
+
 class Crash(BaseException):
     """Stands for the process dying: not an Exception, so nothing on the way catches it."""
 
@@ -73,9 +79,7 @@ def seeded(store: Store, settings: Any) -> Store:
     return store
 
 
-def build(
-    store: Store, make_settings: Any, clock: SimClock, rules: list[dict[str, Any]], factory: Any = None
-):
+def build(store: Store, make_settings: Any, clock: SimClock, rules: list[dict[str, Any]], factory: Any = None):
     settings = make_settings(
         {"alert_rules": rules, "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0}}
     )
@@ -106,9 +110,7 @@ def test_plan_reduction_takes_the_largest_losers_first_until_the_fraction_of_gro
         plan_reduction(positions, 0.0)
 
 
-@pytest.mark.parametrize(
-    "text", ["set_state:ACTIVE", "halt", "reduce:0", "reduce:nan", "reduce:x", "sell:0.5"]
-)
+@pytest.mark.parametrize("text", ["set_state:ACTIVE", "halt", "reduce:0", "reduce:nan", "reduce:x", "sell:0.5"])
 def test_parse_action_refuses_what_an_automated_response_may_not_do(text: str) -> None:
     with pytest.raises(ValueError, match="expected 'set_state:REDUCING'"):
         parse_action(text)
@@ -140,9 +142,7 @@ def test_drawdown_beyond_the_circuit_breaker_halts_trading_audited_and_shown_as_
     notified = {e["rule_id"] for e in delivered_events(engine)}
     assert {"drawdown_halt", "action:drawdown_halt", "action:drawdown_reduce"} <= notified
 
-    decision = RiskManager(seeded.client, "main", settings, clock).execute_trade(
-        "AAA", 10, "BUY", actor="trader"
-    )
+    decision = RiskManager(seeded.client, "main", settings, clock).execute_trade("AAA", 10, "BUY", actor="trader")
     assert decision["status"] == "REJECTED"
     assert "TRADING_HALTED" in [r["code"] for r in decision["reasons"]]
 
@@ -162,9 +162,7 @@ def test_margin_critical_reduces_positions_largest_losers_first_through_the_exec
     positions = seeded.read_portfolio("main").positions
     assert "AAA" not in positions and positions["BBB"].qty == 1600  # 60% of $200k: AAA (the loser), 400 BBB
     (alert,) = [a for a in engine.active_alerts("main") if a["rule_id"] == "action:margin_critical"]
-    assert alert["summary"].startswith(
-        "reduce:0.6: 2 of 2 legs filled: SELL 1000 AAA FILLED, SELL 400 BBB FILLED"
-    )
+    assert alert["summary"].startswith("reduce:0.6: 2 of 2 legs filled: SELL 1000 AAA FILLED, SELL 400 BBB FILLED")
     trades = RiskManager(seeded.client, "main", None, clock).trade_log(10)
     assert sorted(t["client_order_id"] for t in trades if t["status"] == "FILLED") == [
         f"{alert['source_alert_id']}-0-0",
@@ -177,9 +175,7 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
     seeded: Store, make_settings: Any
 ) -> None:
     clock = SimClock(T0 + 5)
-    reduce_rule = rule(
-        "cut", "var.utilization", ">=", 1.0, "CRITICAL", actions=["reduce:0.6", "set_state:REDUCING"]
-    )
+    reduce_rule = rule("cut", "var.utilization", ">=", 1.0, "CRITICAL", actions=["reduce:0.6", "set_state:REDUCING"])
     _, settings = build(seeded, make_settings, clock, [reduce_rule])
 
     class DiesAfterFirstFill:
@@ -193,9 +189,18 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
             return self.rm.set_trading_state(state, reason, actor)
 
         def execute_trade(
-            self, ticker: str, qty: int, side: str, client_order_id: str | None = None, actor: str = "trader"
+            self,
+            ticker: str,
+            qty: int,
+            side: str,
+            client_order_id: str | None = None,
+            actor: str = "trader",
+            intent: OrderIntent = OrderIntent.TRADE,
         ) -> dict[str, Any]:
-            result = self.rm.execute_trade(ticker, qty, side, client_order_id=client_order_id, actor=actor)
+            assert intent == OrderIntent.LIQUIDATION  # every automated leg is liquidation-only
+            result = self.rm.execute_trade(
+                ticker, qty, side, client_order_id=client_order_id, actor=actor, intent=intent
+            )
             raise Crash(f"died after {result['status']} {ticker}")
 
     first, _ = build(seeded, make_settings, clock, [reduce_rule], factory=DiesAfterFirstFill)
@@ -209,11 +214,7 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
     second.tick(clock.now + 2)
     positions = seeded.read_portfolio("main").positions
     assert positions["BBB"].qty == 1600 and "AAA" not in positions
-    fills = [
-        t
-        for t in RiskManager(seeded.client, "main", settings, clock).trade_log(20)
-        if t["status"] == "FILLED"
-    ]
+    fills = [t for t in RiskManager(seeded.client, "main", settings, clock).trade_log(20) if t["status"] == "FILLED"]
     assert sorted((t["fill"]["ticker"], t["fill"]["qty"]) for t in fills) == [("AAA", 1000), ("BBB", 400)]
     assert seeded.read_trading_state("main").state == "REDUCING"
     assert seeded.read_json_hash(Store.actions_key("main")) == {}
@@ -223,9 +224,7 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
     assert "2 of 2 legs filled" in action_alert["summary"] and "REDUCING" in action_alert["summary"]
 
 
-def test_without_a_risk_manager_the_action_is_reported_as_not_executed(
-    store: Store, make_settings: Any
-) -> None:
+def test_without_a_risk_manager_the_action_is_reported_as_not_executed(store: Store, make_settings: Any) -> None:
     clock = SimClock(T0)
     engine, _ = build(store, make_settings, clock, [DD_HALT], factory=None)
     engine.responses.factory = None  # a deployment where no RiskManager could be wired
@@ -233,3 +232,223 @@ def test_without_a_risk_manager_the_action_is_reported_as_not_executed(
     (alert,) = [a for a in engine.active_alerts("main") if a["kind"] == "action"]
     assert alert["severity"] == "CRITICAL" and not alert["ok"] and "NOT executed" in alert["summary"]
     assert math.isclose(alert["value"], -0.2)
+
+
+# -- the margin sell-down ------------------------------------------------------------------------------------
+
+MARGIN_WARNING = rule("margin_warning", "margin.level", "<", 150.0, "HIGH", description="Margin below 150%")
+LEVERED = {"AAA": 2000, "BBB": 4000, "CCC": 500, "DDD": -2000}
+"""A margin book at the seed prices (AAA 100, BBB 50, CCC 200, DDD 25): gross $550k."""
+
+
+def margin_critical(fraction: float) -> dict[str, Any]:
+    return rule(
+        "margin_critical", "margin.level", "<", 120.0, "CRITICAL", description="Margin below 120%",
+        actions=[f"reduce:{fraction}"],
+    )  # fmt: skip
+
+
+def lever(store: Store, level: float) -> tuple[float, float]:
+    """Rewrite ``hedge`` (initial margin 50%) as LEVERED with the cash that puts its margin level at
+    ``level`` percent; returns (equity, gross)."""
+    prices = dict(zip(store.read_market().tickers, store.read_market().prices.tolist(), strict=True))
+    value = sum(q * prices[t] for t, q in LEVERED.items())
+    gross = sum(abs(q) * prices[t] for t, q in LEVERED.items())
+    equity = level / 100.0 * 0.5 * gross
+    old = store.read_portfolio("hedge")
+    store.write_portfolio(
+        dataclasses.replace(
+            old,
+            cash=Decimal(repr(round(equity - value, 2))),
+            positions={t: Position(q, Decimal(repr(prices[t]))) for t, q in LEVERED.items()},
+        )
+    )
+    return equity, gross
+
+
+def margin_level(store: Store, fees_of: Any = None) -> float:
+    """Equity / (50% of gross) x 100 from the stored book and prices, computed here."""
+    market = store.read_market()
+    prices = dict(zip(market.tickers, market.prices.tolist(), strict=True))
+    book = store.read_portfolio("hedge")
+    value = sum(p.qty * prices[t] for t, p in book.positions.items())
+    gross = sum(abs(p.qty) * prices[t] for t, p in book.positions.items())
+    return (float(book.cash) + value) / (0.5 * gross) * 100.0
+
+
+def component_order(store: Store) -> list[str]:
+    """Held tickers by component VaR, largest first: x_i (Σx)_i, the ranking of z x_i (Σx)_i / σ."""
+    market = store.read_market()
+    prices = dict(zip(market.tickers, market.prices.tolist(), strict=True))
+    x = np.array([LEVERED.get(t, 0) * prices[t] for t in market.tickers])
+    component = x * (market.cov @ x)
+    return [market.tickers[i] for i in np.argsort(-component) if x[i] != 0]
+
+
+def margin_snapshot(level: float, gross: float, now: float) -> dict[str, Any]:
+    return snapshot("hedge", now=now, margin__level=level, gross_exposure=gross)
+
+
+def test_margin_below_critical_sells_the_largest_risk_contributor_just_past_the_warning_level(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    equity, gross = lever(seeded, 110.0)
+    engine, settings = build(seeded, make_settings, clock, [MARGIN_WARNING, margin_critical(0.5)])
+    engine.evaluate("hedge", margin_snapshot(110.0, gross, clock.now), clock.now)
+
+    first = component_order(seeded)[0]
+    trades = [t for t in RiskManager(seeded.client, "hedge", settings, clock).trade_log(20)]
+    assert [(t["status"], t["fill"]["ticker"], t["actor"]) for t in trades] == [
+        ("FILLED", first, "auto:margin_critical")
+    ]  # one leg: the largest contributor alone covers the cut
+    sold = trades[0]["fill"]["qty"]
+    assert margin_level(seeded) >= 150.0
+    # the fewest shares: one share fewer (with its own fee) would have left the level below the warning
+    price = float(trades[0]["fill"]["price"])
+    fee = max(0.01 * (sold - 1), 1.0)
+    assert 100.0 * (equity - fee) / (0.5 * (gross - (sold - 1) * price)) < 150.0
+    (alert,) = [a for a in engine.active_alerts("hedge") if a["rule_id"] == "action:margin_critical"]
+    assert alert["ok"] and "back above the warning level 150%" in alert["summary"]
+    audit = seeded.read_stream_json(PortfolioKeys("hedge").audit, count=50, newest_first=False)
+    orders = [a for a in audit if a["action"] == "automated_order"]
+    assert [(o["ticker"], o["qty"], o["intent"], o["status"], o["rule_id"]) for o in orders] == [
+        (first, sold, "liquidation", "FILLED", "margin_critical")
+    ]
+    steps = [a["step"] for a in audit if a["action"] == "automated_step"]
+    assert steps == ["plan", "measure"]
+    (outcome,) = [a for a in audit if a["action"] == "automated_response"]
+    assert outcome["ok"] and outcome["details"]["margin_level_after"] >= 150.0
+
+
+def test_the_warning_level_is_read_from_the_rules_not_assumed(seeded: Store, make_settings: Any) -> None:
+    clock = SimClock(T0 + 5)
+    _, gross = lever(seeded, 110.0)
+    warning_at_130 = {**MARGIN_WARNING, "threshold": 130.0}
+    engine, _ = build(seeded, make_settings, clock, [warning_at_130, margin_critical(0.5)])
+    engine.evaluate("hedge", margin_snapshot(110.0, gross, clock.now), clock.now)
+    assert 130.0 <= margin_level(seeded) < 131.0  # just past 130, far from 150
+
+
+def test_a_sell_down_capped_by_its_fraction_says_it_did_not_reach_the_warning_level(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    _, gross = lever(seeded, 110.0)
+    engine, settings = build(seeded, make_settings, clock, [MARGIN_WARNING, margin_critical(0.1)])
+    engine.evaluate("hedge", margin_snapshot(110.0, gross, clock.now), clock.now)
+
+    fills = [t["fill"] for t in RiskManager(seeded.client, "hedge", settings, clock).trade_log(20)]
+    assert 0 < sum(float(f["notional"]) for f in fills) <= 0.1 * gross  # never more than the fraction
+    assert 110.0 < margin_level(seeded) < 150.0
+    (alert,) = [a for a in engine.active_alerts("hedge") if a["rule_id"] == "action:margin_critical"]
+    assert not alert["ok"] and alert["severity"] == "CRITICAL"
+    assert "still below the warning level 150%" in alert["summary"]
+    assert "the configured fraction is sold" in alert["summary"]
+
+
+def test_a_refused_leg_fails_the_response_naming_the_leg_and_its_reason(seeded: Store, make_settings: Any) -> None:
+    clock = SimClock(T0 + 5)
+    _, gross = lever(seeded, 110.0)
+    engine, _ = build(seeded, make_settings, clock, [MARGIN_WARNING, margin_critical(0.5)])
+    clock.advance(3600)  # the prices are an hour old: every order is refused (fail closed on stale data)
+    engine.evaluate("hedge", margin_snapshot(110.0, gross, clock.now), clock.now)
+
+    (alert,) = [a for a in engine.active_alerts("hedge") if a["rule_id"] == "action:margin_critical"]
+    first = component_order(seeded)[0]
+    assert not alert["ok"] and "FAILED" in alert["summary"]
+    assert "REFUSED: SELL" in alert["summary"] and first in alert["summary"] and "STALE" in alert["summary"]
+    audit = seeded.read_stream_json(PortfolioKeys("hedge").audit, count=50)
+    (outcome,) = [a for a in audit if a["action"] == "automated_response"]
+    assert [r["ticker"] for r in outcome["details"]["refused"]] == [first]
+    assert seeded.read_portfolio("hedge").positions[first].qty == LEVERED[first]  # nothing traded
+
+
+def test_plan_margin_sell_down_matches_the_closed_form_and_takes_hedges_last() -> None:
+    rows = [
+        {"ticker": "H", "qty": -100, "last": 10.0, "component_var": -50.0},  # a hedge
+        {"ticker": "R1", "qty": 100, "last": 100.0, "component_var": 900.0},
+        {"ticker": "R2", "qty": 1000, "last": 20.0, "component_var": 400.0},
+    ]
+    equity, gross, m = 15_000.0, 31_000.0, 0.5  # level 96.8%
+    legs = plan_margin_sell_down(rows, equity, gross, m, 150.0, budget=1e9)
+    # G' <= 100 E / (m T) = 20 000: cut 11 000 = all of R1 (10 000) then 50 shares of R2 (1 000) + the cushion
+    assert [(leg["ticker"], leg["side"], leg["qty"]) for leg in legs] == [("R1", "SELL", 100), ("R2", "SELL", 51)]
+    fee = lambda shares, price: 1.0  # noqa: E731 - one dollar a fill
+    legs = plan_margin_sell_down(rows, equity, gross, m, 150.0, budget=1e9, fee=fee)
+    left_e, left_g = equity - len(legs), gross - sum(leg["notional"] for leg in legs)
+    assert 100 * left_e / (m * left_g) >= 150.0
+    assert 100 * left_e / (m * (left_g + 20.0)) < 150.0  # one R2 share fewer would not do
+    assert [leg["ticker"] for leg in plan_margin_sell_down(rows, equity, gross, m, 150.0, budget=10_000.0)] == ["R1"]
+    everything = plan_margin_sell_down(rows, -1.0, gross, m, 150.0, budget=1e9)
+    assert [leg["ticker"] for leg in everything] == ["R1", "R2", "H"]  # equity <= 0: the level cannot be met
+
+
+def test_flatten_closes_every_position_with_liquidation_orders(seeded: Store, make_settings: Any) -> None:
+    clock = SimClock(T0 + 5)
+    halt_and_flatten = {**DD_HALT, "actions": ["set_state:HALTED", "flatten"]}
+    engine, _ = build(seeded, make_settings, clock, [halt_and_flatten])
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.06), clock.now)
+    audit = seeded.read_stream_json(PortfolioKeys("main").audit, count=50, newest_first=False)
+    orders = [a for a in audit if a["action"] == "automated_order"]
+    assert {(o["ticker"], o["side"], o["qty"], o["intent"]) for o in orders} == {
+        ("AAA", "SELL", 1000, "liquidation"),
+        ("BBB", "SELL", 2000, "liquidation"),
+    }
+    assert seeded.read_trading_state("main").state == "HALTED"
+
+
+def test_flatten_in_halted_leaves_the_book_flat(seeded: Store, make_settings: Any) -> None:
+    clock = SimClock(T0 + 5)
+    halt_and_flatten = {**DD_HALT, "actions": ["set_state:HALTED", "flatten"]}
+    engine, _ = build(seeded, make_settings, clock, [halt_and_flatten])
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.06), clock.now)
+    assert all(p.qty == 0 for p in seeded.read_portfolio("main").positions.values())
+    (alert,) = [a for a in engine.active_alerts("main") if a["kind"] == "action"]
+    assert alert["ok"] and "2 of 2 legs filled" in alert["summary"]
+
+
+def test_the_warning_level_is_the_highest_margin_rule_and_without_one_the_critical_level_itself() -> None:
+    spec = margin_response_spec(0.25, 120.0, "<", [(150.0, "<"), (140.0, "<"), (300.0, ">")], 1000.0)
+    assert (spec["warning_level"], spec["warning_op"], spec["budget"]) == (150.0, "<", 250.0)
+    assert margin_response_spec(0.5, 120.0, "<", [(150.0, "<"), (150.0, "<=")], 10.0)["warning_op"] == "<="
+    alone = margin_response_spec(1.0, 120.0, "<", [], 10.0)
+    assert (alone["warning_level"], alone["critical_level"]) == (120.0, 120.0)
+
+
+def test_a_margin_rule_queues_a_sell_down_aimed_at_the_warning_level_not_a_fixed_plan(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    engine, _ = build(seeded, make_settings, clock, [MARGIN_WARNING, margin_critical(0.25)])
+    changes = engine.planner.plan_evaluation(
+        "hedge", margin_snapshot(110.0, 80_000.0, clock.now), clock.now, {}, {}, engine.rulebook.rules()
+    )
+    (pending,) = changes.actions.values()
+    assert "plan" not in pending
+    assert pending["margin"] == {
+        "warning_level": 150.0,
+        "warning_op": "<",
+        "critical_level": 120.0,
+        "fraction": 0.25,
+        "gross_at_trigger": 80_000.0,
+        "budget": 20_000.0,
+    }
+
+
+def test_drawdown_halt_and_margin_critical_together_halt_then_sell_down_while_halted(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 5)
+    _, gross = lever(seeded, 110.0)
+    halt = {**DD_HALT, "portfolios": ["hedge"]}
+    engine, _ = build(seeded, make_settings, clock, [halt, MARGIN_WARNING, margin_critical(0.5)])
+    crash = margin_snapshot(110.0, gross, clock.now)
+    crash["drawdown"]["daily"] = -0.3
+    engine.evaluate("hedge", crash, clock.now)
+    assert seeded.read_trading_state("hedge").state == "HALTED"
+    assert margin_level(seeded) >= 150.0
+    audit = seeded.read_stream_json(PortfolioKeys("hedge").audit, count=50, newest_first=False)
+    kinds = [a["action"] for a in audit]
+    assert kinds.index("set_trading_state") < kinds.index("automated_order")
+    assert all(a["status"] == "FILLED" for a in audit if a["action"] == "automated_order")

@@ -38,7 +38,7 @@ pytestmark = [
 
 SCREENSHOT_DIR = Path(os.environ.get("RISKDESK_SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
 VIEWPORT = {"width": 1440, "height": 1400}
-PAGES = ("Overview", "Trade", "Risk", "Alerts", "System")
+PAGES = ("Overview", "Trade", "Risk", "Performance", "Alerts", "System", "Firm")
 FRIENDLY_PROBLEMS = ("Redis is unreachable", "store is empty", "This view failed")
 
 
@@ -208,7 +208,7 @@ def test_make_demo_replays_real_closes_and_every_page_loads_without_an_exception
         context = browser.new_context(viewport=VIEWPORT)
         try:
             page = context.new_page()
-            for title in (*PAGES, "Performance"):
+            for title in PAGES:
                 open_page(page, demo.url, title)
                 settle(page)
                 assert_no_exception(page, f"demo/{title}")

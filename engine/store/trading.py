@@ -23,15 +23,20 @@ from engine.records import MarketHeader, PortfolioState, Position, TradingStatus
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
     decode_object,
+    decode_str,
     decode_tickers,
     decode_trading_status,
     encode_json,
     encode_position,
+    encode_trading_status,
 )
-from engine.store.keys import MARKET_KEY, REFERENCE_KEY, PortfolioKeys
+from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFERENCE_KEY, PortfolioKeys
 from engine.store.market import decode_reference_prices, market_header
 from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
 
+SET_ALL_ATTEMPTS = 20
+"""WATCH retries of :meth:`TradingStore.set_all_trading_states`; only a storm of concurrent state changes could
+exhaust them (then it raises and nothing is written)."""
 TRADE_LOG_MAXLEN = 1_000_000
 """Approximate bound of a portfolio's trade log stream (XADD MAXLEN ~): fills and rejected orders."""
 
@@ -218,6 +223,59 @@ class TradingStore(StoreBase):
         key = PortfolioKeys(portfolio_id).orders
         raw: Any = self._conn(conn).hget(key, client_order_id)
         return None if raw is None else decode_object(raw, f"{key}.{client_order_id}")
+
+    def set_all_trading_states(
+        self,
+        status: TradingStatus,
+        record: Mapping[str, Any],
+        keep_states: tuple[str, ...] = (),
+    ) -> dict[str, dict[str, str]]:
+        """Set EVERY registered portfolio's trading state to ``status`` and append ONE audit record, in one
+        transaction (the firm-wide kill switch, :mod:`logic.firm`).
+
+        WATCHes the registry and every portfolio's trading state, reads them, then writes all the states and
+        the record (``record`` plus ``"portfolios": {id: {"previous", "state"}}``, to :data:`GLOBAL_AUDIT_KEY`)
+        in one MULTI/EXEC: a reader sees either no portfolio changed or all of them. A portfolio whose current
+        state is in ``keep_states`` keeps it (listed with its unchanged state). A trading state that does not
+        decode (a corrupt key) raises :class:`CorruptDataError` naming it and nothing is written; a change by
+        someone else in between retries (at most :data:`SET_ALL_ATTEMPTS` times, then
+        :class:`StoreUnavailableError`, nothing written).
+
+        Returns the ``portfolios`` mapping written to the audit record. (The keys span every portfolio's hash
+        tag: on Redis Cluster this would need one transaction per slot.)
+        """
+        try:
+            for _ in range(SET_ALL_ATTEMPTS):
+                with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(PORTFOLIOS_KEY)
+                        ids = sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in pipe.smembers(PORTFOLIOS_KEY))
+                        keys = {pid: PortfolioKeys(pid).trading_state for pid in ids}
+                        if keys:
+                            pipe.watch(*keys.values())
+                        changes: dict[str, dict[str, str]] = {}
+                        for pid, key in keys.items():
+                            raw: Any = pipe.hgetall(key)
+                            previous = decode_trading_status(key, raw).state if raw else "MISSING"
+                            kept = previous in keep_states
+                            changes[pid] = {"previous": str(previous), "state": str(previous if kept else status.state)}
+                        pipe.multi()
+                        mapping: Any = encode_trading_status(status)
+                        for pid, change in changes.items():
+                            if change["state"] == status.state:
+                                pipe.hset(keys[pid], mapping=mapping)
+                        self.append_audit(GLOBAL_AUDIT_KEY, {**record, "portfolios": changes}, pipe)
+                        pipe.execute()
+                        return changes
+                    except redis.WatchError:
+                        continue
+                    except redis.ResponseError as exc:  # a key of the wrong type: nothing was queued yet
+                        raise CorruptDataError(f"cannot set every trading state: {exc}") from exc
+        except redis.ConnectionError as exc:
+            raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+        raise StoreUnavailableError(
+            f"the trading states kept changing; gave up after {SET_ALL_ATTEMPTS} attempts (nothing was written)"
+        )
 
 
 _READ_TRADE_VIEW_LUA = """

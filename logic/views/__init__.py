@@ -10,6 +10,7 @@ One module per page, mirroring ``dashboard/screens/``; :mod:`~logic.views.common
     performance Sharpe/Sortino/Calmar/Kelly, HHI band, liquidity-adjusted VaR, VaR trend, Monte Carlo fan
     alerts      alert feed and counts, acknowledge / resolve, deliveries, escalation, the rules editor
     system      daemon heartbeats, market-data age, Redis health, versions, the trading-state kill switch
+    firm        every portfolio together (firm VaR, exposure by ticker, drawdowns, lights), HALT ALL / REDUCE ALL
 
 The pages in ``dashboard/`` lay these out and nothing more: no key names, no risk math, no limit checks live
 there. Everything a page needs is read through the store, :class:`~logic.risk_manager.RiskManager`, the
@@ -63,6 +64,17 @@ from logic.views.common import (
     problem_from_exception,
     records_frame,
     ticket_tickers,
+)
+from logic.views.firm import (
+    EXPOSURE_COLUMNS,
+    FIRM_SWITCHES,
+    PORTFOLIO_COLUMNS,
+    WORST_DRAWDOWNS,
+    FirmAction,
+    FirmView,
+    firm_switch,
+    firm_view,
+    last_firm_action,
 )
 from logic.views.overview import (
     HISTORY_DIRECT_POINTS,
@@ -225,6 +237,15 @@ __all__ = [
     "key_value_frame",
     "trading_state_view",
     "change_trading_state",
+    "EXPOSURE_COLUMNS",
+    "FIRM_SWITCHES",
+    "PORTFOLIO_COLUMNS",
+    "WORST_DRAWDOWNS",
+    "FirmAction",
+    "FirmView",
+    "firm_switch",
+    "firm_view",
+    "last_firm_action",
     "clock_caption",
     "PERFORMANCE_WINDOWS",
     "PERFORMANCE_DEFAULT_WINDOW",
