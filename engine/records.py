@@ -607,6 +607,12 @@ class Snapshot:
     data: SnapshotData
     trading_state: TradingState
     positions: tuple[SnapshotPosition, ...]
+    var_method: VarMethod = VarMethod.NORMAL
+    """The method of every VaR / CVaR figure (``Settings.var_method_for``)."""
+    component_var: Mapping[str, float] = field(default_factory=dict)
+    """Each held ticker's share of the VaR at the limit's confidence and horizon (sums to it)."""
+    backtest: Mapping[str, Any] | None = None
+    """The continuous backtest's summary (``logic.backtest_monitor``); None before its first closed horizon."""
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON form (the store's snapshot, the alert engine's input)."""
@@ -629,6 +635,9 @@ class Snapshot:
             "data": self.data.to_dict(),
             "trading_state": self.trading_state,
             "positions": [p.to_dict() for p in self.positions],
+            "var_method": str(self.var_method),
+            "component_var": dict(self.component_var),
+            "backtest": None if self.backtest is None else dict(self.backtest),
         }
 
     @classmethod
@@ -647,6 +656,9 @@ class Snapshot:
             ),
             trading_state=TradingState(d["trading_state"]),
             positions=tuple(SnapshotPosition(**p) for p in d["positions"]),
+            var_method=VarMethod(d.get("var_method", VarMethod.NORMAL)),
+            component_var={str(k): float(v) for k, v in (d.get("component_var") or {}).items()},
+            backtest=d.get("backtest"),
         )
 
 

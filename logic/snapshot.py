@@ -51,16 +51,15 @@ Definitions:
 
 Every float is finite (JSON has no NaN/inf): a value that is not becomes null.
 
-The typed record is :class:`engine.records.Snapshot` (:func:`snapshot_record`); its ``to_dict()`` plus
-``var_method``, ``component_var`` and ``backtest`` (not in the record yet) is the form stored and evaluated
-(:func:`build_snapshot`).
+The typed record is :class:`engine.records.Snapshot` (:func:`snapshot_record`, then :func:`build_snapshot` sets
+its ``var_method``, ``component_var`` and ``backtest``); its ``to_dict()`` is the form stored and evaluated.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -200,11 +199,7 @@ def build_snapshot(
     :func:`snapshot_record`'s ``to_dict()`` with ``var_method``, ``component_var`` and ``backtest``."""
     components: dict[str, float] = {}
     record = snapshot_record(method=method, components=components, **parts)
-    snapshot = record.to_dict()
-    snapshot["var_method"] = str(method)
-    snapshot["component_var"] = components
-    snapshot["backtest"] = None if backtest is None else dict(backtest)
-    return snapshot
+    return replace(record, var_method=method, component_var=components, backtest=backtest).to_dict()
 
 
 def snapshot_record(

@@ -67,6 +67,9 @@ def snapshot(portfolio_id: str = "main", now: float = T0, **overrides: Any) -> d
         "data": {"market_age_seconds": 0.0, "missing_prices": []},
         "trading_state": "ACTIVE",
         "positions": [],
+        "var_method": "normal",
+        "component_var": {},
+        "backtest": None,
     }
     for key, value in overrides.items():
         node = snap
