@@ -394,13 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif history is not None and seeded:
             version = reload.reload_market(
                 store, settings, history.tickers, history.prices, history.cov, now=time.time(), actor=ACTOR,
-                detail={"file": str(args.history)},
+                detail={"file": str(args.history)}, standardized=history.standardized,
             )  # fmt: skip
-            if history.standardized is not None:  # the reload's own transaction does not write the window
-                store.write_standardized_window(
-                    history.tickers, np.full(len(history.standardized), version, dtype=np.int64),
-                    history.standardized, settings.model.fhs_window,
-                )  # fmt: skip
             print(f"warmup: market reloaded from {args.history} (version {version}, new epoch; books kept)")
             history = None
         fresh = store.schema_version() is None

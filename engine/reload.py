@@ -42,9 +42,12 @@ def reload_market(
     now: float,
     actor: str,
     detail: dict[str, object],
+    standardized: Float64Array | None = None,
 ) -> int:
     """Replace the stored market by ``tickers, prices, cov`` (one model bar); returns the new version.
 
+    ``standardized``: the history's window of standardized returns (T, N), written in the same transaction
+    (stamped with the new version), so no reader sees the new market with the old window.
     Refused (nothing written) when the store's universe holds a ticker that ``tickers`` does not cover.
     """
     for _ in range(WATCH_RETRIES):
@@ -75,6 +78,11 @@ def reload_market(
                 store.write_reference_prices(snap.tickers, snap.prices, now, pipe)
                 store.bump_market_epoch(pipe)
                 store.restart_peaks(pids, pipe)
+                if standardized is not None:
+                    store.write_standardized_window(
+                        snap.tickers, np.full(len(standardized), snap.version, dtype=np.int64), standardized,
+                        settings.model.fhs_window, pipe,
+                    )  # fmt: skip
                 record = {"ts": now, "actor": actor, "action": "load_history", "version": snap.version,
                           "epoch": epoch, **detail}  # fmt: skip
                 store.append_audit(GLOBAL_AUDIT_KEY, record, pipe)
