@@ -113,16 +113,26 @@ def is_date_only(bars: list[Bar]) -> bool:
 
 
 def stamp_daily_closes(bars: list[Bar], sessions: Sessions) -> list[Bar]:
-    """Bars of a date-only file moved to the close of their date's session (a date that is not a session
-    keeps its time: it belongs to the session before it). Other files are returned unchanged."""
+    """Bars of a date-only file moved to the close of their date's session. A date that is not a session (a
+    holiday in a weekly file) is moved to the time of day of the nearest earlier session's close, so the file's
+    spacing stays regular; it belongs to the session before it. Other files are returned unchanged."""
     if not is_date_only(bars):
         return bars
     index = {d: i for i, d in enumerate(sessions.dates)}
+    day_seconds = 86_400.0
     out = []
+    offset: float | None = None
     for bar in bars:
         day = time.strftime("%Y-%m-%d", time.gmtime(bar.ts))
         i = index.get(day)
-        ts = float(sessions.closes[i]) if i is not None else float(bar.ts)
+        if i is not None:
+            ts = float(sessions.closes[i])
+            offset = ts - float(bar.ts)
+        else:
+            if offset is None:  # no session seen yet: the first session close after this date gives the time
+                later = [float(c) for c in sessions.closes if float(c) >= bar.ts][:1]
+                offset = (later[0] - float(bar.ts)) % day_seconds if later else 0.0
+            ts = float(bar.ts) + offset
         out.append(Bar(ts, bar.prices, reset=bar.reset))
     return out
 

@@ -140,6 +140,15 @@ def test_a_file_of_dates_is_stamped_at_each_session_close_and_intraday_files_are
     assert stamp_daily_closes(intraday, xnys) == intraday
 
 
+def test_a_weekly_file_keeps_its_spacing_across_monday_holidays(xnys: Sessions) -> None:
+    # Mondays of 2019-01-07 .. 2019-02-25: MLK day (Jan 21) and Presidents' Day (Feb 18) are not sessions
+    mondays = [datetime(2019, 1, 7, tzinfo=UTC).timestamp() + 7 * 86_400 * k for k in range(8)]
+    stamped = [b.ts for b in stamp_daily_closes([Bar(t, {"A": 1.0}) for t in mondays], xnys)]
+    assert stamped[2] == ny(2019, 1, 21, 16) and stamped[6] == ny(2019, 2, 18, 16)  # the close's time of day
+    assert stamped[0] == ny(2019, 1, 7, 16) and stamped[3] == ny(2019, 1, 28, 16)
+    assert set(np.diff(stamped)) == {7 * 86_400.0}  # one week, every step (no DST change in the window)
+
+
 def test_the_wall_wait_per_bar_is_the_spacing_over_the_speed() -> None:
     assert wall_sleep(3600.0, 60.0) == 60.0  # one hour of data per wall minute
     assert wall_sleep(86_400.0, 0.0) == 0.0  # as fast as possible
