@@ -1,0 +1,176 @@
+"""Issue 13 hardening, operations side: secrets stay out of logs and Redis, webhook text is escaped for chat
+tools, stale PID files are never trusted, idle monitor consumers are removed, old idempotency records pruned."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from typing import Any
+
+import pytest
+import redis
+
+from engine.store import Store
+from notifications.service import build_delivering_engine
+
+from .alerts_support import (
+    T0,
+    TWILIO_ENV,
+    SimClock,
+    SleepRecorder,
+    free_port,
+    rule,
+    snapshot,
+    webhook_server,
+)
+
+RETRY = {"max_attempts": 2, "backoff_seconds": 1.0, "backoff_multiplier": 2.0, "max_backoff_seconds": 30.0}
+SID = TWILIO_ENV["TWILIO_ACCOUNT_SID"]
+TOKEN = TWILIO_ENV["TWILIO_AUTH_TOKEN"]
+
+
+def _engine(store: Store, make_settings: Any, env: dict[str, str], channels: list[str], recipients: dict,
+            description: str = "VaR above its limit", **kwargs: Any) -> Any:  # fmt: skip
+    level = [{"delay_seconds": 0, "recipients": ["desk"], "channels": channels}]
+    settings = make_settings(
+        {
+            "alert_rules": [rule("var_breach", "var.utilization", ">=", 1.0, "CRITICAL", description=description)],
+            "notifications": {
+                "group_wait_seconds": 0, "group_interval_seconds": 0, "retry": RETRY, "recipients": recipients,
+            },
+            "escalation": {"CRITICAL": level},
+        }
+    )  # fmt: skip
+    return build_delivering_engine(store, settings, clock=SimClock(), env=env, sleep=SleepRecorder(), **kwargs)
+
+
+def _redis_dump(client: redis.Redis) -> str:
+    """Every key and every value in the database, as text (what the AOF would hold)."""
+    out = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        out.append(key.decode("utf-8", "replace"))
+        if kind == "string":
+            out.append(repr(client.get(key)))
+        elif kind == "hash":
+            out.append(repr(client.hgetall(key)))
+        elif kind == "list":
+            out.append(repr(client.lrange(key, 0, -1)))
+        elif kind == "zset":
+            out.append(repr(client.zrange(key, 0, -1, withscores=True)))
+        elif kind == "set":
+            out.append(repr(client.smembers(key)))
+        elif kind == "stream":
+            out.append(repr(client.xrange(key)))
+    return "\n".join(out)
+
+
+def _csv(records: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=sorted({k for r in records for k in r}))
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+# -- 5. secrets ----------------------------------------------------------------------------------------------
+
+
+def test_the_twilio_account_sid_reaches_neither_the_delivery_log_nor_redis_nor_the_logs(
+    store: Store, make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from twilio.http.http_client import TwilioHttpClient
+
+    # the real Twilio HTTP client, sent through a proxy port where nothing listens: a connection error whose
+    # text carries the request URL (/Accounts/<SID>/Messages.json), and the client's own INFO request log
+    http = TwilioHttpClient(proxy={"https": f"http://127.0.0.1:{free_port()}"}, timeout=5)
+    caplog.set_level(logging.DEBUG)
+    engine = _engine(store, make_settings, dict(TWILIO_ENV), ["sms"], {"desk": {"sms": "+15550100001"}},
+                     twilio_http_client=http)  # fmt: skip
+    engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+    engine.tick(T0)
+    (record,) = engine.delivery_log("main")
+    assert record["status"] == "failed" and record["attempts"] == 2
+    assert "api.twilio.com" in record["error"]  # the error still says where it failed ...
+    for text in (repr(record), _csv([record]), _redis_dump(store.client), caplog.text):
+        assert SID not in text and SID[2:] not in text and TOKEN not in text  # ... but not whose account
+
+
+def test_a_webhook_url_with_its_secret_path_is_stored_nowhere_in_redis(
+    store: Store, make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with webhook_server([500, 500, 200]) as (received, url):
+        engine = _engine(store, make_settings, {"SLACK_URL": url}, ["webhook"], {"desk": {"webhook": "env:SLACK_URL"}})
+        engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+        engine.tick(T0)
+        engine.resolve("main", "var_breach", actor="alice")
+        engine.tick(T0 + 1)
+    assert len(received) == 3
+    records = engine.delivery_log("main")
+    assert [r["status"] for r in records] == ["delivered", "failed"]
+    for text in (repr(records), _csv(records), _redis_dump(store.client), caplog.text):
+        assert "/hooks/T000/B000/secret" not in text and "secret" not in text
+
+
+def _plaintext_auth_server(credentials: tuple[str, str]) -> Any:
+    """A real aiosmtpd server that (wrongly) accepts AUTH without TLS, to see whether we send the login."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from .alerts_support import ScriptedSmtpHandler
+
+    handler = ScriptedSmtpHandler()
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        handler.logins.append(data.login.decode() if isinstance(data, LoginPassword) else repr(data))
+        return AuthResult(success=(data.login, data.password) == tuple(c.encode() for c in credentials))
+
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), authenticator=authenticator,
+                            auth_required=True, auth_require_tls=False)  # fmt: skip
+    return controller, handler
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("allowed", [False, True])
+def test_plaintext_smtp_authentication_is_refused_unless_explicitly_allowed(
+    store: Store, make_settings: Any, allowed: bool
+) -> None:
+    controller, handler = _plaintext_auth_server(("risk@test.local", "s3cret"))
+    controller.start()
+    try:
+        env = {
+            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(controller.port), "SMTP_SECURITY": "none",
+            "SMTP_USER": "risk@test.local", "SMTP_PASSWORD": "s3cret", "SMTP_TIMEOUT": "5",
+        }  # fmt: skip
+        if allowed:
+            env["SMTP_ALLOW_PLAINTEXT_AUTH"] = "1"
+        engine = _engine(store, make_settings, env, ["email"], {"desk": {"email": "desk@test.local"}})
+        engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+        engine.tick(T0)
+    finally:
+        controller.stop()
+    record = engine.delivery_log("main", channel="email")[0]
+    if allowed:
+        assert record["status"] == "delivered" and handler.logins == ["risk@test.local"]
+    else:
+        assert record["status"] == "skipped" and handler.logins == [] and handler.messages == []
+        assert "SMTP_SECURITY=none" in record["error"] and "SMTP_ALLOW_PLAINTEXT_AUTH" in record["error"]
+
+
+# -- 6. webhook text for chat tools --------------------------------------------------------------------------
+
+
+def test_webhook_text_escapes_chat_mentions_so_nobody_is_pinged(store: Store, make_settings: Any) -> None:
+    with webhook_server() as (received, url):
+        engine = _engine(store, make_settings, {"SLACK_URL": url}, ["webhook"], {"desk": {"webhook": "env:SLACK_URL"}},
+                         description="<!channel> & <@U123>")  # fmt: skip
+        engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+        engine.tick(T0)
+    (payload,) = received
+    assert "&lt;!channel&gt; &amp; &lt;@U123&gt;" in payload["text"]
+    assert "<!channel>" not in payload["text"] and "<@U123>" not in payload["text"]
+    assert payload["text"].count("&") == payload["text"].count("&amp;") + payload["text"].count("&lt;") + payload[
+        "text"
+    ].count("&gt;")
