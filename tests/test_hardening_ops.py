@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +29,7 @@ from .alerts_support import (
     webhook_server,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 RETRY = {"max_attempts": 2, "backoff_seconds": 1.0, "backoff_multiplier": 2.0, "max_backoff_seconds": 30.0}
 SID = TWILIO_ENV["TWILIO_ACCOUNT_SID"]
 TOKEN = TWILIO_ENV["TWILIO_AUTH_TOKEN"]
@@ -174,3 +179,68 @@ def test_webhook_text_escapes_chat_mentions_so_nobody_is_pinged(store: Store, ma
     assert payload["text"].count("&") == payload["text"].count("&amp;") + payload["text"].count("&lt;") + payload[
         "text"
     ].count("&gt;")
+
+
+# -- 7. stale PID files --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unrelated_process() -> Any:
+    """A live process that has nothing to do with Riskdesk (what a reused PID names after a reboot)."""
+    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_stop_with_pid_files_naming_an_unrelated_process_signals_nothing_and_cleans_them(
+    tmp_path: Path, unrelated_process: subprocess.Popen[bytes]
+) -> None:
+    from .conftest import TEST_CONFIG, merge, to_toml
+
+    data_dir = tmp_path / "v"
+    (data_dir / "run").mkdir(parents=True)
+    stale = [
+        data_dir / "redis.pid",
+        *(data_dir / "run" / f"{n}.pid" for n in ("stream", "monitor", "notify", "dashboard")),
+    ]
+    for path in stale:
+        path.write_text(str(unrelated_process.pid))
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(merge(TEST_CONFIG, {"redis": {"data_dir": str(data_dir)}})))
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("RISKDESK")}
+
+    status = subprocess.run([sys.executable, "launcher.py", "status", "--config", str(config)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    stopped = subprocess.run([sys.executable, "launcher.py", "stop", "--config", str(config)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    assert status.returncode == 0 and stopped.returncode == 0, stopped.stderr
+    assert str(unrelated_process.pid) not in status.stdout and "running" not in status.stdout
+    assert "nothing was running" in stopped.stdout
+    assert unrelated_process.poll() is None  # still alive: never signalled
+    assert [p for p in stale if p.exists()] == []
+
+
+def test_the_embedded_redis_manager_does_not_trust_a_pid_file_naming_another_process(
+    tmp_path: Path, unrelated_process: subprocess.Popen[bytes]
+) -> None:
+    from engine.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "r")
+    server.data_dir.mkdir()
+    server.pid_path.write_text(str(unrelated_process.pid))
+    assert server.pid() is None and not server.is_running()
+    assert server.stop() is False
+    server.kill()
+    assert unrelated_process.poll() is None and not server.pid_path.exists()
+    # the normal life cycle still works on the same directory
+    assert server.start() is True
+    try:
+        pid = server.pid()
+        assert pid is not None and server.is_running()
+    finally:
+        assert server.stop() is True
+    assert not server.pid_path.exists()
