@@ -244,3 +244,72 @@ def test_the_embedded_redis_manager_does_not_trust_a_pid_file_naming_another_pro
     finally:
         assert server.stop() is True
     assert not server.pid_path.exists()
+
+
+# -- also: idle consumers leave the monitor group; old idempotency records are pruned ------------------------
+
+
+def test_consumers_idle_past_the_limit_leave_the_group_but_never_self_nor_one_with_pending_ticks(
+    seeded_store: Store, make_settings: Any
+) -> None:
+    import time
+
+    from engine.store import MONITOR_GROUP, TICKS_KEY
+    from logic.monitor import Monitor
+
+    client = seeded_store.client
+    seeded_store.ensure_tick_group(MONITOR_GROUP)
+    client.xadd(TICKS_KEY, {"x": "1"})
+    for name in ("me", "dead-idle", "dead-pending"):
+        client.xgroup_createconsumer(TICKS_KEY, MONITOR_GROUP, name)
+    client.xreadgroup(MONITOR_GROUP, "dead-pending", {TICKS_KEY: ">"}, count=1)  # read, never acknowledged
+    time.sleep(0.05)  # every consumer is now idle for at least 50 ms
+
+    def consumers() -> set[str]:
+        return {c["name"].decode() for c in client.xinfo_consumers(TICKS_KEY, MONITOR_GROUP)}
+
+    lenient = Monitor(seeded_store, make_settings({"monitor": {"consumer_idle_limit_seconds": 3600}}), consumer="me")
+    assert lenient.remove_idle_consumers() == [] and consumers() == {"me", "dead-idle", "dead-pending"}
+
+    strict = Monitor(seeded_store, make_settings({"monitor": {"consumer_idle_limit_seconds": 0.01}}), consumer="me")
+    assert strict.remove_idle_consumers() == ["dead-idle"]
+    assert consumers() == {"me", "dead-pending"}  # itself, and one whose ticks would be lost
+    pending = client.xpending(TICKS_KEY, MONITOR_GROUP)
+    assert pending["pending"] == 1
+
+    # once its ticks are claimed by a live monitor it holds nothing and goes too
+    client.xautoclaim(TICKS_KEY, MONITOR_GROUP, "me", 0, start_id="0-0")
+    time.sleep(0.05)
+    assert strict.remove_idle_consumers() == ["dead-pending"] and consumers() == {"me"}
+    assert client.xpending(TICKS_KEY, MONITOR_GROUP)["pending"] == 1  # the tick is still owed, by "me"
+
+
+def test_idempotency_records_older_than_the_retention_are_pruned_at_the_boundary(
+    store: Store, make_settings: Any
+) -> None:
+    import warmup
+    from engine.store import PortfolioKeys
+    from logic.monitor import Monitor
+    from logic.risk_manager import RiskManager
+
+    from .test_risk_manager import NOW
+
+    settings = make_settings({"limits": {"order_id_retention_days": 7}})
+    warmup.seed(store, settings, now=NOW)
+    first = RiskManager(store.client, "main", settings, clock=lambda: NOW)
+    later = RiskManager(store.client, "main", settings, clock=lambda: NOW + 10)
+    filled = first.execute_trade("AAA", 10, "BUY", client_order_id="old")
+    assert filled["status"] == "FILLED", filled["reasons"]
+    filled = later.execute_trade("AAA", 10, "BUY", client_order_id="new")
+    assert filled["status"] == "FILLED", filled["reasons"]
+    keys = PortfolioKeys("main")
+    assert store.client.zscore(keys.orders_ts, "old") == NOW and store.client.zcard(keys.orders_ts) == 2
+    monitor = Monitor(store, settings, clock=lambda: NOW)
+    retention = 7 * 86_400.0
+
+    assert monitor.prune_order_ids(NOW + retention) == 0  # exactly at the retention: kept
+    assert store.read_order("main", "old") is not None
+
+    assert monitor.prune_order_ids(NOW + retention + 1) == 1  # one second over: gone, hash and index
+    assert store.read_order("main", "old") is None and store.read_order("main", "new") is not None
+    assert store.client.hkeys(keys.orders) == [b"new"] and store.client.zrange(keys.orders_ts, 0, -1) == [b"new"]
