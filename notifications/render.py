@@ -143,7 +143,9 @@ class Renderer:
         if len(events) == 1:
             subject, body, short = self.render_event(events[0])
             return Message(subject, body, short, severity, payload)
-        ordered = sorted(events, key=lambda e: (-SEVERITY_ORDER.get(e["alert"].get("severity"), 0), e.get("ts", 0)))
+        ordered = sorted(
+            events, key=lambda e: (-SEVERITY_ORDER.get(e["alert"].get("severity"), 0), e.get("ts", 0))
+        )
         shown = ordered[:DIGEST_MAX_SECTIONS]
         sections = [self.render_event(e) for e in shown]
         counts = Counter(e["kind"] for e in events)
