@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import RiskdeskError
-from engine.redis_server import EmbeddedRedis, connect
+from engine.redis_server import EmbeddedRedis, connect, owned_pid
 from engine.settings import Settings, load_settings
 from engine.store import Store
 
@@ -51,6 +51,13 @@ class Service:
     argv: tuple[str, ...]
     requires: str
     """Path (relative to the repository) that must exist for the service to be started."""
+
+    @property
+    def marker(self) -> str:
+        """What identifies this service's process in its command line (its module or script)."""
+        if self.requires in self.argv:  # the dashboard: streamlit runs the script
+            return self.requires
+        return self.argv[self.argv.index("-m") + 1]
 
 
 def services(settings: Settings, stream_args: Sequence[str] = ()) -> tuple[Service, ...]:
@@ -175,13 +182,9 @@ class Launcher:
         return lines + self.start(seed_args=seed)
 
     def pid(self, name: str) -> int | None:
-        path = self.run_dir / f"{name}.pid"
-        try:
-            pid = int(path.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
-        return pid
+        """PID of a running service; a stale PID file (process gone or PID reused) is removed, never trusted."""
+        marker = next(s.marker for s in services(self.settings) if s.name == name)
+        return owned_pid(self.run_dir / f"{name}.pid", marker)
 
     def stop(self) -> list[str]:
         lines = []

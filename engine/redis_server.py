@@ -62,18 +62,9 @@ class EmbeddedRedis:
         return f"unix://{self.socket_path}"
 
     def pid(self) -> int | None:
-        """PID of the running server, or None (a stale PID file is ignored)."""
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        """PID of the running server, or None; a stale PID file (its process gone, or the PID reused by a
+        process that is not our redis-server) is removed (:func:`owned_pid`)."""
+        return owned_pid(self.pid_path, REDIS_MARKER)
 
     def is_running(self) -> bool:
         if self.pid() is None or not self.socket_path.exists():
@@ -156,6 +147,48 @@ class EmbeddedRedis:
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.01)
+
+
+REDIS_MARKER = "redis-server"
+"""What the command line of our server contains (redis sets its title to ``redis-server <addr>``)."""
+PID_FILE_SLACK_SECONDS = 1.0
+"""How much later than its PID file a process may have started and still be the one the file names: the file
+is written right after the process starts (Popen returns; redis rewrites it at startup), so anything created
+clearly after the file is a later process that reused the PID (after a crash or a reboot)."""
+
+
+def owned_pid(pid_path: Path, marker: str) -> int | None:
+    """The PID in ``pid_path`` if that process is still the one the file was written for, else None.
+
+    ``os.kill(pid, 0)`` alone would trust a PID that the kernel has handed to an unrelated process since:
+    signalling it would stop someone else's program. The process must (1) exist, (2) have ``marker`` in its
+    command line (``redis-server``, ``logic.monitor``, ...) and (3) have started no later than the PID file
+    was written (plus :data:`PID_FILE_SLACK_SECONDS`). A file failing any of these is stale and is removed;
+    nothing is signalled.
+    """
+    import psutil
+
+    try:
+        pid = int(pid_path.read_text().strip())
+        written = pid_path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        pid_path.unlink(missing_ok=True)
+        return None
+    try:
+        proc = psutil.Process(pid)
+        ours = (
+            proc.status() != psutil.STATUS_ZOMBIE
+            and any(marker in part for part in proc.cmdline())
+            and proc.create_time() <= written + PID_FILE_SLACK_SECONDS
+        )
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        ours = False  # gone, or another user's process: either way not one we started
+    if not ours:
+        pid_path.unlink(missing_ok=True)
+        return None
+    return pid
 
 
 def _alive(pid: int) -> bool:

@@ -222,6 +222,9 @@ class Limits:
     """Margin accounts: equity / (gross x initial margin) x 100 after a trade that grows the gross exposure."""
     reducing_allows_hedges: Flag = True
     """In REDUCING, also accept trades that lower the portfolio VaR (not only those shrinking a position)."""
+    order_id_retention_days: Annotated[Number, Field(gt=0)] = 7.0
+    """Idempotency records (client order id -> result) older than this are pruned by the monitor: a retry of
+    an order id after that long is a new order."""
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -356,6 +359,8 @@ class MonitorConfig:
     history_max_points: Integer = 700_000
     """Safety cap on history length per portfolio (7 days at 1 point/s is ~605k)."""
     stale_snapshot_seconds: Number = 30.0
+    consumer_idle_limit_seconds: Annotated[Number, Field(gt=0)] = 86_400.0
+    """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
 
 
 @dataclass(frozen=True, config=CONFIG)

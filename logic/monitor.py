@@ -64,6 +64,7 @@ from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
     MONITOR_GROUP,
+    TICKS_KEY,
     EquityPeaks,
     Float64Array,
     MarketHeader,
@@ -90,6 +91,24 @@ DEFAULT_IDLE_REFRESH_SECONDS = 1.0
 BACKOFF_INITIAL_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
 HEARTBEAT_EVERY_SECONDS = 1.0
+HOUSEKEEPING_EVERY_SECONDS = 3600.0
+"""How often an idle monitor removes idle group consumers and prunes old idempotency records (and once at
+its first idle moment after start)."""
+_REMOVE_IDLE_CONSUMERS_LUA = """
+-- KEYS[1] = the tick stream; ARGV[1] = group, ARGV[2] = the calling consumer, ARGV[3] = idle limit (ms)
+-- Removes consumers idle longer than the limit that hold no pending entry (their ticks would be lost),
+-- never the caller; atomic, so a consumer cannot receive an entry between the check and the removal.
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    table.insert(removed, f['name'])
+  end
+end
+return removed
+"""
 ALERTS_TICK_SECONDS = 0.5
 """Period of the alert engine's background work (escalation timers, repeats, pending and clear periods)."""
 
@@ -187,6 +206,7 @@ class Monitor:
         self._check_pending = True
         self._next_claim = 0.0
         self._last_heartbeat = 0.0
+        self._next_housekeeping = 0.0
         self._reported_errors: set[str] = set()
 
     # -- control ---------------------------------------------------------------------------------------------
@@ -514,9 +534,37 @@ class Monitor:
             fields["tick_age_ms"] = round(max(0.0, (now - market.header.ts) * 1000.0), 3)
         return fields
 
+    # -- housekeeping ----------------------------------------------------------------------------------------
+    def remove_idle_consumers(self) -> list[str]:
+        """Remove the group's consumers idle past ``monitor.consumer_idle_limit_seconds`` (monitors that are
+        gone: a restarted one gets a new ``<host>-<pid>`` name); never this one, never one holding pending
+        ticks (they are claimed first by :meth:`_next_entries`, then it goes). Returns the names removed."""
+        limit_ms = int(self.settings.monitor.consumer_idle_limit_seconds * 1000)
+        try:
+            raw = self.store.client.eval(_REMOVE_IDLE_CONSUMERS_LUA, 1, TICKS_KEY, self.group, self.consumer, limit_ms)
+        except redis.ResponseError:  # no stream or no group yet: nobody to remove
+            return []
+        removed = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+        if removed:
+            log.info("removed idle consumers from group %s: %s", self.group, ", ".join(removed))
+        return removed
+
+    def prune_order_ids(self, now: float | None = None) -> int:
+        """Delete idempotency records older than each portfolio's ``limits.order_id_retention_days``."""
+        now = self.clock() if now is None else now
+        removed = 0
+        for pid in self.store.portfolio_ids():
+            retention = self.settings.limits_for(pid).order_id_retention_days * 86_400.0
+            removed += self.store.prune_order_ids(pid, now - retention)
+        return removed
+
     # -- idle ------------------------------------------------------------------------------------------------
     def _idle(self) -> None:
         """No tick: refresh the snapshots when nobody did for ``idle_refresh_seconds``; keep the heartbeat."""
+        if time.monotonic() >= self._next_housekeeping:
+            self._next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_SECONDS
+            self.remove_idle_consumers()
+            self.prune_order_ids()
         if self.idle_refresh_seconds > 0:
             hb = self.store.read_heartbeat(HEARTBEAT_COMPONENT) or {}
             try:

@@ -28,8 +28,11 @@ from urllib.parse import urlsplit
 from engine.records import Channel as ChannelName
 from engine.records import Severity
 from notifications.config import SmtpConfig, TwilioConfig
+from notifications.masking import mask_text, mask_url
 
 LOGGER_NAME = "riskdesk.notifications"
+TWILIO_HTTP_LOGGER = "twilio.http_client"
+"""The Twilio client logs every request URL (``/Accounts/<SID>/...``) at INFO here: kept at WARNING."""
 SMS_MAX_CHARS = 1600
 """Twilio refuses a body longer than this; longer texts are cut with an ellipsis."""
 
@@ -86,6 +89,12 @@ class LogChannel:
         return None
 
 
+PLAINTEXT_AUTH_REFUSED = (
+    "refusing to send the SMTP login in clear: SMTP_SECURITY=none with SMTP_USER set; use starttls or ssl, "
+    "or set SMTP_ALLOW_PLAINTEXT_AUTH=1 for a trusted local relay"
+)
+
+
 class EmailChannel:
     """SMTP via smtplib: STARTTLS (default), implicit TLS (``ssl``) or plain (``none``, a local relay)."""
 
@@ -106,6 +115,8 @@ class EmailChannel:
         return msg
 
     def send(self, address: str, message: Message) -> str | None:
+        if self.config.plaintext_auth_refused:
+            raise PermanentDeliveryError(PLAINTEXT_AUTH_REFUSED)
         if "@" not in address:
             raise PermanentDeliveryError(f"not an email address: {address!r}")
         email = self.build(address, message)
@@ -173,8 +184,10 @@ class SmsChannel:
     def __init__(self, config: TwilioConfig, http_client: Any = None) -> None:
         from twilio.rest import Client  # imported here: only processes that send SMS pay for it
 
+        logging.getLogger(TWILIO_HTTP_LOGGER).setLevel(logging.WARNING)
         self.config = config
         self.client = Client(config.account_sid, config.auth_token, http_client=http_client)
+        self.secrets = (config.account_sid, config.auth_token)
 
     def send(self, address: str, message: Message) -> str | None:
         from twilio.base.exceptions import TwilioException
@@ -189,10 +202,11 @@ class SmsChannel:
         except (TwilioException, OSError) as exc:  # requests' ConnectionError and Timeout are OSErrors
             status = getattr(exc, "status", None)  # Twilio REST and RFC 9457 service errors carry it
             if not isinstance(status, int):
-                raise TransientDeliveryError(f"Twilio: {exc!r}") from exc
+                raise TransientDeliveryError(mask_text(f"Twilio: {exc!r}", self.secrets)) from exc
             detail = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", "")
             code = getattr(exc, "code", None)
             text = f"Twilio HTTP {status}: {detail}" + (f" (code {code})" if code and code != status else "")
+            text = mask_text(text, self.secrets)
             if status == 429 or status >= 500:
                 raise TransientDeliveryError(text, code=status) from exc
             raise PermanentDeliveryError(text, code=status) from exc
@@ -218,7 +232,7 @@ class WebhookChannel:
         if urlsplit(address).scheme not in ("http", "https"):
             raise PermanentDeliveryError(f"webhook URL must be http(s): {mask_address('webhook', address)}")
         payload = {
-            "text": f"{message.subject}\n{message.body}",
+            "text": escape_chat_text(f"{message.subject}\n{message.body}"),
             "subject": message.subject,
             "severity": message.severity,
             **dict(message.payload),
@@ -239,7 +253,8 @@ class WebhookChannel:
                 raise TransientDeliveryError(text, code=exc.code, retry_after=retry_after) from exc
             raise PermanentDeliveryError(text, code=exc.code) from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise TransientDeliveryError(f"webhook {mask_address('webhook', address)}: {exc!r}") from exc
+            detail = mask_text(repr(exc), [address])
+            raise TransientDeliveryError(f"webhook {mask_address('webhook', address)}: {detail}") from exc
         return f"HTTP {status}"
 
 
@@ -250,9 +265,17 @@ def _retry_after(raw: str | None) -> float | None:
         return None  # an HTTP date: ignore it, our own backoff applies
 
 
+def escape_chat_text(text: str) -> str:
+    """Slack/Mattermost control characters escaped (``&`` first): ``<!channel>`` is shown, never a mention.
+
+    Both tools parse ``<...>`` in a message's text as mentions and links and ask for exactly these three
+    escapes (https://api.slack.com/reference/surfaces/formatting#escaping).
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def mask_address(channel: str, address: str) -> str:
     """What the delivery log may show: a webhook URL carries its secret in the path, so keep only the host."""
     if channel == "webhook" and address:
-        parts = urlsplit(address)
-        return f"{parts.scheme}://{parts.hostname or '?'}{':' + str(parts.port) if parts.port else ''}/…"
+        return mask_url(address)
     return address

@@ -5,7 +5,8 @@ per-recipient rate limit and the recipients (name -> address per channel). Conne
 environment, or from a file named by ``<NAME>_FILE`` (Docker/Kubernetes secrets style), never from the file::
 
     SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD, SMTP_SECURITY (starttls | ssl | none), SMTP_FROM,
-    SMTP_TIMEOUT, SMTP_CA_FILE (extra CA bundle for a private relay)
+    SMTP_TIMEOUT, SMTP_CA_FILE (extra CA bundle for a private relay), SMTP_ALLOW_PLAINTEXT_AUTH (1: allow
+    SMTP_USER's login with SMTP_SECURITY=none; without it such email is skipped, the login never sent in clear)
     TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM
     RISKDESK_WEBHOOK_URL (or any variable a recipient names with ``webhook = "env:NAME"``)
 
@@ -150,6 +151,13 @@ class SmtpConfig:
     """The password; a ``SecretStr`` so that no repr or log line shows it (read it as :attr:`password`)."""
     timeout: float = 10.0
     ca_file: str | None = None
+    allow_plaintext_auth: bool = False
+    """``SMTP_ALLOW_PLAINTEXT_AUTH=1``: send the login over ``security = "none"`` (a trusted local relay)."""
+
+    @property
+    def plaintext_auth_refused(self) -> bool:
+        """A login would cross the wire in clear and nobody allowed it: email is refused (skipped)."""
+        return self.security == "none" and bool(self.user) and not self.allow_plaintext_auth
 
     @property
     def password(self) -> str | None:
@@ -177,6 +185,17 @@ class NotificationConfig(DeliveryPolicy):
     recipients: Table[Recipient] = field(default_factory=dict)
     smtp: SmtpConfig | None = None
     twilio: TwilioConfig | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential this configuration holds (masked out of error texts and log lines)."""
+        values: list[str | None] = [
+            a for r in self.recipients.values() for c, a in r.addresses.items() if c == Channel.WEBHOOK
+        ]
+        if self.twilio is not None:
+            values += [self.twilio.account_sid, self.twilio.auth_token]
+        if self.smtp is not None:
+            values.append(self.smtp.password)
+        return tuple(v for v in values if v)
 
     def channel_configured(self, channel: str) -> bool:
         if channel == Channel.EMAIL:
@@ -263,6 +282,7 @@ def smtp_from_env(env: Mapping[str, str]) -> SmtpConfig | None:
         password_secret=None if password is None else SecretStr(password),
         timeout=timeout,
         ca_file=secret(env, "SMTP_CA_FILE"),
+        allow_plaintext_auth=(secret(env, "SMTP_ALLOW_PLAINTEXT_AUTH") or "").lower() in ("1", "true", "yes"),
     )
 
 

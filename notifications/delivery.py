@@ -45,6 +45,7 @@ from engine.records import SEVERITY_RANK, Channel, Clock, Severity
 from engine.store import Store
 from notifications.channels import (
     LOGGER_NAME,
+    PLAINTEXT_AUTH_REFUSED,
     EmailChannel,
     LogChannel,
     Message,
@@ -58,6 +59,7 @@ from notifications.channels import (
     Channel as Sender,
 )
 from notifications.config import NotificationConfig
+from notifications.masking import digest, mask_text
 from notifications.render import Renderer
 
 Sleep = Callable[[float], None]
@@ -88,6 +90,9 @@ class Target:
 
     @property
     def key(self) -> str:
+        """Names the target in Redis (group state, send rate): a webhook URL is a secret, so by its digest."""
+        if self.channel == Channel.WEBHOOK and self.address:
+            return f"{self.channel}|#{digest(self.address)}"
         return f"{self.channel}|{self.address or '?' + ','.join(self.recipients)}"
 
 
@@ -140,6 +145,7 @@ class Notifier:
         self.renderer = renderer or Renderer()
         self.clock = clock
         self.sleep = sleep
+        self.secrets = config.secrets()
 
     # -- routing: recipient names to addresses ---------------------------------------------------------------
     def targets(self, recipients: Iterable[str], channels: Iterable[str]) -> list[Target]:
@@ -163,6 +169,8 @@ class Notifier:
                     target = Target(channel, "", (name,), f"unknown recipient {name!r}")
                 elif channel in recipient.addresses:
                     skip = "" if self.config.channel_configured(channel) else NOT_CONFIGURED_HINT[channel]
+                    if channel == Channel.EMAIL and self.config.smtp and self.config.smtp.plaintext_auth_refused:
+                        skip = PLAINTEXT_AUTH_REFUSED
                     target = Target(channel, recipient.addresses[channel], (name,), skip)
                 elif channel in recipient.unresolved:
                     ref = recipient.unresolved[channel]
@@ -384,14 +392,16 @@ class Notifier:
             try:
                 provider_id = channel.send(target.address, message)
             except TransientDeliveryError as exc:
-                error, retry_after = str(exc), exc.retry_after
-                self.logger.info("transient failure on %s (attempt %d): %s", target.channel, attempt, exc)
+                error, retry_after = mask_text(str(exc), self.secrets), exc.retry_after
+                self.logger.info("transient failure on %s (attempt %d): %s", target.channel, attempt, error)
                 continue
             except PermanentDeliveryError as exc:
                 return SendResult("failed", attempt, str(exc))
             except Exception as exc:  # a bug in a channel: record it, do not kill the monitor
-                self.logger.exception("unexpected error sending by %s", target.channel)
-                return SendResult("failed", attempt, f"unexpected error: {exc!r}")
+                text = mask_text(f"unexpected error: {exc!r}", self.secrets)
+                # no traceback: an exception's text may carry a credential, only its masked form is logged
+                self.logger.error("%s sending by %s", text, target.channel)
+                return SendResult("failed", attempt, text)
             return SendResult("delivered", attempt, "", provider_id)
         return SendResult("failed", retry.max_attempts, f"gave up after {retry.max_attempts} attempts: {error}")
 
@@ -420,7 +430,7 @@ class Notifier:
             recipient=",".join(target.recipients),
             address=mask_address(target.channel, target.address),
             status=result.status,
-            error=result.error,
+            error=mask_text(result.error, self.secrets),
             attempts=result.attempts,
             severity=severity,
             subject=message.subject if message is not None else "",

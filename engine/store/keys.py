@@ -28,6 +28,7 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
     pf:{<id>}:trading_state         hash     state, reason, actor, ts
     pf:{<id>}:orders                hash     client_order_id -> JSON result (idempotency)
+    pf:{<id>}:orders_ts             zset     client_order_id scored by its fill time (prunes old idempotency records)
     pf:{<id>}:trades                stream   trade log / audit of every decision and fill
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
     pf:{<id>}:history               stream   snapshot history (entry id = time), trimmed by age
@@ -138,6 +139,11 @@ class PortfolioKeys:
         return self._key("orders")
 
     @property
+    def orders_ts(self) -> str:
+        """Time index of :attr:`orders`: written in the fill's MULTI, read to prune old records."""
+        return self._key("orders_ts")
+
+    @property
     def trades(self) -> str:
         return self._key("trades")
 
@@ -235,5 +241,5 @@ class PortfolioKeys:
             self.history, self.snapshot, self.peaks, self.marks,
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
-            self.backtest, self.backtest_log,
+            self.backtest, self.backtest_log, self.orders_ts,
         )  # fmt: skip

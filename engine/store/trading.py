@@ -201,6 +201,7 @@ class TradingStore(StoreBase):
         pipe.xadd(keys.trades, {"json": payload}, maxlen=TRADE_LOG_MAXLEN, approximate=True)
         if client_order_id is not None:
             pipe.hset(keys.orders, client_order_id, payload)
+            pipe.zadd(keys.orders_ts, {client_order_id: float(ts)})
         pipe.zadd(keys.rate, {trade_id: float(ts)})
         pipe.zremrangebyscore(keys.rate, "-inf", f"({float(ts) - rate_window_seconds!r}")
         return new_positions_rev(pipe, portfolio.portfolio_id)
@@ -217,6 +218,24 @@ class TradingStore(StoreBase):
     ) -> list[dict[str, Any]]:
         """The trade log: fills and rejected orders, newest first, each with its stream ``id``."""
         return self.read_stream_json(PortfolioKeys(portfolio_id).trades, count, newest_first, conn)
+
+    def prune_order_ids(self, portfolio_id: str, older_than: float, batch: int = 1000) -> int:
+        """Delete the idempotency records filled before ``older_than`` (epoch seconds; one exactly at it stays)
+        with their time index entries; returns how many. Records written before the index existed have no
+        time and are kept.
+
+        Each batch is one Lua script (atomic): a record and its index entry go together.
+        """
+        keys = PortfolioKeys(portfolio_id)
+        removed = 0
+        while True:
+            script = self.__dict__.get("_prune_orders_script")
+            if script is None:
+                script = self.__dict__["_prune_orders_script"] = self.client.register_script(_PRUNE_ORDERS_LUA)
+            n = int(script(keys=[keys.orders, keys.orders_ts], args=[f"({older_than!r}", batch]))
+            removed += n
+            if n < batch:
+                return removed
 
     def read_order(self, portfolio_id: str, client_order_id: str, conn: Conn = None) -> dict[str, Any] | None:
         """The stored result of ``client_order_id``, or None when no fill claimed that id."""
@@ -320,6 +339,18 @@ _STATE_FIELDS = (b"account_type", b"cash", b"realized_pnl", b"fees_paid", b"init
 """The fields of ``pf:{id}:state`` the trade view reads, in the order of its script's HMGET."""
 _TRADING_FIELDS = (b"state", b"reason", b"actor", b"ts")
 """The fields of ``pf:{id}:trading_state`` the trade view reads, in the order of its script's HMGET."""
+
+
+_PRUNE_ORDERS_LUA = """
+-- KEYS[1] = pf:{id}:orders (hash), KEYS[2] = pf:{id}:orders_ts (zset of the same ids by fill time)
+-- ARGV[1] = exclusive upper score ("(<ts>"), ARGV[2] = batch size; returns how many were removed
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ids))
+  redis.call('ZREM', KEYS[2], unpack(ids))
+end
+return #ids
+"""
 
 
 def _decode_header_memo(
