@@ -25,7 +25,9 @@ that is not a whole number, a NaN/infinite/<= 0 cost, a negative cash, a short i
 Sync (:func:`plan_sync`, :func:`apply_sync`): the desired books (the file's portfolios, or with no file every
 ``[[portfolios]]`` entry, whose positions keep their stored cost basis and take the market price when new) are
 compared with the stored ones; the diff lists account type, cash, margins and each position (qty and cost).
-Limits are not stored (they are read from the settings by every process), so they never appear in the diff.
+Limits are live in the store (engine/store/limits.py): the sync also compares every configured portfolio's
+stored limits with the file's and applies the differences through the Limits page's path (one validated,
+versioned change with an audit record before/after per portfolio, :func:`plan_limits_sync`).
 A portfolio the file (or the settings) does not name is never read nor written. A portfolio not in the
 store is refused unless ``create``. :func:`apply_sync` writes one MULTI per portfolio (each portfolio's keys
 share one hash tag), after WATCHing its state and positions and checking that the diff is still the printed
@@ -47,6 +49,7 @@ from engine.errors import ConfigError, RiskdeskError, StoreEmptyError
 from engine.records import AccountType, PortfolioState, Position, TradingState, TradingStatus
 from engine.settings import Settings, valid_symbol
 from engine.store import PortfolioKeys, Store
+from engine.store.limits import changed_fields, limits_data
 
 REQUIRED_COLUMNS = ("portfolio_id", "ticker", "qty", "avg_price")
 OPTIONAL_COLUMNS = ("account_type", "cash")
@@ -382,6 +385,8 @@ def sync(
     store.require_schema()
     plan = plan_sync(store, settings, book or book_from_settings(settings), create=create, now=now)
     lines = plan.lines()
+    limit_changes = plan_limits_sync(store, settings)
+    lines += [line for _, _, change_lines in limit_changes for line in change_lines]
     emit = out or print
     if not lines:
         emit("nothing to change")
@@ -389,7 +394,43 @@ def sync(
         emit(("would change " if dry_run else "") + line)
     if not dry_run:
         apply_sync(store, plan, now=now, actor=actor)
+        apply_limits_sync(store, settings, limit_changes, now=now, actor=actor)
     return plan
+
+
+def plan_limits_sync(store: Store, settings: Settings) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """The configured portfolios in the store whose live limits differ from the file's: ``(id, changed fields
+    with the file's values, lines to print)``. A portfolio without stored limits (an older store) gets the
+    file's as a whole."""
+    out: list[tuple[str, dict[str, Any], list[str]]] = []
+    existing = set(store.portfolio_ids())
+    for pid in settings.portfolio_ids:
+        if pid not in existing:
+            continue
+        want = settings.limits_for(pid)
+        stored = store.read_limits(pid)
+        if stored is None:
+            out.append((pid, limits_data(want), [f"{pid}: limits stored from the settings"]))
+            continue
+        before, after = changed_fields(stored.limits, want)
+        if after:
+            out.append((pid, after, [f"{pid}: limits.{n} {before[n]} -> {after[n]}" for n in after]))
+    return out
+
+
+def apply_limits_sync(
+    store: Store, settings: Settings, changes: list[tuple[str, dict[str, Any], list[str]]], *, now: float, actor: str
+) -> None:
+    """Apply the file's limits through the Limits page's path (:meth:`engine.store.Store.change_limits`: one
+    validated, audited, versioned change per portfolio)."""
+    for pid, fields_, _ in changes:
+        if store.read_limits(pid) is None:
+            store.seed_limits(pid, settings.limits_for(pid), actor=actor, now=now)
+            continue
+        store.change_limits(
+            pid, fields_, actor=actor, reason="warmup --sync: the settings file", now=now,
+            fallback=settings.limits_for(pid),
+        )  # fmt: skip
 
 
 def check_book(settings: Settings, book: Book) -> None:

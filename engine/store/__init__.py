@@ -13,6 +13,7 @@ Modules, rq-style, one noun each::
     notifications   NotificationStore: outbox, group state, delivery log, send rate, flush lease
     sequencer       SequencerStore: the per-portfolio FIFO order queue and its lease
     book            BookStore: market epoch, restarting drawdown peaks, the audit-keeping reset
+    limits          LimitsStore: each portfolio's live limits, versioned, every change audited
 
 :class:`Store` composes the mixins over one client: ``Store(client).read_market()``. Every read method takes an
 optional ``conn`` (a pipeline in WATCH mode) and every write method an optional ``pipe`` (a MULTI), so a caller
@@ -74,6 +75,7 @@ from engine.store.keys import (
     lock_key,
     notify_rate_key,
 )
+from engine.store.limits import LimitsChangeError, LimitsStore, StoredLimits
 from engine.store.market import MarketStore, StandardizedWindow, TickEvent
 from engine.store.monitoring import EquityPeaks, Excursion, MonitoringStore, decode_marks_reply
 from engine.store.notifications import NotificationStore
@@ -91,6 +93,7 @@ class Store(
     NotificationStore,
     SequencerStore,
     BookStore,
+    LimitsStore,
 ):
     """Typed reads and writes over one Redis connection: every domain's mixin over one client.
 
@@ -109,6 +112,7 @@ __all__ = [
     "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP", "EPOCH_KEY",
     "STDRET_KEY", "STDRET_META_KEY",
     "BookStore",
+    "LimitsStore", "LimitsChangeError", "StoredLimits",
     "PortfolioKeys", "heartbeat_key", "lock_key", "notify_rate_key",
     # codec
     "TRADING_STATES", "encode_array", "decode_array", "encode_json", "decode_json", "decode_object",

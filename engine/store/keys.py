@@ -40,6 +40,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              (market version of the last bar fed), token (new on every write)
     pf:{<id>}:backtest_log          stream   every closed horizon of the backtest (JSON observation: track,
                                              start, end, pnl, var and hit per method), bounded by MAXLEN ~
+    pf:{<id>}:limits                hash     the portfolio's live limits: version (counter), json (engine.settings.Limits),
+                                             actor, reason, ts of the last change (engine/store/limits.py)
     pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
     pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
     pf:{<id>}:alert_log             stream   every alert transition
@@ -155,6 +157,11 @@ class PortfolioKeys:
     def audit(self) -> str:
         return self._key("audit")
 
+    @property
+    def limits(self) -> str:
+        """The live limits and their version (engine/store/limits.py)."""
+        return self._key("limits")
+
     # monitoring (engine/store/monitoring.py)
     @property
     def history(self) -> str:
@@ -242,4 +249,5 @@ class PortfolioKeys:
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
+            self.limits,
         )  # fmt: skip
