@@ -410,7 +410,7 @@ def plan_limits_sync(store: Store, settings: Settings) -> list[tuple[str, dict[s
         want = settings.limits_for(pid)
         stored = store.read_limits(pid)
         if stored is None:
-            out.append((pid, limits_data(want), [f"{pid}: limits stored from the settings"]))
+            out.append((pid, limits_data(want), [f"{pid}: limits stored from the settings (version 1)"]))
             continue
         before, after = changed_fields(stored.limits, want)
         if after:
@@ -424,12 +424,9 @@ def apply_limits_sync(
     """Apply the file's limits through the Limits page's path (:meth:`engine.store.Store.change_limits`: one
     validated, audited, versioned change per portfolio)."""
     for pid, fields_, _ in changes:
-        if store.read_limits(pid) is None:
-            store.seed_limits(pid, settings.limits_for(pid), actor=actor, now=now)
-            continue
         store.change_limits(
             pid, fields_, actor=actor, reason="warmup --sync: the settings file", now=now,
-            fallback=settings.limits_for(pid),
+            fallback=settings.limits_for(pid), create=True,
         )  # fmt: skip
 
 

@@ -347,7 +347,7 @@ class Checker:
             )
 
         # store health: anything unreadable fails closed
-        for part in ("market", "portfolio", "reference", "rate", "order"):
+        for part in ("market", "portfolio", "reference", "rate", "order", "limits"):
             error = sim.errors.get(part)
             if error is not None:
                 reasons.append(store_reason(error))

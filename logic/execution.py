@@ -199,7 +199,8 @@ def _transact(
                 if view.order is not None:
                     pipe.unwatch()
                     return ExecutionResult.from_dict(view.order, duplicate=True), False
-                decision, plan = gate.checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
+                checker = gate.checker_for(view)  # the live limits (engine/store/limits.py)
+                decision, plan = checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
                 result = result_of(gate.portfolio_id, decision, plan, client_order_id, actor, now)
                 if plan is None and view.portfolio is None:
                     pipe.unwatch()  # no such portfolio: nothing to record the rejection in

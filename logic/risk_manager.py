@@ -85,7 +85,7 @@ from engine.records import (
 )
 from engine.redis_server import connect
 from engine.settings import Limits, Settings, load_settings
-from engine.store import PortfolioKeys, Store
+from engine.store import PortfolioKeys, Store, TradeView
 from logic import execution
 from logic.checks import BookCache, Checker, Sim, store_failure_decision
 from logic.execution import RATE_WINDOW_SECONDS
@@ -177,6 +177,54 @@ class RiskManager:
         )
         self.memo: dict[Any, Any] = {}
         """What :meth:`engine.store.Store.read_trade_view` need not read again (tickers, positions)."""
+        self.settings_limits: Limits = self.limits
+        """The settings' limits: used while the store holds none for the portfolio (a store seeded before live
+        limits)."""
+
+    def checker_for(self, view: TradeView) -> Checker:
+        """The checker of the live limits the trade view carries (engine/store/limits.py): rebuilt only when
+        they changed, so a change on the Limits page applies from the next check. Unreadable limits keep the
+        current checker, which refuses on ``view.errors["limits"]`` (STORE_CORRUPT, fail closed)."""
+        if "limits" in view.errors:
+            return self.checker
+        limits = view.limits if view.limits is not None else self.settings_limits
+        if limits is not self.limits and limits != self.limits:
+            self.use_limits(limits)
+        return self.checker
+
+    def use_limits(self, limits: Limits) -> None:
+        """Check from now on against ``limits`` (the risk caches are kept unless the VaR's confidence or
+        horizon changed)."""
+        horizon_bars = self.settings.model.bars_per_day * limits.var_horizon_days
+        books = self.books
+        if limits.var_confidence != self.limits.var_confidence or horizon_bars != self.horizon_bars:
+            books = BookCache(limits, horizon_bars, self.books.method)
+        old = self.checker
+        checker = Checker(self.portfolio_id, self.settings, limits, horizon_bars, self.models, books, old.day_open)
+        checker.validated = old.validated
+        self.limits, self.horizon_bars, self.books, self.checker = limits, horizon_bars, books, checker
+
+    def refresh_limits(self) -> Limits:
+        """Read the live limits now (pages and reports outside a check); the settings' when none are stored.
+        Raises the store's typed errors."""
+        live = self.store.limits_or(self.portfolio_id, self.settings_limits, self.memo)
+        if live is not self.limits and live != self.limits:
+            self.use_limits(live)
+        return self.limits
+
+    def set_limits(self, changes: Mapping[str, Any], actor: str, reason: str) -> int:
+        """Change limits of the portfolio (name -> new value), validated as the settings are, with one audit
+        record (before/after of the changed fields, actor, reason) in the same transaction; returns the new
+        version. Every gate, monitor and page uses it from its next check or tick.
+
+        Raises :class:`engine.store.LimitsChangeError` (code ``LIMITS_INVALID``, nothing written) for an unknown
+        limit, a bad value or an empty actor or reason.
+        """
+        stored = self.store.change_limits(
+            self.portfolio_id, changes, actor=actor, reason=reason, now=self.clock(), fallback=self.settings_limits
+        )
+        self.use_limits(stored.limits)
+        return stored.version
 
     # -- reads -----------------------------------------------------------------------------------------------
 
@@ -283,7 +331,7 @@ class RiskManager:
             view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
         except StoreError as exc:
             return self.store_failure_decision(ticker, qty, side, exc, now)
-        decision, _plan = self.checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
+        decision, _plan = self.checker_for(view).evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
         return decision
 
     def execute_trade(
@@ -337,6 +385,7 @@ class RiskManager:
         except StoreError as exc:
             decisions = [self.store_failure_decision(t, q, s, exc, now).to_dict() for t, q, s in items]
             return _basket(decisions, None, None, None, None, None)
+        self.checker_for(view)
         sim = Sim.from_view(view)
         var_before = self._sim_var(sim)
         cash_before = float(sim.portfolio.cash) if sim.portfolio else None
@@ -378,8 +427,9 @@ class RiskManager:
         """
         now = self.clock()
         view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
+        self.checker_for(view)
         sim = Sim.from_view(view)
-        _raise_first(sim.errors, ("market", "portfolio"))
+        _raise_first(sim.errors, ("market", "portfolio", "limits"))
         assert sim.header is not None and sim.portfolio is not None
         if trades is not None:
             for n, (ticker, qty, side) in enumerate(_trade_tuple(t) for t in trades):
@@ -444,7 +494,8 @@ class RiskManager:
         """
         now = self.clock()
         view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
-        _raise_first(view.errors, ("market", "portfolio"))
+        self.checker_for(view)
+        _raise_first(view.errors, ("market", "portfolio", "limits"))
         assert view.header is not None and view.portfolio is not None
         model = self.models.get(view.header)
         if model.error is not None:

@@ -11,6 +11,7 @@ import pytest
 import engine.store.keys as store_keys
 from engine.errors import CorruptDataError, SchemaMismatchError, StoreEmptyError
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
+from engine.settings import Limits
 from engine.store import (
     MARKET_KEY,
     SCHEMA_KEY,
@@ -210,6 +211,7 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
     store.write_position(portfolio_id, "BBB", Position(1, Decimal("2")))
     store.write_trading_state(portfolio_id, TradingStatus(TradingState.ACTIVE, "ok", "test", 1.0))
     store.append_audit(keys.audit, {"event": "test"})
+    store.seed_limits(portfolio_id, Limits(), actor="test", now=1.0)
     with store.client.pipeline(transaction=True) as pipe:
         store.write_fill(
             state, "AAA", Position(6, Decimal("10.5")), {"fill": 1},

@@ -1,9 +1,13 @@
 """Live limits: each portfolio's :class:`~engine.settings.Limits` in the store, versioned, every change audited.
 
-Key ``pf:{<id>}:limits`` (a hash, see :mod:`engine.store.keys`): ``version`` (a counter, 1 at the seed, +1 per
-change), ``json`` (every field of the limits, money as exact strings), and ``actor``, ``reason``, ``ts`` of the
-last change. Warm-up seeds it from the settings (:meth:`LimitsStore.seed_limits`); a change
-(:meth:`LimitsStore.change_limits`: the Limits page, ``warmup.py --sync``) is validated as the settings are
+Key ``pf:{<id>}:limits`` (a hash, see :mod:`engine.store.keys`): ``version`` (a counter, +1 per change),
+``json`` (every field of the limits, money as exact strings), and ``actor``, ``reason``, ``ts`` of the last
+change. Until the first change a portfolio has no record and every process uses the settings' limits (version
+0: what warm-up seeded from); the first change (:meth:`LimitsStore.change_limits`: the Limits page,
+``warmup.py --sync``) stores the full limits as version 1, based on the settings' limits with the change
+applied. (Seeding a record eagerly would make a store's first settings win over every later process's file
+until a sync; the lazy record keeps "the file, until someone changes a limit live or syncs".) A change is
+validated as the settings are
 (:func:`engine.settings.validate_config`), then the new limits and one audit record on ``pf:{<id>}:audit``
 (``action = "set_limits"``, only the changed fields ``before`` and ``after``, actor, reason, the new version)
 are written in one MULTI. A refused change writes nothing.
@@ -173,7 +177,8 @@ class LimitsStore(StoreBase):
         )
 
     def seed_limits(self, portfolio_id: str, limits: Limits, *, actor: str, now: float, pipe: Conn = None) -> None:
-        """Version 1 from the settings (warm-up, in its seeding MULTI)."""
+        """Store ``limits`` as version 1 without an audit record (tests, tools; changes go through
+        :meth:`change_limits`)."""
         self.write_limits(portfolio_id, limits, 1, actor, "seeded from the settings", now, pipe)
 
     def change_limits(
@@ -185,11 +190,13 @@ class LimitsStore(StoreBase):
         reason: str,
         now: float,
         fallback: Limits,
+        create: bool = False,
     ) -> StoredLimits:
         """Apply ``changes`` (limit name -> new value) to the stored limits (``fallback``, the settings', when
         none are stored), validated as the settings are; write them with the next version and one audit record
         (before/after of the changed fields) in one MULTI. Returns the stored result; a change that changes
-        nothing writes nothing and returns what is stored.
+        nothing writes nothing and returns what is stored (``create``: unless no record exists yet, then the
+        full limits are stored as version 1, ``warmup.py --sync``).
 
         Raises :class:`LimitsChangeError` (nothing written) for an unknown limit, a bad value, an empty actor or
         reason; the store's typed errors when Redis fails.
@@ -215,6 +222,8 @@ class LimitsStore(StoreBase):
                         version = stored.version if stored is not None else 0
                         new = validate_limits({**limits_data(current), **changes}, f"limits[{portfolio_id}]")
                         before, after = changed_fields(current, new)
+                        if stored is None and create:  # the first record: every limit, none before
+                            before, after = {}, limits_data(new)
                         if not after:
                             pipe.unwatch()
                             return stored or StoredLimits(0, current, "", "", 0.0)

@@ -20,6 +20,7 @@ import redis
 
 from engine.errors import CorruptDataError, StoreEmptyError, StoreError, StoreUnavailableError
 from engine.records import MarketHeader, PortfolioState, Position, TradingStatus
+from engine.settings import Limits
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
     decode_object,
@@ -30,6 +31,7 @@ from engine.store.codec import (
     encode_position,
     encode_trading_status,
 )
+from engine.store.limits import decode_limits_reply
 from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFERENCE_KEY, PortfolioKeys
 from engine.store.market import decode_reference_prices, market_header
 from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
@@ -61,6 +63,11 @@ class TradeView:
     order: dict[str, Any] | None
     """The stored result of the client order id asked for, if a fill claimed it."""
     errors: Mapping[str, StoreError]
+    limits: Limits | None = None
+    """The portfolio's live limits (engine/store/limits.py); None when none are stored (use the settings') or
+    when they do not decode (then ``errors["limits"]``)."""
+    limits_version: int | None = None
+    """Their version (None without a stored record)."""
 
 
 class TradingStore(StoreBase):
@@ -100,16 +107,18 @@ class TradingStore(StoreBase):
         known = memo.get(("positions", portfolio_id))  # (rev, decoded positions) of the last book seen
         known_tickers = memo.get("tickers")  # (b"<version> <ts>", tickers) of the last snapshot seen
         known_reference = memo.get("reference")  # (rev, reference prices) last seen
+        known_limits = memo.get(("limits", portfolio_id))  # (version, Limits) last seen
         script = self.__dict__.get("_trade_view_script")
         if script is None:  # registered once per Store; redis-py re-sends it if the server lost its cache
             script = self.__dict__["_trade_view_script"] = self.client.register_script(_READ_TRADE_VIEW_LUA)
         try:
             reply = script(
                 keys=[MARKET_KEY, REFERENCE_KEY, keys.state, keys.trading_state, keys.rate, keys.orders,
-                      keys.positions],
+                      keys.positions, keys.limits],
                 args=[
                     repr(float(rate_since)), client_order_id or "", known[0] if known else "",
                     known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
+                    str(known_limits[0]) if known_limits else "",
                 ],
             )  # fmt: skip
         except redis.RedisError as exc:
@@ -153,7 +162,11 @@ class TradingStore(StoreBase):
         if client_order_id is not None and raw_order is not None:
             where = f"{keys.orders}.{client_order_id}"
             order = _try(errors, "order", lambda: decode_object(_ok(raw_order, keys.orders), where))
-        return TradeView(header, reference, portfolio, positions_key, trading, recent or 0, order, errors)
+        live = _try(errors, "limits", lambda: decode_limits_reply(portfolio_id, reply[10], reply[11], memo))
+        return TradeView(
+            header, reference, portfolio, positions_key, trading, recent or 0, order, errors,
+            live[1] if live else None, live[0] if live else None,
+        )  # fmt: skip
 
     def remember_positions(
         self, memo: dict[Any, Any], portfolio_id: str, rev: bytes | str, positions: Mapping[str, Position]
@@ -301,11 +314,12 @@ _READ_TRADE_VIEW_LUA = """
 -- One consistent, read-only snapshot of everything a pre-trade check needs, in one round trip.
 -- KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference, KEYS[3] = pf:{id}:state,
 -- KEYS[4] = pf:{id}:trading_state, KEYS[5] = pf:{id}:rate, KEYS[6] = pf:{id}:orders,
--- KEYS[7] = pf:{id}:positions
+-- KEYS[7] = pf:{id}:positions, KEYS[8] = pf:{id}:limits
 -- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
 -- ARGV[3] = the positions_rev the caller has the positions of ('' for none),
 -- ARGV[4] = '<version> <ts>' of the market snapshot the caller has the tickers of ('' for none),
--- ARGV[5] = the rev of the reference prices the caller has ('' for none)
+-- ARGV[5] = the rev of the reference prices the caller has ('' for none),
+-- ARGV[6] = the version of the live limits the caller has ('' for none): their JSON is sent only when it differs
 -- What the caller already has is not sent again: the positions hash (flat) is nil when the state's
 -- positions_rev equals ARGV[3], the tickers when the snapshot's version and ts equal ARGV[4], the reference
 -- tickers and prices when the reference's rev equals ARGV[5].
@@ -327,11 +341,14 @@ local reference = false
 if type(ref_rev) ~= 'string' or ref_rev ~= ARGV[5] then
   reference = redis.pcall('HMGET', KEYS[2], 'tickers', 'prices')
 end
+local limits_version = redis.pcall('HGET', KEYS[8], 'version')
+local limits = false
+if type(limits_version) == 'string' and limits_version ~= ARGV[6] then limits = redis.pcall('HGET', KEYS[8], 'json') end
 return {market, tickers, reference, ref_rev,
         redis.pcall('HMGET', KEYS[3], 'account_type', 'cash', 'realized_pnl', 'fees_paid', 'initial_margin',
                     'maintenance_margin', 'updated_at'),
         redis.pcall('HMGET', KEYS[4], 'state', 'reason', 'actor', 'ts'),
-        redis.pcall('ZCOUNT', KEYS[5], ARGV[1], '+inf'), order, rev, positions}
+        redis.pcall('ZCOUNT', KEYS[5], ARGV[1], '+inf'), order, rev, positions, limits_version, limits}
 """
 
 _STATE_FIELDS = (b"account_type", b"cash", b"realized_pnl", b"fees_paid", b"initial_margin",
