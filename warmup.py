@@ -216,7 +216,6 @@ def _write_new_portfolio(
     store.write_portfolio(_initial_portfolio(settings, pid, prices, now), pipe)
     state = TradingStatus(state=TradingState.ACTIVE, reason="seeded by warm-up", actor=ACTOR, ts=now)
     store.write_trading_state(pid, state, pipe)
-    store.seed_limits(pid, settings.limits_for(pid), actor=ACTOR, now=now, pipe=pipe)
     seed = {"ts": now, "actor": ACTOR, "action": "seed", "state": TradingState.ACTIVE}
     store.append_audit(PortfolioKeys(pid).audit, seed, pipe)
 

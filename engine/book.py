@@ -27,7 +27,8 @@ Sync (:func:`plan_sync`, :func:`apply_sync`): the desired books (the file's port
 compared with the stored ones; the diff lists account type, cash, margins and each position (qty and cost).
 Limits are live in the store (engine/store/limits.py): the sync also compares every configured portfolio's
 stored limits with the file's and applies the differences through the Limits page's path (one validated,
-versioned change with an audit record before/after per portfolio, :func:`plan_limits_sync`).
+versioned change with an audit record before/after per portfolio, :func:`plan_limits_sync`); a portfolio with no
+stored limits (never changed live) is left alone: every process reads the file's.
 A portfolio the file (or the settings) does not name is never read nor written. A portfolio not in the
 store is refused unless ``create``. :func:`apply_sync` writes one MULTI per portfolio (each portfolio's keys
 share one hash tag), after WATCHing its state and positions and checking that the diff is still the printed
@@ -385,7 +386,7 @@ def sync(
     store.require_schema()
     plan = plan_sync(store, settings, book or book_from_settings(settings), create=create, now=now)
     lines = plan.lines()
-    limit_changes = plan_limits_sync(store, settings)
+    limit_changes = plan_limits_sync(store, settings, sorted(plan.desired))
     lines += [line for _, _, change_lines in limit_changes for line in change_lines]
     emit = out or print
     if not lines:
@@ -398,23 +399,20 @@ def sync(
     return plan
 
 
-def plan_limits_sync(store: Store, settings: Settings) -> list[tuple[str, dict[str, Any], list[str]]]:
-    """The configured portfolios in the store whose live limits differ from the file's: ``(id, changed fields
-    with the file's values, lines to print)``. A portfolio without stored limits (an older store) gets the
-    file's as a whole."""
+def plan_limits_sync(
+    store: Store, settings: Settings, portfolio_ids: Iterable[str]
+) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """The named portfolios whose stored live limits differ from the file's: ``(id, changed fields with the
+    file's values, lines to print)``. A portfolio without stored limits is left out: every process already
+    reads the file's limits for it (engine/store/limits.py)."""
     out: list[tuple[str, dict[str, Any], list[str]]] = []
-    existing = set(store.portfolio_ids())
-    for pid in settings.portfolio_ids:
-        if pid not in existing:
-            continue
-        want = settings.limits_for(pid)
+    for pid in portfolio_ids:
         stored = store.read_limits(pid)
         if stored is None:
-            out.append((pid, limits_data(want), [f"{pid}: limits stored from the settings (version 1)"]))
             continue
-        before, after = changed_fields(stored.limits, want)
+        before, after = changed_fields(stored.limits, settings.limits_for(pid))
         if after:
-            out.append((pid, after, [f"{pid}: limits.{n} {before[n]} -> {after[n]}" for n in after]))
+            out.append((pid, after, [f"{pid}: limits.{n}: {before[n]} -> {after[n]}" for n in after]))
     return out
 
 
@@ -426,7 +424,7 @@ def apply_limits_sync(
     for pid, fields_, _ in changes:
         store.change_limits(
             pid, fields_, actor=actor, reason="warmup --sync: the settings file", now=now,
-            fallback=settings.limits_for(pid), create=True,
+            fallback=settings.limits_for(pid),
         )  # fmt: skip
 
 
