@@ -29,6 +29,7 @@ PAGES = [
     st.Page("screens/alerts.py", title="Alerts", icon=":material/notifications:"),
     st.Page("screens/system.py", title="System", icon=":material/settings:"),
     st.Page("screens/firm.py", title="Firm", icon=":material/account_balance:"),
+    st.Page("screens/limits.py", title="Limits", icon=":material/tune:"),
 ]
 
 page = st.navigation(PAGES)

@@ -50,7 +50,7 @@ from engine.errors import ConfigError, RiskdeskError, StoreEmptyError
 from engine.records import AccountType, PortfolioState, Position, TradingState, TradingStatus
 from engine.settings import Settings, valid_symbol
 from engine.store import PortfolioKeys, Store
-from engine.store.limits import changed_fields, limits_data
+from engine.store.limits import changed_fields
 
 REQUIRED_COLUMNS = ("portfolio_id", "ticker", "qty", "avg_price")
 OPTIONAL_COLUMNS = ("account_type", "cash")

@@ -191,6 +191,8 @@ class Monitor:
         """Daily / weekly windows: sessions of ``market.calendar`` (engine/sessions.py)."""
         self.alert_engine = alert_engine
         self.consumer = consumer or default_consumer_name()
+        self.limits_memo: dict[Any, Any] = {}
+        """Live limits last decoded per portfolio (engine/store/limits.py: re-decoded when the version moves)."""
         self.group = group
         self.batch_size = batch_size
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
@@ -476,7 +478,7 @@ class Monitor:
                     trading_state=bundle.trading_state,
                     valuation=valuation,
                     market=market,
-                    limits=self.settings.limits_for(pid),
+                    limits=self.store.limits_or(pid, self.settings.limits_for(pid), self.limits_memo),  # live
                     model=self.settings.model,
                     peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
                     marks=decode_marks_reply(marks_raw, pid),

@@ -47,6 +47,7 @@ PAGE_PATHS = {
     "Alerts": "alerts",
     "System": "system",
     "Firm": "firm",
+    "Limits": "limits",
 }
 """Page title -> URL path (st.navigation derives it from the page file name)."""
 

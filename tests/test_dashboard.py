@@ -28,7 +28,7 @@ from .conftest import TEST_CONFIG
 from .e2e_stack import toml_dumps
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-PAGES = ("overview", "trade", "risk", "performance", "alerts", "system", "firm")
+PAGES = ("overview", "trade", "risk", "performance", "alerts", "system", "firm", "limits")
 TIMEOUT = 30.0
 
 

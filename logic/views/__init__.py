@@ -10,6 +10,7 @@ One module per page, mirroring ``dashboard/screens/``; :mod:`~logic.views.common
     performance Sharpe/Sortino/Calmar/Kelly, HHI band, liquidity-adjusted VaR, VaR trend, Monte Carlo fan
     alerts      alert feed and counts, acknowledge / resolve, deliveries, escalation, the rules editor
     system      daemon heartbeats, market-data age, Redis health, versions, the trading-state kill switch
+    limits      the live limits of a portfolio (version, last change, history) and the change form
     firm        every portfolio together (firm VaR, exposure by ticker, drawdowns, lights), HALT ALL / REDUCE ALL
 
 The pages in ``dashboard/`` lay these out and nothing more: no key names, no risk math, no limit checks live
@@ -75,6 +76,15 @@ from logic.views.firm import (
     firm_switch,
     firm_view,
     last_firm_action,
+)
+from logic.views.limits import (
+    LIMIT_FIELDS,
+    LimitsView,
+    change_limits,
+    form_changes,
+    limits_view,
+    live_limits,
+    parse_limit,
 )
 from logic.views.overview import (
     HISTORY_DIRECT_POINTS,
@@ -253,4 +263,11 @@ __all__ = [
     "PerformanceView",
     "performance_view",
     "var_trend_frame",
+    "LIMIT_FIELDS",
+    "LimitsView",
+    "change_limits",
+    "form_changes",
+    "limits_view",
+    "live_limits",
+    "parse_limit",
 ]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from engine.defaults import REPORTED_CONFIDENCES
 from logic.views.common import Desk, TradingStateView, float_or_none, latest_snapshot
+from logic.views.limits import live_limits
 
 HISTORY_WINDOWS: dict[str, float] = {
     "5 min": 300.0,
@@ -80,8 +81,9 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
     ts = desk.store.read_trading_state(portfolio_id)
     trading = TradingStateView(ts.state, ts.reason, ts.actor, ts.ts)
     rules = effective_rules(desk)
-    limit = float(desk.settings.limits_for(portfolio_id).var_limit)
-    confidence = desk.settings.limits_for(portfolio_id).var_confidence
+    live = live_limits(desk, portfolio_id)  # the store's limits (a change applies without a restart)
+    limit = float(live.var_limit)
+    confidence = live.var_confidence
     if snapshot is not None:
         pnl, var = snapshot.get("pnl", {}), snapshot.get("var", {})
         headline = {

@@ -19,6 +19,7 @@ from logic import performance
 from logic.snapshot import usable_prices
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, float_or_none, latest_snapshot
+from logic.views.limits import live_limits
 from logic.views.overview import HISTORY_WINDOWS, history_frame
 
 PERFORMANCE_WINDOWS: dict[str, float] = HISTORY_WINDOWS
@@ -89,7 +90,7 @@ def performance_view(
     """Ratios and VaR trend over the last ``window_seconds`` of history; concentration, LVaR and the fan of
     the book now."""
     settings = desk.settings
-    limits = settings.limits_for(portfolio_id)
+    limits = live_limits(desk, portfolio_id)
     history = history_frame(desk, portfolio_id, window_seconds)
     ts, equity = performance.equity_points(history.to_dict("records"))
     stats = performance.performance_stats(ts, equity)

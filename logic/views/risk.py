@@ -16,6 +16,7 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, InputError, float_or_none
+from logic.views.limits import live_limits
 
 # -- the VaR method -------------------------------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ def surface_view(
         if t not in index:
             raise InputError(f"{t} is not in the market data")
     ia, ib = index[ticker_a], index[ticker_b]
-    limits = desk.settings.limits_for(portfolio_id)
+    limits = live_limits(desk, portfolio_id)
     equity = valuation.equity
     qty_a = analytics.qty_grid(float(valuation.qty[ia]), float(snap.prices[ia]), equity, steps)
     qty_b = analytics.qty_grid(float(valuation.qty[ib]), float(snap.prices[ib]), equity, steps)

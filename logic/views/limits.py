@@ -1,0 +1,155 @@
+"""The Limits page: each limit of a portfolio with its unit, the live version, who changed it last, the change
+history (before/after), and the change form's parsing.
+
+The live limits are the store's (engine/store/limits.py) when a change was ever made, else the settings'
+(version 0). A change goes through :meth:`logic.risk_manager.RiskManager.set_limits` (validated as the settings
+are, one audit record in the same transaction) and applies to every gate, monitor and page from its next check
+or tick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+
+from engine.settings import Limits
+from logic.views.common import Desk, InputError, records_frame
+
+LIMIT_FIELDS: dict[str, tuple[str, str, str]] = {
+    # name: (label, unit, kind) -- kind: money, int, float, ratio, bool, text
+    "var_limit": ("VaR limit", "USD", "money"),
+    "var_confidence": ("VaR confidence", "fraction (0.95 = 95%)", "ratio"),
+    "var_horizon_days": ("VaR horizon", "days", "float"),
+    "max_concentration": ("Max concentration", "fraction of equity", "ratio"),
+    "max_order_notional": ("Max order notional", "USD", "money"),
+    "max_order_qty": ("Max order quantity", "shares", "int"),
+    "price_collar_pct": ("Price collar", "fraction of the reference price", "ratio"),
+    "stale_price_seconds": ("Stale price after", "seconds", "float"),
+    "max_orders_per_minute": ("Max orders per minute", "orders", "int"),
+    "collar_reference": ("Collar reference", "session_open or rolling:N", "text"),
+    "outside_session": ("Outside the session", "reject or allow", "text"),
+    "max_gross_leverage": ("Max gross leverage", "x equity (blank: none)", "float"),
+    "stressed_var_limit": ("Stressed VaR limit", "USD (blank: none)", "money"),
+    "max_daily_loss": ("Max daily loss", "USD (blank: none)", "money"),
+    "max_position_qty": ("Max position", "shares (blank: none)", "int"),
+    "min_margin_level_after": ("Min margin level after", "% (margin accounts)", "float"),
+    "reducing_allows_hedges": ("REDUCING allows hedges", "yes/no", "bool"),
+    "order_id_retention_days": ("Order id retention", "days", "float"),
+}
+"""Every editable limit: label, unit and how its text is read (``position_limits`` is shown, not edited here)."""
+
+HISTORY_COLUMNS = ("ts", "version", "actor", "reason", "changes")
+
+
+@dataclass(frozen=True)
+class LimitsView:
+    portfolio_id: str
+    version: int
+    """0: the settings' limits (never changed live)."""
+    actor: str
+    reason: str
+    ts: float | None
+    limits: Limits
+    table: pd.DataFrame
+    """limit, value, unit (one row per limit)."""
+    values: Mapping[str, str]
+    """name -> the value as the form shows it (text; blank for an unset optional limit)."""
+    history: pd.DataFrame
+    """The changes, newest first: ts, version, actor, reason, changes ("name: before -> after; ...")."""
+
+
+def live_limits(desk: Desk, portfolio_id: str) -> Limits:
+    """The limits every process uses now: the store's, else the settings'."""
+    return desk.store.limits_or(portfolio_id, desk.settings.limits_for(portfolio_id))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {v}" for k, v in sorted(value.items())) or "(none)"
+    return str(value)
+
+
+def limits_view(desk: Desk, portfolio_id: str) -> LimitsView:
+    stored = desk.store.read_limits(portfolio_id)
+    limits = stored.limits if stored is not None else desk.settings.limits_for(portfolio_id)
+    rows, values = [], {}
+    for name, (label, unit, _kind) in LIMIT_FIELDS.items():
+        value = getattr(limits, name)
+        values[name] = _text(value)
+        rows.append({"limit": label, "value": _text(value) or "none", "unit": unit})
+    rows.append({"limit": "Position limits", "value": _text(limits.position_limits), "unit": "shares per ticker"})
+    records = desk.store.limits_changes(portfolio_id)
+    for r in records:
+        before, after = r.get("before") or {}, r.get("after") or {}
+        r["changes"] = "; ".join(f"{n}: {_text(before.get(n)) or 'none'} -> {_text(after[n]) or 'none'}" for n in after)
+    history = records_frame(records)
+    history = history[[c for c in HISTORY_COLUMNS if c in history.columns]] if not history.empty else history
+    return LimitsView(
+        portfolio_id=portfolio_id,
+        version=stored.version if stored is not None else 0,
+        actor=stored.actor if stored is not None else "settings",
+        reason=stored.reason if stored is not None else "the settings file (never changed live)",
+        ts=stored.ts if stored is not None else None,
+        limits=limits,
+        table=pd.DataFrame(rows, columns=["limit", "value", "unit"]),
+        values=values,
+        history=history,
+    )
+
+
+def parse_limit(name: str, text: Any) -> Any:
+    """The form's text for limit ``name`` as the value the settings take; :class:`InputError` if unreadable."""
+    if name not in LIMIT_FIELDS:
+        raise InputError(f"unknown limit {name!r}")
+    label, _unit, kind = LIMIT_FIELDS[name]
+    raw = "" if text is None else str(text).strip()
+    field_type = {f.name: f for f in dataclasses.fields(Limits)}[name]
+    if raw == "":
+        if field_type.default is None:
+            return None
+        raise InputError(f"{label}: a value is required")
+    try:
+        if kind == "money":
+            return Decimal(raw.replace(",", ""))
+        if kind == "int":
+            return int(raw.replace(",", ""))
+        if kind in ("float", "ratio"):
+            return float(raw.replace(",", ""))
+    except (ArithmeticError, ValueError):
+        raise InputError(f"{label}: {raw!r} is not a number") from None
+    if kind == "bool":
+        if raw.lower() in ("yes", "true", "1"):
+            return True
+        if raw.lower() in ("no", "false", "0"):
+            return False
+        raise InputError(f"{label}: say yes or no")
+    return raw
+
+
+def form_changes(desk: Desk, portfolio_id: str, form: Mapping[str, Any]) -> dict[str, Any]:
+    """The limits the form changes (name -> typed value), compared with the live ones."""
+    current = limits_view(desk, portfolio_id).values
+    return {name: parse_limit(name, text) for name, text in form.items() if str(text).strip() != current.get(name)}
+
+
+def change_limits(desk: Desk, portfolio_id: str, form: Mapping[str, Any], actor: str, reason: str) -> int:
+    """Apply the form (name -> text) as one audited change; returns the new version. A reason and an actor
+    are required; a bad value is refused with nothing written."""
+    reason, actor = (reason or "").strip(), (actor or "").strip()
+    if not reason:
+        raise InputError("a reason is required to change a limit")
+    if not actor:
+        raise InputError("say who is changing the limits")
+    changes = form_changes(desk, portfolio_id, form)
+    if not changes:
+        raise InputError("no limit changed")
+    return int(desk.risk_manager(portfolio_id).set_limits(changes, actor, reason))
