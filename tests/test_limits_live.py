@@ -1,0 +1,249 @@
+"""Live, audited limits (issue 14): a change made through the API applies to the gate, the monitor and the pages
+without a restart, each change is one audit record with before/after, and a bad value writes nothing."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import warmup
+from engine.records import DecisionStatus, ReasonCode
+from engine.settings import Settings, settings_from_dict
+from engine.store import LimitsChangeError, PortfolioKeys, Store
+from logic.monitor import Monitor
+from logic.risk_manager import RiskManager
+from logic.views import Desk, limits_view
+
+from .conftest import TEST_CONFIG, merge, store_contents, to_toml
+from .test_monitor import _sim_ticks
+
+NOW = 1_700_000_000.0
+NO_FEES = {"fees": {"per_share": "0", "bps": "0", "minimum": "0"}}
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+
+def gate(store: Store, settings: Settings, pid: str = "main") -> RiskManager:
+    return RiskManager(store.client, pid, settings, clock=lambda: NOW)
+
+
+@pytest.fixture
+def desk_settings() -> Settings:
+    return settings_from_dict(merge(TEST_CONFIG, NO_FEES))
+
+
+@pytest.fixture
+def seeded(store: Store, desk_settings: Settings) -> Store:
+    warmup.seed(store, desk_settings, now=NOW)
+    return store
+
+
+def codes(decision: Any) -> set[str]:
+    return {r.code.value for r in decision.reasons}
+
+
+def test_a_concentration_change_applies_to_a_running_gate_at_its_boundary(
+    seeded: Store, desk_settings: Settings
+) -> None:
+    rm = gate(seeded, desk_settings)
+    # main: 1000 AAA @ 100 + 2000 BBB @ 50, cash 1M -> equity 1.2M; buying q AAA: (1000 + q) x 100 / 1.2M
+    assert rm.check("AAA", 2001, "BUY").approved  # the settings' 0.5 lets 25.0008% through
+
+    version = rm.set_limits({"max_concentration": 0.25}, "alice", "tighter after the review")
+
+    assert version == 1
+    other = gate(seeded, desk_settings)  # a second process, built before or after: the same rule
+    for manager in (rm, other):
+        at = manager.check("AAA", 2000, "BUY")
+        assert at.status == DecisionStatus.APPROVED and at.concentration_after == pytest.approx(0.25, rel=1e-15)
+        assert codes(manager.check("AAA", 2001, "BUY")) == {ReasonCode.CONCENTRATION.value}
+    # and back: the next change is the next version, the running gate follows again
+    assert other.set_limits({"max_concentration": 0.5}, "bob", "review undone") == 2
+    assert rm.check("AAA", 2001, "BUY").approved
+
+
+def test_a_var_limit_change_applies_to_execution_without_a_rebuild(seeded: Store, desk_settings: Settings) -> None:
+    rm = gate(seeded, desk_settings)
+    probe = rm.check("AAA", 100, "BUY")
+    assert probe.var_after is not None
+    seeded.change_limits(
+        "main", {"var_limit": repr(probe.var_after)}, actor="alice", reason="cap at the probe",
+        now=NOW, fallback=desk_settings.limits_for("main"),
+    )  # fmt: skip
+
+    refused = rm.execute("AAA", 101, "BUY", client_order_id="over")
+    filled = rm.execute("AAA", 100, "BUY", client_order_id="at")
+
+    assert refused.status.value == "REJECTED" and ReasonCode.VAR_LIMIT.value in {r.code.value for r in refused.reasons}
+    assert filled.status.value == "FILLED"
+
+
+def test_each_change_is_one_audit_record_with_before_after_actor_and_reason(
+    seeded: Store, desk_settings: Settings
+) -> None:
+    rm = gate(seeded, desk_settings)
+    rm.set_limits({"var_limit": "40000", "max_order_qty": 500}, "alice", "desk review")
+
+    records = seeded.limits_changes("main")
+    assert len(records) == 1
+    record = records[0]
+    assert record["actor"] == "alice" and record["reason"] == "desk review" and record["version"] == 1
+    assert record["before"] == {"var_limit": "20000", "max_order_qty": 100000}  # only the changed fields
+    assert record["after"] == {"var_limit": "40000", "max_order_qty": 500}
+    stored = seeded.read_limits("main")
+    assert stored is not None and stored.version == 1 and stored.limits.var_limit == Decimal("40000")
+    assert stored.actor == "alice" and stored.ts == NOW
+    assert seeded.read_limits("hedge") is None  # the other portfolio is untouched
+
+
+@pytest.mark.parametrize(
+    ("changes", "actor", "reason"),
+    [
+        ({"max_concentration": 1.01}, "alice", "r"),  # above its bound (le=1)
+        ({"max_concentration": 0}, "alice", "r"),  # at its exclusive bound (gt=0)
+        ({"var_limit": "-1"}, "alice", "r"),
+        ({"var_limit": "lots"}, "alice", "r"),
+        ({"max_order_qty": 1.5}, "alice", "r"),  # not a whole number
+        ({"no_such_limit": 1}, "alice", "r"),
+        ({"var_limit": "40000"}, "", "r"),  # no actor
+        ({"var_limit": "40000"}, "alice", "  "),  # no reason
+        ({}, "alice", "r"),
+    ],
+)
+def test_a_bad_change_is_refused_with_a_code_and_the_store_unchanged(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis, changes: dict[str, Any], actor: str,
+    reason: str,
+) -> None:  # fmt: skip
+    rm = gate(seeded, desk_settings)
+    rm.set_limits({"var_limit": "30000"}, "alice", "a first change")  # a record exists: it must not move
+    before = store_contents(redis_client)
+
+    with pytest.raises(LimitsChangeError) as err:
+        rm.set_limits(changes, actor, reason)
+
+    assert err.value.code == "LIMITS_INVALID"
+    assert store_contents(redis_client) == before
+    assert rm.limits.var_limit == Decimal("30000")
+
+
+def test_a_change_at_its_bound_is_accepted(seeded: Store, desk_settings: Settings) -> None:
+    rm = gate(seeded, desk_settings)
+    assert rm.set_limits({"max_concentration": 1.0}, "alice", "le=1: exactly at the bound") == 1
+
+
+def test_corrupt_stored_limits_fail_closed_and_a_missing_record_uses_the_settings(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis
+) -> None:
+    rm = gate(seeded, desk_settings)
+    assert rm.check("AAA", 10, "BUY").approved  # no record: the settings' limits
+    key = PortfolioKeys("main").limits
+    redis_client.hset(key, mapping={"version": 7, "json": '{"var_limit": "not money"}'})
+
+    refused = rm.check("AAA", 10, "BUY")
+    assert refused.status == DecisionStatus.REJECTED
+    assert ReasonCode.STORE_CORRUPT.value in codes(refused)
+    assert rm.execute("AAA", 10, "BUY", client_order_id="c1").status.value == "REJECTED"
+
+    redis_client.hset(key, "json", "{not json")
+    assert ReasonCode.STORE_CORRUPT.value in codes(rm.check("AAA", 10, "BUY"))
+    redis_client.delete(key)
+    assert rm.check("AAA", 10, "BUY").approved
+
+
+def test_the_monitors_next_snapshot_uses_the_new_var_limit(seeded: Store, desk_settings: Settings) -> None:
+    monitor = Monitor(seeded, desk_settings)
+    _sim_ticks(seeded, desk_settings, 1)
+    monitor.process_available()
+    first = seeded.read_snapshot("main")
+    assert first is not None and first["var"]["limit"] == pytest.approx(20000.0)
+
+    gate(seeded, desk_settings).set_limits({"var_limit": "40000"}, "alice", "more room")
+    _sim_ticks(seeded, desk_settings, 1, seed=2)
+    monitor.process_available()
+
+    second = seeded.read_snapshot("main")
+    assert second is not None and second["var"]["limit"] == pytest.approx(40000.0)
+    # utilization: the VaR at the limit's confidence (0.95, one day) over the new limit
+    assert second["var"]["utilization"] == pytest.approx(second["var"]["var95"] / 40000.0, rel=1e-9)
+    assert first["var"]["utilization"] == pytest.approx(first["var"]["var95"] / 20000.0, rel=1e-9)
+
+
+def test_the_views_show_the_live_limits_version_and_history(seeded: Store, desk_settings: Settings) -> None:
+    desk = Desk(seeded.client, desk_settings, clock=lambda: NOW)
+    view = limits_view(desk, "main")
+    assert view.version == 0 and view.values["var_limit"] == "20000" and view.history.empty
+
+    gate(seeded, desk_settings).set_limits({"var_limit": "45000"}, "carol", "quarterly")
+
+    view = limits_view(desk, "main")
+    assert view.version == 1 and view.actor == "carol" and view.values["var_limit"] == "45000"
+    assert list(view.history["changes"]) == ["var_limit: 20000 -> 45000"]
+
+
+def test_sync_applies_a_file_change_through_the_same_path_with_an_audit_record(
+    redis_server: Any, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(TEST_CONFIG))
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    assert warmup.main(["--config", str(config)]) == 0
+    settings = settings_from_dict(TEST_CONFIG)
+    rm = gate(store, settings)
+    rm.set_limits({"max_order_qty": 10}, "alice", "live change")  # a record exists now
+    capsys.readouterr()
+
+    config.write_text(to_toml(merge(TEST_CONFIG, {"limits": {"max_order_qty": 50}})))
+    assert warmup.main(["--config", str(config), "--sync", "--dry-run"]) == 0
+    assert "would change main: limits.max_order_qty: 10 -> 50" in capsys.readouterr().out
+    assert store.read_limits("main").version == 1  # type: ignore[union-attr]
+    assert warmup.main(["--config", str(config), "--sync"]) == 0
+
+    stored = store.read_limits("main")
+    assert stored is not None and stored.version == 2 and stored.limits.max_order_qty == 50
+    record = store.limits_changes("main")[0]
+    assert record["before"] == {"max_order_qty": 10} and record["after"] == {"max_order_qty": 50}
+    assert record["actor"] == warmup.ACTOR
+    # the running gate (built with the old settings object) follows at its boundary
+    assert rm.check("AAA", 50, "BUY").approved
+    assert codes(rm.check("AAA", 51, "BUY")) == {ReasonCode.BAD_QUANTITY.value}
+    assert warmup.main(["--config", str(config), "--sync"]) == 0
+    assert store.read_limits("main").version == 2  # type: ignore[union-attr]  # nothing left to sync
+
+
+def test_the_limits_page_changes_a_limit_and_shows_the_new_version(
+    redis_server: Any, seeded_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(TEST_CONFIG), encoding="utf-8")
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=30.0)
+        at.session_state["refresh"] = "Paused"
+        at.switch_page("screens/limits.py")
+        at.run()
+        assert not at.exception
+        assert "Version 0" in " ".join(c.value for c in at.caption)
+
+        at.text_input(key="lim_max_concentration").set_value("0.25")
+        at.text_input(key="lim_reason").set_value("tighter")
+        at.button[0].click().run()  # the form's submit button
+
+        assert not at.exception
+        assert "version 1" in " ".join(s.value for s in at.success)
+        stored = seeded_store.read_limits("main")
+        assert stored is not None and stored.limits.max_concentration == 0.25 and stored.actor == "dashboard"
+
+        at.text_input(key="lim_max_concentration").set_value("2")  # above 1: refused, nothing written
+        at.text_input(key="lim_reason").set_value("typo")
+        at.button[0].click().run()
+        assert at.error and seeded_store.read_limits("main").version == 1  # type: ignore[union-attr]
+    finally:
+        st.cache_resource.clear()
