@@ -19,7 +19,7 @@ import pandas as pd
 from engine import math_logic
 from engine.defaults import REPORTED_CONFIDENCES
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, Float64Array, Severity
-from engine.settings import AlertRule
+from engine.settings import AlertRule, Limits
 from logic.alerts import MISSING, applies, compare, metric_value
 from logic.var_methods import RiskModel
 
@@ -54,13 +54,38 @@ def area_of(metric: str) -> str | None:
     return None
 
 
+LIMIT_AMBER_FRACTION = 0.8
+"""A figure at or above this fraction of its gate limit turns its light amber (above the limit: red)."""
+
+
+def limit_breaches(snapshot: Mapping[str, Any], limits: Limits) -> list[tuple[str, str, str]]:
+    """``(area, level, text)`` of the snapshot's figures against the gate's own limits: the largest position's
+    share of equity against ``max_concentration`` and the VaR's utilization of ``var_limit``. Above the limit
+    (what the gate refuses to grow) is red, from :data:`LIMIT_AMBER_FRACTION` of it amber, else green."""
+    out = []
+    checks = (
+        ("Concentration", "concentration.largest_share", float(limits.max_concentration), "max_concentration"),
+        ("VaR", "var.utilization", 1.0, "var_limit"),
+    )
+    for area, metric, limit, name in checks:
+        value = metric_value(snapshot, metric)
+        if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
+            continue
+        level = "red" if value > limit else "amber" if value >= LIMIT_AMBER_FRACTION * limit else "green"
+        out.append((area, level, f"{metric} = {_fmt(value)} against the gate's {name} ({_fmt(limit)})"))
+    return out
+
+
 def traffic_lights(
     rules: Iterable[AlertRule],
     snapshot: Mapping[str, Any] | None,
     portfolio_id: str,
     active_alerts: Iterable[Mapping[str, Any]] = (),
+    limits: Limits | None = None,
 ) -> list[Light]:
-    """One light per area of :data:`AREAS`: the worst of the rules' current breaches and the active alerts.
+    """One light per area of :data:`AREAS`: the worst of the rules' current breaches, the active alerts and
+    (with ``limits``, the portfolio's live limits) the figures against the gate's limits
+    (:func:`limit_breaches`), so a light is never green while the gate refuses for the same limit.
 
     A rule breached now (on ``snapshot``) or an active alert of a rule of the area colours it by severity;
     an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey.
@@ -69,6 +94,12 @@ def traffic_lights(
         area: [] for area, _ in AREAS
     }  # (rank, rule first, text)
     applicable = {area: 0 for area, _ in AREAS}
+    if limits is not None and snapshot is not None:
+        ranks = {"red": _rank(Severity.CRITICAL), "amber": _rank(Severity.MEDIUM)}
+        for area, level, text in limit_breaches(snapshot, limits):
+            applicable[area] += 1
+            if level in ranks:
+                by_area[area].append((ranks[level], 2, text))
     for rule in rules:
         area = area_of(rule.metric)
         if area is None or not applies(rule, portfolio_id) or snapshot is None:

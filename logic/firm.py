@@ -41,7 +41,7 @@ from engine import math_logic
 from engine.errors import StoreError
 from engine.market_model import MarketModelCache
 from engine.records import Clock, TradingState, TradingStatus
-from engine.settings import AlertRule, Settings
+from engine.settings import AlertRule, Limits, Settings
 from engine.store import GLOBAL_AUDIT_KEY, Float64Array, Store
 from logic.analytics import Light, traffic_lights
 from logic.rules import RuleBook
@@ -153,6 +153,13 @@ class Firm:
 
     # -- risk ------------------------------------------------------------------------------------------------
 
+
+    def _live_limits(self, portfolio_id: str) -> Limits | None:
+        """The portfolio's live limits for its lights; None (lights from the rules only) when unreadable."""
+        try:
+            return self.store.limits_or(portfolio_id, self.settings.limits_for(portfolio_id))
+        except StoreError:
+            return None
     def exposure_vectors(self) -> tuple[Any, dict[str, Float64Array], dict[str, Any], dict[str, str]]:
         """``(model, {portfolio: dollar exposures}, {portfolio: bundle}, {portfolio: why it is left out})``,
         every book from one consistent read, marked at the current market snapshot."""
@@ -217,7 +224,7 @@ class Firm:
                     drawdown_daily=_finite_or_none(drawdown.get("daily")),
                     drawdown_max=_finite_or_none(drawdown.get("max")),
                     margin_level=valuation.margin_level,
-                    lights=tuple(traffic_lights(rules, snapshot, pid, alerts)),
+                    lights=tuple(traffic_lights(rules, snapshot, pid, alerts, self._live_limits(pid))),
                     missing_prices=valuation.missing,
                 )
             )

@@ -247,3 +247,43 @@ def test_the_limits_page_changes_a_limit_and_shows_the_new_version(
         assert at.error and seeded_store.read_limits("main").version == 1  # type: ignore[union-attr]
     finally:
         st.cache_resource.clear()
+
+
+@pytest.mark.parametrize("limit", [0.2, 0.3])
+def test_the_concentration_light_and_the_gate_agree(seeded: Store, desk_settings: Settings, limit: float) -> None:
+    from logic import analytics
+    from logic.analytics import LIMIT_AMBER_FRACTION
+
+    rm = gate(seeded, desk_settings)
+    # main: AAA 1000 @ 100 + BBB 2000 @ 50, cash 1M, equity 1.2M: buy AAA to 3200 shares -> AAA ~ 320k/1.2M
+    assert rm.execute("AAA", 2200, "BUY", client_order_id="grow").status.value == "FILLED"
+    rm.set_limits({"max_concentration": limit}, "alice", f"limit {limit}")
+    monitor = Monitor(seeded, desk_settings)
+    _sim_ticks(seeded, desk_settings, 1)
+    monitor.process_available()
+    snap = seeded.read_snapshot("main")
+    assert snap is not None
+    share = snap["concentration"]["largest_share"]
+    assert snap["concentration"]["largest_ticker"] == "AAA" and 0.3 * LIMIT_AMBER_FRACTION < share < 0.3
+    live = seeded.limits_or("main", desk_settings.limits_for("main"))
+    lights = {light.area: light for light in analytics.traffic_lights([], snap, "main", (), live)}
+
+    refused = codes(rm.check("AAA", 1, "BUY")) == {ReasonCode.CONCENTRATION.value}
+    if limit == 0.2:  # above the limit: the gate refuses to grow it and the light is red
+        assert refused and lights["Concentration"].level == "red"
+    else:  # below it, within 80% of it: the gate lets a share through and the light warns amber
+        assert rm.check("AAA", 1, "BUY").approved and lights["Concentration"].level == "amber"
+    assert not (refused and lights["Concentration"].level == "green")
+
+
+def test_limit_lights_turn_exactly_at_the_limit() -> None:
+    from engine.settings import Limits
+    from logic.analytics import LIMIT_AMBER_FRACTION, limit_breaches
+
+    limits = Limits(max_concentration=0.25)
+    def level(share: float) -> str:
+        snap = {"concentration": {"largest_share": share}, "var": {"utilization": 0.0}}
+        return next(lvl for area, lvl, _ in limit_breaches(snap, limits) if area == "Concentration")
+
+    assert level(0.25) == "amber" and level(0.25 + 1e-12) == "red"  # the gate passes a trade ending at it
+    assert level(0.25 * LIMIT_AMBER_FRACTION) == "amber" and level(0.25 * LIMIT_AMBER_FRACTION - 1e-12) == "green"

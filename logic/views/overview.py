@@ -123,7 +123,7 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         trading=trading,
         headline=headline,
         gauges=gauges,
-        lights=analytics.traffic_lights(rules, snapshot, portfolio_id, alerts),
+        lights=analytics.traffic_lights(rules, snapshot, portfolio_id, alerts, live),
         breakers=analytics.breaker_levels(rules, portfolio_id),
         var_caption=_var_caption(desk, portfolio_id, snapshot),
     )
