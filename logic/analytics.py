@@ -96,10 +96,10 @@ def traffic_lights(
     applicable = {area: 0 for area, _ in AREAS}
     if limits is not None and snapshot is not None:
         ranks = {"red": _rank(Severity.CRITICAL), "amber": _rank(Severity.MEDIUM)}
-        for area, level, text in limit_breaches(snapshot, limits):
-            applicable[area] += 1
+        for limit_area, level, text in limit_breaches(snapshot, limits):
+            applicable[limit_area] += 1
             if level in ranks:
-                by_area[area].append((ranks[level], 2, text))
+                by_area[limit_area].append((ranks[level], 2, text))
     for rule in rules:
         area = area_of(rule.metric)
         if area is None or not applies(rule, portfolio_id) or snapshot is None:

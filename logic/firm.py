@@ -153,13 +153,13 @@ class Firm:
 
     # -- risk ------------------------------------------------------------------------------------------------
 
-
     def _live_limits(self, portfolio_id: str) -> Limits | None:
         """The portfolio's live limits for its lights; None (lights from the rules only) when unreadable."""
         try:
             return self.store.limits_or(portfolio_id, self.settings.limits_for(portfolio_id))
         except StoreError:
             return None
+
     def exposure_vectors(self) -> tuple[Any, dict[str, Float64Array], dict[str, Any], dict[str, str]]:
         """``(model, {portfolio: dollar exposures}, {portfolio: bundle}, {portfolio: why it is left out})``,
         every book from one consistent read, marked at the current market snapshot."""

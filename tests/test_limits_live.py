@@ -281,6 +281,7 @@ def test_limit_lights_turn_exactly_at_the_limit() -> None:
     from logic.analytics import LIMIT_AMBER_FRACTION, limit_breaches
 
     limits = Limits(max_concentration=0.25)
+
     def level(share: float) -> str:
         snap = {"concentration": {"largest_share": share}, "var": {"utilization": 0.0}}
         return next(lvl for area, lvl, _ in limit_breaches(snap, limits) if area == "Concentration")

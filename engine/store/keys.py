@@ -40,8 +40,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              (market version of the last bar fed), token (new on every write)
     pf:{<id>}:backtest_log          stream   every closed horizon of the backtest (JSON observation: track,
                                              start, end, pnl, var and hit per method), bounded by MAXLEN ~
-    pf:{<id>}:limits                hash     the portfolio's live limits: version (counter), json (engine.settings.Limits),
-                                             actor, reason, ts of the last change (engine/store/limits.py)
+    pf:{<id>}:limits                hash     the portfolio's live limits: version (counter), json
+                                             (engine.settings.Limits), actor, reason, ts of the last change
     pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
     pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
     pf:{<id>}:alert_log             stream   every alert transition

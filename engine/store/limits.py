@@ -105,7 +105,7 @@ def decode_limits_reply(
     if raw_json is None or raw_json is False:  # not sent: the caller holds this version
         if known is None or known[0] != version:
             raise CorruptDataError(f"{key}: version {version} has no limits")
-        return known  # type: ignore[no-any-return]
+        return known
     result = (version, _decode_limits(f"{key}.json", raw_json))
     memo[("limits", portfolio_id)] = result
     return result
@@ -152,7 +152,7 @@ class LimitsStore(StoreBase):
             if version is None:
                 return fallback
             if known is not None and known[0] == version:
-                return known[1]  # type: ignore[no-any-return]
+                return known[1]
             raw_version, raw_json = self.client.hmget(key, ["version", "json"])
         except redis.ConnectionError as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc

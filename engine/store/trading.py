@@ -31,8 +31,8 @@ from engine.store.codec import (
     encode_position,
     encode_trading_status,
 )
-from engine.store.limits import decode_limits_reply
 from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFERENCE_KEY, PortfolioKeys
+from engine.store.limits import decode_limits_reply
 from engine.store.market import decode_reference_prices, market_header
 from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
 
