@@ -185,6 +185,35 @@ class Plan:
         )
 
 
+NOT_FINITE_MESSAGE = "the stored market gives risk figures that are not finite (an absurd price or variance)"
+"""Message of the ``STORE_CORRUPT`` rejection of an order whose figures overflow."""
+RISK_FIGURES = (
+    "notional", "est_fees", "liquidity_cost", "var_before", "var_after", "delta_var", "marginal_var",
+    "cash_after", "equity_after", "concentration_after", "margin_level_after",
+)  # fmt: skip
+"""Decision fields computed from the market; all cleared when one of them is not finite."""
+
+
+MAX_BOOKABLE_PRICE = 1e18
+"""Largest price the books take: its fill (4 decimals) times the largest order stays exact in Decimal's 28-digit
+context. A stored price above it (1e308 replayed past the feed's filter) is no usable price: the gate refuses
+with ``MISSING_PRICE`` and the monitor skips the portfolios holding it."""
+
+
+def bookable(price: float) -> bool:
+    """``price`` is a finite positive float of at most :data:`MAX_BOOKABLE_PRICE`."""
+    return math.isfinite(price) and 0 < price <= MAX_BOOKABLE_PRICE
+
+
+def non_finite_figures(d: Mapping[str, Any]) -> str | None:
+    """The first of :data:`RISK_FIGURES` in ``d`` that is a non-finite float, named, or None."""
+    for name in RISK_FIGURES:
+        value = d.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} is {value!r}"
+    return None
+
+
 class BookCache:
     """Risk of recently seen holdings, per (market key, holdings key), bounded to :data:`BOOK_CACHE_SIZE`."""
 
@@ -202,7 +231,12 @@ class BookCache:
         if book is not None:
             return book
         valuation = value_portfolio(portfolio, model.header)
-        book = self.risk_of(model, np.array(valuation.market_values, dtype=float), valuation.missing)
+        held = np.flatnonzero(valuation.qty)
+        absurd = [valuation.tickers[i] for i in held if not bookable(float(model.header.prices[i]))]
+        missing = tuple(sorted({*valuation.missing, *absurd}))  # a price the books cannot hold is no price
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite figures are refused by the caller
+            x = np.array(valuation.market_values, dtype=float)
+        book = self.risk_of(model, x, missing)
         self.put(key, book)
         return book
 
@@ -291,11 +325,26 @@ class Checker:
         ``max_qty_allowed`` (:mod:`logic.sizing`); an approved order costs nothing more.
         """
         lookups = Lookups(self.limits, self.models, self.horizon_bars, self.day_open, now, self.validated)
-        decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
+        try:
+            decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
+        except (ArithmeticError, ValueError) as exc:  # a backstop: the checks below guard their own figures
+            return self._not_finite(ticker, now, exc), None
         if size and not decision.approved and decision.side is not None and decision.price is not None:
-            best = self.max_qty_allowed(sim, ticker, decision.side, now, pending_orders, intent, lookups)
+            try:
+                with np.errstate(over="raise"):
+                    best = self.max_qty_allowed(sim, ticker, decision.side, now, pending_orders, intent, lookups)
+            except (ArithmeticError, ValueError):
+                best = 0  # no quantity can be shown to pass on figures that overflow
             decision = replace(decision, max_qty_allowed=best)
         return decision, plan
+
+    def _not_finite(self, ticker: Any, now: float, exc: Exception) -> Decision:
+        """REJECTED ``STORE_CORRUPT``: the stored market gave figures that cannot be computed (an absurd price
+        or variance overflowing a float)."""
+        d = empty_decision_fields(self.portfolio_id, ticker, self.limits, now)
+        d["reasons"] = (reason(ReasonCode.STORE_CORRUPT, f"{NOT_FINITE_MESSAGE} ({type(exc).__name__}: {exc})"),)
+        d["status"] = DecisionStatus.REJECTED
+        return Decision(**d)
 
     def max_qty_allowed(
         self,
@@ -414,6 +463,10 @@ class Checker:
             last = float(header.prices[index])
             if not math.isfinite(last) or last <= 0:
                 reasons.append(reason(ReasonCode.MISSING_PRICE, f"{ticker} has no usable price ({last!r})"))
+            elif not bookable(last):
+                reasons.append(
+                    reason(ReasonCode.MISSING_PRICE, f"{ticker} price {last:g} is beyond what the books can hold")
+                )
             else:
                 price = last
                 d["price"] = last
@@ -455,9 +508,20 @@ class Checker:
                     and index is not None
                     and isinstance(ticker, str)
                 ):
-                    plan, reducing = self._check_risk(
-                        d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price, now, lookups
-                    )
+                    try:
+                        with np.errstate(over="raise"):
+                            plan, reducing = self._check_risk(
+                                d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price,
+                                now, lookups,
+                            )  # fmt: skip
+                        why = non_finite_figures(d)
+                    except (ArithmeticError, ValueError) as exc:
+                        why = f"{type(exc).__name__}: {exc}"
+                    if why is not None:  # fail closed: no figure of this book can be trusted, no waiver
+                        for name in RISK_FIGURES:
+                            d[name] = None
+                        reasons.append(reason(ReasonCode.STORE_CORRUPT, f"{NOT_FINITE_MESSAGE} ({why})"))
+                        plan, reducing = None, False
                 self._check_state(d, reasons, state, intent, q0, q1, ticker, reducing)
                 if reducing:  # de-risking is always possible: no limit refuses it
                     reasons = [r for r in reasons if r.code not in WAIVED_WHEN_REDUCING_RISK]

@@ -14,17 +14,29 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import logging
+import math
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
+import pandas as pd
+import pytest
 import redis
 
 import warmup
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
-from engine.store import Store
+from engine.store import MarketSnapshot, Store
+from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
+from logic.views.export import csv_bytes
+
+from .conftest import store_contents
 
 NOW = 1_700_000_000.0
 
@@ -147,3 +159,103 @@ def test_execute_trade_without_client_order_id_when_exec_reply_is_lost_then_fill
     assert result["fill"]["position_after"] == after
     fills = [r for r in store.read_trade_log("main") if r.get("fill")]
     assert len(fills) == 1
+
+
+# -- 2. absurd but finite prices -----------------------------------------------------------------------------
+
+
+def write_market(store: Store, prices: dict[str, float] | None = None, cov_entry: float | None = None) -> None:
+    """A new market snapshot (version + 1) written straight to the store, past the stream's price filter."""
+    snap = store.read_market()
+    new_prices = snap.prices.copy()
+    for ticker, price in (prices or {}).items():
+        new_prices[snap.tickers.index(ticker)] = price
+    cov = snap.cov.copy()
+    if cov_entry is not None:
+        cov[0, 0] = cov_entry  # AAA's variance: still symmetric PSD, and finite
+    store.write_market(
+        MarketSnapshot(
+            version=snap.version + 1, ts=NOW, tickers=snap.tickers, prices=new_prices,
+            price_ts=np.full(len(snap.tickers), NOW), cov=cov,
+        )
+    )  # fmt: skip
+
+
+def reason_codes(decision: dict[str, Any]) -> set[str]:
+    return {r["code"] for r in decision["reasons"]}
+
+
+@pytest.mark.parametrize(
+    ("prices", "cov_entry"),
+    [({"AAA": 1e308}, None), ({"AAA": 1e154}, None), (None, 1e300)],
+    ids=["price-1e308", "price-1e154", "variance-1e300"],
+)
+def test_gate_and_monitor_when_an_absurd_finite_market_is_stored_then_reject_with_a_code_skip_and_recover(
+    seeded_store: Store, settings: Settings, redis_client: redis.Redis, prices: Any, cov_entry: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # Arrange: both portfolios snapshotted on a good market, then an absurd one written past every filter
+    store = seeded_store
+    clock = {"t": NOW}
+    monitor = Monitor(store, settings, clock=lambda: clock["t"])
+    assert set(monitor.refresh()) == {"main", "hedge"}
+    good = store.read_market()
+    main_before = store.read_snapshot("main")
+    write_market(store, prices, cov_entry)
+    rm = RiskManager(redis_client, "main", settings, clock=lambda: NOW)
+    before = store_contents(redis_client)
+
+    # Act / Assert: the gate rejects with a code and never raises; the store is unchanged
+    for ticker, side in (("AAA", "BUY"), ("BBB", "BUY"), ("AAA", "SELL")):
+        decision = rm.check_trade_impact(ticker, 10, side)
+        assert decision["status"] == "REJECTED", {k: v for k, v in decision.items() if v is not None}
+        assert reason_codes(decision) & {"MISSING_PRICE", "STORE_CORRUPT"}, decision
+    assert store_contents(redis_client) == before
+    executed = rm.execute_trade("AAA", 10, "BUY", client_order_id="absurd-1")
+    assert executed["status"] == "REJECTED" and executed["fill"] is None
+    assert reason_codes(executed["decision"]) & {"MISSING_PRICE", "STORE_CORRUPT"}, executed
+    assert store.read_portfolio("main").positions["AAA"].qty == 1000
+
+    # Act / Assert: the monitor skips main's snapshot with a logged reason; hedge (no AAA) goes on
+    clock["t"] = NOW + 1
+    with caplog.at_level(logging.WARNING, logger="logic.monitor"):
+        snapshots = monitor.refresh()
+    assert "main" not in snapshots
+    assert store.read_snapshot("main") == main_before
+    assert any("portfolio main: no snapshot" in r.getMessage() for r in caplog.records), caplog.text
+    if cov_entry is None:  # an absurd price of a ticker hedge does not hold leaves hedge's figures finite
+        assert "hedge" in snapshots and math.isfinite(snapshots["hedge"]["var"]["var95"])
+
+    # Act / Assert: good data recovers both
+    write_market(store, {t: float(p) for t, p in zip(good.tickers, good.prices, strict=True)}, float(good.cov[0, 0]))
+    clock["t"] = NOW + 2
+    assert set(monitor.refresh()) == {"main", "hedge"}
+    assert rm.check_trade_impact("AAA", 10, "BUY")["status"] == "APPROVED"
+
+
+# -- 3. CSV formula injection --------------------------------------------------------------------------------
+
+
+def test_csv_export_when_text_cells_start_a_formula_then_they_are_quoted_and_numbers_stay_numbers() -> None:
+    # Arrange: an alert-rule table and a blotter as the dashboard exports them
+    frame = pd.DataFrame(
+        {
+            "rule": ['=HYPERLINK("http://x")', "plain", "+1+cmd|' /C calc'!A0", "-2+3", "\tTAB", "\rCR"],
+            "name": ["@SUM(1)", "ok", "a=b", "", "-1,234.50", "12%"],
+            "pnl": [-1234.5, 10.0, -0.01, 0.0, -7.0, 3.0],
+            "qty": [-10, 5, 0, 1, 2, 3],
+        }
+    )
+
+    # Act
+    rows = list(csv.reader(io.StringIO(csv_bytes(frame).decode("utf-8"), newline="")))
+
+    # Assert: formula-leading text gets a leading quote, everything else is written as it was
+    header, body = rows[0], rows[1:]
+    assert header == ["rule", "name", "pnl", "qty"]
+    assert [r[0] for r in body] == ["'=HYPERLINK(\"http://x\")", "plain", "'+1+cmd|' /C calc'!A0", "'-2+3", "'\tTAB",
+                                    "'\rCR"]  # fmt: skip
+    assert [r[1] for r in body] == ["'@SUM(1)", "ok", "a=b", "", "-1,234.50", "12%"]  # a formatted number is data
+    assert [float(r[2]) for r in body] == [-1234.5, 10.0, -0.01, 0.0, -7.0, 3.0]  # numbers stay numbers
+    assert [int(r[3]) for r in body] == [-10, 5, 0, 1, 2, 3]
+    assert frame.loc[0, "rule"] == '=HYPERLINK("http://x")'  # the shown table is not changed
