@@ -21,6 +21,7 @@ import math
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,14 +30,15 @@ import pytest
 import redis
 
 import warmup
+from engine.errors import ConfigError
 from engine.redis_server import EmbeddedRedis
-from engine.settings import Settings
+from engine.settings import Settings, load_settings, settings_from_dict
 from engine.store import MarketSnapshot, Store
 from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
 from logic.views.export import csv_bytes
 
-from .conftest import store_contents
+from .conftest import TEST_CONFIG, merge, store_contents, to_toml
 
 NOW = 1_700_000_000.0
 
@@ -259,3 +261,68 @@ def test_csv_export_when_text_cells_start_a_formula_then_they_are_quoted_and_num
     assert [float(r[2]) for r in body] == [-1234.5, 10.0, -0.01, 0.0, -7.0, 3.0]  # numbers stay numbers
     assert [int(r[3]) for r in body] == [-10, 5, 0, 1, 2, 3]
     assert frame.loc[0, "rule"] == '=HYPERLINK("http://x")'  # the shown table is not changed
+
+
+# -- 4. misspelled sections ----------------------------------------------------------------------------------
+
+RULE = {"id": "var_breach", "metric": "var.utilization", "op": ">", "threshold": 1.0, "severity": "HIGH"}
+
+
+def config_with(**changes: Any) -> dict[str, Any]:
+    """TEST_CONFIG with top-level keys set (a value of None removes the key)."""
+    data = merge(TEST_CONFIG, {})
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"limit": {"var_limit": 1.0}}, "limit: unknown top-level section (did you mean 'limits'?)"),
+        ({"alert_rule": [RULE]}, "alert_rule: unknown top-level section (did you mean 'alert_rules'?)"),
+        ({"notification": {"channels": []}}, "notification: unknown top-level section (did you mean 'notifications'?)"),
+        ({"portfolios": []}, "portfolios: no portfolio is configured"),
+        ({"portfolios": None}, "portfolios: no portfolio is configured"),
+        ({"alert_rules": None}, "alert_rules: the file never mentions alert_rules"),
+    ],
+    ids=["limit", "alert_rule", "notification", "empty-portfolios", "no-portfolios", "no-alert-rules"],
+)
+def test_load_settings_when_a_section_is_misspelled_or_missing_then_the_error_names_it_and_warmup_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any], expected: str
+) -> None:
+    # Arrange
+    path = tmp_path / "riskdesk.toml"
+    path.write_text(to_toml(config_with(**changes)))
+
+    # Act / Assert: the loader refuses with the message
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert expected in str(caught.value)
+
+    # Act / Assert: so does the seeding, with exit 2 and before touching any store
+    assert warmup.main(["--config", str(path)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_load_settings_when_alert_rules_are_explicitly_empty_or_given_then_the_file_loads(tmp_path: Path) -> None:
+    # Arrange
+    empty, one = tmp_path / "empty.toml", tmp_path / "one.toml"
+    empty.write_text(to_toml(config_with(alert_rules=[])))
+    one.write_text(to_toml(config_with(alert_rules=[RULE], escalation={}, notifications={})))
+
+    # Act / Assert: explicit zero rules, and the other components' sections, are legitimate
+    assert load_settings(empty, env={}).alert_rules == ()
+    settings = load_settings(one, env={})
+    assert [r.id for r in settings.alert_rules] == ["var_breach"]
+    assert set(settings.extra) == {"escalation", "notifications"}
+
+
+def test_settings_from_dict_when_a_top_level_section_is_unknown_then_it_is_an_error_naming_the_nearest() -> None:
+    with pytest.raises(ConfigError, match=r"stres_scenarios: unknown top-level section \(did you mean 'stress_sc"):
+        settings_from_dict(config_with(stres_scenarios={}))
+    with pytest.raises(ConfigError, match=r"zzz: unknown top-level section \(valid sections: alert_rules, "):
+        settings_from_dict(config_with(zzz=1))
