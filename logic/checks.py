@@ -80,6 +80,16 @@ from logic.limits import (
     is_risk_reducing,
     shrinks_position,
 )
+from logic.rejections import (
+    NOT_FINITE_MESSAGE,
+    RISK_FIGURES,
+    bookable,
+    empty_decision_fields,
+    non_finite_figures,
+    not_finite_decision,
+    store_reason,
+)
+from logic.rejections import store_failure_decision as store_failure_decision
 from logic.risk_models import risk_model_of
 from logic.valuation import value_portfolio
 from logic.var_methods import Prepared
@@ -183,35 +193,6 @@ class Plan:
             fees_paid=before.fees_paid + self.fee,
             updated_at=self.now,
         )
-
-
-NOT_FINITE_MESSAGE = "the stored market gives risk figures that are not finite (an absurd price or variance)"
-"""Message of the ``STORE_CORRUPT`` rejection of an order whose figures overflow."""
-RISK_FIGURES = (
-    "notional", "est_fees", "liquidity_cost", "var_before", "var_after", "delta_var", "marginal_var",
-    "cash_after", "equity_after", "concentration_after", "margin_level_after",
-)  # fmt: skip
-"""Decision fields computed from the market; all cleared when one of them is not finite."""
-
-
-MAX_BOOKABLE_PRICE = 1e18
-"""Largest price the books take: its fill (4 decimals) times the largest order stays exact in Decimal's 28-digit
-context. A stored price above it (1e308 replayed past the feed's filter) is no usable price: the gate refuses
-with ``MISSING_PRICE`` and the monitor skips the portfolios holding it."""
-
-
-def bookable(price: float) -> bool:
-    """``price`` is a finite positive float of at most :data:`MAX_BOOKABLE_PRICE`."""
-    return math.isfinite(price) and 0 < price <= MAX_BOOKABLE_PRICE
-
-
-def non_finite_figures(d: Mapping[str, Any]) -> str | None:
-    """The first of :data:`RISK_FIGURES` in ``d`` that is a non-finite float, named, or None."""
-    for name in RISK_FIGURES:
-        value = d.get(name)
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{name} is {value!r}"
-    return None
 
 
 class BookCache:
@@ -328,7 +309,7 @@ class Checker:
         try:
             decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
         except (ArithmeticError, ValueError) as exc:  # a backstop: the checks below guard their own figures
-            return self._not_finite(ticker, now, exc), None
+            return not_finite_decision(self.portfolio_id, ticker, self.limits, now, exc), None
         if size and not decision.approved and decision.side is not None and decision.price is not None:
             try:
                 with np.errstate(over="raise"):
@@ -337,14 +318,6 @@ class Checker:
                 best = 0  # no quantity can be shown to pass on figures that overflow
             decision = replace(decision, max_qty_allowed=best)
         return decision, plan
-
-    def _not_finite(self, ticker: Any, now: float, exc: Exception) -> Decision:
-        """REJECTED ``STORE_CORRUPT``: the stored market gave figures that cannot be computed (an absurd price
-        or variance overflowing a float)."""
-        d = empty_decision_fields(self.portfolio_id, ticker, self.limits, now)
-        d["reasons"] = (reason(ReasonCode.STORE_CORRUPT, f"{NOT_FINITE_MESSAGE} ({type(exc).__name__}: {exc})"),)
-        d["status"] = DecisionStatus.REJECTED
-        return Decision(**d)
 
     def max_qty_allowed(
         self,
@@ -782,66 +755,6 @@ class Checker:
             index=index,
         )
         return plan, reducing
-
-
-# -- decisions without a check -------------------------------------------------------------------------------
-
-
-def empty_decision_fields(portfolio_id: str, ticker: Any, limits: Limits, now: float) -> dict[str, Any]:
-    """The fields of a :class:`~engine.records.Decision` before any check ran (REJECTED, no figures)."""
-    return {
-        "status": DecisionStatus.REJECTED,
-        "reasons": (),
-        "portfolio_id": portfolio_id,
-        "ticker": ticker if isinstance(ticker, str) else repr(ticker),
-        "side": None,
-        "qty": None,
-        "price": None,
-        "reference_price": None,
-        "notional": None,
-        "est_fees": None,
-        "liquidity_cost": None,
-        "var_before": None,
-        "var_after": None,
-        "delta_var": None,
-        "marginal_var": None,
-        "var_limit": float(limits.var_limit),
-        "var_confidence": limits.var_confidence,
-        "var_horizon_days": limits.var_horizon_days,
-        "cash_before": None,
-        "cash_after": None,
-        "position_before": None,
-        "position_after": None,
-        "equity_after": None,
-        "concentration_after": None,
-        "margin_level_after": None,
-        "trading_state": None,
-        "market_version": None,
-        "checked_at": now,
-        "intent": OrderIntent.TRADE,
-        "max_qty_allowed": None,
-    }
-
-
-def store_failure_decision(
-    portfolio_id: str, limits: Limits, ticker: Any, qty: Any, side: Any, error: StoreError | None, now: float
-) -> Decision:
-    """REJECTED for a store failure (or, with ``error=None``, with no reason yet: the caller adds one)."""
-    d = empty_decision_fields(portfolio_id, ticker, limits, now)
-    shares, _ = parse_quantity(qty, limits.max_order_qty)
-    d.update(
-        qty=shares,
-        side=parse_side(side),
-        status=DecisionStatus.REJECTED,
-        reasons=(store_reason(error),) if error is not None else (),
-    )
-    return Decision(**d)
-
-
-def store_reason(error: StoreError) -> Reason:
-    code = error.code if error.code in ReasonCode.__members__ else ReasonCode.STORE_CORRUPT
-    message = f"{error.detail} (fix: {error.fix})" if error.fix else error.detail
-    return Reason(code=ReasonCode(code), message=message)
 
 
 def holdings_key(portfolio: PortfolioState) -> tuple[Any, ...]:

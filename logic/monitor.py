@@ -74,7 +74,7 @@ from engine.store import (
     decode_marks_reply,
 )
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
-from logic.checks import MAX_BOOKABLE_PRICE
+from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
 from logic.valuation import Valuation, value_portfolio
 
