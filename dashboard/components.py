@@ -22,6 +22,7 @@ import streamlit as st
 
 from engine.records import Severity, TradingState
 from logic import views
+from logic.views.export import csv_bytes
 
 log = logging.getLogger("riskdesk.dashboard")
 
@@ -312,7 +313,7 @@ def table(
     st.dataframe(shown, hide_index=True, height=height, column_config=column_config, key=f"{key}_table")
     st.download_button(
         "Export CSV",
-        data=df.to_csv(index=False).encode("utf-8"),
+        data=csv_bytes(df),  # formula cells neutralised (OWASP CSV injection)
         file_name=filename,
         mime="text/csv",
         key=f"{key}_csv",

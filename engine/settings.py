@@ -21,6 +21,10 @@ one way: :func:`validate_config` runs the validation and turns every failure int
 a number) and finite; money is an exact :class:`~decimal.Decimal` (a float literal goes through ``str()``
 first, so ``0.1`` is ``Decimal("0.1")``).
 
+The top level is checked too (:func:`check_sections`): an unknown section (``[limit]``, ``[[alert_rule]]``,
+``[notification]``) is an error naming the nearest valid one, and a settings file must configure at least one
+portfolio and mention ``alert_rules`` (``alert_rules = []`` for none): :func:`check_file_sections`.
+
 Pydantic *dataclasses* rather than ``BaseModel`` because the rest of the tree treats settings as dataclasses:
 ``dataclasses.fields`` / ``asdict`` / ``replace`` and positional construction (``Fees(a, b, c)``) keep working,
 and assigning to a field raises ``FrozenInstanceError`` (an ``AttributeError``). ``dataclasses.replace`` re-runs
@@ -36,6 +40,7 @@ portfolio *after* the overrides. Expressing that with ``EnvSettingsSource`` mean
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import tomllib
@@ -72,6 +77,9 @@ from engine.errors import ConfigError
 from engine.records import AccountType, Severity, VarMethod
 
 ENV_PREFIX = "RISKDESK__"
+EXTRA_SECTIONS = frozenset({"notifications", "escalation"})
+"""Top-level sections owned by the layers above the engine, kept in :attr:`Settings.extra`: with the fields of
+:class:`Settings` the only top-level names a settings file may use (a typo such as ``[limit]`` is an error)."""
 CONFIG_ENV = "RISKDESK_CONFIG"
 DEFAULT_CONFIG_FILE = "riskdesk.toml"
 
@@ -585,14 +593,19 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
         raise ConfigError(f"settings file {file} not found") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"settings file {file} is not valid TOML: {exc}") from exc
-    return settings_from_dict(_apply_env(data, env))
+    data = _apply_env(data, env)
+    check_sections(data)  # a typo first: [portfolio] is reported as such, not as "no portfolio"
+    check_file_sections(data, file)
+    return settings_from_dict(data)
 
 
 def settings_from_dict(data: Mapping[str, Any]) -> Settings:
     """Build and validate :class:`Settings` from a plain dict shaped like ``riskdesk.toml``.
 
-    Each portfolio's ``limits`` start from the global ``[limits]`` table; top-level tables that are not settings
-    fields go to :attr:`Settings.extra` unchanged.
+    Each portfolio's ``limits`` start from the global ``[limits]`` table; the other components' sections
+    (:data:`EXTRA_SECTIONS`) go to :attr:`Settings.extra` unchanged; any other top-level name is an error naming
+    the nearest valid section. (A *file* must also configure a portfolio and mention ``alert_rules``:
+    :func:`load_settings`.)
     """
     data = dict(data)
     global_limits = data.get("limits", {})
@@ -605,6 +618,7 @@ def settings_from_dict(data: Mapping[str, Any]) -> Settings:
             for raw in portfolios
         ]
     known = {f.name for f in fields(Settings)}
+    check_sections(data)
     data["extra"] = {k: v for k, v in data.items() if k not in known}
     data = {k: v for k, v in data.items() if k in known}
     try:
@@ -612,6 +626,40 @@ def settings_from_dict(data: Mapping[str, Any]) -> Settings:
     except ValidationError as exc:
         errors = [e for e in exc.errors(include_url=False) if not _inherited(e["loc"], portfolios)]
         raise config_error(Settings, errors, "settings") from None
+
+
+def top_level_sections() -> frozenset[str]:
+    """Every top-level name a settings file may use: the fields of :class:`Settings` and :data:`EXTRA_SECTIONS`."""
+    return frozenset(f.name for f in fields(Settings) if f.name != "extra") | EXTRA_SECTIONS
+
+
+def check_sections(data: Mapping[str, Any]) -> None:
+    """Refuse unknown top-level sections, naming the nearest valid one (``[limit]``: did you mean ``limits``?):
+    a misspelled section would otherwise be ignored, e.g. leaving the desk without its circuit breakers."""
+    valid = top_level_sections()
+    problems = []
+    for name in sorted(str(k) for k in data if k not in valid):
+        close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"valid sections: {', '.join(sorted(valid))}"
+        problems.append(f"{name}: unknown top-level section ({hint})")
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+
+
+def check_file_sections(data: Mapping[str, Any], file: Path) -> None:
+    """What a settings *file* must say explicitly: at least one portfolio, and its alert rules (``alert_rules =
+    []`` for none, so a misspelled ``[[alert_rule]]`` cannot leave the desk with zero circuit breakers)."""
+    problems = []
+    portfolios = data.get("portfolios")
+    if not isinstance(portfolios, list) or not portfolios:
+        problems.append("portfolios: no portfolio is configured (add a [[portfolios]] table)")
+    if "alert_rules" not in data:
+        problems.append(
+            "alert_rules: the file never mentions alert_rules; add [[alert_rules]] tables, or `alert_rules = []` "
+            "to run without any alert rule"
+        )
+    if problems:
+        raise ConfigError(f"settings file {file}: " + "; ".join(problems))
 
 
 def _inherited(loc: tuple[Any, ...], portfolios: Any) -> bool:

@@ -80,6 +80,16 @@ from logic.limits import (
     is_risk_reducing,
     shrinks_position,
 )
+from logic.rejections import (
+    NOT_FINITE_MESSAGE,
+    RISK_FIGURES,
+    bookable,
+    empty_decision_fields,
+    non_finite_figures,
+    not_finite_decision,
+    store_reason,
+)
+from logic.rejections import store_failure_decision as store_failure_decision
 from logic.risk_models import risk_model_of
 from logic.valuation import value_portfolio
 from logic.var_methods import Prepared
@@ -202,7 +212,12 @@ class BookCache:
         if book is not None:
             return book
         valuation = value_portfolio(portfolio, model.header)
-        book = self.risk_of(model, np.array(valuation.market_values, dtype=float), valuation.missing)
+        held = np.flatnonzero(valuation.qty)
+        absurd = [valuation.tickers[i] for i in held if not bookable(float(model.header.prices[i]))]
+        missing = tuple(sorted({*valuation.missing, *absurd}))  # a price the books cannot hold is no price
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite figures are refused by the caller
+            x = np.array(valuation.market_values, dtype=float)
+        book = self.risk_of(model, x, missing)
         self.put(key, book)
         return book
 
@@ -291,9 +306,16 @@ class Checker:
         ``max_qty_allowed`` (:mod:`logic.sizing`); an approved order costs nothing more.
         """
         lookups = Lookups(self.limits, self.models, self.horizon_bars, self.day_open, now, self.validated)
-        decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
+        try:
+            decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
+        except (ArithmeticError, ValueError) as exc:  # a backstop: the checks below guard their own figures
+            return not_finite_decision(self.portfolio_id, ticker, self.limits, now, exc), None
         if size and not decision.approved and decision.side is not None and decision.price is not None:
-            best = self.max_qty_allowed(sim, ticker, decision.side, now, pending_orders, intent, lookups)
+            try:
+                with np.errstate(over="raise"):
+                    best = self.max_qty_allowed(sim, ticker, decision.side, now, pending_orders, intent, lookups)
+            except (ArithmeticError, ValueError):
+                best = 0  # no quantity can be shown to pass on figures that overflow
             decision = replace(decision, max_qty_allowed=best)
         return decision, plan
 
@@ -414,6 +436,10 @@ class Checker:
             last = float(header.prices[index])
             if not math.isfinite(last) or last <= 0:
                 reasons.append(reason(ReasonCode.MISSING_PRICE, f"{ticker} has no usable price ({last!r})"))
+            elif not bookable(last):
+                reasons.append(
+                    reason(ReasonCode.MISSING_PRICE, f"{ticker} price {last:g} is beyond what the books can hold")
+                )
             else:
                 price = last
                 d["price"] = last
@@ -455,9 +481,20 @@ class Checker:
                     and index is not None
                     and isinstance(ticker, str)
                 ):
-                    plan, reducing = self._check_risk(
-                        d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price, now, lookups
-                    )
+                    try:
+                        with np.errstate(over="raise"):
+                            plan, reducing = self._check_risk(
+                                d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price,
+                                now, lookups,
+                            )  # fmt: skip
+                        why = non_finite_figures(d)
+                    except (ArithmeticError, ValueError) as exc:
+                        why = f"{type(exc).__name__}: {exc}"
+                    if why is not None:  # fail closed: no figure of this book can be trusted, no waiver
+                        for name in RISK_FIGURES:
+                            d[name] = None
+                        reasons.append(reason(ReasonCode.STORE_CORRUPT, f"{NOT_FINITE_MESSAGE} ({why})"))
+                        plan, reducing = None, False
                 self._check_state(d, reasons, state, intent, q0, q1, ticker, reducing)
                 if reducing:  # de-risking is always possible: no limit refuses it
                     reasons = [r for r in reasons if r.code not in WAIVED_WHEN_REDUCING_RISK]
@@ -718,66 +755,6 @@ class Checker:
             index=index,
         )
         return plan, reducing
-
-
-# -- decisions without a check -------------------------------------------------------------------------------
-
-
-def empty_decision_fields(portfolio_id: str, ticker: Any, limits: Limits, now: float) -> dict[str, Any]:
-    """The fields of a :class:`~engine.records.Decision` before any check ran (REJECTED, no figures)."""
-    return {
-        "status": DecisionStatus.REJECTED,
-        "reasons": (),
-        "portfolio_id": portfolio_id,
-        "ticker": ticker if isinstance(ticker, str) else repr(ticker),
-        "side": None,
-        "qty": None,
-        "price": None,
-        "reference_price": None,
-        "notional": None,
-        "est_fees": None,
-        "liquidity_cost": None,
-        "var_before": None,
-        "var_after": None,
-        "delta_var": None,
-        "marginal_var": None,
-        "var_limit": float(limits.var_limit),
-        "var_confidence": limits.var_confidence,
-        "var_horizon_days": limits.var_horizon_days,
-        "cash_before": None,
-        "cash_after": None,
-        "position_before": None,
-        "position_after": None,
-        "equity_after": None,
-        "concentration_after": None,
-        "margin_level_after": None,
-        "trading_state": None,
-        "market_version": None,
-        "checked_at": now,
-        "intent": OrderIntent.TRADE,
-        "max_qty_allowed": None,
-    }
-
-
-def store_failure_decision(
-    portfolio_id: str, limits: Limits, ticker: Any, qty: Any, side: Any, error: StoreError | None, now: float
-) -> Decision:
-    """REJECTED for a store failure (or, with ``error=None``, with no reason yet: the caller adds one)."""
-    d = empty_decision_fields(portfolio_id, ticker, limits, now)
-    shares, _ = parse_quantity(qty, limits.max_order_qty)
-    d.update(
-        qty=shares,
-        side=parse_side(side),
-        status=DecisionStatus.REJECTED,
-        reasons=(store_reason(error),) if error is not None else (),
-    )
-    return Decision(**d)
-
-
-def store_reason(error: StoreError) -> Reason:
-    code = error.code if error.code in ReasonCode.__members__ else ReasonCode.STORE_CORRUPT
-    message = f"{error.detail} (fix: {error.fix})" if error.fix else error.detail
-    return Reason(code=ReasonCode(code), message=message)
 
 
 def holdings_key(portfolio: PortfolioState) -> tuple[Any, ...]:

@@ -75,6 +75,8 @@ LEASE_SECONDS = 3.0
 An order takes milliseconds; the lease is refreshed on every transaction retry."""
 QUEUE_WAIT_SECONDS = 10.0
 """Longest an order waits for its turn in the queue before it is REJECTED ``STORE_UNAVAILABLE``."""
+AUTO_ORDER_ID_PREFIX = "gen-"
+"""Prefix of the client order id given to an order sent without one (:func:`new_order_id`)."""
 WAKE_POLL_SECONDS = 0.25
 """A waiter's BLPOP timeout: after it, the waiter checks for a dead head (one whose lease expired)."""
 
@@ -90,7 +92,9 @@ def execute(
 ) -> ExecutionResult:
     """Re-check and trade atomically at the last price; the same ``client_order_id`` trades at most once.
 
-    Never raises for bad input or store trouble: the result is REJECTED with the reason.
+    Never raises for bad input or store trouble: the result is REJECTED with the reason. An order sent without
+    a ``client_order_id`` gets one here (:func:`new_order_id`), so a retry after a lost EXEC reply cannot fill
+    it twice; the result carries that id.
     """
     if client_order_id is not None and not (isinstance(client_order_id, str) and 0 < len(client_order_id) <= 128):
         now = gate.clock()
@@ -106,6 +110,10 @@ def execute(
             ),
         )
         return result_of(gate.portfolio_id, decision, None, None, actor, now)
+    if client_order_id is None:
+        # Chosen once, before the first attempt: a connection lost after EXEC surfaces as a WatchError and the
+        # retry must find this order's own idempotency record, not fill it a second time.
+        client_order_id = new_order_id()
     ticket = uuid.uuid4().hex
     try:
         turn = _wait_for_turn(gate, ticket)
@@ -128,6 +136,12 @@ def execute(
     finally:
         if not released:
             _leave(gate, ticket)
+
+
+def new_order_id() -> str:
+    """The id :func:`execute` gives an order sent without a ``client_order_id`` (unique; never sent by a caller's
+    dashboard ticket, whose ids start with ``dash-``)."""
+    return f"{AUTO_ORDER_ID_PREFIX}{uuid.uuid4().hex}"
 
 
 def _wait_for_turn(gate: RiskManager, ticket: str) -> bool:

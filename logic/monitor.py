@@ -75,6 +75,7 @@ from engine.store import (
     decode_marks_reply,
 )
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
+from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
 from logic.valuation import Valuation, value_portfolio
 
@@ -417,7 +418,14 @@ class Monitor:
                 self._portfolio_error(pid, f"cannot read portfolio: {bundle.error}")
                 continue
             valuation = value_portfolio(bundle.state, market.header)
-            if not math.isfinite(valuation.equity):
+            absurd = (valuation.qty != 0) & (np.abs(np.nan_to_num(valuation.prices)) > MAX_BOOKABLE_PRICE)
+            if absurd.any():
+                names = ", ".join(t for t, bad in zip(valuation.tickers, absurd, strict=True) if bad)
+                self._portfolio_error(pid, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable")
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):  # an absurd price: refused just below
+                equity = valuation.equity
+            if not math.isfinite(equity):
                 self._portfolio_error(pid, "equity is not finite")
                 continue
             self.store.update_peaks(pid, valuation.equity, day_id, week_id, merges)
@@ -451,8 +459,9 @@ class Monitor:
         if event is not None and pids:
             tx.watch(*(self.store.backtest_key(pid) for pid in pids))
             try:
-                fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx)
-            except (StoreError, ValueError) as exc:  # the snapshots go on; the backtest skips this bar
+                with np.errstate(over="raise"):
+                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx)
+            except (StoreError, ValueError, ArithmeticError) as exc:  # the snapshots go on; the bar is skipped
                 self.backtests.discard()
                 self._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
         summaries: dict[str, dict[str, Any] | None] = {pid: f.summary for pid, f in fed.items()}
@@ -470,22 +479,25 @@ class Monitor:
                         raise StoreError(f"peak/mark merge failed: {reply}")
                 assert bundle.state is not None
                 method = self.settings.var_method_for(pid)
-                snapshots[pid] = build_snapshot(
-                    method=method,
-                    backtest=snapshot_section(summaries.get(pid), method),
-                    portfolio_id=pid,
-                    state=bundle.state,
-                    trading_state=bundle.trading_state,
-                    valuation=valuation,
-                    market=market,
-                    limits=self.store.limits_or(pid, self.settings.limits_for(pid), self.limits_memo),  # live
-                    model=self.settings.model,
-                    peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
-                    marks=decode_marks_reply(marks_raw, pid),
-                    now=now,
-                )
+                with np.errstate(over="raise"):  # absurd finite prices overflow: no snapshot
+                    snapshots[pid] = build_snapshot(
+                        method=method,
+                        backtest=snapshot_section(summaries.get(pid), method),
+                        portfolio_id=pid,
+                        state=bundle.state,
+                        trading_state=bundle.trading_state,
+                        valuation=valuation,
+                        market=market,
+                        limits=self.store.limits_or(pid, self.settings.limits_for(pid), self.limits_memo),  # live
+                        model=self.settings.model,
+                        peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
+                        marks=decode_marks_reply(marks_raw, pid),
+                        now=now,
+                    )
             except (StoreError, ValueError) as exc:
                 self._portfolio_error(pid, str(exc))
+            except ArithmeticError as exc:  # FloatingPointError from the errstate above
+                self._portfolio_error(pid, f"risk figures are not finite (an absurd price or variance): {exc}")
 
         cfg = self.settings.monitor
         tx.multi()
@@ -498,9 +510,7 @@ class Monitor:
         if ack is not None:
             self.store.ack_ticks(self.group, [ack], tx)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        heartbeat = self._heartbeat(
-            now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick
-        )
+        heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
         tx.execute()
         self.backtests.commit(fed)

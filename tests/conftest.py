@@ -67,6 +67,7 @@ TEST_CONFIG: dict[str, Any] = {
         "rotation": {"description": "AAA -10%, DDD +10%", "shocks": {"AAA": -0.1, "DDD": 0.1}},
     },
     "monitor": {"timezone": "UTC", "day_reset_hour": 0},
+    "alert_rules": [],  # a settings file must say so explicitly (engine.settings.check_file_sections)
     # hand-written test prices move many one-minute sigmas per bar (100 -> 105): the jump rule is off here and
     # tested at its boundary, with the shipped default, in tests/test_price_filter.py
     "stream": {"max_jump_sigma": 1e6},
