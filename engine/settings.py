@@ -2,7 +2,9 @@
 
 Settings are read once at a process's entry point from ``riskdesk.toml`` (path from ``RISKDESK_CONFIG``, else
 ``./riskdesk.toml``, else the built-in defaults below) and then passed down; nothing else in the tree holds a
-limit, a ticker or a decay. The object is frozen: to change a limit, change the file and restart.
+limit, a ticker or a decay. The object is frozen. A portfolio's limits are seeded from here and can then be
+changed live, versioned and audited, in the store (the Limits page, ``RiskManager.set_limits``, or an edited file
+applied by ``python warmup.py --sync``): every process uses the stored version from its next check or tick.
 
 Environment overrides (applied after the file):
 
