@@ -99,9 +99,10 @@ class Identity:
         return True
 
 
-def authorize(identity: Identity | None, action: Action, portfolio_id: str | None = None) -> None:
+def authorize(identity: Identity | None, action: Action, portfolio_id: str | None = None) -> Identity:
     """Raise :class:`~engine.errors.AccessDenied` unless one of ``identity``'s roles allows ``action`` (on
-    ``portfolio_id``, for the actions a trader may take only on their portfolios). Call it before the engine."""
+    ``portfolio_id``, for the actions a trader may take only on their portfolios); nobody signed in (None) is
+    refused. Returns the identity. Call it before the engine."""
     if identity is None:
         raise AccessDenied(f"sign in to {ACTION_LABELS.get(action, action)}")
     action = Action(action)
@@ -109,9 +110,9 @@ def authorize(identity: Identity | None, action: Action, portfolio_id: str | Non
         if action not in ROLE_ACTIONS.get(role, frozenset()):
             continue
         if action not in PORTFOLIO_SCOPED.get(role, frozenset()):
-            return
+            return identity
         if portfolio_id is not None and (ALL_PORTFOLIOS in identity.portfolios or portfolio_id in identity.portfolios):
-            return
+            return identity
     where = f" on portfolio {portfolio_id}" if portfolio_id is not None else ""
     raise AccessDenied(
         f"{identity.email or identity.name or identity.subject} may not {ACTION_LABELS.get(action, action)}{where}"

@@ -115,13 +115,13 @@ def last_firm_action(desk: Desk) -> FirmAction | None:
     )
 
 
-def firm_switch(desk: Desk, switch: str, identity: Identity, reason: str) -> dict[str, dict[str, str]]:
+def firm_switch(desk: Desk, switch: str, identity: Identity | None, reason: str) -> dict[str, dict[str, str]]:
     """HALT ALL or REDUCE ALL (``switch``, a key of :data:`FIRM_SWITCHES`) by ``identity`` (a risk manager or
     an admin): every portfolio in one transaction with one audit record. A reason is required."""
-    authorize(identity, Action.FIRM_SWITCH)
+    who = authorize(identity, Action.FIRM_SWITCH)
     if switch not in FIRM_SWITCHES:
         raise InputError(f"choose one of {', '.join(FIRM_SWITCHES)}")
-    reason, actor = (reason or "").strip(), identity.actor
+    reason, actor = (reason or "").strip(), who.actor
     if not reason:
         raise InputError("a reason is required to change every portfolio's trading state")
     f = firm(desk)

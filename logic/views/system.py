@@ -168,16 +168,18 @@ def trading_state_view(desk: Desk, portfolio_id: str) -> TradingStateView:
     return TradingStateView(ts.state, ts.reason, ts.actor, ts.ts, audit=records_frame(records))
 
 
-def change_trading_state(desk: Desk, portfolio_id: str, state: str | None, reason: str, identity: Identity) -> Any:
+def change_trading_state(
+    desk: Desk, portfolio_id: str, state: str | None, reason: str, identity: Identity | None
+) -> Any:
     """Set ACTIVE / REDUCING / HALTED deliberately (a risk manager or an admin): a reason is required; it and
     ``identity.actor`` are audited."""
-    authorize(identity, Action.TRADING_STATE, portfolio_id)
+    who = authorize(identity, Action.TRADING_STATE, portfolio_id)
     if state not in TRADING_STATES:
         raise InputError(f"choose one of {', '.join(TRADING_STATES)}")
     reason = (reason or "").strip()
     if not reason:
         raise InputError("a reason is required to change the trading state")
-    desk.risk_manager(portfolio_id).set_trading_state(state, reason, identity.actor)
+    desk.risk_manager(portfolio_id).set_trading_state(state, reason, who.actor)
     return desk.store.read_trading_state(portfolio_id)
 
 

@@ -68,14 +68,14 @@ def check_ticket(desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any
 
 
 def execute_ticket(
-    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, client_order_id: str, identity: Identity
+    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, client_order_id: str, identity: Identity | None
 ) -> dict[str, Any]:
     """Execute a checked ticket for ``identity`` (a trader of the portfolio, or an admin; refused with
     AccessDenied before anything is written otherwise); the same ``client_order_id`` trades at most once
     (``duplicate`` says so). The audit actor is ``identity.actor``."""
-    authorize(identity, Action.TRADE, portfolio_id)
+    who = authorize(identity, Action.TRADE, portfolio_id)
     return desk.risk_manager(portfolio_id).execute_trade(
-        ticker, qty, side, client_order_id=client_order_id, actor=identity.actor
+        ticker, qty, side, client_order_id=client_order_id, actor=who.actor
     )
 
 
