@@ -116,6 +116,14 @@ def test_no_identity_and_no_role_are_refused() -> None:
             authorize(who(), action, "main")
 
 
+def test_a_refusal_reads_as_a_plain_message_with_its_fix() -> None:
+    with pytest.raises(AccessDenied) as err:
+        authorize(VIEWER, Action.TRADE, "main")
+    problem = views.problem_from_exception(err.value)
+    assert (problem.code, problem.title) == ("ACCESS_DENIED", "Not allowed for your role")
+    assert "may not trade on portfolio main" in problem.detail and "[access]" in problem.fix
+
+
 def test_the_matrix_in_the_module_is_the_documented_one() -> None:
     assert {r: set(a) for r, a in ROLE_ACTIONS.items()} == {**EXPECTED, Role.TRADER: {Action.TRADE, Action.ACKNOWLEDGE}}
 
