@@ -71,7 +71,7 @@ def services(settings: Settings, stream_args: Sequence[str] = ()) -> tuple[Servi
             "dashboard",
             (
                 py, "-m", "streamlit", "run", "dashboard/app.py",
-                "--server.address", "127.0.0.1",
+                "--server.address", settings.dashboard.address,
                 "--server.port", str(settings.dashboard.port),
                 "--server.headless", "true",
                 "--browser.gatherUsageStats", "false",
@@ -84,6 +84,40 @@ def services(settings: Settings, stream_args: Sequence[str] = ()) -> tuple[Servi
 class LauncherError(RiskdeskError):
     code = "LAUNCH_FAILED"
     fix = "read the message; `python launcher.py stop` then start again"
+
+
+SECRETS_FILE = ".streamlit/secrets.toml"
+"""Where Streamlit reads the ``[auth]`` (OpenID Connect login) section, relative to the repository."""
+
+
+def login_configured(root: Path = ROOT) -> bool:
+    """Whether Streamlit's login is configured: an ``[auth]`` section in ``.streamlit/secrets.toml`` of the
+    repository or of the user's home (the two places ``streamlit run`` reads)."""
+    import tomllib
+
+    for path in (root / SECRETS_FILE, Path.home() / SECRETS_FILE):
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(data.get("auth"), dict):
+            return True
+    return False
+
+
+def check_binding(settings: Settings, root: Path = ROOT) -> None:
+    """Refuse to serve the dashboard beyond the loopback interface without login (anyone reaching it could
+    trade and switch circuit breakers off)."""
+    from logic.access import is_loopback
+
+    address = settings.dashboard.address
+    if not is_loopback(address) and not login_configured(root):
+        raise LauncherError(
+            f"dashboard.address = {address!r} is not a loopback address and no login is configured: the "
+            f"dashboard would accept anyone on the network as the local operator",
+            fix=f'set dashboard.address = "127.0.0.1" in the settings, or configure login ([auth] in '
+            f"{SECRETS_FILE}, see README, \"Login and roles\")",
+        )
 
 
 class Launcher:
@@ -126,6 +160,8 @@ class Launcher:
         """Start what is not running; an empty store is seeded from the settings, or with ``python warmup.py
         *seed_args`` when given (the demo's history and book)."""
         lines: list[str] = []
+        if (self.root / "dashboard/app.py").exists():
+            check_binding(self.settings, self.root)
         embedded = self.embedded
         if embedded is not None:
             started = embedded.start()
@@ -270,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     if args.command in ("start", "demo"):
         if (launcher.root / "dashboard/app.py").exists():
-            print(f"\nDashboard: http://127.0.0.1:{launcher.settings.dashboard.port}")
+            print(f"\nDashboard: http://{launcher.settings.dashboard.address}:{launcher.settings.dashboard.port}")
         if launcher.settings.model.compressed_clock:
             print(f"Demo clock: one one-minute model bar every {launcher.settings.model.bar_interval_seconds:g} s "
                   "(the dashboard says so); without --compressed-clock one bar per minute.")  # fmt: skip

@@ -32,7 +32,10 @@ PAGES = [
     st.Page("screens/limits.py", title="Limits", icon=":material/tune:"),
 ]
 
+ui.host_guard(ui.desk_or_none())  # DNS rebinding: a foreign Host header gets nothing, before any widget exists
+who = ui.require_login()  # login configured: sign in first; otherwise the local operator
 page = st.navigation(PAGES)
 with ui.guard():
     ui.sidebar(ui.desk())
+ui.identity_sidebar(who)
 page.run()

@@ -20,8 +20,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.records import Severity, TradingState
-from logic import views
+from engine.records import Action, Severity, TradingState
+from engine.settings import DashboardConfig
+from logic import access, views
+from logic.access import Identity
 from logic.views.export import csv_bytes
 
 log = logging.getLogger("riskdesk.dashboard")
@@ -60,6 +62,104 @@ STATE_COLOURS: dict[str, str] = {
 def desk() -> views.Desk:
     """One :class:`~logic.views.Desk` per dashboard process (settings and Redis from the environment)."""
     return views.Desk.from_env()
+
+
+def desk_or_none() -> views.Desk | None:
+    """The desk, or None when it cannot be built (the sidebar says why)."""
+    try:
+        return desk()
+    except Exception:  # noqa: BLE001 - shown by the guarded sidebar
+        return None
+
+
+# -- who is signed in -----------------------------------------------------------------------------------------
+
+LOCAL_MODE_MESSAGE = "Local operator mode: no login configured; bound to 127.0.0.1"
+
+
+def login_configured() -> bool:
+    """Whether ``.streamlit/secrets.toml`` has an ``[auth]`` section (OpenID Connect login via ``st.login``)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file (or an unreadable one): no login configured
+        return False
+
+
+def identity() -> Identity | None:
+    """The identity every state-changing action runs as: with login configured, the signed-in user (``st.user``:
+    issuer, subject, e-mail) with the roles ``[access]`` grants, None when nobody is signed in; without login,
+    the local operator with every role (the dashboard is bound to the loopback interface then)."""
+    if not login_configured():
+        return access.local_identity()
+    if not st.user.is_logged_in:
+        return None
+    return access.identity_from_claims(desk().settings.access, st.user.to_dict())
+
+
+def host_guard(d: views.Desk | None) -> None:
+    """Stop the page when the request's ``Host`` header is not this dashboard's (DNS rebinding): an app-level
+    check on the WebSocket's headers, run before any widget exists, so a foreign page gets no data and no
+    callbacks. Runs without headers (AppTest, no HTTP request) are let through."""
+    headers = st.context.headers
+    if not headers:
+        return
+    host = headers.get("Host")
+    cfg = d.settings.dashboard if d is not None else DashboardConfig()
+    if not access.host_allowed(host, cfg.address, cfg.allowed_hosts):
+        log.warning("refused a request for foreign host %r", host)
+        st.error(
+            f"Refused: this dashboard does not answer for host {md(host or '(none)')}. Open it by the address "
+            "it is served on, or add the name to `dashboard.allowed_hosts` in riskdesk.toml.",
+            icon=":material/block:",
+        )
+        st.stop()
+
+
+def require_login() -> Identity:
+    """The signed-in identity, or stop the page with a login button (login configured, nobody signed in) or
+    with a message (signed in, but ``[access]`` grants no role)."""
+    who = identity()
+    if who is None:
+        st.title("Riskdesk")
+        st.info("Sign in with the desk's identity provider to use the dashboard.", icon=":material/lock:")
+        st.button("Log in", type="primary", on_click=st.login, icon=":material/login:", key="login_button")
+        st.stop()
+    if not who.roles:
+        st.error(
+            f"Signed in as {md(who.email or who.subject)}, but no role is granted to this login.",
+            icon=":material/block:",
+        )
+        st.info("Ask an admin to map your e-mail or group to a role in `[access]` of riskdesk.toml.")
+        st.button("Log out", on_click=st.logout, key="logout_norole")
+        st.stop()
+    return who
+
+
+def identity_sidebar(who: Identity) -> None:
+    """Say who the pages act as, and offer logout (or say that this is the local operator mode)."""
+    with st.sidebar:
+        if who.local:
+            st.badge("Local operator", icon=":material/person:", color="orange")
+            st.caption(f"{LOCAL_MODE_MESSAGE}. Acting as {md(who.actor)} with every role.")
+            return
+        st.caption(f"Signed in as **{md(who.label)}**")
+        st.button("Log out", on_click=st.logout, key="logout_button", icon=":material/logout:")
+
+
+def can(action: Action, portfolio_id: str | None = None) -> bool:
+    """Whether the current identity may take ``action`` (for hiding controls; the views check again)."""
+    who = identity()
+    return who is not None and who.can(action, portfolio_id)
+
+
+def refused(action: Action, portfolio_id: str | None = None) -> bool:
+    """Show why the current identity may not take ``action`` and return True, or return False when it may."""
+    if can(action, portfolio_id):
+        return False
+    label = access.ACTION_LABELS.get(action, str(action))
+    where = f" on {md(portfolio_id)}" if portfolio_id else ""
+    st.info(f"Your role does not allow you to {label}{where}.", icon=":material/lock:")
+    return True
 
 
 # -- sidebar: portfolio and refresh --------------------------------------------------------------------------

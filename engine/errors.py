@@ -9,7 +9,8 @@
     │   ├── StoreEmptyError           a key the caller needs is missing (store not seeded)
     │   ├── CorruptDataError          a value exists but does not decode (never executed)
     │   └── SchemaMismatchError       the store was written by another layout version
-    └── FeedError                 a market-data feed or its input file is invalid
+    ├── FeedError                 a market-data feed or its input file is invalid
+    └── AccessDenied              the signed-in identity's roles do not allow the action
 
 Each error has a short machine-readable ``code`` and a ``fix`` telling an operator what to do, so a page or
 a log line can say both without parsing the message. The store errors' codes are the
@@ -68,3 +69,10 @@ class SchemaMismatchError(StoreError):
 class FeedError(RiskdeskError):
     code = "FEED_INVALID"
     fix = "check the feed's input file against the format described in README.md"
+
+
+class AccessDenied(RiskdeskError):
+    """The signed-in identity's roles do not allow the action (nothing was changed)."""
+
+    code = "ACCESS_DENIED"
+    fix = "ask an admin to map your login to a role that allows it (`[access]` in riskdesk.toml)"

@@ -270,6 +270,28 @@ class ExecutionStatus(StrEnum):
     REJECTED = "REJECTED"
 
 
+class Role(StrEnum):
+    """What a dashboard user may do (``[access]`` in the settings maps users to roles; see logic/access.py)."""
+
+    VIEWER = "viewer"
+    TRADER = "trader"
+    RISK_MANAGER = "risk_manager"
+    ADMIN = "admin"
+
+
+class Action(StrEnum):
+    """A state-changing action a role may be allowed (:func:`logic.access.authorize` checks it)."""
+
+    TRADE = "trade"
+    ACKNOWLEDGE = "acknowledge"
+    RESOLVE = "resolve"
+    TRADING_STATE = "trading_state"
+    FIRM_SWITCH = "firm_switch"
+    EDIT_RULES = "edit_rules"
+    EDIT_LIMITS = "edit_limits"
+    MANAGE_USERS = "manage_users"
+
+
 @dataclass(frozen=True)
 class Reason:
     """One failed check of a decision: a stable code for programs and a sentence a trader can act on."""

@@ -76,7 +76,7 @@ from engine.defaults import (
     VAR_CONFIDENCE,
 )
 from engine.errors import ConfigError
-from engine.records import AccountType, Severity, VarMethod
+from engine.records import AccountType, Role, Severity, VarMethod
 
 ENV_PREFIX = "RISKDESK__"
 EXTRA_SECTIONS = frozenset({"notifications", "escalation"})
@@ -404,6 +404,31 @@ class RedisConfig:
 class DashboardConfig:
     port: Integer = 8501
     refresh_seconds: Number = 2.0
+    address: Text = "127.0.0.1"
+    """Where the launcher binds the dashboard; any non-loopback address needs login (``[auth]`` in
+    ``.streamlit/secrets.toml``), else the launcher refuses to start it."""
+    allowed_hosts: tuple[Text, ...] = ()
+    """Host names (besides ``address`` and the loopback names) a request's ``Host`` header may carry; any other
+    host is refused by the page (DNS-rebinding guard, see logic/access.py)."""
+
+
+@dataclass(frozen=True, config=CONFIG)
+class AccessGrant:
+    """The roles (and, for traders, the portfolios, ``"*"`` for all) one user or group is given."""
+
+    roles: Annotated[tuple[Role, ...], Field(min_length=1)]
+    portfolios: tuple[Text, ...] = ()
+
+
+@dataclass(frozen=True, config=CONFIG)
+class AccessConfig:
+    """Who may do what once login is configured: grants by e-mail (``users``) and by group (``groups``, read
+    from the ``groups_claim`` of the identity provider's token). A signed-in user matching nothing gets no role
+    (read-only pages refuse too); grants add up."""
+
+    users: Table[AccessGrant] = field(default_factory=dict)
+    groups: Table[AccessGrant] = field(default_factory=dict)
+    groups_claim: Text = "groups"
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -420,6 +445,7 @@ class Settings:
     redis: RedisConfig = field(default_factory=RedisConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     market: Market = field(default_factory=Market)
+    access: AccessConfig = field(default_factory=AccessConfig)
     extra: Table[Any] = field(default_factory=dict)
     """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
     validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):

@@ -20,12 +20,19 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from engine.errors import AccessDenied
+from engine.records import Role
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, Store, heartbeat_key
+from logic import views
+from logic.access import Identity, local_identity
 
 from .conftest import TEST_CONFIG
 from .e2e_stack import toml_dumps
+
+LOCAL_ACTOR = local_identity().actor
+"""Without login configured (no secrets in the tests) every page acts as the local operator."""
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 PAGES = ("overview", "trade", "risk", "performance", "alerts", "system", "firm", "limits")
@@ -170,12 +177,11 @@ def test_kill_switch_halts_trading_with_reason_and_audit(app_env: Store) -> None
     at = open_page("system")
     at.button_group(key="ts_new_state").set_value("HALTED")
     at.text_input(key="ts_reason").input("desk review")
-    at.text_input(key="ts_actor").input("alice")
     at.button(key="FormSubmitter:trading_state_form-Apply").click()
     at.run()
     assert_clean(at)
     state = app_env.read_trading_state("main")
-    assert (state.state, state.reason, state.actor) == ("HALTED", "desk review", "alice")
+    assert (state.state, state.reason, state.actor) == ("HALTED", "desk review", LOCAL_ACTOR)
     assert "HALTED" in joined(at.success)
     audit = frame_with(at, "action")
     assert audit.iloc[0]["action"] == "set_trading_state" and audit.iloc[0]["reason"] == "desk review"
@@ -516,7 +522,6 @@ def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_reso
     assert feed.iloc[0]["value"] == pytest.approx(app_env.read_snapshot("main")["var"]["utilization"])
     assert metric(at, "Unacknowledged") == "1"
 
-    at.text_input(key="al_actor").input("bob")
     at.text_input(key="al_note").input("looking")
     at.button(key="FormSubmitter:alert_action_form-Acknowledge").click().run()
     assert_clean(at)
@@ -524,7 +529,7 @@ def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_reso
     alert = app_env.read_active_alerts("main")["var_used"]
     assert (alert["status"], alert["acknowledged_by"], alert["ack_note"]) == (
         "ACKNOWLEDGED",
-        "bob",
+        LOCAL_ACTOR,
         "looking",
     )
     assert metric(at, "Unacknowledged") == "0"
@@ -534,10 +539,11 @@ def test_alert_feed_shows_a_triggered_alert_and_it_can_be_acknowledged_then_reso
     assert app_env.read_active_alerts("main") == {}
     at.multiselect(key="al_status").set_value(["RESOLVED"]).run()
     resolved = frame_with(at, "rule_id")
-    assert list(resolved["status"]) == ["RESOLVED"] and resolved.iloc[0]["resolved_by"] == "bob"
+    assert list(resolved["status"]) == ["RESOLVED"] and resolved.iloc[0]["resolved_by"] == LOCAL_ACTOR
 
 
-def test_acknowledge_without_a_name_is_refused_with_the_reason(app_env: Store, settings: Settings) -> None:
+def test_acknowledge_by_a_viewer_is_refused_with_the_reason(app_env: Store, settings: Settings) -> None:
+    # issue 13: no typed name any more; the acknowledging identity needs a role that allows it
     engine = alert_engine(app_env, settings)
     engine.add_rule(
         {"id": "var_used", "metric": "var.utilization", "op": ">=", "threshold": 0.05, "severity": "LOW"},
@@ -545,9 +551,10 @@ def test_acknowledge_without_a_name_is_refused_with_the_reason(app_env: Store, s
     )
     monitor_snapshots(app_env, settings, engine)
     at = open_page("alerts")
-    at.button(key="FormSubmitter:alert_action_form-Acknowledge").click().run()
-    assert_clean(at)
-    assert "say who you are" in joined(at.error)
+    assert not [t for t in at.text_input if t.key == "al_actor"], "the free-text name field is gone"
+    viewer = Identity("https://idp.test", "v-1", "viewer@desk.test", roles=frozenset({Role.VIEWER}))
+    with pytest.raises(AccessDenied, match="may not acknowledge alerts on portfolio main"):
+        views.acknowledge_alert(views.Desk(app_env.client, settings), "main", "var_used", viewer, "no")
     assert app_env.read_active_alerts("main")["var_used"]["status"] == "TRIGGERED"
 
 
@@ -560,7 +567,6 @@ def test_rules_editor_adds_and_edits_a_rule_with_audit(app_env: Store, settings:
     at.number_input(key=k + "threshold").set_value(2.5)
     at.selectbox(key=k + "severity").set_value("HIGH")
     at.text_input(key=k + "description").input("Leverage above 2.5x")
-    at.text_input(key="rule_actor").input("carol")
     at.button(key="FormSubmitter:rule_form-Save rule").click().run()
     assert_clean(at)
     assert "Rule lev saved" in joined(at.success)
@@ -574,7 +580,7 @@ def test_rules_editor_adds_and_edits_a_rule_with_audit(app_env: Store, settings:
     assert_clean(at)
     assert alert_engine(app_env, settings).get_rule("lev").threshold == 3.0
     audit = app_env.read_stream_json(GLOBAL_AUDIT_KEY, count=10)
-    assert [r.get("actor") for r in audit[:2]] == ["carol", "carol"]
+    assert [r.get("actor") for r in audit[:2]] == [LOCAL_ACTOR, LOCAL_ACTOR]
 
 
 def test_rules_editor_refuses_an_invalid_rule_with_the_validation_message(
@@ -583,7 +589,6 @@ def test_rules_editor_refuses_an_invalid_rule_with_the_validation_message(
     at = open_page("alerts")
     k = "rule_+ new rule_"
     at.text_input(key=k + "id").input("bad rule id!")
-    at.text_input(key="rule_actor").input("carol")
     at.button(key="FormSubmitter:rule_form-Save rule").click().run()
     assert_clean(at)
     assert at.error, "the editor must say why"

@@ -22,11 +22,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as stg
 from streamlit.testing.v1 import AppTest
 
+from dashboard.components import md
 from engine.errors import CorruptDataError
 from engine.records import OrderIntent, Position
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
+from logic.access import local_identity
 from logic.firm import Firm
 from logic.risk_manager import RiskManager
 
@@ -296,7 +298,6 @@ def test_firm_page_shows_the_firm_figures_and_a_row_per_portfolio(app_env: Store
 def test_halt_all_on_the_firm_page_needs_a_confirmation_then_halts_every_portfolio(app_env: Store) -> None:
     at = open_firm()
     at.text_input(key="firm_reason").input("flash crash")
-    at.text_input(key="firm_actor").input("alice")
     at.button(key="firm_HALT ALL").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert states(app_env) == {"main": "ACTIVE", "hedge": "ACTIVE"}  # nothing until confirmed
@@ -305,11 +306,12 @@ def test_halt_all_on_the_firm_page_needs_a_confirmation_then_halts_every_portfol
     assert not at.exception, [e.value for e in at.exception]
     assert states(app_env) == {"main": "HALTED", "hedge": "HALTED"}
     (record,) = firm_records(app_env)
-    assert (record["actor"], record["reason"]) == ("alice", "flash crash")
+    assert (record["actor"], record["reason"]) == (local_identity().actor, "flash crash")
     assert "ACTIVE → HALTED" in "\n".join(s.value for s in at.success)
     at.run()
     shown = "\n".join(c.value for c in at.caption)
-    assert "Last desk-wide action: **halt\\_all** by alice" in shown and "2 of 2 portfolios changed" in shown
+    assert f"Last desk-wide action: **halt\\_all** by {md(local_identity().actor)}" in shown
+    assert "2 of 2 portfolios changed" in shown
     result = RiskManager(app_env.client, "hedge").execute_trade("CCC", 1, "BUY", actor="trader")
     assert "TRADING_HALTED" in [r["code"] for r in result["reasons"]]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
-from engine.records import Severity
+from engine.records import Action, Severity
 from logic import views
 
 NEW_RULE = "+ new rule"
@@ -73,18 +73,22 @@ def act_on_alert(d: views.Desk, f: dict) -> None:
         f"{r.portfolio_id} · {r.rule_id} · {r.severity} · {r.status}": (r.portfolio_id, r.rule_id)
         for r in active.itertuples()
     }
+    may_ack = any(ui.can(Action.ACKNOWLEDGE, pid) for pid, _ in labels.values())
+    may_resolve = ui.can(Action.RESOLVE, f["portfolio_id"])
+    if not may_ack and ui.refused(Action.RESOLVE, f["portfolio_id"]):
+        return
     with st.form("alert_action_form"):
         st.selectbox("Alert", list(labels), key="al_target")
-        c = st.columns(2)
-        c[0].text_input("Your name", key="al_actor", max_chars=64)
-        c[1].text_input("Note", key="al_note", max_chars=500)
+        st.text_input("Note", key="al_note", max_chars=500)
         b = st.columns(2)
-        b[0].form_submit_button(
-            "Acknowledge", on_click=alert_action, args=(d, labels, "ack"), icon=":material/done:"
-        )
-        b[1].form_submit_button(
-            "Resolve", on_click=alert_action, args=(d, labels, "resolve"), icon=":material/task_alt:"
-        )
+        if may_ack:
+            b[0].form_submit_button(
+                "Acknowledge", on_click=alert_action, args=(d, labels, "ack"), icon=":material/done:"
+            )
+        if may_resolve:
+            b[1].form_submit_button(
+                "Resolve", on_click=alert_action, args=(d, labels, "resolve"), icon=":material/task_alt:"
+            )
     show_result("al_result", "Alert {}.")
 
 
@@ -93,7 +97,7 @@ def alert_action(d: views.Desk, labels: dict, what: str) -> None:
     pid, rule_id = labels.get(s.get("al_target"), (None, None))
     fn = views.acknowledge_alert if what == "ack" else views.resolve_alert
     ui.act(
-        lambda: fn(d, pid, rule_id, s.get("al_actor", ""), s.get("al_note", ""))["status"].lower(),
+        lambda: fn(d, pid, rule_id, ui.identity(), s.get("al_note", ""))["status"].lower(),
         "al_result",
     )
 
@@ -113,6 +117,8 @@ def deliveries(d: views.Desk, f: dict) -> None:
 def rules_editor(d: views.Desk) -> None:
     rules = views.rules_frame(d)
     ui.table(rules, "rules", "alert_rules.csv", height=280)
+    if ui.refused(Action.EDIT_RULES):
+        return
     editable = rules[rules["source"] != "removed"]
     choice = st.selectbox("Rule", [NEW_RULE, *editable["id"].astype(str)], key="rule_pick")
     rule = {} if choice == NEW_RULE else editable[editable["id"] == choice].iloc[0].to_dict()
@@ -174,9 +180,7 @@ def rules_editor(d: views.Desk) -> None:
             key=k + "actions",
             help="e.g. set_state:HALTED, set_state:REDUCING, reduce:0.25",
         )
-        r4 = st.columns([2, 3])
-        r4[0].text_input("Your name", key="rule_actor", max_chars=64)
-        r4[1].text_input("Reason", key="rule_reason", max_chars=200)
+        st.text_input("Reason", key="rule_reason", max_chars=200)
         b = st.columns(3)
         b[0].form_submit_button(
             "Save rule", type="primary", on_click=rule_action, args=(d, k, "save"), icon=":material/save:"
@@ -218,7 +222,7 @@ def rule_action(d: views.Desk, k: str, what: str) -> None:
     s = st.session_state
     values = {name: s.get(k + name) for name in FIELDS}
     rule_id = str(values["id"] or "")
-    actor, reason = s.get("rule_actor", ""), s.get("rule_reason", "")
+    actor, reason = ui.identity(), s.get("rule_reason", "")
     if what == "save":
         ui.act(lambda: views.save_rule(d, values, actor, reason).id, "rule_result")
     elif what == "remove":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
+from engine.records import Action
 from logic import views
 
 st.title("Firm")
@@ -55,7 +56,7 @@ def last(action: views.FirmAction | None) -> None:
 def confirm(d: views.Desk, switch: str) -> None:
     ui.act(
         lambda: views.firm_switch(
-            d, switch, st.session_state.get("firm_actor", ""), st.session_state.get("firm_reason", "")
+            d, switch, ui.identity(), st.session_state.get("firm_reason", "")
         ),
         "firm_result",
     )
@@ -68,10 +69,11 @@ def kill_switch(d: views.Desk) -> None:
         "Sets every portfolio's trading state in one transaction, with one audit record. REDUCE ALL leaves a "
         "HALTED portfolio HALTED; lift a state per portfolio on the System page."
     )
-    c = st.columns([2, 2, 1, 1])
+    if ui.refused(Action.FIRM_SWITCH):
+        return
+    c = st.columns([4, 1, 1])
     c[0].text_input("Reason (required, audited)", key="firm_reason", max_chars=200)
-    c[1].text_input("Your name", key="firm_actor", value="dashboard", max_chars=64)
-    for col, switch in zip(c[2:], views.FIRM_SWITCHES, strict=True):
+    for col, switch in zip(c[1:], views.FIRM_SWITCHES, strict=True):
         if col.button(switch, key=f"firm_{switch}", type="primary", width="stretch"):
             st.session_state[PENDING_KEY] = switch
     pending = st.session_state.get(PENDING_KEY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
-from engine.records import TradingState
+from engine.records import Action, TradingState
 from logic import views
 
 st.title("System")
@@ -69,7 +69,7 @@ def apply_state(d: views.Desk, pid: str) -> None:
             pid,
             st.session_state["ts_new_state"],
             st.session_state.get("ts_reason", ""),
-            st.session_state.get("ts_actor", ""),
+            ui.identity(),
         ),
         "ts_result",
     )
@@ -78,12 +78,13 @@ def apply_state(d: views.Desk, pid: str) -> None:
 def kill_switch(d: views.Desk, pid: str) -> None:
     st.subheader(f"Trading state · {pid}")
     ui.live(trading_state, d, pid)
+    if ui.refused(Action.TRADING_STATE, pid):
+        return
     with st.form("trading_state_form"):
         st.segmented_control(
             "New state", views.TRADING_STATES, key="ts_new_state", default=TradingState.HALTED
         )
         st.text_input("Reason (required, audited)", key="ts_reason", max_chars=200)
-        st.text_input("Your name", key="ts_actor", value="dashboard", max_chars=64)
         st.form_submit_button("Apply", type="primary", on_click=apply_state, args=(d, pid))
     result = st.session_state.pop("ts_result", None)
     if result is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
-from engine.records import DecisionStatus, ExecutionStatus
+from engine.records import Action, DecisionStatus, ExecutionStatus
 from logic import views
 
 # Session keys: the last checked ticket (its inputs, decision and the client order id it executes with) and
@@ -74,7 +74,7 @@ def execute(d: views.Desk) -> None:
             ticket["side"],
             ticket["qty"],
             ticket["client_order_id"],
-            s.get("tk_actor") or "trader",
+            ui.identity(),
         ),
         RESULT,
     )
@@ -92,9 +92,7 @@ def ticket_form(d: views.Desk, pid: str) -> None:
         c1, c2 = st.columns(2)
         c1.selectbox("Ticker", tickers, key="tk_ticker")
         c2.segmented_control("Side", list(views.SIDES), key="tk_side", default=views.SIDES[0])
-        c1, c2 = st.columns(2)
-        c1.number_input("Quantity (shares)", step=1, key="tk_qty")
-        c2.text_input("Trader", value="trader", key="tk_actor", max_chars=64)
+        st.number_input("Quantity (shares)", step=1, key="tk_qty")
         st.form_submit_button(
             "Check", type="secondary", on_click=check, args=(d, pid), icon=":material/fact_check:"
         )
@@ -137,7 +135,7 @@ def decision_panel(d: views.Desk, pid: str) -> None:
     )
     impact = views.impact_frame(decision)
     ui.table(impact.assign(value=impact["value"].map(ui.number)), "impact", "order.csv", height="content")
-    if decision["status"] == DecisionStatus.APPROVED:
+    if decision["status"] == DecisionStatus.APPROVED and not ui.refused(Action.TRADE, ticket["portfolio"]):
         st.button(
             "Execute", type="primary", key="tk_execute", on_click=execute, args=(d,), icon=":material/send:"
         )

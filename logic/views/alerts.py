@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Severity
+from engine.records import ACTIVE_ALERT_STATUSES, Action, AlertStatus, Severity
+from logic.access import Identity, authorize
 from logic.views.common import Desk, InputError, records_frame
 
 # -- the alert feed ------------------------------------------------------------------------------------------
@@ -87,20 +88,17 @@ def _set_or_none(values: Iterable[str] | None) -> set[str] | None:
 
 
 def acknowledge_alert(
-    desk: Desk, portfolio_id: str, rule_id: str, actor: str, note: str = ""
+    desk: Desk, portfolio_id: str, rule_id: str, identity: Identity | None, note: str = ""
 ) -> dict[str, Any]:
-    return desk.alert_engine().acknowledge(portfolio_id, rule_id, _actor(actor), note)
+    who = authorize(identity, Action.ACKNOWLEDGE, portfolio_id)
+    return desk.alert_engine().acknowledge(portfolio_id, rule_id, who.actor, note)
 
 
-def resolve_alert(desk: Desk, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
-    return desk.alert_engine().resolve(portfolio_id, rule_id, _actor(actor), note)
-
-
-def _actor(actor: str | None) -> str:
-    actor = (actor or "").strip()
-    if not actor:
-        raise InputError("say who you are (the name is recorded with the alert)")
-    return actor
+def resolve_alert(
+    desk: Desk, portfolio_id: str, rule_id: str, identity: Identity | None, note: str = ""
+) -> dict[str, Any]:
+    who = authorize(identity, Action.RESOLVE, portfolio_id)
+    return desk.alert_engine().resolve(portfolio_id, rule_id, who.actor, note)
 
 
 # -- deliveries and escalation -------------------------------------------------------------------------------
@@ -187,8 +185,9 @@ def rule_from_form(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_rule(desk: Desk, values: Mapping[str, Any], actor: str, reason: str = "") -> Any:
+def save_rule(desk: Desk, values: Mapping[str, Any], identity: Identity | None, reason: str = "") -> Any:
     """Add a new rule or update an existing one (validated and audited by the alerts module)."""
+    who = authorize(identity, Action.EDIT_RULES)
     rule = rule_from_form(values)
     engine = desk.alert_engine()
     rule_id = str(rule.get("id") or "").strip()
@@ -197,13 +196,15 @@ def save_rule(desk: Desk, values: Mapping[str, Any], actor: str, reason: str = "
     existing = {r["id"] for r in engine.list_rules() if r.get("source") != "removed"}
     if rule_id in existing:
         changes = {k: v for k, v in rule.items() if k != "id"}
-        return engine.update_rule(rule_id, changes, _actor(actor), reason)
-    return engine.add_rule(rule, _actor(actor), reason)
+        return engine.update_rule(rule_id, changes, who.actor, reason)
+    return engine.add_rule(rule, who.actor, reason)
 
 
-def remove_rule(desk: Desk, rule_id: str, actor: str, reason: str = "") -> Any:
-    return desk.alert_engine().remove_rule(rule_id, _actor(actor), reason)
+def remove_rule(desk: Desk, rule_id: str, identity: Identity | None, reason: str = "") -> Any:
+    who = authorize(identity, Action.EDIT_RULES)
+    return desk.alert_engine().remove_rule(rule_id, who.actor, reason)
 
 
-def reset_rule(desk: Desk, rule_id: str, actor: str, reason: str = "") -> Any:
-    return desk.alert_engine().reset_rule(rule_id, _actor(actor), reason)
+def reset_rule(desk: Desk, rule_id: str, identity: Identity | None, reason: str = "") -> Any:
+    who = authorize(identity, Action.EDIT_RULES)
+    return desk.alert_engine().reset_rule(rule_id, who.actor, reason)

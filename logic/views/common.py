@@ -20,6 +20,7 @@ import redis
 
 from engine.clocks import MarketClock
 from engine.errors import (
+    AccessDenied,
     ConfigError,
     CorruptDataError,
     RiskdeskError,
@@ -149,6 +150,8 @@ def problem_from_exception(exc: BaseException) -> Problem:
         return Problem(exc.code, "A stored value does not decode", _detail(exc), exc.fix)
     if isinstance(exc, ConfigError):
         return Problem(exc.code, "The settings are invalid", _detail(exc), exc.fix)
+    if isinstance(exc, AccessDenied):
+        return Problem(exc.code, "Not allowed for your role", _detail(exc), exc.fix)
     if isinstance(exc, RiskdeskError):
         return Problem(exc.code, "Riskdesk refused the request", _detail(exc), exc.fix or "see the message")
     if isinstance(exc, redis.RedisError):

@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from engine.records import TradingState
+from engine.records import Action, TradingState
+from logic.access import Identity, authorize
 from logic.analytics import AREAS
 from logic.firm import Firm, FirmRisk
 from logic.views.common import Desk, InputError
@@ -114,16 +115,15 @@ def last_firm_action(desk: Desk) -> FirmAction | None:
     )
 
 
-def firm_switch(desk: Desk, switch: str, actor: str, reason: str) -> dict[str, dict[str, str]]:
-    """HALT ALL or REDUCE ALL (``switch``, a key of :data:`FIRM_SWITCHES`) by ``actor``: every portfolio in
-    one transaction with one audit record. A reason and a name are required."""
+def firm_switch(desk: Desk, switch: str, identity: Identity | None, reason: str) -> dict[str, dict[str, str]]:
+    """HALT ALL or REDUCE ALL (``switch``, a key of :data:`FIRM_SWITCHES`) by ``identity`` (a risk manager or
+    an admin): every portfolio in one transaction with one audit record. A reason is required."""
+    who = authorize(identity, Action.FIRM_SWITCH)
     if switch not in FIRM_SWITCHES:
         raise InputError(f"choose one of {', '.join(FIRM_SWITCHES)}")
-    reason, actor = (reason or "").strip(), (actor or "").strip()
+    reason, actor = (reason or "").strip(), who.actor
     if not reason:
         raise InputError("a reason is required to change every portfolio's trading state")
-    if not actor:
-        raise InputError("say who is changing every portfolio's trading state")
     f = firm(desk)
     if FIRM_SWITCHES[switch] == TradingState.HALTED:
         return f.halt_all(actor, reason)

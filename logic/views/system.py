@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import redis
 
-from engine.records import TradingState
+from engine.records import Action, TradingState
 from engine.store import SCHEMA_VERSION, PortfolioKeys
+from logic.access import Identity, authorize
 from logic.views.common import (
     DaemonStatus,
     Desk,
@@ -167,16 +168,18 @@ def trading_state_view(desk: Desk, portfolio_id: str) -> TradingStateView:
     return TradingStateView(ts.state, ts.reason, ts.actor, ts.ts, audit=records_frame(records))
 
 
-def change_trading_state(desk: Desk, portfolio_id: str, state: str | None, reason: str, actor: str) -> Any:
-    """Set ACTIVE / REDUCING / HALTED deliberately: a reason and an actor are required (both are audited)."""
+def change_trading_state(
+    desk: Desk, portfolio_id: str, state: str | None, reason: str, identity: Identity | None
+) -> Any:
+    """Set ACTIVE / REDUCING / HALTED deliberately (a risk manager or an admin): a reason is required; it and
+    ``identity.actor`` are audited."""
+    who = authorize(identity, Action.TRADING_STATE, portfolio_id)
     if state not in TRADING_STATES:
         raise InputError(f"choose one of {', '.join(TRADING_STATES)}")
-    reason, actor = (reason or "").strip(), (actor or "").strip()
+    reason = (reason or "").strip()
     if not reason:
         raise InputError("a reason is required to change the trading state")
-    if not actor:
-        raise InputError("say who is changing the trading state")
-    desk.risk_manager(portfolio_id).set_trading_state(state, reason, actor)
+    desk.risk_manager(portfolio_id).set_trading_state(state, reason, who.actor)
     return desk.store.read_trading_state(portfolio_id)
 
 

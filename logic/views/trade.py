@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from engine.records import DecisionStatus, Side
+from engine.records import Action, DecisionStatus, Side
+from logic.access import Identity, authorize
 from logic.risk_manager import POSITION_FIELDS
 from logic.views.common import Desk, float_or_none, latest_snapshot
 
@@ -67,11 +68,14 @@ def check_ticket(desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any
 
 
 def execute_ticket(
-    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, client_order_id: str, actor: str
+    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, client_order_id: str, identity: Identity | None
 ) -> dict[str, Any]:
-    """Execute a checked ticket; the same ``client_order_id`` trades at most once (``duplicate`` says so)."""
+    """Execute a checked ticket for ``identity`` (a trader of the portfolio, or an admin; refused with
+    AccessDenied before anything is written otherwise); the same ``client_order_id`` trades at most once
+    (``duplicate`` says so). The audit actor is ``identity.actor``."""
+    who = authorize(identity, Action.TRADE, portfolio_id)
     return desk.risk_manager(portfolio_id).execute_trade(
-        ticker, qty, side, client_order_id=client_order_id, actor=actor or "dashboard"
+        ticker, qty, side, client_order_id=client_order_id, actor=who.actor
     )
 
 

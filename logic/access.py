@@ -1,0 +1,208 @@
+"""Who may do what: the signed-in :class:`Identity`, its roles from ``[access]``, and :func:`authorize`.
+
+Roles (:class:`~engine.records.Role`)::
+
+    viewer        read every page, change nothing
+    trader        trade the portfolios listed for them, acknowledge alerts of those portfolios
+    risk_manager  trading states (HALT, REDUCE, ACTIVE) and HALT ALL / REDUCE ALL, rules, limits, acknowledge,
+                  resolve (any portfolio); no trading
+    admin         everything, on every portfolio, and the user mapping
+
+Every state-changing function of :mod:`logic.views` takes an :class:`Identity`, calls :func:`authorize` before
+it calls the engine and records :attr:`Identity.actor` (``issuer|subject``, never a typed name) as the actor.
+With no identity provider configured the dashboard runs as :func:`local_identity`: the operator at the machine,
+with every role, bound to the loopback interface only. Pure: no Streamlit, no Redis, no I/O (besides reading
+the OS user name in :func:`local_identity`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import AccessDenied
+from engine.records import Action, Role
+from engine.settings import AccessConfig
+
+ALL_PORTFOLIOS = "*"
+
+ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = {
+    Role.VIEWER: frozenset(),
+    Role.TRADER: frozenset({Action.TRADE, Action.ACKNOWLEDGE}),
+    Role.RISK_MANAGER: frozenset(
+        {
+            Action.ACKNOWLEDGE,
+            Action.RESOLVE,
+            Action.TRADING_STATE,
+            Action.FIRM_SWITCH,
+            Action.EDIT_RULES,
+            Action.EDIT_LIMITS,
+        }
+    ),
+    Role.ADMIN: frozenset(Action),
+}
+"""The actions each role allows; a trader's are limited to their portfolios (:data:`PORTFOLIO_SCOPED`)."""
+
+PORTFOLIO_SCOPED: Mapping[Role, frozenset[Action]] = {Role.TRADER: frozenset({Action.TRADE, Action.ACKNOWLEDGE})}
+"""Actions a role may take only on the portfolios listed for the user (``"*"``: all)."""
+
+ACTION_LABELS: Mapping[Action, str] = {
+    Action.TRADE: "trade",
+    Action.ACKNOWLEDGE: "acknowledge alerts",
+    Action.RESOLVE: "resolve alerts",
+    Action.TRADING_STATE: "change a trading state",
+    Action.FIRM_SWITCH: "HALT ALL / REDUCE ALL",
+    Action.EDIT_RULES: "change alert rules",
+    Action.EDIT_LIMITS: "change limits",
+    Action.MANAGE_USERS: "manage users",
+}
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is acting: the identity provider's ``issuer`` and ``subject`` (stable), the e-mail and name shown,
+    the roles and the portfolios a trader may trade (``"*"``: all). ``local`` marks the local operator."""
+
+    issuer: str
+    subject: str
+    email: str = ""
+    name: str = ""
+    roles: frozenset[Role] = frozenset()
+    portfolios: frozenset[str] = frozenset()
+    local: bool = False
+
+    @property
+    def actor(self) -> str:
+        """What the audit trail records: ``issuer|subject``, or ``local:<os user>`` for the local operator."""
+        if self.local:
+            return f"local:{self.subject}"
+        return f"{self.issuer}|{self.subject}"
+
+    @property
+    def label(self) -> str:
+        """What a page shows: the e-mail (or name, or subject) and the roles."""
+        who = self.email or self.name or self.subject
+        roles = ", ".join(sorted(self.roles)) or "no role"
+        return f"{who} ({roles})"
+
+    def can(self, action: Action, portfolio_id: str | None = None) -> bool:
+        """Whether :func:`authorize` would allow ``action`` (on ``portfolio_id``); for hiding what is refused."""
+        try:
+            authorize(self, action, portfolio_id)
+        except AccessDenied:
+            return False
+        return True
+
+
+def authorize(identity: Identity | None, action: Action, portfolio_id: str | None = None) -> Identity:
+    """Raise :class:`~engine.errors.AccessDenied` unless one of ``identity``'s roles allows ``action`` (on
+    ``portfolio_id``, for the actions a trader may take only on their portfolios); nobody signed in (None) is
+    refused. Returns the identity. Call it before the engine."""
+    if identity is None:
+        raise AccessDenied(f"sign in to {ACTION_LABELS.get(action, action)}")
+    action = Action(action)
+    for role in identity.roles:
+        if action not in ROLE_ACTIONS.get(role, frozenset()):
+            continue
+        if action not in PORTFOLIO_SCOPED.get(role, frozenset()):
+            return identity
+        if portfolio_id is not None and (ALL_PORTFOLIOS in identity.portfolios or portfolio_id in identity.portfolios):
+            return identity
+    where = f" on portfolio {portfolio_id}" if portfolio_id is not None else ""
+    raise AccessDenied(
+        f"{identity.email or identity.name or identity.subject} may not {ACTION_LABELS.get(action, action)}{where}"
+        f" (roles: {', '.join(sorted(identity.roles)) or 'none'})"
+    )
+
+
+def identity_from_claims(access: AccessConfig, claims: Mapping[str, Any]) -> Identity:
+    """The :class:`Identity` of a signed-in user from the identity provider's claims (``iss``, ``sub``, ``email``,
+    ``name`` and the ``access.groups_claim``): the union of the grants of their e-mail (case-insensitive) and of
+    each of their groups. A user matching no grant gets no role."""
+    issuer, subject = str(claims.get("iss") or ""), str(claims.get("sub") or "")
+    if not issuer or not subject:
+        raise AccessDenied("the identity provider's token has no issuer or subject")
+    email = str(claims.get("email") or "").strip()
+    grants = []
+    users = {k.strip().lower(): v for k, v in access.users.items()}
+    if email and email.lower() in users:
+        grants.append(users[email.lower()])
+    for group in _groups(claims.get(access.groups_claim)):
+        if group in access.groups:
+            grants.append(access.groups[group])
+    return Identity(
+        issuer=issuer,
+        subject=subject,
+        email=email,
+        name=str(claims.get("name") or ""),
+        roles=frozenset(r for g in grants for r in g.roles),
+        portfolios=frozenset(p for g in grants for p in g.portfolios),
+    )
+
+
+def _groups(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.replace(",", " ").split() if part.strip()]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [str(v) for v in value]
+    return []
+
+
+def local_identity(user: str | None = None) -> Identity:
+    """The local operator (no identity provider configured): every role, every portfolio; the actor is
+    ``local:<os user>``."""
+    if user is None:
+        try:
+            user = getpass.getuser()
+        except Exception:  # noqa: BLE001 - no user name in the environment: still a local operator
+            user = "operator"
+    return Identity(
+        issuer="local",
+        subject=user,
+        name=user,
+        roles=frozenset(Role),
+        portfolios=frozenset({ALL_PORTFOLIOS}),
+        local=True,
+    )
+
+
+# -- binding and the Host header -------------------------------------------------------------------------------
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (an IP or ``localhost``) is the loopback interface only."""
+    address = address.strip().strip("[]").lower()
+    if address in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str:
+    """The host of a ``Host`` header without its port (``[::1]:8501`` -> ``::1``), lower case."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host[1:]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host
+
+
+def host_allowed(host_header: str | None, address: str, allowed_hosts: Iterable[str] = ()) -> bool:
+    """Whether a request's ``Host`` header names this dashboard: the loopback names, the bound ``address``
+    (unless it is a wildcard) or one of ``allowed_hosts``. Anything else (a DNS-rebinding page's own domain)
+    is refused; a missing header is refused."""
+    if not host_header:
+        return False
+    host = host_name(host_header)
+    allowed = set(LOOPBACK_NAMES) | {host_name(h) for h in allowed_hosts}
+    if address not in ("0.0.0.0", "::", ""):
+        allowed.add(host_name(address))
+    return host in allowed
