@@ -13,12 +13,13 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import warmup
-from engine.records import DecisionStatus, ReasonCode
+from engine.records import DecisionStatus, ReasonCode, Role
 from engine.settings import Settings, settings_from_dict
 from engine.store import LimitsChangeError, PortfolioKeys, Store
+from logic.access import AccessDenied, Identity, local_identity
 from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
-from logic.views import Desk, limits_view
+from logic.views import Desk, change_limits, limits_view
 
 from .conftest import TEST_CONFIG, merge, store_contents, to_toml
 from .test_monitor import _sim_ticks
@@ -131,6 +132,23 @@ def test_a_bad_change_is_refused_with_a_code_and_the_store_unchanged(
     assert rm.limits.var_limit == Decimal("30000")
 
 
+@pytest.mark.parametrize("roles", [set(), {Role.VIEWER}, {Role.TRADER}])
+def test_only_a_risk_manager_or_admin_changes_limits_from_the_dashboard_and_a_refusal_writes_nothing(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis, roles: set[Role]
+) -> None:
+    desk = Desk(redis_client, desk_settings, clock=lambda: NOW)
+    form = {"max_concentration": "0.25"}
+    before = store_contents(redis_client)
+    who = Identity("https://idp.test", "u1", roles=frozenset(roles), portfolios=frozenset({"main"}))
+    with pytest.raises(AccessDenied):
+        change_limits(desk, "main", form, who, "tighter")
+    assert store_contents(redis_client) == before
+    manager = Identity("https://idp.test", "risk-1", roles=frozenset({Role.RISK_MANAGER}))
+    assert change_limits(desk, "main", form, manager, "tighter") == 1
+    stored = seeded.read_limits("main")
+    assert stored is not None and stored.actor == "https://idp.test|risk-1"
+
+
 def test_a_change_at_its_bound_is_accepted(seeded: Store, desk_settings: Settings) -> None:
     rm = gate(seeded, desk_settings)
     assert rm.set_limits({"max_concentration": 1.0}, "alice", "le=1: exactly at the bound") == 1
@@ -239,7 +257,8 @@ def test_the_limits_page_changes_a_limit_and_shows_the_new_version(
         assert not at.exception
         assert "version 1" in " ".join(s.value for s in at.success)
         stored = seeded_store.read_limits("main")
-        assert stored is not None and stored.limits.max_concentration == 0.25 and stored.actor == "dashboard"
+        assert stored is not None and stored.limits.max_concentration == 0.25
+        assert stored.actor == local_identity().actor  # no login configured: the local operator, never a typed name
 
         at.text_input(key="lim_max_concentration").set_value("2")  # above 1: refused, nothing written
         at.text_input(key="lim_reason").set_value("typo")

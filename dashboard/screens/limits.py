@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
+from engine.records import Action
 from logic import views
 
 st.title("Limits")
@@ -13,7 +14,7 @@ st.title("Limits")
 def apply_change(d: views.Desk, pid: str) -> None:
     s = st.session_state
     form = {name: s.get(f"lim_{name}", "") for name in views.LIMIT_FIELDS}
-    ui.act(lambda: views.change_limits(d, pid, form, s.get("lim_actor", ""), s.get("lim_reason", "")), "lim_result")
+    ui.act(lambda: views.change_limits(d, pid, form, ui.identity(), s.get("lim_reason", "")), "lim_result")
 
 
 def page(d: views.Desk, pid: str) -> None:
@@ -30,12 +31,13 @@ def page(d: views.Desk, pid: str) -> None:
             st.success(f"Limits changed: version {result['value']}.", icon=":material/check:")
         else:
             ui.show_problem(result["problem"])
+    if ui.refused(Action.EDIT_LIMITS):
+        return
     with st.form("limits_form"):
         cols = st.columns(3)
         for k, (name, (label, unit, _kind)) in enumerate(views.LIMIT_FIELDS.items()):
             cols[k % 3].text_input(f"{label} ({unit})", value=lv.values[name], key=f"lim_{name}")
         st.text_input("Reason (required, audited)", key="lim_reason", max_chars=200)
-        st.text_input("Your name", key="lim_actor", value="dashboard", max_chars=64)
         st.form_submit_button("Change limits", type="primary", on_click=apply_change, args=(d, pid))
     st.subheader("Changes (newest first)")
     ui.table(lv.history, "limit_changes", f"limit_changes_{pid}.csv", height=240, empty="No limit changed live yet.")

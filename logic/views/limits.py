@@ -17,7 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from engine.records import Action
 from engine.settings import Limits
+from logic.access import Identity, authorize
 from logic.views.common import Desk, InputError, records_frame
 
 LIMIT_FIELDS: dict[str, tuple[str, str, str]] = {
@@ -141,15 +143,17 @@ def form_changes(desk: Desk, portfolio_id: str, form: Mapping[str, Any]) -> dict
     return {name: parse_limit(name, text) for name, text in form.items() if str(text).strip() != current.get(name)}
 
 
-def change_limits(desk: Desk, portfolio_id: str, form: Mapping[str, Any], actor: str, reason: str) -> int:
-    """Apply the form (name -> text) as one audited change; returns the new version. A reason and an actor
-    are required; a bad value is refused with nothing written."""
-    reason, actor = (reason or "").strip(), (actor or "").strip()
+def change_limits(
+    desk: Desk, portfolio_id: str, form: Mapping[str, Any], identity: Identity | None, reason: str
+) -> int:
+    """Apply the form (name -> text) as one audited change for ``identity`` (a risk manager or an admin; refused
+    with AccessDenied before anything is written otherwise); returns the new version. A reason is required; a
+    bad value is refused with nothing written. The audit actor is ``identity.actor``."""
+    who = authorize(identity, Action.EDIT_LIMITS)
+    reason = (reason or "").strip()
     if not reason:
         raise InputError("a reason is required to change a limit")
-    if not actor:
-        raise InputError("say who is changing the limits")
     changes = form_changes(desk, portfolio_id, form)
     if not changes:
         raise InputError("no limit changed")
-    return int(desk.risk_manager(portfolio_id).set_limits(changes, actor, reason))
+    return int(desk.risk_manager(portfolio_id).set_limits(changes, who.actor, reason))
