@@ -324,5 +324,7 @@ def test_load_settings_when_alert_rules_are_explicitly_empty_or_given_then_the_f
 def test_settings_from_dict_when_a_top_level_section_is_unknown_then_it_is_an_error_naming_the_nearest() -> None:
     with pytest.raises(ConfigError, match=r"stres_scenarios: unknown top-level section \(did you mean 'stress_sc"):
         settings_from_dict(config_with(stres_scenarios={}))
-    with pytest.raises(ConfigError, match=r"zzz: unknown top-level section \(valid sections: alert_rules, "):
+    unknown = r"zzz: unknown top-level section \(valid sections: access, alert_rules, "
+    with pytest.raises(ConfigError, match=unknown) as err:
         settings_from_dict(config_with(zzz=1))
+    assert "limits" in str(err.value) and "notifications" in str(err.value)
