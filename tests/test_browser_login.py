@@ -183,7 +183,9 @@ def test_a_trader_trades_their_portfolio_only_and_the_audit_carries_the_subject(
         page.context.close()
 
 
-def test_a_risk_manager_halts_a_portfolio_under_their_identity(browser: Any, stack: Stack, provider: str) -> None:
+def test_a_risk_manager_halts_a_portfolio_and_edits_a_rule_under_their_identity(
+    browser: Any, stack: Stack, provider: str
+) -> None:
     page = login(browser, stack, "risk-1")
     store = store_of(stack)
     try:
@@ -196,6 +198,21 @@ def test_a_risk_manager_halts_a_portfolio_under_their_identity(browser: Any, sta
         assert (state.state, state.reason, state.actor) == ("HALTED", "login e2e drill", f"{provider}|risk-1")
         open_page(page, stack.url, "Trade")
         assert page.get_by_role("button", name="Execute").count() == 0  # a risk manager does not trade
+
+        # and edits a rule: the change is audited under the provider's subject
+        from engine.store import GLOBAL_AUDIT_KEY
+
+        open_page(page, stack.url, "Alerts")
+        page.get_by_role("combobox", name="Rule").click()
+        page.get_by_role("option", name="var_warning", exact=True).click()
+        settle(page)
+        form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_role("button", name="Save rule"))
+        form.get_by_label("Description").fill("VaR above 80% of the limit (login e2e)")
+        form.get_by_label("Reason").fill("login e2e rule edit")
+        form.get_by_role("button", name="Save rule").click()
+        page.get_by_text("Rule var_warning saved").wait_for(timeout=PAGE_TIMEOUT_MS)
+        (edit,) = [r for r in store.read_stream_json(GLOBAL_AUDIT_KEY, 20) if r.get("reason") == "login e2e rule edit"]
+        assert edit["actor"] == f"{provider}|risk-1"
     finally:
         store.client.close()
         page.context.close()
