@@ -97,12 +97,18 @@ def identity() -> Identity | None:
 
 
 def host_guard(d: views.Desk | None) -> None:
-    """Stop the page when the request's ``Host`` header is not this dashboard's (DNS rebinding): an app-level
-    check on the WebSocket's headers, run before any widget exists, so a foreign page gets no data and no
-    callbacks. Runs without headers (AppTest, no HTTP request) are let through."""
+    """Stop the page when the dashboard is served beyond the loopback interface without login, or when the
+    request's ``Host`` header is not this dashboard's (DNS rebinding): app-level checks on the WebSocket's
+    headers, run before any widget exists, so a foreign page gets no data and no callbacks. Runs without headers
+    (AppTest, no HTTP request) are let through."""
     headers = st.context.headers
     if not headers:
         return
+    exposed = access.exposure_problem(st.get_option("server.address"), login_configured())
+    if exposed is not None:  # e.g. a plain `streamlit run --server.address 0.0.0.0` without login
+        log.warning("refused to serve: %s", exposed)
+        st.error(exposed, icon=":material/block:")
+        st.stop()
     host = headers.get("Host")
     cfg = d.settings.dashboard if d is not None else DashboardConfig()
     if not access.host_allowed(host, cfg.address, cfg.allowed_hosts):

@@ -206,3 +206,17 @@ def host_allowed(host_header: str | None, address: str, allowed_hosts: Iterable[
     if address not in ("0.0.0.0", "::", ""):
         allowed.add(host_name(address))
     return host in allowed
+
+
+def exposure_problem(address: str | None, login_configured: bool) -> str | None:
+    """Why a dashboard bound to ``address`` (``server.address``; None or "" = every interface) must not serve
+    pages, or None: without login configured only the loopback interface may be served."""
+    if login_configured or (address and is_loopback(address)):
+        return None
+    where = address or "every interface"
+    return (
+        f"Refused: no login is configured and the dashboard is bound to {where}. Bind it to 127.0.0.1 "
+        "(`server.address` in .streamlit/config.toml, `dashboard.address` in riskdesk.toml) or configure login "
+        "(an [auth] section in .streamlit/secrets.toml, see README)."
+    )
+

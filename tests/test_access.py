@@ -20,7 +20,7 @@ from engine.records import Action, Role
 from engine.redis_server import EmbeddedRedis
 from engine.settings import AccessConfig, Settings, settings_from_dict
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
-from logic import views
+from logic import access, views
 from logic.access import (
     ROLE_ACTIONS,
     Identity,
@@ -354,3 +354,24 @@ def test_login_configured_reads_the_auth_section(tmp_path: Path) -> None:
     assert launcher.login_configured(tmp_path)
     settings = settings_from_dict(merge(TEST_CONFIG, {"dashboard": {"address": "0.0.0.0"}}))
     launcher.check_binding(settings, tmp_path)  # login configured: a public address is allowed
+
+
+@pytest.mark.parametrize(
+    ("address", "login", "refused"),
+    [
+        ("127.0.0.1", False, False),
+        ("localhost", False, False),
+        ("::1", False, False),
+        ("0.0.0.0", False, True),
+        ("", False, True),  # Streamlit's default: every interface
+        (None, False, True),
+        ("10.1.2.3", False, True),
+        ("0.0.0.0", True, False),  # with login configured, any address
+    ],
+)
+def test_without_login_only_the_loopback_interface_is_served(address: str | None, login: bool, refused: bool) -> None:
+    problem = access.exposure_problem(address, login)
+    assert (problem is not None) == refused
+    if refused:
+        assert "server.address" in problem and "[auth]" in problem  # type: ignore[operator]
+
