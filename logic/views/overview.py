@@ -20,8 +20,11 @@ HISTORY_WINDOWS: dict[str, float] = {
     "4 h": 4 * 3600.0,
     "1 day": 86400.0,
     "7 days": 7 * 86400.0,
+    "90 days": 90 * 86400.0,
+    "1 year": 365 * 86400.0,
 }
-"""Equity-curve windows the Overview offers (the monitor keeps 7 days)."""
+"""Equity-curve windows the Overview offers (the monitor keeps ``monitor.history_retention_days``: 7 live by
+default; a replay of daily or weekly bars keeps months or years of data time, e.g. ``make demo``)."""
 HISTORY_DIRECT_POINTS = 900
 """Read every point of a window up to this many (about 15 minutes at one point a second) ..."""
 HISTORY_SAMPLES = 240
