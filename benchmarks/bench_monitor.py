@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Context, Row, median_us, pct_us, seeded_store, synthetic_assets
+from benchmarks.common import Context, Row, median_us, pct_us, seeded_store, synthetic_assets, synthetic_books
 from engine import math_logic
 from engine.feeds import SimulatedFeed
 from engine.settings import Settings, settings_from_dict
@@ -41,13 +41,7 @@ def bench_settings(portfolios: int, seed: int = 5) -> Settings:
     rng = np.random.default_rng(seed)
     assets = synthetic_assets(N, rng)
     tickers = list(assets)
-    books = []
-    for k in range(portfolios):
-        held = rng.choice(len(tickers), size=POSITIONS, replace=False)
-        books.append({
-            "id": f"p{k:03d}", "account_type": "margin" if k % 2 else "cash", "cash": "10000000",
-            "holdings": {tickers[i]: int(rng.integers(100, 2000)) for i in held},
-        })  # fmt: skip
+    books = synthetic_books(tickers, portfolios, POSITIONS, rng, id_width=3, margin_every_other=True)
     return settings_from_dict({"universe": {"correlation": 0.3, "assets": assets}, "portfolios": books})
 
 

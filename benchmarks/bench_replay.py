@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Context, Row, seeded_store, synthetic_assets
+from benchmarks.common import Context, Row, seeded_store, synthetic_assets, synthetic_books
 from engine.feeds import ReplayFeed, SimulatedFeed
 from engine.settings import Settings, settings_from_dict
 from engine.store import Store
@@ -34,13 +34,7 @@ def bench_settings(n: int, seed: int = 7) -> Settings:
     rng = np.random.default_rng(seed)
     assets = synthetic_assets(n, rng)
     tickers = list(assets)
-    books = []
-    for k in range(PORTFOLIOS):
-        held = rng.choice(len(tickers), size=POSITIONS, replace=False)
-        books.append({
-            "id": f"p{k}", "account_type": "cash", "cash": "10000000",
-            "holdings": {tickers[i]: int(rng.integers(100, 2000)) for i in held},
-        })  # fmt: skip
+    books = synthetic_books(tickers, PORTFOLIOS, POSITIONS, rng)
     return settings_from_dict({
         "universe": {"correlation": 0.3, "assets": assets}, "portfolios": books,
         "model": {"demo_clock_seconds": 0.0},

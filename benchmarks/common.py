@@ -72,6 +72,28 @@ def synthetic_assets(n: int, rng: np.random.Generator) -> dict[str, dict[str, fl
     }
 
 
+def synthetic_books(
+    tickers: list[str],
+    count: int,
+    positions: int,
+    rng: np.random.Generator,
+    *,
+    id_width: int = 0,
+    margin_every_other: bool = False,
+) -> list[dict[str, object]]:
+    """``count`` portfolio tables of ``positions`` random holdings each (100-2000 shares), 10M cash; ids
+    ``p{k}`` zero-padded to ``id_width``; every other one a margin account with ``margin_every_other``."""
+    books: list[dict[str, object]] = []
+    for k in range(count):
+        held = rng.choice(len(tickers), size=positions, replace=False)
+        books.append({
+            "id": f"p{k:0{id_width}d}" if id_width else f"p{k}",
+            "account_type": "margin" if margin_every_other and k % 2 else "cash", "cash": "10000000",
+            "holdings": {tickers[i]: int(rng.integers(100, 2000)) for i in held},
+        })  # fmt: skip
+    return books
+
+
 def time_calls(fn: Callable[[], object], *, repeat: int = 200, warmup: int = 20) -> np.ndarray:
     """Seconds per call of ``fn``, one sample per call, after ``warmup`` discarded calls."""
     for _ in range(warmup):
@@ -136,5 +158,7 @@ def print_table(rows: list[Row]) -> None:
     print(sep)
     for line in lines:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
-    print("\nratio = baseline / measured (higher is better). Machine: shared 2-core; figures are medians "
-          "or percentiles of repeated calls.")
+    print(
+        "\nratio = baseline / measured (higher is better). Machine: shared 2-core; figures are medians "
+        "or percentiles of repeated calls."
+    )
