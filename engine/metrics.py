@@ -1,0 +1,319 @@
+"""Prometheus metrics of the Riskdesk processes: every definition in one place, one registry per process.
+
+Each daemon builds its own metrics object on a fresh :class:`prometheus_client.CollectorRegistry` (never the
+library's global one, so tests and two daemons in one process do not share counters) and serves it with
+:func:`serve` on ``[metrics]``'s address and its own port (``0``: not served; the objects still count, which
+the tests read with :meth:`CollectorRegistry.get_sample_value`)::
+
+    process (port setting)               metrics
+    python -m engine.stream              StreamMetrics: bars written / rejected, prices rejected by reason,
+      (metrics.stream_port)              bar duration, market version, Redis errors
+    python -m logic.monitor              MonitorMetrics: ticks processed / coalesced, snapshot duration,
+      (metrics.monitor_port)             portfolios monitored, per-portfolio VaR 95/99, VaR utilisation,
+                                         drawdowns, trading state, alerts by severity and status, Redis
+                                         errors; GateMetrics of the automated actions' risk managers
+    python -m notifications              NotificationMetrics: notifications by channel and status
+      (metrics.notifications_port)
+    the dashboard (Streamlit)            GateMetrics can be given to its RiskManagers, but the dashboard
+                                         serves no /metrics (no port of its own): its decisions are audited
+                                         in the trade log instead
+
+Label cardinality is bounded: ``portfolio`` takes only the ids of portfolios the monitor snapshots, at most
+``metrics.max_portfolios`` of them (sorted by id; the rest are counted in
+``riskdesk_portfolios_unlabelled``); ``reason`` (prices) is one of :data:`PRICE_REJECT_REASONS`; ``reason``
+(decisions) a :class:`~engine.records.ReasonCode` or ``none``; ``status``, ``severity``, ``state`` and
+``channel`` come from the StrEnums of :mod:`engine.records`. A portfolio that leaves the store leaves the
+gauges at the next snapshot.
+
+Names follow the Prometheus conventions: a ``riskdesk_`` prefix, ``_total`` on counters (the client adds
+it), ``_seconds`` on durations, ``_ratio`` on fractions; money in the book's currency unit (dollars).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from engine.records import AlertStatus, DecisionStatus, Severity, TradingState
+
+log = logging.getLogger("riskdesk.metrics")
+
+BAR_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+"""Bar write durations: the target is 5 ms at N = 500 (issue 16), so the buckets are dense around it."""
+SNAPSHOT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""One tick's snapshots of every portfolio (read + compute + write)."""
+DECISION_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""One pre-trade decision (read the trade view + every check)."""
+
+PRICE_REJECT_REASONS: Mapping[str, str] = {
+    "unknown ticker": "unknown_ticker",
+    "not a number": "not_a_number",
+    "not a finite price": "not_finite",
+    "not a positive price": "not_positive",
+    "above the largest plausible price": "implausible",
+    "jump of": "jump",
+}
+"""Words of a rejection's text (engine/stream.py, engine/price_filter.py) -> the ``reason`` label; any other
+text is ``other``."""
+
+DRAWDOWN_WINDOWS = ("daily", "weekly", "max")
+VAR_CONFIDENCES = {"0.95": "var95", "0.99": "var99"}
+"""``confidence`` label -> the snapshot's ``var`` field."""
+
+
+def price_reject_reason(text: str) -> str:
+    """The bounded ``reason`` label of one rejected price's text (``"AAA='x': not a number"``)."""
+    why = text.rpartition(": ")[2]
+    for words, label in PRICE_REJECT_REASONS.items():
+        if why.startswith(words):
+            return label
+    return "other"
+
+
+class StreamMetrics:
+    """What the stream daemon counts (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.bars_written = Counter("riskdesk_stream_bars_written", "Bars written as a market version", registry=r)
+        self.bars_rejected = Counter(
+            "riskdesk_stream_bars_rejected", "Bars with no valid price (nothing written)", registry=r
+        )
+        self.prices_rejected = Counter(
+            "riskdesk_stream_prices_rejected", "Single prices refused, by reason", ["reason"], registry=r
+        )
+        for label in (*PRICE_REJECT_REASONS.values(), "other"):
+            self.prices_rejected.labels(label)  # every reason shown from the start, at 0
+        self.bar_duration = Histogram(
+            "riskdesk_stream_bar_duration_seconds",
+            "Validation + EWMA update + atomic write of one bar (waits for Redis excluded)",
+            buckets=BAR_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.market_version = Gauge("riskdesk_market_version", "Market version last written", registry=r)
+        self.redis_errors = Counter("riskdesk_redis_errors", "Failed Redis operations", ["component"], registry=r)
+        self.redis_errors.labels("stream")
+
+    def bar_written(self, version: int, seconds: float, rejected: Iterable[str] = ()) -> None:
+        self.bars_written.inc()
+        self.market_version.set(version)
+        self.bar_duration.observe(seconds)
+        self.count_rejected(rejected)
+
+    def bar_rejected(self, rejected: Iterable[str]) -> None:
+        self.bars_rejected.inc()
+        self.count_rejected(rejected)
+
+    def count_rejected(self, rejected: Iterable[str]) -> None:
+        for text in rejected:
+            self.prices_rejected.labels(price_reject_reason(text)).inc()
+
+
+class GateMetrics:
+    """Pre-trade decisions of the RiskManagers of one process, by status and reason code, and their latency."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.decisions = Counter(
+            "riskdesk_pretrade_decisions",
+            "Pre-trade decisions by status and reason code (one count per reason of a refusal; none: approved)",
+            ["status", "reason"],
+            registry=self.registry,
+        )
+        self.decision_duration = Histogram(
+            "riskdesk_pretrade_decision_duration_seconds",
+            "Time to one pre-trade decision",
+            buckets=DECISION_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+
+    def decided(self, status: str, reasons: Iterable[str], seconds: float) -> None:
+        codes = list(dict.fromkeys(str(r) for r in reasons)) or ["none"]
+        for code in codes:
+            self.decisions.labels(str(status), code).inc()
+        self.decision_duration.observe(seconds)
+
+
+class NotificationMetrics:
+    """Messages the delivery daemon sent, failed or skipped, by channel."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.notifications = Counter(
+            "riskdesk_notifications",
+            "Notification messages by channel and status (delivered, failed, skipped, rate_limited)",
+            ["channel", "status"],
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "riskdesk_redis_errors", "Failed Redis operations", ["component"], registry=self.registry
+        )
+
+    def sent(self, channel: str, status: str) -> None:
+        self.notifications.labels(str(channel), str(status)).inc()
+
+
+class MonitorMetrics:
+    """What the monitor counts, and the latest risk figures of every monitored portfolio."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, max_portfolios: int = 50) -> None:
+        if max_portfolios < 1:
+            raise ValueError("max_portfolios must be >= 1")
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.max_portfolios = max_portfolios
+        r = self.registry
+        self.ticks_processed = Counter(
+            "riskdesk_monitor_ticks_processed", "Tick events snapshotted (every portfolio each)", registry=r
+        )
+        self.ticks_coalesced = Counter(
+            "riskdesk_monitor_ticks_coalesced",
+            "Tick events acknowledged without their own snapshot because a newer one in the same read covered them",
+            registry=r,
+        )
+        self.snapshot_duration = Histogram(
+            "riskdesk_monitor_snapshot_duration_seconds",
+            "Read + compute + write of one tick's snapshots, all portfolios (alerts excluded)",
+            buckets=SNAPSHOT_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.portfolios = Gauge("riskdesk_portfolios_monitored", "Portfolios in the last snapshot round", registry=r)
+        self.unlabelled = Gauge(
+            "riskdesk_portfolios_unlabelled", "Portfolios beyond metrics.max_portfolios (no gauges)", registry=r
+        )
+        self.var = Gauge(
+            "riskdesk_portfolio_var", "One-day VaR by confidence (dollars)", ["portfolio", "confidence"], registry=r
+        )
+        self.utilisation = Gauge(
+            "riskdesk_portfolio_var_utilisation_ratio", "VaR at the limit's confidence / the VaR limit",
+            ["portfolio"], registry=r,
+        )  # fmt: skip
+        self.drawdown = Gauge(
+            "riskdesk_portfolio_drawdown_ratio", "Drawdown (a fraction <= 0) by window", ["portfolio", "window"],
+            registry=r,
+        )  # fmt: skip
+        self.equity = Gauge("riskdesk_portfolio_equity", "Equity (dollars)", ["portfolio"], registry=r)
+        self.trading_state = Gauge(
+            "riskdesk_portfolio_trading_state", "1 for the portfolio's trading state, 0 for the others",
+            ["portfolio", "state"], registry=r,
+        )  # fmt: skip
+        self.alerts = Gauge(
+            "riskdesk_alerts", "Alerts of the monitored portfolios by severity and status (RESOLVED excluded)",
+            ["severity", "status"], registry=r,
+        )  # fmt: skip
+        self.redis_errors = Counter("riskdesk_redis_errors", "Failed Redis operations", ["component"], registry=r)
+        self.redis_errors.labels("monitor")
+        self.gate = GateMetrics(r)
+        """The automated actions' risk managers count their decisions here."""
+        self._labelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def ticks(self, processed: int = 1, seconds: float | None = None) -> None:
+        self.ticks_processed.inc(processed)
+        if seconds is not None:
+            self.snapshot_duration.observe(seconds)
+
+    def snapshots(self, snapshots: Mapping[str, Mapping[str, Any]], portfolio_count: int | None = None) -> None:
+        """Set the per-portfolio gauges from one round's snapshots (the first ``max_portfolios`` ids)."""
+        ids = sorted(snapshots)
+        kept = ids[: self.max_portfolios]
+        total = len(ids) if portfolio_count is None else portfolio_count
+        with self._lock:
+            self.portfolios.set(total)
+            self.unlabelled.set(max(0, total - len(kept)))
+            for pid in self._labelled - set(kept):
+                self._forget(pid)
+            self._labelled = set(kept)
+            for pid in kept:
+                self._set_portfolio(pid, snapshots[pid])
+
+    def _set_portfolio(self, pid: str, snap: Mapping[str, Any]) -> None:
+        var = snap.get("var") or {}
+        for confidence, key in VAR_CONFIDENCES.items():
+            _set(self.var.labels(pid, confidence), var.get(key))
+        _set(self.utilisation.labels(pid), var.get("utilization"))
+        drawdown = snap.get("drawdown") or {}
+        for window in DRAWDOWN_WINDOWS:
+            _set(self.drawdown.labels(pid, window), drawdown.get(window))
+        _set(self.equity.labels(pid), snap.get("equity"))
+        state = snap.get("trading_state")
+        for s in TradingState:
+            self.trading_state.labels(pid, s.value).set(1.0 if state == s else 0.0)
+
+    def _forget(self, pid: str) -> None:
+        for gauge, labels in (
+            *((self.var, (pid, c)) for c in VAR_CONFIDENCES),
+            (self.utilisation, (pid,)),
+            *((self.drawdown, (pid, w)) for w in DRAWDOWN_WINDOWS),
+            (self.equity, (pid,)),
+            *((self.trading_state, (pid, s.value)) for s in TradingState),
+        ):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+    def alert_counts(self, alerts: Iterable[Mapping[str, Any]]) -> None:
+        """Set ``riskdesk_alerts`` from the current alert records (any not RESOLVED)."""
+        counts = {(s.value, st.value): 0 for s in Severity for st in AlertStatus if st != AlertStatus.RESOLVED}
+        for alert in alerts:
+            key = (str(alert.get("severity")), str(alert.get("status")))
+            if key in counts:
+                counts[key] += 1
+        for (severity, status), n in counts.items():
+            self.alerts.labels(severity, status).set(n)
+
+
+def _set(gauge: Any, value: Any) -> None:
+    """A missing (null) figure is NaN: Prometheus shows no value rather than a made-up 0."""
+    gauge.set(float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan"))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A served ``/metrics``: where it listens, and how to stop it."""
+
+    address: str
+    port: int
+    server: Any = None
+    thread: Any = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def serve(registry: CollectorRegistry, address: str, port: int, component: str) -> Endpoint | None:
+    """Serve ``registry`` at ``http://address:port/metrics`` on a daemon thread; None for port 0.
+
+    A port already taken (a second monitor on the same host) is logged and the process runs on without an
+    endpoint: metrics never stop the risk monitoring.
+    """
+    if port == 0:
+        return None
+    try:
+        server, thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:
+        log.warning("%s: cannot serve /metrics on %s:%d (%s); running without it", component, address, port, exc)
+        return None
+    endpoint = Endpoint(address, port, server, thread)
+    log.info("%s: metrics at %s", component, endpoint.url)
+    return endpoint
+
+
+def decision_parts(decision: Any) -> tuple[str, list[str]]:
+    """(status, reason codes) of a :class:`~engine.records.Decision` or an execution result."""
+    status = getattr(decision, "status", DecisionStatus.REJECTED)
+    reasons = [str(getattr(r, "code", r)) for r in getattr(decision, "reasons", ()) or ()]
+    return str(status), reasons
