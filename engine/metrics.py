@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engine.records import AlertStatus, DecisionStatus, Severity, TradingState
 
@@ -202,10 +203,6 @@ class MonitorMetrics:
             "riskdesk_portfolio_trading_state", "1 for the portfolio's trading state, 0 for the others",
             ["portfolio", "state"], registry=r,
         )  # fmt: skip
-        self.alerts = Gauge(
-            "riskdesk_alerts", "Alerts of the monitored portfolios by severity and status (RESOLVED excluded)",
-            ["severity", "status"], registry=r,
-        )  # fmt: skip
         self.redis_errors = Counter("riskdesk_redis_errors", "Failed Redis operations", ["component"], registry=r)
         self.redis_errors.labels("monitor")
         self.gate = GateMetrics(r)
@@ -258,15 +255,46 @@ class MonitorMetrics:
             except KeyError:
                 pass
 
-    def alert_counts(self, alerts: Iterable[Mapping[str, Any]]) -> None:
-        """Set ``riskdesk_alerts`` from the current alert records (any not RESOLVED)."""
-        counts = {(s.value, st.value): 0 for s in Severity for st in AlertStatus if st != AlertStatus.RESOLVED}
-        for alert in alerts:
-            key = (str(alert.get("severity")), str(alert.get("status")))
-            if key in counts:
-                counts[key] += 1
-        for (severity, status), n in counts.items():
-            self.alerts.labels(severity, status).set(n)
+    def watch_alerts(self, source: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        """Serve ``riskdesk_alerts``, counted from ``source()`` (the stored alert records) at each scrape."""
+        self.registry.register(AlertCollector(source, self.redis_errors.labels("monitor")))
+
+
+class AlertCollector:
+    """``riskdesk_alerts{severity, status}``: active alerts counted at scrape time from the store (the alert
+    engine's records, whichever monitor wrote them). A failed read yields no sample and counts a Redis error."""
+
+    NAME = "riskdesk_alerts"
+    HELP = "Active alerts of the monitored portfolios by severity and status (RESOLVED ones are gone)"
+
+    def __init__(self, source: Callable[[], Iterable[Mapping[str, Any]]], errors: Any) -> None:
+        self.source = source
+        self.errors = errors
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["severity", "status"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["severity", "status"])
+        try:
+            counts = alert_counts(self.source())
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer; the error is counted and logged
+            self.errors.inc()
+            log.debug("alert counts not read: %s", exc)
+        else:
+            for (severity, status), n in counts.items():
+                family.add_metric([severity, status], n)
+        yield family
+
+
+def alert_counts(alerts: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+    """(severity, status) -> number of the records that are not RESOLVED, every pair present."""
+    counts = {(s.value, st.value): 0 for s in Severity for st in AlertStatus if st != AlertStatus.RESOLVED}
+    for alert in alerts:
+        key = (str(alert.get("severity")), str(alert.get("status")))
+        if key in counts:
+            counts[key] += 1
+    return counts
 
 
 def _set(gauge: Any, value: Any) -> None:
@@ -313,7 +341,9 @@ def serve(registry: CollectorRegistry, address: str, port: int, component: str) 
 
 
 def decision_parts(decision: Any) -> tuple[str, list[str]]:
-    """(status, reason codes) of a :class:`~engine.records.Decision` or an execution result."""
+    """(status, reason codes) of a :class:`~engine.records.Decision`, or of the decision an
+    :class:`~engine.records.ExecutionResult` carries (a duplicate's stored one is counted again: it was asked)."""
+    decision = getattr(decision, "decision", decision)
     status = getattr(decision, "status", DecisionStatus.REJECTED)
     reasons = [str(getattr(r, "code", r)) for r in getattr(decision, "reasons", ()) or ()]
     return str(status), reasons

@@ -432,6 +432,18 @@ class AccessConfig:
 
 
 @dataclass(frozen=True, config=CONFIG)
+class MetricsConfig:
+    """Prometheus ``/metrics`` endpoints (engine/metrics.py) on ``address``; a port of 0 serves none."""
+
+    address: Text = "127.0.0.1"
+    stream_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
+    monitor_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
+    notifications_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
+    max_portfolios: Annotated[Integer, Field(gt=0)] = 50
+    """Per-portfolio gauges for at most this many portfolios (label cardinality; the rest are counted)."""
+
+
+@dataclass(frozen=True, config=CONFIG)
 class Settings:
     universe: Universe = field(default_factory=Universe)
     portfolios: tuple[PortfolioConfig, ...] = ()
@@ -446,6 +458,7 @@ class Settings:
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     market: Market = field(default_factory=Market)
     access: AccessConfig = field(default_factory=AccessConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     extra: Table[Any] = field(default_factory=dict)
     """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
     validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):

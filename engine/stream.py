@@ -71,6 +71,7 @@ from engine.daemon import add_daemon_arguments, configure_logging, connect_for_d
 from engine.daemon import install_signal_handlers as install_signal_handlers  # re-exported: a public name here
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
+from engine.metrics import StreamMetrics, serve
 from engine.price_filter import PriceFilter
 from engine.records import Clock
 from engine.sessions import market_calendar
@@ -146,6 +147,8 @@ class StreamDaemon:
     anchor:
         Re-anchors the collar's reference prices (engine/collar.py); default from ``market.calendar`` and
         ``limits.collar_reference``.
+    metrics:
+        Prometheus counters (engine/metrics.py); default: its own, on a fresh registry.
     """
 
     def __init__(
@@ -159,8 +162,10 @@ class StreamDaemon:
         stop_event: threading.Event | None = None,
         clock_mode: ClockMode | None = None,
         anchor: CollarAnchor | None = None,
+        metrics: StreamMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or StreamMetrics()
         self.anchor = anchor or CollarAnchor(market_calendar(settings), settings.limits.collar_reference)
         self.settings = settings
         self.feed = feed
@@ -267,6 +272,7 @@ class StreamDaemon:
             except (redis.RedisError, RiskdeskError, ValueError) as exc:
                 self._synced = False
                 self.stats.store_errors += 1
+                self.metrics.redis_errors.labels("stream").inc()
                 delay = backoff
                 level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
                 log.log(level, "cannot write bar %s (%s: %s); retrying in %.2f s", token, type(exc).__name__,
@@ -362,6 +368,7 @@ class StreamDaemon:
             if step.accepted == 0:
                 self.stats.bars_rejected += 1
                 self.stats.prices_rejected += len(step.rejected)
+                self.metrics.bar_rejected(step.rejected)
                 pipe.unwatch()
                 self._write_heartbeat_best_effort(now)
                 return False
@@ -413,12 +420,14 @@ class StreamDaemon:
         self._validate_next = False
         self._synced = True
         self.stats.prices_rejected += len(step.rejected)
+        self.metrics.count_rejected(step.rejected)
         self._count_written(started)
         return True
 
     def _count_written(self, started: float) -> None:
         self.stats.bars_written += 1
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000.0
+        self.metrics.bar_written(int(self.version or 0), self.stats.last_latency_ms / 1000.0)
 
     def _heartbeat(
         self, now: float, version: int | None, bars_written: int, rejected_now: int = 0
@@ -574,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         feed = FEEDS[args.feed](args, settings, store)
         interval = args.interval if args.speed is None else replay_interval(feed, args.speed)
         daemon = StreamDaemon(store, settings, feed, interval=interval, stop_event=stop)
+        serve(daemon.metrics.registry, settings.metrics.address, settings.metrics.stream_port, "stream")
     except RiskdeskError as exc:
         print(f"stream: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2

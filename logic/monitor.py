@@ -59,6 +59,7 @@ from engine.clocks import MarketClock, tick_time
 from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
 from engine.errors import ConfigError, RiskdeskError, StoreError
 from engine.market_model import MarketModel, MarketModelCache, ModelKey, reorder
+from engine.metrics import GateMetrics, MonitorMetrics, serve
 from engine.records import Clock
 from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
@@ -159,6 +160,8 @@ class Monitor:
     market_models:
         The process's market-model cache (:mod:`engine.market_model`), shared with the risk managers of the
         automated actions; by default one of its own.
+    metrics:
+        Prometheus metrics (engine/metrics.py); default: its own, on a fresh registry.
     """
 
     def __init__(
@@ -175,8 +178,10 @@ class Monitor:
         idle_refresh_seconds: float = DEFAULT_IDLE_REFRESH_SECONDS,
         stop_event: threading.Event | None = None,
         market_models: MarketModelCache | None = None,
+        metrics: MonitorMetrics | None = None,
     ) -> None:
         cfg = settings.monitor
+        self.metrics = metrics or MonitorMetrics(max_portfolios=settings.metrics.max_portfolios)
         if not 0 <= cfg.day_reset_hour <= 23:
             raise ConfigError(f"monitor.day_reset_hour must be 0..23, got {cfg.day_reset_hour}")
         try:
@@ -260,6 +265,7 @@ class Monitor:
 
     def _on_store_error(self, exc: Exception) -> None:
         self.stats.store_errors += 1
+        self.metrics.redis_errors.labels("monitor").inc()
         # whatever was read but not acknowledged is pending: read it again first; caches may be stale
         self._check_pending = True
         self._group_ready = False
@@ -288,9 +294,7 @@ class Monitor:
                     log.info("claimed %d tick(s) left pending by another monitor", len(claimed))
                     self._check_pending = True  # any further claimed entries are now our pending ones
                     return claimed
-            return self.store.read_tick_group(
-                self.group, self.consumer, pending=False, count=count, block_ms=block_ms
-            )
+            return self.store.read_tick_group(self.group, self.consumer, pending=False, count=count, block_ms=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the store was wiped and re-seeded: create the group again
                 self._group_ready = False
@@ -324,6 +328,7 @@ class Monitor:
         view = MarketView(header, cov, stressed, model)
         snapshots = self._snapshot_all(view, now, ack=entry_id, tick=True, started=started, event=event)
         self.stats.ticks_processed += 1
+        self.metrics.ticks(1)
         self.stats.last_tick_age_ms = max(0.0, (now - event.ts) * 1000.0)
         self._evaluate_alerts(snapshots, now)
         return snapshots
@@ -518,6 +523,8 @@ class Monitor:
         self.stats.snapshots += len(snapshots)
         self.stats.last_version = market.header.version
         self.stats.last_latency_ms = latency_ms
+        self.metrics.snapshot_duration.observe(latency_ms / 1000.0)
+        self.metrics.snapshots(snapshots)
         return snapshots
 
     def _portfolio_error(self, pid: str, message: str) -> None:
@@ -602,7 +609,11 @@ class Monitor:
 
 
 def make_alert_engine(
-    store: Store, settings: Settings, clock: Clock, market_models: MarketModelCache | None = None
+    store: Store,
+    settings: Settings,
+    clock: Clock,
+    market_models: MarketModelCache | None = None,
+    gate_metrics: GateMetrics | None = None,
 ) -> AlertEvaluator | None:
     """The object evaluating alert rules on each snapshot: logic/alerts.py's engine, configured from the
     settings (``[[alert_rules]]``, ``[escalation]``, the recipient names of ``[notifications]``) on the
@@ -610,10 +621,18 @@ def make_alert_engine(
 
     Its escalation timers and repeats run on its own background thread; the monitor itself only calls
     ``evaluate`` once per snapshot. The notifications it queues are sent by ``python -m notifications``.
+    The automated actions' risk managers count their decisions in ``gate_metrics`` (engine/metrics.py).
     """
     from logic.alerts import build_alert_engine  # lazily: only a monitor that evaluates alerts needs it
 
-    engine = build_alert_engine(store, settings, clock, market_models=market_models)
+    factory = None
+    if gate_metrics is not None:
+        from logic.risk_manager import RiskManager
+
+        def factory(pid: str) -> RiskManager:
+            return RiskManager(store.client, pid, settings, clock, market_models=market_models, metrics=gate_metrics)
+
+    engine = build_alert_engine(store, settings, clock, factory, market_models=market_models)
     engine.start_background(ALERTS_TICK_SECONDS)
     return engine
 
@@ -651,12 +670,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = Store(connect_for_daemon(settings))
         models = MarketModelCache(store, settings.model.bars_per_day)  # one per process: monitor and actions
         clock = MarketClock(store)  # the wall clock live, the bars' time in a replay
-        alert_engine = None if args.no_alerts else make_alert_engine(store, settings, clock, models)
+        metrics = MonitorMetrics(max_portfolios=settings.metrics.max_portfolios)
+        alert_engine = None if args.no_alerts else make_alert_engine(store, settings, clock, models, metrics.gate)
         monitor = Monitor(
             store, settings, clock, alert_engine=alert_engine,
             consumer=args.consumer, batch_size=max(1, args.batch), claim_idle_seconds=args.claim_idle,
-            idle_refresh_seconds=args.idle_refresh, stop_event=stop, market_models=models,
+            idle_refresh_seconds=args.idle_refresh, stop_event=stop, market_models=models, metrics=metrics,
         )  # fmt: skip
+        metrics.watch_alerts(lambda: [a for p in store.portfolio_ids() for a in store.read_active_alerts(p).values()])
+        serve(metrics.registry, settings.metrics.address, settings.metrics.monitor_port, "monitor")
     except RiskdeskError as exc:
         print(f"monitor: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2

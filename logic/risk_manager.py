@@ -59,6 +59,7 @@ of :mod:`engine.errors` instead, for the page to show with their ``fix``.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -72,6 +73,7 @@ from engine.clocks import MarketClock
 from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreError, StoreUnavailableError
 from engine.market_model import MarketModelCache
+from engine.metrics import GateMetrics, decision_parts
 from engine.records import (
     Clock,
     Decision,
@@ -133,6 +135,8 @@ class RiskManager:
     market_models:
         A :class:`~engine.market_model.MarketModelCache` to share with other readers of the same store
         (default: one of its own).
+    metrics:
+        Where decisions are counted (engine/metrics.py; the monitor passes its registry's); None: not counted.
 
     One instance may be shared by threads (the dashboard does): the caches are replaced atomically.
     """
@@ -144,8 +148,10 @@ class RiskManager:
         settings: Settings | None = None,
         clock: Clock | None = None,
         market_models: MarketModelCache | None = None,
+        metrics: GateMetrics | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
+        self.metrics = metrics
         if redis_client_or_url is None:
             client = connect(self.settings)
         elif isinstance(redis_client_or_url, str):
@@ -326,6 +332,18 @@ class RiskManager:
 
     def check(self, ticker: Any, qty: Any, side: Any, intent: OrderIntent = OrderIntent.TRADE) -> Decision:
         """:meth:`check_trade_impact` as a typed :class:`~engine.records.Decision`."""
+        if self.metrics is not None:
+            return self._counted(self._check, ticker, qty, side, intent)
+        return self._check(ticker, qty, side, intent)
+
+    def _counted(self, decide: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        result = decide(*args)
+        if self.metrics is not None:
+            self.metrics.decided(*decision_parts(result), time.perf_counter() - started)
+        return result
+
+    def _check(self, ticker: Any, qty: Any, side: Any, intent: OrderIntent) -> Decision:
         now = self.clock()
         try:
             view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
@@ -362,6 +380,8 @@ class RiskManager:
         """:meth:`execute_trade` as a typed :class:`~engine.records.ExecutionResult` (see
         :mod:`logic.execution`). ``intent=LIQUIDATION``: a liquidation-only order (see
         :class:`~engine.records.OrderIntent`)."""
+        if self.metrics is not None:
+            return self._counted(execution.execute, self, ticker, qty, side, client_order_id, actor, intent)
         return execution.execute(self, ticker, qty, side, client_order_id, actor, intent)
 
     def store_failure_decision(
@@ -555,6 +575,7 @@ class RiskManager:
             "missing_prices": list(valuation.missing),
         }
         return df
+
 
 POSITION_FIELDS = (
     "ticker",
