@@ -294,7 +294,9 @@ class Monitor:
                     log.info("claimed %d tick(s) left pending by another monitor", len(claimed))
                     self._check_pending = True  # any further claimed entries are now our pending ones
                     return claimed
-            return self.store.read_tick_group(self.group, self.consumer, pending=False, count=count, block_ms=block_ms)
+            return self.store.read_tick_group(
+                self.group, self.consumer, pending=False, count=count, block_ms=block_ms
+            )
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the store was wiped and re-seeded: create the group again
                 self._group_ready = False
