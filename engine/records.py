@@ -126,6 +126,8 @@ class Channel(StrEnum):
     EMAIL = "email"
     SMS = "sms"
     WEBHOOK = "webhook"
+    ALERTMANAGER = "alertmanager"
+    """A Prometheus Alertmanager's v2 API (notifications/alertmanager.py): the address is its base URL."""
 
 
 class ReasonCode(StrEnum):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from engine.daemon import add_daemon_arguments, configure_logging, stop_on_signals
 from engine.errors import RiskdeskError
+from engine.metrics import serve
 from engine.redis_server import connect
 from engine.settings import load_settings
 from engine.store import Store
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         store = Store(connect(settings))
         notifier = build_notifier(store, settings)
+        serve(notifier.metrics.registry, settings.metrics.address, settings.metrics.notifications_port, "notifications")
     except RiskdeskError as exc:
         print(f"notifications: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2

@@ -276,6 +276,6 @@ def escape_chat_text(text: str) -> str:
 
 def mask_address(channel: str, address: str) -> str:
     """What the delivery log may show: a webhook URL carries its secret in the path, so keep only the host."""
-    if channel == "webhook" and address:
+    if channel in ("webhook", "alertmanager") and address:
         return mask_url(address)
     return address

@@ -10,6 +10,10 @@ environment, or from a file named by ``<NAME>_FILE`` (Docker/Kubernetes secrets 
     TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM
     RISKDESK_WEBHOOK_URL (or any variable a recipient names with ``webhook = "env:NAME"``)
 
+The ``alertmanager`` channel posts to the Alertmanager whose base URL a recipient gives
+(``ops = { alertmanager = "http://127.0.0.1:9093" }``); ``[notifications.alertmanager]`` sets how long a
+firing alert stays active there without news from Riskdesk (notifications/alertmanager.py).
+
 Any recipient address may be written ``"env:NAME"`` to read it from the environment (a Slack webhook URL is
 a secret). A channel whose secrets are missing is *not configured*: deliveries to it are recorded as
 ``skipped`` in the delivery log, and the ``log`` channel always works.
@@ -39,6 +43,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr
@@ -100,6 +105,8 @@ class RecipientAddresses:
     email: Address | None = None
     sms: Address | None = None
     webhook: Address | None = None
+    alertmanager: Address | None = None
+    """An Alertmanager's base URL (``http://host:9093``), or ``env:NAME``."""
 
     def items(self) -> list[tuple[str, str]]:
         return [(c, a) for c in ADDRESSED_CHANNELS if (a := getattr(self, c)) is not None]
@@ -123,10 +130,22 @@ class DeliveryPolicy:
 
 
 @dataclass(frozen=True, config=CONFIG)
+class AlertmanagerSettings:
+    """``[notifications.alertmanager]``: how Riskdesk alerts are posted to an Alertmanager."""
+
+    active_for_seconds: Annotated[Seconds, Field(gt=0)] = 86_400.0
+    """A firing alert is posted with ``endsAt`` this far ahead; every escalation or reminder posts it again
+    (extending it), its resolution posts the real ``endsAt``. If Riskdesk stops (and never resolves it), the
+    alert expires in Alertmanager after this long."""
+    timeout_seconds: Annotated[Seconds, Field(gt=0)] = 10.0
+
+
+@dataclass(frozen=True, config=CONFIG)
 class NotificationsTable(DeliveryPolicy):
     """The ``[notifications]`` table as written in riskdesk.toml (validated; addresses not yet resolved)."""
 
     recipients: Table[RecipientAddresses] = field(default_factory=dict)
+    alertmanager: AlertmanagerSettings = field(default_factory=AlertmanagerSettings)
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -185,12 +204,14 @@ class NotificationConfig(DeliveryPolicy):
     recipients: Table[Recipient] = field(default_factory=dict)
     smtp: SmtpConfig | None = None
     twilio: TwilioConfig | None = None
+    alertmanager: AlertmanagerSettings = field(default_factory=AlertmanagerSettings)
 
     def secrets(self) -> tuple[str, ...]:
         """Every credential this configuration holds (masked out of error texts and log lines)."""
         values: list[str | None] = [
             a for r in self.recipients.values() for c, a in r.addresses.items() if c == Channel.WEBHOOK
         ]
+        values += [_url_password(a) for r in self.recipients.values() for a in r.addresses.values()]
         if self.twilio is not None:
             values += [self.twilio.account_sid, self.twilio.auth_token]
         if self.smtp is not None:
@@ -202,7 +223,7 @@ class NotificationConfig(DeliveryPolicy):
             return self.smtp is not None
         if channel == Channel.SMS:
             return self.twilio is not None
-        return channel in (Channel.LOG, Channel.WEBHOOK)
+        return channel in (Channel.LOG, Channel.WEBHOOK, Channel.ALERTMANAGER)
 
 
 def notification_config(extra: Mapping[str, Any], env: Mapping[str, str] | None = None) -> NotificationConfig:
@@ -229,8 +250,9 @@ def notification_config(extra: Mapping[str, Any], env: Mapping[str, str] | None 
                 unresolved[channel] = address
         recipients[str(name)] = Recipient(str(name), resolved, unresolved)
     return NotificationConfig(
-        **table.policy(), recipients=recipients, smtp=smtp_from_env(env), twilio=twilio_from_env(env)
-    )
+        **table.policy(), recipients=recipients, smtp=smtp_from_env(env), twilio=twilio_from_env(env),
+        alertmanager=table.alertmanager,
+    )  # fmt: skip
 
 
 def secret(env: Mapping[str, str], name: str) -> str | None:
@@ -292,6 +314,11 @@ def twilio_from_env(env: Mapping[str, str]) -> TwilioConfig | None:
     if not (sid and token and sender):
         return None
     return TwilioConfig(account_sid=sid, auth_token_secret=SecretStr(token), sender=sender)
+
+
+def _url_password(address: str) -> str | None:
+    """The password of a ``scheme://user:password@host`` address (an Alertmanager behind basic auth)."""
+    return urlsplit(address).password if "://" in address else None
 
 
 def _resolve_address(address: str, env: Mapping[str, str]) -> str:

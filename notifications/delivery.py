@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.alert_records import Delivery, OutboxEntry
+from engine.metrics import NotificationMetrics
 from engine.records import SEVERITY_RANK, Channel, Clock, Severity
 from engine.store import Store
+from notifications.alertmanager import AlertmanagerChannel
 from notifications.channels import (
     LOGGER_NAME,
     PLAINTEXT_AUTH_REFUSED,
@@ -91,7 +93,7 @@ class Target:
     @property
     def key(self) -> str:
         """Names the target in Redis (group state, send rate): a webhook URL is a secret, so by its digest."""
-        if self.channel == Channel.WEBHOOK and self.address:
+        if self.channel in (Channel.WEBHOOK, Channel.ALERTMANAGER) and self.address:
             return f"{self.channel}|#{digest(self.address)}"
         return f"{self.channel}|{self.address or '?' + ','.join(self.recipients)}"
 
@@ -112,10 +114,13 @@ def build_channels(
     webhook_opener: Any = None,
     logger: logging.Logger | None = None,
 ) -> dict[str, Sender]:
-    """The channels ``config`` allows: ``log`` and ``webhook`` always, ``email``/``sms`` when configured."""
+    """The channels ``config`` allows: ``log``, ``webhook`` and ``alertmanager`` always, ``email``/``sms`` when
+    configured (``webhook_opener`` serves both HTTP channels)."""
+    am = config.alertmanager
     channels: dict[str, Sender] = {
         Channel.LOG: LogChannel(logger),
         Channel.WEBHOOK: WebhookChannel(opener=webhook_opener),
+        Channel.ALERTMANAGER: AlertmanagerChannel(am.active_for_seconds, am.timeout_seconds, opener=webhook_opener),
     }
     if config.smtp is not None:
         channels[Channel.EMAIL] = EmailChannel(config.smtp)
@@ -137,9 +142,12 @@ class Notifier:
         clock: Clock = time.time,
         sleep: Sleep = time.sleep,
         logger: logging.Logger | None = None,
+        metrics: NotificationMetrics | None = None,
     ) -> None:
         self.store = store
         self.config = config
+        self.metrics = metrics or NotificationMetrics()
+        """Messages by channel and status (engine/metrics.py); ``python -m notifications`` serves them."""
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self.channels = dict(channels) if channels is not None else build_channels(config, logger=self.logger)
         self.renderer = renderer or Renderer()
@@ -291,6 +299,7 @@ class Notifier:
             else:
                 result = self.send(target, message)
         record = self._record(portfolio_id, target, events, result, now, message)
+        self.metrics.sent(target.channel, result.status)
         with self.store.client.pipeline(transaction=True) as pipe:
             self.store.delete_fields(Store.outbox_key(portfolio_id), fields, pipe)
             self.store.append_delivery(portfolio_id, record, pipe)
@@ -327,6 +336,7 @@ class Notifier:
             "held back and grouped until the window allows"
         )
         record = self._record(portfolio_id, target, events, SendResult("rate_limited", 0, error), now, None)
+        self.metrics.sent(target.channel, "rate_limited")
         with self.store.client.pipeline(transaction=True) as pipe:
             self.store.append_delivery(portfolio_id, record, pipe)
             self._write_group_state(portfolio_id, target, {**group_state, "deferred": True}, pipe)
@@ -367,6 +377,7 @@ class Notifier:
                 continue
             result = SendResult("skipped", 0, target.skip_reason) if target.skip_reason else self.send(target, message)
             record = self._record(portfolio_id, target, critical, result, now, message, fallback_for=Channel.EMAIL)
+            self.metrics.sent(target.channel, result.status)
             with self.store.client.pipeline(transaction=True) as pipe:
                 self.store.append_delivery(portfolio_id, record, pipe)
                 if result.status == "delivered":
