@@ -43,8 +43,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic.dataclasses import dataclass
