@@ -81,6 +81,14 @@ def services(settings: Settings, stream_args: Sequence[str] = ()) -> tuple[Servi
     )  # fmt: skip
 
 
+def metrics_lines(settings: Settings) -> list[str]:
+    """Where each daemon serves Prometheus ``/metrics`` (``[metrics]``; a port of 0 serves none)."""
+    cfg = settings.metrics
+    host = f"[{cfg.address}]" if ":" in cfg.address else cfg.address
+    ports = (("stream", cfg.stream_port), ("monitor", cfg.monitor_port), ("notify", cfg.notifications_port))
+    return [f"Metrics ({name}): http://{host}:{port}/metrics" for name, port in ports if port]
+
+
 class LauncherError(RiskdeskError):
     code = "LAUNCH_FAILED"
     fix = "read the message; `python launcher.py stop` then start again"
@@ -307,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("start", "demo"):
         if (launcher.root / "dashboard/app.py").exists():
             print(f"\nDashboard: http://{launcher.settings.dashboard.address}:{launcher.settings.dashboard.port}")
+        for line in metrics_lines(launcher.settings):
+            print(line)
         if launcher.settings.model.compressed_clock:
             print(f"Demo clock: one one-minute model bar every {launcher.settings.model.bar_interval_seconds:g} s "
                   "(the dashboard says so); without --compressed-clock one bar per minute.")  # fmt: skip

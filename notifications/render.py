@@ -169,11 +169,11 @@ class Renderer:
 def _event_summary(event: Mapping[str, Any]) -> dict[str, Any]:
     alert = event["alert"]
     keys = ("alert_id", "rule_id", "severity", "metric", "op", "threshold", "value", "status", "description")
-    keys += ("triggered_at", "resolved_at")  # the alertmanager channel's startsAt / endsAt
+    times = ("triggered_at", "resolved_at")  # the alertmanager channel's startsAt / endsAt
     return {
         "event_id": event.get("event_id"),
         "kind": event.get("kind"),
         "ts": event.get("ts"),
         "level": event.get("level"),
-        **{k: alert.get(k) for k in keys},
+        **{k: alert.get(k) for k in keys + times},
     }

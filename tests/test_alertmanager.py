@@ -3,7 +3,7 @@ errors against a real loopback server, and the lifecycle against Debian's real `
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from notifications.alertmanager import ALERTS_PATH, AlertmanagerChannel, alert_p
 from notifications.channels import Message, PermanentDeliveryError
 from notifications.config import notification_config
 
-from .alerts_support import T0, free_port, rule, snapshot, webhook_server
+from .alerts_support import T0, rule, snapshot, webhook_server
 from .prom_support import alertmanager, get_json, wait_until
 from .test_notifications import engine_with
 
@@ -86,7 +86,7 @@ def test_a_non_http_address_is_a_permanent_failure() -> None:
 def test_the_channel_posts_to_the_v2_api_retries_a_503_and_does_not_retry_a_400(
     store: Store, make_settings: Any
 ) -> None:
-    with webhook_server([503, 200, 400]) as (received, url):
+    with webhook_server([503, 200, 400]) as (bodies, url):
         base = url.split("/hooks/")[0]
         recipients = {"desk": {"alertmanager": base}}
         engine, sleep, _ = engine_with(store, make_settings, {}, ["alertmanager"], rules=[VAR_CRIT],
@@ -95,6 +95,7 @@ def test_the_channel_posts_to_the_v2_api_retries_a_503_and_does_not_retry_a_400(
         engine.tick(T0)
         engine.evaluate("main", snapshot(var__utilization=0.5, now=T0 + 1), T0 + 1)
         engine.tick(T0 + 1)
+    received: list[list[dict[str, Any]]] = list(bodies)  # type: ignore[arg-type]  # the alerts API takes a list
     assert len(received) == 3
     assert [{**a, "endsAt": None} for a in received[0]] == [{**a, "endsAt": None} for a in received[1]]  # again
     (firing,) = received[1]

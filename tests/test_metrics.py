@@ -103,7 +103,7 @@ def test_the_stream_daemon_counts_bars_rejected_prices_by_reason_and_the_market_
     assert sample(r, "riskdesk_stream_bars_rejected_total") == stats.bars_rejected == 1
     assert sample(r, "riskdesk_market_version") == seeded_store.read_market().version
     by_reason = {
-        label: sample(r, "riskdesk_stream_prices_rejected_total", reason=label)
+        label: sample(r, "riskdesk_stream_prices_rejected_total", reason=label) or 0.0
         for label in (*PRICE_REJECT_REASONS.values(), "other")
     }
     assert by_reason == {
@@ -143,7 +143,9 @@ def test_the_monitor_exports_ticks_and_each_portfolios_figures_as_the_store_hold
             got = sample(r, "riskdesk_portfolio_drawdown_ratio", portfolio=pid, window=window)
             assert got == snap["drawdown"][window]
         assert sample(r, "riskdesk_portfolio_equity", portfolio=pid) == snap["equity"]
-        states = {s.value: sample(r, "riskdesk_portfolio_trading_state", portfolio=pid, state=s.value) for s in TradingState}
+        states = {
+            s.value: sample(r, "riskdesk_portfolio_trading_state", portfolio=pid, state=s.value) for s in TradingState
+        }
         assert states == {s.value: float(s.value == snap["trading_state"]) for s in TradingState}
 
 
@@ -245,7 +247,7 @@ def test_the_notifier_counts_messages_by_channel_and_status(store: Store, make_s
                                rules=[rule("v", "var.utilization", ">=", 1.0, "CRITICAL")])  # fmt: skip
     engine.evaluate("main", snapshot(var__utilization=1.5), T0)
     engine.tick(T0)
-    notifier = engine.after_tick.__self__  # type: ignore[union-attr]  # build_delivering_engine's flush
+    notifier = engine.after_tick.__self__  # build_delivering_engine's flush is the notifier's
     r = notifier.metrics.registry
     assert sample(r, "riskdesk_notifications_total", channel="log", status="delivered") == 1
     assert sample(r, "riskdesk_notifications_total", channel="email", status="skipped") == 1  # no SMTP_HOST
@@ -326,3 +328,14 @@ def test_a_metrics_endpoint_body_parses_as_prometheus_text() -> None:
     finally:
         endpoint.close()
     assert {"riskdesk_portfolio_var", "riskdesk_monitor_ticks_processed"} <= families
+
+
+def test_the_launcher_prints_each_served_metrics_url_and_skips_port_0(make_settings: Callable[..., Settings]) -> None:
+    import launcher
+
+    settings = make_settings({"metrics": {"stream_port": 9464, "monitor_port": 0, "notifications_port": 9466}})
+    assert launcher.metrics_lines(settings) == [
+        "Metrics (stream): http://127.0.0.1:9464/metrics",
+        "Metrics (notify): http://127.0.0.1:9466/metrics",
+    ]
+    assert launcher.metrics_lines(make_settings()) == []

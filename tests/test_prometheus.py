@@ -62,11 +62,17 @@ def test_prometheus_scrapes_ticks_processed_and_the_var_gauges_the_store_holds(
                 assert snap is not None and snap["version"] == TICKS
                 for confidence, key in (("0.95", "var95"), ("0.99", "var99")):
                     query = f'riskdesk_portfolio_var{{portfolio="{pid}",confidence="{confidence}"}}'
-                    wait_until(lambda q=query, k=key: value(base, q) == snap["var"][k], 30, f"{pid} {key}")  # type: ignore[misc]
+                    expected = snap["var"][key]
+
+                    def scraped(q: str = query, e: float = expected) -> bool:
+                        return value(base, q) == e
+
+                    wait_until(scraped, 30, f"{pid} {key}")
             # the stream daemon was scraped while it ran: its bars written never exceed the store's version
-            written = value(base, f'max_over_time(riskdesk_stream_bars_written_total{{instance="{stream_target}"}}[10m])')
+            stream = f'{{instance="{stream_target}"}}'
+            written = value(base, f"max_over_time(riskdesk_stream_bars_written_total{stream}[10m])")
             assert written is not None and 0 < written <= store.read_market().version == TICKS
-            assert value(base, f'max_over_time(riskdesk_market_version{{instance="{stream_target}"}}[10m])') == written
+            assert value(base, f"max_over_time(riskdesk_market_version{stream}[10m])") == written
     finally:
         for proc in reversed(procs):
             stop_process(proc)
