@@ -15,8 +15,8 @@ the tests read with :meth:`CollectorRegistry.get_sample_value`)::
     python -m notifications              NotificationMetrics: notifications by channel and status
       (metrics.notifications_port)
     the dashboard (Streamlit)            GateMetrics can be given to its RiskManagers, but the dashboard
-                                         serves no /metrics (no port of its own): its decisions are audited
-                                         in the trade log instead
+                                         serves no /metrics (no port of its own): its executions are in the
+                                         trade log instead
 
 Label cardinality is bounded: ``portfolio`` takes only the ids of portfolios the monitor snapshots, at most
 ``metrics.max_portfolios`` of them (sorted by id; the rest are counted in
