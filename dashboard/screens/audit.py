@@ -18,12 +18,8 @@ def filters(d: views.Desk) -> views.AuditFilter:
     portfolios = c1.multiselect("Portfolio", list(everything.portfolios), key="au_portfolios", placeholder="all")
     kinds = c2.multiselect("Kind", list(everything.kinds), key="au_kinds", placeholder="all")
     actors = c3.multiselect("Actor", list(everything.actors), key="au_actors", placeholder="all")
-    window = c4.selectbox(
-        "Time window",
-        list(views.AUDIT_WINDOWS),
-        index=list(views.AUDIT_WINDOWS).index(views.AUDIT_DEFAULT_WINDOW),
-        key="au_window",
-    )
+    st.session_state.setdefault("au_window", views.AUDIT_DEFAULT_WINDOW)
+    window = c4.selectbox("Time window", list(views.AUDIT_WINDOWS), key="au_window")
     return views.window_filter(d.clock(), window, portfolios, actors, kinds)
 
 

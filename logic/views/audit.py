@@ -447,18 +447,34 @@ def audit_csv(view: AuditView) -> bytes:
 # -- recording a refused check ---------------------------------------------------------------------------------
 
 
-def record_refused_check(desk: Desk, portfolio_id: str, decision: Mapping[str, Any], identity: Identity) -> bool:
+def record_refused_check(
+    desk: Desk,
+    portfolio_id: str,
+    decision: Mapping[str, Any],
+    identity: Identity,
+    asked: Mapping[str, Any] | None = None,
+) -> bool:
     """Append a refused pre-trade check made from the dashboard to the portfolio's audit trail with
-    ``identity.actor``; an approved decision records nothing. Returns whether a record was written: a store that
-    cannot be written is logged and the check's answer still shown (it is refused either way)."""
+    ``identity.actor``; an approved decision records nothing. ``asked`` is the ticket as typed (ticker, side,
+    qty), recorded where the decision has none (a quantity the gate refused as malformed). Returns whether a
+    record was written: a store that cannot be written is logged and the check's answer still shown (it is
+    refused either way)."""
     if decision.get("status") == DecisionStatus.APPROVED:
         return False
+    asked = asked or {}
+
+    def part(name: str) -> Any:
+        value = decision.get(name)
+        if value is None and asked.get(name) is not None:
+            value = asked[name] if isinstance(asked[name], int | float | str) else repr(asked[name])
+        return value
+
     record = {
         "ts": desk.clock(),
         "actor": identity.actor,
-        "ticker": decision.get("ticker"),
-        "side": decision.get("side"),
-        "qty": decision.get("qty"),
+        "ticker": part("ticker"),
+        "side": part("side"),
+        "qty": part("qty"),
         "reasons": list(decision.get("reasons") or []),
         "market_version": decision.get("market_version"),
     }

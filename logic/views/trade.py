@@ -71,7 +71,7 @@ def check_ticket(
     (:func:`logic.views.audit.record_refused_check`)."""
     decision = desk.risk_manager(portfolio_id).check_trade_impact(ticker, qty, side)
     if identity is not None:
-        record_refused_check(desk, portfolio_id, decision, identity)
+        record_refused_check(desk, portfolio_id, decision, identity, {"ticker": ticker, "side": side, "qty": qty})
     return decision
 
 
