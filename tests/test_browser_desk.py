@@ -84,7 +84,8 @@ def gate(stack: Stack, store: Any) -> Any:
 
 
 def no_exception(page: Any, where: str) -> None:
-    assert page.locator(EXCEPTION_SELECTOR).count() == 0, f"{where}: {page.locator(EXCEPTION_SELECTOR).first.inner_text()}"
+    shown = page.locator(EXCEPTION_SELECTOR)
+    assert shown.count() == 0, f"{where}: {shown.first.inner_text()}"
 
 
 def change_limit(page: Any, stack: Stack, label: str, value: str, reason: str) -> None:
