@@ -113,10 +113,15 @@ def check_ticket(page: Any, stack: Stack, ticker: str, qty: int) -> str:
     return str(verdict.inner_text()).strip()
 
 
-def reason_codes(page: Any) -> str:
-    """The text of the refusal's reasons table (its accessible cells)."""
-    cells = page.locator('[data-testid="stDataFrame"] [role="gridcell"]')
-    return " ".join(cells.all_inner_texts())
+def refused_codes(store: Any) -> set[str]:
+    """The reason codes of the newest refused check the Trade page recorded for this session's actor."""
+    from engine.store import PortfolioKeys
+    from engine.store.audit import CHECK_REFUSED_ACTION
+
+    for record in store.read_stream_json(PortfolioKeys("main").audit, count=50):
+        if record.get("action") == CHECK_REFUSED_ACTION and record.get("actor") == ACTOR:
+            return {r["code"] for r in record["reasons"]}
+    raise AssertionError("the Trade page recorded no refused check")
 
 
 def wait_light(page: Any, stack: Stack, area: str, levels: tuple[str, ...]) -> str:
@@ -169,7 +174,7 @@ def test_the_concentration_light_and_the_gate_agree_at_limits_0_2_and_0_3(page: 
     try:
         change_limit(page, stack, "Max concentration", "0.2", "e2e: concentration 0.2")
         assert check_ticket(page, stack, "TLT", qty) == "REJECTED"  # the very next check, no restart
-        assert "CONCENTRATION" in reason_codes(page)
+        assert "CONCENTRATION" in refused_codes(store)
 
         change_limit(page, stack, "Max concentration", "0.3", "e2e: concentration 0.3")
         assert check_ticket(page, stack, "TLT", qty) == "APPROVED"
@@ -181,7 +186,7 @@ def test_the_concentration_light_and_the_gate_agree_at_limits_0_2_and_0_3(page: 
         change_limit(page, stack, "Max concentration", "0.2", "e2e: concentration 0.2 again")
         assert wait_light(page, stack, "Concentration", ("red",)) == "red"  # turns at the new limit
         assert check_ticket(page, stack, "TLT", 1) == "REJECTED"  # and the gate refuses to grow it
-        assert "CONCENTRATION" in reason_codes(page)
+        assert "CONCENTRATION" in refused_codes(store)
     finally:
         restore(stack, store, max_concentration=settings_limit)
 
@@ -217,7 +222,7 @@ def test_a_var_limit_changed_on_the_limits_page_refuses_the_next_check_turns_the
         change_limit(page, stack, "VaR limit", str(new_limit), "e2e: VaR limit cut")
 
         assert check_ticket(page, stack, "AAPL", 10) == "REJECTED"  # no restart: the next check uses it
-        assert "VAR_LIMIT" in reason_codes(page)
+        assert "VAR_LIMIT" in refused_codes(store)
         assert wait_light(page, stack, "VaR", ("red",)) == "red"
 
         rows = audit_csv(page, stack, "limit change")
