@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,16 @@ import pytest
 from engine.records import TradingState
 from logic.access import local_identity
 
-from .e2e_stack import CHROMIUM, EXCEPTION_SELECTOR, PAGE_TIMEOUT_MS, Stack, launch_chromium, open_page, settle
+from .e2e_stack import (
+    CHROMIUM,
+    EXCEPTION_SELECTOR,
+    PAGE_TIMEOUT_MS,
+    ROOT,
+    Stack,
+    launch_chromium,
+    open_page,
+    settle,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,6 +41,8 @@ pytestmark = [
 ]
 
 VIEWPORT = {"width": 1440, "height": 1400}
+SCREENSHOT_DIR = Path(os.environ.get("RISKDESK_SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
+"""Where the Audit page's screenshots go (as tests/test_browser.py: git-ignored unless make screenshots sets it)."""
 LIGHT_WAIT_MS = 45_000
 """The light follows the monitor's next snapshot and the Overview's next live refresh."""
 ACTOR = local_identity().actor
@@ -145,6 +158,8 @@ def audit_csv(page: Any, stack: Stack, expect_in_grid: str) -> list[dict[str, st
     cell.first.wait_for(state="attached", timeout=PAGE_TIMEOUT_MS)
     settle(page)
     no_exception(page, "Audit")
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / f"audit_{expect_in_grid.replace(' ', '_')}.png"))
     with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download:
         page.get_by_role("button", name="Export CSV").click()
     text = open(download.value.path(), encoding="utf-8", newline="").read()  # noqa: SIM115 - a temporary download
