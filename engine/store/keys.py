@@ -31,6 +31,7 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:orders_ts             zset     client_order_id scored by its fill time (prunes old idempotency records)
     pf:{<id>}:trades                stream   trade log / audit of every decision and fill
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
+                                             (also limit changes, book syncs and refused checks: engine/store/audit.py)
     pf:{<id>}:history               stream   snapshot history (entry id = time), trimmed by age
     pf:{<id>}:snapshot              string   latest snapshot JSON
     pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
