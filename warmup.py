@@ -47,6 +47,7 @@ from engine import book, history, math_logic, reload
 from engine.errors import RiskdeskError
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
+from engine.store.slots import is_cluster, slot_transaction
 from engine.settings import Settings, load_settings, valid_symbol
 from engine.store import (
     GLOBAL_AUDIT_KEY,
@@ -183,7 +184,7 @@ def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None,
         cov=market.cov,
     )
     prices = dict(zip(market.tickers, market.prices.tolist(), strict=True))
-    pipe = store.client.pipeline(transaction=True)
+    pipe = slot_transaction(store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
     store.write_market(snap, pipe)
     _write_stressed(store, settings, snap, pipe)
     store.write_reference_prices(market.tickers, market.prices, now, pipe)
@@ -232,7 +233,7 @@ def _grow(store: Store, settings: Settings, now: float) -> list[str]:
     prices = dict(zip(header.tickers, header.prices.tolist(), strict=True))
     for pid in settings.portfolio_ids:
         if pid not in existing:
-            pipe = store.client.pipeline(transaction=True)
+            pipe = slot_transaction(store.client)
             _write_new_portfolio(store, settings, pid, prices, now, pipe)
             pipe.execute()
             changed.append(f"portfolio {pid}")
