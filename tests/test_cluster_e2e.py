@@ -1,22 +1,133 @@
-"""The end-to-end path on a real 3-master Redis Cluster (engine/redis_cluster.py)."""
+"""The end-to-end path on a real 3-master Redis Cluster (engine/redis_cluster.py, fixture ``redis_cluster``).
+
+Every process connects with ``REDIS_URL=redis+cluster://...``, which selects redis-py's ``RedisCluster``: warm-up,
+the stream daemon, the monitor with its alert engine and automated responses, the notifier, the pre-trade gate
+and execution with idempotency. Then one master is killed with SIGKILL and restarted from its AOF (appendfsync
+always): no acknowledged fill is lost.
+"""
 
 from __future__ import annotations
 
+import subprocess
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import warmup
-from engine.settings import Settings
-from engine.store import Store
+from engine.redis_server import connect
+from engine.settings import Settings, settings_from_dict
+from engine.store import PortfolioKeys, Store
 from logic.risk_manager import RiskManager
 
+from .conftest import TEST_CONFIG, merge, to_toml
+from .test_stream import daemon_env, spawn, stop_process, wait_for
 
-def test_warmup_gate_and_an_idempotent_fill_on_the_cluster(cluster_store: Store, settings: Settings) -> None:
+pytestmark = pytest.mark.slow
+
+CONFIG = merge(
+    TEST_CONFIG,
+    {
+        "alert_rules": [
+            {
+                "id": "var_breach",
+                "metric": "var.utilization",
+                "op": ">=",
+                "threshold": 1.0,
+                "severity": "CRITICAL",
+                "description": "VaR above its limit",
+                "actions": ["set_state:HALTED"],
+                "portfolios": ["main"],
+            }
+        ],
+        "notifications": {
+            "group_wait_seconds": 0,
+            "group_interval_seconds": 0,
+            "recipients": {"desk": {"email": "desk@test.local"}},
+        },
+        "escalation": {"CRITICAL": [{"delay_seconds": 0, "recipients": ["desk"], "channels": ["log"]}]},
+    },
+)
+
+
+def slots_of(redis_cluster: Any, *keys: str) -> set[int]:
+    return {redis_cluster.node_of(key) for key in keys}
+
+
+def test_the_cluster_url_selects_redis_cluster_and_the_store_spans_three_masters(
+    redis_cluster: Any, cluster_store: Store, settings: Settings
+) -> None:
+    from redis.cluster import RedisCluster
+
+    assert redis_cluster.url.startswith("redis+cluster://")
+    assert isinstance(connect(redis_cluster.url), RedisCluster)
+    warmup.seed(cluster_store, settings)
+    # the market's keys share a slot, each portfolio's keys share one, and the three masters all hold data
+    assert len(slots_of(redis_cluster, *PortfolioKeys("main").all())) == 1
+    assert len(slots_of(redis_cluster, "mkt:{m}:snapshot", "mkt:{m}:ticks", "mkt:{m}:reference")) == 1
+    counts = [int(node.client().dbsize()) for node in redis_cluster.nodes]
+    assert sum(counts) == len(cluster_store.all_keys()) and sum(c > 0 for c in counts) >= 2
+    assert cluster_store.portfolio_ids() == ["hedge", "main"]
+    assert cluster_store.read_market_header().tickers == ("AAA", "BBB", "CCC", "DDD")
+
+
+def test_the_gate_fills_once_per_client_order_id_on_the_cluster(cluster_store: Store, settings: Settings) -> None:
     warmup.seed(cluster_store, settings)
     gate = RiskManager(cluster_store.client, "main", settings)
+    cash = cluster_store.read_portfolio("main").cash
+
     first = gate.execute_trade("AAA", 10, "BUY", actor="trader", client_order_id="c-1")
     again = gate.execute_trade("AAA", 10, "BUY", actor="trader", client_order_id="c-1")
+
     assert first["status"] == "FILLED", first
-    assert again["trade_id"] == first["trade_id"]
-    assert cluster_store.read_portfolio("main").positions["AAA"].qty == 1010
+    assert again["fill"] == first["fill"] and again["duplicate"] is True
+    book = cluster_store.read_portfolio("main")
+    assert book.positions["AAA"].qty == 1010
+    fill = first["fill"]
+    # 10 shares at the fill price, and the minimum fee (10 x 0.01 per share is below the 1.00 minimum)
+    assert book.cash == cash - 10 * Decimal(fill["price"]) - Decimal("1.00")
+    assert Decimal(fill["fees"]) == Decimal("1.00")
+    assert len(gate.trade_log(10)) == 1
+    # a rejected order (oversell) changes nothing and is logged
+    rejected = gate.execute_trade("BBB", 5000, "SELL", actor="trader", client_order_id="c-2")
+    assert rejected["status"] == "REJECTED" and cluster_store.read_portfolio("main").cash == book.cash
+
+
+def test_stream_monitor_alerts_and_the_gate_run_as_daemons_on_the_cluster(
+    redis_cluster: Any, cluster_store: Store, tmp_path: Path
+) -> None:
+    store = cluster_store
+    settings = settings_from_dict(CONFIG)
+    warmup.seed(store, settings)
+    store.ensure_tick_group("monitor")
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(CONFIG))
+    env = daemon_env(redis_cluster.url, config)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(spawn("logic.monitor", ["--idle-refresh", "1"], env, tmp_path / "monitor.log"))
+        procs.append(spawn("notifications", [], env, tmp_path / "notifications.log"))
+        # every price -10% at bar 20: the EWMA matrix takes in a 10% one-minute move and VaR explodes
+        stream_args = "--feed sim --interval 0.05 --ticks 60 --seed 3 --shock *:-0.10@20".split()
+        procs.append(spawn("engine.stream", stream_args, env, tmp_path / "stream.log"))
+
+        wait_for(lambda: store.read_market_header().version >= 10, 60, "ten ticks on the cluster")
+        wait_for(lambda: "var_breach" in store.read_active_alerts("main"), 60, "the VaR alert")
+        wait_for(lambda: store.read_trading_state("main").state == "HALTED", 30, "the circuit breaker")
+        wait_for(lambda: len(store.read_stream_json(PortfolioKeys("main").deliveries)) > 0, 30, "a delivery")
+        wait_for(lambda: store.read_snapshot("hedge") is not None, 30, "the other portfolio's snapshot")
+    except AssertionError:
+        logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("*.log"))
+        raise AssertionError(logs) from None
+    finally:
+        for proc in procs:
+            stop_process(proc)
+    alert = store.read_active_alerts("main")["var_breach"]
+    assert alert["status"] == "TRIGGERED" and alert["value"] >= 1.0
+    state = store.read_trading_state("main")
+    assert state.actor == "auto:var_breach" and "VaR above its limit" in state.reason
+    assert store.read_heartbeat("monitor")  # the monitor's heartbeat (a global key) on the cluster
+    decision = RiskManager(store.client, "main", settings).execute_trade("AAA", 10, "BUY", actor="trader")
+    assert decision["status"] == "REJECTED"
+    assert "TRADING_HALTED" in [r["code"] for r in decision["reasons"]]

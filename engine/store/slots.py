@@ -45,17 +45,45 @@ class SlotTransaction:
     """Pipeline-like: queue commands (any redis command method), then :meth:`execute` runs one MULTI/EXEC per
     hash slot (tagged slots first, global keys last) and returns every reply in queue order.
 
-    Not for WATCH (raises) nor for Lua ``Script`` objects (call ``eval`` with the source instead).
+    :meth:`watch` works per slot: the keys of each slot are WATCHed on a connection of their own (redis-py's
+    single-slot cluster transaction), reads of a watched key before :meth:`multi` run there at once, and that
+    slot's EXEC fails with :class:`redis.WatchError` if a watched key changed. The slots are committed one by
+    one, so a WatchError can come after other slots committed: callers redo their work idempotently (the
+    monitor redoes the tick). Lua ``Script`` objects are not supported (queue ``EVAL`` by name instead).
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._client: Any = client
         self._recorder: Any = client.pipeline(transaction=False)
+        self._watching: dict[int, Any] = {}
+        self._explicit = False
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("watch", "multi", "unwatch"):
-            raise redis.RedisError(f"{name}() is not supported across hash slots; use one slot per transaction")
+        if name == "unwatch":
+            return self.reset
+        if self._watching and not self._explicit:  # WATCH mode: reads run at once, on the key's slot
+            def immediate(*args: Any, **kwargs: Any) -> Any:
+                slot = self._client.keyslot(args[0]) if args else None
+                target = self._watching.get(slot, self._client) if slot is not None else self._client
+                return getattr(target, name)(*args, **kwargs)
+
+            return immediate
         return getattr(self._recorder, name)
+
+    def watch(self, *names: Any) -> None:
+        if self._explicit:
+            raise redis.RedisError("Cannot issue a WATCH after a MULTI")
+        by_slot: dict[int, list[Any]] = {}
+        for name in names:
+            by_slot.setdefault(self._client.keyslot(name), []).append(name)
+        for slot, keys in by_slot.items():
+            pipe = self._watching.get(slot)
+            if pipe is None:
+                pipe = self._watching[slot] = self._client.pipeline(transaction=True)
+            pipe.watch(*keys)
+
+    def multi(self) -> None:
+        self._explicit = True
 
     def __enter__(self) -> SlotTransaction:
         return self
@@ -71,11 +99,15 @@ class SlotTransaction:
 
     def reset(self) -> None:
         self._recorder.reset()
+        for pipe in self._watching.values():
+            pipe.reset()
+        self._watching.clear()
+        self._explicit = False
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         queue = self._queue()
         groups: dict[int, list[Any]] = {}
-        first: dict[int, tuple[bool, int]] = {}
+        first: dict[int, tuple[bool, bool, int]] = {}
         for position, cmd in enumerate(queue):
             slot = self._client.determine_slot(*cmd.args)
             groups.setdefault(slot, []).append((position, cmd))
@@ -84,14 +116,21 @@ class SlotTransaction:
                 if str(cmd.args[0]).upper() in ("EVAL", "EVALSHA") and len(cmd.args) > 3:
                     key = cmd.args[3]
                 raw = key if isinstance(key, bytes) else str(key).encode()
-                first[slot] = (b"{" not in raw, position)
+                first[slot] = (b"{" not in raw, slot not in self._watching, position)
         results: list[Any] = [None] * len(queue)
         try:
             for slot in sorted(groups, key=first.__getitem__):
-                with self._client.pipeline(transaction=True) as tx:
+                tx = self._watching.pop(slot, None)
+                if tx is not None:
+                    tx.multi()
+                else:
+                    tx = self._client.pipeline(transaction=True)
+                try:
                     for _, cmd in groups[slot]:
                         tx.execute_command(*cmd.args, **cmd.options)
                     replies = tx.execute(raise_on_error=raise_on_error)
+                finally:
+                    tx.reset()
                 for (position, _), reply in zip(groups[slot], replies, strict=True):
                     results[position] = reply
         finally:
