@@ -80,6 +80,37 @@ def cluster_nodes_of(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
+class GuardedRedisCluster(RedisCluster):
+    """:class:`RedisCluster` whose transactions never run unwatched.
+
+    redis-py's cluster transaction retries a command that failed on a broken connection (a master killed, a
+    network cut) on a fresh connection, WATCH included: the fresh connection watches nothing, so a retried EXEC
+    could apply a plan made from data that changed meanwhile, and an EXEC whose reply was lost after the server
+    applied it would run twice (a fill logged twice). Here a connection failure while keys are watched raises
+    :class:`redis.WatchError` instead, as redis-py does on a single server: the caller re-reads and re-plans
+    (the gate then finds the order's idempotency record if the first EXEC did apply).
+    """
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        strategy = getattr(pipe, "_execution_strategy", None)
+        if transaction and strategy is not None and hasattr(strategy, "_reinitialize_on_error"):
+            _guard_watch(strategy)
+        return pipe
+
+
+def _guard_watch(strategy: Any) -> None:
+    original = strategy._reinitialize_on_error
+
+    def reinitialize(error: Exception, failure_count: int) -> None:
+        watching = bool(getattr(strategy, "_watching", False))
+        original(error, failure_count)
+        if watching:
+            raise redis.WatchError(f"the connection failed while watching keys: {error}")
+
+    strategy._reinitialize_on_error = reinitialize
+
+
 def connect_cluster(url: str, *, timeout: float = 5.0) -> redis.Redis:
     """A :class:`RedisCluster` client for ``url`` with bytes replies and bounded timeouts; does not ping.
 
@@ -99,7 +130,7 @@ def connect_cluster(url: str, *, timeout: float = 5.0) -> redis.Redis:
         kwargs["ssl"] = True
     if "require_full_coverage" in query:
         kwargs["require_full_coverage"] = query["require_full_coverage"][0].lower() in ("1", "true", "yes")
-    client = RedisCluster(
+    client = GuardedRedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes_of(url)],
         decode_responses=False,
         socket_timeout=timeout,
