@@ -47,7 +47,6 @@ from engine import book, history, math_logic, reload
 from engine.errors import RiskdeskError
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
-from engine.store.slots import is_cluster, slot_transaction
 from engine.settings import Settings, load_settings, valid_symbol
 from engine.store import (
     GLOBAL_AUDIT_KEY,
@@ -59,6 +58,7 @@ from engine.store import (
     StandardizedWindow,
     Store,
 )
+from engine.store.slots import slot_transaction
 
 ACTOR = "warmup"
 
@@ -257,7 +257,7 @@ def add_ticker(
         raise WarmupError(f"annual vol for {symbol} must be positive and finite, got {annual_vol}")
     vol = float(per_bar_vols(settings, [annual_vol])[0])
     while True:
-        with store.client.pipeline(transaction=True) as pipe:
+        with slot_transaction(store.client) as pipe:  # on a Redis Cluster the global audit commits last
             try:
                 pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY, STDRET_META_KEY)
                 snap = store.read_market(pipe)

@@ -89,6 +89,10 @@ class GuardedRedisCluster(RedisCluster):
     applied it would run twice (a fill logged twice). Here a connection failure while keys are watched raises
     :class:`redis.WatchError` instead, as redis-py does on a single server: the caller re-reads and re-plans
     (the gate then finds the order's idempotency record if the first EXEC did apply).
+
+    Its transactions also reply like a single server's: redis-py's cluster EXEC applies only the cluster-level
+    reply callbacks, so SET answered ``b"OK"`` instead of True, SMEMBERS a list instead of a set, ZRANGE
+    WITHSCORES lists instead of tuples; the node-level callbacks a single server's MULTI applies are applied here.
     """
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
@@ -96,7 +100,14 @@ class GuardedRedisCluster(RedisCluster):
         strategy = getattr(pipe, "_execution_strategy", None)
         if transaction and strategy is not None and hasattr(strategy, "_reinitialize_on_error"):
             _guard_watch(strategy)
+            if hasattr(strategy, "_execute_transaction"):
+                _standard_replies(strategy, pipe, self._node_callbacks())
         return pipe
+
+    def _node_callbacks(self) -> dict[str, Any]:
+        node = self.get_default_node()
+        connection = getattr(node, "redis_connection", None) if node is not None else None
+        return dict(getattr(connection, "response_callbacks", {}) or {})
 
 
 def _guard_watch(strategy: Any) -> None:
@@ -109,6 +120,24 @@ def _guard_watch(strategy: Any) -> None:
             raise redis.WatchError(f"the connection failed while watching keys: {error}")
 
     strategy._reinitialize_on_error = reinitialize
+
+
+def _standard_replies(strategy: Any, pipe: Any, callbacks: dict[str, Any]) -> None:
+    original = strategy._execute_transaction
+
+    def execute_transaction(stack: list[Any], raise_on_error: bool) -> list[Any]:
+        data = original(stack, raise_on_error)
+        cluster_level = pipe.cluster_response_callbacks
+        out = []
+        for reply, cmd in zip(data, stack, strict=True):
+            name = cmd.args[0]
+            if not isinstance(reply, Exception) and name not in cluster_level and name in callbacks:
+                options = {k: v for k, v in cmd.options.items() if k != "keys"}
+                reply = callbacks[name](reply, **options)
+            out.append(reply)
+        return out
+
+    strategy._execute_transaction = execute_transaction
 
 
 def connect_cluster(url: str, *, timeout: float = 5.0) -> redis.Redis:

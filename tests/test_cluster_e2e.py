@@ -184,3 +184,85 @@ def test_kill_9_of_the_portfolios_master_and_its_restart_from_aof_lose_no_acknow
     assert set(store.read_field_names(PortfolioKeys("main").orders)) == set(attempted)
     assert store.read_portfolio("main").positions["AAA"].qty == 1000 + len(attempted)
     assert sorted(r["fill"]["client_order_id"] for r in fills) == sorted(attempted)  # one fill per id
+
+
+# -- the desk-wide and global writes on a cluster ----------------------------------------------------------------
+
+
+def test_the_desk_wide_halt_and_a_rule_edit_commit_on_the_cluster_with_their_audit_records(
+    cluster_store: Store, settings: Settings
+) -> None:
+    from logic.firm import Firm
+    from logic.rules import RuleBook
+
+    warmup.seed(cluster_store, settings)
+    changes = Firm(cluster_store.client, settings, clock=lambda: 1234.5).halt_all("alice", "exchange closed")
+    assert changes == {pid: {"previous": "ACTIVE", "state": "HALTED"} for pid in ("main", "hedge")}
+    assert {pid: cluster_store.read_trading_state(pid).state for pid in ("main", "hedge")} == {
+        "main": "HALTED", "hedge": "HALTED",
+    }  # fmt: skip
+    book = RuleBook(cluster_store, [], clock=lambda: 99.0)
+    assert cluster_store.read_rules_version() == 0
+    rule = {"id": "dd", "metric": "drawdown.daily", "op": ">=", "threshold": 0.05, "severity": "HIGH"}
+    book.add(rule, "bob", "new rule")
+    assert cluster_store.read_rules_version() == 1 and [r.id for r in book.rules()] == ["dd"]
+    audit = cluster_store.read_stream_json("rd:audit", count=10)
+    assert [r["action"] for r in audit[:2]] == ["rule_added", "halt_all"]
+    assert audit[0]["actor"] == "bob" and audit[1]["portfolios"] == changes
+
+
+def test_growing_the_universe_and_a_reset_work_on_the_cluster(cluster_store: Store, settings: Settings) -> None:
+    from engine import reload
+
+    warmup.seed(cluster_store, settings)
+    version = warmup.add_ticker(cluster_store, settings, "EEE", 10.0, 0.3, now=5.0)
+    header = cluster_store.read_market_header()
+    assert header.version == version == 1 and header.tickers[-1] == "EEE"
+    assert cluster_store.read_market().cov.shape == (5, 5)
+    before = {k.decode() for k in cluster_store.all_keys()}
+    deleted = reload.reset_store(cluster_store, keep_audit=True, now=6.0, actor="ops")
+    kept = {k.decode() for k in cluster_store.all_keys()}
+    # the epoch (bumped), the global audit and each portfolio's audit trail survive; everything else is gone
+    assert deleted == len(before - kept) > 0
+    assert "mkt:{m}:epoch" in kept and "rd:audit" in kept and "rd:schema" not in kept
+    assert all(k in {"mkt:{m}:epoch", "rd:audit"} or k.startswith("pf:") for k in kept)
+    assert cluster_store.read_stream_json("rd:audit", count=1)[0]["action"] == "reset"
+
+
+def test_a_watched_slot_that_changes_aborts_its_multi_and_writes_nothing_of_it(cluster_store: Store) -> None:
+    import redis
+
+    from engine.store.slots import SlotTransaction, slot_transaction
+
+    client = cluster_store.client
+    client.set("pf:{a}:x", "1")
+    tx = slot_transaction(client)
+    assert isinstance(tx, SlotTransaction)
+    tx.watch("pf:{a}:x")
+    assert tx.get("pf:{a}:x") == b"1"  # a read in WATCH mode runs at once
+    client.set("pf:{a}:x", "2")  # someone else writes the watched key
+    tx.multi()
+    tx.set("pf:{a}:y", "written")
+    with pytest.raises(redis.WatchError):
+        tx.execute()
+    assert client.get("pf:{a}:y") is None
+    # without a conflict: one MULTI per slot, replies in queue order
+    tx = slot_transaction(client)
+    tx.set("rd:global", "g")
+    tx.set("pf:{a}:y", "1")
+    tx.incr("pf:{b}:n")
+    tx.get("rd:global")
+    assert tx.execute() == [True, True, 1, b"g"]
+
+
+def test_cluster_urls_are_recognised_and_a_bad_one_is_refused_with_a_coded_error() -> None:
+    from engine.errors import StoreUnavailableError
+    from engine.redis_cluster import cluster_nodes_of, is_cluster_url
+
+    assert is_cluster_url("redis+cluster://127.0.0.1:7000") and not is_cluster_url("redis://127.0.0.1:6379")
+    assert not is_cluster_url(None) and not is_cluster_url("unix:///tmp/r.sock")
+    assert cluster_nodes_of("redis+cluster://:pw@a:7000,b:7001") == [("a", 7000), ("b", 7001)]
+    with pytest.raises(StoreUnavailableError):
+        cluster_nodes_of("redis+cluster://a-host-without-port")
+    with pytest.raises(StoreUnavailableError):
+        cluster_nodes_of("redis://a:1")

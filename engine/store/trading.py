@@ -35,7 +35,7 @@ from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFE
 from engine.store.limits import decode_limits_reply
 from engine.store.market import decode_reference_prices, market_header
 from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
-from engine.store.slots import is_cluster
+from engine.store.slots import is_cluster, slot_transaction
 
 SET_ALL_ATTEMPTS = 20
 """WATCH retries of :meth:`TradingStore.set_all_trading_states`; only a storm of concurrent state changes could
@@ -288,12 +288,13 @@ class TradingStore(StoreBase):
         someone else in between retries (at most :data:`SET_ALL_ATTEMPTS` times, then
         :class:`StoreUnavailableError`, nothing written).
 
-        Returns the ``portfolios`` mapping written to the audit record. (The keys span every portfolio's hash
-        tag: on Redis Cluster this would need one transaction per slot.)
+        Returns the ``portfolios`` mapping written to the audit record. On a Redis Cluster the keys span every
+        portfolio's slot: each portfolio's state commits in its own MULTI (engine/store/slots.py), the audit
+        record last; a conflict in one slot retries the whole switch (portfolios already set stay set).
         """
         try:
             for _ in range(SET_ALL_ATTEMPTS):
-                with self.client.pipeline(transaction=True) as pipe:
+                with slot_transaction(self.client) as pipe:  # a Redis Cluster: one MULTI per portfolio
                     try:
                         pipe.watch(PORTFOLIOS_KEY)
                         ids = sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in pipe.smembers(PORTFOLIOS_KEY))
