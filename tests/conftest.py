@@ -211,9 +211,7 @@ def fresh_redis() -> Iterator[EmbeddedRedis]:
 
 
 @contextlib.contextmanager
-def private_cluster(
-    prefix: str, appendfsync: Literal["everysec", "always"] = "everysec"
-) -> Iterator[Any]:
+def private_cluster(prefix: str, appendfsync: Literal["everysec", "always"] = "everysec") -> Iterator[Any]:
     """A real 3-master Redis Cluster on free loopback ports, stopped by PID and removed afterwards."""
     from engine.redis_cluster import LocalRedisCluster
 

@@ -62,6 +62,7 @@ class SlotTransaction:
         if name == "unwatch":
             return self.reset
         if self._watching and not self._explicit:  # WATCH mode: reads run at once, on the key's slot
+
             def immediate(*args: Any, **kwargs: Any) -> Any:
                 slot = self._client.keyslot(args[0]) if args else None
                 target = self._watching.get(slot, self._client) if slot is not None else self._client
