@@ -58,6 +58,7 @@ from engine.store import (
     StandardizedWindow,
     Store,
 )
+from engine.store.slots import slot_transaction
 
 ACTOR = "warmup"
 
@@ -183,7 +184,7 @@ def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None,
         cov=market.cov,
     )
     prices = dict(zip(market.tickers, market.prices.tolist(), strict=True))
-    pipe = store.client.pipeline(transaction=True)
+    pipe = slot_transaction(store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
     store.write_market(snap, pipe)
     _write_stressed(store, settings, snap, pipe)
     store.write_reference_prices(market.tickers, market.prices, now, pipe)
@@ -232,7 +233,7 @@ def _grow(store: Store, settings: Settings, now: float) -> list[str]:
     prices = dict(zip(header.tickers, header.prices.tolist(), strict=True))
     for pid in settings.portfolio_ids:
         if pid not in existing:
-            pipe = store.client.pipeline(transaction=True)
+            pipe = slot_transaction(store.client)
             _write_new_portfolio(store, settings, pid, prices, now, pipe)
             pipe.execute()
             changed.append(f"portfolio {pid}")
@@ -256,7 +257,7 @@ def add_ticker(
         raise WarmupError(f"annual vol for {symbol} must be positive and finite, got {annual_vol}")
     vol = float(per_bar_vols(settings, [annual_vol])[0])
     while True:
-        with store.client.pipeline(transaction=True) as pipe:
+        with slot_transaction(store.client) as pipe:  # on a Redis Cluster the global audit commits last
             try:
                 pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY, STDRET_META_KEY)
                 snap = store.read_market(pipe)

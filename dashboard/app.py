@@ -31,6 +31,7 @@ PAGES = [
     st.Page("screens/system.py", title="System", icon=":material/settings:"),
     st.Page("screens/firm.py", title="Firm", icon=":material/account_balance:"),
     st.Page("screens/limits.py", title="Limits", icon=":material/tune:"),
+    st.Page("screens/audit.py", title="Audit", icon=":material/history:"),
 ]
 
 ui.host_guard(ui.desk_or_none())  # DNS rebinding: a foreign Host header gets nothing, before any widget exists

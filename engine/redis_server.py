@@ -217,6 +217,10 @@ def redis_url(settings: Settings) -> str:
 def connect(url_or_settings: str | Settings, *, timeout: float = 5.0) -> redis.Redis:
     """A client with bytes responses (the codec decodes) and bounded timeouts; does not ping."""
     url = url_or_settings if isinstance(url_or_settings, str) else redis_url(url_or_settings)
+    if url.lower().startswith(("redis+cluster://", "rediss+cluster://")):  # a Redis Cluster: engine/redis_cluster.py
+        from engine.redis_cluster import connect_cluster
+
+        return connect_cluster(url, timeout=timeout)
     return redis.Redis.from_url(
         url,
         decode_responses=False,

@@ -22,6 +22,7 @@ from engine.errors import RiskdeskError
 from engine.records import Float64Array, MarketSnapshot
 from engine.settings import Settings
 from engine.store import EPOCH_KEY, GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, STRESSED_KEY, Store
+from engine.store.slots import slot_transaction
 
 WATCH_RETRIES = 5
 """A reload that loses its WATCH this many times in a row (the stream daemon keeps writing) gives up."""
@@ -51,7 +52,7 @@ def reload_market(
     Refused (nothing written) when the store's universe holds a ticker that ``tickers`` does not cover.
     """
     for _ in range(WATCH_RETRIES):
-        with store.client.pipeline(transaction=True) as pipe:
+        with slot_transaction(store.client) as pipe:  # on a Redis Cluster: one MULTI per slot, market first
             try:
                 pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY, EPOCH_KEY)
                 header = store.read_market_header(pipe)
@@ -97,9 +98,9 @@ def reset_store(store: Store, *, keep_audit: bool, now: float, actor: str) -> in
     """Delete every Riskdesk key but the market epoch (bumped) and, with ``keep_audit``, the audit trail
     (:meth:`Store.audit_trail_keys`); one transaction, which also audits the reset. Returns keys deleted."""
     keys = store.reset_keys(keep_audit=keep_audit)
-    pipe = store.client.pipeline(transaction=True)
-    if keys:
-        pipe.delete(*keys)
+    pipe = slot_transaction(store.client)
+    for key in keys:  # one DEL per key: a multi-key DEL would span slots on a Redis Cluster
+        pipe.delete(key)
     store.bump_market_epoch(pipe)
     record = {"ts": now, "actor": actor, "action": "reset", "keys_deleted": len(keys), "audit_kept": keep_audit}
     store.append_audit(GLOBAL_AUDIT_KEY, record, pipe)

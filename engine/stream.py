@@ -85,6 +85,7 @@ from engine.store import (
     TickEvent,
     encode_json,
 )
+from engine.store.slots import slot_transaction
 
 log = logging.getLogger("riskdesk.stream")
 
@@ -349,7 +350,7 @@ class StreamDaemon:
         return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
-        with self.store.client.pipeline(transaction=True) as pipe:
+        with slot_transaction(self.store.client) as pipe:  # on a Redis Cluster: the heartbeat commits after the market
             pipe.watch(MARKET_KEY)
             stored = self.store.read_market_version(pipe)
             if stored != self.version:

@@ -406,7 +406,7 @@ class AlertEngine:
             with self.store.client.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(alerts_key, eval_key)
-                    rules = self.rulebook.rules(pipe)
+                    rules = self.rulebook.rules()  # not WATCHed; global keys (another slot on a Redis Cluster)
                     alerts = self.store.read_active_alerts(portfolio_id, pipe)
                     trackers = self.store.read_json_hash(eval_key, pipe)
                     changes = plan(alerts, trackers, rules)

@@ -75,6 +75,7 @@ from engine.store import (
     decode_float,
     decode_marks_reply,
 )
+from engine.store.slots import slot_transaction
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
@@ -440,7 +441,7 @@ class Monitor:
             valued.append((bundle, valuation))
         replies = merges.execute(raise_on_error=False) if valued else []
 
-        tx = self.store.client.pipeline(transaction=True)
+        tx = slot_transaction(self.store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
         try:
             return self._write_snapshots(tx, market, now, valued, replies, ack, tick, started, event)
         except redis.WatchError:

@@ -41,6 +41,7 @@ from engine.errors import ConfigError, RiskdeskError
 from engine.records import Clock, Severity, VarMethod
 from engine.settings import AlertRule, valid_symbol
 from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
+from engine.store.slots import slot_transaction
 from logic.actions import parse_action
 
 Snapshot = Mapping[str, Any]
@@ -408,7 +409,7 @@ class RuleBook:
         actor = require_actor(actor)
         client = self.store.client
         for _ in range(MAX_TRANSACTION_ATTEMPTS):
-            with client.pipeline(transaction=True) as pipe:
+            with slot_transaction(client) as pipe:  # a Redis Cluster: the audit record commits after the rule
                 try:
                     pipe.watch(RULES_KEY, Store.RULES_VERSION_KEY)
                     overrides = self.store.read_rule_overrides(pipe)

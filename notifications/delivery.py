@@ -44,6 +44,7 @@ from engine.alert_records import Delivery, OutboxEntry
 from engine.metrics import NotificationMetrics
 from engine.records import SEVERITY_RANK, Channel, Clock, Severity
 from engine.store import Store
+from engine.store.slots import slot_transaction
 from notifications.alertmanager import AlertmanagerChannel
 from notifications.channels import (
     LOGGER_NAME,
@@ -300,7 +301,7 @@ class Notifier:
                 result = self.send(target, message)
         record = self._record(portfolio_id, target, events, result, now, message)
         self.metrics.sent(target.channel, result.status)
-        with self.store.client.pipeline(transaction=True) as pipe:
+        with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
             self.store.delete_fields(Store.outbox_key(portfolio_id), fields, pipe)
             self.store.append_delivery(portfolio_id, record, pipe)
             if result.status != "skipped":
@@ -378,7 +379,7 @@ class Notifier:
             result = SendResult("skipped", 0, target.skip_reason) if target.skip_reason else self.send(target, message)
             record = self._record(portfolio_id, target, critical, result, now, message, fallback_for=Channel.EMAIL)
             self.metrics.sent(target.channel, result.status)
-            with self.store.client.pipeline(transaction=True) as pipe:
+            with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
                 self.store.append_delivery(portfolio_id, record, pipe)
                 if result.status == "delivered":
                     self.store.record_send(target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)

@@ -205,3 +205,48 @@ def fresh_redis() -> Iterator[EmbeddedRedis]:
     """A private server for tests that kill or restart Redis (AOF everysec)."""
     with private_redis("rdf-") as server:
         yield server
+
+
+# -- Redis Cluster (engine/redis_cluster.py) ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def private_cluster(prefix: str, appendfsync: Literal["everysec", "always"] = "everysec") -> Iterator[Any]:
+    """A real 3-master Redis Cluster on free loopback ports, stopped by PID and removed afterwards."""
+    from engine.redis_cluster import LocalRedisCluster
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = LocalRedisCluster(tmp, masters=3, appendfsync=appendfsync)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[Any]:
+    """A :class:`engine.redis_cluster.LocalRedisCluster` (3 masters, AOF always: a crash loses no write) for a
+    test module."""
+    with private_cluster("rdc-", appendfsync="always") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_store(redis_cluster: Any) -> Iterator[Store]:
+    """:class:`Store` over a RedisCluster client of ``redis_cluster``, every master flushed before and after."""
+    if not all(node.pid() for node in redis_cluster.nodes):  # a fault test may have killed one
+        for i, node in enumerate(redis_cluster.nodes):
+            if node.pid() is None:
+                redis_cluster.restart(i)
+    client = redis_cluster.client()
+    client.flushall(target_nodes="primaries")
+    try:
+        yield Store(client)
+    finally:
+        try:
+            client.flushall(target_nodes="primaries")
+        except redis.RedisError:
+            pass
+        client.close()

@@ -48,6 +48,7 @@ PAGE_PATHS = {
     "System": "system",
     "Firm": "firm",
     "Limits": "limits",
+    "Audit": "audit",
 }
 """Page title -> URL path (st.navigation derives it from the page file name)."""
 

@@ -40,7 +40,7 @@ pytestmark = [
 
 SCREENSHOT_DIR = Path(os.environ.get("RISKDESK_SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
 VIEWPORT = {"width": 1440, "height": 1400}
-PAGES = ("Overview", "Trade", "Risk", "Performance", "Alerts", "System", "Firm", "Limits")
+PAGES = ("Overview", "Trade", "Risk", "Performance", "Alerts", "System", "Firm", "Limits", "Audit")
 FRIENDLY_PROBLEMS = ("Redis is unreachable", "store is empty", "This view failed")
 
 

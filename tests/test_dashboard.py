@@ -35,7 +35,7 @@ LOCAL_ACTOR = local_identity().actor
 """Without login configured (no secrets in the tests) every page acts as the local operator."""
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-PAGES = ("overview", "trade", "risk", "performance", "alerts", "system", "firm", "limits")
+PAGES = ("overview", "trade", "risk", "performance", "alerts", "system", "firm", "limits", "audit")
 TIMEOUT = 30.0
 
 

@@ -54,7 +54,7 @@ def check(d: views.Desk, pid: str) -> None:
             "ticker": ticker,
             "side": side,
             "qty": qty,
-            "decision": views.check_ticket(d, pid, ticker, side, qty),
+            "decision": views.check_ticket(d, pid, ticker, side, qty, ui.identity()),  # a refusal is audited
             # generated once per check: every Execute click of this ticket sends the same id
             "client_order_id": views.new_client_order_id(),
         }

@@ -14,6 +14,7 @@ Modules, rq-style, one noun each::
     sequencer       SequencerStore: the per-portfolio FIFO order queue and its lease
     book            BookStore: market epoch, restarting drawdown peaks, the audit-keeping reset
     limits          LimitsStore: each portfolio's live limits, versioned, every change audited
+    audit           AuditStore: every audit source in one read (the Audit page), refused checks
 
 :class:`Store` composes the mixins over one client: ``Store(client).read_market()``. Every read method takes an
 optional ``conn`` (a pipeline in WATCH mode) and every write method an optional ``pipe`` (a MULTI), so a caller
@@ -33,6 +34,7 @@ from engine.records import (
     TradingStatus,
 )
 from engine.store.alerts import AlertStore
+from engine.store.audit import AuditStore, AuditTrail
 from engine.store.base import Conn, StoreBase
 from engine.store.book import BookStore
 from engine.store.codec import (
@@ -94,6 +96,7 @@ class Store(
     SequencerStore,
     BookStore,
     LimitsStore,
+    AuditStore,
 ):
     """Typed reads and writes over one Redis connection: every domain's mixin over one client.
 
@@ -113,6 +116,7 @@ __all__ = [
     "STDRET_KEY", "STDRET_META_KEY",
     "BookStore",
     "LimitsStore", "LimitsChangeError", "StoredLimits",
+    "AuditStore", "AuditTrail",
     "PortfolioKeys", "heartbeat_key", "lock_key", "notify_rate_key",
     # codec
     "TRADING_STATES", "encode_array", "decode_array", "encode_json", "decode_json", "decode_object",

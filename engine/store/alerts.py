@@ -1,7 +1,7 @@
 """Alert state (logic/alerts.py, logic/escalation.py): run-time rule edits, each portfolio's active alerts,
 their transition log, the rules' evaluation timers and the automated actions waiting to run.
 
-Keys: ``rd:rules``, ``rd:rules_version``, ``pf:{<id>}:alerts``, ``pf:{<id>}:alert_log``,
+Keys: ``rd:rules``, ``rd:{rd:rules}:version``, ``pf:{<id>}:alerts``, ``pf:{<id>}:alert_log``,
 ``pf:{<id>}:alert_eval``, ``pf:{<id>}:actions`` (see :mod:`engine.store.keys`). Every per-portfolio key shares
 the portfolio's hash tag, so an alert transition, its notifications and its pending actions are written in
 one MULTI transaction.

@@ -34,8 +34,12 @@ class BookStore(StoreBase):
     def restart_peaks(self, portfolio_ids: Iterable[str], pipe: Conn = None) -> None:
         """Forget the equity peaks and position excursions: drawdowns restart from the next equity seen."""
         keys = [k for pid in portfolio_ids for k in (PortfolioKeys(pid).peaks, PortfolioKeys(pid).marks)]
-        if keys:
-            self._conn(pipe).delete(*keys)
+        if pipe is None:
+            if keys:
+                self.client.delete(*keys)  # a RedisCluster client splits a multi-key DEL by slot itself
+            return
+        for key in keys:  # in a MULTI: one DEL per key (a Redis Cluster pipeline refuses a multi-key DEL)
+            pipe.delete(key)
 
     def audit_trail_keys(self) -> list[bytes]:
         """The keys a reset keeps: the global audit stream and every portfolio's append-only logs."""

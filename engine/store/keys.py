@@ -5,7 +5,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     rd:schema                       string   layout version; readers refuse any other
     rd:portfolios                   set      ids of seeded portfolios
     rd:rules                        hash     alert rule id -> JSON (rules edited at run time)
-    rd:rules_version                string   bumped by every rule edit (engines reload their rule cache)
+    rd:{rd:rules}:version           string   bumped by every rule edit (engines reload their rule cache); in the
+                                             slot of rd:rules (its hash tag is that key's whole name)
     rd:audit                        stream   global audit records (rule edits, warm-up runs)
     rd:lock:<name>                  string   short lease (SET NX PX), e.g. the monitor's idle refresh
     rd:notify_lock                  string   lease of the process flushing notifications (SET NX PX)
@@ -31,6 +32,7 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:orders_ts             zset     client_order_id scored by its fill time (prunes old idempotency records)
     pf:{<id>}:trades                stream   trade log / audit of every decision and fill
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
+                                             (also limit changes, book syncs and refused checks: engine/store/audit.py)
     pf:{<id>}:history               stream   snapshot history (entry id = time), trimmed by age
     pf:{<id>}:snapshot              string   latest snapshot JSON
     pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
@@ -58,6 +60,12 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
 Keys of one portfolio share the hash tag ``{<id>}`` and the market keys share ``{m}``, so every multi-key
 transaction stays in one Redis Cluster slot: a fill, or an alert transition with its notifications and its
 pending actions, is one MULTI over one portfolio's keys.
+
+On a Redis Cluster (``REDIS_URL=redis+cluster://...``, engine/redis_cluster.py) market data is read in its own
+round trip, never replicated per slot: the gate's trade view is one script on the market's slot and one on the
+portfolio's. Global keys (``rd:*``, ``hb:*``) are used in single-key commands or in their own MULTI: a write
+that spans slots commits one MULTI per slot, the global keys (registry, schema, audit, heartbeats) last
+(engine/store/slots.py).
 """
 
 from __future__ import annotations
@@ -73,7 +81,9 @@ SCHEMA_VERSION = 1
 SCHEMA_KEY = "rd:schema"
 PORTFOLIOS_KEY = "rd:portfolios"
 RULES_KEY = "rd:rules"
-RULES_VERSION_KEY = "rd:rules_version"
+RULES_VERSION_KEY = "rd:{rd:rules}:version"
+"""Its hash tag ``{rd:rules}`` puts it in the slot of :data:`RULES_KEY` (a key without braces hashes whole), so a
+rule edit and its version bump are one MULTI on a Redis Cluster too."""
 GLOBAL_AUDIT_KEY = "rd:audit"
 NOTIFY_LOCK_KEY = "rd:notify_lock"
 

@@ -135,7 +135,7 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         if not math.isfinite(equity):
             raise ValueError(f"equity must be finite, got {equity}")
         key = PortfolioKeys(portfolio_id).peaks
-        reply = self._conn(pipe).eval(self._PEAKS_LUA, 1, key, repr(float(equity)), day_id, week_id)
+        reply = self._conn(pipe).execute_command("EVAL", self._PEAKS_LUA, 1, key, repr(float(equity)), day_id, week_id)
         return None if pipe is not None else EquityPeaks.from_reply(reply, key)
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
@@ -192,7 +192,7 @@ return out
                 raise ValueError(f"{ticker}: side must be +1/-1 and P&L finite, got {side}, {pnl}")
             args += [ticker, str(side), repr(float(pnl))]
         key = PortfolioKeys(portfolio_id).marks
-        reply = self._conn(pipe).eval(self._MARKS_LUA, 1, key, *args)
+        reply = self._conn(pipe).execute_command("EVAL", self._MARKS_LUA, 1, key, *args)
         return None if pipe is not None else decode_marks_reply(reply, key)
 
     def read_marks(self, portfolio_id: str, conn: Conn = None) -> dict[str, Excursion]:
@@ -262,7 +262,7 @@ return id
         args: list[Any] = [int(snapshot["version"]), encode_json(dict(snapshot)), ms, min_ms, int(max_points)]
         for name, value in point.items():
             args += [name, encode_point_value(value)]
-        reply = self._conn(pipe).eval(self._RECORD_LUA, 2, keys.snapshot, keys.history, *args)
+        reply = self._conn(pipe).execute_command("EVAL", self._RECORD_LUA, 2, keys.snapshot, keys.history, *args)
         return None if pipe is not None else decode_str(reply, key=keys.history)
 
     def read_snapshot(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from engine.store.codec import (
     encode_trading_status,
 )
 from engine.store.keys import PORTFOLIOS_KEY, PortfolioKeys
+from engine.store.slots import slot_transaction
 
 _ACCOUNT_TYPES = tuple(AccountType)
 
@@ -113,7 +114,7 @@ class PortfolioStore(StoreBase):
         """
         ids = sorted(known_ids) if known_ids is not None else self.portfolio_ids()
         for _ in range(3):
-            pipe = self.client.pipeline(transaction=True)
+            pipe = slot_transaction(self.client)  # on a Redis Cluster: each portfolio's MULTI on its own slot
             pipe.smembers(PORTFOLIOS_KEY)
             for pid in ids:
                 keys = PortfolioKeys(pid)

@@ -194,7 +194,8 @@ class SequencerStore(StoreBase):
         """
         if pipe is not None:
             keys = PortfolioKeys(portfolio_id)
-            pipe.eval(
+            pipe.execute_command(  # EVAL by name: a Redis Cluster pipeline has no eval()
+                "EVAL",
                 _LEAVE_LUA, 2, keys.order_queue, keys.order_lease,
                 ticket, _ms(lease_seconds), _ms(wake_seconds), keys.order_wake_prefix,
             )  # fmt: skip

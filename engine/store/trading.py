@@ -35,6 +35,7 @@ from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFE
 from engine.store.limits import decode_limits_reply
 from engine.store.market import decode_reference_prices, market_header
 from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
+from engine.store.slots import is_cluster, slot_transaction
 
 SET_ALL_ATTEMPTS = 20
 """WATCH retries of :meth:`TradingStore.set_all_trading_states`; only a storm of concurrent state changes could
@@ -108,19 +109,26 @@ class TradingStore(StoreBase):
         known_tickers = memo.get("tickers")  # (b"<version> <ts>", tickers) of the last snapshot seen
         known_reference = memo.get("reference")  # (rev, reference prices) last seen
         known_limits = memo.get(("limits", portfolio_id))  # (version, Limits) last seen
-        script = self.__dict__.get("_trade_view_script")
-        if script is None:  # registered once per Store; redis-py re-sends it if the server lost its cache
-            script = self.__dict__["_trade_view_script"] = self.client.register_script(_READ_TRADE_VIEW_LUA)
+        args = [
+            repr(float(rate_since)), client_order_id or "", known[0] if known else "",
+            known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
+            str(known_limits[0]) if known_limits else "",
+        ]  # fmt: skip
+        portfolio_keys = [keys.state, keys.trading_state, keys.rate, keys.orders, keys.positions, keys.limits]
         try:
-            reply = script(
-                keys=[MARKET_KEY, REFERENCE_KEY, keys.state, keys.trading_state, keys.rate, keys.orders,
-                      keys.positions, keys.limits],
-                args=[
-                    repr(float(rate_since)), client_order_id or "", known[0] if known else "",
-                    known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
-                    str(known_limits[0]) if known_limits else "",
-                ],
-            )  # fmt: skip
+            if is_cluster(self.client):
+                # the market's keys and the portfolio's live on two slots (two nodes): one script each, market
+                # first; each part is consistent in itself (engine/redis_cluster.py)
+                reply = self._script("_market_view_script", _READ_MARKET_VIEW_LUA)(
+                    keys=[MARKET_KEY, REFERENCE_KEY], args=args
+                )
+                reply += self._script("_portfolio_view_script", _READ_PORTFOLIO_VIEW_LUA)(
+                    keys=portfolio_keys, args=args
+                )
+            else:
+                reply = self._script("_trade_view_script", _READ_TRADE_VIEW_LUA)(
+                    keys=[MARKET_KEY, REFERENCE_KEY, *portfolio_keys], args=args
+                )
         except redis.RedisError as exc:
             raise _redis_failure(exc) from exc
         raw_market, raw_tickers, raw_ref, ref_rev, raw_state, raw_trading, recent, raw_order, rev = reply[:9]
@@ -167,6 +175,13 @@ class TradingStore(StoreBase):
             header, reference, portfolio, positions_key, trading, recent or 0, order, errors,
             live[1] if live else None, live[0] if live else None,
         )  # fmt: skip
+
+    def _script(self, name: str, source: str) -> Any:
+        """The script ``source`` registered once per Store; redis-py re-sends it if the server lost its cache."""
+        script = self.__dict__.get(name)
+        if script is None:
+            script = self.__dict__[name] = self.client.register_script(source)
+        return script
 
     def remember_positions(
         self, memo: dict[Any, Any], portfolio_id: str, rev: bytes | str, positions: Mapping[str, Position]
@@ -273,12 +288,13 @@ class TradingStore(StoreBase):
         someone else in between retries (at most :data:`SET_ALL_ATTEMPTS` times, then
         :class:`StoreUnavailableError`, nothing written).
 
-        Returns the ``portfolios`` mapping written to the audit record. (The keys span every portfolio's hash
-        tag: on Redis Cluster this would need one transaction per slot.)
+        Returns the ``portfolios`` mapping written to the audit record. On a Redis Cluster the keys span every
+        portfolio's slot: each portfolio's state commits in its own MULTI (engine/store/slots.py), the audit
+        record last; a conflict in one slot retries the whole switch (portfolios already set stay set).
         """
         try:
             for _ in range(SET_ALL_ATTEMPTS):
-                with self.client.pipeline(transaction=True) as pipe:
+                with slot_transaction(self.client) as pipe:  # a Redis Cluster: one MULTI per portfolio
                     try:
                         pipe.watch(PORTFOLIOS_KEY)
                         ids = sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in pipe.smembers(PORTFOLIOS_KEY))
@@ -310,11 +326,12 @@ class TradingStore(StoreBase):
         )
 
 
-_READ_TRADE_VIEW_LUA = """
+_TRADE_VIEW_HEADER = """
 -- One consistent, read-only snapshot of everything a pre-trade check needs, in one round trip.
--- KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference, KEYS[3] = pf:{id}:state,
--- KEYS[4] = pf:{id}:trading_state, KEYS[5] = pf:{id}:rate, KEYS[6] = pf:{id}:orders,
--- KEYS[7] = pf:{id}:positions, KEYS[8] = pf:{id}:limits
+-- Market keys (hash tag {m}): KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference.
+-- Portfolio keys (hash tag {id}), from KEYS[P + 1]: pf:{id}:state, pf:{id}:trading_state, pf:{id}:rate,
+-- pf:{id}:orders, pf:{id}:positions, pf:{id}:limits (P = 2 after the market keys; P = 0 in the portfolio-only
+-- script a Redis Cluster runs on the portfolio's slot, while the market-only script runs on the market's).
 -- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
 -- ARGV[3] = the positions_rev the caller has the positions of ('' for none),
 -- ARGV[4] = '<version> <ts>' of the market snapshot the caller has the tickers of ('' for none),
@@ -325,12 +342,9 @@ _READ_TRADE_VIEW_LUA = """
 -- tickers and prices when the reference's rev equals ARGV[5].
 -- Every read is a pcall: a key of the wrong type comes back as an error in its own slot of the reply, so the
 -- caller can fail closed on that part and still report the others.
--- (The keys span two hash tags: on Redis Cluster this read would have to be split in two.)
-local order = false
-if ARGV[2] ~= '' then order = redis.pcall('HGET', KEYS[6], ARGV[2]) end
-local rev = redis.pcall('HGET', KEYS[3], 'positions_rev')
-local positions = false
-if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[7]) end
+"""
+
+_TRADE_VIEW_MARKET = """
 local market = redis.pcall('HMGET', KEYS[1], 'version', 'ts', 'prices', 'price_ts')
 local tickers = false
 if market.err or not (market[1] and market[2]) or (market[1] .. ' ' .. market[2]) ~= ARGV[4] then
@@ -341,15 +355,38 @@ local reference = false
 if type(ref_rev) ~= 'string' or ref_rev ~= ARGV[5] then
   reference = redis.pcall('HMGET', KEYS[2], 'tickers', 'prices')
 end
-local limits_version = redis.pcall('HGET', KEYS[8], 'version')
-local limits = false
-if type(limits_version) == 'string' and limits_version ~= ARGV[6] then limits = redis.pcall('HGET', KEYS[8], 'json') end
-return {market, tickers, reference, ref_rev,
-        redis.pcall('HMGET', KEYS[3], 'account_type', 'cash', 'realized_pnl', 'fees_paid', 'initial_margin',
-                    'maintenance_margin', 'updated_at'),
-        redis.pcall('HMGET', KEYS[4], 'state', 'reason', 'actor', 'ts'),
-        redis.pcall('ZCOUNT', KEYS[5], ARGV[1], '+inf'), order, rev, positions, limits_version, limits}
 """
+
+_TRADE_VIEW_PORTFOLIO = """
+local order = false
+if ARGV[2] ~= '' then order = redis.pcall('HGET', KEYS[P + 4], ARGV[2]) end
+local rev = redis.pcall('HGET', KEYS[P + 1], 'positions_rev')
+local positions = false
+if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[P + 5]) end
+local limits_version = redis.pcall('HGET', KEYS[P + 6], 'version')
+local limits = false
+if type(limits_version) == 'string' and limits_version ~= ARGV[6] then
+  limits = redis.pcall('HGET', KEYS[P + 6], 'json')
+end
+local state = redis.pcall('HMGET', KEYS[P + 1], 'account_type', 'cash', 'realized_pnl', 'fees_paid',
+                          'initial_margin', 'maintenance_margin', 'updated_at')
+local trading = redis.pcall('HMGET', KEYS[P + 2], 'state', 'reason', 'actor', 'ts')
+local recent = redis.pcall('ZCOUNT', KEYS[P + 3], ARGV[1], '+inf')
+"""
+
+_READ_TRADE_VIEW_LUA = (
+    _TRADE_VIEW_HEADER + "local P = 2\n" + _TRADE_VIEW_MARKET + _TRADE_VIEW_PORTFOLIO
+    + "return {market, tickers, reference, ref_rev, state, trading, recent, order, rev, positions, limits_version,"
+    + " limits}\n"
+)  # fmt: skip
+"""The whole trade view in one script (a single Redis server: every key on one node)."""
+_READ_MARKET_VIEW_LUA = _TRADE_VIEW_HEADER + _TRADE_VIEW_MARKET + "return {market, tickers, reference, ref_rev}\n"
+"""The market part of the trade view, on the market's slot (a Redis Cluster)."""
+_READ_PORTFOLIO_VIEW_LUA = (
+    _TRADE_VIEW_HEADER + "local P = 0\n" + _TRADE_VIEW_PORTFOLIO
+    + "return {state, trading, recent, order, rev, positions, limits_version, limits}\n"
+)  # fmt: skip
+"""The portfolio part of the trade view, on the portfolio's slot (a Redis Cluster)."""
 
 _STATE_FIELDS = (b"account_type", b"cash", b"realized_pnl", b"fees_paid", b"initial_margin",
                  b"maintenance_margin", b"updated_at")  # fmt: skip

@@ -11,6 +11,7 @@ One module per page, mirroring ``dashboard/screens/``; :mod:`~logic.views.common
     alerts      alert feed and counts, acknowledge / resolve, deliveries, escalation, the rules editor
     system      daemon heartbeats, market-data age, Redis health, versions, the trading-state kill switch
     limits      the live limits of a portfolio (version, last change, history) and the change form
+    audit       every fill, refusal, state, rule and limit change, acknowledgement and automated action, merged
     firm        every portfolio together (firm VaR, exposure by ticker, drawdowns, lights), HALT ALL / REDUCE ALL
 
 The pages in ``dashboard/`` lay these out and nothing more: no key names, no risk math, no limit checks live
@@ -47,6 +48,24 @@ from logic.views.alerts import (
     rule_metrics,
     rules_frame,
     save_rule,
+)
+from logic.views.audit import (
+    AUDIT_COLUMNS,
+    AUDIT_DEFAULT_WINDOW,
+    AUDIT_MAX_ROWS,
+    AUDIT_WINDOWS,
+    FIRM_WIDE,
+    AuditEntry,
+    AuditFilter,
+    AuditKind,
+    AuditView,
+    audit_csv,
+    audit_frame,
+    audit_view,
+    entries_from_trail,
+    filter_entries,
+    record_refused_check,
+    window_filter,
 )
 from logic.views.common import (
     DAEMONS,
@@ -270,4 +289,20 @@ __all__ = [
     "limits_view",
     "live_limits",
     "parse_limit",
+    "AUDIT_COLUMNS",
+    "AUDIT_DEFAULT_WINDOW",
+    "AUDIT_MAX_ROWS",
+    "AUDIT_WINDOWS",
+    "FIRM_WIDE",
+    "AuditEntry",
+    "AuditFilter",
+    "AuditKind",
+    "AuditView",
+    "audit_csv",
+    "audit_frame",
+    "audit_view",
+    "entries_from_trail",
+    "filter_entries",
+    "record_refused_check",
+    "window_filter",
 ]

@@ -13,6 +13,7 @@ import pandas as pd
 from engine.records import Action, DecisionStatus, Side
 from logic.access import Identity, authorize
 from logic.risk_manager import POSITION_FIELDS
+from logic.views.audit import record_refused_check
 from logic.views.common import Desk, float_or_none, latest_snapshot
 
 # -- positions -----------------------------------------------------------------------------------------------
@@ -62,9 +63,16 @@ def new_client_order_id() -> str:
     return f"dash-{uuid.uuid4().hex}"
 
 
-def check_ticket(desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any) -> dict[str, Any]:
-    """The pre-trade decision (never writes; every failed check is a reason)."""
-    return desk.risk_manager(portfolio_id).check_trade_impact(ticker, qty, side)
+def check_ticket(
+    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, identity: Identity | None = None
+) -> dict[str, Any]:
+    """The pre-trade decision (every failed check is a reason). It trades nothing; a refused check made for
+    ``identity`` (the Trade page's Check) is recorded on the audit trail with ``identity.actor``
+    (:func:`logic.views.audit.record_refused_check`)."""
+    decision = desk.risk_manager(portfolio_id).check_trade_impact(ticker, qty, side)
+    if identity is not None:
+        record_refused_check(desk, portfolio_id, decision, identity, {"ticker": ticker, "side": side, "qty": qty})
+    return decision
 
 
 def execute_ticket(

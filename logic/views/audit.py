@@ -1,0 +1,486 @@
+"""The Audit page (``dashboard/screens/audit.py``): every fill, refused execution, refused check, trading-state
+change, rule change, limit change, acknowledgement and automated action of the desk, merged into one
+time-ordered table, filtered by portfolio, actor, kind and time window, exported as CSV with its as-of time.
+
+Where each kind is recorded (read in one round trip by :meth:`engine.store.AuditStore.read_audit_trail`)::
+
+    fill, refused order          pf:{id}:trades     ExecutionResult records (status FILLED / REJECTED)
+    refused check                pf:{id}:audit      action "check_refused" (:func:`record_refused_check`, the
+                                                    Trade page's Check with the signed-in identity)
+    trading state                pf:{id}:audit      action "set_trading_state" (System page, automated responses)
+                                 rd:audit           HALT ALL / REDUCE ALL: one row per portfolio it listed
+    limit change                 pf:{id}:audit      action "set_limits" (before / after of the changed limits)
+    rule change                  rd:audit           records with a rule_id (before / after of the rule)
+    acknowledgement, resolution  pf:{id}:alert_log  ACKNOWLEDGED, and RESOLVED by a person (not the system)
+    automated action             pf:{id}:audit      automated_response / automated_step / automated_order
+                                                    (actor ``auto:<rule id>``)
+    maintenance                  both               warm-up seed, book sync, market reload, reset
+
+A re-seed, ``--reset`` and ``--sync`` keep every one of these streams (only ``--reset --wipe-audit`` deletes
+them). The pure part (:func:`entries_from_trail`, :func:`filter_entries`, :func:`audit_frame`,
+:func:`audit_csv`) takes plain records and is tested directly; the page only lays it out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+import redis
+
+from engine.errors import StoreError
+from engine.records import AlertStatus, DecisionStatus, ExecutionStatus
+from engine.store import AuditTrail
+from engine.store.audit import CHECK_REFUSED_ACTION
+from engine.store.limits import LIMITS_ACTION
+from logic.access import Identity
+from logic.lifecycle import SYSTEM_ACTOR
+from logic.views.common import Desk, portfolio_ids
+from logic.views.export import csv_bytes
+from logic.views.limits import LIMIT_FIELDS
+
+LOGGER = logging.getLogger(__name__)
+
+AUDIT_SCAN = 2000
+"""Newest records read from each source stream (per portfolio); older ones are kept in the store, not shown."""
+AUDIT_MAX_ROWS = 2000
+"""At most this many rows (the newest) after filtering; the page says when more matched."""
+FIRM_WIDE = "firm-wide"
+"""The portfolio column of records that concern no single portfolio (rule edits, warm-up runs)."""
+AUDIT_COLUMNS = ("time", "portfolio", "actor", "kind", "summary", "detail")
+AUDIT_WINDOWS: dict[str, float | None] = {
+    "Last hour": 3600.0,
+    "Last 24 hours": 86_400.0,
+    "Last 7 days": 7 * 86_400.0,
+    "Last 30 days": 30 * 86_400.0,
+    "Everything kept": None,
+}
+"""Time windows the page offers (seconds back from now on the desk's clock; None: no bound)."""
+AUDIT_DEFAULT_WINDOW = "Last 7 days"
+DEFAULT_CURRENCY = "USD"
+"""The currency money is shown in when the settings name none."""
+ARROW = " → "
+FIRM_ACTION_LABELS = {"halt_all": "HALT ALL", "reduce_all": "REDUCE ALL"}
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+
+
+class AuditKind(StrEnum):
+    """What an audit row records (the page's kind filter)."""
+
+    FILL = "fill"
+    REFUSED_ORDER = "refused order"
+    REFUSED_CHECK = "refused check"
+    TRADING_STATE = "trading state"
+    RULE_CHANGE = "rule change"
+    LIMIT_CHANGE = "limit change"
+    ACKNOWLEDGEMENT = "acknowledgement"
+    RESOLUTION = "resolution"
+    AUTOMATED = "automated action"
+    MAINTENANCE = "maintenance"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row of the audit trail."""
+
+    ts: float
+    portfolio: str
+    """A portfolio id, or :data:`FIRM_WIDE`."""
+    actor: str
+    kind: AuditKind
+    summary: str
+    """What happened, in one line; before → after for limit, rule and trading-state changes."""
+    detail: str
+    """Why (the reason, the refusal messages, the note) and identifiers."""
+    source: str
+    """The stream and entry id the row was read from (``pf:{main}:audit#1700000000000-0``)."""
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which rows to show; an empty set means every value."""
+
+    portfolios: frozenset[str] = frozenset()
+    actors: frozenset[str] = frozenset()
+    kinds: frozenset[AuditKind] = frozenset()
+    since: float | None = None
+    """Inclusive lower bound of the time (epoch seconds)."""
+    until: float | None = None
+    """Inclusive upper bound of the time."""
+
+    def matches(self, entry: AuditEntry) -> bool:
+        return (
+            (not self.portfolios or entry.portfolio in self.portfolios)
+            and (not self.actors or entry.actor in self.actors)
+            and (not self.kinds or entry.kind in self.kinds)
+            and (self.since is None or entry.ts >= self.since)
+            and (self.until is None or entry.ts <= self.until)
+        )
+
+
+@dataclass(frozen=True)
+class AuditView:
+    as_of: float
+    """The desk's clock when the trail was read (the CSV names it)."""
+    entries: tuple[AuditEntry, ...]
+    """The rows shown, newest first."""
+    table: pd.DataFrame
+    """:data:`AUDIT_COLUMNS`, time as UTC text (one row per entry)."""
+    matched: int
+    """Rows that matched the filter (more than shown when over :data:`AUDIT_MAX_ROWS`)."""
+    portfolios: tuple[str, ...]
+    actors: tuple[str, ...]
+    kinds: tuple[str, ...]
+    filters: AuditFilter = field(default_factory=AuditFilter)
+
+
+# -- formatting (the audit's own; money in the settings' currency with thousands separators) -----------------
+
+
+def currency_of(desk: Desk) -> str:
+    """The currency the settings name (``dashboard.currency`` or ``currency`` when a build has one), else USD."""
+    for holder in (getattr(desk.settings, "dashboard", None), desk.settings):
+        value = getattr(holder, "currency", None)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return DEFAULT_CURRENCY
+
+
+def fmt_money(value: Any, currency: str) -> str:
+    """``USD 1,234.50``; a dash when not a number."""
+    number = _decimal(value)
+    return "–" if number is None else f"{currency} {number:,.2f}"
+
+
+def fmt_qty(value: Any) -> str:
+    number = _decimal(value)
+    if number is None:
+        return "–" if value is None else str(value)
+    return f"{number:,.0f}" if number == number.to_integral_value() else f"{number:,}"
+
+
+def fmt_pct(value: Any) -> str:
+    """A fraction as a percentage, at most two decimals, trailing zeros dropped (0.2 -> ``20%``)."""
+    number = _decimal(value)
+    if number is None:
+        return "–"
+    text = f"{number * 100:,.2f}".rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def fmt_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime(TIME_FORMAT)
+
+
+def fmt_limit(name: str, value: Any, currency: str) -> str:
+    """A limit's value as the Limits page names its unit: money, %, shares, yes/no; "none" when unset."""
+    if value is None:
+        return "none"
+    kind = LIMIT_FIELDS.get(name, ("", "", "text"))[2]
+    if isinstance(value, bool) or kind == "bool":
+        return "yes" if value else "no"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {fmt_qty(v)}" for k, v in sorted(value.items())) or "none"
+    if kind == "money":
+        return fmt_money(value, currency)
+    if kind == "ratio":
+        return fmt_pct(value)
+    if kind in ("int", "float"):
+        return fmt_qty(value)
+    return str(value)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def _ts(record: Mapping[str, Any]) -> float:
+    """The record's time; its stream id's milliseconds when it has none."""
+    try:
+        ts = float(record.get("ts"))  # type: ignore[arg-type]
+        if math.isfinite(ts):
+            return ts
+    except (TypeError, ValueError):
+        pass
+    try:
+        return int(str(record.get("id", "0")).split("-")[0]) / 1000.0
+    except ValueError:
+        return 0.0
+
+
+def _reasons(record: Mapping[str, Any]) -> tuple[str, str]:
+    """(codes, messages) of a decision's reasons."""
+    reasons = [r for r in record.get("reasons") or [] if isinstance(r, Mapping)]
+    codes = ", ".join(str(r.get("code", "")) for r in reasons)
+    messages = "; ".join(str(r.get("message", "")) for r in reasons)
+    return codes, messages
+
+
+def _order(record: Mapping[str, Any]) -> str:
+    """``BUY 7 AAPL`` from a fill or a decision."""
+    part = record.get("fill") or record.get("decision") or record
+    return f"{part.get('side') or '?'} {fmt_qty(part.get('qty'))} {part.get('ticker') or '?'}"
+
+
+def _changes(
+    before: Mapping[str, Any], after: Mapping[str, Any], show: Any, label: Mapping[str, str] | None = None
+) -> str:
+    """``name: before → after; ...`` of the fields that differ (``label`` renames the fields)."""
+    names = [n for n in dict.fromkeys([*after, *before]) if before.get(n) != after.get(n)]
+    label = label or {}
+    return "; ".join(f"{label.get(n, n)}: {show(n, before.get(n))}{ARROW}{show(n, after.get(n))}" for n in names)
+
+
+BOOKKEEPING = ("ts", "actor", "action", "id", "reason")
+"""Fields of a record that have their own column (or none): left out of a generic summary."""
+
+
+def _scalars(record: Mapping[str, Any], skip: Sequence[str] = ()) -> str:
+    """``name value, ...`` of a record's plain fields (a generic summary of a record without its own form)."""
+    return ", ".join(
+        f"{k} {v}"
+        for k, v in record.items()
+        if k not in BOOKKEEPING and k not in skip and v is not None and not isinstance(v, Mapping | list)
+    )
+
+
+# -- records -> rows ------------------------------------------------------------------------------------------
+
+
+def _trade_entry(pid: str, r: Mapping[str, Any], source: str, currency: str) -> AuditEntry:
+    actor = str(r.get("actor") or "")
+    if r.get("status") == ExecutionStatus.FILLED and isinstance(r.get("fill"), Mapping):
+        fill = r["fill"]
+        summary = (
+            f"{_order(r)} @ {fmt_money(fill.get('price'), currency)} · notional "
+            f"{fmt_money(fill.get('notional'), currency)} · fees {fmt_money(fill.get('fees'), currency)}"
+        )
+        pnl = _decimal(fill.get("realized_pnl"))
+        if pnl:
+            summary += f" · realized P&L {fmt_money(pnl, currency)}"
+        detail = f"trade {fill.get('trade_id', '?')}; order {r.get('client_order_id') or '–'}"
+        return AuditEntry(_ts(r), pid, actor, AuditKind.FILL, summary, detail, source)
+    codes, messages = _reasons(r)
+    summary = f"{_order(r)} refused: {codes or 'no reason recorded'}"
+    detail = messages + (f" (order {r['client_order_id']})" if r.get("client_order_id") else "")
+    return AuditEntry(_ts(r), pid, actor, AuditKind.REFUSED_ORDER, summary, detail, source)
+
+
+def _portfolio_audit_entry(pid: str, r: Mapping[str, Any], source: str, currency: str) -> AuditEntry:
+    actor, action, ts = str(r.get("actor") or ""), str(r.get("action") or ""), _ts(r)
+    reason = str(r.get("reason") or "")
+    if action == CHECK_REFUSED_ACTION:
+        codes, messages = _reasons(r)
+        return AuditEntry(ts, pid, actor, AuditKind.REFUSED_CHECK, f"check of {_order(r)} refused: {codes}",
+                          messages, source)  # fmt: skip
+    if action == "set_trading_state":
+        summary = f"{r.get('previous') or '?'}{ARROW}{r.get('state') or '?'}"
+        return AuditEntry(ts, pid, actor, AuditKind.TRADING_STATE, summary, reason, source)
+    if action == LIMITS_ACTION:
+        changes = _changes(
+            r.get("before") or {},
+            r.get("after") or {},
+            lambda n, v: fmt_limit(n, v, currency),
+            {n: spec[0] for n, spec in LIMIT_FIELDS.items()},  # the Limits page's labels
+        )
+        summary = f"{changes} (version {r.get('version', '?')})"
+        return AuditEntry(ts, pid, actor, AuditKind.LIMIT_CHANGE, summary, reason, source)
+    if action.startswith("automated_"):
+        return AuditEntry(ts, pid, actor, AuditKind.AUTOMATED, _automated_summary(action, r), reason or
+                          f"rule {r.get('rule_id', '?')}, alert {r.get('alert_id', '?')}", source)  # fmt: skip
+    extra = _scalars(r)
+    return AuditEntry(ts, pid, actor, AuditKind.MAINTENANCE, f"{action or 'record'}" + (f": {extra}" if extra else ""),
+                      reason, source)  # fmt: skip
+
+
+def _automated_summary(action: str, r: Mapping[str, Any]) -> str:
+    response = r.get("response") or "response"
+    if action == "automated_response":
+        outcome = "done" if r.get("ok") else "failed"
+        return f"{response} ({outcome}): {r.get('summary') or ''}".rstrip(": ")
+    if action == "automated_order":
+        status = r.get("status") or "?"
+        return f"{response} order {_order(r)}: {status}"
+    step = r.get("step") or "step"
+    extra = _scalars(r, ("step", "response", "rule_id", "alert_id", "action_id"))
+    return f"{response} step {step}" + (f": {extra}" if extra else "")
+
+
+def _alert_entry(pid: str, r: Mapping[str, Any], source: str) -> AuditEntry | None:
+    event, actor = r.get("event"), str(r.get("actor") or "")
+    if event == AlertStatus.ACKNOWLEDGED:
+        kind, verb = AuditKind.ACKNOWLEDGEMENT, "acknowledged"
+    elif event == AlertStatus.RESOLVED and actor and actor != SYSTEM_ACTOR:
+        kind, verb = AuditKind.RESOLUTION, "resolved"
+    else:
+        return None  # triggers, escalations, automatic clears: the Alerts page's history
+    summary = f"{verb} alert {r.get('rule_id', '?')} ({r.get('severity', '?')})"
+    return AuditEntry(_ts(r), pid, actor, kind, summary, str(r.get("note") or ""), source)
+
+
+def _global_entries(r: Mapping[str, Any], source: str) -> list[AuditEntry]:
+    actor, action, ts = str(r.get("actor") or ""), str(r.get("action") or ""), _ts(r)
+    reason = str(r.get("reason") or "")
+    if "rule_id" in r:
+        before, after = r.get("before") or {}, r.get("after") or {}
+        rule = r.get("rule_id")
+        verb = action.removeprefix("rule_") or "changed"
+        if action == "rule_added" or not before:
+            what = ", ".join(f"{k} {after.get(k)}" for k in ("metric", "op", "threshold", "severity") if k in after)
+            summary = f"rule {rule} added: {what}"
+        elif action == "rule_removed" or not after:
+            summary = f"rule {rule} removed"
+        else:
+            summary = f"rule {rule} {verb}: " + (_changes(before, after, lambda _n, v: str(v)) or "no change")
+        return [AuditEntry(ts, FIRM_WIDE, actor, AuditKind.RULE_CHANGE, summary, reason, source)]
+    if action in FIRM_ACTION_LABELS and isinstance(r.get("portfolios"), Mapping):
+        out = []
+        for pid, change in sorted(r["portfolios"].items()):
+            before, after = change.get("previous", "?"), change.get("state", "?")
+            summary = f"{before}{ARROW}{after} ({FIRM_ACTION_LABELS[action]})"
+            if before == after:
+                summary = f"{after} kept ({FIRM_ACTION_LABELS[action]})"
+            out.append(AuditEntry(ts, str(pid), actor, AuditKind.TRADING_STATE, summary, reason, source))
+        return out
+    extra = _scalars(r)
+    summary = (action or "record") + (f": {extra}" if extra else "")
+    return [AuditEntry(ts, FIRM_WIDE, actor, AuditKind.MAINTENANCE, summary, reason, source)]
+
+
+def entries_from_trail(trail: AuditTrail, currency: str = DEFAULT_CURRENCY) -> list[AuditEntry]:
+    """Every audit row of ``trail``, newest first (ties: the order of the sources, then stream order)."""
+    out: list[AuditEntry] = []
+    for r in trail.global_records:
+        out.extend(_global_entries(r, f"rd:audit#{r.get('id', '')}"))
+    for pid, sources in trail.portfolios.items():
+        for r in sources.get("trades", []):
+            out.append(_trade_entry(pid, r, f"pf:{{{pid}}}:trades#{r.get('id', '')}", currency))
+        for r in sources.get("audit", []):
+            out.append(_portfolio_audit_entry(pid, r, f"pf:{{{pid}}}:audit#{r.get('id', '')}", currency))
+        for r in sources.get("alert_log", []):
+            entry = _alert_entry(pid, r, f"pf:{{{pid}}}:alert_log#{r.get('id', '')}")
+            if entry is not None:
+                out.append(entry)
+    out.sort(key=lambda e: (e.ts, e.source.rsplit("#", 1)[-1]), reverse=True)
+    return out
+
+
+def filter_entries(entries: Iterable[AuditEntry], filters: AuditFilter) -> list[AuditEntry]:
+    return [e for e in entries if filters.matches(e)]
+
+
+def audit_frame(entries: Sequence[AuditEntry]) -> pd.DataFrame:
+    """The rows as the page shows them (and the CSV writes them): :data:`AUDIT_COLUMNS`, time as UTC text."""
+    rows = [
+        {"time": fmt_time(e.ts), "portfolio": e.portfolio, "actor": e.actor or "–", "kind": str(e.kind),
+         "summary": e.summary, "detail": e.detail or "–"}
+        for e in entries
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(AUDIT_COLUMNS))
+
+
+def window_filter(
+    now: float,
+    window: str | None,
+    portfolios: Iterable[str] = (),
+    actors: Iterable[str] = (),
+    kinds: Iterable[str] = (),
+) -> AuditFilter:
+    """The filter of the page's widgets: ``window`` is a label of :data:`AUDIT_WINDOWS` (None: no bound)."""
+    span = AUDIT_WINDOWS.get(window) if window is not None else None
+    return AuditFilter(
+        portfolios=frozenset(portfolios),
+        actors=frozenset(actors),
+        kinds=frozenset(AuditKind(k) for k in kinds),
+        since=None if span is None else now - span,
+    )
+
+
+def audit_view(desk: Desk, filters: AuditFilter | None = None, scan: int = AUDIT_SCAN) -> AuditView:
+    """The merged audit trail of every portfolio of the store, filtered; newest first."""
+    filters = filters or AuditFilter()
+    now = desk.clock()
+    pids = portfolio_ids(desk)
+    entries = entries_from_trail(desk.store.read_audit_trail(pids, scan), currency_of(desk))
+    shown = filter_entries(entries, filters)
+    return AuditView(
+        as_of=now,
+        entries=tuple(shown[:AUDIT_MAX_ROWS]),
+        table=audit_frame(shown[:AUDIT_MAX_ROWS]),
+        matched=len(shown),
+        portfolios=(*pids, FIRM_WIDE),
+        actors=tuple(sorted({e.actor for e in entries if e.actor})),
+        kinds=tuple(str(k) for k in AuditKind),
+        filters=filters,
+    )
+
+
+def audit_csv(view: AuditView) -> bytes:
+    """The shown rows as CSV: a first line ``# Riskdesk audit trail as of <time>`` (with the filters), then
+    the table exactly as shown (times to the second, money rounded to the cent in the summaries)."""
+    f = view.filters
+    parts = [
+        f"portfolios {', '.join(sorted(f.portfolios))}" if f.portfolios else "",
+        f"actors {', '.join(sorted(f.actors))}" if f.actors else "",
+        f"kinds {', '.join(sorted(f.kinds))}" if f.kinds else "",
+        f"since {fmt_time(f.since)}" if f.since is not None else "",
+        f"until {fmt_time(f.until)}" if f.until is not None else "",
+    ]
+    filters = "; ".join(p for p in parts if p) or "none"
+    head = f"# Riskdesk audit trail as of {fmt_time(view.as_of)} (filters: {filters}; {len(view.entries)} rows)\r\n"
+    return head.encode("utf-8") + csv_bytes(view.table)
+
+
+# -- recording a refused check ---------------------------------------------------------------------------------
+
+
+def record_refused_check(
+    desk: Desk,
+    portfolio_id: str,
+    decision: Mapping[str, Any],
+    identity: Identity,
+    asked: Mapping[str, Any] | None = None,
+) -> bool:
+    """Append a refused pre-trade check made from the dashboard to the portfolio's audit trail with
+    ``identity.actor``; an approved decision records nothing. ``asked`` is the ticket as typed (ticker, side,
+    qty), recorded where the decision has none (a quantity the gate refused as malformed). Returns whether a
+    record was written: a store that cannot be written is logged and the check's answer still shown (it is
+    refused either way)."""
+    if decision.get("status") == DecisionStatus.APPROVED:
+        return False
+    asked = asked or {}
+
+    def part(name: str) -> Any:
+        value = decision.get(name)
+        if value is None and asked.get(name) is not None:
+            value = asked[name] if isinstance(asked[name], int | float | str) else repr(asked[name])
+        return value
+
+    record = {
+        "ts": desk.clock(),
+        "actor": identity.actor,
+        "ticker": part("ticker"),
+        "side": part("side"),
+        "qty": part("qty"),
+        "reasons": list(decision.get("reasons") or []),
+        "market_version": decision.get("market_version"),
+    }
+    try:
+        desk.store.append_check_record(portfolio_id, record)
+    except (StoreError, redis.RedisError):
+        LOGGER.exception("could not record a refused check of %s", portfolio_id)
+        return False
+    return True

@@ -1,0 +1,286 @@
+"""The Audit page's view (issue 14): every fill, refused execution, refused check made from the dashboard,
+trading-state change, rule change, limit change, acknowledgement and automated action, merged newest first,
+filtered by portfolio, actor, kind and time, exported as CSV with its as-of time, and still there after a
+re-seed, a reset and a sync."""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import warmup
+from engine.errors import CorruptDataError
+from engine.records import Role
+from engine.settings import Settings
+from engine.store import AuditTrail, PortfolioKeys, Store
+from logic import views
+from logic.access import Identity, local_identity
+from logic.views.audit import (
+    FIRM_WIDE,
+    AuditEntry,
+    AuditFilter,
+    AuditKind,
+    audit_csv,
+    audit_frame,
+    audit_view,
+    entries_from_trail,
+    filter_entries,
+    fmt_money,
+    fmt_pct,
+    window_filter,
+)
+
+from .alerts_support import rule, snapshot
+from .conftest import TEST_CONFIG, merge, to_toml
+
+T0 = 1_700_000_000.0
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+TRADER = Identity("https://idp.example", "trader-7", email="t@example.com", roles=frozenset({Role.TRADER}),
+                  portfolios=frozenset({"main"}))  # fmt: skip
+RISK = Identity("https://idp.example", "risk-1", email="r@example.com", roles=frozenset({Role.RISK_MANAGER}))
+DD_HALT = rule("drawdown_halt", "drawdown.daily", "<=", -0.05, "CRITICAL", description="Daily drawdown beyond 5%",
+               actions=["set_state:HALTED"])  # fmt: skip
+
+
+class Clock:
+    """The desk's injected clock: every call is one second later (rows get distinct, ordered times)."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def desk_settings(make_settings: Any) -> Settings:
+    settings: Settings = make_settings({"alert_rules": [DD_HALT]})
+    return settings
+
+
+@pytest.fixture
+def desk(store: Store, desk_settings: Settings) -> views.Desk:
+    warmup.seed(store, desk_settings, now=T0)
+    return views.Desk(store.client, desk_settings, clock=Clock(T0))
+
+
+def by_kind(entries: list[AuditEntry], kind: AuditKind) -> list[AuditEntry]:
+    return [e for e in entries if e.kind == kind]
+
+
+def act_on_every_kind(desk: views.Desk) -> None:
+    """One of every audited action, through the views the pages call (and the alert engine the monitor runs)."""
+    approved = views.check_ticket(desk, "main", "AAA", "BUY", 10, TRADER)
+    assert approved["status"] == "APPROVED"  # an approved check records nothing
+    refused = views.check_ticket(desk, "main", "AAA", "BUY", 200_000, TRADER)  # over max_order_qty 100,000
+    assert refused["status"] == "REJECTED"
+    assert views.execute_ticket(desk, "main", "AAA", "BUY", 10, "order-1", TRADER)["status"] == "FILLED"
+    assert views.execute_ticket(desk, "main", "AAA", "BUY", 200_000, "order-2", TRADER)["status"] == "REJECTED"
+    views.change_limits(desk, "main", {"var_limit": "15000", "max_concentration": "0.2"}, RISK, "tighter")
+    views.save_rule(desk, rule("var_in_use", "var.utilization", ">=", 0.5, "HIGH"), RISK, "watch VaR")
+    views.save_rule(desk, rule("var_in_use", "var.utilization", ">=", 0.6, "HIGH"), RISK, "less noise")
+    views.change_trading_state(desk, "hedge", "REDUCING", "desk review", RISK)
+    engine = desk.alert_engine()
+    now = desk.clock()
+    engine.evaluate("main", snapshot(now=now, var__utilization=0.9, drawdown__daily=-0.06), now)
+    views.acknowledge_alert(desk, "main", "var_in_use", TRADER, "looking at it")
+    views.firm_switch(desk, "HALT ALL", RISK, "end of day")
+
+
+def test_every_kind_of_audited_action_is_a_row_with_its_actor_newest_first(desk: views.Desk) -> None:
+    act_on_every_kind(desk)
+
+    view = audit_view(desk)
+    entries = list(view.entries)
+
+    assert [e.ts for e in entries] == sorted((e.ts for e in entries), reverse=True)
+    (check,) = by_kind(entries, AuditKind.REFUSED_CHECK)
+    assert (check.portfolio, check.actor) == ("main", "https://idp.example|trader-7")
+    assert "BUY 200,000 AAA" in check.summary and "BAD_QUANTITY" in check.summary
+    fills = [e for e in by_kind(entries, AuditKind.FILL) if e.actor == TRADER.actor]
+    assert len(fills) == 1 and fills[0].summary.startswith("BUY 10 AAA @ USD 100.00")
+    assert "order order-1" in fills[0].detail
+    (order,) = by_kind(entries, AuditKind.REFUSED_ORDER)
+    assert order.actor == TRADER.actor and "BAD_QUANTITY" in order.summary and "order-2" in order.detail
+    (limit,) = by_kind(entries, AuditKind.LIMIT_CHANGE)
+    assert limit.actor == RISK.actor and limit.detail == "tighter"
+    assert "VaR limit: USD 20,000.00 → USD 15,000.00" in limit.summary
+    assert "Max concentration: 50% → 20%" in limit.summary and "(version 1)" in limit.summary
+    rules = by_kind(entries, AuditKind.RULE_CHANGE)
+    assert [r.summary for r in rules][0] == "rule var_in_use updated: threshold: 0.5 → 0.6"
+    assert rules[1].summary.startswith("rule var_in_use added: metric var.utilization")
+    assert {r.portfolio for r in rules} == {FIRM_WIDE} and {r.detail for r in rules} == {"watch VaR", "less noise"}
+    states = {(e.portfolio, e.actor, e.summary) for e in by_kind(entries, AuditKind.TRADING_STATE)}
+    assert ("hedge", RISK.actor, "ACTIVE → REDUCING") in states
+    assert ("main", "auto:drawdown_halt", "ACTIVE → HALTED") in states  # the circuit breaker's own change
+    assert ("main", RISK.actor, "HALTED kept (HALT ALL)") in states
+    assert ("hedge", RISK.actor, "REDUCING → HALTED (HALT ALL)") in states
+    automated = by_kind(entries, AuditKind.AUTOMATED)
+    assert automated and {e.actor for e in automated} == {"auto:drawdown_halt"}
+    assert any("set_state:HALTED (done)" in e.summary for e in automated)
+    (ack,) = by_kind(entries, AuditKind.ACKNOWLEDGEMENT)
+    assert (ack.portfolio, ack.actor, ack.detail) == ("main", TRADER.actor, "looking at it")
+    assert ack.summary == "acknowledged alert var_in_use (HIGH)"
+    assert list(view.table.columns) == ["time", "portfolio", "actor", "kind", "summary", "detail"]
+    assert len(view.table) == len(entries) == view.matched
+    assert TRADER.actor in view.actors and RISK.actor in view.actors
+
+
+def test_a_check_without_an_identity_or_approved_records_nothing(desk: views.Desk) -> None:
+    views.check_ticket(desk, "main", "AAA", "BUY", 200_000)  # no identity: an API call, not the Trade page
+    views.check_ticket(desk, "main", "AAA", "BUY", 10, local_identity("ops"))  # approved
+    views.check_ticket(desk, "main", "AAA", "SELL", 100_001, local_identity("ops"))  # one share over the limit
+
+    refused = by_kind(list(audit_view(desk).entries), AuditKind.REFUSED_CHECK)
+
+    assert [(e.actor, e.summary) for e in refused] == [("local:ops", "check of SELL 100,001 AAA refused: BAD_QUANTITY")]
+
+
+def entry(ts: float, portfolio: str = "main", actor: str = "a", kind: AuditKind = AuditKind.FILL) -> AuditEntry:
+    return AuditEntry(ts, portfolio, actor, kind, f"summary {ts}", "", f"src#{ts}")
+
+
+def test_filters_by_portfolio_actor_kind_and_time_keep_their_bounds() -> None:
+    rows = [
+        entry(T0, "main", "alice", AuditKind.FILL),
+        entry(T0 + 10, "hedge", "bob", AuditKind.LIMIT_CHANGE),
+        entry(T0 + 20, FIRM_WIDE, "bob", AuditKind.RULE_CHANGE),
+    ]
+
+    def kept(flt: AuditFilter) -> list[float]:
+        return [e.ts for e in filter_entries(rows, flt)]
+
+    assert kept(AuditFilter()) == [T0, T0 + 10, T0 + 20]
+    assert kept(AuditFilter(portfolios=frozenset({"hedge", FIRM_WIDE}))) == [T0 + 10, T0 + 20]
+    assert kept(AuditFilter(actors=frozenset({"alice"}))) == [T0]
+    assert kept(AuditFilter(kinds=frozenset({AuditKind.LIMIT_CHANGE, AuditKind.RULE_CHANGE}))) == [T0 + 10, T0 + 20]
+    assert kept(AuditFilter(since=T0 + 10)) == [T0 + 10, T0 + 20]  # exactly at the bound: kept
+    assert kept(AuditFilter(since=T0 + 10 + 1e-6)) == [T0 + 20]  # a hair after it: the row at T0+10 is out
+    assert kept(AuditFilter(until=T0 + 10)) == [T0, T0 + 10]
+    assert kept(AuditFilter(until=T0 + 10 - 1e-6)) == [T0]
+    hour = window_filter(T0 + 3600, "Last hour", kinds=["fill"])
+    assert (hour.since, hour.kinds) == (T0, frozenset({AuditKind.FILL}))
+    assert kept(hour) == [T0]
+    assert window_filter(T0, "Everything kept").since is None
+
+
+def test_the_view_filters_what_it_reads(desk: views.Desk) -> None:
+    act_on_every_kind(desk)
+    everything = audit_view(desk)
+
+    hedge = audit_view(desk, AuditFilter(portfolios=frozenset({"hedge"})))
+    trader = audit_view(desk, AuditFilter(actors=frozenset({TRADER.actor}), kinds=frozenset({AuditKind.FILL})))
+
+    assert hedge.entries and {e.portfolio for e in hedge.entries} == {"hedge"}
+    assert [e for e in everything.entries if e.portfolio == "hedge"] == list(hedge.entries)
+    assert len(trader.entries) == 1 and trader.entries[0].summary.startswith("BUY 10 AAA")
+
+
+def test_the_csv_names_its_as_of_time_and_holds_the_rows_as_shown(desk: views.Desk) -> None:
+    act_on_every_kind(desk)
+    view = audit_view(desk, AuditFilter(kinds=frozenset({AuditKind.LIMIT_CHANGE, AuditKind.FILL})))
+
+    data = audit_csv(view).decode("utf-8")
+
+    head, _, body = data.partition("\r\n")
+    assert head.startswith(f"# Riskdesk audit trail as of {views.audit.fmt_time(view.as_of)}")
+    assert "kinds fill, limit change" in head and f"{len(view.entries)} rows" in head
+    table = pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)
+    assert table.to_dict("records") == view.table.to_dict("records")
+    assert "USD 20,000.00 → USD 15,000.00" in body  # money as shown: currency, separators, cents
+    assert "None" not in body and "nan" not in body
+
+
+def test_money_and_ratios_are_formatted_as_a_desk_reads_them() -> None:
+    assert fmt_money(Decimal("1234567.891"), "EUR") == "EUR 1,234,567.89"
+    assert fmt_money("-5", "USD") == "USD -5.00"
+    assert fmt_money(None, "USD") == "–" and fmt_money(float("nan"), "USD") == "–"
+    assert fmt_pct(0.2) == "20%" and fmt_pct(0.2022) == "20.22%" and fmt_pct(0.30000001) == "30%"
+    trail = AuditTrail(
+        portfolios={
+            "main": {
+                "trades": [],
+                "alert_log": [],
+                "audit": [
+                    {
+                        "id": "1-0",
+                        "ts": T0,
+                        "actor": "x",
+                        "action": "set_limits",
+                        "version": 3,
+                        "reason": "r",
+                        "before": {"stressed_var_limit": None, "max_order_qty": 1000},
+                        "after": {"stressed_var_limit": "150000", "max_order_qty": 2500},
+                    },
+                ],  # fmt: skip
+            }
+        }
+    )
+    (row,) = entries_from_trail(trail, "CHF")
+    assert row.summary == ("Stressed VaR limit: none → CHF 150,000.00; Max order quantity: 1,000 → 2,500 (version 3)")
+    assert audit_frame([row]).loc[0, "time"] == "2023-11-14 22:13:20 UTC"
+
+
+def test_a_reseed_a_reset_and_a_sync_keep_every_record_the_page_shows(
+    redis_server: Any, desk: views.Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    act_on_every_kind(desk)
+    before = {e.source: e for e in audit_view(desk).entries}
+    assert {e.kind for e in before.values()} >= set(AuditKind) - {AuditKind.RESOLUTION}
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(merge(TEST_CONFIG, {"alert_rules": [DD_HALT]})), encoding="utf-8")
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+
+    assert warmup.main(["--config", str(config)]) == 0  # a re-seed of a seeded store
+    assert warmup.main(["--config", str(config), "--sync"]) == 0
+    assert warmup.main(["--config", str(config), "--reset", "--yes"]) == 0  # wipe and seed again
+
+    after = {e.source: e for e in audit_view(desk).entries}
+    assert {k: v for k, v in after.items() if k in before} == before  # every record, unchanged
+    assert {e.summary.split(":")[0] for e in after.values() if e.kind == AuditKind.MAINTENANCE} >= {"reset", "seed"}
+
+    assert warmup.main(["--config", str(config), "--reset", "--yes", "--wipe-audit"]) == 0  # the one way out
+    assert not set(before) & {e.source for e in audit_view(desk).entries}
+
+
+def test_the_audit_page_renders_the_trail_and_its_filters(
+    redis_server: Any, desk: views.Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    act_on_every_kind(desk)
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(merge(TEST_CONFIG, {"alert_rules": [DD_HALT]})), encoding="utf-8")
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=30.0)
+        at.session_state["refresh"] = "Paused"
+        at.session_state["au_window"] = "Everything kept"  # the records are stamped in 2023
+        at.switch_page("screens/audit.py")
+        at.run()
+        assert not at.exception and not at.error
+        table = at.dataframe[0].value
+        assert set(AuditKind) - {AuditKind.RESOLUTION} <= set(table["kind"])
+        at.multiselect(key="au_kinds").set_value(["limit change"]).run()
+        table = at.dataframe[0].value
+        assert list(table["kind"]) == ["limit change"] and table.loc[0, "actor"] == RISK.actor
+    finally:
+        st.cache_resource.clear()
+
+
+def test_an_audit_record_that_does_not_decode_is_a_coded_error_naming_its_stream(desk: views.Desk) -> None:
+    desk.client.xadd(PortfolioKeys("main").audit, {"json": b"{not json"})
+
+    with pytest.raises(CorruptDataError) as raised:
+        audit_view(desk)
+
+    problem = views.problem_from_exception(raised.value)
+    assert problem.code == CorruptDataError.code and PortfolioKeys("main").audit in problem.detail
