@@ -109,6 +109,7 @@ def _env(**values: str) -> Iterator[None]:
 def _exec_times() -> Iterator[list[float]]:
     """Collect Streamlit's PageProfile.exec_time (microseconds) of every AppTest run, in milliseconds."""
     from streamlit import config
+    from streamlit.runtime.scriptrunner import script_cache
     from streamlit.testing.v1 import local_script_runner
 
     times: list[float] = []
@@ -122,12 +123,25 @@ def _exec_times() -> Iterator[list[float]]:
                 times.append(msg.page_profile.exec_time / 1000.0)
         return tree
 
+    # AppTest gives every run a new ScriptCache, so each run would recompile (and rewrite for magic) the entry
+    # point and the page; the server compiles each script once per process. Share one cache, as the server does.
+    compiled: dict[str, Any] = {}
+    get_bytecode = script_cache.ScriptCache.get_bytecode
+
+    def shared(self: Any, script_path: str) -> Any:
+        path = os.path.abspath(script_path)
+        if path not in compiled:
+            compiled[path] = get_bytecode(self, path)
+        return compiled[path]
+
     local_script_runner.LocalScriptRunner.run = run  # type: ignore[method-assign]
+    script_cache.ScriptCache.get_bytecode = shared  # type: ignore[method-assign]
     config.set_option("browser.gatherUsageStats", True)  # PageProfile is only built when this is on
     try:
         yield times
     finally:
         local_script_runner.LocalScriptRunner.run = original  # type: ignore[method-assign]
+        script_cache.ScriptCache.get_bytecode = get_bytecode  # type: ignore[method-assign]
         config.set_option("browser.gatherUsageStats", gather)
 
 

@@ -449,7 +449,7 @@ def table(
     st.dataframe(shown, hide_index=True, height=height, column_config=column_config, key=f"{key}_table")
     st.download_button(
         "Export CSV",
-        data=csv_bytes(df),  # formula cells neutralised (OWASP CSV injection)
+        data=lambda: csv_bytes(df),  # on click, not every run; formula cells neutralised (OWASP CSV injection)
         file_name=filename,
         mime="text/csv",
         key=f"{key}_csv",

@@ -4,11 +4,15 @@ what a result depends on (a new market version, a limit change) shows on the nex
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import streamlit as st
 
+from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import Store
 from logic import performance
@@ -17,9 +21,19 @@ from logic.views import Desk, performance_view
 from logic.views.memo import Memo, array_key
 from logic.views.performance import FAN_MEMO
 
-from .test_dashboard import app_env, assert_clean, charts, metric, money, open_page, parametric_var  # noqa: F401 - app_env: fixture
+from .test_dashboard import _point_app_at, assert_clean, charts, metric, money, open_page, parametric_var
 
 DAY = 86_400.0
+
+
+@pytest.fixture
+def app_env(
+    redis_server: EmbeddedRedis, seeded_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    """The dashboard pointed at the seeded store (as tests/test_dashboard.py's fixture of the same name)."""
+    _point_app_at(monkeypatch, redis_server.url, tmp_path)
+    yield seeded_store
+    st.cache_resource.clear()
 
 
 def one_bar(store: Store, settings: Settings, seed: int) -> None:
