@@ -75,8 +75,9 @@ from engine.store import (
     decode_marks_reply,
 )
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
+from logic.batch import PortfolioLookup, batch_risk, exposure_matrix, read_limits
 from logic.rejections import MAX_BOOKABLE_PRICE
-from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
+from logic.snapshot import MarketView, RiskFigures, build_snapshot, history_point, open_position_pnl, usable_prices
 from logic.valuation import Valuation, value_portfolio
 
 log = logging.getLogger("riskdesk.monitor")
@@ -175,6 +176,7 @@ class Monitor:
         idle_refresh_seconds: float = DEFAULT_IDLE_REFRESH_SECONDS,
         stop_event: threading.Event | None = None,
         market_models: MarketModelCache | None = None,
+        vectorised: bool = True,
     ) -> None:
         cfg = settings.monitor
         if not 0 <= cfg.day_reset_hour <= 23:
@@ -192,6 +194,10 @@ class Monitor:
         """Daily / weekly windows: sessions of ``market.calendar`` (engine/sessions.py)."""
         self.alert_engine = alert_engine
         self.consumer = consumer or default_consumer_name()
+        self.vectorised = vectorised
+        """Risk figures of every portfolio at once (logic/batch.py); False: one portfolio at a time, reading
+        each one's limits on its own (the reference path, and the loop baseline of ``make bench``)."""
+        self.lookup = PortfolioLookup(settings)
         self.limits_memo: dict[Any, Any] = {}
         """Live limits last decoded per portfolio (engine/store/limits.py: re-decoded when the version moves)."""
         self.group = group
@@ -288,9 +294,7 @@ class Monitor:
                     log.info("claimed %d tick(s) left pending by another monitor", len(claimed))
                     self._check_pending = True  # any further claimed entries are now our pending ones
                     return claimed
-            return self.store.read_tick_group(
-                self.group, self.consumer, pending=False, count=count, block_ms=block_ms
-            )
+            return self.store.read_tick_group(self.group, self.consumer, pending=False, count=count, block_ms=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the store was wiped and re-seeded: create the group again
                 self._group_ready = False
@@ -469,6 +473,8 @@ class Monitor:
         if missing:
             summaries.update(self.backtests.summaries(missing))
 
+        limits = self._limits(pids)
+        figures = self._batch_figures(market, valued, limits)
         snapshots: dict[str, dict[str, Any]] = {}
         for k, (bundle, valuation) in enumerate(valued):
             pid = bundle.portfolio_id
@@ -478,7 +484,10 @@ class Monitor:
                     if isinstance(reply, Exception):
                         raise StoreError(f"peak/mark merge failed: {reply}")
                 assert bundle.state is not None
-                method = self.settings.var_method_for(pid)
+                method = self.lookup.var_method_for(pid)
+                live = limits[pid]
+                if isinstance(live, Exception):
+                    raise live
                 with np.errstate(over="raise"):  # absurd finite prices overflow: no snapshot
                     snapshots[pid] = build_snapshot(
                         method=method,
@@ -488,11 +497,12 @@ class Monitor:
                         trading_state=bundle.trading_state,
                         valuation=valuation,
                         market=market,
-                        limits=self.store.limits_or(pid, self.settings.limits_for(pid), self.limits_memo),  # live
+                        limits=live,
                         model=self.settings.model,
                         peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
                         marks=decode_marks_reply(marks_raw, pid),
                         now=now,
+                        risk=figures.get(pid),  # None: computed here, one portfolio (the reference path)
                     )
             except (StoreError, ValueError) as exc:
                 self._portfolio_error(pid, str(exc))
@@ -519,6 +529,32 @@ class Monitor:
         self.stats.last_version = market.header.version
         self.stats.last_latency_ms = latency_ms
         return snapshots
+
+    def _limits(self, pids: list[str]) -> dict[str, Any]:
+        """Each portfolio's live limits (or the error reading them): one pipelined read when vectorised."""
+        if self.vectorised:
+            return read_limits(self.store, pids, self.lookup, self.limits_memo)
+        out: dict[str, Any] = {}
+        for pid in pids:
+            try:
+                out[pid] = self.store.limits_or(pid, self.settings.limits_for(pid), self.limits_memo)
+            except StoreError as exc:
+                out[pid] = exc
+        return out
+
+    def _batch_figures(
+        self, market: MarketView, valued: list[tuple[PortfolioBundle, Valuation]], limits: Mapping[str, Any]
+    ) -> dict[str, RiskFigures]:
+        """Every portfolio's risk figures at once (:mod:`logic.batch`); empty in the per-portfolio mode."""
+        books = [(b.portfolio_id, v) for b, v in valued if not isinstance(limits.get(b.portfolio_id), Exception)]
+        if not self.vectorised or not books:
+            return {}
+        n = len(market.header.tickers)
+        exposures = exposure_matrix([np.where(usable_prices(v), v.market_values, 0.0) for _, v in books], n)
+        pids = [pid for pid, _ in books]
+        methods = [self.lookup.var_method_for(pid) for pid in pids]
+        figures = batch_risk(market, exposures, methods, [limits[pid] for pid in pids], self.settings.model)
+        return {pid: f for pid, f in zip(pids, figures, strict=True) if f is not None}
 
     def _portfolio_error(self, pid: str, message: str) -> None:
         self.stats.portfolio_errors += 1
