@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -126,6 +127,8 @@ class MonitorStats:
     ticks_processed: int = 0
     refreshes: int = 0
     snapshots: int = 0
+    ticks_coalesced: int = 0
+    """Ticks acknowledged without a snapshot of their own because a newer one was waiting (latest wins)."""
     entries_skipped: int = 0
     """Tick entries that were trimmed away or did not decode: acknowledged without a snapshot."""
     portfolio_errors: int = 0
@@ -194,6 +197,8 @@ class Monitor:
         """Daily / weekly windows: sessions of ``market.calendar`` (engine/sessions.py)."""
         self.alert_engine = alert_engine
         self.consumer = consumer or default_consumer_name()
+        self.latest_wins = cfg.latest_wins
+        """Skip to the newest waiting tick (``monitor.latest_wins``); off: every tick in order."""
         self.vectorised = vectorised
         """Risk figures of every portfolio at once (logic/batch.py); False: one portfolio at a time, reading
         each one's limits on its own (the reference path, and the loop baseline of ``make bench``)."""
@@ -302,22 +307,55 @@ class Monitor:
             raise
 
     def _process_entries(self, entries: list[tuple[str, TickEvent | None]]) -> int:
+        if self.latest_wins:
+            return self._process_newest(entries)
         done = 0
         for entry_id, event in entries:
             if self.stopping and done:
                 break
             if event is None:
-                self.stats.entries_skipped += 1
-                log.warning("tick entry %s is gone or unreadable: acknowledged without a snapshot", entry_id)
-                self.store.ack_ticks(self.group, [entry_id])
+                self._skip_unreadable(entry_id)
                 continue
             self.process_tick(entry_id, event)
             done += 1
         return done
 
+    def _skip_unreadable(self, entry_id: str) -> None:
+        self.stats.entries_skipped += 1
+        log.warning("tick entry %s is gone or unreadable: acknowledged without a snapshot", entry_id)
+        self.store.ack_ticks(self.group, [entry_id])
+
+    def _process_newest(self, entries: list[tuple[str, TickEvent | None]]) -> int:
+        """Latest wins: snapshot only the newest of the ticks delivered; the older ones are acknowledged in the
+        same MULTI and counted (``ticks_coalesced``). Each tick's prices are the last prices of every ticker,
+        so the newest tick alone gives the current risk; peaks and drawdowns merge every snapshot written, so
+        they stay exact over the snapshots (a skipped tick lies between two of them). A full read means more
+        may be waiting: new entries are drained first, so the snapshot is of the newest tick there is."""
+        if len(entries) >= self.batch_size and not self._check_pending:
+            while True:  # bounded by the stream's MAXLEN
+                more = self.store.read_tick_group(self.group, self.consumer, pending=False, count=self.batch_size)
+                entries = entries + more
+                if len(more) < self.batch_size:
+                    break
+        readable = [(entry_id, event) for entry_id, event in entries if event is not None]
+        for entry_id, event in entries:
+            if event is None:
+                self._skip_unreadable(entry_id)
+        if not readable:
+            return 0
+        entry_id, newest = readable[-1]
+        older = [eid for eid, _ in readable[:-1]]
+        if any(event.reset for _, event in readable) and not newest.reset:
+            newest = dataclasses.replace(newest, reset=True)  # prices restarted in between: so do the peaks
+        self.process_tick(entry_id, newest, coalesced=older)
+        return 1
+
     # -- one tick --------------------------------------------------------------------------------------------
-    def process_tick(self, entry_id: str | None, event: TickEvent) -> dict[str, dict[str, Any]]:
-        """Snapshot every portfolio at the tick's prices; acknowledge ``entry_id`` with the writes."""
+    def process_tick(
+        self, entry_id: str | None, event: TickEvent, coalesced: Sequence[str] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """Snapshot every portfolio at the tick's prices; acknowledge ``entry_id`` (and the older ticks it
+        stands for, ``coalesced``) with the writes."""
         started = time.perf_counter()
         now = tick_time(self.clock, event.ts)  # a replay's tick is dated by its bar (engine/clocks.py)
         n = len(event.tickers)
@@ -326,8 +364,10 @@ class Monitor:
         header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
         cov, stressed, model = self._matrices_for(event.version, event.ts, event.tickers)
         view = MarketView(header, cov, stressed, model)
-        snapshots = self._snapshot_all(view, now, ack=entry_id, tick=True, started=started, event=event)
+        acks = [*coalesced, entry_id] if entry_id is not None else list(coalesced)
+        snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started, event=event)
         self.stats.ticks_processed += 1
+        self.stats.ticks_coalesced += len(coalesced)
         self.stats.last_tick_age_ms = max(0.0, (now - event.ts) * 1000.0)
         self._evaluate_alerts(snapshots, now)
         return snapshots
@@ -339,7 +379,7 @@ class Monitor:
         header = self.store.read_market_header()
         cov, stressed, model = self._matrices_for(header.version, header.ts, header.tickers)
         view = MarketView(header, cov, stressed, model)
-        snapshots = self._snapshot_all(view, now, ack=None, tick=False, started=started)
+        snapshots = self._snapshot_all(view, now, ack=[], tick=False, started=started)
         self.stats.refreshes += 1
         self._evaluate_alerts(snapshots, now)
         return snapshots
@@ -405,7 +445,7 @@ class Monitor:
         market: MarketView,
         now: float,
         *,
-        ack: str | None,
+        ack: list[str],
         tick: bool,
         started: float,
         event: TickEvent | None = None,
@@ -453,7 +493,7 @@ class Monitor:
         now: float,
         valued: list[tuple[PortfolioBundle, Valuation]],
         replies: list[Any],
-        ack: str | None,
+        ack: list[str],
         tick: bool,
         started: float,
         event: TickEvent | None,
@@ -517,8 +557,7 @@ class Monitor:
                 pid, snapshot, history_point(snapshot), ts=now, retention_seconds=self.retention_seconds,
                 max_points=cfg.history_max_points, pipe=tx,
             )  # fmt: skip
-        if ack is not None:
-            self.store.ack_ticks(self.group, [ack], tx)
+        self.store.ack_ticks(self.group, ack, tx)
         latency_ms = (time.perf_counter() - started) * 1000.0
         heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
@@ -568,6 +607,7 @@ class Monitor:
             "pid": os.getpid(),
             "consumer": self.consumer,
             "ticks_processed": ticks,
+            "ticks_coalesced": self.stats.ticks_coalesced,
             "bars_rejected": self.stats.entries_skipped,
             "refreshes": self.stats.refreshes,
             "portfolios": portfolios,
