@@ -371,6 +371,10 @@ class MonitorConfig:
     stale_snapshot_seconds: Number = 30.0
     consumer_idle_limit_seconds: Annotated[Number, Field(gt=0)] = 86_400.0
     """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
+    shard_portfolios: Flag = False
+    """Monitors share the portfolios (logic/shards.py): each live monitor snapshots its shard of every tick,
+    so adding monitors shortens the time to a full set of snapshots; false: the consumer group gives each tick to
+    one monitor, which snapshots every portfolio (each tick processed exactly once)."""
     latest_wins: Flag = True
     """A monitor that falls behind snapshots only the newest waiting tick and acknowledges the older ones
     (counted as ``ticks_coalesced``); false: every tick in order (a snapshot and a history point per tick)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,11 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import StoreError
 from engine.records import VarMethod
 from engine.settings import Limits, Model, Settings
-from engine.store import Float64Array, PortfolioKeys, Store, decode_int
-from logic.snapshot import MarketView, RiskFigures
+from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int
+from logic.snapshot import MarketView, RiskFigures, usable_prices
+from logic.valuation import Valuation
 
-__all__ = ["PortfolioLookup", "batch_risk", "exposure_matrix", "read_limits"]
+__all__ = ["PortfolioLookup", "batch_figures", "batch_risk", "exposure_matrix", "live_limits", "read_limits"]
 
 OVERFLOW_GUARD = 1e150
 """Exposures above this many dollars go through the per-portfolio path (whose overflow checks report them)."""
@@ -223,11 +224,12 @@ def _fhs_group(
 
 
 def _figures(*values: Any) -> RiskFigures | None:
-    *scalars, components = values
-    floats = [float(v) for v in scalars]
-    if not (all(math.isfinite(v) for v in floats) and np.isfinite(components).all()):
+    """var95, var99, cvar95, cvar99, stressed_var99, limit_var, components -> the record; None if not finite."""
+    v95, v99, c95, c99, s99, limit = (float(v) for v in values[:6])
+    components = np.asarray(values[6], dtype=np.float64)
+    if not (all(math.isfinite(v) for v in (v95, v99, c95, c99, s99, limit)) and np.isfinite(components).all()):
         return None
-    return RiskFigures(*floats, components=np.asarray(components, dtype=np.float64))
+    return RiskFigures(v95, v99, c95, c99, s99, limit, components)
 
 
 def batch_risk(
@@ -279,3 +281,40 @@ def batch_risk(
         for p, f in zip(rows, figures, strict=True):
             out[p] = f
     return out
+
+
+def live_limits(
+    store: Store, portfolio_ids: Sequence[str], lookup: PortfolioLookup, memo: dict[Any, Any], *, batched: bool
+) -> dict[str, Limits | Exception]:
+    """Each portfolio's live limits, or the error reading them: :func:`read_limits` (one pipelined read), or
+    one :meth:`Store.limits_or` per portfolio (``batched=False``: the per-portfolio reference path)."""
+    if batched:
+        return read_limits(store, portfolio_ids, lookup, memo)
+    out: dict[str, Limits | Exception] = {}
+    for pid in portfolio_ids:
+        try:
+            out[pid] = store.limits_or(pid, lookup.settings.limits_for(pid), memo)
+        except StoreError as exc:
+            out[pid] = exc
+    return out
+
+
+def batch_figures(
+    market: MarketView,
+    valued: Sequence[tuple[PortfolioBundle, Valuation]],
+    limits: Mapping[str, Limits | Exception],
+    lookup: PortfolioLookup,
+    model: Model,
+) -> dict[str, RiskFigures]:
+    """Every valued portfolio's risk figures at once (:func:`batch_risk`), by portfolio id; a portfolio left
+    out (unreadable limits, figures not finite) is built by the per-portfolio path."""
+    books = [(b.portfolio_id, v) for b, v in valued if isinstance(limits.get(b.portfolio_id), Limits)]
+    if not books:
+        return {}
+    n = len(market.header.tickers)
+    exposures = exposure_matrix([np.where(usable_prices(v), v.market_values, 0.0) for _, v in books], n)
+    pids = [pid for pid, _ in books]
+    chosen = [limits[pid] for pid in pids]
+    methods = [lookup.var_method_for(pid) for pid in pids]
+    figures = batch_risk(market, exposures, methods, [lim for lim in chosen if isinstance(lim, Limits)], model)
+    return {pid: f for pid, f in zip(pids, figures, strict=True) if f is not None}

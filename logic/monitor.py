@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -65,7 +66,6 @@ from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
     MONITOR_GROUP,
-    TICKS_KEY,
     EquityPeaks,
     Float64Array,
     MarketHeader,
@@ -76,9 +76,10 @@ from engine.store import (
     decode_marks_reply,
 )
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
-from logic.batch import PortfolioLookup, batch_risk, exposure_matrix, read_limits
+from logic.batch import PortfolioLookup, batch_figures, live_limits
 from logic.rejections import MAX_BOOKABLE_PRICE
-from logic.snapshot import MarketView, RiskFigures, build_snapshot, history_point, open_position_pnl, usable_prices
+from logic.shards import Membership, remove_idle_consumers, shard
+from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
 from logic.valuation import Valuation, value_portfolio
 
 log = logging.getLogger("riskdesk.monitor")
@@ -97,21 +98,6 @@ HEARTBEAT_EVERY_SECONDS = 1.0
 HOUSEKEEPING_EVERY_SECONDS = 3600.0
 """How often an idle monitor removes idle group consumers and prunes old idempotency records (and once at
 its first idle moment after start)."""
-_REMOVE_IDLE_CONSUMERS_LUA = """
--- KEYS[1] = the tick stream; ARGV[1] = group, ARGV[2] = the calling consumer, ARGV[3] = idle limit (ms)
--- Removes consumers idle longer than the limit that hold no pending entry (their ticks would be lost),
--- never the caller; atomic, so a consumer cannot receive an entry between the check and the removal.
-local removed = {}
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[3]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    table.insert(removed, f['name'])
-  end
-end
-return removed
-"""
 ALERTS_TICK_SECONDS = 0.5
 """Period of the alert engine's background work (escalation timers, repeats, pending and clear periods)."""
 
@@ -216,6 +202,16 @@ class Monitor:
         self._stressed_fallback: tuple[ModelKey, Float64Array] | None = None
         self.backtests = BacktestBooks(store, settings)
         self._portfolio_ids: list[str] | None = None
+        self.membership = (
+            Membership(store, self.consumer, claim_idle_seconds, cfg.consumer_idle_limit_seconds)
+            if cfg.shard_portfolios else None
+        )  # fmt: skip
+        """Sharing the portfolios with the other live monitors (``monitor.shard_portfolios``); None: the
+        consumer group gives each tick to one monitor, which snapshots every portfolio."""
+        self._live: list[str] | None = None
+        self._cursor: str | None = None
+        self._last_snapshot_ts = 0.0
+        """Last tick stream entry read (sharing the portfolios); None: start at the newest."""
         self._group_ready = False
         self._check_pending = True
         self._next_claim = 0.0
@@ -261,6 +257,9 @@ class Monitor:
                 if self._stop.wait(backoff):
                     break
                 backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+        if self.membership is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.membership.leave()  # a clean stop: the others take the shard on their next tick
         log.info(
             "monitor %s stopped: processed %d ticks, %d idle refreshes, %d snapshots, %d skipped entries, "
             "%d portfolio errors, %d alert errors", self.consumer, self.stats.ticks_processed,
@@ -285,6 +284,11 @@ class Monitor:
             self._group_ready = True
 
     def _next_entries(self, block_ms: int | None, count: int) -> list[tuple[str, TickEvent | None]]:
+        if self.membership is not None:  # sharing the portfolios: every monitor reads every tick, no group
+            entries = self.store.read_ticks_after(self._cursor, count=count, block_ms=block_ms)
+            if entries:
+                self._cursor = entries[-1][0]
+            return entries
         self._ensure_group()
         try:
             if self._check_pending:
@@ -323,7 +327,8 @@ class Monitor:
     def _skip_unreadable(self, entry_id: str) -> None:
         self.stats.entries_skipped += 1
         log.warning("tick entry %s is gone or unreadable: acknowledged without a snapshot", entry_id)
-        self.store.ack_ticks(self.group, [entry_id])
+        if self.membership is None:
+            self.store.ack_ticks(self.group, [entry_id])
 
     def _process_newest(self, entries: list[tuple[str, TickEvent | None]]) -> int:
         """Latest wins: snapshot only the newest of the ticks delivered; the older ones are acknowledged in the
@@ -331,9 +336,9 @@ class Monitor:
         so the newest tick alone gives the current risk; peaks and drawdowns merge every snapshot written, so
         they stay exact over the snapshots (a skipped tick lies between two of them). A full read means more
         may be waiting: new entries are drained first, so the snapshot is of the newest tick there is."""
-        if len(entries) >= self.batch_size and not self._check_pending:
+        if len(entries) >= self.batch_size and (self.membership is not None or not self._check_pending):
             while True:  # bounded by the stream's MAXLEN
-                more = self.store.read_tick_group(self.group, self.consumer, pending=False, count=self.batch_size)
+                more = self._next_entries(block_ms=None, count=self.batch_size)
                 entries = entries + more
                 if len(more) < self.batch_size:
                     break
@@ -357,14 +362,17 @@ class Monitor:
         """Snapshot every portfolio at the tick's prices; acknowledge ``entry_id`` (and the older ticks it
         stands for, ``coalesced``) with the writes."""
         started = time.perf_counter()
+        self._live = None  # the membership is read again once per tick
         now = tick_time(self.clock, event.ts)  # a replay's tick is dated by its bar (engine/clocks.py)
         n = len(event.tickers)
         if event.reset:  # prices restarted (a replay, a reloaded market): drawdowns restart with them
-            self.store.restart_peaks(self._portfolio_ids or self.store.portfolio_ids())
+            self.store.restart_peaks(self._shard_ids(self._portfolio_ids or self.store.portfolio_ids()))
         header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
         cov, stressed, model = self._matrices_for(event.version, event.ts, event.tickers)
         view = MarketView(header, cov, stressed, model)
         acks = [*coalesced, entry_id] if entry_id is not None else list(coalesced)
+        if self.membership is not None:  # no consumer group: nothing to acknowledge
+            acks = []
         snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started, event=event)
         self.stats.ticks_processed += 1
         self.stats.ticks_coalesced += len(coalesced)
@@ -375,6 +383,7 @@ class Monitor:
     def refresh(self) -> dict[str, dict[str, Any]]:
         """Snapshot every portfolio from the stored market (no tick): see the module docstring."""
         started = time.perf_counter()
+        self._live = None
         now = self.clock()
         header = self.store.read_market_header()
         cov, stressed, model = self._matrices_for(header.version, header.ts, header.tickers)
@@ -452,8 +461,14 @@ class Monitor:
     ) -> dict[str, dict[str, Any]]:
         """Value, merge peaks and marks, feed the backtests (a tick), build and write the snapshots of every
         portfolio (one MULTI, WATCHing the backtests it writes)."""
-        bundles = self.store.read_portfolio_bundles(self._portfolio_ids)
-        self._portfolio_ids = sorted(bundles)
+        registry: list[list[str]] = []
+
+        def select(ids: list[str]) -> list[str]:
+            registry.append(ids)
+            return self._shard_ids(ids)
+
+        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select)
+        self._portfolio_ids = registry[-1] if registry else sorted(bundles)
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
@@ -513,8 +528,8 @@ class Monitor:
         if missing:
             summaries.update(self.backtests.summaries(missing))
 
-        limits = self._limits(pids)
-        figures = self._batch_figures(market, valued, limits)
+        limits = live_limits(self.store, pids, self.lookup, self.limits_memo, batched=self.vectorised)
+        figures = batch_figures(market, valued, limits, self.lookup, self.settings.model) if self.vectorised else {}
         snapshots: dict[str, dict[str, Any]] = {}
         for k, (bundle, valuation) in enumerate(valued):
             pid = bundle.portfolio_id
@@ -564,36 +579,19 @@ class Monitor:
         tx.execute()
         self.backtests.commit(fed)
         self._last_heartbeat = time.monotonic()
+        self._last_snapshot_ts = now
         self.stats.snapshots += len(snapshots)
         self.stats.last_version = market.header.version
         self.stats.last_latency_ms = latency_ms
         return snapshots
 
-    def _limits(self, pids: list[str]) -> dict[str, Any]:
-        """Each portfolio's live limits (or the error reading them): one pipelined read when vectorised."""
-        if self.vectorised:
-            return read_limits(self.store, pids, self.lookup, self.limits_memo)
-        out: dict[str, Any] = {}
-        for pid in pids:
-            try:
-                out[pid] = self.store.limits_or(pid, self.settings.limits_for(pid), self.limits_memo)
-            except StoreError as exc:
-                out[pid] = exc
-        return out
-
-    def _batch_figures(
-        self, market: MarketView, valued: list[tuple[PortfolioBundle, Valuation]], limits: Mapping[str, Any]
-    ) -> dict[str, RiskFigures]:
-        """Every portfolio's risk figures at once (:mod:`logic.batch`); empty in the per-portfolio mode."""
-        books = [(b.portfolio_id, v) for b, v in valued if not isinstance(limits.get(b.portfolio_id), Exception)]
-        if not self.vectorised or not books:
-            return {}
-        n = len(market.header.tickers)
-        exposures = exposure_matrix([np.where(usable_prices(v), v.market_values, 0.0) for _, v in books], n)
-        pids = [pid for pid, _ in books]
-        methods = [self.lookup.var_method_for(pid) for pid in pids]
-        figures = batch_risk(market, exposures, methods, [limits[pid] for pid in pids], self.settings.model)
-        return {pid: f for pid, f in zip(pids, figures, strict=True) if f is not None}
+    def _shard_ids(self, portfolio_ids: list[str]) -> list[str]:
+        """This monitor's portfolios: all of them, or its shard among the live monitors (logic/shards.py)."""
+        if self.membership is None:
+            return list(portfolio_ids)
+        if self._live is None:
+            self._live = self.membership.beat(time.time())
+        return shard(portfolio_ids, self._live, self.consumer)
 
     def _portfolio_error(self, pid: str, message: str) -> None:
         self.stats.portfolio_errors += 1
@@ -628,11 +626,7 @@ class Monitor:
         gone: a restarted one gets a new ``<host>-<pid>`` name); never this one, never one holding pending
         ticks (they are claimed first by :meth:`_next_entries`, then it goes). Returns the names removed."""
         limit_ms = int(self.settings.monitor.consumer_idle_limit_seconds * 1000)
-        try:
-            raw = self.store.client.eval(_REMOVE_IDLE_CONSUMERS_LUA, 1, TICKS_KEY, self.group, self.consumer, limit_ms)
-        except redis.ResponseError:  # no stream or no group yet: nobody to remove
-            return []
-        removed = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+        removed = remove_idle_consumers(self.store, self.group, self.consumer, limit_ms)
         if removed:
             log.info("removed idle consumers from group %s: %s", self.group, ", ".join(removed))
         return removed
@@ -659,8 +653,11 @@ class Monitor:
                 last = decode_float(hb.get("snapshot_ts", "0"), key="hb:monitor.snapshot_ts")
             except StoreError:
                 last = 0.0
+            lease = REFRESH_LEASE
+            if self.membership is not None:  # each monitor refreshes its own shard, on its own lease
+                last, lease = self._last_snapshot_ts, f"{REFRESH_LEASE}:{self.consumer}"
             if self.clock() - last >= self.idle_refresh_seconds and self.store.acquire_lock(
-                REFRESH_LEASE, self.consumer, self.idle_refresh_seconds * 0.9
+                lease, self.consumer, self.idle_refresh_seconds * 0.9
             ):
                 try:
                     self.refresh()
@@ -669,6 +666,8 @@ class Monitor:
                 else:
                     return
         if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
+            if self.membership is not None:
+                self.membership.beat(time.time())  # an idle monitor still holds its shard
             heartbeat = self._heartbeat(self.clock(), None, 0, 0.0, ticks=self.stats.ticks_processed)
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat)
             self._last_heartbeat = time.monotonic()
