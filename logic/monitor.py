@@ -211,6 +211,7 @@ class Monitor:
         self._live: list[str] | None = None
         self._cursor: str | None = None
         self._last_snapshot_ts = 0.0
+        self._coalescing = 0
         """Last tick stream entry read (sharing the portfolios); None: start at the newest."""
         self._group_ready = False
         self._check_pending = True
@@ -373,7 +374,11 @@ class Monitor:
         acks = [*coalesced, entry_id] if entry_id is not None else list(coalesced)
         if self.membership is not None:  # no consumer group: nothing to acknowledge
             acks = []
-        snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started, event=event)
+        self._coalescing = len(coalesced)  # counted in the heartbeat written with the snapshots
+        try:
+            snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started, event=event)
+        finally:
+            self._coalescing = 0
         self.stats.ticks_processed += 1
         self.stats.ticks_coalesced += len(coalesced)
         self.stats.last_tick_age_ms = max(0.0, (now - event.ts) * 1000.0)
@@ -605,7 +610,7 @@ class Monitor:
             "pid": os.getpid(),
             "consumer": self.consumer,
             "ticks_processed": ticks,
-            "ticks_coalesced": self.stats.ticks_coalesced,
+            "ticks_coalesced": self.stats.ticks_coalesced + self._coalescing,
             "bars_rejected": self.stats.entries_skipped,
             "refreshes": self.stats.refreshes,
             "portfolios": portfolios,
