@@ -38,11 +38,19 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import StoreError
 from engine.records import VarMethod
 from engine.settings import Limits, Model, Settings
-from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int
+from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int, decode_str
 from logic.snapshot import MarketView, RiskFigures, usable_prices
 from logic.valuation import Valuation
 
-__all__ = ["PortfolioLookup", "batch_figures", "batch_risk", "exposure_matrix", "live_limits", "read_limits"]
+__all__ = [
+    "PortfolioLookup",
+    "batch_figures",
+    "batch_risk",
+    "exposure_matrix",
+    "live_limits",
+    "read_backtest_markers",
+    "read_limits",
+]
 
 OVERFLOW_GUARD = 1e150
 """Exposures above this many dollars go through the per-portfolio path (whose overflow checks report them)."""
@@ -318,3 +326,18 @@ def batch_figures(
     methods = [lookup.var_method_for(pid) for pid in pids]
     figures = batch_risk(market, exposures, methods, [lim for lim in chosen if isinstance(lim, Limits)], model)
     return {pid: f for pid, f in zip(pids, figures, strict=True) if f is not None}
+
+
+def read_backtest_markers(store: Store, portfolio_ids: Sequence[str]) -> dict[str, tuple[int, str] | None]:
+    """(version, token) of each portfolio's stored backtest (None without one) in one pipelined read; the
+    monitor WATCHes the keys first, so a write by another monitor after this read still aborts its MULTI."""
+    pipe = store.client.pipeline(transaction=False)
+    for pid in portfolio_ids:
+        pipe.hmget(PortfolioKeys(pid).backtest, ["version", "token"])
+    out: dict[str, tuple[int, str] | None] = {}
+    for pid, raw in zip(portfolio_ids, pipe.execute(), strict=True):
+        key = PortfolioKeys(pid).backtest
+        out[pid] = None if raw[0] is None else (
+            decode_int(raw[0], key=f"{key}.version"), decode_str(raw[1], key=f"{key}.token")
+        )  # fmt: skip
+    return out

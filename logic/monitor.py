@@ -76,7 +76,7 @@ from engine.store import (
     decode_marks_reply,
 )
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
-from logic.batch import PortfolioLookup, batch_figures, live_limits
+from logic.batch import PortfolioLookup, batch_figures, live_limits, read_backtest_markers
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.shards import Membership, remove_idle_consumers, shard
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
@@ -481,7 +481,7 @@ class Monitor:
             if bundle.state is None:
                 self._portfolio_error(pid, f"cannot read portfolio: {bundle.error}")
                 continue
-            valuation = value_portfolio(bundle.state, market.header)
+            valuation = value_portfolio(bundle.state, market.header, market.index)
             absurd = (valuation.qty != 0) & (np.abs(np.nan_to_num(valuation.prices)) > MAX_BOOKABLE_PRICE)
             if absurd.any():
                 names = ", ".join(t for t, bad in zip(valuation.tickers, absurd, strict=True) if bad)
@@ -524,7 +524,8 @@ class Monitor:
             tx.watch(*(self.store.backtest_key(pid) for pid in pids))
             try:
                 with np.errstate(over="raise"):
-                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx)
+                    markers = read_backtest_markers(self.store, pids) if self.vectorised else None
+                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx, markers)
             except (StoreError, ValueError, ArithmeticError) as exc:  # the snapshots go on; the bar is skipped
                 self.backtests.discard()
                 self._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")

@@ -7,6 +7,7 @@ in its state hash: :meth:`engine.store.Store.read_trade_view` caches decoded pos
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -176,8 +177,15 @@ def decode_positions(portfolio_id: str, raw_positions: Mapping[bytes, bytes]) ->
     positions = {}
     for raw_ticker, raw_pos in raw_positions.items():
         ticker = decode_str(raw_ticker, key=key)
-        positions[ticker] = decode_position(raw_pos, f"{key}.{ticker}")
+        positions[ticker] = _decode_position_memo(raw_pos, f"{key}.{ticker}")
     return positions
+
+
+@functools.lru_cache(maxsize=65_536)
+def _decode_position_memo(raw: bytes | str, key: str) -> Position:
+    """:func:`decode_position`, remembered: the monitor decodes every position of every portfolio on every
+    tick and they rarely change (a Position is immutable; a record that does not decode is not remembered)."""
+    return decode_position(raw, key)
 
 
 def new_positions_rev(conn: Conn, portfolio_id: str) -> str:
