@@ -192,6 +192,29 @@ class AlertEngine:
                 self._run_pending_actions(portfolio_id, now)
         return changes.transitions
 
+    def evaluate_many(
+        self, snapshots: Mapping[str, Snapshot], now: float | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`evaluate` for every snapshot of a tick (portfolio id -> snapshot) in one batch
+        (:mod:`logic.alert_batch`: one WATCH, one pipelined read, the same planning, one MULTI); portfolios the
+        batch could not write go through :meth:`evaluate` one by one (errors propagate from there).
+        Returns portfolio id -> transitions."""
+        from logic.alert_batch import evaluate_batch  # lazily: alert_batch imports this module for its types
+
+        now = self.clock() if now is None else float(now)
+        with self._lock:
+            for portfolio_id, snapshot in snapshots.items():
+                if not isinstance(snapshot, Mapping):
+                    raise TypeError(f"snapshot must be a mapping, got {type(snapshot).__name__}")
+                self._last[portfolio_id] = snapshot
+            result = evaluate_batch(self, snapshots, now)
+            for portfolio_id in result.with_actions:
+                self._run_pending_actions(portfolio_id, now)
+        out = dict(result.transitions)
+        for portfolio_id in result.one_by_one:
+            out[portfolio_id] = self.evaluate(portfolio_id, snapshots[portfolio_id], now)
+        return out
+
     def tick(self, now: float | None = None) -> dict[str, Any]:
         """Time-based work; call about once a second whether or not snapshots arrive (or let
         :meth:`start_background` do it).
