@@ -3,6 +3,13 @@
 On every tick event of the stream daemon it computes each portfolio's snapshot (:mod:`logic.snapshot`), keeps
 it as the latest snapshot and appends it to the portfolio's history, then hands it to the alert engine.
 
+Scale (issue 15): every portfolio's figures at once (:mod:`logic.batch`; ``vectorised=False`` keeps the
+per-portfolio reference path) and a tick's alerts in one batch (:mod:`logic.alert_batch`). Latest wins
+(``monitor.latest_wins``): a monitor behind the stream snapshots only the newest waiting tick and acknowledges the
+older ones in the same MULTI (``ticks_coalesced``); peaks merge every snapshot written, so they stay exact over
+them. ``monitor.shard_portfolios``: each live monitor snapshots its shard of every tick (:mod:`logic.shards`).
+Otherwise:
+
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream.
 Each tick event is delivered to exactly one of them, and that monitor computes ALL portfolios for that tick.
 Two monitors therefore split the ticks, not the portfolios; per-portfolio state they both update (equity
@@ -40,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -78,7 +84,7 @@ from engine.store import (
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
 from logic.batch import PortfolioLookup, batch_figures, live_limits, read_backtest_markers
 from logic.rejections import MAX_BOOKABLE_PRICE
-from logic.shards import Membership, remove_idle_consumers, shard
+from logic.shards import Membership, newest_tick, remove_idle_consumers, shard
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
 from logic.valuation import Valuation, value_portfolio
 
@@ -332,28 +338,20 @@ class Monitor:
             self.store.ack_ticks(self.group, [entry_id])
 
     def _process_newest(self, entries: list[tuple[str, TickEvent | None]]) -> int:
-        """Latest wins: snapshot only the newest of the ticks delivered; the older ones are acknowledged in the
-        same MULTI and counted (``ticks_coalesced``). Each tick's prices are the last prices of every ticker,
-        so the newest tick alone gives the current risk; peaks and drawdowns merge every snapshot written, so
-        they stay exact over the snapshots (a skipped tick lies between two of them). A full read means more
-        may be waiting: new entries are drained first, so the snapshot is of the newest tick there is."""
+        """Latest wins (module docstring): a full read means more may wait, so new entries are drained first and
+        the snapshot is of the newest tick there is (each tick carries the last price of every ticker)."""
         if len(entries) >= self.batch_size and (self.membership is not None or not self._check_pending):
             while True:  # bounded by the stream's MAXLEN
                 more = self._next_entries(block_ms=None, count=self.batch_size)
                 entries = entries + more
                 if len(more) < self.batch_size:
                     break
-        readable = [(entry_id, event) for entry_id, event in entries if event is not None]
-        for entry_id, event in entries:
-            if event is None:
-                self._skip_unreadable(entry_id)
-        if not readable:
+        newest_id, newest, older, unreadable = newest_tick(entries)
+        for entry_id in unreadable:
+            self._skip_unreadable(entry_id)
+        if newest_id is None or newest is None:
             return 0
-        entry_id, newest = readable[-1]
-        older = [eid for eid, _ in readable[:-1]]
-        if any(event.reset for _, event in readable) and not newest.reset:
-            newest = dataclasses.replace(newest, reset=True)  # prices restarted in between: so do the peaks
-        self.process_tick(entry_id, newest, coalesced=older)
+        self.process_tick(newest_id, newest, coalesced=older)
         return 1
 
     # -- one tick --------------------------------------------------------------------------------------------

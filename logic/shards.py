@@ -20,16 +20,17 @@ a newer version, peaks merge by max/min, the backtest is fed once per version un
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
-from engine.store import TICKS_KEY, Store
+from engine.store import TICKS_KEY, Store, TickEvent
 from engine.store.keys import MONITORS_KEY
 
-__all__ = ["Membership", "owner", "remove_idle_consumers", "shard"]
+__all__ = ["Membership", "newest_tick", "owner", "remove_idle_consumers", "shard"]
 
 _REMOVE_IDLE_CONSUMERS_LUA = """
 -- KEYS[1] = the tick stream; ARGV[1] = group, ARGV[2] = the calling consumer, ARGV[3] = idle limit (ms)
@@ -120,3 +121,22 @@ class Membership:
     def leave(self) -> None:
         """Remove this monitor (a clean stop: the others take its portfolios on their next tick)."""
         self.store.client.zrem(MONITORS_KEY, self.consumer)
+
+
+def newest_tick(
+    entries: Sequence[tuple[str, TickEvent | None]],
+) -> tuple[str | None, TickEvent | None, list[str], list[str]]:
+    """Latest wins: of the tick entries read together, (the newest readable entry's id, its event, the ids of the
+    older readable ones it stands for, the ids of unreadable ones), ordered by stream id (a claim may hand back
+    entries read already: each counts once). When a skipped tick restarted the prices (``reset``) the newest one
+    carries the reset, so the peaks restart with it."""
+    unique = dict(entries)
+    ordered = sorted(unique.items(), key=lambda e: tuple(int(part) for part in e[0].split("-")))
+    readable = [(entry_id, event) for entry_id, event in ordered if event is not None]
+    unreadable = [entry_id for entry_id, event in ordered if event is None]
+    if not readable:
+        return None, None, [], unreadable
+    newest_id, newest = readable[-1]
+    if any(event.reset for _, event in readable) and not newest.reset:
+        newest = dataclasses.replace(newest, reset=True)
+    return newest_id, newest, [entry_id for entry_id, _ in readable[:-1]], unreadable
