@@ -10,17 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import warmup
 from engine.feeds import SimulatedFeed
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
-from engine.store import MONITOR_GROUP, TICKS_KEY, Store
+from engine.store import MONITOR_GROUP, TICKS_KEY, Store, TickEvent
 from engine.store.keys import MONITORS_KEY
 from engine.stream import StreamDaemon
 from logic.monitor import Monitor
-from logic.shards import Membership, owner, shard
+from logic.shards import Membership, newest_tick, owner, shard
 
 from .conftest import TEST_CONFIG, merge
 from .test_stream import daemon_env, spawn, stop_process, wait_for, write_config
@@ -113,6 +114,18 @@ def test_peaks_stay_exact_over_the_snapshots_written_when_ticks_are_coalesced(
         assert len(equities) == 4
         peaks = store.read_peaks(pid)
         assert peaks is not None and peaks.max_peak == pytest.approx(max(equities), rel=1e-13, abs=0)
+
+
+def test_newest_tick_is_chosen_by_stream_id_counts_each_entry_once_and_carries_a_skipped_reset() -> None:
+    def event(version: int, reset: bool = False) -> TickEvent:
+        return TickEvent(version, 1.0, ("AAA",), np.array([100.0]), reset=reset)
+
+    entries = [("5-0", event(3, reset=True)), ("10-1", event(5)), ("7-0", None), ("10-0", event(4)),
+               ("5-0", event(3, reset=True))]  # fmt: skip
+    newest_id, newest, older, unreadable = newest_tick(entries)
+    assert newest_id == "10-1" and newest is not None and newest.version == 5 and newest.reset
+    assert older == ["5-0", "10-0"] and unreadable == ["7-0"]
+    assert newest_tick([("1-0", None)]) == (None, None, [], ["1-0"])
 
 
 # -- sharing the portfolios, in process ----------------------------------------------------------------------
