@@ -43,6 +43,7 @@ portfolio *after* the overrides. Expressing that with ``EnvSettingsSource`` mean
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import tomllib
@@ -371,6 +372,13 @@ class MonitorConfig:
     stale_snapshot_seconds: Number = 30.0
     consumer_idle_limit_seconds: Annotated[Number, Field(gt=0)] = 86_400.0
     """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
+    shard_portfolios: Flag = False
+    """Monitors share the portfolios (logic/shards.py): each live monitor snapshots its shard of every tick,
+    so adding monitors shortens the time to a full set of snapshots; false: the consumer group gives each tick to
+    one monitor, which snapshots every portfolio (each tick processed exactly once)."""
+    latest_wins: Flag = True
+    """A monitor that falls behind snapshots only the newest waiting tick and acknowledges the older ones
+    (counted as ``ticks_coalesced``); false: every tick in order (a snapshot and a history point per tick)."""
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -480,19 +488,24 @@ class Settings:
                 return p
         raise ConfigError(f"unknown portfolio {portfolio_id!r}; configured: {[p.id for p in self.portfolios]}")
 
+    @functools.cached_property
+    def _portfolio_index(self) -> dict[str, PortfolioConfig]:
+        """Portfolio id -> its table (the first one of that id), so the per-portfolio lookups are O(1): the
+        monitor asks for every portfolio on every tick."""
+        index: dict[str, PortfolioConfig] = {}
+        for p in self.portfolios:
+            index.setdefault(p.id, p)
+        return index
+
     def limits_for(self, portfolio_id: str) -> Limits:
         """The portfolio's own limits when it is configured, else the global ones."""
-        for p in self.portfolios:
-            if p.id == portfolio_id:
-                return p.limits
-        return self.limits
+        p = self._portfolio_index.get(portfolio_id)
+        return p.limits if p is not None else self.limits
 
     def var_method_for(self, portfolio_id: str) -> VarMethod:
         """The portfolio's own ``var_method`` when it sets one, else ``model.var_method``."""
-        for p in self.portfolios:
-            if p.id == portfolio_id and p.var_method is not None:
-                return p.var_method
-        return self.model.var_method
+        p = self._portfolio_index.get(portfolio_id)
+        return p.var_method if p is not None and p.var_method is not None else self.model.var_method
 
     @property
     def portfolio_ids(self) -> tuple[str, ...]:

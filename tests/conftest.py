@@ -66,7 +66,8 @@ TEST_CONFIG: dict[str, Any] = {
         "crash": {"description": "everything -20%", "shocks": {"*": -0.2}},
         "rotation": {"description": "AAA -10%, DDD +10%", "shocks": {"AAA": -0.1, "DDD": 0.1}},
     },
-    "monitor": {"timezone": "UTC", "day_reset_hour": 0},
+    # tests count one snapshot per tick; tests/test_monitor_scale.py turns latest-wins (the shipped default) on
+    "monitor": {"timezone": "UTC", "day_reset_hour": 0, "latest_wins": False},
     "alert_rules": [],  # a settings file must say so explicitly (engine.settings.check_file_sections)
     # hand-written test prices move many one-minute sigmas per bar (100 -> 105): the jump rule is off here and
     # tested at its boundary, with the shipped default, in tests/test_price_filter.py

@@ -12,6 +12,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     rd:notify_lock                  string   lease of the process flushing notifications (SET NX PX)
     rd:nrate:<sha1 of target>       zset     send times per recipient address (per-recipient rate limit)
     hb:<component>                  hash     heartbeat of a daemon (time, counters, latency)
+    rd:monitors                     zset     monitor consumer -> wall time of its last beat (the live monitors
+                                             that share the portfolios, logic/shards.py)
     mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts, cov (arrays)
     mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
@@ -86,6 +88,8 @@ RULES_VERSION_KEY = "rd:{rd:rules}:version"
 rule edit and its version bump are one MULTI on a Redis Cluster too."""
 GLOBAL_AUDIT_KEY = "rd:audit"
 NOTIFY_LOCK_KEY = "rd:notify_lock"
+MONITORS_KEY = "rd:monitors"
+"""The monitors sharing the portfolios and when each last beat (:mod:`logic.shards`)."""
 
 # -- market keys (hash tag {m}) ----------------------------------------------------------------------------------
 

@@ -299,6 +299,17 @@ class MarketStore(StoreBase):
         raw = self.client.xautoclaim(TICKS_KEY, group, consumer, min_idle_ms, start_id="0-0", count=count)
         return _decode_tick_entries(raw[1] if raw and len(raw) > 1 else [])
 
+    def read_ticks_after(
+        self, last_id: str | None, count: int = 100, block_ms: int | None = None
+    ) -> list[tuple[str, TickEvent | None]]:
+        """XREAD (no group): events after ``last_id``, oldest first; ``None``: only the newest event there is
+        (XREVRANGE COUNT 1), the starting point of a monitor that shares the portfolios (logic/shards.py)."""
+        if last_id is None:
+            newest: Any = self.client.xrevrange(TICKS_KEY, count=1)
+            return _decode_tick_entries(newest)
+        raw: Any = self.client.xread({TICKS_KEY: last_id}, count=count, block=block_ms)
+        return _decode_tick_entries(raw[0][1] if raw else [])
+
     def ack_ticks(self, group: str, entry_ids: Iterable[str], pipe: Conn = None) -> None:
         ids = list(entry_ids)
         if ids:

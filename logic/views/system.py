@@ -30,6 +30,7 @@ from logic.views.common import (
 
 HEARTBEAT_COLUMNS = (
     ("ticks_processed", "ticks processed"),
+    ("ticks_coalesced", "ticks coalesced"),
     ("bars_processed", "bars processed"),
     ("bars_rejected", "bars rejected"),
     ("snapshots", "snapshots"),
