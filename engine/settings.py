@@ -365,12 +365,64 @@ class MonitorConfig:
     """Time zone in which the daily and weekly drawdown windows reset."""
     day_reset_hour: Integer = 0
     """Local hour at which a new day (and on Mondays a new week) starts for drawdown."""
-    history_retention_days: Number = 7.0
-    history_max_points: Integer = 700_000
-    """Safety cap on history length per portfolio (7 days at 1 point/s is ~605k)."""
     stale_snapshot_seconds: Number = 30.0
     consumer_idle_limit_seconds: Annotated[Number, Field(gt=0)] = 86_400.0
     """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
+
+
+MAX_TIER_BUCKETS = 1_000_000
+"""Most buckets a history tier may hold (its memory is fixed: buckets x row size, engine/store/history.py)."""
+MAX_HISTORY_TIERS = 8
+DEFAULT_HISTORY_TIERS = ((1.0, 3600.0), (10.0, 86_400.0), (60.0, 7 * 86_400.0), (900.0, 90 * 86_400.0))
+"""(resolution, retention) in seconds of the default tiers."""
+
+
+@dataclass(frozen=True, config=CONFIG)
+class HistoryTier:
+    """One downsampled tier of the history: a bucket per ``resolution_seconds`` kept ``retention_seconds``
+    (data time, from the newest point written; engine/store/history.py)."""
+
+    resolution_seconds: Annotated[Number, Field(gt=0)]
+    retention_seconds: Annotated[Number, Field(gt=0)]
+
+    def __post_init__(self) -> None:
+        ms = self.resolution_seconds * 1000.0
+        _require(ms == round(ms), f"history tier: resolution {self.resolution_seconds} s is not a whole ms")
+        ratio = self.retention_seconds / self.resolution_seconds
+        _require(ratio == round(ratio), "history tier: retention must be a whole number of resolutions")
+        _require(ratio <= MAX_TIER_BUCKETS, f"history tier: more than {MAX_TIER_BUCKETS} buckets")
+
+    @property
+    def resolution_ms(self) -> int:
+        return round(self.resolution_seconds * 1000.0)
+
+    @property
+    def slots(self) -> int:
+        """Buckets the tier holds: the newest one and every one starting ``retention_seconds`` before it or
+        later (so a bucket starting exactly at the cutoff is kept)."""
+        return round(self.retention_seconds / self.resolution_seconds) + 1
+
+
+def default_history_tiers() -> tuple[HistoryTier, ...]:
+    """1 s for an hour, 10 s for a day, 1 min for a week, 15 min for 90 days."""
+    return tuple(HistoryTier(res, keep) for res, keep in DEFAULT_HISTORY_TIERS)
+
+
+@dataclass(frozen=True, config=CONFIG)
+class HistoryConfig:
+    """Bounded history: every snapshot at full resolution for a short recent window (a stream), and
+    downsampled tiers of fixed size behind it (aggregation per field: engine/store/history.py)."""
+
+    raw_seconds: Annotated[Number, Field(gt=0)] = 300.0
+    """Every snapshot is kept this long (data time) ..."""
+    raw_max_points: Annotated[Integer, Field(gt=0)] = 3000
+    """... and at most this many of them (10 ticks a second for 5 minutes)."""
+    tiers: tuple[HistoryTier, ...] = field(default_factory=default_history_tiers)
+
+    def __post_init__(self) -> None:
+        _require(len(self.tiers) <= MAX_HISTORY_TIERS, f"history: at most {MAX_HISTORY_TIERS} tiers")
+        res = [t.resolution_ms for t in self.tiers]
+        _require(res == sorted(set(res)), "history.tiers: resolutions must be distinct, finest first")
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -450,6 +502,8 @@ class Settings:
     """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
     validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):
     the engine does not import the layers above it."""
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    """Tiered retention of the monitor's history (``[history]``)."""
 
     def __post_init__(self) -> None:
         ids = [p.id for p in self.portfolios]
