@@ -204,20 +204,6 @@ def decode_tickers(raw: bytes | None, key: str) -> tuple[str, ...]:
     return tuple(tickers)
 
 
-def encode_point_value(value: float | int | None) -> str:
-    """A history field: integers exactly, floats with 15 significant digits, ``None`` as the empty string."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    number = float(value)
-    if not math.isfinite(number):
-        return ""
-    return format(number, ".15g")
-
-
 # -- value objects (defined in engine.records) -------------------------------------------------------------------
 
 
