@@ -18,7 +18,8 @@ Per tick: one MULTI read of every portfolio (state, positions, trading state); v
 monitor measures older prices with the newest matrix); one pipeline of atomic peak/mark merges; one MULTI
 writing snapshots, history points (entry ids from the snapshot time in ms, unique even when many ticks share a
 millisecond; kept ``history.raw_seconds`` of data time and at most ``history.raw_max_points``, and merged into
-the open bucket of every downsampled tier of ``[history]``: engine/store/history.py), the acknowledgement and the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
+the open bucket of every downsampled tier of ``[history]``: engine/store/history.py), the acknowledgement and
+the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
 
 Each portfolio's VaR and CVaR use its method (``Settings.var_method_for``; the window of standardized returns
 is read through the shared market-model cache only when a method needs it), and every tick feeds the

@@ -304,9 +304,9 @@ def decode_rows(layout: RowLayout, blob: bytes | None, *, key: str = "?") -> npt
     return np.frombuffer(bytes(blob), dtype=layout.dtype)
 
 
-def row_points(layout: RowLayout, rows: npt.NDArray[np.void], integers: frozenset[str] = frozenset()) -> list[
-    dict[str, Any]
-]:
+def row_points(
+    layout: RowLayout, rows: npt.NDArray[np.void], integers: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """Decoded rows as flat dicts (column -> float, ``int`` for the ``integers`` columns, ``None`` for NaN)."""
     columns = [(n, rows[n].astype(np.float64).tolist()) for n in layout.names]
     out: list[dict[str, Any]] = []

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import redis
 
 from engine.errors import CorruptDataError
 from engine.settings import HistoryConfig, HistoryTier
@@ -244,9 +245,7 @@ return id
         lo = "-" if start_ts is None else str(max(0, int(start_ts * 1000)))
         hi = "+" if end_ts is None else str(max(0, int(end_ts * 1000)))
         c = self._conn(conn)
-        entries: Any = (
-            c.xrevrange(key, hi, lo, count=count) if newest_first else c.xrange(key, lo, hi, count=count)
-        )
+        entries: Any = c.xrevrange(key, hi, lo, count=count) if newest_first else c.xrange(key, lo, hi, count=count)
         out = []
         for entry_id, fields in entries:
             point: dict[str, Any] = {"id": decode_str(entry_id, key=key)}
@@ -325,22 +324,39 @@ return id
             raise ValueError(f"max_points must be >= 1, got {max_points}")
         window = max(0.0, end_ts - start_ts)
         tiers = history.tiers
-        if window <= history.raw_seconds or not tiers:
-            points = self.read_history(portfolio_id, start_ts, end_ts, count=max_points + 1, newest_first=True,
-                                       conn=conn)  # fmt: skip
-            if len(points) <= max_points or not tiers:
-                return HistoryWindow(points[:max_points][::-1], None)
+        raw: list[dict[str, Any]] = []
+        if window <= history.raw_seconds or self._raw_reaches(portfolio_id, start_ts, conn) or not tiers:
+            raw = self.read_history(portfolio_id, start_ts, end_ts, count=max_points + 1, newest_first=True,
+                                    conn=conn)  # fmt: skip
+            if len(raw) <= max_points or not tiers:
+                return HistoryWindow(raw[:max_points][::-1], None)
         covering = [t for t in tiers if t.retention_seconds >= window]
         fitting = [t for t in covering if window / t.resolution_seconds <= max_points]
         tier = fitting[0] if fitting else (covering[0] if covering else tiers[-1])
         rows = self._tier_rows(portfolio_id, tier, conn)
         rows = rows[(rows["ts"] >= start_ts) & (rows["ts"] <= end_ts)]
+        if len(rows) == 0 and raw:  # history written without tiers: the newest full-resolution points
+            return HistoryWindow(raw[:max_points][::-1], None)
         factor = 1
         if len(rows) > max_points:
             spanned = int(np.ceil(window / tier.resolution_seconds)) + 1
             factor = -(-spanned // max_points)
             rows = merge_buckets(rows, tier.resolution_ms * factor)
         return HistoryWindow(row_points(TIER_LAYOUT, rows, INTEGER_FIELDS), tier.resolution_seconds * factor)
+
+    def _raw_reaches(self, portfolio_id: str, start_ts: float, conn: Conn) -> bool:
+        """Whether the full-resolution stream holds every point since ``start_ts``: its first entry is that old,
+        or nothing was ever trimmed from it (Redis >= 7: ``entries-added`` equals its length)."""
+        key = PortfolioKeys(portfolio_id).history
+        try:
+            info: Any = self._conn(conn).xinfo_stream(key)
+        except redis.ResponseError:  # no such key: no stream
+            return False
+        first = info.get("first-entry")
+        if first is None:
+            return False
+        first_ms = decode_int(decode_str(first[0], key=key).split("-")[0], key=f"{key}.first")
+        return first_ms <= start_ts * 1000 or info.get("entries-added") == info.get("length")
 
 
 def merge_buckets(rows: npt.NDArray[np.void], resolution_ms: int) -> npt.NDArray[np.void]:
