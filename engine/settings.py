@@ -370,59 +370,39 @@ class MonitorConfig:
     """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
 
 
-MAX_TIER_BUCKETS = 1_000_000
-"""Most buckets a history tier may hold (its memory is fixed: buckets x row size, engine/store/history.py)."""
-MAX_HISTORY_TIERS = 8
 DEFAULT_HISTORY_TIERS = ((1.0, 3600.0), (10.0, 86_400.0), (60.0, 7 * 86_400.0), (900.0, 90 * 86_400.0))
-"""(resolution, retention) in seconds of the default tiers."""
+"""(resolution, retention) in seconds of the default history tiers: 1 s for 1 h, 10 s for 1 day, 1 min for 7 days,
+15 min for 90 days."""
 
 
 @dataclass(frozen=True, config=CONFIG)
 class HistoryTier:
-    """One downsampled tier of the history: a bucket per ``resolution_seconds`` kept ``retention_seconds``
-    (data time, from the newest point written; engine/store/history.py)."""
+    """A downsampled history tier: a bucket per ``resolution_seconds`` (a whole ms) kept ``retention_seconds`` (a
+    whole number of buckets, at most a million) of data time behind the newest point (engine/store/history.py)."""
 
     resolution_seconds: Annotated[Number, Field(gt=0)]
     retention_seconds: Annotated[Number, Field(gt=0)]
 
     def __post_init__(self) -> None:
-        ms = self.resolution_seconds * 1000.0
+        ms, ratio = self.resolution_seconds * 1000.0, self.retention_seconds / self.resolution_seconds
         _require(ms == round(ms), f"history tier: resolution {self.resolution_seconds} s is not a whole ms")
-        ratio = self.retention_seconds / self.resolution_seconds
-        _require(ratio == round(ratio), "history tier: retention must be a whole number of resolutions")
-        _require(ratio <= MAX_TIER_BUCKETS, f"history tier: more than {MAX_TIER_BUCKETS} buckets")
-
-    @property
-    def resolution_ms(self) -> int:
-        return round(self.resolution_seconds * 1000.0)
-
-    @property
-    def slots(self) -> int:
-        """Buckets the tier holds: the newest one and every one starting ``retention_seconds`` before it or
-        later (so a bucket starting exactly at the cutoff is kept)."""
-        return round(self.retention_seconds / self.resolution_seconds) + 1
-
-
-def default_history_tiers() -> tuple[HistoryTier, ...]:
-    """1 s for an hour, 10 s for a day, 1 min for a week, 15 min for 90 days."""
-    return tuple(HistoryTier(res, keep) for res, keep in DEFAULT_HISTORY_TIERS)
+        _require(ratio == round(ratio) <= 1e6, "history tier: retention must be 1 to 1e6 whole resolutions")
 
 
 @dataclass(frozen=True, config=CONFIG)
 class HistoryConfig:
-    """Bounded history: every snapshot at full resolution for a short recent window (a stream), and
-    downsampled tiers of fixed size behind it (aggregation per field: engine/store/history.py)."""
+    """Every snapshot for ``raw_seconds`` of data time (at most ``raw_max_points``: 10 a second for 5 minutes),
+    then the downsampled ``tiers``, finest first (engine/store/history.py)."""
 
     raw_seconds: Annotated[Number, Field(gt=0)] = 300.0
-    """Every snapshot is kept this long (data time) ..."""
     raw_max_points: Annotated[Integer, Field(gt=0)] = 3000
-    """... and at most this many of them (10 ticks a second for 5 minutes)."""
-    tiers: tuple[HistoryTier, ...] = field(default_factory=default_history_tiers)
+    tiers: tuple[HistoryTier, ...] = field(
+        default_factory=lambda: tuple(HistoryTier(*t) for t in DEFAULT_HISTORY_TIERS)
+    )
 
     def __post_init__(self) -> None:
-        _require(len(self.tiers) <= MAX_HISTORY_TIERS, f"history: at most {MAX_HISTORY_TIERS} tiers")
-        res = [t.resolution_ms for t in self.tiers]
-        _require(res == sorted(set(res)), "history.tiers: resolutions must be distinct, finest first")
+        ms = [round(t.resolution_seconds * 1000.0) for t in self.tiers]
+        _require(len(ms) <= 8 and ms == sorted(set(ms)), "history.tiers: at most 8, distinct, finest first")
 
 
 @dataclass(frozen=True, config=CONFIG)

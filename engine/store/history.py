@@ -110,9 +110,19 @@ _HEADER_BYTES = 8
 _RAW_FIELD = b"p"
 
 
+def tier_resolution_ms(tier: HistoryTier) -> int:
+    return round(tier.resolution_seconds * 1000.0)
+
+
+def tier_slots(tier: HistoryTier) -> int:
+    """Buckets a tier holds: the newest one and every one starting ``retention_seconds`` before it or later (a
+    bucket starting exactly at the cutoff is kept)."""
+    return round(tier.retention_seconds / tier.resolution_seconds) + 1
+
+
 def tier_bytes(tier: HistoryTier) -> int:
     """The size of a tier's ring in bytes: header plus one row per slot (what Redis holds, allocator aside)."""
-    return _HEADER_BYTES + tier.slots * TIER_LAYOUT.size
+    return _HEADER_BYTES + tier_slots(tier) * TIER_LAYOUT.size
 
 
 @dataclass(frozen=True)
@@ -222,8 +232,8 @@ return id
             RAW_LAYOUT.struct_format, TIER_LAYOUT.struct_format, _AGG_CODES, TIER_LAYOUT.size,
         ]  # fmt: skip
         for tier in tiers:
-            args += [tier.resolution_ms, tier.slots]
-        tier_keys = [keys.history_tier(t.resolution_ms) for t in tiers]
+            args += [tier_resolution_ms(tier), tier_slots(tier)]
+        tier_keys = [keys.history_tier(tier_resolution_ms(t)) for t in tiers]
         reply = self._conn(pipe).eval(
             self._RECORD_LUA, 2 + len(tier_keys), keys.snapshot, keys.history, *tier_keys, *args
         )
@@ -281,12 +291,12 @@ return id
         return row_points(TIER_LAYOUT, rows, INTEGER_FIELDS)
 
     def _tier_rows(self, portfolio_id: str, tier: HistoryTier, conn: Conn) -> npt.NDArray[np.void]:
-        key = PortfolioKeys(portfolio_id).history_tier(tier.resolution_ms)
+        key = PortfolioKeys(portfolio_id).history_tier(tier_resolution_ms(tier))
         blob = self._conn(conn).get(key)
         if blob is None:
             return np.zeros(0, dtype=TIER_LAYOUT.dtype)
         if len(blob) != tier_bytes(tier):
-            raise CorruptDataError(f"{key}: {len(blob)} bytes, a ring of {tier.slots} rows is {tier_bytes(tier)}")
+            raise CorruptDataError(f"{key}: {len(blob)} bytes, a ring of {tier_slots(tier)} rows is {tier_bytes(tier)}")
         newest = float(np.frombuffer(blob, dtype="<f8", count=1)[0])
         rows = decode_rows(TIER_LAYOUT, blob[_HEADER_BYTES:], key=key)
         if newest != newest or newest < 0:
@@ -295,13 +305,13 @@ return id
         if np.isinf(ts).any() or (ts < 0).any():
             raise CorruptDataError(f"{key}: a bucket time is not a finite time")
         used = np.flatnonzero(ts > 0)  # all-zero slots were never written; NaN compares False
-        bucket = np.floor(np.floor(ts[used] * 1000.0) / tier.resolution_ms)
-        if (bucket % tier.slots != used).any():
+        bucket = np.floor(np.floor(ts[used] * 1000.0) / tier_resolution_ms(tier))
+        if (bucket % tier_slots(tier) != used).any():
             raise CorruptDataError(f"{key}: a bucket is not in its slot")
-        newest_bucket = np.floor(newest / tier.resolution_ms)
+        newest_bucket = np.floor(newest / tier_resolution_ms(tier))
         if (bucket > newest_bucket).any():
             raise CorruptDataError(f"{key}: a bucket is newer than the ring's newest time")
-        kept = used[bucket > newest_bucket - tier.slots]
+        kept = used[bucket > newest_bucket - tier_slots(tier)]
         out = rows[kept]
         return out[np.argsort(out["ts"], kind="stable")]
 
@@ -341,7 +351,7 @@ return id
         if len(rows) > max_points:
             spanned = int(np.ceil(window / tier.resolution_seconds)) + 1
             factor = -(-spanned // max_points)
-            rows = merge_buckets(rows, tier.resolution_ms * factor)
+            rows = merge_buckets(rows, tier_resolution_ms(tier) * factor)
         return HistoryWindow(row_points(TIER_LAYOUT, rows, INTEGER_FIELDS), tier.resolution_seconds * factor)
 
     def _raw_reaches(self, portfolio_id: str, start_ts: float, conn: Conn) -> bool:
