@@ -5,9 +5,9 @@ Layout (keys in :mod:`engine.store.keys`, rows in :class:`engine.store.codec.Row
 
     pf:{<id>}:history               stream   every snapshot (one packed float64 row in field ``p``), trimmed
                                              to ``history.raw_seconds`` of data time and ``raw_max_points``
-    pf:{<id>}:history_tier:<ms>     string   one tier: an 8-byte header (newest entry time written, ms, float64)
-                                             then ``slots`` rows of :data:`TIER_LAYOUT`, bucket ``b`` (entry
-                                             ms // resolution ms) in slot ``b % slots``
+    pf:{<id>}:history_tier:<ms>     string   one tier: a 16-byte header (newest and oldest entry times ever
+                                             written, ms, float64) then ``slots`` rows of :data:`TIER_LAYOUT`,
+                                             bucket ``b`` (entry ms // resolution ms) in slot ``b % slots``
 
 A tier of resolution ``r`` and retention ``R`` has ``slots = R / r + 1`` rows: the newest bucket and every bucket
 starting ``R`` or less before it (a bucket starting exactly at the cutoff is kept, one a bucket older is
@@ -36,7 +36,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import redis
 
 from engine.errors import CorruptDataError
 from engine.settings import HistoryConfig, HistoryTier
@@ -95,8 +94,9 @@ HISTORY_COLUMNS: tuple[HistoryColumn, ...] = (
     HistoryColumn("data.market_age_seconds", "max"),
 )
 """The one table of the history: every metric kept, in row order, with its aggregation per bucket and its width
-in a downsampled row. ``last`` is the value of the latest point of the bucket that had one; ``min`` / ``max``
-ignore missing values. ``ts`` first: the entry time, which orders ``last``."""
+in a downsampled row. ``last`` is the value of the bucket's latest point (by entry time; of two at the same time,
+the one written later), ``None`` if that point had none; ``min`` / ``max`` ignore missing values. ``ts`` first:
+the entry time, which orders ``last``."""
 
 HISTORY_FIELDS: tuple[str, ...] = tuple(c.name for c in HISTORY_COLUMNS)
 """The metric names of a history point, in row order."""
@@ -106,7 +106,7 @@ TIER_LAYOUT = RowLayout(HISTORY_FIELDS, tuple(c.wide for c in HISTORY_COLUMNS))
 """A downsampled bucket: float64 for times, the version and equity, float32 (7 significant digits) otherwise."""
 INTEGER_FIELDS = frozenset({"version"})
 _AGG_CODES = "".join({"last": "l", "min": "n", "max": "x"}[c.aggregation] for c in HISTORY_COLUMNS)
-_HEADER_BYTES = 8
+_HEADER_BYTES = 16
 _RAW_FIELD = b"p"
 
 
@@ -175,12 +175,13 @@ local ncol = #agg
 for k = 3, #KEYS do
   local key = KEYS[k]
   local res, slots = tonumber(ARGV[9 + 2 * (k - 2)]), tonumber(ARGV[10 + 2 * (k - 2)])
-  local size = 8 + slots * rowlen
+  local size = 16 + slots * rowlen
   if redis.call('STRLEN', key) ~= size then redis.call('SET', key, string.rep('\\0', size)) end
   local b = math.floor(ms / res)
-  local newest = struct.unpack('<d', redis.call('GETRANGE', key, 0, 7))
+  local newest, first = struct.unpack('<dd', redis.call('GETRANGE', key, 0, 15))
+  if first == 0 or ms < first then redis.call('SETRANGE', key, 8, struct.pack('<d', ms)) end
   if newest == 0 or b > math.floor(newest / res) - slots then
-    local off = 8 + (b % slots) * rowlen
+    local off = 16 + (b % slots) * rowlen
     local old = {struct.unpack(fmt, redis.call('GETRANGE', key, off, off + rowlen - 1))}
     local row = new
     if old[1] > 0 and math.floor(math.floor(old[1] * 1000) / res) == b then
@@ -188,12 +189,12 @@ for k = 3, #KEYS do
       local later = new[1] >= old[1]
       for c = 1, ncol do
         local a, v, o = string.sub(agg, c, c), new[c], old[c]
-        if v ~= v then row[c] = o
+        if a == 'l' then
+          if later then row[c] = v else row[c] = o end
+        elseif v ~= v then row[c] = o
         elseif o ~= o then row[c] = v
         elseif a == 'x' then row[c] = math.max(o, v)
-        elseif a == 'n' then row[c] = math.min(o, v)
-        elseif later then row[c] = v
-        else row[c] = o end
+        else row[c] = math.min(o, v) end
       end
     end
     redis.call('SETRANGE', key, off, struct.pack(fmt, unpack(row, 1, ncol)))
@@ -283,14 +284,16 @@ return id
         """The buckets of one tier whose latest point lies between two epoch times (inclusive), oldest first:
         dicts of :data:`HISTORY_FIELDS` (``ts`` = the bucket's latest entry time), ``None`` where no point of
         the bucket had the metric. One read of the tier's ring."""
-        rows = self._tier_rows(portfolio_id, tier, conn)
+        rows = self.read_tier_rows(portfolio_id, tier, conn)
         if start_ts is not None:
             rows = rows[rows["ts"] >= start_ts]
         if end_ts is not None:
             rows = rows[rows["ts"] <= end_ts]
         return row_points(TIER_LAYOUT, rows, INTEGER_FIELDS)
 
-    def _tier_rows(self, portfolio_id: str, tier: HistoryTier, conn: Conn) -> npt.NDArray[np.void]:
+    def read_tier_rows(self, portfolio_id: str, tier: HistoryTier, conn: Conn = None) -> npt.NDArray[np.void]:
+        """The kept buckets of one tier as :data:`TIER_LAYOUT` rows in time order (one GET); a ring of the wrong
+        size, a bucket outside its slot or newer than the ring's newest time is corrupt."""
         key = PortfolioKeys(portfolio_id).history_tier(tier_resolution_ms(tier))
         blob = self._conn(conn).get(key)
         if blob is None:
@@ -335,17 +338,19 @@ return id
         window = max(0.0, end_ts - start_ts)
         tiers = history.tiers
         raw: list[dict[str, Any]] = []
-        if window <= history.raw_seconds or self._raw_reaches(portfolio_id, start_ts, conn) or not tiers:
+        if not tiers or window <= history.raw_seconds or self._raw_reaches(portfolio_id, start_ts, tiers, conn):
             raw = self.read_history(portfolio_id, start_ts, end_ts, count=max_points + 1, newest_first=True,
                                     conn=conn)  # fmt: skip
             if len(raw) <= max_points or not tiers:
                 return HistoryWindow(raw[:max_points][::-1], None)
         covering = [t for t in tiers if t.retention_seconds >= window]
         fitting = [t for t in covering if window / t.resolution_seconds <= max_points]
-        tier = fitting[0] if fitting else (covering[0] if covering else tiers[-1])
-        rows = self._tier_rows(portfolio_id, tier, conn)
+        tier = fitting[0] if fitting else (covering[-1] if covering else tiers[-1])
+        rows = self.read_tier_rows(portfolio_id, tier, conn)
         rows = rows[(rows["ts"] >= start_ts) & (rows["ts"] <= end_ts)]
-        if len(rows) == 0 and raw:  # history written without tiers: the newest full-resolution points
+        if len(rows) == 0:  # history written without tiers: the newest full-resolution points
+            raw = raw or self.read_history(portfolio_id, start_ts, end_ts, count=max_points, newest_first=True,
+                                           conn=conn)  # fmt: skip
             return HistoryWindow(raw[:max_points][::-1], None)
         factor = 1
         if len(rows) > max_points:
@@ -354,19 +359,27 @@ return id
             rows = merge_buckets(rows, tier_resolution_ms(tier) * factor)
         return HistoryWindow(row_points(TIER_LAYOUT, rows, INTEGER_FIELDS), tier.resolution_seconds * factor)
 
-    def _raw_reaches(self, portfolio_id: str, start_ts: float, conn: Conn) -> bool:
+    def _raw_reaches(self, portfolio_id: str, start_ts: float, tiers: Sequence[HistoryTier], conn: Conn) -> bool:
         """Whether the full-resolution stream holds every point since ``start_ts``: its first entry is that old,
-        or nothing was ever trimmed from it (Redis >= 7: ``entries-added`` equals its length)."""
-        key = PortfolioKeys(portfolio_id).history
-        try:
-            info: Any = self._conn(conn).xinfo_stream(key)
-        except redis.ResponseError:  # no such key: no stream
+        or it still holds the first point ever written (the oldest time in a tier's header; no tier written:
+        the stream is all there is). One round trip."""
+        keys = PortfolioKeys(portfolio_id)
+        tier_key = keys.history_tier(tier_resolution_ms(tiers[0]))
+        if conn is None:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xrange(keys.history, count=1)
+                pipe.getrange(tier_key, 8, 15)
+                first_entry, header = pipe.execute()
+        else:
+            first_entry, header = conn.xrange(keys.history, count=1), conn.getrange(tier_key, 8, 15)
+        if not first_entry:
             return False
-        first = info.get("first-entry")
-        if first is None:
-            return False
-        first_ms = decode_int(decode_str(first[0], key=key).split("-")[0], key=f"{key}.first")
-        return first_ms <= start_ts * 1000 or info.get("entries-added") == info.get("length")
+        first_ms = int(decode_str(first_entry[0][0], key=keys.history).split("-")[0])
+        if first_ms <= start_ts * 1000 or not header:
+            return True
+        if len(header) != 8:
+            raise CorruptDataError(f"{tier_key}: header truncated")
+        return first_ms <= float(np.frombuffer(header, dtype="<f8")[0])
 
 
 def merge_buckets(rows: npt.NDArray[np.void], resolution_ms: int) -> npt.NDArray[np.void]:
@@ -382,10 +395,12 @@ def merge_buckets(rows: npt.NDArray[np.void], resolution_ms: int) -> npt.NDArray
         values = rows[column.name].astype(np.float64)
         merged = np.full(len(starts), np.nan)
         for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
+            if column.aggregation == "last":
+                merged[i] = values[b - 1]
+                continue
             chunk = values[a:b][~np.isnan(values[a:b])]
             if chunk.size:
-                agg = column.aggregation
-                merged[i] = chunk.max() if agg == "max" else chunk.min() if agg == "min" else chunk[-1]
+                merged[i] = chunk.max() if column.aggregation == "max" else chunk.min()
         out[column.name] = merged
     return out
 
