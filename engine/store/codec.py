@@ -15,6 +15,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -266,17 +267,21 @@ class RowLayout:
         if len(self.names) != len(self.wide) or len(set(self.names)) != len(self.names) or not self.names:
             raise ValueError("a row layout needs distinct names, one width each")
 
-    @property
+    @cached_property
     def struct_format(self) -> str:
         return "<" + "".join("d" if w else "f" for w in self.wide)
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype[Any]:
         return np.dtype([(n, "<f8" if w else "<f4") for n, w in zip(self.names, self.wide, strict=True)])
 
-    @property
+    @cached_property
     def size(self) -> int:
         return struct.calcsize(self.struct_format)
+
+    @cached_property
+    def packer(self) -> struct.Struct:
+        return struct.Struct(self.struct_format)
 
 
 def encode_row(layout: RowLayout, values: Mapping[str, float | int | None]) -> bytes:
@@ -284,12 +289,8 @@ def encode_row(layout: RowLayout, values: Mapping[str, float | int | None]) -> b
 
     Integers are exact in a float64 column up to 2**53; a float32 column keeps about 7 significant digits.
     """
-    out = []
-    for name in layout.names:
-        value = values.get(name)
-        number = math.nan if value is None or isinstance(value, bool) else float(value)
-        out.append(number if math.isfinite(number) else math.nan)
-    return struct.pack(layout.struct_format, *out)
+    out = [math.nan if (v := values.get(name)) is None or isinstance(v, bool) else float(v) for name in layout.names]
+    return layout.packer.pack(*[x if math.isfinite(x) else math.nan for x in out])
 
 
 def decode_rows(layout: RowLayout, blob: bytes | None, *, key: str = "?") -> npt.NDArray[np.void]:

@@ -172,33 +172,42 @@ local ms = tonumber(ARGV[3])
 local new = {struct.unpack(ARGV[7], ARGV[6])}
 local fmt, agg, rowlen = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local ncol = #agg
+local last, high, low = {}, {}, {}
+for c = 1, ncol do
+  local a = string.sub(agg, c, c)
+  if a == 'l' then last[#last + 1] = c elseif a == 'x' then high[#high + 1] = c else low[#low + 1] = c end
+end
+local fresh = struct.pack(fmt, unpack(new, 1, ncol))
 for k = 3, #KEYS do
   local key = KEYS[k]
   local res, slots = tonumber(ARGV[9 + 2 * (k - 2)]), tonumber(ARGV[10 + 2 * (k - 2)])
   local size = 16 + slots * rowlen
-  if redis.call('STRLEN', key) ~= size then redis.call('SET', key, string.rep('\\0', size)) end
+  if redis.call('STRLEN', key) ~= size then redis.call('SET', key, string.rep('\0', size)) end
   local b = math.floor(ms / res)
   local newest, first = struct.unpack('<dd', redis.call('GETRANGE', key, 0, 15))
-  if first == 0 or ms < first then redis.call('SETRANGE', key, 8, struct.pack('<d', ms)) end
   if newest == 0 or b > math.floor(newest / res) - slots then
     local off = 16 + (b % slots) * rowlen
-    local old = {struct.unpack(fmt, redis.call('GETRANGE', key, off, off + rowlen - 1))}
-    local row = new
-    if old[1] > 0 and math.floor(math.floor(old[1] * 1000) / res) == b then
-      row = {}
-      local later = new[1] >= old[1]
-      for c = 1, ncol do
-        local a, v, o = string.sub(agg, c, c), new[c], old[c]
-        if a == 'l' then
-          if later then row[c] = v else row[c] = o end
-        elseif v ~= v then row[c] = o
-        elseif o ~= o then row[c] = v
-        elseif a == 'x' then row[c] = math.max(o, v)
-        else row[c] = math.min(o, v) end
+    local raw = redis.call('GETRANGE', key, off, off + rowlen - 1)
+    local old_ts = struct.unpack('<d', raw)
+    local packed = fresh
+    if old_ts > 0 and math.floor(math.floor(old_ts * 1000) / res) == b then
+      local row = {struct.unpack(fmt, raw)}
+      if new[1] >= row[1] then
+        for _, c in ipairs(last) do row[c] = new[c] end
       end
+      for _, c in ipairs(high) do
+        local v, o = new[c], row[c]
+        if v == v and (o ~= o or v > o) then row[c] = v end
+      end
+      for _, c in ipairs(low) do
+        local v, o = new[c], row[c]
+        if v == v and (o ~= o or v < o) then row[c] = v end
+      end
+      packed = struct.pack(fmt, unpack(row, 1, ncol))
     end
-    redis.call('SETRANGE', key, off, struct.pack(fmt, unpack(row, 1, ncol)))
+    redis.call('SETRANGE', key, off, packed)
     if ms > newest then redis.call('SETRANGE', key, 0, struct.pack('<d', ms)) end
+    if first == 0 or ms < first then redis.call('SETRANGE', key, 8, struct.pack('<d', ms)) end
   end
 end
 return id
