@@ -23,8 +23,8 @@ HISTORY_WINDOWS: dict[str, float] = {
     "90 days": 90 * 86400.0,
     "1 year": 365 * 86400.0,
 }
-"""Equity-curve windows the Overview offers (the monitor keeps ``monitor.history_retention_days``: 7 live by
-default; a replay of daily or weekly bars keeps months or years of data time, e.g. ``make demo``)."""
+"""Equity-curve windows the Overview offers (``[history]`` keeps 90 days of 15-minute buckets by default, in data
+time; ``make demo`` keeps its whole replay of daily bars)."""
 HISTORY_MAX_POINTS = 2000
 """Most points of an equity-curve window: the history is read from the finest source that covers the window in
 at most this many points (every snapshot for a short window, else a downsampled tier: engine/store/history.py),
