@@ -353,3 +353,34 @@ def test_merging_buckets_gives_what_the_tier_would_hold_at_the_coarser_resolutio
     want = expected_buckets(written, coarse, written[-1][0])
     got = [{n: (None if math.isnan(float(r[n])) else float(r[n])) for n in HISTORY_FIELDS} for r in merged]
     assert_rows_equal(got, want)
+
+
+# -- through the monitor -----------------------------------------------------------------------------------------
+
+
+def test_the_monitor_writes_every_tier_on_its_injected_clock_in_the_portfolios_hash_slot(
+    seeded_store: Store, settings: Settings
+) -> None:
+    from logic.monitor import Monitor
+
+    from .test_monitor import WEDNESDAY, Clock, _sim_ticks
+
+    # Arrange: ticks 25 s apart on the monitor's clock (data time, not the wall clock)
+    clock = Clock(WEDNESDAY)
+    monitor = Monitor(seeded_store, settings, clock=clock)
+    for _ in range(8):
+        clock.t += 25.0
+        _sim_ticks(seeded_store, settings, 1)
+        monitor.process_available()
+
+    # Assert: each tier equals the full-resolution points (all 8 are within its 300 s) grouped by bucket
+    raw = seeded_store.read_history("main")
+    assert [p["ts"] for p in raw] == [WEDNESDAY + 25.0 * (i + 1) for i in range(8)]
+    written = [(p["ts"], {k: v for k, v in p.items() if k != "id"}) for p in raw]
+    for tier in settings.history.tiers:
+        got = seeded_store.read_history_tier("main", tier)
+        assert_rows_equal(got, expected_buckets(written, tier, clock.t))
+    tier_keys = {k.decode() for k in seeded_store.client.scan_iter(match="pf:{main}:history_tier:*")}
+    assert tier_keys == {PortfolioKeys("main").history_tier(round(t.resolution_seconds * 1000))
+                         for t in settings.history.tiers}  # fmt: skip
+    assert all(k.startswith("pf:{main}:") for k in tier_keys)
