@@ -92,7 +92,7 @@ def _write_baseline(client: redis.Redis, points: int) -> float:
     with client.pipeline(transaction=False) as pipe:
         for i in range(points):
             ts = T0 + i
-            args: list[object] = [i, encode_json({"version": i, "ts": ts}), int(ts * 1000),
+            args: list[str | int | float] = [i, encode_json({"version": i, "ts": ts}), int(ts * 1000),
                                   int((ts - WEEK) * 1000), 700_000]  # fmt: skip
             for name, value in {**_point(rng, i), "ts": ts}.items():
                 args += [name, _text(value)]

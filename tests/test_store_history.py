@@ -73,7 +73,7 @@ def expected_buckets(
         members = sorted(groups[bucket], key=lambda m: (m[0], m[1]))
         row: dict[str, Any] = {}
         for name in HISTORY_FIELDS:
-            values = [m[2].get(name) for m in members if m[2].get(name) is not None]
+            values: list[float] = [m[2][name] for m in members if m[2].get(name) is not None]
             agg = AGGREGATION[name]
             if agg == "last":
                 row[name] = members[-1][2].get(name)
@@ -219,7 +219,9 @@ def test_a_tier_of_the_wrong_size_is_corrupt_on_read_and_the_read_changes_nothin
     tier = HistoryTier(10.0, 100.0)
     write(store, "main", T0, {"version": 1, "equity": 1.0}, tiers=(tier,))
     key = PortfolioKeys("main").history_tier(10_000)
-    store.client.set(key, store.client.get(key)[:-3])
+    blob = store.client.get(key)
+    assert isinstance(blob, bytes)
+    store.client.set(key, blob[:-3])
     before = store.client.get(key)
     with pytest.raises(CorruptDataError, match="history_tier:10000"):
         store.read_history_tier("main", tier)
@@ -230,7 +232,9 @@ def test_a_bucket_in_the_wrong_slot_is_corrupt(store: Store) -> None:
     tier = HistoryTier(10.0, 100.0)
     write(store, "main", T0, {"version": 1, "equity": 1.0}, tiers=(tier,))
     key = PortfolioKeys("main").history_tier(10_000)
-    blob = bytearray(store.client.get(key))
+    stored = store.client.get(key)
+    assert isinstance(stored, bytes)
+    blob = bytearray(stored)
     slot = int(T0 * 1000) // 10_000 % 11
     row = blob[16 + slot * TIER_LAYOUT.size : 16 + (slot + 1) * TIER_LAYOUT.size]
     other = (slot + 1) % 11

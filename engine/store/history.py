@@ -337,11 +337,12 @@ return id
         max_points: int,
         conn: Conn = None,
     ) -> HistoryWindow:
-        """The history between two epoch times from the source that fits the window, in one or two reads:
-        the full-resolution stream when it covers the window (``history.raw_seconds``) with at most
-        ``max_points`` points; else the finest tier that covers it in at most ``max_points`` buckets; else the
-        coverage-wise best tier (the finest that covers the window, or the longest-kept one) with its buckets
-        merged ``k`` at a time (:func:`merge_buckets`, same aggregations) down to ``max_points``."""
+        """The history between two epoch times from the source that fits the window, in at most three commands
+        (two round trips) whatever its length: the full-resolution stream when it holds the whole window
+        (``history.raw_seconds``, or every point since the start) in at most ``max_points`` points; else the
+        finest tier that covers the window in at most ``max_points`` buckets; else the coarsest tier that covers
+        it (the longest-kept one when none does) with its buckets merged ``k`` at a time (:func:`merge_buckets`,
+        the same aggregations) down to ``max_points``."""
         if max_points < 1:
             raise ValueError(f"max_points must be >= 1, got {max_points}")
         window = max(0.0, end_ts - start_ts)
@@ -364,7 +365,7 @@ return id
         factor = 1
         if len(rows) > max_points:
             spanned = int(np.ceil(window / tier.resolution_seconds)) + 1
-            factor = -(-spanned // max_points)
+            factor = -(-spanned // max(1, max_points - 1))  # k-aligned groups: at most max_points of them
             rows = merge_buckets(rows, tier_resolution_ms(tier) * factor)
         return HistoryWindow(row_points(TIER_LAYOUT, rows, INTEGER_FIELDS), tier.resolution_seconds * factor)
 
