@@ -388,3 +388,14 @@ def test_the_monitor_writes_every_tier_on_its_injected_clock_in_the_portfolios_h
     assert tier_keys == {PortfolioKeys("main").history_tier(round(t.resolution_seconds * 1000))
                          for t in settings.history.tiers}  # fmt: skip
     assert all(k.startswith("pf:{main}:") for k in tier_keys)
+
+
+def test_a_point_of_the_former_field_per_metric_format_still_reads(store: Store) -> None:
+    key = PortfolioKeys("main").history
+    store.client.xadd(key, {"ts": "1700000000.5", "version": "7", "equity": "1000000.25", "margin.level": ""},
+                      id="1700000000500-0")  # fmt: skip
+    write(store, "main", 1_700_000_001.0, {"version": 8, "equity": 2.0}, tiers=())
+    old, new = store.read_history("main")
+    assert old == {"id": "1700000000500-0", "ts": 1_700_000_000.5, "version": 7, "equity": 1_000_000.25,
+                   "margin.level": None}  # fmt: skip
+    assert new["version"] == 8 and new["equity"] == 2.0 and new["ts"] == 1_700_000_001.0 and new["cash"] is None
