@@ -366,9 +366,6 @@ class MonitorConfig:
     """Time zone in which the daily and weekly drawdown windows reset."""
     day_reset_hour: Integer = 0
     """Local hour at which a new day (and on Mondays a new week) starts for drawdown."""
-    history_retention_days: Number = 7.0
-    history_max_points: Integer = 700_000
-    """Safety cap on history length per portfolio (7 days at 1 point/s is ~605k)."""
     stale_snapshot_seconds: Number = 30.0
     consumer_idle_limit_seconds: Annotated[Number, Field(gt=0)] = 86_400.0
     """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
@@ -379,6 +376,41 @@ class MonitorConfig:
     latest_wins: Flag = True
     """A monitor that falls behind snapshots only the newest waiting tick and acknowledges the older ones
     (counted as ``ticks_coalesced``); false: every tick in order (a snapshot and a history point per tick)."""
+
+
+DEFAULT_HISTORY_TIERS = ((1.0, 3600.0), (10.0, 86_400.0), (60.0, 7 * 86_400.0), (900.0, 90 * 86_400.0))
+"""(resolution, retention) in seconds of the default history tiers: 1 s for 1 h, 10 s for 1 day, 1 min for 7 days,
+15 min for 90 days."""
+
+
+@dataclass(frozen=True, config=CONFIG)
+class HistoryTier:
+    """A downsampled history tier: a bucket per ``resolution_seconds`` (a whole ms) kept ``retention_seconds`` (a
+    whole number of buckets, at most a million) of data time behind the newest point (engine/store/history.py)."""
+
+    resolution_seconds: Annotated[Number, Field(gt=0)]
+    retention_seconds: Annotated[Number, Field(gt=0)]
+
+    def __post_init__(self) -> None:
+        ms, ratio = self.resolution_seconds * 1000.0, self.retention_seconds / self.resolution_seconds
+        _require(ms == round(ms), f"history tier: resolution {self.resolution_seconds} s is not a whole ms")
+        _require(ratio == round(ratio) <= 1e6, "history tier: retention must be 1 to 1e6 whole resolutions")
+
+
+@dataclass(frozen=True, config=CONFIG)
+class HistoryConfig:
+    """Every snapshot for ``raw_seconds`` of data time (at most ``raw_max_points``: 10 a second for 5 minutes),
+    then the downsampled ``tiers``, finest first (engine/store/history.py)."""
+
+    raw_seconds: Annotated[Number, Field(gt=0)] = 300.0
+    raw_max_points: Annotated[Integer, Field(gt=0)] = 3000
+    tiers: tuple[HistoryTier, ...] = field(
+        default_factory=lambda: tuple(HistoryTier(*t) for t in DEFAULT_HISTORY_TIERS)
+    )
+
+    def __post_init__(self) -> None:
+        ms = [round(t.resolution_seconds * 1000.0) for t in self.tiers]
+        _require(len(ms) <= 8 and ms == sorted(set(ms)), "history.tiers: at most 8, distinct, finest first")
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -471,6 +503,8 @@ class Settings:
     """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
     validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):
     the engine does not import the layers above it."""
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    """Tiered retention of the monitor's history (``[history]``)."""
 
     def __post_init__(self) -> None:
         ids = [p.id for p in self.portfolios]

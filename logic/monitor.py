@@ -24,8 +24,9 @@ Per tick: one MULTI read of every portfolio (state, positions, trading state); v
 (published in the tick event); the covariance matrix read once per market version and cached (a lagging
 monitor measures older prices with the newest matrix); one pipeline of atomic peak/mark merges; one MULTI
 writing snapshots, history points (entry ids from the snapshot time in ms, unique even when many ticks share a
-millisecond; trimmed to ``monitor.history_retention_days`` by time and ``monitor.history_max_points`` by
-count), the acknowledgement and the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
+millisecond; kept ``history.raw_seconds`` of data time and at most ``history.raw_max_points``, and merged into
+the open bucket of every downsampled tier of ``[history]``: engine/store/history.py), the acknowledgement and
+the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
 
 Each portfolio's VaR and CVaR use its method (``Settings.var_method_for``; the window of standardized returns
 is read through the shared market-model cache only when a method needs it), and every tick feeds the
@@ -186,8 +187,6 @@ class Monitor:
             self.tz = ZoneInfo(cfg.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigError(f"monitor.timezone: unknown time zone {cfg.timezone!r}") from exc
-        if cfg.history_retention_days <= 0 or cfg.history_max_points <= 0:
-            raise ConfigError("monitor.history_retention_days and history_max_points must be > 0")
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -207,7 +206,9 @@ class Monitor:
         self.batch_size = batch_size
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.idle_refresh_seconds = idle_refresh_seconds
-        self.retention_seconds = cfg.history_retention_days * 86400.0
+        self.history = settings.history
+        """Full-resolution window and downsampled tiers of the history (engine/store/history.py)."""
+        self.retention_seconds = self.history.raw_seconds
         self._stop = stop_event or threading.Event()
         self.stats = MonitorStats()
         self.models = market_models or MarketModelCache(store, settings.model.bars_per_day)
@@ -585,13 +586,12 @@ class Monitor:
             except ArithmeticError as exc:  # FloatingPointError from the errstate above
                 self._portfolio_error(pid, f"risk figures are not finite (an absurd price or variance): {exc}")
 
-        cfg = self.settings.monitor
         tx.multi()
         self.backtests.write(fed, tx)
         for pid, snapshot in snapshots.items():
             self.store.record_snapshot(
                 pid, snapshot, history_point(snapshot), ts=now, retention_seconds=self.retention_seconds,
-                max_points=cfg.history_max_points, pipe=tx,
+                max_points=self.history.raw_max_points, pipe=tx, tiers=self.history.tiers,
             )  # fmt: skip
         self.store.ack_ticks(self.group, ack, tx)
         latency_ms = (time.perf_counter() - started) * 1000.0

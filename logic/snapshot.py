@@ -85,18 +85,13 @@ from engine.records import (
 from engine.sessions import wall_clock_period_ids
 from engine.settings import Limits, Model
 from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingStatus
+from engine.store.history import HISTORY_FIELDS as STORED_HISTORY_FIELDS
 from logic.valuation import Valuation
 from logic.var_methods import RiskModel, risk_model
 
-HISTORY_FIELDS: tuple[str, ...] = (
-    "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure", "net_exposure",
-    "leverage",
-    "pnl.unrealized", "pnl.realized", "pnl.daily", "pnl.total",
-    "var.var95", "var.var99", "var.cvar95", "var.cvar99", "var.stressed_var99", "var.utilization",
-    "drawdown.daily", "drawdown.weekly", "drawdown.max",
-    "concentration.hhi", "concentration.largest_share", "margin.level", "data.market_age_seconds",
-)  # fmt: skip
-"""The snapshot metrics kept in the history stream, one field each (dotted paths as in alert rules)."""
+HISTORY_FIELDS: tuple[str, ...] = STORED_HISTORY_FIELDS
+"""The snapshot metrics kept in the history, one field each (dotted paths as in alert rules); the table with each
+field's aggregation in the downsampled tiers is :data:`engine.store.history.HISTORY_COLUMNS`."""
 
 
 @dataclass(frozen=True, eq=False)

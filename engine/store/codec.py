@@ -1,8 +1,9 @@
 """How values are written to and read from Redis: the only place a stored value is decoded.
 
 Arrays are ``MAGIC | dtype tag | ndim | shape | little-endian float64 bytes`` and every field is checked on
-read; everything else is JSON or plain hash fields; money is a decimal string. No pickle: a value that does not
-decode raises :class:`~engine.errors.CorruptDataError` and is never executed; a missing one raises
+read; history rows are fixed-size packed floats (:class:`RowLayout`, shared with the Lua scripts); everything
+else is JSON or plain hash fields; money is a decimal string. No pickle: a value that does not decode raises
+:class:`~engine.errors.CorruptDataError` and is never executed; a missing one raises
 :class:`~engine.errors.StoreEmptyError`.
 """
 
@@ -12,7 +13,9 @@ import json
 import math
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -202,20 +205,6 @@ def decode_tickers(raw: bytes | None, key: str) -> tuple[str, ...]:
     return tuple(tickers)
 
 
-def encode_point_value(value: float | int | None) -> str:
-    """A history field: integers exactly, floats with 15 significant digits, ``None`` as the empty string."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    number = float(value)
-    if not math.isfinite(number):
-        return ""
-    return format(number, ".15g")
-
-
 # -- value objects (defined in engine.records) -------------------------------------------------------------------
 
 
@@ -257,3 +246,75 @@ def decode_trading_status(key: str, raw: Mapping[bytes, bytes]) -> TradingStatus
         actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
         ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
     )
+
+
+# -- packed rows (history) ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """A fixed-size row of little-endian floats, one per named column: float64 where ``wide`` is true,
+    float32 otherwise, no padding. A missing value (``None``, NaN, inf) is stored as NaN.
+
+    The same layout is the Lua ``struct`` format (:attr:`struct_format`, which Redis scripts pack and
+    unpack with) and the numpy dtype (:attr:`dtype`, which readers decode whole blocks of rows with).
+    """
+
+    names: tuple[str, ...]
+    wide: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.wide) or len(set(self.names)) != len(self.names) or not self.names:
+            raise ValueError("a row layout needs distinct names, one width each")
+
+    @cached_property
+    def struct_format(self) -> str:
+        return "<" + "".join("d" if w else "f" for w in self.wide)
+
+    @cached_property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype([(n, "<f8" if w else "<f4") for n, w in zip(self.names, self.wide, strict=True)])
+
+    @cached_property
+    def size(self) -> int:
+        return struct.calcsize(self.struct_format)
+
+    @cached_property
+    def packer(self) -> struct.Struct:
+        return struct.Struct(self.struct_format)
+
+
+def encode_row(layout: RowLayout, values: Mapping[str, float | int | None]) -> bytes:
+    """Pack ``values`` (by column name; absent, ``None`` or non-finite -> NaN) as one row of ``layout``.
+
+    Integers are exact in a float64 column up to 2**53; a float32 column keeps about 7 significant digits.
+    """
+    out = [math.nan if (v := values.get(name)) is None or isinstance(v, bool) else float(v) for name in layout.names]
+    return layout.packer.pack(*[x if math.isfinite(x) else math.nan for x in out])
+
+
+def decode_rows(layout: RowLayout, blob: bytes | None, *, key: str = "?") -> npt.NDArray[np.void]:
+    """Rows of ``layout`` packed back to back -> a structured array (NaN: no value); a blob that is not a whole
+    number of rows is corrupt."""
+    if blob is None:
+        raise StoreEmptyError(f"{key} is missing")
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise CorruptDataError(f"{key}: expected bytes, got {type(blob).__name__}")
+    if len(blob) % layout.size:
+        raise CorruptDataError(f"{key}: {len(blob)} bytes is not a whole number of {layout.size}-byte rows")
+    return np.frombuffer(bytes(blob), dtype=layout.dtype)
+
+
+def row_points(
+    layout: RowLayout, rows: npt.NDArray[np.void], integers: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Decoded rows as flat dicts (column -> float, ``int`` for the ``integers`` columns, ``None`` for NaN)."""
+    columns = [(n, rows[n].astype(np.float64).tolist()) for n in layout.names]
+    out: list[dict[str, Any]] = []
+    for i in range(len(rows)):
+        point: dict[str, Any] = {}
+        for name, values in columns:
+            v = values[i]
+            point[name] = None if v != v else (int(v) if name in integers else v)
+        out.append(point)
+    return out

@@ -35,7 +35,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:trades                stream   trade log / audit of every decision and fill
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
                                              (also limit changes, book syncs and refused checks: engine/store/audit.py)
-    pf:{<id>}:history               stream   snapshot history (entry id = time), trimmed by age
+    pf:{<id>}:history               stream   snapshot history at full resolution (entry id = time, field p = a
+                                             packed row, engine/store/history.py), trimmed by age and count
+    pf:{<id>}:history_tier:<ms>     string   one downsampled history tier (bucket of <ms> milliseconds): a fixed
+                                             ring of packed rows, one per bucket, behind the newest time written
     pf:{<id>}:snapshot              string   latest snapshot JSON
     pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
                                              max_peak, max_dd, last (drawdown windows and daily P&L)
@@ -180,6 +183,10 @@ class PortfolioKeys:
     @property
     def history(self) -> str:
         return self._key("history")
+
+    def history_tier(self, resolution_ms: int) -> str:
+        """The ring of one downsampled history tier (engine/store/history.py), by its bucket length."""
+        return self._key(f"history_tier:{int(resolution_ms)}")
 
     @property
     def snapshot(self) -> str:

@@ -106,8 +106,7 @@ from logic.views.limits import (
     parse_limit,
 )
 from logic.views.overview import (
-    HISTORY_DIRECT_POINTS,
-    HISTORY_SAMPLES,
+    HISTORY_MAX_POINTS,
     HISTORY_WINDOWS,
     Gauge,
     OverviewView,
@@ -194,8 +193,7 @@ __all__ = [
     "latest_snapshot",
     "ticket_tickers",
     "HISTORY_WINDOWS",
-    "HISTORY_DIRECT_POINTS",
-    "HISTORY_SAMPLES",
+    "HISTORY_MAX_POINTS",
     "Gauge",
     "OverviewView",
     "snapshot_gauges",

@@ -23,12 +23,12 @@ HISTORY_WINDOWS: dict[str, float] = {
     "90 days": 90 * 86400.0,
     "1 year": 365 * 86400.0,
 }
-"""Equity-curve windows the Overview offers (the monitor keeps ``monitor.history_retention_days``: 7 live by
-default; a replay of daily or weekly bars keeps months or years of data time, e.g. ``make demo``)."""
-HISTORY_DIRECT_POINTS = 900
-"""Read every point of a window up to this many (about 15 minutes at one point a second) ..."""
-HISTORY_SAMPLES = 240
-"""... and above that one point per 1/240th of the window, so a 7-day curve costs 240 small reads."""
+"""Equity-curve windows the Overview offers (``[history]`` keeps 90 days of 15-minute buckets by default, in data
+time; ``make demo`` keeps its whole replay of daily bars)."""
+HISTORY_MAX_POINTS = 2000
+"""Most points of an equity-curve window: the history is read from the finest source that covers the window in
+at most this many points (every snapshot for a short window, else a downsampled tier: engine/store/history.py),
+in one or two reads whatever the window."""
 
 
 @dataclass(frozen=True)
@@ -142,23 +142,14 @@ def _var_caption(desk: Desk, portfolio_id: str, snapshot: Mapping[str, Any] | No
 
 
 def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.DataFrame:
-    """The monitor's history over the last ``window_seconds`` (sampled when long), oldest first.
+    """The monitor's history over the last ``window_seconds`` (a downsampled tier when long), oldest first.
 
     Columns: ``time`` (UTC) then the flat metrics of the history (``equity``, ``drawdown.daily``, ...).
     """
     now = desk.clock()
-    start = now - window_seconds
-    points = desk.store.read_history(
-        portfolio_id, start_ts=start, count=HISTORY_DIRECT_POINTS + 1, newest_first=True
-    )
-    if len(points) > HISTORY_DIRECT_POINTS:
-        step = window_seconds / HISTORY_SAMPLES
-        points = []
-        for i in range(HISTORY_SAMPLES):
-            lo = start + i * step
-            points += desk.store.read_history(portfolio_id, start_ts=lo, end_ts=lo + step, count=1)
-    else:
-        points.reverse()
+    points = desk.store.read_history_window(
+        portfolio_id, now - window_seconds, now, history=desk.settings.history, max_points=HISTORY_MAX_POINTS
+    ).points
     if not points:
         return pd.DataFrame(columns=["time", "equity"])
     df = pd.DataFrame.from_records(points).drop(columns=["id"], errors="ignore")
