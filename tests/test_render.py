@@ -251,7 +251,8 @@ def check_table(where: str, element: Any, problems: list[str]) -> None:
         fmt = (config.get("type_config") or {}).get("format")
         if numeric and not fmt and not all(float(v).is_integer() for v in series.dropna()):
             problems.append(f"{name} column {label!r}: raw floats (no display format)")
-        if numeric and MONEY_NAME.search(label) and not NOT_MONEY.search(label):
+        per_unit = str(fmt or "") == "percent" or "bps" in str(fmt or "")  # a ratio, not an amount
+        if numeric and MONEY_NAME.search(label) and not NOT_MONEY.search(label) and not per_unit:
             if CURRENCY not in str(fmt or "") and CURRENCY not in label:
                 problems.append(f"{name} column {label!r}: money without the currency (format {fmt!r})")
         longest = max([len(label)] + [len(c) for c in cells])

@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import components as ui
 from logic import views
+from logic.views import fmt
 
 TABS = ("Exposure & VaR", "Stress", "What-if", "Surface", "Backtest")
 
@@ -114,6 +115,9 @@ def what_if(d: views.Desk, pid: str) -> None:
         "Nothing is traded."
     )
     tickers = views.ticket_tickers(d)
+    sides = list(views.SIDES)
+    if views.long_only(d, pid):
+        st.caption("A cash account cannot sell short: a SELL only reduces a long position.")
     with st.form("what_if_form"):
         basket = st.data_editor(
             pd.DataFrame({"ticker": [tickers[0]], "side": [views.SIDES[0]], "qty": [100]}),
@@ -121,9 +125,13 @@ def what_if(d: views.Desk, pid: str) -> None:
             num_rows="dynamic",
             hide_index=True,
             column_config={
-                "ticker": st.column_config.SelectboxColumn("ticker", options=tickers, required=True),
-                "side": st.column_config.SelectboxColumn("side", options=list(views.SIDES), required=True),
-                "qty": st.column_config.NumberColumn("qty", step=1),
+                "ticker": st.column_config.SelectboxColumn(
+                    "ticker", options=tickers, required=True, width=fmt.column_width(max(map(len, tickers)) + 2)
+                ),
+                "side": st.column_config.SelectboxColumn(
+                    "side", options=sides, required=True, width=fmt.column_width(max(map(len, sides)) + 2)
+                ),
+                "qty": st.column_config.NumberColumn("qty", step=1, format="%,d", width=fmt.column_width(12)),
             },
         )
         run = st.form_submit_button("Run what-if", icon=":material/science:")
@@ -160,6 +168,8 @@ def surface(d: views.Desk, pid: str) -> None:
         st.warning("Pick two different tickers.")
         return
     s = views.surface_view(d, pid, a, b)
+    if views.long_only(d, pid):
+        st.caption("A cash account: the grid stops at zero shares (no short positions).")
     fig = go.Figure(
         go.Contour(
             x=s.qty_a,

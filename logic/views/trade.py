@@ -194,5 +194,7 @@ def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> p
         ],
     )
     df["time"] = pd.to_datetime(pd.to_numeric(df["time"], errors="coerce"), unit="s", utc=True)
+    for column in ("qty", "price", "notional", "fees", "realized_pnl"):  # numbers, missing where not filled
+        df[column] = pd.to_numeric(df[column], errors="coerce")
     df["ticker"] = df["ticker"].map(lambda v: v if v is None else str(v))
     return df
