@@ -329,7 +329,7 @@ def traffic_light(label: str, level: str, detail: str) -> None:
 def state_badge(state: str, reason: str, actor: str, ts: float | None) -> None:
     colour = STATE_COLOURS.get(state, "gray")
     st.markdown(f"Trading state: :{colour}-background[**{md(state)}**]")
-    st.caption(f"{md(reason) or 'no reason recorded'} — by {md(actor) or '?'} at {when(ts)}")
+    st.caption(f"{md(reason) or 'no reason recorded'} — by {md(actor) or 'nobody recorded'} at {when(ts)}")
 
 
 GAUGE_NUMBER_PX = 26
@@ -482,18 +482,34 @@ def table_config(
         help_text = own.get("help")
         if help_text is None and series.isna().any():
             help_text = f"{fmt.DASH}: {fmt.MISSING_REASONS.get(name, 'not available')}"
-        width = fmt.column_width(fmt.longest_text(label, series, kind, code))
+        chars = fmt.longest_text(label, series, kind, code)
+        if _own_format(own) and kind != fmt.TEXT:  # a page's own number format: room for 10 characters
+            chars = max(chars, len(label), OWN_FORMAT_CHARS)
+        width = fmt.column_width(chars)
         if kind == fmt.TIME:
             config[name] = st.column_config.DatetimeColumn(
                 label, format="YYYY-MM-DD HH:mm:ss", width=width, help=help_text
             )
         elif kind == fmt.BOOL:
             config[name] = st.column_config.CheckboxColumn(label, width=width, help=help_text)
-        elif (number_format := fmt.printf_format(kind, code)) is not None and pd.api.types.is_numeric_dtype(series):
+        elif (number_format := _own_format(own) or fmt.printf_format(kind, code)) is not None and (
+            pd.api.types.is_numeric_dtype(series)
+        ):
             config[name] = st.column_config.NumberColumn(label, format=number_format, width=width, help=help_text)
         else:
             config[name] = st.column_config.TextColumn(label, width=width, help=help_text)
     return config, column_kinds
+
+
+OWN_FORMAT_CHARS = 10
+"""Room for a number in a page's own format (``%.4g`` writes at most ``-1.235e+05``)."""
+
+
+def _own_format(config: dict[str, Any]) -> str | None:
+    """The number format a page chose for a column (e.g. ``%.4g`` for alert values of mixed units)."""
+    type_config = config.get("type_config") or {}
+    value = type_config.get("format") if isinstance(type_config, dict) else None
+    return str(value) if value else None
 
 
 def _cell_colour(colour: str | None) -> str:

@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +350,52 @@ def test_the_rules_catch_what_they_describe() -> None:
     assert BAD_WORDS.search("Concentration None") and not BAD_WORDS.search("Nonempty nano")
     assert MONEY_NAME.search("unrealized_pnl") and MONEY_NAME.search("VaR 95% (1 day)")
     assert not MONEY_NAME.search("weight") and NOT_MONEY.search("P&L % equity")
+
+
+# -- the CSV exports and the kill switch ---------------------------------------------------------------------
+
+
+def test_the_positions_export_is_rounded_to_the_unit_shown_with_its_as_of_time_and_a_totals_row(
+    busy_desk: Store, settings: Settings
+) -> None:
+    import csv
+    import io
+
+    from logic.views import Desk, positions_view
+    from logic.views.export import AS_OF_COLUMN, csv_bytes
+    from logic.views.fmt import COLUMN_KINDS, with_totals
+
+    # Arrange: the positions table of the Trade page, as it is shown
+    desk = Desk(busy_desk.client, settings, clock=lambda: 1_790_000_000.0)
+    positions = positions_view(desk, "main").positions
+    kinds = {c: COLUMN_KINDS.get(c, "text") for c in positions.columns}
+    # Act
+    data = csv_bytes(
+        with_totals(positions, ("market_value", "unrealized_pnl", "realized_pnl", "weight"), "ticker"),
+        kinds=kinds,
+        as_of=desk.clock(),
+    )
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    # Assert: the time on every row, money in whole units, prices in cents, a TOTAL row summing the column
+    as_of = datetime.fromtimestamp(1_790_000_000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    assert {r[AS_OF_COLUMN] for r in rows} == {as_of}
+    body, total = rows[:-1], rows[-1]
+    assert total["ticker"] == "TOTAL" and len(body) == len(positions)
+    for row, (_, position) in zip(body, positions.iterrows(), strict=True):
+        assert row["market_value"] == str(round(position["market_value"]))
+        assert float(row["last"]) == round(position["last"], 2) and len(row["last"].split(".")[-1]) <= 2
+    assert float(total["market_value"]) == round(positions["market_value"].sum())
+    assert abs(float(total["weight"]) - positions["weight"].sum()) <= 0.00005  # 4 decimals: 20.22% is 0.2022
+
+
+def test_the_kill_switch_always_holds_a_state(busy_desk: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = Recorder()
+    recorder.install(monkeypatch)
+    at, _ = open_page(recorder, "system", "hedge")
+    switch = at.radio(key="ts_new_state")
+    assert switch.value == "HALTED" and list(switch.options) == ["ACTIVE", "REDUCING", "HALTED"]
+    switch.set_value("ACTIVE")
+    at.text_input(key="ts_reason").input("review done")
+    at.button(key="FormSubmitter:trading_state_form-Apply").click().run()
+    assert not at.exception and busy_desk.read_trading_state("hedge").state == "ACTIVE"
+    assert at.radio(key="ts_new_state").value in ("ACTIVE", "REDUCING", "HALTED")  # never "no state"

@@ -43,7 +43,7 @@ def exposure(d: views.Desk, pid: str) -> None:
                         "cmid": 0.0,
                         "colorbar": {"title": "weight", "tickformat": ".0%"},
                     },
-                    texttemplate="%{label}<br>%{value:,.0f}",
+                    texttemplate="%{label}<br>" + ui.currency() + " %{value:,.0f}",
                 )
             )
             fig.update_layout(
@@ -57,7 +57,7 @@ def exposure(d: views.Desk, pid: str) -> None:
                 df["component_var"].tolist(),
                 "Component VaR (sums to the VaR)",
                 key="component_var",
-                x_title="dollars",
+                x_title=ui.currency(),
             )
     with right:
         n = len(ev.correlation)
@@ -95,17 +95,12 @@ def stress(d: views.Desk, pid: str) -> None:
         (-sv.scenarios["pnl"]).tolist(),
         "Scenario loss (positive = loss)",
         key="scenarios",
-        x_title="dollars",
+        x_title=ui.currency(),
     )
     ui.table(
         sv.scenarios,
         "scenarios",
         f"stress_{pid}.csv",
-        column_config={
-            "pnl": st.column_config.NumberColumn("P&L", format="%,.0f"),
-            "pnl_pct": st.column_config.NumberColumn("P&L % equity", format="percent"),
-            "equity_after": st.column_config.NumberColumn("equity after", format="%,.0f"),
-        },
     )
 
 
@@ -177,7 +172,7 @@ def surface(d: views.Desk, pid: str) -> None:
             z=s.var,
             colorscale="Viridis",
             contours={"showlabels": True},
-            colorbar={"title": "VaR $"},
+            colorbar={"title": f"VaR ({ui.currency()})", "tickformat": "~s"},
         )
     )
     fig.add_trace(
@@ -192,7 +187,7 @@ def surface(d: views.Desk, pid: str) -> None:
         )
     )
     fig.update_layout(
-        title=f"VaR over position sizes (current VaR {s.current_var:,.0f})",
+        title=f"VaR over position sizes (current VaR {ui.money(s.current_var)})",
         height=480,
         xaxis_title=f"{a} shares",
         yaxis_title=f"{b} shares",
@@ -202,7 +197,7 @@ def surface(d: views.Desk, pid: str) -> None:
     st.caption(views.method_caption(d, pid))
     qa, qb, low = s.lowest
     st.caption(
-        f"Lowest VaR on this grid: {low:,.0f} at {qa:,.0f} {ui.md(a)} and {qb:,.0f} {ui.md(b)} "
+        f"Lowest VaR on this grid: {ui.money(low)} at {qa:,.0f} shares of {ui.md(a)} and {qb:,.0f} of {ui.md(b)} "
         "(other positions unchanged)."
     )
 
