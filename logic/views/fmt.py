@@ -263,8 +263,12 @@ def rounded(df: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:
     out = df.copy()
     for column, kind in kinds.items():
         if column in out and kind in DECIMALS and pd.api.types.is_numeric_dtype(out[column]):
-            if not pd.api.types.is_bool_dtype(out[column]):
-                out[column] = out[column].round(DECIMALS[kind])
+            if pd.api.types.is_bool_dtype(out[column]):
+                continue
+            values = out[column].round(DECIMALS[kind])
+            if DECIMALS[kind] == 0 and values.dropna().map(math.isfinite).all():
+                values = values.astype("Int64")  # whole units written as 80000, not 80000.0
+            out[column] = values
     return out
 
 
