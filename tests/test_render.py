@@ -118,7 +118,11 @@ class Recorder:
 
 @pytest.fixture
 def busy_desk(
-    redis_server: EmbeddedRedis, seeded_store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server: EmbeddedRedis,
+    seeded_store: Store,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Store]:
     from logic.alerts import build_alert_engine
     from logic.monitor import Monitor
@@ -157,7 +161,9 @@ def busy_desk(
     engine.acknowledge("main", "conc", "tester", "looking")
     now = time.time()
     for name in ("stream", "monitor"):
-        store.write_heartbeat(name, {"ts": now, "pid": 4242, "bars_processed": 17, "last_latency_ms": 0.8, "version": 1})
+        store.write_heartbeat(
+            name, {"ts": now, "pid": 4242, "bars_processed": 17, "last_latency_ms": 0.8, "version": 1}
+        )
     yield store
     st.cache_resource.clear()
 
@@ -334,7 +340,11 @@ def test_every_page_shows_numbers_a_desk_accepts(busy_desk: Store, monkeypatch: 
     recorder = Recorder()
     recorder.install(monkeypatch)
     renders = every_render(recorder)
-    empty = [r.where for r in renders if not (r.with_type("dataframe") or r.of("metric") or r.of("plotly_chart") or r.of("alert"))]
+    empty = [
+        r.where
+        for r in renders
+        if not (r.with_type("dataframe") or r.of("metric") or r.of("plotly_chart") or r.of("alert"))
+    ]
     assert len(renders) == 15 and not empty, f"pages that rendered no figure: {empty}"
     problems = [p for r in renders for p in problems_of(r)]
     assert not problems, f"{len(problems)} presentation problems:\n" + "\n".join(problems)

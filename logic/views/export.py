@@ -48,9 +48,7 @@ def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
 AS_OF_COLUMN = "as of (UTC)"
 
 
-def csv_bytes(
-    df: pd.DataFrame, *, kinds: Mapping[str, str] | None = None, as_of: float | None = None
-) -> bytes:
+def csv_bytes(df: pd.DataFrame, *, kinds: Mapping[str, str] | None = None, as_of: float | None = None) -> bytes:
     """``df`` as UTF-8 CSV without the index, formula cells neutralised (:func:`csv_safe`); rows end in CRLF
     (RFC 4180), so a cell holding a bare CR or LF is quoted and stays one cell. With ``kinds`` (column -> kind
     of :mod:`logic.views.fmt`) numbers are rounded to the unit shown; with ``as_of`` (epoch seconds) every row
