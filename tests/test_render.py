@@ -409,3 +409,18 @@ def test_the_kill_switch_always_holds_a_state(busy_desk: Store, monkeypatch: pyt
     at.button(key="FormSubmitter:trading_state_form-Apply").click().run()
     assert not at.exception and busy_desk.read_trading_state("hedge").state == "ACTIVE"
     assert at.radio(key="ts_new_state").value in ("ACTIVE", "REDUCING", "HALTED")  # never "no state"
+
+
+def test_the_surface_offers_no_short_position_to_a_cash_account_and_keeps_the_book_on_the_grid(
+    busy_desk: Store, settings: Settings
+) -> None:
+    from logic.views import Desk, long_only, surface_view
+
+    desk = Desk(busy_desk.client, settings)
+    cash = surface_view(desk, "main", "AAA", "BBB")  # main: a cash account
+    margin = surface_view(desk, "hedge", "CCC", "DDD")  # hedge: a margin account, short DDD
+    assert long_only(desk, "main") and not long_only(desk, "hedge")
+    assert cash.qty_a.min() == 0.0 and cash.qty_b.min() == 0.0  # down to flat, never short
+    assert cash.current[0] in cash.qty_a and cash.current[1] in cash.qty_b  # the book itself is a grid point
+    assert cash.lowest[0] >= 0 and cash.lowest[1] >= 0
+    assert margin.qty_b.min() < 0  # a margin account may be short: its grid crosses zero
