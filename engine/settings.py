@@ -450,6 +450,8 @@ class DashboardConfig:
     allowed_hosts: tuple[Text, ...] = ()
     """Host names (besides ``address`` and the loopback names) a request's ``Host`` header may carry; any other
     host is refused by the page (DNS-rebinding guard, see logic/access.py)."""
+    currency: Annotated[Text, Field(min_length=1, max_length=8)] = "USD"
+    """The currency code every money figure of the dashboard and its CSV exports is shown with."""
 
 
 @dataclass(frozen=True, config=CONFIG)

@@ -77,7 +77,8 @@ def assert_clean(at: AppTest) -> None:
 
 
 def money(value: float) -> str:
-    return f"{value:,.0f}"
+    """A money metric: the currency (the test settings' default, USD) and whole units (issue 14)."""
+    return f"USD {value:,.0f}"
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_system_page_says_when_a_daemon_is_stale_or_missing(app_env: Store, sett
 
 def test_kill_switch_halts_trading_with_reason_and_audit(app_env: Store) -> None:
     at = open_page("system")
-    at.button_group(key="ts_new_state").set_value("HALTED")
+    at.radio(key="ts_new_state").set_value("HALTED")
     at.text_input(key="ts_reason").input("desk review")
     at.button(key="FormSubmitter:trading_state_form-Apply").click()
     at.run()
@@ -189,7 +190,7 @@ def test_kill_switch_halts_trading_with_reason_and_audit(app_env: Store) -> None
 
 def test_kill_switch_refuses_a_change_without_reason(app_env: Store) -> None:
     at = open_page("system")
-    at.button_group(key="ts_new_state").set_value("HALTED")
+    at.radio(key="ts_new_state").set_value("HALTED")
     at.button(key="FormSubmitter:trading_state_form-Apply").click()
     at.run()
     assert_clean(at)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError
+from engine.records import AccountType
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, InputError, float_or_none
 from logic.views.limits import live_limits
@@ -209,6 +210,12 @@ def what_if_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]]) ->
 SURFACE_STEPS = 21
 
 
+def long_only(desk: Desk, portfolio_id: str) -> bool:
+    """Whether the portfolio is a cash account (no short positions: what-if and surface offer none)."""
+    book = desk.store.read_portfolio(portfolio_id)
+    return book is not None and str(book.account_type) == AccountType.CASH
+
+
 def surface_view(
     desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS
 ) -> Any:
@@ -235,6 +242,8 @@ def surface_view(
     equity = valuation.equity
     qty_a = analytics.qty_grid(float(valuation.qty[ia]), float(snap.prices[ia]), equity, steps)
     qty_b = analytics.qty_grid(float(valuation.qty[ib]), float(snap.prices[ib]), equity, steps)
+    if str(state.account_type) == AccountType.CASH:  # a cash account cannot hold a short: the grid stops at 0
+        qty_a, qty_b = (_long_only_grid(q) for q in (qty_a, qty_b))
     horizon = desk.settings.model.bars_per_day * limits.var_horizon_days
     return analytics.var_surface(
         np.asarray(valuation.market_values, dtype=float),
@@ -249,6 +258,14 @@ def surface_view(
         tickers=(ticker_a, ticker_b),
         model=risk_model_of(model, desk.settings.var_method_for(portfolio_id), horizon),
     )
+
+
+def _long_only_grid(qty: np.ndarray) -> np.ndarray:
+    """The grid's points at or above zero shares, with zero itself when the grid crossed it (the current
+    position stays on the grid)."""
+    if qty[0] >= 0:
+        return qty
+    return np.concatenate(([0.0], qty[qty > 0]))
 
 
 BACKTEST_CONFIDENCES: tuple[float, ...] = tuple(sorted(REPORTED_CONFIDENCES, reverse=True))
