@@ -38,8 +38,8 @@ from typing import Any
 import redis
 
 from engine.errors import ConfigError, RiskdeskError
-from engine.records import Clock, Severity, VarMethod
-from engine.settings import AlertRule, valid_symbol
+from engine.records import Channel, Clock, Severity, VarMethod
+from engine.settings import DEFAULT_CLEAR_SECONDS, LIMIT_PREFIX, LIMIT_THRESHOLDS, AlertRule, Limits, valid_symbol
 from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
 from logic.actions import parse_action
 
@@ -155,7 +155,47 @@ def rule_to_dict(rule: AlertRule) -> dict[str, Any]:
     d = dataclasses.asdict(rule)
     d["portfolios"] = list(rule.portfolios)
     d["actions"] = list(rule.actions)
+    d["channels"] = [str(c) for c in rule.channels]
+    d["recipients"] = list(rule.recipients)
     return d
+
+
+def limit_reference(rule: AlertRule) -> str | None:
+    """The limit a rule's threshold follows, as shown to the desk (``limits.var_limit``,
+    ``0.8 x limits.var_limit``), or None for a fixed number."""
+    if not isinstance(rule.threshold, str):
+        return None
+    return rule.threshold if rule.threshold_fraction == 1.0 else f"{rule.threshold_fraction:g} x {rule.threshold}"
+
+
+def resolve_threshold(rule: AlertRule, limits: Limits | None) -> float | None:
+    """The number a rule compares its metric with, for one portfolio whose live limits are ``limits``.
+
+    A numeric threshold is itself. ``"limits.<field>"`` is that field of ``limits`` times
+    ``threshold_fraction``; None when the portfolio sets no such limit (``stressed_var_limit`` unset) or when
+    ``limits`` is None: the rule then does not apply (it never breaches). Pure: the caller reads the limits
+    (the :class:`engine.store.limits.LimitsStore` version of the tick), so a limit change moves the rule
+    at the next evaluation, without a restart.
+    """
+    if not isinstance(rule.threshold, str):
+        return float(rule.threshold)
+    if limits is None:
+        return None
+    value = getattr(limits, rule.threshold.removeprefix(LIMIT_PREFIX), None)
+    if value is None or isinstance(value, bool):
+        return None
+    return float(value) * rule.threshold_fraction
+
+
+def resolve_rule(rule: AlertRule, limits: Limits | None) -> AlertRule | None:
+    """``rule`` with its threshold resolved to a number (:func:`resolve_threshold`), or None when the rule does
+    not apply to a portfolio with these limits. A numeric rule is returned as it is."""
+    if not isinstance(rule.threshold, str):
+        return rule
+    value = resolve_threshold(rule, limits)
+    if value is None:
+        return None
+    return dataclasses.replace(rule, threshold=value, threshold_fraction=1.0)
 
 
 def metric_value(snapshot: Snapshot, path: str) -> Any:
@@ -222,7 +262,7 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
     op = data["op"]
     if op not in OPERATORS:
         raise RuleValidationError(f"bad operator {op!r}; use one of {' '.join(OPERATORS)}")
-    threshold = _finite_number(data["threshold"], "threshold")
+    threshold, fraction = _threshold(data["threshold"], data.get("threshold_fraction", 1.0), metric)
     severity = data["severity"]
     if severity not in SEVERITIES:
         raise RuleValidationError(f"severity {severity!r}: use one of {', '.join(SEVERITIES)}")
@@ -230,7 +270,7 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
     if not isinstance(description, str) or len(description) > 500:
         raise RuleValidationError("description must be text of at most 500 characters")
     pending = _finite_number(data.get("pending_seconds", 0.0), "pending_seconds", minimum=0.0)
-    clear = _finite_number(data.get("clear_seconds", 0.0), "clear_seconds", minimum=0.0)
+    clear = _finite_number(data.get("clear_seconds", DEFAULT_CLEAR_SECONDS), "clear_seconds", minimum=0.0)
     stale_after = _finite_number(data.get("stale_after_seconds", 60.0), "stale_after_seconds", minimum=0.0)
     if stale_after <= 0:
         raise RuleValidationError("stale_after_seconds must be > 0")
@@ -256,6 +296,16 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
             parsed.append(parse_action(text).text)
         except ValueError as exc:
             raise RuleValidationError(str(exc)) from None
+    channels = _names(data.get("channels", ()), "channels")
+    for channel in channels:
+        if channel not in tuple(Channel):
+            raise RuleValidationError(f"channels: {channel!r} is not a channel; use {', '.join(Channel)}")
+    recipients = _names(data.get("recipients", ()), "recipients")
+    for name in recipients:
+        if not valid_symbol(name):
+            raise RuleValidationError(f"recipients: {name!r} is not a recipient name")
+    if recipients and not any(c != Channel.LOG for c in channels) and channels:
+        raise RuleValidationError("recipients need a channel other than log (log has no recipient)")
     return AlertRule(
         id=rule_id,
         metric=metric,
@@ -269,7 +319,45 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
         stale_policy=stale_policy,
         portfolios=tuple(portfolios),
         actions=tuple(parsed),
+        threshold_fraction=fraction,
+        channels=tuple(Channel(c) for c in channels),
+        recipients=tuple(recipients),
     )
+
+
+def _names(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise RuleValidationError(f'{name} must be a list of names such as ["desk"]')
+    return list(dict.fromkeys(value))
+
+
+def _threshold(value: Any, fraction: Any, metric: str) -> tuple[float | str, float]:
+    """``(threshold, fraction)``: a finite number (fraction 1), or ``limits.<field>`` of a limit whose unit is
+    the metric's, with a finite non-zero fraction."""
+    if isinstance(value, str) and value.strip().startswith(LIMIT_PREFIX):
+        ref = value.strip()
+        name = ref.removeprefix(LIMIT_PREFIX)
+        if name not in LIMIT_THRESHOLDS:
+            close = difflib.get_close_matches(name, list(LIMIT_THRESHOLDS), n=1)
+            hint = f"; did you mean '{LIMIT_PREFIX}{close[0]}'?" if close else ""
+            known = ", ".join(LIMIT_PREFIX + n for n in LIMIT_THRESHOLDS)
+            raise RuleValidationError(f"threshold {ref!r} is not a limit a rule may follow{hint} (known: {known})")
+        unit, limit_unit = SNAPSHOT_METRICS[metric], LIMIT_THRESHOLDS[name]
+        if unit != limit_unit:
+            raise RuleValidationError(
+                f"threshold {ref!r} is a {limit_unit} limit but metric {metric!r} is a {unit}: "
+                "compare a metric with a limit of the same unit"
+            )
+        share = _finite_number(fraction, "threshold_fraction")
+        if share == 0:
+            raise RuleValidationError("threshold_fraction must not be 0 (1 = the limit itself, 0.8 = 80% of it)")
+        return ref, share
+    number = _finite_number(value, "threshold")
+    if _finite_number(fraction, "threshold_fraction") != 1.0:
+        raise RuleValidationError("threshold_fraction applies only to a limits.<field> threshold")
+    return number, 1.0
 
 
 def _finite_number(value: Any, name: str, minimum: float | None = None) -> float:
