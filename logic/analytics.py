@@ -91,9 +91,7 @@ def traffic_lights(
     A rule breached now (on ``snapshot``) or an active alert of a rule of the area colours it by severity;
     an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey.
     """
-    by_area: dict[str, list[tuple[int, int, str]]] = {
-        area: [] for area, _ in AREAS
-    }  # (rank, rule first, text)
+    by_area: dict[str, list[tuple[int, int, str]]] = {area: [] for area, _ in AREAS}  # (rank, rule first, text)
     applicable = {area: 0 for area, _ in AREAS}
     if limits is not None and snapshot is not None:
         ranks = {"red": _rank(Severity.CRITICAL), "amber": _rank(Severity.MEDIUM)}
@@ -137,9 +135,7 @@ def traffic_lights(
         elif applicable[area]:
             lights.append(Light(area, "green", f"{applicable[area]} rule(s) clear"))
         else:
-            lights.append(
-                Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet")
-            )
+            lights.append(Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet"))
     return lights
 
 

@@ -88,9 +88,16 @@ SNAPSHOT_METRICS: Mapping[str, str] = {
     "backtest.zone": "number",
     "backtest.bar_exceedances": "count",
     "backtest.bar_zone": "number",
-    **{f"backtest.methods.{m}.{f}": u for m in VarMethod for f, u in (
-        ("exceedances", "count"), ("zone", "number"), ("bar_exceedances", "count"), ("bar_zone", "number"),
-    )},  # fmt: skip
+    **{
+        f"backtest.methods.{m}.{f}": u
+        for m in VarMethod
+        for f, u in (
+            ("exceedances", "count"),
+            ("zone", "number"),
+            ("bar_exceedances", "count"),
+            ("bar_zone", "number"),
+        )
+    },  # fmt: skip
 }
 """Every metric path a rule may use, with its unit (how notifications format it). These are the numeric
 fields of the monitor's snapshot (see the snapshot schema in README / the contracts); ``data.missing_prices``
