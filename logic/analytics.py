@@ -108,7 +108,7 @@ def traffic_lights(
         if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
             continue
         applicable[area] += 1
-        if compare(float(value), rule.op, rule.threshold):
+        if compare(float(value), rule.op, float(rule.threshold)):
             rank = _rank(rule.severity)
             ref = limit_reference(written)
             now = f"{rule.metric} = {_fmt(value)} {rule.op} {_fmt(rule.threshold)}" + (f" ({ref})" if ref else "")

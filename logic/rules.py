@@ -53,6 +53,8 @@ SEVERITIES: tuple[Severity, ...] = tuple(Severity)
 ACTION_RULE_PREFIX = "action:"
 """Rule id prefix of the alerts that report an automated action (``action:<rule id>``)."""
 MAX_TRANSACTION_ATTEMPTS = 20
+RULE_HISTORY_SCAN = 2000
+"""Newest global audit records read to date each rule's last edit (the rule list's order)."""
 """WATCH retries of one alert transaction; only a storm of concurrent acknowledgements could exhaust them."""
 
 SNAPSHOT_METRICS: Mapping[str, str] = {
@@ -436,7 +438,11 @@ class RuleBook:
 
     def list_rules(self) -> list[dict[str, Any]]:
         """Every effective rule as a dict plus ``source``: ``settings``, ``edited`` (a default changed at run
-        time) or ``runtime`` (added at run time); removed defaults are listed with ``source="removed"``."""
+        time) or ``runtime`` (added at run time); removed defaults are listed with ``source="removed"``.
+
+        Each also has ``changed_at`` / ``changed_by`` / ``change``: its last audited edit (None for a rule of
+        the settings never edited). Sorted by last change, newest first (a new or edited rule is at the top);
+        never-edited rules follow in the settings' order."""
         overrides = self.store.read_rule_overrides()
         out = []
         for rule in self._effective(overrides):
@@ -445,6 +451,14 @@ class RuleBook:
         for rule_id, override in overrides.items():
             if override.get("deleted") and rule_id in self.defaults:
                 out.append({**rule_to_dict(self.defaults[rule_id]), "source": "removed"})
+        last: dict[str, Mapping[str, Any]] = {}
+        for record in self.audit_log(count=RULE_HISTORY_SCAN):  # newest first
+            last.setdefault(str(record["rule_id"]), record)
+        for row in out:
+            edit = last.get(row["id"], {})
+            row.update(changed_at=edit.get("ts"), changed_by=edit.get("actor"), change=edit.get("action"))
+        order = {id(row): n for n, row in enumerate(out)}
+        out.sort(key=lambda r: (r["changed_at"] is None, -(r["changed_at"] or 0.0), order[id(r)]))
         return out
 
     def get(self, rule_id: str) -> AlertRule:
