@@ -13,7 +13,9 @@ import pytest
 from engine.settings import DEFAULT_CLEAR_SECONDS, AlertRule, Limits, load_settings
 from engine.store import Store
 from logic import analytics
+from logic.lifecycle import public_alert
 from logic.rules import RuleValidationError, limit_reference, resolve_rule, resolve_threshold, validate_rule
+from notifications.render import Renderer
 from notifications.service import build_delivering_engine
 
 from .alerts_support import T0, SimClock, SleepRecorder, rule, snapshot
@@ -218,3 +220,19 @@ def test_inhibition_names_the_critical_rule_on_the_alert_and_in_its_history(stor
     engine.evaluate("main", snapshot(now=T0 + 1, var__utilization=0.9), T0 + 1)
     got = active(engine)
     assert not got["var_warning"]["inhibited"] and got["var_warning"]["inhibited_by"] is None
+
+
+def test_a_notification_shows_the_resolved_threshold_and_the_limit_it_came_from(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock()
+    settings, engine = make_engine(store, make_settings, [CONC], clock)
+    set_limits(store, settings, {"max_concentration": 0.2})
+    engine.evaluate("main", snapshot(concentration__largest_share=0.25), T0)
+    alert = active(engine)["conc"]
+    event = {
+        "kind": "triggered", "portfolio_id": "main", "ts": T0, "level": 0, "repeat": False, "channels": ["log"],
+        "acknowledged_by": None, "acknowledged_at": None, "alert": public_alert(alert),
+    }  # fmt: skip
+    _, body, _ = Renderer().render_event(event)
+    assert "Condition:   concentration.largest_share > 20.0% (limits.max_concentration)" in body, body
