@@ -321,20 +321,8 @@ class StressScenario:
 
 ALL_PORTFOLIOS = "*"
 LIMIT_PREFIX = "limits."
-"""An alert rule's threshold ``"limits.<field>"`` follows the portfolio's live limit of that name."""
-LIMIT_THRESHOLDS: Mapping[str, str] = types.MappingProxyType(
-    {
-        "var_limit": "money",
-        "stressed_var_limit": "money",
-        "max_daily_loss": "money",
-        "max_order_notional": "money",
-        "max_concentration": "fraction",
-        "max_gross_leverage": "ratio",
-        "min_margin_level_after": "percent",
-    }
-)
-"""The :class:`Limits` fields a rule threshold may reference, with their unit (a rule's metric must have the
-same unit: ``logic.rules.SNAPSHOT_METRICS``)."""
+"""An alert rule's threshold ``"limits.<field>"`` follows the portfolio's live limit of that name (the
+fields a rule may follow, with their units: ``logic.rules.LIMIT_THRESHOLDS``)."""
 DEFAULT_CLEAR_SECONDS = 60.0
 """Default clear period of an alert rule, in data seconds: the metric must be back this long before the alert
 resolves by itself, so an alert does not flap on a figure hovering at its threshold (0 = at once)."""
@@ -355,7 +343,7 @@ class AlertRule:
     """Dotted path into the snapshot, e.g. ``var.var95`` or ``concentration.largest_share``."""
     op: Operator
     threshold: Number | Text
-    """A number, or ``"limits.<field>"``: the portfolio's live limit of that name (:data:`LIMIT_THRESHOLDS`),
+    """A number, or ``"limits.<field>"``: the portfolio's live limit of that name (``logic.rules.LIMIT_THRESHOLDS``),
     resolved at every evaluation (``logic.rules.resolve_threshold``)."""
     severity: Severity
     description: Text = ""
@@ -377,11 +365,8 @@ class AlertRule:
     def __post_init__(self) -> None:
         if isinstance(self.threshold, str):
             name = self.threshold.removeprefix(LIMIT_PREFIX)
-            _require(
-                self.threshold.startswith(LIMIT_PREFIX) and name in LIMIT_THRESHOLDS,
-                f"threshold {self.threshold!r}: a number or one of "
-                + ", ".join(LIMIT_PREFIX + n for n in LIMIT_THRESHOLDS),
-            )
+            ok = self.threshold.startswith(LIMIT_PREFIX) and name in {f.name for f in fields(Limits)}
+            _require(ok, f"threshold {self.threshold!r}: a number or limits.<a field of [limits]>")
             _require(self.threshold_fraction != 0, "threshold_fraction must not be 0")
         else:
             _require(self.threshold_fraction == 1.0, "threshold_fraction applies only to a limits.<field> threshold")

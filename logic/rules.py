@@ -39,7 +39,7 @@ import redis
 
 from engine.errors import ConfigError, RiskdeskError
 from engine.records import Channel, Clock, Severity, VarMethod
-from engine.settings import DEFAULT_CLEAR_SECONDS, LIMIT_PREFIX, LIMIT_THRESHOLDS, AlertRule, Limits, valid_symbol
+from engine.settings import DEFAULT_CLEAR_SECONDS, LIMIT_PREFIX, AlertRule, Limits, valid_symbol
 from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
 from logic.actions import parse_action
 
@@ -110,6 +110,18 @@ limit's horizon (:mod:`logic.backtest_monitor`): exceedances among the last 250 
 zone as a number, 0 green, 1 yellow, 2 red (``backtest.zone >= 1`` pages when the model goes yellow, ``>= 2``
 when it goes red); ``backtest.bar_*`` the same for one-bar VaR, ``backtest.methods.<method>.*`` for each
 configured method."""
+
+LIMIT_THRESHOLDS: Mapping[str, str] = {
+    "var_limit": "money",
+    "stressed_var_limit": "money",
+    "max_daily_loss": "money",
+    "max_order_notional": "money",
+    "max_concentration": "fraction",
+    "max_gross_leverage": "ratio",
+    "min_margin_level_after": "percent",
+}
+"""The :class:`engine.settings.Limits` fields a rule threshold may follow (``"limits.<field>"``), with their
+unit: a rule's metric must have the same unit (:data:`SNAPSHOT_METRICS`)."""
 
 BACKTEST_ZONES = {"green": 0, "yellow": 1, "red": 2}
 """Basel zone -> the value of ``backtest.zone`` (the snapshot writes it; thresholds compare with it)."""

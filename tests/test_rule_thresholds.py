@@ -236,3 +236,22 @@ def test_a_notification_shows_the_resolved_threshold_and_the_limit_it_came_from(
     }  # fmt: skip
     _, body, _ = Renderer().render_event(event)
     assert "Condition:   concentration.largest_share > 20.0% (limits.max_concentration)" in body, body
+
+
+@pytest.mark.parametrize(
+    ("threshold", "fraction", "message"),
+    [
+        ("limits.bogus", 1.0, r"threshold 'limits.bogus': a number or limits.<a field of \[limits\]>"),
+        ("0.3", 1.0, r"threshold '0.3': a number or limits"),
+        ("limits.var_limit", 0.0, r"threshold_fraction must not be 0"),
+        (0.3, 0.5, r"threshold_fraction applies only to a limits.<field> threshold"),
+    ],
+)
+def test_the_settings_file_refuses_a_bad_limit_threshold(
+    make_settings: Any, threshold: Any, fraction: float, message: str
+) -> None:
+    from engine.errors import ConfigError
+
+    bad = rule("x", "var.var95", ">", threshold, "LOW", threshold_fraction=fraction)
+    with pytest.raises(ConfigError, match=message):
+        make_settings({"alert_rules": [bad]})

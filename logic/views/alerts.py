@@ -200,7 +200,8 @@ def threshold_text(rule: Mapping[str, Any]) -> str:
 
 def threshold_sources() -> list[str]:
     """The editor's threshold choices: a fixed number, or one of the limits a rule may follow."""
-    from engine.settings import LIMIT_PREFIX, LIMIT_THRESHOLDS
+    from engine.settings import LIMIT_PREFIX
+    from logic.rules import LIMIT_THRESHOLDS
 
     return [FIXED_THRESHOLD, *(LIMIT_PREFIX + name for name in LIMIT_THRESHOLDS)]
 
