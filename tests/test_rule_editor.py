@@ -140,3 +140,15 @@ def test_an_inhibited_alert_says_by_which_rule_on_the_alerts_page(editor_env: tu
     feed = frame_with(at, "inhibition").set_index("rule_id")
     assert feed.loc["lev_warn", "inhibition"] == "inhibited by lev_crit"
     assert feed.loc["lev_crit", "inhibition"] == ""
+
+
+def test_the_stress_tab_shows_the_stressed_limit_and_what_the_figure_is_computed_from(
+    editor_env: tuple[Store, Settings],
+) -> None:
+    from .test_dashboard import metric, open_risk_tab
+
+    at = open_risk_tab("Stress")
+    assert_clean(at)
+    assert metric(at, "Stressed VaR limit") == "none set"  # the portfolio sets none: no VaR limit stands in
+    text = joined(at.markdown)
+    assert "seed: the settings" in text and "bars a day" in text and "last changed" in text
