@@ -231,12 +231,15 @@ def rule_recipients(desk: Desk) -> list[str]:
     return list(names)
 
 
-def rule_for_form(desk: Desk, rule_id: str | None) -> dict[str, Any]:
+def rule_for_form(desk: Desk, rule_id: str | None, rules: Iterable[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The editor's starting values: the rule's own fields, or a new rule's defaults (clear period
-    :data:`engine.settings.DEFAULT_CLEAR_SECONDS`, routing from the escalation policy)."""
+    :data:`engine.settings.DEFAULT_CLEAR_SECONDS`, routing from the escalation policy). ``rules``: the
+    engine's ``list_rules()`` when the caller has it already."""
     from engine.settings import DEFAULT_CLEAR_SECONDS
 
-    for rule in desk.alert_engine().list_rules():
+    if rule_id is None:
+        rules = ()
+    for rule in desk.alert_engine().list_rules() if rules is None else rules:
         if rule["id"] == rule_id and rule.get("source") != "removed":
             out = dict(rule)
             ref = out["threshold"] if isinstance(out["threshold"], str) else None
