@@ -77,7 +77,7 @@ from engine.defaults import (
     VAR_CONFIDENCE,
 )
 from engine.errors import ConfigError
-from engine.records import AccountType, Role, Severity, VarMethod
+from engine.records import AccountType, Channel, Role, Severity, VarMethod
 
 ENV_PREFIX = "RISKDESK__"
 EXTRA_SECTIONS = frozenset({"notifications", "escalation"})
@@ -321,6 +321,12 @@ class StressScenario:
 
 
 ALL_PORTFOLIOS = "*"
+LIMIT_PREFIX = "limits."
+"""An alert rule's threshold ``"limits.<field>"`` follows the portfolio's live limit of that name (the
+fields a rule may follow, with their units: ``logic.rules.LIMIT_THRESHOLDS``)."""
+DEFAULT_CLEAR_SECONDS = 60.0
+"""Default clear period of an alert rule, in data seconds: the metric must be back this long before the alert
+resolves by itself, so an alert does not flap on a figure hovering at its threshold (0 = at once)."""
 """An alert rule's ``portfolios`` entry meaning every portfolio."""
 
 
@@ -337,18 +343,34 @@ class AlertRule:
     metric: Text
     """Dotted path into the snapshot, e.g. ``var.var95`` or ``concentration.largest_share``."""
     op: Operator
-    threshold: Number
+    threshold: Number | Text
+    """A number, or ``"limits.<field>"``: the portfolio's live limit of that name (``logic.rules.LIMIT_THRESHOLDS``),
+    resolved at every evaluation (``logic.rules.resolve_threshold``)."""
     severity: Severity
     description: Text = ""
     pending_seconds: Seconds = 0.0
-    clear_seconds: Seconds = 0.0
+    clear_seconds: Seconds = DEFAULT_CLEAR_SECONDS
     stale_after_seconds: Annotated[Seconds, Field(gt=0)] = 60.0
     stale_policy: StalePolicy = "keep"
     portfolios: tuple[Text, ...] = (ALL_PORTFOLIOS,)
     actions: tuple[Text, ...] = ()
     """Automated responses, e.g. ``"set_state:HALTED"``, ``"set_state:REDUCING"``, ``"reduce:0.25"``."""
+    threshold_fraction: Number = 1.0
+    """With a ``limits.<field>`` threshold: the fraction of the limit (0.8 = 80% of it; -1 for a loss limit
+    compared with a negative P&L). Must stay 1 with a numeric threshold."""
+    channels: tuple[Channel, ...] = ()
+    """The channels of the rule's first notification; empty: the severity's escalation policy (``[escalation]``)."""
+    recipients: tuple[Text, ...] = ()
+    """The recipients of the rule's first notification; empty: the severity's escalation policy."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.threshold, str):
+            name = self.threshold.removeprefix(LIMIT_PREFIX)
+            ok = self.threshold.startswith(LIMIT_PREFIX) and name in {f.name for f in fields(Limits)}
+            _require(ok, f"threshold {self.threshold!r}: a number or limits.<a field of [limits]>")
+            _require(self.threshold_fraction != 0, "threshold_fraction must not be 0")
+        else:
+            _require(self.threshold_fraction == 1.0, "threshold_fraction applies only to a limits.<field> threshold")
         _require(valid_symbol(self.id), f"rule id {self.id!r}: use 1-32 letters, digits, '.', '_' or '-'")
         _require(len(self.description) <= 500, "description must be text of at most 500 characters")
         _require(bool(self.portfolios), 'portfolios must be a non-empty list of portfolio ids, or ["*"] for all')

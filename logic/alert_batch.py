@@ -26,6 +26,7 @@ import redis
 
 from engine.errors import RiskdeskError
 from engine.store import decode_json, decode_str
+from logic.batch import PortfolioLookup, read_limits
 from logic.lifecycle import Changes
 from logic.rules import Snapshot
 
@@ -73,13 +74,19 @@ def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: 
             for key in watched[pid]:
                 read.hgetall(key)
         raw = read.execute()
+        limits = read_limits(store, pids, PortfolioLookup(engine.settings), engine._limits_memo)
         plans: dict[str, Changes] = {}
         for i, pid in enumerate(pids):
             alerts_key, eval_key = watched[pid]
             try:
                 alerts = _json_hash(alerts_key, raw[2 * i])
                 trackers = _json_hash(eval_key, raw[2 * i + 1])
-                changes = engine.planner.plan_evaluation(pid, snapshots[pid], now, alerts, trackers, rules)
+                live = limits[pid]
+                if isinstance(live, Exception):
+                    raise live
+                changes = engine.planner.plan_evaluation(
+                    pid, snapshots[pid], now, alerts, trackers, rules, limits=live
+                )
             except (RiskdeskError, ValueError, TypeError, KeyError):
                 result.one_by_one.append(pid)  # its own transaction reports the error
                 continue

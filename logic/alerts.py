@@ -38,7 +38,7 @@ from engine.errors import ConfigError, RiskdeskError
 from engine.market_model import MarketModelCache
 from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
-from engine.settings import AlertRule, Settings
+from engine.settings import AlertRule, Limits, Settings
 from engine.store import PortfolioKeys, Store, decode_object
 from logic.actions import ControlFactory, ResponseRunner
 from logic.escalation import EscalationConfig, escalation_config
@@ -165,6 +165,7 @@ class AlertEngine:
         self._last: dict[str, Snapshot] = {}
         self._stored: dict[str, tuple[bytes, Snapshot]] = {}
         """The stored snapshot last decoded per portfolio, with its bytes (:meth:`_latest_snapshots`)."""
+        self._limits_memo: dict[Any, Any] = {}
         self._lock = threading.RLock()
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
@@ -188,7 +189,9 @@ class AlertEngine:
             self._last[portfolio_id] = snapshot
             changes = self._transact(
                 portfolio_id,
-                functools.partial(self.planner.plan_evaluation, portfolio_id, snapshot, now),
+                functools.partial(
+                    self.planner.plan_evaluation, portfolio_id, snapshot, now, limits=self.limits_of(portfolio_id)
+                ),
             )
             if changes.actions:
                 self._run_pending_actions(portfolio_id, now)
@@ -242,7 +245,10 @@ class AlertEngine:
                     continue
                 snapshot = known.get(pid)
                 if snapshot is not None:
-                    changes = self._transact(pid, functools.partial(self.planner.plan_evaluation, pid, snapshot, now))
+                    plan = functools.partial(
+                        self.planner.plan_evaluation, pid, snapshot, now, limits=self.limits_of(pid)
+                    )
+                    changes = self._transact(pid, plan)
                 else:
                     changes = self._transact(pid, functools.partial(self.planner.plan_timers_only, pid, now))
                 transitions.extend(changes.transitions)
@@ -289,6 +295,11 @@ class AlertEngine:
         for pid in portfolio_ids:
             pipe.exists(Store.actions_key(pid))
         return [pid for pid, n in zip(portfolio_ids, pipe.execute(), strict=True) if n]
+
+    def limits_of(self, portfolio_id: str) -> Limits:
+        """The portfolio's live limits (the store's version, the settings' when none is stored): what a rule's
+        ``limits.<field>`` threshold resolves against at this evaluation. Decoded once per limits version."""
+        return self.store.limits_or(portfolio_id, self.settings.limits_for(portfolio_id), self._limits_memo)
 
     def _latest_snapshot(self, portfolio_id: str) -> Snapshot | None:
         """The newest snapshot known for the portfolio: the last one evaluated here, or the one the monitors

@@ -76,7 +76,7 @@ def stress(d: views.Desk, pid: str) -> None:
     if not ui.health_gate(d):
         return
     sv = views.stress_view(d, pid)
-    c = st.columns(3)
+    c = st.columns(4)
     c[0].metric(f"VaR {sv.confidence:.0%}", ui.money(sv.var))
     c[1].metric(
         f"Stressed VaR {sv.confidence:.0%}",
@@ -86,7 +86,18 @@ def stress(d: views.Desk, pid: str) -> None:
         delta=None if sv.multiple is None else f"x{sv.multiple:.1f}",
     )
     c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
+    c[3].metric(
+        "Stressed VaR limit",
+        "none set" if sv.stressed_var_limit is None else ui.money(sv.stressed_var_limit),
+        delta=None if sv.of_limit is None else f"{sv.of_limit:.0%} used",
+        delta_color="off",
+        delta_arrow="off",
+        help="limits.stressed_var_limit: what the gate compares post-trade stressed VaR with",
+    )
     st.caption(f"{views.method_caption(d, pid)}; stressed VaR: normal on the stressed (crisis) matrix")
+    with st.expander("What the stressed figure is computed from", expanded=False):
+        for line in sv.provenance():
+            st.markdown(ui.md(line))
     if sv.scenarios.empty:
         st.caption("No stress scenarios in the settings ([stress_scenarios] in riskdesk.toml).")
         return
@@ -106,8 +117,7 @@ def stress(d: views.Desk, pid: str) -> None:
 
 def what_if(d: views.Desk, pid: str) -> None:
     st.caption(
-        "A basket of trades checked in order, each on the book the approved ones before it leave. "
-        "Nothing is traded."
+        "A basket of trades checked in order, each on the book the approved ones before it leave. Nothing is traded."
     )
     tickers = views.ticket_tickers(d)
     sides = list(views.SIDES)
@@ -139,9 +149,7 @@ def what_if(d: views.Desk, pid: str) -> None:
     c[2].metric(
         "VaR after",
         ui.money(wv.var_after),
-        None
-        if wv.var_after is None or wv.var_before is None
-        else ui.money(wv.var_after - wv.var_before, signed=True),
+        None if wv.var_after is None or wv.var_before is None else ui.money(wv.var_after - wv.var_before, signed=True),
         delta_color="inverse",
     )
     c[3].metric("Cash after", ui.money(wv.cash_after))

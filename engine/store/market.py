@@ -17,13 +17,14 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from engine.errors import StoreEmptyError, StoreError
+from engine.errors import CorruptDataError, StoreEmptyError, StoreError
 from engine.records import Float64Array, MarketHeader, MarketSnapshot
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
     decode_array,
     decode_float,
     decode_int,
+    decode_json,
     decode_str,
     decode_tickers,
     decode_window_rows,
@@ -85,14 +86,22 @@ class MarketStore(StoreBase):
         return MarketSnapshot(**header.__dict__, cov=cov)
 
     # -- stressed matrix -------------------------------------------------------------------------------------
-    def write_stressed(self, version: int, tickers: Iterable[str], cov: Float64Array, pipe: Conn = None) -> None:
+    def write_stressed(
+        self,
+        version: int,
+        tickers: Iterable[str],
+        cov: Float64Array,
+        pipe: Conn = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``meta``: what the matrix was computed from (source, market version, the one-bar unit's
+        ``bars_per_day``, the stress settings, ``written_at``), shown on the Stress tab; stored beside it."""
         tickers = list(tickers)
         if cov.shape != (len(tickers), len(tickers)):
             raise ValueError("stressed matrix shape does not match tickers")
-        self._conn(pipe).hset(
-            STRESSED_KEY,
-            mapping={"version": int(version), "tickers": encode_json(tickers), "cov": encode_array(cov)},
-        )
+        fields: dict[str, Any] = {"version": int(version), "tickers": encode_json(tickers), "cov": encode_array(cov)}
+        fields["meta"] = encode_json(dict(meta or {}))
+        self._conn(pipe).hset(STRESSED_KEY, mapping=fields)
 
     def read_stressed(self, conn: Conn = None) -> tuple[int, tuple[str, ...], Float64Array]:
         raw = self._conn(conn).hmget(STRESSED_KEY, ["version", "tickers", "cov"])
@@ -102,6 +111,17 @@ class MarketStore(StoreBase):
         n = len(tickers)
         cov = decode_array(raw[2], key=f"{STRESSED_KEY}.cov", shape=(n, n))
         return decode_int(raw[0], key=f"{STRESSED_KEY}.version"), tickers, cov
+
+    def read_stressed_meta(self, conn: Conn = None) -> dict[str, Any]:
+        """What the stored stressed matrix was computed from (:meth:`write_stressed`'s ``meta``); empty for a
+        matrix written before it was recorded."""
+        raw = self._conn(conn).hget(STRESSED_KEY, "meta")
+        if raw is None:
+            return {}
+        meta = decode_json(raw, key=f"{STRESSED_KEY}.meta")
+        if not isinstance(meta, dict):
+            raise CorruptDataError(f"{STRESSED_KEY}.meta is not an object")
+        return meta
 
     def read_stressed_version(self, conn: Conn = None) -> int | None:
         """Version of the stored stressed matrix (it changes when the warm-up rebuilds it), or None."""

@@ -60,9 +60,13 @@ class OverviewView:
     """Which method the VaR / CVaR gauges come from (the snapshot's ``var_method``)."""
 
 
-def snapshot_gauges(var: Mapping[str, Any], limit: float | None) -> list[Gauge]:
+def snapshot_gauges(
+    var: Mapping[str, Any], limit: float | None, stressed_limit: float | None = None
+) -> list[Gauge]:
     """The gauges of a monitor snapshot's ``var`` section: VaR at both reported confidences, CVaR at the lower
-    one and stressed VaR at the higher one (missing figures read as 0)."""
+    one and stressed VaR at the higher one (missing figures read as 0). Stressed VaR is drawn against the
+    stressed-VaR limit (``limits.stressed_var_limit``; no limit line when the portfolio sets none), never
+    against the VaR limit."""
     low, high = REPORTED_CONFIDENCES
 
     def figure(key: str) -> float:
@@ -72,7 +76,7 @@ def snapshot_gauges(var: Mapping[str, Any], limit: float | None) -> list[Gauge]:
         Gauge(f"VaR {low:.0%} (1 day)", figure(f"var{low * 100:.0f}"), limit),
         Gauge(f"VaR {high:.0%} (1 day)", figure(f"var{high * 100:.0f}"), limit),
         Gauge(f"CVaR {low:.0%} (1 day)", figure(f"cvar{low * 100:.0f}"), limit),
-        Gauge(f"Stressed VaR {high:.0%}", figure(f"stressed_var{high * 100:.0f}"), limit),
+        Gauge(f"Stressed VaR {high:.0%}", figure(f"stressed_var{high * 100:.0f}"), stressed_limit),
     ]
 
 
@@ -99,7 +103,8 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
             "leverage": float_or_none(snapshot.get("leverage")),
         }
         limit = float_or_none(var.get("limit")) or limit
-        gauges = snapshot_gauges(var, limit)
+        stressed_cap = None if live.stressed_var_limit is None else float(live.stressed_var_limit)
+        gauges = snapshot_gauges(var, limit, stressed_cap)
         age = max(0.0, desk.clock() - float(snapshot.get("ts", 0.0)))
     else:  # no monitor yet: the risk manager's own figures (no drawdown, no daily P&L)
         totals = desk.risk_manager(portfolio_id).get_dashboard_metrics().attrs.get("totals", {})
@@ -127,7 +132,7 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         headline=headline,
         gauges=gauges,
         lights=analytics.traffic_lights(rules, snapshot, portfolio_id, alerts, live),
-        breakers=analytics.breaker_levels(rules, portfolio_id),
+        breakers=analytics.breaker_levels(rules, portfolio_id, limits=live),
         var_caption=_var_caption(desk, portfolio_id, snapshot),
     )
 
