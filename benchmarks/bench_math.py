@@ -113,7 +113,9 @@ def _rows_for(n: int, rng: np.random.Generator) -> list[Row]:
     i = n // 3
     delta = np.zeros(n)
     delta[i] = 0.01
-    inc = time_calls(lambda: math_logic.incremental_var_single(i, 0.01, w, cov, value, port_var, 0.95), repeat=repeat)
+    inc = time_calls(
+        lambda: math_logic.incremental_var_single(i, 0.01, w, cov, value, port_var, 0.95), repeat=repeat
+    )
 
     def two_full() -> None:
         after = w + delta

@@ -161,7 +161,9 @@ def _check_symmetric_psd(m: Float64Array, name: str) -> None:
         raise ValueError(f"{name} is not positive semi-definite") from None
 
 
-def _covariance(cov_matrix: npt.ArrayLike, size: int | None, validate: bool, name: str = "cov_matrix") -> Float64Array:
+def _covariance(
+    cov_matrix: npt.ArrayLike, size: int | None, validate: bool, name: str = "cov_matrix"
+) -> Float64Array:
     m = _square_matrix(cov_matrix, name, size)
     if validate:
         _check_symmetric_psd(m, name)
@@ -804,7 +806,9 @@ def ewma_covariance_from_returns(
         cov = (cov + cov.T) / 2.0  # exactly symmetric, whatever the matmul kernel did
         remaining = history[m:]
     else:
-        cov = np.array(_covariance(initial, n_assets, True, "initial"), dtype=np.float64, order="C", copy=True)
+        cov = np.array(
+            _covariance(initial, n_assets, True, "initial"), dtype=np.float64, order="C", copy=True
+        )
         remaining = history
     for row in remaining:
         update_covariance_ewma(cov, row, lam, validate=False)

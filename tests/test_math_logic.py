@@ -100,7 +100,9 @@ def test_marginal_var_equals_finite_difference_gradient_of_var() -> None:
         up, down = weights.copy(), weights.copy()
         up[i] += step
         down[i] -= step
-        gradient[i] = (ml.get_portfolio_var(up, cov, value)[0] - ml.get_portfolio_var(down, cov, value)[0]) / (2 * step)
+        gradient[i] = (
+            ml.get_portfolio_var(up, cov, value)[0] - ml.get_portfolio_var(down, cov, value)[0]
+        ) / (2 * step)
 
     marginal = ml.calculate_marginal_var(weights, cov, value)
 
@@ -119,7 +121,9 @@ def test_marginal_var_of_riskless_book_is_one_sided_derivative_without_division_
 
 @settings(max_examples=200, deadline=None)
 @given(portfolio=portfolios(), confidence=st.sampled_from([0.95, 0.975, 0.99]))
-def test_component_var_sums_to_portfolio_var(portfolio: tuple[np.ndarray, np.ndarray], confidence: float) -> None:
+def test_component_var_sums_to_portfolio_var(
+    portfolio: tuple[np.ndarray, np.ndarray], confidence: float
+) -> None:
     weights, cov = portfolio
 
     var, _ = ml.get_portfolio_var(weights, cov, 1e6, confidence)
@@ -137,8 +141,13 @@ def test_component_var_is_weight_times_marginal_var() -> None:
     assert_allclose(component, weights * marginal, rtol=1e-14)
 
 
-def full_var_difference(weights: np.ndarray, delta: np.ndarray, cov: np.ndarray, value: float, c: float) -> float:
-    return ml.get_portfolio_var(weights + delta, cov, value, c)[0] - ml.get_portfolio_var(weights, cov, value, c)[0]
+def full_var_difference(
+    weights: np.ndarray, delta: np.ndarray, cov: np.ndarray, value: float, c: float
+) -> float:
+    return (
+        ml.get_portfolio_var(weights + delta, cov, value, c)[0]
+        - ml.get_portfolio_var(weights, cov, value, c)[0]
+    )
 
 
 @pytest.mark.parametrize("amount", [0.05, -0.4, 1.5])
@@ -148,7 +157,9 @@ def test_incremental_var_of_single_asset_trade_equals_difference_of_full_vars(am
     delta[2] = amount
 
     fresh = ml.calculate_incremental_var(weights, delta, cov, 1e6, 0.99)
-    cached = ml.calculate_incremental_var(weights, delta, cov, 1e6, 0.99, port_variance=weights @ cov @ weights)
+    cached = ml.calculate_incremental_var(
+        weights, delta, cov, 1e6, 0.99, port_variance=weights @ cov @ weights
+    )
     direct = ml.incremental_var_single(2, amount, weights, cov, 1e6, weights @ cov @ weights, 0.99)
 
     expected = full_var_difference(weights, delta, cov, 1e6, 0.99)
@@ -355,7 +366,9 @@ def test_ewma_update_when_returns_hold_nan_then_raises_and_leaves_matrix_unchang
         (np.array([[1.0, np.nan], [np.nan, 1.0]]), "NaN"),
     ],
 )
-def test_ewma_update_when_matrix_invalid_then_raises_and_leaves_it_unchanged(matrix: np.ndarray, message: str) -> None:
+def test_ewma_update_when_matrix_invalid_then_raises_and_leaves_it_unchanged(
+    matrix: np.ndarray, message: str
+) -> None:
     before = matrix.copy()
 
     with pytest.raises(ValueError, match=message):
@@ -743,7 +756,9 @@ def test_sharpe_ratio_matches_hand_computation() -> None:
 
     assert ml.sharpe_ratio(SERIES) == pytest.approx(mean / std * math.sqrt(252), rel=1e-12)
     # A per-period risk-free rate lowers the mean excess return and leaves the deviations unchanged.
-    assert ml.sharpe_ratio(SERIES, 12, risk_free=0.001) == pytest.approx(0.003 / std * math.sqrt(12), rel=1e-12)
+    assert ml.sharpe_ratio(SERIES, 12, risk_free=0.001) == pytest.approx(
+        0.003 / std * math.sqrt(12), rel=1e-12
+    )
 
 
 def test_sortino_ratio_matches_hand_computation() -> None:
@@ -794,7 +809,9 @@ def chi2_one_dof_sf(x: float) -> float:
 
 def test_kupiec_pof_matches_hand_computed_likelihood_ratio() -> None:
     # 5 exceedances in 250 days at 99%: p = 0.01, observed rate 0.02.
-    lr_hand = -2.0 * (245 * math.log(0.99) + 5 * math.log(0.01)) + 2.0 * (245 * math.log(0.98) + 5 * math.log(0.02))
+    lr_hand = -2.0 * (245 * math.log(0.99) + 5 * math.log(0.01)) + 2.0 * (
+        245 * math.log(0.98) + 5 * math.log(0.02)
+    )
 
     lr, p_value = ml.kupiec_pof(5, 250, 0.99)
 
@@ -818,7 +835,9 @@ def test_christoffersen_independence_matches_hand_computed_likelihood_ratio() ->
     n00, n01, n10, n11 = 4, 2, 2, 1
     pi01, pi11, pi = n01 / (n00 + n01), n11 / (n10 + n11), (n01 + n11) / 9
     log_null = (n00 + n10) * math.log(1 - pi) + (n01 + n11) * math.log(pi)
-    log_alt = n00 * math.log(1 - pi01) + n01 * math.log(pi01) + n10 * math.log(1 - pi11) + n11 * math.log(pi11)
+    log_alt = (
+        n00 * math.log(1 - pi01) + n01 * math.log(pi01) + n10 * math.log(1 - pi11) + n11 * math.log(pi11)
+    )
     lr_hand = -2.0 * log_null + 2.0 * log_alt
 
     lr, p_value = ml.christoffersen_independence(np.array(hits, dtype=bool))
@@ -986,17 +1005,8 @@ def test_math_logic_imports_no_io_or_upper_layer_module() -> None:
     assert not imported & forbidden
     # time: only the EWMA kernel calibration's perf_counter (it picks among bit-identical kernels)
     assert imported <= {
-        "__future__",
-        "functools",
-        "math",
-        "operator",
-        "typing",
-        "numpy",
-        "scipy",
-        "engine.defaults",
-        "collections",
-        "dataclasses",
-        "time",
+        "__future__", "functools", "math", "operator", "typing", "numpy", "scipy", "engine.defaults",
+        "collections", "dataclasses", "time",
     }
 
 
