@@ -141,8 +141,7 @@ def aof_row(n: int, bars: int) -> Row:
         per_bar = len(client.hget(MARKET_KEY, "cov") or b"")
         while client.info("persistence").get("aof_rewrite_in_progress"):
             time.sleep(0.05)  # a rewrite under way: measure what it leaves
-        raw = client.config_get("appenddirname").get(b"appenddirname")  # Redis 7; absent on 6.2
-        folder = raw.decode() if isinstance(raw, bytes) else None
+        folder = client.config_get("appenddirname").get("appenddirname")  # Redis 7; absent on 6.2
         size = sum(p.stat().st_size for p in aof_files(tmp, folder))
         version = client.info("server").get("redis_version", "?")
     finally:
