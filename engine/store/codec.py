@@ -2,8 +2,9 @@
 
 Arrays are ``MAGIC | dtype tag | ndim | shape | little-endian float64 bytes`` and every field is checked on
 read; a symmetric matrix (the covariance written every bar) is stored as its packed upper triangle
-(:func:`encode_symmetric`, half the bytes) and :func:`decode_symmetric` reads either form; everything else is JSON or plain hash fields; money is a decimal string. No pickle: a value that does not
-decode raises :class:`~engine.errors.CorruptDataError` and is never executed; a missing one raises
+(:func:`encode_symmetric`, half the bytes) and :func:`decode_symmetric` reads either form; everything else is
+JSON or plain hash fields; money is a decimal string. No pickle: a value that does not decode raises
+:class:`~engine.errors.CorruptDataError` and is never executed; a missing one raises
 :class:`~engine.errors.StoreEmptyError`.
 """
 
@@ -131,7 +132,8 @@ def decode_symmetric(blob: bytes | None, *, key: str = "?", n: int) -> Float64Ar
         raise CorruptDataError(f"{key}: shape {found} does not match expected {(n, n)}")
     expected_bytes = 8 * (n * (n + 1) // 2)
     if len(blob) - shape_end != expected_bytes:
-        raise CorruptDataError(f"{key}: payload is {len(blob) - shape_end} bytes, a packed {n}x{n} needs {expected_bytes}")
+        found_bytes = len(blob) - shape_end
+        raise CorruptDataError(f"{key}: payload is {found_bytes} bytes, a packed {n}x{n} needs {expected_bytes}")
     packed = np.frombuffer(blob, dtype="<f8", offset=shape_end)
     out = np.empty((n, n), dtype=np.float64)
     mask = _upper_mask(n)
