@@ -11,7 +11,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     rd:notify_lock                  string   lease of the process flushing notifications (SET NX PX)
     rd:nrate:<sha1 of target>       zset     send times per recipient address (per-recipient rate limit)
     hb:<component>                  hash     heartbeat of a daemon (time, counters, latency)
-    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts, cov (arrays)
+    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts (arrays), cov (packed
+                                             upper triangle, codec.encode_symmetric), all in one HSET per bar
     mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;
