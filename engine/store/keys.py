@@ -14,7 +14,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     hb:<component>                  hash     heartbeat of a daemon (time, counters, latency)
     rd:monitors                     zset     monitor consumer -> wall time of its last beat (the live monitors
                                              that share the portfolios, logic/shards.py)
-    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts, cov (arrays)
+    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts (arrays), cov (packed
+                                             upper triangle, codec.encode_symmetric), all in one HSET per bar
     mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;

@@ -26,10 +26,12 @@ from engine.store.codec import (
     decode_int,
     decode_json,
     decode_str,
+    decode_symmetric,
     decode_tickers,
     decode_window_rows,
     encode_array,
     encode_json,
+    encode_symmetric,
     encode_window_row,
 )
 from engine.store.keys import (
@@ -52,7 +54,11 @@ class MarketStore(StoreBase):
 
     # -- market snapshot -------------------------------------------------------------------------------------
     def write_market(self, snap: MarketSnapshot, pipe: Conn = None) -> None:
-        """Write prices, covariance and version as one hash: one command, so readers never see a mix."""
+        """Write prices, covariance and version as one hash: one command, so readers never see a mix.
+
+        The covariance goes in as its packed upper triangle (:func:`~engine.store.codec.encode_symmetric`):
+        half the bytes of the full matrix on the wire and in the AOF every bar, and still the whole matrix of
+        this version in the same HSET. It must be exactly symmetric (the EWMA update keeps it so)."""
         n = len(snap.tickers)
         if snap.prices.shape != (n,) or snap.price_ts.shape != (n,) or snap.cov.shape != (n, n):
             raise ValueError(f"market snapshot shapes do not match {n} tickers")
@@ -64,7 +70,7 @@ class MarketStore(StoreBase):
                 "tickers": encode_json(list(snap.tickers)),
                 "prices": encode_array(snap.prices),
                 "price_ts": encode_array(snap.price_ts),
-                "cov": encode_array(snap.cov),
+                "cov": encode_symmetric(snap.cov),
             },
         )
 
@@ -82,8 +88,7 @@ class MarketStore(StoreBase):
         raw = self._conn(conn).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts", "cov"])
         header = decode_market_header(raw[:5])
         n = len(header.tickers)
-        cov = decode_array(raw[5], key=f"{MARKET_KEY}.cov", shape=(n, n))
-        return MarketSnapshot(**header.__dict__, cov=cov)
+        return MarketSnapshot(**header.__dict__, cov=decode_market_cov(raw[5], n))
 
     # -- stressed matrix -------------------------------------------------------------------------------------
     def write_stressed(
@@ -395,6 +400,12 @@ def decode_market_header(raw: list[Any]) -> MarketHeader:
     if raw[0] is None:
         raise StoreEmptyError("no market snapshot in the store")
     return market_header(raw[0], raw[1], decode_tickers(raw[2], MARKET_KEY), raw[3], raw[4])
+
+
+def decode_market_cov(raw: Any, n: int) -> Float64Array:
+    """The ``cov`` field of :data:`MARKET_KEY` (packed upper triangle, or a full matrix from an older store):
+    every reader of the snapshot's matrix decodes it here."""
+    return decode_symmetric(raw, key=f"{MARKET_KEY}.cov", n=n)
 
 
 def decode_reference_prices(raw: list[Any]) -> dict[str, float]:
