@@ -31,8 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import RiskdeskError
-from engine.redis_server import EmbeddedRedis, connect, owned_pid
+import redis
+
+from engine.errors import RiskdeskError, StoreError
+from engine.redis_server import EmbeddedRedis, connect, describe_server, owned_pid, server_binary, server_version
 from engine.settings import Settings, load_settings
 from engine.store import Store
 
@@ -151,7 +153,24 @@ class Launcher:
     def embedded(self) -> EmbeddedRedis | None:
         if self.settings.redis.url:
             return None
-        return EmbeddedRedis(self.data_dir, self.settings.redis.appendfsync)
+        return EmbeddedRedis(self.data_dir, self.settings.redis.appendfsync, self.settings.redis.server)
+
+    def redis_server_line(self) -> str:
+        """Which server the desk uses and its version: from the running server's INFO, else (stopped) from the
+        binary ``redis.server`` would start; never raises."""
+        embedded = self.embedded
+        try:
+            info = connect(self.child_env()["REDIS_URL"], timeout=2.0).info("server")
+            return f"redis      server {describe_server(info, started_here=embedded is not None)}"
+        except (redis.RedisError, OSError):
+            pass
+        if embedded is None:
+            return "redis      server unreachable at REDIS_URL"
+        try:
+            binary = server_binary(self.settings.redis.server)
+        except StoreError as exc:
+            return f"redis      server: {exc}"
+        return f"redis      server {server_version(binary)} ({binary}, redis.server = {self.settings.redis.server})"
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -177,6 +196,7 @@ class Launcher:
                          f"at {embedded.url}")  # fmt: skip
         else:
             lines.append(f"redis      using REDIS_URL {_redact(self.settings.redis.url or '')}")
+        lines.append(self.redis_server_line())
         store = Store(connect(self.child_env()["REDIS_URL"]))
         store.ping()
         if store.schema_version() is None and seed_args is not None:
@@ -250,6 +270,7 @@ class Launcher:
         if embedded is not None:
             running = f"running (pid {embedded.pid()})" if embedded.is_running() else "stopped"
             lines.append(f"redis      {running}")
+        lines.append(self.redis_server_line())
         for service in services(self.settings):
             pid = self.pid(service.name)
             lines.append(f"{service.name:<10} {f'running (pid {pid})' if pid else 'stopped'}")

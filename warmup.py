@@ -45,6 +45,7 @@ import redis
 
 from engine import book, history, math_logic, reload
 from engine.errors import RiskdeskError
+from engine.market_model import stressed_meta
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings, valid_symbol
@@ -186,7 +187,12 @@ def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None,
     prices = dict(zip(market.tickers, market.prices.tolist(), strict=True))
     pipe = slot_transaction(store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
     store.write_market(snap, pipe)
-    _write_stressed(store, settings, snap, pipe)
+    source = (
+        "seed: the covariance estimated from the history file (EWMA, scaled to one model bar)"
+        if history is not None
+        else "seed: the settings' annual volatilities and correlation, per model bar"
+    )
+    _write_stressed(store, settings, snap, pipe, source)
     store.write_reference_prices(market.tickers, market.prices, now, pipe)
     window = market.standardized if market.standardized is not None else simulated_window(settings, market.cov)
     store.write_standardized_window(
@@ -202,13 +208,21 @@ def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None,
     return changed
 
 
-def _write_stressed(store: Store, settings: Settings, snap: MarketSnapshot, pipe: object) -> None:
+def _write_stressed(store: Store, settings: Settings, snap: MarketSnapshot, pipe: object, source: str) -> None:
+    """The stressed matrix of ``snap``'s covariance, stamped with what it is computed from and when
+    (``engine.market_model.stressed_meta``: the Stress tab shows it)."""
+    cfg = settings.model
     stressed = math_logic.build_stressed_covariance(
         snap.cov,
-        vol_multiplier=settings.model.stress_vol_multiplier,
-        correlation_floor=settings.model.stress_correlation_floor,
+        vol_multiplier=cfg.stress_vol_multiplier,
+        correlation_floor=cfg.stress_correlation_floor,
     )
-    store.write_stressed(snap.version, snap.tickers, stressed, pipe)
+    meta = stressed_meta(
+        source=source, market_version=snap.version, bars_per_day=cfg.bars_per_day, bar_seconds=cfg.bar_seconds,
+        vol_multiplier=cfg.stress_vol_multiplier, correlation_floor=cfg.stress_correlation_floor,
+        written_at=snap.ts, actor=ACTOR,
+    )  # fmt: skip
+    store.write_stressed(snap.version, snap.tickers, stressed, pipe, meta=meta)
 
 
 def _write_new_portfolio(
@@ -284,7 +298,10 @@ def add_ticker(
                 reference[symbol] = price
                 pipe.multi()
                 store.write_market(grown, pipe)
-                _write_stressed(store, settings, grown, pipe)
+                _write_stressed(
+                    store, settings, grown, pipe,
+                    f"add_ticker {symbol}: the market covariance of version {snap.version} grown by one ticker",
+                )  # fmt: skip
                 store.write_standardized_window(
                     grown.tickers, window.versions, grown_window, settings.model.fhs_window, pipe
                 )

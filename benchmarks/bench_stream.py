@@ -6,16 +6,24 @@ Baseline in the same run: the naive daemon bar, allocating a new matrix per tick
 
 SPEC.md section 9: daemon tick (update + atomic write) <= 5 ms at N = 500. A diagnostic row measures the same
 bar with the Redis AOF switched off, to separate the daemon's own cost from the server's persistence of the
-2 MB matrix per bar.
+matrix per bar (its packed upper triangle, 1 MB at N = 500).
+
+Then 10,000 bars at N = 500 through the same daemon on a private server of its own, and the size of its
+append-only file(s) afterwards (Redis 6: one file; Redis 7: the append directory), beside what the AOF would hold
+with no rewrite policy (every bar's matrix kept).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
+import warmup
 from benchmarks.common import (
     Context,
     Row,
@@ -27,13 +35,16 @@ from benchmarks.common import (
     time_calls,
 )
 from engine.feeds import Bar, SimulatedFeed
+from engine.redis_server import AOF_REWRITE_MIN_SIZE, AOF_REWRITE_PERCENTAGE, EmbeddedRedis, aof_files, connect
 from engine.settings import Settings, settings_from_dict
-from engine.store import MarketSnapshot, Store, TickEvent, encode_json
+from engine.store import MARKET_KEY, MarketSnapshot, Store, TickEvent, encode_json
 from engine.stream import StreamDaemon
 
 SIZES = (50, 500)
 REPEAT = 300
 TARGET_US = {500: 5000.0}
+AOF_BARS = 10_000
+AOF_N = 500
 
 
 def bench_settings(n: int, seed: int = 3) -> Settings:
@@ -108,4 +119,40 @@ def run(ctx: Context) -> list[Row]:
                 client.config_set("appendonly", "yes")
             rows.append(Row(f"daemon bar p50, N={n}, Redis AOF off (diagnostic)", median_us(no_aof), "us"))
     ctx.redis().flushall()
+    rows.append(aof_row(AOF_N, AOF_BARS))
     return rows
+
+
+def aof_row(n: int, bars: int) -> Row:
+    """``bars`` bars through the real store path on a private server, then the size of its AOF file(s)."""
+    settings = bench_settings(n)
+    tmp = Path(tempfile.mkdtemp(prefix="rda-"))
+    server = EmbeddedRedis(tmp)
+    server.start()
+    try:
+        client = connect(server.url)
+        store = Store(client)
+        warmup.seed(store, settings)
+        daemon = StreamDaemon(store, settings, iter(()), interval=0)  # type: ignore[arg-type]
+        feed = _bars(settings)
+        written = 0
+        for _ in range(bars):
+            written += bool(daemon.process_bar(next(feed)))
+        per_bar = len(client.hget(MARKET_KEY, "cov") or b"")
+        while client.info("persistence").get("aof_rewrite_in_progress"):
+            time.sleep(0.05)  # a rewrite under way: measure what it leaves
+        folder = client.config_get("appenddirname").get("appenddirname")  # Redis 7; absent on 6.2
+        size = sum(p.stat().st_size for p in aof_files(tmp, folder))
+        version = client.info("server").get("redis_version", "?")
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    unbounded = bars * 8 * n * n
+    return Row(
+        f"AOF size after {written:,} bars, N={n} (redis {version}, rewrite at +{AOF_REWRITE_PERCENTAGE}% "
+        f"and >= {AOF_REWRITE_MIN_SIZE}; {per_bar / 1e6:.2f} MB matrix per bar)",
+        size / 1e6,
+        "MB",
+        f"no rewrite, full matrix every bar ({bars:,} x 8N^2)",
+        unbounded / 1e6,
+    )

@@ -106,6 +106,23 @@ def time_calls(fn: Callable[[], object], *, repeat: int = 200, warmup: int = 20)
     return samples
 
 
+def time_interleaved(
+    first: Callable[[], object], second: Callable[[], object], *, repeat: int = 200, warmup: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds per call of two functions timed in alternation, so both see the same load on a shared machine."""
+    for _ in range(warmup):
+        first()
+        second()
+    a, b = np.empty(repeat), np.empty(repeat)
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        a[i], b[i] = t1 - t0, time.perf_counter() - t1
+    return a, b
+
+
 def seeded_store(ctx: Context, settings: Settings, now: float | None = None) -> Store:
     """An empty private Redis seeded by the warm-up with ``settings``: the starting point of every benchmark."""
     import warmup  # lazily: warm-up imports the whole engine

@@ -13,7 +13,6 @@ import logging
 import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -24,6 +23,7 @@ from engine.records import Action, Severity, TradingState
 from engine.settings import DashboardConfig
 from logic import access, views
 from logic.access import Identity
+from logic.views import fmt
 from logic.views.export import csv_bytes
 from logic.views.memo import Memo, array_key
 
@@ -296,27 +296,28 @@ def md(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
+def currency() -> str:
+    """The currency code of every money figure (``dashboard.currency``; USD when the settings cannot be read)."""
+    d = desk_or_none()
+    return d.settings.dashboard.currency if d is not None else fmt.DEFAULT_CURRENCY
+
+
 def when(ts: float | None) -> str:
-    if ts is None or not ts:
-        return "-"
-    return datetime.fromtimestamp(float(ts), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return fmt.when(ts)
 
 
-def money(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+,.0f}" if signed else f"{value:,.0f}"
+def money(value: float | None, signed: bool = False, cents: bool = False) -> str:
+    """``USD 1,234,568`` (the settings' currency, whole units; ``signed``: ``USD +1,234``), ``—`` if unknown."""
+    return fmt.money(value, currency(), signed=signed, cents=cents)
 
 
 def number(value: float | None) -> str:
-    """Thousands separators for large figures, four significant digits for small ones."""
-    if value is None:
-        return "-"
-    return f"{value:,.2f}" if abs(value) >= 100 else f"{value:.4g}"
+    """Thousands separators and two decimals; ``—`` if unknown."""
+    return fmt.number(value)
 
 
-def pct(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value * 100:.{digits}f}%"
+def pct(value: float | None, digits: int = 2) -> str:
+    return fmt.pct(value, digits)
 
 
 # -- widgets -------------------------------------------------------------------------------------------------
@@ -333,16 +334,24 @@ def traffic_light(label: str, level: str, detail: str) -> None:
 def state_badge(state: str, reason: str, actor: str, ts: float | None) -> None:
     colour = STATE_COLOURS.get(state, "gray")
     st.markdown(f"Trading state: :{colour}-background[**{md(state)}**]")
-    st.caption(f"{md(reason) or 'no reason recorded'} — by {md(actor) or '?'} at {when(ts)}")
+    st.caption(f"{md(reason) or 'no reason recorded'} — by {md(actor) or 'nobody recorded'} at {when(ts)}")
+
+
+GAUGE_NUMBER_PX = 26
+"""Font size of a gauge's number: ``USD -889M`` fits the narrowest gauge column (a quarter of a wide page)."""
 
 
 def gauge(title: str, value: float, limit: float | None, key: str, suffix: str = "") -> None:
-    """A dial from 0 with the limit drawn as a red line; the bar turns amber at 80% and red past the limit."""
-    chart(cached_figure(("gauge", title, value, limit, suffix), lambda: _gauge_figure(title, value, limit, suffix)),
-          key=key)  # fmt: skip
+    """A dial from 0 with the limit drawn as a red line; the bar turns amber at 80% and red past the limit.
+
+    The number is SI-formatted (``USD 1.51M``, the exact figure is in the metric above it) at a fixed size, so
+    it never clips in a narrow column."""
+    unit = currency()
+    key_ = ("gauge", title, value, limit, suffix, unit)
+    chart(cached_figure(key_, lambda: _gauge_figure(title, value, limit, suffix, unit)), key=key)
 
 
-def _gauge_figure(title: str, value: float, limit: float | None, suffix: str) -> go.Figure:
+def _gauge_figure(title: str, value: float, limit: float | None, suffix: str, unit: str) -> go.Figure:
     top = max(limit * 1.25 if limit else 0.0, value * 1.1, 1.0)
     colour = "#2ca02c"
     if limit:
@@ -351,16 +360,21 @@ def _gauge_figure(title: str, value: float, limit: float | None, suffix: str) ->
         go.Indicator(
             mode="gauge+number",
             value=value,
-            number={"valueformat": ",.0f", "suffix": suffix},
+            number={
+                "valueformat": ".3~s",
+                "prefix": f"{unit} ",
+                "suffix": suffix,
+                "font": {"size": GAUGE_NUMBER_PX},
+            },
             title={"text": title, "font": {"size": 14}},
             gauge={
-                "axis": {"range": [0, top]},
+                "axis": {"range": [0, top], "tickformat": "~s", "nticks": 5},
                 "bar": {"color": colour},
                 **({"threshold": {"line": {"color": "red", "width": 3}, "value": limit}} if limit else {}),
             },
         )
     )
-    fig.update_layout(height=190, margin={"l": 20, "r": 20, "t": 40, "b": 10})
+    fig.update_layout(height=190, margin={"l": 24, "r": 24, "t": 40, "b": 10})
     return fig
 
 
@@ -431,31 +445,103 @@ def table(
     column_config: dict[str, Any] | None = None,
     empty: str | None = None,
     colours: dict[str, dict[str, str]] | None = None,
+    kinds: dict[str, str] | None = None,
+    totals: pd.DataFrame | None = None,
 ) -> None:
     """A read-only table with an "Export CSV" button (the export does not rerun the page).
 
-    With ``empty`` set, an empty table is replaced by that sentence. ``colours`` maps a column to
-    ``{cell value: background colour}`` (e.g. severities).
+    Every column is formatted by its kind (:mod:`logic.views.fmt`: money with the currency, ratios in %, ...;
+    ``kinds`` overrides the kind a column's name gives), is wide enough for its longest value and its header,
+    and shows ``—`` where a figure is missing (the column's help says why). A pixel ``height`` shrinks to the
+    rows there are (no empty padding rows). The CSV carries the time it was read, is rounded to the unit shown
+    and, with ``totals`` (the same table with the screen's totals row), has that row too. With ``empty`` set,
+    an empty table is replaced by that sentence. ``colours`` maps a column to ``{cell value: background
+    colour}`` (e.g. severities).
     """
     if empty is not None and df.empty:
         st.caption(empty)
         return
+    config, column_kinds = table_config(df, column_config, kinds)
     shown: Any = df
     if colours:
         shown = df.style
         for column, palette in colours.items():
             if column in df:
                 shown = shown.map(lambda v, p=palette: _cell_colour(p.get(v)), subset=[column])
-    st.dataframe(shown, hide_index=True, height=height, column_config=column_config, key=f"{key}_table")
+    if isinstance(height, int):
+        height = fmt.table_height(len(df), fmt.rows_for_height(height))
+    st.dataframe(
+        shown,
+        hide_index=True,
+        height=height,
+        column_config=config,
+        key=f"{key}_table",
+        placeholder=fmt.DASH,
+    )
+    d = desk_or_none()
+    as_of = d.clock() if d is not None else None
     st.download_button(
         "Export CSV",
-        data=lambda: csv_bytes(df),  # on click, not every run; formula cells neutralised (OWASP CSV injection)
+        # built on click, not on every run; formula cells neutralised (OWASP CSV injection)
+        data=lambda: csv_bytes(df if totals is None else totals, kinds=column_kinds, as_of=as_of),
         file_name=filename,
         mime="text/csv",
         key=f"{key}_csv",
         on_click="ignore",
         icon=":material/download:",
     )
+
+
+def table_config(
+    df: pd.DataFrame, given: dict[str, Any] | None = None, kinds: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Streamlit column configurations for every column of ``df`` (format, label, width, help) from the kinds
+    of :mod:`logic.views.fmt`, keeping a page's own label; and the kind of each column (for the CSV)."""
+    code = currency()
+    config: dict[str, Any] = {}
+    column_kinds: dict[str, str] = {}
+    for column in df.columns:
+        name = str(column)
+        series = df[column]
+        kind = fmt.column_kind(name, series, kinds)
+        if fmt.printf_format(kind) is not None and not pd.api.types.is_numeric_dtype(series):
+            kind = fmt.TEXT  # e.g. a version column of text
+        column_kinds[name] = kind
+        own = dict((given or {}).get(name) or {})
+        label = str(own.get("label") or fmt.LABELS.get(name, name))
+        if kind == fmt.TIME:
+            label = label if "UTC" in label else f"{label} (UTC)"
+        help_text = own.get("help")
+        if help_text is None and series.isna().any():
+            help_text = f"{fmt.DASH}: {fmt.MISSING_REASONS.get(name, 'not available')}"
+        chars = fmt.longest_text(label, series, kind, code)
+        if _own_format(own) and kind != fmt.TEXT:  # a page's own number format: room for 10 characters
+            chars = max(chars, len(label), OWN_FORMAT_CHARS)
+        width = fmt.column_width(chars)
+        if kind == fmt.TIME:
+            config[name] = st.column_config.DatetimeColumn(
+                label, format="YYYY-MM-DD HH:mm:ss", width=width, help=help_text
+            )
+        elif kind == fmt.BOOL:
+            config[name] = st.column_config.CheckboxColumn(label, width=width, help=help_text)
+        elif (number_format := _own_format(own) or fmt.printf_format(kind, code)) is not None and (
+            pd.api.types.is_numeric_dtype(series)
+        ):
+            config[name] = st.column_config.NumberColumn(label, format=number_format, width=width, help=help_text)
+        else:
+            config[name] = st.column_config.TextColumn(label, width=width, help=help_text)
+    return config, column_kinds
+
+
+OWN_FORMAT_CHARS = 10
+"""Room for a number in a page's own format (``%.4g`` writes at most ``-1.235e+05``)."""
+
+
+def _own_format(config: dict[str, Any]) -> str | None:
+    """The number format a page chose for a column (e.g. ``%.4g`` for alert values of mixed units)."""
+    type_config = config.get("type_config") or {}
+    value = type_config.get("format") if isinstance(type_config, dict) else None
+    return str(value) if value else None
 
 
 def _cell_colour(colour: str | None) -> str:

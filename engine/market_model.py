@@ -200,7 +200,41 @@ class StressedModel:
     """Version of the stored stressed matrix (the warm-up bumps it when it rebuilds the matrix)."""
     market_key: ModelKey
     cov: Float64Array
-    """In the market model's ticker order; not validated here (``get_stressed_var`` validates)."""
+    """In the market model's ticker order, one bar of the reader's ``bars_per_day``; not validated here
+    (``get_stressed_var`` validates)."""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    """What the stored matrix was computed from (:func:`stressed_meta`; empty for one written before)."""
+    scale: float = 1.0
+    """Factor applied on read to the stored matrix: its bar's ``bars_per_day`` over the reader's (1 when they
+    agree). A matrix is stored per bar; read under another bar length unscaled, every daily stressed figure
+    would move by sqrt of the ratio (sqrt(390) = 19.7x between a day bar and a minute bar)."""
+
+
+def stressed_meta(
+    *,
+    source: str,
+    market_version: int,
+    bars_per_day: float,
+    bar_seconds: float,
+    vol_multiplier: float,
+    correlation_floor: float,
+    written_at: float,
+    actor: str,
+    detail: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record stored beside a stressed matrix (``mkt:{m}:stressed`` field ``meta``): what it was computed
+    from and when. ``bars_per_day`` / ``bar_seconds``: the bar the one-bar matrix is in."""
+    return {
+        "source": source,
+        "market_version": int(market_version),
+        "bars_per_day": float(bars_per_day),
+        "bar_seconds": float(bar_seconds),
+        "vol_multiplier": float(vol_multiplier),
+        "correlation_floor": float(correlation_floor),
+        "written_at": float(written_at),
+        "actor": actor,
+        **({"detail": dict(detail)} if detail else {}),
+    }
 
 
 def reorder(have: tuple[str, ...], want: tuple[str, ...]) -> list[int] | None:
@@ -322,11 +356,17 @@ class MarketModelCache:
         if cached is not None and cached.market_key == model.key and cached.version == version:
             return cached
         version_read, stressed_tickers, stressed = self.store.read_stressed()
+        meta = self.store.read_stressed_meta()
         order = reorder(stressed_tickers, model.header.tickers)
         if order is None:
             raise CorruptDataError("the stressed matrix does not cover the market's tickers; re-run `python warmup.py`")
         if stressed_tickers != model.header.tickers:
             stressed = stressed[np.ix_(order, order)]
-        result = StressedModel(version=version_read, market_key=model.key, cov=stressed)
+        stored_bpd = meta.get("bars_per_day")
+        scale = 1.0
+        if isinstance(stored_bpd, int | float) and stored_bpd > 0 and stored_bpd != self.bars_per_day:
+            scale = float(stored_bpd) / float(self.bars_per_day)  # same daily variance, read per the reader's bar
+            stressed = stressed * scale
+        result = StressedModel(version=version_read, market_key=model.key, cov=stressed, meta=meta, scale=scale)
         self._stressed = result
         return result

@@ -2,7 +2,9 @@
 
 This module is the numerical kernel of Riskdesk. It imports only the standard library, numpy, scipy and the
 model defaults of :mod:`engine.defaults` (constants): no Redis, no I/O, no clock, no logging configuration.
-The rest of the tree calls it; of ours it calls nothing but those constants.
+The rest of the tree calls it; of ours it calls nothing but those constants. The one timer is the EWMA kernel
+calibration's ``perf_counter`` (:func:`calibrate_ewma_kernel`): it picks among kernels that give bit-identical
+results, so it changes how fast a result comes, never the result.
 
 Conventions
 -----------
@@ -25,6 +27,9 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -519,12 +524,184 @@ def _check_decay(decay: float) -> float:
     return _open_unit_interval(decay, "decay")
 
 
+EwmaKernel = Callable[[Float64Array, Float64Array, float], None]
+"""``kernel(cov, s, lam)``: ``cov <- fl(fl(lam * cov) + fl(s sᵀ))`` in place; ``cov`` is C- or F-contiguous."""
+
+
+def _column_major(cov: Float64Array) -> Float64Array:
+    # BLAS wants column-major. The transpose of a C-contiguous array is column-major, and the update commutes
+    # with transposition ((λA + s sᵀ)ᵀ = λAᵀ + s sᵀ), so updating the transpose in place updates the array.
+    return cov if cov.flags.f_contiguous else cov.T
+
+
+def _row_major(cov: Float64Array) -> Float64Array:
+    return cov if cov.flags.c_contiguous else cov.T
+
+
+def _kernel_dgemm(cov: Float64Array, s: Float64Array, lam: float) -> None:
+    """Scale by λ (numpy), then add s sᵀ with a k=1 dgemm: two memory passes, the BLAS one threaded."""
+    column_major = _column_major(cov)
+    np.multiply(cov, lam, out=cov)
+    updated = blas.dgemm(1.0, s[:, np.newaxis], s[np.newaxis, :], beta=1.0, c=column_major, overwrite_c=True)
+    if updated is not column_major:  # the wrapper copied (it does not for contiguous float64): keep in place
+        column_major[...] = updated
+
+
+def _kernel_dgemm_beta(cov: Float64Array, s: Float64Array, lam: float) -> None:
+    """One dgemm call ``C <- 1·s sᵀ + λ·C``: BLAS scales C by beta itself, then adds the product."""
+    column_major = _column_major(cov)
+    updated = blas.dgemm(1.0, s[:, np.newaxis], s[np.newaxis, :], beta=lam, c=column_major, overwrite_c=True)
+    if updated is not column_major:
+        column_major[...] = updated
+
+
+def _kernel_numpy(cov: Float64Array, s: Float64Array, lam: float) -> None:
+    """The plain in-place numpy update (one N² temporary): the reference the others must reproduce."""
+    np.multiply(cov, lam, out=cov)
+    np.add(cov, np.outer(s, s), out=cov)
+
+
+_BLOCK_ELEMENTS: Final = 16_384
+"""Elements (128 KiB) per row block of the blocked numpy kernel: the block stays in L2 between its passes."""
+
+
+def _kernel_numpy_blocked(cov: Float64Array, s: Float64Array, lam: float) -> None:
+    """The numpy update by blocks of rows, so the scale, the product and the sum reuse a cached block."""
+    m = _row_major(cov)
+    n = m.shape[0]
+    rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    scratch = np.empty((min(rows, n), n))
+    column = s[:, np.newaxis]
+    for start in range(0, n, rows):
+        block = m[start : start + rows]
+        product = scratch[: block.shape[0]]
+        np.multiply(column[start : start + rows], s, out=product)
+        np.multiply(block, lam, out=block)
+        np.add(block, product, out=block)
+
+
+EWMA_KERNELS: Final[Mapping[str, EwmaKernel]] = {
+    "numpy": _kernel_numpy,
+    "numpy_blocked": _kernel_numpy_blocked,
+    "dgemm": _kernel_dgemm,
+    "dgemm_beta": _kernel_dgemm_beta,
+}
+"""Candidate implementations of one EWMA update, by name. Each rounds ``fl(fl(λ a_ij) + fl(s_i s_j))``."""
+
+EWMA_REFERENCE_KERNEL: Final = "numpy"
+"""The kernel every other must reproduce bit for bit to be chosen (it is always eligible)."""
+
+
+@dataclass(frozen=True)
+class EwmaCalibration:
+    """Outcome of :func:`calibrate_ewma_kernel` for one matrix size."""
+
+    n: int
+    chosen: str
+    seconds: Mapping[str, float]
+    """Best time of one update per eligible kernel (seconds)."""
+    excluded: tuple[str, ...] = ()
+    """Kernels that did not reproduce the reference bit for bit on this machine (never chosen)."""
+    pinned: bool = False
+    """True when the choice was set by :func:`pin_ewma_kernel`, not measured."""
+
+
+def calibrate_ewma_kernel(
+    n: int,
+    *,
+    kernels: Mapping[str, EwmaKernel] = EWMA_KERNELS,
+    timer: Callable[[], float] = time.perf_counter,
+    rounds: int | None = None,
+) -> EwmaCalibration:
+    """Time every kernel on a synthetic N x N matrix and pick the fastest one that is bit-identical.
+
+    Parameters
+    ----------
+    n : int
+        Matrix size (the speed of a kernel depends on it: caches, BLAS threading, call overhead).
+    kernels : mapping, optional
+        Candidates by name; must hold :data:`EWMA_REFERENCE_KERNEL`. Tests inject their own.
+    timer : callable, optional
+        Monotonic seconds (tests inject a fake one).
+    rounds : int, optional
+        Timed rounds (the candidates interleaved in each, the best round kept); by default fewer for large N
+        so a calibration costs tens of milliseconds at most.
+
+    Notes
+    -----
+    Which kernel is fastest differs by machine and load: a threaded BLAS call beats numpy several times over on
+    an idle multi-core machine and loses to it on a busy one. Every candidate is first run once on the same
+    input; one whose result differs from the reference kernel's by even one ulp is excluded, so the choice
+    never changes a result (the daemon, the warm-up and the backtest stay bit-identical whatever each picked).
+    """
+    size = _integer(n, "n")
+    if size < 0:
+        raise ValueError("n must be >= 0")
+    if EWMA_REFERENCE_KERNEL not in kernels:
+        raise ValueError(f"kernels must include the reference kernel {EWMA_REFERENCE_KERNEL!r}")
+    lam = 0.94
+    rng = np.random.default_rng(size)
+    start = rng.random((size, size)) * 1e-4  # varied mantissas (rounding differences show), cheap at large N
+    s = rng.standard_normal(size) * 1e-2
+    expected = start.copy()
+    kernels[EWMA_REFERENCE_KERNEL](expected, s, lam)
+    eligible: dict[str, EwmaKernel] = {}
+    excluded: list[str] = []
+    for name, kernel in kernels.items():
+        trial = start.copy()
+        kernel(trial, s, lam)
+        if np.array_equal(trial, expected):
+            eligible[name] = kernel
+        else:
+            excluded.append(name)
+    if rounds is None:
+        rounds = 3 if size >= 1000 else 5 if size >= 200 else 15
+    calls = max(1, min(50, 20_000 // max(size * size, 1)))  # batch tiny updates above the timer's resolution
+    work = start  # reused in place: values stay O(1e-4) (λ < 1 plus the s sᵀ term), far from subnormals
+    best = dict.fromkeys(eligible, math.inf)
+    for _ in range(max(1, int(rounds))):
+        for name, kernel in eligible.items():
+            began = timer()
+            for _ in range(calls):
+                kernel(work, s, lam)
+            best[name] = min(best[name], (timer() - began) / calls)
+    chosen = min(best, key=lambda name: (best[name], name != EWMA_REFERENCE_KERNEL))
+    return EwmaCalibration(size, chosen, best, tuple(excluded))
+
+
+_EWMA_CALIBRATIONS: dict[int, EwmaCalibration] = {}
+"""Per-process cache of :func:`calibrate_ewma_kernel` by matrix size (a calibration runs once per N)."""
+
+_EWMA_PINNED: list[str] = []
+"""The kernel :func:`pin_ewma_kernel` forces for every size (empty: measure)."""
+
+
+def ewma_kernel_calibration(n: int) -> EwmaCalibration:
+    """The kernel used for N x N updates in this process: pinned, else measured once and cached."""
+    if _EWMA_PINNED:
+        return EwmaCalibration(n, _EWMA_PINNED[0], {}, pinned=True)
+    found = _EWMA_CALIBRATIONS.get(n)
+    if found is None:  # two threads may both calibrate the first time: harmless, the last one is kept
+        found = _EWMA_CALIBRATIONS[n] = calibrate_ewma_kernel(n)
+    return found
+
+
+def pin_ewma_kernel(name: str | None) -> None:
+    """Force kernel ``name`` for every size (tests, benchmarks); ``None`` returns to measured choices."""
+    if name is not None and name not in EWMA_KERNELS:
+        raise ValueError(f"unknown EWMA kernel {name!r}; known: {', '.join(EWMA_KERNELS)}")
+    _EWMA_PINNED.clear()
+    if name is not None:
+        _EWMA_PINNED.append(name)
+
+
 def update_covariance_ewma(
     old_cov: Float64Array,
     returns: npt.ArrayLike,
     decay: float = EWMA_DECAY,
     *,
     validate: bool = True,
+    kernel: str | None = None,
 ) -> Float64Array:
     """RiskMetrics EWMA covariance update, in place.
 
@@ -538,6 +715,9 @@ def update_covariance_ewma(
         λ in (0, 1).
     validate : bool
         Check ``old_cov`` is finite, symmetric and PSD first (O(N³)). With False only the returns are checked.
+    kernel : str, optional
+        A name of :data:`EWMA_KERNELS`; by default the one :func:`ewma_kernel_calibration` measured fastest
+        for this N on this machine (every candidate gives the same bits).
 
     Returns
     -------
@@ -548,7 +728,10 @@ def update_covariance_ewma(
     -----
     ``Σ_t = λ Σ_{t-1} + (1 - λ) r rᵀ`` (zero mean). With ``s = sqrt(1 - λ) r`` each entry becomes
     ``fl(fl(λ a_ij) + fl(s_i s_j))``, which is the same for ij and ji, so a bitwise-symmetric matrix stays
-    bitwise symmetric. PSD is preserved: a PSD matrix scaled by λ > 0 plus a rank-one PSD term.
+    bitwise symmetric. PSD is preserved: a PSD matrix scaled by λ > 0 plus a rank-one PSD term. A rank-one
+    dger is not a candidate: it is not bitwise symmetric (OpenBLAS's FMA kernels fuse the multiply-add in
+    their vector body and round the product separately in their scalar tail, so a_ij and a_ji can differ by
+    an ulp when N is not a multiple of the vector length).
     """
     lam = _check_decay(decay)
     if not isinstance(old_cov, np.ndarray) or old_cov.dtype != np.float64:
@@ -557,14 +740,10 @@ def update_covariance_ewma(
         raise ValueError(f"old_cov must be square, got shape {old_cov.shape}")
     if not old_cov.flags.writeable:
         raise ValueError("old_cov must be writeable (it is updated in place)")
-    # BLAS wants column-major. The transpose of a C-contiguous array is column-major, and the update commutes
-    # with transposition ((λA + s sᵀ)ᵀ = λAᵀ + s sᵀ), so updating the transpose in place updates the array.
-    if old_cov.flags.c_contiguous:
-        column_major = old_cov.T
-    elif old_cov.flags.f_contiguous:
-        column_major = old_cov
-    else:
+    if not (old_cov.flags.c_contiguous or old_cov.flags.f_contiguous):
         raise ValueError("old_cov must be C- or F-contiguous (it is updated in place)")
+    if kernel is not None and kernel not in EWMA_KERNELS:
+        raise ValueError(f"unknown EWMA kernel {kernel!r}; known: {', '.join(EWMA_KERNELS)}")
     n = old_cov.shape[0]
     r = _vector(returns, "returns", n)
     if validate:
@@ -572,15 +751,7 @@ def update_covariance_ewma(
     if n == 0:
         return old_cov
     s = math.sqrt(1.0 - lam) * r
-    # Two memory passes: scale by λ, then add s sᵀ with a k=1 dgemm, which forms each product s_i s_j from
-    # zero (one rounding) before adding it to a_ij, so a_ij and a_ji receive the same value. A rank-one
-    # dger is faster (70 vs 100 us at N=500) but not bitwise symmetric: OpenBLAS's FMA kernels fuse the
-    # multiply-add in their vector body and round the product separately in their scalar tail, so a_ij and
-    # a_ji can differ by an ulp when N is not a multiple of the vector length.
-    np.multiply(old_cov, lam, out=old_cov)
-    updated = blas.dgemm(1.0, s[:, np.newaxis], s[np.newaxis, :], beta=1.0, c=column_major, overwrite_c=True)
-    if updated is not column_major:  # the wrapper copied (it does not for contiguous float64): keep in place
-        column_major[...] = updated
+    EWMA_KERNELS[kernel or ewma_kernel_calibration(n).chosen](old_cov, s, lam)
     return old_cov
 
 

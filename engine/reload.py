@@ -19,6 +19,7 @@ import redis
 
 from engine import math_logic
 from engine.errors import RiskdeskError
+from engine.market_model import stressed_meta
 from engine.records import Float64Array, MarketSnapshot
 from engine.settings import Settings
 from engine.store import EPOCH_KEY, GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, STRESSED_KEY, Store
@@ -75,7 +76,14 @@ def reload_market(
                 )
                 pipe.multi()
                 store.write_market(snap, pipe)
-                store.write_stressed(snap.version, snap.tickers, stressed, pipe)
+                cfg = settings.model
+                meta = stressed_meta(
+                    source="history reload: the covariance estimated from the history (EWMA, one model bar)",
+                    market_version=snap.version, bars_per_day=cfg.bars_per_day, bar_seconds=cfg.bar_seconds,
+                    vol_multiplier=cfg.stress_vol_multiplier, correlation_floor=cfg.stress_correlation_floor,
+                    written_at=now, actor=actor, detail=detail,
+                )  # fmt: skip
+                store.write_stressed(snap.version, snap.tickers, stressed, pipe, meta=meta)
                 store.write_reference_prices(snap.tickers, snap.prices, now, pipe)
                 store.bump_market_epoch(pipe)
                 store.restart_peaks(pids, pipe)

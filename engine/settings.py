@@ -43,24 +43,19 @@ portfolio *after* the overrides. Expressing that with ``EnvSettingsSource`` mean
 from __future__ import annotations
 
 import difflib
-import math
+import functools
 import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import field, fields, is_dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    AllowInfNan,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    Strict,
     TypeAdapter,
     ValidationError,
 )
@@ -76,7 +71,34 @@ from engine.defaults import (
     VAR_CONFIDENCE,
 )
 from engine.errors import ConfigError
-from engine.records import AccountType, Role, Severity, VarMethod
+from engine.records import AccountType, Channel, Severity, VarMethod
+from engine.settings_ops import (  # noqa: F401  (re-exported: the one settings module)
+    DEFAULT_HISTORY_TIERS,
+    AccessConfig,
+    AccessGrant,
+    DashboardConfig,
+    HistoryConfig,
+    HistoryTier,
+    Market,
+    MetricsConfig,
+    MonitorConfig,
+    RedisConfig,
+    StreamConfig,
+)
+from engine.settings_types import (  # noqa: F401  (re-exported: the one settings module)
+    CONFIG,
+    CollarReference,
+    Flag,
+    Integer,
+    Money,
+    Number,
+    Seconds,
+    T,
+    Table,
+    Text,
+    _require,
+    at_least,
+)
 
 ENV_PREFIX = "RISKDESK__"
 EXTRA_SECTIONS = frozenset({"notifications", "escalation"})
@@ -89,76 +111,6 @@ Operator = Literal["<", "<=", ">", ">=", "=="]
 """Comparison of an alert rule (``metric op threshold``)."""
 StalePolicy = Literal["keep", "fire"]
 """What an alert rule does when its metric is stale: hold its state, or fire."""
-
-CONFIG = ConfigDict(extra="forbid")
-"""Every settings section: an unknown key is an error, not silently ignored."""
-
-T = TypeVar("T")
-
-# -- value types -------------------------------------------------------------------------------------------------
-
-
-def _money(value: Any) -> Any:
-    # str() first: Decimal(0.1) would carry the binary float's error into money
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"expected a number, got {value!r}")
-    try:
-        result = Decimal(value) if isinstance(value, Decimal) else Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a number") from None
-    if not result.is_finite():
-        raise ValueError(f"must be finite, got {value!r}")
-    return result
-
-
-def _seconds(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def at_least(minimum: int) -> BeforeValidator:
-    """A strict integer >= ``minimum``: ``Annotated[int, at_least(1)]``."""
-
-    def check(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return BeforeValidator(check)
-
-
-def _read_only(value: Mapping[str, T]) -> Mapping[str, T]:
-    return types.MappingProxyType(dict(value))
-
-
-def _collar_reference(value: Any) -> Any:
-    if value == "session_open":
-        return value
-    if isinstance(value, str) and value.startswith("rolling:"):
-        n = value.removeprefix("rolling:")
-        if n.isdigit() and int(n) >= 1:
-            return value
-    raise ValueError(f'must be "session_open" or "rolling:N" with N a whole number of bars >= 1, got {value!r}')
-
-
-Money = Annotated[Decimal, BeforeValidator(_money)]
-"""Exact money: a number or a numeric string, finite; never a bool."""
-Number = Annotated[float, Strict(), AllowInfNan(False)]
-"""A finite number (an integer is accepted); a string or a bool is not."""
-Integer = Annotated[int, Strict()]
-Seconds = Annotated[float, BeforeValidator(_seconds)]
-"""A duration: a finite number >= 0."""
-Text = Annotated[str, Strict()]
-Flag = Annotated[bool, Strict()]
-CollarReference = Annotated[str, BeforeValidator(_collar_reference)]
-"""``session_open`` or ``rolling:N`` (N >= 1 bars)."""
-Table = Annotated[Mapping[str, T], AfterValidator(_read_only)]
-"""A read-only table (``types.MappingProxyType``): a frozen settings object has no mutable parts."""
 
 
 # -- sections ----------------------------------------------------------------------------------------------------
@@ -320,6 +272,12 @@ class StressScenario:
 
 
 ALL_PORTFOLIOS = "*"
+LIMIT_PREFIX = "limits."
+"""An alert rule's threshold ``"limits.<field>"`` follows the portfolio's live limit of that name (the
+fields a rule may follow, with their units: ``logic.rules.LIMIT_THRESHOLDS``)."""
+DEFAULT_CLEAR_SECONDS = 60.0
+"""Default clear period of an alert rule, in data seconds: the metric must be back this long before the alert
+resolves by itself, so an alert does not flap on a figure hovering at its threshold (0 = at once)."""
 """An alert rule's ``portfolios`` entry meaning every portfolio."""
 
 
@@ -336,18 +294,34 @@ class AlertRule:
     metric: Text
     """Dotted path into the snapshot, e.g. ``var.var95`` or ``concentration.largest_share``."""
     op: Operator
-    threshold: Number
+    threshold: Number | Text
+    """A number, or ``"limits.<field>"``: the portfolio's live limit of that name (``logic.rules.LIMIT_THRESHOLDS``),
+    resolved at every evaluation (``logic.rules.resolve_threshold``)."""
     severity: Severity
     description: Text = ""
     pending_seconds: Seconds = 0.0
-    clear_seconds: Seconds = 0.0
+    clear_seconds: Seconds = DEFAULT_CLEAR_SECONDS
     stale_after_seconds: Annotated[Seconds, Field(gt=0)] = 60.0
     stale_policy: StalePolicy = "keep"
     portfolios: tuple[Text, ...] = (ALL_PORTFOLIOS,)
     actions: tuple[Text, ...] = ()
     """Automated responses, e.g. ``"set_state:HALTED"``, ``"set_state:REDUCING"``, ``"reduce:0.25"``."""
+    threshold_fraction: Number = 1.0
+    """With a ``limits.<field>`` threshold: the fraction of the limit (0.8 = 80% of it; -1 for a loss limit
+    compared with a negative P&L). Must stay 1 with a numeric threshold."""
+    channels: tuple[Channel, ...] = ()
+    """The channels of the rule's first notification; empty: the severity's escalation policy (``[escalation]``)."""
+    recipients: tuple[Text, ...] = ()
+    """The recipients of the rule's first notification; empty: the severity's escalation policy."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.threshold, str):
+            name = self.threshold.removeprefix(LIMIT_PREFIX)
+            ok = self.threshold.startswith(LIMIT_PREFIX) and name in {f.name for f in fields(Limits)}
+            _require(ok, f"threshold {self.threshold!r}: a number or limits.<a field of [limits]>")
+            _require(self.threshold_fraction != 0, "threshold_fraction must not be 0")
+        else:
+            _require(self.threshold_fraction == 1.0, "threshold_fraction applies only to a limits.<field> threshold")
         _require(valid_symbol(self.id), f"rule id {self.id!r}: use 1-32 letters, digits, '.', '_' or '-'")
         _require(len(self.description) <= 500, "description must be text of at most 500 characters")
         _require(bool(self.portfolios), 'portfolios must be a non-empty list of portfolio ids, or ["*"] for all')
@@ -357,90 +331,6 @@ class AlertRule:
             ALL_PORTFOLIOS not in self.portfolios or len(self.portfolios) == 1,
             'portfolios: "*" (all) cannot be combined with named portfolios',
         )
-
-
-@dataclass(frozen=True, config=CONFIG)
-class MonitorConfig:
-    timezone: Text = "America/New_York"
-    """Time zone in which the daily and weekly drawdown windows reset."""
-    day_reset_hour: Integer = 0
-    """Local hour at which a new day (and on Mondays a new week) starts for drawdown."""
-    history_retention_days: Number = 7.0
-    history_max_points: Integer = 700_000
-    """Safety cap on history length per portfolio (7 days at 1 point/s is ~605k)."""
-    stale_snapshot_seconds: Number = 30.0
-    consumer_idle_limit_seconds: Annotated[Number, Field(gt=0)] = 86_400.0
-    """A consumer of the monitor group idle this long (and holding no pending tick) is removed from the group."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class Market:
-    """The exchange calendar the sessions come from (engine/sessions.py)."""
-
-    calendar: Text = "XNYS"
-    """An ``exchange-calendars`` name (daily P&L and drawdown reset at each session open, the weekly window
-    follows its weeks), or ``"24/7"``: no sessions, the day starts at ``monitor.day_reset_hour``."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class StreamConfig:
-    tick_stream_maxlen: Integer = 10_000
-    """Approximate bound of the tick event stream (XADD MAXLEN ~)."""
-    seed: Integer | None = None
-    max_jump_sigma: Annotated[Number, Field(gt=0)] = 12.0
-    """A price whose log return from the last accepted price exceeds this many standard deviations of the
-    ticker's current one-bar volatility (from the covariance) is rejected as absurd (engine/price_filter.py)."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class RedisConfig:
-    url: Text | None = None
-    """Use this server; when unset an embedded redis-server is started under ``data_dir``."""
-    data_dir: Text = "var"
-    appendfsync: Literal["everysec", "always", "no"] = "everysec"
-
-
-@dataclass(frozen=True, config=CONFIG)
-class DashboardConfig:
-    port: Integer = 8501
-    refresh_seconds: Number = 2.0
-    address: Text = "127.0.0.1"
-    """Where the launcher binds the dashboard; any non-loopback address needs login (``[auth]`` in
-    ``.streamlit/secrets.toml``), else the launcher refuses to start it."""
-    allowed_hosts: tuple[Text, ...] = ()
-    """Host names (besides ``address`` and the loopback names) a request's ``Host`` header may carry; any other
-    host is refused by the page (DNS-rebinding guard, see logic/access.py)."""
-
-
-@dataclass(frozen=True, config=CONFIG)
-class AccessGrant:
-    """The roles (and, for traders, the portfolios, ``"*"`` for all) one user or group is given."""
-
-    roles: Annotated[tuple[Role, ...], Field(min_length=1)]
-    portfolios: tuple[Text, ...] = ()
-
-
-@dataclass(frozen=True, config=CONFIG)
-class AccessConfig:
-    """Who may do what once login is configured: grants by e-mail (``users``) and by group (``groups``, read
-    from the ``groups_claim`` of the identity provider's token). A signed-in user matching nothing gets no role
-    (read-only pages refuse too); grants add up."""
-
-    users: Table[AccessGrant] = field(default_factory=dict)
-    groups: Table[AccessGrant] = field(default_factory=dict)
-    groups_claim: Text = "groups"
-
-
-@dataclass(frozen=True, config=CONFIG)
-class MetricsConfig:
-    """Prometheus ``/metrics`` endpoints (engine/metrics.py) on ``address``; a port of 0 serves none."""
-
-    address: Text = "127.0.0.1"
-    stream_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
-    monitor_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
-    notifications_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
-    max_portfolios: Annotated[Integer, Field(gt=0)] = 50
-    """Per-portfolio gauges for at most this many portfolios (label cardinality; the rest are counted)."""
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -463,6 +353,8 @@ class Settings:
     """Sections owned by other components (``notifications``, ``escalation``) kept verbatim for their own
     validation (:func:`notifications.config.notification_config`, :func:`logic.escalation.escalation_config`):
     the engine does not import the layers above it."""
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    """Tiered retention of the monitor's history (``[history]``)."""
 
     def __post_init__(self) -> None:
         ids = [p.id for p in self.portfolios]
@@ -480,19 +372,24 @@ class Settings:
                 return p
         raise ConfigError(f"unknown portfolio {portfolio_id!r}; configured: {[p.id for p in self.portfolios]}")
 
+    @functools.cached_property
+    def _portfolio_index(self) -> dict[str, PortfolioConfig]:
+        """Portfolio id -> its table (the first one of that id), so the per-portfolio lookups are O(1): the
+        monitor asks for every portfolio on every tick."""
+        index: dict[str, PortfolioConfig] = {}
+        for p in self.portfolios:
+            index.setdefault(p.id, p)
+        return index
+
     def limits_for(self, portfolio_id: str) -> Limits:
         """The portfolio's own limits when it is configured, else the global ones."""
-        for p in self.portfolios:
-            if p.id == portfolio_id:
-                return p.limits
-        return self.limits
+        p = self._portfolio_index.get(portfolio_id)
+        return p.limits if p is not None else self.limits
 
     def var_method_for(self, portfolio_id: str) -> VarMethod:
         """The portfolio's own ``var_method`` when it sets one, else ``model.var_method``."""
-        for p in self.portfolios:
-            if p.id == portfolio_id and p.var_method is not None:
-                return p.var_method
-        return self.model.var_method
+        p = self._portfolio_index.get(portfolio_id)
+        return p.var_method if p is not None and p.var_method is not None else self.model.var_method
 
     @property
     def portfolio_ids(self) -> tuple[str, ...]:
@@ -746,12 +643,6 @@ def _parse_env_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
-
-
-def _require(condition: bool, message: str) -> None:
-    """Inside a validator: a ``ValueError`` that :func:`validate_config` reports with the setting's path."""
-    if not condition:
-        raise ValueError(message)
 
 
 def _valid_ticker(symbol: str) -> bool:

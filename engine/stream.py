@@ -307,7 +307,9 @@ class StreamDaemon:
         self._tickers_json = encode_json(list(snap.tickers))
         self.prices = snap.prices.copy()
         self.price_ts = snap.price_ts.copy()
-        self.cov = snap.cov  # a fresh writeable copy (decode_array), updated in place from now on
+        self.cov = snap.cov  # a fresh writeable copy (decode_market_cov), updated in place from now on
+        # measure the EWMA kernels for this N now (once per process and N), not inside the first bar's MULTI
+        kernel = math_logic.ewma_kernel_calibration(len(snap.tickers)).chosen
         self._validate_next = True
         self._synced = True
         self.stats.reloads += 1
@@ -318,8 +320,8 @@ class StreamDaemon:
             usable = np.where(np.isfinite(self.prices) & (self.prices > 0), self.prices, 1.0)
             vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
             self.feed.sync_universe(list(self.tickers), usable.tolist(), vols.tolist())
-        log.info("loaded market version %d (%d tickers%s)", snap.version, len(snap.tickers),
-                 ", universe changed" if changed else "")  # fmt: skip
+        log.info("loaded market version %d (%d tickers%s), EWMA kernel %s", snap.version, len(snap.tickers),
+                 ", universe changed" if changed else "", kernel)  # fmt: skip
 
     def validate(self, bar: Bar, now: float) -> _Step:
         """Check every price of ``bar`` against the loaded universe and compute the returns (pure)."""

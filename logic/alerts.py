@@ -38,8 +38,8 @@ from engine.errors import ConfigError, RiskdeskError
 from engine.market_model import MarketModelCache
 from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
-from engine.settings import AlertRule, Settings
-from engine.store import PortfolioKeys, Store
+from engine.settings import AlertRule, Limits, Settings
+from engine.store import PortfolioKeys, Store, decode_object
 from logic.actions import ControlFactory, ResponseRunner
 from logic.escalation import EscalationConfig, escalation_config
 from logic.lifecycle import (
@@ -163,6 +163,9 @@ class AlertEngine:
         self.planner = AlertPlanner(escalation, repeat_interval_seconds)
         self.after_tick = after_tick
         self._last: dict[str, Snapshot] = {}
+        self._stored: dict[str, tuple[bytes, Snapshot]] = {}
+        """The stored snapshot last decoded per portfolio, with its bytes (:meth:`_latest_snapshots`)."""
+        self._limits_memo: dict[Any, Any] = {}
         self._lock = threading.RLock()
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
@@ -186,11 +189,36 @@ class AlertEngine:
             self._last[portfolio_id] = snapshot
             changes = self._transact(
                 portfolio_id,
-                functools.partial(self.planner.plan_evaluation, portfolio_id, snapshot, now),
+                functools.partial(
+                    self.planner.plan_evaluation, portfolio_id, snapshot, now, limits=self.limits_of(portfolio_id)
+                ),
             )
             if changes.actions:
                 self._run_pending_actions(portfolio_id, now)
         return changes.transitions
+
+    def evaluate_many(
+        self, snapshots: Mapping[str, Snapshot], now: float | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`evaluate` for every snapshot of a tick (portfolio id -> snapshot) in one batch
+        (:mod:`logic.alert_batch`: one WATCH, one pipelined read, the same planning, one MULTI); portfolios the
+        batch could not write go through :meth:`evaluate` one by one (errors propagate from there).
+        Returns portfolio id -> transitions."""
+        from logic.alert_batch import evaluate_batch  # lazily: alert_batch imports this module for its types
+
+        now = self.clock() if now is None else float(now)
+        with self._lock:
+            for portfolio_id, snapshot in snapshots.items():
+                if not isinstance(snapshot, Mapping):
+                    raise TypeError(f"snapshot must be a mapping, got {type(snapshot).__name__}")
+                self._last[portfolio_id] = snapshot
+            result = evaluate_batch(self, snapshots, now)
+            for portfolio_id in result.with_actions:
+                self._run_pending_actions(portfolio_id, now)
+        out = dict(result.transitions)
+        for portfolio_id in result.one_by_one:
+            out[portfolio_id] = self.evaluate(portfolio_id, snapshots[portfolio_id], now)
+        return out
 
     def tick(self, now: float | None = None) -> dict[str, Any]:
         """Time-based work; call about once a second whether or not snapshots arrive (or let
@@ -202,21 +230,76 @@ class AlertEngine:
         Returns ``{"transitions": [...], "deliveries": [...]}``; ``deliveries`` is what the ``after_tick`` hook
         returned (none by default: delivery is the notifications package's, see :mod:`notifications.service`).
         """
+        from logic.alert_batch import evaluate_batch  # lazily: alert_batch imports this module for its types
+
         now = self.clock() if now is None else float(now)
         transitions: list[dict[str, Any]] = []
         pids = self.portfolio_ids()
         with self._lock:
+            latest = self._latest_snapshots(pids)
+            known = {pid: snap for pid, snap in latest.items() if snap is not None}
+            batch = evaluate_batch(self, known, now)  # the portfolios with a snapshot, in one transaction
             for pid in pids:
-                snapshot = self._latest_snapshot(pid)
+                if pid in known and pid not in batch.one_by_one:
+                    transitions.extend(batch.transitions.get(pid, []))
+                    continue
+                snapshot = known.get(pid)
                 if snapshot is not None:
-                    changes = self._transact(pid, functools.partial(self.planner.plan_evaluation, pid, snapshot, now))
+                    plan = functools.partial(
+                        self.planner.plan_evaluation, pid, snapshot, now, limits=self.limits_of(pid)
+                    )
+                    changes = self._transact(pid, plan)
                 else:
                     changes = self._transact(pid, functools.partial(self.planner.plan_timers_only, pid, now))
                 transitions.extend(changes.transitions)
+            for pid in self._with_pending_actions(pids):
                 self._run_pending_actions(pid, now)
         # outside the lock: a process that also delivers must not hold up evaluate() on another thread
         deliveries = self.after_tick(now, pids) if self.after_tick is not None else []
         return {"transitions": transitions, "deliveries": deliveries}
+
+    def _latest_snapshots(self, portfolio_ids: Sequence[str]) -> dict[str, Snapshot | None]:
+        """:meth:`_latest_snapshot` of every portfolio with one pipelined read of the stored snapshots (a
+        stored snapshot is decoded again only when its bytes changed)."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for pid in portfolio_ids:
+            pipe.get(PortfolioKeys(pid).snapshot)
+        try:
+            raws: list[Any] = pipe.execute(raise_on_error=False)
+        except redis.RedisError:
+            raws = [None] * len(portfolio_ids)
+        out: dict[str, Snapshot | None] = {}
+        for pid, raw in zip(portfolio_ids, raws, strict=True):
+            mine = self._last.get(pid)
+            stored: Snapshot | None = None
+            if isinstance(raw, bytes):
+                cached = self._stored.get(pid)
+                if cached is not None and cached[0] == raw:
+                    stored = cached[1]
+                else:
+                    try:
+                        stored = decode_object(raw, PortfolioKeys(pid).snapshot)
+                    except RiskdeskError:
+                        stored = None
+                    else:
+                        self._stored[pid] = (raw, stored)
+            if stored is not None and (mine is None or snapshot_ts(stored) > snapshot_ts(mine)):
+                self._last[pid] = stored
+                mine = stored
+            out[pid] = mine
+        return out
+
+    def _with_pending_actions(self, portfolio_ids: Sequence[str]) -> list[str]:
+        """The portfolios whose actions queue is not empty (one pipelined EXISTS each)."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for pid in portfolio_ids:
+            pipe.exists(Store.actions_key(pid))
+        return [pid for pid, n in zip(portfolio_ids, pipe.execute(), strict=True) if n]
+
+    def limits_of(self, portfolio_id: str) -> Limits:
+        """The portfolio's live limits (the store's version, the settings' when none is stored): what a rule's
+        ``limits.<field>`` threshold resolves against at this evaluation. Decoded once per limits version."""
+        return self.store.limits_or(portfolio_id, self.settings.limits_for(portfolio_id), self._limits_memo)
 
     def _latest_snapshot(self, portfolio_id: str) -> Snapshot | None:
         """The newest snapshot known for the portfolio: the last one evaluated here, or the one the monitors

@@ -21,6 +21,7 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, Float64Array, Severity
 from engine.settings import AlertRule, Limits
 from logic.alerts import MISSING, applies, compare, metric_value
+from logic.rules import limit_reference, resolve_rule
 from logic.var_methods import RiskModel
 
 # -- traffic lights ------------------------------------------------------------------------------------------
@@ -90,9 +91,7 @@ def traffic_lights(
     A rule breached now (on ``snapshot``) or an active alert of a rule of the area colours it by severity;
     an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey.
     """
-    by_area: dict[str, list[tuple[int, int, str]]] = {
-        area: [] for area, _ in AREAS
-    }  # (rank, rule first, text)
+    by_area: dict[str, list[tuple[int, int, str]]] = {area: [] for area, _ in AREAS}  # (rank, rule first, text)
     applicable = {area: 0 for area, _ in AREAS}
     if limits is not None and snapshot is not None:
         ranks = {"red": _rank(Severity.CRITICAL), "amber": _rank(Severity.MEDIUM)}
@@ -100,17 +99,19 @@ def traffic_lights(
             applicable[limit_area] += 1
             if level in ranks:
                 by_area[limit_area].append((ranks[level], 2, text))
-    for rule in rules:
-        area = area_of(rule.metric)
-        if area is None or not applies(rule, portfolio_id) or snapshot is None:
+    for written in rules:
+        rule = resolve_rule(written, limits)  # a limits.<field> threshold follows the live limit
+        area = area_of(written.metric)
+        if rule is None or area is None or not applies(rule, portfolio_id) or snapshot is None:
             continue
         value = metric_value(snapshot, rule.metric)
         if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
             continue
         applicable[area] += 1
-        if compare(float(value), rule.op, rule.threshold):
+        if compare(float(value), rule.op, float(rule.threshold)):
             rank = _rank(rule.severity)
-            now = f"{rule.metric} = {_fmt(value)} {rule.op} {_fmt(rule.threshold)}"
+            ref = limit_reference(written)
+            now = f"{rule.metric} = {_fmt(value)} {rule.op} {_fmt(rule.threshold)}" + (f" ({ref})" if ref else "")
             text = f"{rule.description or rule.id}: {now}"
             by_area[area].append((rank, 1, text))
     for alert in active_alerts:
@@ -134,18 +135,20 @@ def traffic_lights(
         elif applicable[area]:
             lights.append(Light(area, "green", f"{applicable[area]} rule(s) clear"))
         else:
-            lights.append(
-                Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet")
-            )
+            lights.append(Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet"))
     return lights
 
 
 def breaker_levels(
-    rules: Iterable[AlertRule], portfolio_id: str, metric: str = "drawdown.daily"
+    rules: Iterable[AlertRule], portfolio_id: str, metric: str = "drawdown.daily", limits: Limits | None = None
 ) -> list[dict[str, Any]]:
-    """The circuit-breaker levels on ``metric``: rules with automated actions, as ``{level, label}``."""
+    """The circuit-breaker levels on ``metric``: rules with automated actions, as ``{level, label}`` (a
+    ``limits.<field>`` threshold resolved against ``limits``; left out without them)."""
     out = []
-    for rule in rules:
+    for written in rules:
+        rule = resolve_rule(written, limits)
+        if rule is None:
+            continue
         if rule.metric == metric and rule.actions and applies(rule, portfolio_id):
             out.append(
                 {

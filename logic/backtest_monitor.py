@@ -162,13 +162,20 @@ class BacktestBooks:
         self._books: dict[str, _Book] = {}
         self._summaries: dict[str, tuple[str, dict[str, Any]]] = {}
 
-    def feed(self, event: TickEvent, portfolios: Mapping[str, np.ndarray], conn: Conn = None) -> dict[str, Fed]:
+    def feed(
+        self,
+        event: TickEvent,
+        portfolios: Mapping[str, np.ndarray],
+        conn: Conn = None,
+        markers: Mapping[str, tuple[int, str] | None] | None = None,
+    ) -> dict[str, Fed]:
         """Feed ``event`` to the backtest of each portfolio (``portfolios``: id -> qty in ``event.tickers``
         order); returns what to write. Reads the stored markers through ``conn`` (the monitor's WATCHing
-        pipeline, so a concurrent write by another monitor aborts the transaction). Nothing is kept until
-        :meth:`commit`."""
+        pipeline, so a concurrent write by another monitor aborts the transaction), unless the caller read them
+        (``markers``, after WATCHing their keys). Nothing is kept until :meth:`commit`."""
         pids = list(portfolios)
-        markers = {pid: self.store.read_backtest_marker(pid, conn) for pid in pids}
+        if markers is None:
+            markers = {pid: self.store.read_backtest_marker(pid, conn) for pid in pids}
         label = datetime.fromtimestamp(event.bar_ts, UTC).isoformat()
         prices = np.asarray(event.prices, dtype=np.float64)
         index = {t: i for i, t in enumerate(event.tickers)}

@@ -228,3 +228,30 @@ def notified_levels(alert: Mapping[str, Any], policy: EscalationPolicy) -> list[
     """Every level told about the alert so far (the audience of reminders and of the resolved message)."""
     top = int((alert.get("escalation") or {}).get("max_level", -1))
     return list(range(min(top, len(policy.levels) - 1) + 1))
+
+
+# -- a rule's own routing ------------------------------------------------------------------------------------
+
+
+def route_of(channels: Collection[str], recipients: Collection[str]) -> dict[str, list[str]] | None:
+    """The routing an alert record keeps for its rule's own ``channels`` / ``recipients`` (None: neither set,
+    the severity's policy applies as written)."""
+    if not channels and not recipients:
+        return None
+    return {"channels": [str(c) for c in channels], "recipients": [str(r) for r in recipients]}
+
+
+def routed_policy(policy: EscalationPolicy, route: Mapping[str, Any] | None) -> EscalationPolicy:
+    """``policy`` with its first level told by the rule's own channels and recipients (``route``, see
+    :func:`route_of`); a part the rule leaves empty comes from that first level. Later levels (escalation
+    when nobody acknowledges) stay the policy's. A channel other than ``log`` needs recipients: without any,
+    only ``log`` is kept."""
+    if not route:
+        return policy
+    first = policy.levels[0]
+    recipients = tuple(route.get("recipients") or ()) or first.recipients
+    channels = tuple(Channel(c) for c in (route.get("channels") or ())) or first.channels
+    if not recipients:
+        channels = tuple(c for c in channels if c == Channel.LOG) or (Channel.LOG,)
+    level = EscalationLevel(first.delay_seconds, recipients, channels)
+    return EscalationPolicy((level, *policy.levels[1:]))

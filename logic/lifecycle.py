@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.alert_records import OutboxEntry
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, AlertStatus, Channel, Severity
-from engine.settings import AlertRule
+from engine.settings import AlertRule, Limits
 from logic import escalation as esc
 from logic.actions import MARGIN_METRIC, MARGIN_RULE_OPS, margin_response_spec, parse_action, plan_reduction
 from logic.escalation import EscalationConfig
@@ -33,7 +33,9 @@ from logic.rules import (
     Snapshot,
     applies,
     compare,
+    limit_reference,
     metric_value,
+    resolve_rule,
 )
 
 SYSTEM_ACTOR = "system"
@@ -124,6 +126,11 @@ class AlertPlanner:
         self.escalation = escalation
         self.repeat_interval_seconds = repeat_interval_seconds
 
+    def policy_for(self, alert: Mapping[str, Any]) -> esc.EscalationPolicy:
+        """The escalation policy of one alert: its severity's, first level told by the rule's own channels and
+        recipients when the rule names them (``route`` in the record, :func:`logic.escalation.routed_policy`)."""
+        return esc.routed_policy(self.escalation.policy(alert["severity"]), alert.get("route"))
+
     # -- the dashboard's transitions -------------------------------------------------------------------------
     def plan_acknowledge(
         self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any]
@@ -166,10 +173,19 @@ class AlertPlanner:
         alerts: dict[str, Any],
         trackers: dict[str, Any],
         rules: tuple[AlertRule, ...],
+        limits: Limits | None = None,
     ) -> Changes:
+        """``limits``: the portfolio's live limits of this evaluation; a rule whose threshold is
+        ``limits.<field>`` compares with that limit now (:func:`logic.rules.resolve_threshold`) and does not
+        apply when the portfolio sets no such limit (or when ``limits`` is None)."""
         ch = Changes()
         current = {rid: dict(a) for rid, a in alerts.items()}
-        applicable = {r.id: r for r in rules if applies(r, portfolio_id)}
+        refs: dict[str, str | None] = {}
+        applicable: dict[str, AlertRule] = {}
+        for r in rules:
+            resolved = resolve_rule(r, limits) if applies(r, portfolio_id) else None
+            if resolved is not None:
+                applicable[r.id], refs[r.id] = resolved, limit_reference(r)
         for rule_id, alert in list(current.items()):
             if alert.get("kind") == "metric" and rule_id not in applicable:
                 self.resolve_into(
@@ -187,8 +203,9 @@ class AlertPlanner:
         ordered = sorted(applicable.values(), key=lambda r: -SEVERITY_RANK[Severity(r.severity)])
         for rule in ordered:
             self.evaluate_rule(
-                ch, portfolio_id, rule, snapshot, now, current, trackers.get(rule.id) or {}, rules=ordered
-            )
+                ch, portfolio_id, rule, snapshot, now, current, trackers.get(rule.id) or {}, rules=ordered,
+                ref=refs.get(rule.id),
+            )  # fmt: skip
         self.plan_inhibition(ch, current, now)
         self.plan_timers(ch, portfolio_id, current, now)
         return ch
@@ -212,7 +229,7 @@ class AlertPlanner:
             return False, None, False
         if age > rule.stale_after_seconds or not _finite(value):
             return (True, None, True) if rule.stale_policy == "fire" else (None, None, False)
-        return compare(float(value), rule.op, rule.threshold), float(value), False
+        return compare(float(value), rule.op, float(rule.threshold)), float(value), False  # resolved
 
     def evaluate_rule(
         self,
@@ -224,14 +241,19 @@ class AlertPlanner:
         current: dict[str, dict[str, Any]],
         tracker: Mapping[str, Any],
         rules: Sequence[AlertRule] = (),
+        ref: str | None = None,
     ) -> None:
-        """``rules``: every rule applying to the portfolio (a margin sell-down reads its warning level there)."""
+        """``rules``: every rule applying to the portfolio (a margin sell-down reads its warning level there),
+        thresholds resolved; ``ref``: the limit ``rule``'s threshold came from (kept in the alert record)."""
         breach, value, stale = self.condition(rule, snapshot, now)
         if breach is None:
             return
         alert = current.get(rule.id)
         if alert is not None:
-            edited = {"op": rule.op, "threshold": rule.threshold, "description": rule.description}
+            edited = {
+                "op": rule.op, "threshold": rule.threshold, "threshold_ref": ref, "description": rule.description,
+                "route": esc.route_of(rule.channels, rule.recipients),
+            }  # fmt: skip
             if any(alert.get(k) != v for k, v in edited.items()):  # the rule was edited while active
                 alert.update(edited, updated_at=now)
                 ch.alerts_set[rule.id] = alert
@@ -248,7 +270,7 @@ class AlertPlanner:
                 since = new["breach_since"] if new["breach_since"] is not None else now
                 new["breach_since"] = since
                 if now - since >= rule.pending_seconds and new["hold_until"] is None:
-                    alert = self.trigger(ch, portfolio_id, rule, value, stale, since, now, snapshot, rules)
+                    alert = self.trigger(ch, portfolio_id, rule, value, stale, since, now, snapshot, rules, ref)
                     current[rule.id] = alert
         else:
             new["breach_since"] = None
@@ -291,6 +313,7 @@ class AlertPlanner:
         now: float,
         snapshot: Snapshot,
         rules: Sequence[AlertRule] = (),
+        ref: str | None = None,
     ) -> dict[str, Any]:
         alert = {
             "alert_id": uuid.uuid4().hex[:16],
@@ -300,13 +323,16 @@ class AlertPlanner:
             "metric": rule.metric,
             "op": rule.op,
             "threshold": rule.threshold,
+            "threshold_ref": ref,
             "unit": SNAPSHOT_METRICS.get(rule.metric, "number"),
             "severity": rule.severity,
             "description": rule.description,
             **triggered_fields(value, stale, since, now),
+            "inhibited_by": None,
+            "route": esc.route_of(rule.channels, rule.recipients),
             "actions": list(rule.actions),
         }
-        esc.start(alert, self.escalation.policy(rule.severity), now)
+        esc.start(alert, self.policy_for(alert), now)
         ch.alerts_set[rule.id] = alert
         ch.log.append(
             self.log_record(AlertStatus.TRIGGERED, alert, now, SYSTEM_ACTOR, "STALE market data" if stale else "")
@@ -336,9 +362,9 @@ class AlertPlanner:
                 assert action.fraction is not None
                 pending["margin"] = margin_response_spec(
                     action.fraction,
-                    rule.threshold,
+                    float(rule.threshold),
                     rule.op,
-                    [(r.threshold, r.op) for r in rules if r.metric == MARGIN_METRIC],
+                    [(float(r.threshold), r.op) for r in rules if r.metric == MARGIN_METRIC],
                     _gross(snapshot),
                 )
             elif action.kind == "reduce":
@@ -359,7 +385,7 @@ class AlertPlanner:
         ch.alerts_set.pop(alert["rule_id"], None)
         ch.log.append(self.log_record(AlertStatus.RESOLVED, resolved, now, actor, reason))
         if resolved.get("notified"):
-            policy = self.escalation.policy(resolved["severity"])
+            policy = self.policy_for(resolved)
             recipients: list[str] = []
             channels: list[str] = []
             for level in esc.notified_levels(resolved, policy):
@@ -369,18 +395,23 @@ class AlertPlanner:
         return resolved
 
     def plan_inhibition(self, ch: Changes, current: dict[str, dict[str, Any]], now: float) -> None:
-        critical = {
-            a["metric"]
-            for a in current.values()
-            if a.get("kind") == "metric" and a["severity"] == Severity.CRITICAL and a["status"] in ACTIVE_STATUSES
-        }
+        critical: dict[str, list[str]] = {}
+        for a in current.values():
+            if a.get("kind") == "metric" and a["severity"] == Severity.CRITICAL and a["status"] in ACTIVE_STATUSES:
+                critical.setdefault(a["metric"], []).append(a["rule_id"])
         for rule_id, alert in current.items():
             if alert.get("kind") != "metric" or alert["severity"] == Severity.CRITICAL:
                 continue
             inhibit = alert["metric"] in critical
-            if inhibit == bool(alert.get("inhibited")):
+            by = ", ".join(sorted(critical.get(alert["metric"], []))) or None
+            if inhibit == bool(alert.get("inhibited")) and alert.get("inhibited_by") == by:
+                continue
+            if inhibit == bool(alert.get("inhibited")):  # another CRITICAL rule now holds it
+                alert.update(inhibited_by=by, updated_at=now)
+                ch.alerts_set[rule_id] = alert
                 continue
             alert["inhibited"] = inhibit
+            alert["inhibited_by"] = by
             alert["updated_at"] = now
             if inhibit:
                 esc.stop(alert)
@@ -390,11 +421,11 @@ class AlertPlanner:
                         alert,
                         now,
                         SYSTEM_ACTOR,
-                        f"a {Severity.CRITICAL} alert on {alert['metric']} is active",
+                        f"inhibited by {by}: a {Severity.CRITICAL} alert on {alert['metric']} is active",
                     )
                 )
             else:
-                policy = self.escalation.policy(alert["severity"])
+                policy = self.policy_for(alert)
                 if alert.get("notified"):
                     esc.resume(alert, policy, now)
                 else:
@@ -405,7 +436,7 @@ class AlertPlanner:
     def plan_timers(self, ch: Changes, portfolio_id: str, current: dict[str, dict[str, Any]], now: float) -> None:
         """Acknowledge timeouts, due escalation levels, repeat reminders."""
         for rule_id, alert in current.items():
-            policy = self.escalation.policy(alert["severity"])
+            policy = self.policy_for(alert)
             changed = False
             if (
                 alert["status"] == AlertStatus.ACKNOWLEDGED

@@ -3,6 +3,13 @@
 On every tick event of the stream daemon it computes each portfolio's snapshot (:mod:`logic.snapshot`), keeps
 it as the latest snapshot and appends it to the portfolio's history, then hands it to the alert engine.
 
+Scale (issue 15): every portfolio's figures at once (:mod:`logic.batch`; ``vectorised=False`` keeps the
+per-portfolio reference path) and a tick's alerts in one batch (:mod:`logic.alert_batch`). Latest wins
+(``monitor.latest_wins``): a monitor behind the stream snapshots only the newest waiting tick and acknowledges the
+older ones in the same MULTI (``ticks_coalesced``); peaks merge every snapshot written, so they stay exact over
+them. ``monitor.shard_portfolios``: each live monitor snapshots its shard of every tick (:mod:`logic.shards`).
+Otherwise:
+
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream.
 Each tick event is delivered to exactly one of them, and that monitor computes ALL portfolios for that tick.
 Two monitors therefore split the ticks, not the portfolios; per-portfolio state they both update (equity
@@ -17,8 +24,9 @@ Per tick: one MULTI read of every portfolio (state, positions, trading state); v
 (published in the tick event); the covariance matrix read once per market version and cached (a lagging
 monitor measures older prices with the newest matrix); one pipeline of atomic peak/mark merges; one MULTI
 writing snapshots, history points (entry ids from the snapshot time in ms, unique even when many ticks share a
-millisecond; trimmed to ``monitor.history_retention_days`` by time and ``monitor.history_max_points`` by
-count), the acknowledgement and the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
+millisecond; kept ``history.raw_seconds`` of data time and at most ``history.raw_max_points``, and merged into
+the open bucket of every downsampled tier of ``[history]``: engine/store/history.py), the acknowledgement and
+the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
 
 Each portfolio's VaR and CVaR use its method (``Settings.var_method_for``; the window of standardized returns
 is read through the shared market-model cache only when a method needs it), and every tick feeds the
@@ -39,6 +47,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -65,7 +74,6 @@ from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
     MONITOR_GROUP,
-    TICKS_KEY,
     EquityPeaks,
     Float64Array,
     MarketHeader,
@@ -77,7 +85,9 @@ from engine.store import (
 )
 from engine.store.slots import slot_transaction
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
+from logic.batch import PortfolioLookup, batch_figures, live_limits, read_backtest_markers
 from logic.rejections import MAX_BOOKABLE_PRICE
+from logic.shards import Membership, newest_tick, remove_idle_consumers, shard
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
 from logic.valuation import Valuation, value_portfolio
 
@@ -97,21 +107,6 @@ HEARTBEAT_EVERY_SECONDS = 1.0
 HOUSEKEEPING_EVERY_SECONDS = 3600.0
 """How often an idle monitor removes idle group consumers and prunes old idempotency records (and once at
 its first idle moment after start)."""
-_REMOVE_IDLE_CONSUMERS_LUA = """
--- KEYS[1] = the tick stream; ARGV[1] = group, ARGV[2] = the calling consumer, ARGV[3] = idle limit (ms)
--- Removes consumers idle longer than the limit that hold no pending entry (their ticks would be lost),
--- never the caller; atomic, so a consumer cannot receive an entry between the check and the removal.
-local removed = {}
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[3]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    table.insert(removed, f['name'])
-  end
-end
-return removed
-"""
 ALERTS_TICK_SECONDS = 0.5
 """Period of the alert engine's background work (escalation timers, repeats, pending and clear periods)."""
 
@@ -127,6 +122,8 @@ class MonitorStats:
     ticks_processed: int = 0
     refreshes: int = 0
     snapshots: int = 0
+    ticks_coalesced: int = 0
+    """Ticks acknowledged without a snapshot of their own because a newer one was waiting (latest wins)."""
     entries_skipped: int = 0
     """Tick entries that were trimmed away or did not decode: acknowledged without a snapshot."""
     portfolio_errors: int = 0
@@ -180,6 +177,7 @@ class Monitor:
         stop_event: threading.Event | None = None,
         market_models: MarketModelCache | None = None,
         metrics: MonitorMetrics | None = None,
+        vectorised: bool = True,
     ) -> None:
         cfg = settings.monitor
         self.metrics = metrics or MonitorMetrics(max_portfolios=settings.metrics.max_portfolios)
@@ -189,8 +187,6 @@ class Monitor:
             self.tz = ZoneInfo(cfg.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigError(f"monitor.timezone: unknown time zone {cfg.timezone!r}") from exc
-        if cfg.history_retention_days <= 0 or cfg.history_max_points <= 0:
-            raise ConfigError("monitor.history_retention_days and history_max_points must be > 0")
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -198,19 +194,38 @@ class Monitor:
         """Daily / weekly windows: sessions of ``market.calendar`` (engine/sessions.py)."""
         self.alert_engine = alert_engine
         self.consumer = consumer or default_consumer_name()
+        self.latest_wins = cfg.latest_wins
+        """Skip to the newest waiting tick (``monitor.latest_wins``); off: every tick in order."""
+        self.vectorised = vectorised
+        """Risk figures of every portfolio at once (logic/batch.py); False: one portfolio at a time, reading
+        each one's limits on its own (the reference path, and the loop baseline of ``make bench``)."""
+        self.lookup = PortfolioLookup(settings)
         self.limits_memo: dict[Any, Any] = {}
         """Live limits last decoded per portfolio (engine/store/limits.py: re-decoded when the version moves)."""
         self.group = group
         self.batch_size = batch_size
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.idle_refresh_seconds = idle_refresh_seconds
-        self.retention_seconds = cfg.history_retention_days * 86400.0
+        self.history = settings.history
+        """Full-resolution window and downsampled tiers of the history (engine/store/history.py)."""
+        self.retention_seconds = self.history.raw_seconds
         self._stop = stop_event or threading.Event()
         self.stats = MonitorStats()
         self.models = market_models or MarketModelCache(store, settings.model.bars_per_day)
         self._stressed_fallback: tuple[ModelKey, Float64Array] | None = None
         self.backtests = BacktestBooks(store, settings)
         self._portfolio_ids: list[str] | None = None
+        self.membership = (
+            Membership(store, self.consumer, claim_idle_seconds, cfg.consumer_idle_limit_seconds)
+            if cfg.shard_portfolios else None
+        )  # fmt: skip
+        """Sharing the portfolios with the other live monitors (``monitor.shard_portfolios``); None: the
+        consumer group gives each tick to one monitor, which snapshots every portfolio."""
+        self._live: list[str] | None = None
+        self._cursor: str | None = None
+        self._last_snapshot_ts = 0.0
+        self._coalescing = 0
+        """Last tick stream entry read (sharing the portfolios); None: start at the newest."""
         self._group_ready = False
         self._check_pending = True
         self._next_claim = 0.0
@@ -256,6 +271,9 @@ class Monitor:
                 if self._stop.wait(backoff):
                     break
                 backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+        if self.membership is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.membership.leave()  # a clean stop: the others take the shard on their next tick
         log.info(
             "monitor %s stopped: processed %d ticks, %d idle refreshes, %d snapshots, %d skipped entries, "
             "%d portfolio errors, %d alert errors", self.consumer, self.stats.ticks_processed,
@@ -281,6 +299,11 @@ class Monitor:
             self._group_ready = True
 
     def _next_entries(self, block_ms: int | None, count: int) -> list[tuple[str, TickEvent | None]]:
+        if self.membership is not None:  # sharing the portfolios: every monitor reads every tick, no group
+            entries = self.store.read_ticks_after(self._cursor, count=count, block_ms=block_ms)
+            if entries:
+                self._cursor = entries[-1][0]
+            return entries
         self._ensure_group()
         try:
             if self._check_pending:
@@ -295,9 +318,7 @@ class Monitor:
                     log.info("claimed %d tick(s) left pending by another monitor", len(claimed))
                     self._check_pending = True  # any further claimed entries are now our pending ones
                     return claimed
-            return self.store.read_tick_group(
-                self.group, self.consumer, pending=False, count=count, block_ms=block_ms
-            )
+            return self.store.read_tick_group(self.group, self.consumer, pending=False, count=count, block_ms=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the store was wiped and re-seeded: create the group again
                 self._group_ready = False
@@ -305,33 +326,69 @@ class Monitor:
             raise
 
     def _process_entries(self, entries: list[tuple[str, TickEvent | None]]) -> int:
+        if self.latest_wins:
+            return self._process_newest(entries)
         done = 0
         for entry_id, event in entries:
             if self.stopping and done:
                 break
             if event is None:
-                self.stats.entries_skipped += 1
-                log.warning("tick entry %s is gone or unreadable: acknowledged without a snapshot", entry_id)
-                self.store.ack_ticks(self.group, [entry_id])
+                self._skip_unreadable(entry_id)
                 continue
             self.process_tick(entry_id, event)
             done += 1
         return done
 
+    def _skip_unreadable(self, entry_id: str) -> None:
+        self.stats.entries_skipped += 1
+        log.warning("tick entry %s is gone or unreadable: acknowledged without a snapshot", entry_id)
+        if self.membership is None:
+            self.store.ack_ticks(self.group, [entry_id])
+
+    def _process_newest(self, entries: list[tuple[str, TickEvent | None]]) -> int:
+        """Latest wins (module docstring): a full read means more may wait, so new entries are drained first and
+        the snapshot is of the newest tick there is (each tick carries the last price of every ticker)."""
+        if len(entries) >= self.batch_size and (self.membership is not None or not self._check_pending):
+            while True:  # bounded by the stream's MAXLEN
+                more = self._next_entries(block_ms=None, count=self.batch_size)
+                entries = entries + more
+                if len(more) < self.batch_size:
+                    break
+        newest_id, newest, older, unreadable = newest_tick(entries)
+        for entry_id in unreadable:
+            self._skip_unreadable(entry_id)
+        if newest_id is None or newest is None:
+            return 0
+        self.process_tick(newest_id, newest, coalesced=older)
+        return 1
+
     # -- one tick --------------------------------------------------------------------------------------------
-    def process_tick(self, entry_id: str | None, event: TickEvent) -> dict[str, dict[str, Any]]:
-        """Snapshot every portfolio at the tick's prices; acknowledge ``entry_id`` with the writes."""
+    def process_tick(
+        self, entry_id: str | None, event: TickEvent, coalesced: Sequence[str] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """Snapshot every portfolio at the tick's prices; acknowledge ``entry_id`` (and the older ticks it
+        stands for, ``coalesced``) with the writes."""
         started = time.perf_counter()
+        self._live = None  # the membership is read again once per tick
         now = tick_time(self.clock, event.ts)  # a replay's tick is dated by its bar (engine/clocks.py)
         n = len(event.tickers)
         if event.reset:  # prices restarted (a replay, a reloaded market): drawdowns restart with them
-            self.store.restart_peaks(self._portfolio_ids or self.store.portfolio_ids())
+            self.store.restart_peaks(self._shard_ids(self._portfolio_ids or self.store.portfolio_ids()))
         header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
         cov, stressed, model = self._matrices_for(event.version, event.ts, event.tickers)
         view = MarketView(header, cov, stressed, model)
-        snapshots = self._snapshot_all(view, now, ack=entry_id, tick=True, started=started, event=event)
+        acks = [*coalesced, entry_id] if entry_id is not None else list(coalesced)
+        if self.membership is not None:  # no consumer group: nothing to acknowledge
+            acks = []
+        self._coalescing = len(coalesced)  # counted in the heartbeat written with the snapshots
+        try:
+            snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started, event=event)
+        finally:
+            self._coalescing = 0
         self.stats.ticks_processed += 1
+        self.stats.ticks_coalesced += len(coalesced)
         self.metrics.ticks(1)
+        self.metrics.ticks_coalesced.inc(len(coalesced))
         self.stats.last_tick_age_ms = max(0.0, (now - event.ts) * 1000.0)
         self._evaluate_alerts(snapshots, now)
         return snapshots
@@ -339,17 +396,26 @@ class Monitor:
     def refresh(self) -> dict[str, dict[str, Any]]:
         """Snapshot every portfolio from the stored market (no tick): see the module docstring."""
         started = time.perf_counter()
+        self._live = None
         now = self.clock()
         header = self.store.read_market_header()
         cov, stressed, model = self._matrices_for(header.version, header.ts, header.tickers)
         view = MarketView(header, cov, stressed, model)
-        snapshots = self._snapshot_all(view, now, ack=None, tick=False, started=started)
+        snapshots = self._snapshot_all(view, now, ack=[], tick=False, started=started)
         self.stats.refreshes += 1
         self._evaluate_alerts(snapshots, now)
         return snapshots
 
     def _evaluate_alerts(self, snapshots: Mapping[str, dict[str, Any]], now: float) -> None:
         started = time.perf_counter()
+        many = getattr(self.alert_engine, "evaluate_many", None)
+        if callable(many) and snapshots:
+            try:
+                many(snapshots, now)  # the whole tick in one batch (logic/alert_batch.py)
+                self.stats.last_alert_ms = (time.perf_counter() - started) * 1000.0
+                return
+            except Exception:  # one portfolio's failure: evaluate them one by one, each failing on its own
+                log.debug("batched alert evaluation failed: one portfolio at a time", exc_info=True)
         for portfolio_id, snapshot in snapshots.items():
             try:
                 if self.alert_engine is not None:
@@ -409,15 +475,21 @@ class Monitor:
         market: MarketView,
         now: float,
         *,
-        ack: str | None,
+        ack: list[str],
         tick: bool,
         started: float,
         event: TickEvent | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Value, merge peaks and marks, feed the backtests (a tick), build and write the snapshots of every
         portfolio (one MULTI, WATCHing the backtests it writes)."""
-        bundles = self.store.read_portfolio_bundles(self._portfolio_ids)
-        self._portfolio_ids = sorted(bundles)
+        registry: list[list[str]] = []
+
+        def select(ids: list[str]) -> list[str]:
+            registry.append(ids)
+            return self._shard_ids(ids)
+
+        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select)
+        self._portfolio_ids = registry[-1] if registry else sorted(bundles)
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
@@ -425,7 +497,7 @@ class Monitor:
             if bundle.state is None:
                 self._portfolio_error(pid, f"cannot read portfolio: {bundle.error}")
                 continue
-            valuation = value_portfolio(bundle.state, market.header)
+            valuation = value_portfolio(bundle.state, market.header, market.index)
             absurd = (valuation.qty != 0) & (np.abs(np.nan_to_num(valuation.prices)) > MAX_BOOKABLE_PRICE)
             if absurd.any():
                 names = ", ".join(t for t, bad in zip(valuation.tickers, absurd, strict=True) if bad)
@@ -457,7 +529,7 @@ class Monitor:
         now: float,
         valued: list[tuple[PortfolioBundle, Valuation]],
         replies: list[Any],
-        ack: str | None,
+        ack: list[str],
         tick: bool,
         started: float,
         event: TickEvent | None,
@@ -468,7 +540,8 @@ class Monitor:
             tx.watch(*(self.store.backtest_key(pid) for pid in pids))
             try:
                 with np.errstate(over="raise"):
-                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx)
+                    markers = read_backtest_markers(self.store, pids) if self.vectorised else None
+                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx, markers)
             except (StoreError, ValueError, ArithmeticError) as exc:  # the snapshots go on; the bar is skipped
                 self.backtests.discard()
                 self._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
@@ -477,6 +550,8 @@ class Monitor:
         if missing:
             summaries.update(self.backtests.summaries(missing))
 
+        limits = live_limits(self.store, pids, self.lookup, self.limits_memo, batched=self.vectorised)
+        figures = batch_figures(market, valued, limits, self.lookup, self.settings.model) if self.vectorised else {}
         snapshots: dict[str, dict[str, Any]] = {}
         for k, (bundle, valuation) in enumerate(valued):
             pid = bundle.portfolio_id
@@ -486,7 +561,10 @@ class Monitor:
                     if isinstance(reply, Exception):
                         raise StoreError(f"peak/mark merge failed: {reply}")
                 assert bundle.state is not None
-                method = self.settings.var_method_for(pid)
+                method = self.lookup.var_method_for(pid)
+                live = limits[pid]
+                if isinstance(live, Exception):
+                    raise live
                 with np.errstate(over="raise"):  # absurd finite prices overflow: no snapshot
                     snapshots[pid] = build_snapshot(
                         method=method,
@@ -496,39 +574,47 @@ class Monitor:
                         trading_state=bundle.trading_state,
                         valuation=valuation,
                         market=market,
-                        limits=self.store.limits_or(pid, self.settings.limits_for(pid), self.limits_memo),  # live
+                        limits=live,
                         model=self.settings.model,
                         peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
                         marks=decode_marks_reply(marks_raw, pid),
                         now=now,
+                        risk=figures.get(pid),  # None: computed here, one portfolio (the reference path)
                     )
             except (StoreError, ValueError) as exc:
                 self._portfolio_error(pid, str(exc))
             except ArithmeticError as exc:  # FloatingPointError from the errstate above
                 self._portfolio_error(pid, f"risk figures are not finite (an absurd price or variance): {exc}")
 
-        cfg = self.settings.monitor
         tx.multi()
         self.backtests.write(fed, tx)
         for pid, snapshot in snapshots.items():
             self.store.record_snapshot(
                 pid, snapshot, history_point(snapshot), ts=now, retention_seconds=self.retention_seconds,
-                max_points=cfg.history_max_points, pipe=tx,
+                max_points=self.history.raw_max_points, pipe=tx, tiers=self.history.tiers,
             )  # fmt: skip
-        if ack is not None:
-            self.store.ack_ticks(self.group, [ack], tx)
+        self.store.ack_ticks(self.group, ack, tx)
         latency_ms = (time.perf_counter() - started) * 1000.0
         heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
         tx.execute()
         self.backtests.commit(fed)
         self._last_heartbeat = time.monotonic()
+        self._last_snapshot_ts = now
         self.stats.snapshots += len(snapshots)
         self.stats.last_version = market.header.version
         self.stats.last_latency_ms = latency_ms
         self.metrics.snapshot_duration.observe(latency_ms / 1000.0)
         self.metrics.snapshots(snapshots)
         return snapshots
+
+    def _shard_ids(self, portfolio_ids: list[str]) -> list[str]:
+        """This monitor's portfolios: all of them, or its shard among the live monitors (logic/shards.py)."""
+        if self.membership is None:
+            return list(portfolio_ids)
+        if self._live is None:
+            self._live = self.membership.beat(time.time())
+        return shard(portfolio_ids, self._live, self.consumer)
 
     def _portfolio_error(self, pid: str, message: str) -> None:
         self.stats.portfolio_errors += 1
@@ -542,6 +628,7 @@ class Monitor:
             "pid": os.getpid(),
             "consumer": self.consumer,
             "ticks_processed": ticks,
+            "ticks_coalesced": self.stats.ticks_coalesced + self._coalescing,
             "bars_rejected": self.stats.entries_skipped,
             "refreshes": self.stats.refreshes,
             "portfolios": portfolios,
@@ -562,11 +649,7 @@ class Monitor:
         gone: a restarted one gets a new ``<host>-<pid>`` name); never this one, never one holding pending
         ticks (they are claimed first by :meth:`_next_entries`, then it goes). Returns the names removed."""
         limit_ms = int(self.settings.monitor.consumer_idle_limit_seconds * 1000)
-        try:
-            raw = self.store.client.eval(_REMOVE_IDLE_CONSUMERS_LUA, 1, TICKS_KEY, self.group, self.consumer, limit_ms)
-        except redis.ResponseError:  # no stream or no group yet: nobody to remove
-            return []
-        removed = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+        removed = remove_idle_consumers(self.store, self.group, self.consumer, limit_ms)
         if removed:
             log.info("removed idle consumers from group %s: %s", self.group, ", ".join(removed))
         return removed
@@ -593,8 +676,11 @@ class Monitor:
                 last = decode_float(hb.get("snapshot_ts", "0"), key="hb:monitor.snapshot_ts")
             except StoreError:
                 last = 0.0
+            lease = REFRESH_LEASE
+            if self.membership is not None:  # each monitor refreshes its own shard, on its own lease
+                last, lease = self._last_snapshot_ts, f"{REFRESH_LEASE}:{self.consumer}"
             if self.clock() - last >= self.idle_refresh_seconds and self.store.acquire_lock(
-                REFRESH_LEASE, self.consumer, self.idle_refresh_seconds * 0.9
+                lease, self.consumer, self.idle_refresh_seconds * 0.9
             ):
                 try:
                     self.refresh()
@@ -603,6 +689,8 @@ class Monitor:
                 else:
                     return
         if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
+            if self.membership is not None:
+                self.membership.beat(time.time())  # an idle monitor still holds its shard
             heartbeat = self._heartbeat(self.clock(), None, 0, 0.0, ticks=self.stats.ticks_processed)
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat)
             self._last_heartbeat = time.monotonic()

@@ -441,7 +441,7 @@ class RiskManager:
         the holdings after the approved trades of the ``trades`` basket).
 
         Returns ``{"portfolio_id", "market_version", "equity", "var", "stressed_var", "var_confidence",
-        "var_horizon_days", "stressed_var99", "stressed_matrix_version",
+        "var_horizon_days", "stressed_var99", "stressed_matrix_version", "stressed_source", "stressed_var_limit",
         "scenarios": [{"name", "description", "pnl", "pnl_pct", "equity_after"}]}``
         (dollars; pnl_pct is a fraction of equity, None when equity <= 0). Raises the typed store errors.
         """
@@ -493,6 +493,15 @@ class RiskManager:
             "stressed_var": stressed_var,
             "stressed_var99": stressed_var99,
             "stressed_matrix_version": version,
+            "stressed_source": {
+                **stressed_model.meta,
+                "version": version,
+                "scale": stressed_model.scale,
+                "read_bars_per_day": self.settings.model.bars_per_day,
+            },
+            "stressed_var_limit": None
+            if self.limits.stressed_var_limit is None
+            else float(self.limits.stressed_var_limit),
             "var_confidence": self.limits.var_confidence,
             "var_horizon_days": self.limits.var_horizon_days,
             "scenarios": scenarios,

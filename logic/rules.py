@@ -38,8 +38,8 @@ from typing import Any
 import redis
 
 from engine.errors import ConfigError, RiskdeskError
-from engine.records import Clock, Severity, VarMethod
-from engine.settings import AlertRule, valid_symbol
+from engine.records import Channel, Clock, Severity, VarMethod
+from engine.settings import DEFAULT_CLEAR_SECONDS, LIMIT_PREFIX, AlertRule, Limits, valid_symbol
 from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
 from engine.store.slots import slot_transaction
 from logic.actions import parse_action
@@ -54,6 +54,8 @@ SEVERITIES: tuple[Severity, ...] = tuple(Severity)
 ACTION_RULE_PREFIX = "action:"
 """Rule id prefix of the alerts that report an automated action (``action:<rule id>``)."""
 MAX_TRANSACTION_ATTEMPTS = 20
+RULE_HISTORY_SCAN = 2000
+"""Newest global audit records read to date each rule's last edit (the rule list's order)."""
 """WATCH retries of one alert transaction; only a storm of concurrent acknowledgements could exhaust them."""
 
 SNAPSHOT_METRICS: Mapping[str, str] = {
@@ -89,9 +91,16 @@ SNAPSHOT_METRICS: Mapping[str, str] = {
     "backtest.zone": "number",
     "backtest.bar_exceedances": "count",
     "backtest.bar_zone": "number",
-    **{f"backtest.methods.{m}.{f}": u for m in VarMethod for f, u in (
-        ("exceedances", "count"), ("zone", "number"), ("bar_exceedances", "count"), ("bar_zone", "number"),
-    )},  # fmt: skip
+    **{
+        f"backtest.methods.{m}.{f}": u
+        for m in VarMethod
+        for f, u in (
+            ("exceedances", "count"),
+            ("zone", "number"),
+            ("bar_exceedances", "count"),
+            ("bar_zone", "number"),
+        )
+    },  # fmt: skip
 }
 """Every metric path a rule may use, with its unit (how notifications format it). These are the numeric
 fields of the monitor's snapshot (see the snapshot schema in README / the contracts); ``data.missing_prices``
@@ -102,6 +111,18 @@ limit's horizon (:mod:`logic.backtest_monitor`): exceedances among the last 250 
 zone as a number, 0 green, 1 yellow, 2 red (``backtest.zone >= 1`` pages when the model goes yellow, ``>= 2``
 when it goes red); ``backtest.bar_*`` the same for one-bar VaR, ``backtest.methods.<method>.*`` for each
 configured method."""
+
+LIMIT_THRESHOLDS: Mapping[str, str] = {
+    "var_limit": "money",
+    "stressed_var_limit": "money",
+    "max_daily_loss": "money",
+    "max_order_notional": "money",
+    "max_concentration": "fraction",
+    "max_gross_leverage": "ratio",
+    "min_margin_level_after": "percent",
+}
+"""The :class:`engine.settings.Limits` fields a rule threshold may follow (``"limits.<field>"``), with their
+unit: a rule's metric must have the same unit (:data:`SNAPSHOT_METRICS`)."""
 
 BACKTEST_ZONES = {"green": 0, "yellow": 1, "red": 2}
 """Basel zone -> the value of ``backtest.zone`` (the snapshot writes it; thresholds compare with it)."""
@@ -156,7 +177,47 @@ def rule_to_dict(rule: AlertRule) -> dict[str, Any]:
     d = dataclasses.asdict(rule)
     d["portfolios"] = list(rule.portfolios)
     d["actions"] = list(rule.actions)
+    d["channels"] = [str(c) for c in rule.channels]
+    d["recipients"] = list(rule.recipients)
     return d
+
+
+def limit_reference(rule: AlertRule) -> str | None:
+    """The limit a rule's threshold follows, as shown to the desk (``limits.var_limit``,
+    ``0.8 x limits.var_limit``), or None for a fixed number."""
+    if not isinstance(rule.threshold, str):
+        return None
+    return rule.threshold if rule.threshold_fraction == 1.0 else f"{rule.threshold_fraction:g} x {rule.threshold}"
+
+
+def resolve_threshold(rule: AlertRule, limits: Limits | None) -> float | None:
+    """The number a rule compares its metric with, for one portfolio whose live limits are ``limits``.
+
+    A numeric threshold is itself. ``"limits.<field>"`` is that field of ``limits`` times
+    ``threshold_fraction``; None when the portfolio sets no such limit (``stressed_var_limit`` unset) or when
+    ``limits`` is None: the rule then does not apply (it never breaches). Pure: the caller reads the limits
+    (the :class:`engine.store.limits.LimitsStore` version of the tick), so a limit change moves the rule
+    at the next evaluation, without a restart.
+    """
+    if not isinstance(rule.threshold, str):
+        return float(rule.threshold)
+    if limits is None:
+        return None
+    value = getattr(limits, rule.threshold.removeprefix(LIMIT_PREFIX), None)
+    if value is None or isinstance(value, bool):
+        return None
+    return float(value) * rule.threshold_fraction
+
+
+def resolve_rule(rule: AlertRule, limits: Limits | None) -> AlertRule | None:
+    """``rule`` with its threshold resolved to a number (:func:`resolve_threshold`), or None when the rule does
+    not apply to a portfolio with these limits. A numeric rule is returned as it is."""
+    if not isinstance(rule.threshold, str):
+        return rule
+    value = resolve_threshold(rule, limits)
+    if value is None:
+        return None
+    return dataclasses.replace(rule, threshold=value, threshold_fraction=1.0)
 
 
 def metric_value(snapshot: Snapshot, path: str) -> Any:
@@ -223,7 +284,7 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
     op = data["op"]
     if op not in OPERATORS:
         raise RuleValidationError(f"bad operator {op!r}; use one of {' '.join(OPERATORS)}")
-    threshold = _finite_number(data["threshold"], "threshold")
+    threshold, fraction = _threshold(data["threshold"], data.get("threshold_fraction", 1.0), metric)
     severity = data["severity"]
     if severity not in SEVERITIES:
         raise RuleValidationError(f"severity {severity!r}: use one of {', '.join(SEVERITIES)}")
@@ -231,7 +292,7 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
     if not isinstance(description, str) or len(description) > 500:
         raise RuleValidationError("description must be text of at most 500 characters")
     pending = _finite_number(data.get("pending_seconds", 0.0), "pending_seconds", minimum=0.0)
-    clear = _finite_number(data.get("clear_seconds", 0.0), "clear_seconds", minimum=0.0)
+    clear = _finite_number(data.get("clear_seconds", DEFAULT_CLEAR_SECONDS), "clear_seconds", minimum=0.0)
     stale_after = _finite_number(data.get("stale_after_seconds", 60.0), "stale_after_seconds", minimum=0.0)
     if stale_after <= 0:
         raise RuleValidationError("stale_after_seconds must be > 0")
@@ -257,6 +318,16 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
             parsed.append(parse_action(text).text)
         except ValueError as exc:
             raise RuleValidationError(str(exc)) from None
+    channels = _names(data.get("channels", ()), "channels")
+    for channel in channels:
+        if channel not in tuple(Channel):
+            raise RuleValidationError(f"channels: {channel!r} is not a channel; use {', '.join(Channel)}")
+    recipients = _names(data.get("recipients", ()), "recipients")
+    for name in recipients:
+        if not valid_symbol(name):
+            raise RuleValidationError(f"recipients: {name!r} is not a recipient name")
+    if recipients and not any(c != Channel.LOG for c in channels) and channels:
+        raise RuleValidationError("recipients need a channel other than log (log has no recipient)")
     return AlertRule(
         id=rule_id,
         metric=metric,
@@ -270,7 +341,45 @@ def validate_rule(data: Mapping[str, Any] | AlertRule) -> AlertRule:
         stale_policy=stale_policy,
         portfolios=tuple(portfolios),
         actions=tuple(parsed),
+        threshold_fraction=fraction,
+        channels=tuple(Channel(c) for c in channels),
+        recipients=tuple(recipients),
     )
+
+
+def _names(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise RuleValidationError(f'{name} must be a list of names such as ["desk"]')
+    return list(dict.fromkeys(value))
+
+
+def _threshold(value: Any, fraction: Any, metric: str) -> tuple[float | str, float]:
+    """``(threshold, fraction)``: a finite number (fraction 1), or ``limits.<field>`` of a limit whose unit is
+    the metric's, with a finite non-zero fraction."""
+    if isinstance(value, str) and value.strip().startswith(LIMIT_PREFIX):
+        ref = value.strip()
+        name = ref.removeprefix(LIMIT_PREFIX)
+        if name not in LIMIT_THRESHOLDS:
+            close = difflib.get_close_matches(name, list(LIMIT_THRESHOLDS), n=1)
+            hint = f"; did you mean '{LIMIT_PREFIX}{close[0]}'?" if close else ""
+            known = ", ".join(LIMIT_PREFIX + n for n in LIMIT_THRESHOLDS)
+            raise RuleValidationError(f"threshold {ref!r} is not a limit a rule may follow{hint} (known: {known})")
+        unit, limit_unit = SNAPSHOT_METRICS[metric], LIMIT_THRESHOLDS[name]
+        if unit != limit_unit:
+            raise RuleValidationError(
+                f"threshold {ref!r} is a {limit_unit} limit but metric {metric!r} is a {unit}: "
+                "compare a metric with a limit of the same unit"
+            )
+        share = _finite_number(fraction, "threshold_fraction")
+        if share == 0:
+            raise RuleValidationError("threshold_fraction must not be 0 (1 = the limit itself, 0.8 = 80% of it)")
+        return ref, share
+    number = _finite_number(value, "threshold")
+    if _finite_number(fraction, "threshold_fraction") != 1.0:
+        raise RuleValidationError("threshold_fraction applies only to a limits.<field> threshold")
+    return number, 1.0
 
 
 def _finite_number(value: Any, name: str, minimum: float | None = None) -> float:
@@ -342,7 +451,11 @@ class RuleBook:
 
     def list_rules(self) -> list[dict[str, Any]]:
         """Every effective rule as a dict plus ``source``: ``settings``, ``edited`` (a default changed at run
-        time) or ``runtime`` (added at run time); removed defaults are listed with ``source="removed"``."""
+        time) or ``runtime`` (added at run time); removed defaults are listed with ``source="removed"``.
+
+        Each also has ``changed_at`` / ``changed_by`` / ``change``: its last audited edit (None for a rule of
+        the settings never edited). Sorted by last change, newest first (a new or edited rule is at the top);
+        never-edited rules follow in the settings' order."""
         overrides = self.store.read_rule_overrides()
         out = []
         for rule in self._effective(overrides):
@@ -351,6 +464,14 @@ class RuleBook:
         for rule_id, override in overrides.items():
             if override.get("deleted") and rule_id in self.defaults:
                 out.append({**rule_to_dict(self.defaults[rule_id]), "source": "removed"})
+        last: dict[str, Mapping[str, Any]] = {}
+        for record in self.audit_log(count=RULE_HISTORY_SCAN):  # newest first
+            last.setdefault(str(record["rule_id"]), record)
+        for row in out:
+            edit = last.get(row["id"], {})
+            row.update(changed_at=edit.get("ts"), changed_by=edit.get("actor"), change=edit.get("action"))
+        order = {id(row): n for n, row in enumerate(out)}
+        out.sort(key=lambda r: (r["changed_at"] is None, -(r["changed_at"] or 0.0), order[id(r)]))
         return out
 
     def get(self, rule_id: str) -> AlertRule:

@@ -85,18 +85,13 @@ from engine.records import (
 from engine.sessions import wall_clock_period_ids
 from engine.settings import Limits, Model
 from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingStatus
+from engine.store.history import HISTORY_FIELDS as STORED_HISTORY_FIELDS
 from logic.valuation import Valuation
 from logic.var_methods import RiskModel, risk_model
 
-HISTORY_FIELDS: tuple[str, ...] = (
-    "ts", "version", "market_ts", "equity", "cash", "market_value", "gross_exposure", "net_exposure",
-    "leverage",
-    "pnl.unrealized", "pnl.realized", "pnl.daily", "pnl.total",
-    "var.var95", "var.var99", "var.cvar95", "var.cvar99", "var.stressed_var99", "var.utilization",
-    "drawdown.daily", "drawdown.weekly", "drawdown.max",
-    "concentration.hhi", "concentration.largest_share", "margin.level", "data.market_age_seconds",
-)  # fmt: skip
-"""The snapshot metrics kept in the history stream, one field each (dotted paths as in alert rules)."""
+HISTORY_FIELDS: tuple[str, ...] = STORED_HISTORY_FIELDS
+"""The snapshot metrics kept in the history, one field each (dotted paths as in alert rules); the table with each
+field's aggregation in the downsampled tiers is :data:`engine.store.history.HISTORY_COLUMNS`."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,11 +187,51 @@ def _drawdown(equity: float, peak: float) -> float:
     return math_logic.current_drawdown(np.array([peak, equity]))
 
 
+@dataclass(frozen=True)
+class RiskFigures:
+    """The risk figures of one book at one tick, dollars (what :func:`risk_figures` computes one portfolio at a
+    time and :mod:`logic.batch` for every portfolio at once)."""
+
+    var95: float
+    var99: float
+    cvar95: float
+    cvar99: float
+    stressed_var99: float
+    limit_var: float
+    """VaR at the limit's confidence and horizon (``var.utilization`` = limit_var / limit)."""
+    components: Float64Array
+    """Component VaR at the limit's confidence and horizon of each held ticker, in ``held`` order."""
+
+
+def risk_figures(
+    market: MarketView, method: VarMethod, held: np.ndarray, dollars: Float64Array, limits: Limits, model: Model
+) -> RiskFigures:
+    """The figures of one book: dollar exposures ``dollars`` of the tickers at ``held`` (the reference the
+    vectorised monitor is tested against, to 1e-12)."""
+    stressed = market.stressed[np.ix_(held, held)]
+    day = float(model.bars_per_day)
+    low, high = REPORTED_CONFIDENCES  # reported as var95 / var99 (cvar95 / cvar99, stressed_var99)
+    one_bar = market.risk(VarMethod(method), held)
+    daily = one_bar.with_horizon(day)
+    at_limit = one_bar.with_horizon(model.bars_per_day * limits.var_horizon_days)
+    components = at_limit.component_var(dollars, limits.var_confidence) if held.size else np.zeros(0, dtype=np.float64)
+    return RiskFigures(
+        var95=daily.var(dollars, low),
+        var99=daily.var(dollars, high),
+        cvar95=daily.cvar(dollars, low),
+        cvar99=daily.cvar(dollars, high),
+        stressed_var99=math_logic.get_stressed_var(dollars, stressed, 1.0, high, day, validate=False),
+        limit_var=at_limit.var(dollars, limits.var_confidence),
+        components=np.asarray(components, dtype=np.float64),
+    )
+
+
 def build_snapshot(
     *, method: VarMethod = VarMethod.NORMAL, backtest: Mapping[str, Any] | None = None, **parts: Any
 ) -> dict[str, Any]:
     """The snapshot of one portfolio at one tick as stored and evaluated (schema in the module docstring):
-    :func:`snapshot_record`'s ``to_dict()`` with ``var_method``, ``component_var`` and ``backtest``."""
+    :func:`snapshot_record`'s ``to_dict()`` with ``var_method``, ``component_var`` and ``backtest``.
+    ``risk=`` (a :class:`RiskFigures`) passes figures computed beforehand (the vectorised monitor)."""
     components: dict[str, float] = {}
     record = snapshot_record(method=method, components=components, **parts)
     return replace(record, var_method=method, component_var=components, backtest=backtest).to_dict()
@@ -216,29 +251,22 @@ def snapshot_record(
     now: float,
     method: VarMethod = VarMethod.NORMAL,
     components: dict[str, float] | None = None,
+    risk: RiskFigures | None = None,
 ) -> Snapshot:
     """The snapshot of one portfolio at one tick (schema in the module docstring); VaR / CVaR by ``method``.
 
-    ``components``, when given, receives each held ticker's component VaR (limit confidence and horizon)."""
+    ``components``, when given, receives each held ticker's component VaR (limit confidence and horizon).
+    ``risk``: the book's figures computed beforehand; by default :func:`risk_figures` of this book."""
     header = market.header
     ok = usable_prices(valuation)
     exposures = np.where(ok, valuation.market_values, 0.0)
     unrealized = np.where(ok, valuation.unrealized, 0.0)
     held = np.flatnonzero(exposures != 0.0)
-    # Risk on the held sub-matrix: w'Σw with zero weights elsewhere is the same number, at O(k²) not O(N²).
-    dollars = exposures[held]
-    stressed = market.stressed[np.ix_(held, held)]
-    day = float(model.bars_per_day)
-    low, high = REPORTED_CONFIDENCES  # reported as var95 / var99 (cvar95 / cvar99, stressed_var99)
-    one_bar = market.risk(VarMethod(method), held)
-    daily = one_bar.with_horizon(day)
-    var95, var99 = daily.var(dollars, low), daily.var(dollars, high)
-    cvar95, cvar99 = daily.cvar(dollars, low), daily.cvar(dollars, high)
-    stressed99 = math_logic.get_stressed_var(dollars, stressed, 1.0, high, day, validate=False)
-    at_limit = one_bar.with_horizon(model.bars_per_day * limits.var_horizon_days)
-    limit_var = at_limit.var(dollars, limits.var_confidence)
+    if risk is None:
+        # Risk on the held sub-matrix: w'Σw with zero weights elsewhere is the same number, at O(k²) not O(N²).
+        risk = risk_figures(market, method, held, exposures[held], limits, model)
     if components is not None and held.size:
-        shares = at_limit.component_var(dollars, limits.var_confidence)
+        shares = risk.components
         components.update({header.tickers[i]: _f(float(c)) or 0.0 for i, c in zip(held, shares, strict=True)})
     var_limit = float(limits.var_limit)
 
@@ -291,14 +319,14 @@ def snapshot_record(
             total=_f(realized + unrealized_total),
         ),
         var=SnapshotVar(
-            var95=_f(var95),
-            var99=_f(var99),
-            cvar95=_f(cvar95),
-            cvar99=_f(cvar99),
-            stressed_var99=_f(stressed99),
+            var95=_f(risk.var95),
+            var99=_f(risk.var99),
+            cvar95=_f(risk.cvar95),
+            cvar99=_f(risk.cvar99),
+            stressed_var99=_f(risk.stressed_var99),
             limit=var_limit,
             confidence=float(limits.var_confidence),
-            utilization=_f(limit_var / var_limit),
+            utilization=_f(risk.limit_var / var_limit),
         ),
         drawdown=SnapshotDrawdown(
             daily=_drawdown(equity, peaks.day_peak),

@@ -6,6 +6,7 @@ and margin mean the same everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
@@ -82,9 +83,11 @@ class Valuation:
         return None if used <= 0 else self.equity / used * 100.0
 
 
-def value_portfolio(state: PortfolioState, header: MarketHeader) -> Valuation:
-    """Align ``state``'s positions with the market snapshot's tickers and prices."""
-    index = {ticker: i for i, ticker in enumerate(header.tickers)}
+def value_portfolio(state: PortfolioState, header: MarketHeader, index: Mapping[str, int] | None = None) -> Valuation:
+    """Align ``state``'s positions with the market snapshot's tickers and prices (``index``: ticker -> position
+    in ``header.tickers``, when the caller values many portfolios at one snapshot)."""
+    if index is None:
+        index = {ticker: i for i, ticker in enumerate(header.tickers)}
     n = len(header.tickers)
     qty = np.zeros(n)
     avg = np.zeros(n)

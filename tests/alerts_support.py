@@ -100,8 +100,11 @@ class SleepRecorder:
         self.calls.append(seconds)
 
 
-def rule(rule_id: str, metric: str, op: str, threshold: float, severity: str, **extra: Any) -> dict[str, Any]:
-    return {"id": rule_id, "metric": metric, "op": op, "threshold": threshold, "severity": severity, **extra}
+def rule(rule_id: str, metric: str, op: str, threshold: float | str, severity: str, **extra: Any) -> dict[str, Any]:
+    """A rule's fields; ``clear_seconds`` is 0 unless given (the tests written before the 60 s default clear
+    period, ``engine.settings.DEFAULT_CLEAR_SECONDS``, resolve at once; tests of the default omit the helper)."""
+    return {"id": rule_id, "metric": metric, "op": op, "threshold": threshold, "severity": severity,
+            "clear_seconds": 0.0, **extra}  # fmt: skip
 
 
 def delivered_events(engine: Any, portfolio_id: str = "main", channel: str = "log") -> list[dict[str, Any]]:

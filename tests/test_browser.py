@@ -151,6 +151,10 @@ def test_a_trade_submitted_in_the_ui_reaches_the_blotter_and_redis(page: Any, st
     execute = page.get_by_role("button", name="Execute")
     execute.dblclick()  # a double click: the second click re-sends the same order id
     page.get_by_text(re.compile(r"FILLED|Already executed")).first.wait_for(timeout=30_000)
+    # the blotter (the page's last table) is wider than the page since its columns fit their values (issue 14):
+    # scroll it sideways so the order-id column is drawn, then find the id among the grid's accessible cells
+    page.locator('[data-testid="stDataFrame"]').last.hover()
+    page.mouse.wheel(4000, 0)
     blotter_cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text=order_id)
     blotter_cell.first.wait_for(state="attached", timeout=30_000)  # the grid's accessible (offscreen) cells
     settle(page)

@@ -77,7 +77,8 @@ def assert_clean(at: AppTest) -> None:
 
 
 def money(value: float) -> str:
-    return f"{value:,.0f}"
+    """A money metric: the currency (the test settings' default, USD) and whole units (issue 14)."""
+    return f"USD {value:,.0f}"
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
@@ -154,6 +155,9 @@ def test_system_page_shows_heartbeats_redis_health_and_versions(app_env: Store) 
     health = frame_with(at, "item").set_index("item")["value"]
     assert health["reachable"] == "True"
     assert health["persistence"] == "AOF"
+    server_info = app_env.client.info("server")
+    assert health["server"].startswith(f"redis {server_info['redis_version']} (")
+    assert health["server"].endswith(f"{server_info['executable']})")
     assert int(health["keys"]) == len(app_env.all_keys())
     versions = frame_with(at, "component").set_index("component")["version"]
     assert versions["store layout"].startswith("1 ")
@@ -175,7 +179,7 @@ def test_system_page_says_when_a_daemon_is_stale_or_missing(app_env: Store, sett
 
 def test_kill_switch_halts_trading_with_reason_and_audit(app_env: Store) -> None:
     at = open_page("system")
-    at.button_group(key="ts_new_state").set_value("HALTED")
+    at.radio(key="ts_new_state").set_value("HALTED")
     at.text_input(key="ts_reason").input("desk review")
     at.button(key="FormSubmitter:trading_state_form-Apply").click()
     at.run()
@@ -189,7 +193,7 @@ def test_kill_switch_halts_trading_with_reason_and_audit(app_env: Store) -> None
 
 def test_kill_switch_refuses_a_change_without_reason(app_env: Store) -> None:
     at = open_page("system")
-    at.button_group(key="ts_new_state").set_value("HALTED")
+    at.radio(key="ts_new_state").set_value("HALTED")
     at.button(key="FormSubmitter:trading_state_form-Apply").click()
     at.run()
     assert_clean(at)

@@ -287,8 +287,8 @@ def test_firm_page_shows_the_firm_figures_and_a_row_per_portfolio(app_env: Store
     assert not at.exception, [e.value for e in at.exception]
     assert [t.value for t in at.title] == ["Firm"]
     risk = Firm(app_env.client, settings).risk()
-    assert metric(at, "Firm VaR (95%, 1 day)") == f"{risk.firm_var:,.0f}"
-    assert metric(at, "Sum of stand-alone VaRs") == f"{risk.standalone_var_sum:,.0f}"
+    assert metric(at, "Firm VaR (95%, 1 day)") == f"USD {risk.firm_var:,.0f}"
+    assert metric(at, "Sum of stand-alone VaRs") == f"USD {risk.standalone_var_sum:,.0f}"
     tables = {tuple(df.value.columns)[0]: df.value for df in at.dataframe}
     assert sorted(tables["portfolio"]["portfolio"]) == ["hedge", "main"]
     assert set(tables["ticker"]["ticker"]) == {"AAA", "BBB", "CCC", "DDD"}

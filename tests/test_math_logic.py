@@ -401,6 +401,121 @@ def test_ewma_update_when_matrix_cannot_be_updated_in_place_then_raises(matrix: 
         ml.update_covariance_ewma(matrix, np.zeros(2), validate=False)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("kernel", sorted(ml.EWMA_KERNELS))
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_every_ewma_kernel_gives_the_reference_bits_and_the_riskmetrics_formula(
+    kernel: str, order: Literal["C", "F"]
+) -> None:
+    # every tail length of the vector kernels, and sizes around the blocked kernel's block
+    for n in [1, 2, 3, 7, 8, 9, 31, 33, 63, 65, 127, 129, 257, 300, 513]:
+        start = np.array(random_covariance(n, seed=n), order=order)
+        returns = np.random.default_rng(n).standard_normal(n) * 0.01
+        reference = start.copy()
+        cov = start.copy()
+
+        ml.update_covariance_ewma(reference, returns, 0.94, kernel=ml.EWMA_REFERENCE_KERNEL)
+        result = ml.update_covariance_ewma(cov, returns, 0.94, kernel=kernel)
+
+        assert result is cov
+        assert np.array_equal(cov, reference), f"{kernel} differs from the reference at N={n}"
+        assert np.array_equal(cov, cov.T)
+        baseline = start * 0.94
+        baseline += (1 - 0.94) * np.outer(returns, returns)  # the plain numpy update, independently
+        assert_allclose(cov, baseline, rtol=1e-12, atol=1e-15 * np.abs(baseline).max())
+
+
+def test_ewma_default_kernel_is_the_calibrated_one_and_gives_the_reference_bits() -> None:
+    n = 40
+    cov = random_covariance(n, seed=40)
+    reference = cov.copy()
+    returns = np.random.default_rng(40).standard_normal(n) * 0.01
+
+    ml.update_covariance_ewma(cov, returns, 0.94)
+    ml.update_covariance_ewma(reference, returns, 0.94, kernel=ml.EWMA_REFERENCE_KERNEL)
+
+    calibration = ml.ewma_kernel_calibration(n)
+    assert calibration is ml.ewma_kernel_calibration(n)  # measured once per size and process
+    assert calibration.chosen in ml.EWMA_KERNELS and calibration.chosen in calibration.seconds
+    assert calibration.seconds[calibration.chosen] == min(calibration.seconds.values())
+    assert np.array_equal(cov, reference)
+
+
+class FakeTimer:
+    """A clock the fake kernels advance by their own cost, so a calibration's outcome is known in advance."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def kernel(self, cost: float, *, wrong: bool = False) -> ml.EwmaKernel:
+        def run(cov: np.ndarray, s: np.ndarray, lam: float) -> None:
+            ml.EWMA_KERNELS[ml.EWMA_REFERENCE_KERNEL](cov, s, lam)
+            if wrong:
+                cov.flat[0] = np.nextafter(cov.flat[0], np.inf)  # one ulp off
+            self.now += cost
+
+        return run
+
+
+def test_ewma_calibration_picks_the_fastest_kernel() -> None:
+    timer = FakeTimer()
+    kernels = {"numpy": timer.kernel(3.0), "fast": timer.kernel(1.0), "slow": timer.kernel(5.0)}
+
+    found = ml.calibrate_ewma_kernel(10, kernels=kernels, timer=timer, rounds=2)
+
+    assert found.chosen == "fast"
+    assert found.seconds == {"numpy": 3.0, "fast": 1.0, "slow": 5.0}
+    assert found.excluded == ()
+
+
+def test_ewma_calibration_never_picks_a_kernel_that_changes_one_bit() -> None:
+    timer = FakeTimer()
+    kernels = {"numpy": timer.kernel(3.0), "fast_but_off": timer.kernel(1.0, wrong=True)}
+
+    found = ml.calibrate_ewma_kernel(10, kernels=kernels, timer=timer, rounds=2)
+
+    assert found.chosen == "numpy"
+    assert found.excluded == ("fast_but_off",)
+    assert "fast_but_off" not in found.seconds
+
+
+def test_ewma_calibration_on_a_tie_keeps_the_reference_kernel() -> None:
+    timer = FakeTimer()
+    kernels = {"a_other": timer.kernel(2.0), "numpy": timer.kernel(2.0)}
+
+    assert ml.calibrate_ewma_kernel(5, kernels=kernels, timer=timer).chosen == "numpy"
+
+
+def test_ewma_calibration_without_the_reference_kernel_raises() -> None:
+    with pytest.raises(ValueError, match="reference kernel"):
+        ml.calibrate_ewma_kernel(5, kernels={"dgemm": ml.EWMA_KERNELS["dgemm"]})
+
+
+def test_pinned_ewma_kernel_is_used_for_every_size_until_unpinned() -> None:
+    try:
+        ml.pin_ewma_kernel("numpy_blocked")
+        pinned = ml.ewma_kernel_calibration(123)
+        assert (pinned.chosen, pinned.pinned) == ("numpy_blocked", True)
+    finally:
+        ml.pin_ewma_kernel(None)
+    assert not ml.ewma_kernel_calibration(123).pinned
+
+
+def test_unknown_ewma_kernel_name_raises_and_leaves_matrix_unchanged() -> None:
+    cov = random_covariance(3, seed=3)
+    before = cov.copy()
+
+    with pytest.raises(ValueError, match="unknown EWMA kernel"):
+        ml.update_covariance_ewma(cov, np.zeros(3), kernel="dger")
+    with pytest.raises(ValueError, match="unknown EWMA kernel"):
+        ml.pin_ewma_kernel("dger")
+
+    assert np.array_equal(cov, before)
+    assert not ml.ewma_kernel_calibration(3).pinned
+
+
 def test_ewma_from_returns_seeds_with_zero_mean_second_moment_then_recurses() -> None:
     history = np.random.default_rng(14).standard_normal((50, 4)) * 0.01
     expected = history[:30].T @ history[:30] / 30
@@ -888,8 +1003,10 @@ def test_math_logic_imports_no_io_or_upper_layer_module() -> None:
 
     assert imported, "the parser found no imports at all"
     assert not imported & forbidden
+    # time: only the EWMA kernel calibration's perf_counter (it picks among bit-identical kernels)
     assert imported <= {
-        "__future__", "functools", "math", "operator", "typing", "numpy", "scipy", "engine.defaults"
+        "__future__", "functools", "math", "operator", "typing", "numpy", "scipy", "engine.defaults",
+        "collections", "dataclasses", "time",
     }
 
 

@@ -295,7 +295,7 @@ def test_history_has_one_point_per_tick_even_within_one_millisecond(
 
 
 def test_history_is_trimmed_by_age(make_settings: Callable[..., Settings], seeded_store: Store) -> None:
-    settings = make_settings({"monitor": {"history_retention_days": 1.0}})
+    settings = make_settings({"history": {"raw_seconds": 86400.0}})
     clock = Clock(WEDNESDAY)
     monitor = Monitor(seeded_store, settings, clock=clock)
     for _ in range(3):

@@ -372,7 +372,7 @@ def test_performance_page_shows_ratios_bands_lvar_var_trend_and_fan(app_env: Sto
     assert snapshot is not None
     assert metric(at, "HHI") == f"{snapshot['concentration']['hhi']:.3f}"
     assert "**High**" in joined(at.markdown)  # two positions of about equal value: HHI near 0.5
-    lvar95 = float(metric(at, "LVaR 95% (1 day)").replace(",", ""))
+    lvar95 = float(metric(at, "LVaR 95% (1 day)").removeprefix("USD ").replace(",", ""))
     assert lvar95 > snapshot["var"]["var95"]
     trend = chart_titled(at, "VaR against the limit")
     names = [t["name"] for t in trend["data"]]

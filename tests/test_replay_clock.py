@@ -72,7 +72,7 @@ def test_a_30_session_replay_dates_history_by_the_bars_and_resets_days_and_weeks
 ) -> None:
     # Arrange: seed, write the replay file (ISO times with their New York offset); history is trimmed by age
     # in the data's time, so keep the 6 weeks
-    override = {**XNYS, "monitor": {"history_retention_days": 60.0}}
+    override = {**XNYS, "history": {"raw_seconds": 60 * 86400.0}}
     config = merge(TEST_CONFIG, override)
     settings = make_settings(override)
     warmup.seed(store, settings)

@@ -20,6 +20,9 @@ from engine.store import (
     decode_array,
     encode_array,
 )
+from engine.store.codec import decode_symmetric, encode_symmetric
+
+from .conftest import store_contents
 
 
 def _snapshot(n: int, version: int = 7, seed: int = 0) -> MarketSnapshot:
@@ -45,6 +48,69 @@ def test_a_500_by_500_matrix_round_trips_bit_exact_through_redis(store: Store) -
     assert back.cov.tobytes() == snap.cov.tobytes()
     assert back.prices.tobytes() == snap.prices.tobytes()
     assert back.cov.flags.writeable and back.cov.flags.c_contiguous
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 64, 501])
+def test_a_symmetric_matrix_packs_to_its_upper_triangle_and_mirrors_back_bit_exact(n: int) -> None:
+    cov = _snapshot(n, seed=n).cov if n else np.zeros((0, 0))
+
+    blob = encode_symmetric(cov)
+    back = decode_symmetric(blob, n=n)
+
+    header = 4 + 4 + 4 + 16  # magic, dtype tag, ndim, two uint64 dimensions
+    assert len(blob) == header + 8 * n * (n + 1) // 2
+    assert len(blob) - header <= (len(encode_array(cov)) - header) // 2 + 8 * n  # half the full matrix + diagonal
+    assert back.tobytes() == cov.tobytes()
+    assert back.flags.writeable and back.flags.c_contiguous
+
+
+def test_the_snapshot_stores_the_packed_triangle_and_still_reads_a_full_matrix_from_an_older_store(
+    store: Store,
+) -> None:
+    snap = _snapshot(30)
+    store.write_market(snap)
+    stored = store.client.hget(MARKET_KEY, "cov")
+
+    assert stored[:4] == b"RDU1" and len(stored) == 28 + 8 * 30 * 31 // 2
+    store.client.hset(MARKET_KEY, "cov", encode_array(snap.cov))  # the layout written before packing
+
+    assert store.read_market().cov.tobytes() == snap.cov.tobytes()
+
+
+def test_a_matrix_one_ulp_from_symmetric_is_refused_and_the_store_is_unchanged(store: Store) -> None:
+    store.write_market(_snapshot(4, version=1))
+    before = store_contents(store.client)
+    snap = _snapshot(4, version=2)
+    snap.cov[0, 3] = np.nextafter(snap.cov[0, 3], np.inf)
+
+    with pytest.raises(ValueError, match="not exactly symmetric"):
+        store.write_market(snap)
+    with pytest.raises(ValueError, match="square"):
+        encode_symmetric(np.zeros((2, 3)))
+
+    assert store_contents(store.client) == before
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(lambda good: good[:-3], id="truncated"),
+        pytest.param(lambda good: good + b"\x00" * 8, id="too long"),
+        pytest.param(lambda good: good[:4] + b"<f4\x00" + good[8:], id="wrong dtype tag"),
+        pytest.param(lambda good: good[:12] + struct.pack("<2Q", 3, 3) + good[28:], id="wrong size"),
+        pytest.param(lambda good: good[:12] + struct.pack("<2Q", 4, 5) + good[28:], id="not square"),
+        pytest.param(lambda good: good[:20], id="header only"),
+    ],
+)
+def test_a_malformed_packed_matrix_raises_the_typed_error(store: Store, payload) -> None:
+    snap = _snapshot(4)
+    store.write_market(snap)
+    store.client.hset(MARKET_KEY, "cov", payload(encode_symmetric(snap.cov)))
+
+    with pytest.raises(CorruptDataError) as info:
+        store.read_market()
+
+    assert info.value.code == "STORE_CORRUPT"
 
 
 def test_the_header_read_returns_prices_without_the_matrix(store: Store) -> None:

@@ -28,7 +28,7 @@ from engine.settings import Settings
 from engine.store import MONITOR_GROUP, MarketSnapshot, PortfolioKeys, Store, TickEvent
 from engine.stream import StreamDaemon
 
-from .conftest import TEST_CONFIG, to_toml
+from .conftest import TEST_CONFIG, server_kind_under_test, to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKERS = ("AAA", "BBB", "CCC", "DDD")
@@ -364,7 +364,7 @@ def test_redis_killed_and_restarted_mid_run_daemon_and_monitor_resume_without_a_
 ) -> None:
     # Arrange: a private server that fsyncs every write (a SIGKILL then loses nothing acknowledged)
     data_dir = Path(tempfile.mkdtemp(prefix="rdk-"))
-    server = EmbeddedRedis(data_dir, appendfsync="always")
+    server = EmbeddedRedis(data_dir, appendfsync="always", server=server_kind_under_test())
     server.start()
     procs: list[subprocess.Popen[bytes]] = []
     try:

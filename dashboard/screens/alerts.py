@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
-from engine.records import Action, Severity
+from engine.records import Action
 from logic import views
 
 NEW_RULE = "+ new rule"
@@ -23,9 +23,7 @@ def filters(d: views.Desk, pid: str) -> dict:
         default=list(views.SEVERITIES_WORST_FIRST),
         key="al_sev",
     )
-    statuses = c[1].multiselect(
-        "State", views.ALERT_STATUSES, default=list(views.ACTIVE_STATUSES), key="al_status"
-    )
+    statuses = c[1].multiselect("State", views.ALERT_STATUSES, default=list(views.ACTIVE_STATUSES), key="al_status")
     scope = c[2].selectbox("Portfolio", [pid, "all"], key="al_scope")
     window = c[3].selectbox("Since", list(views.ALERT_WINDOWS), index=1, key="al_window")
     return {
@@ -57,7 +55,9 @@ def feed(d: views.Desk, f: dict) -> None:
         colours={"severity": ui.SEVERITY_COLOURS},
         column_config={
             "value": st.column_config.NumberColumn(format="%.4g"),
-            "threshold": st.column_config.NumberColumn(format="%.4g"),
+            "threshold": st.column_config.NumberColumn(format="%.4g", help="the number compared (resolved)"),
+            "threshold_ref": st.column_config.TextColumn("threshold from", help="the live limit it follows"),
+            "inhibition": st.column_config.TextColumn("inhibition", help="held back (sends nothing) meanwhile"),
             "escalation_level": st.column_config.NumberColumn("escalation level"),
         },
     )
@@ -116,65 +116,93 @@ def deliveries(d: views.Desk, f: dict) -> None:
 
 def rules_editor(d: views.Desk) -> None:
     rules = views.rules_frame(d)
+    st.caption("The last changed rule first. A threshold may follow a live limit (limits.<name>): it moves with it.")
     ui.table(rules, "rules", "alert_rules.csv", height=280)
     if ui.refused(Action.EDIT_RULES):
         return
     editable = rules[rules["source"] != "removed"]
     choice = st.selectbox("Rule", [NEW_RULE, *editable["id"].astype(str)], key="rule_pick")
-    rule = {} if choice == NEW_RULE else editable[editable["id"] == choice].iloc[0].to_dict()
+    rule = views.rule_for_form(d, None if choice == NEW_RULE else choice)
+    existing = choice != NEW_RULE
     k = f"rule_{choice}_"  # keys per rule: picking another rule fills the form with its values
     choices = views.rule_choices()
     metrics = views.rule_metrics()
+    sources = views.threshold_sources()
     with st.form("rule_form"):
         r1 = st.columns(4)
-        r1[0].text_input("Id", value=rule.get("id", ""), key=k + "id", disabled=bool(rule))
+        r1[0].text_input("Id", value=rule["id"], key=k + "id", disabled=existing)
         metric = rule.get("metric", metrics[0])
-        r1[1].selectbox(
-            "Metric", metrics, index=metrics.index(metric) if metric in metrics else 0, key=k + "metric"
-        )
-        r1[2].selectbox(
-            "Operator", choices["op"], index=_index(choices["op"], rule.get("op", ">=")), key=k + "op"
-        )
-        r1[3].number_input(
-            "Threshold", value=float(rule.get("threshold", 0.0)), format="%.6g", key=k + "threshold"
+        r1[1].selectbox("Metric", metrics, index=metrics.index(metric) if metric in metrics else 0, key=k + "metric")
+        r1[2].selectbox("Operator", choices["op"], index=_index(choices["op"], rule["op"]), key=k + "op")
+        r1[3].selectbox(
+            "Threshold from",
+            sources,
+            index=sources.index(rule["threshold_source"]) if rule["threshold_source"] in sources else 0,
+            key=k + "threshold_source",
+            help="a fixed number, or a live limit of the portfolio (the rule then moves with the limit)",
         )
         r2 = st.columns(4)
-        r2[0].selectbox(
-            "Severity",
-            choices["severity"],
-            index=_index(choices["severity"], rule.get("severity", Severity.MEDIUM)),
-            key=k + "severity",
+        r2[0].number_input(
+            "Threshold (fixed number)", value=float(rule["threshold"]), format="%.6g", key=k + "threshold"
         )
         r2[1].number_input(
-            "Pending (s)",
-            value=float(rule.get("pending_seconds", 0.0)),
-            min_value=0.0,
-            key=k + "pending_seconds",
+            "Fraction of the limit",
+            value=float(rule.get("threshold_fraction", 1.0)),
+            format="%.4g",
+            key=k + "threshold_fraction",
+            help="with a limit: 1 = the limit itself, 0.8 = 80% of it, -1 = a loss limit as a P&L floor",
         )
-        r2[2].number_input(
-            "Clear (s)", value=float(rule.get("clear_seconds", 0.0)), min_value=0.0, key=k + "clear_seconds"
+        r2[2].selectbox(
+            "Severity",
+            choices["severity"],
+            index=_index(choices["severity"], rule["severity"]),
+            key=k + "severity",
         )
         r2[3].number_input(
-            "Stale after (s)",
-            value=float(rule.get("stale_after_seconds", 60.0)),
-            min_value=0.0,
-            key=k + "stale_after_seconds",
+            "Pending (s)", value=float(rule["pending_seconds"]), min_value=0.0, key=k + "pending_seconds"
         )
-        r3 = st.columns([3, 1, 1, 2])
-        r3[0].text_input("Description", value=str(rule.get("description", "") or ""), key=k + "description")
-        r3[1].selectbox(
+        r3 = st.columns(4)
+        r3[0].number_input(
+            "Clear (s)",
+            value=float(rule["clear_seconds"]),
+            min_value=0.0,
+            key=k + "clear_seconds",
+            help="data seconds the metric must be back before the alert resolves (no flapping)",
+        )
+        r3[1].number_input(
+            "Stale after (s)", value=float(rule["stale_after_seconds"]), min_value=0.0, key=k + "stale_after_seconds"
+        )
+        r3[2].selectbox(
             "Stale data",
             choices["stale_policy"],
-            index=_index(choices["stale_policy"], rule.get("stale_policy", "keep")),
+            index=_index(choices["stale_policy"], rule["stale_policy"]),
             key=k + "stale_policy",
         )
-        r3[2].text_input(
-            "Portfolios",
-            value=str(rule.get("portfolios", "*") or "*"),
-            key=k + "portfolios",
-            help="comma-separated ids, * for all",
-        )
         r3[3].text_input(
+            "Portfolios", value=str(rule["portfolios"]), key=k + "portfolios", help="comma-separated ids, * for all"
+        )
+        route = views.routing_default(d, str(rule["severity"]))
+        r4 = st.columns(2)
+        r4[0].multiselect(
+            "Channels",
+            views.rule_channels(),
+            default=[c for c in rule.get("channels") or [] if c in views.rule_channels()],
+            key=k + "channels",
+            placeholder=f"from the {rule['severity']} policy: {', '.join(route['channels'])}",
+            help="who is told first; empty: the severity's first escalation level ([escalation])",
+        )
+        recipients = views.rule_recipients(d)
+        r4[1].multiselect(
+            "Recipients",
+            sorted(set(recipients) | set(rule.get("recipients") or [])),
+            default=list(rule.get("recipients") or []),
+            key=k + "recipients",
+            placeholder=f"from the {rule['severity']} policy: {', '.join(route['recipients']) or '-'}",
+            help="later escalation levels stay the policy's",
+        )
+        r5 = st.columns([3, 2])
+        r5[0].text_input("Description", value=str(rule.get("description", "") or ""), key=k + "description")
+        r5[1].text_input(
             "Actions",
             value=str(rule.get("actions", "") or ""),
             key=k + "actions",
@@ -189,7 +217,7 @@ def rules_editor(d: views.Desk) -> None:
             "Remove rule",
             on_click=rule_action,
             args=(d, k, "remove"),
-            disabled=not rule,
+            disabled=not existing,
             icon=":material/delete:",
         )
         b[2].form_submit_button(
@@ -206,7 +234,9 @@ FIELDS = (
     "id",
     "metric",
     "op",
+    "threshold_source",
     "threshold",
+    "threshold_fraction",
     "severity",
     "pending_seconds",
     "clear_seconds",
@@ -215,6 +245,8 @@ FIELDS = (
     "stale_policy",
     "portfolios",
     "actions",
+    "channels",
+    "recipients",
 )
 
 

@@ -63,7 +63,9 @@ def summary(d: views.Desk, pid: str) -> None:
 
 
 def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
-    window = st.segmented_control("History window", list(views.HISTORY_WINDOWS), key="ov_window", default="5 min")
+    window = st.segmented_control(
+        "History window", list(views.HISTORY_WINDOWS), key="ov_window", default="5 min"
+    )
     df = views.history_frame(d, pid, views.HISTORY_WINDOWS[window or "5 min"])
     if df.empty or "equity" not in df:
         st.caption("No history points in this window yet.")

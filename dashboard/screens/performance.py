@@ -94,7 +94,7 @@ def var_trend(pv: views.PerformanceView) -> None:
             line={"color": "red", "dash": "dash"},
         )
     )
-    fig.update_layout(title="VaR against the limit", height=340, margin={"t": 40, "b": 10}, yaxis_title="dollars")
+    fig.update_layout(title="VaR against the limit", height=340, margin={"t": 40, "b": 10}, yaxis_title=ui.currency())
     ui.chart(fig, key="var_trend")
 
 
@@ -126,7 +126,7 @@ def fan(pv: views.PerformanceView) -> None:
         height=380,
         margin={"t": 40, "b": 10},
         xaxis_title="trading days",
-        yaxis_title="portfolio value",
+        yaxis_title=f"portfolio value ({ui.currency()})",
     )
     ui.chart(fig, key="mc_fan")
     c = st.columns(2)

@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import components as ui
 from logic import views
+from logic.views import fmt
 
 TABS = ("Exposure & VaR", "Stress", "What-if", "Surface", "Backtest")
 
@@ -42,7 +43,7 @@ def exposure(d: views.Desk, pid: str) -> None:
                         "cmid": 0.0,
                         "colorbar": {"title": "weight", "tickformat": ".0%"},
                     },
-                    texttemplate="%{label}<br>%{value:,.0f}",
+                    texttemplate="%{label}<br>" + ui.currency() + " %{value:,.0f}",
                 )
             )
             fig.update_layout(
@@ -56,7 +57,7 @@ def exposure(d: views.Desk, pid: str) -> None:
                 df["component_var"].tolist(),
                 "Component VaR (sums to the VaR)",
                 key="component_var",
-                x_title="dollars",
+                x_title=ui.currency(),
             )
     with right:
         n = len(ev.correlation)
@@ -75,7 +76,7 @@ def stress(d: views.Desk, pid: str) -> None:
     if not ui.health_gate(d):
         return
     sv = views.stress_view(d, pid)
-    c = st.columns(3)
+    c = st.columns(4)
     c[0].metric(f"VaR {sv.confidence:.0%}", ui.money(sv.var))
     c[1].metric(
         f"Stressed VaR {sv.confidence:.0%}",
@@ -85,7 +86,18 @@ def stress(d: views.Desk, pid: str) -> None:
         delta=None if sv.multiple is None else f"x{sv.multiple:.1f}",
     )
     c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
+    c[3].metric(
+        "Stressed VaR limit",
+        "none set" if sv.stressed_var_limit is None else ui.money(sv.stressed_var_limit),
+        delta=None if sv.of_limit is None else f"{sv.of_limit:.0%} used",
+        delta_color="off",
+        delta_arrow="off",
+        help="limits.stressed_var_limit: what the gate compares post-trade stressed VaR with",
+    )
     st.caption(f"{views.method_caption(d, pid)}; stressed VaR: normal on the stressed (crisis) matrix")
+    with st.expander("What the stressed figure is computed from", expanded=False):
+        for line in sv.provenance():
+            st.markdown(ui.md(line))
     if sv.scenarios.empty:
         st.caption("No stress scenarios in the settings ([stress_scenarios] in riskdesk.toml).")
         return
@@ -94,26 +106,23 @@ def stress(d: views.Desk, pid: str) -> None:
         (-sv.scenarios["pnl"]).tolist(),
         "Scenario loss (positive = loss)",
         key="scenarios",
-        x_title="dollars",
+        x_title=ui.currency(),
     )
     ui.table(
         sv.scenarios,
         "scenarios",
         f"stress_{pid}.csv",
-        column_config={
-            "pnl": st.column_config.NumberColumn("P&L", format="%,.0f"),
-            "pnl_pct": st.column_config.NumberColumn("P&L % equity", format="percent"),
-            "equity_after": st.column_config.NumberColumn("equity after", format="%,.0f"),
-        },
     )
 
 
 def what_if(d: views.Desk, pid: str) -> None:
     st.caption(
-        "A basket of trades checked in order, each on the book the approved ones before it leave. "
-        "Nothing is traded."
+        "A basket of trades checked in order, each on the book the approved ones before it leave. Nothing is traded."
     )
     tickers = views.ticket_tickers(d)
+    sides = list(views.SIDES)
+    if views.long_only(d, pid):
+        st.caption("A cash account cannot sell short: a SELL only reduces a long position.")
     with st.form("what_if_form"):
         basket = st.data_editor(
             pd.DataFrame({"ticker": [tickers[0]], "side": [views.SIDES[0]], "qty": [100]}),
@@ -121,9 +130,13 @@ def what_if(d: views.Desk, pid: str) -> None:
             num_rows="dynamic",
             hide_index=True,
             column_config={
-                "ticker": st.column_config.SelectboxColumn("ticker", options=tickers, required=True),
-                "side": st.column_config.SelectboxColumn("side", options=list(views.SIDES), required=True),
-                "qty": st.column_config.NumberColumn("qty", step=1),
+                "ticker": st.column_config.SelectboxColumn(
+                    "ticker", options=tickers, required=True, width=fmt.column_width(max(map(len, tickers)) + 2)
+                ),
+                "side": st.column_config.SelectboxColumn(
+                    "side", options=sides, required=True, width=fmt.column_width(max(map(len, sides)) + 2)
+                ),
+                "qty": st.column_config.NumberColumn("qty", step=1, format="%,d", width=fmt.column_width(12)),
             },
         )
         run = st.form_submit_button("Run what-if", icon=":material/science:")
@@ -136,9 +149,7 @@ def what_if(d: views.Desk, pid: str) -> None:
     c[2].metric(
         "VaR after",
         ui.money(wv.var_after),
-        None
-        if wv.var_after is None or wv.var_before is None
-        else ui.money(wv.var_after - wv.var_before, signed=True),
+        None if wv.var_after is None or wv.var_before is None else ui.money(wv.var_after - wv.var_before, signed=True),
         delta_color="inverse",
     )
     c[3].metric("Cash after", ui.money(wv.cash_after))
@@ -160,6 +171,8 @@ def surface(d: views.Desk, pid: str) -> None:
         st.warning("Pick two different tickers.")
         return
     s = views.surface_view(d, pid, a, b)
+    if views.long_only(d, pid):
+        st.caption("A cash account: the grid stops at zero shares (no short positions).")
     fig = go.Figure(
         go.Contour(
             x=s.qty_a,
@@ -167,7 +180,7 @@ def surface(d: views.Desk, pid: str) -> None:
             z=s.var,
             colorscale="Viridis",
             contours={"showlabels": True},
-            colorbar={"title": "VaR $"},
+            colorbar={"title": f"VaR ({ui.currency()})", "tickformat": "~s"},
         )
     )
     fig.add_trace(
@@ -182,7 +195,7 @@ def surface(d: views.Desk, pid: str) -> None:
         )
     )
     fig.update_layout(
-        title=f"VaR over position sizes (current VaR {s.current_var:,.0f})",
+        title=f"VaR over position sizes (current VaR {ui.money(s.current_var)})",
         height=480,
         xaxis_title=f"{a} shares",
         yaxis_title=f"{b} shares",
@@ -192,7 +205,7 @@ def surface(d: views.Desk, pid: str) -> None:
     st.caption(views.method_caption(d, pid))
     qa, qb, low = s.lowest
     st.caption(
-        f"Lowest VaR on this grid: {low:,.0f} at {qa:,.0f} {ui.md(a)} and {qb:,.0f} {ui.md(b)} "
+        f"Lowest VaR on this grid: {ui.money(low)} at {qa:,.0f} shares of {ui.md(a)} and {qb:,.0f} of {ui.md(b)} "
         "(other positions unchanged)."
     )
 

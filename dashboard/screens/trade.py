@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import components as ui
 from engine.records import Action, DecisionStatus, ExecutionStatus
 from logic import views
+from logic.views import fmt
 
 # Session keys: the last checked ticket (its inputs, decision and the client order id it executes with) and
 # the result of executing it. (Comments, not docstrings: Streamlit's "magic" would print a bare string.)
@@ -29,19 +30,17 @@ def positions(d: views.Desk, pid: str) -> None:
     cols[3].metric("Realized P&L", ui.money(t.get("realized_pnl"), signed=True))
     cols[4].metric("Trading state", str(t.get("trading_state", "-")))
     st.subheader("Positions")
-    ui.table(pv.positions, "positions", f"positions_{pid}.csv", column_config=POSITION_FORMAT)
+    ui.table(
+        pv.positions,
+        "positions",
+        f"positions_{pid}.csv",
+        totals=fmt.with_totals(pv.positions, POSITION_TOTALS, "ticker"),
+        empty="No open position.",
+    )
 
 
-POSITION_FORMAT = {
-    "avg_price": st.column_config.NumberColumn("avg price", format="%.2f"),
-    "last": st.column_config.NumberColumn("last", format="%.2f"),
-    "market_value": st.column_config.NumberColumn("value", format="%,.0f"),
-    "weight": st.column_config.NumberColumn("weight", format="percent"),
-    "unrealized_pnl": st.column_config.NumberColumn("unrealized P&L", format="%,.0f"),
-    "realized_pnl": st.column_config.NumberColumn("realized P&L", format="%,.0f"),
-    "mfe": st.column_config.NumberColumn("MFE", format="%,.0f"),
-    "mae": st.column_config.NumberColumn("MAE", format="%,.0f"),
-}
+POSITION_TOTALS = ("market_value", "weight", "unrealized_pnl", "realized_pnl")
+"""Columns the positions export sums in its TOTAL row (the figures the metrics above the table total)."""
 
 
 def check(d: views.Desk, pid: str) -> None:
@@ -131,10 +130,13 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         elif decision.get("max_qty_allowed") == 0:
             st.caption(f"No quantity of this {ui.md(ticket['side'])} passes now: the reasons above say why.")
     ui.table(
-        views.deltas_frame(decision), "deltas", "decision.csv", height="content", column_config=DELTA_FORMAT
+        views.deltas_frame(decision, ui.currency()),
+        "deltas",
+        "decision.csv",
+        height="content",
+        kinds=DELTA_KINDS,
     )
-    impact = views.impact_frame(decision)
-    ui.table(impact.assign(value=impact["value"].map(ui.number)), "impact", "order.csv", height="content")
+    ui.table(views.impact_frame(decision, ui.currency()), "impact", "order.csv", height="content")
     if decision["status"] == DecisionStatus.APPROVED and not ui.refused(Action.TRADE, ticket["portfolio"]):
         st.button(
             "Execute", type="primary", key="tk_execute", on_click=execute, args=(d,), icon=":material/send:"
@@ -145,11 +147,8 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         execution_result(result)
 
 
-DELTA_FORMAT = {
-    "before": st.column_config.NumberColumn(format="%,.2f"),
-    "after": st.column_config.NumberColumn(format="%,.2f"),
-    "change": st.column_config.NumberColumn(format="%+,.2f"),
-}
+DELTA_KINDS = dict.fromkeys(("before", "after", "change"), fmt.NUMBER)
+"""Before / after / change mix the currency and shares: two decimals, the unit column says which."""
 
 
 def execution_result(result: dict) -> None:
@@ -166,8 +165,9 @@ def execution_result(result: dict) -> None:
         )
     elif r["status"] == ExecutionStatus.FILLED:
         st.success(
-            f"**FILLED** {ui.md(fill['side'])} {fill['qty']} {ui.md(fill['ticker'])} @ {ui.md(fill['price'])}"
-            f" · fees {ui.md(fill['fees'])} · trade {ui.md(fill['trade_id'])}",
+            f"**FILLED** {ui.md(fill['side'])} {fmt.qty(fill['qty'])} {ui.md(fill['ticker'])} @ "
+            f"{ui.md(ui.money(fill['price'], cents=True))} · fees {ui.md(ui.money(fill['fees'], cents=True))}"
+            f" · trade {ui.md(fill['trade_id'])}",
             icon=":material/done_all:",
         )
     else:

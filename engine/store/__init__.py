@@ -8,7 +8,8 @@ Modules, rq-style, one noun each::
     market          MarketStore: market snapshot, stressed matrix, reference prices, ticks, heartbeats
     portfolio       PortfolioStore: portfolio registry, books, trading state
     trading         TradingStore: the pre-trade view, fills, trade log, order results
-    monitoring      MonitoringStore: latest snapshot, history, equity peaks, excursions, leases
+    monitoring      MonitoringStore: latest snapshot, equity peaks, excursions, leases
+    history         HistoryStore: the snapshot write with its bounded history (stream + downsampled tiers)
     alerts          AlertStore: rule edits, active alerts, alert log, evaluation timers, actions
     notifications   NotificationStore: outbox, group state, delivery log, send rate, flush lease
     sequencer       SequencerStore: the per-portfolio FIFO order queue and its lease
@@ -56,6 +57,7 @@ from engine.store.codec import (
     encode_trading_status,
     encode_window_row,
 )
+from engine.store.history import HistoryStore, HistoryWindow
 from engine.store.keys import (
     EPOCH_KEY,
     GLOBAL_AUDIT_KEY,
@@ -91,6 +93,7 @@ class Store(
     PortfolioStore,
     TradingStore,
     MonitoringStore,
+    HistoryStore,
     AlertStore,
     NotificationStore,
     SequencerStore,
@@ -109,7 +112,7 @@ __all__ = [
     # the store
     "Store", "StoreBase", "Conn",
     "MarketStore", "PortfolioStore", "TradingStore", "MonitoringStore", "AlertStore", "NotificationStore",
-    "SequencerStore",
+    "SequencerStore", "HistoryStore", "HistoryWindow",
     # keys
     "SCHEMA_VERSION", "SCHEMA_KEY", "PORTFOLIOS_KEY", "RULES_KEY", "RULES_VERSION_KEY", "GLOBAL_AUDIT_KEY",
     "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP", "EPOCH_KEY",

@@ -1,18 +1,24 @@
 """How values are written to and read from Redis: the only place a stored value is decoded.
 
 Arrays are ``MAGIC | dtype tag | ndim | shape | little-endian float64 bytes`` and every field is checked on
-read; everything else is JSON or plain hash fields; money is a decimal string. No pickle: a value that does not
-decode raises :class:`~engine.errors.CorruptDataError` and is never executed; a missing one raises
+read; a symmetric matrix (the covariance written every bar) is stored as its packed upper triangle
+(:func:`encode_symmetric`, half the bytes) and :func:`decode_symmetric` reads either form; history rows are
+fixed-size packed floats (:class:`RowLayout`, shared with the Lua scripts); everything else is JSON or plain
+hash fields; money is a decimal string. No pickle: a value that does not decode raises
+:class:`~engine.errors.CorruptDataError` and is never executed; a missing one raises
 :class:`~engine.errors.StoreEmptyError`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -70,6 +76,73 @@ def decode_array(blob: bytes | None, *, key: str = "?", shape: tuple[int, ...] |
     if shape is not None and tuple(found) != tuple(shape):
         raise CorruptDataError(f"{key}: shape {found} does not match expected {shape}")
     return np.frombuffer(blob, dtype="<f8", offset=shape_end).reshape(found).astype(np.float64, copy=True)
+
+
+_SYMMETRIC_MAGIC = b"RDU1"
+"""A symmetric float64 matrix as its upper triangle, row by row: ``MAGIC | dtype tag | ndim=2 | N | N | the
+N(N+1)/2 entries a_00..a_0N, a_11..a_1N, ...`` (little-endian float64)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_mask(n: int) -> npt.NDArray[np.bool_]:
+    """True on and above the diagonal of an N x N matrix; boolean indexing walks it in row-major order, which
+    is the packed order (the same mask on the transposed view walks the mirror images in the same order)."""
+    mask = np.triu(np.ones((n, n), dtype=bool))
+    mask.flags.writeable = False  # shared by every caller through the cache
+    return mask
+
+
+def encode_symmetric(matrix: npt.ArrayLike) -> bytes:
+    """Serialise a bitwise-symmetric N x N float64 matrix as its packed upper triangle (float64, exact).
+
+    Raises ``ValueError`` for a matrix that is not square or not exactly symmetric (``a_ij == a_ji`` bit for bit,
+    NaN never equal): the lower triangle is not stored, so it must be the mirror of the upper one. The EWMA
+    update keeps the covariance so (engine/math_logic.py)."""
+    arr = np.asarray(matrix, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"a symmetric matrix is square, got shape {arr.shape}")
+    n = arr.shape[0]
+    mask = _upper_mask(n)
+    packed = np.ascontiguousarray(arr)[mask].astype("<f8", copy=False)
+    if not np.array_equal(packed, arr.T[mask]):
+        raise ValueError("the matrix is not exactly symmetric: its packed upper triangle would lose the lower one")
+    header = _HEADER.pack(_SYMMETRIC_MAGIC, _F64_TAG, 2) + struct.pack("<2Q", n, n)
+    return header + packed.tobytes()
+
+
+def decode_symmetric(blob: bytes | None, *, key: str = "?", n: int) -> Float64Array:
+    """An N x N matrix written by :func:`encode_symmetric` (mirrored back) or, as before, by :func:`encode_array`.
+
+    Returns a fresh, writeable, C-contiguous float64 array; every header field and the length are checked.
+    """
+    if blob is None:
+        raise StoreEmptyError(f"{key} is missing")
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise CorruptDataError(f"{key}: expected bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if blob[:4] != _SYMMETRIC_MAGIC:
+        return decode_array(blob, key=key, shape=(n, n))  # a full matrix: older stores, other writers
+    shape_end = _HEADER.size + 16
+    if len(blob) < shape_end:
+        raise CorruptDataError(f"{key}: packed matrix header truncated ({len(blob)} bytes)")
+    _, tag, ndim = _HEADER.unpack_from(blob)
+    if tag != _F64_TAG:
+        raise CorruptDataError(f"{key}: unsupported dtype tag {tag!r}, expected float64")
+    found = struct.unpack_from("<2Q", blob, _HEADER.size)
+    if ndim != 2 or found[0] != found[1]:
+        raise CorruptDataError(f"{key}: a packed symmetric matrix must be square, header says {found}")
+    if found[0] != n:
+        raise CorruptDataError(f"{key}: shape {found} does not match expected {(n, n)}")
+    expected_bytes = 8 * (n * (n + 1) // 2)
+    if len(blob) - shape_end != expected_bytes:
+        found_bytes = len(blob) - shape_end
+        raise CorruptDataError(f"{key}: payload is {found_bytes} bytes, a packed {n}x{n} needs {expected_bytes}")
+    packed = np.frombuffer(blob, dtype="<f8", offset=shape_end)
+    out = np.empty((n, n), dtype=np.float64)
+    mask = _upper_mask(n)
+    out[mask] = packed
+    out.T[mask] = packed  # the mirror images, in the same order
+    return out
 
 
 def encode_window_row(version: int, values: npt.ArrayLike) -> bytes:
@@ -202,20 +275,6 @@ def decode_tickers(raw: bytes | None, key: str) -> tuple[str, ...]:
     return tuple(tickers)
 
 
-def encode_point_value(value: float | int | None) -> str:
-    """A history field: integers exactly, floats with 15 significant digits, ``None`` as the empty string."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    number = float(value)
-    if not math.isfinite(number):
-        return ""
-    return format(number, ".15g")
-
-
 # -- value objects (defined in engine.records) -------------------------------------------------------------------
 
 
@@ -257,3 +316,75 @@ def decode_trading_status(key: str, raw: Mapping[bytes, bytes]) -> TradingStatus
         actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
         ts=decode_float(raw.get(b"ts", b"0"), key=f"{key}.ts"),
     )
+
+
+# -- packed rows (history) ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """A fixed-size row of little-endian floats, one per named column: float64 where ``wide`` is true,
+    float32 otherwise, no padding. A missing value (``None``, NaN, inf) is stored as NaN.
+
+    The same layout is the Lua ``struct`` format (:attr:`struct_format`, which Redis scripts pack and
+    unpack with) and the numpy dtype (:attr:`dtype`, which readers decode whole blocks of rows with).
+    """
+
+    names: tuple[str, ...]
+    wide: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.wide) or len(set(self.names)) != len(self.names) or not self.names:
+            raise ValueError("a row layout needs distinct names, one width each")
+
+    @cached_property
+    def struct_format(self) -> str:
+        return "<" + "".join("d" if w else "f" for w in self.wide)
+
+    @cached_property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype([(n, "<f8" if w else "<f4") for n, w in zip(self.names, self.wide, strict=True)])
+
+    @cached_property
+    def size(self) -> int:
+        return struct.calcsize(self.struct_format)
+
+    @cached_property
+    def packer(self) -> struct.Struct:
+        return struct.Struct(self.struct_format)
+
+
+def encode_row(layout: RowLayout, values: Mapping[str, float | int | None]) -> bytes:
+    """Pack ``values`` (by column name; absent, ``None`` or non-finite -> NaN) as one row of ``layout``.
+
+    Integers are exact in a float64 column up to 2**53; a float32 column keeps about 7 significant digits.
+    """
+    out = [math.nan if (v := values.get(name)) is None or isinstance(v, bool) else float(v) for name in layout.names]
+    return layout.packer.pack(*[x if math.isfinite(x) else math.nan for x in out])
+
+
+def decode_rows(layout: RowLayout, blob: bytes | None, *, key: str = "?") -> npt.NDArray[np.void]:
+    """Rows of ``layout`` packed back to back -> a structured array (NaN: no value); a blob that is not a whole
+    number of rows is corrupt."""
+    if blob is None:
+        raise StoreEmptyError(f"{key} is missing")
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise CorruptDataError(f"{key}: expected bytes, got {type(blob).__name__}")
+    if len(blob) % layout.size:
+        raise CorruptDataError(f"{key}: {len(blob)} bytes is not a whole number of {layout.size}-byte rows")
+    return np.frombuffer(bytes(blob), dtype=layout.dtype)
+
+
+def row_points(
+    layout: RowLayout, rows: npt.NDArray[np.void], integers: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Decoded rows as flat dicts (column -> float, ``int`` for the ``integers`` columns, ``None`` for NaN)."""
+    columns = [(n, rows[n].astype(np.float64).tolist()) for n in layout.names]
+    out: list[dict[str, Any]] = []
+    for i in range(len(rows)):
+        point: dict[str, Any] = {}
+        for name, values in columns:
+            v = values[i]
+            point[name] = None if v != v else (int(v) if name in integers else v)
+        out.append(point)
+    return out

@@ -12,7 +12,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     rd:notify_lock                  string   lease of the process flushing notifications (SET NX PX)
     rd:nrate:<sha1 of target>       zset     send times per recipient address (per-recipient rate limit)
     hb:<component>                  hash     heartbeat of a daemon (time, counters, latency)
-    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts, cov (arrays)
+    rd:monitors                     zset     monitor consumer -> wall time of its last beat (the live monitors
+                                             that share the portfolios, logic/shards.py)
+    mkt:{m}:snapshot                hash     version, ts, tickers (JSON), prices, price_ts (arrays), cov (packed
+                                             upper triangle, codec.encode_symmetric), all in one HSET per bar
     mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;
@@ -33,7 +36,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:trades                stream   trade log / audit of every decision and fill
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
                                              (also limit changes, book syncs and refused checks: engine/store/audit.py)
-    pf:{<id>}:history               stream   snapshot history (entry id = time), trimmed by age
+    pf:{<id>}:history               stream   snapshot history at full resolution (entry id = time, field p = a
+                                             packed row, engine/store/history.py), trimmed by age and count
+    pf:{<id>}:history_tier:<ms>     string   one downsampled history tier (bucket of <ms> milliseconds): a fixed
+                                             ring of packed rows, one per bucket, behind the newest time written
     pf:{<id>}:snapshot              string   latest snapshot JSON
     pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
                                              max_peak, max_dd, last (drawdown windows and daily P&L)
@@ -86,6 +92,8 @@ RULES_VERSION_KEY = "rd:{rd:rules}:version"
 rule edit and its version bump are one MULTI on a Redis Cluster too."""
 GLOBAL_AUDIT_KEY = "rd:audit"
 NOTIFY_LOCK_KEY = "rd:notify_lock"
+MONITORS_KEY = "rd:monitors"
+"""The monitors sharing the portfolios and when each last beat (:mod:`logic.shards`)."""
 
 # -- market keys (hash tag {m}) ----------------------------------------------------------------------------------
 
@@ -176,6 +184,10 @@ class PortfolioKeys:
     @property
     def history(self) -> str:
         return self._key("history")
+
+    def history_tier(self, resolution_ms: int) -> str:
+        """The ring of one downsampled history tier (engine/store/history.py), by its bucket length."""
+        return self._key(f"history_tier:{int(resolution_ms)}")
 
     @property
     def snapshot(self) -> str:

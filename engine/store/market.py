@@ -17,18 +17,21 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from engine.errors import StoreEmptyError, StoreError
+from engine.errors import CorruptDataError, StoreEmptyError, StoreError
 from engine.records import Float64Array, MarketHeader, MarketSnapshot
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
     decode_array,
     decode_float,
     decode_int,
+    decode_json,
     decode_str,
+    decode_symmetric,
     decode_tickers,
     decode_window_rows,
     encode_array,
     encode_json,
+    encode_symmetric,
     encode_window_row,
 )
 from engine.store.keys import (
@@ -51,7 +54,11 @@ class MarketStore(StoreBase):
 
     # -- market snapshot -------------------------------------------------------------------------------------
     def write_market(self, snap: MarketSnapshot, pipe: Conn = None) -> None:
-        """Write prices, covariance and version as one hash: one command, so readers never see a mix."""
+        """Write prices, covariance and version as one hash: one command, so readers never see a mix.
+
+        The covariance goes in as its packed upper triangle (:func:`~engine.store.codec.encode_symmetric`):
+        half the bytes of the full matrix on the wire and in the AOF every bar, and still the whole matrix of
+        this version in the same HSET. It must be exactly symmetric (the EWMA update keeps it so)."""
         n = len(snap.tickers)
         if snap.prices.shape != (n,) or snap.price_ts.shape != (n,) or snap.cov.shape != (n, n):
             raise ValueError(f"market snapshot shapes do not match {n} tickers")
@@ -63,7 +70,7 @@ class MarketStore(StoreBase):
                 "tickers": encode_json(list(snap.tickers)),
                 "prices": encode_array(snap.prices),
                 "price_ts": encode_array(snap.price_ts),
-                "cov": encode_array(snap.cov),
+                "cov": encode_symmetric(snap.cov),
             },
         )
 
@@ -81,18 +88,25 @@ class MarketStore(StoreBase):
         raw = self._conn(conn).hmget(MARKET_KEY, ["version", "ts", "tickers", "prices", "price_ts", "cov"])
         header = decode_market_header(raw[:5])
         n = len(header.tickers)
-        cov = decode_array(raw[5], key=f"{MARKET_KEY}.cov", shape=(n, n))
-        return MarketSnapshot(**header.__dict__, cov=cov)
+        return MarketSnapshot(**header.__dict__, cov=decode_market_cov(raw[5], n))
 
     # -- stressed matrix -------------------------------------------------------------------------------------
-    def write_stressed(self, version: int, tickers: Iterable[str], cov: Float64Array, pipe: Conn = None) -> None:
+    def write_stressed(
+        self,
+        version: int,
+        tickers: Iterable[str],
+        cov: Float64Array,
+        pipe: Conn = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``meta``: what the matrix was computed from (source, market version, the one-bar unit's
+        ``bars_per_day``, the stress settings, ``written_at``), shown on the Stress tab; stored beside it."""
         tickers = list(tickers)
         if cov.shape != (len(tickers), len(tickers)):
             raise ValueError("stressed matrix shape does not match tickers")
-        self._conn(pipe).hset(
-            STRESSED_KEY,
-            mapping={"version": int(version), "tickers": encode_json(tickers), "cov": encode_array(cov)},
-        )
+        fields: dict[str, Any] = {"version": int(version), "tickers": encode_json(tickers), "cov": encode_array(cov)}
+        fields["meta"] = encode_json(dict(meta or {}))
+        self._conn(pipe).hset(STRESSED_KEY, mapping=fields)
 
     def read_stressed(self, conn: Conn = None) -> tuple[int, tuple[str, ...], Float64Array]:
         raw = self._conn(conn).hmget(STRESSED_KEY, ["version", "tickers", "cov"])
@@ -102,6 +116,17 @@ class MarketStore(StoreBase):
         n = len(tickers)
         cov = decode_array(raw[2], key=f"{STRESSED_KEY}.cov", shape=(n, n))
         return decode_int(raw[0], key=f"{STRESSED_KEY}.version"), tickers, cov
+
+    def read_stressed_meta(self, conn: Conn = None) -> dict[str, Any]:
+        """What the stored stressed matrix was computed from (:meth:`write_stressed`'s ``meta``); empty for a
+        matrix written before it was recorded."""
+        raw = self._conn(conn).hget(STRESSED_KEY, "meta")
+        if raw is None:
+            return {}
+        meta = decode_json(raw, key=f"{STRESSED_KEY}.meta")
+        if not isinstance(meta, dict):
+            raise CorruptDataError(f"{STRESSED_KEY}.meta is not an object")
+        return meta
 
     def read_stressed_version(self, conn: Conn = None) -> int | None:
         """Version of the stored stressed matrix (it changes when the warm-up rebuilds it), or None."""
@@ -299,6 +324,17 @@ class MarketStore(StoreBase):
         raw = self.client.xautoclaim(TICKS_KEY, group, consumer, min_idle_ms, start_id="0-0", count=count)
         return _decode_tick_entries(raw[1] if raw and len(raw) > 1 else [])
 
+    def read_ticks_after(
+        self, last_id: str | None, count: int = 100, block_ms: int | None = None
+    ) -> list[tuple[str, TickEvent | None]]:
+        """XREAD (no group): events after ``last_id``, oldest first; ``None``: only the newest event there is
+        (XREVRANGE COUNT 1), the starting point of a monitor that shares the portfolios (logic/shards.py)."""
+        if last_id is None:
+            newest: Any = self.client.xrevrange(TICKS_KEY, count=1)
+            return _decode_tick_entries(newest)
+        raw: Any = self.client.xread({TICKS_KEY: last_id}, count=count, block=block_ms)
+        return _decode_tick_entries(raw[0][1] if raw else [])
+
     def ack_ticks(self, group: str, entry_ids: Iterable[str], pipe: Conn = None) -> None:
         ids = list(entry_ids)
         if ids:
@@ -364,6 +400,12 @@ def decode_market_header(raw: list[Any]) -> MarketHeader:
     if raw[0] is None:
         raise StoreEmptyError("no market snapshot in the store")
     return market_header(raw[0], raw[1], decode_tickers(raw[2], MARKET_KEY), raw[3], raw[4])
+
+
+def decode_market_cov(raw: Any, n: int) -> Float64Array:
+    """The ``cov`` field of :data:`MARKET_KEY` (packed upper triangle, or a full matrix from an older store):
+    every reader of the snapshot's matrix decodes it here."""
+    return decode_symmetric(raw, key=f"{MARKET_KEY}.cov", n=n)
 
 
 def decode_reference_prices(raw: list[Any]) -> dict[str, float]:

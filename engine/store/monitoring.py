@@ -1,8 +1,9 @@
-"""What the monitor writes for each tick (logic/monitor.py): the latest snapshot and its history, the equity
-peaks of the drawdown windows, the excursions of open positions, the continuous VaR backtest, and short leases.
+"""What the monitor writes for each tick (logic/monitor.py): the equity peaks of the drawdown windows, the
+excursions of open positions, the continuous VaR backtest, and short leases; the latest snapshot is read here
+and written with its history by engine/store/history.py.
 
-Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:history``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks``,
-``pf:{<id>}:backtest``, ``pf:{<id>}:backtest_log`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`).
+Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks``, ``pf:{<id>}:backtest``,
+``pf:{<id>}:backtest_log`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`).
 Per-portfolio writes of one snapshot touch keys of one hash tag only and each runs in one Lua script, so two
 monitors (or a tick processed twice) never lose an update.
 """
@@ -22,7 +23,6 @@ from engine.store.codec import (
     decode_object,
     decode_str,
     encode_json,
-    encode_point_value,
 )
 from engine.store.keys import PortfolioKeys, lock_key
 
@@ -207,105 +207,12 @@ return out
                 raise CorruptDataError(f"{key}.{ticker}: bad excursion record ({exc})") from exc
         return out
 
-    # -- latest snapshot and history -------------------------------------------------------------------------
-    # KEYS[1] = pf:{id}:snapshot (string: snapshot JSON), KEYS[2] = pf:{id}:history (stream)
-    # ARGV[1] = snapshot version, ARGV[2] = snapshot JSON, ARGV[3] = history entry time (ms),
-    # ARGV[4] = oldest entry time kept (ms; XTRIM MINID, exact), ARGV[5] = entry cap (MAXLEN ~),
-    # ARGV[6..] = field, value, ... of the history point.
-    # The latest snapshot is replaced unless the stored one has a higher version (two monitors may finish
-    # ticks out of order; the latest snapshot never goes back). The entry id is <ms>-0, or the stream's last
-    # id plus one when that is not greater (several ticks in one millisecond, or a late tick): every call
-    # appends exactly one point. Returns the entry id.
-    _RECORD_LUA = """
-local version = tonumber(ARGV[1])
-local current = redis.call('GET', KEYS[1])
-local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
-if not stored or version >= stored then redis.call('SET', KEYS[1], ARGV[2]) end
-local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = ARGV[3] .. '-0'
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
-if type(added) == 'table' and added.err then
-  local info = redis.call('XINFO', 'STREAM', KEYS[2])
-  local last = '0-0'
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
-  end
-  local ms, seq = string.match(last, '(%d+)-(%d+)')
-  id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
-end
-redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
-return id
-"""
-
-    def record_snapshot(
-        self,
-        portfolio_id: str,
-        snapshot: Mapping[str, Any],
-        point: Mapping[str, float | int | None],
-        *,
-        ts: float,
-        retention_seconds: float,
-        max_points: int,
-        pipe: Conn = None,
-    ) -> str | None:
-        """Write the latest snapshot (unless a newer version is stored) and append one history point at
-        ``ts``, trimming points older than ``retention_seconds`` and beyond ``max_points``; one Lua script.
-
-        ``point`` is flat (dotted metric names, numbers or ``None``); see :meth:`read_history`.
-        Returns the history entry id, or ``None`` on a pipeline.
-        """
-        keys = PortfolioKeys(portfolio_id)
-        ms = int(ts * 1000)
-        min_ms = max(0, int((ts - retention_seconds) * 1000))
-        args: list[Any] = [int(snapshot["version"]), encode_json(dict(snapshot)), ms, min_ms, int(max_points)]
-        for name, value in point.items():
-            args += [name, encode_point_value(value)]
-        reply = self._conn(pipe).execute_command("EVAL", self._RECORD_LUA, 2, keys.snapshot, keys.history, *args)
-        return None if pipe is not None else decode_str(reply, key=keys.history)
-
+    # -- latest snapshot (written with its history: engine/store/history.py) ---------------------------------
     def read_snapshot(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
         """The latest snapshot of a portfolio (schema in logic/snapshot.py), or ``None`` if none yet."""
         key = PortfolioKeys(portfolio_id).snapshot
         raw = self._conn(conn).get(key)
         return None if raw is None else decode_object(raw, key)
-
-    def read_history(
-        self,
-        portfolio_id: str,
-        start_ts: float | None = None,
-        end_ts: float | None = None,
-        count: int | None = None,
-        newest_first: bool = False,
-        conn: Conn = None,
-    ) -> list[dict[str, Any]]:
-        """History points between two epoch times (inclusive): dicts of the flat fields written by the monitor
-        (``ts``, ``version``, ``equity``, ``var.var95``, ...; numbers, ``None`` where the metric had no value)
-        plus the entry ``id``. Entry ids are in write order, which is time order except for a late tick."""
-        key = PortfolioKeys(portfolio_id).history
-        lo = "-" if start_ts is None else str(max(0, int(start_ts * 1000)))
-        hi = "+" if end_ts is None else str(max(0, int(end_ts * 1000)))
-        c = self._conn(conn)
-        entries: Any = (
-            c.xrevrange(key, hi, lo, count=count) if newest_first else c.xrange(key, lo, hi, count=count)
-        )
-        out = []
-        for entry_id, fields in entries:
-            point: dict[str, Any] = {"id": decode_str(entry_id, key=key)}
-            for raw_name, raw_value in fields.items():
-                name = decode_str(raw_name, key=key)
-                if raw_value == b"":
-                    point[name] = None
-                elif name == "version":
-                    point[name] = decode_int(raw_value, key=f"{key}.version")
-                else:
-                    point[name] = decode_float(raw_value, key=f"{key}.{name}")
-            out.append(point)
-        return out
-
-    def history_length(self, portfolio_id: str, conn: Conn = None) -> int:
-        return int(self._conn(conn).xlen(PortfolioKeys(portfolio_id).history))
 
     # -- short leases ----------------------------------------------------------------------------------------
     # -- continuous VaR backtest (logic/backtest_monitor.py) --------------------------------------------------

@@ -7,8 +7,9 @@ in its state hash: :meth:`engine.store.Store.read_trade_view` caches decoded pos
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,16 +105,20 @@ class PortfolioStore(StoreBase):
         self._conn(pipe).hset(PortfolioKeys(portfolio_id).trading_state, mapping=mapping)
 
     # -- every portfolio, read together (logic/monitor.py) ---------------------------------------------------
-    def read_portfolio_bundles(self, known_ids: Iterable[str] | None = None) -> dict[str, PortfolioBundle]:
+    def read_portfolio_bundles(
+        self, known_ids: Iterable[str] | None = None, select: Callable[[list[str]], list[str]] | None = None
+    ) -> dict[str, PortfolioBundle]:
         """Every registered portfolio's state, positions and trading state in ONE MULTI/EXEC.
 
         One transaction, so a fill (itself one MULTI) is seen entirely or not at all: cash and holdings never
         come from two sides of a trade. ``known_ids`` is the caller's guess of the registry; when the registry
         differs, the read is repeated with the registered ids (at most twice more). A portfolio that does not
-        decode carries its typed error instead of a state (the caller skips it: fail closed).
+        decode carries its typed error instead of a state (the caller skips it: fail closed). ``select``
+        (registered ids -> the ones to read) reads a subset: a monitor's shard (logic/shards.py).
         """
-        ids = sorted(known_ids) if known_ids is not None else self.portfolio_ids()
+        registry = sorted(known_ids) if known_ids is not None else self.portfolio_ids()
         for _ in range(3):
+            ids = sorted(select(registry)) if select is not None else registry
             pipe = slot_transaction(self.client)  # on a Redis Cluster: each portfolio's MULTI on its own slot
             pipe.smembers(PORTFOLIOS_KEY)
             for pid in ids:
@@ -123,9 +128,9 @@ class PortfolioStore(StoreBase):
                 pipe.hgetall(keys.trading_state)
             raw = pipe.execute()
             registered = sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw[0])
-            if registered == ids:
+            if registered == registry:
                 break
-            ids = registered
+            registry = registered
         else:
             raise CorruptDataError(f"{PORTFOLIOS_KEY} keeps changing; cannot read a consistent set")
         out: dict[str, PortfolioBundle] = {}
@@ -173,8 +178,15 @@ def decode_positions(portfolio_id: str, raw_positions: Mapping[bytes, bytes]) ->
     positions = {}
     for raw_ticker, raw_pos in raw_positions.items():
         ticker = decode_str(raw_ticker, key=key)
-        positions[ticker] = decode_position(raw_pos, f"{key}.{ticker}")
+        positions[ticker] = _decode_position_memo(raw_pos, f"{key}.{ticker}")
     return positions
+
+
+@functools.lru_cache(maxsize=65_536)
+def _decode_position_memo(raw: bytes | str, key: str) -> Position:
+    """:func:`decode_position`, remembered: the monitor decodes every position of every portfolio on every
+    tick and they rarely change (a Position is immutable; a record that does not decode is not remembered)."""
+    return decode_position(raw, key)
 
 
 def new_positions_rev(conn: Conn, portfolio_id: str) -> str:

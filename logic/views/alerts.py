@@ -25,6 +25,8 @@ ALERT_COLUMNS = (
     "metric",
     "value",
     "threshold",
+    "threshold_ref",
+    "inhibition",
     "op",
     "triggered_at",
     "acknowledged_by",
@@ -63,10 +65,20 @@ def alerts_frame(
         since=since,
         limit=limit,
     )
-    df = pd.DataFrame.from_records(alerts).reindex(columns=list(ALERT_COLUMNS))
+    df = pd.DataFrame.from_records([{**a, "inhibition": inhibition_text(a)} for a in alerts])
+    df = df.reindex(columns=list(ALERT_COLUMNS))
+    df["threshold_ref"] = df["threshold_ref"].map(lambda v: v if isinstance(v, str) else "")
     for col in ALERT_TIME_COLUMNS:
         df[col] = pd.to_datetime(pd.to_numeric(df[col], errors="coerce"), unit="s", utc=True)
     return df
+
+
+def inhibition_text(alert: Mapping[str, Any]) -> str:
+    """``inhibited by var_breach`` for an alert a CRITICAL one holds back (it sends nothing meanwhile), else
+    empty: an inhibited alert is listed and says so, never silent."""
+    if not alert.get("inhibited"):
+        return ""
+    return f"inhibited by {alert.get('inhibited_by') or 'a CRITICAL alert on ' + str(alert.get('metric'))}"
 
 
 def alert_counts(alerts: pd.DataFrame) -> dict[str, int]:
@@ -142,18 +154,117 @@ RULE_COLUMNS = (
     "stale_policy",
     "portfolios",
     "actions",
+    "channels",
+    "recipients",
+    "changed_at",
+    "changed_by",
     "source",
 )
+FIXED_THRESHOLD = "a fixed number"
+"""The editor's threshold source meaning "the number typed" (the others are ``limits.<field>``)."""
 
 
 def rules_frame(desk: Desk) -> pd.DataFrame:
-    """The rules in force (and removed defaults), one row each; lists as comma-separated text for editing."""
-    rows = desk.alert_engine().list_rules()
+    """The rules in force (and removed defaults), one row each, the last changed first; ``threshold`` as text
+    (``0.8 x limits.var_limit`` for a rule following a limit), lists as comma-separated text, empty
+    ``channels`` / ``recipients`` as the severity's escalation policy they default to."""
+    engine = desk.alert_engine()
+    rows = []
+    for rule in engine.list_rules():
+        route = routing_default(desk, str(rule["severity"]))
+        rows.append(
+            {
+                **rule,
+                "threshold": threshold_text(rule),
+                "channels": _comma_text(rule.get("channels")) or f"policy: {_comma_text(route['channels'])}",
+                "recipients": _comma_text(rule.get("recipients"))
+                or f"policy: {_comma_text(route['recipients']) or '-'}",
+            }
+        )
     df = pd.DataFrame.from_records(rows).reindex(columns=list(RULE_COLUMNS))
     for col in ("portfolios", "actions"):
         df[col] = df[col].map(_comma_text)
     df["description"] = df["description"].fillna("").astype(str)
+    df["changed_by"] = df["changed_by"].map(lambda v: v if isinstance(v, str) else "")
+    df["changed_at"] = pd.to_datetime(pd.to_numeric(df["changed_at"], errors="coerce"), unit="s", utc=True)
     return df
+
+
+def threshold_text(rule: Mapping[str, Any]) -> str:
+    """A rule's threshold as the desk reads it: ``0.3``, ``limits.max_concentration``, ``0.8 x limits.var_limit``."""
+    threshold, fraction = rule.get("threshold"), rule.get("threshold_fraction", 1.0)
+    if isinstance(threshold, str):
+        return threshold if fraction in (None, 1.0) else f"{fraction:g} x {threshold}"
+    return "" if threshold is None else f"{float(threshold):g}"
+
+
+def threshold_sources() -> list[str]:
+    """The editor's threshold choices: a fixed number, or one of the limits a rule may follow."""
+    from engine.settings import LIMIT_PREFIX
+    from logic.rules import LIMIT_THRESHOLDS
+
+    return [FIXED_THRESHOLD, *(LIMIT_PREFIX + name for name in LIMIT_THRESHOLDS)]
+
+
+def routing_default(desk: Desk, severity: str) -> dict[str, list[str]]:
+    """Channels and recipients a rule of ``severity`` uses when it names none: the first level of the
+    severity's escalation policy (``[escalation]``)."""
+    first = desk.alert_engine().escalation.policy(severity).levels[0]
+    return {"channels": [str(c) for c in first.channels], "recipients": list(first.recipients)}
+
+
+def rule_channels() -> list[str]:
+    from engine.records import Channel
+
+    return [c.value for c in Channel]
+
+
+def rule_recipients(desk: Desk) -> list[str]:
+    """Recipient names a rule may pick: those of ``[notifications.recipients]`` and of the escalation policies."""
+    config = desk.alert_engine().escalation
+    names: dict[str, None] = {}
+    recipients = (desk.settings.extra.get("notifications") or {}).get("recipients") or {}
+    names.update(dict.fromkeys(str(n) for n in recipients))
+    for policy in (*config.policies.values(), config.default):
+        for level in policy.levels:
+            names.update(dict.fromkeys(level.recipients))
+    return list(names)
+
+
+def rule_for_form(desk: Desk, rule_id: str | None, rules: Iterable[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The editor's starting values: the rule's own fields, or a new rule's defaults (clear period
+    :data:`engine.settings.DEFAULT_CLEAR_SECONDS`, routing from the escalation policy). ``rules``: the
+    engine's ``list_rules()`` when the caller has it already."""
+    from engine.settings import DEFAULT_CLEAR_SECONDS
+
+    if rule_id is None:
+        rules = ()
+    for rule in desk.alert_engine().list_rules() if rules is None else rules:
+        if rule["id"] == rule_id and rule.get("source") != "removed":
+            out = dict(rule)
+            ref = out["threshold"] if isinstance(out["threshold"], str) else None
+            out["threshold_source"] = ref or FIXED_THRESHOLD
+            out["threshold"] = 0.0 if ref else float(out["threshold"])
+            out["portfolios"] = _comma_text(out.get("portfolios")) or "*"
+            out["actions"] = _comma_text(out.get("actions"))
+            return out
+    return {
+        "id": "",
+        "threshold_source": FIXED_THRESHOLD,
+        "threshold": 0.0,
+        "threshold_fraction": 1.0,
+        "severity": Severity.MEDIUM.value,
+        "op": ">=",
+        "pending_seconds": 0.0,
+        "clear_seconds": DEFAULT_CLEAR_SECONDS,
+        "stale_after_seconds": 60.0,
+        "stale_policy": "keep",
+        "portfolios": "*",
+        "actions": "",
+        "description": "",
+        "channels": [],
+        "recipients": [],
+    }
 
 
 def _comma_text(value: Any) -> str:
@@ -177,11 +288,19 @@ def rule_choices() -> dict[str, tuple[str, ...]]:
 def rule_from_form(values: Mapping[str, Any]) -> dict[str, Any]:
     """The rules editor's fields as a rule dict (lists from comma-separated text); alerts validates it."""
     out = dict(values)
-    for col in ("portfolios", "actions"):
+    for col in ("portfolios", "actions", "channels", "recipients"):
         if isinstance(out.get(col), str):
             out[col] = [part.strip() for part in out[col].split(",") if part.strip()]
+    for col in ("channels", "recipients"):
+        if out.get(col) is None:
+            out.pop(col, None)
     if not out.get("portfolios"):
         out["portfolios"] = ["*"]
+    source = out.pop("threshold_source", None)
+    if source is not None and source != FIXED_THRESHOLD:  # follows a limit: the number typed is the fraction
+        out["threshold"] = source
+    elif source is not None:
+        out["threshold_fraction"] = 1.0
     return out
 
 

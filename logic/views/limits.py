@@ -20,6 +20,7 @@ import pandas as pd
 from engine.records import Action
 from engine.settings import Limits
 from logic.access import Identity, authorize
+from logic.views import fmt
 from logic.views.common import Desk, InputError, records_frame
 
 LIMIT_FIELDS: dict[str, tuple[str, str, str]] = {
@@ -80,14 +81,28 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _shown(value: Any, kind: str, currency: str) -> str:
+    """A limit as the table shows it: money with the currency and separators, ratios also in %."""
+    if value is None:
+        return "none"
+    if kind == "money":
+        return fmt.money(value, currency, cents=Decimal(str(value)) % 1 != 0)
+    if kind == "ratio":
+        return f"{value:g} ({fmt.pct(value)})"
+    if kind == "int":
+        return fmt.qty(value)
+    return _text(value)
+
+
 def limits_view(desk: Desk, portfolio_id: str) -> LimitsView:
     stored = desk.store.read_limits(portfolio_id)
     limits = stored.limits if stored is not None else desk.settings.limits_for(portfolio_id)
     rows, values = [], {}
-    for name, (label, unit, _kind) in LIMIT_FIELDS.items():
+    currency = desk.settings.dashboard.currency
+    for name, (label, unit, kind) in LIMIT_FIELDS.items():
         value = getattr(limits, name)
         values[name] = _text(value)
-        rows.append({"limit": label, "value": _text(value) or "none", "unit": unit})
+        rows.append({"limit": label, "value": _shown(value, kind, currency), "unit": unit})
     rows.append({"limit": "Position limits", "value": _text(limits.position_limits), "unit": "shares per ticker"})
     records = desk.store.limits_changes(portfolio_id)
     for r in records:

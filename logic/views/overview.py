@@ -23,12 +23,12 @@ HISTORY_WINDOWS: dict[str, float] = {
     "90 days": 90 * 86400.0,
     "1 year": 365 * 86400.0,
 }
-"""Equity-curve windows the Overview offers (the monitor keeps ``monitor.history_retention_days``: 7 live by
-default; a replay of daily or weekly bars keeps months or years of data time, e.g. ``make demo``)."""
-HISTORY_DIRECT_POINTS = 900
-"""Read every point of a window up to this many (about 15 minutes at one point a second) ..."""
-HISTORY_SAMPLES = 240
-"""... and above that one point per 1/240th of the window, so a 7-day curve costs 240 small reads."""
+"""Equity-curve windows the Overview offers (``[history]`` keeps 90 days of 15-minute buckets by default, in data
+time; ``make demo`` keeps its whole replay of daily bars)."""
+HISTORY_MAX_POINTS = 2000
+"""Most points of an equity-curve window: the history is read from the finest source that covers the window in
+at most this many points (every snapshot for a short window, else a downsampled tier: engine/store/history.py),
+in one or two reads whatever the window."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,13 @@ class OverviewView:
     """Which method the VaR / CVaR gauges come from (the snapshot's ``var_method``)."""
 
 
-def snapshot_gauges(var: Mapping[str, Any], limit: float | None) -> list[Gauge]:
+def snapshot_gauges(
+    var: Mapping[str, Any], limit: float | None, stressed_limit: float | None = None
+) -> list[Gauge]:
     """The gauges of a monitor snapshot's ``var`` section: VaR at both reported confidences, CVaR at the lower
-    one and stressed VaR at the higher one (missing figures read as 0)."""
+    one and stressed VaR at the higher one (missing figures read as 0). Stressed VaR is drawn against the
+    stressed-VaR limit (``limits.stressed_var_limit``; no limit line when the portfolio sets none), never
+    against the VaR limit."""
     low, high = REPORTED_CONFIDENCES
 
     def figure(key: str) -> float:
@@ -72,7 +76,7 @@ def snapshot_gauges(var: Mapping[str, Any], limit: float | None) -> list[Gauge]:
         Gauge(f"VaR {low:.0%} (1 day)", figure(f"var{low * 100:.0f}"), limit),
         Gauge(f"VaR {high:.0%} (1 day)", figure(f"var{high * 100:.0f}"), limit),
         Gauge(f"CVaR {low:.0%} (1 day)", figure(f"cvar{low * 100:.0f}"), limit),
-        Gauge(f"Stressed VaR {high:.0%}", figure(f"stressed_var{high * 100:.0f}"), limit),
+        Gauge(f"Stressed VaR {high:.0%}", figure(f"stressed_var{high * 100:.0f}"), stressed_limit),
     ]
 
 
@@ -99,7 +103,8 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
             "leverage": float_or_none(snapshot.get("leverage")),
         }
         limit = float_or_none(var.get("limit")) or limit
-        gauges = snapshot_gauges(var, limit)
+        stressed_cap = None if live.stressed_var_limit is None else float(live.stressed_var_limit)
+        gauges = snapshot_gauges(var, limit, stressed_cap)
         age = max(0.0, desk.clock() - float(snapshot.get("ts", 0.0)))
     else:  # no monitor yet: the risk manager's own figures (no drawdown, no daily P&L)
         totals = desk.risk_manager(portfolio_id).get_dashboard_metrics().attrs.get("totals", {})
@@ -127,7 +132,7 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         headline=headline,
         gauges=gauges,
         lights=analytics.traffic_lights(rules, snapshot, portfolio_id, alerts, live),
-        breakers=analytics.breaker_levels(rules, portfolio_id),
+        breakers=analytics.breaker_levels(rules, portfolio_id, limits=live),
         var_caption=_var_caption(desk, portfolio_id, snapshot),
     )
 
@@ -142,23 +147,14 @@ def _var_caption(desk: Desk, portfolio_id: str, snapshot: Mapping[str, Any] | No
 
 
 def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.DataFrame:
-    """The monitor's history over the last ``window_seconds`` (sampled when long), oldest first.
+    """The monitor's history over the last ``window_seconds`` (a downsampled tier when long), oldest first.
 
     Columns: ``time`` (UTC) then the flat metrics of the history (``equity``, ``drawdown.daily``, ...).
     """
     now = desk.clock()
-    start = now - window_seconds
-    points = desk.store.read_history(
-        portfolio_id, start_ts=start, count=HISTORY_DIRECT_POINTS + 1, newest_first=True
-    )
-    if len(points) > HISTORY_DIRECT_POINTS:
-        step = window_seconds / HISTORY_SAMPLES
-        points = []
-        for i in range(HISTORY_SAMPLES):
-            lo = start + i * step
-            points += desk.store.read_history(portfolio_id, start_ts=lo, end_ts=lo + step, count=1)
-    else:
-        points.reverse()
+    points = desk.store.read_history_window(
+        portfolio_id, now - window_seconds, now, history=desk.settings.history, max_points=HISTORY_MAX_POINTS
+    ).points
     if not points:
         return pd.DataFrame(columns=["time", "equity"])
     df = pd.DataFrame.from_records(points).drop(columns=["id"], errors="ignore")

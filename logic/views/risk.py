@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 
 from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError
+from engine.records import AccountType
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, InputError, float_or_none
 from logic.views.limits import live_limits
@@ -99,18 +101,67 @@ class StressView:
     """name, description, pnl, pnl_pct, equity_after."""
     method: str = "normal"
     """The method of ``var`` (the portfolio's); stressed VaR is the normal VaR on the stressed matrix."""
+    stressed_var_limit: float | None = None
+    """The live ``limits.stressed_var_limit`` ``stressed_var`` is compared with (None: the portfolio sets none)."""
+    horizon_days: float = 1.0
+    source: Mapping[str, Any] = field(default_factory=dict)
+    """What the stressed matrix is computed from (``mkt:{m}:stressed`` meta, its version and read scale)."""
 
     @property
     def multiple(self) -> float | None:
         """Stressed VaR over VaR at the same confidence."""
         return self.stressed_var / self.var if self.var else None
 
+    @property
+    def of_limit(self) -> float | None:
+        """Stressed VaR over the stressed-VaR limit (None without one)."""
+        return self.stressed_var / self.stressed_var_limit if self.stressed_var_limit else None
+
+    def provenance(self) -> list[str]:
+        """Lines saying what the stressed figure is computed from and when that input last changed."""
+        return stressed_provenance(self.source, self.confidence, self.horizon_days)
+
+
+def stressed_provenance(source: Mapping[str, Any], confidence: float, horizon_days: float) -> list[str]:
+    """The Stress tab's account of the stressed figure: the matrix's source and bar, the stress settings, the
+    scaling to the horizon, the matrix version and when it was written (UTC)."""
+    version = source.get("version")
+    lines = [
+        f"Stressed VaR {confidence:.0%}, {horizon_days:g} day(s): the normal (parametric) VaR of today's positions "
+        f"on the stored stressed matrix, version {version}."
+    ]
+    if not source.get("source"):
+        lines.append(
+            "The matrix was written before its source was recorded (source unknown): a history reload "
+            "(`python warmup.py --history FILE`) rebuilds and stamps it."
+        )
+        return lines
+    bpd = float(source.get("bars_per_day") or 0.0)
+    lines.append(
+        f"Computed from {source['source']} (market version {source.get('market_version')}); every volatility "
+        f"x{float(source.get('vol_multiplier', 0.0)):g}, every correlation raised to at least "
+        f"{float(source.get('correlation_floor', 0.0)):g}."
+    )
+    scale = float(source.get("scale", 1.0))
+    read_bpd = float(source.get("read_bars_per_day") or bpd)
+    unit = f"one model bar ({float(source.get('bar_seconds', 0.0)):g} s, {bpd:g} bars a day)"
+    scaling = f"Stored per {unit}; scaled to the horizon by sqrt({read_bpd:g} bars x {horizon_days:g} day(s))."
+    if scale != 1.0:
+        scaling += f" Written for {bpd:g} bars a day, read at {read_bpd:g}: variances x{scale:.6g}."
+    lines.append(scaling)
+    written = source.get("written_at")
+    when = (
+        datetime.fromtimestamp(float(written), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if isinstance(written, int | float)
+        else "unknown"
+    )
+    lines.append(f"This input last changed {when} (by {source.get('actor', '?')}).")
+    return lines
+
 
 def stress_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]] | None = None) -> StressView:
     result = desk.risk_manager(portfolio_id).stress_test(trades)
-    scenarios = pd.DataFrame(
-        result["scenarios"], columns=["name", "description", "pnl", "pnl_pct", "equity_after"]
-    )
+    scenarios = pd.DataFrame(result["scenarios"], columns=["name", "description", "pnl", "pnl_pct", "equity_after"])
     return StressView(
         var=float(result["var"]),
         stressed_var=float(result["stressed_var"]),
@@ -119,6 +170,9 @@ def stress_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]] | No
         equity=float(result["equity"]),
         scenarios=scenarios,
         method=str(desk.settings.var_method_for(portfolio_id)),
+        stressed_var_limit=result.get("stressed_var_limit"),
+        horizon_days=float(result.get("var_horizon_days", 1.0)),
+        source=dict(result.get("stressed_source") or {}),
     )
 
 
@@ -193,9 +247,7 @@ def what_if_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]]) ->
         stress = None
     return WhatIfView(
         status=result["status"],
-        decisions=pd.DataFrame(
-            rows, columns=["ticker", "side", "qty", "status", "delta_var", "var_after", "reasons"]
-        ),
+        decisions=pd.DataFrame(rows, columns=["ticker", "side", "qty", "status", "delta_var", "var_after", "reasons"]),
         var_before=result.get("var_before"),
         var_after=result.get("var_after"),
         cash_before=result.get("cash_before"),
@@ -209,9 +261,13 @@ def what_if_view(desk: Desk, portfolio_id: str, trades: list[dict[str, Any]]) ->
 SURFACE_STEPS = 21
 
 
-def surface_view(
-    desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS
-) -> Any:
+def long_only(desk: Desk, portfolio_id: str) -> bool:
+    """Whether the portfolio is a cash account (no short positions: what-if and surface offer none)."""
+    book = desk.store.read_portfolio(portfolio_id)
+    return book is not None and str(book.account_type) == AccountType.CASH
+
+
+def surface_view(desk: Desk, portfolio_id: str, ticker_a: str, ticker_b: str, steps: int = SURFACE_STEPS) -> Any:
     """VaR (the portfolio's method, the limit's confidence and horizon) over a grid of sizes of two positions
     (logic.analytics)."""
     from logic import analytics
@@ -235,6 +291,8 @@ def surface_view(
     equity = valuation.equity
     qty_a = analytics.qty_grid(float(valuation.qty[ia]), float(snap.prices[ia]), equity, steps)
     qty_b = analytics.qty_grid(float(valuation.qty[ib]), float(snap.prices[ib]), equity, steps)
+    if str(state.account_type) == AccountType.CASH:  # a cash account cannot hold a short: the grid stops at 0
+        qty_a, qty_b = (_long_only_grid(q) for q in (qty_a, qty_b))
     horizon = desk.settings.model.bars_per_day * limits.var_horizon_days
     return analytics.var_surface(
         np.asarray(valuation.market_values, dtype=float),
@@ -249,6 +307,14 @@ def surface_view(
         tickers=(ticker_a, ticker_b),
         model=risk_model_of(model, desk.settings.var_method_for(portfolio_id), horizon),
     )
+
+
+def _long_only_grid(qty: np.ndarray) -> np.ndarray:
+    """The grid's points at or above zero shares, with zero itself when the grid crossed it (the current
+    position stays on the grid)."""
+    if qty[0] >= 0:
+        return qty
+    return np.concatenate(([0.0], qty[qty > 0]))
 
 
 BACKTEST_CONFIDENCES: tuple[float, ...] = tuple(sorted(REPORTED_CONFIDENCES, reverse=True))

@@ -14,6 +14,7 @@ import pandas as pd
 import redis
 
 from engine.records import Action, TradingState
+from engine.redis_server import describe_server
 from engine.store import SCHEMA_VERSION, PortfolioKeys
 from logic.access import Identity, authorize
 from logic.views.common import (
@@ -30,6 +31,7 @@ from logic.views.common import (
 
 HEARTBEAT_COLUMNS = (
     ("ticks_processed", "ticks processed"),
+    ("ticks_coalesced", "ticks coalesced"),
     ("bars_processed", "bars processed"),
     ("bars_rejected", "bars rejected"),
     ("snapshots", "snapshots"),
@@ -94,6 +96,7 @@ def redis_health(desk: Desk) -> dict[str, Any]:
     return {
         "reachable": True,
         "redis version": str(info.get("redis_version", "?")),
+        "server": str(describe_server(info)),
         "uptime (s)": int(info.get("uptime_in_seconds", 0)),
         "used memory": str(info.get("used_memory_human", "?")),
         "peak memory": str(info.get("used_memory_peak_human", "?")),

@@ -13,6 +13,7 @@ import pandas as pd
 from engine.records import Action, DecisionStatus, Side
 from logic.access import Identity, authorize
 from logic.risk_manager import POSITION_FIELDS
+from logic.views import fmt
 from logic.views.audit import record_refused_check
 from logic.views.common import Desk, float_or_none, latest_snapshot
 
@@ -20,6 +21,8 @@ from logic.views.common import Desk, float_or_none, latest_snapshot
 
 POSITION_COLUMNS = (*POSITION_FIELDS, "mfe", "mae")
 BLOTTER_ROWS = 50
+PERCENT_POINTS = "percent points"
+"""A figure already in percent (the margin level), written as ``150.0%``."""
 SIDES: tuple[str, ...] = tuple(s.value for s in Side)
 """The sides the ticket and the what-if basket offer (BUY first, the default)."""
 
@@ -112,23 +115,24 @@ DELTA_ROWS: tuple[tuple[str, str, str], ...] = (
     ("Cash", "cash_before", "cash_after"),
     ("Position (shares)", "position_before", "position_after"),
 )
-IMPACT_ROWS: tuple[tuple[str, str], ...] = (
-    ("Equity after", "equity_after"),
-    ("Concentration after", "concentration_after"),
-    ("Margin level after (%)", "margin_level_after"),
-    ("Price", "price"),
-    ("Reference price", "reference_price"),
-    ("Notional", "notional"),
-    ("Estimated fees", "est_fees"),
-    ("Liquidity cost (spread + impact)", "liquidity_cost"),
-    ("Marginal VaR (per $ of exposure)", "marginal_var"),
-    ("VaR limit", "var_limit"),
+IMPACT_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("Equity after", "equity_after", fmt.MONEY),
+    ("Concentration after", "concentration_after", fmt.RATIO),
+    ("Margin level after", "margin_level_after", PERCENT_POINTS),
+    ("Price", "price", fmt.PRICE),
+    ("Reference price", "reference_price", fmt.PRICE),
+    ("Notional", "notional", fmt.PRICE),
+    ("Estimated fees", "est_fees", fmt.PRICE),
+    ("Liquidity cost (spread + impact)", "liquidity_cost", fmt.PRICE),
+    ("Marginal VaR (per unit of exposure)", "marginal_var", fmt.BPS),
+    ("VaR limit", "var_limit", fmt.MONEY),
 )
+"""The order's figures the ticket shows, with the kind each is written as (logic/views/fmt.py)."""
 
 
-def deltas_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
-    """Before / after / change of VaR, cash and the position; rows a rejected order could not compute (bad
-    ticker or quantity) are left out."""
+def deltas_frame(decision: Mapping[str, Any], currency: str = fmt.DEFAULT_CURRENCY) -> pd.DataFrame:
+    """Before / after / change of VaR, cash and the position, with the unit of each row (the currency or
+    shares); rows a rejected order could not compute (bad ticker or quantity) are left out."""
     rows = []
     confidence = float_or_none(decision.get("var_confidence"))
     horizon = float_or_none(decision.get("var_horizon_days"))
@@ -137,23 +141,31 @@ def deltas_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
         if before is None or after is None:
             continue
         change = after - before
+        unit = "shares" if before_key.startswith("position") else currency
         if label == "VaR":
             change = float_or_none(decision.get("delta_var")) or change
             if confidence is not None and horizon is not None:
                 label = f"VaR {confidence:.0%} ({horizon:g} day)"
-        rows.append({"figure": label, "before": before, "after": after, "change": change})
-    return pd.DataFrame(rows, columns=["figure", "before", "after", "change"])
+        rows.append({"figure": label, "unit": unit, "before": before, "after": after, "change": change})
+    return pd.DataFrame(rows, columns=["figure", "unit", "before", "after", "change"])
 
 
-def impact_frame(decision: Mapping[str, Any]) -> pd.DataFrame:
-    """The order's price, costs and the book after it; figures that do not apply (margin level of a cash
-    account) or could not be computed are left out."""
+def impact_frame(decision: Mapping[str, Any], currency: str = fmt.DEFAULT_CURRENCY) -> pd.DataFrame:
+    """The order's price, costs and the book after it, each written with its unit (``USD 1,234.50``,
+    ``20.22%``, ``39.7 bps``); figures that do not apply (margin level of a cash account) or could not be
+    computed are left out."""
     rows = [
-        {"figure": label, "value": value}
-        for label, key in IMPACT_ROWS
+        {"figure": label, "value": _impact_text(value, kind, currency)}
+        for label, key, kind in IMPACT_ROWS
         if (value := float_or_none(decision.get(key))) is not None
     ]
     return pd.DataFrame(rows, columns=["figure", "value"])
+
+
+def _impact_text(value: float, kind: str, currency: str) -> str:
+    if kind == PERCENT_POINTS:  # the margin level is already in percent
+        return f"{value:,.1f}%"
+    return fmt.figure(value, kind, currency)
 
 
 # -- blotter -------------------------------------------------------------------------------------------------
@@ -202,5 +214,7 @@ def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> p
         ],
     )
     df["time"] = pd.to_datetime(pd.to_numeric(df["time"], errors="coerce"), unit="s", utc=True)
+    for column in ("qty", "price", "notional", "fees", "realized_pnl"):  # numbers, missing where not filled
+        df[column] = pd.to_numeric(df[column], errors="coerce")
     df["ticker"] = df["ticker"].map(lambda v: v if v is None else str(v))
     return df

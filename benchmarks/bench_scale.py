@@ -1,0 +1,155 @@
+"""Monitors sharing the portfolios (logic/shards.py): time until every portfolio has a snapshot of a tick.
+
+1, 2 and 4 real monitor processes (``python -m logic.monitor`` with ``monitor.shard_portfolios = true``, no
+alerts) share 1,000 portfolios of 20 positions (N = 500). The bench writes one bar with the stream daemon's code
+and times until the newest snapshot of every portfolio carries that bar's version (a Lua script reads the minimum
+version of the 1,000 stored snapshots every few milliseconds). One untimed tick first (each process loads the
+matrix and the backtests). Baseline in the same run: one monitor.
+
+On this shared 2-core machine more than two processes cannot run at once, so the 4-monitor row shows the cost
+of sharing rather than its gain; on a machine with a core per monitor each adds its share of throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import Context, Row, median_us, seeded_store, synthetic_assets, synthetic_books
+from engine.feeds import SimulatedFeed
+from engine.settings import Settings, settings_from_dict
+from engine.store import PortfolioKeys, Store
+from engine.stream import StreamDaemon
+from logic.shards import Membership
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 500
+PORTFOLIOS = 1000
+POSITIONS = 20
+MONITORS = (1, 2, 4)
+REPEAT = 3
+POLL_SECONDS = 0.01
+TIMEOUT_SECONDS = 300.0
+_MIN_VERSION_LUA = """
+-- KEYS = every portfolio's snapshot key; returns the lowest snapshot version (-1 where there is none)
+local lo = nil
+for _, k in ipairs(KEYS) do
+  local s = redis.call('GET', k)
+  local v = -1
+  if s then v = tonumber(string.match(s, '"version":(%-?%d+)')) or -1 end
+  if not lo or v < lo then lo = v end
+end
+return lo
+"""
+
+
+def _toml(data: dict[str, Any]) -> str:
+    """A settings dict as TOML (inline tables), for the monitor processes' RISKDESK_CONFIG."""
+
+    def inline(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(inline(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{json.dumps(str(k))} = {inline(v)}" for k, v in value.items()) + " }"
+        raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+    return "\n".join(f"{key} = {inline(value)}" for key, value in data.items()) + "\n"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+
+
+def _wait(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench_scale: timed out waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+def _time_to_full_set(ctx: Context, settings: Settings, env: dict[str, str], count: int) -> float:
+    """Median ms from a bar written to the last portfolio's snapshot of it, with ``count`` monitor processes."""
+    store: Store = seeded_store(ctx, settings)
+    keys = [PortfolioKeys(pid).snapshot for pid in settings.portfolio_ids]
+    lowest = store.client.register_script(_MIN_VERSION_LUA)
+    daemon = StreamDaemon(store, settings, iter(()), interval=0)  # type: ignore[arg-type]
+    bars = iter(SimulatedFeed.from_settings(settings, seed=2))
+    command = [sys.executable, "-m", "logic.monitor", "--idle-refresh", "0", "--no-alerts", "--consumer"]
+    procs = [
+        subprocess.Popen(
+            [*command, f"m{i}"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for i in range(count)
+    ]
+    try:
+        names = {f"m{i}" for i in range(count)}
+        membership = Membership(store, "bench", 30.0, 3600.0)
+        _wait(lambda: names <= set(membership.members()), f"{count} monitors beating")
+        samples = []
+        for i in range(REPEAT + 1):
+            daemon.process_bar(next(bars))
+            version = store.read_market_header().version
+            t0 = time.perf_counter()
+            _wait(lambda v=version: int(lowest(keys=keys)) >= v, f"every snapshot at version {version}")
+            if i:  # the first tick loads the matrix and the backtests in every process: untimed
+                samples.append(time.perf_counter() - t0)
+        return median_us(np.asarray(samples)) / 1000.0
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+def run(ctx: Context) -> list[Row]:
+    rng = np.random.default_rng(5)
+    assets = synthetic_assets(N, rng)
+    books = synthetic_books(list(assets), PORTFOLIOS, POSITIONS, rng, id_width=4, margin_every_other=True)
+    data: dict[str, Any] = {
+        "universe": {"correlation": 0.3, "assets": assets}, "portfolios": books, "alert_rules": [],
+        "monitor": {"shard_portfolios": True, "latest_wins": True},
+    }  # fmt: skip
+    settings = settings_from_dict(data)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    config = tmp / "riskdesk.toml"
+    config.write_text(_toml(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKDESK")}
+    env.update({"REDIS_URL": ctx.redis_url, "RISKDESK_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
+
+    figures = {count: _time_to_full_set(ctx, settings, env, count) for count in MONITORS}
+    ctx.redis().flushall()
+    rows = []
+    for count in MONITORS:
+        what = f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, {count} monitor{'s' if count > 1 else ''}"
+        if count == 1:
+            rows.append(Row(what, figures[count], "ms"))
+        else:
+            target = "falls as monitors are added"
+            rows.append(Row(what, figures[count], "ms", "1 monitor (same run)", figures[1], target,
+                            figures[count] < figures[1]))  # fmt: skip
+    return rows

@@ -1,0 +1,428 @@
+"""Bounded history of the monitor's snapshots: full resolution for a short recent window, then downsampled
+tiers of fixed size, like a time-series database.
+
+Layout (keys in :mod:`engine.store.keys`, rows in :class:`engine.store.codec.RowLayout`)::
+
+    pf:{<id>}:history               stream   every snapshot (one packed float64 row in field ``p``), trimmed
+                                             to ``history.raw_seconds`` of data time and ``raw_max_points``
+    pf:{<id>}:history_tier:<ms>     string   one tier: a 16-byte header (newest and oldest entry times ever
+                                             written, ms, float64) then ``slots`` rows of :data:`TIER_LAYOUT`,
+                                             bucket ``b`` (entry ms // resolution ms) in slot ``b % slots``
+
+A tier of resolution ``r`` and retention ``R`` has ``slots = R / r + 1`` rows: the newest bucket and every bucket
+starting ``R`` or less before it (a bucket starting exactly at the cutoff is kept, one a bucket older is
+gone). Its memory is fixed when it is first written (the whole ring at once), so the history of a portfolio
+never grows with time: 30,964 rows of 120 bytes (3.9 MB) for the default tiers, plus the short stream.
+Retention runs in the data's time (the entry time the monitor passes, from its injected clock or a replay's
+bars): a ring's slot is overwritten when a bucket one lap later is written, and readers drop rows more than
+``R`` older than the header's newest time.
+
+Every write updates the open bucket of every tier in the same Lua script as the snapshot and the stream entry
+(one round trip, foldable into the monitor's MULTI), merging by the aggregation of each column
+(:data:`HISTORY_COLUMNS`): the newest value for levels (equity, P&L, exposures), the maximum for losses and
+loads (VaR, CVaR, stressed VaR, utilization, leverage, concentration, data age), the minimum for drawdowns and
+the margin level. A breach inside a bucket therefore survives downsampling. Merges are order-insensitive
+(``last`` compares entry times), so a tick written twice or late leaves the same row.
+
+Daily / weekly peaks and drawdowns (``pf:{id}:peaks``) and position excursions are kept exactly by
+engine/store/monitoring.py, never derived from these tiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import CorruptDataError
+from engine.settings import HistoryConfig, HistoryTier
+from engine.store.base import Conn, StoreBase
+from engine.store.codec import (
+    RowLayout,
+    decode_float,
+    decode_int,
+    decode_rows,
+    decode_str,
+    encode_json,
+    encode_row,
+    row_points,
+)
+from engine.store.keys import PortfolioKeys
+
+Aggregation = Literal["last", "min", "max"]
+
+
+@dataclass(frozen=True)
+class HistoryColumn:
+    """One metric of a history point: its dotted name (as in a snapshot and the alert rules), how a bucket
+    merges it, and whether a downsampled row keeps it as float64 (``wide``) or float32."""
+
+    name: str
+    aggregation: Aggregation
+    wide: bool = False
+
+
+HISTORY_COLUMNS: tuple[HistoryColumn, ...] = (
+    HistoryColumn("ts", "last", wide=True),
+    HistoryColumn("version", "last", wide=True),
+    HistoryColumn("market_ts", "last", wide=True),
+    HistoryColumn("equity", "last", wide=True),
+    HistoryColumn("cash", "last"),
+    HistoryColumn("market_value", "last"),
+    HistoryColumn("gross_exposure", "last"),
+    HistoryColumn("net_exposure", "last"),
+    HistoryColumn("leverage", "max"),
+    HistoryColumn("pnl.unrealized", "last"),
+    HistoryColumn("pnl.realized", "last"),
+    HistoryColumn("pnl.daily", "last"),
+    HistoryColumn("pnl.total", "last"),
+    HistoryColumn("var.var95", "max"),
+    HistoryColumn("var.var99", "max"),
+    HistoryColumn("var.cvar95", "max"),
+    HistoryColumn("var.cvar99", "max"),
+    HistoryColumn("var.stressed_var99", "max"),
+    HistoryColumn("var.utilization", "max"),
+    HistoryColumn("drawdown.daily", "min"),
+    HistoryColumn("drawdown.weekly", "min"),
+    HistoryColumn("drawdown.max", "min"),
+    HistoryColumn("concentration.hhi", "max"),
+    HistoryColumn("concentration.largest_share", "max"),
+    HistoryColumn("margin.level", "min"),
+    HistoryColumn("data.market_age_seconds", "max"),
+)
+"""The one table of the history: every metric kept, in row order, with its aggregation per bucket and its width
+in a downsampled row. ``last`` is the value of the bucket's latest point (by entry time; of two at the same time,
+the one written later), ``None`` if that point had none; ``min`` / ``max`` ignore missing values. ``ts`` first:
+the entry time, which orders ``last``."""
+
+HISTORY_FIELDS: tuple[str, ...] = tuple(c.name for c in HISTORY_COLUMNS)
+"""The metric names of a history point, in row order."""
+RAW_LAYOUT = RowLayout(HISTORY_FIELDS, tuple(True for _ in HISTORY_COLUMNS))
+"""A full-resolution point (the stream): every column float64."""
+TIER_LAYOUT = RowLayout(HISTORY_FIELDS, tuple(c.wide for c in HISTORY_COLUMNS))
+"""A downsampled bucket: float64 for times, the version and equity, float32 (7 significant digits) otherwise."""
+INTEGER_FIELDS = frozenset({"version"})
+_AGG_CODES = "".join({"last": "l", "min": "n", "max": "x"}[c.aggregation] for c in HISTORY_COLUMNS)
+_HEADER_BYTES = 16
+_RAW_FIELD = b"p"
+
+
+def tier_resolution_ms(tier: HistoryTier) -> int:
+    return round(tier.resolution_seconds * 1000.0)
+
+
+def tier_slots(tier: HistoryTier) -> int:
+    """Buckets a tier holds: the newest one and every one starting ``retention_seconds`` before it or later (a
+    bucket starting exactly at the cutoff is kept)."""
+    return round(tier.retention_seconds / tier.resolution_seconds) + 1
+
+
+def tier_bytes(tier: HistoryTier) -> int:
+    """The size of a tier's ring in bytes: header plus one row per slot (what Redis holds, allocator aside)."""
+    return _HEADER_BYTES + tier_slots(tier) * TIER_LAYOUT.size
+
+
+@dataclass(frozen=True)
+class HistoryWindow:
+    """Points of a history window, oldest first, and where they come from."""
+
+    points: list[dict[str, Any]]
+    resolution_seconds: float | None
+    """The bucket length of the tier read (after any merge of buckets), None for the full-resolution stream."""
+
+
+class HistoryStore(StoreBase):
+    """The latest snapshot, its full-resolution history and the downsampled tiers."""
+
+    # KEYS[1] = pf:{id}:snapshot (string: snapshot JSON), KEYS[2] = pf:{id}:history (stream),
+    # KEYS[3..] = pf:{id}:history_tier:<ms>, one per tier (string: header + ring of packed rows)
+    # ARGV[1] = snapshot version, ARGV[2] = snapshot JSON, ARGV[3] = entry time (ms),
+    # ARGV[4] = oldest stream entry time kept (ms; XTRIM MINID, exact), ARGV[5] = stream cap (MAXLEN ~),
+    # ARGV[6] = the point (one RAW_LAYOUT row), ARGV[7] = its struct format, ARGV[8] = a tier row's struct
+    # format, ARGV[9] = aggregation per column ('l' last, 'n' min, 'x' max), ARGV[10] = tier row size (bytes),
+    # ARGV[11..] = resolution (ms) and slots of each tier, in KEYS order.
+    # The latest snapshot is replaced unless the stored one has a higher version (two monitors may finish
+    # ticks out of order; the latest snapshot never goes back). The entry id is <ms>-0, or the stream's last
+    # id plus one when that is not greater (several ticks in one millisecond, or a late tick): every call
+    # appends exactly one point. A tier whose string is not its ring's size (new, or its configuration
+    # changed) starts empty; a point older than a tier's retention leaves that tier alone. Returns the entry id.
+    _RECORD_LUA = """
+local version = tonumber(ARGV[1])
+local current = redis.call('GET', KEYS[1])
+local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
+if not stored or version >= stored then redis.call('SET', KEYS[1], ARGV[2]) end
+local id = ARGV[3] .. '-0'
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, 'p', ARGV[6])
+if type(added) == 'table' and added.err then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  local last = '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+  local ms, seq = string.match(last, '(%d+)-(%d+)')
+  id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, 'p', ARGV[6])
+end
+redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
+if #KEYS < 3 then return id end
+local ms = tonumber(ARGV[3])
+local new = {struct.unpack(ARGV[7], ARGV[6])}
+local fmt, agg, rowlen = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local ncol = #agg
+local last, high, low = {}, {}, {}
+for c = 1, ncol do
+  local a = string.sub(agg, c, c)
+  if a == 'l' then last[#last + 1] = c elseif a == 'x' then high[#high + 1] = c else low[#low + 1] = c end
+end
+local fresh = struct.pack(fmt, unpack(new, 1, ncol))
+for k = 3, #KEYS do
+  local key = KEYS[k]
+  local res, slots = tonumber(ARGV[9 + 2 * (k - 2)]), tonumber(ARGV[10 + 2 * (k - 2)])
+  local size = 16 + slots * rowlen
+  if redis.call('STRLEN', key) ~= size then redis.call('SET', key, string.rep('\0', size)) end
+  local b = math.floor(ms / res)
+  local newest, first = struct.unpack('<dd', redis.call('GETRANGE', key, 0, 15))
+  if newest == 0 or b > math.floor(newest / res) - slots then
+    local off = 16 + (b % slots) * rowlen
+    local raw = redis.call('GETRANGE', key, off, off + rowlen - 1)
+    local old_ts = struct.unpack('<d', raw)
+    local packed = fresh
+    if old_ts > 0 and math.floor(math.floor(old_ts * 1000) / res) == b then
+      local row = {struct.unpack(fmt, raw)}
+      if new[1] >= row[1] then
+        for _, c in ipairs(last) do row[c] = new[c] end
+      end
+      for _, c in ipairs(high) do
+        local v, o = new[c], row[c]
+        if v == v and (o ~= o or v > o) then row[c] = v end
+      end
+      for _, c in ipairs(low) do
+        local v, o = new[c], row[c]
+        if v == v and (o ~= o or v < o) then row[c] = v end
+      end
+      packed = struct.pack(fmt, unpack(row, 1, ncol))
+    end
+    redis.call('SETRANGE', key, off, packed)
+    if ms > newest then redis.call('SETRANGE', key, 0, struct.pack('<d', ms)) end
+    if first == 0 or ms < first then redis.call('SETRANGE', key, 8, struct.pack('<d', ms)) end
+  end
+end
+return id
+"""
+
+    def record_snapshot(
+        self,
+        portfolio_id: str,
+        snapshot: Mapping[str, Any],
+        point: Mapping[str, float | int | None],
+        *,
+        ts: float,
+        retention_seconds: float,
+        max_points: int,
+        pipe: Conn = None,
+        tiers: Sequence[HistoryTier] = (),
+    ) -> str | None:
+        """Write the latest snapshot (unless a newer version is stored), append one full-resolution point at
+        ``ts`` (trimming points older than ``retention_seconds`` and beyond ``max_points``) and merge it into
+        the open bucket of every tier of ``tiers``; one Lua script.
+
+        ``point`` is flat (dotted metric names of :data:`HISTORY_FIELDS`, numbers or ``None``; its ``ts`` is
+        the entry time ``ts``); see :meth:`read_history`. Returns the history entry id, or ``None`` on a
+        pipeline.
+        """
+        keys = PortfolioKeys(portfolio_id)
+        ms = int(ts * 1000)
+        min_ms = max(0, int((ts - retention_seconds) * 1000))
+        row = encode_row(RAW_LAYOUT, {**point, "ts": ts})
+        args: list[Any] = [
+            int(snapshot["version"]), encode_json(dict(snapshot)), ms, min_ms, int(max_points), row,
+            RAW_LAYOUT.struct_format, TIER_LAYOUT.struct_format, _AGG_CODES, TIER_LAYOUT.size,
+        ]  # fmt: skip
+        for tier in tiers:
+            args += [tier_resolution_ms(tier), tier_slots(tier)]
+        tier_keys = [keys.history_tier(tier_resolution_ms(t)) for t in tiers]
+        reply = self._conn(pipe).execute_command(  # EVAL by name: a cluster pipeline has no eval()
+            "EVAL", self._RECORD_LUA, 2 + len(tier_keys), keys.snapshot, keys.history, *tier_keys, *args
+        )
+        return None if pipe is not None else decode_str(reply, key=keys.history)
+
+    def read_history(
+        self,
+        portfolio_id: str,
+        start_ts: float | None = None,
+        end_ts: float | None = None,
+        count: int | None = None,
+        newest_first: bool = False,
+        conn: Conn = None,
+    ) -> list[dict[str, Any]]:
+        """Full-resolution points between two epoch times (inclusive): dicts of :data:`HISTORY_FIELDS`
+        (``ts``, ``version``, ``equity``, ``var.var95``, ...; numbers, ``None`` where the metric had no value)
+        plus the entry ``id``. Entry ids are in write order, which is time order except for a late tick."""
+        key = PortfolioKeys(portfolio_id).history
+        lo = "-" if start_ts is None else str(max(0, int(start_ts * 1000)))
+        hi = "+" if end_ts is None else str(max(0, int(end_ts * 1000)))
+        c = self._conn(conn)
+        entries: Any = c.xrevrange(key, hi, lo, count=count) if newest_first else c.xrange(key, lo, hi, count=count)
+        out = []
+        for entry_id, fields in entries:
+            point: dict[str, Any] = {"id": decode_str(entry_id, key=key)}
+            if _RAW_FIELD in fields:
+                rows = decode_rows(RAW_LAYOUT, fields[_RAW_FIELD], key=f"{key}.{point['id']}")
+                if len(rows) != 1:
+                    raise CorruptDataError(f"{key}.{point['id']}: expected one row, got {len(rows)}")
+                point.update(row_points(RAW_LAYOUT, rows, INTEGER_FIELDS)[0])
+            else:  # an entry of the field-per-metric format written before the packed rows
+                point.update(_legacy_point(fields, key))
+            out.append(point)
+        return out
+
+    def history_length(self, portfolio_id: str, conn: Conn = None) -> int:
+        return int(self._conn(conn).xlen(PortfolioKeys(portfolio_id).history))
+
+    def read_history_tier(
+        self,
+        portfolio_id: str,
+        tier: HistoryTier,
+        start_ts: float | None = None,
+        end_ts: float | None = None,
+        conn: Conn = None,
+    ) -> list[dict[str, Any]]:
+        """The buckets of one tier whose latest point lies between two epoch times (inclusive), oldest first:
+        dicts of :data:`HISTORY_FIELDS` (``ts`` = the bucket's latest entry time), ``None`` where no point of
+        the bucket had the metric. One read of the tier's ring."""
+        rows = self.read_tier_rows(portfolio_id, tier, conn)
+        if start_ts is not None:
+            rows = rows[rows["ts"] >= start_ts]
+        if end_ts is not None:
+            rows = rows[rows["ts"] <= end_ts]
+        return row_points(TIER_LAYOUT, rows, INTEGER_FIELDS)
+
+    def read_tier_rows(self, portfolio_id: str, tier: HistoryTier, conn: Conn = None) -> npt.NDArray[np.void]:
+        """The kept buckets of one tier as :data:`TIER_LAYOUT` rows in time order (one GET); a ring of the wrong
+        size, a bucket outside its slot or newer than the ring's newest time is corrupt."""
+        key = PortfolioKeys(portfolio_id).history_tier(tier_resolution_ms(tier))
+        blob = self._conn(conn).get(key)
+        if blob is None:
+            return np.zeros(0, dtype=TIER_LAYOUT.dtype)
+        if len(blob) != tier_bytes(tier):
+            raise CorruptDataError(f"{key}: {len(blob)} bytes, a ring of {tier_slots(tier)} rows is {tier_bytes(tier)}")
+        newest = float(np.frombuffer(blob, dtype="<f8", count=1)[0])
+        rows = decode_rows(TIER_LAYOUT, blob[_HEADER_BYTES:], key=key)
+        if newest != newest or newest < 0:
+            raise CorruptDataError(f"{key}: bad newest time {newest}")
+        ts = rows["ts"]
+        if np.isinf(ts).any() or (ts < 0).any():
+            raise CorruptDataError(f"{key}: a bucket time is not a finite time")
+        used = np.flatnonzero(ts > 0)  # all-zero slots were never written; NaN compares False
+        bucket = np.floor(np.floor(ts[used] * 1000.0) / tier_resolution_ms(tier))
+        if (bucket % tier_slots(tier) != used).any():
+            raise CorruptDataError(f"{key}: a bucket is not in its slot")
+        newest_bucket = np.floor(newest / tier_resolution_ms(tier))
+        if (bucket > newest_bucket).any():
+            raise CorruptDataError(f"{key}: a bucket is newer than the ring's newest time")
+        kept = used[bucket > newest_bucket - tier_slots(tier)]
+        out = rows[kept]
+        return out[np.argsort(out["ts"], kind="stable")]
+
+    def read_history_window(
+        self,
+        portfolio_id: str,
+        start_ts: float,
+        end_ts: float,
+        *,
+        history: HistoryConfig,
+        max_points: int,
+        conn: Conn = None,
+    ) -> HistoryWindow:
+        """The history between two epoch times from the source that fits the window, in at most three commands
+        (two round trips) whatever its length: the full-resolution stream when it holds the whole window
+        (``history.raw_seconds``, or every point since the start) in at most ``max_points`` points; else the
+        finest tier that covers the window in at most ``max_points`` buckets; else the coarsest tier that covers
+        it (the longest-kept one when none does) with its buckets merged ``k`` at a time (:func:`merge_buckets`,
+        the same aggregations) down to ``max_points``."""
+        if max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
+        window = max(0.0, end_ts - start_ts)
+        tiers = history.tiers
+        raw: list[dict[str, Any]] = []
+        if not tiers or window <= history.raw_seconds or self._raw_reaches(portfolio_id, start_ts, tiers, conn):
+            raw = self.read_history(portfolio_id, start_ts, end_ts, count=max_points + 1, newest_first=True,
+                                    conn=conn)  # fmt: skip
+            if len(raw) <= max_points or not tiers:
+                return HistoryWindow(raw[:max_points][::-1], None)
+        covering = [t for t in tiers if t.retention_seconds >= window]
+        fitting = [t for t in covering if window / t.resolution_seconds <= max_points]
+        tier = fitting[0] if fitting else (covering[-1] if covering else tiers[-1])
+        rows = self.read_tier_rows(portfolio_id, tier, conn)
+        rows = rows[(rows["ts"] >= start_ts) & (rows["ts"] <= end_ts)]
+        if len(rows) == 0:  # history written without tiers: the newest full-resolution points
+            raw = raw or self.read_history(portfolio_id, start_ts, end_ts, count=max_points, newest_first=True,
+                                           conn=conn)  # fmt: skip
+            return HistoryWindow(raw[:max_points][::-1], None)
+        factor = 1
+        if len(rows) > max_points:
+            spanned = int(np.ceil(window / tier.resolution_seconds)) + 1
+            factor = -(-spanned // max(1, max_points - 1))  # k-aligned groups: at most max_points of them
+            rows = merge_buckets(rows, tier_resolution_ms(tier) * factor)
+        return HistoryWindow(row_points(TIER_LAYOUT, rows, INTEGER_FIELDS), tier.resolution_seconds * factor)
+
+    def _raw_reaches(self, portfolio_id: str, start_ts: float, tiers: Sequence[HistoryTier], conn: Conn) -> bool:
+        """Whether the full-resolution stream holds every point since ``start_ts``: its first entry is that old,
+        or it still holds the first point ever written (the oldest time in a tier's header; no tier written:
+        the stream is all there is). One round trip."""
+        keys = PortfolioKeys(portfolio_id)
+        tier_key = keys.history_tier(tier_resolution_ms(tiers[0]))
+        if conn is None:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xrange(keys.history, count=1)
+                pipe.getrange(tier_key, 8, 15)
+                first_entry, header = pipe.execute()
+        else:
+            first_entry, header = conn.xrange(keys.history, count=1), conn.getrange(tier_key, 8, 15)
+        if not first_entry:
+            return False
+        first_ms = int(decode_str(first_entry[0][0], key=keys.history).split("-")[0])
+        if first_ms <= start_ts * 1000 or not header:
+            return True
+        if len(header) != 8:
+            raise CorruptDataError(f"{tier_key}: header truncated")
+        return first_ms <= float(np.frombuffer(header, dtype="<f8")[0])
+
+
+def merge_buckets(rows: npt.NDArray[np.void], resolution_ms: int) -> npt.NDArray[np.void]:
+    """Rows of :data:`TIER_LAYOUT` (time order) merged into buckets of ``resolution_ms`` by the aggregation
+    of each column (:data:`HISTORY_COLUMNS`): what the tier would hold at the coarser resolution."""
+    if len(rows) == 0:
+        return rows
+    bucket = np.floor(np.floor(rows["ts"].astype(np.float64) * 1000.0) / resolution_ms)
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    out = np.zeros(len(starts), dtype=rows.dtype)
+    for column in HISTORY_COLUMNS:
+        values = rows[column.name].astype(np.float64)
+        merged = np.full(len(starts), np.nan)
+        for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
+            if column.aggregation == "last":
+                merged[i] = values[b - 1]
+                continue
+            chunk = values[a:b][~np.isnan(values[a:b])]
+            if chunk.size:
+                merged[i] = chunk.max() if column.aggregation == "max" else chunk.min()
+        out[column.name] = merged
+    return out
+
+
+def _legacy_point(fields: Mapping[bytes, bytes], key: str) -> dict[str, Any]:
+    point: dict[str, Any] = {}
+    for raw_name, raw_value in fields.items():
+        name = decode_str(raw_name, key=key)
+        if raw_value == b"":
+            point[name] = None
+        elif name == "version":
+            point[name] = decode_int(raw_value, key=f"{key}.version")
+        else:
+            point[name] = decode_float(raw_value, key=f"{key}.{name}")
+    return point

@@ -1,0 +1,142 @@
+"""Monitors that share the portfolios: each live monitor snapshots its own shard of every tick.
+
+With ``monitor.shard_portfolios`` every monitor reads every tick (XREAD, no consumer group; latest wins: only
+the newest waiting tick is snapshotted) and computes the portfolios it owns, so N monitors each do about 1/N of
+the work and the time until every portfolio has a snapshot for a tick falls as monitors are added.
+
+Membership: each monitor beats into ``rd:monitors`` (a sorted set: consumer -> wall time of its last beat) on
+every tick and every idle second. The live monitors are those that beat within ``claim_seconds`` (the
+monitor's ``--claim-idle``); beats older than ``monitor.consumer_idle_limit_seconds`` are removed.
+
+Assignment: rendezvous (highest-random-weight) hashing, ``owner(p) = argmax_c H(c, p)`` over the live monitors,
+with ``H`` the first 8 bytes of BLAKE2b of ``"<consumer>\\x00<portfolio>"``: every monitor computes the same owner
+from the same membership without talking to the others; a monitor that joins or leaves moves only the
+portfolios it wins or held (about 1/N of them). Failover: a monitor killed mid-run stops beating; once its last
+beat is ``claim_seconds`` old, the others no longer count it and take its portfolios on their next tick, so no
+portfolio goes without a snapshot for longer than the claim time plus one tick. While the membership changes
+two monitors may both snapshot a portfolio for a tick; that is harmless (the latest snapshot is replaced only by
+a newer version, peaks merge by max/min, the backtest is fed once per version under WATCH).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from engine.store import TICKS_KEY, Store, TickEvent
+from engine.store.keys import MONITORS_KEY
+
+__all__ = ["Membership", "newest_tick", "owner", "remove_idle_consumers", "shard"]
+
+_REMOVE_IDLE_CONSUMERS_LUA = """
+-- KEYS[1] = the tick stream; ARGV[1] = group, ARGV[2] = the calling consumer, ARGV[3] = idle limit (ms)
+-- Removes consumers idle longer than the limit that hold no pending entry (their ticks would be lost),
+-- never the caller; atomic, so a consumer cannot receive an entry between the check and the removal.
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    table.insert(removed, f['name'])
+  end
+end
+return removed
+"""
+
+
+def remove_idle_consumers(store: Store, group: str, consumer: str, limit_ms: int) -> list[str]:
+    """Remove the consumers of ``group`` on the tick stream idle longer than ``limit_ms`` that hold no pending
+    entry, never ``consumer`` (one atomic script); returns the names removed (the consumer-group mode)."""
+    try:
+        raw = store.client.eval(_REMOVE_IDLE_CONSUMERS_LUA, 1, TICKS_KEY, group, consumer, limit_ms)
+    except redis.ResponseError:  # no stream or no group yet: nobody to remove
+        return []
+    return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+
+
+def _weight(consumer: str, portfolio_id: str) -> int:
+    digest = hashlib.blake2b(f"{consumer}\x00{portfolio_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(portfolio_id: str, consumers: Sequence[str]) -> str:
+    """The live monitor that snapshots ``portfolio_id`` (rendezvous hashing; ties broken by name)."""
+    if not consumers:
+        raise ValueError("no live monitor to own the portfolio")
+    return max(consumers, key=lambda c: (_weight(c, portfolio_id), c))
+
+
+def shard(portfolio_ids: Sequence[str], consumers: Sequence[str], me: str) -> list[str]:
+    """The portfolios of ``portfolio_ids`` that ``me`` owns among ``consumers`` (``me`` always counts)."""
+    live = sorted(set(consumers) | {me})
+    if len(live) == 1:
+        return list(portfolio_ids)
+    return [pid for pid in portfolio_ids if owner(pid, live) == me]
+
+
+class Membership:
+    """This monitor's beats in ``rd:monitors`` and the live monitors it shares the portfolios with.
+
+    Parameters
+    ----------
+    store:
+        The store.
+    consumer:
+        This monitor's name.
+    claim_seconds:
+        A monitor whose last beat is older than this is not live (its portfolios are taken over).
+    idle_limit_seconds:
+        Beats older than this are removed from the set (``monitor.consumer_idle_limit_seconds``).
+    """
+
+    def __init__(self, store: Store, consumer: str, claim_seconds: float, idle_limit_seconds: float) -> None:
+        if claim_seconds <= 0 or idle_limit_seconds <= 0:
+            raise ValueError("claim_seconds and idle_limit_seconds must be > 0")
+        self.store = store
+        self.consumer = consumer
+        self.claim_seconds = float(claim_seconds)
+        self.idle_limit_seconds = float(idle_limit_seconds)
+
+    def beat(self, now: float) -> list[str]:
+        """Record this monitor's beat at wall time ``now``, drop beats past the idle limit, and return the live
+        monitors (one round trip)."""
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.zadd(MONITORS_KEY, {self.consumer: now})
+        pipe.zremrangebyscore(MONITORS_KEY, "-inf", f"({now - self.idle_limit_seconds!r}")
+        pipe.zrangebyscore(MONITORS_KEY, now - self.claim_seconds, "+inf")
+        raw = pipe.execute()[-1]
+        live = {m.decode() if isinstance(m, bytes) else str(m) for m in raw}
+        return sorted(live | {self.consumer})
+
+    def members(self) -> dict[str, float]:
+        """Every monitor in the set with its last beat (wall time), live or not yet removed."""
+        raw: Any = self.store.client.zrange(MONITORS_KEY, 0, -1, withscores=True)
+        return {(m.decode() if isinstance(m, bytes) else str(m)): float(score) for m, score in raw}
+
+    def leave(self) -> None:
+        """Remove this monitor (a clean stop: the others take its portfolios on their next tick)."""
+        self.store.client.zrem(MONITORS_KEY, self.consumer)
+
+
+def newest_tick(
+    entries: Sequence[tuple[str, TickEvent | None]],
+) -> tuple[str | None, TickEvent | None, list[str], list[str]]:
+    """Latest wins: of the tick entries read together, (the newest readable entry's id, its event, the ids of the
+    older readable ones it stands for, the ids of unreadable ones), ordered by stream id (a claim may hand back
+    entries read already: each counts once). When a skipped tick restarted the prices (``reset``) the newest one
+    carries the reset, so the peaks restart with it."""
+    unique = dict(entries)
+    ordered = sorted(unique.items(), key=lambda e: tuple(int(part) for part in e[0].split("-")))
+    readable = [(entry_id, event) for entry_id, event in ordered if event is not None]
+    unreadable = [entry_id for entry_id, event in ordered if event is None]
+    if not readable:
+        return None, None, [], unreadable
+    newest_id, newest = readable[-1]
+    if any(event.reset for _, event in readable) and not newest.reset:
+        newest = dataclasses.replace(newest, reset=True)
+    return newest_id, newest, [entry_id for entry_id, _ in readable[:-1]], unreadable

@@ -1,0 +1,269 @@
+"""logic/monitor.py at scale: latest wins (a monitor behind the stream skips to the newest tick) and monitors
+sharing the portfolios (logic/shards.py), with real daemons where it matters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import warmup
+from engine.feeds import SimulatedFeed
+from engine.redis_server import EmbeddedRedis
+from engine.settings import Settings
+from engine.store import MONITOR_GROUP, TICKS_KEY, Store, TickEvent
+from engine.store.keys import MONITORS_KEY
+from engine.stream import StreamDaemon
+from logic.monitor import Monitor
+from logic.shards import Membership, newest_tick, owner, shard
+
+from .conftest import TEST_CONFIG, merge
+from .test_stream import daemon_env, spawn, stop_process, wait_for, write_config
+
+TICKERS = ("AAA", "BBB", "CCC", "DDD")
+
+
+def _books(count: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"p{k:03d}", "account_type": "cash", "cash": "1000000",
+         "holdings": {TICKERS[k % 4]: 100 + k, TICKERS[(k + 1) % 4]: 50 + k}}
+        for k in range(count)
+    ]  # fmt: skip
+
+
+def _config(**monitor: Any) -> dict[str, Any]:
+    return merge(TEST_CONFIG, {"monitor": monitor})
+
+
+def _sim_ticks(store: Store, settings: Settings, n: int, seed: int = 1) -> None:
+    StreamDaemon(store, settings, SimulatedFeed.from_settings(settings, seed=seed), interval=0).run(ticks=n)
+
+
+def _newest_version(store: Store) -> int:
+    newest = store.client.xrevrange(TICKS_KEY, count=1)
+    return int(newest[0][1][b"version"]) if newest else 0
+
+
+def _snapshot_versions(store: Store, pids: list[str]) -> dict[str, int]:
+    out = {}
+    for pid in pids:
+        snap = store.read_snapshot(pid)
+        out[pid] = int(snap["version"]) if snap is not None else -1
+    return out
+
+
+# -- latest wins, in process ---------------------------------------------------------------------------------
+
+
+def test_a_monitor_behind_the_stream_snapshots_only_the_newest_tick_and_counts_the_rest(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: 30 ticks wait; reads of 4 at a time (the monitor drains them all before choosing)
+    settings = make_settings({"monitor": {"latest_wins": True}})
+    warmup.seed(store, settings)
+    monitor = Monitor(store, settings, batch_size=4, idle_refresh_seconds=0)
+    store.ensure_tick_group(MONITOR_GROUP)
+    _sim_ticks(store, settings, 30)
+
+    # Act
+    processed = monitor.process_available()
+
+    # Assert: one snapshot, of the newest tick; the 29 others acknowledged and counted
+    assert processed == 1
+    assert monitor.stats.ticks_processed == 1 and monitor.stats.ticks_coalesced == 29
+    for pid in settings.portfolio_ids:
+        assert store.read_snapshot(pid)["version"] == 30  # type: ignore[index]
+        assert [p["version"] for p in store.read_history(pid)] == [30]
+    assert store.tick_group_pending() == 0
+    assert store.read_heartbeat("monitor")["ticks_coalesced"] == "29"  # type: ignore[index]
+
+
+def test_a_monitor_that_keeps_up_snapshots_every_tick(store: Store, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings({"monitor": {"latest_wins": True}})
+    warmup.seed(store, settings)
+    monitor = Monitor(store, settings, idle_refresh_seconds=0)
+    store.ensure_tick_group(MONITOR_GROUP)
+    for _ in range(5):
+        _sim_ticks(store, settings, 1)
+        assert monitor.process_available() == 1
+    assert monitor.stats.ticks_coalesced == 0
+    assert [p["version"] for p in store.read_history("main")] == [1, 2, 3, 4, 5]
+
+
+def test_peaks_stay_exact_over_the_snapshots_written_when_ticks_are_coalesced(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: four bursts of 7 ticks, each coalesced into one snapshot
+    settings = make_settings({"monitor": {"latest_wins": True}})
+    warmup.seed(store, settings)
+    store.ensure_tick_group(MONITOR_GROUP)
+    monitor = Monitor(store, settings, idle_refresh_seconds=0)
+    for _ in range(4):
+        _sim_ticks(store, settings, 7)
+        monitor.process_available()
+
+    # Assert: the all-time peak is the highest equity of the snapshots written (the history keeps 15 digits)
+    for pid in settings.portfolio_ids:
+        equities = [p["equity"] for p in store.read_history(pid)]
+        assert len(equities) == 4
+        peaks = store.read_peaks(pid)
+        assert peaks is not None and peaks.max_peak == pytest.approx(max(equities), rel=1e-13, abs=0)
+
+
+def test_newest_tick_is_chosen_by_stream_id_counts_each_entry_once_and_carries_a_skipped_reset() -> None:
+    def event(version: int, reset: bool = False) -> TickEvent:
+        return TickEvent(version, 1.0, ("AAA",), np.array([100.0]), reset=reset)
+
+    entries = [("5-0", event(3, reset=True)), ("10-1", event(5)), ("7-0", None), ("10-0", event(4)),
+               ("5-0", event(3, reset=True))]  # fmt: skip
+    newest_id, newest, older, unreadable = newest_tick(entries)
+    assert newest_id == "10-1" and newest is not None and newest.version == 5 and newest.reset
+    assert older == ["5-0", "10-0"] and unreadable == ["7-0"]
+    assert newest_tick([("1-0", None)]) == (None, None, [], ["1-0"])
+
+
+# -- sharing the portfolios, in process ----------------------------------------------------------------------
+
+
+def test_rendezvous_owner_is_stable_and_moves_only_the_leaving_monitors_portfolios() -> None:
+    pids = [f"p{k:03d}" for k in range(300)]
+    three = {pid: owner(pid, ["a", "b", "c"]) for pid in pids}
+    two = {pid: owner(pid, ["a", "c"]) for pid in pids}
+    assert set(three.values()) == {"a", "b", "c"}
+    assert all(two[pid] == three[pid] for pid in pids if three[pid] != "b")  # only b's portfolios move
+    assert sorted(shard(pids, ["a", "b", "c"], "a") + shard(pids, ["a", "b", "c"], "b") +
+                  shard(pids, ["a", "b", "c"], "c")) == pids  # fmt: skip
+
+
+def test_two_monitors_sharing_the_portfolios_snapshot_each_one_once_and_take_over_a_silent_one(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: 12 portfolios, two sharing monitors that both beat now
+    settings = make_settings({"portfolios": _books(12), "monitor": {"latest_wins": True, "shard_portfolios": True}})
+    warmup.seed(store, settings)
+    m1 = Monitor(store, settings, consumer="m1", idle_refresh_seconds=0, claim_idle_seconds=30)
+    m2 = Monitor(store, settings, consumer="m2", idle_refresh_seconds=0, claim_idle_seconds=30)
+    now = time.time()
+    store.client.zadd(MONITORS_KEY, {"m1": now, "m2": now})
+    _sim_ticks(store, settings, 1)
+
+    # Act: both process the tick
+    assert m1.process_available() == 1 and m2.process_available() == 1
+
+    # Assert: every portfolio snapshotted once, by its owner
+    pids = list(settings.portfolio_ids)
+    mine = shard(pids, ["m1", "m2"], "m1")
+    assert 0 < len(mine) < 12
+    assert m1.stats.snapshots == len(mine) and m2.stats.snapshots == 12 - len(mine)
+    assert set(_snapshot_versions(store, pids).values()) == {1}
+
+    # Act: m2 falls silent (its last beat older than the claim time); the next tick goes to m1 alone
+    store.client.zadd(MONITORS_KEY, {"m2": time.time() - 60})
+    _sim_ticks(store, settings, 1)
+    assert m1.process_available() == 1
+
+    # Assert
+    assert m1.stats.snapshots == len(mine) + 12
+    assert set(_snapshot_versions(store, pids).values()) == {2}
+
+
+def test_beats_past_the_idle_limit_are_removed(store: Store) -> None:
+    store.client.zadd(MONITORS_KEY, {"gone": time.time() - 100, "alive": time.time()})
+    membership = Membership(store, "me", claim_seconds=5, idle_limit_seconds=50)
+    live = membership.beat(time.time())
+    assert live == ["alive", "me"]
+    assert set(membership.members()) == {"alive", "me"}
+
+
+# -- real daemons ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def many_portfolios(store: Store, make_settings: Callable[..., Settings]) -> tuple[Store, Settings]:
+    settings = make_settings({"portfolios": _books(300)})
+    warmup.seed(store, settings)
+    return store, settings
+
+
+def test_a_real_monitor_outrun_by_the_stream_ends_on_the_newest_tick_and_counts_the_skipped_ones(
+    many_portfolios: tuple[Store, Settings], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # Arrange: 300 portfolios; the stream writes 300 ticks as fast as it can, 100 of them before the monitor starts
+    store, _ = many_portfolios
+    config = merge(_config(latest_wins=True), {"portfolios": _books(300)})
+    env = daemon_env(redis_server.url, write_config(tmp_path, config))
+    store.ensure_tick_group(MONITOR_GROUP)
+    stream = spawn("engine.stream", ["--interval", "0.002", "--ticks", "300", "--seed", "3"], env, tmp_path / "s.log")
+    monitor = None
+    try:
+        wait_for(lambda: _newest_version(store) >= 100, 120, "100 ticks written")
+        monitor = spawn("logic.monitor", ["--consumer", "m", "--idle-refresh", "0", "--batch", "50", "--no-alerts"],
+                        env, tmp_path / "m.log")  # fmt: skip
+        assert stream.wait(timeout=300) == 0, (tmp_path / "s.log").read_text()[-2000:]
+
+        # Assert: the monitor ends on the newest tick (or the one before) with nothing left waiting, and every
+        # tick it did not snapshot is counted as coalesced
+        def caught_up() -> bool:
+            hb = store.read_heartbeat("monitor") or {}
+            done = int(hb.get("ticks_processed", 0)) + int(hb.get("ticks_coalesced", 0))
+            return done == 300 and store.tick_group_pending() == 0
+
+        wait_for(caught_up, 120, "the monitor has taken every tick")
+        hb = store.read_heartbeat("monitor") or {}
+        assert int(hb["ticks_coalesced"]) >= 99  # at least the 100 waiting at its start but one
+        assert int(hb["ticks_processed"]) < 300 - 99
+        versions = _snapshot_versions(store, ["p000", "p150", "p299"])
+        assert min(versions.values()) >= 299
+        group = store.client.xinfo_groups(TICKS_KEY)[0]
+        newest_id = store.client.xrevrange(TICKS_KEY, count=1)[0][0]
+        assert group["last-delivered-id"] == newest_id  # nothing left undelivered
+    finally:
+        stop_process(stream)
+        if monitor is not None:
+            stop_process(monitor)
+
+
+def test_two_real_sharing_monitors_survive_kill_9_of_one_without_losing_a_portfolio(
+    many_portfolios: tuple[Store, Settings], redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # Arrange: two monitors share 300 portfolios; the stream ticks every 50 ms
+    store, settings = many_portfolios
+    config = merge(
+        _config(latest_wins=True, shard_portfolios=True, consumer_idle_limit_seconds=4.0), {"portfolios": _books(300)}
+    )
+    env = daemon_env(redis_server.url, write_config(tmp_path, config))
+    args = ["--idle-refresh", "0", "--claim-idle", "2", "--no-alerts"]
+    a = spawn("logic.monitor", ["--consumer", "a", *args], env, tmp_path / "a.log")
+    b = spawn("logic.monitor", ["--consumer", "b", *args], env, tmp_path / "b.log")
+    stream = spawn("engine.stream", ["--interval", "0.05", "--seed", "3"], env, tmp_path / "s.log")
+    pids = list(settings.portfolio_ids)
+    b_shard = shard(pids, ["a", "b"], "b")
+    try:
+        wait_for(lambda: {"a", "b"} <= set(Membership(store, "t", 2, 60).members()), 120, "both monitors beat")
+        # both shards are snapshotted while both run
+        start = _newest_version(store)
+        wait_for(lambda: min(_snapshot_versions(store, pids).values()) > start, 120, "every portfolio snapshotted")
+
+        # Act: kill -9 b by its pid
+        os.kill(b.pid, signal.SIGKILL)
+        b.wait(timeout=30)
+        killed_at = _newest_version(store)
+
+        # Assert: b's portfolios get snapshots of ticks after the kill (a takes them over after the claim time)
+        wait_for(lambda: min(_snapshot_versions(store, b_shard).values()) > killed_at, 120, "b's shard taken over")
+        assert min(_snapshot_versions(store, pids).values()) > killed_at
+        # and b's beat is removed after the idle limit
+        wait_for(lambda: "b" not in Membership(store, "t", 2, 60).members(), 60, "b removed from the monitors")
+    finally:
+        stop_process(stream)
+        stop_process(a)
+        if b.poll() is None:
+            b.kill()
+    assert b.returncode == -signal.SIGKILL
+    assert 0 < len(b_shard) < 300
