@@ -1,9 +1,22 @@
-"""Dashboard: script run time of each page at N = 50 tickers (Streamlit AppTest), and the time from a click in
-the navigation to the first rendered chart in a real headless Chromium (warm session).
+"""Dashboard: script run time of each page at N = 50 tickers (Streamlit AppTest), the first load of the Overview
+in a fresh Chromium context beside two trivial pages of the same server, and the time from a click in the
+navigation to the first rendered chart (warm session).
 
 Script time is Streamlit's own measurement of the page script (``PageProfile.exec_time``: the entry point,
-the page and its live fragments, without AppTest's harness). The store is a private Redis seeded with N = 50
-tickers, a cash and a margin portfolio, a minute of market bars and monitor snapshots, some fills and alerts.
+the page and its live fragments, without AppTest's harness; one compiled-script cache across runs, as the
+server keeps). The store is a private Redis seeded with N = 50 tickers, a cash and a margin portfolio, a minute
+of market bars and monitor snapshots, some fills and alerts. Every page is measured (Audit when it exists).
+
+First load: the trivial pages are served by the *same* Streamlit process as the dashboard (same binary,
+version, config, warm interpreter): ``RISKDESK_BENCH_PAGES=1`` makes ``dashboard/app.py`` add two pages
+(:mod:`dashboard.bench_pages`: ``bench_metrics``, a title and four ``st.metric``; ``bench_heatmap``, a title
+and one 12 x 12 Plotly heatmap) that skip everything of the dashboard's own. Each load opens a new browser
+context (empty HTTP cache, a new Streamlit session) and stamps, in the page (``performance.now()`` from a
+MutationObserver), when the four metrics / the first drawn Plotly SVG / all the Overview's traffic lights are
+in the DOM. The server is warm: one load of each page first, then ``FIRST_LOAD_ROUNDS`` rounds of the three
+pages in turn; the rows give medians, and the ratios are medians of the per-round ratios (one round's pages see
+the same machine load: the machine is shared and noisy, so compare the ratios, not the seconds across runs).
+The stack's stream daemon and monitor run meanwhile (bars every second, live refresh at its default).
 """
 
 from __future__ import annotations

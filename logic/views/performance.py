@@ -140,17 +140,17 @@ def performance_view(
     else:
         dollars = exposures[held]
         cov = model.cov[np.ix_(held, held)]
-        bars_per_day, confidence, equity = settings.model.bars_per_day, limits.var_confidence, valuation.equity
+        bars_per_day, confidence, value = settings.model.bars_per_day, limits.var_confidence, valuation.equity
 
         def simulate() -> tuple[performance.FanChart, float]:
-            fan = performance.fan_chart(dollars, cov, equity, horizon_bars, bars_per_day, n_paths=n_paths, seed=seed)
+            fan = performance.fan_chart(dollars, cov, value, horizon_bars, bars_per_day, n_paths=n_paths, seed=seed)
             mc, _ = math_logic.get_monte_carlo_var(
                 dollars, cov, 1.0, confidence, horizon_bars, performance.MC_VAR_SIMS, seed, validate=False
             )
             return fan, mc
 
         # seeded, so a function of its inputs: every session and rerun on the same book and market shares one run
-        key = (*array_key(dollars, cov), float(equity), float(horizon_bars), float(bars_per_day), float(confidence),
+        key = (*array_key(dollars, cov), float(value), float(horizon_bars), float(bars_per_day), float(confidence),
                n_paths, seed)  # fmt: skip
         fan, mc_var = FAN_MEMO.get(key, simulate)
 
