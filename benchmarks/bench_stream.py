@@ -65,7 +65,8 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     for n in SIZES:
         settings = bench_settings(n)
-        store = seeded_store(ctx, settings)
+        seeded_store(ctx, settings)
+        store = Store(connect(ctx.redis_url))  # the client the daemons use (engine.redis_server.connect)
         client = store.client
         daemon = StreamDaemon(store, settings, iter(()), interval=0)  # type: ignore[arg-type]
         bars = _bars(settings)
