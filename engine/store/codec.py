@@ -12,6 +12,7 @@ hash fields; money is a decimal string. No pickle: a value that does not decode 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import struct
@@ -90,6 +91,12 @@ def _upper_mask(n: int) -> npt.NDArray[np.bool_]:
     mask = np.triu(np.ones((n, n), dtype=bool))
     mask.flags.writeable = False  # shared by every caller through the cache
     return mask
+
+
+def universe_rev(tickers_json: str) -> str:
+    """The content hash naming a ticker list (its :func:`encode_json` text): a tick event carries it instead of
+    the list (4 KB at N = 500), and ``mkt:{m}:universes`` maps it back. Equal lists, equal revs, anywhere."""
+    return hashlib.blake2b(tickers_json.encode(), digest_size=8).hexdigest()
 
 
 def encode_symmetric(matrix: npt.ArrayLike) -> bytes:
