@@ -79,7 +79,6 @@ from engine.records import Clock
 from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
-    MARKET_KEY,
     MONITOR_GROUP,
     Float64Array,
     MarketSnapshot,

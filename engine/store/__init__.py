@@ -55,10 +55,10 @@ from engine.store.codec import (
     decode_window_rows,
     encode_array,
     encode_json,
-    universe_rev,
     encode_position,
     encode_trading_status,
     encode_window_row,
+    universe_rev,
 )
 from engine.store.history import HistoryStore, HistoryWindow
 from engine.store.keys import (
