@@ -336,28 +336,39 @@ class StreamDaemon:
         self.price_filter.begin(self._seq)  # a retried bar starts from the same remembered jumps
         prices = self.prices.copy()
         price_ts = self.price_ts.copy()
-        accepted: list[int] = []
+        names = list(bar.prices)
+        raws = list(bar.prices.values())
+        if tuple(names) == self.tickers:  # the usual bar: every ticker, in the universe's order
+            at = np.arange(len(names))
+            known = names
+        else:
+            found = [self._index.get(t, -1) for t in names]
+            at = np.array([i for i in found if i >= 0], dtype=np.intp)
+            known = [t for t, i in zip(names, found, strict=True) if i >= 0]
+            raws = [r for r, i in zip(raws, found, strict=True) if i >= 0]
+        checked, reasons = self.price_filter.check_many(
+            known, raws, self.prices[at], np.diagonal(self.cov)[at], reset=bar.reset
+        )  # engine/price_filter.py: absurd prices never reach the model
+        good = ~np.isnan(checked)  # an accepted price is a finite one, a rejected one NaN
+        accepted = at[good]
+        prices[accepted] = checked[good]
+        price_ts[accepted] = now
         rejected: list[str] = []
-        for ticker, raw in bar.prices.items():
-            i = self._index.get(ticker)
-            if i is None:
-                rejected.append(f"{ticker}={raw!r}: unknown ticker")
-                continue
-            price, why = self.price_filter.check(ticker, raw, self.prices[i], self.cov[i, i], reset=bar.reset)
-            if why:  # engine/price_filter.py: absurd prices never reach the model
-                rejected.append(f"{ticker}={raw!r}: {why}")
-                continue
-            prices[i] = price
-            price_ts[i] = now
-            accepted.append(i)
+        if accepted.size < len(names):  # the reasons in the bar's order, unknown tickers among them
+            why_of = dict(zip(known, reasons, strict=True))
+            for t, r in bar.prices.items():
+                why = why_of.get(t, "unknown ticker")
+                if why:
+                    rejected.append(f"{t}={r!r}: {why}")
         returns: Float64Array | None = None
         if not bar.reset:
             returns = np.zeros(len(self.tickers))
-            idx = np.array([i for i in accepted if math.isfinite(self.prices[i]) and self.prices[i] > 0], dtype=int)
+            before = self.prices[accepted]
+            idx = accepted[np.isfinite(before) & (before > 0)]
             if idx.size:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
         returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
-        return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
+        return _Step(prices, price_ts, returns, int(accepted.size), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
         now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
