@@ -104,17 +104,35 @@ def encode_symmetric(matrix: npt.ArrayLike) -> bytes:
 
     Raises ``ValueError`` for a matrix that is not square or not exactly symmetric (``a_ij == a_ji`` bit for bit,
     NaN never equal): the lower triangle is not stored, so it must be the mirror of the upper one. The EWMA
-    update keeps the covariance so (engine/math_logic.py)."""
+    update keeps the covariance so (engine/math_logic.py).
+
+    The stream daemon encodes its 500 x 500 matrix every bar: the entries are gathered straight into the
+    output buffer (flat indices cached per N), which is then copied once into the returned bytes.
+    """
     arr = np.asarray(matrix, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(f"a symmetric matrix is square, got shape {arr.shape}")
     n = arr.shape[0]
-    mask = _upper_mask(n)
-    packed = np.ascontiguousarray(arr)[mask].astype("<f8", copy=False)
-    if not np.array_equal(packed, arr.T[mask]):
-        raise ValueError("the matrix is not exactly symmetric: its packed upper triangle would lose the lower one")
+    upper, mirror = _upper_indices(n)
+    flat = np.ascontiguousarray(arr).reshape(-1)
     header = _HEADER.pack(_SYMMETRIC_MAGIC, _F64_TAG, 2) + struct.pack("<2Q", n, n)
-    return header + packed.tobytes()
+    out = np.empty(len(header) + 8 * upper.size, dtype=np.uint8)
+    out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    packed = out[len(header) :].view("<f8")
+    np.take(flat, upper, out=packed)
+    if not np.array_equal(packed, flat.take(mirror)):
+        raise ValueError("the matrix is not exactly symmetric: its packed upper triangle would lose the lower one")
+    return out.tobytes()
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_indices(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Flat indices of the upper triangle of an N x N matrix in packed (row-major) order, and of their mirror
+    images in the lower triangle, in the same order."""
+    rows, cols = np.triu_indices(n)
+    upper, mirror = rows * n + cols, cols * n + rows
+    upper.flags.writeable = mirror.flags.writeable = False  # shared by every caller through the cache
+    return upper, mirror
 
 
 def decode_symmetric(blob: bytes | None, *, key: str = "?", n: int) -> Float64Array:
