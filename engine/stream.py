@@ -423,8 +423,9 @@ class StreamDaemon:
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, write)
         self._in_flight = token
         if not self.store.commit_market_write(write, int(self.version or 0), int(self._epoch or 0)):
-            # the warm-up (or anyone) wrote the market since this daemon loaded it: reload and recompute
-            self._in_flight = None
+            # the warm-up (or anyone) wrote the market since this daemon loaded it: reload and recompute. Or
+            # the client re-sent the script after a broken connection and the first send had committed: the
+            # bar is still in flight, so the retry looks for its token first (process_bar)
             log.info("the stored market is no longer version %s (epoch %s): reloading", self.version, self._epoch)
             raise redis.WatchError("the market changed since it was loaded")
         self._in_flight = None
