@@ -399,5 +399,5 @@ class LargeValueSerializer:
         if self._hiredis is None or any(
             isinstance(a, bytes | bytearray | memoryview) and len(a) > cutoff for a in args
         ):
-            return self._python.pack(*args)  # type: ignore[no-any-return]
-        return self._hiredis.pack(*args)  # type: ignore[no-any-return]
+            return self._python.pack(*args)
+        return self._hiredis.pack(*args)

@@ -4,6 +4,8 @@ in one round trip; and the tick events that name their tickers by a rev (engine/
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import redis
@@ -141,7 +143,8 @@ def test_an_event_naming_its_tickers_by_rev_carries_no_list_and_decodes_to_it(st
     # Act
     store.publish_tick(event, 100, tickers_rev=rev)
     # Assert
-    [(_, raw)] = store.client.xrange(TICKS_KEY)
+    entries: Any = store.client.xrange(TICKS_KEY)
+    [(_, raw)] = entries
     assert b"tickers" not in raw and raw[b"tickers_rev"] == rev.encode()
     [back] = store.read_ticks()
     assert (back.version, back.ts, back.tickers, back.bar_ts, back.token, back.rejected) == (2, 5.0, TICKERS, 4.0,
@@ -153,7 +156,8 @@ def test_an_event_naming_its_tickers_by_rev_carries_no_list_and_decodes_to_it(st
 def test_an_event_listing_its_tickers_as_before_still_decodes(store: Store) -> None:
     event = TickEvent(2, 5.0, TICKERS, np.array([1.0, 2.0, 3.0]))
     store.publish_tick(event, 100)  # no rev: the list, as every event before the revs
-    [(_, raw)] = store.client.xrange(TICKS_KEY)
+    entries: Any = store.client.xrange(TICKS_KEY)
+    [(_, raw)] = entries
     assert raw[b"tickers"] == encode_json(list(TICKERS)).encode()
     [back] = store.read_ticks()
     assert back.tickers == TICKERS and back.prices.tolist() == [1.0, 2.0, 3.0]

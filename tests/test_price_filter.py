@@ -246,7 +246,8 @@ def _random_bar(rng: np.random.Generator, m: int, sigmas: float, scale: float) -
         elif kind == 3:  # a jump far over the limit
             raws.append(float(abs(last[k]) * 3.0 + 1.0) if math.isfinite(last[k]) else 7.0)
         elif kind == 4:
-            raws.append(rng.choice([None, "12.5", MAX_PRICE, math.nextafter(MAX_PRICE, math.inf), 10**400, True]))
+            odd: list[Any] = [None, "12.5", MAX_PRICE, math.nextafter(MAX_PRICE, math.inf), 10**400, True]
+            raws.append(odd[int(rng.integers(0, len(odd)))])
         else:  # an ordinary move
             raws.append(float(abs(last[k]) * math.exp(rng.normal(0, 0.3 * bound))) if math.isfinite(last[k]) else 5.0)
     return raws, last, variances

@@ -308,7 +308,7 @@ class MarketStore(StoreBase):
         text = decode_str(raw, key=f"{UNIVERSES_KEY}.{rev}")
         if universe_rev(text) != rev:
             raise CorruptDataError(f"{UNIVERSES_KEY}.{rev} holds a ticker list of another rev")
-        tickers = decode_tickers(raw, f"{UNIVERSES_KEY}.{rev}")
+        tickers = decode_tickers(text.encode(), f"{UNIVERSES_KEY}.{rev}")
         if len(_UNIVERSES) >= _UNIVERSES_CACHED:
             _UNIVERSES.pop(next(iter(_UNIVERSES)))
         _UNIVERSES[rev] = tickers

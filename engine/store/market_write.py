@@ -54,9 +54,11 @@ return {1, ''}
 """
 
 
-class MarketWrite(CoreCommands):  # type: ignore[misc]
+class MarketWrite(CoreCommands):
     """Records write commands instead of sending them: pass it as ``pipe`` to the store's write methods, then
     :meth:`MarketWriteStore.commit_market_write`. Every command's first argument must be its key."""
+
+    _event_dispatcher: Any = None  # redis-py's command mixins declare it; nothing is dispatched here
 
     def __init__(self) -> None:
         self.commands: list[tuple[Any, ...]] = []
@@ -82,14 +84,15 @@ class MarketWriteStore(StoreBase):
         written). A command that fails in Redis raises its ``redis.ResponseError`` (like a failed command in
         EXEC, the commands before it stay written).
         """
-        cluster = is_cluster(self.client)
-        slot = self.client.keyslot(MARKET_KEY) if cluster else None
+        client: Any = self.client  # a RedisCluster on a cluster (keyslot)
+        cluster = is_cluster(client)
+        slot = client.keyslot(MARKET_KEY) if cluster else None
         keys: list[Any] = [MARKET_KEY, EPOCH_KEY]
         index: dict[Any, int] = {MARKET_KEY: 1, EPOCH_KEY: 2}
         args: list[Any] = [int(version), int(epoch)]
         after: list[tuple[Any, ...]] = []
         for name, key, *rest in write.commands:
-            if cluster and self.client.keyslot(key) != slot:
+            if cluster and client.keyslot(key) != slot:
                 after.append((name, key, *rest))
                 continue
             if key not in index:
