@@ -75,14 +75,17 @@ class NotificationStore(StoreBase):
         return bool(self.client.set(NOTIFY_LOCK_KEY, token, nx=True, px=max(1, int(ttl_seconds * 1000))))
 
     # KEYS[1] = the lock key; ARGV[1] = the caller's token. Deletes the lock only when the caller holds it.
-    _RELEASE_LOCK_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+    _RELEASE_LOCK_LUA = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+    )
 
     def release_notify_lock(self, token: str) -> None:
         self.client.eval(self._RELEASE_LOCK_LUA, 1, NOTIFY_LOCK_KEY, token)
 
     # KEYS[1] = the lock key; ARGV[1] = the caller's token, ARGV[2] = new lease in ms. Extends only our lease.
     _RENEW_LOCK_LUA = (
-        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
     )
 
     def renew_notify_lock(self, token: str, ttl_seconds: float) -> bool:
