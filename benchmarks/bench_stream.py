@@ -1,5 +1,6 @@
-"""Stream daemon: one bar (validation, log returns, EWMA update in place, WATCHed version check and the MULTI
-writing prices + matrix + version + tick event + heartbeat) at N = 50 and 500, through a real Redis.
+"""Stream daemon: one bar (validation of every price in one numpy pass, log returns, EWMA update in place, and
+one round trip: the script that checks the stored version and writes prices + matrix + version + tick event +
+heartbeat, engine/store/market_write.py) at N = 50 and 500, through a real Redis and the daemons' client.
 
 Baseline in the same run: the naive daemon bar, allocating a new matrix per tick with numpy
 (``λΣ + (1-λ)·outer(r, r)``) and the same MULTI write, without the version check.
