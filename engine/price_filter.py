@@ -52,10 +52,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from engine.errors import RiskdeskError
 from engine.settings import Settings
@@ -170,6 +172,83 @@ class PriceFilter:
         jump = abs(math.log(price / last_price)) / sigma
         return math.nan, f"jump of {jump:.1f} sigma from {last_price:g} (limit {self.max_jump_sigma:g} sigma)"
 
+    def check_many(
+        self,
+        tickers: Sequence[str],
+        raws: Sequence[Any],
+        last_prices: npt.NDArray[np.float64],
+        variances: npt.NDArray[np.float64],
+        *,
+        reset: bool = False,
+    ) -> tuple[npt.NDArray[np.float64], list[str]]:
+        """:meth:`check` for the prices of one bar at once: the same decisions, reasons and remembered jumps as
+        calling it for each ticker in turn, in one numpy pass (a Python call per ticker was ~1 ms at N = 500).
+
+        Parameters
+        ----------
+        tickers, raws:
+            Each price's ticker (distinct, all in the universe) and the price as the feed gave it.
+        last_prices, variances:
+            Aligned with ``tickers``: each one's last accepted price and one-model-bar variance ``S_ii``.
+        reset:
+            As for :meth:`check`.
+
+        Returns
+        -------
+        ``(prices, reasons)``: the accepted price or NaN, and ``""`` or the reason, for each ticker.
+
+        Notes
+        -----
+        The log return of the jump test is ``math.log`` per price, as :meth:`check` computes it (numpy's
+        vectorised ``log`` may round differently by an ulp, and a jump exactly at the limit must get the same
+        answer both ways); everything around it (the ratio, ``sqrt``, the bound, the comparison) is IEEE
+        exact and the same elementwise.
+        """
+        m = len(tickers)
+        if len(raws) != m or last_prices.shape != (m,) or variances.shape != (m,):
+            raise ValueError("check_many: tickers, prices, last prices and variances must be aligned")
+        if reset and m:
+            self.pending.clear()
+        reasons = [""] * m
+        try:
+            prices = np.array([float(raw) for raw in raws], dtype=np.float64)
+            unreadable = np.zeros(m, dtype=bool)
+        except (TypeError, ValueError, OverflowError):
+            prices, unreadable = _read_prices(raws)
+        with np.errstate(invalid="ignore"):
+            bad = unreadable | ~np.isfinite(prices) | (prices <= 0) | (prices > MAX_PRICE)
+        if bad.any():
+            for k in np.flatnonzero(bad).tolist():
+                reasons[k] = _basic_reason(float(prices[k]), bool(unreadable[k]))
+            prices[bad] = np.nan
+        ok = ~bad
+        candidates: dict[int, float] = {}
+        if self.pending:
+            for k in np.flatnonzero(ok).tolist():
+                candidate = self.pending.pop(tickers[k], None)
+                if candidate is not None:
+                    candidates[k] = candidate
+        if reset:
+            return prices, reasons
+        with np.errstate(invalid="ignore"):
+            tested = ok & np.isfinite(last_prices) & (last_prices > 0) & np.isfinite(variances) & (variances > 0)
+        at = np.flatnonzero(tested)
+        if not at.size:
+            return prices, reasons
+        sigma = np.sqrt(self.bar_scale * variances[at])
+        size = np.abs(np.fromiter(map(math.log, (prices[at] / last_prices[at]).tolist()), np.float64, at.size))
+        bound = self.max_jump_sigma * sigma * (1.0 + JUMP_TOLERANCE)
+        for j in np.flatnonzero(~(size <= bound)).tolist():
+            k = int(at[j])
+            price, candidate = float(prices[k]), candidates.get(k)
+            if candidate is not None and self._within(price, candidate, float(sigma[j])):
+                continue  # the previous print's level is confirmed: a real move
+            self.pending[tickers[k]] = price
+            last = last_prices[k]
+            reasons[k] = f"jump of {size[j] / sigma[j]:.1f} sigma from {last:g} (limit {self.max_jump_sigma:g} sigma)"
+            prices[k] = np.nan
+        return prices, reasons
+
     def _within(self, price: float, reference: float, sigma: float) -> bool:
         bound = self.max_jump_sigma * sigma * (1.0 + JUMP_TOLERANCE)
         return abs(math.log(price / reference)) <= bound
@@ -180,3 +259,26 @@ class PriceFilter:
             return returns
         out: np.ndarray = returns / math.sqrt(self.bar_scale)
         return out
+
+
+def _read_prices(raws: Sequence[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Each raw price as a float (NaN where ``float()`` refuses it) and where it refused."""
+    prices = np.empty(len(raws), dtype=np.float64)
+    unreadable = np.zeros(len(raws), dtype=bool)
+    for k, raw in enumerate(raws):
+        try:
+            prices[k] = float(raw)
+        except (TypeError, ValueError, OverflowError):
+            prices[k], unreadable[k] = math.nan, True
+    return prices, unreadable
+
+
+def _basic_reason(price: float, unreadable: bool) -> str:
+    """Why :meth:`PriceFilter.check` refuses ``price`` before any jump test (the same words)."""
+    if unreadable:
+        return "not a number"
+    if not math.isfinite(price):
+        return "not a finite price"
+    if price <= 0:
+        return "not a positive price"
+    return f"above the largest plausible price {MAX_PRICE:g}"

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
+from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from engine.errors import StoreUnavailableError
 from engine.settings import Settings
@@ -370,4 +372,32 @@ def connect(url_or_settings: str | Settings, *, timeout: float = 5.0) -> redis.R
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
+        command_packer=LargeValueSerializer(Encoder("utf-8", "strict", False).encode),
     )
+
+
+LARGE_ARGUMENT_BYTES = 6000
+"""An argument longer than this is sent as its own chunk, not copied into the command buffer (redis-py's cutoff)."""
+
+
+class LargeValueSerializer:
+    """Packs commands into the Redis protocol: hiredis for ordinary commands, redis-py's Python packer for a
+    command with a large argument (the covariance of every bar, 1 MB at N = 500).
+
+    Why two: hiredis packs small commands several times faster, but it copies every argument into one new
+    buffer, at about 2 ms per MB on this machine, which alone was a third of the daemon's bar; the Python
+    packer hands a large argument (bytes or a memoryview) to the socket as it is, without copying it.
+    """
+
+    def __init__(self, encode: Any, cutoff: int = LARGE_ARGUMENT_BYTES) -> None:
+        self._cutoff = cutoff
+        self._python = PythonRespSerializer(cutoff, encode)
+        self._hiredis = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+
+    def pack(self, *args: Any) -> list[Any]:
+        cutoff = self._cutoff
+        if self._hiredis is None or any(
+            isinstance(a, bytes | bytearray | memoryview) and len(a) > cutoff for a in args
+        ):
+            return self._python.pack(*args)
+        return self._hiredis.pack(*args)

@@ -10,25 +10,27 @@ Per bar from the feed (:mod:`engine.feeds`):
    update (``engine.math_logic.standardize_returns``: the innovations of filtered historical simulation), then
    the EWMA update of the covariance in place (``engine.math_logic.update_covariance_ewma``, no O(N³) check on
    the hot path: the matrix is validated once each time it is loaded from the store);
-4. ONE transaction: market snapshot (prices, price times, matrix, version + 1), the row ``[version, z]`` of the
-   standardized window ``mkt:{m}:stdret`` (trimmed to ``model.fhs_window`` rows), the tick event on
-   ``mkt:{m}:ticks`` (bounded by MAXLEN ~) and the heartbeat ``hb:stream``.
+4. ONE atomic write in ONE round trip (engine/store/market_write.py: a Lua script that first checks the stored
+   market version and epoch are the ones the daemon holds): market snapshot (prices, price times, matrix,
+   version + 1), the row ``[version, z]`` of the standardized window ``mkt:{m}:stdret`` (trimmed to
+   ``model.fhs_window`` rows), the tick event on ``mkt:{m}:ticks`` (bounded by MAXLEN ~; it names its tickers
+   by their rev, ``engine.store.codec.universe_rev``) and the heartbeat ``hb:stream``.
 
 The standardized window gets no row for a ``reset`` bar (the first bar of a replay: no return) nor for the
 first bar after a reload of a market someone else wrote (a warm-up re-seed or ``--add-ticker``: the "return"
 would span two unrelated price series). When the stored window's columns are not the market's tickers (a store
 seeded before the window existed, or grown without it) the daemon starts an empty window in its next write.
 
-Versions: the daemon keeps the version it last wrote. Before each write it WATCHes the market hash and reads
-the stored version (one HGET); if it is not the one the daemon wrote (the warm-up added a ticker, Redis came
-back from its AOF, someone re-seeded) it reloads prices, matrix and version from the store and continues from
-there, so a new ticker is picked up without a restart and the version sequence has no gap and no repeat. If
-the store changes between that check and EXEC, the WATCH aborts the transaction and the bar is retried.
+Versions: the daemon keeps the version (and market epoch) it last wrote or loaded. Its write of a bar runs only
+if the store still holds them, checked inside the same script that writes, so nothing can come between; if it
+does not (the warm-up added a ticker, Redis came back from its AOF, someone re-seeded) nothing is written, the
+daemon reloads prices, matrix and version from the store and recomputes the bar on them, so a new ticker is
+picked up without a restart and the version sequence has no gap and no repeat.
 
 Redis down: the bar is kept, the error logged, and the write retried with capped exponential backoff
 (:data:`BACKOFF_INITIAL_SECONDS` doubling up to :data:`BACKOFF_MAX_SECONDS`); the feed is not read meanwhile.
 When Redis is back the daemon reloads the stored state and writes the kept bar with the next version. If the
-connection broke during EXEC, the last tick event tells whether the bar was committed (its token is unique)
+connection broke during the write, the last tick event tells whether the bar was committed (its token is unique)
 so it is never written twice. With ``appendfsync everysec`` a Redis crash may lose the last second of writes:
 the daemon then continues from the version that survived.
 
@@ -77,15 +79,14 @@ from engine.records import Clock
 from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
-    MARKET_KEY,
     MONITOR_GROUP,
     Float64Array,
     MarketSnapshot,
     Store,
     TickEvent,
     encode_json,
+    universe_rev,
 )
-from engine.store.slots import slot_transaction
 
 log = logging.getLogger("riskdesk.stream")
 
@@ -95,7 +96,8 @@ BACKOFF_INITIAL_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
 """Longest wait between two attempts while Redis is unreachable."""
 WATCH_RETRIES_WITHOUT_WAIT = 3
-"""A WATCH conflict (the warm-up wrote meanwhile) is retried at once this many times, then with backoff."""
+"""A write refused because the market changed (the warm-up wrote meanwhile) is retried at once this many
+times, then with backoff."""
 
 
 @dataclass
@@ -193,6 +195,10 @@ class StreamDaemon:
         self.cov: Float64Array = np.empty((0, 0))
         self._index: dict[str, int] = {}
         self._tickers_json = "[]"
+        self._tickers_rev = universe_rev(self._tickers_json)
+        """Names the tickers in the tick events (engine.store.codec.universe_rev)."""
+        self._universe_written = False
+        """This daemon wrote its tickers (and their rev) since it last loaded the market."""
         self._synced = False
         self._validate_next = True
         self._in_flight: str | None = None
@@ -263,8 +269,8 @@ class StreamDaemon:
                     self._load()
                 return self._write(bar, token, started)
             except redis.WatchError:
-                # the warm-up (or anyone) wrote the market between our check and EXEC, or the connection
-                # broke while watching: reload and recompute the bar on the new state
+                # the warm-up (or anyone) wrote the market since this daemon loaded it: reload and recompute
+                # the bar on the new state
                 self._synced = False
                 watch_conflicts += 1
                 if watch_conflicts <= WATCH_RETRIES_WITHOUT_WAIT:
@@ -305,6 +311,8 @@ class StreamDaemon:
         if changed:
             self.anchor.reset()
         self._tickers_json = encode_json(list(snap.tickers))
+        self._tickers_rev = universe_rev(self._tickers_json)
+        self._universe_written = False
         self.prices = snap.prices.copy()
         self.price_ts = snap.price_ts.copy()
         self.cov = snap.cov  # a fresh writeable copy (decode_market_cov), updated in place from now on
@@ -313,7 +321,7 @@ class StreamDaemon:
         self._validate_next = True
         self._synced = True
         self.stats.reloads += 1
-        # on the plain client, not ``conn``: a WATCHing pipeline must only read; the ticks key is not watched.
+        # on the plain client, not ``conn`` (a caller's pipeline must only read here).
         # After a re-seed the group is gone: recreate it before publishing so the monitors miss no tick.
         self.store.ensure_tick_group(MONITOR_GROUP)
         if isinstance(self.feed, UniverseAware):
@@ -328,91 +336,101 @@ class StreamDaemon:
         self.price_filter.begin(self._seq)  # a retried bar starts from the same remembered jumps
         prices = self.prices.copy()
         price_ts = self.price_ts.copy()
-        accepted: list[int] = []
+        names = list(bar.prices)
+        raws = list(bar.prices.values())
+        if tuple(names) == self.tickers:  # the usual bar: every ticker, in the universe's order
+            at = np.arange(len(names))
+            known = names
+        else:
+            found = [self._index.get(t, -1) for t in names]
+            at = np.array([i for i in found if i >= 0], dtype=np.intp)
+            known = [t for t, i in zip(names, found, strict=True) if i >= 0]
+            raws = [r for r, i in zip(raws, found, strict=True) if i >= 0]
+        checked, reasons = self.price_filter.check_many(
+            known, raws, self.prices[at], np.diagonal(self.cov)[at], reset=bar.reset
+        )  # engine/price_filter.py: absurd prices never reach the model
+        good = ~np.isnan(checked)  # an accepted price is a finite one, a rejected one NaN
+        accepted = at[good]
+        prices[accepted] = checked[good]
+        price_ts[accepted] = now
         rejected: list[str] = []
-        for ticker, raw in bar.prices.items():
-            i = self._index.get(ticker)
-            if i is None:
-                rejected.append(f"{ticker}={raw!r}: unknown ticker")
-                continue
-            price, why = self.price_filter.check(ticker, raw, self.prices[i], self.cov[i, i], reset=bar.reset)
-            if why:  # engine/price_filter.py: absurd prices never reach the model
-                rejected.append(f"{ticker}={raw!r}: {why}")
-                continue
-            prices[i] = price
-            price_ts[i] = now
-            accepted.append(i)
+        if accepted.size < len(names):  # the reasons in the bar's order, unknown tickers among them
+            why_of = dict(zip(known, reasons, strict=True))
+            for t, r in bar.prices.items():
+                why = why_of.get(t, "unknown ticker")
+                if why:
+                    rejected.append(f"{t}={r!r}: {why}")
         returns: Float64Array | None = None
         if not bar.reset:
             returns = np.zeros(len(self.tickers))
-            idx = np.array([i for i in accepted if math.isfinite(self.prices[i]) and self.prices[i] > 0], dtype=int)
+            before = self.prices[accepted]
+            idx = accepted[np.isfinite(before) & (before > 0)]
             if idx.size:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
         returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
-        return _Step(prices, price_ts, returns, len(accepted), tuple(rejected))
+        return _Step(prices, price_ts, returns, int(accepted.size), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
-        with slot_transaction(self.store.client) as pipe:  # on a Redis Cluster: the heartbeat commits after the market
-            pipe.watch(MARKET_KEY)
-            stored = self.store.read_market_version(pipe)
-            if stored != self.version:
-                log.info("store holds market version %s, this daemon wrote %s: reloading", stored, self.version)
-                self._load(pipe)
-            now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
-            if self._new_epoch:  # no return across two markets (engine/reload.py)
-                if isinstance(self.feed, UniverseAware) and self._epoch_seq == self._seq:
-                    pipe.unwatch()  # drawn from the old market's prices: dropped; the feed now follows the new
-                    return False
-                bar = Bar(bar.ts, bar.prices, reset=True)
-            step = self.validate(bar, now)
-            if step.rejected:
-                log.warning("bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected))
-                self.stats.rejections = (self.stats.rejections + list(step.rejected))[-50:]
-            if step.accepted == 0:
-                self.stats.bars_rejected += 1
-                self.stats.prices_rejected += len(step.rejected)
-                self.metrics.bar_rejected(step.rejected)
-                pipe.unwatch()
-                self._write_heartbeat_best_effort(now)
-                return False
-            version = int(self.version or 0) + 1
-            # The matrix is updated in place: until EXEC succeeds the store, not this copy, is the truth.
-            self._synced = False
-            z: Float64Array | None = None
-            if step.returns is not None:
-                if not self._row_gap:
-                    vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
-                    z = math_logic.standardize_returns(step.returns, vols)
-                math_logic.update_covariance_ewma(self.cov, step.returns, self.decay, validate=self._validate_next)
-            snap = MarketSnapshot(
-                version=version,
-                ts=now,
-                tickers=self.tickers,
-                prices=step.prices,
-                price_ts=step.price_ts,
-                cov=self.cov,
-            )
-            event = TickEvent(
-                version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
-                token=token, reset=bar.reset, rejected=len(step.rejected),
-            )  # fmt: skip
-            reference, anchor_state = self.anchor.propose(now, step.prices, reset=bar.reset)
-            pipe.multi()
-            self.store.write_market(snap, pipe)
-            if not self._window_ok:
-                empty = np.zeros((0, len(self.tickers)))
-                self.store.write_standardized_window(self.tickers, [], empty, self.window, pipe)
-            if z is not None:
-                self.store.push_standardized(version, z, self.window, pipe)
-            if reference is not None:
-                self.store.write_reference_prices(self.tickers, reference, now, pipe)
-            self.store.publish_tick(event, self.maxlen, pipe, tickers_json=self._tickers_json)
-            heartbeat = self._heartbeat(now, version, self.stats.bars_written + 1, len(step.rejected))
-            self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, pipe)
-            self._in_flight = token
-            pipe.execute()
+        now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
+        if self._new_epoch:  # no return across two markets (engine/reload.py)
+            if isinstance(self.feed, UniverseAware) and self._epoch_seq == self._seq:
+                return False  # drawn from the old market's prices: dropped; the feed now follows the new
+            bar = Bar(bar.ts, bar.prices, reset=True)
+        step = self.validate(bar, now)
+        if step.rejected:
+            log.warning("bar %s: rejected %d price(s): %s", token, len(step.rejected), "; ".join(step.rejected))
+            self.stats.rejections = (self.stats.rejections + list(step.rejected))[-50:]
+        if step.accepted == 0:
+            self.stats.bars_rejected += 1
+            self.stats.prices_rejected += len(step.rejected)
+            self.metrics.bar_rejected(step.rejected)
+            self._write_heartbeat_best_effort(now)
+            return False
+        version = int(self.version or 0) + 1
+        # The matrix is updated in place: until the write commits the store, not this copy, is the truth.
+        self._synced = False
+        z: Float64Array | None = None
+        if step.returns is not None:
+            if not self._row_gap:
+                vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
+                z = math_logic.standardize_returns(step.returns, vols)
+            math_logic.update_covariance_ewma(self.cov, step.returns, self.decay, validate=self._validate_next)
+        snap = MarketSnapshot(
+            version=version,
+            ts=now,
+            tickers=self.tickers,
+            prices=step.prices,
+            price_ts=step.price_ts,
+            cov=self.cov,
+        )
+        event = TickEvent(
+            version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
+            token=token, reset=bar.reset, rejected=len(step.rejected),
+        )  # fmt: skip
+        reference, anchor_state = self.anchor.propose(now, step.prices, reset=bar.reset)
+        write = self.store.market_write()
+        # the stored tickers are this daemon's (the write is guarded by the version): sent once per load
+        self.store.write_market(snap, write, tickers_json=self._tickers_json, tickers=not self._universe_written)
+        if not self._window_ok:
+            empty = np.zeros((0, len(self.tickers)))
+            self.store.write_standardized_window(self.tickers, [], empty, self.window, write)
+        if z is not None:
+            self.store.push_standardized(version, z, self.window, write)
+        if reference is not None:
+            self.store.write_reference_prices(self.tickers, reference, now, write)
+        self.store.publish_tick(event, self.maxlen, write, tickers_rev=self._tickers_rev)
+        heartbeat = self._heartbeat(now, version, self.stats.bars_written + 1, len(step.rejected))
+        self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, write)
+        self._in_flight = token
+        if not self.store.commit_market_write(write, int(self.version or 0), int(self._epoch or 0)):
+            # the warm-up (or anyone) wrote the market since this daemon loaded it: reload and recompute. Or
+            # the client re-sent the script after a broken connection and the first send had committed: the
+            # bar is still in flight, so the retry looks for its token first (process_bar)
+            log.info("the stored market is no longer version %s (epoch %s): reloading", self.version, self._epoch)
+            raise redis.WatchError("the market changed since it was loaded")
         self._in_flight = None
         self._new_epoch = False
+        self._universe_written = True
         self.anchor.commit(anchor_state)
         self.version = version
         self._last_written = version

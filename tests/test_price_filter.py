@@ -14,7 +14,7 @@ import pytest
 
 import warmup
 from engine.feeds import Bar, IterableFeed, ReplayFeed
-from engine.price_filter import MAX_PRICE, PriceFilter
+from engine.price_filter import JUMP_TOLERANCE, MAX_PRICE, PriceFilter
 from engine.settings import Settings
 from engine.store import MARKET_KEY, Store
 from engine.stream import StreamDaemon
@@ -218,3 +218,84 @@ def test_a_replay_of_weekly_closes_scales_the_jump_and_the_returns_to_one_model_
         r = np.log(cur / prev) / math.sqrt(k)
         cov = 0.94 * cov + 0.06 * np.outer(r, r)
     np.testing.assert_allclose(store.read_market().cov, cov, rtol=1e-12)
+
+
+# -- the vectorised check of a whole bar ---------------------------------------------------------------------
+
+
+def _random_bar(rng: np.random.Generator, m: int, sigmas: float, scale: float) -> tuple[list[Any], Any, Any]:
+    """Raw prices, last prices and variances of ``m`` tickers: ordinary moves, absurd prints, and jumps a few
+    ulps either side of the limit ``sigmas * sqrt(scale * S_ii) * (1 + JUMP_TOLERANCE)``."""
+    last = rng.uniform(1.0, 500.0, m)
+    variances = rng.uniform(1e-7, 1e-3, m)
+    for k in rng.choice(m, size=min(m, 3), replace=False):
+        last[k] = rng.choice([math.nan, 0.0, -3.0, math.inf])  # no valid last price: no jump test
+    for k in rng.choice(m, size=min(m, 2), replace=False):
+        variances[k] = rng.choice([0.0, math.nan, -1e-6])  # no usable variance: no jump test
+    raws: list[Any] = []
+    for k in range(m):
+        kind = rng.integers(0, 6)
+        bound = sigmas * math.sqrt(scale * variances[k]) * (1.0 + JUMP_TOLERANCE) if variances[k] > 0 else 0.1
+        if kind == 0:
+            raws.append(ABSURD[int(rng.integers(0, len(ABSURD)))])
+        elif kind in (1, 2):  # at the limit, then up to 3 ulps either side
+            edge = float(last[k]) * math.exp(bound * rng.choice([-1.0, 1.0])) if math.isfinite(last[k]) else 10.0
+            for _ in range(int(rng.integers(-3, 4))):
+                edge = math.nextafter(edge, math.inf)
+            raws.append(edge)
+        elif kind == 3:  # a jump far over the limit
+            raws.append(float(abs(last[k]) * 3.0 + 1.0) if math.isfinite(last[k]) else 7.0)
+        elif kind == 4:
+            odd: list[Any] = [None, "12.5", MAX_PRICE, math.nextafter(MAX_PRICE, math.inf), 10**400, True]
+            raws.append(odd[int(rng.integers(0, len(odd)))])
+        else:  # an ordinary move
+            raws.append(float(abs(last[k]) * math.exp(rng.normal(0, 0.3 * bound))) if math.isfinite(last[k]) else 5.0)
+    return raws, last, variances
+
+
+def test_check_many_decides_every_price_as_check_does_one_at_a_time_on_random_bars() -> None:
+    rng = np.random.default_rng(20261130)
+    decided = {"accepted": 0, "jump": 0, "absurd": 0}
+    for trial in range(400):
+        # Arrange: two filters in the same state, some jumps of the previous bar remembered
+        m = int(rng.integers(1, 30))
+        scale = float(rng.choice([1.0, 1950.0]))
+        tickers = [f"T{i}" for i in range(m)]
+        raws, last, variances = _random_bar(rng, m, SIGMAS, scale)
+        remembered = {t: float(rng.uniform(1, 500)) for t in tickers if rng.random() < 0.2}
+        if m and rng.random() < 0.3:  # a remembered level that the new print confirms
+            t = tickers[0]
+            remembered[t] = float(raws[0]) if isinstance(raws[0], float) and raws[0] > 0 else 1.0
+        reset = bool(rng.random() < 0.1)
+        one, many = PriceFilter(SIGMAS, scale), PriceFilter(SIGMAS, scale)
+        one.pending, many.pending = dict(remembered), dict(remembered)
+        # Act
+        pairs = enumerate(zip(tickers, raws, strict=True))
+        expected = [one.check(t, r, last[k], variances[k], reset=reset) for k, (t, r) in pairs]
+        prices, reasons = many.check_many(tickers, raws, last, variances, reset=reset)
+        # Assert: same prices (NaN where refused), same words, same remembered jumps
+        assert reasons == [why for _, why in expected], f"trial {trial}"
+        np.testing.assert_array_equal(prices, [p for p, _ in expected])
+        assert many.pending == one.pending, f"trial {trial}"
+        for why in reasons:
+            decided["jump" if why.startswith("jump") else "absurd" if why else "accepted"] += 1
+    assert min(decided.values()) > 100  # every kind of decision was exercised
+
+
+def test_check_many_at_exactly_the_limit_passes_and_one_ulp_over_is_rejected() -> None:
+    # Arrange: a price whose log return is the bound itself, and the next float above it
+    f = PriceFilter(SIGMAS)
+    last, variance = 100.0, 1e-6
+    bound = SIGMAS * math.sqrt(variance) * (1.0 + JUMP_TOLERANCE)
+    at = 100.0 * math.exp(bound)
+    while abs(math.log(at / last)) > bound:  # the largest float whose jump is within the bound
+        at = math.nextafter(at, 0.0)
+    while abs(math.log(math.nextafter(at, math.inf) / last)) <= bound:
+        at = math.nextafter(at, math.inf)
+    over = math.nextafter(at, math.inf)
+    # Act
+    prices, reasons = f.check_many(["AAA", "BBB"], [at, over], np.array([last, last]), np.array([variance] * 2))
+    # Assert
+    assert prices[0] == at and reasons[0] == ""
+    assert math.isnan(prices[1]) and reasons[1].startswith("jump of 12.0 sigma")
+    assert f.pending == {"BBB": over}

@@ -229,3 +229,23 @@ def test_warm_up_stream_monitor_and_a_trade_work_on_the_system_server(system_sto
     assert first["status"] == "FILLED" and first["duplicate"] is False
     assert again["duplicate"] is True and again["fill"] == first["fill"]
     assert store.read_portfolio("main").positions["AAA"].qty == 1010
+
+
+def test_a_large_argument_is_handed_to_the_socket_as_it_is_and_small_commands_pack_as_before() -> None:
+    # Arrange: the daemons' packer (connect()) and redis-py's plain Python packer as the reference
+    from redis.connection import Encoder, PythonRespSerializer
+
+    from engine.redis_server import LARGE_ARGUMENT_BYTES, LargeValueSerializer
+
+    encode = Encoder("utf-8", "strict", False).encode
+    packer, reference = LargeValueSerializer(encode), PythonRespSerializer(10**9, encode)
+    large = bytes(range(256)) * (LARGE_ARGUMENT_BYTES // 256 + 1)
+    small = ("HSET", "hb:stream", "ts", 1.5, "version", 7)
+    # Act
+    chunks = packer.pack("HSET", "mkt:{m}:snapshot", "cov", large)
+    # Assert: the same protocol bytes; the large value is one of the chunks, the very object (not copied)
+    assert b"".join(chunks) == b"".join(reference.pack("HSET", "mkt:{m}:snapshot", "cov", large))
+    assert any(chunk is large for chunk in chunks)
+    assert b"".join(packer.pack(*small)) == b"".join(reference.pack(*small))
+    at_cutoff = bytes(LARGE_ARGUMENT_BYTES)  # exactly at the cutoff: packed in one buffer
+    assert not any(chunk is at_cutoff for chunk in packer.pack("SET", "k", at_cutoff))

@@ -6,6 +6,8 @@ Modules, rq-style, one noun each::
     codec           arrays, JSON, money, scalars, tickers, positions, trading states
     base            StoreBase: the connection, the schema guard, generic JSON hashes and streams
     market          MarketStore: market snapshot, stressed matrix, reference prices, ticks, heartbeats
+    market_write    MarketWriteStore: the stream daemon's bar, checked against the stored version and written
+                    in one round trip (a Lua script)
     portfolio       PortfolioStore: portfolio registry, books, trading state
     trading         TradingStore: the pre-trade view, fills, trade log, order results
     monitoring      MonitoringStore: latest snapshot, equity peaks, excursions, leases
@@ -56,6 +58,7 @@ from engine.store.codec import (
     encode_position,
     encode_trading_status,
     encode_window_row,
+    universe_rev,
 )
 from engine.store.history import HistoryStore, HistoryWindow
 from engine.store.keys import (
@@ -74,6 +77,7 @@ from engine.store.keys import (
     STDRET_META_KEY,
     STRESSED_KEY,
     TICKS_KEY,
+    UNIVERSES_KEY,
     PortfolioKeys,
     heartbeat_key,
     lock_key,
@@ -81,6 +85,7 @@ from engine.store.keys import (
 )
 from engine.store.limits import LimitsChangeError, LimitsStore, StoredLimits
 from engine.store.market import MarketStore, StandardizedWindow, TickEvent
+from engine.store.market_write import MarketWrite, MarketWriteStore
 from engine.store.monitoring import EquityPeaks, Excursion, MonitoringStore, decode_marks_reply
 from engine.store.notifications import NotificationStore
 from engine.store.portfolio import PortfolioBundle, PortfolioStore
@@ -90,6 +95,7 @@ from engine.store.trading import TRADE_LOG_MAXLEN, TradeView, TradingStore
 
 class Store(
     MarketStore,
+    MarketWriteStore,
     PortfolioStore,
     TradingStore,
     MonitoringStore,
@@ -116,7 +122,7 @@ __all__ = [
     # keys
     "SCHEMA_VERSION", "SCHEMA_KEY", "PORTFOLIOS_KEY", "RULES_KEY", "RULES_VERSION_KEY", "GLOBAL_AUDIT_KEY",
     "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP", "EPOCH_KEY",
-    "STDRET_KEY", "STDRET_META_KEY",
+    "STDRET_KEY", "STDRET_META_KEY", "UNIVERSES_KEY", "MarketWrite", "MarketWriteStore", "universe_rev",
     "BookStore",
     "LimitsStore", "LimitsChangeError", "StoredLimits",
     "AuditStore", "AuditTrail",

@@ -12,6 +12,7 @@ hash fields; money is a decimal string. No pickle: a value that does not decode 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import struct
@@ -92,22 +93,46 @@ def _upper_mask(n: int) -> npt.NDArray[np.bool_]:
     return mask
 
 
+def universe_rev(tickers_json: str) -> str:
+    """The content hash naming a ticker list (its :func:`encode_json` text): a tick event carries it instead of
+    the list (4 KB at N = 500), and ``mkt:{m}:universes`` maps it back. Equal lists, equal revs, anywhere."""
+    return hashlib.blake2b(tickers_json.encode(), digest_size=8).hexdigest()
+
+
 def encode_symmetric(matrix: npt.ArrayLike) -> bytes:
     """Serialise a bitwise-symmetric N x N float64 matrix as its packed upper triangle (float64, exact).
 
     Raises ``ValueError`` for a matrix that is not square or not exactly symmetric (``a_ij == a_ji`` bit for bit,
     NaN never equal): the lower triangle is not stored, so it must be the mirror of the upper one. The EWMA
-    update keeps the covariance so (engine/math_logic.py)."""
+    update keeps the covariance so (engine/math_logic.py).
+
+    The stream daemon encodes its 500 x 500 matrix every bar: the entries are gathered straight into the
+    output buffer (flat indices cached per N), which is then copied once into the returned bytes.
+    """
     arr = np.asarray(matrix, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(f"a symmetric matrix is square, got shape {arr.shape}")
     n = arr.shape[0]
-    mask = _upper_mask(n)
-    packed = np.ascontiguousarray(arr)[mask].astype("<f8", copy=False)
-    if not np.array_equal(packed, arr.T[mask]):
-        raise ValueError("the matrix is not exactly symmetric: its packed upper triangle would lose the lower one")
+    upper, mirror = _upper_indices(n)
+    flat = np.ascontiguousarray(arr).reshape(-1)
     header = _HEADER.pack(_SYMMETRIC_MAGIC, _F64_TAG, 2) + struct.pack("<2Q", n, n)
-    return header + packed.tobytes()
+    out = np.empty(len(header) + 8 * upper.size, dtype=np.uint8)
+    out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    packed = out[len(header) :].view("<f8")
+    np.take(flat, upper, out=packed)
+    if not np.array_equal(packed, flat.take(mirror)):
+        raise ValueError("the matrix is not exactly symmetric: its packed upper triangle would lose the lower one")
+    return out.tobytes()
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_indices(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Flat indices of the upper triangle of an N x N matrix in packed (row-major) order, and of their mirror
+    images in the lower triangle, in the same order."""
+    rows, cols = np.triu_indices(n)
+    upper, mirror = rows * n + cols, cols * n + rows
+    upper.flags.writeable = mirror.flags.writeable = False  # shared by every caller through the cache
+    return upper, mirror
 
 
 def decode_symmetric(blob: bytes | None, *, key: str = "?", n: int) -> Float64Array:

@@ -25,6 +25,9 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              bounded by LTRIM to model.fhs_window
     mkt:{m}:stdret_meta             hash     tickers (JSON, the rows' column order), seq (rows ever pushed),
                                              gen (token of the window's last rewrite), version (last row's)
+    mkt:{m}:universes               hash     universe rev (codec.universe_rev of the tickers JSON) -> tickers
+                                             JSON: one entry per ticker list the market ever had; a tick event
+                                             names its tickers by that rev
     mkt:{m}:epoch                   string   market epoch: bumped by every reload or re-seed (never reset),
                                              no return is computed across two epochs
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
@@ -107,6 +110,8 @@ STDRET_META_KEY = "mkt:{m}:stdret_meta"
 """Column order, row count and rewrite token of :data:`STDRET_KEY`."""
 EPOCH_KEY = "mkt:{m}:epoch"
 """Market epoch (engine/store/book.py): a counter bumped by each market reload or re-seed, kept by ``--reset``."""
+UNIVERSES_KEY = "mkt:{m}:universes"
+"""Ticker lists by content hash (``codec.universe_rev``): a tick event names its universe by that hash."""
 
 MONITOR_GROUP = "monitor"
 """Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""

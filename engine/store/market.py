@@ -9,7 +9,7 @@ written by one HSET, so a reader never sees prices of one version with the matri
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from engine.store.codec import (
     encode_json,
     encode_symmetric,
     encode_window_row,
+    universe_rev,
 )
 from engine.store.keys import (
     MARKET_KEY,
@@ -42,6 +43,7 @@ from engine.store.keys import (
     STDRET_META_KEY,
     STRESSED_KEY,
     TICKS_KEY,
+    UNIVERSES_KEY,
     heartbeat_key,
 )
 
@@ -53,26 +55,37 @@ class MarketStore(StoreBase):
     """Market snapshot, stressed matrix, reference prices, ticks and heartbeats."""
 
     # -- market snapshot -------------------------------------------------------------------------------------
-    def write_market(self, snap: MarketSnapshot, pipe: Conn = None) -> None:
+    def write_market(
+        self, snap: MarketSnapshot, pipe: Conn = None, *, tickers_json: str | None = None, tickers: bool = True
+    ) -> None:
         """Write prices, covariance and version as one hash: one command, so readers never see a mix.
 
         The covariance goes in as its packed upper triangle (:func:`~engine.store.codec.encode_symmetric`):
         half the bytes of the full matrix on the wire and in the AOF every bar, and still the whole matrix of
-        this version in the same HSET. It must be exactly symmetric (the EWMA update keeps it so)."""
+        this version in the same HSET. It must be exactly symmetric (the EWMA update keeps it so).
+
+        The tickers go in with their rev (:func:`~engine.store.codec.universe_rev`), and the list under its rev
+        in :data:`UNIVERSES_KEY` (the tick events name it so). ``tickers=False`` leaves the stored tickers as
+        they are: for a writer that knows they are already ``snap.tickers`` (the stream daemon, whose write is
+        guarded by the stored version, engine/store/market_write.py). ``tickers_json``: the caller's cached
+        ``encode_json(list(snap.tickers))``."""
         n = len(snap.tickers)
         if snap.prices.shape != (n,) or snap.price_ts.shape != (n,) or snap.cov.shape != (n, n):
             raise ValueError(f"market snapshot shapes do not match {n} tickers")
-        self._conn(pipe).hset(
-            MARKET_KEY,
-            mapping={
-                "version": int(snap.version),
-                "ts": repr(float(snap.ts)),
-                "tickers": encode_json(list(snap.tickers)),
-                "prices": encode_array(snap.prices),
-                "price_ts": encode_array(snap.price_ts),
-                "cov": encode_symmetric(snap.cov),
-            },
-        )
+        fields: dict[str, Any] = {
+            "version": int(snap.version),
+            "ts": repr(float(snap.ts)),
+            "prices": encode_array(snap.prices),
+            "price_ts": encode_array(snap.price_ts),
+            "cov": encode_symmetric(snap.cov),
+        }
+        c = self._conn(pipe)
+        if tickers:
+            text = tickers_json if tickers_json is not None else encode_json(list(snap.tickers))
+            rev = universe_rev(text)
+            fields["tickers"], fields["tickers_rev"] = text, rev
+            c.hset(UNIVERSES_KEY, rev, text)
+        c.hset(MARKET_KEY, mapping=fields)
 
     def read_market_version(self, conn: Conn = None) -> int | None:
         raw = self._conn(conn).hget(MARKET_KEY, "version")
@@ -266,19 +279,46 @@ class MarketStore(StoreBase):
 
     # -- ticks (engine/stream.py publishes, logic/monitor.py consumes) ---------------------------------------
     def publish_tick(
-        self, event: TickEvent, maxlen: int, pipe: Conn = None, *, tickers_json: str | None = None
+        self,
+        event: TickEvent,
+        maxlen: int,
+        pipe: Conn = None,
+        *,
+        tickers_json: str | None = None,
+        tickers_rev: str | None = None,
     ) -> None:
         """Append a tick event to :data:`TICKS_KEY`, bounded by ``MAXLEN ~ maxlen``.
 
-        ``tickers_json`` is the caller's cached ``encode_json(list(event.tickers))`` (it changes rarely)."""
-        fields: dict[Any, Any] = event.to_fields(tickers_json)
+        ``tickers_rev``: the event names its tickers by this rev (:func:`~engine.store.codec.universe_rev`;
+        the writer makes sure :data:`UNIVERSES_KEY` holds it, as :meth:`write_market` does) instead of
+        carrying the list (4 KB at N = 500). Otherwise the list goes in: ``tickers_json`` is the caller's
+        cached ``encode_json(list(event.tickers))``."""
+        fields: dict[Any, Any] = event.to_fields(tickers_json, tickers_rev)
         self._conn(pipe).xadd(TICKS_KEY, fields, maxlen=maxlen, approximate=True)
+
+    def universe(self, rev: str) -> tuple[str, ...]:
+        """The ticker list named ``rev`` (:data:`UNIVERSES_KEY`), cached per process: a rev is a content hash,
+        so a cached list is never out of date. Raises ``CorruptDataError`` when the store lacks it."""
+        found = _UNIVERSES.get(rev)
+        if found is not None:
+            return found
+        raw = self.client.hget(UNIVERSES_KEY, rev)
+        if raw is None:
+            raise CorruptDataError(f"{UNIVERSES_KEY} has no universe {rev!r} (named by a tick event)")
+        text = decode_str(raw, key=f"{UNIVERSES_KEY}.{rev}")
+        if universe_rev(text) != rev:
+            raise CorruptDataError(f"{UNIVERSES_KEY}.{rev} holds a ticker list of another rev")
+        tickers = decode_tickers(text.encode(), f"{UNIVERSES_KEY}.{rev}")
+        if len(_UNIVERSES) >= _UNIVERSES_CACHED:
+            _UNIVERSES.pop(next(iter(_UNIVERSES)))
+        _UNIVERSES[rev] = tickers
+        return tickers
 
     def read_ticks(self, count: int | None = None, newest_first: bool = False, conn: Conn = None) -> list[TickEvent]:
         """Tick events of the stream (oldest first unless ``newest_first``); for tests and the dashboard."""
         c = self._conn(conn)
         entries: Any = c.xrevrange(TICKS_KEY, count=count) if newest_first else c.xrange(TICKS_KEY, count=count)
-        return [TickEvent.from_fields(entry_id, fields) for entry_id, fields in entries]
+        return [TickEvent.from_fields(entry_id, fields, self.universe) for entry_id, fields in entries]
 
     def last_tick(self, conn: Conn = None) -> TickEvent | None:
         ticks = self.read_ticks(count=1, newest_first=True, conn=conn)
@@ -314,7 +354,7 @@ class MarketStore(StoreBase):
         """
         start = "0" if pending else ">"
         raw: Any = self.client.xreadgroup(group, consumer, {TICKS_KEY: start}, count=count, block=block_ms)
-        return _decode_tick_entries(raw[0][1] if raw else [])
+        return _decode_tick_entries(self.universe, raw[0][1] if raw else [])
 
     def claim_stale_ticks(
         self, group: str, consumer: str, min_idle_ms: int, count: int = 100
@@ -322,7 +362,7 @@ class MarketStore(StoreBase):
         """XAUTOCLAIM: take over events another consumer received but did not acknowledge for ``min_idle_ms``
         (a monitor that died); they become this consumer's pending entries."""
         raw = self.client.xautoclaim(TICKS_KEY, group, consumer, min_idle_ms, start_id="0-0", count=count)
-        return _decode_tick_entries(raw[1] if raw and len(raw) > 1 else [])
+        return _decode_tick_entries(self.universe, raw[1] if raw and len(raw) > 1 else [])
 
     def read_ticks_after(
         self, last_id: str | None, count: int = 100, block_ms: int | None = None
@@ -331,9 +371,9 @@ class MarketStore(StoreBase):
         (XREVRANGE COUNT 1), the starting point of a monitor that shares the portfolios (logic/shards.py)."""
         if last_id is None:
             newest: Any = self.client.xrevrange(TICKS_KEY, count=1)
-            return _decode_tick_entries(newest)
+            return _decode_tick_entries(self.universe, newest)
         raw: Any = self.client.xread({TICKS_KEY: last_id}, count=count, block=block_ms)
-        return _decode_tick_entries(raw[0][1] if raw else [])
+        return _decode_tick_entries(self.universe, raw[0][1] if raw else [])
 
     def ack_ticks(self, group: str, entry_ids: Iterable[str], pipe: Conn = None) -> None:
         ids = list(entry_ids)
@@ -350,6 +390,10 @@ class MarketStore(StoreBase):
 
 
 _WINDOW_META_FIELDS = ["tickers", "seq", "gen", "window"]
+_UNIVERSES: dict[str, tuple[str, ...]] = {}
+"""Ticker lists by rev (:meth:`MarketStore.universe`), shared by every store of the process."""
+_UNIVERSES_CACHED = 64
+"""Most lists kept there (the oldest goes first)."""
 
 
 def _decode_window_meta(raw: list[Any]) -> tuple[tuple[str, ...], int, str, int] | None:
@@ -454,23 +498,37 @@ class TickEvent:
     entry_id: str = ""
     """Stream entry id (set when read back)."""
 
-    def to_fields(self, tickers_json: str | None = None) -> dict[str, Any]:
-        return {
-            "version": int(self.version),
-            "ts": repr(float(self.ts)),
-            "bar_ts": repr(float(self.bar_ts)),
-            "tickers": tickers_json if tickers_json is not None else encode_json(list(self.tickers)),
-            "prices": encode_array(self.prices),
-            "token": self.token,
-            "reset": int(self.reset),
-            "rejected": int(self.rejected),
-        }
+    def to_fields(self, tickers_json: str | None = None, tickers_rev: str | None = None) -> dict[str, Any]:
+        """The stream entry; with ``tickers_rev`` the tickers are named by it instead of listed."""
+        fields: dict[str, Any] = {"version": int(self.version), "ts": repr(float(self.ts)),
+                                  "bar_ts": repr(float(self.bar_ts))}  # fmt: skip
+        if tickers_rev is not None:
+            fields["tickers_rev"] = tickers_rev
+        else:
+            fields["tickers"] = tickers_json if tickers_json is not None else encode_json(list(self.tickers))
+        fields.update(
+            prices=encode_array(self.prices), token=self.token, reset=int(self.reset), rejected=int(self.rejected)
+        )
+        return fields
 
     @classmethod
-    def from_fields(cls, entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> TickEvent:
+    def from_fields(
+        cls,
+        entry_id: bytes | str,
+        fields: Mapping[bytes, bytes],
+        universe: Callable[[str], tuple[str, ...]] | None = None,
+    ) -> TickEvent:
+        """Decode a stream entry: its tickers listed (events before the revs) or named by a rev, which
+        ``universe`` (:meth:`MarketStore.universe`) resolves."""
         eid = decode_str(entry_id, key=TICKS_KEY)
         key = f"{TICKS_KEY}[{eid}]"
-        tickers = decode_tickers(fields.get(b"tickers"), key)
+        rev = fields.get(b"tickers_rev")
+        if rev is not None and b"tickers" not in fields:
+            if universe is None:
+                raise CorruptDataError(f"{key} names its tickers by rev: decode it through the store")
+            tickers = universe(decode_str(rev, key=f"{key}.tickers_rev"))
+        else:
+            tickers = decode_tickers(fields.get(b"tickers"), key)
         return cls(
             version=decode_int(fields.get(b"version"), key=f"{key}.version"),
             ts=decode_float(fields.get(b"ts"), key=f"{key}.ts"),
@@ -484,7 +542,9 @@ class TickEvent:
         )
 
 
-def _decode_tick_entries(entries: Iterable[Any]) -> list[tuple[str, TickEvent | None]]:
+def _decode_tick_entries(
+    universe: Callable[[str], tuple[str, ...]], entries: Iterable[Any]
+) -> list[tuple[str, TickEvent | None]]:
     out: list[tuple[str, TickEvent | None]] = []
     for entry in entries:
         if entry is None:  # XAUTOCLAIM on 6.2 may list a deleted entry as nil
@@ -495,7 +555,7 @@ def _decode_tick_entries(entries: Iterable[Any]) -> list[tuple[str, TickEvent | 
             out.append((eid, None))
             continue
         try:
-            out.append((eid, TickEvent.from_fields(entry_id, fields)))
+            out.append((eid, TickEvent.from_fields(entry_id, fields, universe)))
         except StoreError:
             out.append((eid, None))
     return out
