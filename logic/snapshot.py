@@ -352,12 +352,19 @@ def snapshot_record(
     )
 
 
+_HISTORY_PATHS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((n, tuple(n.split("."))) for n in HISTORY_FIELDS)
+
+
 def history_point(snapshot: Mapping[str, Any]) -> dict[str, float | int | None]:
     """The flat history record of a snapshot: :data:`HISTORY_FIELDS`, dotted names, numbers or None."""
     point: dict[str, float | int | None] = {}
-    for name in HISTORY_FIELDS:
+    for name, path in _HISTORY_PATHS:  # once per portfolio per tick: plain dict lookups first
         node: Any = snapshot
-        for part in name.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        point[name] = node if isinstance(node, int | float) and not isinstance(node, bool) else None
+        for part in path:
+            node = node.get(part) if type(node) is dict or isinstance(node, Mapping) else None
+        kind = type(node)
+        if kind is float or kind is int:
+            point[name] = node
+        else:
+            point[name] = node if isinstance(node, int | float) and not isinstance(node, bool) else None
     return point

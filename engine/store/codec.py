@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from engine.errors import CorruptDataError, StoreEmptyError
 from engine.records import Float64Array, Position, TradingState, TradingStatus
@@ -182,6 +183,21 @@ def decode_window_rows(raws: list[bytes], n: int, *, key: str = "?") -> tuple[np
 def encode_json(value: Any) -> str:
     """JSON with Decimals as strings (exact) and no NaN (not valid JSON)."""
     return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False)
+
+
+def encode_json_fast(value: Any) -> bytes:
+    """:func:`encode_json` through orjson, for the monitor's per-tick writes (a snapshot, a backtest's state and
+    summary: three per portfolio per tick, about ten times faster). The text is compact JSON that decodes to the
+    same values (floats in their shortest round-trip form; non-ASCII as UTF-8, not escaped); a value orjson
+    refuses (an integer beyond 64 bits, a non-string key) goes through :func:`encode_json`.
+
+    A float that is not finite is written as ``null`` rather than refused: callers pass finite floats only
+    (every float of a snapshot is, logic/snapshot.py); a ``null`` where a backtest's state needs a number fails
+    its ``from_dict`` when read back (the monitor then starts that backtest again)."""
+    try:
+        return orjson.dumps(value, default=_json_default)
+    except TypeError:
+        return encode_json(value).encode()
 
 
 def _json_default(value: Any) -> Any:
