@@ -493,11 +493,12 @@ class Monitor:
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
+        clean = np.nan_to_num(market.header.prices, nan=0.0)  # once for every portfolio
         for pid, bundle in bundles.items():
             if bundle.state is None:
                 self._portfolio_error(pid, f"cannot read portfolio: {bundle.error}")
                 continue
-            valuation = value_portfolio(bundle.state, market.header, market.index)
+            valuation = value_portfolio(bundle.state, market.header, market.index, clean)
             absurd = (valuation.qty != 0) & (np.abs(np.nan_to_num(valuation.prices)) > MAX_BOOKABLE_PRICE)
             if absurd.any():
                 names = ", ".join(t for t, bad in zip(valuation.tickers, absurd, strict=True) if bad)
