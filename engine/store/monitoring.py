@@ -70,6 +70,16 @@ def decode_marks_reply(reply: Any, key: str = "marks") -> dict[str, Excursion]:
     """Decode the reply of :meth:`Store.update_marks` (``[ticker, side, mfe, mae, ...]``)."""
     if not isinstance(reply, list | tuple) or len(reply) % 4:
         raise CorruptDataError(f"{key}: malformed marks reply")
+    try:  # the common case at once (every portfolio, every tick); anything odd: field by field, below
+        tickers = [t.decode() for t in reply[0::4]]
+        mfes, maes = [float(x) for x in reply[2::4]], [float(x) for x in reply[3::4]]
+        if math.isfinite(sum(mfes) + sum(maes)):
+            return {
+                t: Excursion(int(side), mfe, mae)
+                for t, side, mfe, mae in zip(tickers, reply[1::4], mfes, maes, strict=True)
+            }
+    except (AttributeError, TypeError, ValueError):
+        pass
     out = {}
     for i in range(0, len(reply), 4):
         ticker = decode_str(reply[i], key=key)
