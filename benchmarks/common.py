@@ -17,7 +17,6 @@ from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import Store
 
-
 BENCH_SOCKET_TIMEOUT_SECONDS = 300.0
 """Read timeout of the benchmarks' Redis clients (redis-py's default is 5 s)."""
 

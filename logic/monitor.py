@@ -6,9 +6,9 @@ it as the latest snapshot and appends it to the portfolio's history, then hands 
 Scale (issue 15): every portfolio's figures at once (:mod:`logic.batch`; ``vectorised=False`` keeps the
 per-portfolio reference path) and a tick's alerts in one batch (:mod:`logic.alert_batch`). Latest wins
 (``monitor.latest_wins``): a monitor behind the stream snapshots only the newest waiting tick and acknowledges the
-older ones (``ticks_coalesced``) as it drains them, so at most one batch and the newest are pending; peaks merge
-every snapshot written, so they stay exact over them. ``monitor.shard_portfolios``: each live monitor snapshots its shard of every tick (:mod:`logic.shards`).
-Otherwise:
+older ones as it drains them (``ticks_coalesced``; at most one batch and the newest pending); peaks merge every
+snapshot written, so they stay exact. ``monitor.shard_portfolios``: each live monitor snapshots its shard of a tick
+(:mod:`logic.shards`). Otherwise:
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream.
 Each tick event is delivered to exactly one of them, and that monitor computes ALL portfolios for that tick.
@@ -346,8 +346,7 @@ class Monitor:
             self.store.ack_ticks(self.group, [entry_id])
 
     def _process_newest(self, entries: list[tuple[str, TickEvent | None]]) -> int:
-        """Latest wins (module docstring): a full read means more may wait, so new entries are drained first and
-        the snapshot is of the newest tick there is (each tick carries the last price of every ticker)."""
+        """Latest wins (module docstring): after a full read, drain what waits; snapshot the newest tick only."""
         if len(entries) >= self.batch_size and (self.membership is not None or not self._check_pending):
             while True:  # bounded by the stream's MAXLEN; at most one batch and the newest tick pending
                 entries = self._drop_superseded(entries)
@@ -373,6 +372,7 @@ class Monitor:
         self.stats.ticks_coalesced += len(older)
         self.metrics.ticks_coalesced.inc(len(older))
         return [] if newest_id is None else [(newest_id, newest)]
+
     # -- one tick --------------------------------------------------------------------------------------------
     def process_tick(
         self, entry_id: str | None, event: TickEvent, coalesced: Sequence[str] = ()

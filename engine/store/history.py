@@ -244,8 +244,9 @@ return id
         ms = int(ts * 1000)
         min_ms = max(0, int((ts - retention_seconds) * 1000))
         row = encode_row(RAW_LAYOUT, {**point, "ts": ts})
+        text = encode_json_fast(snapshot if type(snapshot) is dict else dict(snapshot))
         args: list[Any] = [
-            int(snapshot["version"]), encode_json_fast(snapshot if type(snapshot) is dict else dict(snapshot)), ms, min_ms, int(max_points), row,
+            int(snapshot["version"]), text, ms, min_ms, int(max_points), row,
             RAW_LAYOUT.struct_format, TIER_LAYOUT.struct_format, _AGG_CODES, TIER_LAYOUT.size,
         ]  # fmt: skip
         for tier in tiers:

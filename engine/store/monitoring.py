@@ -22,7 +22,6 @@ from engine.store.codec import (
     decode_int,
     decode_object,
     decode_str,
-    encode_json,
     encode_json_fast,
 )
 from engine.store.keys import PortfolioKeys, lock_key
@@ -151,9 +150,7 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
         key = PortfolioKeys(portfolio_id).peaks
-        raw = self._conn(conn).hmget(
-            key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"]
-        )
+        raw = self._conn(conn).hmget(key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"])
         return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
 
     # -- position excursions ---------------------------------------------------------------------------------
