@@ -18,7 +18,9 @@ from engine.store import Float64Array, MarketHeader, PortfolioState
 
 @dataclass(frozen=True)
 class Valuation:
-    """A portfolio marked at one market snapshot; arrays are aligned with ``tickers`` (the matrix order)."""
+    """A portfolio marked at one market snapshot; arrays are aligned with ``tickers`` (the matrix order).
+
+    Frozen, so the sums are computed once (cached): the monitor reads each several times per snapshot."""
 
     tickers: tuple[str, ...]
     qty: Float64Array
@@ -43,15 +45,15 @@ class Valuation:
     def market_values(self) -> Float64Array:
         return np.where(self.qty != 0, self.qty * self._clean, 0.0)
 
-    @property
+    @cached_property
     def market_value(self) -> float:
         return float(self.market_values.sum())
 
-    @property
+    @cached_property
     def gross_exposure(self) -> float:
         return float(np.abs(self.market_values).sum())
 
-    @property
+    @cached_property
     def equity(self) -> float:
         return float(self.cash) + self.market_value
 
