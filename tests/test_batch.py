@@ -12,7 +12,7 @@ import pytest
 import logic.batch as batch_module
 import warmup
 from engine.records import VarMethod
-from engine.settings import Settings
+from engine.settings import Limits, Settings
 from engine.store import PortfolioKeys, Store
 from logic.batch import PortfolioLookup, batch_risk, exposure_matrix, read_limits
 from logic.monitor import Monitor
@@ -117,7 +117,8 @@ def test_books_past_the_gather_limit_take_the_dense_products_with_the_same_figur
         vectors.append(np.where(usable_prices(valuation), valuation.market_values, 0.0))
     exposures = exposure_matrix(vectors, len(market.header.tickers))
     methods = [lookup.var_method_for(p) for p in pids]
-    chosen = [limits[p] for p in pids]
+    chosen = [lim for lim in (limits[p] for p in pids) if isinstance(lim, Limits)]
+    assert len(chosen) == len(pids)
 
     # Act
     gathered = batch_risk(market, exposures, methods, chosen, settings.model)
