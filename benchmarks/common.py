@@ -17,6 +17,9 @@ from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import Store
 
+BENCH_SOCKET_TIMEOUT_SECONDS = 300.0
+"""Read timeout of the benchmarks' Redis clients (redis-py's default is 5 s)."""
+
 
 @dataclass(frozen=True)
 class Row:
@@ -45,7 +48,8 @@ class Context:
             self._tmp = Path(tempfile.mkdtemp(prefix="rdb-"))
             self._server = EmbeddedRedis(self._tmp)
             self._server.start()
-        client = redis.Redis.from_url(self._server.url)
+        # a generous timeout: the first tick of 1,000 portfolios allocates every history ring (GBs) in one MULTI
+        client = redis.Redis.from_url(self._server.url, socket_timeout=BENCH_SOCKET_TIMEOUT_SECONDS)
         return client
 
     @property

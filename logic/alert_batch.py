@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from engine.errors import RiskdeskError
-from engine.store import decode_json, decode_str
+from engine.store import decode_str
+from engine.store.codec import decode_json_fast
 from logic.batch import PortfolioLookup, read_limits
 from logic.lifecycle import Changes
 from logic.rules import Snapshot
@@ -53,7 +54,7 @@ def _json_hash(key: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in raw.items():
         field_name = decode_str(name, key=key)
-        out[field_name] = decode_json(value, key=f"{key}.{field_name}")
+        out[field_name] = decode_json_fast(value, key=f"{key}.{field_name}")
     return out
 
 

@@ -108,10 +108,18 @@ class BacktestConfig:
             raise ValueError(f"dof_bounds must satisfy 2 < lo <= hi, got {self.dof_bounds}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"] = [str(m) for m in self.methods]
-        d["dof_bounds"] = list(self.dof_bounds)
-        return d
+        # spelled out, not dataclasses.asdict (a deep copy): written with every backtest state, every tick
+        return {
+            "methods": [str(m) for m in self.methods],
+            "confidence": self.confidence,
+            "window": self.window,
+            "decay": self.decay,
+            "horizon_bars": self.horizon_bars,
+            "seed_rows": self.seed_rows,
+            "rolling": self.rolling,
+            "max_records": self.max_records,
+            "dof_bounds": list(self.dof_bounds),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BacktestConfig:

@@ -43,6 +43,7 @@ from logic.snapshot import MarketView, RiskFigures, usable_prices
 from logic.valuation import Valuation
 
 __all__ = [
+    "HeldBooks",
     "PortfolioLookup",
     "batch_figures",
     "batch_risk",
@@ -114,6 +115,53 @@ def exposure_matrix(exposures: Sequence[Float64Array], n: int) -> Float64Array:
     return np.ascontiguousarray(np.vstack(exposures), dtype=np.float64)
 
 
+GATHER_LIMIT = 8_000_000
+"""Most elements (books x held² ) gathered from a matrix at once; above it, dense products (E Σ, one GEMM)."""
+
+
+class HeldBooks:
+    """The books of ``E`` (P x N) by their held tickers: row ``p``'s ``k_p`` nonzero exposures, in ticker
+    order, padded with zeros to the largest ``k`` (``x``, P x k) with their columns (``idx``).
+
+    ``Σx`` on the held tickers is then a batch of k x k products on the gathered sub-matrices ``Σ[h, h]``
+    (P·k² multiply-adds, about 2 ms for a thousand books of 20 positions) instead of the dense GEMM ``E Σ``
+    (P·N², about 40 ms at N = 500 on this machine, and far worse when BLAS threads contend for its 2 cores):
+    the per-portfolio path's sub-matrix arithmetic, done for every book at once. Above :data:`GATHER_LIMIT`
+    (books holding most of the universe) it is the dense product, ``x`` = ``E``."""
+
+    def __init__(self, exposures: Float64Array) -> None:
+        mask = exposures != 0.0
+        self.counts = mask.sum(axis=1)
+        count, width = exposures.shape[0], int(self.counts.max(initial=0))
+        self.idx: np.ndarray | None = None
+        self.x = exposures
+        if count * width * width <= GATHER_LIMIT:
+            rows, cols = np.nonzero(mask)  # row-major: each row's columns ascending
+            starts = np.cumsum(self.counts) - self.counts
+            pos = np.arange(rows.size) - np.repeat(starts, self.counts)
+            self.idx = np.zeros((count, width), dtype=np.intp)
+            self.idx[rows, pos] = cols
+            self.x = np.zeros((count, width))
+            self.x[rows, pos] = exposures[rows, cols]
+
+    def product(self, matrix: Float64Array) -> Float64Array:
+        """``(Σx)`` of every book at its held tickers (P x k; the padding's entries are not used), or ``E Σ``."""
+        if self.idx is None:
+            return self.x @ matrix
+        sub = matrix[self.idx[:, :, None], self.idx[:, None, :]]
+        return np.matmul(sub, self.x[:, :, None])[:, :, 0]
+
+    def sigma(self, matrix: Float64Array) -> Float64Array:
+        """``sqrt(max(xᵀΣx, 0))`` of every book."""
+        return np.sqrt(np.maximum(np.einsum("ij,ij->i", self.x, self.product(matrix)), 0.0))
+
+    def held(self, p: int, values: Float64Array) -> Float64Array:
+        """Row ``p`` of ``values`` (``x`` or a :meth:`product`) at the book's held tickers, in ticker order."""
+        if self.idx is None:
+            return values[p, np.flatnonzero(self.x[p])]
+        return values[p, : self.counts[p]]
+
+
 def _scenarios(market: MarketView) -> Float64Array:
     """FHS scenarios (T, N) of the whole universe: ``z ∘ σ(now)``, element by element as the per-book model."""
     return math_logic.fhs_scenarios(market.standardized, market.vol)
@@ -146,10 +194,10 @@ def _covariance_group(
         return math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi) / (1.0 - c)
 
     with np.errstate(all="ignore"):
-        sigma_x = exposures @ market.cov
-        sigma = np.sqrt(np.maximum(np.einsum("ij,ij->i", exposures, sigma_x), 0.0))
-        stressed_x = exposures @ market.stressed
-        stressed_sigma = np.sqrt(np.maximum(np.einsum("ij,ij->i", exposures, stressed_x), 0.0))
+        books = HeldBooks(exposures)
+        sigma_x = books.product(market.cov)
+        sigma = np.sqrt(np.maximum(np.einsum("ij,ij->i", books.x, sigma_x), 0.0))
+        stressed_sigma = books.sigma(market.stressed)
         z_high = _z(high)
         if method is VarMethod.STUDENT_T:  # student_t_var(σ·√h) = k·(σ·√h)
             var95 = var_mult(low) * (sigma * day_root)
@@ -173,11 +221,11 @@ def _covariance_group(
             else:
                 per_sigma = var_mult(c) * root
                 limit_var = var_mult(c) * s * root
-            held = np.flatnonzero(exposures[p])
+            held_x = books.held(p, books.x)
             if s == 0.0:
-                components = np.zeros(held.size)
+                components = np.zeros(held_x.size)
             else:
-                components = (per_sigma / s) * (exposures[p, held] * sigma_x[p, held])
+                components = (per_sigma / s) * (held_x * books.held(p, sigma_x))
             out.append(_figures(var95[p], var99[p], cvar95[p], cvar99[p], stressed99[p], limit_var, components))
     return out
 
@@ -211,8 +259,7 @@ def _fhs_group(
 
         var95, cvar95 = tail(low)
         var99, cvar99 = tail(high)
-        stressed_x = exposures @ market.stressed
-        stressed_sigma = np.sqrt(np.maximum(np.einsum("ij,ij->i", exposures, stressed_x), 0.0))
+        stressed_sigma = HeldBooks(exposures).sigma(market.stressed)
         stressed99 = _z(high) * stressed_sigma * day_root
         out: list[RiskFigures | None] = []
         for p, lim in enumerate(limits):

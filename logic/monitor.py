@@ -6,9 +6,9 @@ it as the latest snapshot and appends it to the portfolio's history, then hands 
 Scale (issue 15): every portfolio's figures at once (:mod:`logic.batch`; ``vectorised=False`` keeps the
 per-portfolio reference path) and a tick's alerts in one batch (:mod:`logic.alert_batch`). Latest wins
 (``monitor.latest_wins``): a monitor behind the stream snapshots only the newest waiting tick and acknowledges the
-older ones in the same MULTI (``ticks_coalesced``); peaks merge every snapshot written, so they stay exact over
-them. ``monitor.shard_portfolios``: each live monitor snapshots its shard of every tick (:mod:`logic.shards`).
-Otherwise:
+older ones as it drains them (``ticks_coalesced``; at most one batch and the newest pending); peaks merge every
+snapshot written, so they stay exact. ``monitor.shard_portfolios``: each live monitor snapshots its shard of a tick
+(:mod:`logic.shards`). Otherwise:
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream.
 Each tick event is delivered to exactly one of them, and that monitor computes ALL portfolios for that tick.
@@ -346,10 +346,10 @@ class Monitor:
             self.store.ack_ticks(self.group, [entry_id])
 
     def _process_newest(self, entries: list[tuple[str, TickEvent | None]]) -> int:
-        """Latest wins (module docstring): a full read means more may wait, so new entries are drained first and
-        the snapshot is of the newest tick there is (each tick carries the last price of every ticker)."""
+        """Latest wins (module docstring): after a full read, drain what waits; snapshot the newest tick only."""
         if len(entries) >= self.batch_size and (self.membership is not None or not self._check_pending):
-            while True:  # bounded by the stream's MAXLEN
+            while True:  # bounded by the stream's MAXLEN; at most one batch and the newest tick pending
+                entries = self._drop_superseded(entries)
                 more = self._next_entries(block_ms=None, count=self.batch_size)
                 entries = entries + more
                 if len(more) < self.batch_size:
@@ -361,6 +361,17 @@ class Monitor:
             return 0
         self.process_tick(newest_id, newest, coalesced=older)
         return 1
+
+    def _drop_superseded(self, entries: list[tuple[str, TickEvent | None]]) -> list[tuple[str, TickEvent | None]]:
+        """Draining: acknowledge and count the ticks older than the newest read so far (module docstring)."""
+        newest_id, newest, older, unreadable = newest_tick(entries)
+        for entry_id in unreadable:
+            self._skip_unreadable(entry_id)
+        if self.membership is None:
+            self.store.ack_ticks(self.group, older)
+        self.stats.ticks_coalesced += len(older)
+        self.metrics.ticks_coalesced.inc(len(older))
+        return [] if newest_id is None else [(newest_id, newest)]
 
     # -- one tick --------------------------------------------------------------------------------------------
     def process_tick(
@@ -493,11 +504,12 @@ class Monitor:
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
+        clean = np.nan_to_num(market.header.prices, nan=0.0)  # once for every portfolio
         for pid, bundle in bundles.items():
             if bundle.state is None:
                 self._portfolio_error(pid, f"cannot read portfolio: {bundle.error}")
                 continue
-            valuation = value_portfolio(bundle.state, market.header, market.index)
+            valuation = value_portfolio(bundle.state, market.header, market.index, clean)
             absurd = (valuation.qty != 0) & (np.abs(np.nan_to_num(valuation.prices)) > MAX_BOOKABLE_PRICE)
             if absurd.any():
                 names = ", ".join(t for t, bad in zip(valuation.tickers, absurd, strict=True) if bad)

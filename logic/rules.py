@@ -217,7 +217,22 @@ def resolve_rule(rule: AlertRule, limits: Limits | None) -> AlertRule | None:
     value = resolve_threshold(rule, limits)
     if value is None:
         return None
-    return dataclasses.replace(rule, threshold=value, threshold_fraction=1.0)
+    key = (id(rule), value)
+    known = _RESOLVED.get(key)
+    if known is not None and known[0] is rule:
+        return known[1]
+    if len(_RESOLVED) >= _RESOLVED_MAX:
+        _RESOLVED.clear()
+    resolved = dataclasses.replace(rule, threshold=value, threshold_fraction=1.0)
+    _RESOLVED[key] = (rule, resolved)
+    return resolved
+
+
+_RESOLVED: dict[tuple[int, float], tuple[AlertRule, AlertRule]] = {}
+"""Rules resolved to a number, by (rule, threshold): the batched alert evaluation resolves every limit-following
+rule of every portfolio on every tick, and a validated copy costs far more than a lookup. The entry holds the rule
+itself, so its id is not reused while it is cached."""
+_RESOLVED_MAX = 65_536
 
 
 def metric_value(snapshot: Snapshot, path: str) -> Any:

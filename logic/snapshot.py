@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -72,13 +72,6 @@ from engine.market_model import MarketModel, reorder
 from engine.records import (
     AccountType,
     Snapshot,
-    SnapshotConcentration,
-    SnapshotData,
-    SnapshotDrawdown,
-    SnapshotMargin,
-    SnapshotPnl,
-    SnapshotPosition,
-    SnapshotVar,
     TradingState,
     VarMethod,
 )
@@ -233,11 +226,20 @@ def build_snapshot(
     :func:`snapshot_record`'s ``to_dict()`` with ``var_method``, ``component_var`` and ``backtest``.
     ``risk=`` (a :class:`RiskFigures`) passes figures computed beforehand (the vectorised monitor)."""
     components: dict[str, float] = {}
-    record = snapshot_record(method=method, components=components, **parts)
-    return replace(record, var_method=method, component_var=components, backtest=backtest).to_dict()
+    data = snapshot_dict(method=method, components=components, **parts)
+    data["var_method"] = str(method)
+    data["component_var"] = components
+    data["backtest"] = None if backtest is None else dict(backtest)
+    return data
 
 
-def snapshot_record(
+def snapshot_record(**parts: Any) -> Snapshot:
+    """The snapshot of one portfolio at one tick as the typed record (arguments of :func:`snapshot_dict`); its
+    ``to_dict()`` is :func:`snapshot_dict`'s dict (``var_method`` normal, no component VaR, no backtest)."""
+    return Snapshot.from_dict(snapshot_dict(**parts))
+
+
+def snapshot_dict(
     *,
     portfolio_id: str,
     state: PortfolioState,
@@ -252,8 +254,10 @@ def snapshot_record(
     method: VarMethod = VarMethod.NORMAL,
     components: dict[str, float] | None = None,
     risk: RiskFigures | None = None,
-) -> Snapshot:
-    """The snapshot of one portfolio at one tick (schema in the module docstring); VaR / CVaR by ``method``.
+) -> dict[str, Any]:
+    """The snapshot of one portfolio at one tick (schema in the module docstring) in the form of
+    :meth:`engine.records.Snapshot.to_dict` up to ``positions``, built as plain dicts (the monitor builds a
+    thousand per tick); VaR / CVaR by ``method``.
 
     ``components``, when given, receives each held ticker's component VaR (limit confidence and horizon).
     ``risk``: the book's figures computed beforehand; by default :func:`risk_figures` of this book."""
@@ -280,84 +284,111 @@ def snapshot_record(
         largest_share = abs(float(exposures[largest_i])) / equity
     margin = valuation.account_type == AccountType.MARGIN
 
-    index = market.index
-    weights = valuation.weights
-    positions = []
-    for ticker in sorted(state.positions):
-        pos = state.positions[ticker]
-        i = index.get(ticker)
-        priced = i is not None and bool(ok[i])
-        mark = marks.get(ticker)
-        positions.append(SnapshotPosition(
-            ticker=ticker,
-            qty=int(pos.qty),
-            avg_price=float(pos.avg_price),
-            last=_f(float(header.prices[i])) if priced else None,
-            market_value=float(exposures[i]) if priced else 0.0,
-            weight=_f(float(weights[i])) if priced else 0.0,
-            unrealized_pnl=float(unrealized[i]) if priced else 0.0,
-            realized_pnl=float(pos.realized_pnl),
-            mfe=mark.mfe if mark is not None and pos.qty != 0 else 0.0,
-            mae=mark.mae if mark is not None and pos.qty != 0 else 0.0,
-        ))  # fmt: skip
+    return {
+        "portfolio_id": portfolio_id,
+        "ts": float(now),
+        "version": int(header.version),
+        "market_ts": float(header.ts),
+        "equity": _f(equity),
+        "cash": float(state.cash),
+        "market_value": _f(valuation.market_value),
+        "gross_exposure": _f(gross),
+        "net_exposure": _f(valuation.market_value),
+        "leverage": _f(valuation.leverage),
+        "pnl": {
+            "unrealized": _f(unrealized_total),
+            "realized": realized,
+            "daily": _f(equity - peaks.day_open),
+            "total": _f(realized + unrealized_total),
+        },
+        "var": {
+            "var95": _f(risk.var95),
+            "var99": _f(risk.var99),
+            "cvar95": _f(risk.cvar95),
+            "cvar99": _f(risk.cvar99),
+            "stressed_var99": _f(risk.stressed_var99),
+            "limit": var_limit,
+            "confidence": float(limits.var_confidence),
+            "utilization": _f(risk.limit_var / var_limit),
+        },
+        "drawdown": {
+            "daily": _drawdown(equity, peaks.day_peak),
+            "weekly": _drawdown(equity, peaks.week_peak),
+            "max": min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)),
+        },
+        "concentration": {
+            "hhi": math_logic.hhi_concentration(exposures),
+            "largest_share": _f(largest_share),
+            "largest_ticker": header.tickers[largest_i] if largest_i is not None else None,
+        },
+        "margin": {
+            "level": _f(valuation.margin_level) if margin else None,
+            "used": _f(valuation.margin_used) if margin else 0.0,
+            "maintenance": _f(gross * valuation.maintenance_margin) if margin else 0.0,
+        },
+        "data": {
+            "market_age_seconds": max(0.0, float(now) - float(header.ts)),
+            "missing_prices": list(valuation.missing),
+        },
+        "trading_state": trading_state.state if trading_state is not None else TradingState.ACTIVE,
+        "positions": _positions(state, market, ok, exposures, unrealized, valuation.weights, marks),
+    }
 
-    return Snapshot(
-        portfolio_id=portfolio_id,
-        ts=float(now),
-        version=int(header.version),
-        market_ts=float(header.ts),
-        equity=_f(equity),
-        cash=float(state.cash),
-        market_value=_f(valuation.market_value),
-        gross_exposure=_f(gross),
-        net_exposure=_f(valuation.market_value),
-        leverage=_f(valuation.leverage),
-        pnl=SnapshotPnl(
-            unrealized=_f(unrealized_total),
-            realized=realized,
-            daily=_f(equity - peaks.day_open),
-            total=_f(realized + unrealized_total),
-        ),
-        var=SnapshotVar(
-            var95=_f(risk.var95),
-            var99=_f(risk.var99),
-            cvar95=_f(risk.cvar95),
-            cvar99=_f(risk.cvar99),
-            stressed_var99=_f(risk.stressed_var99),
-            limit=var_limit,
-            confidence=float(limits.var_confidence),
-            utilization=_f(risk.limit_var / var_limit),
-        ),
-        drawdown=SnapshotDrawdown(
-            daily=_drawdown(equity, peaks.day_peak),
-            weekly=_drawdown(equity, peaks.week_peak),
-            max=min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)),
-        ),
-        concentration=SnapshotConcentration(
-            hhi=math_logic.hhi_concentration(exposures),
-            largest_share=_f(largest_share),
-            largest_ticker=header.tickers[largest_i] if largest_i is not None else None,
-        ),
-        margin=SnapshotMargin(
-            level=_f(valuation.margin_level) if margin else None,
-            used=_f(valuation.margin_used) if margin else 0.0,
-            maintenance=_f(gross * valuation.maintenance_margin) if margin else 0.0,
-        ),
-        data=SnapshotData(
-            market_age_seconds=max(0.0, float(now) - float(header.ts)),
-            missing_prices=tuple(valuation.missing),
-        ),
-        trading_state=trading_state.state if trading_state is not None else TradingState.ACTIVE,
-        positions=tuple(positions),
-    )
+
+def _positions(
+    state: PortfolioState,
+    market: MarketView,
+    ok: np.ndarray,
+    exposures: Float64Array,
+    unrealized: Float64Array,
+    weights: Float64Array,
+    marks: Mapping[str, Excursion],
+) -> list[dict[str, Any]]:
+    """The ``positions`` of a snapshot, by ticker (:meth:`engine.records.SnapshotPosition.to_dict` form): the
+    figures of every position gathered from the arrays at once, then one dict each."""
+    tickers = sorted(state.positions)
+    if not tickers:
+        return []
+    index = market.index
+    found = [index.get(t) for t in tickers]
+    at = np.array([-1 if i is None else i for i in found], dtype=np.intp)
+    priced = ((at >= 0) & ok[np.maximum(at, 0)]).tolist()
+    at = np.maximum(at, 0)
+    last, values = market.header.prices[at].tolist(), exposures[at].tolist()
+    shares, pnls = weights[at].tolist(), unrealized[at].tolist()
+    out = []
+    for k, ticker in enumerate(tickers):
+        pos = state.positions[ticker]
+        mark = marks.get(ticker) if pos.qty != 0 else None
+        p = priced[k]
+        out.append({
+            "ticker": ticker,
+            "qty": int(pos.qty),
+            "avg_price": float(pos.avg_price),
+            "last": _f(last[k]) if p else None,
+            "market_value": values[k] if p else 0.0,
+            "weight": _f(shares[k]) if p else 0.0,
+            "unrealized_pnl": pnls[k] if p else 0.0,
+            "realized_pnl": float(pos.realized_pnl),
+            "mfe": mark.mfe if mark is not None else 0.0,
+            "mae": mark.mae if mark is not None else 0.0,
+        })  # fmt: skip
+    return out
+
+
+_HISTORY_PATHS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((n, tuple(n.split("."))) for n in HISTORY_FIELDS)
 
 
 def history_point(snapshot: Mapping[str, Any]) -> dict[str, float | int | None]:
     """The flat history record of a snapshot: :data:`HISTORY_FIELDS`, dotted names, numbers or None."""
     point: dict[str, float | int | None] = {}
-    for name in HISTORY_FIELDS:
+    for name, path in _HISTORY_PATHS:  # once per portfolio per tick: plain dict lookups first
         node: Any = snapshot
-        for part in name.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        point[name] = node if isinstance(node, int | float) and not isinstance(node, bool) else None
+        for part in path:
+            node = node.get(part) if type(node) is dict or isinstance(node, Mapping) else None
+        kind = type(node)
+        if kind is float or kind is int:
+            point[name] = node
+        else:
+            point[name] = node if isinstance(node, int | float) and not isinstance(node, bool) else None
     return point

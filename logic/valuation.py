@@ -18,7 +18,9 @@ from engine.store import Float64Array, MarketHeader, PortfolioState
 
 @dataclass(frozen=True)
 class Valuation:
-    """A portfolio marked at one market snapshot; arrays are aligned with ``tickers`` (the matrix order)."""
+    """A portfolio marked at one market snapshot; arrays are aligned with ``tickers`` (the matrix order).
+
+    Frozen, so the sums are computed once (cached): the monitor reads each several times per snapshot."""
 
     tickers: tuple[str, ...]
     qty: Float64Array
@@ -32,20 +34,26 @@ class Valuation:
     account_type: str = "cash"
     initial_margin: float = 0.5
     maintenance_margin: float = 0.25
+    clean_prices: Float64Array | None = None
+    """``nan_to_num(prices, nan=0.0)`` when the caller computed it once for many portfolios (the monitor)."""
+
+    @cached_property
+    def _clean(self) -> Float64Array:
+        return self.clean_prices if self.clean_prices is not None else np.nan_to_num(self.prices, nan=0.0)
 
     @cached_property
     def market_values(self) -> Float64Array:
-        return np.where(self.qty != 0, self.qty * np.nan_to_num(self.prices, nan=0.0), 0.0)
+        return np.where(self.qty != 0, self.qty * self._clean, 0.0)
 
-    @property
+    @cached_property
     def market_value(self) -> float:
         return float(self.market_values.sum())
 
-    @property
+    @cached_property
     def gross_exposure(self) -> float:
         return float(np.abs(self.market_values).sum())
 
-    @property
+    @cached_property
     def equity(self) -> float:
         return float(self.cash) + self.market_value
 
@@ -57,9 +65,9 @@ class Valuation:
             return np.zeros_like(self.qty)
         return self.market_values / equity
 
-    @property
+    @cached_property
     def unrealized(self) -> Float64Array:
-        return np.where(self.qty != 0, self.qty * (np.nan_to_num(self.prices, nan=0.0) - self.avg_prices), 0.0)
+        return np.where(self.qty != 0, self.qty * (self._clean - self.avg_prices), 0.0)
 
     @property
     def leverage(self) -> float:
@@ -83,9 +91,15 @@ class Valuation:
         return None if used <= 0 else self.equity / used * 100.0
 
 
-def value_portfolio(state: PortfolioState, header: MarketHeader, index: Mapping[str, int] | None = None) -> Valuation:
+def value_portfolio(
+    state: PortfolioState,
+    header: MarketHeader,
+    index: Mapping[str, int] | None = None,
+    clean_prices: Float64Array | None = None,
+) -> Valuation:
     """Align ``state``'s positions with the market snapshot's tickers and prices (``index``: ticker -> position
-    in ``header.tickers``, when the caller values many portfolios at one snapshot)."""
+    in ``header.tickers``, and ``clean_prices``: ``nan_to_num(header.prices, nan=0.0)``, when the caller values
+    many portfolios at one snapshot)."""
     if index is None:
         index = {ticker: i for i, ticker in enumerate(header.tickers)}
     n = len(header.tickers)
@@ -114,4 +128,5 @@ def value_portfolio(state: PortfolioState, header: MarketHeader, index: Mapping[
         account_type=state.account_type,
         initial_margin=state.initial_margin,
         maintenance_margin=state.maintenance_margin,
+        clean_prices=clean_prices,
     )

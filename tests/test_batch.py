@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+import logic.batch as batch_module
 import warmup
 from engine.records import VarMethod
-from engine.settings import Settings
+from engine.settings import Limits, Settings
 from engine.store import PortfolioKeys, Store
 from logic.batch import PortfolioLookup, batch_risk, exposure_matrix, read_limits
 from logic.monitor import Monitor
@@ -99,6 +100,39 @@ def test_batch_risk_equals_the_per_portfolio_figures_on_random_books(random_stor
             assert math.isclose(got.components.sum(), got.limit_var, rel_tol=1e-9)
         else:
             assert got.var99 == 0.0 and got.components.size == 0
+
+
+def test_books_past_the_gather_limit_take_the_dense_products_with_the_same_figures(
+    random_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the same books through the gathered sub-matrices and through E Σ (a limit of 0 forces it)
+    store, settings = random_store
+    market = _market(Monitor(store, settings, idle_refresh_seconds=0), store)
+    lookup = PortfolioLookup(settings)
+    pids = list(settings.portfolio_ids)
+    limits = read_limits(store, pids, lookup, {})
+    vectors = []
+    for pid in pids:
+        valuation = value_portfolio(store.read_portfolio(pid), market.header)
+        vectors.append(np.where(usable_prices(valuation), valuation.market_values, 0.0))
+    exposures = exposure_matrix(vectors, len(market.header.tickers))
+    methods = [lookup.var_method_for(p) for p in pids]
+    chosen = [lim for lim in (limits[p] for p in pids) if isinstance(lim, Limits)]
+    assert len(chosen) == len(pids)
+
+    # Act
+    gathered = batch_risk(market, exposures, methods, chosen, settings.model)
+    assert batch_module.HeldBooks(exposures).idx is not None
+    monkeypatch.setattr(batch_module, "GATHER_LIMIT", 0)
+    assert batch_module.HeldBooks(exposures).idx is None
+    dense = batch_risk(market, exposures, methods, chosen, settings.model)
+
+    # Assert
+    for pid, a, b in zip(pids, gathered, dense, strict=True):
+        assert a is not None and b is not None, pid
+        for name in ("var95", "var99", "cvar95", "cvar99", "stressed_var99", "limit_var"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=RTOL, atol=0, err_msg=f"{pid} {name}")
+        np.testing.assert_allclose(a.components, b.components, rtol=RTOL, atol=0, err_msg=f"{pid} components")
 
 
 def _numbers(node: Any, path: str = "") -> dict[str, Any]:

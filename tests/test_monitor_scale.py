@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ from .conftest import TEST_CONFIG, merge
 from .test_stream import daemon_env, spawn, stop_process, wait_for, write_config
 
 TICKERS = ("AAA", "BBB", "CCC", "DDD")
+BATCH = 50
+"""Tick events a real monitor reads at a time (``--batch``) in the outrun test."""
 
 
 def _books(count: int) -> list[dict[str, Any]]:
@@ -201,10 +204,20 @@ def test_a_real_monitor_outrun_by_the_stream_ends_on_the_newest_tick_and_counts_
     store.ensure_tick_group(MONITOR_GROUP)
     stream = spawn("engine.stream", ["--interval", "0.002", "--ticks", "300", "--seed", "3"], env, tmp_path / "s.log")
     monitor = None
+    pending: list[int] = []  # the monitor's backlog (delivered, not acknowledged), sampled while it runs
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            pending.append(store.tick_group_pending())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
     try:
         wait_for(lambda: _newest_version(store) >= 100, 120, "100 ticks written")
-        monitor = spawn("logic.monitor", ["--consumer", "m", "--idle-refresh", "0", "--batch", "50", "--no-alerts"],
-                        env, tmp_path / "m.log")  # fmt: skip
+        monitor = spawn("logic.monitor", ["--consumer", "m", "--idle-refresh", "0", "--batch", str(BATCH),
+                                          "--no-alerts"], env, tmp_path / "m.log")  # fmt: skip
+        sampler.start()
         assert stream.wait(timeout=300) == 0, (tmp_path / "s.log").read_text()[-2000:]
 
         # Assert: the monitor ends on the newest tick (or the one before) with nothing left waiting, and every
@@ -215,6 +228,11 @@ def test_a_real_monitor_outrun_by_the_stream_ends_on_the_newest_tick_and_counts_
             return done == 300 and store.tick_group_pending() == 0
 
         wait_for(caught_up, 120, "the monitor has taken every tick")
+        sampling.set()
+        sampler.join(timeout=10)
+        # the backlog never exceeds one batch (and the newest tick, pending until its snapshots are written)
+        # although 100 ticks waited at its start and more kept coming; the samples saw it at work
+        assert len(pending) > 10 and max(pending) <= BATCH + 1, (len(pending), max(pending, default=None))
         hb = store.read_heartbeat("monitor") or {}
         assert int(hb["ticks_coalesced"]) >= 99  # at least the 100 waiting at its start but one
         assert int(hb["ticks_processed"]) < 300 - 99
@@ -224,6 +242,7 @@ def test_a_real_monitor_outrun_by_the_stream_ends_on_the_newest_tick_and_counts_
         newest_id = store.client.xrevrange(TICKS_KEY, count=1)[0][0]
         assert group["last-delivered-id"] == newest_id  # nothing left undelivered
     finally:
+        sampling.set()
         stop_process(stream)
         if monitor is not None:
             stop_process(monitor)

@@ -6,7 +6,7 @@ Each domain module of :mod:`engine.store` adds its typed reads and writes as a m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -32,6 +32,22 @@ class StoreBase:
     def _conn(self, conn: Conn) -> Conn:
         """``conn`` (a caller's pipeline) or the plain client; typed loosely: the codec checks every reply."""
         return conn if conn is not None else self.client
+
+    def _eval(self, conn: Conn, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run the Lua script ``source`` on ``keys`` and ``args`` through ``conn`` (or the client).
+
+        On one server by its SHA (EVALSHA): redis-py's :class:`~redis.commands.core.Script` loads it first when
+        the server does not hold it (a pipeline checks once per execute, before its MULTI), so a monitor's tick
+        does not send and hash each script's text a thousand times. Elsewhere (a Redis Cluster's slot
+        transaction or pipeline) by its text, EVAL by name: those pipelines do not load scripts."""
+        c = self._conn(conn)
+        if isinstance(c, redis.Redis | redis.client.Pipeline):
+            scripts = self.__dict__.setdefault("_scripts", {})
+            script = scripts.get(source)
+            if script is None:
+                script = scripts[source] = self.client.register_script(source)
+            return script(keys=list(keys), args=list(args), client=c)
+        return c.execute_command("EVAL", source, len(keys), *keys, *args)
 
     # -- schema ----------------------------------------------------------------------------------------------
     def schema_version(self, conn: Conn = None) -> int | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from engine.errors import CorruptDataError, StoreEmptyError
 from engine.records import Float64Array, Position, TradingState, TradingStatus
@@ -209,6 +210,21 @@ def encode_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False)
 
 
+def encode_json_fast(value: Any) -> bytes:
+    """:func:`encode_json` through orjson, for the monitor's per-tick writes (a snapshot, a backtest's state and
+    summary: three per portfolio per tick, about ten times faster). The text is compact JSON that decodes to the
+    same values (floats in their shortest round-trip form; non-ASCII as UTF-8, not escaped); a value orjson
+    refuses (an integer beyond 64 bits, a non-string key) goes through :func:`encode_json`.
+
+    A float that is not finite is written as ``null`` rather than refused: callers pass finite floats only
+    (every float of a snapshot is, logic/snapshot.py); a ``null`` where a backtest's state needs a number fails
+    its ``from_dict`` when read back (the monitor then starts that backtest again)."""
+    try:
+        return orjson.dumps(value, default=_json_default)
+    except TypeError:
+        return encode_json(value).encode()
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
@@ -229,6 +245,18 @@ def decode_json(raw: bytes | str | None, *, key: str = "?") -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptDataError(f"{key}: not valid JSON ({exc})") from exc
+
+
+def decode_json_fast(raw: bytes | str | None, *, key: str = "?") -> Any:
+    """:func:`decode_json` through orjson, for the per-tick reads of records holding no integer beyond 64 bits
+    (orjson reads one as a float): the alert states of every portfolio. NaN and Infinity are refused as by
+    :func:`decode_json`, whose verdict and message any refused text gets."""
+    if raw is not None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return decode_json(raw, key=key)
 
 
 def _reject_constant(name: str) -> Any:

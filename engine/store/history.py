@@ -46,7 +46,7 @@ from engine.store.codec import (
     decode_int,
     decode_rows,
     decode_str,
-    encode_json,
+    encode_json_fast,
     encode_row,
     row_points,
 )
@@ -182,7 +182,11 @@ for k = 3, #KEYS do
   local key = KEYS[k]
   local res, slots = tonumber(ARGV[9 + 2 * (k - 2)]), tonumber(ARGV[10 + 2 * (k - 2)])
   local size = 16 + slots * rowlen
-  if redis.call('STRLEN', key) ~= size then redis.call('SET', key, string.rep('\0', size)) end
+  local len = redis.call('STRLEN', key)
+  if len ~= size then  -- zero-filled by Redis itself: a tiny command to propagate, not the whole ring
+    if len > 0 then redis.call('DEL', key) end
+    redis.call('SETRANGE', key, size - 1, '\0')
+  end
   local b = math.floor(ms / res)
   local newest, first = struct.unpack('<dd', redis.call('GETRANGE', key, 0, 15))
   if newest == 0 or b > math.floor(newest / res) - slots then
@@ -206,8 +210,11 @@ for k = 3, #KEYS do
       packed = struct.pack(fmt, unpack(row, 1, ncol))
     end
     redis.call('SETRANGE', key, off, packed)
-    if ms > newest then redis.call('SETRANGE', key, 0, struct.pack('<d', ms)) end
-    if first == 0 or ms < first then redis.call('SETRANGE', key, 8, struct.pack('<d', ms)) end
+    if ms > newest or first == 0 or ms < first then  -- the header in one write
+      if ms > newest then newest = ms end
+      if first == 0 or ms < first then first = ms end
+      redis.call('SETRANGE', key, 0, struct.pack('<dd', newest, first))
+    end
   end
 end
 return id
@@ -237,16 +244,15 @@ return id
         ms = int(ts * 1000)
         min_ms = max(0, int((ts - retention_seconds) * 1000))
         row = encode_row(RAW_LAYOUT, {**point, "ts": ts})
+        text = encode_json_fast(snapshot if type(snapshot) is dict else dict(snapshot))
         args: list[Any] = [
-            int(snapshot["version"]), encode_json(dict(snapshot)), ms, min_ms, int(max_points), row,
+            int(snapshot["version"]), text, ms, min_ms, int(max_points), row,
             RAW_LAYOUT.struct_format, TIER_LAYOUT.struct_format, _AGG_CODES, TIER_LAYOUT.size,
         ]  # fmt: skip
         for tier in tiers:
             args += [tier_resolution_ms(tier), tier_slots(tier)]
         tier_keys = [keys.history_tier(tier_resolution_ms(t)) for t in tiers]
-        reply = self._conn(pipe).execute_command(  # EVAL by name: a cluster pipeline has no eval()
-            "EVAL", self._RECORD_LUA, 2 + len(tier_keys), keys.snapshot, keys.history, *tier_keys, *args
-        )
+        reply = self._eval(pipe, self._RECORD_LUA, [keys.snapshot, keys.history, *tier_keys], args)
         return None if pipe is not None else decode_str(reply, key=keys.history)
 
     def read_history(

@@ -22,7 +22,7 @@ from engine.store.codec import (
     decode_int,
     decode_object,
     decode_str,
-    encode_json,
+    encode_json_fast,
 )
 from engine.store.keys import PortfolioKeys, lock_key
 
@@ -69,6 +69,16 @@ def decode_marks_reply(reply: Any, key: str = "marks") -> dict[str, Excursion]:
     """Decode the reply of :meth:`Store.update_marks` (``[ticker, side, mfe, mae, ...]``)."""
     if not isinstance(reply, list | tuple) or len(reply) % 4:
         raise CorruptDataError(f"{key}: malformed marks reply")
+    try:  # the common case at once (every portfolio, every tick); anything odd: field by field, below
+        tickers = [t.decode() for t in reply[0::4]]
+        mfes, maes = [float(x) for x in reply[2::4]], [float(x) for x in reply[3::4]]
+        if math.isfinite(sum(mfes) + sum(maes)):
+            return {
+                t: Excursion(int(side), mfe, mae)
+                for t, side, mfe, mae in zip(tickers, reply[1::4], mfes, maes, strict=True)
+            }
+    except (AttributeError, TypeError, ValueError):
+        pass
     out = {}
     for i in range(0, len(reply), 4):
         ticker = decode_str(reply[i], key=key)
@@ -135,14 +145,12 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         if not math.isfinite(equity):
             raise ValueError(f"equity must be finite, got {equity}")
         key = PortfolioKeys(portfolio_id).peaks
-        reply = self._conn(pipe).execute_command("EVAL", self._PEAKS_LUA, 1, key, repr(float(equity)), day_id, week_id)
+        reply = self._eval(pipe, self._PEAKS_LUA, [key], [repr(float(equity)), day_id, week_id])
         return None if pipe is not None else EquityPeaks.from_reply(reply, key)
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
         key = PortfolioKeys(portfolio_id).peaks
-        raw = self._conn(conn).hmget(
-            key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"]
-        )
+        raw = self._conn(conn).hmget(key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"])
         return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
 
     # -- position excursions ---------------------------------------------------------------------------------
@@ -151,15 +159,24 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
     # MFE (maximum favourable excursion) is the highest unrealized P&L since the position was opened (>= 0),
     # MAE (maximum adverse excursion) the lowest (<= 0). A new ticker, or one whose side flipped, starts again
     # at this P&L; a ticker not listed (position closed) is deleted. Max/min merges: order-insensitive.
+    # One HMGET and one HSET for all tickers (not one call per ticker: this runs for every portfolio on every
+    # tick); the field names are read only when the hash holds more tickers than are open.
     # Returns {ticker, side, mfe, mae, ...} after the merge.
     _MARKS_LUA = """
 local key = KEYS[1]
-local open, out = {}, {}
-for i = 1, #ARGV, 3 do
-  local t, side, pnl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  open[t] = true
+local n = #ARGV / 3
+local stored = {}
+for lo = 1, n, 500 do  -- one HMGET per 500 tickers (Lua's unpack has a stack limit)
+  local names = {}
+  for i = lo, math.min(n, lo + 499) do names[#names + 1] = ARGV[3 * i - 2] end
+  local got = redis.call('HMGET', key, unpack(names))
+  for j = 1, #names do stored[lo + j - 1] = got[j] end
+end
+local out, writes = {}, {}
+for i = 1, n do
+  local t, side, pnl = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
   local mfe, mae, changed = math.max(pnl, 0), math.min(pnl, 0), true
-  local raw = redis.call('HGET', key, t)
+  local raw = stored[i]
   if raw then
     local m = cjson.decode(raw)
     if m.side == side then
@@ -167,15 +184,22 @@ for i = 1, #ARGV, 3 do
       mfe = math.max(mfe, m.mfe); mae = math.min(mae, m.mae)
     end
   end
-  local mfe_s, mae_s = string.format('%.17g', mfe), string.format('%.17g', mae)
+  local mfe_s, mae_s, side_s = string.format('%.17g', mfe), string.format('%.17g', mae), string.format('%d', side)
   if changed then
-    local side_s = string.format('%d', side)
-    redis.call('HSET', key, t, '{"side":' .. side_s .. ',"mfe":' .. mfe_s .. ',"mae":' .. mae_s .. '}')
+    writes[#writes + 1] = t
+    writes[#writes + 1] = '{"side":' .. side_s .. ',"mfe":' .. mfe_s .. ',"mae":' .. mae_s .. '}'
   end
-  out[#out + 1] = t; out[#out + 1] = string.format('%d', side); out[#out + 1] = mfe_s; out[#out + 1] = mae_s
+  out[#out + 1] = t; out[#out + 1] = side_s; out[#out + 1] = mfe_s; out[#out + 1] = mae_s
 end
-for _, t in ipairs(redis.call('HKEYS', key)) do
-  if not open[t] then redis.call('HDEL', key, t) end
+for lo = 1, #writes, 1000 do
+  redis.call('HSET', key, unpack(writes, lo, math.min(#writes, lo + 999)))
+end
+if redis.call('HLEN', key) > n then  -- a closed position's marks are left: drop them
+  local open = {}
+  for i = 1, n do open[ARGV[3 * i - 2]] = true end
+  for _, t in ipairs(redis.call('HKEYS', key)) do
+    if not open[t] then redis.call('HDEL', key, t) end
+  end
 end
 return out
 """
@@ -192,7 +216,7 @@ return out
                 raise ValueError(f"{ticker}: side must be +1/-1 and P&L finite, got {side}, {pnl}")
             args += [ticker, str(side), repr(float(pnl))]
         key = PortfolioKeys(portfolio_id).marks
-        reply = self._conn(pipe).execute_command("EVAL", self._MARKS_LUA, 1, key, *args)
+        reply = self._eval(pipe, self._MARKS_LUA, [key], args)
         return None if pipe is not None else decode_marks_reply(reply, key)
 
     def read_marks(self, portfolio_id: str, conn: Conn = None) -> dict[str, Excursion]:
@@ -229,7 +253,7 @@ return out
         the pages and the snapshot read, the market version of the last bar fed and a new ``token``."""
         self._conn(pipe).hset(
             PortfolioKeys(portfolio_id).backtest,
-            mapping={"state": encode_json(state), "summary": encode_json(summary), "version": int(version),
+            mapping={"state": encode_json_fast(state), "summary": encode_json_fast(summary), "version": int(version),
                      "token": token},
         )  # fmt: skip
 
