@@ -26,7 +26,6 @@ written down here.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
