@@ -25,6 +25,7 @@ written down here.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine.redis_server import connect
@@ -46,9 +48,15 @@ PAGES = ("overview:main", "overview:hedge", "risk/Stress:main", "risk/Stress:hed
 """Page specs for tests/page_figures.py: every portfolio's Overview and Stress tab."""
 SERVICES = ("stream", "monitor", "notify", "dashboard")
 SETTLE_TIMEOUT_SECONDS = 60.0
-IGNORED: tuple[tuple[str, str], ...] = ()
-"""(element type, field) pairs not compared: none, since on the replay's clock nothing on these pages depends on
-wall time. A time-dependent figure (an age, a "last tick N s ago") would have to be named here."""
+IGNORED: dict[str, tuple[str, ...]] = {"replay": (), "live": ("download_button.url",)}
+"""Per clock, the element fields (``type.field``) not compared: none on the replay's clock, where nothing on these
+pages depends on wall time. On the live clock, the CSV export's link: its content (the table, compared itself)
+carries an as-of time read from the wall clock. The history charts of the live Overview are compared on their
+own (:func:`assert_history_continues`): the idle monitor adds a point a second."""
+HISTORY_CHARTS = ("equity_curve", "drawdown_chart")
+"""Keys of the Overview's charts drawn from the monitor's history (logic/views/overview.py ``history_frame``)."""
+LIVE_BARS = 20
+"""Bars the simulated feed plays before it stops (``--ticks``) in the live-clock test."""
 
 pytestmark = pytest.mark.slow
 
@@ -156,17 +164,67 @@ def demo_stack() -> Iterator[Stack]:
         yield stack
 
 
-def comparable(element: dict[str, Any]) -> dict[str, Any]:
-    """The element without the fields of :data:`IGNORED`."""
-    out = dict(element)
-    for kind, name in IGNORED:
-        if kind in out:
-            out[kind] = {k: v for k, v in out[kind].items() if k != name}
+def comparable(element: dict[str, Any], ignored: tuple[str, ...], history: bool = False) -> dict[str, Any]:
+    """The element without the fields named in ``ignored``; with ``history``, a history chart without its id
+    and traces (a hash of, and the points of, a series that grows on the live clock)."""
+    out = json.loads(json.dumps(element))
+    for path in ignored:
+        kind, _, name = path.partition(".")
+        out.get(kind, {}).pop(name, None)
+    chart = out.get("plotly_chart", {})
+    if history and str(chart.get("id", "")).endswith(HISTORY_CHARTS):
+        chart.pop("id")
+        chart["spec"].pop("data")
     return out
+
+
+def series(values: Any) -> list[Any]:
+    """A Plotly trace's x or y: a list, or numpy's typed array (``{"bdata": base64, "dtype": ...}``)."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
+def assert_history_continues(before: list[dict[str, Any]], after: list[dict[str, Any]], spec: str) -> None:
+    """Every history trace after the restart starts with the points before it, and every point the new
+    monitor added (its idle refreshes of the unchanged market) repeats the last value: the same figure."""
+    charts = [
+        (old["plotly_chart"], new["plotly_chart"])
+        for old, new in zip(before, after, strict=True)
+        if str(old.get("plotly_chart", {}).get("id", "")).endswith(HISTORY_CHARTS)
+    ]
+    assert len(charts) == len(HISTORY_CHARTS), f"{spec}: no history charts"
+    for old_chart, new_chart in charts:
+        for old, new in zip(old_chart["spec"]["data"], new_chart["spec"]["data"], strict=True):
+            x0, y0, x1, y1 = series(old["x"]), series(old["y"]), series(new["x"]), series(new["y"])
+            assert x1[: len(x0)] == x0 and y1[: len(y0)] == y0, f"{spec} {old['name']}: the history changed"
+            assert len(y1) > len(y0), f"{spec} {old['name']}: the new monitor added no point"
+            assert all(y == y0[-1] for y in y1[len(y0) :]), f"{spec} {old['name']}: a new point differs"
 
 
 def metrics_of(elements: list[dict[str, Any]]) -> dict[str, str]:
     return {e["metric"]["label"]: e["metric"]["body"] for e in elements if "metric" in e}
+
+
+def assert_every_figure_unchanged(
+    before: dict[str, list[dict[str, Any]]], after: dict[str, list[dict[str, Any]]], clock: str
+) -> None:
+    for spec in PAGES:
+        assert len(after[spec]) == len(before[spec]), f"{spec}: {len(before[spec])} -> {len(after[spec])} elements"
+        live_history = clock == "live" and spec.startswith("overview")
+        for i, (old, new) in enumerate(zip(before[spec], after[spec], strict=True)):
+            assert comparable(new, IGNORED[clock], live_history) == comparable(old, IGNORED[clock], live_history), (
+                f"{spec} element {i} changed across the restart"
+            )
+        if live_history:
+            assert_history_continues(before[spec], after[spec], spec)
+    for pid in ("main", "hedge"):
+        # the Stress tab's stressed VaR is computed by the new dashboard process from the stored matrices; the
+        # Overview's comes from the latest monitor snapshot: the same figure
+        overview, stress = metrics_of(after[f"overview:{pid}"]), metrics_of(after[f"risk/Stress:{pid}"])
+        assert overview["Stressed VaR 99%"] == stress["Stressed VaR 99%"]
+        assert stress["Stressed VaR 95%"].startswith("USD ") and stress["Stressed VaR 95%"] != "USD 0"
+        assert overview["Equity"].startswith("USD ")
 
 
 def test_every_overview_and_stress_figure_is_unchanged_after_every_process_restarts(demo_stack: Stack) -> None:
@@ -178,15 +236,80 @@ def test_every_overview_and_stress_figure_is_unchanged_after_every_process_resta
     # Act: every process stopped by PID and started again on the same data directory
     restart_every_process(demo_stack, running)
     after = read_pages(demo_stack)
-    # Assert: every element equal, stressed VaR included (and the figures are figures, not blanks)
-    for spec in PAGES:
-        assert len(after[spec]) == len(before[spec]), spec
-        for i, (old, new) in enumerate(zip(before[spec], after[spec], strict=True)):
-            assert comparable(new) == comparable(old), f"{spec} element {i} changed across the restart"
-    for pid in ("main", "hedge"):
-        # the Overview's stressed VaR is the snapshot the first monitor wrote (kept by the AOF); the Stress
-        # tab's is computed again by the new dashboard process from the stored matrices: the same figure
-        overview, stress = metrics_of(after[f"overview:{pid}"]), metrics_of(after[f"risk/Stress:{pid}"])
-        assert overview["Stressed VaR 99%"] == stress["Stressed VaR 99%"]
-        assert stress["Stressed VaR 95%"].startswith("USD ") and stress["Stressed VaR 95%"] != "USD 0"
-        assert overview["Equity"].startswith("USD ")
+    # Assert: every element equal, stressed VaR included (and the figures are figures, not blanks); the
+    # Overview's snapshot is the first monitor's (the replay's clock stands still: no idle refresh)
+    assert_every_figure_unchanged(before, after, "replay")
+
+
+def start_live(stack: Stack, ticks: int) -> str:
+    """The launcher's start (``make run``) with the simulated feed bounded to ``ticks`` bars (``--ticks``: the
+    launcher's command line has no option for it, so its :class:`Launcher` is run the way ``main`` runs it)."""
+    code = (
+        "import launcher\n"
+        "from engine.settings import load_settings\n"
+        f"print('\\n'.join(launcher.Launcher(load_settings(), stream_args=('--ticks', '{ticks}')).start()))\n"
+    )
+    stack.started = True  # from here the fixture's teardown stops whatever did start
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60, check=False
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    stack.wait_until_ready()
+    return done.stdout
+
+
+@pytest.fixture
+def live_stack() -> Iterator[Stack]:
+    """riskdesk.toml (the desk of ``make run``) on a fast demo clock; no Prometheus ports (other stacks may
+    run), and a heartbeat counts as stale only after an hour, so no staleness warning comes and goes with the
+    wall time this test takes."""
+    env = {
+        "RISKDESK__METRICS__STREAM_PORT": "0",
+        "RISKDESK__METRICS__MONITOR_PORT": "0",
+        "RISKDESK__METRICS__NOTIFICATIONS_PORT": "0",
+        "RISKDESK__MONITOR__STALE_SNAPSHOT_SECONDS": "3600",
+    }
+    stack = Stack(bar_interval=0.2, env=env)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_on_the_live_clock_every_figure_is_unchanged_when_the_new_monitor_recomputes_it(live_stack: Stack) -> None:
+    """The desk of ``make run`` on the wall clock: after the restart the new monitor snapshots the unchanged
+    market again (its idle refresh), so the Overview's figures are the new monitor's own, and still equal."""
+    # Arrange: LIVE_BARS simulated bars, the feed stopped, the monitor caught up
+    start_live(live_stack, LIVE_BARS)
+    wait_for("the feed to stop and the monitor to catch up", lambda: market_settled(live_stack), live_stack)
+    running = pids(live_stack)
+    running.pop("stream")  # its bars are spent
+    before = read_pages(live_stack)
+    # Act: every process stopped by PID; started again, the feed with no bar left to play
+    version = market_version(live_stack)
+    live_stack._launcher("stop")
+    live_stack.started = False
+    for name, pid in running.items():
+        assert pid is not None and not _alive(pid), f"{name} (pid {pid}) survived launcher.py stop"
+    restarted = time.time()
+    assert "store already seeded" in start_live(live_stack, 0)
+    after_pids = pids(live_stack)
+    for name in ("redis", "monitor", "notify", "dashboard"):
+        assert after_pids[name] not in (None, running[name]), f"{name} is not a new process: {after_pids}"
+    wait_for(
+        "a snapshot by the new monitor", lambda: snapshot_by(live_stack, after_pids["monitor"], restarted), live_stack
+    )
+    after = read_pages(live_stack)
+    # Assert
+    assert market_version(live_stack) == version
+    assert_every_figure_unchanged(before, after, "live")
+
+
+def snapshot_by(stack: Stack, pid: int | None, since: float) -> bool:
+    """The monitor process ``pid`` has written a snapshot after ``since`` (epoch seconds)."""
+    store = Store(connect(stack.redis_url))
+    try:
+        beat = store.read_heartbeat("monitor") or {}
+        return str(beat.get("pid")) == str(pid) and float(beat.get("snapshot_ts") or 0) > since
+    finally:
+        store.client.close()
