@@ -17,6 +17,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from dashboard import bench_pages  # noqa: E402
 from dashboard import components as ui  # noqa: E402
 
 st.set_page_config(page_title="Riskdesk", page_icon=":material/monitoring:", layout="wide")
@@ -35,7 +36,11 @@ PAGES = [
 
 ui.host_guard(ui.desk_or_none())  # DNS rebinding: a foreign Host header gets nothing, before any widget exists
 who = ui.require_login()  # login configured: sign in first; otherwise the local operator
-page = st.navigation(PAGES)
+BENCH = bench_pages.pages() if bench_pages.enabled() else []  # benchmarks/bench_dashboard.py only
+page = st.navigation(PAGES + BENCH)
+if any(page.url_path == b.url_path for b in BENCH):  # a trivial benchmark page: nothing of the dashboard's
+    page.run()
+    st.stop()
 with ui.guard():
     ui.sidebar(ui.desk())
 ui.identity_sidebar(who)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from logic import access, views
 from logic.access import Identity
 from logic.views import fmt
 from logic.views.export import csv_bytes
+from logic.views.memo import Memo, array_key
 
 log = logging.getLogger("riskdesk.dashboard")
 
@@ -48,6 +49,10 @@ SEVERITY_COLOURS: dict[str, str] = {
     Severity.HIGH: "#e8743b",
     Severity.CRITICAL: "#d9534f",
 }
+FIGURES = Memo(256)
+"""Plotly figures by everything drawn in them: building one (plotly validates every property) costs more than
+the rest of a page, and every session on the same tick draws the same gauges and curves."""
+
 STATE_COLOURS: dict[str, str] = {
     TradingState.ACTIVE: "green",
     TradingState.REDUCING: "orange",
@@ -341,6 +346,12 @@ def gauge(title: str, value: float, limit: float | None, key: str, suffix: str =
 
     The number is SI-formatted (``USD 1.51M``, the exact figure is in the metric above it) at a fixed size, so
     it never clips in a narrow column."""
+    unit = currency()
+    key_ = ("gauge", title, value, limit, suffix, unit)
+    chart(cached_figure(key_, lambda: _gauge_figure(title, value, limit, suffix, unit)), key=key)
+
+
+def _gauge_figure(title: str, value: float, limit: float | None, suffix: str, unit: str) -> go.Figure:
     top = max(limit * 1.25 if limit else 0.0, value * 1.1, 1.0)
     colour = "#2ca02c"
     if limit:
@@ -351,7 +362,7 @@ def gauge(title: str, value: float, limit: float | None, key: str, suffix: str =
             value=value,
             number={
                 "valueformat": ".3~s",
-                "prefix": f"{currency()} ",
+                "prefix": f"{unit} ",
                 "suffix": suffix,
                 "font": {"size": GAUGE_NUMBER_PX},
             },
@@ -364,7 +375,23 @@ def gauge(title: str, value: float, limit: float | None, key: str, suffix: str =
         )
     )
     fig.update_layout(height=190, margin={"l": 24, "r": 24, "t": 40, "b": 10})
-    chart(fig, key=key)
+    return fig
+
+
+def cached_figure(key: Hashable, build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure ``build()`` draws, built once per ``key`` in this process (:data:`FIGURES`).
+
+    ``key`` must name everything the figure shows (values, labels, limits: use
+    :func:`~logic.views.memo.array_key` for arrays), so a new tick or a changed limit draws a new figure; the
+    figure is shared, so nothing may change it after ``build`` (``st.plotly_chart`` only reads it).
+    """
+    return FIGURES.get(key, build)
+
+
+def frame_key(df: pd.DataFrame, columns: Sequence[str]) -> tuple[Any, ...]:
+    """A figure key of a frame's ``columns`` (their names and every value; missing columns count as absent)."""
+    present = [c for c in columns if c in df]
+    return (tuple(present), len(df), *array_key(*(df[c].to_numpy() for c in present)))
 
 
 def chart(fig: go.Figure, key: str) -> None:
@@ -380,29 +407,33 @@ def heatmap(
     colorscale: str = "RdBu_r",
     fmt: str = ".2f",
 ) -> None:
-    fig = go.Figure(
-        go.Heatmap(
-            z=matrix.to_numpy(),
-            x=[str(c) for c in matrix.columns],
-            y=[str(i) for i in matrix.index],
-            zmin=zmin,
-            zmax=zmax,
-            colorscale=colorscale,
-            texttemplate="%{z:" + fmt + "}",
-        )
-    )
-    fig.update_layout(title=title, height=max(300, 28 * len(matrix) + 120), margin={"t": 40, "b": 10})
-    fig.update_yaxes(autorange="reversed")
-    chart(fig, key=key)
+    z = matrix.to_numpy()
+    x, y = tuple(str(c) for c in matrix.columns), tuple(str(i) for i in matrix.index)
+
+    def build() -> go.Figure:
+        fig = go.Figure(
+            go.Heatmap(z=z, x=list(x), y=list(y), zmin=zmin, zmax=zmax, colorscale=colorscale,
+                       texttemplate="%{z:" + fmt + "}")
+        )  # fmt: skip
+        fig.update_layout(title=title, height=max(300, 28 * len(matrix) + 120), margin={"t": 40, "b": 10})
+        fig.update_yaxes(autorange="reversed")
+        return fig
+
+    chart(cached_figure(("heatmap", *array_key(z), x, y, title, zmin, zmax, colorscale, fmt), build), key=key)
 
 
 def bars(labels: Sequence[str], values: Sequence[float], title: str, key: str, x_title: str = "") -> None:
-    colours = ["#d62728" if v > 0 else "#2ca02c" for v in values]
-    fig = go.Figure(go.Bar(x=list(values), y=[str(s) for s in labels], orientation="h", marker_color=colours))
-    fig.update_layout(title=title, height=max(260, 24 * len(labels) + 100), margin={"t": 40, "b": 10})
-    fig.update_xaxes(title=x_title)
-    fig.update_yaxes(autorange="reversed")
-    chart(fig, key=key)
+    names, figures = tuple(str(s) for s in labels), tuple(float(v) for v in values)
+
+    def build() -> go.Figure:
+        colours = ["#d62728" if v > 0 else "#2ca02c" for v in figures]
+        fig = go.Figure(go.Bar(x=list(figures), y=list(names), orientation="h", marker_color=colours))
+        fig.update_layout(title=title, height=max(260, 24 * len(names) + 100), margin={"t": 40, "b": 10})
+        fig.update_xaxes(title=x_title)
+        fig.update_yaxes(autorange="reversed")
+        return fig
+
+    chart(cached_figure(("bars", names, figures, title, x_title), build), key=key)
 
 
 def table(
@@ -451,7 +482,8 @@ def table(
     as_of = d.clock() if d is not None else None
     st.download_button(
         "Export CSV",
-        data=csv_bytes(df if totals is None else totals, kinds=column_kinds, as_of=as_of),  # formula cells neutralised
+        # built on click, not on every run; formula cells neutralised (OWASP CSV injection)
+        data=lambda: csv_bytes(df if totals is None else totals, kinds=column_kinds, as_of=as_of),
         file_name=filename,
         mime="text/csv",
         key=f"{key}_csv",

@@ -100,11 +100,11 @@ def test_a_conflicting_write_during_the_batch_falls_back_to_one_by_one(redis_cli
     original = engine.planner.plan_evaluation
     touched: list[str] = []
 
-    def plan_and_interfere(pid: str, *args: Any) -> Any:
+    def plan_and_interfere(pid: str, *args: Any, **kwargs: Any) -> Any:
         if not touched:
             touched.append(pid)
             redis_client.hset(Store.alert_eval_key(pid), "someone", "{}")
-        return original(pid, *args)
+        return original(pid, *args, **kwargs)
 
     engine.planner.plan_evaluation = plan_and_interfere  # type: ignore[method-assign]
 

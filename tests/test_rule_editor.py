@@ -149,6 +149,9 @@ def test_the_stress_tab_shows_the_stressed_limit_and_what_the_figure_is_computed
 
     at = open_risk_tab("Stress")
     assert_clean(at)
-    assert metric(at, "Stressed VaR limit") == "none set"  # the portfolio sets none: no VaR limit stands in
+    # the portfolio sets none: a dash with the reason in the tooltip, no VaR limit stands in
+    assert metric(at, "Stressed VaR limit") == "—"
+    shown = next(m for m in at.metric if m.label == "Stressed VaR limit")
+    assert "none set" in shown.help
     text = joined(at.markdown)
     assert "seed: the settings" in text and "bars a day" in text and "last changed" in text

@@ -88,11 +88,16 @@ def stress(d: views.Desk, pid: str) -> None:
     c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
     c[3].metric(
         "Stressed VaR limit",
-        "none set" if sv.stressed_var_limit is None else ui.money(sv.stressed_var_limit),
+        ui.money(sv.stressed_var_limit),
         delta=None if sv.of_limit is None else f"{sv.of_limit:.0%} used",
         delta_color="off",
         delta_arrow="off",
-        help="limits.stressed_var_limit: what the gate compares post-trade stressed VaR with",
+        help="limits.stressed_var_limit: what the gate compares post-trade stressed VaR with"
+        + (
+            " (none set for this portfolio: the gate does not check stressed VaR)"
+            if sv.stressed_var_limit is None
+            else ""
+        ),
     )
     st.caption(f"{views.method_caption(d, pid)}; stressed VaR: normal on the stressed (crisis) matrix")
     with st.expander("What the stressed figure is computed from", expanded=False):

@@ -20,6 +20,7 @@ from logic.snapshot import usable_prices
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, float_or_none, latest_snapshot
 from logic.views.limits import live_limits
+from logic.views.memo import Memo, array_key
 from logic.views.overview import HISTORY_WINDOWS, history_frame
 
 PERFORMANCE_WINDOWS: dict[str, float] = HISTORY_WINDOWS
@@ -27,6 +28,9 @@ PERFORMANCE_WINDOWS: dict[str, float] = HISTORY_WINDOWS
 PERFORMANCE_DEFAULT_WINDOW = "1 day"
 
 VAR_TREND_COLUMNS = ("time", "var95", "var99", "limit")
+
+FAN_MEMO = Memo(16)
+"""The Monte Carlo fan and VaR per (exposures, covariance, equity, horizon, confidence, paths, seed)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,12 +140,19 @@ def performance_view(
     else:
         dollars = exposures[held]
         cov = model.cov[np.ix_(held, held)]
-        fan = performance.fan_chart(
-            dollars, cov, valuation.equity, horizon_bars, settings.model.bars_per_day, n_paths=n_paths, seed=seed
-        )
-        mc_var, _ = math_logic.get_monte_carlo_var(
-            dollars, cov, 1.0, limits.var_confidence, horizon_bars, performance.MC_VAR_SIMS, seed, validate=False
-        )
+        bars_per_day, confidence, value = settings.model.bars_per_day, limits.var_confidence, valuation.equity
+
+        def simulate() -> tuple[performance.FanChart, float]:
+            fan = performance.fan_chart(dollars, cov, value, horizon_bars, bars_per_day, n_paths=n_paths, seed=seed)
+            mc, _ = math_logic.get_monte_carlo_var(
+                dollars, cov, 1.0, confidence, horizon_bars, performance.MC_VAR_SIMS, seed, validate=False
+            )
+            return fan, mc
+
+        # seeded, so a function of its inputs: every session and rerun on the same book and market shares one run
+        key = (*array_key(dollars, cov), float(value), float(horizon_bars), float(bars_per_day), float(confidence),
+               n_paths, seed)  # fmt: skip
+        fan, mc_var = FAN_MEMO.get(key, simulate)
 
     return PerformanceView(
         portfolio_id=portfolio_id,
