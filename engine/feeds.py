@@ -360,6 +360,21 @@ class ReplayFeed:
     def __len__(self) -> int:
         return len(self.bars)
 
+    def resume_after(self, bar_ts: float) -> int:
+        """Drop the bars up to and including the one stamped ``bar_ts``: the last bar of this file that the
+        store already holds, so a restarted replay continues where it stopped instead of playing the file again
+        from its first bar on top of the market it wrote (issue 14: a restart must not move the figures).
+
+        Returns how many bars were dropped: 0 when no bar has exactly that time (the store's last bar is not
+        from this file). The bars left keep their flags: the first of them is not a reset, its return is taken
+        from the dropped bar's prices, which the store holds, as in an uninterrupted replay.
+        """
+        for i, bar in enumerate(self.bars):
+            if float(bar.ts) == bar_ts:
+                self.bars = self.bars[i + 1 :]
+                return i + 1
+        return 0
+
     # parsing -----------------------------------------------------------------------------------------------
     def _error(self, line: int | None, message: str) -> FeedError:
         where = f"{self.path}:{line}" if line is not None else str(self.path)
