@@ -85,7 +85,7 @@ def run(ctx: Context) -> list[Row]:
         levels.append(_utilisation(store, pid))
     threshold = (levels[0] + levels[1]) / 2
     engine.add_rule({"id": BENCH_RULE, "metric": "var.utilization", "op": ">=", "threshold": threshold,
-                     "severity": "LOW", "description": "bench"}, actor="bench")  # fmt: skip
+                     "severity": "LOW", "description": "bench", "clear_seconds": 0}, actor="bench")  # fmt: skip
 
     tick_samples = []
     for i in range(2 * SAMPLES + 2):
