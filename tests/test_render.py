@@ -424,3 +424,21 @@ def test_the_surface_offers_no_short_position_to_a_cash_account_and_keeps_the_bo
     assert cash.current[0] in cash.qty_a and cash.current[1] in cash.qty_b  # the book itself is a grid point
     assert cash.lowest[0] >= 0 and cash.lowest[1] >= 0
     assert margin.qty_b.min() < 0  # a margin account may be short: its grid crosses zero
+
+
+def test_no_page_script_has_a_bare_string_that_streamlit_would_print() -> None:
+    """Streamlit's "magic" writes a page script's bare top-level expressions on the page: a docstring under a
+    constant showed up as a stray line of text above the Trade page's figures."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "dashboard"
+    stray = []
+    for path in sorted([root / "app.py", *(root / "screens").glob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        body = tree.body[1:] if ast.get_docstring(tree) is not None else tree.body
+        stray += [
+            f"{path.name}:{node.lineno}"
+            for node in body
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        ]
+    assert not stray, f"bare strings Streamlit would print on the page: {stray}"

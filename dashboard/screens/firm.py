@@ -12,8 +12,8 @@ from logic import views
 
 st.title("Firm")
 
+# Session key of the switch waiting for its confirmation.
 PENDING_KEY = "firm_pending"
-"""Session key of the switch waiting for its confirmation."""
 
 
 def figures(d: views.Desk) -> None:
@@ -24,12 +24,14 @@ def figures(d: views.Desk) -> None:
         st.warning(f"{ui.md(pid)} is left out of the figures: {ui.md(why)}", icon=":material/warning:")
     h, r = fv.headline, fv.risk
     horizon = f"{r.confidence:.0%}, {r.horizon_days:g} day"
-    cols = st.columns(5)
+    # three to a row: a firm's exposures run to eight figures with the currency
+    cols = st.columns(3)
     cols[0].metric(f"Firm VaR ({horizon})", ui.money(h["firm_var"]))
     cols[1].metric("Sum of stand-alone VaRs", ui.money(h["standalone_var_sum"]))
     cols[2].metric("Diversification", ui.money(h["diversification"]))
-    cols[3].metric("Gross exposure", ui.money(h["gross_exposure"]))
-    cols[4].metric("Net exposure", ui.money(h["net_exposure"], signed=True))
+    cols = st.columns(3)
+    cols[0].metric("Gross exposure", ui.money(h["gross_exposure"]))
+    cols[1].metric("Net exposure", ui.money(h["net_exposure"], signed=True))
 
     st.subheader("Portfolios")
     ui.table(fv.portfolios, "firm_portfolios", "firm_portfolios.csv", height="content", empty="No portfolio.")

@@ -38,9 +38,10 @@ def summary(d: views.Desk, pid: str) -> None:
                 ui.traffic_light(light.area, light.level, light.detail)
 
     h = ov.headline
-    left, *cols = st.columns([2, 1, 1, 1, 1])
-    with left:
-        ui.state_badge(ov.trading.state, ov.trading.reason, ov.trading.actor, ov.trading.ts)
+    ui.state_badge(ov.trading.state, ov.trading.reason, ov.trading.actor, ov.trading.ts)
+    # widths for the longest figures (equity "USD 12,345,678", P&L "USD -123,456") at st.metric's size: a value
+    # cut to "USD 1,6…" is a figure the desk cannot read
+    cols = st.columns([1.5, 1.25, 1.25, 0.75])
     cols[0].metric("Equity", ui.money(h.get("equity")))
     cols[1].metric("Daily P&L", ui.money(h.get("daily_pnl"), signed=True))
     cols[2].metric("Total P&L", ui.money(h.get("total_pnl"), signed=True))

@@ -12,8 +12,8 @@ from logic import views
 st.title("Performance")
 
 BAND_COLOURS = {"Low": "green", "Moderate": "orange", "High": "red"}
+# Percentile pairs drawn as shaded bands of the fan chart, with their opacity.
 FAN_FILLS = ((1.0, 99.0, 0.12), (5.0, 95.0, 0.22), (25.0, 75.0, 0.35))
-"""Percentile pairs drawn as shaded bands of the fan chart, with their opacity."""
 
 
 def ratios(pv: views.PerformanceView) -> None:
@@ -63,7 +63,7 @@ def concentration_and_liquidity(pv: views.PerformanceView) -> None:
         if lq is None:
             st.info(f"LVaR n/a: {ui.md(pv.liquidity_reason)}.", icon=":material/info:")
             return
-        m = st.columns(3)
+        m = st.columns(2)  # two to a row in half the page: a money figure with its currency must not be cut
         for i, confidence in enumerate(sorted(lq.var)):
             m[i].metric(
                 f"LVaR {confidence:.0%} (1 day)",
@@ -72,7 +72,9 @@ def concentration_and_liquidity(pv: views.PerformanceView) -> None:
                 delta_color="off",
                 delta_arrow="off",
             )
-        m[2].metric("Liquidation cost", ui.money(lq.cost), help="half spread + square-root impact, all positions")
+        st.columns(2)[0].metric(
+            "Liquidation cost", ui.money(lq.cost), help="half spread + square-root impact, all positions"
+        )
         ui.table(pv.liquidity_frame, "liquidation", f"liquidation_{pv.portfolio_id}.csv", empty="No positions.")
 
 

@@ -23,12 +23,14 @@ def positions(d: views.Desk, pid: str) -> None:
         return
     pv = views.positions_view(d, pid)
     t = pv.totals
-    cols = st.columns(5)
+    # three to a row: a seven-figure amount with its currency needs a third of the page at st.metric's size
+    cols = st.columns(3)
     cols[0].metric("Equity", ui.money(t.get("equity")))
     cols[1].metric("Cash", ui.money(t.get("cash")))
-    cols[2].metric("Unrealized P&L", ui.money(t.get("unrealized_pnl"), signed=True))
-    cols[3].metric("Realized P&L", ui.money(t.get("realized_pnl"), signed=True))
-    cols[4].metric("Trading state", str(t.get("trading_state", "-")))
+    cols[2].metric("Trading state", str(t.get("trading_state", "—")))
+    cols = st.columns(3)
+    cols[0].metric("Unrealized P&L", ui.money(t.get("unrealized_pnl"), signed=True))
+    cols[1].metric("Realized P&L", ui.money(t.get("realized_pnl"), signed=True))
     st.subheader("Positions")
     ui.table(
         pv.positions,
@@ -39,8 +41,8 @@ def positions(d: views.Desk, pid: str) -> None:
     )
 
 
+# Columns the positions export sums in its TOTAL row (the figures the metrics above the table total).
 POSITION_TOTALS = ("market_value", "weight", "unrealized_pnl", "realized_pnl")
-"""Columns the positions export sums in its TOTAL row (the figures the metrics above the table total)."""
 
 
 def check(d: views.Desk, pid: str) -> None:
@@ -147,8 +149,8 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         execution_result(result)
 
 
+# Before / after / change mix the currency and shares: two decimals, the unit column says which.
 DELTA_KINDS = dict.fromkeys(("before", "after", "change"), fmt.NUMBER)
-"""Before / after / change mix the currency and shares: two decimals, the unit column says which."""
 
 
 def execution_result(result: dict) -> None:
