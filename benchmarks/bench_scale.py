@@ -12,7 +12,6 @@ of sharing rather than its gain; on a machine with a core per monitor each adds 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from engine.settings import Settings, settings_from_dict
 from engine.store import PortfolioKeys, Store
 from engine.stream import StreamDaemon
 from logic.shards import Membership
+from tests.e2e_stack import toml_dumps
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 500
@@ -50,25 +50,6 @@ for _, k in ipairs(KEYS) do
 end
 return lo
 """
-
-
-def _toml(data: dict[str, Any]) -> str:
-    """A settings dict as TOML (inline tables), for the monitor processes' RISKDESK_CONFIG."""
-
-    def inline(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, str):
-            return json.dumps(value)
-        if isinstance(value, list | tuple):
-            return "[" + ", ".join(inline(v) for v in value) + "]"
-        if isinstance(value, dict):
-            return "{ " + ", ".join(f"{json.dumps(str(k))} = {inline(v)}" for k, v in value.items()) + " }"
-        raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-    return "\n".join(f"{key} = {inline(value)}" for key, value in data.items()) + "\n"
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -137,7 +118,7 @@ def run(ctx: Context) -> list[Row]:
     settings = settings_from_dict(data)
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     config = tmp / "riskdesk.toml"
-    config.write_text(_toml(data))
+    config.write_text(toml_dumps(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKDESK")}
     env.update({"REDIS_URL": ctx.redis_url, "RISKDESK_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
 

@@ -45,7 +45,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from engine.errors import StoreUnavailableError
-from engine.redis_server import REDIS_MARKER, owned_pid, redis_server_binary
+from engine.redis_server import REDIS_MARKER, owned_pid, process_alive, redis_server_binary
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 """URL schemes that select a Redis Cluster (:func:`is_cluster_url`)."""
@@ -265,11 +265,11 @@ class ClusterNodeProcess:
             return False
         os.kill(pid, sig)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and process_alive(pid):
             time.sleep(0.01)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while process_alive(pid):
                 time.sleep(0.01)
         self.pid_path.unlink(missing_ok=True)
         return True
@@ -360,17 +360,3 @@ class LocalRedisCluster:
         """Stop every node by PID (SIGTERM)."""
         for node in self.nodes:
             node.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

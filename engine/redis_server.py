@@ -275,7 +275,7 @@ class EmbeddedRedis:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not process_alive(pid):
                 break
             time.sleep(0.02)
         else:
@@ -288,7 +288,7 @@ class EmbeddedRedis:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while process_alive(pid):
                 time.sleep(0.01)
 
 
@@ -336,7 +336,8 @@ def owned_pid(pid_path: Path, marker: str | tuple[str, ...]) -> int | None:
     return pid
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a child that exited is reaped, so a zombie counts as gone)."""
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
