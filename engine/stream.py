@@ -57,6 +57,7 @@ import argparse
 import logging
 import math
 import os
+import secrets
 import sys
 import threading
 import time
@@ -202,7 +203,7 @@ class StreamDaemon:
         self._synced = False
         self._validate_next = True
         self._in_flight: str | None = None
-        self._token_prefix = f"{os.getpid()}-{int(time.time() * 1000)}"
+        self._token_prefix = f"{os.getpid()}-{secrets.token_hex(6)}"  # unique per daemon run, no clock needed
         self._seq = 0
         self._last_written: int | None = None
         """The version this daemon last committed (None: unknown): a reload finding another is a foreign write."""

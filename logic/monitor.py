@@ -625,7 +625,7 @@ class Monitor:
         if self.membership is None:
             return list(portfolio_ids)
         if self._live is None:
-            self._live = self.membership.beat(time.time())
+            self._live = self.membership.beat()
         return shard(portfolio_ids, self._live, self.consumer)
 
     def _portfolio_error(self, pid: str, message: str) -> None:
@@ -702,7 +702,7 @@ class Monitor:
                     return
         if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
             if self.membership is not None:
-                self.membership.beat(time.time())  # an idle monitor still holds its shard
+                self.membership.beat()  # an idle monitor still holds its shard
             heartbeat = self._heartbeat(self.clock(), None, 0, 0.0, ticks=self.stats.ticks_processed)
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat)
             self._last_heartbeat = time.monotonic()

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from engine.records import Clock
 from engine.store import TICKS_KEY, Store, TickEvent
 from engine.store.keys import MONITORS_KEY
 
@@ -92,19 +94,31 @@ class Membership:
         A monitor whose last beat is older than this is not live (its portfolios are taken over).
     idle_limit_seconds:
         Beats older than this are removed from the set (``monitor.consumer_idle_limit_seconds``).
+    wall:
+        The clock of the beats: the wall clock (liveness is about processes, also in a replay whose data
+        clock jumps a week per bar); tests inject their own.
     """
 
-    def __init__(self, store: Store, consumer: str, claim_seconds: float, idle_limit_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        consumer: str,
+        claim_seconds: float,
+        idle_limit_seconds: float,
+        wall: Clock = time.time,
+    ) -> None:
         if claim_seconds <= 0 or idle_limit_seconds <= 0:
             raise ValueError("claim_seconds and idle_limit_seconds must be > 0")
         self.store = store
         self.consumer = consumer
         self.claim_seconds = float(claim_seconds)
         self.idle_limit_seconds = float(idle_limit_seconds)
+        self.wall = wall
 
-    def beat(self, now: float) -> list[str]:
-        """Record this monitor's beat at wall time ``now``, drop beats past the idle limit, and return the live
-        monitors (one round trip)."""
+    def beat(self, now: float | None = None) -> list[str]:
+        """Record this monitor's beat at wall time ``now`` (default: :attr:`wall`), drop beats past the idle
+        limit, and return the live monitors (one round trip)."""
+        now = self.wall() if now is None else now
         pipe = self.store.client.pipeline(transaction=False)
         pipe.zadd(MONITORS_KEY, {self.consumer: now})
         pipe.zremrangebyscore(MONITORS_KEY, "-inf", f"({now - self.idle_limit_seconds!r}")
