@@ -43,9 +43,12 @@ def test_prometheus_scrapes_ticks_processed_and_the_var_gauges_the_store_holds(
     try:
         procs.append(spawn("logic.monitor", ["--idle-refresh", "0", "--no-alerts"], env, tmp_path / "monitor.log"))
         wait_until(lambda: get_text(f"http://{monitor_target}/metrics"), 60, "the monitor's /metrics")
-        args = f"--feed sim --interval 0.1 --ticks {TICKS} --seed 5".split()
-        procs.append(spawn("engine.stream", args, env, tmp_path / "stream.log"))
         with prometheus(tmp_path, [monitor_target, stream_target]) as base:
+            # Prometheus scrapes (every 1 s) before the stream starts, and the stream's 40 bars take 10 s: the
+            # daemon is scraped several times while it runs, however slowly the machine starts processes
+            wait_until(lambda: value(base, f'up{{instance="{monitor_target}"}}') == 1, 60, "the first scrape")
+            args = f"--feed sim --interval 0.25 --ticks {TICKS} --seed 5".split()
+            procs.append(spawn("engine.stream", args, env, tmp_path / "stream.log"))
 
             def processed() -> bool:
                 hb = store.read_heartbeat("monitor") or {}
