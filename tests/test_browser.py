@@ -25,7 +25,7 @@ from .e2e_stack import (
     EXCEPTION_SELECTOR,
     ROOT,
     Stack,
-    launch_chromium,
+    chromium_browser,
     open_page,
     settle,
 )
@@ -52,14 +52,8 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture

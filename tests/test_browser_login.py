@@ -18,7 +18,16 @@ from typing import Any
 
 import pytest
 
-from .e2e_stack import CHROMIUM, PAGE_TIMEOUT_MS, ROOT, Stack, launch_chromium, open_page, settle, toml_dumps
+from .e2e_stack import (
+    CHROMIUM,
+    PAGE_TIMEOUT_MS,
+    ROOT,
+    Stack,
+    chromium_browser,
+    open_page,
+    settle,
+    toml_dumps,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -73,14 +82,8 @@ def stack(provider: str) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 def login(browser: Any, stack: Stack, sub: str) -> Any:
