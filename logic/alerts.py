@@ -582,6 +582,7 @@ def build_alert_engine(
     repeat_interval_seconds: float | None = None,
     after_tick: TickHook | None = None,
     market_models: MarketModelCache | None = None,
+    gate_metrics: Any = None,
 ) -> AlertEngine:
     """An :class:`AlertEngine` configured from ``settings`` (``[[alert_rules]]``, ``[escalation]`` and, of
     ``[notifications]``, the recipient names and ``repeat_interval_seconds``).
@@ -590,7 +591,8 @@ def build_alert_engine(
     :class:`logic.risk_manager.RiskManager` on the same Redis, settings and clock. ``recipients`` (the names
     escalation levels may use) and ``repeat_interval_seconds`` override what the settings say; the process
     that delivers passes them from its validated notification configuration, and its flush as ``after_tick``.
-    ``market_models`` is the process's market-model cache, shared with the default risk managers.
+    ``market_models`` is the process's market-model cache, shared with the default risk managers, which count
+    their decisions in ``gate_metrics`` (engine/metrics.py ``GateMetrics``) when given.
 
     Raises
     ------
@@ -600,7 +602,7 @@ def build_alert_engine(
     names, repeat = _notification_plain(settings.extra)
     escalation = escalation_config(settings.extra, set(names if recipients is None else recipients))
     if risk_manager_factory is None:
-        risk_manager_factory = _default_risk_manager_factory(store, settings, clock, market_models)
+        risk_manager_factory = _default_risk_manager_factory(store, settings, clock, market_models, gate_metrics)
     return AlertEngine(
         store,
         settings,
@@ -629,7 +631,7 @@ def _notification_plain(extra: Mapping[str, Any]) -> tuple[list[str], float]:
 
 
 def _default_risk_manager_factory(
-    store: Store, settings: Settings, clock: Clock, market_models: MarketModelCache | None = None
+    store: Store, settings: Settings, clock: Clock, market_models: MarketModelCache | None = None, metrics: Any = None
 ) -> ControlFactory | None:
     try:
         from logic.risk_manager import RiskManager
@@ -639,7 +641,8 @@ def _default_risk_manager_factory(
 
     def factory(portfolio_id: str) -> Any:
         return RiskManager(
-            store.client, portfolio_id=portfolio_id, settings=settings, clock=clock, market_models=models
-        )
+            store.client, portfolio_id=portfolio_id, settings=settings, clock=clock, market_models=models,
+            metrics=metrics,
+        )  # fmt: skip
 
     return factory

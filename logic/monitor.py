@@ -3,36 +3,26 @@
 On every tick event of the stream daemon it computes each portfolio's snapshot (:mod:`logic.snapshot`), keeps
 it as the latest snapshot and appends it to the portfolio's history, then hands it to the alert engine.
 
-Scale (issue 15): every portfolio's figures at once (:mod:`logic.batch`; ``vectorised=False`` keeps the
-per-portfolio reference path) and a tick's alerts in one batch (:mod:`logic.alert_batch`). Latest wins
-(``monitor.latest_wins``): a monitor behind the stream snapshots only the newest waiting tick and acknowledges the
-older ones as it drains them (``ticks_coalesced``; at most one batch and the newest pending); peaks merge every
-snapshot written, so they stay exact. ``monitor.shard_portfolios``: each live monitor snapshots its shard of a tick
-(:mod:`logic.shards`). Otherwise:
+Per tick (issue 15): one read of every portfolio (state, positions, trading state; one MULTI), then
+:mod:`logic.batch_tick`: every book valued, its peaks, excursions and history buckets merged, its risk figures
+(:mod:`logic.batch`) and snapshot built on arrays, and one MULTI writing the backtests, one script with every
+snapshot, history point and merged state, the acknowledgement and the heartbeat ``hb:monitor``; then the alerts
+in one batch (:mod:`logic.alert_batch`). ``vectorised=False`` keeps the per-portfolio reference path (one
+portfolio at a time, merges by three Lua scripts each), which a tick dated before the last one written also
+takes. History: ``history.raw_seconds`` at full resolution and the downsampled tiers of ``[history]``
+(engine/store/history.py). VaR and CVaR by each portfolio's method; every tick feeds the continuous VaR backtest
+(:mod:`logic.backtest_monitor`) in the same MULTI.
 
-Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream.
-Each tick event is delivered to exactly one of them, and that monitor computes ALL portfolios for that tick.
-Two monitors therefore split the ticks, not the portfolios; per-portfolio state they both update (equity
-peaks, MFE/MAE marks, latest snapshot) is merged atomically in Redis (max/min merges, "replace only if not
-older"), so ticks finishing out of order do no harm. A tick is acknowledged in the same MULTI/EXEC that writes
-its snapshots and history points, so it is recorded exactly once; a monitor that stops (or crashes) before
-that leaves it pending: on restart the monitor first processes its own pending entries, then new ones, and
-entries left pending by a monitor that never came back are claimed by a live one after ``--claim-idle``
-seconds.
-
-Per tick: one MULTI read of every portfolio (state, positions, trading state); valuation at the tick's prices
-(published in the tick event); the covariance matrix read once per market version and cached (a lagging
-monitor measures older prices with the newest matrix); one pipeline of atomic peak/mark merges; one MULTI
-writing snapshots, history points (entry ids from the snapshot time in ms, unique even when many ticks share a
-millisecond; kept ``history.raw_seconds`` of data time and at most ``history.raw_max_points``, and merged into
-the open bucket of every downsampled tier of ``[history]``: engine/store/history.py), the acknowledgement and
-the heartbeat ``hb:monitor``; then one alert evaluation per snapshot.
-
-Each portfolio's VaR and CVaR use its method (``Settings.var_method_for``; the window of standardized returns
-is read through the shared market-model cache only when a method needs it), and every tick feeds the
-continuous VaR backtest of every portfolio (:mod:`logic.backtest_monitor`): its state is written in the same
-MULTI as the snapshots, which WATCHes the portfolios' backtest keys, so a bar is counted once even with two
-monitors (a conflict aborts the MULTI and the tick is processed again from the stored state).
+Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream; each
+tick goes to one of them, or (``monitor.shard_portfolios``) each live monitor snapshots its shard of every tick
+(:mod:`logic.shards`). Latest wins (``monitor.latest_wins``): a monitor behind the stream snapshots only the
+newest waiting tick and acknowledges the older ones (``ticks_coalesced``); peaks merge every snapshot written,
+so they stay exact. State two monitors may both update is merged so that none is lost: the per-portfolio path
+merges in Redis (max/min, "replace only if not older"), the vectorised one in memory while it owns the
+portfolio (engine/store/tick_state.py: a WATCHed owner stamp; a conflict redoes the tick from the store). A tick
+is acknowledged in the MULTI that writes its snapshots, so it is recorded exactly once; a monitor that stops
+before that leaves it pending: on restart it processes its own pending entries first, and entries left by a
+monitor that never came back are claimed by a live one after ``--claim-idle`` seconds.
 
 When no tick arrives for ``--idle-refresh`` seconds (one monitor at a time, by a short lease) the portfolios
 are snapshotted from the stored market, so the history keeps at least one point per second and
@@ -48,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -84,8 +75,10 @@ from engine.store import (
     decode_marks_reply,
 )
 from engine.store.slots import slot_transaction
+from engine.store.tick_state import stamp_foreign
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
-from logic.batch import PortfolioLookup, batch_figures, live_limits, read_backtest_markers
+from logic.batch import PortfolioLookup, live_limits
+from logic.batch_tick import VectorisedTick
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.shards import Membership, newest_tick, remove_idle_consumers, shard
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
@@ -200,6 +193,7 @@ class Monitor:
         """Risk figures of every portfolio at once (logic/batch.py); False: one portfolio at a time, reading
         each one's limits on its own (the reference path, and the loop baseline of ``make bench``)."""
         self.lookup = PortfolioLookup(settings)
+        self.fast = VectorisedTick(store, settings, self.lookup) if vectorised else None
         self.limits_memo: dict[Any, Any] = {}
         """Live limits last decoded per portfolio (engine/store/limits.py: re-decoded when the version moves)."""
         self.group = group
@@ -501,6 +495,11 @@ class Monitor:
 
         bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select)
         self._portfolio_ids = registry[-1] if registry else sorted(bundles)
+        if self.fast is not None and self.fast.accepts(now):
+            finish = functools.partial(self._commit_tick, market=market, now=now, ack=ack, tick=tick, started=started)
+            return self.fast.snapshot_all(self, list(bundles.values()), market, now, event=event, finish=finish)
+        if self.fast is not None:
+            self.fast.drop()  # a tick dated before the last one written: the per-portfolio scripts merge it
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
@@ -552,8 +551,7 @@ class Monitor:
             tx.watch(*(self.store.backtest_key(pid) for pid in pids))
             try:
                 with np.errstate(over="raise"):
-                    markers = read_backtest_markers(self.store, pids) if self.vectorised else None
-                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx, markers)
+                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx)
             except (StoreError, ValueError, ArithmeticError) as exc:  # the snapshots go on; the bar is skipped
                 self.backtests.discard()
                 self._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
@@ -562,8 +560,7 @@ class Monitor:
         if missing:
             summaries.update(self.backtests.summaries(missing))
 
-        limits = live_limits(self.store, pids, self.lookup, self.limits_memo, batched=self.vectorised)
-        figures = batch_figures(market, valued, limits, self.lookup, self.settings.model) if self.vectorised else {}
+        limits = live_limits(self.store, pids, self.lookup, self.limits_memo, batched=False)
         snapshots: dict[str, dict[str, Any]] = {}
         for k, (bundle, valuation) in enumerate(valued):
             pid = bundle.portfolio_id
@@ -591,7 +588,6 @@ class Monitor:
                         peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
                         marks=decode_marks_reply(marks_raw, pid),
                         now=now,
-                        risk=figures.get(pid),  # None: computed here, one portfolio (the reference path)
                     )
             except (StoreError, ValueError) as exc:
                 self._portfolio_error(pid, str(exc))
@@ -600,11 +596,20 @@ class Monitor:
 
         tx.multi()
         self.backtests.write(fed, tx)
+        stamp_foreign(tx, list(fed))  # a vectorised monitor's copy of these portfolios is stale
         for pid, snapshot in snapshots.items():
             self.store.record_snapshot(
                 pid, snapshot, history_point(snapshot), ts=now, retention_seconds=self.retention_seconds,
                 max_points=self.history.raw_max_points, pipe=tx, tiers=self.history.tiers,
             )  # fmt: skip
+        return self._commit_tick(tx, snapshots, fed, market=market, now=now, ack=ack, tick=tick, started=started)
+
+    def _commit_tick(
+        self, tx: Any, snapshots: dict[str, dict[str, Any]], fed: dict[str, Fed], *, market: MarketView, now: float,
+        ack: list[str], tick: bool, started: float,
+    ) -> dict[str, dict[str, Any]]:  # fmt: skip
+        """Acknowledge the tick and write the heartbeat in ``tx`` (the tick's writes queued), EXEC, keep the
+        backtests fed and count."""
         self.store.ack_ticks(self.group, ack, tx)
         latency_ms = (time.perf_counter() - started) * 1000.0
         heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
@@ -728,14 +733,7 @@ def make_alert_engine(
     """
     from logic.alerts import build_alert_engine  # lazily: only a monitor that evaluates alerts needs it
 
-    factory = None
-    if gate_metrics is not None:
-        from logic.risk_manager import RiskManager
-
-        def factory(pid: str) -> RiskManager:
-            return RiskManager(store.client, pid, settings, clock, market_models=market_models, metrics=gate_metrics)
-
-    engine = build_alert_engine(store, settings, clock, factory, market_models=market_models)
+    engine = build_alert_engine(store, settings, clock, market_models=market_models, gate_metrics=gate_metrics)
     engine.start_background(ALERTS_TICK_SECONDS)
     return engine
 

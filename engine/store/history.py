@@ -30,6 +30,7 @@ engine/store/monitoring.py, never derived from these tiers.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,6 +54,16 @@ from engine.store.codec import (
 from engine.store.keys import PortfolioKeys
 
 Aggregation = Literal["last", "min", "max"]
+
+OWNER_FIELD = "owner"
+"""The field of ``pf:{id}:peaks`` naming the writer whose in-memory copy of the portfolio's peaks, excursions and
+open history buckets matches the store (engine/store/tick_state.py)."""
+
+
+def foreign_stamp() -> str:
+    """A fresh ``owner`` stamp for a write merged in Redis (the per-portfolio scripts): no in-memory copy
+    matches it, so a vectorised monitor loads the portfolio again."""
+    return "merged:" + uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,8 @@ class HistoryStore(StoreBase):
     """The latest snapshot, its full-resolution history and the downsampled tiers."""
 
     # KEYS[1] = pf:{id}:snapshot (string: snapshot JSON), KEYS[2] = pf:{id}:history (stream),
-    # KEYS[3..] = pf:{id}:history_tier:<ms>, one per tier (string: header + ring of packed rows)
+    # KEYS[3..] = pf:{id}:history_tier:<ms>, one per tier (string: header + ring of packed rows), then last
+    # pf:{id}:peaks, whose ``owner`` stamp becomes the last ARGV (engine/store/tick_state.py)
     # ARGV[1] = snapshot version, ARGV[2] = snapshot JSON, ARGV[3] = entry time (ms),
     # ARGV[4] = oldest stream entry time kept (ms; XTRIM MINID, exact), ARGV[5] = stream cap (MAXLEN ~),
     # ARGV[6] = the point (one RAW_LAYOUT row), ARGV[7] = its struct format, ARGV[8] = a tier row's struct
@@ -167,7 +179,8 @@ if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, 'p', ARGV[6])
 end
 redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
-if #KEYS < 3 then return id end
+redis.call('HSET', KEYS[#KEYS], 'owner', ARGV[#ARGV])
+if #KEYS < 4 then return id end
 local ms = tonumber(ARGV[3])
 local new = {struct.unpack(ARGV[7], ARGV[6])}
 local fmt, agg, rowlen = ARGV[8], ARGV[9], tonumber(ARGV[10])
@@ -178,7 +191,7 @@ for c = 1, ncol do
   if a == 'l' then last[#last + 1] = c elseif a == 'x' then high[#high + 1] = c else low[#low + 1] = c end
 end
 local fresh = struct.pack(fmt, unpack(new, 1, ncol))
-for k = 3, #KEYS do
+for k = 3, #KEYS - 1 do
   local key = KEYS[k]
   local res, slots = tonumber(ARGV[9 + 2 * (k - 2)]), tonumber(ARGV[10 + 2 * (k - 2)])
   local size = 16 + slots * rowlen
@@ -252,7 +265,8 @@ return id
         for tier in tiers:
             args += [tier_resolution_ms(tier), tier_slots(tier)]
         tier_keys = [keys.history_tier(tier_resolution_ms(t)) for t in tiers]
-        reply = self._eval(pipe, self._RECORD_LUA, [keys.snapshot, keys.history, *tier_keys], args)
+        args.append(foreign_stamp())
+        reply = self._eval(pipe, self._RECORD_LUA, [keys.snapshot, keys.history, *tier_keys, keys.peaks], args)
         return None if pipe is not None else decode_str(reply, key=keys.history)
 
     def read_history(

@@ -24,6 +24,7 @@ from engine.store.codec import (
     decode_str,
     encode_json_fast,
 )
+from engine.store.history import foreign_stamp
 from engine.store.keys import PortfolioKeys, lock_key
 
 
@@ -109,6 +110,7 @@ class MonitoringStore(StoreBase):
     # the close and the first snapshot of the day counts (math_logic.period_drawdown's convention). An
     # observation of an earlier day (a late tick) leaves that period alone. The all-time peak is a max and the
     # worst drawdown from it a min, so two monitors, or a tick processed twice, never lose an update.
+    # ARGV[4] = a fresh ``owner`` stamp: a vectorised monitor's in-memory copy is stale (engine/store/tick_state.py).
     # Returns {day, day_open, day_peak, week, week_peak, max_peak, max_dd}.
     _PEAKS_LUA = """
 local key, e, day, week = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -134,6 +136,7 @@ if peak > 0 and e < peak then dd = e / peak - 1 end
 if not h[7] or dd < tonumber(h[7]) then h[7] = string.format('%.17g', dd) end
 redis.call('HSET', key, 'day', h[1], 'day_open', h[2], 'day_peak', h[3], 'week', h[4], 'week_peak', h[5],
            'max_peak', h[6], 'max_dd', h[7], 'last', ARGV[1])
+redis.call('HSET', key, 'owner', ARGV[4])  -- a vectorised monitor's copy (engine/store/tick_state.py) is stale
 return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
 """
 
@@ -145,7 +148,7 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         if not math.isfinite(equity):
             raise ValueError(f"equity must be finite, got {equity}")
         key = PortfolioKeys(portfolio_id).peaks
-        reply = self._eval(pipe, self._PEAKS_LUA, [key], [repr(float(equity)), day_id, week_id])
+        reply = self._eval(pipe, self._PEAKS_LUA, [key], [repr(float(equity)), day_id, week_id, foreign_stamp()])
         return None if pipe is not None else EquityPeaks.from_reply(reply, key)
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
@@ -154,8 +157,9 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
 
     # -- position excursions ---------------------------------------------------------------------------------
-    # KEYS[1] = pf:{id}:marks (hash: ticker -> JSON {"side": 1 or -1, "mfe": number, "mae": number})
-    # ARGV = ticker, side, unrealized P&L, ... for every open position now.
+    # KEYS[1] = pf:{id}:marks (hash: ticker -> JSON {"side": 1 or -1, "mfe": number, "mae": number}),
+    # KEYS[2] = pf:{id}:peaks (its ``owner`` stamp is replaced by the last ARGV: engine/store/tick_state.py)
+    # ARGV = ticker, side, unrealized P&L, ... for every open position now, then the stamp.
     # MFE (maximum favourable excursion) is the highest unrealized P&L since the position was opened (>= 0),
     # MAE (maximum adverse excursion) the lowest (<= 0). A new ticker, or one whose side flipped, starts again
     # at this P&L; a ticker not listed (position closed) is deleted. Max/min merges: order-insensitive.
@@ -164,7 +168,8 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
     # Returns {ticker, side, mfe, mae, ...} after the merge.
     _MARKS_LUA = """
 local key = KEYS[1]
-local n = #ARGV / 3
+local n = (#ARGV - 1) / 3
+redis.call('HSET', KEYS[2], 'owner', ARGV[#ARGV])
 local stored = {}
 for lo = 1, n, 500 do  -- one HMGET per 500 tickers (Lua's unpack has a stack limit)
   local names = {}
@@ -215,8 +220,9 @@ return out
             if side not in (1, -1) or not math.isfinite(pnl):
                 raise ValueError(f"{ticker}: side must be +1/-1 and P&L finite, got {side}, {pnl}")
             args += [ticker, str(side), repr(float(pnl))]
-        key = PortfolioKeys(portfolio_id).marks
-        reply = self._eval(pipe, self._MARKS_LUA, [key], args)
+        keys = PortfolioKeys(portfolio_id)
+        key = keys.marks
+        reply = self._eval(pipe, self._MARKS_LUA, [key, keys.peaks], [*args, foreign_stamp()])
         return None if pipe is not None else decode_marks_reply(reply, key)
 
     def read_marks(self, portfolio_id: str, conn: Conn = None) -> dict[str, Excursion]:

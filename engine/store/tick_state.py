@@ -1,0 +1,507 @@
+"""The vectorised monitor's per-portfolio state: equity peaks, position excursions and the open bucket of every
+history tier, merged in memory for every portfolio at once and written with the snapshots in one Lua script.
+
+The per-portfolio path (engine/store/monitoring.py ``update_peaks`` / ``update_marks`` and
+engine/store/history.py ``record_snapshot``) merges each of these in Redis, one script per portfolio and per
+structure: about 100 µs of Redis time each, 0.3 s a tick for a thousand portfolios. Here the merges are the same
+arithmetic on arrays (one row per portfolio, one element per position) and Redis only stores the results:
+
+- **Ownership.** The state of a portfolio is kept while this writer owns it: every write stamps the peaks hash
+  with this writer's ``owner`` token; the per-portfolio path's peaks merge deletes the stamp, a restart of the
+  drawdowns deletes the hash. Before merging, the monitor WATCHes the peaks keys and reads the stamps
+  (:meth:`TickState.stale`); a portfolio stamped by anyone else is loaded from the store again
+  (:meth:`TickState.load`), so another monitor's or the reference path's merges are never lost, and a write by
+  anyone after the read aborts the monitor's MULTI (the tick is redone from the store).
+- **Same results.** Peaks follow ``MonitoringStore._PEAKS_LUA`` and excursions ``_MARKS_LUA`` step for step
+  (the same doubles: Redis' Lua numbers are IEEE doubles too); a tier bucket merges by
+  :data:`engine.store.history.HISTORY_COLUMNS`' aggregations, its float32 columns rounded as ``struct.pack``
+  rounds them, so the stored bytes are those the per-portfolio scripts would write (tests compare the two).
+- **Time moves forward.** A tick dated before the newest entry this state wrote (a replay restarted, a clock
+  stepped back) is not merged here: :meth:`TickState.accepts` says so and the monitor writes that tick through
+  the per-portfolio scripts, which handle late points, and drops this state.
+
+Layout: one row per portfolio in the tick's order (:meth:`TickState.align` remaps when the set changes); the
+excursions are flat, one element per position in the books' order (``offsets``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import CorruptDataError
+from engine.settings import HistoryTier
+from engine.store.base import Conn
+from engine.store.codec import decode_float, decode_object, decode_str, encode_json_fast
+from engine.store.history import (
+    HISTORY_COLUMNS,
+    OWNER_FIELD,
+    TIER_LAYOUT,
+    foreign_stamp,
+    tier_bytes,
+    tier_resolution_ms,
+    tier_slots,
+)
+from engine.store.keys import PortfolioKeys
+from engine.store.slots import is_cluster
+
+Float64Array = npt.NDArray[np.float64]
+
+_PEAK_FIELDS = ("day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd", "last", OWNER_FIELD)
+_LAST = np.array([c.aggregation == "last" for c in HISTORY_COLUMNS])
+_HIGH = np.array([c.aggregation == "max" for c in HISTORY_COLUMNS])
+_LOW = np.array([c.aggregation == "min" for c in HISTORY_COLUMNS])
+_NARROW = np.array([not c.wide for c in HISTORY_COLUMNS])
+_NCOL = len(HISTORY_COLUMNS)
+
+# KEYS: per portfolio, in order: snapshot, history, peaks, marks, then one ring per tier.
+# ARGV[1] = tiers T, ARGV[2] = entry ms, ARGV[3] = oldest stream entry kept (ms, XTRIM MINID), ARGV[4] = stream
+# cap (MAXLEN ~), ARGV[5] = owner token, ARGV[6 .. 5+T] = each tier's ring size (bytes); then per portfolio:
+#   version, snapshot JSON ('' = none this tick: peaks and marks only), the history point (a RAW_LAYOUT row),
+#   day, day_open, day_peak, week, week_peak, max_peak, max_dd, last,
+#   n marks to set, n marks to delete, then (ticker, JSON) pairs and the tickers to delete,
+#   per tier: the open bucket's offset in the ring, its row, the 16-byte header.
+# The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
+# last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
+# its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
+_APPLY_LUA = """
+local ntier, ms, minid, cap, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local sizes = {}
+for t = 1, ntier do sizes[t] = tonumber(ARGV[5 + t]) end
+local a = 6 + ntier
+local nkeys = 4 + ntier
+for p = 0, #KEYS / nkeys - 1 do
+  local k = p * nkeys
+  local version, json, row = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  redis.call('HSET', KEYS[k + 3], 'day', ARGV[a + 3], 'day_open', ARGV[a + 4], 'day_peak', ARGV[a + 5],
+             'week', ARGV[a + 6], 'week_peak', ARGV[a + 7], 'max_peak', ARGV[a + 8], 'max_dd', ARGV[a + 9],
+             'last', ARGV[a + 10], 'owner', owner)
+  local nset, ndel = tonumber(ARGV[a + 11]), tonumber(ARGV[a + 12])
+  a = a + 13
+  if nset > 0 then redis.call('HSET', KEYS[k + 4], unpack(ARGV, a, a + 2 * nset - 1)) end
+  a = a + 2 * nset
+  if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
+  a = a + ndel
+  if json ~= '' then
+    local current = redis.call('GET', KEYS[k + 1])
+    local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
+    if not stored or version >= stored then redis.call('SET', KEYS[k + 1], json) end
+    local id = ms .. '-0'
+    local added = redis.pcall('XADD', KEYS[k + 2], 'MAXLEN', '~', cap, id, 'p', row)
+    if type(added) == 'table' and added.err then
+      local info = redis.call('XINFO', 'STREAM', KEYS[k + 2])
+      local last = '0-0'
+      for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then last = info[i + 1] end
+      end
+      local lms, seq = string.match(last, '(%d+)-(%d+)')
+      id = lms .. '-' .. string.format('%d', tonumber(seq) + 1)
+      redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', cap, id, 'p', row)
+    end
+    redis.call('XTRIM', KEYS[k + 2], 'MINID', minid)
+    for t = 1, ntier do
+      local key = KEYS[k + 4 + t]
+      local len = redis.call('STRLEN', key)
+      if len ~= sizes[t] then
+        if len > 0 then redis.call('DEL', key) end
+        redis.call('SETRANGE', key, sizes[t] - 1, '\\0')
+      end
+      redis.call('SETRANGE', key, tonumber(ARGV[a]), ARGV[a + 1])
+      redis.call('SETRANGE', key, 0, ARGV[a + 2])
+      a = a + 3
+    end
+  end
+end
+return #KEYS / nkeys
+"""
+
+_OWNERS_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, ARGV[1]) or false end
+return out
+"""
+
+
+@dataclass
+class Merged:
+    """One tick's merged state, written in the monitor's MULTI and kept by :meth:`TickState.commit`."""
+
+    day: list[str]
+    week: list[str]
+    peaks: Float64Array
+    """P x 6: day_open, day_peak, week_peak, max_peak, max_dd, last."""
+    side: npt.NDArray[np.int8]
+    """Per position: +1 / -1 with an excursion, 0 without (flat, or no usable price)."""
+    mfe: Float64Array
+    mae: Float64Array
+    changed: npt.NDArray[np.bool_]
+    """Excursions to write (new, or a new extreme); the others are stored as they are."""
+    buckets: npt.NDArray[np.int64]
+    """P x T: the bucket each tier's open row belongs to."""
+    rows: Float64Array
+    """P x T x columns: each tier's open bucket, float32 columns rounded."""
+    headers: Float64Array
+    """P x T x 2: each ring's newest and oldest entry times (ms)."""
+    ms: int
+
+
+@dataclass
+class TickState:
+    """Peaks, excursions and open tier buckets of the portfolios this writer owns (module docstring)."""
+
+    tiers: Sequence[HistoryTier]
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pids: list[str] = field(default_factory=list)
+    tickers: list[tuple[str, ...]] = field(default_factory=list)
+    """Each portfolio's positions (book order) the excursions are aligned with."""
+    owned: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    day: list[str | None] = field(default_factory=list)
+    week: list[str | None] = field(default_factory=list)
+    peaks: Float64Array = field(default_factory=lambda: np.zeros((0, 6)))
+    side: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    mfe: Float64Array = field(default_factory=lambda: np.zeros(0))
+    mae: Float64Array = field(default_factory=lambda: np.zeros(0))
+    buckets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    rows: Float64Array = field(default_factory=lambda: np.zeros((0, 0, _NCOL)))
+    headers: Float64Array = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    newest_ms: int = -1
+    """The newest entry time written: an older tick is not merged here (:meth:`accepts`)."""
+
+    def __post_init__(self) -> None:
+        self._res = np.array([tier_resolution_ms(t) for t in self.tiers], dtype=np.int64)
+        self._slots = np.array([tier_slots(t) for t in self.tiers], dtype=np.int64)
+        self._sizes = [tier_bytes(t) for t in self.tiers]
+
+    # -- layout ----------------------------------------------------------------------------------------------
+    def align(self, pids: Sequence[str], tickers: Sequence[tuple[str, ...]]) -> None:
+        """Lay the state out for this tick's portfolios and positions; what moved keeps its values (a
+        portfolio not seen before, or whose positions changed, keeps what it had per ticker)."""
+        if list(pids) == self.pids and all(a is b or a == b for a, b in zip(tickers, self.tickers, strict=True)):
+            return
+        old = {pid: i for i, pid in enumerate(self.pids)}
+        starts = np.concatenate(([0], np.cumsum([len(t) for t in self.tickers]))).astype(np.intp)
+        count, ntier = len(pids), len(self.tiers)
+        total = sum(len(t) for t in tickers)
+        owned = np.zeros(count, dtype=bool)
+        day: list[str | None] = [None] * count
+        week: list[str | None] = [None] * count
+        peaks = np.full((count, 6), np.nan)
+        side, mfe, mae = np.zeros(total, dtype=np.int8), np.zeros(total), np.zeros(total)
+        buckets = np.full((count, ntier), -1, dtype=np.int64)
+        rows = np.full((count, ntier, _NCOL), np.nan)
+        headers = np.zeros((count, ntier, 2))
+        at = 0
+        for p, (pid, names) in enumerate(zip(pids, tickers, strict=True)):
+            i = old.get(pid)
+            if i is not None:
+                owned[p], day[p], week[p] = self.owned[i], self.day[i], self.week[i]
+                peaks[p], buckets[p] = self.peaks[i], self.buckets[i]
+                rows[p], headers[p] = self.rows[i], self.headers[i]
+                before = {t: starts[i] + j for j, t in enumerate(self.tickers[i])}
+                for j, t in enumerate(names):
+                    k = before.get(t)
+                    if k is not None:
+                        side[at + j], mfe[at + j], mae[at + j] = self.side[k], self.mfe[k], self.mae[k]
+            at += len(names)
+        self.pids, self.tickers, self.owned = list(pids), list(tickers), owned
+        self.day, self.week, self.peaks = day, week, peaks
+        self.side, self.mfe, self.mae = side, mfe, mae
+        self.buckets, self.rows, self.headers = buckets, rows, headers
+
+    def offsets(self) -> npt.NDArray[np.intp]:
+        return np.concatenate(([0], np.cumsum([len(t) for t in self.tickers]))).astype(np.intp)
+
+    def accepts(self, ms: int) -> bool:
+        """Whether a tick at ``ms`` merges here (not older than the newest entry written)."""
+        return ms >= self.newest_ms
+
+    def drop(self) -> None:
+        """Forget everything: the next tick loads every portfolio from the store."""
+        self.owned[:] = False
+        self.newest_ms = -1
+
+    # -- ownership -------------------------------------------------------------------------------------------
+    def watch_keys(self) -> list[str]:
+        return [PortfolioKeys(pid).peaks for pid in self.pids]
+
+    def stale(self, conn: Any, client: Any) -> npt.NDArray[np.bool_]:
+        """Rows this state does not own any more (never loaded, or stamped by another writer); read after the
+        caller WATCHed :meth:`watch_keys`. ``client``: the plain client (scripts run through it)."""
+        keys = self.watch_keys()
+        if not keys:
+            return np.zeros(0, dtype=bool)
+        if is_cluster(client):  # a script may touch one slot only: one HGET per portfolio
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, OWNER_FIELD)
+            owners = pipe.execute()
+        else:
+            owners = client.eval(_OWNERS_LUA, len(keys), *keys, OWNER_FIELD)
+        mine = self.token.encode()
+        return ~self.owned | np.array([o != mine for o in owners], dtype=bool)
+
+    def load(self, rows: npt.NDArray[np.intp], ms: int, client: Any) -> None:
+        """Read the stored peaks, excursions and open tier buckets of ``rows`` (one pipeline)."""
+        if rows.size == 0:
+            return
+        starts = self.offsets()
+        pipe = client.pipeline(transaction=False)
+        for p in rows.tolist():
+            keys = PortfolioKeys(self.pids[p])
+            pipe.hmget(keys.peaks, list(_PEAK_FIELDS))
+            pipe.hgetall(keys.marks)
+            for t, tier in enumerate(self.tiers):
+                key = keys.history_tier(tier_resolution_ms(tier))
+                offset = 16 + int((ms // self._res[t]) % self._slots[t]) * TIER_LAYOUT.size
+                pipe.strlen(key)
+                pipe.getrange(key, 0, 15)
+                pipe.getrange(key, offset, offset + TIER_LAYOUT.size - 1)
+        replies = pipe.execute()
+        per = 2 + 3 * len(self.tiers)
+        for n, p in enumerate(rows.tolist()):
+            got = replies[n * per : (n + 1) * per]
+            self._load_peaks(p, got[0])
+            self._load_marks(p, got[1], starts[p])
+            for t in range(len(self.tiers)):
+                self._load_tier(p, t, *got[2 + 3 * t : 5 + 3 * t])
+            self.owned[p] = True
+
+    def _load_peaks(self, p: int, raw: list[Any]) -> None:
+        key = PortfolioKeys(self.pids[p]).peaks
+        if raw[0] is None:
+            self.day[p] = self.week[p] = None
+            self.peaks[p] = np.nan
+            return
+        names = _PEAK_FIELDS
+        self.day[p] = decode_str(raw[0], key=f"{key}.day")
+        self.week[p] = decode_str(raw[3], key=f"{key}.week")
+        values = [raw[1], raw[2], raw[4], raw[5], raw[6], raw[7]]
+        labels = [names[1], names[2], names[4], names[5], names[6], names[7]]
+        self.peaks[p] = [
+            np.nan if v is None and label == "last" else decode_float(v, key=f"{key}.{label}")
+            for v, label in zip(values, labels, strict=True)
+        ]
+
+    def _load_marks(self, p: int, raw: dict[bytes, bytes], start: int) -> None:
+        key = PortfolioKeys(self.pids[p]).marks
+        stored = {}
+        for raw_ticker, value in raw.items():
+            data = decode_object(value, f"{key}.{decode_str(raw_ticker, key=key)}")
+            try:
+                stored[decode_str(raw_ticker, key=key)] = (int(data["side"]), float(data["mfe"]), float(data["mae"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CorruptDataError(f"{key}: bad excursion record ({exc})") from exc
+        for j, ticker in enumerate(self.tickers[p]):
+            mark = stored.get(ticker)
+            side, mfe, mae = mark if mark is not None else (0, 0.0, 0.0)
+            self.side[start + j], self.mfe[start + j], self.mae[start + j] = side, mfe, mae
+        self._stored_marks[self.pids[p]] = set(stored)
+
+    def _load_tier(self, p: int, t: int, length: Any, header: Any, row: Any) -> None:
+        self.buckets[p, t] = -1
+        self.rows[p, t] = np.nan
+        self.headers[p, t] = 0.0
+        if int(length) != self._sizes[t] or len(header) != 16 or len(row) != TIER_LAYOUT.size:
+            return  # no ring yet (or another size): the write recreates it empty
+        self.headers[p, t] = np.frombuffer(header, dtype="<f8")
+        values = np.frombuffer(row, dtype=TIER_LAYOUT.dtype)[0]
+        decoded = np.array([float(values[c.name]) for c in HISTORY_COLUMNS])
+        ts = decoded[0]
+        if ts > 0:
+            self.buckets[p, t] = int(np.floor(np.floor(ts * 1000.0) / self._res[t]))
+            self.rows[p, t] = decoded
+
+    @property
+    def _stored_marks(self) -> dict[str, set[str]]:
+        """Tickers with an excursion in the store, by portfolio (what a write must delete when they close)."""
+        return self.__dict__.setdefault("_marks_stored", {})
+
+    # -- merge -----------------------------------------------------------------------------------------------
+    def merge_books(
+        self,
+        valid: npt.NDArray[np.bool_],
+        equity: Float64Array,
+        day: str,
+        week: str,
+        side: npt.NDArray[np.int8],
+        pnl: Float64Array,
+        ms: int,
+    ) -> Merged:
+        """Merge one observation of every ``valid`` portfolio into its peaks and excursions (the others keep
+        their state): ``equity`` per portfolio; ``side`` / ``pnl`` per position, the side (+1 / -1; 0 = no
+        excursion this tick: flat, or no usable price) and the unrealized P&L; ``ms``: the entry time. The
+        history buckets are merged by :meth:`merge_tiers` once the points are known."""
+        # peaks: MonitoringStore._PEAKS_LUA, vectorised
+        peaks = self.peaks.copy()
+        day_open, day_peak, week_peak, max_peak, max_dd, last = (peaks[:, i].copy() for i in range(6))
+        open_ = np.where(np.isnan(last), equity, last)
+        start_peak = np.where(open_ > equity, open_, equity)
+        new_days: list[str] = []
+        new_weeks: list[str] = []
+        for p in range(len(self.pids)):
+            d, w = self.day[p], self.week[p]
+            if not valid[p]:
+                new_days.append(d or "")
+                new_weeks.append(w or "")
+                continue
+            e = equity[p]
+            if d is None or day > d:
+                d, day_open[p], day_peak[p] = day, open_[p], start_peak[p]
+            elif day == d and e > day_peak[p]:
+                day_peak[p] = e
+            if w is None or week > w:
+                w, week_peak[p] = week, start_peak[p]
+            elif week == w and e > week_peak[p]:
+                week_peak[p] = e
+            new_days.append(d)
+            new_weeks.append(w)
+        v = valid
+        max_peak = np.where(v & (np.isnan(max_peak) | (equity > max_peak)), equity, max_peak)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dd = np.where((max_peak > 0) & (equity < max_peak), equity / max_peak - 1.0, 0.0)
+        max_dd = np.where(v & (np.isnan(max_dd) | (dd < max_dd)), dd, max_dd)
+        last = np.where(v, equity, last)
+        merged_peaks = np.column_stack([day_open, day_peak, week_peak, max_peak, max_dd, last])
+
+        # excursions: MonitoringStore._MARKS_LUA, vectorised (side 0: no excursion, dropped)
+        up, down = np.maximum(pnl, 0.0), np.minimum(pnl, 0.0)
+        same = (side != 0) & (self.side == side)
+        mfe = np.where(same, np.maximum(up, self.mfe), up)
+        mae = np.where(same, np.minimum(down, self.mae), down)
+        changed = (side != 0) & (~same | (pnl > self.mfe) | (pnl < self.mae))
+        mfe, mae = np.where(side != 0, mfe, 0.0), np.where(side != 0, mae, 0.0)
+        keep_rows = np.repeat(~valid, np.diff(self.offsets()))
+        new_side = np.where(keep_rows, self.side, side).astype(np.int8)
+        mfe, mae = np.where(keep_rows, self.mfe, mfe), np.where(keep_rows, self.mae, mae)
+        changed &= ~keep_rows
+
+        return Merged(new_days, new_weeks, merged_peaks, new_side, mfe, mae, changed,
+                      self.buckets.copy(), self.rows.copy(), self.headers.copy(), ms)  # fmt: skip
+
+    def merge_tiers(self, merged: Merged, valid: npt.NDArray[np.bool_], points: Float64Array) -> None:
+        """Merge each portfolio's history point (``points``: P x columns, NaN = no value; a NaN ``ts``: no
+        snapshot, nothing merged) into the open bucket of every tier, at the entry time ``merged.ms``."""
+        ms = merged.ms
+        buckets, rows, headers = merged.buckets, merged.rows, merged.headers
+        written = valid & ~np.isnan(points[:, 0])
+        fresh = points.copy()
+        fresh[:, _NARROW] = fresh[:, _NARROW].astype(np.float32).astype(np.float64)
+        for t in range(len(self.tiers)):
+            b = ms // int(self._res[t])
+            same_bucket = written & (buckets[:, t] == b)
+            old = rows[:, t].copy()
+            merged_row = fresh.copy()
+            later = same_bucket & (points[:, 0] >= old[:, 0])
+            keep_last = same_bucket & ~later
+            merged_row[:, _LAST] = np.where(keep_last[:, None], old[:, _LAST], fresh[:, _LAST])
+            new_hi, old_hi = points[:, _HIGH], old[:, _HIGH]
+            hi = np.where(~np.isnan(new_hi) & (np.isnan(old_hi) | (new_hi > old_hi)), new_hi, old_hi)
+            merged_row[:, _HIGH] = np.where(same_bucket[:, None], hi, fresh[:, _HIGH])
+            new_lo, old_lo = points[:, _LOW], old[:, _LOW]
+            lo = np.where(~np.isnan(new_lo) & (np.isnan(old_lo) | (new_lo < old_lo)), new_lo, old_lo)
+            merged_row[:, _LOW] = np.where(same_bucket[:, None], lo, fresh[:, _LOW])
+            merged_row[:, _NARROW] = merged_row[:, _NARROW].astype(np.float32).astype(np.float64)
+            rows[:, t] = np.where(written[:, None], merged_row, old)
+            buckets[:, t] = np.where(written, b, buckets[:, t])
+            newest, first = headers[:, t, 0].copy(), headers[:, t, 1].copy()
+            headers[:, t, 0] = np.where(written & (ms > newest), ms, newest)
+            headers[:, t, 1] = np.where(written & ((first == 0) | (ms < first)), ms, first)
+
+    # -- write -----------------------------------------------------------------------------------------------
+    def write(
+        self,
+        pipe: Conn,
+        store: Any,
+        merged: Merged,
+        valid: npt.NDArray[np.bool_],
+        snapshots: Sequence[tuple[int, dict[str, Any]] | None],
+        points: Float64Array,
+        *,
+        min_ms: int,
+        max_points: int,
+    ) -> None:
+        """Queue the script writing every ``valid`` portfolio's merged state and, where ``snapshots`` holds
+        one (version, snapshot), the snapshot and its history point."""
+        ntier = len(self.tiers)
+        raw = np.ascontiguousarray(points, dtype="<f8")
+        raw = np.where(np.isfinite(raw), raw, np.nan)
+        rows = np.zeros((len(self.pids), max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
+        for c, column in enumerate(HISTORY_COLUMNS):
+            rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
+        headers = np.ascontiguousarray(merged.headers, dtype="<f8")
+        starts = self.offsets()
+        peaks = merged.peaks.tolist()
+        keys: list[str] = []
+        args: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, *self._sizes]
+        groups: list[tuple[list[str], list[Any]]] = []
+        for p in np.flatnonzero(valid).tolist():
+            pid = self.pids[p]
+            k = PortfolioKeys(pid)
+            pk = [k.snapshot, k.history, k.peaks, k.marks, *(k.history_tier(int(r)) for r in self._res)]
+            snap = snapshots[p]
+            day_open, day_peak, week_peak, max_peak, max_dd, last = peaks[p]
+            pa: list[Any] = [
+                snap[0] if snap is not None else 0,
+                encode_json_fast(snap[1]) if snap is not None else "",
+                raw[p].tobytes() if snap is not None else "",
+                merged.day[p], repr(day_open), repr(day_peak), merged.week[p], repr(week_peak), repr(max_peak),
+                repr(max_dd), repr(last),
+            ]  # fmt: skip
+            lo, hi = int(starts[p]), int(starts[p + 1])
+            sets: list[Any] = []
+            stored = self._stored_marks.get(pid, set())
+            now_open = set()
+            for j in range(lo, hi):
+                ticker = self.tickers[p][j - lo]
+                if merged.side[j] != 0:
+                    now_open.add(ticker)
+                    if merged.changed[j]:
+                        sets += [ticker, _mark_json(int(merged.side[j]), float(merged.mfe[j]), float(merged.mae[j]))]
+            dels = sorted(stored - now_open)
+            pa += [len(sets) // 2, len(dels), *sets, *dels]
+            if snap is not None:
+                for t in range(ntier):
+                    slot = int(merged.buckets[p, t] % self._slots[t])
+                    pa += [16 + slot * TIER_LAYOUT.size, rows[p, t].tobytes(), headers[p, t].tobytes()]
+            groups.append((pk, pa))
+        if not groups:
+            return
+        if is_cluster(store.client):  # one script per portfolio, each in its slot's MULTI
+            for pk, pa in groups:
+                store._eval(pipe, _APPLY_LUA, pk, [*args, *pa])
+            return
+        for pk, pa in groups:
+            keys += pk
+            args += pa
+        store._eval(pipe, _APPLY_LUA, keys, args)
+
+    def commit(self, merged: Merged, valid: npt.NDArray[np.bool_]) -> None:
+        """The transaction holding ``merged`` succeeded: it is the stored state of every ``valid`` row."""
+        self.day = [d if v else old for d, v, old in zip(merged.day, valid.tolist(), self.day, strict=True)]
+        self.week = [w if v else old for w, v, old in zip(merged.week, valid.tolist(), self.week, strict=True)]
+        self.peaks = np.where(valid[:, None], merged.peaks, self.peaks)
+        self.side, self.mfe, self.mae = merged.side, merged.mfe, merged.mae
+        self.buckets, self.rows, self.headers = merged.buckets, merged.rows, merged.headers
+        starts = self.offsets()
+        for p in np.flatnonzero(valid).tolist():
+            lo = int(starts[p])
+            self._stored_marks[self.pids[p]] = {
+                t for j, t in enumerate(self.tickers[p]) if merged.side[lo + j] != 0
+            }  # fmt: skip
+        self.newest_ms = max(self.newest_ms, merged.ms)
+
+
+def _mark_json(side: int, mfe: float, mae: float) -> str:
+    return f'{{"side":{side},"mfe":{mfe!r},"mae":{mae!r}}}'
+
+
+def stamp_foreign(pipe: Conn, portfolio_ids: Sequence[str]) -> None:
+    """Queue a fresh foreign ``owner`` stamp on each portfolio's peaks (a backtest written by the per-portfolio
+    path): a vectorised monitor WATCHing them aborts, and loads them again."""
+    for pid in portfolio_ids:
+        pipe.hset(PortfolioKeys(pid).peaks, OWNER_FIELD, foreign_stamp())

@@ -1,0 +1,214 @@
+"""One tick of the vectorised monitor: every portfolio's valuation, peaks, excursions, risk figures, snapshot
+and history point computed on arrays, and everything written in one MULTI with one Lua script.
+
+The per-portfolio path (logic/monitor.py with ``vectorised=False``) merges peaks, excursions and history
+buckets in Redis with three scripts per portfolio and builds each snapshot on its own; this path keeps that
+state in memory while it owns it (engine/store/tick_state.py) and builds every snapshot from the columnar books
+(logic/batch_book.py). The stored results are the same (tests compare both paths on random books over many
+ticks, interleaved).
+
+Per tick: WATCH the portfolios' peaks keys (and backtest keys on a tick), read which ones another writer
+touched and load those, feed the backtests, read the live limits, value every book, merge peaks and excursions,
+compute the figures (logic/batch.py), build the snapshots, merge the history buckets, then MULTI: backtests,
+the one script, acknowledgement and heartbeat. A conflict (another monitor wrote meanwhile) aborts the EXEC:
+the state is dropped and the tick redone from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+
+from engine.errors import StoreError
+from engine.settings import Limits, Settings
+from engine.store import PortfolioBundle, Store, TickEvent
+from engine.store.slots import slot_transaction
+from engine.store.tick_state import TickState
+from logic.backtest_monitor import Fed, snapshot_section
+from logic.batch import PortfolioLookup, batch_risk, live_limits, read_backtest_markers
+from logic.batch_book import BookColumns, BookInputs, build_snapshots, exposure_rows, value_books
+from logic.rejections import MAX_BOOKABLE_PRICE
+from logic.snapshot import MarketView, RiskFigures, risk_figures
+
+if TYPE_CHECKING:
+    from logic.monitor import Monitor
+
+
+class VectorisedTick:
+    """The vectorised monitor's tick (module docstring); ``monitor`` supplies the rest of its state."""
+
+    def __init__(self, store: Store, settings: Settings, lookup: PortfolioLookup) -> None:
+        self.store = store
+        self.settings = settings
+        self.lookup = lookup
+        self.cols = BookColumns()
+        self.state = TickState(settings.history.tiers)
+
+    def accepts(self, now: float) -> bool:
+        """Whether this tick's time merges in memory (not before the newest point written)."""
+        return self.state.accepts(int(now * 1000))
+
+    def drop(self) -> None:
+        self.state.drop()
+
+    def snapshot_all(
+        self,
+        monitor: Monitor,
+        bundles: Sequence[PortfolioBundle],
+        market: MarketView,
+        now: float,
+        *,
+        event: TickEvent | None,
+        finish: Callable[[Any, dict[str, dict[str, Any]], dict[str, Fed]], object],
+    ) -> dict[str, dict[str, Any]]:
+        readable = [b for b in bundles if b.state is not None]
+        for b in bundles:
+            if b.state is None:
+                monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
+        states = [b.state for b in readable]
+        header = market.header
+        self.cols.update(states, header.tickers, market.index)  # type: ignore[arg-type]
+        cols, state = self.cols, self.state
+        state.align(cols.pids, cols.ticker_tuples())
+        cash = np.array([float(s.cash) for s in states], dtype=np.float64)  # type: ignore[union-attr]
+        values = value_books(cols, market, cash, MAX_BOOKABLE_PRICE)
+        valid = np.isfinite(values.equity) & ~values.absurd
+        for p in np.flatnonzero(~valid).tolist():
+            pid = cols.pids[p]
+            if values.absurd[p]:
+                book, lo = cols.books[p], int(cols.offsets[p])
+                columns = cols.tix[lo : lo + len(book.tickers)].tolist()
+                names = ", ".join(
+                    t for t, q, c in zip(book.tickers, book.qty_int, columns, strict=True)
+                    if q != 0 and c >= 0 and abs(np.nan_to_num(header.prices[c])) > MAX_BOOKABLE_PRICE
+                )  # fmt: skip
+                monitor._portfolio_error(pid, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable")
+            else:
+                monitor._portfolio_error(pid, "equity is not finite")
+        pids = [cols.pids[p] for p in np.flatnonzero(valid).tolist()]
+        ms = int(now * 1000)
+
+        tx = slot_transaction(self.store.client)
+        try:
+            watched = state.watch_keys()  # every writer of a backtest, peaks, marks or tier stamps the peaks
+            if watched:
+                tx.watch(*watched)
+            stale = state.stale(tx, self.store.client)
+            state.load(np.flatnonzero(stale), ms, self.store.client)
+            fed = self._feed(monitor, event, pids, cols, values, valid)
+            summaries: dict[str, Any] = {pid: f.summary for pid, f in fed.items()}
+            missing = [pid for pid in pids if pid not in summaries]
+            if missing:
+                summaries.update(monitor.backtests.summaries(missing))
+            limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
+            day_id, week_id = monitor.calendar.period_ids(now)
+            merged = state.merge_books(valid, values.equity, day_id, week_id, values.side, values.pnl, ms)
+            figures, chosen, methods = self._figures(monitor, market, cols, values, valid, limits)
+            backtest = [
+                snapshot_section(summaries.get(pid), methods[p]) if figures[p] is not None else None
+                for p, pid in enumerate(cols.pids)
+            ]  # fmt: skip
+            inputs = BookInputs(
+                states, [b.trading_state for b in readable], chosen, methods, figures, backtest,  # type: ignore[arg-type]
+                merged.peaks, merged.mfe, merged.mae,
+            )  # fmt: skip
+            built, points = build_snapshots(cols, values, inputs, market, now)
+            state.merge_tiers(merged, valid, points)
+            snapshots = {cols.pids[p]: s for p, s in enumerate(built) if s is not None}
+            tx.multi()
+            monitor.backtests.write(fed, tx)
+            versioned = [(int(header.version), s) if s is not None else None for s in built]
+            retention = monitor.retention_seconds
+            state.write(
+                tx, self.store, merged, valid, versioned, points,
+                min_ms=max(0, int((now - retention) * 1000)), max_points=monitor.history.raw_max_points,
+            )  # fmt: skip
+            finish(tx, snapshots, fed)
+            state.commit(merged, valid)
+        except redis.WatchError:
+            monitor.backtests.discard()
+            state.drop()
+            raise
+        except BaseException:
+            state.drop()  # a failed script may have written part of a tick: load again
+            raise
+        finally:
+            tx.reset()
+        return snapshots
+
+    def _feed(
+        self,
+        monitor: Monitor,
+        event: TickEvent | None,
+        pids: list[str],
+        cols: BookColumns,
+        values: Any,
+        valid: np.ndarray,
+    ) -> dict[str, Fed]:
+        if event is None or not pids:
+            return {}
+        n = len(event.tickers)
+        rows = np.flatnonzero(valid)
+        qty = np.zeros((rows.size, n))
+        where = np.full(len(cols.books), -1, dtype=np.intp)
+        where[rows] = np.arange(rows.size)
+        target = where[cols.owner]
+        use = (target >= 0) & (cols.tix >= 0) & (cols.qty != 0)
+        qty[target[use], cols.tix[use]] = cols.qty[use]
+        try:
+            with np.errstate(over="raise"):
+                markers = read_backtest_markers(self.store, pids)
+                return monitor.backtests.feed(event, {pid: qty[i] for i, pid in enumerate(pids)}, None, markers)
+        except (StoreError, ValueError, ArithmeticError) as exc:  # the snapshots go on; the bar is skipped
+            monitor.backtests.discard()
+            monitor._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
+            return {}
+
+    def _figures(
+        self,
+        monitor: Monitor,
+        market: MarketView,
+        cols: BookColumns,
+        values: Any,
+        valid: np.ndarray,
+        limits: dict[str, Limits | Exception],
+    ) -> tuple[list[RiskFigures | None], list[Limits], list[Any]]:
+        """Each book's figures (None: no snapshot, the error reported), limits and method."""
+        count = len(cols.pids)
+        methods = [self.lookup.var_method_for(pid) for pid in cols.pids]
+        chosen: list[Limits] = [self.lookup.limits_for(pid) for pid in cols.pids]
+        figures: list[RiskFigures | None] = [None] * count
+        rows = []
+        for p, pid in enumerate(cols.pids):
+            if not valid[p]:
+                continue
+            live = limits[pid]
+            if isinstance(live, Exception):
+                monitor._portfolio_error(pid, str(live))
+                continue
+            chosen[p] = live
+            rows.append(p)
+        at = np.array(rows, dtype=np.intp)
+        exposures = exposure_rows(cols, values, at, len(market.header.tickers))
+        batch = batch_risk(market, exposures, [methods[p] for p in rows], [chosen[p] for p in rows],
+                           self.settings.model) if rows else []  # fmt: skip
+        for i, (p, f) in enumerate(zip(rows, batch, strict=True)):
+            if f is not None:
+                figures[p] = f
+                continue
+            held = np.flatnonzero(exposures[i])  # the per-portfolio path: it reports what is wrong
+            try:
+                with np.errstate(over="raise"):
+                    figures[p] = risk_figures(
+                        market, methods[p], held, exposures[i, held], chosen[p], self.settings.model
+                    )
+            except (StoreError, ValueError) as exc:
+                monitor._portfolio_error(cols.pids[p], str(exc))
+            except ArithmeticError as exc:
+                monitor._portfolio_error(
+                    cols.pids[p], f"risk figures are not finite (an absurd price or variance): {exc}"
+                )
+        return figures, chosen, methods

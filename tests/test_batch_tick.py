@@ -1,0 +1,177 @@
+"""The vectorised tick (logic/batch_tick.py, logic/batch_book.py, engine/store/tick_state.py) against the
+per-portfolio reference path, over many ticks: the same snapshots, peaks, excursions, history points and tier
+buckets, through day and week changes, trades that open, close and flip positions, and monitors of both kinds
+taking turns on one store (each must load what the other merged)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+import warmup
+from engine.feeds import SimulatedFeed
+from engine.records import Position
+from engine.redis_server import EmbeddedRedis
+from engine.settings import Settings
+from engine.store import PortfolioKeys, Store
+from engine.store.history import OWNER_FIELD
+from engine.stream import StreamDaemon
+from logic.monitor import Monitor
+from tests.test_batch import RTOL, _numbers, _random_settings
+
+START = 1_800_000_000.0 - 1_800_000_000.0 % 604_800 + 4 * 86_400 + 15 * 3600.0
+"""A Monday 15:00 UTC (1970-01-01 was a Thursday: +4 days is a Monday)."""
+STEPS = (5 * 3600.0, 0.4, 0.4, 4.0, 25.0, 400.0)
+"""Seconds between ticks, in turn: several ticks share a bucket of every tier, and days change within a run."""
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def two_stores(redis_server: EmbeddedRedis) -> Iterator[tuple[Store, Store]]:
+    clients = [redis.Redis.from_url(redis_server.url, db=db, socket_timeout=10) for db in (1, 2)]
+    for c in clients:
+        c.flushdb()
+    try:
+        yield Store(clients[0]), Store(clients[1])
+    finally:
+        for c in clients:
+            c.flushdb()
+            c.close()
+
+
+def _trade(store: Store, tick: int, tickers: list[str]) -> None:
+    """Change some books the same way in both stores: open a new ticker, close one, flip a side."""
+    pid = f"p{tick % 18:02d}"
+    positions = store.read_portfolio(pid).positions
+    held = sorted(t for t, p in positions.items() if p.qty != 0)
+    if tick % 3 == 0:
+        new = next(t for t in tickers if t not in positions)
+        store.write_position(pid, new, Position(int(100 + tick), Decimal("50")))
+    elif tick % 3 == 1 and held:
+        store.write_position(pid, held[0], Position(0, Decimal("0"), Decimal("12.5")))
+    elif held:
+        old = positions[held[-1]]
+        store.write_position(pid, held[-1], Position(-old.qty, old.avg_price, old.realized_pnl))
+
+
+def _assert_same_snapshot(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
+    g, w = _numbers(got), _numbers(want)
+    assert g.keys() == w.keys(), where
+    for path, value in w.items():
+        if isinstance(value, float) and isinstance(g[path], float):
+            assert math.isclose(g[path], value, rel_tol=RTOL, abs_tol=1e-9), (where, path, g[path], value)
+        else:
+            assert g[path] == value, (where, path, g[path], value)
+
+
+def _assert_same_state(fast: Store, loop: Store, pids: list[str], settings: Settings) -> None:
+    for pid in pids:
+        _assert_same_snapshot(fast.read_snapshot(pid) or {}, loop.read_snapshot(pid) or {}, pid)
+        a, b = fast.read_peaks(pid), loop.read_peaks(pid)
+        assert a is not None and b is not None
+        assert (a.day, a.week) == (b.day, b.week), pid
+        for name in ("day_open", "day_peak", "week_peak", "max_peak", "max_drawdown"):
+            assert math.isclose(getattr(a, name), getattr(b, name), rel_tol=RTOL, abs_tol=1e-12), (pid, name)
+        ma, mb = fast.read_marks(pid), loop.read_marks(pid)
+        assert ma.keys() == mb.keys(), pid
+        for t in ma:
+            assert ma[t].side == mb[t].side, (pid, t)
+            assert math.isclose(ma[t].mfe, mb[t].mfe, rel_tol=RTOL, abs_tol=1e-6), (pid, t)
+            assert math.isclose(ma[t].mae, mb[t].mae, rel_tol=RTOL, abs_tol=1e-6), (pid, t)
+        ha, hb = fast.read_history(pid), loop.read_history(pid)
+        assert [p["id"] for p in ha] == [p["id"] for p in hb], pid
+        for pa, pb in zip(ha, hb, strict=True):
+            for name, value in pb.items():
+                if isinstance(value, float):
+                    assert math.isclose(pa[name], value, rel_tol=RTOL, abs_tol=1e-9), (pid, name)
+                else:
+                    assert pa[name] == value, (pid, name)
+        for tier in settings.history.tiers:
+            ra, rb = fast.read_tier_rows(pid, tier), loop.read_tier_rows(pid, tier)
+            assert len(ra) == len(rb) > 0, (pid, tier)
+            for name in ra.dtype.names or ():
+                np.testing.assert_allclose(ra[name], rb[name], rtol=1e-6, atol=1e-6, err_msg=f"{pid} {name}")
+
+
+def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list[Monitor]], clock: Steps, ticks: int,
+         tickers: list[str]) -> None:  # fmt: skip
+    daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in stores]  # type: ignore[arg-type]
+    feeds = [iter(SimulatedFeed.from_settings(settings, seed=3)) for _ in stores]
+    for tick in range(ticks):
+        clock.now += STEPS[tick % len(STEPS)]
+        for daemon, feed in zip(daemons, feeds, strict=True):
+            daemon.process_bar(next(feed))
+        if tick % 4 == 2:
+            for s in stores:
+                _trade(s, tick, tickers)
+        for monitor in monitors(tick):
+            assert monitor.process_available() == 1
+
+
+def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: the same random books in two databases, one monitor of each kind
+    fast_store, loop_store = two_stores
+    settings = _random_settings(make_settings, seed=5)
+    for s in two_stores:
+        warmup.seed(s, settings, now=START)
+    clock = Steps()
+    fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    tickers = list(settings.universe.assets)
+
+    # Act: 40 ticks over about a day and a half, trades every fourth
+    _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 40, tickers)
+
+    # Assert: the same stored state; the monitors saw the same errors
+    pids = fast_store.portfolio_ids()
+    _assert_same_state(fast_store, loop_store, pids, settings)
+    assert fast.stats.portfolio_errors == loop.stats.portfolio_errors
+    peaks = fast_store.read_peaks(pids[0])
+    assert peaks is not None and peaks.day != warmup_day(START)  # the run crossed a day
+
+
+def warmup_day(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+
+
+def test_monitors_of_both_kinds_taking_turns_lose_nothing(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: store A is monitored by a vectorised and a per-portfolio monitor in turns (irregularly), store B
+    # by the per-portfolio one alone
+    mixed_store, loop_store = two_stores
+    settings = _random_settings(make_settings, seed=9)
+    for s in two_stores:
+        warmup.seed(s, settings, now=START)
+    clock = Steps()
+    fast = Monitor(mixed_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    other = Monitor(mixed_store, settings, clock, consumer="other", idle_refresh_seconds=0, vectorised=False)
+    second = Monitor(mixed_store, settings, clock, consumer="second", idle_refresh_seconds=0)
+    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    turns = [fast, fast, other, fast, second, second, fast, other, other, fast]
+    tickers = list(settings.universe.assets)
+
+    # Act
+    _run(settings, [mixed_store, loop_store], lambda tick: [turns[tick % len(turns)], loop], clock, 30, tickers)
+
+    # Assert: every merge of every monitor is in the store, as if one monitor had done them all
+    _assert_same_state(mixed_store, loop_store, mixed_store.portfolio_ids(), settings)
+    stamp = mixed_store.client.hget(PortfolioKeys("p01").peaks, OWNER_FIELD)
+    assert stamp == fast.fast.state.token.encode()  # type: ignore[union-attr]  # the last tick was the fast one's
