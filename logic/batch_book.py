@@ -16,7 +16,6 @@ other totals may differ from the per-portfolio path's in the last bit (tests com
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -173,10 +172,6 @@ def exposure_rows(cols: BookColumns, values: BookValues, rows: IntArray, n: int)
     return e
 
 
-def _f(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def _drawdowns(equity: Float64Array, peak: Float64Array) -> Float64Array:
     """:func:`logic.snapshot._drawdown` of every book: ``E / max(peak, E) - 1``, 0 without a positive peak."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -201,159 +196,173 @@ class BookInputs:
     """Per position after this tick's merge (0 without an excursion)."""
 
 
-_POINT_INDEX = {c.name: i for i, c in enumerate(HISTORY_COLUMNS)}
+_COLUMN = {c.name: i for i, c in enumerate(HISTORY_COLUMNS)}
+
+
+def _nullable(values: npt.NDArray[Any]) -> list[Any]:
+    """Floats as a list, ``None`` where not finite (a snapshot's JSON has no NaN / inf)."""
+    out = values.astype(object)
+    out[~np.isfinite(values)] = None
+    return out.tolist()
 
 
 def build_snapshots(
     cols: BookColumns, values: BookValues, inputs: BookInputs, market: MarketView, now: float
 ) -> tuple[list[dict[str, Any] | None], Float64Array]:
     """The snapshot of every book with figures (None where ``inputs.figures`` has none) and the P x columns
-    matrix of their history points (NaN: no value; a NaN ``ts`` for a book without a snapshot)."""
+    matrix of their history points (NaN: no value; a NaN ``ts`` for a book without a snapshot).
+
+    Every number is computed for all books at once; the history point is a row of that matrix and the snapshot
+    takes its numbers from the same row, so the two never disagree."""
     header = market.header
     count = len(cols.books)
     owner, tix = cols.owner, cols.tix
     eq = values.equity
     exposure = exposure_rows(cols, values, np.arange(count, dtype=np.intp), len(header.tickers))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    built = [p for p in range(count) if inputs.figures[p] is not None]
+    figures = [inputs.figures[p] for p in built]
+
+    def figure(name: str) -> Float64Array:
+        out = np.full(count, np.nan)
+        out[built] = [getattr(f, name) for f in figures]
+        return out
+
+    states = inputs.states
+    realized = np.array([float(s.realized_pnl) for s in states])
+    var_limit = np.array([float(lim.var_limit) for lim in inputs.limits])
+    margin = np.array([s.account_type == _MARGIN for s in states], dtype=bool)
+    initial = np.array([s.initial_margin for s in states], dtype=np.float64)
+    maintenance = np.array([s.maintenance_margin for s in states], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         pos_weights = np.where(eq[owner] > 0, values.market_values / eq[owner], 0.0)
         magnitude = np.abs(exposure)
         total = magnitude.sum(axis=1)  # math_logic.hhi_concentration, row by row (its sum and dot product)
         shares = magnitude / np.where(total == 0.0, 1.0, total)[:, None]
-        hhi = [0.0 if t == 0.0 else float(row @ row) for row, t in zip(shares, total.tolist(), strict=True)]
+        hhi = np.array([0.0 if t == 0.0 else float(r @ r) for r, t in zip(shares, total.tolist(), strict=True)])
         leverage = np.where(eq > 0, values.gross / eq, np.where(values.gross > 0, np.inf, 0.0))
-        day_dd = _drawdowns(eq, inputs.peaks[:, 1])
-        week_dd = _drawdowns(eq, inputs.peaks[:, 2])
-        max_dd = np.minimum(inputs.peaks[:, 4], _drawdowns(eq, inputs.peaks[:, 3]))
-    # the largest exposure of each book: numpy's argmax over its row, as the per-portfolio path finds it
-    largest_col = np.argmax(magnitude, axis=1) if count and len(header.tickers) else np.zeros(count, dtype=np.intp)
-    any_held = (magnitude != 0).any(axis=1) if count else np.zeros(0, dtype=bool)
-    largest = np.full(count, -1, dtype=np.intp)
-    hit = (tix == largest_col[owner]) & any_held[owner] if count else np.zeros(0, dtype=bool)
-    largest[owner[hit]] = np.flatnonzero(hit)
+        # the largest exposure: numpy's argmax over each book's row, as the per-portfolio path finds it
+        largest_col = np.argmax(magnitude, axis=1) if count and len(header.tickers) else np.zeros(count, np.intp)
+        any_held = (magnitude != 0).any(axis=1) if count else np.zeros(0, dtype=bool)
+        largest = np.full(count, -1, dtype=np.intp)
+        hit = (tix == largest_col[owner]) & any_held[owner]
+        largest[owner[hit]] = np.flatnonzero(hit)
+        at_largest = values.exposures[largest] if values.exposures.size else np.zeros(count)
+        largest_share = np.where((largest >= 0) & (eq > 0), np.abs(at_largest) / eq, np.nan)
+        used = values.gross * initial
+        points = np.full((count, len(HISTORY_COLUMNS)), np.nan)
+        columns = {
+            "ts": float(now), "version": float(header.version), "market_ts": float(header.ts), "equity": eq,
+            "cash": np.array([float(s.cash) for s in states]), "market_value": values.market_value,
+            "gross_exposure": values.gross, "net_exposure": values.market_value, "leverage": leverage,
+            "pnl.unrealized": values.unrealized_total, "pnl.realized": realized,
+            "pnl.daily": eq - inputs.peaks[:, 0], "pnl.total": realized + values.unrealized_total,
+            "var.var95": figure("var95"), "var.var99": figure("var99"), "var.cvar95": figure("cvar95"),
+            "var.cvar99": figure("cvar99"), "var.stressed_var99": figure("stressed_var99"),
+            "var.utilization": figure("limit_var") / var_limit,
+            "drawdown.daily": _drawdowns(eq, inputs.peaks[:, 1]), "drawdown.weekly": _drawdowns(eq, inputs.peaks[:, 2]),
+            "drawdown.max": np.minimum(inputs.peaks[:, 4], _drawdowns(eq, inputs.peaks[:, 3])),
+            "concentration.hhi": hhi, "concentration.largest_share": largest_share,
+            "margin.level": np.where(margin & (used > 0), eq / np.where(used > 0, used, 1.0) * 100.0, np.nan),
+            "data.market_age_seconds": max(0.0, float(now) - float(header.ts)),
+        }  # fmt: skip
+        for name, column in columns.items():
+            points[:, _COLUMN[name]] = column
+        used_out = np.where(margin, used, 0.0)
+        maintenance_out = np.where(margin, values.gross * maintenance, 0.0)
+        weights = np.where(values.ok, pos_weights, 0.0)
+    points[~np.isfinite(points)] = np.nan
+    points[[p for p in range(count) if inputs.figures[p] is None], 0] = np.nan
+    rows = _nullable(points)
+    used_l, maintenance_l = _nullable(used_out), _nullable(maintenance_out)
 
-    age = max(0.0, float(now) - float(header.ts))
-    points = np.full((count, len(HISTORY_COLUMNS)), np.nan)
-    snapshots: list[dict[str, Any] | None] = [None] * count
-    last = np.where(values.ok, values.price, np.nan).tolist()
-    exp_list, weight_list, unr_list = values.exposures.tolist(), pos_weights.tolist(), values.unrealized.tolist()
-    ok_list, mfe_list, mae_list = values.ok.tolist(), inputs.mfe.tolist(), inputs.mae.tolist()
-    eq_l, mv_l, gross_l, lev_l = eq.tolist(), values.market_value.tolist(), values.gross.tolist(), leverage.tolist()
-    unr_total = values.unrealized_total.tolist()
-    day_open = inputs.peaks[:, 0].tolist()
-    dd_d, dd_w, dd_m, hhi_l = day_dd.tolist(), week_dd.tolist(), max_dd.tolist(), hhi
+    # every position of every book, then each book's slice (one comprehension over flat columns)
+    qty_flat = [q for b in cols.books for q in b.qty_int]
+    open_ = cols.qty != 0
+    positions = [
+        {"ticker": t, "qty": q, "avg_price": a, "last": la, "market_value": mv, "weight": w, "unrealized_pnl": u,
+         "realized_pnl": r, "mfe": f, "mae": m}
+        for t, q, a, la, mv, w, u, r, f, m in zip(
+            [t for b in cols.books for t in b.tickers], qty_flat, [a for b in cols.books for a in b.avg_list],
+            _nullable(np.where(values.ok, values.price, np.nan)), values.exposures.tolist(), _nullable(weights),
+            values.unrealized.tolist(), [r for b in cols.books for r in b.realized_list],
+            np.where(open_, inputs.mfe, 0.0).tolist(), np.where(open_, inputs.mae, 0.0).tolist(), strict=True,
+        )
+    ]  # fmt: skip
+    components = _components(cols, values, built, figures)
     offsets = cols.offsets.tolist()
-    held_sorted = _held_by_column(cols, values)
-    version, market_ts = int(header.version), float(header.ts)
-    for p in range(count):
-        risk = inputs.figures[p]
-        if risk is None:
-            continue
-        book, state, limits = cols.books[p], inputs.states[p], inputs.limits[p]
-        lo = offsets[p]
-        e = eq_l[p]
-        realized = float(state.realized_pnl)
-        var_limit = float(limits.var_limit)
-        margin = state.account_type == _MARGIN
+    snapshots: list[dict[str, Any] | None] = [None] * count
+    version, market_ts, age = int(header.version), float(header.ts), max(0.0, float(now) - float(header.ts))
+    i = _COLUMN
+    for k, p in enumerate(built):
+        row, book, limits = rows[p], cols.books[p], inputs.limits[p]
         li = int(largest[p])
-        largest_share = abs(exp_list[li]) / e if li >= 0 and e > 0 else None
-        gross = gross_l[p]
-        used = gross * state.initial_margin
-        level = (None if used <= 0 else e / used * 100.0) if margin else None
-        positions = []
-        for j, ticker in enumerate(book.tickers):
-            k = lo + j
-            priced = ok_list[k]
-            q = book.qty_int[j]
-            positions.append({
-                "ticker": ticker,
-                "qty": q,
-                "avg_price": book.avg_list[j],
-                "last": last[k] if priced else None,
-                "market_value": exp_list[k] if priced else 0.0,
-                "weight": _f(weight_list[k]) if priced else 0.0,
-                "unrealized_pnl": unr_list[k] if priced else 0.0,
-                "realized_pnl": book.realized_list[j],
-                "mfe": mfe_list[k] if q != 0 else 0.0,
-                "mae": mae_list[k] if q != 0 else 0.0,
-            })  # fmt: skip
-        unrealized_total = unr_total[p]
         trading = inputs.trading[p]
-        snapshot = {
+        snapshots[p] = {
             "portfolio_id": book.state.portfolio_id,
             "ts": float(now),
             "version": version,
             "market_ts": market_ts,
-            "equity": _f(e),
-            "cash": float(state.cash),
-            "market_value": _f(mv_l[p]),
-            "gross_exposure": _f(gross),
-            "net_exposure": _f(mv_l[p]),
-            "leverage": _f(lev_l[p]),
+            "equity": row[i["equity"]],
+            "cash": row[i["cash"]],
+            "market_value": row[i["market_value"]],
+            "gross_exposure": row[i["gross_exposure"]],
+            "net_exposure": row[i["net_exposure"]],
+            "leverage": row[i["leverage"]],
             "pnl": {
-                "unrealized": _f(unrealized_total),
-                "realized": realized,
-                "daily": _f(e - day_open[p]),
-                "total": _f(realized + unrealized_total),
+                "unrealized": row[i["pnl.unrealized"]],
+                "realized": row[i["pnl.realized"]],
+                "daily": row[i["pnl.daily"]],
+                "total": row[i["pnl.total"]],
             },
             "var": {
-                "var95": _f(risk.var95),
-                "var99": _f(risk.var99),
-                "cvar95": _f(risk.cvar95),
-                "cvar99": _f(risk.cvar99),
-                "stressed_var99": _f(risk.stressed_var99),
-                "limit": var_limit,
+                "var95": row[i["var.var95"]],
+                "var99": row[i["var.var99"]],
+                "cvar95": row[i["var.cvar95"]],
+                "cvar99": row[i["var.cvar99"]],
+                "stressed_var99": row[i["var.stressed_var99"]],
+                "limit": float(limits.var_limit),
                 "confidence": float(limits.var_confidence),
-                "utilization": _f(risk.limit_var / var_limit),
+                "utilization": row[i["var.utilization"]],
             },
-            "drawdown": {"daily": dd_d[p], "weekly": dd_w[p], "max": dd_m[p]},
+            "drawdown": {
+                "daily": row[i["drawdown.daily"]], "weekly": row[i["drawdown.weekly"]], "max": row[i["drawdown.max"]]
+            },
             "concentration": {
-                "hhi": hhi_l[p],
-                "largest_share": None if largest_share is None else _f(largest_share),
-                "largest_ticker": book.tickers[li - lo] if li >= 0 else None,
+                "hhi": row[i["concentration.hhi"]],
+                "largest_share": row[i["concentration.largest_share"]],
+                "largest_ticker": book.tickers[li - offsets[p]] if li >= 0 else None,
             },
-            "margin": {
-                "level": None if level is None else _f(level),
-                "used": _f(used) if margin else 0.0,
-                "maintenance": _f(gross * state.maintenance_margin) if margin else 0.0,
-            },
+            "margin": {"level": row[i["margin.level"]], "used": used_l[p], "maintenance": maintenance_l[p]},
             "data": {"market_age_seconds": age, "missing_prices": values.missing[p]},
             "trading_state": trading.state if trading is not None else _ACTIVE,
-            "positions": positions,
+            "positions": positions[offsets[p] : offsets[p + 1]],
             "var_method": str(inputs.methods[p]),
-            "component_var": _components(book.tickers, lo, held_sorted[p], risk),
+            "component_var": components[k],
             "backtest": None if inputs.backtest[p] is None else dict(inputs.backtest[p]),  # type: ignore[arg-type]
-        }
-        snapshots[p] = snapshot
-        points[p] = _point(snapshot)
+        }  # fmt: skip
     return snapshots, points
 
 
-def _held_by_column(cols: BookColumns, values: BookValues) -> list[list[int]]:
-    """Per book, its positions with a nonzero exposure in market-column order (the risk figures' order)."""
+def _components(
+    cols: BookColumns, values: BookValues, built: list[int], figures: list[RiskFigures | None]
+) -> list[dict[str, float]]:
+    """Each built book's component VaR by ticker, in market-column order (the order of its figures); a share
+    that is not finite, or -0, is 0."""
     held = np.flatnonzero(values.exposures != 0.0)
     order = held[np.lexsort((cols.tix[held], cols.owner[held]))]
-    out: list[list[int]] = [[] for _ in cols.books]
-    for j, p in zip(order.tolist(), cols.owner[order].tolist(), strict=True):
-        out[p].append(j)
-    return out
-
-
-def _components(tickers: tuple[str, ...], lo: int, held: list[int], risk: RiskFigures) -> dict[str, float]:
-    shares = risk.components.tolist()
-    if len(shares) != len(held):
-        raise ValueError("component VaR does not match the held tickers")
-    return {tickers[j - lo]: (_f(c) or 0.0) for j, c in zip(held, shares, strict=True)}
-
-
-_POINT_PATHS = tuple(tuple(c.name.split(".")) for c in HISTORY_COLUMNS)
-
-
-def _point(snapshot: Mapping[str, Any]) -> list[float]:
-    """:func:`logic.snapshot.history_point` as a row (NaN for None)."""
+    counts = np.bincount(cols.owner[order], minlength=len(cols.books))
+    starts = np.concatenate(([0], np.cumsum(counts))).tolist()
+    starts_of = cols.offsets.tolist()
+    names = [
+        cols.books[p].tickers[j - starts_of[p]]
+        for j, p in zip(order.tolist(), cols.owner[order].tolist(), strict=True)
+    ]
     out = []
-    for path in _POINT_PATHS:
-        node: Any = snapshot
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        out.append(math.nan if node is None or isinstance(node, bool) else float(node))
+    for p, f in zip(built, figures, strict=True):
+        assert f is not None
+        c = f.components
+        if c.size != counts[p]:
+            raise ValueError("component VaR does not match the held tickers")
+        clean = np.where(np.isfinite(c) & (c != 0.0), c, 0.0).tolist()
+        out.append(dict(zip(names[starts[p] : starts[p + 1]], clean, strict=True)))
     return out

@@ -53,15 +53,15 @@ def two_stores(redis_server: EmbeddedRedis) -> Iterator[tuple[Store, Store]]:
 
 
 def _trade(store: Store, tick: int, tickers: list[str]) -> None:
-    """Change some books the same way in both stores: open a new ticker, close one, flip a side."""
+    """Change some books the same way in both stores: open a new ticker, close or remove one, flip a side."""
     pid = f"p{tick % 18:02d}"
     positions = store.read_portfolio(pid).positions
     held = sorted(t for t, p in positions.items() if p.qty != 0)
     if tick % 3 == 0:
         new = next(t for t in tickers if t not in positions)
         store.write_position(pid, new, Position(int(100 + tick), Decimal("50")))
-    elif tick % 3 == 1 and held:
-        store.write_position(pid, held[0], Position(0, Decimal("0"), Decimal("12.5")))
+    elif tick % 3 == 1 and held:  # closed: kept flat with its realized P&L, or removed
+        store.write_position(pid, held[0], None if (tick // 4) % 2 else Position(0, Decimal("0"), Decimal("12.5")))
     elif held:
         old = positions[held[-1]]
         store.write_position(pid, held[-1], Position(-old.qty, old.avg_price, old.realized_pnl))

@@ -166,6 +166,10 @@ class TickState:
     side: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     mfe: Float64Array = field(default_factory=lambda: np.zeros(0))
     mae: Float64Array = field(default_factory=lambda: np.zeros(0))
+    stored: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Per position: its excursion is in the store (a write deletes it when the position has none)."""
+    orphans: dict[str, set[str]] = field(default_factory=dict)
+    """Stored excursions of tickers no longer in a portfolio's positions (the next write deletes them)."""
     buckets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
     rows: Float64Array = field(default_factory=lambda: np.zeros((0, 0, _NCOL)))
     headers: Float64Array = field(default_factory=lambda: np.zeros((0, 0, 2)))
@@ -176,6 +180,9 @@ class TickState:
         self._res = np.array([tier_resolution_ms(t) for t in self.tiers], dtype=np.int64)
         self._slots = np.array([tier_slots(t) for t in self.tiers], dtype=np.int64)
         self._sizes = [tier_bytes(t) for t in self.tiers]
+        self._flat: list[str] = []
+        self._owner = np.zeros(0, dtype=np.intp)
+        self._keys: dict[str, list[str]] = {}
 
     # -- layout ----------------------------------------------------------------------------------------------
     def align(self, pids: Sequence[str], tickers: Sequence[tuple[str, ...]]) -> None:
@@ -192,6 +199,7 @@ class TickState:
         week: list[str | None] = [None] * count
         peaks = np.full((count, 6), np.nan)
         side, mfe, mae = np.zeros(total, dtype=np.int8), np.zeros(total), np.zeros(total)
+        stored = np.zeros(total, dtype=bool)
         buckets = np.full((count, ntier), -1, dtype=np.int64)
         rows = np.full((count, ntier, _NCOL), np.nan)
         headers = np.zeros((count, ntier, 2))
@@ -204,14 +212,21 @@ class TickState:
                 rows[p], headers[p] = self.rows[i], self.headers[i]
                 before = {t: starts[i] + j for j, t in enumerate(self.tickers[i])}
                 for j, t in enumerate(names):
-                    k = before.get(t)
+                    k = before.pop(t, None)
                     if k is not None:
                         side[at + j], mfe[at + j], mae[at + j] = self.side[k], self.mfe[k], self.mae[k]
+                        stored[at + j] = self.stored[k]
+                gone = {t for t, k in before.items() if self.stored[k]}
+                if gone:
+                    self.orphans.setdefault(pid, set()).update(gone)
             at += len(names)
         self.pids, self.tickers, self.owned = list(pids), list(tickers), owned
         self.day, self.week, self.peaks = day, week, peaks
-        self.side, self.mfe, self.mae = side, mfe, mae
+        self.side, self.mfe, self.mae, self.stored = side, mfe, mae, stored
         self.buckets, self.rows, self.headers = buckets, rows, headers
+        self._flat = [t for names in self.tickers for t in names]
+        self._owner = np.repeat(np.arange(count, dtype=np.intp), [len(t) for t in self.tickers])
+        self._keys = {}
 
     def offsets(self) -> npt.NDArray[np.intp]:
         return np.concatenate(([0], np.cumsum([len(t) for t in self.tickers]))).astype(np.intp)
@@ -297,10 +312,11 @@ class TickState:
             except (KeyError, TypeError, ValueError) as exc:
                 raise CorruptDataError(f"{key}: bad excursion record ({exc})") from exc
         for j, ticker in enumerate(self.tickers[p]):
-            mark = stored.get(ticker)
+            mark = stored.pop(ticker, None)
             side, mfe, mae = mark if mark is not None else (0, 0.0, 0.0)
             self.side[start + j], self.mfe[start + j], self.mae[start + j] = side, mfe, mae
-        self._stored_marks[self.pids[p]] = set(stored)
+            self.stored[start + j] = mark is not None
+        self.orphans[self.pids[p]] = set(stored)
 
     def _load_tier(self, p: int, t: int, length: Any, header: Any, row: Any) -> None:
         self.buckets[p, t] = -1
@@ -315,11 +331,6 @@ class TickState:
         if ts > 0:
             self.buckets[p, t] = int(np.floor(np.floor(ts * 1000.0) / self._res[t]))
             self.rows[p, t] = decoded
-
-    @property
-    def _stored_marks(self) -> dict[str, set[str]]:
-        """Tickers with an excursion in the store, by portfolio (what a write must delete when they close)."""
-        return self.__dict__.setdefault("_marks_stored", {})
 
     # -- merge -----------------------------------------------------------------------------------------------
     def merge_books(
@@ -427,47 +438,53 @@ class TickState:
     ) -> None:
         """Queue the script writing every ``valid`` portfolio's merged state and, where ``snapshots`` holds
         one (version, snapshot), the snapshot and its history point."""
-        ntier = len(self.tiers)
-        raw = np.ascontiguousarray(points, dtype="<f8")
-        raw = np.where(np.isfinite(raw), raw, np.nan)
-        rows = np.zeros((len(self.pids), max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
+        ntier, count = len(self.tiers), len(self.pids)
+        raw = np.ascontiguousarray(np.where(np.isfinite(points), points, np.nan), dtype="<f8").tobytes()
+        rows = np.zeros((count, max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
         for c, column in enumerate(HISTORY_COLUMNS):
             rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
-        headers = np.ascontiguousarray(merged.headers, dtype="<f8")
-        starts = self.offsets()
-        peaks = merged.peaks.tolist()
-        keys: list[str] = []
+        row_blob, row_size, raw_size = rows.tobytes(), TIER_LAYOUT.size, 8 * points.shape[1]
+        header_blob = np.ascontiguousarray(merged.headers, dtype="<f8").tobytes()
+        ring_offsets = (16 + (merged.buckets % np.maximum(self._slots, 1)) * row_size).tolist()
+        peaks = [[repr(x) for x in row] for row in merged.peaks.tolist()]
+        # excursions to set (new or a new extreme) and to delete (no excursion any more), by portfolio
+        valid_pos = valid[self._owner]
+        sets: dict[int, list[str]] = {}
+        dels: dict[int, list[str]] = {}
+        gone = self.stored & (merged.side == 0) & valid_pos
+        owner = self._owner.tolist()
+        for j in np.flatnonzero((merged.changed | gone) & valid_pos).tolist():
+            p = owner[j]
+            if gone[j]:
+                dels.setdefault(p, []).append(self._flat[j])
+            else:
+                mark = _mark_json(int(merged.side[j]), float(merged.mfe[j]), float(merged.mae[j]))
+                sets.setdefault(p, []).extend((self._flat[j], mark))
         args: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, *self._sizes]
         groups: list[tuple[list[str], list[Any]]] = []
         for p in np.flatnonzero(valid).tolist():
             pid = self.pids[p]
-            k = PortfolioKeys(pid)
-            pk = [k.snapshot, k.history, k.peaks, k.marks, *(k.history_tier(int(r)) for r in self._res)]
+            pk = self._keys.get(pid)
+            if pk is None:
+                k = PortfolioKeys(pid)
+                pk = self._keys[pid] = [
+                    k.snapshot, k.history, k.peaks, k.marks, *(k.history_tier(int(r)) for r in self._res)
+                ]  # fmt: skip
             snap = snapshots[p]
-            day_open, day_peak, week_peak, max_peak, max_dd, last = peaks[p]
+            set_p = sets.get(p, [])
+            del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
             pa: list[Any] = [
                 snap[0] if snap is not None else 0,
                 encode_json_fast(snap[1]) if snap is not None else "",
-                raw[p].tobytes() if snap is not None else "",
-                merged.day[p], repr(day_open), repr(day_peak), merged.week[p], repr(week_peak), repr(max_peak),
-                repr(max_dd), repr(last),
+                raw[p * raw_size : (p + 1) * raw_size] if snap is not None else "",
+                merged.day[p], peaks[p][0], peaks[p][1], merged.week[p], *peaks[p][2:],
+                len(set_p) // 2, len(del_p), *set_p, *del_p,
             ]  # fmt: skip
-            lo, hi = int(starts[p]), int(starts[p + 1])
-            sets: list[Any] = []
-            stored = self._stored_marks.get(pid, set())
-            now_open = set()
-            for j in range(lo, hi):
-                ticker = self.tickers[p][j - lo]
-                if merged.side[j] != 0:
-                    now_open.add(ticker)
-                    if merged.changed[j]:
-                        sets += [ticker, _mark_json(int(merged.side[j]), float(merged.mfe[j]), float(merged.mae[j]))]
-            dels = sorted(stored - now_open)
-            pa += [len(sets) // 2, len(dels), *sets, *dels]
             if snap is not None:
                 for t in range(ntier):
-                    slot = int(merged.buckets[p, t] % self._slots[t])
-                    pa += [16 + slot * TIER_LAYOUT.size, rows[p, t].tobytes(), headers[p, t].tobytes()]
+                    at = (p * ntier + t) * row_size
+                    head = (p * ntier + t) * 16
+                    pa += [ring_offsets[p][t], row_blob[at : at + row_size], header_blob[head : head + 16]]
             groups.append((pk, pa))
         if not groups:
             return
@@ -475,6 +492,7 @@ class TickState:
             for pk, pa in groups:
                 store._eval(pipe, _APPLY_LUA, pk, [*args, *pa])
             return
+        keys: list[str] = []
         for pk, pa in groups:
             keys += pk
             args += pa
@@ -487,12 +505,10 @@ class TickState:
         self.peaks = np.where(valid[:, None], merged.peaks, self.peaks)
         self.side, self.mfe, self.mae = merged.side, merged.mfe, merged.mae
         self.buckets, self.rows, self.headers = merged.buckets, merged.rows, merged.headers
-        starts = self.offsets()
+        valid_pos = valid[self._owner]
+        self.stored = np.where(valid_pos, merged.side != 0, self.stored)
         for p in np.flatnonzero(valid).tolist():
-            lo = int(starts[p])
-            self._stored_marks[self.pids[p]] = {
-                t for j, t in enumerate(self.tickers[p]) if merged.side[lo + j] != 0
-            }  # fmt: skip
+            self.orphans.pop(self.pids[p], None)
         self.newest_ms = max(self.newest_ms, merged.ms)
 
 
