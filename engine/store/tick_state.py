@@ -61,19 +61,21 @@ _NCOL = len(HISTORY_COLUMNS)
 
 # KEYS: per portfolio, in order: snapshot, history, peaks, marks, then one ring per tier.
 # ARGV[1] = tiers T, ARGV[2] = entry ms, ARGV[3] = oldest stream entry kept (ms, XTRIM MINID), ARGV[4] = stream
-# cap (MAXLEN ~), ARGV[5] = owner token, ARGV[6 .. 5+T] = each tier's ring size (bytes); then per portfolio:
+# cap (MAXLEN ~), ARGV[5] = owner token, ARGV[6] = a tier row's size (bytes), then per tier its ring's size and
+# the offset of the entry's bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
 #   version, snapshot JSON ('' = none this tick: peaks and marks only), the history point (a RAW_LAYOUT row),
 #   day, day_open, day_peak, week, week_peak, max_peak, max_dd, last,
-#   n marks to set, n marks to delete, then (ticker, JSON) pairs and the tickers to delete,
-#   per tier: the open bucket's offset in the ring, its row, the 16-byte header.
+#   1 to check each ring's size first (loaded this tick) or 0 (written by this owner: it is its size),
+#   the T tier rows end to end, the T 16-byte headers end to end,
+#   n marks to set, n marks to delete, then (ticker, JSON) pairs and the tickers to delete.
 # The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
 # its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
 _APPLY_LUA = """
-local ntier, ms, minid, cap, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local sizes = {}
-for t = 1, ntier do sizes[t] = tonumber(ARGV[5 + t]) end
-local a = 6 + ntier
+local ntier, ms, minid, cap, owner, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local sizes, offsets = {}, {}
+for t = 1, ntier do sizes[t] = tonumber(ARGV[5 + 2 * t]); offsets[t] = tonumber(ARGV[6 + 2 * t]) end
+local a = 7 + 2 * ntier
 local nkeys = 4 + ntier
 for p = 0, #KEYS / nkeys - 1 do
   local k = p * nkeys
@@ -81,8 +83,9 @@ for p = 0, #KEYS / nkeys - 1 do
   redis.call('HSET', KEYS[k + 3], 'day', ARGV[a + 3], 'day_open', ARGV[a + 4], 'day_peak', ARGV[a + 5],
              'week', ARGV[a + 6], 'week_peak', ARGV[a + 7], 'max_peak', ARGV[a + 8], 'max_dd', ARGV[a + 9],
              'last', ARGV[a + 10], 'owner', owner)
-  local nset, ndel = tonumber(ARGV[a + 11]), tonumber(ARGV[a + 12])
-  a = a + 13
+  local check, rows, heads = ARGV[a + 11], ARGV[a + 12], ARGV[a + 13]
+  local nset, ndel = tonumber(ARGV[a + 14]), tonumber(ARGV[a + 15])
+  a = a + 16
   if nset > 0 then redis.call('HSET', KEYS[k + 4], unpack(ARGV, a, a + 2 * nset - 1)) end
   a = a + 2 * nset
   if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
@@ -106,14 +109,15 @@ for p = 0, #KEYS / nkeys - 1 do
     redis.call('XTRIM', KEYS[k + 2], 'MINID', minid)
     for t = 1, ntier do
       local key = KEYS[k + 4 + t]
-      local len = redis.call('STRLEN', key)
-      if len ~= sizes[t] then
-        if len > 0 then redis.call('DEL', key) end
-        redis.call('SETRANGE', key, sizes[t] - 1, '\\0')
+      if check == '1' then
+        local len = redis.call('STRLEN', key)
+        if len ~= sizes[t] then
+          if len > 0 then redis.call('DEL', key) end
+          redis.call('SETRANGE', key, sizes[t] - 1, '\\0')
+        end
       end
-      redis.call('SETRANGE', key, tonumber(ARGV[a]), ARGV[a + 1])
-      redis.call('SETRANGE', key, 0, ARGV[a + 2])
-      a = a + 3
+      redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
+      redis.call('SETRANGE', key, 0, string.sub(heads, (t - 1) * 16 + 1, t * 16))
     end
   end
 end
@@ -173,6 +177,8 @@ class TickState:
     buckets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
     rows: Float64Array = field(default_factory=lambda: np.zeros((0, 0, _NCOL)))
     headers: Float64Array = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    checked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Rows loaded since their last write: the write checks their rings' sizes first."""
     newest_ms: int = -1
     """The newest entry time written: an older tick is not merged here (:meth:`accepts`)."""
 
@@ -221,6 +227,7 @@ class TickState:
                     self.orphans.setdefault(pid, set()).update(gone)
             at += len(names)
         self.pids, self.tickers, self.owned = list(pids), list(tickers), owned
+        self.checked = ~owned
         self.day, self.week, self.peaks = day, week, peaks
         self.side, self.mfe, self.mae, self.stored = side, mfe, mae, stored
         self.buckets, self.rows, self.headers = buckets, rows, headers
@@ -285,6 +292,7 @@ class TickState:
             for t in range(len(self.tiers)):
                 self._load_tier(p, t, *got[2 + 3 * t : 5 + 3 * t])
             self.owned[p] = True
+            self.checked[p] = True
 
     def _load_peaks(self, p: int, raw: list[Any]) -> None:
         key = PortfolioKeys(self.pids[p]).peaks
@@ -445,8 +453,8 @@ class TickState:
             rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
         row_blob, row_size, raw_size = rows.tobytes(), TIER_LAYOUT.size, 8 * points.shape[1]
         header_blob = np.ascontiguousarray(merged.headers, dtype="<f8").tobytes()
-        ring_offsets = (16 + (merged.buckets % np.maximum(self._slots, 1)) * row_size).tolist()
         peaks = [[repr(x) for x in row] for row in merged.peaks.tolist()]
+        checks = self.checked.tolist()
         # excursions to set (new or a new extreme) and to delete (no excursion any more), by portfolio
         valid_pos = valid[self._owner]
         sets: dict[int, list[str]] = {}
@@ -460,7 +468,9 @@ class TickState:
             else:
                 mark = _mark_json(int(merged.side[j]), float(merged.mfe[j]), float(merged.mae[j]))
                 sets.setdefault(p, []).extend((self._flat[j], mark))
-        args: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, *self._sizes]
+        args: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, row_size]
+        for t in range(ntier):
+            args += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
         groups: list[tuple[list[str], list[Any]]] = []
         for p in np.flatnonzero(valid).tolist():
             pid = self.pids[p]
@@ -473,18 +483,17 @@ class TickState:
             snap = snapshots[p]
             set_p = sets.get(p, [])
             del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
+            written = snap is not None
+            block = slice(p * ntier * row_size, (p + 1) * ntier * row_size)
             pa: list[Any] = [
-                snap[0] if snap is not None else 0,
-                encode_json_fast(snap[1]) if snap is not None else "",
-                raw[p * raw_size : (p + 1) * raw_size] if snap is not None else "",
+                snap[0] if written else 0,
+                encode_json_fast(snap[1]) if written else "",
+                raw[p * raw_size : (p + 1) * raw_size] if written else "",
                 merged.day[p], peaks[p][0], peaks[p][1], merged.week[p], *peaks[p][2:],
+                1 if checks[p] else 0, row_blob[block] if written else "",
+                header_blob[p * ntier * 16 : (p + 1) * ntier * 16] if written else "",
                 len(set_p) // 2, len(del_p), *set_p, *del_p,
             ]  # fmt: skip
-            if snap is not None:
-                for t in range(ntier):
-                    at = (p * ntier + t) * row_size
-                    head = (p * ntier + t) * 16
-                    pa += [ring_offsets[p][t], row_blob[at : at + row_size], header_blob[head : head + 16]]
             groups.append((pk, pa))
         if not groups:
             return
@@ -507,6 +516,7 @@ class TickState:
         self.buckets, self.rows, self.headers = merged.buckets, merged.rows, merged.headers
         valid_pos = valid[self._owner]
         self.stored = np.where(valid_pos, merged.side != 0, self.stored)
+        self.checked &= ~valid
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
         self.newest_ms = max(self.newest_ms, merged.ms)
