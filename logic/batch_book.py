@@ -70,6 +70,8 @@ class BookColumns:
         self.qty: Float64Array = np.zeros(0)
         self.avg: Float64Array = np.zeros(0)
         self.tix: IntArray = np.zeros(0, dtype=np.intp)
+        self._held_key: tuple[Any, ...] | None = None
+        self._held: tuple[list[str], list[int]] = ([], [])
 
     def update(self, states: Sequence[PortfolioState], tickers: tuple[str, ...], index: Mapping[str, int]) -> None:
         """Lay out ``states`` for a market listing ``tickers`` (``index``: ticker -> column)."""
@@ -94,6 +96,20 @@ class BookColumns:
 
     def ticker_tuples(self) -> list[tuple[str, ...]]:
         return [b.tickers for b in self.books]
+
+    def held_names(self, held: npt.NDArray[np.bool_]) -> tuple[list[str], list[int]]:
+        """The tickers of the positions marked ``held``, each book's in market-column order, end to end, and
+        how many each book has (remembered while the layout and the mask are unchanged)."""
+        key = (self._key, held.tobytes())
+        if self._held_key != key:
+            at = np.flatnonzero(held)
+            order = at[np.lexsort((self.tix[at], self.owner[at]))]
+            starts = self.offsets.tolist()
+            owners = self.owner[order].tolist()
+            names = [self.books[p].tickers[j - starts[p]] for j, p in zip(order.tolist(), owners, strict=True)]
+            self._held = names, np.bincount(owners, minlength=len(self.books)).tolist()
+            self._held_key = key
+        return self._held
 
 
 @dataclass
@@ -348,21 +364,15 @@ def _components(
 ) -> list[dict[str, float]]:
     """Each built book's component VaR by ticker, in market-column order (the order of its figures); a share
     that is not finite, or -0, is 0."""
-    held = np.flatnonzero(values.exposures != 0.0)
-    order = held[np.lexsort((cols.tix[held], cols.owner[held]))]
-    counts = np.bincount(cols.owner[order], minlength=len(cols.books))
+    names, counts = cols.held_names(values.exposures != 0.0)
     starts = np.concatenate(([0], np.cumsum(counts))).tolist()
-    starts_of = cols.offsets.tolist()
-    names = [
-        cols.books[p].tickers[j - starts_of[p]]
-        for j, p in zip(order.tolist(), cols.owner[order].tolist(), strict=True)
-    ]
-    out = []
-    for p, f in zip(built, figures, strict=True):
-        assert f is not None
-        c = f.components
-        if c.size != counts[p]:
-            raise ValueError("component VaR does not match the held tickers")
-        clean = np.where(np.isfinite(c) & (c != 0.0), c, 0.0).tolist()
-        out.append(dict(zip(names[starts[p] : starts[p + 1]], clean, strict=True)))
+    shares = [f.components for f in figures if f is not None]
+    if any(c.size != counts[p] for p, c in zip(built, shares, strict=True)):
+        raise ValueError("component VaR does not match the held tickers")
+    flat = np.concatenate(shares) if shares else np.zeros(0)
+    clean = np.where(np.isfinite(flat) & (flat != 0.0), flat, 0.0).tolist()
+    out, at = [], 0
+    for p, c in zip(built, shares, strict=True):
+        out.append(dict(zip(names[starts[p] : starts[p + 1]], clean[at : at + c.size], strict=True)))
+        at += c.size
     return out

@@ -487,19 +487,12 @@ class Monitor:
     ) -> dict[str, dict[str, Any]]:
         """Value, merge peaks and marks, feed the backtests (a tick), build and write the snapshots of every
         portfolio (one MULTI, WATCHing the backtests it writes)."""
-        registry: list[list[str]] = []
-
-        def select(ids: list[str]) -> list[str]:
-            registry.append(ids)
-            return self._shard_ids(ids)
-
-        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select)
-        self._portfolio_ids = registry[-1] if registry else sorted(bundles)
         if self.fast is not None and self.fast.accepts(now):
             finish = functools.partial(self._commit_tick, market=market, now=now, ack=ack, tick=tick, started=started)
-            return self.fast.snapshot_all(self, list(bundles.values()), market, now, event=event, finish=finish)
+            return self.fast.snapshot_all(self, self._read_bundles, market, now, event=event, finish=finish)
         if self.fast is not None:
             self.fast.drop()  # a tick dated before the last one written: the per-portfolio scripts merge it
+        bundles = self._read_bundles()
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
@@ -532,6 +525,18 @@ class Monitor:
             raise
         finally:
             tx.reset()
+
+    def _read_bundles(self) -> dict[str, PortfolioBundle]:
+        """This monitor's portfolios (its shard when sharing them), read together (one MULTI)."""
+        registry: list[list[str]] = []
+
+        def select(ids: list[str]) -> list[str]:
+            registry.append(ids)
+            return self._shard_ids(ids)
+
+        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select)
+        self._portfolio_ids = registry[-1] if registry else sorted(bundles)
+        return bundles
 
     def _write_snapshots(
         self,
@@ -576,19 +581,12 @@ class Monitor:
                     raise live
                 with np.errstate(over="raise"):  # absurd finite prices overflow: no snapshot
                     snapshots[pid] = build_snapshot(
-                        method=method,
-                        backtest=snapshot_section(summaries.get(pid), method),
-                        portfolio_id=pid,
-                        state=bundle.state,
-                        trading_state=bundle.trading_state,
-                        valuation=valuation,
-                        market=market,
-                        limits=live,
-                        model=self.settings.model,
+                        method=method, backtest=snapshot_section(summaries.get(pid), method), portfolio_id=pid,
+                        state=bundle.state, trading_state=bundle.trading_state, valuation=valuation, market=market,
+                        limits=live, model=self.settings.model,
                         peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
-                        marks=decode_marks_reply(marks_raw, pid),
-                        now=now,
-                    )
+                        marks=decode_marks_reply(marks_raw, pid), now=now,
+                    )  # fmt: skip
             except (StoreError, ValueError) as exc:
                 self._portfolio_error(pid, str(exc))
             except ArithmeticError as exc:  # FloatingPointError from the errstate above

@@ -455,19 +455,22 @@ class TickState:
         header_blob = np.ascontiguousarray(merged.headers, dtype="<f8").tobytes()
         peaks = [[repr(x) for x in row] for row in merged.peaks.tolist()]
         checks = self.checked.tolist()
+        tier_block, head_block = ntier * row_size, ntier * 16
         # excursions to set (new or a new extreme) and to delete (no excursion any more), by portfolio
         valid_pos = valid[self._owner]
         sets: dict[int, list[str]] = {}
         dels: dict[int, list[str]] = {}
         gone = self.stored & (merged.side == 0) & valid_pos
-        owner = self._owner.tolist()
-        for j in np.flatnonzero((merged.changed | gone) & valid_pos).tolist():
-            p = owner[j]
-            if gone[j]:
-                dels.setdefault(p, []).append(self._flat[j])
+        picked = np.flatnonzero((merged.changed | gone) & valid_pos)
+        flat = self._flat
+        for j, p, dead, side, mfe, mae in zip(
+            picked.tolist(), self._owner[picked].tolist(), gone[picked].tolist(), merged.side[picked].tolist(),
+            merged.mfe[picked].tolist(), merged.mae[picked].tolist(), strict=True,
+        ):  # fmt: skip
+            if dead:
+                dels.setdefault(p, []).append(flat[j])
             else:
-                mark = _mark_json(int(merged.side[j]), float(merged.mfe[j]), float(merged.mae[j]))
-                sets.setdefault(p, []).extend((self._flat[j], mark))
+                sets.setdefault(p, []).extend((flat[j], f'{{"side":{side},"mfe":{mfe!r},"mae":{mae!r}}}'))
         args: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, row_size]
         for t in range(ntier):
             args += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
@@ -483,17 +486,16 @@ class TickState:
             snap = snapshots[p]
             set_p = sets.get(p, [])
             del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
-            written = snap is not None
-            block = slice(p * ntier * row_size, (p + 1) * ntier * row_size)
-            pa: list[Any] = [
-                snap[0] if written else 0,
-                encode_json_fast(snap[1]) if written else "",
-                raw[p * raw_size : (p + 1) * raw_size] if written else "",
-                merged.day[p], peaks[p][0], peaks[p][1], merged.week[p], *peaks[p][2:],
-                1 if checks[p] else 0, row_blob[block] if written else "",
-                header_blob[p * ntier * 16 : (p + 1) * ntier * 16] if written else "",
-                len(set_p) // 2, len(del_p), *set_p, *del_p,
-            ]  # fmt: skip
+            pa: list[Any]
+            if snap is None:
+                pa = [0, "", "", merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], 0, "", ""]
+            else:
+                pa = [
+                    snap[0], encode_json_fast(snap[1]), raw[p * raw_size : (p + 1) * raw_size],
+                    merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], 1 if checks[p] else 0,
+                    row_blob[p * tier_block : (p + 1) * tier_block], header_blob[p * head_block : (p + 1) * head_block],
+                ]  # fmt: skip
+            pa += [len(set_p) // 2, len(del_p), *set_p, *del_p]
             groups.append((pk, pa))
         if not groups:
             return
@@ -520,10 +522,6 @@ class TickState:
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
         self.newest_ms = max(self.newest_ms, merged.ms)
-
-
-def _mark_json(side: int, mfe: float, mae: float) -> str:
-    return f'{{"side":{side},"mfe":{mfe!r},"mae":{mae!r}}}'
 
 
 def stamp_foreign(pipe: Conn, portfolio_ids: Sequence[str]) -> None:
