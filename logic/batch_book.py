@@ -70,6 +70,11 @@ class BookColumns:
         self.qty: Float64Array = np.zeros(0)
         self.avg: Float64Array = np.zeros(0)
         self.tix: IntArray = np.zeros(0, dtype=np.intp)
+        self.flat_tickers: list[str] = []
+        self.flat_qty: list[int] = []
+        self.flat_avg: list[float] = []
+        self.flat_realized: list[float] = []
+        """Each position's ticker, quantity, average cost and realized P&L, end to end (as a snapshot lists them)."""
         self._held_key: tuple[Any, ...] | None = None
         self._held: tuple[list[str], list[int]] = ([], [])
 
@@ -93,6 +98,10 @@ class BookColumns:
         self.qty = np.concatenate([b.qty for b in books]) if books else np.zeros(0)
         self.avg = np.concatenate([b.avg for b in books]) if books else np.zeros(0)
         self.tix = np.array([index.get(t, -1) for b in books for t in b.tickers], dtype=np.intp)
+        self.flat_tickers = [t for b in books for t in b.tickers]
+        self.flat_qty = [q for b in books for q in b.qty_int]
+        self.flat_avg = [a for b in books for a in b.avg_list]
+        self.flat_realized = [r for b in books for r in b.realized_list]
 
     def ticker_tuples(self) -> list[tuple[str, ...]]:
         return [b.tickers for b in self.books]
@@ -292,15 +301,14 @@ def build_snapshots(
     used_l, maintenance_l = _nullable(used_out), _nullable(maintenance_out)
 
     # every position of every book, then each book's slice (one comprehension over flat columns)
-    qty_flat = [q for b in cols.books for q in b.qty_int]
     open_ = cols.qty != 0
     positions = [
         {"ticker": t, "qty": q, "avg_price": a, "last": la, "market_value": mv, "weight": w, "unrealized_pnl": u,
          "realized_pnl": r, "mfe": f, "mae": m}
         for t, q, a, la, mv, w, u, r, f, m in zip(
-            [t for b in cols.books for t in b.tickers], qty_flat, [a for b in cols.books for a in b.avg_list],
+            cols.flat_tickers, cols.flat_qty, cols.flat_avg,
             _nullable(np.where(values.ok, values.price, np.nan)), values.exposures.tolist(), _nullable(weights),
-            values.unrealized.tolist(), [r for b in cols.books for r in b.realized_list],
+            values.unrealized.tolist(), cols.flat_realized,
             np.where(open_, inputs.mfe, 0.0).tolist(), np.where(open_, inputs.mae, 0.0).tolist(), strict=True,
         )
     ]  # fmt: skip
