@@ -131,7 +131,10 @@ class VectorisedTick:
             if watched:
                 tx.watch(*watched)
             stale = state.stale(tx, self.store.client)
-            state.load(np.flatnonzero(stale), ms, self.store.client)
+            for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
+                valid[p] = False
+                monitor._portfolio_error(cols.pids[p], reason)
+            pids = [cols.pids[p] for p in np.flatnonzero(valid).tolist()]
             fed = self._feed(monitor, event, pids, cols, values, valid)
             summaries: dict[str, Any] = {pid: f.summary for pid, f in fed.items()}
             missing = [pid for pid in pids if pid not in summaries]

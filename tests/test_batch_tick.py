@@ -175,3 +175,34 @@ def test_monitors_of_both_kinds_taking_turns_lose_nothing(
     _assert_same_state(mixed_store, loop_store, mixed_store.portfolio_ids(), settings)
     stamp = mixed_store.client.hget(PortfolioKeys("p01").peaks, OWNER_FIELD)
     assert stamp == fast.fast.state.token.encode()  # type: ignore[union-attr]  # the last tick was the fast one's
+
+
+def test_a_portfolio_whose_monitor_state_is_corrupt_is_skipped_and_left_as_it_is(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: one snapshot of every portfolio, then a corrupt excursion record in p03's marks
+    store = two_stores[0]
+    settings = _random_settings(make_settings, seed=5)
+    warmup.seed(store, settings, now=START)
+    clock = Steps()
+    monitor = Monitor(store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    monitor.refresh()
+    marks_key = PortfolioKeys("p03").marks
+    store.client.hset(marks_key, "T00", "not json")
+    other = Monitor(store, settings, clock, consumer="other", idle_refresh_seconds=0)  # loads every portfolio
+    before = {k: store.client.dump(k) for k in (marks_key, PortfolioKeys("p03").peaks, PortfolioKeys("p03").snapshot)}
+    errors = other.stats.portfolio_errors
+
+    # Act
+    clock.now += 1.0
+    snapshots = other.refresh()
+
+    # Assert: p03 has no snapshot and an error; its stored state is exactly as it was; the others are written
+    assert "p03" not in snapshots and len(snapshots) == len(store.portfolio_ids()) - 1
+    assert other.stats.portfolio_errors == errors + 1
+    assert {k: store.client.dump(k) for k in before} == before
+
+    # Act: the record repaired, the next tick snapshots p03 again
+    store.client.hdel(marks_key, "T00")
+    clock.now += 1.0
+    assert "p03" in other.refresh()

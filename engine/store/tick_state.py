@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import CorruptDataError
+from engine.errors import CorruptDataError, StoreError
 from engine.settings import HistoryTier
 from engine.store.base import Conn
 from engine.store.codec import decode_float, decode_object, decode_str, encode_json_fast
@@ -267,10 +267,13 @@ class TickState:
         mine = self.token.encode()
         return ~self.owned | np.array([o != mine for o in owners], dtype=bool)
 
-    def load(self, rows: npt.NDArray[np.intp], ms: int, client: Any) -> None:
-        """Read the stored peaks, excursions and open tier buckets of ``rows`` (one pipeline)."""
+    def load(self, rows: npt.NDArray[np.intp], ms: int, client: Any) -> dict[int, str]:
+        """Read the stored peaks, excursions and open tier buckets of ``rows`` (one pipeline); returns the rows
+        whose stored state is unusable (a corrupt record, a key of the wrong type) with the reason: they are not
+        merged or written this tick, as the per-portfolio scripts fail for them."""
+        errors: dict[int, str] = {}
         if rows.size == 0:
-            return
+            return errors
         starts = self.offsets()
         pipe = client.pipeline(transaction=False)
         for p in rows.tolist():
@@ -283,16 +286,25 @@ class TickState:
                 pipe.strlen(key)
                 pipe.getrange(key, 0, 15)
                 pipe.getrange(key, offset, offset + TIER_LAYOUT.size - 1)
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         per = 2 + 3 * len(self.tiers)
         for n, p in enumerate(rows.tolist()):
             got = replies[n * per : (n + 1) * per]
-            self._load_peaks(p, got[0])
-            self._load_marks(p, got[1], starts[p])
-            for t in range(len(self.tiers)):
-                self._load_tier(p, t, *got[2 + 3 * t : 5 + 3 * t])
+            self.owned[p] = False
+            try:
+                failed = next((r for r in got if isinstance(r, Exception)), None)
+                if failed is not None:
+                    raise CorruptDataError(f"portfolio {self.pids[p]}: monitor state unreadable: {failed}")
+                self._load_peaks(p, got[0])
+                self._load_marks(p, got[1], starts[p])
+                for t in range(len(self.tiers)):
+                    self._load_tier(p, t, *got[2 + 3 * t : 5 + 3 * t])
+            except StoreError as exc:
+                errors[p] = str(exc)
+                continue
             self.owned[p] = True
             self.checked[p] = True
+        return errors
 
     def _load_peaks(self, p: int, raw: list[Any]) -> None:
         key = PortfolioKeys(self.pids[p]).peaks
