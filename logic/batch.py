@@ -210,23 +210,42 @@ def _covariance_group(
             cvar95 = _normal_cvar(sigma, low, day_root)
             cvar99 = _normal_cvar(sigma, high, day_root)
         stressed99 = z_high * stressed_sigma * day_root
-        out: list[RiskFigures | None] = []
-        for p, lim in enumerate(limits):
-            root = math.sqrt(float(model.bars_per_day * lim.var_horizon_days))
-            c = float(lim.var_confidence)
-            s = float(sigma[p])
-            if method is VarMethod.STUDENT_T:
-                limit_var = var_mult(c) * (s * root)
-                per_sigma = var_mult(c) * root
-            else:
-                per_sigma = var_mult(c) * root
-                limit_var = var_mult(c) * s * root
-            held_x = books.held(p, books.x)
-            if s == 0.0:
-                components = np.zeros(held_x.size)
-            else:
-                components = (per_sigma / s) * (held_x * books.held(p, sigma_x))
-            out.append(_figures(var95[p], var99[p], cvar95[p], cvar99[p], stressed99[p], limit_var, components))
+        mult_of: dict[float, float] = {}
+        roots = np.array([math.sqrt(float(model.bars_per_day * lim.var_horizon_days)) for lim in limits])
+        confidences = [float(lim.var_confidence) for lim in limits]
+        mults = np.array([mult_of[c] if c in mult_of else mult_of.setdefault(c, var_mult(c)) for c in confidences])
+        per_sigma = mults * roots
+        if method is VarMethod.STUDENT_T:
+            limit_var = mults * (sigma * roots)
+        else:
+            limit_var = mults * sigma * roots
+        if books.idx is None:  # dense books (most of the universe held): each book's held tickers on its own
+            components = [
+                np.zeros(int(books.counts[p])) if sigma[p] == 0.0
+                else (per_sigma[p] / sigma[p]) * (books.held(p, books.x) * books.held(p, sigma_x))
+                for p in range(len(limits))
+            ]  # fmt: skip
+        else:
+            scaled = np.where(sigma > 0.0, per_sigma / np.where(sigma > 0.0, sigma, 1.0), 0.0)
+            every = scaled[:, None] * (books.x * sigma_x)
+            every[sigma == 0.0] = 0.0
+            components = [every[p, :count] for p, count in enumerate(books.counts.tolist())]
+    return _figures_of(var95, var99, cvar95, cvar99, stressed99, limit_var, components)
+
+
+def _figures_of(*columns: Any) -> list[RiskFigures | None]:
+    """Per book, the record of var95, var99, cvar95, cvar99, stressed_var99, limit_var (arrays over the books)
+    and its components (a list of arrays); None where a figure is not finite."""
+    *scalars, components = columns
+    values = np.column_stack([np.asarray(c, dtype=np.float64) for c in scalars])
+    finite: list[bool] = np.isfinite(values).all(axis=1).tolist()
+    out: list[RiskFigures | None] = []
+    for row, ok, c in zip(values.tolist(), finite, components, strict=True):
+        if ok and np.isfinite(c).all():
+            v95, v99, c95, c99, s99, limit = row
+            out.append(RiskFigures(v95, v99, c95, c99, s99, limit, np.asarray(c, dtype=np.float64)))
+        else:
+            out.append(None)
     return out
 
 
