@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import stats
@@ -238,7 +238,7 @@ def _figures_of(*columns: Any) -> list[RiskFigures | None]:
     and its components (a list of arrays); None where a figure is not finite."""
     *scalars, components = columns
     values = np.column_stack([np.asarray(c, dtype=np.float64) for c in scalars])
-    finite: list[bool] = np.isfinite(values).all(axis=1).tolist()
+    finite = cast(list[bool], np.isfinite(values).all(axis=1).tolist())
     out: list[RiskFigures | None] = []
     for row, ok, c in zip(values.tolist(), finite, components, strict=True):
         if ok and np.isfinite(c).all():
