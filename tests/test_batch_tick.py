@@ -27,8 +27,9 @@ from tests.test_batch import RTOL, _numbers, _random_settings
 
 START = 1_800_000_000.0 - 1_800_000_000.0 % 604_800 + 4 * 86_400 + 15 * 3600.0
 """A Monday 15:00 UTC (1970-01-01 was a Thursday: +4 days is a Monday)."""
-STEPS = (5 * 3600.0, 0.4, 0.4, 4.0, 25.0, 400.0)
-"""Seconds between ticks, in turn: several ticks share a bucket of every tier, and days change within a run."""
+STEPS = (5 * 3600.0, 0.4, 0.4, 4.0, -3.0, 25.0, 400.0)
+"""Seconds between ticks, in turn: several ticks share a bucket of every tier, one is dated before the tick
+before it (a late tick: the per-portfolio scripts merge it), and days change within a run."""
 
 
 class Steps:
@@ -133,6 +134,17 @@ def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
     fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
     loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
     tickers = list(settings.universe.assets)
+    assert fast.fast is not None
+    late: list[float] = []
+    accepts = fast.fast.accepts
+
+    def spy(now: float) -> bool:
+        if not accepts(now):
+            late.append(now)
+            return False
+        return True
+
+    fast.fast.accepts = spy  # type: ignore[method-assign]
 
     # Act: 40 ticks over about a day and a half, trades every fourth
     _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 40, tickers)
@@ -141,6 +153,8 @@ def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
     pids = fast_store.portfolio_ids()
     _assert_same_state(fast_store, loop_store, pids, settings)
     assert fast.stats.portfolio_errors == loop.stats.portfolio_errors
+    late_ticks = [t for t in range(40) if STEPS[t % len(STEPS)] < 0]
+    assert len(late) == len(late_ticks) > 0  # the late ticks went through the per-portfolio scripts
     peaks = fast_store.read_peaks(pids[0])
     assert peaks is not None and peaks.day != warmup_day(START)  # the run crossed a day
 
