@@ -85,7 +85,8 @@ def test_a_corrupt_limits_record_is_the_per_portfolio_reads_typed_error(
     memo: dict[Any, Any] = {}
     _assert_same_as_per_portfolio(store, settings, memo)
 
-    store.client.hset(PortfolioKeys("main").limits, mapping={"version": "9", **damage})
+    fields: dict[Any, Any] = {"version": "9", **damage}
+    store.client.hset(PortfolioKeys("main").limits, mapping=fields)
     broken = _assert_same_as_per_portfolio(store, settings, memo)
 
     assert isinstance(broken["main"], CorruptDataError) and not isinstance(broken["hedge"], Exception)
