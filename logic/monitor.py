@@ -74,6 +74,7 @@ from engine.store import (
     decode_float,
     decode_marks_reply,
 )
+from engine.store.portfolio_reader import PortfolioReader
 from engine.store.slots import slot_transaction
 from engine.store.tick_state import stamp_foreign
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
@@ -493,7 +494,10 @@ class Monitor:
             registry.append(ids)
             return self._shard_ids(ids)
 
-        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select)
+        # the vectorised path reads through a PortfolioReader kept between ticks (one script, unchanged books not
+        # decoded again; the lead moves it to __init__); the per-portfolio reference path keeps the plain MULTI
+        reader = self.__dict__.setdefault("portfolio_reader", PortfolioReader()) if self.vectorised else None
+        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select, reader=reader)
         self._portfolio_ids = registry[-1] if registry else sorted(bundles)
         if self.fast is not None and self.fast.accepts(now):
             finish = functools.partial(self._commit_tick, market=market, now=now, ack=ack, tick=tick, started=started)
