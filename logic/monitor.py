@@ -494,8 +494,6 @@ class Monitor:
             registry.append(ids)
             return self._shard_ids(ids)
 
-        # the vectorised path reads through a PortfolioReader kept between ticks (one script, unchanged books not
-        # decoded again; the lead moves it to __init__); the per-portfolio reference path keeps the plain MULTI
         reader = self.__dict__.setdefault("portfolio_reader", PortfolioReader()) if self.vectorised else None
         bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select, reader=reader)
         self._portfolio_ids = registry[-1] if registry else sorted(bundles)
