@@ -159,15 +159,20 @@ class PortfolioStore(StoreBase):
 
 
 def decode_portfolio(
-    portfolio_id: str, state: Mapping[bytes, bytes], raw_positions: Mapping[bytes, bytes]
+    portfolio_id: str,
+    state: Mapping[bytes, bytes],
+    raw_positions: Mapping[bytes, bytes],
+    positions: Mapping[str, Position] | None = None,
 ) -> PortfolioState:
-    """A portfolio from its state hash and its positions hash (as HGETALL returns them)."""
+    """A portfolio from its state hash and its positions hash (as HGETALL returns them); ``positions``: the
+    positions already decoded (``raw_positions`` is then not read)."""
     keys = PortfolioKeys(portfolio_id)
 
     def field_(name: str) -> bytes | None:
         return state.get(name.encode())
 
-    positions = decode_positions(portfolio_id, raw_positions)
+    if positions is None:
+        positions = decode_positions(portfolio_id, raw_positions)
     account_type = decode_str(field_("account_type"), key=f"{keys.state}.account_type")
     if account_type not in _ACCOUNT_TYPES:
         raise CorruptDataError(f"{keys.state}.account_type: unknown account type {account_type!r}")

@@ -107,9 +107,10 @@ def fingerprint(state_raw: list[bytes], trading_raw: list[bytes]) -> bytes:
     """What :data:`_READ_BOOKS_LUA` compares a portfolio's hashes with; ``b""`` (never equal) when an element
     holds a NUL byte: without one, the counts and the separators pin every element, so equal fingerprints mean
     equal hashes (no stale book can pass for the one cached)."""
-    if any(b"\0" in x for x in state_raw) or any(b"\0" in x for x in trading_raw):
-        return b""
-    return b"%d,%d\0" % (len(state_raw), len(trading_raw)) + b"\0".join(state_raw) + b"\0" + b"\0".join(trading_raw)
+    state, trading = b"\0".join(state_raw), b"\0".join(trading_raw)
+    if state.count(b"\0") + trading.count(b"\0") != max(len(state_raw) - 1, 0) + max(len(trading_raw) - 1, 0):
+        return b""  # an element holds a NUL
+    return b"%d,%d\0" % (len(state_raw), len(trading_raw)) + state + b"\0" + trading
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class PortfolioReader:
                 registered = self._decode_registry(client.smembers(PORTFOLIOS_KEY))  # last: the commit marker
             else:
                 reply = self._read_one(store, ids)
-                registered, books = self._decode_registry(_ok(reply[0], PORTFOLIOS_KEY)), reply[1:]
+                registered, books = self._decode_registry(reply[0]), reply[1:]
             if registered == registry:
                 break
             registry = registered
@@ -185,6 +186,8 @@ class PortfolioReader:
 
     def _decode_registry(self, raw: Any) -> list[str]:
         """The registered ids, sorted; the same reply as the last read's gives the same list (not re-decoded)."""
+        if isinstance(raw, Exception):
+            raise CorruptDataError(f"{PORTFOLIOS_KEY}: {raw}")
         raw = list(raw)
         if raw != self._registry[0]:
             self._registry = (raw, sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw))
@@ -231,29 +234,29 @@ class PortfolioReader:
         """Decode one portfolio as :func:`~engine.store.portfolio.decode_portfolio` does (the same checks in
         the same order: state present, positions, state fields, trading state), reusing ``entry``'s parts whose
         bytes did not change. Raises the store's typed errors."""
-        keys = PortfolioKeys(pid)
-        state_fields = _pairs(_ok(state_raw, keys.state))
+        state_fields = _pairs(_ok(state_raw, pid, "state"))
         if not state_fields:
             raise StoreEmptyError(f"portfolio {pid!r} is registered but has no state")
         raw_rev = state_fields.get(_STATE_REV)
         rev = raw_rev if isinstance(raw_rev, bytes) else b""
         if positions_raw is None:  # not sent: the reader holds the positions of this positions_rev
             if entry is None or not entry.rev or entry.rev != rev:
-                raise CorruptDataError(f"{keys.positions}: not sent, and no positions held for {rev!r}")
+                key = PortfolioKeys(pid).positions
+                raise CorruptDataError(f"{key}: not sent, and no positions held for {rev!r}")
             positions = entry.positions
         else:
-            positions = MappingProxyType(decode_positions(pid, _pairs(_ok(positions_raw, keys.positions))))
-        trading_raw = _ok(trading_raw, keys.trading_state)
+            positions = MappingProxyType(decode_positions(pid, _pairs(_ok(positions_raw, pid, "positions"))))
         state: PortfolioState
         if entry is not None and state_raw == entry.state_raw and entry.bundle.state is not None:
             old = entry.bundle.state
             state = old if positions is entry.positions else replace(old, positions=positions)
         else:
-            state = replace(decode_portfolio(pid, state_fields, {}), positions=positions)
+            state = decode_portfolio(pid, state_fields, {}, positions)
+        trading_raw = _ok(trading_raw, pid, "trading_state")
         if entry is not None and trading_raw == entry.trading_raw and entry.bundle.trading_state is not None:
             trading = entry.bundle.trading_state
         else:
-            trading = decode_trading_status(keys.trading_state, _pairs(trading_raw))
+            trading = decode_trading_status(PortfolioKeys(pid).trading_state, _pairs(trading_raw))
         return _Entry(
             state_raw=state_raw,
             trading_raw=trading_raw,
@@ -264,12 +267,13 @@ class PortfolioReader:
         )
 
 
-def _ok(raw: Any, key: str) -> Any:
-    """A part of the script's reply, or the typed error when Redis refused that part (a key of the wrong type)."""
+def _ok(raw: Any, pid: str, kind: str) -> Any:
+    """A part of the script's reply, or the typed error when Redis refused that part (a key of the wrong type):
+    ``kind`` names the key (:class:`PortfolioKeys` attribute; spelled only for the error)."""
     if isinstance(raw, Exception):
         if isinstance(raw, redis.ConnectionError):
             raise raw
-        raise CorruptDataError(f"{key}: {raw}")
+        raise CorruptDataError(f"{getattr(PortfolioKeys(pid), kind)}: {raw}")
     return raw
 
 
