@@ -8,14 +8,15 @@
   every portfolio, its state hash, its trading-state hash and its positions hash. A script runs alone on the
   server, so a fill (itself one MULTI) is seen whole or not at all, as with the MULTI of the plain read. The
   replies are plain nested arrays (no per-command reply callbacks): hiredis parses them in C.
-- **What the reader holds is not sent.** Every write of a portfolio's positions stores a new random
-  ``positions_rev`` in its state hash (:func:`engine.store.portfolio.new_positions_rev`); the script sends a
-  positions hash only when its ``positions_rev`` differs from the one the reader decoded them under.
-- **Nothing decoded twice.** A portfolio whose raw state hash (which carries ``positions_rev``) and raw
-  trading-state hash equal the ones of the last read, and whose positions were not sent, gets the very same
-  frozen bundle again: no Decimal is parsed for an unchanged book. The cache is keyed by those bytes, never by
-  time; a portfolio that does not decode is not cached (its next read decodes again), and one no longer read
-  is dropped.
+- **What the reader holds is not sent back.** The reader sends, per portfolio, a fingerprint of the state and
+  trading-state hashes it decoded (their exact bytes, :func:`fingerprint`) and the ``positions_rev`` of the
+  positions it holds. The script answers a bare marker for a portfolio whose two hashes still match the
+  fingerprint; otherwise it sends them, and the positions hash only when its ``positions_rev`` (renewed by every
+  positions write, :func:`engine.store.portfolio.new_positions_rev`) differs from the reader's.
+- **Nothing decoded twice.** A portfolio answered by the marker gets the very same frozen bundle as the last
+  read: no Decimal is parsed for an unchanged book; a changed one decodes only its changed parts. The cache is
+  keyed by stored bytes (and ``positions_rev``), never by time; a portfolio that does not decode is not cached
+  (its next read decodes again), and one no longer read is dropped.
 
 On a Redis Cluster a script may touch one slot only: the reader runs one script per portfolio (its keys share
 the slot of its hash tag) in one cluster pipeline, each atomic, then reads the registry, as the plain read's
