@@ -210,7 +210,8 @@ def test_the_reader_on_a_redis_cluster_matches_the_plain_read(cluster_store: Sto
     before = _assert_same_as_plain(cluster_store, reader)
     assert all(b.error is None for b in before.values())
 
-    # Act: a fill, a trading-state change and a corrupt book
+    # Act: the masters forget the script (a restart), a fill, a trading-state change and a corrupt book
+    cluster_store.client.script_flush()
     assert RiskManager(cluster_store.client, "main", settings).execute_trade("AAA", 5, "SELL")["status"] == "FILLED"
     RiskManager(cluster_store.client, "hedge", settings).set_trading_state("REDUCING", "review", "ops")
     filled = _assert_same_as_plain(cluster_store, reader)

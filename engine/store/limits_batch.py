@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.store.keys import PortfolioKeys
+from engine.store.portfolio_reader import pipelined_scripts
 from engine.store.slots import is_cluster
 
 if TYPE_CHECKING:
@@ -55,7 +56,5 @@ def read_limits_batch(store: StoreBase, portfolio_ids: Sequence[str], held: Sequ
     if not is_cluster(store.client):
         reply: list[Any] = store._eval(None, _READ_LIMITS_LUA, keys, list(held))
         return reply
-    pipe = store.client.pipeline(transaction=False)
-    for key, version in zip(keys, held, strict=True):
-        store._eval(pipe, _READ_LIMITS_LUA, [key], [version])
-    return [r if isinstance(r, Exception) else r[0] for r in pipe.execute(raise_on_error=False)]
+    calls = [([key], [version]) for key, version in zip(keys, held, strict=True)]
+    return [r if isinstance(r, Exception) else r[0] for r in pipelined_scripts(store.client, _READ_LIMITS_LUA, calls)]

@@ -29,7 +29,8 @@ reader's positions stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -219,12 +220,10 @@ class PortfolioReader:
 
     def _read_cluster(self, store: StoreBase, ids: list[str]) -> list[Any]:
         """One script per portfolio (its own slot), pipelined; each atomic by itself."""
-        pipe = store.client.pipeline(transaction=False)
         keys = self._keys_of(ids)
-        for i, pid in enumerate(ids):
-            store._eval(pipe, _READ_BOOKS_LUA, keys[3 * i : 3 * i + 3], ["0", *self._known(pid)])
+        calls = [(keys[3 * i : 3 * i + 3], ["0", *self._known(pid)]) for i, pid in enumerate(ids)]
         books: list[Any] = []
-        for reply in pipe.execute(raise_on_error=False):
+        for reply in pipelined_scripts(store.client, _READ_BOOKS_LUA, calls):
             if isinstance(reply, Exception):  # the whole script failed on this portfolio's node
                 books.extend((reply, reply, reply))
             else:
@@ -282,3 +281,22 @@ def _pairs(flat: list[Any]) -> dict[Any, Any]:
     """An HGETALL reply as Lua returns it (a flat ``[field, value, ...]`` array) as a dict."""
     it = iter(flat)
     return dict(zip(it, it, strict=True))
+
+
+def pipelined_scripts(client: Any, source: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run the script ``source`` once per ``(keys, args)`` of ``calls`` in one non-transactional pipeline (on a
+    Redis Cluster each call on the node of its keys' slot), by SHA: when a node lacks the script (NOSCRIPT, e.g.
+    restarted), it is loaded on every primary and the calls run once more. Replies in order, errors in place."""
+    sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            # by name: redis-py's cluster pipeline blocks its evalsha() (it cannot load a missing script);
+            # a NOSCRIPT reply is handled here
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            client.script_load(source)
+            continue
+        break
+    return replies
