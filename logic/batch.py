@@ -93,7 +93,9 @@ def read_limits(
                 raise CorruptDataError(f"{PortfolioKeys(pid).limits}: {raw}")
             if raw is None:
                 out[pid] = lookup.limits_for(pid)
-            elif isinstance(raw, int) and mine is not None:  # LIMITS_UNCHANGED: the version memo holds
+            elif isinstance(raw, int):  # LIMITS_UNCHANGED: the version memo holds (sent only when it holds one)
+                if mine is None:
+                    raise CorruptDataError(f"{PortfolioKeys(pid).limits}: 'unchanged' for a version never held")
                 out[pid] = mine[1]
             else:  # as Store.limits_or decodes a record it read again
                 raw_version, raw_json = raw
