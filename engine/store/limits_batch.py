@@ -8,6 +8,7 @@ a script may touch one slot only: one script per portfolio, pipelined.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +45,19 @@ return out
 """
 
 
+@functools.lru_cache(maxsize=65_536)
+def _limits_key(portfolio_id: str) -> str:
+    """``pf:{<id>}:limits``, remembered: every tick names every portfolio's key."""
+    return PortfolioKeys(portfolio_id).limits
+
+
 def read_limits_batch(store: StoreBase, portfolio_ids: Sequence[str], held: Sequence[str]) -> list[Any]:
     """One reply per portfolio of ``portfolio_ids``, ``held`` being the version the caller holds of each
     (``""`` for none): ``None`` (no limits stored), :data:`LIMITS_UNCHANGED`, ``[version, json]`` (raw bytes;
     ``json`` None when missing) or the Redis error of that portfolio's key (a ``redis.ResponseError``)."""
     if len(held) != len(portfolio_ids):
         raise ValueError("one held version per portfolio")
-    keys = [PortfolioKeys(pid).limits for pid in portfolio_ids]
+    keys = [_limits_key(pid) for pid in portfolio_ids]
     if not keys:
         return []
     if not is_cluster(store.client):
