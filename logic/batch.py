@@ -35,10 +35,12 @@ from scipy import stats
 
 from engine import math_logic
 from engine.defaults import REPORTED_CONFIDENCES
-from engine.errors import StoreError
+from engine.errors import CorruptDataError, StoreError
 from engine.records import VarMethod
 from engine.settings import Limits, Model, Settings
 from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int, decode_str
+from engine.store.limits import decode_limits_reply
+from engine.store.limits_batch import read_limits_batch
 from logic.snapshot import MarketView, RiskFigures, usable_prices
 from logic.valuation import Valuation
 
@@ -76,29 +78,32 @@ class PortfolioLookup:
 def read_limits(
     store: Store, portfolio_ids: Sequence[str], lookup: PortfolioLookup, memo: dict[Any, Any]
 ) -> dict[str, Limits | Exception]:
-    """Every portfolio's live limits (engine/store/limits.py) with one pipelined read of their versions; a
-    limits record whose version moved since ``memo`` is read again (:meth:`Store.limits_or`). A portfolio whose
-    limits cannot be read carries the store's error (the caller skips it, as the per-portfolio path does)."""
-    pipe = store.client.pipeline(transaction=False)
-    for pid in portfolio_ids:
-        pipe.hget(PortfolioKeys(pid).limits, "version")
-    replies = pipe.execute(raise_on_error=False)
+    """Every portfolio's live limits (engine/store/limits.py) in one call (:func:`read_limits_batch`: one
+    script on a single server): the version ``memo`` holds of each is sent, and only a limits record whose
+    version moved comes back, with its JSON, and is decoded (``memo`` is updated). A portfolio without a record
+    gets ``lookup``'s limits; one whose limits cannot be read carries the store's error (the caller skips it, as
+    the per-portfolio path does)."""
+    known = [memo.get(("limits", pid)) for pid in portfolio_ids]
+    held = ["" if k is None else str(k[0]) for k in known]
+    replies = read_limits_batch(store, portfolio_ids, held)
     out: dict[str, Limits | Exception] = {}
-    for pid, raw in zip(portfolio_ids, replies, strict=True):
-        fallback = lookup.limits_for(pid)
+    for pid, mine, raw in zip(portfolio_ids, known, replies, strict=True):
         try:
-            if isinstance(raw, Exception):
-                raise raw
+            if isinstance(raw, Exception):  # a Redis error for this key only (a key of the wrong type)
+                raise CorruptDataError(f"{PortfolioKeys(pid).limits}: {raw}")
             if raw is None:
-                out[pid] = fallback
-                continue
-            known = memo.get(("limits", pid))
-            version = decode_int(raw, key=f"{PortfolioKeys(pid).limits}.version")
-            out[pid] = known[1] if known is not None and known[0] == version else store.limits_or(pid, fallback, memo)
+                out[pid] = lookup.limits_for(pid)
+            elif isinstance(raw, int):  # LIMITS_UNCHANGED: the version memo holds (sent only when it holds one)
+                if mine is None:
+                    raise CorruptDataError(f"{PortfolioKeys(pid).limits}: 'unchanged' for a version never held")
+                out[pid] = mine[1]
+            else:  # as Store.limits_or decodes a record it read again
+                raw_version, raw_json = raw
+                memo.pop(("limits", pid), None)
+                got = decode_limits_reply(pid, raw_version, raw_json if raw_json is not None else b"", memo)
+                out[pid] = lookup.limits_for(pid) if got is None else got[1]
         except (StoreError, ValueError) as exc:
             out[pid] = exc
-        except Exception as exc:  # a Redis error reply for this key only
-            out[pid] = StoreError(f"{PortfolioKeys(pid).limits}: {exc}")
     return out
 
 
@@ -360,7 +365,7 @@ def batch_risk(
 def live_limits(
     store: Store, portfolio_ids: Sequence[str], lookup: PortfolioLookup, memo: dict[Any, Any], *, batched: bool
 ) -> dict[str, Limits | Exception]:
-    """Each portfolio's live limits, or the error reading them: :func:`read_limits` (one pipelined read), or
+    """Each portfolio's live limits, or the error reading them: :func:`read_limits` (one call), or
     one :meth:`Store.limits_or` per portfolio (``batched=False``: the per-portfolio reference path)."""
     if batched:
         return read_limits(store, portfolio_ids, lookup, memo)

@@ -74,6 +74,7 @@ from engine.store import (
     decode_float,
     decode_marks_reply,
 )
+from engine.store.portfolio_reader import PortfolioReader
 from engine.store.slots import slot_transaction
 from engine.store.tick_state import stamp_foreign
 from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
@@ -534,7 +535,8 @@ class Monitor:
             registry.append(ids)
             return self._shard_ids(ids)
 
-        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select)
+        reader = self.__dict__.setdefault("portfolio_reader", PortfolioReader()) if self.vectorised else None
+        bundles = self.store.read_portfolio_bundles(self._portfolio_ids, select=select, reader=reader)
         self._portfolio_ids = registry[-1] if registry else sorted(bundles)
         return bundles
 

@@ -89,6 +89,7 @@ from engine.store.market_write import MarketWrite, MarketWriteStore
 from engine.store.monitoring import EquityPeaks, Excursion, MonitoringStore, decode_marks_reply
 from engine.store.notifications import NotificationStore
 from engine.store.portfolio import PortfolioBundle, PortfolioStore
+from engine.store.portfolio_reader import PortfolioReader
 from engine.store.sequencer import SequencerStore
 from engine.store.trading import TRADE_LOG_MAXLEN, TradeView, TradingStore
 
@@ -134,6 +135,7 @@ __all__ = [
     # value objects read and written here
     "TickEvent", "StandardizedWindow", "PortfolioBundle", "TradeView", "TRADE_LOG_MAXLEN", "EquityPeaks", "Excursion",
     "decode_marks_reply",
+    "PortfolioReader",
     # value objects of engine.records, re-exported for compatibility
     "Float64Array", "MarketHeader", "MarketSnapshot", "PortfolioState", "Position", "TradingState",
     "TradingStatus",

@@ -11,7 +11,7 @@ import functools
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import CorruptDataError, StoreEmptyError, StoreError
 from engine.records import AccountType, PortfolioState, Position, TradingStatus
@@ -27,6 +27,9 @@ from engine.store.codec import (
 )
 from engine.store.keys import PORTFOLIOS_KEY, PortfolioKeys
 from engine.store.slots import slot_transaction
+
+if TYPE_CHECKING:
+    from engine.store.portfolio_reader import PortfolioReader
 
 _ACCOUNT_TYPES = tuple(AccountType)
 
@@ -106,7 +109,10 @@ class PortfolioStore(StoreBase):
 
     # -- every portfolio, read together (logic/monitor.py) ---------------------------------------------------
     def read_portfolio_bundles(
-        self, known_ids: Iterable[str] | None = None, select: Callable[[list[str]], list[str]] | None = None
+        self,
+        known_ids: Iterable[str] | None = None,
+        select: Callable[[list[str]], list[str]] | None = None,
+        reader: PortfolioReader | None = None,
     ) -> dict[str, PortfolioBundle]:
         """Every registered portfolio's state, positions and trading state in ONE MULTI/EXEC.
 
@@ -115,7 +121,12 @@ class PortfolioStore(StoreBase):
         differs, the read is repeated with the registered ids (at most twice more). A portfolio that does not
         decode carries its typed error instead of a state (the caller skips it: fail closed). ``select``
         (registered ids -> the ones to read) reads a subset: a monitor's shard (logic/shards.py).
+
+        ``reader`` (a :class:`~engine.store.portfolio_reader.PortfolioReader` the caller keeps between reads)
+        returns the same in one round trip (one Lua script) and decodes only what changed since its last read.
         """
+        if reader is not None:
+            return reader.read(self, known_ids, select)
         registry = sorted(known_ids) if known_ids is not None else self.portfolio_ids()
         for _ in range(3):
             ids = sorted(select(registry)) if select is not None else registry
@@ -148,15 +159,20 @@ class PortfolioStore(StoreBase):
 
 
 def decode_portfolio(
-    portfolio_id: str, state: Mapping[bytes, bytes], raw_positions: Mapping[bytes, bytes]
+    portfolio_id: str,
+    state: Mapping[bytes, bytes],
+    raw_positions: Mapping[bytes, bytes],
+    positions: Mapping[str, Position] | None = None,
 ) -> PortfolioState:
-    """A portfolio from its state hash and its positions hash (as HGETALL returns them)."""
+    """A portfolio from its state hash and its positions hash (as HGETALL returns them); ``positions``: the
+    positions already decoded (``raw_positions`` is then not read)."""
     keys = PortfolioKeys(portfolio_id)
 
     def field_(name: str) -> bytes | None:
         return state.get(name.encode())
 
-    positions = decode_positions(portfolio_id, raw_positions)
+    if positions is None:
+        positions = decode_positions(portfolio_id, raw_positions)
     account_type = decode_str(field_("account_type"), key=f"{keys.state}.account_type")
     if account_type not in _ACCOUNT_TYPES:
         raise CorruptDataError(f"{keys.state}.account_type: unknown account type {account_type!r}")

@@ -1,0 +1,67 @@
+"""Many portfolios' live limits (``pf:{<id>}:limits``, engine/store/limits.py) read in one call.
+
+The monitor and the alert engine need every portfolio's live limits on every tick, and they rarely change: the
+caller sends the version it holds for each portfolio, and one read-only Lua script (EVALSHA) answers per
+portfolio "no record", "unchanged" or the new version with its JSON, read together (atomic). On a Redis Cluster
+a script may touch one slot only: one script per portfolio, pipelined.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from engine.store.keys import PortfolioKeys
+from engine.store.portfolio_reader import pipelined_scripts
+from engine.store.slots import is_cluster
+
+if TYPE_CHECKING:
+    from engine.store.base import StoreBase
+
+LIMITS_UNCHANGED = 0
+"""A portfolio's reply when its stored version equals the one the caller holds."""
+
+_READ_LIMITS_LUA = """
+-- Live limits of many portfolios, read-only, in one atomic call.
+-- KEYS[i] = pf:{id}:limits, ARGV[i] = the version the caller holds the limits of ('' for none).
+-- Returns one slot per key: nil when the key holds no version (no record), 0 when its version equals ARGV[i],
+-- else {version, json} (json nil when missing). Every read is a pcall: a key of the wrong type comes back as an
+-- error in its own slot.
+local out = {}
+for i = 1, #KEYS do
+  local version = redis.pcall('HGET', KEYS[i], 'version')
+  if type(version) == 'table' then
+    out[i] = version
+  elseif not version then
+    out[i] = false
+  elseif ARGV[i] ~= '' and version == ARGV[i] then
+    out[i] = 0
+  else
+    out[i] = {version, redis.pcall('HGET', KEYS[i], 'json')}
+  end
+end
+return out
+"""
+
+
+@functools.lru_cache(maxsize=65_536)
+def _limits_key(portfolio_id: str) -> str:
+    """``pf:{<id>}:limits``, remembered: every tick names every portfolio's key."""
+    return PortfolioKeys(portfolio_id).limits
+
+
+def read_limits_batch(store: StoreBase, portfolio_ids: Sequence[str], held: Sequence[str]) -> list[Any]:
+    """One reply per portfolio of ``portfolio_ids``, ``held`` being the version the caller holds of each
+    (``""`` for none): ``None`` (no limits stored), :data:`LIMITS_UNCHANGED`, ``[version, json]`` (raw bytes;
+    ``json`` None when missing) or the Redis error of that portfolio's key (a ``redis.ResponseError``)."""
+    if len(held) != len(portfolio_ids):
+        raise ValueError("one held version per portfolio")
+    keys = [_limits_key(pid) for pid in portfolio_ids]
+    if not keys:
+        return []
+    if not is_cluster(store.client):
+        reply: list[Any] = store._eval(None, _READ_LIMITS_LUA, keys, list(held))
+        return reply
+    calls = [([key], [version]) for key, version in zip(keys, held, strict=True)]
+    return [r if isinstance(r, Exception) else r[0] for r in pipelined_scripts(store.client, _READ_LIMITS_LUA, calls)]

@@ -1,0 +1,302 @@
+"""Every portfolio's book read in one round trip per tick, decoded only when its stored bytes changed.
+
+:class:`PortfolioReader` is the monitor's read of every portfolio at the start of a tick (through
+:meth:`engine.store.Store.read_portfolio_bundles` with ``reader=``). It returns what the plain read returns (one
+:class:`~engine.store.portfolio.PortfolioBundle` per portfolio, the same typed errors) at a fraction of the cost:
+
+- **One round trip, atomic.** On a single Redis one read-only Lua script (EVALSHA) reads the registry and, for
+  every portfolio, its state hash, its trading-state hash and its positions hash. A script runs alone on the
+  server, so a fill (itself one MULTI) is seen whole or not at all, as with the MULTI of the plain read. The
+  replies are plain nested arrays (no per-command reply callbacks): hiredis parses them in C.
+- **What the reader holds is not sent back.** The reader sends, per portfolio, a fingerprint of the state and
+  trading-state hashes it decoded (their exact bytes, :func:`fingerprint`) and the ``positions_rev`` of the
+  positions it holds. The script answers a bare marker for a portfolio whose two hashes still match the
+  fingerprint; otherwise it sends them, and the positions hash only when its ``positions_rev`` (renewed by every
+  positions write, :func:`engine.store.portfolio.new_positions_rev`) differs from the reader's.
+- **Nothing decoded twice.** A portfolio answered by the marker gets the very same frozen bundle as the last
+  read: no Decimal is parsed for an unchanged book; a changed one decodes only its changed parts. The cache is
+  keyed by stored bytes (and ``positions_rev``), never by time; a portfolio that does not decode is not cached
+  (its next read decodes again), and one no longer read is dropped.
+
+On a Redis Cluster a script may touch one slot only: the reader runs one script per portfolio (its keys share
+the slot of its hash tag) in one cluster pipeline, each atomic, then reads the registry, as the plain read's
+per-slot transactions do (engine/store/slots.py: the registry, a commit marker, is read last).
+
+Like :meth:`engine.store.trading.TradingStore.read_trade_view`, this relies on every positions write going
+through the store (which renews ``positions_rev``); writing ``pf:{<id>}:positions`` otherwise would leave a
+reader's positions stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from engine.errors import CorruptDataError, StoreEmptyError, StoreError
+from engine.records import PortfolioState, Position
+from engine.store.codec import decode_str, decode_trading_status
+from engine.store.keys import PORTFOLIOS_KEY, PortfolioKeys
+from engine.store.portfolio import PortfolioBundle, decode_portfolio, decode_positions
+from engine.store.slots import is_cluster
+
+if TYPE_CHECKING:
+    from engine.store.base import StoreBase
+
+REGISTRY_ATTEMPTS = 3
+"""Reads of every portfolio before giving up on a registry that changes under each of them."""
+
+_READ_BOOKS_LUA = """
+-- Every portfolio's raw books, read-only, in one atomic call; what the caller already holds is not sent back.
+-- ARGV[1] = '1' when KEYS[1] = rd:portfolios (the registry, read first and returned first), '0' when absent (a
+-- Redis Cluster: the script then covers one portfolio's slot). Then per portfolio i = 0, 1, ... (o = 1 with the
+-- registry, 0 without): KEYS[o + 3i + 1] = pf:{id}:state, KEYS[o + 3i + 2] = pf:{id}:positions,
+-- KEYS[o + 3i + 3] = pf:{id}:trading_state; ARGV[2i + 2] = the fingerprint of the state and trading-state hashes
+-- the caller holds ('' for none), ARGV[2i + 3] = the positions_rev it holds the positions of ('' for none).
+-- A fingerprint is '<#state>,<#trading>' NUL, then the HGETALL elements of the state hash and then those of the
+-- trading-state hash, joined by NUL (the caller sends one only for hashes without a NUL byte: with the counts
+-- fixed, equal fingerprints are then equal hashes).
+-- Returns a flat array: [registry members,] then three slots per portfolio: 0, nil, nil when both hashes equal
+-- the fingerprint; else its state (HGETALL), its positions (HGETALL, or nil when the state's positions_rev
+-- equals ARGV[2i + 3]) and its trading state (HGETALL). Every read is a pcall: a key of the wrong type comes
+-- back as an error in its own slot, so only that portfolio fails.
+local out = {}
+local o = 0
+if ARGV[1] == '1' then
+  out[1] = redis.pcall('SMEMBERS', KEYS[1])
+  o = 1
+end
+local n = #out
+for i = 0, (#KEYS - o) / 3 - 1 do
+  local k = o + 3 * i
+  local a = 2 * i + 1
+  local state = redis.pcall('HGETALL', KEYS[k + 1])
+  local trading = redis.pcall('HGETALL', KEYS[k + 3])
+  if state.err or trading.err then
+    out[n + 1] = state
+    out[n + 2] = false
+    out[n + 3] = trading
+  elseif ARGV[a + 1] ~= '' and ARGV[a + 1] == (#state .. ',' .. #trading .. '\\0' .. table.concat(state, '\\0')
+                                              .. '\\0' .. table.concat(trading, '\\0')) then
+    out[n + 1] = 0
+    out[n + 2] = false
+    out[n + 3] = false
+  else
+    local rev = redis.pcall('HGET', KEYS[k + 1], 'positions_rev')
+    out[n + 1] = state
+    if type(rev) == 'string' and rev == ARGV[a + 2] then
+      out[n + 2] = false
+    else
+      out[n + 2] = redis.pcall('HGETALL', KEYS[k + 2])
+    end
+    out[n + 3] = trading
+  end
+  n = n + 3
+end
+return out
+"""
+
+_STATE_REV = b"positions_rev"
+_UNCHANGED = 0
+"""The script's first slot for a portfolio whose state and trading state equal the fingerprint sent."""
+
+
+def fingerprint(state_raw: list[bytes], trading_raw: list[bytes]) -> bytes:
+    """What :data:`_READ_BOOKS_LUA` compares a portfolio's hashes with; ``b""`` (never equal) when an element
+    holds a NUL byte: without one, the counts and the separators pin every element, so equal fingerprints mean
+    equal hashes (no stale book can pass for the one cached)."""
+    state, trading = b"\0".join(state_raw), b"\0".join(trading_raw)
+    if state.count(b"\0") + trading.count(b"\0") != max(len(state_raw) - 1, 0) + max(len(trading_raw) - 1, 0):
+        return b""  # an element holds a NUL
+    return b"%d,%d\0" % (len(state_raw), len(trading_raw)) + state + b"\0" + trading
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What the reader decoded for one portfolio, with the raw replies it came from."""
+
+    state_raw: list[bytes]
+    trading_raw: list[bytes]
+    fingerprint: bytes
+    rev: bytes
+    """The ``positions_rev`` the positions were decoded under (``b""``: the state carries none; not reused)."""
+    positions: MappingProxyType[str, Position]
+    bundle: PortfolioBundle
+
+
+class PortfolioReader:
+    """Reads every portfolio's bundle in one round trip and reuses what it decoded (module docstring).
+
+    One reader per process that reads every portfolio repeatedly (the monitor); not thread-safe (a reader is
+    used by one thread). The plain :meth:`engine.store.Store.read_portfolio_bundles` needs none.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._keys: tuple[list[str], list[str]] = ([], [])  # (ids, their keys) of the last read
+        self._registry: tuple[list[Any], list[str]] = ([], [])  # (SMEMBERS reply, ids) of the last read
+
+    def read(
+        self,
+        store: StoreBase,
+        known_ids: Iterable[str] | None = None,
+        select: Callable[[list[str]], list[str]] | None = None,
+    ) -> dict[str, PortfolioBundle]:
+        """Every registered portfolio's bundle (``select``: the registered ids -> the ones to read), as
+        :meth:`engine.store.Store.read_portfolio_bundles`, whose arguments these are."""
+        client: Any = store.client
+        cluster = is_cluster(client)
+        registry = (
+            sorted(known_ids) if known_ids is not None else self._decode_registry(client.smembers(PORTFOLIOS_KEY))
+        )
+        for _ in range(REGISTRY_ATTEMPTS):
+            ids = sorted(select(registry)) if select is not None else registry
+            if cluster:
+                books = self._read_cluster(store, ids)
+                registered = self._decode_registry(client.smembers(PORTFOLIOS_KEY))  # last: the commit marker
+            else:
+                reply = self._read_one(store, ids)
+                registered, books = self._decode_registry(reply[0]), reply[1:]
+            if registered == registry:
+                break
+            registry = registered
+        else:
+            raise CorruptDataError(f"{PORTFOLIOS_KEY} keeps changing; cannot read a consistent set")
+        out: dict[str, PortfolioBundle] = {}
+        entries: dict[str, _Entry] = {}
+        known = self._entries
+        for i, pid in enumerate(ids):
+            state_raw = books[3 * i]
+            entry = known.get(pid)
+            try:
+                if isinstance(state_raw, int):  # _UNCHANGED
+                    if entry is None:
+                        raise CorruptDataError(f"portfolio {pid!r}: the store replied 'unchanged' to a first read")
+                else:
+                    entry = self._decode(pid, state_raw, books[3 * i + 1], books[3 * i + 2], entry)
+            except StoreError as exc:
+                out[pid] = PortfolioBundle(pid, None, None, exc)
+                continue
+            entries[pid] = entry
+            out[pid] = entry.bundle
+        self._entries = entries  # portfolios no longer read are forgotten
+        return out
+
+    def _decode_registry(self, raw: Any) -> list[str]:
+        """The registered ids, sorted; the same reply as the last read's gives the same list (not re-decoded)."""
+        if isinstance(raw, Exception):
+            raise CorruptDataError(f"{PORTFOLIOS_KEY}: {raw}")
+        raw = list(raw)
+        if raw != self._registry[0]:
+            self._registry = (raw, sorted(decode_str(r, key=PORTFOLIOS_KEY) for r in raw))
+        return list(self._registry[1])
+
+    def _keys_of(self, ids: list[str]) -> list[str]:
+        """The three keys of every portfolio in ``ids``, in order (kept while the ids do not change)."""
+        if ids != self._keys[0]:
+            keys: list[str] = []
+            for pid in ids:
+                k = PortfolioKeys(pid)
+                keys.extend((k.state, k.positions, k.trading_state))
+            self._keys = (list(ids), keys)
+        return self._keys[1]
+
+    def _known(self, pid: str) -> tuple[bytes, bytes]:
+        """(fingerprint, positions_rev) of what the reader holds for ``pid``; empty when nothing."""
+        entry = self._entries.get(pid)
+        return (entry.fingerprint, entry.rev) if entry is not None else (b"", b"")
+
+    def _read_one(self, store: StoreBase, ids: list[str]) -> list[Any]:
+        """One script over the registry and every portfolio in ``ids`` (a single server)."""
+        args: list[Any] = ["1"]
+        for pid in ids:
+            args.extend(self._known(pid))
+        reply: list[Any] = store._eval(None, _READ_BOOKS_LUA, [PORTFOLIOS_KEY, *self._keys_of(ids)], args)
+        return reply
+
+    def _read_cluster(self, store: StoreBase, ids: list[str]) -> list[Any]:
+        """One script per portfolio (its own slot), pipelined; each atomic by itself."""
+        keys = self._keys_of(ids)
+        calls = [(keys[3 * i : 3 * i + 3], ["0", *self._known(pid)]) for i, pid in enumerate(ids)]
+        books: list[Any] = []
+        for reply in pipelined_scripts(store.client, _READ_BOOKS_LUA, calls):
+            if isinstance(reply, Exception):  # the whole script failed on this portfolio's node
+                books.extend((reply, reply, reply))
+            else:
+                books.extend(reply)
+        return books
+
+    def _decode(self, pid: str, state_raw: Any, positions_raw: Any, trading_raw: Any, entry: _Entry | None) -> _Entry:
+        """Decode one portfolio as :func:`~engine.store.portfolio.decode_portfolio` does (the same checks in
+        the same order: state present, positions, state fields, trading state), reusing ``entry``'s parts whose
+        bytes did not change. Raises the store's typed errors."""
+        state_fields = _pairs(_ok(state_raw, pid, "state"))
+        if not state_fields:
+            raise StoreEmptyError(f"portfolio {pid!r} is registered but has no state")
+        raw_rev = state_fields.get(_STATE_REV)
+        rev = raw_rev if isinstance(raw_rev, bytes) else b""
+        if positions_raw is None:  # not sent: the reader holds the positions of this positions_rev
+            if entry is None or not entry.rev or entry.rev != rev:
+                key = PortfolioKeys(pid).positions
+                raise CorruptDataError(f"{key}: not sent, and no positions held for {rev!r}")
+            positions = entry.positions
+        else:
+            positions = MappingProxyType(decode_positions(pid, _pairs(_ok(positions_raw, pid, "positions"))))
+        state: PortfolioState
+        if entry is not None and state_raw == entry.state_raw and entry.bundle.state is not None:
+            old = entry.bundle.state
+            state = old if positions is entry.positions else replace(old, positions=positions)
+        else:
+            state = decode_portfolio(pid, state_fields, {}, positions)
+        trading_raw = _ok(trading_raw, pid, "trading_state")
+        if entry is not None and trading_raw == entry.trading_raw and entry.bundle.trading_state is not None:
+            trading = entry.bundle.trading_state
+        else:
+            trading = decode_trading_status(PortfolioKeys(pid).trading_state, _pairs(trading_raw))
+        return _Entry(
+            state_raw=state_raw,
+            trading_raw=trading_raw,
+            fingerprint=fingerprint(state_raw, trading_raw),
+            rev=rev,
+            positions=positions,
+            bundle=PortfolioBundle(pid, state, trading, None),
+        )
+
+
+def _ok(raw: Any, pid: str, kind: str) -> Any:
+    """A part of the script's reply, or the typed error when Redis refused that part (a key of the wrong type):
+    ``kind`` names the key (:class:`PortfolioKeys` attribute; spelled only for the error)."""
+    if isinstance(raw, Exception):
+        if isinstance(raw, redis.ConnectionError):
+            raise raw
+        raise CorruptDataError(f"{getattr(PortfolioKeys(pid), kind)}: {raw}")
+    return raw
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    """An HGETALL reply as Lua returns it (a flat ``[field, value, ...]`` array) as a dict."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def pipelined_scripts(client: Any, source: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run the script ``source`` once per ``(keys, args)`` of ``calls`` in one non-transactional pipeline (on a
+    Redis Cluster each call on the node of its keys' slot), by SHA: when a node lacks the script (NOSCRIPT, e.g.
+    restarted), it is loaded on every primary and the calls run once more. Replies in order, errors in place."""
+    sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            # by name: redis-py's cluster pipeline blocks its evalsha() (it cannot load a missing script);
+            # a NOSCRIPT reply is handled here
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            client.script_load(source)
+            continue
+        break
+    return replies
