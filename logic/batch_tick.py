@@ -25,6 +25,7 @@ import numpy as np
 import redis
 
 from engine.errors import StoreError
+from engine.records import VarMethod
 from engine.settings import Limits, Settings
 from engine.store import PortfolioBundle, Store, TickEvent
 from engine.store.slots import slot_transaction
@@ -64,6 +65,7 @@ class VectorisedTick:
         self.lookup = lookup
         self.cols = BookColumns()
         self.state = TickState(settings.history.tiers)
+        self._sections: dict[str, tuple[Any, VarMethod, dict[str, Any] | None]] = {}
 
     def accepts(self, now: float) -> bool:
         """Whether this tick's time merges in memory (not before the newest point written)."""
@@ -145,7 +147,7 @@ class VectorisedTick:
             merged = state.merge_books(valid, values.equity, day_id, week_id, values.side, values.pnl, ms)
             figures, chosen, methods = self._figures(monitor, market, cols, values, valid, limits)
             backtest = [
-                snapshot_section(summaries.get(pid), methods[p]) if figures[p] is not None else None
+                self._section(pid, summaries.get(pid), methods[p]) if figures[p] is not None else None
                 for p, pid in enumerate(cols.pids)
             ]  # fmt: skip
             inputs = BookInputs(
@@ -175,6 +177,16 @@ class VectorisedTick:
         finally:
             tx.reset()
         return snapshots
+
+    def _section(self, pid: str, summary: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:
+        """The snapshot's ``backtest`` section, remembered while the portfolio's summary is the same object (a
+        summary is never changed in place: a bar that closes nothing may hand the previous one back)."""
+        known = self._sections.get(pid)
+        if known is not None and known[0] is summary and known[1] is method:
+            return known[2]
+        section = snapshot_section(summary, method)
+        self._sections[pid] = (summary, method, section)
+        return section
 
     def _feed(
         self,
