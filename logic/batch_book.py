@@ -16,7 +16,7 @@ other totals may differ from the per-portfolio path's in the last bit (tests com
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,9 +233,9 @@ def _nullable(values: npt.NDArray[Any]) -> list[Any]:
 
 def build_snapshots(
     cols: BookColumns, values: BookValues, inputs: BookInputs, market: MarketView, now: float
-) -> tuple[list[dict[str, Any] | None], Float64Array]:
-    """The snapshot of every book with figures (None where ``inputs.figures`` has none) and the P x columns
-    matrix of their history points (NaN: no value; a NaN ``ts`` for a book without a snapshot).
+) -> SnapshotBuilder:
+    """The history point of every book and, on demand, the snapshot of every book with figures (None where
+    ``inputs.figures`` has none): :class:`SnapshotBuilder`.
 
     Every number is computed for all books at once; the history point is a row of that matrix and the snapshot
     takes its numbers from the same row, so the two never disagree."""
@@ -299,72 +299,90 @@ def build_snapshots(
     points[[p for p in range(count) if inputs.figures[p] is None], 0] = np.nan
     rows = _nullable(points)
     used_l, maintenance_l = _nullable(used_out), _nullable(maintenance_out)
-
-    # every position of every book, then each book's slice (one comprehension over flat columns)
     open_ = cols.qty != 0
-    positions = [
-        {"ticker": t, "qty": q, "avg_price": a, "last": la, "market_value": mv, "weight": w, "unrealized_pnl": u,
-         "realized_pnl": r, "mfe": f, "mae": m}
-        for t, q, a, la, mv, w, u, r, f, m in zip(
-            cols.flat_tickers, cols.flat_qty, cols.flat_avg,
-            _nullable(np.where(values.ok, values.price, np.nan)), values.exposures.tolist(), _nullable(weights),
-            values.unrealized.tolist(), cols.flat_realized,
-            np.where(open_, inputs.mfe, 0.0).tolist(), np.where(open_, inputs.mae, 0.0).tolist(), strict=True,
-        )
-    ]  # fmt: skip
-    components = _components(cols, values, built, figures)
+    columns_of_positions = (
+        cols.flat_tickers, cols.flat_qty, cols.flat_avg, _nullable(np.where(values.ok, values.price, np.nan)),
+        values.exposures.tolist(), _nullable(weights), values.unrealized.tolist(), cols.flat_realized,
+        np.where(open_, inputs.mfe, 0.0).tolist(), np.where(open_, inputs.mae, 0.0).tolist(),
+    )  # fmt: skip
+    components = dict(zip(built, _components(cols, values, built, figures), strict=True))
     offsets = cols.offsets.tolist()
-    snapshots: list[dict[str, Any] | None] = [None] * count
     version, market_ts, age = int(header.version), float(header.ts), max(0.0, float(now) - float(header.ts))
     i = _COLUMN
-    for k, p in enumerate(built):
-        row, book, limits = rows[p], cols.books[p], inputs.limits[p]
-        li = int(largest[p])
-        trading = inputs.trading[p]
-        snapshots[p] = {
-            "portfolio_id": book.state.portfolio_id,
-            "ts": float(now),
-            "version": version,
-            "market_ts": market_ts,
-            "equity": row[i["equity"]],
-            "cash": row[i["cash"]],
-            "market_value": row[i["market_value"]],
-            "gross_exposure": row[i["gross_exposure"]],
-            "net_exposure": row[i["net_exposure"]],
-            "leverage": row[i["leverage"]],
-            "pnl": {
-                "unrealized": row[i["pnl.unrealized"]],
-                "realized": row[i["pnl.realized"]],
-                "daily": row[i["pnl.daily"]],
-                "total": row[i["pnl.total"]],
-            },
-            "var": {
-                "var95": row[i["var.var95"]],
-                "var99": row[i["var.var99"]],
-                "cvar95": row[i["var.cvar95"]],
-                "cvar99": row[i["var.cvar99"]],
-                "stressed_var99": row[i["var.stressed_var99"]],
-                "limit": float(limits.var_limit),
-                "confidence": float(limits.var_confidence),
-                "utilization": row[i["var.utilization"]],
-            },
-            "drawdown": {
-                "daily": row[i["drawdown.daily"]], "weekly": row[i["drawdown.weekly"]], "max": row[i["drawdown.max"]]
-            },
-            "concentration": {
-                "hhi": row[i["concentration.hhi"]],
-                "largest_share": row[i["concentration.largest_share"]],
-                "largest_ticker": book.tickers[li - offsets[p]] if li >= 0 else None,
-            },
-            "margin": {"level": row[i["margin.level"]], "used": used_l[p], "maintenance": maintenance_l[p]},
-            "data": {"market_age_seconds": age, "missing_prices": values.missing[p]},
-            "trading_state": trading.state if trading is not None else _ACTIVE,
-            "positions": positions[offsets[p] : offsets[p + 1]],
-            "var_method": str(inputs.methods[p]),
-            "component_var": components[k],
-            "backtest": None if inputs.backtest[p] is None else dict(inputs.backtest[p]),  # type: ignore[arg-type]
-        }  # fmt: skip
-    return snapshots, points
+
+    def build(lo: int, hi: int) -> dict[int, dict[str, Any]]:
+        first, last = offsets[lo], offsets[hi]
+        positions = [
+            {"ticker": t, "qty": q, "avg_price": a, "last": la, "market_value": mv, "weight": w,
+             "unrealized_pnl": u, "realized_pnl": r, "mfe": f, "mae": m}
+            for t, q, a, la, mv, w, u, r, f, m in zip(*(c[first:last] for c in columns_of_positions), strict=True)
+        ]  # fmt: skip
+        out: dict[int, dict[str, Any]] = {}
+        for p in range(lo, hi):
+            share = components.get(p)
+            if share is None:
+                continue
+            row, book, limits = rows[p], cols.books[p], inputs.limits[p]
+            li = int(largest[p])
+            trading = inputs.trading[p]
+            section = inputs.backtest[p]
+            out[p] = {
+                "portfolio_id": book.state.portfolio_id,
+                "ts": float(now),
+                "version": version,
+                "market_ts": market_ts,
+                "equity": row[i["equity"]],
+                "cash": row[i["cash"]],
+                "market_value": row[i["market_value"]],
+                "gross_exposure": row[i["gross_exposure"]],
+                "net_exposure": row[i["net_exposure"]],
+                "leverage": row[i["leverage"]],
+                "pnl": {
+                    "unrealized": row[i["pnl.unrealized"]],
+                    "realized": row[i["pnl.realized"]],
+                    "daily": row[i["pnl.daily"]],
+                    "total": row[i["pnl.total"]],
+                },
+                "var": {
+                    "var95": row[i["var.var95"]],
+                    "var99": row[i["var.var99"]],
+                    "cvar95": row[i["var.cvar95"]],
+                    "cvar99": row[i["var.cvar99"]],
+                    "stressed_var99": row[i["var.stressed_var99"]],
+                    "limit": float(limits.var_limit),
+                    "confidence": float(limits.var_confidence),
+                    "utilization": row[i["var.utilization"]],
+                },
+                "drawdown": {
+                    "daily": row[i["drawdown.daily"]], "weekly": row[i["drawdown.weekly"]],
+                    "max": row[i["drawdown.max"]],
+                },
+                "concentration": {
+                    "hhi": row[i["concentration.hhi"]],
+                    "largest_share": row[i["concentration.largest_share"]],
+                    "largest_ticker": book.tickers[li - offsets[p]] if li >= 0 else None,
+                },
+                "margin": {"level": row[i["margin.level"]], "used": used_l[p], "maintenance": maintenance_l[p]},
+                "data": {"market_age_seconds": age, "missing_prices": values.missing[p]},
+                "trading_state": trading.state if trading is not None else _ACTIVE,
+                "positions": positions[offsets[p] - first : offsets[p + 1] - first],
+                "var_method": str(inputs.methods[p]),
+                "component_var": share,
+                "backtest": None if section is None else dict(section),
+            }  # fmt: skip
+        return out
+
+    return SnapshotBuilder(points, build)
+
+
+@dataclass(frozen=True)
+class SnapshotBuilder:
+    """A tick's history points (``points``: P x columns, NaN for no value, a NaN ``ts`` for a book without a
+    snapshot) and ``build(lo, hi)``: the snapshots of the books ``lo <= p < hi`` that have one, by row (built
+    a range at a time, so the monitor can write one range while it builds the next)."""
+
+    points: Float64Array
+    build: Callable[[int, int], dict[int, dict[str, Any]]]
 
 
 def _components(

@@ -7,15 +7,21 @@ state in memory while it owns it (engine/store/tick_state.py) and builds every s
 (logic/batch_book.py). The stored results are the same (tests compare both paths on random books over many
 ticks, interleaved).
 
-Per tick: WATCH the portfolios' peaks keys (and backtest keys on a tick), read which ones another writer
-touched and load those, feed the backtests, read the live limits, value every book, merge peaks and excursions,
-compute the figures (logic/batch.py), build the snapshots, merge the history buckets, then MULTI: backtests,
-the one script, acknowledgement and heartbeat. A conflict (another monitor wrote meanwhile) aborts the EXEC:
-the state is dropped and the tick redone from the store.
+Per tick: WATCH the portfolios' peaks keys, read which ones another writer touched and load those, feed the
+backtests, read the live limits, value every book, merge peaks and excursions, compute the figures
+(logic/batch.py), merge the history buckets, then write: the snapshots are built and written a range of
+:data:`CHUNK_PORTFOLIOS` portfolios at a time, each range in its own MULTI (backtests and the one script),
+executed on a writer thread while the next range is built, so Redis works while Python does; the last range's
+MULTI also acknowledges the tick and writes the heartbeat, and runs only once every other range committed. A
+conflict (another monitor wrote one of a range's portfolios meanwhile) aborts that range: the state is dropped
+and the tick, left unacknowledged, is redone from the store. The ranges committed before are then written
+again: the same snapshot, and one more history point at the redo's time, as an idle refresh would add; peaks,
+excursions and buckets merge idempotently and a backtest is never fed a bar twice (its version marker).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,11 +34,11 @@ from engine.errors import StoreError
 from engine.records import VarMethod
 from engine.settings import Limits, Settings
 from engine.store import PortfolioBundle, Store, TickEvent
-from engine.store.slots import slot_transaction
-from engine.store.tick_state import TickState
+from engine.store.slots import is_cluster, slot_transaction
+from engine.store.tick_state import Prepared, TickState
 from logic.backtest_monitor import Fed, snapshot_section
 from logic.batch import PortfolioLookup, batch_risk, live_limits, read_backtest_markers
-from logic.batch_book import BookColumns, BookInputs, build_snapshots, exposure_rows, value_books
+from logic.batch_book import BookColumns, BookInputs, SnapshotBuilder, build_snapshots, exposure_rows, value_books
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.snapshot import MarketView, RiskFigures, risk_figures
 
@@ -56,6 +62,23 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+CHUNK_PORTFOLIOS = 250
+"""Portfolios per transaction: a tick of more is written in several, pipelined with building the next."""
+
+
+def chunks(count: int, size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges of about ``size`` rows covering ``count`` (at least one, maybe empty)."""
+    parts = max(1, -(-count // max(1, size)))
+    edges = [round(k * count / parts) for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _done(value: Any) -> concurrent.futures.Future[Any]:
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
 class VectorisedTick:
     """The vectorised monitor's tick (module docstring); ``monitor`` supplies the rest of its state."""
 
@@ -66,6 +89,7 @@ class VectorisedTick:
         self.cols = BookColumns()
         self.state = TickState(settings.history.tiers)
         self._sections: dict[str, tuple[Any, VarMethod, dict[str, Any] | None]] = {}
+        self.chunk_portfolios = CHUNK_PORTFOLIOS
 
     def accepts(self, now: float) -> bool:
         """Whether this tick's time merges in memory (not before the newest point written)."""
@@ -127,12 +151,14 @@ class VectorisedTick:
         pids = [cols.pids[p] for p in np.flatnonzero(valid).tolist()]
         ms = int(now * 1000)
 
-        tx = slot_transaction(self.store.client)
+        bounds = chunks(len(cols.pids), self.chunk_portfolios)
+        txs = [slot_transaction(self.store.client) for _ in bounds]
         try:
             watched = state.watch_keys()  # every writer of a backtest, peaks, marks or tier stamps the peaks
-            if watched:
-                tx.watch(*watched)
-            stale = state.stale(tx, self.store.client)
+            for tx, (lo, hi) in zip(txs, bounds, strict=True):
+                if hi > lo:
+                    tx.watch(*watched[lo:hi])
+            stale = state.stale(txs[0], self.store.client)
             for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
                 valid[p] = False
                 monitor._portfolio_error(cols.pids[p], reason)
@@ -154,18 +180,14 @@ class VectorisedTick:
                 states, [b.trading_state for b in readable], chosen, methods, figures, backtest,  # type: ignore[arg-type]
                 merged.peaks, merged.mfe, merged.mae,
             )  # fmt: skip
-            built, points = build_snapshots(cols, values, inputs, market, now)
-            state.merge_tiers(merged, valid, points)
-            snapshots = {cols.pids[p]: s for p, s in enumerate(built) if s is not None}
-            tx.multi()
-            monitor.backtests.write(fed, tx)
-            versioned = [(int(header.version), s) if s is not None else None for s in built]
+            builder = build_snapshots(cols, values, inputs, market, now)
+            state.merge_tiers(merged, valid, builder.points)
             retention = monitor.retention_seconds
-            state.write(
-                tx, self.store, merged, valid, versioned, points,
-                min_ms=max(0, int((now - retention) * 1000)), max_points=monitor.history.raw_max_points,
+            prepared = state.prepare(
+                merged, valid, builder.points, min_ms=max(0, int((now - retention) * 1000)),
+                max_points=monitor.history.raw_max_points,
             )  # fmt: skip
-            finish(tx, snapshots, fed)
+            snapshots = self._write(monitor, txs, bounds, builder, prepared, fed, int(header.version), finish)
             state.commit(merged, valid)
         except redis.WatchError:
             monitor.backtests.discard()
@@ -175,7 +197,47 @@ class VectorisedTick:
             state.drop()  # a failed script may have written part of a tick: load again
             raise
         finally:
-            tx.reset()
+            for tx in txs:
+                tx.reset()
+        return snapshots
+
+    def _write(
+        self,
+        monitor: Monitor,
+        txs: list[Any],
+        bounds: list[tuple[int, int]],
+        builder: SnapshotBuilder,
+        prepared: Prepared,
+        fed: dict[str, Fed],
+        version: int,
+        finish: Callable[[Any, dict[str, dict[str, Any]], dict[str, Fed]], object],
+    ) -> dict[str, dict[str, Any]]:
+        """Build and write the snapshots a range of portfolios at a time: each range's MULTI runs on a writer
+        thread while the next range is built; the last one, with the acknowledgement, once every other one
+        committed (module docstring)."""
+        pids = self.cols.pids
+        row_of = {pid: p for p, pid in enumerate(pids)}
+        snapshots: dict[str, dict[str, Any]] = {}
+        background = len(bounds) > 1 and not is_cluster(self.store.client)
+        pool = concurrent.futures.ThreadPoolExecutor(1, "riskdesk-tick-write") if background else None
+        pending: list[concurrent.futures.Future[Any]] = []
+        try:
+            for n, (tx, (lo, hi)) in enumerate(zip(txs, bounds, strict=True)):
+                built = builder.build(lo, hi)
+                snapshots.update({pids[p]: snap for p, snap in built.items()})
+                tx.multi()
+                monitor.backtests.write({pid: f for pid, f in fed.items() if lo <= row_of[pid] < hi}, tx)
+                self.state.write(tx, self.store, prepared, range(lo, hi), built, version)
+                if n < len(bounds) - 1:
+                    pending.append(pool.submit(tx.execute) if pool is not None else _done(tx.execute()))
+            failures = [f.exception() for f in pending]  # every range's EXEC has returned
+            failure = next((e for e in failures if e is not None), None)
+            if failure is not None:
+                raise failure
+            finish(txs[-1], snapshots, fed)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         return snapshots
 
     def _section(self, pid: str, summary: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:

@@ -20,9 +20,10 @@ newest waiting tick and acknowledges the older ones (``ticks_coalesced``); peaks
 so they stay exact. State two monitors may both update is merged so that none is lost: the per-portfolio path
 merges in Redis (max/min, "replace only if not older"), the vectorised one in memory while it owns the
 portfolio (engine/store/tick_state.py: a WATCHed owner stamp; a conflict redoes the tick from the store). A tick
-is acknowledged in the MULTI that writes its snapshots, so it is recorded exactly once; a monitor that stops
-before that leaves it pending: on restart it processes its own pending entries first, and entries left by a
-monitor that never came back are claimed by a live one after ``--claim-idle`` seconds.
+is acknowledged in the MULTI that writes its (last) snapshots, so it is recorded once (logic/batch_tick.py: a
+tick redone after a partial write adds a history point, as a refresh would); a monitor that stops before that
+leaves it pending: on restart it processes its own pending entries first, and entries left by a monitor that
+never came back are claimed by a live one after ``--claim-idle`` seconds.
 
 When no tick arrives for ``--idle-refresh`` seconds (one monitor at a time, by a short lease) the portfolios
 are snapshotted from the stored market, so the history keeps at least one point per second and

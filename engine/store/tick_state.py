@@ -27,7 +27,7 @@ excursions are flat, one element per position in the books' order (``offsets``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +152,25 @@ class Merged:
     headers: Float64Array
     """P x T x 2: each ring's newest and oldest entry times (ms)."""
     ms: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A tick's merged state encoded for the writes (:meth:`TickState.prepare`)."""
+
+    merged: Merged
+    valid: list[bool]
+    head: list[Any]
+    raw: bytes
+    raw_size: int
+    tier_rows: bytes
+    tier_block: int
+    headers: bytes
+    head_block: int
+    peaks: list[list[str]]
+    checks: list[bool]
+    sets: dict[int, list[str]]
+    dels: dict[int, list[str]]
 
 
 @dataclass
@@ -444,30 +463,17 @@ class TickState:
             headers[:, t, 1] = np.where(written & ((first == 0) | (ms < first)), ms, first)
 
     # -- write -----------------------------------------------------------------------------------------------
-    def write(
-        self,
-        pipe: Conn,
-        store: Any,
-        merged: Merged,
-        valid: npt.NDArray[np.bool_],
-        snapshots: Sequence[tuple[int, dict[str, Any]] | None],
-        points: Float64Array,
-        *,
-        min_ms: int,
-        max_points: int,
-    ) -> None:
-        """Queue the script writing every ``valid`` portfolio's merged state and, where ``snapshots`` holds
-        one (version, snapshot), the snapshot and its history point."""
+    def prepare(
+        self, merged: Merged, valid: npt.NDArray[np.bool_], points: Float64Array, *, min_ms: int, max_points: int
+    ) -> Prepared:
+        """Encode the tick's merged state once (rows, headers, peaks, the excursions to set and delete); the
+        writes of :meth:`write` then take a range of portfolios each."""
         ntier, count = len(self.tiers), len(self.pids)
         raw = np.ascontiguousarray(np.where(np.isfinite(points), points, np.nan), dtype="<f8").tobytes()
         rows = np.zeros((count, max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
         for c, column in enumerate(HISTORY_COLUMNS):
             rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
-        row_blob, row_size, raw_size = rows.tobytes(), TIER_LAYOUT.size, 8 * points.shape[1]
-        header_blob = np.ascontiguousarray(merged.headers, dtype="<f8").tobytes()
-        peaks = [[repr(x) for x in row] for row in merged.peaks.tolist()]
-        checks = self.checked.tolist()
-        tier_block, head_block = ntier * row_size, ntier * 16
+        row_size = TIER_LAYOUT.size
         # excursions to set (new or a new extreme) and to delete (no excursion any more), by portfolio
         valid_pos = valid[self._owner]
         sets: dict[int, list[str]] = {}
@@ -483,11 +489,27 @@ class TickState:
                 dels.setdefault(p, []).append(flat[j])
             else:
                 sets.setdefault(p, []).extend((flat[j], f'{{"side":{side},"mfe":{mfe!r},"mae":{mae!r}}}'))
-        args: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, row_size]
+        head: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, row_size]
         for t in range(ntier):
-            args += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
+            head += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
+        return Prepared(
+            merged, valid.tolist(), head, raw, 8 * points.shape[1], rows.tobytes(), ntier * row_size,
+            np.ascontiguousarray(merged.headers, dtype="<f8").tobytes(), ntier * 16,
+            [[repr(x) for x in row] for row in merged.peaks.tolist()], self.checked.tolist(), sets, dels,
+        )  # fmt: skip
+
+    def write(
+        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, dict[str, Any]],
+        version: int,
+    ) -> None:  # fmt: skip
+        """Queue the script writing the merged state of the valid portfolios among ``rows`` and, where
+        ``snapshots`` holds one (by row), the snapshot (market ``version``) and its history point."""
+        x = prepared
+        merged, peaks = x.merged, x.peaks
         groups: list[tuple[list[str], list[Any]]] = []
-        for p in np.flatnonzero(valid).tolist():
+        for p in rows:
+            if not x.valid[p]:
+                continue
             pid = self.pids[p]
             pk = self._keys.get(pid)
             if pk is None:
@@ -495,17 +517,18 @@ class TickState:
                 pk = self._keys[pid] = [
                     k.snapshot, k.history, k.peaks, k.marks, *(k.history_tier(int(r)) for r in self._res)
                 ]  # fmt: skip
-            snap = snapshots[p]
-            set_p = sets.get(p, [])
-            del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
+            snap = snapshots.get(p)
+            set_p = x.sets.get(p, [])
+            del_p = [*x.dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
             pa: list[Any]
             if snap is None:
                 pa = [0, "", "", merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], 0, "", ""]
             else:
                 pa = [
-                    snap[0], encode_json_fast(snap[1]), raw[p * raw_size : (p + 1) * raw_size],
-                    merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], 1 if checks[p] else 0,
-                    row_blob[p * tier_block : (p + 1) * tier_block], header_blob[p * head_block : (p + 1) * head_block],
+                    version, encode_json_fast(snap), x.raw[p * x.raw_size : (p + 1) * x.raw_size],
+                    merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], 1 if x.checks[p] else 0,
+                    x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
+                    x.headers[p * x.head_block : (p + 1) * x.head_block],
                 ]  # fmt: skip
             pa += [len(set_p) // 2, len(del_p), *set_p, *del_p]
             groups.append((pk, pa))
@@ -513,9 +536,10 @@ class TickState:
             return
         if is_cluster(store.client):  # one script per portfolio, each in its slot's MULTI
             for pk, pa in groups:
-                store._eval(pipe, _APPLY_LUA, pk, [*args, *pa])
+                store._eval(pipe, _APPLY_LUA, pk, [*x.head, *pa])
             return
         keys: list[str] = []
+        args = list(x.head)
         for pk, pa in groups:
             keys += pk
             args += pa
