@@ -440,7 +440,7 @@ class TickState:
         buckets, rows, headers = merged.buckets, merged.rows, merged.headers
         written = valid & ~np.isnan(points[:, 0])
         fresh = points.copy()
-        fresh[:, _NARROW] = fresh[:, _NARROW].astype(np.float32).astype(np.float64)
+        fresh[:, _NARROW] = _float32(fresh[:, _NARROW])
         for t in range(len(self.tiers)):
             b = ms // int(self._res[t])
             same_bucket = written & (buckets[:, t] == b)
@@ -455,7 +455,7 @@ class TickState:
             new_lo, old_lo = points[:, _LOW], old[:, _LOW]
             lo = np.where(~np.isnan(new_lo) & (np.isnan(old_lo) | (new_lo < old_lo)), new_lo, old_lo)
             merged_row[:, _LOW] = np.where(same_bucket[:, None], lo, fresh[:, _LOW])
-            merged_row[:, _NARROW] = merged_row[:, _NARROW].astype(np.float32).astype(np.float64)
+            merged_row[:, _NARROW] = _float32(merged_row[:, _NARROW])
             rows[:, t] = np.where(written[:, None], merged_row, old)
             buckets[:, t] = np.where(written, b, buckets[:, t])
             newest, first = headers[:, t, 0].copy(), headers[:, t, 1].copy()
@@ -472,7 +472,8 @@ class TickState:
         raw = np.ascontiguousarray(np.where(np.isfinite(points), points, np.nan), dtype="<f8").tobytes()
         rows = np.zeros((count, max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
         for c, column in enumerate(HISTORY_COLUMNS):
-            rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
+            with np.errstate(over="ignore"):  # rounded already (_float32)
+                rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
         row_size = TIER_LAYOUT.size
         # excursions to set (new or a new extreme) and to delete (no excursion any more), by portfolio
         valid_pos = valid[self._owner]
@@ -558,6 +559,12 @@ class TickState:
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
         self.newest_ms = max(self.newest_ms, merged.ms)
+
+
+def _float32(values: Float64Array) -> Float64Array:
+    """``values`` rounded to float32 as ``struct.pack('f')`` rounds them (beyond its range: +-inf)."""
+    with np.errstate(over="ignore"):
+        return values.astype(np.float32).astype(np.float64)
 
 
 def stamp_foreign(pipe: Conn, portfolio_ids: Sequence[str]) -> None:
