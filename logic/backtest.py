@@ -37,27 +37,38 @@ Committee (1996), "Supervisory framework for the use of backtesting" (traffic li
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special
 
 from engine import math_logic
 from engine.defaults import EWMA_DECAY
 from engine.records import Float64Array, VarMethod
-from logic.var_methods import RiskModel, risk_model
+from logic.var_methods import RiskModel, StudentTModel, risk_model
 
 STATE_VERSION = 1
 """Version of :meth:`Backtester.to_dict`; :meth:`Backtester.from_dict` refuses any other."""
 
 ROLLING_OBSERVATIONS = 250
 """Observations in the rolling exceedance count and the Basel zone (the Basel one-year window)."""
+
+
+# The tests of a summary are functions of a few integer counts, and the portfolios of one tick share most of them
+# (the same number of observations, a handful of exceedance counts): cached, the same floats without scipy's
+# ~0.1 ms per call on every portfolio and every bar.
+_kupiec_pof = functools.lru_cache(maxsize=4096)(math_logic.kupiec_pof)
+_christoffersen = functools.lru_cache(maxsize=4096)(math_logic.christoffersen_independence_counts)
+_basel_zone = functools.lru_cache(maxsize=1024)(math_logic.basel_traffic_light)
 
 
 class Track(StrEnum):
@@ -190,9 +201,20 @@ class MethodSummary:
     """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None before any."""
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["method"] = str(self.method)
-        return d
+        # spelled out, not dataclasses.asdict (a deep copy): every method of every portfolio, every bar
+        return {
+            "method": str(self.method),
+            "observations": self.observations,
+            "exceedances": self.exceedances,
+            "rate": self.rate,
+            "kupiec_lr": self.kupiec_lr,
+            "kupiec_p": self.kupiec_p,
+            "christoffersen_lr": self.christoffersen_lr,
+            "christoffersen_p": self.christoffersen_p,
+            "rolling_observations": self.rolling_observations,
+            "rolling_exceedances": self.rolling_exceedances,
+            "zone": self.zone,
+        }
 
 
 @dataclass
@@ -206,24 +228,31 @@ class _Counts:
     """n00, n01, n10, n11: hit state i followed by j."""
     last_hit: int | None = None
     recent: deque[int] = field(default_factory=deque)
+    recent_hits: int = -1
+    """sum(recent), kept as hits come and go (-1: not counted yet)."""
 
     def add(self, hit: bool) -> None:
         h = int(hit)
+        if self.recent_hits < 0:
+            self.recent_hits = sum(self.recent)
         self.observations += 1
         self.exceedances += h
         if self.last_hit is not None:
             self.transitions[2 * self.last_hit + h] += 1
         self.last_hit = h
         self.recent.append(h)
+        self.recent_hits += h
         if len(self.recent) > self.rolling:
-            self.recent.popleft()
+            self.recent_hits -= self.recent.popleft()
 
     def summary(self, method: VarMethod, confidence: float) -> MethodSummary:
         n, x = self.observations, self.exceedances
-        kupiec = math_logic.kupiec_pof(x, n, confidence) if n else (None, None)
-        chris = math_logic.christoffersen_independence_counts(*self.transitions) if n >= 2 else (None, None)
-        recent_n, recent_x = len(self.recent), sum(self.recent)
-        zone = math_logic.basel_traffic_light(recent_x, recent_n, confidence=confidence) if recent_n else None
+        kupiec = _kupiec_pof(x, n, confidence) if n else (None, None)
+        chris = _christoffersen(*self.transitions) if n >= 2 else (None, None)
+        if self.recent_hits < 0:
+            self.recent_hits = sum(self.recent)
+        recent_n, recent_x = len(self.recent), self.recent_hits
+        zone = _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n else None
         return MethodSummary(
             method=method,
             observations=n,
@@ -303,19 +332,26 @@ class Backtester:
         self.last_prices: Float64Array | None = None
         self.seed: list[Float64Array] = []
         self.cov: Float64Array | None = None
-        self._window = np.zeros((self.config.window, n))
+        # the window is rows [_end - window_count, _end) of a buffer twice its length: a push writes one row and
+        # the rows are moved back only once every ``window`` pushes (not the whole window on every bar)
+        self._buf = np.zeros((2 * self.config.window, n))
+        self._end = self.config.window
         self.window_count = 0
+        self.pushed = 0
+        """Standardized returns pushed into the window since the covariance was seeded (its ring slot: mod window)."""
         self.pending: dict[Track, _Pending] = {}
         self.counts = {track: {m: _Counts(self.config.rolling) for m in self.config.methods} for track in Track}
         self.records: deque[Observation] = deque(maxlen=self.config.max_records)
         self._models: tuple[int, dict[VarMethod, RiskModel]] | None = None
+        self._t_multiplier: tuple[int, float] | None = None
+        """(bar, multiplier of this bar's ν): see :meth:`_student_t_var`."""
 
     # --- model state --------------------------------------------------------------------------------------
 
     @property
     def window(self) -> Float64Array:
         """The standardized returns held, oldest first, shape (count, N)."""
-        return self._window[self.config.window - self.window_count :]
+        return self._buf[self._end - self.window_count : self._end]
 
     @property
     def ready(self) -> bool:
@@ -338,9 +374,30 @@ class Backtester:
                 self.seed = []
             return
         z = math_logic.ewma_standardize_and_update(self.cov, r, cfg.decay)
-        self._window[:-1] = self._window[1:]
-        self._window[-1] = z
-        self.window_count = min(self.window_count + 1, cfg.window)
+        self._push(z)
+
+    def _push(self, z: Float64Array) -> None:
+        size = self.config.window
+        if self._end == 2 * size:
+            self._buf[:size] = self._buf[size:]
+            self._end = size
+        self._buf[self._end] = z
+        self._end += 1
+        self.window_count = min(self.window_count + 1, size)
+        self.pushed += 1
+
+    def ring(self) -> Float64Array:
+        """The window as a fixed ring of ``window`` rows: push j (0-based, :attr:`pushed`) in row ``j % window``;
+        rows not pushed yet are zeros. What the store keeps, so that a bar rewrites one row (:meth:`ring_slot`)."""
+        size = self.config.window
+        out = np.zeros((size, len(self.tickers)))
+        if self.window_count:
+            out[np.arange(self.pushed - self.window_count, self.pushed) % size] = self.window
+        return out
+
+    def ring_slot(self) -> int:
+        """The ring row of the newest standardized return (valid once one was pushed)."""
+        return (self.pushed - 1) % self.config.window
 
     def models(self) -> dict[VarMethod, RiskModel]:
         """Each configured method's one-bar :class:`~logic.var_methods.RiskModel` at the current state.
@@ -368,7 +425,25 @@ class Backtester:
     def forecasts(self, exposures: npt.ArrayLike, horizon_bars: float) -> dict[VarMethod, float]:
         """Each configured method's VaR of ``exposures`` (dollars) over ``horizon_bars``, from the current state."""
         confidence = self.config.confidence
-        return {m: model.with_horizon(horizon_bars).var(exposures, confidence) for m, model in self.models().items()}
+        out = {}
+        for m, model in self.models().items():
+            if m is VarMethod.STUDENT_T:
+                out[m] = self._student_t_var(model, exposures, horizon_bars)
+            else:
+                out[m] = model.with_horizon(horizon_bars).var(exposures, confidence)
+        return out
+
+    def _student_t_var(self, model: RiskModel, exposures: npt.ArrayLike, horizon_bars: float) -> float:
+        """:meth:`logic.var_methods.StudentTModel.var`, the same floats, with the quantile ``t_ν⁻¹(c)`` of this
+        bar's ν computed once for a whole batch of backtesters (:func:`step_many`): ν is refitted on every bar, so
+        :func:`math_logic.student_t_var`'s cache (keyed by ν) never hits, and each miss costs ~0.5 ms of scipy."""
+        assert isinstance(model, StudentTModel)
+        if self._t_multiplier is None or self._t_multiplier[0] != self.bar:
+            self._t_multiplier = (self.bar, t_var_multipliers(self.config.confidence, [model.dof])[0])
+        x = np.asarray(exposures, dtype=np.float64)
+        sigma_x = model.cov @ x
+        sigma = math.sqrt(max(float(x @ sigma_x), 0.0))
+        return self._t_multiplier[1] * (sigma * math.sqrt(float(horizon_bars)))
 
     # --- the bar ------------------------------------------------------------------------------------------
 
@@ -381,7 +456,7 @@ class Backtester:
         return x
 
     def step(self, prices: npt.ArrayLike, qty: npt.ArrayLike, label: str | None = None) -> list[Observation]:
-        """Feed one bar.
+        """Feed one bar (:func:`step_many` of this backtester alone: the monitor's code path).
 
         Parameters
         ----------
@@ -399,11 +474,16 @@ class Backtester:
 
         Bad input raises ValueError before any state changes.
         """
+        return step_many([(self, prices, qty, label)])[0]
+
+    def _checked(self, prices: npt.ArrayLike, qty: npt.ArrayLike) -> tuple[Float64Array, Float64Array]:
         p = self._vector(prices, "prices")
         if (p <= 0.0).any():
             raise ValueError("prices must be > 0")
-        q = self._vector(qty, "qty")
-        name = str(self.bar + 1) if label is None else str(label)
+        return p, self._vector(qty, "qty")
+
+    def _advance(self, p: Float64Array, name: str) -> list[Observation]:
+        """The bar's return updates the model; the horizons ending here close."""
         closed: list[Observation] = []
         if self.last_prices is not None:
             self._update_model(math_logic.log_returns(self.last_prices, p))
@@ -414,21 +494,23 @@ class Backtester:
                 closed.append(self._close(track, pending, p, name))
                 del self.pending[track]
         self.last_prices = p
-        if self.ready:
-            x = q * p
-            one_bar: dict[VarMethod, float] | None = None
-            for track in Track:
-                if track in self.pending:
-                    continue
-                h = 1 if track is Track.BAR else self.config.horizon_bars
-                if h == 1 and one_bar is not None:
-                    var = dict(one_bar)
-                else:
-                    var = self.forecasts(x, h)
-                if h == 1:
-                    one_bar = var
-                self.pending[track] = _Pending(name, self.bar + h, q, p, var)
         return closed
+
+    def _forecast(self, p: Float64Array, q: Float64Array, name: str) -> None:
+        """New forecasts on the tracks with none open (after :meth:`_advance`, once ready)."""
+        x = q * p
+        one_bar: dict[VarMethod, float] | None = None
+        for track in Track:
+            if track in self.pending:
+                continue
+            h = 1 if track is Track.BAR else self.config.horizon_bars
+            if h == 1 and one_bar is not None:
+                var = dict(one_bar)
+            else:
+                var = self.forecasts(x, h)
+            if h == 1:
+                one_bar = var
+            self.pending[track] = _Pending(name, self.bar + h, q, p, var)
 
     def _close(self, track: Track, pending: _Pending, prices: Float64Array, label: str) -> Observation:
         pnl = float(pending.qty @ (prices - pending.prices))
@@ -445,21 +527,20 @@ class Backtester:
 
     # --- state as plain data ------------------------------------------------------------------------------
 
-    def to_dict(self, *, binary_arrays: bool = False) -> dict[str, Any]:
+    def to_dict(self, *, binary_arrays: bool = False, window: bool = True) -> dict[str, Any]:
         """The whole state as JSON-ready dicts, lists, numbers and strings (floats round-trip exactly).
 
         With ``binary_arrays`` the two large entries, ``"cov"`` (N, N) and ``"window"`` (count, N), are float64
         ndarrays (copies) instead of nested lists, for the store to write with ``engine.store.codec.encode_array``
-        beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON.
-        :meth:`from_dict` accepts either form.
+        beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON. Without
+        ``window`` the window is left out: the caller keeps it as :meth:`ring` (``window_count`` and ``pushed``
+        place its rows) and gives it back to :meth:`from_dict` as ``"ring"``. :meth:`from_dict` accepts each form.
         """
         if binary_arrays:
             cov: Any = None if self.cov is None else self.cov.copy()
-            window: Any = self.window.copy()
         else:
             cov = None if self.cov is None else self.cov.tolist()
-            window = self.window.tolist()
-        return {
+        state = {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
             "tickers": list(self.tickers),
@@ -467,11 +548,15 @@ class Backtester:
             "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
             "seed": [r.tolist() for r in self.seed],
             "cov": cov,
-            "window": window,
+            "window_count": self.window_count,
+            "pushed": self.pushed,
             "pending": {str(t): p.to_dict() for t, p in self.pending.items()},
             "counts": {str(t): {str(m): c.to_dict() for m, c in cs.items()} for t, cs in self.counts.items()},
             "records": [r.to_dict() for r in self.records],
         }
+        if window:
+            state["window"] = self.window.copy() if binary_arrays else self.window.tolist()
+        return state
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Backtester:
@@ -490,11 +575,26 @@ class Backtester:
                 if cov.shape != (n, n):
                     raise ValueError(f"cov has shape {cov.shape}, expected ({n}, {n})")
                 bt.cov = cov
-            window = np.array(d["window"], dtype=np.float64).reshape(-1, n)
-            if window.shape[0] > cfg.window:
-                raise ValueError(f"window holds {window.shape[0]} rows, more than {cfg.window}")
-            bt.window_count = window.shape[0]
-            bt._window[cfg.window - bt.window_count :] = window
+            if "ring" in d:  # the store's form: a fixed ring of cfg.window rows (see ring())
+                ring = np.asarray(d["ring"], dtype=np.float64)
+                if ring.shape != (cfg.window, n):
+                    raise ValueError(f"ring has shape {ring.shape}, expected ({cfg.window}, {n})")
+                count, pushed = int(d["window_count"]), int(d["pushed"])
+                if not 0 <= count <= min(pushed, cfg.window):
+                    raise ValueError(f"window_count {count} does not fit {pushed} pushes in {cfg.window} rows")
+                window = ring[np.arange(pushed - count, pushed) % cfg.window]
+            else:
+                window = np.array(d["window"], dtype=np.float64).reshape(-1, n)
+                count = window.shape[0]
+                pushed = int(d.get("pushed", count))
+                if count > cfg.window:
+                    raise ValueError(f"window holds {count} rows, more than {cfg.window}")
+                if int(d.get("window_count", count)) != count or pushed < count:
+                    raise ValueError(f"window holds {count} rows, the state says {d.get('window_count')}")
+            if not np.isfinite(window).all():
+                raise ValueError("window contains NaN or infinite values")
+            bt.window_count, bt.pushed = count, pushed
+            bt._buf[cfg.window - count : cfg.window] = window
             bt.pending = {Track(t): _Pending.from_dict(p) for t, p in d["pending"].items()}
             for t, cs in d["counts"].items():
                 for m, c in cs.items():
@@ -510,6 +610,43 @@ class Backtester:
     @classmethod
     def from_json(cls, text: str) -> Backtester:
         return cls.from_dict(json.loads(text))
+
+
+def t_var_multipliers(confidence: float, dofs: Sequence[float]) -> list[float]:
+    """``t_ν⁻¹(c) · sqrt((ν - 2) / ν)`` for each ν: :func:`math_logic.student_t_var`'s multiplier (the same floats:
+    ``scipy.stats.t.ppf`` is ``scipy.special.stdtrit``, elementwise), for many ν in one call."""
+    c = float(confidence)
+    nus = [float(nu) for nu in dofs]
+    if not 0.0 < c < 1.0 or any(not math.isfinite(nu) or nu <= 2.0 for nu in nus):
+        raise ValueError(f"need 0 < confidence < 1 and every dof finite and > 2, got {c}, {nus}")
+    quantiles = special.stdtrit(np.array(nus, dtype=np.float64), c)
+    return [float(q) * math.sqrt((nu - 2.0) / nu) for q, nu in zip(quantiles.tolist(), nus, strict=True)]
+
+
+def step_many(items: Sequence[tuple[Backtester, npt.ArrayLike, npt.ArrayLike, str | None]]) -> list[list[Observation]]:
+    """Feed one bar to each of several backtesters: ``(backtester, prices, qty, label)`` as :meth:`Backtester.step`
+    takes them; returns each one's closed horizons. The only implementation of a bar (``step`` is this with one
+    item), so a batch and a single backtester give the same floats. What is shared across the batch is computed
+    once for all of them (the Student-t quantiles of this bar's ν). Bad input raises ValueError before any state
+    changes, of any backtester; a backtester listed twice is refused."""
+    if len({id(item[0]) for item in items}) != len(items):
+        raise ValueError("a backtester is listed twice")
+    checked = [(bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label))
+               for bt, prices, qty, label in items]  # fmt: skip
+    closed = [bt._advance(p, name) for bt, p, _, name in checked]
+    forecasting = [(bt, p, q, name) for bt, p, q, name in checked if bt.ready]
+    t_models = [(bt, bt.models()[VarMethod.STUDENT_T]) for bt, *_ in forecasting
+                if VarMethod.STUDENT_T in bt.config.methods]  # fmt: skip
+    by_confidence: dict[float, list[tuple[Backtester, RiskModel]]] = {}
+    for bt, model in t_models:
+        by_confidence.setdefault(bt.config.confidence, []).append((bt, model))
+    for confidence, group in by_confidence.items():
+        multipliers = t_var_multipliers(confidence, [model.dof for _, model in group])  # type: ignore[attr-defined]
+        for (bt, _), multiplier in zip(group, multipliers, strict=True):
+            bt._t_multiplier = (bt.bar, multiplier)
+    for bt, p, q, name in forecasting:
+        bt._forecast(p, q, name)
+    return closed
 
 
 def run_backtest(

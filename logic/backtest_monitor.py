@@ -7,17 +7,21 @@ the horizon): at one bar and at the limit's horizon (``bars_per_day * var_horizo
 at ``model.backtest_confidence``. It is the code path of ``python -m logic.backtest`` (:func:`backtest_config`
 gives the same configuration), so a replay through the daemons and the CLI on the same closes agree exactly.
 
-State: ``pf:{id}:backtest`` holds the backtester (its JSON state, without closed observations), its summary and
-the market version of the last bar fed, and ``pf:{id}:backtest_log`` every closed horizon (the realized P&L
-against each method's VaR forecast at its start), bounded to the latest :data:`BACKTEST_LOG_MAXLEN`; both are
-written in the monitor's MULTI with the tick's snapshots and acknowledgement, so a bar is counted exactly once.
+State: ``pf:{id}:backtest`` holds the backtester (its JSON state without closed observations and without its
+window, its covariance as a codec array), its summary and the market version of the last bar fed;
+``pf:{id}:backtest_window`` its window of standardized returns as a fixed ring of packed float64 rows
+(:meth:`logic.backtest.Backtester.ring`), of which a bar rewrites the one row it pushed (SETRANGE), so a tick
+writes O(k²) bytes per portfolio (the k x k covariance), not the O(window·k) window; and ``pf:{id}:backtest_log``
+every closed horizon (the realized P&L against each method's VaR forecast at its start), bounded to the latest
+:data:`BACKTEST_LOG_MAXLEN`. All are written in the monitor's MULTI with the tick's snapshots and
+acknowledgement, so a bar is counted exactly once; the whole ring is written when the stored one does not hold
+this backtester's rows (a new backtest, or a state stored before the ring).
 A monitor keeps the backtesters in memory and reloads one when the stored token is not its own (another monitor
 fed a bar). A tick not newer than the stored version is not fed again; a ``reset`` tick (a new replay: its
 prices do not follow the previous ones) gives no return and drops the open forecasts.
 
 Tickers: a portfolio's backtester models the tickers it holds (the P&L and every method's VaR of the book depend
-on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²): the state is rewritten on every
-tick. Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not
+on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²), and a tick rewrites O(k²) of it. Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not
 model starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no
 longer lists one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
 
@@ -44,7 +48,7 @@ from engine.errors import CorruptDataError
 from engine.records import VarMethod
 from engine.settings import Settings
 from engine.store import Conn, Store, TickEvent
-from logic.backtest import BacktestConfig, Backtester, Observation, Track
+from logic.backtest import BacktestConfig, Backtester, Observation, Track, step_many
 from logic.rules import BACKTEST_ZONES
 
 log = logging.getLogger("riskdesk.backtest")
@@ -138,6 +142,8 @@ class _Book:
     bt: Backtester
     token: str
     version: int
+    ring: bool = True
+    """The stored window ring holds this backtester's rows (a row can be rewritten in place)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,10 @@ class Fed:
     summary: dict[str, Any]
     closed: tuple[Observation, ...] = ()
     """The horizons that closed at this tick (appended to the log)."""
+    ring_row: int | None = None
+    """The ring row this tick pushed, rewritten in place in the stored window (None: none pushed)."""
+    full_ring: bool = True
+    """Write the whole window ring (the stored one does not hold this backtester's rows)."""
 
 
 class BacktestBooks:
@@ -179,7 +189,8 @@ class BacktestBooks:
         label = datetime.fromtimestamp(event.bar_ts, UTC).isoformat()
         prices = np.asarray(event.prices, dtype=np.float64)
         index = {t: i for i, t in enumerate(event.tickers)}
-        out: dict[str, Fed] = {}
+        items: list[tuple[Backtester, np.ndarray, np.ndarray, str]] = []
+        fed: list[tuple[str, Backtester, dict[str, Any] | None, bool, int]] = []
         for pid in pids:
             marker = markers[pid]
             if marker is not None and event.version <= marker[0]:
@@ -202,13 +213,16 @@ class BacktestBooks:
             if event.reset:
                 bt.last_prices = None  # no return across two unrelated price series
                 bt.pending.clear()  # a horizon spanning the reset has no meaningful P&L
+            continued = book is not None and bt is book.bt
             previous = self._summaries.get(pid)
-            kept = previous[1] if previous is not None and book is not None and bt is book.bt and (
-                previous[0] == book.token
-            ) else None  # fmt: skip
-            closed = tuple(bt.step(bar_prices, qty[cols], label))
+            kept = previous[1] if previous is not None and continued and previous[0] == book.token else None  # type: ignore[union-attr]
+            items.append((bt, bar_prices, qty[cols], label))
+            fed.append((pid, bt, kept, continued and book.ring, bt.pushed))  # type: ignore[union-attr]
+        out: dict[str, Fed] = {}
+        for (pid, bt, kept, ring, pushed), closed in zip(fed, step_many(items), strict=True):
             summary = summary_of(bt, kept, frozenset(o.track for o in closed))
-            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary, closed)
+            row = bt.ring_slot() if ring and bt.pushed > pushed else None
+            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary, tuple(closed), row, not ring)
         return out
 
     def _book(self, pid: str, marker: tuple[int, str] | None) -> _Book | None:
@@ -226,13 +240,22 @@ class BacktestBooks:
             bt = Backtester.from_dict(state)
         except ValueError as exc:
             raise CorruptDataError(f"portfolio {pid}: stored backtest unreadable ({exc})") from exc
-        book = _Book(bt, token, version)
+        book = _Book(bt, token, version, "ring" in state)
         self._books[pid] = book
         return book
 
     def write(self, fed: Mapping[str, Fed], pipe: Conn) -> None:
+        """Queue each fed backtest's writes on ``pipe`` (the monitor's MULTI): its state, and its window's new row
+        (or the whole ring when the stored one does not hold this backtester's rows)."""
         for f in fed.values():
-            self.store.write_backtest(f.portfolio_id, f.bt.to_dict(), f.summary, f.version, f.token, pipe)
+            bt = f.bt
+            state = bt.to_dict(binary_arrays=True, window=False)
+            cov = state.pop("cov")
+            self.store.write_backtest(
+                f.portfolio_id, state, f.summary, f.version, f.token, pipe, cov=cov,
+                ring=bt.ring() if f.full_ring else None,
+                ring_row=None if f.ring_row is None else (f.ring_row, bt.config.window, bt.window[-1]),
+            )  # fmt: skip
             if f.closed:
                 records = [o.to_dict() for o in f.closed]
                 self.store.append_backtest_observations(f.portfolio_id, records, BACKTEST_LOG_MAXLEN, pipe)
@@ -240,7 +263,7 @@ class BacktestBooks:
     def commit(self, fed: Mapping[str, Fed]) -> None:
         """The transaction holding ``fed`` succeeded: keep its backtesters as this monitor's."""
         for f in fed.values():
-            self._books[f.portfolio_id] = _Book(f.bt, f.token, f.version)
+            self._books[f.portfolio_id] = _Book(f.bt, f.token, f.version, True)
             self._summaries[f.portfolio_id] = (f.token, f.summary)
 
     def discard(self) -> None:
