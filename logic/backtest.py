@@ -42,18 +42,18 @@ import json
 import math
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special
 
 from engine import math_logic
 from engine.defaults import EWMA_DECAY
 from engine.records import Float64Array, VarMethod
+from logic import backtest_kernels as kernels
 from logic.var_methods import RiskModel, StudentTModel, risk_model
 
 STATE_VERSION = 1
@@ -69,6 +69,10 @@ ROLLING_OBSERVATIONS = 250
 _kupiec_pof = functools.lru_cache(maxsize=4096)(math_logic.kupiec_pof)
 _christoffersen = functools.lru_cache(maxsize=4096)(math_logic.christoffersen_independence_counts)
 _basel_zone = functools.lru_cache(maxsize=1024)(math_logic.basel_traffic_light)
+
+
+_Item = tuple["Backtester", Float64Array, Float64Array, str]
+"""A backtester, its bar's prices and quantities (checked) and the bar's label."""
 
 
 class Track(StrEnum):
@@ -318,6 +322,29 @@ class _Pending:
         )
 
 
+@dataclass(frozen=True)
+class _Figures:
+    """One book at one bar, what every method's VaR at any horizon is made of (one bar's figures)."""
+
+    sigma: float
+    """``sqrt(max(xᵀΣx, 0))``: the one-bar standard deviation of the book's P&L."""
+    z: float
+    """``Φ⁻¹(c)`` (:func:`logic.backtest_kernels.normal_quantile`)."""
+    t_multiplier: float
+    """``t_ν⁻¹(c) · sqrt((ν - 2) / ν)`` of this bar's ν."""
+    kth: float
+    """The FHS scenario P&L at the VaR rank (the k-th smallest)."""
+
+    def var(self, method: VarMethod, horizon_bars: int) -> float:
+        """The operations, in their order, of :mod:`logic.var_methods`' ``var`` at ``horizon_bars``."""
+        root = math.sqrt(float(horizon_bars))
+        if method is VarMethod.NORMAL:
+            return self.z * self.sigma * (1.0 * root)  # get_portfolio_var: z · σ · (value · sqrt(h))
+        if method is VarMethod.STUDENT_T:
+            return self.t_multiplier * (self.sigma * root)  # student_t_var(σ · sqrt(h))
+        return root * -self.kth  # FhsModel.var: sqrt(h) · scenario_var
+
+
 class Backtester:
     """Incremental walk-forward VaR backtest of a fixed set of tickers (see the module docstring)."""
 
@@ -343,8 +370,6 @@ class Backtester:
         self.counts = {track: {m: _Counts(self.config.rolling) for m in self.config.methods} for track in Track}
         self.records: deque[Observation] = deque(maxlen=self.config.max_records)
         self._models: tuple[int, dict[VarMethod, RiskModel]] | None = None
-        self._t_multiplier: tuple[int, float] | None = None
-        """(bar, multiplier of this bar's ν): see :meth:`_student_t_var`."""
 
     # --- model state --------------------------------------------------------------------------------------
 
@@ -434,16 +459,15 @@ class Backtester:
         return out
 
     def _student_t_var(self, model: RiskModel, exposures: npt.ArrayLike, horizon_bars: float) -> float:
-        """:meth:`logic.var_methods.StudentTModel.var`, the same floats, with the quantile ``t_ν⁻¹(c)`` of this
-        bar's ν computed once for a whole batch of backtesters (:func:`step_many`): ν is refitted on every bar, so
+        """:meth:`logic.var_methods.StudentTModel.var`, the same floats, the quantile ``t_ν⁻¹(c)`` from
+        :func:`logic.backtest_kernels.t_var_multipliers`: ν is refitted on every bar, so
         :func:`math_logic.student_t_var`'s cache (keyed by ν) never hits, and each miss costs ~0.5 ms of scipy."""
         assert isinstance(model, StudentTModel)
-        if self._t_multiplier is None or self._t_multiplier[0] != self.bar:
-            self._t_multiplier = (self.bar, t_var_multipliers(self.config.confidence, [model.dof])[0])
+        multiplier = kernels.t_var_multipliers(self.config.confidence, [model.dof])[0]
         x = np.asarray(exposures, dtype=np.float64)
         sigma_x = model.cov @ x
         sigma = math.sqrt(max(float(x @ sigma_x), 0.0))
-        return self._t_multiplier[1] * (sigma * math.sqrt(float(horizon_bars)))
+        return multiplier * (sigma * math.sqrt(float(horizon_bars)))
 
     # --- the bar ------------------------------------------------------------------------------------------
 
@@ -482,10 +506,11 @@ class Backtester:
             raise ValueError("prices must be > 0")
         return p, self._vector(qty, "qty")
 
-    def _advance(self, p: Float64Array, name: str) -> list[Observation]:
-        """The bar's return updates the model; the horizons ending here close."""
+    def _advance(self, p: Float64Array, name: str, *, updated: bool = False) -> list[Observation]:
+        """The bar's return updates the model (unless ``updated``: :func:`step_many` did it); the horizons ending
+        here close."""
         closed: list[Observation] = []
-        if self.last_prices is not None:
+        if self.last_prices is not None and not updated:
             self._update_model(math_logic.log_returns(self.last_prices, p))
         self.bar += 1
         for track in Track:
@@ -496,9 +521,9 @@ class Backtester:
         self.last_prices = p
         return closed
 
-    def _forecast(self, p: Float64Array, q: Float64Array, name: str) -> None:
-        """New forecasts on the tracks with none open (after :meth:`_advance`, once ready)."""
-        x = q * p
+    def _forecast(self, p: Float64Array, q: Float64Array, name: str, figures: _Figures) -> None:
+        """New forecasts on the tracks with none open (after :meth:`_advance`, once ready), from this bar's
+        ``figures`` of the book ``q · p``: each method's VaR as :meth:`forecasts` gives it, the same floats."""
         one_bar: dict[VarMethod, float] | None = None
         for track in Track:
             if track in self.pending:
@@ -507,7 +532,7 @@ class Backtester:
             if h == 1 and one_bar is not None:
                 var = dict(one_bar)
             else:
-                var = self.forecasts(x, h)
+                var = {m: figures.var(m, h) for m in self.config.methods}
             if h == 1:
                 one_bar = var
             self.pending[track] = _Pending(name, self.bar + h, q, p, var)
@@ -612,40 +637,72 @@ class Backtester:
         return cls.from_dict(json.loads(text))
 
 
-def t_var_multipliers(confidence: float, dofs: Sequence[float]) -> list[float]:
-    """``t_ν⁻¹(c) · sqrt((ν - 2) / ν)`` for each ν: :func:`math_logic.student_t_var`'s multiplier (the same floats:
-    ``scipy.stats.t.ppf`` is ``scipy.special.stdtrit``, elementwise), for many ν in one call."""
-    c = float(confidence)
-    nus = [float(nu) for nu in dofs]
-    if not 0.0 < c < 1.0 or any(not math.isfinite(nu) or nu <= 2.0 for nu in nus):
-        raise ValueError(f"need 0 < confidence < 1 and every dof finite and > 2, got {c}, {nus}")
-    quantiles = special.stdtrit(np.array(nus, dtype=np.float64), c)
-    return [float(q) * math.sqrt((nu - 2.0) / nu) for q, nu in zip(quantiles.tolist(), nus, strict=True)]
+def _group(items: Iterable[_Item], key: Callable[[Backtester], Hashable]) -> dict[Hashable, list[_Item]]:
+    groups: dict[Hashable, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(key(item[0]), []).append(item)
+    return groups
+
+
+def _update_models(items: list[_Item]) -> set[int]:
+    """The EWMA step of every backtester past its seed (:meth:`Backtester._update_model`), batched by shape;
+    returns the ids of those updated (their return pushed into the window)."""
+    done: set[int] = set()
+    moving = [it for it in items if it[0].last_prices is not None and it[0].cov is not None]
+    for group in _group(moving, lambda bt: (len(bt.tickers), bt.config.decay)).values():
+        covs = kernels.as_stack([bt.cov for bt, *_ in group])  # type: ignore[misc]
+        last = kernels.as_stack([bt.last_prices for bt, *_ in group])  # type: ignore[misc]
+        z = kernels.ewma_standardize_and_update(covs, last, kernels.as_stack([p for _, p, _, _ in group]),
+                                                group[0][0].config.decay)  # fmt: skip
+        for i, (bt, *_) in enumerate(group):
+            bt.cov = covs[i]  # a C-contiguous view: updated in place by a later single step as well
+            bt._push(z[i])
+            done.add(id(bt))
+    return done
+
+
+def _forecast_all(items: list[_Item]) -> None:
+    """New forecasts of every ready backtester (:meth:`Backtester._forecast`), the window and covariance
+    figures of all of them computed together (:mod:`logic.backtest_kernels`), batched by shape."""
+    shape = lambda bt: (len(bt.tickers), bt.config.window, bt.config.methods, bt.config.confidence,  # noqa: E731
+                        bt.config.dof_bounds)  # fmt: skip
+    for group in _group(items, shape).values():
+        cfg = group[0][0].config
+        x = kernels.as_stack([q * p for _, p, q, _ in group])
+        covs = kernels.as_stack([bt.cov for bt, *_ in group])  # type: ignore[misc]
+        methods = set(cfg.methods)
+        parametric = methods & {VarMethod.NORMAL, VarMethod.STUDENT_T}
+        variances = kernels.quadratic_forms(covs, x) if parametric else [math.nan] * len(group)
+        vols = np.sqrt(np.clip(np.diagonal(covs, axis1=1, axis2=2), 0.0, None))
+        tail = math_logic.scenario_tail_size(cfg.window, cfg.confidence) if VarMethod.FHS in methods else None
+        dofs, kth = kernels.window_figures(
+            [bt.window for bt, *_ in group], vols, x,
+            dof_bounds=cfg.dof_bounds if VarMethod.STUDENT_T in methods else None, tail=tail,
+        )  # fmt: skip
+        multipliers = kernels.t_var_multipliers(cfg.confidence, dofs) if dofs is not None else None
+        z = kernels.normal_quantile(cfg.confidence) if VarMethod.NORMAL in methods else math.nan
+        for i, (bt, p, q, name) in enumerate(group):
+            sigma = math.sqrt(max(variances[i], 0.0))
+            figures = _Figures(sigma, z, math.nan if multipliers is None else multipliers[i],
+                               math.nan if kth is None else kth[i])  # fmt: skip
+            bt._forecast(p, q, name, figures)
 
 
 def step_many(items: Sequence[tuple[Backtester, npt.ArrayLike, npt.ArrayLike, str | None]]) -> list[list[Observation]]:
     """Feed one bar to each of several backtesters: ``(backtester, prices, qty, label)`` as :meth:`Backtester.step`
-    takes them; returns each one's closed horizons. The only implementation of a bar (``step`` is this with one
-    item), so a batch and a single backtester give the same floats. What is shared across the batch is computed
-    once for all of them (the Student-t quantiles of this bar's ν). Bad input raises ValueError before any state
-    changes, of any backtester; a backtester listed twice is refused."""
+    takes them; returns each one's closed horizons.
+
+    The only implementation of a bar (``step`` is this with one item): the model updates and the forecasts of
+    backtesters of one shape are computed together (:mod:`logic.backtest_kernels`, the same floats as one at a
+    time), so a batch and a single backtester give the same numbers. Bad input raises ValueError before any
+    state changes, of any backtester; a backtester listed twice is refused."""
     if len({id(item[0]) for item in items}) != len(items):
         raise ValueError("a backtester is listed twice")
-    checked = [(bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label))
-               for bt, prices, qty, label in items]  # fmt: skip
-    closed = [bt._advance(p, name) for bt, p, _, name in checked]
-    forecasting = [(bt, p, q, name) for bt, p, q, name in checked if bt.ready]
-    t_models = [(bt, bt.models()[VarMethod.STUDENT_T]) for bt, *_ in forecasting
-                if VarMethod.STUDENT_T in bt.config.methods]  # fmt: skip
-    by_confidence: dict[float, list[tuple[Backtester, RiskModel]]] = {}
-    for bt, model in t_models:
-        by_confidence.setdefault(bt.config.confidence, []).append((bt, model))
-    for confidence, group in by_confidence.items():
-        multipliers = t_var_multipliers(confidence, [model.dof for _, model in group])  # type: ignore[attr-defined]
-        for (bt, _), multiplier in zip(group, multipliers, strict=True):
-            bt._t_multiplier = (bt.bar, multiplier)
-    for bt, p, q, name in forecasting:
-        bt._forecast(p, q, name)
+    checked: list[_Item] = [(bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label))
+                            for bt, prices, qty, label in items]  # fmt: skip
+    updated = _update_models(checked)
+    closed = [bt._advance(p, name, updated=id(bt) in updated) for bt, p, _, name in checked]
+    _forecast_all([item for item in checked if item[0].ready])
     return closed
 
 
