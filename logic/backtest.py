@@ -475,7 +475,9 @@ class Backtester:
         x = np.array(values, dtype=np.float64)
         if x.shape != (len(self.tickers),):
             raise ValueError(f"{name} has shape {x.shape}, expected ({len(self.tickers)},)")
-        if not np.isfinite(x).all():
+        # a finite sum is the common case, checked with one reduction; otherwise (a NaN or inf, or an overflow
+        # of finite values) every entry is checked
+        if not math.isfinite(float(np.add.reduce(x))) and not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or infinite values")
         return x
 
@@ -548,7 +550,8 @@ class Backtester:
 
     def summary(self, track: Track = Track.BAR) -> dict[VarMethod, MethodSummary]:
         """Per method: observations, exceedances, rate, Kupiec, Christoffersen, the rolling count and zone."""
-        return {m: c.summary(m, self.config.confidence) for m, c in self.counts[Track(track)].items()}
+        counts = self.counts[track if isinstance(track, Track) else Track(track)]
+        return {m: c.summary(m, self.config.confidence) for m, c in counts.items()}
 
     # --- state as plain data ------------------------------------------------------------------------------
 

@@ -127,20 +127,24 @@ def window_figures(
         return dofs, kth
     t, n = windows[0].shape
     chunk = max(1, CHUNK_BYTES // max(1, 8 * t * n))
+    block_buf = np.empty((min(chunk, b), t, n))
+    squares_buf = np.empty((min(chunk, b), t * n))
+    columns_buf = np.empty((min(chunk, b), n, t))
     for lo in range(0, b, chunk):
         hi = min(b, lo + chunk)
-        block = np.stack(windows[lo:hi])  # (c, T, N): the chunk's windows, each row of it C-contiguous
+        block = np.stack(windows[lo:hi], out=block_buf[: hi - lo])  # (c, T, N): each window C-contiguous
         if dofs is not None:
             assert dof_bounds is not None
-            squares = np.square(block.reshape(hi - lo, t * n))
+            squares = np.square(block.reshape(hi - lo, t * n), out=squares_buf[: hi - lo])
             m2 = squares.mean(axis=1).tolist()
             np.square(squares, out=squares)
             m4 = squares.mean(axis=1).tolist()
             dofs.extend(_dof(a, c, *dof_bounds) for a, c in zip(m2, m4, strict=True))
         if kth is not None:
             assert tail is not None
-            scenarios = block * vols[lo:hi, None, :]  # math_logic.fhs_scenarios, each window
-            columns = np.ascontiguousarray(scenarios.transpose(0, 2, 1))  # FhsModel keeps the (N, T) transpose
+            # math_logic.fhs_scenarios (z · σ(now)) written straight into the (N, T) transpose FhsModel keeps:
+            # the same products, one pass
+            columns = np.multiply(block.transpose(0, 2, 1), vols[lo:hi, :, None], out=columns_buf[: hi - lo])
             pnl = np.matmul(exposures[lo:hi, None, :], columns)[:, 0, :]  # x @ columns, one gemv each
             kth.extend(np.partition(pnl, tail - 1, axis=1)[:, tail - 1].tolist())
     return dofs, kth

@@ -171,6 +171,23 @@ class BacktestBooks:
         self.settings = settings
         self._books: dict[str, _Book] = {}
         self._summaries: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._configs: dict[str, BacktestConfig] = {}
+        self._universe: tuple[str, ...] = ()
+        self._columns: dict[str, tuple[Backtester, np.ndarray | None]] = {}
+
+    def _config(self, pid: str) -> BacktestConfig:
+        config = self._configs.get(pid)
+        if config is None:  # settings do not change under a monitor: built once (limits_for scans the portfolios)
+            config = self._configs[pid] = backtest_config(self.settings, pid)
+        return config
+
+    def _modelled(self, pid: str, bt: Backtester, index: Mapping[str, int]) -> np.ndarray | None:
+        """The columns of ``bt``'s tickers in the tick's prices; None when the market does not list one."""
+        cached = self._columns.get(pid)
+        if cached is None or cached[0] is not bt:
+            cols = None if not all(t in index for t in bt.tickers) else np.array([index[t] for t in bt.tickers])
+            cached = self._columns[pid] = (bt, cols)
+        return cached[1]
 
     def feed(
         self,
@@ -188,6 +205,10 @@ class BacktestBooks:
             markers = {pid: self.store.read_backtest_marker(pid, conn) for pid in pids}
         label = datetime.fromtimestamp(event.bar_ts, UTC).isoformat()
         prices = np.asarray(event.prices, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            usable = np.isfinite(prices) & (prices > 0)
+        if event.tickers != self._universe:  # the modelled tickers' columns, kept while the market lists the same
+            self._universe, self._columns = tuple(event.tickers), {}
         index = {t: i for i, t in enumerate(event.tickers)}
         items: list[tuple[Backtester, np.ndarray, np.ndarray, str]] = []
         fed: list[tuple[str, Backtester, dict[str, Any] | None, bool, int]] = []
@@ -196,18 +217,19 @@ class BacktestBooks:
             if marker is not None and event.version <= marker[0]:
                 continue  # fed already (a lagging or second monitor)
             qty = np.asarray(portfolios[pid], dtype=np.float64)
-            held = {event.tickers[i] for i in np.flatnonzero(qty)}
             book = self._book(pid, marker)
-            config = backtest_config(self.settings, pid)
-            if book is not None and book.bt.config == config and held <= set(book.bt.tickers) <= index.keys():
-                bt = book.bt  # fed in place: a failed transaction calls discard(), which forgets it
-            elif held:
+            config = self._config(pid)
+            cols = None if book is None or book.bt.config != config else self._modelled(pid, book.bt, index)
+            if book is not None and cols is not None and np.count_nonzero(qty) == np.count_nonzero(qty[cols]):
+                bt = book.bt  # it models every ticker held; fed in place: a failed transaction calls discard()
+            elif np.count_nonzero(qty):
+                held = {event.tickers[i] for i in np.flatnonzero(qty)}
                 bt = Backtester(tuple(t for t in event.tickers if t in held), config)
+                cols = self._modelled(pid, bt, index)
             else:
                 continue  # nothing held and nothing modelled: no backtest yet
-            cols = [index[t] for t in bt.tickers]
-            bar_prices = prices[cols]
-            if not (np.isfinite(bar_prices).all() and (bar_prices > 0).all()):
+            assert cols is not None
+            if not usable[cols].all():
                 log.debug("tick %s: a modelled ticker has no usable price: no backtest bar", event.version)
                 continue
             if event.reset:
@@ -216,13 +238,14 @@ class BacktestBooks:
             continued = book is not None and bt is book.bt
             previous = self._summaries.get(pid)
             kept = previous[1] if previous is not None and continued and previous[0] == book.token else None  # type: ignore[union-attr]
-            items.append((bt, bar_prices, qty[cols], label))
+            items.append((bt, prices[cols], qty[cols], label))
             fed.append((pid, bt, kept, continued and book.ring, bt.pushed))  # type: ignore[union-attr]
         out: dict[str, Fed] = {}
-        for (pid, bt, kept, ring, pushed), closed in zip(fed, step_many(items), strict=True):
+        tick = uuid.uuid4().hex  # a token per write: this feed's own prefix, then the portfolio's place in it
+        for k, ((pid, bt, kept, ring, pushed), closed) in enumerate(zip(fed, step_many(items), strict=True)):
             summary = summary_of(bt, kept, frozenset(o.track for o in closed))
             row = bt.ring_slot() if ring and bt.pushed > pushed else None
-            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary, tuple(closed), row, not ring)
+            out[pid] = Fed(pid, bt, event.version, f"{tick}{k:x}", summary, tuple(closed), row, not ring)
         return out
 
     def _book(self, pid: str, marker: tuple[int, str] | None) -> _Book | None:
