@@ -607,6 +607,8 @@ class Backtester:
                 ring = np.asarray(d["ring"], dtype=np.float64)
                 if ring.shape != (cfg.window, n):
                     raise ValueError(f"ring has shape {ring.shape}, expected ({cfg.window}, {n})")
+                if not np.isfinite(ring).all():  # a row not in the window yet is zeros: anything else is damage
+                    raise ValueError("ring contains NaN or infinite values")
                 count, pushed = int(d["window_count"]), int(d["pushed"])
                 if not 0 <= count <= min(pushed, cfg.window):
                     raise ValueError(f"window_count {count} does not fit {pushed} pushes in {cfg.window} rows")
