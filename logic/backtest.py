@@ -250,26 +250,32 @@ class _Counts:
             self.recent_hits -= self.recent.popleft()
 
     def summary(self, method: VarMethod, confidence: float) -> MethodSummary:
+        d = self.summary_dict(method, confidence)
+        d["method"] = method
+        return MethodSummary(**d)
+
+    def summary_dict(self, method: VarMethod, confidence: float) -> dict[str, Any]:
+        """:meth:`summary` as :meth:`MethodSummary.to_dict` gives it, without building the dataclass (the
+        monitor's summary of every portfolio, every bar)."""
         n, x = self.observations, self.exceedances
         kupiec = _kupiec_pof(x, n, confidence) if n else (None, None)
         chris = _christoffersen(*self.transitions) if n >= 2 else (None, None)
         if self.recent_hits < 0:
             self.recent_hits = sum(self.recent)
         recent_n, recent_x = len(self.recent), self.recent_hits
-        zone = _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n else None
-        return MethodSummary(
-            method=method,
-            observations=n,
-            exceedances=x,
-            rate=x / n if n else None,
-            kupiec_lr=kupiec[0],
-            kupiec_p=kupiec[1],
-            christoffersen_lr=chris[0],
-            christoffersen_p=chris[1],
-            rolling_observations=recent_n,
-            rolling_exceedances=recent_x,
-            zone=zone,
-        )
+        return {
+            "method": str(method),
+            "observations": n,
+            "exceedances": x,
+            "rate": x / n if n else None,
+            "kupiec_lr": kupiec[0],
+            "kupiec_p": kupiec[1],
+            "christoffersen_lr": chris[0],
+            "christoffersen_p": chris[1],
+            "rolling_observations": recent_n,
+            "rolling_exceedances": recent_x,
+            "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n else None,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -552,6 +558,11 @@ class Backtester:
         """Per method: observations, exceedances, rate, Kupiec, Christoffersen, the rolling count and zone."""
         counts = self.counts[track if isinstance(track, Track) else Track(track)]
         return {m: c.summary(m, self.config.confidence) for m, c in counts.items()}
+
+    def summary_dicts(self, track: Track) -> dict[str, dict[str, Any]]:
+        """:meth:`summary` of ``track`` as plain dicts (:meth:`MethodSummary.to_dict`), method name -> dict."""
+        confidence = self.config.confidence
+        return {str(m): c.summary_dict(m, confidence) for m, c in self.counts[track].items()}
 
     # --- state as plain data ------------------------------------------------------------------------------
 

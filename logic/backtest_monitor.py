@@ -91,7 +91,7 @@ def summary_of(
     old = (previous or {}).get("tracks", {})
     tracks = {
         str(t): old[str(t)] if t not in closed and str(t) in old
-        else {str(m): s.to_dict() for m, s in bt.summary(t).items()}
+        else bt.summary_dicts(t)
         for t in Track
     }  # fmt: skip
     return {
