@@ -458,7 +458,7 @@ class Backtester:
     def forecasts(self, exposures: npt.ArrayLike, horizon_bars: float) -> dict[VarMethod, float]:
         """Each configured method's VaR of ``exposures`` (dollars) over ``horizon_bars``, from the current state."""
         confidence = self.config.confidence
-        out = {}
+        out: dict[VarMethod, float] = {}
         for m, model in self.models().items():
             if m is VarMethod.STUDENT_T:
                 out[m] = self._student_t_var(model, exposures, horizon_bars)

@@ -21,9 +21,10 @@ fed a bar). A tick not newer than the stored version is not fed again; a ``reset
 prices do not follow the previous ones) gives no return and drops the open forecasts.
 
 Tickers: a portfolio's backtester models the tickers it holds (the P&L and every method's VaR of the book depend
-on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²), and a tick rewrites O(k²) of it. Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not
-model starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no
-longer lists one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
+on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²), and a tick rewrites O(k²) of it.
+Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not model
+starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no longer lists
+one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
 
 Alert metrics (the snapshot's ``backtest`` section, see :func:`snapshot_section`): ``backtest.exceedances`` and
 ``backtest.zone`` are the rolling (last 250 observations) exceedance count and Basel zone of the portfolio's own

@@ -58,7 +58,10 @@ def test_window_figures_equal_the_fitted_dof_and_the_fhs_var_of_each_window(
     dofs, kth = kernels.window_figures(windows, vols, x, dof_bounds=(3.0, 30.0), tail=tail)
 
     assert dofs == [ml.fit_student_t_dof(w, 3.0, 30.0) for w in windows]
-    fhs = [risk_model(VarMethod.FHS, None, horizon_bars=1, standardized=w, current_vol=v) for w, v in zip(windows, vols)]
+    fhs = [
+        risk_model(VarMethod.FHS, None, horizon_bars=1, standardized=w, current_vol=v)
+        for w, v in zip(windows, vols, strict=True)
+    ]
     assert kth is not None
     assert [-k for k in kth] == [m.var(xi, 0.95) for m, xi in zip(fhs, x, strict=True)]
     assert kernels.window_figures(windows, vols, x, dof_bounds=None, tail=None) == (None, None)

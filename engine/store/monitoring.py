@@ -322,7 +322,11 @@ return out
             state["cov"] = decode_array(raw[3], key=f"{keys.backtest}.cov")
         if window is not None:
             state["ring"] = decode_array(window, key=keys.backtest_window)
-        return state, decode_int(raw[1], key=f"{keys.backtest}.version"), decode_str(raw[2], key=f"{keys.backtest}.token")
+        return (
+            state,
+            decode_int(raw[1], key=f"{keys.backtest}.version"),
+            decode_str(raw[2], key=f"{keys.backtest}.token"),
+        )
 
     def read_backtest_summary(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
         """The stored summary (per track and method: counts, Kupiec, Christoffersen, zone), or None."""
