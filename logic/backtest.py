@@ -420,17 +420,40 @@ class Backtester:
         self.pushed += 1
 
     def ring(self) -> Float64Array:
-        """The window as a fixed ring of ``window`` rows: push j (0-based, :attr:`pushed`) in row ``j % window``;
-        rows not pushed yet are zeros. What the store keeps, so that a bar rewrites one row (:meth:`ring_slot`)."""
+        """What the store keeps of the arrays that grow a row per bar, as fixed rows, so that a bar rewrites one
+        row (:meth:`ring_row`): shape (``window + seed_rows``, N). Rows ``[0, window)`` are the window as a ring
+        (push j, 0-based, :attr:`pushed`, in row ``j % window``); rows ``[window, window + seed_rows)`` the seed
+        returns of the burn-in, in order (past ``len(seed)``, nothing: the store may keep a finished burn-in's
+        rows there, never read again); rows holding nothing are zeros here."""
         size = self.config.window
-        out = np.zeros((size, len(self.tickers)))
+        out = np.zeros((size + self.config.seed_rows, len(self.tickers)))
         if self.window_count:
             out[np.arange(self.pushed - self.window_count, self.pushed) % size] = self.window
+        if self.seed:
+            out[size : size + len(self.seed)] = self.seed
         return out
 
     def ring_slot(self) -> int:
         """The ring row of the newest standardized return (valid once one was pushed)."""
         return (self.pushed - 1) % self.config.window
+
+    def ring_values(self, row: int) -> Float64Array:
+        """Row ``row`` of :meth:`ring`, without building the others."""
+        size = self.config.window
+        if row >= size:
+            i = row - size
+            return self.seed[i] if i < len(self.seed) else np.zeros(len(self.tickers))
+        back = (self.pushed - 1 - row) % size  # how many pushes ago this row was written
+        return self._buf[self._end - 1 - back] if back < self.window_count else np.zeros(len(self.tickers))
+
+    def ring_row(self, pushed: int, seeded: int) -> int | None:
+        """The one row of :meth:`ring` that changed since :attr:`pushed` was ``pushed`` and ``len(seed)`` was
+        ``seeded`` (one :meth:`step` ago); None when none did (or only the seed was cleared)."""
+        if self.pushed > pushed:
+            return self.ring_slot()
+        if len(self.seed) > seeded:
+            return self.config.window + len(self.seed) - 1
+        return None
 
     def models(self) -> dict[VarMethod, RiskModel]:
         """Each configured method's one-bar :class:`~logic.var_methods.RiskModel` at the current state.
@@ -574,8 +597,9 @@ class Backtester:
         With ``binary_arrays`` the two large entries, ``"cov"`` (N, N) and ``"window"`` (count, N), are float64
         ndarrays (copies) instead of nested lists, for the store to write with ``engine.store.codec.encode_array``
         beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON. Without
-        ``window`` the window is left out: the caller keeps it as :meth:`ring` (``window_count`` and ``pushed``
-        place its rows) and gives it back to :meth:`from_dict` as ``"ring"``. :meth:`from_dict` accepts each form.
+        ``window`` the window and the seed returns are left out: the caller keeps them as :meth:`ring`
+        (``window_count``, ``pushed`` and ``seed_count`` place their rows) and gives it back to :meth:`from_dict`
+        as ``"ring"``. :meth:`from_dict` accepts each form.
         """
         if binary_arrays:
             cov: Any = None if self.cov is None else self.cov.copy()
@@ -587,7 +611,7 @@ class Backtester:
             "tickers": list(self.tickers),
             "bar": self.bar,
             "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
-            "seed": [r.tolist() for r in self.seed],
+            "seed_count": len(self.seed),
             "cov": cov,
             "window_count": self.window_count,
             "pushed": self.pushed,
@@ -597,6 +621,7 @@ class Backtester:
         }
         if window:
             state["window"] = self.window.copy() if binary_arrays else self.window.tolist()
+            state["seed"] = [r.tolist() for r in self.seed]
         return state
 
     @classmethod
@@ -610,23 +635,27 @@ class Backtester:
             bt.bar = int(d["bar"])
             if d["last_prices"] is not None:
                 bt.last_prices = bt._vector(d["last_prices"], "last_prices")
-            bt.seed = [bt._vector(r, "seed") for r in d["seed"]]
             if d["cov"] is not None:
                 cov = np.array(d["cov"], dtype=np.float64, order="C")
                 if cov.shape != (n, n):
                     raise ValueError(f"cov has shape {cov.shape}, expected ({n}, {n})")
                 bt.cov = cov
-            if "ring" in d:  # the store's form: a fixed ring of cfg.window rows (see ring())
+            if "ring" in d:  # the store's form: fixed rows, the window as a ring, then the seed (see ring())
                 ring = np.asarray(d["ring"], dtype=np.float64)
-                if ring.shape != (cfg.window, n):
-                    raise ValueError(f"ring has shape {ring.shape}, expected ({cfg.window}, {n})")
+                if ring.shape != (cfg.window + cfg.seed_rows, n):
+                    raise ValueError(f"ring has shape {ring.shape}, expected ({cfg.window + cfg.seed_rows}, {n})")
                 if not np.isfinite(ring).all():  # a row not in the window yet is zeros: anything else is damage
                     raise ValueError("ring contains NaN or infinite values")
                 count, pushed = int(d["window_count"]), int(d["pushed"])
                 if not 0 <= count <= min(pushed, cfg.window):
                     raise ValueError(f"window_count {count} does not fit {pushed} pushes in {cfg.window} rows")
                 window = ring[np.arange(pushed - count, pushed) % cfg.window]
+                seeded = int(d["seed_count"])
+                if not 0 <= seeded < cfg.seed_rows:
+                    raise ValueError(f"seed_count {seeded} is not below seed_rows {cfg.seed_rows}")
+                bt.seed = [ring[cfg.window + i].copy() for i in range(seeded)]
             else:
+                bt.seed = [bt._vector(r, "seed") for r in d["seed"]]
                 window = np.array(d["window"], dtype=np.float64).reshape(-1, n)
                 count = window.shape[0]
                 pushed = int(d.get("pushed", count))

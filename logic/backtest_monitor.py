@@ -159,7 +159,7 @@ class Fed:
     closed: tuple[Observation, ...] = ()
     """The horizons that closed at this tick (appended to the log)."""
     ring_row: int | None = None
-    """The ring row this tick pushed, rewritten in place in the stored window (None: none pushed)."""
+    """The row of :meth:`Backtester.ring` this tick changed, rewritten in place in the store (None: none)."""
     full_ring: bool = True
     """Write the whole window ring (the stored one does not hold this backtester's rows)."""
 
@@ -212,7 +212,7 @@ class BacktestBooks:
             self._universe, self._columns = tuple(event.tickers), {}
         index = {t: i for i, t in enumerate(event.tickers)}
         items: list[tuple[Backtester, np.ndarray, np.ndarray, str]] = []
-        fed: list[tuple[str, Backtester, dict[str, Any] | None, bool, int]] = []
+        fed: list[tuple[str, Backtester, dict[str, Any] | None, bool, tuple[int, int]]] = []
         for pid in pids:
             marker = markers[pid]
             if marker is not None and event.version <= marker[0]:
@@ -240,12 +240,12 @@ class BacktestBooks:
             previous = self._summaries.get(pid)
             kept = previous[1] if previous is not None and continued and previous[0] == book.token else None  # type: ignore[union-attr]
             items.append((bt, prices[cols], qty[cols], label))
-            fed.append((pid, bt, kept, continued and book.ring, bt.pushed))  # type: ignore[union-attr]
+            fed.append((pid, bt, kept, continued and book.ring, (bt.pushed, len(bt.seed))))  # type: ignore[union-attr]
         out: dict[str, Fed] = {}
         tick = uuid.uuid4().hex  # a token per write: this feed's own prefix, then the portfolio's place in it
         for k, ((pid, bt, kept, ring, pushed), closed) in enumerate(zip(fed, step_many(items), strict=True)):
             summary = summary_of(bt, kept, frozenset(o.track for o in closed))
-            row = bt.ring_slot() if ring and bt.pushed > pushed else None
+            row = bt.ring_row(*pushed) if ring else None
             out[pid] = Fed(pid, bt, event.version, f"{tick}{k:x}", summary, tuple(closed), row, not ring)
         return out
 
@@ -273,12 +273,15 @@ class BacktestBooks:
         (or the whole ring when the stored one does not hold this backtester's rows)."""
         for f in fed.values():
             bt = f.bt
+            ring_rows = bt.config.window + bt.config.seed_rows
             state = bt.to_dict(binary_arrays=True, window=False)
             cov = state.pop("cov")
+            if cov is None:
+                state["cov"] = None  # in the burn-in: none yet (else the codec array beside the JSON)
             self.store.write_backtest(
                 f.portfolio_id, state, f.summary, f.version, f.token, pipe, cov=cov,
                 ring=bt.ring() if f.full_ring else None,
-                ring_row=None if f.ring_row is None else (f.ring_row, bt.config.window, bt.window[-1]),
+                ring_row=None if f.ring_row is None else (f.ring_row, ring_rows, bt.ring_values(f.ring_row)),
             )  # fmt: skip
             if f.closed:
                 records = [o.to_dict() for o in f.closed]

@@ -28,6 +28,7 @@ from engine.store.codec import (
     decode_object,
     decode_str,
     encode_array,
+    encode_array_header,
     encode_json_fast,
 )
 from engine.store.keys import PortfolioKeys, lock_key
@@ -274,8 +275,12 @@ return out
         conn.hset(keys.backtest, mapping=fields)
         if cov is None:
             conn.hdel(keys.backtest, "cov")
-        if ring is not None:
+        if ring is not None and np.count_nonzero(np.asarray(ring, dtype="<f8").view(np.uint64)):
             conn.set(keys.backtest_window, encode_array(ring))
+        elif ring is not None:  # all zeros (a new backtest): the header, and Redis pads the rest with zero bytes
+            header = encode_array_header(ring.shape)
+            conn.set(keys.backtest_window, header)
+            conn.setrange(keys.backtest_window, len(header) + ring.nbytes - 8, bytes(8))
         elif ring_row is not None:
             index, rows, values = ring_row
             row = np.ascontiguousarray(values, dtype="<f8")
