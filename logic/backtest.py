@@ -367,9 +367,9 @@ class Backtester:
         self.last_prices: Float64Array | None = None
         self.seed: list[Float64Array] = []
         self.cov: Float64Array | None = None
-        # the window is rows [_end - window_count, _end) of a buffer twice its length: a push writes one row and
-        # the rows are moved back only once every ``window`` pushes (not the whole window on every bar)
-        self._buf = np.zeros((2 * self.config.window, n))
+        # the window is rows [_end - window_count, _end) of a buffer a quarter longer: a push writes one row and
+        # the window is moved back once every window/4 pushes (not the whole window on every bar)
+        self._buf = np.zeros((self.config.window + max(1, self.config.window // 4), n))
         self._end = self.config.window
         self.window_count = 0
         self.pushed = 0
@@ -411,8 +411,8 @@ class Backtester:
 
     def _push(self, z: Float64Array) -> None:
         size = self.config.window
-        if self._end == 2 * size:
-            self._buf[:size] = self._buf[size:]
+        if self._end == self._buf.shape[0]:
+            self._buf[:size] = self._buf[self._end - size : self._end]
             self._end = size
         self._buf[self._end] = z
         self._end += 1
@@ -693,14 +693,18 @@ def _group(items: Iterable[_Item], key: Callable[[Backtester], Hashable]) -> dic
 
 def _update_models(items: list[_Item]) -> set[int]:
     """The EWMA step of every backtester past its seed (:meth:`Backtester._update_model`), batched by shape;
-    returns the ids of those updated (their return pushed into the window)."""
-    done: set[int] = set()
+    returns the ids of those updated (their return pushed into the window). Every group is computed (on copies)
+    before any backtester changes: a return that is not finite raises ValueError with no state changed."""
     moving = [it for it in items if it[0].last_prices is not None and it[0].cov is not None]
+    updates = []
     for group in _group(moving, lambda bt: (len(bt.tickers), bt.config.decay)).values():
         covs = kernels.as_stack([bt.cov for bt, *_ in group])  # type: ignore[misc]
         last = kernels.as_stack([bt.last_prices for bt, *_ in group])  # type: ignore[misc]
         z = kernels.ewma_standardize_and_update(covs, last, kernels.as_stack([p for _, p, _, _ in group]),
                                                 group[0][0].config.decay)  # fmt: skip
+        updates.append((group, covs, z))
+    done: set[int] = set()
+    for group, covs, z in updates:
         for i, (bt, *_) in enumerate(group):
             bt.cov = covs[i]  # a C-contiguous view: updated in place by a later single step as well
             bt._push(z[i])

@@ -53,8 +53,12 @@ def ewma_standardize_and_update(
     -------
     ndarray, shape (B, N)
         ``z = r / sqrt(diag Σ_{t-1})`` (0 where the variance is 0), computed before the update.
+
+    A return that is not finite raises ValueError before ``covs`` changes.
     """
     returns = np.log(prices / last)
+    if not np.isfinite(returns).all():  # math_logic.ewma_standardize_and_update refuses them too
+        raise ValueError("returns contain NaN or infinite values")
     vol = np.sqrt(np.clip(np.diagonal(covs, axis1=1, axis2=2), 0.0, None))
     z = np.zeros_like(returns)
     np.divide(returns, vol, out=z, where=vol > 0.0)

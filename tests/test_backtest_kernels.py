@@ -125,3 +125,29 @@ def test_step_many_refuses_a_bad_bar_of_any_backtester_before_changing_any() -> 
     with pytest.raises(ValueError, match="listed twice"):
         step_many([(a, [10.0], [1.0], None), (a, [11.0], [1.0], None)])
     assert (a.to_dict(), b.to_dict()) == before
+
+
+def test_a_return_out_of_range_is_refused_before_any_backtester_changes() -> None:
+    cfg = BacktestConfig(window=5, seed_rows=2)
+    a, b = Backtester(["A"], cfg), Backtester(["B", "C"], cfg)
+    for t in range(4):
+        step_many([(a, [10.0 + t], [1.0], None), (b, [20.0 + t if t < 3 else 1e-300, 5.0], [1.0, 2.0], None)])
+    before = (a.to_dict(), b.to_dict())
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match="infinite"):  # 1e300 / 1e-300 overflows
+        step_many([(a, [11.0], [1.0], None), (b, [1e300, 5.0], [1.0, 2.0], None)])
+    assert (a.to_dict(), b.to_dict()) == before
+
+
+def test_the_window_buffer_moves_back_without_changing_the_window() -> None:
+    bt = Backtester(["A", "B"], BacktestConfig(window=8, seed_rows=2))
+    pushed = []
+    rng = np.random.default_rng(5)
+    prices = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (40, 2)), axis=0))
+    for p in prices:
+        n = bt.pushed
+        bt.step(p, [1.0, 1.0])
+        if bt.pushed > n:
+            pushed.append(bt.window[-1].copy())
+            assert np.array_equal(bt.window, np.array(pushed[-8:]))  # the last 8 pushes, oldest first
+            assert bt.window.flags.c_contiguous
+    assert len(pushed) > 8 + 2 * 8  # the buffer moved back several times
