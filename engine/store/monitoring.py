@@ -261,7 +261,7 @@ return out
         ring_row: tuple[int, int, npt.NDArray[np.float64]] | None = None,
     ) -> None:
         """Write the portfolio's backtest: the backtester's state without its window (JSON, bounded), its
-        covariance ``cov`` (a codec array; none: the field is dropped), the summary the pages and the snapshot
+        covariance ``cov`` (a codec array; none: left out, and dropped with a whole ``ring``), the summary the pages and the snapshot
         read, the market version of the last bar fed and a new ``token``; and its window, a fixed ring of rows in
         ``pf:{id}:backtest_window``: the whole ``ring`` (rows, N) when given, else the one row ``ring_row``
         (its index, the rows of the ring, its N values) rewritten in place (SETRANGE, O(N) bytes), else left as
@@ -273,7 +273,7 @@ return out
         if cov is not None:
             fields["cov"] = encode_array(cov)
         conn.hset(keys.backtest, mapping=fields)
-        if cov is None:
+        if cov is None and ring is not None:  # a new backtest in its burn-in: no covariance (a restart drops it)
             conn.hdel(keys.backtest, "cov")
         if ring is not None and np.count_nonzero(np.asarray(ring, dtype="<f8").view(np.uint64)):
             conn.set(keys.backtest_window, encode_array(ring))
