@@ -1,4 +1,4 @@
-"""The arithmetic of one backtest bar for many backtesters at once (:func:`logic.backtest.step_many`).
+"""The arithmetic of one backtest bar for many backtesters at once (:func:`logic.backtest_batch.step_many`).
 
 Each function takes the backtesters' arrays stacked on a leading axis (one row per backtester, all of the same
 shape) and returns, for every row, the same floats as the one-backtester computation it replaces, bit for bit:

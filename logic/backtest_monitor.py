@@ -274,12 +274,8 @@ class BacktestBooks:
         for f in fed.values():
             bt = f.bt
             ring_rows = bt.config.window + bt.config.seed_rows
-            state = bt.to_dict(binary_arrays=True, window=False)
-            cov = state.pop("cov")
-            if cov is None:
-                state["cov"] = None  # in the burn-in: none yet (else the codec array beside the JSON)
             self.store.write_backtest(
-                f.portfolio_id, state, f.summary, f.version, f.token, pipe, cov=cov,
+                f.portfolio_id, bt.store_state(), f.summary, f.version, f.token, pipe, cov=bt.cov,
                 ring=bt.ring() if f.full_ring else None,
                 ring_row=None if f.ring_row is None else (f.ring_row, ring_rows, bt.ring_values(f.ring_row)),
             )  # fmt: skip

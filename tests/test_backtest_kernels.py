@@ -1,5 +1,5 @@
 """Tests of logic.backtest_kernels: each batched computation gives, row by row, exactly the floats of the
-one-backtester reference in engine.math_logic / logic.var_methods; and logic.backtest.step_many of many
+one-backtester reference in engine.math_logic / logic.var_methods; and logic.backtest_batch.step_many of many
 backtesters equals each stepped alone and the RiskModel forecasts."""
 
 from __future__ import annotations
