@@ -1,8 +1,10 @@
 """Walk-forward VaR backtest: every configured method forecast on the same bars and checked on the same P&L.
 
 :class:`Backtester` is fed one bar at a time (:meth:`Backtester.step`: the bar's prices and the positions held from
-it) and is the only code path: the monitor feeds it live bars and stores :meth:`Backtester.to_dict` (plain JSON:
-lists, numbers, strings), ``python -m logic.backtest`` feeds it a CSV file. The same bars give the same numbers.
+it) and is the only code path: the monitor feeds every portfolio's backtester a live bar at once
+(:func:`logic.backtest_batch.step_many`, of which ``step`` is the case of one: the same floats) and stores
+:meth:`Backtester.store_state` with :meth:`Backtester.ring`; ``python -m logic.backtest`` feeds one a CSV file.
+The same bars give the same numbers. :meth:`Backtester.to_dict` is the whole state as plain JSON.
 
 Each bar
 --------
