@@ -1,8 +1,10 @@
 """Walk-forward VaR backtest: every configured method forecast on the same bars and checked on the same P&L.
 
 :class:`Backtester` is fed one bar at a time (:meth:`Backtester.step`: the bar's prices and the positions held from
-it) and is the only code path: the monitor feeds it live bars and stores :meth:`Backtester.to_dict` (plain JSON:
-lists, numbers, strings), ``python -m logic.backtest`` feeds it a CSV file. The same bars give the same numbers.
+it) and is the only code path: the monitor feeds every portfolio's backtester a live bar at once
+(:func:`logic.backtest_batch.step_many`, of which ``step`` is the case of one: the same floats) and stores
+:meth:`Backtester.store_state` with :meth:`Backtester.ring`; ``python -m logic.backtest`` feeds one a CSV file.
+The same bars give the same numbers. :meth:`Backtester.to_dict` is the whole state as plain JSON.
 
 Each bar
 --------
@@ -37,11 +39,13 @@ Committee (1996), "Supervisory framework for the use of backtesting" (traffic li
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -51,13 +55,25 @@ import numpy.typing as npt
 from engine import math_logic
 from engine.defaults import EWMA_DECAY
 from engine.records import Float64Array, VarMethod
-from logic.var_methods import RiskModel, risk_model
+from logic import backtest_kernels as kernels
+from logic.backtest_batch import BarFigures, step_many
+from logic.var_methods import RiskModel, StudentTModel, risk_model
 
 STATE_VERSION = 1
 """Version of :meth:`Backtester.to_dict`; :meth:`Backtester.from_dict` refuses any other."""
 
 ROLLING_OBSERVATIONS = 250
 """Observations in the rolling exceedance count and the Basel zone (the Basel one-year window)."""
+
+
+# The tests of a summary are functions of a few integer counts, and the portfolios of one tick share most of them
+# (the same number of observations, a handful of exceedance counts): cached, the same floats without scipy's
+# ~0.1 ms per call on every portfolio and every bar.
+_HIT_CHARS = bytes.maketrans(b"\x00\x01", b"01")
+"""Hits 0/1 -> the characters of the stored ``recent`` string (a quarter of the JSON of a list of 250 ints)."""
+_kupiec_pof = functools.lru_cache(maxsize=4096)(math_logic.kupiec_pof)
+_christoffersen = functools.lru_cache(maxsize=4096)(math_logic.christoffersen_independence_counts)
+_basel_zone = functools.lru_cache(maxsize=1024)(math_logic.basel_traffic_light)
 
 
 class Track(StrEnum):
@@ -190,9 +206,20 @@ class MethodSummary:
     """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None before any."""
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["method"] = str(self.method)
-        return d
+        # spelled out, not dataclasses.asdict (a deep copy): every method of every portfolio, every bar
+        return {
+            "method": str(self.method),
+            "observations": self.observations,
+            "exceedances": self.exceedances,
+            "rate": self.rate,
+            "kupiec_lr": self.kupiec_lr,
+            "kupiec_p": self.kupiec_p,
+            "christoffersen_lr": self.christoffersen_lr,
+            "christoffersen_p": self.christoffersen_p,
+            "rolling_observations": self.rolling_observations,
+            "rolling_exceedances": self.rolling_exceedances,
+            "zone": self.zone,
+        }
 
 
 @dataclass
@@ -206,37 +233,50 @@ class _Counts:
     """n00, n01, n10, n11: hit state i followed by j."""
     last_hit: int | None = None
     recent: deque[int] = field(default_factory=deque)
+    recent_hits: int = -1
+    """sum(recent), kept as hits come and go (-1: not counted yet)."""
 
     def add(self, hit: bool) -> None:
         h = int(hit)
+        if self.recent_hits < 0:
+            self.recent_hits = sum(self.recent)
         self.observations += 1
         self.exceedances += h
         if self.last_hit is not None:
             self.transitions[2 * self.last_hit + h] += 1
         self.last_hit = h
         self.recent.append(h)
+        self.recent_hits += h
         if len(self.recent) > self.rolling:
-            self.recent.popleft()
+            self.recent_hits -= self.recent.popleft()
 
     def summary(self, method: VarMethod, confidence: float) -> MethodSummary:
+        d = self.summary_dict(method, confidence)
+        d["method"] = method
+        return MethodSummary(**d)
+
+    def summary_dict(self, method: VarMethod, confidence: float) -> dict[str, Any]:
+        """:meth:`summary` as :meth:`MethodSummary.to_dict` gives it, without building the dataclass (the
+        monitor's summary of every portfolio, every bar)."""
         n, x = self.observations, self.exceedances
-        kupiec = math_logic.kupiec_pof(x, n, confidence) if n else (None, None)
-        chris = math_logic.christoffersen_independence_counts(*self.transitions) if n >= 2 else (None, None)
-        recent_n, recent_x = len(self.recent), sum(self.recent)
-        zone = math_logic.basel_traffic_light(recent_x, recent_n, confidence=confidence) if recent_n else None
-        return MethodSummary(
-            method=method,
-            observations=n,
-            exceedances=x,
-            rate=x / n if n else None,
-            kupiec_lr=kupiec[0],
-            kupiec_p=kupiec[1],
-            christoffersen_lr=chris[0],
-            christoffersen_p=chris[1],
-            rolling_observations=recent_n,
-            rolling_exceedances=recent_x,
-            zone=zone,
-        )
+        kupiec = _kupiec_pof(x, n, confidence) if n else (None, None)
+        chris = _christoffersen(*self.transitions) if n >= 2 else (None, None)
+        if self.recent_hits < 0:
+            self.recent_hits = sum(self.recent)
+        recent_n, recent_x = len(self.recent), self.recent_hits
+        return {
+            "method": str(method),
+            "observations": n,
+            "exceedances": x,
+            "rate": x / n if n else None,
+            "kupiec_lr": kupiec[0],
+            "kupiec_p": kupiec[1],
+            "christoffersen_lr": chris[0],
+            "christoffersen_p": chris[1],
+            "rolling_observations": recent_n,
+            "rolling_exceedances": recent_x,
+            "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n else None,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,7 +284,7 @@ class _Counts:
             "exceedances": self.exceedances,
             "transitions": list(self.transitions),
             "last_hit": self.last_hit,
-            "recent": list(self.recent),
+            "recent": bytes(self.recent).translate(_HIT_CHARS).decode(),  # "0110...": a char per hit, oldest first
         }
 
     @classmethod
@@ -268,6 +308,8 @@ class _Pending:
     qty: Float64Array
     prices: Float64Array
     var: dict[VarMethod, float]
+    shared: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    """:meth:`to_dict`, built once for :meth:`Backtester.store_state` (an open forecast does not change)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -303,19 +345,26 @@ class Backtester:
         self.last_prices: Float64Array | None = None
         self.seed: list[Float64Array] = []
         self.cov: Float64Array | None = None
-        self._window = np.zeros((self.config.window, n))
+        # the window is rows [_end - window_count, _end) of a buffer a quarter longer: a push writes one row and
+        # the window is moved back once every window/4 pushes (not the whole window on every bar)
+        self._buf = np.zeros((self.config.window + max(1, self.config.window // 4), n))
+        self._end = self.config.window
         self.window_count = 0
+        self.pushed = 0
+        """Standardized returns pushed into the window since the covariance was seeded (its ring slot: mod window)."""
         self.pending: dict[Track, _Pending] = {}
         self.counts = {track: {m: _Counts(self.config.rolling) for m in self.config.methods} for track in Track}
         self.records: deque[Observation] = deque(maxlen=self.config.max_records)
         self._models: tuple[int, dict[VarMethod, RiskModel]] | None = None
+        self._shared: tuple[dict[str, Any], list[str]] | None = None
+        """The configuration and tickers as :meth:`store_state` shares them."""
 
     # --- model state --------------------------------------------------------------------------------------
 
     @property
     def window(self) -> Float64Array:
         """The standardized returns held, oldest first, shape (count, N)."""
-        return self._window[self.config.window - self.window_count :]
+        return self._buf[self._end - self.window_count : self._end]
 
     @property
     def ready(self) -> bool:
@@ -338,9 +387,53 @@ class Backtester:
                 self.seed = []
             return
         z = math_logic.ewma_standardize_and_update(self.cov, r, cfg.decay)
-        self._window[:-1] = self._window[1:]
-        self._window[-1] = z
-        self.window_count = min(self.window_count + 1, cfg.window)
+        self._push(z)
+
+    def _push(self, z: Float64Array) -> None:
+        size = self.config.window
+        if self._end == self._buf.shape[0]:
+            self._buf[:size] = self._buf[self._end - size : self._end]
+            self._end = size
+        self._buf[self._end] = z
+        self._end += 1
+        self.window_count = min(self.window_count + 1, size)
+        self.pushed += 1
+
+    def ring(self) -> Float64Array:
+        """What the store keeps of the arrays that grow a row per bar, as fixed rows, so that a bar rewrites one
+        row (:meth:`ring_row`): shape (``window + seed_rows``, N). Rows ``[0, window)`` are the window as a ring
+        (push j, 0-based, :attr:`pushed`, in row ``j % window``); rows ``[window, window + seed_rows)`` the seed
+        returns of the burn-in, in order (past ``len(seed)``, nothing: the store may keep a finished burn-in's
+        rows there, never read again); rows holding nothing are zeros here."""
+        size = self.config.window
+        out = np.zeros((size + self.config.seed_rows, len(self.tickers)))
+        if self.window_count:
+            out[np.arange(self.pushed - self.window_count, self.pushed) % size] = self.window
+        if self.seed:
+            out[size : size + len(self.seed)] = self.seed
+        return out
+
+    def ring_slot(self) -> int:
+        """The ring row of the newest standardized return (valid once one was pushed)."""
+        return (self.pushed - 1) % self.config.window
+
+    def ring_values(self, row: int) -> Float64Array:
+        """Row ``row`` of :meth:`ring`, without building the others."""
+        size = self.config.window
+        if row >= size:
+            i = row - size
+            return self.seed[i] if i < len(self.seed) else np.zeros(len(self.tickers))
+        back = (self.pushed - 1 - row) % size  # how many pushes ago this row was written
+        return self._buf[self._end - 1 - back] if back < self.window_count else np.zeros(len(self.tickers))
+
+    def ring_row(self, pushed: int, seeded: int) -> int | None:
+        """The one row of :meth:`ring` that changed since :attr:`pushed` was ``pushed`` and ``len(seed)`` was
+        ``seeded`` (one :meth:`step` ago); None when none did (or only the seed was cleared)."""
+        if self.pushed > pushed:
+            return self.ring_slot()
+        if len(self.seed) > seeded:
+            return self.config.window + len(self.seed) - 1
+        return None
 
     def models(self) -> dict[VarMethod, RiskModel]:
         """Each configured method's one-bar :class:`~logic.var_methods.RiskModel` at the current state.
@@ -368,7 +461,24 @@ class Backtester:
     def forecasts(self, exposures: npt.ArrayLike, horizon_bars: float) -> dict[VarMethod, float]:
         """Each configured method's VaR of ``exposures`` (dollars) over ``horizon_bars``, from the current state."""
         confidence = self.config.confidence
-        return {m: model.with_horizon(horizon_bars).var(exposures, confidence) for m, model in self.models().items()}
+        out: dict[VarMethod, float] = {}
+        for m, model in self.models().items():
+            if m is VarMethod.STUDENT_T:
+                out[m] = self._student_t_var(model, exposures, horizon_bars)
+            else:
+                out[m] = model.with_horizon(horizon_bars).var(exposures, confidence)
+        return out
+
+    def _student_t_var(self, model: RiskModel, exposures: npt.ArrayLike, horizon_bars: float) -> float:
+        """:meth:`logic.var_methods.StudentTModel.var`, the same floats, the quantile ``t_ν⁻¹(c)`` from
+        :func:`logic.backtest_kernels.t_var_multipliers`: ν is refitted on every bar, so
+        :func:`math_logic.student_t_var`'s cache (keyed by ν) never hits, and each miss costs ~0.5 ms of scipy."""
+        assert isinstance(model, StudentTModel)
+        multiplier = kernels.t_var_multipliers(self.config.confidence, [model.dof])[0]
+        x = np.asarray(exposures, dtype=np.float64)
+        sigma_x = model.cov @ x
+        sigma = math.sqrt(max(float(x @ sigma_x), 0.0))
+        return multiplier * (sigma * math.sqrt(float(horizon_bars)))
 
     # --- the bar ------------------------------------------------------------------------------------------
 
@@ -376,12 +486,14 @@ class Backtester:
         x = np.array(values, dtype=np.float64)
         if x.shape != (len(self.tickers),):
             raise ValueError(f"{name} has shape {x.shape}, expected ({len(self.tickers)},)")
-        if not np.isfinite(x).all():
+        # a finite sum is the common case, checked with one reduction; otherwise (a NaN or inf, or an overflow
+        # of finite values) every entry is checked
+        if not math.isfinite(float(np.add.reduce(x))) and not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or infinite values")
         return x
 
     def step(self, prices: npt.ArrayLike, qty: npt.ArrayLike, label: str | None = None) -> list[Observation]:
-        """Feed one bar.
+        """Feed one bar (:func:`step_many` of this backtester alone: the monitor's code path).
 
         Parameters
         ----------
@@ -399,13 +511,19 @@ class Backtester:
 
         Bad input raises ValueError before any state changes.
         """
+        return step_many([(self, prices, qty, label)])[0]
+
+    def _checked(self, prices: npt.ArrayLike, qty: npt.ArrayLike) -> tuple[Float64Array, Float64Array]:
         p = self._vector(prices, "prices")
         if (p <= 0.0).any():
             raise ValueError("prices must be > 0")
-        q = self._vector(qty, "qty")
-        name = str(self.bar + 1) if label is None else str(label)
+        return p, self._vector(qty, "qty")
+
+    def _advance(self, p: Float64Array, name: str, *, updated: bool = False) -> list[Observation]:
+        """The bar's return updates the model (unless ``updated``: :func:`step_many` did it); the horizons ending
+        here close."""
         closed: list[Observation] = []
-        if self.last_prices is not None:
+        if self.last_prices is not None and not updated:
             self._update_model(math_logic.log_returns(self.last_prices, p))
         self.bar += 1
         for track in Track:
@@ -414,21 +532,23 @@ class Backtester:
                 closed.append(self._close(track, pending, p, name))
                 del self.pending[track]
         self.last_prices = p
-        if self.ready:
-            x = q * p
-            one_bar: dict[VarMethod, float] | None = None
-            for track in Track:
-                if track in self.pending:
-                    continue
-                h = 1 if track is Track.BAR else self.config.horizon_bars
-                if h == 1 and one_bar is not None:
-                    var = dict(one_bar)
-                else:
-                    var = self.forecasts(x, h)
-                if h == 1:
-                    one_bar = var
-                self.pending[track] = _Pending(name, self.bar + h, q, p, var)
         return closed
+
+    def _forecast(self, p: Float64Array, q: Float64Array, name: str, figures: BarFigures) -> None:
+        """New forecasts on the tracks with none open (after :meth:`_advance`, once ready), from this bar's
+        ``figures`` of the book ``q · p``: each method's VaR as :meth:`forecasts` gives it, the same floats."""
+        one_bar: dict[VarMethod, float] | None = None
+        for track in Track:
+            if track in self.pending:
+                continue
+            h = 1 if track is Track.BAR else self.config.horizon_bars
+            if h == 1 and one_bar is not None:
+                var = dict(one_bar)
+            else:
+                var = {m: figures.var(m, h) for m in self.config.methods}
+            if h == 1:
+                one_bar = var
+            self.pending[track] = _Pending(name, self.bar + h, q, p, var)
 
     def _close(self, track: Track, pending: _Pending, prices: Float64Array, label: str) -> Observation:
         pnl = float(pending.qty @ (prices - pending.prices))
@@ -441,35 +561,74 @@ class Backtester:
 
     def summary(self, track: Track = Track.BAR) -> dict[VarMethod, MethodSummary]:
         """Per method: observations, exceedances, rate, Kupiec, Christoffersen, the rolling count and zone."""
-        return {m: c.summary(m, self.config.confidence) for m, c in self.counts[Track(track)].items()}
+        counts = self.counts[track if isinstance(track, Track) else Track(track)]
+        return {m: c.summary(m, self.config.confidence) for m, c in counts.items()}
+
+    def summary_dicts(self, track: Track) -> dict[str, dict[str, Any]]:
+        """:meth:`summary` of ``track`` as plain dicts (:meth:`MethodSummary.to_dict`), method name -> dict."""
+        confidence = self.config.confidence
+        return {str(m): c.summary_dict(m, confidence) for m, c in self.counts[track].items()}
 
     # --- state as plain data ------------------------------------------------------------------------------
 
-    def to_dict(self, *, binary_arrays: bool = False) -> dict[str, Any]:
+    def to_dict(self, *, binary_arrays: bool = False, window: bool = True) -> dict[str, Any]:
         """The whole state as JSON-ready dicts, lists, numbers and strings (floats round-trip exactly).
 
         With ``binary_arrays`` the two large entries, ``"cov"`` (N, N) and ``"window"`` (count, N), are float64
         ndarrays (copies) instead of nested lists, for the store to write with ``engine.store.codec.encode_array``
-        beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON.
-        :meth:`from_dict` accepts either form.
+        beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON. Without
+        ``window`` the window and the seed returns are left out: the caller keeps them as :meth:`ring`
+        (``window_count``, ``pushed`` and ``seed_count`` place their rows) and gives it back to :meth:`from_dict`
+        as ``"ring"``. :meth:`from_dict` accepts each form.
         """
         if binary_arrays:
             cov: Any = None if self.cov is None else self.cov.copy()
-            window: Any = self.window.copy()
         else:
             cov = None if self.cov is None else self.cov.tolist()
-            window = self.window.tolist()
-        return {
+        state = {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
             "tickers": list(self.tickers),
             "bar": self.bar,
             "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
-            "seed": [r.tolist() for r in self.seed],
+            "seed_count": len(self.seed),
             "cov": cov,
-            "window": window,
+            "window_count": self.window_count,
+            "pushed": self.pushed,
             "pending": {str(t): p.to_dict() for t, p in self.pending.items()},
             "counts": {str(t): {str(m): c.to_dict() for m, c in cs.items()} for t, cs in self.counts.items()},
+            "records": [r.to_dict() for r in self.records],
+        }
+        if window:
+            state["window"] = self.window.copy() if binary_arrays else self.window.tolist()
+            state["seed"] = [r.tolist() for r in self.seed]
+        return state
+
+    def store_state(self) -> dict[str, Any]:
+        """:meth:`to_dict` as the store writes it every bar: without the window and the seed returns (the store
+        keeps them as :meth:`ring`) and with ``"cov"`` None (the store keeps it as a codec array beside the JSON).
+
+        For encoding at once: what does not change from bar to bar (the configuration, the tickers, an open
+        forecast) is built once and shared between calls, so the dict must not be modified."""
+        if self._shared is None:
+            self._shared = (self.config.to_dict(), list(self.tickers))
+        pending = {}
+        for track, p in self.pending.items():
+            if p.shared is None:
+                p.shared = p.to_dict()
+            pending[track.value] = p.shared
+        return {
+            "version": STATE_VERSION,
+            "config": self._shared[0],
+            "tickers": self._shared[1],
+            "bar": self.bar,
+            "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
+            "seed_count": len(self.seed),
+            "cov": None,
+            "window_count": self.window_count,
+            "pushed": self.pushed,
+            "pending": pending,
+            "counts": {t.value: {m.value: c.to_dict() for m, c in cs.items()} for t, cs in self.counts.items()},
             "records": [r.to_dict() for r in self.records],
         }
 
@@ -484,17 +643,38 @@ class Backtester:
             bt.bar = int(d["bar"])
             if d["last_prices"] is not None:
                 bt.last_prices = bt._vector(d["last_prices"], "last_prices")
-            bt.seed = [bt._vector(r, "seed") for r in d["seed"]]
             if d["cov"] is not None:
                 cov = np.array(d["cov"], dtype=np.float64, order="C")
                 if cov.shape != (n, n):
                     raise ValueError(f"cov has shape {cov.shape}, expected ({n}, {n})")
                 bt.cov = cov
-            window = np.array(d["window"], dtype=np.float64).reshape(-1, n)
-            if window.shape[0] > cfg.window:
-                raise ValueError(f"window holds {window.shape[0]} rows, more than {cfg.window}")
-            bt.window_count = window.shape[0]
-            bt._window[cfg.window - bt.window_count :] = window
+            if "ring" in d:  # the store's form: fixed rows, the window as a ring, then the seed (see ring())
+                ring = np.asarray(d["ring"], dtype=np.float64)
+                if ring.shape != (cfg.window + cfg.seed_rows, n):
+                    raise ValueError(f"ring has shape {ring.shape}, expected ({cfg.window + cfg.seed_rows}, {n})")
+                if not np.isfinite(ring).all():  # a row not in the window yet is zeros: anything else is damage
+                    raise ValueError("ring contains NaN or infinite values")
+                count, pushed = int(d["window_count"]), int(d["pushed"])
+                if not 0 <= count <= min(pushed, cfg.window):
+                    raise ValueError(f"window_count {count} does not fit {pushed} pushes in {cfg.window} rows")
+                window = ring[np.arange(pushed - count, pushed) % cfg.window]
+                seeded = int(d["seed_count"])
+                if not 0 <= seeded < cfg.seed_rows:
+                    raise ValueError(f"seed_count {seeded} is not below seed_rows {cfg.seed_rows}")
+                bt.seed = [ring[cfg.window + i].copy() for i in range(seeded)]
+            else:
+                bt.seed = [bt._vector(r, "seed") for r in d["seed"]]
+                window = np.array(d["window"], dtype=np.float64).reshape(-1, n)
+                count = window.shape[0]
+                pushed = int(d.get("pushed", count))
+                if count > cfg.window:
+                    raise ValueError(f"window holds {count} rows, more than {cfg.window}")
+                if int(d.get("window_count", count)) != count or pushed < count:
+                    raise ValueError(f"window holds {count} rows, the state says {d.get('window_count')}")
+            if not np.isfinite(window).all():
+                raise ValueError("window contains NaN or infinite values")
+            bt.window_count, bt.pushed = count, pushed
+            bt._buf[cfg.window - count : cfg.window] = window
             bt.pending = {Track(t): _Pending.from_dict(p) for t, p in d["pending"].items()}
             for t, cs in d["counts"].items():
                 for m, c in cs.items():

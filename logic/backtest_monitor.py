@@ -7,19 +7,24 @@ the horizon): at one bar and at the limit's horizon (``bars_per_day * var_horizo
 at ``model.backtest_confidence``. It is the code path of ``python -m logic.backtest`` (:func:`backtest_config`
 gives the same configuration), so a replay through the daemons and the CLI on the same closes agree exactly.
 
-State: ``pf:{id}:backtest`` holds the backtester (its JSON state, without closed observations), its summary and
-the market version of the last bar fed, and ``pf:{id}:backtest_log`` every closed horizon (the realized P&L
-against each method's VaR forecast at its start), bounded to the latest :data:`BACKTEST_LOG_MAXLEN`; both are
-written in the monitor's MULTI with the tick's snapshots and acknowledgement, so a bar is counted exactly once.
+State: ``pf:{id}:backtest`` holds the backtester (its JSON state without closed observations and without its
+window, its covariance as a codec array), its summary and the market version of the last bar fed;
+``pf:{id}:backtest_window`` its window of standardized returns as a fixed ring of packed float64 rows
+(:meth:`logic.backtest.Backtester.ring`), of which a bar rewrites the one row it pushed (SETRANGE), so a tick
+writes O(k²) bytes per portfolio (the k x k covariance), not the O(window·k) window; and ``pf:{id}:backtest_log``
+every closed horizon (the realized P&L against each method's VaR forecast at its start), bounded to the latest
+:data:`BACKTEST_LOG_MAXLEN`. All are written in the monitor's MULTI with the tick's snapshots and
+acknowledgement, so a bar is counted exactly once; the whole ring is written when the stored one does not hold
+this backtester's rows (a new backtest, or a state stored before the ring).
 A monitor keeps the backtesters in memory and reloads one when the stored token is not its own (another monitor
 fed a bar). A tick not newer than the stored version is not fed again; a ``reset`` tick (a new replay: its
 prices do not follow the previous ones) gives no return and drops the open forecasts.
 
 Tickers: a portfolio's backtester models the tickers it holds (the P&L and every method's VaR of the book depend
-on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²): the state is rewritten on every
-tick. Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not
-model starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no
-longer lists one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
+on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²), and a tick rewrites O(k²) of it.
+Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not model
+starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no longer lists
+one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
 
 Alert metrics (the snapshot's ``backtest`` section, see :func:`snapshot_section`): ``backtest.exceedances`` and
 ``backtest.zone`` are the rolling (last 250 observations) exceedance count and Basel zone of the portfolio's own
@@ -44,7 +49,7 @@ from engine.errors import CorruptDataError
 from engine.records import VarMethod
 from engine.settings import Settings
 from engine.store import Conn, Store, TickEvent
-from logic.backtest import BacktestConfig, Backtester, Observation, Track
+from logic.backtest import BacktestConfig, Backtester, Observation, Track, step_many
 from logic.rules import BACKTEST_ZONES
 
 log = logging.getLogger("riskdesk.backtest")
@@ -87,7 +92,7 @@ def summary_of(
     old = (previous or {}).get("tracks", {})
     tracks = {
         str(t): old[str(t)] if t not in closed and str(t) in old
-        else {str(m): s.to_dict() for m, s in bt.summary(t).items()}
+        else bt.summary_dicts(t)
         for t in Track
     }  # fmt: skip
     return {
@@ -138,6 +143,8 @@ class _Book:
     bt: Backtester
     token: str
     version: int
+    ring: bool = True
+    """The stored window ring holds this backtester's rows (a row can be rewritten in place)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,10 @@ class Fed:
     summary: dict[str, Any]
     closed: tuple[Observation, ...] = ()
     """The horizons that closed at this tick (appended to the log)."""
+    ring_row: int | None = None
+    """The row of :meth:`Backtester.ring` this tick changed, rewritten in place in the store (None: none)."""
+    full_ring: bool = True
+    """Write the whole window ring (the stored one does not hold this backtester's rows)."""
 
 
 class BacktestBooks:
@@ -161,6 +172,23 @@ class BacktestBooks:
         self.settings = settings
         self._books: dict[str, _Book] = {}
         self._summaries: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._configs: dict[str, BacktestConfig] = {}
+        self._universe: tuple[str, ...] = ()
+        self._columns: dict[str, tuple[Backtester, np.ndarray | None]] = {}
+
+    def _config(self, pid: str) -> BacktestConfig:
+        config = self._configs.get(pid)
+        if config is None:  # settings do not change under a monitor: built once (limits_for scans the portfolios)
+            config = self._configs[pid] = backtest_config(self.settings, pid)
+        return config
+
+    def _modelled(self, pid: str, bt: Backtester, index: Mapping[str, int]) -> np.ndarray | None:
+        """The columns of ``bt``'s tickers in the tick's prices; None when the market does not list one."""
+        cached = self._columns.get(pid)
+        if cached is None or cached[0] is not bt:
+            cols = None if not all(t in index for t in bt.tickers) else np.array([index[t] for t in bt.tickers])
+            cached = self._columns[pid] = (bt, cols)
+        return cached[1]
 
     def feed(
         self,
@@ -178,37 +206,47 @@ class BacktestBooks:
             markers = {pid: self.store.read_backtest_marker(pid, conn) for pid in pids}
         label = datetime.fromtimestamp(event.bar_ts, UTC).isoformat()
         prices = np.asarray(event.prices, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            usable = np.isfinite(prices) & (prices > 0)
+        if event.tickers != self._universe:  # the modelled tickers' columns, kept while the market lists the same
+            self._universe, self._columns = tuple(event.tickers), {}
         index = {t: i for i, t in enumerate(event.tickers)}
-        out: dict[str, Fed] = {}
+        items: list[tuple[Backtester, np.ndarray, np.ndarray, str]] = []
+        fed: list[tuple[str, Backtester, dict[str, Any] | None, bool, tuple[int, int]]] = []
         for pid in pids:
             marker = markers[pid]
             if marker is not None and event.version <= marker[0]:
                 continue  # fed already (a lagging or second monitor)
             qty = np.asarray(portfolios[pid], dtype=np.float64)
-            held = {event.tickers[i] for i in np.flatnonzero(qty)}
             book = self._book(pid, marker)
-            config = backtest_config(self.settings, pid)
-            if book is not None and book.bt.config == config and held <= set(book.bt.tickers) <= index.keys():
-                bt = book.bt  # fed in place: a failed transaction calls discard(), which forgets it
-            elif held:
+            config = self._config(pid)
+            cols = None if book is None or book.bt.config != config else self._modelled(pid, book.bt, index)
+            if book is not None and cols is not None and np.count_nonzero(qty) == np.count_nonzero(qty[cols]):
+                bt = book.bt  # it models every ticker held; fed in place: a failed transaction calls discard()
+            elif np.count_nonzero(qty):
+                held = {event.tickers[i] for i in np.flatnonzero(qty)}
                 bt = Backtester(tuple(t for t in event.tickers if t in held), config)
+                cols = self._modelled(pid, bt, index)
             else:
                 continue  # nothing held and nothing modelled: no backtest yet
-            cols = [index[t] for t in bt.tickers]
-            bar_prices = prices[cols]
-            if not (np.isfinite(bar_prices).all() and (bar_prices > 0).all()):
+            assert cols is not None
+            if not usable[cols].all():
                 log.debug("tick %s: a modelled ticker has no usable price: no backtest bar", event.version)
                 continue
             if event.reset:
                 bt.last_prices = None  # no return across two unrelated price series
                 bt.pending.clear()  # a horizon spanning the reset has no meaningful P&L
+            continued = book is not None and bt is book.bt
             previous = self._summaries.get(pid)
-            kept = previous[1] if previous is not None and book is not None and bt is book.bt and (
-                previous[0] == book.token
-            ) else None  # fmt: skip
-            closed = tuple(bt.step(bar_prices, qty[cols], label))
+            kept = previous[1] if previous is not None and continued and previous[0] == book.token else None  # type: ignore[union-attr]
+            items.append((bt, prices[cols], qty[cols], label))
+            fed.append((pid, bt, kept, continued and book.ring, (bt.pushed, len(bt.seed))))  # type: ignore[union-attr]
+        out: dict[str, Fed] = {}
+        tick = uuid.uuid4().hex  # a token per write: this feed's own prefix, then the portfolio's place in it
+        for k, ((pid, bt, kept, ring, pushed), closed) in enumerate(zip(fed, step_many(items), strict=True)):
             summary = summary_of(bt, kept, frozenset(o.track for o in closed))
-            out[pid] = Fed(pid, bt, event.version, uuid.uuid4().hex, summary, closed)
+            row = bt.ring_row(*pushed) if ring else None
+            out[pid] = Fed(pid, bt, event.version, f"{tick}{k:x}", summary, tuple(closed), row, not ring)
         return out
 
     def _book(self, pid: str, marker: tuple[int, str] | None) -> _Book | None:
@@ -226,13 +264,21 @@ class BacktestBooks:
             bt = Backtester.from_dict(state)
         except ValueError as exc:
             raise CorruptDataError(f"portfolio {pid}: stored backtest unreadable ({exc})") from exc
-        book = _Book(bt, token, version)
+        book = _Book(bt, token, version, "ring" in state)
         self._books[pid] = book
         return book
 
     def write(self, fed: Mapping[str, Fed], pipe: Conn) -> None:
+        """Queue each fed backtest's writes on ``pipe`` (the monitor's MULTI): its state, and its window's new row
+        (or the whole ring when the stored one does not hold this backtester's rows)."""
         for f in fed.values():
-            self.store.write_backtest(f.portfolio_id, f.bt.to_dict(), f.summary, f.version, f.token, pipe)
+            bt = f.bt
+            ring_rows = bt.config.window + bt.config.seed_rows
+            self.store.write_backtest(
+                f.portfolio_id, bt.store_state(), f.summary, f.version, f.token, pipe, cov=bt.cov,
+                ring=bt.ring() if f.full_ring else None,
+                ring_row=None if f.ring_row is None else (f.ring_row, ring_rows, bt.ring_values(f.ring_row)),
+            )  # fmt: skip
             if f.closed:
                 records = [o.to_dict() for o in f.closed]
                 self.store.append_backtest_observations(f.portfolio_id, records, BACKTEST_LOG_MAXLEN, pipe)
@@ -240,7 +286,7 @@ class BacktestBooks:
     def commit(self, fed: Mapping[str, Fed]) -> None:
         """The transaction holding ``fed`` succeeded: keep its backtesters as this monitor's."""
         for f in fed.values():
-            self._books[f.portfolio_id] = _Book(f.bt, f.token, f.version)
+            self._books[f.portfolio_id] = _Book(f.bt, f.token, f.version, True)
             self._summaries[f.portfolio_id] = (f.token, f.summary)
 
     def discard(self) -> None:

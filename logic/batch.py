@@ -407,8 +407,15 @@ def read_backtest_markers(store: Store, portfolio_ids: Sequence[str]) -> dict[st
         pipe.hmget(PortfolioKeys(pid).backtest, ["version", "token"])
     out: dict[str, tuple[int, str] | None] = {}
     for pid, raw in zip(portfolio_ids, pipe.execute(), strict=True):
+        if raw[0] is None:
+            out[pid] = None
+            continue
+        try:  # the common case at once (every portfolio, every tick); anything odd: through the codec, below
+            if isinstance(raw[0], bytes) and raw[0].isdigit() and isinstance(raw[1], bytes):
+                out[pid] = (int(raw[0]), raw[1].decode())
+                continue
+        except UnicodeDecodeError:
+            pass
         key = PortfolioKeys(pid).backtest
-        out[pid] = None if raw[0] is None else (
-            decode_int(raw[0], key=f"{key}.version"), decode_str(raw[1], key=f"{key}.token")
-        )  # fmt: skip
+        out[pid] = (decode_int(raw[0], key=f"{key}.version"), decode_str(raw[1], key=f"{key}.token"))
     return out

@@ -248,7 +248,7 @@ def test_a_bar_is_fed_once_a_new_ticker_restarts_and_a_reset_adds_no_return(
     assert feed(_event(2, [101.0, 51.0]), [10, 0]) == {}  # not newer than the stored bar: not fed again
     feed(_event(3, [90.0, 52.0], reset=True), [10, 0])  # a new replay: no return from 101 to 90
     state = store.read_backtest_state("main")
-    assert state is not None and state[0]["bar"] == 2 and len(state[0]["seed"]) == 1  # one return so far
+    assert state is not None and state[0]["bar"] == 2 and len(Backtester.from_dict(state[0]).seed) == 1  # one return
 
     feed(_event(4, [91.0, 53.0]), [10, 5])  # BBB opened: the backtest restarts on AAA, BBB
     state = store.read_backtest_state("main")
@@ -256,3 +256,136 @@ def test_a_bar_is_fed_once_a_new_ticker_restarts_and_a_reset_adds_no_return(
     assert feed(_event(5, [92.0, 54.0]), [0, 5])  # AAA closed: still modelled, with zero quantity
     state = store.read_backtest_state("main")
     assert state is not None and state[0]["tickers"] == ["AAA", "BBB"] and state[0]["bar"] == 1
+
+
+# --- persistence: the window as a ring of rows ----------------------------------------------------------------
+
+
+def _feed_ticks(books: BacktestBooks, store: Store, first: int, count: int, rng: np.random.Generator,
+                prices: np.ndarray) -> np.ndarray:  # fmt: skip
+    for version in range(first, first + count):
+        prices = prices * np.exp(rng.normal(0.0, 0.01, 2))
+        fed = books.feed(_event(version, list(prices)), {"main": np.array([10.0, -4.0])})
+        pipe = store.client.pipeline(transaction=True)
+        books.write(fed, pipe)
+        pipe.execute()
+        books.commit(fed)
+    return prices
+
+
+def _stored(store: Store) -> dict[str, Any]:
+    keys = PortfolioKeys("main")
+    return {"hash": store.client.hgetall(keys.backtest), "window": store.client.get(keys.backtest_window),
+            "log": store.client.xlen(keys.backtest_log)}  # fmt: skip
+
+
+def test_a_backtest_reloaded_after_the_ring_wrapped_equals_the_monitors_in_memory_one(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings({"model": {"fhs_window": 20}})
+    books, rng = BacktestBooks(store, settings), np.random.default_rng(7)
+    cfg = backtest_config(settings, "main")
+    ring_bytes = None
+    prices = np.array([100.0, 50.0])
+    for _ in range(3):  # 3 x 30 ticks: past the 30 seed returns, then the 20-row ring wraps twice
+        prices = _feed_ticks(books, store, 1 + 30 * _, 30, rng, prices)
+        size = store.client.strlen(PortfolioKeys("main").backtest_window)
+        assert ring_bytes is None or size == ring_bytes  # a fixed ring: rows are rewritten, never appended
+        ring_bytes = size
+    mine = books._books["main"].bt
+
+    other = BacktestBooks(store, settings)  # another monitor: reloads from the store
+    stored = store.read_backtest_state("main")
+    assert stored is not None and stored[2] == books._books["main"].token
+    reloaded = other._book("main", (stored[1], stored[2]))
+
+    assert reloaded is not None and reloaded.bt is not mine
+    assert mine.pushed == 90 - 1 - cfg.seed_rows and mine.ready  # 89 returns: 30 seed the matrix, 59 pushed
+    assert reloaded.bt.to_dict() == mine.to_dict()
+    assert np.array_equal(stored[0]["ring"][: cfg.window], mine.ring()[: cfg.window])  # the seed rows: stale
+    # the reloaded backtester goes on exactly as the in-memory one: both fed the same next bar agree
+    event = _event(91, [101.0, 49.0])
+    assert books.feed(event, {"main": np.array([10.0, -4.0])})["main"].closed == (
+        other.feed(event, {"main": np.array([10.0, -4.0])})["main"].closed
+    )
+
+
+def test_a_tick_rewrites_one_row_of_the_stored_ring_and_a_new_backtest_the_whole_ring(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings({"model": {"fhs_window": 20}})
+    books, rng = BacktestBooks(store, settings), np.random.default_rng(8)
+    prices = _feed_ticks(books, store, 1, 40, rng, np.array([100.0, 50.0]))
+    bt = books._books["main"].bt
+    before = np.array(store.read_backtest_state("main")[0]["ring"])  # type: ignore[index]
+
+    fed = books.feed(_event(41, list(prices * 1.01)), {"main": np.array([10.0, -4.0])})
+    assert fed["main"].ring_row == bt.ring_slot() and not fed["main"].full_ring
+    pipe = store.client.pipeline(transaction=True)
+    books.write(fed, pipe)
+    pipe.execute()
+    books.commit(fed)
+
+    after = store.read_backtest_state("main")[0]["ring"]  # type: ignore[index]
+    changed = np.flatnonzero((after != before).any(axis=1))
+    assert changed.tolist() == [bt.ring_slot()] and np.array_equal(after[changed[0]], bt.window[-1])
+    # a ticker opened: a new backtest (the counts restart) and its whole ring written
+    fed = books.feed(_event(42, list(prices)), {"main": np.array([10.0, 0.0])})
+    assert fed["main"].full_ring is False  # BBB closed: still modelled, the same backtest
+    restart = BacktestBooks(store, make_settings({"model": {"fhs_window": 25}}))
+    fed = restart.feed(_event(42, list(prices)), {"main": np.array([10.0, -4.0])})
+    assert fed["main"].full_ring and fed["main"].bt.bar == 0  # a new window length: restarted
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda c, key, n: c.setrange(key, n - 8, b"\xff" * 8),  # a NaN in the last row
+        lambda c, key, n: c.set(key, c.get(key)[:-8]),  # truncated
+        lambda c, key, n: c.setrange(key, 0, b"XXXX"),  # not a codec array
+    ],
+    ids=["nan", "truncated", "magic"],
+)
+def test_a_corrupt_stored_ring_is_refused_and_nothing_is_written(
+    store: Store, make_settings: Callable[..., Settings], corrupt: Callable[..., Any]
+) -> None:
+    from engine.errors import CorruptDataError
+
+    settings = make_settings({"model": {"fhs_window": 20}})
+    prices = _feed_ticks(BacktestBooks(store, settings), store, 1, 40, np.random.default_rng(9),
+                         np.array([100.0, 50.0]))  # fmt: skip
+    key = PortfolioKeys("main").backtest_window
+    corrupt(store.client, key, store.client.strlen(key))
+    before = _stored(store)
+
+    with pytest.raises(CorruptDataError):
+        BacktestBooks(store, settings).feed(_event(41, list(prices)), {"main": np.array([10.0, -4.0])})
+
+    assert _stored(store) == before
+
+
+def test_a_state_stored_before_the_ring_is_continued_and_its_whole_ring_written(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    from engine.store.codec import encode_json_fast
+
+    settings = make_settings({"model": {"fhs_window": 20}})
+    books = BacktestBooks(store, settings)
+    prices = _feed_ticks(books, store, 1, 45, np.random.default_rng(10), np.array([100.0, 50.0]))
+    mine = books._books["main"].bt
+    keys = PortfolioKeys("main")
+    old = mine.to_dict()  # the previous layout: the whole backtester, window included, in the state JSON
+    del old["window_count"], old["pushed"]
+    store.client.delete(keys.backtest_window)
+    store.client.hdel(keys.backtest, "cov")
+    store.client.hset(keys.backtest, mapping={"state": encode_json_fast(old), "token": "old"})
+
+    other = BacktestBooks(store, settings)
+    fed = other.feed(_event(46, list(prices)), {"main": np.array([10.0, -4.0])})
+    assert fed["main"].full_ring and fed["main"].bt.bar == mine.bar + 1  # continued, not restarted
+    pipe = store.client.pipeline(transaction=True)
+    other.write(fed, pipe)
+    pipe.execute()
+    other.commit(fed)
+    stored = store.read_backtest_state("main")
+    assert stored is not None and Backtester.from_dict(stored[0]).to_dict() == fed["main"].bt.to_dict()

@@ -297,7 +297,7 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
     store.write_outbox(portfolio_id, {"d1": {"channel": "log"}})
     store.write_notify_state(portfolio_id, {"log:x": {"last_sent": 1.0}})
     store.append_delivery(portfolio_id, {"delivery": "d1"})
-    store.write_backtest(portfolio_id, {"bar": 0}, {"tracks": {}}, version=1, token="t1")
+    store.write_backtest(portfolio_id, {"bar": 0}, {"tracks": {}}, version=1, token="t1", ring=np.zeros((2, 1)))
     store.append_backtest_observations(portfolio_id, [{"track": "bar", "pnl": 1.0}], maxlen=10)
 
 

@@ -49,6 +49,22 @@ def encode_array(array: npt.ArrayLike) -> bytes:
     return header + np.ascontiguousarray(arr).tobytes()
 
 
+def encode_array_header(shape: tuple[int, ...]) -> bytes:
+    """The bytes :func:`encode_array` writes before the data of an array of ``shape``."""
+    if not 1 <= len(shape) <= _MAX_NDIM:
+        raise ValueError(f"only 1-D and 2-D arrays are stored, got shape {shape}")
+    return _HEADER.pack(_ARRAY_MAGIC, _F64_TAG, len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+
+
+def array_row_offset(shape: tuple[int, int], row: int) -> int:
+    """Byte offset of row ``row`` in :func:`encode_array` of a 2-D array of ``shape``: a stored array's row is
+    rewritten in place with SETRANGE at this offset (``np.float64`` little-endian bytes of the row)."""
+    rows, cols = shape
+    if not 0 <= row < rows:
+        raise ValueError(f"row {row} is out of range for {rows} rows")
+    return _HEADER.size + 8 * 2 + 8 * cols * row
+
+
 def decode_array(blob: bytes | None, *, key: str = "?", shape: tuple[int, ...] | None = None) -> Float64Array:
     """Decode :func:`encode_array` output, checking magic, dtype, shape and exact length.
 

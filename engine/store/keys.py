@@ -47,8 +47,11 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
                                              max_peak, max_dd, last (drawdown windows and daily P&L)
     pf:{<id>}:marks                 hash     ticker -> JSON {side, mfe, mae} excursions of open positions
-    pf:{<id>}:backtest              hash     state (JSON of logic.backtest.Backtester), summary (JSON), version
-                                             (market version of the last bar fed), token (new on every write)
+    pf:{<id>}:backtest              hash     state (JSON of logic.backtest.Backtester without its window), cov
+                                             (codec array), summary (JSON), version (market version of the last
+                                             bar fed), token (new on every write)
+    pf:{<id>}:backtest_window       string   the backtest's window of standardized returns: a codec array of a
+                                             fixed ring of rows, one row rewritten (SETRANGE) per bar
     pf:{<id>}:backtest_log          stream   every closed horizon of the backtest (JSON observation: track,
                                              start, end, pnl, var and hit per method), bounded by MAXLEN ~
     pf:{<id>}:limits                hash     the portfolio's live limits: version (counter), json
@@ -214,6 +217,10 @@ class PortfolioKeys:
     def backtest_log(self) -> str:
         return self._key("backtest_log")
 
+    @property
+    def backtest_window(self) -> str:
+        return self._key("backtest_window")
+
     # alerts (engine/store/alerts.py)
     @property
     def alerts(self) -> str:
@@ -276,5 +283,5 @@ class PortfolioKeys:
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
-            self.limits,
+            self.limits, self.backtest_window,
         )  # fmt: skip

@@ -3,7 +3,7 @@ excursions of open positions, the continuous VaR backtest, and short leases; the
 and written with its history by engine/store/history.py.
 
 Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks``, ``pf:{<id>}:backtest``,
-``pf:{<id>}:backtest_log`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`).
+``pf:{<id>}:backtest_window``, ``pf:{<id>}:backtest_log`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`).
 Per-portfolio writes of one snapshot touch keys of one hash tag only and each runs in one Lua script, so two
 monitors (or a tick processed twice) never lose an update.
 """
@@ -15,13 +15,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from engine.errors import CorruptDataError
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
+    array_row_offset,
+    decode_array,
     decode_float,
     decode_int,
     decode_object,
     decode_str,
+    encode_array,
+    encode_array_header,
     encode_json_fast,
 )
 from engine.store.history import foreign_stamp
@@ -254,14 +261,37 @@ return out
         version: int,
         token: str,
         pipe: Conn = None,
+        *,
+        cov: npt.NDArray[np.float64] | None = None,
+        ring: npt.NDArray[np.float64] | None = None,
+        ring_row: tuple[int, int, npt.NDArray[np.float64]] | None = None,
     ) -> None:
-        """Replace the portfolio's backtest: the backtester's state (bounded: its own record limit), the summary
-        the pages and the snapshot read, the market version of the last bar fed and a new ``token``."""
-        self._conn(pipe).hset(
-            PortfolioKeys(portfolio_id).backtest,
-            mapping={"state": encode_json_fast(state), "summary": encode_json_fast(summary), "version": int(version),
-                     "token": token},
-        )  # fmt: skip
+        """Write the portfolio's backtest: the backtester's state without its window (JSON, bounded), its
+        covariance ``cov`` (a codec array; none: left out, and dropped with a whole ``ring``), the summary the pages and the snapshot
+        read, the market version of the last bar fed and a new ``token``; and its window, a fixed ring of rows in
+        ``pf:{id}:backtest_window``: the whole ``ring`` (rows, N) when given, else the one row ``ring_row``
+        (its index, the rows of the ring, its N values) rewritten in place (SETRANGE, O(N) bytes), else left as
+        it is."""
+        keys = PortfolioKeys(portfolio_id)
+        conn = self._conn(pipe)
+        fields: dict[str, Any] = {"state": encode_json_fast(state), "summary": encode_json_fast(summary),
+                                  "version": int(version), "token": token}  # fmt: skip
+        if cov is not None:
+            fields["cov"] = encode_array(cov)
+        conn.hset(keys.backtest, mapping=fields)
+        if cov is None and ring is not None:  # a new backtest in its burn-in: no covariance (a restart drops it)
+            conn.hdel(keys.backtest, "cov")
+        if ring is not None and np.count_nonzero(np.asarray(ring, dtype="<f8").view(np.uint64)):
+            conn.set(keys.backtest_window, encode_array(ring))
+        elif ring is not None:  # all zeros (a new backtest): the header, and Redis pads the rest with zero bytes
+            header = encode_array_header(ring.shape)
+            conn.set(keys.backtest_window, header)
+            conn.setrange(keys.backtest_window, len(header) + ring.nbytes - 8, bytes(8))
+        elif ring_row is not None:
+            index, rows, values = ring_row
+            row = np.ascontiguousarray(values, dtype="<f8")
+            offset = array_row_offset((rows, row.shape[0]), index)
+            conn.setrange(keys.backtest_window, offset, row.tobytes())
 
     def append_backtest_observations(
         self, portfolio_id: str, observations: Sequence[Mapping[str, Any]], maxlen: int, pipe: Conn = None
@@ -284,15 +314,29 @@ return out
         return decode_int(raw[0], key=f"{key}.version"), decode_str(raw[1], key=f"{key}.token")
 
     def read_backtest_state(self, portfolio_id: str, conn: Conn = None) -> tuple[dict[str, Any], int, str] | None:
-        """(state, version, token) of the stored backtest; None when there is none."""
-        key = PortfolioKeys(portfolio_id).backtest
-        raw = self._conn(conn).hmget(key, ["state", "version", "token"])
+        """(state, version, token) of the stored backtest in one round trip; None when there is none. The state
+        is :meth:`logic.backtest.Backtester.to_dict`'s, with ``"cov"`` a float64 array and the window as
+        ``"ring"`` (the stored rows, a float64 array) when one is stored."""
+        keys = PortfolioKeys(portfolio_id)
+        fields = ["state", "version", "token", "cov"]
+        if conn is None:  # one round trip (both keys have the portfolio's hash tag)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hmget(keys.backtest, fields)
+            pipe.get(keys.backtest_window)
+            raw, window = pipe.execute()
+        else:  # the caller's connection (a WATCHing pipeline runs commands at once)
+            raw, window = conn.hmget(keys.backtest, fields), conn.get(keys.backtest_window)
         if raw[0] is None:
             return None
+        state = decode_object(raw[0], key=f"{keys.backtest}.state")
+        if raw[3] is not None:
+            state["cov"] = decode_array(raw[3], key=f"{keys.backtest}.cov")
+        if window is not None:
+            state["ring"] = decode_array(window, key=keys.backtest_window)
         return (
-            decode_object(raw[0], key=f"{key}.state"),
-            decode_int(raw[1], key=f"{key}.version"),
-            decode_str(raw[2], key=f"{key}.token"),
+            state,
+            decode_int(raw[1], key=f"{keys.backtest}.version"),
+            decode_str(raw[2], key=f"{keys.backtest}.token"),
         )
 
     def read_backtest_summary(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
