@@ -267,8 +267,9 @@ return out
         ring_row: tuple[int, int, npt.NDArray[np.float64]] | None = None,
     ) -> None:
         """Write the portfolio's backtest: the backtester's state without its window (JSON, bounded), its
-        covariance ``cov`` (a codec array; none: left out, and dropped with a whole ``ring``), the summary the pages and the snapshot
-        read, the market version of the last bar fed and a new ``token``; and its window, a fixed ring of rows in
+        covariance ``cov`` (a codec array; none: left out, and dropped with a whole ``ring``), the summary the
+        pages and the snapshot read, the market version of the last bar fed and a new ``token``; and its window,
+        a fixed ring of rows in
         ``pf:{id}:backtest_window``: the whole ``ring`` (rows, N) when given, else the one row ``ring_row``
         (its index, the rows of the ring, its N values) rewritten in place (SETRANGE, O(N) bytes), else left as
         it is."""
