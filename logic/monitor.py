@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import logging
 import math
 import os
@@ -781,6 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         metrics.watch_alerts(lambda: [a for p in store.portfolio_ids() for a in store.read_active_alerts(p).values()])
         serve(metrics.registry, settings.metrics.address, settings.metrics.monitor_port, "monitor")
+        gc.freeze()  # what start-up built lives as long as the process: no collector pass walks it again
     except RiskdeskError as exc:
         print(f"monitor: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
@@ -788,8 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         stats = monitor.run(max_ticks=args.ticks)
     finally:
-        close = getattr(alert_engine, "close", None)
-        if callable(close):
+        if callable(close := getattr(alert_engine, "close", None)):
             close()
     print(f"monitor {monitor.consumer}: processed {stats.ticks_processed} ticks", flush=True)
     return 0
