@@ -88,7 +88,7 @@ class VectorisedTick:
         self.lookup = lookup
         self.cols = BookColumns()
         self.state = TickState(settings.history.tiers)
-        self._sections: dict[str, tuple[Any, VarMethod, dict[str, Any] | None]] = {}
+        self._sections: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any] | None]] = {}
         self.chunk_portfolios = CHUNK_PORTFOLIOS
 
     def accepts(self, now: float) -> bool:
@@ -241,13 +241,21 @@ class VectorisedTick:
         return snapshots
 
     def _section(self, pid: str, summary: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:
-        """The snapshot's ``backtest`` section, remembered while the portfolio's summary is the same object (a
-        summary is never changed in place: a bar that closes nothing may hand the previous one back)."""
+        """The snapshot's ``backtest`` section, remembered while what it reads of the portfolio's summary is
+        unchanged: its method list, confidence and track summaries (a bar that closes no horizon hands the
+        previous track objects on, logic/backtest_monitor.py ``summary_of``; they are never changed in place)."""
+        if summary is None:
+            return None
+        tracks = tuple((summary.get("tracks") or {}).items())
+        key = (method, summary.get("confidence"), summary.get("methods"))
         known = self._sections.get(pid)
-        if known is not None and known[0] is summary and known[1] is method:
+        if (
+            known is not None and known[0] == key and len(known[1]) == len(tracks)
+            and all(a == c and b is d for (a, b), (c, d) in zip(known[1], tracks, strict=True))
+        ):  # fmt: skip
             return known[2]
         section = snapshot_section(summary, method)
-        self._sections[pid] = (summary, method, section)
+        self._sections[pid] = (key, tracks, section)
         return section
 
     def _feed(
