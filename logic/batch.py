@@ -41,6 +41,7 @@ from engine.settings import Limits, Model, Settings
 from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int, decode_str
 from engine.store.limits import decode_limits_reply
 from engine.store.limits_batch import read_limits_batch
+from engine.store.slots import is_cluster
 from logic.snapshot import MarketView, RiskFigures, usable_prices
 from logic.valuation import Valuation
 
@@ -399,14 +400,29 @@ def batch_figures(
     return {pid: f for pid, f in zip(pids, figures, strict=True) if f is not None}
 
 
+_MARKERS_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, 'version', 'token') end
+return out
+"""
+
+
 def read_backtest_markers(store: Store, portfolio_ids: Sequence[str]) -> dict[str, tuple[int, str] | None]:
-    """(version, token) of each portfolio's stored backtest (None without one) in one pipelined read; the
-    monitor WATCHes the keys first, so a write by another monitor after this read still aborts its MULTI."""
-    pipe = store.client.pipeline(transaction=False)
-    for pid in portfolio_ids:
-        pipe.hmget(PortfolioKeys(pid).backtest, ["version", "token"])
+    """(version, token) of each portfolio's stored backtest (None without one) in one read (a script; on a Redis
+    Cluster one pipelined HMGET each); the monitor WATCHes first, so a write by another monitor after this read
+    still aborts its MULTI."""
+    if not portfolio_ids:
+        return {}
+    keys = [PortfolioKeys(pid).backtest for pid in portfolio_ids]
+    if is_cluster(store.client):
+        pipe = store.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, ["version", "token"])
+        replies = pipe.execute()
+    else:
+        replies = store._eval(None, _MARKERS_LUA, keys, [])
     out: dict[str, tuple[int, str] | None] = {}
-    for pid, raw in zip(portfolio_ids, pipe.execute(), strict=True):
+    for pid, raw in zip(portfolio_ids, replies, strict=True):
         if raw[0] is None:
             out[pid] = None
             continue
