@@ -1,12 +1,17 @@
-"""Risk monitor: one tick (XREADGROUP, one MULTI read of every portfolio, valuation, VaR / CVaR 95 and 99,
-stressed VaR, component VaR, peaks and MFE/MAE merges, the continuous backtest, the MULTI writing snapshots +
-history + ack + heartbeat) for 50, 200 and 1,000 portfolios of 20 positions each in a universe of N = 500,
-through a real Redis. Each timed tick follows a fresh bar of the stream daemon (new market version: the matrix
-is read once per tick, as in production; not timed). Alerts are not in these rows (bench_alerts.py).
+"""Risk monitor: one tick for 50, 200 and 1,000 portfolios of 20 positions each in a universe of N = 500, through a
+real Redis: reading the tick and every portfolio, valuation, VaR / CVaR 95 and 99, stressed VaR, component VaR,
+peaks and MFE/MAE merges, the continuous backtest, snapshots, history points (stream and tiers), acknowledgement
+and heartbeat written. Each timed tick follows a fresh bar of the stream daemon (a new market version, so the
+monitor reads the new matrix in the tick, as in production; the bar itself is not timed). Alerts are not in these
+rows (bench_alerts.py). Redis runs with AOF as in production, so a background AOF rewrite (every few dozen ticks
+at 1,000 portfolios: each tick appends about 13 MB) may overlap some ticks; the rows are medians.
 
+Measured: the vectorised monitor (logic/batch_tick.py: every book's figures and snapshot on arrays, the merged
+state written by one script per range of 250 portfolios, each range's MULTI pipelined with building the next).
 Baseline in the same run: the per-portfolio loop, i.e. the same monitor with ``vectorised=False``: each
-portfolio's figures computed on its own (logic/snapshot.py's ``risk_figures``) and its live limits read with a
-round trip of its own, which is how the monitor worked before the vectorised one (logic/batch.py).
+portfolio's figures computed on its own (logic/snapshot.py's ``risk_figures``), its live limits read with a
+round trip of its own and its peaks, excursions and history merged by three Lua scripts, which is how the monitor
+worked before the vectorised one.
 
 Targets: SPEC.md section 9 (50 portfolios at 1 tick/s use < 25% of one core) and issue 15 (1,000 portfolios in
 <= 250 ms on this 2-core machine, >= 10x the loop).
