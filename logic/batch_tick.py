@@ -91,10 +91,6 @@ class VectorisedTick:
         self._sections: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any] | None]] = {}
         self.chunk_portfolios = CHUNK_PORTFOLIOS
 
-    def accepts(self, now: float) -> bool:
-        """Whether this tick's time merges in memory (not before the newest point written)."""
-        return self.state.accepts(int(now * 1000))
-
     def drop(self) -> None:
         self.state.drop()
 
@@ -159,6 +155,7 @@ class VectorisedTick:
                 if hi > lo:
                     tx.watch(*watched[lo:hi])
             stale = state.stale(txs[0], self.store.client)
+            stale |= state.slots_needed(ms)  # a late point: its buckets' slots are read again
             for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
                 valid[p] = False
                 monitor._portfolio_error(cols.pids[p], reason)

@@ -3,15 +3,15 @@
 On every tick event of the stream daemon it computes each portfolio's snapshot (:mod:`logic.snapshot`), keeps
 it as the latest snapshot and appends it to the portfolio's history, then hands it to the alert engine.
 
-Per tick (issue 15): one read of every portfolio (state, positions, trading state; one MULTI), then
+Per tick (issue 15): one read of every portfolio (state, positions, trading state; one script), then
 :mod:`logic.batch_tick`: every book valued, its peaks, excursions and history buckets merged, its risk figures
-(:mod:`logic.batch`) and snapshot built on arrays, and one MULTI writing the backtests, one script with every
-snapshot, history point and merged state, the acknowledgement and the heartbeat ``hb:monitor``; then the alerts
-in one batch (:mod:`logic.alert_batch`). ``vectorised=False`` keeps the per-portfolio reference path (one
-portfolio at a time, merges by three Lua scripts each), which a tick dated before the last one written also
-takes. History: ``history.raw_seconds`` at full resolution and the downsampled tiers of ``[history]``
-(engine/store/history.py). VaR and CVaR by each portfolio's method; every tick feeds the continuous VaR backtest
-(:mod:`logic.backtest_monitor`) in the same MULTI.
+(:mod:`logic.batch`) and snapshot built on arrays, and MULTIs (one per range of portfolios, pipelined with the
+building) writing the backtests and one script with the snapshots, history points and merged state; the last also
+acknowledges the tick and writes the heartbeat ``hb:monitor``; then the alerts in one batch
+(:mod:`logic.alert_batch`). ``vectorised=False`` keeps the per-portfolio reference path (one portfolio at a time,
+merges by three Lua scripts each). History: ``history.raw_seconds`` at full resolution and the downsampled tiers
+of ``[history]`` (engine/store/history.py). VaR and CVaR by each portfolio's method; every tick feeds the
+continuous VaR backtest (:mod:`logic.backtest_monitor`) in the same MULTIs.
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream; each
 tick goes to one of them, or (``monitor.shard_portfolios``) each live monitor snapshots its shard of every tick
@@ -490,11 +490,9 @@ class Monitor:
     ) -> dict[str, dict[str, Any]]:
         """Value, merge peaks and marks, feed the backtests (a tick), build and write the snapshots of every
         portfolio (one MULTI, WATCHing the backtests it writes)."""
-        if self.fast is not None and self.fast.accepts(now):
+        if self.fast is not None:
             finish = functools.partial(self._commit_tick, market=market, now=now, ack=ack, tick=tick, started=started)
             return self.fast.snapshot_all(self, self._read_bundles, market, now, event=event, finish=finish)
-        if self.fast is not None:
-            self.fast.drop()  # a tick dated before the last one written: the per-portfolio scripts merge it
         bundles = self._read_bundles()
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []

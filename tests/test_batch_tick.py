@@ -27,9 +27,10 @@ from tests.test_batch import RTOL, _numbers, _random_settings
 
 START = 1_800_000_000.0 - 1_800_000_000.0 % 604_800 + 4 * 86_400 + 15 * 3600.0
 """A Monday 15:00 UTC (1970-01-01 was a Thursday: +4 days is a Monday)."""
-STEPS = (5 * 3600.0, 0.4, 0.4, 4.0, -3.0, 25.0, 400.0)
-"""Seconds between ticks, in turn: several ticks share a bucket of every tier, one is dated before the tick
-before it (a late tick: the per-portfolio scripts merge it), and days change within a run."""
+STEPS = (5 * 3600.0, 0.4, 0.4, 4.0, -3.0, 25.0, 400.0, -4 * 3600.0, 3600.0)
+"""Seconds between ticks, in turn: several ticks share a bucket of every tier, two are dated before the tick
+before them (a late tick, and one 4 h back into buckets the rings still hold, into the previous day at times),
+and days change within a run."""
 
 
 class Steps:
@@ -140,16 +141,16 @@ def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
     fast.fast.chunk_portfolios = chunk
     loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
     tickers = list(settings.universe.assets)
-    late: list[float] = []
-    accepts = fast.fast.accepts
+    late: list[int] = []
+    slots_needed = fast.fast.state.slots_needed
 
-    def spy(now: float) -> bool:
-        if not accepts(now):
-            late.append(now)
-            return False
-        return True
+    def spy(ms: int) -> Any:
+        needed = slots_needed(ms)
+        if needed.any():
+            late.append(ms)
+        return needed
 
-    fast.fast.accepts = spy  # type: ignore[method-assign]
+    fast.fast.state.slots_needed = spy  # type: ignore[method-assign]
 
     # Act: 40 ticks over about a day and a half, trades every fourth
     _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 40, tickers)
@@ -158,8 +159,9 @@ def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
     pids = fast_store.portfolio_ids()
     _assert_same_state(fast_store, loop_store, pids, settings)
     assert fast.stats.portfolio_errors == loop.stats.portfolio_errors
-    late_ticks = [t for t in range(40) if STEPS[t % len(STEPS)] < 0]
-    assert len(late) == len(late_ticks) > 0  # the late ticks went through the per-portfolio scripts
+    times = np.cumsum([STEPS[t % len(STEPS)] for t in range(40)])
+    late_ticks = [t for t in range(1, 40) if times[t] < times[:t].max()]
+    assert len(late) == len(late_ticks) > 0  # each tick dated before the newest read its buckets' slots again
     peaks = fast_store.read_peaks(pids[0])
     assert peaks is not None and peaks.day != warmup_day(START)  # the run crossed a day
 

@@ -16,9 +16,11 @@ arithmetic on arrays (one row per portfolio, one element per position) and Redis
   (the same doubles: Redis' Lua numbers are IEEE doubles too); a tier bucket merges by
   :data:`engine.store.history.HISTORY_COLUMNS`' aggregations, its float32 columns rounded as ``struct.pack``
   rounds them, so the stored bytes are those the per-portfolio scripts would write (tests compare the two).
-- **Time moves forward.** A tick dated before the newest entry this state wrote (a replay restarted, a clock
-  stepped back) is not merged here: :meth:`TickState.accepts` says so and the monitor writes that tick through
-  the per-portfolio scripts, which handle late points, and drops this state.
+- **Late points.** A point dated at or after the newest entry of a tier merges with the open bucket held in
+  memory (a newer bucket's slot holds a bucket one lap older: it starts afresh). A point dated before it (a
+  late tick, a replay restarted earlier) may belong to a bucket the ring still holds: those portfolios' slots
+  are read again first (:meth:`TickState.slots_needed`), and a tier whose retention the point is past is left
+  alone, as the per-portfolio script does.
 
 Layout: one row per portfolio in the tick's order (:meth:`TickState.align` remaps when the set changes); the
 excursions are flat, one element per position in the books' order (``offsets``).
@@ -65,7 +67,8 @@ _NCOL = len(HISTORY_COLUMNS)
 # the offset of the entry's bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
 #   version, snapshot JSON ('' = none this tick: peaks and marks only), the history point (a RAW_LAYOUT row),
 #   day, day_open, day_peak, week, week_peak, max_peak, max_dd, last,
-#   1 to check each ring's size first (loaded this tick) or 0 (written by this owner: it is its size),
+#   per tier one character: '1' check the ring's size first (loaded this tick), '0' do not (written by this
+#   owner: it is its size), '-' leave the tier alone (the point is past its retention),
 #   the T tier rows end to end, the T 16-byte headers end to end,
 #   n marks to set, n marks to delete, then (ticker, JSON) pairs and the tickers to delete.
 # The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
@@ -108,16 +111,18 @@ for p = 0, #KEYS / nkeys - 1 do
     end
     redis.call('XTRIM', KEYS[k + 2], 'MINID', minid)
     for t = 1, ntier do
-      local key = KEYS[k + 4 + t]
-      if check == '1' then
+      local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
+      if mode == '1' then
         local len = redis.call('STRLEN', key)
         if len ~= sizes[t] then
           if len > 0 then redis.call('DEL', key) end
           redis.call('SETRANGE', key, sizes[t] - 1, '\\0')
         end
       end
-      redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
-      redis.call('SETRANGE', key, 0, string.sub(heads, (t - 1) * 16 + 1, t * 16))
+      if mode ~= '-' then
+        redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
+        redis.call('SETRANGE', key, 0, string.sub(heads, (t - 1) * 16 + 1, t * 16))
+      end
     end
   end
 end
@@ -152,6 +157,8 @@ class Merged:
     headers: Float64Array
     """P x T x 2: each ring's newest and oldest entry times (ms)."""
     ms: int
+    skip: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    """P x T: tiers a portfolio's point is too old for (past the ring's retention): not written."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,8 @@ class Prepared:
     headers: bytes
     head_block: int
     peaks: list[list[str]]
-    checks: list[bool]
+    checks: list[str]
+    """Per portfolio, per tier: '0' write, '1' check the ring's size then write, '-' leave alone (too old)."""
     sets: dict[int, list[str]]
     dels: dict[int, list[str]]
 
@@ -198,8 +206,6 @@ class TickState:
     headers: Float64Array = field(default_factory=lambda: np.zeros((0, 0, 2)))
     checked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """Rows loaded since their last write: the write checks their rings' sizes first."""
-    newest_ms: int = -1
-    """The newest entry time written: an older tick is not merged here (:meth:`accepts`)."""
 
     def __post_init__(self) -> None:
         self._res = np.array([tier_resolution_ms(t) for t in self.tiers], dtype=np.int64)
@@ -257,14 +263,20 @@ class TickState:
     def offsets(self) -> npt.NDArray[np.intp]:
         return np.concatenate(([0], np.cumsum([len(t) for t in self.tickers]))).astype(np.intp)
 
-    def accepts(self, ms: int) -> bool:
-        """Whether a tick at ``ms`` merges here (not older than the newest entry written)."""
-        return ms >= self.newest_ms
+    def slots_needed(self, ms: int) -> npt.NDArray[np.bool_]:
+        """Rows whose ring slot for a point at ``ms`` must be read before merging: the point's bucket is not the
+        one held in memory, yet not newer than the ring's newest bucket and within its retention (a late point;
+        a newer bucket's slot holds a bucket one lap older, which a write replaces)."""
+        if not self.tiers or not len(self.pids):
+            return np.zeros(len(self.pids), dtype=bool)
+        b = ms // self._res
+        newest = np.floor(self.headers[:, :, 0] / self._res)
+        held = (self.headers[:, :, 0] > 0) & (self.buckets != b) & (b <= newest) & (b > newest - self._slots)
+        return held.any(axis=1)
 
     def drop(self) -> None:
         """Forget everything: the next tick loads every portfolio from the store."""
         self.owned[:] = False
-        self.newest_ms = -1
 
     # -- ownership -------------------------------------------------------------------------------------------
     def watch_keys(self) -> list[str]:
@@ -431,7 +443,8 @@ class TickState:
         changed &= ~keep_rows
 
         return Merged(new_days, new_weeks, merged_peaks, new_side, mfe, mae, changed,
-                      self.buckets.copy(), self.rows.copy(), self.headers.copy(), ms)  # fmt: skip
+                      self.buckets.copy(), self.rows.copy(), self.headers.copy(), ms,
+                      np.zeros(self.buckets.shape, dtype=bool))  # fmt: skip
 
     def merge_tiers(self, merged: Merged, valid: npt.NDArray[np.bool_], points: Float64Array) -> None:
         """Merge each portfolio's history point (``points``: P x columns, NaN = no value; a NaN ``ts``: no
@@ -443,7 +456,11 @@ class TickState:
         fresh[:, _NARROW] = _float32(fresh[:, _NARROW])
         for t in range(len(self.tiers)):
             b = ms // int(self._res[t])
-            same_bucket = written & (buckets[:, t] == b)
+            newest_b = np.floor(headers[:, t, 0] / self._res[t])
+            kept = (headers[:, t, 0] == 0) | (b > newest_b - self._slots[t])  # within the ring's retention
+            merged.skip[:, t] = written & ~kept
+            written_t = written & kept
+            same_bucket = written_t & (buckets[:, t] == b)
             old = rows[:, t].copy()
             merged_row = fresh.copy()
             later = same_bucket & (points[:, 0] >= old[:, 0])
@@ -456,11 +473,11 @@ class TickState:
             lo = np.where(~np.isnan(new_lo) & (np.isnan(old_lo) | (new_lo < old_lo)), new_lo, old_lo)
             merged_row[:, _LOW] = np.where(same_bucket[:, None], lo, fresh[:, _LOW])
             merged_row[:, _NARROW] = _float32(merged_row[:, _NARROW])
-            rows[:, t] = np.where(written[:, None], merged_row, old)
-            buckets[:, t] = np.where(written, b, buckets[:, t])
+            rows[:, t] = np.where(written_t[:, None], merged_row, old)
+            buckets[:, t] = np.where(written_t, b, buckets[:, t])
             newest, first = headers[:, t, 0].copy(), headers[:, t, 1].copy()
-            headers[:, t, 0] = np.where(written & (ms > newest), ms, newest)
-            headers[:, t, 1] = np.where(written & ((first == 0) | (ms < first)), ms, first)
+            headers[:, t, 0] = np.where(written_t & (ms > newest), ms, newest)
+            headers[:, t, 1] = np.where(written_t & ((first == 0) | (ms < first)), ms, first)
 
     # -- write -----------------------------------------------------------------------------------------------
     def prepare(
@@ -496,7 +513,7 @@ class TickState:
         return Prepared(
             merged, valid.tolist(), head, raw, 8 * points.shape[1], rows.tobytes(), ntier * row_size,
             np.ascontiguousarray(merged.headers, dtype="<f8").tobytes(), ntier * 16,
-            [[repr(x) for x in row] for row in merged.peaks.tolist()], self.checked.tolist(), sets, dels,
+            [[repr(x) for x in row] for row in merged.peaks.tolist()], _modes(self.checked, merged.skip), sets, dels,
         )  # fmt: skip
 
     def write(
@@ -523,11 +540,11 @@ class TickState:
             del_p = [*x.dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
             pa: list[Any]
             if snap is None:
-                pa = [0, "", "", merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], 0, "", ""]
+                pa = [0, "", "", merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], "", "", ""]
             else:
                 pa = [
                     version, encode_json_fast(snap), x.raw[p * x.raw_size : (p + 1) * x.raw_size],
-                    merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], 1 if x.checks[p] else 0,
+                    merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], x.checks[p],
                     x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
                     x.headers[p * x.head_block : (p + 1) * x.head_block],
                 ]  # fmt: skip
@@ -558,7 +575,12 @@ class TickState:
         self.checked &= ~valid
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
-        self.newest_ms = max(self.newest_ms, merged.ms)
+
+
+def _modes(checked: npt.NDArray[np.bool_], skip: npt.NDArray[np.bool_]) -> list[str]:
+    """Each portfolio's tier modes for the script: '1' check the ring first, '0' write, '-' leave alone."""
+    modes = np.where(skip, "-", np.where(checked[:, None], "1", "0"))
+    return ["".join(row) for row in modes.tolist()]
 
 
 def _float32(values: Float64Array) -> Float64Array:
