@@ -209,6 +209,13 @@ def test_a_risk_manager_halts_a_portfolio_and_edits_a_rule_under_their_identity(
         page.get_by_role("combobox", name="Rule").click()
         page.get_by_role("option", name="var_warning", exact=True).click()
         settle(page)
+        page.wait_for_function(  # the rerun for the chosen rule has replaced the previous form (no stale copy)
+            """() => [...document.querySelectorAll('[data-testid="stForm"]')]
+                .filter(f => [...f.querySelectorAll('button')].some(b => b.innerText.includes('Save rule')))
+                .flatMap(f => [...f.querySelectorAll('input[aria-label="Description"]')]).length === 1""",
+            timeout=PAGE_TIMEOUT_MS,
+        )
+        settle(page)
         form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_role("button", name="Save rule"))
         form.get_by_label("Description").fill("VaR above 80% of the limit (login e2e)")
         form.get_by_label("Reason").fill("login e2e rule edit")
