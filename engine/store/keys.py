@@ -45,7 +45,9 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              ring of packed rows, one per bucket, behind the newest time written
     pf:{<id>}:snapshot              string   latest snapshot JSON
     pf:{<id>}:peaks                 hash     equity references: day, day_open, day_peak, week, week_peak,
-                                             max_peak, max_dd, last (drawdown windows and daily P&L)
+                                             max_peak, max_dd, last (drawdown windows and daily P&L); owner:
+                                             the writer whose in-memory copy of peaks, marks and open history
+                                             buckets is current (engine/store/tick_state.py)
     pf:{<id>}:marks                 hash     ticker -> JSON {side, mfe, mae} excursions of open positions
     pf:{<id>}:backtest              hash     state (JSON of logic.backtest.Backtester without its window), cov
                                              (codec array), summary (JSON), version (market version of the last
