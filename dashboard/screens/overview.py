@@ -39,7 +39,7 @@ def summary(d: views.Desk, pid: str) -> None:
     figures = []
     for col, g in zip(st.columns(len(ov.gauges)), ov.gauges, strict=True):
         with col:
-            figures.append(st.empty())
+            figures.append(st.container())  # a box, not st.empty(): its metric is sent after the gauge
             ui.gauge(g.title, g.value, g.limit, key=f"gauge_{g.title}")
     st.caption(ov.var_caption)
 
