@@ -319,8 +319,8 @@ def when(ts: float | None) -> str:
     """An epoch time for Markdown (captions, markdown): ``2026-11-30 05\\:20\\:00 UTC``, shown with its colons.
 
     The colons are escaped because Streamlit's frontend reads ``:20:`` in a time as an emoji shortcode and then
-    downloads and runs its emoji plugin (about 265 kB of script) before it draws the page's Markdown: on the
-    Overview that was part of the first load, for a time in the trading-state caption."""
+    downloads and runs its emoji plugin (about 265 kB of script) for that text: on the Overview that was part of
+    every first load, for the time in the trading-state caption."""
     return md(fmt.when(ts))
 
 
