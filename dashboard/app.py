@@ -1,7 +1,9 @@
 """Riskdesk dashboard: ``streamlit run dashboard/app.py`` (``make run`` starts it for you).
 
 The entry point and router: page config, the sidebar shared by every page (portfolio, live refresh) and
-``st.navigation`` over the pages beside this file. Settings and the Redis URL come from the environment
+``st.navigation`` over the pages beside this file. The page runs before the sidebar's widgets are drawn (their
+values are settled first, :func:`dashboard.components.sidebar_state`): what the page shows first, its first chart
+included, reaches the browser before the widgets do. Settings and the Redis URL come from the environment
 (``RISKDESK_CONFIG``, ``REDIS_URL``; see :meth:`logic.views.Desk.from_env`).
 """
 
@@ -41,7 +43,11 @@ page = st.navigation(PAGES + BENCH)
 if any(page.url_path == b.url_path for b in BENCH):  # a trivial benchmark page: nothing of the dashboard's
     page.run()
     st.stop()
-with ui.guard():
-    ui.sidebar(ui.desk())
+ids: list[str] | None = None
+with ui.guard():  # a desk or store that cannot be used: the message says why, the page says the rest
+    ids = ui.sidebar_state(ui.desk())  # the portfolio and refresh the page reads
+page.run()  # before the sidebar's widgets, so the page's first chart reaches the browser first
+if ids is not None:
+    with ui.guard():
+        ui.sidebar(ui.desk(), ids)
 ui.identity_sidebar(who)
-page.run()

@@ -176,15 +176,28 @@ def refused(action: Action, portfolio_id: str | None = None) -> bool:
 # -- sidebar: portfolio and refresh --------------------------------------------------------------------------
 
 
-def sidebar(d: views.Desk) -> None:
-    """Portfolio selector and live-refresh interval, shared by every page (widgets keep their values)."""
+def sidebar_state(d: views.Desk) -> list[str]:
+    """Settle what the sidebar's widgets will show before the page runs: the portfolio (the one chosen, else the
+    first; none when there is none) and the live-refresh interval (the settings' default on a session's first
+    run). Returns the portfolio ids for :func:`sidebar`.
+
+    The page runs before the widgets are drawn (``dashboard/app.py``), so its first chart goes to the browser
+    first and the large charting script is fetched before the widgets' own scripts."""
+    ids = views.portfolio_ids(d)
+    if st.session_state.get(PORTFOLIO_KEY) not in ids:
+        st.session_state.pop(PORTFOLIO_KEY, None)
+        if ids:
+            st.session_state[PORTFOLIO_KEY] = ids[0]  # what the selectbox would show first
+    if REFRESH_KEY not in st.session_state:
+        st.session_state[REFRESH_KEY] = _default_refresh(d.settings.dashboard.refresh_seconds)
+    return ids
+
+
+def sidebar(d: views.Desk, ids: list[str]) -> None:
+    """Portfolio selector and live-refresh interval, shared by every page (widgets keep their values); their
+    values were settled by :func:`sidebar_state`."""
     with st.sidebar:
-        ids = views.portfolio_ids(d)
-        if st.session_state.get(PORTFOLIO_KEY) not in ids:
-            st.session_state.pop(PORTFOLIO_KEY, None)
         st.selectbox("Portfolio", ids, key=PORTFOLIO_KEY, help="every page shows this portfolio")
-        if REFRESH_KEY not in st.session_state:
-            st.session_state[REFRESH_KEY] = _default_refresh(d.settings.dashboard.refresh_seconds)
         st.selectbox(
             "Live refresh",
             list(REFRESH_CHOICES),
@@ -303,7 +316,12 @@ def currency() -> str:
 
 
 def when(ts: float | None) -> str:
-    return fmt.when(ts)
+    """An epoch time for Markdown (captions, markdown): ``2026-11-30 05\\:20\\:00 UTC``, shown with its colons.
+
+    The colons are escaped because Streamlit's frontend reads ``:20:`` in a time as an emoji shortcode and then
+    downloads and runs its emoji plugin (about 265 kB of script) for that text: on the Overview that was part of
+    every first load, for the time in the trading-state caption."""
+    return md(fmt.when(ts))
 
 
 def money(value: float | None, signed: bool = False, cents: bool = False) -> str:

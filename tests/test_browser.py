@@ -23,6 +23,7 @@ from .e2e_stack import (
     CHART_SELECTOR,
     CHROMIUM,
     EXCEPTION_SELECTOR,
+    PAGE_TIMEOUT_MS,
     ROOT,
     Stack,
     chromium_browser,
@@ -217,8 +218,11 @@ def test_make_demo_replays_real_closes_and_every_page_loads_without_an_exception
                 open_page(page, demo.url, title)
                 settle(page)
                 assert_no_exception(page, f"demo/{title}")
-                # the sidebar says this is a replay of historical bars, not live time
-                assert "Replay of historical weekly bars" in page.inner_text('[data-testid="stSidebar"]')
+                # the sidebar says this is a replay of historical bars, not live time (the sidebar is drawn after
+                # the page, so wait for it rather than read it the moment the page's title is there)
+                sidebar = page.get_by_test_id("stSidebar")
+                sidebar.get_by_text("Replay of historical weekly bars").wait_for(timeout=PAGE_TIMEOUT_MS)
+                assert "Replay of historical weekly bars" in sidebar.inner_text()
             open_page(page, demo.url, "Overview")
             page.wait_for_selector(CHART_SELECTOR, timeout=30_000)
             shoot(page, "demo_overview")

@@ -32,32 +32,40 @@ def summary(d: views.Desk, pid: str) -> None:
             icon=":material/schedule:",
         )
 
-    with st.container(key=LIGHTS_KEY):  # the first-load benchmark waits for this box
+    # On screen: lights, trading state and headline figures, then the gauges, each under its figure. Sent to the
+    # browser in another order: the gauges first, so that a first load fetches the charting script (the largest
+    # one, needed for the first chart) before the metrics' scripts and draws the first chart sooner.
+    lights, headline = st.container(key=LIGHTS_KEY), st.container()  # the benchmark waits for the lights' box
+    figures = []
+    for col, g in zip(st.columns(len(ov.gauges)), ov.gauges, strict=True):
+        with col:
+            figures.append(st.container())  # a box, not st.empty(): its metric is sent after the gauge
+            ui.gauge(g.title, g.value, g.limit, key=f"gauge_{g.title}")
+    st.caption(ov.var_caption)
+
+    with lights:
         for col, light in zip(st.columns(len(ov.lights)), ov.lights, strict=True):
             with col:
                 ui.traffic_light(light.area, light.level, light.detail)
 
     h = ov.headline
-    ui.state_badge(ov.trading.state, ov.trading.reason, ov.trading.actor, ov.trading.ts)
-    # widths for the longest figures (equity "USD 12,345,678", P&L "USD -123,456") at st.metric's size: a value
-    # cut to "USD 1,6…" is a figure the desk cannot read
-    cols = st.columns([1.5, 1.25, 1.25, 0.75])
-    cols[0].metric("Equity", ui.money(h.get("equity")))
-    cols[1].metric("Daily P&L", ui.money(h.get("daily_pnl"), signed=True))
-    cols[2].metric("Total P&L", ui.money(h.get("total_pnl"), signed=True))
-    cols[3].metric("Leverage", "-" if h.get("leverage") is None else f"{h['leverage']:.2f}x")
-
-    for col, g in zip(st.columns(len(ov.gauges)), ov.gauges, strict=True):
-        with col:
-            st.metric(
-                g.title,
-                ui.money(g.value),
-                None if g.of_limit is None else f"{g.of_limit:.0%} of limit",
-                delta_color="off",
-                delta_arrow="off",
-            )
-            ui.gauge(g.title, g.value, g.limit, key=f"gauge_{g.title}")
-    st.caption(ov.var_caption)
+    with headline:
+        ui.state_badge(ov.trading.state, ov.trading.reason, ov.trading.actor, ov.trading.ts)
+        # widths for the longest figures (equity "USD 12,345,678", P&L "USD -123,456") at st.metric's size: a
+        # value cut to "USD 1,6…" is a figure the desk cannot read
+        cols = st.columns([1.5, 1.25, 1.25, 0.75])
+        cols[0].metric("Equity", ui.money(h.get("equity")))
+        cols[1].metric("Daily P&L", ui.money(h.get("daily_pnl"), signed=True))
+        cols[2].metric("Total P&L", ui.money(h.get("total_pnl"), signed=True))
+        cols[3].metric("Leverage", "-" if h.get("leverage") is None else f"{h['leverage']:.2f}x")
+    for figure, g in zip(figures, ov.gauges, strict=True):
+        figure.metric(
+            g.title,
+            ui.money(g.value),
+            None if g.of_limit is None else f"{g.of_limit:.0%} of limit",
+            delta_color="off",
+            delta_arrow="off",
+        )
 
     if ov.snapshot is not None:
         history(d, pid, ov.breakers)
