@@ -149,11 +149,17 @@ class VectorisedTick:
 
         bounds = chunks(len(cols.pids), self.chunk_portfolios)
         txs = [slot_transaction(self.store.client) for _ in bounds]
+        background = len(bounds) > 1 and not is_cluster(self.store.client)
+        pool = concurrent.futures.ThreadPoolExecutor(1, "riskdesk-tick-write") if background else None
+        early = slot_transaction(self.store.client) if background and event is not None else None
+        pending: list[concurrent.futures.Future[Any]] = []
         try:
             watched = state.watch_keys()  # every writer of a backtest, peaks, marks or tier stamps the peaks
             for tx, (lo, hi) in zip(txs, bounds, strict=True):
                 if hi > lo:
                     tx.watch(*watched[lo:hi])
+            if early is not None and watched:
+                early.watch(*watched)
             stale = state.stale(txs[0], self.store.client)
             stale |= state.slots_needed(ms)  # a late point: its buckets' slots are read again
             for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
@@ -161,6 +167,10 @@ class VectorisedTick:
                 monitor._portfolio_error(cols.pids[p], reason)
             pids = [cols.pids[p] for p in np.flatnonzero(valid).tolist()]
             fed = self._feed(monitor, event, pids, cols, values, valid)
+            if early is not None and pool is not None and fed:  # the backtests' MULTI runs while the rest is built
+                early.multi()
+                monitor.backtests.write(fed, early)
+                pending.append(pool.submit(early.execute))
             summaries: dict[str, Any] = {pid: f.summary for pid, f in fed.items()}
             missing = [pid for pid in pids if pid not in summaries]
             if missing:
@@ -184,7 +194,10 @@ class VectorisedTick:
                 merged, valid, builder.points, min_ms=max(0, int((now - retention) * 1000)),
                 max_points=monitor.history.raw_max_points,
             )  # fmt: skip
-            snapshots = self._write(monitor, txs, bounds, builder, prepared, fed, int(header.version), finish)
+            snapshots = self._write(
+                monitor, txs, bounds, builder, prepared, fed, int(header.version), finish, pool, pending,
+                backtests=not pending,
+            )  # fmt: skip
             state.commit(merged, valid)
         except redis.WatchError:
             monitor.backtests.discard()
@@ -194,7 +207,9 @@ class VectorisedTick:
             state.drop()  # a failed script may have written part of a tick: load again
             raise
         finally:
-            for tx in txs:
+            if pool is not None:
+                pool.shutdown(wait=True)  # every EXEC has returned before the transactions are reset
+            for tx in [*txs, *([early] if early is not None else [])]:
                 tx.reset()
         return snapshots
 
@@ -208,33 +223,32 @@ class VectorisedTick:
         fed: dict[str, Fed],
         version: int,
         finish: Callable[[Any, dict[str, dict[str, Any]], dict[str, Fed]], object],
+        pool: concurrent.futures.ThreadPoolExecutor | None,
+        pending: list[concurrent.futures.Future[Any]],
+        *,
+        backtests: bool,
     ) -> dict[str, dict[str, Any]]:
-        """Build and write the snapshots a range of portfolios at a time: each range's MULTI runs on a writer
-        thread while the next range is built; the last one, with the acknowledgement, once every other one
+        """Build and write the snapshots a range of portfolios at a time (with their backtests unless
+        ``backtests`` is false: written already, ``pending``): each range's MULTI runs on the writer thread
+        (``pool``) while the next range is built; the last one, with the acknowledgement, once every other one
         committed (module docstring)."""
         pids = self.cols.pids
         row_of = {pid: p for p, pid in enumerate(pids)}
         snapshots: dict[str, dict[str, Any]] = {}
-        background = len(bounds) > 1 and not is_cluster(self.store.client)
-        pool = concurrent.futures.ThreadPoolExecutor(1, "riskdesk-tick-write") if background else None
-        pending: list[concurrent.futures.Future[Any]] = []
-        try:
-            for n, (tx, (lo, hi)) in enumerate(zip(txs, bounds, strict=True)):
-                built = builder.build(lo, hi)
-                snapshots.update({pids[p]: snap for p, snap in built.items()})
-                tx.multi()
+        for n, (tx, (lo, hi)) in enumerate(zip(txs, bounds, strict=True)):
+            built = builder.build(lo, hi)
+            snapshots.update({pids[p]: snap for p, snap in built.items()})
+            tx.multi()
+            if backtests:
                 monitor.backtests.write({pid: f for pid, f in fed.items() if lo <= row_of[pid] < hi}, tx)
-                self.state.write(tx, self.store, prepared, range(lo, hi), built, version)
-                if n < len(bounds) - 1:
-                    pending.append(pool.submit(tx.execute) if pool is not None else _done(tx.execute()))
-            failures = [f.exception() for f in pending]  # every range's EXEC has returned
-            failure = next((e for e in failures if e is not None), None)
-            if failure is not None:
-                raise failure
-            finish(txs[-1], snapshots, fed)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            self.state.write(tx, self.store, prepared, range(lo, hi), built, version)
+            if n < len(bounds) - 1:
+                pending.append(pool.submit(tx.execute) if pool is not None else _done(tx.execute()))
+        failures = [f.exception() for f in pending]  # every other EXEC has returned
+        failure = next((e for e in failures if e is not None), None)
+        if failure is not None:
+            raise failure
+        finish(txs[-1], snapshots, fed)
         return snapshots
 
     def _section(self, pid: str, summary: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:
