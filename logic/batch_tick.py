@@ -91,9 +91,6 @@ class VectorisedTick:
         self._sections: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any] | None]] = {}
         self.chunk_portfolios = CHUNK_PORTFOLIOS
 
-    def drop(self) -> None:
-        self.state.drop()
-
     def snapshot_all(
         self,
         monitor: Monitor,
@@ -160,7 +157,7 @@ class VectorisedTick:
                     tx.watch(*watched[lo:hi])
             if early is not None and watched:
                 early.watch(*watched)
-            stale = state.stale(txs[0], self.store.client)
+            stale = state.stale(self.store.client)
             stale |= state.slots_needed(ms)  # a late point: its buckets' slots are read again
             for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
                 valid[p] = False

@@ -1,5 +1,6 @@
 """The vectorised monitor's per-portfolio state: equity peaks, position excursions and the open bucket of every
-history tier, merged in memory for every portfolio at once and written with the snapshots in one Lua script.
+history tier, merged in memory for every portfolio at once and written with the snapshots by one Lua script per
+range of portfolios (:meth:`TickState.write`).
 
 The per-portfolio path (engine/store/monitoring.py ``update_peaks`` / ``update_marks`` and
 engine/store/history.py ``record_snapshot``) merges each of these in Redis, one script per portfolio and per
@@ -7,8 +8,9 @@ structure: about 100 µs of Redis time each, 0.3 s a tick for a thousand portfol
 arithmetic on arrays (one row per portfolio, one element per position) and Redis only stores the results:
 
 - **Ownership.** The state of a portfolio is kept while this writer owns it: every write stamps the peaks hash
-  with this writer's ``owner`` token; the per-portfolio path's peaks merge deletes the stamp, a restart of the
-  drawdowns deletes the hash. Before merging, the monitor WATCHes the peaks keys and reads the stamps
+  with this writer's ``owner`` token; the per-portfolio path's scripts and backtest writes replace it with a
+  fresh foreign stamp (:func:`stamp_foreign`), a restart of the drawdowns deletes the hash. Before merging, the
+  monitor WATCHes the peaks keys and reads the stamps
   (:meth:`TickState.stale`); a portfolio stamped by anyone else is loaded from the store again
   (:meth:`TickState.load`), so another monitor's or the reference path's merges are never lost, and a write by
   anyone after the read aborts the monitor's MULTI (the tick is redone from the store).
@@ -282,9 +284,9 @@ class TickState:
     def watch_keys(self) -> list[str]:
         return [PortfolioKeys(pid).peaks for pid in self.pids]
 
-    def stale(self, conn: Any, client: Any) -> npt.NDArray[np.bool_]:
-        """Rows this state does not own any more (never loaded, or stamped by another writer); read after the
-        caller WATCHed :meth:`watch_keys`. ``client``: the plain client (scripts run through it)."""
+    def stale(self, client: Any) -> npt.NDArray[np.bool_]:
+        """Rows this state does not own any more (never loaded, or stamped by another writer); read through the
+        plain ``client`` after the caller WATCHed :meth:`watch_keys`."""
         keys = self.watch_keys()
         if not keys:
             return np.zeros(0, dtype=bool)
