@@ -121,6 +121,35 @@ _HEADER_BYTES = 16
 _RAW_FIELD = b"p"
 
 
+APPEND_POINT_LUA = """
+-- append_point(snapshot key, stream key, version, snapshot JSON, entry ms, oldest ms kept, stream cap, row):
+-- the snapshot is replaced unless the stored one has a higher version; the point is appended with id <ms>-0,
+-- or the stream's last id plus one when that is not greater; the stream is trimmed to the oldest ms kept.
+-- Returns the entry id.
+local function append_point(snapshot_key, stream_key, version, json, ms, minid, cap, row)
+  local current = redis.call('GET', snapshot_key)
+  local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
+  if not stored or tonumber(version) >= stored then redis.call('SET', snapshot_key, json) end
+  local id = ms .. '-0'
+  local added = redis.pcall('XADD', stream_key, 'MAXLEN', '~', cap, id, 'p', row)
+  if type(added) == 'table' and added.err then
+    local info = redis.call('XINFO', 'STREAM', stream_key)
+    local last = '0-0'
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then last = info[i + 1] end
+    end
+    local lms, seq = string.match(last, '(%d+)-(%d+)')
+    id = lms .. '-' .. string.format('%d', tonumber(seq) + 1)
+    redis.call('XADD', stream_key, 'MAXLEN', '~', cap, id, 'p', row)
+  end
+  redis.call('XTRIM', stream_key, 'MINID', minid)
+  return id
+end
+"""
+"""The Lua function both snapshot writes define (``HistoryStore.record_snapshot`` and the vectorised monitor's
+script in engine/store/tick_state.py): one rule for replacing the latest snapshot and appending its point."""
+
+
 def tier_resolution_ms(tier: HistoryTier) -> int:
     return round(tier.resolution_seconds * 1000.0)
 
@@ -161,24 +190,8 @@ class HistoryStore(StoreBase):
     # id plus one when that is not greater (several ticks in one millisecond, or a late tick): every call
     # appends exactly one point. A tier whose string is not its ring's size (new, or its configuration
     # changed) starts empty; a point older than a tier's retention leaves that tier alone. Returns the entry id.
-    _RECORD_LUA = """
-local version = tonumber(ARGV[1])
-local current = redis.call('GET', KEYS[1])
-local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
-if not stored or version >= stored then redis.call('SET', KEYS[1], ARGV[2]) end
-local id = ARGV[3] .. '-0'
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, 'p', ARGV[6])
-if type(added) == 'table' and added.err then
-  local info = redis.call('XINFO', 'STREAM', KEYS[2])
-  local last = '0-0'
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
-  end
-  local ms, seq = string.match(last, '(%d+)-(%d+)')
-  id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id, 'p', ARGV[6])
-end
-redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
+    _RECORD_LUA = APPEND_POINT_LUA + """
+local id = append_point(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[#KEYS], 'owner', ARGV[#ARGV])
 if #KEYS < 4 then return id end
 local ms = tonumber(ARGV[3])

@@ -43,6 +43,7 @@ from engine.settings import HistoryTier
 from engine.store.base import Conn
 from engine.store.codec import decode_float, decode_object, decode_str, encode_json_fast
 from engine.store.history import (
+    APPEND_POINT_LUA,
     HISTORY_COLUMNS,
     OWNER_FIELD,
     TIER_LAYOUT,
@@ -76,7 +77,7 @@ _NCOL = len(HISTORY_COLUMNS)
 # The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
 # its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
-_APPLY_LUA = """
+_APPLY_LUA = APPEND_POINT_LUA + """
 local ntier, ms, minid, cap, owner, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local sizes, offsets = {}, {}
 for t = 1, ntier do sizes[t] = tonumber(ARGV[5 + 2 * t]); offsets[t] = tonumber(ARGV[6 + 2 * t]) end
@@ -84,7 +85,7 @@ local a = 7 + 2 * ntier
 local nkeys = 4 + ntier
 for p = 0, #KEYS / nkeys - 1 do
   local k = p * nkeys
-  local version, json, row = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  local version, json, row = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   redis.call('HSET', KEYS[k + 3], 'day', ARGV[a + 3], 'day_open', ARGV[a + 4], 'day_peak', ARGV[a + 5],
              'week', ARGV[a + 6], 'week_peak', ARGV[a + 7], 'max_peak', ARGV[a + 8], 'max_dd', ARGV[a + 9],
              'last', ARGV[a + 10], 'owner', owner)
@@ -96,22 +97,7 @@ for p = 0, #KEYS / nkeys - 1 do
   if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
   a = a + ndel
   if json ~= '' then
-    local current = redis.call('GET', KEYS[k + 1])
-    local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
-    if not stored or version >= stored then redis.call('SET', KEYS[k + 1], json) end
-    local id = ms .. '-0'
-    local added = redis.pcall('XADD', KEYS[k + 2], 'MAXLEN', '~', cap, id, 'p', row)
-    if type(added) == 'table' and added.err then
-      local info = redis.call('XINFO', 'STREAM', KEYS[k + 2])
-      local last = '0-0'
-      for i = 1, #info, 2 do
-        if info[i] == 'last-generated-id' then last = info[i + 1] end
-      end
-      local lms, seq = string.match(last, '(%d+)-(%d+)')
-      id = lms .. '-' .. string.format('%d', tonumber(seq) + 1)
-      redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', cap, id, 'p', row)
-    end
-    redis.call('XTRIM', KEYS[k + 2], 'MINID', minid)
+    append_point(KEYS[k + 1], KEYS[k + 2], version, json, ms, minid, cap, row)
     for t = 1, ntier do
       local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
       if mode == '1' then
