@@ -68,6 +68,7 @@ def services(settings: Settings, stream_args: Sequence[str] = ()) -> tuple[Servi
     return (
         Service("stream", (py, "-m", "engine.stream", *stream_args), "engine/stream.py"),
         Service("monitor", (py, "-m", "logic.monitor"), "logic/monitor.py"),
+        Service("backtest", (py, "-m", "logic.backtest_runner"), "logic/backtest_runner.py"),
         Service("notify", (py, "-m", "notifications"), "notifications/__main__.py"),
         Service(
             "dashboard",

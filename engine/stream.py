@@ -80,6 +80,7 @@ from engine.records import Clock
 from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
 from engine.store import (
+    BACKTEST_GROUP,
     MONITOR_GROUP,
     Float64Array,
     MarketSnapshot,
@@ -323,8 +324,10 @@ class StreamDaemon:
         self._synced = True
         self.stats.reloads += 1
         # on the plain client, not ``conn`` (a caller's pipeline must only read here).
-        # After a re-seed the group is gone: recreate it before publishing so the monitors miss no tick.
+        # After a re-seed the groups are gone: recreate them before publishing so the monitors and the backtest
+        # runner miss no tick.
         self.store.ensure_tick_group(MONITOR_GROUP)
+        self.store.ensure_tick_group(BACKTEST_GROUP)
         if isinstance(self.feed, UniverseAware):
             usable = np.where(np.isfinite(self.prices) & (self.prices > 0), self.prices, 1.0)
             vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))

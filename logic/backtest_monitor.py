@@ -1,4 +1,6 @@
-"""The monitor's continuous VaR backtest: one :class:`logic.backtest.Backtester` per portfolio, fed every tick.
+"""The continuous VaR backtest: one :class:`logic.backtest.Backtester` per portfolio, fed every bar by the
+backtest runner (logic/backtest_runner.py), not by the monitor: the monitor's snapshots go to the newest tick
+(latest wins) while a backtest needs every bar, in order, at its own spacing.
 
 Each tick event (a market bar) is fed to every portfolio's backtester with the bar's prices and the positions
 held at it, so every configured method (``model.backtest_methods``) forecasts the VaR of the same book at the
@@ -13,10 +15,10 @@ window, its covariance as a codec array), its summary and the market version of 
 (:meth:`logic.backtest.Backtester.ring`), of which a bar rewrites the one row it pushed (SETRANGE), so a tick
 writes O(k²) bytes per portfolio (the k x k covariance), not the O(window·k) window; and ``pf:{id}:backtest_log``
 every closed horizon (the realized P&L against each method's VaR forecast at its start), bounded to the latest
-:data:`BACKTEST_LOG_MAXLEN`. All are written in the monitor's MULTI with the tick's snapshots and
-acknowledgement, so a bar is counted exactly once; the whole ring is written when the stored one does not hold
-this backtester's rows (a new backtest, or a state stored before the ring).
-A monitor keeps the backtesters in memory and reloads one when the stored token is not its own (another monitor
+:data:`BACKTEST_LOG_MAXLEN`; and ``section``, what the monitor's snapshots read (:func:`stored_section`). All are
+written in the runner's MULTI with the bar's acknowledgement, so a bar is counted exactly once; the whole ring is
+written when the stored one does not hold this backtester's rows (a new backtest, or a state stored before the ring).
+The runner keeps the backtesters in memory and reloads one when the stored token is not its own (another runner
 fed a bar). A tick not newer than the stored version is not fed again; a ``reset`` tick (a new replay: its
 prices do not follow the previous ones) gives no return and drops the open forecasts.
 
@@ -26,7 +28,8 @@ Closing a position keeps its ticker (with zero quantity); opening one in a ticke
 starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no longer lists
 one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
 
-Alert metrics (the snapshot's ``backtest`` section, see :func:`snapshot_section`): ``backtest.exceedances`` and
+Alert metrics (the snapshot's ``backtest`` section, see :func:`section_for`; ``backtest.market_version`` is the
+bar it is of): ``backtest.exceedances`` and
 ``backtest.zone`` are the rolling (last 250 observations) exceedance count and Basel zone of the portfolio's own
 method at the limit's horizon, the zone as a number: 0 green, 1 yellow, 2 red (:data:`ZONE_LEVELS`), so a rule
 ``backtest.zone >= 1`` pages when the model goes yellow and ``>= 2`` when it goes red. ``backtest.bar_*`` are the
@@ -116,10 +119,10 @@ def _track_fields(track: Mapping[str, Any] | None, prefix: str) -> dict[str, Any
     }
 
 
-def snapshot_section(summary: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:
-    """The snapshot's ``backtest`` section (module docstring) from a stored summary; None without one."""
-    if summary is None:
-        return None
+def stored_section(summary: Mapping[str, Any], version: int | None) -> dict[str, Any]:
+    """What the snapshot's ``backtest`` section reads of a summary, every method's fields, as the runner stores it
+    (``pf:{id}:backtest`` ``section``) with the market ``version`` of the last bar fed; the monitor picks the
+    portfolio's own method with :func:`section_for`."""
     tracks = summary.get("tracks", {})
     methods = {}
     for m in summary.get("methods", []):
@@ -127,15 +130,34 @@ def snapshot_section(summary: Mapping[str, Any] | None, method: VarMethod) -> di
         for track, prefix in TRACK_FIELDS.items():
             fields.update(_track_fields(tracks.get(str(track), {}).get(m), prefix))
         methods[m] = fields
+    return {"confidence": summary.get("confidence"), "methods": methods, "market_version": version}
+
+
+def section_for(stored: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:
+    """The snapshot's ``backtest`` section (module docstring) from a :func:`stored_section`; None without one.
+    ``market_version`` names the bar the figures are of (the runner's last, at most a bar or so behind the
+    snapshot's market)."""
+    if stored is None:
+        return None
+    methods = stored.get("methods", {})
     own = methods.get(str(method))
-    section: dict[str, Any] = {"method": str(method), "confidence": summary.get("confidence")}
+    section: dict[str, Any] = {"method": str(method), "confidence": stored.get("confidence")}
     if own is None:  # the portfolio's method is not backtested: its fields do not apply
         for prefix in TRACK_FIELDS.values():
             section.update(_track_fields(None, prefix))
     else:
         section.update(own)
     section["methods"] = methods
+    section["market_version"] = stored.get("market_version")
     return section
+
+
+def snapshot_section(
+    summary: Mapping[str, Any] | None, method: VarMethod, version: int | None = None
+) -> dict[str, Any] | None:
+    """The snapshot's ``backtest`` section from a stored summary (:func:`section_for` of its
+    :func:`stored_section`); None without one."""
+    return None if summary is None else section_for(stored_section(summary, version), method)
 
 
 @dataclass
@@ -149,7 +171,7 @@ class _Book:
 
 @dataclass(frozen=True)
 class Fed:
-    """A backtest fed with one tick, waiting for the monitor's transaction."""
+    """A backtest fed with one tick, waiting for the runner's transaction."""
 
     portfolio_id: str
     bt: Backtester
@@ -165,7 +187,7 @@ class Fed:
 
 
 class BacktestBooks:
-    """The monitor's backtesters, one per portfolio, kept in step with the store (module docstring)."""
+    """The runner's backtesters, one per portfolio, kept in step with the store (module docstring)."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -178,7 +200,7 @@ class BacktestBooks:
 
     def _config(self, pid: str) -> BacktestConfig:
         config = self._configs.get(pid)
-        if config is None:  # settings do not change under a monitor: built once (limits_for scans the portfolios)
+        if config is None:  # settings do not change under a runner: built once (limits_for scans the portfolios)
             config = self._configs[pid] = backtest_config(self.settings, pid)
         return config
 
@@ -198,8 +220,8 @@ class BacktestBooks:
         markers: Mapping[str, tuple[int, str] | None] | None = None,
     ) -> dict[str, Fed]:
         """Feed ``event`` to the backtest of each portfolio (``portfolios``: id -> qty in ``event.tickers``
-        order); returns what to write. Reads the stored markers through ``conn`` (the monitor's WATCHing
-        pipeline, so a concurrent write by another monitor aborts the transaction), unless the caller read them
+        order); returns what to write. Reads the stored markers through ``conn`` (the runner's WATCHing
+        pipeline, so a concurrent write by another runner aborts the transaction), unless the caller read them
         (``markers``, after WATCHing their keys). Nothing is kept until :meth:`commit`."""
         pids = list(portfolios)
         if markers is None:
@@ -216,7 +238,7 @@ class BacktestBooks:
         for pid in pids:
             marker = markers[pid]
             if marker is not None and event.version <= marker[0]:
-                continue  # fed already (a lagging or second monitor)
+                continue  # fed already (a second runner, or a bar redelivered)
             qty = np.asarray(portfolios[pid], dtype=np.float64)
             book = self._book(pid, marker)
             config = self._config(pid)
@@ -269,7 +291,7 @@ class BacktestBooks:
         return book
 
     def write(self, fed: Mapping[str, Fed], pipe: Conn) -> None:
-        """Queue each fed backtest's writes on ``pipe`` (the monitor's MULTI): its state, and its window's new row
+        """Queue each fed backtest's writes on ``pipe`` (the runner's MULTI): its state, and its window's new row
         (or the whole ring when the stored one does not hold this backtester's rows)."""
         for f in fed.values():
             bt = f.bt
@@ -278,13 +300,14 @@ class BacktestBooks:
                 f.portfolio_id, bt.store_state(), f.summary, f.version, f.token, pipe, cov=bt.cov,
                 ring=bt.ring() if f.full_ring else None,
                 ring_row=None if f.ring_row is None else (f.ring_row, ring_rows, bt.ring_values(f.ring_row)),
+                section=stored_section(f.summary, f.version),
             )  # fmt: skip
             if f.closed:
                 records = [o.to_dict() for o in f.closed]
                 self.store.append_backtest_observations(f.portfolio_id, records, BACKTEST_LOG_MAXLEN, pipe)
 
     def commit(self, fed: Mapping[str, Fed]) -> None:
-        """The transaction holding ``fed`` succeeded: keep its backtesters as this monitor's."""
+        """The transaction holding ``fed`` succeeded: keep its backtesters as this runner's."""
         for f in fed.values():
             self._books[f.portfolio_id] = _Book(f.bt, f.token, f.version, True)
             self._summaries[f.portfolio_id] = (f.token, f.summary)
@@ -293,11 +316,3 @@ class BacktestBooks:
         """The transaction failed: what was fed in memory may be ahead of the store; reload on next use."""
         self._books.clear()
         self._summaries.clear()
-
-    def summaries(self, pids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Each portfolio's latest summary: this monitor's, else the stored one."""
-        out: dict[str, dict[str, Any] | None] = {}
-        for pid in pids:
-            mine = self._summaries.get(pid)
-            out[pid] = mine[1] if mine is not None else self.store.read_backtest_summary(pid)
-        return out

@@ -26,6 +26,7 @@ two agree to ~1e-15 relative (tests check 1e-12). A book whose figures are not f
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -38,12 +39,15 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, StoreError
 from engine.records import VarMethod
 from engine.settings import Limits, Model, Settings
-from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int, decode_str
+from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int, decode_object, decode_str
 from engine.store.limits import decode_limits_reply
 from engine.store.limits_batch import read_limits_batch
 from engine.store.slots import is_cluster
+from logic.backtest_monitor import section_for
 from logic.snapshot import MarketView, RiskFigures, usable_prices
 from logic.valuation import Valuation
+
+log = logging.getLogger("riskdesk.monitor")
 
 __all__ = [
     "HeldBooks",
@@ -435,3 +439,57 @@ def read_backtest_markers(store: Store, portfolio_ids: Sequence[str]) -> dict[st
         key = PortfolioKeys(pid).backtest
         out[pid] = (decode_int(raw[0], key=f"{key}.version"), decode_str(raw[1], key=f"{key}.token"))
     return out
+
+
+_SECTIONS_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 'section') end
+return out
+"""
+
+
+class BacktestSections:
+    """Each portfolio's snapshot ``backtest`` section from what the backtest runner stored
+    (logic/backtest_runner.py, ``pf:{id}:backtest`` ``section``), read in one script (on a Redis Cluster one
+    pipelined HGET each); a stored section whose bytes did not change since the last read is not decoded again,
+    and its section object is handed on (never changed in place)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[bytes, VarMethod, dict[str, Any] | None]] = {}
+        self._reported: set[str] = set()
+
+    def read(
+        self, store: Store, portfolio_ids: Sequence[str], methods: Sequence[VarMethod]
+    ) -> list[dict[str, Any] | None]:
+        """The section of each of ``portfolio_ids`` under its ``methods`` entry; None without a stored one (or
+        with one that does not decode: reported once, the snapshot goes on without it)."""
+        if not portfolio_ids:
+            return []
+        keys = [PortfolioKeys(pid).backtest for pid in portfolio_ids]
+        if is_cluster(store.client):
+            pipe = store.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, "section")
+            replies = pipe.execute()
+        else:
+            replies = store._eval(None, _SECTIONS_LUA, keys, [])
+        out: list[dict[str, Any] | None] = []
+        for pid, key, method, raw in zip(portfolio_ids, keys, methods, replies, strict=True):
+            if raw is None:
+                self._memo.pop(pid, None)
+                out.append(None)
+                continue
+            known = self._memo.get(pid)
+            if known is not None and known[0] == raw and known[1] is method:
+                out.append(known[2])
+                continue
+            try:
+                section = section_for(decode_object(raw, key=f"{key}.section"), method)
+            except CorruptDataError as exc:
+                if pid not in self._reported:
+                    self._reported.add(pid)
+                    log.warning("portfolio %s: backtest section unreadable, left out of the snapshot: %s", pid, exc)
+                section = None
+            self._memo[pid] = (raw, method, section)
+            out.append(section)
+        return out

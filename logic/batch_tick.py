@@ -7,16 +7,16 @@ state in memory while it owns it (engine/store/tick_state.py) and builds every s
 (logic/batch_book.py). The stored results are the same (tests compare both paths on random books over many
 ticks, interleaved).
 
-Per tick: WATCH the portfolios' peaks keys, read which ones another writer touched and load those, feed the
-backtests, read the live limits, value every book, merge peaks and excursions, compute the figures
-(logic/batch.py), merge the history buckets, then write: the snapshots are built and written a range of
-:data:`CHUNK_PORTFOLIOS` portfolios at a time, each range in its own MULTI (backtests and the one script),
-executed on a writer thread while the next range is built, so Redis works while Python does; the last range's
-MULTI also acknowledges the tick and writes the heartbeat, and runs only once every other range committed. A
-conflict (another monitor wrote one of a range's portfolios meanwhile) aborts that range: the state is dropped
-and the tick, left unacknowledged, is redone from the store. The ranges committed before are then written
-again: the same snapshot, and one more history point at the redo's time, as an idle refresh would add; peaks,
-excursions and buckets merge idempotently and a backtest is never fed a bar twice (its version marker).
+Per tick: WATCH the portfolios' peaks keys, read which ones another writer touched and load those, read the
+live limits and the backtest runner's sections (logic/backtest_runner.py feeds the backtests), value every book,
+merge peaks and excursions, compute the figures (logic/batch.py), merge the history buckets, then write: the
+snapshots are built and written a range of :data:`CHUNK_PORTFOLIOS` portfolios at a time, each range in its own
+MULTI (one script), executed on a writer thread while the next range is built, so Redis works while Python does;
+the last range's MULTI also acknowledges the tick and writes the heartbeat, and runs only once every other range
+committed. A conflict (another monitor wrote one of a range's portfolios meanwhile) aborts that range: the state
+is dropped and the tick, left unacknowledged, is redone from the store. The ranges committed before are then
+written again: the same snapshot, and one more history point at the redo's time, as an idle refresh would add;
+peaks, excursions and buckets merge idempotently.
 """
 
 from __future__ import annotations
@@ -28,16 +28,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import redis
 
 from engine.errors import StoreError
-from engine.records import VarMethod
 from engine.settings import Limits, Settings
-from engine.store import PortfolioBundle, Store, TickEvent
+from engine.store import PortfolioBundle, Store
 from engine.store.slots import is_cluster, slot_transaction
 from engine.store.tick_state import Prepared, TickState
-from logic.backtest_monitor import Fed, snapshot_section
-from logic.batch import PortfolioLookup, batch_risk, live_limits, read_backtest_markers
+from logic.batch import BacktestSections, PortfolioLookup, batch_risk, live_limits
 from logic.batch_book import BookColumns, BookInputs, SnapshotBuilder, build_snapshots, exposure_rows, value_books
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.snapshot import MarketView, RiskFigures, risk_figures
@@ -88,7 +85,7 @@ class VectorisedTick:
         self.lookup = lookup
         self.cols = BookColumns()
         self.state = TickState(settings.history.tiers)
-        self._sections: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any] | None]] = {}
+        self.sections = BacktestSections()
         self.chunk_portfolios = CHUNK_PORTFOLIOS
 
     def snapshot_all(
@@ -98,14 +95,13 @@ class VectorisedTick:
         market: MarketView,
         now: float,
         *,
-        event: TickEvent | None,
-        finish: Callable[[Any, dict[str, dict[str, Any]], dict[str, Fed]], object],
+        finish: Callable[[Any, dict[str, dict[str, Any]]], object],
     ) -> dict[str, dict[str, Any]]:
         """Read every portfolio (``read``), snapshot and write them (module docstring); ``finish`` queues the
         acknowledgement and heartbeat and runs the EXEC."""
         with paused_gc():
             bundles = list(read().values())
-            return self._snapshot_all(monitor, bundles, market, now, event=event, finish=finish)
+            return self._snapshot_all(monitor, bundles, market, now, finish=finish)
 
     def _snapshot_all(
         self,
@@ -114,8 +110,7 @@ class VectorisedTick:
         market: MarketView,
         now: float,
         *,
-        event: TickEvent | None,
-        finish: Callable[[Any, dict[str, dict[str, Any]], dict[str, Fed]], object],
+        finish: Callable[[Any, dict[str, dict[str, Any]]], object],
     ) -> dict[str, dict[str, Any]]:
         readable = [b for b in bundles if b.state is not None]
         for b in bundles:
@@ -148,38 +143,24 @@ class VectorisedTick:
         txs = [slot_transaction(self.store.client) for _ in bounds]
         background = len(bounds) > 1 and not is_cluster(self.store.client)
         pool = concurrent.futures.ThreadPoolExecutor(1, "riskdesk-tick-write") if background else None
-        early = slot_transaction(self.store.client) if background and event is not None else None
         pending: list[concurrent.futures.Future[Any]] = []
         try:
-            watched = state.watch_keys()  # every writer of a backtest, peaks, marks or tier stamps the peaks
+            watched = state.watch_keys()  # every writer of peaks, marks or tier buckets stamps the peaks
             for tx, (lo, hi) in zip(txs, bounds, strict=True):
                 if hi > lo:
                     tx.watch(*watched[lo:hi])
-            if early is not None and watched:
-                early.watch(*watched)
             stale = state.stale(self.store.client)
             stale |= state.slots_needed(ms)  # a late point: its buckets' slots are read again
             for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
                 valid[p] = False
                 monitor._portfolio_error(cols.pids[p], reason)
             pids = [cols.pids[p] for p in np.flatnonzero(valid).tolist()]
-            fed = self._feed(monitor, event, pids, cols, values, valid)
-            if early is not None and pool is not None and fed:  # the backtests' MULTI runs while the rest is built
-                early.multi()
-                monitor.backtests.write(fed, early)
-                pending.append(pool.submit(early.execute))
-            summaries: dict[str, Any] = {pid: f.summary for pid, f in fed.items()}
-            missing = [pid for pid in pids if pid not in summaries]
-            if missing:
-                summaries.update(monitor.backtests.summaries(missing))
             limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
             day_id, week_id = monitor.calendar.period_ids(now)
             merged = state.merge_books(valid, values.equity, day_id, week_id, values.side, values.pnl, ms)
             figures, chosen, methods = self._figures(monitor, market, cols, values, valid, limits)
-            backtest = [
-                self._section(pid, summaries.get(pid), methods[p]) if figures[p] is not None else None
-                for p, pid in enumerate(cols.pids)
-            ]  # fmt: skip
+            sections = self.sections.read(self.store, cols.pids, methods)
+            backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
             inputs = BookInputs(
                 states, [b.trading_state for b in readable], chosen, methods, figures, backtest,  # type: ignore[arg-type]
                 merged.peaks, merged.mfe, merged.mae,
@@ -191,53 +172,38 @@ class VectorisedTick:
                 merged, valid, builder.points, min_ms=max(0, int((now - retention) * 1000)),
                 max_points=monitor.history.raw_max_points,
             )  # fmt: skip
-            snapshots = self._write(
-                monitor, txs, bounds, builder, prepared, fed, int(header.version), finish, pool, pending,
-                backtests=not pending,
-            )  # fmt: skip
+            snapshots = self._write(txs, bounds, builder, prepared, int(header.version), finish, pool, pending)
             state.commit(merged, valid)
-        except redis.WatchError:
-            monitor.backtests.discard()
-            state.drop()
-            raise
         except BaseException:
             state.drop()  # a failed script may have written part of a tick: load again
             raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)  # every EXEC has returned before the transactions are reset
-            for tx in [*txs, *([early] if early is not None else [])]:
+            for tx in txs:
                 tx.reset()
         return snapshots
 
     def _write(
         self,
-        monitor: Monitor,
         txs: list[Any],
         bounds: list[tuple[int, int]],
         builder: SnapshotBuilder,
         prepared: Prepared,
-        fed: dict[str, Fed],
         version: int,
-        finish: Callable[[Any, dict[str, dict[str, Any]], dict[str, Fed]], object],
+        finish: Callable[[Any, dict[str, dict[str, Any]]], object],
         pool: concurrent.futures.ThreadPoolExecutor | None,
         pending: list[concurrent.futures.Future[Any]],
-        *,
-        backtests: bool,
     ) -> dict[str, dict[str, Any]]:
-        """Build and write the snapshots a range of portfolios at a time (with their backtests unless
-        ``backtests`` is false: written already, ``pending``): each range's MULTI runs on the writer thread
-        (``pool``) while the next range is built; the last one, with the acknowledgement, once every other one
-        committed (module docstring)."""
+        """Build and write the snapshots a range of portfolios at a time: each range's MULTI runs on the writer
+        thread (``pool``) while the next range is built; the last one, with the acknowledgement, once every other
+        one committed (module docstring)."""
         pids = self.cols.pids
-        row_of = {pid: p for p, pid in enumerate(pids)}
         snapshots: dict[str, dict[str, Any]] = {}
         for n, (tx, (lo, hi)) in enumerate(zip(txs, bounds, strict=True)):
             built = builder.build(lo, hi)
             snapshots.update({pids[p]: snap for p, snap in built.items()})
             tx.multi()
-            if backtests:
-                monitor.backtests.write({pid: f for pid, f in fed.items() if lo <= row_of[pid] < hi}, tx)
             self.state.write(tx, self.store, prepared, range(lo, hi), built, version)
             if n < len(bounds) - 1:
                 pending.append(pool.submit(tx.execute) if pool is not None else _done(tx.execute()))
@@ -245,54 +211,8 @@ class VectorisedTick:
         failure = next((e for e in failures if e is not None), None)
         if failure is not None:
             raise failure
-        finish(txs[-1], snapshots, fed)
+        finish(txs[-1], snapshots)
         return snapshots
-
-    def _section(self, pid: str, summary: Mapping[str, Any] | None, method: VarMethod) -> dict[str, Any] | None:
-        """The snapshot's ``backtest`` section, remembered while what it reads of the portfolio's summary is
-        unchanged: its method list, confidence and track summaries (a bar that closes no horizon hands the
-        previous track objects on, logic/backtest_monitor.py ``summary_of``; they are never changed in place)."""
-        if summary is None:
-            return None
-        tracks = tuple((summary.get("tracks") or {}).items())
-        key = (method, summary.get("confidence"), summary.get("methods"))
-        known = self._sections.get(pid)
-        if (
-            known is not None and known[0] == key and len(known[1]) == len(tracks)
-            and all(a == c and b is d for (a, b), (c, d) in zip(known[1], tracks, strict=True))
-        ):  # fmt: skip
-            return known[2]
-        section = snapshot_section(summary, method)
-        self._sections[pid] = (key, tracks, section)
-        return section
-
-    def _feed(
-        self,
-        monitor: Monitor,
-        event: TickEvent | None,
-        pids: list[str],
-        cols: BookColumns,
-        values: Any,
-        valid: np.ndarray,
-    ) -> dict[str, Fed]:
-        if event is None or not pids:
-            return {}
-        n = len(event.tickers)
-        rows = np.flatnonzero(valid)
-        qty = np.zeros((rows.size, n))
-        where = np.full(len(cols.books), -1, dtype=np.intp)
-        where[rows] = np.arange(rows.size)
-        target = where[cols.owner]
-        use = (target >= 0) & (cols.tix >= 0) & (cols.qty != 0)
-        qty[target[use], cols.tix[use]] = cols.qty[use]
-        try:
-            with np.errstate(over="raise"):
-                markers = read_backtest_markers(self.store, pids)
-                return monitor.backtests.feed(event, {pid: qty[i] for i, pid in enumerate(pids)}, None, markers)
-        except (StoreError, ValueError, ArithmeticError) as exc:  # the snapshots go on; the bar is skipped
-            monitor.backtests.discard()
-            monitor._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
-            return {}
 
     def _figures(
         self,

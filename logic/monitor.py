@@ -10,8 +10,9 @@ building) writing the backtests and one script with the snapshots, history point
 acknowledges the tick and writes the heartbeat ``hb:monitor``; then the alerts in one batch
 (:mod:`logic.alert_batch`). ``vectorised=False`` keeps the per-portfolio reference path (one portfolio at a time,
 merges by three Lua scripts each). History: ``history.raw_seconds`` at full resolution and the downsampled tiers
-of ``[history]`` (engine/store/history.py). VaR and CVaR by each portfolio's method; every tick feeds the
-continuous VaR backtest (:mod:`logic.backtest_monitor`) in the same MULTIs.
+of ``[history]`` (engine/store/history.py). VaR and CVaR by each portfolio's method. The continuous VaR backtest
+is fed every bar by its own daemon (logic/backtest_runner.py: a backtest needs every bar, a snapshot only the
+newest); the snapshot's ``backtest`` section is its last stored one.
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream; each
 tick goes to one of them, or (``monitor.shard_portfolios``) each live monitor snapshots its shard of every tick
@@ -78,9 +79,7 @@ from engine.store import (
 )
 from engine.store.portfolio_reader import PortfolioReader
 from engine.store.slots import slot_transaction
-from engine.store.tick_state import stamp_foreign
-from logic.backtest_monitor import BacktestBooks, Fed, snapshot_section
-from logic.batch import PortfolioLookup, live_limits
+from logic.batch import BacktestSections, PortfolioLookup, live_limits
 from logic.batch_tick import VectorisedTick
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.shards import Membership, newest_tick, remove_idle_consumers, shard
@@ -210,7 +209,7 @@ class Monitor:
         self.stats = MonitorStats()
         self.models = market_models or MarketModelCache(store, settings.model.bars_per_day)
         self._stressed_fallback: tuple[ModelKey, Float64Array] | None = None
-        self.backtests = BacktestBooks(store, settings)
+        self.backtest_sections = BacktestSections()
         self._portfolio_ids: list[str] | None = None
         self.membership = (
             Membership(store, self.consumer, claim_idle_seconds, cfg.consumer_idle_limit_seconds)
@@ -390,7 +389,7 @@ class Monitor:
             acks = []
         self._coalescing = len(coalesced)  # counted in the heartbeat written with the snapshots
         try:
-            snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started, event=event)
+            snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started)
         finally:
             self._coalescing = 0
         self.stats.ticks_processed += 1
@@ -486,13 +485,11 @@ class Monitor:
         ack: list[str],
         tick: bool,
         started: float,
-        event: TickEvent | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Value, merge peaks and marks, feed the backtests (a tick), build and write the snapshots of every
-        portfolio (one MULTI, WATCHing the backtests it writes)."""
+        """Value, merge peaks and marks, build and write the snapshots of every portfolio (one MULTI)."""
         if self.fast is not None:
             finish = functools.partial(self._commit_tick, market=market, now=now, ack=ack, tick=tick, started=started)
-            return self.fast.snapshot_all(self, self._read_bundles, market, now, event=event, finish=finish)
+            return self.fast.snapshot_all(self, self._read_bundles, market, now, finish=finish)
         bundles = self._read_bundles()
         day_id, week_id = self.calendar.period_ids(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
@@ -520,10 +517,7 @@ class Monitor:
 
         tx = slot_transaction(self.store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
         try:
-            return self._write_snapshots(tx, market, now, valued, replies, ack, tick, started, event)
-        except redis.WatchError:
-            self.backtests.discard()  # another monitor fed a backtest meanwhile: redo the tick from the store
-            raise
+            return self._write_snapshots(tx, market, now, valued, replies, ack, tick, started)
         finally:
             tx.reset()
 
@@ -550,23 +544,10 @@ class Monitor:
         ack: list[str],
         tick: bool,
         started: float,
-        event: TickEvent | None,
     ) -> dict[str, dict[str, Any]]:
         pids = [bundle.portfolio_id for bundle, _ in valued]
-        fed: dict[str, Fed] = {}
-        if event is not None and pids:
-            tx.watch(*(self.store.backtest_key(pid) for pid in pids))
-            try:
-                with np.errstate(over="raise"):
-                    fed = self.backtests.feed(event, {b.portfolio_id: v.qty for b, v in valued}, tx)
-            except (StoreError, ValueError, ArithmeticError) as exc:  # the snapshots go on; the bar is skipped
-                self.backtests.discard()
-                self._report_once(f"backtest:{type(exc).__name__}", f"backtest not fed: {exc}")
-        summaries: dict[str, dict[str, Any] | None] = {pid: f.summary for pid, f in fed.items()}
-        missing = [pid for pid in pids if pid not in summaries]
-        if missing:
-            summaries.update(self.backtests.summaries(missing))
-
+        methods = [self.lookup.var_method_for(pid) for pid in pids]
+        sections = dict(zip(pids, self.backtest_sections.read(self.store, pids, methods), strict=True))
         limits = live_limits(self.store, pids, self.lookup, self.limits_memo, batched=False)
         snapshots: dict[str, dict[str, Any]] = {}
         for k, (bundle, valuation) in enumerate(valued):
@@ -583,7 +564,7 @@ class Monitor:
                     raise live
                 with np.errstate(over="raise"):  # absurd finite prices overflow: no snapshot
                     snapshots[pid] = build_snapshot(
-                        method=method, backtest=snapshot_section(summaries.get(pid), method), portfolio_id=pid,
+                        method=method, backtest=sections[pid], portfolio_id=pid,
                         state=bundle.state, trading_state=bundle.trading_state, valuation=valuation, market=market,
                         limits=live, model=self.settings.model,
                         peaks=EquityPeaks.from_reply(peaks_raw, self.store.peaks_key(pid)),
@@ -595,27 +576,23 @@ class Monitor:
                 self._portfolio_error(pid, f"risk figures are not finite (an absurd price or variance): {exc}")
 
         tx.multi()
-        self.backtests.write(fed, tx)
-        stamp_foreign(tx, list(fed))  # a vectorised monitor's copy of these portfolios is stale
         for pid, snapshot in snapshots.items():
             self.store.record_snapshot(
                 pid, snapshot, history_point(snapshot), ts=now, retention_seconds=self.retention_seconds,
                 max_points=self.history.raw_max_points, pipe=tx, tiers=self.history.tiers,
             )  # fmt: skip
-        return self._commit_tick(tx, snapshots, fed, market=market, now=now, ack=ack, tick=tick, started=started)
+        return self._commit_tick(tx, snapshots, market=market, now=now, ack=ack, tick=tick, started=started)
 
     def _commit_tick(
-        self, tx: Any, snapshots: dict[str, dict[str, Any]], fed: dict[str, Fed], *, market: MarketView, now: float,
+        self, tx: Any, snapshots: dict[str, dict[str, Any]], *, market: MarketView, now: float,
         ack: list[str], tick: bool, started: float,
     ) -> dict[str, dict[str, Any]]:  # fmt: skip
-        """Acknowledge the tick and write the heartbeat in ``tx`` (the tick's writes queued), EXEC, keep the
-        backtests fed and count."""
+        """Acknowledge the tick and write the heartbeat in ``tx`` (the tick's writes queued), EXEC and count."""
         self.store.ack_ticks(self.group, ack, tx)
         latency_ms = (time.perf_counter() - started) * 1000.0
         heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
         tx.execute()
-        self.backtests.commit(fed)
         self._last_heartbeat = time.monotonic()
         self._last_snapshot_ts = now
         self.stats.snapshots += len(snapshots)

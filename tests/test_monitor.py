@@ -26,6 +26,7 @@ from engine.redis_server import EmbeddedRedis
 from engine.settings import Market, Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Position, Store
 from engine.stream import StreamDaemon
+from logic.backtest_runner import BacktestRunner
 from logic.monitor import Monitor
 from logic.snapshot import HISTORY_FIELDS, period_ids
 
@@ -141,6 +142,7 @@ def test_snapshot_figures_match_closed_forms_computed_here(seeded_store: Store, 
 def test_snapshot_has_exactly_the_contract_keys(seeded_store: Store, settings: Settings) -> None:
     monitor = Monitor(seeded_store, settings)
     _sim_ticks(seeded_store, settings, 1)
+    assert BacktestRunner(seeded_store, settings).process_available() == 1  # the snapshot reads its section
     monitor.process_available()
     snap = _snapshot(seeded_store, "main")
     assert set(snap) == {
@@ -152,8 +154,9 @@ def test_snapshot_has_exactly_the_contract_keys(seeded_store: Store, settings: S
     assert set(snap["component_var"]) == {"AAA", "BBB"}  # the held tickers
     assert set(snap["backtest"]) == {
         "method", "confidence", "exceedances", "zone", "observations", "bar_exceedances", "bar_zone",
-        "bar_observations", "methods",
+        "bar_observations", "methods", "market_version",
     }  # fmt: skip
+    assert snap["backtest"]["market_version"] == snap["version"]  # the runner fed the snapshot's bar
     assert set(snap["pnl"]) == {"unrealized", "realized", "daily", "total"}
     assert set(snap["var"]) == {"var95", "var99", "cvar95", "cvar99", "stressed_var99", "limit", "confidence",
                                 "utilization"}  # fmt: skip

@@ -62,6 +62,7 @@ from engine.store.codec import (
 )
 from engine.store.history import HistoryStore, HistoryWindow
 from engine.store.keys import (
+    BACKTEST_GROUP,
     EPOCH_KEY,
     GLOBAL_AUDIT_KEY,
     MARKET_KEY,
@@ -123,8 +124,8 @@ __all__ = [
     # keys
     "SCHEMA_VERSION", "SCHEMA_KEY", "PORTFOLIOS_KEY", "RULES_KEY", "RULES_VERSION_KEY", "GLOBAL_AUDIT_KEY",
     "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP", "EPOCH_KEY",
-    "STDRET_KEY", "STDRET_META_KEY", "UNIVERSES_KEY", "MarketWrite", "MarketWriteStore", "universe_rev",
-    "BookStore",
+    "BACKTEST_GROUP", "STDRET_KEY", "STDRET_META_KEY", "UNIVERSES_KEY", "MarketWrite", "MarketWriteStore",
+    "universe_rev", "BookStore",
     "LimitsStore", "LimitsChangeError", "StoredLimits",
     "AuditStore", "AuditTrail",
     "PortfolioKeys", "heartbeat_key", "lock_key", "notify_rate_key",

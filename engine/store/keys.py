@@ -19,7 +19,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     mkt:{m}:stressed                hash     version, tickers (JSON), cov (array): the crisis matrix
     mkt:{m}:reference               hash     tickers (JSON), prices (array), ts, rev: session reference prices
     mkt:{m}:ticks                   stream   one event per accepted bar (version, ts), bounded by MAXLEN;
-                                             read by the consumer group MONITOR_GROUP
+                                             read by the consumer groups MONITOR_GROUP (snapshots, latest
+                                             wins) and BACKTEST_GROUP (the backtest runner, every bar)
     mkt:{m}:stdret                  list     standardized one-bar returns, one row per bar (oldest first):
                                              version then r_i / sigma_i per ticker (codec window row),
                                              bounded by LTRIM to model.fhs_window
@@ -50,8 +51,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              buckets is current (engine/store/tick_state.py)
     pf:{<id>}:marks                 hash     ticker -> JSON {side, mfe, mae} excursions of open positions
     pf:{<id>}:backtest              hash     state (JSON of logic.backtest.Backtester without its window), cov
-                                             (codec array), summary (JSON), version (market version of the last
-                                             bar fed), token (new on every write)
+                                             (codec array), summary (JSON), section (JSON: what the snapshot's
+                                             backtest section reads of it, logic/backtest_monitor.py), version
+                                             (market version of the last bar fed), token (new on every write);
+                                             written by the backtest runner only (logic/backtest_runner.py)
     pf:{<id>}:backtest_window       string   the backtest's window of standardized returns: a codec array of a
                                              fixed ring of rows, one row rewritten (SETRANGE) per bar
     pf:{<id>}:backtest_log          stream   every closed horizon of the backtest (JSON observation: track,
@@ -120,6 +123,8 @@ UNIVERSES_KEY = "mkt:{m}:universes"
 
 MONITOR_GROUP = "monitor"
 """Consumer group of the monitors on :data:`TICKS_KEY`: each tick event goes to exactly one monitor."""
+BACKTEST_GROUP = "backtest"
+"""Consumer group of the backtest runner (logic/backtest_runner.py) on :data:`TICKS_KEY`: every bar, in order."""
 
 KEY_PATTERNS = ("rd:*", "hb:*", "mkt:*", "pf:*")
 """SCAN patterns that together match every Riskdesk key (the reset and the tests use them)."""

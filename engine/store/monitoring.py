@@ -265,11 +265,12 @@ return out
         cov: npt.NDArray[np.float64] | None = None,
         ring: npt.NDArray[np.float64] | None = None,
         ring_row: tuple[int, int, npt.NDArray[np.float64]] | None = None,
+        section: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the portfolio's backtest: the backtester's state without its window (JSON, bounded), its
         covariance ``cov`` (a codec array; none: left out, and dropped with a whole ``ring``), the summary the
-        pages and the snapshot read, the market version of the last bar fed and a new ``token``; and its window,
-        a fixed ring of rows in
+        pages read, the monitor's snapshot ``section`` (when given), the market version of the last bar fed and a
+        new ``token``; and its window, a fixed ring of rows in
         ``pf:{id}:backtest_window``: the whole ``ring`` (rows, N) when given, else the one row ``ring_row``
         (its index, the rows of the ring, its N values) rewritten in place (SETRANGE, O(N) bytes), else left as
         it is."""
@@ -277,6 +278,8 @@ return out
         conn = self._conn(pipe)
         fields: dict[str, Any] = {"state": encode_json_fast(state), "summary": encode_json_fast(summary),
                                   "version": int(version), "token": token}  # fmt: skip
+        if section is not None:
+            fields["section"] = encode_json_fast(section)
         if cov is not None:
             fields["cov"] = encode_array(cov)
         conn.hset(keys.backtest, mapping=fields)
@@ -349,3 +352,17 @@ return out
     def acquire_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
         """Take the short lease ``name`` unless someone holds it (SET NX PX); True when taken."""
         return bool(self.client.set(lock_key(name), token, nx=True, px=max(1, int(ttl_seconds * 1000))))
+
+    def hold_lease(self, name: str, token: str, ttl_seconds: float) -> bool:
+        """Take the lease ``name``, or extend it when ``token`` holds it, for ``ttl_seconds``; False when another
+        token holds it (one script: no gap between the check and the extension)."""
+        ttl = max(1, int(ttl_seconds * 1000))
+        return bool(self._eval(None, _HOLD_LEASE_LUA, [lock_key(name)], [token, ttl]))
+
+
+_HOLD_LEASE_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""

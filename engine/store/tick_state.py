@@ -8,8 +8,8 @@ structure: about 100 µs of Redis time each, 0.3 s a tick for a thousand portfol
 arithmetic on arrays (one row per portfolio, one element per position) and Redis only stores the results:
 
 - **Ownership.** The state of a portfolio is kept while this writer owns it: every write stamps the peaks hash
-  with this writer's ``owner`` token; the per-portfolio path's scripts and backtest writes replace it with a
-  fresh foreign stamp (:func:`stamp_foreign`), a restart of the drawdowns deletes the hash. Before merging, the
+  with this writer's ``owner`` token; the per-portfolio path's scripts replace it with a fresh foreign stamp
+  (engine/store/history.py ``foreign_stamp``), a restart of the drawdowns deletes the hash. Before merging, the
   monitor WATCHes the peaks keys and reads the stamps
   (:meth:`TickState.stale`); a portfolio stamped by anyone else is loaded from the store again
   (:meth:`TickState.load`), so another monitor's or the reference path's merges are never lost, and a write by
@@ -47,7 +47,6 @@ from engine.store.history import (
     HISTORY_COLUMNS,
     OWNER_FIELD,
     TIER_LAYOUT,
-    foreign_stamp,
     tier_bytes,
     tier_resolution_ms,
     tier_slots,
@@ -575,10 +574,3 @@ def _float32(values: Float64Array) -> Float64Array:
     """``values`` rounded to float32 as ``struct.pack('f')`` rounds them (beyond its range: +-inf)."""
     with np.errstate(over="ignore"):
         return values.astype(np.float32).astype(np.float64)
-
-
-def stamp_foreign(pipe: Conn, portfolio_ids: Sequence[str]) -> None:
-    """Queue a fresh foreign ``owner`` stamp on each portfolio's peaks (a backtest written by the per-portfolio
-    path): a vectorised monitor WATCHing them aborts, and loads them again."""
-    for pid in portfolio_ids:
-        pipe.hset(PortfolioKeys(pid).peaks, OWNER_FIELD, foreign_stamp())

@@ -37,6 +37,7 @@ from engine.store import Store, encode_json
 DAEMONS: tuple[tuple[str, str], ...] = (
     ("stream", "python -m engine.stream"),
     ("monitor", "python -m logic.monitor"),
+    ("backtest", "python -m logic.backtest_runner"),
 )
 """The daemons whose heartbeats the dashboard watches, with the command that starts each."""
 
