@@ -1,8 +1,10 @@
-"""The monitor's continuous VaR backtest in steady state: 1,000 portfolios of 20 positions (N = 500), every
-backtester past its burn-in with a full 500-row window, every method (normal, student_t, fhs) forecast each bar.
+"""The backtest runner's bar in steady state (logic/backtest_runner.py): 1,000 portfolios of 20 positions
+(N = 500), every backtester past its burn-in with a full 500-row window, every method (normal, student_t, fhs)
+forecast each bar.
 
-- Per tick: the markers' read, :meth:`BacktestBooks.feed` (:func:`logic.backtest.step_many`) and
-  :meth:`BacktestBooks.write` plus the MULTI's execution, beside the previous layout measured in the same run:
+- Per bar: :meth:`BacktestRunner.process_bar`: the books' read, the markers' read, :meth:`BacktestBooks.feed`
+  (:func:`logic.backtest.step_many`) and :meth:`BacktestBooks.write` plus the MULTI's execution with the
+  acknowledgement, beside the previous layout measured in the same run:
   each backtester stepped alone and its whole state (window included, ~200 KB of JSON) rewritten every tick.
 - The bytes the tick sends to Redis (``total_net_input_bytes``), beside the previous layout's.
 
@@ -26,7 +28,7 @@ from engine.store import PortfolioKeys, Store, TickEvent
 from engine.store.codec import encode_json_fast
 from logic.backtest import Backtester
 from logic.backtest_monitor import BacktestBooks, Fed, backtest_config, summary_of
-from logic.batch import read_backtest_markers
+from logic.backtest_runner import BacktestRunner
 
 PORTFOLIOS = 1000
 TICKS = 8
@@ -85,14 +87,8 @@ def _bytes_in(store: Store) -> int:
     return int(store.client.info("stats")["total_net_input_bytes"])
 
 
-def _tick(store: Store, monitor: BacktestBooks, pids: list[str], books: dict[str, np.ndarray], event: TickEvent) -> int:
-    markers = read_backtest_markers(store, pids)
-    fed = monitor.feed(event, books, None, markers)
-    pipe = store.client.pipeline(transaction=True)
-    monitor.write(fed, pipe)
-    pipe.execute()
-    monitor.commit(fed)
-    return len(fed)
+def _tick(runner: BacktestRunner, event: TickEvent) -> int:
+    return len(runner.process_bar(None, event))
 
 
 def _baseline_tick(store: Store, bts: dict[str, Backtester], books: dict[str, np.ndarray], event: TickEvent) -> None:
@@ -114,13 +110,14 @@ def run(ctx: Context) -> list[Row]:
     store = seeded_store(ctx, settings)
     monitor, event = _prefill(store, settings, seed=1)
     _, _, books = _books(settings)
-    pids = list(books)
+    runner = BacktestRunner(store, settings)
+    runner.books = monitor  # the prefilled backtesters
 
     samples, sent = [], []
     for version in range(2, 2 + TICKS):
         ev = event(version)
         before, t0 = _bytes_in(store), time.perf_counter()
-        assert _tick(store, monitor, pids, books, ev) == PORTFOLIOS
+        assert _tick(runner, ev) == PORTFOLIOS
         samples.append(time.perf_counter() - t0)
         sent.append(_bytes_in(store) - before)
 
@@ -134,10 +131,11 @@ def run(ctx: Context) -> list[Row]:
         baseline_sent.append(_bytes_in(store) - before)
 
     figure = median_us(np.array(samples[1:]))
-    what = f"backtest feed + write per tick, {PORTFOLIOS} portfolios x 20, window 500, steady state p50"
+    what = f"backtest runner per bar, {PORTFOLIOS} portfolios x 20, window 500, steady state p50"
     return [
         Row(what, figure, "us", "each stepped alone + whole state as JSON (previous layout)",
             median_us(np.array(baseline))),
-        Row(f"backtest bytes sent to Redis per tick, {PORTFOLIOS} portfolios", float(np.median(sent[1:])) / 1e6, "MB",
+        Row(f"backtest runner bytes sent to Redis per bar, {PORTFOLIOS} portfolios",
+            float(np.median(sent[1:])) / 1e6, "MB",
             "whole state as JSON (previous layout)", float(np.median(baseline_sent)) / 1e6),
     ]  # fmt: skip

@@ -1,10 +1,11 @@
 """Risk monitor: one tick for 50, 200 and 1,000 portfolios of 20 positions each in a universe of N = 500, through a
 real Redis: reading the tick and every portfolio, valuation, VaR / CVaR 95 and 99, stressed VaR, component VaR,
-peaks and MFE/MAE merges, the continuous backtest, snapshots, history points (stream and tiers), acknowledgement
-and heartbeat written. Each timed tick follows a fresh bar of the stream daemon (a new market version, so the
-monitor reads the new matrix in the tick, as in production; the bar itself is not timed). Alerts are not in these
-rows (bench_alerts.py). Redis runs with AOF as in production. At 1,000 portfolios each tick appends about 13 MB
-to it, so Redis rewrites it in the background every few dozen ticks (a forked child writing the whole dataset,
+peaks and MFE/MAE merges, the backtest runner's stored sections, snapshots, history points (stream and tiers),
+acknowledgement and heartbeat written. Each timed tick follows a fresh bar of the stream daemon (a new market
+version, so the monitor reads the new matrix in the tick, as in production; the bar itself is not timed). Alerts
+are not in these rows (bench_alerts.py), nor is feeding the backtests: the backtest runner does that in its own
+process (logic/backtest_runner.py; bench_backtest.py times its bar). Redis runs with AOF as in production. At
+1,000 portfolios each tick appends about 9 MB to it, so Redis rewrites it in the background every few dozen ticks (a forked child writing the whole dataset,
 about 4 GB of history rings in memory, competing for this machine's two cores): every timed tick, of either
 monitor, starts with no rewrite running (the bench waits for one to end), and a diagnostic row times ticks of
 the vectorised monitor while one runs.

@@ -103,12 +103,14 @@ def test_stream_monitor_alerts_and_the_gate_run_as_daemons_on_the_cluster(
     settings = settings_from_dict(CONFIG)
     warmup.seed(store, settings)
     store.ensure_tick_group("monitor")
+    store.ensure_tick_group("backtest")
     config = tmp_path / "riskdesk.toml"
     config.write_text(to_toml(CONFIG))
     env = daemon_env(redis_cluster.url, config)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(spawn("logic.monitor", ["--idle-refresh", "1"], env, tmp_path / "monitor.log"))
+        procs.append(spawn("logic.backtest_runner", [], env, tmp_path / "backtest.log"))
         procs.append(spawn("notifications", [], env, tmp_path / "notifications.log"))
         # every price -10% at bar 20: the EWMA matrix takes in a 10% one-minute move and VaR explodes
         stream_args = "--feed sim --interval 0.05 --ticks 60 --seed 3 --shock *:-0.10@20".split()
@@ -119,6 +121,8 @@ def test_stream_monitor_alerts_and_the_gate_run_as_daemons_on_the_cluster(
         wait_for(lambda: store.read_trading_state("main").state == "HALTED", 30, "the circuit breaker")
         wait_for(lambda: len(store.read_stream_json(PortfolioKeys("main").deliveries)) > 0, 30, "a delivery")
         wait_for(lambda: store.read_snapshot("hedge") is not None, 30, "the other portfolio's snapshot")
+        # the backtest runner fed every bar to both backtests (its MULTI spans their slots and the stream's)
+        wait_for(lambda: int((store.read_heartbeat("backtest") or {}).get("bars_fed", 0)) == 60, 60, "60 bars fed")
     except AssertionError:
         logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("*.log"))
         raise AssertionError(logs) from None
@@ -130,6 +134,10 @@ def test_stream_monitor_alerts_and_the_gate_run_as_daemons_on_the_cluster(
     state = store.read_trading_state("main")
     assert state.actor == "auto:var_breach" and "VaR above its limit" in state.reason
     assert store.read_heartbeat("monitor")  # the monitor's heartbeat (a global key) on the cluster
+    last = store.read_market_header().version
+    assert {pid: (store.read_backtest_marker(pid) or (0,))[0] for pid in ("main", "hedge")} == {"main": last,
+                                                                                                "hedge": last}
+    assert store.tick_group_pending("backtest") == 0
     decision = RiskManager(store.client, "main", settings).execute_trade("AAA", 10, "BUY", actor="trader")
     assert decision["status"] == "REJECTED"
     assert "TRADING_HALTED" in [r["code"] for r in decision["reasons"]]

@@ -112,7 +112,8 @@ def empty_env(
 
 
 def beat(store: Store, age: float = 0.0) -> None:
-    """Heartbeats of both daemons, ``age`` seconds old (what the stream and monitor write each tick)."""
+    """Heartbeats of the daemons, ``age`` seconds old (what the stream, the monitor and the backtest runner write
+    each tick)."""
     now = time.time() - age
     store.write_heartbeat(
         "stream",
@@ -136,6 +137,10 @@ def beat(store: Store, age: float = 0.0) -> None:
             "version": 17,
         },
     )
+    store.write_heartbeat(
+        "backtest",
+        {"ts": now, "pid": 4444, "bars_fed": 15, "bars_lost": 1, "last_latency_ms": 2.25, "version": 17},
+    )
 
 
 # -- System --------------------------------------------------------------------------------------------------
@@ -148,7 +153,10 @@ def test_system_page_shows_heartbeats_redis_health_and_versions(app_env: Store) 
     assert texts(at.title) == ["System"]
     assert metric(at, "stream daemon") == "RUNNING"
     assert metric(at, "monitor daemon") == "RUNNING"
+    assert metric(at, "backtest daemon") == "RUNNING"
     heartbeats = frame_with(at, "daemon").set_index("daemon")
+    assert heartbeats.loc["backtest", "bars fed"] == 15
+    assert heartbeats.loc["backtest", "bars lost"] == 1
     assert heartbeats.loc["stream", "bars processed"] == 17
     assert heartbeats.loc["stream", "bars rejected"] == 2
     assert heartbeats.loc["monitor", "last latency (ms)"] == pytest.approx(3.5)
@@ -296,15 +304,20 @@ def monitor_snapshots(store: Store, settings: Settings, engine: Any = None, refr
 
 
 def run_bars(store: Store, settings: Settings, bars: int, shocks: tuple[str, ...] = ()) -> Any:
-    """``bars`` bars of the simulated feed through the real stream daemon, each snapshotted by the monitor."""
+    """``bars`` bars of the simulated feed through the real stream daemon, each fed to the backtests by the backtest
+    runner, then snapshotted by the monitor."""
     from engine.feeds import SimulatedFeed, parse_shock
     from engine.stream import StreamDaemon
+    from logic.backtest_runner import BacktestRunner
     from logic.monitor import Monitor
 
     monitor = Monitor(store, settings)
     monitor.process_available()  # joins the tick consumer group before the first tick
+    runner = BacktestRunner(store, settings)
+    runner.process_available()  # its consumer group too
     feed = SimulatedFeed.from_settings(settings, seed=11, bars=bars, shocks=[parse_shock(x) for x in shocks])
     StreamDaemon(store, settings, feed, interval=0).run()
+    runner.process_available()
     monitor.process_available()
     return monitor
 

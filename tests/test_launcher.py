@@ -121,7 +121,7 @@ def test_demo_replays_the_bundled_weekly_closes_and_stop_stops_it_by_pid(tmp_pat
         assert (data_dir / "demo-data" / "replay.csv").exists()
         stream_argv = Path(f"/proc/{int((data_dir / 'run' / 'stream.pid').read_text())}/cmdline").read_bytes()
         assert b"--feed\0replay\0--file\0" in stream_argv
-        assert len(pids) == 4
+        assert len(pids) == 5  # stream, monitor, backtest runner, notifier, dashboard
     finally:
         stopped = launcher("stop")
     assert stopped.returncode == 0, stopped.stderr

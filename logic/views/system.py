@@ -34,6 +34,8 @@ HEARTBEAT_COLUMNS = (
     ("ticks_coalesced", "ticks coalesced"),
     ("bars_processed", "bars processed"),
     ("bars_rejected", "bars rejected"),
+    ("bars_fed", "bars fed"),
+    ("bars_lost", "bars lost"),
     ("snapshots", "snapshots"),
     ("last_latency_ms", "last latency (ms)"),
     ("version", "market version"),
