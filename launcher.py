@@ -88,7 +88,10 @@ def metrics_lines(settings: Settings) -> list[str]:
     """Where each daemon serves Prometheus ``/metrics`` (``[metrics]``; a port of 0 serves none)."""
     cfg = settings.metrics
     host = f"[{cfg.address}]" if ":" in cfg.address else cfg.address
-    ports = (("stream", cfg.stream_port), ("monitor", cfg.monitor_port), ("notify", cfg.notifications_port))
+    ports = (
+        ("stream", cfg.stream_port), ("monitor", cfg.monitor_port), ("backtest", cfg.backtest_port),
+        ("notify", cfg.notifications_port),
+    )  # fmt: skip
     return [f"Metrics ({name}): http://{host}:{port}/metrics" for name, port in ports if port]
 
 

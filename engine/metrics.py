@@ -14,6 +14,8 @@ the tests read with :meth:`CollectorRegistry.get_sample_value`)::
                                          errors; GateMetrics of the automated actions' risk managers
     python -m notifications              NotificationMetrics: notifications by channel and status
       (metrics.notifications_port)
+    python -m logic.backtest_runner      BacktestMetrics: bars fed / lost / refused, conflicts, bar duration,
+      (metrics.backtest_port)            market version of the last bar fed, Redis errors
     the dashboard (Streamlit)            GateMetrics can be given to its RiskManagers, but the dashboard
                                          serves no /metrics (no port of its own): its executions are in the
                                          trade log instead
@@ -158,6 +160,34 @@ class NotificationMetrics:
 
     def sent(self, channel: str, status: str) -> None:
         self.notifications.labels(str(channel), str(status)).inc()
+
+
+class BacktestMetrics:
+    """What the backtest runner counts (logic/backtest_runner.py)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.bars_fed = Counter("riskdesk_backtest_bars_fed", "Bars fed to the backtests and acknowledged", registry=r)
+        self.bars_lost = Counter(
+            "riskdesk_backtest_bars_lost", "Bars gone from the stream (trimmed) or unreadable before fed", registry=r
+        )
+        self.bar_errors = Counter(
+            "riskdesk_backtest_bar_errors", "Bars no backtest could take (acknowledged, reported)", registry=r
+        )
+        self.conflicts = Counter(
+            "riskdesk_backtest_conflicts", "Bars redone after another writer changed a backtest", registry=r
+        )
+        self.bar_duration = Histogram(
+            "riskdesk_backtest_bar_duration_seconds",
+            "One bar fed to every portfolio's backtest (read + feed + write)",
+            buckets=SNAPSHOT_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.market_version = Gauge("riskdesk_backtest_market_version", "Market version of the last bar fed",
+                                    registry=r)  # fmt: skip
+        self.redis_errors = Counter("riskdesk_redis_errors", "Failed Redis operations", ["component"], registry=r)
+        self.redis_errors.labels("backtest")
 
 
 class MonitorMetrics:

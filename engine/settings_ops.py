@@ -138,5 +138,6 @@ class MetricsConfig:
     stream_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
     monitor_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
     notifications_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
+    backtest_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
     max_portfolios: Annotated[Integer, Field(gt=0)] = 50
     """Per-portfolio gauges for at most this many portfolios (label cardinality; the rest are counted)."""

@@ -197,6 +197,8 @@ class BacktestBooks:
         self._configs: dict[str, BacktestConfig] = {}
         self._universe: tuple[str, ...] = ()
         self._columns: dict[str, tuple[Backtester, np.ndarray | None]] = {}
+        self.unreadable: dict[str, CorruptDataError] = {}
+        """Portfolios the last :meth:`feed` left out because their stored backtest does not decode (left as stored)."""
 
     def _config(self, pid: str) -> BacktestConfig:
         config = self._configs.get(pid)
@@ -233,6 +235,7 @@ class BacktestBooks:
         if event.tickers != self._universe:  # the modelled tickers' columns, kept while the market lists the same
             self._universe, self._columns = tuple(event.tickers), {}
         index = {t: i for i, t in enumerate(event.tickers)}
+        self.unreadable = {}
         items: list[tuple[Backtester, np.ndarray, np.ndarray, str]] = []
         fed: list[tuple[str, Backtester, dict[str, Any] | None, bool, tuple[int, int]]] = []
         for pid in pids:
@@ -240,7 +243,11 @@ class BacktestBooks:
             if marker is not None and event.version <= marker[0]:
                 continue  # fed already (a second runner, or a bar redelivered)
             qty = np.asarray(portfolios[pid], dtype=np.float64)
-            book = self._book(pid, marker)
+            try:
+                book = self._book(pid, marker)
+            except CorruptDataError as exc:  # this portfolio's backtest waits for a repair; the others go on
+                self.unreadable[pid] = exc
+                continue
             config = self._config(pid)
             cols = None if book is None or book.bt.config != config else self._modelled(pid, book.bt, index)
             if book is not None and cols is not None and np.count_nonzero(qty) == np.count_nonzero(qty[cols]):

@@ -41,6 +41,7 @@ import redis
 from engine.clocks import MarketClock, tick_time
 from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
 from engine.errors import RiskdeskError, StoreError
+from engine.metrics import BacktestMetrics, serve
 from engine.records import Clock
 from engine.settings import Settings, load_settings
 from engine.store import BACKTEST_GROUP, PortfolioBundle, Store, TickEvent
@@ -89,6 +90,7 @@ class BacktestRunner:
         claim_idle_seconds: float = 5.0,
         clock: Clock = time.time,
         stop_event: threading.Event | None = None,
+        metrics: BacktestMetrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -99,6 +101,7 @@ class BacktestRunner:
         self.clock = clock
         self.books = BacktestBooks(store, settings)
         self.stats = RunnerStats()
+        self.metrics = metrics or BacktestMetrics()
         self._stop = stop_event or threading.Event()
         self._reader = PortfolioReader()
         self._columns = BookColumns()
@@ -106,6 +109,7 @@ class BacktestRunner:
         self._group_ready = False
         self._check_pending = True
         self._last_heartbeat = 0.0
+        self._reported: set[str] = set()
 
     # -- control ---------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -144,6 +148,7 @@ class BacktestRunner:
                 backoff = BACKOFF_INITIAL_SECONDS
             except (redis.RedisError, StoreError) as exc:
                 self.stats.store_errors += 1
+                self.metrics.redis_errors.labels("backtest").inc()
                 self._check_pending, self._group_ready = True, False
                 self.books.discard()
                 level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
@@ -192,11 +197,14 @@ class BacktestRunner:
 
     def _process_entries(self, entries: Sequence[tuple[str, TickEvent | None]]) -> int:
         done = 0
-        for entry_id, event in entries:
+        for n, (entry_id, event) in enumerate(entries):
             if self.stopping and done:
+                break
+            if n and not self._hold_lease():  # renewed before every bar: it never lapses in a long batch
                 break
             if event is None:
                 self.stats.bars_lost += 1
+                self.metrics.bars_lost.inc()
                 log.warning("tick entry %s is gone or unreadable: no backtest bar", entry_id)
                 self.store.ack_ticks(self.group, [entry_id])
                 continue
@@ -204,6 +212,7 @@ class BacktestRunner:
                 self.process_bar(entry_id, event)
             except redis.WatchError:
                 self.stats.conflicts += 1
+                self.metrics.conflicts.inc()
                 self._check_pending = True  # redone from the store: the bar is still pending
                 break
             done += 1
@@ -227,10 +236,15 @@ class BacktestRunner:
                 with np.errstate(over="raise"):
                     markers = read_backtest_markers(self.store, list(books))
                     fed = self.books.feed(event, books, None, markers)
-            except (ValueError, ArithmeticError, RiskdeskError) as exc:  # no backtest takes this bar
+            except (ValueError, ArithmeticError, StoreError) as exc:  # no backtest takes this bar
                 self.books.discard()
                 self.stats.bar_errors += 1
+                self.metrics.bar_errors.inc()
                 log.warning("bar %s not fed to the backtests: %s", event.version, exc)
+            for pid, error in self.books.unreadable.items():
+                if pid not in self._reported:  # its stored state is left as it is; the others go on
+                    self._reported.add(pid)
+                    log.warning("portfolio %s: no backtest bar: %s", pid, error)
             tx.multi()
             self.books.write(fed, tx)
             if entry_id is not None:
@@ -248,6 +262,9 @@ class BacktestRunner:
         self.stats.bars_fed += 1
         self.stats.last_version = int(event.version)
         self.stats.last_latency_ms = latency_ms
+        self.metrics.bars_fed.inc()
+        self.metrics.market_version.set(int(event.version))
+        self.metrics.bar_duration.observe(latency_ms / 1000.0)
         return fed
 
     def _books(self, bundles: Mapping[str, PortfolioBundle], event: TickEvent) -> dict[str, np.ndarray]:
@@ -304,10 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         store = Store(connect_for_daemon(settings))
+        metrics = BacktestMetrics()
         runner = BacktestRunner(
             store, settings, consumer=args.consumer, batch_size=max(1, args.batch),
-            claim_idle_seconds=args.claim_idle, clock=MarketClock(store), stop_event=stop,
+            claim_idle_seconds=args.claim_idle, clock=MarketClock(store), stop_event=stop, metrics=metrics,
         )  # fmt: skip
+        serve(metrics.registry, settings.metrics.address, settings.metrics.backtest_port, "backtest runner")
     except RiskdeskError as exc:
         print(f"backtest runner: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2

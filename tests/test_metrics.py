@@ -19,6 +19,7 @@ from engine.errors import ConfigError
 from engine.feeds import Bar, IterableFeed, SimulatedFeed
 from engine.metrics import (
     PRICE_REJECT_REASONS,
+    BacktestMetrics,
     GateMetrics,
     MonitorMetrics,
     NotificationMetrics,
@@ -29,7 +30,7 @@ from engine.metrics import (
 )
 from engine.records import TradingState
 from engine.settings import Settings, load_settings
-from engine.store import Store
+from engine.store import BACKTEST_GROUP, TICKS_KEY, Store
 from engine.stream import StreamDaemon
 from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
@@ -74,7 +75,8 @@ def test_every_daemon_has_its_own_registry() -> None:
 
 
 def test_metric_names_follow_the_prometheus_conventions() -> None:
-    registries = [StreamMetrics().registry, MonitorMetrics().registry, NotificationMetrics().registry]
+    registries = [StreamMetrics().registry, MonitorMetrics().registry, NotificationMetrics().registry,
+                  BacktestMetrics().registry]  # fmt: skip
     for registry in registries:
         for family in registry.collect():
             assert family.name.startswith("riskdesk_"), family.name
@@ -112,6 +114,28 @@ def test_the_stream_daemon_counts_bars_rejected_prices_by_reason_and_the_market_
     }  # fmt: skip
     assert sum(by_reason.values()) == stats.prices_rejected
     assert sample(r, "riskdesk_stream_bar_duration_seconds_count") == 3
+
+
+# -- the backtest runner -------------------------------------------------------------------------------------
+
+
+def test_the_backtest_runner_counts_bars_fed_and_lost_and_the_last_version(
+    seeded_store: Store, settings: Settings
+) -> None:
+    from logic.backtest_runner import BacktestRunner
+
+    StreamDaemon(seeded_store, settings, SimulatedFeed.from_settings(settings, seed=3), interval=0).run(ticks=4)
+    metrics = BacktestMetrics()
+    runner = BacktestRunner(seeded_store, settings, consumer="bt", metrics=metrics)
+    (gone, _), *_ = seeded_store.read_tick_group(BACKTEST_GROUP, "bt", count=1)  # delivered to it, then trimmed
+    seeded_store.client.xdel(TICKS_KEY, gone)
+    assert runner.process_available() == 3
+    r = metrics.registry
+    assert sample(r, "riskdesk_backtest_bars_fed_total") == runner.stats.bars_fed == 3
+    assert sample(r, "riskdesk_backtest_bars_lost_total") == runner.stats.bars_lost == 1
+    assert sample(r, "riskdesk_backtest_market_version") == seeded_store.read_market().version
+    assert sample(r, "riskdesk_backtest_bar_duration_seconds_count") == 3
+    assert sample(r, "riskdesk_backtest_conflicts_total") == 0
 
 
 # -- the monitor ---------------------------------------------------------------------------------------------
@@ -280,6 +304,7 @@ def test_metrics_settings_are_validated_and_documented(make_settings: Callable[.
         make_settings({"metrics": {"max_portfolios": 0}})
     shipped = load_settings(ROOT / "riskdesk.toml", env={}).metrics
     assert (shipped.address, shipped.stream_port, shipped.monitor_port) == ("127.0.0.1", 9464, 9465)
+    assert shipped.backtest_port == 9467
 
 
 # -- the Grafana dashboard -----------------------------------------------------------------------------------
@@ -291,7 +316,8 @@ def defined_metric_names() -> set[str]:
     metrics.watch_alerts(lambda: [])
     metrics.snapshots({"p": snapshot("p")})
     names: set[str] = set()
-    for registry in (StreamMetrics().registry, metrics.registry, NotificationMetrics().registry):
+    for registry in (StreamMetrics().registry, metrics.registry, NotificationMetrics().registry,
+                     BacktestMetrics().registry):  # fmt: skip
         for family in registry.collect():
             names.add(family.name)
             names.update(s.name for s in family.samples)
@@ -333,9 +359,12 @@ def test_a_metrics_endpoint_body_parses_as_prometheus_text() -> None:
 def test_the_launcher_prints_each_served_metrics_url_and_skips_port_0(make_settings: Callable[..., Settings]) -> None:
     import launcher
 
-    settings = make_settings({"metrics": {"stream_port": 9464, "monitor_port": 0, "notifications_port": 9466}})
+    settings = make_settings(
+        {"metrics": {"stream_port": 9464, "monitor_port": 0, "notifications_port": 9466, "backtest_port": 9467}}
+    )
     assert launcher.metrics_lines(settings) == [
         "Metrics (stream): http://127.0.0.1:9464/metrics",
+        "Metrics (backtest): http://127.0.0.1:9467/metrics",
         "Metrics (notify): http://127.0.0.1:9466/metrics",
     ]
     assert launcher.metrics_lines(make_settings()) == []
