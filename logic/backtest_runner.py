@@ -14,8 +14,9 @@ heartbeat ``hb:backtest``, so a bar is counted exactly once. A conflict (another
 meanwhile) leaves the bar pending; it is redone from the store, and a backtest already fed with it is not fed
 again (its version marker). The runners are consumers of one consumer group (:data:`BACKTEST_GROUP`); only the
 holder of a short lease works, so bars are fed in order; a runner that stops leaves its bar pending, and the
-next holder claims it after ``--claim-idle`` seconds. A bar trimmed from the stream before it was fed is counted
-(``bars_lost``) and the next one spans the gap.
+next holder claims it once the lease (``--claim-idle`` seconds) has expired, before any newer bar, however long it
+has been pending (the lease, not the bar's idle time, says that its runner stopped). A bar trimmed from the
+stream before it was fed is counted (``bars_lost``) and the next one spans the gap.
 
 Usage::
 
@@ -175,10 +176,11 @@ class BacktestRunner:
                 if entries:
                     return entries
                 self._check_pending = False
-                # bars another runner received and did not feed come before any new one
-                claimed = self.store.claim_stale_ticks(
-                    self.group, self.consumer, int(self.claim_idle_seconds * 1000), count
-                )
+                # bars another runner received and did not feed come before any new one. Only the lease holder
+                # gets here, so whoever received them has lost the lease: they are claimed however briefly they
+                # have been pending (with a minimum idle time, bars received shortly before the lease expired
+                # would still be waiting while newer ones were fed, and then be skipped as older than the marker)
+                claimed = self.store.claim_stale_ticks(self.group, self.consumer, 0, count)
                 if claimed:
                     log.info("claimed %d bar(s) left pending by another runner", len(claimed))
                     self._check_pending = True
@@ -295,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--consumer", default=None, help="consumer name (default host-pid)")
     parser.add_argument("--bars", type=int, default=None, help="stop after feeding N bars")
     parser.add_argument("--claim-idle", type=float, default=5.0,
-                        help="seconds: the lease, and how long a bar waits pending before it is claimed")  # fmt: skip
+                        help="seconds: the lease (its holder's pending bars are claimed once it expires)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=100, help="stream entries read per call")
     add_daemon_arguments(parser)
     args = parser.parse_args(argv)

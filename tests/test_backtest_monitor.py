@@ -180,7 +180,7 @@ def test_the_monitors_stored_backtest_after_a_replay_equals_the_command_line_bac
         assert summary is not None
         for track in tracks:
             for m, s in summary["tracks"][str(track)].items():
-                assert s == bt.summary(track)[m].to_dict()  # type: ignore[index]
+                assert s == bt.summary(track)[m].to_dict()
                 # the CLI prints the same counts: "method obs exceed rate ..."
                 line = next(
                     ln

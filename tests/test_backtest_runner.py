@@ -247,6 +247,28 @@ def test_a_standby_runner_feeds_nothing_under_the_lease_then_takes_over_the_bars
     assert a.process_available() == 0  # B holds the lease now
 
 
+def test_a_runner_taking_over_an_expired_lease_feeds_the_last_holders_bars_first_however_briefly_they_waited(
+    store: Store, small: Settings
+) -> None:
+    # the lease lasts the claim time (1 s); A received its bars half a second after it last extended the lease,
+    # so when the lease expires they have been pending for only half a second
+    publisher = _seeded(store, small)
+    publisher.publish(70)
+    a = BacktestRunner(store, small, consumer="a", claim_idle_seconds=1.0)
+    b = BacktestRunner(store, small, consumer="b", claim_idle_seconds=1.0)
+    assert a.process_available(max_bars=30) == 30
+    time.sleep(0.5)
+    delivered = store.read_tick_group(BACKTEST_GROUP, "a", count=3)
+    assert [e.version for _, e in delivered] == [31, 32, 33]  # type: ignore[union-attr]
+
+    time.sleep(0.7)  # past A's lease
+    fed = b.process_available()
+
+    # B fed A's three bars before any newer one: every bar once, in order
+    assert fed == 40 and _pending(store) == 0
+    _assert_stored_equals_direct(store, small, store.read_ticks())
+
+
 # -- 4. a conflict ----------------------------------------------------------------------------------------------
 
 
