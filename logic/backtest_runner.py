@@ -70,7 +70,8 @@ class RunnerStats:
     """Entries gone from the stream (trimmed) or unreadable before they were fed."""
     conflicts: int = 0
     bar_errors: int = 0
-    """Bars no backtest could take (bad input): acknowledged, reported."""
+    """Bars a backtest refused (bad input, a stored backtest that does not decode; the others took them):
+    acknowledged, reported."""
     store_errors: int = 0
     last_version: int = 0
     last_latency_ms: float = 0.0
@@ -107,6 +108,8 @@ class BacktestRunner:
         self._group_ready = False
         self._check_pending = True
         self._last_heartbeat = 0.0
+        self._refused: set[str] = set()
+        """Portfolios whose backtest refused a bar (reported once)."""
 
     # -- control ---------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -229,10 +232,9 @@ class BacktestRunner:
                 with np.errstate(over="raise"):
                     markers = read_backtest_markers(self.store, list(books))
                     fed = self.books.feed(event, books, None, markers)
-            except (ValueError, ArithmeticError, RiskdeskError) as exc:  # no backtest takes this bar
-                self.books.discard()
+            except (ValueError, ArithmeticError, RiskdeskError):  # a backtest refuses the bar: the others take it
                 self.stats.bar_errors += 1
-                log.warning("bar %s not fed to the backtests: %s", event.version, exc)
+                fed = self._feed_each(event, books)
             tx.multi()
             self.books.write(fed, tx)
             if entry_id is not None:
@@ -250,6 +252,24 @@ class BacktestRunner:
         self.stats.bars_fed += 1
         self.stats.last_version = int(event.version)
         self.stats.last_latency_ms = latency_ms
+        return fed
+
+    def _feed_each(self, event: TickEvent, books: Mapping[str, np.ndarray]) -> dict[str, Fed]:
+        """The bar fed to each backtest alone (reloaded from the store), leaving out those that refuse it (a stored
+        backtest that does not decode, a bar it cannot take): one portfolio's bad state stops only its own
+        backtest, stored as it is."""
+        self.books.discard()  # what the failed feed changed in memory
+        fed: dict[str, Fed] = {}
+        for pid, qty in books.items():
+            try:
+                with np.errstate(over="raise"):
+                    marker = self.store.read_backtest_marker(pid)
+                    fed.update(self.books.feed(event, {pid: qty}, None, {pid: marker}))
+            except (ValueError, ArithmeticError, RiskdeskError) as exc:
+                self.books.discard()  # the ones fed so far are kept by ``fed`` (and :meth:`BacktestBooks.commit`)
+                level = logging.DEBUG if pid in self._refused else logging.WARNING
+                self._refused.add(pid)
+                log.log(level, "portfolio %s: bar %s not fed to its backtest: %s", pid, event.version, exc)
         return fed
 
     def _books(self, bundles: Mapping[str, PortfolioBundle], event: TickEvent) -> dict[str, np.ndarray]:

@@ -338,6 +338,37 @@ def test_a_trimmed_or_unreadable_entry_is_counted_lost_and_acknowledged(store: S
     _assert_stored_equals_direct(store, small, events)
 
 
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda c, keys: c.setrange(keys.backtest_window, c.strlen(keys.backtest_window) - 8, b"\xff" * 8),  # NaN
+        lambda c, keys: c.hset(keys.backtest, "version", b"not a number"),  # an unreadable marker
+    ],
+    ids=["ring", "marker"],
+)
+def test_a_corrupt_stored_backtest_is_left_as_it_is_and_the_others_go_on(
+    store: Store, small: Settings, corrupt: Callable[..., Any]
+) -> None:
+    publisher = _seeded(store, small)
+    publisher.publish(60)
+    runner = BacktestRunner(store, small, consumer="runner")
+    assert runner.process_available(max_bars=50) == 50
+    keys = PortfolioKeys("main")
+    corrupt(store.client, keys)
+    before = (store.client.hgetall(keys.backtest), store.client.get(keys.backtest_window),
+              store.client.xlen(keys.backtest_log))  # fmt: skip
+
+    restarted = BacktestRunner(store, small, consumer="runner")  # reloads every backtest
+    fed = restarted.process_available()
+
+    assert fed == 10 and restarted.stats.bar_errors == 10 and _pending(store) == 0
+    assert store.read_heartbeat(HEARTBEAT_COMPONENT)["portfolios"] == "1"  # type: ignore[index]
+    after = (store.client.hgetall(keys.backtest), store.client.get(keys.backtest_window),
+             store.client.xlen(keys.backtest_log))  # fmt: skip
+    assert after == before  # refused, not overwritten
+    _assert_stored_equals_direct(store, small, store.read_ticks(), pids=["hedge"])
+
+
 # -- 6. a corrupt stored section -----------------------------------------------------------------------------------
 
 
