@@ -13,10 +13,11 @@ their backtests, read the stored markers, feed the bar to all of them at once
 heartbeat ``hb:backtest``, so a bar is counted exactly once. A conflict (another runner wrote a backtest
 meanwhile) leaves the bar pending; it is redone from the store, and a backtest already fed with it is not fed
 again (its version marker). The runners are consumers of one consumer group (:data:`BACKTEST_GROUP`); only the
-holder of a short lease works, so bars are fed in order; a runner that stops leaves its bar pending, and the
-next holder claims it once the lease (``--claim-idle`` seconds) has expired, before any newer bar, however long it
-has been pending (the lease, not the bar's idle time, says that its runner stopped). A bar trimmed from the
-stream before it was fed is counted (``bars_lost``) and the next one spans the gap.
+holder of a short lease works (extended before every bar: a runner that lost it stops in the middle of its batch),
+so bars are fed in order; a runner that stops leaves its bar pending, and the next holder claims it once the
+lease (``--claim-idle`` seconds) has expired, before any newer bar, however long it has been pending (the lease,
+not the bar's idle time, says that its runner stopped). A bar trimmed from the stream before it was fed is
+counted (``bars_lost``) and the next one spans the gap.
 
 Usage::
 
@@ -197,8 +198,10 @@ class BacktestRunner:
 
     def _process_entries(self, entries: Sequence[tuple[str, TickEvent | None]]) -> int:
         done = 0
-        for entry_id, event in entries:
+        for k, (entry_id, event) in enumerate(entries):
             if self.stopping and done:
+                break
+            if k and not self._hold_lease():  # a batch outlived the lease: the new holder claims the rest
                 break
             if event is None:
                 self.stats.bars_lost += 1

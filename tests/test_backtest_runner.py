@@ -22,11 +22,11 @@ import warmup
 from engine.feeds import Bar, SimulatedFeed
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
-from engine.store import BACKTEST_GROUP, TICKS_KEY, PortfolioKeys, Store, TickEvent, decode_object
+from engine.store import BACKTEST_GROUP, TICKS_KEY, PortfolioKeys, Store, TickEvent, decode_object, lock_key
 from engine.stream import StreamDaemon
 from logic.backtest import Backtester, Observation, Track
 from logic.backtest_monitor import backtest_config, section_for
-from logic.backtest_runner import HEARTBEAT_COMPONENT, BacktestRunner
+from logic.backtest_runner import HEARTBEAT_COMPONENT, LEASE, BacktestRunner
 from logic.monitor import Monitor
 
 from .conftest import TEST_CONFIG, merge
@@ -266,6 +266,33 @@ def test_a_runner_taking_over_an_expired_lease_feeds_the_last_holders_bars_first
 
     # B fed A's three bars before any newer one: every bar once, in order
     assert fed == 40 and _pending(store) == 0
+    _assert_stored_equals_direct(store, small, store.read_ticks())
+
+
+def test_a_runner_that_lost_the_lease_in_the_middle_of_a_batch_stops_and_the_new_holder_goes_on_in_order(
+    store: Store, small: Settings
+) -> None:
+    publisher = _seeded(store, small)
+    publisher.publish(70)
+    a = BacktestRunner(store, small, consumer="a")
+    b = BacktestRunner(store, small, consumer="b")
+    write = a.books.write
+    calls: list[int] = []
+
+    def write_then_lose_the_lease(fed: Any, pipe: Any) -> None:
+        calls.append(1)
+        if len(calls) == 40:  # A's lease expired while it fed bar 40 (a slow batch) and B took it
+            store.client.delete(lock_key(LEASE))
+            assert store.hold_lease(LEASE, "b", 5.0)
+        write(fed, pipe)
+
+    a.books.write = write_then_lose_the_lease  # type: ignore[method-assign]
+
+    assert a.process_available() == 40  # one batch of 70 read; bar 40 written, then the lease is gone
+    assert _pending(store) == 30  # A's: left to the holder
+    assert b.process_available() == 30
+
+    assert _pending(store) == 0 and len(calls) == 40  # A fed nothing after it lost the lease
     _assert_stored_equals_direct(store, small, store.read_ticks())
 
 
