@@ -13,9 +13,11 @@ their backtests, read the stored markers, feed the bar to all of them at once
 heartbeat ``hb:backtest``, so a bar is counted exactly once. A conflict (another runner wrote a backtest
 meanwhile) leaves the bar pending; it is redone from the store, and a backtest already fed with it is not fed
 again (its version marker). The runners are consumers of one consumer group (:data:`BACKTEST_GROUP`); only the
-holder of a short lease works, so bars are fed in order; a runner that stops leaves its bar pending, and the
-next holder claims it after ``--claim-idle`` seconds. A bar trimmed from the stream before it was fed is counted
-(``bars_lost``) and the next one spans the gap.
+holder of a short lease works (extended before every bar: a runner that lost it stops in the middle of its batch),
+so bars are fed in order; a runner that stops leaves its bar pending, and the next holder claims it once the
+lease (``--claim-idle`` seconds) has expired, before any newer bar, however long it has been pending (the lease,
+not the bar's idle time, says that its runner stopped). A bar trimmed from the stream before it was fed is
+counted (``bars_lost``) and the next one spans the gap.
 
 Usage::
 
@@ -70,7 +72,8 @@ class RunnerStats:
     """Entries gone from the stream (trimmed) or unreadable before they were fed."""
     conflicts: int = 0
     bar_errors: int = 0
-    """Bars no backtest could take (bad input): acknowledged, reported."""
+    """Bars a backtest refused (bad input, a stored backtest that does not decode; the others took them):
+    acknowledged, reported."""
     store_errors: int = 0
     last_version: int = 0
     last_latency_ms: float = 0.0
@@ -109,7 +112,10 @@ class BacktestRunner:
         self._group_ready = False
         self._check_pending = True
         self._last_heartbeat = 0.0
-        self._reported: set[str] = set()
+        self._refused: set[str] = set()
+        """Portfolios whose backtest refused a bar (reported once)."""
+        self._refusing: list[str] = []
+        """Those that refused the bar being fed (the bar counts in ``bar_errors``)."""
 
     # -- control ---------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -180,10 +186,11 @@ class BacktestRunner:
                 if entries:
                     return entries
                 self._check_pending = False
-                # bars another runner received and did not feed come before any new one
-                claimed = self.store.claim_stale_ticks(
-                    self.group, self.consumer, int(self.claim_idle_seconds * 1000), count
-                )
+                # bars another runner received and did not feed come before any new one. Only the lease holder
+                # gets here, so whoever received them has lost the lease: they are claimed however briefly they
+                # have been pending (with a minimum idle time, bars received shortly before the lease expired
+                # would still be waiting while newer ones were fed, and then be skipped as older than the marker)
+                claimed = self.store.claim_stale_ticks(self.group, self.consumer, 0, count)
                 if claimed:
                     log.info("claimed %d bar(s) left pending by another runner", len(claimed))
                     self._check_pending = True
@@ -197,10 +204,10 @@ class BacktestRunner:
 
     def _process_entries(self, entries: Sequence[tuple[str, TickEvent | None]]) -> int:
         done = 0
-        for n, (entry_id, event) in enumerate(entries):
+        for k, (entry_id, event) in enumerate(entries):
             if self.stopping and done:
                 break
-            if n and not self._hold_lease():  # renewed before every bar: it never lapses in a long batch
+            if k and not self._hold_lease():  # a batch outlived the lease: the new holder claims the rest
                 break
             if event is None:
                 self.stats.bars_lost += 1
@@ -224,6 +231,7 @@ class BacktestRunner:
         (one MULTI); returns what was fed. Raises :class:`redis.WatchError` when another runner wrote one of the
         backtests meanwhile (nothing written, nothing kept: redo it)."""
         started = time.perf_counter()
+        self._refusing = []
         bundles = self.store.read_portfolio_bundles(self._portfolio_ids, reader=self._reader)
         self._portfolio_ids = sorted(bundles)
         books = self._books(bundles, event)
@@ -236,15 +244,13 @@ class BacktestRunner:
                 with np.errstate(over="raise"):
                     markers = read_backtest_markers(self.store, list(books))
                     fed = self.books.feed(event, books, None, markers)
-            except (ValueError, ArithmeticError, StoreError) as exc:  # no backtest takes this bar
-                self.books.discard()
+                for pid, error in self.books.unreadable.items():  # left as stored; the others were fed
+                    self._refuse(pid, event, error)
+            except (ValueError, ArithmeticError, RiskdeskError):  # a backtest refuses the bar: the others take it
+                fed = self._feed_each(event, books)
+            if self._refusing:
                 self.stats.bar_errors += 1
                 self.metrics.bar_errors.inc()
-                log.warning("bar %s not fed to the backtests: %s", event.version, exc)
-            for pid, error in self.books.unreadable.items():
-                if pid not in self._reported:  # its stored state is left as it is; the others go on
-                    self._reported.add(pid)
-                    log.warning("portfolio %s: no backtest bar: %s", pid, error)
             tx.multi()
             self.books.write(fed, tx)
             if entry_id is not None:
@@ -266,6 +272,31 @@ class BacktestRunner:
         self.metrics.market_version.set(int(event.version))
         self.metrics.bar_duration.observe(latency_ms / 1000.0)
         return fed
+
+    def _feed_each(self, event: TickEvent, books: Mapping[str, np.ndarray]) -> dict[str, Fed]:
+        """The bar fed to each backtest alone (reloaded from the store), leaving out those that refuse it (a stored
+        backtest that does not decode, a bar it cannot take): one portfolio's bad state stops only its own
+        backtest, stored as it is."""
+        self.books.discard()  # what the failed feed changed in memory
+        fed: dict[str, Fed] = {}
+        for pid, qty in books.items():
+            try:
+                with np.errstate(over="raise"):
+                    marker = self.store.read_backtest_marker(pid)
+                    fed.update(self.books.feed(event, {pid: qty}, None, {pid: marker}))
+            except (ValueError, ArithmeticError, RiskdeskError) as exc:
+                self.books.discard()  # the ones fed so far are kept by ``fed`` (and :meth:`BacktestBooks.commit`)
+                self._refuse(pid, event, exc)
+            for unreadable, error in self.books.unreadable.items():
+                self._refuse(unreadable, event, error)
+        return fed
+
+    def _refuse(self, pid: str, event: TickEvent, error: Exception) -> None:
+        """``pid``'s backtest refused the bar (its stored state is left as it is): reported once per portfolio."""
+        self._refusing.append(pid)
+        level = logging.DEBUG if pid in self._refused else logging.WARNING
+        self._refused.add(pid)
+        log.log(level, "portfolio %s: bar %s not fed to its backtest: %s", pid, event.version, error)
 
     def _books(self, bundles: Mapping[str, PortfolioBundle], event: TickEvent) -> dict[str, np.ndarray]:
         """Each readable portfolio's quantities in the bar's ticker order (a book that does not decode is left
@@ -312,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--consumer", default=None, help="consumer name (default host-pid)")
     parser.add_argument("--bars", type=int, default=None, help="stop after feeding N bars")
     parser.add_argument("--claim-idle", type=float, default=5.0,
-                        help="seconds: the lease, and how long a bar waits pending before it is claimed")  # fmt: skip
+                        help="seconds: the lease (its holder's pending bars are claimed once it expires)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=100, help="stream entries read per call")
     add_daemon_arguments(parser)
     args = parser.parse_args(argv)

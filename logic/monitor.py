@@ -6,7 +6,7 @@ it as the latest snapshot and appends it to the portfolio's history, then hands 
 Per tick (issue 15): one read of every portfolio (state, positions, trading state; one script), then
 :mod:`logic.batch_tick`: every book valued, its peaks, excursions and history buckets merged, its risk figures
 (:mod:`logic.batch`) and snapshot built on arrays, and MULTIs (one per range of portfolios, pipelined with the
-building) writing the backtests and one script with the snapshots, history points and merged state; the last also
+building) writing one script with the snapshots, history points and merged state; the last also
 acknowledges the tick and writes the heartbeat ``hb:monitor``; then the alerts in one batch
 (:mod:`logic.alert_batch`). ``vectorised=False`` keeps the per-portfolio reference path (one portfolio at a time,
 merges by three Lua scripts each). History: ``history.raw_seconds`` at full resolution and the downsampled tiers

@@ -19,7 +19,8 @@ Schema (read by the alert rules as dotted paths, and by the dashboard)::
                     mfe, mae}]
     var_method    a VarMethod: normal | student_t | fhs, the method of every VaR / CVaR figure above
     component_var {ticker: dollars} each held ticker's share of the VaR at the limit's confidence and horizon
-    backtest      the continuous VaR backtest (logic.backtest_monitor.snapshot_section) or null
+    backtest      the continuous VaR backtest as the backtest runner last stored it (logic.backtest_monitor.section_for;
+                  market_version: the bar it is of) or null
 
 Definitions:
 

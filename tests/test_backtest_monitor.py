@@ -1,5 +1,5 @@
-"""The continuous VaR backtest: real daemons replay real S&P 500 closes, the monitor stores each portfolio's
-backtest, and the stored numbers equal ``python -m logic.backtest`` on the same closes; an alert rule on
+"""The continuous VaR backtest: real daemons replay real S&P 500 closes, the backtest runner stores each
+portfolio's backtest, and the stored numbers equal ``python -m logic.backtest`` on the same closes; an alert rule on
 ``backtest.zone`` fires when the normal model goes red.
 
 Data: ``arch.data.sp500`` (Yahoo Finance ^GSPC daily adjusted closes, shipped with the arch package), the
@@ -33,6 +33,9 @@ from .test_stream import ROOT, daemon_env, spawn, stop_process
 
 START, END = "2007-06-01", "2008-10-31"
 WINDOW = 50
+RED_BAR = 342
+"""A bar at which the normal model is in the red zone: its rolling count is 10 from the 255th to the 267th closed
+day (bars 336 to 348, late September to mid October 2008); it is back to yellow (8) at the last bar, 360."""
 HORIZON_DAYS = 5.0
 """The limit's horizon of the portfolio ``tail`` (five daily bars); ``idx`` keeps one day."""
 
@@ -83,8 +86,8 @@ def _closes(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def replay(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -> Iterator[dict[str, Any]]:
-    """Warm-up, then the real stream daemon replays the closes while the real monitor (with its alert engine)
-    processes every tick. Runs once for the module."""
+    """Warm-up, then the real stream daemon replays the closes while the real backtest runner feeds every bar;
+    then the real monitor (with its alert engine) processes every tick. Runs once for the module."""
     import redis
 
     tmp = tmp_path_factory.mktemp("replay")
@@ -98,16 +101,36 @@ def replay(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
     store = Store(client)
     warmup.seed(store, settings, now=1.0)
     env = daemon_env(redis_server.url, config)
-    monitor = spawn("logic.monitor", ["--ticks", str(rows), "--idle-refresh", "0"], env, tmp / "monitor.log")
+    # The runner feeds the backtests as the stream daemon publishes; the monitor's snapshots read the runner's
+    # last stored section. The two daemons take turns so that what each snapshot reads does not depend on which
+    # ran first (each group keeps every tick from the stream daemon's start until it is acknowledged): the
+    # runner feeds the bars up to RED_BAR, the monitor snapshots the ticks up to it (reading the red section),
+    # then the runner feeds the rest and the monitor snapshots the rest (reading the last bar's section).
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def daemon(module: str, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        procs.append(spawn(module, args, env, tmp / log))
+        return procs[-1]
+
+    def finished(proc: subprocess.Popen[bytes], log: str) -> None:
+        assert proc.wait(timeout=300) == 0, (tmp / log).read_text()
+
     try:
+        runner = daemon("logic.backtest_runner", ["--bars", str(RED_BAR)], "runner-1.log")
         stream = subprocess.run(
             [sys.executable, "-m", "engine.stream", "--feed", "replay", "--file", str(closes), "--interval", "0"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert stream.returncode == 0, stream.stderr
-        assert monitor.wait(timeout=300) == 0, (tmp / "monitor.log").read_text()
+        finished(runner, "runner-1.log")
+        finished(daemon("logic.monitor", ["--ticks", str(RED_BAR), "--idle-refresh", "0"], "monitor-1.log"),
+                 "monitor-1.log")  # fmt: skip
+        finished(daemon("logic.backtest_runner", ["--bars", str(rows - RED_BAR)], "runner-2.log"), "runner-2.log")
+        finished(daemon("logic.monitor", ["--ticks", str(rows - RED_BAR), "--idle-refresh", "0"], "monitor-2.log"),
+                 "monitor-2.log")  # fmt: skip
     finally:
-        stop_process(monitor)
+        for proc in procs:
+            stop_process(proc)
     yield {"store": store, "settings": settings, "closes": closes, "rows": rows, "tmp": tmp}
     client.flushdb()
     client.close()
@@ -157,7 +180,7 @@ def test_the_monitors_stored_backtest_after_a_replay_equals_the_command_line_bac
         assert summary is not None
         for track in tracks:
             for m, s in summary["tracks"][str(track)].items():
-                assert s == bt.summary(track)[m].to_dict()  # type: ignore[index]
+                assert s == bt.summary(track)[m].to_dict()
                 # the CLI prints the same counts: "method obs exceed rate ..."
                 line = next(
                     ln
@@ -191,6 +214,10 @@ def test_a_rule_on_backtest_zone_fires_when_the_replay_drives_the_normal_model_r
     fired = [r for r in records if r.get("rule_id") == "bt_red" and r.get("event") == AlertStatus.TRIGGERED]
     assert fired, f"no bt_red alert in {records[-5:]}"
     assert fired[0]["alert"]["value"] >= ZONE_LEVELS["red"]
+    # the last snapshot reads the runner's section of the last bar, back to yellow
+    idx = store.read_snapshot("idx")
+    assert idx is not None and idx["backtest"]["market_version"] == idx["version"] == replay["rows"]
+    assert idx["backtest"]["zone"] == ZONE_LEVELS["yellow"]
     # the portfolio on fhs has no such rule; its snapshot reports its own method's zone
     tail = store.read_snapshot("tail")
     tail_summary = store.read_backtest_summary("tail")
@@ -358,9 +385,10 @@ def test_a_corrupt_stored_ring_is_refused_and_nothing_is_written(
     corrupt(store.client, key, store.client.strlen(key))
     before = _stored(store)
 
-    with pytest.raises(CorruptDataError):
-        BacktestBooks(store, settings).feed(_event(41, list(prices)), {"main": np.array([10.0, -4.0])})
+    books = BacktestBooks(store, settings)
+    fed = books.feed(_event(41, list(prices)), {"main": np.array([10.0, -4.0])})
 
+    assert fed == {} and isinstance(books.unreadable["main"], CorruptDataError)  # left out, the others go on
     assert _stored(store) == before
 
 
