@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
@@ -162,6 +163,8 @@ class BacktestRunner:
                 if self._stop.wait(backoff):
                     break
                 backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+        with contextlib.suppress(redis.RedisError):
+            self.store.release_lease(LEASE, self.consumer)  # a clean stop: a standby takes over at once
         log.info(
             "backtest runner %s stopped: %d bars fed, %d lost, %d conflicts, %d bar errors",
             self.consumer, self.stats.bars_fed, self.stats.bars_lost, self.stats.conflicts, self.stats.bar_errors,

@@ -247,6 +247,22 @@ def test_a_standby_runner_feeds_nothing_under_the_lease_then_takes_over_the_bars
     assert a.process_available() == 0  # B holds the lease now
 
 
+def test_a_runner_that_stops_cleanly_gives_the_lease_up_and_a_standby_goes_on_at_once(
+    store: Store, small: Settings
+) -> None:
+    publisher = _seeded(store, small)
+    publisher.publish(70)
+    a = BacktestRunner(store, small, consumer="a", claim_idle_seconds=60.0)
+    b = BacktestRunner(store, small, consumer="b", claim_idle_seconds=60.0)
+
+    assert a.run(max_bars=20, block_ms=1).bars_fed == 20  # run() returns after 20 bars: a clean stop
+
+    assert b.process_available() == 50  # no wait for a 60 s lease to expire
+    _assert_stored_equals_direct(store, small, store.read_ticks())
+    assert not store.release_lease("backtest-runner", "a")  # only the holder's token gives it up
+    assert store.release_lease("backtest-runner", "b")
+
+
 def test_a_runner_taking_over_an_expired_lease_feeds_the_last_holders_bars_first_however_briefly_they_waited(
     store: Store, small: Settings
 ) -> None:

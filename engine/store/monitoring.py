@@ -359,6 +359,15 @@ return out
         ttl = max(1, int(ttl_seconds * 1000))
         return bool(self._eval(None, _HOLD_LEASE_LUA, [lock_key(name)], [token, ttl]))
 
+    def release_lease(self, name: str, token: str) -> bool:
+        """Give the lease ``name`` up if ``token`` holds it (a clean stop: the next holder need not wait)."""
+        return bool(self._eval(None, _RELEASE_LEASE_LUA, [lock_key(name)], [token]))
+
+
+_RELEASE_LEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 _HOLD_LEASE_LUA = """
 local held = redis.call('GET', KEYS[1])
