@@ -1,13 +1,19 @@
 """Monitors sharing the portfolios (logic/shards.py): time until every portfolio has a snapshot of a tick.
 
 1, 2 and 4 real monitor processes (``python -m logic.monitor`` with ``monitor.shard_portfolios = true``, no
-alerts) share 1,000 portfolios of 20 positions (N = 500). The bench writes one bar with the stream daemon's code
+alerts) share 1,000 portfolios of 20 positions (N = 500). Redis runs with AOF as in production; every timed tick
+starts with no background AOF rewrite running. The bench writes one bar with the stream daemon's code
 and times until the newest snapshot of every portfolio carries that bar's version (a Lua script reads the minimum
 version of the 1,000 stored snapshots every few milliseconds). One untimed tick first (each process loads the
 matrix and the backtests). Baseline in the same run: one monitor.
 
 On this shared 2-core machine more than two processes cannot run at once, so the 4-monitor row shows the cost
 of sharing rather than its gain; on a machine with a core per monitor each adds its share of throughput.
+
+The deployment as ``make run`` has it: one monitor and the backtest runner (``python -m logic.backtest_runner``)
+in its own process, every portfolio's backtest past its burn-in (a full 500-row window, every method forecast each
+bar, as bench_backtest.py builds them): the time to every snapshot of a tick while the runner feeds the same bar
+on the same two cores, beside one monitor alone, and the time until the runner has fed it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_backtest import _prefill
+from benchmarks.bench_monitor import _after_rewrite
 from benchmarks.common import Context, Row, median_us, seeded_store, synthetic_assets, synthetic_books
 from engine.feeds import SimulatedFeed
 from engine.settings import Settings, settings_from_dict
@@ -43,7 +51,7 @@ _MIN_VERSION_LUA = """
 -- KEYS = every portfolio's snapshot key; returns the lowest snapshot version (-1 where there is none)
 local lo = nil
 for _, k in ipairs(KEYS) do
-  local s = redis.call('GET', k)
+  local s = redis.call('GETRANGE', k, 0, 255)  -- the version is among the first fields: no 7 KB copy per poll
   local v = -1
   if s then v = tonumber(string.match(s, '"version":(%-?%d+)')) or -1 end
   if not lo or v < lo then lo = v end
@@ -70,9 +78,15 @@ def _wait(condition: Any, what: str) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def _time_to_full_set(ctx: Context, settings: Settings, env: dict[str, str], count: int) -> float:
-    """Median ms from a bar written to the last portfolio's snapshot of it, with ``count`` monitor processes."""
+def _time_to_full_set(
+    ctx: Context, settings: Settings, env: dict[str, str], count: int, *, backtests: bool = False
+) -> tuple[float, float | None]:
+    """Median ms from a bar written to the last portfolio's snapshot of it, with ``count`` monitor processes;
+    with ``backtests`` the backtest runner runs too (steady state), and the second figure is the median ms until it
+    has fed the bar."""
     store: Store = seeded_store(ctx, settings)
+    if backtests:
+        _prefill(store, settings, seed=1)  # every backtest past its burn-in
     keys = [PortfolioKeys(pid).snapshot for pid in settings.portfolio_ids]
     lowest = store.client.register_script(_MIN_VERSION_LUA)
     daemon = StreamDaemon(store, settings, iter(()), interval=0)  # type: ignore[arg-type]
@@ -89,19 +103,31 @@ def _time_to_full_set(ctx: Context, settings: Settings, env: dict[str, str], cou
         )  # fmt: skip
         for i in range(count)
     ]
+    if backtests:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "logic.backtest_runner", "--consumer", "bench"], cwd=ROOT, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
     try:
         names = {f"m{i}" for i in range(count)}
         membership = Membership(store, "bench", 30.0, 3600.0)
         _wait(lambda: names <= set(membership.members()), f"{count} monitors beating")
-        samples = []
+        samples, fed = [], []
         for i in range(REPEAT + 1):
+            _after_rewrite(store.client)  # every timed tick starts with no AOF rewrite running (bench_monitor.py)
             daemon.process_bar(next(bars))
             version = store.read_market_header().version
             t0 = time.perf_counter()
             _wait(lambda v=version: int(lowest(keys=keys)) >= v, f"every snapshot at version {version}")
             if i:  # the first tick loads the matrix and the backtests in every process: untimed
                 samples.append(time.perf_counter() - t0)
-        return median_us(np.asarray(samples)) / 1000.0
+            if backtests:
+                _wait(lambda v=version: int((store.read_heartbeat("backtest") or {}).get("version", -1)) >= v,
+                      f"the backtests fed version {version}")  # fmt: skip
+                if i:
+                    fed.append(time.perf_counter() - t0)
+        snapshots = median_us(np.asarray(samples)) / 1000.0
+        return snapshots, (median_us(np.asarray(fed)) / 1000.0 if fed else None)
     finally:
         for proc in procs:
             _stop(proc)
@@ -122,7 +148,8 @@ def run(ctx: Context) -> list[Row]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKDESK")}
     env.update({"REDIS_URL": ctx.redis_url, "RISKDESK_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
 
-    figures = {count: _time_to_full_set(ctx, settings, env, count) for count in MONITORS}
+    figures = {count: _time_to_full_set(ctx, settings, env, count)[0] for count in MONITORS}
+    with_runner, runner_fed = _time_to_full_set(ctx, settings, env, 1, backtests=True)
     ctx.redis().flushall()
     rows = []
     for count in MONITORS:
@@ -133,4 +160,9 @@ def run(ctx: Context) -> list[Row]:
             target = "falls as monitors are added"
             rows.append(Row(what, figures[count], "ms", "1 monitor (same run)", figures[1], target,
                             figures[count] < figures[1]))  # fmt: skip
+    rows.append(Row(f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, 1 monitor + the backtest runner "
+                    "(steady state) on the same 2 cores", with_runner, "ms", "1 monitor alone (same run)",
+                    figures[1]))  # fmt: skip
+    rows.append(Row(f"time until the backtest runner has fed the tick's bar, {PORTFOLIOS} portfolios, steady state",
+                    runner_fed or float("nan"), "ms"))  # fmt: skip
     return rows

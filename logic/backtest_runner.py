@@ -59,6 +59,10 @@ log = logging.getLogger("riskdesk.backtest_runner")
 HEARTBEAT_COMPONENT = "backtest"
 LEASE = "backtest-runner"
 """The short lease only one runner holds at a time (bars are fed in order)."""
+NICENESS = 10
+"""What the daemon adds to its CPU niceness: on a machine it shares with the monitor (and Redis), the snapshots of
+a tick get the cores first and the backtests (model validation, not live risk) the cycles left (make bench:
+bench_scale.py)."""
 IDLE_HEARTBEAT_SECONDS = 1.0
 """With no bar to feed, the heartbeat is still written this often (the System page shows the runner alive)."""
 BACKOFF_INITIAL_SECONDS = 0.2
@@ -348,9 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--claim-idle", type=float, default=5.0,
                         help="seconds: the lease (its holder's pending bars are claimed once it expires)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=100, help="stream entries read per call")
+    parser.add_argument("--nice", type=int, default=NICENESS,
+                        help=f"niceness to add (default {NICENESS}: live risk first; 0: none)")  # fmt: skip
     add_daemon_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    if args.nice > 0:
+        os.nice(args.nice)
     stop = stop_on_signals(log)
     try:
         settings = load_settings(args.config)
