@@ -7,8 +7,10 @@ returns and horizons would depend on how busy the monitor was. So the backtests 
 snapshots: the monitor's tick carries no backtest work, and the snapshot's ``backtest`` section is the runner's
 last stored one (``backtest.market_version`` says of which bar).
 
-Per bar: read every portfolio's book (one script, :class:`~engine.store.portfolio_reader.PortfolioReader`), WATCH
-their backtests, read the stored markers, feed the bar to all of them at once
+Per bar: read every portfolio's book (one script, :class:`~engine.store.portfolio_reader.PortfolioReader`; the
+book as stored when the bar is fed: the runner is normally within a bar of the market, and after a restart it
+feeds its backlog with the current books, each forecast and its P&L still of the same positions), WATCH their
+backtests, read the stored markers, feed the bar to all of them at once
 (:func:`logic.backtest.step_many`), then one MULTI writes every backtest with the bar's acknowledgement and the
 heartbeat ``hb:backtest``, so a bar is counted exactly once. A conflict (another runner wrote a backtest
 meanwhile) leaves the bar pending; it is redone from the store, and a backtest already fed with it is not fed
@@ -21,7 +23,7 @@ counted (``bars_lost``) and the next one spans the gap.
 
 Usage::
 
-    python -m logic.backtest_runner [--consumer NAME] [--bars N] [--claim-idle SECONDS] [--batch N]
+    python -m logic.backtest_runner [--consumer NAME] [--bars N] [--claim-idle SECONDS] [--batch N] [--nice N]
                                     [--config FILE] [--log-level INFO]
 """
 
