@@ -161,11 +161,13 @@ class Prepared:
     tier_block: int
     headers: bytes
     head_block: int
-    peaks: list[list[str]]
     checks: list[str]
     """Per portfolio, per tier: '0' write, '1' check the ring's size then write, '-' leave alone (too old)."""
-    sets: dict[int, list[str]]
-    dels: dict[int, list[str]]
+    marks: npt.NDArray[np.intp]
+    """The positions whose excursion is written (new, or a new extreme) or deleted (none any more), in order: the
+    ones of a range of portfolios are contiguous (positions are laid out portfolio by portfolio)."""
+    gone: npt.NDArray[np.bool_]
+    """Of :attr:`marks`, those deleted."""
 
 
 @dataclass
@@ -479,29 +481,37 @@ class TickState:
             with np.errstate(over="ignore"):  # rounded already (_float32)
                 rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
         row_size = TIER_LAYOUT.size
-        # excursions to set (new or a new extreme) and to delete (no excursion any more), by portfolio
+        # excursions to set (new or a new extreme) and to delete (no excursion any more); encoded a range of
+        # portfolios at a time by write(), so that the first range's MULTI is sent sooner
         valid_pos = valid[self._owner]
-        sets: dict[int, list[str]] = {}
-        dels: dict[int, list[str]] = {}
         gone = self.stored & (merged.side == 0) & valid_pos
         picked = np.flatnonzero((merged.changed | gone) & valid_pos)
-        flat = self._flat
-        for j, p, dead, side, mfe, mae in zip(
-            picked.tolist(), self._owner[picked].tolist(), gone[picked].tolist(), merged.side[picked].tolist(),
-            merged.mfe[picked].tolist(), merged.mae[picked].tolist(), strict=True,
-        ):  # fmt: skip
-            if dead:
-                dels.setdefault(p, []).append(flat[j])
-            else:
-                sets.setdefault(p, []).extend((flat[j], f'{{"side":{side},"mfe":{mfe!r},"mae":{mae!r}}}'))
         head: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, row_size]
         for t in range(ntier):
             head += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
         return Prepared(
             merged, valid.tolist(), head, raw, 8 * points.shape[1], rows.tobytes(), ntier * row_size,
             np.ascontiguousarray(merged.headers, dtype="<f8").tobytes(), ntier * 16,
-            [[repr(x) for x in row] for row in merged.peaks.tolist()], _modes(self.checked, merged.skip), sets, dels,
+            _modes(self.checked, merged.skip), picked, gone[picked],
         )  # fmt: skip
+
+    def _marks(self, prepared: Prepared, rows: range) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+        """By portfolio row of ``rows``: the (ticker, JSON) pairs of the excursions to set, the tickers to delete."""
+        x = prepared
+        lo, hi = np.searchsorted(self._owner[x.marks], [rows.start, rows.stop])
+        at = x.marks[lo:hi]
+        merged, flat = x.merged, self._flat
+        sets: dict[int, list[str]] = {}
+        dels: dict[int, list[str]] = {}
+        for j, p, dead, side, mfe, mae in zip(
+            at.tolist(), self._owner[at].tolist(), x.gone[lo:hi].tolist(), merged.side[at].tolist(),
+            merged.mfe[at].tolist(), merged.mae[at].tolist(), strict=True,
+        ):  # fmt: skip
+            if dead:
+                dels.setdefault(p, []).append(flat[j])
+            else:
+                sets.setdefault(p, []).extend((flat[j], f'{{"side":{side},"mfe":{mfe!r},"mae":{mae!r}}}'))
+        return sets, dels
 
     def write(
         self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, dict[str, Any]],
@@ -510,7 +520,10 @@ class TickState:
         """Queue the script writing the merged state of the valid portfolios among ``rows`` and, where
         ``snapshots`` holds one (by row), the snapshot (market ``version``) and its history point."""
         x = prepared
-        merged, peaks = x.merged, x.peaks
+        merged = x.merged
+        sets, dels = self._marks(x, rows)
+        block = merged.peaks[rows.start : rows.stop].tolist()  # rows: a contiguous range (step 1)
+        peaks = {p: [repr(v) for v in row] for p, row in zip(rows, block, strict=True)}
         groups: list[tuple[list[str], list[Any]]] = []
         for p in rows:
             if not x.valid[p]:
@@ -523,8 +536,8 @@ class TickState:
                     k.snapshot, k.history, k.peaks, k.marks, *(k.history_tier(int(r)) for r in self._res)
                 ]  # fmt: skip
             snap = snapshots.get(p)
-            set_p = x.sets.get(p, [])
-            del_p = [*x.dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
+            set_p = sets.get(p, [])
+            del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
             pa: list[Any]
             if snap is None:
                 pa = [0, "", "", merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], "", "", ""]
