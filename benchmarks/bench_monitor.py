@@ -5,10 +5,10 @@ acknowledgement and heartbeat written. Each timed tick follows a fresh bar of th
 version, so the monitor reads the new matrix in the tick, as in production; the bar itself is not timed). Alerts
 are not in these rows (bench_alerts.py), nor is feeding the backtests: the backtest runner does that in its own
 process (logic/backtest_runner.py; bench_backtest.py times its bar). Redis runs with AOF as in production. At
-1,000 portfolios each tick appends about 9 MB to it, so Redis rewrites it in the background every few dozen ticks (a forked child writing the whole dataset,
-about 4 GB of history rings in memory, competing for this machine's two cores): every timed tick, of either
-monitor, starts with no rewrite running (the bench waits for one to end), and a diagnostic row times ticks of
-the vectorised monitor while one runs.
+1,000 portfolios each tick appends about 9 MB to it, so Redis rewrites it in the background every few dozen
+ticks (a forked child writing the whole dataset, about 4 GB of history rings in memory, competing for this
+machine's two cores): every timed tick, of either monitor, starts with no rewrite running (the bench waits for
+one to end), and a diagnostic row times ticks of the vectorised monitor while one runs.
 
 Measured: the vectorised monitor (logic/batch_tick.py: every book's figures and snapshot on arrays, the merged
 state written by one script per range of 250 portfolios, each range's MULTI pipelined with building the next).
