@@ -27,6 +27,11 @@ LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 """The choices of ``--log-level``."""
 
+BACKOFF_INITIAL_SECONDS: Final = 0.05
+"""A daemon's first wait after a failed Redis operation; doubles on every further failure."""
+BACKOFF_MAX_SECONDS: Final = 5.0
+"""Longest wait between two attempts while Redis is unreachable."""
+
 
 def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and ``--log-level``, the options every daemon takes."""

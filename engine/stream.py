@@ -70,7 +70,14 @@ import redis
 from engine import math_logic
 from engine.clocks import ClockMode, stamp_daily_closes, wall_sleep
 from engine.collar import CollarAnchor
-from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
+from engine.daemon import (
+    BACKOFF_INITIAL_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    add_daemon_arguments,
+    configure_logging,
+    connect_for_daemon,
+    stop_on_signals,
+)
 from engine.daemon import install_signal_handlers as install_signal_handlers  # re-exported: a public name here
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
@@ -93,10 +100,6 @@ from engine.store import (
 log = logging.getLogger("riskdesk.stream")
 
 HEARTBEAT_COMPONENT = "stream"
-BACKOFF_INITIAL_SECONDS = 0.05
-"""First wait after a failed write; doubles on every further failure."""
-BACKOFF_MAX_SECONDS = 5.0
-"""Longest wait between two attempts while Redis is unreachable."""
 WATCH_RETRIES_WITHOUT_WAIT = 3
 """A write refused because the market changed (the warm-up wrote meanwhile) is retried at once this many
 times, then with backoff."""

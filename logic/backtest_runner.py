@@ -44,7 +44,14 @@ import numpy as np
 import redis
 
 from engine.clocks import MarketClock, tick_time
-from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
+from engine.daemon import (
+    BACKOFF_INITIAL_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    add_daemon_arguments,
+    configure_logging,
+    connect_for_daemon,
+    stop_on_signals,
+)
 from engine.errors import RiskdeskError, StoreError
 from engine.metrics import BacktestMetrics, serve
 from engine.records import Clock
@@ -67,8 +74,6 @@ a tick get the cores first and the backtests (model validation, not live risk) t
 bench_scale.py)."""
 IDLE_HEARTBEAT_SECONDS = 1.0
 """With no bar to feed, the heartbeat is still written this often (the System page shows the runner alive)."""
-BACKOFF_INITIAL_SECONDS = 0.2
-BACKOFF_MAX_SECONDS = 5.0
 
 
 @dataclass

@@ -59,7 +59,14 @@ import redis
 
 from engine import math_logic
 from engine.clocks import MarketClock, tick_time
-from engine.daemon import add_daemon_arguments, configure_logging, connect_for_daemon, stop_on_signals
+from engine.daemon import (
+    BACKOFF_INITIAL_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    add_daemon_arguments,
+    configure_logging,
+    connect_for_daemon,
+    stop_on_signals,
+)
 from engine.errors import ConfigError, RiskdeskError, StoreError
 from engine.market_model import MarketModel, MarketModelCache, ModelKey, reorder
 from engine.metrics import GateMetrics, MonitorMetrics, serve
@@ -96,8 +103,6 @@ DEFAULT_CLAIM_IDLE_SECONDS = 30.0
 """A tick delivered to a monitor and not acknowledged for this long is taken over by another one."""
 CLAIM_EVERY_SECONDS = 5.0
 DEFAULT_IDLE_REFRESH_SECONDS = 1.0
-BACKOFF_INITIAL_SECONDS = 0.05
-BACKOFF_MAX_SECONDS = 5.0
 HEARTBEAT_EVERY_SECONDS = 1.0
 HOUSEKEEPING_EVERY_SECONDS = 3600.0
 """How often an idle monitor removes idle group consumers and prunes old idempotency records (and once at
