@@ -269,9 +269,11 @@ class BacktestRunner:
             self.books.write(fed, tx)
             if entry_id is not None:
                 self.store.ack_ticks(self.group, [entry_id], tx)
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            self.store.write_heartbeat(HEARTBEAT_COMPONENT, self._heartbeat(event, len(fed), latency_ms), tx)
+            # the previous bar's latency, to its EXEC's return (this bar's heartbeat is in this bar's MULTI)
+            heartbeat = self._heartbeat(event, len(fed), self.stats.last_latency_ms)
+            self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
             tx.execute()
+            latency_ms = (time.perf_counter() - started) * 1000.0
             self._last_heartbeat = time.monotonic()
         except redis.WatchError:
             self.books.discard()

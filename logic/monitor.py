@@ -592,12 +592,17 @@ class Monitor:
         self, tx: Any, snapshots: dict[str, dict[str, Any]], *, market: MarketView, now: float,
         ack: list[str], tick: bool, started: float,
     ) -> dict[str, dict[str, Any]]:  # fmt: skip
-        """Acknowledge the tick and write the heartbeat in ``tx`` (the tick's writes queued), EXEC and count."""
+        """Acknowledge the tick and write the heartbeat in ``tx`` (the tick's writes queued), EXEC and count.
+
+        The heartbeat goes in the tick's own MULTI, so its ``last_latency_ms`` is the previous tick's, measured to
+        the return of its EXEC (as the stream daemon's); the tick's own is counted once its EXEC returned."""
         self.store.ack_ticks(self.group, ack, tx)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        heartbeat = self._heartbeat(now, market, len(snapshots), latency_ms, ticks=self.stats.ticks_processed + tick)
+        heartbeat = self._heartbeat(
+            now, market, len(snapshots), self.stats.last_latency_ms, ticks=self.stats.ticks_processed + tick
+        )
         self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat, tx)
         tx.execute()
+        latency_ms = (time.perf_counter() - started) * 1000.0
         self._last_heartbeat = time.monotonic()
         self._last_snapshot_ts = now
         self.stats.snapshots += len(snapshots)
@@ -690,7 +695,9 @@ class Monitor:
         if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
             if self.membership is not None:
                 self.membership.beat()  # an idle monitor still holds its shard
-            heartbeat = self._heartbeat(self.clock(), None, 0, 0.0, ticks=self.stats.ticks_processed)
+            heartbeat = self._heartbeat(
+                self.clock(), None, 0, self.stats.last_latency_ms, ticks=self.stats.ticks_processed
+            )
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, heartbeat)
             self._last_heartbeat = time.monotonic()
 

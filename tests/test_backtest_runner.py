@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 import warmup
 from engine.feeds import Bar, SimulatedFeed
@@ -177,6 +178,37 @@ def test_the_runner_feeds_every_bar_while_a_latest_wins_monitor_skips_most(
 
 
 # -- 2. exactly once across restarts --------------------------------------------------------------------------
+
+
+def test_a_bars_latency_counts_its_exec_and_the_next_bars_heartbeat_carries_it(
+    store: Store, small: Settings, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the first bar's EXEC waits 300 ms in Redis (CLIENT PAUSE WRITE from another client, issued as the
+    # runner queues its heartbeat, the last command before its EXEC)
+    publisher = _seeded(store, small)
+    publisher.publish(2)
+    runner = BacktestRunner(store, small, consumer="runner")
+    queue_heartbeat = store.write_heartbeat
+    paused: list[bool] = []
+
+    def pause_then_queue(*args: Any, **kwargs: Any) -> None:
+        if not paused and len(args) > 2:  # a bar's heartbeat (queued in its MULTI), not an idle one
+            paused.append(True)
+            with redis.Redis.from_url(redis_server.url) as other:
+                other.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+        queue_heartbeat(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write_heartbeat", pause_then_queue)
+
+    # Act
+    assert runner.process_available(max_bars=1) == 1
+    first = runner.stats.last_latency_ms
+    assert runner.process_available(max_bars=1) == 1
+
+    # Assert: the first bar's latency includes its EXEC; the second bar's heartbeat carries it
+    assert paused and first >= 250.0 and runner.stats.last_latency_ms < first
+    heartbeat = store.read_heartbeat(HEARTBEAT_COMPONENT)
+    assert heartbeat is not None and float(heartbeat["last_latency_ms"]) == round(first, 3)
 
 
 def test_a_restarted_runner_goes_on_where_the_last_stopped_and_redoes_an_unacknowledged_bar_once(

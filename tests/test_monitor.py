@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+import redis
 from scipy import stats
 
 import warmup
@@ -343,6 +344,41 @@ def test_idle_refresh_snapshots_from_the_stored_market_and_shows_its_age(
     assert seeded_store.history_length("main") == 2
     assert seeded_store.acquire_lock("monitor_refresh", "a", 5.0)
     assert not seeded_store.acquire_lock("monitor_refresh", "b", 5.0)
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_tick_latency_counts_the_exec_and_the_heartbeat_carries_the_previous_ticks(
+    seeded_store: Store, settings: Settings, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch,
+    vectorised: bool,
+) -> None:
+    # Arrange: the first tick's EXEC waits 300 ms in Redis (CLIENT PAUSE WRITE from another client, issued as
+    # the tick queues its heartbeat, the last command before its EXEC)
+    monitor = Monitor(seeded_store, settings, vectorised=vectorised)
+    monitor.process_available()  # the group, before the ticks
+    _sim_ticks(seeded_store, settings, 1)
+    queue_heartbeat = seeded_store.write_heartbeat
+    paused: list[bool] = []
+
+    def pause_then_queue(*args: Any, **kwargs: Any) -> None:
+        if not paused:
+            paused.append(True)
+            with redis.Redis.from_url(redis_server.url) as other:  # not the monitor's client
+                other.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+        queue_heartbeat(*args, **kwargs)
+
+    monkeypatch.setattr(seeded_store, "write_heartbeat", pause_then_queue)
+
+    # Act
+    assert monitor.process_available() == 1
+    first = monitor.stats.last_latency_ms
+    _sim_ticks(seeded_store, settings, 1, seed=2)
+    assert monitor.process_available() == 1
+
+    # Assert: the first tick's latency includes its EXEC (the writes are in it); its heartbeat could not know
+    # it yet, the second tick's carries it (the stream daemon's rule)
+    assert paused and first >= 250.0 and monitor.stats.last_latency_ms < first
+    heartbeat = seeded_store.read_heartbeat("monitor")
+    assert heartbeat is not None and float(heartbeat["last_latency_ms"]) == round(first, 3)
 
 
 def test_running_monitor_refreshes_when_no_tick_comes(seeded_store: Store, settings: Settings) -> None:
