@@ -249,3 +249,28 @@ def test_a_large_argument_is_handed_to_the_socket_as_it_is_and_small_commands_pa
     assert b"".join(packer.pack(*small)) == b"".join(reference.pack(*small))
     at_cutoff = bytes(LARGE_ARGUMENT_BYTES)  # exactly at the cutoff: packed in one buffer
     assert not any(chunk is at_cutoff for chunk in packer.pack("SET", "k", at_cutoff))
+    over = bytes(LARGE_ARGUMENT_BYTES + 1)  # one byte over: handed over as it is
+    assert any(chunk is over for chunk in packer.pack("SET", "k", over))
+
+
+def test_a_script_with_large_values_among_many_small_ones_packs_to_the_same_bytes() -> None:
+    # Arrange: a vectorised tick's kind of EVALSHA: large values between runs of small ones of every type, a
+    # small value with spaces at the start of a run (never split: only the command name is), large ones of each
+    # buffer type, one last
+    from redis.connection import Encoder, PythonRespSerializer
+
+    from engine.redis_server import LARGE_ARGUMENT_BYTES, LargeValueSerializer
+
+    encode = Encoder("utf-8", "strict", False).encode
+    packer, reference = LargeValueSerializer(encode), PythonRespSerializer(10**9, encode)
+    big = b"{" + b"7" * LARGE_ARGUMENT_BYTES + b"}"
+    array, view = bytearray(big), memoryview(b"x" * (LARGE_ARGUMENT_BYTES + 1))
+    args = ("EVALSHA", "f" * 40, 2, "pf:{a}:snapshot", "pf:{a}:peaks", big, "two words", 1.25, -3, "é", b"\x00\r\n",
+            big, array, "2026-11-30 12:00", view, 0.1, big)  # fmt: skip
+    # Act
+    chunks = packer.pack(*args)
+    # Assert: the same protocol bytes as redis-py's packer; every large value is a chunk of its own, not copied
+    assert b"".join(bytes(c) for c in chunks) == b"".join(bytes(c) for c in reference.pack(*args))
+    assert sum(c is big for c in chunks) == 3 and any(c is array for c in chunks) and any(c is view for c in chunks)
+    config = ("CONFIG SET", "x", big)  # a command name of two words is split, as redis-py splits it
+    assert b"".join(packer.pack(*config)) == b"".join(reference.pack(*config))
