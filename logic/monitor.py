@@ -223,6 +223,10 @@ class Monitor:
         """Sharing the portfolios with the other live monitors (``monitor.shard_portfolios``); None: the
         consumer group gives each tick to one monitor, which snapshots every portfolio."""
         self._live: list[str] | None = None
+        self._shard_of: list[str] | None = None
+        """The live monitors the last shard was computed among (kept across ticks, for the alert engine)."""
+        if self.membership is not None and hasattr(alert_engine, "scope"):
+            alert_engine.scope = self.alert_scope  # type: ignore[union-attr]
         self._cursor: str | None = None
         self._last_snapshot_ts = 0.0
         self._coalescing = 0
@@ -618,7 +622,14 @@ class Monitor:
             return list(portfolio_ids)
         if self._live is None:
             self._live = self.membership.beat()
+        self._shard_of = self._live
         return shard(portfolio_ids, self._live, self.consumer)
+
+    def alert_scope(self, portfolio_ids: list[str]) -> list[str]:
+        """The portfolios whose alert timers this monitor ticks (the alert engine's ``scope``, on its own
+        thread): its shard among the live monitors its last tick found; all of them before its first tick."""
+        live = self._shard_of
+        return list(portfolio_ids) if live is None else shard(portfolio_ids, live, self.consumer)
 
     def _portfolio_error(self, pid: str, message: str) -> None:
         self.stats.portfolio_errors += 1

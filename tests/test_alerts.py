@@ -12,7 +12,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.settings import load_settings
-from engine.store import GLOBAL_AUDIT_KEY, Store
+from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
 from logic.lifecycle import MANUAL_RESOLVE_REARM_SECONDS
 from logic.rules import (
     AlertError,
@@ -460,6 +460,56 @@ def test_a_new_engine_on_the_same_redis_loses_nothing_and_sends_nothing_twice(
     ]
     events = [h["event"] for h in reversed(fourth.alert_history("main"))]
     assert Counter(events) == {"TRIGGERED": 2, "INHIBITED": 1, "UNINHIBITED": 1, "RESOLVED": 2}
+
+
+def test_tick_reads_only_the_stored_snapshots_newer_than_the_ones_it_holds(store: Store, make_settings) -> None:
+    # Arrange: 40 portfolios whose snapshots (30 positions each) the engine evaluated and the monitor stored
+    clock = SimClock()
+    engine = make_engine(store, make_settings, [{**VAR_WARN, "pending_seconds": 30}], clock)
+    positions = [{"ticker": f"T{k:03d}", "qty": k, "last": 100.0 + k, "market_value": 1e3 * k} for k in range(30)]
+    pids = [f"p{k:02d}" for k in range(40)]
+    stored = 0
+    for pid in pids:
+        snap = {**snapshot(pid, now=T0, var__utilization=0.9), "positions": positions}
+        engine.evaluate(pid, snap, T0)
+        store.record_snapshot(pid, snap, {"equity": 1e6}, ts=T0, retention_seconds=3600, max_points=100)
+        stored += len(store.client.get(PortfolioKeys(pid).snapshot))  # type: ignore[arg-type]
+
+    def sent_by_redis(action: Any) -> tuple[Any, int]:
+        before = int(store.client.info("stats")["total_net_output_bytes"])
+        result = action()
+        return result, int(store.client.info("stats")["total_net_output_bytes"]) - before
+
+    # Act: a timers tick while the stored snapshots are the ones held
+    _, quiet = sent_by_redis(lambda: engine.tick(T0 + 10))
+    # another writer (a restarted monitor) stores a newer snapshot of one portfolio, under the threshold
+    newer = {**snapshot("p07", now=T0 + 20, var__utilization=0.5), "version": 2, "positions": positions}
+    store.record_snapshot("p07", newer, {"equity": 1e6}, ts=T0 + 20, retention_seconds=3600, max_points=100)
+    _, one = sent_by_redis(lambda: engine.tick(T0 + 20))
+    engine.tick(T0 + 30)
+
+    # Assert: the quiet tick sent none of the snapshots; the next sent the newer one only, and used it: its
+    # portfolio's pending warning ended, the 39 others completed their pending period
+    assert quiet < stored / 10
+    size = len(store.client.get(PortfolioKeys("p07").snapshot))  # type: ignore[arg-type]
+    assert size <= one < size + stored / 10
+    assert {pid for pid in pids if store.read_active_alerts(pid)} == set(pids) - {"p07"}
+
+
+def test_a_scoped_engine_ticks_only_the_portfolios_in_its_scope(store: Store, make_settings) -> None:
+    clock = SimClock()
+    engine = make_engine(store, make_settings, [{**VAR_WARN, "pending_seconds": 30}], clock)
+    for pid in ("main", "hedge"):
+        engine.evaluate(pid, snapshot(pid, now=T0, var__utilization=0.9), T0)
+    engine.scope = lambda ids: [pid for pid in ids if pid == "hedge"]
+
+    engine.tick(T0 + 30)
+    after_scoped = {pid for pid in ("main", "hedge") if store.read_active_alerts(pid)}
+    engine.scope = None
+    engine.tick(T0 + 30)
+
+    assert after_scoped == {"hedge"}
+    assert {pid for pid in ("main", "hedge") if store.read_active_alerts(pid)} == {"main", "hedge"}
 
 
 def test_tick_uses_the_newest_stored_snapshot_so_a_fresh_engine_completes_a_pending_period(

@@ -74,6 +74,13 @@ def test_the_cluster_url_selects_redis_cluster_and_the_store_spans_three_masters
     assert cluster_store.read_market_header().tickers == ("AAA", "BBB", "CCC", "DDD")
 
 
+def test_snapshot_times_read_every_slot_on_the_cluster(cluster_store: Store) -> None:
+    for k, pid in enumerate(("main", "hedge", "p2")):
+        snap = {"portfolio_id": pid, "ts": 100.5 + k, "version": 1}
+        cluster_store.record_snapshot(pid, snap, {"equity": 1.0}, ts=100.5 + k, retention_seconds=60, max_points=5)
+    assert cluster_store.snapshot_times(["main", "hedge", "p2", "none"]) == [100.5, 101.5, 102.5, None]
+
+
 def test_the_gate_fills_once_per_client_order_id_on_the_cluster(cluster_store: Store, settings: Settings) -> None:
     warmup.seed(cluster_store, settings)
     gate = RiskManager(cluster_store.client, "main", settings)

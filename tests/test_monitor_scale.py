@@ -21,6 +21,7 @@ from engine.settings import Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, Store, TickEvent
 from engine.store.keys import MONITORS_KEY
 from engine.stream import StreamDaemon
+from logic.alerts import build_alert_engine
 from logic.monitor import Monitor
 from logic.shards import Membership, newest_tick, owner, shard
 
@@ -174,6 +175,32 @@ def test_two_monitors_sharing_the_portfolios_snapshot_each_one_once_and_take_ove
     # Assert
     assert m1.stats.snapshots == len(mine) + 12
     assert set(_snapshot_versions(store, pids).values()) == {2}
+
+
+def test_sharing_monitors_tick_the_alert_timers_of_their_own_shard_only(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: two sharing monitors, each with its alert engine (as python -m logic.monitor builds them)
+    settings = make_settings({"portfolios": _books(12), "monitor": {"latest_wins": True, "shard_portfolios": True}})
+    warmup.seed(store, settings)
+    engines = [build_alert_engine(store, settings, time.time) for _ in range(2)]
+    m1, m2 = (
+        Monitor(store, settings, consumer=name, idle_refresh_seconds=0, claim_idle_seconds=30, alert_engine=engine)
+        for name, engine in zip(("m1", "m2"), engines, strict=True)
+    )  # fmt: skip
+    pids = list(settings.portfolio_ids)
+    assert [e.scope(pids) for e in engines] == [pids, pids]  # type: ignore[misc]  # before a tick: all of them
+    now = time.time()
+    store.client.zadd(MONITORS_KEY, {"m1": now, "m2": now})
+    _sim_ticks(store, settings, 1)
+
+    # Act
+    assert m1.process_available() == 1 and m2.process_available() == 1
+
+    # Assert: each engine's timers cover its monitor's shard; together every portfolio, once
+    scopes = [e.scope(pids) for e in engines]  # type: ignore[misc]
+    assert scopes == [shard(pids, ["m1", "m2"], "m1"), shard(pids, ["m1", "m2"], "m2")]
+    assert sorted(scopes[0] + scopes[1]) == sorted(pids) and 0 < len(scopes[0]) < 12
 
 
 def test_beats_past_the_idle_limit_are_removed(store: Store) -> None:

@@ -399,3 +399,20 @@ def test_a_point_of_the_former_field_per_metric_format_still_reads(store: Store)
     assert old == {"id": "1700000000500-0", "ts": 1_700_000_000.5, "version": 7, "equity": 1_000_000.25,
                    "margin.level": None}  # fmt: skip
     assert new["version"] == 8 and new["equity"] == 2.0 and new["ts"] == 1_700_000_001.0 and new["cash"] is None
+
+
+def test_snapshot_times_read_each_stored_snapshots_time_without_sending_it(store: Store) -> None:
+    # Arrange: one snapshot written by the writers' encoder, one absent, two not in the writers' shape
+    ts = 1_717_000_000.123456
+    snap = {"portfolio_id": "main", "ts": ts, "version": 3, "positions": [{"ticker": "AAA", "qty": 5}]}
+    store.record_snapshot("main", snap, {"equity": 1.0}, ts=ts, retention_seconds=3600, max_points=10)
+    store.client.set(PortfolioKeys("odd").snapshot, b'{"ts": 5.0, "portfolio_id": "odd"}')  # other key order
+    store.client.set(PortfolioKeys("junk").snapshot, b"\x00not json")
+
+    # Act
+    times = store.snapshot_times(["main", "none", "odd", "junk"])
+
+    # Assert: the exact float (as the JSON decodes), None for none stored, NaN for "read it whole"
+    assert times[0] == ts == store.read_snapshot("main")["ts"]  # type: ignore[index]
+    assert times[1] is None and math.isnan(times[2]) and math.isnan(times[3])  # type: ignore[arg-type]
+    assert store.snapshot_times([]) == []
