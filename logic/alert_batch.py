@@ -1,18 +1,27 @@
-"""Alerts that keep up: every rule on every portfolio of a tick, planned together and written in one MULTI.
+"""Alerts that keep up: every rule on every portfolio of a tick, planned together and written in a few MULTIs.
 
 :meth:`logic.alerts.AlertEngine.evaluate` costs one WATCH, two reads and a MULTI per portfolio (about 1 ms each,
-so a second per tick for a thousand portfolios). :func:`evaluate_batch` does the same work for all of them with:
+so a second per tick for a thousand portfolios). :func:`evaluate_batch` does the same work for a range of
+:data:`ALERT_BATCH_PORTFOLIOS` portfolios at a time with:
 
 1. one WATCH of every portfolio's alert and timer hashes (``Store.alert_watch_keys``);
-2. one pipelined read of them all (after the WATCH: a write by anyone else from then on aborts step 4);
+2. one read of them all, one script (after the WATCH: a write by anyone else from then on aborts step 4);
 3. the planning of each portfolio by the engine's own :meth:`logic.lifecycle.AlertPlanner.plan_evaluation` (the
    one definition of the lifecycle: pending and clear periods, stale data, inhibition, escalation timers);
 4. one MULTI writing every portfolio's changes (the engine's own ``_write``): alerts, timers, history, outbox,
    automated actions, audit.
 
-A conflict at step 4 (someone acknowledged or resolved an alert meanwhile) writes nothing; the caller then
-evaluates the portfolios one by one (each in its own transaction, as before). A portfolio whose stored alerts do
+A conflict at step 4 (someone acknowledged or resolved an alert meanwhile) writes nothing of that range; the
+caller then evaluates its portfolios one by one (each in its own transaction, as before). A portfolio whose stored alerts do
 not decode, or whose planning fails, is left to the per-portfolio path too, which reports its error.
+
+**Quiet portfolios are not planned again.** The engine's timers tick (every 0.5 s on the monitor's own thread)
+evaluates every portfolio's newest snapshot again at a later ``now``. When the last planning of that very
+snapshot (the same object) found no alert and no timer stored and changed nothing, and the rules and the live
+limits are the same and no rule's stale-data test turns (:func:`logic.lifecycle.staleness`, the only way the
+time enters a condition), planning it again would change nothing either: with no alert and no timer, a plan
+changes something only for a breach, and the conditions are those that had none. Such a portfolio is skipped
+(:class:`Quiet`); its alert and timer hashes are still read under the WATCH, and must still be empty.
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from engine.errors import RiskdeskError
+from engine.settings import AlertRule, Limits
 from engine.store import decode_str
 from engine.store.codec import decode_json_fast
 from logic.batch import PortfolioLookup, read_limits
-from logic.lifecycle import Changes
+from logic.lifecycle import Changes, staleness
 from logic.rules import Snapshot
 
 if TYPE_CHECKING:  # the engine calls this module; imported for the type only
@@ -58,44 +68,83 @@ def _json_hash(key: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Quiet:
+    """A planning that found nothing stored and changed nothing (module docstring)."""
+
+    snapshot: Snapshot
+    rules: tuple[AlertRule, ...]
+    limits: Limits
+    stale: tuple[bool, ...]
+
+    def holds(self, snapshot: Snapshot, rules: tuple[AlertRule, ...], limits: Limits, now: float) -> bool:
+        """Planning ``snapshot`` at ``now`` with nothing stored would change nothing, as this one did."""
+        return (
+            snapshot is self.snapshot
+            and (rules is self.rules or rules == self.rules)
+            and limits == self.limits
+            and staleness(rules, snapshot, now) == self.stale
+        )
+
+
+ALERT_BATCH_PORTFOLIOS = 125
+"""Portfolios per transaction. Redis before 7.0 checks every key a WATCH adds against every key the connection
+watches already: 2,000 keys in one transaction held the server for 32 ms (gates and monitors waited), 250 keys
+for 0.5 ms; so a tick's portfolios are evaluated in transactions of this many."""
+
+
 def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: float) -> BatchResult:
-    """Plan and write the evaluation of every snapshot (portfolio id -> snapshot) at ``now`` in one transaction
-    (module docstring). The caller holds the engine's lock."""
+    """Plan and write the evaluation of every snapshot (portfolio id -> snapshot) at ``now``, in transactions of
+    :data:`ALERT_BATCH_PORTFOLIOS` portfolios (module docstring). The caller holds the engine's lock."""
     result = BatchResult()
     pids = list(snapshots)
-    if not pids:
-        return result
+    for lo in range(0, len(pids), ALERT_BATCH_PORTFOLIOS):
+        _evaluate_range(engine, snapshots, pids[lo : lo + ALERT_BATCH_PORTFOLIOS], now, result)
+    return result
+
+
+def _evaluate_range(
+    engine: AlertEngine, snapshots: Mapping[str, Snapshot], pids: list[str], now: float, result: BatchResult
+) -> None:
+    """Steps 1 to 4 for ``pids``, adding to ``result``; a conflict leaves them all to the per-portfolio path."""
     store = engine.store
     watched = {pid: store.alert_watch_keys(pid) for pid in pids}
+    failed: list[str] = []
     with store.client.pipeline(transaction=True) as tx:
         tx.watch(*(key for pid in pids for key in watched[pid]))
         rules = engine.rulebook.rules(tx)
-        read = store.client.pipeline(transaction=False)
-        for pid in pids:
-            for key in watched[pid]:
-                read.hgetall(key)
-        raw = read.execute()
+        states = store.read_alert_states(pids)
         limits = read_limits(store, pids, PortfolioLookup(engine.settings), engine._limits_memo)
         plans: dict[str, Changes] = {}
+        quiet = engine.quiet
         for i, pid in enumerate(pids):
             alerts_key, eval_key = watched[pid]
+            snapshot = snapshots[pid]
             try:
-                alerts = _json_hash(alerts_key, raw[2 * i])
-                trackers = _json_hash(eval_key, raw[2 * i + 1])
                 live = limits[pid]
                 if isinstance(live, Exception):
                     raise live
-                changes = engine.planner.plan_evaluation(
-                    pid, snapshots[pid], now, alerts, trackers, rules, limits=live
-                )
+                stored_alerts, stored_timers = states[i]
+                nothing_stored = not stored_alerts and not stored_timers
+                mark = quiet.get(pid)
+                if nothing_stored and mark is not None and mark.holds(snapshot, rules, live, now):
+                    continue  # planned before with the same outcome: nothing (module docstring)
+                alerts = _json_hash(alerts_key, stored_alerts)
+                trackers = _json_hash(eval_key, stored_timers)
+                changes = engine.planner.plan_evaluation(pid, snapshot, now, alerts, trackers, rules, limits=live)
             except (RiskdeskError, ValueError, TypeError, KeyError):
-                result.one_by_one.append(pid)  # its own transaction reports the error
+                failed.append(pid)  # its own transaction reports the error
+                quiet.pop(pid, None)
                 continue
             if not changes.empty():
                 plans[pid] = changes
+                quiet.pop(pid, None)
+            elif nothing_stored:
+                quiet[pid] = Quiet(snapshot, rules, live, staleness(rules, snapshot, now))
         if not plans:
             tx.unwatch()
-            return result
+            result.one_by_one.extend(failed)
+            return
         tx.multi()
         for pid, changes in plans.items():
             engine._write(pid, changes, tx)
@@ -103,7 +152,9 @@ def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: 
             tx.execute()
         except redis.WatchError:
             LOGGER.debug("alert batch conflicted with another writer: %d portfolios one by one", len(pids))
-            return BatchResult(one_by_one=pids)
+            result.one_by_one.extend(pids)
+            return
+    result.one_by_one.extend(failed)
     for pid, changes in plans.items():
         for record in changes.log:
             LOGGER.info("alert %s %s/%s [%s] %s", record["event"], pid, record["rule_id"], record["severity"],
@@ -112,4 +163,3 @@ def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: 
             result.transitions[pid] = changes.transitions
         if changes.actions:
             result.with_actions.append(pid)
-    return result

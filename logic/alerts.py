@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -75,6 +75,9 @@ from logic.rules import (
     rule_to_dict,
     validate_rule,
 )
+
+if TYPE_CHECKING:  # logic/alert_batch.py imports this module
+    from logic.alert_batch import Quiet
 
 __all__ = [  # the names other modules import from here (their homes: logic.rules, logic.lifecycle, records)
     "ACTION_RULE_PREFIX",
@@ -169,6 +172,8 @@ class AlertEngine:
         self.scope: Callable[[list[str]], list[str]] | None = None
         """The portfolios among all whose timers :meth:`tick` runs (None: all); see the class docstring."""
         self._last: dict[str, Snapshot] = {}
+        self.quiet: dict[str, Quiet] = {}
+        """Per portfolio, its last planning that found nothing and changed nothing (logic/alert_batch.py)."""
         self._stored: dict[str, tuple[bytes, Snapshot]] = {}
         """The stored snapshot last decoded per portfolio, with its bytes (:meth:`_latest_snapshots`)."""
         self._limits_memo: dict[Any, Any] = {}
@@ -314,11 +319,8 @@ class AlertEngine:
         return out
 
     def _with_pending_actions(self, portfolio_ids: Sequence[str]) -> list[str]:
-        """The portfolios whose actions queue is not empty (one pipelined EXISTS each)."""
-        pipe = self.store.client.pipeline(transaction=False)
-        for pid in portfolio_ids:
-            pipe.exists(Store.actions_key(pid))
-        return [pid for pid, n in zip(portfolio_ids, pipe.execute(), strict=True) if n]
+        """The portfolios whose actions queue is not empty."""
+        return self.store.with_pending_actions(portfolio_ids)
 
     def limits_of(self, portfolio_id: str) -> Limits:
         """The portfolio's live limits (the store's version, the settings' when none is stored): what a rule's

@@ -220,10 +220,7 @@ class AlertPlanner:
 
     def condition(self, rule: AlertRule, snapshot: Snapshot, now: float) -> tuple[bool | None, Any, bool]:
         """(breach, value, stale): breach None means "hold" (stale data under the ``keep`` policy)."""
-        data_ts = snapshot.get("market_ts")
-        if not _finite(data_ts):
-            data_ts = snapshot.get("ts")
-        age = now - float(data_ts) if isinstance(data_ts, int | float) and _finite(data_ts) else math.inf
+        age = data_age(snapshot, now)
         value = metric_value(snapshot, rule.metric)
         if age <= rule.stale_after_seconds and value is None and rule.metric in NOT_APPLICABLE_WHEN_NULL:
             return False, None, False
@@ -617,6 +614,21 @@ def public_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
     out["escalation_level"] = int(escalation.get("max_level", -1)) + 1
     out["next_escalation_at"] = escalation.get("next_at")
     return out
+
+
+def data_age(snapshot: Snapshot, now: float) -> float:
+    """Seconds from the snapshot's market data (its ``market_ts``, else its ``ts``) to ``now``; inf without one."""
+    data_ts = snapshot.get("market_ts")
+    if not _finite(data_ts):
+        data_ts = snapshot.get("ts")
+    return now - float(data_ts) if isinstance(data_ts, int | float) and _finite(data_ts) else math.inf
+
+
+def staleness(rules: Sequence[AlertRule], snapshot: Snapshot, now: float) -> tuple[bool, ...]:
+    """Per rule, whether the snapshot's data is stale for it at ``now`` (:meth:`AlertPlanner.condition`'s test):
+    the only way the time of an evaluation enters a rule's condition."""
+    age = data_age(snapshot, now)
+    return tuple(age > rule.stale_after_seconds for rule in rules)
 
 
 def snapshot_ts(snapshot: Snapshot) -> float:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
+import logic.alert_batch
 import warmup
 from engine.settings import Settings, load_settings
 from engine.store import PortfolioKeys, Store
@@ -119,3 +121,54 @@ def test_a_conflicting_write_during_the_batch_falls_back_to_one_by_one(redis_cli
         assert "var_breach" in store.read_active_alerts(pid)
     # the interfering timer was seen: only an evaluation that read after the write drops it (no such rule)
     assert "someone" not in store.read_json_hash(Store.alert_eval_key(touched[0]))
+
+
+class _Forgetful(dict):  # type: ignore[type-arg]
+    """An engine's ``quiet`` that remembers nothing: every portfolio is planned at every evaluation."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def _run_with_ticks(client: redis.Redis, skip_quiet: bool) -> tuple[dict[str, Any], int]:
+    """Six ticks of snapshots, each followed by three timers ticks (the last past the stale-data limit); returns
+    the state and the number of portfolios planned."""
+    client.flushdb()
+    store = Store(client)
+    settings = _shipped()
+    warmup.seed(store, settings)
+    clock = SimClock(T0)
+    engine = build_alert_engine(store, settings, clock)
+    if not skip_quiet:
+        engine.quiet = _Forgetful()
+    planned = [0]
+    original = engine.planner.plan_evaluation
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        planned[0] += 1
+        return original(*args, **kwargs)
+
+    engine.planner.plan_evaluation = counted  # type: ignore[method-assign]
+    for step, dt in enumerate((0.0, 5.0, 11.0, 20.0, 45.0, 100.0)):
+        now = clock.advance(dt)
+        engine.evaluate_many(_snapshots(now, step), now)
+        engine.tick(now + 2.0)
+        engine.tick(now + 3.0)
+        engine.tick(now + 61.0)
+    return _state(store), planned[0]
+
+
+def test_timers_ticks_that_skip_quiet_portfolios_leave_the_state_of_planning_every_one(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: transactions of 5 portfolios (24 portfolios: 5 of them)
+    monkeypatch.setattr(logic.alert_batch, "ALERT_BATCH_PORTFOLIOS", 5)
+
+    # Act: the same snapshots and timers ticks, quiet portfolios skipped or planned every time
+    skipping, planned_skipping = _run_with_ticks(redis_client, skip_quiet=True)
+    planning, planned_all = _run_with_ticks(redis_client, skip_quiet=False)
+
+    # Assert: the same alerts, timers, history and notifications; quiet portfolios were skipped, others not
+    assert skipping == planning
+    assert planned_all == 6 * 4 * len(PIDS) and len(PIDS) < planned_skipping < planned_all
+    assert sum(len(s["log"]) for s in skipping.values()) > len(PIDS)  # many transitions happened

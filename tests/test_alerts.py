@@ -496,6 +496,47 @@ def test_tick_reads_only_the_stored_snapshots_newer_than_the_ones_it_holds(store
     assert {pid for pid in pids if store.read_active_alerts(pid)} == set(pids) - {"p07"}
 
 
+def test_a_quiet_portfolio_is_planned_again_when_its_data_goes_stale_a_rule_changes_or_its_limit_moves(
+    store: Store, make_settings
+) -> None:
+    # Arrange: a fresh snapshot under every threshold, evaluated once: nothing stored, nothing changed (quiet)
+    clock = SimClock()
+    stale_fire = rule("stale", "leverage", ">", 5.0, "HIGH", stale_after_seconds=60, stale_policy="fire")
+    follows = rule("var80", "var.var95", ">=", "limits.var_limit", "MEDIUM", threshold_fraction=0.8,
+                   stale_after_seconds=3600)  # fmt: skip
+    engine = make_engine(store, make_settings, [stale_fire, follows], clock)
+    calm = snapshot(now=T0)  # leverage 0.1, var95 5,000 against a var limit of 60,000
+    engine.evaluate("main", calm, T0)
+    engine.tick(T0 + 1)
+    assert "main" in engine.quiet and engine.active_alerts("main") == []
+
+    # Act / Assert: 60 s after the data it is still fresh: nothing; one second later it is stale: fires
+    engine.tick(T0 + 60)
+    assert engine.active_alerts("main") == []
+    engine.tick(T0 + 61)
+    assert [a["rule_id"] for a in engine.active_alerts("main")] == ["stale"]
+
+    # the same snapshot, quiet again for var80 ...
+    store.client.delete(PortfolioKeys("main").alerts, PortfolioKeys("main").alert_eval)
+    engine.update_rule("stale", {"stale_after_seconds": 3600}, actor="alice")
+    engine.tick(T0 + 70)
+    assert engine.active_alerts("main") == [] and "main" in engine.quiet
+    # ... until a rule changes: a lower threshold breaches at the next tick
+    engine.update_rule("stale", {"threshold": 0.05}, actor="alice")
+    engine.tick(T0 + 71)
+    assert [a["rule_id"] for a in engine.active_alerts("main")] == ["stale"]
+
+    # ... or the limit a rule follows moves: 80% of a 6,000 limit is 4,800 <= var95 5,000
+    store.client.delete(PortfolioKeys("main").alerts, PortfolioKeys("main").alert_eval)
+    engine.update_rule("stale", {"threshold": 5.0}, actor="alice")
+    engine.tick(T0 + 72)
+    assert engine.active_alerts("main") == [] and "main" in engine.quiet
+    store.change_limits("main", {"var_limit": 6000}, actor="alice", reason="test", now=T0 + 72,
+                        fallback=engine.settings.limits_for("main"))  # fmt: skip
+    engine.tick(T0 + 73)
+    assert [a["rule_id"] for a in engine.active_alerts("main")] == ["var80"]
+
+
 def test_a_scoped_engine_ticks_only_the_portfolios_in_its_scope(store: Store, make_settings) -> None:
     clock = SimClock()
     engine = make_engine(store, make_settings, [{**VAR_WARN, "pending_seconds": 30}], clock)

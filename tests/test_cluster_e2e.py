@@ -81,6 +81,17 @@ def test_snapshot_times_read_every_slot_on_the_cluster(cluster_store: Store) -> 
     assert cluster_store.snapshot_times(["main", "hedge", "p2", "none"]) == [100.5, 101.5, 102.5, None]
 
 
+def test_alert_states_and_pending_actions_are_read_across_slots_on_the_cluster(cluster_store: Store) -> None:
+    store = cluster_store
+    store.write_active_alerts("main", {"var_breach": {"status": "TRIGGERED"}})
+    store.client.hset(Store.alert_eval_key("p2"), "var_warning", '{"breach_since": 1.0}')
+    store.write_pending_actions("hedge", {"a1": {"action": "set_state:HALTED"}})
+    states = store.read_alert_states(["main", "hedge", "p2"])
+    want = [({b"var_breach"}, set()), (set(), set()), (set(), {b"var_warning"})]
+    assert [(set(a), set(t)) for a, t in states] == want
+    assert store.with_pending_actions(["main", "hedge", "p2"]) == ["hedge"]
+
+
 def test_the_gate_fills_once_per_client_order_id_on_the_cluster(cluster_store: Store, settings: Settings) -> None:
     warmup.seed(cluster_store, settings)
     gate = RiskManager(cluster_store.client, "main", settings)

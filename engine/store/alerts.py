@@ -9,12 +9,32 @@ one MULTI transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import decode_int, encode_json
 from engine.store.keys import RULES_KEY, RULES_VERSION_KEY, PortfolioKeys
+from engine.store.slots import is_cluster
+
+_READ_ALERT_STATES_LUA = """
+-- Every portfolio's active alerts and evaluation timers (KEYS: alerts, alert_eval, alerts, alert_eval, ...),
+-- as HGETALL returns them, end to end: one reply the client parses in C instead of a pipelined command each.
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+return out
+"""
+
+_NONEMPTY_LUA = """
+-- 1 for each key that exists, 0 for the others.
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('EXISTS', key) end
+return out
+"""
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class AlertStore(StoreBase):
@@ -60,6 +80,36 @@ class AlertStore(StoreBase):
         """The keys an alert transition reads and rewrites; WATCH them before planning one."""
         keys = PortfolioKeys(portfolio_id)
         return (keys.alerts, keys.alert_eval)
+
+    def read_alert_states(self, portfolio_ids: Sequence[str]) -> list[tuple[dict[bytes, bytes], dict[bytes, bytes]]]:
+        """Each portfolio's raw active alerts and evaluation timers (the hashes of :meth:`alert_watch_keys`, as
+        HGETALL returns them): one read-only script on one server, a pipeline on a Redis Cluster."""
+        keys = [key for pid in portfolio_ids for key in self.alert_watch_keys(pid)]
+        if not keys:
+            return []
+        if is_cluster(self.client):  # a script may touch one slot only
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            hashes = pipe.execute()
+        else:
+            hashes = [_pairs(flat) for flat in self._eval(None, _READ_ALERT_STATES_LUA, keys, [])]
+        return list(zip(hashes[::2], hashes[1::2], strict=True))
+
+    def with_pending_actions(self, portfolio_ids: Sequence[str]) -> list[str]:
+        """The portfolios whose queue of automated actions is not empty (one read-only script, or a pipeline of
+        EXISTS on a Redis Cluster)."""
+        keys = [self.actions_key(pid) for pid in portfolio_ids]
+        if not keys:
+            return []
+        if is_cluster(self.client):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)
+            found = pipe.execute()
+        else:
+            found = self._eval(None, _NONEMPTY_LUA, keys, [])
+        return [pid for pid, n in zip(portfolio_ids, found, strict=True) if n]
 
     def write_active_alerts(self, portfolio_id: str, alerts: Mapping[str, Any], pipe: Conn = None) -> None:
         """Set rule id -> JSON record of active alerts (others are left alone)."""
