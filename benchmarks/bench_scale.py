@@ -14,6 +14,10 @@ The deployment as ``make run`` has it: one monitor and the backtest runner (``py
 in its own process, every portfolio's backtest past its burn-in (a full 500-row window, every method forecast each
 bar, as bench_backtest.py builds them): the time to every snapshot of a tick while the runner feeds the same bar
 on the same two cores, beside one monitor alone, and the time until the runner has fed it.
+
+And one monitor as it runs by default, evaluating the shipped alert rules after each tick (logic/alert_batch.py)
+with their timers on a thread of the same process (``AlertEngine.tick`` every 0.5 s): on a quiet desk (no
+portfolio near a limit) and on a bad day (every portfolio in VaR breach: every alert's value moves every tick).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from benchmarks.bench_backtest import _prefill
 from benchmarks.bench_monitor import _after_rewrite
 from benchmarks.common import Context, Row, median_us, seeded_store, synthetic_assets, synthetic_books
 from engine.feeds import SimulatedFeed
-from engine.settings import Settings, settings_from_dict
+from engine.settings import Settings, load_settings, settings_from_dict
 from engine.store import PortfolioKeys, Store
 from engine.stream import StreamDaemon
+from logic.rules import rule_to_dict
 from logic.shards import Membership
 from tests.e2e_stack import toml_dumps
 
@@ -79,11 +84,12 @@ def _wait(condition: Any, what: str) -> None:
 
 
 def _time_to_full_set(
-    ctx: Context, settings: Settings, env: dict[str, str], count: int, *, backtests: bool = False
-) -> tuple[float, float | None]:
+    ctx: Context, settings: Settings, env: dict[str, str], count: int, *, backtests: bool = False,
+    alerts: bool = False,
+) -> tuple[float, float | None]:  # fmt: skip
     """Median ms from a bar written to the last portfolio's snapshot of it, with ``count`` monitor processes;
     with ``backtests`` the backtest runner runs too (steady state), and the second figure is the median ms until it
-    has fed the bar."""
+    has fed the bar; with ``alerts`` the monitors evaluate the settings' alert rules (as they do by default)."""
     store: Store = seeded_store(ctx, settings)
     if backtests:
         _prefill(store, settings, seed=1)  # every backtest past its burn-in
@@ -91,7 +97,8 @@ def _time_to_full_set(
     lowest = store.client.register_script(_MIN_VERSION_LUA)
     daemon = StreamDaemon(store, settings, iter(()), interval=0)  # type: ignore[arg-type]
     bars = iter(SimulatedFeed.from_settings(settings, seed=2))
-    command = [sys.executable, "-m", "logic.monitor", "--idle-refresh", "0", "--no-alerts", "--consumer"]
+    command = [sys.executable, "-m", "logic.monitor", "--idle-refresh", "0", *(() if alerts else ("--no-alerts",)),
+               "--consumer"]  # fmt: skip
     procs = [
         subprocess.Popen(
             [*command, f"m{i}"],
@@ -150,6 +157,15 @@ def run(ctx: Context) -> list[Row]:
 
     figures = {count: _time_to_full_set(ctx, settings, env, count)[0] for count in MONITORS}
     with_runner, runner_fed = _time_to_full_set(ctx, settings, env, 1, backtests=True)
+    # the monitor as it runs by default: evaluating the shipped rules after each tick, their timers on a thread
+    shipped = [rule_to_dict(r) for r in load_settings(ROOT / "riskdesk.toml", env={}).alert_rules]
+    with_alerts: dict[str, float] = {}
+    for desk, limits in (("no portfolio in breach", {"var_limit": 1e9}), ("every portfolio in VaR breach", {})):
+        alerting = {**data, "alert_rules": shipped, "limits": limits}
+        alert_config = tmp / f"alerts-{len(with_alerts)}.toml"
+        alert_config.write_text(toml_dumps(alerting))
+        alert_env = {**env, "RISKDESK_CONFIG": str(alert_config)}
+        with_alerts[desk] = _time_to_full_set(ctx, settings_from_dict(alerting), alert_env, 1, alerts=True)[0]
     ctx.redis().flushall()
     rows = []
     for count in MONITORS:
@@ -165,4 +181,8 @@ def run(ctx: Context) -> list[Row]:
                     figures[1]))  # fmt: skip
     rows.append(Row(f"time until the backtest runner has fed the tick's bar, {PORTFOLIOS} portfolios, steady state",
                     runner_fed or float("nan"), "ms"))  # fmt: skip
+    for desk, figure in with_alerts.items():
+        rows.append(Row(f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, 1 monitor with the "
+                        f"{len(shipped)} shipped alert rules, {desk}", figure, "ms", "1 monitor without alerts "
+                        "(same run)", figures[1]))  # fmt: skip
     return rows
