@@ -43,6 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import CrossSlotTransactionError, InvalidPipelineStack, RedisClusterException
 
 from engine.errors import StoreUnavailableError
 from engine.redis_server import REDIS_MARKER, owned_pid, process_alive, redis_server_binary
@@ -93,7 +94,20 @@ class GuardedRedisCluster(RedisCluster):
     Its transactions also reply like a single server's: redis-py's cluster EXEC applies only the cluster-level
     reply callbacks, so SET answered ``b"OK"`` instead of True, SMEMBERS a list instead of a set, ZRANGE
     WITHSCORES lists instead of tuples; the node-level callbacks a single server's MULTI applies are applied here.
+
+    And it fails like a single server: redis-py raises :class:`RedisClusterException`, which is not a
+    :class:`redis.RedisError`, when no node can be reached or a slot's master is gone (``SlotNotCoveredError``);
+    every handler of the daemons and the dashboard catches Redis' errors, so a cluster down crashed a daemon with
+    a traceback and the dashboard showed "This view failed". Here those raise :class:`redis.ConnectionError`
+    (the daemons back off and retry, the pages say Redis is unreachable). A transaction or a pipeline that
+    spans slots is a programming error and still raises as redis-py raises it.
     """
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _unreachable(exc) from exc
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         pipe = super().pipeline(transaction, shard_hint)
@@ -102,12 +116,33 @@ class GuardedRedisCluster(RedisCluster):
             _guard_watch(strategy)
             if hasattr(strategy, "_execute_transaction"):
                 _standard_replies(strategy, pipe, self._node_callbacks())
+        for name in ("execute", "watch"):
+            _fail_like_a_server(pipe, name)
         return pipe
 
     def _node_callbacks(self) -> dict[str, Any]:
         node = self.get_default_node()
         connection = getattr(node, "redis_connection", None) if node is not None else None
         return dict(getattr(connection, "response_callbacks", {}) or {})
+
+
+def _unreachable(exc: RedisClusterException) -> Exception:
+    """``exc`` as the error a single server's client raises (class docstring); a misuse stays as it is."""
+    if isinstance(exc, CrossSlotTransactionError | InvalidPipelineStack):
+        return exc
+    return redis.ConnectionError(f"Redis Cluster unavailable: {exc}")
+
+
+def _fail_like_a_server(pipe: Any, name: str) -> None:
+    original = getattr(pipe, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _unreachable(exc) from exc
+
+    setattr(pipe, name, call)
 
 
 def _guard_watch(strategy: Any) -> None:
@@ -159,13 +194,18 @@ def connect_cluster(url: str, *, timeout: float = 5.0) -> redis.Redis:
         kwargs["ssl"] = True
     if "require_full_coverage" in query:
         kwargs["require_full_coverage"] = query["require_full_coverage"][0].lower() in ("1", "true", "yes")
-    client = GuardedRedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes_of(url)],
-        decode_responses=False,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        **kwargs,
-    )
+    nodes = cluster_nodes_of(url)
+    try:  # RedisCluster connects at once, to learn the slots
+        client = GuardedRedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            **kwargs,
+        )
+    except (RedisClusterException, redis.ConnectionError, redis.TimeoutError) as exc:
+        names = ", ".join(f"{host}:{port}" for host, port in nodes)  # the URL may hold a password: not shown
+        raise StoreUnavailableError(f"Redis is unreachable: no Redis Cluster node answers ({names})") from exc
     return cast(redis.Redis, client)
 
 

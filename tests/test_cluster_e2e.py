@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import warmup
 from engine.redis_server import connect
@@ -292,3 +293,41 @@ def test_cluster_urls_are_recognised_and_a_bad_one_is_refused_with_a_coded_error
         cluster_nodes_of("redis+cluster://a-host-without-port")
     with pytest.raises(StoreUnavailableError):
         cluster_nodes_of("redis://a:1")
+
+
+def test_an_unreachable_cluster_is_a_coded_error_at_connect_and_a_connection_error_after(tmp_path: Path) -> None:
+    from engine.errors import StoreUnavailableError
+    from engine.redis_cluster import free_port
+    from logic.views.common import problem_from_exception
+
+    from .conftest import private_cluster
+
+    # Arrange / Act: no node listens (a password in the URL is not repeated in the message)
+    url = f"redis+cluster://:secret@127.0.0.1:{free_port()}"
+    with pytest.raises(StoreUnavailableError) as refused:
+        connect(url, timeout=1.0)
+    # Assert: the pages say so, and a daemon started on it exits with that message, no traceback
+    assert "secret" not in str(refused.value)
+    assert problem_from_exception(refused.value).title == "Redis is unreachable"
+    env = daemon_env(url, tmp_path / "none.toml")
+    env.pop("RISKDESK_CONFIG", None)
+    proc = spawn("logic.monitor", ["--ticks", "1"], env, tmp_path / "monitor.log")
+    assert proc.wait(60) != 0
+    log = (tmp_path / "monitor.log").read_text()
+    assert "unreachable" in log and "Traceback" not in log, log
+
+    # Arrange: a running cluster the client has connected to, then every node stopped
+    with private_cluster("rdcu-") as cluster:
+        store = Store(connect(cluster.url, timeout=1.0))
+        store.client.set("pf:{main}:x", b"1")
+        cluster.stop()
+        # Act / Assert: reads, pipelines and transactions fail with Redis' connection error, as on one server
+        for attempt in (
+            lambda: store.client.get("pf:{main}:x"),
+            lambda: store.read_snapshot("hedge"),
+            lambda: store.client.pipeline(transaction=False).get("pf:{a}:x").get("pf:{b}:x").execute(),
+        ):
+            with pytest.raises(redis.ConnectionError) as failed:
+                attempt()
+            assert problem_from_exception(failed.value).title == "Redis is unreachable"
+        store.client.close()
