@@ -15,7 +15,6 @@ from typing import Any
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import decode_int, encode_json
 from engine.store.keys import RULES_KEY, RULES_VERSION_KEY, PortfolioKeys
-from engine.store.slots import is_cluster
 
 _READ_ALERT_STATES_LUA = """
 -- Every portfolio's active alerts and evaluation timers (KEYS: alerts, alert_eval, alerts, alert_eval, ...),
@@ -83,32 +82,14 @@ class AlertStore(StoreBase):
 
     def read_alert_states(self, portfolio_ids: Sequence[str]) -> list[tuple[dict[bytes, bytes], dict[bytes, bytes]]]:
         """Each portfolio's raw active alerts and evaluation timers (the hashes of :meth:`alert_watch_keys`, as
-        HGETALL returns them): one read-only script on one server, a pipeline on a Redis Cluster."""
+        HGETALL returns them), in one read-only script (:meth:`_eval_per_key`)."""
         keys = [key for pid in portfolio_ids for key in self.alert_watch_keys(pid)]
-        if not keys:
-            return []
-        if is_cluster(self.client):  # a script may touch one slot only
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
-            hashes = pipe.execute()
-        else:
-            hashes = [_pairs(flat) for flat in self._eval(None, _READ_ALERT_STATES_LUA, keys, [])]
+        hashes = [_pairs(flat) for flat in self._eval_per_key(_READ_ALERT_STATES_LUA, keys)]
         return list(zip(hashes[::2], hashes[1::2], strict=True))
 
     def with_pending_actions(self, portfolio_ids: Sequence[str]) -> list[str]:
-        """The portfolios whose queue of automated actions is not empty (one read-only script, or a pipeline of
-        EXISTS on a Redis Cluster)."""
-        keys = [self.actions_key(pid) for pid in portfolio_ids]
-        if not keys:
-            return []
-        if is_cluster(self.client):
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.exists(key)
-            found = pipe.execute()
-        else:
-            found = self._eval(None, _NONEMPTY_LUA, keys, [])
+        """The portfolios whose queue of automated actions is not empty (one read-only script)."""
+        found = self._eval_per_key(_NONEMPTY_LUA, [self.actions_key(pid) for pid in portfolio_ids])
         return [pid for pid, n in zip(portfolio_ids, found, strict=True) if n]
 
     def write_active_alerts(self, portfolio_id: str, alerts: Mapping[str, Any], pipe: Conn = None) -> None:

@@ -14,6 +14,7 @@ import redis
 from engine.errors import CorruptDataError, SchemaMismatchError, StoreEmptyError, StoreUnavailableError
 from engine.store.codec import decode_int, decode_json, decode_str, encode_json
 from engine.store.keys import KEY_PATTERNS, MARKET_KEY, SCHEMA_KEY, SCHEMA_VERSION
+from engine.store.slots import is_cluster
 
 Conn = Any
 """A ``redis.Redis`` or a ``redis.client.Pipeline`` (in WATCH mode its reads run at once)."""
@@ -48,6 +49,19 @@ class StoreBase:
                 script = scripts[source] = self.client.register_script(source)
             return script(keys=list(keys), args=list(args), client=c)
         return c.execute_command("EVAL", source, len(keys), *keys, *args)
+
+    def _eval_per_key(self, source: str, keys: Sequence[str]) -> list[Any]:
+        """Run a read-only script whose reply holds one element per key of KEYS, in order: over every key in one
+        call on one server; on a Redis Cluster, where a script may touch one slot only, one call per key,
+        pipelined."""
+        if not keys:
+            return []
+        if is_cluster(self.client):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                self._eval(pipe, source, [key], [])
+            return [reply[0] for reply in pipe.execute()]
+        return list(self._eval(None, source, keys, []))
 
     # -- schema ----------------------------------------------------------------------------------------------
     def schema_version(self, conn: Conn = None) -> int | None:

@@ -33,7 +33,6 @@ from engine.store.codec import (
 )
 from engine.store.history import foreign_stamp
 from engine.store.keys import PortfolioKeys, lock_key
-from engine.store.slots import is_cluster
 
 _SNAPSHOT_TS_LUA = """
 -- Each stored snapshot's ts (KEYS: pf:{id}:snapshot), read from the head of its JSON: false where none is
@@ -267,22 +266,12 @@ return out
         return None if raw is None else decode_object(raw, key)
 
     def snapshot_times(self, portfolio_ids: Sequence[str]) -> list[float | None]:
-        """Each portfolio's stored snapshot ``ts`` without sending the snapshots (one read-only script; on a
-        Redis Cluster one per portfolio, pipelined): ``None`` where none is stored, NaN where its JSON does not
+        """Each portfolio's stored snapshot ``ts`` without sending the snapshots (one read-only script,
+        :meth:`_eval_per_key`): ``None`` where none is stored, NaN where its JSON does not
         start as the writers start it (``{"portfolio_id": ..., "ts": ...``): the caller then reads that one whole
         (:meth:`read_snapshot`). The alert engine's timers tick uses it to skip the snapshots it holds already."""
-        if not portfolio_ids:
-            return []
-        keys = [PortfolioKeys(pid).snapshot for pid in portfolio_ids]
-        if is_cluster(self.client):  # a script may touch one slot only
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                self._eval(pipe, _SNAPSHOT_TS_LUA, [key], [])
-            raws = [reply[0] for reply in pipe.execute()]
-        else:
-            raws = self._eval(None, _SNAPSHOT_TS_LUA, keys, [])
         out: list[float | None] = []
-        for raw in raws:
+        for raw in self._eval_per_key(_SNAPSHOT_TS_LUA, [PortfolioKeys(pid).snapshot for pid in portfolio_ids]):
             if raw is None:
                 out.append(None)
                 continue
