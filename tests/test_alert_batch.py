@@ -62,13 +62,18 @@ def _state(store: Store) -> dict[str, Any]:
     return out
 
 
-def _run(client: redis.Redis, batched: bool) -> tuple[dict[str, Any], list[dict[str, list[Any]]]]:
+def _fresh(client: redis.Redis) -> tuple[Store, SimClock, Any]:
+    """A freshly seeded store (the shipped settings), a clock at T0 and an alert engine on them."""
     client.flushdb()
     store = Store(client)
     settings = _shipped()
     warmup.seed(store, settings)
     clock = SimClock(T0)
-    engine = build_alert_engine(store, settings, clock)
+    return store, clock, build_alert_engine(store, settings, clock)
+
+
+def _run(client: redis.Redis, batched: bool) -> tuple[dict[str, Any], list[dict[str, list[Any]]]]:
+    store, clock, engine = _fresh(client)
     transitions = []
     for step, dt in enumerate((0.0, 5.0, 11.0, 20.0, 45.0, 100.0)):
         now = clock.advance(dt)
@@ -133,12 +138,7 @@ class _Forgetful(dict):  # type: ignore[type-arg]
 def _run_with_ticks(client: redis.Redis, skip_quiet: bool) -> tuple[dict[str, Any], int]:
     """Six ticks of snapshots, each followed by three timers ticks (the last past the stale-data limit); returns
     the state and the number of portfolios planned."""
-    client.flushdb()
-    store = Store(client)
-    settings = _shipped()
-    warmup.seed(store, settings)
-    clock = SimClock(T0)
-    engine = build_alert_engine(store, settings, clock)
+    store, clock, engine = _fresh(client)
     if not skip_quiet:
         engine.quiet = _Forgetful()
     planned = [0]
