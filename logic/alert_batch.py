@@ -12,8 +12,9 @@ so a second per tick for a thousand portfolios). :func:`evaluate_batch` does the
    automated actions, audit.
 
 A conflict at step 4 (someone acknowledged or resolved an alert meanwhile) writes nothing of that range; the
-caller then evaluates its portfolios one by one (each in its own transaction, as before). A portfolio whose stored alerts do
-not decode, or whose planning fails, is left to the per-portfolio path too, which reports its error.
+caller then evaluates its portfolios one by one (each in its own transaction, as before). A portfolio whose
+stored alerts do not decode, or whose planning fails, is left to the per-portfolio path too, which reports its
+error.
 
 **Quiet portfolios are not planned again.** The engine's timers tick (every 0.5 s on the monitor's own thread)
 evaluates every portfolio's newest snapshot again at a later ``now``. When the last planning of that very

@@ -627,7 +627,8 @@ class Monitor:
 
     def alert_scope(self, portfolio_ids: list[str]) -> list[str]:
         """The portfolios whose alert timers this monitor ticks (the alert engine's ``scope``, on its own
-        thread): its shard among the live monitors its last tick found; all of them before its first tick."""
+        thread): its shard among the live monitors its last tick or idle beat found (so with no tick coming, a
+        dead monitor's portfolios still get their stale-data alerts from the others); all before either."""
         live = self._shard_of
         return list(portfolio_ids) if live is None else shard(portfolio_ids, live, self.consumer)
 
@@ -704,8 +705,8 @@ class Monitor:
                 else:
                     return
         if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
-            if self.membership is not None:
-                self.membership.beat()  # an idle monitor still holds its shard
+            if self.membership is not None:  # an idle monitor still holds its shard, and ticks its alert timers
+                self._shard_of = self.membership.beat()
             heartbeat = self._heartbeat(
                 self.clock(), None, 0, self.stats.last_latency_ms, ticks=self.stats.ticks_processed
             )

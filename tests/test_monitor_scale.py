@@ -202,6 +202,14 @@ def test_sharing_monitors_tick_the_alert_timers_of_their_own_shard_only(
     assert scopes == [shard(pids, ["m1", "m2"], "m1"), shard(pids, ["m1", "m2"], "m2")]
     assert sorted(scopes[0] + scopes[1]) == sorted(pids) and 0 < len(scopes[0]) < 12
 
+    # Act: m2 falls silent and no tick comes; m1 beats while idle
+    store.client.zadd(MONITORS_KEY, {"m2": time.time() - 60})
+    m1._last_heartbeat = 0.0  # its heartbeat is due
+    m1._idle()
+
+    # Assert: m1's timers now cover every portfolio (m2's go stale with nobody else to say so)
+    assert engines[0].scope(pids) == pids  # type: ignore[misc]
+
 
 def test_beats_past_the_idle_limit_are_removed(store: Store) -> None:
     store.client.zadd(MONITORS_KEY, {"gone": time.time() - 100, "alive": time.time()})

@@ -49,6 +49,7 @@ end
 return out
 """
 
+
 @dataclass(frozen=True)
 class EquityPeaks:
     """Equity reference points of the drawdown windows (``pf:{id}:peaks``)."""
