@@ -201,10 +201,11 @@ class AlertPlanner:
             if rule_id not in applicable:
                 ch.trackers_del.append(rule_id)
         ordered = sorted(applicable.values(), key=lambda r: -SEVERITY_RANK[Severity(r.severity)])
+        age = data_age(snapshot, now)  # once for every rule
         for rule in ordered:
             self.evaluate_rule(
                 ch, portfolio_id, rule, snapshot, now, current, trackers.get(rule.id) or {}, rules=ordered,
-                ref=refs.get(rule.id),
+                ref=refs.get(rule.id), age=age,
             )  # fmt: skip
         self.plan_inhibition(ch, current, now)
         self.plan_timers(ch, portfolio_id, current, now)
@@ -218,9 +219,13 @@ class AlertPlanner:
         self.plan_timers(ch, portfolio_id, current, now)
         return ch
 
-    def condition(self, rule: AlertRule, snapshot: Snapshot, now: float) -> tuple[bool | None, Any, bool]:
-        """(breach, value, stale): breach None means "hold" (stale data under the ``keep`` policy)."""
-        age = data_age(snapshot, now)
+    def condition(
+        self, rule: AlertRule, snapshot: Snapshot, now: float, age: float | None = None
+    ) -> tuple[bool | None, Any, bool]:
+        """(breach, value, stale): breach None means "hold" (stale data under the ``keep`` policy); ``age``:
+        :func:`data_age` of ``snapshot`` at ``now`` when the caller has it."""
+        if age is None:
+            age = data_age(snapshot, now)
         value = metric_value(snapshot, rule.metric)
         if age <= rule.stale_after_seconds and value is None and rule.metric in NOT_APPLICABLE_WHEN_NULL:
             return False, None, False
@@ -239,10 +244,12 @@ class AlertPlanner:
         tracker: Mapping[str, Any],
         rules: Sequence[AlertRule] = (),
         ref: str | None = None,
+        age: float | None = None,
     ) -> None:
         """``rules``: every rule applying to the portfolio (a margin sell-down reads its warning level there),
-        thresholds resolved; ``ref``: the limit ``rule``'s threshold came from (kept in the alert record)."""
-        breach, value, stale = self.condition(rule, snapshot, now)
+        thresholds resolved; ``ref``: the limit ``rule``'s threshold came from (kept in the alert record);
+        ``age``: :func:`data_age` of ``snapshot`` at ``now`` when the caller has it."""
+        breach, value, stale = self.condition(rule, snapshot, now, age)
         if breach is None:
             return
         alert = current.get(rule.id)
