@@ -31,6 +31,33 @@ BACKOFF_INITIAL_SECONDS: Final = 0.05
 """A daemon's first wait after a failed Redis operation; doubles on every further failure."""
 BACKOFF_MAX_SECONDS: Final = 5.0
 """Longest wait between two attempts while Redis is unreachable."""
+FAILURES_PER_WARNING: Final = 20
+"""A daemon that keeps failing logs its first failure and every this-many-th after as a warning, the rest at
+DEBUG (:func:`failure_log_level`)."""
+
+
+class Backoff:
+    """A daemon's capped exponential wait between failed Redis operations: :data:`BACKOFF_INITIAL_SECONDS`, twice
+    as long after each further failure up to :data:`BACKOFF_MAX_SECONDS`, back to the start after a success."""
+
+    def __init__(self) -> None:
+        self.delay = BACKOFF_INITIAL_SECONDS
+        """The next wait (seconds)."""
+
+    def reset(self) -> None:
+        self.delay = BACKOFF_INITIAL_SECONDS
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Wait :attr:`delay`, or until ``stop`` is set (True then); the next wait is twice as long, capped."""
+        stopped = stop.wait(self.delay)
+        self.delay = min(BACKOFF_MAX_SECONDS, self.delay * 2)
+        return stopped
+
+
+def failure_log_level(failures: int) -> int:
+    """WARNING for the first failure and every :data:`FAILURES_PER_WARNING`-th after, DEBUG for the others: an
+    outage is reported without a line every backoff step."""
+    return logging.WARNING if failures % FAILURES_PER_WARNING == 1 else logging.DEBUG
 
 
 def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ daemon reloads prices, matrix and version from the store and recomputes the bar 
 picked up without a restart and the version sequence has no gap and no repeat.
 
 Redis down: the bar is kept, the error logged, and the write retried with capped exponential backoff
-(:data:`BACKOFF_INITIAL_SECONDS` doubling up to :data:`BACKOFF_MAX_SECONDS`); the feed is not read meanwhile.
+(:class:`engine.daemon.Backoff`: 50 ms doubling up to 5 s); the feed is not read meanwhile.
 When Redis is back the daemon reloads the stored state and writes the kept bar with the next version. If the
 connection broke during the write, the last tick event tells whether the bar was committed (its token is unique)
 so it is never written twice. With ``appendfsync everysec`` a Redis crash may lose the last second of writes:
@@ -71,11 +71,11 @@ from engine import math_logic
 from engine.clocks import ClockMode, stamp_daily_closes, wall_sleep
 from engine.collar import CollarAnchor
 from engine.daemon import (
-    BACKOFF_INITIAL_SECONDS,
-    BACKOFF_MAX_SECONDS,
+    Backoff,
     add_daemon_arguments,
     configure_logging,
     connect_for_daemon,
+    failure_log_level,
     stop_on_signals,
 )
 from engine.daemon import install_signal_handlers as install_signal_handlers  # re-exported: a public name here
@@ -258,7 +258,7 @@ class StreamDaemon:
         """
         self._seq += 1
         token = f"{self._token_prefix}-{self._seq}"
-        backoff = BACKOFF_INITIAL_SECONDS
+        backoff = Backoff()
         watch_conflicts = 0
         while True:  # a bar already read is written even when a stop was asked meanwhile; retries are not
             started = time.perf_counter()
@@ -280,17 +280,13 @@ class StreamDaemon:
                 watch_conflicts += 1
                 if watch_conflicts <= WATCH_RETRIES_WITHOUT_WAIT:
                     continue
-                delay = backoff
             except (redis.RedisError, RiskdeskError, ValueError) as exc:
                 self._synced = False
                 self.stats.store_errors += 1
                 self.metrics.redis_errors.labels("stream").inc()
-                delay = backoff
-                level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
-                log.log(level, "cannot write bar %s (%s: %s); retrying in %.2f s", token, type(exc).__name__,
-                        exc, delay)  # fmt: skip
-            backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
-            if self._stop.wait(delay):
+                log.log(failure_log_level(self.stats.store_errors), "cannot write bar %s (%s: %s); retrying in %.2f s",
+                        token, type(exc).__name__, exc, backoff.delay)  # fmt: skip
+            if backoff.wait(self._stop):
                 break
         log.warning("stopping with bar %s not written", token)
         return False
@@ -583,17 +579,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def wait_for_store(store: Store, stop: threading.Event, what: str) -> bool:
     """Block until Redis answers and the store is seeded; False if stopped first. Raises on a wrong schema."""
-    delay = BACKOFF_INITIAL_SECONDS
+    backoff = Backoff()
     while not stop.is_set():
         try:
             store.client.ping()
             store.require_schema()
             return True
         except redis.RedisError as exc:
-            log.warning("%s: Redis is unreachable (%s); retrying in %.1f s", what, exc, delay)
-        if stop.wait(delay):
+            log.warning("%s: Redis is unreachable (%s); retrying in %.1f s", what, exc, backoff.delay)
+        if backoff.wait(stop):
             break
-        delay = min(BACKOFF_MAX_SECONDS, delay * 2)
     return False
 
 

@@ -45,11 +45,11 @@ import redis
 
 from engine.clocks import MarketClock, tick_time
 from engine.daemon import (
-    BACKOFF_INITIAL_SECONDS,
-    BACKOFF_MAX_SECONDS,
+    Backoff,
     add_daemon_arguments,
     configure_logging,
     connect_for_daemon,
+    failure_log_level,
     stop_on_signals,
 )
 from engine.errors import RiskdeskError, StoreError
@@ -151,7 +151,7 @@ class BacktestRunner:
 
     def run(self, max_bars: int | None = None, block_ms: int = 1000) -> RunnerStats:
         """Feed bars until :meth:`stop` (or ``max_bars``), surviving Redis outages (capped backoff)."""
-        backoff = BACKOFF_INITIAL_SECONDS
+        backoff = Backoff()
         while not self.stopping and (max_bars is None or self.stats.bars_fed < max_bars):
             try:
                 if not self._hold_lease():  # another runner feeds the bars: stand by
@@ -163,17 +163,16 @@ class BacktestRunner:
                     self._process_entries(entries)
                 elif time.monotonic() - self._last_heartbeat >= IDLE_HEARTBEAT_SECONDS:
                     self._idle_heartbeat()
-                backoff = BACKOFF_INITIAL_SECONDS
+                backoff.reset()
             except (redis.RedisError, StoreError) as exc:
                 self.stats.store_errors += 1
                 self.metrics.redis_errors.labels("backtest").inc()
                 self._check_pending, self._group_ready = True, False
                 self.books.discard()
-                level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
-                log.log(level, "store unavailable (%s: %s); retrying with backoff", type(exc).__name__, exc)
-                if self._stop.wait(backoff):
+                log.log(failure_log_level(self.stats.store_errors), "store unavailable (%s: %s); retrying with "
+                        "backoff", type(exc).__name__, exc)  # fmt: skip
+                if backoff.wait(self._stop):
                     break
-                backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
         with contextlib.suppress(redis.RedisError):
             self.store.release_lease(LEASE, self.consumer)  # a clean stop: a standby takes over at once
         log.info(

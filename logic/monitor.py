@@ -60,11 +60,11 @@ import redis
 from engine import math_logic
 from engine.clocks import MarketClock, tick_time
 from engine.daemon import (
-    BACKOFF_INITIAL_SECONDS,
-    BACKOFF_MAX_SECONDS,
+    Backoff,
     add_daemon_arguments,
     configure_logging,
     connect_for_daemon,
+    failure_log_level,
     stop_on_signals,
 )
 from engine.errors import ConfigError, RiskdeskError, StoreError
@@ -259,7 +259,7 @@ class Monitor:
 
     def run(self, max_ticks: int | None = None, block_ms: int = 1000) -> MonitorStats:
         """Process ticks until :meth:`stop` (or ``max_ticks``), surviving Redis outages (capped backoff)."""
-        backoff = BACKOFF_INITIAL_SECONDS
+        backoff = Backoff()
         while not self.stopping and (max_ticks is None or self.stats.ticks_processed < max_ticks):
             try:
                 wanted = self.batch_size
@@ -270,12 +270,11 @@ class Monitor:
                     self._process_entries(entries)
                 else:
                     self._idle()
-                backoff = BACKOFF_INITIAL_SECONDS
+                backoff.reset()
             except (redis.RedisError, StoreError) as exc:
                 self._on_store_error(exc)
-                if self._stop.wait(backoff):
+                if backoff.wait(self._stop):
                     break
-                backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
         if self.membership is not None:
             with contextlib.suppress(redis.RedisError):
                 self.membership.leave()  # a clean stop: the others take the shard on their next tick
@@ -294,8 +293,8 @@ class Monitor:
         self._check_pending = True
         self._group_ready = False
         self.models.clear()
-        level = logging.WARNING if self.stats.store_errors % 20 == 1 else logging.DEBUG
-        log.log(level, "store unavailable (%s: %s); retrying with backoff", type(exc).__name__, exc)
+        log.log(failure_log_level(self.stats.store_errors), "store unavailable (%s: %s); retrying with backoff",
+                type(exc).__name__, exc)  # fmt: skip
 
     # -- reading the tick stream -----------------------------------------------------------------------------
     def _ensure_group(self) -> None:
