@@ -20,7 +20,7 @@ from engine.store import (
     decode_array,
     encode_array,
 )
-from engine.store.codec import decode_symmetric, encode_symmetric
+from engine.store.codec import decode_symmetric, encode_symmetric, hash_from_flat
 
 from .conftest import store_contents
 
@@ -346,3 +346,12 @@ def test_alert_and_notification_hashes_round_trip_through_their_typed_methods(st
     store.write_notify_state("main", {"log:desk": {"last_sent_at": 2.5}})
     assert store.read_notify_state("main") == {"log:desk": {"last_sent_at": 2.5}}
     assert store.alert_watch_keys("main") == (keys.alerts, keys.alert_eval)
+
+
+def test_a_flat_hgetall_reply_becomes_its_hash_and_a_torn_one_is_refused(store: Store) -> None:
+    store.client.hset("h", mapping={"a": "1", "b": "2"})
+    flat = store.client.eval("return redis.call('HGETALL', KEYS[1])", 1, "h")
+    assert hash_from_flat(flat) == store.client.hgetall("h") == {b"a": b"1", b"b": b"2"}
+    assert hash_from_flat(None) == {} == hash_from_flat([])
+    with pytest.raises(ValueError):
+        hash_from_flat([b"a", b"1", b"b"])

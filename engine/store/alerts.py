@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from engine.store.base import Conn, StoreBase
-from engine.store.codec import decode_int, encode_json
+from engine.store.codec import decode_int, encode_json, hash_from_flat
 from engine.store.keys import RULES_KEY, RULES_VERSION_KEY, PortfolioKeys
 
 _READ_ALERT_STATES_LUA = """
@@ -32,8 +32,6 @@ return out
 """
 
 
-def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class AlertStore(StoreBase):
@@ -84,7 +82,7 @@ class AlertStore(StoreBase):
         """Each portfolio's raw active alerts and evaluation timers (the hashes of :meth:`alert_watch_keys`, as
         HGETALL returns them), in one read-only script (:meth:`_eval_per_key`)."""
         keys = [key for pid in portfolio_ids for key in self.alert_watch_keys(pid)]
-        hashes = [_pairs(flat) for flat in self._eval_per_key(_READ_ALERT_STATES_LUA, keys)]
+        hashes = [hash_from_flat(flat) for flat in self._eval_per_key(_READ_ALERT_STATES_LUA, keys)]
         return list(zip(hashes[::2], hashes[1::2], strict=True))
 
     def with_pending_actions(self, portfolio_ids: Sequence[str]) -> list[str]:

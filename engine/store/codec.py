@@ -221,6 +221,14 @@ def decode_window_rows(raws: list[bytes], n: int, *, key: str = "?") -> tuple[np
 # -- JSON --------------------------------------------------------------------------------------------------------
 
 
+def hash_from_flat(flat: list[Any] | None) -> dict[Any, Any]:
+    """An HGETALL reply as a Lua script returns it (a flat ``[field, value, ...]`` array; None or empty: no hash)
+    as a dict."""
+    if not flat:
+        return {}
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def encode_json(value: Any) -> str:
     """JSON with Decimals as strings (exact) and no NaN (not valid JSON)."""
     return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False)

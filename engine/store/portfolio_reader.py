@@ -39,7 +39,7 @@ import redis
 
 from engine.errors import CorruptDataError, StoreEmptyError, StoreError
 from engine.records import PortfolioState, Position
-from engine.store.codec import decode_str, decode_trading_status
+from engine.store.codec import decode_str, decode_trading_status, hash_from_flat
 from engine.store.keys import PORTFOLIOS_KEY, PortfolioKeys
 from engine.store.portfolio import PortfolioBundle, decode_portfolio, decode_positions
 from engine.store.slots import is_cluster
@@ -234,7 +234,7 @@ class PortfolioReader:
         """Decode one portfolio as :func:`~engine.store.portfolio.decode_portfolio` does (the same checks in
         the same order: state present, positions, state fields, trading state), reusing ``entry``'s parts whose
         bytes did not change. Raises the store's typed errors."""
-        state_fields = _pairs(_ok(state_raw, pid, "state"))
+        state_fields = hash_from_flat(_ok(state_raw, pid, "state"))
         if not state_fields:
             raise StoreEmptyError(f"portfolio {pid!r} is registered but has no state")
         raw_rev = state_fields.get(_STATE_REV)
@@ -245,7 +245,7 @@ class PortfolioReader:
                 raise CorruptDataError(f"{key}: not sent, and no positions held for {rev!r}")
             positions = entry.positions
         else:
-            positions = MappingProxyType(decode_positions(pid, _pairs(_ok(positions_raw, pid, "positions"))))
+            positions = MappingProxyType(decode_positions(pid, hash_from_flat(_ok(positions_raw, pid, "positions"))))
         state: PortfolioState
         if entry is not None and state_raw == entry.state_raw and entry.bundle.state is not None:
             old = entry.bundle.state
@@ -256,7 +256,7 @@ class PortfolioReader:
         if entry is not None and trading_raw == entry.trading_raw and entry.bundle.trading_state is not None:
             trading = entry.bundle.trading_state
         else:
-            trading = decode_trading_status(PortfolioKeys(pid).trading_state, _pairs(trading_raw))
+            trading = decode_trading_status(PortfolioKeys(pid).trading_state, hash_from_flat(trading_raw))
         return _Entry(
             state_raw=state_raw,
             trading_raw=trading_raw,
@@ -277,10 +277,6 @@ def _ok(raw: Any, pid: str, kind: str) -> Any:
     return raw
 
 
-def _pairs(flat: list[Any]) -> dict[Any, Any]:
-    """An HGETALL reply as Lua returns it (a flat ``[field, value, ...]`` array) as a dict."""
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
 
 
 def pipelined_scripts(client: Any, source: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:

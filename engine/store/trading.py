@@ -30,6 +30,7 @@ from engine.store.codec import (
     encode_json,
     encode_position,
     encode_trading_status,
+    hash_from_flat,
 )
 from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFERENCE_KEY, PortfolioKeys
 from engine.store.limits import decode_limits_reply
@@ -450,7 +451,7 @@ def _decode_portfolio_memo(
         scalars = decode_portfolio(portfolio_id, state, {})
         memo[state_key] = scalars
     if cached is None:
-        cached = MappingProxyType(decode_positions(portfolio_id, _pairs(flat_positions)))
+        cached = MappingProxyType(decode_positions(portfolio_id, hash_from_flat(flat_positions)))
         if rev is not None:
             memo[("positions", portfolio_id)] = (rev, cached)
     return dataclasses.replace(scalars, positions=cached)
@@ -468,11 +469,6 @@ def _fields(names: tuple[bytes, ...], values: list[Any]) -> dict[bytes, bytes]:
     return {name: value for name, value in zip(names, values, strict=True) if value is not None}
 
 
-def _pairs(flat: list[Any] | None) -> dict[Any, Any]:
-    """A flat ``[field, value, ...]`` reply (HGETALL inside a script) as a dict."""
-    if not flat:
-        return {}
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _try(errors: dict[str, StoreError], part: str, decode: Callable[[], Any]) -> Any:
