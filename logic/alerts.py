@@ -39,7 +39,7 @@ from engine.market_model import MarketModelCache
 from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
 from engine.settings import AlertRule, Limits, Settings
-from engine.store import PortfolioKeys, Store, decode_object
+from engine.store import PortfolioKeys, Store, decode_snapshot
 from logic.actions import ControlFactory, ResponseRunner
 from logic.escalation import EscalationConfig, escalation_config
 from logic.lifecycle import (
@@ -308,7 +308,7 @@ class AlertEngine:
                     stored = cached[1]
                 else:
                     try:
-                        stored = decode_object(raw, PortfolioKeys(pid).snapshot)
+                        stored = decode_snapshot(raw, PortfolioKeys(pid).snapshot)
                     except RiskdeskError:
                         stored = None
                     else:

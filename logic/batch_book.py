@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from engine.records import AccountType, PortfolioState, TradingState, TradingStatus, VarMethod
 from engine.settings import Limits
+from engine.store.codec import POSITION_FLOATS, PositionRows
 from engine.store.history import HISTORY_COLUMNS
 from logic.snapshot import MarketView, RiskFigures
 
@@ -41,19 +42,21 @@ class _Static:
     tickers: tuple[str, ...]
     qty: Float64Array
     avg: Float64Array
+    realized: Float64Array
     qty_int: list[int]
-    avg_list: list[float]
-    realized_list: list[float]
+    meta: bytes
+    """``[tickers, quantities]`` as a stored snapshot holds them (:class:`PositionRows`), encoded once."""
 
 
 def _static(state: PortfolioState) -> _Static:
     tickers = tuple(sorted(state.positions))
     positions = [state.positions[t] for t in tickers]
     qty_int = [int(p.qty) for p in positions]
-    avg_list = [float(p.avg_price) for p in positions]
     return _Static(
-        state, tickers, np.array(qty_int, dtype=np.float64), np.array(avg_list, dtype=np.float64), qty_int, avg_list,
-        [float(p.realized_pnl) for p in positions],
+        state, tickers, np.array(qty_int, dtype=np.float64),
+        np.array([float(p.avg_price) for p in positions], dtype=np.float64),
+        np.array([float(p.realized_pnl) for p in positions], dtype=np.float64), qty_int,
+        PositionRows(tickers, qty_int, bytes(8 * len(POSITION_FLOATS) * len(tickers))).meta,
     )  # fmt: skip
 
 
@@ -70,11 +73,7 @@ class BookColumns:
         self.qty: Float64Array = np.zeros(0)
         self.avg: Float64Array = np.zeros(0)
         self.tix: IntArray = np.zeros(0, dtype=np.intp)
-        self.flat_tickers: list[str] = []
-        self.flat_qty: list[int] = []
-        self.flat_avg: list[float] = []
-        self.flat_realized: list[float] = []
-        """Each position's ticker, quantity, average cost and realized P&L, end to end (as a snapshot lists them)."""
+        self.realized: Float64Array = np.zeros(0)
         self._held_key: tuple[Any, ...] | None = None
         self._held: tuple[list[str], list[int]] = ([], [])
 
@@ -98,10 +97,7 @@ class BookColumns:
         self.qty = np.concatenate([b.qty for b in books]) if books else np.zeros(0)
         self.avg = np.concatenate([b.avg for b in books]) if books else np.zeros(0)
         self.tix = np.array([index.get(t, -1) for b in books for t in b.tickers], dtype=np.intp)
-        self.flat_tickers = [t for b in books for t in b.tickers]
-        self.flat_qty = [q for b in books for q in b.qty_int]
-        self.flat_avg = [a for b in books for a in b.avg_list]
-        self.flat_realized = [r for b in books for r in b.realized_list]
+        self.realized = np.concatenate([b.realized for b in books]) if books else np.zeros(0)
 
     def ticker_tuples(self) -> list[tuple[str, ...]]:
         return [b.tickers for b in self.books]
@@ -300,23 +296,19 @@ def build_snapshots(
     rows = _nullable(points)
     used_l, maintenance_l = _nullable(used_out), _nullable(maintenance_out)
     open_ = cols.qty != 0
-    columns_of_positions = (
-        cols.flat_tickers, cols.flat_qty, cols.flat_avg, _nullable(np.where(values.ok, values.price, np.nan)),
-        values.exposures.tolist(), _nullable(weights), values.unrealized.tolist(), cols.flat_realized,
-        np.where(open_, inputs.mfe, 0.0).tolist(), np.where(open_, inputs.mae, 0.0).tolist(),
-    )  # fmt: skip
+    floats = np.column_stack((
+        cols.avg, np.where(values.ok, values.price, np.nan), values.exposures, weights, values.unrealized,
+        cols.realized, np.where(open_, inputs.mfe, 0.0), np.where(open_, inputs.mae, 0.0),
+    )) if len(cols.qty) else np.zeros((0, len(POSITION_FLOATS)))  # fmt: skip
+    floats[~np.isfinite(floats)] = np.nan  # null, as in the JSON of the per-portfolio path
+    packed = floats.astype("<f8").tobytes()  # PositionRows: a book's floats are its rows' bytes
+    width = 8 * len(POSITION_FLOATS)
     components = dict(zip(built, _components(cols, values, built, figures), strict=True))
     offsets = cols.offsets.tolist()
     version, market_ts, age = int(header.version), float(header.ts), max(0.0, float(now) - float(header.ts))
     i = _COLUMN
 
     def build(lo: int, hi: int) -> dict[int, dict[str, Any]]:
-        first, last = offsets[lo], offsets[hi]
-        positions = [
-            {"ticker": t, "qty": q, "avg_price": a, "last": la, "market_value": mv, "weight": w,
-             "unrealized_pnl": u, "realized_pnl": r, "mfe": f, "mae": m}
-            for t, q, a, la, mv, w, u, r, f, m in zip(*(c[first:last] for c in columns_of_positions), strict=True)
-        ]  # fmt: skip
         out: dict[int, dict[str, Any]] = {}
         for p in range(lo, hi):
             share = components.get(p)
@@ -365,7 +357,9 @@ def build_snapshots(
                 "margin": {"level": row[i["margin.level"]], "used": used_l[p], "maintenance": maintenance_l[p]},
                 "data": {"market_age_seconds": age, "missing_prices": values.missing[p]},
                 "trading_state": trading.state if trading is not None else _ACTIVE,
-                "positions": positions[offsets[p] - first : offsets[p + 1] - first],
+                "positions": PositionRows(
+                    book.tickers, book.qty_int, packed[offsets[p] * width : offsets[p + 1] * width], book.meta
+                ),
                 "var_method": str(inputs.methods[p]),
                 "component_var": share,
                 "backtest": None if section is None else dict(section),

@@ -11,10 +11,10 @@ Per tick: WATCH the portfolios' peaks keys, read which ones another writer touch
 live limits and the backtest runner's sections (logic/backtest_runner.py feeds the backtests), value every book,
 merge peaks and excursions, compute the figures (logic/batch.py), merge the history buckets, then write: the
 snapshots are built and written a range of :data:`CHUNK_PORTFOLIOS` portfolios at a time, each range in its own
-MULTI (one script), executed on a writer thread while the next range is built, so Redis works while Python does;
-the last range's MULTI also acknowledges the tick and writes the heartbeat, and runs only once every other range
-committed. A conflict (another monitor wrote one of a range's portfolios meanwhile) aborts that range: the state
-is dropped and the tick, left unacknowledged, is redone from the store. The ranges committed before are then
+MULTI (one script), executed on a writer thread of its own while the next range is built, so Redis works while
+Python does; the last range's MULTI also acknowledges the tick and writes the heartbeat, and runs only once every
+other range committed. A conflict (another monitor wrote one of a range's portfolios meanwhile) aborts that range:
+the state is dropped and the tick, left unacknowledged, is redone from the store. The ranges committed before are then
 written again: the same snapshot, and one more history point at the redo's time, as an idle refresh would add;
 peaks, excursions and buckets merge idempotently.
 """
@@ -161,7 +161,10 @@ class VectorisedTick:
         bounds = chunks(len(cols.pids), self.chunk_portfolios)
         txs = [slot_transaction(self.store.client) for _ in bounds]
         background = len(bounds) > 1 and not is_cluster(self.store.client)
-        pool = concurrent.futures.ThreadPoolExecutor(1, "riskdesk-tick-write") if background else None
+        # a writer thread per range (each transaction holds its own connection): one range's MULTI is packed
+        # and sent while Redis still runs the one before, so Redis does not wait for the packing
+        writers = max(1, len(bounds) - 1)
+        pool = concurrent.futures.ThreadPoolExecutor(writers, "riskdesk-tick-write") if background else None
         pending: list[concurrent.futures.Future[Any]] = []
         try:
             watched = state.watch_keys()  # every writer of peaks, marks or tier buckets stamps the peaks

@@ -13,7 +13,7 @@ import logic.batch as batch_module
 import warmup
 from engine.records import VarMethod
 from engine.settings import Limits, Settings
-from engine.store import PortfolioKeys, Store
+from engine.store import PortfolioKeys, PositionRows, Store
 from logic.batch import PortfolioLookup, batch_risk, exposure_matrix, read_limits
 from logic.monitor import Monitor
 from logic.snapshot import MarketView, risk_figures, usable_prices
@@ -141,7 +141,7 @@ def _numbers(node: Any, path: str = "") -> dict[str, Any]:
         for k, v in node.items():
             out.update(_numbers(v, f"{path}.{k}"))
         return out
-    if isinstance(node, list | tuple):
+    if isinstance(node, list | tuple | PositionRows):  # a vectorised snapshot's positions: PositionRows
         out = {}
         for i, v in enumerate(node):
             out.update(_numbers(v, f"{path}[{i}]"))

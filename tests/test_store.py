@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from decimal import Decimal
 
@@ -20,7 +21,15 @@ from engine.store import (
     decode_array,
     encode_array,
 )
-from engine.store.codec import decode_symmetric, encode_symmetric, hash_from_flat
+from engine.store.codec import (
+    POSITION_FLOATS,
+    PositionRows,
+    decode_snapshot,
+    decode_symmetric,
+    encode_snapshot,
+    encode_symmetric,
+    hash_from_flat,
+)
 
 from .conftest import store_contents
 
@@ -355,3 +364,88 @@ def test_a_flat_hgetall_reply_becomes_its_hash_and_a_torn_one_is_refused(store: 
     assert hash_from_flat(None) == {} == hash_from_flat([])
     with pytest.raises(ValueError):
         hash_from_flat([b"a", b"1", b"b"])
+
+
+def _snapshot_with(positions: list[dict[str, object]]) -> dict[str, object]:
+    return {"portfolio_id": "main", "ts": 1_800_000_000.25, "version": 7, "equity": 1.5e6, "positions": positions,
+            "component_var": {"AAA": 12.5}, "backtest": None}  # fmt: skip
+
+
+def _position(ticker: str, qty: int, **floats: float | None) -> dict[str, object]:
+    row: dict[str, object] = {"ticker": ticker, "qty": qty}
+    for i, name in enumerate(POSITION_FLOATS):
+        row[name] = floats.get(name, 0.1 * (i + 1) + qty)
+    return row
+
+
+def test_a_snapshot_stores_its_position_figures_as_float64_and_reads_back_the_same_dicts() -> None:
+    # Arrange: awkward floats, a null price and weight (a position without a usable price), a big quantity
+    positions = [
+        _position("AAA", 3, avg_price=0.1, last=1e-300, market_value=-2.5e15, weight=1 / 3),
+        _position("BBB", -(2**62), last=None, weight=None, unrealized_pnl=-0.0),
+        _position("Ω-CC", 0, mfe=float("inf"), mae=float("nan")),  # not finite: null, as JSON writes it
+    ]
+    snap = _snapshot_with(positions)
+
+    # Act
+    raw = encode_snapshot(snap)
+    back = decode_snapshot(raw, "k")
+
+    # Assert: the head is plain JSON (what the Lua scripts read), the figures bit-exact, inf and NaN null
+    head, meta, block = raw.split(b"\0", 2)
+    assert b'"version":7' in head and b"positions" not in head
+    assert json.loads(meta) == [["AAA", "BBB", "Ω-CC"], [3, -(2**62), 0]]
+    assert len(block) == 3 * 8 * len(POSITION_FLOATS)
+    want = [dict(p) for p in positions]
+    want[2]["mfe"] = want[2]["mae"] = None
+    assert back == {**snap, "positions": want}
+    assert struct.unpack("<d", struct.pack("<d", back["positions"][0]["weight"])) == (1 / 3,)
+    rows = PositionRows.from_dicts(positions)
+    assert rows is not None and rows == want and len(rows) == 3 and list(rows)[1]["last"] is None
+    assert encode_snapshot({**snap, "positions": rows}) == raw
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [
+        [],
+        [{"ticker": "AAA", "qty": 5}],  # not the full schema
+        [{**_position("AAA", 5), "extra": 1}],
+        [_position("AAA", 5, avg_price="1.5")],  # type: ignore[arg-type]
+        [{**_position("AAA", 5), "qty": 5.0}],  # a float quantity
+        [{**_position("AAA", 5), "qty": True}],
+        [_position("AAA", 5, last=2**60 + 1)],  # an integer float64 does not hold exactly
+    ],
+)
+def test_a_snapshot_whose_positions_are_not_of_the_schema_is_stored_as_plain_json(positions: list[dict]) -> None:
+    snap = _snapshot_with(positions)
+    raw = encode_snapshot(snap)
+    assert b"\0" not in raw
+    assert json.loads(raw) == snap == decode_snapshot(raw, "k")
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda raw: raw[:-1],  # a truncated float
+        lambda raw: raw + b"\0",
+        lambda raw: raw.replace(b'[["AAA"],[3]]', b'[["AAA"],[3.0]]'),
+        lambda raw: raw.replace(b'[["AAA"],[3]]', b'[["AAA","B"],[3,1]]'),
+        lambda raw: raw.replace(b'[["AAA"],[3]]', b'{"AAA":3}'),
+        lambda raw: raw.replace(b'[["AAA"],[3]]', b"[[1],[3]]"),
+        lambda raw: raw.split(b"\0")[0] + b"\0" + b'[["AAA"],[3]]',  # no second NUL
+        lambda raw: raw.replace(b'"version":7', b'"positions":[],"version":7'),
+        lambda raw: raw.replace(b'"version":7', b'"version":'),
+    ],
+)
+def test_a_corrupt_stored_snapshot_raises_the_typed_error(store: Store, mangle) -> None:
+    raw = encode_snapshot(_snapshot_with([_position("AAA", 3)]))
+    store.client.set(PortfolioKeys("main").snapshot, mangle(raw))
+    with pytest.raises(CorruptDataError):
+        store.read_snapshot("main")
+
+
+def test_a_plain_json_snapshot_of_an_older_store_still_reads(store: Store) -> None:
+    snap = _snapshot_with([_position("AAA", 3)])
+    store.client.set(PortfolioKeys("main").snapshot, json.dumps(snap))
+    assert store.read_snapshot("main") == snap

@@ -47,8 +47,8 @@ from engine.store.codec import (
     decode_int,
     decode_rows,
     decode_str,
-    encode_json_fast,
     encode_row,
+    encode_snapshot,
     row_points,
 )
 from engine.store.keys import PortfolioKeys
@@ -270,7 +270,7 @@ return id
         ms = int(ts * 1000)
         min_ms = max(0, int((ts - retention_seconds) * 1000))
         row = encode_row(RAW_LAYOUT, {**point, "ts": ts})
-        text = encode_json_fast(snapshot if type(snapshot) is dict else dict(snapshot))
+        text = encode_snapshot(snapshot)
         args: list[Any] = [
             int(snapshot["version"]), text, ms, min_ms, int(max_points), row,
             RAW_LAYOUT.struct_format, TIER_LAYOUT.struct_format, _AGG_CODES, TIER_LAYOUT.size,

@@ -26,6 +26,7 @@ from engine.store.codec import (
     decode_float,
     decode_int,
     decode_object,
+    decode_snapshot,
     decode_str,
     encode_array,
     encode_array_header,
@@ -264,7 +265,7 @@ return out
         """The latest snapshot of a portfolio (schema in logic/snapshot.py), or ``None`` if none yet."""
         key = PortfolioKeys(portfolio_id).snapshot
         raw = self._conn(conn).get(key)
-        return None if raw is None else decode_object(raw, key)
+        return None if raw is None else decode_snapshot(raw, key)
 
     def snapshot_times(self, portfolio_ids: Sequence[str]) -> list[float | None]:
         """Each portfolio's stored snapshot ``ts`` without sending the snapshots (one read-only script,

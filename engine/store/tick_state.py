@@ -41,7 +41,7 @@ import numpy.typing as npt
 from engine.errors import CorruptDataError, StoreError
 from engine.settings import HistoryTier
 from engine.store.base import Conn
-from engine.store.codec import decode_float, decode_object, decode_str, encode_json_fast
+from engine.store.codec import decode_float, decode_object, decode_str, encode_snapshot
 from engine.store.history import (
     APPEND_POINT_LUA,
     HISTORY_COLUMNS,
@@ -543,7 +543,7 @@ class TickState:
                 pa = [0, "", "", merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], "", "", ""]
             else:
                 pa = [
-                    version, encode_json_fast(snap), x.raw[p * x.raw_size : (p + 1) * x.raw_size],
+                    version, encode_snapshot(snap), x.raw[p * x.raw_size : (p + 1) * x.raw_size],
                     merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], x.checks[p],
                     x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
                     x.headers[p * x.head_block : (p + 1) * x.head_block],
