@@ -5,6 +5,7 @@ taking turns on one store (each must load what the other merged)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -20,6 +21,7 @@ from engine.records import Position
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Store
+from engine.store.codec import EXCURSION_DTYPE, decode_excursion
 from engine.store.history import OWNER_FIELD
 from engine.stream import StreamDaemon
 from logic.monitor import Monitor
@@ -281,3 +283,47 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     _assert_same_state(fast_store, loop_store, fast_store.portfolio_ids(), settings, history=False)
     peaks = fast_store.read_peaks("p12")
     assert peaks is not None and peaks.day == "2099-01-01"
+
+
+def test_an_excursion_record_of_an_older_store_in_json_merges_the_same_in_both_paths_and_is_rewritten_packed(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: two ticks of each kind; then every stored excursion of p02 replaced by its older JSON form, with
+    # an MFE far above any P&L (the merge must keep it) and an MAE of 0 (any loss is a new extreme)
+    settings = _random_settings(make_settings, seed=5)
+    clock = Steps()
+    monitors = []
+    for store, kind in zip(two_stores, (True, False), strict=True):
+        warmup.seed(store, settings, now=START)
+        monitors.append(Monitor(store, settings, clock, consumer="m", idle_refresh_seconds=0, vectorised=kind))
+    tickers = list(settings.universe.assets)
+    _run(settings, list(two_stores), lambda _: monitors, clock, 2, tickers)
+    key = PortfolioKeys("p02").marks
+    for store in two_stores:
+        packed = store.client.hgetall(key)
+        assert packed and all(len(v) == EXCURSION_DTYPE.itemsize for v in packed.values())
+        for ticker, value in packed.items():
+            side, _, _ = decode_excursion(value, "k")
+            store.client.hset(key, ticker, json.dumps({"side": side, "mfe": 1e9, "mae": 0.0}))
+    old = two_stores[0].read_marks("p02")
+    assert all((m.mfe, m.mae) == (1e9, 0.0) for m in old.values())
+    # the upgraded processes start: a vectorised monitor holds what it wrote and loads it only when it starts
+    # (or another writer stamps the portfolio)
+    monitors[0] = Monitor(two_stores[0], settings, clock, consumer="m", idle_refresh_seconds=0)
+
+    # Act: one more tick of each (on another bar)
+    _run(settings, list(two_stores), lambda _: monitors, clock, 1, tickers)
+
+    # Assert: both kept the JSON record's MFE; a record with a new extreme (a loss) is rewritten packed, one
+    # without is left as it was (as before: only a changed excursion is written)
+    rewritten = []
+    for store in two_stores:
+        marks = store.read_marks("p02")
+        assert marks.keys() == old.keys() and all(m.mfe == 1e9 for m in marks.values())
+        assert all(marks[t].side == old[t].side for t in marks)
+        for ticker, value in store.client.hgetall(key).items():
+            moved = marks[ticker.decode()].mae < 0.0
+            assert (len(value) == EXCURSION_DTYPE.itemsize) is moved and value.startswith(b"{") is not moved
+            rewritten.append(moved)
+    assert any(rewritten) and not all(rewritten)
+    assert two_stores[0].read_marks("p02") == two_stores[1].read_marks("p02")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from decimal import Decimal
 
@@ -16,16 +17,20 @@ from engine.settings import Limits
 from engine.store import (
     MARKET_KEY,
     SCHEMA_KEY,
+    Excursion,
     PortfolioKeys,
     Store,
     decode_array,
     encode_array,
 )
 from engine.store.codec import (
+    EXCURSION_DTYPE,
     POSITION_FLOATS,
     PositionRows,
+    decode_excursion,
     decode_snapshot,
     decode_symmetric,
+    encode_excursion,
     encode_snapshot,
     encode_symmetric,
     hash_from_flat,
@@ -449,3 +454,36 @@ def test_a_plain_json_snapshot_of_an_older_store_still_reads(store: Store) -> No
     snap = _snapshot_with([_position("AAA", 3)])
     store.client.set(PortfolioKeys("main").snapshot, json.dumps(snap))
     assert store.read_snapshot("main") == snap
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        encode_excursion(1, 3.0, -1.0)[:-1],  # truncated: neither form
+        encode_excursion(0, 3.0, -1.0),
+        encode_excursion(2, 3.0, -1.0),
+        encode_excursion(1, -3.0, -1.0),
+        encode_excursion(-1, 3.0, 1.0),
+        encode_excursion(1, math.nan, -1.0),
+        encode_excursion(1, 3.0, -math.inf),
+        b'{"side": 1, "mfe": 3.0}',
+        b'{"side": 3, "mfe": 3.0, "mae": -1.0}',
+    ],
+)
+def test_a_corrupt_excursion_record_raises_the_typed_error(store: Store, raw: bytes) -> None:
+    store.client.hset(PortfolioKeys("main").marks, "AAA", raw)
+    with pytest.raises(CorruptDataError):
+        store.read_marks("main")
+
+
+def test_an_excursion_record_is_17_bytes_and_an_older_json_one_reads_the_same(store: Store) -> None:
+    store.update_marks("main", {"AAA": (1, 3.0), "BBB": (-1, -2.5)})
+    stored = store.client.hgetall(PortfolioKeys("main").marks)
+    assert {len(v) for v in stored.values()} == {EXCURSION_DTYPE.itemsize}
+    assert decode_excursion(stored[b"BBB"], "k") == (-1, 0.0, -2.5)
+    store.client.hset(PortfolioKeys("main").marks, "BBB", '{"side":-1,"mfe":0.5,"mae":-2.5}')
+    assert store.read_marks("main")["BBB"] == Excursion(-1, 0.5, -2.5)
+    merged = store.update_marks("main", {"AAA": (1, 1.0), "BBB": (-1, 0.75)})  # the JSON one merges as before
+    assert merged is not None and merged["BBB"] == Excursion(-1, 0.75, -2.5) and merged["AAA"] == Excursion(1, 3.0, 0.0)
+    assert len(store.client.hget(PortfolioKeys("main").marks, "BBB") or b"") == EXCURSION_DTYPE.itemsize

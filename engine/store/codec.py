@@ -433,6 +433,37 @@ def decode_snapshot(raw: bytes, key: str) -> dict[str, Any]:
     return head
 
 
+# -- position excursions -----------------------------------------------------------------------------------------
+#
+# A position's excursion (pf:{id}:marks, one field per ticker) is 17 bytes: its side (int8, +1 long / -1 short),
+# MFE and MAE (little-endian float64): the monitor rewrites thousands a tick, and formatting two floats as JSON
+# for each cost more than the rest of its write. Written before 2026-12 as JSON ``{"side", "mfe", "mae"}``,
+# which is still read (a JSON record is never 17 bytes long and starts with ``{``).
+
+EXCURSION_DTYPE = np.dtype([("side", "i1"), ("mfe", "<f8"), ("mae", "<f8")])
+"""One stored excursion record, packed (no padding); also Lua's ``struct`` format ``<bdd``."""
+
+
+def encode_excursion(side: int, mfe: float, mae: float) -> bytes:
+    return struct.pack("<bdd", side, mfe, mae)
+
+
+def decode_excursion(raw: bytes, key: str) -> tuple[int, float, float]:
+    """``(side, mfe, mae)`` of a stored excursion record (either form): a side of +1 or -1, a finite MFE >= 0
+    and a finite MAE <= 0, or the record is corrupt."""
+    if len(raw) == EXCURSION_DTYPE.itemsize and raw[:1] != b"{":
+        side, mfe, mae = struct.unpack("<bdd", raw)
+    else:
+        data = decode_object(raw, key)
+        try:
+            side, mfe, mae = int(data["side"]), float(data["mfe"]), float(data["mae"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDataError(f"{key}: bad excursion record ({exc})") from exc
+    if side not in (1, -1) or not (math.isfinite(mfe) and math.isfinite(mae) and mfe >= 0.0 >= mae):
+        raise CorruptDataError(f"{key}: bad excursion record (side {side}, MFE {mfe}, MAE {mae})")
+    return int(side), float(mfe), float(mae)
+
+
 # -- scalars -----------------------------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
     array_row_offset,
     decode_array,
+    decode_excursion,
     decode_float,
     decode_int,
     decode_object,
@@ -180,7 +181,7 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
 
     # -- position excursions ---------------------------------------------------------------------------------
-    # KEYS[1] = pf:{id}:marks (hash: ticker -> JSON {"side": 1 or -1, "mfe": number, "mae": number}),
+    # KEYS[1] = pf:{id}:marks (hash: ticker -> side, MFE, MAE: engine/store/codec.py ``EXCURSION_DTYPE``),
     # KEYS[2] = pf:{id}:peaks (its ``owner`` stamp is replaced by the last ARGV: engine/store/tick_state.py)
     # ARGV = ticker, side, unrealized P&L, ... for every open position now, then the stamp.
     # MFE (maximum favourable excursion) is the highest unrealized P&L since the position was opened (>= 0),
@@ -206,7 +207,13 @@ for i = 1, n do
   local mfe, mae, changed = math.max(pnl, 0), math.min(pnl, 0), true
   local raw = stored[i]
   if raw then
-    local m = cjson.decode(raw)
+    local m
+    if #raw == 17 and string.byte(raw, 1) ~= 123 then  -- codec.EXCURSION_DTYPE; 123: '{', a JSON record
+      local s, f, a = struct.unpack('<bdd', raw)
+      m = {side = s, mfe = f, mae = a}
+    else
+      m = cjson.decode(raw)
+    end
     if m.side == side then
       changed = pnl > m.mfe or pnl < m.mae
       mfe = math.max(mfe, m.mfe); mae = math.min(mae, m.mae)
@@ -215,7 +222,7 @@ for i = 1, n do
   local mfe_s, mae_s, side_s = string.format('%.17g', mfe), string.format('%.17g', mae), string.format('%d', side)
   if changed then
     writes[#writes + 1] = t
-    writes[#writes + 1] = '{"side":' .. side_s .. ',"mfe":' .. mfe_s .. ',"mae":' .. mae_s .. '}'
+    writes[#writes + 1] = struct.pack('<bdd', side, mfe, mae)
   end
   out[#out + 1] = t; out[#out + 1] = side_s; out[#out + 1] = mfe_s; out[#out + 1] = mae_s
 end
@@ -253,11 +260,7 @@ return out
         out = {}
         for raw_ticker, raw in self._conn(conn).hgetall(key).items():
             ticker = decode_str(raw_ticker, key=key)
-            data = decode_object(raw, f"{key}.{ticker}")
-            try:
-                out[ticker] = Excursion(int(data["side"]), float(data["mfe"]), float(data["mae"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CorruptDataError(f"{key}.{ticker}: bad excursion record ({exc})") from exc
+            out[ticker] = Excursion(*decode_excursion(raw, f"{key}.{ticker}"))
         return out
 
     # -- latest snapshot (written with its history: engine/store/history.py) ---------------------------------

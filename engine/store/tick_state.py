@@ -41,7 +41,7 @@ import numpy.typing as npt
 from engine.errors import CorruptDataError, StoreError
 from engine.settings import HistoryTier
 from engine.store.base import Conn
-from engine.store.codec import decode_float, decode_object, decode_str, encode_snapshot
+from engine.store.codec import EXCURSION_DTYPE, decode_excursion, decode_float, decode_str, encode_snapshot
 from engine.store.history import (
     APPEND_POINT_LUA,
     HISTORY_COLUMNS,
@@ -67,12 +67,14 @@ _NCOL = len(HISTORY_COLUMNS)
 # ARGV[1] = tiers T, ARGV[2] = entry ms, ARGV[3] = oldest stream entry kept (ms, XTRIM MINID), ARGV[4] = stream
 # cap (MAXLEN ~), ARGV[5] = owner token, ARGV[6] = a tier row's size (bytes), then per tier its ring's size and
 # the offset of the entry's bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
-#   version, snapshot JSON ('' = none this tick: peaks and marks only), the history point (a RAW_LAYOUT row),
+#   version, snapshot (codec.encode_snapshot; '' = none this tick: peaks and marks only), the history point (a
+#   RAW_LAYOUT row),
 #   day, day_open, day_peak, week, week_peak, max_peak, max_dd, last,
 #   per tier one character: '1' check the ring's size first (loaded this tick), '0' do not (written by this
 #   owner: it is its size), '-' leave the tier alone (the point is past its retention),
 #   the T tier rows end to end, the T 16-byte headers end to end,
-#   n marks to set, n marks to delete, then (ticker, JSON) pairs and the tickers to delete.
+#   n marks to set, n marks to delete, then (ticker, excursion record: codec.EXCURSION_DTYPE) pairs and the
+#   tickers to delete.
 # The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
 # its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
@@ -346,11 +348,8 @@ class TickState:
         key = PortfolioKeys(self.pids[p]).marks
         stored = {}
         for raw_ticker, value in raw.items():
-            data = decode_object(value, f"{key}.{decode_str(raw_ticker, key=key)}")
-            try:
-                stored[decode_str(raw_ticker, key=key)] = (int(data["side"]), float(data["mfe"]), float(data["mae"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CorruptDataError(f"{key}: bad excursion record ({exc})") from exc
+            ticker = decode_str(raw_ticker, key=key)
+            stored[ticker] = decode_excursion(value, f"{key}.{ticker}")
         for j, ticker in enumerate(self.tickers[p]):
             mark = stored.pop(ticker, None)
             side, mfe, mae = mark if mark is not None else (0, 0.0, 0.0)
@@ -495,22 +494,24 @@ class TickState:
             _modes(self.checked, merged.skip), picked, gone[picked],
         )  # fmt: skip
 
-    def _marks(self, prepared: Prepared, rows: range) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-        """By portfolio row of ``rows``: the (ticker, JSON) pairs of the excursions to set, the tickers to delete."""
+    def _marks(self, prepared: Prepared, rows: range) -> tuple[dict[int, list[Any]], dict[int, list[str]]]:
+        """By portfolio row of ``rows``: the (ticker, record) pairs of the excursions to set (records of
+        :data:`~engine.store.codec.EXCURSION_DTYPE`), the tickers to delete."""
         x = prepared
         lo, hi = np.searchsorted(self._owner[x.marks], [rows.start, rows.stop])
         at = x.marks[lo:hi]
         merged, flat = x.merged, self._flat
-        sets: dict[int, list[str]] = {}
+        records = np.empty(len(at), dtype=EXCURSION_DTYPE)
+        records["side"], records["mfe"], records["mae"] = merged.side[at], merged.mfe[at], merged.mae[at]
+        packed, size = records.tobytes(), EXCURSION_DTYPE.itemsize
+        sets: dict[int, list[Any]] = {}
         dels: dict[int, list[str]] = {}
-        for j, p, dead, side, mfe, mae in zip(
-            at.tolist(), self._owner[at].tolist(), x.gone[lo:hi].tolist(), merged.side[at].tolist(),
-            merged.mfe[at].tolist(), merged.mae[at].tolist(), strict=True,
-        ):  # fmt: skip
+        owners, gone = self._owner[at].tolist(), x.gone[lo:hi].tolist()
+        for k, (j, p, dead) in enumerate(zip(at.tolist(), owners, gone, strict=True)):
             if dead:
                 dels.setdefault(p, []).append(flat[j])
             else:
-                sets.setdefault(p, []).extend((flat[j], f'{{"side":{side},"mfe":{mfe!r},"mae":{mae!r}}}'))
+                sets.setdefault(p, []).extend((flat[j], packed[k * size : (k + 1) * size]))
         return sets, dels
 
     def write(
