@@ -12,11 +12,13 @@ live limits and the backtest runner's sections (logic/backtest_runner.py feeds t
 merge peaks and excursions, compute the figures (logic/batch.py), merge the history buckets, then write: the
 snapshots are built and written a range of :data:`CHUNK_PORTFOLIOS` portfolios at a time, each range in its own
 MULTI (one script), executed on a writer thread of its own while the next range is built, so Redis works while
-Python does; the last range's MULTI also acknowledges the tick and writes the heartbeat, and runs only once every
-other range committed. A conflict (another monitor wrote one of a range's portfolios meanwhile) aborts that range:
-the state is dropped and the tick, left unacknowledged, is redone from the store. The ranges committed before are then
-written again: the same snapshot, and one more history point at the redo's time, as an idle refresh would add;
-peaks, excursions and buckets merge idempotently.
+Python does; once every range committed, a last MULTI acknowledges the tick and writes the heartbeat (with one
+range, or on a Redis Cluster, where the ranges run one after the other, the last range's MULTI does). A conflict
+(another monitor wrote one of a range's portfolios meanwhile) aborts that range: the state is dropped and the tick,
+left unacknowledged, is redone from the store. The ranges committed before are then written again: the same
+snapshot, and one more history point at the redo's time, as an idle refresh would add; peaks, excursions and
+buckets merge idempotently. A monitor stopped after the last range and before the acknowledgement leaves the same
+state: the tick is redone by whoever takes it.
 """
 
 from __future__ import annotations
@@ -217,9 +219,9 @@ class VectorisedTick:
         pool: concurrent.futures.ThreadPoolExecutor | None,
         pending: list[concurrent.futures.Future[Any]],
     ) -> dict[str, dict[str, Any]]:
-        """Build and write the snapshots a range of portfolios at a time: each range's MULTI runs on the writer
-        thread (``pool``) while the next range is built; the last one, with the acknowledgement, once every other
-        one committed (module docstring)."""
+        """Build and write the snapshots a range of portfolios at a time: each range's MULTI runs on a writer
+        thread (``pool``) while the next range is built; the acknowledgement once every range committed (module
+        docstring). Without a pool each range's MULTI runs in turn, the last one with the acknowledgement."""
         pids = self.cols.pids
         snapshots: dict[str, dict[str, Any]] = {}
         for n, (tx, (lo, hi)) in enumerate(zip(txs, bounds, strict=True)):
@@ -227,13 +229,20 @@ class VectorisedTick:
             snapshots.update({pids[p]: snap for p, snap in built.items()})
             tx.multi()
             self.state.write(tx, self.store, prepared, range(lo, hi), built, version)
-            if n < len(bounds) - 1:
-                pending.append(pool.submit(tx.execute) if pool is not None else _done(tx.execute()))
+            if pool is not None:
+                pending.append(pool.submit(tx.execute))
+            elif n < len(bounds) - 1:
+                pending.append(_done(tx.execute()))
         failures = [f.exception() for f in pending]  # every other EXEC has returned
         failure = next((e for e in failures if e is not None), None)
         if failure is not None:
             raise failure
-        finish(txs[-1], snapshots)
+        if pool is None:
+            finish(txs[-1], snapshots)
+        else:  # the last range is sent as soon as it is built: the acknowledgement follows in a MULTI of its own
+            txs.append(slot_transaction(self.store.client))
+            txs[-1].multi()
+            finish(txs[-1], snapshots)
         return snapshots
 
     def _figures(
