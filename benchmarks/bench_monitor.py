@@ -10,8 +10,8 @@ ticks (a forked child writing the whole dataset, about 4 GB of history rings in 
 machine's two cores): every timed tick, of either monitor, starts with no rewrite running (the bench waits for
 one to end), and a diagnostic row times ticks of the vectorised monitor while one runs.
 
-Measured: the vectorised monitor (logic/batch_tick.py: every book's figures and snapshot on arrays, the merged
-state written by one script per range of 250 portfolios, each range's MULTI pipelined with building the next).
+Measured: the vectorised monitor (logic/batch_tick.py: every book's figures and snapshot on arrays, in lanes of
+250 portfolios, each lane's merged state written by one script while the next lane is computed).
 Baseline in the same run: the per-portfolio loop, i.e. the same monitor with ``vectorised=False``: each
 portfolio's figures computed on its own (logic/snapshot.py's ``risk_figures``), its live limits read with a
 round trip of its own and its peaks, excursions and history merged by three Lua scripts, which is how the monitor

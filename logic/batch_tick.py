@@ -1,5 +1,5 @@
 """One tick of the vectorised monitor: every portfolio's valuation, peaks, excursions, risk figures, snapshot
-and history point computed on arrays, and everything written in one MULTI with one Lua script.
+and history point computed on arrays, and written by one Lua script per lane of portfolios.
 
 The per-portfolio path (logic/monitor.py with ``vectorised=False``) merges peaks, excursions and history
 buckets in Redis with three scripts per portfolio and builds each snapshot on its own; this path keeps that
@@ -7,18 +7,22 @@ state in memory while it owns it (engine/store/tick_state.py) and builds every s
 (logic/batch_book.py). The stored results are the same (tests compare both paths on random books over many
 ticks, interleaved).
 
-Per tick: WATCH the portfolios' peaks keys, read which ones another writer touched and load those, read the
-live limits and the backtest runner's sections (logic/backtest_runner.py feeds the backtests), value every book,
-merge peaks and excursions, compute the figures (logic/batch.py), merge the history buckets, then write: the
-snapshots are built and written a range of :data:`CHUNK_PORTFOLIOS` portfolios at a time, each range in its own
-MULTI (one script), executed on a writer thread of its own while the next range is built, so Redis works while
-Python does; once every range committed, a last MULTI acknowledges the tick and writes the heartbeat (with one
-range, or on a Redis Cluster, where the ranges run one after the other, the last range's MULTI does). A conflict
-(another monitor wrote one of a range's portfolios meanwhile) aborts that range: the state is dropped and the tick,
-left unacknowledged, is redone from the store. The ranges committed before are then written again: the same
-snapshot, and one more history point at the redo's time, as an idle refresh would add; peaks, excursions and
-buckets merge idempotently. A monitor stopped after the last range and before the acknowledgement leaves the same
-state: the tick is redone by whoever takes it.
+The portfolios are ticked in lanes of :data:`CHUNK_PORTFOLIOS` (consecutive ranges of the portfolios read), each
+with its columnar books and merged state, so that Redis writes one lane while Python computes the next (a tick of
+1,000 portfolios is about 60% Python, 40% Redis; computed whole and then written, the two took turns). Per tick:
+read every book (one script); then every read first, while Redis is free: per lane, value its books, WATCH its
+peaks keys, read which ones another writer touched and load those; the live limits and the backtest runner's
+sections of all (logic/backtest_runner.py feeds the backtests). Then per lane: merge peaks and excursions,
+compute the figures (logic/batch.py), build the snapshots and history points, merge the history buckets, and
+queue its MULTI (one script), executed on a writer thread of its own while the next lane is computed. Once every
+lane committed, a last MULTI acknowledges the tick and writes the heartbeat (with one lane, or on a Redis
+Cluster, where the lanes run one after the other, the last lane's MULTI does). A conflict (another monitor wrote
+one of a lane's portfolios meanwhile) aborts that lane: every lane's state is dropped and the tick, left
+unacknowledged, is redone from the store. The lanes committed are then written again: the same snapshot, and one
+more history point at the redo's time, as an idle refresh would add; peaks, excursions and buckets merge
+idempotently. A monitor stopped after the last lane and before the acknowledgement leaves the same state: the
+tick is redone by whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded
+from the store by its new lane, as one another writer touched.
 """
 
 from __future__ import annotations
@@ -27,18 +31,22 @@ import concurrent.futures
 import contextlib
 import gc
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from engine.errors import StoreError
+from engine.records import VarMethod
 from engine.settings import Limits, Settings
 from engine.store import PortfolioBundle, Store
 from engine.store.slots import is_cluster, slot_transaction
-from engine.store.tick_state import Prepared, TickState
+from engine.store.tick_state import Merged, TickState
 from logic.batch import BacktestSections, PortfolioLookup, batch_risk, live_limits
-from logic.batch_book import BookColumns, BookInputs, SnapshotBuilder, build_snapshots, exposure_rows, value_books
+from logic.batch_book import BookColumns, BookInputs, BookValues, build_snapshots, exposure_rows, value_books
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.snapshot import MarketView, RiskFigures, risk_figures
 
@@ -97,6 +105,37 @@ def _done(value: Any) -> concurrent.futures.Future[Any]:
     return future
 
 
+class _Lane:
+    """One range of the monitor's portfolios, ticked on its own: its columnar books and the merged state it
+    holds between ticks (module docstring)."""
+
+    def __init__(self, tiers: Sequence[Any], token: str) -> None:
+        self.cols = BookColumns()
+        self.state = TickState(tiers, token=token)
+
+
+@dataclass
+class _Read:
+    """A lane's books valued and its state loaded where another writer touched it (WATCHed first)."""
+
+    lane: _Lane
+    readable: list[PortfolioBundle]
+    values: BookValues
+    valid: npt.NDArray[np.bool_]
+    methods: list[VarMethod]
+
+
+@dataclass
+class _Sent:
+    """A lane's tick, computed and queued in its transaction (its EXEC maybe running on a writer thread)."""
+
+    lane: _Lane
+    merged: Merged
+    valid: npt.NDArray[np.bool_]
+    snapshots: dict[str, dict[str, Any]]
+    done: concurrent.futures.Future[Any] | None
+
+
 class VectorisedTick:
     """The vectorised monitor's tick (module docstring); ``monitor`` supplies the rest of its state."""
 
@@ -104,8 +143,9 @@ class VectorisedTick:
         self.store = store
         self.settings = settings
         self.lookup = lookup
-        self.cols = BookColumns()
-        self.state = TickState(settings.history.tiers)
+        self.token = uuid.uuid4().hex
+        """The owner stamp of every lane: a portfolio that changes lanes is not owned by its new one (loaded)."""
+        self.lanes: list[_Lane] = []
         self.sections = BacktestSections()
         self.chunk_portfolios = CHUNK_PORTFOLIOS
 
@@ -133,14 +173,73 @@ class VectorisedTick:
         *,
         finish: Callable[[Any, dict[str, dict[str, Any]]], object],
     ) -> dict[str, dict[str, Any]]:
+        bounds = chunks(len(bundles), self.chunk_portfolios)
+        while len(self.lanes) < len(bounds):
+            self.lanes.append(_Lane(self.settings.history.tiers, self.token))
+        del self.lanes[len(bounds) :]
+        background = len(bounds) > 1 and not is_cluster(self.store.client)
+        # a writer thread per lane (each transaction holds its own connection): a lane's MULTI runs while the
+        # next lane is computed, and is packed and sent while Redis still runs the one before
+        pool = concurrent.futures.ThreadPoolExecutor(len(bounds), "riskdesk-tick-write") if background else None
+        txs = [slot_transaction(self.store.client) for _ in bounds]
+        sent: list[_Sent] = []
+        try:
+            # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
+            reads = [
+                self._read_lane(lane, tx, monitor, bundles[lo:hi], market, now)
+                for lane, tx, (lo, hi) in zip(self.lanes, txs, bounds, strict=True)
+            ]  # fmt: skip
+            pids = [r.lane.cols.pids[p] for r in reads for p in np.flatnonzero(r.valid).tolist()]
+            limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
+            sections = self.sections.read(
+                self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
+            )  # fmt: skip
+            at = 0
+            for k, (r, tx) in enumerate(zip(reads, txs, strict=True)):
+                count = len(r.lane.cols.pids)
+                merged, snapshots = self._write_lane(r, tx, monitor, market, now, limits, sections[at : at + count])
+                at += count
+                done: concurrent.futures.Future[Any] | None = None
+                if pool is not None:
+                    done = pool.submit(tx.execute)
+                elif k < len(bounds) - 1:
+                    done = _done(tx.execute())
+                sent.append(_Sent(r.lane, merged, r.valid, snapshots, done))
+            failures = [s.done.exception() for s in sent if s.done is not None]  # every EXEC has returned
+            failure = next((e for e in failures if e is not None), None)
+            if failure is not None:
+                raise failure
+            snapshots = {pid: snap for s in sent for pid, snap in s.snapshots.items()}
+            if pool is not None:  # the acknowledgement once every lane committed, in a MULTI of its own
+                txs.append(slot_transaction(self.store.client))
+                txs[-1].multi()
+            finish(txs[-1], snapshots)  # without a pool: with the last lane's writes
+            for s in sent:
+                s.lane.state.commit(s.merged, s.valid)
+        except BaseException:
+            for lane in self.lanes:
+                lane.state.drop()  # a failed script may have written part of a tick: load again
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # every EXEC has returned before the transactions are reset
+            for tx in txs:
+                tx.reset()
+        return snapshots
+
+    def _read_lane(
+        self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, now: float
+    ) -> _Read:
+        """Value a lane's books, WATCH its portfolios in ``tx`` and load the state of those another writer
+        touched (the rows that cannot be snapshot are reported and not valid)."""
         readable = [b for b in bundles if b.state is not None]
         for b in bundles:
             if b.state is None:
                 monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
         states = [b.state for b in readable]
         header = market.header
-        self.cols.update(states, header.tickers, market.index)  # type: ignore[arg-type]
-        cols, state = self.cols, self.state
+        lane.cols.update(states, header.tickers, market.index)  # type: ignore[arg-type]
+        cols, state = lane.cols, lane.state
         state.align(cols.pids, cols.ticker_tuples())
         cash = np.array([float(s.cash) for s in states], dtype=np.float64)  # type: ignore[union-attr]
         values = value_books(cols, market, cash, MAX_BOOKABLE_PRICE)
@@ -157,93 +256,50 @@ class VectorisedTick:
                 monitor._portfolio_error(pid, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable")
             else:
                 monitor._portfolio_error(pid, "equity is not finite")
-        pids = [cols.pids[p] for p in np.flatnonzero(valid).tolist()]
         ms = int(now * 1000)
+        watched = state.watch_keys()  # every writer of peaks, marks or tier buckets stamps the peaks
+        if watched:
+            tx.watch(*watched)
+        stale = state.stale(self.store.client)
+        stale |= state.slots_needed(ms)  # a late point: its buckets' slots are read again
+        for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
+            valid[p] = False
+            monitor._portfolio_error(cols.pids[p], reason)
+        methods = [self.lookup.var_method_for(pid) for pid in cols.pids]
+        return _Read(lane, readable, values, valid, methods)
 
-        bounds = chunks(len(cols.pids), self.chunk_portfolios)
-        txs = [slot_transaction(self.store.client) for _ in bounds]
-        background = len(bounds) > 1 and not is_cluster(self.store.client)
-        # a writer thread per range (each transaction holds its own connection): one range's MULTI is packed
-        # and sent while Redis still runs the one before, so Redis does not wait for the packing
-        writers = max(1, len(bounds) - 1)
-        pool = concurrent.futures.ThreadPoolExecutor(writers, "riskdesk-tick-write") if background else None
-        pending: list[concurrent.futures.Future[Any]] = []
-        try:
-            watched = state.watch_keys()  # every writer of peaks, marks or tier buckets stamps the peaks
-            for tx, (lo, hi) in zip(txs, bounds, strict=True):
-                if hi > lo:
-                    tx.watch(*watched[lo:hi])
-            stale = state.stale(self.store.client)
-            stale |= state.slots_needed(ms)  # a late point: its buckets' slots are read again
-            for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
-                valid[p] = False
-                monitor._portfolio_error(cols.pids[p], reason)
-            pids = [cols.pids[p] for p in np.flatnonzero(valid).tolist()]
-            limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
-            day_id, week_id = monitor.calendar.period_ids(now)
-            merged = state.merge_books(valid, values.equity, day_id, week_id, values.side, values.pnl, ms)
-            figures, chosen, methods = self._figures(monitor, market, cols, values, valid, limits)
-            sections = self.sections.read(self.store, cols.pids, methods)
-            backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
-            inputs = BookInputs(
-                states, [b.trading_state for b in readable], chosen, methods, figures, backtest,  # type: ignore[arg-type]
-                merged.peaks, merged.mfe, merged.mae,
-            )  # fmt: skip
-            builder = build_snapshots(cols, values, inputs, market, now)
-            state.merge_tiers(merged, valid, builder.points)
-            retention = monitor.retention_seconds
-            prepared = state.prepare(
-                merged, valid, builder.points, min_ms=max(0, int((now - retention) * 1000)),
-                max_points=monitor.history.raw_max_points,
-            )  # fmt: skip
-            snapshots = self._write(txs, bounds, builder, prepared, int(header.version), finish, pool, pending)
-            state.commit(merged, valid)
-        except BaseException:
-            state.drop()  # a failed script may have written part of a tick: load again
-            raise
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)  # every EXEC has returned before the transactions are reset
-            for tx in txs:
-                tx.reset()
-        return snapshots
-
-    def _write(
+    def _write_lane(
         self,
-        txs: list[Any],
-        bounds: list[tuple[int, int]],
-        builder: SnapshotBuilder,
-        prepared: Prepared,
-        version: int,
-        finish: Callable[[Any, dict[str, dict[str, Any]]], object],
-        pool: concurrent.futures.ThreadPoolExecutor | None,
-        pending: list[concurrent.futures.Future[Any]],
-    ) -> dict[str, dict[str, Any]]:
-        """Build and write the snapshots a range of portfolios at a time: each range's MULTI runs on a writer
-        thread (``pool``) while the next range is built; the acknowledgement once every range committed (module
-        docstring). Without a pool each range's MULTI runs in turn, the last one with the acknowledgement."""
-        pids = self.cols.pids
-        snapshots: dict[str, dict[str, Any]] = {}
-        for n, (tx, (lo, hi)) in enumerate(zip(txs, bounds, strict=True)):
-            built = builder.build(lo, hi)
-            snapshots.update({pids[p]: snap for p, snap in built.items()})
-            tx.multi()
-            self.state.write(tx, self.store, prepared, range(lo, hi), built, version)
-            if pool is not None:
-                pending.append(pool.submit(tx.execute))
-            elif n < len(bounds) - 1:
-                pending.append(_done(tx.execute()))
-        failures = [f.exception() for f in pending]  # every other EXEC has returned
-        failure = next((e for e in failures if e is not None), None)
-        if failure is not None:
-            raise failure
-        if pool is None:
-            finish(txs[-1], snapshots)
-        else:  # the last range is sent as soon as it is built: the acknowledgement follows in a MULTI of its own
-            txs.append(slot_transaction(self.store.client))
-            txs[-1].multi()
-            finish(txs[-1], snapshots)
-        return snapshots
+        r: _Read,
+        tx: Any,
+        monitor: Monitor,
+        market: MarketView,
+        now: float,
+        limits: dict[str, Limits | Exception],
+        sections: list[dict[str, Any] | None],
+    ) -> tuple[Merged, dict[str, dict[str, Any]]]:
+        """Compute a lane's tick and queue its writes in ``tx`` (MULTI): the merged state (kept once the EXEC
+        succeeded) and the snapshots by portfolio."""
+        cols, state, valid, values = r.lane.cols, r.lane.state, r.valid, r.values
+        ms = int(now * 1000)
+        day_id, week_id = monitor.calendar.period_ids(now)
+        merged = state.merge_books(valid, values.equity, day_id, week_id, values.side, values.pnl, ms)
+        figures, chosen = self._figures(monitor, market, cols, values, valid, limits, r.methods)
+        backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
+        inputs = BookInputs(
+            [b.state for b in r.readable], [b.trading_state for b in r.readable], chosen, r.methods,  # type: ignore[misc]
+            figures, backtest, merged.peaks, merged.mfe, merged.mae,
+        )  # fmt: skip
+        builder = build_snapshots(cols, values, inputs, market, now)
+        state.merge_tiers(merged, valid, builder.points)
+        prepared = state.prepare(
+            merged, valid, builder.points, min_ms=max(0, int((now - monitor.retention_seconds) * 1000)),
+            max_points=monitor.history.raw_max_points,
+        )  # fmt: skip
+        built = builder.build(0, len(cols.pids))
+        tx.multi()
+        state.write(tx, self.store, prepared, range(len(cols.pids)), built, int(market.header.version))
+        return merged, {cols.pids[p]: snap for p, snap in built.items()}
 
     def _figures(
         self,
@@ -253,10 +309,10 @@ class VectorisedTick:
         values: Any,
         valid: np.ndarray,
         limits: dict[str, Limits | Exception],
-    ) -> tuple[list[RiskFigures | None], list[Limits], list[Any]]:
-        """Each book's figures (None: no snapshot, the error reported), limits and method."""
+        methods: list[VarMethod],
+    ) -> tuple[list[RiskFigures | None], list[Limits]]:
+        """Each book's figures (None: no snapshot, the error reported) and limits."""
         count = len(cols.pids)
-        methods = [self.lookup.var_method_for(pid) for pid in cols.pids]
         chosen: list[Limits] = [self.lookup.limits_for(pid) for pid in cols.pids]
         figures: list[RiskFigures | None] = [None] * count
         rows = []
@@ -289,4 +345,4 @@ class VectorisedTick:
                 monitor._portfolio_error(
                     cols.pids[p], f"risk figures are not finite (an absurd price or variance): {exc}"
                 )
-        return figures, chosen, methods
+        return figures, chosen

@@ -23,6 +23,7 @@ from engine.settings import Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Store
 from engine.store.codec import EXCURSION_DTYPE, decode_excursion
 from engine.store.history import OWNER_FIELD
+from engine.store.tick_state import TickState
 from engine.stream import StreamDaemon
 from logic.monitor import Monitor
 from tests.test_batch import RTOL, _numbers, _random_settings
@@ -129,8 +130,9 @@ def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list
 
 @pytest.mark.parametrize("chunk", [250, 5])
 def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
-    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], chunk: int
-) -> None:
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], chunk: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     # Arrange: the same random books in two databases, one monitor of each kind; the vectorised one writes
     # its 18 portfolios in one transaction, or in four pipelined ones (5 portfolios each at most)
     fast_store, loop_store = two_stores
@@ -143,16 +145,16 @@ def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
     fast.fast.chunk_portfolios = chunk
     loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
     tickers = list(settings.universe.assets)
-    late: list[int] = []
-    slots_needed = fast.fast.state.slots_needed
+    late: set[int] = set()
+    slots_needed = TickState.slots_needed
 
-    def spy(ms: int) -> Any:
-        needed = slots_needed(ms)
+    def spy(self: TickState, ms: int) -> Any:  # every lane's
+        needed = slots_needed(self, ms)
         if needed.any():
-            late.append(ms)
+            late.add(ms)
         return needed
 
-    fast.fast.state.slots_needed = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(TickState, "slots_needed", spy)
 
     # Act: 40 ticks over about a day and a half, trades every fourth
     _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 40, tickers)
@@ -197,7 +199,7 @@ def test_monitors_of_both_kinds_taking_turns_lose_nothing(
     # Assert: every merge of every monitor is in the store, as if one monitor had done them all
     _assert_same_state(mixed_store, loop_store, mixed_store.portfolio_ids(), settings)
     stamp = mixed_store.client.hget(PortfolioKeys("p01").peaks, OWNER_FIELD)
-    assert stamp == fast.fast.state.token.encode()  # type: ignore[union-attr]  # the last tick was the fast one's
+    assert stamp == fast.fast.token.encode()  # type: ignore[union-attr]  # the last tick was the fast one's
 
 
 def test_a_portfolio_whose_monitor_state_is_corrupt_is_skipped_and_left_as_it_is(
@@ -232,7 +234,7 @@ def test_a_portfolio_whose_monitor_state_is_corrupt_is_skipped_and_left_as_it_is
 
 
 def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_loses_nothing(
-    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Arrange: the vectorised monitor writes in ranges of 5 portfolios; while it computes one tick, another
     # writer merges p12's peaks (the third range); the per-portfolio monitor on the other store is the reference
@@ -247,15 +249,17 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     fast.fast.chunk_portfolios = 5
     tickers = list(settings.universe.assets)
     _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 3, tickers)
-    state = fast.fast.state
-    prepare = state.prepare
+    prepare = TickState.prepare
+    interfered: list[bool] = []
 
-    def interfere(*args: Any, **kwargs: Any) -> Any:
-        for s in two_stores:  # the same merge in both stores: the reference sees it too
-            s.update_peaks("p12", 1.0, "2099-01-01", "2099-01-01")
-        return prepare(*args, **kwargs)
+    def interfere(self: TickState, *args: Any, **kwargs: Any) -> Any:
+        if not interfered:  # every lane is WATCHed by now (the reads come first)
+            interfered.append(True)
+            for s in two_stores:  # the same merge in both stores: the reference sees it too
+                s.update_peaks("p12", 1.0, "2099-01-01", "2099-01-01")
+        return prepare(self, *args, **kwargs)
 
-    state.prepare = interfere  # type: ignore[method-assign]
+    monkeypatch.setattr(TickState, "prepare", interfere)
     daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in two_stores]  # type: ignore[arg-type]
     feeds = [iter(SimulatedFeed.from_settings(settings, seed=3)) for _ in two_stores]
     for _ in range(3):  # the bars already written
@@ -271,7 +275,7 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     fast._on_store_error(failed.value)  # what Monitor.run does with it: read the pending ticks again first
     pending = fast_store.client.xpending(TICKS_KEY, MONITOR_GROUP)
     versions = {pid: (fast_store.read_snapshot(pid) or {}).get("version") for pid in ("p00", "p12", "p17")}
-    state.prepare = prepare  # type: ignore[method-assign]
+    monkeypatch.setattr(TickState, "prepare", prepare)
     assert fast.process_available() == 1
     assert loop.process_available() == 1
 
