@@ -153,12 +153,14 @@ class HeldBooks:
             self.idx[rows, pos] = cols
             self.x = np.zeros((count, width))
             self.x[rows, pos] = exposures[rows, cols]
+            n = exposures.shape[1]
+            self._flat = self.idx[:, :, None] * n + self.idx[:, None, :]  # Σ[h, h] of every book, in Σ.ravel()
 
     def product(self, matrix: Float64Array) -> Float64Array:
         """``(Σx)`` of every book at its held tickers (P x k; the padding's entries are not used), or ``E Σ``."""
         if self.idx is None:
             return self.x @ matrix
-        sub = matrix[self.idx[:, :, None], self.idx[:, None, :]]
+        sub = np.ravel(matrix)[self._flat]  # one gather (the two-index form builds the index each time)
         return np.matmul(sub, self.x[:, :, None])[:, :, 0]
 
     def sigma(self, matrix: Float64Array) -> Float64Array:
@@ -248,10 +250,15 @@ def _figures_of(*columns: Any) -> list[RiskFigures | None]:
     and its components (a list of arrays); None where a figure is not finite."""
     *scalars, components = columns
     values = np.column_stack([np.asarray(c, dtype=np.float64) for c in scalars])
-    finite = cast(list[bool], np.isfinite(values).all(axis=1).tolist())
+    finite = np.isfinite(values).all(axis=1)
+    if components:  # and every component: one pass over all of them
+        sizes = [len(c) for c in components]
+        flat = np.concatenate(components) if sum(sizes) else np.zeros(0)
+        owners = np.repeat(np.arange(len(components)), sizes)
+        finite &= np.bincount(owners[~np.isfinite(flat)], minlength=len(components)) == 0
     out: list[RiskFigures | None] = []
-    for row, ok, c in zip(values.tolist(), finite, components, strict=True):
-        if ok and np.isfinite(c).all():
+    for row, ok, c in zip(values.tolist(), cast(list[bool], finite.tolist()), components, strict=True):
+        if ok:
             v95, v99, c95, c99, s99, limit = row
             out.append(RiskFigures(v95, v99, c95, c99, s99, limit, np.asarray(c, dtype=np.float64)))
         else:

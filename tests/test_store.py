@@ -35,6 +35,7 @@ from engine.store.codec import (
     encode_symmetric,
     hash_from_flat,
 )
+from engine.store.tick_state import _decimal_rows
 
 from .conftest import store_contents
 
@@ -487,3 +488,18 @@ def test_an_excursion_record_is_17_bytes_and_an_older_json_one_reads_the_same(st
     merged = store.update_marks("main", {"AAA": (1, 1.0), "BBB": (-1, 0.75)})  # the JSON one merges as before
     assert merged is not None and merged["BBB"] == Excursion(-1, 0.75, -2.5) and merged["AAA"] == Excursion(1, 3.0, 0.0)
     assert len(store.client.hget(PortfolioKeys("main").marks, "BBB") or b"") == EXCURSION_DTYPE.itemsize
+
+
+def test_the_vectorised_tick_formats_peaks_as_the_shortest_decimals_that_read_back_bit_exact() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.standard_normal((40, 6)) * 10.0 ** rng.integers(-300, 300, (40, 6)),
+                             [[0.0, -0.0, 1e16, 1e-7, 0.1, 5e-324]]])  # fmt: skip
+    rows = _decimal_rows(values)
+    assert [[float(v) for v in row] for row in rows] == values.tolist()
+    # the same decimal as repr's (its shortest round trip), maybe written with another exponent form
+    decimals = [[Decimal(v.decode()) for v in row] for row in rows]
+    assert decimals == [[Decimal(repr(v)) for v in row] for row in values.tolist()]
+    odd = values[:2].copy()
+    odd[0, 5], odd[1, 0] = np.nan, -np.inf  # what float() reads as repr writes it
+    assert _decimal_rows(odd) == [[repr(v) for v in row] for row in odd.tolist()]
+    assert _decimal_rows(np.zeros((0, 6))) == []

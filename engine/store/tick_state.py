@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from engine.errors import CorruptDataError, StoreError
 from engine.settings import HistoryTier
@@ -523,8 +524,7 @@ class TickState:
         x = prepared
         merged = x.merged
         sets, dels = self._marks(x, rows)
-        block = merged.peaks[rows.start : rows.stop].tolist()  # rows: a contiguous range (step 1)
-        peaks = {p: [repr(v) for v in row] for p, row in zip(rows, block, strict=True)}
+        peaks = dict(zip(rows, _decimal_rows(merged.peaks[rows.start : rows.stop]), strict=True))  # rows: step 1
         groups: list[tuple[list[str], list[Any]]] = []
         for p in rows:
             if not x.valid[p]:
@@ -576,6 +576,17 @@ class TickState:
         self.checked &= ~valid
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
+
+
+def _decimal_rows(values: Float64Array) -> list[list[Any]]:
+    """Each row of ``values`` as the decimal strings of its floats (shortest round trip, as ``repr``; ``nan``
+    and ``inf`` as ``repr`` writes them), for hash fields: formatted by orjson, several times faster."""
+    width = values.shape[1] if values.ndim == 2 else 0
+    if not np.isfinite(values).all():
+        return [[repr(v) for v in row] for row in values.tolist()]
+    text = orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)
+    parts = text.replace(b"[", b"").replace(b"]", b"").split(b",")
+    return [parts[i : i + width] for i in range(0, len(parts), width)] if values.size else [[] for _ in values]
 
 
 def _modes(checked: npt.NDArray[np.bool_], skip: npt.NDArray[np.bool_]) -> list[str]:
