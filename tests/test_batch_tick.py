@@ -22,7 +22,7 @@ from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Store
 from engine.store.codec import EXCURSION_DTYPE, decode_excursion
-from engine.store.history import OWNER_FIELD
+from engine.store.history import OWNER_FIELD, tier_resolution_ms
 from engine.store.tick_state import TickState
 from engine.stream import StreamDaemon
 from logic.monitor import Monitor
@@ -111,6 +111,8 @@ def _assert_same_state(fast: Store, loop: Store, pids: list[str], settings: Sett
             assert len(ra) == len(rb) > 0, (pid, tier)
             for name in ra.dtype.names or ():
                 np.testing.assert_allclose(ra[name], rb[name], rtol=1e-6, atol=1e-6, err_msg=f"{pid} {name}")
+            key = PortfolioKeys(pid).history_tier(tier_resolution_ms(tier))  # the headers: the same bytes
+            assert fast.client.getrange(key, 0, 15) == loop.client.getrange(key, 0, 15), (pid, tier)
 
 
 def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list[Monitor]], clock: Steps, ticks: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -173,6 +174,26 @@ def test_a_bucket_exactly_at_a_tiers_cutoff_is_kept_and_one_bucket_older_is_drop
     assert [p["version"] for p in store.read_history_tier("main", tier)] == [2, 3, 6]
     write(store, "main", T0 + 110.0, {"version": 7, "equity": 7.0}, tiers=(tier,))  # one bucket on: T0's goes
     assert [p["version"] for p in store.read_history_tier("main", tier)] == [3, 6, 7]
+
+
+def test_a_rings_header_changes_only_when_a_newer_bucket_opens_or_an_older_entry_comes(store: Store) -> None:
+    tier = HistoryTier(10.0, 100.0)
+    key = PortfolioKeys("main").history_tier(10_000)
+
+    def header() -> tuple[float, float]:
+        newest, first = struct.unpack("<dd", store.client.getrange(key, 0, 15))
+        return newest, first
+
+    start = T0 - T0 % 10.0  # a bucket's start
+    write(store, "main", start + 1.0, {"version": 1, "equity": 1.0}, tiers=(tier,))
+    assert header() == ((start + 1.0) * 1000, (start + 1.0) * 1000)
+    write(store, "main", start + 9.999, {"version": 2, "equity": 2.0}, tiers=(tier,))  # the same bucket: as it was
+    assert header() == ((start + 1.0) * 1000, (start + 1.0) * 1000)
+    write(store, "main", start + 0.5, {"version": 3, "equity": 3.0}, tiers=(tier,))  # older: the oldest time moves
+    assert header() == ((start + 1.0) * 1000, (start + 0.5) * 1000)
+    write(store, "main", start + 10.0, {"version": 4, "equity": 4.0}, tiers=(tier,))  # a newer bucket opens
+    assert header() == ((start + 10.0) * 1000, (start + 0.5) * 1000)
+    assert [p["version"] for p in store.read_history_tier("main", tier)] == [2, 4]
 
 
 def test_the_full_resolution_stream_keeps_a_point_exactly_at_its_cutoff_and_drops_one_ms_older(store: Store) -> None:

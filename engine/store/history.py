@@ -5,9 +5,10 @@ Layout (keys in :mod:`engine.store.keys`, rows in :class:`engine.store.codec.Row
 
     pf:{<id>}:history               stream   every snapshot (one packed float64 row in field ``p``), trimmed
                                              to ``history.raw_seconds`` of data time and ``raw_max_points``
-    pf:{<id>}:history_tier:<ms>     string   one tier: a 16-byte header (newest and oldest entry times ever
-                                             written, ms, float64) then ``slots`` rows of :data:`TIER_LAYOUT`,
-                                             bucket ``b`` (entry ms // resolution ms) in slot ``b % slots``
+    pf:{<id>}:history_tier:<ms>     string   one tier: a 16-byte header (the first entry time written in the
+                                             newest bucket, and the oldest entry time ever written, ms,
+                                             float64) then ``slots`` rows of :data:`TIER_LAYOUT`, bucket ``b``
+                                             (entry ms // resolution ms) in slot ``b % slots``
 
 A tier of resolution ``r`` and retention ``R`` has ``slots = R / r + 1`` rows: the newest bucket and every bucket
 starting ``R`` or less before it (a bucket starting exactly at the cutoff is kept, one a bucket older is
@@ -15,7 +16,9 @@ gone). Its memory is fixed when it is first written (the whole ring at once), so
 never grows with time: 30,964 rows of 120 bytes (3.9 MB) for the default tiers, plus the short stream.
 Retention runs in the data's time (the entry time the monitor passes, from its injected clock or a replay's
 bars): a ring's slot is overwritten when a bucket one lap later is written, and readers drop rows more than
-``R`` older than the header's newest time.
+``R`` older than the header's newest bucket. The header changes only when a newer bucket opens (or an older
+entry comes): readers use its newest time only to find the newest bucket, and the monitor then writes one
+row a tick, not a row and a header.
 
 Every write updates the open bucket of every tier in the same Lua script as the snapshot and the stream entry
 (one round trip, foldable into the monitor's MULTI), merging by the aggregation of each column
@@ -236,8 +239,9 @@ for k = 3, #KEYS - 1 do
       packed = struct.pack(fmt, unpack(row, 1, ncol))
     end
     redis.call('SETRANGE', key, off, packed)
-    if ms > newest or first == 0 or ms < first then  -- the header in one write
-      if ms > newest then newest = ms end
+    local opened = b > math.floor(newest / res)  -- a newer bucket: its first entry time is the newest time
+    if opened or first == 0 or ms < first then  -- the header in one write
+      if opened then newest = ms end
       if first == 0 or ms < first then first = ms end
       redis.call('SETRANGE', key, 0, struct.pack('<dd', newest, first))
     end

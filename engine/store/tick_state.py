@@ -58,6 +58,8 @@ from engine.store.slots import is_cluster
 Float64Array = npt.NDArray[np.float64]
 
 _PEAK_FIELDS = ("day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd", "last", OWNER_FIELD)
+_PEAK_COLUMNS = ("day_open", "day_peak", "week_peak", "max_peak", "max_dd", "last")
+"""The columns of :attr:`Merged.peaks`."""
 _LAST = np.array([c.aggregation == "last" for c in HISTORY_COLUMNS])
 _HIGH = np.array([c.aggregation == "max" for c in HISTORY_COLUMNS])
 _LOW = np.array([c.aggregation == "min" for c in HISTORY_COLUMNS])
@@ -66,34 +68,35 @@ _NCOL = len(HISTORY_COLUMNS)
 
 # KEYS: per portfolio, in order: snapshot, history, peaks, marks, then one ring per tier.
 # ARGV[1] = tiers T, ARGV[2] = entry ms, ARGV[3] = oldest stream entry kept (ms, XTRIM MINID), ARGV[4] = stream
-# cap (MAXLEN ~), ARGV[5] = owner token, ARGV[6] = a tier row's size (bytes), then per tier its ring's size and
-# the offset of the entry's bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
+# cap (MAXLEN ~), ARGV[5] = a tier row's size (bytes), then per tier its ring's size and the offset of the entry's
+# bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
 #   version, snapshot (codec.encode_snapshot; '' = none this tick: peaks and marks only), the history point (a
 #   RAW_LAYOUT row),
-#   day, day_open, day_peak, week, week_peak, max_peak, max_dd, last,
-#   per tier one character: '1' check the ring's size first (loaded this tick), '0' do not (written by this
-#   owner: it is its size), '-' leave the tier alone (the point is past its retention),
+#   per tier one character: '1' check the ring's size first (loaded this tick), then write the row and the
+#   header, 'h' write both, '0' the row only (the header did not change), '-' leave the tier alone (the point is
+#   past its retention),
 #   the T tier rows end to end, the T 16-byte headers end to end,
-#   n marks to set, n marks to delete, then (ticker, excursion record: codec.EXCURSION_DTYPE) pairs and the
-#   tickers to delete.
+#   n peaks fields, n marks to set, n marks to delete, then the (field, value) pairs of the peaks hash (``last``
+#   always: every write touches the peaks key, which other writers WATCH; every field and the owner stamp for a
+#   portfolio loaded this tick), the (ticker, excursion record: codec.EXCURSION_DTYPE) pairs and the tickers to
+#   delete.
 # The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
 # its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
 _APPLY_LUA = APPEND_POINT_LUA + """
-local ntier, ms, minid, cap, owner, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local ntier, ms, minid, cap, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sizes, offsets = {}, {}
-for t = 1, ntier do sizes[t] = tonumber(ARGV[5 + 2 * t]); offsets[t] = tonumber(ARGV[6 + 2 * t]) end
-local a = 7 + 2 * ntier
+for t = 1, ntier do sizes[t] = tonumber(ARGV[4 + 2 * t]); offsets[t] = tonumber(ARGV[5 + 2 * t]) end
+local a = 6 + 2 * ntier
 local nkeys = 4 + ntier
 for p = 0, #KEYS / nkeys - 1 do
   local k = p * nkeys
-  local version, json, row = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  redis.call('HSET', KEYS[k + 3], 'day', ARGV[a + 3], 'day_open', ARGV[a + 4], 'day_peak', ARGV[a + 5],
-             'week', ARGV[a + 6], 'week_peak', ARGV[a + 7], 'max_peak', ARGV[a + 8], 'max_dd', ARGV[a + 9],
-             'last', ARGV[a + 10], 'owner', owner)
-  local check, rows, heads = ARGV[a + 11], ARGV[a + 12], ARGV[a + 13]
-  local nset, ndel = tonumber(ARGV[a + 14]), tonumber(ARGV[a + 15])
-  a = a + 16
+  local version, json, row, check, rows, heads = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+                                                 ARGV[a + 5]
+  local npeak, nset, ndel = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+  a = a + 9
+  redis.call('HSET', KEYS[k + 3], unpack(ARGV, a, a + 2 * npeak - 1))
+  a = a + 2 * npeak
   if nset > 0 then redis.call('HSET', KEYS[k + 4], unpack(ARGV, a, a + 2 * nset - 1)) end
   a = a + 2 * nset
   if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
@@ -111,7 +114,7 @@ for p = 0, #KEYS / nkeys - 1 do
       end
       if mode ~= '-' then
         redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
-        redis.call('SETRANGE', key, 0, string.sub(heads, (t - 1) * 16 + 1, t * 16))
+        if mode ~= '0' then redis.call('SETRANGE', key, 0, string.sub(heads, (t - 1) * 16 + 1, t * 16)) end
       end
     end
   end
@@ -165,12 +168,15 @@ class Prepared:
     headers: bytes
     head_block: int
     checks: list[str]
-    """Per portfolio, per tier: '0' write, '1' check the ring's size then write, '-' leave alone (too old)."""
+    """Per portfolio, per tier: '1' check the ring's size then write the row and the header, 'h' write both, '0'
+    the row, '-' leave alone (too old)."""
     marks: npt.NDArray[np.intp]
     """The positions whose excursion is written (new, or a new extreme) or deleted (none any more), in order: the
     ones of a range of portfolios are contiguous (positions are laid out portfolio by portfolio)."""
     gone: npt.NDArray[np.bool_]
     """Of :attr:`marks`, those deleted."""
+    peak_fields: list[list[str]]
+    """Per portfolio, the peaks hash fields its write sets (:meth:`TickState._peak_fields`)."""
 
 
 @dataclass
@@ -465,7 +471,8 @@ class TickState:
             rows[:, t] = np.where(written_t[:, None], merged_row, old)
             buckets[:, t] = np.where(written_t, b, buckets[:, t])
             newest, first = headers[:, t, 0].copy(), headers[:, t, 1].copy()
-            headers[:, t, 0] = np.where(written_t & (ms > newest), ms, newest)
+            opened = b > np.floor(newest / self._res[t])  # a newer bucket (HistoryStore._RECORD_LUA's rule)
+            headers[:, t, 0] = np.where(written_t & opened, ms, newest)
             headers[:, t, 1] = np.where(written_t & ((first == 0) | (ms < first)), ms, first)
 
     # -- write -----------------------------------------------------------------------------------------------
@@ -486,14 +493,34 @@ class TickState:
         valid_pos = valid[self._owner]
         gone = self.stored & (merged.side == 0) & valid_pos
         picked = np.flatnonzero((merged.changed | gone) & valid_pos)
-        head: list[Any] = [ntier, merged.ms, min_ms, int(max_points), self.token, row_size]
+        head: list[Any] = [ntier, merged.ms, min_ms, int(max_points), row_size]
         for t in range(ntier):
             head += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
         return Prepared(
             merged, valid.tolist(), head, raw, 8 * points.shape[1], rows.tobytes(), ntier * row_size,
             np.ascontiguousarray(merged.headers, dtype="<f8").tobytes(), ntier * 16,
-            _modes(self.checked, merged.skip), picked, gone[picked],
+            _modes(self.checked, merged.skip, (merged.headers != self.headers).any(axis=2)), picked, gone[picked],
+            self._peak_fields(merged),
         )  # fmt: skip
+
+    def _peak_fields(self, merged: Merged) -> list[list[str]]:
+        """Per portfolio, the peaks fields its write sets (``_APPLY_LUA``): all of them and the owner stamp when
+        it was loaded this tick (its hash may lack some; another writer stamped it), else those that changed,
+        and ``last`` always."""
+        same = (merged.peaks == self.peaks) | (np.isnan(merged.peaks) & np.isnan(self.peaks))
+        same[:, _PEAK_COLUMNS.index("last")] = False
+        out: list[list[str]] = []
+        for p, (checked, row) in enumerate(zip(self.checked.tolist(), same.tolist(), strict=True)):
+            if checked:
+                out.append(list(_PEAK_FIELDS))
+                continue
+            fields = [name for name, kept in zip(_PEAK_COLUMNS, row, strict=True) if not kept]
+            if merged.day[p] != self.day[p]:
+                fields.append("day")
+            if merged.week[p] != self.week[p]:
+                fields.append("week")
+            out.append(fields)
+        return out
 
     def _marks(self, prepared: Prepared, rows: range) -> tuple[dict[int, list[Any]], dict[int, list[str]]]:
         """By portfolio row of ``rows``: the (ticker, record) pairs of the excursions to set (records of
@@ -525,6 +552,7 @@ class TickState:
         merged = x.merged
         sets, dels = self._marks(x, rows)
         peaks = dict(zip(rows, _decimal_rows(merged.peaks[rows.start : rows.stop]), strict=True))  # rows: step 1
+        token = self.token
         groups: list[tuple[list[str], list[Any]]] = []
         for p in rows:
             if not x.valid[p]:
@@ -539,17 +567,22 @@ class TickState:
             snap = snapshots.get(p)
             set_p = sets.get(p, [])
             del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
+            values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: token,
+                      **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
+            fields = x.peak_fields[p]
             pa: list[Any]
             if snap is None:
-                pa = [0, "", "", merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], "", "", ""]
+                pa = [0, "", "", "", "", ""]
             else:
                 pa = [
-                    version, encode_snapshot(snap), x.raw[p * x.raw_size : (p + 1) * x.raw_size],
-                    merged.day[p], *peaks[p][:2], merged.week[p], *peaks[p][2:], x.checks[p],
+                    version, encode_snapshot(snap), x.raw[p * x.raw_size : (p + 1) * x.raw_size], x.checks[p],
                     x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
                     x.headers[p * x.head_block : (p + 1) * x.head_block],
                 ]  # fmt: skip
-            pa += [len(set_p) // 2, len(del_p), *set_p, *del_p]
+            pa += [len(fields), len(set_p) // 2, len(del_p)]
+            for name in fields:
+                pa += (name, values[name])
+            pa += [*set_p, *del_p]
             groups.append((pk, pa))
         if not groups:
             return
@@ -589,9 +622,12 @@ def _decimal_rows(values: Float64Array) -> list[list[Any]]:
     return [parts[i : i + width] for i in range(0, len(parts), width)] if values.size else [[] for _ in values]
 
 
-def _modes(checked: npt.NDArray[np.bool_], skip: npt.NDArray[np.bool_]) -> list[str]:
-    """Each portfolio's tier modes for the script: '1' check the ring first, '0' write, '-' leave alone."""
-    modes = np.where(skip, "-", np.where(checked[:, None], "1", "0"))
+def _modes(
+    checked: npt.NDArray[np.bool_], skip: npt.NDArray[np.bool_], header: npt.NDArray[np.bool_]
+) -> list[str]:
+    """Each portfolio's tier modes for the script: '1' check the ring first (then write the row and the header),
+    'h' write the row and the header (``header``: it changed), '0' the row, '-' leave alone."""
+    modes = np.where(skip, "-", np.where(checked[:, None], "1", np.where(header, "h", "0")))
     return ["".join(row) for row in modes.tolist()]
 
 
