@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from engine.records import AccountType, PortfolioState, TradingState, TradingStatus, VarMethod
 from engine.settings import Limits
-from engine.store.codec import POSITION_FLOATS, PositionRows
+from engine.store.codec import POSITION_FLOATS, ComponentShares, PositionRows
 from engine.store.history import HISTORY_COLUMNS
 from logic.snapshot import MarketView, RiskFigures
 
@@ -75,7 +75,7 @@ class BookColumns:
         self.tix: IntArray = np.zeros(0, dtype=np.intp)
         self.realized: Float64Array = np.zeros(0)
         self._held_key: tuple[Any, ...] | None = None
-        self._held: tuple[list[str], list[int]] = ([], [])
+        self._held: tuple[list[str], list[int], list[int]] = ([], [], [])
 
     def update(self, states: Sequence[PortfolioState], tickers: tuple[str, ...], index: Mapping[str, int]) -> None:
         """Lay out ``states`` for a market listing ``tickers`` (``index``: ticker -> column)."""
@@ -102,17 +102,19 @@ class BookColumns:
     def ticker_tuples(self) -> list[tuple[str, ...]]:
         return [b.tickers for b in self.books]
 
-    def held_names(self, held: npt.NDArray[np.bool_]) -> tuple[list[str], list[int]]:
-        """The tickers of the positions marked ``held``, each book's in market-column order, end to end, and
-        how many each book has (remembered while the layout and the mask are unchanged)."""
+    def held_names(self, held: npt.NDArray[np.bool_]) -> tuple[list[str], list[int], list[int]]:
+        """The tickers of the positions marked ``held``, each book's in market-column order, end to end, how
+        many each book has, and each one's index among its book's positions (remembered while the layout and
+        the mask are unchanged)."""
         key = (self._key, held.tobytes())
         if self._held_key != key:
             at = np.flatnonzero(held)
             order = at[np.lexsort((self.tix[at], self.owner[at]))]
-            starts = self.offsets.tolist()
-            owners = self.owner[order].tolist()
-            names = [self.books[p].tickers[j - starts[p]] for j, p in zip(order.tolist(), owners, strict=True)]
-            self._held = names, np.bincount(owners, minlength=len(self.books)).tolist()
+            owners = self.owner[order]
+            index = (order - self.offsets[owners]).tolist()
+            owned = owners.tolist()
+            names = [self.books[p].tickers[j] for j, p in zip(index, owned, strict=True)]
+            self._held = names, np.bincount(owned, minlength=len(self.books)).tolist(), index
             self._held_key = key
         return self._held
 
@@ -381,18 +383,19 @@ class SnapshotBuilder:
 
 def _components(
     cols: BookColumns, values: BookValues, built: list[int], figures: list[RiskFigures | None]
-) -> list[dict[str, float]]:
+) -> list[ComponentShares]:
     """Each built book's component VaR by ticker, in market-column order (the order of its figures); a share
     that is not finite, or -0, is 0."""
-    names, counts = cols.held_names(values.exposures != 0.0)
+    names, counts, index = cols.held_names(values.exposures != 0.0)
     starts = np.concatenate(([0], np.cumsum(counts))).tolist()
     shares = [f.components for f in figures if f is not None]
     if any(c.size != counts[p] for p, c in zip(built, shares, strict=True)):
         raise ValueError("component VaR does not match the held tickers")
     flat = np.concatenate(shares) if shares else np.zeros(0)
-    clean = np.where(np.isfinite(flat) & (flat != 0.0), flat, 0.0).tolist()
+    packed = np.where(np.isfinite(flat) & (flat != 0.0), flat, 0.0).astype("<f8").tobytes()
     out, at = [], 0
     for p, c in zip(built, shares, strict=True):
-        out.append(dict(zip(names[starts[p] : starts[p + 1]], clean[at : at + c.size], strict=True)))
+        lo, hi = starts[p], starts[p + 1]
+        out.append(ComponentShares(names[lo:hi], index[lo:hi], packed[8 * at : 8 * (at + c.size)]))
         at += c.size
     return out

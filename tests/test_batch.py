@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -136,7 +136,7 @@ def test_books_past_the_gather_limit_take_the_dense_products_with_the_same_figur
 
 
 def _numbers(node: Any, path: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
+    if isinstance(node, Mapping):  # a vectorised snapshot's component_var: ComponentShares
         out: dict[str, Any] = {}
         for k, v in node.items():
             out.update(_numbers(v, f"{path}.{k}"))

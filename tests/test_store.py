@@ -26,6 +26,7 @@ from engine.store import (
 from engine.store.codec import (
     EXCURSION_DTYPE,
     POSITION_FLOATS,
+    ComponentShares,
     PositionRows,
     decode_excursion,
     decode_snapshot,
@@ -372,9 +373,10 @@ def test_a_flat_hgetall_reply_becomes_its_hash_and_a_torn_one_is_refused(store: 
         hash_from_flat([b"a", b"1", b"b"])
 
 
-def _snapshot_with(positions: list[dict[str, object]]) -> dict[str, object]:
+def _snapshot_with(positions: list[dict[str, object]], components: object = None) -> dict[str, object]:
+    held = {p["ticker"]: 0.5 + i for i, p in enumerate(reversed(positions))}  # not in the positions' order
     return {"portfolio_id": "main", "ts": 1_800_000_000.25, "version": 7, "equity": 1.5e6, "positions": positions,
-            "component_var": {"AAA": 12.5}, "backtest": None}  # fmt: skip
+            "component_var": held if components is None else components, "backtest": None}  # fmt: skip
 
 
 def _position(ticker: str, qty: int, **floats: float | None) -> dict[str, object]:
@@ -391,7 +393,7 @@ def test_a_snapshot_stores_its_position_figures_as_float64_and_reads_back_the_sa
         _position("BBB", -(2**62), last=None, weight=None, unrealized_pnl=-0.0),
         _position("Ω-CC", 0, mfe=float("inf"), mae=float("nan")),  # not finite: null, as JSON writes it
     ]
-    snap = _snapshot_with(positions)
+    snap = _snapshot_with(positions, {"Ω-CC": 0.1, "AAA": -2.5e-300})  # components: market order, not sorted
 
     # Act
     raw = encode_snapshot(snap)
@@ -399,16 +401,22 @@ def test_a_snapshot_stores_its_position_figures_as_float64_and_reads_back_the_sa
 
     # Assert: the head is plain JSON (what the Lua scripts read), the figures bit-exact, inf and NaN null
     head, meta, block = raw.split(b"\0", 2)
-    assert b'"version":7' in head and b"positions" not in head
-    assert json.loads(meta) == [["AAA", "BBB", "Ω-CC"], [3, -(2**62), 0]]
-    assert len(block) == 3 * 8 * len(POSITION_FLOATS)
+    assert b'"version":7' in head and b"positions" not in head and b"component_var" not in head
+    assert json.loads(meta) == [["AAA", "BBB", "Ω-CC"], [3, -(2**62), 0], [2, 0]]
+    assert len(block) == 3 * 8 * len(POSITION_FLOATS) + 2 * 8
     want = [dict(p) for p in positions]
     want[2]["mfe"] = want[2]["mae"] = None
     assert back == {**snap, "positions": want}
+    assert list(back["component_var"].items()) == [("Ω-CC", 0.1), ("AAA", -2.5e-300)]
     assert struct.unpack("<d", struct.pack("<d", back["positions"][0]["weight"])) == (1 / 3,)
     rows = PositionRows.from_dicts(positions)
     assert rows is not None and rows == want and len(rows) == 3 and list(rows)[1]["last"] is None
-    assert encode_snapshot({**snap, "positions": rows}) == raw
+    shares = ComponentShares(["Ω-CC", "AAA"], [2, 0], struct.pack("<2d", 0.1, -2.5e-300))
+    assert shares == snap["component_var"] and list(shares) == ["Ω-CC", "AAA"]
+    assert encode_snapshot({**snap, "positions": rows, "component_var": shares}) == raw
+    unindexed = ComponentShares(["Ω-CC", "AAA"], None, struct.pack("<2d", 0.1, -2.5e-300))
+    assert encode_snapshot({**snap, "component_var": unindexed}) == raw
+
 
 
 @pytest.mark.parametrize(
@@ -424,10 +432,31 @@ def test_a_snapshot_stores_its_position_figures_as_float64_and_reads_back_the_sa
     ],
 )
 def test_a_snapshot_whose_positions_are_not_of_the_schema_is_stored_as_plain_json(positions: list[dict]) -> None:
-    snap = _snapshot_with(positions)
+    snap = _snapshot_with(positions, {})
     raw = encode_snapshot(snap)
     assert b"\0" not in raw
     assert json.loads(raw) == snap == decode_snapshot(raw, "k")
+
+
+@pytest.mark.parametrize(
+    "components",
+    [
+        {"AAA": 1.0, "ZZZ": 2.0},  # a ticker not among the positions
+        {"AAA": math.nan},
+        {"AAA": "1.0"},
+        {"AAA": 2**60 + 1},
+        "AAA",
+    ],
+)
+def test_a_snapshot_whose_component_var_is_not_of_the_schema_is_stored_as_plain_json(components: object) -> None:
+    snap = _snapshot_with([_position("AAA", 3)], components)
+    rows = PositionRows.from_dicts(snap["positions"])  # type: ignore[arg-type]
+    raw = encode_snapshot({**snap, "positions": rows})
+    assert b"\0" not in raw
+    null = {k: None if v != v else v for k, v in components.items()} if isinstance(components, dict) else components
+    assert json.loads(raw) == {**snap, "component_var": null}  # NaN written as null
+    snap.pop("component_var")
+    assert json.loads(encode_snapshot(snap)) == snap  # none at all
 
 
 @pytest.mark.parametrize(
@@ -435,17 +464,23 @@ def test_a_snapshot_whose_positions_are_not_of_the_schema_is_stored_as_plain_jso
     [
         lambda raw: raw[:-1],  # a truncated float
         lambda raw: raw + b"\0",
-        lambda raw: raw.replace(b'[["AAA"],[3]]', b'[["AAA"],[3.0]]'),
-        lambda raw: raw.replace(b'[["AAA"],[3]]', b'[["AAA","B"],[3,1]]'),
-        lambda raw: raw.replace(b'[["AAA"],[3]]', b'{"AAA":3}'),
-        lambda raw: raw.replace(b'[["AAA"],[3]]', b"[[1],[3]]"),
-        lambda raw: raw.split(b"\0")[0] + b"\0" + b'[["AAA"],[3]]',  # no second NUL
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b'[["AAA"],[3.0],[0]]'),
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b'[["AAA","B"],[3,1],[0]]'),
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b'[["AAA"],[3],[1]]'),  # no such position
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b'[["AAA"],[3],[0,0]]'),
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b'[["AAA"],[3],[]]'),  # the floats' count is off
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b'[["AAA"],[3]]'),
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b'{"AAA":3}'),
+        lambda raw: raw.replace(b'[["AAA"],[3],[0]]', b"[[1],[3],[0]]"),
+        lambda raw: raw.split(b"\0")[0] + b"\0" + b'[["AAA"],[3],[0]]',  # no second NUL
         lambda raw: raw.replace(b'"version":7', b'"positions":[],"version":7'),
+        lambda raw: raw.replace(b'"version":7', b'"component_var":{},"version":7'),
         lambda raw: raw.replace(b'"version":7', b'"version":'),
     ],
 )
 def test_a_corrupt_stored_snapshot_raises_the_typed_error(store: Store, mangle) -> None:
     raw = encode_snapshot(_snapshot_with([_position("AAA", 3)]))
+    assert mangle(raw) != raw
     store.client.set(PortfolioKeys("main").snapshot, mangle(raw))
     with pytest.raises(CorruptDataError):
         store.read_snapshot("main")

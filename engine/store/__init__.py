@@ -42,6 +42,7 @@ from engine.store.base import Conn, StoreBase
 from engine.store.book import BookStore
 from engine.store.codec import (
     TRADING_STATES,
+    ComponentShares,
     PositionRows,
     decode_array,
     decode_decimal,
@@ -134,7 +135,7 @@ __all__ = [
     "PortfolioKeys", "heartbeat_key", "lock_key", "notify_rate_key",
     # codec
     "TRADING_STATES", "encode_array", "decode_array", "encode_json", "decode_json", "decode_object",
-    "encode_snapshot", "decode_snapshot", "PositionRows",
+    "encode_snapshot", "decode_snapshot", "PositionRows", "ComponentShares",
     "decode_decimal", "decode_int", "decode_float", "decode_str", "decode_tickers", "encode_position",
     "decode_position", "encode_trading_status", "decode_trading_status", "encode_window_row", "decode_window_rows",
     # value objects read and written here

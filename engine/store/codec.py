@@ -260,6 +260,8 @@ def _json_default(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, PositionRows):
         return value.rows()
+    if isinstance(value, ComponentShares):
+        return value.as_dict()
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
@@ -299,14 +301,16 @@ def decode_object(raw: bytes | str, key: str) -> dict[str, Any]:
 
 # -- snapshots ---------------------------------------------------------------------------------------------------
 #
-# A snapshot (logic/snapshot.py) is stored as its JSON without ``positions``, then, when it has positions of the
-# full schema, NUL, the JSON ``[tickers, quantities]``, NUL, and every position's floats
-# (:data:`POSITION_FLOATS`, position after position, little-endian float64, NaN for null). Compact JSON holds no
-# raw NUL byte, so the first NUL ends the head and the second the tickers. The floats are most of a snapshot
-# (ten figures for each of twenty positions: 4.8 of its 6.3 KB as JSON), and the monitor writes a thousand
-# snapshots a tick: as bytes they cost nothing to format or parse. The head is what Lua reads (``"version"``,
-# ``"ts"``, engine/store/history.py, engine/store/monitoring.py). A snapshot whose positions do not have the
-# full schema (or none) is stored as plain JSON, which every reader also reads.
+# A snapshot (logic/snapshot.py) is stored as its JSON without ``positions`` and ``component_var``, then, when it
+# has positions of the full schema and component VaR of held tickers, NUL, the JSON ``[tickers, quantities,
+# component tickers]`` (the last as indices into the first, in the snapshot's order), NUL, every position's
+# floats (:data:`POSITION_FLOATS`, position after position) and then the component VaR, all little-endian
+# float64, NaN for null. Compact JSON holds no raw NUL byte, so the first NUL ends the head and the second the
+# tickers. The floats are most of a snapshot (ten figures for each of twenty positions and twenty components:
+# 5.3 of its 6.3 KB as JSON), and the monitor writes a thousand snapshots a tick: as bytes they cost nothing to
+# format or parse. The head is what Lua reads (``"version"``, ``"ts"``, engine/store/history.py,
+# engine/store/monitoring.py). Any other snapshot (no positions, or not of the schema) is stored as plain JSON,
+# which every reader also reads.
 
 POSITION_FLOATS = ("avg_price", "last", "market_value", "weight", "unrealized_pnl", "realized_pnl", "mfe", "mae")
 """The float fields of a snapshot position, in stored order (after ``ticker`` and ``qty``)."""
@@ -356,9 +360,9 @@ class PositionRows(Sequence[dict[str, Any]]):
 
     @property
     def meta(self) -> bytes:
-        """``[tickers, quantities]`` as JSON (what the stored form holds between its NULs)."""
+        """``tickers, quantities`` as JSON, without the brackets around both (the stored form's first two)."""
         if self._meta is None:
-            self._meta = encode_json_fast([list(self.tickers), list(self.qty)])
+            self._meta = encode_json_fast([list(self.tickers), list(self.qty)])[1:-1]
         return self._meta
 
     def rows(self) -> list[dict[str, Any]]:
@@ -396,17 +400,70 @@ class PositionRows(Sequence[dict[str, Any]]):
         return f"PositionRows({self.rows()!r})"
 
 
+class ComponentShares(Mapping[str, float]):
+    """A snapshot's ``component_var`` (ticker -> dollars, in the snapshot's order) held as its stored form: the
+    tickers, their indices among the snapshot's positions (None: not known) and the packed floats. The dict is
+    built on first use; it compares equal to the dict it stands for."""
+
+    __slots__ = ("names", "index", "block", "_dict")
+
+    def __init__(self, names: Sequence[str], index: Sequence[int] | None, block: bytes) -> None:
+        if len(block) != 8 * len(names) or (index is not None and len(index) != len(names)):
+            raise ValueError(f"{len(names)} component tickers and {len(block)} bytes of floats")
+        self.names, self.index, self.block = names, index, block
+        self._dict: dict[str, float] | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        if self._dict is None:
+            self._dict = dict(zip(self.names, np.frombuffer(self.block, dtype="<f8").tolist(), strict=True))
+        return self._dict
+
+    def __getitem__(self, key: str) -> float:
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"ComponentShares({self.as_dict()!r})"
+
+
+def _stored_components(value: Any, rows: PositionRows) -> tuple[Sequence[int], bytes] | None:
+    """A snapshot's ``component_var`` as (indices into ``rows``, float64 bytes), or None when it is not a mapping
+    of held tickers to finite floats (the snapshot stays plain JSON)."""
+    if isinstance(value, ComponentShares) and value.index is not None:
+        return value.index, value.block
+    if not isinstance(value, Mapping):
+        return None
+    at = {t: i for i, t in enumerate(rows.tickers)}
+    index = [at.get(t, -1) for t in value]
+    floats = list(value.values())
+    if -1 in index or not all(type(v) is float or (type(v) is int and float(v) == v) for v in floats):
+        return None
+    block = np.array(floats, dtype="<f8")
+    return (index, block.tobytes()) if np.isfinite(block).all() else None
+
+
 def encode_snapshot(snapshot: Mapping[str, Any]) -> bytes:
-    """A snapshot's stored form (above); ``positions`` a list of dicts or :class:`PositionRows`."""
+    """A snapshot's stored form (above); ``positions`` a list of dicts or :class:`PositionRows`, ``component_var``
+    a dict or :class:`ComponentShares`."""
     positions = snapshot.get("positions")
     rows = PositionRows.from_dicts(positions) if isinstance(positions, Sequence) else None
-    if rows is None or not rows:
+    components = _stored_components(snapshot.get("component_var"), rows) if rows else None
+    if rows is None or components is None:
         plain = snapshot if type(snapshot) is dict else dict(snapshot)
         if isinstance(positions, PositionRows):
             plain = {**plain, "positions": positions.rows()}
+        if isinstance(plain.get("component_var"), ComponentShares):
+            plain = {**plain, "component_var": plain["component_var"].as_dict()}
         return encode_json_fast(plain)
-    head = encode_json_fast({k: v for k, v in snapshot.items() if k != "positions"})
-    return b"".join((head, b"\0", rows.meta, b"\0", rows.block))
+    index, values = components
+    head = encode_json_fast({k: v for k, v in snapshot.items() if k != "positions" and k != "component_var"})
+    meta = b"[%s,%s]" % (rows.meta, encode_json_fast(list(index)))
+    return b"".join((head, b"\0", meta, b"\0", rows.block, values))
 
 
 def decode_snapshot(raw: bytes, key: str) -> dict[str, Any]:
@@ -416,20 +473,24 @@ def decode_snapshot(raw: bytes, key: str) -> dict[str, Any]:
         return decode_object(raw, key)
     head = decode_object(raw[:end], key)
     meta_end = raw.find(b"\0", end + 1)
-    if meta_end < 0 or "positions" in head:
+    if meta_end < 0 or "positions" in head or "component_var" in head:
         raise CorruptDataError(f"{key}: malformed positions")
     meta = decode_json(raw[end + 1 : meta_end], key=f"{key}.positions")
     block = raw[meta_end + 1 :]
     if not (
-        isinstance(meta, list) and len(meta) == 2 and all(isinstance(m, list) for m in meta)
+        isinstance(meta, list) and len(meta) == 3 and all(isinstance(m, list) for m in meta)
         and all(isinstance(t, str) for t in meta[0]) and all(type(q) is int for q in meta[1])
+        and all(type(i) is int and 0 <= i < len(meta[0]) for i in meta[2]) and len(set(meta[2])) == len(meta[2])
     ):  # fmt: skip
-        raise CorruptDataError(f"{key}: malformed position tickers and quantities")
+        raise CorruptDataError(f"{key}: malformed position tickers, quantities and component tickers")
+    split = len(block) - 8 * len(meta[2])
     try:
-        rows = PositionRows(meta[0], meta[1], block)
+        rows = PositionRows(meta[0], meta[1], block[: max(split, 0)])
+        components = ComponentShares([meta[0][i] for i in meta[2]], meta[2], block[max(split, 0) :])
     except ValueError as exc:
         raise CorruptDataError(f"{key}: positions: {exc}") from exc
     head["positions"] = rows.rows()
+    head["component_var"] = components.as_dict()
     return head
 
 
