@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from engine.records import AccountType, PortfolioState, TradingState, TradingStatus, VarMethod
 from engine.settings import Limits
-from engine.store.codec import POSITION_FLOATS, ComponentShares, PositionRows
+from engine.store.codec import POSITION_FLOATS, ComponentShares, PositionRows, encode_snapshot_parts
 from engine.store.history import HISTORY_COLUMNS
 from logic.snapshot import MarketView, RiskFigures
 
@@ -261,7 +261,7 @@ def build_snapshots(
         magnitude = np.abs(exposure)
         total = magnitude.sum(axis=1)  # math_logic.hhi_concentration, row by row (its sum and dot product)
         shares = magnitude / np.where(total == 0.0, 1.0, total)[:, None]
-        hhi = np.array([0.0 if t == 0.0 else float(r @ r) for r, t in zip(shares, total.tolist(), strict=True)])
+        hhi = np.where(total == 0.0, 0.0, np.einsum("ij,ij->i", shares, shares))
         leverage = np.where(eq > 0, values.gross / eq, np.where(values.gross > 0, np.inf, 0.0))
         # the largest exposure: numpy's argmax over each book's row, as the per-portfolio path finds it
         largest_col = np.argmax(magnitude, axis=1) if count and len(header.tickers) else np.zeros(count, np.intp)
@@ -310,8 +310,9 @@ def build_snapshots(
     version, market_ts, age = int(header.version), float(header.ts), max(0.0, float(now) - float(header.ts))
     i = _COLUMN
 
-    def build(lo: int, hi: int) -> dict[int, dict[str, Any]]:
+    def build(lo: int, hi: int) -> tuple[dict[int, dict[str, Any]], dict[int, bytes]]:
         out: dict[int, dict[str, Any]] = {}
+        encoded: dict[int, bytes] = {}
         for p in range(lo, hi):
             share = components.get(p)
             if share is None:
@@ -320,7 +321,7 @@ def build_snapshots(
             li = int(largest[p])
             trading = inputs.trading[p]
             section = inputs.backtest[p]
-            out[p] = {
+            snap = out[p] = {
                 "portfolio_id": book.state.portfolio_id,
                 "ts": float(now),
                 "version": version,
@@ -359,14 +360,15 @@ def build_snapshots(
                 "margin": {"level": row[i["margin.level"]], "used": used_l[p], "maintenance": maintenance_l[p]},
                 "data": {"market_age_seconds": age, "missing_prices": values.missing[p]},
                 "trading_state": trading.state if trading is not None else _ACTIVE,
-                "positions": PositionRows(
-                    book.tickers, book.qty_int, packed[offsets[p] * width : offsets[p + 1] * width], book.meta
-                ),
                 "var_method": str(inputs.methods[p]),
-                "component_var": share,
                 "backtest": None if section is None else dict(section),
             }  # fmt: skip
-        return out
+            positions = PositionRows(
+                book.tickers, book.qty_int, packed[offsets[p] * width : offsets[p + 1] * width], book.meta
+            )
+            encoded[p] = encode_snapshot_parts(snap, positions, share.index or (), share.block)
+            snap["positions"], snap["component_var"] = positions, share
+        return out, encoded
 
     return SnapshotBuilder(points, build)
 
@@ -374,11 +376,11 @@ def build_snapshots(
 @dataclass(frozen=True)
 class SnapshotBuilder:
     """A tick's history points (``points``: P x columns, NaN for no value, a NaN ``ts`` for a book without a
-    snapshot) and ``build(lo, hi)``: the snapshots of the books ``lo <= p < hi`` that have one, by row (built
-    a range at a time, so the monitor can write one range while it builds the next)."""
+    snapshot) and ``build(lo, hi)``: the snapshots of the books ``lo <= p < hi`` that have one, by row, and
+    their stored form (:func:`~engine.store.codec.encode_snapshot`), encoded as they are built."""
 
     points: Float64Array
-    build: Callable[[int, int], dict[int, dict[str, Any]]]
+    build: Callable[[int, int], tuple[dict[int, dict[str, Any]], dict[int, bytes]]]
 
 
 def _components(

@@ -296,9 +296,9 @@ class VectorisedTick:
             merged, valid, builder.points, min_ms=max(0, int((now - monitor.retention_seconds) * 1000)),
             max_points=monitor.history.raw_max_points,
         )  # fmt: skip
-        built = builder.build(0, len(cols.pids))
+        built, encoded = builder.build(0, len(cols.pids))
         tx.multi()
-        state.write(tx, self.store, prepared, range(len(cols.pids)), built, int(market.header.version))
+        state.write(tx, self.store, prepared, range(len(cols.pids)), encoded, int(market.header.version))
         return merged, {cols.pids[p]: snap for p, snap in built.items()}
 
     def _figures(

@@ -460,10 +460,15 @@ def encode_snapshot(snapshot: Mapping[str, Any]) -> bytes:
         if isinstance(plain.get("component_var"), ComponentShares):
             plain = {**plain, "component_var": plain["component_var"].as_dict()}
         return encode_json_fast(plain)
-    index, values = components
-    head = encode_json_fast({k: v for k, v in snapshot.items() if k != "positions" and k != "component_var"})
+    head = {k: v for k, v in snapshot.items() if k != "positions" and k != "component_var"}
+    return encode_snapshot_parts(head, rows, *components)
+
+
+def encode_snapshot_parts(head: Mapping[str, Any], rows: PositionRows, index: Sequence[int], values: bytes) -> bytes:
+    """The stored form of a snapshot of positions ``rows`` and component VaR ``index`` / ``values`` (indices
+    into ``rows``, float64 bytes), ``head`` the rest of it (:func:`encode_snapshot` checks the parts)."""
     meta = b"[%s,%s]" % (rows.meta, encode_json_fast(list(index)))
-    return b"".join((head, b"\0", meta, b"\0", rows.block, values))
+    return b"".join((encode_json_fast(head), b"\0", meta, b"\0", rows.block, values))
 
 
 def decode_snapshot(raw: bytes, key: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import orjson
 from engine.errors import CorruptDataError, StoreError
 from engine.settings import HistoryTier
 from engine.store.base import Conn
-from engine.store.codec import EXCURSION_DTYPE, decode_excursion, decode_float, decode_str, encode_snapshot
+from engine.store.codec import EXCURSION_DTYPE, decode_excursion, decode_float, decode_str
 from engine.store.history import (
     APPEND_POINT_LUA,
     HISTORY_COLUMNS,
@@ -543,11 +543,11 @@ class TickState:
         return sets, dels
 
     def write(
-        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, dict[str, Any]],
-        version: int,
-    ) -> None:  # fmt: skip
+        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, bytes], version: int
+    ) -> None:
         """Queue the script writing the merged state of the valid portfolios among ``rows`` and, where
-        ``snapshots`` holds one (by row), the snapshot (market ``version``) and its history point."""
+        ``snapshots`` holds one (by row: its stored form), the snapshot (market ``version``) and its history
+        point."""
         x = prepared
         merged = x.merged
         sets, dels = self._marks(x, rows)
@@ -575,7 +575,7 @@ class TickState:
                 pa = [0, "", "", "", "", ""]
             else:
                 pa = [
-                    version, encode_snapshot(snap), x.raw[p * x.raw_size : (p + 1) * x.raw_size], x.checks[p],
+                    version, snap, x.raw[p * x.raw_size : (p + 1) * x.raw_size], x.checks[p],
                     x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
                     x.headers[p * x.head_block : (p + 1) * x.head_block],
                 ]  # fmt: skip
