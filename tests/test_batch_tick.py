@@ -334,3 +334,29 @@ def test_an_excursion_record_of_an_older_store_in_json_merges_the_same_in_both_p
             rewritten.append(moved)
     assert any(rewritten) and not all(rewritten)
     assert two_stores[0].read_marks("p02") == two_stores[1].read_marks("p02")
+
+
+def test_a_book_of_more_positions_than_one_lua_unpack_takes_has_every_excursion_written(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: one book holding 650 tickers (the script sets a portfolio's excursions 500 at a time), long and short
+    rng = np.random.default_rng(11)
+    tickers = [f"T{i:03d}" for i in range(650)]
+    assets = {t: {"price": float(rng.uniform(5, 500)), "annual_vol": 0.3, "avg_daily_volume": 10**6, "spread_bps": 2.0}
+              for t in tickers}  # fmt: skip
+    holdings = {t: int(rng.integers(1, 100)) * (1 if i % 3 else -1) for i, t in enumerate(tickers)}
+    settings = make_settings({"universe": {"assets": assets}, "portfolios": [
+        {"id": "big", "account_type": "margin", "cash": "100000000", "holdings": holdings}]})  # fmt: skip
+    for s in two_stores:
+        warmup.seed(s, settings, now=START)
+    clock = Steps()
+    fast = Monitor(two_stores[0], settings, clock, consumer="fast", idle_refresh_seconds=0)
+    loop = Monitor(two_stores[1], settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+
+    # Act
+    _run(settings, list(two_stores), lambda _: [fast, loop], clock, 2, tickers)  # (no trade: the third tick trades)
+
+    # Assert: every position has its excursion, as the per-portfolio path merged it
+    marks = two_stores[0].read_marks("big")
+    assert len(marks) == 650 and marks.keys() == two_stores[1].read_marks("big").keys()
+    _assert_same_state(two_stores[0], two_stores[1], ["big"], settings)

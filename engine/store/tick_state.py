@@ -78,8 +78,8 @@ _NCOL = len(HISTORY_COLUMNS)
 #   the T tier rows end to end, the T 16-byte headers end to end,
 #   n peaks fields, n marks to set, n marks to delete, then the (field, value) pairs of the peaks hash (``last``
 #   always: every write touches the peaks key, which other writers WATCH; every field and the owner stamp for a
-#   portfolio loaded this tick), the (ticker, excursion record: codec.EXCURSION_DTYPE) pairs and the tickers to
-#   delete.
+#   portfolio loaded this tick), the marks to set (when n > 0: their tickers joined by NUL, which no ticker holds,
+#   then their excursion records end to end, 17 bytes each: codec.EXCURSION_DTYPE) and the tickers to delete.
 # The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
 # its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
@@ -97,8 +97,20 @@ for p = 0, #KEYS / nkeys - 1 do
   a = a + 9
   redis.call('HSET', KEYS[k + 3], unpack(ARGV, a, a + 2 * npeak - 1))
   a = a + 2 * npeak
-  if nset > 0 then redis.call('HSET', KEYS[k + 4], unpack(ARGV, a, a + 2 * nset - 1)) end
-  a = a + 2 * nset
+  if nset > 0 then
+    local names, records, pairs, at = ARGV[a], ARGV[a + 1], {}, 1
+    for i = 0, nset - 1 do
+      local z = string.find(names, '\0', at, true) or #names + 1
+      pairs[#pairs + 1] = string.sub(names, at, z - 1)
+      pairs[#pairs + 1] = string.sub(records, 17 * i + 1, 17 * i + 17)
+      at = z + 1
+      if #pairs == 1000 or i == nset - 1 then  -- Lua's unpack has a stack limit
+        redis.call('HSET', KEYS[k + 4], unpack(pairs))
+        pairs = {}
+      end
+    end
+    a = a + 2
+  end
   if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
   a = a + ndel
   if json ~= '' then
@@ -522,24 +534,30 @@ class TickState:
             out.append(fields)
         return out
 
-    def _marks(self, prepared: Prepared, rows: range) -> tuple[dict[int, list[Any]], dict[int, list[str]]]:
-        """By portfolio row of ``rows``: the (ticker, record) pairs of the excursions to set (records of
-        :data:`~engine.store.codec.EXCURSION_DTYPE`), the tickers to delete."""
+    def _marks(
+        self, prepared: Prepared, rows: range
+    ) -> tuple[dict[int, tuple[int, bytes, bytes]], dict[int, list[str]]]:
+        """By portfolio row of ``rows``: the excursions to set (how many, their tickers joined by NUL, their
+        records of :data:`~engine.store.codec.EXCURSION_DTYPE` end to end), the tickers to delete."""
         x = prepared
         lo, hi = np.searchsorted(self._owner[x.marks], [rows.start, rows.stop])
-        at = x.marks[lo:hi]
+        at, gone = x.marks[lo:hi], x.gone[lo:hi]
         merged, flat = x.merged, self._flat
+        dels: dict[int, list[str]] = {}
+        for j, p in zip(at[gone].tolist(), self._owner[at[gone]].tolist(), strict=True):
+            dels.setdefault(p, []).append(flat[j])
+        at = at[~gone]  # positions in order: each portfolio's are contiguous
         records = np.empty(len(at), dtype=EXCURSION_DTYPE)
         records["side"], records["mfe"], records["mae"] = merged.side[at], merged.mfe[at], merged.mae[at]
         packed, size = records.tobytes(), EXCURSION_DTYPE.itemsize
-        sets: dict[int, list[Any]] = {}
-        dels: dict[int, list[str]] = {}
-        owners, gone = self._owner[at].tolist(), x.gone[lo:hi].tolist()
-        for k, (j, p, dead) in enumerate(zip(at.tolist(), owners, gone, strict=True)):
-            if dead:
-                dels.setdefault(p, []).append(flat[j])
-            else:
-                sets.setdefault(p, []).extend((flat[j], packed[k * size : (k + 1) * size]))
+        owners = self._owner[at]
+        if not len(at):
+            return {}, dels
+        starts = np.flatnonzero(np.diff(owners, prepend=-1)).tolist()
+        names = [flat[j] for j in at.tolist()]
+        sets: dict[int, tuple[int, bytes, bytes]] = {}
+        for s, e, p in zip(starts, [*starts[1:], len(at)], owners[starts].tolist(), strict=True):
+            sets[p] = (e - s, "\0".join(names[s:e]).encode(), packed[s * size : e * size])
         return sets, dels
 
     def write(
@@ -565,7 +583,7 @@ class TickState:
                     k.snapshot, k.history, k.peaks, k.marks, *(k.history_tier(int(r)) for r in self._res)
                 ]  # fmt: skip
             snap = snapshots.get(p)
-            set_p = sets.get(p, [])
+            count, set_names, set_records = sets.get(p, (0, b"", b""))
             del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
             values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: token,
                       **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
@@ -579,10 +597,12 @@ class TickState:
                     x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
                     x.headers[p * x.head_block : (p + 1) * x.head_block],
                 ]  # fmt: skip
-            pa += [len(fields), len(set_p) // 2, len(del_p)]
+            pa += [len(fields), count, len(del_p)]
             for name in fields:
                 pa += (name, values[name])
-            pa += [*set_p, *del_p]
+            if count:
+                pa += (set_names, set_records)
+            pa += del_p
             groups.append((pk, pa))
         if not groups:
             return
