@@ -294,7 +294,7 @@ class VectorisedTick:
         state.merge_tiers(merged, valid, builder.points)
         prepared = state.prepare(
             merged, valid, builder.points, min_ms=max(0, int((now - monitor.retention_seconds) * 1000)),
-            max_points=monitor.history.raw_max_points,
+            max_points=monitor.history.raw_max_points, version=int(market.header.version),
         )  # fmt: skip
         built, encoded = builder.build(0, len(cols.pids))
         tx.multi()

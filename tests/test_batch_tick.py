@@ -360,3 +360,41 @@ def test_a_book_of_more_positions_than_one_lua_unpack_takes_has_every_excursion_
     marks = two_stores[0].read_marks("big")
     assert len(marks) == 650 and marks.keys() == two_stores[1].read_marks("big").keys()
     _assert_same_state(two_stores[0], two_stores[1], ["big"], settings)
+
+
+def test_a_stored_snapshot_of_a_newer_market_version_is_kept_until_a_tick_reaches_it(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: a vectorised monitor snapshots every portfolio; then another writer stores p03's snapshot of a
+    # market version two ahead (a monitor on a newer tick) and p05's with no version it can read
+    store = two_stores[0]
+    settings = _random_settings(make_settings, seed=5)
+    warmup.seed(store, settings, now=START)
+    clock = Steps()
+    fast = Monitor(store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    tickers = list(settings.universe.assets)
+    _run(settings, [store], lambda _: [fast], clock, 1, tickers)
+    version = store.read_market_header().version
+    ahead = {**(store.read_snapshot("p03") or {}), "version": version + 2, "equity": -1.0}
+    store.record_snapshot("p03", ahead, {"equity": -1.0}, ts=clock.now, retention_seconds=3600, max_points=100)
+    store.client.set(PortfolioKeys("p05").snapshot, b'{"portfolio_id":"p05"}')
+    kept = store.client.get(PortfolioKeys("p03").snapshot)
+
+    # Act / Assert: the next tick (version + 1) keeps p03's, replaces p05's, and writes every history point
+    daemon = StreamDaemon(store, settings, iter(()), clock=clock, interval=0)  # type: ignore[arg-type]
+    bars = iter(SimulatedFeed.from_settings(settings, seed=4))
+    points = len(store.read_history("p03"))
+    clock.now += 1.0
+    daemon.process_bar(next(bars))
+    assert fast.process_available() == 1
+    assert store.client.get(PortfolioKeys("p03").snapshot) == kept
+    assert (store.read_snapshot("p05") or {}).get("version") == version + 1
+    assert len(store.read_history("p03")) == points + 1
+
+    # the tick after it (version + 2: not older) replaces it, and so does every later one
+    for step in (2, 3):
+        clock.now += 1.0
+        daemon.process_bar(next(bars))
+        assert fast.process_available() == 1
+        snap = store.read_snapshot("p03") or {}
+        assert snap["version"] == version + step and snap["equity"] > 0

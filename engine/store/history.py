@@ -125,14 +125,18 @@ _RAW_FIELD = b"p"
 
 
 APPEND_POINT_LUA = """
--- append_point(snapshot key, stream key, version, snapshot JSON, entry ms, oldest ms kept, stream cap, row):
--- the snapshot is replaced unless the stored one has a higher version; the point is appended with id <ms>-0,
--- or the stream's last id plus one when that is not greater; the stream is trimmed to the oldest ms kept.
--- Returns the entry id.
-local function append_point(snapshot_key, stream_key, version, json, ms, minid, cap, row)
-  local current = redis.call('GET', snapshot_key)
-  local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
-  if not stored or tonumber(version) >= stored then redis.call('SET', snapshot_key, json) end
+-- append_point(snapshot key, stream key, version, snapshot JSON, entry ms, oldest ms kept, stream cap, row[,
+-- mode]): the snapshot is replaced unless the stored one has a higher version (mode 's': replaced, 'k': kept,
+-- the caller knows the stored version); the point is appended with id <ms>-0, or the stream's last id plus one
+-- when that is not greater; the stream is trimmed to the oldest ms kept. Returns the entry id.
+local function append_point(snapshot_key, stream_key, version, json, ms, minid, cap, row, mode)
+  if mode == 's' then
+    redis.call('SET', snapshot_key, json)
+  elseif mode ~= 'k' then
+    local current = redis.call('GET', snapshot_key)
+    local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
+    if not stored or tonumber(version) >= stored then redis.call('SET', snapshot_key, json) end
+  end
   local id = ms .. '-0'
   local added = redis.pcall('XADD', stream_key, 'MAXLEN', '~', cap, id, 'p', row)
   if type(added) == 'table' and added.err then

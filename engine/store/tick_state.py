@@ -30,6 +30,7 @@ excursions are flat, one element per position in the books' order (``offsets``).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,11 +77,13 @@ _NCOL = len(HISTORY_COLUMNS)
 #   header, 'h' write both, '0' the row only (the header did not change), '-' leave the tier alone (the point is
 #   past its retention),
 #   the T tier rows end to end, the T 16-byte headers end to end,
+#   's' replace the snapshot or 'k' keep the stored one (of a higher version: this writer knows the version
+#   stored, read when it loaded the portfolio, or written by it since),
 #   n peaks fields, n marks to set, n marks to delete, then the (field, value) pairs of the peaks hash (``last``
 #   always: every write touches the peaks key, which other writers WATCH; every field and the owner stamp for a
 #   portfolio loaded this tick), the marks to set (when n > 0: their tickers joined by NUL, which no ticker holds,
 #   then their excursion records end to end, 17 bytes each: codec.EXCURSION_DTYPE) and the tickers to delete.
-# The snapshot is replaced unless a newer version is stored; the history entry id is <ms>-0, or the stream's
+# The history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
 # its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
 _APPLY_LUA = APPEND_POINT_LUA + """
@@ -93,8 +96,8 @@ for p = 0, #KEYS / nkeys - 1 do
   local k = p * nkeys
   local version, json, row, check, rows, heads = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
                                                  ARGV[a + 5]
-  local npeak, nset, ndel = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-  a = a + 9
+  local replace, npeak, nset, ndel = ARGV[a + 6], tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  a = a + 10
   redis.call('HSET', KEYS[k + 3], unpack(ARGV, a, a + 2 * npeak - 1))
   a = a + 2 * npeak
   if nset > 0 then
@@ -114,7 +117,7 @@ for p = 0, #KEYS / nkeys - 1 do
   if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
   a = a + ndel
   if json ~= '' then
-    append_point(KEYS[k + 1], KEYS[k + 2], version, json, ms, minid, cap, row)
+    append_point(KEYS[k + 1], KEYS[k + 2], version, json, ms, minid, cap, row, replace)
     for t = 1, ntier do
       local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
       if mode == '1' then
@@ -164,6 +167,9 @@ class Merged:
     ms: int
     skip: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
     """P x T: tiers a portfolio's point is too old for (past the ring's retention): not written."""
+    replace: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Portfolios whose snapshot replaces the stored one (:meth:`TickState.prepare`)."""
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,8 @@ class Prepared:
     """Of :attr:`marks`, those deleted."""
     peak_fields: list[list[str]]
     """Per portfolio, the peaks hash fields its write sets (:meth:`TickState._peak_fields`)."""
+    replace: list[str]
+    """Per portfolio: 's' its snapshot replaces the stored one, 'k' the stored one is newer: kept."""
 
 
 @dataclass
@@ -216,6 +224,9 @@ class TickState:
     headers: Float64Array = field(default_factory=lambda: np.zeros((0, 0, 2)))
     checked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """Rows loaded since their last write: the write checks their rings' sizes first."""
+    versions: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """The version of each portfolio's stored snapshot (:data:`NO_VERSION`: none, or none readable), as loaded
+    or written since: a snapshot is written unless that one is newer (``append_point``'s rule, kept here)."""
 
     def __post_init__(self) -> None:
         self._res = np.array([tier_resolution_ms(t) for t in self.tiers], dtype=np.int64)
@@ -244,12 +255,13 @@ class TickState:
         buckets = np.full((count, ntier), -1, dtype=np.int64)
         rows = np.full((count, ntier, _NCOL), np.nan)
         headers = np.zeros((count, ntier, 2))
+        versions = np.full(count, NO_VERSION, dtype=np.int64)
         at = 0
         for p, (pid, names) in enumerate(zip(pids, tickers, strict=True)):
             i = old.get(pid)
             if i is not None:
                 owned[p], day[p], week[p] = self.owned[i], self.day[i], self.week[i]
-                peaks[p], buckets[p] = self.peaks[i], self.buckets[i]
+                peaks[p], buckets[p], versions[p] = self.peaks[i], self.buckets[i], self.versions[i]
                 rows[p], headers[p] = self.rows[i], self.headers[i]
                 before = {t: starts[i] + j for j, t in enumerate(self.tickers[i])}
                 for j, t in enumerate(names):
@@ -265,7 +277,7 @@ class TickState:
         self.checked = ~owned
         self.day, self.week, self.peaks = day, week, peaks
         self.side, self.mfe, self.mae, self.stored = side, mfe, mae, stored
-        self.buckets, self.rows, self.headers = buckets, rows, headers
+        self.buckets, self.rows, self.headers, self.versions = buckets, rows, headers, versions
         self._flat = [t for names in self.tickers for t in names]
         self._owner = np.repeat(np.arange(count, dtype=np.intp), [len(t) for t in self.tickers])
         self._keys = {}
@@ -319,6 +331,7 @@ class TickState:
         pipe = client.pipeline(transaction=False)
         for p in rows.tolist():
             keys = PortfolioKeys(self.pids[p])
+            pipe.get(keys.snapshot)
             pipe.hmget(keys.peaks, list(_PEAK_FIELDS))
             pipe.hgetall(keys.marks)
             for t, tier in enumerate(self.tiers):
@@ -328,7 +341,7 @@ class TickState:
                 pipe.getrange(key, 0, 15)
                 pipe.getrange(key, offset, offset + TIER_LAYOUT.size - 1)
         replies = pipe.execute(raise_on_error=False)
-        per = 2 + 3 * len(self.tiers)
+        per = 3 + 3 * len(self.tiers)
         for n, p in enumerate(rows.tolist()):
             got = replies[n * per : (n + 1) * per]
             self.owned[p] = False
@@ -336,10 +349,11 @@ class TickState:
                 failed = next((r for r in got if isinstance(r, Exception)), None)
                 if failed is not None:
                     raise CorruptDataError(f"portfolio {self.pids[p]}: monitor state unreadable: {failed}")
-                self._load_peaks(p, got[0])
-                self._load_marks(p, got[1], starts[p])
+                self.versions[p] = stored_version(got[0])
+                self._load_peaks(p, got[1])
+                self._load_marks(p, got[2], starts[p])
                 for t in range(len(self.tiers)):
-                    self._load_tier(p, t, *got[2 + 3 * t : 5 + 3 * t])
+                    self._load_tier(p, t, *got[3 + 3 * t : 6 + 3 * t])
             except StoreError as exc:
                 errors[p] = str(exc)
                 continue
@@ -489,10 +503,14 @@ class TickState:
 
     # -- write -----------------------------------------------------------------------------------------------
     def prepare(
-        self, merged: Merged, valid: npt.NDArray[np.bool_], points: Float64Array, *, min_ms: int, max_points: int
-    ) -> Prepared:
+        self, merged: Merged, valid: npt.NDArray[np.bool_], points: Float64Array, *, min_ms: int, max_points: int,
+        version: int,
+    ) -> Prepared:  # fmt: skip
         """Encode the tick's merged state once (rows, headers, peaks, the excursions to set and delete); the
-        writes of :meth:`write` then take a range of portfolios each."""
+        writes of :meth:`write` then take a range of portfolios each. ``version``: the snapshots' market
+        version (a stored snapshot of a higher one is kept)."""
+        merged.replace = valid & ~np.isnan(points[:, 0]) & (self.versions <= version)
+        merged.version = version
         ntier, count = len(self.tiers), len(self.pids)
         raw = np.ascontiguousarray(np.where(np.isfinite(points), points, np.nan), dtype="<f8").tobytes()
         rows = np.zeros((count, max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
@@ -512,7 +530,7 @@ class TickState:
             merged, valid.tolist(), head, raw, 8 * points.shape[1], rows.tobytes(), ntier * row_size,
             np.ascontiguousarray(merged.headers, dtype="<f8").tobytes(), ntier * 16,
             _modes(self.checked, merged.skip, (merged.headers != self.headers).any(axis=2)), picked, gone[picked],
-            self._peak_fields(merged),
+            self._peak_fields(merged), np.where(merged.replace, "s", "k").tolist(),
         )  # fmt: skip
 
     def _peak_fields(self, merged: Merged) -> list[list[str]]:
@@ -590,12 +608,12 @@ class TickState:
             fields = x.peak_fields[p]
             pa: list[Any]
             if snap is None:
-                pa = [0, "", "", "", "", ""]
+                pa = [0, "", "", "", "", "", ""]
             else:
                 pa = [
                     version, snap, x.raw[p * x.raw_size : (p + 1) * x.raw_size], x.checks[p],
                     x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
-                    x.headers[p * x.head_block : (p + 1) * x.head_block],
+                    x.headers[p * x.head_block : (p + 1) * x.head_block], x.replace[p],
                 ]  # fmt: skip
             pa += [len(fields), count, len(del_p)]
             for name in fields:
@@ -624,11 +642,26 @@ class TickState:
         self.peaks = np.where(valid[:, None], merged.peaks, self.peaks)
         self.side, self.mfe, self.mae = merged.side, merged.mfe, merged.mae
         self.buckets, self.rows, self.headers = merged.buckets, merged.rows, merged.headers
+        self.versions = np.where(merged.replace & valid, merged.version, self.versions)
         valid_pos = valid[self._owner]
         self.stored = np.where(valid_pos, merged.side != 0, self.stored)
         self.checked &= ~valid
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
+
+
+NO_VERSION = np.iinfo(np.int64).min
+"""A portfolio without a stored snapshot, or whose snapshot has no readable version: any snapshot replaces it."""
+_VERSION = re.compile(rb'"version":(-?[0-9]+)')
+
+
+def stored_version(raw: bytes | None) -> int:
+    """The version of a stored snapshot as ``append_point`` reads it (the first ``"version":<integer>`` in it),
+    or :data:`NO_VERSION`."""
+    found = _VERSION.search(raw) if isinstance(raw, bytes) else None
+    if found is None:
+        return int(NO_VERSION)
+    return min(max(int(found.group(1)), int(NO_VERSION) + 1), int(np.iinfo(np.int64).max))
 
 
 def _decimal_rows(values: Float64Array) -> list[list[Any]]:
