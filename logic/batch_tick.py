@@ -44,9 +44,9 @@ from engine.records import VarMethod
 from engine.settings import Limits, Settings
 from engine.store import PortfolioBundle, Store
 from engine.store.slots import is_cluster, slot_transaction
-from engine.store.tick_state import Merged, TickState
+from engine.store.tick_state import Merged, TickState, read_owners
 from logic.batch import BacktestSections, PortfolioLookup, batch_risk, live_limits
-from logic.batch_book import BookColumns, BookInputs, BookValues, build_snapshots, exposure_rows, value_books
+from logic.batch_book import BookColumns, BookInputs, build_snapshots, exposure_rows, value_books
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.snapshot import MarketView, RiskFigures, risk_figures
 
@@ -112,16 +112,18 @@ class _Lane:
     def __init__(self, tiers: Sequence[Any], token: str) -> None:
         self.cols = BookColumns()
         self.state = TickState(tiers, token=token)
+        self.readable: list[PortfolioBundle] = []
+        """This tick's readable bundles, in the order of :attr:`cols`."""
 
 
 @dataclass
 class _Read:
-    """A lane's books valued and its state loaded where another writer touched it (WATCHed first)."""
+    """A lane WATCHed, its state loaded where another writer touched it."""
 
     lane: _Lane
     readable: list[PortfolioBundle]
-    values: BookValues
-    valid: npt.NDArray[np.bool_]
+    failed: list[str | None]
+    """Per row: why its stored state is unusable (not snapshot this tick), or None."""
     methods: list[VarMethod]
 
 
@@ -185,11 +187,12 @@ class VectorisedTick:
         sent: list[_Sent] = []
         try:
             # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
-            reads = [
-                self._read_lane(lane, tx, monitor, bundles[lo:hi], market, now)
-                for lane, tx, (lo, hi) in zip(self.lanes, txs, bounds, strict=True)
-            ]  # fmt: skip
-            pids = [r.lane.cols.pids[p] for r in reads for p in np.flatnonzero(r.valid).tolist()]
+            for lane, tx, (lo, hi) in zip(self.lanes, txs, bounds, strict=True):
+                self._watch_lane(lane, tx, monitor, bundles[lo:hi], market)
+            stale = self._stale([lane.state for lane in self.lanes])
+            ms = int(now * 1000)
+            reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(self.lanes, stale, strict=True)]
+            pids = [pid for r in reads for p, pid in enumerate(r.lane.cols.pids) if r.failed[p] is None]
             limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
             sections = self.sections.read(
                 self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
@@ -197,14 +200,16 @@ class VectorisedTick:
             at = 0
             for k, (r, tx) in enumerate(zip(reads, txs, strict=True)):
                 count = len(r.lane.cols.pids)
-                merged, snapshots = self._write_lane(r, tx, monitor, market, now, limits, sections[at : at + count])
+                merged, valid, snapshots = self._write_lane(
+                    r, tx, monitor, market, now, limits, sections[at : at + count]
+                )
                 at += count
                 done: concurrent.futures.Future[Any] | None = None
                 if pool is not None:
                     done = pool.submit(tx.execute)
                 elif k < len(bounds) - 1:
                     done = _done(tx.execute())
-                sent.append(_Sent(r.lane, merged, r.valid, snapshots, done))
+                sent.append(_Sent(r.lane, merged, valid, snapshots, done))
             failures = [s.done.exception() for s in sent if s.done is not None]  # every EXEC has returned
             failure = next((e for e in failures if e is not None), None)
             if failure is not None:
@@ -227,46 +232,37 @@ class VectorisedTick:
                 tx.reset()
         return snapshots
 
-    def _read_lane(
-        self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, now: float
-    ) -> _Read:
-        """Value a lane's books, WATCH its portfolios in ``tx`` and load the state of those another writer
-        touched (the rows that cannot be snapshot are reported and not valid)."""
+    def _watch_lane(
+        self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView
+    ) -> None:
+        """Lay out a lane's books and WATCH its portfolios in ``tx`` (every writer of peaks, marks or tier
+        buckets stamps the peaks key); the unreadable ones are reported and left out."""
         readable = [b for b in bundles if b.state is not None]
         for b in bundles:
             if b.state is None:
                 monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
-        states = [b.state for b in readable]
-        header = market.header
-        lane.cols.update(states, header.tickers, market.index)  # type: ignore[arg-type]
-        cols, state = lane.cols, lane.state
-        state.align(cols.pids, cols.ticker_tuples())
-        cash = np.array([float(s.cash) for s in states], dtype=np.float64)  # type: ignore[union-attr]
-        values = value_books(cols, market, cash, MAX_BOOKABLE_PRICE)
-        valid = np.isfinite(values.equity) & ~values.absurd
-        for p in np.flatnonzero(~valid).tolist():
-            pid = cols.pids[p]
-            if values.absurd[p]:
-                book, lo = cols.books[p], int(cols.offsets[p])
-                columns = cols.tix[lo : lo + len(book.tickers)].tolist()
-                names = ", ".join(
-                    t for t, q, c in zip(book.tickers, book.qty_int, columns, strict=True)
-                    if q != 0 and c >= 0 and abs(np.nan_to_num(header.prices[c])) > MAX_BOOKABLE_PRICE
-                )  # fmt: skip
-                monitor._portfolio_error(pid, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable")
-            else:
-                monitor._portfolio_error(pid, "equity is not finite")
-        ms = int(now * 1000)
-        watched = state.watch_keys()  # every writer of peaks, marks or tier buckets stamps the peaks
+        lane.readable = readable
+        lane.cols.update([b.state for b in readable], market.header.tickers, market.index)  # type: ignore[misc]
+        lane.state.align(lane.cols.pids, lane.cols.ticker_tuples())
+        watched = lane.state.watch_keys()
         if watched:
             tx.watch(*watched)
-        stale = state.stale(self.store.client)
-        stale |= state.slots_needed(ms)  # a late point: its buckets' slots are read again
-        for p, reason in state.load(np.flatnonzero(stale), ms, self.store.client).items():
-            valid[p] = False
-            monitor._portfolio_error(cols.pids[p], reason)
-        methods = [self.lookup.var_method_for(pid) for pid in cols.pids]
-        return _Read(lane, readable, values, valid, methods)
+
+    def _stale(self, states: Sequence[TickState]) -> list[npt.NDArray[np.bool_]]:
+        """Each lane's rows another writer touched, or that it does not hold (one read of every owner stamp,
+        after every lane's WATCH)."""
+        owners = iter(read_owners(self.store.client, [key for s in states for key in s.watch_keys()]))
+        return [s.stale_rows([next(owners) for _ in s.pids]) for s in states]
+
+    def _load_lane(self, lane: _Lane, monitor: Monitor, stale: npt.NDArray[np.bool_], ms: int) -> _Read:
+        """Load the state of a lane's ``stale`` rows, and of those whose buckets' slots a late point needs."""
+        state = lane.state
+        failed: list[str | None] = [None] * len(state.pids)
+        for p, reason in state.load(np.flatnonzero(stale | state.slots_needed(ms)), ms, self.store.client).items():
+            failed[p] = reason
+            monitor._portfolio_error(lane.cols.pids[p], reason)
+        methods = [self.lookup.var_method_for(pid) for pid in lane.cols.pids]
+        return _Read(lane, lane.readable, failed, methods)
 
     def _write_lane(
         self,
@@ -277,10 +273,28 @@ class VectorisedTick:
         now: float,
         limits: dict[str, Limits | Exception],
         sections: list[dict[str, Any] | None],
-    ) -> tuple[Merged, dict[str, dict[str, Any]]]:
-        """Compute a lane's tick and queue its writes in ``tx`` (MULTI): the merged state (kept once the EXEC
-        succeeded) and the snapshots by portfolio."""
-        cols, state, valid, values = r.lane.cols, r.lane.state, r.valid, r.values
+    ) -> tuple[Merged, npt.NDArray[np.bool_], dict[str, dict[str, Any]]]:
+        """Value a lane's books, compute its tick and queue its writes in ``tx`` (MULTI): the merged state (kept
+        once the EXEC succeeded), the rows it is valid for, and the snapshots by portfolio."""
+        cols, state = r.lane.cols, r.lane.state
+        header = market.header
+        cash = np.array([float(b.state.cash) for b in r.readable], dtype=np.float64)  # type: ignore[union-attr]
+        values = value_books(cols, market, cash, MAX_BOOKABLE_PRICE)
+        valid = np.isfinite(values.equity) & ~values.absurd & np.array([f is None for f in r.failed], dtype=bool)
+        for p in np.flatnonzero(~valid).tolist():
+            pid = cols.pids[p]
+            if r.failed[p] is not None:
+                continue  # reported when loaded
+            if values.absurd[p]:
+                book, lo = cols.books[p], int(cols.offsets[p])
+                columns = cols.tix[lo : lo + len(book.tickers)].tolist()
+                names = ", ".join(
+                    t for t, q, c in zip(book.tickers, book.qty_int, columns, strict=True)
+                    if q != 0 and c >= 0 and abs(np.nan_to_num(header.prices[c])) > MAX_BOOKABLE_PRICE
+                )  # fmt: skip
+                monitor._portfolio_error(pid, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable")
+            else:
+                monitor._portfolio_error(pid, "equity is not finite")
         ms = int(now * 1000)
         day_id, week_id = monitor.calendar.period_ids(now)
         merged = state.merge_books(valid, values.equity, day_id, week_id, values.side, values.pnl, ms)
@@ -299,7 +313,7 @@ class VectorisedTick:
         built, encoded = builder.build(0, len(cols.pids))
         tx.multi()
         state.write(tx, self.store, prepared, range(len(cols.pids)), encoded, int(market.header.version))
-        return merged, {cols.pids[p]: snap for p, snap in built.items()}
+        return merged, valid, {cols.pids[p]: snap for p, snap in built.items()}
 
     def _figures(
         self,

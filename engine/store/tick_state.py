@@ -304,19 +304,9 @@ class TickState:
     def watch_keys(self) -> list[str]:
         return [PortfolioKeys(pid).peaks for pid in self.pids]
 
-    def stale(self, client: Any) -> npt.NDArray[np.bool_]:
-        """Rows this state does not own any more (never loaded, or stamped by another writer); read through the
-        plain ``client`` after the caller WATCHed :meth:`watch_keys`."""
-        keys = self.watch_keys()
-        if not keys:
-            return np.zeros(0, dtype=bool)
-        if is_cluster(client):  # a script may touch one slot only: one HGET per portfolio
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hget(key, OWNER_FIELD)
-            owners = pipe.execute()
-        else:
-            owners = client.eval(_OWNERS_LUA, len(keys), *keys, OWNER_FIELD)
+    def stale_rows(self, owners: Sequence[bytes | None]) -> npt.NDArray[np.bool_]:
+        """Rows this state does not own any more (never loaded, or stamped by another writer), from the owner
+        stamps of :meth:`watch_keys` (:func:`read_owners`, read after the caller WATCHed them)."""
         mine = self.token.encode()
         return ~self.owned | np.array([o != mine for o in owners], dtype=bool)
 
@@ -648,6 +638,19 @@ class TickState:
         self.checked &= ~valid
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
+
+
+def read_owners(client: Any, keys: Sequence[str]) -> list[bytes | None]:
+    """The owner stamp of each peaks key (one script; on a Redis Cluster, where a script may touch one slot only,
+    one pipelined HGET per key)."""
+    if not keys:
+        return []
+    if is_cluster(client):
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, OWNER_FIELD)
+        return list(pipe.execute())
+    return list(client.eval(_OWNERS_LUA, len(keys), *keys, OWNER_FIELD))
 
 
 NO_VERSION = np.iinfo(np.int64).min
