@@ -11,7 +11,7 @@ arithmetic on arrays (one row per portfolio, one element per position) and Redis
   with this writer's ``owner`` token; the per-portfolio path's scripts replace it with a fresh foreign stamp
   (engine/store/history.py ``foreign_stamp``), a restart of the drawdowns deletes the hash. Before merging, the
   monitor WATCHes the peaks keys and reads the stamps
-  (:meth:`TickState.stale`); a portfolio stamped by anyone else is loaded from the store again
+  (:meth:`TickState.stale_rows`); a portfolio stamped by anyone else is loaded from the store again
   (:meth:`TickState.load`), so another monitor's or the reference path's merges are never lost, and a write by
   anyone after the read aborts the monitor's MULTI (the tick is redone from the store).
 - **Same results.** Peaks follow ``MonitoringStore._PEAKS_LUA`` and excursions ``_MARKS_LUA`` step for step
