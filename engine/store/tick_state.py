@@ -61,6 +61,14 @@ Float64Array = npt.NDArray[np.float64]
 _PEAK_FIELDS = ("day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd", "last", OWNER_FIELD)
 _PEAK_COLUMNS = ("day_open", "day_peak", "week_peak", "max_peak", "max_dd", "last")
 """The columns of :attr:`Merged.peaks`."""
+_CHANGED_FIELDS = (*_PEAK_COLUMNS, "day", "week")
+_FIELD_SETS = {
+    **{c: tuple(f for i, f in enumerate(_CHANGED_FIELDS) if c >> i & 1) for c in range(1 << len(_CHANGED_FIELDS))},
+    -1: _PEAK_FIELDS,
+}
+"""The peaks fields a write sets, by the bit mask of those that changed (-1: all, and the owner stamp)."""
+_LAST_ONLY = ("last",)
+_LAST_COLUMN = _PEAK_COLUMNS.index("last")
 _LAST = np.array([c.aggregation == "last" for c in HISTORY_COLUMNS])
 _HIGH = np.array([c.aggregation == "max" for c in HISTORY_COLUMNS])
 _LOW = np.array([c.aggregation == "min" for c in HISTORY_COLUMNS])
@@ -193,7 +201,7 @@ class Prepared:
     ones of a range of portfolios are contiguous (positions are laid out portfolio by portfolio)."""
     gone: npt.NDArray[np.bool_]
     """Of :attr:`marks`, those deleted."""
-    peak_fields: list[list[str]]
+    peak_fields: list[tuple[str, ...]]
     """Per portfolio, the peaks hash fields its write sets (:meth:`TickState._peak_fields`)."""
     replace: list[str]
     """Per portfolio: 's' its snapshot replaces the stored one, 'k' the stored one is newer: kept."""
@@ -523,24 +531,18 @@ class TickState:
             self._peak_fields(merged), np.where(merged.replace, "s", "k").tolist(),
         )  # fmt: skip
 
-    def _peak_fields(self, merged: Merged) -> list[list[str]]:
+    def _peak_fields(self, merged: Merged) -> list[tuple[str, ...]]:
         """Per portfolio, the peaks fields its write sets (``_APPLY_LUA``): all of them and the owner stamp when
         it was loaded this tick (its hash may lack some; another writer stamped it), else those that changed,
         and ``last`` always."""
-        same = (merged.peaks == self.peaks) | (np.isnan(merged.peaks) & np.isnan(self.peaks))
-        same[:, _PEAK_COLUMNS.index("last")] = False
-        out: list[list[str]] = []
-        for p, (checked, row) in enumerate(zip(self.checked.tolist(), same.tolist(), strict=True)):
-            if checked:
-                out.append(list(_PEAK_FIELDS))
-                continue
-            fields = [name for name, kept in zip(_PEAK_COLUMNS, row, strict=True) if not kept]
-            if merged.day[p] != self.day[p]:
-                fields.append("day")
-            if merged.week[p] != self.week[p]:
-                fields.append("week")
-            out.append(fields)
-        return out
+        changed = ~((merged.peaks == self.peaks) | (np.isnan(merged.peaks) & np.isnan(self.peaks)))
+        changed[:, _PEAK_COLUMNS.index("last")] = True
+        changed = np.column_stack((
+            changed, [a != b for a, b in zip(merged.day, self.day, strict=True)],
+            [a != b for a, b in zip(merged.week, self.week, strict=True)],
+        )) if len(self.pids) else np.zeros((0, len(_CHANGED_FIELDS)), dtype=bool)  # fmt: skip
+        codes = np.where(self.checked, -1, changed @ (1 << np.arange(len(_CHANGED_FIELDS))))
+        return [_FIELD_SETS[c] for c in codes.tolist()]
 
     def _marks(
         self, prepared: Prepared, rows: range
@@ -593,8 +595,6 @@ class TickState:
             snap = snapshots.get(p)
             count, set_names, set_records = sets.get(p, (0, b"", b""))
             del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
-            values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: token,
-                      **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
             fields = x.peak_fields[p]
             pa: list[Any]
             if snap is None:
@@ -606,8 +606,13 @@ class TickState:
                     x.headers[p * x.head_block : (p + 1) * x.head_block], x.replace[p],
                 ]  # fmt: skip
             pa += [len(fields), count, len(del_p)]
-            for name in fields:
-                pa += (name, values[name])
+            if fields == _LAST_ONLY:  # the common case: no new peak, day or week
+                pa += ("last", peaks[p][_LAST_COLUMN])
+            else:
+                values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: token,
+                          **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
+                for name in fields:
+                    pa += (name, values[name])
             if count:
                 pa += (set_names, set_records)
             pa += del_p
