@@ -13,7 +13,7 @@ from types import TracebackType
 import numpy as np
 import redis
 
-from engine.redis_server import EmbeddedRedis
+from engine.redis_server import EmbeddedRedis, connect
 from engine.settings import Settings
 from engine.store import Store
 
@@ -49,7 +49,8 @@ class Context:
             self._server = EmbeddedRedis(self._tmp)
             self._server.start()
         # a generous timeout: the first tick of 1,000 portfolios allocates every history ring (GBs) in one MULTI
-        client = redis.Redis.from_url(self._server.url, socket_timeout=BENCH_SOCKET_TIMEOUT_SECONDS)
+        # the daemons' client (engine.redis_server.connect: its packer among the rest)
+        client = connect(self._server.url, timeout=BENCH_SOCKET_TIMEOUT_SECONDS)
         return client
 
     @property

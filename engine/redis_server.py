@@ -405,6 +405,15 @@ class LargeValueSerializer:
         cutoff = self._cutoff
         if self._hiredis is None:
             return self._python.pack(*args)
+        kinds = set(map(type, args))  # at C speed: a monitor's script has thousands of arguments
+        small = bytes not in kinds or max(map(len, [a for a in args if type(a) is bytes])) <= cutoff
+        if kinds <= _HIREDIS_TYPES and small:
+            name = args[0]
+            if isinstance(name, str) and " " in name:  # a command name of several words, as redis-py splits it
+                args = tuple(name.encode().split()) + args[1:]
+            elif isinstance(name, bytes) and b" " in name:
+                args = tuple(name.split()) + args[1:]
+            return [_pack_command(args)]
         if not any(isinstance(a, bytes | bytearray | memoryview) and len(a) > cutoff for a in args):
             return self._hiredis.pack(*args)
         if isinstance(args[0], str):  # a command name of several words ('CONFIG GET'): as redis-py splits it
@@ -424,11 +433,19 @@ class LargeValueSerializer:
         return chunks
 
 
-def _bulk_strings(args: tuple[Any, ...]) -> bytes:
-    """``args`` as the protocol's bulk strings, without the array header (packed by hiredis)."""
-    values = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
+_HIREDIS_TYPES = frozenset((str, bytes, int, float))
+"""Argument types hiredis packs as redis-py would (floats as ``repr`` writes them), without conversion."""
+
+
+def _pack_command(args: tuple[Any, ...]) -> bytes:
     try:
-        packed: bytes = hiredis.pack_command(values)  # type: ignore[arg-type]  # (its stub: a 1-tuple)
+        packed: bytes = hiredis.pack_command(args)
     except TypeError as exc:  # as redis-py's hiredis packer reports it
         raise redis.DataError(str(exc)) from exc
+    return packed
+
+
+def _bulk_strings(args: tuple[Any, ...]) -> bytes:
+    """``args`` as the protocol's bulk strings, without the array header (packed by hiredis)."""
+    packed = _pack_command(tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args))
     return packed[packed.index(b"\r\n") + 2 :]

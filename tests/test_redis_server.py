@@ -274,3 +274,31 @@ def test_a_script_with_large_values_among_many_small_ones_packs_to_the_same_byte
     assert sum(c is big for c in chunks) == 3 and any(c is array for c in chunks) and any(c is view for c in chunks)
     config = ("CONFIG SET", "x", big)  # a command name of two words is split, as redis-py splits it
     assert b"".join(packer.pack(*config)) == b"".join(reference.pack(*config))
+
+
+def test_a_script_of_only_small_plain_arguments_is_packed_by_hiredis_at_once_to_the_same_bytes() -> None:
+    # Arrange: a vectorised tick's script (thousands of small str, bytes, int and float arguments, one exactly at
+    # the cutoff) and commands the fast path must leave to the others: a str subclass, small buffers, a bool
+    import enum
+
+    from redis.connection import Encoder, PythonRespSerializer
+    from redis.exceptions import DataError
+
+    from engine.redis_server import LARGE_ARGUMENT_BYTES, LargeValueSerializer
+
+    class Side(enum.StrEnum):
+        BUY = "BUY"
+
+    encode = Encoder("utf-8", "strict", False).encode
+    packer, reference = LargeValueSerializer(encode), PythonRespSerializer(10**9, encode)
+    script = ("EVALSHA", "f" * 40, 2, "pf:{a}:snapshot", "pf:{a}:peaks",
+              *(v for i in range(2_000) for v in (i, -i * 0.1, f"T{i:03d}", b"\x00\r\n" * (i % 5), "é")),
+              bytes(LARGE_ARGUMENT_BYTES))  # fmt: skip
+    # Act / Assert: one buffer, the same protocol bytes as redis-py's packer
+    packed = packer.pack(*script)
+    assert len(packed) == 1 and packed[0] == b"".join(reference.pack(*script))
+    for args in (("CONFIG GET", "maxmemory"), (b"CONFIG GET", "maxmemory"), ("HSET", "k", Side.BUY, 1),
+                 ("SET", "k", bytearray(b"ab")), ("SET", "k", memoryview(b"cd"))):  # fmt: skip
+        assert b"".join(bytes(c) for c in packer.pack(*args)) == b"".join(reference.pack(*args)), args
+    with pytest.raises(DataError):
+        packer.pack("SET", "k", object())
