@@ -17,7 +17,7 @@ from engine.records import PortfolioState, Position, TradingState, TradingStatus
 from engine.settings import Settings
 from engine.store import PORTFOLIOS_KEY, PortfolioBundle, PortfolioKeys, Store
 from engine.store.portfolio import new_positions_rev
-from engine.store.portfolio_reader import PortfolioReader, fingerprint
+from engine.store.portfolio_reader import PortfolioReader
 from logic.risk_manager import RiskManager
 
 
@@ -182,8 +182,7 @@ def test_a_key_of_the_wrong_type_fails_only_its_portfolio(seeded_store: Store) -
     assert bundles["hedge"].error is None and bundles["hedge"].state is not None
 
 
-def test_hashes_holding_a_nul_byte_are_never_taken_as_unchanged(seeded_store: Store) -> None:
-    # a fingerprint is only sent for hashes without a NUL byte (with one, two hashes could join alike)
+def test_hashes_holding_a_nul_byte_are_read_and_their_changes_seen(seeded_store: Store) -> None:
     reader = PortfolioReader()
     seeded_store.write_trading_state("main", TradingStatus(TradingState.REDUCING, "a\0b", "c", 1.0))
     first = _assert_same_as_plain(seeded_store, reader)
@@ -193,13 +192,22 @@ def test_hashes_holding_a_nul_byte_are_never_taken_as_unchanged(seeded_store: St
 
     assert first["main"].trading_state.reason == "a\0b"  # type: ignore[union-attr]
     assert second["main"].trading_state.reason == "a"  # type: ignore[union-attr]
+    assert _assert_same_as_plain(seeded_store, reader)["main"] is second["main"]  # unchanged: the same bundle
 
 
-def test_the_fingerprint_pins_every_element_or_is_empty() -> None:
-    # equal joins of different element lists cannot share a fingerprint: the counts lead, NULs are refused
-    assert fingerprint([b"a", b"b"], [b"c", b"d"]) != fingerprint([b"a", b"b", b"c", b"d"], [])
-    assert fingerprint([b"a", b"b"], [b"c", b"d"]) == fingerprint([b"a", b"b"], [b"c", b"d"])
-    assert fingerprint([b"a\0b", b"c"], []) == b"" and fingerprint([], [b"x", b"\0"]) == b""
+def test_bytes_moved_from_the_trading_state_to_the_state_are_not_taken_as_unchanged(seeded_store: Store) -> None:
+    # the fingerprint is the two hashes' dumps end to end, led by the first one's length: a change that keeps
+    # their joined bytes alike still differs
+    reader = PortfolioReader()
+    seeded_store.write_trading_state("main", TradingStatus(TradingState.REDUCING, "xy", "c", 1.0))
+    seeded_store.client.hset(PortfolioKeys("main").state, "note", "a")
+    first = _assert_same_as_plain(seeded_store, reader)
+
+    seeded_store.write_trading_state("main", TradingStatus(TradingState.REDUCING, "y", "c", 1.0))
+    seeded_store.client.hset(PortfolioKeys("main").state, "note", "ax")
+    second = _assert_same_as_plain(seeded_store, reader)
+
+    assert second["main"] is not first["main"] and second["main"].trading_state.reason == "y"  # type: ignore[union-attr]
 
 
 @pytest.mark.slow

@@ -8,9 +8,10 @@
   every portfolio, its state hash, its trading-state hash and its positions hash. A script runs alone on the
   server, so a fill (itself one MULTI) is seen whole or not at all, as with the MULTI of the plain read. The
   replies are plain nested arrays (no per-command reply callbacks): hiredis parses them in C.
-- **What the reader holds is not sent back.** The reader sends, per portfolio, a fingerprint of the state and
-  trading-state hashes it decoded (their exact bytes, :func:`fingerprint`) and the ``positions_rev`` of the
-  positions it holds. The script answers a bare marker for a portfolio whose two hashes still match the
+- **What the reader holds is not sent back.** The reader sends, per portfolio, the fingerprint of the state and
+  trading-state hashes it decoded (their DUMP, Redis's own serialization: compared in the script without
+  turning either hash into Lua values, half the cost of comparing their fields) and the ``positions_rev`` of
+  the positions it holds. The script answers a bare marker for a portfolio whose two hashes still match the
   fingerprint; otherwise it sends them, and the positions hash only when its ``positions_rev`` (renewed by every
   positions write, :func:`engine.store.portfolio.new_positions_rev`) differs from the reader's.
 - **Nothing decoded twice.** A portfolio answered by the marker gets the very same frozen bundle as the last
@@ -57,13 +58,13 @@ _READ_BOOKS_LUA = """
 -- registry, 0 without): KEYS[o + 3i + 1] = pf:{id}:state, KEYS[o + 3i + 2] = pf:{id}:positions,
 -- KEYS[o + 3i + 3] = pf:{id}:trading_state; ARGV[2i + 2] = the fingerprint of the state and trading-state hashes
 -- the caller holds ('' for none), ARGV[2i + 3] = the positions_rev it holds the positions of ('' for none).
--- A fingerprint is '<#state>,<#trading>' NUL, then the HGETALL elements of the state hash and then those of the
--- trading-state hash, joined by NUL (the caller sends one only for hashes without a NUL byte: with the counts
--- fixed, equal fingerprints are then equal hashes).
--- Returns a flat array: [registry members,] then three slots per portfolio: 0, nil, nil when both hashes equal
--- the fingerprint; else its state (HGETALL), its positions (HGETALL, or nil when the state's positions_rev
--- equals ARGV[2i + 3]) and its trading state (HGETALL). Every read is a pcall: a key of the wrong type comes
--- back as an error in its own slot, so only that portfolio fails.
+-- A fingerprint is '<length of the first>:' then the DUMP of the state hash and the DUMP of the trading-state
+-- hash (Redis's serialization of a value, checksummed: equal dumps are equal hashes; two equal hashes may
+-- dump differently, which only costs a read).
+-- Returns a flat array: [registry members,] then four slots per portfolio: 0, nil, nil, nil when both hashes
+-- equal the fingerprint; else its state (HGETALL), its positions (HGETALL, or nil when the state's positions_rev
+-- equals ARGV[2i + 3]), its trading state (HGETALL) and its fingerprint now (nil when a hash is missing). Every
+-- read is a pcall: a key of the wrong type comes back as an error in its own slot, so only that portfolio fails.
 local out = {}
 local o = 0
 if ARGV[1] == '1' then
@@ -74,45 +75,35 @@ local n = #out
 for i = 0, (#KEYS - o) / 3 - 1 do
   local k = o + 3 * i
   local a = 2 * i + 1
-  local state = redis.pcall('HGETALL', KEYS[k + 1])
-  local trading = redis.pcall('HGETALL', KEYS[k + 3])
-  if state.err or trading.err then
-    out[n + 1] = state
-    out[n + 2] = false
-    out[n + 3] = trading
-  elseif ARGV[a + 1] ~= '' and ARGV[a + 1] == (#state .. ',' .. #trading .. '\\0' .. table.concat(state, '\\0')
-                                              .. '\\0' .. table.concat(trading, '\\0')) then
+  local ds, dt = redis.pcall('DUMP', KEYS[k + 1]), redis.pcall('DUMP', KEYS[k + 3])
+  local seal = type(ds) == 'string' and type(dt) == 'string' and (#ds .. ':' .. ds .. dt)
+  out[n + 4] = false
+  if seal and ARGV[a + 1] == seal then
     out[n + 1] = 0
     out[n + 2] = false
     out[n + 3] = false
   else
-    local rev = redis.pcall('HGET', KEYS[k + 1], 'positions_rev')
+    local state = redis.pcall('HGETALL', KEYS[k + 1])
+    local trading = redis.pcall('HGETALL', KEYS[k + 3])
     out[n + 1] = state
-    if type(rev) == 'string' and rev == ARGV[a + 2] then
-      out[n + 2] = false
-    else
-      out[n + 2] = redis.pcall('HGETALL', KEYS[k + 2])
-    end
+    out[n + 2] = false
     out[n + 3] = trading
+    if not (state.err or trading.err) then
+      local rev = redis.pcall('HGET', KEYS[k + 1], 'positions_rev')
+      if type(rev) ~= 'string' or rev ~= ARGV[a + 2] then out[n + 2] = redis.pcall('HGETALL', KEYS[k + 2]) end
+      out[n + 4] = seal
+    end
   end
-  n = n + 3
+  n = n + 4
 end
 return out
 """
 
 _STATE_REV = b"positions_rev"
+_SLOTS = 4
+"""Slots of the script's reply per portfolio."""
 _UNCHANGED = 0
 """The script's first slot for a portfolio whose state and trading state equal the fingerprint sent."""
-
-
-def fingerprint(state_raw: list[bytes], trading_raw: list[bytes]) -> bytes:
-    """What :data:`_READ_BOOKS_LUA` compares a portfolio's hashes with; ``b""`` (never equal) when an element
-    holds a NUL byte: without one, the counts and the separators pin every element, so equal fingerprints mean
-    equal hashes (no stale book can pass for the one cached)."""
-    state, trading = b"\0".join(state_raw), b"\0".join(trading_raw)
-    if state.count(b"\0") + trading.count(b"\0") != max(len(state_raw) - 1, 0) + max(len(trading_raw) - 1, 0):
-        return b""  # an element holds a NUL
-    return b"%d,%d\0" % (len(state_raw), len(trading_raw)) + state + b"\0" + trading
 
 
 @dataclass(frozen=True)
@@ -170,14 +161,15 @@ class PortfolioReader:
         entries: dict[str, _Entry] = {}
         known = self._entries
         for i, pid in enumerate(ids):
-            state_raw = books[3 * i]
+            state_raw = books[_SLOTS * i]
             entry = known.get(pid)
             try:
                 if isinstance(state_raw, int):  # _UNCHANGED
                     if entry is None:
                         raise CorruptDataError(f"portfolio {pid!r}: the store replied 'unchanged' to a first read")
                 else:
-                    entry = self._decode(pid, state_raw, books[3 * i + 1], books[3 * i + 2], entry)
+                    at = _SLOTS * i
+                    entry = self._decode(pid, state_raw, books[at + 1], books[at + 2], books[at + 3], entry)
             except StoreError as exc:
                 out[pid] = PortfolioBundle(pid, None, None, exc)
                 continue
@@ -225,15 +217,18 @@ class PortfolioReader:
         books: list[Any] = []
         for reply in pipelined_scripts(store.client, _READ_BOOKS_LUA, calls):
             if isinstance(reply, Exception):  # the whole script failed on this portfolio's node
-                books.extend((reply, reply, reply))
+                books.extend([reply] * _SLOTS)
             else:
                 books.extend(reply)
         return books
 
-    def _decode(self, pid: str, state_raw: Any, positions_raw: Any, trading_raw: Any, entry: _Entry | None) -> _Entry:
+    def _decode(
+        self, pid: str, state_raw: Any, positions_raw: Any, trading_raw: Any, seal: Any, entry: _Entry | None
+    ) -> _Entry:
         """Decode one portfolio as :func:`~engine.store.portfolio.decode_portfolio` does (the same checks in
         the same order: state present, positions, state fields, trading state), reusing ``entry``'s parts whose
-        bytes did not change. Raises the store's typed errors."""
+        bytes did not change; ``seal``: the fingerprint the script sent with them. Raises the store's typed
+        errors."""
         state_fields = hash_from_flat(_ok(state_raw, pid, "state"))
         if not state_fields:
             raise StoreEmptyError(f"portfolio {pid!r} is registered but has no state")
@@ -260,7 +255,7 @@ class PortfolioReader:
         return _Entry(
             state_raw=state_raw,
             trading_raw=trading_raw,
-            fingerprint=fingerprint(state_raw, trading_raw),
+            fingerprint=seal if isinstance(seal, bytes) else b"",
             rev=rev,
             positions=positions,
             bundle=PortfolioBundle(pid, state, trading, None),
