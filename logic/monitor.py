@@ -87,7 +87,7 @@ from engine.store import (
 from engine.store.portfolio_reader import PortfolioReader
 from engine.store.slots import slot_transaction
 from logic.batch import BacktestSections, PortfolioLookup, live_limits
-from logic.batch_tick import VectorisedTick
+from logic.batch_tick import VectorisedTick, paused_gc
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.shards import Membership, newest_tick, remove_idle_consumers, shard
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
@@ -330,6 +330,12 @@ class Monitor:
             raise
 
     def _process_entries(self, entries: list[tuple[str, TickEvent | None]]) -> int:
+        # no cyclic collection until the tick's snapshots are dropped: re-enabled inside the tick, the collector
+        # ran at once over every object the tick still held (about 3 ms at 1,000 portfolios), for nothing
+        with paused_gc():
+            return self._process_entries_now(entries)
+
+    def _process_entries_now(self, entries: list[tuple[str, TickEvent | None]]) -> int:
         if self.latest_wins:
             return self._process_newest(entries)
         done = 0
