@@ -65,6 +65,14 @@ class BookColumns:
 
     def __init__(self) -> None:
         self._static: dict[str, _Static] = {}
+        self._scalars: dict[str, tuple[PortfolioState, tuple[float, float, bool, float, float]]] = {}
+        self.cash: Float64Array = np.zeros(0)
+        self.realized_total: Float64Array = np.zeros(0)
+        self.margin: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self.initial: Float64Array = np.zeros(0)
+        self.maintenance: Float64Array = np.zeros(0)
+        """Per book: cash, realized P&L, margin account, initial and maintenance margin rates, as floats (converted
+        again only for a state object not seen last tick)."""
         self._key: tuple[Any, ...] | None = None
         self.pids: list[str] = []
         self.books: list[_Static] = []
@@ -80,11 +88,22 @@ class BookColumns:
     def update(self, states: Sequence[PortfolioState], tickers: tuple[str, ...], index: Mapping[str, int]) -> None:
         """Lay out ``states`` for a market listing ``tickers`` (``index``: ticker -> column)."""
         books = []
+        scalars = []
         for state in states:
             known = self._static.get(state.portfolio_id)
             if known is None or not (known.state is state or known.state.positions == state.positions):
                 known = self._static[state.portfolio_id] = _static(state)
             books.append(known)
+            held = self._scalars.get(state.portfolio_id)
+            if held is None or held[0] is not state:
+                held = self._scalars[state.portfolio_id] = (state, (
+                    float(state.cash), float(state.realized_pnl), state.account_type == _MARGIN,
+                    float(state.initial_margin), float(state.maintenance_margin),
+                ))  # fmt: skip
+            scalars.append(held[1])
+        columns = np.array(scalars, dtype=np.float64).reshape(len(states), 5).T
+        self.cash, self.realized_total, margin, self.initial, self.maintenance = columns
+        self.margin = margin != 0.0
         key = (tickers, *(id(b) for b in books))
         self.books = books
         self.pids = [s.portfolio_id for s in states]
@@ -250,12 +269,9 @@ def build_snapshots(
         out[built] = [getattr(f, name) for f in figures]
         return out
 
-    states = inputs.states
-    realized = np.array([float(s.realized_pnl) for s in states])
+    realized = cols.realized_total
     var_limit = np.array([float(lim.var_limit) for lim in inputs.limits])
-    margin = np.array([s.account_type == _MARGIN for s in states], dtype=bool)
-    initial = np.array([s.initial_margin for s in states], dtype=np.float64)
-    maintenance = np.array([s.maintenance_margin for s in states], dtype=np.float64)
+    margin, initial, maintenance = cols.margin, cols.initial, cols.maintenance
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         pos_weights = np.where(eq[owner] > 0, values.market_values / eq[owner], 0.0)
         magnitude = np.abs(exposure)
@@ -275,7 +291,7 @@ def build_snapshots(
         points = np.full((count, len(HISTORY_COLUMNS)), np.nan)
         columns = {
             "ts": float(now), "version": float(header.version), "market_ts": float(header.ts), "equity": eq,
-            "cash": np.array([float(s.cash) for s in states]), "market_value": values.market_value,
+            "cash": cols.cash, "market_value": values.market_value,
             "gross_exposure": values.gross, "net_exposure": values.market_value, "leverage": leverage,
             "pnl.unrealized": values.unrealized_total, "pnl.realized": realized,
             "pnl.daily": eq - inputs.peaks[:, 0], "pnl.total": realized + values.unrealized_total,

@@ -278,8 +278,7 @@ class VectorisedTick:
         once the EXEC succeeded), the rows it is valid for, and the snapshots by portfolio."""
         cols, state = r.lane.cols, r.lane.state
         header = market.header
-        cash = np.array([float(b.state.cash) for b in r.readable], dtype=np.float64)  # type: ignore[union-attr]
-        values = value_books(cols, market, cash, MAX_BOOKABLE_PRICE)
+        values = value_books(cols, market, cols.cash, MAX_BOOKABLE_PRICE)
         valid = np.isfinite(values.equity) & ~values.absurd & np.array([f is None for f in r.failed], dtype=bool)
         for p in np.flatnonzero(~valid).tolist():
             pid = cols.pids[p]

@@ -243,6 +243,7 @@ class TickState:
         self._flat: list[str] = []
         self._owner = np.zeros(0, dtype=np.intp)
         self._keys: dict[str, list[str]] = {}
+        self._watch: list[str] | None = None
 
     # -- layout ----------------------------------------------------------------------------------------------
     def align(self, pids: Sequence[str], tickers: Sequence[tuple[str, ...]]) -> None:
@@ -289,6 +290,7 @@ class TickState:
         self._flat = [t for names in self.tickers for t in names]
         self._owner = np.repeat(np.arange(count, dtype=np.intp), [len(t) for t in self.tickers])
         self._keys = {}
+        self._watch = None
 
     def offsets(self) -> npt.NDArray[np.intp]:
         return np.concatenate(([0], np.cumsum([len(t) for t in self.tickers]))).astype(np.intp)
@@ -310,7 +312,9 @@ class TickState:
 
     # -- ownership -------------------------------------------------------------------------------------------
     def watch_keys(self) -> list[str]:
-        return [PortfolioKeys(pid).peaks for pid in self.pids]
+        if self._watch is None or len(self._watch) != len(self.pids):
+            self._watch = [PortfolioKeys(pid).peaks for pid in self.pids]
+        return self._watch
 
     def stale_rows(self, owners: Sequence[bytes | None]) -> npt.NDArray[np.bool_]:
         """Rows this state does not own any more (never loaded, or stamped by another writer), from the owner
