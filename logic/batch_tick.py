@@ -60,7 +60,9 @@ def paused_gc() -> Iterator[None]:
 
     A tick of a thousand portfolios allocates some 10^5 containers (snapshot dicts, position dicts, arguments):
     the collector would run about a hundred times within it, now and then over the whole heap, for about a
-    third of the tick's time; nothing a tick allocates is cyclic garbage that must go before the tick ends."""
+    third of the tick's time; nothing a tick allocates is cyclic garbage that must go before the tick ends. The
+    monitor holds the pause until the tick's snapshots are dropped: ended with them alive, the first pass
+    scanned every one (about 3 ms at 1,000 portfolios)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
