@@ -7,8 +7,10 @@ and times until the newest snapshot of every portfolio carries that bar's versio
 version of the 1,000 stored snapshots every few milliseconds). One untimed tick first (each process loads the
 matrix and the backtests). Baseline in the same run: one monitor.
 
-On this shared 2-core machine more than two processes cannot run at once, so the 4-monitor row shows the cost
-of sharing rather than its gain; on a machine with a core per monitor each adds its share of throughput.
+On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
+both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
+and 4-monitor rows show the cost of sharing rather than its gain; on a machine with a core per monitor each adds
+its share of throughput.
 
 The deployment as ``make run`` has it: one monitor and the backtest runner (``python -m logic.backtest_runner``)
 in its own process, every portfolio's backtest past its burn-in (a full 500-row window, every method forecast each
