@@ -115,6 +115,14 @@ def _assert_same_state(fast: Store, loop: Store, pids: list[str], settings: Sett
             assert fast.client.getrange(key, 0, 15) == loop.client.getrange(key, 0, 15), (pid, tier)
 
 
+def _seeded_monitor(store: Store, make_settings: Callable[..., Settings]) -> tuple[Settings, Steps, Monitor]:
+    """The random books of seed 5 in ``store`` and a vectorised monitor of them on a stepped clock."""
+    settings = _random_settings(make_settings, seed=5)
+    warmup.seed(store, settings, now=START)
+    clock = Steps()
+    return settings, clock, Monitor(store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+
+
 def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list[Monitor]], clock: Steps, ticks: int,
          tickers: list[str]) -> None:  # fmt: skip
     daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in stores]  # type: ignore[arg-type]
@@ -209,10 +217,7 @@ def test_a_portfolio_whose_monitor_state_is_corrupt_is_skipped_and_left_as_it_is
 ) -> None:
     # Arrange: one snapshot of every portfolio, then a corrupt excursion record in p03's marks
     store = two_stores[0]
-    settings = _random_settings(make_settings, seed=5)
-    warmup.seed(store, settings, now=START)
-    clock = Steps()
-    monitor = Monitor(store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    settings, clock, monitor = _seeded_monitor(store, make_settings)
     monitor.refresh()
     marks_key = PortfolioKeys("p03").marks
     store.client.hset(marks_key, "T00", "not json")
@@ -368,10 +373,7 @@ def test_a_stored_snapshot_of_a_newer_market_version_is_kept_until_a_tick_reache
     # Arrange: a vectorised monitor snapshots every portfolio; then another writer stores p03's snapshot of a
     # market version two ahead (a monitor on a newer tick) and p05's with no version it can read
     store = two_stores[0]
-    settings = _random_settings(make_settings, seed=5)
-    warmup.seed(store, settings, now=START)
-    clock = Steps()
-    fast = Monitor(store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    settings, clock, fast = _seeded_monitor(store, make_settings)
     tickers = list(settings.universe.assets)
     _run(settings, [store], lambda _: [fast], clock, 1, tickers)
     version = store.read_market_header().version
