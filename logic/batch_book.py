@@ -45,7 +45,7 @@ class _Static:
     realized: Float64Array
     qty_int: list[int]
     meta: bytes
-    """``[tickers, quantities]`` as a stored snapshot holds them (:class:`PositionRows`), encoded once."""
+    """The tickers and quantities as a stored snapshot holds them (:attr:`PositionRows.meta`), encoded once."""
 
 
 def _static(state: PortfolioState) -> _Static:
@@ -275,7 +275,7 @@ def build_snapshots(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         pos_weights = np.where(eq[owner] > 0, values.market_values / eq[owner], 0.0)
         magnitude = np.abs(exposure)
-        total = magnitude.sum(axis=1)  # math_logic.hhi_concentration, row by row (its sum and dot product)
+        total = magnitude.sum(axis=1)  # math_logic.hhi_concentration's sum, row by row; its dot product by einsum
         shares = magnitude / np.where(total == 0.0, 1.0, total)[:, None]
         hhi = np.where(total == 0.0, 0.0, np.einsum("ij,ij->i", shares, shares))
         leverage = np.where(eq > 0, values.gross / eq, np.where(values.gross > 0, np.inf, 0.0))
