@@ -253,7 +253,7 @@ class VectorisedTick:
     def _stale(self, states: Sequence[TickState]) -> list[npt.NDArray[np.bool_]]:
         """Each lane's rows another writer touched, or that it does not hold (one read of every owner stamp,
         after every lane's WATCH)."""
-        owners = iter(read_owners(self.store.client, [key for s in states for key in s.watch_keys()]))
+        owners = iter(read_owners(self.store, [key for s in states for key in s.watch_keys()]))
         return [s.stale_rows([next(owners) for _ in s.pids]) for s in states]
 
     def _load_lane(self, lane: _Lane, monitor: Monitor, stale: npt.NDArray[np.bool_], ms: int) -> _Read:

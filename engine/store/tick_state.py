@@ -145,9 +145,9 @@ end
 return #KEYS / nkeys
 """
 
-_OWNERS_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, ARGV[1]) or false end
+_OWNERS_LUA = f"""
+local out = {{}}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, '{OWNER_FIELD}') or false end
 return out
 """
 
@@ -649,17 +649,10 @@ class TickState:
             self.orphans.pop(self.pids[p], None)
 
 
-def read_owners(client: Any, keys: Sequence[str]) -> list[bytes | None]:
-    """The owner stamp of each peaks key (one script; on a Redis Cluster, where a script may touch one slot only,
-    one pipelined HGET per key)."""
-    if not keys:
-        return []
-    if is_cluster(client):
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hget(key, OWNER_FIELD)
-        return list(pipe.execute())
-    return list(client.eval(_OWNERS_LUA, len(keys), *keys, OWNER_FIELD))
+def read_owners(store: Any, keys: Sequence[str]) -> list[bytes | None]:
+    """The owner stamp of each peaks key (``StoreBase._eval_per_key``: one script, or one call per key on a Redis
+    Cluster)."""
+    return store._eval_per_key(_OWNERS_LUA, keys)
 
 
 NO_VERSION = np.iinfo(np.int64).min
