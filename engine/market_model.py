@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -283,7 +283,9 @@ class MarketModelCache:
         self.store = store
         self.bars_per_day = bars_per_day
         self._model: MarketModel | None = None
-        self._stressed: StressedModel | None = None
+        self._stressed: tuple[StressedModel, tuple[int, bytes] | None, tuple[str, ...]] | None = None
+        """The stressed model last read, the stamp of the write it was read from, the tickers it is aligned with
+        (one tuple: a thread reads all three or none)."""
         self._window: StandardizedWindow | None = None
         self._window_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -346,14 +348,20 @@ class MarketModelCache:
         return self._model
 
     def stressed(self, model: MarketModel) -> StressedModel:
-        """The stored stressed matrix aligned with ``model``'s tickers, aligned once per (model, version).
+        """The stored stressed matrix aligned with ``model``'s tickers, read and aligned once per write of it
+        and ticker order (not per market version: the matrix changes only when the warm-up or a reload writes
+        it, the market every bar).
 
-        Costs one HGET (the stressed version) when cached. Raises ``StoreEmptyError`` when there is none and
+        Costs one HMGET (the matrix's stamp) when cached. Raises ``StoreEmptyError`` when there is none and
         :class:`~engine.errors.CorruptDataError` when it does not cover the market's tickers.
         """
-        version = self.store.read_stressed_version()
-        cached = self._stressed
-        if cached is not None and cached.market_key == model.key and cached.version == version:
+        stamp = self.store.read_stressed_stamp()
+        entry = self._stressed
+        if entry is not None and stamp is not None and entry[1] == stamp and entry[2] == model.tickers:
+            cached = entry[0]
+            if cached.market_key != model.key:
+                cached = replace(cached, market_key=model.key)
+                self._stressed = (cached, stamp, model.tickers)
             return cached
         version_read, stressed_tickers, stressed = self.store.read_stressed()
         meta = self.store.read_stressed_meta()
@@ -368,5 +376,5 @@ class MarketModelCache:
             scale = float(stored_bpd) / float(self.bars_per_day)  # same daily variance, read per the reader's bar
             stressed = stressed * scale
         result = StressedModel(version=version_read, market_key=model.key, cov=stressed, meta=meta, scale=scale)
-        self._stressed = result
+        self._stressed = (result, stamp, model.tickers)
         return result

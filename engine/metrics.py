@@ -238,6 +238,7 @@ class MonitorMetrics:
         self.gate = GateMetrics(r)
         """The automated actions' risk managers count their decisions here."""
         self._labelled: set[str] = set()
+        self._children: dict[str, tuple[list[Any], Any, list[Any], Any, list[Any]]] = {}
         self._lock = threading.Lock()
 
     def ticks(self, processed: int = 1, seconds: float | None = None) -> None:
@@ -260,19 +261,33 @@ class MonitorMetrics:
                 self._set_portfolio(pid, snapshots[pid])
 
     def _set_portfolio(self, pid: str, snap: Mapping[str, Any]) -> None:
+        var_children, utilisation, drawdown_children, equity, state_children = self._children_of(pid)
         var = snap.get("var") or {}
-        for confidence, key in VAR_CONFIDENCES.items():
-            _set(self.var.labels(pid, confidence), var.get(key))
-        _set(self.utilisation.labels(pid), var.get("utilization"))
+        for child, key in zip(var_children, VAR_CONFIDENCES.values(), strict=True):
+            _set(child, var.get(key))
+        _set(utilisation, var.get("utilization"))
         drawdown = snap.get("drawdown") or {}
-        for window in DRAWDOWN_WINDOWS:
-            _set(self.drawdown.labels(pid, window), drawdown.get(window))
-        _set(self.equity.labels(pid), snap.get("equity"))
+        for child, window in zip(drawdown_children, DRAWDOWN_WINDOWS, strict=True):
+            _set(child, drawdown.get(window))
+        _set(equity, snap.get("equity"))
         state = snap.get("trading_state")
-        for s in TradingState:
-            self.trading_state.labels(pid, s.value).set(1.0 if state == s else 0.0)
+        for child, s in zip(state_children, TradingState, strict=True):
+            child.set(1.0 if state == s else 0.0)
+
+    def _children_of(self, pid: str) -> tuple[list[Any], Any, list[Any], Any, list[Any]]:
+        """A portfolio's labelled gauges, looked up once while it stays labelled (``labels()`` validates and
+        locks on every call: 13 calls per portfolio per tick)."""
+        children = self._children.get(pid)
+        if children is None:
+            children = self._children[pid] = (
+                [self.var.labels(pid, c) for c in VAR_CONFIDENCES], self.utilisation.labels(pid),
+                [self.drawdown.labels(pid, w) for w in DRAWDOWN_WINDOWS], self.equity.labels(pid),
+                [self.trading_state.labels(pid, s.value) for s in TradingState],
+            )  # fmt: skip
+        return children
 
     def _forget(self, pid: str) -> None:
+        self._children.pop(pid, None)
         for gauge, labels in (
             *((self.var, (pid, c)) for c in VAR_CONFIDENCES),
             (self.utilisation, (pid,)),

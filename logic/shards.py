@@ -21,6 +21,7 @@ a newer version, peaks merge by max/min, the backtest is fed once per version un
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Sequence
@@ -75,10 +76,17 @@ def owner(portfolio_id: str, consumers: Sequence[str]) -> str:
 
 def shard(portfolio_ids: Sequence[str], consumers: Sequence[str], me: str) -> list[str]:
     """The portfolios of ``portfolio_ids`` that ``me`` owns among ``consumers`` (``me`` always counts)."""
-    live = sorted(set(consumers) | {me})
+    live = tuple(sorted(set(consumers) | {me}))
     if len(live) == 1:
         return list(portfolio_ids)
-    return [pid for pid in portfolio_ids if owner(pid, live) == me]
+    return list(_owned(tuple(portfolio_ids), live, me))
+
+
+@functools.lru_cache(maxsize=4)
+def _owned(portfolio_ids: tuple[str, ...], live: tuple[str, ...], me: str) -> tuple[str, ...]:
+    """:func:`shard` among two or more monitors, kept for the next tick (the same portfolios and live monitors
+    each tick while nobody joins or leaves: a thousand portfolios cost a few ms of hashing per monitor)."""
+    return tuple(pid for pid in portfolio_ids if owner(pid, live) == me)
 
 
 class Membership:

@@ -787,3 +787,20 @@ def test_the_market_model_cache_validates_once_per_snapshot_and_aligns_the_stres
     assert models.stressed(model) is stressed
     sub = model.aligned(model.tickers[:2][::-1])
     assert sub[0, 0] == model.cov[1, 1] and sub[0, 1] == model.cov[1, 0]
+
+
+def test_the_stressed_matrix_is_read_once_per_write_of_it_not_once_per_bar(rm: RiskManager, store: Store) -> None:
+    models = MarketModelCache(store)
+    first = models.stressed(models.get())
+    version, tickers, stored = store.read_stressed()
+
+    set_market(store, ts=store.read_market_header().ts + 1.0)
+    after_a_bar = models.get()
+    same = models.stressed(after_a_bar)
+    # a re-seeded store rewrites the matrix at a market version it has held before: its stamp still differs
+    meta = store.read_stressed_meta()
+    store.write_stressed(version, tickers, stored * 2.0, meta={**meta, "written_at": meta["written_at"] + 1.0})
+    rewritten = models.stressed(after_a_bar)
+
+    assert same.cov is first.cov and same.market_key == after_a_bar.key != first.market_key
+    assert rewritten.version == same.version and np.array_equal(rewritten.cov, first.cov * 2.0)

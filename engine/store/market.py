@@ -141,10 +141,14 @@ class MarketStore(StoreBase):
             raise CorruptDataError(f"{STRESSED_KEY}.meta is not an object")
         return meta
 
-    def read_stressed_version(self, conn: Conn = None) -> int | None:
-        """Version of the stored stressed matrix (it changes when the warm-up rebuilds it), or None."""
-        raw = self._conn(conn).hget(STRESSED_KEY, "version")
-        return None if raw is None else decode_int(raw, key=f"{STRESSED_KEY}.version")
+    def read_stressed_stamp(self, conn: Conn = None) -> tuple[int, bytes] | None:
+        """What tells one write of the stressed matrix from another, or None when there is none: its version
+        (the market version it was built at) and its meta record as stored (with ``written_at``; a re-seeded
+        store restarts the versions, so the version alone may repeat)."""
+        version, meta = self._conn(conn).hmget(STRESSED_KEY, ["version", "meta"])
+        if version is None:
+            return None
+        return decode_int(version, key=f"{STRESSED_KEY}.version"), bytes(meta or b"")
 
     # -- standardized returns (engine/stream.py and warmup.py write, engine/market_model.py reads) ------------
     def write_standardized_window(
