@@ -97,11 +97,12 @@ def _wait(condition: Any, what: str) -> None:
 def _time_to_full_set(
     ctx: Context, settings: Settings, env: dict[str, str], count: int, *, backtests: bool = False,
     alerts: bool = False, repeat: int | None = None,
-) -> tuple[list[float], list[float]]:  # fmt: skip
+) -> tuple[list[float], list[float], list[float]]:  # fmt: skip
     """Seconds from a bar written to the last portfolio's snapshot of it, one per timed tick, with ``count``
     monitor processes; with ``backtests`` the backtest runner runs too (steady state), and the second list holds
     the seconds until it has fed each bar; with ``alerts`` the monitors evaluate the settings' alert rules (as
-    they do by default)."""
+    they do by default). The third list: the CPU seconds the monitors, Redis and this process (the bar's write,
+    the poll) used from the bar's write to the last snapshot, per timed tick."""
     store: Store = seeded_store(ctx, settings)
     if backtests:
         _prefill(store, settings, seed=1)  # every backtest past its burn-in
@@ -131,9 +132,11 @@ def _time_to_full_set(
         names = {f"m{i}" for i in range(count)}
         membership = Membership(store, "bench", 30.0, 3600.0)
         _wait(lambda: names <= set(membership.members()), f"{count} monitors beating")
-        samples, fed = [], []
+        samples, fed, cpu = [], [], []
+        pids = [proc.pid for proc in procs[:count]] + [pid for pid in (ctx.redis_pid,) if pid is not None]
         for i in range((repeat or REPEAT) + 1):
             _after_rewrite(store.client)  # every timed tick starts with no AOF rewrite running (bench_monitor.py)
+            cpu0 = _cpu_seconds(pids)
             daemon.process_bar(next(bars))
             version = store.read_market_header().version
             t0 = time.perf_counter()
@@ -146,15 +149,26 @@ def _time_to_full_set(
             _wait(every_snapshot, f"every snapshot at version {version}")
             if i:  # the first tick loads the matrix and the backtests in every process: untimed
                 samples.append(time.perf_counter() - t0)
+                cpu.append(_cpu_seconds(pids) - cpu0)
             if backtests:
                 _wait(lambda v=version: int((store.read_heartbeat("backtest") or {}).get("version", -1)) >= v,
                       f"the backtests fed version {version}")  # fmt: skip
                 if i:
                     fed.append(time.perf_counter() - t0)
-        return samples, fed
+        return samples, fed, cpu
     finally:
         for proc in procs:
             _stop(proc)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids`` (every thread; /proc, in clock ticks)
+    and by this one."""
+    total = sum(os.times()[:2])
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _ms(samples: list[float]) -> float:
@@ -177,10 +191,15 @@ def run(ctx: Context) -> list[Row]:
     env.update({"REDIS_URL": ctx.redis_url, "RISKDESK_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
 
     pooled: dict[int, list[float]] = {count: [] for count in MONITORS}
+    busy: dict[int, list[float]] = {count: [] for count in MONITORS}
     for _ in range(ROUNDS):
         for count in MONITORS:
-            pooled[count] += _time_to_full_set(ctx, settings, env, count)[0]
+            timed, _, used = _time_to_full_set(ctx, settings, env, count)
+            pooled[count] += timed
+            busy[count] += used
     figures = {count: _ms(samples) for count, samples in pooled.items()}
+    # cores busy: CPU used over the time it took (the clock-tick counts are coarse: a mean over every tick)
+    cores = {count: sum(busy[count]) / sum(pooled[count]) for count in MONITORS}
     runner = _time_to_full_set(ctx, settings, env, 1, backtests=True)
     with_runner, runner_fed = _ms(runner[0]), _ms(runner[1])
     # the monitor as it runs by default: evaluating the shipped rules after each tick, their timers on a thread
@@ -192,8 +211,8 @@ def run(ctx: Context) -> list[Row]:
         alert_config.write_text(toml_dumps(alerting))
         alert_env = {**env, "RISKDESK_CONFIG": str(alert_config)}
         # more ticks: the timers run on their own 0.5 s clock, so a tick may or may not meet one
-        timed = _time_to_full_set(ctx, settings_from_dict(alerting), alert_env, 1, alerts=True, repeat=ALERT_REPEAT)
-        with_alerts[desk] = _ms(timed[0])
+        alerted = _time_to_full_set(ctx, settings_from_dict(alerting), alert_env, 1, alerts=True, repeat=ALERT_REPEAT)
+        with_alerts[desk] = _ms(alerted[0])
     ctx.redis().flushall()
     rows = []
     for count in MONITORS:
@@ -204,6 +223,10 @@ def run(ctx: Context) -> list[Row]:
             target = "falls as monitors are added"
             rows.append(Row(what, figures[count], "ms", "1 monitor (same run)", figures[1], target,
                             figures[count] < figures[1]))  # fmt: skip
+    for count in MONITORS:
+        rows.append(Row(f"cores busy from a bar's write to every snapshot of it (monitors, Redis, the bar's write "
+                        f"and the poll; of 2), {count} monitor{'s' if count > 1 else ''} (diagnostic)",
+                        cores[count], "cores"))  # fmt: skip
     rows.append(Row(f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, 1 monitor + the backtest runner "
                     "(steady state) on the same 2 cores", with_runner, "ms", "1 monitor alone (same run)",
                     figures[1]))  # fmt: skip

@@ -59,6 +59,11 @@ class Context:
         assert self._server is not None
         return self._server.url
 
+    @property
+    def redis_pid(self) -> int | None:
+        """The private redis-server's process id (None before it started)."""
+        return None if self._server is None else self._server.pid()
+
     def __enter__(self) -> Context:
         return self
 
