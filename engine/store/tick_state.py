@@ -97,7 +97,8 @@ _NCOL = len(HISTORY_COLUMNS)
 _APPLY_LUA = APPEND_POINT_LUA + """
 local ntier, ms, minid, cap, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sizes, offsets = {}, {}
-for t = 1, ntier do sizes[t] = tonumber(ARGV[4 + 2 * t]); offsets[t] = tonumber(ARGV[5 + 2 * t]) end
+-- the offsets stay strings: a Lua number passed to redis.call is formatted back into one (sprintf) every call
+for t = 1, ntier do sizes[t] = tonumber(ARGV[4 + 2 * t]); offsets[t] = ARGV[5 + 2 * t] end
 local a = 6 + 2 * ntier
 local nkeys = 4 + ntier
 for p = 0, #KEYS / nkeys - 1 do
@@ -137,7 +138,7 @@ for p = 0, #KEYS / nkeys - 1 do
       end
       if mode ~= '-' then
         redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
-        if mode ~= '0' then redis.call('SETRANGE', key, 0, string.sub(heads, (t - 1) * 16 + 1, t * 16)) end
+        if mode ~= '0' then redis.call('SETRANGE', key, '0', string.sub(heads, (t - 1) * 16 + 1, t * 16)) end
       end
     end
   end
