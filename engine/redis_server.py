@@ -408,18 +408,10 @@ class LargeValueSerializer:
         kinds = set(map(type, args))  # at C speed: a monitor's script has thousands of arguments
         small = bytes not in kinds or max(map(len, [a for a in args if type(a) is bytes])) <= cutoff
         if kinds <= _HIREDIS_TYPES and small:
-            name = args[0]
-            if isinstance(name, str) and " " in name:  # a command name of several words, as redis-py splits it
-                args = tuple(name.encode().split()) + args[1:]
-            elif isinstance(name, bytes) and b" " in name:
-                args = tuple(name.split()) + args[1:]
-            return [_pack_command(args)]
+            return [_pack_command(_split_name(args))]
         if not any(isinstance(a, bytes | bytearray | memoryview) and len(a) > cutoff for a in args):
             return self._hiredis.pack(*args)
-        if isinstance(args[0], str):  # a command name of several words ('CONFIG GET'): as redis-py splits it
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
+        args = _split_name(args)
         chunks: list[Any] = [b"*%d\r\n" % len(args)]
         start = 0
         for i, value in enumerate(args):
@@ -435,6 +427,16 @@ class LargeValueSerializer:
 
 _HIREDIS_TYPES = frozenset((str, bytes, int, float))
 """Argument types hiredis packs as redis-py would (floats as ``repr`` writes them), without conversion."""
+
+
+def _split_name(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A command name of several words ('CONFIG GET') as one argument per word, as redis-py splits it."""
+    name = args[0]
+    if isinstance(name, str) and " " in name:
+        return tuple(name.encode().split()) + args[1:]
+    if isinstance(name, bytes) and b" " in name:
+        return tuple(name.split()) + args[1:]
+    return args
 
 
 def _pack_command(args: tuple[Any, ...]) -> bytes:
