@@ -42,6 +42,9 @@ ROOT = Path(__file__).resolve().parent
 STOP_TIMEOUT_SECONDS = 10.0
 DEMO_CONFIG = "configs/demo.toml"
 """Settings of ``launcher.py demo`` (relative to the repository)."""
+CHILD_ENV_DEFAULTS = {"PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
+"""Set in every daemon's environment unless already set: unbuffered logs, and one BLAS thread per process (the
+numeric processes share the cores: BLAS threads of their own would oversubscribe them and stall)."""
 DEMO_BAR_SECONDS = 3.0
 """Wall seconds per replayed weekly bar in the demo: about 3 minutes for Oct 2018 - Dec 2019."""
 DEMO_CLOCK_ENV = "RISKDESK__MODEL__DEMO_CLOCK_SECONDS"
@@ -182,9 +185,8 @@ class Launcher:
         env["REDIS_URL"] = embedded.url if embedded is not None else str(self.settings.redis.url)
         if self.config is not None:
             env["RISKDESK_CONFIG"] = str(self.config)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        # the numeric processes share two cores: one BLAS thread each avoids oversubscription stalls
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        for name, value in CHILD_ENV_DEFAULTS.items():
+            env.setdefault(name, value)
         return env
 
     def start(self, seed_args: Sequence[str] | None = None) -> list[str]:

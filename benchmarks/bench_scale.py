@@ -11,7 +11,8 @@ twice, in turn, and its figure is the median of the ticks of both starts (:data:
 On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
 both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
 and 4-monitor rows show the cost of sharing rather than its gain; on a machine with a core per monitor each adds
-its share of throughput.
+its share of throughput, down to Redis's own time per tick (``BENCH_SCALE_MONITORS=1,2,4,8`` on 16 cores: 93.7 /
+84.3 / 75.3 / 74.3 ms, README "Scale out").
 
 The deployment as ``make run`` has it: one monitor and the backtest runner (``python -m logic.backtest_runner``)
 in its own process, every portfolio's backtest past its burn-in (a full 500-row window, every method forecast each
@@ -43,6 +44,7 @@ from engine.feeds import SimulatedFeed
 from engine.settings import Settings, load_settings, settings_from_dict
 from engine.store import PortfolioKeys, Store
 from engine.stream import StreamDaemon
+from launcher import CHILD_ENV_DEFAULTS
 from logic.rules import rule_to_dict
 from logic.shards import Membership
 from tests.e2e_stack import toml_dumps
@@ -51,7 +53,10 @@ ROOT = Path(__file__).resolve().parent.parent
 N = 500
 PORTFOLIOS = 1000
 POSITIONS = 20
-MONITORS = (1, 2, 4)
+MONITORS = tuple(sorted({1, *(int(c) for c in os.environ.get("BENCH_SCALE_MONITORS", "1,2,4").split(","))}))
+"""The monitor counts timed, one always among them (the baseline): ``BENCH_SCALE_MONITORS=1,2,4,8 python
+scripts/bench.py scale`` on a machine with more cores (README, "Scale")."""
+CORES = os.cpu_count() or 1
 REPEAT = 4
 """Timed ticks per start of the monitors."""
 ROUNDS = 2
@@ -188,7 +193,8 @@ def run(ctx: Context) -> list[Row]:
     config = tmp / "riskdesk.toml"
     config.write_text(toml_dumps(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKDESK")}
-    env.update({"REDIS_URL": ctx.redis_url, "RISKDESK_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
+    env.update({"REDIS_URL": ctx.redis_url, "RISKDESK_CONFIG": str(config)})
+    env.update({k: v for k, v in CHILD_ENV_DEFAULTS.items() if k not in env})  # as `make run` starts them
 
     pooled: dict[int, list[float]] = {count: [] for count in MONITORS}
     busy: dict[int, list[float]] = {count: [] for count in MONITORS}
@@ -225,10 +231,10 @@ def run(ctx: Context) -> list[Row]:
                             figures[count] < figures[1]))  # fmt: skip
     for count in MONITORS:
         rows.append(Row(f"cores busy from a bar's write to every snapshot of it (monitors, Redis, the bar's write "
-                        f"and the poll; of 2), {count} monitor{'s' if count > 1 else ''} (diagnostic)",
+                        f"and the poll; of {CORES}), {count} monitor{'s' if count > 1 else ''} (diagnostic)",
                         cores[count], "cores"))  # fmt: skip
     rows.append(Row(f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, 1 monitor + the backtest runner "
-                    "(steady state) on the same 2 cores", with_runner, "ms", "1 monitor alone (same run)",
+                    f"(steady state) on the same {CORES} cores", with_runner, "ms", "1 monitor alone (same run)",
                     figures[1]))  # fmt: skip
     rows.append(Row(f"time until the backtest runner has fed the tick's bar, {PORTFOLIOS} portfolios, steady state",
                     runner_fed, "ms"))  # fmt: skip

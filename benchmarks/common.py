@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -186,6 +187,6 @@ def print_table(rows: list[Row]) -> None:
     for line in lines:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
     print(
-        "\nratio = baseline / measured (higher is better). Machine: shared 2-core; figures are medians "
+        f"\nratio = baseline / measured (higher is better). Machine: {os.cpu_count()} cores; figures are medians "
         "or percentiles of repeated calls."
     )

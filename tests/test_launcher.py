@@ -84,6 +84,21 @@ def test_status_of_a_stopped_system_server_names_the_binary_it_would_run_and_its
     assert f"redis      server redis-server {version} ({binary}, redis.server = system)" in lines
 
 
+def test_every_daemon_runs_one_blas_thread_and_unbuffered_unless_the_environment_says_otherwise(
+    tmp_path: Path, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings({"redis": {"data_dir": str(tmp_path / "v")}})
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("PYTHONUNBUFFERED", "")
+
+    env = Launcher(settings, ROOT).child_env()
+
+    assert env["OPENBLAS_NUM_THREADS"] == "1"  # the numeric processes share the cores
+    assert env["PYTHONUNBUFFERED"] == ""  # set by the caller: kept
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    assert Launcher(settings, ROOT).child_env()["OPENBLAS_NUM_THREADS"] == "4"
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
