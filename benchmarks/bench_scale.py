@@ -53,9 +53,18 @@ ROOT = Path(__file__).resolve().parent.parent
 N = 500
 PORTFOLIOS = 1000
 POSITIONS = 20
-MONITORS = tuple(sorted({1, *(int(c) for c in os.environ.get("BENCH_SCALE_MONITORS", "1,2,4").split(","))}))
+
+
+def _monitor_counts(text: str) -> tuple[int, ...]:
+    counts = {int(c) for c in text.split(",") if c.strip()}
+    if not counts or min(counts) < 1:
+        raise ValueError(f"BENCH_SCALE_MONITORS: monitor counts of 1 or more, comma-separated, got {text!r}")
+    return tuple(sorted(counts | {1}))
+
+
+MONITORS = _monitor_counts(os.environ.get("BENCH_SCALE_MONITORS", "1,2,4"))
 """The monitor counts timed, one always among them (the baseline): ``BENCH_SCALE_MONITORS=1,2,4,8 python
-scripts/bench.py scale`` on a machine with more cores (README, "Scale")."""
+scripts/bench.py scale`` on a machine with more cores (README, "Scale out")."""
 CORES = os.cpu_count() or 1
 REPEAT = 4
 """Timed ticks per start of the monitors."""
