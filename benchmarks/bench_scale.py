@@ -11,8 +11,8 @@ twice, in turn, and its figure is the median of the ticks of both starts (:data:
 On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
 both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
 and 4-monitor rows show the cost of sharing rather than its gain; on a machine with a core per monitor each adds
-its share of throughput, down to Redis's own time per tick (``BENCH_SCALE_MONITORS=1,2,4,8`` on 16 cores: 93.7 /
-84.3 / 75.3 / 74.3 ms, README "Scale out").
+its share of throughput, down to Redis's own time per tick (``BENCH_SCALE_MONITORS=1,2,4,8`` on 16 cores, two
+runs: 93.7 / 84.3 / 75.3 / 74.3 ms and 134 / 86 / 78.6 / 94.2 ms; README "Scale out").
 
 The deployment as ``make run`` has it: one monitor and the backtest runner (``python -m logic.backtest_runner``)
 in its own process, every portfolio's backtest past its burn-in (a full 500-row window, every method forecast each
