@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from benchmarks.bench_backtest import _prefill
 from benchmarks.bench_monitor import _after_rewrite
@@ -176,13 +177,8 @@ def _time_to_full_set(
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by the processes ``pids`` (every thread; /proc, in clock ticks)
-    and by this one."""
-    total = sum(os.times()[:2])
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    """CPU seconds (user + system, every thread) used so far by the processes ``pids`` and by this one."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in (os.getpid(), *pids))
 
 
 def _ms(samples: list[float]) -> float:

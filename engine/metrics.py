@@ -238,7 +238,7 @@ class MonitorMetrics:
         self.gate = GateMetrics(r)
         """The automated actions' risk managers count their decisions here."""
         self._labelled: set[str] = set()
-        self._children: dict[str, tuple[list[Any], Any, list[Any], Any, list[Any]]] = {}
+        self._children: dict[str, list[list[Any]]] = {}
         self._lock = threading.Lock()
 
     def ticks(self, processed: int = 1, seconds: float | None = None) -> None:
@@ -261,7 +261,7 @@ class MonitorMetrics:
                 self._set_portfolio(pid, snapshots[pid])
 
     def _set_portfolio(self, pid: str, snap: Mapping[str, Any]) -> None:
-        var_children, utilisation, drawdown_children, equity, state_children = self._children_of(pid)
+        var_children, (utilisation,), drawdown_children, (equity,), state_children = self._children_of(pid)
         var = snap.get("var") or {}
         for child, key in zip(var_children, VAR_CONFIDENCES.values(), strict=True):
             _set(child, var.get(key))
@@ -274,31 +274,33 @@ class MonitorMetrics:
         for child, s in zip(state_children, TradingState, strict=True):
             child.set(1.0 if state == s else 0.0)
 
-    def _children_of(self, pid: str) -> tuple[list[Any], Any, list[Any], Any, list[Any]]:
-        """A portfolio's labelled gauges, looked up once while it stays labelled (``labels()`` validates and
-        locks on every call: 13 calls per portfolio per tick)."""
+    def _label_sets(self, pid: str) -> list[list[tuple[Any, tuple[str, ...]]]]:
+        """A portfolio's gauges and their label values, grouped: VaR by confidence, utilisation, drawdown by
+        window, equity, trading state by state."""
+        return [
+            [(self.var, (pid, c)) for c in VAR_CONFIDENCES], [(self.utilisation, (pid,))],
+            [(self.drawdown, (pid, w)) for w in DRAWDOWN_WINDOWS], [(self.equity, (pid,))],
+            [(self.trading_state, (pid, s.value)) for s in TradingState],
+        ]  # fmt: skip
+
+    def _children_of(self, pid: str) -> list[list[Any]]:
+        """A portfolio's labelled gauges (grouped as :meth:`_label_sets`), looked up once while it stays labelled
+        (``labels()`` validates and locks on every call: 13 calls per portfolio per tick)."""
         children = self._children.get(pid)
         if children is None:
-            children = self._children[pid] = (
-                [self.var.labels(pid, c) for c in VAR_CONFIDENCES], self.utilisation.labels(pid),
-                [self.drawdown.labels(pid, w) for w in DRAWDOWN_WINDOWS], self.equity.labels(pid),
-                [self.trading_state.labels(pid, s.value) for s in TradingState],
-            )  # fmt: skip
+            children = self._children[pid] = [
+                [gauge.labels(*labels) for gauge, labels in group] for group in self._label_sets(pid)
+            ]
         return children
 
     def _forget(self, pid: str) -> None:
         self._children.pop(pid, None)
-        for gauge, labels in (
-            *((self.var, (pid, c)) for c in VAR_CONFIDENCES),
-            (self.utilisation, (pid,)),
-            *((self.drawdown, (pid, w)) for w in DRAWDOWN_WINDOWS),
-            (self.equity, (pid,)),
-            *((self.trading_state, (pid, s.value)) for s in TradingState),
-        ):
-            try:
-                gauge.remove(*labels)
-            except KeyError:
-                pass
+        for group in self._label_sets(pid):
+            for gauge, labels in group:
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass
 
     def watch_alerts(self, source: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
         """Serve ``riskdesk_alerts``, counted from ``source()`` (the stored alert records) at each scrape."""

@@ -42,7 +42,7 @@ import orjson
 
 from engine.errors import CorruptDataError, StoreError
 from engine.settings import HistoryTier
-from engine.store.base import Conn
+from engine.store.base import Conn, StoreBase
 from engine.store.codec import EXCURSION_DTYPE, decode_excursion, decode_float, decode_str
 from engine.store.history import (
     APPEND_POINT_LUA,
@@ -650,7 +650,7 @@ class TickState:
             self.orphans.pop(self.pids[p], None)
 
 
-def read_owners(store: Any, keys: Sequence[str]) -> list[bytes | None]:
+def read_owners(store: StoreBase, keys: Sequence[str]) -> list[bytes | None]:
     """The owner stamp of each peaks key (``StoreBase._eval_per_key``: one script, or one call per key on a Redis
     Cluster)."""
     return store._eval_per_key(_OWNERS_LUA, keys)
