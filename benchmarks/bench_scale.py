@@ -6,7 +6,9 @@ starts with no background AOF rewrite running. The bench writes one bar with the
 and times until the newest snapshot of every portfolio carries that bar's version (a Lua script reads the stored
 snapshots' versions every few milliseconds, each poll from the first not caught up on). One untimed tick first
 (each process loads the matrix and the backtests). Baseline in the same run: one monitor. Each count is started
-twice, in turn, and its figure is the median of the ticks of both starts (:data:`ROUNDS`).
+twice, in turn, and its figure is the median of the ticks of both starts (:data:`ROUNDS`). Beside each count, the
+CPU per tick of Redis's server and of the monitors (diagnostic): Redis runs every command on one thread, so its
+CPU per tick is a floor under the time to every snapshot, whatever the number of monitors.
 
 On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
 both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
@@ -112,12 +114,13 @@ def _wait(condition: Any, what: str) -> None:
 def _time_to_full_set(
     ctx: Context, settings: Settings, env: dict[str, str], count: int, *, backtests: bool = False,
     alerts: bool = False, repeat: int | None = None,
-) -> tuple[list[float], list[float], list[float]]:  # fmt: skip
+) -> tuple[list[float], list[float], dict[str, list[float]]]:  # fmt: skip
     """Seconds from a bar written to the last portfolio's snapshot of it, one per timed tick, with ``count``
     monitor processes; with ``backtests`` the backtest runner runs too (steady state), and the second list holds
     the seconds until it has fed each bar; with ``alerts`` the monitors evaluate the settings' alert rules (as
-    they do by default). The third list: the CPU seconds the monitors, Redis and this process (the bar's write,
-    the poll) used from the bar's write to the last snapshot, per timed tick."""
+    they do by default). The third: the CPU seconds used from the bar's write to the last snapshot, per timed
+    tick, by the monitors (``"monitors"``), by Redis's server (``"redis"``) and by those and this process (the
+    bar's write, the poll) together (``"all"``)."""
     store: Store = seeded_store(ctx, settings)
     if backtests:
         _prefill(store, settings, seed=1)  # every backtest past its burn-in
@@ -147,11 +150,16 @@ def _time_to_full_set(
         names = {f"m{i}" for i in range(count)}
         membership = Membership(store, "bench", 30.0, 3600.0)
         _wait(lambda: names <= set(membership.members()), f"{count} monitors beating")
-        samples, fed, cpu = [], [], []
-        pids = [proc.pid for proc in procs[:count]] + [pid for pid in (ctx.redis_pid,) if pid is not None]
+        samples: list[float] = []
+        fed: list[float] = []
+        groups = {"monitors": [proc.pid for proc in procs[:count]]}
+        if ctx.redis_pid is not None:  # Redis's server, when it is ours (the bench starts it)
+            groups["redis"] = [ctx.redis_pid]
+        groups["all"] = [os.getpid(), *(pid for pids in groups.values() for pid in pids)]
+        cpu: dict[str, list[float]] = {group: [] for group in groups}
         for i in range((repeat or REPEAT) + 1):
             _after_rewrite(store.client)  # every timed tick starts with no AOF rewrite running (bench_monitor.py)
-            cpu0 = _cpu_seconds(pids)
+            cpu0 = {group: _cpu_seconds(pids) for group, pids in groups.items()}
             daemon.process_bar(next(bars))
             version = store.read_market_header().version
             t0 = time.perf_counter()
@@ -164,7 +172,8 @@ def _time_to_full_set(
             _wait(every_snapshot, f"every snapshot at version {version}")
             if i:  # the first tick loads the matrix and the backtests in every process: untimed
                 samples.append(time.perf_counter() - t0)
-                cpu.append(_cpu_seconds(pids) - cpu0)
+                for group, pids in groups.items():
+                    cpu[group].append(_cpu_seconds(pids) - cpu0[group])
             if backtests:
                 _wait(lambda v=version: int((store.read_heartbeat("backtest") or {}).get("version", -1)) >= v,
                       f"the backtests fed version {version}")  # fmt: skip
@@ -177,8 +186,8 @@ def _time_to_full_set(
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds (user + system, every thread) used so far by the processes ``pids`` and by this one."""
-    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in (os.getpid(), *pids))
+    """CPU seconds (user + system, every thread) used so far by the processes ``pids``."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
 def _ms(samples: list[float]) -> float:
@@ -202,15 +211,19 @@ def run(ctx: Context) -> list[Row]:
     env.update({k: v for k, v in CHILD_ENV_DEFAULTS.items() if k not in env})  # as `make run` starts them
 
     pooled: dict[int, list[float]] = {count: [] for count in MONITORS}
-    busy: dict[int, list[float]] = {count: [] for count in MONITORS}
+    used: dict[int, dict[str, list[float]]] = {count: {} for count in MONITORS}
     for _ in range(ROUNDS):
         for count in MONITORS:
-            timed, _, used = _time_to_full_set(ctx, settings, env, count)
+            timed, _, cpu = _time_to_full_set(ctx, settings, env, count)
             pooled[count] += timed
-            busy[count] += used
+            for group, seconds in cpu.items():
+                used[count].setdefault(group, []).extend(seconds)
     figures = {count: _ms(samples) for count, samples in pooled.items()}
     # cores busy: CPU used over the time it took (the clock-tick counts are coarse: a mean over every tick)
-    cores = {count: sum(busy[count]) / sum(pooled[count]) for count in MONITORS}
+    cores = {count: sum(used[count]["all"]) / sum(pooled[count]) for count in MONITORS}
+    # CPU per tick by process: Redis's server is one thread, so its CPU per tick bounds the time from below
+    per_tick = {count: {group: 1000.0 * float(np.mean(seconds)) for group, seconds in used[count].items()}
+                for count in MONITORS}  # fmt: skip
     runner = _time_to_full_set(ctx, settings, env, 1, backtests=True)
     with_runner, runner_fed = _ms(runner[0]), _ms(runner[1])
     # the monitor as it runs by default: evaluating the shipped rules after each tick, their timers on a thread
@@ -238,6 +251,16 @@ def run(ctx: Context) -> list[Row]:
         rows.append(Row(f"cores busy from a bar's write to every snapshot of it (monitors, Redis, the bar's write "
                         f"and the poll; of {CORES}), {count} monitor{'s' if count > 1 else ''} (diagnostic)",
                         cores[count], "cores"))  # fmt: skip
+    for group, whose in (("redis", "Redis's server (its commands run on one thread: a floor)"),
+                         ("monitors", "the monitors, all together")):  # fmt: skip
+        for count in MONITORS:
+            if group not in per_tick[count]:
+                continue  # no Redis process of ours to account (an external server)
+            what = f"CPU per tick of {whose}, {count} monitor{'s' if count > 1 else ''} (diagnostic)"
+            if count == 1:
+                rows.append(Row(what, per_tick[count][group], "ms"))
+            else:
+                rows.append(Row(what, per_tick[count][group], "ms", "1 monitor (same run)", per_tick[1][group]))
     rows.append(Row(f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, 1 monitor + the backtest runner "
                     f"(steady state) on the same {CORES} cores", with_runner, "ms", "1 monitor alone (same run)",
                     figures[1]))  # fmt: skip
