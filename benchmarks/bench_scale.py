@@ -8,7 +8,8 @@ snapshots' versions every few milliseconds, each poll from the first not caught 
 (each process loads the matrix and the backtests). Baseline in the same run: one monitor. Each count is started
 twice, in turn, and its figure is the median of the ticks of both starts (:data:`ROUNDS`). Beside each count, the
 CPU per tick of Redis's server and of the monitors (diagnostic): Redis runs every command on one thread, so its
-CPU per tick is a floor under the time to every snapshot, whatever the number of monitors.
+CPU per tick (from the bar's write) is about a floor under the time to every snapshot, whatever the number of
+monitors.
 
 On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
 both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
@@ -221,7 +222,8 @@ def run(ctx: Context) -> list[Row]:
     figures = {count: _ms(samples) for count, samples in pooled.items()}
     # cores busy: CPU used over the time it took (the clock-tick counts are coarse: a mean over every tick)
     cores = {count: sum(used[count]["all"]) / sum(pooled[count]) for count in MONITORS}
-    # CPU per tick by process: Redis's server is one thread, so its CPU per tick bounds the time from below
+    # CPU per tick by process: Redis runs its commands on one thread, so its CPU per tick (from the bar's write,
+    # counted in clock ticks) is about a floor under the time to every snapshot
     per_tick = {count: {group: 1000.0 * float(np.mean(seconds)) for group, seconds in used[count].items()}
                 for count in MONITORS}  # fmt: skip
     runner = _time_to_full_set(ctx, settings, env, 1, backtests=True)
@@ -251,7 +253,7 @@ def run(ctx: Context) -> list[Row]:
         rows.append(Row(f"cores busy from a bar's write to every snapshot of it (monitors, Redis, the bar's write "
                         f"and the poll; of {CORES}), {count} monitor{'s' if count > 1 else ''} (diagnostic)",
                         cores[count], "cores"))  # fmt: skip
-    for group, whose in (("redis", "Redis's server (its commands run on one thread: a floor)"),
+    for group, whose in (("redis", "Redis's server (its commands run on one thread: about a floor)"),
                          ("monitors", "the monitors, all together")):  # fmt: skip
         for count in MONITORS:
             if group not in per_tick[count]:
