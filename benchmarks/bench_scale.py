@@ -7,9 +7,9 @@ and times until the newest snapshot of every portfolio carries that bar's versio
 snapshots' versions every few milliseconds, each poll from the first not caught up on). One untimed tick first
 (each process loads the matrix and the backtests). Baseline in the same run: one monitor. Each count is started
 twice, in turn, and its figure is the median of the ticks of both starts (:data:`ROUNDS`). Beside each count, the
-CPU per tick of Redis's server and of the monitors (diagnostic): Redis runs every command on one thread, so its
-CPU per tick (from the bar's write) is about a floor under the time to every snapshot, whatever the number of
-monitors.
+CPU per tick of Redis's main thread and of the monitors (diagnostic): Redis runs every command on that one thread,
+so its CPU per tick (from the bar's write) is about a floor under the time to every snapshot, whatever the number
+of monitors.
 
 On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
 both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
@@ -120,8 +120,9 @@ def _time_to_full_set(
     monitor processes; with ``backtests`` the backtest runner runs too (steady state), and the second list holds
     the seconds until it has fed each bar; with ``alerts`` the monitors evaluate the settings' alert rules (as
     they do by default). The third: the CPU seconds used from the bar's write to the last snapshot, per timed
-    tick, by the monitors (``"monitors"``), by Redis's server (``"redis"``) and by those and this process (the
-    bar's write, the poll) together (``"all"``)."""
+    tick, by the monitors (``"monitors"``), by the main thread of Redis's server (``"redis"``: the one that runs
+    every command) and by the monitors, Redis's server and this process (the bar's write, the poll) together
+    (``"all"``)."""
     store: Store = seeded_store(ctx, settings)
     if backtests:
         _prefill(store, settings, seed=1)  # every backtest past its burn-in
@@ -153,14 +154,16 @@ def _time_to_full_set(
         _wait(lambda: names <= set(membership.members()), f"{count} monitors beating")
         samples: list[float] = []
         fed: list[float] = []
-        groups = {"monitors": [proc.pid for proc in procs[:count]]}
-        if ctx.redis_pid is not None:  # Redis's server, when it is ours (the bench starts it)
-            groups["redis"] = [ctx.redis_pid]
-        groups["all"] = [os.getpid(), *(pid for pids in groups.values() for pid in pids)]
-        cpu: dict[str, list[float]] = {group: [] for group in groups}
+        monitors = [proc.pid for proc in procs[:count]]
+        servers = [pid for pid in (ctx.redis_pid,) if pid is not None]  # Redis's server, when it is ours
+        meters = {"monitors": lambda: _cpu_seconds(monitors),
+                  "all": lambda: _cpu_seconds([os.getpid(), *monitors, *servers])}  # fmt: skip
+        if servers:  # its main thread: the one that runs every command (not its background AOF fsync)
+            meters["redis"] = lambda: _thread_seconds(servers[0])
+        cpu: dict[str, list[float]] = {group: [] for group in meters}
         for i in range((repeat or REPEAT) + 1):
             _after_rewrite(store.client)  # every timed tick starts with no AOF rewrite running (bench_monitor.py)
-            cpu0 = {group: _cpu_seconds(pids) for group, pids in groups.items()}
+            cpu0 = {group: meter() for group, meter in meters.items()}
             daemon.process_bar(next(bars))
             version = store.read_market_header().version
             t0 = time.perf_counter()
@@ -173,8 +176,8 @@ def _time_to_full_set(
             _wait(every_snapshot, f"every snapshot at version {version}")
             if i:  # the first tick loads the matrix and the backtests in every process: untimed
                 samples.append(time.perf_counter() - t0)
-                for group, pids in groups.items():
-                    cpu[group].append(_cpu_seconds(pids) - cpu0[group])
+                for group, meter in meters.items():
+                    cpu[group].append(meter() - cpu0[group])
             if backtests:
                 _wait(lambda v=version: int((store.read_heartbeat("backtest") or {}).get("version", -1)) >= v,
                       f"the backtests fed version {version}")  # fmt: skip
@@ -189,6 +192,11 @@ def _time_to_full_set(
 def _cpu_seconds(pids: list[int]) -> float:
     """CPU seconds (user + system, every thread) used so far by the processes ``pids``."""
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def _thread_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the main thread of process ``pid``."""
+    return next(t.user_time + t.system_time for t in psutil.Process(pid).threads() if t.id == pid)
 
 
 def _ms(samples: list[float]) -> float:
@@ -222,8 +230,8 @@ def run(ctx: Context) -> list[Row]:
     figures = {count: _ms(samples) for count, samples in pooled.items()}
     # cores busy: CPU used over the time it took (the clock-tick counts are coarse: a mean over every tick)
     cores = {count: sum(used[count]["all"]) / sum(pooled[count]) for count in MONITORS}
-    # CPU per tick by process: Redis runs its commands on one thread, so its CPU per tick (from the bar's write,
-    # counted in clock ticks) is about a floor under the time to every snapshot
+    # CPU per tick: Redis runs every command on its main thread, so that thread's CPU per tick (from the bar's
+    # write, counted in clock ticks) is about a floor under the time to every snapshot
     per_tick = {count: {group: 1000.0 * float(np.mean(seconds)) for group, seconds in used[count].items()}
                 for count in MONITORS}  # fmt: skip
     runner = _time_to_full_set(ctx, settings, env, 1, backtests=True)
@@ -253,7 +261,7 @@ def run(ctx: Context) -> list[Row]:
         rows.append(Row(f"cores busy from a bar's write to every snapshot of it (monitors, Redis, the bar's write "
                         f"and the poll; of {CORES}), {count} monitor{'s' if count > 1 else ''} (diagnostic)",
                         cores[count], "cores"))  # fmt: skip
-    for group, whose in (("redis", "Redis's server (its commands run on one thread: about a floor)"),
+    for group, whose in (("redis", "Redis's main thread (it runs every command: about a floor)"),
                          ("monitors", "the monitors, all together")):  # fmt: skip
         for count in MONITORS:
             if group not in per_tick[count]:
