@@ -50,6 +50,13 @@ DEMO_BAR_SECONDS = 3.0
 DEMO_CLOCK_ENV = "RISKDESK__MODEL__DEMO_CLOCK_SECONDS"
 
 
+def with_child_defaults(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with :data:`CHILD_ENV_DEFAULTS` set where it does not set them already (in place; returned)."""
+    for name, value in CHILD_ENV_DEFAULTS.items():
+        env.setdefault(name, value)
+    return env
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -185,9 +192,7 @@ class Launcher:
         env["REDIS_URL"] = embedded.url if embedded is not None else str(self.settings.redis.url)
         if self.config is not None:
             env["RISKDESK_CONFIG"] = str(self.config)
-        for name, value in CHILD_ENV_DEFAULTS.items():
-            env.setdefault(name, value)
-        return env
+        return with_child_defaults(env)
 
     def start(self, seed_args: Sequence[str] | None = None) -> list[str]:
         """Start what is not running; an empty store is seeded from the settings, or with ``python warmup.py

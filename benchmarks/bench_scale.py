@@ -13,7 +13,8 @@ of monitors.
 
 On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
 both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
-and 4-monitor rows show the cost of sharing rather than its gain; on a machine with a core per monitor each adds
+and 4-monitor rows range from a tie with one monitor to about 20 % below it, by the machine's phase (what sharing
+saves in Python it mostly gives back in each monitor's fixed work); on a machine with a core per monitor each adds
 its share of throughput, down to Redis's own time per tick (``BENCH_SCALE_MONITORS=1,2,4,8`` on 16 cores, two
 runs: 93.7 / 84.3 / 75.3 / 74.3 ms and 134 / 86 / 78.6 / 94.2 ms; README "Scale out").
 
@@ -48,7 +49,7 @@ from engine.feeds import SimulatedFeed
 from engine.settings import Settings, load_settings, settings_from_dict
 from engine.store import PortfolioKeys, Store
 from engine.stream import StreamDaemon
-from launcher import CHILD_ENV_DEFAULTS
+from launcher import with_child_defaults
 from logic.rules import rule_to_dict
 from logic.shards import Membership
 from tests.e2e_stack import toml_dumps
@@ -199,6 +200,10 @@ def _thread_seconds(pid: int) -> float:
     return next(t.user_time + t.system_time for t in psutil.Process(pid).threads() if t.id == pid)
 
 
+def _monitors(count: int) -> str:
+    return f"{count} monitor{'s' if count > 1 else ''}"
+
+
 def _ms(samples: list[float]) -> float:
     return median_us(np.asarray(samples)) / 1000.0
 
@@ -217,7 +222,7 @@ def run(ctx: Context) -> list[Row]:
     config.write_text(toml_dumps(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKDESK")}
     env.update({"REDIS_URL": ctx.redis_url, "RISKDESK_CONFIG": str(config)})
-    env.update({k: v for k, v in CHILD_ENV_DEFAULTS.items() if k not in env})  # as `make run` starts them
+    with_child_defaults(env)  # as `make run` starts them
 
     pooled: dict[int, list[float]] = {count: [] for count in MONITORS}
     used: dict[int, dict[str, list[float]]] = {count: {} for count in MONITORS}
@@ -250,7 +255,7 @@ def run(ctx: Context) -> list[Row]:
     ctx.redis().flushall()
     rows = []
     for count in MONITORS:
-        what = f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, {count} monitor{'s' if count > 1 else ''}"
+        what = f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, {_monitors(count)}"
         if count == 1:
             rows.append(Row(what, figures[count], "ms"))
         else:
@@ -259,14 +264,14 @@ def run(ctx: Context) -> list[Row]:
                             figures[count] < figures[1]))  # fmt: skip
     for count in MONITORS:
         rows.append(Row(f"cores busy from a bar's write to every snapshot of it (monitors, Redis, the bar's write "
-                        f"and the poll; of {CORES}), {count} monitor{'s' if count > 1 else ''} (diagnostic)",
+                        f"and the poll; of {CORES}), {_monitors(count)} (diagnostic)",
                         cores[count], "cores"))  # fmt: skip
     for group, whose in (("redis", "Redis's main thread (it runs every command: about a floor)"),
                          ("monitors", "the monitors, all together")):  # fmt: skip
         for count in MONITORS:
             if group not in per_tick[count]:
                 continue  # no Redis process of ours to account (an external server)
-            what = f"CPU per tick of {whose}, {count} monitor{'s' if count > 1 else ''} (diagnostic)"
+            what = f"CPU per tick of {whose}, {_monitors(count)} (diagnostic)"
             if count == 1:
                 rows.append(Row(what, per_tick[count][group], "ms"))
             else:
