@@ -92,6 +92,27 @@ def test_a_corrupt_limits_record_is_the_per_portfolio_reads_typed_error(
     assert isinstance(broken["main"], CorruptDataError) and not isinstance(broken["hedge"], Exception)
 
 
+@pytest.mark.parametrize("memo_holds_it", [False, True], ids=["first-read", "after-a-good-read"])
+def test_a_limits_record_that_lost_its_version_is_corrupt_not_absent(
+    store: Store, settings: Settings, memo_holds_it: bool
+) -> None:
+    # "no record" means the settings' limits, which may be looser than the live ones: a record that is there
+    # without its version must fail closed like any other damage
+    warmup.seed(store, settings)
+    store.seed_limits("main", settings.limits_for("main"), actor="test", now=1.0)
+    memo: dict[Any, Any] = {}
+    if memo_holds_it:
+        _assert_same_as_per_portfolio(store, settings, memo)
+    store.client.hdel(PortfolioKeys("main").limits, "version")
+
+    broken = _assert_same_as_per_portfolio(store, settings, memo)
+
+    assert isinstance(broken["main"], CorruptDataError) and "version" in str(broken["main"])
+    assert isinstance(broken["hedge"], Limits)
+    store.client.delete(PortfolioKeys("main").limits)  # no record at all: the settings' limits again
+    assert _assert_same_as_per_portfolio(store, settings, memo)["main"] == settings.limits_for("main")
+
+
 def test_a_limits_key_of_the_wrong_type_fails_only_its_portfolio(store: Store, settings: Settings) -> None:
     warmup.seed(store, settings)
     store.client.delete(PortfolioKeys("main").limits)

@@ -3,6 +3,7 @@ without a restart, each change is one audit record with before/after, and a bad 
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import warmup
-from engine.records import DecisionStatus, ReasonCode, Role
+from engine.errors import CorruptDataError
+from engine.records import DecisionStatus, ExecutionStatus, ReasonCode, Role
 from engine.settings import Settings, settings_from_dict
 from engine.store import LimitsChangeError, PortfolioKeys, Store
 from logic.access import AccessDenied, Identity, local_identity
@@ -173,6 +175,29 @@ def test_corrupt_stored_limits_fail_closed_and_a_missing_record_uses_the_setting
     assert rm.check("AAA", 10, "BUY").approved
 
 
+def test_a_live_limits_record_that_lost_its_version_fails_closed_instead_of_using_the_settings(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis
+) -> None:
+    rm = gate(seeded, desk_settings)
+    rm.set_limits({"max_order_notional": "500"}, "alice", "tighter than the file")
+    assert codes(rm.check("AAA", 10, "BUY")) == {ReasonCode.MAX_NOTIONAL.value}  # 10 x 100 > 500
+    redis_client.hdel(PortfolioKeys("main").limits, "version")  # json still there: damaged, not absent
+    trade_log = PortfolioKeys("main").trades.encode()
+    damaged = {k: v for k, v in store_contents(redis_client).items() if k != trade_log}
+
+    for n, manager in enumerate((rm, gate(seeded, desk_settings))):  # one that held version 1, and a fresh one
+        refused = manager.check("AAA", 10, "BUY")
+        assert refused.status == DecisionStatus.REJECTED
+        assert ReasonCode.STORE_CORRUPT.value in codes(refused)
+        result = manager.execute("AAA", 10, "BUY", client_order_id=f"lost-version-{n}")
+        assert result.status == ExecutionStatus.REJECTED
+    after = store_contents(redis_client)
+    assert {k: v for k, v in after.items() if k != trade_log} == damaged  # nothing booked, nothing repaired
+    assert all(b'"status":"REJECTED"' in entry[b"json"] for _, entry in after[trade_log][2])  # only refusals
+    with pytest.raises(CorruptDataError):
+        seeded.limits_or("main", desk_settings.limits_for("main"))
+
+
 def test_the_monitors_next_snapshot_uses_the_new_var_limit(seeded: Store, desk_settings: Settings) -> None:
     monitor = Monitor(seeded, desk_settings)
     _sim_ticks(seeded, desk_settings, 1)
@@ -226,7 +251,9 @@ def test_sync_applies_a_file_change_through_the_same_path_with_an_audit_record(
     record = store.limits_changes("main")[0]
     assert record["before"] == {"max_order_qty": 10} and record["after"] == {"max_order_qty": 50}
     assert record["actor"] == warmup.ACTOR
-    # the running gate (built with the old settings object) follows at its boundary
+    # the running gate (built with the old settings object) follows at its boundary; warmup.main stamped the
+    # prices with the wall clock, so the gate reads that clock too (at NOW they would be years in the future)
+    rm = RiskManager(store.client, "main", settings, clock=time.time)
     assert rm.check("AAA", 50, "BUY").approved
     assert codes(rm.check("AAA", 51, "BUY")) == {ReasonCode.BAD_QUANTITY.value}
     assert warmup.main(["--config", str(config), "--sync"]) == 0
@@ -286,6 +313,7 @@ def test_the_concentration_light_and_the_gate_agree(seeded: Store, desk_settings
     assert snap["concentration"]["largest_ticker"] == "AAA" and 0.3 * LIMIT_AMBER_FRACTION < share < 0.3
     live = seeded.limits_or("main", desk_settings.limits_for("main"))
     lights = {light.area: light for light in analytics.traffic_lights([], snap, "main", (), live)}
+    rm = RiskManager(seeded.client, "main", desk_settings, clock=time.time)  # the simulated bar's clock
 
     refused = codes(rm.check("AAA", 1, "BUY")) == {ReasonCode.CONCENTRATION.value}
     if limit == 0.2:  # above the limit: the gate refuses to grow it and the light is red

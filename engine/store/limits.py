@@ -14,8 +14,8 @@ are written in one MULTI. A refused change writes nothing.
 
 Readers (the gate through :meth:`engine.store.Store.read_trade_view`, the monitor, the pages) read the version
 first and decode the JSON only when it changed (:func:`decode_limits_reply`). A portfolio without the key (a
-store seeded before live limits) uses the settings' limits; a record that does not decode is
-:class:`~engine.errors.CorruptDataError` (the gate fails closed on it).
+store seeded before live limits) uses the settings' limits; a record that does not decode, or that lost its
+version, is :class:`~engine.errors.CorruptDataError` (the gate fails closed on it).
 """
 
 from __future__ import annotations
@@ -136,9 +136,12 @@ class LimitsStore(StoreBase):
         )
 
     def read_limits_version(self, portfolio_id: str, conn: Conn = None) -> int | None:
-        """Only the version (cheap: a reader re-reads the limits when it changed); None without a record."""
+        """Only the version (cheap: a reader re-reads the limits when it changed); None without a record. A
+        record without a version (damaged) is :class:`CorruptDataError`, not "no record" (the settings')."""
         key = PortfolioKeys(portfolio_id).limits
         raw = self._conn(conn).hget(key, "version")
+        if raw is None and self._conn(conn).exists(key):
+            raise CorruptDataError(f"{key}: version missing")
         return None if raw is None else decode_int(raw, key=f"{key}.version")
 
     def limits_or(self, portfolio_id: str, fallback: Limits, memo: dict[Any, Any] | None = None) -> Limits:

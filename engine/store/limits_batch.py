@@ -25,14 +25,16 @@ LIMITS_UNCHANGED = 0
 _READ_LIMITS_LUA = """
 -- Live limits of many portfolios, read-only, in one atomic call.
 -- KEYS[i] = pf:{id}:limits, ARGV[i] = the version the caller holds the limits of ('' for none).
--- Returns one slot per key: nil when the key holds no version (no record), 0 when its version equals ARGV[i],
--- else {version, json} (json nil when missing). Every read is a pcall: a key of the wrong type comes back as an
--- error in its own slot.
+-- Returns one slot per key: nil when there is no record, 0 when its version equals ARGV[i], else {version, json}
+-- (json nil when missing). Every read is a pcall: a key of the wrong type comes back as an error in its own
+-- slot, and so does a record without a version (damaged: not "no record", which would mean the settings').
 local out = {}
 for i = 1, #KEYS do
   local version = redis.pcall('HGET', KEYS[i], 'version')
   if type(version) == 'table' then
     out[i] = version
+  elseif not version and redis.call('EXISTS', KEYS[i]) == 1 then
+    out[i] = {err = 'version missing'}
   elseif not version then
     out[i] = false
   elseif ARGV[i] ~= '' and version == ARGV[i] then

@@ -365,6 +365,9 @@ local rev = redis.pcall('HGET', KEYS[P + 1], 'positions_rev')
 local positions = false
 if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[P + 5]) end
 local limits_version = redis.pcall('HGET', KEYS[P + 6], 'version')
+if not limits_version and redis.call('EXISTS', KEYS[P + 6]) == 1 then
+  limits_version = {err = 'version missing'}  -- damaged, not absent: fail closed
+end
 local limits = false
 if type(limits_version) == 'string' and limits_version ~= ARGV[6] then
   limits = redis.pcall('HGET', KEYS[P + 6], 'json')
