@@ -66,7 +66,7 @@ from engine.sessions import MarketCalendar, market_calendar
 from engine.settings import Asset, Limits, Settings, valid_symbol
 from engine.store import TradeView
 from logic import sizing
-from logic.decisions import book_fill, commission, fill_price, parse_quantity, parse_side, reason
+from logic.decisions import PRICE_QUANTUM, book_fill, commission, fill_price, parse_quantity, parse_side, reason
 from logic.limits import (
     WAIVED_WHEN_REDUCING_RISK,
     DayOpen,
@@ -440,15 +440,25 @@ class Checker:
                 reasons.append(
                     reason(ReasonCode.MISSING_PRICE, f"{ticker} price {last:g} is beyond what the books can hold")
                 )
+            elif fill_price(last) <= 0:  # the books' price grid: it would fill at 0, shares for nothing
+                reasons.append(
+                    reason(
+                        ReasonCode.MISSING_PRICE,
+                        f"{ticker} price {last!r} is below the smallest fill price ({PRICE_QUANTUM})",
+                    )
+                )
             else:
                 price = last
                 d["price"] = last
                 age = now - float(header.price_ts[index])
-                if not math.isfinite(age) or age > limits.stale_price_seconds:
+                if not math.isfinite(age) or abs(age) > limits.stale_price_seconds:
+                    # a price stamped further in the future than the staleness limit: the clocks disagree or
+                    # the stamp is wrong, and it would never go stale: as unusable as an old one
+                    when = f"{age:.0f} s old" if not age < 0 else f"stamped {-age:.0f} s in the future"
                     reasons.append(
                         reason(
                             ReasonCode.STALE_PRICE,
-                            f"{ticker} price is {age:.0f} s old (limit {limits.stale_price_seconds:g} s)",
+                            f"{ticker} price is {when} (limit {limits.stale_price_seconds:g} s)",
                         )
                     )
                 if sim.reference is not None:
@@ -528,7 +538,7 @@ class Checker:
             return
         d["reference_price"] = ref
         move = last / ref - 1.0
-        if abs(move) > limits.price_collar_pct:
+        if _beyond_collar(last, ref, limits.price_collar_pct):
             reasons.append(
                 reason(
                     ReasonCode.PRICE_COLLAR,
@@ -755,6 +765,18 @@ class Checker:
             index=index,
         )
         return plan, reducing
+
+
+def _beyond_collar(last: float, ref: float, collar: float) -> bool:
+    """``last`` is further than ``collar`` (a fraction) from ``ref``: compared on the decimals the prices and the
+    collar are written in (as floats, ``110 / 100 - 1`` is 0.10000000000000009: a collar of 10 % refused a move
+    of exactly 10 % up and passed the same move down)."""
+    return abs(_decimal(last) - _decimal(ref)) > _decimal(collar) * _decimal(ref)
+
+
+def _decimal(value: float) -> Decimal:
+    """The shortest decimal that round-trips the float (what was written, not its binary expansion)."""
+    return Decimal(repr(float(value)))
 
 
 def holdings_key(portfolio: PortfolioState) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ import pytest
 from scipy import stats
 
 import warmup
-from engine.records import Decision, DecisionStatus, Position, ReasonCode
+from engine.records import Decision, DecisionStatus, ExecutionStatus, Position, ReasonCode
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioState, Store
 from engine.store.keys import STRESSED_KEY
@@ -186,6 +186,59 @@ def test_the_price_collar_passes_exactly_at_it_and_refuses_one_cent_beyond(
 
     assert codes(refused) == {"PRICE_COLLAR"}
     assert refused.max_qty_allowed == 0  # no size of a risk-increasing buy passes the collar
+
+
+@pytest.mark.parametrize(("inside", "outside"), [(110.0, 110.01), (90.0, 89.99)], ids=["up", "down"])
+def test_a_collar_of_ten_percent_passes_a_move_of_exactly_ten_percent_either_way(
+    desk: Desk, store: Store, inside: float, outside: float
+) -> None:
+    # as floats 110 / 100 - 1 is 0.10000000000000009 and 90 / 100 - 1 is -0.09999999999999998: compared that
+    # way, the same move passed down and was refused up
+    rm = desk({"limits": {"price_collar_pct": 0.10}})  # reference 100
+    set_prices(store, {"AAA": inside})
+    assert rm.check("AAA", 10, "BUY").approved
+
+    set_prices(store, {"AAA": outside})
+    assert codes(rm.check("AAA", 10, "BUY")) == {"PRICE_COLLAR"}
+
+
+def test_a_price_stamped_in_the_future_passes_up_to_the_age_limit_and_is_refused_beyond_it(
+    desk: Desk, store: Store
+) -> None:
+    # a stamp in the future never grows old: beyond the staleness limit it is refused as unusable (clock skew
+    # or bad data), as an old one is
+    rm = desk()  # limit 30 s, now = NOW
+    set_prices(store, {"AAA": 100.0}, ts=NOW + 30.0)
+    assert rm.check("AAA", 10, "BUY").approved
+
+    set_prices(store, {"AAA": 100.0}, ts=NOW + 31.0)
+    refused = rm.check("AAA", 10, "BUY")
+
+    assert codes(refused) == {"STALE_PRICE"}
+    assert "in the future" in refused.reasons[0].message
+    assert desk(now=NOW + 61.0).check("AAA", 10, "BUY").approved  # 30 s old by then: usable again
+
+
+@pytest.mark.parametrize(("price", "approved"), [(0.00005, False), (0.0000500001, True)], ids=["at", "above"])
+def test_a_price_that_would_fill_at_zero_is_refused_and_books_nothing(
+    desk: Desk, store: Store, price: float, approved: bool
+) -> None:
+    # fills are on a 0.0001 grid, half-even: 0.00005 fills at 0.0000 (shares for nothing), just above it at
+    # 0.0001
+    rm = desk(NO_FEES)
+    warmup.add_ticker(store, rm.settings, "PNY", price, 0.3, now=NOW)
+    before = store.read_portfolio("main")
+
+    decision = rm.check("PNY", 1000, "BUY")
+    fill = rm.execute("PNY", 1000, "BUY", client_order_id="pny-1")
+
+    if approved:
+        assert decision.approved and fill.status == ExecutionStatus.FILLED
+        assert store.read_portfolio("main").positions["PNY"].avg_price == Decimal("0.0001")
+    else:
+        assert codes(decision) == {"MISSING_PRICE"} and "smallest fill price" in decision.reasons[0].message
+        assert fill.status == ExecutionStatus.REJECTED
+        assert store.read_portfolio("main") == before
 
 
 def test_a_stale_price_passes_exactly_at_the_age_limit_and_is_refused_one_second_later(desk: Desk) -> None:
