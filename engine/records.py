@@ -140,9 +140,10 @@ class ReasonCode(StrEnum):
     BAD_SIDE = "BAD_SIDE"
     """Side is neither BUY nor SELL."""
     MISSING_PRICE = "MISSING_PRICE"
-    """The ticker (or a held ticker needed for the risk figures) has no usable price: NaN, inf or <= 0."""
+    """The ticker (or a held ticker needed for the risk figures) has no usable price: NaN, inf or <= 0 (or, for
+    the ticker traded, one that fills at 0 on the books' 0.0001 grid)."""
     STALE_PRICE = "STALE_PRICE"
-    """The last price is older than ``stale_price_seconds``."""
+    """The last price is older than ``stale_price_seconds``, or stamped further than that in the future."""
     PRICE_COLLAR = "PRICE_COLLAR"
     """The last price is further than ``price_collar_pct`` from the session reference price (or has none)."""
     MAX_NOTIONAL = "MAX_NOTIONAL"
