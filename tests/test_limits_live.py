@@ -198,6 +198,28 @@ def test_a_live_limits_record_that_lost_its_version_fails_closed_instead_of_usin
         seeded.limits_or("main", desk_settings.limits_for("main"))
 
 
+def test_a_limit_tightened_while_an_order_is_re_checked_applies_to_that_order(
+    seeded: Store, desk_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rm, other = gate(seeded, desk_settings), gate(seeded, desk_settings)
+    checkers = []
+    checker_for = rm.checker_for
+
+    def tightened_meanwhile(view: Any) -> Any:  # after the execution's WATCH and read, before its EXEC
+        if not checkers:
+            other.set_limits({"max_order_notional": "500"}, "bob", "tighter, at that very moment")
+        checkers.append(checker_for(view))
+        return checkers[-1]
+
+    monkeypatch.setattr(rm, "checker_for", tightened_meanwhile)
+
+    result = rm.execute("AAA", 10, "BUY", client_order_id="racing")  # 10 x 100 = 1,000 > 500
+
+    assert result.status == ExecutionStatus.REJECTED and len(checkers) == 2  # the EXEC aborted; re-checked
+    assert {r.code for r in result.reasons} == {ReasonCode.MAX_NOTIONAL}
+    assert seeded.read_portfolio("main").positions["AAA"].qty == 1000  # TEST_CONFIG's holding, unchanged
+
+
 def test_the_monitors_next_snapshot_uses_the_new_var_limit(seeded: Store, desk_settings: Settings) -> None:
     monitor = Monitor(seeded, desk_settings)
     _sim_ticks(seeded, desk_settings, 1)

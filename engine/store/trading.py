@@ -4,8 +4,9 @@ Keys: ``pf:{<id>}:orders`` (idempotency records), ``pf:{<id>}:trades`` (trade lo
 window), besides the market and book keys it reads (see :mod:`engine.store.keys`).
 
 A fill is one MULTI/EXEC over keys of one portfolio (one hash tag, so one Cluster slot), run by
-logic/risk_manager.py after WATCHing :meth:`TradingStore.trading_watch_keys`: state scalars, the position, the
-trade log record, the idempotency record under the client order id and the order-rate entry.
+logic/risk_manager.py after WATCHing :meth:`TradingStore.trading_watch_keys` (what it writes, and the live limits
+it was checked against): state scalars, the position, the trade log record, the idempotency record under the
+client order id and the order-rate entry.
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ class TradingStore(StoreBase):
     """The trade view (one consistent read for a pre-trade check), fills, the trade log and order results."""
 
     def trading_watch_keys(self, portfolio_id: str) -> tuple[str, ...]:
-        """The keys a fill reads and writes; WATCH them all before re-checking a trade."""
+        """The keys a fill reads and writes, and the live limits it is checked against; WATCH them all before
+        re-checking a trade (a limit changed meanwhile aborts the EXEC: the retry checks the new one)."""
         keys = PortfolioKeys(portfolio_id)
-        return (keys.state, keys.positions, keys.trading_state, keys.orders, keys.rate)
+        return (keys.state, keys.positions, keys.trading_state, keys.orders, keys.rate, keys.limits)
 
     def read_trade_view(
         self,
