@@ -122,6 +122,11 @@ TickHook = Callable[[float, Sequence[str]], list[dict[str, Any]]]
 """Work a process adds to each tick (e.g. flushing the outbox); returns delivery records."""
 DEFAULT_REPEAT_INTERVAL_SECONDS = 3600.0
 """``[notifications] repeat_interval_seconds`` when the settings leave it out."""
+_PORTFOLIO_ERRORS = (RiskdeskError, redis.RedisError, ValueError, TypeError, KeyError)
+"""What one portfolio's work in :meth:`AlertEngine.tick` may raise (its store, Redis, a record that does not
+decode, a planning that fails: what :func:`logic.alert_batch.evaluate_batch` leaves to the one-by-one path). It
+is logged and the tick goes on with the other portfolios, their pending actions and the ``after_tick`` hook, as
+``Monitor._evaluate_alerts`` isolates each portfolio's evaluation."""
 
 
 class AlertEngine:
@@ -237,7 +242,9 @@ class AlertEngine:
 
         For every portfolio: re-evaluate its newest snapshot at ``now`` (pending and clear periods complete,
         data goes stale), fire due escalation levels, repeat reminders and acknowledge timeouts (their
-        notifications go to the outbox), and run automated actions left over (e.g. by a crash).
+        notifications go to the outbox), and run automated actions left over (e.g. by a crash). A portfolio
+        whose work fails (e.g. its stored alerts do not decode) is logged and skipped: the others, and the
+        ``after_tick`` hook, still run.
         Returns ``{"transitions": [...], "deliveries": [...]}``; ``deliveries`` is what the ``after_tick`` hook
         returned (none by default: delivery is the notifications package's, see :mod:`notifications.service`).
         """
@@ -254,20 +261,28 @@ class AlertEngine:
                 if pid in known and pid not in batch.one_by_one:
                     transitions.extend(batch.transitions.get(pid, []))
                     continue
-                snapshot = known.get(pid)
-                if snapshot is not None:
-                    plan = functools.partial(
-                        self.planner.plan_evaluation, pid, snapshot, now, limits=self.limits_of(pid)
-                    )
-                    changes = self._transact(pid, plan)
-                else:
-                    changes = self._transact(pid, functools.partial(self.planner.plan_timers_only, pid, now))
-                transitions.extend(changes.transitions)
+                try:
+                    transitions.extend(self._tick_one(pid, known.get(pid), now))
+                except _PORTFOLIO_ERRORS:  # e.g. its stored alerts do not decode: the others still tick
+                    LOGGER.exception("alert tick failed for portfolio %s", pid)
             for pid in self._with_pending_actions(pids):
-                self._run_pending_actions(pid, now)
+                try:
+                    self._run_pending_actions(pid, now)
+                except _PORTFOLIO_ERRORS:
+                    LOGGER.exception("automated actions of portfolio %s failed", pid)
         # outside the lock: a process that also delivers must not hold up evaluate() on another thread
         deliveries = self.after_tick(now, pids) if self.after_tick is not None else []
         return {"transitions": transitions, "deliveries": deliveries}
+
+    def _tick_one(self, portfolio_id: str, snapshot: Snapshot | None, now: float) -> list[dict[str, Any]]:
+        """:meth:`tick`'s work for one portfolio the batch left alone, in its own transaction: its newest
+        ``snapshot`` evaluated at ``now``, or only its timers without one; returns the transitions."""
+        if snapshot is not None:
+            limits = self.limits_of(portfolio_id)
+            plan = functools.partial(self.planner.plan_evaluation, portfolio_id, snapshot, now, limits=limits)
+        else:
+            plan = functools.partial(self.planner.plan_timers_only, portfolio_id, now)
+        return self._transact(portfolio_id, plan).transitions
 
     def _latest_snapshots(self, portfolio_ids: Sequence[str]) -> dict[str, Snapshot | None]:
         """:meth:`_latest_snapshot` of every portfolio: the stored snapshots' times first (one script, no

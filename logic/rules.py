@@ -131,7 +131,8 @@ NOT_APPLICABLE_WHEN_NULL = frozenset(
     {"margin.level", *(metric for metric in SNAPSHOT_METRICS if metric.startswith("backtest."))}
 )
 """Metrics whose ``null`` means "does not apply" (a cash account has no margin level; a margin account
-without exposure uses no margin; a backtest with no closed horizon yet has no count): a rule on them does not
+without exposure uses no margin; a backtest with no closed horizon yet has no count, and a snapshot without a
+stored backtest has a null ``backtest`` section, each of whose fields is then null): a rule on them does not
 breach. Any other ``null`` (a value that could not
 be computed) or absent field is *no data* and follows the rule's stale-data policy."""
 
@@ -236,9 +237,13 @@ _RESOLVED_MAX = 65_536
 
 
 def metric_value(snapshot: Snapshot, path: str) -> Any:
-    """The value at a dotted ``path`` of ``snapshot`` (a list's length); :data:`MISSING` when absent."""
+    """The value at a dotted ``path`` of ``snapshot`` (a list's length); :data:`MISSING` when absent, None when a
+    section on the path is null (each field of a null section is null: e.g. ``backtest.zone`` when the snapshot
+    has no backtest yet, which :data:`NOT_APPLICABLE_WHEN_NULL` then counts as "does not apply")."""
     node: Any = snapshot
     for part in path.split("."):
+        if node is None:
+            return None
         if not isinstance(node, Mapping) or part not in node:
             return MISSING
         node = node[part]
