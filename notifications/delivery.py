@@ -22,7 +22,8 @@ How a notification travels
    window is a crash after the server accepted a message and before step 4 commits: that message would be
    sent once more (at-least-once: losing a CRITICAL alert is worse than a duplicate).
 5. A CRITICAL email that fails (or cannot be sent because SMTP is not configured) is sent by SMS to the same
-   recipient's number, unless that level already texts them; the record says ``fallback_for: "email"``.
+   recipient's number, unless that level already texts them; the record says ``fallback_for: "email"``. The
+   text goes out before step 4 commits the email's record, so a crash in between repeats it, never loses it.
 
 A recipient address over its rate limit (``max_messages`` per ``per_seconds``) is held back, not dropped: its
 entries wait in the outbox and go out grouped as soon as the window allows (one ``rate_limited`` record per
@@ -301,6 +302,11 @@ class Notifier:
                 result = self.send(target, message)
         record = self._record(portfolio_id, target, events, result, now, message)
         self.metrics.sent(target.channel, result.status)
+        fallback: list[dict[str, Any]] = []
+        if target.channel == Channel.EMAIL and result.status != "delivered":
+            # before the entries leave the outbox: a crash in between sends the fallback again on the next
+            # flush (at-least-once), where after it the CRITICAL text would be lost
+            fallback = self._sms_fallback(portfolio_id, target, events, message, now, result.status)
         with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
             self.store.delete_fields(Store.outbox_key(portfolio_id), fields, pipe)
             self.store.append_delivery(portfolio_id, record, pipe)
@@ -310,8 +316,7 @@ class Notifier:
                 self.store.record_send(target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)
             pipe.execute()
         out.append(record)
-        if target.channel == Channel.EMAIL and result.status != "delivered":
-            out.extend(self._sms_fallback(portfolio_id, target, events, message, now, result.status))
+        out.extend(fallback)
         return out
 
     def _hold_back(

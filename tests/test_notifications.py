@@ -197,6 +197,32 @@ def test_with_the_smtp_server_down_a_critical_alert_falls_back_to_sms(
     assert len(no_network) == 3  # the three SMTP connection attempts, refused; Twilio opened nothing
 
 
+def test_a_crash_before_the_failed_emails_record_commits_repeats_the_sms_fallback_and_never_loses_it(
+    store: Store, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_SECURITY": "none", **TWILIO_ENV}
+    twilio = RecordingTwilioHttpClient()
+    engine, _, _ = engine_with(store, make_settings, env, ["email"], twilio_http_client=twilio)
+    engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+    commit = Store.delete_fields
+
+    def crash(self: Store, *args: Any, **kwargs: Any) -> Any:  # the process dies before the email's commit
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(Store, "delete_fields", crash)
+    with pytest.raises(SystemExit):
+        engine.tick(T0)
+
+    assert len(twilio.sent) == 1  # the CRITICAL text went out first
+    assert engine.pending_notifications("main") == 1  # the email's entry is still waiting
+    monkeypatch.setattr(Store, "delete_fields", commit)
+    engine.tick(T0 + 1)  # the restarted flush: the email fails again and the text is repeated
+    assert len(twilio.sent) == 2 and engine.pending_notifications("main") == 0
+    assert sorted((r["channel"], r["status"]) for r in engine.delivery_log("main")) == [
+        ("email", "failed"), ("sms", "delivered"), ("sms", "delivered"),
+    ]  # fmt: skip
+
+
 def test_a_failed_email_of_lower_severity_does_not_fall_back_to_sms(store: Store, make_settings) -> None:
     env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_SECURITY": "none", **TWILIO_ENV}
     twilio = RecordingTwilioHttpClient()
