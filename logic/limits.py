@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import redis
 
@@ -39,7 +38,6 @@ from engine.records import Float64Array, Reason, ReasonCode
 from engine.settings import Limits
 from engine.store import Store
 from logic.decisions import reason
-from logic.snapshot import period_ids
 
 WAIVED_WHEN_REDUCING_RISK: frozenset[ReasonCode] = frozenset(
     {
@@ -269,11 +267,15 @@ class Lookups:
         return stressed.cov, float(var), None
 
 
-def read_day_open(store: Store, portfolio_id: str, tz: ZoneInfo, reset_hour: int, now: float) -> float | None:
+def read_day_open(
+    store: Store, portfolio_id: str, period_ids: Callable[[float], tuple[str, str]], now: float
+) -> float | None:
     """The equity at the open of today (the monitor's ``day_open``), or None when the monitor has not written
-    today's peaks yet. Raises the store's typed errors."""
+    today's peaks yet. ``period_ids``: the day and week ids of a time, the monitor's own
+    (:meth:`engine.sessions.MarketCalendar.period_ids`: an exchange's session date, or the ``24/7`` rule), so
+    that "today" is the day the monitor stamped. Raises the store's typed errors."""
     peaks = store.read_peaks(portfolio_id)
     if peaks is None:
         return None
-    day, _week = period_ids(now, tz, reset_hour)
+    day, _week = period_ids(now)
     return peaks.day_open if peaks.day == day else None

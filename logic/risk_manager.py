@@ -62,7 +62,6 @@ import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -86,6 +85,7 @@ from engine.records import (
     TradingStatus,
 )
 from engine.redis_server import connect
+from engine.sessions import market_calendar
 from engine.settings import Limits, Settings, load_settings
 from engine.store import PortfolioKeys, Store, TradeView
 from logic import execution
@@ -169,7 +169,7 @@ class RiskManager:
         self.models = market_models or MarketModelCache(self.store, self.settings.model.bars_per_day)
         """The validated covariance per market snapshot; pass one cache to share it between managers."""
         self.books = BookCache(self.limits, self.horizon_bars, self.settings.var_method_for(portfolio_id))
-        monitor = self.settings.monitor
+        calendar = market_calendar(self.settings)
         self.checker = Checker(
             portfolio_id,
             self.settings,
@@ -177,9 +177,8 @@ class RiskManager:
             self.horizon_bars,
             self.models,
             self.books,
-            day_open=functools.partial(
-                read_day_open, self.store, portfolio_id, ZoneInfo(monitor.timezone), monitor.day_reset_hour
-            ),
+            # "today" as the monitor stamps it (an exchange's session date, or the 24/7 rule)
+            day_open=functools.partial(read_day_open, self.store, portfolio_id, calendar.period_ids),
         )
         self.memo: dict[Any, Any] = {}
         """What :meth:`engine.store.Store.read_trade_view` need not read again (tickers, positions)."""

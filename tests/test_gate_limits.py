@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -438,6 +439,23 @@ def test_the_daily_loss_limit_trips_when_the_loss_reaches_it(desk: Desk, store: 
 
     assert codes(refused) == {"DAILY_LOSS"} and refused.max_qty_allowed == 0
     assert rm.check("AAA", 10, "SELL").approved  # risk-reducing trades still pass
+
+
+def test_the_daily_loss_limit_reads_the_day_the_monitor_stamps_on_an_exchange_calendar(
+    desk: Desk, store: Store
+) -> None:
+    # 2023-11-15 03:00 UTC is 22:00 in New York on the 14th: the XNYS session date (the monitor's "today") is
+    # 2023-11-14 while the UTC wall-clock date is the 15th; trading outside the session is allowed
+    late = datetime(2023, 11, 15, 3, 0, tzinfo=UTC).timestamp()
+    override = {"market": {"calendar": "XNYS"}, "limits": {"max_daily_loss": 50_000, "outside_session": "allow"}}
+    rm = desk(override, now=late)
+    set_prices(store, {"AAA": 100.0}, ts=late)
+    store.update_peaks("main", 1_200_000.0, "2023-11-14", "2023-11-13")  # as the monitor stamps it
+    assert rm.check("AAA", 10, "BUY").approved
+
+    store.update_peaks("main", 1_200_000.0, "2023-11-15", "2023-11-13")  # a wall-clock day: never the monitor's
+
+    assert codes(rm.check("AAA", 10, "BUY")) == {"DAILY_LOSS"}  # no opening equity of this session: closed
 
 
 def test_the_daily_loss_limit_fails_closed_when_today_has_no_opening_equity(desk: Desk, store: Store) -> None:
