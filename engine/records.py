@@ -64,6 +64,11 @@ SEVERITY_RANK: Mapping[Severity, int] = {s: rank for rank, s in enumerate(Severi
 """LOW 1, MEDIUM 2, HIGH 3, CRITICAL 4: higher is worse."""
 
 
+MAX_ACTOR_LENGTH = 256
+"""The longest actor name a change accepts: a signed-in actor is ``<issuer>|<subject>`` (logic/access.py), about
+80 characters from Keycloak and 120 from Entra ID."""
+
+
 class AlertStatus(StrEnum):
     """The lifecycle of an alert: TRIGGERED -> ACKNOWLEDGED -> RESOLVED (or TRIGGERED -> RESOLVED)."""
 

@@ -40,7 +40,7 @@ import numpy as np
 from engine import math_logic
 from engine.errors import StoreError
 from engine.market_model import MarketModelCache
-from engine.records import Clock, TradingState, TradingStatus
+from engine.records import MAX_ACTOR_LENGTH, Clock, TradingState, TradingStatus
 from engine.settings import AlertRule, Limits, Settings
 from engine.store import GLOBAL_AUDIT_KEY, Float64Array, Store
 from logic.analytics import Light, traffic_lights
@@ -271,8 +271,10 @@ class Firm:
     def _set_all(
         self, state: TradingState, actor: str, reason: str, keep: tuple[str, ...] = ()
     ) -> dict[str, dict[str, str]]:
-        if not isinstance(actor, str) or not actor.strip() or len(actor) > 64:
-            raise ValueError("a desk-wide trading state change needs an actor (who, at most 64 characters)")
+        if not isinstance(actor, str) or not actor.strip() or len(actor) > MAX_ACTOR_LENGTH:
+            raise ValueError(
+                f"a desk-wide trading state change needs an actor (who, at most {MAX_ACTOR_LENGTH} characters)"
+            )
         actor = actor.strip()
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("a desk-wide trading state change needs a reason")

@@ -38,7 +38,7 @@ from typing import Any
 import redis
 
 from engine.errors import ConfigError, RiskdeskError
-from engine.records import Channel, Clock, Severity, VarMethod
+from engine.records import MAX_ACTOR_LENGTH, Channel, Clock, Severity, VarMethod
 from engine.settings import DEFAULT_CLEAR_SECONDS, LIMIT_PREFIX, AlertRule, Limits, valid_symbol
 from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
 from engine.store.slots import slot_transaction
@@ -584,10 +584,10 @@ class RuleBook:
 
 
 def require_actor(actor: Any) -> str:
-    """The acting user's name, stripped; refused when empty or longer than 64 characters."""
-    if not isinstance(actor, str) or not actor.strip() or len(actor) > 64:
+    """The acting user's name, stripped; refused when empty or longer than :data:`MAX_ACTOR_LENGTH`."""
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > MAX_ACTOR_LENGTH:
         raise AlertError(
-            "say who does this: actor must be a non-empty name of at most 64 characters",
+            f"say who does this: actor must be a non-empty name of at most {MAX_ACTOR_LENGTH} characters",
             fix="pass the user's name as actor",
         )
     return actor.strip()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from engine.errors import ConfigError
+from engine.records import MAX_ACTOR_LENGTH
 from engine.settings import load_settings
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
 from logic.lifecycle import MANUAL_RESOLVE_REARM_SECONDS
@@ -195,6 +196,19 @@ def test_tick_completes_a_pending_period_without_a_new_snapshot(store: Store, ma
     engine.evaluate("main", snapshot(now=T0, var__utilization=0.9), T0)
     assert engine.tick(T0 + 29)["transitions"] == []
     assert [t["event"] for t in engine.tick(T0 + 30)["transitions"]] == ["TRIGGERED"]
+
+
+@pytest.mark.parametrize("length", [119, MAX_ACTOR_LENGTH])  # an Entra ID issuer|subject, and the cap
+def test_a_signed_in_actor_of_a_real_identity_provider_may_acknowledge_and_resolve(
+    store: Store, make_settings: Any, length: int
+) -> None:
+    actor = ("https://login.microsoftonline.com/tenant/v2.0|" + "s" * length)[:length]
+    engine = make_engine(store, make_settings, [VAR_CRIT], SimClock())
+    engine.evaluate("main", snapshot(var__utilization=1.2), T0)
+    with pytest.raises(AlertError, match="at most"):
+        engine.acknowledge("main", "var_breach", actor="s" * (MAX_ACTOR_LENGTH + 1))  # one character over the cap
+    assert engine.acknowledge("main", "var_breach", actor=actor)["acknowledged_by"] == actor
+    assert engine.resolve("main", "var_breach", actor=actor)["resolved_by"] == actor
 
 
 def test_acknowledge_and_resolve_record_who_and_when_and_the_history(store: Store, make_settings) -> None:

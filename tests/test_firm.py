@@ -24,7 +24,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.components import md
 from engine.errors import CorruptDataError
-from engine.records import OrderIntent, Position
+from engine.records import MAX_ACTOR_LENGTH, OrderIntent, Position
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
@@ -213,7 +213,23 @@ def test_a_corrupt_trading_state_stops_halt_all_before_anything_is_written(
     assert seeded_store.read_trading_state("main").state == "ACTIVE" and firm_records(seeded_store) == []
 
 
-@pytest.mark.parametrize(("actor", "reason"), [("", "drill"), ("  ", "drill"), ("alice", ""), ("a" * 65, "x")])
+ENTRA_ACTOR = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0|AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ"
+"""A signed-in actor as logic/access.py builds it (issuer|subject) from a Microsoft Entra ID token: 119 characters."""
+
+
+@pytest.mark.parametrize("actor", [ENTRA_ACTOR, "a" * MAX_ACTOR_LENGTH], ids=["entra-id", "at-the-cap"])
+def test_halt_all_by_a_signed_in_actor_of_a_real_identity_provider_halts_every_portfolio(
+    seeded_store: Store, settings: Settings, actor: str
+) -> None:
+    Firm(seeded_store.client, settings).halt_all(actor, "crisis")
+    assert states(seeded_store) == {"main": "HALTED", "hedge": "HALTED"}
+    (record,) = firm_records(seeded_store)
+    assert record["actor"] == actor
+
+
+@pytest.mark.parametrize(
+    ("actor", "reason"), [("", "drill"), ("  ", "drill"), ("alice", ""), ("a" * (MAX_ACTOR_LENGTH + 1), "x")]
+)
 def test_halt_all_without_an_actor_or_a_reason_changes_nothing(
     seeded_store: Store, settings: Settings, actor: str, reason: str
 ) -> None:
