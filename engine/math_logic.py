@@ -1363,9 +1363,13 @@ def basel_traffic_light(exceedances: int, observations: int = 250, *, confidence
     -----
     With ``F`` the binomial CDF of exceedances under a correct model (T trials, ``p = 1 - c``):
     green if ``F(x) < 95%``, yellow if ``95% <= F(x) < 99.99%``, red otherwise. At c = 99% and T = 250 this is
-    the Basel table: green 0-4, yellow 5-9, red 10 or more.
+    the Basel table: green 0-4, yellow 5-9, red 10 or more. No exceedance at all is green whatever ``T``: it is
+    no evidence against the model, but while a window fills ``F(0) = c^T`` is >= 95% (T <= 5 at 99%) and the
+    rule alone would call it yellow.
     """
     x, t, p = _backtest_counts(exceedances, observations, confidence)
+    if x == 0:
+        return "green"
     cumulative = float(stats.binom.cdf(x, t, p))
     if cumulative < 0.95:
         return "green"

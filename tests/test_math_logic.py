@@ -879,6 +879,18 @@ def test_basel_traffic_light_scales_with_binomial_thresholds_for_other_windows()
     assert ml.basel_traffic_light(9, 500) == "yellow"
 
 
+@pytest.mark.parametrize("confidence", [0.99, 0.975, 0.95])
+def test_basel_traffic_light_of_no_exceedance_is_green_while_the_window_fills(confidence: float) -> None:
+    # F(0) = c^T is >= 95% for the first observations (T <= 5 at 99%): the rule alone said yellow, and a rule
+    # on backtest.zone paged on a model that had not missed once
+    short = [t for t in range(1, 400) if confidence**t >= 0.95]
+    assert short  # the windows where the rule alone is not green
+    assert all(ml.basel_traffic_light(0, t, confidence=confidence) == "green" for t in range(1, 400))
+    # one exceedance still follows the binomial rule from the first observation on
+    t = short[-1]
+    assert ml.basel_traffic_light(1, t, confidence=confidence) != "green"
+
+
 def test_scale_volatility_uses_square_root_of_bars() -> None:
     assert ml.scale_volatility(0.001, 390) == pytest.approx(0.001 * math.sqrt(390))
     assert_allclose(ml.scale_volatility(np.array([0.001, 0.002]), 4), [0.002, 0.004])
