@@ -6,6 +6,7 @@ re-seed, a reset and a sync."""
 from __future__ import annotations
 
 import io
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from engine.errors import CorruptDataError
 from engine.records import Role
 from engine.settings import Settings
 from engine.store import AuditTrail, PortfolioKeys, Store
+from engine.store import audit as store_audit
 from logic import views
 from logic.access import Identity, local_identity
 from logic.views.audit import (
@@ -45,6 +47,7 @@ APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 TRADER = Identity("https://idp.example", "trader-7", email="t@example.com", roles=frozenset({Role.TRADER}),
                   portfolios=frozenset({"main"}))  # fmt: skip
 RISK = Identity("https://idp.example", "risk-1", email="r@example.com", roles=frozenset({Role.RISK_MANAGER}))
+VIEWER = Identity("https://idp.example", "viewer-1", email="v@example.com", roles=frozenset({Role.VIEWER}))
 DD_HALT = rule("drawdown_halt", "drawdown.daily", "<=", -0.05, "CRITICAL", description="Daily drawdown beyond 5%",
                actions=["set_state:HALTED"])  # fmt: skip
 
@@ -142,6 +145,59 @@ def test_a_check_without_an_identity_or_approved_records_nothing(desk: views.Des
     refused = by_kind(list(audit_view(desk).entries), AuditKind.REFUSED_CHECK)
 
     assert [(e.actor, e.summary) for e in refused] == [("local:ops", "check of SELL 100,001 AAA refused: BAD_QUANTITY")]
+
+
+def test_a_viewers_refused_checks_never_touch_the_audit_stream_of_changes(desk: views.Desk) -> None:
+    views.change_limits(desk, "main", {"var_limit": "19000"}, RISK, "tighten after review")
+    views.change_trading_state(desk, "main", "REDUCING", "drill", RISK)
+    audit = PortfolioKeys("main").audit
+    changes = desk.client.xrange(audit)
+    actions = [json.loads(fields[b"json"])["action"] for _, fields in changes]
+    assert actions == ["seed", "set_limits", "set_trading_state"]
+
+    for _ in range(300):  # a viewer may check (a check trades nothing); each one is refused
+        assert views.check_ticket(desk, "main", "AAA", "BUY", 10**9, VIEWER)["status"] == "REJECTED"
+
+    assert desk.client.xrange(audit) == changes  # the same records, and no other
+    assert desk.client.xlen(PortfolioKeys("main").checks) == 300
+    assert len(views.limits_view(desk, "main").history) == 1  # the Limits page's change history
+    assert "set_trading_state" in set(views.trading_state_view(desk, "main").audit["action"])  # the System page
+
+
+def test_the_trail_merges_refused_checks_from_their_own_stream_in_time_order(desk: views.Desk) -> None:
+    views.check_ticket(desk, "main", "AAA", "BUY", 10**9, VIEWER)
+    views.change_limits(desk, "main", {"var_limit": "19000"}, RISK, "tighten after review")
+    views.check_ticket(desk, "main", "AAA", "SELL", 10**9, VIEWER)
+    views.change_trading_state(desk, "main", "REDUCING", "drill", RISK)
+    views.check_ticket(desk, "main", "BBB", "BUY", 10**9, VIEWER)
+
+    kinds = {AuditKind.REFUSED_CHECK, AuditKind.LIMIT_CHANGE, AuditKind.TRADING_STATE}
+    rows = [e for e in audit_view(desk).entries if e.portfolio == "main" and e.kind in kinds]
+
+    assert [e.kind for e in rows] == [
+        AuditKind.REFUSED_CHECK, AuditKind.TRADING_STATE, AuditKind.REFUSED_CHECK, AuditKind.LIMIT_CHANGE,
+        AuditKind.REFUSED_CHECK,
+    ]  # fmt: skip
+    assert [e.ts for e in rows] == sorted((e.ts for e in rows), reverse=True)
+    checks = by_kind(rows, AuditKind.REFUSED_CHECK)
+    assert all(e.source.startswith(f"{PortfolioKeys('main').checks}#") for e in checks)
+    assert {e.actor for e in checks} == {VIEWER.actor}
+    assert "check of BUY 1,000,000,000 BBB refused" in checks[0].summary
+
+
+def test_the_refused_check_stream_is_bounded(desk: views.Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store_audit.CHECK_LOG_MAXLEN == 10_000  # far below the change streams' 100,000: a log of questions
+    monkeypatch.setattr(store_audit, "CHECK_LOG_MAXLEN", 100)
+    audit_before = desk.client.xlen(PortfolioKeys("main").audit)
+
+    for n in range(1_000):
+        desk.store.append_check_record("main", {"ts": T0 + n, "actor": VIEWER.actor, "reasons": []})
+
+    # MAXLEN ~ trims whole stream nodes (100 entries each by default): never fewer than the bound, at most a node more
+    assert 100 <= desk.client.xlen(PortfolioKeys("main").checks) <= 200
+    newest = desk.store.read_stream_json(PortfolioKeys("main").checks, count=1)
+    assert newest[0]["ts"] == T0 + 999 and newest[0]["action"] == "check_refused"
+    assert desk.client.xlen(PortfolioKeys("main").audit) == audit_before
 
 
 def entry(ts: float, portfolio: str = "main", actor: str = "a", kind: AuditKind = AuditKind.FILL) -> AuditEntry:

@@ -213,10 +213,12 @@ def test_history_on_a_seeded_store_keeps_books_trades_and_audit_and_starts_a_new
     assert store.read_portfolio("main").positions["AAA"].qty == 1010
 
 
-def test_reset_keeps_the_audit_trail_unless_wipe_audit(cli, redis_client, settings) -> None:
+def test_reset_keeps_the_audit_trail_unless_wipe_audit(cli, redis_client, store: Store, settings) -> None:
     assert cli()[0] == 0
     assert RiskManager(redis_client, "main", settings).execute_trade("AAA", 10, "BUY")["status"] == "FILLED"
-    trail = {k: v for k, v in store_contents(redis_client).items() if k.endswith((b":audit", b":trades"))}
+    store.append_check_record("main", {"ts": 1.0, "actor": "local:ops", "reasons": []})  # a refused check
+    trail = {k: v for k, v in store_contents(redis_client).items() if k.endswith((b":audit", b":checks", b":trades"))}
+    assert PortfolioKeys("main").checks.encode() in trail
 
     assert cli("--reset", "--yes")[0] == 0
 
@@ -228,6 +230,7 @@ def test_reset_keeps_the_audit_trail_unless_wipe_audit(cli, redis_client, settin
     assert cli("--reset", "--yes", "--wipe-audit")[0] == 0
 
     assert not redis_client.exists(PortfolioKeys("main").trades)
+    assert not redis_client.exists(PortfolioKeys("main").checks)
     assert [r["action"] for r in _audit(redis_client, GLOBAL_AUDIT_KEY)] == ["reset", "seed"]
 
 

@@ -125,7 +125,7 @@ def refused_codes(store: Any) -> set[str]:
     from engine.store import PortfolioKeys
     from engine.store.audit import CHECK_REFUSED_ACTION
 
-    for record in store.read_stream_json(PortfolioKeys("main").audit, count=50):
+    for record in store.read_stream_json(PortfolioKeys("main").checks, count=50):
         if record.get("action") == CHECK_REFUSED_ACTION and record.get("actor") == ACTOR:
             return {r["code"] for r in record["reasons"]}
     raise AssertionError("the Trade page recorded no refused check")

@@ -293,6 +293,7 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
     store.write_position(portfolio_id, "BBB", Position(1, Decimal("2")))
     store.write_trading_state(portfolio_id, TradingStatus(TradingState.ACTIVE, "ok", "test", 1.0))
     store.append_audit(keys.audit, {"event": "test"})
+    store.append_check_record(portfolio_id, {"ts": 1.0, "actor": "test", "reasons": []})
     store.seed_limits(portfolio_id, Limits(), actor="test", now=1.0)
     with store.client.pipeline(transaction=True) as pipe:
         store.write_fill(

@@ -5,8 +5,13 @@ Sources (key names in :mod:`engine.store.keys`)::
 
     rd:audit                 rule edits, HALT ALL / REDUCE ALL, warm-up runs (seed, reload, reset)
     pf:{<id>}:trades         fills and refused executions (the trade log)
-    pf:{<id>}:audit          trading-state changes, limit changes, automated actions, refused checks, book syncs
+    pf:{<id>}:audit          trading-state changes, limit changes, automated actions, book syncs
+    pf:{<id>}:checks         refused pre-trade checks (:meth:`AuditStore.append_check_record`)
     pf:{<id>}:alert_log      alert transitions (acknowledgements and resolutions among them)
+
+Refused checks have a stream of their own, bounded by :data:`CHECK_LOG_MAXLEN`: a check changes nothing and is
+open to every role, viewers included, so however many are made they can never trim a change record out of
+``pf:{<id>}:audit``.
 
 A reset keeps every one of them (:data:`engine.store.book.AUDIT_TRAIL_SUFFIXES` with ``rd:audit``): only
 ``warmup.py --reset --wipe-audit`` deletes them, and a re-seed or ``--sync`` only appends.
@@ -26,8 +31,11 @@ from engine.store.codec import decode_json, decode_str
 from engine.store.keys import GLOBAL_AUDIT_KEY, PortfolioKeys
 
 CHECK_REFUSED_ACTION = "check_refused"
-"""The ``action`` of a refused pre-trade check's record on ``pf:{<id>}:audit``."""
-PORTFOLIO_SOURCES = ("trades", "audit", "alert_log")
+"""The ``action`` of a refused pre-trade check's record on ``pf:{<id>}:checks``."""
+CHECK_LOG_MAXLEN = 10_000
+"""Approximate bound of a portfolio's refused-check stream (XADD MAXLEN ~): a log of read-only questions, not of
+changes, so its oldest records may go; the changes' own stream (``pf:{<id>}:audit``) is never trimmed by it."""
+PORTFOLIO_SOURCES = ("trades", "audit", "checks", "alert_log")
 """The portfolio streams of the audit trail (attribute names of :class:`~engine.store.keys.PortfolioKeys`)."""
 
 
@@ -80,6 +88,8 @@ class AuditStore(StoreBase):
         return AuditTrail(decoded[0], portfolios)
 
     def append_check_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
-        """Append a refused pre-trade check (``action`` = :data:`CHECK_REFUSED_ACTION`) to the portfolio's audit
-        stream."""
-        self.append_audit(PortfolioKeys(portfolio_id).audit, {**record, "action": CHECK_REFUSED_ACTION}, pipe)
+        """Append a refused pre-trade check (``action`` = :data:`CHECK_REFUSED_ACTION`) to the portfolio's
+        refused-check stream (``pf:{<id>}:checks``, at most about :data:`CHECK_LOG_MAXLEN` records), never to its
+        audit stream of changes."""
+        record = {**record, "action": CHECK_REFUSED_ACTION}
+        self.append_audit(PortfolioKeys(portfolio_id).checks, record, pipe, maxlen=CHECK_LOG_MAXLEN)

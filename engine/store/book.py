@@ -15,7 +15,7 @@ from engine.store.base import Conn, StoreBase
 from engine.store.codec import decode_int
 from engine.store.keys import EPOCH_KEY, GLOBAL_AUDIT_KEY, PortfolioKeys
 
-AUDIT_TRAIL_SUFFIXES = (":audit", ":trades", ":alert_log", ":deliveries")
+AUDIT_TRAIL_SUFFIXES = (":audit", ":checks", ":trades", ":alert_log", ":deliveries")
 """Append-only logs of a portfolio that a reset keeps unless told to wipe them (with ``rd:audit``)."""
 
 

@@ -39,7 +39,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:orders_ts             zset     client_order_id scored by its fill time (prunes old idempotency records)
     pf:{<id>}:trades                stream   trade log / audit of every decision and fill
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
-                                             (also limit changes, book syncs and refused checks: engine/store/audit.py)
+                                             (also limit changes and book syncs: engine/store/audit.py)
+    pf:{<id>}:checks                stream   refused pre-trade checks made from the dashboard (a log of read-only
+                                             questions, never of changes), bounded by MAXLEN ~ CHECK_LOG_MAXLEN
+                                             (engine/store/audit.py) so no check can push a change out of :audit
     pf:{<id>}:history               stream   snapshot history at full resolution (entry id = time, field p = a
                                              packed row, engine/store/history.py), trimmed by age and count
     pf:{<id>}:history_tier:<ms>     string   one downsampled history tier (bucket of <ms> milliseconds): a fixed
@@ -191,6 +194,11 @@ class PortfolioKeys:
         return self._key("audit")
 
     @property
+    def checks(self) -> str:
+        """Refused pre-trade checks (engine/store/audit.py): apart from :attr:`audit`, which holds changes."""
+        return self._key("checks")
+
+    @property
     def limits(self) -> str:
         """The live limits and their version (engine/store/limits.py)."""
         return self._key("limits")
@@ -290,5 +298,5 @@ class PortfolioKeys:
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
-            self.limits, self.backtest_window,
+            self.limits, self.backtest_window, self.checks,
         )  # fmt: skip

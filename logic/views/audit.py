@@ -5,8 +5,9 @@ time-ordered table, filtered by portfolio, actor, kind and time window, exported
 Where each kind is recorded (read in one round trip by :meth:`engine.store.AuditStore.read_audit_trail`)::
 
     fill, refused order          pf:{id}:trades     ExecutionResult records (status FILLED / REJECTED)
-    refused check                pf:{id}:audit      action "check_refused" (:func:`record_refused_check`, the
-                                                    Trade page's Check with the signed-in identity)
+    refused check                pf:{id}:checks     action "check_refused" (:func:`record_refused_check`, the
+                                                    Trade page's Check with the signed-in identity; a stream of
+                                                    its own, bounded, so checks never displace a change)
     trading state                pf:{id}:audit      action "set_trading_state" (System page, automated responses)
                                  rd:audit           HALT ALL / REDUCE ALL: one row per portfolio it listed
     limit change                 pf:{id}:audit      action "set_limits" (before / after of the changed limits)
@@ -37,7 +38,7 @@ import redis
 
 from engine.errors import StoreError
 from engine.records import AlertStatus, DecisionStatus, ExecutionStatus
-from engine.store import AuditTrail
+from engine.store import GLOBAL_AUDIT_KEY, AuditTrail, PortfolioKeys
 from engine.store.audit import CHECK_REFUSED_ACTION
 from engine.store.limits import LIMITS_ACTION
 from logic.access import Identity
@@ -364,14 +365,17 @@ def entries_from_trail(trail: AuditTrail, currency: str = DEFAULT_CURRENCY) -> l
     """Every audit row of ``trail``, newest first (ties: the order of the sources, then stream order)."""
     out: list[AuditEntry] = []
     for r in trail.global_records:
-        out.extend(_global_entries(r, f"rd:audit#{r.get('id', '')}"))
+        out.extend(_global_entries(r, f"{GLOBAL_AUDIT_KEY}#{r.get('id', '')}"))
     for pid, sources in trail.portfolios.items():
+        keys = PortfolioKeys(pid)
         for r in sources.get("trades", []):
-            out.append(_trade_entry(pid, r, f"pf:{{{pid}}}:trades#{r.get('id', '')}", currency))
+            out.append(_trade_entry(pid, r, f"{keys.trades}#{r.get('id', '')}", currency))
         for r in sources.get("audit", []):
-            out.append(_portfolio_audit_entry(pid, r, f"pf:{{{pid}}}:audit#{r.get('id', '')}", currency))
+            out.append(_portfolio_audit_entry(pid, r, f"{keys.audit}#{r.get('id', '')}", currency))
+        for r in sources.get("checks", []):  # refused checks (older stores may also hold some in "audit")
+            out.append(_portfolio_audit_entry(pid, r, f"{keys.checks}#{r.get('id', '')}", currency))
         for r in sources.get("alert_log", []):
-            entry = _alert_entry(pid, r, f"pf:{{{pid}}}:alert_log#{r.get('id', '')}")
+            entry = _alert_entry(pid, r, f"{keys.alert_log}#{r.get('id', '')}")
             if entry is not None:
                 out.append(entry)
     out.sort(key=lambda e: (e.ts, e.source.rsplit("#", 1)[-1]), reverse=True)
@@ -454,8 +458,9 @@ def record_refused_check(
     identity: Identity,
     asked: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Append a refused pre-trade check made from the dashboard to the portfolio's audit trail with
-    ``identity.actor``; an approved decision records nothing. ``asked`` is the ticket as typed (ticker, side,
+    """Append a refused pre-trade check made from the dashboard to the portfolio's refused-check stream
+    (``pf:{id}:checks``, bounded, apart from the stream of changes) with ``identity.actor``; an approved decision
+    records nothing. ``asked`` is the ticket as typed (ticker, side,
     qty), recorded where the decision has none (a quantity the gate refused as malformed). Returns whether a
     record was written: a store that cannot be written is logged and the check's answer still shown (it is
     refused either way)."""
