@@ -37,6 +37,8 @@ from engine.errors import RiskdeskError, StoreError
 from engine.redis_server import EmbeddedRedis, connect, describe_server, owned_pid, server_binary, server_version
 from engine.settings import Settings, load_settings
 from engine.store import Store
+from logic import access
+from logic.access import SECRETS_FILE
 
 ROOT = Path(__file__).resolve().parent
 STOP_TIMEOUT_SECONDS = 10.0
@@ -110,32 +112,22 @@ class LauncherError(RiskdeskError):
     fix = "read the message; `python launcher.py stop` then start again"
 
 
-SECRETS_FILE = ".streamlit/secrets.toml"
-"""Where Streamlit reads the ``[auth]`` (OpenID Connect login) section, relative to the repository."""
-
-
 def login_configured(root: Path = ROOT) -> bool:
-    """Whether Streamlit's login is configured: an ``[auth]`` section in ``.streamlit/secrets.toml`` of the
-    repository or of the user's home (the two places ``streamlit run`` reads)."""
-    import tomllib
-
-    for path in (root / SECRETS_FILE, Path.home() / SECRETS_FILE):
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError):
-            continue
-        if isinstance(data.get("auth"), dict):
-            return True
-    return False
+    """Whether Streamlit's login is configured: a complete ``[auth]`` section in ``.streamlit/secrets.toml`` of
+    the user's home or of the repository (the two places ``streamlit run`` reads). False only when neither file
+    exists or neither has an ``[auth]`` section; a file that cannot be read or parsed, or an incomplete
+    ``[auth]``, raises :class:`~engine.errors.ConfigError` naming the file and the problem (fail closed: never
+    the local operator mode by accident)."""
+    return access.login_configured((Path.home() / SECRETS_FILE, root / SECRETS_FILE))
 
 
 def check_binding(settings: Settings, root: Path = ROOT) -> None:
-    """Refuse to serve the dashboard beyond the loopback interface without login (anyone reaching it could
-    trade and switch circuit breakers off)."""
-    from logic.access import is_loopback
-
+    """Refuse to start with a broken login configuration (:func:`login_configured` raises), and refuse to serve
+    the dashboard beyond the loopback interface without login (anyone reaching it could trade and switch
+    circuit breakers off)."""
     address = settings.dashboard.address
-    if not is_loopback(address) and not login_configured(root):
+    configured = login_configured(root)  # first: a broken secrets file refuses even a loopback address
+    if not access.is_loopback(address) and not configured:
         raise LauncherError(
             f"dashboard.address = {address!r} is not a loopback address and no login is configured: the "
             f"dashboard would accept anyone on the network as the local operator",
@@ -307,11 +299,43 @@ def _terminate(pid: int) -> None:
         pass
 
 
+SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token", "auth", "key"})
+"""Query parameters of a URL whose values :func:`_redact` hides (redis-py reads ``?password=``), compared in
+lower case; a key containing one of ``password``, ``secret`` or ``token`` is hidden too."""
+REDACTED = "***"
+
+
 def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """``url`` fit to print: the password of its userinfo (``redis://user:pw@host`` -> ``redis://user:***@host``;
+    a userinfo without ``:`` is hidden whole) and the value of every password- or secret-like query parameter
+    (:data:`SECRET_QUERY_KEYS`; redis-py reads ``?password=``) replaced by ``***``; host, port, path and the
+    other parameters kept. A password holding an unescaped ``/``, ``?`` or ``#`` ends the URL's authority early:
+    then everything up to the last ``@`` is hidden. A URL that does not parse is hidden whole."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)  # a host holds no '@', a password may
+            user = f"{userinfo.split(':', 1)[0]}:" if ":" in userinfo else ""
+            netloc = f"{user}{REDACTED}@{host}"
+        elif "@" in url.partition("://")[2]:
+            return _redact(f"{parts.scheme}://{REDACTED}@{url.rpartition('@')[2]}")
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if _secret_key(k) else v) for k, v in pairs], safe="*") if pairs else ""
+        authority = f"//{netloc}" if netloc or url.startswith(f"{parts.scheme}://") else ""
+        scheme = f"{parts.scheme}:" if parts.scheme else ""
+        tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+        return f"{scheme}{authority}{parts.path}{tail}"
+    except ValueError:
+        return REDACTED
+
+
+def _secret_key(key: str) -> bool:
+    """Whether a query parameter named ``key`` holds a secret (:data:`SECRET_QUERY_KEYS`)."""
+    key = key.strip().lower()
+    return key in SECRET_QUERY_KEYS or any(word in key for word in ("password", "secret", "token"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,12 +13,15 @@ import logging
 import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.errors import StreamlitSecretNotFoundError
 
+from engine.errors import ConfigError
 from engine.records import Action, Severity, TradingState
 from engine.settings import DashboardConfig
 from logic import access, views
@@ -83,18 +86,52 @@ LOCAL_MODE_MESSAGE = "Local operator mode: no login configured; bound to 127.0.0
 
 
 def login_configured() -> bool:
-    """Whether ``.streamlit/secrets.toml`` has an ``[auth]`` section (OpenID Connect login via ``st.login``)."""
-    try:
-        return "auth" in st.secrets
-    except Exception:  # noqa: BLE001 - no secrets file (or an unreadable one): no login configured
+    """Whether login (OpenID Connect via ``st.login``) is configured: a complete ``[auth]`` section in the
+    ``secrets.toml`` files Streamlit reads (``secrets.files``), or in secrets handed to Streamlit otherwise
+    (``AppTest.secrets``). False only when there is no ``[auth]`` section at all; raises
+    :class:`~engine.errors.ConfigError` naming the file and the problem when a secrets file cannot be read or
+    parsed or ``[auth]`` is incomplete (:func:`logic.access.login_configured`): never the local operator by
+    accident."""
+    files = st.get_option("secrets.files")
+    if access.login_configured(files):
+        return True
+    try:  # the files hold no [auth]; secrets that reach Streamlit another way still count
+        auth = st.secrets.to_dict().get("auth")
+    except StreamlitSecretNotFoundError as exc:
+        if any(Path(f).exists() for f in files):  # one Streamlit cannot load (changed since it was read above)
+            raise ConfigError(f"Streamlit cannot load its secrets: {exc}", fix=access.LOGIN_FIX) from exc
+        return False  # no secrets at all
+    if auth is None:
         return False
+    problem = access.auth_problem(auth)
+    if problem is not None:
+        raise ConfigError(f"the [auth] section of Streamlit's secrets {problem}", fix=access.LOGIN_FIX)
+    return True
+
+
+def login_configured_or_stop() -> bool:
+    """:func:`login_configured`, or stop the page with the error when the login configuration is broken (no
+    identity, no widget)."""
+    try:
+        return login_configured()
+    except ConfigError as exc:
+        log.error("refused to serve: %s", exc)
+        st.error(f"Refused: the login configuration is broken: {md(exc.detail)}", icon=":material/block:")
+        st.info(f"Fix: {md(exc.fix)}")
+        st.stop()
 
 
 def identity() -> Identity | None:
     """The identity every state-changing action runs as: with login configured, the signed-in user (``st.user``:
     issuer, subject, e-mail) with the roles ``[access]`` grants, None when nobody is signed in; without login,
-    the local operator with every role (the dashboard is bound to the loopback interface then)."""
-    if not login_configured():
+    the local operator with every role (the dashboard is bound to the loopback interface then). None, too, when
+    the login configuration is broken (:func:`login_configured` raises): nobody may act then."""
+    try:
+        configured = login_configured()
+    except ConfigError as exc:
+        log.error("no identity: %s", exc)
+        return None
+    if not configured:
         return access.local_identity()
     if not st.user.is_logged_in:
         return None
@@ -102,14 +139,15 @@ def identity() -> Identity | None:
 
 
 def host_guard(d: views.Desk | None) -> None:
-    """Stop the page when the dashboard is served beyond the loopback interface without login, or when the
-    request's ``Host`` header is not this dashboard's (DNS rebinding): app-level checks on the WebSocket's
-    headers, run before any widget exists, so a foreign page gets no data and no callbacks. Runs without headers
-    (AppTest, no HTTP request) are let through."""
+    """Stop the page when the login configuration is broken, when the dashboard is served beyond the loopback
+    interface without login, or when the request's ``Host`` header is not this dashboard's (DNS rebinding):
+    app-level checks on the WebSocket's headers, run before any widget exists, so a foreign page gets no data
+    and no callbacks. Runs without headers (AppTest, no HTTP request) are let through (:func:`require_login`
+    stops them on a broken login configuration)."""
     headers = st.context.headers
     if not headers:
         return
-    exposed = access.exposure_problem(st.get_option("server.address"), login_configured())
+    exposed = access.exposure_problem(st.get_option("server.address"), login_configured_or_stop())
     if exposed is not None:  # e.g. a plain `streamlit run --server.address 0.0.0.0` without login
         log.warning("refused to serve: %s", exposed)
         st.error(exposed, icon=":material/block:")
@@ -128,7 +166,9 @@ def host_guard(d: views.Desk | None) -> None:
 
 def require_login() -> Identity:
     """The signed-in identity, or stop the page with a login button (login configured, nobody signed in) or
-    with a message (signed in, but ``[access]`` grants no role)."""
+    with a message (signed in, but ``[access]`` grants no role), or with the error when the login configuration
+    is broken."""
+    login_configured_or_stop()
     who = identity()
     if who is None:
         st.title("Riskdesk")

@@ -11,19 +11,24 @@ Roles (:class:`~engine.records.Role`)::
 Every state-changing function of :mod:`logic.views` takes an :class:`Identity`, calls :func:`authorize` before
 it calls the engine and records :attr:`Identity.actor` (``issuer|subject``, never a typed name) as the actor.
 With no identity provider configured the dashboard runs as :func:`local_identity`: the operator at the machine,
-with every role, bound to the loopback interface only. Pure: no Streamlit, no Redis, no I/O (besides reading
-the OS user name in :func:`local_identity`).
+with every role, bound to the loopback interface only. Whether one is configured is :func:`login_configured`, and
+it fails closed: a secrets file that cannot be read or parsed, or an incomplete ``[auth]`` section, is a
+:class:`~engine.errors.ConfigError`, never the local operator mode. No Streamlit, no Redis; the only I/O is
+reading the secrets files in :func:`login_configured` and the process's OS account in :func:`local_identity`.
 """
 
 from __future__ import annotations
 
-import getpass
-import ipaddress
+import os
+import pwd
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from engine.errors import AccessDenied
+from engine.errors import AccessDenied, ConfigError
+from engine.network import LOOPBACK_NAMES, is_loopback
 from engine.records import Action, Role
 from engine.settings import AccessConfig
 
@@ -60,7 +65,15 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.MANAGE_USERS: "manage users",
 }
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+SECRETS_FILE = ".streamlit/secrets.toml"
+"""Where Streamlit reads the ``[auth]`` (OpenID Connect login) section: under the user's home and the project."""
+AUTH_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url")
+"""What an ``[auth]`` section needs for ``st.login()`` (Streamlit's default provider), each a non-empty string."""
+LOGIN_FIX = (
+    f'correct {SECRETS_FILE} (an [auth] section needs {", ".join(AUTH_KEYS)}; README, "Login and roles"), or '
+    "remove the file (or its [auth] section) for the local operator mode"
+)
 
 
 @dataclass(frozen=True)
@@ -122,15 +135,22 @@ def authorize(identity: Identity | None, action: Action, portfolio_id: str | Non
 
 def identity_from_claims(access: AccessConfig, claims: Mapping[str, Any]) -> Identity:
     """The :class:`Identity` of a signed-in user from the identity provider's claims (``iss``, ``sub``, ``email``,
-    ``name`` and the ``access.groups_claim``): the union of the grants of their e-mail (case-insensitive) and of
-    each of their groups. A user matching no grant gets no role."""
+    ``email_verified``, ``name`` and the ``access.groups_claim``): the union of the grants of their e-mail
+    (case-insensitive) and of each of their groups. A user matching no grant gets no role.
+
+    The e-mail maps roles only when the provider vouches for it: a token whose ``email_verified`` is present and
+    not true (``false``, ``"false"``, null, ...) gets no grant by e-mail (anyone could set an admin's address on an
+    account of their own), only by group; the e-mail is still shown. A token without ``email_verified`` is taken
+    as it comes: some providers (Entra ID) never send the claim, so there the provider must only issue e-mails it
+    controls. The groups claim is a list of group names, as OpenID Connect providers send it; a single string is
+    one group name, never split (``"not risk-managers"`` is not the group ``risk-managers``)."""
     issuer, subject = str(claims.get("iss") or ""), str(claims.get("sub") or "")
     if not issuer or not subject:
         raise AccessDenied("the identity provider's token has no issuer or subject")
     email = str(claims.get("email") or "").strip()
     grants = []
     users = {k.strip().lower(): v for k, v in access.users.items()}
-    if email and email.lower() in users:
+    if email and _email_trusted(claims) and email.lower() in users:
         grants.append(users[email.lower()])
     for group in _groups(claims.get(access.groups_claim)):
         if group in access.groups:
@@ -145,9 +165,20 @@ def identity_from_claims(access: AccessConfig, claims: Mapping[str, Any]) -> Ide
     )
 
 
+def _email_trusted(claims: Mapping[str, Any]) -> bool:
+    """Whether the e-mail may map roles: no ``email_verified`` claim (see :func:`identity_from_claims`), or one
+    that is true (``true``, or the string ``"true"`` some providers send); null, false or anything else is not."""
+    if "email_verified" not in claims:
+        return True
+    verified = claims["email_verified"]
+    if isinstance(verified, str):
+        return verified.strip().lower() == "true"
+    return verified is True
+
+
 def _groups(value: Any) -> Iterable[str]:
     if isinstance(value, str):
-        return [part.strip() for part in value.replace(",", " ").split() if part.strip()]
+        return [value] if value else []
     if isinstance(value, list | tuple | set | frozenset):
         return [str(v) for v in value]
     return []
@@ -155,12 +186,10 @@ def _groups(value: Any) -> Iterable[str]:
 
 def local_identity(user: str | None = None) -> Identity:
     """The local operator (no identity provider configured): every role, every portfolio; the actor is
-    ``local:<os user>``."""
+    ``local:<os user>``, the account this process runs as (from the password database, not ``$USER`` or
+    ``$LOGNAME``, which whoever starts the process can set to any name)."""
     if user is None:
-        try:
-            user = getpass.getuser()
-        except Exception:  # noqa: BLE001 - no user name in the environment: still a local operator
-            user = "operator"
+        user = os_user()
     return Identity(
         issuer="local",
         subject=user,
@@ -171,18 +200,73 @@ def local_identity(user: str | None = None) -> Identity:
     )
 
 
-# -- binding and the Host header -------------------------------------------------------------------------------
-
-
-def is_loopback(address: str) -> bool:
-    """Whether ``address`` (an IP or ``localhost``) is the loopback interface only."""
-    address = address.strip().strip("[]").lower()
-    if address in LOOPBACK_NAMES:
-        return True
+def os_user() -> str:
+    """The name of the OS account this process runs as; its numeric uid when the account has no entry in the
+    password database (a container's arbitrary uid)."""
+    uid = os.getuid()
     try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+# -- is login configured? --------------------------------------------------------------------------------------
+
+
+def login_configured(secrets_files: Iterable[str | os.PathLike[str]]) -> bool:
+    """Whether Streamlit's OpenID Connect login is configured in ``secrets_files`` (the ``secrets.toml`` files
+    ``streamlit run`` reads, in its order: a later file's top-level tables replace an earlier one's).
+
+    False only when login is genuinely absent: no file exists, or none has an ``[auth]`` section; that is the
+    local operator mode. True when the ``[auth]`` section in effect is complete (:func:`auth_problem`). Raises
+    :class:`~engine.errors.ConfigError`, naming the file and the problem, when a file exists but cannot be read
+    or parsed (it may hold the ``[auth]`` section), when the ``[auth]`` section is incomplete or invalid, or
+    when an entry is not a ``.toml`` file (a secrets directory, which this check does not read): a broken login
+    configuration must not turn every visitor into the local operator with every role."""
+    auth: Any = None
+    auth_file = ""
+    for entry in secrets_files:
+        path = Path(entry)
+        if path.suffix != ".toml":
+            raise ConfigError(
+                f"secrets path {path} is not a .toml file: Riskdesk reads the login configuration from "
+                "secrets.toml files only",
+                fix=LOGIN_FIX,
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the secrets file {path}: {exc}", fix=LOGIN_FIX) from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"cannot parse the secrets file {path}: {exc}", fix=LOGIN_FIX) from exc
+        if "auth" in data:
+            auth, auth_file = data["auth"], str(path)
+    if auth is None:
         return False
+    problem = auth_problem(auth)
+    if problem is not None:
+        raise ConfigError(f"the [auth] section of {auth_file} {problem}", fix=LOGIN_FIX)
+    return True
+
+
+def auth_problem(auth: Any) -> str | None:
+    """What is wrong with an ``[auth]`` section, or None when ``st.login()`` can use it: a table with each of
+    :data:`AUTH_KEYS` a non-empty string and ``redirect_uri`` ending in ``/oauth2callback``."""
+    if not isinstance(auth, Mapping):
+        return f"is not a table (auth = {type(auth).__name__})"
+    missing = [key for key in AUTH_KEYS if not isinstance(auth.get(key), str) or not auth[key].strip()]
+    if missing:
+        return f"lacks {', '.join(missing)} (each a non-empty string)"
+    if not str(auth["redirect_uri"]).rstrip().endswith("/oauth2callback"):
+        return "has a redirect_uri that does not end in /oauth2callback"
+    return None
+
+
+# -- binding and the Host header -------------------------------------------------------------------------------
 
 
 def host_name(host_header: str) -> str:
@@ -217,6 +301,6 @@ def exposure_problem(address: str | None, login_configured: bool) -> str | None:
     return (
         f"Refused: no login is configured and the dashboard is bound to {where}. Bind it to 127.0.0.1 "
         "(`server.address` in .streamlit/config.toml, `dashboard.address` in riskdesk.toml) or configure login "
-        "(an [auth] section in .streamlit/secrets.toml, see README)."
+        f"(an [auth] section in {SECRETS_FILE}, see README)."
     )
 

@@ -6,8 +6,10 @@ the sidebar, the Host-header check and the launcher refusing a public address wi
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from logic.access import (
     identity_from_claims,
     is_loopback,
     local_identity,
+    login_configured,
 )
 from logic.alerts import build_alert_engine
 from logic.monitor import Monitor
@@ -38,6 +41,23 @@ from .conftest import TEST_CONFIG, merge, store_contents, to_toml
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
 ISSUER = "https://idp.desk.test"
+AUTH = {
+    "redirect_uri": "https://riskdesk.desk.test/oauth2callback",
+    "cookie_secret": "0123456789abcdef0123456789abcdef",
+    "client_id": "riskdesk",
+    "client_secret": "client-secret-value",
+    "server_metadata_url": "https://idp.desk.test/.well-known/openid-configuration",
+}
+BAD_QUOTE = "\n".join(["[auth]", *(f'{k} = "{v}"' for k, v in AUTH.items() if k != "client_secret"),
+                        'client_secret = "client-secret"value"', ""])  # fmt: skip
+"""The reviewer's case: a valid-looking [auth] section with one stray quote, which TOML cannot parse."""
+
+
+def secrets_file(directory: Path, text: str) -> Path:
+    path = directory / ".streamlit" / "secrets.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def who(*roles: Role, portfolios: tuple[str, ...] = (), sub: str = "u-1") -> Identity:
@@ -136,6 +156,24 @@ def test_actor_is_issuer_and_subject_or_the_local_os_user() -> None:
         authorize(local, action, "any-portfolio")
 
 
+def test_the_local_operator_is_the_os_account_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    account = pwd.getpwuid(os.getuid()).pw_name
+    for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, "alice-the-admin")
+    local = local_identity()
+    assert (local.subject, local.actor) == (account, f"local:{account}")
+    assert "alice-the-admin" not in local.actor
+
+
+def test_the_local_operator_without_a_password_entry_is_the_numeric_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)  # a container's arbitrary uid
+    monkeypatch.setenv("USER", "alice-the-admin")
+    assert local_identity().actor == f"local:{os.getuid()}"
+
+
 # -- identities from the identity provider's claims --------------------------------------------------------------
 
 
@@ -166,6 +204,72 @@ def test_a_custom_groups_claim_is_read() -> None:
     access = access_settings({"groups_claim": "roles", "groups": {"desk-admins": {"roles": ["admin"]}}})
     admin = identity_from_claims(access, {"iss": ISSUER, "sub": "x", "roles": ["desk-admins"], "groups": []})
     assert admin.roles == frozenset({Role.ADMIN})
+
+
+ABSENT = object()
+
+
+@pytest.mark.parametrize(
+    ("email_verified", "by_email"),
+    [
+        (True, True),
+        ("true", True),  # some providers send it as a string
+        ("TRUE", True),
+        (ABSENT, True),  # Entra ID never sends it: the e-mail counts, as documented
+        (False, False),
+        ("false", False),
+        ("no", False),
+        ("", False),
+        (0, False),
+        (1, False),  # only true is true
+    ],
+)
+def test_an_email_the_provider_has_not_verified_maps_no_role(email_verified: Any, by_email: bool) -> None:
+    access = access_settings(
+        {
+            "users": {"alice@desk.test": {"roles": ["admin"], "portfolios": ["*"]}},
+            "groups": {"desk": {"roles": ["viewer"]}},
+        }
+    )
+    claims = {"iss": ISSUER, "sub": "mallory-1", "email": "Alice@Desk.test", "groups": ["desk"]}
+    if email_verified is not ABSENT:
+        claims["email_verified"] = email_verified
+    mallory = identity_from_claims(access, claims)
+    if by_email:
+        assert (mallory.roles, mallory.portfolios) == (frozenset({Role.ADMIN, Role.VIEWER}), frozenset({"*"}))
+    else:  # the group still grants its role; the unverified e-mail grants nothing
+        assert (mallory.roles, mallory.portfolios) == (frozenset({Role.VIEWER}), frozenset())
+        with pytest.raises(AccessDenied):
+            authorize(mallory, Action.EDIT_LIMITS)
+    assert mallory.email == "Alice@Desk.test"  # still shown to the user
+
+
+def test_a_null_email_verified_is_not_absent_and_maps_no_role() -> None:
+    access = access_settings({"users": {"alice@desk.test": {"roles": ["trader"], "portfolios": ["main"]}}})
+    claims = {"iss": ISSUER, "sub": "a-1", "email": "alice@desk.test", "email_verified": None}
+    assert identity_from_claims(access, claims).roles == frozenset()  # present and not true
+    del claims["email_verified"]
+    assert identity_from_claims(access, claims).roles == frozenset({Role.TRADER})  # absent: the e-mail counts
+
+
+@pytest.mark.parametrize(
+    ("groups", "roles"),
+    [
+        ("risk-managers", {Role.RISK_MANAGER}),  # a string is one group name
+        ("not risk-managers", set()),  # not split on spaces ...
+        ("x,risk-managers", set()),  # ... nor on commas
+        (" risk-managers", set()),  # nor trimmed: group names compare exactly
+        ("", set()),
+        (["not", "risk-managers"], {Role.RISK_MANAGER}),  # a list (what OIDC providers send): each item
+        (["not risk-managers"], set()),
+        ({"risk-managers": True}, set()),  # not a list of names
+        (None, set()),
+    ],
+)
+def test_a_string_groups_claim_is_one_group_name(groups: Any, roles: set[Role]) -> None:
+    access = access_settings({"groups": {"risk-managers": {"roles": ["risk_manager"]}}})
+    bob = identity_from_claims(access, {"iss": ISSUER, "sub": "bob", "email": "bob@desk.test", "groups": groups})
+    assert bob.roles == frozenset(roles)
 
 
 @pytest.mark.parametrize(
@@ -288,6 +392,100 @@ def test_local_mode_says_so_in_the_sidebar_and_acts_as_the_local_operator(
     assert not [b for b in at.button if b.key == "login_button"]
 
 
+@pytest.fixture
+def fresh_secrets() -> Iterator[None]:
+    """Streamlit's secrets singleton forgets what it parsed before and after the test (it caches a parse)."""
+    st.secrets._reset()
+    yield
+    st.secrets._reset()
+
+
+def run_app(at_secrets: dict[str, Any] | None = None, user: dict[str, Any] | None = None) -> AppTest:
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=30)
+        if at_secrets is not None:
+            at.secrets.update(at_secrets)
+        if user is not None:
+            at.user = user  # what st.user holds (the ID token's claims)
+        return at.run()
+    finally:
+        st.cache_resource.clear()
+
+
+@pytest.mark.usefixtures("fresh_secrets")
+@pytest.mark.parametrize(
+    ("secrets", "mode"),
+    [
+        (None, "local"),  # no secrets file: the local operator (make run's default)
+        ("[other]\nx = 1\n", "local"),  # a readable file without [auth]
+        (to_toml({"auth": AUTH}), "login"),  # login configured: sign in first
+        (BAD_QUOTE, "refused"),  # the reviewer's file: one stray quote
+        ('[auth]\nclient_id = "riskdesk"\n', "refused"),  # an incomplete [auth]
+    ],
+)
+def test_the_dashboard_on_a_broken_secrets_file_refuses_and_grants_no_identity(
+    redis_server: EmbeddedRedis,
+    seeded_store: Store,
+    config_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets: str | None,
+    mode: str,
+) -> None:
+    from dashboard import components as ui
+
+    if (ROOT / ".streamlit" / "secrets.toml").exists():
+        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config_file))
+    monkeypatch.setenv("HOME", str(tmp_path))  # Streamlit reads ~/.streamlit/secrets.toml
+    path = secrets_file(tmp_path, secrets) if secrets is not None else None
+    at = run_app()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = "\n".join(e.value for e in at.error)
+    sidebar = "\n".join(c.value for c in at.sidebar.caption)
+    login_button = [b for b in at.button if b.key == "login_button"]
+    if mode == "local":
+        assert "Local operator mode" in sidebar and not login_button and not errors
+        assert ui.identity() == local_identity()
+        return
+    assert "Local operator mode" not in sidebar and not at.sidebar.caption
+    if mode == "login":
+        assert login_button and not errors  # nobody signed in: identity() was None
+        return
+    assert not login_button and not at.button  # no widget at all
+    assert "the login configuration is broken" in errors and str(path) in errors.replace("\\", "")
+    assert ui.identity() is None  # and a callback acting meanwhile is nobody: refused by the views
+    with pytest.raises(AccessDenied, match="sign in"):
+        authorize(ui.identity(), Action.TRADE, "main")
+
+
+@pytest.mark.usefixtures("fresh_secrets")
+@pytest.mark.parametrize(("auth", "login"), [(AUTH, True), ({"client_id": "riskdesk"}, False)])
+def test_the_dashboard_checks_an_auth_section_handed_to_streamlit_without_a_file(
+    redis_server: EmbeddedRedis,
+    seeded_store: Store,
+    config_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    auth: dict[str, str],
+    login: bool,
+) -> None:
+    if (ROOT / ".streamlit" / "secrets.toml").exists():
+        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config_file))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no secrets file anywhere
+    # AppTest.secrets: what st.secrets holds, no file behind it (st.user does not see it: say nobody signed in)
+    at = run_app({"auth": auth}, user={"is_logged_in": False})
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.sidebar.caption  # never the local operator
+    assert bool([b for b in at.button if b.key == "login_button"]) is login
+    errors = "\n".join(e.value for e in at.error)
+    assert ("the login configuration is broken" in errors) is not login
+
+
 @pytest.mark.parametrize(
     ("host", "allowed"),
     [
@@ -343,17 +541,78 @@ def test_the_launcher_refuses_a_public_address_without_login_naming_the_setting(
     assert not list(tmp_path.glob("run/*.pid")), "nothing may have been started"
 
 
-def test_login_configured_reads_the_auth_section(tmp_path: Path) -> None:
+def test_login_configured_reads_the_auth_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import launcher
 
-    assert not launcher.login_configured(tmp_path) or (Path.home() / launcher.SECRETS_FILE).exists()
-    (tmp_path / ".streamlit").mkdir()
-    (tmp_path / launcher.SECRETS_FILE).write_text("[other]\nx = 1\n")
-    assert not launcher.login_configured(tmp_path) or (Path.home() / launcher.SECRETS_FILE).exists()
-    (tmp_path / launcher.SECRETS_FILE).write_text('[auth]\nclient_id = "x"\n')
-    assert launcher.login_configured(tmp_path)
+    home, project = tmp_path / "home", tmp_path / "project"
+    monkeypatch.setenv("HOME", str(home))
+    assert not launcher.login_configured(project)  # no secrets file at all: the local operator mode
+    secrets_file(project, "[other]\nx = 1\n")
+    assert not launcher.login_configured(project)  # readable, no [auth]: the local operator mode
+    secrets_file(project, to_toml({"auth": AUTH}))
+    assert launcher.login_configured(project)
     settings = settings_from_dict(merge(TEST_CONFIG, {"dashboard": {"address": "0.0.0.0"}}))
-    launcher.check_binding(settings, tmp_path)  # login configured: a public address is allowed
+    launcher.check_binding(settings, project)  # login configured: a public address is allowed
+    secrets_file(project, "[other]\nx = 1\n")
+    secrets_file(home, to_toml({"auth": AUTH}))
+    assert launcher.login_configured(project)  # ~/.streamlit/secrets.toml counts too, as for streamlit run
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (BAD_QUOTE, "cannot parse the secrets file"),
+        ("[auth\n", "cannot parse the secrets file"),
+        ('[auth]\nclient_id = "riskdesk"\n', "lacks redirect_uri, cookie_secret, client_secret, server_metadata_url"),
+        ("[auth]\n", "lacks redirect_uri, cookie_secret, client_id, client_secret, server_metadata_url"),
+        (to_toml({"auth": {**AUTH, "cookie_secret": " "}}), "lacks cookie_secret"),
+        (to_toml({"auth": {**AUTH, "client_secret": 42}}), "lacks client_secret"),
+        (to_toml({"auth": {**AUTH, "redirect_uri": "https://riskdesk.desk.test/"}}), "does not end in /oauth2callback"),
+        ('auth = "on"\n', "is not a table"),
+    ],
+)  # fmt: skip
+def test_a_broken_secrets_file_is_an_error_naming_the_file_never_the_local_operator(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = secrets_file(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        login_configured([tmp_path / "absent.toml", path])
+    assert str(path) in str(err.value) and problem in str(err.value)
+    assert "client-secret" not in str(err.value)  # the message never quotes the secrets
+
+
+def test_a_secrets_file_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
+    undecodable = tmp_path / "latin1.toml"
+    undecodable.write_bytes(b'[auth]\nclient_id = "caf\xe9"\n')
+    directory = tmp_path / "dir.toml"
+    directory.mkdir()  # read_text fails with an OSError (IsADirectoryError), as an unreadable file would
+    for path in (undecodable, directory):
+        with pytest.raises(ConfigError, match=f"cannot read the secrets file {path}"):
+            login_configured([path])
+    with pytest.raises(ConfigError, match="not a .toml file"):
+        login_configured([tmp_path])  # a secrets directory: not read here, so not taken as "no login"
+
+
+def test_a_broken_file_refuses_even_when_another_configures_login(tmp_path: Path) -> None:
+    good = secrets_file(tmp_path / "home", to_toml({"auth": AUTH}))
+    broken = secrets_file(tmp_path / "project", "[other\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        login_configured([good, broken])
+    incomplete = secrets_file(tmp_path / "project", '[auth]\nclient_id = "x"\n')  # replaces the home [auth]
+    with pytest.raises(ConfigError, match=f"{incomplete}.*lacks"):
+        login_configured([good, incomplete])
+
+
+def test_the_launcher_refuses_to_start_on_a_broken_secrets_file_naming_it(tmp_path: Path) -> None:
+    if (ROOT / ".streamlit" / "secrets.toml").exists():
+        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+    home = tmp_path / "home"
+    path = secrets_file(home, BAD_QUOTE)
+    done = run_launcher(tmp_path, "127.0.0.1", home)  # loopback: refused all the same
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error [CONFIG_INVALID]: cannot parse the secrets file" in done.stderr and str(path) in done.stderr
+    assert "client-secret" not in done.stderr + done.stdout
+    assert not list(tmp_path.rglob("*.pid")), "nothing may have been started, Redis included"
 
 
 @pytest.mark.parametrize(
@@ -375,3 +634,33 @@ def test_without_login_only_the_loopback_interface_is_served(address: str | None
     if refused:
         assert "server.address" in problem and "[auth]" in problem  # type: ignore[operator]
 
+
+@pytest.mark.usefixtures("fresh_secrets")
+@pytest.mark.parametrize(("email_verified", "admin"), [(True, True), (False, False), (ABSENT, True)])
+def test_the_dashboard_grants_no_role_on_an_unverified_email(
+    redis_server: EmbeddedRedis,
+    seeded_store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    email_verified: Any,
+    admin: bool,
+) -> None:
+    if (ROOT / ".streamlit" / "secrets.toml").exists():
+        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(merge(TEST_CONFIG, {"access": {"users": {"alice@desk.test": {"roles": ["admin"]}}}})))
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    secrets_file(tmp_path, to_toml({"auth": AUTH}))
+    user = {"is_logged_in": True, "iss": ISSUER, "sub": "mallory-1", "email": "alice@desk.test"}
+    if email_verified is not ABSENT:
+        user["email_verified"] = email_verified
+    at = run_app(user=user)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = "\n".join(e.value for e in at.error)
+    sidebar = "\n".join(c.value for c in at.sidebar.caption)
+    if admin:
+        assert "Signed in as" in sidebar and "admin" in sidebar and "no role is granted" not in errors
+    else:
+        assert "no role is granted" in errors and not sidebar

@@ -147,3 +147,38 @@ def test_demo_replays_the_bundled_weekly_closes_and_stop_stops_it_by_pid(tmp_pat
         except ProcessLookupError:
             alive = False
         assert not alive, f"pid {p} still running after stop"
+
+
+@pytest.mark.parametrize(
+    ("url", "printed"),
+    [
+        ("redis://:s3cr3t@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0"),
+        ("redis://:pa@ss-w0rd@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0"),  # '@' in the password
+        ("redis://desk:pa:ss@10.0.0.5:6379/0", "redis://desk:***@10.0.0.5:6379/0"),  # the user name is kept
+        ("rediss://desk:p%40s3cr3t@h:6380/1", "rediss://desk:***@h:6380/1"),
+        ("redis://s3cr3t@10.0.0.5:6379", "redis://***@10.0.0.5:6379"),  # no ':': hidden whole
+        ("redis://10.0.0.5:6379/0?password=s3cr3t", "redis://10.0.0.5:6379/0?password=***"),
+        ("redis://h/0?db=2&Password=s3cr3t&pwd=a&pass=b&token=c&client_secret=d&ssl_cert_reqs=none",
+         "redis://h/0?db=2&Password=***&pwd=***&pass=***&token=***&client_secret=***&ssl_cert_reqs=none"),
+        ("redis://h/0?pass%77ord=s3cr3t", "redis://h/0?password=***"),  # an escaped key is still 'password'
+        ("redis://:p/w?x#y@h:6379/0?password=s3cr3t", "redis://***@h:6379/0?password=***"),  # ends authority early
+        ("unix:///tmp/redis.sock?db=1&password=s3cr3t", "unix:///tmp/redis.sock?db=1&password=***"),
+        ("redis+cluster://:s3cr3t@h1:7000,h2:7001", "redis+cluster://:***@h1:7000,h2:7001"),
+        ("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),  # nothing secret: unchanged
+        ("redis://[::1]:6379/0?db=1", "redis://[::1]:6379/0?db=1"),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_the_printed_redis_url_hides_every_part_of_the_password(url: str, printed: str) -> None:
+    from launcher import _redact
+
+    shown = _redact(url)
+    assert shown == printed
+    assert "s3cr3t" not in shown and "pa@ss" not in shown and "w0rd" not in shown
+    try:
+        password = redis.connection.parse_url(url).get("password") if url else None
+    except ValueError:  # a URL redis-py cannot use either
+        password = None
+    if password:  # what redis-py would send as the password: no piece of it is printed
+        pieces = password.replace("@", " ").replace(":", " ").split()
+        assert not [p for p in [password, *pieces] if len(p) > 2 and p in shown], (password, shown)
