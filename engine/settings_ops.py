@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from engine.network import is_loopback
 from engine.records import Role
 from engine.settings_types import CONFIG, Flag, Integer, Number, Table, Text, _require
 
@@ -132,7 +133,10 @@ class AccessConfig:
 
 @dataclass(frozen=True, config=CONFIG)
 class MetricsConfig:
-    """Prometheus ``/metrics`` endpoints (engine/metrics.py) on ``address``; a port of 0 serves none."""
+    """Prometheus ``/metrics`` endpoints (engine/metrics.py) on ``address``; a port of 0 serves none.
+
+    ``address`` must be a loopback one: the endpoints have no login and name every portfolio with its VaR,
+    drawdown and trading state (a Prometheus on another host scrapes through a proxy that authenticates)."""
 
     address: Text = "127.0.0.1"
     stream_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
@@ -141,3 +145,10 @@ class MetricsConfig:
     backtest_port: Annotated[Integer, Field(ge=0, lt=65536)] = 0
     max_portfolios: Annotated[Integer, Field(gt=0)] = 50
     """Per-portfolio gauges for at most this many portfolios (label cardinality; the rest are counted)."""
+
+    def __post_init__(self) -> None:
+        _require(
+            is_loopback(self.address),
+            f"metrics.address {self.address!r} is not a loopback address: /metrics has no login (put an "
+            "authenticating proxy in front of it to scrape from another host)",
+        )

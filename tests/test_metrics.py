@@ -307,6 +307,23 @@ def test_metrics_settings_are_validated_and_documented(make_settings: Callable[.
     assert shipped.backtest_port == 9467
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_metrics_may_bind_any_loopback_address(make_settings: Callable[..., Settings], address: str) -> None:
+    assert make_settings({"metrics": {"address": address}}).metrics.address == address
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.0.2.2", "riskdesk.desk.example", ""])
+def test_metrics_beyond_the_loopback_interface_are_refused(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    # the endpoints have no login and list every portfolio's VaR, drawdown and trading state
+    with pytest.raises(ConfigError, match="metrics.address .* not a loopback address"):
+        make_settings({"metrics": {"address": address}})
+    monkeypatch.setenv("RISKDESK__METRICS__ADDRESS", address)  # nor from the environment
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        load_settings(ROOT / "riskdesk.toml")
+
+
 # -- the Grafana dashboard -----------------------------------------------------------------------------------
 
 
