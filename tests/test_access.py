@@ -526,10 +526,16 @@ def run_launcher(tmp_path: Path, address: str, home: Path) -> subprocess.Complet
     config.write_text(to_toml(data))
     env = {**os.environ, "HOME": str(home), "RISKDESK_CONFIG": str(config)}
     env.pop("REDIS_URL", None)
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "launcher.py", "start", "--config", str(config)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+    if done.returncode == 0:  # started after all (the test then fails): stop what it started, by its PID files
+        subprocess.run(
+            [sys.executable, "launcher.py", "stop", "--config", str(config)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    return done
 
 
 def test_the_launcher_refuses_a_public_address_without_login_naming_the_setting(tmp_path: Path) -> None:
