@@ -38,7 +38,6 @@ from engine.redis_server import EmbeddedRedis, connect, describe_server, owned_p
 from engine.settings import Settings, load_settings
 from engine.store import Store
 from logic import access
-from logic.access import SECRETS_FILE
 
 ROOT = Path(__file__).resolve().parent
 STOP_TIMEOUT_SECONDS = 10.0
@@ -118,7 +117,7 @@ def login_configured(root: Path = ROOT) -> bool:
     exists or neither has an ``[auth]`` section; a file that cannot be read or parsed, or an incomplete
     ``[auth]``, raises :class:`~engine.errors.ConfigError` naming the file and the problem (fail closed: never
     the local operator mode by accident)."""
-    return access.login_configured((Path.home() / SECRETS_FILE, root / SECRETS_FILE))
+    return access.login_configured((Path.home() / access.SECRETS_FILE, root / access.SECRETS_FILE))
 
 
 def check_binding(settings: Settings, root: Path = ROOT) -> None:
@@ -132,7 +131,7 @@ def check_binding(settings: Settings, root: Path = ROOT) -> None:
             f"dashboard.address = {address!r} is not a loopback address and no login is configured: the "
             f"dashboard would accept anyone on the network as the local operator",
             fix=f'set dashboard.address = "127.0.0.1" in the settings, or configure login ([auth] in '
-            f"{SECRETS_FILE}, see README, \"Login and roles\")",
+            f"{access.SECRETS_FILE}, see README, \"Login and roles\")",
         )
 
 

@@ -41,11 +41,12 @@ def _snapshots(now: float, step: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _strip(node: Any) -> Any:
+def _strip(node: Any, volatile: tuple[str, ...] = VOLATILE) -> Any:
+    """``node`` without its ``volatile`` fields (random ids), at every depth."""
     if isinstance(node, dict):
-        return {k: _strip(v) for k, v in node.items() if k not in VOLATILE}
+        return {k: _strip(v, volatile) for k, v in node.items() if k not in volatile}
     if isinstance(node, list):
-        return [_strip(v) for v in node]
+        return [_strip(v, volatile) for v in node]
     return node
 
 

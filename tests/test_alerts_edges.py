@@ -22,6 +22,7 @@ from logic.rules import MISSING, metric_value
 from notifications.service import build_delivering_engine
 
 from .alerts_support import T0, SimClock, SleepRecorder, delivered_events, rule, snapshot
+from .test_alert_batch import _strip as strip_volatile
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR_CRIT = rule("var_breach", "var.utilization", ">=", 1.0, "CRITICAL")
@@ -182,11 +183,7 @@ def test_a_null_section_is_still_no_data_for_other_metrics_and_stale_data_still_
 
 
 def _strip(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip(v) for k, v in node.items() if k not in VOLATILE}
-    if isinstance(node, list):
-        return [_strip(v) for v in node]
-    return node
+    return strip_volatile(node, VOLATILE)
 
 
 def _state(store: Store) -> dict[str, Any]:
