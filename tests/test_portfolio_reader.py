@@ -6,6 +6,7 @@ kind of write the reader must return equal bundles, the same typed errors, and r
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -238,3 +239,138 @@ def test_the_reader_on_a_redis_cluster_matches_the_plain_read(cluster_store: Sto
     assert all(unchanged[pid] is filled[pid] for pid in filled)
     assert isinstance(broken["hedge"].error, CorruptDataError)
     assert repaired["hedge"].state == good
+
+
+# -- tracking: Redis tells the reader which books were written (engine/store/tracking.py) -------------------------
+
+
+def _calls(client: Any, command: str) -> int:
+    """How many times the server ran ``command`` (scripts' inner calls included) since its stats were reset."""
+    stats = client.info("commandstats").get(f"cmdstat_{command}")
+    return 0 if stats is None else int(stats["calls"])
+
+
+def test_with_nothing_written_the_tracked_reader_sends_no_script_and_returns_what_it_holds(
+    seeded_store: Store,
+) -> None:
+    client = seeded_store.client
+    reader = PortfolioReader()
+    first = _assert_same_as_plain(seeded_store, reader)
+
+    client.config_resetstat()
+    second = seeded_store.read_portfolio_bundles(reader=reader)
+
+    assert (_calls(client, "evalsha"), _calls(client, "dump")) == (0, 0)
+    assert list(second) == list(first) and all(second[pid] is first[pid] for pid in first)
+
+
+def test_a_write_by_any_client_is_reported_and_only_that_book_is_read_again(seeded_store: Store) -> None:
+    # Arrange: the reader holds both books
+    client = seeded_store.client
+    reader = PortfolioReader()
+    before = _assert_same_as_plain(seeded_store, reader)
+
+    # Act: a raw write to main's trading-state hash by another connection (not through the store's code)
+    client.hset(PortfolioKeys("main").trading_state, "reason", "typed by an operator")
+    client.config_resetstat()
+    after = seeded_store.read_portfolio_bundles(reader=reader)
+
+    # Assert: one script over main alone (its two hashes dumped), the change seen, hedge reused
+    assert (_calls(client, "evalsha"), _calls(client, "dump")) == (1, 2)
+    assert after["main"].trading_state.reason == "typed by an operator"  # type: ignore[union-attr]
+    assert after["hedge"] is before["hedge"]
+    assert _comparable(after) == _comparable(seeded_store.read_portfolio_bundles())
+
+
+def test_a_flushed_database_is_seen_though_no_key_is_named(seeded_store: Store) -> None:
+    reader = PortfolioReader()
+    _assert_same_as_plain(seeded_store, reader)
+
+    seeded_store.client.flushall()  # Redis pushes one invalidation naming no key
+
+    assert seeded_store.read_portfolio_bundles() == {}
+    assert seeded_store.read_portfolio_bundles(reader=reader) == {}
+
+
+def test_a_killed_tracking_connection_makes_the_reader_read_everything_again(seeded_store: Store) -> None:
+    # Arrange: the reader holds both books; then its connection is killed (every other client's too) and main
+    # is written while no connection tracks it: no invalidation is ever sent
+    client = seeded_store.client
+    reader = PortfolioReader()
+    _assert_same_as_plain(seeded_store, reader)
+    client.client_kill_filter(_type="normal", skipme=True)
+    client.hset(PortfolioKeys("main").state, "cash", "123.45")
+
+    # Act
+    client.config_resetstat()
+    after = seeded_store.read_portfolio_bundles(reader=reader)
+
+    # Assert: every book checked again (two dumps each), the write seen
+    assert _calls(client, "dump") == 2 * len(after)
+    assert after["main"].state.cash == Decimal("123.45")  # type: ignore[union-attr]
+    assert _comparable(after) == _comparable(seeded_store.read_portfolio_bundles())
+
+
+def test_a_connection_reopened_behind_the_trackers_back_makes_the_reader_read_everything_again(
+    seeded_store: Store,
+) -> None:
+    # Arrange: redis-py opens the tracked connection again by itself (as after a dropped socket): the new
+    # connection tracks nothing, so the write below is never pushed
+    client = seeded_store.client
+    reader = PortfolioReader()
+    _assert_same_as_plain(seeded_store, reader)
+    tracker = reader._tracker
+    assert tracker is not None
+    tracker._connection.disconnect()
+    tracker._connection.connect()
+    client.hset(PortfolioKeys("main").state, "cash", "99")
+
+    # Act
+    client.config_resetstat()
+    after = seeded_store.read_portfolio_bundles(reader=reader)
+
+    # Assert
+    assert _calls(client, "dump") == 2 * len(after)
+    assert after["main"].state.cash == Decimal("99")  # type: ignore[union-attr]
+
+
+def test_a_restarted_server_makes_the_reader_read_everything_again(fresh_redis: Any, settings: Settings) -> None:
+    # Arrange: the reader holds the books of a server that then restarts from its AOF (a new server hands out
+    # client ids from 1 again: the reader must not take the new connection for the one it tracked on)
+    store = Store(fresh_redis.client())
+    warmup.seed(store, settings)
+    reader = PortfolioReader()
+    _assert_same_as_plain(store, reader)
+    fresh_redis.client().bgrewriteaof()
+    _wait_for_rewrite(fresh_redis.client())
+    fresh_redis.stop()
+    fresh_redis.start()
+    client = fresh_redis.client()
+    client.hset(PortfolioKeys("hedge").state, "cash", "7.5")
+
+    # Act
+    client.config_resetstat()
+    after = store.read_portfolio_bundles(reader=reader)
+
+    # Assert
+    assert _calls(client, "dump") == 2 * len(after)
+    assert after["hedge"].state.cash == Decimal("7.5")  # type: ignore[union-attr]
+    assert _comparable(after) == _comparable(store.read_portfolio_bundles())
+
+
+def _wait_for_rewrite(client: Any, limit_seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_seconds
+    while client.info("persistence")["aof_rewrite_in_progress"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_an_untracked_reader_matches_the_plain_read_and_checks_every_book(seeded_store: Store) -> None:
+    client = seeded_store.client
+    reader = PortfolioReader(tracking=False)
+    first = _assert_same_as_plain(seeded_store, reader)
+
+    client.config_resetstat()
+    second = _assert_same_as_plain(seeded_store, reader)
+
+    assert _calls(client, "dump") == 2 * len(second)  # the fingerprint of each book, every read
+    assert all(second[pid] is first[pid] for pid in first)

@@ -14,6 +14,12 @@
   the positions it holds. The script answers a bare marker for a portfolio whose two hashes still match the
   fingerprint; otherwise it sends them, and the positions hash only when its ``positions_rev`` (renewed by every
   positions write, :func:`engine.store.portfolio.new_positions_rev`) differs from the reader's.
+- **Nothing read that did not change.** On one server the reader reads through a tracked connection
+  (engine/store/tracking.py): Redis reports every write to a key it read, whoever wrote it. While the registry
+  is unchanged, a read sends the script over the portfolios written since (and those it does not hold) only,
+  and none at all when nothing was written: a tick of 1,000 unchanged books costs one round trip instead of the
+  script's 2,000 DUMPs (about 12 ms). When the tracker cannot vouch (first read, a reconnection, a flushed
+  database, a failed read), every portfolio is read as above.
 - **Nothing decoded twice.** A portfolio answered by the marker gets the very same frozen bundle as the last
   read: no Decimal is parsed for an unchanged book; a changed one decodes only its changed parts. The cache is
   keyed by stored bytes (and ``positions_rev``), never by time; a portfolio that does not decode is not cached
@@ -44,6 +50,7 @@ from engine.store.codec import decode_str, decode_trading_status, hash_from_flat
 from engine.store.keys import PORTFOLIOS_KEY, PortfolioKeys
 from engine.store.portfolio import PortfolioBundle, decode_portfolio, decode_positions
 from engine.store.slots import is_cluster
+from engine.store.tracking import KeyTracker
 
 if TYPE_CHECKING:
     from engine.store.base import StoreBase
@@ -126,10 +133,20 @@ class PortfolioReader:
     used by one thread). The plain :meth:`engine.store.Store.read_portfolio_bundles` needs none.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, tracking: bool = True) -> None:
+        self.tracking = tracking
+        """Ask Redis which books changed (engine/store/tracking.py) rather than checking every one (False: as on a
+        Redis Cluster)."""
         self._entries: dict[str, _Entry] = {}
         self._keys: tuple[list[str], list[str]] = ([], [])  # (ids, their keys) of the last read
+        self._key_names: dict[str, tuple[str, str, str]] = {}
+        self._owner_of: dict[bytes, str] = {}
+        """The portfolio of each key read (as Redis names it in an invalidation)."""
         self._registry: tuple[list[Any], list[str]] = ([], [])  # (SMEMBERS reply, ids) of the last read
+        self._registry_tracked = False
+        """The registry held was read through the tracker, which has not reported a change since."""
+        self._tracker: KeyTracker | None = None
+        self._tracked_client: Any = None
 
     def read(
         self,
@@ -139,6 +156,63 @@ class PortfolioReader:
     ) -> dict[str, PortfolioBundle]:
         """Every registered portfolio's bundle (``select``: the registered ids -> the ones to read), as
         :meth:`engine.store.Store.read_portfolio_bundles`, whose arguments these are."""
+        client: Any = store.client
+        tracker = self._tracker_for(client)
+        changed = tracker.changes() if tracker is not None else None
+        try:
+            if changed is not None and self._registry_tracked and PORTFOLIOS_KEY.encode() not in changed:
+                return self._read_changed(store, tracker, changed, select)
+            self._registry_tracked = False
+            out = self._read_all(store, tracker, known_ids, select)
+            self._registry_tracked = tracker is not None
+            return out
+        except BaseException:
+            if tracker is not None:
+                tracker.forget()
+            raise
+
+    def close(self) -> None:
+        """Close the tracked connection (the reader reads everything again on its next read)."""
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+        self._registry_tracked = False
+
+    def _tracker_for(self, client: Any) -> KeyTracker | None:
+        """The tracker on ``client``'s server (made on first use); None on a Redis Cluster or with tracking off."""
+        if not self.tracking or is_cluster(client):
+            return None
+        if self._tracker is None or self._tracked_client is not client:
+            self.close()
+            self._tracker, self._tracked_client = KeyTracker(client), client
+        return self._tracker
+
+    def _read_changed(
+        self,
+        store: StoreBase,
+        tracker: KeyTracker | None,
+        changed: set[bytes],
+        select: Callable[[list[str]], list[str]] | None,
+    ) -> dict[str, PortfolioBundle]:
+        """The registry is unchanged since the last read: read again only the portfolios a write touched (and
+        those not held), reuse the rest."""
+        registry = list(self._registry[1])
+        ids = sorted(select(registry)) if select is not None else registry
+        known = self._entries
+        touched = {self._owner_of.get(key) for key in changed}
+        stale = [pid for pid in ids if pid in touched or pid not in known]
+        books = self._read_one(store, stale, tracker, registry=False) if stale else []
+        return self._bundles(ids, dict(zip(stale, range(len(stale)), strict=True)), books)
+
+    def _read_all(
+        self,
+        store: StoreBase,
+        tracker: KeyTracker | None,
+        known_ids: Iterable[str] | None,
+        select: Callable[[list[str]], list[str]] | None,
+    ) -> dict[str, PortfolioBundle]:
+        """Read the registry and every selected portfolio (those whose held bytes still match come back as a
+        marker)."""
         client: Any = store.client
         cluster = is_cluster(client)
         registry = (
@@ -150,29 +224,37 @@ class PortfolioReader:
                 books = self._read_cluster(store, ids)
                 registered = self._decode_registry(client.smembers(PORTFOLIOS_KEY))  # last: the commit marker
             else:
-                reply = self._read_one(store, ids)
+                reply = self._read_one(store, ids, tracker, registry=True)
                 registered, books = self._decode_registry(reply[0]), reply[1:]
             if registered == registry:
                 break
             registry = registered
         else:
             raise CorruptDataError(f"{PORTFOLIOS_KEY} keeps changing; cannot read a consistent set")
+        return self._bundles(ids, dict(zip(ids, range(len(ids)), strict=True)), books)
+
+    def _bundles(self, ids: list[str], read: dict[str, int], books: list[Any]) -> dict[str, PortfolioBundle]:
+        """The bundle of every portfolio in ``ids``: decoded from ``books`` (at its index in ``read``), or the one
+        held when it was not read."""
         out: dict[str, PortfolioBundle] = {}
         entries: dict[str, _Entry] = {}
         known = self._entries
-        for i, pid in enumerate(ids):
-            state_raw = books[_SLOTS * i]
+        for pid in ids:
             entry = known.get(pid)
-            try:
-                if isinstance(state_raw, int):  # _UNCHANGED
-                    if entry is None:
-                        raise CorruptDataError(f"portfolio {pid!r}: the store replied 'unchanged' to a first read")
-                else:
-                    at = _SLOTS * i
-                    entry = self._decode(pid, state_raw, books[at + 1], books[at + 2], books[at + 3], entry)
-            except StoreError as exc:
-                out[pid] = PortfolioBundle(pid, None, None, exc)
-                continue
+            i = read.get(pid)
+            if i is not None:
+                state_raw = books[_SLOTS * i]
+                try:
+                    if isinstance(state_raw, int):  # _UNCHANGED
+                        if entry is None:
+                            raise CorruptDataError(f"portfolio {pid!r}: the store replied 'unchanged' to a first read")
+                    else:
+                        at = _SLOTS * i
+                        entry = self._decode(pid, state_raw, books[at + 1], books[at + 2], books[at + 3], entry)
+                except StoreError as exc:
+                    out[pid] = PortfolioBundle(pid, None, None, exc)
+                    continue
+            assert entry is not None  # not read: held (_read_changed)
             entries[pid] = entry
             out[pid] = entry.bundle
         self._entries = entries  # portfolios no longer read are forgotten
@@ -192,8 +274,11 @@ class PortfolioReader:
         if ids != self._keys[0]:
             keys: list[str] = []
             for pid in ids:
-                k = PortfolioKeys(pid)
-                keys.extend((k.state, k.positions, k.trading_state))
+                if pid not in self._key_names:
+                    k = PortfolioKeys(pid)
+                    self._key_names[pid] = (k.state, k.positions, k.trading_state)
+                    self._owner_of.update((name.encode(), pid) for name in self._key_names[pid])
+                keys.extend(self._key_names[pid])
             self._keys = (list(ids), keys)
         return self._keys[1]
 
@@ -202,12 +287,18 @@ class PortfolioReader:
         entry = self._entries.get(pid)
         return (entry.fingerprint, entry.rev) if entry is not None else (b"", b"")
 
-    def _read_one(self, store: StoreBase, ids: list[str]) -> list[Any]:
-        """One script over the registry and every portfolio in ``ids`` (a single server)."""
-        args: list[Any] = ["1"]
+    def _read_one(self, store: StoreBase, ids: list[str], tracker: KeyTracker | None, *, registry: bool) -> list[Any]:
+        """One script over every portfolio in ``ids`` (a single server), the registry first when ``registry``;
+        through the tracked connection when there is one."""
+        args: list[Any] = ["1" if registry else "0"]
         for pid in ids:
             args.extend(self._known(pid))
-        reply: list[Any] = store._eval(None, _READ_BOOKS_LUA, [PORTFOLIOS_KEY, *self._keys_of(ids)], args)
+        keys = self._keys_of(ids)
+        if registry:
+            keys = [PORTFOLIOS_KEY, *keys]
+        if tracker is not None:
+            return list(tracker.eval(_READ_BOOKS_LUA, keys, args))
+        reply: list[Any] = store._eval(None, _READ_BOOKS_LUA, keys, args)
         return reply
 
     def _read_cluster(self, store: StoreBase, ids: list[str]) -> list[Any]:
@@ -270,8 +361,6 @@ def _ok(raw: Any, pid: str, kind: str) -> Any:
             raise raw
         raise CorruptDataError(f"{getattr(PortfolioKeys(pid), kind)}: {raw}")
     return raw
-
-
 
 
 def pipelined_scripts(client: Any, source: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
