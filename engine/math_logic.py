@@ -30,7 +30,7 @@ import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -904,9 +904,15 @@ def build_stressed_covariance(
 
     Notes
     -----
-    ``ρ^f_ij = max(ρ_ij, floor)``: signs are not kept, so hedges stop working, which is the conservative
-    crisis assumption. ``ρ^f`` may not be PSD. Clipping its eigenvalues would push some correlations back
-    below the floor, so instead it is shrunk toward ``K = f⁺·11ᵀ + (1 - f⁺)I`` (``f⁺ = max(floor, 0)``,
+    ``ρ^f_ij = max(ρ_ij, floor)``: signs are not kept, so diversification between assets held on the same
+    side stops working. That is conservative for a long-only book only: between a long and a short leg a
+    higher correlation makes the hedge work better, so the VaR of a long/short book under this matrix alone
+    may fall below its ordinary VaR. A stressed VaR is therefore never taken from this matrix alone, but
+    from the worse of it and of the volatilities multiplied with today's correlations kept
+    (:func:`stressed_portfolio_sigma`).
+
+    ``ρ^f`` may not be PSD. Clipping its eigenvalues would push some correlations back below the floor, so
+    instead it is shrunk toward ``K = f⁺·11ᵀ + (1 - f⁺)I`` (``f⁺ = max(floor, 0)``,
     PSD with entries >= floor): ``ρ^s = (1 - t)ρ^f + tK`` with the smallest t that Weyl's inequality
     guarantees PSD, ``t = -λ_min(ρ^f) / (λ_min(K) - λ_min(ρ^f))``. Then ``Σ^s_ij = (m σ_i)(m σ_j) ρ^s_ij``.
     """
@@ -935,6 +941,57 @@ def build_stressed_covariance(
     return (stressed + stressed.T) / 2.0
 
 
+@overload
+def stressed_portfolio_sigma(floored_sigma: float, sigma: float, vol_multiplier: float) -> float: ...
+
+
+@overload
+def stressed_portfolio_sigma(
+    floored_sigma: Float64Array, sigma: Float64Array, vol_multiplier: float
+) -> Float64Array: ...
+
+
+def stressed_portfolio_sigma(
+    floored_sigma: float | Float64Array, sigma: float | Float64Array, vol_multiplier: float
+) -> float | Float64Array:
+    """Stressed standard deviation of a portfolio: the worse of the two crisis scenarios.
+
+    Parameters
+    ----------
+    floored_sigma : float or ndarray
+        ``sqrt(wᵀΣ^s w)``: the portfolio's standard deviation under the crisis matrix of
+        :func:`build_stressed_covariance` (volatilities multiplied, correlations raised to the floor).
+    sigma : float or ndarray
+        ``sqrt(wᵀΣw)``: its standard deviation under today's covariance, of the same book(s).
+    vol_multiplier : float
+        The crisis factor on every volatility, > 0 (the one the crisis matrix was built with).
+
+    Returns
+    -------
+    float or ndarray
+        ``max(floored_sigma, vol_multiplier · sigma)``, element by element (arrays: one entry per book; a
+        NaN propagates, so a caller can tell a figure that is not finite).
+
+    Notes
+    -----
+    Raising every correlation to the floor is the crisis assumption for assets held on the same side: their
+    diversification stops working. Between a long and a short leg it does the opposite: a higher correlation
+    makes the hedge work better, and a long/short book can come out with a "stressed" VaR below its ordinary
+    VaR although every volatility was multiplied. So the crisis is the worse of two scenarios:
+
+    1. the crisis matrix ``Σ^s`` (correlations floored): ``σ_1 = sqrt(wᵀΣ^s w)``;
+    2. volatilities multiplied by ``m`` with today's correlations kept: its covariance is exactly ``m² Σ``,
+       so ``σ_2 = m · sqrt(wᵀΣw)`` and no other matrix product is needed.
+
+    ``σ^s = max(σ_1, σ_2) >= m σ >= σ`` for ``m >= 1``: a stressed VaR is never below the ordinary one. For an
+    incremental figure (a trade) the maximum is taken for the book before and for the book after the trade
+    separately: which scenario is the worse one may change with the trade.
+    """
+    m = _positive_scalar(vol_multiplier, "vol_multiplier")
+    worse = np.maximum(floored_sigma, m * np.asarray(sigma, dtype=np.float64))
+    return float(worse) if worse.ndim == 0 else worse
+
+
 def get_stressed_var(
     weights: npt.ArrayLike,
     stressed_cov: npt.ArrayLike,
@@ -942,16 +999,39 @@ def get_stressed_var(
     confidence: float = REPORTED_CONFIDENCES[-1],
     horizon: float = 1.0,
     *,
+    cov: npt.ArrayLike,
+    vol_multiplier: float,
     validate: bool = True,
 ) -> float:
-    """Parametric VaR under a stressed covariance (see :func:`build_stressed_covariance`), in dollars.
+    """Parametric stressed VaR, in dollars: the worse of the crisis matrix and of today's correlations at
+    multiplied volatilities (:func:`stressed_portfolio_sigma`).
+
+    Parameters
+    ----------
+    weights, portfolio_value, confidence, horizon
+        As in :func:`get_portfolio_var`.
+    stressed_cov : array_like, shape (N, N)
+        The crisis covariance (:func:`build_stressed_covariance`).
+    cov : array_like, shape (N, N)
+        Today's covariance, in the same asset order.
+    vol_multiplier : float
+        The crisis factor on every volatility, > 0.
+    validate : bool
+        Check both matrices (O(N³) each).
 
     Notes
     -----
-    ``sVaR = z_c · sqrt(wᵀΣ^s w) · V · sqrt(h)``.
+    ``sVaR = z_c · max(sqrt(wᵀΣ^s w), m · sqrt(wᵀΣw)) · V · sqrt(h)``.
     """
-    var, _ = get_portfolio_var(weights, stressed_cov, portfolio_value, confidence, horizon, validate=validate)
-    return var
+    w = _vector(weights, "weights")
+    floored = _covariance(stressed_cov, w.shape[0], validate, "stressed_cov")
+    today = _covariance(cov, w.shape[0], validate, "cov")
+    z = _z_score(confidence)
+    scale = _var_scale(portfolio_value, horizon)
+    sigma = stressed_portfolio_sigma(
+        math.sqrt(_portfolio_variance(w, floored)), math.sqrt(_portfolio_variance(w, today)), vol_multiplier
+    )
+    return z * sigma * scale
 
 
 # ----------------------------------------------------------------------------------------------------------

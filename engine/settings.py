@@ -173,7 +173,8 @@ class Limits:
     max_gross_leverage: Annotated[Number, Field(gt=0)] | None = None
     """Gross exposure / equity after a trade that grows the gross exposure; None: no limit."""
     stressed_var_limit: Annotated[Money, Field(gt=0)] | None = None
-    """Maximum post-trade stressed VaR (the stored stressed matrix) of a trade that adds it; None: no limit."""
+    """Maximum post-trade stressed VaR (the worse of the stored stressed matrix and of today's correlations at
+    multiplied volatilities) of a trade that adds it; None: no limit."""
     max_daily_loss: Annotated[Money, Field(gt=0)] | None = None
     """Once today's loss (equity - the monitor's day-open equity) reaches it, only risk-reducing trades pass."""
     max_position_qty: Annotated[Integer, Field(gt=0)] | None = None

@@ -13,6 +13,10 @@ Normal and Student-t (one covariance ``Σ``, the stressed ``Σˢ`` for the stres
     VaR_p(c, h) = k(c) · σ_p · sqrt(h)          k = Φ⁻¹(c) (normal), t_ν⁻¹(c)·sqrt((ν-2)/ν) (Student-t)
     CVaR_p(c, h) = m(c) · σ_p · sqrt(h)         m = φ(z)/(1-c) (normal), the t's closed-form ES multiplier
     component_p = k(c_p) · sqrt(h_p) / σ_p · (E_p ∘ S_p)    (0 for a riskless book)
+    sVaR_p = Φ⁻¹(0.99) · max(σˢ_p, μ · σ_p) · sqrt(h)       σˢ_p on Σˢ, μ = stress_vol_multiplier (every method)
+
+The stressed VaR is the worse of the crisis matrix and of today's correlations at multiplied volatilities
+(:func:`engine.math_logic.stressed_portfolio_sigma`, on the column of every book's σ at once).
 
 FHS: ``Π = E Sᵀ`` (P x T, one GEMM on the scenarios ``S = z ∘ σ(now)``), then per row the k-th worst loss
 (``numpy.partition`` along the rows), the mean of the k worst, and the positions' losses in the VaR scenario.
@@ -209,7 +213,9 @@ def _covariance_group(
         books = HeldBooks(exposures)
         sigma_x = books.product(market.cov)
         sigma = np.sqrt(np.maximum(np.einsum("ij,ij->i", books.x, sigma_x), 0.0))
-        stressed_sigma = books.sigma(market.stressed)
+        stressed_sigma = math_logic.stressed_portfolio_sigma(
+            books.sigma(market.stressed), sigma, float(model.stress_vol_multiplier)
+        )
         z_high = _z(high)
         if method is VarMethod.STUDENT_T:  # student_t_var(σ·√h) = k·(σ·√h)
             var95 = var_mult(low) * (sigma * day_root)
@@ -276,7 +282,7 @@ def _fhs_group(
     market: MarketView, exposures: Float64Array, limits: Sequence[Limits], model: Model
 ) -> list[RiskFigures | None]:
     """FHS figures of the rows of ``exposures``: one GEMM for every book's scenario P&L, then order statistics
-    along the rows; the stressed VaR is the normal one on the stressed matrix."""
+    along the rows; the stressed VaR is the normal one of the two crisis scenarios (module docstring)."""
     scenarios = _scenarios(market)
     t = scenarios.shape[0]
     if t == 0:
@@ -295,7 +301,10 @@ def _fhs_group(
 
         var95, cvar95 = tail(low)
         var99, cvar99 = tail(high)
-        stressed_sigma = HeldBooks(exposures).sigma(market.stressed)
+        books = HeldBooks(exposures)
+        stressed_sigma = math_logic.stressed_portfolio_sigma(
+            books.sigma(market.stressed), books.sigma(market.cov), float(model.stress_vol_multiplier)
+        )
         stressed99 = _z(high) * stressed_sigma * day_root
         out: list[RiskFigures | None] = []
         for p, lim in enumerate(limits):
@@ -343,7 +352,7 @@ def batch_risk(
     methods, limits:
         Each book's VaR method and limits (confidence and horizon of ``limit_var`` and the components).
     model:
-        ``settings.model`` (``bars_per_day``).
+        ``settings.model`` (``bars_per_day``, ``stress_vol_multiplier``).
     """
     count = exposures.shape[0]
     if not (len(methods) == len(limits) == count):

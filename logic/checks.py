@@ -305,7 +305,15 @@ class Checker:
         ``size``: on a refused well-formed order (known ticker, valid side, usable price), fill the decision's
         ``max_qty_allowed`` (:mod:`logic.sizing`); an approved order costs nothing more.
         """
-        lookups = Lookups(self.limits, self.models, self.horizon_bars, self.day_open, now, self.validated)
+        lookups = Lookups(
+            self.limits,
+            self.models,
+            self.horizon_bars,
+            self.settings.model.stress_vol_multiplier,
+            self.day_open,
+            now,
+            self.validated,
+        )
         try:
             decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
         except (ArithmeticError, ValueError) as exc:  # a backstop: the checks below guard their own figures
@@ -708,12 +716,10 @@ class Checker:
         if limits.stressed_var_limit is not None:
             stressed, s_before, why = lookups.stressed(model, book.exposures)
             s_after = None
-            if stressed is not None:
+            if stressed is not None:  # the worse crisis scenario of the book after, on its own (not the before's)
                 x_after = book.exposures.copy()
                 x_after[index] += delta
-                s_after = math_logic.get_stressed_var(
-                    x_after, stressed, 1.0, limits.var_confidence, self.horizon_bars, validate=False
-                )
+                s_after = lookups.stressed_var(model, stressed, x_after)
             check_stressed_var(limits, s_before, s_after, why, reasons)
         if limits.max_daily_loss is not None:
             day_open, why = lookups.day_open()

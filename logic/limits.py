@@ -198,6 +198,8 @@ class Lookups:
 
     ``validated`` (owned by the caller, kept across evaluations): the stressed matrices already validated, per
     (stressed version, market key), with the problem found (None: valid); the O(N³) check runs once per matrix.
+    ``vol_multiplier``: ``settings.model.stress_vol_multiplier``, the crisis scenario of today's correlations
+    that a stressed VaR is also taken under (:func:`engine.math_logic.stressed_portfolio_sigma`).
     """
 
     def __init__(
@@ -205,6 +207,7 @@ class Lookups:
         limits: Limits,
         models: MarketModelCache,
         horizon_bars: float,
+        vol_multiplier: float,
         day_open: DayOpen | None,
         now: float,
         validated: dict[Any, str | None] | None = None,
@@ -212,6 +215,7 @@ class Lookups:
         self.limits = limits
         self.models = models
         self.horizon_bars = horizon_bars
+        self.vol_multiplier = vol_multiplier
         self.provider = day_open
         self.now = now
         self.validated: dict[Any, str | None] = {} if validated is None else validated
@@ -234,7 +238,8 @@ class Lookups:
 
     def stressed(self, model: MarketModel, x: Float64Array) -> tuple[Float64Array | None, float | None, str | None]:
         """``(stressed matrix in the model's order, stressed VaR of x, None)`` or ``(None, None, why)``; the
-        matrix is validated (as the stress page does) once per stored version."""
+        matrix is validated (as the stress page does) once per stored version. The stressed VaR is the worse of
+        that matrix and of ``model.cov`` at ``vol_multiplier`` times the volatilities (:meth:`stressed_var`)."""
         key = (model.key, id(x))
         if key not in self._stressed:
             self._stressed[key] = self._stressed_var(model, x)
@@ -243,7 +248,6 @@ class Lookups:
     def _stressed_var(
         self, model: MarketModel, x: Float64Array
     ) -> tuple[Float64Array | None, float | None, str | None]:
-        confidence = self.limits.var_confidence
         try:
             stressed = self.models.stressed(model)
         except StoreError as exc:
@@ -253,7 +257,7 @@ class Lookups:
         tag = (stressed.version, stressed.market_key)
         if tag not in self.validated:
             try:
-                math_logic.get_stressed_var(x, stressed.cov, 1.0, confidence, self.horizon_bars)
+                math_logic.check_covariance(stressed.cov)
             except ValueError as exc:
                 self.validated[tag] = f"the stressed matrix is not valid: {exc}"
             else:
@@ -263,8 +267,17 @@ class Lookups:
         why = self.validated[tag]
         if why is not None:
             return None, None, why
-        var = math_logic.get_stressed_var(x, stressed.cov, 1.0, confidence, self.horizon_bars, validate=False)
-        return stressed.cov, float(var), None
+        return stressed.cov, self.stressed_var(model, stressed.cov, x), None
+
+    def stressed_var(self, model: MarketModel, stressed: Float64Array, x: Float64Array) -> float:
+        """Stressed VaR of the exposures ``x`` (the model's order) at the limits' confidence and the gate's
+        horizon: the worse of the crisis matrix ``stressed`` (validated by :meth:`stressed`) and of the model's
+        covariance with every volatility multiplied. The gate takes it of the book before a trade and of the
+        book after it, each on its own."""
+        return math_logic.get_stressed_var(
+            x, stressed, 1.0, self.limits.var_confidence, self.horizon_bars,
+            cov=model.cov, vol_multiplier=self.vol_multiplier, validate=False,
+        )  # fmt: skip
 
 
 def read_day_open(

@@ -463,12 +463,17 @@ class RiskManager:
             raise CorruptDataError(f"no usable price for held {', '.join(book.missing)}: cannot stress")
         stressed_model = self.models.stressed(model)  # aligned once per (market, stressed version)
         version, stressed = stressed_model.version, stressed_model.cov
+        # the worse of the crisis matrix and of today's correlations at multiplied volatilities, as the gate and
+        # the monitor take it; the first call validates (read on demand, not cached)
+        multiplier = self.settings.model.stress_vol_multiplier
         stressed_var = math_logic.get_stressed_var(
-            book.exposures, stressed, 1.0, self.limits.var_confidence, self.horizon_bars
-        )  # validated: read on demand, not cached
+            book.exposures, stressed, 1.0, self.limits.var_confidence, self.horizon_bars,
+            cov=model.cov, vol_multiplier=multiplier,
+        )  # fmt: skip
         stressed_var99 = math_logic.get_stressed_var(
-            book.exposures, stressed, 1.0, REPORTED_CONFIDENCES[-1], self.horizon_bars, validate=False
-        )
+            book.exposures, stressed, 1.0, REPORTED_CONFIDENCES[-1], self.horizon_bars,
+            cov=model.cov, vol_multiplier=multiplier, validate=False,
+        )  # fmt: skip
         equity = float(sim.portfolio.cash) + book.market_value
         scenarios = []
         for name, scenario in self.settings.stress_scenarios.items():

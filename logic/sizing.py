@@ -6,9 +6,11 @@ Two steps (only for a refused, well-formed order: approved orders pay nothing):
    ``p``: linear bounds for notional, cash, inventory, position, concentration, leverage and margin
    (``|x_i + s q p| <= B``), and for the VaR limits the larger root of a quadratic. Under the incremental formula
    ``VaR(q) = k sqrt(v + 2 q s p (Σx)_i + q² p² Σ_ii)`` with ``k = z_c sqrt(h)``, ``VaR(q) <= T`` holds for
-   ``q <= (-b + sqrt(b² - 4ac)) / 2a`` with ``a = p² Σ_ii``, ``b = 2 s p (Σx)_i``, ``c = v - (T / k)²`` (the same for
-   the stressed matrix). The refusing limits only count beyond the risk-reducing region (``q <= |q0|`` when the
-   order closes toward zero).
+   ``q <= (-b + sqrt(b² - 4ac)) / 2a`` with ``a = p² Σ_ii``, ``b = 2 s p (Σx)_i``, ``c = v - (T / k)²``. The stressed
+   VaR is the worse of two scenarios (:func:`engine.math_logic.stressed_portfolio_sigma`): the stressed matrix,
+   and ``m² Σ`` (every volatility times ``m``), so both must stay within its limit: the smaller of the root on
+   the stressed matrix and the root on ``Σ`` with ``T / m``. The refusing limits only count beyond the
+   risk-reducing region (``q <= |q0|`` when the order closes toward zero).
 2. The real check settles it (:func:`largest_passing`): from the guess, gallop up or bisect down to a ``q`` that
    passes with ``q + 1`` refused (or ``q`` = the fat-finger cap), in at most :data:`MAX_EVALUATIONS` checks.
 """
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from engine import math_logic
 from engine.errors import StoreError
 from engine.records import AccountType, Float64Array, OrderIntent, Side, TradingState
 from engine.settings import Fees, Limits
@@ -103,6 +106,8 @@ class SizingInputs:
     initial_margin: float
     state: TradingState | None
     intent: OrderIntent
+    stress_vol_multiplier: float
+    """``settings.model.stress_vol_multiplier``: the stressed VaR's other crisis scenario is ``m² Σ``."""
     stressed_cov: Float64Array | None = None
 
 
@@ -141,9 +146,12 @@ def guess(inp: SizingInputs, limits: Limits, fees: Fees, daily_loss_hit: bool) -
     var_now = z * math.sqrt(max(inp.variance, 0.0) * inp.horizon_bars)
     soft = [_var_root(inp, inp.cov, inp.variance, max(float(limits.var_limit), var_now), z)]
     if limits.stressed_var_limit is not None and inp.stressed_cov is not None:
+        m = inp.stress_vol_multiplier
         v_s = float(inp.x @ inp.stressed_cov @ inp.x)
-        s_now = z * math.sqrt(max(v_s, 0.0) * inp.horizon_bars)
-        soft.append(_var_root(inp, inp.stressed_cov, v_s, max(float(limits.stressed_var_limit), s_now), z))
+        sigma_s = math_logic.stressed_portfolio_sigma(math.sqrt(max(v_s, 0.0)), math.sqrt(max(inp.variance, 0.0)), m)
+        target = max(float(limits.stressed_var_limit), z * sigma_s * math.sqrt(inp.horizon_bars))
+        soft.append(_var_root(inp, inp.stressed_cov, v_s, target, z))  # the crisis matrix within the limit
+        soft.append(_var_root(inp, inp.cov, inp.variance, target / m, z))  # and m·σ within it
     soft.append(_exposure_bound(x_i, s, p, limits.max_concentration * inp.equity))
     rest = inp.gross - abs(x_i)
     if limits.max_gross_leverage is not None:
@@ -213,6 +221,7 @@ def sizing_inputs(
         initial_margin=portfolio.initial_margin,
         state=sim.trading_state.state if sim.trading_state is not None else None,
         intent=intent,
+        stress_vol_multiplier=float(checker.settings.model.stress_vol_multiplier),
         stressed_cov=stressed,
     )
     return inputs, daily_loss_hit

@@ -28,8 +28,10 @@ Definitions:
   ``settings.model.bars_per_day`` one-bar horizons (square-root of time), from the EWMA matrix of the market
   snapshot (``normal``: parametric; ``student_t``: the same scale with Student-t quantiles, degrees of freedom
   fitted to the stored window of standardized returns; ``fhs``: that window rescaled to today's volatility,
-  revalued on the book); ``stressed_var99`` is always the normal VaR on the stressed (crisis) matrix. Computed
-  on dollar exposures so a book with equity <= 0 still shows its risk. ``var.limit`` is the portfolio's VaR
+  revalued on the book); ``stressed_var99`` is always a normal VaR, of the worse of two crisis scenarios: the
+  stressed matrix (correlations floored) and today's correlations with every volatility multiplied by
+  ``model.stress_vol_multiplier`` (:func:`engine.math_logic.stressed_portfolio_sigma`).
+  Computed on dollar exposures so a book with equity <= 0 still shows its risk. ``var.limit`` is the portfolio's VaR
   limit, ``var.confidence`` its confidence, and ``var.utilization`` the VaR at that confidence and the limit's
   horizon (``var_horizon_days``) divided by the limit; ``component_var`` splits that VaR by ticker (Euler
   allocation; under ``fhs`` the positions' losses in the VaR scenario), the shares sum to it.
@@ -202,7 +204,8 @@ def risk_figures(
 ) -> RiskFigures:
     """The figures of one book: dollar exposures ``dollars`` of the tickers at ``held`` (the reference the
     vectorised monitor is tested against, to 1e-12)."""
-    stressed = market.stressed[np.ix_(held, held)]
+    sub = np.ix_(held, held)
+    stressed, cov = market.stressed[sub], market.cov[sub]
     day = float(model.bars_per_day)
     low, high = REPORTED_CONFIDENCES  # reported as var95 / var99 (cvar95 / cvar99, stressed_var99)
     one_bar = market.risk(VarMethod(method), held)
@@ -214,7 +217,9 @@ def risk_figures(
         var99=daily.var(dollars, high),
         cvar95=daily.cvar(dollars, low),
         cvar99=daily.cvar(dollars, high),
-        stressed_var99=math_logic.get_stressed_var(dollars, stressed, 1.0, high, day, validate=False),
+        stressed_var99=math_logic.get_stressed_var(
+            dollars, stressed, 1.0, high, day, cov=cov, vol_multiplier=model.stress_vol_multiplier, validate=False
+        ),
         limit_var=at_limit.var(dollars, limits.var_confidence),
         components=np.asarray(components, dtype=np.float64),
     )

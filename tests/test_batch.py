@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
 
 import logic.batch as batch_module
 import warmup
@@ -86,11 +87,18 @@ def test_batch_risk_equals_the_per_portfolio_figures_on_random_books(random_stor
 
     # Assert: each book against the per-portfolio reference on its held sub-book
     assert set(methods) == set(METHODS)
+    m, z99, day = settings.model.stress_vol_multiplier, float(stats.norm.ppf(0.99)), settings.model.bars_per_day
+    worse: set[str] = set()
     for p, pid in enumerate(pids):
         held = np.flatnonzero(exposures[p])
         ref = risk_figures(market, methods[p], held, exposures[p, held], settings.limits_for(pid), settings.model)
         got = figures[p]
         assert got is not None, pid
+        x = exposures[p]  # stressed VaR: the worse of the crisis matrix and of m² Σ, computed here
+        floored, multiplied = math.sqrt(x @ market.stressed @ x), m * math.sqrt(x @ market.cov @ x)
+        if held.size:
+            worse.add("floored" if floored > multiplied else "multiplied")
+        assert math.isclose(got.stressed_var99, z99 * max(floored, multiplied) * math.sqrt(day), rel_tol=1e-9), pid
         for name in ("var95", "var99", "cvar95", "cvar99", "stressed_var99", "limit_var"):
             np.testing.assert_allclose(
                 getattr(got, name), getattr(ref, name), rtol=RTOL, atol=0, err_msg=f"{pid} {name}"
@@ -100,6 +108,7 @@ def test_batch_risk_equals_the_per_portfolio_figures_on_random_books(random_stor
             assert math.isclose(got.components.sum(), got.limit_var, rel_tol=1e-9)
         else:
             assert got.var99 == 0.0 and got.components.size == 0
+    assert worse == {"floored", "multiplied"}  # long/short books where the rule bites, long-only ones where not
 
 
 def test_books_past_the_gather_limit_take_the_dense_products_with_the_same_figures(

@@ -385,6 +385,38 @@ def test_stressed_var_limit_passes_at_it_and_refuses_one_share_more(desk: Desk, 
     assert stressed_var_after(store, 101) > at * (1 + 1e-6)
 
 
+def hedge_stressed_var_after(store: Store, extra_ccc: int, multiplier: float) -> tuple[float, float]:
+    """hedge holds CCC 300 @ 200 and DDD -1000 @ 25 (TEST_CONFIG), plus ``extra_ccc`` shares of CCC: its stressed
+    VaR under the rule, the worse of the crisis matrix and of today's covariance at ``multiplier`` times the
+    volatilities, and under the crisis matrix alone."""
+    _, tickers, stressed = store.read_stressed()
+    market = store.read_market()
+    order = [tickers.index(t) for t in market.tickers]
+    x = np.zeros(len(market.tickers))
+    x[market.tickers.index("CCC")] = (300 + extra_ccc) * 200.0
+    x[market.tickers.index("DDD")] = -1000 * 25.0
+    floored = independent_var(x, stressed[np.ix_(order, order)])
+    return max(floored, multiplier * independent_var(x, market.cov)), floored
+
+
+def test_stressed_var_limit_of_a_long_short_book_takes_the_worse_scenario_at_the_boundary(
+    desk: Desk, store: Store
+) -> None:
+    # Arrange: the long/short hedge book; the floor (0.3 -> 0.6) makes its short DDD leg a better hedge, so the
+    # crisis matrix alone gives less than doubled volatilities at today's correlation
+    m = desk(portfolio_id="hedge").settings.model.stress_vol_multiplier
+    at, floored_at = hedge_stressed_var_after(store, 100, m)
+    over, floored_over = hedge_stressed_var_after(store, 101, m)
+    assert floored_at < floored_over < at  # under the crisis matrix alone 101 shares would pass
+    rm = desk({"limits": {"stressed_var_limit": repr(at * (1 + 1e-12))}}, portfolio_id="hedge")
+
+    # Act / Assert: 100 shares end exactly at the limit, 101 are refused and sized back to 100
+    refused = assert_boundary(rm, "CCC", "BUY", 100, ReasonCode.STRESSED_VAR)
+
+    assert over > at * (1 + 1e-6)
+    assert f"to {over:,.0f}, above" in refused.reasons[0].message
+
+
 def test_stressed_var_limit_lets_a_trade_that_lowers_stressed_var_through(desk: Desk, store: Store) -> None:
     desk()
     rm = desk({"limits": {"stressed_var_limit": 1.0}})  # far below today's

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import warmup
+from engine.defaults import STRESS_VOL_MULTIPLIER
 from engine.records import OrderIntent, TradingState
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, Store
@@ -144,7 +145,7 @@ def build(client: redis.Redis, case: Case, intent_state: TradingState | None = N
         "reducing_allows_hedges": case.hedges,
     }
     if case.stressed_factor is not None:
-        limits["stressed_var_limit"] = repr(max(var_of(x, stressed) * case.stressed_factor, 1.0))
+        limits["stressed_var_limit"] = repr(max(stressed_var_of(x, snap.cov, stressed) * case.stressed_factor, 1.0))
     if case.leverage is not None:
         limits["max_gross_leverage"] = case.leverage
     if case.position_cap is not None:
@@ -162,6 +163,11 @@ def build(client: redis.Redis, case: Case, intent_state: TradingState | None = N
 
 def var_of(x: np.ndarray, cov: np.ndarray) -> float:
     return Z95 * math.sqrt(max(float(x @ cov @ x), 0.0)) * math.sqrt(HORIZON)
+
+
+def stressed_var_of(x: np.ndarray, cov: np.ndarray, stressed: np.ndarray) -> float:
+    """The worse of the crisis matrix and of today's covariance with every volatility x STRESS_VOL_MULTIPLIER."""
+    return max(var_of(x, stressed), STRESS_VOL_MULTIPLIER * var_of(x, cov))
 
 
 @dataclass(frozen=True)
@@ -201,7 +207,7 @@ def expected(world: World, case: Case, ticker: str, side: str, qty: int) -> Expe
     if over(var1, float(limits.var_limit)) and var1 > var0:
         out.add("VAR_LIMIT")
     if limits.stressed_var_limit is not None:
-        s0, s1 = var_of(x0, world.stressed), var_of(x1, world.stressed)
+        s0, s1 = stressed_var_of(x0, world.cov, world.stressed), stressed_var_of(x1, world.cov, world.stressed)
         near.append(abs(s1 - s0) <= NEAR * max(s0, 1.0))
         if over(s1, float(limits.stressed_var_limit)) and s1 > s0:
             out.add("STRESSED_VAR")

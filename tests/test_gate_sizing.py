@@ -82,6 +82,7 @@ def one_asset(x: float, price: float, vol: float, var_limit: float, side: int = 
         initial_margin=0.5,
         state=TradingState.ACTIVE,
         intent=OrderIntent.TRADE,
+        stress_vol_multiplier=2.0,
     )
     limits = Limits(var_limit=Decimal(repr(var_limit)), max_concentration=1.0, max_order_notional=Decimal(10**9))
     return inputs, limits
@@ -110,3 +111,36 @@ def test_the_guess_never_goes_below_the_shrinking_region_nor_above_the_hard_limi
 
     small = Limits(var_limit=Decimal(10**9), max_order_qty=120, max_concentration=1.0)
     assert guess(cash, small, NO_FEES, daily_loss_hit=False) == 120.0
+
+
+def stressed_var(x: np.ndarray, cov: np.ndarray, stressed: np.ndarray, m: float, horizon: float) -> float:
+    """The worse of the crisis matrix and of ``m² Σ``, computed here."""
+    sigma = max(math.sqrt(x @ stressed @ x), m * math.sqrt(x @ cov @ x))
+    return float(stats.norm.ppf(0.95)) * sigma * math.sqrt(horizon)
+
+
+@pytest.mark.parametrize(("rho", "binding"), [(-0.5, "multiplied"), (0.3, "floored")])
+def test_the_stressed_var_guess_ends_on_the_limit_of_the_worse_scenario(rho: float, binding: str) -> None:
+    # Arrange: buying A in a book long A and short B (rho -0.5: the floor turns B into a hedge of A, so doubled
+    # volatilities at today's correlation bind) or long both (rho 0.3: the floored correlation binds)
+    vols, m, p = np.array([0.001, 0.002]), 2.0, 100.0
+    cov = np.outer(vols, vols) * np.array([[1.0, rho], [rho, 1.0]])
+    corr = max(rho, 0.6)  # build_stressed_covariance's floor, no PSD repair needed for two assets
+    stressed = m * m * np.outer(vols, vols) * np.array([[1.0, corr], [corr, 1.0]])
+    x = np.array([50_000.0, -25_000.0 if rho < 0 else 25_000.0])
+    limit = 3.0 * stressed_var(x, cov, stressed, m, HORIZON)
+    inputs, _ = one_asset(x[0], p, vols[0], 1e12)
+    inputs = replace(inputs, x=x, cov=cov, variance=float(x @ cov @ x), stressed_cov=stressed, stress_vol_multiplier=m)
+    limits = Limits(
+        var_limit=Decimal(10**12), max_concentration=1.0, max_order_notional=Decimal(10**12),
+        stressed_var_limit=Decimal(repr(limit)),
+    )  # fmt: skip
+
+    # Act
+    q = guess(inputs, limits, NO_FEES, daily_loss_hit=False)
+
+    # Assert: the book after q shares sits on the limit under the rule, with the expected scenario binding
+    after = x + np.array([q * p, 0.0])
+    assert stressed_var(after, cov, stressed, m, HORIZON) == pytest.approx(limit, rel=1e-12)
+    multiplied = m * math.sqrt(after @ cov @ after) > math.sqrt(after @ stressed @ after)
+    assert ("multiplied" if multiplied else "floored") == binding

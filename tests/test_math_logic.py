@@ -644,10 +644,103 @@ def test_stressed_covariance_property_psd_symmetric_with_correlations_above_floo
 def test_stressed_var_is_parametric_var_under_stressed_matrix() -> None:
     weights, cov = np.array([0.5, 0.5]), np.array([[1e-4, 0.0], [0.0, 1e-4]])
     stressed = ml.build_stressed_covariance(cov, 2.0, 0.6)
-    # vols 0.02 each, correlation 0.6: σ² = 0.25·4e-4·2 + 2·0.25·0.6·4e-4
+    # vols 0.02 each, correlation 0.6: σ² = 0.25·4e-4·2 + 2·0.25·0.6·4e-4 (above m²·σ² = 4·0.5e-4)
     sigma = math.sqrt(0.25 * 4e-4 * 2 + 2 * 0.25 * 0.6 * 4e-4)
 
-    assert ml.get_stressed_var(weights, stressed, 1e6) == pytest.approx(stats.norm.ppf(0.99) * sigma * 1e6)
+    var = ml.get_stressed_var(weights, stressed, 1e6, cov=cov, vol_multiplier=2.0)
+
+    assert var == pytest.approx(stats.norm.ppf(0.99) * sigma * 1e6)
+
+
+# A two-asset book, one bar: vols 0.01 and 0.02, one million long of the first and half a million short of the
+# second, so each leg carries 1e4 dollars of one-bar volatility (u = 1e4, v = -1e4 below).
+TWO_VOLS = np.array([0.01, 0.02])
+LONG_SHORT = np.array([1e6, -5e5])
+Z99 = float(stats.norm.ppf(0.99))
+
+
+def test_stressed_var_of_a_long_short_book_with_negative_correlation_is_the_multiplied_normal_var() -> None:
+    # Arrange: correlation -0.8, so the short leg adds risk: e'Σe = u² + v² + 2·0.8·u·|v| = 3.6e8
+    cov = ml.covariance_from_vols_and_correlation(TWO_VOLS, -0.8)
+    stressed = ml.build_stressed_covariance(cov, 2.0, 0.6)
+    # the floor lifts the correlation to +0.6 and the legs now offset: e'Σˢe = 4·(u² + v² - 2·0.6·u·|v|) = 3.2e8
+    var = Z99 * math.sqrt(3.6e8)
+    floored_only, _ = ml.get_portfolio_var(LONG_SHORT, stressed, 1.0, 0.99)
+    assert floored_only == pytest.approx(Z99 * math.sqrt(3.2e8), rel=1e-12)
+    assert floored_only < var  # what the stressed VaR was before: below the ordinary VaR
+
+    # Act
+    stressed_var = ml.get_stressed_var(LONG_SHORT, stressed, 1.0, 0.99, cov=cov, vol_multiplier=2.0)
+
+    # Assert: today's correlation at doubled volatilities, z·m·sqrt(e'Σe)
+    assert ml.get_portfolio_var(LONG_SHORT, cov, 1.0, 0.99)[0] == pytest.approx(var, rel=1e-12)
+    assert stressed_var == pytest.approx(Z99 * 2.0 * math.sqrt(3.6e8), rel=1e-12)
+    assert stressed_var >= var
+
+
+def test_stressed_var_of_a_long_only_book_keeps_the_floored_correlation_when_it_is_worse() -> None:
+    # Arrange: correlation 0.3, both long: e'Σe = u² + v² + 2·0.3·u·v = 2.6e8, so m²·e'Σe = 10.4e8; the floor
+    # gives e'Σˢe = 4·(u² + v² + 2·0.6·u·v) = 12.8e8, the worse one
+    book = np.abs(LONG_SHORT)
+    cov = ml.covariance_from_vols_and_correlation(TWO_VOLS, 0.3)
+    stressed = ml.build_stressed_covariance(cov, 2.0, 0.6)
+
+    # Act
+    stressed_var = ml.get_stressed_var(book, stressed, 1.0, 0.99, cov=cov, vol_multiplier=2.0)
+
+    # Assert: unchanged from the crisis matrix alone, the closed form with the floored correlation
+    assert stressed_var == pytest.approx(Z99 * math.sqrt(12.8e8), rel=1e-12)
+    assert stressed_var == ml.get_portfolio_var(book, stressed, 1.0, 0.99)[0]
+
+
+def test_stressed_var_when_the_correlation_is_at_the_floor_both_scenarios_give_the_same_value() -> None:
+    # Arrange: vols 0.5 and 0.25, correlation 0.5 = the floor, all exact in binary: the crisis matrix is exactly
+    # m²Σ, so the two scenarios meet; e = (3, -1): e'Σe = 9·0.25 + 0.0625 - 2·3·0.5·0.5·0.25 = 1.9375
+    cov = ml.covariance_from_vols_and_correlation([0.5, 0.25], 0.5)
+    stressed = ml.build_stressed_covariance(cov, 2.0, 0.5)
+    assert np.array_equal(stressed, 4.0 * cov)
+    book = np.array([3.0, -1.0])
+
+    # Act
+    stressed_var = ml.get_stressed_var(book, stressed, 1.0, 0.99, cov=cov, vol_multiplier=2.0)
+
+    # Assert: the common value z·m·sqrt(e'Σe) = z·sqrt(e'Σˢe)
+    assert stressed_var == Z99 * 2.0 * math.sqrt(1.9375)
+    assert stressed_var == ml.get_portfolio_var(book, stressed, 1.0, 0.99)[0]
+    assert ml.stressed_portfolio_sigma(2.0 * math.sqrt(1.9375), math.sqrt(1.9375), 2.0) == 2.0 * math.sqrt(1.9375)
+
+
+def test_stressed_portfolio_sigma_takes_the_worse_scenario_of_each_book() -> None:
+    floored = np.array([3.0, 1.0, 2.0, math.nan])
+    sigma = np.array([1.0, 1.0, 1.0, 1.0])
+
+    worse = ml.stressed_portfolio_sigma(floored, sigma, 2.0)
+
+    assert_allclose(worse[:3], [3.0, 2.0, 2.0], rtol=0, atol=0)
+    assert math.isnan(worse[3])  # a figure that is not finite stays so (the monitor hands such a book on)
+    assert ml.stressed_portfolio_sigma(1.0, 1.0, 2.0) == 2.0
+    with pytest.raises(ValueError, match="vol_multiplier"):
+        ml.stressed_portfolio_sigma(1.0, 1.0, 0.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    portfolio=portfolios(min_assets=2),
+    multiplier=st.floats(1.0, 4.0),
+    floor=st.floats(-0.9, 0.99),
+)
+def test_stressed_var_property_never_below_the_multiplied_var_nor_the_crisis_matrix_var(
+    portfolio: tuple[np.ndarray, np.ndarray], multiplier: float, floor: float
+) -> None:
+    weights, cov = portfolio
+    stressed = ml.build_stressed_covariance(cov, multiplier, floor)
+
+    stressed_var = ml.get_stressed_var(weights, stressed, 1e6, cov=cov, vol_multiplier=multiplier)
+
+    var, _ = ml.get_portfolio_var(weights, cov, 1e6, 0.99)
+    floored, _ = ml.get_portfolio_var(weights, stressed, 1e6, 0.99)
+    assert stressed_var == pytest.approx(max(floored, multiplier * var), rel=1e-12, abs=1e-9)
+    assert stressed_var >= multiplier * var * (1 - 1e-12) >= var * (1 - 1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -929,7 +1022,7 @@ def test_every_covariance_function_when_inputs_invalid_then_raises(
         lambda: ml.calculate_marginal_var(weights, cov, 1e6),
         lambda: ml.calculate_component_var(weights, cov, 1e6),
         lambda: ml.calculate_incremental_var(weights, np.zeros_like(weights), cov, 1e6),
-        lambda: ml.get_stressed_var(weights, cov, 1e6),
+        lambda: ml.get_stressed_var(weights, cov, 1e6, cov=cov, vol_multiplier=2.0),
         lambda: ml.get_monte_carlo_var(weights, cov, 1e6, n_sims=10),
     ):
         with pytest.raises(ValueError, match=message):

@@ -24,13 +24,14 @@ from scipy import stats
 import warmup
 from engine.feeds import Bar, IterableFeed, SimulatedFeed
 from engine.redis_server import EmbeddedRedis
-from engine.settings import Market, Settings
+from engine.settings import Market, Settings, settings_from_dict
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Position, Store
 from engine.stream import StreamDaemon
 from logic.backtest_runner import BacktestRunner
 from logic.monitor import Monitor
 from logic.snapshot import HISTORY_FIELDS, period_ids
 
+from .conftest import TEST_CONFIG, merge
 from .test_stream import daemon_env, history_versions, spawn, wait_for, write_config
 
 WEDNESDAY = datetime(2024, 3, 6, 15, 0, tzinfo=UTC).timestamp()
@@ -91,6 +92,7 @@ def test_snapshot_figures_match_closed_forms_computed_here(seeded_store: Store, 
     day = math.sqrt(BARS_PER_DAY)
     z95, z99 = stats.norm.ppf(0.95), stats.norm.ppf(0.99)
     last = path[-1]
+    m = settings.model.stress_vol_multiplier
     cases = {
         "main": ({"AAA": (1000, 100.0), "BBB": (2000, 50.0)}, 1_000_000.0),
         "hedge": ({"CCC": (300, 200.0), "DDD": (-1000, 25.0)}, 200_000.0),
@@ -100,6 +102,7 @@ def test_snapshot_figures_match_closed_forms_computed_here(seeded_store: Store, 
         mv = np.array([holdings[t][0] * last[t] if t in holdings else 0.0 for t in market.tickers])
         equity = cash + mv.sum()
         sigma = math.sqrt(mv @ market.cov @ mv)
+        floored = math.sqrt(mv @ stressed @ mv)  # the crisis matrix is the seed's; the bars moved the EWMA one
         unrealized = {t: q * (last[t] - avg) for t, (q, avg) in holdings.items()}
         assert snap["version"] == 3 and snap["ts"] == clock.t and snap["market_ts"] == WEDNESDAY + 3.0
         assert snap["equity"] == pytest.approx(equity, rel=1e-12)
@@ -110,9 +113,7 @@ def test_snapshot_figures_match_closed_forms_computed_here(seeded_store: Store, 
         assert snap["var"]["var99"] == pytest.approx(z99 * sigma * day, rel=1e-9)
         assert snap["var"]["cvar95"] == pytest.approx(sigma * stats.norm.pdf(z95) / 0.05 * day, rel=1e-9)
         assert snap["var"]["cvar99"] == pytest.approx(sigma * stats.norm.pdf(z99) / 0.01 * day, rel=1e-9)
-        assert snap["var"]["stressed_var99"] == pytest.approx(
-            z99 * math.sqrt(mv @ stressed @ mv) * day, rel=1e-9
-        )
+        assert snap["var"]["stressed_var99"] == pytest.approx(z99 * max(floored, m * sigma) * day, rel=1e-9)
         assert snap["var"]["utilization"] == pytest.approx(z95 * sigma * day / 20_000, rel=1e-9)
         assert (snap["var"]["limit"], snap["var"]["confidence"]) == (20_000.0, 0.95)
         shares = np.abs(mv) / np.abs(mv).sum()
@@ -138,6 +139,37 @@ def test_snapshot_figures_match_closed_forms_computed_here(seeded_store: Store, 
     assert hedge["margin"]["maintenance"] == pytest.approx(0.25 * gross, rel=1e-12)
     assert hedge["margin"]["level"] == pytest.approx(hedge["equity"] / (0.5 * gross) * 100, rel=1e-12)
     assert main["margin"] == {"level": None, "used": 0.0, "maintenance": 0.0}
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+def test_snapshot_stressed_var_of_a_long_short_book_is_never_below_its_var(store: Store, vectorised: bool) -> None:
+    # Arrange: two assets with correlation -0.8, long one and short the other (the short leg adds risk); the
+    # crisis matrix's floor (+0.6) would turn the pair into a hedge and its VaR alone below the ordinary VaR
+    config = merge(TEST_CONFIG, {
+        "universe": {"correlation": -0.8},
+        "portfolios": [{"id": "pair", "account_type": "margin", "cash": "500000.00",
+                        "holdings": {"AAA": 1000, "BBB": -1000}}],
+    })  # fmt: skip
+    config["universe"]["assets"] = {t: config["universe"]["assets"][t] for t in ("AAA", "BBB")}
+    config["stress_scenarios"] = {}  # TEST_CONFIG's rotation shocks DDD, not in this universe
+    settings = settings_from_dict(config)
+    warmup.seed(store, settings, now=WEDNESDAY)
+    market = store.read_market()
+    _, stressed_tickers, stressed = store.read_stressed()
+    assert stressed_tickers == market.tickers
+    mv = np.array([{"AAA": 100_000.0, "BBB": -50_000.0}[t] for t in market.tickers])
+    m, day, z99 = settings.model.stress_vol_multiplier, math.sqrt(BARS_PER_DAY), stats.norm.ppf(0.99)
+    var99 = z99 * math.sqrt(mv @ market.cov @ mv) * day
+    assert z99 * math.sqrt(mv @ stressed @ mv) * day < var99  # the crisis matrix alone: what was shown before
+    monitor = Monitor(store, settings, lambda: WEDNESDAY, idle_refresh_seconds=0, vectorised=vectorised)
+
+    # Act
+    snap = monitor.refresh()["pair"]
+
+    # Assert: z·m·sqrt(e'Σe), the multiplied volatilities at today's correlation
+    assert snap["var"]["var99"] == pytest.approx(var99, rel=1e-12)
+    assert snap["var"]["stressed_var99"] == pytest.approx(m * var99, rel=1e-12)
+    assert snap["var"]["stressed_var99"] >= snap["var"]["var99"]
 
 
 def test_snapshot_has_exactly_the_contract_keys(seeded_store: Store, settings: Settings) -> None:

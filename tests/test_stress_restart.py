@@ -148,6 +148,38 @@ def test_the_seeded_stressed_var_matches_the_closed_form(redis_server: EmbeddedR
     assert stress.stressed_var99 == pytest.approx(expected99, rel=1e-9)
 
 
+def test_the_stress_tab_of_a_long_short_book_shows_the_multiplied_volatilities_when_they_are_worse(
+    redis_server: EmbeddedRedis, store: Store
+) -> None:
+    # Arrange: hedge is long CCC and short DDD (correlation 0.3); the floor (0.6) makes DDD a better hedge of CCC
+    settings = desk_settings()
+    seed(store, settings)
+    snap = store.read_market()
+    _, tickers, stressed = store.read_stressed()
+    assert tickers == snap.tickers
+    x = np.zeros(len(snap.tickers))
+    x[snap.tickers.index("CCC")], x[snap.tickers.index("DDD")] = 300 * 200.0, -1000 * 25.0
+    m, root = settings.model.stress_vol_multiplier, math.sqrt(settings.model.bars_per_day)
+    assert math.sqrt(x @ stressed @ x) < m * math.sqrt(x @ snap.cov @ x)  # the crisis matrix alone says less
+    client = redis_server.client()
+    Monitor(store, settings, clock=clock).refresh()
+    desk = views.Desk(client, settings, clock=clock)
+
+    # Act
+    stress = views.stress_view(desk, "hedge")
+    overview = views.overview_view(desk, "hedge")
+    client.close()
+
+    # Assert: z·m·sqrt(x'Σx)·sqrt(h) on the tab, at its confidence and at 99%, the same 99% figure as the
+    # monitor's gauge, never below the VaR
+    for confidence, figure in ((0.95, stress.stressed_var), (0.99, stress.stressed_var99)):
+        z = NormalDist().inv_cdf(confidence)
+        assert figure == pytest.approx(z * m * math.sqrt(x @ snap.cov @ x) * root, rel=1e-9)
+    gauge = next(g for g in overview.gauges if g.title.startswith("Stressed VaR"))
+    assert gauge.value == pytest.approx(stress.stressed_var99, rel=1e-12)
+    assert stress.stressed_var >= stress.var and stress.multiple == pytest.approx(m, rel=1e-9)
+
+
 def test_the_real_settings_seed_a_stamped_matrix(store: Store) -> None:
     settings = load_settings(ROOT / "riskdesk.toml")
     seed(store, settings)

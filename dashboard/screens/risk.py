@@ -99,7 +99,10 @@ def stress(d: views.Desk, pid: str) -> None:
             else ""
         ),
     )
-    st.caption(f"{views.method_caption(d, pid)}; stressed VaR: normal on the stressed (crisis) matrix")
+    st.caption(
+        f"{views.method_caption(d, pid)}; stressed VaR: normal, the worse of the stressed (crisis) matrix and of "
+        "today's correlations with the volatilities stressed"
+    )
     with st.expander("What the stressed figure is computed from", expanded=False):
         for line in sv.provenance():
             st.markdown(ui.md(line))

@@ -100,7 +100,8 @@ class StressView:
     scenarios: pd.DataFrame
     """name, description, pnl, pnl_pct, equity_after."""
     method: str = "normal"
-    """The method of ``var`` (the portfolio's); stressed VaR is the normal VaR on the stressed matrix."""
+    """The method of ``var`` (the portfolio's); stressed VaR is the normal VaR of the worse crisis scenario (the
+    stressed matrix, or today's correlations at multiplied volatilities)."""
     stressed_var_limit: float | None = None
     """The live ``limits.stressed_var_limit`` ``stressed_var`` is compared with (None: the portfolio sets none)."""
     horizon_days: float = 1.0
@@ -128,7 +129,8 @@ def stressed_provenance(source: Mapping[str, Any], confidence: float, horizon_da
     version = source.get("version")
     lines = [
         f"Stressed VaR {confidence:.0%}, {horizon_days:g} day(s): the normal (parametric) VaR of today's positions "
-        f"on the stored stressed matrix, version {version}."
+        f"on the stored stressed matrix, version {version}, or at today's correlations with every volatility "
+        "multiplied by the same factor, whichever is worse (a long/short hedge can gain from raised correlations)."
     ]
     if not source.get("source"):
         lines.append(
