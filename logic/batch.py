@@ -45,8 +45,9 @@ from engine.records import VarMethod
 from engine.settings import Limits, Model, Settings
 from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int, decode_object, decode_str
 from engine.store.limits import decode_limits_reply
-from engine.store.limits_batch import read_limits_batch
+from engine.store.limits_batch import read_limits_batch, tracked_limits
 from engine.store.slots import is_cluster
+from engine.store.tracking import TrackedReplies
 from logic.backtest_monitor import section_for
 from logic.snapshot import MarketView, RiskFigures, usable_prices
 from logic.valuation import Valuation
@@ -84,6 +85,10 @@ class PortfolioLookup:
         return self._methods.get(portfolio_id, self.settings.model.var_method)
 
 
+TRACKED_LIMITS = ("tracked reads",)
+"""The key of a limits ``memo`` under which :func:`read_limits` keeps its tracked reads (one connection)."""
+
+
 def read_limits(
     store: Store, portfolio_ids: Sequence[str], lookup: PortfolioLookup, memo: dict[Any, Any]
 ) -> dict[str, Limits | Exception]:
@@ -91,10 +96,14 @@ def read_limits(
     script on a single server): the version ``memo`` holds of each is sent, and only a limits record whose
     version moved comes back, with its JSON, and is decoded (``memo`` is updated). A portfolio without a record
     gets ``lookup``'s limits; one whose limits cannot be read carries the store's error (the caller skips it, as
-    the per-portfolio path does)."""
+    the per-portfolio path does). Only the records written since the last read are read at all: ``memo`` keeps
+    the tracked reads under :data:`TRACKED_LIMITS` (engine/store/tracking.py)."""
     known = [memo.get(("limits", pid)) for pid in portfolio_ids]
     held = ["" if k is None else str(k[0]) for k in known]
-    replies = read_limits_batch(store, portfolio_ids, held)
+    tracked = memo.get(TRACKED_LIMITS)
+    if tracked is None:
+        tracked = memo[TRACKED_LIMITS] = tracked_limits()
+    replies = read_limits_batch(store, portfolio_ids, held, tracked)
     out: dict[str, Limits | Exception] = {}
     for pid, mine, raw in zip(portfolio_ids, known, replies, strict=True):
         try:
@@ -473,6 +482,8 @@ class BacktestSections:
     def __init__(self) -> None:
         self._memo: dict[str, tuple[bytes, VarMethod, dict[str, Any] | None]] = {}
         self._reported: set[str] = set()
+        self._tracked = TrackedReplies(_SECTIONS_LUA)
+        """Only the sections written since the last read are read (engine/store/tracking.py)."""
 
     def read(
         self, store: Store, portfolio_ids: Sequence[str], methods: Sequence[VarMethod]
@@ -482,12 +493,13 @@ class BacktestSections:
         if not portfolio_ids:
             return []
         keys = [PortfolioKeys(pid).backtest for pid in portfolio_ids]
-        if is_cluster(store.client):
+        replies = self._tracked.read(store.client, keys)  # None on a Redis Cluster
+        if replies is None and is_cluster(store.client):
             pipe = store.client.pipeline(transaction=False)
             for key in keys:
                 pipe.hget(key, "section")
             replies = pipe.execute()
-        else:
+        elif replies is None:
             replies = store._eval(None, _SECTIONS_LUA, keys, [])
         out: list[dict[str, Any] | None] = []
         for pid, key, method, raw in zip(portfolio_ids, keys, methods, replies, strict=True):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from engine.store.keys import PortfolioKeys
 from engine.store.portfolio_reader import pipelined_scripts
 from engine.store.slots import is_cluster
+from engine.store.tracking import TrackedReplies
 
 if TYPE_CHECKING:
     from engine.store.base import StoreBase
@@ -53,17 +54,29 @@ def _limits_key(portfolio_id: str) -> str:
     return PortfolioKeys(portfolio_id).limits
 
 
-def read_limits_batch(store: StoreBase, portfolio_ids: Sequence[str], held: Sequence[str]) -> list[Any]:
+def read_limits_batch(
+    store: StoreBase, portfolio_ids: Sequence[str], held: Sequence[str], tracked: TrackedReplies | None = None
+) -> list[Any]:
     """One reply per portfolio of ``portfolio_ids``, ``held`` being the version the caller holds of each
     (``""`` for none): ``None`` (no limits stored), :data:`LIMITS_UNCHANGED`, ``[version, json]`` (raw bytes;
-    ``json`` None when missing) or the Redis error of that portfolio's key (a ``redis.ResponseError``)."""
+    ``json`` None when missing) or the Redis error of that portfolio's key (a ``redis.ResponseError``).
+    ``tracked`` (from :func:`tracked_limits`, kept by the caller): only the records written since its last read
+    are read (engine/store/tracking.py)."""
     if len(held) != len(portfolio_ids):
         raise ValueError("one held version per portfolio")
     keys = [_limits_key(pid) for pid in portfolio_ids]
     if not keys:
         return []
+    replies = tracked.read(store.client, keys, held) if tracked is not None else None
+    if replies is not None:
+        return replies
     if not is_cluster(store.client):
         reply: list[Any] = store._eval(None, _READ_LIMITS_LUA, keys, list(held))
         return reply
     calls = [([key], [version]) for key, version in zip(keys, held, strict=True)]
     return [r if isinstance(r, Exception) else r[0] for r in pipelined_scripts(store.client, _READ_LIMITS_LUA, calls)]
+
+
+def tracked_limits() -> TrackedReplies:
+    """What a caller of :func:`read_limits_batch` keeps between reads to read only the limits written since."""
+    return TrackedReplies(_READ_LIMITS_LUA)

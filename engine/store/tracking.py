@@ -17,13 +17,19 @@ connections, not ids), after a flush of the database (its push names no key), an
 then reads everything through :attr:`KeyTracker.client`, which tracks it anew.
 
 Only on one server: a Redis Cluster pushes per node, and the readers fall back to reading everything.
+
+Users: the monitor's and the backtest runner's read of every book (engine/store/portfolio_reader.py), and, through
+:class:`TrackedReplies`, the per-portfolio reads of every tick (live limits, backtest sections).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
+
+from engine.store.slots import is_cluster
 
 
 class KeyTracker:
@@ -114,6 +120,74 @@ class KeyTracker:
         else:
             self._changed.update(k if isinstance(k, bytes) else str(k).encode() for k in keys)
         return _PUSH
+
+
+class TrackedReplies:
+    """The replies of a read-only Lua script that answers one reply per key (reply i for ``KEYS[i]`` and
+    ``ARGV[i]``), kept per key while Redis reports no write to it (:class:`KeyTracker`): a read sends the
+    script over the keys written since, or whose argument changed, only (none: one round trip).
+
+    Every reply but an error is kept; an error is read again next time. On a Redis Cluster (or with ``tracking``
+    False) :meth:`read` returns None and the caller reads as without it."""
+
+    def __init__(self, source: str, *, tracking: bool = True) -> None:
+        self.source = source
+        self.tracking = tracking
+        self._tracker: KeyTracker | None = None
+        self._client: Any = None
+        self._held: dict[str, tuple[Any, Any]] = {}
+        """By key: (the argument sent, the reply)."""
+        self._last: tuple[list[str], list[Any], list[Any]] = ([], [], [])
+        """(keys, arguments, replies) of the last read: the answer again while nothing was written."""
+        self._encoded: dict[str, bytes] = {}
+
+    def read(self, client: Any, keys: Sequence[str], args: Sequence[Any] | None = None) -> list[Any] | None:
+        """The replies of the script over ``keys`` and ``args`` (one argument per key; None: the script takes
+        none), as of now; None without a tracker (the caller runs the script itself)."""
+        sent = args is not None
+        if not self.tracking or is_cluster(client):
+            return None
+        if self._tracker is None or self._client is not client:
+            self.close()
+            self._tracker, self._client = KeyTracker(client), client
+        tracker = self._tracker
+        changed = tracker.changes()
+        keys = list(keys)
+        args = list(args) if args is not None else [""] * len(keys)
+        last_keys, last_args, last_replies = self._last
+        if changed is not None and not changed and keys == last_keys and args == last_args:
+            return list(last_replies)  # nothing written: the common tick
+        held = self._held if changed is not None else {}
+        encoded = self._encoded
+        need: list[int] = []
+        for i, (key, arg) in enumerate(zip(keys, args, strict=True)):
+            h = held.get(key)
+            if h is None or h[0] != arg:
+                need.append(i)
+            elif changed:
+                name = encoded.get(key)
+                if name is None:
+                    name = encoded[key] = key.encode()
+                if name in changed:
+                    need.append(i)
+        try:
+            need_args = [args[i] for i in need] if sent else []
+            fresh = tracker.eval(self.source, [keys[i] for i in need], need_args) if need else []
+        except BaseException:
+            tracker.forget()
+            raise
+        replies = [h[1] if h is not None else None for h in (held.get(k) for k in keys)]
+        for i, reply in zip(need, fresh, strict=True):
+            replies[i] = reply
+        self._held = {k: (a, r) for k, a, r in zip(keys, args, replies, strict=True) if not isinstance(r, Exception)}
+        self._last = (keys, args, replies) if len(self._held) == len(keys) else ([], [], [])
+        return list(replies)
+
+    def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+        self._held, self._last = {}, ([], [], [])
 
 
 _PUSH = object()
