@@ -1,11 +1,13 @@
 """The monitor's reads at the start of a tick, 1,000 portfolios of 20 positions (N = 500), through a real Redis.
 
-- Every portfolio's book: :class:`engine.store.PortfolioReader` (one Lua script; a book whose bytes did not
-  change is neither sent back nor decoded again) beside the plain :meth:`Store.read_portfolio_bundles` (one
-  MULTI of three HGETALLs per portfolio, every book decoded), timed in alternation in the same run. Two rows:
-  nothing written between reads, and ten fills (new positions) between reads, as on a trading desk's tick.
-- Every portfolio's live limits: ``logic.batch.read_limits`` (one script; only a changed record is sent) beside
-  the per-portfolio reads (``live_limits(batched=False)``, one round trip each).
+- Every portfolio's book: :class:`engine.store.PortfolioReader` (Redis reports the books written since the last
+  read, engine/store/tracking.py, and one Lua script reads those only; a book whose bytes did not change is
+  neither sent back nor decoded again) beside the plain :meth:`Store.read_portfolio_bundles` (one MULTI of
+  three HGETALLs per portfolio, every book decoded), timed in alternation in the same run. Two rows: nothing
+  written between reads, and ten fills (new positions) between reads, as on a trading desk's tick.
+- Every portfolio's live limits: ``logic.batch.read_limits`` (only the records written since the last read are
+  read, by one script; only a changed record is sent) beside the per-portfolio reads
+  (``live_limits(batched=False)``, one round trip each).
 
 No SPEC.md target of their own: they are parts of the monitor tick (bench_monitor.py, issue 15: <= 250 ms).
 """
