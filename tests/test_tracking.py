@@ -156,3 +156,26 @@ def test_a_tracker_reports_the_keys_written_since_its_reads_once(seeded: redis.R
     # Assert
     assert first == {KEYS[0].encode()}
     assert second == set()
+
+
+def test_a_server_refusing_client_tracking_is_read_in_full_every_time(seeded: redis.Redis, redis_server: Any) -> None:
+    # Arrange: an ACL user who may run scripts and read keys but not CLIENT (as a locked-down deployment)
+    seeded.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-client"])
+    limited = redis.Redis(unix_socket_path=str(redis_server.socket_path), username="reader", password="pw", protocol=3)
+    tracked = TrackedReplies(_SCRIPT)
+    args = [""] * len(KEYS)
+    try:
+        first = tracked.read(limited, KEYS, args)
+        seeded.config_resetstat()
+        second = tracked.read(limited, KEYS, args)
+        reads = _calls(seeded, "hget")
+        refused = tracked._tracker.refused if tracked._tracker is not None else None
+    finally:
+        tracked.close()
+        limited.close()
+        seeded.acl_deluser("reader")
+
+    # Assert: the same replies, every key read each time, and the refusal recorded
+    assert first is not None and second == first and first[0] == b"x0:"
+    assert reads == len(KEYS)
+    assert refused is not None and "no permissions" in refused

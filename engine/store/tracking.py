@@ -14,7 +14,8 @@ restore). When the tracker cannot vouch for a key, :meth:`~KeyTracker.changes` r
 everything"): the first call, after any (re)connection (a new connection tracks nothing, and pushes sent to the
 old one are lost; a restarted server may even hand out the old client id again, so the tracker counts
 connections, not ids), after a flush of the database (its push names no key), and after an error. The caller
-then reads everything through :attr:`KeyTracker.client`, which tracks it anew.
+then reads everything through :meth:`KeyTracker.eval`, which tracks it anew. A server that refuses tracking (an
+ACL denying ``CLIENT``) is told once and read in full on every call.
 
 Only on one server: a Redis Cluster pushes per node, and the readers fall back to reading everything.
 
@@ -24,12 +25,15 @@ Users: the monitor's and the backtest runner's read of every book (engine/store/
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
 from engine.store.slots import is_cluster
+
+log = logging.getLogger(__name__)
 
 
 class KeyTracker:
@@ -49,16 +53,26 @@ class KeyTracker:
         self._changed: set[bytes] = set()
         self._everything = True
         self._scripts: dict[str, str] = {}
+        self.refused: str | None = None
+        """Why the server refused tracking (an ACL that denies ``CLIENT``), None while it has not."""
 
     def changes(self) -> set[bytes] | None:
         """The keys written since they were last read through :meth:`eval`, or None when that is not known (read
         everything). Call it before the reads it decides. A broken connection (the server restarted, a timeout)
         is opened again once, and the answer is None."""
+        if self.refused is not None:
+            return None
         try:
             return self._changes()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             self._connection.disconnect()
             return self._changes()
+        except redis.exceptions.ResponseError as exc:
+            if not _refusal(exc):
+                raise
+            self.refused = str(exc)  # an ACL without CLIENT, a server without tracking: read everything, always
+            log.warning("Redis refused client tracking (%s): every read reads everything", exc)
+            return None
 
     def _changes(self) -> set[bytes] | None:
         try:
@@ -188,6 +202,15 @@ class TrackedReplies:
             self._tracker.close()
             self._tracker = None
         self._held, self._last = {}, ([], [], [])
+
+
+def _refusal(exc: redis.exceptions.ResponseError) -> bool:
+    """The server will never track for this client: no permission, or no such command (not a transient
+    error such as a busy script, which the next call may not meet)."""
+    text = str(exc).lower()
+    return (
+        isinstance(exc, redis.exceptions.NoPermissionError) or "unknown command" in text or "unknown subcommand" in text
+    )
 
 
 _PUSH = object()
