@@ -292,6 +292,17 @@ def test_a_flushed_database_is_seen_though_no_key_is_named(seeded_store: Store) 
     assert seeded_store.read_portfolio_bundles(reader=reader) == {}
 
 
+def _assert_every_book_read_again(store: Store, reader: PortfolioReader, pid: str, cash: str) -> None:
+    """The reader's next read checks every book again (two DUMPs each) and sees ``pid``'s cash written meanwhile."""
+    client = store.client
+    client.config_resetstat()
+    after = store.read_portfolio_bundles(reader=reader)
+
+    assert _calls(client, "dump") == 2 * len(after)
+    assert after[pid].state.cash == Decimal(cash)  # type: ignore[union-attr]
+    assert _comparable(after) == _comparable(store.read_portfolio_bundles())
+
+
 def test_a_killed_tracking_connection_makes_the_reader_read_everything_again(seeded_store: Store) -> None:
     # Arrange: the reader holds both books; then its connection is killed (every other client's too) and main
     # is written while no connection tracks it: no invalidation is ever sent
@@ -301,14 +312,7 @@ def test_a_killed_tracking_connection_makes_the_reader_read_everything_again(see
     client.client_kill_filter(_type="normal", skipme=True)
     client.hset(PortfolioKeys("main").state, "cash", "123.45")
 
-    # Act
-    client.config_resetstat()
-    after = seeded_store.read_portfolio_bundles(reader=reader)
-
-    # Assert: every book checked again (two dumps each), the write seen
-    assert _calls(client, "dump") == 2 * len(after)
-    assert after["main"].state.cash == Decimal("123.45")  # type: ignore[union-attr]
-    assert _comparable(after) == _comparable(seeded_store.read_portfolio_bundles())
+    _assert_every_book_read_again(seeded_store, reader, "main", "123.45")
 
 
 def test_a_connection_reopened_behind_the_trackers_back_makes_the_reader_read_everything_again(
@@ -325,13 +329,7 @@ def test_a_connection_reopened_behind_the_trackers_back_makes_the_reader_read_ev
     tracker._connection.connect()
     client.hset(PortfolioKeys("main").state, "cash", "99")
 
-    # Act
-    client.config_resetstat()
-    after = seeded_store.read_portfolio_bundles(reader=reader)
-
-    # Assert
-    assert _calls(client, "dump") == 2 * len(after)
-    assert after["main"].state.cash == Decimal("99")  # type: ignore[union-attr]
+    _assert_every_book_read_again(seeded_store, reader, "main", "99")
 
 
 def test_a_restarted_server_makes_the_reader_read_everything_again(fresh_redis: Any, settings: Settings) -> None:
@@ -345,17 +343,9 @@ def test_a_restarted_server_makes_the_reader_read_everything_again(fresh_redis: 
     _wait_for_rewrite(fresh_redis.client())
     fresh_redis.stop()
     fresh_redis.start()
-    client = fresh_redis.client()
-    client.hset(PortfolioKeys("hedge").state, "cash", "7.5")
+    fresh_redis.client().hset(PortfolioKeys("hedge").state, "cash", "7.5")
 
-    # Act
-    client.config_resetstat()
-    after = store.read_portfolio_bundles(reader=reader)
-
-    # Assert
-    assert _calls(client, "dump") == 2 * len(after)
-    assert after["hedge"].state.cash == Decimal("7.5")  # type: ignore[union-attr]
-    assert _comparable(after) == _comparable(store.read_portfolio_bundles())
+    _assert_every_book_read_again(store, reader, "hedge", "7.5")
 
 
 def _wait_for_rewrite(client: Any, limit_seconds: float = 30.0) -> None:
