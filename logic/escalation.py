@@ -3,7 +3,7 @@
 Policies
 --------
 One policy per severity, each an ordered list of levels; a level says after how long (since the alert
-triggered, or since escalation restarted) whom to tell and by which channels::
+triggered, or since escalation restarted or resumed, see :func:`resume`) whom to tell and by which channels::
 
     [escalation]
     ack_timeout_seconds = 1800   # acknowledged, still active this long after: escalation restarts (0 = never)
@@ -27,7 +27,8 @@ State (kept in the alert record, field ``escalation``; pure functions here, pers
 cycle (-1 = none yet), ``max_level`` the highest ever (the resolved message goes to everyone told),
 ``next_at`` when the next level is due (None = stopped: acknowledged, inhibited, resolved or no more levels).
 Acknowledging stops it; resolving cancels it; the acknowledge timeout starts a new cycle at level 1 whose
-first message is the *acknowledged-reminder*.
+first message is the *acknowledged-reminder*. An inhibited alert tells nobody; when the inhibition ends,
+:func:`resume` continues from a point that pages one level, not every level missed meanwhile.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
-from engine.records import Channel, Severity
+from engine.records import AlertStatus, Channel, Severity
 from engine.settings import CONFIG, Seconds, Text, validate_config
 
 SEVERITIES: tuple[str, ...] = tuple(Severity)
@@ -206,14 +207,37 @@ def stop(alert: dict[str, Any]) -> None:
 
 
 def resume(alert: dict[str, Any], policy: EscalationPolicy, now: float) -> None:
-    """After an inhibition ends: continue with the next level, on its schedule but not in the past."""
+    """After an inhibition ends: continue where the inhibition stopped the escalation, from ``now``.
+
+    - An acknowledged alert stays stopped: acknowledging stops escalation, and its acknowledge timeout
+      restarts it.
+    - An alert whose acknowledge timeout passed while it was inhibited (TRIGGERED again, in a cycle that began
+      before the acknowledgement) starts now the cycle the timeout could not start: level 1 is told the
+      acknowledged-reminder, the other levels follow on their delays.
+    - Otherwise the next level is due on its schedule but not in the past, and the levels after it keep their
+      spacing from it: after an inhibition longer than several delays the next level is told, not every level
+      missed meanwhile at once.
+
+    Notes
+    -----
+    The schedule then counts from ``started_at = due - delay(next level)``, so :func:`due_levels` and
+    :func:`mark_notified` keep working on it unchanged.
+    """
     esc = alert.get("escalation")
     if esc is None:
         start(alert, policy, now)
         return
+    if alert.get("status") == AlertStatus.ACKNOWLEDGED:
+        return
+    acknowledged_at = alert.get("acknowledged_at")
+    if acknowledged_at is not None and esc["started_at"] <= acknowledged_at:
+        start(alert, policy, now, cycle=int(esc.get("cycle", 0)) + 1)
+        return
     following = int(esc["level"]) + 1
     if following < len(policy.levels):
-        esc["next_at"] = max(now, esc["started_at"] + policy.delay(following))
+        due = max(now, esc["started_at"] + policy.delay(following))
+        esc["started_at"] = due - policy.delay(following)
+        esc["next_at"] = due
 
 
 def event_kind(alert: Mapping[str, Any], level: int) -> str:

@@ -189,3 +189,161 @@ def test_escalation_settings_are_validated() -> None:
         escalation_config({"escalation": {"HIGH": [{"channels": ["email"]}]}}, names)
     config = escalation_config({}, names)
     assert config.policy("CRITICAL").levels[0].channels == ("log",) and config.ack_timeout_seconds == 0
+
+
+# -- inhibition: an inhibited alert tells nobody; when it ends, escalation resumes from a sensible point ----------
+
+VAR_HIGH = rule("var_warning", "var.utilization", ">=", 0.8, "HIGH", description="VaR near its limit")
+HIGH_POLICY = [
+    {"delay_seconds": 0, "recipients": ["desk"], "channels": ["email"]},
+    {"delay_seconds": 300, "recipients": ["boss"], "channels": ["email"]},
+    {"delay_seconds": 600, "recipients": ["cro"], "channels": ["email"]},
+]
+WARNING, BREACH = 0.9, 1.2
+"""``var.utilization`` of a snapshot that breaches only VAR_HIGH, and one that breaches VAR_CRIT too (which then
+inhibits VAR_HIGH)."""
+
+
+def build_inhibiting(store: Store, make_settings: Any, clock: SimClock):
+    """VAR_HIGH (desk at once, boss after 300 s, cro after 600 s) under VAR_CRIT; acknowledge timeout 600 s."""
+    settings = make_settings(
+        {
+            "alert_rules": [VAR_CRIT, VAR_HIGH],
+            "notifications": {
+                "group_wait_seconds": 0,
+                "group_interval_seconds": 0,
+                "recipients": {**RECIPIENTS, "cro": {"email": "cro@test.local"}},
+            },
+            "escalation": {"ack_timeout_seconds": 600, "CRITICAL": POLICY, "HIGH": HIGH_POLICY},
+        }
+    )
+    return build_alert_engine(store, settings, clock=clock, env={}, sleep=SleepRecorder())
+
+
+def at(engine: Any, clock: SimClock, seconds: float, utilization: float) -> None:
+    """One snapshot and one tick at T0 + ``seconds``."""
+    clock.now = T0 + seconds
+    engine.evaluate("main", snapshot(now=clock.now, var__utilization=utilization), clock.now)
+    engine.tick(clock.now)
+
+
+def warning_sent(engine: Any) -> list[tuple[str, Any, str]]:
+    """(kind, level, recipient) of VAR_HIGH's email messages, oldest first."""
+    records = engine.delivery_log("main", count=10_000, channel="email")
+    return [(e["kind"], e["level"], r["recipient"]) for r in reversed(records) for e in r["events"]
+            if e["rule_id"] == "var_warning"]  # fmt: skip
+
+
+def warning_alert(engine: Any) -> dict[str, Any]:
+    return {a["rule_id"]: a for a in engine.active_alerts("main")}["var_warning"]
+
+
+def test_an_inhibited_alert_tells_nobody_and_when_it_ends_tells_the_next_level_only(
+    store: Store, make_settings: Any
+) -> None:
+    # Arrange: the HIGH alert told the desk, then a CRITICAL inhibits it past both later levels' delays
+    clock = SimClock(T0)
+    engine = build_inhibiting(store, make_settings, clock)
+    at(engine, clock, 0, WARNING)
+    for seconds in range(10, 2000, 10):
+        at(engine, clock, seconds, BREACH)
+    assert warning_sent(engine) == [("triggered", 0, "desk")]
+    assert warning_alert(engine)["inhibited"]
+    # Act: the CRITICAL resolves at +2000, the HIGH is still active and unacknowledged
+    at(engine, clock, 2000, WARNING)
+    # Assert: one level, the next, at once; the one after it keeps its 300 s spacing from there
+    assert warning_sent(engine) == [("triggered", 0, "desk"), ("escalated", 1, "boss")]
+    at(engine, clock, 2299, WARNING)
+    assert len(warning_sent(engine)) == 2
+    at(engine, clock, 2300, WARNING)
+    assert warning_sent(engine)[2:] == [("escalated", 2, "cro")]
+    at(engine, clock, 2301, WARNING)
+    assert len(warning_sent(engine)) == 3
+
+
+def test_an_inhibition_shorter_than_the_next_delay_keeps_the_next_level_on_its_schedule(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0)
+    engine = build_inhibiting(store, make_settings, clock)
+    at(engine, clock, 0, WARNING)
+    at(engine, clock, 10, BREACH)
+    at(engine, clock, 100, WARNING)  # inhibited from +10 to +100; level 2 is due at +300 from the trigger
+    at(engine, clock, 299, WARNING)
+    assert warning_sent(engine) == [("triggered", 0, "desk")]
+    at(engine, clock, 300, WARNING)
+    assert warning_sent(engine)[1:] == [("escalated", 1, "boss")]
+    at(engine, clock, 301, WARNING)
+    assert len(warning_sent(engine)) == 2
+
+
+def test_an_acknowledge_timeout_during_an_inhibition_restarts_the_escalation_when_the_inhibition_ends(
+    store: Store, make_settings: Any
+) -> None:
+    # Arrange: acknowledged at +50 (timeout 600 s: +650), inhibited from +100
+    clock = SimClock(T0)
+    engine = build_inhibiting(store, make_settings, clock)
+    at(engine, clock, 0, WARNING)
+    at(engine, clock, 40, WARNING)
+    clock.now = T0 + 50
+    engine.acknowledge("main", "var_warning", actor="alice")
+    at(engine, clock, 100, BREACH)
+    at(engine, clock, 649, BREACH)
+    assert warning_alert(engine)["status"] == "ACKNOWLEDGED"
+    # Act 1: the timeout passes while inhibited
+    at(engine, clock, 650, BREACH)
+    at(engine, clock, 651, BREACH)
+    # Assert 1: back to TRIGGERED, yet nobody paged and nothing scheduled
+    alert = warning_alert(engine)
+    assert alert["status"] == "TRIGGERED" and alert["inhibited"] and alert["next_escalation_at"] is None
+    assert warning_sent(engine) == [("triggered", 0, "desk")]
+    # Act 2: the inhibition ends at +1000
+    at(engine, clock, 1000, WARNING)
+    # Assert 2: the cycle the timeout called for starts now: the reminder to the desk, the boss 300 s later
+    assert warning_sent(engine)[1:] == [("acknowledged_reminder", 0, "desk")]
+    at(engine, clock, 1299, WARNING)
+    assert len(warning_sent(engine)) == 2
+    at(engine, clock, 1300, WARNING)
+    assert warning_sent(engine)[2:] == [("escalated", 1, "boss")]
+    at(engine, clock, 1301, WARNING)
+    assert len(warning_sent(engine)) == 3
+
+
+def test_an_alert_that_told_every_level_is_escalated_again_when_its_timeout_passed_during_an_inhibition(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0)
+    engine = build_inhibiting(store, make_settings, clock)
+    for seconds in (0, 300, 600):
+        at(engine, clock, seconds, WARNING)
+    assert [level for _, level, _ in warning_sent(engine)] == [0, 1, 2]
+    clock.now = T0 + 700
+    engine.acknowledge("main", "var_warning", actor="alice")  # timeout at +1300
+    at(engine, clock, 710, BREACH)
+    at(engine, clock, 1300, BREACH)
+    at(engine, clock, 1500, WARNING)  # the inhibition ends after the timeout
+    assert warning_sent(engine)[3:] == [("acknowledged_reminder", 0, "desk")]
+    at(engine, clock, 1799, WARNING)
+    assert len(warning_sent(engine)) == 4
+    at(engine, clock, 1800, WARNING)
+    assert warning_sent(engine)[4:] == [("escalated", 1, "boss")]
+
+
+def test_an_acknowledged_alert_stays_stopped_when_its_inhibition_ends_until_its_timeout(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0)
+    engine = build_inhibiting(store, make_settings, clock)
+    at(engine, clock, 0, WARNING)
+    clock.now = T0 + 50
+    engine.acknowledge("main", "var_warning", actor="alice")  # timeout at +650
+    at(engine, clock, 100, BREACH)
+    at(engine, clock, 200, WARNING)
+    alert = warning_alert(engine)
+    assert alert["status"] == "ACKNOWLEDGED" and not alert["inhibited"] and alert["next_escalation_at"] is None
+    at(engine, clock, 649, WARNING)
+    assert warning_sent(engine) == [("triggered", 0, "desk")]
+    at(engine, clock, 650, WARNING)
+    assert warning_sent(engine)[1:] == [("acknowledged_reminder", 0, "desk")]
+    at(engine, clock, 651, WARNING)
+    assert len(warning_sent(engine)) == 2
