@@ -21,11 +21,13 @@ triggered, or since escalation restarted or resumed, see :func:`resume`) whom to
 A severity without a policy uses ``[[escalation.default]]`` when given, else a single ``log`` level. Delays
 must not decrease from one level to the next; recipients must be named in ``[notifications.recipients]``.
 
-State (kept in the alert record, field ``escalation``; pure functions here, persistence in logic/alerts.py)
------------------------------------------------------------------------------------------------------------
-``{"cycle", "started_at", "level", "max_level", "next_at"}``: ``level`` is the last level notified in this
-cycle (-1 = none yet), ``max_level`` the highest ever (the resolved message goes to everyone told),
-``next_at`` when the next level is due (None = stopped: acknowledged, inhibited, resolved or no more levels).
+State (kept in the alert record, field ``escalation``; pure functions here, persistence in logic/lifecycle.py)
+--------------------------------------------------------------------------------------------------------------
+``{"cycle", "started_at", "level", "max_level", "next_at", "told"}``: ``level`` is the last level notified in
+this cycle (-1 = none yet), ``max_level`` the highest ever, ``next_at`` when the next level is due (None =
+stopped: acknowledged, inhibited, resolved or no more levels), ``told`` the recipient names and channels told
+about the alert so far, as they were routed then (``{"recipients": [...], "channels": [...]}``): the resolved
+message goes to them (:func:`audience`), whatever the routing says by then.
 Acknowledging stops it; resolving cancels it; the acknowledge timeout starts a new cycle at level 1 whose
 first message is the *acknowledged-reminder*. An inhibited alert tells nobody; when the inhibition ends,
 :func:`resume` continues from a point that pages one level, not every level missed meanwhile.
@@ -172,6 +174,8 @@ def start(alert: dict[str, Any], policy: EscalationPolicy, now: float, cycle: in
         "max_level": int(previous.get("max_level", -1)),
         "next_at": now + policy.delay(0),
     }
+    if "told" in previous:
+        alert["escalation"]["told"] = previous["told"]
 
 
 def due_levels(alert: dict[str, Any], policy: EscalationPolicy, now: float) -> list[int]:
@@ -191,8 +195,10 @@ def due_levels(alert: dict[str, Any], policy: EscalationPolicy, now: float) -> l
 
 
 def mark_notified(alert: dict[str, Any], policy: EscalationPolicy, level: int) -> None:
-    """Record that ``level`` was notified and schedule the next one (or stop after the last)."""
+    """Record that ``level`` was notified (and whom it told, :func:`record_told`) and schedule the next one (or
+    stop after the last)."""
     esc = alert["escalation"]
+    record_told(alert, policy.levels[level].recipients, policy.levels[level].channels)
     esc["level"] = level
     esc["max_level"] = max(int(esc.get("max_level", -1)), level)
     following = level + 1
@@ -207,7 +213,8 @@ def stop(alert: dict[str, Any]) -> None:
 
 
 def resume(alert: dict[str, Any], policy: EscalationPolicy, now: float) -> None:
-    """After an inhibition ends: continue where the inhibition stopped the escalation, from ``now``.
+    """After an inhibition ends (or the rule's severity was lowered, ``policy`` then the new severity's):
+    continue where the escalation stopped, from ``now``.
 
     - An acknowledged alert stays stopped: acknowledging stops escalation, and its acknowledge timeout
       restarts it.
@@ -234,10 +241,12 @@ def resume(alert: dict[str, Any], policy: EscalationPolicy, now: float) -> None:
         start(alert, policy, now, cycle=int(esc.get("cycle", 0)) + 1)
         return
     following = int(esc["level"]) + 1
-    if following < len(policy.levels):
-        due = max(now, esc["started_at"] + policy.delay(following))
-        esc["started_at"] = due - policy.delay(following)
-        esc["next_at"] = due
+    if following >= len(policy.levels):  # every level told (``policy`` may be shorter than the one that did)
+        esc["next_at"] = None
+        return
+    due = max(now, esc["started_at"] + policy.delay(following))
+    esc["started_at"] = due - policy.delay(following)
+    esc["next_at"] = due
 
 
 def event_kind(alert: Mapping[str, Any], level: int) -> str:
@@ -249,9 +258,34 @@ def event_kind(alert: Mapping[str, Any], level: int) -> str:
 
 
 def notified_levels(alert: Mapping[str, Any], policy: EscalationPolicy) -> list[int]:
-    """Every level told about the alert so far (the audience of reminders and of the resolved message)."""
+    """Every level told about the alert so far (the audience of reminders, routed as ``policy`` says now)."""
     top = int((alert.get("escalation") or {}).get("max_level", -1))
     return list(range(min(top, len(policy.levels) - 1) + 1))
+
+
+def record_told(alert: dict[str, Any], recipients: Collection[str], channels: Collection[str]) -> None:
+    """Add ``recipients`` by ``channels`` (a message just queued about ``alert``) to those told about it."""
+    esc = alert.setdefault("escalation", {})
+    told = esc.get("told") or {}
+    esc["told"] = {
+        "recipients": list(dict.fromkeys([*(told.get("recipients") or ()), *map(str, recipients)])),
+        "channels": list(dict.fromkeys([*(told.get("channels") or ()), *map(str, channels)])),
+    }
+
+
+def audience(alert: Mapping[str, Any], policy: EscalationPolicy) -> tuple[list[str], list[str]]:
+    """(recipient names, channels) of the resolved message: everyone told about the alert, by the channels
+    that told them (:func:`record_told`), not whoever the routing names now. An alert stored before that record
+    existed falls back to the levels told (:func:`notified_levels`) as ``policy`` routes them."""
+    told = (alert.get("escalation") or {}).get("told")
+    if told is not None:
+        return list(told.get("recipients") or ()), list(told.get("channels") or ())
+    recipients: list[str] = []
+    channels: list[str] = []
+    for level in notified_levels(alert, policy):
+        recipients.extend(policy.levels[level].recipients)
+        channels.extend(policy.levels[level].channels)
+    return recipients, channels
 
 
 # -- a rule's own routing ------------------------------------------------------------------------------------

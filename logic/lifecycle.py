@@ -261,6 +261,8 @@ class AlertPlanner:
             if any(alert.get(k) != v for k, v in edited.items()):  # the rule was edited while active
                 alert.update(edited, updated_at=now)
                 ch.alerts_set[rule.id] = alert
+            if alert["severity"] != rule.severity:
+                self.change_severity(ch, alert, Severity(rule.severity), now)
         new = {k: tracker.get(k) for k in ("breach_since", "clear_since", "hold_until")}
         if new["hold_until"] is not None and now >= new["hold_until"]:
             new["hold_until"] = None
@@ -305,6 +307,31 @@ class AlertPlanner:
                 ch.trackers_set[rule.id] = wanted
             else:
                 ch.trackers_del.append(rule.id)
+
+    def change_severity(self, ch: Changes, alert: dict[str, Any], severity: Severity, now: float) -> None:
+        """The rule of an active alert was given another severity: the alert takes it now, so its routing,
+        escalation policy, inhibition and SMS fallback follow the rule as edited.
+
+        A higher severity starts escalation over under its policy, as a trigger would: level 1 is told at once
+        (at the new severity), later levels on the new delays. A lower one tells nobody again: the levels not yet
+        told follow on the new policy's schedule (:func:`logic.escalation.resume`). Either way an acknowledged or
+        inhibited alert waits, as escalation always does: its acknowledge timeout or the end of the inhibition
+        starts it, under the new policy.
+        """
+        before = Severity(alert["severity"])
+        alert.update(severity=severity, updated_at=now)
+        policy = self.policy_for(alert)
+        waiting = alert["status"] != AlertStatus.TRIGGERED or bool(alert.get("inhibited"))
+        if SEVERITY_RANK[severity] > SEVERITY_RANK[before]:
+            esc.start(alert, policy, now, cycle=int((alert.get("escalation") or {}).get("cycle", 0)))
+            if waiting:
+                esc.stop(alert)
+        elif not waiting:
+            esc.resume(alert, policy, now)
+        ch.alerts_set[alert["rule_id"]] = alert
+        ch.log.append(
+            self.log_record("SEVERITY_CHANGED", alert, now, SYSTEM_ACTOR, f"rule edited: {before} -> {severity}")
+        )
 
     def trigger(
         self,
@@ -389,12 +416,7 @@ class AlertPlanner:
         ch.alerts_set.pop(alert["rule_id"], None)
         ch.log.append(self.log_record(AlertStatus.RESOLVED, resolved, now, actor, reason))
         if resolved.get("notified"):
-            policy = self.policy_for(resolved)
-            recipients: list[str] = []
-            channels: list[str] = []
-            for level in esc.notified_levels(resolved, policy):
-                recipients.extend(policy.levels[level].recipients)
-                channels.extend(policy.levels[level].channels)
+            recipients, channels = esc.audience(resolved, self.policy_for(resolved))
             self.notify(ch, portfolio_id, "resolved", resolved, now, recipients, channels, level=None)
         return resolved
 
@@ -404,10 +426,11 @@ class AlertPlanner:
             if a.get("kind") == "metric" and a["severity"] == Severity.CRITICAL and a["status"] in ACTIVE_STATUSES:
                 critical.setdefault(a["metric"], []).append(a["rule_id"])
         for rule_id, alert in current.items():
-            if alert.get("kind") != "metric" or alert["severity"] == Severity.CRITICAL:
+            if alert.get("kind") != "metric":
                 continue
-            inhibit = alert["metric"] in critical
-            by = ", ".join(sorted(critical.get(alert["metric"], []))) or None
+            # a CRITICAL alert is never inhibited: one whose rule was edited up to CRITICAL is released here
+            inhibit = alert["severity"] != Severity.CRITICAL and alert["metric"] in critical
+            by = ", ".join(sorted(critical[alert["metric"]])) if inhibit else None
             if inhibit == bool(alert.get("inhibited")) and alert.get("inhibited_by") == by:
                 continue
             if inhibit == bool(alert.get("inhibited")):  # another CRITICAL rule now holds it
@@ -494,6 +517,7 @@ class AlertPlanner:
                     alert["repeats"] = int(alert.get("repeats", 0)) + 1
                     alert["last_notified_at"] = now
                     self.notify(ch, portfolio_id, "triggered", alert, now, recipients, channels, None, repeat=True)
+                    esc.record_told(alert, recipients, channels)
                     ch.log.append(
                         self.log_record(
                             "REPEATED", alert, now, SYSTEM_ACTOR, f"still active, reminder {alert['repeats']}"

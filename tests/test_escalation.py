@@ -347,3 +347,139 @@ def test_an_acknowledged_alert_stays_stopped_when_its_inhibition_ends_until_its_
     assert warning_sent(engine)[1:] == [("acknowledged_reminder", 0, "desk")]
     at(engine, clock, 651, WARNING)
     assert len(warning_sent(engine)) == 2
+
+
+# -- a rule's severity edited while its alert is active: the alert takes it -------------------------------------
+
+VAR_WATCH = rule("var_watch", "var.utilization", ">=", 0.8, "MEDIUM", description="VaR watched")
+MEDIUM_POLICY = [{"delay_seconds": 0, "recipients": ["desk"], "channels": ["email"]}]
+
+
+def build_editable(store: Store, make_settings: Any, clock: SimClock, rules: list[dict[str, Any]]):
+    """MEDIUM: the desk once; CRITICAL: POLICY (the desk at once, the boss after 300 s); ack timeout 600 s."""
+    settings = make_settings(
+        {
+            "alert_rules": rules,
+            "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0, "recipients": RECIPIENTS},
+            "escalation": {"ack_timeout_seconds": 600, "CRITICAL": POLICY, "MEDIUM": MEDIUM_POLICY},
+        }
+    )
+    return build_alert_engine(store, settings, clock=clock, env={}, sleep=SleepRecorder())
+
+
+def emails_of(engine: Any, rule_id: str) -> list[tuple[str, Any, str, str]]:
+    """(kind, level, recipient, severity) of one rule's email messages, oldest first."""
+    records = engine.delivery_log("main", count=10_000, channel="email")
+    return [(e["kind"], e["level"], r["recipient"], e["severity"]) for r in reversed(records) for e in r["events"]
+            if e["rule_id"] == rule_id]  # fmt: skip
+
+
+def alert_of(engine: Any, rule_id: str) -> dict[str, Any]:
+    return {a["rule_id"]: a for a in engine.active_alerts("main")}[rule_id]
+
+
+def edit_severity(engine: Any, clock: SimClock, seconds: float, severity: str) -> None:
+    clock.now = T0 + seconds
+    engine.update_rule("var_watch", {"severity": severity}, actor="ops", reason="test")
+
+
+def test_a_severity_raised_while_the_alert_is_active_is_taken_by_the_alert_and_escalates_under_its_policy(
+    store: Store, make_settings: Any
+) -> None:
+    # Arrange: a MEDIUM alert told the desk
+    clock = SimClock(T0)
+    engine = build_editable(store, make_settings, clock, [VAR_WATCH])
+    at(engine, clock, 0, WARNING)
+    assert emails_of(engine, "var_watch") == [("triggered", 0, "desk", "MEDIUM")]
+    # Act: the rule becomes CRITICAL; the next evaluation
+    edit_severity(engine, clock, 5, "CRITICAL")
+    at(engine, clock, 10, WARNING)
+    # Assert: the alert is CRITICAL, says so in its history, and escalates as a CRITICAL alert from the edit on
+    assert alert_of(engine, "var_watch")["severity"] == "CRITICAL"
+    changes = [h for h in engine.alert_history("main") if h["event"] == "SEVERITY_CHANGED"]
+    assert [h["note"] for h in changes] == ["rule edited: MEDIUM -> CRITICAL"]
+    assert emails_of(engine, "var_watch")[1:] == [("triggered", 0, "desk", "CRITICAL")]
+    at(engine, clock, 309, WARNING)
+    assert len(emails_of(engine, "var_watch")) == 2
+    at(engine, clock, 310, WARNING)
+    assert emails_of(engine, "var_watch")[2:] == [("escalated", 1, "boss", "CRITICAL")]
+    at(engine, clock, 311, WARNING)
+    assert len(emails_of(engine, "var_watch")) == 3
+
+
+def test_a_severity_lowered_while_the_alert_is_active_tells_nobody_again_and_follows_the_lower_policy(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0)
+    engine = build_editable(store, make_settings, clock, [{**VAR_WATCH, "severity": "CRITICAL"}])
+    at(engine, clock, 0, WARNING)
+    edit_severity(engine, clock, 100, "MEDIUM")
+    at(engine, clock, 100, WARNING)
+    alert = alert_of(engine, "var_watch")
+    assert alert["severity"] == "MEDIUM" and alert["next_escalation_at"] is None
+    for seconds in (299, 300, 301):  # the CRITICAL policy's boss level would have been due at +300
+        at(engine, clock, seconds, WARNING)
+    assert emails_of(engine, "var_watch") == [("triggered", 0, "desk", "CRITICAL")]
+
+
+def test_an_acknowledged_alert_raised_to_critical_stays_acknowledged_until_its_timeout_then_escalates_as_critical(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0)
+    engine = build_editable(store, make_settings, clock, [VAR_WATCH])
+    at(engine, clock, 0, WARNING)
+    clock.now = T0 + 50
+    engine.acknowledge("main", "var_watch", actor="alice")  # timeout at +650
+    edit_severity(engine, clock, 60, "CRITICAL")
+    at(engine, clock, 649, WARNING)
+    alert = alert_of(engine, "var_watch")
+    assert (alert["status"], alert["severity"], alert["next_escalation_at"]) == ("ACKNOWLEDGED", "CRITICAL", None)
+    assert len(emails_of(engine, "var_watch")) == 1
+    at(engine, clock, 650, WARNING)
+    assert emails_of(engine, "var_watch")[1:] == [("acknowledged_reminder", 0, "desk", "CRITICAL")]
+    at(engine, clock, 949, WARNING)
+    assert len(emails_of(engine, "var_watch")) == 2
+    at(engine, clock, 950, WARNING)
+    assert emails_of(engine, "var_watch")[2:] == [("escalated", 1, "boss", "CRITICAL")]
+
+
+def test_an_inhibited_alert_raised_to_critical_is_released_and_told(store: Store, make_settings: Any) -> None:
+    clock = SimClock(T0)
+    engine = build_editable(store, make_settings, clock, [VAR_CRIT, VAR_WATCH])
+    at(engine, clock, 0, BREACH)
+    assert alert_of(engine, "var_watch")["inhibited"] and emails_of(engine, "var_watch") == []
+    edit_severity(engine, clock, 10, "CRITICAL")
+    at(engine, clock, 10, BREACH)
+    alert = alert_of(engine, "var_watch")
+    assert (alert["severity"], alert["inhibited"], alert["inhibited_by"]) == ("CRITICAL", False, None)
+    assert emails_of(engine, "var_watch") == [("triggered", 0, "desk", "CRITICAL")]
+
+
+# -- the resolved message goes to those who were told, whatever the routing says by then ---------------------------
+
+
+def test_the_resolved_message_goes_to_those_told_after_a_restart_with_another_escalation_policy(
+    store: Store, make_settings: Any
+) -> None:
+    # Arrange: told the desk, then the boss; the desk restarts with a policy naming only the cro
+    clock = SimClock(T0 - 10)
+    with smtp_server() as (server, env):
+        first = build(store, make_settings, clock, env)
+        run(first, clock, 300)
+        settings = make_settings(
+            {
+                "alert_rules": [VAR_CRIT],
+                "notifications": {
+                    "group_wait_seconds": 0,
+                    "group_interval_seconds": 0,
+                    "recipients": {**RECIPIENTS, "cro": {"email": "cro@test.local"}},
+                },
+                "escalation": {"CRITICAL": [{"delay_seconds": 0, "recipients": ["cro"], "channels": ["email"]}]},
+            }
+        )
+        second = build_alert_engine(store, settings, clock=clock, env=env, sleep=SleepRecorder())
+        # Act: it resolves
+        run(second, clock, 310, breach=False)
+    # Assert: the resolution reaches the desk and the boss, and not the cro, who never heard of it
+    resolved = [m.rcpt_tos for m in server.messages if "RESOLVED" in m.content.decode()]
+    assert sorted(resolved) == [["boss@test.local"], ["desk@test.local"]]

@@ -527,3 +527,25 @@ def test_templates_format_values_for_humans() -> None:
         assert len(short) < 320 and "\n" not in short
     assert "acked by bob 9 min ago" in renderer.render_event({**event, "kind": "acknowledged_reminder"})[2]
     assert "Resolved by alice" in renderer.render_event({**event, "kind": "resolved"})[1]
+
+
+def test_an_alert_whose_rule_is_raised_to_critical_falls_back_to_sms_when_its_email_fails(
+    store: Store, make_settings: Any
+) -> None:
+    # Arrange: a MEDIUM alert whose email fails (no fallback: not CRITICAL)
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_SECURITY": "none", **TWILIO_ENV}
+    twilio = RecordingTwilioHttpClient()
+    engine, _, clock = engine_with(store, make_settings, env, ["email"], rules=[VAR_WARN], twilio_http_client=twilio)
+    engine.evaluate("main", snapshot(var__utilization=0.9), T0)
+    engine.tick(T0)
+    assert twilio.requests == []
+    # Act: the operator makes the rule CRITICAL; the next evaluation
+    clock.now = T0 + 1
+    engine.update_rule("var_warning", {"severity": "CRITICAL"}, actor="ops")
+    engine.evaluate("main", snapshot(now=T0 + 1, var__utilization=0.9), T0 + 1)
+    engine.tick(T0 + 1)
+    # Assert: the alert, now CRITICAL, is told again; its failed email falls back to a text
+    (sent,) = twilio.sent
+    assert sent["To"] == "+15550100001" and sent["Body"].startswith("Riskdesk CRITICAL main")
+    fallback = [r for r in engine.delivery_log("main") if r["channel"] == "sms"]
+    assert [(r["status"], r["fallback_for"], r["severity"]) for r in fallback] == [("delivered", "email", "CRITICAL")]

@@ -255,3 +255,51 @@ def test_the_settings_file_refuses_a_bad_limit_threshold(
     bad = rule("x", "var.var95", ">", threshold, "LOW", threshold_fraction=fraction)
     with pytest.raises(ConfigError, match=message):
         make_settings({"alert_rules": [bad]})
+
+
+def test_a_resolved_alert_is_told_to_those_told_it_fired_not_to_the_route_edited_since(
+    store: Store, make_settings: Any
+) -> None:
+    # Arrange: the rule's own recipient (boss) was told; then the rule is routed to the desk instead
+    clock = SimClock()
+    own = rule("own", "leverage", ">", 0.05, "MEDIUM", recipients=["boss"])
+    _, engine = make_engine(
+        store, make_settings, [own], clock, notifications={"recipients": RECIPIENTS}, escalation=ESCALATION
+    )
+    engine.evaluate("main", snapshot(), T0)
+    engine.tick(T0)
+    engine.update_rule("own", {"recipients": ["desk"]}, actor="ops")
+    engine.evaluate("main", snapshot(now=T0 + 1), T0 + 1)
+    assert active(engine)["own"]["route"] == {"channels": [], "recipients": ["desk"]}
+    # Act: it resolves
+    engine.evaluate("main", snapshot(now=T0 + 2, leverage=0.01), T0 + 2)
+    engine.tick(T0 + 2)
+    # Assert: the boss learns it resolved; the desk, never told it fired, is not told it resolved
+    assert {(e["kind"], r["channel"], r["recipient"]) for r in engine.delivery_log("main") for e in r["events"]} == {
+        ("triggered", "log", "log"), ("triggered", "email", "boss"),
+        ("resolved", "log", "log"), ("resolved", "email", "boss"),
+    }  # fmt: skip
+
+
+def test_whoever_a_reminder_reached_is_told_that_the_alert_resolved(store: Store, make_settings: Any) -> None:
+    # Arrange: told the boss; routed to the desk; a reminder 1000 s after the first message reaches the desk
+    clock = SimClock()
+    own = rule("own", "leverage", ">", 0.05, "MEDIUM", recipients=["boss"])
+    _, engine = make_engine(
+        store, make_settings, [own], clock, escalation=ESCALATION,
+        notifications={"recipients": RECIPIENTS, "repeat_interval_seconds": 1000},
+    )  # fmt: skip
+    engine.evaluate("main", snapshot(), T0)
+    engine.tick(T0)
+    engine.update_rule("own", {"recipients": ["desk"]}, actor="ops")
+    for seconds in (999, 1000, 1001):
+        engine.evaluate("main", snapshot(now=T0 + seconds), T0 + seconds)
+        engine.tick(T0 + seconds)
+    emails = [(r["recipient"], r["ts"] - T0) for r in reversed(engine.delivery_log("main", channel="email"))]
+    assert emails == [("boss", 0.0), ("desk", 1000.0)]
+    # Act: it resolves
+    engine.evaluate("main", snapshot(now=T0 + 1002, leverage=0.01), T0 + 1002)
+    engine.tick(T0 + 1002)
+    # Assert: both were told of it, both are told it resolved
+    emails = engine.delivery_log("main", channel="email")
+    assert {r["recipient"] for r in emails if r["events"][0]["kind"] == "resolved"} == {"boss", "desk"}
