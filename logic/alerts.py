@@ -111,10 +111,10 @@ __all__ = [  # the names other modules import from here (their homes: logic.rule
 LOGGER = logging.getLogger("riskdesk.alerts")
 
 ACTIVE_STATUSES = ACTIVE_ALERT_STATUSES
+"""Kept for the modules that import it from here; the definition is :data:`engine.records.ACTIVE_ALERT_STATUSES`."""
 SEVERITY_RANK = cast(Mapping[str, int], _SEVERITY_RANK)
 """:data:`engine.records.SEVERITY_RANK`, re-exported for callers that look plain strings up in it (a
 ``Severity`` is its string, so the lookups are the same)."""
-"""Kept for the modules that import it from here; the definition is :data:`engine.records.ACTIVE_ALERT_STATUSES`."""
 HISTORY_SCAN = 5000
 """At most this many history records are scanned per portfolio for resolved alerts by ``list_alerts``
 (``5 * limit`` of them, at least 200: an alert leaves 2 to 6 records)."""

@@ -54,9 +54,9 @@ SEVERITIES: tuple[Severity, ...] = tuple(Severity)
 ACTION_RULE_PREFIX = "action:"
 """Rule id prefix of the alerts that report an automated action (``action:<rule id>``)."""
 MAX_TRANSACTION_ATTEMPTS = 20
+"""WATCH retries of one alert transaction; only a storm of concurrent acknowledgements could exhaust them."""
 RULE_HISTORY_SCAN = 2000
 """Newest global audit records read to date each rule's last edit (the rule list's order)."""
-"""WATCH retries of one alert transaction; only a storm of concurrent acknowledgements could exhaust them."""
 
 SNAPSHOT_METRICS: Mapping[str, str] = {
     "equity": "money",
