@@ -238,6 +238,24 @@ def warning_alert(engine: Any) -> dict[str, Any]:
     return {a["rule_id"]: a for a in engine.active_alerts("main")}["var_warning"]
 
 
+def told_exactly_at(
+    engine: Any,
+    clock: SimClock,
+    seconds: float,
+    utilization: float,
+    told: list[tuple[str, Any, str]],
+) -> None:
+    """Nothing new is sent one second before T0 + ``seconds``, ``told`` (kind, level, recipient) at it, nothing
+    more one second after: a timer at its boundary."""
+    before = len(warning_sent(engine))
+    at(engine, clock, seconds - 1, utilization)
+    assert len(warning_sent(engine)) == before
+    at(engine, clock, seconds, utilization)
+    assert warning_sent(engine)[before:] == told
+    at(engine, clock, seconds + 1, utilization)
+    assert len(warning_sent(engine)) == before + len(told)
+
+
 def test_an_inhibited_alert_tells_nobody_and_when_it_ends_tells_the_next_level_only(
     store: Store, make_settings: Any
 ) -> None:
@@ -253,12 +271,7 @@ def test_an_inhibited_alert_tells_nobody_and_when_it_ends_tells_the_next_level_o
     at(engine, clock, 2000, WARNING)
     # Assert: one level, the next, at once; the one after it keeps its 300 s spacing from there
     assert warning_sent(engine) == [("triggered", 0, "desk"), ("escalated", 1, "boss")]
-    at(engine, clock, 2299, WARNING)
-    assert len(warning_sent(engine)) == 2
-    at(engine, clock, 2300, WARNING)
-    assert warning_sent(engine)[2:] == [("escalated", 2, "cro")]
-    at(engine, clock, 2301, WARNING)
-    assert len(warning_sent(engine)) == 3
+    told_exactly_at(engine, clock, 2300, WARNING, [("escalated", 2, "cro")])
 
 
 def test_an_inhibition_shorter_than_the_next_delay_keeps_the_next_level_on_its_schedule(
@@ -269,12 +282,8 @@ def test_an_inhibition_shorter_than_the_next_delay_keeps_the_next_level_on_its_s
     at(engine, clock, 0, WARNING)
     at(engine, clock, 10, BREACH)
     at(engine, clock, 100, WARNING)  # inhibited from +10 to +100; level 2 is due at +300 from the trigger
-    at(engine, clock, 299, WARNING)
     assert warning_sent(engine) == [("triggered", 0, "desk")]
-    at(engine, clock, 300, WARNING)
-    assert warning_sent(engine)[1:] == [("escalated", 1, "boss")]
-    at(engine, clock, 301, WARNING)
-    assert len(warning_sent(engine)) == 2
+    told_exactly_at(engine, clock, 300, WARNING, [("escalated", 1, "boss")])
 
 
 def test_an_acknowledge_timeout_during_an_inhibition_restarts_the_escalation_when_the_inhibition_ends(
@@ -301,12 +310,7 @@ def test_an_acknowledge_timeout_during_an_inhibition_restarts_the_escalation_whe
     at(engine, clock, 1000, WARNING)
     # Assert 2: the cycle the timeout called for starts now: the reminder to the desk, the boss 300 s later
     assert warning_sent(engine)[1:] == [("acknowledged_reminder", 0, "desk")]
-    at(engine, clock, 1299, WARNING)
-    assert len(warning_sent(engine)) == 2
-    at(engine, clock, 1300, WARNING)
-    assert warning_sent(engine)[2:] == [("escalated", 1, "boss")]
-    at(engine, clock, 1301, WARNING)
-    assert len(warning_sent(engine)) == 3
+    told_exactly_at(engine, clock, 1300, WARNING, [("escalated", 1, "boss")])
 
 
 def test_an_alert_that_told_every_level_is_escalated_again_when_its_timeout_passed_during_an_inhibition(
