@@ -464,11 +464,13 @@ class RiskManager:
         stressed_model = self.models.stressed(model)  # aligned once per (market, stressed version)
         version, stressed = stressed_model.version, stressed_model.cov
         # the worse of the crisis matrix and of today's correlations at multiplied volatilities, as the gate and
-        # the monitor take it; the first call validates (read on demand, not cached)
+        # the monitor take it; the stressed matrix validated here (read on demand, not cached), today's was
+        # checked with the model (model.error above)
         multiplier = self.settings.model.stress_vol_multiplier
+        math_logic.check_covariance(stressed)
         stressed_var = math_logic.get_stressed_var(
             book.exposures, stressed, 1.0, self.limits.var_confidence, self.horizon_bars,
-            cov=model.cov, vol_multiplier=multiplier,
+            cov=model.cov, vol_multiplier=multiplier, validate=False,
         )  # fmt: skip
         stressed_var99 = math_logic.get_stressed_var(
             book.exposures, stressed, 1.0, REPORTED_CONFIDENCES[-1], self.horizon_bars,

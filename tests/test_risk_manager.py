@@ -804,3 +804,18 @@ def test_the_stressed_matrix_is_read_once_per_write_of_it_not_once_per_bar(rm: R
 
     assert same.cov is first.cov and same.market_key == after_a_bar.key != first.market_key
     assert rewritten.version == same.version and np.array_equal(rewritten.cov, first.cov * 2.0)
+
+
+def test_a_stored_stressed_matrix_that_is_not_positive_semi_definite_is_refused_by_the_stress_test(
+    rm: RiskManager, store: Store
+) -> None:
+    # Arrange: the stored crisis matrix with a correlation of 10 (not PSD); today's covariance is sound
+    version, tickers, stored = store.read_stressed()
+    bad = stored.copy()
+    bad[0, 1] = bad[1, 0] = 10 * math.sqrt(bad[0, 0] * bad[1, 1])
+    meta = store.read_stressed_meta()
+    store.write_stressed(version, tickers, bad, meta={**meta, "written_at": meta["written_at"] + 1.0})
+
+    # Act / Assert: the stress test refuses it rather than reporting a figure from it
+    with pytest.raises(ValueError, match="positive semi-definite|PSD"):
+        rm.stress_test()
