@@ -85,11 +85,26 @@ EXPECTED: dict[Role, set[Action]] = {
 }
 
 
+def skip_if_this_checkout_configures_login() -> None:
+    """The tests of local mode and of broken login files need a checkout without its own login secrets."""
+    if (ROOT / ".streamlit" / "secrets.toml").exists():
+        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+
+
+def point_the_dashboard_at(monkeypatch: pytest.MonkeyPatch, redis_url: str, config: Path, *, home: Path) -> None:
+    """The dashboard under test reads this Redis, this settings file and the secrets under ``home``
+    (Streamlit reads ~/.streamlit/secrets.toml)."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
+    monkeypatch.setenv("HOME", str(home))
+
+
 # -- the matrix ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("identity", [VIEWER, RISK, ADMIN], ids=lambda i: sorted(i.roles)[0])
 @pytest.mark.parametrize("action", list(Action))
+
 def test_authorize_matrix(identity: Identity, action: Action) -> None:
     (role,) = identity.roles
     for pid in (None, "main", "hedge"):
@@ -435,11 +450,8 @@ def test_the_dashboard_on_a_broken_secrets_file_refuses_and_grants_no_identity(
 ) -> None:
     from dashboard import components as ui
 
-    if (ROOT / ".streamlit" / "secrets.toml").exists():
-        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("RISKDESK_CONFIG", str(config_file))
-    monkeypatch.setenv("HOME", str(tmp_path))  # Streamlit reads ~/.streamlit/secrets.toml
+    skip_if_this_checkout_configures_login()
+    point_the_dashboard_at(monkeypatch, redis_server.url, config_file, home=tmp_path)
     path = secrets_file(tmp_path, secrets) if secrets is not None else None
     at = run_app()
     assert not at.exception, [e.value for e in at.exception]
@@ -472,11 +484,8 @@ def test_the_dashboard_checks_an_auth_section_handed_to_streamlit_without_a_file
     auth: dict[str, str],
     login: bool,
 ) -> None:
-    if (ROOT / ".streamlit" / "secrets.toml").exists():
-        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("RISKDESK_CONFIG", str(config_file))
-    monkeypatch.setenv("HOME", str(tmp_path))  # no secrets file anywhere
+    skip_if_this_checkout_configures_login()
+    point_the_dashboard_at(monkeypatch, redis_server.url, config_file, home=tmp_path)  # no secrets file anywhere
     # AppTest.secrets: what st.secrets holds, no file behind it (st.user does not see it: say nobody signed in)
     at = run_app({"auth": auth}, user={"is_logged_in": False})
     assert not at.exception, [e.value for e in at.exception]
@@ -539,8 +548,7 @@ def run_launcher(tmp_path: Path, address: str, home: Path) -> subprocess.Complet
 
 
 def test_the_launcher_refuses_a_public_address_without_login_naming_the_setting(tmp_path: Path) -> None:
-    if (ROOT / ".streamlit" / "secrets.toml").exists():
-        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+    skip_if_this_checkout_configures_login()
     done = run_launcher(tmp_path, "0.0.0.0", tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "dashboard.address = '0.0.0.0'" in done.stderr and "[auth]" in done.stderr
@@ -610,8 +618,7 @@ def test_a_broken_file_refuses_even_when_another_configures_login(tmp_path: Path
 
 
 def test_the_launcher_refuses_to_start_on_a_broken_secrets_file_naming_it(tmp_path: Path) -> None:
-    if (ROOT / ".streamlit" / "secrets.toml").exists():
-        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+    skip_if_this_checkout_configures_login()
     home = tmp_path / "home"
     path = secrets_file(home, BAD_QUOTE)
     done = run_launcher(tmp_path, "127.0.0.1", home)  # loopback: refused all the same
@@ -651,13 +658,10 @@ def test_the_dashboard_grants_no_role_on_an_unverified_email(
     email_verified: Any,
     admin: bool,
 ) -> None:
-    if (ROOT / ".streamlit" / "secrets.toml").exists():
-        pytest.skip("this checkout configures login in .streamlit/secrets.toml")
+    skip_if_this_checkout_configures_login()
     config = tmp_path / "riskdesk.toml"
     config.write_text(to_toml(merge(TEST_CONFIG, {"access": {"users": {"alice@desk.test": {"roles": ["admin"]}}}})))
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
-    monkeypatch.setenv("HOME", str(tmp_path))
+    point_the_dashboard_at(monkeypatch, redis_server.url, config, home=tmp_path)
     secrets_file(tmp_path, to_toml({"auth": AUTH}))
     user = {"is_logged_in": True, "iss": ISSUER, "sub": "mallory-1", "email": "alice@desk.test"}
     if email_verified is not ABSENT:
