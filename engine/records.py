@@ -291,6 +291,8 @@ class Action(StrEnum):
     """A state-changing action a role may be allowed (:func:`logic.access.authorize` checks it)."""
 
     TRADE = "trade"
+    LIQUIDATE = "liquidate"
+    """Send a liquidation-only order (:attr:`OrderIntent.LIQUIDATION`): shrink a position, in any trading state."""
     ACKNOWLEDGE = "acknowledge"
     RESOLVE = "resolve"
     TRADING_STATE = "trading_state"

@@ -5,7 +5,8 @@ Roles (:class:`~engine.records.Role`)::
     viewer        read every page, change nothing
     trader        trade the portfolios listed for them, acknowledge alerts of those portfolios
     risk_manager  trading states (HALT, REDUCE, ACTIVE) and HALT ALL / REDUCE ALL, rules, limits, acknowledge,
-                  resolve (any portfolio); no trading
+                  resolve, liquidation-only orders (any portfolio: they may only shrink a position, and pass
+                  HALTED); no other trading
     admin         everything, on every portfolio, and the user mapping
 
 Every state-changing function of :mod:`logic.views` takes an :class:`Identity`, calls :func:`authorize` before
@@ -39,6 +40,7 @@ ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = {
     Role.TRADER: frozenset({Action.TRADE, Action.ACKNOWLEDGE}),
     Role.RISK_MANAGER: frozenset(
         {
+            Action.LIQUIDATE,
             Action.ACKNOWLEDGE,
             Action.RESOLVE,
             Action.TRADING_STATE,
@@ -56,6 +58,7 @@ PORTFOLIO_SCOPED: Mapping[Role, frozenset[Action]] = {Role.TRADER: frozenset({Ac
 
 ACTION_LABELS: Mapping[Action, str] = {
     Action.TRADE: "trade",
+    Action.LIQUIDATE: "send liquidation-only orders",
     Action.ACKNOWLEDGE: "acknowledge alerts",
     Action.RESOLVE: "resolve alerts",
     Action.TRADING_STATE: "change a trading state",

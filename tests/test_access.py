@@ -18,7 +18,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.errors import AccessDenied, ConfigError
-from engine.records import Action, Role
+from engine.records import Action, OrderIntent, Role
 from engine.redis_server import EmbeddedRedis
 from engine.settings import AccessConfig, Settings, settings_from_dict
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
@@ -74,6 +74,7 @@ EXPECTED: dict[Role, set[Action]] = {
     Role.VIEWER: set(),
     Role.TRADER: set(),  # portfolio-scoped: see the trader tests
     Role.RISK_MANAGER: {
+        Action.LIQUIDATE,
         Action.ACKNOWLEDGE,
         Action.RESOLVE,
         Action.TRADING_STATE,
@@ -318,12 +319,14 @@ def alert_fired(store: Store, settings: Settings) -> None:
     assert store.read_active_alerts("main")["var_used"]["status"] == "TRIGGERED"
 
 
+LIQUIDATION = OrderIntent.LIQUIDATION
 RULE = {"id": "lev", "metric": "leverage", "op": ">", "threshold": 2.5, "severity": "HIGH"}
 
 
 def state_changes(desk: views.Desk, identity: Identity, pid: str) -> list[tuple[str, Any]]:
     return [
         ("trade", lambda: views.execute_ticket(desk, pid, "AAA", "BUY", 10, "acc-1", identity)),
+        ("liquidate", lambda: views.execute_ticket(desk, pid, "AAA", "SELL", 10, "acc-l", identity, LIQUIDATION)),
         ("state", lambda: views.change_trading_state(desk, pid, "HALTED", "drill", identity)),
         ("halt all", lambda: views.firm_switch(desk, "HALT ALL", identity, "drill")),
         ("reduce all", lambda: views.firm_switch(desk, "REDUCE ALL", identity, "drill")),
@@ -385,6 +388,51 @@ def test_a_risk_manager_halts_edits_rules_and_resolves_under_their_identity(
     assert {r["actor"] for r in audit if r.get("action") == "set_trading_state"} >= {RISK.actor}
     with pytest.raises(AccessDenied):  # but does not trade
         views.execute_ticket(desk, "main", "AAA", "SELL", 1, "acc-3", RISK)
+
+
+def test_a_risk_manager_de_risks_a_halted_book_with_liquidation_only_orders_only(
+    desk: views.Desk, seeded_store: Store
+) -> None:
+    """On a bad day the desk is HALTED and the risk manager cuts the position by hand: a liquidation-only order
+    passes (under their identity, marked as such in the blotter); one share past flat, a growing order or an
+    ordinary order does not, and a refused one changes nothing."""
+    views.change_trading_state(desk, "main", "HALTED", "bad day", RISK)
+    assert seeded_store.read_portfolio("main").positions["AAA"].qty == 1000
+    assert views.order_types(RISK, "main") == ["Trade", "Liquidation-only"]
+    assert views.order_types(TRADER, "main") == views.order_types(VIEWER, "main") == views.order_types(None, "main")
+    assert views.order_types(TRADER, "main") == ["Trade"]
+    assert views.ticket_action(LIQUIDATION) is Action.LIQUIDATE and views.ticket_action("trade") is Action.TRADE
+
+    book = seeded_store.read_portfolio("main")
+    flip = views.check_ticket(desk, "main", "AAA", "SELL", 1001, RISK, LIQUIDATION)  # one share past flat
+    grow = views.check_ticket(desk, "main", "AAA", "BUY", 1, RISK, LIQUIDATION)
+    plain = views.check_ticket(desk, "main", "AAA", "SELL", 1, RISK)  # an ordinary order in HALTED
+    assert "LIQUIDATION_ONLY" in {r["code"] for r in flip["reasons"]} and flip["max_qty_allowed"] == 1000
+    assert [r["code"] for r in grow["reasons"]] == ["LIQUIDATION_ONLY"]
+    assert [r["code"] for r in plain["reasons"]] == ["TRADING_HALTED"]
+    checks = seeded_store.read_stream_json(PortfolioKeys("main").checks, count=10)
+    assert sorted(c["intent"] for c in checks) == ["liquidation", "liquidation", "trade"]  # each refusal audited
+    refused = {e.summary for e in views.audit_view(desk).entries if e.kind == views.AuditKind.REFUSED_CHECK}
+    assert "check of SELL 1,001 AAA (liquidation-only) refused: OVERSELL, LIQUIDATION_ONLY" in refused
+    assert "check of SELL 1 AAA refused: TRADING_HALTED" in refused
+    with pytest.raises(AccessDenied, match="may not trade on portfolio main"):
+        views.execute_ticket(desk, "main", "AAA", "SELL", 1, "rm-plain", RISK)
+    with pytest.raises(AccessDenied, match="may not send liquidation-only orders on portfolio main"):
+        views.execute_ticket(desk, "main", "AAA", "SELL", 1, "tr-liq", TRADER, LIQUIDATION)
+    flipped = views.execute_ticket(desk, "main", "AAA", "SELL", 1001, "rm-flip", RISK, LIQUIDATION)
+    assert flipped["status"] == "REJECTED" and "LIQUIDATION_ONLY" in {r["code"] for r in flipped["reasons"]}
+    assert seeded_store.read_portfolio("main") == book  # refused: the book as it was
+
+    result = views.execute_ticket(desk, "main", "AAA", "SELL", 1000, "rm-flat", RISK, LIQUIDATION)  # exactly flat
+    assert result["status"] == "FILLED", result
+    assert seeded_store.read_portfolio("main").positions.get("AAA") is None or (
+        seeded_store.read_portfolio("main").positions["AAA"].qty == 0
+    )
+    assert seeded_store.read_trading_state("main").state == "HALTED"  # de-risking does not lift the halt
+    latest = views.blotter_frame(desk, "main").iloc[0]
+    assert (latest["status"], latest["intent"], latest["actor"], latest["qty"]) == (
+        "FILLED", "liquidation", RISK.actor, 1000
+    )
 
 
 # -- local operator mode, Host header, binding --------------------------------------------------------------------

@@ -290,6 +290,32 @@ def test_a_new_check_gets_a_new_order_id_and_trades_again(app_env: Store) -> Non
     assert app_env.read_portfolio("main").positions["AAA"].qty == 1000 - 20
 
 
+def test_a_halted_book_is_de_risked_from_the_ticket_with_a_liquidation_only_order(
+    app_env: Store, settings: Settings
+) -> None:
+    """The local operator holds every role: the ticket offers the order type; in HALTED an ordinary SELL is
+    refused with no Execute button, the same SELL as liquidation-only is approved, executes, and the blotter
+    says which it was."""
+    views.change_trading_state(views.Desk(app_env.client, settings), "main", "HALTED", "bad day", local_identity())
+    at = open_page("trade")
+    assert_clean(at)
+    assert at.button_group(key="tk_order_type").options == ["Trade", "Liquidation-only"]
+    at = submit_ticket(at, "AAA", "SELL", 10)
+    assert "TRADING_HALTED" in set(frame_with(at, "code")["code"])
+    assert not [b for b in at.button if b.key == "tk_execute"]
+
+    at.button_group(key="tk_order_type").set_value("Liquidation-only")
+    at = submit_ticket(at, "AAA", "SELL", 10)
+    assert_clean(at)
+    assert "APPROVED" in joined(at.success) and "liquidation-only" in joined(at.success)
+    at.button(key="tk_execute").click().run()
+    assert_clean(at)
+    assert app_env.read_portfolio("main").positions["AAA"].qty == 990
+    fills = frame_with(at, "client_order_id")
+    assert list(fills.iloc[0][["status", "intent", "qty"]]) == ["FILLED", "liquidation", 10]
+    assert app_env.read_trading_state("main").state == "HALTED"
+
+
 # -- live data from the real daemons' code -------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import components as ui
-from engine.records import Action, DecisionStatus, ExecutionStatus
+from engine.records import DecisionStatus, ExecutionStatus, OrderIntent
 from logic import views
 from logic.views import fmt
 
@@ -48,6 +48,7 @@ POSITION_TOTALS = ("market_value", "weight", "unrealized_pnl", "realized_pnl")
 def check(d: views.Desk, pid: str) -> None:
     s = st.session_state
     ticker, side, qty = s.get("tk_ticker"), s.get("tk_side"), s.get("tk_qty")
+    intent = views.ORDER_TYPES.get(s.get("tk_order_type") or "", OrderIntent.TRADE)
 
     def run() -> dict:
         return {
@@ -55,7 +56,8 @@ def check(d: views.Desk, pid: str) -> None:
             "ticker": ticker,
             "side": side,
             "qty": qty,
-            "decision": views.check_ticket(d, pid, ticker, side, qty, ui.identity()),  # a refusal is audited
+            "intent": intent,
+            "decision": views.check_ticket(d, pid, ticker, side, qty, ui.identity(), intent),  # a refusal is audited
             # generated once per check: every Execute click of this ticket sends the same id
             "client_order_id": views.new_client_order_id(),
         }
@@ -76,6 +78,7 @@ def execute(d: views.Desk) -> None:
             ticket["qty"],
             ticket["client_order_id"],
             ui.identity(),
+            ticket["intent"],
         ),
         RESULT,
     )
@@ -89,11 +92,21 @@ def ticket_form(d: views.Desk, pid: str) -> None:
     st.subheader("Ticket")
     tickers = views.ticket_tickers(d)
     st.session_state.setdefault("tk_qty", DEFAULT_QTY)  # set here, not as value=: the resize button sets it too
+    types = views.order_types(ui.identity(), pid)
     with st.form("ticket_form"):
         c1, c2 = st.columns(2)
         c1.selectbox("Ticker", tickers, key="tk_ticker")
         c2.segmented_control("Side", list(views.SIDES), key="tk_side", default=views.SIDES[0])
         st.number_input("Quantity (shares)", step=1, key="tk_qty")
+        if len(types) > 1:  # whoever may send liquidation-only orders (a risk manager, an admin)
+            st.segmented_control(
+                "Order",
+                types,
+                key="tk_order_type",
+                default=types[0],
+                help="Liquidation-only: may only shrink the position, never grow or flip it; it passes HALTED and "
+                "REDUCING (how a halted book is de-risked by hand).",
+            )
         st.form_submit_button(
             "Check", type="secondary", on_click=check, args=(d, pid), icon=":material/fact_check:"
         )
@@ -114,7 +127,8 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         st.caption("The last checked ticket was for another portfolio: check again.")
         return
     decision = ticket["decision"]
-    label = f"{ticket['side']} {ticket['qty']} {ticket['ticker']}"
+    liquidation = ticket["intent"] == OrderIntent.LIQUIDATION
+    label = f"{ticket['side']} {ticket['qty']} {ticket['ticker']}" + (" · liquidation-only" if liquidation else "")
     if decision["status"] == DecisionStatus.APPROVED:
         st.success(f"**APPROVED** · {ui.md(label)}", icon=":material/check_circle:")
     else:
@@ -139,7 +153,9 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         kinds=DELTA_KINDS,
     )
     ui.table(views.impact_frame(decision, ui.currency()), "impact", "order.csv", height="content")
-    if decision["status"] == DecisionStatus.APPROVED and not ui.refused(Action.TRADE, ticket["portfolio"]):
+    if decision["status"] == DecisionStatus.APPROVED and not ui.refused(
+        views.ticket_action(ticket["intent"]), ticket["portfolio"]
+    ):
         st.button(
             "Execute", type="primary", key="tk_execute", on_click=execute, args=(d,), icon=":material/send:"
         )

@@ -170,6 +170,7 @@ from logic.views.trade import (
     BLOTTER_ROWS,
     DELTA_ROWS,
     IMPACT_ROWS,
+    ORDER_TYPES,
     POSITION_COLUMNS,
     SIDES,
     PositionsView,
@@ -180,8 +181,10 @@ from logic.views.trade import (
     impact_frame,
     max_qty_offer,
     new_client_order_id,
+    order_types,
     positions_view,
     reasons_frame,
+    ticket_action,
 )
 
 __all__ = [
@@ -213,6 +216,9 @@ __all__ = [
     "POSITION_COLUMNS",
     "BLOTTER_ROWS",
     "SIDES",
+    "ORDER_TYPES",
+    "order_types",
+    "ticket_action",
     "PositionsView",
     "positions_view",
     "new_client_order_id",

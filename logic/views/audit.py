@@ -37,7 +37,7 @@ import pandas as pd
 import redis
 
 from engine.errors import StoreError
-from engine.records import AlertStatus, DecisionStatus, ExecutionStatus
+from engine.records import AlertStatus, DecisionStatus, ExecutionStatus, OrderIntent
 from engine.store import GLOBAL_AUDIT_KEY, AuditTrail, PortfolioKeys
 from engine.store.audit import CHECK_REFUSED_ACTION
 from engine.store.limits import LIMITS_ACTION
@@ -231,9 +231,11 @@ def _reasons(record: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _order(record: Mapping[str, Any]) -> str:
-    """``BUY 7 AAPL`` from a fill or a decision."""
+    """``BUY 7 AAPL`` from a fill or a decision, ``SELL 7 AAPL (liquidation-only)`` for such an order."""
     part = record.get("fill") or record.get("decision") or record
-    return f"{part.get('side') or '?'} {fmt_qty(part.get('qty'))} {part.get('ticker') or '?'}"
+    intent = (record.get("decision") or record).get("intent")
+    kind = " (liquidation-only)" if intent == OrderIntent.LIQUIDATION else ""
+    return f"{part.get('side') or '?'} {fmt_qty(part.get('qty'))} {part.get('ticker') or '?'}{kind}"
 
 
 def _changes(
@@ -460,7 +462,7 @@ def record_refused_check(
 ) -> bool:
     """Append a refused pre-trade check made from the dashboard to the portfolio's refused-check stream
     (``pf:{id}:checks``, bounded, apart from the stream of changes) with ``identity.actor``; an approved decision
-    records nothing. ``asked`` is the ticket as typed (ticker, side,
+    records nothing. ``asked`` is the ticket as typed (ticker, side, intent,
     qty), recorded where the decision has none (a quantity the gate refused as malformed). Returns whether a
     record was written: a store that cannot be written is logged and the check's answer still shown (it is
     refused either way)."""
@@ -480,6 +482,7 @@ def record_refused_check(
         "ticker": part("ticker"),
         "side": part("side"),
         "qty": part("qty"),
+        "intent": part("intent"),
         "reasons": list(decision.get("reasons") or []),
         "market_version": decision.get("market_version"),
     }

@@ -143,7 +143,8 @@ def _var_caption(desk: Desk, portfolio_id: str, snapshot: Mapping[str, Any] | No
     method = None if snapshot is None else snapshot.get("var_method")
     if method is None:
         return method_caption(desk, portfolio_id)
-    return f"VaR method: {METHOD_LABELS.get(str(method), str(method))}; stressed VaR: normal, worse of two crisis scenarios"
+    label = METHOD_LABELS.get(str(method), str(method))
+    return f"VaR method: {label}; stressed VaR: normal, worse of two crisis scenarios"
 
 
 def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.DataFrame:

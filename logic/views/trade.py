@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine.records import Action, DecisionStatus, Side
+from engine.records import Action, DecisionStatus, OrderIntent, Side
 from logic.access import Identity, authorize
 from logic.risk_manager import POSITION_FIELDS
 from logic.views import fmt
@@ -25,6 +25,9 @@ PERCENT_POINTS = "percent points"
 """A figure already in percent (the margin level), written as ``150.0%``."""
 SIDES: tuple[str, ...] = tuple(s.value for s in Side)
 """The sides the ticket and the what-if basket offer (BUY first, the default)."""
+ORDER_TYPES: Mapping[str, OrderIntent] = {"Trade": OrderIntent.TRADE, "Liquidation-only": OrderIntent.LIQUIDATION}
+"""The ticket's order types, label -> intent. A liquidation-only order may only shrink a position (never grow or
+flip it) and passes HALTED and REDUCING: how a risk manager de-risks a halted book by hand."""
 
 
 @dataclass(frozen=True)
@@ -66,27 +69,56 @@ def new_client_order_id() -> str:
     return f"dash-{uuid.uuid4().hex}"
 
 
+def ticket_action(intent: Any) -> Action:
+    """What executing a ticket of ``intent`` needs: :attr:`Action.LIQUIDATE` for a liquidation-only order,
+    :attr:`Action.TRADE` otherwise (an intent the gate does not know is refused by the gate, with its reason)."""
+    return Action.LIQUIDATE if intent == OrderIntent.LIQUIDATION else Action.TRADE
+
+
+def order_types(identity: Identity | None, portfolio_id: str) -> list[str]:
+    """The order types (:data:`ORDER_TYPES` labels) the ticket offers ``identity`` on the portfolio: "Trade"
+    always (checking is a what-if anyone may run; executing needs the role), "Liquidation-only" to whoever may
+    send one."""
+    allowed = identity is not None and identity.can(Action.LIQUIDATE, portfolio_id)
+    return [label for label, intent in ORDER_TYPES.items() if intent is OrderIntent.TRADE or allowed]
+
+
 def check_ticket(
-    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, identity: Identity | None = None
+    desk: Desk,
+    portfolio_id: str,
+    ticker: Any,
+    side: Any,
+    qty: Any,
+    identity: Identity | None = None,
+    intent: Any = OrderIntent.TRADE,
 ) -> dict[str, Any]:
-    """The pre-trade decision (every failed check is a reason). It trades nothing; a refused check made for
-    ``identity`` (the Trade page's Check) is recorded on the audit trail with ``identity.actor``
-    (:func:`logic.views.audit.record_refused_check`)."""
-    decision = desk.risk_manager(portfolio_id).check_trade_impact(ticker, qty, side)
+    """The pre-trade decision of an order of ``intent`` (every failed check is a reason). It trades nothing; a
+    refused check made for ``identity`` (the Trade page's Check) is recorded on the audit trail with
+    ``identity.actor`` (:func:`logic.views.audit.record_refused_check`)."""
+    decision = desk.risk_manager(portfolio_id).check_trade_impact(ticker, qty, side, intent)
     if identity is not None:
-        record_refused_check(desk, portfolio_id, decision, identity, {"ticker": ticker, "side": side, "qty": qty})
+        asked = {"ticker": ticker, "side": side, "qty": qty, "intent": intent}
+        record_refused_check(desk, portfolio_id, decision, identity, asked)
     return decision
 
 
 def execute_ticket(
-    desk: Desk, portfolio_id: str, ticker: Any, side: Any, qty: Any, client_order_id: str, identity: Identity | None
+    desk: Desk,
+    portfolio_id: str,
+    ticker: Any,
+    side: Any,
+    qty: Any,
+    client_order_id: str,
+    identity: Identity | None,
+    intent: Any = OrderIntent.TRADE,
 ) -> dict[str, Any]:
-    """Execute a checked ticket for ``identity`` (a trader of the portfolio, or an admin; refused with
-    AccessDenied before anything is written otherwise); the same ``client_order_id`` trades at most once
+    """Execute a checked ticket of ``intent`` for ``identity`` (refused with AccessDenied before anything is
+    written unless it may: :func:`ticket_action`; an ordinary order needs a trader of the portfolio or an admin,
+    a liquidation-only one a risk manager or an admin); the same ``client_order_id`` trades at most once
     (``duplicate`` says so). The audit actor is ``identity.actor``."""
-    who = authorize(identity, Action.TRADE, portfolio_id)
+    who = authorize(identity, ticket_action(intent), portfolio_id)
     return desk.risk_manager(portfolio_id).execute_trade(
-        ticker, qty, side, client_order_id=client_order_id, actor=who.actor
+        ticker, qty, side, client_order_id=client_order_id, actor=who.actor, intent=intent
     )
 
 
@@ -182,6 +214,7 @@ def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> p
             {
                 "time": r.get("ts"),
                 "status": r.get("status"),
+                "intent": decision.get("intent") or str(OrderIntent.TRADE),  # older records: no intent
                 "side": fill.get("side") or decision.get("side"),
                 "ticker": fill.get("ticker") or decision.get("ticker"),
                 "qty": fill.get("qty") if fill else decision.get("qty"),
@@ -200,6 +233,7 @@ def blotter_frame(desk: Desk, portfolio_id: str, count: int = BLOTTER_ROWS) -> p
         columns=[
             "time",
             "status",
+            "intent",
             "side",
             "ticker",
             "qty",
