@@ -255,7 +255,8 @@ class AlertPlanner:
         alert = current.get(rule.id)
         if alert is not None:
             edited = {
-                "op": rule.op, "threshold": rule.threshold, "threshold_ref": ref, "description": rule.description,
+                "metric": rule.metric, "unit": SNAPSHOT_METRICS.get(rule.metric, "number"), "op": rule.op,
+                "threshold": rule.threshold, "threshold_ref": ref, "description": rule.description,
                 "route": esc.route_of(rule.channels, rule.recipients),
             }  # fmt: skip
             if any(alert.get(k) != v for k, v in edited.items()):  # the rule was edited while active
@@ -453,8 +454,8 @@ class AlertPlanner:
                 )
             else:
                 policy = self.policy_for(alert)
-                if alert.get("notified"):
-                    esc.resume(alert, policy, now)
+                if alert.get("notified") or alert["status"] == AlertStatus.ACKNOWLEDGED:
+                    esc.resume(alert, policy, now)  # acknowledged: stays stopped until its acknowledge timeout
                 else:
                     esc.start(alert, policy, now)
                 ch.log.append(self.log_record("UNINHIBITED", alert, now, SYSTEM_ACTOR, ""))

@@ -353,6 +353,23 @@ def test_an_acknowledged_alert_stays_stopped_when_its_inhibition_ends_until_its_
     assert len(warning_sent(engine)) == 2
 
 
+def test_an_alert_inhibited_from_the_start_and_acknowledged_waits_for_its_timeout_when_released(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0)
+    engine = build_inhibiting(store, make_settings, clock)
+    at(engine, clock, 0, BREACH)  # VAR_HIGH fires inhibited: nobody told
+    clock.now = T0 + 50
+    engine.acknowledge("main", "var_warning", actor="alice")  # seen on the page; timeout at +650
+    at(engine, clock, 200, WARNING)  # the critical alert clears: the inhibition ends
+    alert = warning_alert(engine)
+    assert alert["status"] == "ACKNOWLEDGED" and not alert["inhibited"] and alert["next_escalation_at"] is None
+    at(engine, clock, 649, WARNING)
+    assert warning_sent(engine) == []
+    at(engine, clock, 650, WARNING)
+    assert warning_sent(engine) == [("acknowledged_reminder", 0, "desk")]
+
+
 # -- a rule's severity edited while its alert is active: the alert takes it -------------------------------------
 
 VAR_WATCH = rule("var_watch", "var.utilization", ">=", 0.8, "MEDIUM", description="VaR watched")
@@ -409,6 +426,22 @@ def test_a_severity_raised_while_the_alert_is_active_is_taken_by_the_alert_and_e
     assert emails_of(engine, "var_watch")[2:] == [("escalated", 1, "boss", "CRITICAL")]
     at(engine, clock, 311, WARNING)
     assert len(emails_of(engine, "var_watch")) == 3
+
+
+def test_a_metric_edited_while_the_alert_is_active_is_the_alerts_metric_from_the_next_evaluation(
+    store: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0)
+    engine = build_editable(store, make_settings, clock, [VAR_WATCH])
+    at(engine, clock, 0, WARNING)
+    assert (alert_of(engine, "var_watch")["metric"], alert_of(engine, "var_watch")["value"]) == ("var.utilization", 0.9)
+    clock.now = T0 + 5
+    engine.update_rule("var_watch", {"metric": "leverage", "threshold": 2.0}, actor="ops", reason="test")
+    clock.now = T0 + 10
+    engine.evaluate("main", snapshot(now=clock.now, var__utilization=WARNING, leverage=2.5), clock.now)
+    alert = alert_of(engine, "var_watch")  # still breached, now on leverage: the value is leverage's, and says so
+    assert (alert["metric"], alert["unit"], alert["threshold"], alert["value"]) == ("leverage", "ratio", 2.0, 2.5)
+    assert emails_of(engine, "var_watch") == [("triggered", 0, "desk", "MEDIUM")]  # the same alert: nobody re-told
 
 
 def test_a_severity_lowered_while_the_alert_is_active_tells_nobody_again_and_follows_the_lower_policy(
