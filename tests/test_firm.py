@@ -308,7 +308,9 @@ def test_firm_page_shows_the_firm_figures_and_a_row_per_portfolio(app_env: Store
     tables = {tuple(df.value.columns)[0]: df.value for df in at.dataframe}
     assert sorted(tables["portfolio"]["portfolio"]) == ["hedge", "main"]
     assert set(tables["ticker"]["ticker"]) == {"AAA", "BBB", "CCC", "DDD"}
-    assert "No desk-wide action recorded" in "\n".join(c.value for c in at.caption)
+    captions = "\n".join(c.value for c in at.caption)
+    assert "No desk-wide action recorded" in captions
+    assert "normal VaR on today's covariance at the global limits (95%, 1 day)" in captions  # the yardstick said
 
 
 def test_halt_all_on_the_firm_page_needs_a_confirmation_then_halts_every_portfolio(app_env: Store) -> None:

@@ -29,6 +29,10 @@ def figures(d: views.Desk) -> None:
     cols[0].metric(f"Firm VaR ({horizon})", ui.money(h["firm_var"]))
     cols[1].metric("Sum of stand-alone VaRs", ui.money(h["standalone_var_sum"]))
     cols[2].metric("Diversification", ui.money(h["diversification"]))
+    st.caption(
+        f"One yardstick for every portfolio, so the figures add up: normal VaR on today's covariance at the global "
+        f"limits ({horizon}). A portfolio's own VaR (its method, its limits) is on its Overview and may differ."
+    )
     cols = st.columns(3)
     cols[0].metric("Gross exposure", ui.money(h["gross_exposure"]))
     cols[1].metric("Net exposure", ui.money(h["net_exposure"], signed=True))
