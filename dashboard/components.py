@@ -173,7 +173,7 @@ def require_login() -> Identity:
     if who is None:
         st.title("Riskdesk")
         st.info("Sign in with the desk's identity provider to use the dashboard.", icon=":material/lock:")
-        st.button("Log in", type="primary", on_click=st.login, icon=":material/login:", key="login_button")
+        login_buttons()
         st.stop()
     if not who.roles:
         st.error(
@@ -184,6 +184,24 @@ def require_login() -> Identity:
         st.button("Log out", on_click=st.logout, key="logout_norole")
         st.stop()
     return who
+
+
+def login_buttons() -> None:
+    """One login button per provider of the ``[auth]`` section Streamlit reads (:func:`access.login_providers`):
+    "Log in" for the default provider, "Log in with <name>" for each ``[auth.<name>]``."""
+    try:
+        auth = st.secrets.to_dict().get("auth")
+    except StreamlitSecretNotFoundError:
+        auth = None
+    for provider in access.login_providers(auth) or [None]:
+        st.button(
+            "Log in" if provider is None else f"Log in with {provider}",
+            type="primary",
+            on_click=st.login,
+            args=() if provider is None else (provider,),
+            icon=":material/login:",
+            key="login_button" if provider is None else f"login_button_{provider}",
+        )
 
 
 def identity_sidebar(who: Identity) -> None:

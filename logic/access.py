@@ -71,11 +71,19 @@ ACTION_LABELS: Mapping[Action, str] = {
 
 SECRETS_FILE = ".streamlit/secrets.toml"
 """Where Streamlit reads the ``[auth]`` (OpenID Connect login) section: under the user's home and the project."""
-AUTH_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url")
-"""What an ``[auth]`` section needs for ``st.login()`` (Streamlit's default provider), each a non-empty string."""
+SHARED_AUTH_KEYS = ("redirect_uri", "cookie_secret")
+"""What every ``[auth]`` section needs, each a non-empty string."""
+PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")
+"""What a provider needs, each a non-empty string: in ``[auth]`` itself (Streamlit's default provider) or in an
+``[auth.<name>]`` table of its own (a named provider, ``st.login("<name>")``)."""
+AUTH_KEYS = SHARED_AUTH_KEYS + PROVIDER_KEYS
+"""What an ``[auth]`` section with the default provider needs."""
+NOT_A_PROVIDER = frozenset({"client_kwargs"})
+"""Tables of ``[auth]`` that are not named providers (the default provider's ``client_kwargs``)."""
 LOGIN_FIX = (
-    f'correct {SECRETS_FILE} (an [auth] section needs {", ".join(AUTH_KEYS)}; README, "Login and roles"), or '
-    "remove the file (or its [auth] section) for the local operator mode"
+    f'correct {SECRETS_FILE} (an [auth] section needs {", ".join(AUTH_KEYS)}, or {", ".join(SHARED_AUTH_KEYS)} and '
+    f'an [auth.<provider>] section with {", ".join(PROVIDER_KEYS)}; README, "Login and roles"), or remove the '
+    "file (or its [auth] section) for the local operator mode"
 )
 
 
@@ -257,16 +265,49 @@ def login_configured(secrets_files: Iterable[str | os.PathLike[str]]) -> bool:
 
 
 def auth_problem(auth: Any) -> str | None:
-    """What is wrong with an ``[auth]`` section, or None when ``st.login()`` can use it: a table with each of
-    :data:`AUTH_KEYS` a non-empty string and ``redirect_uri`` ending in ``/oauth2callback``."""
+    """What is wrong with an ``[auth]`` section, or None when ``st.login`` can use it: a table with each of
+    :data:`SHARED_AUTH_KEYS` a non-empty string, ``redirect_uri`` ending in ``/oauth2callback``, and at least one
+    provider (:func:`login_providers`), each complete (:data:`PROVIDER_KEYS`): the default one when any of its
+    keys is in ``[auth]`` itself, and every ``[auth.<name>]`` table."""
     if not isinstance(auth, Mapping):
         return f"is not a table (auth = {type(auth).__name__})"
-    missing = [key for key in AUTH_KEYS if not isinstance(auth.get(key), str) or not auth[key].strip()]
+    named = _named_providers(auth)
+    missing = _missing(auth, SHARED_AUTH_KEYS)
+    if not named or any(key in auth for key in PROVIDER_KEYS):  # the default provider, complete or not at all
+        missing += _missing(auth, PROVIDER_KEYS)
     if missing:
         return f"lacks {', '.join(missing)} (each a non-empty string)"
+    for name, table in named.items():
+        if "_" in name:
+            return f"names a provider [auth.{name}] with an underscore, which Streamlit's login refuses"
+        lacking = _missing(table, PROVIDER_KEYS)
+        if lacking:
+            return f"has a provider [auth.{name}] that lacks {', '.join(lacking)} (each a non-empty string)"
     if not str(auth["redirect_uri"]).rstrip().endswith("/oauth2callback"):
         return "has a redirect_uri that does not end in /oauth2callback"
     return None
+
+
+def login_providers(auth: Any) -> list[str | None]:
+    """The providers a complete ``[auth]`` section (:func:`auth_problem` None) offers, in order: None for the
+    default one (``st.login()``: its keys in ``[auth]`` itself, or an ``[auth.default]`` table), then the name of
+    each other ``[auth.<name>]`` table (``st.login("<name>")``)."""
+    if not isinstance(auth, Mapping):
+        return []
+    named = [name for name in _named_providers(auth) if name != "default"]
+    default = "default" in auth or not _missing(auth, PROVIDER_KEYS)
+    return [None, *named] if default else list(named)
+
+
+def _named_providers(auth: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(k): v for k, v in auth.items() if isinstance(v, Mapping) and k not in NOT_A_PROVIDER}
+
+
+def _missing(table: Any, keys: Iterable[str]) -> list[str]:
+    """The ``keys`` that ``table`` lacks or holds as anything but a non-empty string."""
+    if not isinstance(table, Mapping):
+        return list(keys)
+    return [key for key in keys if not isinstance(table.get(key), str) or not table[key].strip()]
 
 
 # -- binding and the Host header -------------------------------------------------------------------------------

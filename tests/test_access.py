@@ -48,6 +48,12 @@ AUTH = {
     "client_secret": "client-secret-value",
     "server_metadata_url": "https://idp.desk.test/.well-known/openid-configuration",
 }
+NAMED = {
+    "redirect_uri": AUTH["redirect_uri"],
+    "cookie_secret": AUTH["cookie_secret"],
+    **{name: {k: AUTH[k] for k in access.PROVIDER_KEYS} for name in ("microsoft", "okta")},
+}
+"""An [auth] section with two named providers ([auth.microsoft], [auth.okta]) and no default one."""
 BAD_QUOTE = "\n".join(["[auth]", *(f'{k} = "{v}"' for k, v in AUTH.items() if k != "client_secret"),
                         'client_secret = "client-secret"value"', ""])  # fmt: skip
 """The reviewer's case: a valid-looking [auth] section with one stray quote, which TOML cannot parse."""
@@ -483,6 +489,7 @@ def run_app(at_secrets: dict[str, Any] | None = None, user: dict[str, Any] | Non
         (None, "local"),  # no secrets file: the local operator (make run's default)
         ("[other]\nx = 1\n", "local"),  # a readable file without [auth]
         (to_toml({"auth": AUTH}), "login"),  # login configured: sign in first
+        (to_toml({"auth": NAMED}), "login"),  # named providers only: one button each
         (BAD_QUOTE, "refused"),  # the reviewer's file: one stray quote
         ('[auth]\nclient_id = "riskdesk"\n', "refused"),  # an incomplete [auth]
     ],
@@ -505,14 +512,16 @@ def test_the_dashboard_on_a_broken_secrets_file_refuses_and_grants_no_identity(
     assert not at.exception, [e.value for e in at.exception]
     errors = "\n".join(e.value for e in at.error)
     sidebar = "\n".join(c.value for c in at.sidebar.caption)
-    login_button = [b for b in at.button if b.key == "login_button"]
+    login_button = [b.label for b in at.button if b.key.startswith("login_button")]
     if mode == "local":
         assert "Local operator mode" in sidebar and not login_button and not errors
         assert ui.identity() == local_identity()
         return
     assert "Local operator mode" not in sidebar and not at.sidebar.caption
     if mode == "login":
-        assert login_button and not errors  # nobody signed in: identity() was None
+        assert not errors  # nobody signed in: identity() was None
+        named = "microsoft" in (secrets or "")
+        assert login_button == (["Log in with microsoft", "Log in with okta"] if named else ["Log in"])
         return
     assert not login_button and not at.button  # no widget at all
     assert "the login configuration is broken" in errors and str(path) in errors.replace("\\", "")
@@ -630,6 +639,10 @@ def test_login_configured_reads_the_auth_section(tmp_path: Path, monkeypatch: py
         (to_toml({"auth": {**AUTH, "cookie_secret": " "}}), "lacks cookie_secret"),
         (to_toml({"auth": {**AUTH, "client_secret": 42}}), "lacks client_secret"),
         (to_toml({"auth": {**AUTH, "redirect_uri": "https://riskdesk.desk.test/"}}), "does not end in /oauth2callback"),
+        (to_toml({"auth": {**NAMED, "okta": {"client_id": "x"}}}), "provider [auth.okta] that lacks client_secret"),
+        (to_toml({"auth": {**NAMED, "client_id": "x"}}), "lacks client_secret, server_metadata_url"),
+        (to_toml({"auth": {**NAMED, "my_idp": NAMED["okta"]}}), "[auth.my_idp] with an underscore"),
+        (to_toml({"auth": {k: v for k, v in NAMED.items() if k == "redirect_uri"}}), "lacks cookie_secret, client_id"),
         ('auth = "on"\n', "is not a table"),
     ],
 )  # fmt: skip
@@ -641,6 +654,16 @@ def test_a_broken_secrets_file_is_an_error_naming_the_file_never_the_local_opera
         login_configured([tmp_path / "absent.toml", path])
     assert str(path) in str(err.value) and problem in str(err.value)
     assert "client-secret" not in str(err.value)  # the message never quotes the secrets
+
+
+def test_named_providers_are_login_and_each_is_offered(tmp_path: Path) -> None:
+    assert login_configured([secrets_file(tmp_path, to_toml({"auth": NAMED}))])
+    assert access.login_providers(NAMED) == ["microsoft", "okta"]
+    assert access.login_providers(AUTH) == [None]
+    both = {**AUTH, "okta": NAMED["okta"], "client_kwargs": {"prompt": "login"}}  # client_kwargs: not a provider
+    assert access.auth_problem(both) is None and access.login_providers(both) == [None, "okta"]
+    explicit = {**NAMED, "default": NAMED["okta"]}  # [auth.default] is the default provider: st.login()
+    assert access.login_providers(explicit) == [None, "microsoft", "okta"]
 
 
 def test_a_secrets_file_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
