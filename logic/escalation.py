@@ -25,9 +25,9 @@ State (kept in the alert record, field ``escalation``; pure functions here, pers
 --------------------------------------------------------------------------------------------------------------
 ``{"cycle", "started_at", "level", "max_level", "next_at", "told"}``: ``level`` is the last level notified in
 this cycle (-1 = none yet), ``max_level`` the highest ever, ``next_at`` when the next level is due (None =
-stopped: acknowledged, inhibited, resolved or no more levels), ``told`` the recipient names and channels told
-about the alert so far, as they were routed then (``{"recipients": [...], "channels": [...]}``): the resolved
-message goes to them (:func:`audience`), whatever the routing says by then.
+stopped: acknowledged, inhibited, resolved or no more levels), ``told`` the (channel, recipient name) pairs told
+about the alert so far, as they were routed then (``{"pairs": [[channel, name], ...]}``): the resolved message
+goes to them (:func:`audience`), each by the channel that told them, whatever the routing says by then.
 Acknowledging stops it; resolving cancels it; the acknowledge timeout starts a new cycle at level 1 whose
 first message is the *acknowledged-reminder*. An inhibited alert tells nobody; when the inhibition ends,
 :func:`resume` continues from a point that pages one level, not every level missed meanwhile.
@@ -198,7 +198,7 @@ def mark_notified(alert: dict[str, Any], policy: EscalationPolicy, level: int) -
     """Record that ``level`` was notified (and whom it told, :func:`record_told`) and schedule the next one (or
     stop after the last)."""
     esc = alert["escalation"]
-    record_told(alert, policy.levels[level].recipients, policy.levels[level].channels)
+    record_told(alert, message_pairs(policy.levels[level].recipients, policy.levels[level].channels))
     esc["level"] = level
     esc["max_level"] = max(int(esc.get("max_level", -1)), level)
     following = level + 1
@@ -263,29 +263,51 @@ def notified_levels(alert: Mapping[str, Any], policy: EscalationPolicy) -> list[
     return list(range(min(top, len(policy.levels) - 1) + 1))
 
 
-def record_told(alert: dict[str, Any], recipients: Collection[str], channels: Collection[str]) -> None:
-    """Add ``recipients`` by ``channels`` (a message just queued about ``alert``) to those told about it."""
+def message_pairs(recipients: Collection[str], channels: Collection[str]) -> list[tuple[Channel, str]]:
+    """(channel, recipient name) pairs of one message to ``recipients`` by ``channels``: ``log`` once (as
+    recipient ``log``), every other channel once per distinct recipient."""
+    pairs: list[tuple[Channel, str]] = []
+    names = [str(n) for n in dict.fromkeys(recipients)]
+    for channel in dict.fromkeys(Channel(c) for c in channels):
+        if channel is Channel.LOG:
+            pairs.append((channel, Channel.LOG.value))
+        else:
+            pairs.extend((channel, name) for name in names)
+    return pairs
+
+
+def level_pairs(policy: EscalationPolicy, levels: Collection[int]) -> list[tuple[Channel, str]]:
+    """Everyone ``levels`` of ``policy`` tell, each by its own level's channels (no recipient gets a channel
+    only another level uses)."""
+    told = [message_pairs(policy.levels[k].recipients, policy.levels[k].channels) for k in levels]
+    return list(dict.fromkeys(p for pairs in told for p in pairs))
+
+
+def record_told(alert: dict[str, Any], pairs: Collection[tuple[str, str]]) -> None:
+    """Add ``pairs`` (channel, recipient name: a message just queued about ``alert``) to those told about it."""
     esc = alert.setdefault("escalation", {})
-    told = esc.get("told") or {}
-    esc["told"] = {
-        "recipients": list(dict.fromkeys([*(told.get("recipients") or ()), *map(str, recipients)])),
-        "channels": list(dict.fromkeys([*(told.get("channels") or ()), *map(str, channels)])),
-    }
+    told = [tuple(p) for p in _told_pairs(esc.get("told"))]
+    esc["told"] = {"pairs": [list(p) for p in dict.fromkeys([*told, *((str(c), str(n)) for c, n in pairs)])]}
 
 
-def audience(alert: Mapping[str, Any], policy: EscalationPolicy) -> tuple[list[str], list[str]]:
-    """(recipient names, channels) of the resolved message: everyone told about the alert, by the channels
+def _told_pairs(told: Any) -> list[tuple[Channel, str]]:
+    """The pairs of a ``told`` record; one stored as ``{"recipients", "channels"}`` (before the pairs were kept)
+    is every recipient by every channel, as it was then."""
+    if not isinstance(told, Mapping):
+        return []
+    if "pairs" in told:
+        return [(Channel(c), str(n)) for c, n in told.get("pairs") or ()]
+    return message_pairs(told.get("recipients") or (), told.get("channels") or ())
+
+
+def audience(alert: Mapping[str, Any], policy: EscalationPolicy) -> list[tuple[Channel, str]]:
+    """(channel, recipient name) pairs of the resolved message: everyone told about the alert, by the channel
     that told them (:func:`record_told`), not whoever the routing names now. An alert stored before that record
     existed falls back to the levels told (:func:`notified_levels`) as ``policy`` routes them."""
     told = (alert.get("escalation") or {}).get("told")
     if told is not None:
-        return list(told.get("recipients") or ()), list(told.get("channels") or ())
-    recipients: list[str] = []
-    channels: list[str] = []
-    for level in notified_levels(alert, policy):
-        recipients.extend(policy.levels[level].recipients)
-        channels.extend(policy.levels[level].channels)
-    return recipients, channels
+        return _told_pairs(told)
+    return level_pairs(policy, notified_levels(alert, policy))
 
 
 # -- a rule's own routing ------------------------------------------------------------------------------------

@@ -417,8 +417,7 @@ class AlertPlanner:
         ch.alerts_set.pop(alert["rule_id"], None)
         ch.log.append(self.log_record(AlertStatus.RESOLVED, resolved, now, actor, reason))
         if resolved.get("notified"):
-            recipients, channels = esc.audience(resolved, self.policy_for(resolved))
-            self.notify(ch, portfolio_id, "resolved", resolved, now, recipients, channels, level=None)
+            self.notify(ch, portfolio_id, "resolved", resolved, now, esc.audience(resolved, self.policy_for(resolved)))
         return resolved
 
     def plan_inhibition(self, ch: Changes, current: dict[str, dict[str, Any]], now: float) -> None:
@@ -497,7 +496,8 @@ class AlertPlanner:
                 for level in levels:
                     kind = esc.event_kind(alert, level)
                     lvl = policy.levels[level]
-                    self.notify(ch, portfolio_id, kind, alert, now, lvl.recipients, lvl.channels, level)
+                    pairs = esc.message_pairs(lvl.recipients, lvl.channels)
+                    self.notify(ch, portfolio_id, kind, alert, now, pairs, level)
                     esc.mark_notified(alert, policy, level)
                     if level > 0:
                         ch.log.append(self.log_record("ESCALATED", alert, now, SYSTEM_ACTOR, f"level {level + 1}"))
@@ -510,15 +510,11 @@ class AlertPlanner:
                     and alert.get("last_notified_at") is not None
                     and now - alert["last_notified_at"] >= self.repeat_interval_seconds
                 ):
-                    recipients: list[str] = []
-                    channels: list[str] = []
-                    for level in esc.notified_levels(alert, policy):
-                        recipients.extend(policy.levels[level].recipients)
-                        channels.extend(policy.levels[level].channels)
+                    pairs = esc.level_pairs(policy, esc.notified_levels(alert, policy))
                     alert["repeats"] = int(alert.get("repeats", 0)) + 1
                     alert["last_notified_at"] = now
-                    self.notify(ch, portfolio_id, "triggered", alert, now, recipients, channels, None, repeat=True)
-                    esc.record_told(alert, recipients, channels)
+                    self.notify(ch, portfolio_id, "triggered", alert, now, pairs, None, repeat=True)
+                    esc.record_told(alert, pairs)
                     ch.log.append(
                         self.log_record(
                             "REPEATED", alert, now, SYSTEM_ACTOR, f"still active, reminder {alert['repeats']}"
@@ -535,17 +531,16 @@ class AlertPlanner:
         kind: str,
         alert: Mapping[str, Any],
         now: float,
-        recipients: Sequence[str],
-        channels: Sequence[str],
-        level: int | None,
+        pairs: Sequence[tuple[Channel, str]],
+        level: int | None = None,
         repeat: bool = False,
     ) -> None:
-        """Queue one event for the outbox: one entry per channel and recipient *name* (``log`` once).
+        """Queue one event for the outbox: one entry per (channel, recipient *name*) pair
+        (:func:`logic.escalation.message_pairs`: ``log`` once).
 
         Addresses are not resolved here: the notifications side looks each name up in its own configuration
         when it sends (a recipient without an address for a channel is then simply not served by it).
         """
-        pairs = _outbox_pairs(recipients, channels)
         if not pairs:
             return
         reminder = alert.get("reminder") or {}
@@ -556,7 +551,7 @@ class AlertPlanner:
             "ts": now,
             "level": level,
             "repeat": repeat,
-            "channels": sorted(set(channels)),
+            "channels": sorted({str(c) for c, _ in pairs}),
             "acknowledged_by": reminder.get("acknowledged_by"),
             "acknowledged_at": reminder.get("acknowledged_at"),
             "alert": public_alert(alert),
@@ -681,14 +676,3 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _outbox_pairs(recipients: Sequence[str], channels: Sequence[str]) -> list[tuple[Channel, str]]:
-    """(channel, recipient name) pairs of one event: ``log`` once (as recipient ``log``), every other channel
-    once per distinct recipient."""
-    pairs: list[tuple[Channel, str]] = []
-    names = list(dict.fromkeys(recipients))
-    for channel in dict.fromkeys(Channel(c) for c in channels):
-        if channel is Channel.LOG:
-            pairs.append((channel, Channel.LOG.value))
-        else:
-            pairs.extend((channel, name) for name in names)
-    return pairs

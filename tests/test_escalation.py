@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import Store
+from logic import escalation
 from logic.escalation import escalation_config
 from notifications.service import build_delivering_engine as build_alert_engine
 
@@ -102,6 +103,51 @@ def test_the_resolved_message_goes_to_every_level_that_was_told(store: Store, ma
         run(engine, clock, 320, breach=False)
     rcpts = Counter(tuple(m.rcpt_tos) for m in server.messages)
     assert rcpts == {("desk@test.local",): 2, ("boss@test.local",): 2}
+
+
+def test_each_level_is_reminded_and_told_of_the_resolution_by_its_own_channels_only(
+    store: Store, make_settings: Any
+) -> None:
+    """Level 1 e-mails the desk, level 2 only logs (the boss's page is the log watcher's): the reminder and the
+    resolved message reach each as its level did, so no e-mail goes to the boss, whom no level e-mails."""
+    clock = SimClock(T0 - 10)
+    settings = make_settings(
+        {
+            "alert_rules": [VAR_CRIT],
+            "notifications": {
+                "group_wait_seconds": 0, "group_interval_seconds": 0, "recipients": RECIPIENTS,
+                "repeat_interval_seconds": 1000,
+            },
+            "escalation": {
+                "ack_timeout_seconds": 600,
+                "CRITICAL": [
+                    {"delay_seconds": 0, "recipients": ["desk"], "channels": ["email"]},
+                    {"delay_seconds": 300, "recipients": ["boss"], "channels": ["log"]},
+                ],
+            },
+        }
+    )  # fmt: skip
+    engine = build_alert_engine(store, settings, clock=clock, env={}, sleep=SleepRecorder())
+    run(engine, clock, 1400)  # both levels (0 s, 300 s), then a reminder at 1300 s
+    run(engine, clock, 1420, breach=False)
+    sent = [(e["kind"], r["channel"], r["recipient"])
+            for r in reversed(engine.delivery_log("main", count=1000)) for e in r["events"]]  # fmt: skip
+    assert sent == [
+        ("triggered", "email", "desk"), ("escalated", "log", "log"),
+        ("triggered", "email", "desk"), ("triggered", "log", "log"),  # the reminder, to both levels
+        ("resolved", "email", "desk"), ("resolved", "log", "log"),
+    ]  # fmt: skip
+
+
+def test_a_told_record_stored_before_the_pairs_were_kept_is_every_recipient_by_every_channel() -> None:
+    legacy = {"escalation": {"told": {"recipients": ["desk", "boss"], "channels": ["email", "log"]}}}
+    assert escalation.audience(legacy, escalation.DEFAULT_POLICY) == [
+        ("email", "desk"), ("email", "boss"), ("log", "log"),
+    ]  # fmt: skip
+    escalation.record_told(legacy, [("sms", "desk"), ("email", "desk")])
+    assert legacy["escalation"]["told"] == {
+        "pairs": [["email", "desk"], ["email", "boss"], ["log", "log"], ["sms", "desk"]]
+    }
 
 
 def test_an_acknowledged_alert_still_active_after_the_timeout_re_escalates(
