@@ -17,7 +17,10 @@ sample of the Student-t fit) is filled the way the stream daemon fills it, bar b
 ``z_t = r_t / sqrt(diag S_{t-1})`` then ``S_t = lam S_{t-1} + (1 - lam) r_t r_t'``
 (:func:`standardized_history`): from ``--history`` after the rows that seed the matrix, or, without a history,
 from ``model.fhs_window`` returns simulated from the settings' matrix (seed ``stream.seed``, else 0), which
-leaves the seeded matrix itself unchanged. ``--add-ticker`` gives the new ticker's column of the existing rows
+leaves the seeded matrix itself unchanged. A history with a missing close (NaN: ``engine.history`` refuses
+one in a file today, so only a caller's array can hold it) is a missing entry, marked as the daemon marks a
+ticker without a new price: return 0 in the matrix, missing in the window (not a 0 observation of the
+Student-t fit). ``--add-ticker`` gives the new ticker's column of the existing rows
 standard normal draws (it has no history; real rows replace them as bars arrive). Standardized returns have no
 unit, so a daily file's fill the window of a one-minute model as they are.
 
@@ -82,41 +85,52 @@ class SeedMarket:
     cov: np.ndarray
     standardized: np.ndarray | None = None
     """Standardized one-bar returns, oldest first, shape (T, N); None: simulate them from ``cov``."""
+    observed: np.ndarray | None = None
+    """Which entries of ``standardized`` are observations (bool, same shape); None: all."""
 
 
 def standardized_history(
     returns: np.ndarray, decay: float, *, initial: np.ndarray | None = None, seed_rows: int = HISTORY_SEED_ROWS
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The EWMA matrix after ``returns`` and the standardized returns seen on the way, as the daemon sees them.
 
     Without ``initial`` the first ``m = min(T, seed_rows)`` rows seed the matrix and give no standardized row
     (there is no forecast before them), exactly as :func:`engine.math_logic.ewma_covariance_from_returns`, whose
-    matrix this returns bit for bit. Returns ``(cov, z)`` with ``z`` of shape (T - m, N) (T rows with
-    ``initial``).
+    matrix this returns bit for bit. Returns ``(cov, z, observed)`` with ``z`` of shape (T - m, N) (T rows with
+    ``initial``) and ``observed`` which of its entries are observations
+    (:func:`engine.math_logic.standardize_observed`). A NaN return (no price on one side of it) is a missing
+    entry, as the daemon treats a ticker without a new price: 0 in the matrix's update, missing in ``z``.
     """
     history = np.asarray(returns, dtype=np.float64)
+    present = ~np.isnan(history)
+    if not present.all():
+        history = np.where(present, history, 0.0)
     if initial is None:
         m = min(len(history), seed_rows)
         cov = math_logic.ewma_covariance_from_returns(history[:m], decay, seed_rows=seed_rows)
-        rest = history[m:]
+        rest, rest_present = history[m:], present[m:]
     else:
         cov = np.array(initial, dtype=np.float64, order="C", copy=True)
-        rest = history
+        rest, rest_present = history, present
     z = np.empty_like(rest)
+    observed = np.empty(rest.shape, dtype=bool)
     for t, row in enumerate(rest):
-        z[t] = math_logic.standardize_returns(row, np.sqrt(np.clip(np.diagonal(cov), 0.0, None)))
+        vols = np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
+        z[t], observed[t] = math_logic.standardize_observed(row, vols, rest_present[t])
         math_logic.update_covariance_ewma(cov, row, decay, validate=False)
-    return cov, z
+    return cov, z, observed
 
 
-def simulated_window(settings: Settings, cov: np.ndarray) -> np.ndarray:
-    """``model.fhs_window`` standardized returns of normal returns simulated from ``cov`` (seeded)."""
+def simulated_window(settings: Settings, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``model.fhs_window`` standardized returns of normal returns simulated from ``cov`` (seeded), with which
+    are observations (all but a ticker of volatility 0)."""
     seed = settings.stream.seed if settings.stream.seed is not None else SIM_WINDOW_SEED
     rng = np.random.default_rng(seed)
     values, vectors = np.linalg.eigh(cov)
     factor = vectors * np.sqrt(np.clip(values, 0.0, None))
     returns = rng.standard_normal((settings.model.fhs_window, cov.shape[0])) @ factor.T
-    return standardized_history(returns, settings.model.ewma_decay, initial=cov)[1]
+    _, z, observed = standardized_history(returns, settings.model.ewma_decay, initial=cov)
+    return z, observed
 
 
 def per_bar_vols(settings: Settings, annual_vols: Sequence[float]) -> np.ndarray:
@@ -142,8 +156,8 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
         raise history.HistoryError(f"{path}:1: no price column for {missing}")
     hist = hist.reordered(tuple(settings.universe.assets))
     cov = history.model_covariance(hist, settings.model.ewma_decay, settings.model.bars_per_day)
-    _, z = standardized_history(hist.log_returns(), settings.model.ewma_decay)
-    return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z)
+    _, z, observed = standardized_history(hist.log_returns(), settings.model.ewma_decay)
+    return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z, observed)
 
 
 def _initial_portfolio(settings: Settings, portfolio_id: str, prices: dict[str, float], now: float) -> PortfolioState:
@@ -194,10 +208,14 @@ def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None,
     )
     _write_stressed(store, settings, snap, pipe, source)
     store.write_reference_prices(market.tickers, market.prices, now, pipe)
-    window = market.standardized if market.standardized is not None else simulated_window(settings, market.cov)
+    if market.standardized is not None:
+        window, observed = market.standardized, market.observed
+    else:
+        window, observed = simulated_window(settings, market.cov)
     store.write_standardized_window(
-        market.tickers, np.zeros(len(window), dtype=np.int64), window, settings.model.fhs_window, pipe
-    )
+        market.tickers, np.zeros(len(window), dtype=np.int64), window, settings.model.fhs_window, pipe,
+        observed=observed,
+    )  # fmt: skip
     for pid in settings.portfolio_ids:
         _write_new_portfolio(store, settings, pid, prices, now, pipe)
     store.write_schema(pipe)
@@ -282,6 +300,9 @@ def add_ticker(
                     window = StandardizedWindow.empty(snap.tickers)
                 rng = np.random.default_rng(zlib.crc32(symbol.encode("utf-8")))
                 grown_window = np.column_stack((window.values, rng.standard_normal(window.rows)))
+                # the existing entries keep their marks; the new column's draws stand in as observations (as
+                # before entries were marked: a column of missing entries would give the ticker no FHS risk)
+                grown_observed = np.column_stack((window.observed, np.ones(window.rows, dtype=bool)))
                 cov = _grown_covariance(snap.cov, vol, settings.universe.correlation)
                 grown = MarketSnapshot(
                     version=snap.version + 1,
@@ -303,8 +324,9 @@ def add_ticker(
                     f"add_ticker {symbol}: the market covariance of version {snap.version} grown by one ticker",
                 )  # fmt: skip
                 store.write_standardized_window(
-                    grown.tickers, window.versions, grown_window, settings.model.fhs_window, pipe
-                )
+                    grown.tickers, window.versions, grown_window, settings.model.fhs_window, pipe,
+                    observed=grown_observed,
+                )  # fmt: skip
                 store.write_reference_prices(
                     tuple(reference), np.array(list(reference.values()), dtype=float), now, pipe
                 )
@@ -412,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif history is not None and seeded:
             version = reload.reload_market(
                 store, settings, history.tickers, history.prices, history.cov, now=time.time(), actor=ACTOR,
-                detail={"file": str(args.history)}, standardized=history.standardized,
+                detail={"file": str(args.history)}, standardized=history.standardized, observed=history.observed,
             )  # fmt: skip
             print(f"warmup: market reloaded from {args.history} (version {version}, new epoch; books kept)")
             history = None

@@ -27,6 +27,12 @@ newer row). :meth:`MarketModel.risk_model` builds the :mod:`logic.var_methods` m
 per snapshot from the builder the caller passes (``logic.var_methods.risk_model``: the engine does not import the
 logic layer).
 
+Missing entries of the window (a ticker with no new price in a bar: :class:`~engine.store.StandardizedWindow`)
+are its stand-in 0 in :attr:`MarketModel.standardized`, so filtered historical simulation reads them as no move
+(as before they were marked), and False in :attr:`MarketModel.observed`, so the Student-t fit
+(:attr:`MarketModel.dof`) leaves them out of its sample. A window that is not finite is refused with
+:class:`~engine.errors.CorruptDataError`.
+
 Nothing here decides anything: a matrix that fails the check is kept with its :attr:`MarketModel.error` so that
 each caller applies its own policy (the gate rejects every trade; a page shows the error).
 """
@@ -40,6 +46,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from engine import math_logic
 from engine.defaults import BARS_PER_DAY
@@ -127,9 +134,29 @@ class MarketModel:
         return np.ascontiguousarray(window.values[:, order])
 
     @cached_property
+    def observed(self) -> npt.NDArray[np.bool_]:
+        """Which entries of :attr:`standardized` are observations (same shape; False: missing, its 0 a stand-in)."""
+        window = self.window
+        if window.tickers == self.tickers:
+            return window.observed
+        order = reorder(window.tickers, self.tickers)
+        if order is None:
+            return np.zeros((0, len(self.tickers)), dtype=bool)
+        return np.ascontiguousarray(window.observed[:, order])
+
+    @cached_property
     def dof(self) -> float:
-        """Student-t degrees of freedom fitted to the whole window (pooled over tickers), in :data:`DOF_BOUNDS`."""
-        return math_logic.fit_student_t_dof(self.standardized, *DOF_BOUNDS)
+        """Student-t degrees of freedom fitted to the observed entries of the window (pooled over tickers), in
+        :data:`DOF_BOUNDS`; a missing entry is not in the sample (``math_logic.fit_student_t_dof``).
+
+        Raises :class:`~engine.errors.CorruptDataError` when the window is not finite.
+        """
+        try:
+            return math_logic.fit_student_t_dof(self.standardized, *DOF_BOUNDS, observed=self.observed)
+        except ValueError as exc:
+            raise CorruptDataError(
+                f"the standardized window (market version {self.version}) is unusable: {exc}"
+            ) from exc
 
     def method_inputs(self, method: VarMethod | str) -> dict[str, Any]:
         """The keyword inputs of ``logic.var_methods.risk_model`` for ``method`` at this snapshot.

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import redis
 
 from engine import math_logic
@@ -45,11 +46,13 @@ def reload_market(
     actor: str,
     detail: dict[str, object],
     standardized: Float64Array | None = None,
+    observed: npt.NDArray[np.bool_] | None = None,
 ) -> int:
     """Replace the stored market by ``tickers, prices, cov`` (one model bar); returns the new version.
 
     ``standardized``: the history's window of standardized returns (T, N), written in the same transaction
-    (stamped with the new version), so no reader sees the new market with the old window.
+    (stamped with the new version), so no reader sees the new market with the old window; ``observed`` (bool,
+    same shape; None: all) marks its missing entries (``warmup.standardized_history``).
     Refused (nothing written) when the store's universe holds a ticker that ``tickers`` does not cover.
     """
     for _ in range(WATCH_RETRIES):
@@ -90,7 +93,7 @@ def reload_market(
                 if standardized is not None:
                     store.write_standardized_window(
                         snap.tickers, np.full(len(standardized), snap.version, dtype=np.int64), standardized,
-                        settings.model.fhs_window, pipe,
+                        settings.model.fhs_window, pipe, observed=observed,
                     )  # fmt: skip
                 record = {"ts": now, "actor": actor, "action": "load_history", "version": snap.version,
                           "epoch": epoch, **detail}  # fmt: skip

@@ -16,6 +16,14 @@ Per bar from the feed (:mod:`engine.feeds`):
    ``model.fhs_window`` rows), the tick event on ``mkt:{m}:ticks`` (bounded by MAXLEN ~; it names its tickers
    by their rev, ``engine.store.codec.universe_rev``) and the heartbeat ``hb:stream``.
 
+A ticker without a new price in a bar (none in it, refused by the price filter, or no accepted price before
+it) gets the return 0 in the covariance update (its price is carried forward, engine/price_filter.py) but is
+*missing* in the bar's window row, not a 0 observation (``engine.math_logic.standardize_observed``; so is a
+ticker whose volatility is 0): the Student-t fit leaves it out of its sample, filtered historical simulation
+reads its stand-in 0 as no move (engine/store/market.py, ``StandardizedWindow``). A price that arrives
+unchanged is an observation: its return 0 is data. A bar where every ticker has a new price writes exactly the
+row it wrote before missing entries were marked.
+
 The standardized window gets no row for a ``reset`` bar (the first bar of a replay: no return) nor for the
 first bar after a reload of a market someone else wrote (a warm-up re-seed or ``--add-ticker``: the "return"
 would span two unrelated price series). When the stored window's columns are not the market's tickers (a store
@@ -65,6 +73,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import redis
 
 from engine import math_logic
@@ -131,6 +140,8 @@ class _Step:
     price_ts: Float64Array
     returns: Float64Array | None
     """None for a reset bar (no covariance update)."""
+    observed: npt.NDArray[np.bool_]
+    """The tickers whose return is an observation: a new price accepted in this bar, and one before it."""
     accepted: int
     rejected: tuple[str, ...]
 
@@ -364,14 +375,16 @@ class StreamDaemon:
                 if why:
                     rejected.append(f"{t}={r!r}: {why}")
         returns: Float64Array | None = None
+        observed = np.zeros(len(self.tickers), dtype=bool)
         if not bar.reset:
-            returns = np.zeros(len(self.tickers))
+            returns = np.zeros(len(self.tickers))  # no new price: the last one carried forward, return 0
             before = self.prices[accepted]
             idx = accepted[np.isfinite(before) & (before > 0)]
             if idx.size:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
+            observed[idx] = True  # only these returns are data; the zeros elsewhere are missing entries
         returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
-        return _Step(prices, price_ts, returns, int(accepted.size), tuple(rejected))
+        return _Step(prices, price_ts, returns, observed, int(accepted.size), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
         now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
@@ -393,10 +406,11 @@ class StreamDaemon:
         # The matrix is updated in place: until the write commits the store, not this copy, is the truth.
         self._synced = False
         z: Float64Array | None = None
+        observed: npt.NDArray[np.bool_] | None = None
         if step.returns is not None:
             if not self._row_gap:
                 vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
-                z = math_logic.standardize_returns(step.returns, vols)
+                z, observed = math_logic.standardize_observed(step.returns, vols, step.observed)
             math_logic.update_covariance_ewma(self.cov, step.returns, self.decay, validate=self._validate_next)
         snap = MarketSnapshot(
             version=version,
@@ -418,7 +432,7 @@ class StreamDaemon:
             empty = np.zeros((0, len(self.tickers)))
             self.store.write_standardized_window(self.tickers, [], empty, self.window, write)
         if z is not None:
-            self.store.push_standardized(version, z, self.window, write)
+            self.store.push_standardized(version, z, self.window, write, observed=observed)
         if reference is not None:
             self.store.write_reference_prices(self.tickers, reference, now, write)
         self.store.publish_tick(event, self.maxlen, write, tickers_rev=self._tickers_rev)

@@ -18,7 +18,10 @@ Methods
     Filtered historical simulation (Barone-Adesi, Giannopoulos & Vosper 1999; Hull & White 1998): one-bar
     scenarios ``S = z · σ(now)`` (:func:`math_logic.fhs_scenarios`), scenario P&L ``p = S x``,
     ``VaR = sqrt(h) · L_(k)`` the k-th worst loss (:func:`math_logic.scenario_var`), CVaR the mean of the k worst
-    (:func:`math_logic.scenario_cvar`), components the positions' losses in the VaR scenario.
+    (:func:`math_logic.scenario_cvar`), components the positions' losses in the VaR scenario. A missing entry of
+    the window (a ticker without a new price in that bar, ``engine.store.StandardizedWindow``) comes as its
+    stand-in 0: that ticker does not move in that scenario, as before missing entries were marked; the
+    Student-t fit, by contrast, leaves it out (``engine.market_model.MarketModel.dof``).
 
 Horizon: the covariance and the scenarios are of one bar; an h-bar figure is the one-bar figure times ``sqrt(h)``
 (square-root-of-time). For the normal this is exact under i.i.d. returns; for the t and FHS it is the usual

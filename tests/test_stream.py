@@ -162,6 +162,25 @@ def test_bad_prices_are_rejected_and_counted_while_the_rest_of_the_bar_goes_on(
     )
 
 
+def test_a_bars_window_row_marks_a_ticker_without_a_new_price_missing_and_an_unchanged_price_observed(
+    seeded_store: Store, settings: Settings
+) -> None:
+    # Arrange: AAA arrives unchanged, BBB is absent, CCC is refused by the price filter, DDD moves
+    start = seeded_store.read_market()
+    prices = dict(zip(start.tickers, start.prices.tolist(), strict=True))
+    bar = Bar(1, {"AAA": prices["AAA"], "CCC": math.nan, "DDD": prices["DDD"] * 1.01})
+    daemon = StreamDaemon(seeded_store, settings, IterableFeed([bar]), interval=0)
+    # Act
+    daemon.run()
+    # Assert
+    window = seeded_store.read_standardized()
+    assert window.versions[-1] == 1
+    assert window.observed[-1].tolist() == [True, False, False, True]
+    ddd = math.log(1.01) / math.sqrt(start.cov[3, 3])
+    np.testing.assert_allclose(window.values[-1], [0.0, 0.0, 0.0, ddd], rtol=1e-12, atol=0)
+    assert window.observed[:-1].all()  # the warm-up's simulated rows have no missing entry
+
+
 def test_a_ticker_added_by_the_warmup_is_picked_up_without_a_restart(
     seeded_store: Store, settings: Settings
 ) -> None:

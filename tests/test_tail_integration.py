@@ -5,7 +5,8 @@ gate under each method.
 Independent computations: the standardized returns are recomputed here with numpy from the published tick
 prices (``z = r / sqrt(diag S)`` with ``S`` the EWMA matrix before the bar, recomputed by the recursion written
 out in :func:`tests.test_stream.ewma_from_ticks`); the FHS VaR of a trade by a full revaluation of the scenario
-P&L of the book with the trade.
+P&L of the book with the trade; the Student-t degrees of freedom by the method of moments written out here, on
+the observed entries of the window only (a ticker without a new price in a bar is a missing entry, not a 0).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import numpy as np
 import pytest
 
 import warmup
-from engine.errors import StoreEmptyError
+from engine import math_logic
+from engine.errors import CorruptDataError, StoreEmptyError
 from engine.feeds import Bar, IterableFeed
-from engine.market_model import MarketModelCache
+from engine.market_model import MarketModelCache, build_model
 from engine.records import VarMethod
 from engine.settings import Settings
-from engine.store import STDRET_KEY, MarketSnapshot, StandardizedWindow, Store
+from engine.store import STDRET_KEY, MarketSnapshot, StandardizedWindow, Store, encode_array, encode_window_row
 from engine.stream import StreamDaemon
 from logic.risk_models import risk_model_of
 from logic.var_methods import risk_model
@@ -146,6 +148,235 @@ def test_an_incremental_read_equals_a_full_read(store: Store, make_settings: Cal
     assert store.read_standardized(full) is full  # nothing new: the same object, one HMGET
 
 
+# -- missing entries: a ticker without a new price in a bar -------------------------------------------------------
+
+GAP_TICKER = "DDD"
+GAP_WINDOW = 100
+"""Bars fed = window rows: every row of the window is the stream's, none the warm-up's simulated ones."""
+
+
+def _moment_dof(sample: np.ndarray) -> float:
+    """ν = 6 / κ + 4 of the pooled zero-mean excess kurtosis, in [3, 30], written out (any shape: pooled)."""
+    z2 = np.square(np.asarray(sample, dtype=float).ravel())
+    kurtosis = np.mean(z2**2) / np.mean(z2) ** 2 - 3.0
+    return 30.0 if kurtosis <= 0 else float(min(max(6.0 / kurtosis + 4.0, 3.0), 30.0))
+
+
+def _gap_bars(
+    start: MarketSnapshot, count: int, *, share: float = 0.3, unchanged_in_gaps: bool = False, seed: int = 13
+) -> tuple[list[Bar], list[Bar], np.ndarray]:
+    """Fat-tailed bars with :data:`GAP_TICKER` missing from ``share`` of them: (the bars with the gaps, the same
+    bars with every price, which bars miss it). Every other gap is an unusable price (NaN, refused by the price
+    filter), the others no price at all.
+
+    ``unchanged_in_gaps``: the ticker's price does not move in its gap bars, so the bars with every price show it
+    unchanged there (a genuine 0 return) and carrying its last price forward over a gap is exact.
+    """
+    rng = np.random.default_rng(seed)
+    gaps = np.zeros(count, dtype=bool)
+    gaps[rng.choice(count, round(share * count), replace=False)] = True
+    col = start.tickers.index(GAP_TICKER)
+    prices = start.prices.copy()
+    with_gaps, full = [], []
+    for k in range(count):
+        step = rng.standard_t(8, size=len(prices)) * 0.001
+        if unchanged_in_gaps and gaps[k]:
+            step[col] = 0.0
+        prices = prices * np.exp(step)
+        every = dict(zip(start.tickers, prices.tolist(), strict=True))
+        some = dict(every)
+        if gaps[k]:
+            if int(gaps[: k + 1].sum()) % 2:
+                some[GAP_TICKER] = math.nan
+            else:
+                del some[GAP_TICKER]
+        with_gaps.append(Bar(1000.0 + k, some))
+        full.append(Bar(1000.0 + k, every))
+    return with_gaps, full, gaps
+
+
+def _gap_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings({"model": {"fhs_window": GAP_WINDOW}})
+
+
+def test_a_ticker_missing_from_30_percent_of_bars_is_left_out_of_the_fitted_dof_and_only_there(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange
+    settings = _gap_settings(make_settings)
+    warmup.seed(store, settings, now=1.0)
+    start = store.read_market()
+    bars, _, gaps = _gap_bars(start, GAP_WINDOW)
+    daemon = StreamDaemon(store, settings, IterableFeed(bars[:60]), interval=0, clock=lambda: 2.0)
+    daemon.run()
+    first = store.read_standardized()
+    daemon.feed = IterableFeed(bars[60:])
+    # Act
+    stats = daemon.run()
+    # Assert
+    window = store.read_standardized()
+    incremental = store.read_standardized(first)
+    model = MarketModelCache(store).get()
+    versions, z = _independent_window(start, store, settings.model.ewma_decay)  # the gaps' returns: price kept
+    observed = np.ones(z.shape, dtype=bool)
+    observed[gaps, start.tickers.index(GAP_TICKER)] = False
+    expected_dof = _moment_dof(z[observed])
+    assert stats.prices_rejected == (gaps.sum() + 1) // 2  # the NaN prints: refused by the price filter
+    assert window.versions.tolist() == versions and window.rows == GAP_WINDOW
+    np.testing.assert_allclose(window.values, z, rtol=1e-12, atol=0)
+    assert abs(_moment_dof(z) - expected_dof) > 0.2  # the stand-in zeros would fatten the tails...
+    assert model.dof == pytest.approx(expected_dof, rel=1e-12)  # ...and are not in the fitted sample
+    np.testing.assert_array_equal(window.observed, observed)
+    assert (window.values[~observed] == 0.0).all()  # the stand-in, finite: what FHS reads as no move
+    np.testing.assert_array_equal(incremental.values, window.values)
+    np.testing.assert_array_equal(incremental.observed, window.observed)
+    x = np.array([1e5, -5e4, 2e4, 3e4])
+    sigma = math.sqrt(x @ model.cov @ x)
+    t_var = stats_t_var(0.99, expected_dof) * sigma
+    assert risk_model_of(model, VarMethod.STUDENT_T, 1.0).var(x, 0.99) == pytest.approx(t_var, rel=1e-9)
+
+
+def stats_t_var(confidence: float, nu: float) -> float:
+    """The unit-variance Student-t quantile: ``t_ν⁻¹(c) · sqrt((ν - 2) / ν)``."""
+    from scipy import stats
+
+    return float(stats.t.ppf(confidence, nu)) * math.sqrt((nu - 2.0) / nu)
+
+
+def test_a_missing_price_is_left_out_where_the_same_price_arriving_unchanged_counts_as_a_zero_return(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: the gap ticker's price does not move in its gap bars, so both streams see the same returns
+    settings = _gap_settings(make_settings)
+    warmup.seed(store, settings, now=1.0)
+    start = store.read_market()
+    with_gaps, full, gaps = _gap_bars(start, GAP_WINDOW, unchanged_in_gaps=True)
+    StreamDaemon(store, settings, IterableFeed(full), interval=0, clock=lambda: 2.0).run()
+    present = store.read_standardized()
+    present_model = MarketModelCache(store).get()
+    present_dof = present_model.dof  # read now: the model reads its window lazily
+    store.client.flushdb()
+    warmup.seed(store, settings, now=1.0)
+    # Act
+    StreamDaemon(store, settings, IterableFeed(with_gaps), interval=0, clock=lambda: 2.0).run()
+    # Assert
+    missing = store.read_standardized()
+    missing_model = MarketModelCache(store).get()
+    col = start.tickers.index(GAP_TICKER)
+    np.testing.assert_array_equal(missing.values, present.values)  # the same window values, bit for bit
+    np.testing.assert_array_equal(missing_model.cov, present_model.cov)  # a gap is a 0 return in the matrix
+    assert (present.values[gaps, col] == 0.0).all()
+    assert present_dof == pytest.approx(_moment_dof(present.values), rel=1e-12)  # unchanged: observed zeros
+    others = [i for i in range(len(start.tickers)) if i != col]
+    observed_sample = np.concatenate((present.values[:, others].ravel(), present.values[~gaps, col]))
+    assert missing_model.dof == pytest.approx(_moment_dof(observed_sample), rel=1e-12)  # gaps: left out
+    assert missing_model.dof > present_dof + 0.2  # the gaps do not fatten the tails
+    assert present.observed.all()
+    np.testing.assert_array_equal(missing.observed[:, col], ~gaps)
+    assert missing.observed[:, others].all()
+
+
+def test_a_window_without_missing_entries_is_stored_and_read_exactly_as_before(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = _settings(make_settings)
+    warmup.seed(store, settings, now=1.0)
+    start = store.read_market()
+
+    StreamDaemon(store, settings, IterableFeed(_bars(start, WINDOW + 7)), interval=0, clock=lambda: 2.0).run()
+
+    window = store.read_standardized()
+    model = MarketModelCache(store).get()
+    raws = store.client.lrange(STDRET_KEY, 0, -1)
+    for raw, version, row in zip(raws, window.versions, window.values, strict=True):
+        assert raw == encode_array(np.concatenate(([float(version)], row)))  # the row format of before, byte for byte
+    assert model.dof == math_logic.fit_student_t_dof(window.values, 3.0, 30.0)  # the unmasked fit, bit for bit
+    fhs = risk_model_of(model, VarMethod.FHS, 1.0)
+    np.testing.assert_array_equal(fhs.scenarios, math_logic.fhs_scenarios(window.values, model.vol))
+
+
+def test_a_window_stored_before_entries_were_marked_loads_with_its_zeros_observed(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = _settings(make_settings)
+    warmup.seed(store, settings, now=1.0)
+    tickers = store.read_market().tickers
+    values = np.random.default_rng(4).standard_t(5, (WINDOW, len(tickers)))
+    values[::3, 1] = 0.0
+    store.write_standardized_window(tickers, np.zeros(WINDOW, dtype=np.int64), values, WINDOW)
+    old_rows = [encode_array(np.concatenate(([0.0], row))) for row in values]  # what the old code wrote
+    assert store.client.lrange(STDRET_KEY, 0, -1) == old_rows
+
+    window = store.read_standardized()
+
+    np.testing.assert_array_equal(window.values, values)
+    assert window.observed.shape == values.shape and window.observed.all()
+    assert MarketModelCache(store).get().dof == pytest.approx(_moment_dof(values), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        np.array([3.0, 0.1, np.inf, 0.2, 0.3]),  # an infinite return
+        np.array([np.nan, 0.1, 0.2, 0.3, 0.4]),  # NaN marks a missing return, never a version
+        np.array([2.5, 0.1, 0.2, 0.3, 0.4]),  # not a version
+        np.array([3.0, 0.1, 0.2, 0.3]),  # a row of another universe
+    ],
+)
+def test_a_corrupt_stored_window_row_is_refused_with_a_coded_error(
+    store: Store, make_settings: Callable[..., Settings], row: np.ndarray
+) -> None:
+    settings = _settings(make_settings)
+    warmup.seed(store, settings, now=1.0)
+    store.client.lset(STDRET_KEY, -1, encode_array(row))
+
+    with pytest.raises(CorruptDataError):
+        store.read_standardized()
+
+
+def test_a_window_holding_nan_in_memory_is_refused_by_the_model_with_a_coded_error(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = _settings(make_settings)
+    warmup.seed(store, settings, now=1.0)
+    snap = store.read_market()
+    values = store.read_standardized().values.copy()
+    values[3, 2] = np.nan  # not a gap: gaps are their stand-in 0 and False in ``observed``
+    corrupt = StandardizedWindow(snap.tickers, np.zeros(WINDOW, dtype=np.int64), values)
+
+    model = build_model(snap, snap.cov, window_source=lambda: corrupt)
+
+    with pytest.raises(CorruptDataError, match="standardized window"):
+        _ = model.dof
+
+
+def test_a_window_row_is_written_with_nan_only_where_an_entry_is_declared_missing() -> None:
+    row = encode_window_row(7, [0.5, 0.0, -1.0], np.array([True, False, True]))
+    assert np.isnan(np.frombuffer(row[-24:], dtype="<f8")).tolist() == [False, True, False]
+    assert encode_window_row(7, [0.5, 0.0, -1.0], np.ones(3, dtype=bool)) == encode_window_row(7, [0.5, 0.0, -1.0])
+    with pytest.raises(ValueError, match="finite"):
+        encode_window_row(7, [0.5, np.nan, -1.0])  # a NaN from a bug is never stored as a gap
+    with pytest.raises(ValueError, match="stand-in 0"):
+        encode_window_row(7, [0.5, 0.2, -1.0], np.array([True, False, True]))
+
+
+def test_add_ticker_keeps_the_missing_entries_of_the_window_it_grows(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = _gap_settings(make_settings)
+    warmup.seed(store, settings, now=1.0)
+    bars, _, _ = _gap_bars(store.read_market(), 40)
+    StreamDaemon(store, settings, IterableFeed(bars), interval=0, clock=lambda: 2.0).run()
+    before = store.read_standardized()
+
+    warmup.add_ticker(store, settings, "EEE", 10.0, 0.3, now=1.5)
+
+    after = store.read_standardized()
+    assert not before.observed.all()
+    np.testing.assert_array_equal(after.observed[:, :-1], before.observed)
+    assert after.observed[:, -1].all()  # the new column's draws stand in as observations, as before
+
+
 # -- warm-up ---------------------------------------------------------------------------------------------------
 
 
@@ -189,6 +420,33 @@ def test_simulated_warm_up_fills_a_full_window_and_leaves_the_seed_matrix(
     assert window.rows == WINDOW and window.tickers == settings.universe.tickers
     np.testing.assert_array_equal(store.read_market().cov, warmup.market_from_settings(settings).cov)
     assert np.isfinite(window.values).all() and np.abs(window.values).max() < 10
+
+
+def test_a_gap_in_a_warm_up_history_is_marked_missing_as_the_daemon_marks_it(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = _settings(make_settings)
+    rng = np.random.default_rng(17)
+    returns = rng.standard_t(4, size=(80, 4)) * 0.001
+    gapped = returns.copy()
+    holes = [(35, 3), (50, 3), (51, 0), (79, 2)]  # after the 30 seed rows: each one is in the window
+    for t, i in holes:
+        gapped[t, i] = np.nan  # no close on one side of the return
+    carried = np.where(np.isnan(gapped), 0.0, gapped)  # what the daemon does with it: the price carried forward
+
+    cov, z, observed = warmup.standardized_history(gapped, settings.model.ewma_decay)
+    cov_carried, z_carried, observed_carried = warmup.standardized_history(carried, settings.model.ewma_decay)
+    market = warmup.SeedMarket(settings.universe.tickers, np.full(4, 100.0), cov, z, observed)
+    warmup.seed(store, settings, history=market, now=1.0)
+
+    m = warmup.HISTORY_SEED_ROWS
+    np.testing.assert_array_equal(cov, cov_carried)
+    np.testing.assert_array_equal(z, z_carried)
+    assert observed_carried.all()  # a 0 return that was observed is a 0 observation
+    assert sorted((int(t) + m, int(i)) for t, i in np.argwhere(~observed)) == holes
+    window = store.read_standardized()
+    np.testing.assert_array_equal(window.observed, observed[-WINDOW:])
+    np.testing.assert_array_equal(window.values, z[-WINDOW:])
 
 
 # -- the market model ------------------------------------------------------------------------------------------

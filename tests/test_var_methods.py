@@ -323,6 +323,65 @@ def test_fitted_dof_refuses_bounds_without_a_finite_variance_or_inverted(lo, hi)
         ml.fit_student_t_dof(np.ones(10), lo, hi)
 
 
+def _moment_dof(sample: np.ndarray, lo: float = 3.0, hi: float = 30.0) -> float:
+    """The method-of-moments fit written out with numpy: nu = 6 / (m4 / m2^2 - 3) + 4, clipped."""
+    squares = np.asarray(sample, dtype=float).ravel() ** 2
+    kurtosis = float(np.mean(squares**2) / np.mean(squares) ** 2 - 3.0)
+    return hi if kurtosis <= 0 else min(max(6.0 / kurtosis + 4.0, lo), hi)
+
+
+def test_fitted_dof_leaves_the_missing_entries_out_and_keeps_the_observed_zeros():
+    # Arrange: a fat-tailed window, a genuine zero in column 0, and 30% of column 3 missing (stand-in zeros)
+    rng = np.random.default_rng(21)
+    z = rng.standard_t(8, (400, 4))
+    z[5, 0] = 0.0
+    observed = np.ones(z.shape, dtype=bool)
+    observed[rng.choice(400, 120, replace=False), 3] = False
+    z[~observed] = 0.0
+    # Act
+    fitted = ml.fit_student_t_dof(z, observed=observed)
+    # Assert
+    assert fitted == pytest.approx(_moment_dof(z[observed]), rel=1e-12)  # the genuine zero is in the sample
+    assert fitted != pytest.approx(ml.fit_student_t_dof(z), rel=1e-3)  # the stand-in zeros would move it
+
+
+def test_fitted_dof_with_every_entry_observed_is_bit_for_bit_the_unmasked_fit():
+    _, z, _, _ = random_state(22)
+    assert ml.fit_student_t_dof(z, observed=np.ones(z.shape, dtype=bool)) == ml.fit_student_t_dof(z)
+
+
+@pytest.mark.parametrize("mask", [np.ones((3, 2), dtype=bool), np.ones((2, 3), dtype=int), np.ones(6, dtype=bool)])
+def test_fitted_dof_refuses_a_mask_that_is_not_one_boolean_per_entry(mask):
+    with pytest.raises(ValueError, match="observed"):
+        ml.fit_student_t_dof(np.ones((2, 3)), observed=mask)
+
+
+def test_fitted_dof_refuses_nan_even_where_the_entry_is_marked_missing():
+    z = np.array([[1.0, np.nan], [-1.0, 0.5]])
+    with pytest.raises(ValueError, match="NaN"):
+        ml.fit_student_t_dof(z, observed=np.array([[True, False], [True, True]]))
+
+
+def test_standardize_observed_is_standardize_returns_with_the_missing_and_the_zero_vol_entries_marked():
+    returns = np.array([0.02, 0.0, 0.0, 0.01])
+    vol = np.array([0.01, 0.02, 0.01, 0.0])
+    z, observed = ml.standardize_observed(returns, vol, np.array([True, True, False, True]))
+    np.testing.assert_array_equal(z, ml.standardize_returns(returns, vol))
+    # an unchanged price (index 1) is an observation; no price (2) or no vol forecast (3) is not
+    assert observed.tolist() == [True, True, False, False]
+
+
+def test_standardize_observed_refuses_a_return_where_no_price_was_observed():
+    with pytest.raises(ValueError, match="must be 0"):
+        ml.standardize_observed([0.01, 0.02], [0.01, 0.01], np.array([True, False]))
+
+
+def test_fhs_reads_a_missing_entry_as_no_move_of_that_ticker_in_that_scenario():
+    z = np.array([[1.5, 0.0], [-2.0, 0.5]])  # entry (0, 1) missing: its stand-in 0
+    scenarios = ml.fhs_scenarios(z, [0.01, 0.02])
+    np.testing.assert_array_equal(scenarios, [[0.015, 0.0], [-0.02, 0.01]])
+
+
 def test_christoffersen_from_counts_equals_the_hit_sequence_form():
     rng = np.random.default_rng(10)
     for p in (0.01, 0.05, 0.3):

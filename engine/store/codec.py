@@ -187,11 +187,16 @@ def decode_symmetric(blob: bytes | None, *, key: str = "?", n: int) -> Float64Ar
     return out
 
 
-def encode_window_row(version: int, values: npt.ArrayLike) -> bytes:
+def encode_window_row(version: int, values: npt.ArrayLike, observed: npt.ArrayLike | None = None) -> bytes:
     """One row of the standardized-return window: the array ``[version, z_1, ..., z_N]`` (:func:`encode_array`).
 
     The market version rides in the row (exact as a float64 up to 2**53) so a reader can drop rows newer than
     the market snapshot it measures with.
+
+    ``observed`` (bool, shape (N,); None: all): the entries that are observations. A missing one (a ticker
+    with no new price in that bar, its ``z`` the stand-in 0) is stored as NaN, the window's one marker of a
+    missing entry; ``values`` themselves must be finite (a NaN there is a bug, not a gap) and 0 where missing.
+    A row with nothing missing is byte for byte the row written before missing entries were marked.
     """
     row = np.asarray(values, dtype=np.float64)
     if row.ndim != 1:
@@ -200,22 +205,49 @@ def encode_window_row(version: int, values: npt.ArrayLike) -> bytes:
         raise ValueError("a window row must be finite")
     if not 0 <= int(version) < 2**53:
         raise ValueError(f"market version {version} out of range for a window row")
+    if observed is not None:
+        mask = np.asarray(observed)
+        if mask.shape != row.shape or mask.dtype != np.bool_:
+            raise ValueError(f"observed must be a boolean array of shape {row.shape}, got {mask.dtype} {mask.shape}")
+        if not mask.all():
+            if (row[~mask] != 0.0).any():
+                raise ValueError("a missing entry of a window row must be the stand-in 0")
+            row = np.where(mask, row, np.nan)
     return encode_array(np.concatenate(([float(int(version))], row)))
 
 
 def decode_window_rows(raws: list[bytes], n: int, *, key: str = "?") -> tuple[npt.NDArray[np.int64], Float64Array]:
-    """Rows of :func:`encode_window_row` (oldest first) -> (versions, shape (T, n) standardized returns)."""
+    """Rows of :func:`encode_window_row` (oldest first) -> (versions, shape (T, n) standardized returns), a
+    missing entry as its stand-in 0 (:func:`decode_window` also says which are missing)."""
+    versions, values, _ = decode_window(raws, n, key=key)
+    return versions, values
+
+
+def decode_window(
+    raws: list[bytes], n: int, *, key: str = "?"
+) -> tuple[npt.NDArray[np.int64], Float64Array, npt.NDArray[np.bool_]]:
+    """Rows of :func:`encode_window_row` (oldest first) -> (versions, values, observed).
+
+    ``values`` (T, n) are finite: a missing entry (stored NaN) is its stand-in 0 and False in ``observed``
+    (T, n). A window stored before missing entries were marked has no NaN: every entry is observed. Raises
+    :class:`~engine.errors.CorruptDataError` for a row of another length, an infinite value, or a version
+    that is not a non-negative integer (NaN included: NaN marks a missing return, never a version).
+    """
     if not raws:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, n))
+        return np.zeros(0, dtype=np.int64), np.zeros((0, n)), np.zeros((0, n), dtype=bool)
     rows = np.empty((len(raws), n + 1))
     for i, raw in enumerate(raws):
         rows[i] = decode_array(raw, key=f"{key}[{i}]", shape=(n + 1,))
-    if not np.isfinite(rows).all():
-        raise CorruptDataError(f"{key}: a window row holds NaN or inf")
+    if np.isinf(rows).any():
+        raise CorruptDataError(f"{key}: a window row holds an infinite value")
     versions = rows[:, 0]
-    if (versions < 0).any() or (versions != np.floor(versions)).any():
+    if not np.isfinite(versions).all() or (versions < 0).any() or (versions != np.floor(versions)).any():
         raise CorruptDataError(f"{key}: a window row's version is not a non-negative integer")
-    return versions.astype(np.int64), np.ascontiguousarray(rows[:, 1:])
+    values = np.ascontiguousarray(rows[:, 1:])
+    observed = ~np.isnan(values)
+    if not observed.all():
+        values[~observed] = 0.0
+    return versions.astype(np.int64), values, observed
 
 
 # -- JSON --------------------------------------------------------------------------------------------------------

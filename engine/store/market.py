@@ -4,13 +4,17 @@ prices, the tick stream with its consumer group, the window of standardized retu
 Keys: ``mkt:{m}:snapshot``, ``mkt:{m}:stressed``, ``mkt:{m}:reference``, ``mkt:{m}:ticks``, ``mkt:{m}:stdret``,
 ``mkt:{m}:stdret_meta`` and ``hb:<component>`` (see :mod:`engine.store.keys`). The snapshot is one hash
 written by one HSET, so a reader never sees prices of one version with the matrix of another.
+
+A missing entry of the standardized window (no new price for that ticker in that bar) is stored as NaN and read
+back as its stand-in 0 with ``observed`` False (:class:`StandardizedWindow`); any other non-finite value in a
+stored row is refused as :class:`~engine.errors.CorruptDataError`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,7 +32,7 @@ from engine.store.codec import (
     decode_str,
     decode_symmetric,
     decode_tickers,
-    decode_window_rows,
+    decode_window,
     encode_array,
     encode_json,
     encode_symmetric,
@@ -158,11 +162,14 @@ class MarketStore(StoreBase):
         values: Float64Array,
         window: int,
         pipe: Conn = None,
+        *,
+        observed: npt.ArrayLike | None = None,
     ) -> None:
         """Replace the whole window: rows ``values`` (T, N) of market ``versions`` (T,), columns ``tickers``.
 
         Used by the warm-up (a history, or a re-seed) and by the stream daemon when the stored window does not
         match the market's tickers (it then starts an empty one). A new ``gen`` token tells readers to reload.
+        ``observed`` (bool, (T, N); None: all): which entries are observations (:func:`encode_window_row`).
         """
         tickers = tuple(tickers)
         values = np.asarray(values, dtype=np.float64).reshape(-1, len(tickers))
@@ -171,11 +178,18 @@ class MarketStore(StoreBase):
             raise ValueError("one market version per window row")
         if window < 1:
             raise ValueError(f"window must be >= 1 row, got {window}")
+        mask = None if observed is None else np.asarray(observed)
+        if mask is not None and mask.shape != values.shape:
+            raise ValueError(f"observed has shape {mask.shape}, the window {values.shape}")
         values, versions = values[-window:], versions[-window:]
+        masks = [None] * len(values) if mask is None else list(mask[-window:])
         c = self._conn(pipe)
         c.delete(STDRET_KEY)
         if len(values):
-            c.rpush(STDRET_KEY, *[encode_window_row(int(v), row) for v, row in zip(versions, values, strict=True)])
+            c.rpush(
+                STDRET_KEY,
+                *[encode_window_row(int(v), row, m) for v, row, m in zip(versions, values, masks, strict=True)],
+            )
         c.delete(STDRET_META_KEY)
         c.hset(
             STDRET_META_KEY,
@@ -185,12 +199,21 @@ class MarketStore(StoreBase):
             },
         )  # fmt: skip
 
-    def push_standardized(self, version: int, values: Float64Array, window: int, pipe: Conn = None) -> None:
-        """Append one bar's standardized returns (in the window's ticker order) and trim to ``window`` rows."""
+    def push_standardized(
+        self,
+        version: int,
+        values: Float64Array,
+        window: int,
+        pipe: Conn = None,
+        *,
+        observed: npt.ArrayLike | None = None,
+    ) -> None:
+        """Append one bar's standardized returns (in the window's ticker order) and trim to ``window`` rows;
+        ``observed`` (bool, (N,); None: all): which are observations (:func:`encode_window_row`)."""
         if window < 1:
             raise ValueError(f"window must be >= 1 row, got {window}")
         c = self._conn(pipe)
-        c.rpush(STDRET_KEY, encode_window_row(version, values))
+        c.rpush(STDRET_KEY, encode_window_row(version, values, observed))
         c.ltrim(STDRET_KEY, -int(window), -1)
         c.hincrby(STDRET_META_KEY, "seq", 1)
         c.hset(STDRET_META_KEY, mapping={"window": int(window), "version": int(version)})
@@ -228,9 +251,9 @@ class MarketStore(StoreBase):
             if got is None:
                 return StandardizedWindow.empty()
             tickers, seq, gen, window = got
-            versions, values = decode_window_rows(raws, len(tickers), key=STDRET_KEY)
+            versions, values, observed = decode_window(raws, len(tickers), key=STDRET_KEY)
             if previous is None:
-                return StandardizedWindow(tickers, versions, values, seq, gen)
+                return StandardizedWindow(tickers, versions, values, seq, gen, observed)
             added = seq - previous.seq
             if gen != previous.gen or added > len(raws) or tickers != previous.tickers:
                 previous = None  # rewritten or more rows than read meanwhile: read it whole
@@ -238,7 +261,8 @@ class MarketStore(StoreBase):
             keep = slice(len(raws) - added, None)
             all_versions = np.concatenate((previous.versions, versions[keep]))[-window:]
             all_values = np.concatenate((previous.values, values[keep]))[-window:]
-            return StandardizedWindow(tickers, all_versions, all_values, seq, gen)
+            all_observed = np.concatenate((previous.observed, observed[keep]))[-window:]
+            return StandardizedWindow(tickers, all_versions, all_values, seq, gen, all_observed)
         previous = None
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hmget(STDRET_META_KEY, _WINDOW_META_FIELDS)
@@ -247,8 +271,8 @@ class MarketStore(StoreBase):
         got = _decode_window_meta(raw_meta)
         if got is None:
             return StandardizedWindow.empty()
-        versions, values = decode_window_rows(raws, len(got[0]), key=STDRET_KEY)
-        return StandardizedWindow(got[0], versions, values, got[1], got[2])
+        versions, values, observed = decode_window(raws, len(got[0]), key=STDRET_KEY)
+        return StandardizedWindow(got[0], versions, values, got[1], got[2], observed)
 
     # -- reference prices ------------------------------------------------------------------------------------
     def write_reference_prices(
@@ -411,6 +435,10 @@ def _decode_window_meta(raw: list[Any]) -> tuple[tuple[str, ...], int, str, int]
     )
 
 
+_ALL_OBSERVED: npt.NDArray[np.bool_] = np.ones((0, 0), dtype=bool)
+"""Default of :attr:`StandardizedWindow.observed`: replaced by an all-True mask of the window's shape."""
+
+
 @dataclass(frozen=True, eq=False)
 class StandardizedWindow:
     """The stored window of standardized one-bar returns ``z_t,i = r_t,i / sigma_t,i`` (sigma before the EWMA
@@ -418,14 +446,30 @@ class StandardizedWindow:
 
     ``versions[t]`` is the market version whose bar gave row ``t``; ``seq`` counts the rows ever pushed to this
     window and ``gen`` names its last rewrite (both let a reader fetch only new rows).
+
+    Missing entries: a ticker with no new price in a bar (none in the bar, refused by the price filter, or no
+    price before it), or with no volatility forecast (``sigma = 0``), has no observation there. Its entry in
+    ``values`` is the stand-in 0 (its return was 0: the price carried forward) and False in ``observed``
+    (stored as NaN, :func:`~engine.store.codec.encode_window_row`). What each reader does with it: the
+    Student-t fit leaves it out (``engine.market_model.MarketModel.dof``); filtered historical simulation
+    keeps the 0, no move for that ticker in that scenario (``engine.math_logic.fhs_scenarios``). A window
+    stored before entries were marked has its zeros observed, as they were read then.
     """
 
     tickers: tuple[str, ...]
     versions: npt.NDArray[np.int64]
     values: Float64Array
-    """Shape (T, N), columns in ``tickers`` order."""
+    """Shape (T, N), columns in ``tickers`` order; finite, 0 where an entry is missing."""
     seq: int = 0
     gen: str = ""
+    observed: npt.NDArray[np.bool_] = field(default_factory=lambda: _ALL_OBSERVED)
+    """Shape (T, N): True where the entry is an observation (not given: every entry is)."""
+
+    def __post_init__(self) -> None:
+        if self.observed is _ALL_OBSERVED:
+            object.__setattr__(self, "observed", np.ones(self.values.shape, dtype=bool))
+        elif self.observed.shape != self.values.shape:
+            raise ValueError(f"observed has shape {self.observed.shape}, the window's values {self.values.shape}")
 
     @classmethod
     def empty(cls, tickers: tuple[str, ...] = ()) -> StandardizedWindow:
@@ -440,7 +484,9 @@ class StandardizedWindow:
         if not self.rows or int(self.versions[-1]) <= version:
             return self
         keep = self.versions <= version
-        return StandardizedWindow(self.tickers, self.versions[keep], self.values[keep], self.seq, self.gen)
+        return StandardizedWindow(
+            self.tickers, self.versions[keep], self.values[keep], self.seq, self.gen, self.observed[keep]
+        )
 
 
 def decode_market_header(raw: list[Any]) -> MarketHeader:
