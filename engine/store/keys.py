@@ -22,7 +22,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              read by the consumer groups MONITOR_GROUP (snapshots, latest
                                              wins) and BACKTEST_GROUP (the backtest runner, every bar)
     mkt:{m}:stdret                  list     standardized one-bar returns, one row per bar (oldest first):
-                                             version then r_i / sigma_i per ticker (codec window row),
+                                             version then r_i / sigma_i per ticker (codec window row; NaN:
+                                             no new price for that ticker in that bar, a missing entry),
                                              bounded by LTRIM to model.fhs_window
     mkt:{m}:stdret_meta             hash     tickers (JSON, the rows' column order), seq (rows ever pushed),
                                              gen (token of the window's last rewrite), version (last row's)
