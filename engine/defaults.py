@@ -27,6 +27,11 @@ VAR_CONFIDENCE = 0.95
 REPORTED_CONFIDENCES: tuple[float, float] = (0.95, 0.99)
 """The confidence levels every snapshot reports VaR and CVaR at (``var.var95``, ``var.var99``, ...)."""
 
+BASEL_OBSERVATIONS = 250
+"""The Basel backtesting window (Basel Committee, 1996): 250 observations, a trading year of one-day VaR. The
+continuous backtest's rolling exceedance count covers this many, and by default it gives a traffic-light zone
+only once it holds this many (``model.backtest_zone_min_observations``)."""
+
 STRESS_VOL_MULTIPLIER = 2.0
 """Crisis matrix: every volatility times this."""
 

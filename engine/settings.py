@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     TypeAdapter,
     ValidationError,
@@ -63,6 +64,7 @@ from pydantic.dataclasses import dataclass
 
 from engine.defaults import (
     BARS_PER_DAY,
+    BASEL_OBSERVATIONS,
     EWMA_DECAY,
     LIQUIDITY_IMPACT_COEF,
     STRESS_CORRELATION_FLOOR,
@@ -222,6 +224,14 @@ class PortfolioConfig:
             )
 
 
+def _zone_min_observations(value: int) -> int:
+    _require(
+        1 <= value <= BASEL_OBSERVATIONS,
+        f"must be between 1 and {BASEL_OBSERVATIONS} (the backtest's rolling window of observations), got {value}",
+    )
+    return value
+
+
 @dataclass(frozen=True, config=CONFIG)
 class Model:
     ewma_decay: Annotated[Number, Field(gt=0, lt=1)] = EWMA_DECAY
@@ -248,6 +258,11 @@ class Model:
     """Methods the monitor's continuous backtest runs side by side on the same P&L."""
     backtest_confidence: Annotated[Number, Field(gt=0, lt=1)] = 0.99
     """Confidence of the VaR the continuous backtest checks (the Basel zones are defined at 99%)."""
+    backtest_zone_min_observations: Annotated[Integer, AfterValidator(_zone_min_observations)] = BASEL_OBSERVATIONS
+    """Fewest observations the continuous backtest's rolling window must hold before it gives a Basel zone (the
+    zone is null before: ``backtest.zone`` rules do not apply). Between 1 and the rolling window,
+    :data:`~engine.defaults.BASEL_OBSERVATIONS` (250): the Basel framework is defined on 250 observations, and
+    at a handful the binomial rule is no verdict (one exceedance in two observations has ``F(1) = 0.9999``: red)."""
 
     @property
     def bars_per_year(self) -> int:

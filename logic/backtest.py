@@ -27,7 +27,9 @@ Each bar
    ``ν = math_logic.fit_student_t_dof(window)``; ``fhs`` with the window and ``σ(now) = sqrt(diag Σ_t)``.
 
 Statistics per track and method: all observations (count, exceedances, Kupiec POF, Christoffersen independence
-from the running transition counts) and the last ``rolling`` observations (exceedances, Basel zone). The
+from the running transition counts) and the last ``rolling`` observations (exceedances, and their Basel zone once
+they number at least ``zone_min_observations``: by default the whole window, 250, the window the Basel framework is
+defined on; at a handful of observations the binomial rule is no verdict, one exceedance in two being "red"). The
 closed observations are also kept, the last ``max_records`` of them.
 
 References: Kupiec (1995), "Techniques for verifying the accuracy of risk measurement models", J. Derivatives
@@ -39,6 +41,7 @@ Committee (1996), "Supervisory framework for the use of backtesting" (traffic li
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -53,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine import math_logic
-from engine.defaults import EWMA_DECAY
+from engine.defaults import BASEL_OBSERVATIONS, EWMA_DECAY
 from engine.records import Float64Array, VarMethod
 from logic import backtest_kernels as kernels
 from logic.backtest_batch import BarFigures, step_many
@@ -62,7 +65,7 @@ from logic.var_methods import RiskModel, StudentTModel, risk_model
 STATE_VERSION = 1
 """Version of :meth:`Backtester.to_dict`; :meth:`Backtester.from_dict` refuses any other."""
 
-ROLLING_OBSERVATIONS = 250
+ROLLING_OBSERVATIONS = BASEL_OBSERVATIONS
 """Observations in the rolling exceedance count and the Basel zone (the Basel one-year window)."""
 
 
@@ -95,10 +98,13 @@ class BacktestConfig:
     """Standardized returns kept (the FHS scenarios, the sample ν is fitted on)."""
     decay: float = EWMA_DECAY
     horizon_bars: int = 1
-    """The limit's horizon, in bars."""
+    """The limit's horizon, in bars fed (:func:`logic.backtest_monitor.horizon_bars` converts the limit's days)."""
     seed_rows: int = 30
     """Returns whose zero-mean second moment seeds the EWMA covariance."""
     rolling: int = ROLLING_OBSERVATIONS
+    zone_min_observations: int | None = None
+    """Fewest observations in the rolling window before a Basel zone is given (None: ``rolling``, a full window);
+    between 1 and ``rolling``. Always an int once built (:attr:`zone_minimum` reads it typed)."""
     max_records: int | None = 1000
     """Closed observations kept in the state (None: all)."""
     dof_bounds: tuple[float, float] = (3.0, 30.0)
@@ -117,11 +123,22 @@ class BacktestConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.zone_min_observations is None:
+            object.__setattr__(self, "zone_min_observations", self.rolling)
+        minimum = self.zone_min_observations
+        if isinstance(minimum, bool) or not isinstance(minimum, int) or not 1 <= minimum <= self.rolling:
+            raise ValueError(f"zone_min_observations must be an integer between 1 and rolling ({self.rolling}), "
+                             f"got {minimum!r}")  # fmt: skip
         if self.max_records is not None and (not isinstance(self.max_records, int) or self.max_records < 0):
             raise ValueError(f"max_records must be an integer >= 0 or None, got {self.max_records!r}")
         lo, hi = self.dof_bounds
         if not 2.0 < lo <= hi:
             raise ValueError(f"dof_bounds must satisfy 2 < lo <= hi, got {self.dof_bounds}")
+
+    @property
+    def zone_minimum(self) -> int:
+        """:attr:`zone_min_observations` (set to ``rolling`` when built with None)."""
+        return self.rolling if self.zone_min_observations is None else self.zone_min_observations
 
     def to_dict(self) -> dict[str, Any]:
         # spelled out, not dataclasses.asdict (a deep copy): written with every backtest state, every tick
@@ -133,6 +150,7 @@ class BacktestConfig:
             "horizon_bars": self.horizon_bars,
             "seed_rows": self.seed_rows,
             "rolling": self.rolling,
+            "zone_min_observations": self.zone_min_observations,
             "max_records": self.max_records,
             "dof_bounds": list(self.dof_bounds),
         }
@@ -147,6 +165,7 @@ class BacktestConfig:
             horizon_bars=int(d["horizon_bars"]),
             seed_rows=int(d["seed_rows"]),
             rolling=int(d["rolling"]),
+            zone_min_observations=None if d.get("zone_min_observations") is None else int(d["zone_min_observations"]),
             max_records=None if d["max_records"] is None else int(d["max_records"]),
             dof_bounds=(float(d["dof_bounds"][0]), float(d["dof_bounds"][1])),
         )
@@ -203,7 +222,8 @@ class MethodSummary:
     rolling_observations: int
     rolling_exceedances: int
     zone: str | None
-    """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None before any."""
+    """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None while the rolling
+    window holds fewer than ``zone_min_observations`` (:attr:`BacktestConfig.zone_minimum`)."""
 
     def to_dict(self) -> dict[str, Any]:
         # spelled out, not dataclasses.asdict (a deep copy): every method of every portfolio, every bar
@@ -250,14 +270,15 @@ class _Counts:
         if len(self.recent) > self.rolling:
             self.recent_hits -= self.recent.popleft()
 
-    def summary(self, method: VarMethod, confidence: float) -> MethodSummary:
-        d = self.summary_dict(method, confidence)
+    def summary(self, method: VarMethod, confidence: float, zone_minimum: int) -> MethodSummary:
+        d = self.summary_dict(method, confidence, zone_minimum)
         d["method"] = method
         return MethodSummary(**d)
 
-    def summary_dict(self, method: VarMethod, confidence: float) -> dict[str, Any]:
+    def summary_dict(self, method: VarMethod, confidence: float, zone_minimum: int) -> dict[str, Any]:
         """:meth:`summary` as :meth:`MethodSummary.to_dict` gives it, without building the dataclass (the
-        monitor's summary of every portfolio, every bar)."""
+        monitor's summary of every portfolio, every bar). The zone is given once the rolling window holds
+        ``zone_minimum`` observations (>= 1), None before."""
         n, x = self.observations, self.exceedances
         kupiec = _kupiec_pof(x, n, confidence) if n else (None, None)
         chris = _christoffersen(*self.transitions) if n >= 2 else (None, None)
@@ -275,7 +296,7 @@ class _Counts:
             "christoffersen_p": chris[1],
             "rolling_observations": recent_n,
             "rolling_exceedances": recent_x,
-            "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n else None,
+            "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n >= zone_minimum else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -562,12 +583,18 @@ class Backtester:
     def summary(self, track: Track = Track.BAR) -> dict[VarMethod, MethodSummary]:
         """Per method: observations, exceedances, rate, Kupiec, Christoffersen, the rolling count and zone."""
         counts = self.counts[track if isinstance(track, Track) else Track(track)]
-        return {m: c.summary(m, self.config.confidence) for m, c in counts.items()}
+        return {m: c.summary(m, self.config.confidence, self.config.zone_minimum) for m, c in counts.items()}
 
     def summary_dicts(self, track: Track) -> dict[str, dict[str, Any]]:
         """:meth:`summary` of ``track`` as plain dicts (:meth:`MethodSummary.to_dict`), method name -> dict."""
-        confidence = self.config.confidence
-        return {str(m): c.summary_dict(m, confidence) for m, c in self.counts[track].items()}
+        confidence, minimum = self.config.confidence, self.config.zone_minimum
+        return {str(m): c.summary_dict(m, confidence, minimum) for m, c in self.counts[track].items()}
+
+    def rezone(self, zone_min_observations: int) -> None:
+        """Give zones from ``zone_min_observations`` rolling observations on: the configuration changes, the
+        counts are kept (the minimum only reads them)."""
+        self.config = dataclasses.replace(self.config, zone_min_observations=zone_min_observations)
+        self._shared = None
 
     # --- state as plain data ------------------------------------------------------------------------------
 

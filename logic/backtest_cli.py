@@ -1,9 +1,10 @@
 """The command line of the VaR backtest: ``python -m logic.backtest`` (see :func:`main`).
 
-Reads a history of closes and a book, feeds every bar through :func:`logic.backtest.run_backtest` (the code path
-the monitor uses) and prints, per method, observations, exceedances, rate, Kupiec LR and p-value, Christoffersen
-p-value and Basel zone; ``--out`` writes the per-bar series. Bad input: exit status 2 and ``file:line: reason`` on
-stderr.
+Reads a history of closes and a book, feeds every bar through :func:`logic.backtest.run_backtest` (the code path the
+monitor uses) and prints, per method, observations, exceedances, rate, Kupiec LR and p-value, Christoffersen p-value
+and Basel zone (``-`` while the rolling window holds fewer than ``--zone-min-observations``, with a line saying so);
+``--out`` writes the per-bar series. ``--horizon-bars`` counts the file's rows. Bad input: exit status 2 and
+``file:line: reason`` on stderr.
 
 Input files (CSV, UTF-8, blank lines ignored)
 ---------------------------------------------
@@ -189,18 +190,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=cfg.confidence, help="VaR confidence (%(default)s)")
     p.add_argument("--window", type=int, default=cfg.window, help="standardized returns kept (%(default)s)")
     p.add_argument("--decay", type=float, default=cfg.decay, help="EWMA lambda (%(default)s)")
-    p.add_argument("--horizon-bars", type=int, default=cfg.horizon_bars, help="the limit's horizon, bars (%(default)s)")
+    p.add_argument("--horizon-bars", type=int, default=cfg.horizon_bars,
+                   help="the limit's horizon, in the file's rows (%(default)s)")  # fmt: skip
+    p.add_argument("--zone-min-observations", type=int, default=cfg.zone_minimum,
+                   help="rolling observations before a Basel zone is given (%(default)s)")  # fmt: skip
     p.add_argument("--seed-rows", type=int, default=cfg.seed_rows, help="returns seeding the EWMA (%(default)s)")
     p.add_argument("--out", type=Path, help="write the per-bar series to this CSV")
     return p
 
 
-def _format_summary(track: Track, summaries: Mapping[VarMethod, MethodSummary], confidence: float) -> str:
+def _format_summary(track: Track, summaries: Mapping[VarMethod, MethodSummary], config: BacktestConfig) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     lines = [
-        f"{track} track, {confidence:.2%} VaR",
+        f"{track} track, {config.confidence:.2%} VaR",
         f"{'method':<10} {'obs':>6} {'exceed':>6} {'rate':>7} {'kupiec_lr':>10} {'kupiec_p':>9} "
         f"{'christ_p':>9} {'zone':>6}",
     ]
@@ -210,6 +214,9 @@ def _format_summary(track: Track, summaries: Mapping[VarMethod, MethodSummary], 
             f"{fmt(s.kupiec_lr, '.3f'):>10} {fmt(s.kupiec_p, '.4f'):>9} {fmt(s.christoffersen_p, '.4f'):>9} "
             f"{s.zone or '-':>6}"
         )
+    if any(s.zone is None for s in summaries.values()):
+        n = max(s.rolling_observations for s in summaries.values())
+        lines.append(f"zone: none before {config.zone_minimum} observations ({n} so far)")
     return "\n".join(lines)
 
 
@@ -235,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             window=args.window,
             decay=args.decay,
             horizon_bars=args.horizon_bars,
+            zone_min_observations=args.zone_min_observations,
             seed_rows=args.seed_rows,
             max_records=0,
         )
@@ -267,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.history}: {n} tickers, {len(history.dates)} dates {history.dates[0]}..{history.dates[-1]}, "
           f"window {config.window}, lambda {config.decay}, seed {config.seed_rows} returns")  # fmt: skip
     for track in tracks:
-        print(_format_summary(track, bt.summary(track), config.confidence))
+        print(_format_summary(track, bt.summary(track), config))
     if args.out is not None:
         write_series(args.out, config.methods, [o for o in series if o.track in tracks])
     return 0

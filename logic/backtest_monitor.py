@@ -5,9 +5,36 @@ backtest runner (logic/backtest_runner.py), not by the monitor: the monitor's sn
 Each tick event (a market bar) is fed to every portfolio's backtester with the bar's prices and the positions
 held at it, so every configured method (``model.backtest_methods``) forecasts the VaR of the same book at the
 same bar and is checked against the same clean P&L (the positions held at the forecast, revalued at the close of
-the horizon): at one bar and at the limit's horizon (``bars_per_day * var_horizon_days`` bars, non-overlapping),
-at ``model.backtest_confidence``. It is the code path of ``python -m logic.backtest`` (:func:`backtest_config`
-gives the same configuration), so a replay through the daemons and the CLI on the same closes agree exactly.
+the horizon): at one bar and at the limit's horizon (non-overlapping), at ``model.backtest_confidence``. It is
+the code path of ``python -m logic.backtest`` (:func:`backtest_config` gives the same configuration), so a replay
+through the daemons and the CLI on the same closes agree exactly.
+
+Horizons of fed bars
+--------------------
+A fed bar is one tick event; it spans ``m`` model bars: 1 for a live feed, more for a replay of hourly, daily or
+weekly rows (:meth:`engine.history.Spacing.model_bars`: 60, ``bars_per_day``, ``5 · bars_per_day``). The runner
+reads ``m`` from the stream daemon's heartbeat ``hb:stream``, field ``feed_bar_model_bars``
+(:func:`feed_bar_model_bars`): written in the same atomic write as every bar by the daemon whose price filter
+scales the replay's returns by the same ``m`` (engine/price_filter.py), and kept after the daemon stops, so the
+bars of a finished replay are still fed at its ``m``. No heartbeat, or none with the field, is a live feed:
+``m = 1``. A tick event carries no ``m`` and a replay's file is named on the stream daemon's command line, not in
+the settings; so bars still unfed when the stream daemon restarts on a feed of another spacing are fed at the new
+one.
+
+The limit's horizon in fed bars is ``h = max(1, round(bars_per_day · var_horizon_days / m))``
+(:func:`horizon_bars`): the whole number of fed bars nearest to the limit's horizon, a tie to the even one
+(Python's ``round``, the rule for every ``m``, so a minute feed keeps ``round(bars_per_day · var_horizon_days)``);
+at least one bar, the shortest span the feed observes (weekly rows and a one-day limit test one week). Rounding
+chooses which span is tested and never makes forecast and P&L disagree: both tracks forecast the span they are
+checked on. The backtester's EWMA covariance is estimated from the returns between consecutive fed bars (not the
+stream's covariance of one model bar), so its one-bar VaR is that of one fed bar (the ``bar`` track, checked on the
+P&L from one fed bar to the next) and its limit VaR that of ``h`` fed bars (``sqrt(h)`` times it, checked on the
+P&L over those ``h`` bars): a daily replay with a one-day limit closes a limit horizon every bar. Another ``m`` (a
+replay of another spacing) gives another ``h``, hence a new backtest.
+
+Basel zone: given once the rolling window (the last 250 closed horizons) holds
+``model.backtest_zone_min_observations`` of them (default 250), null before; a change of that setting keeps the
+stored counts (:meth:`logic.backtest.Backtester.rezone`).
 
 State: ``pf:{id}:backtest`` holds the backtester (its JSON state without closed observations and without its
 window, its covariance as a codec array), its summary and the market version of the last bar fed;
@@ -34,12 +61,15 @@ bar it is of): ``backtest.exceedances`` and
 method at the limit's horizon, the zone as a number: 0 green, 1 yellow, 2 red (:data:`ZONE_LEVELS`), so a rule
 ``backtest.zone >= 1`` pages when the model goes yellow and ``>= 2`` when it goes red. ``backtest.bar_*`` are the
 same on the one-bar track and ``backtest.methods.<method>.*`` each configured method's. All are null (the rule does not
-apply) before the first closed horizon.
+apply) before the first closed horizon, and the zones also while the rolling window holds fewer than
+``model.backtest_zone_min_observations`` closed horizons (``backtest.observations`` says how many it holds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +78,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.clocks import STREAM_COMPONENT
 from engine.errors import CorruptDataError
 from engine.records import VarMethod
 from engine.settings import Settings
@@ -65,24 +96,53 @@ TRACK_FIELDS = {Track.LIMIT: "", Track.BAR: "bar_"}
 """Prefix of a track's fields in the snapshot section."""
 
 
-def horizon_bars(settings: Settings, portfolio_id: str) -> int:
-    """The limit's horizon in whole bars (at least one)."""
+def horizon_bars(settings: Settings, portfolio_id: str, bar_model_bars: float = 1.0) -> int:
+    """The limit's horizon in whole fed bars of ``bar_model_bars`` model bars each (module docstring).
+
+    Notes
+    -----
+    ``h = max(1, round(bars_per_day · var_horizon_days / k))``, ``k = bar_model_bars``; ``round`` takes a tie to
+    the even neighbour. With ``k = 1`` (a live feed) it is ``round(bars_per_day · var_horizon_days)`` exactly.
+    """
+    k = float(bar_model_bars)
+    if not (math.isfinite(k) and k > 0):
+        raise ValueError(f"bar_model_bars must be a positive number of model bars, got {bar_model_bars!r}")
     limits = settings.limits_for(portfolio_id)
-    return max(1, round(settings.model.bars_per_day * limits.var_horizon_days))
+    return max(1, round(settings.model.bars_per_day * limits.var_horizon_days / k))
 
 
-def backtest_config(settings: Settings, portfolio_id: str) -> BacktestConfig:
-    """The configuration of a portfolio's continuous backtest (what ``python -m logic.backtest`` takes as
-    ``--method``, ``--confidence``, ``--window``, ``--decay`` and ``--horizon-bars``)."""
+def backtest_config(settings: Settings, portfolio_id: str, bar_model_bars: float = 1.0) -> BacktestConfig:
+    """The configuration of a portfolio's continuous backtest fed bars of ``bar_model_bars`` model bars (what
+    ``python -m logic.backtest`` takes as ``--method``, ``--confidence``, ``--window``, ``--decay``,
+    ``--horizon-bars`` and ``--zone-min-observations``)."""
     model = settings.model
     return BacktestConfig(
         methods=tuple(model.backtest_methods),
         confidence=float(model.backtest_confidence),
         window=int(model.fhs_window),
         decay=float(model.ewma_decay),
-        horizon_bars=horizon_bars(settings, portfolio_id),
+        horizon_bars=horizon_bars(settings, portfolio_id, bar_model_bars),
+        zone_min_observations=int(model.backtest_zone_min_observations),
         max_records=0,  # the closed observations go to the log, not into the state rewritten every tick
     )
+
+
+def feed_bar_model_bars(store: Store, conn: Conn = None) -> float:
+    """Model bars one bar of the tick stream spans: ``feed_bar_model_bars`` of the stream daemon's heartbeat
+    (module docstring); 1.0 (a live feed) without a heartbeat or without the field. A value that is not a
+    positive finite number is logged and read as 1.0."""
+    raw = (store.read_heartbeat(STREAM_COMPONENT, conn) or {}).get("feed_bar_model_bars")
+    if raw is None:
+        return 1.0
+    try:
+        k = float(raw)
+    except ValueError:
+        k = math.nan
+    if not (math.isfinite(k) and k > 0):
+        log.warning("hb:%s feed_bar_model_bars %r is not a positive number: one model bar per bar", STREAM_COMPONENT,
+                    raw)  # fmt: skip
+        return 1.0
+    return k
 
 
 def summary_of(
@@ -101,6 +161,7 @@ def summary_of(
     return {
         "confidence": bt.config.confidence,
         "horizon_bars": bt.config.horizon_bars,
+        "zone_min_observations": bt.config.zone_minimum,
         "methods": [str(m) for m in bt.config.methods],
         "bars": bt.bar + 1,
         "ready": bt.ready,
@@ -160,6 +221,17 @@ def snapshot_section(
     return None if summary is None else section_for(stored_section(summary, version), method)
 
 
+def _rezoned(bt: Backtester, config: BacktestConfig) -> bool:
+    """When ``bt``'s configuration (not ``config``) is ``config`` but for the zone's minimum, give ``bt`` that
+    minimum (its counts are kept: :meth:`Backtester.rezone`); True when it did."""
+    if bt.config.rolling != config.rolling:  # another rolling window: another backtest (and no minimum to adopt)
+        return False
+    if dataclasses.replace(bt.config, zone_min_observations=config.zone_minimum) != config:
+        return False
+    bt.rezone(config.zone_minimum)
+    return True
+
+
 @dataclass
 class _Book:
     bt: Backtester
@@ -194,16 +266,16 @@ class BacktestBooks:
         self.settings = settings
         self._books: dict[str, _Book] = {}
         self._summaries: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._configs: dict[str, BacktestConfig] = {}
+        self._configs: dict[tuple[str, float], BacktestConfig] = {}
         self._universe: tuple[str, ...] = ()
         self._columns: dict[str, tuple[Backtester, np.ndarray | None]] = {}
         self.unreadable: dict[str, CorruptDataError] = {}
         """Portfolios the last :meth:`feed` left out because their stored backtest does not decode (left as stored)."""
 
-    def _config(self, pid: str) -> BacktestConfig:
-        config = self._configs.get(pid)
+    def _config(self, pid: str, bar_model_bars: float) -> BacktestConfig:
+        config = self._configs.get((pid, bar_model_bars))
         if config is None:  # settings do not change under a runner: built once (limits_for scans the portfolios)
-            config = self._configs[pid] = backtest_config(self.settings, pid)
+            config = self._configs[(pid, bar_model_bars)] = backtest_config(self.settings, pid, bar_model_bars)
         return config
 
     def _modelled(self, pid: str, bt: Backtester, index: Mapping[str, int]) -> np.ndarray | None:
@@ -220,11 +292,13 @@ class BacktestBooks:
         portfolios: Mapping[str, np.ndarray],
         conn: Conn = None,
         markers: Mapping[str, tuple[int, str] | None] | None = None,
+        bar_model_bars: float = 1.0,
     ) -> dict[str, Fed]:
         """Feed ``event`` to the backtest of each portfolio (``portfolios``: id -> qty in ``event.tickers``
         order); returns what to write. Reads the stored markers through ``conn`` (the runner's WATCHing
         pipeline, so a concurrent write by another runner aborts the transaction), unless the caller read them
-        (``markers``, after WATCHing their keys). Nothing is kept until :meth:`commit`."""
+        (``markers``, after WATCHing their keys). ``bar_model_bars``: the model bars the event's bar spans
+        (:func:`feed_bar_model_bars`; it sets the limit's horizon in bars). Nothing is kept until :meth:`commit`."""
         pids = list(portfolios)
         if markers is None:
             markers = {pid: self.store.read_backtest_marker(pid, conn) for pid in pids}
@@ -248,7 +322,8 @@ class BacktestBooks:
             except CorruptDataError as exc:  # this portfolio's backtest waits for a repair; the others go on
                 self.unreadable[pid] = exc
                 continue
-            config = self._config(pid)
+            config = self._config(pid, bar_model_bars)
+            rezoned = book is not None and book.bt.config != config and _rezoned(book.bt, config)
             cols = None if book is None or book.bt.config != config else self._modelled(pid, book.bt, index)
             if book is not None and cols is not None and np.count_nonzero(qty) == np.count_nonzero(qty[cols]):
                 bt = book.bt  # it models every ticker held; fed in place: a failed transaction calls discard()
@@ -267,7 +342,8 @@ class BacktestBooks:
                 bt.pending.clear()  # a horizon spanning the reset has no meaningful P&L
             continued = book is not None and bt is book.bt
             previous = self._summaries.get(pid)
-            kept = previous[1] if previous is not None and continued and previous[0] == book.token else None  # type: ignore[union-attr]
+            same = continued and not rezoned and previous is not None and previous[0] == book.token  # type: ignore[union-attr]
+            kept = previous[1] if previous is not None and same else None
             items.append((bt, prices[cols], qty[cols], label))
             fed.append((pid, bt, kept, continued and book.ring, (bt.pushed, len(bt.seed))))  # type: ignore[union-attr]
         out: dict[str, Fed] = {}

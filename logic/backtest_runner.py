@@ -7,19 +7,20 @@ returns and horizons would depend on how busy the monitor was. So the backtests 
 snapshots: the monitor's tick carries no backtest work, and the snapshot's ``backtest`` section is the runner's
 last stored one (``backtest.market_version`` says of which bar).
 
-Per bar: read every portfolio's book (one script, :class:`~engine.store.portfolio_reader.PortfolioReader`; the
-book as stored when the bar is fed: the runner is normally within a bar of the market, and after a restart it
-feeds its backlog with the current books, each forecast and its P&L still of the same positions), WATCH their
-backtests, read the stored markers, feed the bar to all of them at once
+Per bar: read every portfolio's book (one script, :class:`~engine.store.portfolio_reader.PortfolioReader`; the book
+as stored when the bar is fed: the runner is normally within a bar of the market, and after a restart it feeds its
+backlog with the current books, each forecast and its P&L still of the same positions) and the model bars a bar of
+the feed spans (the stream daemon's heartbeat: :func:`logic.backtest_monitor.feed_bar_model_bars`, which sets the
+limit's horizon in bars), WATCH their backtests, read the stored markers, feed the bar to all of them at once
 (:func:`logic.backtest.step_many`), then one MULTI writes every backtest with the bar's acknowledgement and the
-heartbeat ``hb:backtest``, so a bar is counted exactly once. A conflict (another runner wrote a backtest
-meanwhile) leaves the bar pending; it is redone from the store, and a backtest already fed with it is not fed
-again (its version marker). The runners are consumers of one consumer group (:data:`BACKTEST_GROUP`); only the
-holder of a short lease works (extended before every bar: a runner that lost it stops in the middle of its batch),
-so bars are fed in order; a runner that stops leaves its bar pending, and the next holder claims it once the
-lease (``--claim-idle`` seconds) has expired, before any newer bar, however long it has been pending (the lease,
-not the bar's idle time, says that its runner stopped). A bar trimmed from the stream before it was fed is
-counted (``bars_lost``) and the next one spans the gap.
+heartbeat ``hb:backtest``, so a bar is counted exactly once. A conflict (another runner wrote a backtest meanwhile)
+leaves the bar pending; it is redone from the store, and a backtest already fed with it is not fed again (its
+version marker). The runners are consumers of one consumer group (:data:`BACKTEST_GROUP`); only the holder of a
+short lease works (extended before every bar: a runner that lost it stops in the middle of its batch), so bars are
+fed in order; a runner that stops leaves its bar pending, and the next holder claims it once the lease
+(``--claim-idle`` seconds) has expired, before any newer bar, however long it has been pending (the lease, not the
+bar's idle time, says that its runner stopped). A bar trimmed from the stream before it was fed is counted
+(``bars_lost``) and the next one spans the gap.
 
 Usage::
 
@@ -59,7 +60,7 @@ from engine.settings import Settings, load_settings
 from engine.store import BACKTEST_GROUP, PortfolioBundle, Store, TickEvent
 from engine.store.portfolio_reader import PortfolioReader
 from engine.store.slots import slot_transaction
-from logic.backtest_monitor import BacktestBooks, Fed
+from logic.backtest_monitor import BacktestBooks, Fed, feed_bar_model_bars
 from logic.batch import read_backtest_markers
 from logic.batch_book import BookColumns
 
@@ -248,6 +249,7 @@ class BacktestRunner:
         bundles = self.store.read_portfolio_bundles(self._portfolio_ids, reader=self._reader)
         self._portfolio_ids = sorted(bundles)
         books = self._books(bundles, event)
+        bar_model_bars = feed_bar_model_bars(self.store)
         tx = slot_transaction(self.store.client)
         try:
             if books:
@@ -256,11 +258,11 @@ class BacktestRunner:
             try:
                 with np.errstate(over="raise"):
                     markers = read_backtest_markers(self.store, list(books))
-                    fed = self.books.feed(event, books, None, markers)
+                    fed = self.books.feed(event, books, None, markers, bar_model_bars)
                 for pid, error in self.books.unreadable.items():  # left as stored; the others were fed
                     self._refuse(pid, event, error)
             except (ValueError, ArithmeticError, RiskdeskError):  # a backtest refuses the bar: the others take it
-                fed = self._feed_each(event, books)
+                fed = self._feed_each(event, books, bar_model_bars)
             if self._refusing:
                 self.stats.bar_errors += 1
                 self.metrics.bar_errors.inc()
@@ -288,7 +290,7 @@ class BacktestRunner:
         self.metrics.bar_duration.observe(latency_ms / 1000.0)
         return fed
 
-    def _feed_each(self, event: TickEvent, books: Mapping[str, np.ndarray]) -> dict[str, Fed]:
+    def _feed_each(self, event: TickEvent, books: Mapping[str, np.ndarray], bar_model_bars: float) -> dict[str, Fed]:
         """The bar fed to each backtest alone (reloaded from the store), leaving out those that refuse it (a stored
         backtest that does not decode, a bar it cannot take): one portfolio's bad state stops only its own
         backtest, stored as it is."""
@@ -298,7 +300,7 @@ class BacktestRunner:
             try:
                 with np.errstate(over="raise"):
                     marker = self.store.read_backtest_marker(pid)
-                    fed.update(self.books.feed(event, {pid: qty}, None, {pid: marker}))
+                    fed.update(self.books.feed(event, {pid: qty}, None, {pid: marker}, bar_model_bars))
             except (ValueError, ArithmeticError, RiskdeskError) as exc:
                 self.books.discard()  # the ones fed so far are kept by ``fed`` (and :meth:`BacktestBooks.commit`)
                 self._refuse(pid, event, exc)

@@ -293,13 +293,17 @@ def test_cli_prints_each_methods_figures_and_writes_the_series(history, tmp_path
     book.write_text("ticker,qty\nAAA,10\nBBB,-4\n")
     out = tmp_path / "series.csv"
 
-    assert main(["--history", str(path), "--book", str(book), *SMALL, "--out", str(out)]) == 0
+    # 84 observations: a zone from 50 of them (the default, 250, gives none: see the test below)
+    zone_min = ["--zone-min-observations", "50"]
+    assert main(["--history", str(path), "--book", str(book), *SMALL, *zone_min, "--out", str(out)]) == 0
 
-    cfg = BacktestConfig(window=30, seed_rows=5, confidence=0.95, max_records=None)
+    cfg = BacktestConfig(window=30, seed_rows=5, confidence=0.95, zone_min_observations=50, max_records=None)
     bt, series = run_backtest(["AAA", "BBB"], zip(dates, closes, [[10.0, -4.0]] * len(closes), strict=True), cfg)
     series = [o for o in series if o.track is Track.BAR]  # at a one-bar limit horizon the CLI writes one track
     printed = capsys.readouterr().out
+    assert "zone: none" not in printed
     for method, s in bt.summary().items():
+        assert s.zone is not None
         line = next(ln for ln in printed.splitlines() if ln.startswith(str(method) + " "))
         assert line.split() == [
             str(method), str(s.observations), str(s.exceedances), f"{s.rate:.3%}", f"{s.kupiec_lr:.3f}",
@@ -408,3 +412,119 @@ def test_cli_with_a_longer_limit_horizon_reports_both_tracks(history, tmp_path, 
     first_forecast = 1 + 5 + 30 - 1  # the bar whose return fills the window
     assert tracks.count("bar") == len(closes) - 1 - first_forecast
     assert tracks.count("limit") == (len(closes) - 1 - first_forecast) // 3
+
+
+# --- the Basel zone: only from a minimum of rolling observations ------------------------------------------------
+
+
+def binomial_zone(x: int, n: int, confidence: float) -> str:
+    """The Basel rule written out: F the binomial CDF at n trials, p = 1 - c; green below 95%, red from 99.99%
+    (no exceedance is green)."""
+    p = 1.0 - confidence
+    cdf = sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(x + 1))
+    return "green" if x == 0 or cdf < 0.95 else "yellow" if cdf < 0.9999 else "red"
+
+
+def crash_after_burn_in(cfg: BacktestConfig) -> Backtester:
+    """A backtester whose first one-bar forecast is exceeded (a 20% fall) and whose second is not: one
+    exceedance in two observations."""
+    rng = np.random.default_rng(1)
+    bt, p = Backtester(["A"], cfg), 100.0
+    while not bt.ready:
+        p *= math.exp(0.01 * rng.standard_normal())
+        bt.step([p], [100.0])
+    bt.step([p * math.exp(-0.2)], [100.0])
+    bt.step([p * math.exp(-0.2 + 0.001)], [100.0])
+    return bt
+
+
+def test_one_exceedance_in_two_observations_has_no_zone_by_default_where_the_binomial_rule_alone_says_red():
+    by_default = crash_after_burn_in(BacktestConfig(window=20, seed_rows=5)).summary(Track.BAR)
+    from_the_first = crash_after_burn_in(BacktestConfig(window=20, seed_rows=5, zone_min_observations=1))
+
+    assert BacktestConfig().zone_min_observations == 250  # the Basel one-year window
+    for method in METHODS:
+        s = by_default[method]
+        assert (s.observations, s.exceedances, s.rolling_observations, s.rolling_exceedances) == (2, 1, 2, 1)
+        assert s.zone is None
+        # the counts and the tests do not wait for the zone
+        assert (s.kupiec_lr, s.kupiec_p) == ml.kupiec_pof(1, 2, 0.99)
+        assert (s.christoffersen_lr, s.christoffersen_p) == ml.christoffersen_independence([1, 0])
+        # F(1) = 0.99^2 + 2 * 0.01 * 0.99 = 0.9999: what a zone from the first observation says
+        assert from_the_first.summary(Track.BAR)[method].zone == binomial_zone(1, 2, 0.99) == "red"
+
+
+def test_a_zone_is_given_at_exactly_the_minimum_of_rolling_observations_and_none_one_observation_before():
+    closes = synthetic_prices(150, 1, seed=8)
+    cfg = BacktestConfig(window=20, seed_rows=5, rolling=30, zone_min_observations=12, confidence=0.9)
+    bt = Backtester(["A"], cfg)
+    hits: dict[VarMethod, list[int]] = {m: [] for m in METHODS}
+    seen = set()
+    for i, p in enumerate(closes):
+        for o in bt.step(p, [3.0], str(i)):
+            if o.track is Track.BAR:
+                for m in METHODS:
+                    hits[m].append(int(o.hit[m]))
+        for method, s in bt.summary(Track.BAR).items():
+            n = len(hits[method])
+            recent = hits[method][-30:]
+            assert (s.observations, s.rolling_observations, s.rolling_exceedances) == (n, len(recent), sum(recent))
+            if n < 12:
+                assert s.zone is None, n
+            else:
+                assert s.zone == binomial_zone(sum(recent), len(recent), 0.9), n
+            seen.add(n)
+    assert {11, 12, 13, 30, 31} <= seen  # one under, at, over the minimum; the window full and rolling
+    assert any(sum(h[:12]) for h in hits.values())  # an exceedance inside the first 12: a zone that is not trivial
+
+
+@pytest.mark.parametrize(
+    ("rolling", "minimum", "resolved"), [(250, None, 250), (30, None, 30), (30, 30, 30), (30, 1, 1), (1, 1, 1)]
+)
+def test_the_zone_minimum_defaults_to_the_rolling_window_and_may_be_anything_from_1_to_it(rolling, minimum, resolved):
+    cfg = BacktestConfig(rolling=rolling, zone_min_observations=minimum)
+
+    assert cfg.zone_min_observations == cfg.zone_minimum == resolved
+    assert BacktestConfig.from_dict(cfg.to_dict()) == cfg
+    # a stored configuration that names no minimum has the rolling window's
+    assert BacktestConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "zone_min_observations"}) == (
+        BacktestConfig(rolling=rolling)
+    )
+
+
+@pytest.mark.parametrize("minimum", [0, -1, 31, 2.5, True, "5"])
+def test_a_zone_minimum_outside_1_to_the_rolling_window_is_refused(minimum):
+    with pytest.raises(ValueError, match=r"zone_min_observations must be an integer between 1 and rolling \(30\)"):
+        BacktestConfig(rolling=30, zone_min_observations=minimum)
+
+
+def test_rezone_keeps_the_counts_and_gives_the_zone_from_the_new_minimum():
+    bt = crash_after_burn_in(BacktestConfig(window=20, seed_rows=5))
+    before = bt.to_dict()
+
+    bt.rezone(2)
+
+    assert bt.config == BacktestConfig(window=20, seed_rows=5, zone_min_observations=2)
+    after = bt.to_dict()
+    assert {k: v for k, v in after.items() if k != "config"} == {k: v for k, v in before.items() if k != "config"}
+    assert bt.store_state()["config"]["zone_min_observations"] == 2
+    assert all(s.zone == "red" for s in bt.summary(Track.BAR).values())
+    bt.rezone(3)
+    assert all(s.zone is None for s in bt.summary(Track.BAR).values())
+
+
+def test_cli_prints_no_zone_before_the_minimum_and_says_why(history, capsys):
+    path, closes, _ = history
+
+    assert main(["--history", str(path), *SMALL]) == 0  # 120 closes: 84 observations, the default minimum 250
+    printed = capsys.readouterr().out.splitlines()
+    assert all(ln.split()[-1] == "-" for ln in printed if ln.split()[:1] in (["normal"], ["student_t"], ["fhs"]))
+    assert "zone: none before 250 observations (84 so far)" in printed
+
+    assert main(["--history", str(path), *SMALL, "--zone-min-observations", "84"]) == 0  # exactly the minimum
+    printed = capsys.readouterr().out.splitlines()
+    assert not any(ln.startswith("zone:") for ln in printed)
+    assert main(["--history", str(path), *SMALL, "--zone-min-observations", "85"]) == 0  # one over what there is
+    assert "zone: none before 85 observations (84 so far)" in capsys.readouterr().out.splitlines()
+    assert main(["--history", str(path), *SMALL, "--zone-min-observations", "0"]) == 2
+    assert "zone_min_observations must be an integer between 1 and rolling (250)" in capsys.readouterr().err

@@ -11,6 +11,7 @@ September-October 2008 crash; FHS stays below it.
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,12 +22,20 @@ import numpy as np
 import pytest
 
 import warmup
-from engine.records import AlertStatus
+from engine.records import AlertStatus, VarMethod
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings, settings_from_dict
 from engine.store import PortfolioKeys, Store, TickEvent
-from logic.backtest import Backtester, Observation, Track
-from logic.backtest_monitor import ZONE_LEVELS, BacktestBooks, backtest_config, snapshot_section
+from logic.backtest import BacktestConfig, Backtester, Observation, Track
+from logic.backtest_monitor import (
+    ZONE_LEVELS,
+    BacktestBooks,
+    backtest_config,
+    feed_bar_model_bars,
+    horizon_bars,
+    snapshot_section,
+    summary_of,
+)
 
 from .conftest import TEST_CONFIG, merge, to_toml
 from .test_stream import ROOT, daemon_env, spawn, stop_process
@@ -417,3 +426,122 @@ def test_a_state_stored_before_the_ring_is_continued_and_its_whole_ring_written(
     other.commit(fed)
     stored = store.read_backtest_state("main")
     assert stored is not None and Backtester.from_dict(stored[0]).to_dict() == fed["main"].bt.to_dict()
+
+
+# --- the limit's horizon in fed bars ------------------------------------------------------------------------------
+
+MODEL_BARS = {"minute": 1.0, "hourly": 60.0, "daily": 390.0, "weekly": 1950.0}
+"""Model bars in one fed bar at ``bars_per_day = 390`` (engine/history.py ``Spacing.model_bars``)."""
+
+
+@pytest.mark.parametrize(
+    ("spacing", "days", "bars"),
+    [
+        ("minute", 1.0, 390), ("minute", 5.0, 1950), ("minute", 0.001, 1),  # 0.39 minutes: at least one bar
+        ("daily", 1.0, 1), ("daily", 5.0, 5), ("daily", 0.5, 1),  # 0.5 rounds to 0: at least one bar
+        ("daily", 1.5, 2), ("daily", 2.5, 2),  # ties go to the even neighbour
+        ("weekly", 1.0, 1), ("weekly", 5.0, 1), ("weekly", 10.0, 2),  # 0.2 weeks tests one week
+        ("weekly", 7.5, 2), ("weekly", 12.5, 2),  # 1.5 -> 2, 2.5 -> 2
+        ("hourly", 1.0, 6), ("hourly", 3.0, 20),  # 6.5 -> 6, 19.5 -> 20
+    ],
+)  # fmt: skip
+def test_the_limits_horizon_in_fed_bars_is_its_model_bars_over_the_bar_length_rounded_at_least_one(
+    make_settings: Callable[..., Settings], spacing: str, days: float, bars: int
+) -> None:
+    settings = make_settings({"limits": {"var_horizon_days": days}})  # bars_per_day = 390
+
+    assert horizon_bars(settings, "main", MODEL_BARS[spacing]) == bars
+    assert backtest_config(settings, "main", MODEL_BARS[spacing]).horizon_bars == bars
+
+
+@pytest.mark.parametrize(("bars_per_day", "days"), [(390, 1.0), (390, 5.0), (2, 1.0), (2, 1.25), (2, 1.75), (7, 0.5)])
+def test_a_minute_feed_keeps_the_horizon_of_bars_per_day_times_the_limits_days(
+    make_settings: Callable[..., Settings], bars_per_day: int, days: float
+) -> None:
+    settings = make_settings({"model": {"bars_per_day": bars_per_day}, "limits": {"var_horizon_days": days}})
+    today = max(1, round(bars_per_day * days))  # one model bar per fed bar: round(2.5) = 2, round(3.5) = 4
+
+    assert horizon_bars(settings, "main") == horizon_bars(settings, "main", 1.0) == today
+    assert backtest_config(settings, "main") == backtest_config(settings, "main", 1.0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -390.0, math.nan, math.inf])
+def test_a_bar_length_that_is_not_a_positive_number_of_model_bars_is_refused(
+    make_settings: Callable[..., Settings], bad: float
+) -> None:
+    with pytest.raises(ValueError, match="bar_model_bars must be a positive number"):
+        horizon_bars(make_settings(), "main", bad)
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "expected"),
+    [
+        (None, 1.0),  # no stream daemon has written a bar
+        ({"ts": 1.0, "version": 3}, 1.0),  # a heartbeat without the field
+        ({"ts": 1.0, "feed_bar_model_bars": 1.0}, 1.0),  # a live feed
+        ({"ts": 1.0, "feed_bar_model_bars": 390.0}, 390.0),  # daily rows
+        ({"ts": 1.0, "feed_bar_model_bars": 1950.0}, 1950.0),  # weekly rows
+        ({"ts": 1.0, "feed_bar_model_bars": "abc"}, 1.0),
+        ({"ts": 1.0, "feed_bar_model_bars": 0.0}, 1.0),
+        ({"ts": 1.0, "feed_bar_model_bars": -5.0}, 1.0),
+        ({"ts": 1.0, "feed_bar_model_bars": math.nan}, 1.0),
+    ],
+)
+def test_the_bar_length_is_read_from_the_stream_daemons_heartbeat(
+    store: Store, heartbeat: dict[str, Any] | None, expected: float
+) -> None:
+    if heartbeat is not None:
+        store.write_heartbeat("stream", heartbeat)
+
+    assert feed_bar_model_bars(store) == expected
+
+
+# --- the Basel zone: only from a minimum of rolling observations --------------------------------------------------
+
+
+def _one_exceedance_in_two(zone_min_observations: int | None) -> Backtester:
+    """Both tracks' first one-bar forecast exceeded by a 20% fall, the second not: one exceedance in two."""
+    bt = Backtester(["AAA"], BacktestConfig(window=20, seed_rows=5, zone_min_observations=zone_min_observations))
+    rng, p = np.random.default_rng(1), 100.0
+    while not bt.ready:
+        p *= math.exp(0.01 * rng.standard_normal())
+        bt.step([p], [100.0])
+    bt.step([p * math.exp(-0.2)], [100.0])
+    bt.step([p * math.exp(-0.199)], [100.0])
+    return bt
+
+
+def test_the_snapshots_zone_is_null_before_the_minimum_and_the_counts_are_not(
+    make_settings: Callable[..., Settings],
+) -> None:
+    assert make_settings().model.backtest_zone_min_observations == 250
+    assert backtest_config(make_settings(), "main").zone_min_observations == 250
+
+    for minimum, zone in [(None, None), (3, None), (2, ZONE_LEVELS["red"])]:  # the default 250, one over, at 2
+        section = snapshot_section(summary_of(_one_exceedance_in_two(minimum)), VarMethod.NORMAL)
+        assert section is not None
+        assert (section["exceedances"], section["observations"], section["zone"]) == (1, 2, zone), minimum
+        assert (section["bar_exceedances"], section["bar_observations"], section["bar_zone"]) == (1, 2, zone)
+        for fields in section["methods"].values():
+            assert (fields["zone"], fields["bar_zone"]) == (zone, zone)
+
+
+def test_a_stored_backtest_takes_a_new_zone_minimum_without_restarting(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    early = make_settings({"model": {"fhs_window": 20, "backtest_zone_min_observations": 1}})
+    books = BacktestBooks(store, early)
+    prices = _feed_ticks(books, store, 1, 60, np.random.default_rng(11), np.array([100.0, 50.0]))
+    bt = books._books["main"].bt
+    observed = bt.counts[Track.BAR][VarMethod.NORMAL].observations
+    assert observed == 60 - 1 - 30 - 20 and store.read_backtest_summary("main")["tracks"]["bar"]["normal"]["zone"]
+
+    later = BacktestBooks(store, make_settings({"model": {"fhs_window": 20}}))  # a runner on the default, 250
+    fed = later.feed(_event(61, list(prices)), {"main": np.array([10.0, -4.0])})
+
+    again = fed["main"].bt
+    assert again.bar == bt.bar + 1 and again.counts[Track.BAR][VarMethod.NORMAL].observations == observed + 1
+    assert again.config == backtest_config(later.settings, "main")  # continued, with the setting's minimum
+    summary = fed["main"].summary
+    assert summary["zone_min_observations"] == 250
+    assert all(s["zone"] is None for track in summary["tracks"].values() for s in track.values())

@@ -7,25 +7,28 @@ bar, from the published tick events' prices and the book's quantities (counts ex
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from scipy import stats
 
 import warmup
-from engine.feeds import Bar, SimulatedFeed
+from engine.feeds import Bar, ReplayFeed, SimulatedFeed
+from engine.records import VarMethod
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import BACKTEST_GROUP, TICKS_KEY, PortfolioKeys, Store, TickEvent, decode_object, lock_key
 from engine.stream import StreamDaemon
-from logic.backtest import Backtester, Observation, Track
+from logic.backtest import BacktestConfig, Backtester, Observation, Track
 from logic.backtest_monitor import backtest_config, section_for
 from logic.backtest_runner import HEARTBEAT_COMPONENT, LEASE, BacktestRunner
 from logic.monitor import Monitor
@@ -491,3 +494,133 @@ def test_the_real_runner_feeds_the_real_stream_daemons_bars_and_exits_after_n(
     assert (heartbeat["bars_fed"], heartbeat["version"], heartbeat["consumer"]) == ("60", "60", "real")
     assert _pending(store) == 0
     _assert_stored_equals_direct(store, small, store.read_ticks())
+
+
+# -- 9. replays of daily and weekly rows: the limit's horizon in fed bars --------------------------------------
+
+
+def _weekdays(first: date, n: int, step_days: int) -> list[date]:
+    """``n`` dates from ``first``: every weekday (daily rows), or every ``step_days`` days (weekly rows)."""
+    out, d = [], first
+    while len(out) < n:
+        if step_days > 1 or d.weekday() < 5:
+            out.append(d)
+        d += timedelta(days=step_days)
+    return out
+
+
+def _replay_rows(store: Store, settings: Settings, path: Path, dates: Sequence[date]) -> np.ndarray:
+    """Write closes of every universe ticker on ``dates`` (1% log-normal steps), replay them through the real
+    stream daemon; returns the closes, one row per date."""
+    rng = np.random.default_rng(12)
+    steps = rng.standard_normal((len(dates), 4)) * 0.01
+    steps[0] = 0.0
+    closes = np.array([100.0, 50.0, 200.0, 25.0]) * np.exp(np.cumsum(steps, axis=0))
+    path.write_text("date,AAA,BBB,CCC,DDD\n" + "".join(
+        f"{d.isoformat()}," + ",".join(repr(float(p)) for p in row) + "\n" for d, row in zip(dates, closes, strict=True)
+    ))  # fmt: skip
+    warmup.seed(store, settings)
+    store.ensure_tick_group(BACKTEST_GROUP)
+    feed = ReplayFeed(path)
+    daemon = StreamDaemon(store, settings, feed, interval=0)
+    for bar in feed:
+        assert daemon.process_bar(bar)
+    return closes
+
+
+def _ewma_covariances(closes: np.ndarray, seed_rows: int, decay: float) -> dict[int, np.ndarray]:
+    """Bar b -> the EWMA covariance of the rows' own log returns after the return ending at b, written out here:
+    ``(1/m) Σ r rᵀ`` of the first ``seed_rows`` returns, then ``λ Σ + (1 - λ) r rᵀ`` per return."""
+    r = np.log(closes[1:] / closes[:-1])
+    cov = r[:seed_rows].T @ r[:seed_rows] / seed_rows
+    out = {seed_rows: cov.copy()}
+    for t in range(seed_rows, len(r)):
+        cov = decay * cov + (1.0 - decay) * np.outer(r[t], r[t])
+        out[t + 1] = cov.copy()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("spacing", "step_days", "model_bars", "horizons"),
+    [("daily", 1, 390.0, {"main": 1, "hedge": 5}), ("weekly", 7, 1950.0, {"main": 1, "hedge": 1})],
+)
+def test_a_replay_of_daily_or_weekly_rows_checks_the_limits_horizon_in_rows_against_the_pnl_over_as_many_rows(
+    store: Store, make_settings: Callable[..., Settings], tmp_path: Path, spacing: str, step_days: int,
+    model_bars: float, horizons: dict[str, int],
+) -> None:  # fmt: skip
+    # Arrange: one-minute model bars (390 a day); main's limit is one day, hedge's five days. In daily rows one
+    # day is one row and five days five rows; in weekly rows each is one row (a week: at least one row)
+    portfolios = [dict(p) for p in TEST_CONFIG["portfolios"]]
+    portfolios[1]["limits"] = {"var_horizon_days": 5.0}
+    settings = make_settings({"model": {"fhs_window": 20}, "portfolios": portfolios})
+    dates = _weekdays(date(2018, 1, 2), 110, step_days)
+    closes = _replay_rows(store, settings, tmp_path / f"{spacing}.csv", dates)
+    runner = BacktestRunner(store, settings, consumer="runner")
+
+    # Act
+    assert runner.process_available() == len(dates)
+
+    # Assert: the stream daemon says how many model bars a row spans, and the runner took it
+    assert store.read_heartbeat("stream")["feed_bar_model_bars"] == repr(model_bars)  # type: ignore[index]
+    events = store.read_ticks()
+    np.testing.assert_array_equal(np.array([e.prices for e in events]), closes)  # every close written as it is
+    labels = [datetime.fromtimestamp(e.bar_ts, UTC).isoformat() for e in events]
+    covs = _ewma_covariances(closes, seed_rows=30, decay=0.94)
+    z = float(stats.norm.ppf(0.99))
+    first = 30 + 20  # the row whose return fills the window: the first forecast
+    for pid, h in horizons.items():
+        holdings = settings.portfolio(pid).holdings
+        cols = [i for i, t in enumerate(events[0].tickers) if holdings.get(t, 0)]
+        qty = np.array([float(holdings[events[0].tickers[i]]) for i in cols])
+        summary = store.read_backtest_summary(pid)
+        assert summary is not None and summary["horizon_bars"] == h
+        logged = [Observation.from_dict(r) for r in store.read_backtest_observations(pid, 10_000)]
+        bar = {o.start: o for o in logged if o.track is Track.BAR}
+        limit = [o for o in logged if o.track is Track.LIMIT]
+        starts = list(range(first, len(dates) - h, h))  # non-overlapping horizons of h rows
+        assert len(bar) == len(dates) - 1 - first
+        assert [o.start for o in limit] == [labels[b] for b in starts]
+        assert [o.end for o in limit] == [labels[b + h] for b in starts]
+        for o, b in zip(limit, starts, strict=True):
+            # the realized P&L over h rows of the positions held at row b, from the file's closes
+            assert o.pnl == pytest.approx(float(qty @ (closes[b + h, cols] - closes[b, cols])), rel=1e-12, abs=1e-9)
+            # the forecast is for those h rows: sqrt(h) times the one-row VaR of the rows' own covariance
+            x = qty * closes[b, cols]
+            one_row = z * math.sqrt(float(x @ covs[b][np.ix_(cols, cols)] @ x))
+            assert o.var[VarMethod.NORMAL] == pytest.approx(math.sqrt(h) * one_row, rel=1e-9)
+            assert bar[o.start].var[VarMethod.NORMAL] == pytest.approx(one_row, rel=1e-9)  # the one-row track
+            for m in settings.model.backtest_methods:
+                assert o.var[m] == pytest.approx(math.sqrt(h) * bar[o.start].var[m], rel=1e-12)
+                assert o.hit[m] == (-o.pnl > o.var[m])
+        if h == 1:  # a one-row limit closes an observation at every row: the one-row track's, forecast and P&L
+            assert [(o.start, o.end, o.pnl, dict(o.var)) for o in limit] == [
+                (o.start, o.end, o.pnl, dict(o.var)) for o in bar.values()
+            ]
+        assert summary["tracks"]["limit"]["normal"]["observations"] == len(starts) > 0
+
+
+def test_a_live_minute_feed_keeps_its_horizon_of_bars_per_day_times_the_limits_days(
+    store: Store, small: Settings
+) -> None:
+    # Arrange: the simulated (live) feed: one model bar per bar; bars_per_day = 2, a one-day limit: 2 bars
+    publisher = _seeded(store, small)
+    runner = BacktestRunner(store, small, consumer="runner")
+
+    # Act
+    publisher.publish(70)
+    assert runner.process_available() == 70
+
+    # Assert: the same configuration and numbers as a backtest of two-bar horizons fed every event here
+    assert store.read_heartbeat("stream")["feed_bar_model_bars"] == "1.0"  # type: ignore[index]
+    events = store.read_ticks()
+    for pid in PIDS:
+        state = store.read_backtest_state(pid)
+        assert state is not None
+        config = Backtester.from_dict(state[0]).config
+        assert config == BacktestConfig(window=20, horizon_bars=2, max_records=0)
+        limit = [o for o in store.read_backtest_observations(pid, 10_000) if o["track"] == "limit"]
+        first = 30 + 20
+        assert [o["start"] for o in limit] == [
+            datetime.fromtimestamp(events[b].bar_ts, UTC).isoformat() for b in range(first, len(events) - 2, 2)
+        ]
+    _assert_stored_equals_direct(store, small, events)

@@ -532,7 +532,9 @@ def test_risk_backtest_shows_the_monitors_stored_backtest_with_every_method_side
     for _, row in table.iterrows():
         assert row["observations"] == stored[row["method"]]["observations"]
         assert row["exceedances"] == stored[row["method"]]["exceedances"]
-        assert row["zone"] == stored[row["method"]]["zone"]
+        n = stored[row["method"]]["rolling_observations"]
+        assert stored[row["method"]]["zone"] is None and 0 < n < 250  # no Basel verdict on a few dozen
+        assert row["zone"] == f"no zone before 250 observations ({n} so far)"
     series = frame_with(at, "hit_fhs")
     assert len(series) == stored["normal"]["observations"] >= 1
     assert series["hit_normal"].sum() == stored["normal"]["exceedances"]

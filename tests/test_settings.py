@@ -147,3 +147,22 @@ def test_replace_revalidates_and_keeps_the_settings_frozen() -> None:
         replace(settings.universe, correlation=1.5)
     with pytest.raises(TypeError):
         settings.universe.assets["NEW"] = settings.universe.assets["AAPL"]  # type: ignore[index]
+
+
+def test_the_backtest_zone_minimum_defaults_to_the_basel_250_and_is_refused_outside_1_to_250() -> None:
+    assert settings_from_dict(TEST_CONFIG).model.backtest_zone_min_observations == 250
+    assert load_settings(ROOT / "riskdesk.toml", env={}).model.backtest_zone_min_observations == 250
+    for ok in (1, 249, 250):
+        settings = settings_from_dict(merge(TEST_CONFIG, {"model": {"backtest_zone_min_observations": ok}}))
+        assert settings.model.backtest_zone_min_observations == ok
+    for bad in (0, -1, 251):
+        with pytest.raises(ConfigError, match=(
+            r"settings\.model\.backtest_zone_min_observations: must be between 1 and 250 \(the backtest's rolling "
+            rf"window of observations\), got {bad}"
+        )):  # fmt: skip
+            settings_from_dict(merge(TEST_CONFIG, {"model": {"backtest_zone_min_observations": bad}}))
+    for wrong in (2.5, "5", True):
+        with pytest.raises(ConfigError, match=r"settings\.model\.backtest_zone_min_observations: .*integer"):
+            settings_from_dict(merge(TEST_CONFIG, {"model": {"backtest_zone_min_observations": wrong}}))
+    env = {"RISKDESK__MODEL__BACKTEST_ZONE_MIN_OBSERVATIONS": "20"}
+    assert load_settings(ROOT / "riskdesk.toml", env=env).model.backtest_zone_min_observations == 20

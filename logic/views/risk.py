@@ -327,12 +327,26 @@ BACKTEST_TRACKS: tuple[str, ...] = ("limit", "bar")
 """The stored backtest's tracks: the limit's horizon, one bar (:class:`logic.backtest.Track`)."""
 
 
+def zone_label(zone: object, observations: int, minimum: int) -> str:
+    """What the backtest table shows for a zone: the zone, or why there is none (the rolling window holds
+    ``observations``, fewer than the ``minimum`` a zone is given at: ``model.backtest_zone_min_observations``)."""
+    if isinstance(zone, str):
+        return zone
+    return f"no zone before {minimum:,} observation{'s' if minimum != 1 else ''} ({observations:,} so far)"
+
+
 def backtest_view(desk: Desk, portfolio_id: str) -> Any:
     """The monitor's stored continuous backtest of the portfolio, every configured method side by side
-    (:func:`logic.analytics.stored_backtest`), or None when the monitor has not stored one yet."""
+    (:func:`logic.analytics.stored_backtest`), or None when the monitor has not stored one yet. Each table's
+    ``zone`` is :func:`zone_label`'s: a zone, or why there is none yet."""
     from logic import analytics
 
     summary = desk.store.read_backtest_summary(portfolio_id)
     if summary is None:
         return None
-    return analytics.stored_backtest(summary, desk.store.read_backtest_observations(portfolio_id, BACKTEST_ROWS))
+    stored = analytics.stored_backtest(summary, desk.store.read_backtest_observations(portfolio_id, BACKTEST_ROWS))
+    minimum = int(summary.get("zone_min_observations", 1))  # a summary naming no minimum zones from the first
+    for table in stored.tables.values():
+        table["zone"] = [zone_label(z, int(n or 0), minimum)
+                         for z, n in zip(table["zone"], table["rolling_observations"], strict=True)]  # fmt: skip
+    return stored
