@@ -70,3 +70,17 @@ def test_a_zone_label_is_the_zone_or_why_there_is_none() -> None:
     assert zone_label(None, 249, 250) == "no zone before 250 observations (249 so far)"
     assert zone_label(math.nan, 0, 1) == "no zone before 1 observation (0 so far)"
     assert zone_label(None, 0, 2) == "no zone before 2 observations (0 so far)"
+
+
+@pytest.mark.parametrize(
+    ("model_bars", "name"), [(None, "minute"), (1.0, "minute"), (60.0, "hourly"), (390.0, "daily"), (1950.0, "weekly"),
+                             (15.0, "15-minute")],
+)  # fmt: skip
+def test_the_feed_bar_is_named_from_the_stream_heartbeat(
+    store: Store, settings: Settings, model_bars: float | None, name: str
+) -> None:
+    """The Backtest tab counts its horizons in the feed's bars (a daily replay's one-day limit is one daily bar)."""
+    if model_bars is not None:
+        store.write_heartbeat("stream", {"ts": 0.0, "clock": "replay", "feed_bar_model_bars": model_bars})
+    assert settings.model.bars_per_day == 390
+    assert views.feed_bar_name(views.Desk(store.client, settings)) == name

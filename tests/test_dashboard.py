@@ -526,6 +526,7 @@ def test_risk_backtest_shows_the_monitors_stored_backtest_with_every_method_side
     assert_clean(at)
     summary = app_env.read_backtest_summary("main")
     assert summary is not None and summary["ready"]
+    assert at.button_group(key="bt_track").options == ["limit horizon (390 minute bars)", "one minute bar"]
     table = frame_with(at, "rolling_exceedances")
     assert list(table["method"]) == ["normal", "student_t", "fhs"]
     stored = summary["tracks"]["bar"]

@@ -232,7 +232,9 @@ def backtest(d: views.Desk, pid: str) -> None:
         )
         if bt is None:
             return
-    labels = {"limit": f"limit horizon ({bt.horizon_bars:,} bars)", "bar": "one bar"}
+    bar = views.feed_bar_name(d)  # the horizons count the feed's bars (a replay's daily rows: one day each)
+    plural = "" if bt.horizon_bars == 1 else "s"
+    labels = {"limit": f"limit horizon ({bt.horizon_bars:,} {bar} bar{plural})", "bar": f"one {bar} bar"}
     track = st.segmented_control(
         "Horizon", list(views.BACKTEST_TRACKS), default=views.BACKTEST_TRACKS[0], key="bt_track",
         format_func=lambda t: labels.get(t, t),

@@ -214,7 +214,22 @@ def clock_caption(desk: Desk) -> str | None:
         speed = f" ({model.bar_seconds / interval:g}x real time)" if interval > 0 else ""
         return f"Compressed demo clock: one one-minute model bar {pace}{speed}; not live time"
     if mode == "replay":
-        day = float(model.bars_per_day)
-        name = {1.0: "minute", 60.0: "hourly", day: "daily", 5 * day: "weekly"}.get(bar, f"{bar:g}-minute")
-        return f"Replay of historical {name} bars: one bar {pace}; not live time"
+        return f"Replay of historical {bar_name(bar, model.bars_per_day)} bars: one bar {pace}; not live time"
     return None
+
+
+def bar_name(model_bars: float, bars_per_day: float) -> str:
+    """A feed bar of ``model_bars`` one-minute model bars by its name: ``minute``, ``hourly``, ``daily``,
+    ``weekly``, else ``<n>-minute``."""
+    day = float(bars_per_day)
+    return {1.0: "minute", 60.0: "hourly", day: "daily", 5 * day: "weekly"}.get(model_bars, f"{model_bars:g}-minute")
+
+
+def feed_bar_name(desk: Desk) -> str:
+    """The name (:func:`bar_name`) of the bars the stream daemon feeds, from its heartbeat's
+    ``feed_bar_model_bars`` (the length the backtest runner counts horizons in); ``minute`` without one."""
+    try:
+        beat = desk.store.read_heartbeat("stream") or {}
+        return bar_name(float(beat.get("feed_bar_model_bars", 1.0)), desk.settings.model.bars_per_day)
+    except (redis.RedisError, ValueError):
+        return bar_name(1.0, desk.settings.model.bars_per_day)
