@@ -1,6 +1,5 @@
 """Risk read-outs the dashboard shows that no other module computes: traffic lights from the alert rules, the
-VaR backtest of a portfolio's own history, the monitor's stored continuous backtest as tables, and the VaR
-surface over two positions' sizes.
+monitor's stored continuous backtest as tables, and the VaR surface over two positions' sizes.
 
 Pure functions over plain data (snapshots, history points, arrays); every risk formula comes from
 :mod:`engine.math_logic` and every rule comparison from :mod:`logic.alerts`.
@@ -9,7 +8,7 @@ Pure functions over plain data (snapshots, history points, arrays); every risk f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,95 +177,6 @@ def _finite(value: Any) -> bool:
 def _fmt(value: Any) -> str:
     number = float(value)
     return f"{number:,.4g}" if abs(number) < 1000 else f"{number:,.0f}"
-
-
-# -- VaR backtest --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backtest:
-    """One-bar VaR forecasts of the monitor's history against the next bar's P&L."""
-
-    confidence: float
-    observations: int
-    exceedances: int
-    expected: float
-    """Exceedances a correct model expects: observations x (1 - confidence)."""
-    kupiec_lr: float | None
-    kupiec_p: float | None
-    christoffersen_lr: float | None
-    christoffersen_p: float | None
-    zone: str | None
-    """Basel traffic-light zone ("green", "yellow", "red") at this confidence and sample size."""
-    series: pd.DataFrame
-    """time, pnl, var (one bar, dollars), exceeded."""
-
-
-MIN_BACKTEST_OBSERVATIONS = 2
-
-
-def var_backtest(
-    points: Sequence[Mapping[str, Any]], *, confidence: float, bars_per_day: float, field: str | None = None
-) -> Backtest:
-    """Backtest the monitor's daily VaR scaled to one bar against the realised one-bar P&L.
-
-    Parameters
-    ----------
-    points:
-        History points (``ts``, ``version``, ``equity``, ``var.var95`` / ``var.var99``), any order.
-    confidence:
-        One of :data:`~engine.defaults.REPORTED_CONFIDENCES`: which VaR of the history is tested.
-    bars_per_day:
-        The settings' bars per day; a one-day VaR is scaled to one bar by ``1 / sqrt(bars_per_day)``.
-
-    Notes
-    -----
-    Per market version the last point is kept (idle refreshes repeat a version). For consecutive versions
-    ``v -> v + 1`` the observation is ``pnl = equity(v + 1) - equity(v)`` and the forecast
-    ``VaR_bar(v) = VaR_day(v) / sqrt(bars_per_day)`` made at ``v``; an exceedance is ``-pnl > VaR_bar``.
-    Gaps in the versions (monitor down) are skipped, not bridged. Trades between two bars move equity by
-    their fees only (fills are at the last price). Kupiec POF, Christoffersen independence and the Basel zone
-    come from :mod:`engine.math_logic`.
-    """
-    low, high = REPORTED_CONFIDENCES
-    field = field or (f"var.var{high * 100:.0f}" if confidence >= high else f"var.var{low * 100:.0f}")
-    last: dict[int, Mapping[str, Any]] = {}
-    for p in sorted(points, key=lambda q: q.get("ts") or 0.0):
-        version = p.get("version")
-        if isinstance(version, int) and _finite(p.get("equity")) and _finite(p.get(field)):
-            last[version] = p
-    rows = []
-    scale = 1.0 / math.sqrt(bars_per_day)
-    for version in sorted(last):
-        nxt = last.get(version + 1)
-        if nxt is None:
-            continue
-        pnl = float(nxt["equity"]) - float(last[version]["equity"])
-        var_bar = float(last[version][field]) * scale
-        rows.append({"time": float(nxt["ts"]), "pnl": pnl, "var": var_bar, "exceeded": -pnl > var_bar})
-    series = pd.DataFrame(rows, columns=["time", "pnl", "var", "exceeded"])
-    series["time"] = pd.to_datetime(series["time"], unit="s", utc=True)
-    n = len(series)
-    x = int(series["exceeded"].sum()) if n else 0
-    kupiec: tuple[float | None, float | None] = (None, None)
-    christoffersen: tuple[float | None, float | None] = (None, None)
-    zone = None
-    if n >= MIN_BACKTEST_OBSERVATIONS:
-        kupiec = math_logic.kupiec_pof(x, n, confidence)
-        christoffersen = math_logic.christoffersen_independence(series["exceeded"].to_numpy(dtype=int))
-        zone = math_logic.basel_traffic_light(x, n, confidence=confidence)
-    return Backtest(
-        confidence=confidence,
-        observations=n,
-        exceedances=x,
-        expected=n * (1.0 - confidence),
-        kupiec_lr=kupiec[0],
-        kupiec_p=kupiec[1],
-        christoffersen_lr=christoffersen[0],
-        christoffersen_p=christoffersen[1],
-        zone=zone,
-        series=series,
-    )
 
 
 # -- the monitor's stored backtest ---------------------------------------------------------------------------

@@ -62,39 +62,6 @@ def test_breaker_levels_are_the_rules_with_actions_on_the_metric() -> None:
     assert levels[1]["label"] == "halt: set_state:HALTED"
 
 
-def test_backtest_pairs_consecutive_versions_and_counts_exceedances() -> None:
-    bars = 390.0
-    var_day = 1000.0 * math.sqrt(bars)  # one-bar VaR of exactly 1000
-    equity = [
-        100_000.0,
-        99_500.0,
-        98_000.0,
-        98_100.0,
-        96_000.0,
-        96_500.0,
-    ]  # losses 500, 1500, -100, 2100, -500
-    points = [{"ts": float(v), "version": v, "equity": e, "var.var99": var_day} for v, e in enumerate(equity)]
-    points.append(
-        {"ts": 2.5, "version": 2, "equity": 1.0, "var.var99": var_day}
-    )  # an earlier point of version 2
-    points.append({"ts": 9.0, "version": 8, "equity": 50_000.0, "var.var99": var_day})  # after a gap: no pair
-    bt = analytics.var_backtest(points, confidence=0.99, bars_per_day=bars)
-    assert bt.observations == 5
-    assert list(bt.series["exceeded"]) == [False, True, False, True, False]
-    assert bt.exceedances == 2
-    assert bt.expected == pytest.approx(5 * 0.01)
-    assert (bt.kupiec_lr, bt.kupiec_p) == pytest.approx(math_logic.kupiec_pof(2, 5, 0.99))
-    assert bt.zone == math_logic.basel_traffic_light(2, 5, confidence=0.99)
-    assert list(bt.series["var"]) == pytest.approx([1000.0] * 5)
-
-
-def test_backtest_of_too_short_a_history_has_no_statistics() -> None:
-    bt = analytics.var_backtest(
-        [{"ts": 1.0, "version": 1, "equity": 1.0, "var.var95": 1.0}], confidence=0.95, bars_per_day=390
-    )
-    assert (bt.observations, bt.kupiec_p, bt.zone) == (0, None, None)
-
-
 def test_surface_is_the_closed_form_var_at_every_grid_point() -> None:
     vols = np.array([0.01, 0.02, 0.015])
     cov = math_logic.covariance_from_vols_and_correlation(vols, 0.3)

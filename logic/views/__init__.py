@@ -133,7 +133,6 @@ from logic.views.performance import (
     var_trend_frame,
 )
 from logic.views.risk import (
-    BACKTEST_CONFIDENCES,
     BACKTEST_TRACKS,
     METHOD_LABELS,
     SURFACE_STEPS,
@@ -247,7 +246,6 @@ __all__ = [
     "BACKTEST_TRACKS",
     "METHOD_LABELS",
     "method_caption",
-    "BACKTEST_CONFIDENCES",
     "backtest_view",
     "ALERT_COLUMNS",
     "ALERT_TIME_COLUMNS",

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError
 from engine.records import AccountType
 from logic.valuation import value_portfolio
@@ -319,8 +318,6 @@ def _long_only_grid(qty: np.ndarray) -> np.ndarray:
     return np.concatenate(([0.0], qty[qty > 0]))
 
 
-BACKTEST_CONFIDENCES: tuple[float, ...] = tuple(sorted(REPORTED_CONFIDENCES, reverse=True))
-"""The VaRs of the monitor's history the history backtest (:func:`logic.analytics.var_backtest`) can test."""
 BACKTEST_ROWS = 500
 """Closed horizons of the stored backtest log a page reads (newest; both tracks)."""
 BACKTEST_TRACKS: tuple[str, ...] = ("limit", "bar")
