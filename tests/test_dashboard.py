@@ -223,6 +223,7 @@ def submit_ticket(at: AppTest, ticker: str, side: str, qty: int) -> AppTest:
 def test_trade_page_shows_positions_with_the_store_numbers(app_env: Store, settings: Settings) -> None:
     at = open_page("trade")
     assert_clean(at)
+    assert at.button_group(key="tk_order_type").value == "Trade"  # ACTIVE: an ordinary order first
     positions = frame_with(at, "unrealized_pnl").set_index("ticker")
     assert positions.loc["AAA", "qty"] == 1000 and positions.loc["BBB", "qty"] == 2000
     assert positions.loc["AAA", "market_value"] == pytest.approx(1000 * 100.0)
@@ -299,7 +300,9 @@ def test_a_halted_book_is_de_risked_from_the_ticket_with_a_liquidation_only_orde
     views.change_trading_state(views.Desk(app_env.client, settings), "main", "HALTED", "bad day", local_identity())
     at = open_page("trade")
     assert_clean(at)
-    assert at.button_group(key="tk_order_type").options == ["Trade", "Liquidation-only"]
+    order_type = at.button_group(key="tk_order_type")
+    assert order_type.options == ["Trade", "Liquidation-only"] and order_type.value == "Liquidation-only"  # HALTED
+    order_type.set_value("Trade")
     at = submit_ticket(at, "AAA", "SELL", 10)
     assert "TRADING_HALTED" in set(frame_with(at, "code")["code"])
     assert not [b for b in at.button if b.key == "tk_execute"]

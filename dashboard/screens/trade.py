@@ -103,7 +103,7 @@ def ticket_form(d: views.Desk, pid: str) -> None:
                 "Order",
                 types,
                 key="tk_order_type",
-                default=types[0],
+                default=views.default_order_type(d, pid, types),  # HALTED: liquidation-only
                 help="Liquidation-only: may only shrink the position, never grow or flip it; it passes HALTED and "
                 "REDUCING (how a halted book is de-risked by hand).",
             )

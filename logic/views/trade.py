@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine.records import Action, DecisionStatus, OrderIntent, Side
+from engine.records import Action, DecisionStatus, OrderIntent, Side, TradingState
 from logic.access import Identity, authorize
 from logic.risk_manager import POSITION_FIELDS
 from logic.views import fmt
@@ -81,6 +81,14 @@ def order_types(identity: Identity | None, portfolio_id: str) -> list[str]:
     send one."""
     allowed = identity is not None and identity.can(Action.LIQUIDATE, portfolio_id)
     return [label for label, intent in ORDER_TYPES.items() if intent is OrderIntent.TRADE or allowed]
+
+
+def default_order_type(desk: Desk, portfolio_id: str, types: list[str]) -> str:
+    """The order type a fresh ticket starts with: "Liquidation-only" on a HALTED portfolio for whoever is offered
+    it (nothing else passes there), "Trade" otherwise."""
+    halted = desk.store.read_trading_state(portfolio_id).state == TradingState.HALTED
+    liquidation = next(label for label, intent in ORDER_TYPES.items() if intent is OrderIntent.LIQUIDATION)
+    return liquidation if halted and liquidation in types else types[0]
 
 
 def check_ticket(
