@@ -6,6 +6,11 @@ is empty, then starts every service of :data:`SERVICES` that is not running yet,
 under ``<data_dir>/run`` and ``<data_dir>/log``. Running it twice starts nothing twice. ``stop`` stops, by PID,
 what ``start`` started: services first, Redis last (so its AOF holds everything they wrote).
 
+The archiver (``python -m engine.archive``) is one of the services: a process of its own, so its file writes and
+fsyncs never delay a tick, a delivery or a page. It moves the audit streams' older records to
+``archive.directory`` (default ``<data_dir>/archive``; ``start`` prints where) and trims them from Redis only
+once they are on disk.
+
 Clock: the stream daemon plays one one-minute model bar per ``model.bar_seconds`` (60) of wall time. ``start
 --compressed-clock S`` (``make run`` passes 2) sets ``model.demo_clock_seconds`` for every process: one bar
 every ``S`` seconds, and the dashboard shows a "Demo clock" badge on every page.
@@ -33,6 +38,7 @@ from pathlib import Path
 
 import redis
 
+from engine.archive import archive_directory
 from engine.errors import RiskdeskError, StoreError
 from engine.redis_server import EmbeddedRedis, connect, describe_server, owned_pid, server_binary, server_version
 from engine.settings import Settings, load_settings
@@ -81,6 +87,7 @@ def services(settings: Settings, stream_args: Sequence[str] = ()) -> tuple[Servi
         Service("monitor", (py, "-m", "logic.monitor"), "logic/monitor.py"),
         Service("backtest", (py, "-m", "logic.backtest_runner"), "logic/backtest_runner.py"),
         Service("notify", (py, "-m", "notifications"), "notifications/__main__.py"),
+        Service("archive", (py, "-m", "engine.archive"), "engine/archive.py"),
         Service(
             "dashboard",
             (
@@ -370,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("start", "demo"):
         if (launcher.root / "dashboard/app.py").exists():
             print(f"\nDashboard: http://{launcher.settings.dashboard.address}:{launcher.settings.dashboard.port}")
+        print(f"Audit archive: {archive_directory(launcher.settings, launcher.root)}")
         for line in metrics_lines(launcher.settings):
             print(line)
         if launcher.settings.model.compressed_clock:

@@ -287,6 +287,40 @@ class StressScenario:
     shocks: Table[Number]
 
 
+ARCHIVE_KEEP_SECONDS = 30 * 86_400.0
+"""Default age (by stream id) past which an audit record leaves Redis for the archive: the Audit page's longest
+time window (30 days) stays in Redis."""
+ARCHIVE_KEEP_ENTRIES = 100_000
+"""Default count of the newest records each audit stream keeps in Redis (the old ``MAXLEN ~`` of the audit
+streams, now a bound applied only after archiving)."""
+
+
+def _archive_directory(value: str) -> str:
+    _require(bool(value.strip()) and "\0" not in value, "must be a non-empty path (unset: <redis.data_dir>/archive)")
+    return value
+
+
+@dataclass(frozen=True, config=CONFIG)
+class ArchiveConfig:
+    """The audit trail's archive (``[archive]``, engine/archive.py): the audit streams' older records are copied
+    to append-only JSON Lines files under ``directory`` and only then trimmed from Redis.
+
+    A record stays in Redis while it is at most ``keep_seconds`` old and among the newest ``keep_entries`` of
+    its stream; past either bound it is archived (and then trimmed)."""
+
+    directory: Annotated[Text, AfterValidator(_archive_directory)] | None = None
+    """Root of the archive (one folder per stream, one file per UTC day); unset: ``<redis.data_dir>/archive``. A
+    relative path is relative to the working directory (the repository for ``make run``). Give each store its
+    own directory (the default does)."""
+    keep_seconds: Seconds = ARCHIVE_KEEP_SECONDS
+    """Records older than this (seconds, by their stream id's time) are archived."""
+    keep_entries: Annotated[Integer, Field(ge=0)] = ARCHIVE_KEEP_ENTRIES
+    """Each stream keeps at most its newest this-many records in Redis (the refused-check, delivery and trade logs
+    at most their own bounds too, engine/store/audit.py); the older ones are archived."""
+    interval_seconds: Annotated[Number, Field(gt=0)] = 60.0
+    """How often the archiver runs (wall seconds)."""
+
+
 ALL_PORTFOLIOS = "*"
 LIMIT_PREFIX = "limits."
 """An alert rule's threshold ``"limits.<field>"`` follows the portfolio's live limit of that name (the
@@ -371,6 +405,8 @@ class Settings:
     the engine does not import the layers above it."""
     history: HistoryConfig = field(default_factory=HistoryConfig)
     """Tiered retention of the monitor's history (``[history]``)."""
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    """Retention of the audit trail: what stays in Redis, where the rest is archived (``[archive]``)."""
 
     def __post_init__(self) -> None:
         ids = [p.id for p in self.portfolios]

@@ -17,6 +17,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import warmup
+from engine.archive import Archiver
 from engine.errors import CorruptDataError
 from engine.records import Role
 from engine.settings import Settings
@@ -185,7 +186,7 @@ def test_the_trail_merges_refused_checks_from_their_own_stream_in_time_order(des
     assert "check of BUY 1,000,000,000 BBB refused" in checks[0].summary
 
 
-def test_the_refused_check_stream_is_bounded(desk: views.Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_refused_check_stream_is_bounded(desk: views.Desk, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert store_audit.CHECK_LOG_MAXLEN == 10_000  # far below the change streams' 100,000: a log of questions
     monkeypatch.setattr(store_audit, "CHECK_LOG_MAXLEN", 100)
     audit_before = desk.client.xlen(PortfolioKeys("main").audit)
@@ -193,8 +194,12 @@ def test_the_refused_check_stream_is_bounded(desk: views.Desk, monkeypatch: pyte
     for n in range(1_000):
         desk.store.append_check_record("main", {"ts": T0 + n, "actor": VIEWER.actor, "reasons": []})
 
-    # MAXLEN ~ trims whole stream nodes (100 entries each by default): never fewer than the bound, at most a node more
-    assert 100 <= desk.client.xlen(PortfolioKeys("main").checks) <= 200
+    # the bound is applied by the archiver, after archiving (engine/archive.py), never by a trim on append
+    assert desk.client.xlen(PortfolioKeys("main").checks) == 1_000
+    Archiver(desk.store, desk.settings.archive, tmp_path).run_once()
+    assert desk.client.xlen(PortfolioKeys("main").checks) == 100
+    archived = [line for f in sorted(tmp_path.glob("pf_main_checks/*.jsonl")) for line in f.read_bytes().splitlines()]
+    assert [json.loads(line)["record"]["ts"] for line in archived] == [T0 + n for n in range(900)]
     newest = desk.store.read_stream_json(PortfolioKeys("main").checks, count=1)
     assert newest[0]["ts"] == T0 + 999 and newest[0]["action"] == "check_refused"
     assert desk.client.xlen(PortfolioKeys("main").audit) == audit_before
@@ -340,3 +345,36 @@ def test_an_audit_record_that_does_not_decode_is_a_coded_error_naming_its_stream
 
     problem = views.problem_from_exception(raised.value)
     assert problem.code == CorruptDataError.code and PortfolioKeys("main").audit in problem.detail
+
+
+def test_the_page_says_where_older_records_are_archived_once_an_archive_exists(
+    redis_server: Any, desk: views.Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert audit_view(desk).archive_note == ""  # no archiver has run on this store
+    directory = tmp_path / "audit-archive"
+
+    Archiver(desk.store, desk.settings.archive, directory).run_once()
+
+    note = audit_view(desk).archive_note
+    assert f"archived to `{directory}`" in note
+    assert "last 30 days, at most its newest 100,000 records" in note
+    last_run = desk.store.read_archive_state().last_run  # type: ignore[union-attr]
+    interval = desk.settings.archive.interval_seconds
+    on_time = audit_view(desk, wall=lambda: last_run + 3 * interval).archive_note
+    late = audit_view(desk, wall=lambda: last_run + 3 * interval + 1).archive_note
+    assert on_time == note and "archiver last ran" not in note  # three runs missed at most: no warning
+    assert late.startswith(note) and f"The archiver last ran {3 * interval + 1:,.0f} s ago" in late
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(merge(TEST_CONFIG, {"alert_rules": [DD_HALT]})), encoding="utf-8")
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=30.0)
+        at.session_state["refresh"] = "Paused"
+        at.switch_page("screens/audit.py")
+        at.run()
+        assert not at.exception and not at.error
+        assert note in [c.value for c in at.caption]
+    finally:
+        st.cache_resource.clear()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import redis
 
 from engine.settings import Settings
 from engine.store import Store
-from launcher import Launcher
+from launcher import Launcher, services
 
 from .conftest import TEST_CONFIG, merge, to_toml
 
@@ -136,7 +138,7 @@ def test_demo_replays_the_bundled_weekly_closes_and_stop_stops_it_by_pid(tmp_pat
         assert (data_dir / "demo-data" / "replay.csv").exists()
         stream_argv = Path(f"/proc/{int((data_dir / 'run' / 'stream.pid').read_text())}/cmdline").read_bytes()
         assert b"--feed\0replay\0--file\0" in stream_argv
-        assert len(pids) == 5  # stream, monitor, backtest runner, notifier, dashboard
+        assert len(pids) == 6  # stream, monitor, backtest runner, notifier, archiver, dashboard
     finally:
         stopped = launcher("stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -147,6 +149,42 @@ def test_demo_replays_the_bundled_weekly_closes_and_stop_stops_it_by_pid(tmp_pat
         except ProcessLookupError:
             alive = False
         assert not alive, f"pid {p} still running after stop"
+
+
+def test_the_archiver_runs_with_the_other_services_archives_what_is_due_and_stops_by_pid(tmp_path: Path) -> None:
+    # Arrange: nothing kept in Redis, a run every 0.2 s
+    data_dir = tmp_path / "v"
+    config = tmp_path / "riskdesk.toml"
+    overrides = {
+        "redis": {"data_dir": str(data_dir)},
+        "dashboard": {"port": 18535},
+        "archive": {"keep_entries": 0, "interval_seconds": 0.2},
+    }
+    config.write_text(to_toml(merge(TEST_CONFIG, overrides)))
+    archive_dir = data_dir / "archive"
+    assert "archive" in [s.name for s in services(Settings())]
+    try:
+        # Act
+        started = _launcher("start", config=config)
+        assert started.returncode == 0, started.stderr
+        assert f"Audit archive: {archive_dir}" in started.stdout
+        pid = int((data_dir / "run" / "archive.pid").read_text())
+        client = redis.Redis(unix_socket_path=str(data_dir / "redis.sock"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (client.exists("rd:archive") and client.xlen("rd:audit") == 0):
+            time.sleep(0.1)
+        # Assert: the warm-up's records left Redis for the archive, each in one line
+        files = sorted(archive_dir.glob("rd_audit/*.jsonl"))
+        lines = [json.loads(x) for f in files for x in f.read_bytes().splitlines()]
+        assert [r["record"]["action"] for r in lines] == ["seed"]
+        assert client.xlen("rd:audit") == 0
+        assert "archive    running" in _launcher("status", config=config).stdout
+    finally:
+        stopped = _launcher("stop", config=config)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"archive    stopped (pid {pid})" in stopped.stdout
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 @pytest.mark.parametrize(

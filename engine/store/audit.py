@@ -9,12 +9,16 @@ Sources (key names in :mod:`engine.store.keys`)::
     pf:{<id>}:checks         refused pre-trade checks (:meth:`AuditStore.append_check_record`)
     pf:{<id>}:alert_log      alert transitions (acknowledgements and resolutions among them)
 
-Refused checks have a stream of their own, bounded by :data:`CHECK_LOG_MAXLEN`: a check changes nothing and is
-open to every role, viewers included, so however many are made they can never trim a change record out of
-``pf:{<id>}:audit``.
+Refused checks have a stream of their own: a check changes nothing and is open to every role, viewers included,
+so however many are made they never sit among the change records of ``pf:{<id>}:audit``.
 
 A reset keeps every one of them (:data:`engine.store.book.AUDIT_TRAIL_SUFFIXES` with ``rd:audit``): only
 ``warmup.py --reset --wipe-audit`` deletes them, and a re-seed or ``--sync`` only appends.
+
+Retention: no append trims an audit stream. The archiver (engine/archive.py) copies each stream's older records
+to append-only files, fsyncs them, and only then trims exactly those (:meth:`AuditStore.trim_stream_through`,
+``XTRIM MINID``); this module gives it the streams (:data:`ARCHIVED_SOURCES` of every portfolio, and
+``rd:audit``), their raw entries and each stream's own bound in Redis (:func:`redis_bound`).
 """
 
 from __future__ import annotations
@@ -26,17 +30,21 @@ from typing import Any
 import redis
 
 from engine.errors import CorruptDataError, StoreUnavailableError
+from engine.store import notifications, trading
 from engine.store.base import Conn, StoreBase
-from engine.store.codec import decode_json, decode_str
-from engine.store.keys import GLOBAL_AUDIT_KEY, PortfolioKeys
+from engine.store.codec import decode_float, decode_int, decode_json, decode_str
+from engine.store.keys import ARCHIVE_KEY, GLOBAL_AUDIT_KEY, PortfolioKeys
 
 CHECK_REFUSED_ACTION = "check_refused"
 """The ``action`` of a refused pre-trade check's record on ``pf:{<id>}:checks``."""
 CHECK_LOG_MAXLEN = 10_000
-"""Approximate bound of a portfolio's refused-check stream (XADD MAXLEN ~): a log of read-only questions, not of
-changes, so its oldest records may go; the changes' own stream (``pf:{<id>}:audit``) is never trimmed by it."""
+"""Most refused checks a portfolio's stream keeps in Redis (a log of read-only questions, not of changes): a bound
+the archiver applies after copying the older ones to the archive (:func:`redis_bound`), never a trim on append."""
 PORTFOLIO_SOURCES = ("trades", "audit", "checks", "alert_log")
 """The portfolio streams of the audit trail (attribute names of :class:`~engine.store.keys.PortfolioKeys`)."""
+ARCHIVED_SOURCES = (*PORTFOLIO_SOURCES, "deliveries")
+"""The portfolio streams the archiver moves to files, with ``rd:audit``: the Audit page's sources and the delivery
+log, i.e. every log a reset keeps (:data:`engine.store.book.AUDIT_TRAIL_SUFFIXES`)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,73 @@ class AuditTrail:
     """``rd:audit``."""
     portfolios: Mapping[str, Mapping[str, list[dict[str, Any]]]] = field(default_factory=dict)
     """portfolio id -> source (:data:`PORTFOLIO_SOURCES`) -> records."""
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One stream entry as Redis holds it: its id (``<ms>-<seq>``) and its fields, values undecoded."""
+
+    id: str
+    fields: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    """What the archiver checks first: a stream's length and its oldest entry's id (None when empty)."""
+
+    key: str
+    length: int
+    oldest: str | None
+
+
+@dataclass(frozen=True)
+class ArchiveState:
+    """The archiver's state as it last wrote it (:data:`~engine.store.keys.ARCHIVE_KEY`)."""
+
+    directory: str
+    """Absolute path of the archive's root."""
+    keep_seconds: float
+    keep_entries: int
+    archived: int
+    """Records moved to the archive since this state was first written (a reset deletes it)."""
+    last_run: float
+
+
+def parse_stream_id(stream_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; ValueError for anything else."""
+    ms, sep, seq = stream_id.partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"{stream_id!r} is not a stream id")
+    return int(ms), int(seq)
+
+
+def next_stream_id(stream_id: str) -> str:
+    """The smallest id after ``stream_id``: ``XTRIM MINID next_stream_id(last)`` removes ``last`` and everything
+    before it, nothing after."""
+    ms, seq = parse_stream_id(stream_id)
+    return f"{ms}-{seq + 1}" if seq < 2**64 - 1 else f"{ms + 1}-0"
+
+
+def redis_bound(key: str) -> int | None:
+    """The stream's own bound in Redis, besides ``archive.keep_entries``: the refused-check, delivery and trade
+    logs keep at most :data:`CHECK_LOG_MAXLEN`, :data:`~engine.store.notifications.DELIVERY_LOG_MAXLEN` and
+    :data:`~engine.store.trading.TRADE_LOG_MAXLEN` records (read when called); None for the others."""
+    source = key.rsplit(":", 1)[-1] if key.startswith("pf:") else ""
+    bounds = {
+        "checks": CHECK_LOG_MAXLEN,
+        "deliveries": notifications.DELIVERY_LOG_MAXLEN,
+        "trades": trading.TRADE_LOG_MAXLEN,
+    }
+    return bounds.get(source)
+
+
+def _portfolio_stream(key: str) -> bool:
+    """Whether ``key`` is one of :data:`ARCHIVED_SOURCES` of some portfolio (spelled as :class:`PortfolioKeys`
+    spells it)."""
+    if not key.startswith("pf:{") or "}:" not in key:
+        return False
+    pid, source = key[len("pf:{") :].rsplit("}:", 1)
+    return source in ARCHIVED_SOURCES and getattr(PortfolioKeys(pid), source) == key
 
 
 def _decode_entries(key: str, entries: Any) -> list[dict[str, Any]]:
@@ -92,4 +167,93 @@ class AuditStore(StoreBase):
         refused-check stream (``pf:{<id>}:checks``, at most about :data:`CHECK_LOG_MAXLEN` records), never to its
         audit stream of changes."""
         record = {**record, "action": CHECK_REFUSED_ACTION}
-        self.append_audit(PortfolioKeys(portfolio_id).checks, record, pipe, maxlen=CHECK_LOG_MAXLEN)
+        self.append_audit(PortfolioKeys(portfolio_id).checks, record, pipe)
+
+    # -- the archiver's reads and trims (engine/archive.py) ---------------------------------------------------
+    def archived_stream_keys(self) -> list[str]:
+        """Every stream the archiver looks after: ``rd:audit`` and each :data:`ARCHIVED_SOURCES` stream of every
+        portfolio that has one, registered or not (a reset keeps the logs of a portfolio it drops). Found by
+        SCAN (streams only), sorted."""
+        found = {
+            name
+            for raw in self.client.scan_iter(match="pf:*", count=1000, _type="stream")
+            if _portfolio_stream(name := decode_str(raw, key="pf:*"))
+        }
+        if self.client.type(GLOBAL_AUDIT_KEY) in (b"stream", "stream"):
+            found.add(GLOBAL_AUDIT_KEY)
+        return sorted(found)
+
+    def stream_heads(self, keys: Iterable[str]) -> list[StreamHead]:
+        """Length and oldest entry id of each stream (one pipeline)."""
+        keys = list(keys)
+        if not keys:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xlen(key)
+                pipe.xrange(key, count=1)
+            replies = pipe.execute()
+        out = []
+        for n, key in enumerate(keys):
+            length, oldest = replies[2 * n], replies[2 * n + 1]
+            first = decode_str(oldest[0][0], key=key) if oldest else None
+            out.append(StreamHead(key, int(length), first))
+        return out
+
+    def stream_length(self, key: str) -> int:
+        return int(self.client.xlen(key))
+
+    def read_stream_entries(
+        self, key: str, *, after: str | None = None, through: str | None = None, count: int = 1000
+    ) -> list[StreamEntry]:
+        """The oldest ``count`` entries of ``key`` whose id is after ``after`` (exclusive; None: from the first)
+        and at most ``through`` (inclusive; None: to the newest), oldest first, fields undecoded."""
+        start = "-" if after is None else f"({after}"
+        entries = self._conn(None).xrange(key, min=start, max="+" if through is None else through, count=count)
+        return [
+            StreamEntry(
+                decode_str(entry_id, key=key),
+                {decode_str(name, key=key): value for name, value in fields.items()},
+            )
+            for entry_id, fields in entries
+        ]
+
+    def trim_stream_through(self, key: str, last_id: str) -> int:
+        """Delete ``last_id`` and every older entry of ``key`` (``XTRIM MINID``, exact), nothing newer: an entry
+        appended meanwhile has a greater id and stays. Returns how many were deleted."""
+        return int(self.client.xtrim(key, minid=next_stream_id(last_id), approximate=False))
+
+    def write_archive_state(
+        self, directory: str, keep_seconds: float, keep_entries: int, archived: int, now: float
+    ) -> None:
+        """Record where the archiver archives and what it keeps (``archived``: records moved by this run)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                ARCHIVE_KEY,
+                mapping={
+                    "directory": directory,
+                    "keep_seconds": repr(float(keep_seconds)),
+                    "keep_entries": str(int(keep_entries)),
+                    "last_run": repr(float(now)),
+                },
+            )
+            pipe.hincrby(ARCHIVE_KEY, "archived", int(archived))
+            pipe.execute()
+
+    def read_archive_state(self, conn: Conn = None) -> ArchiveState | None:
+        """The archiver's state, or None when no archiver has run on this store (or since its last reset)."""
+        raw = self._conn(conn).hgetall(ARCHIVE_KEY)
+        if not raw:
+            return None
+        fields = {decode_str(k, key=ARCHIVE_KEY): v for k, v in raw.items()}
+
+        def field_of(name: str) -> Any:
+            return fields.get(name, b"0" if name in ("archived", "last_run") else None)
+
+        return ArchiveState(
+            directory=decode_str(field_of("directory"), key=f"{ARCHIVE_KEY}.directory"),
+            keep_seconds=decode_float(field_of("keep_seconds"), key=f"{ARCHIVE_KEY}.keep_seconds"),
+            keep_entries=decode_int(field_of("keep_entries"), key=f"{ARCHIVE_KEY}.keep_entries"),
+            archived=decode_int(field_of("archived"), key=f"{ARCHIVE_KEY}.archived"),
+            last_run=decode_float(field_of("last_run"), key=f"{ARCHIVE_KEY}.last_run"),
+        )

@@ -86,9 +86,17 @@ class StoreBase:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
 
     # -- JSON streams (audit trails, logs) -------------------------------------------------------------------
-    def append_audit(self, key: str, record: Mapping[str, Any], pipe: Conn = None, maxlen: int = 100_000) -> None:
-        """Append a JSON record to an audit stream (``PortfolioKeys(..).audit`` or :data:`GLOBAL_AUDIT_KEY`)."""
-        self._conn(pipe).xadd(key, {"json": encode_json(dict(record))}, maxlen=maxlen, approximate=True)
+    def append_audit(self, key: str, record: Mapping[str, Any], pipe: Conn = None, maxlen: int | None = None) -> None:
+        """Append a JSON record to an audit stream (``PortfolioKeys(..).audit`` or :data:`GLOBAL_AUDIT_KEY`).
+
+        An audit stream is never trimmed here: the archiver (engine/archive.py) copies its older records to files
+        and only then trims them. ``maxlen`` (``MAXLEN ~``) is for logs that are not audit records (the backtest
+        log), whose oldest entries may go."""
+        fields = {"json": encode_json(dict(record))}
+        if maxlen is None:
+            self._conn(pipe).xadd(key, fields)
+        else:
+            self._conn(pipe).xadd(key, fields, maxlen=maxlen, approximate=True)
 
     def read_stream_json(
         self, key: str, count: int = 100, newest_first: bool = True, conn: Conn = None

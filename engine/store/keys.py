@@ -8,6 +8,9 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     rd:{rd:rules}:version           string   bumped by every rule edit (engines reload their rule cache); in the
                                              slot of rd:rules (its hash tag is that key's whole name)
     rd:audit                        stream   global audit records (rule edits, warm-up runs)
+    rd:archive                      hash     the audit archiver's state (engine/archive.py): directory (absolute),
+                                             keep_seconds, keep_entries, archived (records moved to files since
+                                             this hash was created), last_run; the files are the archive's truth
     rd:lock:<name>                  string   short lease (SET NX PX), e.g. the monitor's idle refresh
     rd:notify_lock                  string   lease of the process flushing notifications (SET NX PX)
     rd:nrate:<sha1 of target>       zset     send times per recipient address (per-recipient rate limit)
@@ -42,8 +45,7 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
                                              (also limit changes and book syncs: engine/store/audit.py)
     pf:{<id>}:checks                stream   refused pre-trade checks made from the dashboard (a log of read-only
-                                             questions, never of changes), bounded by MAXLEN ~ CHECK_LOG_MAXLEN
-                                             (engine/store/audit.py) so no check can push a change out of :audit
+                                             questions, never of changes; apart from :audit, which holds changes)
     pf:{<id>}:history               stream   snapshot history at full resolution (entry id = time, field p = a
                                              packed row, engine/store/history.py), trimmed by age and count
     pf:{<id>}:history_tier:<ms>     string   one downsampled history tier (bucket of <ms> milliseconds): a fixed
@@ -78,6 +80,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:order_lease           string   ticket of the order executing (SET PX: expires if its process dies)
     pf:{<id>}:order_wake:<ticket>   list     "your turn" hand-over signal of one waiting order (PX TTL)
 
+The audit streams (``rd:audit`` and each portfolio's trades, audit, checks, alert_log and deliveries) are never
+trimmed on append: the archiver (engine/archive.py) copies their older records to files, fsyncs them, and only
+then trims exactly what it archived (``XTRIM MINID``).
+
 Keys of one portfolio share the hash tag ``{<id>}`` and the market keys share ``{m}``, so every multi-key
 transaction stays in one Redis Cluster slot: a fill, or an alert transition with its notifications and its
 pending actions, is one MULTI over one portfolio's keys.
@@ -106,6 +112,9 @@ RULES_VERSION_KEY = "rd:{rd:rules}:version"
 """Its hash tag ``{rd:rules}`` puts it in the slot of :data:`RULES_KEY` (a key without braces hashes whole), so a
 rule edit and its version bump are one MULTI on a Redis Cluster too."""
 GLOBAL_AUDIT_KEY = "rd:audit"
+ARCHIVE_KEY = "rd:archive"
+"""The audit archiver's state (:meth:`engine.store.AuditStore.write_archive_state`): where it archives, what it
+keeps in Redis. Informational (the Audit page's caption): which records are archived is read from the files."""
 NOTIFY_LOCK_KEY = "rd:notify_lock"
 MONITORS_KEY = "rd:monitors"
 """The monitors sharing the portfolios and when each last beat (:mod:`logic.shards`)."""

@@ -16,7 +16,8 @@ from engine.store.base import Conn, StoreBase
 from engine.store.keys import NOTIFY_LOCK_KEY, PortfolioKeys, notify_rate_key
 
 DELIVERY_LOG_MAXLEN = 50_000
-"""Approximate bound of a portfolio's delivery log stream (XADD MAXLEN ~)."""
+"""Most records a portfolio's delivery log keeps in Redis: a bound the archiver (engine/archive.py) applies after
+copying the older ones to the archive, never a trim on append."""
 
 
 class NotificationStore(StoreBase):
@@ -56,7 +57,7 @@ class NotificationStore(StoreBase):
 
     # -- delivery log and send rate --------------------------------------------------------------------------
     def append_delivery(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
-        self.append_audit(PortfolioKeys(portfolio_id).deliveries, record, pipe, maxlen=DELIVERY_LOG_MAXLEN)
+        self.append_audit(PortfolioKeys(portfolio_id).deliveries, record, pipe)
 
     def count_recent_sends(self, target: str, since: float, conn: Conn = None) -> int:
         return int(self._conn(conn).zcount(notify_rate_key(target), f"({since!r}", "+inf"))

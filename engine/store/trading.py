@@ -43,7 +43,8 @@ SET_ALL_ATTEMPTS = 20
 """WATCH retries of :meth:`TradingStore.set_all_trading_states`; only a storm of concurrent state changes could
 exhaust them (then it raises and nothing is written)."""
 TRADE_LOG_MAXLEN = 1_000_000
-"""Approximate bound of a portfolio's trade log stream (XADD MAXLEN ~): fills and rejected orders."""
+"""Most records (fills and rejected orders) a portfolio's trade log keeps in Redis: a bound the archiver
+(engine/archive.py) applies after copying the older ones to the archive, never a trim on append."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ class TradingStore(StoreBase):
         else:
             pipe.hset(keys.positions, ticker, encode_position(position))
         payload = encode_json(dict(record))
-        pipe.xadd(keys.trades, {"json": payload}, maxlen=TRADE_LOG_MAXLEN, approximate=True)
+        pipe.xadd(keys.trades, {"json": payload})  # never trimmed here: the archiver does, after archiving
         if client_order_id is not None:
             pipe.hset(keys.orders, client_order_id, payload)
             pipe.zadd(keys.orders_ts, {client_order_id: float(ts)})
@@ -238,11 +239,8 @@ class TradingStore(StoreBase):
         return new_positions_rev(pipe, portfolio.portfolio_id)
 
     def append_trade_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
-        """Append a record (e.g. a rejected order) to the portfolio's trade log."""
-        self._conn(pipe).xadd(
-            PortfolioKeys(portfolio_id).trades, {"json": encode_json(dict(record))},
-            maxlen=TRADE_LOG_MAXLEN, approximate=True,
-        )  # fmt: skip
+        """Append a record (e.g. a rejected order) to the portfolio's trade log (never trimmed here)."""
+        self._conn(pipe).xadd(PortfolioKeys(portfolio_id).trades, {"json": encode_json(dict(record))})
 
     def read_trade_log(
         self, portfolio_id: str, count: int = 100, newest_first: bool = True, conn: Conn = None

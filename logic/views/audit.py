@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,9 +38,9 @@ import pandas as pd
 import redis
 
 from engine.errors import StoreError
-from engine.records import AlertStatus, DecisionStatus, ExecutionStatus, OrderIntent
+from engine.records import AlertStatus, Clock, DecisionStatus, ExecutionStatus, OrderIntent
 from engine.store import GLOBAL_AUDIT_KEY, AuditTrail, PortfolioKeys
-from engine.store.audit import CHECK_REFUSED_ACTION
+from engine.store.audit import CHECK_REFUSED_ACTION, ArchiveState
 from engine.store.limits import LIMITS_ACTION
 from logic.access import Identity
 from logic.lifecycle import SYSTEM_ACTOR
@@ -140,6 +141,8 @@ class AuditView:
     actors: tuple[str, ...]
     kinds: tuple[str, ...]
     filters: AuditFilter = field(default_factory=AuditFilter)
+    archive_note: str = ""
+    """Where the records older than Redis keeps are archived (:func:`archive_note`); empty without an archive."""
 
 
 # -- formatting (the audit's own; money in the settings' currency with thousands separators) -----------------
@@ -415,13 +418,18 @@ def window_filter(
     )
 
 
-def audit_view(desk: Desk, filters: AuditFilter | None = None, scan: int = AUDIT_SCAN) -> AuditView:
-    """The merged audit trail of every portfolio of the store, filtered; newest first."""
+def audit_view(
+    desk: Desk, filters: AuditFilter | None = None, scan: int = AUDIT_SCAN, wall: Clock = time.time
+) -> AuditView:
+    """The merged audit trail of every portfolio of the store, filtered; newest first. ``wall``: the wall clock
+    the archiver's last run is judged by (:func:`archive_note`; the archiver runs on wall time, also in a
+    replay)."""
     filters = filters or AuditFilter()
     now = desk.clock()
     pids = portfolio_ids(desk)
     entries = entries_from_trail(desk.store.read_audit_trail(pids, scan), currency_of(desk))
     shown = filter_entries(entries, filters)
+    archive = desk.store.read_archive_state()
     return AuditView(
         as_of=now,
         entries=tuple(shown[:AUDIT_MAX_ROWS]),
@@ -431,7 +439,42 @@ def audit_view(desk: Desk, filters: AuditFilter | None = None, scan: int = AUDIT
         actors=tuple(sorted({e.actor for e in entries if e.actor})),
         kinds=tuple(str(k) for k in AuditKind),
         filters=filters,
+        archive_note=archive_note(archive, wall(), desk.settings.archive.interval_seconds),
     )
+
+
+def _span(seconds: float) -> str:
+    """``30 days``, ``12 hours``, ``90 seconds``: the largest whole unit."""
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n:,} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
+ARCHIVE_LATE_RUNS = 3
+"""Runs the archiver may miss (``archive.interval_seconds`` each) before the page says it is not running."""
+
+
+def archive_note(state: ArchiveState | None, now: float, interval_seconds: float) -> str:
+    """The page's caption on retention: what Redis keeps and the directory the archiver (engine/archive.py)
+    writes the older records to, and a warning when its last run is more than :data:`ARCHIVE_LATE_RUNS`
+    intervals before ``now`` (wall time); empty when no archiver has run on this store."""
+    if state is None:
+        return ""
+    note = (
+        f"Older records are archived to `{state.directory}` (append-only, one JSON Lines file per stream and UTC "
+        f"day); Redis keeps each stream's last {_span(state.keep_seconds)}, at most its newest "
+        f"{state.keep_entries:,} records."
+    )
+    late = now - state.last_run
+    if late > ARCHIVE_LATE_RUNS * interval_seconds:
+        note += (
+            f" **The archiver last ran {late:,.0f} s ago** (every {interval_seconds:g} s): until it runs again "
+            "nothing is archived and the audit streams grow in Redis. Fix: start `python -m engine.archive` "
+            "(`make run` starts it)."
+        )
+    return note
 
 
 def audit_csv(view: AuditView) -> bytes:
