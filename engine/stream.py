@@ -14,7 +14,9 @@ Per bar from the feed (:mod:`engine.feeds`):
    market version and epoch are the ones the daemon holds): market snapshot (prices, price times, matrix,
    version + 1), the row ``[version, z]`` of the standardized window ``mkt:{m}:stdret`` (trimmed to
    ``model.fhs_window`` rows), the tick event on ``mkt:{m}:ticks`` (bounded by MAXLEN ~; it names its tickers
-   by their rev, ``engine.store.codec.universe_rev``) and the heartbeat ``hb:stream``.
+   by their rev, ``engine.store.codec.universe_rev``, and, when some ticker had no new price, which: the
+   continuous backtest marks those entries missing in its own window, engine/store/market.py ``TickEvent``) and
+   the heartbeat ``hb:stream``.
 
 A ticker without a new price in a bar (none in it, refused by the price filter, or no accepted price before
 it) gets the return 0 in the covariance update (its price is carried forward, engine/price_filter.py) but is
@@ -22,7 +24,9 @@ it) gets the return 0 in the covariance update (its price is carried forward, en
 ticker whose volatility is 0): the Student-t fit leaves it out of its sample, filtered historical simulation
 reads its stand-in 0 as no move (engine/store/market.py, ``StandardizedWindow``). A price that arrives
 unchanged is an observation: its return 0 is data. A bar where every ticker has a new price writes exactly the
-row it wrote before missing entries were marked.
+row it wrote before missing entries were marked. The tick event carries the same price part of that mask
+(``_Step.observed``), not the ``sigma > 0`` part: the backtest standardizes by its own covariance and applies its
+own (logic/backtest.py).
 
 The standardized window gets no row for a ``reset`` bar (the first bar of a replay: no return) nor for the
 first bar after a reload of a market someone else wrote (a warm-up re-seed or ``--add-ticker``: the "return"
@@ -423,6 +427,7 @@ class StreamDaemon:
         event = TickEvent(
             version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
             token=token, reset=bar.reset, rejected=len(step.rejected),
+            observed=None if step.returns is None else step.observed,  # a reset bar has no return to mark
         )  # fmt: skip
         reference, anchor_state = self.anchor.propose(now, step.prices, reset=bar.reset)
         write = self.store.market_write()

@@ -26,6 +26,22 @@ Each bar
    Models: :func:`logic.var_methods.risk_model` with the current Σ; ``student_t`` with
    ``ν = math_logic.fit_student_t_dof(window)``; ``fhs`` with the window and ``σ(now) = sqrt(diag Σ_t)``.
 
+Missing entries
+---------------
+A ticker without a new price in a bar (the tick event's ``observed``, :meth:`Backtester.step`'s, from the stream
+daemon: engine/store/market.py ``TickEvent``) keeps its last price, so its return is 0. That 0 updates the EWMA
+covariance (the stream's covariance took it too) and stays in the window as the FHS scenario's "no move", but it is
+a stand-in, not a draw of the innovation: the entry is *missing* and ``ν`` is fitted on the observed entries only
+(:func:`math_logic.fit_student_t_dof` with ``observed``), as the live model fits its own
+(``engine.math_logic.standardize_observed``), so the Student-t whose exceedances are counted here is the live one.
+An entry is an observation when the backtest's own ``σ > 0`` (else ``z`` is the convention 0) and the ticker had a
+new price or its price moved since the last bar fed (bars this backtester was not fed):
+:func:`logic.backtest_kernels.observed_entries`. A price that arrives unchanged is an observation: its 0 is data.
+Without a missing entry everything is computed exactly as before the mask. The state keeps the mask:
+:meth:`Backtester.to_dict` as ``"missing"`` (the window's ``[row, column]`` pairs), :meth:`Backtester.ring` as
+NaN (the one value a window entry never is; any other NaN or an infinity is damage); a state without either, as
+stored before, has every entry observed.
+
 Statistics per track and method: all observations (count, exceedances, Kupiec POF, Christoffersen independence
 from the running transition counts) and the last ``rolling`` observations (exceedances, and their Basel zone once
 they number at least ``zone_min_observations``: by default the whole window, 250, the window the Basel framework is
@@ -42,13 +58,12 @@ Committee (1996), "Supervisory framework for the use of backtesting" (traffic li
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -60,6 +75,7 @@ from engine.defaults import BASEL_OBSERVATIONS, EWMA_DECAY
 from engine.records import Float64Array, VarMethod
 from logic import backtest_kernels as kernels
 from logic.backtest_batch import BarFigures, step_many
+from logic.backtest_counts import MethodSummary, OpenForecast, TrackCounts
 from logic.var_methods import RiskModel, StudentTModel, risk_model
 
 STATE_VERSION = 1
@@ -68,15 +84,10 @@ STATE_VERSION = 1
 ROLLING_OBSERVATIONS = BASEL_OBSERVATIONS
 """Observations in the rolling exceedance count and the Basel zone (the Basel one-year window)."""
 
+_MISSING_BITS = np.float64(np.nan).view(np.uint64)
+"""The bits of the NaN that marks a missing entry in :meth:`Backtester.ring` (``numpy.nan``'s, 0x7FF8...0)."""
 
-# The tests of a summary are functions of a few integer counts, and the portfolios of one tick share most of them
-# (the same number of observations, a handful of exceedance counts): cached, the same floats without scipy's
-# ~0.1 ms per call on every portfolio and every bar.
-_HIT_CHARS = bytes.maketrans(b"\x00\x01", b"01")
-"""Hits 0/1 -> the characters of the stored ``recent`` string (a quarter of the JSON of a list of 250 ints)."""
-_kupiec_pof = functools.lru_cache(maxsize=4096)(math_logic.kupiec_pof)
-_christoffersen = functools.lru_cache(maxsize=4096)(math_logic.christoffersen_independence_counts)
-_basel_zone = functools.lru_cache(maxsize=1024)(math_logic.basel_traffic_light)
+
 
 
 class Track(StrEnum):
@@ -207,151 +218,6 @@ class Observation:
         )
 
 
-@dataclass(frozen=True)
-class MethodSummary:
-    """The backtest of one method on one track."""
-
-    method: VarMethod
-    observations: int
-    exceedances: int
-    rate: float | None
-    kupiec_lr: float | None
-    kupiec_p: float | None
-    christoffersen_lr: float | None
-    christoffersen_p: float | None
-    rolling_observations: int
-    rolling_exceedances: int
-    zone: str | None
-    """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None while the rolling
-    window holds fewer than ``zone_min_observations`` (:attr:`BacktestConfig.zone_minimum`)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        # spelled out, not dataclasses.asdict (a deep copy): every method of every portfolio, every bar
-        return {
-            "method": str(self.method),
-            "observations": self.observations,
-            "exceedances": self.exceedances,
-            "rate": self.rate,
-            "kupiec_lr": self.kupiec_lr,
-            "kupiec_p": self.kupiec_p,
-            "christoffersen_lr": self.christoffersen_lr,
-            "christoffersen_p": self.christoffersen_p,
-            "rolling_observations": self.rolling_observations,
-            "rolling_exceedances": self.rolling_exceedances,
-            "zone": self.zone,
-        }
-
-
-@dataclass
-class _Counts:
-    """Running counts of one method on one track; O(1) per observation plus the rolling window of hits."""
-
-    rolling: int
-    observations: int = 0
-    exceedances: int = 0
-    transitions: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
-    """n00, n01, n10, n11: hit state i followed by j."""
-    last_hit: int | None = None
-    recent: deque[int] = field(default_factory=deque)
-    recent_hits: int = -1
-    """sum(recent), kept as hits come and go (-1: not counted yet)."""
-
-    def add(self, hit: bool) -> None:
-        h = int(hit)
-        if self.recent_hits < 0:
-            self.recent_hits = sum(self.recent)
-        self.observations += 1
-        self.exceedances += h
-        if self.last_hit is not None:
-            self.transitions[2 * self.last_hit + h] += 1
-        self.last_hit = h
-        self.recent.append(h)
-        self.recent_hits += h
-        if len(self.recent) > self.rolling:
-            self.recent_hits -= self.recent.popleft()
-
-    def summary(self, method: VarMethod, confidence: float, zone_minimum: int) -> MethodSummary:
-        d = self.summary_dict(method, confidence, zone_minimum)
-        d["method"] = method
-        return MethodSummary(**d)
-
-    def summary_dict(self, method: VarMethod, confidence: float, zone_minimum: int) -> dict[str, Any]:
-        """:meth:`summary` as :meth:`MethodSummary.to_dict` gives it, without building the dataclass (the
-        monitor's summary of every portfolio, every bar). The zone is given once the rolling window holds
-        ``zone_minimum`` observations (>= 1), None before."""
-        n, x = self.observations, self.exceedances
-        kupiec = _kupiec_pof(x, n, confidence) if n else (None, None)
-        chris = _christoffersen(*self.transitions) if n >= 2 else (None, None)
-        if self.recent_hits < 0:
-            self.recent_hits = sum(self.recent)
-        recent_n, recent_x = len(self.recent), self.recent_hits
-        return {
-            "method": str(method),
-            "observations": n,
-            "exceedances": x,
-            "rate": x / n if n else None,
-            "kupiec_lr": kupiec[0],
-            "kupiec_p": kupiec[1],
-            "christoffersen_lr": chris[0],
-            "christoffersen_p": chris[1],
-            "rolling_observations": recent_n,
-            "rolling_exceedances": recent_x,
-            "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n >= zone_minimum else None,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "observations": self.observations,
-            "exceedances": self.exceedances,
-            "transitions": list(self.transitions),
-            "last_hit": self.last_hit,
-            "recent": bytes(self.recent).translate(_HIT_CHARS).decode(),  # "0110...": a char per hit, oldest first
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], rolling: int) -> _Counts:
-        return cls(
-            rolling=rolling,
-            observations=int(d["observations"]),
-            exceedances=int(d["exceedances"]),
-            transitions=[int(n) for n in d["transitions"]],
-            last_hit=None if d["last_hit"] is None else int(d["last_hit"]),
-            recent=deque(int(h) for h in list(d["recent"])[-rolling:]),
-        )
-
-
-@dataclass
-class _Pending:
-    """An open forecast: what was held, at which prices, and each method's VaR."""
-
-    start: str
-    end_bar: int
-    qty: Float64Array
-    prices: Float64Array
-    var: dict[VarMethod, float]
-    shared: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
-    """:meth:`to_dict`, built once for :meth:`Backtester.store_state` (an open forecast does not change)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end_bar": self.end_bar,
-            "qty": self.qty.tolist(),
-            "prices": self.prices.tolist(),
-            "var": {str(m): v for m, v in self.var.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> _Pending:
-        return cls(
-            start=str(d["start"]),
-            end_bar=int(d["end_bar"]),
-            qty=np.array(d["qty"], dtype=np.float64),
-            prices=np.array(d["prices"], dtype=np.float64),
-            var={VarMethod(m): float(v) for m, v in d["var"].items()},
-        )
-
-
 class Backtester:
     """Incremental walk-forward VaR backtest of a fixed set of tickers (see the module docstring)."""
 
@@ -373,8 +239,15 @@ class Backtester:
         self.window_count = 0
         self.pushed = 0
         """Standardized returns pushed into the window since the covariance was seeded (its ring slot: mod window)."""
-        self.pending: dict[Track, _Pending] = {}
-        self.counts = {track: {m: _Counts(self.config.rolling) for m in self.config.methods} for track in Track}
+        self._obs: npt.NDArray[np.bool_] | None = None
+        """Rows of ``_buf``: True where the entry is an observation; None while every entry of the window is one
+        (nothing is kept or computed for the mask then: the path of a feed without gaps)."""
+        self._row_gaps: npt.NDArray[np.int64] | None = None
+        """Missing entries of each row of ``_buf`` (kept with ``_obs``)."""
+        self._gaps = 0
+        """Missing entries in the window."""
+        self.pending: dict[Track, OpenForecast] = {}
+        self.counts = {track: {m: TrackCounts(self.config.rolling) for m in self.config.methods} for track in Track}
         self.records: deque[Observation] = deque(maxlen=self.config.max_records)
         self._models: tuple[int, dict[VarMethod, RiskModel]] | None = None
         self._shared: tuple[dict[str, Any], list[str]] | None = None
@@ -388,14 +261,25 @@ class Backtester:
         return self._buf[self._end - self.window_count : self._end]
 
     @property
+    def observed(self) -> npt.NDArray[np.bool_]:
+        """Which entries of :attr:`window` are observations (module docstring: missing entries), shape (count, N)."""
+        if self._obs is None:
+            return np.ones((self.window_count, len(self.tickers)), dtype=bool)
+        return self._obs[self._end - self.window_count : self._end]
+
+    def _window_mask(self) -> npt.NDArray[np.bool_] | None:
+        """:attr:`observed`, or None when every entry is an observation (what the fit is given)."""
+        return None if self._obs is None else self.observed
+
+    @property
     def ready(self) -> bool:
         """Burn-in done: the window is full and forecasts are being made."""
         return self.window_count == self.config.window
 
     def dof(self) -> float:
-        """ν of the Student-t, fitted to the current window."""
+        """ν of the Student-t, fitted to the observed entries of the current window."""
         lo, hi = self.config.dof_bounds
-        return math_logic.fit_student_t_dof(self.window, lo, hi)
+        return math_logic.fit_student_t_dof(self.window, lo, hi, observed=self._window_mask())
 
     def _update_model(self, r: Float64Array) -> None:
         cfg = self.config
@@ -407,29 +291,70 @@ class Backtester:
                 )
                 self.seed = []
             return
+        positive = np.diagonal(self.cov) > 0.0  # before the update: z = r / σ only where σ > 0
         z = math_logic.ewma_standardize_and_update(self.cov, r, cfg.decay)
-        self._push(z)
+        self._push(z, None if positive.all() else positive)
 
-    def _push(self, z: Float64Array) -> None:
+    def _observed_row(self, observed: npt.ArrayLike | None) -> npt.NDArray[np.bool_] | None:
+        """A bar's ``observed`` checked (boolean, one per ticker); None when every ticker had a new price."""
+        if observed is None:
+            return None
+        mask = np.asarray(observed)
+        if mask.shape != (len(self.tickers),) or mask.dtype != np.bool_:
+            raise ValueError(f"observed must be a boolean array of shape ({len(self.tickers)},), "
+                             f"got {mask.dtype} {mask.shape}")  # fmt: skip
+        return None if mask.all() else mask.copy()
+
+    def _push(self, z: Float64Array, observed: npt.NDArray[np.bool_] | None = None) -> None:
+        """Append ``z`` to the window; ``observed``: which of its entries are observations (None: all)."""
         size = self.config.window
         if self._end == self._buf.shape[0]:
             self._buf[:size] = self._buf[self._end - size : self._end]
+            if self._obs is not None and self._row_gaps is not None:
+                self._obs[:size] = self._obs[self._end - size : self._end]
+                self._row_gaps[:size] = self._row_gaps[self._end - size : self._end]
             self._end = size
+        if observed is not None and self._obs is None:  # the first missing entry held: every other one observed
+            self._obs = np.ones(self._buf.shape, dtype=bool)
+            self._row_gaps = np.zeros(self._buf.shape[0], dtype=np.int64)
+        if self._obs is not None and self._row_gaps is not None:
+            if self.window_count == size:  # the oldest row leaves the window
+                self._gaps -= int(self._row_gaps[self._end - size])
+            missing = 0 if observed is None else len(observed) - int(np.count_nonzero(observed))
+            self._obs[self._end] = True if observed is None else observed
+            self._row_gaps[self._end] = missing
+            self._gaps += missing
         self._buf[self._end] = z
         self._end += 1
         self.window_count = min(self.window_count + 1, size)
         self.pushed += 1
+        if self._obs is not None and not self._gaps:  # every entry held is observed again
+            self._obs = self._row_gaps = None
+
+    def _load_observed(self, observed: npt.NDArray[np.bool_]) -> None:
+        """Mark the entries of the window just loaded (shape (count, N)) as ``observed`` says."""
+        gaps = int(observed.size - np.count_nonzero(observed))
+        if not gaps:
+            return
+        rows = slice(self._end - self.window_count, self._end)
+        self._obs = np.ones(self._buf.shape, dtype=bool)
+        self._row_gaps = np.zeros(self._buf.shape[0], dtype=np.int64)
+        self._obs[rows] = observed
+        self._row_gaps[rows] = observed.shape[1] - np.count_nonzero(observed, axis=1)
+        self._gaps = gaps
 
     def ring(self) -> Float64Array:
         """What the store keeps of the arrays that grow a row per bar, as fixed rows, so that a bar rewrites one
         row (:meth:`ring_row`): shape (``window + seed_rows``, N). Rows ``[0, window)`` are the window as a ring
         (push j, 0-based, :attr:`pushed`, in row ``j % window``); rows ``[window, window + seed_rows)`` the seed
         returns of the burn-in, in order (past ``len(seed)``, nothing: the store may keep a finished burn-in's
-        rows there, never read again); rows holding nothing are zeros here."""
+        rows there, never read again); rows holding nothing are zeros here. A missing entry of the window is NaN
+        (module docstring)."""
         size = self.config.window
         out = np.zeros((size + self.config.seed_rows, len(self.tickers)))
         if self.window_count:
-            out[np.arange(self.pushed - self.window_count, self.pushed) % size] = self.window
+            held = self.window if self._obs is None else np.where(self.observed, self.window, np.nan)
+            out[np.arange(self.pushed - self.window_count, self.pushed) % size] = held
         if self.seed:
             out[size : size + len(self.seed)] = self.seed
         return out
@@ -445,7 +370,12 @@ class Backtester:
             i = row - size
             return self.seed[i] if i < len(self.seed) else np.zeros(len(self.tickers))
         back = (self.pushed - 1 - row) % size  # how many pushes ago this row was written
-        return self._buf[self._end - 1 - back] if back < self.window_count else np.zeros(len(self.tickers))
+        if back >= self.window_count:
+            return np.zeros(len(self.tickers))
+        at = self._end - 1 - back
+        if self._obs is not None and self._row_gaps is not None and self._row_gaps[at]:
+            return np.where(self._obs[at], self._buf[at], np.nan)
+        return self._buf[at]
 
     def ring_row(self, pushed: int, seeded: int) -> int | None:
         """The one row of :meth:`ring` that changed since :attr:`pushed` was ``pushed`` and ``len(seed)`` was
@@ -513,7 +443,14 @@ class Backtester:
             raise ValueError(f"{name} contains NaN or infinite values")
         return x
 
-    def step(self, prices: npt.ArrayLike, qty: npt.ArrayLike, label: str | None = None) -> list[Observation]:
+    def step(
+        self,
+        prices: npt.ArrayLike,
+        qty: npt.ArrayLike,
+        label: str | None = None,
+        *,
+        observed: npt.ArrayLike | None = None,
+    ) -> list[Observation]:
         """Feed one bar (:func:`step_many` of this backtester alone: the monitor's code path).
 
         Parameters
@@ -524,6 +461,9 @@ class Backtester:
             Positions held from this bar on (the book at the forecast time), in units.
         label : str, optional
             The bar's name (a date, a timestamp); default its index.
+        observed : array_like of bool, shape (N,), optional
+            Which tickers had a new price in this bar (the tick event's); the others' prices are carried
+            forward and their return is a missing entry of the window (module docstring). None: every ticker.
 
         Returns
         -------
@@ -532,7 +472,7 @@ class Backtester:
 
         Bad input raises ValueError before any state changes.
         """
-        return step_many([(self, prices, qty, label)])[0]
+        return step_many([(self, prices, qty, label)], observed=[observed])[0]
 
     def _checked(self, prices: npt.ArrayLike, qty: npt.ArrayLike) -> tuple[Float64Array, Float64Array]:
         p = self._vector(prices, "prices")
@@ -569,9 +509,9 @@ class Backtester:
                 var = {m: figures.var(m, h) for m in self.config.methods}
             if h == 1:
                 one_bar = var
-            self.pending[track] = _Pending(name, self.bar + h, q, p, var)
+            self.pending[track] = OpenForecast(name, self.bar + h, q, p, var)
 
-    def _close(self, track: Track, pending: _Pending, prices: Float64Array, label: str) -> Observation:
+    def _close(self, track: Track, pending: OpenForecast, prices: Float64Array, label: str) -> Observation:
         pnl = float(pending.qty @ (prices - pending.prices))
         hits = {m: -pnl > v for m, v in pending.var.items()}
         for method, hit in hits.items():
@@ -605,8 +545,10 @@ class Backtester:
         ndarrays (copies) instead of nested lists, for the store to write with ``engine.store.codec.encode_array``
         beside the JSON of the rest: at N = 500 and a 500-row window the lists are ~11 MB of JSON. Without
         ``window`` the window and the seed returns are left out: the caller keeps them as :meth:`ring`
-        (``window_count``, ``pushed`` and ``seed_count`` place their rows) and gives it back to :meth:`from_dict`
-        as ``"ring"``. :meth:`from_dict` accepts each form.
+        (``window_count``, ``pushed`` and ``seed_count`` place their rows; its NaN marks a missing entry) and gives
+        it back to :meth:`from_dict` as ``"ring"``. With the window, ``"missing"`` lists its missing entries as
+        ``[row, column]`` pairs (the value there is the stand-in 0). :meth:`from_dict` accepts each form, and one
+        without ``"missing"`` (stored before it) as every entry observed.
         """
         if binary_arrays:
             cov: Any = None if self.cov is None else self.cov.copy()
@@ -628,6 +570,7 @@ class Backtester:
         }
         if window:
             state["window"] = self.window.copy() if binary_arrays else self.window.tolist()
+            state["missing"] = [] if self._obs is None else np.argwhere(~self.observed).tolist()
             state["seed"] = [r.tolist() for r in self.seed]
         return state
 
@@ -676,15 +619,20 @@ class Backtester:
                     raise ValueError(f"cov has shape {cov.shape}, expected ({n}, {n})")
                 bt.cov = cov
             if "ring" in d:  # the store's form: fixed rows, the window as a ring, then the seed (see ring())
-                ring = np.asarray(d["ring"], dtype=np.float64)
+                ring = np.ascontiguousarray(d["ring"], dtype=np.float64)
                 if ring.shape != (cfg.window + cfg.seed_rows, n):
                     raise ValueError(f"ring has shape {ring.shape}, expected ({cfg.window + cfg.seed_rows}, {n})")
-                if not np.isfinite(ring).all():  # a row not in the window yet is zeros: anything else is damage
+                marks = np.zeros(ring.shape, dtype=bool)  # the marker NaN of a missing entry, in the window's rows
+                marks[: cfg.window] = ring[: cfg.window].view(np.uint64) == _MISSING_BITS
+                # a row not in the window yet is zeros, a missing entry the marker: anything else is damage
+                if not np.isfinite(ring[~marks]).all():
                     raise ValueError("ring contains NaN or infinite values")
                 count, pushed = int(d["window_count"]), int(d["pushed"])
                 if not 0 <= count <= min(pushed, cfg.window):
                     raise ValueError(f"window_count {count} does not fit {pushed} pushes in {cfg.window} rows")
-                window = ring[np.arange(pushed - count, pushed) % cfg.window]
+                held = np.arange(pushed - count, pushed) % cfg.window
+                window, missing = ring[held], marks[held]
+                window[missing] = 0.0  # the stand-in
                 seeded = int(d["seed_count"])
                 if not 0 <= seeded < cfg.seed_rows:
                     raise ValueError(f"seed_count {seeded} is not below seed_rows {cfg.seed_rows}")
@@ -698,14 +646,22 @@ class Backtester:
                     raise ValueError(f"window holds {count} rows, more than {cfg.window}")
                 if int(d.get("window_count", count)) != count or pushed < count:
                     raise ValueError(f"window holds {count} rows, the state says {d.get('window_count')}")
+                pairs = np.array(d.get("missing", []), dtype=np.int64).reshape(-1, 2)  # none: as stored before
+                if ((pairs < 0) | (pairs >= (count, n))).any():
+                    raise ValueError(f"missing names an entry outside the window's {count} x {n}")
+                missing = np.zeros(window.shape, dtype=bool)
+                missing[pairs[:, 0], pairs[:, 1]] = True
+                if (window[missing] != 0.0).any():
+                    raise ValueError("a missing entry of the window must be the stand-in 0")
             if not np.isfinite(window).all():
                 raise ValueError("window contains NaN or infinite values")
             bt.window_count, bt.pushed = count, pushed
             bt._buf[cfg.window - count : cfg.window] = window
-            bt.pending = {Track(t): _Pending.from_dict(p) for t, p in d["pending"].items()}
+            bt._load_observed(~missing)
+            bt.pending = {Track(t): OpenForecast.from_dict(p) for t, p in d["pending"].items()}
             for t, cs in d["counts"].items():
                 for m, c in cs.items():
-                    bt.counts[Track(t)][VarMethod(m)] = _Counts.from_dict(c, cfg.rolling)
+                    bt.counts[Track(t)][VarMethod(m)] = TrackCounts.from_dict(c, cfg.rolling)
             bt.records.extend(Observation.from_dict(r) for r in d["records"])
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"malformed backtest state: {exc!r}") from None

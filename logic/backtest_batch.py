@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine import math_logic
+from engine.math_logic import BoolArray
 from engine.records import Float64Array, VarMethod
 from logic import backtest_kernels as kernels
 
@@ -26,8 +27,9 @@ if TYPE_CHECKING:  # logic.backtest imports this module
 
 __all__ = ["BarFigures", "step_many"]
 
-_Item = tuple["Backtester", Float64Array, Float64Array, str]
-"""A backtester, its bar's prices and quantities (checked) and the bar's label."""
+_Item = tuple["Backtester", Float64Array, Float64Array, str, "BoolArray | None"]
+"""A backtester, its bar's prices and quantities (checked), the bar's label and which of its tickers had a new price
+in the bar (checked; None: every one)."""
 
 
 @dataclass(frozen=True)
@@ -62,21 +64,28 @@ def _group(items: Iterable[_Item], key: Callable[[Backtester], Hashable]) -> dic
 
 def _update_models(items: list[_Item]) -> set[int]:
     """The EWMA step of every backtester past its seed (:meth:`Backtester._update_model`), batched by shape;
-    returns the ids of those updated (their return pushed into the window). Every group is computed (on copies)
-    before any backtester changes: a return that is not finite raises ValueError with no state changed."""
+    returns the ids of those updated (their return pushed into the window, with which entries are observations:
+    :func:`logic.backtest_kernels.observed_entries`). Every group is computed (on copies) before any backtester
+    changes: a return that is not finite raises ValueError with no state changed."""
     moving = [it for it in items if it[0].last_prices is not None and it[0].cov is not None]
     updates = []
     for group in _group(moving, lambda bt: (len(bt.tickers), bt.config.decay)).values():
         covs = kernels.as_stack([bt.cov for bt, *_ in group])  # type: ignore[misc]
         last = kernels.as_stack([bt.last_prices for bt, *_ in group])  # type: ignore[misc]
-        z = kernels.ewma_standardize_and_update(covs, last, kernels.as_stack([p for _, p, _, _ in group]),
-                                                group[0][0].config.decay)  # fmt: skip
-        updates.append((group, covs, z))
+        prices = kernels.as_stack([p for _, p, *_ in group])
+        masks = [it[4] for it in group]
+        given = None
+        if any(m is not None for m in masks):  # some ticker without a new price (the tick event's)
+            given = np.stack([np.ones(len(group[0][0].tickers), dtype=bool) if m is None else m for m in masks])
+        entries = kernels.observed_entries(covs, last, prices, given)  # the variances before the update
+        z = kernels.ewma_standardize_and_update(covs, last, prices, group[0][0].config.decay)
+        full: list[bool] = np.all(entries, axis=1).tolist()
+        updates.append((group, covs, z, entries, full))
     done: set[int] = set()
-    for group, covs, z in updates:
+    for group, covs, z, entries, full in updates:
         for i, (bt, *_) in enumerate(group):
             bt.cov = covs[i]  # a C-contiguous view: updated in place by a later single step as well
-            bt._push(z[i])
+            bt._push(z[i], None if full[i] else entries[i])
             done.add(id(bt))
     return done
 
@@ -88,7 +97,7 @@ def _forecast_all(items: list[_Item]) -> None:
                         bt.config.dof_bounds)  # fmt: skip
     for group in _group(items, shape).values():
         cfg = group[0][0].config
-        x = kernels.as_stack([q * p for _, p, q, _ in group])
+        x = kernels.as_stack([q * p for _, p, q, *_ in group])
         covs = kernels.as_stack([bt.cov for bt, *_ in group])  # type: ignore[misc]
         methods = set(cfg.methods)
         parametric = methods & {VarMethod.NORMAL, VarMethod.STUDENT_T}
@@ -98,19 +107,25 @@ def _forecast_all(items: list[_Item]) -> None:
         dofs, kth = kernels.window_figures(
             [bt.window for bt, *_ in group], vols, x,
             dof_bounds=cfg.dof_bounds if VarMethod.STUDENT_T in methods else None, tail=tail,
+            observed=[bt._window_mask() for bt, *_ in group],
         )  # fmt: skip
         multipliers = kernels.t_var_multipliers(cfg.confidence, dofs) if dofs is not None else None
         z = kernels.normal_quantile(cfg.confidence) if VarMethod.NORMAL in methods else math.nan
-        for i, (bt, p, q, name) in enumerate(group):
+        for i, (bt, p, q, name, _) in enumerate(group):
             sigma = math.sqrt(max(variances[i], 0.0))
             figures = BarFigures(sigma, z, math.nan if multipliers is None else multipliers[i],
                                math.nan if kth is None else kth[i])  # fmt: skip
             bt._forecast(p, q, name, figures)
 
 
-def step_many(items: Sequence[tuple[Backtester, npt.ArrayLike, npt.ArrayLike, str | None]]) -> list[list[Observation]]:
+def step_many(
+    items: Sequence[tuple[Backtester, npt.ArrayLike, npt.ArrayLike, str | None]],
+    *,
+    observed: Sequence[npt.ArrayLike | None] | None = None,
+) -> list[list[Observation]]:
     """Feed one bar to each of several backtesters: ``(backtester, prices, qty, label)`` as :meth:`Backtester.step`
-    takes them; returns each one's closed horizons.
+    takes them, and ``observed``, one per item (or None for all), as ``step`` takes it; returns each one's closed
+    horizons.
 
     The only implementation of a bar (``step`` is this with one item): the model updates and the forecasts of
     backtesters of one shape are computed together (:mod:`logic.backtest_kernels`, the same floats as one at a
@@ -118,9 +133,13 @@ def step_many(items: Sequence[tuple[Backtester, npt.ArrayLike, npt.ArrayLike, st
     state changes, of any backtester; a backtester listed twice is refused."""
     if len({id(item[0]) for item in items}) != len(items):
         raise ValueError("a backtester is listed twice")
-    checked: list[_Item] = [(bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label))
-                            for bt, prices, qty, label in items]  # fmt: skip
+    if observed is not None and len(observed) != len(items):
+        raise ValueError(f"observed has {len(observed)} masks for {len(items)} backtesters")
+    checked: list[_Item] = []
+    for k, (bt, prices, qty, label) in enumerate(items):
+        mask = bt._observed_row(None if observed is None else observed[k])
+        checked.append((bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label), mask))
     updated = _update_models(checked)
-    closed = [bt._advance(p, name, updated=id(bt) in updated) for bt, p, _, name in checked]
+    closed = [bt._advance(p, name, updated=id(bt) in updated) for bt, p, _, name, _ in checked]
     _forecast_all([item for item in checked if item[0].ready])
     return closed

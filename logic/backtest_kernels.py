@@ -19,12 +19,14 @@ import numpy.typing as npt
 from scipy import special
 
 from engine import math_logic
+from engine.math_logic import BoolArray
 from engine.records import Float64Array
 
 __all__ = [
     "CHUNK_BYTES",
     "ewma_standardize_and_update",
     "normal_quantile",
+    "observed_entries",
     "t_var_multipliers",
     "window_figures",
 ]
@@ -68,6 +70,35 @@ def ewma_standardize_and_update(
     return z
 
 
+def observed_entries(
+    covs: Float64Array, last: Float64Array, prices: Float64Array, observed: BoolArray | None
+) -> BoolArray:
+    """Which entries of :func:`ewma_standardize_and_update`'s ``z`` are observations; call it first, on the same
+    ``covs`` (the variances before the update).
+
+    Parameters
+    ----------
+    covs : ndarray, shape (B, N, N)
+        The covariances before this bar's update.
+    last, prices : ndarray, shape (B, N)
+        Previous and current prices (as :func:`ewma_standardize_and_update` takes them).
+    observed : ndarray of bool, shape (B, N), optional
+        True where the ticker had a new price in the bar (the tick event's); None: every one.
+
+    Returns
+    -------
+    ndarray of bool, shape (B, N)
+        ``σ > 0 & (observed | P ≠ P_last)``: :func:`math_logic.standardize_observed`'s rule on the backtest's own
+        volatility. With ``σ = 0`` there is no volatility forecast, ``z`` is the convention 0, not an innovation.
+        A ticker without a new price whose price is the one last fed (carried forward) has the stand-in 0; one
+        whose price moved anyway (bars between that were not fed to this backtester) has a return that is data.
+    """
+    mask = np.diagonal(covs, axis1=1, axis2=2) > 0.0  # sqrt(clip(v, 0)) > 0 exactly when v > 0
+    if observed is not None:
+        mask &= observed | (prices != last)
+    return mask
+
+
 @functools.lru_cache(maxsize=64)
 def normal_quantile(confidence: float) -> float:
     """``Φ⁻¹(c)`` as :func:`math_logic.get_portfolio_var` multiplies it (its VaR of a unit variance)."""
@@ -102,6 +133,7 @@ def window_figures(
     *,
     dof_bounds: tuple[float, float] | None,
     tail: int | None,
+    observed: Sequence[BoolArray | None] | None = None,
 ) -> tuple[list[float] | None, list[float] | None]:
     """What the forecasts read from each window: ν of the Student-t and the FHS scenario loss at the VaR rank.
 
@@ -118,6 +150,10 @@ def window_figures(
     tail : int, optional
         ``k`` (:func:`math_logic.scenario_tail_size`): return the k-th smallest scenario P&L of
         ``p = (z · σ(now))ᵀ x`` (:class:`logic.var_methods.FhsModel`); None: not needed.
+    observed : sequence of (ndarray of bool, shape (T, N)) or None, optional
+        Per window, which entries are observations: ν is fitted on those only
+        (:func:`math_logic.fit_student_t_dof` with ``observed``, the same floats); None (for all, or for one
+        window): every entry is. The scenarios keep every entry (a missing one is 0: no move).
 
     Returns
     -------
@@ -140,9 +176,19 @@ def window_figures(
         if dofs is not None:
             assert dof_bounds is not None
             squares = np.square(block.reshape(hi - lo, t * n), out=squares_buf[: hi - lo])
+            masked: list[tuple[int, float, float]] = []
+            if observed is not None:
+                for j in range(lo, hi):
+                    mask = observed[j]
+                    if mask is not None:  # the observed entries' squares, in order: fit_student_t_dof's sample
+                        kept = squares[j - lo][mask.ravel()]
+                        moments = (float(kept.mean()), float(np.square(kept).mean())) if kept.size else (0.0, 0.0)
+                        masked.append((j - lo, *moments))  # an empty sample: m2 = 0 gives the upper bound
             m2 = squares.mean(axis=1).tolist()
             np.square(squares, out=squares)
             m4 = squares.mean(axis=1).tolist()
+            for j, a, c in masked:
+                m2[j], m4[j] = a, c
             dofs.extend(_dof(a, c, *dof_bounds) for a, c in zip(m2, m4, strict=True))
         if kth is not None:
             assert tail is not None

@@ -53,7 +53,10 @@ Tickers: a portfolio's backtester models the tickers it holds (the P&L and every
 on them only), so its state is O(k²) + O(window·k) for k positions, not O(N²), and a tick rewrites O(k²) of it.
 Closing a position keeps its ticker (with zero quantity); opening one in a ticker the backtester does not model
 starts a new backtest on the new set (the counts restart with their burn-in), as does a market that no longer lists
-one of them. Student-t's degrees of freedom are fitted to the window of those tickers.
+one of them. Student-t's degrees of freedom are fitted to the window of those tickers, on its observed entries
+only: a ticker without a new price in a bar (the tick event's ``observed``, engine/store/market.py ``TickEvent``)
+is a missing entry there, as in the live model's window (logic/backtest.py, "Missing entries"); the store's window
+ring marks it NaN, so the mask costs no byte more per bar and a ring stored before it reads as every entry observed.
 
 Alert metrics (the snapshot's ``backtest`` section, see :func:`section_for`; ``backtest.market_version`` is the
 bar it is of): ``backtest.exceedances`` and
@@ -311,6 +314,7 @@ class BacktestBooks:
         index = {t: i for i, t in enumerate(event.tickers)}
         self.unreadable = {}
         items: list[tuple[Backtester, np.ndarray, np.ndarray, str]] = []
+        observed: list[np.ndarray | None] = []  # per item: which of its tickers had a new price (None: all did)
         fed: list[tuple[str, Backtester, dict[str, Any] | None, bool, tuple[int, int]]] = []
         for pid in pids:
             marker = markers[pid]
@@ -345,10 +349,12 @@ class BacktestBooks:
             same = continued and not rezoned and previous is not None and previous[0] == book.token  # type: ignore[union-attr]
             kept = previous[1] if previous is not None and same else None
             items.append((bt, prices[cols], qty[cols], label))
+            observed.append(None if event.observed is None else event.observed[cols])
             fed.append((pid, bt, kept, continued and book.ring, (bt.pushed, len(bt.seed))))  # type: ignore[union-attr]
         out: dict[str, Fed] = {}
         tick = uuid.uuid4().hex  # a token per write: this feed's own prefix, then the portfolio's place in it
-        for k, ((pid, bt, kept, ring, pushed), closed) in enumerate(zip(fed, step_many(items), strict=True)):
+        closed_all = step_many(items, observed=observed)
+        for k, ((pid, bt, kept, ring, pushed), closed) in enumerate(zip(fed, closed_all, strict=True)):
             summary = summary_of(bt, kept, frozenset(o.track for o in closed))
             row = bt.ring_row(*pushed) if ring else None
             out[pid] = Fed(pid, bt, event.version, f"{tick}{k:x}", summary, tuple(closed), row, not ring)

@@ -151,3 +151,72 @@ def test_the_window_buffer_moves_back_without_changing_the_window() -> None:
             assert np.array_equal(bt.window, np.array(pushed[-8:]))  # the last 8 pushes, oldest first
             assert bt.window.flags.c_contiguous
     assert len(pushed) > 8 + 2 * 8  # the buffer moved back several times
+
+
+# -- missing entries (logic/backtest.py, "Missing entries") -------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 8 * 50 * 6 * 3, kernels.CHUNK_BYTES])
+def test_window_figures_fit_dof_on_each_windows_observed_entries_as_math_logic_does(
+    chunk_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(6)
+    windows = [rng.standard_t(4, (50, 6)) for _ in range(7)]
+    masks: list[np.ndarray | None] = [None] * 7
+    for i in (1, 2, 5, 6):
+        mask = rng.random((50, 6)) > 0.3
+        windows[i][~mask] = 0.0  # the stand-in
+        masks[i] = mask
+    masks[6] = np.zeros((50, 6), dtype=bool)  # nothing observed: ν at its upper bound
+    vols = rng.uniform(0.001, 0.02, (7, 6))
+    x = rng.normal(0, 1e5, (7, 6))
+    tail = ml.scenario_tail_size(50, 0.95)
+
+    dofs, kth = kernels.window_figures(windows, vols, x, dof_bounds=(3.0, 30.0), tail=tail, observed=masks)
+
+    assert dofs == [ml.fit_student_t_dof(w, 3.0, 30.0, observed=m) for w, m in zip(windows, masks, strict=True)]
+    assert dofs is not None and dofs[6] == 30.0
+    assert dofs[1] != ml.fit_student_t_dof(windows[1], 3.0, 30.0)  # the zeros are not in the sample
+    unmasked = kernels.window_figures(windows, vols, x, dof_bounds=(3.0, 30.0), tail=tail)
+    assert kth == unmasked[1]  # the scenarios keep every entry: a missing one is no move
+
+
+def test_an_entry_is_observed_where_the_vol_is_positive_and_a_new_price_came_or_the_price_moved() -> None:
+    covs = np.stack([np.eye(3), np.diag([1.0, 0.0, 1.0])])
+    last = np.array([[10.0, 20.0, 30.0], [10.0, 20.0, 30.0]])
+    prices = np.array([[10.0, 20.0, 31.0], [10.0, 21.0, 30.0]])
+    observed = np.array([[False, True, False], [True, True, False]])
+
+    entries = kernels.observed_entries(covs, last, prices, observed)
+
+    # no new price and the price of before: missing; no new price but moved (bars not fed): observed; σ = 0: missing
+    assert entries.tolist() == [[False, True, True], [True, False, False]]
+    assert kernels.observed_entries(covs, last, prices, None).tolist() == [[True] * 3, [True, False, True]]
+
+
+def test_step_many_with_masks_equals_each_backtester_stepped_alone_with_its_mask() -> None:
+    rng = np.random.default_rng(7)
+    config = BacktestConfig(window=25, seed_rows=10, horizon_bars=2, rolling=30)
+    batch = [Backtester([f"T{i}" for i in range(3)], config) for _ in range(4)]
+    alone = copy.deepcopy(batch)
+    data = [_bars(rng, 3, 90) for _ in batch]
+    gaps = [rng.random((90, 3)) < 0.3 for _ in batch]
+    for i in range(4):  # a ticker without a new price keeps its last price
+        for t in range(1, 90):
+            data[i][0][t, gaps[i][t]] = data[i][0][t - 1, gaps[i][t]]
+    gaps[3][:] = False  # one of them without a gap: no mask at all
+
+    for t in range(90):
+        items = [(bt, data[i][0][t], data[i][1][t], str(t)) for i, bt in enumerate(batch)]
+        masks = [None if not gaps[i][t].any() else ~gaps[i][t] for i in range(4)]
+        got = step_many(items, observed=masks)
+        for i, ((bt, prices, qty, label), closed) in enumerate(zip(items, got, strict=True)):
+            assert closed == alone[i].step(prices, qty, label, observed=masks[i])
+            opened = bt.pending.get(Track.BAR)
+            if opened is not None and opened.start == label:
+                assert opened.var == bt.forecasts(qty * prices, 1)  # the batched ν is dof()'s
+    for i, (bt, ref) in enumerate(zip(batch, alone, strict=True)):
+        assert bt.to_dict() == ref.to_dict()
+        assert bt.dof() == ml.fit_student_t_dof(bt.window, 3.0, 30.0, observed=bt.observed)
+        assert bt.observed.all() == (i == 3)

@@ -179,3 +179,49 @@ def test_a_universe_entry_of_another_list_is_refused(store: Store) -> None:
     store.client.hset(UNIVERSES_KEY, rev, encode_json(list(TICKERS)))
     with pytest.raises(CorruptDataError, match="another rev"):
         store.universe(rev)
+
+
+# -- which tickers had a new price in the bar (TickEvent.observed, the field ``missing``) --------------------------
+
+
+def test_an_event_with_a_ticker_without_a_new_price_carries_the_bitmask_of_the_missing_and_decodes_to_its_mask(
+    store: Store,
+) -> None:
+    # Arrange: ten tickers (two bytes of mask), the second and the tenth without a new price
+    tickers = tuple(f"T{i}" for i in range(10))
+    observed = np.ones(10, dtype=bool)
+    observed[[1, 9]] = False
+    event = TickEvent(3, 5.0, tickers, np.arange(1.0, 11.0), observed=observed)
+    # Act
+    store.publish_tick(event, 100)
+    # Assert
+    entries: Any = store.client.xrange(TICKS_KEY)
+    [(_, raw)] = entries
+    assert raw[b"missing"] == bytes([0b00000010, 0b00000010])  # bit i of byte i // 8: ticker i has no new price
+    [back] = store.read_ticks()
+    assert back.observed is not None and back.observed.tolist() == observed.tolist()
+
+
+def test_an_event_where_every_ticker_had_a_new_price_is_the_entry_of_before(store: Store) -> None:
+    # Arrange: the same bar with no mask, with an all-True one, and as an entry written before the field
+    plain = TickEvent(2, 5.0, TICKERS, np.array([1.0, 2.0, 3.0]), token="x")
+    every = TickEvent(2, 5.0, TICKERS, np.array([1.0, 2.0, 3.0]), token="x", observed=np.ones(3, dtype=bool))
+    # Act
+    fields = plain.to_fields(), every.to_fields()
+    store.publish_tick(every, 100)
+    # Assert
+    assert fields[0] == fields[1] and "missing" not in fields[0]
+    assert list(fields[0]) == ["version", "ts", "bar_ts", "tickers", "prices", "token", "reset", "rejected"]
+    [back] = store.read_ticks()
+    assert back.observed is None  # every ticker observed: an old entry reads the same way
+
+
+def test_a_malformed_missing_field_is_a_coded_error_and_a_wrong_mask_is_refused(store: Store) -> None:
+    fields = {k.encode(): (v if isinstance(v, bytes) else str(v).encode())
+              for k, v in TickEvent(1, 1.0, TICKERS, np.ones(3)).to_fields().items()}  # fmt: skip
+    for bad in (b"", b"\x01\x00", b"\x08"):  # no byte, a byte too many, a bit past the third ticker
+        with pytest.raises(CorruptDataError, match="missing"):
+            TickEvent.from_fields(b"1-0", {**fields, b"missing": bad})
+    assert TickEvent.from_fields(b"1-0", {**fields, b"missing": b"\x04"}).observed.tolist() == [True, True, False]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="observed"):
+        TickEvent(1, 1.0, TICKERS, np.ones(3), observed=np.array([1, 0, 1])).to_fields()

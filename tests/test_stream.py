@@ -181,6 +181,32 @@ def test_a_bars_window_row_marks_a_ticker_without_a_new_price_missing_and_an_unc
     assert window.observed[:-1].all()  # the warm-up's simulated rows have no missing entry
 
 
+def test_the_tick_event_says_which_tickers_had_no_new_price_and_a_bar_without_a_gap_writes_the_entry_of_before(
+    seeded_store: Store, settings: Settings
+) -> None:
+    # Arrange: a bar without a gap; AAA unchanged, BBB absent, CCC refused, DDD moving; a reset bar missing one
+    start = seeded_store.read_market()
+    prices = dict(zip(start.tickers, start.prices.tolist(), strict=True))
+    bars = [
+        Bar(1, {t: p * 1.001 for t, p in prices.items()}),
+        Bar(2, {"AAA": prices["AAA"] * 1.001, "CCC": math.nan, "DDD": prices["DDD"] * 1.01}),
+        Bar(3, {"AAA": prices["AAA"], "BBB": prices["BBB"]}, reset=True),
+    ]
+    daemon = StreamDaemon(seeded_store, settings, IterableFeed(bars), interval=0)
+    # Act
+    daemon.run()
+    # Assert
+    from engine.store import TICKS_KEY
+
+    raw = seeded_store.client.xrange(TICKS_KEY)
+    assert [b"missing" in fields for _, fields in raw] == [False, True, False]  # a reset bar has no return
+    full, gap, reset = seeded_store.read_ticks()
+    assert full.observed is None and reset.observed is None and reset.reset
+    assert gap.observed is not None and gap.observed.tolist() == [True, False, False, True]
+    window = seeded_store.read_standardized()
+    np.testing.assert_array_equal(window.observed[-1], gap.observed)  # the window's row, the same tickers
+
+
 def test_a_ticker_added_by_the_warmup_is_picked_up_without_a_restart(
     seeded_store: Store, settings: Settings
 ) -> None:

@@ -530,6 +530,15 @@ class TickEvent:
     ``prices`` are the last accepted prices of every ticker after this bar (a ticker without a valid price in
     the bar keeps its previous price), aligned with ``tickers``: consecutive events give the exact log
     returns the EWMA covariance was updated with (none after a ``reset`` event).
+
+    ``observed`` says which of those returns are observations: a ticker without a new price in the bar has the
+    return 0 of its carried-forward price, a *missing* entry of a window of standardized returns, not a 0
+    observation (``engine.math_logic.standardize_observed``; the continuous backtest leaves it out of its
+    Student-t fit as the live model does, logic/backtest.py). In the stream entry it is the field ``missing``,
+    the bitmask of the tickers *without* a new price (``numpy.packbits``, little bit order: bit ``i`` of byte
+    ``i // 8`` for ticker ``i``; ``ceil(N / 8)`` bytes), written only when some ticker had none: the entry of a
+    bar without a gap is the entry of before, and an entry without the field (every one published before it)
+    reads as every ticker observed.
     """
 
     version: int
@@ -547,6 +556,10 @@ class TickEvent:
     """Prices of this bar refused by validation (NaN, inf, <= 0, unknown ticker)."""
     entry_id: str = ""
     """Stream entry id (set when read back)."""
+    observed: npt.NDArray[np.bool_] | None = None
+    """Shape (N,), aligned with ``tickers``: True where the ticker had a new price in this bar (one accepted in it,
+    and one before it); None: every ticker had one (a bar without a gap, a ``reset`` bar, which has no return,
+    and every event published before the field)."""
 
     def to_fields(self, tickers_json: str | None = None, tickers_rev: str | None = None) -> dict[str, Any]:
         """The stream entry; with ``tickers_rev`` the tickers are named by it instead of listed."""
@@ -559,6 +572,13 @@ class TickEvent:
         fields.update(
             prices=encode_array(self.prices), token=self.token, reset=int(self.reset), rejected=int(self.rejected)
         )
+        if self.observed is not None:
+            observed = np.asarray(self.observed)
+            if observed.shape != (len(self.tickers),) or observed.dtype != np.bool_:
+                raise ValueError(f"observed must be a boolean array of shape ({len(self.tickers)},), "
+                                 f"got {observed.dtype} {observed.shape}")  # fmt: skip
+            if not observed.all():  # only then: the entry of a bar without a gap does not grow
+                fields["missing"] = np.packbits(~observed, bitorder="little").tobytes()
         return fields
 
     @classmethod
@@ -579,6 +599,16 @@ class TickEvent:
             tickers = universe(decode_str(rev, key=f"{key}.tickers_rev"))
         else:
             tickers = decode_tickers(fields.get(b"tickers"), key)
+        observed = None
+        missing = fields.get(b"missing")
+        if missing is not None:  # the bitmask of the tickers without a new price (to_fields)
+            n = len(tickers)
+            if not isinstance(missing, bytes | bytearray) or len(missing) != (n + 7) // 8:
+                raise CorruptDataError(f"{key}.missing is not a bitmask of {n} tickers")
+            bits = np.unpackbits(np.frombuffer(bytes(missing), dtype=np.uint8), bitorder="little")
+            if bits[n:].any():
+                raise CorruptDataError(f"{key}.missing marks a ticker past its {n} tickers")
+            observed = bits[:n] == 0
         return cls(
             version=decode_int(fields.get(b"version"), key=f"{key}.version"),
             ts=decode_float(fields.get(b"ts"), key=f"{key}.ts"),
@@ -589,6 +619,7 @@ class TickEvent:
             reset=decode_int(fields.get(b"reset", b"0"), key=f"{key}.reset") == 1,
             rejected=decode_int(fields.get(b"rejected", b"0"), key=f"{key}.rejected"),
             entry_id=eid,
+            observed=observed,
         )
 
 

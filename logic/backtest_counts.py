@@ -1,0 +1,172 @@
+"""The continuous VaR backtest's running counts and open forecasts (:mod:`logic.backtest`): per method and track,
+the counts behind the Kupiec and Christoffersen tests and the rolling Basel zone, O(1) per observation; and a
+forecast waiting for its horizon to close. Plain state with its JSON form; the tests come from
+:mod:`engine.math_logic`."""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine import math_logic
+from engine.records import Float64Array, VarMethod
+
+# The tests of a summary are functions of a few integer counts, and the portfolios of one tick share most of them
+# (the same number of observations, a handful of exceedance counts): cached, the same floats without scipy's
+# ~0.1 ms per call on every portfolio and every bar.
+_HIT_CHARS = bytes.maketrans(b"\x00\x01", b"01")
+"""Hits 0/1 -> the characters of the stored ``recent`` string (a quarter of the JSON of a list of 250 ints)."""
+_kupiec_pof = functools.lru_cache(maxsize=4096)(math_logic.kupiec_pof)
+_christoffersen = functools.lru_cache(maxsize=4096)(math_logic.christoffersen_independence_counts)
+_basel_zone = functools.lru_cache(maxsize=1024)(math_logic.basel_traffic_light)
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """The backtest of one method on one track."""
+
+    method: VarMethod
+    observations: int
+    exceedances: int
+    rate: float | None
+    kupiec_lr: float | None
+    kupiec_p: float | None
+    christoffersen_lr: float | None
+    christoffersen_p: float | None
+    rolling_observations: int
+    rolling_exceedances: int
+    zone: str | None
+    """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None while the rolling
+    window holds fewer than ``zone_min_observations`` (:attr:`logic.backtest.BacktestConfig.zone_minimum`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        # spelled out, not dataclasses.asdict (a deep copy): every method of every portfolio, every bar
+        return {
+            "method": str(self.method),
+            "observations": self.observations,
+            "exceedances": self.exceedances,
+            "rate": self.rate,
+            "kupiec_lr": self.kupiec_lr,
+            "kupiec_p": self.kupiec_p,
+            "christoffersen_lr": self.christoffersen_lr,
+            "christoffersen_p": self.christoffersen_p,
+            "rolling_observations": self.rolling_observations,
+            "rolling_exceedances": self.rolling_exceedances,
+            "zone": self.zone,
+        }
+
+
+@dataclass
+class TrackCounts:
+    """Running counts of one method on one track; O(1) per observation plus the rolling window of hits."""
+
+    rolling: int
+    observations: int = 0
+    exceedances: int = 0
+    transitions: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    """n00, n01, n10, n11: hit state i followed by j."""
+    last_hit: int | None = None
+    recent: deque[int] = field(default_factory=deque)
+    recent_hits: int = -1
+    """sum(recent), kept as hits come and go (-1: not counted yet)."""
+
+    def add(self, hit: bool) -> None:
+        h = int(hit)
+        if self.recent_hits < 0:
+            self.recent_hits = sum(self.recent)
+        self.observations += 1
+        self.exceedances += h
+        if self.last_hit is not None:
+            self.transitions[2 * self.last_hit + h] += 1
+        self.last_hit = h
+        self.recent.append(h)
+        self.recent_hits += h
+        if len(self.recent) > self.rolling:
+            self.recent_hits -= self.recent.popleft()
+
+    def summary(self, method: VarMethod, confidence: float, zone_minimum: int) -> MethodSummary:
+        d = self.summary_dict(method, confidence, zone_minimum)
+        d["method"] = method
+        return MethodSummary(**d)
+
+    def summary_dict(self, method: VarMethod, confidence: float, zone_minimum: int) -> dict[str, Any]:
+        """:meth:`summary` as :meth:`MethodSummary.to_dict` gives it, without building the dataclass (the
+        monitor's summary of every portfolio, every bar). The zone is given once the rolling window holds
+        ``zone_minimum`` observations (>= 1), None before."""
+        n, x = self.observations, self.exceedances
+        kupiec = _kupiec_pof(x, n, confidence) if n else (None, None)
+        chris = _christoffersen(*self.transitions) if n >= 2 else (None, None)
+        if self.recent_hits < 0:
+            self.recent_hits = sum(self.recent)
+        recent_n, recent_x = len(self.recent), self.recent_hits
+        return {
+            "method": str(method),
+            "observations": n,
+            "exceedances": x,
+            "rate": x / n if n else None,
+            "kupiec_lr": kupiec[0],
+            "kupiec_p": kupiec[1],
+            "christoffersen_lr": chris[0],
+            "christoffersen_p": chris[1],
+            "rolling_observations": recent_n,
+            "rolling_exceedances": recent_x,
+            "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n >= zone_minimum else None,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "observations": self.observations,
+            "exceedances": self.exceedances,
+            "transitions": list(self.transitions),
+            "last_hit": self.last_hit,
+            "recent": bytes(self.recent).translate(_HIT_CHARS).decode(),  # "0110...": a char per hit, oldest first
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], rolling: int) -> TrackCounts:
+        return cls(
+            rolling=rolling,
+            observations=int(d["observations"]),
+            exceedances=int(d["exceedances"]),
+            transitions=[int(n) for n in d["transitions"]],
+            last_hit=None if d["last_hit"] is None else int(d["last_hit"]),
+            recent=deque(int(h) for h in list(d["recent"])[-rolling:]),
+        )
+
+
+@dataclass
+class OpenForecast:
+    """An open forecast: what was held, at which prices, and each method's VaR."""
+
+    start: str
+    end_bar: int
+    qty: Float64Array
+    prices: Float64Array
+    var: dict[VarMethod, float]
+    shared: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    """:meth:`to_dict`, built once for :meth:`logic.backtest.Backtester.store_state` (an open forecast does not
+    change)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end_bar": self.end_bar,
+            "qty": self.qty.tolist(),
+            "prices": self.prices.tolist(),
+            "var": {str(m): v for m, v in self.var.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OpenForecast:
+        return cls(
+            start=str(d["start"]),
+            end_bar=int(d["end_bar"]),
+            qty=np.array(d["qty"], dtype=np.float64),
+            prices=np.array(d["prices"], dtype=np.float64),
+            var={VarMethod(m): float(v) for m, v in d["var"].items()},
+        )
