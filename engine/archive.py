@@ -75,6 +75,10 @@ from engine.store.audit import StreamEntry, parse_stream_id, redis_bound
 
 LOGGER = logging.getLogger("riskdesk.archive")
 
+HEARTBEAT_COMPONENT = "archive"
+"""The archiver's heartbeat (``hb:archive``), written after every run that did not fail (wall time): the System
+page's liveness of the process that keeps the audit streams' memory bounded."""
+
 ARCHIVE_FOLDER = "archive"
 """The archive's folder under ``redis.data_dir`` when ``archive.directory`` is unset."""
 BATCH_ENTRIES = 10_000
@@ -398,6 +402,11 @@ def run(archiver: Archiver, stop: threading.Event, interval: float) -> int:
         failures = 0
         backoff.reset()
         total += done.total
+        beat = {"ts": archiver.clock(), "pid": os.getpid(), "archived": total, "stream_errors": len(done.errors)}
+        try:
+            archiver.store.write_heartbeat(HEARTBEAT_COMPONENT, beat)
+        except (redis.RedisError, StoreError) as exc:  # the next run tries again; its failure is logged there
+            LOGGER.warning("archive heartbeat not written: %s", exc)
         if done.total or done.recovered:
             LOGGER.info("archived %d records of %d streams (%d trimmed after a stopped run)", done.total,
                         len(done.archived), sum(done.recovered.values()))  # fmt: skip

@@ -9,6 +9,7 @@ form (an alert engine whose ``tick`` also flushes), for tests and single-process
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,9 @@ LOGGER = logging.getLogger("riskdesk.notifications")
 
 FLUSH_INTERVAL_SECONDS = 1.0
 """How often ``python -m notifications`` looks for due notification groups."""
+HEARTBEAT_COMPONENT = "notify"
+"""The delivery daemon's heartbeat (``hb:notify``), written after every flush: the System page's liveness of the
+process that sends every e-mail and SMS."""
 
 
 def build_notifier(
@@ -101,12 +105,17 @@ def run(
 ) -> int:
     """Flush the outbox every ``interval_seconds`` until ``stop`` is set; returns the delivery records written.
 
-    Errors are logged and the loop carries on: a Redis blip must not end notifications for good.
+    After each flush that did not fail, the heartbeat ``hb:notify`` (:data:`HEARTBEAT_COMPONENT`: its time on the
+    notifier's clock, pid, flushes and delivery records so far): a flush that keeps failing stops the heartbeat,
+    and the System page says the daemon is stale. Errors are logged and the loop carries on: a Redis blip must not
+    end notifications for good.
     """
     written = flushes = 0
     while not stop.is_set() and (max_flushes is None or flushes < max_flushes):
         try:
             written += len(notifier.flush())
+            beat = {"ts": notifier.clock(), "pid": os.getpid(), "flushes": flushes + 1, "delivery_records": written}
+            notifier.store.write_heartbeat(HEARTBEAT_COMPONENT, beat)
         except Exception:
             LOGGER.exception("notification flush failed")
         flushes += 1

@@ -431,3 +431,26 @@ def test_an_entry_that_is_not_one_json_record_is_archived_with_its_raw_fields(st
     rows = archived(tmp_path)[key]
     assert [r.get("fields") for r in rows] == [{"json": "{not json"}, {"a": "1", "b": "caf\u00e9"}]
     assert store.client.xlen(key) == 0
+
+
+def test_the_daemon_loop_beats_after_each_run_on_its_clock(store: Store, tmp_path: Path) -> None:
+    """``hb:archive`` after every run (the System page's liveness of the archiver): dated on its clock, with the
+    records archived so far."""
+    import threading
+
+    append_records(store, 5)
+    stop = threading.Event()
+    now = time.time()
+    archiver = Archiver(store, config(keep_entries=2), tmp_path, clock=lambda: now)
+    runs = []
+
+    def once(event: threading.Event | None = None) -> Any:
+        runs.append(archiver_run(event))
+        stop.set()  # one run, then the loop ends
+        return runs[-1]
+
+    archiver_run, archiver.run_once = archiver.run_once, once  # type: ignore[method-assign]
+    archive.run(archiver, stop, interval=0.01)
+    beat = store.read_heartbeat(archive.HEARTBEAT_COMPONENT)
+    assert beat is not None and float(beat["ts"]) == now
+    assert int(beat["archived"]) == runs[0].total > 0 and int(beat["stream_errors"]) == 0

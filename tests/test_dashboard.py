@@ -141,6 +141,8 @@ def beat(store: Store, age: float = 0.0) -> None:
         "backtest",
         {"ts": now, "pid": 4444, "bars_fed": 15, "bars_lost": 1, "last_latency_ms": 2.25, "version": 17},
     )
+    store.write_heartbeat("notify", {"ts": now, "pid": 4545, "flushes": 120, "delivery_records": 3})
+    store.write_heartbeat("archive", {"ts": now, "pid": 4646, "archived": 0, "stream_errors": 0})
 
 
 # -- System --------------------------------------------------------------------------------------------------
@@ -154,7 +156,10 @@ def test_system_page_shows_heartbeats_redis_health_and_versions(app_env: Store) 
     assert metric(at, "stream daemon") == "RUNNING"
     assert metric(at, "monitor daemon") == "RUNNING"
     assert metric(at, "backtest daemon") == "RUNNING"
+    assert metric(at, "notify daemon") == "RUNNING"  # the process that sends every e-mail and SMS
+    assert metric(at, "archive daemon") == "RUNNING"
     heartbeats = frame_with(at, "daemon").set_index("daemon")
+    assert heartbeats.loc["notify", "delivery_records"] == 3
     assert heartbeats.loc["backtest", "bars fed"] == 15
     assert heartbeats.loc["backtest", "bars lost"] == 1
     assert heartbeats.loc["stream", "bars processed"] == 17
@@ -183,6 +188,31 @@ def test_system_page_says_when_a_daemon_is_stale_or_missing(app_env: Store, sett
     warnings = joined(at.warning)
     assert "Stream daemon stale" in warnings and "python -m engine.stream" in warnings
     assert "Monitor daemon not running" in warnings and "python -m logic.monitor" in warnings
+
+
+def test_the_notifier_and_the_archiver_are_watched_on_the_wall_clock_the_archiver_at_its_own_interval(
+    app_env: Store, settings: Settings
+) -> None:
+    """The notifier and the archiver date their heartbeats on the wall clock: in a replay (the desk's clock is the
+    market's) they are judged by the wall clock; the archiver, which beats once a run, is stale only after three
+    of its runs."""
+    wall, replay = 1_800_000_000.0, 1_500_000_000.0
+    clock = type("ReplayClock", (), {"__call__": lambda self: replay, "wall": staticmethod(lambda: wall)})()
+    desk = views.Desk(app_env.client, settings, clock=clock)
+    limit = views.common._stale_after(settings)
+    interval = settings.archive.interval_seconds
+    assert 3 * interval > limit  # the archiver's own allowance is the longer one here
+    app_env.write_heartbeat("stream", {"ts": replay})
+    app_env.write_heartbeat("notify", {"ts": wall - limit})
+    app_env.write_heartbeat("archive", {"ts": wall - 3 * interval})
+    states = {d.name: d.state for d in views.daemon_statuses(desk)}
+    assert (states["stream"], states["notify"], states["archive"]) == ("running", "running", "running")
+    app_env.write_heartbeat("notify", {"ts": wall - limit - 1})  # one second over: stale, though "in the future"
+    app_env.write_heartbeat("archive", {"ts": wall - 3 * interval - 1})  # of the replay's clock
+    states = {d.name: d.state for d in views.daemon_statuses(desk)}
+    assert (states["notify"], states["archive"]) == ("stale", "stale")
+    warnings = views.check_health(desk).warnings
+    assert any(w.startswith("Notify daemon stale") and "python -m notifications" in w for w in warnings)
 
 
 def test_kill_switch_halts_trading_with_reason_and_audit(app_env: Store) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.errors import ConfigError
-from engine.store import Store
+from engine.store import Store, heartbeat_key
 from notifications.channels import Message, PermanentDeliveryError, SmsChannel
 from notifications.config import notification_config, smtp_from_env, twilio_from_env
 from notifications.render import Renderer, format_metric
@@ -549,3 +549,21 @@ def test_an_alert_whose_rule_is_raised_to_critical_falls_back_to_sms_when_its_em
     assert sent["To"] == "+15550100001" and sent["Body"].startswith("Riskdesk CRITICAL main")
     fallback = [r for r in engine.delivery_log("main") if r["channel"] == "sms"]
     assert [(r["status"], r["fallback_for"], r["severity"]) for r in fallback] == [("delivered", "email", "CRITICAL")]
+
+
+def test_the_delivery_daemon_beats_after_each_flush_and_not_after_a_failed_one(store: Store, make_settings) -> None:
+    """``hb:notify`` (the System page's liveness of the process that sends every e-mail and SMS): written after
+    each flush on the notifier's clock; a flush that fails (Redis gone) writes none, so the page goes stale."""
+    import threading
+
+    from notifications import service
+
+    settings = make_settings({"notifications": {"recipients": RECIPIENTS}})
+    notifier = service.build_notifier(store, settings, SimClock(T0), env={})
+    assert service.run(notifier, threading.Event(), interval_seconds=0.0, max_flushes=2) == 0
+    beat = store.read_heartbeat(service.HEARTBEAT_COMPONENT)
+    assert beat is not None and float(beat["ts"]) == T0 and int(beat["flushes"]) == 2
+    store.client.delete(heartbeat_key(service.HEARTBEAT_COMPONENT))
+    notifier.flush = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("Redis is gone"))  # type: ignore[method-assign]
+    service.run(notifier, threading.Event(), interval_seconds=0.0, max_flushes=1)  # logged, the loop carries on
+    assert store.read_heartbeat(service.HEARTBEAT_COMPONENT) is None

@@ -34,12 +34,30 @@ from engine.redis_server import connect
 from engine.settings import Settings, load_settings
 from engine.store import Store, encode_json
 
-DAEMONS: tuple[tuple[str, str], ...] = (
-    ("stream", "python -m engine.stream"),
-    ("monitor", "python -m logic.monitor"),
-    ("backtest", "python -m logic.backtest_runner"),
+
+@dataclass(frozen=True)
+class Daemon:
+    """A daemon whose heartbeat (``hb:<name>``) the dashboard watches, and the command that starts it."""
+
+    name: str
+    command: str
+    wall_time: bool = False
+    """Its heartbeat is dated on the wall clock even in a replay (the notifier, the archiver), not the market's."""
+    interval: Callable[[Settings], float] | None = None
+    """How often it beats when that is slower than a bar (the archiver): stale after :data:`LATE_BEATS` of them."""
+
+
+LATE_BEATS = 3
+"""Beats a daemon with its own interval may miss before it is stale."""
+
+DAEMONS: tuple[Daemon, ...] = (
+    Daemon("stream", "python -m engine.stream"),
+    Daemon("monitor", "python -m logic.monitor"),
+    Daemon("backtest", "python -m logic.backtest_runner"),
+    Daemon("notify", "python -m notifications", wall_time=True),
+    Daemon("archive", "python -m engine.archive", wall_time=True, interval=lambda s: s.archive.interval_seconds),
 )
-"""The daemons whose heartbeats the dashboard watches, with the command that starts each."""
+"""The daemons whose heartbeats the dashboard watches (every one ``make run`` starts but the dashboard)."""
 
 REDIS_TIMEOUT_SECONDS = 2.0
 """Socket timeout of the dashboard's Redis client: a page says "unreachable" instead of hanging."""
@@ -241,17 +259,22 @@ def _stale_after(settings: Settings) -> float:
 
 
 def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
+    """Each of :data:`DAEMONS`: running, stale (its heartbeat older than :func:`_stale_after`, or than
+    :data:`LATE_BEATS` of its own interval when that is longer) or missing; a heartbeat dated on the wall clock
+    is judged by the wall clock (the desk's clock is the market's in a replay)."""
     now = desk.clock()
+    wall = getattr(desk.clock, "wall", desk.clock)()  # MarketClock keeps the wall clock it falls back on
     limit = _stale_after(desk.settings)
     out = []
-    for name, command in DAEMONS:
-        beat = desk.store.read_heartbeat(name)
+    for daemon in DAEMONS:
+        beat = desk.store.read_heartbeat(daemon.name)
         if beat is None:
-            out.append(DaemonStatus(name, "missing", None, {}, command))
+            out.append(DaemonStatus(daemon.name, "missing", None, {}, daemon.command))
             continue
-        age = _age(now, beat.get("ts"))
-        state = "running" if age is not None and age <= limit else "stale"
-        out.append(DaemonStatus(name, state, age, dict(beat), command))
+        age = _age(wall if daemon.wall_time else now, beat.get("ts"))
+        allowed = limit if daemon.interval is None else max(limit, LATE_BEATS * daemon.interval(desk.settings))
+        state = "running" if age is not None and age <= allowed else "stale"
+        out.append(DaemonStatus(daemon.name, state, age, dict(beat), daemon.command))
     return out
 
 
