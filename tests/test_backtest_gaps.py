@@ -30,8 +30,9 @@ from logic.backtest import BacktestConfig, Backtester, Observation, Track, step_
 from logic.backtest_monitor import backtest_config
 from logic.backtest_runner import LEASE, BacktestRunner
 
-GAP_TICKER = "DDD"
-"""Held by the ``hedge`` portfolio (CCC and DDD) of the test settings; ``main`` holds AAA and BBB."""
+from .gap_feeds import GAP_TICKER, gap_bars, moment_dof
+
+# GAP_TICKER (DDD) is held by the ``hedge`` portfolio (CCC and DDD) of the test settings; ``main`` holds AAA and BBB.
 WINDOW = 100
 SEED_ROWS = 30  # BacktestConfig's default
 BARS = 1 + SEED_ROWS + WINDOW + 20
@@ -43,41 +44,11 @@ def _settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings({"model": {"fhs_window": WINDOW, "bars_per_day": 2}})
 
 
-def _moment_dof(sample: np.ndarray) -> float:
-    """ν = 6 / κ + 4 of the pooled zero-mean excess kurtosis, in [3, 30], written out (any shape: pooled)."""
-    z2 = np.square(np.asarray(sample, dtype=float).ravel())
-    kurtosis = np.mean(z2**2) / np.mean(z2) ** 2 - 3.0
-    return 30.0 if kurtosis <= 0 else float(min(max(6.0 / kurtosis + 4.0, 3.0), 30.0))
-
-
 def _gap_bars(
     start: MarketSnapshot, *, share: float = 0.3, unchanged: bool = False, seed: int = 13
 ) -> tuple[list[Bar], list[Bar], np.ndarray]:
-    """Fat-tailed bars with :data:`GAP_TICKER` missing from ``share`` of them (never the first): (the bars with the
-    gaps, the same bars with every price, which bars miss it). Every other gap is a NaN price (refused by the price
-    filter), the others no price at all. ``unchanged``: its price does not move in its gap bars, so the bars with
-    every price show it arriving unchanged there (a genuine 0 return)."""
-    rng = np.random.default_rng(seed)
-    gaps = np.zeros(BARS, dtype=bool)
-    gaps[rng.choice(np.arange(1, BARS), round(share * BARS), replace=False)] = True
-    col = start.tickers.index(GAP_TICKER)
-    prices = start.prices.copy()
-    with_gaps, full = [], []
-    for k in range(BARS):
-        step = rng.standard_t(8, size=len(prices)) * 0.002
-        if unchanged and gaps[k]:
-            step[col] = 0.0
-        prices = prices * np.exp(step)
-        every = dict(zip(start.tickers, prices.tolist(), strict=True))
-        some = dict(every)
-        if gaps[k]:
-            if int(gaps[: k + 1].sum()) % 2:
-                some[GAP_TICKER] = math.nan
-            else:
-                del some[GAP_TICKER]
-        with_gaps.append(Bar(1000.0 + 60.0 * k, some))
-        full.append(Bar(1000.0 + 60.0 * k, every))
-    return with_gaps, full, gaps
+    """:func:`tests.gap_feeds.gap_bars` of :data:`BARS` minute bars, never the first one missing."""
+    return gap_bars(start, BARS, share=share, unchanged=unchanged, seed=seed, step=0.002, spacing=60.0, first_gap=1)
 
 
 def _publish(store: Store, settings: Settings, bars: Sequence[Bar]) -> None:
@@ -131,11 +102,11 @@ def test_a_held_ticker_missing_from_30_percent_of_bars_is_left_out_of_the_backte
     z, cov = _independent(events, bt.tickers, settings.model.ewma_decay)
     observed = np.ones(z.shape, dtype=bool)
     observed[:, bt.tickers.index(GAP_TICKER)] = ~gaps[-WINDOW:]
-    expected = _moment_dof(z[observed])
+    expected = moment_dof(z[observed])
     assert bt.ready and (~observed).sum() > 0.2 * WINDOW
     np.testing.assert_allclose(bt.window, z, rtol=REL, atol=0)
     assert (bt.window[~observed] == 0.0).all()  # the stand-in 0 stays (FHS: no move)
-    assert abs(_moment_dof(z) - expected) > 0.2  # the stand-in zeros would fatten the tails...
+    assert abs(moment_dof(z) - expected) > 0.2  # the stand-in zeros would fatten the tails...
     assert bt.dof() == pytest.approx(expected, rel=REL)  # ...and are not in the fitted sample
     # the last bar's one-bar Student-t forecast (the batched kernels' path) is made with that ν
     last = events[-1]
@@ -175,10 +146,10 @@ def test_a_price_arriving_unchanged_counts_as_a_zero_return_where_a_missing_one_
     np.testing.assert_array_equal(missing.window, present.window)  # the same values, bit for bit
     np.testing.assert_array_equal(missing.cov, present.cov)  # a gap is a 0 return in the EWMA  # type: ignore[arg-type]
     assert (present.window[gaps[-WINDOW:], col] == 0.0).all()
-    assert present.dof() == pytest.approx(_moment_dof(present.window), rel=REL)  # unchanged: observed zeros
+    assert present.dof() == pytest.approx(moment_dof(present.window), rel=REL)  # unchanged: observed zeros
     others = [i for i in range(len(present.tickers)) if i != col]
     sample = np.concatenate((present.window[:, others].ravel(), present.window[~gaps[-WINDOW:], col]))
-    assert missing.dof() == pytest.approx(_moment_dof(sample), rel=REL)  # missing: left out
+    assert missing.dof() == pytest.approx(moment_dof(sample), rel=REL)  # missing: left out
     assert missing.dof() > present.dof() + 0.2
     assert present.observed.all()
     np.testing.assert_array_equal(missing.observed[:, col], ~gaps[-WINDOW:])

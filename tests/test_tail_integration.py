@@ -34,6 +34,7 @@ from logic.risk_models import risk_model_of
 from logic.var_methods import risk_model
 
 from .conftest import TEST_CONFIG
+from .gap_feeds import GAP_TICKER, gap_bars, moment_dof
 from .test_stream import ewma_from_ticks
 
 WINDOW = 20
@@ -150,49 +151,15 @@ def test_an_incremental_read_equals_a_full_read(store: Store, make_settings: Cal
 
 # -- missing entries: a ticker without a new price in a bar -------------------------------------------------------
 
-GAP_TICKER = "DDD"
 GAP_WINDOW = 100
 """Bars fed = window rows: every row of the window is the stream's, none the warm-up's simulated ones."""
-
-
-def _moment_dof(sample: np.ndarray) -> float:
-    """ν = 6 / κ + 4 of the pooled zero-mean excess kurtosis, in [3, 30], written out (any shape: pooled)."""
-    z2 = np.square(np.asarray(sample, dtype=float).ravel())
-    kurtosis = np.mean(z2**2) / np.mean(z2) ** 2 - 3.0
-    return 30.0 if kurtosis <= 0 else float(min(max(6.0 / kurtosis + 4.0, 3.0), 30.0))
 
 
 def _gap_bars(
     start: MarketSnapshot, count: int, *, share: float = 0.3, unchanged_in_gaps: bool = False, seed: int = 13
 ) -> tuple[list[Bar], list[Bar], np.ndarray]:
-    """Fat-tailed bars with :data:`GAP_TICKER` missing from ``share`` of them: (the bars with the gaps, the same
-    bars with every price, which bars miss it). Every other gap is an unusable price (NaN, refused by the price
-    filter), the others no price at all.
-
-    ``unchanged_in_gaps``: the ticker's price does not move in its gap bars, so the bars with every price show it
-    unchanged there (a genuine 0 return) and carrying its last price forward over a gap is exact.
-    """
-    rng = np.random.default_rng(seed)
-    gaps = np.zeros(count, dtype=bool)
-    gaps[rng.choice(count, round(share * count), replace=False)] = True
-    col = start.tickers.index(GAP_TICKER)
-    prices = start.prices.copy()
-    with_gaps, full = [], []
-    for k in range(count):
-        step = rng.standard_t(8, size=len(prices)) * 0.001
-        if unchanged_in_gaps and gaps[k]:
-            step[col] = 0.0
-        prices = prices * np.exp(step)
-        every = dict(zip(start.tickers, prices.tolist(), strict=True))
-        some = dict(every)
-        if gaps[k]:
-            if int(gaps[: k + 1].sum()) % 2:
-                some[GAP_TICKER] = math.nan
-            else:
-                del some[GAP_TICKER]
-        with_gaps.append(Bar(1000.0 + k, some))
-        full.append(Bar(1000.0 + k, every))
-    return with_gaps, full, gaps
+    """:func:`tests.gap_feeds.gap_bars` of ``count`` bars a second apart."""
+    return gap_bars(start, count, share=share, unchanged=unchanged_in_gaps, seed=seed)
 
 
 def _gap_settings(make_settings: Callable[..., Settings]) -> Settings:
@@ -220,11 +187,11 @@ def test_a_ticker_missing_from_30_percent_of_bars_is_left_out_of_the_fitted_dof_
     versions, z = _independent_window(start, store, settings.model.ewma_decay)  # the gaps' returns: price kept
     observed = np.ones(z.shape, dtype=bool)
     observed[gaps, start.tickers.index(GAP_TICKER)] = False
-    expected_dof = _moment_dof(z[observed])
+    expected_dof = moment_dof(z[observed])
     assert stats.prices_rejected == (gaps.sum() + 1) // 2  # the NaN prints: refused by the price filter
     assert window.versions.tolist() == versions and window.rows == GAP_WINDOW
     np.testing.assert_allclose(window.values, z, rtol=1e-12, atol=0)
-    assert abs(_moment_dof(z) - expected_dof) > 0.2  # the stand-in zeros would fatten the tails...
+    assert abs(moment_dof(z) - expected_dof) > 0.2  # the stand-in zeros would fatten the tails...
     assert model.dof == pytest.approx(expected_dof, rel=1e-12)  # ...and are not in the fitted sample
     np.testing.assert_array_equal(window.observed, observed)
     assert (window.values[~observed] == 0.0).all()  # the stand-in, finite: what FHS reads as no move
@@ -266,10 +233,10 @@ def test_a_missing_price_is_left_out_where_the_same_price_arriving_unchanged_cou
     np.testing.assert_array_equal(missing.values, present.values)  # the same window values, bit for bit
     np.testing.assert_array_equal(missing_model.cov, present_model.cov)  # a gap is a 0 return in the matrix
     assert (present.values[gaps, col] == 0.0).all()
-    assert present_dof == pytest.approx(_moment_dof(present.values), rel=1e-12)  # unchanged: observed zeros
+    assert present_dof == pytest.approx(moment_dof(present.values), rel=1e-12)  # unchanged: observed zeros
     others = [i for i in range(len(start.tickers)) if i != col]
     observed_sample = np.concatenate((present.values[:, others].ravel(), present.values[~gaps, col]))
-    assert missing_model.dof == pytest.approx(_moment_dof(observed_sample), rel=1e-12)  # gaps: left out
+    assert missing_model.dof == pytest.approx(moment_dof(observed_sample), rel=1e-12)  # gaps: left out
     assert missing_model.dof > present_dof + 0.2  # the gaps do not fatten the tails
     assert present.observed.all()
     np.testing.assert_array_equal(missing.observed[:, col], ~gaps)
@@ -311,7 +278,7 @@ def test_a_window_stored_before_entries_were_marked_loads_with_its_zeros_observe
 
     np.testing.assert_array_equal(window.values, values)
     assert window.observed.shape == values.shape and window.observed.all()
-    assert MarketModelCache(store).get().dof == pytest.approx(_moment_dof(values), rel=1e-12)
+    assert MarketModelCache(store).get().dof == pytest.approx(moment_dof(values), rel=1e-12)
 
 
 @pytest.mark.parametrize(
