@@ -312,22 +312,32 @@ def test_a_reseed_a_reset_and_a_sync_keep_every_record_the_page_shows(
     assert not set(before) & {e.source for e in audit_view(desk).entries}
 
 
-def test_the_audit_page_renders_the_trail_and_its_filters(
-    redis_server: Any, desk: views.Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    act_on_every_kind(desk)
+def audit_page(
+    redis_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: str | None = None
+) -> AppTest:
+    """The Audit page rendered on the test store (paused; ``window``: its time window), checked clean. The caller
+    clears Streamlit's resource cache when done."""
     config = tmp_path / "riskdesk.toml"
     config.write_text(to_toml(merge(TEST_CONFIG, {"alert_rules": [DD_HALT]})), encoding="utf-8")
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("RISKDESK_CONFIG", str(config))
     st.cache_resource.clear()
+    at = AppTest.from_file(str(APP), default_timeout=30.0)
+    at.session_state["refresh"] = "Paused"
+    if window is not None:
+        at.session_state["au_window"] = window
+    at.switch_page("screens/audit.py")
+    at.run()
+    assert not at.exception and not at.error
+    return at
+
+
+def test_the_audit_page_renders_the_trail_and_its_filters(
+    redis_server: Any, desk: views.Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    act_on_every_kind(desk)
     try:
-        at = AppTest.from_file(str(APP), default_timeout=30.0)
-        at.session_state["refresh"] = "Paused"
-        at.session_state["au_window"] = "Everything kept"  # the records are stamped in 2023
-        at.switch_page("screens/audit.py")
-        at.run()
-        assert not at.exception and not at.error
+        at = audit_page(redis_server, tmp_path, monkeypatch, window="Everything kept")  # records stamped in 2023
         table = at.dataframe[0].value
         assert set(AuditKind) - {AuditKind.RESOLUTION} <= set(table["kind"])
         at.multiselect(key="au_kinds").set_value(["limit change"]).run()
@@ -364,17 +374,8 @@ def test_the_page_says_where_older_records_are_archived_once_an_archive_exists(
     late = audit_view(desk, wall=lambda: last_run + 3 * interval + 1).archive_note
     assert on_time == note and "archiver last ran" not in note  # three runs missed at most: no warning
     assert late.startswith(note) and f"The archiver last ran {3 * interval + 1:,.0f} s ago" in late
-    config = tmp_path / "riskdesk.toml"
-    config.write_text(to_toml(merge(TEST_CONFIG, {"alert_rules": [DD_HALT]})), encoding="utf-8")
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
-    st.cache_resource.clear()
     try:
-        at = AppTest.from_file(str(APP), default_timeout=30.0)
-        at.session_state["refresh"] = "Paused"
-        at.switch_page("screens/audit.py")
-        at.run()
-        assert not at.exception and not at.error
+        at = audit_page(redis_server, tmp_path, monkeypatch)
         assert note in [c.value for c in at.caption]
     finally:
         st.cache_resource.clear()
