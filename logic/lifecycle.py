@@ -674,5 +674,3 @@ def _gross(snapshot: Snapshot) -> float:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
