@@ -1596,6 +1596,15 @@ def standardize_returns(returns: npt.ArrayLike, vol: npt.ArrayLike) -> Float64Ar
     return z
 
 
+def observed_mask(observed: npt.ArrayLike, shape: tuple[int, ...]) -> BoolArray:
+    """``observed`` as a boolean array of ``shape`` (which entries of a window of standardized returns are
+    observations, :func:`standardize_observed`); ValueError for anything else."""
+    mask = np.asarray(observed)
+    if mask.shape != tuple(shape) or mask.dtype != np.bool_:
+        raise ValueError(f"observed must be a boolean array of shape {tuple(shape)}, got {mask.dtype} {mask.shape}")
+    return mask
+
+
 def standardize_observed(
     returns: npt.ArrayLike, vol: npt.ArrayLike, observed: npt.ArrayLike
 ) -> tuple[Float64Array, BoolArray]:
@@ -1625,9 +1634,7 @@ def standardize_observed(
     ``z`` is bit for bit :func:`standardize_returns`.
     """
     z = standardize_returns(returns, vol)
-    mask = np.asarray(observed)
-    if mask.shape != z.shape or mask.dtype != np.bool_:
-        raise ValueError(f"observed must be a boolean array of shape {z.shape}, got {mask.dtype} {mask.shape}")
+    mask = observed_mask(observed, z.shape)
     r = np.asarray(returns, dtype=np.float64)
     if (r[~mask] != 0.0).any():
         raise ValueError("a return where no price was observed must be 0 (the last price carried forward)")
@@ -1700,9 +1707,7 @@ def fit_student_t_dof(
     if not np.isfinite(z).all():
         raise ValueError("standardized contains NaN or infinite values")
     if observed is not None:
-        mask = np.asarray(observed)
-        if mask.shape != z.shape or mask.dtype != np.bool_:
-            raise ValueError(f"observed must be a boolean array of shape {z.shape}, got {mask.dtype} {mask.shape}")
+        mask = observed_mask(observed, z.shape)
         if not mask.all():  # all observed: the very same sample (and sums) as without the mask
             z = z[mask]
     if z.size == 0:

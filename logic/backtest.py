@@ -299,10 +299,7 @@ class Backtester:
         """A bar's ``observed`` checked (boolean, one per ticker); None when every ticker had a new price."""
         if observed is None:
             return None
-        mask = np.asarray(observed)
-        if mask.shape != (len(self.tickers),) or mask.dtype != np.bool_:
-            raise ValueError(f"observed must be a boolean array of shape ({len(self.tickers)},), "
-                             f"got {mask.dtype} {mask.shape}")  # fmt: skip
+        mask = math_logic.observed_mask(observed, (len(self.tickers),))
         return None if mask.all() else mask.copy()
 
     def _push(self, z: Float64Array, observed: npt.NDArray[np.bool_] | None = None) -> None:

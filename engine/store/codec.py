@@ -27,6 +27,7 @@ import numpy.typing as npt
 import orjson
 
 from engine.errors import CorruptDataError, StoreEmptyError
+from engine.math_logic import observed_mask
 from engine.records import Float64Array, Position, TradingState, TradingStatus
 
 TRADING_STATES = tuple(TradingState)
@@ -206,9 +207,7 @@ def encode_window_row(version: int, values: npt.ArrayLike, observed: npt.ArrayLi
     if not 0 <= int(version) < 2**53:
         raise ValueError(f"market version {version} out of range for a window row")
     if observed is not None:
-        mask = np.asarray(observed)
-        if mask.shape != row.shape or mask.dtype != np.bool_:
-            raise ValueError(f"observed must be a boolean array of shape {row.shape}, got {mask.dtype} {mask.shape}")
+        mask = observed_mask(observed, row.shape)
         if not mask.all():
             if (row[~mask] != 0.0).any():
                 raise ValueError("a missing entry of a window row must be the stand-in 0")

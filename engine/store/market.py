@@ -22,6 +22,7 @@ import numpy.typing as npt
 import redis
 
 from engine.errors import CorruptDataError, StoreEmptyError, StoreError
+from engine.math_logic import observed_mask
 from engine.records import Float64Array, MarketHeader, MarketSnapshot
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
@@ -573,10 +574,7 @@ class TickEvent:
             prices=encode_array(self.prices), token=self.token, reset=int(self.reset), rejected=int(self.rejected)
         )
         if self.observed is not None:
-            observed = np.asarray(self.observed)
-            if observed.shape != (len(self.tickers),) or observed.dtype != np.bool_:
-                raise ValueError(f"observed must be a boolean array of shape ({len(self.tickers)},), "
-                                 f"got {observed.dtype} {observed.shape}")  # fmt: skip
+            observed = observed_mask(self.observed, (len(self.tickers),))
             if not observed.all():  # only then: the entry of a bar without a gap does not grow
                 fields["missing"] = np.packbits(~observed, bitorder="little").tobytes()
         return fields

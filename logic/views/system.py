@@ -17,6 +17,7 @@ from engine.records import Action, TradingState
 from engine.redis_server import describe_server
 from engine.store import SCHEMA_VERSION, PortfolioKeys
 from logic.access import Identity, authorize
+from logic.backtest_monitor import feed_bar_model_bars
 from logic.views.common import (
     DaemonStatus,
     Desk,
@@ -226,10 +227,11 @@ def bar_name(model_bars: float, bars_per_day: float) -> str:
 
 
 def feed_bar_name(desk: Desk) -> str:
-    """The name (:func:`bar_name`) of the bars the stream daemon feeds, from its heartbeat's
-    ``feed_bar_model_bars`` (the length the backtest runner counts horizons in); ``minute`` without one."""
+    """The name (:func:`bar_name`) of the bars the stream daemon feeds: the length the backtest runner counts
+    horizons in (:func:`logic.backtest_monitor.feed_bar_model_bars`, read the same way); ``minute`` when Redis
+    cannot say."""
     try:
-        beat = desk.store.read_heartbeat("stream") or {}
-        return bar_name(float(beat.get("feed_bar_model_bars", 1.0)), desk.settings.model.bars_per_day)
-    except (redis.RedisError, ValueError):
-        return bar_name(1.0, desk.settings.model.bars_per_day)
+        model_bars = feed_bar_model_bars(desk.store)
+    except redis.RedisError:
+        model_bars = 1.0
+    return bar_name(model_bars, desk.settings.model.bars_per_day)
