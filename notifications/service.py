@@ -12,12 +12,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from engine.records import Clock
 from engine.settings import Settings
-from engine.store import Store
+from engine.store import PortfolioKeys, Store
 from logic.actions import ControlFactory
 from logic.alerts import AlertEngine, build_alert_engine
 from notifications.config import NotificationConfig, notification_config
@@ -29,7 +30,68 @@ FLUSH_INTERVAL_SECONDS = 1.0
 """How often ``python -m notifications`` looks for due notification groups."""
 HEARTBEAT_COMPONENT = "notify"
 """The delivery daemon's heartbeat (``hb:notify``), written after every flush: the System page's liveness of the
-process that sends every e-mail and SMS."""
+process that sends every e-mail and SMS, and its failed deliveries of the last :data:`FAILURE_WINDOW_SECONDS`."""
+FAILURE_WINDOW_SECONDS = 900.0
+"""The heartbeat counts the deliveries that failed in this window (on the notifier's clock): a daemon that is
+alive but cannot reach the SMTP server or Twilio pages nobody, and every dashboard page says so."""
+SEEN_PER_PORTFOLIO = 50
+"""At start, the newest delivery records read per portfolio to count the window's failures again (a restart
+does not clear the warning while the channel is still down)."""
+
+
+class FailureWindow:
+    """The delivery records of status ``failed`` of the last ``seconds`` (on the notifier's clock): their count
+    and the newest, for the heartbeat (:meth:`fields`)."""
+
+    def __init__(self, seconds: float = FAILURE_WINDOW_SECONDS) -> None:
+        self.seconds = seconds
+        self._failed: deque[dict[str, Any]] = deque()
+        """Failed records, oldest first (by ``ts``)."""
+
+    def add(self, records: Iterable[Mapping[str, Any]]) -> None:
+        failed = [dict(r) for r in records if r.get("status") == "failed" and _finite_ts(r) is not None]
+        if failed:
+            self._failed = deque(sorted([*self._failed, *failed], key=lambda r: float(r["ts"])))
+
+    def fields(self, now: float) -> dict[str, Any]:
+        """``failed_recent`` (records of status failed with ``now - seconds < ts <= now``) and, when there are
+        any, ``last_failure_ts`` and ``last_failure`` (which channel, to whom, for which portfolio, why)."""
+        while self._failed and float(self._failed[0]["ts"]) <= now - self.seconds:
+            self._failed.popleft()
+        recent = [r for r in self._failed if float(r["ts"]) <= now]
+        out: dict[str, Any] = {"failed_recent": len(recent), "failure_window_seconds": self.seconds}
+        if recent:
+            last = recent[-1]
+            out["last_failure_ts"] = float(last["ts"])
+            out["last_failure"] = (
+                f"{last.get('channel', '?')} to {last.get('recipient') or '?'} ({last.get('portfolio_id', '?')}): "
+                f"{last.get('error') or 'no reason recorded'}"
+            )
+        else:
+            out["last_failure_ts"] = out["last_failure"] = ""
+        return out
+
+
+def _finite_ts(record: Mapping[str, Any]) -> float | None:
+    try:
+        ts = float(record.get("ts"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return ts if ts == ts and abs(ts) != float("inf") else None
+
+
+def recent_failures(store: Store, now: float, seconds: float = FAILURE_WINDOW_SECONDS) -> FailureWindow:
+    """A :class:`FailureWindow` holding the failed deliveries of every portfolio's log in the window ending at
+    ``now`` (the newest :data:`SEEN_PER_PORTFOLIO` records of each, one pipeline)."""
+    window = FailureWindow(seconds)
+    pids = store.portfolio_ids()
+    with store.client.pipeline(transaction=False) as pipe:
+        for pid in pids:
+            pipe.xrevrange(PortfolioKeys(pid).deliveries, count=SEEN_PER_PORTFOLIO)
+        replies = pipe.execute()
+    for pid, entries in zip(pids, replies, strict=True):
+        window.add(store.decode_stream_json(PortfolioKeys(pid).deliveries, entries))
+    return window
 
 
 def build_notifier(
@@ -106,15 +168,25 @@ def run(
     """Flush the outbox every ``interval_seconds`` until ``stop`` is set; returns the delivery records written.
 
     After each flush that did not fail, the heartbeat ``hb:notify`` (:data:`HEARTBEAT_COMPONENT`: its time on the
-    notifier's clock, pid, flushes and delivery records so far): a flush that keeps failing stops the heartbeat,
-    and the System page says the daemon is stale. Errors are logged and the loop carries on: a Redis blip must not
-    end notifications for good.
+    notifier's clock, pid, flushes and delivery records so far, and the deliveries that failed in the last
+    :data:`FAILURE_WINDOW_SECONDS`, counted again from the delivery logs at start): a flush that keeps failing
+    stops the heartbeat, and the System page says the daemon is stale. Errors are logged and the loop carries on:
+    a Redis blip must not end notifications for good.
     """
     written = flushes = 0
+    try:
+        failures = recent_failures(notifier.store, notifier.clock())
+    except Exception:  # a log it cannot read must not keep the daemon from sending
+        LOGGER.exception("could not read the recent delivery failures: counting from now")
+        failures = FailureWindow()
     while not stop.is_set() and (max_flushes is None or flushes < max_flushes):
         try:
-            written += len(notifier.flush())
-            beat = {"ts": notifier.clock(), "pid": os.getpid(), "flushes": flushes + 1, "delivery_records": written}
+            records = notifier.flush()
+            written += len(records)
+            failures.add(records)
+            now = notifier.clock()
+            beat = {"ts": now, "pid": os.getpid(), "flushes": flushes + 1, "delivery_records": written,
+                    **failures.fields(now)}  # fmt: skip
             notifier.store.write_heartbeat(HEARTBEAT_COMPONENT, beat)
         except Exception:
             LOGGER.exception("notification flush failed")

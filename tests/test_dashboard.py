@@ -190,6 +190,28 @@ def test_system_page_says_when_a_daemon_is_stale_or_missing(app_env: Store, sett
     assert "Monitor daemon not running" in warnings and "python -m logic.monitor" in warnings
 
 
+def test_every_page_warns_when_the_running_notifier_reports_failed_deliveries(app_env: Store) -> None:
+    """A notifier that beats but cannot send (SMTP down) pages nobody: its heartbeat's ``failed_recent``
+    (notifications/service.py) becomes a warning naming the newest failure on the System page and every other;
+    none at 0."""
+    beat(app_env)
+    at = open_page("system")
+    assert not at.warning
+    now = app_env.read_heartbeat("notify")["ts"]  # type: ignore[index]
+    app_env.write_heartbeat("notify", {
+        "ts": float(now), "pid": 4545, "failed_recent": 2, "failure_window_seconds": 900.0,
+        "last_failure_ts": 1_800_000_000.0, "last_failure": "email to desk (main): SMTP 550 mailbox unavailable",
+    })  # fmt: skip
+    for page in ("system", "overview"):
+        at = open_page(page)
+        assert_clean(at)
+        warning = joined(at.warning)
+        assert "Notifications failing: 2 deliveries failed in the last 15 min" in warning, page
+        assert "at 08:00:00 UTC" in warning and "SMTP 550 mailbox unavailable" in warning, page
+    app_env.write_heartbeat("notify", {"ts": float(now), "failed_recent": 0, "last_failure": ""})
+    assert not open_page("system").warning
+
+
 def test_the_notifier_and_the_archiver_are_watched_on_the_wall_clock_the_archiver_at_its_own_interval(
     app_env: Store, settings: Settings
 ) -> None:

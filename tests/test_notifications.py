@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from engine.errors import ConfigError
-from engine.store import Store, heartbeat_key
+from engine.store import PORTFOLIOS_KEY, Store, heartbeat_key
+from logic.alerts import build_alert_engine
 from notifications.channels import Message, PermanentDeliveryError, SmsChannel
 from notifications.config import notification_config, smtp_from_env, twilio_from_env
 from notifications.render import Renderer, format_metric
@@ -567,3 +568,54 @@ def test_the_delivery_daemon_beats_after_each_flush_and_not_after_a_failed_one(s
     notifier.flush = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("Redis is gone"))  # type: ignore[method-assign]
     service.run(notifier, threading.Event(), interval_seconds=0.0, max_flushes=1)  # logged, the loop carries on
     assert store.read_heartbeat(service.HEARTBEAT_COMPONENT) is None
+
+
+def test_the_delivery_daemons_heartbeat_counts_the_failed_deliveries_of_its_window_across_a_restart(
+    store: Store, make_settings
+) -> None:
+    """A notifier that is alive but cannot reach its SMTP server pages nobody: ``hb:notify`` counts the deliveries
+    that failed in the last 15 minutes (``failed_recent``) and names the newest, a restarted daemon counts them
+    again from the delivery log, and a failure leaves the window exactly 900 s after it (at the boundary: gone;
+    one second before: still counted). Deliveries held back by the rate limit or skipped are not failures."""
+    import threading
+
+    from notifications import service
+    from notifications.service import FAILURE_WINDOW_SECONDS, FailureWindow
+
+    level = [{"delay_seconds": 0, "recipients": ["desk"], "channels": ["email"]}]
+    settings = make_settings({
+        "alert_rules": [VAR_CRIT],
+        "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0, "retry": RETRY,
+                          "recipients": RECIPIENTS, "sms_fallback": False},
+        "escalation": {"CRITICAL": level},
+    })  # fmt: skip
+    clock = SimClock()
+    store.client.sadd(PORTFOLIOS_KEY, "main")  # registered, as the warm-up does: the daemon flushes every one
+    with smtp_server(["550 5.1.1 mailbox unavailable"]) as (_, env):
+        config = notification_config(settings.extra, env)
+        engine = build_alert_engine(store, settings, clock, recipients=config.recipients)  # it does not deliver
+        engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+        engine.tick(T0)  # the outbox entry, for the daemon to send
+        notifier = service.build_notifier(store, settings, clock, env=env, sleep=SleepRecorder())
+        assert service.run(notifier, threading.Event(), interval_seconds=0.0, max_flushes=1) == 1
+    beat = store.read_heartbeat(service.HEARTBEAT_COMPONENT)
+    assert beat is not None and beat["failed_recent"] == "1"
+    assert float(beat["last_failure_ts"]) == T0
+    assert beat["last_failure"].startswith("email to desk (main): SMTP 550 5.1.1 mailbox unavailable")
+
+    clock.advance(FAILURE_WINDOW_SECONDS - 1)  # a restart 899 s later: counted again from the log
+    restarted = service.build_notifier(store, settings, clock, env={}, sleep=SleepRecorder())
+    service.run(restarted, threading.Event(), interval_seconds=0.0, max_flushes=1)
+    assert store.read_heartbeat(service.HEARTBEAT_COMPONENT)["failed_recent"] == "1"  # type: ignore[index]
+    clock.advance(1)  # exactly 900 s after the failure: out of the window
+    service.run(restarted, threading.Event(), interval_seconds=0.0, max_flushes=1)
+    beat = store.read_heartbeat(service.HEARTBEAT_COMPONENT)
+    assert beat is not None and (beat["failed_recent"], beat["last_failure"]) == ("0", "")
+
+    window = FailureWindow(60.0)
+    window.add([{"ts": 10.0, "status": s, "channel": "sms"} for s in ("delivered", "skipped", "rate_limited")])
+    window.add([{"ts": 20.0, "status": "failed", "channel": "sms", "recipient": "desk", "portfolio_id": "p",
+                 "error": "HTTP 500"}, {"ts": float("nan"), "status": "failed"}])  # fmt: skip
+    assert window.fields(30.0)["failed_recent"] == 1
+    assert window.fields(30.0)["last_failure"] == "sms to desk (p): HTTP 500"
+    assert window.fields(80.0)["failed_recent"] == 0  # 20 + 60: the boundary

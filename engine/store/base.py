@@ -104,6 +104,12 @@ class StoreBase:
         """Newest (or oldest) ``count`` JSON records of a stream, each with its stream ``id``."""
         c = self._conn(conn)
         entries = c.xrevrange(key, count=count) if newest_first else c.xrange(key, count=count)
+        return self.decode_stream_json(key, entries)
+
+    @staticmethod
+    def decode_stream_json(key: str, entries: list[Any]) -> list[dict[str, Any]]:
+        """The JSON records of ``key``'s stream entries as XRANGE / XREVRANGE returned them (a pipeline's reply),
+        each with its stream ``id``."""
         out = []
         for entry_id, fields in entries:
             record = decode_json(fields.get(b"json"), key=f"{key}[{entry_id!r}]")

@@ -9,10 +9,12 @@ shows.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -230,14 +232,40 @@ class Health:
 
     @property
     def warnings(self) -> list[str]:
-        """One sentence per stale or missing daemon (the page still shows what the store holds)."""
-        return [
+        """One sentence per stale or missing daemon (the page still shows what the store holds), and one when the
+        running notification daemon reports failed deliveries (nobody may have been told of an alert)."""
+        out = [
             f"{d.name.capitalize()} daemon {'not running' if d.state == 'missing' else 'stale'}"
             + (f" (last heartbeat {d.age_seconds:.0f} s ago)" if d.age_seconds is not None else "")
             + f" — fix: {d.fix.split(': ', 1)[1]}"
             for d in self.daemons
             if d.state != "running"
         ]
+        out += [text for d in self.daemons if d.state == "running" and (text := delivery_warning(d.fields))]
+        return out
+
+
+def delivery_warning(beat: Mapping[str, str]) -> str:
+    """The warning for a notification heartbeat (``hb:notify``) that counts failed deliveries in its window
+    (notifications/service.py), or ``""``."""
+    try:
+        failed = int(beat.get("failed_recent", "0"))
+        window = float(beat.get("failure_window_seconds", "900"))
+    except ValueError:
+        return ""
+    if failed <= 0:
+        return ""
+    when = ""
+    with contextlib.suppress(ValueError, OverflowError, OSError):
+        at = datetime.fromtimestamp(float(beat.get("last_failure_ts", "")), tz=UTC)
+        when = f" at {at:%H:%M:%S} UTC"
+    plural = "delivery" if failed == 1 else "deliveries"
+    return (
+        f"Notifications failing: {failed} {plural} failed in the last {window / 60:g} min"
+        f" (last{when}: {beat.get('last_failure', '')})"
+        " — fix: check the channel's settings ([notifications], SMTP_* / TWILIO_* in the environment) and the"
+        " Alerts page's delivery log"
+    )
 
 
 def check_health(desk: Desk) -> Health:
