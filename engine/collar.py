@@ -50,6 +50,8 @@ class AnchorState:
     """Last prices at or before that session's close: the next session's reference."""
     window: tuple[Float64Array, ...] = ()
     """``rolling:N``: the anchor then the session's bars, at most N + 1 entries."""
+    seeded_at: float | None = None
+    """Set by :meth:`CollarAnchor.seed`: the stored snapshot's time the state was rebuilt from."""
 
 
 class CollarAnchor:
@@ -79,6 +81,36 @@ class CollarAnchor:
     def commit(self, state: AnchorState) -> None:
         self.state = state
 
+    def seed(self, t: float, prices: Float64Array, price_ts: Float64Array) -> None:
+        """Rebuild the memory of a fresh process (or one reset) from the stored market snapshot of time ``t``.
+
+        The daemon calls it when it loads the market, so that a restart between two sessions does not skip the
+        next open's re-anchoring (the reference would stay the one of two or more sessions back). The session is
+        the one ``t`` belongs to; its close is the stored prices: each ticker's last accepted price at or before
+        ``t``. When ``t`` is after that session's close a ticker printed after the close (its ``price_ts``) has
+        no stored close: its last price stands in for it (logged). A state this process already holds is kept
+        (it saw the bars); a time outside the calendar leaves it empty.
+        """
+        if self.state.session is not None:
+            return
+        try:
+            session = self.calendar.session_id(t)
+            sessions = self.calendar.sessions
+            closed_at = None if sessions is None or self.calendar.is_open(t) else sessions.session_at(t).close
+        except ValueError:
+            return
+        close = np.asarray(prices, dtype=np.float64).copy()
+        if closed_at is not None:
+            late = np.asarray(price_ts, dtype=np.float64) > closed_at
+            if late.any():
+                log.warning(
+                    "collar reference: %d price(s) of the stored market were printed after the %s close; "
+                    "their last price stands in for the close at the next open",
+                    int(late.sum()),
+                    session,
+                )
+        self.state = AnchorState(session, close, (), seeded_at=float(t))  # rolling: no bar of the session known
+
     def propose(
         self, t: float, prices: Float64Array, *, reset: bool = False
     ) -> tuple[Float64Array | None, AnchorState]:
@@ -94,6 +126,8 @@ class CollarAnchor:
             return None, self.state
         prev = self.state
         if prev.close is not None and prev.close.shape != prices.shape:
+            prev = AnchorState()
+        elif prev.seeded_at is not None and t < prev.seeded_at:  # a bar older than the snapshot seeded from
             prev = AnchorState()
         out: Float64Array | None = None
         close = prev.close

@@ -755,6 +755,115 @@ def update_covariance_ewma(
     return old_cov
 
 
+def ewma_partial_factors(observed: npt.ArrayLike, decay: float = EWMA_DECAY) -> Float64Array:
+    """The factors ``F_ij = a_i a_j`` of a partial EWMA update (:func:`update_covariance_ewma_observed`).
+
+    Parameters
+    ----------
+    observed : array_like of bool, shape (N,) or (B, N)
+        True where the ticker had a new price in the bar.
+    decay : float
+        λ in (0, 1).
+
+    Returns
+    -------
+    ndarray, shape (N, N) or (B, N, N)
+        ``λ`` where both tickers are observed, ``fl(sqrt(λ))`` where one is, ``1`` where neither is: each entry is
+        a single float, so an observed pair is scaled by exactly the ``λ`` of :func:`update_covariance_ewma`
+        (``sqrt(λ)·sqrt(λ)`` would round differently).
+    """
+    lam = _check_decay(decay)
+    mask = np.asarray(observed)
+    if mask.dtype != np.bool_ or mask.ndim not in (1, 2):
+        raise ValueError(f"observed must be a 1-D or 2-D boolean array, got {mask.dtype} {mask.shape}")
+    root = math.sqrt(lam)
+    if_observed = np.where(mask, lam, root)  # the factors of a row whose ticker is observed
+    if_missing = np.where(mask, root, 1.0)  # of a row whose ticker is not
+    factors: Float64Array = np.where(
+        mask[..., :, np.newaxis], if_observed[..., np.newaxis, :], if_missing[..., np.newaxis, :]
+    )
+    return factors
+
+
+def update_covariance_ewma_observed(
+    old_cov: Float64Array,
+    returns: npt.ArrayLike,
+    observed: npt.ArrayLike,
+    decay: float = EWMA_DECAY,
+    *,
+    validate: bool = True,
+) -> Float64Array:
+    """EWMA covariance update, in place, where only the ``observed`` tickers had a new price.
+
+    Parameters
+    ----------
+    old_cov : ndarray, shape (N, N)
+        As for :func:`update_covariance_ewma` (overwritten with the update).
+    returns : array_like, shape (N,)
+        One-bar log returns; exactly 0 where ``observed`` is False (the last price carried forward).
+    observed : array_like of bool, shape (N,)
+        True where a new price gave the return (:func:`observed_mask`).
+    decay : float
+        λ in (0, 1).
+    validate : bool
+        As for :func:`update_covariance_ewma`.
+
+    Returns
+    -------
+    ndarray
+        ``old_cov`` itself.
+
+    Notes
+    -----
+    A ticker with no new price (halted, missing from the feed, refused by the price filter) carries no
+    information about its variance: decaying it by λ as if its return were an observed 0 would shrink it
+    geometrically (half-life ``ln 2 / -ln λ``, 11 bars at 0.94) and with it the VaR of the name. The update is
+    instead ``Σ' = A Σ A + (1 - λ) r rᵀ`` with ``A = diag(a)``, ``a_i = sqrt(λ)`` for an observed ticker and 1
+    for a missing one, and ``r_i = 0`` for a missing one. Entrywise ``Σ'_ij = a_i a_j Σ_ij + (1 - λ) r_i r_j``:
+    the observed block gets the full update (the same bits as :func:`update_covariance_ewma` gives it), a
+    missing ticker keeps its variance and its covariances with other missing ones, and its covariance with an
+    observed ticker is scaled by ``sqrt(λ)``, so after k missing bars it is ``λ^(k/2)`` of its value. A congruence
+    of a PSD matrix plus a rank-one PSD term: PSD. The correlation of a missing ticker with the others decays
+    no faster than with the full update (the observed variances decay by λ each bar, cov by ``sqrt(λ)``).
+
+    When every ticker is observed this is :func:`update_covariance_ewma` (the same kernel, the same bits); each
+    entry otherwise is ``fl(fl(F_ij Σ_ij) + fl(s_i s_j))`` with ``F`` of :func:`ewma_partial_factors` and
+    ``s = sqrt(1 - λ) r`` (bitwise symmetric), computed by blocks of rows that stay in cache.
+    """
+    if not isinstance(old_cov, np.ndarray) or old_cov.ndim != 2:
+        raise ValueError("old_cov must be a 2-D float64 numpy array (it is updated in place)")
+    mask = observed_mask(observed, (old_cov.shape[0],))
+    if mask.all():
+        return update_covariance_ewma(old_cov, returns, decay, validate=validate)
+    r = _vector(returns, "returns", old_cov.shape[0])
+    if (r[~mask] != 0.0).any():
+        raise ValueError("a return where no price was observed must be 0 (the last price carried forward)")
+    lam = _check_decay(decay)
+    n = old_cov.shape[0]
+    if old_cov.dtype != np.float64 or not old_cov.flags.writeable:
+        raise ValueError("old_cov must be a writeable float64 numpy array (it is updated in place)")
+    if not (old_cov.flags.c_contiguous or old_cov.flags.f_contiguous):
+        raise ValueError("old_cov must be C- or F-contiguous (it is updated in place)")
+    if validate:
+        _check_symmetric_psd(old_cov, "old_cov")
+    s = math.sqrt(1.0 - lam) * r
+    m = _row_major(old_cov)  # the update commutes with transposition (F and s sᵀ are symmetric)
+    root = math.sqrt(lam)
+    if_observed = np.where(mask, lam, root)  # the factors of a row whose ticker is observed
+    if_missing = np.where(mask, root, 1.0)
+    rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    scratch = np.empty((min(rows, n), n))
+    product = np.empty((min(rows, n), n))
+    for start in range(0, n, rows):
+        block = m[start : start + rows]
+        k = block.shape[0]
+        np.copyto(scratch[:k], np.where(mask[start : start + rows, np.newaxis], if_observed, if_missing))
+        np.multiply(block, scratch[:k], out=block)
+        np.multiply(s[start : start + rows, np.newaxis], s, out=product[:k])
+        np.add(block, product[:k], out=block)
+    return old_cov
+
+
 def ewma_covariance_from_returns(
     returns_matrix: npt.ArrayLike,
     decay: float = EWMA_DECAY,
@@ -1641,8 +1750,11 @@ def standardize_observed(
     return z, mask & (np.asarray(vol, dtype=np.float64) > 0.0)
 
 
-def ewma_standardize_and_update(cov: Float64Array, returns: npt.ArrayLike, decay: float = EWMA_DECAY) -> Float64Array:
-    """One bar of the filter: standardize ``returns`` by the current EWMA vols, then update ``cov`` in place.
+def ewma_standardize_and_update(
+    cov: Float64Array, returns: npt.ArrayLike, decay: float = EWMA_DECAY, *, observed: npt.ArrayLike | None = None
+) -> Float64Array:
+    """One bar of the filter: standardize ``returns`` by the current EWMA vols, then update ``cov`` in place
+    (with ``observed``, which tickers' returns are data: :func:`update_covariance_ewma_observed`).
 
     Returns
     -------
@@ -1658,7 +1770,10 @@ def ewma_standardize_and_update(cov: Float64Array, returns: npt.ArrayLike, decay
         raise ValueError("cov must be a 2-D float64 numpy array (it is updated in place)")
     r = _vector(returns, "returns", cov.shape[0])
     z = standardize_returns(r, np.sqrt(np.clip(np.diagonal(cov), 0.0, None)))
-    update_covariance_ewma(cov, r, decay, validate=False)
+    if observed is None:
+        update_covariance_ewma(cov, r, decay, validate=False)
+    else:
+        update_covariance_ewma_observed(cov, r, observed, decay, validate=False)
     return z
 
 

@@ -8,26 +8,35 @@ snapshot, the covariance, the pre-trade gate or the monitor. A price is rejected
 - zero or negative;
 - above :data:`MAX_PRICE` (``1e308`` is finite but no traded price);
 - a *jump*: its log return from the ticker's last accepted price is more than ``stream.max_jump_sigma``
-  standard deviations of the ticker's current one-bar volatility.
+  standard deviations of the ticker's current volatility over the bars since that price.
 
 Notes
 -----
 The jump test, with ``p0`` the last accepted price, ``S_ii`` the ticker's variance of one *model* bar in the
-stored EWMA covariance and ``k`` the model bars one feed bar spans (:attr:`PriceFilter.bar_scale`; 1 for a live
-feed, e.g. ``5 x 390`` for a replay of weekly closes)::
+stored EWMA covariance, ``k`` the model bars one feed bar spans (:attr:`PriceFilter.bar_scale`; 1 for a live
+feed, e.g. ``5 x 390`` for a replay of weekly closes) and ``n`` the bars since ``p0`` was accepted (1, plus one
+for each later bar in which the ticker's print was refused: :attr:`PriceFilter.refused_bars`)::
 
-    sigma = sqrt(k * S_ii)
+    sigma = sqrt(k * S_ii) * sqrt(n)
     accept  iff  |ln(p / p0)| <= max_jump_sigma * sigma * (1 + JUMP_TOLERANCE)
 
-so a jump of exactly ``max_jump_sigma`` sigmas passes and anything measurably beyond it is refused. No jump
-test is possible (and none is made) when the ticker has no valid last price, when its variance is zero or not
-finite, or on a ``reset`` bar (the first bar of a replay anchors new prices: no return is computed from it).
+so a jump of exactly ``max_jump_sigma`` sigmas of the time since ``p0`` passes and anything measurably beyond
+it is refused. No jump test is possible (and none is made) when the ticker has no valid last price, when its
+variance is zero or not finite, or on a ``reset`` bar (the first bar of a replay anchors new prices: no return
+is computed from it). A bar in which the ticker has no print at all does not count in ``n``.
 
 A *single* absurd print is refused; a real move is not refused for long. A rejected jump is remembered as the
-ticker's candidate level, and the ticker's next price that lies within the jump bound of that candidate
-confirms the move: it is accepted (its return from the last accepted price then enters the covariance, as a
-real crash must). So a genuine gap costs one bar of latency, and a lone spike that the next print contradicts
-never gets in. Non-numbers, non-positive and too-large prices are refused whatever follows.
+ticker's candidate level ``c``, and the ticker's next price ``p`` confirms the move (it is accepted, and its
+return from ``p0`` enters the covariance, as a real crash must) when
+
+- it lies within the one-bar jump bound of ``c`` (the level is printed again: a gap), or
+- it continues beyond ``c`` in the same direction: ``ln(p/p0)`` has the sign of ``ln(c/p0)`` and
+  ``|ln(p/p0)| >= |ln(c/p0)|`` (a fast crash of 2 % a minute: every print is far from the last one, but the
+  move persists).
+
+So a genuine gap or crash costs one bar of latency, and a lone spike that the next print contradicts (it
+reverts towards ``p0``) never gets in. Non-numbers, non-positive and too-large prices are refused whatever
+follows (they count in ``n`` but leave the candidate as it was).
 
 What is written for that ticker on that bar
 -------------------------------------------
@@ -46,6 +55,14 @@ A replay file's rows may be minutes, hours, days or weeks (engine/history.py rea
 timestamps). :meth:`PriceFilter.per_model_bar` divides a feed bar's log returns by ``sqrt(k)`` before the EWMA
 update, so the stored covariance stays the covariance of one model bar (as warm-up's ``--history`` stores it)
 and the jump test compares like with like.
+
+``k`` is read from the *whole file* and from its *own* timestamps (:func:`replay_bar_scale`): ``python -m
+engine.stream --feed replay`` derives it before it moves a date-only file's rows to their session closes (an
+early close at 13:00 would make steps of 21 h or 75 h: no whole number of days) and before a restart drops the
+rows the store already holds (the few rows left say nothing about the spacing). A file whose spacing cannot be
+classified is refused with a :class:`~engine.errors.FeedError` (``FEED_INVALID``) unless ``--bar-model-bars``
+gives ``k``: its returns never enter the one-minute model unscaled. A restart whose ``k`` differs from the one
+the stream heartbeat published (``feed_bar_model_bars``) is refused with :class:`BarScaleMismatch`.
 """
 
 from __future__ import annotations
@@ -59,7 +76,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import RiskdeskError
+from engine.errors import FeedError, RiskdeskError
 from engine.settings import Settings
 
 log = logging.getLogger("riskdesk.price_filter")
@@ -86,8 +103,12 @@ class PriceFilter:
     bar_scale: float = 1.0
     pending: dict[str, float] = field(default_factory=dict)
     """Ticker -> price of its last rejected jump, waiting for the next print to confirm or contradict it."""
+    refused_bars: dict[str, int] = field(default_factory=dict)
+    """Ticker -> bars in a row in which its print was refused since its last accepted price (absent: 0); the
+    jump bound of its next print is widened by ``sqrt(1 + refused_bars)``."""
     _bar: object = None
     _before: dict[str, float] = field(default_factory=dict)
+    _refused_before: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_jump_sigma) and self.max_jump_sigma > 0):
@@ -97,22 +118,17 @@ class PriceFilter:
 
     @classmethod
     def for_feed(cls, settings: Settings, feed: object) -> PriceFilter:
-        """The filter for ``feed``: a replay's bar scale comes from its timestamps, any other feed's is 1.
-
-        A replay whose spacing cannot be classified (engine/history.py) keeps one model bar per row, as before
-        this filter existed, and says so in the log.
+        """The filter for ``feed``: a replay's bar scale is its ``bar_model_bars`` when it carries one (the
+        ``--feed replay`` builder sets it from the whole file), else :func:`replay_bar_scale` of its bars; any
+        other feed's is 1. Raises :class:`~engine.errors.FeedError` for a replay whose spacing is unknown.
         """
         scale = 1.0
         bars = getattr(feed, "bars", None)
-        if getattr(feed, "name", None) == "replay" and bars is not None and len(bars) >= 2:
-            from engine import history  # noqa: PLC0415 - only a replay needs it
-
-            ts = np.array([float(b.ts) for b in bars], dtype=float)
-            try:
-                spacing = history.classify_spacing(ts, path=str(getattr(feed, "path", "<replay>")))
-                scale = float(spacing.model_bars(settings.model.bars_per_day))
-            except RiskdeskError as exc:
-                log.warning("replay spacing unknown (%s): one row = one model bar", exc)
+        given = getattr(feed, "bar_model_bars", None)
+        if getattr(feed, "name", None) == "replay" and given is not None:
+            scale = float(given)
+        elif getattr(feed, "name", None) == "replay" and bars is not None:
+            scale = replay_bar_scale(settings, bars, path=str(getattr(feed, "path", "<replay>")))
         return cls(float(settings.stream.max_jump_sigma), scale)
 
     def begin(self, bar: object) -> None:
@@ -120,9 +136,9 @@ class PriceFilter:
         daemon recomputes a bar after a WATCH conflict): the remembered jumps are restored to what they were
         before its first attempt, so a retry never confirms the bar's own rejected price."""
         if bar == self._bar:
-            self.pending = dict(self._before)
+            self.pending, self.refused_bars = dict(self._before), dict(self._refused_before)
         else:
-            self._bar, self._before = bar, dict(self.pending)
+            self._bar, self._before, self._refused_before = bar, dict(self.pending), dict(self.refused_bars)
 
     def check(
         self, ticker: str, raw: Any, last_price: float, variance: float, *, reset: bool = False
@@ -148,28 +164,28 @@ class PriceFilter:
         """
         if reset:
             self.pending.clear()
-        try:
-            price = float(raw)
-        except (TypeError, ValueError, OverflowError):
-            return math.nan, "not a number"
-        if not math.isfinite(price):
-            return math.nan, "not a finite price"
-        if price <= 0:
-            return math.nan, "not a positive price"
-        if price > MAX_PRICE:
-            return math.nan, f"above the largest plausible price {MAX_PRICE:g}"
+            self.refused_bars.clear()
+        reason = _basic_reason_of(raw)
+        if reason:
+            if not reset:  # a reset bar starts the count afresh
+                self.refused_bars[ticker] = self.refused_bars.get(ticker, 0) + 1
+            return math.nan, reason
+        price = float(raw)
         candidate = self.pending.pop(ticker, None)
+        refused = self.refused_bars.pop(ticker, 0)
         if reset or not (math.isfinite(last_price) and last_price > 0):
             return price, ""
         if not (math.isfinite(variance) and variance > 0):
             return price, ""
         sigma = math.sqrt(self.bar_scale * variance)
-        if self._within(price, last_price, sigma):
+        widened = sigma * math.sqrt(1 + refused)
+        if self._within(price, last_price, widened):
             return price, ""
-        if candidate is not None and self._within(price, candidate, sigma):
-            return price, ""  # the previous print's level is confirmed: a real move
+        if candidate is not None and self._confirms(price, candidate, last_price, sigma):
+            return price, ""  # the previous print's move is confirmed: a real move
         self.pending[ticker] = price
-        jump = abs(math.log(price / last_price)) / sigma
+        self.refused_bars[ticker] = refused + 1
+        jump = abs(math.log(price / last_price)) / widened
         return math.nan, f"jump of {jump:.1f} sigma from {last_price:g} (limit {self.max_jump_sigma:g} sigma)"
 
     def check_many(
@@ -209,6 +225,7 @@ class PriceFilter:
             raise ValueError("check_many: tickers, prices, last prices and variances must be aligned")
         if reset and m:
             self.pending.clear()
+            self.refused_bars.clear()
         reasons = [""] * m
         try:
             prices = np.array([float(raw) for raw in raws], dtype=np.float64)
@@ -220,14 +237,18 @@ class PriceFilter:
         if bad.any():
             for k in np.flatnonzero(bad).tolist():
                 reasons[k] = _basic_reason(float(prices[k]), bool(unreadable[k]))
+                if not reset:  # a reset bar starts the count afresh
+                    self.refused_bars[tickers[k]] = self.refused_bars.get(tickers[k], 0) + 1
             prices[bad] = np.nan
         ok = ~bad
         candidates: dict[int, float] = {}
-        if self.pending:
+        refused = np.zeros(m)
+        if self.pending or self.refused_bars:
             for k in np.flatnonzero(ok).tolist():
                 candidate = self.pending.pop(tickers[k], None)
                 if candidate is not None:
                     candidates[k] = candidate
+                refused[k] = self.refused_bars.pop(tickers[k], 0)
         if reset:
             return prices, reasons
         with np.errstate(invalid="ignore"):
@@ -236,16 +257,18 @@ class PriceFilter:
         if not at.size:
             return prices, reasons
         sigma = np.sqrt(self.bar_scale * variances[at])
+        widened = sigma * np.sqrt(1.0 + refused[at])  # the same IEEE operations as check()
         size = np.abs(np.fromiter(map(math.log, (prices[at] / last_prices[at]).tolist()), np.float64, at.size))
-        bound = self.max_jump_sigma * sigma * (1.0 + JUMP_TOLERANCE)
+        bound = self.max_jump_sigma * widened * (1.0 + JUMP_TOLERANCE)
         for j in np.flatnonzero(~(size <= bound)).tolist():
             k = int(at[j])
-            price, candidate = float(prices[k]), candidates.get(k)
-            if candidate is not None and self._within(price, candidate, float(sigma[j])):
-                continue  # the previous print's level is confirmed: a real move
+            price, candidate, last = float(prices[k]), candidates.get(k), float(last_prices[k])
+            if candidate is not None and self._confirms(price, candidate, last, float(sigma[j])):
+                continue  # the previous print's move is confirmed: a real move
             self.pending[tickers[k]] = price
-            last = last_prices[k]
-            reasons[k] = f"jump of {size[j] / sigma[j]:.1f} sigma from {last:g} (limit {self.max_jump_sigma:g} sigma)"
+            self.refused_bars[tickers[k]] = int(refused[k]) + 1
+            limit = f"(limit {self.max_jump_sigma:g} sigma)"
+            reasons[k] = f"jump of {size[j] / widened[j]:.1f} sigma from {last:g} {limit}"
             prices[k] = np.nan
         return prices, reasons
 
@@ -253,12 +276,52 @@ class PriceFilter:
         bound = self.max_jump_sigma * sigma * (1.0 + JUMP_TOLERANCE)
         return abs(math.log(price / reference)) <= bound
 
+    def _confirms(self, price: float, candidate: float, last_price: float, sigma: float) -> bool:
+        """``price`` confirms the refused ``candidate`` (module docstring): within one bar's bound of it, or
+        beyond it in the same direction from ``last_price`` (a move that persists)."""
+        if self._within(price, candidate, sigma):
+            return True
+        move, refused = math.log(price / last_price), math.log(candidate / last_price)
+        return (move < 0) == (refused < 0) and abs(move) >= abs(refused)
+
     def per_model_bar(self, returns: np.ndarray | None) -> np.ndarray | None:
         """A feed bar's log returns as returns of one model bar (divided by ``sqrt(bar_scale)``)."""
         if returns is None or self.bar_scale == 1.0:
             return returns
         out: np.ndarray = returns / math.sqrt(self.bar_scale)
         return out
+
+
+class BarScaleMismatch(FeedError):
+    """A restarted replay whose bar scale is not the one its first run wrote the stored covariance with."""
+
+    code = "FEED_BAR_SCALE_MISMATCH"
+    fix = "replay the file from its start on a re-seeded market (python warmup.py), or pass its --bar-model-bars"
+
+
+def replay_bar_scale(settings: Settings, bars: Sequence[Any], *, path: str = "<replay>") -> float:
+    """Model bars per row of a replay file: the spacing of ``bars``' own timestamps (engine/history.py), read
+    from all the file's rows (a date-only file *before* its rows are moved to their session closes, a restart
+    *before* the rows already played are dropped).
+
+    Fewer than two rows give 1 (the one row anchors prices: no return is computed from it). Raises
+    :class:`~engine.errors.FeedError` when the spacing cannot be classified: a replay never falls back to one
+    model bar per row (a daily return in the one-minute model is 20x its volatility).
+    """
+    if len(bars) < 2:
+        return 1.0
+    from engine import history  # noqa: PLC0415 - only a replay needs it
+
+    ts = np.array([float(b.ts) for b in bars], dtype=float)
+    try:
+        spacing = history.classify_spacing(ts, path=path)
+    except RiskdeskError as exc:
+        raise FeedError(
+            f"{path}: the replay's bar length cannot be derived from its timestamps ({exc.detail})",
+            fix="space the rows by minutes, hours, days or weeks, or pass --bar-model-bars N (one-minute model "
+            "bars per row: 390 for daily closes, 60 for hourly bars)",
+        ) from None
+    return float(spacing.model_bars(settings.model.bars_per_day))
 
 
 def _read_prices(raws: Sequence[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
@@ -271,6 +334,17 @@ def _read_prices(raws: Sequence[Any]) -> tuple[npt.NDArray[np.float64], npt.NDAr
         except (TypeError, ValueError, OverflowError):
             prices[k], unreadable[k] = math.nan, True
     return prices, unreadable
+
+
+def _basic_reason_of(raw: Any) -> str:
+    """Why :meth:`PriceFilter.check` refuses ``raw`` before any jump test; ``""`` when it is a plausible price."""
+    try:
+        price = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return "not a number"
+    if math.isfinite(price) and 0 < price <= MAX_PRICE:
+        return ""
+    return _basic_reason(price, False)
 
 
 def _basic_reason(price: float, unreadable: bool) -> str:

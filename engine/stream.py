@@ -19,7 +19,8 @@ Per bar from the feed (:mod:`engine.feeds`):
    the heartbeat ``hb:stream``.
 
 A ticker without a new price in a bar (none in it, refused by the price filter, or no accepted price before
-it) gets the return 0 in the covariance update (its price is carried forward, engine/price_filter.py) but is
+it) keeps its variance in the covariance update (its price is carried forward, engine/price_filter.py; its return
+0 is no data: ``engine.math_logic.update_covariance_ewma_observed``, the plain update when every ticker has one) and is
 *missing* in the bar's window row, not a 0 observation (``engine.math_logic.standardize_observed``; so is a
 ticker whose volatility is 0): the Student-t fit leaves it out of its sample, filtered historical simulation
 reads its stand-in 0 as no move (engine/store/market.py, ``StandardizedWindow``). A price that arrives
@@ -51,7 +52,7 @@ SIGINT / SIGTERM stop the daemon between bars (a bar being retried during an out
 Usage::
 
     python -m engine.stream [--feed sim|replay] [--file CSV] [--interval SECONDS | --speed X] [--ticks N] [--seed N]
-                            [--shock AAA:-0.08@100 ...] [--vol-regime 2.0@150 ...] [--config FILE]
+                            [--bar-model-bars N] [--shock AAA:-0.08@100 ...] [--vol-regime 2.0@150 ...] [--config FILE]
                             [--log-level INFO]
 
 Clock (engine/clocks.py): a replay stamps every write (snapshot ``ts``, ``price_ts``, tick event, heartbeat)
@@ -95,7 +96,7 @@ from engine.daemon import install_signal_handlers as install_signal_handlers  # 
 from engine.errors import FeedError, RiskdeskError
 from engine.feeds import Bar, Feed, ReplayFeed, SimulatedFeed, UniverseAware, parse_regime, parse_shock
 from engine.metrics import StreamMetrics, serve
-from engine.price_filter import PriceFilter
+from engine.price_filter import BarScaleMismatch, PriceFilter, replay_bar_scale
 from engine.records import Clock
 from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings
@@ -326,6 +327,9 @@ class StreamDaemon:
         self._index = {t: i for i, t in enumerate(snap.tickers)}
         if changed:
             self.anchor.reset()
+        # a fresh process (or a reset anchor) rebuilds the collar's session and close from the stored market,
+        # so the next session open re-anchors after a restart as without one (engine/collar.py)
+        self.anchor.seed(snap.ts, snap.prices, snap.price_ts)
         self._tickers_json = encode_json(list(snap.tickers))
         self._tickers_rev = universe_rev(self._tickers_json)
         self._universe_written = False
@@ -415,7 +419,10 @@ class StreamDaemon:
             if not self._row_gap:
                 vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
                 z, observed = math_logic.standardize_observed(step.returns, vols, step.observed)
-            math_logic.update_covariance_ewma(self.cov, step.returns, self.decay, validate=self._validate_next)
+            # a ticker without a new price keeps its variance (all observed: the plain update, the same bits)
+            math_logic.update_covariance_ewma_observed(
+                self.cov, step.returns, step.observed, self.decay, validate=self._validate_next
+            )
         snap = MarketSnapshot(
             version=version,
             ts=now,
@@ -536,15 +543,45 @@ def _sim_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Fee
 def _replay_feed(args: argparse.Namespace, settings: Settings, store: Store) -> Feed:
     if not args.file:
         raise FeedError("--feed replay needs --file CSV", fix="pass the CSV of bars to replay with --file")
-    feed = ReplayFeed(args.file, universe=store.read_market_header().tickers)
+    feed = ReplayFileFeed(args.file, universe=store.read_market_header().tickers)
+    # the bar scale from the whole file's own timestamps: before the session stamping (an early close is no
+    # whole number of days) and before a restart drops rows (engine/price_filter.py, "Bar scale")
+    given = getattr(args, "bar_model_bars", None)
+    if given is not None and not (math.isfinite(given) and given > 0):
+        raise FeedError(f"--bar-model-bars must be a positive number, got {given}")
+    scale = float(given) if given is not None else replay_bar_scale(settings, feed.bars, path=str(args.file))
+    feed.bar_model_bars = scale
     sessions = market_calendar(settings).sessions
     if sessions is not None:  # a file of dates: each bar is its session's close (engine/clocks.py)
         feed.bars = stamp_daily_closes(feed.bars, sessions)
     last = store.last_tick()  # a restart: resume after the file's last bar the store holds (engine/feeds.py)
     if last is not None and last.version == store.read_market_version() and (done := feed.resume_after(last.bar_ts)):
+        _check_resumed_scale(store, scale, str(args.file))
         log.info("replay %s: the store holds its first %d of %d bars; resuming after them", args.file, done,
                  done + len(feed))  # fmt: skip
     return feed
+
+
+class ReplayFileFeed(ReplayFeed):
+    """The feed of ``--feed replay``: a :class:`~engine.feeds.ReplayFeed` that carries the bar scale its
+    builder derived from the whole file (read by :meth:`engine.price_filter.PriceFilter.for_feed`)."""
+
+    bar_model_bars: float | None = None
+
+
+def _check_resumed_scale(store: Store, scale: float, path: str) -> None:
+    """A resumed replay must scale its returns as its first run did: the stream heartbeat's
+    ``feed_bar_model_bars`` (written with every bar) is that run's; a different one is refused."""
+    raw = (store.read_heartbeat(HEARTBEAT_COMPONENT) or {}).get("feed_bar_model_bars")
+    try:
+        before = float(raw) if raw is not None else math.nan
+    except ValueError:
+        before = math.nan
+    if math.isfinite(before) and before > 0 and before != scale:
+        raise BarScaleMismatch(
+            f"{path}: the store holds this replay's first rows written at {before:g} model bars per row, "
+            f"this run would write {scale:g}: the covariance would mix two scales"
+        )
 
 
 def replay_interval(feed: Feed, speed: float) -> float:
@@ -575,6 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="replay: data seconds per wall second (0: as fast as possible; 60: one hour of data per wall "
         "minute); wall wait per bar = the data's bar spacing / speed. Overrides --interval",
+    )
+    parser.add_argument(
+        "--bar-model-bars",
+        type=float,
+        default=None,
+        help="replay: one-minute model bars one row spans (390 for daily closes); default: derived from the "
+        "file's timestamps, and a file whose spacing is not minutes, hours, days or weeks is refused without it",
     )
     parser.add_argument("--ticks", type=int, default=None, help="stop after reading N bars")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the simulated feed")

@@ -78,7 +78,8 @@ def _update_models(items: list[_Item]) -> set[int]:
         if any(m is not None for m in masks):  # some ticker without a new price (the tick event's)
             given = np.stack([np.ones(len(group[0][0].tickers), dtype=bool) if m is None else m for m in masks])
         entries = kernels.observed_entries(covs, last, prices, given)  # the variances before the update
-        z = kernels.ewma_standardize_and_update(covs, last, prices, group[0][0].config.decay)
+        ewma = kernels.ewma_observed(last, prices, given)  # a ticker without a new price keeps its variance
+        z = kernels.ewma_standardize_and_update(covs, last, prices, group[0][0].config.decay, ewma)
         full: list[bool] = np.all(entries, axis=1).tolist()
         updates.append((group, covs, z, entries, full))
     done: set[int] = set()

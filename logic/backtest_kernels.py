@@ -24,6 +24,7 @@ from engine.records import Float64Array
 
 __all__ = [
     "CHUNK_BYTES",
+    "ewma_observed",
     "ewma_standardize_and_update",
     "normal_quantile",
     "observed_entries",
@@ -37,7 +38,7 @@ the several passes over them (squares, scenarios, their transpose, scenario P&L)
 
 
 def ewma_standardize_and_update(
-    covs: Float64Array, last: Float64Array, prices: Float64Array, decay: float
+    covs: Float64Array, last: Float64Array, prices: Float64Array, decay: float, observed: BoolArray | None = None
 ) -> Float64Array:
     """:func:`math_logic.ewma_standardize_and_update` of ``r = ln(prices / last)`` for each row, in place.
 
@@ -50,6 +51,11 @@ def ewma_standardize_and_update(
         Previous and current prices (finite, > 0: checked by the caller).
     decay : float
         λ in (0, 1).
+    observed : ndarray of bool, shape (B, N), optional
+        Which tickers' returns are data (:func:`ewma_observed`); the others' return is 0 and they keep their
+        variance: each entry ``fl(fl(F_ij a_ij) + fl(s_i s_j))`` with ``F`` of
+        :func:`math_logic.ewma_partial_factors` (:func:`math_logic.update_covariance_ewma_observed`'s bits; a
+        row observed everywhere gets exactly the plain update's). None: every one.
 
     Returns
     -------
@@ -65,9 +71,27 @@ def ewma_standardize_and_update(
     z = np.zeros_like(returns)
     np.divide(returns, vol, out=z, where=vol > 0.0)
     s = math.sqrt(1.0 - decay) * returns
-    covs *= decay
+    if observed is None:
+        covs *= decay
+    else:
+        if (returns[~observed] != 0.0).any():
+            raise ValueError("a return where no price was observed must be 0 (the last price carried forward)")
+        covs *= math_logic.ewma_partial_factors(observed, decay)
     covs += s[:, :, None] * s[:, None, :]
     return z
+
+
+def ewma_observed(last: Float64Array, prices: Float64Array, observed: BoolArray | None) -> BoolArray | None:
+    """Which tickers' returns update the EWMA as data: those with a new price (the tick event's ``observed``) or
+    whose price moved since the last bar fed (bars between that were not fed); None when every one is.
+
+    A ticker with neither has the return 0 of a price carried forward and keeps its variance
+    (:func:`math_logic.update_covariance_ewma_observed`, as the stream daemon's covariance does).
+    """
+    if observed is None:
+        return None
+    mask: BoolArray = observed | (prices != last)
+    return None if mask.all() else mask
 
 
 def observed_entries(

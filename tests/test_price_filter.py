@@ -120,11 +120,14 @@ def test_a_jump_just_over_max_jump_sigma_is_rejected_and_the_ticker_keeps_its_pr
     price = 100.0 * math.exp(direction * SIGMAS * sigma * (1 + 1e-6))
     # Act
     daemon = _run(store, jump_settings, [Bar(1, {"AAA": price, "BBB": 50.0})])
-    # Assert: rejected and counted; AAA's return is 0 and BBB's too, so the EWMA only decays (closed form)
+    # Assert: rejected and counted; AAA has no new price (no data: its variance is kept), BBB's return is an
+    # observed 0, so the EWMA only decays: Σ' = AΣA with a = sqrt(λ) for the observed BBB, 1 for the others
     assert daemon.stats.prices_rejected == 1
     after = store.read_market()
     assert after.prices[0] == 100.0 and after.price_ts[0] == before.price_ts[0]
-    np.testing.assert_array_equal(after.cov, 0.94 * before.cov)
+    assert after.cov[0, 0] == before.cov[0, 0]
+    a = np.where(np.array([t == "BBB" for t in after.tickers]), math.sqrt(0.94), 1.0)
+    np.testing.assert_allclose(after.cov, before.cov * np.outer(a, a), rtol=1e-15, atol=0.0)
 
 
 def test_a_jump_confirmed_by_the_next_print_is_accepted_with_its_return(store: Store, jump_settings: Settings) -> None:
@@ -267,8 +270,10 @@ def test_check_many_decides_every_price_as_check_does_one_at_a_time_on_random_ba
             t = tickers[0]
             remembered[t] = float(raws[0]) if isinstance(raws[0], float) and raws[0] > 0 else 1.0
         reset = bool(rng.random() < 0.1)
+        refused = {t: int(rng.integers(1, 4)) for t in tickers if rng.random() < 0.2}
         one, many = PriceFilter(SIGMAS, scale), PriceFilter(SIGMAS, scale)
         one.pending, many.pending = dict(remembered), dict(remembered)
+        one.refused_bars, many.refused_bars = dict(refused), dict(refused)
         # Act
         pairs = enumerate(zip(tickers, raws, strict=True))
         expected = [one.check(t, r, last[k], variances[k], reset=reset) for k, (t, r) in pairs]
@@ -277,6 +282,7 @@ def test_check_many_decides_every_price_as_check_does_one_at_a_time_on_random_ba
         assert reasons == [why for _, why in expected], f"trial {trial}"
         np.testing.assert_array_equal(prices, [p for p, _ in expected])
         assert many.pending == one.pending, f"trial {trial}"
+        assert many.refused_bars == one.refused_bars, f"trial {trial}"
         for why in reasons:
             decided["jump" if why.startswith("jump") else "absurd" if why else "accepted"] += 1
     assert min(decided.values()) > 100  # every kind of decision was exercised
@@ -299,3 +305,86 @@ def test_check_many_at_exactly_the_limit_passes_and_one_ulp_over_is_rejected() -
     assert prices[0] == at and reasons[0] == ""
     assert math.isnan(prices[1]) and reasons[1].startswith("jump of 12.0 sigma")
     assert f.pending == {"BBB": over}
+
+
+# -- a persistent move is real: the crash of several bars --------------------------------------------------
+
+
+def test_a_fast_crash_is_accepted_from_its_second_print_and_every_return_enters_the_model(
+    store: Store, jump_settings: Settings
+) -> None:
+    # Arrange: AAA falls 2% a bar for 6 bars (about 30 one-minute sigmas a bar), then trades flat; BBB unchanged
+    _seed(store, jump_settings)
+    before = store.read_market()
+    path = [100.0 * 0.98**k for k in range(1, 7)] + [100.0 * 0.98**6] * 2
+    bars = [Bar(k + 1, {"AAA": p, "BBB": 50.0}) for k, p in enumerate(path)]
+    stored: list[float] = []
+    daemon = StreamDaemon(store, jump_settings, IterableFeed(iter(bars)), clock=lambda: NOW, interval=0)
+    # Act
+    for k in range(1, len(bars) + 1):
+        daemon.run(ticks=k)
+        stored.append(float(store.read_market().prices[0]))
+    # Assert: only the first print refused; from the second on the stored price is the feed's, and the
+    # crash is in the volatility (one-bar sigma from 0.06% to several %)
+    assert daemon.stats.prices_rejected == 1
+    assert stored == [100.0] + path[1:]
+    assert store.read_market().cov[0, 0] > 100 * before.cov[0, 0]
+
+
+def test_an_isolated_fat_finger_print_is_still_refused_and_a_partial_reversion_does_not_confirm_it() -> None:
+    f = PriceFilter(SIGMAS)
+    variance = 1e-6  # one-bar sigma 0.1%: the band is 1.2%, sqrt(2) x that after one refused bar
+    f.begin(1)
+    assert f.check("AAA", 90.0, 100.0, variance)[1]  # -10%: refused, the candidate
+    f.begin(2)
+    assert f.check("AAA", 95.0, 100.0, variance)[1]  # back half way: no confirmation, refused again
+    f.begin(3)
+    assert f.check("AAA", 100.05, 100.0, variance) == (100.05, "")  # reverts: the spike never got in
+    assert f.pending == {} and f.refused_bars == {}
+    f.begin(4)
+    assert f.check("AAA", 90.0, 100.05, variance)[1]
+    f.begin(5)
+    assert f.check("AAA", 89.0, 100.05, variance) == (89.0, "")  # beyond the candidate, same side: real
+
+
+def _edge(last: float, bound: float, sign: float) -> tuple[float, float]:
+    """The farthest price from ``last`` on side ``sign`` whose ``|ln(p/last)|`` is within ``bound``, and the
+    next float beyond it."""
+    step = math.inf if sign > 0 else 0.0
+    at = last * math.exp(sign * bound)
+    while abs(math.log(at / last)) > bound:
+        at = math.nextafter(at, last)
+    while abs(math.log(math.nextafter(at, step) / last)) <= bound:
+        at = math.nextafter(at, step)
+    return at, math.nextafter(at, step)
+
+
+@pytest.mark.parametrize("refused", [1, 3])
+def test_the_band_widens_by_the_square_root_of_the_bars_since_the_last_accepted_price_to_the_ulp(
+    refused: int,
+) -> None:
+    # Arrange: `refused` downward prints refused in a row (a spike), then an upward print at the widened band
+    last, variance = 100.0, 1e-6
+    bound = SIGMAS * (math.sqrt(variance) * math.sqrt(1 + refused)) * (1.0 + JUMP_TOLERANCE)
+    at, over = _edge(last, bound, 1.0)
+    results = []
+    for price in (at, over):
+        for use_many in (False, True):
+            f = PriceFilter(SIGMAS)
+            for k in range(refused):  # a spike flickering down and up: it never persists, never confirms
+                f.begin(k)
+                assert f.check("AAA", (80.0, 125.0)[k % 2], last, variance)[1]
+            f.begin(refused)
+            if use_many:
+                got, why = f.check_many(["AAA"], [price], np.array([last]), np.array([variance]))
+                results.append((float(got[0]), why[0], dict(f.refused_bars)))
+            else:
+                got1, why1 = f.check("AAA", price, last, variance)
+                results.append((got1, why1, dict(f.refused_bars)))
+    # Assert: exactly at 12 sigma x sqrt(1 + refused) accepted (the bars forgotten), one float over refused
+    for got, why, counts in results[:2]:
+        assert (got, why, counts) == (at, "", {})
+    for got, why, counts in results[2:]:
+        assert math.isnan(got) and why.startswith("jump of 12.0 sigma") and counts == {"AAA": refused + 1}
+    # without the refused bars the same price is far over the one-bar band
+    assert PriceFilter(SIGMAS).check("AAA", at, last, variance)[1]

@@ -86,9 +86,11 @@ def test_a_30_session_replay_dates_history_by_the_bars_and_resets_days_and_weeks
         )
     )  # fmt: skip
 
-    # Act: the real stream daemon at --speed 0, then the monitor on the market clock
+    # Act: the real stream daemon at --speed 0, then the monitor on the market clock (the 15:30 -> 16:00 half
+    # bar makes the spacing no whole number of hours: the file's bar length is given, engine/price_filter.py)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.stream", "--feed", "replay", "--file", str(csv), "--speed", "0"],
+        [sys.executable, "-m", "engine.stream", "--feed", "replay", "--file", str(csv), "--speed", "0",
+         "--bar-model-bars", "60"],
         cwd=ROOT, env=daemon_env(redis_server.url, write_config(tmp_path, config)), capture_output=True,
         text=True, timeout=180,
     )  # fmt: skip

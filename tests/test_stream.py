@@ -39,7 +39,9 @@ DECAY = TEST_CONFIG["model"]["ewma_decay"]
 
 
 def ewma_from_ticks(start: MarketSnapshot, events: Sequence[TickEvent], decay: float = DECAY) -> np.ndarray:
-    """Σ_t = λΣ_{t-1} + (1-λ) r rᵀ over the published prices, with numpy only (no math_logic)."""
+    """Σ_t = AΣ_{t-1}A + (1-λ) r rᵀ over the published prices, with numpy only (no math_logic):
+    ``A = diag(sqrt(λ))`` on the tickers with a new price (the event's ``observed``), 1 on the others (their
+    return 0, their variance kept); ``λΣ + (1-λ) r rᵀ`` when every ticker had one."""
     cov = start.cov.copy()
     prev = start.prices.copy()
     for event in events:
@@ -48,7 +50,9 @@ def ewma_from_ticks(start: MarketSnapshot, events: Sequence[TickEvent], decay: f
             raise AssertionError("universe changed inside the recomputed range")
         if not event.reset:
             r = np.log(prices / prev)
-            cov = decay * cov + (1.0 - decay) * np.outer(r, r)
+            observed = np.ones(len(r), dtype=bool) if event.observed is None else np.asarray(event.observed)
+            a = np.where(observed, math.sqrt(decay), 1.0)
+            cov = np.diag(a) @ cov @ np.diag(a) + (1.0 - decay) * np.outer(r, r)
         prev = prices
     return cov
 
@@ -348,7 +352,8 @@ def test_real_daemon_replays_a_csv_into_the_covariance_computed_here(
     cov = start.cov.copy()
     for t in range(1, len(rows)):  # row 0 anchors the replay: no return against the seeded prices
         r = np.log(filled[t] / filled[t - 1])
-        cov = DECAY * cov + (1 - DECAY) * np.outer(r, r)
+        a = np.array([1.0 if p is None else math.sqrt(DECAY) for p in rows[t]])  # the gap keeps its variance
+        cov = a[:, None] * cov * a[None, :] + (1 - DECAY) * np.outer(r, r)
     snap = seeded_store.read_market()
     assert snap.version == len(rows)
     np.testing.assert_array_equal(snap.prices, filled[-1])
