@@ -10,11 +10,29 @@ Annualisation
 -------------
 The monitor stamps each history point with the time it was computed, and points need not be evenly spaced (a
 feed may be paced by the wall clock or by a replay's own bars, closed over weekends and holidays, or down for a
-while), so the period of a return is measured, never assumed: with T returns over ``elapsed = t_last - t_first``
-seconds the mean spacing is ``Δt = elapsed / T`` and a year holds ``P = Y / Δt`` periods, ``Y`` = one calendar
-year (365.25 days). Business-daily closes (about 252 a year, weekends and holidays skipped) give ``P ≈ 252``,
-weekly closes ``P ≈ 52``, a history with a point every minute around the clock ``P = 525 960``. With the mean
-spacing, the Calmar ratio's ``(E_T / E_0)^{P/T}`` is exactly the growth over one calendar year.
+while), so the period of a return is measured, never assumed: with T returns over a window ``L`` long (from the
+first point to the last) a year holds ``P = U / (L / T)`` periods, ``U`` the length of a year. Time is measured
+the way the model measures it (:class:`TradingTime`, from the settings by :func:`trading_time`), so the ratios
+agree with the VaR on the same page:
+
+- an exchange calendar (``market.calendar``, default ``XNYS``): trading time. ``L`` is the seconds inside the
+  calendar's sessions (engine/sessions.py) in model bars of ``model.bar_seconds``, ``U = model.bars_per_year``
+  (390 x 252 = 98 280): the VaR's own convention, one-bar volatility x sqrt(``bars_per_day``) a day. Closed time
+  (nights, weekends, holidays) counts nothing, so the step across a closed gap, from the last bar of a session
+  to the first bar of the next, measures one bar: a return across a gap counts as one bar step, as the model's
+  bars do (engine/history.py); an early close counts its shorter session. A point every minute over whole
+  sessions gives ``P = 98 280``, session closes ``P = 252``.
+- ``24/7`` (no sessions): calendar time, ``U`` = one calendar year (365.25 days). A point every minute around
+  the clock gives ``P = 525 960``.
+- the compressed demo clock (``model.demo_clock_seconds``, or a stream daemon whose heartbeat says
+  ``clock = compressed``): wall time is not model time, so ``L`` is the model bars the stream daemon played:
+  the market versions between the first and the last point (one per feed bar, times the model bars a feed bar
+  spans), or, where the points carry no usable version, wall seconds / wall seconds per bar.
+  ``U = model.bars_per_year`` (``24/7``: a calendar year of bars, 365.25 x 86 400 s / ``bar_seconds``).
+
+Every ratio that is annualised takes this ``P``: volatility ``σ sqrt(P)``, Sharpe and Sortino ``sqrt(P)``, the
+annual return ``(E_T / E_0)^{P/T} - 1`` (exactly the growth over one year of that time) and the Calmar ratio
+built on it; Kelly and the maximum drawdown have no time unit.
 """
 
 from __future__ import annotations
@@ -30,11 +48,12 @@ import numpy.typing as npt
 
 from engine import math_logic
 from engine.records import Float64Array
-from engine.settings import Asset
+from engine.sessions import ALWAYS_OPEN, Sessions, sessions_for
+from engine.settings import Asset, Settings
 
 SECONDS_PER_DAY: Final = 86_400.0
 SECONDS_PER_YEAR: Final = 365.25 * SECONDS_PER_DAY
-"""One calendar year: the annualisation unit (see the module docstring)."""
+"""One calendar year: the year of a ``24/7`` market (see the module docstring)."""
 
 MIN_RETURNS: Final = 2
 """Fewest returns the ratios are computed from: one return has no dispersion."""
@@ -105,14 +124,148 @@ def concentration(exposures: npt.ArrayLike) -> Concentration:
     return Concentration(hhi=hhi, band=hhi_band(hhi), largest_share=math_logic.largest_share(exposures))
 
 
+# -- time of the model ---------------------------------------------------------------------------------------
+
+
+def periods_per_year(spacing: float, units_per_year: float = SECONDS_PER_YEAR) -> float:
+    """Return periods in a year at one return every ``spacing`` on average: ``U / Δt`` (both in one unit of
+    time: calendar seconds and :data:`SECONDS_PER_YEAR` by default)."""
+    if not (math.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"spacing must be > 0, got {spacing}")
+    return units_per_year / spacing
+
+
+class TimeBasis(StrEnum):
+    """What :class:`TradingTime` counts as time (see the module docstring)."""
+
+    SESSIONS = "sessions"
+    """Seconds inside the sessions of an exchange calendar, in model bars."""
+    CALENDAR = "calendar"
+    """Calendar seconds (a ``24/7`` market)."""
+    MODEL_BARS = "model bars"
+    """Model bars the stream daemon played (the compressed demo clock)."""
+
+
+def session_seconds(sessions: Sessions, start: float, end: float) -> float:
+    """Seconds of ``[start, end]`` inside the sessions of ``sessions`` (``open <= t <= close``); closed time
+    (nights, weekends, holidays) counts 0.
+
+    Notes
+    -----
+    With ``i(t)`` the last session opened at or before ``t`` and ``c(t) = min(max(t - open_i, 0),
+    close_i - open_i)`` the session time of ``t``'s session up to ``t``:
+    ``Σ_{i(start) <= j < i(end)} (close_j - open_j) - c(start) + c(end)``.
+    """
+    if not (math.isfinite(start) and math.isfinite(end) and start <= end):
+        raise ValueError(f"need finite start <= end, got {start}, {end}")
+    opens, closes = sessions.opens, sessions.closes
+    if start < opens[0] or end > closes[-1]:
+        raise ValueError(
+            f"[{start}, {end}] is outside the {sessions.name} calendar ({sessions.dates[0]}..{sessions.dates[-1]})"
+        )
+    i, j = (int(k) - 1 for k in np.searchsorted(opens, [start, end], side="right"))
+
+    def into(k: int, t: float) -> float:
+        return min(max(t - float(opens[k]), 0.0), float(closes[k] - opens[k]))
+
+    whole = float(np.sum(closes[i:j] - opens[i:j]))
+    return whole - into(i, start) + into(j, end)
+
+
+@dataclass(frozen=True, eq=False)
+class TradingTime:
+    """How :func:`performance_stats` measures a window, and how long a year of that time is (module docstring).
+
+    Build it from the settings with :func:`trading_time`; :data:`CALENDAR_TIME` is the ``24/7`` rule.
+    """
+
+    basis: TimeBasis
+    unit_seconds: float
+    """Seconds of market time in one unit of :attr:`units_per_year`: 1 (calendar), else one model bar."""
+    units_per_year: float
+    """Calendar seconds in a year (calendar), else model bars in a year."""
+    sessions: Sessions | None = None
+    """The exchange calendar (basis ``sessions``)."""
+    wall_seconds_per_bar: float = 0.0
+    """Basis ``model bars``: wall seconds of the demo clock per model bar (0: as fast as possible, unknown)."""
+    bars_per_version: float = 1.0
+    """Basis ``model bars``: model bars one market version (one feed bar) spans."""
+
+    def __post_init__(self) -> None:
+        for name in ("unit_seconds", "units_per_year", "bars_per_version"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if not (math.isfinite(self.wall_seconds_per_bar) and self.wall_seconds_per_bar >= 0):
+            raise ValueError(f"wall_seconds_per_bar must be >= 0, got {self.wall_seconds_per_bar}")
+        if (self.basis is TimeBasis.SESSIONS) != (self.sessions is not None):
+            raise ValueError("an exchange calendar is needed by, and only by, the sessions basis")
+
+    @property
+    def unit(self) -> str:
+        """The unit of :meth:`elapsed`, in words."""
+        return "seconds" if self.basis is TimeBasis.CALENDAR else "model bars"
+
+    def elapsed(self, ts: Float64Array, versions: Float64Array | None = None) -> tuple[float | None, str | None]:
+        """Length of the window from ``ts[0]`` to ``ts[-1]`` in units of :attr:`units_per_year`, or None and
+        why it cannot be measured. ``versions``: the market version of each point (NaN where unknown), read
+        by the ``model bars`` basis."""
+        t0, t1 = float(ts[0]), float(ts[-1])
+        if self.basis is TimeBasis.CALENDAR:
+            return t1 - t0, None
+        if self.basis is TimeBasis.SESSIONS:
+            assert self.sessions is not None  # __post_init__
+            try:
+                return session_seconds(self.sessions, t0, t1) / self.unit_seconds, None
+            except ValueError as exc:
+                return None, f"no trading time to annualise over: {exc}"
+        if versions is not None:
+            v = np.asarray(versions, dtype=np.float64)
+            # a reseeded store starts its versions again: only a steady count is a count of bars
+            if v.shape == ts.shape and np.isfinite(v).all() and (np.diff(v) >= 0).all():
+                return float(v[-1] - v[0]) * self.bars_per_version, None
+        if self.wall_seconds_per_bar > 0:
+            return (t1 - t0) / self.wall_seconds_per_bar, None
+        return None, (
+            "the points carry no market version and the demo clock plays as fast as possible: "
+            "no model time to annualise over"
+        )
+
+
+CALENDAR_TIME: Final = TradingTime(TimeBasis.CALENDAR, 1.0, SECONDS_PER_YEAR)
+"""Calendar seconds, a year of 365.25 days: the time of a ``24/7`` market."""
+
+
+def trading_time(
+    settings: Settings,
+    *,
+    compressed: bool | None = None,
+    wall_seconds_per_bar: float | None = None,
+    bars_per_version: float = 1.0,
+) -> TradingTime:
+    """The time the ratios count, for ``market.calendar`` and ``[model]`` (module docstring).
+
+    Parameters
+    ----------
+    compressed:
+        Whether the stream daemon plays the compressed demo clock; default ``model.compressed_clock``.
+    wall_seconds_per_bar:
+        Its wall seconds per model bar; default ``model.bar_interval_seconds``.
+    bars_per_version:
+        Model bars one of its feed bars spans (the heartbeat's ``feed_bar_model_bars``).
+    """
+    model, calendar = settings.model, settings.market.calendar
+    bar = float(model.bar_seconds)
+    if model.compressed_clock if compressed is None else compressed:
+        per_year = SECONDS_PER_YEAR / bar if calendar == ALWAYS_OPEN else float(model.bars_per_year)
+        wall = model.bar_interval_seconds if wall_seconds_per_bar is None else float(wall_seconds_per_bar)
+        return TradingTime(TimeBasis.MODEL_BARS, bar, per_year, None, wall, float(bars_per_version))
+    if calendar == ALWAYS_OPEN:
+        return CALENDAR_TIME
+    return TradingTime(TimeBasis.SESSIONS, bar, float(model.bars_per_year), sessions_for(calendar))
+
+
 # -- return ratios -------------------------------------------------------------------------------------------
-
-
-def periods_per_year(spacing_seconds: float) -> float:
-    """Return periods in a calendar year at one return every ``spacing_seconds`` on average: ``Y / Δt``."""
-    if not (math.isfinite(spacing_seconds) and spacing_seconds > 0):
-        raise ValueError(f"spacing_seconds must be > 0, got {spacing_seconds}")
-    return SECONDS_PER_YEAR / spacing_seconds
 
 
 @dataclass(frozen=True)
@@ -136,8 +289,13 @@ class PerformanceStats:
     start_ts: float | None
     end_ts: float | None
     spacing_seconds: float | None
-    """Mean spacing of the points, ``(t_last - t_first) / T``."""
+    """Mean spacing of the points in calendar seconds, ``(t_last - t_first) / T``."""
+    time: TradingTime
+    """The time the window is measured in and annualised over."""
+    elapsed: float | None
+    """Length of the window in that time's units (:attr:`TradingTime.unit`): ``L`` of the module docstring."""
     periods_per_year: float | None
+    """``P = U / (L / T)``."""
     sharpe: Ratio
     sortino: Ratio
     calmar: Ratio
@@ -161,13 +319,15 @@ def _finite_ratio(name: str, value: float, reason: str) -> Ratio:
     return Ratio(name, value) if math.isfinite(value) else Ratio(name, None, reason)
 
 
-def _unavailable(observations: int, ts: Float64Array, reason: str) -> PerformanceStats:
+def _unavailable(observations: int, ts: Float64Array, time: TradingTime, reason: str) -> PerformanceStats:
     none = {k: Ratio(k, None, reason) for k in ("sharpe", "sortino", "calmar", "kelly")}
     return PerformanceStats(
         observations=observations,
         start_ts=float(ts[0]) if ts.size else None,
         end_ts=float(ts[-1]) if ts.size else None,
         spacing_seconds=None,
+        time=time,
+        elapsed=None,
         periods_per_year=None,
         sharpe=none["sharpe"],
         sortino=none["sortino"],
@@ -180,21 +340,36 @@ def _unavailable(observations: int, ts: Float64Array, reason: str) -> Performanc
     )
 
 
-def equity_points(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Float64Array]:
-    """Timestamps and equity of history points (``ts``, ``equity``), in time order; points with a missing or
-    non-finite value are skipped (a history point's metric is None when the snapshot had none)."""
-    pairs = []
+def equity_series(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Float64Array, Float64Array]:
+    """Timestamps, equity and market versions of history points (``ts``, ``equity``, ``version``), in time
+    order; points with a missing or non-finite time or equity are skipped (a history point's metric is None when
+    the snapshot had none), a missing version is NaN."""
+    rows = []
     for p in points:
-        ts, equity = p.get("ts"), p.get("equity")
+        ts, equity, version = p.get("ts"), p.get("equity"), p.get("version")
         if isinstance(ts, int | float) and isinstance(equity, int | float):
             if math.isfinite(ts) and math.isfinite(equity):
-                pairs.append((float(ts), float(equity)))
-    pairs.sort(key=lambda pair: pair[0])  # entry ids are write order: a late tick may be out of time order
-    arr = np.array(pairs, dtype=np.float64).reshape(-1, 2)
-    return arr[:, 0].copy(), arr[:, 1].copy()
+                v = float(version) if isinstance(version, int | float) else math.nan
+                rows.append((float(ts), float(equity), v))
+    rows.sort(key=lambda row: row[0])  # entry ids are write order: a late tick may be out of time order
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
 
 
-def performance_stats(ts: npt.ArrayLike, equity: npt.ArrayLike, min_returns: int = MIN_RETURNS) -> PerformanceStats:
+def equity_points(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Float64Array]:
+    """Timestamps and equity of :func:`equity_series`."""
+    ts, equity, _ = equity_series(points)
+    return ts, equity
+
+
+def performance_stats(
+    ts: npt.ArrayLike,
+    equity: npt.ArrayLike,
+    min_returns: int = MIN_RETURNS,
+    *,
+    time: TradingTime = CALENDAR_TIME,
+    versions: npt.ArrayLike | None = None,
+) -> PerformanceStats:
     """Sharpe, Sortino, Calmar and Kelly of the simple returns of an equity series stamped ``ts`` (seconds).
 
     Parameters
@@ -203,10 +378,16 @@ def performance_stats(ts: npt.ArrayLike, equity: npt.ArrayLike, min_returns: int
         Times (epoch seconds, non-decreasing) and equity of the points, oldest first.
     min_returns : int
         Fewest returns to compute from; fewer gives every ratio None with the reason.
+    time : TradingTime
+        How the window is measured and annualised (:func:`trading_time` of the settings); default calendar
+        time, the ``24/7`` rule.
+    versions : array_like, shape (T + 1,), optional
+        Market version of each point (NaN where unknown): the model bars of the compressed demo clock.
 
     Notes
     -----
-    ``r_t = E_t / E_{t-1} - 1``; ``P`` = :func:`periods_per_year` of the mean spacing; the risk-free rate and
+    ``r_t = E_t / E_{t-1} - 1``; ``P = U / (L / T)`` (:func:`periods_per_year` of the mean spacing in
+    ``time``'s units, ``L`` = :meth:`TradingTime.elapsed`, ``U`` = its units a year); the risk-free rate and
     the Sortino target are 0 (no rate in the settings). Sharpe, Sortino and Calmar are
     :func:`engine.math_logic.sharpe_ratio`, :func:`~engine.math_logic.sortino_ratio` and
     :func:`~engine.math_logic.calmar_ratio` at ``P``; Kelly is :func:`~engine.math_logic.kelly_fraction` of
@@ -221,18 +402,30 @@ def performance_stats(ts: npt.ArrayLike, equity: npt.ArrayLike, min_returns: int
         raise ValueError("ts and equity must be finite")
     if (np.diff(t) < 0).any():
         raise ValueError("ts must be in time order")
+    v = None if versions is None else np.asarray(versions, dtype=np.float64)
+    if v is not None and v.shape != t.shape:
+        raise ValueError(f"versions {v.shape} and ts {t.shape} must have one length")
     observations = max(0, t.size - 1)
     if observations < min_returns:
         return _unavailable(
-            observations, t, f"{observations} return(s) in the window; at least {min_returns} are needed"
+            observations, t, time, f"{observations} return(s) in the window; at least {min_returns} are needed"
         )
     if (e <= 0).any():
-        return _unavailable(observations, t, "equity was <= 0 in the window: its returns are not defined")
-    elapsed = float(t[-1] - t[0])
+        return _unavailable(observations, t, time, "equity was <= 0 in the window: its returns are not defined")
+    elapsed_seconds = float(t[-1] - t[0])
+    if elapsed_seconds <= 0:
+        return _unavailable(observations, t, time, "every point has the same time: no period to annualise over")
+    elapsed, why = time.elapsed(t, v)
+    if elapsed is None:
+        return _unavailable(observations, t, time, why or "the window cannot be measured")
     if elapsed <= 0:
-        return _unavailable(observations, t, "every point has the same time: no period to annualise over")
-    spacing = elapsed / observations
-    p = periods_per_year(spacing)
+        closed = (
+            f"the market was closed over the whole window ({time.sessions.name} sessions)"
+            if time.sessions is not None
+            else "no model bar was played in the window"
+        )
+        return _unavailable(observations, t, time, f"{closed}: no {time.unit} to annualise over")
+    p = periods_per_year(elapsed / observations, time.units_per_year)
     r = e[1:] / e[:-1] - 1.0
     flat = float(np.ptp(r)) == 0.0
     sharpe = _finite_ratio(
@@ -261,7 +454,9 @@ def performance_stats(ts: npt.ArrayLike, equity: npt.ArrayLike, min_returns: int
         observations=observations,
         start_ts=float(t[0]),
         end_ts=float(t[-1]),
-        spacing_seconds=spacing,
+        spacing_seconds=elapsed_seconds / observations,
+        time=time,
+        elapsed=elapsed,
         periods_per_year=p,
         sharpe=sharpe,
         sortino=sortino,

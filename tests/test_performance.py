@@ -1,6 +1,7 @@
 """Performance read-outs (logic/performance.py, logic/views/performance.py, the Performance page): ratios of the
-equity history against closed forms and loops written here, annualisation from the real spacing of the points,
-the HHI bands at their boundaries, LVaR against costs computed here, and the Monte Carlo fan."""
+equity history against closed forms and loops written here, annualisation from the real spacing of the points in
+the model's time (trading time of the exchange calendar, calendar time for 24/7, model bars of the compressed
+demo clock), the HHI bands at their boundaries, LVaR against costs computed here, and the Monte Carlo fan."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import streamlit as st
 from scipy.stats import norm
 
 from engine import math_logic
+from engine.clocks import STREAM_COMPONENT
 from engine.redis_server import EmbeddedRedis
+from engine.sessions import sessions_for
 from engine.settings import Settings
 from engine.store import Store
 from logic import performance
-from logic.performance import ConcentrationBand, hhi_band, performance_stats
+from logic.performance import ConcentrationBand, TimeBasis, TradingTime, hhi_band, performance_stats
 from logic.views import Desk, performance_view
 
 from .test_dashboard import (
@@ -36,7 +39,23 @@ from .test_dashboard import (
 )
 
 DAY = performance.SECONDS_PER_YEAR / 252
-"""Mean spacing of business-daily closes: 252 a year (weekends and holidays skipped)."""
+"""Calendar seconds between points 252 of which make a calendar year (the 24/7 rule)."""
+
+XNYS = sessions_for("XNYS")
+LIVE = {"model": {"demo_clock_seconds": None}}
+"""Settings override: a live feed, one model bar per ``model.bar_seconds`` of wall time (the tests' settings
+play the compressed clock as fast as possible)."""
+
+
+def session(date: str) -> tuple[float, float]:
+    """Open and close (epoch seconds) of the XNYS session of ``date``."""
+    i = XNYS.dates.index(date)
+    return float(XNYS.opens[i]), float(XNYS.closes[i])
+
+
+def session_closes(first: str, last: str) -> np.ndarray:
+    i, j = XNYS.dates.index(first), XNYS.dates.index(last)
+    return XNYS.closes[i : j + 1].astype(np.float64)
 
 
 def equity_from(returns: list[float], start: float = 100.0) -> np.ndarray:
@@ -170,8 +189,170 @@ def test_equity_points_sorts_by_time_and_skips_points_without_equity() -> None:
 
 
 def test_periods_per_year_refuses_a_non_positive_spacing() -> None:
-    with pytest.raises(ValueError, match="spacing_seconds"):
+    with pytest.raises(ValueError, match="spacing must be > 0"):
         performance.periods_per_year(0.0)
+
+
+# -- annualisation in the model's time -----------------------------------------------------------------------
+
+
+def xnys_time(make_settings: Any) -> TradingTime:
+    time = performance.trading_time(make_settings(LIVE))
+    assert time.basis is TimeBasis.SESSIONS and time.sessions is XNYS
+    return time
+
+
+def test_minute_points_over_whole_xnys_sessions_annualise_with_the_models_bars_per_year(make_settings: Any) -> None:
+    # Arrange: a point every model bar over three whole XNYS sessions, Thursday, Friday and Monday (an overnight
+    # gap, a weekend and the DST change of 2024-03-10 between them): the first session from its open, the next
+    # ones from their first bar, so every return is one bar step (the gap's step too) and T = 3 x 390.
+    time, model = xnys_time(make_settings), make_settings(LIVE).model
+    ts = []
+    for k, date in enumerate(("2024-03-07", "2024-03-08", "2024-03-11")):
+        start, close = session(date)
+        assert close - start == 390 * 60.0
+        ts += [start + 60.0 * m for m in range(0 if k == 0 else 1, 391)]
+    # equity alternating between two values: returns u, v, u, v, ... whose mean and population deviation are
+    # exact closed forms (the per-bar sigma is |u - v| / 2)
+    low, high = 1_000_000.0, 1_001_000.0
+    equity = np.array([low, high] * (len(ts) // 2) + [low])
+    u, v = high / low - 1.0, low / high - 1.0
+    sigma, mean = abs(u - v) / 2, (u + v) / 2
+    bars_per_year = model.bars_per_day * model.trading_days_per_year
+    # Act
+    s = performance_stats(np.array(ts), equity, time=time)
+    # Assert
+    assert s.observations == 3 * 390 and s.elapsed == 3 * 390  # bars of trading time: one per return
+    assert s.periods_per_year == bars_per_year == 98_280
+    assert s.annual_volatility.value == pytest.approx(sigma * math.sqrt(bars_per_year), rel=1e-12)
+    assert s.sharpe.value == pytest.approx(mean / sigma * math.sqrt(bars_per_year), rel=1e-12)
+    assert s.sortino.value == pytest.approx(mean / math.sqrt(v * v / 2) * math.sqrt(bars_per_year), rel=1e-12)
+    assert s.kelly.value == pytest.approx(mean / sigma**2, rel=1e-12)
+    assert s.annual_return.value == 0.0  # the equity ends where it started
+    # the first session alone: the same 98,280, where calendar time (the old rule) read 525,960 minutes a year
+    one = performance_stats(np.array(ts[:391]), equity[:391], time=time)
+    assert one.periods_per_year == bars_per_year
+    assert one.annual_volatility.value == pytest.approx(sigma * math.sqrt(bars_per_year), rel=1e-12)
+    assert performance_stats(np.array(ts[:391]), equity[:391]).periods_per_year == 525_960
+
+
+def test_session_closes_annualise_with_the_trading_days_of_a_year(make_settings: Any) -> None:
+    # Arrange: the closes of 23 XNYS sessions, 2024-03-04 to 2024-04-04 (weekends, the DST change and Good
+    # Friday skipped), returns a, b, a, b, ...: each close-to-close step is one whole session, 390 bars
+    time = xnys_time(make_settings)
+    ts = session_closes("2024-03-04", "2024-04-04")
+    a, b = -0.01, 0.02
+    n = ts.size - 1
+    returns = [a, b] * (n // 2)
+    equity = equity_from(returns)
+    # Act
+    s = performance_stats(ts, equity, time=time)
+    # Assert: the closed forms of the calendar test above at exactly 252 periods a year
+    mean, std = (a + b) / 2, abs(a - b) / 2
+    assert n == 22 and s.elapsed == 22 * 390 and s.periods_per_year == 252
+    assert s.sharpe.value == pytest.approx(mean / std * math.sqrt(252), rel=1e-12)
+    assert s.sortino.value == pytest.approx(mean / math.sqrt(a * a / 2) * math.sqrt(252), rel=1e-12)
+    assert s.annual_volatility.value == pytest.approx(std * math.sqrt(252), rel=1e-12)
+    cagr = (equity[-1] / equity[0]) ** (252 / n) - 1.0
+    assert s.annual_return.value == pytest.approx(cagr, rel=1e-12)
+    assert s.calmar.value == pytest.approx(cagr / abs(worst_drawdown(equity)), rel=1e-12)
+    assert s.kelly.value == pytest.approx(mean / std**2, rel=1e-12)
+
+
+def test_session_seconds_count_only_open_time_so_a_closed_gap_is_one_bar_step() -> None:
+    thu_open, thu_close = session("2024-03-07")
+    fri_open, fri_close = session("2024-03-08")
+    mon_open, mon_close = session("2024-03-11")
+    seconds = performance.session_seconds
+    assert seconds(XNYS, thu_open, thu_close) == 23_400.0  # one whole session: 390 minutes
+    assert seconds(XNYS, thu_close, fri_open) == 0.0  # the night counts nothing
+    assert seconds(XNYS, thu_close - 60.0, fri_open) == 60.0  # last bar of a session to the next open: one bar
+    assert seconds(XNYS, thu_close, fri_open + 60.0) == 60.0  # the close to the first bar: one bar
+    assert seconds(XNYS, fri_close - 60.0, mon_open) == 60.0  # a weekend adds nothing either
+    assert seconds(XNYS, fri_open - 1.0, fri_open + 1.0) == 1.0  # a session starts exactly at its open
+    assert seconds(XNYS, fri_close - 1.0, fri_close + 1.0) == 1.0  # and ends exactly at its close
+    assert seconds(XNYS, thu_open + 30.0, mon_open + 90.0) == 23_400.0 - 30.0 + 23_400.0 + 90.0
+    good_friday = session("2024-03-28")[1], session("2024-04-01")[0]  # 2024-03-29 is a holiday
+    assert seconds(XNYS, *good_friday) == 0.0
+    early_open, early_close = session("2024-07-03")  # an early close at 13:00: a 3.5 h session
+    assert seconds(XNYS, early_open, early_close + 3600.0) == 3.5 * 3600
+    with pytest.raises(ValueError, match="outside the XNYS calendar"):
+        seconds(XNYS, 0.0, thu_open)
+
+
+def test_a_window_with_no_trading_time_says_so_and_one_bar_across_the_gap_annualises(make_settings: Any) -> None:
+    time = xnys_time(make_settings)
+    _, thu_close = session("2024-03-07")
+    fri_open, _ = session("2024-03-08")
+    night = np.linspace(thu_close, fri_open, 5)  # idle points of a closed market, one at the close and the open
+    closed = performance_stats(night, [100.0, 100.0, 100.0, 100.0, 100.5], time=time)
+    assert closed.periods_per_year is None and closed.sharpe.value is None
+    assert closed.reason is not None and "market was closed over the whole window" in closed.reason
+    # one bar before the close added: the window is one bar long (the gap's step), so 2 returns a bar
+    edge = performance_stats(np.r_[thu_close - 60.0, night], [99.0, 100.0, 100.0, 100.0, 100.0, 100.5], time=time)
+    assert edge.elapsed == 1.0 and edge.periods_per_year == 5 * 98_280
+    outside = performance_stats([0.0, 60.0, 120.0], [100.0, 101.0, 100.0], time=time)
+    assert outside.reason is not None and "outside the XNYS calendar" in outside.reason
+
+
+def test_a_24_7_market_keeps_calendar_annualisation(make_settings: Any) -> None:
+    live = performance.trading_time(make_settings({**LIVE, "market": {"calendar": "24/7"}}))
+    assert live is performance.CALENDAR_TIME and live.units_per_year == performance.SECONDS_PER_YEAR
+    returns = [0.0002, -0.0001, 0.0003, -0.0002, 0.0001]
+    saturday_night = 1_710_000_000.0  # 2024-03-09 16:00 UTC: XNYS closed, a 24/7 market open
+    s = performance_stats(saturday_night + 60.0 * np.arange(6), equity_from(returns), time=live)
+    assert s.periods_per_year == performance.SECONDS_PER_YEAR / 60.0  # 525,960 minutes a year
+    r = np.array(returns)
+    assert s.annual_volatility.value == pytest.approx(r.std() * math.sqrt(525_960), rel=1e-12)
+    # the compressed demo clock on a 24/7 market: a calendar year of model bars, the same 525,960
+    demo = performance.trading_time(make_settings({"market": {"calendar": "24/7"}}))
+    assert demo.basis is TimeBasis.MODEL_BARS and demo.units_per_year == 525_960
+    versions = np.arange(6, dtype=np.float64)
+    fast = performance_stats(np.linspace(0.0, 0.01, 6), equity_from(returns), time=demo, versions=versions)
+    assert fast.periods_per_year == 525_960 and fast.sharpe.value == pytest.approx(s.sharpe.value, rel=1e-12)
+
+
+def test_the_compressed_demo_clock_counts_the_model_bars_the_daemon_played(make_settings: Any) -> None:
+    # Arrange: one bar every 2 wall seconds, the monitor's idle refresh writing a point every 0.5 s between them
+    time = performance.trading_time(make_settings({"model": {"demo_clock_seconds": 2.0}}))
+    assert time.basis is TimeBasis.MODEL_BARS and time.units_per_year == 98_280 and time.wall_seconds_per_bar == 2.0
+    ts = 1_710_000_000.0 + 0.5 * np.arange(41)  # 20 s of wall time: 10 bars
+    versions = 7.0 + np.floor(np.arange(41) / 4)  # a new market version every 4th point
+    rng = np.random.default_rng(5)
+    bar_returns = rng.normal(0.0, 0.001, 10)
+    moves = np.zeros(40)
+    moves[3::4] = bar_returns  # the point that first sees a new version moves; the idle ones do not
+    equity = 1e6 * np.cumprod(np.r_[1.0, 1.0 + moves])
+    # Act
+    s = performance_stats(ts, equity, time=time, versions=versions)
+    # Assert: 40 returns over 10 model bars, so 4 returns a bar and 4 x 98,280 periods a year
+    assert s.elapsed == 10.0 and s.periods_per_year == 4 * 98_280
+    r = equity[1:] / equity[:-1] - 1.0
+    assert s.annual_volatility.value == pytest.approx(r.std() * math.sqrt(4 * 98_280), rel=1e-12)
+    # the same variance as the bars alone at 98,280 a year: the flat idle returns add no time
+    assert np.sum(r**2) == pytest.approx(np.sum(bar_returns**2), rel=1e-9)
+    # without versions: wall seconds / wall seconds per bar, the same 10 bars
+    assert performance_stats(ts, equity, time=time).elapsed == 10.0
+    # a reseeded store (versions start again) is no count of bars: the wall clock again
+    reseeded = np.r_[versions[:20], np.arange(21, dtype=np.float64)]
+    assert performance_stats(ts, equity, time=time, versions=reseeded).elapsed == 10.0
+    # as fast as possible (0 s a bar) and no version: no model time to measure
+    fastest = performance.trading_time(make_settings())
+    assert fastest.wall_seconds_per_bar == 0.0
+    unknown = performance_stats(ts, equity, time=fastest)
+    assert unknown.periods_per_year is None and "no model time" in (unknown.reason or "")
+    # every point on one version: no bar was played
+    idle = performance_stats(ts, equity, time=fastest, versions=np.full(41, 3.0))
+    assert "no model bar was played" in (idle.reason or "")
+
+
+def test_trading_time_refuses_inconsistent_conventions() -> None:
+    with pytest.raises(ValueError, match="units_per_year"):
+        TradingTime(TimeBasis.CALENDAR, 1.0, 0.0)
+    with pytest.raises(ValueError, match="exchange calendar"):
+        TradingTime(TimeBasis.SESSIONS, 60.0, 98_280.0)
+    with pytest.raises(ValueError, match="one length"):
+        performance_stats([0.0, 1.0, 2.0], [1.0, 2.0, 1.0], versions=[1.0, 2.0])
 
 
 # -- concentration bands -------------------------------------------------------------------------------------
@@ -273,43 +454,101 @@ def test_monte_carlo_paths_refuse_bad_input() -> None:
 # -- the view on a real store --------------------------------------------------------------------------------
 
 
-def daily_history(store: Store, pid: str, returns: list[float], t0: float) -> tuple[np.ndarray, list[dict]]:
-    """History points one day apart, written through the monitor's own store call."""
+def stored_history(
+    store: Store, pid: str, returns: list[float], times: Any, versions: Any = None
+) -> tuple[np.ndarray, list[dict]]:
+    """History points at ``times`` (with market ``versions`` when given), written through the monitor's own store
+    call."""
     equity = equity_from(returns, 1_000_000.0)
     points = []
-    for i, e in enumerate(equity):
-        point = {"ts": t0 + i * DAY, "equity": float(e), "var.var95": 1000.0 + i, "var.var99": 1500.0 + i}
-        store.record_snapshot(
-            pid, {"version": i}, point, ts=t0 + i * DAY, retention_seconds=365 * DAY, max_points=10_000
-        )
+    for i, (t, e) in enumerate(zip(times, equity, strict=True)):
+        point = {"ts": float(t), "equity": float(e), "var.var95": 1000.0 + i, "var.var99": 1500.0 + i}
+        if versions is not None:
+            point["version"] = float(versions[i])
+        store.record_snapshot(pid, {"version": i}, point, ts=float(t), retention_seconds=365 * DAY, max_points=10_000)
         points.append(point)
     return equity, points
 
 
-def test_the_view_computes_the_ratios_from_the_stored_history_at_its_real_spacing(
-    seeded_store: Store, settings: Settings, redis_client: Any
-) -> None:
-    returns = [0.01, -0.005, 0.004, -0.002, 0.006, -0.003]
-    t0 = 1_700_000_000.0
-    equity, points = daily_history(seeded_store, "main", returns, t0)
-    now = t0 + len(returns) * DAY
-    desk = Desk(redis_client, settings, clock=lambda: now)
-    view = performance_view(desk, "main", 7 * DAY)
-    s = view.stats
-    assert s.observations == len(returns) and s.periods_per_year == pytest.approx(252, rel=1e-9)
+def sharpe_of(returns: list[float], periods_per_year: float) -> float:
     r = np.array(returns)
-    expected = r.mean() / math.sqrt(((r - r.mean()) ** 2).mean()) * math.sqrt(252)
-    assert s.sharpe.value == pytest.approx(expected, rel=1e-9)
+    return float(r.mean() / math.sqrt(((r - r.mean()) ** 2).mean()) * math.sqrt(periods_per_year))
+
+
+def test_the_view_annualises_the_stored_history_in_trading_time_of_the_exchange_calendar(
+    seeded_store: Store, make_settings: Any, redis_client: Any
+) -> None:
+    # Arrange: seven XNYS session closes, Monday 2024-03-04 to Tuesday 2024-03-12 (a weekend between), live clock
+    settings = make_settings(LIVE)
+    returns = [0.01, -0.005, 0.004, -0.002, 0.006, -0.003]
+    closes = session_closes("2024-03-04", "2024-03-12")
+    equity, points = stored_history(seeded_store, "main", returns, closes)
+    now = float(closes[-1]) + 3600.0
+    desk = Desk(redis_client, settings, clock=lambda: now)
+    # Act
+    view = performance_view(desk, "main", 10 * 86_400.0)
+    # Assert: six whole sessions, 6 x 390 bars of trading time: 252 periods a year (calendar time read 275)
+    s = view.stats
+    assert s.observations == len(returns) and s.periods_per_year == 252
+    assert s.time.basis is TimeBasis.SESSIONS and s.elapsed == 6 * 390
+    assert s.sharpe.value == pytest.approx(sharpe_of(returns, 252), rel=1e-9)
+    assert view.annualisation is not None and "XNYS sessions" in view.annualisation
+    assert "252 periods a year" in view.annualisation and "98,280 bars a year" in view.annualisation
     assert view.var_trend["var95"].tolist() == [p["var.var95"] for p in points]
     assert view.var_trend["var99"].tolist() == [p["var.var99"] for p in points]
     assert (view.var_trend["limit"] == float(settings.limits_for("main").var_limit)).all()
     # a window that holds one return only: the ratios say why they are missing
-    short = performance_view(desk, "main", 1.5 * DAY)
-    assert short.stats.observations == 1 and short.stats.sharpe.value is None
+    short = performance_view(desk, "main", 1.5 * 86_400.0)
+    assert short.stats.observations == 1 and short.stats.sharpe.value is None and short.annualisation is None
     # the book now: AAA 1000 x 100 and BBB 2000 x 50, two equal positions
     assert view.concentration.hhi == pytest.approx(0.5) and view.concentration.band is ConcentrationBand.HIGH
     assert view.liquidity is None and "monitor" in (view.liquidity_reason or "")  # no snapshot with a VaR
     assert view.fan is not None and view.fan.median[0] == 1_000_000.0 + 1000 * 100.0 + 2000 * 50.0  # cash + book
+
+
+def test_the_view_keeps_calendar_time_for_a_24_7_market(
+    seeded_store: Store, make_settings: Any, redis_client: Any
+) -> None:
+    settings = make_settings({**LIVE, "market": {"calendar": "24/7"}})
+    returns = [0.01, -0.005, 0.004, -0.002, 0.006, -0.003]
+    t0 = 1_700_000_000.0
+    stored_history(seeded_store, "main", returns, t0 + DAY * np.arange(len(returns) + 1))
+    now = t0 + len(returns) * DAY
+    view = performance_view(Desk(redis_client, settings, clock=lambda: now), "main", 7 * DAY)
+    s = view.stats
+    assert s.observations == len(returns)
+    assert s.periods_per_year == pytest.approx(252, rel=1e-12)  # 365.25 days / the points' spacing
+    assert s.sharpe.value == pytest.approx(sharpe_of(returns, 252), rel=1e-9)
+    assert s.time is performance.CALENDAR_TIME
+    assert view.annualisation is not None and "24/7" in view.annualisation
+
+
+def test_the_view_counts_model_bars_when_the_stream_daemon_plays_the_compressed_clock(
+    seeded_store: Store, make_settings: Any, redis_client: Any
+) -> None:
+    # Arrange: settings that say live, a daemon whose heartbeat says compressed (one bar every 2 s); a point
+    # every wall second, a new market version every other point
+    settings = make_settings(LIVE)
+    returns = [0.001, 0.0, -0.002, 0.0, 0.0015, 0.0, -0.0005, 0.0]
+    t0 = 1_710_000_000.0
+    times = t0 + np.arange(len(returns) + 1)
+    versions = 40 + np.arange(len(returns) + 1) // 2
+    stored_history(seeded_store, "main", returns, times, versions)
+    now = float(times[-1])
+    desk = Desk(redis_client, settings, clock=lambda: now)
+    beat = {"ts": now, "clock": "compressed", "interval": 2.0, "feed_bar_model_bars": 1.0}
+    seeded_store.write_heartbeat(STREAM_COMPONENT, beat)
+    # Act
+    view = performance_view(desk, "main", 60.0)
+    # Assert: 8 returns over 4 model bars: 2 a bar, 2 x 98,280 periods a year (the wall clock: 31.6 million)
+    s = view.stats
+    assert s.periods_per_year == 2 * 98_280
+    assert s.time.basis is TimeBasis.MODEL_BARS and s.elapsed == 4.0
+    assert s.sharpe.value == pytest.approx(sharpe_of(returns, 2 * 98_280), rel=1e-9)
+    assert view.annualisation is not None and "compressed demo clock" in view.annualisation
+    # a replaying daemon stamps the data's own time: trading time of the calendar again
+    seeded_store.write_heartbeat(STREAM_COMPONENT, {**beat, "clock": "replay"})
+    assert performance_view(desk, "main", 60.0).stats.time.basis is TimeBasis.SESSIONS
 
 
 def test_the_view_lvar_adds_the_liquidation_costs_to_the_monitors_var(
@@ -368,6 +607,12 @@ def test_performance_page_shows_ratios_bands_lvar_var_trend_and_fan(app_env: Sto
     history = app_env.read_history("main")
     assert metric(at, "Returns (observations)") == f"{len(history) - 1:,}"
     assert metric(at, "Sharpe") != "n/a"
+    # the tests' daemon plays the compressed clock as fast as possible: the ratios count the bars it played
+    versions = [p["version"] for p in history]
+    bars = versions[-1] - versions[0]
+    periods = (len(history) - 1) * settings.model.bars_per_year / bars
+    assert f"over {bars:,.1f} model bars played by the compressed demo clock" in joined(at.caption)
+    assert f"so {periods:,.0f} periods a year" in joined(at.caption)
     snapshot = app_env.read_snapshot("main")
     assert snapshot is not None
     assert metric(at, "HHI") == f"{snapshot['concentration']['hhi']:.3f}"

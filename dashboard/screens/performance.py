@@ -19,11 +19,11 @@ FAN_FILLS = ((1.0, 99.0, 0.12), (5.0, 95.0, 0.22), (25.0, 75.0, 0.35))
 def ratios(pv: views.PerformanceView) -> None:
     s = pv.stats
     st.subheader("Risk-adjusted returns")
-    if s.spacing_seconds is not None and s.periods_per_year is not None:
+    annualised = pv.annualisation
+    if annualised is not None:
         st.caption(
-            f"{s.observations:,} returns from {ui.when(s.start_ts)} to {ui.when(s.end_ts)}; one every "
-            f"{s.spacing_seconds:,.3g} s on average, so {s.periods_per_year:,.0f} periods a year "
-            "(trading days a year x 86,400 s / spacing). Risk-free rate and Sortino target 0."
+            f"{s.observations:,} returns from {ui.when(s.start_ts)} to {ui.when(s.end_ts)} {annualised}. "
+            "Risk-free rate and Sortino target 0."
         )
     else:
         st.info(f"Ratios n/a: {ui.md(s.reason)}.", icon=":material/info:")

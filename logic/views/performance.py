@@ -2,20 +2,24 @@
 the portfolio's equity history, the HHI concentration band, the liquidity-adjusted VaR, the VaR trend against
 the limit, and the Monte Carlo fan of the portfolio's value over the limit's horizon.
 
-The computations are :mod:`logic.performance`'s; this module only reads the store and the market model.
+The computations are :mod:`logic.performance`'s; this module only reads the store and the market model, and
+the stream daemon's heartbeat for the clock the ratios are annualised in (:func:`ratio_time`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from engine import math_logic
+from engine.clocks import STREAM_COMPONENT, ClockMode
 from engine.defaults import REPORTED_CONFIDENCES
 from engine.errors import StoreEmptyError
 from logic import performance
+from logic.backtest_monitor import feed_bar_model_bars
 from logic.snapshot import usable_prices
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, float_or_none, latest_snapshot
@@ -52,6 +56,11 @@ class PerformanceView:
     """Monte Carlo VaR at the limit's confidence and horizon (``math_logic.get_monte_carlo_var``, same seed)."""
 
     @property
+    def annualisation(self) -> str | None:
+        """How the ratios were annualised, in words (:func:`annualisation_text`); None when they were not."""
+        return annualisation_text(self.stats)
+
+    @property
     def liquidity_frame(self) -> pd.DataFrame:
         """ticker, qty, price, cost: one row per position the liquidation would trade."""
         rows = [] if self.liquidity is None else self.liquidity.costs
@@ -66,6 +75,51 @@ class PerformanceView:
             return pd.DataFrame(columns=["day"])
         data = {"day": self.fan.days} | {f"p{q:g}": v for q, v in self.fan.bands.items()}
         return pd.DataFrame(data)
+
+
+def ratio_time(desk: Desk) -> performance.TradingTime:
+    """The time the ratios are measured and annualised in (:func:`logic.performance.trading_time`), for the
+    stream daemon that runs: its heartbeat says whether it plays the compressed demo clock (``clock``), at how
+    many wall seconds a bar (``interval``) and how many model bars a feed bar spans (``feed_bar_model_bars``);
+    without a heartbeat, the settings' ``model.demo_clock_seconds`` decides."""
+    beat = desk.store.read_heartbeat(STREAM_COMPONENT) or {}
+    mode = beat.get("clock")
+    try:
+        interval: float | None = float(beat["interval"]) if "interval" in beat else None
+    except ValueError:
+        interval = None
+    if interval is not None and not (math.isfinite(interval) and interval >= 0):
+        interval = None
+    return performance.trading_time(
+        desk.settings,
+        compressed=None if mode is None else mode == ClockMode.COMPRESSED,
+        wall_seconds_per_bar=interval,
+        bars_per_version=feed_bar_model_bars(desk.store),
+    )
+
+
+def annualisation_text(stats: performance.PerformanceStats) -> str | None:
+    """How the ratios were annualised, in words (None when they were not): the window's length in the time
+    of the model and the periods a year it gives."""
+    time, length, p = stats.time, stats.elapsed, stats.periods_per_year
+    if length is None or p is None or stats.spacing_seconds is None:
+        return None
+    per_return = f"{length / stats.observations:,.3g} bars per return"
+    if time.basis is performance.TimeBasis.SESSIONS and time.sessions is not None:
+        return (
+            f"over {length:,.1f} model bars of trading time ({time.sessions.name} sessions; nights, weekends and "
+            f"holidays count nothing), so {p:,.0f} periods a year ({time.units_per_year:,.0f} bars a year, as the "
+            f"VaR, / {per_return})"
+        )
+    if time.basis is performance.TimeBasis.MODEL_BARS:
+        return (
+            f"over {length:,.1f} model bars played by the compressed demo clock, so {p:,.0f} periods a year "
+            f"({time.units_per_year:,.0f} bars a year / {per_return})"
+        )
+    return (
+        f"one every {stats.spacing_seconds:,.3g} s on average, so {p:,.0f} periods a year (a 24/7 market: "
+        "365.25 days x 86,400 s / spacing)"
+    )
 
 
 def var_trend_frame(history: pd.DataFrame, limit: float) -> pd.DataFrame:
@@ -96,8 +150,8 @@ def performance_view(
     settings = desk.settings
     limits = live_limits(desk, portfolio_id)
     history = history_frame(desk, portfolio_id, window_seconds)
-    ts, equity = performance.equity_points(history.to_dict("records"))
-    stats = performance.performance_stats(ts, equity)
+    ts, equity, versions = performance.equity_series(history.to_dict("records"))
+    stats = performance.performance_stats(ts, equity, time=ratio_time(desk), versions=versions)
 
     rm = desk.risk_manager(portfolio_id)
     state = rm.get_portfolio_state()
