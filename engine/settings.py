@@ -148,25 +148,101 @@ class Universe:
         return tuple(self.assets)
 
 
+MIN_VAR_CONFIDENCE = 0.8
+"""Lowest ``limits.var_confidence``: a confidence at or below 0.5 makes the VaR zero or negative (a VaR limit that
+never refuses), and a tail probability typed for the confidence (0.05 for 95%) is one."""
+MAX_STALE_PRICE_SECONDS = 86_400.0
+"""Highest ``limits.stale_price_seconds`` (one day): a price older than a day is never live; a larger number is a
+typo that switches the stale-price control off. (A replay of daily or weekly closes plays them as model bars of
+``model.bar_seconds``, and the gate reads the replay's clock: its prices are as fresh as a live feed's.)"""
+MAX_PRICE_COLLAR = 0.5
+"""Highest ``limits.price_collar_pct`` (a fraction: 0.10 = 10%): a collar of 1 or more can never refuse a falling
+price, so 10 for "10%" would switch the collar off."""
+MIN_ORDER_ID_RETENTION_DAYS = 1.0
+"""Lowest ``limits.order_id_retention_days``: idempotency records kept for less than a day would let a client's
+retry of the same order id fill a second time."""
+MIN_MARGIN_FLOOR = 100.0
+"""Lowest ``limits.min_margin_level_after`` but 0 (off): a percentage (150 = 150%); a floor under 100% never binds
+(the initial margin check refuses first), so 1.5 for "150%" would switch the floor off."""
+MAX_ORDERS_PER_MINUTE = 100_000
+"""Highest ``limits.max_orders_per_minute`` (about 1,700 a second, beyond what one portfolio's gate fills): a
+larger number is a typo that switches the order-rate throttle off."""
+
+
+def _var_confidence(value: float) -> float:
+    _require(
+        MIN_VAR_CONFIDENCE <= value < 1,
+        f"must be >= {MIN_VAR_CONFIDENCE:g} and < 1: the confidence level (0.95 for 95%), not the tail probability "
+        f"(0.05), got {value:g}",
+    )
+    return value
+
+
+def _stale_price_seconds(value: float) -> float:
+    _require(
+        0 < value <= MAX_STALE_PRICE_SECONDS,
+        f"must be > 0 and <= {MAX_STALE_PRICE_SECONDS:,.0f} seconds (one day), got {value:g}",
+    )
+    return value
+
+
+def _price_collar(value: float) -> float:
+    _require(
+        0 < value <= MAX_PRICE_COLLAR,
+        f"must be > 0 and <= {MAX_PRICE_COLLAR:g}: a fraction of the reference price (0.10 for 10%), got {value:g}",
+    )
+    return value
+
+
+def _order_id_retention_days(value: float) -> float:
+    _require(
+        value >= MIN_ORDER_ID_RETENTION_DAYS,
+        f"must be >= {MIN_ORDER_ID_RETENTION_DAYS:g} day (a retried order id must still be known), got {value:g}",
+    )
+    return value
+
+
+def _margin_floor(value: float) -> float:
+    _require(
+        value == 0 or value >= MIN_MARGIN_FLOOR,
+        f"must be 0 (no floor) or >= {MIN_MARGIN_FLOOR:g}: a percentage (150 for 150%), got {value:g}",
+    )
+    return value
+
+
+def _orders_per_minute(value: int) -> int:
+    _require(0 < value <= MAX_ORDERS_PER_MINUTE, f"must be > 0 and <= {MAX_ORDERS_PER_MINUTE:,d}, got {value:,d}")
+    return value
+
+
 @dataclass(frozen=True, config=CONFIG)
 class Limits:
-    """Pre-trade limits. Each portfolio may override any of them in its own ``limits`` table."""
+    """Pre-trade limits. Each portfolio may override any of them in its own ``limits`` table.
+
+    The fail-closed controls are bounded where a typo would switch them off (a percent typed as a fraction, a
+    tail probability for a confidence): :data:`MIN_VAR_CONFIDENCE`, :data:`MAX_STALE_PRICE_SECONDS`,
+    :data:`MAX_PRICE_COLLAR`, :data:`MIN_ORDER_ID_RETENTION_DAYS`, :data:`MIN_MARGIN_FLOOR`,
+    :data:`MAX_ORDERS_PER_MINUTE`.
+    """
 
     var_limit: Annotated[Money, Field(gt=0)] = Decimal("50000")
     """Maximum post-trade 1-day VaR in dollars at ``var_confidence``."""
-    var_confidence: Annotated[Number, Field(gt=0, lt=1)] = VAR_CONFIDENCE
+    var_confidence: Annotated[Number, AfterValidator(_var_confidence)] = VAR_CONFIDENCE
+    """Confidence level of the VaR (0.95 = 95%), in [:data:`MIN_VAR_CONFIDENCE`, 1)."""
     var_horizon_days: Annotated[Number, Field(gt=0)] = 1.0
     max_concentration: Annotated[Number, Field(gt=0, le=1)] = 0.30
     """Maximum single-position market value as a fraction of equity."""
     max_order_notional: Annotated[Money, Field(gt=0)] = Decimal("1000000")
     max_order_qty: Annotated[Integer, Field(gt=0)] = 1_000_000
     """Any order above this many shares is treated as a fat-finger and refused."""
-    price_collar_pct: Annotated[Number, Field(gt=0)] = 0.10
-    """Refuse when the last price is further than this from the reference price (session open)."""
-    stale_price_seconds: Annotated[Number, Field(gt=0)] = 150.0
+    price_collar_pct: Annotated[Number, AfterValidator(_price_collar)] = 0.10
+    """Refuse when the last price is further than this fraction from the reference price (session open); at most
+    :data:`MAX_PRICE_COLLAR`."""
+    stale_price_seconds: Annotated[Number, AfterValidator(_stale_price_seconds)] = 150.0
     """A price older than this is stale: no trade is approved on it. Keep it above one live bar
-    (``model.bar_seconds``, 60 s): the default allows two and a half bars."""
-    max_orders_per_minute: Annotated[Integer, Field(gt=0)] = 600
+    (``model.bar_seconds``, 60 s): the default allows two and a half bars. At most :data:`MAX_STALE_PRICE_SECONDS`."""
+    max_orders_per_minute: Annotated[Integer, AfterValidator(_orders_per_minute)] = 600
+    """Fills a portfolio may make in the trailing minute; at most :data:`MAX_ORDERS_PER_MINUTE`."""
     collar_reference: CollarReference = "session_open"
     """The collar's reference price: ``session_open`` (the previous session's close, re-anchored at every
     session open) or ``rolling:N`` (the price N bars earlier in the session; the previous close until then)."""
@@ -183,11 +259,12 @@ class Limits:
     """Largest absolute position in shares of any ticker a trade may grow to; None: no limit."""
     position_limits: Table[Annotated[Integer, Field(gt=0)]] = field(default_factory=dict)
     """Ticker -> largest absolute position in shares (overrides ``max_position_qty`` for that ticker)."""
-    min_margin_level_after: Annotated[Number, Field(ge=0)] = 150.0
-    """Margin accounts: equity / (gross x initial margin) x 100 after a trade that grows the gross exposure."""
+    min_margin_level_after: Annotated[Number, AfterValidator(_margin_floor)] = 150.0
+    """Margin accounts: equity / (gross x initial margin) x 100 after a trade that grows the gross exposure; 0
+    (no floor) or at least :data:`MIN_MARGIN_FLOOR`."""
     reducing_allows_hedges: Flag = True
     """In REDUCING, also accept trades that lower the portfolio VaR (not only those shrinking a position)."""
-    order_id_retention_days: Annotated[Number, Field(gt=0)] = 7.0
+    order_id_retention_days: Annotated[Number, AfterValidator(_order_id_retention_days)] = 7.0
     """Idempotency records (client order id -> result) older than this are pruned by the monitor: a retry of
     an order id after that long is a new order."""
 

@@ -44,7 +44,7 @@ from engine.errors import CorruptDataError, StoreError
 from engine.records import VarMethod
 from engine.settings import Limits, Model, Settings
 from engine.store import Float64Array, PortfolioBundle, PortfolioKeys, Store, decode_int, decode_object, decode_str
-from engine.store.limits import decode_limits_reply
+from engine.store.limits import HeldLimits, decode_limits_reply, held_token
 from engine.store.limits_batch import read_limits_batch, tracked_limits
 from engine.store.slots import is_cluster
 from engine.store.tracking import TrackedReplies
@@ -93,13 +93,13 @@ def read_limits(
     store: Store, portfolio_ids: Sequence[str], lookup: PortfolioLookup, memo: dict[Any, Any]
 ) -> dict[str, Limits | Exception]:
     """Every portfolio's live limits (engine/store/limits.py) in one call (:func:`read_limits_batch`: one
-    script on a single server): the version ``memo`` holds of each is sent, and only a limits record whose
-    version moved comes back, with its JSON, and is decoded (``memo`` is updated). A portfolio without a record
-    gets ``lookup``'s limits; one whose limits cannot be read carries the store's error (the caller skips it, as
-    the per-portfolio path does). Only the records written since the last read are read at all: ``memo`` keeps
-    the tracked reads under :data:`TRACKED_LIMITS` (engine/store/tracking.py)."""
+    script on a single server): the token ``memo`` holds of each is sent (version and random ``rev``), and only a
+    limits record whose token moved comes back, with its JSON, and is decoded (``memo`` is updated). A portfolio
+    without a record gets ``lookup``'s limits; one whose limits cannot be read carries the store's error (the
+    caller skips it, as the per-portfolio path does). Only the records written since the last read are read at
+    all: ``memo`` keeps the tracked reads under :data:`TRACKED_LIMITS` (engine/store/tracking.py)."""
     known = [memo.get(("limits", pid)) for pid in portfolio_ids]
-    held = ["" if k is None else str(k[0]) for k in known]
+    held = [held_token(memo, pid) for pid in portfolio_ids]
     tracked = memo.get(TRACKED_LIMITS)
     if tracked is None:
         tracked = memo[TRACKED_LIMITS] = tracked_limits()
@@ -111,15 +111,15 @@ def read_limits(
                 raise CorruptDataError(f"{PortfolioKeys(pid).limits}: {raw}")
             if raw is None:
                 out[pid] = lookup.limits_for(pid)
-            elif isinstance(raw, int):  # LIMITS_UNCHANGED: the version memo holds (sent only when it holds one)
-                if mine is None:
-                    raise CorruptDataError(f"{PortfolioKeys(pid).limits}: 'unchanged' for a version never held")
-                out[pid] = mine[1]
+            elif isinstance(raw, int):  # LIMITS_UNCHANGED: the record memo holds (sent only when it holds one)
+                if not isinstance(mine, HeldLimits):
+                    raise CorruptDataError(f"{PortfolioKeys(pid).limits}: 'unchanged' for a record never held")
+                out[pid] = mine.limits
             else:  # as Store.limits_or decodes a record it read again
-                raw_version, raw_json = raw
+                raw_version, raw_rev, raw_json = raw
                 memo.pop(("limits", pid), None)
-                got = decode_limits_reply(pid, raw_version, raw_json if raw_json is not None else b"", memo)
-                out[pid] = lookup.limits_for(pid) if got is None else got[1]
+                got = decode_limits_reply(pid, raw_version, raw_rev, raw_json if raw_json is not None else b"", memo)
+                out[pid] = lookup.limits_for(pid) if got is None else got.limits
         except (StoreError, ValueError) as exc:
             out[pid] = exc
     return out

@@ -88,7 +88,8 @@ def act_on_every_kind(desk: views.Desk) -> None:
     assert refused["status"] == "REJECTED"
     assert views.execute_ticket(desk, "main", "AAA", "BUY", 10, "order-1", TRADER)["status"] == "FILLED"
     assert views.execute_ticket(desk, "main", "AAA", "BUY", 200_000, "order-2", TRADER)["status"] == "REJECTED"
-    views.change_limits(desk, "main", {"var_limit": "15000", "max_concentration": "0.2"}, RISK, "tighter")
+    seen = views.limits_view(desk, "main")
+    views.change_limits(desk, "main", {"var_limit": "15000", "max_concentration": "0.2"}, RISK, "tighter", seen)
     views.save_rule(desk, rule("var_in_use", "var.utilization", ">=", 0.5, "HIGH"), RISK, "watch VaR")
     views.save_rule(desk, rule("var_in_use", "var.utilization", ">=", 0.6, "HIGH"), RISK, "less noise")
     views.change_trading_state(desk, "hedge", "REDUCING", "desk review", RISK)
@@ -149,7 +150,8 @@ def test_a_check_without_an_identity_or_approved_records_nothing(desk: views.Des
 
 
 def test_a_viewers_refused_checks_never_touch_the_audit_stream_of_changes(desk: views.Desk) -> None:
-    views.change_limits(desk, "main", {"var_limit": "19000"}, RISK, "tighten after review")
+    seen = views.limits_view(desk, "main")
+    views.change_limits(desk, "main", {"var_limit": "19000"}, RISK, "tighten after review", seen)
     views.change_trading_state(desk, "main", "REDUCING", "drill", RISK)
     audit = PortfolioKeys("main").audit
     changes = desk.client.xrange(audit)
@@ -167,7 +169,8 @@ def test_a_viewers_refused_checks_never_touch_the_audit_stream_of_changes(desk: 
 
 def test_the_trail_merges_refused_checks_from_their_own_stream_in_time_order(desk: views.Desk) -> None:
     views.check_ticket(desk, "main", "AAA", "BUY", 10**9, VIEWER)
-    views.change_limits(desk, "main", {"var_limit": "19000"}, RISK, "tighten after review")
+    seen = views.limits_view(desk, "main")
+    views.change_limits(desk, "main", {"var_limit": "19000"}, RISK, "tighten after review", seen)
     views.check_ticket(desk, "main", "AAA", "SELL", 10**9, VIEWER)
     views.change_trading_state(desk, "main", "REDUCING", "drill", RISK)
     views.check_ticket(desk, "main", "BBB", "BUY", 10**9, VIEWER)

@@ -3,6 +3,7 @@ without a restart, each change is one audit record with before/after, and a bad 
 
 from __future__ import annotations
 
+import math
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -14,14 +15,18 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import warmup
-from engine.errors import CorruptDataError
+from engine import reload
+from engine import settings as settings_module
+from engine.errors import ConfigError, CorruptDataError
 from engine.records import DecisionStatus, ExecutionStatus, ReasonCode, Role
-from engine.settings import Settings, settings_from_dict
-from engine.store import LimitsChangeError, PortfolioKeys, Store
+from engine.settings import Limits, Settings, load_settings, settings_from_dict
+from engine.store import LimitsChangeError, LimitsConflictError, PortfolioKeys, Store, decode_json, encode_json
+from engine.store.limits import limits_data
 from logic.access import AccessDenied, Identity, local_identity
+from logic.batch import PortfolioLookup, live_limits, read_limits
 from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
-from logic.views import Desk, change_limits, limits_view
+from logic.views import Desk, InputError, change_limits, limits_view
 
 from .conftest import TEST_CONFIG, merge, store_contents, to_toml
 from .test_monitor import _sim_ticks
@@ -48,6 +53,20 @@ def seeded(store: Store, desk_settings: Settings) -> Store:
 
 def codes(decision: Any) -> set[str]:
     return {r.code.value for r in decision.reasons}
+
+
+def json_data(data: Any) -> Any:
+    """``data`` as an audit record holds it (through the store's JSON codec)."""
+    return decode_json(encode_json(data))
+
+
+def page_key(store: Store, name: str) -> str:
+    """The key of limit ``name``'s widget on the Limits page of ``main`` as it stands in ``store`` now."""
+    return limits_view(Desk(store.client, settings_from_dict(TEST_CONFIG), clock=lambda: NOW), "main").widget_key(name)
+
+
+RISK_MANAGER = Identity("https://idp.test", "alice", roles=frozenset({Role.RISK_MANAGER}))
+COLLEAGUE = Identity("https://idp.test", "bob", roles=frozenset({Role.RISK_MANAGER}))
 
 
 def test_a_concentration_change_applies_to_a_running_gate_at_its_boundary(
@@ -90,18 +109,44 @@ def test_each_change_is_one_audit_record_with_before_after_actor_and_reason(
     seeded: Store, desk_settings: Settings
 ) -> None:
     rm = gate(seeded, desk_settings)
+    rm.set_limits({"max_concentration": 0.4}, "ops", "the first live change")  # stores every limit
     rm.set_limits({"var_limit": "40000", "max_order_qty": 500}, "alice", "desk review")
 
     records = seeded.limits_changes("main")
-    assert len(records) == 1
+    assert len(records) == 2
     record = records[0]
-    assert record["actor"] == "alice" and record["reason"] == "desk review" and record["version"] == 1
+    assert record["actor"] == "alice" and record["reason"] == "desk review" and record["version"] == 2
     assert record["before"] == {"var_limit": "20000", "max_order_qty": 100000}  # only the changed fields
     assert record["after"] == {"var_limit": "40000", "max_order_qty": 500}
+    audit = seeded.read_stream_json(PortfolioKeys("main").audit)[0]  # the same record on the audit stream
+    assert {k: v for k, v in audit.items() if k != "id"} == {k: v for k, v in record.items() if k != "id"}
     stored = seeded.read_limits("main")
-    assert stored is not None and stored.version == 1 and stored.limits.var_limit == Decimal("40000")
+    assert stored is not None and stored.version == 2 and stored.limits.var_limit == Decimal("40000")
     assert stored.actor == "alice" and stored.ts == NOW
     assert seeded.read_limits("hedge") is None  # the other portfolio is untouched
+
+
+def test_the_first_live_change_audits_every_limit_that_became_live(
+    seeded: Store, desk_settings: Settings, tmp_path: Path
+) -> None:
+    # the dashboard's process runs with an override the gate's process does not have
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(merge(TEST_CONFIG, NO_FEES)))
+    dash_settings = load_settings(str(config), env={"RISKDESK__LIMITS__VAR_LIMIT": "75000"})
+    desk = Desk(seeded.client, dash_settings, clock=lambda: NOW)
+    seen = limits_view(desk, "main")
+
+    change_limits(desk, "main", {**seen.values, "max_concentration": "0.45"}, RISK_MANAGER, "a little tighter", seen)
+
+    (record,) = seeded.limits_changes("main")
+    stored = seeded.read_limits("main")
+    assert stored is not None and record["version"] == stored.version == 1
+    assert record["before"] == json_data(limits_data(dash_settings.limits_for("main")))  # every field, as it was
+    assert record["after"] == json_data(limits_data(stored.limits))  # every field that is live now
+    assert record["before"]["var_limit"] == record["after"]["var_limit"] == "75000"  # the override, on record
+    assert record["before"]["max_concentration"] == 0.5 and record["after"]["max_concentration"] == 0.45
+    history = limits_view(desk, "main").history
+    assert history["changes"][0].startswith("max_concentration: 0.5 -> 0.45; stored as they were: var_limit = 75000")
 
 
 @pytest.mark.parametrize(
@@ -142,11 +187,12 @@ def test_only_a_risk_manager_or_admin_changes_limits_from_the_dashboard_and_a_re
     form = {"max_concentration": "0.25"}
     before = store_contents(redis_client)
     who = Identity("https://idp.test", "u1", roles=frozenset(roles), portfolios=frozenset({"main"}))
+    seen = limits_view(desk, "main")
     with pytest.raises(AccessDenied):
-        change_limits(desk, "main", form, who, "tighter")
+        change_limits(desk, "main", form, who, "tighter", seen)
     assert store_contents(redis_client) == before
     manager = Identity("https://idp.test", "risk-1", roles=frozenset({Role.RISK_MANAGER}))
-    assert change_limits(desk, "main", form, manager, "tighter") == 1
+    assert change_limits(desk, "main", form, manager, "tighter", seen) == 1
     stored = seeded.read_limits("main")
     assert stored is not None and stored.actor == "https://idp.test|risk-1"
 
@@ -247,7 +293,9 @@ def test_the_views_show_the_live_limits_version_and_history(seeded: Store, desk_
 
     view = limits_view(desk, "main")
     assert view.version == 1 and view.actor == "carol" and view.values["var_limit"] == "45000"
-    assert list(view.history["changes"]) == ["var_limit: 20000 -> 45000"]
+    assert view.history["changes"][0].startswith("var_limit: 20000 -> 45000; stored as they were: ")
+    gate(seeded, desk_settings).set_limits({"var_limit": "44000"}, "dan", "a bit less")
+    assert list(limits_view(desk, "main").history["changes"])[0] == "var_limit: 45000 -> 44000"
 
 
 def test_sync_applies_a_file_change_through_the_same_path_with_an_audit_record(
@@ -299,7 +347,7 @@ def test_the_limits_page_changes_a_limit_and_shows_the_new_version(
         assert not at.exception
         assert "Version 0" in " ".join(c.value for c in at.caption)
 
-        at.text_input(key="lim_max_concentration").set_value("0.25")
+        at.text_input(key=page_key(seeded_store, "max_concentration")).set_value("0.25")
         at.text_input(key="lim_reason").set_value("tighter")
         at.button[0].click().run()  # the form's submit button
 
@@ -309,7 +357,7 @@ def test_the_limits_page_changes_a_limit_and_shows_the_new_version(
         assert stored is not None and stored.limits.max_concentration == 0.25
         assert stored.actor == local_identity().actor  # no login configured: the local operator, never a typed name
 
-        at.text_input(key="lim_max_concentration").set_value("2")  # above 1: refused, nothing written
+        at.text_input(key=page_key(seeded_store, "max_concentration")).set_value("2")  # above 1: refused
         at.text_input(key="lim_reason").set_value("typo")
         at.button[0].click().run()
         assert at.error and seeded_store.read_limits("main").version == 1  # type: ignore[union-attr]
@@ -357,3 +405,324 @@ def test_limit_lights_turn_exactly_at_the_limit() -> None:
 
     assert level(0.25) == "amber" and level(0.25 + 1e-12) == "red"  # the gate passes a trade ending at it
     assert level(0.25 * LIMIT_AMBER_FRACTION) == "amber" and level(0.25 * LIMIT_AMBER_FRACTION - 1e-12) == "green"
+
+
+# -- a reset does not bring back limits a long-running reader cached (version 1 again) ---------------------------
+
+
+def test_a_long_running_gate_and_monitor_follow_a_new_version_1_written_after_a_reset(
+    seeded: Store, desk_settings: Settings
+) -> None:
+    # Arrange: a gate and the monitor's readers that hold a loose version 1 from before the reset
+    long_running = gate(seeded, desk_settings)
+    lookup = PortfolioLookup(desk_settings)
+    batched: dict[Any, Any] = {}  # the monitor's limits memo (tracked, batched read)
+    per_portfolio: dict[Any, Any] = {}  # the monitor's per-portfolio path and the alert engine's
+    long_running.set_limits({"max_order_notional": "1000000"}, "alice", "big block day")
+    assert long_running.check("AAA", 5000, "BUY").approved  # 500,000 of AAA
+    assert read_limits(seeded, ["main"], lookup, batched)["main"].max_order_notional == Decimal("1000000")  # type: ignore
+    live_limits(seeded, ["main"], lookup, per_portfolio, batched=False)
+
+    # Act: `warmup.py --reset` while they run, then a tightening stored as version 1 again
+    reload.reset_store(seeded, keep_audit=True, now=NOW, actor="warmup")
+    warmup.seed(seeded, desk_settings, now=NOW)
+    version = gate(seeded, desk_settings).set_limits({"max_order_notional": "100"}, "bob", "kill big orders")
+
+    # Assert: the version repeats, the limits every reader uses do not
+    assert version == 1
+    refused = long_running.check("AAA", 5000, "BUY")
+    assert codes(refused) == {ReasonCode.MAX_NOTIONAL.value}
+    execution = long_running.execute("AAA", 5000, "BUY", client_order_id="after-the-tightening")
+    assert execution.status == ExecutionStatus.REJECTED
+    assert seeded.read_portfolio("main").positions["AAA"].qty == 1000  # nothing filled
+    assert read_limits(seeded, ["main"], lookup, batched)["main"].max_order_notional == Decimal("100")  # type: ignore
+    assert live_limits(seeded, ["main"], lookup, per_portfolio, batched=False)["main"].max_order_notional == 100  # type: ignore
+
+
+def test_a_limits_record_rewritten_at_the_same_version_by_hand_is_still_read_again(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis
+) -> None:
+    # the token is the version and the rev: a record whose version moved without a new rev is read again too
+    rm = gate(seeded, desk_settings)
+    rm.set_limits({"max_order_notional": "500"}, "alice", "tight")
+    assert codes(rm.check("AAA", 10, "BUY")) == {ReasonCode.MAX_NOTIONAL.value}
+    redis_client.hset(PortfolioKeys("main").limits, mapping={"version": 9, "json": '{"var_limit": "not money"}'})
+
+    assert ReasonCode.STORE_CORRUPT.value in codes(rm.check("AAA", 10, "BUY"))
+
+
+# -- optimistic concurrency: a change is made against the version its author saw ---------------------------------
+
+
+def test_a_change_against_the_current_version_is_accepted_and_one_behind_is_refused_writing_nothing(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis
+) -> None:
+    fallback = desk_settings.limits_for("main")
+
+    def change(changes: dict[str, Any], actor: str, expected: int, rev: str | None = None) -> Any:
+        return seeded.change_limits(
+            "main", changes, actor=actor, reason="test", now=NOW, fallback=fallback, expected_version=expected,
+            expected_rev=rev,
+        )  # fmt: skip
+
+    first = change({"var_limit": "5000"}, "bob", expected=0)  # no record: version 0 is current
+    second = change({"max_order_qty": 500}, "carol", expected=1, rev=first.rev)  # exactly the current one
+    assert (first.version, second.version) == (1, 2)
+    before = store_contents(redis_client)
+
+    for expected, rev in ((1, None), (1, first.rev), (0, None), (3, None), (2, first.rev)):
+        with pytest.raises(LimitsConflictError) as err:
+            change({"max_concentration": 0.4}, "alice", expected=expected, rev=rev)
+        assert err.value.code == "LIMITS_CHANGED"
+        assert "changed by carol" in err.value.detail and f"at version {expected}" in err.value.detail
+
+    assert store_contents(redis_client) == before
+    assert change({"max_concentration": 0.4}, "alice", expected=2, rev=second.rev).version == 3
+
+
+def test_a_change_against_a_version_from_before_a_reset_is_refused(seeded: Store, desk_settings: Settings) -> None:
+    fallback = desk_settings.limits_for("main")
+    old = seeded.change_limits("main", {"var_limit": "9000"}, actor="a", reason="r", now=NOW, fallback=fallback)
+    reload.reset_store(seeded, keep_audit=True, now=NOW, actor="warmup")
+    warmup.seed(seeded, desk_settings, now=NOW)
+    with pytest.raises(LimitsConflictError, match="the store was reset"):  # version 0 now, not the 1 seen
+        seeded.change_limits(
+            "main", {"var_limit": "8000"}, actor="a", reason="r", now=NOW, fallback=fallback, expected_version=1,
+            expected_rev=old.rev,
+        )  # fmt: skip
+    new = seeded.change_limits("main", {"var_limit": "100"}, actor="b", reason="r", now=NOW, fallback=fallback)
+    before = seeded.read_limits("main")
+
+    with pytest.raises(LimitsConflictError, match="a new record of that version"):  # version 1 again, not the same
+        seeded.change_limits(
+            "main", {"var_limit": "8000"}, actor="a", reason="r", now=NOW, fallback=fallback, expected_version=1,
+            expected_rev=old.rev,
+        )  # fmt: skip
+
+    assert new.version == 1 and seeded.read_limits("main") == before
+
+
+def test_a_stale_form_is_refused_and_a_reloaded_one_changes_only_the_field_its_author_edited(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Arrange: both risk managers open the page at version 0; bob tightens the VaR limit
+    desk = Desk(redis_client, desk_settings, clock=lambda: NOW)
+    alice_saw, bob_saw = limits_view(desk, "main"), limits_view(desk, "main")
+    assert change_limits(desk, "main", {**bob_saw.values, "var_limit": "5000"}, COLLEAGUE, "VaR breach", bob_saw) == 1
+    before = store_contents(redis_client)
+
+    # Act / Assert: alice submits the form she opened before: refused, nothing written
+    with pytest.raises(LimitsConflictError) as err:
+        change_limits(desk, "main", {**alice_saw.values, "max_concentration": "0.4"}, RISK_MANAGER, "review", alice_saw)
+    assert err.value.code == "LIMITS_CHANGED" and "changed by https://idp.test|bob" in err.value.detail
+    assert store_contents(redis_client) == before
+
+    # ... she reloads and submits the whole form again with her one edit: only that field changes
+    reloaded = limits_view(desk, "main")
+    version = change_limits(desk, "main", {**reloaded.values, "max_concentration": "0.4"}, RISK_MANAGER, "review",
+                            reloaded)  # fmt: skip
+    stored = seeded.read_limits("main")
+    assert version == 2 and stored is not None
+    assert stored.limits.var_limit == Decimal("5000") and stored.limits.max_concentration == 0.4
+    record = seeded.limits_changes("main")[0]
+    assert (record["actor"], record["before"], record["after"]) == (
+        RISK_MANAGER.actor,
+        {"max_concentration": 0.5},
+        {"max_concentration": 0.4},
+    )
+    with pytest.raises(InputError, match="no limit changed"):  # the form as shown changes nothing
+        change_limits(
+            desk, "main", dict(limits_view(desk, "main").values), RISK_MANAGER, "r", limits_view(desk, "main")
+        )
+
+
+def _limits_page(store: Store, server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(TEST_CONFIG), encoding="utf-8")
+    monkeypatch.setenv("REDIS_URL", server.url)
+    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(str(APP), default_timeout=30.0)
+    at.session_state["refresh"] = "Paused"
+    at.switch_page("screens/limits.py")
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_the_limits_page_refuses_a_form_opened_before_a_colleagues_change_and_then_shows_the_new_version(
+    redis_server: Any, seeded_store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        at = _limits_page(seeded_store, redis_server, tmp_path, monkeypatch)
+        opened = page_key(seeded_store, "max_concentration")
+        # bob, in another session, tightens the VaR limit after alice's page was rendered
+        RiskManager(seeded_store.client, "main", settings).set_limits({"var_limit": "5000"}, "bob", "VaR breach")
+        before = store_contents(seeded_store.client)
+
+        at.text_input(key=opened).set_value("0.4")
+        at.text_input(key="lim_reason").set_value("concentration review")
+        at.button[0].click().run()
+
+        assert not at.exception and not at.success
+        shown = " ".join(e.value for e in at.error)
+        assert "changed by bob since you opened them at version 0" in shown
+        assert "reload" in " ".join(i.value for i in at.info)  # the error's fix
+        assert store_contents(seeded_store.client) == before
+        # the re-run shows version 1: a new form with its values
+        assert "Version 1" in " ".join(c.value for c in at.caption)
+        assert at.text_input(key=page_key(seeded_store, "var_limit")).value == "5000"
+
+        at.text_input(key=page_key(seeded_store, "max_concentration")).set_value("0.4")
+        at.text_input(key="lim_reason").set_value("concentration review")
+        at.button[0].click().run()
+
+        assert not at.exception and "version 2" in " ".join(s.value for s in at.success)
+        stored = seeded_store.read_limits("main")
+        assert stored is not None and stored.limits.var_limit == Decimal("5000")
+        assert stored.limits.max_concentration == 0.4
+        record = seeded_store.limits_changes("main")[0]
+        assert (record["before"], record["after"]) == ({"max_concentration": 0.5}, {"max_concentration": 0.4})
+    finally:
+        st.cache_resource.clear()
+
+
+def test_the_limits_page_resets_its_form_when_a_new_version_comes_in(
+    redis_server: Any, seeded_store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        at = _limits_page(seeded_store, redis_server, tmp_path, monkeypatch)
+        at.text_input(key=page_key(seeded_store, "var_limit")).set_value("30000")  # typed, never submitted
+        RiskManager(seeded_store.client, "main", settings).set_limits({"var_limit": "5000"}, "bob", "VaR breach")
+
+        at.run()  # a refresh
+
+        assert at.text_input(key=page_key(seeded_store, "var_limit")).value == "5000"
+    finally:
+        st.cache_resource.clear()
+
+
+# -- bounds that catch typos switching a fail-closed control off -------------------------------------------------
+
+BOUNDS = [
+    # (limit, accepted at its bound, refused one unit beyond it)
+    ("var_confidence", 0.8, math.nextafter(0.8, 0.0)),
+    ("var_confidence", math.nextafter(1.0, 0.0), 1.0),
+    ("stale_price_seconds", 86_400.0, math.nextafter(86_400.0, math.inf)),
+    ("stale_price_seconds", 86_400.0, 86_401.0),
+    ("price_collar_pct", 0.5, math.nextafter(0.5, 1.0)),
+    ("order_id_retention_days", 1.0, math.nextafter(1.0, 0.0)),
+    ("min_margin_level_after", 100.0, math.nextafter(100.0, 0.0)),
+    ("min_margin_level_after", 0.0, math.nextafter(0.0, 1.0)),  # 0: no floor; anything else below 100 is a typo
+    ("max_orders_per_minute", 100_000, 100_001),
+]
+TYPOS = [
+    ("var_confidence", 0.5),  # VaR 0: the VaR limit never binds
+    ("var_confidence", 0.05),  # the tail probability for 95%: VaR negative
+    ("stale_price_seconds", 1e9),
+    ("price_collar_pct", 10.0),  # "10%"
+    ("order_id_retention_days", 0.00001),
+    ("min_margin_level_after", 1.5),  # "150%"
+    ("max_orders_per_minute", 1_000_000_000),
+]
+
+
+@pytest.mark.parametrize(("name", "at", "beyond"), BOUNDS, ids=[f"{b[0]}={b[1]!r}" for b in BOUNDS])
+def test_a_bounded_limit_is_accepted_at_its_bound_and_refused_one_unit_beyond_writing_nothing(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis, name: str, at: Any, beyond: Any
+) -> None:
+    rm = gate(seeded, desk_settings)
+    assert getattr(Limits(**{name: at}), name) == at  # the settings file takes it
+    with pytest.raises(ConfigError, match=f"limits.{name}: must be"):
+        settings_from_dict(merge(TEST_CONFIG, {"limits": {name: beyond}}))
+    rm.set_limits({"var_limit": "30000"}, "alice", "a record exists: it must not move")
+    before = store_contents(redis_client)
+
+    with pytest.raises(LimitsChangeError, match=f"{name}: must be") as err:
+        rm.set_limits({name: beyond}, "alice", "one unit beyond")
+
+    assert err.value.code == "LIMITS_INVALID" and store_contents(redis_client) == before
+    rm.set_limits({name: at}, "alice", "exactly at the bound")  # (a no-op where the settings hold it already)
+    assert getattr(seeded.read_limits("main").limits, name) == at  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("name", "typo"), TYPOS, ids=[f"{t[0]}={t[1]!r}" for t in TYPOS])
+def test_a_typo_that_would_switch_a_control_off_is_refused_with_its_bound(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis, name: str, typo: Any
+) -> None:
+    before = store_contents(redis_client)
+    with pytest.raises(LimitsChangeError, match=f"limits\\[main\\].{name}: must be"):
+        gate(seeded, desk_settings).set_limits({name: typo}, "alice", "typo")
+    assert store_contents(redis_client) == before
+
+
+def test_every_shipped_config_and_benchmark_loads_within_the_bounds() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for path in [root / "riskdesk.toml", *sorted((root / "configs").glob("*.toml"))]:
+        load_settings(path, env={})
+    from benchmarks import bench_contention, bench_risk_manager
+
+    bench_contention.bench_settings()
+    bench_risk_manager.bench_settings(5)
+    assert settings_module.MIN_VAR_CONFIDENCE <= Limits().var_confidence  # the defaults too
+
+
+# -- the change history is its own log, not a window of the busy audit stream ------------------------------------
+
+
+def test_the_change_history_survives_more_automated_records_than_the_audit_window(
+    seeded: Store, desk_settings: Settings, redis_client: redis.Redis
+) -> None:
+    from engine.store.limits import AUDIT_SCAN
+
+    gate(seeded, desk_settings).set_limits({"var_limit": "5000"}, "bob", "breach")
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(AUDIT_SCAN + 1):  # days of automated steps on the same audit stream
+        seeded.append_audit(
+            PortfolioKeys("main").audit, {"ts": NOW + i, "actor": "auto:m", "action": "automated_step"}, pipe
+        )
+    pipe.execute()
+
+    view = limits_view(Desk(redis_client, desk_settings, clock=lambda: NOW), "main")
+
+    assert view.version == 1 and len(view.history) == 1 and view.history["actor"][0] == "bob"
+
+
+def test_the_page_never_says_never_changed_above_version_0(seeded: Store, desk_settings: Settings) -> None:
+    desk = Desk(seeded.client, desk_settings, clock=lambda: NOW)
+    assert limits_view(desk, "main").history_empty == "No limit changed live yet."
+    seeded.seed_limits("main", desk_settings.limits_for("main"), actor="tool", now=NOW)  # version 1, no record
+
+    view = limits_view(desk, "main")
+
+    assert view.version == 1 and view.history.empty
+    assert "No limit changed" not in view.history_empty and "Version 1" in view.history_empty
+
+
+def test_changes_made_before_the_change_log_existed_are_still_found_on_the_audit_stream(
+    seeded: Store, desk_settings: Settings
+) -> None:
+    gate(seeded, desk_settings).set_limits({"var_limit": "5000"}, "bob", "breach")
+    seeded.client.delete(PortfolioKeys("main").limits_log)  # as a store written before the log (and the rev)
+    seeded.client.hdel(PortfolioKeys("main").limits, "rev")
+
+    (record,) = seeded.limits_changes("main")
+
+    assert record["actor"] == "bob" and record["version"] == 1
+
+
+def test_the_limits_page_says_never_changed_only_at_version_0(
+    redis_server: Any, seeded_store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        at = _limits_page(seeded_store, redis_server, tmp_path, monkeypatch)
+        assert "No limit changed live yet." in [c.value for c in at.caption]
+        seeded_store.seed_limits("main", settings.limits_for("main"), actor="tool", now=NOW)  # version 1, no record
+
+        at.run()
+
+        captions = " ".join(c.value for c in at.caption)
+        assert "Version 1" in captions and "No limit changed" not in captions
+    finally:
+        st.cache_resource.clear()

@@ -11,10 +11,11 @@ from logic import views
 st.title("Limits")
 
 
-def apply_change(d: views.Desk, pid: str) -> None:
+def apply_change(d: views.Desk, pid: str, seen: views.LimitsView) -> None:
+    """The form's submit: the change is made against ``seen``, the limits this form was rendered with."""
     s = st.session_state
-    form = {name: s.get(f"lim_{name}", "") for name in views.LIMIT_FIELDS}
-    ui.act(lambda: views.change_limits(d, pid, form, ui.identity(), s.get("lim_reason", "")), "lim_result")
+    form = {name: s.get(seen.widget_key(name), seen.values[name]) for name in views.LIMIT_FIELDS}
+    ui.act(lambda: views.change_limits(d, pid, form, ui.identity(), s.get("lim_reason", ""), seen), "lim_result")
 
 
 def page(d: views.Desk, pid: str) -> None:
@@ -36,11 +37,12 @@ def page(d: views.Desk, pid: str) -> None:
     with st.form("limits_form"):
         cols = st.columns(3)
         for k, (name, (label, unit, _kind)) in enumerate(views.LIMIT_FIELDS.items()):
-            cols[k % 3].text_input(f"{label} ({unit})", value=lv.values[name], key=f"lim_{name}")
+            # keyed by the version shown: a new version is a new form, filled with its values
+            cols[k % 3].text_input(f"{label} ({unit})", value=lv.values[name], key=lv.widget_key(name))
         st.text_input("Reason (required, audited)", key="lim_reason", max_chars=200)
-        st.form_submit_button("Change limits", type="primary", on_click=apply_change, args=(d, pid))
+        st.form_submit_button("Change limits", type="primary", on_click=apply_change, args=(d, pid, lv))
     st.subheader("Changes (newest first)")
-    ui.table(lv.history, "limit_changes", f"limit_changes_{pid}.csv", height=240, empty="No limit changed live yet.")
+    ui.table(lv.history, "limit_changes", f"limit_changes_{pid}.csv", height=240, empty=lv.history_empty)
 
 
 with ui.guard():

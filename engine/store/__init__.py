@@ -88,7 +88,7 @@ from engine.store.keys import (
     lock_key,
     notify_rate_key,
 )
-from engine.store.limits import LimitsChangeError, LimitsStore, StoredLimits
+from engine.store.limits import LimitsChangeError, LimitsConflictError, LimitsStore, StoredLimits
 from engine.store.market import MarketStore, StandardizedWindow, TickEvent
 from engine.store.market_write import MarketWrite, MarketWriteStore
 from engine.store.monitoring import EquityPeaks, Excursion, MonitoringStore, decode_marks_reply
@@ -130,7 +130,7 @@ __all__ = [
     "NOTIFY_LOCK_KEY", "MARKET_KEY", "STRESSED_KEY", "REFERENCE_KEY", "TICKS_KEY", "MONITOR_GROUP", "EPOCH_KEY",
     "BACKTEST_GROUP", "STDRET_KEY", "STDRET_META_KEY", "UNIVERSES_KEY", "MarketWrite", "MarketWriteStore",
     "universe_rev", "BookStore",
-    "LimitsStore", "LimitsChangeError", "StoredLimits",
+    "LimitsStore", "LimitsChangeError", "LimitsConflictError", "StoredLimits",
     "AuditStore", "AuditTrail",
     "PortfolioKeys", "heartbeat_key", "lock_key", "notify_rate_key",
     # codec

@@ -1,26 +1,36 @@
 """Live limits: each portfolio's :class:`~engine.settings.Limits` in the store, versioned, every change audited.
 
-Key ``pf:{<id>}:limits`` (a hash, see :mod:`engine.store.keys`): ``version`` (a counter, +1 per change),
-``json`` (every field of the limits, money as exact strings), and ``actor``, ``reason``, ``ts`` of the last
-change. Until the first change a portfolio has no record and every process uses the settings' limits (version
-0: what warm-up seeded from); the first change (:meth:`LimitsStore.change_limits`: the Limits page,
-``warmup.py --sync``) stores the full limits as version 1, based on the settings' limits with the change
-applied. (Seeding a record eagerly would make a store's first settings win over every later process's file
+Key ``pf:{<id>}:limits`` (a hash, see :mod:`engine.store.keys`): ``version`` (a counter, +1 per change), ``rev``
+(a new random token on every write), ``json`` (every field of the limits, money as exact strings), and ``actor``,
+``reason``, ``ts`` of the last change. Until the first change a portfolio has no record and every process uses
+the settings' limits (version 0: what warm-up seeded from); the first change (:meth:`LimitsStore.change_limits`:
+the Limits page, ``warmup.py --sync``) stores the full limits as version 1, based on the settings' limits with
+the change applied, and its audit record holds every field (``before``: the settings' limits of the process that
+made it, ``after``: all that became live), since every field, not only the edited one, starts being read from
+the store. (Seeding a record eagerly would make a store's first settings win over every later process's file
 until a sync; the lazy record keeps "the file, until someone changes a limit live or syncs".) A change is
-validated as the settings are
-(:func:`engine.settings.validate_config`), then the new limits and one audit record on ``pf:{<id>}:audit``
-(``action = "set_limits"``, only the changed fields ``before`` and ``after``, actor, reason, the new version)
-are written in one MULTI. A refused change writes nothing.
+validated as the settings are (:func:`engine.settings.validate_config`), then the new limits and one audit record
+on ``pf:{<id>}:audit`` (``action = "set_limits"``, the changed fields ``before`` and ``after``, actor, reason, the
+new version), also appended to ``pf:{<id>}:limits_log`` (the Limits page's history, which the busy audit stream
+would bury), are written in one MULTI. A refused change writes nothing. A change may name the version it was
+made against (``expected_version``, with its ``expected_rev``: a page's rendered limits): when the stored limits
+moved since, it is refused (:class:`LimitsConflictError`, ``LIMITS_CHANGED``) inside the same WATCH, so a stale
+form never reverts a colleague's change.
 
 Readers (the gate through :meth:`engine.store.Store.read_trade_view`, the monitor, the pages) read the version
-first and decode the JSON only when it changed (:func:`decode_limits_reply`). A portfolio without the key (a
-store seeded before live limits) uses the settings' limits; a record that does not decode, or that lost its
-version, is :class:`~engine.errors.CorruptDataError` (the gate fails closed on it).
+and the ``rev`` first and decode the JSON only when that pair (:func:`limits_token`) changed
+(:func:`decode_limits_reply`). The version alone would not do: ``warmup.py --reset`` deletes the record and the
+next change is version 1 again, so a reader that held version 1 from before the reset would keep the old limits;
+the random ``rev`` never repeats. A portfolio without the key (a store seeded before live limits) uses the
+settings' limits; a record that does not decode, or that lost its version, is
+:class:`~engine.errors.CorruptDataError` (the gate fails closed on it). A record written before the token existed
+has none (its token is ``<version>:``) until its next write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +47,11 @@ LIMITS_ACTION = "set_limits"
 """The ``action`` of a limits change's audit record."""
 CHANGE_RETRIES = 20
 """A change whose limits keep changing under it (another writer) this many times is refused."""
+LIMITS_LOG_MAXLEN = 1_000
+"""Most changes ``pf:{<id>}:limits_log`` keeps (``MAXLEN ~``): the Limits page shows the newest 100; every change
+stays on the audit stream and in its archive."""
+AUDIT_SCAN = 10_000
+"""Newest ``pf:{<id>}:audit`` records searched for limit changes of a record written before ``limits_log``."""
 
 
 class LimitsChangeError(RiskdeskError):
@@ -45,6 +60,14 @@ class LimitsChangeError(RiskdeskError):
 
     code = "LIMITS_INVALID"
     fix = "correct the value named in the message; see riskdesk.toml [limits] for each limit's meaning"
+
+
+class LimitsConflictError(LimitsChangeError):
+    """The limits changed since the version the change was made against (another risk manager, a sync, a
+    reset): nothing was written."""
+
+    code = "LIMITS_CHANGED"
+    fix = "reload the limits (the page) to see the current values, then make the change again"
 
 
 @dataclass(frozen=True)
@@ -56,6 +79,23 @@ class StoredLimits:
     actor: str
     reason: str
     ts: float
+    rev: str = ""
+    """The record's token (new on every write; "" without a record, or for a record written before tokens)."""
+
+
+@dataclass(frozen=True)
+class HeldLimits:
+    """What a reader keeps of a portfolio's live limits in its memo (under ``("limits", <id>)``): the limits, their
+    version and the record's ``rev`` token they were read under; the reads compare both (:func:`limits_token`)."""
+
+    rev: str
+    version: int
+    limits: Limits
+
+
+def new_limits_rev() -> str:
+    """A fresh record token: random, so it never repeats across a reset, a flush or a restored backup."""
+    return uuid.uuid4().hex
 
 
 def limits_data(limits: Limits) -> dict[str, Any]:
@@ -91,24 +131,40 @@ def _decode_limits(key: str, raw: Any) -> Limits:
 
 
 def decode_limits_reply(
-    portfolio_id: str, raw_version: Any, raw_json: Any, memo: dict[Any, Any]
-) -> tuple[int, Limits] | None:
-    """The ``(version, limits)`` of a read that sent the JSON only when the version differed from ``memo``'s;
-    None when the portfolio has no stored limits (use the settings'). Raises :class:`CorruptDataError`."""
+    portfolio_id: str, raw_version: Any, raw_rev: Any, raw_json: Any, memo: dict[Any, Any]
+) -> HeldLimits | None:
+    """The live limits of a read that sent the JSON only when the record's token (:func:`limits_token`) differed
+    from the one ``memo`` holds (``raw_json`` None or False: not sent); None when the portfolio has no stored
+    limits (use the settings'). ``memo`` keeps what was decoded. Raises :class:`CorruptDataError`."""
     key = PortfolioKeys(portfolio_id).limits
-    if isinstance(raw_version, redis.ResponseError) or isinstance(raw_json, redis.ResponseError):
-        raise CorruptDataError(f"{key}: {raw_version if isinstance(raw_version, Exception) else raw_json}")
+    for raw in (raw_version, raw_rev, raw_json):
+        if isinstance(raw, redis.ResponseError):
+            raise CorruptDataError(f"{key}: {raw}")
     if raw_version is None:
         return None
     version = decode_int(raw_version, key=f"{key}.version")
+    rev = "" if raw_rev is None or raw_rev is False else decode_str(raw_rev, key=f"{key}.rev")
     known = memo.get(("limits", portfolio_id))
-    if raw_json is None or raw_json is False:  # not sent: the caller holds this version
-        if known is None or known[0] != version:
+    if raw_json is None or raw_json is False:  # not sent: the caller holds this record
+        if not isinstance(known, HeldLimits) or (known.version, known.rev) != (version, rev):
             raise CorruptDataError(f"{key}: version {version} has no limits")
         return known
-    result = (version, _decode_limits(f"{key}.json", raw_json))
+    result = HeldLimits(rev, version, _decode_limits(f"{key}.json", raw_json))
     memo[("limits", portfolio_id)] = result
     return result
+
+
+def limits_token(version: int, rev: str) -> str:
+    """The cache key of a limits record, ``<version>:<rev>``, as the read scripts build it from the stored fields:
+    the random ``rev`` tells two records of one version apart (before and after a reset), the version still
+    tells a record rewritten without a new ``rev`` (by hand, a restored key) from the one held."""
+    return f"{version}:{rev}"
+
+
+def held_token(memo: Mapping[Any, Any], portfolio_id: str) -> str:
+    """The token of the limits ``memo`` holds for the portfolio ("" for none): what a read sends."""
+    known = memo.get(("limits", portfolio_id))
+    return limits_token(known.version, known.rev) if isinstance(known, HeldLimits) else ""
 
 
 class LimitsStore(StoreBase):
@@ -133,51 +189,55 @@ class LimitsStore(StoreBase):
             actor=decode_str(raw.get(b"actor", b""), key=f"{key}.actor"),
             reason=decode_str(raw.get(b"reason", b""), key=f"{key}.reason"),
             ts=float(decode_str(raw.get(b"ts", b"0"), key=f"{key}.ts") or 0.0),
+            rev=decode_str(raw.get(b"rev", b""), key=f"{key}.rev"),
         )
-
-    def read_limits_version(self, portfolio_id: str, conn: Conn = None) -> int | None:
-        """Only the version (cheap: a reader re-reads the limits when it changed); None without a record. A
-        record without a version (damaged) is :class:`CorruptDataError`, not "no record" (the settings')."""
-        key = PortfolioKeys(portfolio_id).limits
-        raw = self._conn(conn).hget(key, "version")
-        if raw is None and self._conn(conn).exists(key):
-            raise CorruptDataError(f"{key}: version missing")
-        return None if raw is None else decode_int(raw, key=f"{key}.version")
 
     def limits_or(self, portfolio_id: str, fallback: Limits, memo: dict[Any, Any] | None = None) -> Limits:
         """The live limits of the portfolio, ``fallback`` (the settings') when none are stored. With ``memo``
-        the JSON is decoded only when the version changed. Raises the store's typed errors."""
+        the JSON is decoded only when the record's token (:func:`limits_token`) changed. Raises the store's
+        typed errors."""
         memo = {} if memo is None else memo
         key = PortfolioKeys(portfolio_id).limits
         known = memo.get(("limits", portfolio_id))
         try:
-            version = self.read_limits_version(portfolio_id)
-            if version is None:
+            raw_version, raw_rev = self.client.hmget(key, ["version", "rev"])
+            if raw_version is None:
+                if self.client.exists(key):
+                    raise CorruptDataError(f"{key}: version missing")
                 return fallback
-            if known is not None and known[0] == version:
-                return known[1]
-            raw_version, raw_json = self.client.hmget(key, ["version", "json"])
+            version = decode_int(raw_version, key=f"{key}.version")
+            rev = "" if raw_rev is None else decode_str(raw_rev, key=f"{key}.rev")
+            if isinstance(known, HeldLimits) and (known.version, known.rev) == (version, rev):
+                return known.limits
+            raw_version, raw_rev, raw_json = self.client.hmget(key, ["version", "rev", "json"])
+        except StoreError:
+            raise
         except redis.ConnectionError as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
         except redis.RedisError as exc:
             raise CorruptDataError(f"{key}: {exc}") from exc
         memo.pop(("limits", portfolio_id), None)
-        got = decode_limits_reply(portfolio_id, raw_version, raw_json if raw_json is not None else b"", memo)
-        return fallback if got is None else got[1]
+        got = decode_limits_reply(portfolio_id, raw_version, raw_rev, raw_json if raw_json is not None else b"", memo)
+        return fallback if got is None else got.limits
 
     def write_limits(
         self, portfolio_id: str, limits: Limits, version: int, actor: str, reason: str, ts: float, pipe: Conn = None
-    ) -> None:
+    ) -> str:
+        """Write the whole record with a new ``rev`` token (returned): every write goes through here, so no reader
+        keeps limits it cached under an older token."""
+        rev = new_limits_rev()
         self._conn(pipe).hset(
             PortfolioKeys(portfolio_id).limits,
             mapping={
                 "version": version,
+                "rev": rev,
                 "json": encode_json(limits_data(limits)),
                 "actor": actor,
                 "reason": reason,
                 "ts": repr(float(ts)),
             },
         )
+        return rev
 
     def seed_limits(self, portfolio_id: str, limits: Limits, *, actor: str, now: float, pipe: Conn = None) -> None:
         """Store ``limits`` as version 1 without an audit record (tests, tools; changes go through
@@ -194,12 +254,23 @@ class LimitsStore(StoreBase):
         now: float,
         fallback: Limits,
         create: bool = False,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
     ) -> StoredLimits:
         """Apply ``changes`` (limit name -> new value) to the stored limits (``fallback``, the settings', when
         none are stored), validated as the settings are; write them with the next version and one audit record
         (before/after of the changed fields) in one MULTI. Returns the stored result; a change that changes
         nothing writes nothing and returns what is stored (``create``: unless no record exists yet, then the
         full limits are stored as version 1, ``warmup.py --sync``).
+
+        The first change (no record yet) stores every field, so its audit record holds every field: ``before``
+        the ``fallback`` limits (none with ``create``), ``after`` all the stored ones.
+
+        ``expected_version`` (0: no record, the settings' limits) and ``expected_rev`` (that record's
+        :attr:`StoredLimits.rev`; "" for version 0): the limits the change was made against, e.g. those a page
+        rendered. When the store holds another version (or another record of that version: a reset came in
+        between), the change is refused with :class:`LimitsConflictError` (``LIMITS_CHANGED``), checked under the
+        same WATCH as the write, and nothing is written.
 
         Raises :class:`LimitsChangeError` (nothing written) for an unknown limit, a bad value, an empty actor or
         reason; the store's typed errors when Redis fails.
@@ -221,25 +292,29 @@ class LimitsStore(StoreBase):
                     try:
                         pipe.watch(key.limits)
                         stored = self.read_limits(portfolio_id, pipe)
+                        _check_expected(portfolio_id, stored, expected_version, expected_rev)
                         current = stored.limits if stored is not None else fallback
                         version = stored.version if stored is not None else 0
                         new = validate_limits({**limits_data(current), **changes}, f"limits[{portfolio_id}]")
                         before, after = changed_fields(current, new)
-                        if stored is None and create:  # the first record: every limit, none before
-                            before, after = {}, limits_data(new)
-                        if not after:
+                        if not after and not (stored is None and create):
                             pipe.unwatch()
                             return stored or StoredLimits(0, current, "", "", 0.0)
+                        if stored is None:  # the first record: every limit becomes live from the store
+                            before, after = ({} if create else limits_data(current)), limits_data(new)
                         result = StoredLimits(version + 1, new, actor.strip(), reason.strip(), float(now))
                         record = {
                             "ts": float(now), "actor": result.actor, "action": LIMITS_ACTION,
                             "version": result.version, "reason": result.reason, "before": before, "after": after,
                         }  # fmt: skip
                         pipe.multi()
-                        self.write_limits(portfolio_id, new, result.version, result.actor, result.reason, now, pipe)
+                        rev = self.write_limits(
+                            portfolio_id, new, result.version, result.actor, result.reason, now, pipe
+                        )
                         self.append_audit(key.audit, record, pipe)
+                        self.append_audit(key.limits_log, record, pipe, maxlen=LIMITS_LOG_MAXLEN)
                         pipe.execute()
-                        return result
+                        return dataclasses.replace(result, rev=rev)
                     except redis.WatchError:
                         continue
         except StoreError:
@@ -251,6 +326,35 @@ class LimitsStore(StoreBase):
         raise LimitsChangeError(f"the limits of {portfolio_id} kept changing under the change; try again")
 
     def limits_changes(self, portfolio_id: str, count: int = 100) -> list[dict[str, Any]]:
-        """Newest limit changes of the portfolio (their audit records), newest first."""
-        records = self.read_stream_json(PortfolioKeys(portfolio_id).audit, count=10_000)
-        return [r for r in records if r.get("action") == LIMITS_ACTION][:count]
+        """Newest limit changes of the portfolio (their audit records), newest first: those of
+        ``pf:{<id>}:limits_log`` (every change since the limits record was created, however busy the audit
+        stream is). A record written before that log existed (it has no ``rev``) has its changes only on the
+        audit stream: then they are searched among its newest :data:`AUDIT_SCAN` records."""
+        keys = PortfolioKeys(portfolio_id)
+        records = self.read_stream_json(keys.limits_log, count=count)
+        version, rev = self.client.hmget(keys.limits, ["version", "rev"])
+        if records or version is None or rev is not None:  # a record written with its log (or none at all)
+            return records
+        scanned = self.read_stream_json(keys.audit, count=AUDIT_SCAN)
+        return [r for r in scanned if r.get("action") == LIMITS_ACTION][:count]
+
+
+def _check_expected(
+    portfolio_id: str, stored: StoredLimits | None, expected_version: int | None, expected_rev: str | None
+) -> None:
+    """Raise :class:`LimitsConflictError` unless ``stored`` is the record the change was made against."""
+    if expected_version is None:
+        return
+    version, rev = (stored.version, stored.rev) if stored is not None else (0, "")
+    if version == expected_version and (expected_rev is None or rev == expected_rev):
+        return
+    if stored is None:
+        raise LimitsConflictError(
+            f"the limits of {portfolio_id} are the settings' again (version 0: the store was reset) since you opened "
+            f"them at version {expected_version}; reload and make your change again"
+        )
+    reset = " (a new record of that version: the store was reset)" if version == expected_version else ""
+    raise LimitsConflictError(
+        f"the limits of {portfolio_id} were changed by {stored.actor} since you opened them at version "
+        f"{expected_version}: now version {version}{reset}, {stored.reason!r}; reload and make your change again"
+    )

@@ -34,7 +34,7 @@ from engine.store.codec import (
     hash_from_flat,
 )
 from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFERENCE_KEY, PortfolioKeys
-from engine.store.limits import decode_limits_reply
+from engine.store.limits import decode_limits_reply, held_token
 from engine.store.market import decode_reference_prices, market_header
 from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
 from engine.store.slots import is_cluster, slot_transaction
@@ -71,7 +71,11 @@ class TradeView:
     """The portfolio's live limits (engine/store/limits.py); None when none are stored (use the settings') or
     when they do not decode (then ``errors["limits"]``)."""
     limits_version: int | None = None
-    """Their version (None without a stored record)."""
+    """Their version (None without a stored record). Not an order: a reset deletes the record and the next
+    change is version 1 again (``limits_rev`` tells those apart)."""
+    limits_rev: str | None = None
+    """The stored record's random token (engine/store/limits.py; "" for a record written before tokens, None
+    without a record): a new one on every write, never repeated across a reset."""
 
 
 class TradingStore(StoreBase):
@@ -112,11 +116,10 @@ class TradingStore(StoreBase):
         known = memo.get(("positions", portfolio_id))  # (rev, decoded positions) of the last book seen
         known_tickers = memo.get("tickers")  # (b"<version> <ts>", tickers) of the last snapshot seen
         known_reference = memo.get("reference")  # (rev, reference prices) last seen
-        known_limits = memo.get(("limits", portfolio_id))  # (version, Limits) last seen
         args = [
             repr(float(rate_since)), client_order_id or "", known[0] if known else "",
             known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
-            str(known_limits[0]) if known_limits else "",
+            held_token(memo, portfolio_id),
         ]  # fmt: skip
         portfolio_keys = [keys.state, keys.trading_state, keys.rate, keys.orders, keys.positions, keys.limits]
         try:
@@ -174,10 +177,10 @@ class TradingStore(StoreBase):
         if client_order_id is not None and raw_order is not None:
             where = f"{keys.orders}.{client_order_id}"
             order = _try(errors, "order", lambda: decode_object(_ok(raw_order, keys.orders), where))
-        live = _try(errors, "limits", lambda: decode_limits_reply(portfolio_id, reply[10], reply[11], memo))
+        live = _try(errors, "limits", lambda: decode_limits_reply(portfolio_id, reply[10], reply[12], reply[11], memo))
         return TradeView(
             header, reference, portfolio, positions_key, trading, recent or 0, order, errors,
-            live[1] if live else None, live[0] if live else None,
+            live.limits if live else None, live.version if live else None, live.rev if live else None,
         )  # fmt: skip
 
     def _script(self, name: str, source: str) -> Any:
@@ -337,7 +340,8 @@ _TRADE_VIEW_HEADER = """
 -- ARGV[3] = the positions_rev the caller has the positions of ('' for none),
 -- ARGV[4] = '<version> <ts>' of the market snapshot the caller has the tickers of ('' for none),
 -- ARGV[5] = the rev of the reference prices the caller has ('' for none),
--- ARGV[6] = the version of the live limits the caller has ('' for none): their JSON is sent only when it differs
+-- ARGV[6] = the token '<version>:<rev>' of the live limits the caller has ('' for none): their JSON is sent only
+-- when the record's differs (the rev is random: a record re-created at the same version after a reset differs)
 -- What the caller already has is not sent again: the positions hash (flat) is nil when the state's
 -- positions_rev equals ARGV[3], the tickers when the snapshot's version and ts equal ARGV[4], the reference
 -- tickers and prices when the reference's rev equals ARGV[5].
@@ -364,12 +368,16 @@ if ARGV[2] ~= '' then order = redis.pcall('HGET', KEYS[P + 4], ARGV[2]) end
 local rev = redis.pcall('HGET', KEYS[P + 1], 'positions_rev')
 local positions = false
 if type(rev) ~= 'string' or rev ~= ARGV[3] then positions = redis.pcall('HGETALL', KEYS[P + 5]) end
-local limits_version = redis.pcall('HGET', KEYS[P + 6], 'version')
-if not limits_version and redis.call('EXISTS', KEYS[P + 6]) == 1 then
-  limits_version = {err = 'version missing'}  -- damaged, not absent: fail closed
+local limits_head = redis.pcall('HMGET', KEYS[P + 6], 'version', 'rev')
+local limits_version, limits_rev = limits_head, false
+if not limits_head.err then
+  limits_version, limits_rev = limits_head[1], limits_head[2]
+  if not limits_version and redis.call('EXISTS', KEYS[P + 6]) == 1 then
+    limits_version = {err = 'version missing'}  -- damaged, not absent: fail closed
+  end
 end
 local limits = false
-if type(limits_version) == 'string' and limits_version ~= ARGV[6] then
+if type(limits_version) == 'string' and (limits_version .. ':' .. (limits_rev or '')) ~= ARGV[6] then
   limits = redis.pcall('HGET', KEYS[P + 6], 'json')
 end
 local state = redis.pcall('HMGET', KEYS[P + 1], 'account_type', 'cash', 'realized_pnl', 'fees_paid',
@@ -381,14 +389,14 @@ local recent = redis.pcall('ZCOUNT', KEYS[P + 3], ARGV[1], '+inf')
 _READ_TRADE_VIEW_LUA = (
     _TRADE_VIEW_HEADER + "local P = 2\n" + _TRADE_VIEW_MARKET + _TRADE_VIEW_PORTFOLIO
     + "return {market, tickers, reference, ref_rev, state, trading, recent, order, rev, positions, limits_version,"
-    + " limits}\n"
+    + " limits, limits_rev}\n"
 )  # fmt: skip
 """The whole trade view in one script (a single Redis server: every key on one node)."""
 _READ_MARKET_VIEW_LUA = _TRADE_VIEW_HEADER + _TRADE_VIEW_MARKET + "return {market, tickers, reference, ref_rev}\n"
 """The market part of the trade view, on the market's slot (a Redis Cluster)."""
 _READ_PORTFOLIO_VIEW_LUA = (
     _TRADE_VIEW_HEADER + "local P = 0\n" + _TRADE_VIEW_PORTFOLIO
-    + "return {state, trading, recent, order, rev, positions, limits_version, limits}\n"
+    + "return {state, trading, recent, order, rev, positions, limits_version, limits, limits_rev}\n"
 )  # fmt: skip
 """The portfolio part of the trade view, on the portfolio's slot (a Redis Cluster)."""
 
@@ -470,8 +478,6 @@ def _ok(raw: Any, key: str) -> Any:
 def _fields(names: tuple[bytes, ...], values: list[Any]) -> dict[bytes, bytes]:
     """An HMGET reply as a dict of the fields that exist (empty when the hash does not)."""
     return {name: value for name, value in zip(names, values, strict=True) if value is not None}
-
-
 
 
 def _try(errors: dict[str, StoreError], part: str, decode: Callable[[], Any]) -> Any:

@@ -4,7 +4,9 @@ history (before/after), and the change form's parsing.
 The live limits are the store's (engine/store/limits.py) when a change was ever made, else the settings'
 (version 0). A change goes through :meth:`logic.risk_manager.RiskManager.set_limits` (validated as the settings
 are, one audit record in the same transaction) and applies to every gate, monitor and page from its next check
-or tick.
+or tick. A change is made against the :class:`LimitsView` the user saw: only the fields that differ from what it
+showed are changed, and the store refuses the change (``LIMITS_CHANGED``, nothing written) when the limits moved
+since that version, so a stale form never reverts a colleague's change.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class LimitsView:
     portfolio_id: str
     version: int
     """0: the settings' limits (never changed live)."""
+    rev: str
+    """The stored record's token ("" at version 0): with the version, which limits this view showed."""
     actor: str
     reason: str
     ts: float | None
@@ -64,6 +68,13 @@ class LimitsView:
     """name -> the value as the form shows it (text; blank for an unset optional limit)."""
     history: pd.DataFrame
     """The changes, newest first: ts, version, actor, reason, changes ("name: before -> after; ...")."""
+    history_empty: str
+    """What the page says when ``history`` is empty: "never changed" only at version 0."""
+
+    def widget_key(self, name: str) -> str:
+        """The form widget of limit ``name`` for these limits: a new version (or record) is a new widget, so the
+        form starts again from the values it shows."""
+        return f"lim_{name}_v{self.version}_{self.rev[:12]}"
 
 
 def live_limits(desk: Desk, portfolio_id: str) -> Limits:
@@ -106,13 +117,14 @@ def limits_view(desk: Desk, portfolio_id: str) -> LimitsView:
     rows.append({"limit": "Position limits", "value": _text(limits.position_limits), "unit": "shares per ticker"})
     records = desk.store.limits_changes(portfolio_id)
     for r in records:
-        before, after = r.get("before") or {}, r.get("after") or {}
-        r["changes"] = "; ".join(f"{n}: {_text(before.get(n)) or 'none'} -> {_text(after[n]) or 'none'}" for n in after)
+        r["changes"] = _changes_text(r.get("before") or {}, r.get("after") or {})
     history = records_frame(records)
     history = history[[c for c in HISTORY_COLUMNS if c in history.columns]] if not history.empty else history
+    version = stored.version if stored is not None else 0
     return LimitsView(
         portfolio_id=portfolio_id,
-        version=stored.version if stored is not None else 0,
+        version=version,
+        rev=stored.rev if stored is not None else "",
         actor=stored.actor if stored is not None else "settings",
         reason=stored.reason if stored is not None else "the settings file (never changed live)",
         ts=stored.ts if stored is not None else None,
@@ -120,7 +132,24 @@ def limits_view(desk: Desk, portfolio_id: str) -> LimitsView:
         table=pd.DataFrame(rows, columns=["limit", "value", "unit"]),
         values=values,
         history=history,
+        history_empty=(
+            "No limit changed live yet."
+            if version == 0
+            else f"Version {version}: its change records are not in the live store (see the Audit page)."
+        ),
     )
+
+
+def _changes_text(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """``name: before -> after; ...`` of the fields that changed. The first live change records every field (all
+    of them became live from the store): those it left as they were are listed after the changed ones."""
+    changed = [n for n in after if n not in before or before[n] != after[n]]
+    kept = [n for n in after if n in before and before[n] == after[n]]
+    text = "; ".join(f"{n}: {_text(before.get(n)) or 'none'} -> {_text(after[n]) or 'none'}" for n in changed)
+    if kept:
+        listed = ", ".join(f"{n} = {_text(after[n]) or 'none'}" for n in kept)
+        text += f"{'; ' if text else ''}stored as they were: {listed}"
+    return text
 
 
 def parse_limit(name: str, text: Any) -> Any:
@@ -152,23 +181,33 @@ def parse_limit(name: str, text: Any) -> Any:
     return raw
 
 
-def form_changes(desk: Desk, portfolio_id: str, form: Mapping[str, Any]) -> dict[str, Any]:
-    """The limits the form changes (name -> typed value), compared with the live ones."""
-    current = limits_view(desk, portfolio_id).values
-    return {name: parse_limit(name, text) for name, text in form.items() if str(text).strip() != current.get(name)}
+def form_changes(seen: LimitsView, form: Mapping[str, Any]) -> dict[str, Any]:
+    """The limits the user changed on the form (name -> typed value): the fields whose text differs from what
+    ``seen`` showed (not from the live values, which may have moved since)."""
+    return {
+        name: parse_limit(name, text)
+        for name, text in form.items()
+        if ("" if text is None else str(text)).strip() != seen.values.get(name)
+    }
 
 
 def change_limits(
-    desk: Desk, portfolio_id: str, form: Mapping[str, Any], identity: Identity | None, reason: str
+    desk: Desk, portfolio_id: str, form: Mapping[str, Any], identity: Identity | None, reason: str, seen: LimitsView
 ) -> int:
-    """Apply the form (name -> text) as one audited change for ``identity`` (a risk manager or an admin; refused
-    with AccessDenied before anything is written otherwise); returns the new version. A reason is required; a
-    bad value is refused with nothing written. The audit actor is ``identity.actor``."""
+    """Apply the form (name -> text), filled in on ``seen`` (the :class:`LimitsView` the page rendered), as one
+    audited change for ``identity`` (a risk manager or an admin; refused with AccessDenied before anything is
+    written otherwise); returns the new version. Only the fields that differ from what ``seen`` showed change.
+    A reason is required; a bad value is refused with nothing written; so is a change made on limits that moved
+    since ``seen`` (:class:`engine.store.LimitsConflictError`, ``LIMITS_CHANGED``: reload). The audit actor is
+    ``identity.actor``."""
     who = authorize(identity, Action.EDIT_LIMITS)
+    if seen.portfolio_id != portfolio_id:
+        raise InputError(f"the form shows the limits of {seen.portfolio_id}, not of {portfolio_id}: reload")
     reason = (reason or "").strip()
     if not reason:
         raise InputError("a reason is required to change a limit")
-    changes = form_changes(desk, portfolio_id, form)
+    changes = form_changes(seen, form)
     if not changes:
         raise InputError("no limit changed")
-    return int(desk.risk_manager(portfolio_id).set_limits(changes, who.actor, reason))
+    manager = desk.risk_manager(portfolio_id)
+    return int(manager.set_limits(changes, who.actor, reason, expected_version=seen.version, expected_rev=seen.rev))
