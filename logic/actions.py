@@ -4,8 +4,10 @@ Actions
 -------
 ``set_state:REDUCING`` / ``set_state:HALTED``
     Tighten the portfolio's trading state through the RiskManager (audited there with who and why). An
-    automated action never loosens it: when the state is already as strict or stricter, nothing changes and
-    the outcome says so. Only a human returns a portfolio to ACTIVE.
+    automated action never loosens it: the state is compared and written in one transaction
+    (``RiskManager.tighten_trading_state``), and when it is already as strict or stricter at that moment
+    (a missing or unreadable state counts as HALTED) nothing is written and the outcome says so. Only a human
+    returns a portfolio to ACTIVE.
 ``reduce:<fraction>``
     On a rule of any metric but ``margin.level``: cut gross exposure by ``fraction`` (0 < f <= 1) of its value
     at the snapshot that fired the rule, taking the **largest losers first** (most negative unrealized P&L;
@@ -63,11 +65,12 @@ the level a hair below it."""
 class TradingControl(Protocol):
     """What an automated response needs from a portfolio's ``logic.risk_manager.RiskManager``."""
 
-    def get_trading_state(self) -> Any:
-        """An object with a ``state`` attribute (a ``TradingStatus``) or the state name."""
+    def tighten_trading_state(self, state: str, reason: str, actor: str) -> Any:
+        """Set ``state`` only if it is stricter than the state stored at the moment of the write, compared and
+        written atomically (:meth:`logic.risk_manager.RiskManager.tighten_trading_state`). Returns an object
+        with ``previous`` (the state it found, a name), ``status.state`` (the state in force now) and
+        ``changed``."""
         ...
-
-    def set_trading_state(self, state: str, reason: str, actor: str) -> Any: ...
 
     def execute_trade(
         self,
@@ -401,20 +404,22 @@ class ResponseRunner:
             return Outcome(False, f"{pending.get('action')} FAILED: {exc}", {"error": repr(exc)})
 
     def _set_state(self, control: TradingControl, action: Action, pending: Mapping[str, Any]) -> Outcome:
+        """Tighten the state; the comparison and the write are one transaction in the store, so a state set by
+        someone else meanwhile (a risk manager's HALT) is what the automation compares with, never loosened."""
         assert action.state is not None
-        current = control.get_trading_state()
-        current_name = str(getattr(current, "state", current))
-        if STATE_RANK.get(current_name, 2) >= STATE_RANK[action.state]:
+        change = control.tighten_trading_state(action.state, str(pending["reason"]), str(pending["actor"]))
+        previous, now = str(change.previous), str(change.status.state)
+        if not change.changed:
+            found = previous if previous == now else f"{previous}, counted as {now}"  # unreadable: HALTED
             return Outcome(
                 True,
-                f"trading state already {current_name}: {action.state} not needed",
-                {"previous": current_name, "state": current_name, "changed": False},
+                f"trading state already {found}: {action.state} not needed",
+                {"previous": previous, "state": now, "changed": False},
             )
-        control.set_trading_state(action.state, str(pending["reason"]), str(pending["actor"]))
         return Outcome(
             True,
-            f"trading state set to {action.state} (was {current_name})",
-            {"previous": current_name, "state": action.state, "changed": True},
+            f"trading state set to {action.state} (was {previous})",
+            {"previous": previous, "state": action.state, "changed": True},
         )
 
     def _reduce(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:

@@ -6,22 +6,25 @@ returns a :class:`~engine.records.Decision` listing *every* failed check, plus, 
 :class:`Plan` that execution books. Nothing here writes; the covariance comes from the shared
 :class:`~engine.market_model.MarketModelCache` and the risk of the holdings from a :class:`BookCache`.
 
-Risk model: dollar exposures ``x = qty * last`` and the one-bar (one-minute) EWMA covariance ``S`` of the
-market snapshot; VaR = z * sqrt(x'Sx) * sqrt(bars_per_day * horizon_days). That is the equity-weighted form
-(``weights = x / equity, value = equity``) of engine.math_logic, but also defined when equity is not positive.
-The gate refuses a trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR passes that
-check even above the limit), and on concentration / margin only trades that grow the position / the gross
-exposure. On top of that, a *risk-reducing* trade (:func:`logic.limits.is_risk_reducing`: it shrinks the
-position without flipping it, or lowers both VaR and gross exposure) is never refused by any limit of
-:data:`logic.limits.WAIVED_WHEN_REDUCING_RISK` (collar, VaR, stressed VaR, concentration, margin, margin floor,
-leverage, daily loss, position, REDUCING; the collar's reference is re-anchored at every session open by
-engine/collar.py); bad input, missing or stale data, store errors, HALTED, cash-account
-inventory and cash, the fat-finger limits and the order rate still refuse it. HALTED refuses every trader order
+Risk model: dollar exposures ``x = qty * last`` and the one-bar (one-minute) EWMA covariance ``S`` of the market
+snapshot; VaR = z * sqrt(x'Sx) * sqrt(bars_per_day * horizon_days). That is the equity-weighted form (``weights = x
+/ equity, value = equity``) of engine.math_logic, but also defined when equity is not positive. The gate refuses a
+trade on the VaR limit only when the trade *adds* VaR (a trade that lowers VaR passes that check even above the
+limit), and on concentration / margin only trades that grow the position / the gross exposure. On top of that, a
+*risk-reducing* trade (:func:`logic.limits.shrinks_position`: it shrinks the position without flipping it) is never
+refused by any limit of :data:`logic.limits.WAIVED_WHEN_REDUCING_RISK` (collar, VaR, stressed VaR, concentration,
+margin, margin floor, leverage, daily loss, position, REDUCING; the collar's reference is re-anchored at every
+session open by engine/collar.py); bad input, missing or stale data, store errors, HALTED, cash-account inventory
+and cash, the fat-finger limits and the order rate still refuse it. An order that flips the position is not
+risk-reducing, even when it lowers VaR and gross exposure: only its closing part would be, and the quantity it opens
+on the other side is new risk, so nothing is waived for it and each limit measures what it adds from the book with
+the ticker flat (:meth:`Checker._check_risk`); it passes at most as a hedge. HALTED refuses every trader order
 (``OrderIntent.TRADE``); a liquidation-only order (``OrderIntent.LIQUIDATION``, the automated responses and
 authorised risk managers) passes in any state if it shrinks the position without flipping it, and is refused
 ``LIQUIDATION_ONLY`` otherwise. REDUCING passes risk-reducing trades and, with ``limits.reducing_allows_hedges``,
-trades that lower the portfolio VaR. A refused well-formed order carries ``max_qty_allowed``
-(:mod:`logic.sizing`). VaR, variance and the
+hedges: trades whose opening quantity lowers the portfolio VaR (for a flip, below the VaR of the book with the
+ticker flat); a flip that is no hedge is refused ``REDUCING_ONLY`` with ``max_qty_allowed`` = the position (the
+closing part). A refused well-formed order carries ``max_qty_allowed`` (:mod:`logic.sizing`). VaR, variance and the
 marginal VaR vector of the holdings are cached per (market key, holdings revision), by the portfolio's VaR method
 (``Settings.var_method_for``, :mod:`logic.var_methods`); the VaR after a trade is ``RiskModel.var_after`` on the
 cached :class:`~logic.var_methods.Prepared` book: O(N) for normal (exactly
@@ -33,10 +36,8 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -45,13 +46,11 @@ import redis
 
 from engine import math_logic
 from engine.errors import StoreError, StoreUnavailableError
-from engine.market_model import MarketModel, MarketModelCache, ModelKey
+from engine.market_model import MarketModel, MarketModelCache
 from engine.records import (
     AccountType,
     Decision,
     DecisionStatus,
-    Float64Array,
-    MarketHeader,
     OrderIntent,
     PortfolioState,
     Position,
@@ -59,13 +58,11 @@ from engine.records import (
     ReasonCode,
     Side,
     TradingState,
-    TradingStatus,
-    VarMethod,
 )
 from engine.sessions import MarketCalendar, market_calendar
 from engine.settings import Asset, Limits, Settings, valid_symbol
-from engine.store import TradeView
 from logic import sizing
+from logic.check_book import BookCache, Plan, Sim
 from logic.decisions import PRICE_QUANTUM, book_fill, commission, fill_price, parse_quantity, parse_side, reason
 from logic.limits import (
     WAIVED_WHEN_REDUCING_RISK,
@@ -77,7 +74,6 @@ from logic.limits import (
     check_margin_floor,
     check_position,
     check_stressed_var,
-    is_risk_reducing,
     shrinks_position,
 )
 from logic.rejections import (
@@ -91,164 +87,9 @@ from logic.rejections import (
 )
 from logic.rejections import store_failure_decision as store_failure_decision
 from logic.risk_models import risk_model_of
-from logic.valuation import value_portfolio
-from logic.var_methods import Prepared
 
-BOOK_CACHE_SIZE = 16
-"""Holdings risk (VaR, variance, marginal VaR) kept per (market key, holdings): a few books are plenty."""
 _DEFAULT_ASSET = Asset(price=1.0, annual_vol=1.0)
 """Liquidity parameters (avg daily volume, spread) of tickers the settings do not list (added at run time)."""
-
-
-@dataclass(frozen=True)
-class Book:
-    """Risk of one set of holdings at one market snapshot (cash is not part of it)."""
-
-    exposures: Float64Array
-    """Dollar exposure per ticker, matrix order."""
-    market_value: float
-    gross_exposure: float
-    missing: tuple[str, ...]
-    variance: float
-    """xᵀΣx of one bar, dollars squared."""
-    var: float
-    """VaR at the limit's confidence and horizon, dollars."""
-    marginal: Float64Array
-    """dVaR/dx per ticker at the limit's confidence and horizon."""
-    prepared: Prepared | None = None
-    """What ``RiskModel.var_after`` needs of these holdings (the method's)."""
-
-
-@dataclass
-class Sim:
-    """What one evaluation needs, mutable only inside what_if (cumulative baskets)."""
-
-    header: MarketHeader | None
-    reference: Mapping[str, float] | None
-    portfolio: PortfolioState | None
-    book_key: Any
-    trading_state: TradingStatus | None
-    recent_orders: int
-    errors: Mapping[str, StoreError]
-
-    @classmethod
-    def from_view(cls, view: TradeView) -> Sim:
-        return cls(
-            view.header,
-            view.reference,
-            view.portfolio,
-            view.positions_key,
-            view.trading_state,
-            view.recent_orders,
-            view.errors,
-        )
-
-    @classmethod
-    def empty(cls) -> Sim:
-        """Nothing read: only the order itself can be checked."""
-        return cls(None, None, None, None, None, 0, {})
-
-    def apply(self, plan: Plan) -> None:
-        """Continue from the state an approved trade leaves (what-if and stress baskets)."""
-        self.portfolio = plan.portfolio_after
-        self.book_key = holdings_key(plan.portfolio_after)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """An approved trade's bookkeeping, for execution to write."""
-
-    ticker: str
-    side: Side
-    qty: int
-    price: Decimal
-    cash_before: Decimal
-    position_before: Position | None
-    position_after: Position
-    portfolio_before: PortfolioState
-    now: float
-    realized: Decimal
-    notional: Decimal
-    fee: Decimal
-    model: MarketModel
-    book: Book
-    """Risk of the holdings before the trade, from which the book after it is derived."""
-    index: int
-
-    @functools.cached_property
-    def portfolio_after(self) -> PortfolioState:
-        """The portfolio after the fill (built only when needed: copying a big book costs time)."""
-        before = self.portfolio_before
-        positions = dict(before.positions)
-        if self.position_after.qty == 0 and self.position_after.realized_pnl == 0:
-            positions.pop(self.ticker, None)
-        else:
-            positions[self.ticker] = self.position_after
-        cash_delta = (-self.notional if self.side == Side.BUY else self.notional) - self.fee
-        return replace(
-            before,
-            cash=before.cash + cash_delta,
-            positions=positions,
-            realized_pnl=before.realized_pnl + self.realized,
-            fees_paid=before.fees_paid + self.fee,
-            updated_at=self.now,
-        )
-
-
-class BookCache:
-    """Risk of recently seen holdings, per (market key, holdings key), bounded to :data:`BOOK_CACHE_SIZE`."""
-
-    def __init__(self, limits: Limits, horizon_bars: float, method: VarMethod = VarMethod.NORMAL) -> None:
-        self.limits = limits
-        self.horizon_bars = horizon_bars
-        self.method = VarMethod(method)
-        """The portfolio's VaR method: every figure of a :class:`Book` is by it."""
-        self._books: OrderedDict[Any, Book] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def book(self, model: MarketModel, positions_key: Any, portfolio: PortfolioState) -> Book:
-        key = (model.key, positions_key)
-        book = self._books.get(key)
-        if book is not None:
-            return book
-        valuation = value_portfolio(portfolio, model.header)
-        held = np.flatnonzero(valuation.qty)
-        absurd = [valuation.tickers[i] for i in held if not bookable(float(model.header.prices[i]))]
-        missing = tuple(sorted({*valuation.missing, *absurd}))  # a price the books cannot hold is no price
-        with np.errstate(over="ignore", invalid="ignore"):  # non-finite figures are refused by the caller
-            x = np.array(valuation.market_values, dtype=float)
-        book = self.risk_of(model, x, missing)
-        self.put(key, book)
-        return book
-
-    def remember_fill(self, plan: Plan, positions_key: bytes) -> None:
-        """After our own fill: cache the new holdings' risk under the new positions token (O(N²) instead of
-        valuing every position again)."""
-        x = plan.book.exposures.copy()
-        x[plan.index] = float(plan.position_after.qty) * float(plan.model.header.prices[plan.index])
-        self.put((plan.model.key, positions_key), self.risk_of(plan.model, x, plan.book.missing))
-
-    def risk_of(self, model: MarketModel, x: Float64Array, missing: tuple[str, ...]) -> Book:
-        risk, confidence = risk_model_of(model, self.method, self.horizon_bars), self.limits.var_confidence
-        prepared = risk.prepare(x)
-        var, marginal = risk.var(x, confidence), risk.marginal_var(x, confidence)
-        sigma = math.sqrt(prepared.variance if self.method is not VarMethod.FHS else max(float(x @ model.cov @ x), 0.0))
-        return Book(
-            exposures=x,
-            market_value=float(x.sum()),
-            gross_exposure=float(np.abs(x).sum()),
-            missing=missing,
-            variance=float(sigma) ** 2,
-            var=float(var),
-            marginal=marginal,
-            prepared=prepared,
-        )
-
-    def put(self, key: tuple[ModelKey, Any], book: Book) -> None:
-        with self._lock:
-            self._books[key] = book
-            while len(self._books) > BOOK_CACHE_SIZE:
-                self._books.popitem(last=False)
 
 
 class Checker:
@@ -491,7 +332,8 @@ class Checker:
             d["position_before"] = q0
             if shares is not None and side_n is not None:
                 q1 = q0 + shares * side_n.sign
-                reducing = shrinks_position(q0, q1)
+                reducing = shrinks_position(q0, q1)  # the only risk-reducing trades; a flip opens new risk
+                hedges = False
                 if (
                     price is not None
                     and model is not None
@@ -501,7 +343,7 @@ class Checker:
                 ):
                     try:
                         with np.errstate(over="raise"):
-                            plan, reducing = self._check_risk(
+                            plan, hedges = self._check_risk(
                                 d, reasons, model, sim, portfolio, held, index, ticker, shares, side_n, price,
                                 now, lookups,
                             )  # fmt: skip
@@ -512,8 +354,8 @@ class Checker:
                         for name in RISK_FIGURES:
                             d[name] = None
                         reasons.append(reason(ReasonCode.STORE_CORRUPT, f"{NOT_FINITE_MESSAGE} ({why})"))
-                        plan, reducing = None, False
-                self._check_state(d, reasons, state, intent, q0, q1, ticker, reducing)
+                        plan, reducing, hedges = None, False, False
+                self._check_state(d, reasons, state, intent, q0, q1, ticker, reducing, hedges)
                 if reducing:  # de-risking is always possible: no limit refuses it
                     reasons = [r for r in reasons if r.code not in WAIVED_WHEN_REDUCING_RISK]
 
@@ -565,9 +407,11 @@ class Checker:
         q1: int,
         ticker: Any,
         reducing: bool,
+        hedges: bool,
     ) -> None:
         """Liquidation-only orders must shrink the position without flipping it (any state); in REDUCING a
-        trader's order must reduce risk, or lower the VaR when ``reducing_allows_hedges``."""
+        trader's order must shrink the position without flipping it, or, when ``reducing_allows_hedges``, be a
+        hedge (``hedges``: the quantity it opens lowers the VaR, see :meth:`_check_risk`)."""
         if intent == OrderIntent.LIQUIDATION:
             if not shrinks_position(q0, q1):
                 reasons.append(
@@ -580,15 +424,15 @@ class Checker:
             return
         if state != TradingState.REDUCING or reducing:
             return
-        delta_var = d.get("delta_var")
-        if self.limits.reducing_allows_hedges and delta_var is not None and delta_var < 0:
+        if self.limits.reducing_allows_hedges and hedges:
             return
-        hedges = " or lower the portfolio VaR" if self.limits.reducing_allows_hedges else ""
+        hedge = " or lower the portfolio VaR" if self.limits.reducing_allows_hedges else ""
+        flip = f" (this order would flip it to {q1:+d}: at most {abs(q0):,d} closes it)" if q0 * q1 < 0 else ""
         reasons.append(
             reason(
                 ReasonCode.REDUCING_ONLY,
-                f"trading is REDUCING: only trades that shrink the {ticker} position ({q0:+d}) toward zero"
-                f"{hedges} pass",
+                f"trading is REDUCING: only trades that shrink the {ticker} position ({q0:+d}) toward zero without "
+                f"flipping it{hedge} pass{flip}",
             )
         )
 
@@ -609,7 +453,15 @@ class Checker:
         lookups: Lookups,
     ) -> tuple[Plan, bool]:
         """Money, inventory, margin, VaR, concentration and the desk limits of a well-formed order; returns
-        the plan and whether the trade is risk-reducing (:func:`logic.limits.is_risk_reducing`)."""
+        the plan and whether the order is a hedge (the quantity it opens lowers the VaR).
+
+        Each risk limit refuses an order that *adds* to what it bounds, measured from the book the order's
+        opening quantity starts from: the book before the order, or, for an order that flips the position,
+        the book with this ticker flat. A flip is two orders in one: closing ``|q0|`` (risk-reducing, which
+        alone would pass every limit of :data:`logic.limits.WAIVED_WHEN_REDUCING_RISK`) and opening ``|q1|``
+        on the other side, which is new risk and is checked as an order from flat would be: its VaR, stressed
+        VaR and gross exposure against the flat book's, its concentration and position as growing positions.
+        """
         limits = self.limits
         px = fill_price(price)
         fee = commission(self.settings.fees, shares, px)
@@ -674,7 +526,14 @@ class Checker:
             delta_var=delta_var,
             marginal_var=float(book.marginal[index]),
         )
-        if var_after > float(limits.var_limit) and delta_var > 0:
+        # where the opening quantity starts from (see the docstring): this ticker flat for a flip
+        flips = q0 * q1 < 0
+        if flips:
+            q_from, gross_from = 0, book.gross_exposure - abs(x_i)
+            var_from = risk.var_after(book.prepared, index, -x_i, limits.var_confidence)
+        else:
+            q_from, gross_from, var_from = q0, book.gross_exposure, book.var
+        if var_after > float(limits.var_limit) and var_after > var_from:
             reasons.append(
                 reason(
                     ReasonCode.VAR_LIMIT,
@@ -684,7 +543,7 @@ class Checker:
                 )
             )
 
-        grows = abs(q1) > abs(q0)
+        grows = abs(q1) > abs(q_from)
         if equity_after > 0:
             concentration = abs(x_i + delta) / equity_after
             d["concentration_after"] = concentration
@@ -700,13 +559,13 @@ class Checker:
                 reason(ReasonCode.CONCENTRATION, f"equity would be {equity_after:,.2f}: no position may grow")
             )
 
-        figures = Figures(
+        figures = Figures(  # "before" is where the opening quantity starts from: the desk limits' "adds"
             ticker=ticker,
-            q0=q0,
+            q0=q_from,
             q1=q1,
             equity_before=float(portfolio.cash) + book.market_value,
             equity_after=equity_after,
-            gross_before=book.gross_exposure,
+            gross_before=gross_from,
             gross_after=gross_after,
             margin_account=portfolio.account_type == AccountType.MARGIN,
             initial_margin=portfolio.initial_margin,
@@ -720,6 +579,9 @@ class Checker:
                 x_after = book.exposures.copy()
                 x_after[index] += delta
                 s_after = lookups.stressed_var(model, stressed, x_after)
+                if flips:
+                    x_after[index] = 0.0
+                    s_before = lookups.stressed_var(model, stressed, x_after)
             check_stressed_var(limits, s_before, s_after, why, reasons)
         if limits.max_daily_loss is not None:
             day_open, why = lookups.day_open()
@@ -728,7 +590,7 @@ class Checker:
         if portfolio.account_type == AccountType.MARGIN:
             used_after = gross_after * portfolio.initial_margin
             d["margin_level_after"] = check_margin_floor(limits, figures, reasons)
-            if used_after > equity_after and gross_after > book.gross_exposure:
+            if used_after > equity_after and gross_after > gross_from:
                 reasons.append(
                     reason(
                         ReasonCode.MARGIN,
@@ -752,7 +614,6 @@ class Checker:
             )
         )
 
-        reducing = is_risk_reducing(q0, q1, book.var, var_after, book.gross_exposure, gross_after)
         plan = Plan(
             ticker=ticker,
             side=side,
@@ -770,7 +631,7 @@ class Checker:
             book=book,
             index=index,
         )
-        return plan, reducing
+        return plan, var_after < var_from
 
 
 def _beyond_collar(last: float, ref: float, collar: float) -> bool:
@@ -783,8 +644,3 @@ def _beyond_collar(last: float, ref: float, collar: float) -> bool:
 def _decimal(value: float) -> Decimal:
     """The shortest decimal that round-trips the float (what was written, not its binary expansion)."""
     return Decimal(repr(float(value)))
-
-
-def holdings_key(portfolio: PortfolioState) -> tuple[Any, ...]:
-    """A cache key for simulated holdings (what-if), by content: quantities are all risk depends on."""
-    return ("simulated", tuple(sorted((t, p.qty) for t, p in portfolio.positions.items() if p.qty != 0)))

@@ -58,9 +58,12 @@ of :mod:`engine.errors` instead, for the page to show with their ``fix``.
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -89,7 +92,9 @@ from engine.sessions import market_calendar
 from engine.settings import Limits, Settings, load_settings
 from engine.store import PortfolioKeys, Store, TradeView
 from logic import execution
-from logic.checks import BookCache, Checker, Sim, store_failure_decision
+from logic.actions import STATE_RANK
+from logic.check_book import BookCache, Sim
+from logic.checks import Checker, store_failure_decision
 from logic.execution import RATE_WINDOW_SECONDS
 from logic.limits import read_day_open
 from logic.risk_models import risk_model_of
@@ -97,7 +102,21 @@ from logic.valuation import value_portfolio
 
 T = TypeVar("T")
 
+
+@dataclass(frozen=True)
+class StateChange:
+    """A trading-state change as made: what it replaced, what is in force now, whether anything was written."""
+
+    previous: str
+    """The state read inside the change's transaction (``MISSING`` / ``UNREADABLE`` when there was none)."""
+    status: TradingStatus
+    """The state in force now: the new one when ``changed``, else the one kept (HALTED when unreadable)."""
+    changed: bool
+
+
 SYSTEM_ACTOR = "system"
+RECENT_CHECKERS = 4
+"""Checkers (one per limits version) a manager keeps: a view read just before a limits change finds its own."""
 
 
 def _typed_store_errors(method: Callable[..., T]) -> Callable[..., T]:
@@ -138,7 +157,9 @@ class RiskManager:
     metrics:
         Where decisions are counted (engine/metrics.py; the monitor passes its registry's); None: not counted.
 
-    One instance may be shared by threads (the dashboard does): the caches are replaced atomically.
+    One instance may be shared by threads (the dashboard does): the caches are replaced atomically, and each
+    check, execution, what-if or page read uses the checker of the limits its own trade view carries
+    (:meth:`checker_for`), whatever limits other threads' views carry meanwhile.
     """
 
     def __init__(
@@ -162,72 +183,145 @@ class RiskManager:
         self.store = Store(client)
         self.portfolio_id = portfolio_id
         self.clock: Clock = clock or MarketClock(self.store)  # a replay's checks run on the data's time
-        self.limits: Limits = self.settings.limits_for(portfolio_id)
-        self.horizon_bars = self.settings.model.bars_per_day * self.limits.var_horizon_days
+        limits = self.settings.limits_for(portfolio_id)
+        horizon_bars = self.settings.model.bars_per_day * limits.var_horizon_days
         self.last_error: RiskdeskError | None = None
         """The typed error behind the last ``None`` returned by get_market_data / get_portfolio_state."""
         self.models = market_models or MarketModelCache(self.store, self.settings.model.bars_per_day)
         """The validated covariance per market snapshot; pass one cache to share it between managers."""
-        self.books = BookCache(self.limits, self.horizon_bars, self.settings.var_method_for(portfolio_id))
+        books = BookCache(limits, horizon_bars, self.settings.var_method_for(portfolio_id))
         calendar = market_calendar(self.settings)
         self.checker = Checker(
             portfolio_id,
             self.settings,
-            self.limits,
-            self.horizon_bars,
+            limits,
+            horizon_bars,
             self.models,
-            self.books,
+            books,
             # "today" as the monitor stamps it (an exchange's session date, or the 24/7 rule)
             day_open=functools.partial(read_day_open, self.store, portfolio_id, calendar.period_ids),
         )
+        """The checker of the newest limits seen (its ``limits``, ``horizon_bars`` and ``books`` are this
+        manager's): replaced as one reference, never by an older version's (:meth:`use_limits`)."""
+        self.limits_version = 0
+        """The stored version of ``checker``'s limits (0: the settings', no stored record)."""
+        self._recent: collections.deque[Checker] = collections.deque([self.checker], maxlen=RECENT_CHECKERS)
+        self._limits_lock = threading.Lock()
         self.memo: dict[Any, Any] = {}
         """What :meth:`engine.store.Store.read_trade_view` need not read again (tickers, positions)."""
-        self.settings_limits: Limits = self.limits
+        self.settings_limits: Limits = limits
         """The settings' limits: used while the store holds none for the portfolio (a store seeded before live
         limits)."""
 
+    @property
+    def limits(self) -> Limits:
+        """The newest limits seen (a check uses its own view's, :meth:`checker_for`)."""
+        return self.checker.limits
+
+    @property
+    def horizon_bars(self) -> float:
+        """The VaR horizon of :attr:`limits` in model bars."""
+        return self.checker.horizon_bars
+
+    @property
+    def books(self) -> BookCache:
+        """The holdings-risk cache of :attr:`limits` (its VaR confidence and horizon)."""
+        return self.checker.books
+
     def checker_for(self, view: TradeView) -> Checker:
-        """The checker of the live limits the trade view carries (engine/store/limits.py): rebuilt only when
-        they changed, so a change on the Limits page applies from the next check. Unreadable limits keep the
-        current checker, which refuses on ``view.errors["limits"]`` (STORE_CORRUPT, fail closed)."""
+        """The checker of the live limits the trade view carries (engine/store/limits.py), so a change on the
+        Limits page applies from the next check. Returned for this view only: a check or execution uses what
+        this returns, never ``self.checker``, which another thread's view may move on meanwhile (one instance
+        is shared by every dashboard session). Unreadable limits: the current checker, which refuses on
+        ``view.errors["limits"]`` (STORE_CORRUPT, fail closed)."""
         if "limits" in view.errors:
             return self.checker
-        limits = view.limits if view.limits is not None else self.settings_limits
-        if limits is not self.limits and limits != self.limits:
-            self.use_limits(limits)
-        return self.checker
+        if view.limits is None:
+            return self.use_limits(self.settings_limits, 0)
+        return self.use_limits(view.limits, view.limits_version)
 
-    def use_limits(self, limits: Limits) -> None:
-        """Check from now on against ``limits`` (the risk caches are kept unless the VaR's confidence or
-        horizon changed)."""
+    def use_limits(self, limits: Limits, version: int | None = None) -> Checker:
+        """The checker of ``limits``, stored as ``version`` (None: not known, e.g. just written); it becomes
+        the current one (:attr:`checker`) unless a newer version already is: a check that read its view before
+        a change never brings the older limits back for the others. (A reset that restarts the version count
+        below the current one leaves :attr:`checker` behind until the count passes it again; every check still
+        gets the checker of its own view's limits, which is all that decides an order.)
+
+        Thread-safe. Built once per limits and kept for the last :data:`RECENT_CHECKERS` (a view read just
+        before a change still finds its own); the risk caches are shared unless the VaR's confidence or
+        horizon differ.
+        """
+        current = self.checker
+        if limits is current.limits and (version is None or version <= self.limits_version):
+            return current  # the hot path: the trade view's memo hands out one Limits object per version
+        with self._limits_lock:
+            current = self.checker
+            checker = next((c for c in self._recent if c.limits is limits), None)
+            if checker is None:
+                checker = next((c for c in self._recent if c.limits == limits), None)
+            if checker is None:
+                checker = self._new_checker(limits)
+                self._recent.append(checker)
+            if version is None:  # written just now: newer than every version seen before the write
+                if checker is not current:
+                    self.checker = checker
+                    self.limits_version += 1  # a lower bound; the view of the write brings the number
+            elif version >= self.limits_version:  # the same version with other limits: a reset restarted the count
+                self.checker = checker
+                self.limits_version = version
+            return checker
+
+    def _new_checker(self, limits: Limits) -> Checker:
+        """A checker of ``limits`` sharing the caches of a recent one where the VaR figures agree (called with
+        the lock held)."""
         horizon_bars = self.settings.model.bars_per_day * limits.var_horizon_days
-        books = self.books
-        if limits.var_confidence != self.limits.var_confidence or horizon_bars != self.horizon_bars:
-            books = BookCache(limits, horizon_bars, self.books.method)
-        old = self.checker
-        checker = Checker(self.portfolio_id, self.settings, limits, horizon_bars, self.models, books, old.day_open)
-        checker.validated = old.validated
-        self.limits, self.horizon_bars, self.books, self.checker = limits, horizon_bars, books, checker
+        base = self.checker
+        books = next(
+            (
+                c.books
+                for c in self._recent
+                if c.limits.var_confidence == limits.var_confidence and c.horizon_bars == horizon_bars
+            ),
+            None,
+        )
+        if books is None:
+            books = BookCache(limits, horizon_bars, base.books.method)
+        checker = Checker(self.portfolio_id, self.settings, limits, horizon_bars, self.models, books, base.day_open)
+        checker.validated = base.validated
+        return checker
 
     def refresh_limits(self) -> Limits:
         """Read the live limits now (pages and reports outside a check); the settings' when none are stored.
         Raises the store's typed errors."""
-        live = self.store.limits_or(self.portfolio_id, self.settings_limits, self.memo)
-        if live is not self.limits and live != self.limits:
-            self.use_limits(live)
-        return self.limits
+        stored = _typed_store_errors(self.store.read_limits)(self.portfolio_id)
+        if stored is None:
+            return self.use_limits(self.settings_limits, 0).limits
+        return self.use_limits(stored.limits, stored.version).limits
 
-    def set_limits(self, changes: Mapping[str, Any], actor: str, reason: str) -> int:
+    def set_limits(
+        self,
+        changes: Mapping[str, Any],
+        actor: str,
+        reason: str,
+        *,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
+    ) -> int:
         """Change limits of the portfolio (name -> new value), validated as the settings are, with one audit
         record (before/after of the changed fields, actor, reason) in the same transaction; returns the new
         version. Every gate, monitor and page uses it from its next check or tick.
 
+        ``expected_version`` / ``expected_rev``: the limits the change was made against (a page's rendered
+        version and its record's token); when they moved since, the change is refused.
+
         Raises :class:`engine.store.LimitsChangeError` (code ``LIMITS_INVALID``, nothing written) for an unknown
-        limit, a bad value or an empty actor or reason.
+        limit, a bad value or an empty actor or reason; its :class:`engine.store.LimitsConflictError` (code
+        ``LIMITS_CHANGED``, nothing written) when the limits moved since ``expected_version``.
         """
         stored = self.store.change_limits(
-            self.portfolio_id, changes, actor=actor, reason=reason, now=self.clock(), fallback=self.settings_limits
-        )
+            self.portfolio_id, changes, actor=actor, reason=reason, now=self.clock(), fallback=self.settings_limits,
+            expected_version=expected_version, expected_rev=expected_rev,
+        )  # fmt: skip
         self.use_limits(stored.limits)
         return stored.version
 
@@ -276,36 +370,53 @@ class RiskManager:
     def set_trading_state(self, state: str, reason: str, actor: str) -> TradingStatus:
         """Persist ACTIVE / REDUCING / HALTED with who and why, and append an audit record (one transaction).
 
-        Raises ``ValueError`` for an unknown state or an empty reason or actor (a kill switch is changed only
-        deliberately), and the typed store errors when Redis cannot be written.
+        The audit record's ``previous`` is the state this change replaced, read inside the transaction
+        (:meth:`engine.store.Store.change_trading_state`; ``MISSING`` / ``UNREADABLE`` when there was none
+        to read). Raises ``ValueError`` for an unknown state or an empty reason or actor (a kill switch is
+        changed only deliberately), and the typed store errors when Redis cannot be written.
         """
+        return self._change_trading_state(state, reason, actor, tighten_only=False).status
+
+    def tighten_trading_state(self, state: str, reason: str, actor: str) -> StateChange:
+        """:meth:`set_trading_state` for the automated responses: writes only when ``state`` is stricter than
+        the state stored at the moment of the write (ACTIVE < REDUCING < HALTED; a missing or unreadable state
+        counts as HALTED, as the gate reads it). Compared and written in one WATCHed transaction, so a halt that
+        lands in between is never loosened, and nothing is written (no audit record either) when the state is
+        already as strict or stricter: the returned :class:`StateChange` says which.
+        """
+        return self._change_trading_state(state, reason, actor, tighten_only=True)
+
+    def _change_trading_state(self, state: str, reason: str, actor: str, *, tighten_only: bool) -> StateChange:
         name = str(state).strip().upper()
         if name not in TradingState.__members__:
             raise ValueError(f"unknown trading state {name!r}; use one of {', '.join(TradingState)}")
-        state = TradingState(name)
+        target = TradingState(name)
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("a trading state change needs a reason")
         if not isinstance(actor, str) or not actor.strip():
             raise ValueError("a trading state change needs an actor (who made it)")
-        previous = self.get_trading_state()
         now = self.clock()
-        new = TradingStatus(state=state, reason=reason.strip(), actor=actor.strip(), ts=now)
-        record = {
-            "ts": now,
-            "actor": new.actor,
-            "action": "set_trading_state",
-            "state": state,
-            "previous": previous.state,
-            "reason": new.reason,
-        }
+        new = TradingStatus(state=target, reason=reason.strip(), actor=actor.strip(), ts=now)
+        record = {"ts": now, "actor": new.actor, "action": "set_trading_state", "state": target, "reason": new.reason}
+
+        def as_strict(current: TradingStatus | None) -> bool:
+            held = current.state if current is not None else TradingState.HALTED  # unreadable: HALTED
+            return STATE_RANK[held] >= STATE_RANK[target]
+
         try:
-            pipe = self.client.pipeline(transaction=True)
-            self.store.write_trading_state(self.portfolio_id, new, pipe)
-            self.store.append_audit(PortfolioKeys(self.portfolio_id).audit, record, pipe)
-            pipe.execute()
+            change = self.store.change_trading_state(
+                self.portfolio_id, new, record, keep=as_strict if tighten_only else None
+            )
+        except StoreError:
+            raise
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"could not write the trading state: {exc}") from exc
-        return new
+        if change.written:
+            return StateChange(change.previous, new, True)
+        if change.current is not None:
+            return StateChange(change.previous, change.current, False)
+        why = change.error if change.error is not None else CorruptDataError("trading state unreadable")
+        return StateChange(change.previous, self._fail_closed_state(why), False)
 
     @_typed_store_errors
     def trade_log(self, count: int = 100) -> list[dict[str, Any]]:
@@ -404,24 +515,24 @@ class RiskManager:
         except StoreError as exc:
             decisions = [self.store_failure_decision(t, q, s, exc, now).to_dict() for t, q, s in items]
             return _basket(decisions, None, None, None, None, None)
-        self.checker_for(view)
+        checker = self.checker_for(view)
         sim = Sim.from_view(view)
-        var_before = self._sim_var(sim)
+        var_before = self._sim_var(checker, sim)
         cash_before = float(sim.portfolio.cash) if sim.portfolio else None
         decisions = []
         for n, (ticker, qty, side) in enumerate(items):
-            decision, plan = self.checker.evaluate(sim, ticker, qty, side, now, pending_orders=n)
+            decision, plan = checker.evaluate(sim, ticker, qty, side, now, pending_orders=n)
             decisions.append(decision.to_dict())
             if plan is not None:
                 sim.apply(plan)
-        var_after = self._sim_var(sim)
+        var_after = self._sim_var(checker, sim)
         positions = None
         if sim.portfolio is not None:
             positions = {t: p.qty for t, p in sim.portfolio.positions.items() if p.qty != 0}
         cash_after = float(sim.portfolio.cash) if sim.portfolio else None
         return _basket(decisions, var_before, var_after, cash_before, cash_after, positions)
 
-    def _sim_var(self, sim: Sim) -> float | None:
+    def _sim_var(self, checker: Checker, sim: Sim) -> float | None:
         if sim.errors.get("market") or sim.portfolio is None or sim.header is None:
             return None
         try:
@@ -430,7 +541,7 @@ class RiskManager:
             return None  # the decisions carry the reason
         if model.error is not None:
             return None
-        return self.books.book(model, sim.book_key, sim.portfolio).var
+        return checker.books.book(model, sim.book_key, sim.portfolio).var
 
     # -- stress and dashboard --------------------------------------------------------------------------------
 
@@ -446,19 +557,20 @@ class RiskManager:
         """
         now = self.clock()
         view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
-        self.checker_for(view)
+        checker = self.checker_for(view)  # this view's limits, whatever other threads read meanwhile
+        limits, horizon_bars = checker.limits, checker.horizon_bars
         sim = Sim.from_view(view)
         _raise_first(sim.errors, ("market", "portfolio", "limits"))
         assert sim.header is not None and sim.portfolio is not None
         if trades is not None:
             for n, (ticker, qty, side) in enumerate(_trade_tuple(t) for t in trades):
-                _decision, plan = self.checker.evaluate(sim, ticker, qty, side, now, pending_orders=n)
+                _decision, plan = checker.evaluate(sim, ticker, qty, side, now, pending_orders=n)
                 if plan is not None:
                     sim.apply(plan)
         model = self.models.get(sim.header)
         if model.error is not None:
             raise model.error
-        book = self.books.book(model, sim.book_key, sim.portfolio)
+        book = checker.books.book(model, sim.book_key, sim.portfolio)
         if book.missing:
             raise CorruptDataError(f"no usable price for held {', '.join(book.missing)}: cannot stress")
         stressed_model = self.models.stressed(model)  # aligned once per (market, stressed version)
@@ -469,11 +581,11 @@ class RiskManager:
         multiplier = self.settings.model.stress_vol_multiplier
         math_logic.check_covariance(stressed)
         stressed_var = math_logic.get_stressed_var(
-            book.exposures, stressed, 1.0, self.limits.var_confidence, self.horizon_bars,
+            book.exposures, stressed, 1.0, limits.var_confidence, horizon_bars,
             cov=model.cov, vol_multiplier=multiplier, validate=False,
         )  # fmt: skip
         stressed_var99 = math_logic.get_stressed_var(
-            book.exposures, stressed, 1.0, REPORTED_CONFIDENCES[-1], self.horizon_bars,
+            book.exposures, stressed, 1.0, REPORTED_CONFIDENCES[-1], horizon_bars,
             cov=model.cov, vol_multiplier=multiplier, validate=False,
         )  # fmt: skip
         equity = float(sim.portfolio.cash) + book.market_value
@@ -505,11 +617,9 @@ class RiskManager:
                 "scale": stressed_model.scale,
                 "read_bars_per_day": self.settings.model.bars_per_day,
             },
-            "stressed_var_limit": None
-            if self.limits.stressed_var_limit is None
-            else float(self.limits.stressed_var_limit),
-            "var_confidence": self.limits.var_confidence,
-            "var_horizon_days": self.limits.var_horizon_days,
+            "stressed_var_limit": None if limits.stressed_var_limit is None else float(limits.stressed_var_limit),
+            "var_confidence": limits.var_confidence,
+            "var_horizon_days": limits.var_horizon_days,
             "scenarios": scenarios,
         }
 
@@ -529,7 +639,8 @@ class RiskManager:
         """
         now = self.clock()
         view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
-        self.checker_for(view)
+        checker = self.checker_for(view)  # this view's limits, whatever other threads read meanwhile
+        limits = checker.limits
         _raise_first(view.errors, ("market", "portfolio", "limits"))
         assert view.header is not None and view.portfolio is not None
         model = self.models.get(view.header)
@@ -537,7 +648,7 @@ class RiskManager:
             raise model.error
         header, portfolio = model.header, view.portfolio
         valuation = value_portfolio(portfolio, header)
-        book = self.books.book(model, view.positions_key, portfolio)
+        book = checker.books.book(model, view.positions_key, portfolio)
         held = np.flatnonzero(valuation.qty != 0)
         daily_vol = model.daily_vol
         component = book.exposures * book.marginal
@@ -561,9 +672,9 @@ class RiskManager:
                 }
             )
         df = pd.DataFrame(rows, columns=DASHBOARD_COLUMNS)
-        risk = risk_model_of(model, self.books.method, self.horizon_bars)  # the portfolio's VaR method
-        cvar = float(risk.cvar(book.exposures, self.limits.var_confidence))
-        var_limit = float(self.limits.var_limit)
+        risk = risk_model_of(model, checker.books.method, checker.horizon_bars)  # the portfolio's VaR method
+        cvar = float(risk.cvar(book.exposures, limits.var_confidence))
+        var_limit = float(limits.var_limit)
         df.attrs["totals"] = {
             "portfolio_id": self.portfolio_id,
             "account_type": portfolio.account_type,
@@ -582,8 +693,8 @@ class RiskManager:
             "cvar": cvar,
             "var_limit": var_limit,
             "var_utilization": book.var / var_limit,
-            "var_confidence": self.limits.var_confidence,
-            "var_horizon_days": self.limits.var_horizon_days,
+            "var_confidence": limits.var_confidence,
+            "var_horizon_days": limits.var_horizon_days,
             "margin_used": valuation.margin_used,
             "margin_level": valuation.margin_level,
             "trading_state": view.trading_state.state if view.trading_state else TradingState.HALTED,

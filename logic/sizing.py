@@ -34,7 +34,8 @@ from logic.decisions import fill_price
 from logic.limits import Lookups, position_cap
 
 if TYPE_CHECKING:  # logic.checks imports this module
-    from logic.checks import Checker, Sim
+    from logic.check_book import Sim
+    from logic.checks import Checker
 
 MAX_EVALUATIONS = 64
 """Upper bound on the checks one search runs (the guess, a gallop and a bisection need about 45 at most)."""

@@ -14,11 +14,12 @@ import pytest
 import warmup
 from engine.records import OrderIntent, Position
 from engine.store import PortfolioKeys, Store
-from logic.actions import margin_response_spec, parse_action, plan_margin_sell_down, plan_reduction
+from logic.actions import ResponseRunner, margin_response_spec, parse_action, plan_margin_sell_down, plan_reduction
 from logic.risk_manager import RiskManager
 from notifications.service import build_delivering_engine
 
 from .alerts_support import T0, SimClock, SleepRecorder, delivered_events, rule, snapshot
+from .conftest import store_contents
 
 DD_HALT = rule(
     "drawdown_halt",
@@ -182,11 +183,8 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
         def __init__(self, portfolio_id: str) -> None:
             self.rm = RiskManager(seeded.client, portfolio_id, settings, clock)
 
-        def get_trading_state(self) -> Any:
-            return self.rm.get_trading_state()
-
-        def set_trading_state(self, state: str, reason: str, actor: str) -> Any:
-            return self.rm.set_trading_state(state, reason, actor)
+        def tighten_trading_state(self, state: str, reason: str, actor: str) -> Any:
+            return self.rm.tighten_trading_state(state, reason, actor)
 
         def execute_trade(
             self,
@@ -222,6 +220,137 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
     assert sum(a["action"] == "automated_response" for a in audit) == 2
     (action_alert,) = [a for a in second.active_alerts("main") if a["kind"] == "action"]
     assert "2 of 2 legs filled" in action_alert["summary"] and "REDUCING" in action_alert["summary"]
+
+
+def state_changes(store: Store, count: int) -> list[dict[str, Any]]:
+    """The newest trading-state change records among ``main``'s last ``count`` audit records, newest first."""
+    records = store.read_stream_json(PortfolioKeys("main").audit, count=count)
+    return [a for a in records if a["action"] == "set_trading_state"]
+
+
+def _halt_after_the_first_read(gate: RiskManager, human: RiskManager) -> list[str]:
+    """Make a risk manager's HALT land right after ``gate``'s first read of the trading state (wherever the
+    automation reads it: the store's read is under every one); returns the states ``gate`` read."""
+    read = gate.store.read_trading_state
+    seen: list[str] = []
+
+    def read_then_halt(*args: Any, **kwargs: Any) -> Any:
+        status = read(*args, **kwargs)
+        seen.append(status.state)
+        if len(seen) == 1:
+            human.set_trading_state("HALTED", "rogue algo: stop everything", "https://idp|rm-carol")
+        return status
+
+    gate.store.read_trading_state = read_then_halt  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_halt_landing_between_the_automations_read_and_write_is_never_loosened_to_reducing(
+    seeded: Store, settings: Any
+) -> None:
+    # Arrange: ACTIVE; the automation's REDUCING reads ACTIVE, then a risk manager's HALT lands
+    human = RiskManager(seeded.client, "main", settings, clock=lambda: T0)
+    gate = RiskManager(seeded.client, "main", settings, clock=lambda: T0 + 1)
+    seen = _halt_after_the_first_read(gate, human)
+    runner = ResponseRunner(lambda pid: gate)
+
+    # Act
+    outcome = runner.run(
+        "main",
+        {"action_id": "a1", "action": "set_state:REDUCING", "actor": "auto:dd_breaker", "reason": "drawdown breaker"},
+    )
+
+    # Assert: the write was re-compared with the HALT and not made; the outcome and the audit agree
+    assert seen == ["ACTIVE", "HALTED"]
+    state = seeded.read_trading_state("main")
+    assert (state.state, state.actor) == ("HALTED", "https://idp|rm-carol")
+    assert outcome.ok and outcome.summary == "trading state already HALTED: REDUCING not needed"
+    assert outcome.details == {"previous": "HALTED", "state": "HALTED", "changed": False}
+    changes = state_changes(seeded, 20)
+    assert [(a["actor"], a["previous"], a["state"]) for a in changes] == [("https://idp|rm-carol", "ACTIVE", "HALTED")]
+
+
+def test_an_automated_halt_landing_after_a_human_reducing_still_tightens_and_names_what_it_replaced(
+    seeded: Store, settings: Any
+) -> None:
+    human = RiskManager(seeded.client, "main", settings, clock=lambda: T0)
+    gate = RiskManager(seeded.client, "main", settings, clock=lambda: T0 + 1)
+    read = gate.store.read_trading_state
+    landed: list[bool] = []
+
+    def read_then_reduce(*args: Any, **kwargs: Any) -> Any:
+        status = read(*args, **kwargs)
+        if not landed:
+            landed.append(True)
+            human.set_trading_state("REDUCING", "desk review", "https://idp|rm-carol")
+        return status
+
+    gate.store.read_trading_state = read_then_reduce  # type: ignore[method-assign]
+
+    outcome = ResponseRunner(lambda pid: gate).run(
+        "main", {"action_id": "a2", "action": "set_state:HALTED", "actor": "auto:dd_halt", "reason": "breaker"}
+    )
+
+    assert outcome.summary == "trading state set to HALTED (was REDUCING)"
+    assert seeded.read_trading_state("main").state == "HALTED"
+    newest = state_changes(seeded, 5)
+    assert [(a["actor"], a["previous"], a["state"]) for a in newest[:2]] == [
+        ("auto:dd_halt", "REDUCING", "HALTED"),
+        ("https://idp|rm-carol", "ACTIVE", "REDUCING"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("held", "wanted", "written"),
+    [
+        ("ACTIVE", "REDUCING", True),
+        ("REDUCING", "REDUCING", False),  # as strict: nothing written
+        ("REDUCING", "HALTED", True),
+        ("HALTED", "HALTED", False),
+        ("HALTED", "REDUCING", False),  # stricter: never loosened
+    ],
+)
+def test_an_automated_state_change_writes_only_a_stricter_state(
+    seeded: Store, settings: Any, redis_client: Any, held: str, wanted: str, written: bool
+) -> None:
+    rm = RiskManager(seeded.client, "main", settings, clock=lambda: T0)
+    rm.set_trading_state(held, "set up", "tester")
+    before = store_contents(redis_client)
+
+    outcome = ResponseRunner(lambda pid: rm).run(
+        "main", {"action_id": "a3", "action": f"set_state:{wanted}", "actor": "auto:rule", "reason": "breach"}
+    )
+
+    assert outcome.ok and outcome.details["changed"] is written
+    assert seeded.read_trading_state("main").state == (wanted if written else held)
+    if not written:
+        assert store_contents(redis_client) == before  # not even an audit record
+        assert outcome.summary == f"trading state already {held}: {wanted} not needed"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "previous"),
+    [
+        (lambda c, k: c.delete(k.trading_state), "MISSING"),
+        (lambda c, k: c.hset(k.trading_state, "state", "PARTY"), "UNREADABLE"),
+        (lambda c, k: c.set(k.trading_state, "ACTIVE"), "UNREADABLE"),
+    ],
+    ids=["missing", "unknown state", "wrong type"],
+)
+def test_an_unreadable_state_counts_as_halted_for_the_automation_which_writes_nothing(
+    seeded: Store, settings: Any, redis_client: Any, spoil: Any, previous: str
+) -> None:
+    rm = RiskManager(seeded.client, "main", settings, clock=lambda: T0)
+    spoil(redis_client, PortfolioKeys("main"))
+    before = store_contents(redis_client)
+
+    outcome = ResponseRunner(lambda pid: rm).run(
+        "main", {"action_id": "a4", "action": "set_state:HALTED", "actor": "auto:rule", "reason": "breach"}
+    )
+
+    assert outcome.ok and outcome.details == {"previous": previous, "state": "HALTED", "changed": False}
+    assert outcome.summary == f"trading state already {previous}, counted as HALTED: HALTED not needed"
+    assert store_contents(redis_client) == before
 
 
 def test_without_a_risk_manager_the_action_is_reported_as_not_executed(store: Store, make_settings: Any) -> None:

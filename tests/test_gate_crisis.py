@@ -13,14 +13,14 @@ import pytest
 from scipy import stats
 
 import warmup
-from engine.records import Decision, DecisionStatus, OrderIntent, Position
+from engine.records import Decision, DecisionStatus, ExecutionStatus, OrderIntent, Position, ReasonCode
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioKeys, PortfolioState, Store
 from engine.store.keys import REFERENCE_KEY
 from logic.limits import is_risk_reducing, shrinks_position
 from logic.risk_manager import RiskManager
 
-from .conftest import TEST_CONFIG, merge
+from .conftest import TEST_CONFIG, merge, store_contents
 
 NOW = 1_700_000_000.0
 LIQUIDATION = OrderIntent.LIQUIDATION
@@ -225,16 +225,105 @@ def test_every_new_limit_breached_at_once_still_lets_a_cut_through(desk: Desk, s
     assert rm.check("DDD", 999, "BUY").approved
 
 
-def test_a_flip_that_lowers_var_and_gross_is_risk_reducing(desk: Desk, store: Store) -> None:
+def test_a_flip_is_not_risk_reducing_even_when_it_lowers_var_and_gross(desk: Desk, store: Store) -> None:
     rm = desk({"limits": {"var_limit": 1, "reducing_allows_hedges": False}}, portfolio_id="hedge")
     set_positions(store, "hedge", {"AAA": 1000})
+
+    flip = rm.check("AAA", 1500, "SELL")  # +1000 -> -500: VaR and gross fall, but the short 500 is new risk
+
+    assert flip.delta_var is not None and flip.delta_var < 0 and flip.position_after == -500
+    assert codes(flip) == {"VAR_LIMIT"}  # the short alone (AAA flat: VaR 0) is above the $1 limit
+    assert flip.max_qty_allowed == 1000
+    assert rm.check("AAA", 1000, "SELL").approved  # the closing part: risk-reducing, every limit waived
     rm.set_trading_state("REDUCING", "drawdown", "monitor")
+    assert codes(rm.check("AAA", 1500, "SELL")) == {"VAR_LIMIT", "REDUCING_ONLY"}
+    assert codes(rm.check("AAA", 2000, "SELL")) == {"VAR_LIMIT", "REDUCING_ONLY"}  # -> -1000: same size
+    assert codes(rm.check("AAA", 1500, "SELL", intent=LIQUIDATION)) == {"LIQUIDATION_ONLY", "VAR_LIMIT"}
 
-    flip = rm.check("AAA", 1500, "SELL")  # +1000 -> -500: smaller, other side
 
-    assert flip.approved and flip.position_after == -500
-    assert codes(rm.check("AAA", 2000, "SELL")) == {"REDUCING_ONLY"}  # -> -1000: same size, same VaR
-    assert codes(rm.check("AAA", 1500, "SELL", intent=LIQUIDATION)) == {"LIQUIDATION_ONLY"}
+def test_reducing_approves_selling_exactly_the_position_and_refuses_one_share_more_writing_nothing(
+    desk: Desk, store: Store
+) -> None:
+    # the review's case: hedge CCC +300 / DDD -1000, REDUCING without hedges; a SELL 450 (-> short 150) lowers
+    # VaR and gross exposure, and was approved as "risk-reducing"
+    rm = desk({"limits": {"reducing_allows_hedges": False}}, portfolio_id="hedge")
+    rm.set_trading_state("REDUCING", "drawdown breach", "risk-manager")
+    client = store.client
+    before = store_contents(client)
+
+    flat = rm.check("CCC", 300, "SELL")
+    one_more = rm.check("CCC", 301, "SELL")
+    review = rm.check("CCC", 450, "SELL")
+
+    assert flat.approved and flat.position_after == 0
+    assert codes(one_more) == {"REDUCING_ONLY"} and one_more.max_qty_allowed == 300
+    assert "flip" in one_more.reasons[0].message
+    assert review.delta_var is not None and review.delta_var < 0  # lower VaR and gross: still refused
+    assert codes(review) == {"REDUCING_ONLY"} and review.max_qty_allowed == 300
+    assert store_contents(client) == before  # checks write nothing
+
+    refused = rm.execute("CCC", 301, "SELL", client_order_id="flip-1")
+
+    assert refused.status == ExecutionStatus.REJECTED and refused.fill is None
+    assert {r.code for r in refused.reasons} == {ReasonCode.REDUCING_ONLY}
+    trade_log = PortfolioKeys("hedge").trades.encode()
+    after = store_contents(client)
+    assert {k: v for k, v in after.items() if k != trade_log} == {k: v for k, v in before.items() if k != trade_log}
+    assert store.read_order("hedge", "flip-1") is None  # only the refusal's trade-log record was written
+    assert rm.execute("CCC", 300, "SELL", client_order_id="flat-1").fill is not None
+    assert "CCC" not in store.read_portfolio("hedge").positions
+
+
+def test_a_flip_is_refused_by_the_collar_that_its_closing_part_passes(desk: Desk, store: Store) -> None:
+    rm = desk({"limits": {"reducing_allows_hedges": False}}, portfolio_id="hedge")
+    set_prices(store, {"CCC": 260.0})  # +30% from the reference 200, collar 10%
+
+    assert rm.check("CCC", 300, "SELL").approved  # closing: the collar never blocks a risk cut
+    active = rm.check("CCC", 301, "SELL")
+    assert codes(active) == {"PRICE_COLLAR"} and active.max_qty_allowed == 300
+    rm.set_trading_state("REDUCING", "drawdown breach", "risk-manager")
+    assert rm.check("CCC", 300, "SELL").approved
+    reducing = rm.check("CCC", 450, "SELL")
+    assert codes(reducing) == {"PRICE_COLLAR", "REDUCING_ONLY"} and reducing.max_qty_allowed == 300
+    assert rm.execute("CCC", 450, "SELL", client_order_id="flip-2").fill is None
+    assert store.read_portfolio("hedge").positions["CCC"].qty == 300
+
+
+def test_the_position_limit_bounds_the_short_a_flip_opens_at_it_and_one_share_over(desk: Desk, store: Store) -> None:
+    rm = desk({"limits": {"max_position_qty": 100, "max_concentration": 1.0}}, portfolio_id="hedge")  # CCC +300
+
+    at = rm.check("CCC", 400, "SELL")  # -> -100
+    over = rm.check("CCC", 401, "SELL")  # -> -101
+
+    assert at.approved, at.reasons
+    assert codes(over) == {"POSITION_LIMIT"} and over.max_qty_allowed == 400
+
+
+def test_reducing_with_hedges_passes_a_flip_only_while_the_short_it_opens_lowers_var(desk: Desk, store: Store) -> None:
+    # AAA +1000 beside CCC +300 (correlation 0.3): with AAA flat, a small AAA short hedges the CCC long
+    rm = desk({"limits": {"max_concentration": 1.0}}, portfolio_id="hedge")
+    set_positions(store, "hedge", {"AAA": 1000, "CCC": 300})
+    rm.set_trading_state("REDUCING", "drawdown", "monitor")
+    snap = store.read_market()
+    i, c = snap.tickers.index("AAA"), snap.tickers.index("CCC")
+
+    def var_of_short(q: int) -> float:  # the book's VaR with AAA at -q (z sqrt(h) cancels in comparisons)
+        x = np.zeros(len(snap.tickers))
+        x[i], x[c] = -q * snap.prices[i], 300 * snap.prices[c]
+        return math.sqrt(float(x @ snap.cov @ x))
+
+    refused = rm.check("AAA", 3000, "SELL")  # -> -2000: far past the hedge
+    best = refused.max_qty_allowed
+    assert codes(refused) == {"REDUCING_ONLY"} and best is not None and best > 1000
+    assert var_of_short(best - 1000) < var_of_short(0) <= var_of_short(best + 1 - 1000)
+    assert rm.check("AAA", best, "SELL").approved
+    assert codes(rm.check("AAA", best + 1, "SELL")) == {"REDUCING_ONLY"}
+    # the review's flip (CCC +300 -> -150 beside DDD -1000) lowers VaR as a whole, but its short adds VaR
+    hedge_book = desk({"limits": {"max_concentration": 1.0}}, portfolio_id="hedge")
+    set_positions(store, "hedge", {"CCC": 300, "DDD": -1000})
+    flip = hedge_book.check("CCC", 450, "SELL")
+    assert flip.delta_var is not None and flip.delta_var < 0
+    assert codes(flip) == {"REDUCING_ONLY"} and flip.max_qty_allowed == 300
 
 
 def test_fail_closed_reasons_still_refuse_a_risk_cut(desk: Desk, store: Store) -> None:
@@ -349,9 +438,9 @@ def test_reducing_refuses_a_same_size_flip_that_leaves_var_unchanged(desk: Desk,
     assert codes(flip) == {"REDUCING_ONLY"}
 
 
-def test_a_same_size_flip_grows_nothing_so_no_growth_limit_refuses_it(desk: Desk, store: Store) -> None:
+def test_a_same_size_flip_opens_a_new_position_that_the_growth_limits_refuse(desk: Desk, store: Store) -> None:
     # margin account at an 80% margin level (equity 40k, used 50k), concentration far above its limit: a
-    # same-size flip grows neither the position nor the gross exposure
+    # same-size flip leaves the gross exposure as it is, but the short it opens is a new 250%-of-equity position
     rm = desk(
         {"fees": {"per_share": "0", "bps": "0", "minimum": "0"}, "limits": {"max_concentration": 0.1}},
         portfolio_id="hedge",
@@ -360,8 +449,13 @@ def test_a_same_size_flip_grows_nothing_so_no_growth_limit_refuses_it(desk: Desk
 
     flip = rm.check("AAA", 2000, "SELL")
 
-    assert flip.approved, flip.reasons
     assert flip.margin_level_after == pytest.approx(80.0)
+    assert codes(flip) == {"CONCENTRATION", "MARGIN", "MARGIN_FLOOR"}
+    # flat, then a short of 10% of the 40k equity: 40 shares at 100 (exactly at the limit), 41 over it
+    assert flip.max_qty_allowed == 1040
+    assert rm.check("AAA", 1000, "SELL").approved  # going flat is always possible
+    assert rm.check("AAA", 1040, "SELL").approved
+    assert codes(rm.check("AAA", 1041, "SELL")) == {"CONCENTRATION"}
     assert codes(rm.check("AAA", 1, "BUY")) == {"CONCENTRATION", "MARGIN", "MARGIN_FLOOR"}
 
 

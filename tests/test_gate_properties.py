@@ -1,11 +1,12 @@
 """Properties of the pre-trade gate over random books, limits and markets (hypothesis, real redis-server).
 
-- Every risk-reducing trade (shrinks the position without flipping it, or lowers both VaR and gross exposure,
-  classified here from figures computed here) is APPROVED, whatever limits the book already breaks, the collar
-  and REDUCING included; a liquidation-only order that shrinks the position passes in HALTED.
+- Every risk-reducing trade (shrinks the position without flipping it) is APPROVED, whatever limits the book
+  already breaks, the collar and REDUCING included; a liquidation-only order that shrinks the position passes
+  in HALTED.
 - Every other trade carries exactly the limit codes that its figures (computed here with numpy from the stored
   matrices, not by the gate) say it breaks: VaR, stressed VaR, concentration, leverage, position, margin,
-  margin floor, daily loss, collar and REDUCING.
+  margin floor, daily loss, collar and REDUCING. A trade that flips the position is one of them (the short or
+  long it opens is new risk): its figures count from the book with that ticker flat.
 - ``max_qty_allowed`` of a refused order is approved when re-checked, and one share more is refused.
 """
 
@@ -191,9 +192,15 @@ def expected(world: World, case: Case, ticker: str, side: str, qty: int) -> Expe
     fee = float(max(MIN_FEE, PER_SHARE * qty))
     equity0 = float(world.cash) + float(x0.sum())
     equity1 = equity0 - fee
-    gross0, gross1 = float(np.abs(x0).sum()), float(np.abs(x1).sum())
-    var0, var1 = var_of(x0, world.cov), var_of(x1, world.cov)
-    grows = abs(q1) > abs(q0)
+    gross1 = float(np.abs(x1).sum())
+    # a flip opens its new position from flat: every "adds" is measured from the book with this ticker flat
+    x_from = x0.copy()
+    if q0 * q1 < 0:
+        x_from[i] = 0.0
+    q_from = q0 if q0 * q1 >= 0 else 0
+    gross_from, var_from = float(np.abs(x_from).sum()), var_of(x_from, world.cov)
+    var1 = var_of(x1, world.cov)
+    grows = abs(q1) > abs(q_from)
     near: list[bool] = []
     out: set[str] = set()
 
@@ -201,25 +208,25 @@ def expected(world: World, case: Case, ticker: str, side: str, qty: int) -> Expe
         near.append(abs(value - limit) <= NEAR * max(abs(limit), 1.0))
         return value > limit
 
-    shrinks = q0 * q1 >= 0 and abs(q1) < abs(q0)
-    near.append(abs(var1 - var0) <= NEAR * max(var0, 1.0))
-    reducing = shrinks or (var1 < var0 and gross1 < gross0)
-    if over(var1, float(limits.var_limit)) and var1 > var0:
+    reducing = q0 * q1 >= 0 and abs(q1) < abs(q0)
+    near.append(abs(var1 - var_from) <= NEAR * max(var_from, 1.0))
+    if over(var1, float(limits.var_limit)) and var1 > var_from:
         out.add("VAR_LIMIT")
     if limits.stressed_var_limit is not None:
-        s0, s1 = stressed_var_of(x0, world.cov, world.stressed), stressed_var_of(x1, world.cov, world.stressed)
+        s0 = stressed_var_of(x_from, world.cov, world.stressed)
+        s1 = stressed_var_of(x1, world.cov, world.stressed)
         near.append(abs(s1 - s0) <= NEAR * max(s0, 1.0))
         if over(s1, float(limits.stressed_var_limit)) and s1 > s0:
             out.add("STRESSED_VAR")
     if grows and (equity1 <= 0 or over(abs(x1[i]) / equity1, limits.max_concentration)):
         out.add("CONCENTRATION")
-    if limits.max_gross_leverage is not None and gross1 > gross0:
+    if limits.max_gross_leverage is not None and gross1 > gross_from:
         if equity1 <= 0 or over(gross1 / equity1, limits.max_gross_leverage):
             out.add("LEVERAGE")
     cap = limits.max_position_qty
     if cap is not None and abs(q1) > cap and grows:
         out.add("POSITION_LIMIT")
-    if case.account == "margin" and gross1 > gross0:
+    if case.account == "margin" and gross1 > gross_from:
         used = gross1 * 0.5
         if over(used, equity1):
             out.add("MARGIN")
@@ -231,7 +238,7 @@ def expected(world: World, case: Case, ticker: str, side: str, qty: int) -> Expe
             out.add("DAILY_LOSS")
     if abs(p / REFERENCE[ticker] - 1.0) > limits.price_collar_pct:
         out.add("PRICE_COLLAR")
-    if case.state == TradingState.REDUCING and not reducing and not (limits.reducing_allows_hedges and var1 < var0):
+    if case.state == TradingState.REDUCING and not reducing and not (limits.reducing_allows_hedges and var1 < var_from):
         out.add("REDUCING_ONLY")
     return Expected(reducing, out, any(near))
 

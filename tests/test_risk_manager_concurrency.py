@@ -8,12 +8,17 @@
 
 Each process builds its own client and RiskManager from the server's URL (fork start method; no client is
 shared across processes).
+
+- One RiskManager shared by threads (the dashboard's Desk hands one per portfolio to every session): a thread
+  holding a trade view read before a limits change never makes another thread's execution use the old limits,
+  nor moves the shared current limits back.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -23,6 +28,7 @@ import pytest
 import redis
 
 import warmup
+from engine.records import DecisionStatus, ExecutionResult, ExecutionStatus, ReasonCode
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings, settings_from_dict
 from engine.store import MarketHeader, PortfolioState, Position, Store
@@ -259,3 +265,79 @@ def test_one_client_order_id_sent_by_10_processes_at_once_trades_once(
     assert state.cash == cash - rounds * Decimal("1001.00")
     fills = [r for r in seeded.read_trade_log("main", count=1000) if r["status"] == "FILLED"]
     assert len(fills) == rounds
+
+
+# -- one RiskManager shared by threads ------------------------------------------------------------------------
+
+
+def _cut_notional_to(store: Store, limit: str) -> None:
+    """A risk manager's change made elsewhere (another process's RiskManager)."""
+    RiskManager(store.client, "main", _settings(), clock=lambda: NOW).set_limits(
+        {"max_order_notional": limit}, "https://idp|rm-carol", "stop large tickets"
+    )
+
+
+def test_a_shared_gate_executes_with_the_new_limits_while_another_thread_checks_a_view_read_before_them(
+    seeded: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the shared manager is warm on the settings' limits; a second session's thread holds a trade
+    # view read before a risk manager cut max_order_notional to 500 (an order of 10 AAA is 1,000)
+    shared = RiskManager(seeded.client, "main", _settings(), clock=lambda: NOW)
+    assert shared.check("AAA", 10, "BUY").approved
+    stale_view = seeded.read_trade_view("main", NOW - 60, memo={})
+    _cut_notional_to(seeded, "500")
+    executions: list[ExecutionResult] = []
+    stale_checks: list[Any] = []
+    execution = threading.Thread(
+        target=lambda: executions.append(shared.execute("AAA", 10, "BUY", client_order_id="t-race")),
+        name="execution",
+    )
+    stale_session = threading.Thread(target=lambda: stale_checks.append(shared.check("AAA", 10, "BUY")))
+    read_view = shared.store.read_trade_view
+
+    def read_trade_view(*args: Any, **kwargs: Any) -> Any:
+        return stale_view if threading.current_thread() is stale_session else read_view(*args, **kwargs)
+
+    use_limits = shared.use_limits
+
+    def switch_then_let_the_stale_session_in(limits: Any, *rest: Any) -> Any:
+        checker = use_limits(limits, *rest)
+        if threading.current_thread() is execution and not stale_checks:
+            # the execution thread has just taken the new limits; the other session checks right here
+            stale_session.start()
+            stale_session.join(BARRIER_TIMEOUT)
+        return checker
+
+    monkeypatch.setattr(shared.store, "read_trade_view", read_trade_view)
+    monkeypatch.setattr(shared, "use_limits", switch_then_let_the_stale_session_in)
+
+    # Act
+    execution.start()
+    execution.join(BARRIER_TIMEOUT)
+
+    # Assert: the stale session was checked on its own view (the settings' limits) inside the window
+    assert len(stale_checks) == 1 and stale_checks[0].status == DecisionStatus.APPROVED
+    (result,) = executions
+    assert result.status == ExecutionStatus.REJECTED and {r.code for r in result.reasons} == {ReasonCode.MAX_NOTIONAL}
+    assert seeded.read_portfolio("main").positions["AAA"].qty == 1000 and seeded.read_order("main", "t-race") is None
+    monkeypatch.undo()
+    assert shared.limits.max_order_notional == 500  # the older view did not bring the old limits back
+    assert shared.check("AAA", 5, "BUY").approved  # 500: at the limit
+    assert {r.code for r in shared.check("AAA", 6, "BUY").reasons} == {ReasonCode.MAX_NOTIONAL}
+
+
+def test_a_view_of_older_limits_gets_its_own_checker_and_never_moves_the_shared_one_back(seeded: Store) -> None:
+    shared = RiskManager(seeded.client, "main", _settings(), clock=lambda: NOW)
+    _cut_notional_to(seeded, "500")
+    version_1 = seeded.read_trade_view("main", NOW - 60, memo={})
+    _cut_notional_to(seeded, "600")
+    version_2 = seeded.read_trade_view("main", NOW - 60, memo={})
+
+    newer = shared.checker_for(version_2)
+    older = shared.checker_for(version_1)
+    again = shared.checker_for(version_1)
+
+    assert (newer.limits.max_order_notional, older.limits.max_order_notional) == (600, 500)
+    assert again is older and older.books is newer.books  # built once; the holdings' risk cache is shared
+    assert shared.checker is newer and shared.limits_version == 2
+    assert shared.limits.max_order_notional == 600

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import CorruptDataError, StoreEmptyError, StoreError
+import redis
+
+from engine.errors import CorruptDataError, StoreEmptyError, StoreError, StoreUnavailableError
 from engine.records import AccountType, PortfolioState, Position, TradingStatus
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
@@ -32,6 +34,30 @@ if TYPE_CHECKING:
     from engine.store.portfolio_reader import PortfolioReader
 
 _ACCOUNT_TYPES = tuple(AccountType)
+TRADING_STATE_ATTEMPTS = 20
+"""WATCH rounds of :meth:`PortfolioStore.change_trading_state`; only a storm of state changes exhausts them."""
+MISSING = "MISSING"
+"""The ``previous`` of a trading-state change when the portfolio had no trading state."""
+UNREADABLE = "UNREADABLE"
+"""The ``previous`` of a trading-state change when the stored state did not decode."""
+
+
+@dataclass(frozen=True)
+class TradingStateChange:
+    """What :meth:`PortfolioStore.change_trading_state` found and did."""
+
+    previous: str
+    """The state read inside the transaction: a :class:`TradingState` name, :data:`MISSING` or
+    :data:`UNREADABLE` (what its audit record says)."""
+    current: TradingStatus | None
+    """The state stored now: the new one when ``written``, else the one kept (None: missing or unreadable)."""
+    written: bool
+    error: StoreError | None = None
+    """Why the previous state could not be read (None when it was)."""
+
+
+def _unread(error: StoreError | None) -> str:
+    return MISSING if isinstance(error, StoreEmptyError) else UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -106,6 +132,63 @@ class PortfolioStore(StoreBase):
     def write_trading_state(self, portfolio_id: str, ts_: TradingStatus, pipe: Conn = None) -> None:
         mapping = encode_trading_status(ts_)
         self._conn(pipe).hset(PortfolioKeys(portfolio_id).trading_state, mapping=mapping)
+
+    def change_trading_state(
+        self,
+        portfolio_id: str,
+        status: TradingStatus,
+        record: Mapping[str, Any],
+        keep: Callable[[TradingStatus | None], bool] | None = None,
+    ) -> TradingStateChange:
+        """Set the portfolio's trading state to ``status`` with its audit record, as a compare-and-set.
+
+        WATCHes ``pf:{id}:trading_state``, reads it, and unless ``keep(current)`` (current: None when the state
+        is missing or unreadable) writes ``status`` and appends ``record`` plus ``"previous"`` (the state read
+        here: a state name, :data:`MISSING` or :data:`UNREADABLE`) to ``pf:{id}:audit`` in one MULTI/EXEC. A
+        change landing between the read and the EXEC aborts it and the whole step runs again on the new state
+        (at most :data:`TRADING_STATE_ATTEMPTS` times, then :class:`StoreUnavailableError`, nothing written),
+        so ``keep`` and ``previous`` always see the state the write replaces. The write replaces the whole key
+        (a corrupt hash, or a key of the wrong type, is repaired by a deliberate change).
+
+        Returns what was found and whether it was written. Raises :class:`StoreUnavailableError` when Redis
+        cannot be reached or keeps changing the state.
+        """
+        keys = PortfolioKeys(portfolio_id)
+        try:
+            for _ in range(TRADING_STATE_ATTEMPTS):
+                with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(keys.trading_state)
+                        current, error = self._watched_trading_state(portfolio_id, pipe)
+                        previous = str(current.state) if current is not None else _unread(error)
+                        if keep is not None and keep(current):
+                            pipe.unwatch()
+                            return TradingStateChange(previous, current, False, error)
+                        pipe.multi()
+                        pipe.delete(keys.trading_state)
+                        self.write_trading_state(portfolio_id, status, pipe)
+                        self.append_audit(keys.audit, {**record, "previous": previous}, pipe)
+                        pipe.execute()
+                        return TradingStateChange(previous, status, True, error)
+                    except redis.WatchError:
+                        continue
+        except redis.ConnectionError as exc:
+            raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+        except redis.TimeoutError as exc:
+            raise StoreUnavailableError(f"Redis did not answer in time: {exc}") from exc
+        raise StoreUnavailableError(
+            f"the trading state of {portfolio_id} kept changing; gave up after {TRADING_STATE_ATTEMPTS} attempts "
+            "(nothing was written)"
+        )
+
+    def _watched_trading_state(self, portfolio_id: str, conn: Conn) -> tuple[TradingStatus | None, StoreError | None]:
+        """The trading state read on a WATCHing pipeline, or ``(None, why)`` when missing or unreadable."""
+        try:
+            return self.read_trading_state(portfolio_id, conn), None
+        except StoreError as exc:
+            return None, exc
+        except redis.ResponseError as exc:  # a key of another type
+            return None, CorruptDataError(f"{PortfolioKeys(portfolio_id).trading_state}: {exc}")
 
     # -- every portfolio, read together (logic/monitor.py) ---------------------------------------------------
     def read_portfolio_bundles(
