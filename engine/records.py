@@ -184,6 +184,12 @@ class ReasonCode(StrEnum):
     """execute_trade: client_order_id is not a non-empty string of at most 128 characters."""
     RETRY_EXHAUSTED = "RETRY_EXHAUSTED"
     """execute_trade: concurrent trades kept changing the portfolio; nothing was traded, send it again."""
+    DUPLICATE_ORDER_ID = "DUPLICATE_ORDER_ID"
+    """execute_trade: the client order id already filled a different order (another ticker, side, quantity,
+    intent or portfolio); nothing was traded. The same order sent again is the idempotent duplicate instead."""
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    """execute_trade (status ``UNKNOWN``): the EXEC's reply was lost and Redis stayed unreachable, so whether the
+    order filled is unknown. Resend it with the same client order id once Redis is back."""
     LEVERAGE = "LEVERAGE"
     """Gross exposure / equity after the trade would exceed ``max_gross_leverage`` and the trade grows it."""
     STRESSED_VAR = "STRESSED_VAR"
@@ -276,6 +282,11 @@ class ExecutionStatus(StrEnum):
 
     FILLED = "FILLED"
     REJECTED = "REJECTED"
+    """Nothing was traded (the reasons say why)."""
+    UNKNOWN = "UNKNOWN"
+    """The fill was sent to Redis, its reply was lost and Redis could not be reached to read it back: the order may
+    have filled. Never stored; the one reason is ``OUTCOME_UNKNOWN``. Resend with the same client order id once
+    Redis is back: the duplicate check returns the fill if it happened, or trades the order once if it did not."""
 
 
 class Role(StrEnum):

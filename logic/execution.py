@@ -21,6 +21,25 @@ in one MULTI/EXEC.
 3. **Release.** The order leaves the queue, handing the lease to the next ticket, whatever happened: in the
    EXEC that records it (the fill and the hand-over commit together, one round trip less while the next order
    waits), or right after when nothing was written (a duplicate, a store error, retries exhausted).
+4. **A lost reply.** The connection can fail, or time out (``socket_timeout``), after the MULTI was sent: Redis
+   may have committed the fill and the caller cannot tell. redis-py raises that as the ConnectionError or
+   TimeoutError itself or, while keys are WATCHed, as a WatchError raised from it; neither proves that nothing
+   was traded, so neither may become a rejection. The outcome is read back instead (:func:`_read_back`):
+   reconnect with backoff for at most :data:`READ_BACK_SECONDS` and read the order's idempotency record. Present
+   with this attempt's trade id: FILLED (the stored fill; the queue was left in the same EXEC). Absent while
+   Redis answers: the MULTI did not commit (it is atomic), so the loop retries as for a WatchError. Redis still
+   unreachable: status ``UNKNOWN`` with reason ``OUTCOME_UNKNOWN`` -- never "nothing traded" -- and the fix:
+   resend with the same client order id once Redis is back (the duplicate check returns the fill if it
+   happened). A lost reply to a rejection's EXEC needs no read-back: a rejection trades nothing either way.
+   What this cannot see: an EXEC still in flight in the network when the read-back runs (a partition healing
+   after the client gave up) may commit later. A fill of the same id cannot then commit too (both WATCH the
+   idempotency records), but a retry that is refused on its checks could be answered REJECTED meanwhile.
+
+**Idempotency.** A fill claims its client order id (the idempotency record). The same id sent again with the
+same order (portfolio, ticker, side, quantity, intent) returns that fill (``duplicate``: nothing traded); with a
+different order it is refused ``DUPLICATE_ORDER_ID`` (like a FIX duplicate ClOrdID), recorded in the trade log
+like any refused execution: an id names one order, and answering another order with its fill would report a
+trade that never happened.
 
 Why a queue and not the plain optimistic loop: under contention every writer re-reads and re-checks and all but
 one lose the EXEC; with 16 processes on one portfolio about 1.5% of orders ran out of retries and the slowest
@@ -39,9 +58,12 @@ abort (and, with a fast feed, starve) trading.
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -58,11 +80,13 @@ from engine.records import (
     OrderIntent,
     ReasonCode,
 )
-from logic.checks import Plan, Sim
-from logic.decisions import reason
+from logic.check_book import Plan, Sim
+from logic.decisions import parse_quantity, parse_side, reason
 
 if TYPE_CHECKING:
     from logic.risk_manager import RiskManager
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 100
 """Transaction attempts of one execute_trade before it gives up with RETRY_EXHAUSTED."""
@@ -79,6 +103,13 @@ AUTO_ORDER_ID_PREFIX = "gen-"
 """Prefix of the client order id given to an order sent without one (:func:`new_order_id`)."""
 WAKE_POLL_SECONDS = 0.25
 """A waiter's BLPOP timeout: after it, the waiter checks for a dead head (one whose lease expired)."""
+READ_BACK_SECONDS = 5.0
+"""After a lost EXEC reply: how long the order's record is read back (reconnecting) before the result is
+``UNKNOWN``. Each try may also wait up to the client's connect timeout."""
+READ_BACK_FIRST_PAUSE = 0.05
+"""The first pause between two read-back tries; it doubles up to :data:`READ_BACK_MAX_PAUSE`."""
+READ_BACK_MAX_PAUSE = 1.0
+"""The longest pause between two read-back tries."""
 
 
 def execute(
@@ -92,9 +123,10 @@ def execute(
 ) -> ExecutionResult:
     """Re-check and trade atomically at the last price; the same ``client_order_id`` trades at most once.
 
-    Never raises for bad input or store trouble: the result is REJECTED with the reason. An order sent without
-    a ``client_order_id`` gets one here (:func:`new_order_id`), so a retry after a lost EXEC reply cannot fill
-    it twice; the result carries that id.
+    Never raises for bad input or store trouble: the result is REJECTED with the reason, or ``UNKNOWN``
+    (``OUTCOME_UNKNOWN``) when the fill was sent, its reply was lost and Redis stayed unreachable (see the module
+    doc). An order sent without a ``client_order_id`` gets one here (:func:`new_order_id`), so reading back a lost
+    EXEC reply finds this order's own record; the result carries that id.
     """
     if client_order_id is not None and not (isinstance(client_order_id, str) and 0 < len(client_order_id) <= 128):
         now = gate.clock()
@@ -111,8 +143,8 @@ def execute(
         )
         return result_of(gate.portfolio_id, decision, None, None, actor, now)
     if client_order_id is None:
-        # Chosen once, before the first attempt: a connection lost after EXEC surfaces as a WatchError and the
-        # retry must find this order's own idempotency record, not fill it a second time.
+        # Chosen once, before the first attempt: after a lost EXEC reply the read-back (and any retry) must find
+        # this order's own idempotency record, not fill it a second time.
         client_order_id = new_order_id()
     ticket = uuid.uuid4().hex
     try:
@@ -174,14 +206,6 @@ def _queue_failure(exc: redis.RedisError) -> StoreError:
     return CorruptDataError(f"the order queue of the portfolio is unreadable: {exc}")
 
 
-def _leave(gate: RiskManager, ticket: str) -> None:
-    """Leave the order queue, handing over to the next order; best effort: a lease left behind expires."""
-    try:
-        gate.store.leave_order_queue(gate.portfolio_id, ticket, LEASE_SECONDS, QUEUE_WAIT_SECONDS + LEASE_SECONDS)
-    except (StoreError, redis.RedisError):
-        pass
-
-
 def _transact(
     gate: RiskManager,
     ticker: Any,
@@ -198,6 +222,9 @@ def _transact(
     EXEC that records the order also leaves the queue (one round trip less while the next order waits). Returns
     the result and whether the queue was left that way. None runs the loop unqueued, purely optimistic (the
     benchmark's baseline, benchmarks/bench_contention.py).
+
+    An EXEC whose reply is lost (the connection failed or timed out once the MULTI was sent) is read back, not
+    reported as a store failure: see "A lost reply" in the module doc.
     """
     store = gate.store
     keys = store.trading_watch_keys(gate.portfolio_id)
@@ -210,15 +237,24 @@ def _transact(
                 view = store.read_trade_view(
                     gate.portfolio_id, now - RATE_WINDOW_SECONDS, client_order_id, memo=gate.memo
                 )
+                plan: Plan | None = None
+                rev: str | None = None
                 if view.order is not None:
-                    pipe.unwatch()
-                    return ExecutionResult.from_dict(view.order, duplicate=True), False
-                checker = gate.checker_for(view)  # the live limits (engine/store/limits.py)
-                decision, plan = checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
-                result = result_of(gate.portfolio_id, decision, plan, client_order_id, actor, now)
-                if plan is None and view.portfolio is None:
-                    pipe.unwatch()  # no such portfolio: nothing to record the rejection in
-                    return result, False
+                    claimed = _claimed_by_other_order(view.order, gate.portfolio_id, ticker, qty, side, intent)
+                    if claimed is None:
+                        pipe.unwatch()
+                        return ExecutionResult.from_dict(view.order, duplicate=True), False
+                    # the id names another order: refused, and recorded like any refused execution
+                    result = _duplicate_id_refusal(
+                        gate, ticker, qty, side, client_order_id, actor, intent, claimed, now
+                    )
+                else:
+                    checker = gate.checker_for(view)  # the live limits (engine/store/limits.py)
+                    decision, plan = checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
+                    result = result_of(gate.portfolio_id, decision, plan, client_order_id, actor, now)
+                    if plan is None and view.portfolio is None:
+                        pipe.unwatch()  # no such portfolio: nothing to record the rejection in
+                        return result, False
                 pipe.multi()
                 record = result.to_dict(with_duplicate=False)
                 if plan is None or result.fill is None:
@@ -239,18 +275,31 @@ def _transact(
                     store.leave_order_queue(
                         gate.portfolio_id, ticket, LEASE_SECONDS, QUEUE_WAIT_SECONDS + LEASE_SECONDS, pipe=pipe
                     )
-                pipe.execute()
-                if plan is not None:
-                    store.remember_positions(gate.memo, gate.portfolio_id, rev, plan.portfolio_after.positions)
-                    gate.books.remember_fill(plan, rev.encode())
-                return result, ticket is not None
+                try:
+                    pipe.execute()
+                    lost: BaseException | None = None
+                except redis.RedisError as exc:
+                    lost = _lost_reply(exc)
+                    if lost is None:
+                        raise  # a clean WatchError (nothing committed) or a reply Redis did send
+            if lost is None or plan is None or result.fill is None:
+                # committed; or a rejection whose record may or may not be logged: nothing traded either way, and
+                # the queue is left again in execute() (harmless if the EXEC did leave it)
+                if lost is None and plan is not None and rev is not None:
+                    _remember(gate, plan, rev)
+                return result, lost is None and ticket is not None
+            answered, stored, why = _read_back(gate, client_order_id)
+            if not answered:
+                return _outcome_unknown(result, lost, why), False
+            if stored is not None and _trade_id(stored) == result.fill.trade_id:
+                # this attempt's own fill committed, and the queue was left in the same EXEC
+                if rev is not None:
+                    _remember(gate, plan, rev)
+                return ExecutionResult.from_dict(stored, duplicate=False), ticket is not None
+            # absent (or another caller's fill of the id, which aborted this EXEC): the MULTI did not commit, retry
+            _pause(gate, ticket, attempt)
         except redis.WatchError:
-            time.sleep(random.uniform(0.0, min(0.00025 * 2**attempt, BACKOFF_MAX_SECONDS)))
-            if ticket is not None:
-                try:  # a long run of retries must not let the lease lapse under it
-                    store.refresh_order_lease(gate.portfolio_id, ticket, LEASE_SECONDS)
-                except redis.RedisError:
-                    pass  # the next attempt meets the same failure and reports it
+            _pause(gate, ticket, attempt)
         except StoreError as exc:
             failed = gate.store_failure_decision(ticker, qty, side, exc, now)
             return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now), False
@@ -262,8 +311,156 @@ def _transact(
         gate, ticker, qty, side, client_order_id, actor, ReasonCode.RETRY_EXHAUSTED,
         f"the portfolio kept changing under {MAX_ATTEMPTS} attempts (heavy concurrent trading); "
         "nothing was traded: send the order again",
+        intent,
     )  # fmt: skip
     return gave_up, False
+
+
+def _remember(gate: RiskManager, plan: Plan, rev: str) -> None:
+    """Keep the book a committed fill wrote (positions under its new revision, the fill's risk figures), so the
+    next check neither reads nor recomputes them."""
+    gate.store.remember_positions(gate.memo, gate.portfolio_id, rev, plan.portfolio_after.positions)
+    gate.books.remember_fill(plan, rev.encode())
+
+
+def _pause(gate: RiskManager, ticket: str | None, attempt: int) -> None:
+    """Between two attempts: a jittered backoff, and the queue lease refreshed (a long run of retries must not
+    let it lapse under the order)."""
+    time.sleep(random.uniform(0.0, min(0.00025 * 2**attempt, BACKOFF_MAX_SECONDS)))
+    if ticket is not None:
+        try:
+            gate.store.refresh_order_lease(gate.portfolio_id, ticket, LEASE_SECONDS)
+        except redis.RedisError:
+            pass  # the next attempt meets the same failure and reports it
+
+
+def _lost_reply(exc: BaseException) -> BaseException | None:
+    """The ConnectionError or TimeoutError that ``exc`` (from ``pipe.execute()``) is or was raised from: the
+    transaction may have run without its reply reaching us. None for a plain WatchError (EXEC answered nil) or a
+    ResponseError: answers, not lost replies."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is one or two links; bounded all the same
+        if seen is None or isinstance(seen, redis.ConnectionError | redis.TimeoutError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _read_back(gate: RiskManager, client_order_id: str | None) -> tuple[bool, dict[str, Any] | None, str]:
+    """The idempotency record of ``client_order_id`` after a lost EXEC reply: ``(True, record or None, "")`` once
+    Redis answers; ``(False, None, why)`` when it stays unreachable for :data:`READ_BACK_SECONDS` (each try
+    reconnects: the client's pool replaces the dead connection) or the record cannot be read."""
+    if client_order_id is None:  # only the benchmark's direct calls: nothing to read back by
+        return False, None, "the order has no client order id to read back"
+    deadline = time.monotonic() + READ_BACK_SECONDS
+    pause = READ_BACK_FIRST_PAUSE
+    while True:
+        try:
+            return True, gate.store.read_order(gate.portfolio_id, client_order_id), ""
+        except (redis.ConnectionError, redis.TimeoutError, StoreUnavailableError) as exc:
+            why = f"Redis unreachable: {exc}"
+        except (StoreError, redis.RedisError) as exc:
+            return False, None, f"its record cannot be read: {exc}"
+        if time.monotonic() + pause > deadline:
+            return False, None, why
+        time.sleep(pause)
+        pause = min(2 * pause, READ_BACK_MAX_PAUSE)
+
+
+def _trade_id(record: Mapping[str, Any]) -> Any:
+    fill = record.get("fill")
+    return fill.get("trade_id") if isinstance(fill, Mapping) else None
+
+
+def _outcome_unknown(result: ExecutionResult, lost: BaseException, why: str) -> ExecutionResult:
+    """Status ``UNKNOWN`` for the fill ``result`` whose EXEC reply was lost: the approved decision, its one
+    reason ``OUTCOME_UNKNOWN`` naming the order and the fix, no fill (it may or may not exist)."""
+    fill = result.fill
+    order = f"{fill.side} {fill.qty} {fill.ticker} (trade {fill.trade_id}, " if fill is not None else "The order ("
+    message = (
+        f"{order}client order id {result.client_order_id}) was sent, but the reply was lost "
+        f"({type(lost).__name__}: {lost}) and it could not be read back within {READ_BACK_SECONDS:g} s ({why}): "
+        "it MAY HAVE FILLED. Do not send it as a new order"
+    )
+    fix = (
+        "resend with the same client_order_id once Redis is back; the duplicate check returns the fill if it "
+        "happened, and trades the order once if it did not"
+    )
+    log.warning("execution outcome unknown, portfolio %s: %s", result.decision.portfolio_id, message)
+    decision = replace(result.decision, reasons=(reason(ReasonCode.OUTCOME_UNKNOWN, f"{message} (fix: {fix})"),))
+    return replace(result, status=ExecutionStatus.UNKNOWN, decision=decision, fill=None)
+
+
+def _leave(gate: RiskManager, ticket: str) -> None:
+    """Leave the order queue, handing over to the next order; best effort: a lease left behind expires."""
+    try:
+        gate.store.leave_order_queue(gate.portfolio_id, ticket, LEASE_SECONDS, QUEUE_WAIT_SECONDS + LEASE_SECONDS)
+    except (StoreError, redis.RedisError):
+        pass
+
+
+def _claimed_by_other_order(
+    stored: Mapping[str, Any], portfolio_id: str, ticker: Any, qty: Any, side: Any, intent: Any
+) -> str | None:
+    """None when the fill stored under a client order id is the order asked for now (same portfolio, ticker,
+    side, quantity and intent: an idempotent resend); else that stored order, described ("BUY 10 AAA")."""
+    fill = stored.get("fill")
+    if not isinstance(fill, Mapping):
+        return "an order whose record holds no fill"
+    decision = stored.get("decision")
+    was_intent = (decision.get("intent") if isinstance(decision, Mapping) else None) or OrderIntent.TRADE
+    was = (fill.get("portfolio_id"), fill.get("ticker"), fill.get("side"), fill.get("qty"), was_intent)
+    shares, _ = parse_quantity(qty, sys.maxsize)  # the order as asked, whatever today's max_order_qty
+    asked = (portfolio_id, ticker, parse_side(side), shares, _parse_intent(intent))
+    if None not in asked and asked == was:
+        return None
+    text = _describe(fill.get("side"), fill.get("qty"), fill.get("ticker"), was_intent)
+    if fill.get("portfolio_id") != portfolio_id:
+        text += f" of portfolio {fill.get('portfolio_id')}"
+    return f"{text} (trade {fill.get('trade_id')})"
+
+
+def _parse_intent(intent: Any) -> OrderIntent | None:
+    if isinstance(intent, OrderIntent):
+        return intent
+    if isinstance(intent, str) and intent.strip().lower() in OrderIntent._value2member_map_:
+        return OrderIntent(intent.strip().lower())
+    return None
+
+
+def _describe(side: Any, qty: Any, ticker: Any, intent: Any) -> str:
+    """An order in a few words: ``BUY 10 AAA`` (``... liquidation-only``)."""
+    text = f"{side} {qty} {ticker}"
+    return text + " liquidation-only" if intent == OrderIntent.LIQUIDATION else text
+
+
+def _duplicate_id_refusal(
+    gate: RiskManager,
+    ticker: Any,
+    qty: Any,
+    side: Any,
+    client_order_id: str | None,
+    actor: str,
+    intent: Any,
+    claimed: str,
+    now: float,
+) -> ExecutionResult:
+    """REJECTED ``DUPLICATE_ORDER_ID``: ``client_order_id`` already filled ``claimed``, another order."""
+    shares, _ = parse_quantity(qty, sys.maxsize)
+    asked = _describe(parse_side(side) or side, shares if shares is not None else qty, ticker, _parse_intent(intent))
+    decision = gate.store_failure_decision(ticker, qty, side, None, now)
+    decision = replace(
+        decision,
+        intent=_parse_intent(intent) or OrderIntent.TRADE,
+        reasons=(
+            reason(
+                ReasonCode.DUPLICATE_ORDER_ID,
+                f"client order id {client_order_id} already used for {claimed}; this order ({asked}) was not "
+                "traded: send it with a new client order id",
+            ),
+        ),
+    )
+    return result_of(gate.portfolio_id, decision, None, client_order_id, actor, now)
 
 
 def _give_up(
@@ -275,9 +472,11 @@ def _give_up(
     actor: str,
     code: ReasonCode,
     message: str,
+    intent: Any = OrderIntent.TRADE,
 ) -> ExecutionResult:
     """REJECTED with ``code``, recorded in the trade log (best effort): unless the same client order id was
-    filled by another caller meanwhile, which is then the answer."""
+    filled by another caller meanwhile, which is then the answer when it is the same order (and refused
+    ``DUPLICATE_ORDER_ID`` when it is another)."""
     now = gate.clock()
     store = gate.store
     if client_order_id is not None:
@@ -286,14 +485,23 @@ def _give_up(
         except (StoreError, redis.RedisError):
             stored = None
         if stored is not None:
-            return ExecutionResult.from_dict(stored, duplicate=True)
+            claimed = _claimed_by_other_order(stored, gate.portfolio_id, ticker, qty, side, intent)
+            if claimed is None:
+                return ExecutionResult.from_dict(stored, duplicate=True)
+            result = _duplicate_id_refusal(gate, ticker, qty, side, client_order_id, actor, intent, claimed, now)
+            _record_best_effort(gate, result)
+            return result
     decision = replace(gate.store_failure_decision(ticker, qty, side, None, now), reasons=(reason(code, message),))
     result = result_of(gate.portfolio_id, decision, None, client_order_id, actor, now)
+    _record_best_effort(gate, result)
+    return result
+
+
+def _record_best_effort(gate: RiskManager, result: ExecutionResult) -> None:
     try:
-        store.append_trade_record(gate.portfolio_id, result.to_dict(with_duplicate=False))
+        gate.store.append_trade_record(gate.portfolio_id, result.to_dict(with_duplicate=False))
     except (StoreError, redis.RedisError):
         pass  # the caller still gets the rejection; the log is best effort when Redis is failing
-    return result
 
 
 def result_of(

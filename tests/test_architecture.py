@@ -45,6 +45,7 @@ VOCABULARY = (
     "APPROVED",
     "REJECTED",
     "FILLED",
+    "UNKNOWN",
 )
 
 MAX_LINES = 800

@@ -25,11 +25,12 @@ from engine.records import Role
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, Store, heartbeat_key
-from logic import views
+from logic import execution, views
 from logic.access import Identity, local_identity
 
 from .conftest import TEST_CONFIG
 from .e2e_stack import toml_dumps
+from .redis_proxy import FaultyRedisProxy, faulty_proxy
 
 LOCAL_ACTOR = local_identity().actor
 """Without login configured (no secrets in the tests) every page acts as the local operator."""
@@ -369,6 +370,85 @@ def test_a_halted_book_is_de_risked_from_the_ticket_with_a_liquidation_only_orde
     fills = frame_with(at, "client_order_id")
     assert list(fills.iloc[0][["status", "intent", "qty"]]) == ["FILLED", "liquidation", 10]
     assert app_env.read_trading_state("main").state == "HALTED"
+
+
+@pytest.fixture
+def proxied_env(
+    redis_server: EmbeddedRedis,
+    seeded_store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Store, FaultyRedisProxy]]:
+    """The app talks to Redis through a proxy that can lose a transaction's reply and go down
+    (tests/redis_proxy.py); the test reads the store directly. A short read-back: the outage outlasts it."""
+    monkeypatch.setattr(execution, "READ_BACK_SECONDS", 0.3)
+    monkeypatch.setattr(execution, "LEASE_SECONDS", 0.5)  # an order whose queue exit was lost lapses sooner
+    with faulty_proxy(redis_server.socket_path) as proxy:
+        _point_app_at(monkeypatch, proxy.url, tmp_path)
+        yield seeded_store, proxy
+        st.cache_resource.clear()
+
+
+def test_an_execution_whose_outcome_is_unknown_is_shown_and_checking_it_again_keeps_its_order_id(
+    proxied_env: tuple[Store, FaultyRedisProxy],
+) -> None:
+    # Arrange: a checked ticket; Redis will commit its fill, lose the reply and stay down
+    store, proxy = proxied_env
+    at = open_page("trade")
+    at = submit_ticket(at, "CCC", "BUY", 40)
+    order_id = at.session_state["ticket"]["value"]["client_order_id"]
+    proxy.arm("reset", then_down=True)
+
+    # Act
+    at.button(key="tk_execute").click().run()
+
+    # Assert: said plainly, while Redis is down, with the way out
+    warning = joined(at.warning)
+    assert "Outcome unknown" in warning and "may have filled" in warning and order_id in warning
+    assert [b for b in at.button if b.key == "tk_resend"]
+    assert store.read_portfolio("main").positions["CCC"].qty == 40  # it did fill
+
+    # Act: Redis is back; the trader checks the same order again and executes it
+    proxy.up()
+    at.run()
+    assert "OUTCOME_UNKNOWN" in set(frame_with(at, "code")["code"])
+    at = submit_ticket(at, "CCC", "BUY", 40)
+    assert at.session_state["ticket"]["value"]["client_order_id"] == order_id  # not a new order
+    at.button(key="tk_execute").click().run()
+
+    # Assert: the first send's fill, traded once; the warning is gone
+    assert_clean(at)
+    assert "nothing was traded twice" in joined(at.info)
+    assert "Outcome unknown" not in joined(at.warning)
+    assert store.read_portfolio("main").positions["CCC"].qty == 40
+    assert [r["client_order_id"] for r in store.read_trade_log("main", 10) if r["status"] == "FILLED"] == [order_id]
+    at = submit_ticket(at, "CCC", "BUY", 40)  # settled: the same order checked again is a new one
+    assert at.session_state["ticket"]["value"]["client_order_id"] != order_id
+
+
+def test_the_resend_button_sends_an_order_of_unknown_outcome_with_its_id_and_it_fills_once(
+    proxied_env: tuple[Store, FaultyRedisProxy],
+) -> None:
+    store, proxy = proxied_env
+    at = open_page("trade")
+    at = submit_ticket(at, "CCC", "BUY", 40)
+    order_id = at.session_state["ticket"]["value"]["client_order_id"]
+    proxy.arm("cut", then_down=True)  # this time the transaction never reaches Redis
+    at.button(key="tk_execute").click().run()
+    assert "Outcome unknown" in joined(at.warning)
+    assert "CCC" not in store.read_portfolio("main").positions
+
+    proxy.up()
+    at.run()
+    at = submit_ticket(at, "AAA", "SELL", 5)  # another ticket meanwhile: its own id, the warning stays
+    assert at.session_state["ticket"]["value"]["client_order_id"] != order_id
+    assert "Outcome unknown" in joined(at.warning)
+    at.button(key="tk_resend").click().run()
+
+    assert_clean(at)
+    assert "FILLED" in joined(at.success) and "Outcome unknown" not in joined(at.warning)
+    assert store.read_portfolio("main").positions["CCC"].qty == 40
+    assert store.read_order("main", order_id)["status"] == "FILLED"
 
 
 # -- live data from the real daemons' code -------------------------------------------------------------------

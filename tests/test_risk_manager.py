@@ -17,6 +17,7 @@ import redis
 from scipy import stats
 
 import warmup
+from engine.errors import StoreUnavailableError
 from engine.market_model import MarketModelCache
 from engine.records import Decision, ExecutionResult, ReasonCode
 from engine.settings import Settings, settings_from_dict
@@ -28,6 +29,7 @@ from engine.store import (
     Store,
     encode_array,
 )
+from engine.store.portfolio import TRADING_STATE_ATTEMPTS
 from logic import execution as execution_module
 from logic.risk_manager import DASHBOARD_COLUMNS, RiskManager
 
@@ -544,9 +546,10 @@ def test_the_same_client_order_id_trades_once_and_returns_the_first_fill(
     other_order = rm.execute_trade("AAA", 999, "SELL", client_order_id="dbl-click")
 
     assert second["fill"] == first["fill"] and second["duplicate"] is True
-    assert other_order["fill"] == first["fill"]  # the id decides, not the order's content
+    # the id names one order: another order sent with it is refused (tests/test_execution_outcomes.py)
+    assert other_order["status"] == "REJECTED" and codes(other_order) == {"DUPLICATE_ORDER_ID"}
     assert store.read_portfolio("main").cash == cash
-    assert len(rm.trade_log(10)) == 1
+    assert [r["status"] for r in rm.trade_log(10)] == ["REJECTED", "FILLED"]
 
 
 def test_a_rejected_execution_is_logged_but_changes_no_money_position_or_state(
@@ -623,6 +626,75 @@ def test_a_trading_state_change_needs_a_known_state_a_reason_and_an_actor(
     with pytest.raises(ValueError):
         rm.set_trading_state(state, reason, actor)
     assert rm.get_trading_state().state == "ACTIVE"
+
+
+def test_a_trading_state_change_records_the_state_it_replaced_when_another_change_lands_first(
+    rm: RiskManager, store: Store
+) -> None:
+    # Arrange: right after this change reads ACTIVE, a colleague halts the portfolio
+    colleague = RiskManager(store.client, "main", rm.settings, clock=lambda: NOW)
+    read = rm.store.read_trading_state
+    seen: list[str] = []
+
+    def read_then_halt(*args: Any, **kwargs: Any) -> Any:
+        status = read(*args, **kwargs)
+        seen.append(status.state)
+        if len(seen) == 1:
+            colleague.set_trading_state("HALTED", "kill switch", "bob")
+        return status
+
+    rm.store.read_trading_state = read_then_halt  # type: ignore[method-assign]
+
+    # Act: a deliberate human change may lift a state; it must say which one
+    rm.set_trading_state("REDUCING", "halt lifted to reducing", "carol")
+
+    # Assert: read again inside the retried transaction; the audit trail is a chain
+    assert seen == ["ACTIVE", "HALTED"]
+    assert rm.get_trading_state().state == "REDUCING"
+    records = [(a["actor"], a["previous"], a["state"]) for a in rm.audit_log(2)]
+    assert records == [("carol", "HALTED", "REDUCING"), ("bob", "ACTIVE", "HALTED")]
+
+
+def test_a_trading_state_that_keeps_changing_under_the_change_is_refused_writing_nothing(
+    rm: RiskManager, store: Store, redis_client: redis.Redis
+) -> None:
+    key = PortfolioKeys("main").trading_state
+    read = rm.store.read_trading_state
+
+    def read_then_touch(*args: Any, **kwargs: Any) -> Any:
+        status = read(*args, **kwargs)
+        redis_client.hincrby(key, "touched", 1)  # someone else writes the key after every read
+        return status
+
+    rm.store.read_trading_state = read_then_touch  # type: ignore[method-assign]
+    audit = rm.audit_log(100)
+
+    with pytest.raises(StoreUnavailableError, match="kept changing"):
+        rm.set_trading_state("HALTED", "kill switch", "carol")
+
+    assert int(redis_client.hget(key, "touched") or 0) == TRADING_STATE_ATTEMPTS
+    assert store.read_trading_state("main").state == "ACTIVE" and rm.audit_log(100) == audit
+
+
+@pytest.mark.parametrize(
+    ("spoil", "previous"),
+    [
+        pytest.param(lambda c, k: c.delete(k.trading_state), "MISSING", id="missing"),
+        pytest.param(lambda c, k: c.hset(k.trading_state, "state", "PARTY"), "UNREADABLE", id="unknown state"),
+        pytest.param(lambda c, k: c.set(k.trading_state, "ACTIVE"), "UNREADABLE", id="wrong type"),
+    ],
+)
+def test_a_deliberate_trading_state_change_repairs_a_missing_or_unreadable_state_and_says_so(
+    rm: RiskManager, redis_client: redis.Redis, spoil: Callable[[redis.Redis, PortfolioKeys], Any], previous: str
+) -> None:
+    spoil(redis_client, PortfolioKeys("main"))
+
+    new = rm.set_trading_state("REDUCING", "state repaired after the incident", "carol")
+
+    assert rm.get_trading_state() == new and new.state == "REDUCING"
+    assert set(redis_client.hgetall(PortfolioKeys("main").trading_state)) == {b"state", b"reason", b"actor", b"ts"}
+    record = rm.audit_log(1)[0]
+    assert (record["previous"], record["state"], record["actor"]) == (previous, "REDUCING", "carol")
 
 
 # -- what-if and stress --------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from engine.records import DecisionStatus, ExecutionStatus, OrderIntent
 from logic import views
 from logic.views import fmt
 
-# Session keys: the last checked ticket (its inputs, decision and the client order id it executes with) and
-# the result of executing it. (Comments, not docstrings: Streamlit's "magic" would print a bare string.)
+# Session keys: the last checked ticket (its inputs, decision and the client order id it executes with), the
+# result of executing it, and the ticket whose execution came back with its outcome unknown (kept until a resend
+# with its client order id settles it). (Comments, not docstrings: Streamlit's "magic" would print a bare string.)
 TICKET = "ticket"
 RESULT = "ticket_result"
+UNKNOWN = "ticket_outcome_unknown"
 DEFAULT_QTY = 100
 
 st.title("Trade")
@@ -51,15 +53,13 @@ def check(d: views.Desk, pid: str) -> None:
     intent = views.ORDER_TYPES.get(s.get("tk_order_type") or "", OrderIntent.TRADE)
 
     def run() -> dict:
+        ticket = {"portfolio": pid, "ticker": ticker, "side": side, "qty": qty, "intent": intent}
         return {
-            "portfolio": pid,
-            "ticker": ticker,
-            "side": side,
-            "qty": qty,
-            "intent": intent,
+            **ticket,
             "decision": views.check_ticket(d, pid, ticker, side, qty, ui.identity(), intent),  # a refusal is audited
-            # generated once per check: every Execute click of this ticket sends the same id
-            "client_order_id": views.new_client_order_id(),
+            # chosen once per check, so every Execute click of this ticket sends the same id; the same order as
+            # one whose outcome is unknown reuses that order's id, so sending it again cannot trade twice
+            "client_order_id": views.ticket_order_id(s.get(UNKNOWN), ticket),
         }
 
     s.pop(RESULT, None)
@@ -82,6 +82,40 @@ def execute(d: views.Desk) -> None:
         ),
         RESULT,
     )
+    held = s[RESULT]
+    if not held["ok"]:
+        return
+    unknown = s.get(UNKNOWN)
+    if views.outcome_unknown(held["value"]):
+        s[UNKNOWN] = ticket
+    elif unknown is not None and unknown["client_order_id"] == ticket["client_order_id"]:
+        if views.settles_unknown(held["value"]):
+            s.pop(UNKNOWN, None)
+
+
+# Send the order whose outcome is unknown again, with its client order id (it fills at most once).
+def resend(d: views.Desk) -> None:
+    s = st.session_state
+    s[TICKET] = {"ok": True, "value": s[UNKNOWN]}
+    execute(d)
+
+
+# The order whose outcome is unknown, until a resend settles it: shown whatever the store's health (it is when
+# Redis fails that it matters).
+def unknown_outcome(d: views.Desk) -> None:
+    ticket = st.session_state.get(UNKNOWN)
+    if ticket is None:
+        return
+    liquidation = " liquidation-only" if ticket["intent"] == OrderIntent.LIQUIDATION else ""
+    label = f"{ticket['side']} {ticket['qty']} {ticket['ticker']}{liquidation} on {ticket['portfolio']}"
+    st.warning(
+        f"**Outcome unknown** · {ui.md(label)} · client order id {ui.md(ticket['client_order_id'])}: the order was "
+        "sent but Redis did not answer, so it **may have filled**. Do not enter it as a new order. Once Redis is "
+        "back, press *Resend* (or check the same order again and execute it): it keeps this client order id, so "
+        "the gate returns the fill if it happened and trades the order once if it did not.",
+        icon=":material/help:",
+    )
+    st.button("Resend", key="tk_resend", on_click=resend, args=(d,), icon=":material/replay:")
 
 
 def use_quantity(qty: int) -> None:
@@ -159,7 +193,14 @@ def decision_panel(d: views.Desk, pid: str) -> None:
         st.button(
             "Execute", type="primary", key="tk_execute", on_click=execute, args=(d,), icon=":material/send:"
         )
-        st.caption(f"client order id {ui.md(ticket['client_order_id'])}: a second click cannot trade twice")
+        unknown = st.session_state.get(UNKNOWN)
+        if unknown is not None and unknown["client_order_id"] == ticket["client_order_id"]:
+            st.caption(
+                f"client order id {ui.md(ticket['client_order_id'])}: the id of the order whose outcome is "
+                "unknown, so executing cannot trade it twice"
+            )
+        else:
+            st.caption(f"client order id {ui.md(ticket['client_order_id'])}: a second click cannot trade twice")
     result = st.session_state.get(RESULT)
     if result is not None:
         execution_result(result)
@@ -188,6 +229,13 @@ def execution_result(result: dict) -> None:
             f" · trade {ui.md(fill['trade_id'])}",
             icon=":material/done_all:",
         )
+    elif views.outcome_unknown(r):
+        st.warning(
+            "**Outcome unknown** — the order was sent but Redis did not answer: it **may have filled**. Resend it "
+            "with the same client order id once Redis is back (above); do not check it as a new order.",
+            icon=":material/help:",
+        )
+        ui.table(views.reasons_frame(r), "exec_reasons", "execution_reasons.csv")
     else:
         st.error(
             "**Not executed** — the re-check inside the transaction refused it:", icon=":material/block:"
@@ -210,6 +258,7 @@ def blotter(d: views.Desk, pid: str) -> None:
 
 with ui.guard():
     desk = ui.desk()
+    unknown_outcome(desk)
     pid = ui.selected_portfolio(desk)
     if pid is not None:
         ui.live(positions, desk, pid)

@@ -184,9 +184,12 @@ from logic.views.trade import (
     max_qty_offer,
     new_client_order_id,
     order_types,
+    outcome_unknown,
     positions_view,
     reasons_frame,
+    settles_unknown,
     ticket_action,
+    ticket_order_id,
 )
 
 __all__ = [
@@ -225,6 +228,9 @@ __all__ = [
     "PositionsView",
     "positions_view",
     "new_client_order_id",
+    "ticket_order_id",
+    "outcome_unknown",
+    "settles_unknown",
     "check_ticket",
     "execute_ticket",
     "reasons_frame",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine.records import Action, DecisionStatus, OrderIntent, Side, TradingState
+from engine.records import Action, DecisionStatus, ExecutionStatus, OrderIntent, ReasonCode, Side, TradingState
 from logic.access import Identity, authorize
 from logic.risk_manager import POSITION_FIELDS
 from logic.views import fmt
@@ -67,6 +67,51 @@ def _excursions(desk: Desk, portfolio_id: str) -> dict[str, dict[str, float | No
 def new_client_order_id() -> str:
     """A fresh idempotency key for one checked ticket (a double click re-sends the same one)."""
     return f"dash-{uuid.uuid4().hex}"
+
+
+TICKET_ORDER_FIELDS = ("portfolio", "ticker", "side", "qty", "intent")
+"""What makes two checked tickets the same order (the gate's own test of a resend: logic/execution.py)."""
+UNSETTLING_CODES = frozenset(
+    {
+        ReasonCode.STORE_UNAVAILABLE,
+        ReasonCode.STORE_EMPTY,
+        ReasonCode.STORE_CORRUPT,
+        ReasonCode.SCHEMA_MISMATCH,
+        ReasonCode.RETRY_EXHAUSTED,
+        ReasonCode.OUTCOME_UNKNOWN,
+    }
+)
+"""Reasons of a refused resend that say nothing about whether the first send filled (the store failed again)."""
+
+
+def ticket_order_id(unknown: Mapping[str, Any] | None, ticket: Mapping[str, Any]) -> str:
+    """The client order id a checked ``ticket`` executes with: ``unknown``'s when the ticket is that same order,
+    ``unknown`` being a ticket whose execution came back with its outcome unknown (:func:`outcome_unknown`), so
+    sending it again fills it at most once (the gate answers with the fill if the first send filled); a new one
+    (:func:`new_client_order_id`) otherwise."""
+    if unknown is not None and all(unknown.get(f) == ticket.get(f) for f in TICKET_ORDER_FIELDS):
+        return str(unknown["client_order_id"])
+    return new_client_order_id()
+
+
+def outcome_unknown(result: Mapping[str, Any] | None) -> bool:
+    """The execution ``result`` cannot say whether the order filled: its EXEC reply was lost and Redis stayed
+    unreachable (status ``UNKNOWN``, reason ``OUTCOME_UNKNOWN``). The order MAY HAVE FILLED."""
+    return result is not None and result.get("status") == ExecutionStatus.UNKNOWN
+
+
+def settles_unknown(result: Mapping[str, Any]) -> bool:
+    """Whether ``result``, the answer to a resend (same client order id) of an order whose outcome was unknown,
+    settles it: a fill (the first send's, returned as the duplicate, or this one's), or a refusal decided on the
+    stored book (which showed the id unclaimed: the first send did not fill). A refusal for a store failure, or
+    an outcome unknown again, settles nothing."""
+    status = result.get("status")
+    if status == ExecutionStatus.FILLED:
+        return True
+    if status != ExecutionStatus.REJECTED:
+        return False
+    codes = {str(r.get("code")) for r in result.get("reasons") or []}
+    return bool(codes) and not codes & UNSETTLING_CODES
 
 
 def ticket_action(intent: Any) -> Action:
