@@ -14,16 +14,25 @@ Notes
 -----
 The jump test, with ``p0`` the last accepted price, ``S_ii`` the ticker's variance of one *model* bar in the
 stored EWMA covariance, ``k`` the model bars one feed bar spans (:attr:`PriceFilter.bar_scale`; 1 for a live
-feed, e.g. ``5 x 390`` for a replay of weekly closes) and ``n`` the bars since ``p0`` was accepted (1, plus one
-for each later bar in which the ticker's print was refused: :attr:`PriceFilter.refused_bars`)::
+feed, e.g. ``5 x 390`` for a replay of weekly closes) and ``n`` the bars since ``p0`` was accepted, this one
+included (1, plus one for each later bar in which the ticker had no accepted price: its print was refused, or
+it had no print at all, e.g. a trading halt; :attr:`PriceFilter.missed_bars`)::
 
     sigma = sqrt(k * S_ii) * sqrt(n)
     accept  iff  |ln(p / p0)| <= max_jump_sigma * sigma * (1 + JUMP_TOLERANCE)
 
 so a jump of exactly ``max_jump_sigma`` sigmas of the time since ``p0`` passes and anything measurably beyond
-it is refused. No jump test is possible (and none is made) when the ticker has no valid last price, when its
-variance is zero or not finite, or on a ``reset`` bar (the first bar of a replay anchors new prices: no return
-is computed from it). A bar in which the ticker has no print at all does not count in ``n``.
+it is refused: a ticker halted for 120 bars re-opens within ``12 x sqrt(121) = 132`` one-bar sigmas. No jump
+test is possible (and none is made) when the ticker has no valid last price, when its variance is zero or not
+finite, or on a ``reset`` bar (the first bar of a replay anchors new prices: no return is computed from it; it
+starts every count afresh and counts itself for no ticker). The daemon tells the filter which universe tickers
+a bar lacks (:meth:`PriceFilter.absent`); every bar the filter sees counts, a bar held back whole included.
+
+``n`` is kept in memory: a restarted daemon starts every ticker at ``n = 1`` (a ticker halted across the
+restart re-opens with the one-bar band, and its gap costs one bar of latency, see below). It is not derived
+from the stored ``price_ts``: with a live feed those are wall-clock stamps (a late bar, a compressed
+``--interval``, the daemon's own downtime, a night without bars), so ``elapsed / bar length`` is no exact count
+of the bars since the price.
 
 A *single* absurd print is refused; a real move is not refused for long. A rejected jump is remembered as the
 ticker's candidate level ``c``, and the ticker's next price ``p`` confirms the move (it is accepted, and its
@@ -69,7 +78,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,12 +112,13 @@ class PriceFilter:
     bar_scale: float = 1.0
     pending: dict[str, float] = field(default_factory=dict)
     """Ticker -> price of its last rejected jump, waiting for the next print to confirm or contradict it."""
-    refused_bars: dict[str, int] = field(default_factory=dict)
-    """Ticker -> bars in a row in which its print was refused since its last accepted price (absent: 0); the
-    jump bound of its next print is widened by ``sqrt(1 + refused_bars)``."""
+    missed_bars: dict[str, int] = field(default_factory=dict)
+    """Ticker -> bars since its last accepted price in which it had none (its print refused, or no print: see
+    :meth:`absent`); not in the dict: 0. The jump bound of its next print is widened by ``sqrt(1 + missed_bars)``.
+    In memory only (module docstring)."""
     _bar: object = None
     _before: dict[str, float] = field(default_factory=dict)
-    _refused_before: dict[str, int] = field(default_factory=dict)
+    _missed_before: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_jump_sigma) and self.max_jump_sigma > 0):
@@ -134,11 +144,24 @@ class PriceFilter:
     def begin(self, bar: object) -> None:
         """Start checking bar ``bar`` (any key unique per bar). The same key again is a retry of that bar (the
         daemon recomputes a bar after a WATCH conflict): the remembered jumps are restored to what they were
-        before its first attempt, so a retry never confirms the bar's own rejected price."""
+        before its first attempt, so a retry never confirms the bar's own rejected price, and the bar's missed
+        bars (refused or absent) are counted once."""
         if bar == self._bar:
-            self.pending, self.refused_bars = dict(self._before), dict(self._refused_before)
+            self.pending, self.missed_bars = dict(self._before), dict(self._missed_before)
         else:
-            self._bar, self._before, self._refused_before = bar, dict(self.pending), dict(self.refused_bars)
+            self._bar, self._before, self._missed_before = bar, dict(self.pending), dict(self.missed_bars)
+
+    def absent(self, tickers: Iterable[str], *, reset: bool = False) -> None:
+        """The bar has no print of ``tickers`` (universe tickers it lacks: a halt, a gap in the feed): each one's
+        count of bars since its last accepted price grows by one, so its next print is judged against the
+        volatility of all that time. A reset bar counts for nobody and forgets every remembered jump, as
+        :meth:`check` with ``reset`` does. A remembered candidate level is kept (no print contradicted it)."""
+        if reset:
+            self.pending.clear()
+            self.missed_bars.clear()
+            return
+        for ticker in tickers:
+            self.missed_bars[ticker] = self.missed_bars.get(ticker, 0) + 1
 
     def check(
         self, ticker: str, raw: Any, last_price: float, variance: float, *, reset: bool = False
@@ -164,27 +187,27 @@ class PriceFilter:
         """
         if reset:
             self.pending.clear()
-            self.refused_bars.clear()
+            self.missed_bars.clear()
         reason = _basic_reason_of(raw)
         if reason:
             if not reset:  # a reset bar starts the count afresh
-                self.refused_bars[ticker] = self.refused_bars.get(ticker, 0) + 1
+                self.missed_bars[ticker] = self.missed_bars.get(ticker, 0) + 1
             return math.nan, reason
         price = float(raw)
         candidate = self.pending.pop(ticker, None)
-        refused = self.refused_bars.pop(ticker, 0)
+        missed = self.missed_bars.pop(ticker, 0)
         if reset or not (math.isfinite(last_price) and last_price > 0):
             return price, ""
         if not (math.isfinite(variance) and variance > 0):
             return price, ""
         sigma = math.sqrt(self.bar_scale * variance)
-        widened = sigma * math.sqrt(1 + refused)
+        widened = sigma * math.sqrt(1.0 + missed)  # n = 1 + missed bars since the last accepted price
         if self._within(price, last_price, widened):
             return price, ""
         if candidate is not None and self._confirms(price, candidate, last_price, sigma):
             return price, ""  # the previous print's move is confirmed: a real move
         self.pending[ticker] = price
-        self.refused_bars[ticker] = refused + 1
+        self.missed_bars[ticker] = missed + 1
         jump = abs(math.log(price / last_price)) / widened
         return math.nan, f"jump of {jump:.1f} sigma from {last_price:g} (limit {self.max_jump_sigma:g} sigma)"
 
@@ -225,7 +248,7 @@ class PriceFilter:
             raise ValueError("check_many: tickers, prices, last prices and variances must be aligned")
         if reset and m:
             self.pending.clear()
-            self.refused_bars.clear()
+            self.missed_bars.clear()
         reasons = [""] * m
         try:
             prices = np.array([float(raw) for raw in raws], dtype=np.float64)
@@ -238,17 +261,17 @@ class PriceFilter:
             for k in np.flatnonzero(bad).tolist():
                 reasons[k] = _basic_reason(float(prices[k]), bool(unreadable[k]))
                 if not reset:  # a reset bar starts the count afresh
-                    self.refused_bars[tickers[k]] = self.refused_bars.get(tickers[k], 0) + 1
+                    self.missed_bars[tickers[k]] = self.missed_bars.get(tickers[k], 0) + 1
             prices[bad] = np.nan
         ok = ~bad
         candidates: dict[int, float] = {}
-        refused = np.zeros(m)
-        if self.pending or self.refused_bars:
-            for k in np.flatnonzero(ok).tolist():
-                candidate = self.pending.pop(tickers[k], None)
-                if candidate is not None:
-                    candidates[k] = candidate
-                refused[k] = self.refused_bars.pop(tickers[k], 0)
+        missed = np.zeros(m)
+        if self.pending or self.missed_bars:  # the few remembered tickers, not a Python pass over the bar
+            where = dict(zip(tickers, range(m), strict=True))
+            for ticker in [t for t in self.pending if t in where and ok[where[t]]]:
+                candidates[where[ticker]] = self.pending.pop(ticker)
+            for ticker in [t for t in self.missed_bars if t in where and ok[where[t]]]:
+                missed[where[ticker]] = self.missed_bars.pop(ticker)
         if reset:
             return prices, reasons
         with np.errstate(invalid="ignore"):
@@ -257,7 +280,7 @@ class PriceFilter:
         if not at.size:
             return prices, reasons
         sigma = np.sqrt(self.bar_scale * variances[at])
-        widened = sigma * np.sqrt(1.0 + refused[at])  # the same IEEE operations as check()
+        widened = sigma * np.sqrt(1.0 + missed[at])  # the same IEEE operations as check()
         size = np.abs(np.fromiter(map(math.log, (prices[at] / last_prices[at]).tolist()), np.float64, at.size))
         bound = self.max_jump_sigma * widened * (1.0 + JUMP_TOLERANCE)
         for j in np.flatnonzero(~(size <= bound)).tolist():
@@ -266,7 +289,7 @@ class PriceFilter:
             if candidate is not None and self._confirms(price, candidate, last, float(sigma[j])):
                 continue  # the previous print's move is confirmed: a real move
             self.pending[tickers[k]] = price
-            self.refused_bars[tickers[k]] = int(refused[k]) + 1
+            self.missed_bars[tickers[k]] = int(missed[k]) + 1
             limit = f"(limit {self.max_jump_sigma:g} sigma)"
             reasons[k] = f"jump of {size[j] / widened[j]:.1f} sigma from {last:g} {limit}"
             prices[k] = np.nan

@@ -368,6 +368,9 @@ class StreamDaemon:
             at = np.array([i for i in found if i >= 0], dtype=np.intp)
             known = [t for t, i in zip(names, found, strict=True) if i >= 0]
             raws = [r for r, i in zip(raws, found, strict=True) if i >= 0]
+            missing = np.ones(len(self.tickers), dtype=bool)
+            missing[at] = False  # a halted ticker's bars count: its re-open is judged over all of them
+            self.price_filter.absent([self.tickers[i] for i in np.flatnonzero(missing)], reset=bar.reset)
         checked, reasons = self.price_filter.check_many(
             known, raws, self.prices[at], np.diagonal(self.cov)[at], reset=bar.reset
         )  # engine/price_filter.py: absurd prices never reach the model

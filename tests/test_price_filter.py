@@ -273,7 +273,7 @@ def test_check_many_decides_every_price_as_check_does_one_at_a_time_on_random_ba
         refused = {t: int(rng.integers(1, 4)) for t in tickers if rng.random() < 0.2}
         one, many = PriceFilter(SIGMAS, scale), PriceFilter(SIGMAS, scale)
         one.pending, many.pending = dict(remembered), dict(remembered)
-        one.refused_bars, many.refused_bars = dict(refused), dict(refused)
+        one.missed_bars, many.missed_bars = dict(refused), dict(refused)
         # Act
         pairs = enumerate(zip(tickers, raws, strict=True))
         expected = [one.check(t, r, last[k], variances[k], reset=reset) for k, (t, r) in pairs]
@@ -282,7 +282,7 @@ def test_check_many_decides_every_price_as_check_does_one_at_a_time_on_random_ba
         assert reasons == [why for _, why in expected], f"trial {trial}"
         np.testing.assert_array_equal(prices, [p for p, _ in expected])
         assert many.pending == one.pending, f"trial {trial}"
-        assert many.refused_bars == one.refused_bars, f"trial {trial}"
+        assert many.missed_bars == one.missed_bars, f"trial {trial}"
         for why in reasons:
             decided["jump" if why.startswith("jump") else "absurd" if why else "accepted"] += 1
     assert min(decided.values()) > 100  # every kind of decision was exercised
@@ -340,7 +340,7 @@ def test_an_isolated_fat_finger_print_is_still_refused_and_a_partial_reversion_d
     assert f.check("AAA", 95.0, 100.0, variance)[1]  # back half way: no confirmation, refused again
     f.begin(3)
     assert f.check("AAA", 100.05, 100.0, variance) == (100.05, "")  # reverts: the spike never got in
-    assert f.pending == {} and f.refused_bars == {}
+    assert f.pending == {} and f.missed_bars == {}
     f.begin(4)
     assert f.check("AAA", 90.0, 100.05, variance)[1]
     f.begin(5)
@@ -377,10 +377,10 @@ def test_the_band_widens_by_the_square_root_of_the_bars_since_the_last_accepted_
             f.begin(refused)
             if use_many:
                 got, why = f.check_many(["AAA"], [price], np.array([last]), np.array([variance]))
-                results.append((float(got[0]), why[0], dict(f.refused_bars)))
+                results.append((float(got[0]), why[0], dict(f.missed_bars)))
             else:
                 got1, why1 = f.check("AAA", price, last, variance)
-                results.append((got1, why1, dict(f.refused_bars)))
+                results.append((got1, why1, dict(f.missed_bars)))
     # Assert: exactly at 12 sigma x sqrt(1 + refused) accepted (the bars forgotten), one float over refused
     for got, why, counts in results[:2]:
         assert (got, why, counts) == (at, "", {})
@@ -388,3 +388,106 @@ def test_the_band_widens_by_the_square_root_of_the_bars_since_the_last_accepted_
         assert math.isnan(got) and why.startswith("jump of 12.0 sigma") and counts == {"AAA": refused + 1}
     # without the refused bars the same price is far over the one-bar band
     assert PriceFilter(SIGMAS).check("AAA", at, last, variance)[1]
+
+
+# -- a halted ticker: the bars it had no print in count ------------------------------------------------------
+
+
+def _halted_bars(store: Store, absent: str, k: int) -> list[Bar]:
+    """``k`` bars in which every ticker but ``absent`` prints its seeded price (a trading halt of ``absent``)."""
+    snap = store.read_market()
+    others = {t: float(p) for t, p in zip(snap.tickers, snap.prices, strict=True) if t != absent}
+    return [Bar(b, dict(others)) for b in range(1, k + 1)]
+
+
+@pytest.mark.parametrize("k", [1, 120])
+def test_a_halted_ticker_reopens_within_the_band_of_all_the_bars_since_its_last_price_to_the_ulp(
+    store: Store, jump_settings: Settings, k: int
+) -> None:
+    # Arrange: DDD absent from k bars, then re-opening down at the edge of 12 sigma x sqrt(k + 1): the k absent
+    # bars and the re-open bar itself are the n = k + 1 bars since its last accepted price
+    _seed(store, jump_settings)
+    before = store.read_market()
+    d = before.tickers.index("DDD")
+    last, variance = float(before.prices[d]), float(before.cov[d, d])
+    bound = SIGMAS * (math.sqrt(variance) * math.sqrt(1 + k)) * (1.0 + JUMP_TOLERANCE)
+    at, over = _edge(last, bound, -1.0)
+    stored: list[tuple[int, float]] = []
+    for price in (at, over):
+        _seed(store, jump_settings)
+        # Act
+        halt = _halted_bars(store, "DDD", k + 1)
+        daemon = _run(store, jump_settings, [*halt[:k], Bar(k + 1, {**halt[k].prices, "DDD": price})])
+        stored.append((daemon.stats.prices_rejected, float(store.read_market().prices[d])))
+        assert daemon.price_filter.missed_bars == ({} if price == at else {"DDD": k + 1})
+    # Assert: the halt kept DDD's variance (so the band is the one computed here); the edge is in, one float
+    # beyond it refused (DDD keeps its pre-halt price); both decisions the same through check()
+    assert store.read_market().cov[d, d] == variance
+    assert stored == [(0, at), (1, last)]
+    assert PriceFilter(SIGMAS).check("DDD", at, last, variance)[1]  # far over the one-bar band
+
+
+@pytest.mark.parametrize("use_many", [False, True], ids=["check", "check_many"])
+def test_absent_bars_widen_the_band_as_refused_ones_do_in_check_and_check_many(use_many: bool) -> None:
+    # Arrange: AAA absent from 5 bars (n = 6 at its re-open), a retry of the last one counted once
+    last, variance, k = 100.0, 1e-6, 5
+    bound = SIGMAS * (math.sqrt(variance) * math.sqrt(1 + k)) * (1.0 + JUMP_TOLERANCE)
+    at, over = _edge(last, bound, 1.0)
+    results = []
+    for price in (at, over):
+        f = PriceFilter(SIGMAS)
+        for bar in range(k):
+            f.begin(bar)
+            f.absent(["AAA"])
+        f.begin(k - 1)  # the daemon recomputes the last bar after a WATCH conflict
+        f.absent(["AAA"])
+        assert f.missed_bars == {"AAA": k}
+        f.begin(k)
+        # Act
+        if use_many:
+            got, why = f.check_many(["AAA"], [price], np.array([last]), np.array([variance]))
+            results.append((float(got[0]), why[0], dict(f.missed_bars)))
+        else:
+            results.append((*f.check("AAA", price, last, variance), dict(f.missed_bars)))
+    # Assert: the edge accepted and the count reset; one float over refused, the re-open bar counted too
+    assert results[0] == (at, "", {})
+    got, why, counts = results[1]
+    assert math.isnan(got) and why.startswith("jump of 12.0 sigma") and counts == {"AAA": k + 1}
+
+
+def test_a_reset_bar_counts_no_absent_bar_and_starts_every_count_afresh() -> None:
+    f = PriceFilter(SIGMAS)
+    f.absent(["AAA", "BBB"])
+    f.absent(["AAA"])
+    assert f.missed_bars == {"AAA": 2, "BBB": 1}
+    f.absent(["AAA"], reset=True)
+    assert f.missed_bars == {}
+
+
+def test_a_ticker_reopening_8_percent_lower_after_a_two_hour_halt_is_accepted_on_its_first_print(
+    store: Store, jump_settings: Settings
+) -> None:
+    # Arrange: the other tickers move at their own volatility for 120 one-minute bars while DDD is halted; DDD
+    # re-opens 8% lower (about 58 one-bar sigmas, 5.3 sigmas of the 121 bars), then trades on
+    _seed(store, jump_settings)
+    snap = store.read_market()
+    d = snap.tickers.index("DDD")
+    rng = np.random.default_rng(1)
+    vols = np.sqrt(np.diagonal(snap.cov))
+    prices = snap.prices.copy()
+    bars = []
+    for b in range(1, 131):
+        prices = prices * np.exp(vols * rng.standard_normal(len(prices)))
+        if b == 121:
+            prices[d] = snap.prices[d] * 0.92
+        row = {t: float(p) for t, p in zip(snap.tickers, prices, strict=True) if b > 120 or t != "DDD"}
+        bars.append(Bar(b, row))
+    daemon = StreamDaemon(store, jump_settings, IterableFeed(iter(bars)), clock=lambda: NOW, interval=0)
+    # Act
+    daemon.run(ticks=121)
+    reopened = float(store.read_market().prices[d])
+    daemon.run()
+    # Assert: the re-open print is in at once, and so is every later one
+    assert reopened == snap.prices[d] * 0.92
+    assert (daemon.stats.bars_written, daemon.stats.prices_rejected) == (130, 0)
+    assert store.read_market().prices[d] == bars[-1].prices["DDD"]
