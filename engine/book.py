@@ -32,12 +32,28 @@ stored limits (never changed live) is left alone: every process reads the file's
 A portfolio the file (or the settings) does not name is never read nor written. A portfolio not in the
 store is refused unless ``create``. :func:`apply_sync` writes one MULTI per portfolio (each portfolio's keys
 share one hash tag), after WATCHing its state and positions and checking that the diff is still the printed
-one; each change gets its own audit record on the portfolio's audit stream, in the same transaction.
+one; each change gets its own audit record on the portfolio's audit stream, in the same transaction. Values are
+compared as numbers: ``100.0`` and ``100`` are the same cost, ``1000000.00`` and ``1000000`` the same cash.
+
+Capital flows: a sync that changes a portfolio's cash or quantities moves money or securities in or out of the
+book (a withdrawal, a transfer, a position booked elsewhere); that is not P&L. In the same transaction the sync
+computes the flow, the equity change it causes at the stored prices (:func:`capital_flow`: the change of cash plus
+each quantity change times its price, a ticker without a usable price counting 0 as the monitor values it), and
+moves the portfolio's P&L references by it (:meth:`Store.shift_peaks`: the day open, the day / week / all-time
+peaks and the last equity and close seen; the worst drawdown so far stays as recorded), with a ``capital_flow``
+audit record (the flow, its cash part, each quantity change and its price). The next snapshot then shows the daily
+P&L and drawdowns the book would show without the flow. The prices are those stored when the transaction runs: a
+bar written between the monitor's last snapshot and the sync is the monitor's P&L on the old book, as it should.
+The monitor's vectorised tick WATCHes the peaks before it reads the books (logic/batch_tick.py), so it never
+measures a book read before the sync against references shifted by it (its tick is redone); the per-portfolio
+reference path (``Monitor(vectorised=False)``) merges without a transaction and could, for one tick, if the sync
+commits between its read of the books and its merge.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -270,21 +286,59 @@ def _show(pos: Position | None) -> str | None:
     return None if pos is None or pos.qty == 0 else f"{pos.qty} @ {pos.avg_price}"
 
 
+def _same_position(a: Position | None, b: Position | None) -> bool:
+    """The same holding: both flat (or absent), or the same quantity at the same cost as numbers (``Decimal``
+    equality: ``100.0 == 100``; their display strings differ)."""
+    if a is None or a.qty == 0 or b is None or b.qty == 0:
+        return (a is None or a.qty == 0) and (b is None or b.qty == 0)
+    return a.qty == b.qty and a.avg_price == b.avg_price
+
+
 def diff(stored: PortfolioState | None, want: PortfolioState) -> list[Change]:
-    """The changes that turn ``stored`` (None: a new portfolio) into ``want``."""
+    """The changes that turn ``stored`` (None: a new portfolio) into ``want``, values compared as numbers."""
     pid = want.portfolio_id
     out = []
     for name in ("account_type", "cash", "initial_margin", "maintenance_margin"):
-        before = None if stored is None else str(getattr(stored, name))
-        after = str(getattr(want, name))
-        if before != after:
-            out.append(Change(pid, name, before, after))
+        after_value = getattr(want, name)
+        if stored is None or getattr(stored, name) != after_value:
+            before = None if stored is None else str(getattr(stored, name))
+            out.append(Change(pid, name, before, str(after_value)))
     old_positions = {} if stored is None else stored.positions
     for ticker in sorted(set(old_positions) | set(want.positions)):
-        was, now_ = _show(old_positions.get(ticker)), _show(want.positions.get(ticker))
-        if was != now_:
-            out.append(Change(pid, f"position:{ticker}", was, now_))
+        old, new = old_positions.get(ticker), want.positions.get(ticker)
+        if not _same_position(old, new):
+            out.append(Change(pid, f"position:{ticker}", _show(old), _show(new)))
     return out
+
+
+def _quantities(state: PortfolioState) -> dict[str, int]:
+    return {t: p.qty for t, p in state.positions.items() if p.qty != 0}
+
+
+def capital_flow(
+    stored: PortfolioState, want: PortfolioState, prices: Mapping[str, float]
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """The equity change that turning ``stored`` into ``want`` causes at ``prices`` (ticker -> price), and the
+    quantity changes it comes from (ticker -> ``{"qty": change, "price": price used}``).
+
+    Notes
+    -----
+    ``flow = (cash_want - cash_stored) + sum_i (qty_want_i - qty_stored_i) * p_i``, with ``p_i = 0`` for a ticker
+    without a finite price (not in the market, NaN): the monitor values such a holding at 0
+    (logic/valuation.py), so the flow is exactly the change of the equity it computes. A change of cost basis, of
+    margins or of the account type moves no equity: no flow.
+    """
+    flow = float(want.cash - stored.cash)
+    moves: dict[str, dict[str, float]] = {}
+    for ticker in sorted(set(stored.positions) | set(want.positions)):
+        old, new = stored.positions.get(ticker), want.positions.get(ticker)
+        change = (new.qty if new is not None else 0) - (old.qty if old is not None else 0)
+        if change:
+            price = float(prices.get(ticker, math.nan))
+            price = price if math.isfinite(price) else 0.0
+            flow += change * price
+            moves[ticker] = {"qty": change, "price": price}
+    return flow, moves
 
 
 def plan_sync(store: Store, settings: Settings, book: Book, *, create: bool, now: float) -> SyncPlan:
@@ -323,6 +377,8 @@ def apply_sync(store: Store, plan: SyncPlan, *, now: float, actor: str) -> int:
 
     Each portfolio's state and positions are WATCHed and its diff recomputed: if it is no longer the planned
     one (a trade landed meanwhile) the portfolio is left alone and :class:`BookError` says what was applied.
+    A change of cash or quantities is a capital flow: the portfolio's P&L references move by it in the same
+    MULTI, with a ``capital_flow`` audit record (module docstring).
     """
     applied = 0
     for pid in sorted(set(plan.changes) | set(plan.created)):
@@ -342,6 +398,12 @@ def apply_sync(store: Store, plan: SyncPlan, *, now: float, actor: str) -> int:
                             f"portfolio {pid} changed after the diff was printed; {applied} change(s) applied "
                             "before it; run the sync again"
                         )
+                    flow: dict[str, Any] | None = None
+                    if stored is not None and (stored.cash != want.cash or _quantities(stored) != _quantities(want)):
+                        header = store.read_market_header()  # the marks now (another slot: not WATCHed)
+                        prices = dict(zip(header.tickers, header.prices.tolist(), strict=True))
+                        amount, moves = capital_flow(stored, want, prices)
+                        flow = {"flow": amount, "cash": float(want.cash - stored.cash), "positions": moves}
                     pipe.multi()
                     _write(store, stored, want, pipe, now)
                     if stored is None:
@@ -350,6 +412,11 @@ def apply_sync(store: Store, plan: SyncPlan, *, now: float, actor: str) -> int:
                     for change in changes:
                         store.append_audit(keys.audit, {"ts": now, "actor": actor, "action": "sync",
                                                         **change.to_dict()}, pipe)  # fmt: skip
+                    if flow is not None:  # not P&L: the references move by it (module docstring)
+                        if flow["flow"] != 0.0:
+                            store.shift_peaks(pid, flow["flow"], pipe)
+                        store.append_audit(keys.audit, {"ts": now, "actor": actor, "action": "capital_flow",
+                                                        **flow}, pipe)  # fmt: skip
                     pipe.execute()
                     applied += len(changes)
                     break
@@ -367,7 +434,7 @@ def _write(store: Store, stored: PortfolioState | None, want: PortfolioState, pi
     store.write_portfolio_state(want, pipe)
     for ticker in sorted(set(stored.positions) | set(want.positions)):
         old, new = stored.positions.get(ticker), want.positions.get(ticker)
-        if _show(old) != _show(new):
+        if not _same_position(old, new):
             store.write_position(want.portfolio_id, ticker, new, pipe)
 
 

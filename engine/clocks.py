@@ -107,6 +107,15 @@ def tick_time(clock: Clock, bar_ts: float) -> float:
     return clock.tick_time(bar_ts) if isinstance(clock, MarketClock) else clock()
 
 
+def replaying(clock: Clock) -> bool:
+    """True when ``clock`` is a :class:`MarketClock` on a replay's time (the stream daemon replays a file).
+
+    The monitor restarts the drawdowns on a replay's reset bar only (its first: the data's clock restarted,
+    maybe years back). Live, a reset bar follows a reloaded market model (engine/reload.py), which is no new
+    book: the P&L references and the drawdown record are kept, and prices the reload changed show as P&L."""
+    return isinstance(clock, MarketClock) and clock.mode() == ClockMode.REPLAY
+
+
 def is_date_only(bars: list[Bar]) -> bool:
     """True when every bar is at midnight UTC (a file of dates, no times)."""
     return bool(bars) and all(float(b.ts) % 86400.0 == 0.0 for b in bars)

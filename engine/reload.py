@@ -2,12 +2,20 @@
 anything (``python warmup.py --history FILE`` on a seeded store, ``--reset [--wipe-audit]``).
 
 A reload replaces the market (prices, the EWMA matrix re-estimated from the history, the stressed matrix, the
-reference prices) in ONE transaction that also starts a new market epoch (:meth:`Store.bump_market_epoch`),
-restarts every portfolio's equity peaks and excursions, and appends an audit record. Books, trades, orders,
-alerts and audit trails are kept. The market version goes on from the stored one (+1), so every reader
-reloads its cached matrix; the stream daemon sees the new epoch and writes its next bar as a ``reset`` bar
-(no return across the two markets), on which the monitor restarts the peaks again (a tick of the old market
-processed late cannot leave a fake drawdown behind).
+reference prices) in ONE transaction that also starts a new market epoch (:meth:`Store.bump_market_epoch`)
+and appends an audit record. Books, trades, orders, alerts, audit trails and every portfolio's P&L references
+and drawdown record (``pf:{id}:peaks``: day open, day / week / all-time peaks, the worst drawdown; and the
+position excursions ``pf:{id}:marks``) are kept: refreshing the risk model is not a new book. The market
+version goes on from the stored one (+1), so every reader reloads its cached matrix; the stream daemon sees
+the new epoch and writes its next bar as a ``reset`` bar (no return across the two markets).
+
+Prices that the reload changes are a re-mark, and a re-mark shows as P&L: the next snapshot values the book at
+the reloaded prices against the references kept, as it would a price correction from the feed. We chose this
+over shifting the references by the revaluation (as a capital flow is, engine/book.py) because the marks are
+the desk's valuation: a shift would hide a real change of value from the daily P&L and the drawdown breakers
+for good, and a tick of the old market processed after the reload would then be measured against shifted
+references (a fake gain, then a fake loss). Reloading the prices the store already holds moves nothing.
+``--reset`` (:func:`reset_store`) deletes the references with everything else: a reset starts afresh.
 """
 
 from __future__ import annotations
@@ -88,15 +96,14 @@ def reload_market(
                 )  # fmt: skip
                 store.write_stressed(snap.version, snap.tickers, stressed, pipe, meta=meta)
                 store.write_reference_prices(snap.tickers, snap.prices, now, pipe)
-                store.bump_market_epoch(pipe)
-                store.restart_peaks(pids, pipe)
+                store.bump_market_epoch(pipe)  # the P&L references and drawdowns are kept (module docstring)
                 if standardized is not None:
                     store.write_standardized_window(
                         snap.tickers, np.full(len(standardized), snap.version, dtype=np.int64), standardized,
                         settings.model.fhs_window, pipe, observed=observed,
                     )  # fmt: skip
                 record = {"ts": now, "actor": actor, "action": "load_history", "version": snap.version,
-                          "epoch": epoch, **detail}  # fmt: skip
+                          "epoch": epoch, "portfolios": len(pids), "peaks": "kept", **detail}  # fmt: skip
                 store.append_audit(GLOBAL_AUDIT_KEY, record, pipe)
                 pipe.execute()
                 return snap.version

@@ -8,7 +8,8 @@ holidays and early closes. :class:`Sessions` answers, for an epoch time ``t``:
   time after a close (evening, weekend, holiday) belongs to the session that closed, and daily P&L and daily
   drawdown reset at each session open;
 - whether the market is open (:meth:`Sessions.is_open`): ``open <= t <= close`` (the close is in, it is the
-  closing price's time);
+  closing price's time); the monitor's last equity observed while it is (:meth:`MarketCalendar.sets_close`) is
+  the close the next day's P&L and peaks start from, so an observation after hours never becomes the open;
 - the next / previous session, the open and close of each;
 - the week (:meth:`Sessions.period_ids`): sessions are grouped by the ISO week of their session date, and a
   week's id is the date of its first session (Tuesday after a Monday holiday), so the weekly window resets at
@@ -179,6 +180,18 @@ class MarketCalendar:
     def is_open(self, t: float) -> bool:
         """True inside a session (always for ``24/7``)."""
         return True if self.sessions is None else self.sessions.is_open(t)
+
+    def sets_close(self, t: float) -> bool:
+        """Whether an equity observed at ``t`` may be the session's close, the reference the next day and week
+        open at (engine/store/monitoring.py ``_PEAKS_LUA``): inside a session (the close itself included);
+        always for ``24/7``. A time outside the calendar's range follows the ``24/7`` rule, as
+        :meth:`period_ids` does, so the two never disagree about a time."""
+        if self.sessions is None:
+            return True
+        try:
+            return self.sessions.is_open(t)
+        except ValueError:
+            return True
 
     def session_id(self, t: float) -> str:
         """Id of the daily window holding ``t``."""

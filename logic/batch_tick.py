@@ -163,10 +163,26 @@ class VectorisedTick:
         finish: Callable[[Any, dict[str, dict[str, Any]]], object],
     ) -> dict[str, dict[str, Any]]:
         """Read every portfolio (``read``), snapshot and write them (module docstring); ``finish`` queues the
-        acknowledgement and heartbeat and runs the EXEC."""
+        acknowledgement and heartbeat and runs the EXEC.
+
+        Each lane WATCHes the peaks keys of the portfolios it held last tick *before* the books are read: a
+        write that changes a book together with its peaks (a book sync's capital flow, engine/book.py) then
+        either lands before the read (the book read is the new one, the peaks are loaded again: stamped by
+        another writer) or aborts the lane's EXEC (the tick is redone), never between the two (an old book
+        measured against shifted references). Lanes whose portfolios changed WATCH their new keys after the
+        read too (:meth:`_watch_lane`)."""
         with paused_gc(), prompt_writer():
-            bundles = list(read().values())
-            return self._snapshot_all(monitor, bundles, market, now, finish=finish)
+            txs = [slot_transaction(self.store.client) for _ in self.lanes]
+            try:
+                for lane, tx in zip(self.lanes, txs, strict=True):
+                    if watched := lane.state.watch_keys():
+                        tx.watch(*watched)
+                bundles = list(read().values())
+            except BaseException:
+                for tx in txs:
+                    tx.reset()
+                raise
+            return self._snapshot_all(monitor, bundles, market, now, finish=finish, txs=txs)
 
     def _snapshot_all(
         self,
@@ -176,16 +192,20 @@ class VectorisedTick:
         now: float,
         *,
         finish: Callable[[Any, dict[str, dict[str, Any]]], object],
+        txs: list[Any],
     ) -> dict[str, dict[str, Any]]:
         bounds = chunks(len(bundles), self.chunk_portfolios)
         while len(self.lanes) < len(bounds):
             self.lanes.append(_Lane(self.settings.history.tiers, self.token))
         del self.lanes[len(bounds) :]
+        for tx in txs[len(bounds) :]:  # lanes gone (fewer portfolios): their WATCHes go
+            tx.reset()
+        del txs[len(bounds) :]
+        txs += [slot_transaction(self.store.client) for _ in range(len(bounds) - len(txs))]
         background = len(bounds) > 1 and not is_cluster(self.store.client)
         # a writer thread per lane (each transaction holds its own connection): a lane's MULTI runs while the
         # next lane is computed, and is packed and sent while Redis still runs the one before
         pool = concurrent.futures.ThreadPoolExecutor(len(bounds), "riskdesk-tick-write") if background else None
-        txs = [slot_transaction(self.store.client) for _ in bounds]
         sent: list[_Sent] = []
         try:
             # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
@@ -238,16 +258,18 @@ class VectorisedTick:
         self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView
     ) -> None:
         """Lay out a lane's books and WATCH its portfolios in ``tx`` (every writer of peaks, marks or tier
-        buckets stamps the peaks key); the unreadable ones are reported and left out."""
+        buckets stamps the peaks key) unless they are those WATCHed before the read (:meth:`snapshot_all`);
+        the unreadable ones are reported and left out."""
         readable = [b for b in bundles if b.state is not None]
         for b in bundles:
             if b.state is None:
                 monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
         lane.readable = readable
         lane.cols.update([b.state for b in readable], market.header.tickers, market.index)  # type: ignore[misc]
+        before = lane.state.watch_keys()
         lane.state.align(lane.cols.pids, lane.cols.ticker_tuples())
         watched = lane.state.watch_keys()
-        if watched:
+        if watched and watched != before:  # the same keys were WATCHed before the read
             tx.watch(*watched)
 
     def _stale(self, states: Sequence[TickState]) -> list[npt.NDArray[np.bool_]]:
@@ -298,7 +320,9 @@ class VectorisedTick:
                 monitor._portfolio_error(pid, "equity is not finite")
         ms = int(now * 1000)
         day_id, week_id = monitor.calendar.period_ids(now)
-        merged = state.merge_books(valid, values.equity, day_id, week_id, values.side, values.pnl, ms)
+        merged = state.merge_books(
+            valid, values.equity, day_id, week_id, values.side, values.pnl, ms, monitor.calendar.sets_close(now)
+        )
         figures, chosen = self._figures(monitor, market, cols, values, valid, limits, r.methods)
         backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
         inputs = BookInputs(

@@ -58,7 +58,7 @@ import numpy as np
 import redis
 
 from engine import math_logic
-from engine.clocks import MarketClock, tick_time
+from engine.clocks import MarketClock, replaying, tick_time
 from engine.daemon import (
     Backoff,
     add_daemon_arguments,
@@ -388,7 +388,7 @@ class Monitor:
         self._live = None  # the membership is read again once per tick
         now = tick_time(self.clock, event.ts)  # a replay's tick is dated by its bar (engine/clocks.py)
         n = len(event.tickers)
-        if event.reset:  # prices restarted (a replay, a reloaded market): drawdowns restart with them
+        if event.reset and replaying(self.clock):  # a replay restarted: so do its drawdowns (a reload keeps them)
             self.store.restart_peaks(self._shard_ids(self._portfolio_ids or self.store.portfolio_ids()))
         header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
         cov, stressed, model = self._matrices_for(event.version, event.ts, event.tickers)
@@ -501,6 +501,7 @@ class Monitor:
             return self.fast.snapshot_all(self, self._read_bundles, market, now, finish=finish)
         bundles = self._read_bundles()
         day_id, week_id = self.calendar.period_ids(now)
+        market_open = self.calendar.sets_close(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
         clean = np.nan_to_num(market.header.prices, nan=0.0)  # once for every portfolio
@@ -519,7 +520,7 @@ class Monitor:
             if not math.isfinite(equity):
                 self._portfolio_error(pid, "equity is not finite")
                 continue
-            self.store.update_peaks(pid, valuation.equity, day_id, week_id, merges)
+            self.store.update_peaks(pid, valuation.equity, day_id, week_id, merges, market_open=market_open)
             self.store.update_marks(pid, open_position_pnl(valuation), merges)
             valued.append((bundle, valuation))
         replies = merges.execute(raise_on_error=False) if valued else []

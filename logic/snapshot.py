@@ -36,13 +36,23 @@ Definitions:
   horizon (``var_horizon_days``) divided by the limit; ``component_var`` splits that VaR by ticker (Euler
   allocation; under ``fhs`` the positions' losses in the VaR scenario), the shares sum to it.
 - ``pnl.unrealized`` sums positions with a usable price; ``pnl.realized`` is the portfolio's realized P&L;
-  ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity (the last equity seen before
-  the day started, see ``Store.update_peaks``).
+  ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity: the previous session's
+  close, i.e. the last equity observed while the market was open (``MarketCalendar.sets_close``), so an
+  overnight gap counts and an extended-hours tick or an evening re-mark never becomes the open; the last equity
+  seen when no close is known (see ``Store.update_peaks``). With ``market.calendar = "24/7"`` the market never
+  closes: the open is the last equity seen before the day started.
 - Drawdowns: ``daily`` / ``weekly`` = equity / peak of the day (week) - 1, where a day is a session of
-  ``market.calendar`` (it starts at the session's open and runs to the next open) and a week the calendar's
-  week (from its first session's open), engine/sessions.py; with ``market.calendar = "24/7"`` a day starts at
-  ``monitor.day_reset_hour`` in ``monitor.timezone`` and a week on Monday at that hour. The period's peak
-  includes its opening equity; ``max`` is the worst drawdown from the running all-time peak seen so far.
+  ``market.calendar`` (it starts at the session's open and runs to the next open: the time after a close
+  belongs to the session that closed) and a week the calendar's week (from its first session's open),
+  engine/sessions.py; with ``market.calendar = "24/7"`` a day starts at ``monitor.day_reset_hour`` in
+  ``monitor.timezone`` and a week on Monday at that hour. A new day's (week's) peak starts at max(previous
+  close, first equity of the period), so a gap down from the close is a drawdown; ``max`` is the worst drawdown
+  from the running all-time peak seen so far (every observation, extended hours too).
+- Capital flows and model reloads: a book sync that changes cash or quantities (``warmup.py --sync``,
+  engine/book.py) moves the opening equity and every peak by the equity it adds or removes at the current
+  marks, so it is not P&L and no drawdown (the worst drawdown recorded stays); reloading the market model
+  (engine/reload.py) keeps the opening equity, the peaks and the worst drawdown, and prices it changes show as
+  P&L (a re-mark). Only a replay's first bar (its data clock restarted) starts the drawdowns afresh.
 - ``concentration.hhi``: Herfindahl index of gross-exposure shares; ``largest_share``: the largest absolute
   position value over equity (the measure ``limits.max_concentration`` caps; null when equity <= 0);
   ``largest_ticker`` its ticker.

@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 import redis
 
 import warmup
+from engine import book, reload
 from engine.feeds import SimulatedFeed
 from engine.records import Position
 from engine.redis_server import EmbeddedRedis
@@ -210,6 +214,75 @@ def test_monitors_of_both_kinds_taking_turns_lose_nothing(
     _assert_same_state(mixed_store, loop_store, mixed_store.portfolio_ids(), settings)
     stamp = mixed_store.client.hget(PortfolioKeys("p01").peaks, OWNER_FIELD)
     assert stamp == fast.fast.token.encode()  # type: ignore[union-attr]  # the last tick was the fast one's
+
+
+def test_both_paths_agree_across_closes_after_hours_ticks_a_capital_flow_and_a_market_reload(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # Arrange: the same random books in two stores on the XNYS calendar, one monitor of each kind
+    fast_store, loop_store = two_stores
+    settings = _random_settings(make_settings, seed=11)
+    assert settings.market.calendar == "XNYS"
+    ny = ZoneInfo("America/New_York")
+    times = [datetime(2024, 3, *when, tzinfo=ny).timestamp() for when in (
+        (8, 15, 0), (8, 15, 59, 30), (8, 16, 0, 0), (8, 16, 0, 1), (8, 19, 0), (11, 7, 0), (11, 9, 29, 59),
+        (11, 9, 30, 0), (11, 9, 30, 30), (11, 12, 0), (11, 16, 0), (12, 8, 0), (12, 9, 30, 5), (12, 10, 0),
+        (11, 15, 0), (12, 10, 5),  # a late tick of Monday's session, then Tuesday again
+    )]  # fmt: skip
+    for s in two_stores:
+        warmup.seed(s, settings, now=times[0] - 60)
+    clock = Steps()
+    fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    assert fast.fast is not None
+    fast.fast.chunk_portfolios = 5
+    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in two_stores]  # type: ignore[arg-type]
+    feeds = [iter(SimulatedFeed.from_settings(settings, seed=4)) for _ in two_stores]
+    tickers = list(settings.universe.assets)
+    pid = "p04"
+    held = sorted(t for t, p in fast_store.read_portfolio(pid).positions.items() if p.qty != 0)
+    assert held
+
+    # Act: a tick at each time; the back office withdraws cash and transfers shares of p04 out on Monday
+    # before the open, and the market model is reloaded (the same prices) at Monday noon
+    for k, t in enumerate(times):
+        clock.now = t
+        for daemon, feed in zip(daemons, feeds, strict=True):
+            assert daemon.process_bar(next(feed))
+        if k % 4 == 1:
+            for s in two_stores:
+                _trade(s, k, tickers)
+        if k == 5:
+            for s in two_stores:
+                state = s.read_portfolio(pid)
+                position = state.positions[held[0]]
+                rows = [f"{pid},{ticker},{p.qty if ticker != held[0] else p.qty // 2},{p.avg_price},,"
+                        for ticker, p in state.positions.items() if p.qty != 0]  # fmt: skip
+                path = tmp_path / "book.csv"
+                path.write_text("portfolio_id,ticker,qty,avg_price,account_type,cash\n" + "\n".join(rows)
+                                + f"\n{pid},,,,,{state.cash - Decimal('12345.67')}\n")  # fmt: skip
+                book.sync(s, settings, book.read_book(path, tickers), dry_run=False, create=False, now=t,
+                          actor="backoffice", out=lambda _line: None)  # fmt: skip
+                assert s.read_portfolio(pid).positions[held[0]].qty == position.qty // 2
+        if k == 9:
+            for s in two_stores:
+                market = s.read_market()
+                reload.reload_market(s, settings, market.tickers, market.prices, market.cov, now=t, actor="ops",
+                                     detail={})  # fmt: skip
+        for monitor in (fast, loop):
+            assert monitor.process_available() == 1
+
+    # Assert: the same stored state, the close and the last equity seen too
+    pids = fast_store.portfolio_ids()
+    _assert_same_state(fast_store, loop_store, pids, settings)
+    for p in pids:
+        got = [fast_store.client.hget(PortfolioKeys(p).peaks, f) for f in ("last", "close")]
+        want = [loop_store.client.hget(PortfolioKeys(p).peaks, f) for f in ("last", "close")]
+        assert [float(v or "nan") for v in got] == pytest.approx([float(v or "nan") for v in want], rel=RTOL), p
+    peaks = fast_store.read_peaks(pid)
+    assert peaks is not None and peaks.day == "2024-03-12"
+    flows = [r for _, r in fast_store.client.xrange(PortfolioKeys(pid).audit) if b"capital_flow" in r[b"json"]]
+    assert len(flows) == 1
 
 
 def test_a_portfolio_whose_monitor_state_is_corrupt_is_skipped_and_left_as_it_is(

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 import warmup
+from engine import book
+from engine.feeds import Bar, IterableFeed
+from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
+from engine.stream import StreamDaemon
 from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
 
 from .conftest import TEST_CONFIG, store_contents, to_toml
+from .test_monitor import Clock
+
+WED = datetime(2024, 3, 6, 15, 0, tzinfo=UTC).timestamp()
+"""A Wednesday, 10:00 in New York: inside an XNYS session."""
 
 BOOK = """portfolio_id,ticker,qty,avg_price,account_type,cash
 main,AAA,1000,92.50,,
@@ -195,9 +206,9 @@ def test_history_on_a_seeded_store_keeps_books_trades_and_audit_and_starts_a_new
     Monitor(store, settings, clock=time.time).refresh()
     keys = PortfolioKeys("main")
     kept = {k: v for k, v in store_contents(redis_client).items() if k.decode().split(":")[-1] in (
-        "trades", "audit", "positions", "orders", "trading_state")}  # fmt: skip
+        "trades", "audit", "positions", "orders", "trading_state", "peaks", "marks")}  # fmt: skip
     epoch, version = store.read_market_epoch(), store.read_market_version()
-    assert redis_client.exists(keys.peaks)
+    assert keys.peaks.encode() in kept and keys.marks.encode() in kept
 
     code, out, err = cli("--history", str(_daily_history(tmp_path)))
 
@@ -208,8 +219,9 @@ def test_history_on_a_seeded_store_keeps_books_trades_and_audit_and_starts_a_new
             continue
         assert after[key] == value, key
     assert store.read_market_epoch() == epoch + 1 and store.read_market_version() == version + 1
-    assert not redis_client.exists(keys.peaks)  # drawdowns restart from the new market
-    assert _audit(redis_client, GLOBAL_AUDIT_KEY)[-1]["action"] == "load_history"
+    # the P&L references, the drawdown record and the excursions are the book's: kept byte for byte (above)
+    assert {k: v for k, v in _audit(redis_client, GLOBAL_AUDIT_KEY)[-1].items() if k in ("action", "peaks")} == {
+        "action": "load_history", "peaks": "kept"}  # fmt: skip
     assert store.read_portfolio("main").positions["AAA"].qty == 1010
 
 
@@ -234,30 +246,221 @@ def test_reset_keeps_the_audit_trail_unless_wipe_audit(cli, redis_client, store:
     assert [r["action"] for r in _audit(redis_client, GLOBAL_AUDIT_KEY)] == ["reset", "seed"]
 
 
-def test_no_return_is_computed_across_a_market_reload_and_the_monitor_restarts_the_peaks(
-    seeded_store: Store, settings, redis_client
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+def test_a_market_reload_computes_no_return_across_and_keeps_the_day_open_peaks_and_worst_drawdown(
+    seeded_store: Store, settings, vectorised: bool
 ) -> None:
     from engine import reload
-    from engine.feeds import Bar, IterableFeed
-    from engine.stream import StreamDaemon
 
-    daemon = StreamDaemon(seeded_store, settings, IterableFeed([]), interval=0)
-    assert daemon.process_bar(Bar(1.0, {"AAA": 101.0}))
-    monitor = Monitor(seeded_store, settings, clock=time.time)
-    monitor.refresh()
-    tickers = seeded_store.read_market().tickers
+    # Arrange: main (1,000,000 cash, 1000 AAA, 2000 BBB) down 4.675% on the day, just inside a 5% breaker
+    clock = Clock(WED)
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+    daemon = StreamDaemon(seeded_store, settings, IterableFeed([]), clock=clock, interval=0)
+    e0, e1 = 1_000_000.0 + 1000 * 100.0 + 2000 * 50.0, 1_000_000.0 + 1000 * 70.0 + 2000 * 36.95
+    for k, (aaa, bbb) in enumerate(((100.0, 50.0), (70.0, 36.95))):
+        clock.t = WED + 60 * k
+        assert daemon.process_bar(Bar(clock.t, {"AAA": aaa, "BBB": bbb}))
+        monitor.process_available()
+    before = seeded_store.read_snapshot("main")
+    assert before is not None and before["drawdown"]["daily"] == pytest.approx(e1 / e0 - 1, rel=1e-12)
+    market = seeded_store.read_market()
     new_cov = np.diag([1e-6, 2e-6, 3e-6, 4e-6])
-    reload.reload_market(seeded_store, settings, tickers, np.array([50.0, 20.0, 80.0, 10.0]), new_cov,
-                         now=time.time(), actor="test", detail={})  # fmt: skip
-    Monitor(seeded_store, settings, clock=time.time).refresh()  # the new market's first equity
-    redis_client.hset(PortfolioKeys("main").peaks, "max_peak", "1e12")  # a stale peak the reset tick must drop
 
-    assert daemon.process_bar(Bar(2.0, {"AAA": 51.0}))
-
+    # Act: reload the same prices with a new matrix; the stream's next bar is the new epoch's reset bar
+    reload.reload_market(seeded_store, settings, market.tickers, market.prices, new_cov, now=clock.t, actor="ops",
+                         detail={})  # fmt: skip
+    clock.t += 60
+    assert daemon.process_bar(Bar(clock.t, {"AAA": 70.0}))
     event = seeded_store.last_tick()
     assert event is not None and event.reset
-    np.testing.assert_array_equal(seeded_store.read_market().cov, new_cov)  # no return 101 -> 51 in the matrix
-    snapshots = monitor.process_tick(None, event)
-    assert snapshots["main"]["drawdown"]["max"] == 0.0
-    assert daemon.process_bar(Bar(3.0, {"AAA": 52.0}))
+    np.testing.assert_array_equal(seeded_store.read_market().cov, new_cov)  # no return across the two markets
+    monitor.process_available()
+    same = seeded_store.read_snapshot("main")
+
+    # Assert: nothing moved: daily P&L, daily / weekly / all-time drawdown are the book's, as before the reload
+    assert same is not None and same["equity"] == pytest.approx(e1, rel=1e-12)
+    assert same["pnl"]["daily"] == pytest.approx(e1 - e0, rel=1e-12)
+    assert same["drawdown"] == pytest.approx({k: e1 / e0 - 1 for k in ("daily", "weekly", "max")}, rel=1e-12)
+
+    # Act: a reload that re-marks AAA at 60 (and the bar after it carries that price on)
+    reload.reload_market(seeded_store, settings, market.tickers,
+                         np.where(np.array(market.tickers) == "AAA", 60.0, seeded_store.read_market().prices),
+                         new_cov, now=clock.t, actor="ops", detail={})  # fmt: skip
+    clock.t += 60
+    assert daemon.process_bar(Bar(clock.t, {"AAA": 60.0}))
+    monitor.process_available()
+    remarked = seeded_store.read_snapshot("main")
+
+    # Assert: the re-mark shows as P&L against the references kept (engine/reload.py), one more tick goes on
+    e2 = 1_000_000.0 + 1000 * 60.0 + 2000 * 36.95
+    assert remarked is not None and remarked["pnl"]["daily"] == pytest.approx(e2 - e0, rel=1e-12)
+    assert remarked["drawdown"] == pytest.approx({k: e2 / e0 - 1 for k in ("daily", "weekly", "max")}, rel=1e-12)
+    assert daemon.process_bar(Bar(clock.t + 60, {"AAA": 61.0}))
     assert not seeded_store.last_tick().reset  # only the first bar of the new epoch
+
+
+# -- capital flows (engine/book.py) -----------------------------------------------------------------------------
+
+
+def _sync(store: Store, settings: Settings, tmp_path: Path, rows: str, now: float) -> list[str]:
+    """Apply ``rows`` (book CSV rows under the full header) with ``--sync``; returns the lines it printed."""
+    path = _write(tmp_path, "sync.csv", "portfolio_id,ticker,qty,avg_price,account_type,cash\n" + rows)
+    lines: list[str] = []
+    book.sync(store, settings, book.read_book(path, settings.universe.assets), dry_run=False, create=False,
+              now=now, actor="backoffice", out=lines.append)  # fmt: skip
+    return lines
+
+
+def _bar(store: Store, settings: Settings, clock: Clock, monitor: Monitor, aaa: float) -> dict[str, Any]:
+    """One bar (AAA at ``aaa``) at ``clock`` processed by ``monitor``; main's snapshot."""
+    assert StreamDaemon(store, settings, IterableFeed([]), clock=clock, interval=0).process_bar(
+        Bar(clock.t, {"AAA": aaa})
+    )
+    monitor.process_available()
+    snap = store.read_snapshot("main")
+    assert snap is not None
+    return snap
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+def test_a_withdrawal_and_a_transfer_out_recorded_by_sync_are_not_pnl_the_references_move_by_the_flow(
+    seeded_store: Store, settings: Settings, redis_client, tmp_path: Path, vectorised: bool
+) -> None:
+    # Arrange: main is 1,000,000 cash, 1000 AAA @ 100, 2000 BBB @ 50; AAA falls to 90 (a real loss of 10,000)
+    clock = Clock(WED)
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+    e0 = 1_000_000.0 + 1000 * 100.0 + 2000 * 50.0
+    _bar(seeded_store, settings, clock, monitor, 100.0)
+    clock.t += 60
+    down = _bar(seeded_store, settings, clock, monitor, 90.0)
+    worst = seeded_store.read_peaks("main")
+    assert worst is not None and worst.max_drawdown == pytest.approx((e0 - 10_000) / e0 - 1, rel=1e-12)
+
+    # Act: the back office withdraws 100,000 of cash and transfers 200 AAA out (at the mark, 90: 18,000)
+    lines = _sync(seeded_store, settings, tmp_path,
+                  "main,AAA,800,100,,\nmain,BBB,2000,50,,\nmain,,,,cash,900000.00\n", clock.t)  # fmt: skip
+
+    # Assert: the diff holds the two real changes only; every reference moved by the flow, the worst
+    # drawdown so far stays; the flow is audited with its parts
+    flow = -100_000.0 - 200 * 90.0
+    assert lines == ["main: cash: 1000000.00 -> 900000.00", "main: position:AAA: 1000 @ 100.0 -> 800 @ 100"]
+    shifted = seeded_store.read_peaks("main")
+    assert shifted is not None
+    for name in ("day_open", "day_peak", "week_peak", "max_peak"):
+        assert getattr(shifted, name) == getattr(worst, name) + flow, name
+    assert shifted.max_drawdown == worst.max_drawdown
+    raw = redis_client.hmget(PortfolioKeys("main").peaks, ["last", "close"])
+    assert [float(v) for v in raw] == [e0 - 10_000 + flow] * 2
+    records = [r for r in _audit(redis_client, PortfolioKeys("main").audit) if r["action"] == "capital_flow"]
+    assert [(r["flow"], r["cash"], r["positions"], r["actor"]) for r in records] == [
+        (flow, -100_000.0, {"AAA": {"qty": -200, "price": 90.0}}, "backoffice")]  # fmt: skip
+
+    # Act / Assert: prices unchanged: the day's P&L is still the market's -10,000, the drawdowns are the
+    # remaining book's against its shifted peak (1,082,000), the all-time record the worse of the two
+    clock.t += 60
+    after = _bar(seeded_store, settings, clock, monitor, 90.0)
+    e2 = 900_000.0 + 800 * 90.0 + 2000 * 50.0
+    assert after["equity"] == pytest.approx(e2, rel=1e-15)
+    assert after["pnl"]["daily"] == pytest.approx(down["pnl"]["daily"], rel=1e-9)
+    assert after["pnl"]["daily"] == pytest.approx(e2 - (e0 + flow), rel=1e-9)
+    assert after["drawdown"]["daily"] == pytest.approx(e2 / (e0 + flow) - 1, rel=1e-9)
+    assert after["drawdown"]["weekly"] == pytest.approx(e2 / (e0 + flow) - 1, rel=1e-9)
+    assert after["drawdown"]["max"] == pytest.approx(min(worst.max_drawdown, e2 / (e0 + flow) - 1), rel=1e-9)
+    # and the book moves on from there: AAA back to 99 on 800 shares
+    clock.t += 60
+    up = _bar(seeded_store, settings, clock, monitor, 99.0)
+    e3 = 900_000.0 + 800 * 99.0 + 2000 * 50.0
+    assert up["pnl"]["daily"] == pytest.approx(e3 - (e0 + flow), rel=1e-9)
+    assert up["drawdown"]["daily"] == pytest.approx(e3 / (e0 + flow) - 1, rel=1e-9)
+
+
+def test_a_cost_basis_correction_moves_no_equity_and_a_one_cent_withdrawal_moves_the_references_one_cent(
+    seeded_store: Store, settings: Settings, redis_client, tmp_path: Path
+) -> None:
+    clock = Clock(WED)
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0)
+    e0 = 1_000_000.0 + 1000 * 100.0 + 2000 * 50.0
+    _bar(seeded_store, settings, clock, monitor, 100.0)
+    key = PortfolioKeys("main").peaks
+    stored = redis_client.hgetall(key)
+
+    # Act / Assert: a cost basis corrected (no flow at all): the references are untouched, no flow audited
+    assert _sync(seeded_store, settings, tmp_path, "main,AAA,1000,95.5,,\nmain,BBB,2000,50,,\n", clock.t) == [
+        "main: position:AAA: 1000 @ 100.0 -> 1000 @ 95.5"]  # fmt: skip
+    assert redis_client.hgetall(key) == stored
+    assert not [r for r in _audit(redis_client, PortfolioKeys("main").audit) if r["action"] == "capital_flow"]
+
+    # Act / Assert: one cent withdrawn: every reference moves by exactly one cent, and the day's P&L stays 0
+    _sync(seeded_store, settings, tmp_path, "main,AAA,1000,95.5,,\nmain,BBB,2000,50,,\nmain,,,,,999999.99\n",
+          clock.t)  # fmt: skip
+    peaks = seeded_store.read_peaks("main")
+    assert peaks is not None
+    assert (peaks.day_open, peaks.day_peak, peaks.week_peak, peaks.max_peak) == (e0 + -0.01,) * 4
+    assert redis_client.hget(key, "owner") != stored[b"owner"]  # the vectorised monitor reloads it
+    clock.t += 60
+    snap = _bar(seeded_store, settings, clock, monitor, 100.0)
+    assert snap["pnl"]["daily"] == pytest.approx(0.0, abs=1e-9)
+    assert snap["drawdown"] == {"daily": 0.0, "weekly": 0.0, "max": 0.0}
+
+
+def test_a_sync_to_the_same_numbers_written_otherwise_changes_nothing_and_one_cent_of_cost_is_a_change(
+    seeded_store: Store, settings: Settings, redis_client, tmp_path: Path
+) -> None:
+    # Arrange: stored as seeded: cash 1000000.00, AAA 1000 @ 100.0, BBB 2000 @ 50.0
+    before = store_contents(redis_client)
+
+    # Act / Assert: the same values in other decimal forms are no change: nothing printed, written or audited
+    same = "main,AAA,1000,100,,\nmain,BBB,2000,50.000,,\nmain,,,,cash,1000000\n"
+    assert _sync(seeded_store, settings, tmp_path, same, WED) == ["nothing to change"]
+    assert store_contents(redis_client) == before
+
+    # Act / Assert: one cent of cost more is a change, the only one, and no flow
+    assert _sync(seeded_store, settings, tmp_path, "main,AAA,1000,100.01,,\nmain,BBB,2000,50,,\n", WED) == [
+        "main: position:AAA: 1000 @ 100.0 -> 1000 @ 100.01"]  # fmt: skip
+    actions = [r["action"] for r in _audit(redis_client, PortfolioKeys("main").audit)]
+    assert actions.count("sync") == 1 and "capital_flow" not in actions
+    assert seeded_store.read_portfolio("main").positions["AAA"].avg_price == Decimal("100.01")
+
+
+def test_a_capital_flow_committed_after_the_monitor_read_the_books_never_meets_the_old_book(
+    seeded_store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    # Arrange: a vectorised monitor that holds main's state; the sync will commit right after its next read of
+    # the books, before it merges them (the window between reading a book and merging its peaks)
+    clock = Clock(WED)
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0)
+    for _ in range(2):
+        _bar(seeded_store, settings, clock, monitor, 100.0)
+        clock.t += 60
+    read = monitor._read_bundles
+    synced: list[str] = []
+
+    def read_then_sync() -> Any:
+        bundles = read()
+        if not synced:
+            rows = "main,AAA,1000,100,,\nmain,BBB,2000,50,,\nmain,,,,,900000.00\n"
+            synced.extend(_sync(seeded_store, settings, tmp_path, rows, clock.t))
+        return bundles
+
+    monitor._read_bundles = read_then_sync  # type: ignore[method-assign]
+    assert StreamDaemon(seeded_store, settings, IterableFeed([]), clock=clock, interval=0).process_bar(
+        Bar(clock.t, {"AAA": 100.0})
+    )
+
+    # Act: what Monitor.run does: a tick that fails on a conflict is redone from the store
+    for _ in range(2):
+        try:
+            monitor.process_available()
+            break
+        except redis.WatchError as exc:
+            monitor._on_store_error(exc)
+    clock.t += 60
+    snap = _bar(seeded_store, settings, clock, monitor, 100.0)
+
+    # Assert: the withdrawal (prices unchanged) is no P&L and no drawdown, on the tick it landed in and after
+    assert synced == ["main: cash: 1000000.00 -> 900000.00"]
+    assert snap["equity"] == 1_100_000.0
+    assert snap["pnl"]["daily"] == pytest.approx(0.0, abs=1e-9)
+    assert snap["drawdown"] == {"daily": 0.0, "weekly": 0.0, "max": 0.0}
+    history = seeded_store.read_history("main")
+    assert [p["pnl.daily"] for p in history] == pytest.approx([0.0] * len(history), abs=1e-9)

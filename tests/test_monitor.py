@@ -22,6 +22,7 @@ import redis
 from scipy import stats
 
 import warmup
+from engine.clocks import ClockMode, MarketClock
 from engine.feeds import Bar, IterableFeed, SimulatedFeed
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Market, Settings, settings_from_dict
@@ -239,6 +240,109 @@ def test_daily_and_weekly_drawdowns_reset_at_the_configured_day_and_on_monday(
     assert mon["pnl"]["daily"] == pytest.approx(equity(80) - equity(95), rel=1e-12)
     peaks = seeded_store.read_peaks("main")
     assert peaks is not None and (peaks.day, peaks.week) == ("2024-03-11", "2024-03-11")
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+def test_on_an_exchange_calendar_a_new_day_opens_at_the_previous_close_not_at_an_after_hours_equity(
+    seeded_store: Store, settings: Settings, vectorised: bool
+) -> None:
+    # Arrange: XNYS (the default calendar); only AAA moves, main's equity is 1,100,000 + 1000 * AAA
+    assert settings.market.calendar == "XNYS"
+    ny = ZoneInfo("America/New_York")
+    clock = Clock(datetime(2024, 3, 8, 15, 0, tzinfo=ny).timestamp())
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+
+    def equity(aaa: float) -> float:
+        return 1_100_000.0 + 1000.0 * aaa
+
+    def step(at: datetime, aaa: float) -> dict[str, Any]:
+        clock.t = at.replace(tzinfo=ny).timestamp()
+        _tick(seeded_store, settings, clock, {"AAA": aaa}, monitor)
+        return _snapshot(seeded_store, "main")
+
+    # Act: Friday in the session, at the close (in it), a second after it (evening), Monday a second before the
+    # open (pre-market: still Friday's day) and at the open
+    step(datetime(2024, 3, 8, 15, 0), 100.0)
+    step(datetime(2024, 3, 8, 16, 0, 0), 110.0)
+    evening = step(datetime(2024, 3, 8, 16, 0, 1), 120.0)
+    premarket = step(datetime(2024, 3, 11, 9, 29, 59), 130.0)
+    opened = step(datetime(2024, 3, 11, 9, 30, 0), 105.0)
+    later = step(datetime(2024, 3, 11, 10, 0), 107.0)
+
+    # Assert: after hours the day is still Friday's, measured from Friday's open
+    assert evening["pnl"]["daily"] == pytest.approx(equity(120) - equity(100), rel=1e-12)
+    assert premarket["pnl"]["daily"] == pytest.approx(equity(130) - equity(100), rel=1e-12)
+    # Monday opens at Friday's close (16:00:00, AAA 110), not at the evening's or the pre-market's equity; the
+    # day's and the week's peaks start at max(close, first equity)
+    assert opened["pnl"]["daily"] == pytest.approx(equity(105) - equity(110), rel=1e-12)
+    assert opened["drawdown"]["daily"] == pytest.approx(equity(105) / equity(110) - 1, rel=1e-12)
+    assert opened["drawdown"]["weekly"] == pytest.approx(equity(105) / equity(110) - 1, rel=1e-12)
+    assert opened["drawdown"]["max"] == pytest.approx(equity(105) / equity(130) - 1, rel=1e-12)  # every equity
+    assert later["pnl"]["daily"] == pytest.approx(equity(107) - equity(110), rel=1e-12)
+    assert later["drawdown"]["daily"] == pytest.approx(equity(107) / equity(110) - 1, rel=1e-12)
+    peaks = seeded_store.read_peaks("main")
+    assert peaks is not None and (peaks.day, peaks.week, peaks.day_open) == ("2024-03-11", "2024-03-11", equity(110))
+    stored = seeded_store.client.hmget(PortfolioKeys("main").peaks, ["last", "close"])
+    assert [float(v) for v in stored] == [equity(107), equity(107)]
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+def test_a_late_tick_of_an_earlier_day_moves_neither_that_day_nor_the_close(
+    seeded_store: Store, settings: Settings, vectorised: bool
+) -> None:
+    ny = ZoneInfo("America/New_York")
+    clock = Clock(datetime(2024, 3, 8, 15, 0, tzinfo=ny).timestamp())
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+    for at, aaa in ((datetime(2024, 3, 8, 15, 0), 100.0), (datetime(2024, 3, 11, 10, 0), 90.0)):
+        clock.t = at.replace(tzinfo=ny).timestamp()
+        _tick(seeded_store, settings, clock, {"AAA": aaa}, monitor)
+    stream = StreamDaemon(seeded_store, settings, IterableFeed([]), clock=clock, interval=0)
+    assert stream.process_bar(Bar(clock.t + 60, {"AAA": 95.0}))
+    late = seeded_store.last_tick()
+    assert late is not None
+
+    # Act: the monitor processes it dated in Friday's session (a lagging monitor's clock)
+    clock.t = datetime(2024, 3, 8, 15, 30, tzinfo=ny).timestamp()
+    monitor.process_tick(None, late)
+
+    # Assert: Monday's day and the close are Monday's (AAA 90): Tuesday would open there
+    peaks = seeded_store.read_peaks("main")
+    assert peaks is not None and (peaks.day, peaks.day_open) == ("2024-03-11", 1_200_000.0)
+    assert float(seeded_store.client.hget(PortfolioKeys("main").peaks, "close") or b"nan") == 1_190_000.0
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+@pytest.mark.parametrize("mode", [ClockMode.REPLAY, ClockMode.LIVE])
+def test_a_reset_bar_restarts_the_drawdowns_of_a_replay_only_live_it_keeps_them(
+    seeded_store: Store, settings: Settings, vectorised: bool, mode: ClockMode
+) -> None:
+    # Arrange: a stream daemon in the clock mode under test; main down from 1,200,000 to 1,180,000
+    t = WEDNESDAY
+    clock = MarketClock(seeded_store, wall=lambda: t)
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+    daemon = StreamDaemon(seeded_store, settings, IterableFeed([]), clock=lambda: t, interval=0, clock_mode=mode)
+    for aaa, reset in ((100.0, False), (80.0, False), (80.0, True)):  # a replay's first bar / a new epoch's
+        t += 60
+        assert daemon.process_bar(Bar(t, {"AAA": aaa}, reset=reset))
+        monitor.process_available()
+    assert clock.mode() == mode
+
+    # Act: one more bar
+    t += 60
+    assert daemon.process_bar(Bar(t, {"AAA": 81.0}))
+    monitor.process_available()
+
+    # Assert: a replay starts its drawdowns at its reset bar's equity (the data's clock restarted), a live
+    # market keeps the day open and the worst drawdown (a reloaded market is no new book: engine/reload.py)
+    snap = _snapshot(seeded_store, "main")
+    e0, e1, e2 = 1_200_000.0, 1_180_000.0, 1_181_000.0
+    if mode == ClockMode.REPLAY:
+        assert snap["pnl"]["daily"] == pytest.approx(e2 - e1, rel=1e-12)
+        assert snap["drawdown"] == {"daily": 0.0, "weekly": 0.0, "max": 0.0}
+    else:
+        assert snap["pnl"]["daily"] == pytest.approx(e2 - e0, rel=1e-12)
+        assert snap["drawdown"]["daily"] == pytest.approx(e2 / e0 - 1, rel=1e-12)
+        assert snap["drawdown"]["max"] == pytest.approx(e1 / e0 - 1, rel=1e-12)
 
 
 @pytest.mark.parametrize(

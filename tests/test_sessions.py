@@ -85,6 +85,18 @@ def test_a_time_before_the_calendar_falls_back_to_the_reset_hour_rule() -> None:
     assert cal.period_ids(0.0) == ("1970-01-01", "1969-12-29")
 
 
+def test_an_equity_sets_the_close_from_the_open_to_the_close_inclusive_and_not_a_second_outside() -> None:
+    cal = MarketCalendar("XNYS", NY, 0)
+    open_, close = ny(2024, 3, 11, 9, 30), ny(2024, 3, 11, 16, 0)
+    assert [cal.sets_close(t) for t in (open_ - 1, open_, close, close + 1)] == [False, True, True, False]
+    assert not cal.sets_close(ny(2024, 3, 9, 12))  # a Saturday
+    assert cal.sets_close(0.0)  # outside the calendar: the 24/7 rule, as period_ids (is_open refuses the time)
+    with pytest.raises(ValueError, match="outside"):
+        cal.is_open(0.0)
+    always = MarketCalendar(ALWAYS_OPEN, NY, 0)
+    assert always.sets_close(ny(2024, 3, 9, 12)) and always.sets_close(close + 1)
+
+
 # -- collar anchor ---------------------------------------------------------------------------------------------
 
 

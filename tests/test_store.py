@@ -295,6 +295,7 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
     store.append_audit(keys.audit, {"event": "test"})
     store.append_check_record(portfolio_id, {"ts": 1.0, "actor": "test", "reasons": []})
     store.seed_limits(portfolio_id, Limits(), actor="test", now=1.0)
+    store.change_limits(portfolio_id, {"var_limit": "1"}, actor="test", reason="test", now=1.0, fallback=Limits())
     with store.client.pipeline(transaction=True) as pipe:
         store.write_fill(
             state, "AAA", Position(6, Decimal("10.5")), {"fill": 1},
@@ -536,6 +537,32 @@ def test_the_vectorised_tick_formats_peaks_as_the_shortest_decimals_that_read_ba
     decimals = [[Decimal(v.decode()) for v in row] for row in rows]
     assert decimals == [[Decimal(repr(v)) for v in row] for row in values.tolist()]
     odd = values[:2].copy()
-    odd[0, 5], odd[1, 0] = np.nan, -np.inf  # what float() reads as repr writes it
-    assert _decimal_rows(odd) == [[repr(v) for v in row] for row in odd.tolist()]
+    odd[0, 5], odd[1, 0] = np.nan, -np.inf  # what float() reads as repr writes it; the finite ones as above
+    got = _decimal_rows(odd)
+    assert (got[0][5], got[1][0]) == ("nan", "-inf")
+    assert [[float(v) for v in row] for row in got][0][:5] == odd[0, :5].tolist()
+    assert [[float(v) for v in row] for row in got][1][1:] == odd[1, 1:].tolist()
+    assert got[0][:5] == rows[0][:5] and got[1][1:] == rows[1][1:]
     assert _decimal_rows(np.zeros((0, 6))) == []
+
+
+def test_a_capital_flow_shifts_every_equity_reference_but_the_worst_drawdown_and_creates_nothing(
+    store: Store,
+) -> None:
+    key = PortfolioKeys("main").peaks
+    assert store.shift_peaks("main", -100.0) is False and not store.client.exists(key)  # no observation yet
+    store.update_peaks("main", 1000.0, "2024-03-06", "2024-03-04")
+    store.update_peaks("main", 900.0, "2024-03-06", "2024-03-04", market_open=False)  # after the close
+    before = store.client.hgetall(key)
+
+    assert store.shift_peaks("main", -100.0) is True
+
+    after = store.client.hgetall(key)
+    for name in (b"day_open", b"day_peak", b"week_peak", b"max_peak", b"last", b"close"):
+        assert float(after[name]) == float(before[name]) - 100.0, name
+    assert (float(after[b"close"]), float(after[b"last"])) == (900.0, 800.0)
+    assert {k: v for k, v in after.items() if k in (b"day", b"week", b"max_dd")} == {
+        k: v for k, v in before.items() if k in (b"day", b"week", b"max_dd")}  # fmt: skip
+    assert after[b"owner"] != before[b"owner"]
+    with pytest.raises(ValueError, match="finite"):
+        store.shift_peaks("main", math.nan)

@@ -4,7 +4,9 @@ keeps the audit trail.
 Keys: ``mkt:{m}:epoch`` (a counter), and of each portfolio ``pf:{<id>}:peaks`` and ``pf:{<id>}:marks`` (see
 :mod:`engine.store.keys`). The epoch is bumped in the same transaction that replaces the market (a history
 loaded into a seeded store, a reset): the stream daemon marks its first bar after a new epoch as a ``reset``
-bar (no return computed across the two markets) and the monitor restarts the equity peaks on a reset bar.
+bar (no return computed across the two markets). The equity peaks are restarted only by the monitor on a
+replay's reset bar (its data clock restarted, logic/monitor.py): a reloaded market keeps them (engine/reload.py)
+and a reset deletes them with every other key.
 """
 
 from __future__ import annotations

@@ -65,8 +65,12 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              fixed ring of rows, one row rewritten (SETRANGE) per bar
     pf:{<id>}:backtest_log          stream   every closed horizon of the backtest (JSON observation: track,
                                              start, end, pnl, var and hit per method), bounded by MAXLEN ~
-    pf:{<id>}:limits                hash     the portfolio's live limits: version (counter), json
+    pf:{<id>}:limits                hash     the portfolio's live limits: version (counter), rev (new random
+                                             token on every write: the readers' cache key), json
                                              (engine.settings.Limits), actor, reason, ts of the last change
+    pf:{<id>}:limits_log            stream   the limit changes since the limits record was created (each its
+                                             audit record, also on :audit), bounded by MAXLEN ~: the Limits
+                                             page's history; a reset deletes it with the limits record
     pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
     pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
     pf:{<id>}:alert_log             stream   every alert transition
@@ -213,6 +217,11 @@ class PortfolioKeys:
         """The live limits and their version (engine/store/limits.py)."""
         return self._key("limits")
 
+    @property
+    def limits_log(self) -> str:
+        """The limit changes of the live limits record (engine/store/limits.py)."""
+        return self._key("limits_log")
+
     # monitoring (engine/store/monitoring.py)
     @property
     def history(self) -> str:
@@ -308,5 +317,5 @@ class PortfolioKeys:
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
-            self.limits, self.backtest_window, self.checks,
+            self.limits, self.backtest_window, self.checks, self.limits_log,
         )  # fmt: skip

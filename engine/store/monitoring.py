@@ -58,7 +58,8 @@ class EquityPeaks:
 
     day: str
     day_open: float
-    """Equity at the first snapshot of the day (daily P&L is measured from it)."""
+    """Equity the day opened at: the previous session's close (the last equity observed while the market was
+    open), or the first of the day when none is known; daily P&L is measured from it."""
     day_peak: float
     week: str
     week_peak: float
@@ -127,20 +128,25 @@ class MonitoringStore(StoreBase):
         return PortfolioKeys(portfolio_id).backtest
 
     # -- equity peaks ----------------------------------------------------------------------------------------
-    # KEYS[1] = pf:{id}:peaks (hash: day, day_open, day_peak, week, week_peak, max_peak, max_dd, last)
-    # ARGV[1] = equity now (number as text), ARGV[2] = day id, ARGV[3] = week id (ISO dates order as text)
-    # Merges one equity observation. A later day (week) opens at the last equity seen before it (the previous
-    # close; this equity when there is none) and its peak restarts at max(open, equity), so a loss between
-    # the close and the first snapshot of the day counts (math_logic.period_drawdown's convention). An
-    # observation of an earlier day (a late tick) leaves that period alone. The all-time peak is a max and the
-    # worst drawdown from it a min, so two monitors, or a tick processed twice, never lose an update.
-    # ARGV[4] = a fresh ``owner`` stamp: a vectorised monitor's in-memory copy is stale (engine/store/tick_state.py).
+    # KEYS[1] = pf:{id}:peaks (hash: day, day_open, day_peak, week, week_peak, max_peak, max_dd, last, close)
+    # ARGV[1] = equity now (number as text), ARGV[2] = day id, ARGV[3] = week id (ISO dates order as text),
+    # ARGV[4] = a fresh ``owner`` stamp: a vectorised monitor's in-memory copy is stale (engine/store/tick_state.py),
+    # ARGV[5] = '1' when the market is open (engine/sessions.py ``MarketCalendar.sets_close``), else '0'.
+    # Merges one equity observation. ``close`` is the last equity observed while the market was open, ``last`` the
+    # last one observed at all. A later day (week) opens at the close (the previous session's: an observation
+    # between the close and the open, extended hours or an evening re-mark, never becomes the open), else at the
+    # last equity seen (a hash written before ``close`` existed), else at this equity; its peak restarts at
+    # max(open, equity), so a loss between the close and the first snapshot of the day counts
+    # (math_logic.period_drawdown's convention). An observation of an earlier day (a late tick) leaves that
+    # period, and the close, alone. The all-time peak is a max and the worst drawdown from it a min, so two
+    # monitors, or a tick processed twice, never lose an update. A ``24/7`` market is always open: close = last.
+    # Capital flows shift every reference but max_dd (``_SHIFT_PEAKS_LUA``).
     # Returns {day, day_open, day_peak, week, week_peak, max_peak, max_dd}.
     _PEAKS_LUA = """
 local key, e, day, week = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local h = redis.call('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd',
-                     'last')
-local open_s = h[8] or ARGV[1]
+                     'last', 'close')
+local open_s = h[9] or h[8] or ARGV[1]
 local start_peak = ARGV[1]
 if tonumber(open_s) > e then start_peak = open_s end
 if not h[1] or day > h[1] then
@@ -160,20 +166,60 @@ if peak > 0 and e < peak then dd = e / peak - 1 end
 if not h[7] or dd < tonumber(h[7]) then h[7] = string.format('%.17g', dd) end
 redis.call('HSET', key, 'day', h[1], 'day_open', h[2], 'day_peak', h[3], 'week', h[4], 'week_peak', h[5],
            'max_peak', h[6], 'max_dd', h[7], 'last', ARGV[1])
+if ARGV[5] == '1' and day == h[1] then redis.call('HSET', key, 'close', ARGV[1]) end
 redis.call('HSET', key, 'owner', ARGV[4])  -- a vectorised monitor's copy (engine/store/tick_state.py) is stale
 return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
 """
 
     def update_peaks(
-        self, portfolio_id: str, equity: float, day_id: str, week_id: str, pipe: Conn = None
-    ) -> EquityPeaks | None:
+        self, portfolio_id: str, equity: float, day_id: str, week_id: str, pipe: Conn = None, *,
+        market_open: bool = True,
+    ) -> EquityPeaks | None:  # fmt: skip
         """Merge one equity observation into the portfolio's peaks (atomic); returns the merged peaks, or
-        ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`)."""
+        ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`). ``market_open``: the
+        observation may be the session's close (``MarketCalendar.sets_close``; the script's comment)."""
         if not math.isfinite(equity):
             raise ValueError(f"equity must be finite, got {equity}")
         key = PortfolioKeys(portfolio_id).peaks
-        reply = self._eval(pipe, self._PEAKS_LUA, [key], [repr(float(equity)), day_id, week_id, foreign_stamp()])
+        args = [repr(float(equity)), day_id, week_id, foreign_stamp(), "1" if market_open else "0"]
+        reply = self._eval(pipe, self._PEAKS_LUA, [key], args)
         return None if pipe is not None else EquityPeaks.from_reply(reply, key)
+
+    # KEYS[1] = pf:{id}:peaks; ARGV[1] = a capital flow (number as text: the equity change a book sync causes at
+    # the marks it is made at), ARGV[2] = a fresh ``owner`` stamp (engine/store/tick_state.py: the vectorised
+    # monitor loads the shifted references again).
+    # A capital flow is not P&L: every equity reference (day_open, day_peak, week_peak, max_peak, last, close)
+    # moves by it, so the next observation's daily P&L and drawdowns are those the book would show had the
+    # flow not happened; the worst drawdown so far (max_dd, a fraction) is history and stays. No hash (no
+    # observation yet): nothing to shift. Returns 1 when shifted, 0 when not.
+    _SHIFT_PEAKS_LUA = """
+local key, flow = KEYS[1], tonumber(ARGV[1])
+if redis.call('EXISTS', key) == 0 then return 0 end
+local names = {'day_open', 'day_peak', 'week_peak', 'max_peak', 'last', 'close'}
+local got = redis.call('HMGET', key, unpack(names))
+local out = {}
+for i, name in ipairs(names) do
+  local v = tonumber(got[i])
+  if v then
+    out[#out + 1] = name
+    out[#out + 1] = string.format('%.17g', v + flow)
+  end
+end
+out[#out + 1] = 'owner'
+out[#out + 1] = ARGV[2]
+redis.call('HSET', key, unpack(out))
+return 1
+"""
+
+    def shift_peaks(self, portfolio_id: str, flow: float, pipe: Conn = None) -> bool | None:
+        """Move the portfolio's equity references by a capital ``flow`` (``_SHIFT_PEAKS_LUA``; atomic, in the
+        caller's MULTI when ``pipe`` is given); True when there were references to move, ``None`` on a
+        pipeline."""
+        if not math.isfinite(flow):
+            raise ValueError(f"flow must be finite, got {flow}")
+        key = PortfolioKeys(portfolio_id).peaks
+        reply = self._eval(pipe, self._SHIFT_PEAKS_LUA, [key], [repr(float(flow)), foreign_stamp()])
+        return None if pipe is not None else bool(reply)
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
         key = PortfolioKeys(portfolio_id).peaks

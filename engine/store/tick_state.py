@@ -8,8 +8,9 @@ structure: about 100 µs of Redis time each, 0.3 s a tick for a thousand portfol
 arithmetic on arrays (one row per portfolio, one element per position) and Redis only stores the results:
 
 - **Ownership.** The state of a portfolio is kept while this writer owns it: every write stamps the peaks hash
-  with this writer's ``owner`` token; the per-portfolio path's scripts replace it with a fresh foreign stamp
-  (engine/store/history.py ``foreign_stamp``), a restart of the drawdowns deletes the hash. Before merging, the
+  with this writer's ``owner`` token; the per-portfolio path's scripts, and a book sync's capital flow
+  (``MonitoringStore.shift_peaks``), replace it with a fresh foreign stamp (engine/store/history.py
+  ``foreign_stamp``), a replay's restart of the drawdowns deletes the hash. Before merging, the
   monitor WATCHes the peaks keys and reads the stamps
   (:meth:`TickState.stale_rows`); a portfolio stamped by anyone else is loaded from the store again
   (:meth:`TickState.load`), so another monitor's or the reference path's merges are never lost, and a write by
@@ -58,17 +59,22 @@ from engine.store.slots import is_cluster
 
 Float64Array = npt.NDArray[np.float64]
 
-_PEAK_FIELDS = ("day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd", "last", OWNER_FIELD)
-_PEAK_COLUMNS = ("day_open", "day_peak", "week_peak", "max_peak", "max_dd", "last")
-"""The columns of :attr:`Merged.peaks`."""
-_CHANGED_FIELDS = (*_PEAK_COLUMNS, "day", "week")
+_PEAK_FIELDS = ("day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd", "last", "close",
+                OWNER_FIELD)  # fmt: skip
+_PEAK_COLUMNS = ("day_open", "day_peak", "week_peak", "max_peak", "max_dd", "last", "close")
+"""The columns of :attr:`Merged.peaks` (``close``: NaN while none is known, and then not written)."""
+_CHANGED_FIELDS = (*_PEAK_COLUMNS, "day", "week", OWNER_FIELD)
 _FIELD_SETS = {
-    **{c: tuple(f for i, f in enumerate(_CHANGED_FIELDS) if c >> i & 1) for c in range(1 << len(_CHANGED_FIELDS))},
-    -1: _PEAK_FIELDS,
+    c: tuple(f for i, f in enumerate(_CHANGED_FIELDS) if c >> i & 1) for c in range(1 << len(_CHANGED_FIELDS))
 }
-"""The peaks fields a write sets, by the bit mask of those that changed (-1: all, and the owner stamp)."""
+"""The peaks fields a write sets, by the bit mask of those it sets (:meth:`TickState._peak_fields`)."""
+_ALL_FIELDS = (1 << len(_CHANGED_FIELDS)) - 1
+_CLOSE_BIT = 1 << _CHANGED_FIELDS.index("close")
 _LAST_ONLY = ("last",)
+_LAST_AND_CLOSE = ("last", "close")
 _LAST_COLUMN = _PEAK_COLUMNS.index("last")
+_CLOSE_COLUMN = _PEAK_COLUMNS.index("close")
+_NPEAK = len(_PEAK_COLUMNS)
 _LAST = np.array([c.aggregation == "last" for c in HISTORY_COLUMNS])
 _HIGH = np.array([c.aggregation == "max" for c in HISTORY_COLUMNS])
 _LOW = np.array([c.aggregation == "min" for c in HISTORY_COLUMNS])
@@ -160,7 +166,7 @@ class Merged:
     day: list[str]
     week: list[str]
     peaks: Float64Array
-    """P x 6: day_open, day_peak, week_peak, max_peak, max_dd, last."""
+    """P x 7: day_open, day_peak, week_peak, max_peak, max_dd, last, close (:data:`_PEAK_COLUMNS`)."""
     side: npt.NDArray[np.int8]
     """Per position: +1 / -1 with an excursion, 0 without (flat, or no usable price)."""
     mfe: Float64Array
@@ -220,7 +226,7 @@ class TickState:
     owned: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     day: list[str | None] = field(default_factory=list)
     week: list[str | None] = field(default_factory=list)
-    peaks: Float64Array = field(default_factory=lambda: np.zeros((0, 6)))
+    peaks: Float64Array = field(default_factory=lambda: np.zeros((0, _NPEAK)))
     side: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     mfe: Float64Array = field(default_factory=lambda: np.zeros(0))
     mae: Float64Array = field(default_factory=lambda: np.zeros(0))
@@ -259,7 +265,7 @@ class TickState:
         owned = np.zeros(count, dtype=bool)
         day: list[str | None] = [None] * count
         week: list[str | None] = [None] * count
-        peaks = np.full((count, 6), np.nan)
+        peaks = np.full((count, _NPEAK), np.nan)
         side, mfe, mae = np.zeros(total, dtype=np.int8), np.zeros(total), np.zeros(total)
         stored = np.zeros(total, dtype=bool)
         buckets = np.full((count, ntier), -1, dtype=np.int64)
@@ -373,10 +379,10 @@ class TickState:
         names = _PEAK_FIELDS
         self.day[p] = decode_str(raw[0], key=f"{key}.day")
         self.week[p] = decode_str(raw[3], key=f"{key}.week")
-        values = [raw[1], raw[2], raw[4], raw[5], raw[6], raw[7]]
-        labels = [names[1], names[2], names[4], names[5], names[6], names[7]]
+        values = [raw[1], raw[2], raw[4], raw[5], raw[6], raw[7], raw[8]]
+        labels = [names[1], names[2], names[4], names[5], names[6], names[7], names[8]]
         self.peaks[p] = [
-            np.nan if v is None and label == "last" else decode_float(v, key=f"{key}.{label}")
+            np.nan if v is None and label in ("last", "close") else decode_float(v, key=f"{key}.{label}")
             for v, label in zip(values, labels, strict=True)
         ]
 
@@ -417,15 +423,18 @@ class TickState:
         side: npt.NDArray[np.int8],
         pnl: Float64Array,
         ms: int,
+        market_open: bool = True,
     ) -> Merged:
         """Merge one observation of every ``valid`` portfolio into its peaks and excursions (the others keep
         their state): ``equity`` per portfolio; ``side`` / ``pnl`` per position, the side (+1 / -1; 0 = no
-        excursion this tick: flat, or no usable price) and the unrealized P&L; ``ms``: the entry time. The
+        excursion this tick: flat, or no usable price) and the unrealized P&L; ``ms``: the entry time;
+        ``market_open``: the observations may be the session's close (``MarketCalendar.sets_close``). The
         history buckets are merged by :meth:`merge_tiers` once the points are known."""
         # peaks: MonitoringStore._PEAKS_LUA, vectorised
         peaks = self.peaks.copy()
-        day_open, day_peak, week_peak, max_peak, max_dd, last = (peaks[:, i].copy() for i in range(6))
-        open_ = np.where(np.isnan(last), equity, last)
+        day_open, day_peak, week_peak, max_peak, max_dd, last, close = (peaks[:, i].copy() for i in range(_NPEAK))
+        reference = np.where(np.isnan(close), last, close)  # the previous close; a hash without one: the last
+        open_ = np.where(np.isnan(reference), equity, reference)
         start_peak = np.where(open_ > equity, open_, equity)
         new_days: list[str] = []
         new_weeks: list[str] = []
@@ -444,6 +453,8 @@ class TickState:
                 w, week_peak[p] = week, start_peak[p]
             elif week == w and e > week_peak[p]:
                 week_peak[p] = e
+            if market_open and d == day:  # a late tick (an earlier day) leaves the close alone
+                close[p] = e
             new_days.append(d)
             new_weeks.append(w)
         v = valid
@@ -452,7 +463,7 @@ class TickState:
             dd = np.where((max_peak > 0) & (equity < max_peak), equity / max_peak - 1.0, 0.0)
         max_dd = np.where(v & (np.isnan(max_dd) | (dd < max_dd)), dd, max_dd)
         last = np.where(v, equity, last)
-        merged_peaks = np.column_stack([day_open, day_peak, week_peak, max_peak, max_dd, last])
+        merged_peaks = np.column_stack([day_open, day_peak, week_peak, max_peak, max_dd, last, close])
 
         # excursions: MonitoringStore._MARKS_LUA, vectorised (side 0: no excursion, dropped)
         up, down = np.maximum(pnl, 0.0), np.minimum(pnl, 0.0)
@@ -539,14 +550,15 @@ class TickState:
     def _peak_fields(self, merged: Merged) -> list[tuple[str, ...]]:
         """Per portfolio, the peaks fields its write sets (``_APPLY_LUA``): all of them and the owner stamp when
         it was loaded this tick (its hash may lack some; another writer stamped it), else those that changed,
-        and ``last`` always."""
+        and ``last`` always; never a ``close`` that is not known yet (NaN)."""
         changed = ~((merged.peaks == self.peaks) | (np.isnan(merged.peaks) & np.isnan(self.peaks)))
-        changed[:, _PEAK_COLUMNS.index("last")] = True
+        changed[:, _LAST_COLUMN] = True
         changed = np.column_stack((
             changed, [a != b for a, b in zip(merged.day, self.day, strict=True)],
-            [a != b for a, b in zip(merged.week, self.week, strict=True)],
+            [a != b for a, b in zip(merged.week, self.week, strict=True)], np.zeros(len(self.pids), dtype=bool),
         )) if len(self.pids) else np.zeros((0, len(_CHANGED_FIELDS)), dtype=bool)  # fmt: skip
-        codes = np.where(self.checked, -1, changed @ (1 << np.arange(len(_CHANGED_FIELDS))))
+        codes = np.where(self.checked, _ALL_FIELDS, changed @ (1 << np.arange(len(_CHANGED_FIELDS))))
+        codes = np.where(np.isnan(merged.peaks[:, _CLOSE_COLUMN]), codes & ~_CLOSE_BIT, codes)
         return [_FIELD_SETS[c] for c in codes.tolist()]
 
     def _marks(
@@ -611,8 +623,10 @@ class TickState:
                     x.headers[p * x.head_block : (p + 1) * x.head_block], x.replace[p],
                 ]  # fmt: skip
             pa += [len(fields), count, len(del_p)]
-            if fields == _LAST_ONLY:  # the common case: no new peak, day or week
+            if fields == _LAST_ONLY:  # the common cases: no new peak, day or week (market closed / open)
                 pa += ("last", peaks[p][_LAST_COLUMN])
+            elif fields == _LAST_AND_CLOSE:
+                pa += ("last", peaks[p][_LAST_COLUMN], "close", peaks[p][_CLOSE_COLUMN])
             else:
                 values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: token,
                           **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
@@ -674,11 +688,16 @@ def _decimal_rows(values: Float64Array) -> list[list[Any]]:
     """Each row of ``values`` as the decimal strings of its floats (shortest round trip, as ``repr``; ``nan``
     and ``inf`` as ``repr`` writes them), for hash fields: formatted by orjson, several times faster."""
     width = values.shape[1] if values.ndim == 2 else 0
-    if not np.isfinite(values).all():
-        return [[repr(v) for v in row] for row in values.tolist()]
-    text = orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)
+    finite = np.isfinite(values)
+    clean = values if finite.all() else np.where(finite, values, 0.0)
+    text = orjson.dumps(np.ascontiguousarray(clean), option=orjson.OPT_SERIALIZE_NUMPY)
     parts = text.replace(b"[", b"").replace(b"]", b"").split(b",")
-    return [parts[i : i + width] for i in range(0, len(parts), width)] if values.size else [[] for _ in values]
+    rows: list[list[Any]] = (
+        [parts[i : i + width] for i in range(0, len(parts), width)] if values.size else [[] for _ in values]
+    )
+    for r, c in np.argwhere(~finite).tolist():  # few: a close not known yet (NaN, never written)
+        rows[r][c] = repr(float(values[r, c]))
+    return rows
 
 
 def _modes(
