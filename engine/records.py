@@ -151,6 +151,10 @@ class ReasonCode(StrEnum):
     """The last price is older than ``stale_price_seconds``, or stamped further than that in the future."""
     PRICE_COLLAR = "PRICE_COLLAR"
     """The last price is further than ``price_collar_pct`` from the session reference price (or has none)."""
+    PRICE_SANITY = "PRICE_SANITY"
+    """The last price is more than ``price_sanity_factor`` times, or less than 1/``price_sanity_factor`` of, the
+    collar's reference price (a feed quoting in cents, a bad print): every order is refused, risk-reducing and
+    liquidation-only ones too (never waived)."""
     MAX_NOTIONAL = "MAX_NOTIONAL"
     """``qty * price`` exceeds ``max_order_notional``."""
     INSUFFICIENT_CASH = "INSUFFICIENT_CASH"

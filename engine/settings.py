@@ -167,6 +167,9 @@ MIN_MARGIN_FLOOR = 100.0
 MAX_ORDERS_PER_MINUTE = 100_000
 """Highest ``limits.max_orders_per_minute`` (about 1,700 a second, beyond what one portfolio's gate fills): a
 larger number is a typo that switches the order-rate throttle off."""
+MIN_PRICE_SANITY_FACTOR, MAX_PRICE_SANITY_FACTOR = 2.0, 1000.0
+"""Bounds of ``limits.price_sanity_factor``: under 2 it overlaps the widest collar and refuses, unwaived, moves the
+collar judges (1.1 for "10%"); over 1000 it is a typo that switches the control off (1e9)."""
 
 
 def _var_confidence(value: float) -> float:
@@ -215,6 +218,12 @@ def _orders_per_minute(value: int) -> int:
     return value
 
 
+def _price_sanity_factor(value: float) -> float:
+    low, high = MIN_PRICE_SANITY_FACTOR, MAX_PRICE_SANITY_FACTOR
+    _require(low <= value <= high, f"must be >= {low:g} and <= {high:g} (a multiple: 10 for 10x), got {value:g}")
+    return value
+
+
 @dataclass(frozen=True, config=CONFIG)
 class Limits:
     """Pre-trade limits. Each portfolio may override any of them in its own ``limits`` table.
@@ -222,7 +231,7 @@ class Limits:
     The fail-closed controls are bounded where a typo would switch them off (a percent typed as a fraction, a
     tail probability for a confidence): :data:`MIN_VAR_CONFIDENCE`, :data:`MAX_STALE_PRICE_SECONDS`,
     :data:`MAX_PRICE_COLLAR`, :data:`MIN_ORDER_ID_RETENTION_DAYS`, :data:`MIN_MARGIN_FLOOR`,
-    :data:`MAX_ORDERS_PER_MINUTE`.
+    :data:`MAX_ORDERS_PER_MINUTE`, :data:`MIN_PRICE_SANITY_FACTOR` / :data:`MAX_PRICE_SANITY_FACTOR`.
     """
 
     var_limit: Annotated[Money, Field(gt=0)] = Decimal("50000")
@@ -238,6 +247,9 @@ class Limits:
     price_collar_pct: Annotated[Number, AfterValidator(_price_collar)] = 0.10
     """Refuse when the last price is further than this fraction from the reference price (session open); at most
     :data:`MAX_PRICE_COLLAR`."""
+    price_sanity_factor: Annotated[Number, AfterValidator(_price_sanity_factor)] = 10.0
+    """Refuse every order (``PRICE_SANITY``, never waived) on a ticker whose last price is more than this many times,
+    or under 1/this, of the collar's reference (cents for dollars, a bad print); in [2, 1000]."""
     stale_price_seconds: Annotated[Number, AfterValidator(_stale_price_seconds)] = 150.0
     """A price older than this is stale: no trade is approved on it. Keep it above one live bar
     (``model.bar_seconds``, 60 s): the default allows two and a half bars. At most :data:`MAX_STALE_PRICE_SECONDS`."""

@@ -14,20 +14,22 @@ limit), and on concentration / margin only trades that grow the position / the g
 *risk-reducing* trade (:func:`logic.limits.shrinks_position`: it shrinks the position without flipping it) is never
 refused by any limit of :data:`logic.limits.WAIVED_WHEN_REDUCING_RISK` (collar, VaR, stressed VaR, concentration,
 margin, margin floor, leverage, daily loss, position, REDUCING; the collar's reference is re-anchored at every
-session open by engine/collar.py); bad input, missing or stale data, store errors, HALTED, cash-account inventory
-and cash, the fat-finger limits and the order rate still refuse it. An order that flips the position is not
+session open by engine/collar.py); bad input, missing or stale data, a price beyond the sanity factor of the collar's
+reference (``PRICE_SANITY``: cents for dollars, a bad print), store errors, HALTED, cash-account inventory and cash,
+the fat-finger limits and the order rate still refuse it. An order that flips the position is not
 risk-reducing, even when it lowers VaR and gross exposure: only its closing part would be, and the quantity it opens
 on the other side is new risk, so nothing is waived for it and each limit measures what it adds from the book with
 the ticker flat (:meth:`Checker._check_risk`); it passes at most as a hedge. HALTED refuses every trader order
 (``OrderIntent.TRADE``); a liquidation-only order (``OrderIntent.LIQUIDATION``, the automated responses and
-authorised risk managers) passes in any state if it shrinks the position without flipping it, and is refused
-``LIQUIDATION_ONLY`` otherwise. REDUCING passes risk-reducing trades and, with ``limits.reducing_allows_hedges``,
-hedges: trades whose opening quantity lowers the portfolio VaR (for a flip, below the VaR of the book with the
-ticker flat); a flip that is no hedge is refused ``REDUCING_ONLY`` with ``max_qty_allowed`` = the position (the
-closing part). A refused well-formed order carries ``max_qty_allowed`` (:mod:`logic.sizing`). VaR, variance and the
-marginal VaR vector of the holdings are cached per (market key, holdings revision), by the portfolio's VaR method
-(``Settings.var_method_for``, :mod:`logic.var_methods`); the VaR after a trade is ``RiskModel.var_after`` on the
-cached :class:`~logic.var_methods.Prepared` book: O(N) for normal (exactly
+authorised risk managers) passes in any state if it shrinks the position without flipping it (the price sanity check
+and the other unwaived checks above still apply), and is refused ``LIQUIDATION_ONLY`` otherwise. REDUCING passes
+risk-reducing trades and, with ``limits.reducing_allows_hedges``, hedges: trades whose opening quantity lowers the
+portfolio VaR (for a flip, below the VaR of the book with the ticker flat); a flip that is no hedge is refused
+``REDUCING_ONLY`` with ``max_qty_allowed`` = the position (the closing part). A refused well-formed order carries
+``max_qty_allowed`` (:mod:`logic.sizing`). VaR, variance and the marginal VaR vector of the holdings are cached per
+(market key, holdings revision), by the portfolio's VaR method (``Settings.var_method_for``,
+:mod:`logic.var_methods`); the VaR after a trade is ``RiskModel.var_after`` on the cached
+:class:`~logic.var_methods.Prepared` book: O(N) for normal (exactly
 :func:`engine.math_logic.incremental_var_single`) and Student-t, O(T) under ``fhs`` (the trade adds a multiple of
 one ticker's scenario column to the scenario P&L; no revaluation of the book).
 """
@@ -376,6 +378,14 @@ class Checker:
     def _check_collar(
         self, d: dict[str, Any], reasons: list[Reason], reference: Mapping[str, float], ticker: str, last: float
     ) -> None:
+        """The collar (``PRICE_COLLAR``, waived for a risk-reducing trade) and the price sanity check
+        (``PRICE_SANITY``, never waived: :func:`_beyond_sanity`), both against the collar's reference price (the
+        previous session's close, or ``rolling:N``).
+
+        Without a usable reference (none stored for the ticker, NaN, <= 0) the collar refuses (``PRICE_COLLAR``:
+        a trade that adds risk is refused, a risk-reducing one passes) and the sanity check cannot judge the price,
+        so it adds nothing: a risk cut still passes on the last price alone. With ``rolling:N`` the reference
+        follows the feed, so a wrong unit that lasts N bars becomes the reference and passes both."""
         limits = self.limits
         ref = reference.get(ticker)
         if ref is None or not math.isfinite(ref) or ref <= 0:
@@ -394,6 +404,18 @@ class Checker:
                     ReasonCode.PRICE_COLLAR,
                     f"{ticker} last {last:g} is {move:+.1%} from the reference "
                     f"{ref:g} (collar ±{limits.price_collar_pct:.0%})",
+                )
+            )
+        factor = limits.price_sanity_factor
+        insane = _beyond_sanity(last, ref, factor)
+        if insane is not None:
+            reasons.append(
+                reason(
+                    ReasonCode.PRICE_SANITY,
+                    f"{ticker} last {_decimal(last)} is {insane} the reference {_decimal(ref)} (price sanity factor "
+                    f"{factor:g}): a feed quoting in another unit (cents) or a bad print, so no order trades on it, "
+                    "a risk-reducing or liquidation-only one included. If the move is real (a split, a genuine "
+                    "crash), a risk manager widens limits.price_sanity_factor on the Limits page; audited",
                 )
             )
 
@@ -639,6 +661,18 @@ def _beyond_collar(last: float, ref: float, collar: float) -> bool:
     collar are written in (as floats, ``110 / 100 - 1`` is 0.10000000000000009: a collar of 10 % refused a move
     of exactly 10 % up and passed the same move down)."""
     return abs(_decimal(last) - _decimal(ref)) > _decimal(collar) * _decimal(ref)
+
+
+def _beyond_sanity(last: float, ref: float, factor: float) -> str | None:
+    """How ``last`` is beyond ``factor`` times ``ref`` ("more than 10x" / "less than 1/10 of"), or None when it
+    is within ``[ref / factor, ref * factor]`` (both ends accepted). Compared on the decimals as
+    :func:`_beyond_collar` is, without a division: ``last > factor * ref`` or ``last * factor < ref``."""
+    p, r, f = _decimal(last), _decimal(ref), _decimal(factor)
+    if p > f * r:
+        return f"more than {factor:g}x"
+    if p * f < r:
+        return f"less than 1/{factor:g} of"
+    return None
 
 
 def _decimal(value: float) -> Decimal:

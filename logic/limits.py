@@ -1,11 +1,13 @@
 """Crisis semantics of the pre-trade gate: what counts as risk-reducing, and the desk limits added for issue 12.
 
-A trade is **risk-reducing** (:func:`is_risk_reducing`) when it shrinks the absolute position without flipping
-it, or when it lowers both the portfolio VaR and the gross exposure. Such a trade is never refused by the limits
-in :data:`WAIVED_WHEN_REDUCING_RISK` (collar, VaR, stressed VaR, concentration, margin, margin floor, leverage,
-daily loss, position limit, REDUCING): SEC 15c3-5 and ESMA RTS 6 ask that controls never prevent risk
-reduction. It is still refused for bad input, unknown tickers, missing or stale prices, store errors, HALTED
-(for a trader's order), cash-account inventory and cash, the fat-finger limits and the order rate.
+A trade is **risk-reducing** (:func:`shrinks_position`) when it shrinks the absolute position without flipping it.
+A flip is not, even when it lowers VaR and gross exposure: the quantity it opens on the other side is new risk
+(:mod:`logic.checks` measures it from the book with the ticker flat). A risk-reducing trade is never refused by the
+limits in :data:`WAIVED_WHEN_REDUCING_RISK` (collar, VaR, stressed VaR, concentration, margin, margin floor,
+leverage, daily loss, position limit, REDUCING): SEC 15c3-5 and ESMA RTS 6 ask that controls never prevent risk
+reduction. It is still refused for bad input, unknown tickers, missing or stale prices, a price beyond the sanity
+factor of the collar's reference (``PRICE_SANITY``: a price that cannot be true is no price to cut risk at), store
+errors, HALTED (for a trader's order), cash-account inventory and cash, the fat-finger limits and the order rate.
 
 Each check here appends its coded reason when the trade *adds* to what the limit bounds, the convention of the
 VaR, concentration and margin checks of :mod:`logic.checks`:
@@ -64,25 +66,6 @@ DayOpen = Callable[[float], float | None]
 def shrinks_position(q0: int, q1: int) -> bool:
     """The absolute position gets smaller and does not flip side: ``q0 * q1 >= 0 and |q1| < |q0|``."""
     return q0 * q1 >= 0 and abs(q1) < abs(q0)
-
-
-def is_risk_reducing(
-    q0: int,
-    q1: int,
-    var_before: float | None,
-    var_after: float | None,
-    gross_before: float | None,
-    gross_after: float | None,
-) -> bool:
-    """A trade that shrinks the position without flipping it, or lowers both VaR and gross exposure.
-
-    Risk figures that are unknown (None) count only through the first clause.
-    """
-    if shrinks_position(q0, q1):
-        return True
-    if var_before is None or var_after is None or gross_before is None or gross_after is None:
-        return False
-    return var_after < var_before and gross_after < gross_before
 
 
 def position_cap(limits: Limits, ticker: str) -> int | None:

@@ -17,7 +17,7 @@ from engine.records import Decision, DecisionStatus, ExecutionStatus, OrderInten
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioKeys, PortfolioState, Store
 from engine.store.keys import REFERENCE_KEY
-from logic.limits import is_risk_reducing, shrinks_position
+from logic.limits import shrinks_position
 from logic.risk_manager import RiskManager
 
 from .conftest import TEST_CONFIG, merge, store_contents
@@ -75,14 +75,6 @@ def set_positions(store: Store, portfolio_id: str, positions: dict[str, int], ca
 )  # fmt: skip
 def test_shrinking_means_a_smaller_absolute_position_on_the_same_side(q0: int, q1: int, shrinks: bool) -> None:
     assert shrinks_position(q0, q1) is shrinks
-
-
-def test_a_flip_is_risk_reducing_only_when_it_lowers_both_var_and_gross() -> None:
-    assert is_risk_reducing(100, -50, var_before=10.0, var_after=5.0, gross_before=100.0, gross_after=50.0)
-    assert not is_risk_reducing(100, -50, var_before=10.0, var_after=10.0, gross_before=100.0, gross_after=50.0)
-    assert not is_risk_reducing(100, -50, var_before=10.0, var_after=5.0, gross_before=100.0, gross_after=100.0)
-    assert not is_risk_reducing(100, -50, None, None, None, None)  # unknown figures: only shrinking counts
-    assert is_risk_reducing(100, 50, None, None, None, None)
 
 
 # -- HALTED and liquidation-only orders ----------------------------------------------------------------------

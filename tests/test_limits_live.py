@@ -361,6 +361,15 @@ def test_the_limits_page_changes_a_limit_and_shows_the_new_version(
         at.text_input(key="lim_reason").set_value("typo")
         at.button[0].click().run()
         assert at.error and seeded_store.read_limits("main").version == 1  # type: ignore[union-attr]
+
+        # the price-sanity band (never waived: logic/checks.py) is edited here too, within its bounds
+        at.text_input(key=page_key(seeded_store, "max_concentration")).set_value("0.25")
+        at.text_input(key=page_key(seeded_store, "price_sanity_factor")).set_value("20")
+        at.text_input(key="lim_reason").set_value("a split is due")
+        at.button[0].click().run()
+        assert not at.exception and not at.error
+        stored = seeded_store.read_limits("main")
+        assert stored is not None and (stored.version, stored.limits.price_sanity_factor) == (2, 20.0)
     finally:
         st.cache_resource.clear()
 
@@ -616,6 +625,8 @@ BOUNDS = [
     ("min_margin_level_after", 100.0, math.nextafter(100.0, 0.0)),
     ("min_margin_level_after", 0.0, math.nextafter(0.0, 1.0)),  # 0: no floor; anything else below 100 is a typo
     ("max_orders_per_minute", 100_000, 100_001),
+    ("price_sanity_factor", 2.0, math.nextafter(2.0, 0.0)),
+    ("price_sanity_factor", 1000.0, math.nextafter(1000.0, math.inf)),
 ]
 TYPOS = [
     ("var_confidence", 0.5),  # VaR 0: the VaR limit never binds
@@ -625,6 +636,8 @@ TYPOS = [
     ("order_id_retention_days", 0.00001),
     ("min_margin_level_after", 1.5),  # "150%"
     ("max_orders_per_minute", 1_000_000_000),
+    ("price_sanity_factor", 1.1),  # "10%": would refuse, unwaivably, moves the collar is there to judge
+    ("price_sanity_factor", 1e9),  # never refuses: the control switched off
 ]
 
 

@@ -34,6 +34,7 @@ LIMIT_FIELDS: dict[str, tuple[str, str, str]] = {
     "max_order_notional": ("Max order notional", "USD", "money"),
     "max_order_qty": ("Max order quantity", "shares", "int"),
     "price_collar_pct": ("Price collar", "fraction of the reference price", "ratio"),
+    "price_sanity_factor": ("Price sanity factor", "x the reference (2 to 1000; never waived)", "float"),
     "stale_price_seconds": ("Stale price after", "seconds", "float"),
     "max_orders_per_minute": ("Max orders per minute", "orders", "int"),
     "collar_reference": ("Collar reference", "session_open or rolling:N", "text"),
