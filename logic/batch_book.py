@@ -291,6 +291,7 @@ def build_snapshots(
         points = np.full((count, len(HISTORY_COLUMNS)), np.nan)
         columns = {
             "ts": float(now), "version": float(header.version), "market_ts": float(header.ts), "equity": eq,
+            "equity_low": eq, "equity_high": eq,  # a full-resolution point: its own extremes
             "cash": cols.cash, "market_value": values.market_value,
             "gross_exposure": values.gross, "net_exposure": values.market_value, "leverage": leverage,
             "pnl.unrealized": values.unrealized_total, "pnl.realized": realized,

@@ -33,6 +33,17 @@ agree with the VaR on the same page:
 Every ratio that is annualised takes this ``P``: volatility ``σ sqrt(P)``, Sharpe and Sortino ``sqrt(P)``, the
 annual return ``(E_T / E_0)^{P/T} - 1`` (exactly the growth over one year of that time) and the Calmar ratio
 built on it; Kelly and the maximum drawdown have no time unit.
+
+Downsampled windows
+-------------------
+A long window is read from a downsampled tier (engine/store/history.py): one point per bucket, its ``equity``
+the bucket's last, so a fall and recovery inside a bucket is not in the returns. Each point also carries the
+bucket's lowest and highest equity (``equity_low`` / ``equity_high``; a full-resolution point: its equity), and
+the maximum drawdown is measured on them (:func:`band_max_drawdown`): the running peak of the highs against each
+low, never smaller than the drawdown of the points themselves (conservative: inside a bucket the order of its
+low and high is unknown, so a low before the bucket's high counts against that high). The Calmar ratio divides
+by that drawdown. The return ratios (Sharpe, Sortino, Kelly, volatility, annual return) use the last equity of
+each bucket: returns over the buckets, which a bucket's extremes do not give.
 """
 
 from __future__ import annotations
@@ -306,7 +317,8 @@ class PerformanceStats:
     annual_volatility: Ratio
     """``σ · sqrt(P)`` (population σ, as the Sharpe ratio)."""
     max_drawdown: Ratio
-    """Worst fall from a running peak in the window (<= 0)."""
+    """Worst fall from a running peak in the window (<= 0); with the points' lows and highs,
+    :func:`band_max_drawdown` (module docstring)."""
     reason: str | None = None
     """Why no ratio could be computed (too few points, no elapsed time, equity <= 0), else None."""
 
@@ -356,6 +368,47 @@ def equity_series(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Fl
     return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
 
 
+def equity_band_series(
+    points: Iterable[Mapping[str, Any]],
+) -> tuple[Float64Array, Float64Array, Float64Array, Float64Array, Float64Array]:
+    """:func:`equity_series` with each point's lowest and highest equity (``equity_low``, ``equity_high``; NaN
+    where missing or not finite), aligned with it: ``ts, equity, version, low, high``."""
+    rows = []
+    for p in points:
+        ts, equity, version = p.get("ts"), p.get("equity"), p.get("version")
+        if isinstance(ts, int | float) and isinstance(equity, int | float):
+            if math.isfinite(ts) and math.isfinite(equity):
+                extremes = [p.get("equity_low"), p.get("equity_high")]
+                low, high = (float(x) if isinstance(x, int | float) and math.isfinite(x) else math.nan
+                             for x in extremes)  # fmt: skip
+                v = float(version) if isinstance(version, int | float) else math.nan
+                rows.append((float(ts), float(equity), v, low, high))
+    rows.sort(key=lambda row: row[0])  # entry ids are write order: a late tick may be out of time order
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), arr[:, 3].copy(), arr[:, 4].copy()
+
+
+def band_max_drawdown(low: npt.ArrayLike, high: npt.ArrayLike) -> float:
+    """Maximum drawdown of a series of buckets known by their lowest and highest values (oldest first).
+
+    Notes
+    -----
+    ``MDD = min_t (L_t / max_{s<=t} H_s - 1)`` (<= 0; 0 for no buckets). The running peak includes the bucket's
+    own high, so for any point ``x`` of bucket ``t`` (``x >= L_t``, its running peak ``<= max_{s<=t} H_s``) the
+    drawdown of ``x`` is at least as shallow: the result is never smaller in size than the drawdown of the
+    underlying points (of a full-resolution series, ``L = H = E``, it is that drawdown).
+    """
+    lo = np.asarray(low, dtype=np.float64)
+    hi = np.asarray(high, dtype=np.float64)
+    if lo.shape != hi.shape or lo.ndim != 1:
+        raise ValueError(f"low {lo.shape} and high {hi.shape} must be two vectors of one length")
+    if lo.size == 0:
+        return 0.0
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or (hi <= 0).any():
+        raise ValueError("low and high must be finite, high > 0")
+    return float(min(0.0, float((lo / np.maximum.accumulate(hi) - 1.0).min())))
+
+
 def equity_points(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Float64Array]:
     """Timestamps and equity of :func:`equity_series`."""
     ts, equity, _ = equity_series(points)
@@ -369,6 +422,8 @@ def performance_stats(
     *,
     time: TradingTime = CALENDAR_TIME,
     versions: npt.ArrayLike | None = None,
+    low: npt.ArrayLike | None = None,
+    high: npt.ArrayLike | None = None,
 ) -> PerformanceStats:
     """Sharpe, Sortino, Calmar and Kelly of the simple returns of an equity series stamped ``ts`` (seconds).
 
@@ -383,6 +438,10 @@ def performance_stats(
         time, the ``24/7`` rule.
     versions : array_like, shape (T + 1,), optional
         Market version of each point (NaN where unknown): the model bars of the compressed demo clock.
+    low, high : array_like, shape (T + 1,), optional
+        Lowest and highest equity of each point's bucket (NaN where unknown: the point's equity). Given, the
+        maximum drawdown and the Calmar ratio are :func:`band_max_drawdown`'s (module docstring); else the
+        drawdown of the points.
 
     Notes
     -----
@@ -434,10 +493,15 @@ def performance_stats(
     sortino = _finite_ratio(
         "sortino", math_logic.sortino_ratio(r, p), "no return below 0 in the window: no downside deviation"
     )
-    mdd = math_logic.max_drawdown(r)
+    band = _band(e, low, high)
+    mdd = math_logic.max_drawdown(r) if band is None else band_max_drawdown(*band)
     try:
-        calmar = _finite_ratio("calmar", math_logic.calmar_ratio(r, p), "no drawdown in the window")
         growth = float(e[-1] / e[0]) ** (p / observations) - 1.0
+        if band is None:
+            calmar = _finite_ratio("calmar", math_logic.calmar_ratio(r, p), "no drawdown in the window")
+        else:  # CAGR / |MDD| (math_logic.calmar_ratio's definition) with the bucket-aware drawdown
+            value = growth / abs(mdd) if mdd != 0.0 else (math.inf if growth != 0.0 else math.nan)
+            calmar = _finite_ratio("calmar", value, "no drawdown in the window")
         annual_return = _finite_ratio("annual_return", growth, "too large to annualise")
     except OverflowError:
         reason = "the annualised growth overflows: the window is too short to annualise"
@@ -466,6 +530,20 @@ def performance_stats(
         annual_volatility=Ratio("annual_volatility", volatility),
         max_drawdown=Ratio("max_drawdown", mdd),
     )
+
+
+def _band(
+    equity: Float64Array, low: npt.ArrayLike | None, high: npt.ArrayLike | None
+) -> tuple[Float64Array, Float64Array] | None:
+    """The lows and highs of :func:`performance_stats` checked against ``equity``: a missing extreme is the
+    point's equity, and neither is on the wrong side of it; None when not given."""
+    if low is None and high is None:
+        return None
+    lo = equity if low is None else np.asarray(low, dtype=np.float64)
+    hi = equity if high is None else np.asarray(high, dtype=np.float64)
+    if lo.shape != equity.shape or hi.shape != equity.shape:
+        raise ValueError(f"low {lo.shape} and high {hi.shape} must have the length of equity {equity.shape}")
+    return np.fmin(lo, equity), np.fmax(hi, equity)
 
 
 # -- liquidity-adjusted VaR ----------------------------------------------------------------------------------

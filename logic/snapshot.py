@@ -396,7 +396,9 @@ _HISTORY_PATHS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((n, tuple(n.spli
 
 
 def history_point(snapshot: Mapping[str, Any]) -> dict[str, float | int | None]:
-    """The flat history record of a snapshot: :data:`HISTORY_FIELDS`, dotted names, numbers or None."""
+    """The flat history record of a snapshot: :data:`HISTORY_FIELDS`, dotted names, numbers or None;
+    ``equity_low`` and ``equity_high`` (a snapshot has no such fields) are its ``equity``: a full-resolution
+    point's extremes (engine/store/history.py)."""
     point: dict[str, float | int | None] = {}
     for name, path in _HISTORY_PATHS:  # once per portfolio per tick: plain dict lookups first
         node: Any = snapshot
@@ -407,4 +409,5 @@ def history_point(snapshot: Mapping[str, Any]) -> dict[str, float | int | None]:
             point[name] = node
         else:
             point[name] = node if isinstance(node, int | float) and not isinstance(node, bool) else None
+    point["equity_low"] = point["equity_high"] = point["equity"]
     return point

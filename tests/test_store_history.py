@@ -44,6 +44,7 @@ def random_point(rng: random.Random, version: int) -> dict[str, float | int | No
         if name == "version":
             continue
         point[name] = None if rng.random() < 0.1 else rng.uniform(-1e6, 1e6)
+    point["equity_low"] = point["equity_high"] = point["equity"]  # a full-resolution point: its own extremes
     return point
 
 

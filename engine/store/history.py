@@ -13,7 +13,7 @@ Layout (keys in :mod:`engine.store.keys`, rows in :class:`engine.store.codec.Row
 A tier of resolution ``r`` and retention ``R`` has ``slots = R / r + 1`` rows: the newest bucket and every bucket
 starting ``R`` or less before it (a bucket starting exactly at the cutoff is kept, one a bucket older is
 gone). Its memory is fixed when it is first written (the whole ring at once), so the history of a portfolio
-never grows with time: 30,964 rows of 120 bytes (3.9 MB) for the default tiers, plus the short stream.
+never grows with time: 30,964 rows of 136 bytes (4.2 MB) for the default tiers, plus the short stream.
 Retention runs in the data's time (the entry time the monitor passes, from its injected clock or a replay's
 bars): a ring's slot is overwritten when a bucket one lap later is written, and readers drop rows more than
 ``R`` older than the header's newest bucket. The header changes only when a newer bucket opens (or an older
@@ -23,9 +23,9 @@ row a tick, not a row and a header.
 Every write updates the open bucket of every tier in the same Lua script as the snapshot and the stream entry
 (one round trip, foldable into the monitor's MULTI), merging by the aggregation of each column
 (:data:`HISTORY_COLUMNS`): the newest value for levels (equity, P&L, exposures), the maximum for losses and
-loads (VaR, CVaR, stressed VaR, utilization, leverage, concentration, data age), the minimum for drawdowns and
-the margin level. A breach inside a bucket therefore survives downsampling. Merges are order-insensitive
-(``last`` compares entry times), so a tick written twice or late leaves the same row.
+loads (VaR, CVaR, stressed VaR, utilization, leverage, concentration, data age) and ``equity_high``, the minimum
+for drawdowns, the margin level and ``equity_low``. A breach inside a bucket therefore survives downsampling.
+Merges are order-insensitive (``last`` compares entry times), so a tick written twice or late leaves the same row.
 
 Daily / weekly peaks and drawdowns (``pf:{id}:peaks``) and position excursions are kept exactly by
 engine/store/monitoring.py, never derived from these tiers.
@@ -84,6 +84,8 @@ HISTORY_COLUMNS: tuple[HistoryColumn, ...] = (
     HistoryColumn("version", "last", wide=True),
     HistoryColumn("market_ts", "last", wide=True),
     HistoryColumn("equity", "last", wide=True),
+    HistoryColumn("equity_low", "min", wide=True),
+    HistoryColumn("equity_high", "max", wide=True),
     HistoryColumn("cash", "last"),
     HistoryColumn("market_value", "last"),
     HistoryColumn("gross_exposure", "last"),
@@ -110,18 +112,99 @@ HISTORY_COLUMNS: tuple[HistoryColumn, ...] = (
 """The one table of the history: every metric kept, in row order, with its aggregation per bucket and its width
 in a downsampled row. ``last`` is the value of the bucket's latest point (by entry time; of two at the same time,
 the one written later), ``None`` if that point had none; ``min`` / ``max`` ignore missing values. ``ts`` first:
-the entry time, which orders ``last``."""
+the entry time, which orders ``last``.
+
+``equity_low`` / ``equity_high`` are the lowest and highest equity of the bucket's points (a full-resolution point
+carries its equity in both): a fall and recovery inside one bucket, which its last ``equity`` hides, stays in them
+(the maximum drawdown of a downsampled window, logic/performance.py). Wide like ``equity``, so a drawdown
+computed from them is exact (float32 would be off by up to 6e-8 relative)."""
+
+RAW_COLUMNS: tuple[HistoryColumn, ...] = tuple(
+    c for c in HISTORY_COLUMNS if c.name not in ("equity_low", "equity_high")
+)
+"""The columns a full-resolution point stores: all but ``equity_low`` / ``equity_high``, which are its ``equity``
+(filled in when read, and when merged into a tier). They are also the columns of a tier row written before the
+two existed (a 120-byte row, :data:`LEGACY_TIER_LAYOUT`): readers still read such a ring (both extremes the row's
+``equity``, all it knows), and a writer converts it in place (``UPGRADE_RING_LUA``) rather than starting it
+empty. The stream's rows did not change."""
 
 HISTORY_FIELDS: tuple[str, ...] = tuple(c.name for c in HISTORY_COLUMNS)
 """The metric names of a history point, in row order."""
-RAW_LAYOUT = RowLayout(HISTORY_FIELDS, tuple(True for _ in HISTORY_COLUMNS))
-"""A full-resolution point (the stream): every column float64."""
+RAW_LAYOUT = RowLayout(tuple(c.name for c in RAW_COLUMNS), tuple(True for _ in RAW_COLUMNS))
+"""A full-resolution point (the stream): every column of :data:`RAW_COLUMNS`, float64."""
 TIER_LAYOUT = RowLayout(HISTORY_FIELDS, tuple(c.wide for c in HISTORY_COLUMNS))
 """A downsampled bucket: float64 for times, the version and equity, float32 (7 significant digits) otherwise."""
 INTEGER_FIELDS = frozenset({"version"})
+POINT_LAYOUT = RowLayout(HISTORY_FIELDS, tuple(True for _ in HISTORY_COLUMNS))
+"""A full-resolution point as read (:meth:`HistoryStore.read_history`): every column, float64."""
+LEGACY_TIER_LAYOUT = RowLayout(RAW_LAYOUT.names, tuple(c.wide for c in RAW_COLUMNS))
+"""A downsampled bucket written before ``equity_low`` / ``equity_high`` (read, and converted, as described in
+:data:`RAW_COLUMNS`)."""
+_EQUITY_BAND = ("equity_low", "equity_high")
 _AGG_CODES = "".join({"last": "l", "min": "n", "max": "x"}[c.aggregation] for c in HISTORY_COLUMNS)
 _HEADER_BYTES = 16
 _RAW_FIELD = b"p"
+
+
+def upgrade_rows(rows: npt.NDArray[np.void], layout: RowLayout) -> npt.NDArray[np.void]:
+    """Rows without the equity band (:data:`RAW_LAYOUT`, :data:`LEGACY_TIER_LAYOUT`) as rows of ``layout``
+    (:data:`TIER_LAYOUT`, or any layout of :data:`HISTORY_FIELDS`): every column copied, ``equity_low`` and
+    ``equity_high`` the row's ``equity`` (exactly: both are as wide as it)."""
+    out = np.zeros(len(rows), dtype=layout.dtype)
+    for name in layout.names:
+        out[name] = rows["equity" if name in _EQUITY_BAND else name]
+    return out
+
+
+def _upgrade_segments() -> list[tuple[int, int]]:
+    """The byte ranges (from, to exclusive) of a :data:`LEGACY_TIER_LAYOUT` row that, end to end, make the same row
+    in :data:`TIER_LAYOUT` (:func:`upgrade_rows` on the bytes, for the Lua scripts)."""
+    at, where = 0, {}
+    for column in RAW_COLUMNS:
+        width = 8 if column.wide else 4
+        where[column.name] = (at, at + width)
+        at += width
+    segments: list[tuple[int, int]] = []
+    for column in HISTORY_COLUMNS:
+        start, end = where["equity" if column.name in _EQUITY_BAND else column.name]
+        if segments and segments[-1][1] == start:
+            segments[-1] = (segments[-1][0], end)
+        else:
+            segments.append((start, end))
+    return segments
+
+
+_BAND_LUA = "\n".join(
+    f"table.insert(new, {HISTORY_FIELDS.index(n) + 1}, new[{HISTORY_FIELDS.index('equity') + 1}])" for n in _EQUITY_BAND
+)
+"""Lua: a :data:`RAW_LAYOUT` point unpacked (``new``) made a row of :data:`HISTORY_FIELDS`, both extremes its
+equity (the band's columns in increasing order: each insert shifts the later ones)."""
+
+def _upgrade_ring_lua() -> str:
+    template = """
+-- upgrade_ring(key, ring size, current length): a ring written before equity_low / equity_high (its rows of the
+-- legacy layout, the same slots) rewritten in place in the current layout, both extremes the row's equity;
+-- returns the ring's length now (another length is left as it is: the caller recreates it).
+local function upgrade_ring(key, size, len)
+  local slots = (size - 16) / %(row)d
+  if len ~= 16 + slots * %(legacy)d then return len end
+  local blob = redis.call('GET', key)
+  local out = {string.sub(blob, 1, 16)}
+  for s = 0, slots - 1 do
+    local at = 16 + s * %(legacy)d
+    out[#out + 1] = %(concat)s
+  end
+  redis.call('SET', key, table.concat(out))
+  return size
+end
+"""
+    segments = " .. ".join(f"string.sub(blob, at + {a + 1}, at + {b})" for a, b in _upgrade_segments())
+    return template % {"row": TIER_LAYOUT.size, "legacy": LEGACY_TIER_LAYOUT.size, "concat": segments}  # noqa: UP031
+
+
+UPGRADE_RING_LUA = _upgrade_ring_lua()
+"""The Lua function both tier writes define (``HistoryStore.record_snapshot`` and engine/store/tick_state.py):
+a ring of the legacy layout is converted, not started empty, so the history written before the upgrade stays."""
 
 
 APPEND_POINT_LUA = """
@@ -156,6 +239,9 @@ end
 """The Lua function both snapshot writes define (``HistoryStore.record_snapshot`` and the vectorised monitor's
 script in engine/store/tick_state.py): one rule for replacing the latest snapshot and appending its point."""
 
+WRITE_LUA_PRELUDE = APPEND_POINT_LUA + UPGRADE_RING_LUA
+"""Both Lua functions, which the two snapshot writes define."""
+
 
 def tier_resolution_ms(tier: HistoryTier) -> int:
     return round(tier.resolution_seconds * 1000.0)
@@ -170,6 +256,11 @@ def tier_slots(tier: HistoryTier) -> int:
 def tier_bytes(tier: HistoryTier) -> int:
     """The size of a tier's ring in bytes: header plus one row per slot (what Redis holds, allocator aside)."""
     return _HEADER_BYTES + tier_slots(tier) * TIER_LAYOUT.size
+
+
+def legacy_tier_bytes(tier: HistoryTier) -> int:
+    """The size of a tier's ring of :data:`LEGACY_TIER_LAYOUT` rows (written before ``equity_low`` / ``_high``)."""
+    return _HEADER_BYTES + tier_slots(tier) * LEGACY_TIER_LAYOUT.size
 
 
 @dataclass(frozen=True)
@@ -189,20 +280,23 @@ class HistoryStore(StoreBase):
     # pf:{id}:peaks, whose ``owner`` stamp becomes the last ARGV (engine/store/tick_state.py)
     # ARGV[1] = snapshot version, ARGV[2] = snapshot JSON, ARGV[3] = entry time (ms),
     # ARGV[4] = oldest stream entry time kept (ms; XTRIM MINID, exact), ARGV[5] = stream cap (MAXLEN ~),
-    # ARGV[6] = the point (one RAW_LAYOUT row), ARGV[7] = its struct format, ARGV[8] = a tier row's struct
+    # ARGV[6] = the point (one RAW_LAYOUT row: its equity_low / equity_high are its equity), ARGV[7] = its struct
+    # format, ARGV[8] = a tier row's struct
     # format, ARGV[9] = aggregation per column ('l' last, 'n' min, 'x' max), ARGV[10] = tier row size (bytes),
     # ARGV[11..] = resolution (ms) and slots of each tier, in KEYS order.
     # The latest snapshot is replaced unless the stored one has a higher version (two monitors may finish
     # ticks out of order; the latest snapshot never goes back). The entry id is <ms>-0, or the stream's last
     # id plus one when that is not greater (several ticks in one millisecond, or a late tick): every call
-    # appends exactly one point. A tier whose string is not its ring's size (new, or its configuration
+    # appends exactly one point. A tier of the legacy layout (LEGACY_TIER_LAYOUT, same slots) is converted in
+    # place (upgrade_ring); one whose string is not its ring's size otherwise (new, or its configuration
     # changed) starts empty; a point older than a tier's retention leaves that tier alone. Returns the entry id.
-    _RECORD_LUA = APPEND_POINT_LUA + """
+    _RECORD_LUA = WRITE_LUA_PRELUDE + """
 local id = append_point(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[#KEYS], 'owner', ARGV[#ARGV])
 if #KEYS < 4 then return id end
 local ms = tonumber(ARGV[3])
 local new = {struct.unpack(ARGV[7], ARGV[6])}
+%(band)s
 local fmt, agg, rowlen = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local ncol = #agg
 local last, high, low = {}, {}, {}
@@ -215,7 +309,7 @@ for k = 3, #KEYS - 1 do
   local key = KEYS[k]
   local res, slots = tonumber(ARGV[9 + 2 * (k - 2)]), tonumber(ARGV[10 + 2 * (k - 2)])
   local size = 16 + slots * rowlen
-  local len = redis.call('STRLEN', key)
+  local len = upgrade_ring(key, size, redis.call('STRLEN', key))
   if len ~= size then  -- zero-filled by Redis itself: a tiny command to propagate, not the whole ring
     if len > 0 then redis.call('DEL', key) end
     redis.call('SETRANGE', key, size - 1, '\0')
@@ -252,7 +346,7 @@ for k = 3, #KEYS - 1 do
   end
 end
 return id
-"""
+""".replace("%(band)s", _BAND_LUA)
 
     def record_snapshot(
         self,
@@ -271,7 +365,8 @@ return id
         the open bucket of every tier of ``tiers``; one Lua script.
 
         ``point`` is flat (dotted metric names of :data:`HISTORY_FIELDS`, numbers or ``None``; its ``ts`` is
-        the entry time ``ts``); see :meth:`read_history`. Returns the history entry id, or ``None`` on a
+        the entry time ``ts``; its ``equity_low`` / ``equity_high`` are not read: a full-resolution point's are
+        its ``equity``, :data:`RAW_COLUMNS`); see :meth:`read_history`. Returns the history entry id, or ``None`` on a
         pipeline.
         """
         keys = PortfolioKeys(portfolio_id)
@@ -314,7 +409,7 @@ return id
                 rows = decode_rows(RAW_LAYOUT, fields[_RAW_FIELD], key=f"{key}.{point['id']}")
                 if len(rows) != 1:
                     raise CorruptDataError(f"{key}.{point['id']}: expected one row, got {len(rows)}")
-                point.update(row_points(RAW_LAYOUT, rows, INTEGER_FIELDS)[0])
+                point.update(row_points(POINT_LAYOUT, upgrade_rows(rows, POINT_LAYOUT), INTEGER_FIELDS)[0])
             else:  # an entry of the field-per-metric format written before the packed rows
                 point.update(_legacy_point(fields, key))
             out.append(point)
@@ -348,10 +443,13 @@ return id
         blob = self._conn(conn).get(key)
         if blob is None:
             return np.zeros(0, dtype=TIER_LAYOUT.dtype)
-        if len(blob) != tier_bytes(tier):
+        if len(blob) == legacy_tier_bytes(tier):  # written before equity_low / _high: read as it is
+            rows = upgrade_rows(decode_rows(LEGACY_TIER_LAYOUT, blob[_HEADER_BYTES:], key=key), TIER_LAYOUT)
+        elif len(blob) != tier_bytes(tier):
             raise CorruptDataError(f"{key}: {len(blob)} bytes, a ring of {tier_slots(tier)} rows is {tier_bytes(tier)}")
+        else:
+            rows = decode_rows(TIER_LAYOUT, blob[_HEADER_BYTES:], key=key)
         newest = float(np.frombuffer(blob, dtype="<f8", count=1)[0])
-        rows = decode_rows(TIER_LAYOUT, blob[_HEADER_BYTES:], key=key)
         if newest != newest or newest < 0:
             raise CorruptDataError(f"{key}: bad newest time {newest}")
         ts = rows["ts"]

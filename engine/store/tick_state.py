@@ -8,8 +8,9 @@ structure: about 100 µs of Redis time each, 0.3 s a tick for a thousand portfol
 arithmetic on arrays (one row per portfolio, one element per position) and Redis only stores the results:
 
 - **Ownership.** The state of a portfolio is kept while this writer owns it: every write stamps the peaks hash
-  with this writer's ``owner`` token; the per-portfolio path's scripts, and a book sync's capital flow
-  (``MonitoringStore.shift_peaks``), replace it with a fresh foreign stamp (engine/store/history.py
+  with this writer's ``owner`` token; the per-portfolio path's scripts, a book sync's capital flow
+  (``MonitoringStore.shift_peaks``) and a fill that closes or flips a position (engine/store/monitoring.py
+  ``reset_mark``: it deletes that excursion), replace it with a fresh foreign stamp (engine/store/history.py
   ``foreign_stamp``), a replay's restart of the drawdowns deletes the hash. Before merging, the
   monitor WATCHes the peaks keys and reads the stamps
   (:meth:`TickState.stale_rows`); a portfolio stamped by anyone else is loaded from the store again
@@ -46,13 +47,17 @@ from engine.settings import HistoryTier
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import EXCURSION_DTYPE, decode_excursion, decode_float, decode_str
 from engine.store.history import (
-    APPEND_POINT_LUA,
     HISTORY_COLUMNS,
+    LEGACY_TIER_LAYOUT,
     OWNER_FIELD,
+    RAW_LAYOUT,
     TIER_LAYOUT,
+    WRITE_LUA_PRELUDE,
+    legacy_tier_bytes,
     tier_bytes,
     tier_resolution_ms,
     tier_slots,
+    upgrade_rows,
 )
 from engine.store.keys import PortfolioKeys
 from engine.store.slots import is_cluster
@@ -80,6 +85,8 @@ _HIGH = np.array([c.aggregation == "max" for c in HISTORY_COLUMNS])
 _LOW = np.array([c.aggregation == "min" for c in HISTORY_COLUMNS])
 _NARROW = np.array([not c.wide for c in HISTORY_COLUMNS])
 _NCOL = len(HISTORY_COLUMNS)
+_RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_LAYOUT.names])
+"""The columns of a point the stream stores (RAW_LAYOUT: all but the equity band, which is the point's equity)."""
 
 # KEYS: per portfolio, in order: snapshot, history, peaks, marks, then one ring per tier.
 # ARGV[1] = tiers T, ARGV[2] = entry ms, ARGV[3] = oldest stream entry kept (ms, XTRIM MINID), ARGV[4] = stream
@@ -98,9 +105,10 @@ _NCOL = len(HISTORY_COLUMNS)
 #   portfolio loaded this tick), the marks to set (when n > 0: their tickers joined by NUL, which no ticker holds,
 #   then their excursion records end to end, 17 bytes each: codec.EXCURSION_DTYPE) and the tickers to delete.
 # The history entry id is <ms>-0, or the stream's
-# last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring that is not
-# its size (new, or reconfigured) is recreated zero-filled before its bucket is written.
-_APPLY_LUA = APPEND_POINT_LUA + """
+# last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring of the legacy
+# layout is converted in place (upgrade_ring); one that is not its size otherwise (new, or reconfigured) is
+# recreated zero-filled before its bucket is written.
+_APPLY_LUA = WRITE_LUA_PRELUDE + """
 local ntier, ms, minid, cap, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sizes, offsets = {}, {}
 -- the offsets stay strings: a Lua number passed to redis.call is formatted back into one (sprintf) every call
@@ -136,7 +144,7 @@ for p = 0, #KEYS / nkeys - 1 do
     for t = 1, ntier do
       local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
       if mode == '1' then
-        local len = redis.call('STRLEN', key)
+        local len = upgrade_ring(key, sizes[t], redis.call('STRLEN', key))
         if len ~= sizes[t] then
           if len > 0 then redis.call('DEL', key) end
           redis.call('SETRANGE', key, sizes[t] - 1, '\\0')
@@ -247,6 +255,7 @@ class TickState:
         self._res = np.array([tier_resolution_ms(t) for t in self.tiers], dtype=np.int64)
         self._slots = np.array([tier_slots(t) for t in self.tiers], dtype=np.int64)
         self._sizes = [tier_bytes(t) for t in self.tiers]
+        self._legacy_sizes = [legacy_tier_bytes(t) for t in self.tiers]
         self._flat: list[str] = []
         self._owner = np.zeros(0, dtype=np.intp)
         self._keys: dict[str, list[str]] = {}
@@ -351,6 +360,7 @@ class TickState:
                 pipe.getrange(key, offset, offset + TIER_LAYOUT.size - 1)
         replies = pipe.execute(raise_on_error=False)
         per = 3 + 3 * len(self.tiers)
+        self._read_legacy_rows(rows, ms, client, replies, per)
         for n, p in enumerate(rows.tolist()):
             got = replies[n * per : (n + 1) * per]
             self.owned[p] = False
@@ -369,6 +379,26 @@ class TickState:
             self.owned[p] = True
             self.checked[p] = True
         return errors
+
+    def _read_legacy_rows(self, rows: npt.NDArray[np.intp], ms: int, client: Any, replies: list[Any], per: int) -> None:
+        """Rings of :data:`~engine.store.history.LEGACY_TIER_LAYOUT` (written before ``equity_low`` / ``_high``)
+        among ``replies`` of :meth:`load`: their open row read again at its legacy offset and put in the replies
+        as the current layout's (the write then converts the ring: ``upgrade_ring``). Once per ring at most."""
+        legacy = [
+            (n, p, t) for n, p in enumerate(rows.tolist()) for t in range(len(self.tiers))
+            if replies[n * per + 3 + 3 * t] == self._legacy_sizes[t]
+        ]  # fmt: skip
+        if not legacy:
+            return
+        size = LEGACY_TIER_LAYOUT.size
+        pipe = client.pipeline(transaction=False)
+        for _, p, t in legacy:
+            offset = 16 + int((ms // self._res[t]) % self._slots[t]) * size
+            pipe.getrange(PortfolioKeys(self.pids[p]).history_tier(int(self._res[t])), offset, offset + size - 1)
+        for (n, _, t), raw in zip(legacy, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(raw, bytes) and len(raw) == size:
+                row = upgrade_rows(np.frombuffer(raw, dtype=LEGACY_TIER_LAYOUT.dtype), TIER_LAYOUT)
+                replies[n * per + 3 + 3 * t], replies[n * per + 5 + 3 * t] = self._sizes[t], row.tobytes()
 
     def _load_peaks(self, p: int, raw: list[Any]) -> None:
         key = PortfolioKeys(self.pids[p]).peaks
@@ -526,7 +556,8 @@ class TickState:
         merged.replace = valid & ~np.isnan(points[:, 0]) & (self.versions <= version)
         merged.version = version
         ntier, count = len(self.tiers), len(self.pids)
-        raw = np.ascontiguousarray(np.where(np.isfinite(points), points, np.nan), dtype="<f8").tobytes()
+        stored = points[:, _RAW_INDEX]
+        raw = np.ascontiguousarray(np.where(np.isfinite(stored), stored, np.nan), dtype="<f8").tobytes()
         rows = np.zeros((count, max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
         for c, column in enumerate(HISTORY_COLUMNS):
             with np.errstate(over="ignore"):  # rounded already (_float32)
@@ -541,7 +572,7 @@ class TickState:
         for t in range(ntier):
             head += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
         return Prepared(
-            merged, valid.tolist(), head, raw, 8 * points.shape[1], rows.tobytes(), ntier * row_size,
+            merged, valid.tolist(), head, raw, RAW_LAYOUT.size, rows.tobytes(), ntier * row_size,
             np.ascontiguousarray(merged.headers, dtype="<f8").tobytes(), ntier * 16,
             _modes(self.checked, merged.skip, (merged.headers != self.headers).any(axis=2)), picked, gone[picked],
             self._peak_fields(merged), np.where(merged.replace, "s", "k").tolist(),

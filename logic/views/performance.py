@@ -150,8 +150,10 @@ def performance_view(
     settings = desk.settings
     limits = live_limits(desk, portfolio_id)
     history = history_frame(desk, portfolio_id, window_seconds)
-    ts, equity, versions = performance.equity_series(history.to_dict("records"))
-    stats = performance.performance_stats(ts, equity, time=ratio_time(desk), versions=versions)
+    ts, equity, versions, low, high = performance.equity_band_series(history.to_dict("records"))
+    stats = performance.performance_stats(
+        ts, equity, time=ratio_time(desk), versions=versions, low=low, high=high
+    )  # the drawdown of a downsampled window from its buckets' lows and highs (logic/performance.py)
 
     rm = desk.risk_manager(portfolio_id)
     state = rm.get_portfolio_state()
