@@ -9,15 +9,15 @@ in one MULTI/EXEC.
    its lease expires, so a crash delays the queue by at most the TTL. An order that has not reached the head
    within :data:`QUEUE_WAIT_SECONDS` leaves the queue and is REJECTED ``STORE_UNAVAILABLE`` ("the order queue
    did not move"): a stuck store, not contention.
-2. **Transaction** (unchanged). WATCH the portfolio's keys, read the book, re-run every check on the watched
-   state, MULTI the fill (cash, position, realized P&L, fees, trade log record, idempotency record, order-rate
-   entry), EXEC. The queue does not make this correct, the WATCH does: a WatchError now comes only from writers
-   that are not orders (a trading-state change, a book edit) or from a head that outlived its lease, so the
-   retry loop stays as a safety net: at most :data:`MAX_ATTEMPTS` times with jittered backoff, refreshing the
-   lease, then REJECTED ``RETRY_EXHAUSTED`` with nothing traded. Rejected executions are recorded in the trade
-   log too, in the same watched transaction (so a caller cannot get a rejection while another caller's fill
-   of the same client order id commits); they do not claim the client order id: a rejected order may be sent
-   again with the same id.
+2. **Transaction** (unchanged). WATCH the portfolio's keys, read the book, re-run every check on the watched state,
+   MULTI the fill (cash, position, realized P&L, fees, trade log record, idempotency record, order-rate entry; a
+   close or flip also ends the position's MFE / MAE, engine/store/monitoring.py ``reset_mark``), EXEC. The queue
+   does not make this correct, the WATCH does: a WatchError now comes only from writers that are not orders (a
+   trading-state change, a book edit) or from a head that outlived its lease, so the retry loop stays as a safety
+   net: at most :data:`MAX_ATTEMPTS` times with jittered backoff, refreshing the lease, then REJECTED
+   ``RETRY_EXHAUSTED`` with nothing traded. Rejected executions are recorded in the trade log too, in the same
+   watched transaction (so a caller cannot get a rejection while another caller's fill of the same client order id
+   commits); they do not claim the client order id: a rejected order may be sent again with the same id.
 3. **Release.** The order leaves the queue, handing the lease to the next ticket, whatever happened: in the
    EXEC that records it (the fill and the hand-over commit together, one round trip less while the next order
    waits), or right after when nothing was written (a duplicate, a store error, retries exhausted).
@@ -270,6 +270,7 @@ def _transact(
                         ts=now,
                         rate_window_seconds=RATE_WINDOW_SECONDS,
                         pipe=pipe,
+                        qty_before=plan.position_before.qty if plan.position_before is not None else 0,
                     )
                 if ticket is not None:
                     store.leave_order_queue(

@@ -33,7 +33,7 @@ from engine.store.codec import (
     encode_array_header,
     encode_json_fast,
 )
-from engine.store.history import foreign_stamp
+from engine.store.history import OWNER_FIELD, foreign_stamp
 from engine.store.keys import PortfolioKeys, lock_key
 
 _SNAPSHOT_TS_LUA = """
@@ -114,6 +114,26 @@ def decode_marks_reply(reply: Any, key: str = "marks") -> dict[str, Excursion]:
             mae=decode_float(reply[i + 3], key=f"{key}.{ticker}.mae"),
         )
     return out
+
+
+def ends_position(qty_before: int, qty_after: int) -> bool:
+    """Whether a fill from ``qty_before`` to ``qty_after`` shares ends the position held: it takes it to zero (a
+    close) or through zero (a flip). Growing it, or reducing it short of zero, keeps the position (and its
+    excursion); opening one from flat starts one."""
+    return qty_before != 0 and (qty_after == 0 or (qty_after > 0) != (qty_before > 0))
+
+
+def reset_mark(pipe: Conn, portfolio_id: str, ticker: str) -> None:
+    """Queue, in a fill's MULTI (``pipe``), the end of ``ticker``'s excursion (:func:`ends_position`): its mark
+    in ``pf:{id}:marks`` is deleted, so the position the fill leaves (if any) starts afresh at the monitor's next
+    valuation, as a new one does (``_MARKS_LUA``: no mark, MFE / MAE start at that P&L); and the peaks hash gets
+    a fresh foreign ``owner`` stamp (engine/store/tick_state.py), so a vectorised monitor reloads the
+    portfolio's marks rather than merge into the copy it holds, and a tick of it that read the book before the
+    fill aborts (it WATCHes the peaks key) and is redone on the new book. Two commands, in a fill that closes or
+    flips only: the monitor reloads one portfolio (a few reads) on its next tick."""
+    keys = PortfolioKeys(portfolio_id)
+    pipe.hdel(keys.marks, ticker)
+    pipe.hset(keys.peaks, OWNER_FIELD, foreign_stamp())
 
 
 class MonitoringStore(StoreBase):
@@ -232,7 +252,8 @@ return 1
     # ARGV = ticker, side, unrealized P&L, ... for every open position now, then the stamp.
     # MFE (maximum favourable excursion) is the highest unrealized P&L since the position was opened (>= 0),
     # MAE (maximum adverse excursion) the lowest (<= 0). A new ticker, or one whose side flipped, starts again
-    # at this P&L; a ticker not listed (position closed) is deleted. Max/min merges: order-insensitive.
+    # at this P&L; a ticker not listed (position closed) is deleted. Max/min merges: order-insensitive. A side
+    # change or a close between two ticks is seen by the fill, which deletes the mark (``reset_mark``).
     # One HMGET and one HSET for all tickers (not one call per ticker: this runs for every portfolio on every
     # tick); the field names are read only when the hash holds more tickers than are open.
     # Returns {ticker, side, mfe, mae, ...} after the merge.

@@ -6,7 +6,8 @@ window), besides the market and book keys it reads (see :mod:`engine.store.keys`
 A fill is one MULTI/EXEC over keys of one portfolio (one hash tag, so one Cluster slot), run by
 logic/risk_manager.py after WATCHing :meth:`TradingStore.trading_watch_keys` (what it writes, and the live limits
 it was checked against): state scalars, the position, the trade log record, the idempotency record under the
-client order id and the order-rate entry.
+client order id and the order-rate entry; and, when it closes or flips the position, the end of the position's
+excursion (engine/store/monitoring.py ``reset_mark``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from engine.store.codec import (
 from engine.store.keys import GLOBAL_AUDIT_KEY, MARKET_KEY, PORTFOLIOS_KEY, REFERENCE_KEY, PortfolioKeys
 from engine.store.limits import decode_limits_reply, held_token
 from engine.store.market import decode_reference_prices, market_header
+from engine.store.monitoring import ends_position, reset_mark
 from engine.store.portfolio import decode_portfolio, decode_positions, new_positions_rev
 from engine.store.slots import is_cluster, slot_transaction
 
@@ -210,12 +212,16 @@ class TradingStore(StoreBase):
         ts: float,
         rate_window_seconds: float,
         pipe: Conn,
+        qty_before: int = 0,
     ) -> str:
         """Queue every write of one fill on ``pipe`` (a MULTI): the caller executes it.
 
         ``portfolio`` carries the new cash, realized P&L, fees and time; ``position`` the new position of
         ``ticker`` (removed when flat with no realized P&L); ``record`` is appended to the trade log and,
-        with a ``client_order_id``, stored as that order's idempotency record.
+        with a ``client_order_id``, stored as that order's idempotency record. ``qty_before``: the shares held
+        before the fill (0: flat); a fill that takes them to zero or through zero ends the position's excursion
+        (MFE / MAE) in the same MULTI (engine/store/monitoring.py ``reset_mark``), so a position reopened
+        before the monitor's next tick does not inherit the closed one's.
         Returns the new ``positions_rev`` token (see :meth:`remember_positions`).
         """
         keys = PortfolioKeys(portfolio.portfolio_id)
@@ -239,6 +245,8 @@ class TradingStore(StoreBase):
             pipe.zadd(keys.orders_ts, {client_order_id: float(ts)})
         pipe.zadd(keys.rate, {trade_id: float(ts)})
         pipe.zremrangebyscore(keys.rate, "-inf", f"({float(ts) - rate_window_seconds!r}")
+        if ends_position(qty_before, position.qty):
+            reset_mark(pipe, portfolio.portfolio_id, ticker)
         return new_positions_rev(pipe, portfolio.portfolio_id)
 
     def append_trade_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
