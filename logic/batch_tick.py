@@ -10,19 +10,22 @@ ticks, interleaved).
 The portfolios are ticked in lanes of :data:`CHUNK_PORTFOLIOS` (consecutive ranges of the portfolios read), each
 with its columnar books and merged state, so that Redis writes one lane while Python computes the next (a tick of
 1,000 portfolios is about 60% Python, 40% Redis; computed whole and then written, the two took turns). Per tick:
-read every book (one script); then every read first, while Redis is free: per lane, value its books, WATCH its
-peaks keys, read which ones another writer touched and load those; the live limits and the backtest runner's
-sections of all (logic/backtest_runner.py feeds the backtests). Then per lane: merge peaks and excursions,
-compute the figures (logic/batch.py), build the snapshots and history points, merge the history buckets, and
-queue its MULTI (one script), executed on a writer thread of its own while the next lane is computed. Once every
-lane committed, a last MULTI acknowledges the tick and writes the heartbeat (with one lane, or on a Redis
-Cluster, where the lanes run one after the other, the last lane's MULTI does). A conflict (another monitor wrote
-one of a lane's portfolios meanwhile) aborts that lane: every lane's state is dropped and the tick, left
-unacknowledged, is redone from the store. The lanes committed are then written again: the same snapshot, and one
+read every book (one script); then every read first, while Redis is free: per lane, value its books, WATCH its peaks
+keys, read which ones another writer touched and load those; the live limits and the backtest runner's sections of
+all (logic/backtest_runner.py feeds the backtests). Then per lane: merge peaks and excursions, compute the figures
+(logic/batch.py), build the snapshots and history points, merge the history buckets, and queue its MULTI (one
+script), executed on a writer thread of its own while the next lane is computed. Once every lane committed, a last
+MULTI acknowledges the tick and writes the heartbeat (with one lane, or on a Redis Cluster, where the lanes run one
+after the other, the last lane's MULTI does). A conflict (another writer stamped one of a lane's portfolios
+meanwhile: a fill that ended a position, a book sync, another monitor) aborts that lane's EXEC, which wrote nothing:
+the lanes committed keep their state, the aborted one its state of before the tick (the next read of owner stamps
+reloads only the portfolios touched), and the tick, left unacknowledged, is redone at once (logic/monitor.py: a
+conflict is no store failure, no backoff). The lanes committed are then written again: the same snapshot, and one
 more history point at the redo's time, as an idle refresh would add; peaks, excursions and buckets merge
-idempotently. A monitor stopped after the last lane and before the acknowledgement leaves the same state: the
-tick is redone by whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded
-from the store by its new lane, as one another writer touched.
+idempotently. Any other failure drops every lane's state (a failed script may have written part of a tick). A
+monitor stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone by
+whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new
+lane, as one another writer touched.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import redis
 
 from engine.errors import StoreError
 from engine.records import VarMethod
@@ -105,6 +109,21 @@ def _done(value: Any) -> concurrent.futures.Future[Any]:
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     future.set_result(value)
     return future
+
+
+class _Conflict(Exception):
+    """Some lanes' EXECs were aborted by their WATCH (another writer touched one of their portfolios: a fill that
+    ended a position, a book sync, another monitor) and nothing else failed: ``committed`` are the lanes that
+    were written."""
+
+    def __init__(self, committed: list[_Sent]) -> None:
+        super().__init__("a lane's portfolios changed during the tick")
+        self.committed = committed
+        self.watch = redis.WatchError("a lane's portfolios changed during the tick: redone")
+
+
+def _only_conflicts(failures: Sequence[BaseException | None]) -> bool:
+    return all(e is None or isinstance(e, redis.WatchError) for e in failures)
 
 
 class _Lane:
@@ -232,10 +251,11 @@ class VectorisedTick:
                 elif k < len(bounds) - 1:
                     done = _done(tx.execute())
                 sent.append(_Sent(r.lane, merged, valid, snapshots, done))
-            failures = [s.done.exception() for s in sent if s.done is not None]  # every EXEC has returned
+            failures = [s.done.exception() if s.done is not None else None for s in sent]  # every EXEC returned
             failure = next((e for e in failures if e is not None), None)
             if failure is not None:
-                raise failure
+                committed = [s for s, e in zip(sent, failures, strict=True) if e is None and s.done is not None]
+                raise _Conflict(committed) if _only_conflicts(failures) else failure
             snapshots = {pid: snap for s in sent for pid, snap in s.snapshots.items()}
             if pool is not None:  # the acknowledgement once every lane committed, in a MULTI of its own
                 txs.append(slot_transaction(self.store.client))
@@ -243,6 +263,15 @@ class VectorisedTick:
             finish(txs[-1], snapshots)  # without a pool: with the last lane's writes
             for s in sent:
                 s.lane.state.commit(s.merged, s.valid)
+        except _Conflict as conflict:  # nothing else failed: the committed lanes keep what they wrote
+            for s in conflict.committed:
+                s.lane.state.commit(s.merged, s.valid)
+            raise conflict.watch from None
+        except redis.WatchError:  # a lane run by finish() (one lane, or a cluster): nothing of it was written
+            for s in sent:
+                if s.done is not None:
+                    s.lane.state.commit(s.merged, s.valid)
+            raise
         except BaseException:
             for lane in self.lanes:
                 lane.state.drop()  # a failed script may have written part of a tick: load again

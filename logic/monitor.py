@@ -1,33 +1,33 @@
 """The risk monitor daemon: ``python -m logic.monitor``.
 
-On every tick event of the stream daemon it computes each portfolio's snapshot (:mod:`logic.snapshot`), keeps
-it as the latest snapshot and appends it to the portfolio's history, then hands it to the alert engine.
+On every tick event of the stream daemon it computes each portfolio's snapshot (:mod:`logic.snapshot`), keeps it as
+the latest snapshot and appends it to the portfolio's history, then hands it to the alert engine.
 
 Per tick (issue 15): one read of every portfolio (state, positions, trading state; one script), then
 :mod:`logic.batch_tick`: every book valued, its peaks, excursions and history buckets merged, its risk figures
 (:mod:`logic.batch`) and snapshot built on arrays, and MULTIs (one per range of portfolios, pipelined with the
-building) writing one script with the snapshots, history points and merged state; the last also
-acknowledges the tick and writes the heartbeat ``hb:monitor``; then the alerts in one batch
-(:mod:`logic.alert_batch`). ``vectorised=False`` keeps the per-portfolio reference path (one portfolio at a time,
-merges by three Lua scripts each). History: ``history.raw_seconds`` at full resolution and the downsampled tiers
-of ``[history]`` (engine/store/history.py). VaR and CVaR by each portfolio's method. The continuous VaR backtest
-is fed every bar by its own daemon (logic/backtest_runner.py: a backtest needs every bar, a snapshot only the
-newest); the snapshot's ``backtest`` section is its last stored one.
+building) writing one script with the snapshots, history points and merged state; the last also acknowledges the
+tick and writes the heartbeat ``hb:monitor``; then the alerts in one batch (:mod:`logic.alert_batch`).
+``vectorised=False`` keeps the per-portfolio reference path (one portfolio at a time, merges by three Lua scripts
+each). History: ``history.raw_seconds`` at full resolution and the downsampled tiers of ``[history]``
+(engine/store/history.py). VaR and CVaR by each portfolio's method. The continuous VaR backtest is fed every bar by
+its own daemon (logic/backtest_runner.py: a backtest needs every bar, a snapshot only the newest); the snapshot's
+``backtest`` section is its last stored one.
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream; each
 tick goes to one of them, or (``monitor.shard_portfolios``) each live monitor snapshots its shard of every tick
-(:mod:`logic.shards`). Latest wins (``monitor.latest_wins``): a monitor behind the stream snapshots only the
-newest waiting tick and acknowledges the older ones (``ticks_coalesced``); peaks merge every snapshot written,
-so they stay exact. State two monitors may both update is merged so that none is lost: the per-portfolio path
-merges in Redis (max/min, "replace only if not older"), the vectorised one in memory while it owns the
-portfolio (engine/store/tick_state.py: a WATCHed owner stamp; a conflict redoes the tick from the store). A tick
-is acknowledged in the MULTI that writes its (last) snapshots, so it is recorded once (logic/batch_tick.py: a
-tick redone after a partial write adds a history point, as a refresh would); a monitor that stops before that
-leaves it pending: on restart it processes its own pending entries first, and entries left by a monitor that
-never came back are claimed by a live one after ``--claim-idle`` seconds.
+(:mod:`logic.shards`). Latest wins (``monitor.latest_wins``): a monitor behind the stream snapshots only the newest
+waiting tick and acknowledges the older ones (``ticks_coalesced``); peaks merge every snapshot written, so they
+stay exact. State two monitors may both update is merged so that none is lost: the per-portfolio path merges in
+Redis (max/min, "replace only if not older"), the vectorised one in memory while it owns the portfolio
+(engine/store/tick_state.py: a WATCHed owner stamp; a conflict redoes the tick at once, ``ticks_redone``). A tick is
+acknowledged in the MULTI that writes its (last) snapshots, so it is recorded once (logic/batch_tick.py: a tick
+redone after a partial write adds a history point, as a refresh would); a monitor that stops before that leaves it
+pending: on restart it processes its own pending entries first, and entries left by a monitor that never came back
+are claimed by a live one after ``--claim-idle`` seconds.
 
-When no tick arrives for ``--idle-refresh`` seconds (one monitor at a time, by a short lease) the portfolios
-are snapshotted from the stored market, so the history keeps at least one point per second and
+When no tick arrives for ``--idle-refresh`` seconds (one monitor at a time, by a short lease) the portfolios are
+snapshotted from the stored market, so the history keeps at least one point per second and
 ``data.market_age_seconds`` grows while the feed is silent (the stale-data rules need it).
 
 Usage::
@@ -105,8 +105,7 @@ CLAIM_EVERY_SECONDS = 5.0
 DEFAULT_IDLE_REFRESH_SECONDS = 1.0
 HEARTBEAT_EVERY_SECONDS = 1.0
 HOUSEKEEPING_EVERY_SECONDS = 3600.0
-"""How often an idle monitor removes idle group consumers and prunes old idempotency records (and once at
-its first idle moment after start)."""
+"""How often (and once at its first idle moment) an idle monitor drops idle consumers and old order ids."""
 ALERTS_TICK_SECONDS = 0.5
 """Period of the alert engine's background work (escalation timers, repeats, pending and clear periods)."""
 
@@ -129,6 +128,8 @@ class MonitorStats:
     portfolio_errors: int = 0
     alert_errors: int = 0
     store_errors: int = 0
+    ticks_redone: int = 0
+    """Ticks aborted by a write to one of their portfolios mid-tick and redone at once (not store errors)."""
     last_version: int = -1
     last_latency_ms: float = 0.0
     """Read + compute + write of the last tick, all portfolios (alert evaluation excluded)."""
@@ -146,18 +147,15 @@ class Monitor:
 
     Parameters
     ----------
-    store, settings:
-        The store and the settings (limits, model, monitor section).
-    clock:
-        Epoch seconds of each snapshot; tests pass a controllable one.
+    store, settings, clock:
+        The store, the settings (limits, model, monitor section), epoch seconds of each snapshot.
     alert_engine:
         Object whose ``evaluate(portfolio_id, snapshot, now)`` is called once per snapshot; None: no alerts.
     consumer:
         Name in the consumer group (default ``<host>-<pid>``); a monitor restarted under the same name resumes
         its own pending ticks at once, under another name after ``claim_idle_seconds``.
     market_models:
-        The process's market-model cache (:mod:`engine.market_model`), shared with the risk managers of the
-        automated actions; by default one of its own.
+        The process's market-model cache (:mod:`engine.market_model`), shared with the automated actions'.
     metrics:
         Prometheus metrics (engine/metrics.py); default: its own, on a fresh registry.
     """
@@ -197,8 +195,7 @@ class Monitor:
         self.latest_wins = cfg.latest_wins
         """Skip to the newest waiting tick (``monitor.latest_wins``); off: every tick in order."""
         self.vectorised = vectorised
-        """Risk figures of every portfolio at once (logic/batch.py); False: one portfolio at a time, reading
-        each one's limits on its own (the reference path, and the loop baseline of ``make bench``)."""
+        """Every portfolio at once (logic/batch.py); False: one at a time (the reference path, bench baseline)."""
         self.lookup = PortfolioLookup(settings)
         self.fast = VectorisedTick(store, settings, self.lookup) if vectorised else None
         self.limits_memo: dict[Any, Any] = {}
@@ -271,6 +268,8 @@ class Monitor:
                 else:
                     self._idle()
                 backoff.reset()
+            except redis.WatchError:
+                self._on_conflict()
             except (redis.RedisError, StoreError) as exc:
                 self._on_store_error(exc)
                 if backoff.wait(self._stop):
@@ -285,6 +284,11 @@ class Monitor:
             self.stats.portfolio_errors, self.stats.alert_errors,
         )  # fmt: skip
         return self.stats
+
+    def _on_conflict(self) -> None:
+        """Another writer touched a portfolio mid-tick (logic/batch_tick.py): no store failure; redo it now."""
+        self.stats.ticks_redone += 1
+        self._check_pending = True  # the tick was left pending: read it again first
 
     def _on_store_error(self, exc: Exception) -> None:
         self.stats.store_errors += 1
@@ -646,6 +650,7 @@ class Monitor:
             "consumer": self.consumer,
             "ticks_processed": ticks,
             "ticks_coalesced": self.stats.ticks_coalesced + self._coalescing,
+            "ticks_redone": self.stats.ticks_redone,
             "bars_rejected": self.stats.entries_skipped,
             "refreshes": self.stats.refreshes,
             "portfolios": portfolios,
@@ -725,14 +730,9 @@ def make_alert_engine(
     market_models: MarketModelCache | None = None,
     gate_metrics: GateMetrics | None = None,
 ) -> AlertEvaluator | None:
-    """The object evaluating alert rules on each snapshot: logic/alerts.py's engine, configured from the
-    settings (``[[alert_rules]]``, ``[escalation]``, the recipient names of ``[notifications]``) on the
-    monitor's store and clock.
-
-    Its escalation timers and repeats run on its own background thread; the monitor itself only calls
-    ``evaluate`` once per snapshot. The notifications it queues are sent by ``python -m notifications``.
-    The automated actions' risk managers count their decisions in ``gate_metrics`` (engine/metrics.py).
-    """
+    """logic/alerts.py's engine from the settings (rules, escalation, recipients), on the monitor's store and
+    clock; its timers run on its own thread (the monitor calls ``evaluate`` per snapshot), ``python -m
+    notifications`` sends what it queues, its automated actions count their decisions in ``gate_metrics``."""
     from logic.alerts import build_alert_engine  # lazily: only a monitor that evaluates alerts needs it
 
     engine = build_alert_engine(store, settings, clock, market_models=market_models, gate_metrics=gate_metrics)

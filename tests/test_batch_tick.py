@@ -20,6 +20,7 @@ import redis
 
 import warmup
 from engine import book, reload
+from engine.errors import StoreError
 from engine.feeds import SimulatedFeed
 from engine.records import Position
 from engine.redis_server import EmbeddedRedis
@@ -352,12 +353,23 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     # Act: the tick fails on the conflict; then the same tick is processed again, undisturbed
     with pytest.raises(redis.WatchError) as failed:
         fast.process_available()
-    fast._on_store_error(failed.value)  # what Monitor.run does with it: read the pending ticks again first
+    assert not isinstance(failed.value, StoreError)
+    loads: list[int] = []  # rows each lane loads again: only p12's lane has a portfolio another writer touched
+    load = TickState.load
+
+    def counted(self: TickState, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append(len(rows))
+        return load(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(TickState, "load", counted)
+    fast._on_conflict()  # what Monitor.run does with it: no store failure; read the pending tick again first
     pending = fast_store.client.xpending(TICKS_KEY, MONITOR_GROUP)
     versions = {pid: (fast_store.read_snapshot(pid) or {}).get("version") for pid in ("p00", "p12", "p17")}
     monkeypatch.setattr(TickState, "prepare", prepare)
     assert fast.process_available() == 1
     assert loop.process_available() == 1
+    assert len(loads) == len(fast.fast.lanes) > 1 and sum(loads) == 1  # p12 alone; no lane state was dropped
+    assert (fast.stats.ticks_redone, fast.stats.store_errors) == (1, 0)
 
     # Assert: the failed tick was left pending, then done once; p12 has both merges; everything equals the reference
     assert pending["pending"] == 1

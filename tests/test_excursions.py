@@ -260,9 +260,9 @@ def test_a_close_and_reopen_while_a_vectorised_tick_runs_aborts_it_and_the_redo_
 
     monkeypatch.setattr(TickState, "prepare", fill_meanwhile)
     # Act: the tick at 97 conflicts with the fills; it is processed again, then one more bar
-    with pytest.raises(redis.WatchError) as failed:
+    with pytest.raises(redis.WatchError):
         _tick(store, settings, clock, monitor, AAA=97.0)
-    monitor._on_store_error(failed.value)  # what Monitor.run does with it
+    monitor._on_conflict()  # what Monitor.run does with it: redone at once
     monkeypatch.setattr(TickState, "prepare", prepare)
     assert monitor.process_available() == 1
     redone = _excursion(store, "main", "AAA")
@@ -272,3 +272,37 @@ def test_a_close_and_reopen_while_a_vectorised_tick_runs_aborts_it_and_the_redo_
     assert (qty, avg) == (200, 97.0)
     assert redone == (0.0, 0.0)
     assert _excursion(store, "main", "AAA") == _closed_form(qty, avg, [97.0, 94.0]) == (0.0, -600.0)
+
+
+def test_the_daemon_redoes_a_tick_a_fill_aborted_at_once_without_counting_a_store_failure(
+    desk: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: as above, the closing fill lands while the tick computes; this time Monitor.run takes the tick
+    store, settings = desk
+    clock = Clock(WEDNESDAY)
+    monitor = Monitor(store, settings, clock=clock)
+    _aaa_run_up_and_down(store, settings, clock, monitor)
+    prepare = TickState.prepare
+    fills: list[bool] = []
+
+    def fill_meanwhile(self: TickState, *args: Any, **kwargs: Any) -> Any:
+        if not fills:
+            fills.append(True)
+            _trade(store, settings, clock, "main", ("SELL", 1000, "AAA"))
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(TickState, "prepare", fill_meanwhile)
+    clock.t += 1.0
+    StreamDaemon(store, settings, IterableFeed([Bar(clock.t, {**PRICES, "AAA": 97.0})]), clock=clock, interval=0).run()
+    done = monitor.stats.ticks_processed
+    # Act
+    stats = monitor.run(max_ticks=done + 1, block_ms=50)
+    # Assert: the conflict redid the tick at once (no backoff, no store error), and its snapshot is of the new book
+    assert (stats.ticks_redone, stats.store_errors, stats.ticks_processed) == (1, 0, done + 1)
+    snap, header = store.read_snapshot("main"), store.read_market_header()
+    held = store.read_portfolio("main").positions
+    assert held["AAA"].qty == 0 if "AAA" in held else True
+    value = sum(p.qty * float(header.prices[header.tickers.index(t)]) for t, p in held.items())
+    assert snap is not None and snap["version"] == header.version
+    assert snap["market_value"] == pytest.approx(value, rel=1e-12)  # the book after the fill, not before it
+    assert store.read_heartbeat("monitor")["ticks_redone"] == "1"  # type: ignore[index]
