@@ -66,6 +66,7 @@ from logic.rules import (
     RuleBook,
     RuleExistsError,
     RuleNotFoundError,
+    RulesConflictError,
     RuleValidationError,
     Snapshot,
     applies,
@@ -100,6 +101,7 @@ __all__ = [  # the names other modules import from here (their homes: logic.rule
     "RuleExistsError",
     "RuleNotFoundError",
     "RuleValidationError",
+    "RulesConflictError",
     "applies",
     "build_alert_engine",
     "compare",
@@ -505,14 +507,45 @@ class AlertEngine:
     def add_rule(self, data: Mapping[str, Any], actor: str, reason: str = "") -> AlertRule:
         return self.rulebook.add(data, actor, reason)
 
-    def update_rule(self, rule_id: str, changes: Mapping[str, Any], actor: str, reason: str = "") -> AlertRule:
-        return self.rulebook.update(rule_id, changes, actor, reason)
+    def update_rule(
+        self,
+        rule_id: str,
+        changes: Mapping[str, Any],
+        actor: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
+    ) -> AlertRule:
+        """:meth:`logic.rules.RuleBook.update`: with ``expected_version`` / ``expected_rev``, refused
+        (``RULES_CHANGED``, nothing written) when the rule moved since that version."""
+        return self.rulebook.update(
+            rule_id, changes, actor, reason, expected_version=expected_version, expected_rev=expected_rev
+        )
 
-    def remove_rule(self, rule_id: str, actor: str, reason: str = "") -> AlertRule:
-        return self.rulebook.remove(rule_id, actor, reason)
+    def remove_rule(
+        self,
+        rule_id: str,
+        actor: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
+    ) -> AlertRule:
+        return self.rulebook.remove(
+            rule_id, actor, reason, expected_version=expected_version, expected_rev=expected_rev
+        )
 
-    def reset_rule(self, rule_id: str, actor: str, reason: str = "") -> AlertRule:
-        return self.rulebook.reset(rule_id, actor, reason)
+    def reset_rule(
+        self,
+        rule_id: str,
+        actor: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
+    ) -> AlertRule:
+        return self.rulebook.reset(rule_id, actor, reason, expected_version=expected_version, expected_rev=expected_rev)
 
     def portfolio_ids(self) -> list[str]:
         return sorted(set(self.settings.portfolio_ids) | set(self.store.portfolio_ids()) | set(self._last))

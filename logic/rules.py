@@ -15,12 +15,20 @@ The rules of ``riskdesk.toml`` are the defaults. :class:`RuleBook` edits them at
 message) and audited in ``rd:audit`` with who, before and after, in the same transaction. Every engine sees
 an edit at its next evaluation (a version counter).
 
+Each stored edit carries the rule's own ``version`` (+1 per edit; 0: no stored edit, the settings' rule) and a
+``rev`` (a new random token per write, so a rule removed and added again is not taken for the one removed). An
+edit may name the version and rev it was made against (``expected_version`` / ``expected_rev``: the rule a page
+rendered); when the rule moved since, it is refused (:class:`RulesConflictError`, ``RULES_CHANGED``) under the
+same WATCH as the write, and nothing is written, so a stale form never reverts a colleague's edit, never removes
+a rule it did not show, never adds back a rule removed meanwhile.
+
 Errors::
 
     AlertError                  (engine.errors.RiskdeskError)
     +-- RuleValidationError     a rule field is invalid
     +-- RuleNotFoundError       no such rule
     +-- RuleExistsError         adding a rule whose id is taken
+    +-- RulesConflictError      the rule changed since the version an edit was made against
     +-- AlertNotFoundError      no active alert for that rule and portfolio
     +-- AlertConflictError      a WATCH transaction kept failing
 """
@@ -32,6 +40,7 @@ import difflib
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -57,6 +66,13 @@ MAX_TRANSACTION_ATTEMPTS = 20
 """WATCH retries of one alert transaction; only a storm of concurrent acknowledgements could exhaust them."""
 RULE_HISTORY_SCAN = 2000
 """Newest global audit records read to date each rule's last edit (the rule list's order)."""
+_ACTION_WORDS = {
+    "rule_added": "added again",
+    "rule_updated": "changed",
+    "rule_removed": "removed",
+    "rule_reset": "reset to the settings",
+}
+"""How a conflict message names the edit that moved the rule (the audit record's ``action``)."""
 
 SNAPSHOT_METRICS: Mapping[str, str] = {
     "equity": "money",
@@ -157,6 +173,14 @@ class RuleNotFoundError(AlertError):
 class RuleExistsError(AlertError):
     code = "RULE_EXISTS"
     fix = "choose another id, or edit the existing rule"
+
+
+class RulesConflictError(AlertError):
+    """The rule changed (edited, removed, reset, added again) since the version an edit was made against:
+    nothing was written."""
+
+    code = "RULES_CHANGED"
+    fix = "reload the rule (the page) to see its current values, then make the change again"
 
 
 class AlertNotFoundError(AlertError):
@@ -474,16 +498,21 @@ class RuleBook:
         time) or ``runtime`` (added at run time); removed defaults are listed with ``source="removed"``.
 
         Each also has ``changed_at`` / ``changed_by`` / ``change``: its last audited edit (None for a rule of
-        the settings never edited). Sorted by last change, newest first (a new or edited rule is at the top);
+        the settings never edited), and ``version`` / ``rev``: what an edit made against this row names
+        (:func:`rule_token`). Sorted by last change, newest first (a new or edited rule is at the top);
         never-edited rules follow in the settings' order."""
         overrides = self.store.read_rule_overrides()
         out = []
         for rule in self._effective(overrides):
             source = "runtime" if rule.id not in self.defaults else ("edited" if rule.id in overrides else "settings")
-            out.append({**rule_to_dict(rule), "source": source})
+            version, rev = rule_token(overrides.get(rule.id))
+            out.append({**rule_to_dict(rule), "source": source, "version": version, "rev": rev})
         for rule_id, override in overrides.items():
             if override.get("deleted") and rule_id in self.defaults:
-                out.append({**rule_to_dict(self.defaults[rule_id]), "source": "removed"})
+                version, rev = rule_token(override)
+                out.append(
+                    {**rule_to_dict(self.defaults[rule_id]), "source": "removed", "version": version, "rev": rev}
+                )
         last: dict[str, Mapping[str, Any]] = {}
         for record in self.audit_log(count=RULE_HISTORY_SCAN):  # newest first
             last.setdefault(str(record["rule_id"]), record)
@@ -504,7 +533,19 @@ class RuleBook:
         rule = validate_rule(data)
         return self._change(rule.id, actor, "rule_added", reason, lambda current: self._add(rule, current))
 
-    def update(self, rule_id: str, changes: Mapping[str, Any], actor: str, reason: str = "") -> AlertRule:
+    def update(
+        self,
+        rule_id: str,
+        changes: Mapping[str, Any],
+        actor: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
+    ) -> AlertRule:
+        """Change the fields ``changes`` names (the others stay as stored). With ``expected_version`` (and its
+        ``expected_rev``): refused with :class:`RulesConflictError`, nothing written, unless the rule is still
+        that version (:func:`rule_token`)."""
         if "id" in changes and changes["id"] != rule_id:
             raise RuleValidationError("a rule's id cannot change: add a new rule and remove this one")
 
@@ -514,24 +555,48 @@ class RuleBook:
             rule = validate_rule({**rule_to_dict(current), **dict(changes)})
             return rule, {"rule": rule_to_dict(rule)}
 
-        return self._change(rule_id, actor, "rule_updated", reason, apply)
+        return self._change(rule_id, actor, "rule_updated", reason, apply, (expected_version, expected_rev))
 
-    def remove(self, rule_id: str, actor: str, reason: str = "") -> AlertRule:
+    def remove(
+        self,
+        rule_id: str,
+        actor: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
+    ) -> AlertRule:
         """Remove a rule (a settings default is masked until :meth:`reset`). Its active alerts resolve at the
-        next evaluation with reason "rule removed"."""
+        next evaluation with reason "rule removed". ``expected_version`` / ``expected_rev``: as :meth:`update`."""
 
         def apply(current: AlertRule | None) -> tuple[AlertRule, dict[str, Any] | None]:
             if current is None:
                 raise RuleNotFoundError(f"no rule {rule_id!r}")
             return current, ({"deleted": True} if rule_id in self.defaults else None)
 
-        return self._change(rule_id, actor, "rule_removed", reason, apply)
+        return self._change(rule_id, actor, "rule_removed", reason, apply, (expected_version, expected_rev))
 
-    def reset(self, rule_id: str, actor: str, reason: str = "") -> AlertRule:
-        """Drop the run-time edit of a settings default: the rule of riskdesk.toml applies again."""
+    def reset(
+        self,
+        rule_id: str,
+        actor: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        expected_rev: str | None = None,
+    ) -> AlertRule:
+        """Drop the run-time edit of a settings default: the rule of riskdesk.toml applies again (version 0).
+        ``expected_version`` / ``expected_rev``: as :meth:`update`."""
         if rule_id not in self.defaults:
             raise RuleNotFoundError(f"{rule_id!r} is not a rule of the settings file; nothing to reset to")
-        return self._change(rule_id, actor, "rule_reset", reason, lambda current: (self.defaults[rule_id], None))
+        return self._change(
+            rule_id,
+            actor,
+            "rule_reset",
+            reason,
+            lambda current: (self.defaults[rule_id], None),
+            (expected_version, expected_rev),
+        )
 
     @staticmethod
     def _add(rule: AlertRule, current: AlertRule | None) -> tuple[AlertRule, dict[str, Any]]:
@@ -546,7 +611,10 @@ class RuleBook:
         action: str,
         reason: str,
         apply: Callable[[AlertRule | None], tuple[AlertRule, dict[str, Any] | None]],
+        expected: tuple[int | None, str | None] = (None, None),
     ) -> AlertRule:
+        """Read the rule, check it is the ``expected`` (version, rev) when one is given, ``apply`` the edit and
+        write it with the next version, the rules version and the audit record in one MULTI (bounded retry)."""
         actor = require_actor(actor)
         client = self.store.client
         for _ in range(MAX_TRANSACTION_ATTEMPTS):
@@ -554,8 +622,13 @@ class RuleBook:
                 try:
                     pipe.watch(RULES_KEY, Store.RULES_VERSION_KEY)
                     overrides = self.store.read_rule_overrides(pipe)
+                    stored = overrides.get(rule_id)
+                    self._check_expected(rule_id, stored, *expected)
                     current = {r.id: r for r in self._effective(overrides)}.get(rule_id)
                     rule, payload = apply(current)
+                    if payload is not None:  # None drops the stored edit: version 0 (or no rule) again
+                        version = rule_token(stored)[0] + 1
+                        payload = {**payload, "version": version, "rev": uuid.uuid4().hex, "actor": actor}
                     pipe.multi()
                     self.store.write_rule_override(rule_id, payload, pipe)
                     self.store.bump_rules_version(pipe)
@@ -578,9 +651,46 @@ class RuleBook:
                     continue
         raise AlertConflictError(f"rule {rule_id!r} kept changing during the edit")
 
+    def _check_expected(
+        self, rule_id: str, stored: Mapping[str, Any] | None, expected_version: int | None, expected_rev: str | None
+    ) -> None:
+        """Raise :class:`RulesConflictError` unless ``stored`` (the rule's stored edit, None: none) is the
+        version (and rev) an edit was made against; no check when ``expected_version`` is None."""
+        if expected_version is None:
+            return
+        version, rev = rule_token(stored)
+        if version == expected_version and (expected_rev is None or rev == expected_rev):
+            return
+        actor = stored.get("actor") if stored is not None else None
+        last = next((r for r in self.audit_log(count=RULE_HISTORY_SCAN) if r["rule_id"] == rule_id), None)
+        what = _ACTION_WORDS.get(str(last.get("action")), "changed") if last is not None else "changed"
+        who = actor or (last.get("actor") if last is not None else None) or "another user"
+        if stored is None and rule_id not in self.defaults:
+            now = "it no longer exists"
+        elif stored is None:
+            now = "now the settings' rule, version 0"
+        elif stored.get("deleted"):
+            now = f"removed, version {version}"
+        else:
+            now = f"now version {version}"
+        raise RulesConflictError(
+            f"rule {rule_id!r} was {what} by {who} since you opened it at version {expected_version} ({now}); "
+            "reload and make your change again"
+        )
+
     def audit_log(self, count: int = 100) -> list[dict[str, Any]]:
         """The newest rule edits (and other global audit records) from ``rd:audit``."""
         return [r for r in self.store.read_stream_json(GLOBAL_AUDIT_KEY, count=count) if "rule_id" in r]
+
+
+def rule_token(stored: Mapping[str, Any] | None) -> tuple[int, str]:
+    """``(version, rev)`` of a rule's stored edit (``rd:rules`` field): (0, "") for none (the settings' rule);
+    an edit stored before versions existed is version 1 without a rev until its next write."""
+    if stored is None:
+        return 0, ""
+    version = stored.get("version", 1)
+    rev = stored.get("rev", "")
+    return (version if isinstance(version, int) and not isinstance(version, bool) else 1), str(rev or "")
 
 
 def require_actor(actor: Any) -> str:

@@ -27,6 +27,7 @@ from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, Store, heartbeat_key
 from logic import execution, views
 from logic.access import Identity, local_identity
+from logic.views.alerts import rule_form
 
 from .conftest import TEST_CONFIG
 from .e2e_stack import toml_dumps
@@ -71,6 +72,12 @@ def frame_with(at: AppTest, column: str) -> Any:
         if column in df.value.columns:
             return df.value
     raise AssertionError(f"no table with a {column!r} column")
+
+
+def rule_key(store: Store, settings: Settings, rule_id: str, name: str) -> str:
+    """The key of field ``name`` of rule ``rule_id``'s form on the Alerts page as ``store`` holds the rule now
+    (the form's widgets are keyed by the rule's version: a new version is a new form)."""
+    return rule_form(views.Desk(store.client, settings), rule_id).widget_key(name)
 
 
 def assert_clean(at: AppTest) -> None:
@@ -756,7 +763,7 @@ def test_rules_editor_adds_and_edits_a_rule_with_audit(app_env: Store, settings:
     assert "lev" in set(frame_with(at, "source")["id"])
 
     at.selectbox(key="rule_pick").set_value("lev").run()
-    at.number_input(key="rule_lev_threshold").set_value(3.0)
+    at.number_input(key=rule_key(app_env, settings, "lev", "threshold")).set_value(3.0)
     at.button(key="FormSubmitter:rule_form-Save rule").click().run()
     assert_clean(at)
     assert alert_engine(app_env, settings).get_rule("lev").threshold == 3.0

@@ -18,7 +18,7 @@ from engine.store import GLOBAL_AUDIT_KEY, Store
 
 from .conftest import TEST_CONFIG
 from .e2e_stack import toml_dumps
-from .test_dashboard import LOCAL_ACTOR, assert_clean, frame_with, joined, open_page
+from .test_dashboard import LOCAL_ACTOR, assert_clean, frame_with, joined, open_page, rule_key
 
 NEW = "rule_+ new rule_"
 SAVE = "FormSubmitter:rule_form-Save rule"
@@ -101,7 +101,7 @@ def test_the_editor_saves_a_limit_threshold_and_its_own_channels_and_recipients(
 
     # a unit mismatch is refused with the rule's coded message; nothing stored
     at.selectbox(key="rule_pick").set_value("conc80").run()
-    at.selectbox(key="rule_conc80_threshold_source").set_value("limits.var_limit")
+    at.selectbox(key=rule_key(store, settings, "conc80", "threshold_source")).set_value("limits.var_limit")
     at.button(key=SAVE).click().run()
     assert_clean(at)
     assert "money limit but metric" in joined(at.error)
@@ -116,7 +116,7 @@ def test_a_new_or_edited_rule_is_listed_first(editor_env: tuple[Store, Settings]
     at = open_page("alerts")
     assert list(frame_with(at, "source")["id"])[:3] == ["r2", "r1", "r0"]
     at.selectbox(key="rule_pick").set_value("r0").run()
-    at.number_input(key="rule_r0_threshold").set_value(5.0)
+    at.number_input(key=rule_key(store, settings, "r0", "threshold")).set_value(5.0)
     at.button(key=SAVE).click().run()
     assert_clean(at)
     table = frame_with(at, "source")

@@ -9,8 +9,7 @@ import streamlit as st
 from dashboard import components as ui
 from engine.records import Action
 from logic import views
-
-NEW_RULE = "+ new rule"
+from logic.views.alerts import NEW_RULE, RULE_FORM_FIELDS, RuleForm, rule_form
 
 st.title("Alerts")
 
@@ -122,64 +121,71 @@ def rules_editor(d: views.Desk) -> None:
         return
     editable = rules[rules["source"] != "removed"]
     choice = st.selectbox("Rule", [NEW_RULE, *editable["id"].astype(str)], key="rule_pick")
-    rule = views.rule_for_form(d, None if choice == NEW_RULE else choice)
-    existing = choice != NEW_RULE
-    k = f"rule_{choice}_"  # keys per rule: picking another rule fills the form with its values
+    form = rule_form(d, None if choice == NEW_RULE else choice)
+    rule = form.values
+    existing = form.rule_id is not None
+    # keyed by the rule and the version shown: another rule, or a new version of this one, is a new form
+    # filled with its values (a colleague's edit is never hidden behind what this form showed before)
+    w = form.widget_key
     choices = views.rule_choices()
     metrics = views.rule_metrics()
     sources = views.threshold_sources()
     with st.form("rule_form"):
+        if existing:
+            who = form.changed_by or ("nobody (the settings file)" if form.version == 0 else "see the Audit page")
+            st.caption(
+                f"Version {form.version} · last changed by {ui.md(who)}. A save changes only the fields you edit;"
+                " it is refused if the rule changed since this form opened."
+            )
         r1 = st.columns(4)
-        r1[0].text_input("Id", value=rule["id"], key=k + "id", disabled=existing)
+        r1[0].text_input("Id", value=rule["id"], key=w("id"), disabled=existing)
         metric = rule.get("metric", metrics[0])
-        r1[1].selectbox("Metric", metrics, index=metrics.index(metric) if metric in metrics else 0, key=k + "metric")
-        r1[2].selectbox("Operator", choices["op"], index=_index(choices["op"], rule["op"]), key=k + "op")
+        r1[1].selectbox("Metric", metrics, index=metrics.index(metric) if metric in metrics else 0, key=w("metric"))
+        r1[2].selectbox("Operator", choices["op"], index=_index(choices["op"], rule["op"]), key=w("op"))
         r1[3].selectbox(
             "Threshold from",
             sources,
             index=sources.index(rule["threshold_source"]) if rule["threshold_source"] in sources else 0,
-            key=k + "threshold_source",
+            key=w("threshold_source"),
             help="a fixed number, or a live limit of the portfolio (the rule then moves with the limit)",
         )
         r2 = st.columns(4)
         r2[0].number_input(
-            "Threshold (fixed number)", value=float(rule["threshold"]), format="%.6g", key=k + "threshold"
+            "Threshold (fixed number)", value=float(rule["threshold"]), format="%.6g", key=w("threshold")
         )
         r2[1].number_input(
             "Fraction of the limit",
             value=float(rule.get("threshold_fraction", 1.0)),
             format="%.4g",
-            key=k + "threshold_fraction",
+            key=w("threshold_fraction"),
             help="with a limit: 1 = the limit itself, 0.8 = 80% of it, -1 = a loss limit as a P&L floor",
         )
         r2[2].selectbox(
             "Severity",
             choices["severity"],
             index=_index(choices["severity"], rule["severity"]),
-            key=k + "severity",
+            key=w("severity"),
         )
-        r2[3].number_input(
-            "Pending (s)", value=float(rule["pending_seconds"]), min_value=0.0, key=k + "pending_seconds"
-        )
+        r2[3].number_input("Pending (s)", value=float(rule["pending_seconds"]), min_value=0.0, key=w("pending_seconds"))
         r3 = st.columns(4)
         r3[0].number_input(
             "Clear (s)",
             value=float(rule["clear_seconds"]),
             min_value=0.0,
-            key=k + "clear_seconds",
+            key=w("clear_seconds"),
             help="data seconds the metric must be back before the alert resolves (no flapping)",
         )
         r3[1].number_input(
-            "Stale after (s)", value=float(rule["stale_after_seconds"]), min_value=0.0, key=k + "stale_after_seconds"
+            "Stale after (s)", value=float(rule["stale_after_seconds"]), min_value=0.0, key=w("stale_after_seconds")
         )
         r3[2].selectbox(
             "Stale data",
             choices["stale_policy"],
             index=_index(choices["stale_policy"], rule["stale_policy"]),
-            key=k + "stale_policy",
+            key=w("stale_policy"),
         )
         r3[3].text_input(
-            "Portfolios", value=str(rule["portfolios"]), key=k + "portfolios", help="comma-separated ids, * for all"
+            "Portfolios", value=str(rule["portfolios"]), key=w("portfolios"), help="comma-separated ids, * for all"
         )
         route = views.routing_default(d, str(rule["severity"]))
         r4 = st.columns(2)
@@ -187,7 +193,7 @@ def rules_editor(d: views.Desk) -> None:
             "Channels",
             views.rule_channels(),
             default=[c for c in rule.get("channels") or [] if c in views.rule_channels()],
-            key=k + "channels",
+            key=w("channels"),
             placeholder=f"from the {rule['severity']} policy: {', '.join(route['channels'])}",
             help="who is told first; empty: the severity's first escalation level ([escalation])",
         )
@@ -196,72 +202,53 @@ def rules_editor(d: views.Desk) -> None:
             "Recipients",
             sorted(set(recipients) | set(rule.get("recipients") or [])),
             default=list(rule.get("recipients") or []),
-            key=k + "recipients",
+            key=w("recipients"),
             placeholder=f"from the {rule['severity']} policy: {', '.join(route['recipients']) or '-'}",
             help="later escalation levels stay the policy's",
         )
         r5 = st.columns([3, 2])
-        r5[0].text_input("Description", value=str(rule.get("description", "") or ""), key=k + "description")
+        r5[0].text_input("Description", value=str(rule.get("description", "") or ""), key=w("description"))
         r5[1].text_input(
             "Actions",
             value=str(rule.get("actions", "") or ""),
-            key=k + "actions",
+            key=w("actions"),
             help="e.g. set_state:HALTED, set_state:REDUCING, reduce:0.25",
         )
         st.text_input("Reason", key="rule_reason", max_chars=200)
         b = st.columns(3)
         b[0].form_submit_button(
-            "Save rule", type="primary", on_click=rule_action, args=(d, k, "save"), icon=":material/save:"
+            "Save rule", type="primary", on_click=rule_action, args=(d, form, "save"), icon=":material/save:"
         )
         b[1].form_submit_button(
             "Remove rule",
             on_click=rule_action,
-            args=(d, k, "remove"),
+            args=(d, form, "remove"),
             disabled=not existing,
             icon=":material/delete:",
         )
         b[2].form_submit_button(
             "Reset to settings",
             on_click=rule_action,
-            args=(d, k, "reset"),
+            args=(d, form, "reset"),
             disabled=rule.get("source") not in ("edited",),
             icon=":material/restore:",
         )
     show_result("rule_result", "Rule {} saved.")
 
 
-FIELDS = (
-    "id",
-    "metric",
-    "op",
-    "threshold_source",
-    "threshold",
-    "threshold_fraction",
-    "severity",
-    "pending_seconds",
-    "clear_seconds",
-    "stale_after_seconds",
-    "description",
-    "stale_policy",
-    "portfolios",
-    "actions",
-    "channels",
-    "recipients",
-)
-
-
-def rule_action(d: views.Desk, k: str, what: str) -> None:
+def rule_action(d: views.Desk, form: RuleForm, what: str) -> None:
+    """The form's buttons: each is made against ``form``, the rule (and version) this form was rendered with."""
     s = st.session_state
-    values = {name: s.get(k + name) for name in FIELDS}
-    rule_id = str(values["id"] or "")
+    values = {name: s.get(form.widget_key(name), form.values.get(name)) for name in RULE_FORM_FIELDS}
+    rule_id = form.rule_id or str(values["id"] or "")
     actor, reason = ui.identity(), s.get("rule_reason", "")
     if what == "save":
-        ui.act(lambda: views.save_rule(d, values, actor, reason).id, "rule_result")
+        ui.act(lambda: views.save_rule(d, values, actor, reason, seen=form).id, "rule_result")
     elif what == "remove":
-        ui.act(lambda: views.remove_rule(d, rule_id, actor, reason).id + " removed; it", "rule_result")
+        ui.act(lambda: views.remove_rule(d, rule_id, actor, reason, seen=form).id + " removed; it", "rule_result")
     else:
         ui.act(
-            lambda: views.reset_rule(d, rule_id, actor, reason).id + " reset to the settings; it",
+            lambda: views.reset_rule(d, rule_id, actor, reason, seen=form).id + " reset to the settings; it",
             "rule_result",
         )
 

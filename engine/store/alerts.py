@@ -57,7 +57,9 @@ class AlertStore(StoreBase):
         self._conn(pipe).incr(RULES_VERSION_KEY)
 
     def read_rule_overrides(self, conn: Conn = None) -> dict[str, Any]:
-        """Run-time rule edits: rule id -> JSON ``{"rule": {...}}`` or ``{"deleted": true}``."""
+        """Run-time rule edits: rule id -> JSON ``{"rule": {...}}`` or ``{"deleted": true}``, each with the rule's
+        ``version``, ``rev`` (a random token per write) and ``actor`` (:class:`logic.rules.RuleBook` writes them;
+        an edit stored before versions has none)."""
         return self.read_json_hash(RULES_KEY, conn)
 
     def write_rule_override(self, rule_id: str, payload: Mapping[str, Any] | None, pipe: Conn = None) -> None:

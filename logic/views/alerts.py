@@ -1,11 +1,19 @@
 """View models of the Alerts page (``dashboard/screens/alerts.py``): the filtered alert feed and its counts,
 acknowledge and resolve, the delivery log, the escalation policy and the rules editor. Every change goes
-through the alert engine, which validates and audits it."""
+through the alert engine, which validates and audits it.
+
+The rules editor's form is a :class:`RuleForm`: the rule as the page rendered it, with its version and rev. A
+save sends only the fields that differ from what the form showed (not from the live rule, which may have moved
+since), and a save, removal or reset is made against that version: when the rule moved since (a colleague's
+edit, removal, reset), the engine refuses it (``RULES_CHANGED``, nothing written), so a stale form never
+reverts a colleague's edit, removes a rule it did not show, or adds back a rule removed meanwhile.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -162,6 +170,28 @@ RULE_COLUMNS = (
 )
 FIXED_THRESHOLD = "a fixed number"
 """The editor's threshold source meaning "the number typed" (the others are ``limits.<field>``)."""
+NEW_RULE = "+ new rule"
+"""The rule picker's choice of an empty form (a rule to add)."""
+RULE_FORM_FIELDS = (
+    "id",
+    "metric",
+    "op",
+    "threshold_source",
+    "threshold",
+    "threshold_fraction",
+    "severity",
+    "pending_seconds",
+    "clear_seconds",
+    "stale_after_seconds",
+    "description",
+    "stale_policy",
+    "portfolios",
+    "actions",
+    "channels",
+    "recipients",
+)
+"""The rules editor's fields (:func:`rule_for_form` gives their starting values, :func:`rule_from_form` reads
+them)."""
 
 
 def rules_frame(desk: Desk) -> pd.DataFrame:
@@ -267,6 +297,48 @@ def rule_for_form(desk: Desk, rule_id: str | None, rules: Iterable[Mapping[str, 
     }
 
 
+@dataclass(frozen=True)
+class RuleForm:
+    """The rules editor's form as the page rendered it: the rule (None: a new one), its version and rev (what a
+    save, removal or reset is made against) and the values each field started from."""
+
+    rule_id: str | None
+    """None: the empty form of a rule to add."""
+    version: int
+    """The rule's version (+1 per edit; 0: the settings' rule, never edited, or a new rule)."""
+    rev: str
+    """The rule's stored token ("" at version 0): with the version, which rule this form showed."""
+    source: str
+    """``settings``, ``edited``, ``runtime`` ("" for a new rule)."""
+    changed_by: str
+    """Who made the rule's last audited edit ("" for none)."""
+    values: Mapping[str, Any]
+    """Field (:data:`RULE_FORM_FIELDS`) -> the value the form shows (:func:`rule_for_form`)."""
+
+    def widget_key(self, name: str) -> str:
+        """The widget of field ``name`` for this rule at this version: another rule, or a new version of this
+        one, is a new widget, so the form starts again from the values it shows."""
+        if self.rule_id is None:
+            return f"rule_{NEW_RULE}_{name}"
+        return f"rule_{self.rule_id}_v{self.version}_{self.rev[:12]}_{name}"
+
+
+def rule_form(desk: Desk, rule_id: str | None, rules: Iterable[Mapping[str, Any]] | None = None) -> RuleForm:
+    """The editor's form for ``rule_id`` (None or an unknown id: a new rule), as :func:`rule_for_form` fills it,
+    with the version and rev it is rendered at."""
+    values = rule_for_form(desk, rule_id, rules)
+    if not values["id"]:
+        return RuleForm(None, 0, "", "", "", values)
+    return RuleForm(
+        rule_id=str(values["id"]),
+        version=int(values.get("version") or 0),
+        rev=str(values.get("rev") or ""),
+        source=str(values.get("source") or ""),
+        changed_by=values["changed_by"] if isinstance(values.get("changed_by"), str) else "",
+        values=values,
+    )
+
+
 def _comma_text(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
@@ -304,26 +376,81 @@ def rule_from_form(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_rule(desk: Desk, values: Mapping[str, Any], identity: Identity | None, reason: str = "") -> Any:
-    """Add a new rule or update an existing one (validated and audited by the alerts module)."""
+_NUMBER_FIELDS = frozenset(
+    {"threshold", "threshold_fraction", "pending_seconds", "clear_seconds", "stale_after_seconds"}
+)
+
+
+def _comparable(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The editor's fields as the rule dict they save (:func:`rule_from_form`), numbers as floats: two forms
+    that save the same rule compare equal."""
+    out = rule_from_form({name: values.get(name) for name in RULE_FORM_FIELDS})
+    for name in _NUMBER_FIELDS & set(out):
+        value = out[name]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def form_rule_changes(seen: RuleForm, form: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of the rule the user changed on the form (field -> value as the rule takes it): those that
+    differ from what ``seen`` showed (not from the live rule, which may have moved since). A threshold that
+    follows a limit ignores the fixed-number box, as the saved rule does."""
+    shown, typed = _comparable(seen.values), _comparable(form)
+    return {name: value for name, value in typed.items() if name != "id" and shown.get(name) != value}
+
+
+def save_rule(
+    desk: Desk, values: Mapping[str, Any], identity: Identity | None, reason: str = "", seen: RuleForm | None = None
+) -> Any:
+    """Save the editor's form (validated and audited by the alerts module, as ``identity.actor``).
+
+    ``seen``: the :class:`RuleForm` the page rendered. A new-rule form adds the rule (refused with
+    ``RULE_EXISTS`` when its id is taken: edit that rule instead); a rule's form changes only the fields that
+    differ from what it showed, made against its version (``RULES_CHANGED``, nothing written, when the rule was
+    edited, removed or reset since: reload). A form that changes nothing is refused. Without ``seen`` (a caller
+    with a whole rule, no form) the rule is added, or replaces the rule of that id field by field.
+    """
     who = authorize(identity, Action.EDIT_RULES)
-    rule = rule_from_form(values)
     engine = desk.alert_engine()
+    if seen is not None and seen.rule_id is not None:
+        changes = form_rule_changes(seen, values)
+        if not changes:
+            raise InputError(f"nothing changed in rule {seen.rule_id}: edit a field, then save")
+        return engine.update_rule(
+            seen.rule_id, changes, who.actor, reason, expected_version=seen.version, expected_rev=seen.rev
+        )
+    rule = rule_from_form(values)
     rule_id = str(rule.get("id") or "").strip()
     if not rule_id:
         raise InputError("a rule needs an id")
-    existing = {r["id"] for r in engine.list_rules() if r.get("source") != "removed"}
-    if rule_id in existing:
+    if seen is None and rule_id in {r["id"] for r in engine.list_rules() if r.get("source") != "removed"}:
         changes = {k: v for k, v in rule.items() if k != "id"}
         return engine.update_rule(rule_id, changes, who.actor, reason)
     return engine.add_rule(rule, who.actor, reason)
 
 
-def remove_rule(desk: Desk, rule_id: str, identity: Identity | None, reason: str = "") -> Any:
-    who = authorize(identity, Action.EDIT_RULES)
-    return desk.alert_engine().remove_rule(rule_id, who.actor, reason)
+def _expected(rule_id: str, seen: RuleForm | None) -> dict[str, Any]:
+    """The version a removal or reset is made against: the rule ``seen`` showed (no check without a form)."""
+    if seen is None:
+        return {}
+    if seen.rule_id != rule_id:
+        raise InputError(f"the form shows rule {seen.rule_id or 'new'}, not {rule_id}: reload")
+    return {"expected_version": seen.version, "expected_rev": seen.rev}
 
 
-def reset_rule(desk: Desk, rule_id: str, identity: Identity | None, reason: str = "") -> Any:
+def remove_rule(
+    desk: Desk, rule_id: str, identity: Identity | None, reason: str = "", seen: RuleForm | None = None
+) -> Any:
+    """Remove a rule as ``identity.actor``; with ``seen`` (the form the page rendered) refused
+    (``RULES_CHANGED``, nothing written) when the rule changed since that form's version."""
     who = authorize(identity, Action.EDIT_RULES)
-    return desk.alert_engine().reset_rule(rule_id, who.actor, reason)
+    return desk.alert_engine().remove_rule(rule_id, who.actor, reason, **_expected(rule_id, seen))
+
+
+def reset_rule(
+    desk: Desk, rule_id: str, identity: Identity | None, reason: str = "", seen: RuleForm | None = None
+) -> Any:
+    """Reset a rule to the settings' as ``identity.actor``; with ``seen`` refused as :func:`remove_rule`."""
+    who = authorize(identity, Action.EDIT_RULES)
+    return desk.alert_engine().reset_rule(rule_id, who.actor, reason, **_expected(rule_id, seen))
