@@ -14,14 +14,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
 import math
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,98 +36,12 @@ from logic.risk_manager import RiskManager
 from logic.views.export import csv_bytes
 
 from .conftest import TEST_CONFIG, merge, store_contents, to_toml
+from .redis_proxy import faulty_proxy
 
 NOW = 1_700_000_000.0
 
 
 # -- 1. a lost EXEC reply ------------------------------------------------------------------------------------
-
-
-class ExecDroppingProxy:
-    """A TCP proxy in front of the test's unix-socket Redis that, once armed, forwards the first transaction's
-    EXEC to the server, waits for the server's reply (so the transaction has run) and then closes the client's
-    connection instead of forwarding that reply: the client sees its connection drop after EXEC."""
-
-    def __init__(self, unix_path: str) -> None:
-        self.unix_path = unix_path
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.armed = False
-        self.dropped = 0
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.threads: list[threading.Thread] = []
-        self.closing = False
-        self._spawn(self._accept)
-
-    def _spawn(self, target: object, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        thread.start()
-        self.threads.append(thread)
-
-    def _accept(self) -> None:
-        while not self.closing:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.unix_path)
-            self.sockets += [client, upstream]
-            exec_sent = threading.Event()
-            self._spawn(self._client_to_server, client, upstream, exec_sent)
-            self._spawn(self._server_to_client, upstream, client, exec_sent)
-
-    def _client_to_server(self, client: socket.socket, upstream: socket.socket, exec_sent: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                with self.lock:
-                    drop = self.armed and b"\r\nEXEC\r\n" in data
-                    if drop:
-                        self.armed = False
-                if drop:
-                    exec_sent.set()
-                upstream.sendall(data)
-        with contextlib.suppress(OSError):
-            upstream.shutdown(socket.SHUT_WR)
-
-    def _server_to_client(self, upstream: socket.socket, client: socket.socket, exec_sent: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while data := upstream.recv(65536):
-                if exec_sent.is_set():
-                    # Redis answers a whole pipeline in one write: this chunk holds the EXEC reply. The transaction
-                    # has run; the client never learns it.
-                    self.dropped += 1
-                    client.shutdown(socket.SHUT_RDWR)
-                    client.close()
-                    upstream.close()
-                    return
-                client.sendall(data)
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.closing = True
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
-        for thread in self.threads:
-            thread.join(timeout=5)
-
-
-@contextlib.contextmanager
-def exec_dropping_proxy(server: EmbeddedRedis) -> Iterator[ExecDroppingProxy]:
-    proxy = ExecDroppingProxy(str(server.socket_path))
-    try:
-        yield proxy
-    finally:
-        proxy.close()
 
 
 def test_execute_trade_without_client_order_id_when_exec_reply_is_lost_then_fills_exactly_once(
@@ -140,11 +50,11 @@ def test_execute_trade_without_client_order_id_when_exec_reply_is_lost_then_fill
     # Arrange: a seeded desk, a manager talking to Redis through the proxy
     warmup.seed(store, settings, now=NOW)
     before = store.read_portfolio("main").positions["AAA"].qty
-    with exec_dropping_proxy(redis_server) as proxy:
-        client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=10)
+    with faulty_proxy(redis_server.socket_path) as proxy:  # tests/redis_proxy.py
+        client = redis.Redis(unix_socket_path=proxy.path, socket_timeout=10)
         try:
             rm = RiskManager(client, "main", settings, clock=lambda: NOW)
-            proxy.armed = True
+            proxy.arm("reset")  # the first EXEC runs on the server, then the connection drops without its reply
 
             # Act: the first EXEC runs on the server and its reply is lost
             result = rm.execute_trade("AAA", 10, "BUY")
@@ -152,7 +62,7 @@ def test_execute_trade_without_client_order_id_when_exec_reply_is_lost_then_fill
             client.close()
 
     # Assert: the drop happened, and the position moved by exactly the order's size, once
-    assert proxy.dropped == 1
+    assert proxy.faults == 1
     after = store.read_portfolio("main").positions["AAA"].qty
     assert after - before == 10
     assert result["status"] == "FILLED", result  # this call's own fill, read back after the lost reply
