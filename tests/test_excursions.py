@@ -6,6 +6,7 @@ keeps its excursion. Real fills (``RiskManager.execute_trade``) on a real redis-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -306,3 +307,30 @@ def test_the_daemon_redoes_a_tick_a_fill_aborted_at_once_without_counting_a_stor
     assert snap is not None and snap["version"] == header.version
     assert snap["market_value"] == pytest.approx(value, rel=1e-12)  # the book after the fill, not before it
     assert store.read_heartbeat("monitor")["ticks_redone"] == "1"  # type: ignore[index]
+
+
+def test_the_trade_page_never_shows_a_closed_positions_excursions_on_the_position_that_replaced_it(
+    desk: tuple[Store, Settings],
+) -> None:
+    """The Trade page's MFE / MAE come from the live marks: between the fills (close, reopen) and the monitor's
+    next tick the new 200 AAA shows none ("not tracked yet"), never the old position's +10,000 / -5,000; a
+    partial reduce keeps its excursion; after the tick the page shows the new position's own."""
+    from logic.views import Desk, positions_view
+
+    store, settings = desk
+    clock = Clock(WEDNESDAY)
+    monitor = Monitor(store, settings, clock=clock)
+    _aaa_run_up_and_down(store, settings, clock, monitor)
+    page = Desk(store.client, settings, clock=clock)
+
+    def shown(ticker: str) -> tuple[Any, Any]:
+        row = positions_view(page, "main").positions.set_index("ticker").loc[ticker]
+        return row["mfe"], row["mae"]
+
+    _trade(store, settings, clock, "main", ("SELL", 400, "BBB"))  # a partial reduce: the same position
+    assert shown("BBB") == (store.read_marks("main")["BBB"].mfe, store.read_marks("main")["BBB"].mae)
+    _trade(store, settings, clock, "main", ("SELL", 1000, "AAA"), ("BUY", 200, "AAA"))
+    mfe, mae = shown("AAA")
+    assert math.isnan(mfe) and math.isnan(mae)  # blank on the page: not tracked yet
+    _tick(store, settings, clock, monitor, AAA=94.0)
+    assert shown("AAA") == _excursion(store, "main", "AAA")

@@ -8,14 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from engine.errors import StoreError
 from engine.records import Action, DecisionStatus, ExecutionStatus, OrderIntent, ReasonCode, Side, TradingState
 from logic.access import Identity, authorize
 from logic.risk_manager import POSITION_FIELDS
 from logic.views import fmt
 from logic.views.audit import record_refused_check
-from logic.views.common import Desk, float_or_none, latest_snapshot
+from logic.views.common import Desk, float_or_none
 
 # -- positions -----------------------------------------------------------------------------------------------
 
@@ -43,22 +45,28 @@ def positions_view(desk: Desk, portfolio_id: str) -> PositionsView:
     metrics = desk.risk_manager(portfolio_id).get_dashboard_metrics()
     totals = dict(metrics.attrs.get("totals", {}))
     df = metrics.reindex(columns=list(POSITION_FIELDS)).copy()
-    excursions = _excursions(desk, portfolio_id)
+    excursions = _excursions(desk, portfolio_id, dict(zip(df["ticker"], df["qty"], strict=True)))
     df["mfe"] = [excursions.get(t, {}).get("mfe") for t in df["ticker"]]
     df["mae"] = [excursions.get(t, {}).get("mae") for t in df["ticker"]]
     return PositionsView(df.reset_index(drop=True), totals)
 
 
-def _excursions(desk: Desk, portfolio_id: str) -> dict[str, dict[str, float | None]]:
-    """Ticker -> {mfe, mae} from the monitor's latest snapshot (empty when the monitor has not run)."""
-    snapshot = latest_snapshot(desk, portfolio_id)
-    if snapshot is None:
+def _excursions(desk: Desk, portfolio_id: str, held: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Ticker -> {mfe, mae} of each held position, from the excursion marks the monitor keeps
+    (``pf:{id}:marks``, written with each snapshot): a position whose mark is gone (a fill closed or flipped it
+    since: engine/store/monitoring.py ``reset_mark``) or is of the other side is not tracked yet (None until
+    the monitor's next tick), never the excursions of the position it replaced."""
+    try:
+        marks = desk.store.read_marks(portfolio_id)
+    except StoreError:
         return {}
-    return {
-        str(p.get("ticker")): {"mfe": float_or_none(p.get("mfe")), "mae": float_or_none(p.get("mae"))}
-        for p in snapshot.get("positions", [])
-        if isinstance(p, dict)
-    }
+    out: dict[str, dict[str, float | None]] = {}
+    for ticker, qty in held.items():
+        mark = marks.get(str(ticker))
+        side = int(np.sign(float(qty))) if qty is not None and np.isfinite(float(qty)) else 0
+        if mark is not None and side != 0 and mark.side == side:
+            out[str(ticker)] = {"mfe": float_or_none(mark.mfe), "mae": float_or_none(mark.mae)}
+    return out
 
 
 # -- the ticket: check, then execute -------------------------------------------------------------------------
