@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -188,3 +190,31 @@ def test_band_max_drawdown_is_the_running_high_against_each_low() -> None:
     plain = performance.performance_stats([0.0, 60.0, 120.0], [100.0, 95.0, 96.0])
     assert stats.max_drawdown.value == pytest.approx(-0.2) and plain.max_drawdown.value == pytest.approx(-0.05)
     assert stats.sharpe == plain.sharpe and stats.annual_volatility == plain.annual_volatility
+
+
+def test_the_overview_draws_the_band_of_a_downsampled_window_around_its_equity_curve(
+    redis_server: Any, seeded_store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Overview's equity curve of the 1-day window (1-minute buckets) shows each bucket's low and high, so the
+    fall inside a bucket is on the chart, not only in the Performance page's drawdown."""
+    import streamlit as st
+
+    from tests.test_dashboard import _point_app_at, arr, charts, open_page
+
+    # Arrange: the crash, then the page's clock on the data's time (a replay's clock: engine/clocks.py)
+    clock = _crash_run(seeded_store, settings, vectorised=True)
+    seeded_store.write_heartbeat("stream", {"ts": clock.t, "clock": "replay"})
+    _point_app_at(monkeypatch, redis_server.url, tmp_path)
+    try:
+        at = open_page("overview")
+        at.session_state["ov_window"] = "1 day"
+        at.run()
+        # Act
+        (equity,) = [c for c in charts(at) if c.get("layout", {}).get("title", {}).get("text") == "Equity"]
+    finally:
+        st.cache_resource.clear()
+    # Assert: the band's traces (high, then low filled to it) and the curve; the low reaches the crash
+    traces = {t.get("name"): t for t in equity["data"]}
+    assert set(traces) >= {"low-high in bucket", "equity"}
+    assert arr(traces["low-high in bucket"]["y"]).min() == 1_140_000.0
+    assert arr(traces["equity"]["y"]).min() == 1_200_000.0

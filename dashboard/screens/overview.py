@@ -82,8 +82,17 @@ def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
     left, right = st.columns(2)
     drawdowns = ("drawdown.daily", "drawdown.weekly", "drawdown.max")
 
+    band = ("equity_low", "equity_high")
+
     def equity() -> go.Figure:
-        fig = go.Figure(go.Scatter(x=df["time"], y=df["equity"], mode="lines", name="equity"))
+        fig = go.Figure()
+        if all(c in df for c in band) and (df["equity_low"] != df["equity_high"]).any():
+            # a downsampled window: each bucket's lowest and highest equity around its last (engine/store/history.py)
+            fig.add_trace(go.Scatter(x=df["time"], y=df["equity_high"], mode="lines", line_width=0, showlegend=False,
+                                     hoverinfo="skip"))  # fmt: skip
+            fig.add_trace(go.Scatter(x=df["time"], y=df["equity_low"], mode="lines", line_width=0, fill="tonexty",
+                                     name="low-high in bucket"))  # fmt: skip
+        fig.add_trace(go.Scatter(x=df["time"], y=df["equity"], mode="lines", name="equity"))
         fig.update_layout(title="Equity", height=300, margin={"t": 40, "b": 10})
         return fig
 
@@ -107,7 +116,8 @@ def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
 
     # built once per history (every session on the same tick draws the same curves)
     with left:
-        ui.chart(ui.cached_figure(("ov_equity", *ui.frame_key(df, ("ts", "equity"))), equity), key="equity_curve")
+        shown = ("ts", "equity", *(c for c in band if c in df))
+        ui.chart(ui.cached_figure(("ov_equity", *ui.frame_key(df, shown)), equity), key="equity_curve")
     with right:
         key = ("ov_drawdown", repr(breakers), *ui.frame_key(df, ("ts", *drawdowns)))
         ui.chart(ui.cached_figure(key, drawdown), key="drawdown_chart")
