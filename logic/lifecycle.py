@@ -251,6 +251,7 @@ class AlertPlanner:
         ``age``: :func:`data_age` of ``snapshot`` at ``now`` when the caller has it."""
         breach, value, stale = self.condition(rule, snapshot, now, age)
         if breach is None:
+            self.hold(ch, rule, current.get(rule.id), tracker, now)
             return
         alert = current.get(rule.id)
         if alert is not None:
@@ -308,6 +309,25 @@ class AlertPlanner:
                 ch.trackers_set[rule.id] = wanted
             else:
                 ch.trackers_del.append(rule.id)
+
+    def hold(
+        self, ch: Changes, rule: AlertRule, alert: dict[str, Any] | None, tracker: Mapping[str, Any], now: float
+    ) -> None:
+        """No data for ``rule`` under the ``keep`` policy: the state is held, but a clear period running on an
+        active alert starts over. Time without data is not time seen clear: a breach must not resolve on the
+        first clear value after a gap (a null VaR for a minute) as if it had been clear throughout. The alert
+        says its value is stale meanwhile. A pending breach keeps its start (it fires no later for a gap)."""
+        if alert is None or (tracker.get("clear_since") is None and alert.get("clear_since") is None):
+            return
+        alert.update(clear_since=None, stale=True, updated_at=now)
+        ch.alerts_set[rule.id] = alert
+        if tracker.get("clear_since") is None:
+            return
+        kept = {k: v for k, v in tracker.items() if v is not None and k != "clear_since"}
+        if kept:
+            ch.trackers_set[rule.id] = kept
+        else:
+            ch.trackers_del.append(rule.id)
 
     def change_severity(self, ch: Changes, alert: dict[str, Any], severity: Severity, now: float) -> None:
         """The rule of an active alert was given another severity: the alert takes it now, so its routing,
