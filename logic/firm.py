@@ -8,7 +8,8 @@ Risk figures
 ------------
 Every portfolio's books are read in one transaction (:meth:`engine.store.Store.read_portfolio_bundles`) and
 marked at one market snapshot. With ``xₚ`` the dollar exposure vector of portfolio ``p`` (aligned with the
-matrix's tickers; a held ticker without a usable price counts 0 and is listed) and ``Σ`` the EWMA covariance of
+matrix's tickers; a held ticker without a usable price counts 0 and is listed in ``FirmRisk.missing_prices``,
+which the Firm page shows as an understated figure) and ``Σ`` the EWMA covariance of
 one-bar returns, at the firm's confidence ``c`` and horizon ``h`` bars (the global ``[limits]``: one yardstick
 for every portfolio, so the figures add up)::
 
@@ -101,6 +102,14 @@ class FirmRisk:
     portfolios: tuple[PortfolioRisk, ...]
     failed: Mapping[str, str] = field(default_factory=dict)
     """Portfolios that could not be read or valued, with why (left out of every figure: fail visibly)."""
+    missing_prices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Portfolio -> held tickers without a usable price (their positions count 0 in every figure, so the firm
+    VaR, the exposures and the equity are understated: fail visibly)."""
+
+    @property
+    def complete(self) -> bool:
+        """Every portfolio read and every held position priced: the figures cover the whole firm."""
+        return not self.failed and not self.missing_prices
 
     @property
     def diversification(self) -> float:
@@ -245,6 +254,7 @@ class Firm:
                 )
             )
         exposures.sort(key=lambda e: (-e.gross, e.ticker))
+        missing = {p.portfolio_id: p.missing_prices for p in portfolios if p.missing_prices}
         return FirmRisk(
             market_version=int(model.header.version),
             confidence=confidence,
@@ -254,6 +264,7 @@ class Firm:
             exposures=tuple(exposures),
             portfolios=tuple(portfolios),
             failed=failed,
+            missing_prices=missing,
         )
 
     # -- the desk-wide kill switch ---------------------------------------------------------------------------

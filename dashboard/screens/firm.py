@@ -22,11 +22,14 @@ def figures(d: views.Desk) -> None:
     fv = views.firm_view(d)
     for pid, why in fv.failed.items():
         st.warning(f"{ui.md(pid)} is left out of the figures: {ui.md(why)}", icon=":material/warning:")
+    for pid, why in fv.understated.items():
+        st.warning(f"{ui.md(pid)} is understated: {ui.md(why)}", icon=":material/warning:")
     h, r = fv.headline, fv.risk
     horizon = f"{r.confidence:.0%}, {r.horizon_days:g} day"
     # three to a row: a firm's exposures run to eight figures with the currency
     cols = st.columns(3)
-    cols[0].metric(f"Firm VaR ({horizon})", ui.money(h["firm_var"]))
+    partial = "" if fv.complete else " — incomplete"
+    cols[0].metric(f"Firm VaR ({horizon}){partial}", ui.money(h["firm_var"]))
     cols[1].metric("Sum of stand-alone VaRs", ui.money(h["standalone_var_sum"]))
     cols[2].metric("Diversification", ui.money(h["diversification"]))
     st.caption(

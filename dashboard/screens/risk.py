@@ -21,8 +21,14 @@ def exposure(d: views.Desk, pid: str) -> None:
     if not ui.health_gate(d):
         return
     ev = views.exposure_view(d, pid)
+    if ev.missing:
+        st.warning(
+            f"No usable price for {ui.md(', '.join(ev.missing))}: counted as 0, so the VaR below leaves it out "
+            "(understated); the gate refuses trades until it is priced.",
+            icon=":material/warning:",
+        )
     c = st.columns(3)
-    c[0].metric(f"VaR {ev.var_confidence:.0%} (1 day)", ui.money(ev.var))
+    c[0].metric(ev.var_label, ui.money(ev.var))
     c[1].metric("VaR limit", ui.money(ev.var_limit))
     c[2].metric("Utilization", ui.pct(ev.utilization))
     st.caption(views.method_caption(d, pid))

@@ -6,7 +6,7 @@ and the desk-wide kill switch (HALT ALL / REDUCE ALL) with who used it last. The
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -52,6 +52,14 @@ class FirmView:
     worst: pd.DataFrame
     last_action: FirmAction | None
     failed: Mapping[str, str]
+    understated: Mapping[str, str] = field(default_factory=dict)
+    """Portfolio -> why its figures (and so the firm's) are understated: held tickers without a usable price,
+    counted as 0 (:attr:`logic.firm.FirmRisk.missing_prices`)."""
+
+    @property
+    def complete(self) -> bool:
+        """The figures cover every position of every portfolio (nothing left out, nothing counted as 0)."""
+        return not self.failed and not self.understated
 
 
 def firm(desk: Desk) -> Firm:
@@ -96,7 +104,13 @@ def firm_view(desk: Desk) -> FirmView:
         ],
         columns=["portfolio", "daily drawdown", "max drawdown"],
     )
-    return FirmView(risk, headline, exposures, portfolios, worst, last_firm_action(desk), dict(risk.failed))
+    understated = {
+        pid: f"no usable price for {', '.join(tickers)}: counted as 0 in the firm VaR, the exposures and the equity"
+        for pid, tickers in risk.missing_prices.items()
+    }
+    return FirmView(
+        risk, headline, exposures, portfolios, worst, last_firm_action(desk), dict(risk.failed), understated
+    )
 
 
 def last_firm_action(desk: Desk) -> FirmAction | None:

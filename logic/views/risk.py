@@ -49,10 +49,20 @@ class ExposureView:
     var_confidence: float
     method: str = "normal"
     """The VaR method the figures come from (the portfolio's ``var_method``)."""
+    horizon_days: float = 1.0
+    """The horizon of ``var`` (the limit's ``var_horizon_days``)."""
+    missing: tuple[str, ...] = ()
+    """Held tickers without a usable price: counted as 0, so ``var`` leaves them out (understated)."""
 
     @property
     def utilization(self) -> float | None:
         return self.var / self.var_limit if self.var_limit else None
+
+    @property
+    def var_label(self) -> str:
+        """The VaR figure's label: its confidence and its horizon."""
+        days = self.horizon_days
+        return f"VaR {self.var_confidence:.0%} ({days:g} day{'' if days == 1 else 's'})"
 
 
 def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
@@ -83,6 +93,8 @@ def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
         var_limit=float(totals.get("var_limit") or 0.0),
         var_confidence=float(totals.get("var_confidence") or 0.0),
         method=str(desk.settings.var_method_for(portfolio_id)),
+        horizon_days=float(totals.get("var_horizon_days") or 1.0),
+        missing=tuple(str(t) for t in totals.get("missing_prices") or ()),
     )
 
 
