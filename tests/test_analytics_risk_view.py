@@ -5,24 +5,21 @@ the delta-normal closed form written out here."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import warmup
-from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import MarketSnapshot, Store
 from logic.views.common import Desk
 from logic.views.risk import exposure_view
 
-from .conftest import TEST_CONFIG
-from .e2e_stack import toml_dumps
+from .test_firm import app_env  # noqa: F401 (the dashboard's fixture, shared)
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 NOW = 1_700_000_000.0
@@ -79,20 +76,6 @@ def test_the_smallest_positive_price_is_a_price(seeded_store: Store, settings: S
     assert exposure_view(Desk(seeded_store.client, settings, clock=lambda: NOW), "main").missing == ()
 
 
-@pytest.fixture
-def app_env(
-    redis_server: EmbeddedRedis, seeded_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Store]:
-    config = tmp_path / "riskdesk.toml"
-    config.write_text(toml_dumps(TEST_CONFIG), encoding="utf-8")
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield seeded_store
-    st.cache_resource.clear()
-
-
 def open_exposure_tab() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=30.0)
     at.session_state["refresh"] = "Paused"
@@ -101,7 +84,7 @@ def open_exposure_tab() -> AppTest:
     return at.run()
 
 
-def test_the_exposure_tab_warns_when_its_var_leaves_a_position_out(app_env: Store) -> None:
+def test_the_exposure_tab_warns_when_its_var_leaves_a_position_out(app_env: Store) -> None:  # noqa: F811
     assert not [w.value for w in open_exposure_tab().warning if "No usable price" in w.value]
     set_price(app_env, "BBB", float("nan"))
     at = open_exposure_tab()

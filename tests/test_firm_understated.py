@@ -5,24 +5,19 @@ incomplete. Real seeded Redis; VaR against the delta-normal closed form written 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
-from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import MarketSnapshot, Store
 from logic.firm import Firm
 from logic.views.common import Desk
 from logic.views.firm import firm_view
 
-from .conftest import TEST_CONFIG
-from .e2e_stack import toml_dumps
+from .test_firm import app_env, open_firm  # noqa: F401 (the Firm page's fixture and opener, shared)
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 NOW = 1_700_000_000.0
@@ -92,28 +87,7 @@ def test_the_smallest_positive_price_is_a_price(seeded_store: Store, settings: S
     assert risk.firm_var == pytest.approx(var_of(dollar_exposures(seeded_store, HOLDINGS), cov, settings), rel=1e-12)
 
 
-@pytest.fixture
-def app_env(
-    redis_server: EmbeddedRedis, seeded_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Store]:
-    config = tmp_path / "riskdesk.toml"
-    config.write_text(toml_dumps(TEST_CONFIG), encoding="utf-8")
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("RISKDESK_CONFIG", str(config))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield seeded_store
-    st.cache_resource.clear()
-
-
-def open_firm() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=30.0)
-    at.session_state["refresh"] = "Paused"
-    at.switch_page("screens/firm.py")
-    return at.run()
-
-
-def test_the_firm_page_marks_an_understated_firm_var(app_env: Store) -> None:
+def test_the_firm_page_marks_an_understated_firm_var(app_env: Store) -> None:  # noqa: F811
     labels = [m.label for m in open_firm().metric]
     assert "Firm VaR (95%, 1 day)" in labels
     set_price(app_env, "BBB", float("nan"))
