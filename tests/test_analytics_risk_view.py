@@ -26,6 +26,7 @@ NOW = 1_700_000_000.0
 
 
 def set_price(store: Store, ticker: str, price: float) -> None:
+    """A new market version with ``ticker`` at ``price`` (any float: NaN, 0), the rest as stored."""
     snap = store.read_market()
     prices = snap.prices.copy()
     prices[snap.tickers.index(ticker)] = price

@@ -7,7 +7,7 @@ keeps its excursion. Real fills (``RiskManager.execute_trade``) on a real redis-
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -242,6 +242,24 @@ def test_the_fill_that_takes_the_position_exactly_to_zero_ends_it_and_one_share_
 # -- a fill during a vectorised tick ---------------------------------------------------------------------------
 
 
+def _fills_during_next_tick(
+    monkeypatch: pytest.MonkeyPatch, store: Store, settings: Settings, clock: Clock, *orders: tuple[str, int, str]
+) -> Callable[[], None]:
+    """Make the fills of ``orders`` land in the next vectorised tick, after it read the books and before its
+    EXEC (TickState.prepare); returns what puts ``prepare`` back."""
+    prepare = TickState.prepare
+    fills: list[bool] = []
+
+    def fill_meanwhile(self: TickState, *args: Any, **kwargs: Any) -> Any:
+        if not fills:
+            fills.append(True)
+            _trade(store, settings, clock, "main", *orders)
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(TickState, "prepare", fill_meanwhile)
+    return lambda: monkeypatch.setattr(TickState, "prepare", prepare)
+
+
 def test_a_close_and_reopen_while_a_vectorised_tick_runs_aborts_it_and_the_redo_values_the_new_position(
     desk: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,21 +268,14 @@ def test_a_close_and_reopen_while_a_vectorised_tick_runs_aborts_it_and_the_redo_
     clock = Clock(WEDNESDAY)
     monitor = Monitor(store, settings, clock=clock)
     _aaa_run_up_and_down(store, settings, clock, monitor)
-    prepare = TickState.prepare
-    fills: list[bool] = []
-
-    def fill_meanwhile(self: TickState, *args: Any, **kwargs: Any) -> Any:
-        if not fills:
-            fills.append(True)
-            _trade(store, settings, clock, "main", ("SELL", 1000, "AAA"), ("BUY", 200, "AAA"))
-        return prepare(self, *args, **kwargs)
-
-    monkeypatch.setattr(TickState, "prepare", fill_meanwhile)
+    undisturbed = _fills_during_next_tick(
+        monkeypatch, store, settings, clock, ("SELL", 1000, "AAA"), ("BUY", 200, "AAA")
+    )
     # Act: the tick at 97 conflicts with the fills; it is processed again, then one more bar
     with pytest.raises(redis.WatchError):
         _tick(store, settings, clock, monitor, AAA=97.0)
     monitor._on_conflict()  # what Monitor.run does with it: redone at once
-    monkeypatch.setattr(TickState, "prepare", prepare)
+    undisturbed()
     assert monitor.process_available() == 1
     redone = _excursion(store, "main", "AAA")
     _tick(store, settings, clock, monitor, AAA=94.0)
@@ -283,16 +294,7 @@ def test_the_daemon_redoes_a_tick_a_fill_aborted_at_once_without_counting_a_stor
     clock = Clock(WEDNESDAY)
     monitor = Monitor(store, settings, clock=clock)
     _aaa_run_up_and_down(store, settings, clock, monitor)
-    prepare = TickState.prepare
-    fills: list[bool] = []
-
-    def fill_meanwhile(self: TickState, *args: Any, **kwargs: Any) -> Any:
-        if not fills:
-            fills.append(True)
-            _trade(store, settings, clock, "main", ("SELL", 1000, "AAA"))
-        return prepare(self, *args, **kwargs)
-
-    monkeypatch.setattr(TickState, "prepare", fill_meanwhile)
+    _fills_during_next_tick(monkeypatch, store, settings, clock, ("SELL", 1000, "AAA"))
     clock.t += 1.0
     StreamDaemon(store, settings, IterableFeed([Bar(clock.t, {**PRICES, "AAA": 97.0})]), clock=clock, interval=0).run()
     done = monitor.stats.ticks_processed

@@ -12,27 +12,16 @@ import numpy as np
 import pytest
 
 from engine.settings import Settings
-from engine.store import MarketSnapshot, Store
+from engine.store import Store
 from logic.firm import Firm
 from logic.views.common import Desk
 from logic.views.firm import firm_view
 
+from .test_analytics_risk_view import set_price
 from .test_firm import app_env, open_firm  # noqa: F401 (the Firm page's fixture and opener, shared)
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 NOW = 1_700_000_000.0
-
-
-def set_price(store: Store, ticker: str, price: float) -> None:
-    snap = store.read_market()
-    prices = snap.prices.copy()
-    prices[snap.tickers.index(ticker)] = price
-    store.write_market(
-        MarketSnapshot(
-            version=snap.version + 1, ts=snap.ts, tickers=snap.tickers, prices=prices, price_ts=snap.price_ts,
-            cov=snap.cov,
-        )
-    )  # fmt: skip
 
 
 def var_of(x: np.ndarray, cov: np.ndarray, settings: Settings) -> float:
