@@ -31,6 +31,8 @@ def trail(d: views.Desk, chosen: views.AuditFilter) -> None:
         f"{shown:,} records{more} · as of {ui.when(av.as_of)} · kept through re-seeds and resets "
         "(only `warmup.py --reset --wipe-audit` removes them)"
     )
+    if av.cut_note:
+        st.warning(av.cut_note, icon=":material/warning:")
     if av.archive_note:
         st.caption(av.archive_note)
     if av.table.empty:

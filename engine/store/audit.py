@@ -1,5 +1,6 @@
-"""The desk's audit trail as one read: every append-only log the Audit page merges, and the record of a refused
-pre-trade check.
+"""The desk's audit trail read by time: every append-only log the Audit page merges, from a window's start on
+(stream ids are Redis's milliseconds; :meth:`AuditStore.read_audit_trail`), and the record of a refused pre-trade
+check.
 
 Sources (key names in :mod:`engine.store.keys`)::
 
@@ -45,16 +46,28 @@ PORTFOLIO_SOURCES = ("trades", "audit", "checks", "alert_log")
 ARCHIVED_SOURCES = (*PORTFOLIO_SOURCES, "deliveries")
 """The portfolio streams the archiver moves to files, with ``rd:audit``: the Audit page's sources and the delivery
 log, i.e. every log a reset keeps (:data:`engine.store.book.AUDIT_TRAIL_SUFFIXES`)."""
+AUDIT_PAGE = 2000
+"""Entries one ``XREVRANGE`` of :meth:`AuditStore.read_audit_trail` reads from a stream: a short command for Redis
+(the gate shares it), and every stream's page of a round goes in one pipeline."""
+AUDIT_READ_CAP = 50_000
+"""Most records :meth:`AuditStore.read_audit_trail` reads in all (every stream of the window together): the Audit
+page's bound on a bad day (about a second to read and lay out 50,000 records); past it the trail names the streams
+it cut (:attr:`AuditTrail.cut`) and the page says so. Redis may hold more (``archive.keep_entries`` per stream)."""
 
 
 @dataclass(frozen=True)
 class AuditTrail:
-    """The newest records of every audit source, newest first, each with its stream ``id``."""
+    """The records of every audit source from a time on, newest first, each with its stream ``id``."""
 
     global_records: list[dict[str, Any]] = field(default_factory=list)
     """``rd:audit``."""
     portfolios: Mapping[str, Mapping[str, list[dict[str, Any]]]] = field(default_factory=dict)
     """portfolio id -> source (:data:`PORTFOLIO_SOURCES`) -> records."""
+    cut: Mapping[str, str] = field(default_factory=dict)
+    """Streams read only in part (the read's cap was reached): stream key -> the oldest entry id read; the
+    stream's older records from :attr:`since_ms` on were not read. Empty when every record in range was read."""
+    since_ms: int | None = None
+    """The oldest stream id (milliseconds) the read asked for; None: everything each stream holds."""
 
 
 @dataclass(frozen=True)
@@ -138,29 +151,68 @@ def _decode_entries(key: str, entries: Any) -> list[dict[str, Any]]:
 
 
 class AuditStore(StoreBase):
-    """The audit trail's sources in one round trip, and refused checks."""
+    """The audit trail's sources read by time (one round trip in the normal case), and refused checks."""
 
-    def read_audit_trail(self, portfolio_ids: Iterable[str], count: int) -> AuditTrail:
-        """The newest ``count`` records of ``rd:audit`` and of each portfolio's audit sources (one pipeline).
+    def read_audit_trail(
+        self,
+        portfolio_ids: Iterable[str],
+        limit: int = AUDIT_READ_CAP,
+        *,
+        since_ms: int | None = None,
+        page: int = AUDIT_PAGE,
+    ) -> AuditTrail:
+        """Every record of ``rd:audit`` and of each portfolio's audit sources whose stream id is at least
+        ``since_ms`` (milliseconds, inclusive; None: everything the stream holds), newest first, at most ``limit``
+        records in all.
+
+        Read by time, not by count: each stream is read from its newest entry down to ``since_ms`` in pages of
+        ``page`` entries (``XREVRANGE``), every stream's next page in one pipeline, so a flood of records in one
+        stream (fills, refused checks, automated steps) never hides an older record of the window, and the
+        normal case is one round trip. The pages are shared out evenly among the streams still being read; once
+        ``limit`` records are read, each stream that still holds older entries in range is named in
+        :attr:`AuditTrail.cut` (with the oldest id read), never left out silently.
 
         Raises :class:`StoreUnavailableError` when Redis cannot be reached and :class:`CorruptDataError` for a
         key of the wrong type or a record that does not decode.
         """
         ids = list(dict.fromkeys(portfolio_ids))
         keys = [GLOBAL_AUDIT_KEY] + [getattr(PortfolioKeys(pid), s) for pid in ids for s in PORTFOLIO_SOURCES]
+        low = "-" if since_ms is None else str(max(int(since_ms), 0))
+        read: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
+        cursor = dict.fromkeys(keys, "+")  # the next page's upper bound ("(<id>": exclusive)
+        active, total = list(keys), 0
+        page, limit = max(int(page), 1), max(int(limit), 1)
+        while active and total < limit:
+            count = min(page, max(1, (limit - total) // len(active)))
+            replies = self._pipelined([(key, cursor[key], count) for key in active], low)
+            still = []
+            for key, reply in zip(active, replies, strict=True):
+                records = _decode_entries(key, reply)
+                read[key].extend(records)
+                total += len(records)
+                if len(records) == count:
+                    cursor[key] = f"({records[-1]['id']}"
+                    still.append(key)
+            active = still
+        cut: dict[str, str] = {}
+        if active:  # the cap was reached: which streams still hold older records in range (one entry each)
+            probes = self._pipelined([(key, cursor[key], 1) for key in active], low)
+            for key, more in zip(active, probes, strict=True):
+                if _decode_entries(key, more):
+                    cut[key] = str(read[key][-1]["id"])  # a stream in ``active`` has read a full page
+        portfolios = {pid: {s: read[getattr(PortfolioKeys(pid), s)] for s in PORTFOLIO_SOURCES} for pid in ids}
+        return AuditTrail(read[GLOBAL_AUDIT_KEY], portfolios, cut, since_ms)
+
+    def _pipelined(self, pages: list[tuple[str, str, int]], low: str = "-") -> list[Any]:
+        """One ``XREVRANGE key max low COUNT count`` per ``(key, max, count)`` in one pipeline (errors as replies,
+        for :func:`_decode_entries`)."""
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.xrevrange(key, count=count)
-                replies = pipe.execute(raise_on_error=False)
+                for key, high, count in pages:
+                    pipe.xrevrange(key, max=high, min=low, count=count)
+                return list(pipe.execute(raise_on_error=False))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
-        decoded = [_decode_entries(key, reply) for key, reply in zip(keys, replies, strict=True)]
-        portfolios: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        for n, pid in enumerate(ids):
-            chunk = decoded[1 + n * len(PORTFOLIO_SOURCES) : 1 + (n + 1) * len(PORTFOLIO_SOURCES)]
-            portfolios[pid] = dict(zip(PORTFOLIO_SOURCES, chunk, strict=True))
-        return AuditTrail(decoded[0], portfolios)
 
     def append_check_record(self, portfolio_id: str, record: Mapping[str, Any], pipe: Conn = None) -> None:
         """Append a refused pre-trade check (``action`` = :data:`CHECK_REFUSED_ACTION`) to the portfolio's

@@ -2,7 +2,7 @@
 change, rule change, limit change, acknowledgement and automated action of the desk, merged into one
 time-ordered table, filtered by portfolio, actor, kind and time window, exported as CSV with its as-of time.
 
-Where each kind is recorded (read in one round trip by :meth:`engine.store.AuditStore.read_audit_trail`)::
+Where each kind is recorded (read by time by :meth:`engine.store.AuditStore.read_audit_trail`)::
 
     fill, refused order          pf:{id}:trades     ExecutionResult records (status FILLED / REJECTED)
     refused check                pf:{id}:checks     action "check_refused" (:func:`record_refused_check`, the
@@ -18,8 +18,12 @@ Where each kind is recorded (read in one round trip by :meth:`engine.store.Audit
     maintenance                  both               warm-up seed, book sync, market reload, reset
 
 A re-seed, ``--reset`` and ``--sync`` keep every one of these streams (only ``--reset --wipe-audit`` deletes
-them). The pure part (:func:`entries_from_trail`, :func:`filter_entries`, :func:`audit_frame`,
-:func:`audit_csv`) takes plain records and is tested directly; the page only lays it out.
+them). The page reads every record of the chosen window that Redis still holds, however many newer records sit
+in the same stream (a flood of fills, refusals or automated steps never hides the limit change or HALT that
+explains the day); only past :data:`~engine.store.audit.AUDIT_READ_CAP` records in all does it stop, and then it
+says which streams it cut and from when (:func:`cut_note`). The pure part (:func:`entries_from_trail`,
+:func:`filter_entries`, :func:`audit_frame`, :func:`audit_csv`) takes plain records and is tested directly; the
+page only lays it out.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import redis
 from engine.errors import StoreError
 from engine.records import AlertStatus, Clock, DecisionStatus, ExecutionStatus, OrderIntent
 from engine.store import GLOBAL_AUDIT_KEY, AuditTrail, PortfolioKeys
-from engine.store.audit import CHECK_REFUSED_ACTION, ArchiveState
+from engine.store.audit import AUDIT_PAGE, AUDIT_READ_CAP, CHECK_REFUSED_ACTION, ArchiveState
 from engine.store.limits import LIMITS_ACTION
 from logic.access import Identity
 from logic.lifecycle import SYSTEM_ACTOR
@@ -50,8 +54,9 @@ from logic.views.limits import LIMIT_FIELDS
 
 LOGGER = logging.getLogger(__name__)
 
-AUDIT_SCAN = 2000
-"""Newest records read from each source stream (per portfolio); older ones are kept in the store, not shown."""
+AUDIT_CLOCK_SLACK = 300.0
+"""Seconds the stream ids are read back before the window's start: a record's time is the writer's clock, its
+stream id Redis's (milliseconds), so a record dated up to this far ahead of its id is still found."""
 AUDIT_MAX_ROWS = 2000
 """At most this many rows (the newest) after filtering; the page says when more matched."""
 FIRM_WIDE = "firm-wide"
@@ -71,6 +76,11 @@ DEFAULT_CURRENCY = "USD"
 ARROW = " → "
 FIRM_ACTION_LABELS = {"halt_all": "HALT ALL", "reduce_all": "REDUCE ALL"}
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+SYNC_ACTION = "sync"
+"""A book sync's record of one changed field (engine/book.py ``apply_sync``: ``field``, ``before``, ``after``)."""
+CAPITAL_FLOW_ACTION = "capital_flow"
+"""A book sync's capital flow (engine/book.py ``apply_sync``: ``flow``, ``cash``, ``positions`` ticker -> qty,
+price)."""
 
 
 class AuditKind(StrEnum):
@@ -143,6 +153,9 @@ class AuditView:
     filters: AuditFilter = field(default_factory=AuditFilter)
     archive_note: str = ""
     """Where the records older than Redis keeps are archived (:func:`archive_note`); empty without an archive."""
+    cut_note: str = ""
+    """Which streams were read only in part, and from when (:func:`cut_note`); empty when every record of the
+    window that Redis holds was read."""
 
 
 # -- formatting (the audit's own; money in the settings' currency with thousands separators) -----------------
@@ -307,9 +320,41 @@ def _portfolio_audit_entry(pid: str, r: Mapping[str, Any], source: str, currency
     if action.startswith("automated_"):
         return AuditEntry(ts, pid, actor, AuditKind.AUTOMATED, _automated_summary(action, r), reason or
                           f"rule {r.get('rule_id', '?')}, alert {r.get('alert_id', '?')}", source)  # fmt: skip
+    if action == SYNC_ACTION:
+        return AuditEntry(ts, pid, actor, AuditKind.MAINTENANCE, _sync_summary(r, currency), reason, source)
+    if action == CAPITAL_FLOW_ACTION:
+        return AuditEntry(ts, pid, actor, AuditKind.MAINTENANCE, _flow_summary(r, currency), reason, source)
     extra = _scalars(r)
     return AuditEntry(ts, pid, actor, AuditKind.MAINTENANCE, f"{action or 'record'}" + (f": {extra}" if extra else ""),
                       reason, source)  # fmt: skip
+
+
+def _sync_summary(r: Mapping[str, Any], currency: str) -> str:
+    """``sync position:BBB: 2000 @ 50.0 → (none)``: one field a book sync changed (engine/book.py's ``Change``;
+    cash in the currency, "(none)" for a field that was or is now absent)."""
+    name = str(r.get("field") or "?")
+
+    def show(value: Any) -> str:
+        if value is None or value == "":
+            return "(none)"
+        return fmt_money(value, currency) if name == "cash" else str(value)
+
+    return f"{SYNC_ACTION} {name}: {show(r.get('before'))}{ARROW}{show(r.get('after'))}"
+
+
+def _flow_summary(r: Mapping[str, Any], currency: str) -> str:
+    """``capital_flow USD -250,000.00: cash USD -100,000.00; AAA -500 @ USD 100.00 = USD -50,000.00; ...``: what
+    a book sync moved in or out (engine/book.py's ``capital_flow``: the flow is the cash change plus each
+    quantity change at its price)."""
+    raw = r.get("positions")
+    moves: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    parts = [f"cash {fmt_money(r.get('cash'), currency)}"]
+    for ticker, move in sorted(moves.items()):
+        move = move if isinstance(move, Mapping) else {}
+        qty, price = _decimal(move.get("qty")), _decimal(move.get("price"))
+        value = fmt_money(qty * price, currency) if qty is not None and price is not None else "–"
+        parts.append(f"{ticker} {fmt_qty(move.get('qty'))} @ {fmt_money(move.get('price'), currency)} = {value}")
+    return f"{CAPITAL_FLOW_ACTION} {fmt_money(r.get('flow'), currency)}: " + "; ".join(parts)
 
 
 def _automated_summary(action: str, r: Mapping[str, Any]) -> str:
@@ -418,16 +463,59 @@ def window_filter(
     )
 
 
+def read_since_ms(since: float | None, now: float, wall_now: float) -> int | None:
+    """The oldest stream id (milliseconds) that can hold a record dated at or after ``since`` (None: no bound).
+
+    Stream ids are Redis's write time, records are dated on the desk's clock: the read starts
+    :data:`AUDIT_CLOCK_SLACK` earlier, and earlier still by however far the desk's clock (``now``, the market's
+    in a replay) is ahead of the wall clock. Reading earlier only reads more: the window itself is applied to
+    each record's own time (:meth:`AuditFilter.matches`)."""
+    if since is None:
+        return None
+    return max(0, math.floor((since - AUDIT_CLOCK_SLACK - max(0.0, now - wall_now)) * 1000.0))
+
+
+def cut_note(trail: AuditTrail, cap: int = AUDIT_READ_CAP) -> str:
+    """The page's warning when the read stopped at its cap: each stream cut and the time of the oldest record
+    read from it (older records of the window were not read); empty when nothing was cut."""
+    if not trail.cut:
+        return ""
+    parts = []
+    for key, oldest in sorted(trail.cut.items()):
+        try:
+            when = fmt_time(int(oldest.split("-")[0]) / 1000.0)
+        except ValueError:
+            when = oldest
+        parts.append(f"`{key}` before {when}")
+    return (
+        f"**Not every record of this window was read**: the page reads at most {cap:,} records at a time, and "
+        f"these streams were read back only to the time given, their older records of the window are not shown: "
+        f"{'; '.join(parts)}. Narrow the time window or the portfolios to see them."
+    )
+
+
 def audit_view(
-    desk: Desk, filters: AuditFilter | None = None, scan: int = AUDIT_SCAN, wall: Clock = time.time
+    desk: Desk,
+    filters: AuditFilter | None = None,
+    cap: int | None = None,
+    wall: Clock = time.time,
+    page: int = AUDIT_PAGE,
 ) -> AuditView:
-    """The merged audit trail of every portfolio of the store, filtered; newest first. ``wall``: the wall clock
-    the archiver's last run is judged by (:func:`archive_note`; the archiver runs on wall time, also in a
+    """The merged audit trail of every portfolio of the store, filtered; newest first. Every record of the
+    filter's window that Redis holds is read (:func:`read_since_ms`), at most ``cap`` in all (None:
+    :data:`AUDIT_READ_CAP`, read when called; the view's :attr:`~AuditView.cut_note` says what a cut left out),
+    ``page`` entries per stream read. ``wall``: the wall
+    clock the archiver's last run is judged by (:func:`archive_note`; the archiver runs on wall time, also in a
     replay)."""
     filters = filters or AuditFilter()
+    cap = AUDIT_READ_CAP if cap is None else cap
     now = desk.clock()
+    wall_now = wall()
     pids = portfolio_ids(desk)
-    entries = entries_from_trail(desk.store.read_audit_trail(pids, scan), currency_of(desk))
+    since_ms = read_since_ms(filters.since, now, wall_now)
+    wanted = [p for p in pids if not filters.portfolios or p in filters.portfolios]  # rd:audit is always read
+    trail = desk.store.read_audit_trail(wanted, cap, since_ms=since_ms, page=page)
+    entries = entries_from_trail(trail, currency_of(desk))
     shown = filter_entries(entries, filters)
     archive = desk.store.read_archive_state()
     return AuditView(
@@ -439,7 +527,8 @@ def audit_view(
         actors=tuple(sorted({e.actor for e in entries if e.actor})),
         kinds=tuple(str(k) for k in AuditKind),
         filters=filters,
-        archive_note=archive_note(archive, wall(), desk.settings.archive.interval_seconds),
+        archive_note=archive_note(archive, wall_now, desk.settings.archive.interval_seconds),
+        cut_note=cut_note(trail, cap),
     )
 
 
