@@ -11,7 +11,9 @@ Actions
 ``reduce:<fraction>``
     On a rule of any metric but ``margin.level``: cut gross exposure by ``fraction`` (0 < f <= 1) of its value
     at the snapshot that fired the rule, taking the **largest losers first** (most negative unrealized P&L;
-    ties: the larger position). The plan is fixed when the rule fires (stored with the pending action).
+    ties: the larger position). The plan is fixed when the rule fires (stored with the pending action); when it
+    runs, each leg is **clipped to the position then held** on its side (another response on the same bar, or a
+    trader, may have cut it already): skipped when the position is flat or flipped, and the outcome says so.
 
     On a ``margin.level`` rule: a **margin sell-down**. Sell the largest risk contributors first (component
     VaR of the current book) until the margin level is back above the *warning level* or ``fraction`` of the
@@ -26,11 +28,24 @@ Actions
 
 Every trade leg is a **liquidation-only** order (``intent=OrderIntent.LIQUIDATION``: it may shrink a position,
 never flip it), so HALTED, REDUCING and the limits never stop a response from cutting risk; it goes through
-``RiskManager.execute_trade`` with the rule's actor (``auto:<rule id>``). Legs carry client order ids derived
-from the action id (and, for sizes computed at run time, the round and ticker), so a re-run after a crash
-never trades the same leg twice. A sell-down re-run after a crash starts from the book as it then is: what
-the first run sold already shows in the margin level (so it sells only what is still missing), though not in
-the budget, which starts again from the configured fraction.
+``RiskManager.execute_trade`` with the rule's actor (``auto:<rule id>``). The fat-finger caps are not waived
+for a risk cut, so a leg is sent as **child orders** each within ``min(max_order_qty, floor(max_order_notional
+/ fill price))`` of the live limits the gate checks (:class:`OrderCaps`); the children go one after the other
+and the leg stops at the first one refused, the outcome saying how many shares of how many were filled.
+
+Idempotent re-runs: a leg's id derives from the action id (and, for sizes computed at run time, the round and
+ticker), and its k-th child is ``{leg id}-c{k}``. A re-run after a crash first reads which children already
+claimed a fill (the gate's idempotency records): a fixed plan's leg sends only what they left, and no child id
+is sent twice with another order, so the gate's idempotency by client order id never lets a leg trade twice.
+A sell-down re-run starts from the book as it then is: what the first run sold already shows in the margin
+level (so it sells only what is still missing), though not in the budget, which starts again from the
+configured fraction.
+
+**A held position without a usable price** (NaN, non-positive, not in the market snapshot) is never reported
+as done: it cannot be sized, valued or cut, so ``flatten`` and ``reduce`` send nothing for it and their outcome
+is not ``ok``, naming it; a margin level measured with a price missing is no level (the missing position
+counts as worth nothing), so the sell-down stops and reports the target not reached. Only a book that is truly
+flat counts as "nothing to do".
 
 Audit: each step (a plan, a measurement) and each order sent, with its result, goes to the ``audit`` callback
 of :meth:`ResponseRunner.run` (the alert engine appends them to the portfolio's audit trail as they happen);
@@ -86,7 +101,12 @@ class TradingControl(Protocol):
 
     def get_dashboard_metrics(self) -> Any:
         """A DataFrame of the positions (``ticker, qty, last, component_var``) with ``attrs["totals"]``
-        (``equity, gross_exposure, margin_used, margin_level``); used by the sell-down and ``flatten``."""
+        (``equity, gross_exposure, margin_used, margin_level, missing_prices``): the book every trading
+        response reads when it runs."""
+        ...
+
+    def refresh_limits(self) -> Any:
+        """The live limits the gate checks now (``max_order_qty``, ``max_order_notional``): the child-order caps."""
         ...
 
 
@@ -330,13 +350,39 @@ def plan_margin_sell_down(
 
 @dataclass(frozen=True)
 class MarginBook:
-    """What a sell-down reads of the current book (from ``get_dashboard_metrics``)."""
+    """What a trading response reads of the current book (from ``get_dashboard_metrics``)."""
 
     equity: float
     gross: float
     initial_margin: float | None
     level: float | None
+    """The margin level as computed, valuing a position without a price at 0: see :attr:`readable_level`."""
     rows: list[dict[str, Any]]
+    missing: tuple[str, ...] = ()
+    """Held tickers without a usable price (the totals' ``missing_prices`` and any row whose ``last`` is not)."""
+
+    @property
+    def readable_level(self) -> float | None:
+        """The margin level, or None when it cannot be known: a held position without a price is left out of
+        equity and gross exposure, so the figure computed without it is not the book's level."""
+        return None if self.missing else self.level
+
+    @property
+    def flat(self) -> bool:
+        """Nothing held at all (no position, priced or not)."""
+        return not self.missing and not any(r["qty"] for r in self.rows)
+
+    def held(self, ticker: str) -> int:
+        return sum(int(r["qty"]) for r in self.rows if r["ticker"] == ticker)
+
+    def price(self, ticker: str) -> float | None:
+        prices = [_usable_price(r.get("last")) for r in self.rows if r["ticker"] == ticker]
+        return prices[0] if prices else None
+
+
+def _usable_price(value: Any) -> float | None:
+    price = _number(value)
+    return price if price is not None and price > 0 else None
 
 
 def read_margin_book(control: TradingControl) -> MarginBook:
@@ -346,7 +392,40 @@ def read_margin_book(control: TradingControl) -> MarginBook:
     gross = float(totals["gross_exposure"])
     used = _number(totals.get("margin_used"))
     margin = used / gross if used is not None and gross > 0 else None
-    return MarginBook(float(totals["equity"]), gross, margin, _number(totals.get("margin_level")), rows)
+    missing = {str(t) for t in totals.get("missing_prices") or ()}
+    missing |= {str(r["ticker"]) for r in rows if r["qty"] and _usable_price(r["last"]) is None}
+    level = _number(totals.get("margin_level"))
+    return MarginBook(float(totals["equity"]), gross, margin, level, rows, tuple(sorted(missing)))
+
+
+@dataclass(frozen=True)
+class OrderCaps:
+    """The per-order caps of the live limits the gate checks: the fat-finger limits are not waived for a risk
+    cut, so a leg above them is sent as several child orders within them."""
+
+    max_qty: int
+    max_notional: Decimal
+
+    @classmethod
+    def of(cls, control: TradingControl) -> OrderCaps:
+        """The caps of the limits in force now (the Limits page's, else the settings')."""
+        limits = control.refresh_limits()
+        return cls(int(limits.max_order_qty), Decimal(str(limits.max_order_notional)))
+
+    def child_qty(self, price: float | Decimal) -> int:
+        """The most shares one order may carry at ``price``: ``min(max_qty, floor(max_notional / fill price))``,
+        the gate's own arithmetic (notional = shares x fill price, exact). At least 1: a single share above the
+        notional cap is still sent, for the gate to refuse it with its code."""
+        from logic.decisions import fill_price
+
+        px = price if isinstance(price, Decimal) else fill_price(price)
+        by_notional = int(self.max_notional // px) if px > 0 else self.max_qty
+        return max(1, min(self.max_qty, by_notional))
+
+
+def child_order_id(leg_id: str, k: int) -> str:
+    """The client order id of a leg's k-th child order (k from 0)."""
+    return f"{leg_id}-c{k}"
 
 
 def fee_estimate(control: TradingControl) -> FeeEstimate | None:
@@ -423,30 +502,49 @@ class ResponseRunner:
         )
 
     def _reduce(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
-        legs = pending.get("plan") or []
-        if not legs:
-            return Outcome(True, f"{action.text}: nothing to reduce (no priced positions)", {"legs": []})
-        results = [_send(control, leg, f"{pending['action_id']}-{i}", pending, step) for i, leg in enumerate(legs)]
-        return _legs_outcome(action.text, results)
+        """The plan fixed when the rule fired, each leg clipped to the book as it is now."""
+        legs = list(pending.get("plan") or [])
+        book = read_margin_book(control)
+        if not legs and not book.missing:
+            if book.flat:
+                return Outcome(True, f"{action.text}: nothing to reduce (the book is flat)", {"legs": []})
+            held = ", ".join(sorted(str(r["ticker"]) for r in book.rows if r["qty"]))
+            return Outcome(
+                False,
+                f"{action.text} NOT executed: no leg was planned when the rule fired (no priced position then) "
+                f"while {held} are held",
+                {"legs": []},
+            )
+        caps = OrderCaps.of(control)
+        results = [
+            _run_leg(control, leg, f"{pending['action_id']}-{i}", pending, step, book, caps, planned=True)
+            for i, leg in enumerate(legs)
+        ]
+        return _legs_outcome(action.text, results, book.missing)
 
     def _flatten(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
         book = read_margin_book(control)
+        caps = OrderCaps.of(control)
+        priced = [r for r in book.rows if r["qty"] and str(r["ticker"]) not in book.missing]
         legs = [
             {
                 "ticker": r["ticker"],
                 "side": Side.SELL if r["qty"] > 0 else Side.BUY,
                 "qty": abs(int(r["qty"])),
                 "notional": abs(float(r["qty"]) * float(r["last"])),
-                "component_var": float(r["component_var"]),
+                "component_var": _number(r["component_var"]) or 0.0,
             }
-            for r in sorted(book.rows, key=lambda r: (-float(r["component_var"]), str(r["ticker"])))
-            if r["qty"] and _number(r["last"]) is not None
+            for r in priced
         ]
-        step("plan", legs=legs, gross=book.gross, equity=book.equity)
-        if not legs:
-            return Outcome(True, f"{action.text}: nothing to close (no priced positions)", {"legs": []})
-        results = [_send(control, leg, f"{pending['action_id']}-{leg['ticker']}", pending, step) for leg in legs]
-        return _legs_outcome(action.text, results)
+        legs.sort(key=lambda leg: (-leg["component_var"], str(leg["ticker"])))
+        step("plan", legs=legs, gross=book.gross, equity=book.equity, unpriced=list(book.missing))
+        if book.flat:
+            return Outcome(True, f"{action.text}: nothing to close (the book is flat)", {"legs": []})
+        results = [
+            _run_leg(control, leg, f"{pending['action_id']}-{leg['ticker']}", pending, step, book, caps, planned=False)
+            for leg in legs
+        ]
+        return _legs_outcome(action.text, results, book.missing)
 
     def _sell_down(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
         spec = pending["margin"]
@@ -455,11 +553,15 @@ class ResponseRunner:
         fee = fee_estimate(control)
         results: list[dict[str, Any]] = []
         book = read_margin_book(control)
-        level_before = book.level
+        caps = OrderCaps.of(control)
+        level_before = book.readable_level
         stop = ""
         for round_ in range(MAX_SELL_DOWN_ROUNDS):
+            if book.missing:
+                stop = f"no usable price for held {', '.join(book.missing)}: the margin level cannot be measured"
+                break
             if book.level is None or book.initial_margin is None:
-                stop = "no margin in use"
+                stop = "the book is flat" if book.flat else "no margin in use"
                 break
             if not breaches(book.level, op, target):
                 break
@@ -471,37 +573,44 @@ class ResponseRunner:
             if not legs:
                 stop = "the configured fraction is sold" if left < _cheapest(book.rows) else "nothing left to sell"
                 break
+            leg_id = f"{pending['action_id']}-{round_}"
             sent = [
-                _send(control, leg, f"{pending['action_id']}-{round_}-{leg['ticker']}", pending, step) for leg in legs
+                _run_leg(control, leg, f"{leg_id}-{leg['ticker']}", pending, step, book, caps, planned=False)
+                for leg in legs
             ]
             results += sent
             left -= sum(r["filled_notional"] for r in sent)
             book = read_margin_book(control)
-            step("measure", round=round_, margin_level=book.level, target_level=target, budget_left=left)
-            if any(r["status"] != ExecutionStatus.FILLED for r in sent):
+            step("measure", round=round_, margin_level=book.readable_level, target_level=target, budget_left=left)
+            if any(r["status"] not in LEG_DONE for r in sent):
                 stop = "a leg was refused"
                 break
-        reached = book.level is None or not breaches(book.level, op, target)
-        outcome = _legs_outcome(action.text, results) if results else None
+        level = book.readable_level
+        # reached only on a level that can be read, or with nothing left to hold margin against
+        reached = (level is not None and not breaches(level, op, target)) or book.flat
+        outcome = _legs_outcome(action.text, results, ()) if results else None
         ok = reached and (outcome is None or outcome.ok)
-        shown = "n/a" if book.level is None else f"{book.level:.1f}%"
+        shown = "n/a" if level is None else f"{level:.1f}%"
         before = "n/a" if level_before is None else f"{level_before:.1f}%"
-        if reached:
+        if reached and level is None:
+            head = f"{action.text}: margin level {before} -> n/a: the book is flat, no margin in use"
+        elif reached:
             head = f"{action.text}: margin level {before} -> {shown}, back above the warning level {target:g}%"
         else:
             why = stop or f"still below after {MAX_SELL_DOWN_ROUNDS} rounds"
+            verb = "cannot be known to be above" if level is None else "still below"
             head = (
-                f"{action.text} FAILED: margin level {before} -> {shown}, still below the warning level "
-                f"{target:g}% ({why})"
+                f"{action.text} FAILED: margin level {before} -> {shown}, {verb} the warning level {target:g}% ({why})"
             )
         summary = head + (f"; {outcome.summary}" if outcome is not None else "")
         details = {
             **(dict(outcome.details) if outcome is not None else {"legs": []}),
             "margin_level_before": level_before,
-            "margin_level_after": book.level,
+            "margin_level_after": level,
             "warning_level": target,
             "budget_left": left,
             "reached": reached,
+            "unpriced": list(book.missing),
         }
         return Outcome(ok, summary, details)
 
@@ -533,14 +642,93 @@ class _Steps:
             self.audit({**self.base, "action": "automated_order", **record})
 
 
-def _send(
-    control: TradingControl, leg: Mapping[str, Any], order_id: str, pending: Mapping[str, Any], step: _Steps
+LEG_DONE = (ExecutionStatus.FILLED, "SKIPPED")
+"""Leg statuses that leave nothing undone: filled, or nothing (left) to sell on that side."""
+
+
+def _claimed_children(control: TradingControl, leg_id: str) -> list[dict[str, Any]]:
+    """The children of ``leg_id`` an earlier run of the action filled, in order: their idempotency records,
+    read through the control's store (a RiskManager's). None without one: the gate's idempotency still answers
+    a child id sent again with its fill, or refuses it for another order, so nothing trades twice either way."""
+    store, portfolio_id = getattr(control, "store", None), getattr(control, "portfolio_id", None)
+    if store is None or not isinstance(portfolio_id, str):
+        return []
+    found: list[dict[str, Any]] = []
+    while True:
+        record = store.read_order(portfolio_id, child_order_id(leg_id, len(found)))
+        if not record or record.get("status") != ExecutionStatus.FILLED or not record.get("fill"):
+            return found
+        found.append(record)
+
+
+def _run_leg(
+    control: TradingControl,
+    leg: Mapping[str, Any],
+    leg_id: str,
+    pending: Mapping[str, Any],
+    step: _Steps,
+    book: MarginBook,
+    caps: OrderCaps,
+    *,
+    planned: bool,
 ) -> dict[str, Any]:
-    """One liquidation-only leg through the gate; its result is audited at once."""
+    """One leg as child orders within ``caps``, through the gate one after the other, stopping at the first
+    not filled (the rest would meet the same refusal, or a book that moved).
+
+    ``planned``: the leg's quantity was fixed before this run (a reduce plan), so what children of an earlier
+    run filled counts toward it; otherwise it was sized from ``book``, which already shows them. Either way the
+    quantity is clipped to the position ``book`` holds on the leg's side (liquidation-only: never past flat),
+    and the first child id sent is the first no earlier run claimed.
+    """
+    ticker, side, asked = str(leg["ticker"]), Side(str(leg["side"])), int(leg["qty"])
+    earlier = _claimed_children(control, leg_id)
+    earlier_qty = sum(int(r["fill"]["qty"]) for r in earlier)
+    want = max(0, asked - earlier_qty) if planned else asked
+    held = book.held(ticker)
+    room = max(0, held if side == Side.SELL else -held)
+    target = min(want, room)
+    result: dict[str, Any] = {
+        **leg, "side": side, "qty": asked, "target": target, "held": held, "earlier_filled": earlier_qty,
+        "filled": 0, "filled_notional": 0.0, "orders": [], "status": ExecutionStatus.FILLED, "note": "",
+        "codes": [], "reasons": "",
+    }  # fmt: skip
+    if ticker in book.missing:
+        return {**result, "target": 0, "status": "NOT_PRICED", "note": "no usable price: not sent"}
+    if want == 0:
+        return result  # an earlier run filled it all
+    if target == 0:
+        now = "flat now" if held == 0 else f"now {held:+d}: a {side} would grow it"
+        return {**result, "status": "SKIPPED", "note": f"{now}, nothing sent"}
+    if target < want:
+        result["note"] = f"clipped from {want} to the {room} held"
+    px: float | Decimal = book.price(ticker) or 0.0
+    k = len(earlier)
+    while result["filled"] < target and len(result["orders"]) < target:  # every child fills a share at least
+        qty = min(caps.child_qty(px), target - result["filled"])
+        child = _send(control, {**leg, "side": side, "qty": qty}, child_order_id(leg_id, k), pending, step, leg_id)
+        k += 1
+        result["orders"].append({key: child[key] for key in ("client_order_id", "qty", "status", "duplicate")})
+        if child["status"] != ExecutionStatus.FILLED:
+            return {**result, "status": child["status"], "codes": child["codes"], "reasons": child["reasons"]}
+        result["filled"] += child["filled_qty"]
+        result["filled_notional"] += child["filled_notional"]
+        px = child["fill_price"] or px  # the next child sized at the price the market last filled at
+    return result
+
+
+def _send(
+    control: TradingControl,
+    order: Mapping[str, Any],
+    order_id: str,
+    pending: Mapping[str, Any],
+    step: _Steps,
+    leg_id: str,
+) -> dict[str, Any]:
+    """One liquidation-only child order through the gate; its result is audited at once."""
     result = control.execute_trade(
-        leg["ticker"],
-        int(leg["qty"]),
-        leg["side"],
+        order["ticker"],
+        int(order["qty"]),
+        order["side"],
         client_order_id=order_id,
         actor=str(pending["actor"]),
         intent=OrderIntent.LIQUIDATION,
@@ -550,38 +738,56 @@ def _send(
     reasons = "; ".join(r.get("message") or r.get("code", "") for r in raw_reasons)
     fill = result.get("fill") or {}
     filled = result.get("status") == ExecutionStatus.FILLED
-    notional = float(Decimal(str(fill["notional"]))) if filled and fill.get("notional") is not None else 0.0
     record = {
-        **leg,
-        "client_order_id": order_id,
-        "intent": OrderIntent.LIQUIDATION.value,
-        "status": result.get("status"),
-        "duplicate": bool(result.get("duplicate")),
-        "codes": codes,
-        "reasons": reasons,
-        "filled_notional": notional if filled else 0.0,
-    }
-    step.order(record)
+        **order, "leg_id": leg_id, "client_order_id": order_id, "intent": OrderIntent.LIQUIDATION.value,
+        "status": result.get("status"), "duplicate": bool(result.get("duplicate")), "codes": codes, "reasons": reasons,
+        "filled_qty": int(fill.get("qty", order["qty"])) if filled else 0,
+        "filled_notional": float(Decimal(str(fill["notional"]))) if filled and "notional" in fill else 0.0,
+        "fill_price": Decimal(str(fill["price"])) if filled and "price" in fill else None,
+    }  # fmt: skip
+    step.order({k: v for k, v in record.items() if k != "fill_price"})
     return record
 
 
-def _legs_outcome(text: str, results: list[dict[str, Any]]) -> Outcome:
+def _leg_text(r: Mapping[str, Any]) -> str:
+    """One leg as a human reads it: what was asked, what was done (shares of shares, orders), why not all."""
+    notes = [r["note"]] if r["note"] else []
+    notes += [f"{r['earlier_filled']} filled by an earlier run"] if r["earlier_filled"] else []
+    sent = r["orders"]
+    if r["status"] not in (*LEG_DONE, "NOT_PRICED") or len(sent) > 1 or (sent and r["filled"] != r["qty"]):
+        notes.insert(0, f"{r['filled']} of {r['target']} filled in {len(sent)} order" + "s" * (len(sent) != 1))
+    status = str(r["status"]).replace("_", " ")
+    why = f": {r['reasons']}" if r["reasons"] else ""
+    return f"{r['side']} {r['qty']} {r['ticker']} {status}" + (f" ({'; '.join(notes)})" if notes else "") + why
+
+
+def _legs_outcome(text: str, results: list[dict[str, Any]], unpriced: Sequence[str]) -> Outcome:
     filled = [r for r in results if r["status"] == ExecutionStatus.FILLED]
-    refused = [r for r in results if r["status"] != ExecutionStatus.FILLED]
-    parts = [
-        f"{r['side']} {r['qty']} {r['ticker']} {r['status']}" + (f" ({r['reasons']})" if r["reasons"] else "")
-        for r in results
-    ]
-    summary = f"{text}: {len(filled)} of {len(results)} legs filled: " + ", ".join(parts)
+    refused = [r for r in results if r["status"] not in (*LEG_DONE, "NOT_PRICED")]
+    not_priced = sorted(set(unpriced) | {str(r["ticker"]) for r in results if r["status"] == "NOT_PRICED"})
+    if results:
+        summary = f"{text}: {len(filled)} of {len(results)} legs filled: " + ", ".join(_leg_text(r) for r in results)
+    else:
+        summary = f"{text} NOT executed"
     if refused:
         summary += "; REFUSED: " + ", ".join(
-            f"{r['side']} {r['qty']} {r['ticker']} [{', '.join(r['codes']) or 'no reason'}]" for r in refused
+            f"{r['side']} {r['target'] - r['filled']} {r['ticker']} [{', '.join(r['codes']) or 'no reason'}]"
+            for r in refused
+        )
+    if not_priced:
+        summary += (
+            f"; NOT PRICED, nothing sent: {', '.join(not_priced)} (held without a usable price: it cannot be sized "
+            "or valued, so the cut is not done)"
         )
     details = {
         "legs": results,
         "refused": [
-            {"ticker": r["ticker"], "side": r["side"], "qty": r["qty"], "codes": r["codes"], "reasons": r["reasons"]}
+            {
+                "ticker": r["ticker"], "side": r["side"], "qty": r["target"] - r["filled"], "filled": r["filled"],
+                "codes": r["codes"], "reasons": r["reasons"],
+            }
             for r in refused
         ],
-    }
-    return Outcome(not refused, summary, details)
+        "unpriced": not_priced,
+    }  # fmt: skip
+    return Outcome(not refused and not not_priced, summary, details)
