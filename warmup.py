@@ -63,8 +63,12 @@ from engine.store import (
     Store,
 )
 from engine.store.slots import slot_transaction
+from logic.access import os_user
 
-ACTOR = "warmup"
+ACTOR = f"warmup:local:{os_user()}"
+"""The audit actor of every change this script makes (seed, reset, book sync, capital flows, limits sync): the
+tool and the OS account that ran it, as the dashboard's local operator is ``local:<os user>`` (from the password
+database, not ``$USER``): a $250k withdrawal by ``--sync`` names who ran it."""
 
 
 class WarmupError(RiskdeskError):
@@ -155,7 +159,8 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
     if missing:
         raise history.HistoryError(f"{path}:1: no price column for {missing}")
     hist = hist.reordered(tuple(settings.universe.assets))
-    cov = history.model_covariance(hist, settings.model.ewma_decay, settings.model.bars_per_day)
+    model = settings.model
+    cov = history.model_covariance(hist, model.ewma_decay, model.bars_per_day, model.bar_seconds)
     _, z, observed = standardized_history(hist.log_returns(), settings.model.ewma_decay)
     return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z, observed)
 

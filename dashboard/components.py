@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +23,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
-from engine.errors import ConfigError
+from engine.errors import AccessDenied, ConfigError
 from engine.records import Action, Severity, TradingState
-from engine.settings import DashboardConfig
+from engine.settings import AccessConfig, DashboardConfig, _resolve_config_path, load_settings
 from logic import access, views
 from logic.access import Identity
 from logic.views import fmt
@@ -82,6 +84,43 @@ def desk_or_none() -> views.Desk | None:
 
 # -- who is signed in -----------------------------------------------------------------------------------------
 
+
+class AccessTable:
+    """``[access]`` as the settings file says it now: re-read whenever the file's bytes change, so removing a
+    user (or a role) from ``[access]`` takes effect on that user's next interaction, without a restart.
+
+    :func:`desk` keeps the settings the process started with (one per process); roles must not: an admin revokes
+    a login by editing riskdesk.toml. Each call reads the file (a few KB: cheap next to a page run) and compares
+    its bytes with those the table was parsed from; only a change parses and validates the whole file again
+    (:func:`~engine.settings.load_settings`, with the same ``RISKDESK__*`` overrides). Bytes, not the mtime: an
+    edit within the file system's mtime resolution, or a copy that keeps the mtime, is still seen. A file that
+    cannot be read or no longer validates raises :class:`~engine.errors.ConfigError` on every call until it is
+    fixed: nobody may act meanwhile (fail closed), as a broken file refuses to start the dashboard."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._source: tuple[str, bytes] | None = None
+        self._access: AccessConfig | None = None
+
+    def current(self) -> AccessConfig:
+        path = _resolve_config_path(None, os.environ)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the settings file {path} for [access]: {exc}") from exc
+        source = (str(path), raw)
+        with self._lock:
+            if self._source == source and self._access is not None:
+                return self._access
+        access_now = load_settings(path).access  # a file changed since `raw` was read differs next call: re-read
+        with self._lock:
+            self._source, self._access = source, access_now
+        return access_now
+
+
+ACCESS = AccessTable()
+"""The process's ``[access]`` (:class:`AccessTable`): every run resolves roles from the file as it is now."""
+
 LOCAL_MODE_MESSAGE = "Local operator mode: no login configured; bound to 127.0.0.1"
 
 
@@ -123,19 +162,31 @@ def login_configured_or_stop() -> bool:
 
 def identity() -> Identity | None:
     """The identity every state-changing action runs as: with login configured, the signed-in user (``st.user``:
-    issuer, subject, e-mail) with the roles ``[access]`` grants, None when nobody is signed in; without login,
-    the local operator with every role (the dashboard is bound to the loopback interface then). None, too, when
-    the login configuration is broken (:func:`login_configured` raises): nobody may act then."""
+    issuer, subject, e-mail) with the roles ``[access]`` grants now (:data:`ACCESS`, re-read when the file
+    changes), None when nobody is signed in; without login, the local operator with every role (the dashboard is
+    bound to the loopback interface then). None, too, when the login configuration is broken
+    (:func:`login_configured` raises), when the settings file's ``[access]`` cannot be read, and when the
+    sign-in is over (older than ``access.max_session_seconds``): nobody may act
+    then (:func:`require_login` says why)."""
+    return _signed_in()[0]
+
+
+def _signed_in() -> tuple[Identity | None, str | None]:
+    """:func:`identity`, and why it is None when someone is signed in (a page shows it), else None."""
     try:
         configured = login_configured()
     except ConfigError as exc:
         log.error("no identity: %s", exc)
-        return None
+        return None, None
     if not configured:
-        return access.local_identity()
+        return access.local_identity(), None
     if not st.user.is_logged_in:
-        return None
-    return access.identity_from_claims(desk().settings.access, st.user.to_dict())
+        return None, None
+    try:
+        return access.identity_from_claims(ACCESS.current(), st.user.to_dict()), None
+    except (ConfigError, AccessDenied) as exc:
+        log.warning("no identity for a signed-in user: %s", exc)
+        return None, str(exc)
 
 
 def host_guard(d: views.Desk | None) -> None:
@@ -169,7 +220,13 @@ def require_login() -> Identity:
     with a message (signed in, but ``[access]`` grants no role), or with the error when the login configuration
     is broken."""
     login_configured_or_stop()
-    who = identity()
+    who, why = _signed_in()
+    if who is None and why is not None:  # signed in, but the sign-in is over or [access] cannot be read
+        st.title("Riskdesk")
+        st.error(f"Refused: {md(why)}", icon=":material/block:")
+        login_buttons()
+        st.button("Log out", on_click=st.logout, key="logout_refused")
+        st.stop()
     if who is None:
         st.title("Riskdesk")
         st.info("Sign in with the desk's identity provider to use the dashboard.", icon=":material/lock:")

@@ -13,6 +13,9 @@ from engine.network import is_loopback
 from engine.records import Role
 from engine.settings_types import CONFIG, Flag, Integer, Number, Table, Text, _require
 
+MAX_SESSION_CAP_SECONDS = 30 * 86_400
+"""The largest ``access.max_session_seconds``: the lifetime of Streamlit's login cookie (30 days)."""
+
 
 @dataclass(frozen=True, config=CONFIG)
 class MonitorConfig:
@@ -129,6 +132,11 @@ class AccessConfig:
     users: Table[AccessGrant] = field(default_factory=dict)
     groups: Table[AccessGrant] = field(default_factory=dict)
     groups_claim: Text = "groups"
+    max_session_seconds: Annotated[Integer, Field(ge=60, le=MAX_SESSION_CAP_SECONDS)] = 43_200
+    """How long one sign-in lasts, counted from the ID token's ``iat`` (issued at), at most: 12 h by default,
+    one minute to 30 days (Streamlit's login cookie lasts 30 days; without this bound a sign-in would too). The
+    token's own ``exp`` is checked at sign-in only: Streamlit never renews it (logic/access.py,
+    :func:`~logic.access.session_problem`)."""
 
 
 @dataclass(frozen=True, config=CONFIG)

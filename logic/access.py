@@ -11,6 +11,9 @@ Roles (:class:`~engine.records.Role`)::
 
 Every state-changing function of :mod:`logic.views` takes an :class:`Identity`, calls :func:`authorize` before
 it calls the engine and records :attr:`Identity.actor` (``issuer|subject``, never a typed name) as the actor.
+A sign-in lasts at most ``access.max_session_seconds`` from its ID token's ``iat`` (:func:`session_problem`;
+the token's ``exp`` is checked at sign-in); the roles come from ``[access]`` as it is at each use (the dashboard
+re-reads it).
 With no identity provider configured the dashboard runs as :func:`local_identity`: the operator at the machine,
 with every role, bound to the loopback interface only. Whether one is configured is :func:`login_configured`, and
 it fails closed: a secrets file that cannot be read or parsed, or an incomplete ``[auth]`` section, is a
@@ -20,17 +23,20 @@ reading the secrets files in :func:`login_configured` and the process's OS accou
 
 from __future__ import annotations
 
+import math
 import os
 import pwd
+import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from engine.errors import AccessDenied, ConfigError
 from engine.network import LOOPBACK_NAMES, is_loopback
-from engine.records import Action, Role
+from engine.records import Action, Clock, Role
 from engine.settings import AccessConfig
 
 ALL_PORTFOLIOS = "*"
@@ -144,10 +150,53 @@ def authorize(identity: Identity | None, action: Action, portfolio_id: str | Non
     )
 
 
-def identity_from_claims(access: AccessConfig, claims: Mapping[str, Any]) -> Identity:
+SIGN_IN_AGAIN = "sign in again (log out, then log in with the desk's identity provider)"
+"""The fix of a sign-in that is over (:func:`session_problem`)."""
+
+
+def session_problem(claims: Mapping[str, Any], max_session_seconds: float, now: float) -> str | None:
+    """Why the sign-in behind ``claims`` (the ID token's, as ``st.user`` holds them) is over at ``now`` (wall
+    clock, Unix seconds), or None while it lasts.
+
+    Streamlit's login cookie lasts 30 days and keeps the claims of the ID token it was made from, never renewed:
+    without this check a stolen or forgotten session would act for a month. The sign-in lasts at most
+    ``max_session_seconds`` (``access.max_session_seconds``, default 12 h: a trading day) after the token's
+    ``iat`` (at exactly that age it still lasts; one second more and it is over). A token without a numeric
+    ``iat`` (required of every OpenID Connect ID token) ends it too: fail closed, a sign-in of unknown age gets
+    no time. The token's ``exp`` is checked when the user signs in (the login library validates it), not after:
+    Streamlit never renews the token, so ending the session at ``exp`` would sign every user out after the
+    provider's token lifetime (often one hour) in the middle of a trading day, whatever the desk's maximum; a
+    revoked login loses its role at once anyway (``[access]`` is read on every interaction)."""
+    iat = _numeric_date(claims.get("iat"))
+    if iat is None:
+        return "your sign-in has no valid issue time (the ID token's iat claim)"
+    if now - iat > max_session_seconds:
+        return (
+            f"your sign-in of {_utc(iat)} is older than the desk's maximum session of {max_session_seconds:g} s "
+            "(access.max_session_seconds)"
+        )
+    return None
+
+
+def _numeric_date(value: Any) -> float | None:
+    """A JWT NumericDate (a finite JSON number of seconds), or None for anything else (a bool, a string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def identity_from_claims(access: AccessConfig, claims: Mapping[str, Any], clock: Clock = time.time) -> Identity:
     """The :class:`Identity` of a signed-in user from the identity provider's claims (``iss``, ``sub``, ``email``,
     ``email_verified``, ``name`` and the ``access.groups_claim``): the union of the grants of their e-mail
     (case-insensitive) and of each of their groups. A user matching no grant gets no role.
+
+    A sign-in that is over at ``clock()`` (the wall clock, never a replay's market clock) is no identity: it is
+    older than ``access.max_session_seconds`` (:func:`session_problem`); that raises
+    :class:`~engine.errors.AccessDenied` with the fix to sign in again, before any grant is looked at.
 
     The e-mail maps roles only when the provider vouches for it: a token whose ``email_verified`` is present and
     not true (``false``, ``"false"``, null, ...) gets no grant by e-mail (anyone could set an admin's address on an
@@ -158,6 +207,9 @@ def identity_from_claims(access: AccessConfig, claims: Mapping[str, Any]) -> Ide
     issuer, subject = str(claims.get("iss") or ""), str(claims.get("sub") or "")
     if not issuer or not subject:
         raise AccessDenied("the identity provider's token has no issuer or subject")
+    problem = session_problem(claims, access.max_session_seconds, clock())
+    if problem is not None:
+        raise AccessDenied(problem, fix=SIGN_IN_AGAIN)
     email = str(claims.get("email") or "").strip()
     grants = []
     users = {k.strip().lower(): v for k, v in access.users.items()}

@@ -9,6 +9,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,6 @@ from logic.access import (
     Identity,
     authorize,
     host_allowed,
-    identity_from_claims,
     is_loopback,
     local_identity,
     login_configured,
@@ -57,6 +57,13 @@ NAMED = {
 BAD_QUOTE = "\n".join(["[auth]", *(f'{k} = "{v}"' for k, v in AUTH.items() if k != "client_secret"),
                         'client_secret = "client-secret"value"', ""])  # fmt: skip
 """The reviewer's case: a valid-looking [auth] section with one stray quote, which TOML cannot parse."""
+
+
+def identity_from_claims(access_config: AccessConfig, claims: dict[str, Any]) -> Identity:
+    """:func:`logic.access.identity_from_claims` on a sign-in that lasts (a token issued now, expiring in an
+    hour): these tests are about the grants; tests/test_access_sessions.py tests where a sign-in ends."""
+    now = int(time.time())
+    return access.identity_from_claims(access_config, {"iat": now, "exp": now + 3600, **claims})
 
 
 def secrets_file(directory: Path, text: str) -> Path:
@@ -735,6 +742,7 @@ def test_the_dashboard_grants_no_role_on_an_unverified_email(
     point_the_dashboard_at(monkeypatch, redis_server.url, config, home=tmp_path)
     secrets_file(tmp_path, to_toml({"auth": AUTH}))
     user = {"is_logged_in": True, "iss": ISSUER, "sub": "mallory-1", "email": "alice@desk.test"}
+    user.update(iat=int(time.time()), exp=int(time.time()) + 3600)  # a sign-in that lasts (ID tokens carry both)
     if email_verified is not ABSENT:
         user["email_verified"] = email_verified
     at = run_app(user=user)
