@@ -79,6 +79,26 @@ class EscalationLevel:
             raise ValueError(f"{missing} not defined in [notifications.recipients] (defined: {sorted(known or ())})")
         return names
 
+    @field_validator("channels")
+    @classmethod
+    def _someone_is_reachable(cls, channels: tuple[Channel, ...], info: ValidationInfo) -> tuple[Channel, ...]:
+        """A level whose recipients have no address for any of its channels would page nobody: the outbox entries
+        could only be dropped. Refused here, at load, rather than found out during an incident. Checked only
+        when every recipient's addresses are known (``context["addresses"]``: name -> channels it has an
+        address for, from ``[notifications.recipients]``); ``log`` reaches the log, never a person."""
+        addresses = (info.context or {}).get("addresses")
+        names = info.data.get("recipients") or ()
+        paging = [c for c in channels if c != Channel.LOG]
+        if addresses is None or not names or not paging or any(n not in addresses for n in names):
+            return channels
+        if not any(c in addresses[n] for n in names for c in paging):
+            have = {n: sorted(addresses[n]) for n in names}
+            raise ValueError(
+                f"{[str(c) for c in paging]} reach nobody: no recipient of this level has an address for them "
+                f"(addresses: {have}); add one in [notifications.recipients] or change the level's channels"
+            )
+        return channels
+
     def __post_init__(self) -> None:
         if not self.recipients and any(c != Channel.LOG for c in self.channels):
             raise ValueError(f"channels {[str(c) for c in self.channels]} need recipients")
@@ -139,20 +159,36 @@ class EscalationConfig:
         return self.policies.get(severity, self.default)
 
 
+def _addressed_channels(extra: Mapping[str, Any]) -> dict[str, frozenset[str]] | None:
+    """Recipient name -> the channels ``[notifications.recipients]`` gives it an address for (an ``env:NAME``
+    counts: whether the variable is set is a run-time matter, recorded as ``skipped``); None when the table is
+    not there to read (the caller named the recipients itself)."""
+    section = extra.get("notifications")
+    table = section.get("recipients") if isinstance(section, Mapping) else None
+    if not isinstance(table, Mapping):
+        return None
+    return {
+        str(name): frozenset(str(c) for c, a in entry.items() if isinstance(a, str) and a.strip())
+        for name, entry in table.items()
+        if isinstance(entry, Mapping)
+    }
+
+
 def escalation_config(extra: Mapping[str, Any], recipients: Collection[str]) -> EscalationConfig:
     """Parse ``settings.extra["escalation"]``; ``recipients`` are the names notifications knows.
 
     Raises
     ------
     ConfigError
-        Unknown key or channel, unknown recipient, decreasing or negative delays, an empty policy, each named
-        by its path (``escalation.HIGH[0].recipients: ['nobody'] not defined in [notifications.recipients]``).
+        Unknown key or channel, unknown recipient, decreasing or negative delays, an empty policy, a level whose
+        recipients have no address for any of its channels (it would page nobody), each named by its path
+        (``escalation.HIGH[0].recipients: ['nobody'] not defined in [notifications.recipients]``).
     """
     table = validate_config(
         EscalationTable,
         extra.get("escalation", {}) or {},
         "escalation",
-        context={"recipients": frozenset(recipients)},
+        context={"recipients": frozenset(recipients), "addresses": _addressed_channels(extra)},
     )
     policies: dict[str, EscalationPolicy] = {
         s: EscalationPolicy(levels) for s in Severity if (levels := getattr(table, s.value)) is not None

@@ -15,8 +15,20 @@ naming ``alertmanager`` among its channels posts each of its events as one Alert
 
 The labels identify the alert in Alertmanager: the same rule and portfolio is one alert across its
 lifecycle, so the resolution replaces the firing one. Several events of one alert in one message (a trigger
-and its resolution grouped together) post only the latest. Errors follow :mod:`notifications.channels`:
-HTTP 429 / 5xx and network errors are transient (retried), other 4xx permanent.
+and its resolution grouped together) post only the latest.
+
+``severity`` stays a label (Alertmanager routes on it, and receivers group and silence by it), so a rule
+whose severity is edited while its alert is active would post the alert under a second label set and leave
+the first one firing, a ghost, until its ``endsAt``. Each send therefore first reads the portfolio's
+Riskdesk alerts back (``GET /api/v2/alerts?filter=portfolio="..."``) and posts, with the new state, the
+end (``endsAt`` = now) of every alert of the same rule and portfolio still active there under another
+severity. An Alertmanager that refuses the read (HTTP 4xx: a proxy that only lets posts through) still gets
+the post (so does one that does not implement the read, HTTP 501); the delivery record says the ghosts could
+not be looked for. Network errors, 429 and other 5xx to the read fail the attempt as the post would. An
+attempt makes both requests, each within ``timeout``.
+
+Errors follow :mod:`notifications.channels`: HTTP 429 / 5xx and network errors are transient (retried),
+other 4xx permanent.
 """
 
 from __future__ import annotations
@@ -27,8 +39,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from engine.records import AlertStatus, Clock
 from engine.records import Channel as ChannelName
@@ -37,6 +50,10 @@ from notifications.masking import mask_text, mask_url
 
 ALERTS_PATH = "/api/v2/alerts"
 DEFAULT_ACTIVE_FOR_SECONDS = 86_400.0
+SEVERITY_LABEL = "severity"
+IDENTITY_LABELS = ("alertname", "rule", "portfolio")
+"""The labels besides ``severity`` that :func:`alert_payload` writes: an alert read back with exactly these
+(and a severity) is one of ours."""
 
 
 def rfc3339(epoch: float) -> str:
@@ -112,9 +129,12 @@ class AlertmanagerChannel:
         alerts = self.alerts(message)
         if not alerts:
             raise PermanentDeliveryError("the message carries no alert event to post")
+        portfolio = str(alerts[0]["labels"]["portfolio"])
+        ended, note = self.superseded(address, portfolio, alerts)
+        posted = alerts + ended
         request = urllib.request.Request(
             address.rstrip("/") + ALERTS_PATH,
-            data=json.dumps(alerts, allow_nan=False).encode("utf-8"),
+            data=json.dumps(posted, allow_nan=False).encode("utf-8"),
             headers={"Content-Type": "application/json", "User-Agent": "riskdesk-notifier"},
             method="POST",
         )
@@ -129,4 +149,67 @@ class AlertmanagerChannel:
         except (urllib.error.URLError, OSError) as exc:
             detail = mask_text(repr(exc), [address])
             raise TransientDeliveryError(f"Alertmanager {mask_url(address)}: {detail}") from exc
-        return f"HTTP {status}, {len(alerts)} alert(s)"
+        ends = f", ended {len(ended)} under a former severity" if ended else ""
+        return f"HTTP {status}, {len(alerts)} alert(s){ends}{note}"
+
+    def superseded(
+        self, address: str, portfolio: str, alerts: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The end (``endsAt`` = now) of each alert Alertmanager holds active for a rule of ``alerts`` under
+        another severity (the rule was edited meanwhile), and a note for the delivery record.
+
+        Raises :class:`TransientDeliveryError` when Alertmanager cannot be read (network, 429, 5xx), like the
+        post would; a 4xx or 501 answer (reading not allowed or not implemented) returns no ends and says so in
+        the note: the post still goes out.
+        """
+        query = urlencode({"filter": f"portfolio={json.dumps(portfolio, ensure_ascii=False)}"})
+        request = urllib.request.Request(
+            f"{address.rstrip('/')}{ALERTS_PATH}?{query}",
+            headers={"Accept": "application/json", "User-Agent": "riskdesk-notifier"},
+            method="GET",
+        )
+        try:
+            with self.opener(request, timeout=self.timeout) as response:
+                held = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429 or (exc.code >= 500 and exc.code != HTTPStatus.NOT_IMPLEMENTED):
+                raise TransientDeliveryError(f"HTTP {exc.code} from Alertmanager {mask_url(address)}") from exc
+            return [], f" (former severities not checked: HTTP {exc.code} to the read)"
+        except (urllib.error.URLError, OSError) as exc:
+            detail = mask_text(repr(exc), [address])
+            raise TransientDeliveryError(f"Alertmanager {mask_url(address)}: {detail}") from exc
+        except ValueError:
+            return [], " (former severities not checked: the alert list is not JSON)"
+        wanted = {_identity(a["labels"]): a["labels"][SEVERITY_LABEL] for a in alerts}
+        now = self.clock()
+        ends: list[dict[str, Any]] = []
+        for alert in held if isinstance(held, list) else ():
+            labels = alert.get("labels") if isinstance(alert, dict) else None
+            if not isinstance(labels, dict) or set(labels) != {*IDENTITY_LABELS, SEVERITY_LABEL}:
+                continue  # not an alert this channel posted
+            current = wanted.get(_identity(labels))
+            if current is None or labels[SEVERITY_LABEL] == current:
+                continue
+            started = _epoch(alert.get("startsAt"))
+            started = now if started is None else started
+            ends.append(
+                {
+                    "labels": labels,
+                    "annotations": alert.get("annotations") or {},
+                    "startsAt": rfc3339(started),
+                    "endsAt": rfc3339(max(now, started)),
+                }
+            )
+        return ends, ""
+
+
+def _identity(labels: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(labels.get(k)) for k in IDENTITY_LABELS)
+
+
+def _epoch(stamp: Any) -> float | None:
+    """An RFC 3339 time as Alertmanager writes it (``...Z``, up to nine fraction digits) in epoch seconds."""
+    try:
+        return datetime.fromisoformat(stamp).timestamp() if isinstance(stamp, str) else None
+    except ValueError:
+        return None

@@ -176,16 +176,22 @@ class SmsChannel:
     """Twilio Programmable Messaging through the official ``twilio.rest.Client``.
 
     ``http_client`` (a ``twilio.http.HttpClient``) is injectable: tests pass one that records requests and
-    answers without opening a socket.
+    answers without opening a socket. Without one the channel builds Twilio's own ``TwilioHttpClient`` with
+    ``config.timeout`` (``TWILIO_TIMEOUT``): the Twilio client's default waits forever, so a Twilio or proxy
+    that accepts the connection and never answers would block the notifier's flush for good. A timeout is a
+    ``requests`` exception, an ``OSError``: it fails the attempt as a :class:`TransientDeliveryError`.
     """
 
     name: str = ChannelName.SMS
 
     def __init__(self, config: TwilioConfig, http_client: Any = None) -> None:
-        from twilio.rest import Client  # imported here: only processes that send SMS pay for it
+        from twilio.http.http_client import TwilioHttpClient  # imported here: only processes that send SMS
+        from twilio.rest import Client
 
         logging.getLogger(TWILIO_HTTP_LOGGER).setLevel(logging.WARNING)
         self.config = config
+        if http_client is None:
+            http_client = TwilioHttpClient(timeout=config.timeout, logger=logging.getLogger(TWILIO_HTTP_LOGGER))
         self.client = Client(config.account_sid, config.auth_token, http_client=http_client)
         self.secrets = (config.account_sid, config.auth_token)
 

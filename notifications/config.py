@@ -7,7 +7,7 @@ environment, or from a file named by ``<NAME>_FILE`` (Docker/Kubernetes secrets 
     SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD, SMTP_SECURITY (starttls | ssl | none), SMTP_FROM,
     SMTP_TIMEOUT, SMTP_CA_FILE (extra CA bundle for a private relay), SMTP_ALLOW_PLAINTEXT_AUTH (1: allow
     SMTP_USER's login with SMTP_SECURITY=none; without it such email is skipped, the login never sent in clear)
-    TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM
+    TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM, TWILIO_TIMEOUT (seconds, default 10, at most 15)
     RISKDESK_WEBHOOK_URL (or any variable a recipient names with ``webhook = "env:NAME"``)
 
 The ``alertmanager`` channel posts to the Alertmanager whose base URL a recipient gives
@@ -63,6 +63,11 @@ DEFAULT_WEBHOOK_ENV = "RISKDESK_WEBHOOK_URL"
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 SMTP_DEFAULT_PORTS: Mapping[str, int] = {"starttls": 587, "ssl": 465, "none": 25}
+TWILIO_DEFAULT_TIMEOUT_SECONDS = 10.0
+TWILIO_MAX_TIMEOUT_SECONDS = 15.0
+"""``TWILIO_TIMEOUT`` may not exceed what the flush lease budgets per attempt
+(:data:`notifications.delivery.CHANNEL_TIMEOUT_BUDGET_SECONDS`): a hung Twilio or proxy then fails the
+attempt (transient, retried) before the lease the notifier renewed for the message runs out."""
 
 
 def _address(value: Any) -> Any:
@@ -190,6 +195,9 @@ class TwilioConfig:
     auth_token_secret: SecretStr
     """The auth token; a ``SecretStr`` so that no repr or log line shows it (read it as :attr:`auth_token`)."""
     sender: str
+    timeout: Annotated[float, Field(gt=0, le=TWILIO_MAX_TIMEOUT_SECONDS)] = TWILIO_DEFAULT_TIMEOUT_SECONDS
+    """Seconds the Twilio HTTP client waits to connect and for each read: without one a Twilio (or proxy) that
+    accepts the connection and never answers would hold the notifier, every portfolio and channel, for good."""
 
     @property
     def auth_token(self) -> str:
@@ -309,11 +317,24 @@ def smtp_from_env(env: Mapping[str, str]) -> SmtpConfig | None:
 
 
 def twilio_from_env(env: Mapping[str, str]) -> TwilioConfig | None:
-    """Twilio credentials; None unless all of account SID, auth token and sender number are set."""
+    """Twilio credentials; None unless all of account SID, auth token and sender number are set.
+
+    Raises
+    ------
+    ConfigError
+        ``TWILIO_TIMEOUT`` is not a number, or not in (0, :data:`TWILIO_MAX_TIMEOUT_SECONDS`].
+    """
     sid, token, sender = (secret(env, n) for n in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM"))
     if not (sid and token and sender):
         return None
-    return TwilioConfig(account_sid=sid, auth_token_secret=SecretStr(token), sender=sender)
+    timeout_raw = secret(env, "TWILIO_TIMEOUT")
+    try:
+        timeout = float(timeout_raw) if timeout_raw else TWILIO_DEFAULT_TIMEOUT_SECONDS
+    except ValueError as exc:
+        raise ConfigError(f"TWILIO_TIMEOUT={timeout_raw!r} is not a number") from exc
+    if not 0 < timeout <= TWILIO_MAX_TIMEOUT_SECONDS:  # also refuses nan
+        raise ConfigError(f"TWILIO_TIMEOUT={timeout_raw}: must be > 0 and <= {TWILIO_MAX_TIMEOUT_SECONDS:g} seconds")
+    return TwilioConfig(account_sid=sid, auth_token_secret=SecretStr(token), sender=sender, timeout=timeout)
 
 
 def _url_password(address: str) -> str | None:

@@ -9,10 +9,10 @@ How a notification travels
 2. :meth:`Notifier.flush` (run by ``python -m notifications``, see :mod:`notifications.service`) resolves
    each entry's recipient to a target (channel + address) from the configuration and groups the waiting
    entries by target; an entry whose recipient has no address for its channel is dropped (that level simply
-   does not reach them by that channel). A target's group is due ``group_wait_seconds`` after its oldest
-   entry and never sooner than ``group_interval_seconds`` after the last message to that target
-   (Alertmanager's group_wait and group_interval): all entries due together become **one message** (one
-   template, or the digest).
+   does not reach them by that channel; when no channel of the event reaches them, that is recorded, below).
+   A target's group is due ``group_wait_seconds`` after its oldest entry and never sooner than
+   ``group_interval_seconds`` after the last message to that target (Alertmanager's group_wait and
+   group_interval): all entries due together become **one message** (one template, or the digest).
 3. The message is sent with bounded retries: transient failures (SMTP 4xx, HTTP 429/5xx, network) wait
    ``backoff * multiplier**(n-1)`` (capped; a server's Retry-After is honoured up to the cap) through the
    injected ``sleep``; permanent failures (SMTP 5xx, HTTP 4xx) are not retried.
@@ -27,7 +27,20 @@ How a notification travels
 
 A recipient address over its rate limit (``max_messages`` per ``per_seconds``) is held back, not dropped: its
 entries wait in the outbox and go out grouped as soon as the window allows (one ``rate_limited`` record per
-hold). Only one process flushes at a time (a lease in Redis), so two monitors never send the same message.
+hold). A group with a CRITICAL event is never held back. Only one process flushes at a time (a lease in Redis),
+so two monitors never send the same message.
+
+What else a bad day brings
+--------------------------
+- **Stale escalations.** An escalation, acknowledged-reminder or repeat reminder whose alert was acknowledged or
+  resolved while it waited (group_interval) is not sent: a ``cancelled`` record says why.
+- **Nobody to reach.** A recipient reached by none of an event's channels (no address for them) gets a
+  ``skipped`` record per channel instead of silence, and a CRITICAL event goes to them by SMS, else e-mail
+  (``fallback_for`` names the channels it stands in for). ``logic/escalation.py`` refuses at load a level that
+  reaches none of its recipients.
+- **A dead SMTP server.** A flush sends SMS before e-mail; after its first e-mail that failed transiently, the
+  other e-mails stay queued for the next flush and their CRITICAL events are texted at once (each once).
+- The daemon's heartbeat counts ``failed``, ``rate_limited`` and ``skipped`` records (notifications/service.py).
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ from typing import Any
 
 from engine.alert_records import Delivery, OutboxEntry
 from engine.metrics import NotificationMetrics
-from engine.records import SEVERITY_RANK, Channel, Clock, Severity
+from engine.records import SEVERITY_RANK, AlertStatus, Channel, Clock, Severity
 from engine.store import Store
 from engine.store.slots import slot_transaction
 from notifications.alertmanager import AlertmanagerChannel
@@ -75,6 +88,19 @@ CHANNEL_TIMEOUT_BUDGET_SECONDS = 15.0
 """What one attempt may take (connection + send) when the lease is sized; channels time out sooner."""
 MAX_EVENTS_IN_RECORD = 50
 """A delivery record lists at most this many events (a storm digest counts the rest)."""
+SEND_ORDER: dict[str, int] = {
+    Channel.SMS: 0,
+    Channel.ALERTMANAGER: 1,
+    Channel.WEBHOOK: 2,
+    Channel.EMAIL: 3,
+    Channel.LOG: 3,
+}
+"""The order a flush sends its due groups in, by channel (every portfolio's SMS before any e-mail): an SMTP
+server that times out must not hold back the texts of the portfolios after it. E-mail and the log share the last
+turn, each portfolio's in the order of their keys as before (the log pages nobody)."""
+CANCELLABLE_KINDS: tuple[str, ...] = ("escalated", "acknowledged_reminder")
+"""Event kinds (with repeat reminders) that say nobody acknowledged the alert: dropped at send time, recorded as
+``cancelled``, when the alert was acknowledged or resolved before they went out (:meth:`Notifier._superseded`)."""
 
 NOT_CONFIGURED_HINT: dict[str, str] = {
     Channel.EMAIL: "email is not configured: set SMTP_HOST (and SMTP_USER, SMTP_PASSWORD, SMTP_FROM)",
@@ -103,10 +129,32 @@ class Target:
 @dataclass(frozen=True)
 class SendResult:
     status: str
-    """``delivered``, ``failed`` or ``skipped``."""
+    """``delivered``, ``failed``, ``skipped``, ``rate_limited`` or ``cancelled``."""
     attempts: int
     error: str = ""
     provider_id: str | None = None
+    transient: bool = False
+    """A failure of transient errors only, every attempt spent (the server may be down, not refusing)."""
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A group due in this flush: a portfolio's outbox fields for one target, and the target's group state."""
+
+    portfolio_id: str
+    key: str
+    target: Target | None
+    """None for entries queued by an older version (their target is stored with them)."""
+    fields: list[str]
+    state: Mapping[str, Any]
+
+    @property
+    def channel(self) -> str:
+        return self.target.channel if self.target is not None else self.key.partition("|")[0]
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def build_channels(
@@ -156,6 +204,10 @@ class Notifier:
         self.clock = clock
         self.sleep = sleep
         self.secrets = config.secrets()
+        self._email_down = ""
+        """Within one flush: the error of its first e-mail that failed transiently ("" while none has)."""
+        self._email_held = 0
+        """Within one flush: e-mail groups kept queued because e-mail was down."""
 
     # -- routing: recipient names to addresses ---------------------------------------------------------------
     def targets(self, recipients: Iterable[str], channels: Iterable[str]) -> list[Target]:
@@ -204,19 +256,41 @@ class Notifier:
     def flush(self, now: float | None = None, portfolio_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Send every group that is due at ``now``; returns the delivery records written.
 
+        Every portfolio's due groups are gathered first and then sent channel by channel (:data:`SEND_ORDER`:
+        SMS before e-mail), so a slow or blackholed SMTP server delays no portfolio's text. After the first
+        e-mail of this flush that failed transiently (its retries spent), e-mail counts as down until the flush
+        ends: the other e-mails stay queued for the next flush and their CRITICAL events go out by the SMS
+        fallback at once, instead of each burning its own timeouts and retries first.
+
         Returns ``[]`` at once when another process holds the flush lease.
         """
         now = self.clock() if now is None else now
         token = uuid.uuid4().hex
         if not self.store.acquire_notify_lock(token, LOCK_TTL_SECONDS):
             return []
+        self._email_down = ""
+        self._email_held = 0
         records: list[dict[str, Any]] = []
         try:
             pids = list(portfolio_ids) if portfolio_ids is not None else self.store.portfolio_ids()
+            due: list[_Due] = []
             for pid in pids:
-                records.extend(self._flush_portfolio(pid, now, token))
+                planned, written = self._plan_portfolio(pid, now, token)
+                due.extend(planned)
+                records.extend(written)
+            due.sort(key=lambda d: SEND_ORDER.get(d.channel, len(SEND_ORDER)))  # stable: portfolio order kept
+            for group in due:
+                if not self.store.renew_notify_lock(token, self._message_budget()):
+                    self.logger.warning("notification flush lease lost; another process continues")
+                    break
+                records.extend(self._send_due(group, now))
         finally:
             self.store.release_notify_lock(token)
+        if self._email_held:
+            self.logger.warning(
+                "email is down (%s): %d e-mail group(s) kept queued for the next flush, their CRITICAL events "
+                "sent by the SMS fallback", self._email_down, self._email_held,
+            )  # fmt: skip
         return records
 
     def _message_budget(self) -> float:
@@ -224,23 +298,29 @@ class Notifier:
         one = retry.max_attempts * (retry.max_backoff_seconds + CHANNEL_TIMEOUT_BUDGET_SECONDS)
         return LOCK_TTL_SECONDS + 2 * one  # the message and a possible SMS fallback
 
-    def _flush_portfolio(self, portfolio_id: str, now: float, token: str) -> list[dict[str, Any]]:
+    def _plan_portfolio(self, portfolio_id: str, now: float, token: str) -> tuple[list[_Due], list[dict[str, Any]]]:
+        """The portfolio's groups due at ``now``, and the records of the entries that reach nobody
+        (:meth:`_drop_unroutable`, done here at once)."""
         outbox = Store.outbox_key(portfolio_id)
         names = self.store.read_field_names(outbox)
         if not names:
-            return []
+            return [], []
         groups: dict[str, list[str]] = defaultdict(list)
         oldest: dict[str, float] = {}
         routed: dict[str, Target] = {}
-        unroutable: list[str] = []
+        unroutable: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        reached: set[tuple[str, str]] = set()
         for name in names:
-            _event_id, enqueued_at, rest = OutboxEntry.parse_field(name)
+            event_id, enqueued_at, rest = OutboxEntry.parse_field(name)
             channel, _, who = rest.partition("|")
             if who.startswith(OutboxEntry.RECIPIENT_MARK):  # a recipient name: resolve it now
-                found = self.targets([who[len(OutboxEntry.RECIPIENT_MARK) :]], [channel])
+                person = who[len(OutboxEntry.RECIPIENT_MARK) :]
+                found = self.targets([person], [channel])
                 if not found:
-                    unroutable.append(name)
+                    unroutable[(event_id, person)].append((name, channel))
                     continue
+                if channel != Channel.LOG:
+                    reached.add((event_id, person))
                 target = found[0]
                 known = routed.get(target.key)
                 if known is not None:  # several names share this address: one message serves them all
@@ -252,29 +332,168 @@ class Notifier:
                 key = rest
             groups[key].append(name)
             oldest[key] = min(oldest.get(key, math.inf), enqueued_at)
-        if unroutable:  # the recipient has no address for that channel (any more): nobody to send it to
-            self.store.delete_fields(outbox, unroutable)
+        records = self._drop_unroutable(portfolio_id, unroutable, reached, now, token) if unroutable else []
         state = self.store.read_json_hash(Store.notify_state_key(portfolio_id))
-        records = []
+        due: list[_Due] = []
         for key in sorted(groups):
             group_state = state.get(key, {})
-            due = oldest[key] + self.config.group_wait_seconds
+            at = oldest[key] + self.config.group_wait_seconds
             if group_state.get("last_sent_at") is not None:
-                due = max(due, group_state["last_sent_at"] + self.config.group_interval_seconds)
-            if now < due:
+                at = max(at, group_state["last_sent_at"] + self.config.group_interval_seconds)
+            if now >= at:
+                due.append(_Due(portfolio_id, key, routed.get(key), groups[key], group_state))
+        return due, records
+
+    def _drop_unroutable(
+        self,
+        portfolio_id: str,
+        unroutable: Mapping[tuple[str, str], list[tuple[str, str]]],
+        reached: set[tuple[str, str]],
+        now: float,
+        token: str,
+    ) -> list[dict[str, Any]]:
+        """Entries whose recipient has no address for their channel leave the outbox.
+
+        When another channel of the same event reaches that recipient, silently: a level may list ``sms`` for
+        the people who have a phone number. When none does, the recipient is told of the event by nothing: a
+        ``skipped`` record per channel and recipient says so (the heartbeat counts it), and a CRITICAL event
+        takes the fallback (:meth:`_unroutable_fallback`). The fallback goes out before the entries leave the
+        outbox: a crash in between repeats it, never loses it.
+        """
+        outbox = Store.outbox_key(portfolio_id)
+        if not self.store.renew_notify_lock(token, self._message_budget()):
+            return []  # another process flushes now: the entries are its to record
+        lost = {pair: items for pair, items in unroutable.items() if pair not in reached}
+        entries = self.store.read_json_fields(outbox, [f for items in lost.values() for f, _ in items])
+        by_target: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for (_event_id, person), items in lost.items():
+            for field, channel in items:
+                if field in entries:
+                    by_target[(channel, person)].append(entries[field]["event"])
+        records: list[dict[str, Any]] = []
+        fallbacks: list[dict[str, Any]] = []
+        for person in sorted({p for _, p in by_target}):
+            channels = sorted(c for c, p in by_target if p == person)
+            events = _distinct_events(e for c in channels for e in by_target[(c, person)])
+            fallbacks.extend(self._unroutable_fallback(portfolio_id, person, channels, events, now, token))
+        for (channel, person), events in sorted(by_target.items()):
+            error = (
+                f"unroutable: {person} has no {channel} address and no other channel of this message reaches "
+                f"them; add one in [notifications.recipients] or change the escalation level's channels"
+            )
+            result = SendResult("skipped", 0, error)
+            records.append(self._record(portfolio_id, Target(channel, "", (person,)), _distinct_events(events),
+                                        result, now, None))  # fmt: skip
+            self.metrics.sent(channel, "skipped")
+        with self.store.client.pipeline(transaction=True) as pipe:
+            for record in records:
+                self.store.append_delivery(portfolio_id, record, pipe)
+            self.store.delete_fields(outbox, [f for items in unroutable.values() for f, _ in items], pipe)
+            pipe.execute()
+        return records + fallbacks
+
+    def _unroutable_fallback(
+        self,
+        portfolio_id: str,
+        person: str,
+        channels: list[str],
+        events: list[dict[str, Any]],
+        now: float,
+        token: str,
+    ) -> list[dict[str, Any]]:
+        """Tell ``person`` of the CRITICAL ``events`` that ``channels`` cannot reach them by: by SMS, else by
+        e-mail, whichever they have an address for and is configured (``sms_fallback`` switches it off); the
+        record says ``fallback_for``. Stops at the first delivered message."""
+        critical = [e for e in events if e["alert"].get("severity") == Severity.CRITICAL]
+        if not (critical and self.config.sms_fallback):
+            return []
+        out: list[dict[str, Any]] = []
+        for channel in (Channel.SMS, Channel.EMAIL):
+            found = self.targets([person], [channel])
+            if not found or found[0].skip_reason or (channel == Channel.EMAIL and self._email_down):
                 continue
             if not self.store.renew_notify_lock(token, self._message_budget()):
-                self.logger.warning("notification flush lease lost; another process continues")
                 break
-            entries = self.store.read_json_fields(outbox, groups[key])
-            if not entries:
-                continue
-            resolved = routed.get(key)
-            if resolved is None:  # an older entry: the target is stored with it
-                resolved = Target(**_target_args(next(iter(entries.values()))["target"]))
-            events = _distinct_events(e["event"] for e in entries.values())
-            records.extend(self._deliver_group(portfolio_id, resolved, events, list(entries), group_state, now))
+            message: Message | None = None
+            try:
+                message = self.renderer.render(portfolio_id, critical)
+            except Exception as exc:  # a template bug must not block the outbox forever
+                self.logger.exception("cannot render the fallback notification for %s", person)
+                result = SendResult("failed", 0, f"template error: {exc!r}")
+            else:
+                result = self.send(found[0], message)
+            record = self._record(portfolio_id, found[0], critical, result, now, message,
+                                  fallback_for=",".join(channels))  # fmt: skip
+            self.metrics.sent(channel, result.status)
+            with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
+                self.store.append_delivery(portfolio_id, record, pipe)
+                if result.status == "delivered":
+                    self.store.record_send(found[0].key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)
+                pipe.execute()
+            out.append(record)
+            if result.status == "delivered":
+                break
+        return out
+
+    def _send_due(self, group: _Due, now: float) -> list[dict[str, Any]]:
+        """Send one due group, its entries read again now; escalations made stale meanwhile are cancelled
+        (:meth:`_superseded`), not sent."""
+        outbox = Store.outbox_key(group.portfolio_id)
+        entries = self.store.read_json_fields(outbox, group.fields)
+        if not entries:
+            return []
+        resolved = group.target
+        if resolved is None:  # an older entry: the target is stored with it
+            resolved = Target(**_target_args(next(iter(entries.values()))["target"]))
+        events = _distinct_events(e["event"] for e in entries.values())
+        records: list[dict[str, Any]] = []
+        stale = self._superseded(group.portfolio_id, events)
+        if stale:
+            gone = [e for e in events if e["event_id"] in stale]
+            reason = "; ".join(dict.fromkeys(stale[e["event_id"]] for e in gone))
+            record = self._record(group.portfolio_id, resolved, gone, SendResult("cancelled", 0, reason), now, None)
+            self.metrics.sent(resolved.channel, "cancelled")
+            fields = [f for f, e in entries.items() if e["event"]["event_id"] in stale]
+            with self.store.client.pipeline(transaction=True) as pipe:
+                self.store.delete_fields(outbox, fields, pipe)
+                self.store.append_delivery(group.portfolio_id, record, pipe)
+                pipe.execute()
+            records.append(record)
+            events = [e for e in events if e["event_id"] not in stale]
+            entries = {f: e for f, e in entries.items() if e["event"]["event_id"] not in stale}
+            if not events:
+                return records
+        records.extend(self._deliver_group(group.portfolio_id, resolved, events, list(entries), group.state, now))
         return records
+
+    def _superseded(self, portfolio_id: str, events: list[dict[str, Any]]) -> dict[str, str]:
+        """Event id -> why it must not be sent, for the escalations, acknowledged-reminders and repeat reminders
+        (:data:`CANCELLABLE_KINDS`) whose alert was acknowledged (since the event was queued, or is so now) or
+        resolved before they went out: ``group_interval`` may hold one for a minute, and a page saying nobody
+        acknowledged an alert somebody has acknowledged sends a second person to a problem already in hand."""
+        candidates = [e for e in events if e.get("kind") in CANCELLABLE_KINDS or e.get("repeat")]
+        if not candidates:
+            return {}
+        active = {
+            a.get("alert_id"): a for a in self.store.read_active_alerts(portfolio_id).values() if isinstance(a, dict)
+        }
+        out: dict[str, str] = {}
+        for event in candidates:
+            alert_id = event["alert"].get("alert_id")
+            if alert_id is None:
+                continue
+            what = "repeat reminder" if event.get("repeat") else str(event["kind"]).replace("_", " ")
+            current = active.get(alert_id)
+            if current is None:
+                out[event["event_id"]] = f"{what} not sent: the alert was resolved before it went out"
+                continue
+            acknowledged_at = current.get("acknowledged_at")
+            since = isinstance(acknowledged_at, int | float) and acknowledged_at >= float(event.get("ts") or 0.0)
+            if current.get("status") == AlertStatus.ACKNOWLEDGED or since:
+                when = f" at {_utc(acknowledged_at)}" if isinstance(acknowledged_at, int | float) else ""
+                who = current.get("acknowledged_by") or "?"
+                out[event["event_id"]] = f"{what} not sent: the alert was acknowledged by {who}{when} first"
+        return out
 
     def _deliver_group(
         self,
@@ -293,6 +512,8 @@ class Notifier:
             held = self._hold_back(portfolio_id, target, events, group_state, now)
             if held is not None:
                 return [held] if held else []
+            if target.channel == Channel.EMAIL and self._email_down:
+                return self._fallback_while_email_down(portfolio_id, target, events, group_state, now)
             try:
                 message = self.renderer.render(portfolio_id, events)
             except Exception as exc:  # a template bug must not block the outbox forever
@@ -300,13 +521,19 @@ class Notifier:
                 message, result = None, SendResult("failed", 0, f"template error: {exc!r}")
             else:
                 result = self.send(target, message)
+                if target.channel == Channel.EMAIL and result.transient:
+                    self._email_down = result.error
         record = self._record(portfolio_id, target, events, result, now, message)
         self.metrics.sent(target.channel, result.status)
         fallback: list[dict[str, Any]] = []
         if target.channel == Channel.EMAIL and result.status != "delivered":
             # before the entries leave the outbox: a crash in between sends the fallback again on the next
-            # flush (at-least-once), where after it the CRITICAL text would be lost
-            fallback = self._sms_fallback(portfolio_id, target, events, message, now, result.status)
+            # flush (at-least-once), where after it the CRITICAL text would be lost; events already texted while
+            # e-mail was down (:meth:`_fallback_while_email_down`) are not texted twice
+            texted = set(group_state.get("fallen_back") or ())
+            rest = [e for e in events if e["event_id"] not in texted]
+            message = message if len(rest) == len(events) else None
+            fallback = self._sms_fallback(portfolio_id, target, rest, message, now, result.status)
         with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
             self.store.delete_fields(Store.outbox_key(portfolio_id), fields, pipe)
             self.store.append_delivery(portfolio_id, record, pipe)
@@ -319,6 +546,28 @@ class Notifier:
         out.extend(fallback)
         return out
 
+    def _fallback_while_email_down(
+        self,
+        portfolio_id: str,
+        target: Target,
+        events: list[dict[str, Any]],
+        group_state: Mapping[str, Any],
+        now: float,
+    ) -> list[dict[str, Any]]:
+        """E-mail failed transiently earlier in this flush: keep this e-mail queued for the next flush, and text
+        its CRITICAL events now (each once: the group state remembers which were texted)."""
+        self._email_held += 1
+        texted = set(group_state.get("fallen_back") or ())
+        rest = [e for e in events if e["event_id"] not in texted]
+        if not rest:
+            return []
+        fallback = self._sms_fallback(portfolio_id, target, rest, None, now, "failed")
+        state = {**group_state, "fallen_back": sorted(texted | {e["event_id"] for e in rest})}
+        with self.store.client.pipeline(transaction=True) as pipe:
+            self._write_group_state(portfolio_id, target, state, pipe)
+            pipe.execute()
+        return fallback
+
     def _hold_back(
         self,
         portfolio_id: str,
@@ -328,9 +577,15 @@ class Notifier:
         now: float,
     ) -> dict[str, Any] | None:
         """None when the target may receive a message now; else the ``rate_limited`` record written for this
-        hold ({} when the hold was recorded already)."""
+        hold ({} when the hold was recorded already).
+
+        A group carrying a CRITICAL event is never held back: the limit protects a recipient from a flood of
+        lesser alerts, and an alert storm is exactly when a CRITICAL must reach them (it still counts towards
+        the limit, and takes along whatever lesser events wait for the same target)."""
         limit = self.config.rate_limit
         if not limit.enabled or target.channel == Channel.LOG:
+            return None
+        if any(e["alert"].get("severity") == Severity.CRITICAL for e in events):
             return None
         sent = self.store.count_recent_sends(target.key, now - limit.per_seconds)
         if sent < limit.max_messages:
@@ -420,7 +675,9 @@ class Notifier:
                 self.logger.error("%s sending by %s", text, target.channel)
                 return SendResult("failed", attempt, text)
             return SendResult("delivered", attempt, "", provider_id)
-        return SendResult("failed", retry.max_attempts, f"gave up after {retry.max_attempts} attempts: {error}")
+        return SendResult(
+            "failed", retry.max_attempts, f"gave up after {retry.max_attempts} attempts: {error}", transient=True
+        )
 
     # -- records ---------------------------------------------------------------------------------------------
     def _write_group_state(self, portfolio_id: str, target: Target, value: Mapping[str, Any], pipe: Any) -> None:

@@ -10,8 +10,9 @@ An *event* is the plain dict built by ``logic/alerts.py``::
      description, metric, op, threshold, value, unit, status, stale, triggered_at, acknowledged_by, ...}}
 
 Values are formatted for humans by the ``metric`` filter according to the metric's ``unit``: ``money``
-($1,234.56), ``fraction`` (12.3%), ``percent`` (already in percent points: 150.0%), ``ratio`` (1.52x),
-``seconds`` (45 s), ``count`` and ``number``.
+($1,234.56), ``fraction`` (12.34%; 5.0 bp below 1%), ``percent`` (already in percent points: 150.00%),
+``ratio`` (1.52x), ``seconds`` (45 s), ``count`` and ``number``. ``value | metric(unit, threshold)`` and
+``threshold | metric(unit, value)`` show the two at one precision fine enough to tell them apart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,34 @@ DIGEST_MAX_SECTIONS = 20
 """A digest shows this many events in full and counts the rest (a storm must not make a 1 MB email)."""
 
 
-def money(value: Any) -> str:
+BASIS_POINTS_BELOW = 0.01
+"""A fraction below 1% (and its threshold, when shown beside it) reads in basis points: ``5.0 bp``."""
+MAX_EXTRA_DECIMALS = 6
+"""A value and its threshold get up to this many more decimals than usual until they read differently."""
+Formatter = Callable[[float, int], str]
+MIN_SIGNIFICANT = 2
+"""A fraction or ratio never shows fewer significant digits than this (a 0.5 bp threshold is not ``1 bp``)."""
+
+
+def money(value: Any, decimals: int = 2) -> str:
     if not _finite(value):
         return str(value)
     v = float(value)
-    return f"-${abs(v):,.2f}" if v < 0 else f"${v:,.2f}"
+    return f"-${abs(v):,.{decimals}f}" if v < 0 else f"${v:,.{decimals}f}"
 
 
-def percent(value: Any, digits: int = 1) -> str:
-    """A fraction as percent: 0.1234 -> 12.3%."""
+def percent(value: Any, digits: int = 2) -> str:
+    """A fraction as percent: 0.1234 -> 12.34%."""
     return f"{float(value) * 100:.{digits}f}%" if _finite(value) else str(value)
 
 
-def format_metric(value: Any, unit: str = "number") -> str:
+def format_metric(value: Any, unit: str = "number", versus: Any = None) -> str:
+    """``value`` for humans in its metric's ``unit``; ``versus`` (its threshold, or the value beside a threshold)
+    is formatted with it: both get the same scale and enough decimals to read differently when they differ.
+
+    Rounding is monotone, so once the two texts differ they also show which one is larger: a breach never
+    reads ``2.0% (> 2.0%)`` or ``0.1% (> 0.1%)`` (a 6 bp drawdown against a 5 bp limit).
+    """
     if value is None:
         return "n/a"
     if isinstance(value, str):
@@ -56,19 +72,46 @@ def format_metric(value: Any, unit: str = "number") -> str:
     if not _finite(value):
         return str(value)
     v = float(value)
-    if unit == "money":
-        return money(v)
-    if unit == "fraction":
-        return percent(v)
-    if unit == "percent":
-        return f"{v:.1f}%"
+    other = float(versus) if _finite(versus) else None
+    if unit in ("fraction", "percent"):
+        scale = 1.0 if unit == "fraction" else 0.01  # ``percent`` metrics are already in percent points
+        return _fraction(v * scale, None if other is None else other * scale)
     if unit == "ratio":
-        return f"{v:.2f}x"
+        return _paired(v, other, 2, lambda x, d: f"{x:,.{d}f}x", significant=True)
+    if unit == "money":
+        return _paired(v, other, 2, money)
     if unit == "seconds":
         return duration(v)
     if unit == "count":
         return f"{int(v):d}"
-    return f"{v:,.4g}"
+    return _paired(v, other, 4, lambda x, d: f"{x:,.{d}g}")
+
+
+def _fraction(v: float, other: float | None) -> str:
+    """Percent with two decimals, or basis points when both numbers are below 1% (and not both zero)."""
+    largest = max(abs(v), abs(other) if other is not None else 0.0)
+    if 0 < largest < BASIS_POINTS_BELOW:
+        bp = None if other is None else other * 1e4
+        return _paired(v * 1e4, bp, 0, lambda x, d: f"{x:,.{d}f} bp", significant=True)
+    pct = None if other is None else other * 100
+    return _paired(v * 100, pct, 2, lambda x, d: f"{x:,.{d}f}%", significant=True)
+
+
+def _paired(v: float, other: float | None, base: int, fmt: Formatter, significant: bool = False) -> str:
+    """``fmt(v, digits)`` with ``base`` digits, more for :data:`MIN_SIGNIFICANT` of the larger number
+    (``significant``), more again while ``v`` and ``other`` would read the same though they differ; never more
+    than ``base`` + :data:`MAX_EXTRA_DECIMALS`.
+
+    The digits depend on both numbers symmetrically, so a value and its threshold formatted each ``versus`` the
+    other come out at the same precision."""
+    digits, top = base, base + MAX_EXTRA_DECIMALS
+    largest = max(abs(v), abs(other) if other is not None else 0.0)
+    if significant and largest > 0:  # by the larger one: float dust beside a threshold gets no 300 decimals
+        digits = min(top, max(base, MIN_SIGNIFICANT - 1 - math.floor(math.log10(largest))))
+    if other is not None and other != v:
+        while digits < top and fmt(v, digits) == fmt(other, digits):
+            digits += 1
+    return fmt(v, digits)
 
 
 def duration(seconds: Any) -> str:

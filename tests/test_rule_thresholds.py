@@ -235,7 +235,7 @@ def test_a_notification_shows_the_resolved_threshold_and_the_limit_it_came_from(
         "acknowledged_by": None, "acknowledged_at": None, "alert": public_alert(alert),
     }  # fmt: skip
     _, body, _ = Renderer().render_event(event)
-    assert "Condition:   concentration.largest_share > 20.0% (limits.max_concentration)" in body, body
+    assert "Condition:   concentration.largest_share > 20.00% (limits.max_concentration)" in body, body
 
 
 @pytest.mark.parametrize(
