@@ -10,14 +10,25 @@ the wall clock.
 The monitor stamps a tick with :func:`tick_time`: the tick's own bar time in a replay (a monitor lagging behind
 the daemon still dates each snapshot by its bar), the wall clock live.
 
+A replay's heartbeat also carries ``wall_ts`` (the daemon's wall clock when it wrote the beat), ``late_after``
+(:func:`replay_late_after`) and ``run`` (one id per daemon process). When the daemon has been silent for more than
+``late_after`` wall seconds (it died, stalls, or its file ended: ``feed_state = ended``), the replay's "now" is its
+last bar time plus the wall time since that beat, so its prices go stale at the gate and on every page exactly as a
+dead live feed's do. "Now" never goes backwards within one run of the daemon; a new run (a restarted or new replay,
+maybe years back) starts it again from that run's time.
+
 Daily close files (dates without a time) are dated at midnight UTC, before the session they close opens;
-:func:`stamp_daily_closes` moves such bars to their session's close so they fall in the right session.
+:func:`stamp_daily_closes` moves such bars to their session's close so they fall in the right session, and a row
+dated on a holiday or weekend to the close of the session before it.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
 import math
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 
 from engine.feeds import Bar
@@ -26,10 +37,23 @@ from engine.sessions import Sessions
 from engine.store import Store
 from engine.store.keys import heartbeat_key
 
+log = logging.getLogger("riskdesk.clocks")
+
 STREAM_COMPONENT = "stream"
-"""The heartbeat the stream daemon writes (``hb:stream``): it carries ``clock`` and ``ts``."""
+"""The heartbeat the stream daemon writes (``hb:stream``): it carries ``clock``, ``ts``, ``wall_ts``,
+``late_after``, ``run`` and ``feed_state``."""
 MODE_TTL_SECONDS = 1.0
 """Wall seconds the clock mode read from the heartbeat is trusted before it is read again."""
+REPLAY_LATE_BEATS = 3.0
+"""Bars (of the daemon's wall interval) a replay daemon may be silent before its clock runs on the wall."""
+REPLAY_LATE_MIN_SECONDS = 5.0
+"""Wall seconds a replay daemon may always be silent (a replay played as fast as possible has no interval)."""
+FEED_RUNNING = "running"
+"""``feed_state`` of a stream heartbeat while the feed has bars."""
+FEED_ENDED = "ended"
+"""``feed_state`` of the stream heartbeat written when the feed ran out of bars (a replay's file ended): the daemon
+exits after it, and the System page says the replay finished rather than that the daemon died."""
+_BEAT_FIELDS = ("clock", "ts", "wall_ts", "late_after", "run")
 
 
 class ClockMode(StrEnum):
@@ -42,6 +66,40 @@ class ClockMode(StrEnum):
     COMPRESSED = "compressed"
     """The wall clock, but a live feed played faster or slower than one model bar per ``model.bar_seconds``:
     a demo clock the dashboard shows as such."""
+
+
+def replay_late_after(interval: float, stale_price_seconds: float) -> float:
+    """Wall seconds a replay daemon may be silent before the replay's clock runs on the wall clock:
+    :data:`REPLAY_LATE_BEATS` of its wall interval per bar (at least :data:`REPLAY_LATE_MIN_SECONDS`), and never
+    more than the strictest stale-price limit, so a dead or finished replay's prices are stale at the gate after
+    exactly that limit of wall silence, as a dead live feed's are. A replay played at more than a third of that
+    limit per bar reads stale between its bars, as a live feed that slow would."""
+    late = max(REPLAY_LATE_MIN_SECONDS, REPLAY_LATE_BEATS * interval) if math.isfinite(interval) else math.inf
+    return min(late, stale_price_seconds) if math.isfinite(stale_price_seconds) else late
+
+
+@dataclass(frozen=True)
+class _Beat:
+    """The fields of ``hb:stream`` the clock reads (one HMGET)."""
+
+    mode: ClockMode
+    ts: float
+    wall_ts: float
+    """The daemon's wall clock when it wrote the beat (NaN: a heartbeat written before this field existed)."""
+    late_after: float
+    run: str | None
+
+
+def _decode(value: object) -> str | None:
+    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
+
+
+def _float(value: object, default: float) -> float:
+    text = _decode(value)
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default
 
 
 class MarketClock:
@@ -57,7 +115,10 @@ class MarketClock:
     Notes
     -----
     Live, a call costs one Redis read per :data:`MODE_TTL_SECONDS` (the mode); in a replay, one HMGET per call
-    (the latest bar time must be current). A replay time never goes backwards within one clock.
+    (the latest bar time must be current). In a replay, "now" is the latest bar time while the daemon beats, and
+    that time plus the wall seconds since its last beat once it has been silent more than the beat's
+    ``late_after`` (it died or its file ended: the prices go stale). It never goes backwards within one run of the
+    daemon (the heartbeat's ``run``); a new run (a restarted or re-seeded replay, maybe years back) restarts it.
     """
 
     def __init__(self, store: Store, wall: Clock = time.time) -> None:
@@ -66,33 +127,43 @@ class MarketClock:
         self._mode = ClockMode.LIVE
         self._mode_read_at = -math.inf
         self._last_replay = -math.inf
+        self._run: str | None = None
 
-    def _read(self) -> tuple[ClockMode, float]:
-        raw = self.store.client.hmget(heartbeat_key(STREAM_COMPONENT), ["clock", "ts"])
-        mode_raw = raw[0].decode() if isinstance(raw[0], bytes) else raw[0]
+    def _read(self) -> _Beat:
+        raw = self.store.client.hmget(heartbeat_key(STREAM_COMPONENT), list(_BEAT_FIELDS))
+        mode_raw = _decode(raw[0])
         try:
             mode = ClockMode(mode_raw) if mode_raw is not None else ClockMode.LIVE
-            ts = float(raw[1]) if raw[1] is not None else math.nan
         except ValueError:
-            mode, ts = ClockMode.LIVE, math.nan
-        return mode, ts
+            mode = ClockMode.LIVE
+        late = _float(raw[3], REPLAY_LATE_MIN_SECONDS)
+        late = late if late >= 0 else REPLAY_LATE_MIN_SECONDS  # NaN or negative: the default allowance
+        return _Beat(mode, _float(raw[1], math.nan), _float(raw[2], math.nan), late, _decode(raw[4]))
 
     def mode(self) -> ClockMode:
         """The daemon's clock mode (read again after :data:`MODE_TTL_SECONDS` of wall time)."""
         mono = time.monotonic()
         if mono - self._mode_read_at >= MODE_TTL_SECONDS:
-            self._mode, _ = self._read()
+            self._mode = self._read().mode
             self._mode_read_at = mono
         return self._mode
 
     def __call__(self) -> float:
         if self.mode() != ClockMode.REPLAY:
             return self.wall()
-        mode, ts = self._read()
-        self._mode, self._mode_read_at = mode, time.monotonic()
-        if mode != ClockMode.REPLAY or not math.isfinite(ts):
+        beat = self._read()
+        self._mode, self._mode_read_at = beat.mode, time.monotonic()
+        if beat.mode != ClockMode.REPLAY or not math.isfinite(beat.ts):
             return self.wall()
-        self._last_replay = max(self._last_replay, ts)
+        now = beat.ts
+        if math.isfinite(beat.wall_ts):  # silent past late_after: the data's time runs on with the wall's
+            silent = self.wall() - beat.wall_ts
+            if silent > beat.late_after:
+                now = beat.ts + silent
+        if beat.run != self._run:  # a new run of the daemon: its time may be earlier (another replay)
+            self._run, self._last_replay = beat.run, now
+        else:
+            self._last_replay = max(self._last_replay, now)
         return self._last_replay
 
     def tick_time(self, bar_ts: float) -> float:
@@ -122,27 +193,47 @@ def is_date_only(bars: list[Bar]) -> bool:
 
 
 def stamp_daily_closes(bars: list[Bar], sessions: Sessions) -> list[Bar]:
-    """Bars of a date-only file moved to the close of their date's session. A date that is not a session (a
-    holiday in a weekly file) is moved to the time of day of the nearest earlier session's close, so the file's
-    spacing stays regular; it belongs to the session before it. Other files are returned unchanged."""
+    """Bars of a date-only file moved to the close of their date's session; other files are returned unchanged.
+
+    A date that is not a session (a holiday, or a weekend in a file of every calendar day) is moved to the close of
+    the session before it: nothing trades on a holiday, so the latest close known on that date is the previous
+    session's, and a later session's close would date a price before it was printed. Dated at its own date's usual
+    close time (outside every session) it never became a session close, and the next session counted its move a
+    second time. When that leaves two rows on one session (a daily file that also lists the holiday), they are one
+    bar: the later row's prices, each ticker's, over the earlier row's (the later row is the file's last word on
+    that close; vendors repeat the close on holidays, so they usually agree) and a warning is logged. A date
+    outside the calendar keeps the time of day of the nearest session close, as before."""
     if not is_date_only(bars):
         return bars
     index = {d: i for i, d in enumerate(sessions.dates)}
     day_seconds = 86_400.0
-    out = []
+    out: list[Bar] = []
     offset: float | None = None
+    moved = merged = 0
     for bar in bars:
         day = time.strftime("%Y-%m-%d", time.gmtime(bar.ts))
         i = index.get(day)
         if i is not None:
             ts = float(sessions.closes[i])
             offset = ts - float(bar.ts)
-        else:
-            if offset is None:  # no session seen yet: the first session close after this date gives the time
+        elif sessions.dates and sessions.dates[0] < day <= sessions.dates[-1]:
+            ts = float(sessions.closes[bisect.bisect_left(sessions.dates, day) - 1])  # the session before it
+            moved += 1
+        else:  # outside the calendar: the time of day of the nearest session close
+            if offset is None:
                 later = [float(c) for c in sessions.closes if float(c) >= bar.ts][:1]
                 offset = (later[0] - float(bar.ts)) % day_seconds if later else 0.0
             ts = float(bar.ts) + offset
+        if out and out[-1].ts == ts:  # two rows on one session: one bar, the later row's prices win
+            earlier = out.pop()
+            merged += 1
+            bar = Bar(ts, {**earlier.prices, **bar.prices}, reset=earlier.reset or bar.reset)
         out.append(Bar(ts, bar.prices, reset=bar.reset))
+    if moved:
+        log.warning(
+            "%d row(s) dated on a day without a session moved to the previous session's close; %d of them merged "
+            "with that session's own row (the later row's prices kept)", moved, merged,
+        )  # fmt: skip
     return out
 
 

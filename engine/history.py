@@ -23,10 +23,20 @@ must be a whole multiple ``k`` of the nominal spacing within the same tolerance 
 of the steps must be exactly one bar (``k = 1``). Anything else (mixed spacing, too irregular, fewer than two
 bars) is refused.
 
-Bar length in trading days ``b``: a minute bar is ``1 / bars_per_day`` (the model bar), an hour 60 model
-bars, a day 1, a week :data:`TRADING_DAYS_PER_WEEK` = 5 (the weekly return spans five trading sessions). A
-return across a weekend or holiday gap counts as one bar: the market was closed, so no risk accrued beyond the
-one trading-session step (the RiskMetrics convention for daily closes).
+Bar length in model bars (:meth:`Spacing.model_bars`; the model bar is ``model.bar_seconds`` of trading time,
+``model.bars_per_day`` of them in a day): a minute bar is ``60 / bar_seconds`` model bars, an hour
+``3600 / bar_seconds`` (60 one-minute or 12 five-minute bars), a day ``bars_per_day``, a week
+:data:`TRADING_DAYS_PER_WEEK` = 5 days (the weekly return spans five trading sessions). An intraday bar is measured
+in seconds, never assumed to be a number of one-minute bars: under ``bar_seconds = 300`` an hour taken as 60
+model bars made every daily volatility ``sqrt(12 / 60) = 0.447`` of the truth. A return across a weekend or
+holiday gap counts as one bar: the market was closed, so no risk accrued beyond the one trading-session step
+(the RiskMetrics convention for daily closes).
+
+A file bar *shorter* than the model bar (a minute file under five-minute model bars: 1/5 of a model bar) is
+allowed: the variance of a random walk is additive in time, so the one-minute EWMA variance times 5 is the
+five-minute variance exactly as an hour's variance over 12 is; bid-ask bounce makes the finest returns slightly
+more volatile, which errs towards a larger VaR. Refusing it would leave a five-minute model no intraday history
+at all (a five-minute file is no nominal spacing). The EWMA decay applies per file row, as for every spacing.
 
 Errors
 ------
@@ -65,9 +75,6 @@ SESSION_BREAK_SECONDS = 4 * 3600
 TRADING_DAYS_PER_WEEK = 5
 """Trading days in a weekly bar."""
 
-MODEL_BAR_SECONDS = 60
-"""The model bar of the live feed: one minute (``settings.model.bars_per_day`` of them in a day)."""
-
 _DATE_COLUMNS = ("date", "datetime", "timestamp", "time")
 _TICKER_COLUMNS = ("ticker", "symbol")
 _PRICE_COLUMNS = ("close", "price")
@@ -104,16 +111,22 @@ class Spacing:
     gaps: int
     """Steps longer than one bar (weekends, holidays, session breaks)."""
 
-    def bar_days(self, bars_per_day: int) -> float:
-        """Length of one bar of the file in trading days."""
-        return self.model_bars(bars_per_day) / bars_per_day
+    def bar_days(self, bars_per_day: int, bar_seconds: float) -> float:
+        """Length of one bar of the file in trading days (model of ``bars_per_day`` bars of ``bar_seconds``)."""
+        return self.model_bars(bars_per_day, bar_seconds) / bars_per_day
 
-    def model_bars(self, bars_per_day: int) -> float:
-        """Length of one bar of the file in model bars (exactly 1 for a minute file)."""
-        if self.kind is SpacingKind.MINUTE:
-            return 1.0
-        if self.kind is SpacingKind.HOURLY:
-            return 3600 / MODEL_BAR_SECONDS
+    def model_bars(self, bars_per_day: int, bar_seconds: float) -> float:
+        """Length of one bar of the file in model bars of ``bar_seconds`` (``model.bar_seconds``), ``bars_per_day``
+        of them in a day: a minute or hourly bar is its nominal seconds over ``bar_seconds`` (1 and 60 for
+        one-minute model bars, 0.2 and 12 for five-minute ones), a day ``bars_per_day``, a week five days.
+
+        ``bar_seconds`` has no default: the model's bar is a setting, and a hidden 60 s understated every VaR of
+        a five-minute model by 55 %. Raises :class:`ValueError` for a ``bar_seconds`` that is not a positive
+        number (settings validation already refuses one)."""
+        if not (math.isfinite(bar_seconds) and bar_seconds > 0):
+            raise ValueError(f"bar_seconds must be a positive number of seconds, got {bar_seconds!r}")
+        if self.kind in (SpacingKind.MINUTE, SpacingKind.HOURLY):
+            return NOMINAL_SECONDS[self.kind] / float(bar_seconds)
         if self.kind is SpacingKind.DAILY:
             return float(bars_per_day)
         return float(TRADING_DAYS_PER_WEEK * bars_per_day)
@@ -207,18 +220,20 @@ def classify_spacing(timestamps: Float64Array, *, path: Path | str = "<data>", l
     return Spacing(kind, median, int(steps.size - regular))
 
 
-def model_covariance(history: History, decay: float, bars_per_day: int) -> Float64Array:
-    """EWMA covariance of the history's own log returns, expressed per model bar.
+def model_covariance(history: History, decay: float, bars_per_day: int, bar_seconds: float) -> Float64Array:
+    """EWMA covariance of the history's own log returns, expressed per model bar (``bars_per_day`` bars of
+    ``bar_seconds`` a day: ``settings.model``).
 
     Notes
     -----
     With ``C_b`` the EWMA covariance (:func:`engine.math_logic.ewma_covariance_from_returns`) of returns whose
     bar is ``b`` trading days, the store keeps ``C_b / (b · bars_per_day)``: a one-day VaR then scales it back
     by ``bars_per_day`` and gives ``z · sqrt(wᵀ C_b w / b)``, exactly the EWMA answer of daily returns for a
-    daily file (``b = 1``). A minute file (``b · bars_per_day = 1``) is stored unscaled.
+    daily file (``b = 1``). A file whose bar is the model bar (``b · bars_per_day = 1``: a minute file under
+    one-minute model bars) is stored unscaled.
     """
     cov = math_logic.ewma_covariance_from_returns(history.log_returns(), decay=decay)
-    scale = history.spacing.model_bars(bars_per_day)
+    scale = history.spacing.model_bars(bars_per_day, bar_seconds)
     return cov if scale == 1.0 else cov / scale
 
 

@@ -18,11 +18,12 @@ feed, e.g. ``5 x 390`` for a replay of weekly closes) and ``n`` the bars since `
 included (1, plus one for each later bar in which the ticker had no accepted price: its print was refused, or
 it had no print at all, e.g. a trading halt; :attr:`PriceFilter.missed_bars`)::
 
-    sigma = sqrt(k * S_ii) * sqrt(n)
+    sigma = sqrt(k * S_ii) * sqrt(n + g / k)
     accept  iff  |ln(p / p0)| <= max_jump_sigma * sigma * (1 + JUMP_TOLERANCE)
 
-so a jump of exactly ``max_jump_sigma`` sigmas of the time since ``p0`` passes and anything measurably beyond
-it is refused: a ticker halted for 120 bars re-opens within ``12 x sqrt(121) = 132`` one-bar sigmas. No jump
+with ``g`` the model bars the market was *closed* since ``p0`` (0 within a session; see "Session opens"), so a
+jump of exactly ``max_jump_sigma`` sigmas of the time since ``p0`` passes and anything measurably beyond it is
+refused: a ticker halted for 120 bars re-opens within ``12 x sqrt(121) = 132`` one-bar sigmas. No jump
 test is possible (and none is made) when the ticker has no valid last price, when its variance is zero or not
 finite, or on a ``reset`` bar (the first bar of a replay anchors new prices: no return is computed from it; it
 starts every count afresh and counts itself for no ticker). The daemon tells the filter which universe tickers
@@ -32,7 +33,8 @@ a bar lacks (:meth:`PriceFilter.absent`); every bar the filter sees counts, a ba
 restart re-opens with the one-bar band, and its gap costs one bar of latency, see below). It is not derived
 from the stored ``price_ts``: with a live feed those are wall-clock stamps (a late bar, a compressed
 ``--interval``, the daemon's own downtime, a night without bars), so ``elapsed / bar length`` is no exact count
-of the bars since the price.
+of the bars since the price. The closed time ``g`` is (see "Session opens"): it counts no bars, only the
+calendar's closed intervals between the session of the price time and the bar's, which those stamps place right.
 
 A *single* absurd print is refused; a real move is not refused for long. A rejected jump is remembered as the
 ticker's candidate level ``c``, and the ticker's next price ``p`` confirms the move (it is accepted, and its
@@ -57,6 +59,27 @@ ticker printing garbage would freeze every other ticker's valuation. Why a zero 
 ticker in the EWMA update: updating only part of the matrix can make it indefinite. A bad print therefore never
 moves a price, a P&L or a VaR by itself; if the bad prints persist, the ticker's price time stops advancing and
 the gate's stale-price check refuses trades in it (fail closed) instead of trading on a guess.
+
+Session opens
+-------------
+A bar counts only the *feed's* bars: a night, a weekend or a holiday without bars is no missed bar, so the
+opening print after it would be judged against one minute of volatility (a -3 % weekend gap of a 20 %-vol stock
+is 56 one-minute sigmas: every gapping ticker's opening print was refused). So when the ticker's last accepted
+price belongs to an earlier session of ``market.calendar`` (engine/sessions.py: a session runs from its open to
+the next open) than the bar, the band also spans ``g`` = the calendar seconds the market was closed between the
+two, over ``model.bar_seconds`` (:meth:`PriceFilter.closed_bars`; Friday 16:00 to Monday 09:30 on XNYS is
+65.5 h, ``g = 3930`` one-minute bars, a band of ``12 x sqrt(3931)`` = 752 one-minute sigmas: 48 % at 20 % vol).
+It is taken from the ticker's stored price time (``price_ts``, the clock the bars are stamped with), so a
+restarted daemon, a ticker halted over several nights and an opening print that was refused (the next bar is
+judged over the closed time again, not over one bar) are all covered.
+
+Why calendar time: it is the time the price could move in, and it errs wide. Overnight and weekend variance is
+in fact less than calendar time suggests, but a false refusal costs a real move (every gapping ticker of a
+gap-down morning) while this filter is only there for absurd prints: a x100 or /100 unit error
+(``|ln 100| = 4.6``) is still refused over a weekend below ~190 % annual volatility, a x10 below ~95 %. A
+``24/7`` calendar never closes (``g = 0``), and a feed whose bar is a session or longer (daily and weekly
+replays, ``k >= bars_per_day``) gets no allowance: by the RiskMetrics convention its close-to-close bar already
+spans the night.
 
 Bar scale
 ---------
@@ -86,6 +109,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import FeedError, RiskdeskError
+from engine.sessions import Sessions, market_calendar
 from engine.settings import Settings
 
 log = logging.getLogger("riskdesk.price_filter")
@@ -105,11 +129,18 @@ class PriceFilter:
     max_jump_sigma:
         Largest accepted jump, in standard deviations of one feed bar (``stream.max_jump_sigma``).
     bar_scale:
-        Model bars per feed bar ``k`` (>= 1 in practice; 1 for a live feed).
+        Model bars per feed bar ``k`` (1 for a live feed; below 1 for a minute file under longer model bars).
+    sessions:
+        The exchange calendar whose closed time widens the band at a session open (module docstring, "Session
+        opens"); None: no allowance (a ``24/7`` market, a daily or weekly feed).
+    model_bar_seconds:
+        ``model.bar_seconds``: the closed time is counted in these.
     """
 
     max_jump_sigma: float
     bar_scale: float = 1.0
+    sessions: Sessions | None = field(default=None, kw_only=True)
+    model_bar_seconds: float = field(default=60.0, kw_only=True)
     pending: dict[str, float] = field(default_factory=dict)
     """Ticker -> price of its last rejected jump, waiting for the next print to confirm or contradict it."""
     missed_bars: dict[str, int] = field(default_factory=dict)
@@ -119,18 +150,26 @@ class PriceFilter:
     _bar: object = None
     _before: dict[str, float] = field(default_factory=dict)
     _missed_before: dict[str, int] = field(default_factory=dict)
+    _closed_before: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_jump_sigma) and self.max_jump_sigma > 0):
             raise ValueError(f"max_jump_sigma must be a positive number, got {self.max_jump_sigma}")
         if not (math.isfinite(self.bar_scale) and self.bar_scale > 0):
             raise ValueError(f"bar_scale must be a positive number of model bars, got {self.bar_scale}")
+        if not (math.isfinite(self.model_bar_seconds) and self.model_bar_seconds > 0):
+            raise ValueError(f"model_bar_seconds must be a positive number, got {self.model_bar_seconds}")
+        if self.sessions is not None:  # closed seconds from the first session's open to each session's open
+            gaps = self.sessions.opens[1:] - self.sessions.closes[:-1]
+            self._closed_before = np.concatenate(([0.0], np.cumsum(gaps)))
 
     @classmethod
     def for_feed(cls, settings: Settings, feed: object) -> PriceFilter:
         """The filter for ``feed``: a replay's bar scale is its ``bar_model_bars`` when it carries one (the
         ``--feed replay`` builder sets it from the whole file), else :func:`replay_bar_scale` of its bars; any
-        other feed's is 1. Raises :class:`~engine.errors.FeedError` for a replay whose spacing is unknown.
+        other feed's is 1. A feed whose bar is shorter than a session gets ``market.calendar``'s sessions (a
+        session open widens the band by the closed time: module docstring). Raises
+        :class:`~engine.errors.FeedError` for a replay whose spacing is unknown.
         """
         scale = 1.0
         bars = getattr(feed, "bars", None)
@@ -139,7 +178,41 @@ class PriceFilter:
             scale = float(given)
         elif getattr(feed, "name", None) == "replay" and bars is not None:
             scale = replay_bar_scale(settings, bars, path=str(getattr(feed, "path", "<replay>")))
-        return cls(float(settings.stream.max_jump_sigma), scale)
+        sessions = market_calendar(settings).sessions if scale < settings.model.bars_per_day else None
+        bar_seconds = float(settings.model.bar_seconds)
+        return cls(float(settings.stream.max_jump_sigma), scale, sessions=sessions, model_bar_seconds=bar_seconds)
+
+    def closed_bars(self, since: npt.NDArray[np.float64], now: float) -> npt.NDArray[np.float64] | None:
+        """Model bars the market was closed between each price time ``since`` (a ticker's last accepted price)
+        and the bar's time ``now``, for the prices from an earlier session than ``now``'s; 0 for the others.
+
+        None when no price is from an earlier session (the usual bar: one ``searchsorted`` and one comparison),
+        without :attr:`sessions`, or when ``now`` is outside the calendar (no allowance: the band stays the
+        feed's). A price time that is not finite or before the calendar gets 0.
+
+        Notes
+        -----
+        With ``C(x)`` the closed seconds from the calendar's first open to ``x`` (the gaps before ``x``'s session
+        plus ``max(0, x - close)`` of that session), the closed time between ``t`` and ``now`` is ``C(now) -
+        C(t)``: exact whatever sessions (holidays, early closes) lie between.
+        """
+        if self.sessions is None or not math.isfinite(now):
+            return None
+        opens, closes = self.sessions.opens, self.sessions.closes
+        if not opens[0] <= now <= closes[-1] + 7 * 86400:  # the calendar's own range (engine/sessions.py)
+            return None
+        j = int(np.searchsorted(opens, now, side="right")) - 1
+        with np.errstate(invalid="ignore"):
+            earlier = (since < opens[j]) & (since >= opens[0])  # NaN: False
+        if not earlier.any():
+            return None
+        t = since[earlier]
+        i = np.searchsorted(opens, t, side="right") - 1
+        closed_t = self._closed_before[i] + np.maximum(0.0, t - closes[i])
+        closed_now = self._closed_before[j] + max(0.0, now - float(closes[j]))
+        out = np.zeros(since.shape)
+        out[earlier] = (closed_now - closed_t) / self.model_bar_seconds
+        return out
 
     def begin(self, bar: object) -> None:
         """Start checking bar ``bar`` (any key unique per bar). The same key again is a retry of that bar (the
@@ -164,7 +237,7 @@ class PriceFilter:
             self.missed_bars[ticker] = self.missed_bars.get(ticker, 0) + 1
 
     def check(
-        self, ticker: str, raw: Any, last_price: float, variance: float, *, reset: bool = False
+        self, ticker: str, raw: Any, last_price: float, variance: float, *, reset: bool = False, closed: float = 0.0
     ) -> tuple[float, str]:
         """Validate one price of ``ticker``.
 
@@ -180,6 +253,8 @@ class PriceFilter:
             The ticker's one-model-bar variance ``S_ii`` from the covariance.
         reset:
             A reset bar (no return computed): no jump test, and every remembered jump is forgotten.
+        closed:
+            Model bars the market was closed since ``last_price`` (:meth:`closed_bars`; 0 within a session).
 
         Returns
         -------
@@ -201,7 +276,8 @@ class PriceFilter:
         if not (math.isfinite(variance) and variance > 0):
             return price, ""
         sigma = math.sqrt(self.bar_scale * variance)
-        widened = sigma * math.sqrt(1.0 + missed)  # n = 1 + missed bars since the last accepted price
+        # n = 1 + missed bars since the last accepted price, plus the closed time in feed bars
+        widened = sigma * math.sqrt(1.0 + missed + closed / self.bar_scale)
         if self._within(price, last_price, widened):
             return price, ""
         if candidate is not None and self._confirms(price, candidate, last_price, sigma):
@@ -219,6 +295,7 @@ class PriceFilter:
         variances: npt.NDArray[np.float64],
         *,
         reset: bool = False,
+        closed: npt.NDArray[np.float64] | None = None,
     ) -> tuple[npt.NDArray[np.float64], list[str]]:
         """:meth:`check` for the prices of one bar at once: the same decisions, reasons and remembered jumps as
         calling it for each ticker in turn, in one numpy pass (a Python call per ticker was ~1 ms at N = 500).
@@ -231,6 +308,9 @@ class PriceFilter:
             Aligned with ``tickers``: each one's last accepted price and one-model-bar variance ``S_ii``.
         reset:
             As for :meth:`check`.
+        closed:
+            Aligned with ``tickers``: model bars the market was closed since each last price (:meth:`closed_bars`);
+            None: 0 for all.
 
         Returns
         -------
@@ -246,6 +326,8 @@ class PriceFilter:
         m = len(tickers)
         if len(raws) != m or last_prices.shape != (m,) or variances.shape != (m,):
             raise ValueError("check_many: tickers, prices, last prices and variances must be aligned")
+        if closed is not None and closed.shape != (m,):
+            raise ValueError("check_many: the closed time must be aligned with the tickers")
         if reset and m:
             self.pending.clear()
             self.missed_bars.clear()
@@ -280,7 +362,10 @@ class PriceFilter:
         if not at.size:
             return prices, reasons
         sigma = np.sqrt(self.bar_scale * variances[at])
-        widened = sigma * np.sqrt(1.0 + missed[at])  # the same IEEE operations as check()
+        bars = 1.0 + missed[at]
+        if closed is not None:
+            bars = bars + closed[at] / self.bar_scale
+        widened = sigma * np.sqrt(bars)  # the same IEEE operations as check()
         size = np.abs(np.fromiter(map(math.log, (prices[at] / last_prices[at]).tolist()), np.float64, at.size))
         bound = self.max_jump_sigma * widened * (1.0 + JUMP_TOLERANCE)
         for j in np.flatnonzero(~(size <= bound)).tolist():
@@ -344,7 +429,7 @@ def replay_bar_scale(settings: Settings, bars: Sequence[Any], *, path: str = "<r
             fix="space the rows by minutes, hours, days or weeks, or pass --bar-model-bars N (one-minute model "
             "bars per row: 390 for daily closes, 60 for hourly bars)",
         ) from None
-    return float(spacing.model_bars(settings.model.bars_per_day))
+    return float(spacing.model_bars(settings.model.bars_per_day, settings.model.bar_seconds))
 
 
 def _read_prices(raws: Sequence[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:

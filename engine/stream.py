@@ -23,7 +23,8 @@ it) keeps its variance in the covariance update (its price is carried forward, e
 0 is no data: ``engine.math_logic.update_covariance_ewma_observed``, the plain update when every ticker has one) and is
 *missing* in the bar's window row, not a 0 observation (``engine.math_logic.standardize_observed``; so is a
 ticker whose volatility is 0): the Student-t fit leaves it out of its sample, filtered historical simulation
-reads its stand-in 0 as no move (engine/store/market.py, ``StandardizedWindow``). A price that arrives
+fills it with a draw of that ticker's own innovations, never "no move" (``engine.math_logic.fhs_fill_missing``;
+engine/store/market.py, ``StandardizedWindow``). A price that arrives
 unchanged is an observation: its return 0 is data. A bar where every ticker has a new price writes exactly the
 row it wrote before missing entries were marked. The tick event carries the same price part of that mask
 (``_Step.observed``), not the ``sigma > 0`` part: the backtest standardizes by its own covariance and applies its
@@ -58,7 +59,9 @@ Usage::
 Clock (engine/clocks.py): a replay stamps every write (snapshot ``ts``, ``price_ts``, tick event, heartbeat)
 with the bar's own time and publishes ``clock = replay`` in ``hb:stream``; ``--speed X`` plays X seconds of
 data per wall second. Live feeds stamp with the wall clock. Each bar also re-anchors the collar's reference
-prices at session opens (engine/collar.py), in the bar's transaction.
+prices at session opens (engine/collar.py), in the bar's transaction. The heartbeat also carries the wall time it
+was written (``wall_ts``), the daemon's run id (``run``) and ``feed_state``, ``ended`` when the feed ran out of
+bars (the daemon then exits): a dead or finished replay's clock runs on the wall and its prices go stale.
 
 Redis is ``REDIS_URL`` (or the settings' embedded server); the settings file is ``$RISKDESK_CONFIG`` or
 ``riskdesk.toml``.
@@ -67,6 +70,7 @@ Redis is ``REDIS_URL`` (or the settings' embedded server); the settings file is 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -82,7 +86,7 @@ import numpy.typing as npt
 import redis
 
 from engine import math_logic
-from engine.clocks import ClockMode, stamp_daily_closes, wall_sleep
+from engine.clocks import FEED_ENDED, FEED_RUNNING, ClockMode, replay_late_after, stamp_daily_closes, wall_sleep
 from engine.collar import CollarAnchor
 from engine.daemon import (
     Backoff,
@@ -255,6 +259,7 @@ class StreamDaemon:
                 bar = next(iterator)
             except StopIteration:
                 log.info("feed %s has no more bars", getattr(self.feed, "name", "?"))
+                self._write_end_beat()
                 break
             self.stats.bars_read += 1
             self.process_bar(bar)
@@ -371,8 +376,11 @@ class StreamDaemon:
             missing = np.ones(len(self.tickers), dtype=bool)
             missing[at] = False  # a halted ticker's bars count: its re-open is judged over all of them
             self.price_filter.absent([self.tickers[i] for i in np.flatnonzero(missing)], reset=bar.reset)
+        # a session open since a ticker's last price widens its band by the closed time (its price time and
+        # this bar's are stamped by the same clock: engine/price_filter.py, "Session opens")
+        closed = None if bar.reset else self.price_filter.closed_bars(self.price_ts[at], now)
         checked, reasons = self.price_filter.check_many(
-            known, raws, self.prices[at], np.diagonal(self.cov)[at], reset=bar.reset
+            known, raws, self.prices[at], np.diagonal(self.cov)[at], reset=bar.reset, closed=closed
         )  # engine/price_filter.py: absurd prices never reach the model
         good = ~np.isnan(checked)  # an accepted price is a finite one, a rejected one NaN
         accepted = at[good]
@@ -483,10 +491,19 @@ class StreamDaemon:
         self.metrics.bar_written(int(self.version or 0), self.stats.last_latency_ms / 1000.0)
 
     def _heartbeat(
-        self, now: float, version: int | None, bars_written: int, rejected_now: int = 0
+        self, now: float, version: int | None, bars_written: int, rejected_now: int = 0, feed_state: str = FEED_RUNNING
     ) -> dict[str, object]:
+        """The fields of ``hb:stream``. Besides ``ts`` (the bar's time in a replay) it carries ``wall_ts``, the
+        wall time it was written, so a replay's silence is measured on the wall (engine/clocks.py: the market
+        clock runs on after ``late_after`` wall seconds of it, the System page judges the daemon by it), ``run``
+        (this process: a replay's clock may go back only across runs) and ``feed_state`` (``ended`` once the
+        feed has no more bars: a finished replay, not a dead daemon)."""
         return {
             "ts": now,
+            "wall_ts": self.clock() if self.clock_mode == ClockMode.REPLAY else now,  # live, ts is the wall
+            "late_after": self._late_after,
+            "run": self._token_prefix,
+            "feed_state": feed_state,
             "pid": os.getpid(),
             "feed": getattr(self.feed, "name", "?"),
             "version": -1 if version is None else version,
@@ -499,6 +516,31 @@ class StreamDaemon:
             "clock": str(self.clock_mode),
             "feed_bar_model_bars": self.price_filter.bar_scale,
         }
+
+    @functools.cached_property
+    def _late_after(self) -> float:
+        """Wall seconds of silence after which a replay's clock runs on the wall (engine/clocks.py): bounded
+        by the strictest stale-price limit of any portfolio, so a dead replay fails closed within it."""
+        stale = min([self.settings.limits.stale_price_seconds]
+                    + [p.limits.stale_price_seconds for p in self.settings.portfolios])  # fmt: skip
+        return replay_late_after(self.interval, float(stale))
+
+    def _write_end_beat(self) -> None:
+        """The feed has no more bars (a replay's file ended): say so in the heartbeat before exiting. A replay
+        keeps its last bar's time as ``ts``; its clock then runs on the wall after ``late_after`` (engine/clocks.py)
+        and its prices go stale as a dead feed's would, while the System page says the replay finished."""
+        try:
+            if self.clock_mode == ClockMode.REPLAY:
+                last = (self.store.read_heartbeat(HEARTBEAT_COMPONENT) or {}).get("ts")
+                if last is None:
+                    return  # never wrote a bar: nothing to date the end by
+                now = float(last)
+            else:
+                now = self.clock()
+            beat = self._heartbeat(now, self.version, self.stats.bars_written, feed_state=FEED_ENDED)
+            self.store.write_heartbeat(HEARTBEAT_COMPONENT, beat)
+        except (redis.RedisError, ValueError) as exc:
+            log.warning("end of feed not written to the heartbeat: %s", exc)
 
     def _write_heartbeat_best_effort(self, now: float) -> None:
         try:

@@ -214,7 +214,7 @@ def test_every_page_warns_when_the_running_notifier_reports_failed_deliveries(ap
         at = open_page(page)
         assert_clean(at)
         warning = joined(at.warning)
-        assert "Notifications failing: 2 deliveries failed in the last 15 min" in warning, page
+        assert "Notifications failing: 2 deliveries failed, held back or skipped in the last 15 min" in warning, page
         assert "at 08:00:00 UTC" in warning and "SMTP 550 mailbox unavailable" in warning, page
     app_env.write_heartbeat("notify", {"ts": float(now), "failed_recent": 0, "last_failure": ""})
     assert not open_page("system").warning

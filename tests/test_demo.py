@@ -52,7 +52,7 @@ def test_the_exported_history_reads_as_weekly_spacing(tmp_path: Path, demo_setti
     files = export(tmp_path, demo_settings)
     hist = history.read_history(files.history, TICKERS)
     assert hist.spacing.kind is history.SpacingKind.WEEKLY
-    assert hist.spacing.model_bars(390) == 5 * 390
+    assert hist.spacing.model_bars(390, 60.0) == 5 * 390
 
 
 def test_the_demo_book_is_the_settings_holdings_bought_at_the_first_close(

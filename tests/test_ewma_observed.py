@@ -4,6 +4,7 @@ stream daemon through a 120-bar halt."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -158,7 +159,7 @@ def test_a_ticker_halted_for_120_bars_keeps_its_pre_halt_variance_and_var_in_the
         bars.append(
             Bar(1_700_000_000.0 + 60 * k, {t: float(p) for t, p in zip(tickers, prices, strict=True) if t != "DDD"})
         )
-    clock = iter([b.ts for b in bars])
+    clock = itertools.chain([b.ts for b in bars], itertools.repeat(bars[-1].ts))  # and the end-of-feed beat's
     daemon = StreamDaemon(store, settings, IterableFeed(iter(bars)), interval=0, clock=lambda: next(clock))
     x = np.zeros(len(tickers))
     x[i] = -1000 * snap0.prices[i]

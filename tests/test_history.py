@@ -97,7 +97,7 @@ def test_a_daily_close_history_gives_the_one_day_var_of_an_ewma_on_daily_returns
     warmup.seed(store, settings, history=warmup.read_history(path, settings), now=1.0)
 
     assert hist.spacing.kind is SpacingKind.DAILY
-    assert hist.spacing.bar_days(settings.model.bars_per_day) == 1.0
+    assert hist.spacing.bar_days(settings.model.bars_per_day, settings.model.bar_seconds) == 1.0
     assert _monitor_var95(store, settings) == pytest.approx(_expected_var95(closes, 1.0), rel=1e-9)
 
 
@@ -113,7 +113,7 @@ def test_the_same_closes_resampled_to_weekly_give_the_weekly_spacing_answer(
     warmup.seed(store, settings, history=warmup.read_history(path, settings), now=1.0)
 
     assert hist.spacing.kind is SpacingKind.WEEKLY
-    assert hist.spacing.bar_days(settings.model.bars_per_day) == 5.0
+    assert hist.spacing.bar_days(settings.model.bars_per_day, settings.model.bar_seconds) == 5.0
     # one week is 5 trading days: the 1-day variance is the weekly one over 5
     assert _monitor_var95(store, settings) == pytest.approx(_expected_var95(closes[fridays], 5.0), rel=1e-9)
 
@@ -142,7 +142,7 @@ def test_an_hourly_history_is_one_hour_per_bar_with_overnight_breaks(tmp_path: P
     spacing = classify_spacing(np.array(stamps))
 
     assert spacing.kind is SpacingKind.HOURLY
-    assert spacing.model_bars(390) == 60.0
+    assert spacing.model_bars(390, 60.0) == 60.0
     assert spacing.gaps == 9
 
 

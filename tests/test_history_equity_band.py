@@ -5,6 +5,7 @@ and are converted, not lost, by the next write."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -203,7 +204,7 @@ def test_the_overview_draws_the_band_of_a_downsampled_window_around_its_equity_c
 
     # Arrange: the crash, then the page's clock on the data's time (a replay's clock: engine/clocks.py)
     clock = _crash_run(seeded_store, settings, vectorised=True)
-    seeded_store.write_heartbeat("stream", {"ts": clock.t, "clock": "replay"})
+    seeded_store.write_heartbeat("stream", {"ts": clock.t, "clock": "replay", "wall_ts": time.time()})  # beating now
     _point_app_at(monkeypatch, redis_server.url, tmp_path)
     try:
         at = open_page("overview")

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import redis
 
-from engine.clocks import MarketClock
+from engine.clocks import FEED_ENDED, MarketClock
 from engine.errors import (
     AccessDenied,
     ConfigError,
@@ -206,7 +206,8 @@ def _short(exc: BaseException | str, limit: int = 300) -> str:
 class DaemonStatus:
     name: str
     state: str
-    """``running``, ``stale`` (heartbeat older than the threshold) or ``missing`` (never seen)."""
+    """``running``, ``stale`` (heartbeat older than the threshold), ``finished`` (the stream daemon's feed ended:
+    a replay played to its end) or ``missing`` (never seen)."""
     age_seconds: float | None
     fields: Mapping[str, str]
     command: str
@@ -215,6 +216,9 @@ class DaemonStatus:
     def fix(self) -> str:
         if self.state == "running":
             return ""
+        if self.state == "finished":
+            replay = f"{self.command} --feed replay --file CSV"
+            return f"the replay reached the end of its file (its prices go stale): start another with `{replay}`"
         verb = "has not written a heartbeat" if self.state == "missing" else "stopped writing heartbeats"
         return f"the {self.name} daemon {verb}: start it with `make run` (or `{self.command}`)"
 
@@ -235,7 +239,8 @@ class Health:
         """One sentence per stale or missing daemon (the page still shows what the store holds), and one when the
         running notification daemon reports failed deliveries (nobody may have been told of an alert)."""
         out = [
-            f"{d.name.capitalize()} daemon {'not running' if d.state == 'missing' else 'stale'}"
+            f"{d.name.capitalize()} daemon "
+            + {"missing": "not running", "finished": "finished its replay"}.get(d.state, "stale")
             + (f" (last heartbeat {d.age_seconds:.0f} s ago)" if d.age_seconds is not None else "")
             + f" — fix: {d.fix.split(': ', 1)[1]}"
             for d in self.daemons
@@ -246,8 +251,9 @@ class Health:
 
 
 def delivery_warning(beat: Mapping[str, str]) -> str:
-    """The warning for a notification heartbeat (``hb:notify``) that counts failed deliveries in its window
-    (notifications/service.py), or ``""``."""
+    """The warning for a notification heartbeat (``hb:notify``) that counts deliveries needing attention in its
+    window: failed, held back by the rate limit, or skipped (channel not configured, recipient unroutable)
+    (notifications/service.py ``FailureWindow``), or ``""``."""
     try:
         failed = int(beat.get("failed_recent", "0"))
         window = float(beat.get("failure_window_seconds", "900"))
@@ -261,7 +267,7 @@ def delivery_warning(beat: Mapping[str, str]) -> str:
         when = f" at {at:%H:%M:%S} UTC"
     plural = "delivery" if failed == 1 else "deliveries"
     return (
-        f"Notifications failing: {failed} {plural} failed in the last {window / 60:g} min"
+        f"Notifications failing: {failed} {plural} failed, held back or skipped in the last {window / 60:g} min"
         f" (last{when}: {beat.get('last_failure', '')})"
         " — fix: check the channel's settings ([notifications], SMTP_* / TWILIO_* in the environment) and the"
         " Alerts page's delivery log"
@@ -288,8 +294,10 @@ def _stale_after(settings: Settings) -> float:
 
 def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
     """Each of :data:`DAEMONS`: running, stale (its heartbeat older than :func:`_stale_after`, or than
-    :data:`LATE_BEATS` of its own interval when that is longer) or missing; a heartbeat dated on the wall clock
-    is judged by the wall clock (the desk's clock is the market's in a replay)."""
+    :data:`LATE_BEATS` of its own interval when that is longer), finished (the stream daemon's feed ended: a replay
+    played to its end; the daemon has exited) or missing. A heartbeat dated on the wall clock is judged by the wall
+    clock (the desk's clock is the market's in a replay), and so is one that carries the wall time it was written
+    (``wall_ts``, the stream daemon's): a replay's bar time stands still when its daemon dies."""
     now = desk.clock()
     wall = getattr(desk.clock, "wall", desk.clock)()  # MarketClock keeps the wall clock it falls back on
     limit = _stale_after(desk.settings)
@@ -299,9 +307,14 @@ def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
         if beat is None:
             out.append(DaemonStatus(daemon.name, "missing", None, {}, daemon.command))
             continue
-        age = _age(wall if daemon.wall_time else now, beat.get("ts"))
+        if "wall_ts" in beat:
+            age = _age(wall, beat["wall_ts"])
+        else:
+            age = _age(wall if daemon.wall_time else now, beat.get("ts"))
         allowed = limit if daemon.interval is None else max(limit, LATE_BEATS * daemon.interval(desk.settings))
         state = "running" if age is not None and age <= allowed else "stale"
+        if beat.get("feed_state") == FEED_ENDED:
+            state = "finished"
         out.append(DaemonStatus(daemon.name, state, age, dict(beat), daemon.command))
     return out
 
