@@ -28,10 +28,10 @@ per snapshot from the builder the caller passes (``logic.var_methods.risk_model`
 logic layer).
 
 Missing entries of the window (a ticker with no new price in a bar: :class:`~engine.store.StandardizedWindow`)
-are its stand-in 0 in :attr:`MarketModel.standardized`, so filtered historical simulation reads them as no move
-(as before they were marked), and False in :attr:`MarketModel.observed`, so the Student-t fit
-(:attr:`MarketModel.dof`) leaves them out of its sample. A window that is not finite is refused with
-:class:`~engine.errors.CorruptDataError`.
+are its stand-in 0 in :attr:`MarketModel.standardized` and False in :attr:`MarketModel.observed`, which goes with
+the window to filtered historical simulation (it fills them: ``engine.math_logic.fhs_fill_missing``) and to the
+Student-t fit (:attr:`MarketModel.dof`), which leaves them out of its sample. A window that is not finite is
+refused with :class:`~engine.errors.CorruptDataError`.
 
 Nothing here decides anything: a matrix that fails the check is kept with its :attr:`MarketModel.error` so that
 each caller applies its own policy (the gate rejects every trade; a page shows the error).
@@ -55,7 +55,8 @@ from engine.records import Float64Array, MarketHeader, VarMethod
 from engine.store import StandardizedWindow, Store
 
 RiskModelFactory = Callable[..., Any]
-"""``logic.var_methods.risk_model``: (method, cov, *, horizon_bars, validate, standardized, current_vol, dof)."""
+"""``logic.var_methods.risk_model``: (method, cov, *, horizon_bars, validate, standardized, current_vol, observed,
+dof)."""
 
 DOF_BOUNDS = (3.0, 30.0)
 """Bounds of the Student-t degrees of freedom fitted to the window (``math_logic.fit_student_t_dof``)."""
@@ -169,7 +170,7 @@ class MarketModel:
                 raise StoreEmptyError(
                     "no standardized returns for fhs in the store: run `python warmup.py` (or let the stream run)"
                 )
-            return {"standardized": self.standardized, "current_vol": self.vol}
+            return {"standardized": self.standardized, "current_vol": self.vol, "observed": self.observed}
         if kind is VarMethod.STUDENT_T:
             return {"dof": self.dof}
         return {}

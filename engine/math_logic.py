@@ -785,6 +785,41 @@ def ewma_partial_factors(observed: npt.ArrayLike, decay: float = EWMA_DECAY) -> 
     return factors
 
 
+def per_bar_returns(returns: npt.ArrayLike, gaps: npt.ArrayLike) -> Float64Array:
+    """Returns that each span ``g_i`` bars, scaled to one bar: ``r_i / sqrt(g_i)``.
+
+    Parameters
+    ----------
+    returns : array_like, shape (N,)
+        Log returns since each ticker's previous price.
+    gaps : array_like, shape (N,)
+        ``g_i >= 1``: bars since that previous price (1: it printed in the bar before). Only its ratio to one
+        bar matters, so it need not be an integer (a replay's row may span several model bars).
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        A new array; an entry with ``g = 1`` keeps its bits (``r / 1.0`` is ``r``).
+
+    Notes
+    -----
+    A ticker that prints rarely has, at its next print, the return accumulated since its last one: under a
+    random walk of one-bar variance ``σ²`` its variance is ``g σ²``. Fed into the EWMA as one bar it inflates
+    the one-bar variance by about the mean gap (a ticker printing in 6% of bars: a one-bar vol about 4x its
+    true one), and standardized by ``σ`` its innovation has standard deviation ``sqrt(g)``, not 1. Scaled by
+    ``1 / sqrt(g)`` it is an unbiased one-bar draw: the EWMA gets its variance as ``r² / g`` (a g-bar variance
+    scaled to one bar) and :func:`standardize_observed` the innovation ``r / (σ sqrt(g))``. Its covariance with
+    a ticker observed every bar is then ``ρ σ_i σ_j / sqrt(g)`` in expectation (only the last of the g bars
+    overlaps the other's one-bar return): asynchronous prices understate correlation (the Epps effect), as
+    any close-to-close estimate on stale prices does.
+    """
+    r = _vector(returns, "returns")
+    g = _vector(gaps, "gaps", r.shape[0])
+    if (g < 1.0).any():
+        raise ValueError("gaps must be >= 1 (bars since the previous price)")
+    return r / np.sqrt(g)
+
+
 def update_covariance_ewma_observed(
     old_cov: Float64Array,
     returns: npt.ArrayLike,
@@ -792,6 +827,7 @@ def update_covariance_ewma_observed(
     decay: float = EWMA_DECAY,
     *,
     validate: bool = True,
+    gaps: npt.ArrayLike | None = None,
 ) -> Float64Array:
     """EWMA covariance update, in place, where only the ``observed`` tickers had a new price.
 
@@ -807,6 +843,9 @@ def update_covariance_ewma_observed(
         λ in (0, 1).
     validate : bool
         As for :func:`update_covariance_ewma`.
+    gaps : array_like, shape (N,), optional
+        Bars each return spans (>= 1, :func:`per_bar_returns`): the returns enter the update as
+        ``r / sqrt(g)``. None: every return is of one bar (the same bits as before).
 
     Returns
     -------
@@ -833,6 +872,8 @@ def update_covariance_ewma_observed(
     if not isinstance(old_cov, np.ndarray) or old_cov.ndim != 2:
         raise ValueError("old_cov must be a 2-D float64 numpy array (it is updated in place)")
     mask = observed_mask(observed, (old_cov.shape[0],))
+    if gaps is not None:
+        returns = per_bar_returns(_vector(returns, "returns", old_cov.shape[0]), gaps)
     if mask.all():
         return update_covariance_ewma(old_cov, returns, decay, validate=validate)
     r = _vector(returns, "returns", old_cov.shape[0])
@@ -1715,7 +1756,7 @@ def observed_mask(observed: npt.ArrayLike, shape: tuple[int, ...]) -> BoolArray:
 
 
 def standardize_observed(
-    returns: npt.ArrayLike, vol: npt.ArrayLike, observed: npt.ArrayLike
+    returns: npt.ArrayLike, vol: npt.ArrayLike, observed: npt.ArrayLike, *, gaps: npt.ArrayLike | None = None
 ) -> tuple[Float64Array, BoolArray]:
     """:func:`standardize_returns`, with the entries that are not observations marked as such.
 
@@ -1727,6 +1768,9 @@ def standardize_observed(
         ``σ_{t,i}`` before ``r_t``, >= 0 (as for :func:`standardize_returns`).
     observed : array_like of bool, same shape as ``returns``
         True where a new price gave the return (a price accepted in this bar, and one before it).
+    gaps : array_like, shape (N,), optional
+        Bars each return spans (1-D ``returns`` only): ``z = r / (σ sqrt(g))`` (:func:`per_bar_returns`), the
+        innovation of one bar. None: every return is of one bar (the same bits as before).
 
     Returns
     -------
@@ -1738,10 +1782,12 @@ def standardize_observed(
     Notes
     -----
     The 0 of a missing entry is a stand-in, not a draw of the innovation: :func:`fit_student_t_dof` leaves it
-    out of its sample (given this mask), :func:`fhs_scenarios` keeps it (no move in that scenario). A price that
+    out of its sample (given this mask), :func:`fhs_scenarios` fills it (:func:`fhs_fill_missing`). A price that
     arrived unchanged is an observation: its ``z = 0`` is data and stays in. Where every entry is observed,
     ``z`` is bit for bit :func:`standardize_returns`.
     """
+    if gaps is not None:
+        returns = per_bar_returns(returns, gaps)
     z = standardize_returns(returns, vol)
     mask = observed_mask(observed, z.shape)
     r = np.asarray(returns, dtype=np.float64)
@@ -1751,10 +1797,16 @@ def standardize_observed(
 
 
 def ewma_standardize_and_update(
-    cov: Float64Array, returns: npt.ArrayLike, decay: float = EWMA_DECAY, *, observed: npt.ArrayLike | None = None
+    cov: Float64Array,
+    returns: npt.ArrayLike,
+    decay: float = EWMA_DECAY,
+    *,
+    observed: npt.ArrayLike | None = None,
+    gaps: npt.ArrayLike | None = None,
 ) -> Float64Array:
     """One bar of the filter: standardize ``returns`` by the current EWMA vols, then update ``cov`` in place
-    (with ``observed``, which tickers' returns are data: :func:`update_covariance_ewma_observed`).
+    (with ``observed``, which tickers' returns are data: :func:`update_covariance_ewma_observed`; with
+    ``gaps``, how many bars each return spans: both steps see ``r / sqrt(g)``, :func:`per_bar_returns`).
 
     Returns
     -------
@@ -1769,6 +1821,8 @@ def ewma_standardize_and_update(
     if not isinstance(cov, np.ndarray) or cov.ndim != 2:
         raise ValueError("cov must be a 2-D float64 numpy array (it is updated in place)")
     r = _vector(returns, "returns", cov.shape[0])
+    if gaps is not None:
+        r = per_bar_returns(r, gaps)
     z = standardize_returns(r, np.sqrt(np.clip(np.diagonal(cov), 0.0, None)))
     if observed is None:
         update_covariance_ewma(cov, r, decay, validate=False)
@@ -1890,7 +1944,96 @@ def student_t_cvar(sigma: float, confidence: float, dof: float) -> float:
     return _student_t_multipliers(c, _dof(dof))[1] * s
 
 
-def fhs_scenarios(standardized: npt.ArrayLike, current_vol: npt.ArrayLike) -> Float64Array:
+FHS_MIN_OBSERVED: Final = 100
+"""Fewest observed innovations of a ticker whose own sample fills its missing FHS entries: one beyond the 99%
+quantile on average (``1 / (1 - 0.99)``). A ticker with fewer has no tail of its own to resample; its missing
+entries are filled from the standard normal instead (:func:`fhs_fill_missing`)."""
+
+
+def _fill_seed(vol: float, missing: int) -> int:
+    """A seed for the fill of one ticker's missing entries: the bits of its volatility and its count of missing
+    entries, so two tickers get two different arrangements (not the same draws in the same rows) while the same
+    ticker gets the same one in any subset or order of the universe."""
+    return int(np.float64(vol).view(np.uint64)) ^ (missing << 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _stratified_normal(q: int) -> Float64Array:
+    """``Φ⁻¹((j + ½) / q)``, ``j < q``: q standard normal draws, one per equal-probability stratum (read-only,
+    cached: a window has few distinct counts of missing entries)."""
+    draws = special.ndtri((np.arange(q) + 0.5) / q)
+    draws.setflags(write=False)
+    return draws
+
+
+def fhs_fill_missing(
+    standardized: npt.ArrayLike, observed: npt.ArrayLike, current_vol: npt.ArrayLike
+) -> Float64Array:
+    """The window of standardized returns with every missing entry replaced by a draw of its ticker's innovation.
+
+    Parameters
+    ----------
+    standardized : array_like, shape (T, N)
+        Window of standardized returns (:func:`standardize_observed`); a missing entry holds its stand-in 0.
+    observed : array_like of bool, shape (T, N)
+        Which entries are observations.
+    current_vol : array_like, shape (N,)
+        ``σ_i(now)`` (only its bits are read: they seed the arrangement of a normal fill, see below).
+
+    Returns
+    -------
+    ndarray, shape (T, N)
+        A new array: the observed entries unchanged, the missing ones filled, column by column.
+
+    Notes
+    -----
+    A missing entry is a bar in which the ticker did not print. Its price still moved (the move shows up in the
+    return of its next print), so "no move" (the stand-in 0) is not a scenario of its innovation: a ticker that
+    prints in 6% of bars would have 94% of its scenarios at 0 and an FHS VaR of 0 at 95% (a limit that never
+    binds). The innovation ``z`` of the filtered model is i.i.d. of unit variance, so a missing ``z`` is filled
+    with a draw from that ticker's innovation distribution, deterministically (the same window gives the same
+    scenarios in every process and on every path: the per-book model, the monitor's vectorised batch and the
+    backtest), column by column (a ticker's fill depends on its own column only, so a book restricted to a few
+    tickers sees the numbers of the whole universe):
+
+    - with ``m >= FHS_MIN_OBSERVED`` observed entries, a balanced resample of them: the j-th missing entry (in
+      time order) gets the ``(j mod m)``-th observed one, so each observation is used ``⌊q/m⌋`` or ``⌈q/m⌉``
+      times and the filled column's distribution is the observed one, tails included, with no resampling
+      noise. Two tickers missing in the same bars get the pairs they were observed in together.
+    - with fewer (``m`` observations cannot hold a 99% tail: the worst of 10 normal draws is about 1.5σ), the
+      stratified standard normal ``Φ⁻¹((j + ½) / q)``, ``j < q``, of the parametric model, in an order drawn
+      from a generator seeded by the ticker's volatility bits and ``q`` (:func:`_fill_seed`), so that two thin
+      tickers are not given the same draws in the same rows (that would make a long/short pair of them look
+      riskless).
+
+    A filled entry carries no co-movement with the tickers observed in its row (it is a draw of the marginal):
+    in the rows where a thin ticker is filled, its moves are independent of the liquid ones. That errs on the
+    prudent side for a hedge (a thin long against a correlated liquid short), and on the other for a book long
+    both (their correlation counts only in the rows the thin one printed in): the parametric figures
+    (``normal``, ``student_t``) keep the EWMA correlation. The arrangement of a normal fill comes from numpy's
+    ``Generator``: reproducible for a given numpy, it may change with a numpy upgrade (the marginal, hence a
+    one-ticker VaR, does not). Where every entry is observed the window is returned as a copy, the same bits.
+    """
+    z = np.array(standardized, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"standardized must be 2-D (T, N), got shape {z.shape}")
+    mask = observed_mask(observed, z.shape)
+    vol = _vector(current_vol, "current_vol", z.shape[1])
+    for i in np.flatnonzero(~mask.all(axis=0)):
+        seen = z[mask[:, i], i]
+        missing = np.flatnonzero(~mask[:, i])
+        q = missing.size
+        if seen.size >= FHS_MIN_OBSERVED:
+            z[missing, i] = seen[np.arange(q) % seen.size]
+        else:
+            draws = _stratified_normal(int(q))
+            z[missing, i] = draws[np.random.default_rng(_fill_seed(float(vol[i]), q)).permutation(q)]
+    return z
+
+
+def fhs_scenarios(
+    standardized: npt.ArrayLike, current_vol: npt.ArrayLike, *, observed: npt.ArrayLike | None = None
+) -> Float64Array:
     """Filtered historical simulation: one-bar return scenarios rescaled to today's volatility.
 
     Parameters
@@ -1899,6 +2042,9 @@ def fhs_scenarios(standardized: npt.ArrayLike, current_vol: npt.ArrayLike) -> Fl
         Window of standardized returns ``z_{t,i}`` (:func:`standardize_returns`), one row per past bar.
     current_vol : array_like, shape (N,)
         ``σ_i(now)``: today's one-bar EWMA volatility, >= 0.
+    observed : array_like of bool, shape (T, N), optional
+        Which entries are observations (:func:`standardize_observed`); the missing ones are filled
+        (:func:`fhs_fill_missing`). None: every entry is one.
 
     Returns
     -------
@@ -1907,11 +2053,11 @@ def fhs_scenarios(standardized: npt.ArrayLike, current_vol: npt.ArrayLike) -> Fl
 
     Notes
     -----
-    A missing entry of the window (a ticker without a new price in that bar, :func:`standardize_observed`) is
-    0 there, so its scenario return is 0: that ticker does not move in that scenario, the bar's observed
-    tickers do. This keeps every row (each is one past cross-section) and every scenario finite, and is what
-    the window held before missing entries were told apart; a fill from the row's other tickers would be a
-    model of its own. ``standardized`` must be finite everywhere: NaN is never a marker here.
+    A missing entry of the window (a ticker without a new price in that bar) is not "no move": its stand-in 0
+    would make a ticker that prints rarely riskless in most scenarios (and its VaR 0). With ``observed`` it is
+    replaced by a deterministic draw of that ticker's innovation (:func:`fhs_fill_missing`); without it every
+    entry is taken as data. A window observed everywhere gives the same bits either way. ``standardized`` must
+    be finite everywhere: NaN is never a marker here.
 
     Barone-Adesi, Giannopoulos & Vosper (1999), "VaR without correlations for portfolios of derivative
     securities", J. Futures Markets 19(5); Hull & White (1998), "Incorporating volatility updating into the
@@ -1927,6 +2073,8 @@ def fhs_scenarios(standardized: npt.ArrayLike, current_vol: npt.ArrayLike) -> Fl
     vol = _vector(current_vol, "current_vol", z.shape[1])
     if (vol < 0.0).any():
         raise ValueError("current_vol must be >= 0")
+    if observed is not None and not observed_mask(observed, z.shape).all():
+        z = fhs_fill_missing(z, observed, vol)
     return z * vol
 
 

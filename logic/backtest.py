@@ -31,11 +31,11 @@ Missing entries
 A ticker without a new price in a bar (the tick event's ``observed``, :meth:`Backtester.step`'s, from the stream
 daemon: engine/store/market.py ``TickEvent``) keeps its last price, so its return is 0. That 0 is no data for
 the EWMA covariance: the ticker keeps its variance (:func:`math_logic.update_covariance_ewma_observed`, as the
-stream's covariance does; :func:`logic.backtest_kernels.ewma_observed`). It stays in the window as the FHS
-scenario's "no move", but it is a stand-in, not a draw of the innovation: the entry is *missing* and ``ν`` is
-fitted on the observed entries only (:func:`math_logic.fit_student_t_dof` with ``observed``), as the live model
-fits its own
-(``engine.math_logic.standardize_observed``), so the Student-t whose exceedances are counted here is the live one.
+stream's covariance does; :func:`logic.backtest_kernels.ewma_observed`). It is a stand-in, not a draw of the
+innovation: the entry is *missing*, FHS fills it as the live model does (:func:`math_logic.fhs_fill_missing`) and
+``ν`` is fitted on the observed entries only (:func:`math_logic.fit_student_t_dof` with ``observed``), as the live
+model fits its own (``engine.math_logic.standardize_observed``), so the Student-t whose exceedances are counted
+here is the live one.
 An entry is an observation when the backtest's own ``σ > 0`` (else ``z`` is the convention 0) and the ticker had a
 new price or its price moved since the last bar fed (bars this backtester was not fed):
 :func:`logic.backtest_kernels.observed_entries`. A price that arrives unchanged is an observation: its 0 is data.
@@ -403,6 +403,7 @@ class Backtester:
                 horizon_bars=1,
                 standardized=self.window if method is VarMethod.FHS else None,
                 dof=self.dof() if method is VarMethod.STUDENT_T else None,
+                observed=self._window_mask() if method is VarMethod.FHS else None,
                 validate=False,
             )
         self._models = (self.bar, built)

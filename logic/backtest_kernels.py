@@ -38,7 +38,12 @@ the several passes over them (squares, scenarios, their transpose, scenario P&L)
 
 
 def ewma_standardize_and_update(
-    covs: Float64Array, last: Float64Array, prices: Float64Array, decay: float, observed: BoolArray | None = None
+    covs: Float64Array,
+    last: Float64Array,
+    prices: Float64Array,
+    decay: float,
+    observed: BoolArray | None = None,
+    gaps: Float64Array | None = None,
 ) -> Float64Array:
     """:func:`math_logic.ewma_standardize_and_update` of ``r = ln(prices / last)`` for each row, in place.
 
@@ -56,6 +61,11 @@ def ewma_standardize_and_update(
         variance: each entry ``fl(fl(F_ij a_ij) + fl(s_i s_j))`` with ``F`` of
         :func:`math_logic.ewma_partial_factors` (:func:`math_logic.update_covariance_ewma_observed`'s bits; a
         row observed everywhere gets exactly the plain update's). None: every one.
+    gaps : ndarray, shape (B, N), optional
+        Bars each return spans since its ticker's previous price (>= 1): both steps see ``r / sqrt(g)``
+        (:func:`math_logic.per_bar_returns`, the same bits). None: every return is of one bar. Nothing passes it
+        yet: the backtester would need a per-ticker count of bars since the last print (the tick events'
+        ``observed`` give it).
 
     Returns
     -------
@@ -67,6 +77,10 @@ def ewma_standardize_and_update(
     returns = np.log(prices / last)
     if not np.isfinite(returns).all():  # math_logic.ewma_standardize_and_update refuses them too
         raise ValueError("returns contain NaN or infinite values")
+    if gaps is not None:
+        if gaps.shape != returns.shape or not np.isfinite(gaps).all() or (gaps < 1.0).any():
+            raise ValueError("gaps must be finite and >= 1, one per return")
+        returns = returns / np.sqrt(gaps)
     vol = np.sqrt(np.clip(np.diagonal(covs, axis1=1, axis2=2), 0.0, None))
     z = np.zeros_like(returns)
     np.divide(returns, vol, out=z, where=vol > 0.0)
@@ -177,7 +191,8 @@ def window_figures(
     observed : sequence of (ndarray of bool, shape (T, N)) or None, optional
         Per window, which entries are observations: ν is fitted on those only
         (:func:`math_logic.fit_student_t_dof` with ``observed``, the same floats); None (for all, or for one
-        window): every entry is. The scenarios keep every entry (a missing one is 0: no move).
+        window): every entry is. The scenarios fill a missing entry as :func:`math_logic.fhs_scenarios` does
+        (:func:`math_logic.fhs_fill_missing`, the same draws), so the k-th loss is the live FHS model's.
 
     Returns
     -------
@@ -216,6 +231,11 @@ def window_figures(
             dofs.extend(_dof(a, c, *dof_bounds) for a, c in zip(m2, m4, strict=True))
         if kth is not None:
             assert tail is not None
+            if observed is not None:  # the missing entries filled as math_logic.fhs_scenarios fills them
+                for j in range(lo, hi):
+                    mask = observed[j]
+                    if mask is not None and not mask.all():
+                        block[j - lo] = math_logic.fhs_fill_missing(block[j - lo], mask, vols[j])
             # math_logic.fhs_scenarios (z · σ(now)) written straight into the (N, T) transpose FhsModel keeps:
             # the same products, one pass
             columns = np.multiply(block.transpose(0, 2, 1), vols[lo:hi, :, None], out=columns_buf[: hi - lo])

@@ -189,8 +189,8 @@ class HeldBooks:
 
 def _scenarios(market: MarketView) -> Float64Array:
     """FHS scenarios (T, N) of the whole universe: ``z ∘ σ(now)``, element by element as the per-book model (a
-    missing entry of the window is its stand-in 0: no move of that ticker in that scenario)."""
-    return math_logic.fhs_scenarios(market.standardized, market.vol)
+    missing entry of the window is filled column by column, math_logic.fhs_fill_missing: the same draws)."""
+    return math_logic.fhs_scenarios(market.standardized, market.vol, observed=market.observed)
 
 
 def _covariance_group(

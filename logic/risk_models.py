@@ -40,5 +40,9 @@ def subset_risk_model(
     cov = model.cov[np.ix_(idx, idx)]
     inputs = model.method_inputs(kind)
     if kind is VarMethod.FHS:
-        inputs = {"standardized": inputs["standardized"][:, idx], "current_vol": inputs["current_vol"][idx]}
+        inputs = {
+            "standardized": inputs["standardized"][:, idx],
+            "current_vol": inputs["current_vol"][idx],
+            "observed": inputs["observed"][:, idx],
+        }
     return risk_model(kind, cov, horizon_bars=horizon_bars, validate=False, **inputs)

@@ -19,9 +19,12 @@ Methods
     scenarios ``S = z · σ(now)`` (:func:`math_logic.fhs_scenarios`), scenario P&L ``p = S x``,
     ``VaR = sqrt(h) · L_(k)`` the k-th worst loss (:func:`math_logic.scenario_var`), CVaR the mean of the k worst
     (:func:`math_logic.scenario_cvar`), components the positions' losses in the VaR scenario. A missing entry of
-    the window (a ticker without a new price in that bar, ``engine.store.StandardizedWindow``) comes as its
-    stand-in 0: that ticker does not move in that scenario, as before missing entries were marked; the
-    Student-t fit, by contrast, leaves it out (``engine.market_model.MarketModel.dof``).
+    the window (a ticker without a new price in that bar, ``engine.store.StandardizedWindow``), given the
+    window's ``observed`` mask, is filled with a deterministic draw of that ticker's innovation
+    (:func:`math_logic.fhs_fill_missing`: its own observations resampled, or the standard normal when it has
+    too few to hold a tail), not read as "no move": a ticker that prints in a few percent of the bars would
+    otherwise be riskless in most scenarios and its FHS VaR 0. The Student-t fit leaves it out of its sample
+    (``engine.market_model.MarketModel.dof``).
 
 Horizon: the covariance and the scenarios are of one bar; an h-bar figure is the one-bar figure times ``sqrt(h)``
 (square-root-of-time). For the normal this is exact under i.i.d. returns; for the t and FHS it is the usual
@@ -270,9 +273,15 @@ class FhsModel:
 
     @classmethod
     def from_standardized(
-        cls, standardized: npt.ArrayLike, current_vol: npt.ArrayLike, horizon_bars: float
+        cls,
+        standardized: npt.ArrayLike,
+        current_vol: npt.ArrayLike,
+        horizon_bars: float,
+        observed: npt.ArrayLike | None = None,
     ) -> FhsModel:
-        scenarios = math_logic.fhs_scenarios(standardized, current_vol)
+        """The model of :func:`math_logic.fhs_scenarios` (``observed``: which entries are data; the others are
+        filled, :func:`math_logic.fhs_fill_missing`)."""
+        scenarios = math_logic.fhs_scenarios(standardized, current_vol, observed=observed)
         if scenarios.shape[0] == 0:
             raise ValueError("fhs needs at least one standardized return in its window")
         return cls(np.ascontiguousarray(scenarios.T), horizon_bars)
@@ -343,6 +352,7 @@ def risk_model(
     standardized: npt.ArrayLike | None = None,
     current_vol: npt.ArrayLike | None = None,
     dof: float | None = None,
+    observed: npt.ArrayLike | None = None,
     validate: bool = True,
 ) -> RiskModel:
     """The :class:`RiskModel` of ``method`` at one market snapshot.
@@ -360,6 +370,10 @@ def risk_model(
         Window of standardized returns (:func:`math_logic.standardize_returns`); required by ``fhs``.
     current_vol : array_like, shape (N,), optional
         Today's one-bar volatility per ticker (``fhs``); default ``sqrt(diag Σ)``.
+    observed : array_like of bool, shape (T, N), optional
+        Which entries of ``standardized`` are observations (``fhs``: the others are filled,
+        :func:`math_logic.fhs_fill_missing`); None: every entry is one. Pass the window's mask whenever it has
+        one: without it a missing entry's stand-in 0 is read as a move of 0.
     dof : float, optional
         Student-t degrees of freedom (> 2); required by ``student_t``.
     validate : bool
@@ -374,7 +388,7 @@ def risk_model(
                 raise ValueError("fhs needs current_vol or the covariance to read it from")
             cov = math_logic.check_covariance(cov_one_bar, validate=validate)
             current_vol = np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
-        return FhsModel.from_standardized(standardized, current_vol, horizon_bars)
+        return FhsModel.from_standardized(standardized, current_vol, horizon_bars, observed)
     if cov_one_bar is None:
         raise ValueError(f"{kind} needs the one-bar covariance")
     cov = math_logic.check_covariance(cov_one_bar, validate=validate)

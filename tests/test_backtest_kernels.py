@@ -179,7 +179,15 @@ def test_window_figures_fit_dof_on_each_windows_observed_entries_as_math_logic_d
     assert dofs is not None and dofs[6] == 30.0
     assert dofs[1] != ml.fit_student_t_dof(windows[1], 3.0, 30.0)  # the zeros are not in the sample
     unmasked = kernels.window_figures(windows, vols, x, dof_bounds=(3.0, 30.0), tail=tail)
-    assert kth == unmasked[1]  # the scenarios keep every entry: a missing one is no move
+    # the scenarios fill a missing entry as the live FHS model does (math_logic.fhs_fill_missing), bit for bit;
+    # a missing entry is not "no move" (its stand-in 0): a window with missing entries differs from the unmasked
+    fhs = [
+        risk_model(VarMethod.FHS, None, horizon_bars=1, standardized=w, current_vol=v, observed=m)
+        for w, v, m in zip(windows, vols, masks, strict=True)
+    ]
+    assert kth is not None and unmasked[1] is not None
+    assert [-k for k in kth] == [m.var(xi, 0.95) for m, xi in zip(fhs, x, strict=True)]
+    assert [k == u for k, u in zip(kth, unmasked[1], strict=True)] == [m is None for m in masks]
 
 
 def test_an_entry_is_observed_where_the_vol_is_positive_and_a_new_price_came_or_the_price_moved() -> None:

@@ -453,7 +453,7 @@ class StandardizedWindow:
     ``values`` is the stand-in 0 (its return was 0: the price carried forward) and False in ``observed``
     (stored as NaN, :func:`~engine.store.codec.encode_window_row`). What each reader does with it: the
     Student-t fit leaves it out (``engine.market_model.MarketModel.dof``); filtered historical simulation
-    keeps the 0, no move for that ticker in that scenario (``engine.math_logic.fhs_scenarios``). A window
+    fills it with a draw of that ticker's innovation (``engine.math_logic.fhs_fill_missing``). A window
     stored before entries were marked has its zeros observed, as they were read then.
     """
 
