@@ -170,7 +170,8 @@ class ReasonCode(StrEnum):
     CONCENTRATION = "CONCENTRATION"
     """The position would exceed ``max_concentration`` of equity and the trade grows it."""
     RATE_LIMIT = "RATE_LIMIT"
-    """More than ``max_orders_per_minute`` fills in the last 60 seconds."""
+    """More than ``max_orders_per_minute`` fills in the last 60 seconds (the automation's liquidation-only orders:
+    more than its own budget, ``logic.checks.AUTOMATION_RATE_MULTIPLE`` times that)."""
     TRADING_HALTED = "TRADING_HALTED"
     """The portfolio's trading state is HALTED, or missing/unreadable (fail closed)."""
     REDUCING_ONLY = "REDUCING_ONLY"
@@ -565,9 +566,10 @@ class SnapshotVar:
 
 @dataclass(frozen=True)
 class SnapshotDrawdown:
-    daily: float
-    weekly: float
-    max: float
+    daily: float | None
+    weekly: float | None
+    max: float | None
+    """Each None when the valuation misses a held price (logic/snapshot.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"daily": self.daily, "weekly": self.weekly, "max": self.max}

@@ -160,6 +160,9 @@ class BookValues:
     absurd: npt.NDArray[np.bool_]
     """Per portfolio: a held price above the bookable maximum (no snapshot)."""
     missing: list[list[str]]
+    incomplete: npt.NDArray[np.bool_]
+    """Per portfolio: a held ticker without a usable price (``Valuation.complete`` False): its equity moves no
+    peak and its snapshot has no daily P&L, drawdown or margin figure (logic/snapshot.py)."""
 
 
 def value_books(cols: BookColumns, market: MarketView, cash: Float64Array, max_price: float) -> BookValues:
@@ -197,9 +200,10 @@ def value_books(cols: BookColumns, market: MarketView, cash: Float64Array, max_p
         missing[p].append(cols.books[p].tickers[j - int(cols.offsets[p])])
     for names in missing:
         names.sort()
+    incomplete = np.array([bool(names) for names in missing], dtype=bool)
     return BookValues(
         price, ok, market_values, exposures, unrealized, side, np.where(opened, unreal_all, 0.0), equity,
-        market_value, gross, unrealized_total, absurd, missing,
+        market_value, gross, unrealized_total, absurd, missing, incomplete,
     )  # fmt: skip
 
 
@@ -272,6 +276,7 @@ def build_snapshots(
     realized = cols.realized_total
     var_limit = np.array([float(lim.var_limit) for lim in inputs.limits])
     margin, initial, maintenance = cols.margin, cols.initial, cols.maintenance
+    partial = values.incomplete  # no daily P&L, drawdown or margin figure (logic/snapshot.py): NaN, then null
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         pos_weights = np.where(eq[owner] > 0, values.market_values / eq[owner], 0.0)
         magnitude = np.abs(exposure)
@@ -295,20 +300,26 @@ def build_snapshots(
             "cash": cols.cash, "market_value": values.market_value,
             "gross_exposure": values.gross, "net_exposure": values.market_value, "leverage": leverage,
             "pnl.unrealized": values.unrealized_total, "pnl.realized": realized,
-            "pnl.daily": eq - inputs.peaks[:, 0], "pnl.total": realized + values.unrealized_total,
+            "pnl.daily": np.where(partial, np.nan, eq - inputs.peaks[:, 0]),
+            "pnl.total": realized + values.unrealized_total,
             "var.var95": figure("var95"), "var.var99": figure("var99"), "var.cvar95": figure("cvar95"),
             "var.cvar99": figure("cvar99"), "var.stressed_var99": figure("stressed_var99"),
             "var.utilization": figure("limit_var") / var_limit,
-            "drawdown.daily": _drawdowns(eq, inputs.peaks[:, 1]), "drawdown.weekly": _drawdowns(eq, inputs.peaks[:, 2]),
-            "drawdown.max": np.minimum(inputs.peaks[:, 4], _drawdowns(eq, inputs.peaks[:, 3])),
+            "drawdown.daily": np.where(partial, np.nan, _drawdowns(eq, inputs.peaks[:, 1])),
+            "drawdown.weekly": np.where(partial, np.nan, _drawdowns(eq, inputs.peaks[:, 2])),
+            "drawdown.max": np.where(
+                partial, np.nan, np.minimum(inputs.peaks[:, 4], _drawdowns(eq, inputs.peaks[:, 3]))
+            ),
             "concentration.hhi": hhi, "concentration.largest_share": largest_share,
-            "margin.level": np.where(margin & (used > 0), eq / np.where(used > 0, used, 1.0) * 100.0, np.nan),
+            "margin.level": np.where(
+                margin & (used > 0) & ~partial, eq / np.where(used > 0, used, 1.0) * 100.0, np.nan
+            ),
             "data.market_age_seconds": max(0.0, float(now) - float(header.ts)),
         }  # fmt: skip
         for name, column in columns.items():
             points[:, _COLUMN[name]] = column
-        used_out = np.where(margin, used, 0.0)
-        maintenance_out = np.where(margin, values.gross * maintenance, 0.0)
+        used_out = np.where(margin, np.where(partial, np.nan, used), 0.0)
+        maintenance_out = np.where(margin, np.where(partial, np.nan, values.gross * maintenance), 0.0)
         weights = np.where(values.ok, pos_weights, 0.0)
     points[~np.isfinite(points)] = np.nan
     points[[p for p in range(count) if inputs.figures[p] is None], 0] = np.nan

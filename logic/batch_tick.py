@@ -350,8 +350,9 @@ class VectorisedTick:
         ms = int(now * 1000)
         day_id, week_id = monitor.calendar.period_ids(now)
         merged = state.merge_books(
-            valid, values.equity, day_id, week_id, values.side, values.pnl, ms, monitor.calendar.sets_close(now)
-        )
+            valid, values.equity, day_id, week_id, values.side, values.pnl, ms, monitor.calendar.sets_close(now),
+            complete=~values.incomplete,  # an incomplete valuation moves no peak (logic/snapshot.py)
+        )  # fmt: skip
         figures, chosen = self._figures(monitor, market, cols, values, valid, limits, r.methods)
         backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
         inputs = BookInputs(

@@ -504,8 +504,7 @@ class Monitor:
             finish = functools.partial(self._commit_tick, market=market, now=now, ack=ack, tick=tick, started=started)
             return self.fast.snapshot_all(self, self._read_bundles, market, now, finish=finish)
         bundles = self._read_bundles()
-        day_id, week_id = self.calendar.period_ids(now)
-        market_open = self.calendar.sets_close(now)
+        (day_id, week_id), market_open = self.calendar.period_ids(now), self.calendar.sets_close(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
         clean = np.nan_to_num(market.header.prices, nan=0.0)  # once for every portfolio
@@ -524,7 +523,8 @@ class Monitor:
             if not math.isfinite(equity):
                 self._portfolio_error(pid, "equity is not finite")
                 continue
-            self.store.update_peaks(pid, valuation.equity, day_id, week_id, merges, market_open=market_open)
+            self.store.update_peaks(pid, valuation.equity, day_id, week_id, merges, market_open=market_open,
+                                    complete=valuation.complete)  # fmt: skip
             self.store.update_marks(pid, open_position_pnl(valuation), merges)
             valued.append((bundle, valuation))
         replies = merges.execute(raise_on_error=False) if valued else []

@@ -10,9 +10,10 @@ Schema (read by the alert rules as dotted paths, and by the dashboard)::
                                                                               equity <= 0 with exposure)
     pnl           {unrealized, realized, daily, total}
     var           {var95, var99, cvar95, cvar99, stressed_var99, limit, confidence, utilization}
-    drawdown      {daily, weekly, max}                      fractions <= 0
+    drawdown      {daily, weekly, max}                      fractions <= 0; null when the valuation is incomplete
     concentration {hhi, largest_share, largest_ticker}
-    margin        {level, used, maintenance}                level null for a cash account
+    margin        {level, used, maintenance}                level null for a cash account; all three null for a
+                                                            margin account whose valuation is incomplete
     data          {market_age_seconds, missing_prices}
     trading_state a TradingState: ACTIVE | REDUCING | HALTED
     positions     [{ticker, qty, avg_price, last, market_value, weight, unrealized_pnl, realized_pnl,
@@ -60,7 +61,17 @@ Definitions:
   ``maintenance`` = maintenance margin on gross exposure. Cash accounts: level null, used and maintenance 0.
 - ``mfe`` / ``mae``: highest / lowest unrealized P&L of the position since it was opened (0 for a flat one).
 - A held ticker without a usable price is listed in ``data.missing_prices``; its value counts as 0 (and its
-  ``last`` is null).
+  ``last`` is null) in ``equity``, the exposures, P&L and VaR, so the valuation is *incomplete*: ``equity`` is that
+  of the priced positions and cash only (an unpriced short counted at 0 adds its whole value, an unpriced long
+  removes it). Figures that would take such an equity for the book's are null rather than made up:
+  ``pnl.daily``, every ``drawdown`` and, for a margin account, ``margin.level``, ``margin.used`` and
+  ``margin.maintenance`` (the level is equity over initial margin on the gross exposure: both sides miss the
+  position, so an unpriced short could read 600% on a book at 110%, the margin breaker's trigger). A null there is
+  *missing data* to the alert rules (their stale-data policy: ``keep`` holds an active margin or drawdown alert
+  through the gap, logic/lifecycle.py ``condition``), not "does not apply". Nor does an incomplete valuation move
+  the equity peaks: the day / week / all-time peaks, the worst drawdown, the session's close and the last equity
+  seen stay as the last complete valuation left them (``MonitoringStore._PEAKS_LUA``), so a phantom equity never
+  becomes a peak and the drawdowns resume, when the price returns, from the peaks of real valuations.
 
 Every float is finite (JSON has no NaN/inf): a value that is not becomes null.
 
@@ -78,6 +89,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import numpy.typing as npt
 
 from engine import math_logic
 from engine.defaults import REPORTED_CONFIDENCES
@@ -136,13 +148,27 @@ class MarketView:
             return np.zeros((0, len(self.header.tickers)))
         return self.model.standardized[:, order]
 
+    @cached_property
+    def observed(self) -> npt.NDArray[np.bool_]:
+        """Which entries of :attr:`standardized` are observations (the others are filled by FHS,
+        ``math_logic.fhs_fill_missing``), same shape and order."""
+        if self.model is None:
+            return np.zeros((0, len(self.header.tickers)), dtype=bool)
+        self.model.method_inputs(VarMethod.FHS)
+        if self.model.tickers == self.header.tickers:
+            return self.model.observed
+        order = reorder(self.model.tickers, self.header.tickers)
+        if order is None:
+            return np.zeros((0, len(self.header.tickers)), dtype=bool)
+        return self.model.observed[:, order]
+
     def risk(self, method: VarMethod, held: np.ndarray) -> RiskModel:
         """The one-bar :class:`~logic.var_methods.RiskModel` of ``method`` on the tickers at ``held``."""
         cov = self.cov[np.ix_(held, held)]
         if method is VarMethod.FHS:
             return risk_model(
                 method, cov, horizon_bars=1.0, standardized=self.standardized[:, held],
-                current_vol=self.vol[held], validate=False,
+                current_vol=self.vol[held], observed=self.observed[:, held], validate=False,
             )  # fmt: skip
         if method is VarMethod.STUDENT_T:
             if self.model is None:
@@ -299,6 +325,7 @@ def snapshot_dict(
     if largest_i is not None and equity > 0:
         largest_share = abs(float(exposures[largest_i])) / equity
     margin = valuation.account_type == AccountType.MARGIN
+    complete = valuation.complete  # else: no P&L from the day open, no drawdown, no margin figure (docstring)
 
     return {
         "portfolio_id": portfolio_id,
@@ -314,7 +341,7 @@ def snapshot_dict(
         "pnl": {
             "unrealized": _f(unrealized_total),
             "realized": realized,
-            "daily": _f(equity - peaks.day_open),
+            "daily": _f(equity - peaks.day_open) if complete else None,
             "total": _f(realized + unrealized_total),
         },
         "var": {
@@ -328,9 +355,9 @@ def snapshot_dict(
             "utilization": _f(risk.limit_var / var_limit),
         },
         "drawdown": {
-            "daily": _drawdown(equity, peaks.day_peak),
-            "weekly": _drawdown(equity, peaks.week_peak),
-            "max": min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)),
+            "daily": _drawdown(equity, peaks.day_peak) if complete else None,
+            "weekly": _drawdown(equity, peaks.week_peak) if complete else None,
+            "max": min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)) if complete else None,
         },
         "concentration": {
             "hhi": math_logic.hhi_concentration(exposures),
@@ -338,9 +365,9 @@ def snapshot_dict(
             "largest_ticker": header.tickers[largest_i] if largest_i is not None else None,
         },
         "margin": {
-            "level": _f(valuation.margin_level) if margin else None,
-            "used": _f(valuation.margin_used) if margin else 0.0,
-            "maintenance": _f(gross * valuation.maintenance_margin) if margin else 0.0,
+            "level": _f(valuation.margin_level) if margin else None,  # None when incomplete (Valuation)
+            "used": (_f(valuation.margin_used) if complete else None) if margin else 0.0,
+            "maintenance": (_f(gross * valuation.maintenance_margin) if complete else None) if margin else 0.0,
         },
         "data": {
             "market_age_seconds": max(0.0, float(now) - float(header.ts)),

@@ -37,6 +37,13 @@ class Valuation:
     clean_prices: Float64Array | None = None
     """``nan_to_num(prices, nan=0.0)`` when the caller computed it once for many portfolios (the monitor)."""
 
+    @property
+    def complete(self) -> bool:
+        """Whether every held ticker has a usable price. An incomplete valuation counts the unpriced positions at
+        0, so its equity is not the book's: the monitor neither moves the equity peaks with it nor reports its
+        margin level or drawdowns (logic/snapshot.py)."""
+        return not self.missing
+
     @cached_property
     def _clean(self) -> Float64Array:
         return self.clean_prices if self.clean_prices is not None else np.nan_to_num(self.prices, nan=0.0)
@@ -84,8 +91,10 @@ class Valuation:
 
     @property
     def margin_level(self) -> float | None:
-        """Equity / used margin x 100, in percent; None for a cash account or when nothing is used."""
-        if self.account_type != "margin":
+        """Equity / used margin x 100, in percent; None for a cash account, when nothing is used, or when the
+        valuation is not :attr:`complete`: an unpriced position counts 0 in both the equity and the used margin,
+        so the ratio is no margin level (an unpriced short would raise it far above the true one)."""
+        if self.account_type != "margin" or self.missing:
             return None
         used = self.margin_used
         return None if used <= 0 else self.equity / used * 100.0

@@ -151,7 +151,9 @@ class MonitoringStore(StoreBase):
     # KEYS[1] = pf:{id}:peaks (hash: day, day_open, day_peak, week, week_peak, max_peak, max_dd, last, close)
     # ARGV[1] = equity now (number as text), ARGV[2] = day id, ARGV[3] = week id (ISO dates order as text),
     # ARGV[4] = a fresh ``owner`` stamp: a vectorised monitor's in-memory copy is stale (engine/store/tick_state.py),
-    # ARGV[5] = '1' when the market is open (engine/sessions.py ``MarketCalendar.sets_close``), else '0'.
+    # ARGV[5] = '1' when the market is open (engine/sessions.py ``MarketCalendar.sets_close``), else '0',
+    # ARGV[6] = '0' when the valuation is incomplete (a held ticker without a usable price: logic/valuation.py
+    # ``Valuation.complete``), else '1'.
     # Merges one equity observation. ``close`` is the last equity observed while the market was open, ``last`` the
     # last one observed at all. A later day (week) opens at the close (the previous session's: an observation
     # between the close and the open, extended hours or an evening re-mark, never becomes the open), else at the
@@ -161,9 +163,20 @@ class MonitoringStore(StoreBase):
     # period, and the close, alone. The all-time peak is a max and the worst drawdown from it a min, so two
     # monitors, or a tick processed twice, never lose an update. A ``24/7`` market is always open: close = last.
     # Capital flows shift every reference but max_dd (``_SHIFT_PEAKS_LUA``).
+    # An incomplete valuation is no observation: its equity counts an unpriced position at 0 (an unpriced short
+    # raises it by the short's whole value), so it moves nothing, not even ``last`` or ``close`` (either may
+    # become a day's open) nor the day / week (the next complete observation rolls them, opening at the last
+    # complete close): only the owner stamp is written, and the stored references are returned (with none
+    # stored: this equity's, which the snapshot does not use; it reports no drawdown then, logic/snapshot.py).
     # Returns {day, day_open, day_peak, week, week_peak, max_peak, max_dd}.
     _PEAKS_LUA = """
 local key, e, day, week = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
+if ARGV[6] == '0' then
+  local stored = redis.call('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd')
+  redis.call('HSET', key, 'owner', ARGV[4])
+  if not stored[1] then return {day, ARGV[1], ARGV[1], week, ARGV[1], ARGV[1], '0'} end
+  return stored
+end
 local h = redis.call('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd',
                      'last', 'close')
 local open_s = h[9] or h[8] or ARGV[1]
@@ -193,15 +206,17 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
 
     def update_peaks(
         self, portfolio_id: str, equity: float, day_id: str, week_id: str, pipe: Conn = None, *,
-        market_open: bool = True,
+        market_open: bool = True, complete: bool = True,
     ) -> EquityPeaks | None:  # fmt: skip
         """Merge one equity observation into the portfolio's peaks (atomic); returns the merged peaks, or
         ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`). ``market_open``: the
-        observation may be the session's close (``MarketCalendar.sets_close``; the script's comment)."""
+        observation may be the session's close (``MarketCalendar.sets_close``; the script's comment);
+        ``complete`` False: the valuation misses a held price, the peaks are returned as stored, unmoved."""
         if not math.isfinite(equity):
             raise ValueError(f"equity must be finite, got {equity}")
         key = PortfolioKeys(portfolio_id).peaks
-        args = [repr(float(equity)), day_id, week_id, foreign_stamp(), "1" if market_open else "0"]
+        args = [repr(float(equity)), day_id, week_id, foreign_stamp(), "1" if market_open else "0",
+                "1" if complete else "0"]  # fmt: skip
         reply = self._eval(pipe, self._PEAKS_LUA, [key], args)
         return None if pipe is not None else EquityPeaks.from_reply(reply, key)
 

@@ -75,6 +75,8 @@ _FIELD_SETS = {
 """The peaks fields a write sets, by the bit mask of those it sets (:meth:`TickState._peak_fields`)."""
 _ALL_FIELDS = (1 << len(_CHANGED_FIELDS)) - 1
 _CLOSE_BIT = 1 << _CHANGED_FIELDS.index("close")
+_LAST_BIT = 1 << _CHANGED_FIELDS.index("last")
+_OWNER_BIT = 1 << _CHANGED_FIELDS.index(OWNER_FIELD)
 _LAST_ONLY = ("last",)
 _LAST_AND_CLOSE = ("last", "close")
 _LAST_COLUMN = _PEAK_COLUMNS.index("last")
@@ -454,13 +456,17 @@ class TickState:
         pnl: Float64Array,
         ms: int,
         market_open: bool = True,
+        complete: npt.NDArray[np.bool_] | None = None,
     ) -> Merged:
         """Merge one observation of every ``valid`` portfolio into its peaks and excursions (the others keep
         their state): ``equity`` per portfolio; ``side`` / ``pnl`` per position, the side (+1 / -1; 0 = no
         excursion this tick: flat, or no usable price) and the unrealized P&L; ``ms``: the entry time;
-        ``market_open``: the observations may be the session's close (``MarketCalendar.sets_close``). The
-        history buckets are merged by :meth:`merge_tiers` once the points are known."""
-        # peaks: MonitoringStore._PEAKS_LUA, vectorised
+        ``market_open``: the observations may be the session's close (``MarketCalendar.sets_close``);
+        ``complete``: per portfolio, False where a held ticker has no usable price (None: all complete): that
+        equity is no observation and moves no peak, as in ``_PEAKS_LUA`` (its excursions merge). The history
+        buckets are merged by :meth:`merge_tiers` once the points are known."""
+        # peaks: MonitoringStore._PEAKS_LUA, vectorised; an incomplete valuation keeps the peaks as they are
+        observed = valid if complete is None else valid & complete
         peaks = self.peaks.copy()
         day_open, day_peak, week_peak, max_peak, max_dd, last, close = (peaks[:, i].copy() for i in range(_NPEAK))
         reference = np.where(np.isnan(close), last, close)  # the previous close; a hash without one: the last
@@ -470,7 +476,7 @@ class TickState:
         new_weeks: list[str] = []
         for p in range(len(self.pids)):
             d, w = self.day[p], self.week[p]
-            if not valid[p]:
+            if not observed[p]:
                 new_days.append(d or "")
                 new_weeks.append(w or "")
                 continue
@@ -487,7 +493,7 @@ class TickState:
                 close[p] = e
             new_days.append(d)
             new_weeks.append(w)
-        v = valid
+        v = observed
         max_peak = np.where(v & (np.isnan(max_peak) | (equity > max_peak)), equity, max_peak)
         with np.errstate(divide="ignore", invalid="ignore"):
             dd = np.where((max_peak > 0) & (equity < max_peak), equity / max_peak - 1.0, 0.0)
@@ -581,7 +587,9 @@ class TickState:
     def _peak_fields(self, merged: Merged) -> list[tuple[str, ...]]:
         """Per portfolio, the peaks fields its write sets (``_APPLY_LUA``): all of them and the owner stamp when
         it was loaded this tick (its hash may lack some; another writer stamped it), else those that changed,
-        and ``last`` always; never a ``close`` that is not known yet (NaN)."""
+        and ``last`` always; never a field that is not known yet (a NaN ``close``; with an incomplete valuation,
+        which moves nothing, any reference a hash lacks, and no day or week before a first observation), and
+        the owner stamp where ``last`` is not written (every write touches the key other writers WATCH)."""
         changed = ~((merged.peaks == self.peaks) | (np.isnan(merged.peaks) & np.isnan(self.peaks)))
         changed[:, _LAST_COLUMN] = True
         changed = np.column_stack((
@@ -589,7 +597,12 @@ class TickState:
             [a != b for a, b in zip(merged.week, self.week, strict=True)], np.zeros(len(self.pids), dtype=bool),
         )) if len(self.pids) else np.zeros((0, len(_CHANGED_FIELDS)), dtype=bool)  # fmt: skip
         codes = np.where(self.checked, _ALL_FIELDS, changed @ (1 << np.arange(len(_CHANGED_FIELDS))))
-        codes = np.where(np.isnan(merged.peaks[:, _CLOSE_COLUMN]), codes & ~_CLOSE_BIT, codes)
+        unknown = np.column_stack((
+            np.isnan(merged.peaks), [not d for d in merged.day], [not w for w in merged.week],
+            np.zeros(len(self.pids), dtype=bool),
+        )) if len(self.pids) else np.zeros((0, len(_CHANGED_FIELDS)), dtype=bool)  # fmt: skip
+        codes &= ~(unknown @ (1 << np.arange(len(_CHANGED_FIELDS))))
+        codes = np.where(codes & _LAST_BIT, codes, codes | _OWNER_BIT)
         return [_FIELD_SETS[c] for c in codes.tolist()]
 
     def _marks(
