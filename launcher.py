@@ -3,8 +3,10 @@
 
 ``start`` starts the embedded Redis (unless ``REDIS_URL`` is set or it already runs), seeds the store when it
 is empty, then starts every service of :data:`SERVICES` that is not running yet, each with its PID file and log
-under ``<data_dir>/run`` and ``<data_dir>/log``. Running it twice starts nothing twice. ``stop`` stops, by PID,
-what ``start`` started: services first, Redis last (so its AOF holds everything they wrote).
+under ``<data_dir>/run`` and ``<data_dir>/log``. Running it twice starts nothing twice, even at once: ``start``,
+``demo`` and ``stop`` hold an exclusive lock (``<data_dir>/run/launcher.lock``) for their whole run, and a second
+one waits for it (:meth:`Launcher.exclusive`). ``stop`` stops, by PID, what ``start`` started: services first,
+Redis last (so its AOF holds everything they wrote).
 
 The archiver (``python -m engine.archive``) is one of the services: a process of its own, so its file writes and
 fsyncs never delay a tick, a delivery or a page. It moves the audit streams' older records to
@@ -27,12 +29,14 @@ Stop it with ``python launcher.py stop --config configs/demo.toml`` (``make stop
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +59,13 @@ numeric processes share the cores: BLAS threads of their own would oversubscribe
 DEMO_BAR_SECONDS = 3.0
 """Wall seconds per replayed weekly bar in the demo: about 3 minutes for Oct 2018 - Dec 2019."""
 DEMO_CLOCK_ENV = "RISKDESK__MODEL__DEMO_CLOCK_SECONDS"
+LOCK_NAME = "launcher.lock"
+"""In ``<data_dir>/run``: held (flock) by ``start``, ``demo`` and ``stop`` for their whole run."""
+LOCK_WAIT_SECONDS = 90.0
+"""How long ``start``/``stop`` wait for another launcher on the same data directory before refusing: longer than a
+slow ``stop`` (six services at :data:`STOP_TIMEOUT_SECONDS` each, then Redis's 15 s) or a start, so a second
+``make run`` typed during the first waits and then reports what runs."""
+LOCK_POLL_SECONDS = 0.05
 
 
 def with_child_defaults(env: dict[str, str]) -> dict[str, str]:
@@ -150,8 +161,10 @@ class Launcher:
         *,
         config: str | os.PathLike[str] | None = None,
         stream_args: Sequence[str] = (),
+        lock_wait_seconds: float = LOCK_WAIT_SECONDS,
     ) -> None:
         self.settings = settings
+        self.lock_wait_seconds = lock_wait_seconds
         self.root = root
         self.config = None if config is None else Path(config).resolve()
         """The settings file, handed to every child (RISKDESK_CONFIG) so they read what the launcher read."""
@@ -192,9 +205,59 @@ class Launcher:
             env["RISKDESK_CONFIG"] = str(self.config)
         return with_child_defaults(env)
 
+    @contextlib.contextmanager
+    def exclusive(self, doing: str) -> Iterator[None]:
+        """Hold ``<data_dir>/run/launcher.lock`` (:data:`LOCK_NAME`, an exclusive ``flock``) while ``doing``
+        (``starting``, ``stopping``): one launcher at a time per data directory.
+
+        Why: ``start`` checks what runs and then starts what does not; two at once (two ``make run``) each found
+        Redis and every service stopped, started two of each (one Redis orphaned: its PID file overwritten, so
+        ``stop`` left it running on the shared AOF) and seeded the store twice. A second caller waits up to
+        ``lock_wait_seconds`` (:data:`LOCK_WAIT_SECONDS`), saying so on stderr, then refuses with
+        :class:`LauncherError` naming the holder's PID. The lock is released when the block exits, however it
+        exits (the descriptor is closed), and the kernel drops a flock when its process dies (a launcher killed
+        mid-start never leaves it held). The descriptor is not inheritable (Python's default), so the daemons
+        started under it do not hold it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + self.lock_wait_seconds
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = _lock_holder(fd)
+                    if time.monotonic() >= deadline:
+                        raise LauncherError(
+                            f"another launcher is {holder} on {self.data_dir} (lock {path}); gave up after "
+                            f"{self.lock_wait_seconds:g} s",
+                            fix="let it finish (`python launcher.py status` shows what runs), then run the command "
+                            "again; the lock is held by a live process (a dead one's lock is dropped by the kernel)",
+                        ) from None
+                    if not told:
+                        print(f"launcher: another launcher is {holder}; waiting up to {self.lock_wait_seconds:g} s",
+                              file=sys.stderr)  # fmt: skip
+                        told = True
+                    time.sleep(LOCK_POLL_SECONDS)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {doing}\n".encode(), 0)  # read by a waiting launcher (_lock_holder)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the flock
+
     def start(self, seed_args: Sequence[str] | None = None) -> list[str]:
         """Start what is not running; an empty store is seeded from the settings, or with ``python warmup.py
-        *seed_args`` when given (the demo's history and book)."""
+        *seed_args`` when given (the demo's history and book). Under the launcher lock (:meth:`exclusive`)."""
+        with self.exclusive("starting"):
+            return self._start(seed_args)
+
+    def _start(self, seed_args: Sequence[str] | None) -> list[str]:
         lines: list[str] = []
         if (self.root / "dashboard/app.py").exists():
             check_binding(self.settings, self.root)
@@ -247,12 +310,14 @@ class Launcher:
         """``start`` on the real weekly closes bundled with plotly (see the module docstring)."""
         from engine import demo_data
 
-        files = demo_data.export(self.data_dir / "demo-data", self.settings)
-        self.stream_args = ("--feed", "replay", "--file", str(files.replay), "--interval", repr(float(interval)))
-        tickers = ", ".join(self.settings.universe.assets)
-        lines = [f"demo       {files.weeks} weekly closes of {tickers} (plotly.data.stocks) in {files.replay.parent}"]
-        seed = ("--history", str(files.history), "--positions", str(files.book))
-        return lines + self.start(seed_args=seed)
+        with self.exclusive("starting"):  # also over the export: another demo's warm-up may be reading the files
+            files = demo_data.export(self.data_dir / "demo-data", self.settings)
+            self.stream_args = ("--feed", "replay", "--file", str(files.replay), "--interval", repr(float(interval)))
+            tickers = ", ".join(self.settings.universe.assets)
+            where = files.replay.parent
+            lines = [f"demo       {files.weeks} weekly closes of {tickers} (plotly.data.stocks) in {where}"]
+            seed = ("--history", str(files.history), "--positions", str(files.book))
+            return lines + self._start(seed_args=seed)
 
     def pid(self, name: str) -> int | None:
         """PID of a running service; a stale PID file (process gone or PID reused) is removed, never trusted."""
@@ -260,6 +325,12 @@ class Launcher:
         return owned_pid(self.run_dir / f"{name}.pid", marker)
 
     def stop(self) -> list[str]:
+        """Stop the services, then Redis, by PID; under the launcher lock (:meth:`exclusive`), so a ``start`` in
+        progress is never half stopped and cannot start something after ``stop`` looked."""
+        with self.exclusive("stopping"):
+            return self._stop()
+
+    def _stop(self) -> list[str]:
         lines = []
         for service in reversed(services(self.settings)):
             pid = self.pid(service.name)
@@ -284,6 +355,15 @@ class Launcher:
             pid = self.pid(service.name)
             lines.append(f"{service.name:<10} {f'running (pid {pid})' if pid else 'stopped'}")
         return lines
+
+
+def _lock_holder(fd: int) -> str:
+    """What the launcher holding the lock open as ``fd`` wrote in it: ``"starting (pid 123)"``; ``pid unknown``
+    in the instant between its taking the lock and writing."""
+    words = os.pread(fd, 64, 0).decode(errors="replace").split()
+    if len(words) == 2 and words[0].isdigit():
+        return f"{words[1]} (pid {words[0]})"
+    return "starting/stopping (pid unknown)"
 
 
 def _terminate(pid: int) -> None:

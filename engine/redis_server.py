@@ -25,12 +25,14 @@ in an append directory (``appenddirname``); :func:`aof_files` lists either layou
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +51,10 @@ SOCKET_NAME = "redis.sock"
 PID_NAME = "redis.pid"
 LOG_NAME = "redis.log"
 START_TIMEOUT_SECONDS = 15.0
+START_LOCK_NAME = "redis.lock"
+"""Held (flock) by :meth:`EmbeddedRedis.start` from its first check to the server's first answer."""
+START_LOCK_WAIT_SECONDS = START_TIMEOUT_SECONDS + 5.0
+"""How long a second starter waits for the first: its whole start (up to :data:`START_TIMEOUT_SECONDS`)."""
 STOP_TIMEOUT_SECONDS = 15.0
 AOF_NAME = "riskdesk.aof"
 """The append-only file (Redis 6) or the base name of the files in the append directory (Redis 7)."""
@@ -222,10 +228,106 @@ class EmbeddedRedis:
         return redis.Redis(unix_socket_path=str(self.socket_path), **kwargs)  # type: ignore[arg-type]
 
     def start(self) -> bool:
-        """Start the server unless it already runs. Returns True when this call started it."""
-        if self.is_running():
-            return False
+        """Start the server unless it already runs. Returns True when this call started it.
+
+        Under an exclusive ``flock`` on ``<data_dir>/redis.lock`` (:meth:`_start_lock`) from the first check to
+        the first answer: two callers at once on one data directory would otherwise each see no server, each
+        delete the socket and overwrite the PID file, and leave two servers appending to one AOF, one of them
+        out of reach of ``stop``. The later caller waits and finds the server running (False).
+
+        A live server of this data directory that does not answer (still starting or loading its AOF after its
+        starter died, stopped, or hung), or that runs without its PID file, is never replaced: its socket is left
+        alone and :class:`~engine.errors.StoreUnavailableError` names its PID (:meth:`_live_servers`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._start_lock():
+            if self.is_running():
+                return False
+            alive = self._live_servers()
+            if alive:
+                pids = ", ".join(map(str, alive))
+                if self.pid() in alive:
+                    state = f"is running but does not answer on {self.socket_path} (still starting or loading its AOF, "
+                    state += "stopped, or hung)"
+                else:
+                    state = f"is running without its PID file {self.pid_path} (`stop` cannot reach it)"
+                raise StoreUnavailableError(
+                    f"redis-server (pid {pids}) of {self.data_dir} {state}; not starting a second server on the "
+                    "same AOF",
+                    fix=f"wait a few seconds and start again; if it stays so, see {self.data_dir / LOG_NAME}, stop it "
+                    f"(`kill {alive[0]}`) and start again",
+                )
+            return self._spawn()
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
+        """Exclusive ``flock`` on ``<data_dir>/redis.lock`` (:data:`START_LOCK_NAME`), waited for at most
+        :data:`START_LOCK_WAIT_SECONDS`, then :class:`~engine.errors.StoreUnavailableError` naming the holder.
+
+        Released when the block exits, however it exits (the descriptor is closed); the kernel also drops a flock
+        when its process dies, so a starter killed mid-start never leaves it held. The descriptor is not
+        inheritable (Python's default), so the redis-server spawned under it does not hold the lock."""
+        fd = os.open(self.data_dir / START_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + START_LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                        raise StoreUnavailableError(
+                            f"another process (pid {holder}) has been starting the redis-server of {self.data_dir} "
+                            f"for over {START_LOCK_WAIT_SECONDS:.0f} s",
+                            fix="wait for it to finish, or stop it, then start again",
+                        ) from None
+                    time.sleep(0.02)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above, in the next waiter
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _live_servers(self) -> list[int]:
+        """PIDs of live redis-servers of this data directory (the caller found none answering through the PID
+        file): the one the PID file names (:func:`owned_pid`) if its command line names this socket or it runs in
+        this directory, and any other whose command line names this socket (one left without its PID file, as an
+        older launcher's double start left one). Zombies and processes that cannot be read are not counted."""
+        import psutil
+
+        socket = str(self.socket_path)
+
+        def of_this_dir(proc: psutil.Process) -> bool:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return False
+                cmdline = proc.cmdline()
+                if not cmdline or not any(m in cmdline[0] for m in REDIS_MARKER):  # the program, not an argument
+                    return False
+                return any(socket in part for part in cmdline) or Path(proc.cwd()) == self.data_dir
+            except psutil.Error:
+                return False
+
+        found: list[int] = []
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                if of_this_dir(psutil.Process(pid)):
+                    found.append(pid)
+        for proc in psutil.process_iter():
+            if proc.pid not in found and proc.pid != os.getpid():
+                try:
+                    if any(socket in part for part in proc.cmdline()) and of_this_dir(proc):
+                        found.append(proc.pid)
+                except psutil.Error:
+                    continue
+        return found
+
+    def _spawn(self) -> bool:
+        """Run the server (the caller holds the start lock and found none of this data directory alive)."""
         if self.socket_path.exists():
             self.socket_path.unlink()
         args = [
