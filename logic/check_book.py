@@ -66,7 +66,10 @@ class Sim:
     book_key: Any
     trading_state: TradingStatus | None
     recent_orders: int
+    """The traders' fills in the order-rate window (every fill but the automation's liquidation ones)."""
     errors: Mapping[str, StoreError]
+    recent_auto_orders: int = 0
+    """The automation's liquidation-only fills in the window: its own budget (logic/checks.py)."""
 
     @classmethod
     def from_view(cls, view: TradeView) -> Sim:
@@ -78,6 +81,7 @@ class Sim:
             view.trading_state,
             view.recent_orders,
             view.errors,
+            view.recent_auto_orders,
         )
 
     @classmethod

@@ -16,10 +16,15 @@ refused by any limit of :data:`logic.limits.WAIVED_WHEN_REDUCING_RISK` (collar, 
 margin, margin floor, leverage, daily loss, position, REDUCING; the collar's reference is re-anchored at every
 session open by engine/collar.py); bad input, missing or stale data, a price beyond the sanity factor of the collar's
 reference (``PRICE_SANITY``: cents for dollars, a bad print), store errors, HALTED, cash-account inventory and cash,
-the fat-finger limits and the order rate still refuse it. An order that flips the position is not
-risk-reducing, even when it lowers VaR and gross exposure: only its closing part would be, and the quantity it opens
-on the other side is new risk, so nothing is waived for it and each limit measures what it adds from the book with
-the ticker flat (:meth:`Checker._check_risk`); it passes at most as a hedge. HALTED refuses every trader order
+the fat-finger limits and the order rate still refuse it. The order rate has two budgets: the traders'
+``max_orders_per_minute`` counts every fill but the automation's liquidation-only ones (actor ``auto:<rule id>``
+with ``OrderIntent.LIQUIDATION``, :func:`automation_order`), which neither count against it nor are refused by
+it, so a desk trading at its limit cannot lock the automated responses out of a crash; they have their own budget
+of :data:`AUTOMATION_RATE_MULTIPLE` times the limit per minute, which still stops a runaway loop. A human risk
+manager's liquidation-only order is a trader's order here (counted and throttled). An order that flips the position
+is not risk-reducing, even when it lowers VaR and gross exposure: only its closing part would be, and the quantity it
+opens on the other side is new risk, so nothing is waived for it and each limit measures what it adds from the book
+with the ticker flat (:meth:`Checker._check_risk`); it passes at most as a hedge. HALTED refuses every trader order
 (``OrderIntent.TRADE``); a liquidation-only order (``OrderIntent.LIQUIDATION``, the automated responses and
 authorised risk managers) passes in any state if it shrinks the position without flipping it (the price sanity check
 and the other unwaived checks above still apply), and is refused ``LIQUIDATION_ONLY`` otherwise. REDUCING passes
@@ -90,6 +95,17 @@ from logic.rejections import (
 from logic.rejections import store_failure_decision as store_failure_decision
 from logic.risk_models import risk_model_of
 
+AUTOMATION_ACTOR_PREFIX = "auto:"
+"""The actor of every automated response (``auto:<rule id>``, logic/lifecycle.py ``AUTO_ACTOR_PREFIX``)."""
+AUTOMATION_RATE_MULTIPLE = 10
+"""The automation's liquidation-only orders may fill up to this many times ``max_orders_per_minute`` in the
+trailing minute, apart from the traders' budget. Why a multiple and why 10: a response fires in a burst (a flatten
+sends every position at once, each leg split into child orders by the fat-finger caps), while the traders' limit
+paces a sustained flow, so the automation needs more headroom than the desk; its orders can only shrink positions
+(never flip or add), so the bound exists to stop a runaway loop of tiny orders, not to pace risk-taking; and it
+follows the limit a risk manager sets per portfolio (a desk throttled to 3 a minute lets its automation send 30),
+with no new setting to forget."""
+
 _DEFAULT_ASSET = Asset(price=1.0, annual_vol=1.0)
 """Liquidity parameters (avg daily volume, spread) of tickers the settings do not list (added at run time)."""
 
@@ -142,11 +158,14 @@ class Checker:
         intent: OrderIntent = OrderIntent.TRADE,
         *,
         size: bool = True,
+        automated: bool = False,
     ) -> tuple[Decision, Plan | None]:
         """Every check of SPEC.md section 6 on ``sim``; returns the decision and, when approved, the plan.
 
         ``size``: on a refused well-formed order (known ticker, valid side, usable price), fill the decision's
-        ``max_qty_allowed`` (:mod:`logic.sizing`); an approved order costs nothing more.
+        ``max_qty_allowed`` (:mod:`logic.sizing`); an approved order costs nothing more. ``automated``: the
+        order is the automation's (:func:`automation_order`): a liquidation-only one is rated against the
+        automation's budget (``sim.recent_auto_orders``), not the traders'.
         """
         lookups = Lookups(
             self.limits,
@@ -158,13 +177,17 @@ class Checker:
             self.validated,
         )
         try:
-            decision, plan = self._evaluate(sim, ticker, qty, side, now, pending_orders, intent, lookups)
+            decision, plan = self._evaluate(
+                sim, ticker, qty, side, now, pending_orders, intent, lookups, automated=automated
+            )
         except (ArithmeticError, ValueError) as exc:  # a backstop: the checks below guard their own figures
             return not_finite_decision(self.portfolio_id, ticker, self.limits, now, exc), None
         if size and not decision.approved and decision.side is not None and decision.price is not None:
             try:
                 with np.errstate(over="raise"):
-                    best = self.max_qty_allowed(sim, ticker, decision.side, now, pending_orders, intent, lookups)
+                    best = self.max_qty_allowed(
+                        sim, ticker, decision.side, now, pending_orders, intent, lookups, automated=automated
+                    )
             except (ArithmeticError, ValueError):
                 best = 0  # no quantity can be shown to pass on figures that overflow
             decision = replace(decision, max_qty_allowed=best)
@@ -179,11 +202,15 @@ class Checker:
         pending_orders: int,
         intent: OrderIntent,
         lookups: Lookups,
+        *,
+        automated: bool = False,
     ) -> int:
         """The largest quantity of ``ticker`` on ``side`` that passes every check on ``sim`` now (0: none)."""
 
         def passes(q: int) -> bool:
-            decision, _ = self._evaluate(sim, ticker, q, side, now, pending_orders, intent, lookups)
+            decision, _ = self._evaluate(
+                sim, ticker, q, side, now, pending_orders, intent, lookups, automated=automated
+            )
             return decision.approved
 
         inputs = sizing.sizing_inputs(self, sim, ticker, side, intent, lookups)
@@ -202,6 +229,8 @@ class Checker:
         pending_orders: int,
         intent: Any,
         lookups: Lookups,
+        *,
+        automated: bool = False,
     ) -> tuple[Decision, Plan | None]:
         limits = self.limits
         reasons: list[Reason] = []
@@ -315,8 +344,19 @@ class Checker:
                 if sim.reference is not None:
                     self._check_collar(d, reasons, sim.reference, ticker, last)
 
-        # order-rate throttle
-        if sim.recent_orders + pending_orders >= limits.max_orders_per_minute:
+        # order-rate throttle: the traders' budget, or the automation's own for its liquidation-only orders
+        if automated and intent == OrderIntent.LIQUIDATION:
+            budget = AUTOMATION_RATE_MULTIPLE * limits.max_orders_per_minute
+            if sim.recent_auto_orders + pending_orders >= budget:
+                reasons.append(
+                    reason(
+                        ReasonCode.RATE_LIMIT,
+                        f"{sim.recent_auto_orders + pending_orders} automated liquidation orders in the last minute "
+                        f"(the automation's budget {budget}: {AUTOMATION_RATE_MULTIPLE} x max_orders_per_minute "
+                        f"{limits.max_orders_per_minute}); a runaway loop? see the alert's automated responses",
+                    )
+                )
+        elif sim.recent_orders + pending_orders >= limits.max_orders_per_minute:
             reasons.append(
                 reason(
                     ReasonCode.RATE_LIMIT,
@@ -654,6 +694,18 @@ class Checker:
             index=index,
         )
         return plan, var_after < var_from
+
+
+def automation_order(actor: Any, intent: Any) -> bool:
+    """An order of the automated responses that its own order-rate budget covers: actor ``auto:<rule id>`` and
+    liquidation-only intent (an enum or its string). Anything else, a human risk manager's liquidation-only
+    order included, is a trader's order for the throttle: a person clicking is not a burst of hundreds of child
+    orders, and exempting every "liquidation" label would let any caller step around the desk's limit."""
+    if not (isinstance(actor, str) and actor.startswith(AUTOMATION_ACTOR_PREFIX)):
+        return False
+    if isinstance(intent, str) and not isinstance(intent, OrderIntent):
+        intent = intent.strip().lower()
+    return bool(intent == OrderIntent.LIQUIDATION)
 
 
 def _beyond_collar(last: float, ref: float, collar: float) -> bool:

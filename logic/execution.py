@@ -81,6 +81,7 @@ from engine.records import (
     ReasonCode,
 )
 from logic.check_book import Plan, Sim
+from logic.checks import automation_order
 from logic.decisions import parse_quantity, parse_side, reason
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ def _transact(
     """
     store = gate.store
     keys = store.trading_watch_keys(gate.portfolio_id)
+    automated = automation_order(actor, intent)  # the automation's own order-rate budget (logic/checks.py)
     now = gate.clock()
     for attempt in range(MAX_ATTEMPTS):
         try:
@@ -250,7 +252,9 @@ def _transact(
                     )
                 else:
                     checker = gate.checker_for(view)  # the live limits (engine/store/limits.py)
-                    decision, plan = checker.evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
+                    decision, plan = checker.evaluate(
+                        Sim.from_view(view), ticker, qty, side, now, intent=intent, automated=automated
+                    )
                     result = result_of(gate.portfolio_id, decision, plan, client_order_id, actor, now)
                     if plan is None and view.portfolio is None:
                         pipe.unwatch()  # no such portfolio: nothing to record the rejection in
@@ -271,6 +275,7 @@ def _transact(
                         rate_window_seconds=RATE_WINDOW_SECONDS,
                         pipe=pipe,
                         qty_before=plan.position_before.qty if plan.position_before is not None else 0,
+                        automated=automated,
                     )
                 if ticket is not None:
                     store.leave_order_queue(

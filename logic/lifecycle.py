@@ -4,7 +4,8 @@
 portfolio. Alerts resolve by themselves after the clear period, or by hand. A CRITICAL alert *inhibits* the
 lower-severity alerts on the same metric of the same portfolio: they stay visible but send nothing until it is
 gone. An acknowledged alert that is still active after ``[escalation] ack_timeout_seconds`` goes back to
-TRIGGERED and escalation restarts. Every transition becomes a history record with the full alert.
+TRIGGERED and escalation restarts. Every transition becomes a history record with the full alert. Within one
+breach episode a rule's trade actions run again only if the metric is materially worse (REARM_WORSENING_FRACTION).
 
 :class:`AlertPlanner` is pure: each ``plan_*`` method reads only its arguments (the alerts and timers the
 engine read inside its WATCH) and returns a :class:`Changes`, which :class:`logic.alerts.AlertEngine` writes
@@ -44,6 +45,13 @@ MANUAL_RESOLVE_REARM_SECONDS = 60.0
 """After a manual resolve, a condition that still holds fires again after its pending period but no sooner
 than this: the breach is real and the desk must hear of it again, yet not on the very next tick."""
 ACTIVE_STATUSES = ACTIVE_ALERT_STATUSES
+TRADE_ACTION_KINDS = ("reduce", "flatten")
+"""Actions that trade (a reduce, a margin sell-down, a flatten): within one breach episode they run again only
+when the metric is materially worse than at their last run (:func:`rerun_refusal`)."""
+REARM_WORSENING_FRACTION = 0.25
+"""*Materially worse* (:func:`rerun_refusal`): further in the breach direction by this fraction of ``max(|threshold|,
+|value at the last run|)`` (a -5 % drawdown rule that cut at -10.8 % cuts again at -13.5 %). A manual resolve on a
+breach that persists re-arms the *alert*, never another cut for the same loss (no 4000 -> 2000 -> 1000 -> 500)."""
 
 
 @dataclass
@@ -160,8 +168,13 @@ class AlertPlanner:
         ch = Changes()
         resolved = self.resolve_into(ch, portfolio_id, alert, now, actor, note or "resolved by hand")
         if alert.get("kind") == "metric":
-            # a breach that persists fires again, but not at once (see MANUAL_RESOLVE_REARM_SECONDS)
-            ch.trackers_set[rule_id] = {"breach_since": now, "hold_until": now + MANUAL_RESOLVE_REARM_SECONDS}
+            # a breach that persists fires again, but not at once (see MANUAL_RESOLVE_REARM_SECONDS); the
+            # episode's last trade-action run stays with it, so the re-trigger does not trade again for the
+            # same breach (see REARM_WORSENING_FRACTION), and says whose resolve re-armed it
+            tracker: dict[str, Any] = {"breach_since": now, "hold_until": now + MANUAL_RESOLVE_REARM_SECONDS}
+            if alert.get("acted"):
+                tracker["acted"] = {**alert["acted"], "resolved_by": actor, "resolved_at": now}
+            ch.trackers_set[rule_id] = tracker
         return ch, resolved
 
     # -- evaluation and timers -------------------------------------------------------------------------------
@@ -223,12 +236,18 @@ class AlertPlanner:
         self, rule: AlertRule, snapshot: Snapshot, now: float, age: float | None = None
     ) -> tuple[bool | None, Any, bool]:
         """(breach, value, stale): breach None means "hold" (stale data under the ``keep`` policy); ``age``:
-        :func:`data_age` of ``snapshot`` at ``now`` when the caller has it."""
+        :func:`data_age` of ``snapshot`` at ``now`` when the caller has it.
+
+        A null ``margin.level`` does not apply only with ``margin.used`` 0 (a cash account; a flat, fully priced
+        margin book); else it is *no data* (a missing price nulls the margin figures, logic/snapshot.py): the
+        stale-data policy applies, so a price gap never resolves an active margin alert (``keep`` holds it)."""
         if age is None:
             age = data_age(snapshot, now)
         value = metric_value(snapshot, rule.metric)
         if age <= rule.stale_after_seconds and value is None and rule.metric in NOT_APPLICABLE_WHEN_NULL:
-            return False, None, False
+            used = metric_value(snapshot, "margin.used") if rule.metric == MARGIN_METRIC else 0.0
+            if _finite(used) and used == 0:
+                return False, None, False
         if age > rule.stale_after_seconds or not _finite(value):
             return (True, None, True) if rule.stale_policy == "fire" else (None, None, False)
         return compare(float(value), rule.op, float(rule.threshold)), float(value), False  # resolved
@@ -265,7 +284,7 @@ class AlertPlanner:
                 ch.alerts_set[rule.id] = alert
             if alert["severity"] != rule.severity:
                 self.change_severity(ch, alert, Severity(rule.severity), now)
-        new = {k: tracker.get(k) for k in ("breach_since", "clear_since", "hold_until")}
+        new = {k: tracker.get(k) for k in ("breach_since", "clear_since", "hold_until", "acted")}
         if new["hold_until"] is not None and now >= new["hold_until"]:
             new["hold_until"] = None
         if breach:
@@ -278,8 +297,11 @@ class AlertPlanner:
                 since = new["breach_since"] if new["breach_since"] is not None else now
                 new["breach_since"] = since
                 if now - since >= rule.pending_seconds and new["hold_until"] is None:
-                    alert = self.trigger(ch, portfolio_id, rule, value, stale, since, now, snapshot, rules, ref)
+                    alert = self.trigger(
+                        ch, portfolio_id, rule, value, stale, since, now, snapshot, rules, ref, acted=new["acted"]
+                    )
                     current[rule.id] = alert
+                    new["acted"] = alert.get("acted")
         else:
             new["breach_since"] = None
             if alert is not None:
@@ -295,11 +317,18 @@ class AlertPlanner:
                         "auto",
                         f"clear for {now - since:.0f} s" if rule.clear_seconds else "clear",
                     )
-                    del current[rule.id]
-                    new = {"breach_since": None, "clear_since": None, "hold_until": None}
+                    del current[rule.id]  # the episode is over: a new breach is a new one
+                    new = {"breach_since": None, "clear_since": None, "hold_until": None, "acted": None}
                 elif alert.get("value") != value or alert.get("stale") or alert.get("clear_since") != since:
                     alert.update(value=value, stale=False, clear_since=since, updated_at=now)
                     ch.alerts_set[rule.id] = alert
+            elif new["acted"] is not None:
+                # resolved by hand, now clear: the episode (and its memory of the last trade-action run) ends
+                # once the metric has been clear for the rule's clear period, as an alert resolves by itself
+                since = new["clear_since"] if new["clear_since"] is not None else now
+                new["clear_since"] = since
+                if now - since >= rule.clear_seconds:
+                    new.update(clear_since=None, acted=None)
             else:
                 new["clear_since"] = None
         stored = {k: v for k, v in tracker.items() if v is not None}
@@ -366,7 +395,14 @@ class AlertPlanner:
         snapshot: Snapshot,
         rules: Sequence[AlertRule] = (),
         ref: str | None = None,
+        *,
+        acted: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A new alert of ``rule`` and its pending actions. ``acted``: the last run of the rule's trade actions in
+        this breach episode (kept in the tracker across a manual resolve; None for a new episode). With one, a
+        trade action runs again only when :func:`rerun_refusal` finds the value materially worse; else it is not
+        planned and the alert (``actions_skipped``), its log and the audit (``automated_response_skipped``) say
+        why. The alert itself still triggers and notifies."""
         alert = {
             "alert_id": uuid.uuid4().hex[:16],
             "portfolio_id": portfolio_id,
@@ -390,9 +426,33 @@ class AlertPlanner:
             self.log_record(AlertStatus.TRIGGERED, alert, now, SYSTEM_ACTOR, "STALE market data" if stale else "")
         )
         shown = "STALE" if value is None else f"{value:g}"
+        actor = f"{AUTO_ACTOR_PREFIX}{rule.id}"
+        skipped: list[dict[str, Any]] = []
+        traded: list[str] = []
+        rerun_note = ""
+        if acted:
+            rerun_note = f"; re-run: {value_text(value)} is materially worse than {value_text(acted.get('value'))}"
+            rerun_note += f" at the last run ({acted.get('alert_id')})"
+            if acted.get("resolved_by"):
+                rerun_note += f"; re-triggered after a manual resolve by {acted['resolved_by']}"
         for order, text in enumerate(rule.actions):
             action = parse_action(text)
             action_id = f"{alert['alert_id']}-{order}"
+            if action.kind in TRADE_ACTION_KINDS and acted:
+                why = rerun_refusal(rule.op, float(rule.threshold), acted, value)
+                if why is not None:
+                    skipped.append({"action": action.text, "why": why})
+                    ch.audit.append(
+                        {
+                            "ts": now, "actor": actor, "action": "automated_response_skipped",
+                            "response": action.text, "rule_id": rule.id, "alert_id": alert["alert_id"],
+                            "ok": True, "summary": f"{action.text} not re-run: {why}",
+                            "details": {"value": value, "last_run": dict(acted)},
+                        }
+                    )  # fmt: skip
+                    continue
+            if action.kind in TRADE_ACTION_KINDS:
+                traded.append(action.text)
             pending = {
                 "action_id": action_id,
                 "order": order,
@@ -405,10 +465,11 @@ class AlertPlanner:
                 "op": rule.op,
                 "threshold": rule.threshold,
                 "value": value,
-                "actor": f"{AUTO_ACTOR_PREFIX}{rule.id}",
+                "actor": actor,
                 "created_at": now,
                 "reason": f"alert {rule.id}: {rule.description or rule.metric} "
-                f"({rule.metric} {rule.op} {rule.threshold:g}, value {shown})",
+                f"({rule.metric} {rule.op} {rule.threshold:g}, value {shown})"
+                + (rerun_note if action.kind in TRADE_ACTION_KINDS else ""),
             }
             if action.kind == "reduce" and rule.metric == MARGIN_METRIC and rule.op in MARGIN_RULE_OPS:
                 assert action.fraction is not None
@@ -423,6 +484,14 @@ class AlertPlanner:
                 assert action.fraction is not None
                 pending["plan"] = plan_reduction(snapshot.get("positions") or [], action.fraction)
             ch.actions[action_id] = pending
+        if traded:
+            alert["acted"] = {"value": value, "at": now, "alert_id": alert["alert_id"], "actions": traded}
+        elif acted:
+            alert["acted"] = dict(acted)  # the episode's last run stays the reference
+        if skipped:
+            alert["actions_skipped"] = skipped
+            notes = [ch.log[-1]["note"], *(f"{s['action']} not re-run: {s['why']}" for s in skipped)]
+            ch.log[-1].update(note="; ".join(n for n in notes if n), alert=public_alert(alert))
         return alert
 
     def resolve_into(
@@ -652,6 +721,33 @@ class AlertPlanner:
         ch.log.append(self.log_record(AlertStatus.TRIGGERED, alert, now, first["actor"], summary))
         self.plan_timers(ch, portfolio_id, {key: alert}, now)
         return ch
+
+
+def rerun_refusal(op: str, threshold: float, acted: Mapping[str, Any], value: Any) -> str | None:
+    """Why a trade action of a re-triggered rule does not run again in the same breach episode, or None when it
+    does: the value is *materially worse* than at the action's last run (``acted["value"]``), i.e. further in
+    the breach direction of ``op`` (lower for ``<`` / ``<=``, higher for ``>`` / ``>=``) by at least
+    :data:`REARM_WORSENING_FRACTION` of ``max(|threshold|, |last value|)`` (when both are 0: any worsening).
+    An ``==`` rule has no direction to be worse in, and a value or last value that is unknown (stale data)
+    proves nothing: neither re-runs."""
+    if not _finite(value) or not _finite(acted.get("value")):
+        return f"value {value_text(value)} cannot be compared with {value_text(acted.get('value'))} at the last run"
+    if op not in ("<", "<=", ">", ">="):
+        return f"a {op!r} rule has no direction in which the breach could be worse than at the last run"
+    now, last, down = float(value), float(acted["value"]), op in ("<", "<=")
+    step = REARM_WORSENING_FRACTION * max(abs(threshold), abs(last))
+    worse = last - now if down else now - last
+    if worse > 0 and worse >= step:
+        return None
+    bar = last - step if down else last + step
+    return (
+        f"value {now:g} is not materially worse than {last:g} at the last run "
+        f"({acted.get('alert_id')}): a re-run needs {'<=' if down else '>='} {bar:g}"
+    )
+
+
+def value_text(value: Any) -> str:
+    return f"{float(value):g}" if _finite(value) else "STALE"
 
 
 def public_alert(alert: Mapping[str, Any]) -> dict[str, Any]:

@@ -367,15 +367,20 @@ class RiskManager:
             ts=self.clock(),
         )
 
-    def set_trading_state(self, state: str, reason: str, actor: str) -> TradingStatus:
+    def set_trading_state(self, state: str, reason: str, actor: str, expected: str | None = None) -> TradingStatus:
         """Persist ACTIVE / REDUCING / HALTED with who and why, and append an audit record (one transaction).
 
         The audit record's ``previous`` is the state this change replaced, read inside the transaction
         (:meth:`engine.store.Store.change_trading_state`; ``MISSING`` / ``UNREADABLE`` when there was none
         to read). Raises ``ValueError`` for an unknown state or an empty reason or actor (a kill switch is
         changed only deliberately), and the typed store errors when Redis cannot be written.
+
+        ``expected``: the state the person saw when deciding (the page's); when the stored state is another at
+        the moment of the write (the automation tightened REDUCING to HALTED meanwhile), nothing is written and
+        :class:`engine.store.portfolio.TradingStateConflictError` (``TRADING_STATE_CHANGED``) names who changed
+        it to what. None: no such check (scripts, the firm-wide switch).
         """
-        return self._change_trading_state(state, reason, actor, tighten_only=False).status
+        return self._change_trading_state(state, reason, actor, tighten_only=False, expected=expected).status
 
     def tighten_trading_state(self, state: str, reason: str, actor: str) -> StateChange:
         """:meth:`set_trading_state` for the automated responses: writes only when ``state`` is stricter than
@@ -386,7 +391,9 @@ class RiskManager:
         """
         return self._change_trading_state(state, reason, actor, tighten_only=True)
 
-    def _change_trading_state(self, state: str, reason: str, actor: str, *, tighten_only: bool) -> StateChange:
+    def _change_trading_state(
+        self, state: str, reason: str, actor: str, *, tighten_only: bool, expected: str | None = None
+    ) -> StateChange:
         name = str(state).strip().upper()
         if name not in TradingState.__members__:
             raise ValueError(f"unknown trading state {name!r}; use one of {', '.join(TradingState)}")
@@ -405,7 +412,7 @@ class RiskManager:
 
         try:
             change = self.store.change_trading_state(
-                self.portfolio_id, new, record, keep=as_strict if tighten_only else None
+                self.portfolio_id, new, record, keep=as_strict if tighten_only else None, expected=expected
             )
         except StoreError:
             raise

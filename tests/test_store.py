@@ -301,6 +301,11 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
             state, "AAA", Position(6, Decimal("10.5")), {"fill": 1},
             trade_id="t1", client_order_id="o1", ts=1_700_000_000.0, rate_window_seconds=60.0, pipe=pipe,
         )  # fmt: skip
+        store.write_fill(  # an automated liquidation fill: its own rate window (auto_rate)
+            state, "AAA", Position(5, Decimal("10.5")), {"fill": 2},
+            trade_id="t2", client_order_id="o2", ts=1_700_000_000.0, rate_window_seconds=60.0, pipe=pipe,
+            automated=True,
+        )  # fmt: skip
         pipe.execute()
     store.append_trade_record(portfolio_id, {"rejected": True})
     store.record_snapshot(

@@ -57,6 +57,7 @@ def status(d: views.Desk) -> None:
 
 def trading_state(d: views.Desk, pid: str) -> None:
     tv = views.trading_state_view(d, pid)
+    st.session_state["ts_shown_state"] = tv.state  # what the person sees: the change is made against it
     ui.state_badge(tv.state, tv.reason, tv.actor, tv.ts)
     st.caption("Audit (newest first)")
     ui.table(tv.audit, "audit", f"audit_{pid}.csv", height=240, empty="No trading-state change recorded.")
@@ -70,6 +71,7 @@ def apply_state(d: views.Desk, pid: str) -> None:
             st.session_state["ts_new_state"],
             st.session_state.get("ts_reason", ""),
             ui.identity(),
+            st.session_state.get("ts_shown_state"),
         ),
         "ts_result",
     )

@@ -71,7 +71,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:limits_log            stream   the limit changes since the limits record was created (each its
                                              audit record, also on :audit), bounded by MAXLEN ~: the Limits
                                              page's history; a reset deletes it with the limits record
-    pf:{<id>}:rate                  zset     order timestamps for the order-rate throttle
+    pf:{<id>}:rate                  zset     fill timestamps for the traders' order-rate throttle (every fill but
+                                             the automation's liquidation-only ones)
+    pf:{<id>}:auto_rate             zset     fill timestamps of the automation's liquidation-only orders (actor
+                                             ``auto:*``): their own order-rate budget (logic/checks.py)
     pf:{<id>}:alerts                hash     rule id -> JSON of the active alert
     pf:{<id>}:alert_log             stream   every alert transition
     pf:{<id>}:alert_eval            hash     rule id -> JSON pending/clear timers of the rule
@@ -204,6 +207,11 @@ class PortfolioKeys:
         return self._key("rate")
 
     @property
+    def auto_rate(self) -> str:
+        """The automation's liquidation fills: counted against its own budget, not the traders' throttle."""
+        return self._key("auto_rate")
+
+    @property
     def audit(self) -> str:
         return self._key("audit")
 
@@ -317,5 +325,5 @@ class PortfolioKeys:
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
-            self.limits, self.backtest_window, self.checks, self.limits_log,
+            self.limits, self.backtest_window, self.checks, self.limits_log, self.auto_rate,
         )  # fmt: skip

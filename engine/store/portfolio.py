@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from engine.errors import CorruptDataError, StoreEmptyError, StoreError, StoreUnavailableError
+from engine.errors import CorruptDataError, RiskdeskError, StoreEmptyError, StoreError, StoreUnavailableError
 from engine.records import AccountType, PortfolioState, Position, TradingStatus
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
@@ -42,6 +42,15 @@ UNREADABLE = "UNREADABLE"
 """The ``previous`` of a trading-state change when the stored state did not decode."""
 
 
+class TradingStateConflictError(RiskdeskError):
+    """A deliberate trading-state change was made against a state that is no longer the stored one (the
+    automation tightened it, another risk manager changed it): nothing was written. A person lifts only the
+    state they saw: a HALT that landed after their page rendered REDUCING is not theirs to lift unseen."""
+
+    code = "TRADING_STATE_CHANGED"
+    fix = "look at the current trading state (reload the page), then make the change again if it still applies"
+
+
 @dataclass(frozen=True)
 class TradingStateChange:
     """What :meth:`PortfolioStore.change_trading_state` found and did."""
@@ -54,6 +63,14 @@ class TradingStateChange:
     written: bool
     error: StoreError | None = None
     """Why the previous state could not be read (None when it was)."""
+
+
+def _conflict(portfolio_id: str, expected: str, current: TradingStatus | None, previous: str) -> str:
+    """The message of a :class:`TradingStateConflictError`: what was expected and who made the state what it is."""
+    text = f"the trading state of {portfolio_id} is {previous}, not {expected.strip().upper()} as shown"
+    if current is not None:
+        text += f": changed to {current.state} by {current.actor} at {current.ts:.0f} ({current.reason})"
+    return text + "; nothing was changed"
 
 
 def _unread(error: StoreError | None) -> str:
@@ -139,6 +156,7 @@ class PortfolioStore(StoreBase):
         status: TradingStatus,
         record: Mapping[str, Any],
         keep: Callable[[TradingStatus | None], bool] | None = None,
+        expected: str | None = None,
     ) -> TradingStateChange:
         """Set the portfolio's trading state to ``status`` with its audit record, as a compare-and-set.
 
@@ -149,6 +167,11 @@ class PortfolioStore(StoreBase):
         (at most :data:`TRADING_STATE_ATTEMPTS` times, then :class:`StoreUnavailableError`, nothing written),
         so ``keep`` and ``previous`` always see the state the write replaces. The write replaces the whole key
         (a corrupt hash, or a key of the wrong type, is repaired by a deliberate change).
+
+        ``expected``: the state the change was made against (what the person's page showed: a state name,
+        :data:`MISSING` or :data:`UNREADABLE`); when the state read inside the WATCH is another,
+        :class:`TradingStateConflictError` (``TRADING_STATE_CHANGED``) names who changed it to what, when and
+        why, and nothing is written. None: no such check (the automation's tighten-only changes use ``keep``).
 
         Returns what was found and whether it was written. Raises :class:`StoreUnavailableError` when Redis
         cannot be reached or keeps changing the state.
@@ -161,6 +184,9 @@ class PortfolioStore(StoreBase):
                         pipe.watch(keys.trading_state)
                         current, error = self._watched_trading_state(portfolio_id, pipe)
                         previous = str(current.state) if current is not None else _unread(error)
+                        if expected is not None and previous != str(expected).strip().upper():
+                            pipe.unwatch()
+                            raise TradingStateConflictError(_conflict(portfolio_id, str(expected), current, previous))
                         if keep is not None and keep(current):
                             pipe.unwatch()
                             return TradingStateChange(previous, current, False, error)

@@ -1,7 +1,8 @@
 """What the pre-trade gate reads and what a fill writes (logic/risk_manager.py).
 
 Keys: ``pf:{<id>}:orders`` (idempotency records), ``pf:{<id>}:trades`` (trade log), ``pf:{<id>}:rate`` (order-rate
-window), besides the market and book keys it reads (see :mod:`engine.store.keys`).
+window) and ``pf:{<id>}:auto_rate`` (the automation's liquidation fills: their own window), besides the market and
+book keys it reads (see :mod:`engine.store.keys`).
 
 A fill is one MULTI/EXEC over keys of one portfolio (one hash tag, so one Cluster slot), run by
 logic/risk_manager.py after WATCHing :meth:`TradingStore.trading_watch_keys` (what it writes, and the live limits
@@ -65,7 +66,7 @@ class TradeView:
     """The DUMP of the stored positions: a cache key for anything that depends on the holdings only."""
     trading_state: TradingStatus | None
     recent_orders: int
-    """Fills recorded in the order-rate window."""
+    """Fills recorded in the traders' order-rate window (every fill but the automation's liquidation ones)."""
     order: dict[str, Any] | None
     """The stored result of the client order id asked for, if a fill claimed it."""
     errors: Mapping[str, StoreError]
@@ -78,6 +79,8 @@ class TradeView:
     limits_rev: str | None = None
     """The stored record's random token (engine/store/limits.py; "" for a record written before tokens, None
     without a record): a new one on every write, never repeated across a reset."""
+    recent_auto_orders: int = 0
+    """The automation's liquidation-only fills in the same window (``pf:{id}:auto_rate``): its own budget."""
 
 
 class TradingStore(StoreBase):
@@ -87,7 +90,7 @@ class TradingStore(StoreBase):
         """The keys a fill reads and writes, and the live limits it is checked against; WATCH them all before
         re-checking a trade (a limit changed meanwhile aborts the EXEC: the retry checks the new one)."""
         keys = PortfolioKeys(portfolio_id)
-        return (keys.state, keys.positions, keys.trading_state, keys.orders, keys.rate, keys.limits)
+        return (keys.state, keys.positions, keys.trading_state, keys.orders, keys.rate, keys.limits, keys.auto_rate)
 
     def read_trade_view(
         self,
@@ -123,7 +126,9 @@ class TradingStore(StoreBase):
             known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
             held_token(memo, portfolio_id),
         ]  # fmt: skip
-        portfolio_keys = [keys.state, keys.trading_state, keys.rate, keys.orders, keys.positions, keys.limits]
+        portfolio_keys = [
+            keys.state, keys.trading_state, keys.rate, keys.orders, keys.positions, keys.limits, keys.auto_rate,
+        ]  # fmt: skip
         try:
             if is_cluster(self.client):
                 # the market's keys and the portfolio's live on two slots (two nodes): one script each, market
@@ -175,6 +180,7 @@ class TradingStore(StoreBase):
             ),
         )  # fmt: skip
         recent = _try(errors, "rate", lambda: int(_ok(recent, keys.rate)))
+        recent_auto = _try(errors, "rate", lambda: int(_ok(reply[13], keys.auto_rate)))
         order = None
         if client_order_id is not None and raw_order is not None:
             where = f"{keys.orders}.{client_order_id}"
@@ -183,6 +189,7 @@ class TradingStore(StoreBase):
         return TradeView(
             header, reference, portfolio, positions_key, trading, recent or 0, order, errors,
             live.limits if live else None, live.version if live else None, live.rev if live else None,
+            recent_auto or 0,
         )  # fmt: skip
 
     def _script(self, name: str, source: str) -> Any:
@@ -213,6 +220,7 @@ class TradingStore(StoreBase):
         rate_window_seconds: float,
         pipe: Conn,
         qty_before: int = 0,
+        automated: bool = False,
     ) -> str:
         """Queue every write of one fill on ``pipe`` (a MULTI): the caller executes it.
 
@@ -221,7 +229,8 @@ class TradingStore(StoreBase):
         with a ``client_order_id``, stored as that order's idempotency record. ``qty_before``: the shares held
         before the fill (0: flat); a fill that takes them to zero or through zero ends the position's excursion
         (MFE / MAE) in the same MULTI (engine/store/monitoring.py ``reset_mark``), so a position reopened
-        before the monitor's next tick does not inherit the closed one's.
+        before the monitor's next tick does not inherit the closed one's. ``automated``: the automation's
+        liquidation-only fill, recorded in its own rate window (``auto_rate``), not the traders' (``rate``).
         Returns the new ``positions_rev`` token (see :meth:`remember_positions`).
         """
         keys = PortfolioKeys(portfolio.portfolio_id)
@@ -243,8 +252,9 @@ class TradingStore(StoreBase):
         if client_order_id is not None:
             pipe.hset(keys.orders, client_order_id, payload)
             pipe.zadd(keys.orders_ts, {client_order_id: float(ts)})
-        pipe.zadd(keys.rate, {trade_id: float(ts)})
-        pipe.zremrangebyscore(keys.rate, "-inf", f"({float(ts) - rate_window_seconds!r}")
+        window = keys.auto_rate if automated else keys.rate
+        pipe.zadd(window, {trade_id: float(ts)})
+        pipe.zremrangebyscore(window, "-inf", f"({float(ts) - rate_window_seconds!r}")
         if ends_position(qty_before, position.qty):
             reset_mark(pipe, portfolio.portfolio_id, ticker)
         return new_positions_rev(pipe, portfolio.portfolio_id)
@@ -342,8 +352,9 @@ _TRADE_VIEW_HEADER = """
 -- One consistent, read-only snapshot of everything a pre-trade check needs, in one round trip.
 -- Market keys (hash tag {m}): KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference.
 -- Portfolio keys (hash tag {id}), from KEYS[P + 1]: pf:{id}:state, pf:{id}:trading_state, pf:{id}:rate,
--- pf:{id}:orders, pf:{id}:positions, pf:{id}:limits (P = 2 after the market keys; P = 0 in the portfolio-only
--- script a Redis Cluster runs on the portfolio's slot, while the market-only script runs on the market's).
+-- pf:{id}:orders, pf:{id}:positions, pf:{id}:limits, pf:{id}:auto_rate (P = 2 after the market keys; P = 0 in the
+-- portfolio-only script a Redis Cluster runs on the portfolio's slot, while the market-only script runs on the
+-- market's).
 -- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
 -- ARGV[3] = the positions_rev the caller has the positions of ('' for none),
 -- ARGV[4] = '<version> <ts>' of the market snapshot the caller has the tickers of ('' for none),
@@ -392,19 +403,20 @@ local state = redis.pcall('HMGET', KEYS[P + 1], 'account_type', 'cash', 'realize
                           'initial_margin', 'maintenance_margin', 'updated_at')
 local trading = redis.pcall('HMGET', KEYS[P + 2], 'state', 'reason', 'actor', 'ts')
 local recent = redis.pcall('ZCOUNT', KEYS[P + 3], ARGV[1], '+inf')
+local recent_auto = redis.pcall('ZCOUNT', KEYS[P + 7], ARGV[1], '+inf')
 """
 
 _READ_TRADE_VIEW_LUA = (
     _TRADE_VIEW_HEADER + "local P = 2\n" + _TRADE_VIEW_MARKET + _TRADE_VIEW_PORTFOLIO
     + "return {market, tickers, reference, ref_rev, state, trading, recent, order, rev, positions, limits_version,"
-    + " limits, limits_rev}\n"
+    + " limits, limits_rev, recent_auto}\n"
 )  # fmt: skip
 """The whole trade view in one script (a single Redis server: every key on one node)."""
 _READ_MARKET_VIEW_LUA = _TRADE_VIEW_HEADER + _TRADE_VIEW_MARKET + "return {market, tickers, reference, ref_rev}\n"
 """The market part of the trade view, on the market's slot (a Redis Cluster)."""
 _READ_PORTFOLIO_VIEW_LUA = (
     _TRADE_VIEW_HEADER + "local P = 0\n" + _TRADE_VIEW_PORTFOLIO
-    + "return {state, trading, recent, order, rev, positions, limits_version, limits, limits_rev}\n"
+    + "return {state, trading, recent, order, rev, positions, limits_version, limits, limits_rev, recent_auto}\n"
 )  # fmt: skip
 """The portfolio part of the trade view, on the portfolio's slot (a Redis Cluster)."""
 

@@ -175,17 +175,24 @@ def trading_state_view(desk: Desk, portfolio_id: str) -> TradingStateView:
 
 
 def change_trading_state(
-    desk: Desk, portfolio_id: str, state: str | None, reason: str, identity: Identity | None
+    desk: Desk,
+    portfolio_id: str,
+    state: str | None,
+    reason: str,
+    identity: Identity | None,
+    shown: str | None = None,
 ) -> Any:
     """Set ACTIVE / REDUCING / HALTED deliberately (a risk manager or an admin): a reason is required; it and
-    ``identity.actor`` are audited."""
+    ``identity.actor`` are audited. ``shown``: the state the page showed when the person decided; if the stored
+    state is another by the time of the write (the automation halted meanwhile), nothing is written and
+    ``TRADING_STATE_CHANGED`` says who changed it to what (engine/store/portfolio.py)."""
     who = authorize(identity, Action.TRADING_STATE, portfolio_id)
     if state not in TRADING_STATES:
         raise InputError(f"choose one of {', '.join(TRADING_STATES)}")
     reason = (reason or "").strip()
     if not reason:
         raise InputError("a reason is required to change the trading state")
-    desk.risk_manager(portfolio_id).set_trading_state(state, reason, who.actor)
+    desk.risk_manager(portfolio_id).set_trading_state(state, reason, who.actor, expected=shown)
     return desk.store.read_trading_state(portfolio_id)
 
 
