@@ -539,8 +539,8 @@ class SnapshotPnl:
 
 @dataclass(frozen=True)
 class SnapshotVar:
-    """VaR and CVaR at the reported confidences (:data:`engine.defaults.REPORTED_CONFIDENCES`), stressed VaR,
-    and the limit's use."""
+    """VaR and CVaR at the reported confidences (:data:`engine.defaults.REPORTED_CONFIDENCES`, one day), stressed
+    VaR, and the use of the VaR limit and of the stressed-VaR limit, each on the basis the gate enforces it on."""
 
     var95: float | None
     var99: float | None
@@ -550,6 +550,16 @@ class SnapshotVar:
     limit: float
     confidence: float
     utilization: float | None
+    """VaR at the limit's confidence and horizon over the limit: the gate's basis."""
+    horizon_days: float | None = None
+    """The limit's horizon (``var_horizon_days``) ``utilization`` is measured over; None in a snapshot written
+    before it was recorded."""
+    stressed_limit_var: float | None = None
+    """Stressed VaR at the limit's confidence and horizon, the figure the gate compares with ``stressed_limit``."""
+    stressed_limit: float | None = None
+    """The portfolio's ``stressed_var_limit`` (None: it sets none)."""
+    stressed_utilization: float | None = None
+    """``stressed_limit_var / stressed_limit`` (None without a stressed limit)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -561,6 +571,10 @@ class SnapshotVar:
             "limit": self.limit,
             "confidence": self.confidence,
             "utilization": self.utilization,
+            "horizon_days": self.horizon_days,
+            "stressed_limit_var": self.stressed_limit_var,
+            "stressed_limit": self.stressed_limit,
+            "stressed_utilization": self.stressed_utilization,
         }
 
 

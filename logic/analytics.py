@@ -60,13 +60,17 @@ LIMIT_AMBER_FRACTION = 0.8
 
 def limit_breaches(snapshot: Mapping[str, Any], limits: Limits) -> list[tuple[str, str, str]]:
     """``(area, level, text)`` of the snapshot's figures against the gate's own limits: the largest position's
-    share of equity against ``max_concentration`` and the VaR's utilization of ``var_limit``. Above the limit
-    (what the gate refuses to grow) is red, from :data:`LIMIT_AMBER_FRACTION` of it amber, else green."""
+    share of equity against ``max_concentration``, the VaR's utilization of ``var_limit`` and, where the
+    portfolio sets ``stressed_var_limit``, the stressed VaR at the limit's confidence and horizon
+    (``var.stressed_limit_var``, the gate's figure; never the one-day ``stressed_var99``) against it. Above the
+    limit (what the gate refuses to grow) is red, from :data:`LIMIT_AMBER_FRACTION` of it amber, else green."""
     out = []
-    checks = (
+    checks: list[tuple[str, str, float, str]] = [
         ("Concentration", "concentration.largest_share", float(limits.max_concentration), "max_concentration"),
         ("VaR", "var.utilization", 1.0, "var_limit"),
-    )
+    ]
+    if limits.stressed_var_limit is not None:  # the live limit, as a rule on limits.stressed_var_limit follows it
+        checks.append(("VaR", "var.stressed_limit_var", float(limits.stressed_var_limit), "stressed_var_limit"))
     for area, metric, limit, name in checks:
         value = metric_value(snapshot, metric)
         if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):

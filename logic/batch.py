@@ -1,8 +1,9 @@
 """The vectorised monitor: risk figures of every portfolio at once, and the batched reads a tick needs.
 
 :func:`batch_risk` stacks the dollar exposures of P portfolios in one matrix ``E`` (P x N, matrix order, zeros
-where a ticker is not held) and computes every portfolio's VaR, CVaR (95 / 99), stressed VaR 99, the VaR at its
-limit and its component VaR with a few BLAS products instead of P small ones:
+where a ticker is not held) and computes every portfolio's VaR, CVaR (95 / 99), stressed VaR 99, the VaR and the
+stressed VaR at its limit's confidence and horizon, and its component VaR with a few BLAS products instead of P
+small ones:
 
 Notes
 -----
@@ -14,9 +15,13 @@ Normal and Student-t (one covariance ``Σ``, the stressed ``Σˢ`` for the stres
     CVaR_p(c, h) = m(c) · σ_p · sqrt(h)         m = φ(z)/(1-c) (normal), the t's closed-form ES multiplier
     component_p = k(c_p) · sqrt(h_p) / σ_p · (E_p ∘ S_p)    (0 for a riskless book)
     sVaR_p = Φ⁻¹(0.99) · max(σˢ_p, μ · σ_p) · sqrt(h)       σˢ_p on Σˢ, μ = stress_vol_multiplier (every method)
+    sVaR_p(c_p, h_p) = Φ⁻¹(c_p) · max(σˢ_p, μ · σ_p) · sqrt(h_p)   at the limit: what the gate enforces
 
 The stressed VaR is the worse of the crisis matrix and of today's correlations at multiplied volatilities
-(:func:`engine.math_logic.stressed_portfolio_sigma`, on the column of every book's σ at once).
+(:func:`engine.math_logic.stressed_portfolio_sigma`, on the column of every book's σ at once). At the limit's
+confidence and horizon it is :func:`logic.limits.limit_stressed_var` (the gate's, which the per-portfolio path
+calls) for every book at once: the same ``z · σˢ · sqrt(h)`` steps of :func:`engine.math_logic.get_stressed_var`
+on the column of σˢ (:func:`_stressed_at_limit`).
 
 FHS: ``Π = E Sᵀ`` (P x T, one GEMM on the scenarios ``S = z ∘ σ(now)``), then per row the k-th worst loss
 (``numpy.partition`` along the rows), the mean of the k worst, and the positions' losses in the VaR scenario.
@@ -238,6 +243,7 @@ def _covariance_group(
             cvar95 = _normal_cvar(sigma, low, day_root)
             cvar99 = _normal_cvar(sigma, high, day_root)
         stressed99 = z_high * stressed_sigma * day_root
+        stressed_limit = _stressed_at_limit(stressed_sigma, limits, model)
         mult_of: dict[float, float] = {}
         roots = np.array([math.sqrt(float(model.bars_per_day * lim.var_horizon_days)) for lim in limits])
         confidences = [float(lim.var_confidence) for lim in limits]
@@ -258,12 +264,22 @@ def _covariance_group(
             every = scaled[:, None] * (books.x * sigma_x)
             every[sigma == 0.0] = 0.0
             components = [every[p, :count] for p, count in enumerate(books.counts.tolist())]
-    return _figures_of(var95, var99, cvar95, cvar99, stressed99, limit_var, components)
+    return _figures_of(var95, var99, cvar95, cvar99, stressed99, limit_var, stressed_limit, components)
+
+
+def _stressed_at_limit(stressed_sigma: Float64Array, limits: Sequence[Limits], model: Model) -> Float64Array:
+    """Each book's stressed VaR at its limit's confidence and horizon from its stressed σ (the worse scenario):
+    ``z(c) · σˢ · (1 · sqrt(h))``, the float steps of :func:`engine.math_logic.get_stressed_var` as
+    :func:`logic.limits.limit_stressed_var` (the gate) takes it, with ``h = bars_per_day · var_horizon_days``
+    (the gate's ``horizon_bars``)."""
+    z = np.array([_z(float(lim.var_confidence)) for lim in limits], dtype=np.float64)
+    scale = np.array([1.0 * math.sqrt(model.bars_per_day * lim.var_horizon_days) for lim in limits], dtype=np.float64)
+    return z * stressed_sigma * scale
 
 
 def _figures_of(*columns: Any) -> list[RiskFigures | None]:
-    """Per book, the record of var95, var99, cvar95, cvar99, stressed_var99, limit_var (arrays over the books)
-    and its components (a list of arrays); None where a figure is not finite."""
+    """Per book, the record of var95, var99, cvar95, cvar99, stressed_var99, limit_var, stressed_limit_var
+    (arrays over the books) and its components (a list of arrays); None where a figure is not finite."""
     *scalars, components = columns
     values = np.column_stack([np.asarray(c, dtype=np.float64) for c in scalars])
     finite = np.isfinite(values).all(axis=1)
@@ -275,8 +291,8 @@ def _figures_of(*columns: Any) -> list[RiskFigures | None]:
     out: list[RiskFigures | None] = []
     for row, ok, c in zip(values.tolist(), cast(list[bool], finite.tolist()), components, strict=True):
         if ok:
-            v95, v99, c95, c99, s99, limit = row
-            out.append(RiskFigures(v95, v99, c95, c99, s99, limit, np.asarray(c, dtype=np.float64)))
+            v95, v99, c95, c99, s99, limit, s_limit = row
+            out.append(RiskFigures(v95, v99, c95, c99, s99, limit, s_limit, np.asarray(c, dtype=np.float64)))
         else:
             out.append(None)
     return out
@@ -316,6 +332,7 @@ def _fhs_group(
             books.sigma(market.stressed), books.sigma(market.cov), float(model.stress_vol_multiplier)
         )
         stressed99 = _z(high) * stressed_sigma * day_root
+        stressed_limit = _stressed_at_limit(stressed_sigma, limits, model)
         out: list[RiskFigures | None] = []
         for p, lim in enumerate(limits):
             root = math.sqrt(float(model.bars_per_day * lim.var_horizon_days))
@@ -328,18 +345,20 @@ def _fhs_group(
             components = root * (-exposures[p, held] * scenarios[k_star, held])
             out.append(_figures(
                 day_root * var95[p], day_root * var99[p], day_root * cvar95[p], day_root * cvar99[p],
-                stressed99[p], limit_var, components,
+                stressed99[p], limit_var, stressed_limit[p], components,
             ))  # fmt: skip
     return out
 
 
 def _figures(*values: Any) -> RiskFigures | None:
-    """var95, var99, cvar95, cvar99, stressed_var99, limit_var, components -> the record; None if not finite."""
-    v95, v99, c95, c99, s99, limit = (float(v) for v in values[:6])
-    components = np.asarray(values[6], dtype=np.float64)
-    if not (all(math.isfinite(v) for v in (v95, v99, c95, c99, s99, limit)) and np.isfinite(components).all()):
+    """var95, var99, cvar95, cvar99, stressed_var99, limit_var, stressed_limit_var, components -> the record; None
+    if not finite."""
+    scalars = [float(v) for v in values[:7]]
+    components = np.asarray(values[7], dtype=np.float64)
+    if not (all(math.isfinite(v) for v in scalars) and np.isfinite(components).all()):
         return None
-    return RiskFigures(v95, v99, c95, c99, s99, limit, components)
+    v95, v99, c95, c99, s99, limit, s_limit = scalars
+    return RiskFigures(v95, v99, c95, c99, s99, limit, s_limit, components)
 
 
 def batch_risk(

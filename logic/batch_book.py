@@ -275,6 +275,9 @@ def build_snapshots(
 
     realized = cols.realized_total
     var_limit = np.array([float(lim.var_limit) for lim in inputs.limits])
+    # stressed VaR at the limit's basis against stressed_var_limit (logic/snapshot.py): not a history column
+    stressed_caps = [None if lim.stressed_var_limit is None else float(lim.stressed_var_limit) for lim in inputs.limits]
+    stressed_limit = _nullable(figure("stressed_limit_var"))
     margin, initial, maintenance = cols.margin, cols.initial, cols.maintenance
     partial = values.incomplete  # no daily P&L, drawdown or margin figure (logic/snapshot.py): NaN, then null
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -375,6 +378,10 @@ def build_snapshots(
                     "limit": float(limits.var_limit),
                     "confidence": float(limits.var_confidence),
                     "utilization": row[i["var.utilization"]],
+                    "horizon_days": float(limits.var_horizon_days),
+                    "stressed_limit_var": stressed_limit[p],
+                    "stressed_limit": stressed_caps[p],
+                    "stressed_utilization": _ratio(stressed_limit[p], stressed_caps[p]),
                 },
                 "drawdown": {
                     "daily": row[i["drawdown.daily"]], "weekly": row[i["drawdown.weekly"]],
@@ -399,6 +406,15 @@ def build_snapshots(
         return out, encoded
 
     return SnapshotBuilder(points, build)
+
+
+def _ratio(value: float | None, limit: float | None) -> float | None:
+    """``value / limit`` as logic/snapshot.py writes ``var.stressed_utilization``: null without a limit or a
+    value, or where the ratio is not finite."""
+    if value is None or limit is None:
+        return None
+    out = value / limit
+    return out if np.isfinite(out) else None
 
 
 @dataclass(frozen=True)

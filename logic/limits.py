@@ -257,10 +257,25 @@ class Lookups:
         horizon: the worse of the crisis matrix ``stressed`` (validated by :meth:`stressed`) and of the model's
         covariance with every volatility multiplied. The gate takes it of the book before a trade and of the
         book after it, each on its own."""
-        return math_logic.get_stressed_var(
-            x, stressed, 1.0, self.limits.var_confidence, self.horizon_bars,
-            cov=model.cov, vol_multiplier=self.vol_multiplier, validate=False,
-        )  # fmt: skip
+        return limit_stressed_var(x, stressed, model.cov, self.limits, self.horizon_bars, self.vol_multiplier)
+
+
+def limit_stressed_var(
+    x: Float64Array,
+    stressed: Float64Array,
+    cov: Float64Array,
+    limits: Limits,
+    horizon_bars: float,
+    vol_multiplier: float,
+) -> float:
+    """Stressed VaR of the exposures ``x`` on the basis ``stressed_var_limit`` is enforced on: the limits'
+    ``var_confidence`` over ``horizon_bars`` (the limit's ``var_horizon_days`` in bars), the worse of the crisis
+    matrix ``stressed`` and of ``cov`` at ``vol_multiplier`` times the volatilities (matrices already
+    validated). The gate (:meth:`Lookups.stressed_var`) and the monitor's snapshot (``var.stressed_limit_var``)
+    both take it from here, so an alert or a gauge on it measures what the gate refuses."""
+    return math_logic.get_stressed_var(
+        x, stressed, 1.0, limits.var_confidence, horizon_bars, cov=cov, vol_multiplier=vol_multiplier, validate=False
+    )
 
 
 def read_day_open(

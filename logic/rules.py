@@ -93,6 +93,10 @@ SNAPSHOT_METRICS: Mapping[str, str] = {
     "var.limit": "money",
     "var.confidence": "fraction",
     "var.utilization": "fraction",
+    "var.horizon_days": "number",
+    "var.stressed_limit_var": "money",
+    "var.stressed_limit": "money",
+    "var.stressed_utilization": "fraction",
     "drawdown.daily": "fraction",
     "drawdown.weekly": "fraction",
     "drawdown.max": "fraction",
@@ -121,6 +125,10 @@ SNAPSHOT_METRICS: Mapping[str, str] = {
 """Every metric path a rule may use, with its unit (how notifications format it). These are the numeric
 fields of the monitor's snapshot (see the snapshot schema in README / the contracts); ``data.missing_prices``
 is a list and a rule compares its length. ``margin.level`` is in percent points (150 = 150%).
+
+``var.utilization`` and ``var.stressed_limit_var`` / ``var.stressed_utilization`` are on the basis the gate
+enforces ``var_limit`` and ``stressed_var_limit`` on (the limit's confidence and ``var.horizon_days``); the
+one-day ``var.var95`` ... ``var.stressed_var99`` are reported figures, not comparable with either limit.
 
 ``backtest.exceedances`` / ``backtest.zone``: the continuous VaR backtest of the portfolio's own method at the
 limit's horizon (:mod:`logic.backtest_monitor`): exceedances among the last 250 closed horizons and their Basel

@@ -9,7 +9,8 @@ Schema (read by the alert rules as dotted paths, and by the dashboard)::
     equity, cash, market_value, gross_exposure, net_exposure, leverage          floats (leverage null if
                                                                               equity <= 0 with exposure)
     pnl           {unrealized, realized, daily, total}
-    var           {var95, var99, cvar95, cvar99, stressed_var99, limit, confidence, utilization}
+    var           {var95, var99, cvar95, cvar99, stressed_var99, limit, confidence, utilization, horizon_days,
+                   stressed_limit_var, stressed_limit, stressed_utilization}
     drawdown      {daily, weekly, max}                      fractions <= 0; null when the valuation is incomplete
     concentration {hhi, largest_share, largest_ticker}
     margin        {level, used, maintenance}                level null for a cash account; all three null for a
@@ -33,9 +34,16 @@ Definitions:
   stressed matrix (correlations floored) and today's correlations with every volatility multiplied by
   ``model.stress_vol_multiplier`` (:func:`engine.math_logic.stressed_portfolio_sigma`).
   Computed on dollar exposures so a book with equity <= 0 still shows its risk. ``var.limit`` is the portfolio's VaR
-  limit, ``var.confidence`` its confidence, and ``var.utilization`` the VaR at that confidence and the limit's
-  horizon (``var_horizon_days``) divided by the limit; ``component_var`` splits that VaR by ticker (Euler
-  allocation; under ``fhs`` the positions' losses in the VaR scenario), the shares sum to it.
+  limit, ``var.confidence`` its confidence, ``var.horizon_days`` its horizon (``var_horizon_days``), and
+  ``var.utilization`` the VaR at that confidence and horizon divided by the limit; ``component_var`` splits that
+  VaR by ticker (Euler allocation; under ``fhs`` the positions' losses in the VaR scenario), the shares sum to it.
+  The 1-day ``var95`` ... ``stressed_var99`` are reported figures, not what any limit is measured on.
+- Stressed VaR against its limit: ``var.stressed_limit_var`` is the stressed VaR on the basis the gate enforces
+  ``limits.stressed_var_limit`` on (the limit's confidence and horizon: :func:`logic.limits.limit_stressed_var`,
+  the gate's own function), ``var.stressed_limit`` that limit (null when the portfolio sets none) and
+  ``var.stressed_utilization`` their ratio (null without a limit). A rule or gauge on stressed VaR against the
+  limit reads these, never ``stressed_var99`` (99%, one day: below the gate's figure at a 10-day horizon, above
+  it at 95% over one day).
 - ``pnl.unrealized`` sums positions with a usable price; ``pnl.realized`` is the portfolio's realized P&L;
   ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity: the previous session's
   close, i.e. the last equity observed while the market was open (``MarketCalendar.sets_close``), so an
@@ -104,6 +112,7 @@ from engine.sessions import wall_clock_period_ids
 from engine.settings import Limits, Model
 from engine.store import EquityPeaks, Excursion, Float64Array, MarketHeader, PortfolioState, TradingStatus
 from engine.store.history import HISTORY_FIELDS as STORED_HISTORY_FIELDS
+from logic.limits import limit_stressed_var
 from logic.valuation import Valuation
 from logic.var_methods import RiskModel, risk_model
 
@@ -231,6 +240,8 @@ class RiskFigures:
     stressed_var99: float
     limit_var: float
     """VaR at the limit's confidence and horizon (``var.utilization`` = limit_var / limit)."""
+    stressed_limit_var: float
+    """Stressed VaR at the limit's confidence and horizon: what the gate compares with ``stressed_var_limit``."""
     components: Float64Array
     """Component VaR at the limit's confidence and horizon of each held ticker, in ``held`` order."""
 
@@ -243,10 +254,11 @@ def risk_figures(
     sub = np.ix_(held, held)
     stressed, cov = market.stressed[sub], market.cov[sub]
     day = float(model.bars_per_day)
+    horizon = model.bars_per_day * limits.var_horizon_days  # the gate's horizon_bars (logic/risk_manager.py)
     low, high = REPORTED_CONFIDENCES  # reported as var95 / var99 (cvar95 / cvar99, stressed_var99)
     one_bar = market.risk(VarMethod(method), held)
     daily = one_bar.with_horizon(day)
-    at_limit = one_bar.with_horizon(model.bars_per_day * limits.var_horizon_days)
+    at_limit = one_bar.with_horizon(horizon)
     components = at_limit.component_var(dollars, limits.var_confidence) if held.size else np.zeros(0, dtype=np.float64)
     return RiskFigures(
         var95=daily.var(dollars, low),
@@ -257,6 +269,7 @@ def risk_figures(
             dollars, stressed, 1.0, high, day, cov=cov, vol_multiplier=model.stress_vol_multiplier, validate=False
         ),
         limit_var=at_limit.var(dollars, limits.var_confidence),
+        stressed_limit_var=limit_stressed_var(dollars, stressed, cov, limits, horizon, model.stress_vol_multiplier),
         components=np.asarray(components, dtype=np.float64),
     )
 
@@ -315,6 +328,7 @@ def snapshot_dict(
         shares = risk.components
         components.update({header.tickers[i]: _f(float(c)) or 0.0 for i, c in zip(held, shares, strict=True)})
     var_limit = float(limits.var_limit)
+    stressed_cap = None if limits.stressed_var_limit is None else float(limits.stressed_var_limit)
 
     equity = valuation.equity
     gross = valuation.gross_exposure
@@ -353,6 +367,10 @@ def snapshot_dict(
             "limit": var_limit,
             "confidence": float(limits.var_confidence),
             "utilization": _f(risk.limit_var / var_limit),
+            "horizon_days": float(limits.var_horizon_days),
+            "stressed_limit_var": _f(risk.stressed_limit_var),
+            "stressed_limit": stressed_cap,
+            "stressed_utilization": None if stressed_cap is None else _f(risk.stressed_limit_var / stressed_cap),
         },
         "drawdown": {
             "daily": _drawdown(equity, peaks.day_peak) if complete else None,

@@ -193,7 +193,8 @@ def test_snapshot_has_exactly_the_contract_keys(seeded_store: Store, settings: S
     assert snap["backtest"]["market_version"] == snap["version"]  # the runner fed the snapshot's bar
     assert set(snap["pnl"]) == {"unrealized", "realized", "daily", "total"}
     assert set(snap["var"]) == {"var95", "var99", "cvar95", "cvar99", "stressed_var99", "limit", "confidence",
-                                "utilization"}  # fmt: skip
+                                "utilization", "horizon_days", "stressed_limit_var", "stressed_limit",
+                                "stressed_utilization"}  # fmt: skip
     assert set(snap["drawdown"]) == {"daily", "weekly", "max"}
     assert set(snap["concentration"]) == {"hhi", "largest_share", "largest_ticker"}
     assert set(snap["margin"]) == {"level", "used", "maintenance"}

@@ -1,5 +1,6 @@
-"""Overview: traffic lights per risk area, trading state, equity and P&L, VaR/CVaR gauges against the limit,
-the drawdown chart with the circuit-breaker levels, and the equity curve from the monitor's history."""
+"""Overview: traffic lights per risk area, trading state, equity and P&L, VaR/CVaR gauges (a limit line and its
+use only on the figure the gate measures against that limit), the drawdown chart with the circuit-breaker
+levels, and the equity curve from the monitor's history."""
 
 from __future__ import annotations
 

@@ -82,16 +82,17 @@ def stress(d: views.Desk, pid: str) -> None:
     if not ui.health_gate(d):
         return
     sv = views.stress_view(d, pid)
+    span = views.horizon_text(sv.horizon_days)  # every figure here is over the limit's horizon
     c = st.columns(4)
-    c[0].metric(f"VaR {sv.confidence:.0%}", ui.money(sv.var))
+    c[0].metric(f"VaR {sv.confidence:.0%} ({span})", ui.money(sv.var))
     c[1].metric(
-        f"Stressed VaR {sv.confidence:.0%}",
+        f"Stressed VaR {sv.confidence:.0%} ({span})",
         ui.money(sv.stressed_var),
         delta_color="off",
         delta_arrow="off",
         delta=None if sv.multiple is None else f"x{sv.multiple:.1f}",
     )
-    c[2].metric("Stressed VaR 99%", ui.money(sv.stressed_var99))
+    c[2].metric(f"Stressed VaR 99% ({span})", ui.money(sv.stressed_var99))
     c[3].metric(
         "Stressed VaR limit",
         ui.money(sv.stressed_var_limit),

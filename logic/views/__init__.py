@@ -121,6 +121,7 @@ from logic.views.overview import (
     active_alerts,
     effective_rules,
     history_frame,
+    horizon_text,
     overview_view,
     snapshot_gauges,
 )
@@ -214,6 +215,7 @@ __all__ = [
     "Gauge",
     "OverviewView",
     "snapshot_gauges",
+    "horizon_text",
     "overview_view",
     "history_frame",
     "effective_rules",

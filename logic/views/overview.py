@@ -1,6 +1,6 @@
 """View models of the Overview page (``dashboard/screens/overview.py``): headline figures, VaR/CVaR gauges
-against the limit, traffic lights per risk area, the trading state, and the equity curve from the monitor's
-history."""
+(the limit's use only on the basis the gate enforces the limit on), traffic lights per risk area, the trading
+state, and the equity curve from the monitor's history."""
 
 from __future__ import annotations
 
@@ -36,11 +36,20 @@ class Gauge:
     title: str
     value: float
     limit: float | None
+    """The limit line, drawn only on a gauge of the figure the gate compares with that limit."""
+    of_limit: float | None = None
+    """The limit's use as the gate measures it (``var.utilization``, ``var.stressed_utilization``); None on a
+    gauge whose figure is not on the limit's basis (a one-day VaR beside a 10-day limit is not its use)."""
 
-    @property
-    def of_limit(self) -> float | None:
-        """The value as a fraction of the limit (None without a limit)."""
-        return self.value / self.limit if self.limit else None
+
+def horizon_text(days: float) -> str:
+    """``1 day``, ``10 days``, ``0.5 days``: a VaR figure's horizon as its label says it."""
+    return f"{days:g} day{'' if days == 1 else 's'}"
+
+
+def limit_var_title(confidence: float, days: float, *, stressed: bool = False) -> str:
+    """The title of the gauge of a VaR at a limit's basis: ``VaR 99% (10 days)``, ``Stressed VaR 95% (1 day)``."""
+    return f"{'Stressed VaR' if stressed else 'VaR'} {confidence:.0%} ({horizon_text(days)})"
 
 
 @dataclass(frozen=True)
@@ -60,24 +69,57 @@ class OverviewView:
     """Which method the VaR / CVaR gauges come from (the snapshot's ``var_method``)."""
 
 
+GAUGES = 4
+"""Gauges the Overview draws (one column each: the narrowest a gauge's number fits, tests/test_render.py)."""
+
+
 def snapshot_gauges(
-    var: Mapping[str, Any], limit: float | None, stressed_limit: float | None = None
+    var: Mapping[str, Any], limit: float | None, stressed_limit: float | None = None, horizon_days: float = 1.0
 ) -> list[Gauge]:
-    """The gauges of a monitor snapshot's ``var`` section: VaR at both reported confidences, CVaR at the lower
-    one and stressed VaR at the higher one (missing figures read as 0). Stressed VaR is drawn against the
-    stressed-VaR limit (``limits.stressed_var_limit``; no limit line when the portfolio sets none), never
-    against the VaR limit."""
+    """The :data:`GAUGES` gauges of a monitor snapshot's ``var`` section (missing figures read as 0).
+
+    Only a figure on the basis the gate enforces a limit on is drawn against it, with its use from the
+    snapshot's own ratio: first the VaR at the limit's confidence and ``var.horizon_days`` (``var.utilization``
+    times ``var.limit``, its use ``var.utilization``), last the stressed VaR on that basis
+    (``var.stressed_limit_var``) against the stressed-VaR limit (``var.stressed_limit``, else
+    ``stressed_limit``: the live one; no limit line when the portfolio sets none), its use
+    ``var.stressed_utilization``. Between them the one-day reported figures (VaR 95% and 99%, CVaR 95%) with no
+    limit line and no use of the limit: a one-day 99% VaR over a 10-day limit is no fraction of it. A reported
+    figure that is the limit's own (a 95% / 1-day limit) is shown once, as the limit's gauge.
+
+    A snapshot written before the stressed VaR at the limit's basis was recorded shows ``stressed_var99``
+    labelled 99% (1 day), without the limit's use."""
     low, high = REPORTED_CONFIDENCES
 
     def figure(key: str) -> float:
         return float_or_none(var.get(key)) or 0.0
 
-    return [
-        Gauge(f"VaR {low:.0%} (1 day)", figure(f"var{low * 100:.0f}"), limit),
-        Gauge(f"VaR {high:.0%} (1 day)", figure(f"var{high * 100:.0f}"), limit),
-        Gauge(f"CVaR {low:.0%} (1 day)", figure(f"cvar{low * 100:.0f}"), limit),
-        Gauge(f"Stressed VaR {high:.0%}", figure(f"stressed_var{high * 100:.0f}"), stressed_limit),
+    confidence = float_or_none(var.get("confidence")) or low
+    days = float_or_none(var.get("horizon_days")) or horizon_days
+    utilization = float_or_none(var.get("utilization"))
+    at_limit = Gauge(
+        limit_var_title(confidence, days),
+        (utilization or 0.0) * limit if limit else 0.0,
+        limit,
+        utilization if limit else None,
+    )
+    reported = [
+        Gauge(f"VaR {low:.0%} (1 day)", figure(f"var{low * 100:.0f}"), None),
+        Gauge(f"VaR {high:.0%} (1 day)", figure(f"var{high * 100:.0f}"), None),
+        Gauge(f"CVaR {low:.0%} (1 day)", figure(f"cvar{low * 100:.0f}"), None),
     ]
+    shown = [g for g in reported if g.title != at_limit.title][: GAUGES - 2]
+    if "stressed_limit_var" not in var:  # a snapshot of an older monitor
+        stressed = Gauge(f"Stressed VaR {high:.0%} (1 day)", figure(f"stressed_var{high * 100:.0f}"), None)
+    else:
+        cap = float_or_none(var.get("stressed_limit")) or stressed_limit
+        use = float_or_none(var.get("stressed_utilization"))
+        value = figure("stressed_limit_var")
+        stressed = Gauge(
+            limit_var_title(confidence, days, stressed=True), value, cap,
+            (use if use is not None else value / cap) if cap else None,
+        )  # fmt: skip
+    return [at_limit, *shown, stressed]
 
 
 def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
@@ -104,7 +146,7 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         }
         limit = float_or_none(var.get("limit")) or limit
         stressed_cap = None if live.stressed_var_limit is None else float(live.stressed_var_limit)
-        gauges = snapshot_gauges(var, limit, stressed_cap)
+        gauges = snapshot_gauges(var, limit, stressed_cap, live.var_horizon_days)
         age = max(0.0, desk.clock() - float(snapshot.get("ts", 0.0)))
     else:  # no monitor yet: the risk manager's own figures (no drawdown, no daily P&L)
         totals = desk.risk_manager(portfolio_id).get_dashboard_metrics().attrs.get("totals", {})
@@ -117,10 +159,17 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
             "realized": totals.get("realized_pnl"),
             "leverage": totals.get("leverage"),
         }
+        # the gate's own figures: VaR and CVaR at the limit's confidence and horizon; only the VaR is the limit's
+        # use (CVaR is no fraction of a VaR limit)
+        confidence = float(totals.get("var_confidence") or confidence)
+        days = float(totals.get("var_horizon_days") or live.var_horizon_days)
+        limit = float(totals.get("var_limit") or limit)
+        span = horizon_text(days)
         gauges = [
-            Gauge(f"VaR {confidence:.0%} (1 day)", float(totals.get("var") or 0.0), limit),
-            Gauge(f"CVaR {confidence:.0%} (1 day)", float(totals.get("cvar") or 0.0), limit),
-        ]
+            Gauge(limit_var_title(confidence, days), float(totals.get("var") or 0.0), limit,
+                  float_or_none(totals.get("var_utilization"))),
+            Gauge(f"CVaR {confidence:.0%} ({span})", float(totals.get("cvar") or 0.0), None),
+        ]  # fmt: skip
         age = None
     alerts = active_alerts(desk, portfolio_id)
     return OverviewView(
@@ -137,14 +186,21 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
     )
 
 
+BASIS_NOTE = (
+    "% of limit only where the figure is at the limit's confidence and horizon, as the gate measures it; "
+    "the 1-day figures are reported, not on the limit's basis"
+)
+"""Under the gauges: which of them are a limit's use (tests/test_limit_basis.py)."""
+
+
 def _var_caption(desk: Desk, portfolio_id: str, snapshot: Mapping[str, Any] | None) -> str:
     from logic.views.risk import METHOD_LABELS, method_caption
 
     method = None if snapshot is None else snapshot.get("var_method")
     if method is None:
-        return method_caption(desk, portfolio_id)
+        return f"{method_caption(desk, portfolio_id)}. {BASIS_NOTE}"
     label = METHOD_LABELS.get(str(method), str(method))
-    return f"VaR method: {label}; stressed VaR: normal, worse of two crisis scenarios"
+    return f"VaR method: {label}; stressed VaR: normal, worse of two crisis scenarios. {BASIS_NOTE}"
 
 
 def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.DataFrame:
