@@ -38,6 +38,20 @@ five-minute variance exactly as an hour's variance over 12 is; bid-ask bounce ma
 more volatile, which errs towards a larger VaR. Refusing it would leave a five-minute model no intraday history
 at all (a five-minute file is no nominal spacing). The EWMA decay applies per file row, as for every spacing.
 
+Enough moving data
+------------------
+A history seeds the covariance every VaR starts from, so a file that cannot estimate one is refused rather than
+turned into a matrix that understates risk:
+
+- at least :data:`MIN_RETURNS` returns (``MIN_RETURNS + 1`` rows). One return gave a rank-1 matrix with every
+  correlation +-1: a long/short hedge cancelled and the VaR was 4-5x too small;
+- no ticker whose returns are zero more than :data:`MAX_ZERO_RETURN_SHARE` of the time (a stale, forward-filled
+  column): its variance seeds near 0, it carries no VaR and the stream's jump filter has no band to judge its
+  next print by (a x100 print of a constant column went straight into prices and P&L);
+- :func:`model_covariance` refuses a matrix that is not positive definite: a ticker of zero variance, fewer
+  returns than tickers (``T`` returns span at most ``T`` dimensions), or a column that is a multiple of others
+  (:data:`MIN_CORRELATION_EIGENVALUE`).
+
 Errors
 ------
 :class:`HistoryError` (code ``HISTORY_INVALID``), its message ``file:line: reason``.
@@ -74,6 +88,25 @@ SESSION_BREAK_SECONDS = 4 * 3600
 
 TRADING_DAYS_PER_WEEK = 5
 """Trading days in a weekly bar."""
+
+MIN_RETURNS = 30
+"""Fewest returns (rows - 1) a history must hold. The EWMA is seeded with the plain second moment of the first 30
+returns (``seed_rows`` of :func:`engine.math_logic.ewma_covariance_from_returns`, ``warmup.HISTORY_SEED_ROWS``), and
+the RiskMetrics daily decay (``model.ewma_decay``) averages about ``(1 + λ) / (1 - λ) = 32`` effective
+observations: with fewer the variances are each known only to worse than ``sqrt(2 / 30)`` = 26 % (one sd) and the
+correlations barely at all.
+The demo's 40 weekly closes (39 returns, engine/demo_data.py) pass."""
+
+MAX_ZERO_RETURN_SHARE = 0.5
+"""Largest share of a ticker's returns that may be exactly zero (the close printed again). A traded share's close
+rarely repeats to the cent; a column unchanged on more than half its bars is stale or forward-filled (a holiday
+calendar filled from another market, a delisted or halted name), and its EWMA variance measures the filling, not
+the market. Minute bars of a low-priced name can repeat that often for real: use hourly or daily closes for it."""
+
+MIN_CORRELATION_EIGENVALUE = 1e-8
+"""Smallest eigenvalue of the seeded *correlation* matrix (scale-free, trace N) accepted as positive definite.
+A rank-deficient matrix computed in floating point has eigenvalues of order 1e-16 of its largest; real data of
+N tickers and at least N returns, even two share classes of one company, stay many orders above 1e-8."""
 
 _DATE_COLUMNS = ("date", "datetime", "timestamp", "time")
 _TICKER_COLUMNS = ("ticker", "symbol")
@@ -183,7 +216,31 @@ def read_history(path: str | Path, universe: Iterable[str] | None = None) -> His
     if len(ts) < 2:
         raise _error(path, lines[-1] if lines else header_line, "fewer than 2 bars: the spacing cannot be determined")
     spacing = classify_spacing(ts, path=path, lines=lines)
-    return History(path, tuple(tickers), ts, np.asarray(closes, dtype=float), spacing)
+    values = np.asarray(closes, dtype=float)
+    _check_moving(path, header_line, lines[-1], tickers, values)
+    return History(path, tuple(tickers), ts, values, spacing)
+
+
+def _check_moving(path: Path, header_line: int, last_line: int, tickers: Sequence[str], closes: Float64Array) -> None:
+    """Refuse a history too short to estimate a covariance, or with a stale column (module docstring, "Enough
+    moving data"): at least :data:`MIN_RETURNS` returns, and no ticker whose returns are zero more than
+    :data:`MAX_ZERO_RETURN_SHARE` of the time."""
+    returns = len(closes) - 1
+    if returns < MIN_RETURNS:
+        raise _error(
+            path, last_line,
+            f"only {returns} return(s) ({returns + 1} rows): at least {MIN_RETURNS} are needed to estimate a "
+            f"covariance (one return makes every correlation +-1 and a hedge cancel)",
+        )  # fmt: skip
+    zeros = np.count_nonzero(closes[1:] == closes[:-1], axis=0)
+    stale = [(t, int(z)) for t, z in zip(tickers, zeros.tolist(), strict=True) if z > MAX_ZERO_RETURN_SHARE * returns]
+    if stale:
+        listed = ", ".join(f"{t} ({z} of {returns} returns are zero)" for t, z in stale)
+        raise _error(
+            path, header_line,
+            f"stale price column(s): {listed}; more than {MAX_ZERO_RETURN_SHARE:.0%} unchanged closes is a "
+            f"forward-filled or halted series with no volatility to seed (drop the rows or supply real closes)",
+        )  # fmt: skip
 
 
 def classify_spacing(timestamps: Float64Array, *, path: Path | str = "<data>", lines: Sequence[int] = ()) -> Spacing:
@@ -231,10 +288,46 @@ def model_covariance(history: History, decay: float, bars_per_day: int, bar_seco
     by ``bars_per_day`` and gives ``z · sqrt(wᵀ C_b w / b)``, exactly the EWMA answer of daily returns for a
     daily file (``b = 1``). A file whose bar is the model bar (``b · bars_per_day = 1``: a minute file under
     one-minute model bars) is stored unscaled.
+
+    Raises :class:`HistoryError` unless the matrix is positive definite (module docstring, "Enough moving data"):
+    a ticker of zero variance, fewer returns than tickers, or a smallest correlation eigenvalue below
+    :data:`MIN_CORRELATION_EIGENVALUE`; a singular matrix hedges a long/short book to nothing.
     """
-    cov = math_logic.ewma_covariance_from_returns(history.log_returns(), decay=decay)
+    returns = history.log_returns()
+    cov = math_logic.ewma_covariance_from_returns(returns, decay=decay)
+    _check_positive_definite(history, cov, len(returns))
     scale = history.spacing.model_bars(bars_per_day, bar_seconds)
     return cov if scale == 1.0 else cov / scale
+
+
+def _check_positive_definite(history: History, cov: Float64Array, returns: int) -> None:
+    """Refuse a seeded EWMA matrix that is not positive definite, naming the cause."""
+    n = len(history.tickers)
+    variances = np.diagonal(cov)
+    flat = [t for t, v in zip(history.tickers, variances.tolist(), strict=True) if not (math.isfinite(v) and v > 0)]
+    if flat:
+        raise _error(history.path, 1, f"zero variance for {flat}: their closes never move, no risk can be estimated")
+    if returns < n:
+        raise _error(
+            history.path, 1,
+            f"{returns} returns for {n} tickers: the covariance has rank at most {returns} < {n} (not positive "
+            f"definite; some combination of the tickers would show no risk): supply at least {n} returns",
+        )  # fmt: skip
+    if n == 0:
+        return
+    sd = np.sqrt(variances)
+    corr = cov / np.multiply.outer(sd, sd)
+    values, vectors = np.linalg.eigh((corr + corr.T) / 2.0)
+    lowest = float(values[0])
+    if not lowest >= MIN_CORRELATION_EIGENVALUE:
+        # the eigenvector of the smallest eigenvalue is the combination that shows no risk: name its largest weights
+        weights = np.abs(vectors[:, 0])
+        involved = [history.tickers[i] for i in np.argsort(-weights)[:3].tolist() if weights[i] > 0.1]
+        raise _error(
+            history.path, 1,
+            f"the covariance is singular (smallest correlation eigenvalue {lowest:.3g} < "
+            f"{MIN_CORRELATION_EIGENVALUE:g}): a column is a copy or a combination of others, mostly {involved}",
+        )  # fmt: skip
 
 
 # -- parsing ---------------------------------------------------------------------------------------------------
@@ -314,14 +407,16 @@ def _read_long(
         raise _error(path, header_line, f"long format needs exactly date,ticker,close columns, got {lower}")
     tc, pc = ticker_cols[0], price_cols[0]
     groups: list[tuple[float, int, dict[str, float]]] = []
+    seen: set[float] = set()  # every date so far: a repeat after other dates is refused in O(1), not O(dates)
     for line, row in rows[1:]:
         if len(row) != 3:
             raise _error(path, line, f"expected 3 fields, found {len(row)}")
         ts = _parse_date(path, line, row[date_col])
         ticker = row[tc].strip()
         if not groups or ts != groups[-1][0]:
-            if groups and any(ts == g[0] for g in groups):
+            if ts in seen:
                 raise _error(path, line, "duplicate timestamp (rows of one date must be together)")
+            seen.add(ts)
             groups.append((ts, line, {}))
         prices = groups[-1][2]
         if ticker in prices:

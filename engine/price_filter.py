@@ -24,10 +24,15 @@ it had no print at all, e.g. a trading halt; :attr:`PriceFilter.missed_bars`)::
 with ``g`` the model bars the market was *closed* since ``p0`` (0 within a session; see "Session opens"), so a
 jump of exactly ``max_jump_sigma`` sigmas of the time since ``p0`` passes and anything measurably beyond it is
 refused: a ticker halted for 120 bars re-opens within ``12 x sqrt(121) = 132`` one-bar sigmas. No jump
-test is possible (and none is made) when the ticker has no valid last price, when its variance is zero or not
-finite, or on a ``reset`` bar (the first bar of a replay anchors new prices: no return is computed from it; it
-starts every count afresh and counts itself for no ticker). The daemon tells the filter which universe tickers
-a bar lacks (:meth:`PriceFilter.absent`); every bar the filter sees counts, a bar held back whole included.
+test is possible (and none is made) when the ticker has no valid last price, or on a ``reset`` bar (the first
+bar of a replay anchors new prices: no return is computed from it; it starts every count afresh and counts
+itself for no ticker). A ticker whose variance is zero or not finite (a stale column seeded with no
+volatility, a variance decayed to nothing by a long halt) is **not** waved through: the test fails closed and
+``S_ii`` is its *floor variance* (:attr:`PriceFilter.floor_variances`): its ``annual_vol`` in the settings'
+universe over ``model.bars_per_year``, or, for a ticker the settings do not list, :data:`FLOOR_ANNUAL_VOL`.
+Skipping the test let a x100 print of a never-moving ticker straight into prices and P&L. The daemon tells the
+filter which universe tickers a bar lacks (:meth:`PriceFilter.absent`); every bar the filter sees counts, a bar
+held back whole included.
 
 ``n`` is kept in memory: a restarted daemon starts every ticker at ``n = 1`` (a ticker halted across the
 restart re-opens with the one-bar band, and its gap costs one bar of latency, see below). It is not derived
@@ -118,6 +123,14 @@ MAX_PRICE = 1e9
 """No traded instrument is quoted above this (the dearest share trades below 1e6): a larger price is absurd."""
 JUMP_TOLERANCE = 1e-9
 """Relative slack of the jump bound: float rounding of ``ln(p/p0)`` must not refuse a jump of exactly the limit."""
+FLOOR_ANNUAL_VOL = 0.5
+"""Annual volatility a ticker with no usable variance and no ``annual_vol`` in the settings is judged by. Above
+the volatility of most listed shares (15-40 %), so a real move is rarely refused (and a refused one is confirmed by
+the next print, one bar later), yet tight enough that a x10 or x100 unit error is refused even over a weekend:
+``12 x 0.5 / sqrt(98,280) x sqrt(3,931)`` = 1.2 < ``ln 10`` = 2.3 (one-minute model bars, XNYS)."""
+TRADING_SECONDS_PER_YEAR = 252 * 6.5 * 3600
+"""Trading seconds of a year (252 sessions of 6.5 hours) for a filter built without settings
+(:attr:`PriceFilter.default_floor_variance`); :meth:`PriceFilter.for_feed` uses ``model.bars_per_year``."""
 
 
 @dataclass
@@ -135,12 +148,20 @@ class PriceFilter:
         opens"); None: no allowance (a ``24/7`` market, a daily or weekly feed).
     model_bar_seconds:
         ``model.bar_seconds``: the closed time is counted in these.
+    floor_variances:
+        Ticker -> one-model-bar variance its print is judged by when its own variance is zero or not finite
+        (module docstring): the settings' ``annual_vol`` squared over ``model.bars_per_year``.
+    default_floor_variance:
+        The same for a ticker not in ``floor_variances``; None: :data:`FLOOR_ANNUAL_VOL` over the model bars of
+        :data:`TRADING_SECONDS_PER_YEAR`.
     """
 
     max_jump_sigma: float
     bar_scale: float = 1.0
     sessions: Sessions | None = field(default=None, kw_only=True)
     model_bar_seconds: float = field(default=60.0, kw_only=True)
+    floor_variances: dict[str, float] = field(default_factory=dict, kw_only=True)
+    default_floor_variance: float | None = field(default=None, kw_only=True)
     pending: dict[str, float] = field(default_factory=dict)
     """Ticker -> price of its last rejected jump, waiting for the next print to confirm or contradict it."""
     missed_bars: dict[str, int] = field(default_factory=dict)
@@ -151,6 +172,7 @@ class PriceFilter:
     _before: dict[str, float] = field(default_factory=dict)
     _missed_before: dict[str, int] = field(default_factory=dict)
     _closed_before: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    _default_floor: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_jump_sigma) and self.max_jump_sigma > 0):
@@ -159,6 +181,13 @@ class PriceFilter:
             raise ValueError(f"bar_scale must be a positive number of model bars, got {self.bar_scale}")
         if not (math.isfinite(self.model_bar_seconds) and self.model_bar_seconds > 0):
             raise ValueError(f"model_bar_seconds must be a positive number, got {self.model_bar_seconds}")
+        default = self.default_floor_variance
+        self._default_floor = (
+            FLOOR_ANNUAL_VOL**2 * self.model_bar_seconds / TRADING_SECONDS_PER_YEAR if default is None else default
+        )
+        floors = [self._default_floor, *self.floor_variances.values()]
+        if not all(math.isfinite(v) and v > 0 for v in floors):
+            raise ValueError("floor variances must be positive numbers: the jump test never runs without a band")
         if self.sessions is not None:  # closed seconds from the first session's open to each session's open
             gaps = self.sessions.opens[1:] - self.sessions.closes[:-1]
             self._closed_before = np.concatenate(([0.0], np.cumsum(gaps)))
@@ -180,7 +209,16 @@ class PriceFilter:
             scale = replay_bar_scale(settings, bars, path=str(getattr(feed, "path", "<replay>")))
         sessions = market_calendar(settings).sessions if scale < settings.model.bars_per_day else None
         bar_seconds = float(settings.model.bar_seconds)
-        return cls(float(settings.stream.max_jump_sigma), scale, sessions=sessions, model_bar_seconds=bar_seconds)
+        per_bar = 1.0 / settings.model.bars_per_year
+        floors = {t: float(a.annual_vol) ** 2 * per_bar for t, a in settings.universe.assets.items()}
+        return cls(
+            float(settings.stream.max_jump_sigma), scale, sessions=sessions, model_bar_seconds=bar_seconds,
+            floor_variances=floors, default_floor_variance=FLOOR_ANNUAL_VOL**2 * per_bar,
+        )  # fmt: skip
+
+    def floor_variance(self, ticker: str) -> float:
+        """The one-model-bar variance ``ticker``'s print is judged by when its own is zero or not finite."""
+        return self.floor_variances.get(ticker, self._default_floor)
 
     def closed_bars(self, since: npt.NDArray[np.float64], now: float) -> npt.NDArray[np.float64] | None:
         """Model bars the market was closed between each price time ``since`` (a ticker's last accepted price)
@@ -250,7 +288,8 @@ class PriceFilter:
         last_price:
             The ticker's last accepted price (NaN or <= 0: none yet).
         variance:
-            The ticker's one-model-bar variance ``S_ii`` from the covariance.
+            The ticker's one-model-bar variance ``S_ii`` from the covariance; zero or not finite: its
+            :meth:`floor_variance` (the test fails closed, never skipped).
         reset:
             A reset bar (no return computed): no jump test, and every remembered jump is forgotten.
         closed:
@@ -274,7 +313,7 @@ class PriceFilter:
         if reset or not (math.isfinite(last_price) and last_price > 0):
             return price, ""
         if not (math.isfinite(variance) and variance > 0):
-            return price, ""
+            variance = self.floor_variance(ticker)  # fail closed: a ticker with no volatility is still tested
         sigma = math.sqrt(self.bar_scale * variance)
         # n = 1 + missed bars since the last accepted price, plus the closed time in feed bars
         widened = sigma * math.sqrt(1.0 + missed + closed / self.bar_scale)
@@ -305,7 +344,8 @@ class PriceFilter:
         tickers, raws:
             Each price's ticker (distinct, all in the universe) and the price as the feed gave it.
         last_prices, variances:
-            Aligned with ``tickers``: each one's last accepted price and one-model-bar variance ``S_ii``.
+            Aligned with ``tickers``: each one's last accepted price and one-model-bar variance ``S_ii`` (zero
+            or not finite: its :meth:`floor_variance`, as in :meth:`check`).
         reset:
             As for :meth:`check`.
         closed:
@@ -357,11 +397,15 @@ class PriceFilter:
         if reset:
             return prices, reasons
         with np.errstate(invalid="ignore"):
-            tested = ok & np.isfinite(last_prices) & (last_prices > 0) & np.isfinite(variances) & (variances > 0)
+            tested = ok & np.isfinite(last_prices) & (last_prices > 0)
+            unusable = ~(np.isfinite(variances) & (variances > 0))
         at = np.flatnonzero(tested)
         if not at.size:
             return prices, reasons
-        sigma = np.sqrt(self.bar_scale * variances[at])
+        used = variances[at]  # a copy: the caller's array is not touched
+        for j in np.flatnonzero(unusable[at]).tolist():  # fail closed: the few tickers with no volatility
+            used[j] = self.floor_variance(tickers[int(at[j])])
+        sigma = np.sqrt(self.bar_scale * used)
         bars = 1.0 + missed[at]
         if closed is not None:
             bars = bars + closed[at] / self.bar_scale
