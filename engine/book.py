@@ -20,7 +20,10 @@ Book file (``python warmup.py --positions book.csv``), UTF-8 CSV with a header::
 
 Refused with ``file:line: reason`` (:class:`BookError`, exit 2 in warm-up, nothing written): a missing
 column, a row of the wrong width, a ticker not in the universe, the same ticker twice in a portfolio, a qty
-that is not a whole number, a NaN/infinite/<= 0 cost, a negative cash, a short in a cash account.
+that is not a whole number, a NaN/infinite/<= 0 cost, a negative cash, a short in a cash account, a number not
+written out in digits (``1e30``, ``1_000``), a qty over :data:`~engine.settings_types.MAX_QUANTITY` shares or money
+over :data:`~engine.settings_types.MAX_MONEY` in absolute value (absurd figures that the equity, the VaR and the
+capital flow cannot carry), a portfolio id equal to another one (in the file or in the store) but for case.
 
 Sync (:func:`plan_sync`, :func:`apply_sync`): the desired books (the file's portfolios, or with no file every
 ``[[portfolios]]`` entry, whose positions keep their stored cost basis and take the market price when new) are
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -65,6 +69,7 @@ import redis
 from engine.errors import ConfigError, RiskdeskError, StoreEmptyError
 from engine.records import AccountType, PortfolioState, Position, TradingState, TradingStatus
 from engine.settings import Settings, valid_symbol
+from engine.settings_types import MAX_MONEY, MAX_QUANTITY
 from engine.store import PortfolioKeys, Store
 from engine.store.limits import changed_fields
 
@@ -72,6 +77,9 @@ REQUIRED_COLUMNS = ("portfolio_id", "ticker", "qty", "avg_price")
 OPTIONAL_COLUMNS = ("account_type", "cash")
 WATCH_RETRIES = 3
 """A portfolio whose book keeps changing under the sync (a trade) this many times is left alone: error."""
+BOOK_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+"""A number of the book file: digits, a point for decimals. ``Decimal`` would also read ``1e30`` and ``1_000``: a
+book is an export of the desk's positions, where such text is an error, not a figure."""
 
 
 class BookError(RiskdeskError):
@@ -159,6 +167,7 @@ def read_book(path: str | Path, universe: Iterable[str]) -> Book:
     positions: dict[str, dict[str, Position]] = {}
     terms: dict[str, tuple[str | None, Decimal | None, int]] = {}
     first_line: dict[str, int] = {}
+    by_case: dict[str, str] = {}
     for line, row in rows[1:]:
         if len(row) != len(names):
             raise BookError(f"{path}:{line}: expected {len(names)} fields, found {len(row)}")
@@ -166,6 +175,8 @@ def read_book(path: str | Path, universe: Iterable[str]) -> Book:
         pid = cell["portfolio_id"]
         if not valid_symbol(pid):
             raise BookError(f"{path}:{line}: invalid portfolio id {pid!r}")
+        if by_case.setdefault(pid.lower(), pid) != pid:
+            raise BookError(f"{path}:{line}: portfolio id {pid!r} differs from {by_case[pid.lower()]!r} only in case")
         first_line.setdefault(pid, line)
         positions.setdefault(pid, {})
         if cell["ticker"]:
@@ -225,6 +236,10 @@ def _whole(path: Path, line: int, text: str) -> int:
         raise BookError(f"{path}:{line}: qty {text!r} is not a number") from None
     if not value.is_finite() or value != value.to_integral_value():
         raise BookError(f"{path}:{line}: qty {text!r} must be a whole number of shares")
+    if not BOOK_NUMBER.fullmatch(text):
+        raise BookError(f"{path}:{line}: qty {text!r}: write it in digits (no exponent, no underscores)")
+    if abs(value) > MAX_QUANTITY:
+        raise BookError(f"{path}:{line}: qty {text!r} is over {MAX_QUANTITY:,} shares in absolute value")
     return int(value)
 
 
@@ -235,10 +250,25 @@ def _money(path: Path, line: int, name: str, text: str) -> Decimal:
         raise BookError(f"{path}:{line}: {name} {text!r} is not a number") from None
     if not value.is_finite():
         raise BookError(f"{path}:{line}: {name} {text!r} must be finite")
+    if not BOOK_NUMBER.fullmatch(text):
+        raise BookError(f"{path}:{line}: {name} {text!r}: write it in digits (no exponent, no underscores)")
+    if abs(value) > MAX_MONEY:
+        raise BookError(f"{path}:{line}: {name} {text!r} is over {MAX_MONEY:,} in absolute value")
     return value
 
 
 # -- planning ----------------------------------------------------------------------------------------------------
+
+
+def _refuse_case_twins(source: str, book: Book, new: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse a new portfolio id equal but for case to a known one (``MAIN`` beside ``main``): one portfolio to a
+    person, two to the store, each with its own limits and trading state."""
+    by_case = {k.lower(): k for k in known}
+    for pid in new:
+        twin = by_case.get(pid.lower())
+        if twin is not None and twin != pid:
+            line = book.entries[pid].line
+            raise BookError(f"{source}:{line}: portfolio {pid!r} differs from {twin!r} only in case: the same id?")
 
 
 def desired_state(
@@ -349,6 +379,7 @@ def plan_sync(store: Store, settings: Settings, book: Book, *, create: bool, now
     plan = SyncPlan()
     source = str(book.path) if book.path else "settings"
     unknown = sorted(pid for pid in book.entries if pid not in existing)
+    _refuse_case_twins(source, book, unknown, existing)
     if unknown and not create:
         first = book.entries[unknown[0]]
         raise BookError(
@@ -501,6 +532,7 @@ def check_book(settings: Settings, book: Book) -> None:
     prices = {t: a.price for t, a in settings.universe.assets.items()}
     for entry in book.entries.values():
         where = f"{book.path}:{entry.line}"
+        _refuse_case_twins(str(book.path), book, [entry.portfolio_id], set(settings.portfolio_ids))
         for ticker in entry.positions:
             if ticker not in prices:
                 raise BookError(f"{where}: ticker {ticker!r} is not in the universe")

@@ -11,7 +11,7 @@ Environment overrides (applied after the file):
 - ``REDIS_URL`` sets ``redis.url`` (redis://, rediss://, unix://, with password);
 - ``RISKDESK__SECTION__KEY=value`` sets any scalar, e.g. ``RISKDESK__LIMITS__VAR_LIMIT=75000`` or
   ``RISKDESK__MODEL__EWMA_DECAY=0.97``. The value is parsed as a TOML literal when it is one (numbers,
-  booleans, quoted strings, arrays), else taken as a plain string.
+  booleans, quoted strings, arrays), else taken as a plain string; a table's keys (tickers) keep their case.
 
 Validation
 ----------
@@ -89,6 +89,7 @@ from engine.settings_ops import (  # noqa: F401  (re-exported: the one settings 
 )
 from engine.settings_types import (  # noqa: F401  (re-exported: the one settings module)
     CONFIG,
+    MAX_QUANTITY,
     CollarReference,
     Flag,
     Integer,
@@ -100,6 +101,9 @@ from engine.settings_types import (  # noqa: F401  (re-exported: the one setting
     Text,
     _require,
     at_least,
+    check_identifiers,
+    env_path,
+    valid_id,
 )
 
 ENV_PREFIX = "RISKDESK__"
@@ -242,7 +246,7 @@ class Limits:
     max_concentration: Annotated[Number, Field(gt=0, le=1)] = 0.30
     """Maximum single-position market value as a fraction of equity."""
     max_order_notional: Annotated[Money, Field(gt=0)] = Decimal("1000000")
-    max_order_qty: Annotated[Integer, Field(gt=0)] = 1_000_000
+    max_order_qty: Annotated[Integer, Field(gt=0, le=MAX_QUANTITY)] = 1_000_000
     """Any order above this many shares is treated as a fat-finger and refused."""
     price_collar_pct: Annotated[Number, AfterValidator(_price_collar)] = 0.10
     """Refuse when the last price is further than this fraction from the reference price (session open); at most
@@ -267,9 +271,9 @@ class Limits:
     multiplied volatilities) of a trade that adds it; None: no limit."""
     max_daily_loss: Annotated[Money, Field(gt=0)] | None = None
     """Once today's loss (equity - the monitor's day-open equity) reaches it, only risk-reducing trades pass."""
-    max_position_qty: Annotated[Integer, Field(gt=0)] | None = None
+    max_position_qty: Annotated[Integer, Field(gt=0, le=MAX_QUANTITY)] | None = None
     """Largest absolute position in shares of any ticker a trade may grow to; None: no limit."""
-    position_limits: Table[Annotated[Integer, Field(gt=0)]] = field(default_factory=dict)
+    position_limits: Table[Annotated[Integer, Field(gt=0, le=MAX_QUANTITY)]] = field(default_factory=dict)
     """Ticker -> largest absolute position in shares (overrides ``max_position_qty`` for that ticker)."""
     min_margin_level_after: Annotated[Number, AfterValidator(_margin_floor)] = 150.0
     """Margin accounts: equity / (gross x initial margin) x 100 after a trade that grows the gross exposure; 0
@@ -498,8 +502,7 @@ class Settings:
     """Retention of the audit trail: what stays in Redis, where the rest is archived (``[archive]``)."""
 
     def __post_init__(self) -> None:
-        ids = [p.id for p in self.portfolios]
-        _require(len(ids) == len(set(ids)), "portfolio ids must be unique")
+        check_identifiers(self)  # ids and tickers unique case aside, position_limits on tickers, holdings bounded
         for p in self.portfolios:
             unknown = set(p.holdings) - set(self.universe.assets)
             _require(not unknown, f"portfolio {p.id} holds tickers outside the universe: {sorted(unknown)}")
@@ -766,7 +769,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        path = env_path(Settings, data, [part for part in name[len(ENV_PREFIX) :].split("__") if part])
         if not path:
             continue
         node = data
@@ -787,9 +790,9 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def _valid_ticker(symbol: str) -> bool:
-    return bool(symbol) and len(symbol) <= 32 and all(c.isalnum() or c in "._-" for c in symbol)
+    return valid_id(symbol)
 
 
 def valid_symbol(symbol: object) -> bool:
-    """True for a syntactically valid ticker or portfolio id (letters, digits, ``._-``, at most 32)."""
+    """True for a syntactically valid ticker or portfolio id (ASCII letters, digits, ``._-``, at most 32)."""
     return isinstance(symbol, str) and _valid_ticker(symbol)

@@ -12,6 +12,8 @@ since that version, so a stale form never reverts a colleague's change.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -50,6 +52,12 @@ LIMIT_FIELDS: dict[str, tuple[str, str, str]] = {
 """Every editable limit: label, unit and how its text is read (``position_limits`` is shown, not edited here)."""
 
 HISTORY_COLUMNS = ("ts", "version", "actor", "reason", "changes")
+
+PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)")
+"""A number as the form takes it: digits, a point for decimals. No exponent (``1e999`` is a typo, not a limit),
+no underscores, no ``inf``/``nan``."""
+GROUPED_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+")
+"""A money amount or a share count may also group its digits by three with commas (``1,000,000.50``)."""
 
 
 @dataclass(frozen=True)
@@ -164,15 +172,8 @@ def parse_limit(name: str, text: Any) -> Any:
         if field_type.default is None:
             return None
         raise InputError(f"{label}: a value is required")
-    try:
-        if kind == "money":
-            return Decimal(raw.replace(",", ""))
-        if kind == "int":
-            return int(raw.replace(",", ""))
-        if kind in ("float", "ratio"):
-            return float(raw.replace(",", ""))
-    except (ArithmeticError, ValueError):
-        raise InputError(f"{label}: {raw!r} is not a number") from None
+    if kind in ("money", "int", "float", "ratio"):
+        return _number(label, kind, raw)
     if kind == "bool":
         if raw.lower() in ("yes", "true", "1"):
             return True
@@ -180,6 +181,33 @@ def parse_limit(name: str, text: Any) -> Any:
             return False
         raise InputError(f"{label}: say yes or no")
     return raw
+
+
+def _number(label: str, kind: str, raw: str) -> Decimal | int | float:
+    """``raw`` read strictly as a number of ``kind``; :class:`InputError` otherwise.
+
+    A comma is only ever a thousands separator between groups of three digits, and only in money and share counts:
+    ``1,5`` typed for 1.5 (a decimal comma) used to lose its comma and become 15, a limit ten times looser than
+    meant, so it is refused, as is any comma in a multiple or a fraction (``1,500`` there is as likely 1.5 as
+    1500). Exponents, underscores and non-finite values are refused: a limit is written out in digits."""
+    grouped = kind in ("money", "int")
+    if not (GROUPED_NUMBER if grouped else PLAIN_NUMBER).fullmatch(raw):
+        if "," in raw:
+            where = "commas only between groups of three digits (1,000,000)" if grouped else "no thousands separator"
+            raise InputError(f"{label}: {raw!r}: use a point for decimals (1.5), {where}")
+        raise InputError(f"{label}: {raw!r} is not a number: write it in digits, with a point for decimals "
+                         "(no exponent, no underscores)")  # fmt: skip
+    digits = raw.replace(",", "")
+    if kind == "money":
+        return Decimal(digits)
+    if kind == "int":
+        if "." in digits:
+            raise InputError(f"{label}: {raw!r} must be a whole number")
+        return int(digits)
+    value = float(digits)
+    if not math.isfinite(value):
+        raise InputError(f"{label}: {raw!r} is too large")
+    return value
 
 
 def form_changes(seen: LimitsView, form: Mapping[str, Any]) -> dict[str, Any]:
