@@ -34,16 +34,33 @@ Every ratio that is annualised takes this ``P``: volatility ``σ sqrt(P)``, Shar
 annual return ``(E_T / E_0)^{P/T} - 1`` (exactly the growth over one year of that time) and the Calmar ratio
 built on it; Kelly and the maximum drawdown have no time unit.
 
+Capital flows
+-------------
+A book sync that moves cash or securities in or out (engine/book.py) changes the equity but is not P&L, so the
+ratios are of time-weighted returns without it. The history points carry the P&L (``pnl.total``, realized plus
+unrealized; a tier keeps the last of its bucket, as for ``equity``), which a flow does not move: the equity change
+it does not explain is the flow, ``F_t = ΔE_t - ΔPnL_t``, and ``r_t = (ΔE_t - F_t) / E_{t-1}`` (the flow at the
+end of the step). The ratios, the annual return ``Π(1 + r_t)^{P/T} - 1`` and the maximum drawdown are of the index
+``I_t = Π_{s<=t}(1 + r_s)`` (:func:`flow_adjusted_index`): a withdrawal with prices unchanged is a return of 0 and
+no drawdown, a price move beside a flow is the move's return. A flow within the float32 rounding of a tier's P&L
+(:data:`FLOW_TOLERANCE`) is none: the step is its equity return, to the bit. Not in ``pnl.total``, so not told
+apart: fees (``fees_paid``) count as a flow, a sync's change of a cost basis as P&L (the history has no flow column).
+The index runs through equity <= 0 (a margin book past its capital; without a flow ``E_t / E_0``: 200,000 to
+-35,000 is a drawdown of -1.175); the return ratios are then withheld with the reason, the drawdown is not.
+
 Downsampled windows
 -------------------
 A long window is read from a downsampled tier (engine/store/history.py): one point per bucket, its ``equity``
 the bucket's last, so a fall and recovery inside a bucket is not in the returns. Each point also carries the
 bucket's lowest and highest equity (``equity_low`` / ``equity_high``; a full-resolution point: its equity), and
-the maximum drawdown is measured on them (:func:`band_max_drawdown`): the running peak of the highs against each
+the maximum drawdown is measured on them (:func:`band_max_drawdown`, on the flow-adjusted index: each extreme's
+distance from the bucket's last equity at the bucket's index scale): the running peak of the highs against each
 low, never smaller than the drawdown of the points themselves (conservative: inside a bucket the order of its
-low and high is unknown, so a low before the bucket's high counts against that high). The Calmar ratio divides
-by that drawdown. The return ratios (Sharpe, Sortino, Kelly, volatility, annual return) use the last equity of
-each bucket: returns over the buckets, which a bucket's extremes do not give.
+low and high is unknown, so a low before the bucket's high counts against that high). In a bucket with a flow
+a low is taken as after a withdrawal / before a deposit, a high as before a withdrawal / after a deposit, so the
+flow never makes a peak or a trough (a fall in that bucket on the flow's other side may be understated, by at most
+the flow). The Calmar ratio divides by that drawdown. The return ratios (Sharpe, Sortino, Kelly, volatility,
+annual return) use the last equity of each bucket: returns over the buckets, which its extremes do not give.
 """
 
 from __future__ import annotations
@@ -320,7 +337,8 @@ class PerformanceStats:
     """Worst fall from a running peak in the window (<= 0); with the points' lows and highs,
     :func:`band_max_drawdown` (module docstring)."""
     reason: str | None = None
-    """Why no ratio could be computed (too few points, no elapsed time, equity <= 0), else None."""
+    """Why no ratio could be computed (too few points, no elapsed time, equity <= 0), else None; the maximum
+    drawdown is still given when there are enough points (it needs no time nor a positive equity)."""
 
     @property
     def ratios(self) -> tuple[Ratio, ...]:
@@ -331,7 +349,9 @@ def _finite_ratio(name: str, value: float, reason: str) -> Ratio:
     return Ratio(name, value) if math.isfinite(value) else Ratio(name, None, reason)
 
 
-def _unavailable(observations: int, ts: Float64Array, time: TradingTime, reason: str) -> PerformanceStats:
+def _unavailable(
+    observations: int, ts: Float64Array, time: TradingTime, reason: str, max_drawdown: Ratio | None = None
+) -> PerformanceStats:
     none = {k: Ratio(k, None, reason) for k in ("sharpe", "sortino", "calmar", "kelly")}
     return PerformanceStats(
         observations=observations,
@@ -347,7 +367,7 @@ def _unavailable(observations: int, ts: Float64Array, time: TradingTime, reason:
         kelly=none["kelly"],
         annual_return=Ratio("annual_return", None, reason),
         annual_volatility=Ratio("annual_volatility", None, reason),
-        max_drawdown=Ratio("max_drawdown", None, reason),
+        max_drawdown=Ratio("max_drawdown", None, reason) if max_drawdown is None else max_drawdown,
         reason=reason,
     )
 
@@ -373,19 +393,28 @@ def equity_band_series(
 ) -> tuple[Float64Array, Float64Array, Float64Array, Float64Array, Float64Array]:
     """:func:`equity_series` with each point's lowest and highest equity (``equity_low``, ``equity_high``; NaN
     where missing or not finite), aligned with it: ``ts, equity, version, low, high``."""
+    ts, equity, version, low, high, _ = equity_flow_series(points)
+    return ts, equity, version, low, high
+
+
+def equity_flow_series(
+    points: Iterable[Mapping[str, Any]],
+) -> tuple[Float64Array, Float64Array, Float64Array, Float64Array, Float64Array, Float64Array]:
+    """:func:`equity_band_series` with each point's P&L (``pnl.total``; NaN where missing or not finite), which
+    tells a capital flow from a return (module docstring): ``ts, equity, version, low, high, pnl``."""
     rows = []
     for p in points:
         ts, equity, version = p.get("ts"), p.get("equity"), p.get("version")
         if isinstance(ts, int | float) and isinstance(equity, int | float):
             if math.isfinite(ts) and math.isfinite(equity):
-                extremes = [p.get("equity_low"), p.get("equity_high")]
-                low, high = (float(x) if isinstance(x, int | float) and math.isfinite(x) else math.nan
-                             for x in extremes)  # fmt: skip
+                extras = [p.get("equity_low"), p.get("equity_high"), p.get("pnl.total")]
+                low, high, pnl = (float(x) if isinstance(x, int | float) and math.isfinite(x) else math.nan
+                                  for x in extras)  # fmt: skip
                 v = float(version) if isinstance(version, int | float) else math.nan
-                rows.append((float(ts), float(equity), v, low, high))
+                rows.append((float(ts), float(equity), v, low, high, pnl))
     rows.sort(key=lambda row: row[0])  # entry ids are write order: a late tick may be out of time order
-    arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
-    return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), arr[:, 3].copy(), arr[:, 4].copy()
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 6)
+    return tuple(arr[:, i].copy() for i in range(6))  # type: ignore[return-value]
 
 
 def band_max_drawdown(low: npt.ArrayLike, high: npt.ArrayLike) -> float:
@@ -396,7 +425,8 @@ def band_max_drawdown(low: npt.ArrayLike, high: npt.ArrayLike) -> float:
     ``MDD = min_t (L_t / max_{s<=t} H_s - 1)`` (<= 0; 0 for no buckets). The running peak includes the bucket's
     own high, so for any point ``x`` of bucket ``t`` (``x >= L_t``, its running peak ``<= max_{s<=t} H_s``) the
     drawdown of ``x`` is at least as shallow: the result is never smaller in size than the drawdown of the
-    underlying points (of a full-resolution series, ``L = H = E``, it is that drawdown).
+    underlying points (of a full-resolution series, ``L = H = E``, it is that drawdown). The running peak must
+    be > 0 (the first high is); a value after it may be <= 0, a fall through zero (a drawdown below -1).
     """
     lo = np.asarray(low, dtype=np.float64)
     hi = np.asarray(high, dtype=np.float64)
@@ -404,9 +434,91 @@ def band_max_drawdown(low: npt.ArrayLike, high: npt.ArrayLike) -> float:
         raise ValueError(f"low {lo.shape} and high {hi.shape} must be two vectors of one length")
     if lo.size == 0:
         return 0.0
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or (hi <= 0).any():
-        raise ValueError("low and high must be finite, high > 0")
-    return float(min(0.0, float((lo / np.maximum.accumulate(hi) - 1.0).min())))
+    peak = np.maximum.accumulate(hi)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or peak[0] <= 0:
+        raise ValueError("low and high must be finite, the first high > 0")
+    return float(min(0.0, float((lo / peak - 1.0).min())))
+
+
+FLOW_TOLERANCE: Final = 2.0**-20
+"""A step's flow within this fraction of the size of its two P&Ls (``|PnL_{t-1}| + |PnL_t|``) is none: 16 times
+the float32 rounding (2^-24) of a downsampled tier's ``pnl.total`` (engine/store/history.py)."""
+
+
+@dataclass(frozen=True, eq=False)
+class FlowIndex:
+    """The flow-adjusted (time-weighted) index of an equity series and of its buckets' extremes (module
+    docstring), ``index[0] = 1``."""
+
+    index: Float64Array
+    low: Float64Array
+    high: Float64Array
+    flows: Float64Array
+    """``F_t``, the equity change the P&L does not explain (0 at the first point and where within
+    :data:`FLOW_TOLERANCE`)."""
+    returns: Float64Array
+    """``r_t = (E_t - E_{t-1} - F_t) / E_{t-1}`` (``E_t / E_{t-1} - 1`` where ``F_t = 0``; NaN where
+    ``E_{t-1} <= 0``), length ``T``."""
+
+
+def flow_adjusted_index(
+    equity: npt.ArrayLike,
+    pnl: npt.ArrayLike | None = None,
+    low: npt.ArrayLike | None = None,
+    high: npt.ArrayLike | None = None,
+) -> FlowIndex:
+    """Time-weighted index of ``equity`` with the capital flows that ``pnl`` shows taken out (module docstring).
+
+    Parameters
+    ----------
+    equity : array_like, shape (T + 1,)
+        Equity of the points, oldest first, ``equity[0] > 0``.
+    pnl : array_like, shape (T + 1,), optional
+        The points' P&L (``pnl.total``; NaN where unknown: that step has no flow). None: no flows.
+    low, high : array_like, shape (T + 1,), optional
+        The buckets' lowest and highest equity (NaN where unknown: the point's equity).
+
+    Notes
+    -----
+    With ``ΔP_t = E_t - E_{t-1} - F_t`` and the scale ``k`` (index per dollar, ``1 / E_0`` at the start):
+    ``I_t = I_{t-1} + k ΔP_t``, then at a flow ``k = I_t / E_t`` where ``E_t > 0`` and ``I_t > 0`` (else kept), so
+    ``I_t = I_{t-1} (1 + r_t)`` while equity is above 0, and ``I_t = k E_t`` through a fall below 0 with no
+    flow. A bucket's extremes: ``I_t + k (L_t - E_t + max(F_t, 0))`` and ``I_t + k (H_t - E_t + min(F_t, 0))``,
+    capped at ``I_t`` from below / above (its low after a withdrawal or before a deposit, its high before a
+    withdrawal or after a deposit: a flow never makes a peak or a trough).
+    """
+    e = np.asarray(equity, dtype=np.float64)
+    n = e.size
+    if e.ndim != 1 or n == 0 or not np.isfinite(e).all() or e[0] <= 0:
+        raise ValueError("equity must be a non-empty finite vector, its first value > 0")
+    lo, hi = _band(e, low, high) or (e, e)
+    flows = np.zeros(n, dtype=np.float64)
+    if pnl is not None:
+        pl = np.asarray(pnl, dtype=np.float64)
+        if pl.shape != e.shape:
+            raise ValueError(f"pnl {pl.shape} and equity {e.shape} must have one length")
+        step = np.diff(e) - np.diff(pl)
+        known = np.isfinite(step)
+        tolerance = FLOW_TOLERANCE * (np.abs(pl[1:]) + np.abs(pl[:-1]))
+        flows[1:] = np.where(known & (np.abs(np.where(known, step, 0.0)) > tolerance), step, 0.0)
+    gain = np.diff(e) - flows[1:]  # the P&L of each step; its equity change exactly where no flow
+    base = np.where(e[:-1] > 0, e[:-1], np.nan)
+    # without a flow E_t / E_{t-1} - 1, to the bit the return of the equity (a constant growth stays constant)
+    returns = np.where(flows[1:] != 0.0, gain / base, e[1:] / base - 1.0)
+    index, i_lo, i_hi = np.empty(n), np.empty(n), np.empty(n)
+    # Between two flows the index is affine in equity, I = I_a + k (E - E_a - flows since a), from an anchor a
+    # (the last flow that rescaled it): no rounding accumulates over a long window without flows (E_t / E_0).
+    k, anchor_level, anchor_equity, since = 1.0 / float(e[0]), 1.0, float(e[0]), 0.0
+    for t in range(n):  # a loop: the scale changes only at flows, and the index runs through equity <= 0
+        f = float(flows[t])
+        since += f
+        level = anchor_level + k * (float(e[t]) - anchor_equity - since)
+        if f != 0.0 and e[t] > 0 and level > 0:
+            k, anchor_level, anchor_equity, since = level / float(e[t]), level, float(e[t]), 0.0
+        index[t] = level
+        i_lo[t] = level + k * min(0.0, float(lo[t] - e[t]) + max(f, 0.0))
+        i_hi[t] = level + k * max(0.0, float(hi[t] - e[t]) + min(f, 0.0))
+    return FlowIndex(index, i_lo, i_hi, flows, returns)
 
 
 def equity_points(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Float64Array]:
@@ -424,8 +536,10 @@ def performance_stats(
     versions: npt.ArrayLike | None = None,
     low: npt.ArrayLike | None = None,
     high: npt.ArrayLike | None = None,
+    pnl: npt.ArrayLike | None = None,
 ) -> PerformanceStats:
-    """Sharpe, Sortino, Calmar and Kelly of the simple returns of an equity series stamped ``ts`` (seconds).
+    """Sharpe, Sortino, Calmar and Kelly of the time-weighted returns of an equity series stamped ``ts``
+    (seconds), capital flows taken out by its P&L (module docstring).
 
     Parameters
     ----------
@@ -442,16 +556,23 @@ def performance_stats(
         Lowest and highest equity of each point's bucket (NaN where unknown: the point's equity). Given, the
         maximum drawdown and the Calmar ratio are :func:`band_max_drawdown`'s (module docstring); else the
         drawdown of the points.
+    pnl : array_like, shape (T + 1,), optional
+        The P&L of each point (``pnl.total``; NaN where unknown): an equity change it does not explain is a
+        capital flow, not a return (:func:`flow_adjusted_index`). None: every equity change is a return.
 
     Notes
     -----
-    ``r_t = E_t / E_{t-1} - 1``; ``P = U / (L / T)`` (:func:`periods_per_year` of the mean spacing in
-    ``time``'s units, ``L`` = :meth:`TradingTime.elapsed`, ``U`` = its units a year); the risk-free rate and
+    ``r_t = (E_t - E_{t-1} - F_t) / E_{t-1}`` (``F_t`` the step's flow; without one ``E_t / E_{t-1} - 1``), the
+    maximum drawdown on the flow-adjusted index, given whenever there are ``min_returns`` returns and the first
+    equity is > 0 (through equity <= 0 too: only the return ratios are then withheld); ``P = U / (L / T)``
+    (:func:`periods_per_year` of the mean spacing in ``time``'s units, ``L`` = :meth:`TradingTime.elapsed`,
+    ``U`` = its units a year); the risk-free rate and
     the Sortino target are 0 (no rate in the settings). Sharpe, Sortino and Calmar are
     :func:`engine.math_logic.sharpe_ratio`, :func:`~engine.math_logic.sortino_ratio` and
     :func:`~engine.math_logic.calmar_ratio` at ``P``; Kelly is :func:`~engine.math_logic.kelly_fraction` of
     ``mean(r)`` and the population ``var(r)``. A ratio that is infinite or undefined (no dispersion, no
-    return below 0, no drawdown, an annual growth too large for a float) is None with the reason.
+    return below 0, no drawdown, an annual growth too large for a float, a flow-adjusted value <= 0) is None
+    with the reason.
     """
     t = np.asarray(ts, dtype=np.float64)
     e = np.asarray(equity, dtype=np.float64)
@@ -469,23 +590,31 @@ def performance_stats(
         return _unavailable(
             observations, t, time, f"{observations} return(s) in the window; at least {min_returns} are needed"
         )
-    if (e <= 0).any():
-        return _unavailable(observations, t, time, "equity was <= 0 in the window: its returns are not defined")
+    if e[0] <= 0:
+        reason = "equity was <= 0 at the start of the window: no peak to fall from, its returns are not defined"
+        return _unavailable(observations, t, time, reason)
+    flow_index = flow_adjusted_index(e, pnl, low, high)  # raises on a pnl or band of another length
+    mdd = band_max_drawdown(flow_index.low, flow_index.high)
+    drawdown = Ratio("max_drawdown", mdd)
+    if (e <= 0).any():  # the drawdown stands (it needs no return on capital <= 0); the returns do not
+        reason = "equity was <= 0 in the window: its returns are not defined"
+        return _unavailable(observations, t, time, reason, drawdown)
     elapsed_seconds = float(t[-1] - t[0])
     if elapsed_seconds <= 0:
-        return _unavailable(observations, t, time, "every point has the same time: no period to annualise over")
+        reason = "every point has the same time: no period to annualise over"
+        return _unavailable(observations, t, time, reason, drawdown)
     elapsed, why = time.elapsed(t, v)
     if elapsed is None:
-        return _unavailable(observations, t, time, why or "the window cannot be measured")
+        return _unavailable(observations, t, time, why or "the window cannot be measured", drawdown)
     if elapsed <= 0:
         closed = (
             f"the market was closed over the whole window ({time.sessions.name} sessions)"
             if time.sessions is not None
             else "no model bar was played in the window"
         )
-        return _unavailable(observations, t, time, f"{closed}: no {time.unit} to annualise over")
+        return _unavailable(observations, t, time, f"{closed}: no {time.unit} to annualise over", drawdown)
     p = periods_per_year(elapsed / observations, time.units_per_year)
-    r = e[1:] / e[:-1] - 1.0
+    r = flow_index.returns  # all finite: every equity is > 0
     flat = float(np.ptp(r)) == 0.0
     sharpe = _finite_ratio(
         "sharpe", math_logic.sharpe_ratio(r, p), "the returns do not vary: no volatility to divide by"
@@ -493,20 +622,21 @@ def performance_stats(
     sortino = _finite_ratio(
         "sortino", math_logic.sortino_ratio(r, p), "no return below 0 in the window: no downside deviation"
     )
-    band = _band(e, low, high)
-    mdd = math_logic.max_drawdown(r) if band is None else band_max_drawdown(*band)
-    try:
-        growth = float(e[-1] / e[0]) ** (p / observations) - 1.0
-        if band is None:
-            calmar = _finite_ratio("calmar", math_logic.calmar_ratio(r, p), "no drawdown in the window")
-        else:  # CAGR / |MDD| (math_logic.calmar_ratio's definition) with the bucket-aware drawdown
+    final = float(flow_index.index[-1])  # Π(1 + r_t): E_T / E_0 without flows
+    if final <= 0:  # a loss past the capital hidden by a deposit in the same step
+        reason = "the flow-adjusted value fell to <= 0 in the window: no annual growth"
+        calmar, annual_return = Ratio("calmar", None, reason), Ratio("annual_return", None, reason)
+    else:
+        try:
+            growth = final ** (p / observations) - 1.0
+            # CAGR / |MDD| (math_logic.calmar_ratio's definition) with the flow-adjusted, bucket-aware drawdown
             value = growth / abs(mdd) if mdd != 0.0 else (math.inf if growth != 0.0 else math.nan)
             calmar = _finite_ratio("calmar", value, "no drawdown in the window")
-        annual_return = _finite_ratio("annual_return", growth, "too large to annualise")
-    except OverflowError:
-        reason = "the annualised growth overflows: the window is too short to annualise"
-        calmar = Ratio("calmar", None, reason)
-        annual_return = Ratio("annual_return", None, reason)
+            annual_return = _finite_ratio("annual_return", growth, "too large to annualise")
+        except OverflowError:
+            reason = "the annualised growth overflows: the window is too short to annualise"
+            calmar = Ratio("calmar", None, reason)
+            annual_return = Ratio("annual_return", None, reason)
     if flat:
         kelly = Ratio("kelly", None, "the returns do not vary: no variance to divide by")
     else:
@@ -528,7 +658,7 @@ def performance_stats(
         kelly=kelly,
         annual_return=annual_return,
         annual_volatility=Ratio("annual_volatility", volatility),
-        max_drawdown=Ratio("max_drawdown", mdd),
+        max_drawdown=drawdown,
     )
 
 

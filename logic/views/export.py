@@ -52,11 +52,14 @@ def csv_bytes(df: pd.DataFrame, *, kinds: Mapping[str, str] | None = None, as_of
     """``df`` as UTF-8 CSV without the index, formula cells neutralised (:func:`csv_safe`); rows end in CRLF
     (RFC 4180), so a cell holding a bare CR or LF is quoted and stays one cell. With ``kinds`` (column -> kind
     of :mod:`logic.views.fmt`) numbers are rounded to the unit shown; with ``as_of`` (epoch seconds) every row
-    starts with the time the figures were read."""
+    starts with the time the figures were read. An empty table with ``as_of`` is one row of that time and blank
+    cells: "nothing, as of then" is a reading too, and a header alone would not say when it was taken."""
     out = fmt.rounded(df, kinds) if kinds else df.copy()
     for column in out.columns:
         if pd.api.types.is_datetime64_any_dtype(out[column]):
             out[column] = out[column].dt.strftime("%Y-%m-%d %H:%M:%S")
     if as_of is not None:
+        if out.empty:  # inserting a column into no rows writes no time at all
+            out = pd.DataFrame([[None] * len(out.columns)], columns=out.columns)
         out.insert(0, AS_OF_COLUMN, fmt.when(as_of).removesuffix(" UTC"))
     return csv_safe(out).to_csv(index=False, lineterminator="\r\n").encode("utf-8")

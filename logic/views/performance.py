@@ -150,10 +150,11 @@ def performance_view(
     settings = desk.settings
     limits = live_limits(desk, portfolio_id)
     history = history_frame(desk, portfolio_id, window_seconds)
-    ts, equity, versions, low, high = performance.equity_band_series(history.to_dict("records"))
+    ts, equity, versions, low, high, pnl = performance.equity_flow_series(history.to_dict("records"))
     stats = performance.performance_stats(
-        ts, equity, time=ratio_time(desk), versions=versions, low=low, high=high
-    )  # the drawdown of a downsampled window from its buckets' lows and highs (logic/performance.py)
+        ts, equity, time=ratio_time(desk), versions=versions, low=low, high=high, pnl=pnl
+    )  # returns without the capital flows the P&L shows; the drawdown of a downsampled window from its buckets'
+    # lows and highs (logic/performance.py)
 
     rm = desk.risk_manager(portfolio_id)
     state = rm.get_portfolio_state()
