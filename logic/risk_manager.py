@@ -90,7 +90,7 @@ from engine.records import (
 from engine.redis_server import connect
 from engine.sessions import market_calendar
 from engine.settings import Limits, Settings, load_settings
-from engine.store import PortfolioKeys, Store, TradeView
+from engine.store import LimitsChangeError, PortfolioKeys, Store, TradeView
 from logic import execution
 from logic.actions import STATE_RANK
 from logic.check_book import BookCache, Sim
@@ -316,8 +316,18 @@ class RiskManager:
 
         Raises :class:`engine.store.LimitsChangeError` (code ``LIMITS_INVALID``, nothing written) for an unknown
         limit, a bad value or an empty actor or reason; its :class:`engine.store.LimitsConflictError` (code
-        ``LIMITS_CHANGED``, nothing written) when the limits moved since ``expected_version``.
+        ``LIMITS_CHANGED``, nothing written) when the limits moved since ``expected_version``. A
+        ``position_limits`` key that is not a ticker of the universe is refused too (a cap on ``"aaa"`` would
+        never apply to ``AAA``: the control would fail open).
         """
+        caps = changes.get("position_limits")
+        unknown = (
+            sorted(str(t) for t in caps if str(t) not in self.settings.universe.assets)
+            if isinstance(caps, Mapping)
+            else []
+        )
+        if unknown:
+            raise LimitsChangeError(f"position_limits: {unknown} are not tickers of the universe (tickers are exact)")
         stored = self.store.change_limits(
             self.portfolio_id, changes, actor=actor, reason=reason, now=self.clock(), fallback=self.settings_limits,
             expected_version=expected_version, expected_rev=expected_rev,

@@ -158,6 +158,8 @@ def test_the_first_live_change_audits_every_limit_that_became_live(
         ({"var_limit": "lots"}, "alice", "r"),
         ({"max_order_qty": 1.5}, "alice", "r"),  # not a whole number
         ({"no_such_limit": 1}, "alice", "r"),
+        ({"position_limits": {"aaa": 5}}, "alice", "r"),  # not a ticker (tickers are exact): the cap would not apply
+        ({"position_limits": {"AAA": 5, "ZZZ": 5}}, "alice", "r"),  # one outside the universe spoils the change
         ({"var_limit": "40000"}, "", "r"),  # no actor
         ({"var_limit": "40000"}, "alice", "  "),  # no reason
         ({}, "alice", "r"),
@@ -200,6 +202,7 @@ def test_only_a_risk_manager_or_admin_changes_limits_from_the_dashboard_and_a_re
 def test_a_change_at_its_bound_is_accepted(seeded: Store, desk_settings: Settings) -> None:
     rm = gate(seeded, desk_settings)
     assert rm.set_limits({"max_concentration": 1.0}, "alice", "le=1: exactly at the bound") == 1
+    assert rm.set_limits({"position_limits": {"AAA": 5}}, "alice", "a universe ticker") == 2
 
 
 def test_corrupt_stored_limits_fail_closed_and_a_missing_record_uses_the_settings(
