@@ -100,6 +100,7 @@ class FirmRisk:
     exposures: tuple[TickerExposure, ...]
     """Held tickers, largest gross first."""
     portfolios: tuple[PortfolioRisk, ...]
+    """Largest stand-alone VaR first (ties by portfolio id)."""
     failed: Mapping[str, str] = field(default_factory=dict)
     """Portfolios that could not be read or valued, with why (left out of every figure: fail visibly)."""
     missing_prices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -237,6 +238,7 @@ class Firm:
                     missing_prices=valuation.missing,
                 )
             )
+        portfolios.sort(key=lambda p: (-p.var, p.portfolio_id))  # the largest stand-alone risk first
         firm_var, _ = math_logic.get_portfolio_var(total, model.cov, 1.0, confidence, horizon, validate=False)
         exposures = []
         for i, ticker in enumerate(tickers):

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import components as ui
 from engine.records import Severity
 from logic import views
+from logic.views.overview import DRAWDOWN_COLUMNS, drawdown_axis
 
 LIGHTS_KEY = "ov_lights"
 
@@ -32,6 +33,15 @@ def summary(d: views.Desk, pid: str) -> None:
             "check the monitor on the System page.",
             icon=":material/schedule:",
         )
+    if ov.missing:
+        st.warning(
+            f"No usable price for {ui.md(', '.join(ov.missing))}: counted as 0, so the equity, the P&L and the VaR "
+            "below leave it out (understated); no daily P&L, drawdown or margin level until it is priced; the gate "
+            "refuses trades until it is priced.",
+            icon=":material/warning:",
+        )
+    if ov.limit_note:
+        st.info(ov.limit_note, icon=":material/tune:")
 
     # On screen: lights, trading state and headline figures, then the gauges, each under its figure. Sent to the
     # browser in another order: the gauges first, so that a first load fetches the charting script (the largest
@@ -50,18 +60,20 @@ def summary(d: views.Desk, pid: str) -> None:
                 ui.traffic_light(light.area, light.level, light.detail)
 
     h = ov.headline
+    incomplete = " — incomplete" if ov.incomplete else ""  # an unpriced holding counted as 0 (warning above)
     with headline:
         ui.state_badge(ov.trading.state, ov.trading.reason, ov.trading.actor, ov.trading.ts)
         # widths for the longest figures (equity "USD 12,345,678", P&L "USD -123,456") at st.metric's size: a
         # value cut to "USD 1,6…" is a figure the desk cannot read
         cols = st.columns([1.5, 1.25, 1.25, 0.75])
-        cols[0].metric("Equity", ui.money(h.get("equity")))
+        cols[0].metric(f"Equity{incomplete}", ui.money(h.get("equity")))
         cols[1].metric("Daily P&L", ui.money(h.get("daily_pnl"), signed=True))
-        cols[2].metric("Total P&L", ui.money(h.get("total_pnl"), signed=True))
-        cols[3].metric("Leverage", "-" if h.get("leverage") is None else f"{h['leverage']:.2f}x")
+        cols[2].metric(f"Total P&L{incomplete}", ui.money(h.get("total_pnl"), signed=True))
+        cols[3].metric(f"Leverage{incomplete}", "-" if h.get("leverage") is None else f"{h['leverage']:.2f}x")
+    understated = " — understated" if ov.incomplete else ""
     for figure, g in zip(figures, ov.gauges, strict=True):
         figure.metric(
-            g.title,
+            f"{g.title}{understated}",
             ui.money(g.value),
             None if g.of_limit is None else f"{g.of_limit:.0%} of limit",
             delta_color="off",
@@ -81,7 +93,7 @@ def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
         st.caption("No history points in this window yet.")
         return
     left, right = st.columns(2)
-    drawdowns = ("drawdown.daily", "drawdown.weekly", "drawdown.max")
+    drawdowns = DRAWDOWN_COLUMNS
 
     band = ("equity_low", "equity_high")
 
@@ -110,8 +122,8 @@ def history(d: views.Desk, pid: str, breakers: list[dict]) -> None:
                 annotation_text=b["label"],
                 annotation_position="bottom left",
             )
-        low = min([b["level"] for b in breakers] + [float(df.get("drawdown.daily", [0]).min() or 0)])
-        fig.update_yaxes(tickformat=".1%", range=[low * 1.25 if low < 0 else -0.01, 0.002])
+        # every series drawn and every breaker on the chart (a weekly -18% on a day at -0.5% too)
+        fig.update_yaxes(tickformat=".1%", range=list(drawdown_axis(df, [b["level"] for b in breakers])))
         fig.update_layout(title="Drawdown and circuit breakers", height=300, margin={"t": 40, "b": 10})
         return fig
 

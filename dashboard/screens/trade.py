@@ -8,6 +8,7 @@ from dashboard import components as ui
 from engine.records import DecisionStatus, ExecutionStatus, OrderIntent
 from logic import views
 from logic.views import fmt
+from logic.views.trade import UNPRICED_COLUMNS, UNPRICED_REASON
 
 # Session keys: the last checked ticket (its inputs, decision and the client order id it executes with), the
 # result of executing it, and the ticket whose execution came back with its outcome unknown (kept until a resend
@@ -25,19 +26,28 @@ def positions(d: views.Desk, pid: str) -> None:
         return
     pv = views.positions_view(d, pid)
     t = pv.totals
+    if pv.missing:
+        st.warning(
+            f"No usable price for {ui.md(', '.join(pv.missing))}: not valued (—), so the equity and the unrealized "
+            "P&L below leave it out (understated); the gate refuses trades until it is priced.",
+            icon=":material/warning:",
+        )
+    incomplete = " — incomplete" if pv.missing else ""
     # three to a row: a seven-figure amount with its currency needs a third of the page at st.metric's size
     cols = st.columns(3)
-    cols[0].metric("Equity", ui.money(t.get("equity")))
+    cols[0].metric(f"Equity{incomplete}", ui.money(t.get("equity")))
     cols[1].metric("Cash", ui.money(t.get("cash")))
     cols[2].metric("Trading state", str(t.get("trading_state", "—")))
     cols = st.columns(3)
-    cols[0].metric("Unrealized P&L", ui.money(t.get("unrealized_pnl"), signed=True))
+    cols[0].metric(f"Unrealized P&L{incomplete}", ui.money(t.get("unrealized_pnl"), signed=True))
     cols[1].metric("Realized P&L", ui.money(t.get("realized_pnl"), signed=True))
     st.subheader("Positions")
     ui.table(
         pv.positions,
         "positions",
         f"positions_{pid}.csv",
+        # the dash of an unpriced position says why in the column's help
+        column_config={c: {"help": f"{fmt.DASH}: {UNPRICED_REASON}"} for c in UNPRICED_COLUMNS} if pv.missing else None,
         totals=fmt.with_totals(pv.positions, POSITION_TOTALS, "ticker"),
         empty="No open position.",
     )

@@ -4,15 +4,18 @@ state, and the equity curve from the monitor's history."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from engine.defaults import REPORTED_CONFIDENCES
+from engine.settings import Limits
 from logic.views.common import Desk, TradingStateView, float_or_none, latest_snapshot
 from logic.views.limits import live_limits
+from logic.views.trade import priced_positions
 
 HISTORY_WINDOWS: dict[str, float] = {
     "5 min": 300.0,
@@ -67,6 +70,17 @@ class OverviewView:
     breakers: list[dict[str, Any]]
     var_caption: str = ""
     """Which method the VaR / CVaR gauges come from (the snapshot's ``var_method``)."""
+    missing: tuple[str, ...] = ()
+    """Held tickers without a usable price (``data.missing_prices``): counted as 0, so the equity, the P&L, the
+    leverage and every VaR figure leave them out (understated), and the snapshot reports no daily P&L, drawdown
+    or margin figure; the gate refuses trades until they are priced."""
+    limit_note: str = ""
+    """How the live limits differ from the snapshot's (a limit changed since the monitor's last tick), or ""."""
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the figures leave out an unpriced holding (:attr:`missing`)."""
+        return bool(self.missing)
 
 
 GAUGES = 4
@@ -74,18 +88,26 @@ GAUGES = 4
 
 
 def snapshot_gauges(
-    var: Mapping[str, Any], limit: float | None, stressed_limit: float | None = None, horizon_days: float = 1.0
+    var: Mapping[str, Any],
+    limit: float | None,
+    stressed_limit: float | None = None,
+    horizon_days: float = 1.0,
+    *,
+    on_basis: bool = True,
 ) -> list[Gauge]:
-    """The :data:`GAUGES` gauges of a monitor snapshot's ``var`` section (missing figures read as 0).
+    """The :data:`GAUGES` gauges of a monitor snapshot's ``var`` section (missing figures read as 0), drawn
+    against ``limit`` and ``stressed_limit``: the live limits (a limit changed since the snapshot applies now, as
+    it does at the gate), not the ones the snapshot was computed with.
 
-    Only a figure on the basis the gate enforces a limit on is drawn against it, with its use from the
-    snapshot's own ratio: first the VaR at the limit's confidence and ``var.horizon_days`` (``var.utilization``
-    times ``var.limit``, its use ``var.utilization``), last the stressed VaR on that basis
-    (``var.stressed_limit_var``) against the stressed-VaR limit (``var.stressed_limit``, else
-    ``stressed_limit``: the live one; no limit line when the portfolio sets none), its use
-    ``var.stressed_utilization``. Between them the one-day reported figures (VaR 95% and 99%, CVaR 95%) with no
-    limit line and no use of the limit: a one-day 99% VaR over a 10-day limit is no fraction of it. A reported
-    figure that is the limit's own (a 95% / 1-day limit) is shown once, as the limit's gauge.
+    Only a figure on the basis the gate enforces a limit on is drawn against it: first the VaR at the limit's
+    confidence and ``var.horizon_days`` (:func:`limit_basis_var`: ``var.utilization`` times ``var.limit``, the
+    snapshot's own limit) against ``limit``, its use that VaR over ``limit``; last the stressed VaR on that basis
+    (``var.stressed_limit_var``) against ``stressed_limit`` (no limit line when the portfolio sets none), its use
+    that figure over it. ``on_basis`` False (the live limit's confidence or horizon is not the snapshot's:
+    :func:`same_basis`) draws both figures with no limit and no use: a 95% figure is no fraction of a 99% limit.
+    Between them the one-day reported figures (VaR 95% and 99%, CVaR 95%) with no limit line and no use of the
+    limit: a one-day 99% VaR over a 10-day limit is no fraction of it. A reported figure that is the limit's own
+    (a 95% / 1-day limit) is shown once, as the limit's gauge.
 
     A snapshot written before the stressed VaR at the limit's basis was recorded shows ``stressed_var99``
     labelled 99% (1 day), without the limit's use."""
@@ -96,13 +118,13 @@ def snapshot_gauges(
 
     confidence = float_or_none(var.get("confidence")) or low
     days = float_or_none(var.get("horizon_days")) or horizon_days
-    utilization = float_or_none(var.get("utilization"))
-    at_limit = Gauge(
-        limit_var_title(confidence, days),
-        (utilization or 0.0) * limit if limit else 0.0,
-        limit,
-        utilization if limit else None,
-    )
+    cap = limit if on_basis and limit else None
+    value = limit_basis_var(var, limit)
+    if cap is not None and float_or_none(var.get("limit")) == cap:
+        use = float_or_none(var.get("utilization"))  # the snapshot's own ratio: the limit has not changed
+    else:
+        use = None if cap is None or value is None else value / cap
+    at_limit = Gauge(limit_var_title(confidence, days), value or 0.0, cap, use)
     reported = [
         Gauge(f"VaR {low:.0%} (1 day)", figure(f"var{low * 100:.0f}"), None),
         Gauge(f"VaR {high:.0%} (1 day)", figure(f"var{high * 100:.0f}"), None),
@@ -112,14 +134,87 @@ def snapshot_gauges(
     if "stressed_limit_var" not in var:  # a snapshot of an older monitor
         stressed = Gauge(f"Stressed VaR {high:.0%} (1 day)", figure(f"stressed_var{high * 100:.0f}"), None)
     else:
-        cap = float_or_none(var.get("stressed_limit")) or stressed_limit
-        use = float_or_none(var.get("stressed_utilization"))
-        value = figure("stressed_limit_var")
+        stressed_cap = stressed_limit if on_basis and stressed_limit else None
+        stressed_value = figure("stressed_limit_var")
         stressed = Gauge(
-            limit_var_title(confidence, days, stressed=True), value, cap,
-            (use if use is not None else value / cap) if cap else None,
+            limit_var_title(confidence, days, stressed=True), stressed_value, stressed_cap,
+            stressed_value / stressed_cap if stressed_cap else None,
         )  # fmt: skip
     return [at_limit, *shown, stressed]
+
+
+def limit_basis_var(var: Mapping[str, Any], limit: float | None = None) -> float | None:
+    """The snapshot's VaR at its limit's confidence and horizon: ``var.utilization`` times ``var.limit`` (the
+    limit it was computed against), or times ``limit`` for a snapshot that records no limit; None when unknown."""
+    use = float_or_none(var.get("utilization"))
+    at = float_or_none(var.get("limit")) or limit
+    return None if use is None or not at else use * at
+
+
+def same_basis(var: Mapping[str, Any], limits: Limits) -> bool:
+    """Whether the snapshot's VaR figures at the limit's basis (``var.confidence``, ``var.horizon_days``) are on
+    the live limits' confidence and horizon (a snapshot that records neither is taken to be)."""
+    confidence, days = float_or_none(var.get("confidence")), float_or_none(var.get("horizon_days"))
+    return (confidence is None or math.isclose(confidence, float(limits.var_confidence), rel_tol=1e-12)) and (
+        days is None or math.isclose(days, float(limits.var_horizon_days), rel_tol=1e-12)
+    )
+
+
+def on_live_limits(snapshot: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """``snapshot`` with its ``var`` limits and uses measured against the live ``limits``: what the monitor's next
+    tick will write, so a limit cut since the snapshot shows on the gauges and the lights now, not at the next
+    tick. On the same basis (:func:`same_basis`) ``var.limit`` / ``var.stressed_limit`` become the live ones and
+    ``var.utilization`` / ``var.stressed_utilization`` the snapshot's limit-basis figures over them; when the
+    live confidence or horizon differs, the figures on the old basis are no use of the new limit: ``utilization``,
+    ``stressed_limit_var`` and ``stressed_utilization`` become null (no data until the next tick)."""
+    var = dict(snapshot.get("var") or {})
+    cap = float(limits.var_limit)
+    stressed_cap = None if limits.stressed_var_limit is None else float(limits.stressed_var_limit)
+    if same_basis(var, limits):
+        value = limit_basis_var(var, cap)
+        if float_or_none(var.get("limit")) != cap:
+            var["utilization"] = None if value is None else value / cap
+        stressed = float_or_none(var.get("stressed_limit_var"))
+        if float_or_none(var.get("stressed_limit")) != stressed_cap:
+            var["stressed_utilization"] = None if stressed is None or stressed_cap is None else stressed / stressed_cap
+    else:
+        var.update(utilization=None, stressed_limit_var=None, stressed_utilization=None)
+    var.update(limit=cap, stressed_limit=stressed_cap)
+    return {**snapshot, "var": var}
+
+
+def limit_change_note(var: Mapping[str, Any], limits: Limits) -> str:
+    """What the Overview says when the live limits are not the ones the snapshot was computed with, or ""."""
+    if not var:
+        return ""
+    if not same_basis(var, limits):
+        confidence, days = float_or_none(var.get("confidence")) or 0.0, float_or_none(var.get("horizon_days")) or 1.0
+        was = limit_var_title(confidence, days)
+        now = limit_var_title(float(limits.var_confidence), float(limits.var_horizon_days))
+        return (
+            f"The VaR limit's basis changed since this snapshot (the snapshot measured {was}, the limit is now on "
+            f"{now}): no % of limit until the monitor's next snapshot."
+        )
+    changes = []
+    old, new = float_or_none(var.get("limit")), float(limits.var_limit)
+    if old is not None and old != new:
+        changes.append(f"VaR limit {old:,.0f} -> {new:,.0f}")
+    old_stressed = float_or_none(var.get("stressed_limit"))
+    new_stressed = None if limits.stressed_var_limit is None else float(limits.stressed_var_limit)
+    if "stressed_limit_var" in var and old_stressed != new_stressed:
+        changes.append(f"stressed VaR limit {_amount(old_stressed)} -> {_amount(new_stressed)}")
+    if not changes:
+        return ""
+    return f"Limit changed since this snapshot ({'; '.join(changes)}): % of limit is measured against the live limit."
+
+
+def _amount(value: float | None) -> str:
+    return "none" if value is None else f"{value:,.0f}"
+
+
+def missing_tickers(values: Sequence[Any] | None) -> tuple[str, ...]:
+    """The held tickers without a usable price, as a snapshot or the risk manager lists them."""
+    return tuple(str(t) for t in values or ())
 
 
 def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
@@ -144,12 +239,16 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
             "realized": float_or_none(pnl.get("realized")),
             "leverage": float_or_none(snapshot.get("leverage")),
         }
-        limit = float_or_none(var.get("limit")) or limit
+        # measured against the live limits (a change applies at the gate at once, not at the monitor's next tick)
         stressed_cap = None if live.stressed_var_limit is None else float(live.stressed_var_limit)
-        gauges = snapshot_gauges(var, limit, stressed_cap, live.var_horizon_days)
+        basis = same_basis(var, live)
+        gauges = snapshot_gauges(var, limit, stressed_cap, live.var_horizon_days, on_basis=basis)
+        note = limit_change_note(var, live)
+        measured: Mapping[str, Any] | None = on_live_limits(snapshot, live)
+        missing = missing_tickers((snapshot.get("data") or {}).get("missing_prices"))
         age = max(0.0, desk.clock() - float(snapshot.get("ts", 0.0)))
     else:  # no monitor yet: the risk manager's own figures (no drawdown, no daily P&L)
-        totals = desk.risk_manager(portfolio_id).get_dashboard_metrics().attrs.get("totals", {})
+        _, totals = priced_positions(desk.risk_manager(portfolio_id).get_dashboard_metrics())
         headline = {
             "equity": totals.get("equity"),
             "cash": totals.get("cash"),
@@ -170,7 +269,8 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
                   float_or_none(totals.get("var_utilization"))),
             Gauge(f"CVaR {confidence:.0%} ({span})", float(totals.get("cvar") or 0.0), None),
         ]  # fmt: skip
-        age = None
+        age, note, measured = None, "", None
+        missing = missing_tickers(totals.get("missing_prices"))
     alerts = active_alerts(desk, portfolio_id)
     return OverviewView(
         portfolio_id=portfolio_id,
@@ -180,9 +280,11 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         trading=trading,
         headline=headline,
         gauges=gauges,
-        lights=analytics.traffic_lights(rules, snapshot, portfolio_id, alerts, live),
+        lights=analytics.traffic_lights(rules, measured, portfolio_id, alerts, live),
         breakers=analytics.breaker_levels(rules, portfolio_id, limits=live),
         var_caption=_var_caption(desk, portfolio_id, snapshot),
+        missing=missing,
+        limit_note=note,
     )
 
 
@@ -217,6 +319,22 @@ def history_frame(desk: Desk, portfolio_id: str, window_seconds: float) -> pd.Da
     df = pd.DataFrame.from_records(points).drop(columns=["id"], errors="ignore")
     df.insert(0, "time", pd.to_datetime(df["ts"], unit="s", utc=True))
     return df
+
+
+DRAWDOWN_COLUMNS: tuple[str, ...] = ("drawdown.daily", "drawdown.weekly", "drawdown.max")
+"""The drawdown series of the Overview's drawdown chart (history fields)."""
+
+
+def drawdown_axis(history: pd.DataFrame, levels: Sequence[float]) -> tuple[float, float]:
+    """The drawdown chart's y-range: down to a quarter below the deepest of every drawn series (daily, weekly and
+    max: a weekly -18% on a day at -0.5% is on the chart) and every breaker level, NaN-safe (a null drawdown of an
+    incomplete valuation is skipped); ``(-0.01, 0.002)`` when nothing is below 0."""
+    lows = [float(v) for v in levels]
+    for column in DRAWDOWN_COLUMNS:
+        if column in history:
+            lows.append(float(pd.to_numeric(history[column], errors="coerce").min()))
+    low = min((v for v in lows if math.isfinite(v)), default=0.0)
+    return (low * 1.25 if low < 0 else -0.01, 0.002)
 
 
 # -- shared with the alert engine ---------------------------------------------------------------------------

@@ -43,7 +43,8 @@ class ExposureView:
     correlation: pd.DataFrame
     """Correlation of the tickers' one-bar returns (ticker x ticker)."""
     exposures: pd.DataFrame
-    """ticker, market_value, weight, daily_vol, component_var, component_share (held tickers)."""
+    """ticker, market_value, weight, daily_vol, component_var, component_share (held tickers), the largest
+    component VaR first (ties by ticker)."""
     var: float
     var_limit: float
     var_confidence: float
@@ -86,6 +87,10 @@ def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
             "component_share",
         ]
     )
+    # the largest contribution to the VaR first (a hedge's negative one last), ties by ticker
+    exposures = exposures.sort_values(
+        ["component_var", "ticker"], ascending=[False, True], na_position="last", kind="mergesort"
+    ).reset_index(drop=True)
     return ExposureView(
         correlation=pd.DataFrame(corr, index=list(snap.tickers), columns=list(snap.tickers)),
         exposures=exposures,

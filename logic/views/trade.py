@@ -32,18 +32,52 @@ ORDER_TYPES: Mapping[str, OrderIntent] = {"Trade": OrderIntent.TRADE, "Liquidati
 flip it) and passes HALTED and REDUCING: how a risk manager de-risks a halted book by hand."""
 
 
+UNPRICED_COLUMNS = ("last", "market_value", "weight", "unrealized_pnl")
+"""A position's figures that need its price: missing (``—``) for a held ticker without a usable price."""
+UNPRICED_REASON = "no usable price (missing, NaN or not positive): not valued, and left out of the totals"
+"""Why :data:`UNPRICED_COLUMNS` show the dash on an unpriced position (the columns' help)."""
+
+
 @dataclass(frozen=True)
 class PositionsView:
     positions: pd.DataFrame
-    """One row per open position: :data:`POSITION_COLUMNS`."""
+    """One row per open position: :data:`POSITION_COLUMNS`; :data:`UNPRICED_COLUMNS` missing (NaN) on a position
+    without a usable price (:func:`priced_positions`)."""
     totals: Mapping[str, Any]
-    """Portfolio totals of :meth:`RiskManager.get_dashboard_metrics` (cash, equity, VaR, ...)."""
+    """Portfolio totals of :meth:`RiskManager.get_dashboard_metrics` (cash, equity, VaR, ...), ``unrealized_pnl``
+    over the priced positions only."""
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Held tickers without a usable price: the equity, the unrealized P&L and the VaR leave them out."""
+        return tuple(str(t) for t in self.totals.get("missing_prices") or ())
+
+
+def priced_positions(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:meth:`RiskManager.get_dashboard_metrics`'s rows and totals with an unpriced position shown as such: its
+    :data:`UNPRICED_COLUMNS` missing (NaN) rather than a value of 0 and an unrealized loss of its whole cost, and
+    ``totals["unrealized_pnl"]`` summed over the positions with a usable price, as the monitor's snapshot sums
+    it (``pnl.unrealized``, logic/snapshot.py). The equity stays the priced positions' plus cash: incomplete
+    while ``totals["missing_prices"]`` lists a ticker."""
+    totals = dict(metrics.attrs.get("totals", {}))
+    df = metrics.copy()
+    last = pd.to_numeric(df["last"], errors="coerce").to_numpy(dtype=float) if "last" in df else np.array([])
+    with np.errstate(invalid="ignore"):
+        unpriced = ~(np.isfinite(last) & (last > 0))
+    if unpriced.any():
+        columns = [c for c in UNPRICED_COLUMNS if c in df]
+        df[columns] = df[columns].astype(float)
+        df.loc[unpriced, columns] = np.nan
+        totals["unrealized_pnl"] = float(df["unrealized_pnl"].sum()) if "unrealized_pnl" in df else 0.0
+        known = [str(t) for t in totals.get("missing_prices") or ()]
+        totals["missing_prices"] = known + [str(t) for t in df.loc[unpriced, "ticker"] if str(t) not in known]
+    return df, totals
 
 
 def positions_view(desk: Desk, portfolio_id: str) -> PositionsView:
-    """Open positions with P&L, and the maximum favourable / adverse excursions the monitor tracks."""
-    metrics = desk.risk_manager(portfolio_id).get_dashboard_metrics()
-    totals = dict(metrics.attrs.get("totals", {}))
+    """Open positions with P&L, and the maximum favourable / adverse excursions the monitor tracks; a position
+    without a usable price is not valued (:func:`priced_positions`)."""
+    metrics, totals = priced_positions(desk.risk_manager(portfolio_id).get_dashboard_metrics())
     df = metrics.reindex(columns=list(POSITION_FIELDS)).copy()
     excursions = _excursions(desk, portfolio_id, dict(zip(df["ticker"], df["qty"], strict=True)))
     df["mfe"] = [excursions.get(t, {}).get("mfe") for t in df["ticker"]]
