@@ -430,8 +430,12 @@ class AlertEngine:
     ) -> list[dict[str, Any]]:
         """Active and resolved alerts, newest trigger first, filtered.
 
-        ``status``/``severity`` accept one value or several; ``since`` keeps alerts triggered (or resolved) at
-        or after that time. Resolved alerts come from the newest history records (see :data:`HISTORY_SCAN`).
+        ``status``/``severity`` accept one value or several. ``since`` and ``limit`` thin out the resolved
+        alerts only: ``since`` keeps those resolved (or triggered) at or after that time, and the resolved ones are
+        cut first to keep at most ``limit`` alerts. An active alert is listed however long ago it fired and however
+        many others there are (Friday's unacknowledged CRITICAL is still open on Monday morning; there is at most
+        one per rule and portfolio). Resolved alerts come from the newest history records (see
+        :data:`HISTORY_SCAN`).
         """
         statuses = _as_set(status)
         severities = _as_set(severity)
@@ -453,11 +457,23 @@ class AlertEngine:
                     continue
                 if rule_id is not None and alert.get("rule_id") != rule_id:
                     continue
-                if since is not None and max(alert.get("triggered_at") or 0, alert.get("resolved_at") or 0) < since:
-                    continue
+                active = alert.get("status") in ACTIVE_STATUSES
+                if since is not None and not active:
+                    if max(alert.get("triggered_at") or 0, alert.get("resolved_at") or 0) < since:
+                        continue
                 out.append(public_alert(alert))
         out.sort(key=lambda a: (a.get("triggered_at") or 0.0, a.get("alert_id", "")), reverse=True)
-        return out[:limit]
+        if len(out) <= limit:
+            return out
+        room = limit - sum(a.get("status") in ACTIVE_STATUSES for a in out)  # left for the newest resolved
+        kept: list[dict[str, Any]] = []
+        for alert in out:
+            if alert.get("status") in ACTIVE_STATUSES:
+                kept.append(alert)
+            elif room > 0:
+                kept.append(alert)
+                room -= 1
+        return kept
 
     def active_alerts(self, portfolio_id: str | None = None) -> list[dict[str, Any]]:
         return self.list_alerts(portfolio_id, status=ACTIVE_STATUSES, limit=10_000)

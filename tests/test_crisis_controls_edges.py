@@ -309,6 +309,8 @@ def test_the_kill_switch_page_refuses_to_lift_a_halt_it_never_showed(app_env: St
     at.text_input(key="ts_reason").input("lifting REDUCING: VaR back under")
     at.button(key="FormSubmitter:trading_state_form-Apply").click()
     at.run()
+    at.button(key="ts_confirm").click()  # a lift waits for its confirmation (made against the state shown)
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
     shown = "\n".join(str(e.value) for e in at.error).replace("\\", "")
     assert app_env.read_trading_state("main").state == "HALTED"  # the halt it never showed stands
@@ -317,6 +319,9 @@ def test_the_kill_switch_page_refuses_to_lift_a_halt_it_never_showed(app_env: St
     # the page now shows HALTED: lifting it from there is the person's informed decision
     at.text_input(key="ts_reason").input("reviewed the halt")
     at.button(key="FormSubmitter:trading_state_form-Apply").click()
+    at.run()
+    assert app_env.read_trading_state("main").state == "HALTED"  # not before the confirmation
+    at.button(key="ts_confirm").click()
     at.run()
     assert not at.error, [e.value for e in at.error]
     assert app_env.read_trading_state("main").state == "ACTIVE"

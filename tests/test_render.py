@@ -407,6 +407,8 @@ def test_the_kill_switch_always_holds_a_state(busy_desk: Store, monkeypatch: pyt
     switch.set_value("ACTIVE")
     at.text_input(key="ts_reason").input("review done")
     at.button(key="FormSubmitter:trading_state_form-Apply").click().run()
+    assert busy_desk.read_trading_state("hedge").state == "HALTED"  # lifting a halt waits for its confirmation
+    at.button(key="ts_confirm").click().run()
     assert not at.exception and busy_desk.read_trading_state("hedge").state == "ACTIVE"
     assert at.radio(key="ts_new_state").value in ("ACTIVE", "REDUCING", "HALTED")  # never "no state"
 

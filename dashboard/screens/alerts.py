@@ -9,7 +9,16 @@ import streamlit as st
 from dashboard import components as ui
 from engine.records import Action
 from logic import views
-from logic.views.alerts import NEW_RULE, RULE_FORM_FIELDS, RuleForm, rule_form
+from logic.views.alerts import (
+    NEW_RULE,
+    RULE_FORM_FIELDS,
+    AlertTarget,
+    RuleForm,
+    alert_target_label,
+    alert_targets,
+    headline_counts,
+    rule_form,
+)
 
 st.title("Alerts")
 
@@ -24,7 +33,13 @@ def filters(d: views.Desk, pid: str) -> dict:
     )
     statuses = c[1].multiselect("State", views.ALERT_STATUSES, default=list(views.ACTIVE_STATUSES), key="al_status")
     scope = c[2].selectbox("Portfolio", [pid, "all"], key="al_scope")
-    window = c[3].selectbox("Since", list(views.ALERT_WINDOWS), index=1, key="al_window")
+    window = c[3].selectbox(
+        "Resolved since",
+        list(views.ALERT_WINDOWS),
+        index=1,
+        key="al_window",
+        help="how far back resolved alerts are listed; an active alert is always listed, however old",
+    )
     return {
         "portfolio_id": None if scope == "all" else pid,
         "severities": severities,
@@ -43,8 +58,9 @@ def feed(d: views.Desk, f: dict) -> None:
         statuses=f["statuses"],
         window_seconds=f["window_seconds"],
     )
-    for col, (label, count) in zip(st.columns(4), views.alert_counts(df).items(), strict=True):
-        col.metric(label, count)
+    # the counts are of every active alert of the scope, not of the filtered feed: a filter never hides one
+    for col, (label, count) in zip(st.columns(4), headline_counts(d, f["portfolio_id"]).items(), strict=True):
+        col.metric(label, count, help="every active alert of the portfolio (or of all), whatever the filters")
     ui.table(
         df,
         "alerts",
@@ -68,37 +84,42 @@ def act_on_alert(d: views.Desk, f: dict) -> None:
     if active.empty:
         st.caption("No active alert.")
         return
-    labels = {
-        f"{r.portfolio_id} · {r.rule_id} · {r.severity} · {r.status}": (r.portfolio_id, r.rule_id)
-        for r in active.itertuples()
-    }
-    may_ack = any(ui.can(Action.ACKNOWLEDGE, pid) for pid, _ in labels.values())
+    # keyed by (portfolio, rule), labelled without the state: the choice stays on the alert when it is acknowledged
+    targets = alert_targets(active)
+    may_ack = any(ui.can(Action.ACKNOWLEDGE, pid) for pid, _ in targets)
     may_resolve = ui.can(Action.RESOLVE, f["portfolio_id"])
     if not may_ack and ui.refused(Action.RESOLVE, f["portfolio_id"]):
         return
     with st.form("alert_action_form"):
-        st.selectbox("Alert", list(labels), key="al_target")
+        st.selectbox(
+            "Alert",
+            targets,
+            format_func=alert_target_label,
+            key="al_target",
+            help="its severity and state are in the feed above",
+        )
         st.text_input("Note", key="al_note", max_chars=500)
         b = st.columns(2)
         if may_ack:
-            b[0].form_submit_button(
-                "Acknowledge", on_click=alert_action, args=(d, labels, "ack"), icon=":material/done:"
-            )
+            b[0].form_submit_button("Acknowledge", on_click=alert_action, args=(d, "ack"), icon=":material/done:")
         if may_resolve:
-            b[1].form_submit_button(
-                "Resolve", on_click=alert_action, args=(d, labels, "resolve"), icon=":material/task_alt:"
-            )
+            b[1].form_submit_button("Resolve", on_click=alert_action, args=(d, "resolve"), icon=":material/task_alt:")
     show_result("al_result", "Alert {}.")
 
 
-def alert_action(d: views.Desk, labels: dict, what: str) -> None:
+def alert_action(d: views.Desk, what: str) -> None:
+    """Acknowledge or resolve the alert the picker shows, naming it in the message."""
     s = st.session_state
-    pid, rule_id = labels.get(s.get("al_target"), (None, None))
+    target: AlertTarget | None = s.get("al_target")
+    pid, rule_id = target if target is not None else (None, None)
     fn = views.acknowledge_alert if what == "ack" else views.resolve_alert
-    ui.act(
-        lambda: fn(d, pid, rule_id, ui.identity(), s.get("al_note", ""))["status"].lower(),
-        "al_result",
-    )
+
+    def act() -> str:
+        alert = fn(d, pid, rule_id, ui.identity(), s.get("al_note", ""))
+        acted_on = (str(alert.get("portfolio_id", pid)), str(alert.get("rule_id", rule_id)))
+        return f"{alert_target_label(acted_on)} {str(alert['status']).lower()}"
+
+    ui.act(act, "al_result")
 
 
 def deliveries(d: views.Desk, f: dict) -> None:

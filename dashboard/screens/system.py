@@ -7,8 +7,12 @@ import streamlit as st
 from dashboard import components as ui
 from engine.records import Action, TradingState
 from logic import views
+from logic.views.system import StateChange, check_trading_state_change
 
 st.title("System")
+
+# Session key of a kill-switch change that lifts a restriction, waiting for its confirmation.
+PENDING_KEY = "ts_pending"
 
 
 def status(d: views.Desk) -> None:
@@ -45,6 +49,20 @@ def status(d: views.Desk) -> None:
                 f"Stale prices: {ui.md(', '.join(sv.market.stale_tickers))}", icon=":material/schedule:"
             )
     ui.table(sv.heartbeats, "heartbeats", "heartbeats.csv")
+    if not sv.monitors.empty:
+        st.subheader("Monitors sharing the portfolios")
+        st.metric(
+            "Live monitors",
+            f"{sv.live_monitors} of {len(sv.monitors)}",
+            "a stale one's portfolios moved to the live ones",
+            delta_color="off",
+            delta_arrow="off",
+        )
+        st.caption(
+            f"The monitor row above is the heartbeat of the monitor that beat last ({ui.md(sv.last_monitor or '-')}):"
+            " its counters (ticks processed, ...) are that monitor's, not a sum over the monitors."
+        )
+        ui.table(sv.monitors, "monitors", "monitors.csv", height="content")
 
     left, right = st.columns(2)
     with left:
@@ -64,17 +82,61 @@ def trading_state(d: views.Desk, pid: str) -> None:
 
 
 def apply_state(d: views.Desk, pid: str) -> None:
+    """The form's Apply: a change to a stricter (or the same) state is made at once; one that lifts a restriction
+    waits for its confirmation (a bad request is refused now, not after the confirmation)."""
+    s = st.session_state
+    s.pop(PENDING_KEY, None)
+    change = StateChange(pid, s["ts_new_state"], s.get("ts_reason", ""), s.get("ts_shown_state"))
+    if not change.lifts:
+        commit_state(d, change)
+        return
+    ui.act(lambda: check_trading_state_change(d, change, ui.identity()), "ts_result")
+    if s["ts_result"]["ok"]:
+        s.pop("ts_result")
+        s[PENDING_KEY] = change
+
+
+def commit_state(d: views.Desk, change: StateChange) -> None:
+    """Make ``change`` against the state it was decided on; once made, the form is back to its defaults (HALTED,
+    no reason): the next change is chosen and explained afresh."""
+    s = st.session_state
+    s.pop(PENDING_KEY, None)
     ui.act(
         lambda: views.change_trading_state(
-            d,
-            pid,
-            st.session_state["ts_new_state"],
-            st.session_state.get("ts_reason", ""),
-            ui.identity(),
-            st.session_state.get("ts_shown_state"),
+            d, change.portfolio_id, change.state, change.reason, ui.identity(), change.shown
         ),
         "ts_result",
     )
+    if s["ts_result"]["ok"]:
+        s["ts_new_state"] = TradingState.HALTED
+        s["ts_reason"] = ""
+
+
+def confirm_lift(d: views.Desk, pid: str) -> None:
+    """The confirmation of a pending change that lifts a restriction, shown below the form until it is confirmed
+    or cancelled; a change asked for on another portfolio is dropped."""
+    change: StateChange | None = st.session_state.get(PENDING_KEY)
+    if change is None:
+        return
+    if change.portfolio_id != pid:
+        st.session_state.pop(PENDING_KEY, None)
+        return
+    with st.container(border=True):
+        st.warning(
+            f"Lift {ui.md(pid)} from {change.shown or TradingState.HALTED} to {change.state}? Orders refused until"
+            f" now will be approved again. Reason: {ui.md(change.reason)}",
+            icon=":material/warning:",
+        )
+        shown_now = st.session_state.get("ts_shown_state")
+        if shown_now is not None and shown_now != change.shown:
+            st.error(
+                f"{ui.md(pid)} is {shown_now} now, not {change.shown} as when you chose: the change will be refused;"
+                " cancel and choose again.",
+                icon=":material/sync_problem:",
+            )
+        yes, no = st.columns(2)
+        yes.button(f"Confirm {change.state}", key="ts_confirm", type="primary", on_click=commit_state, args=(d, change))
+        no.button("Cancel", key="ts_cancel", on_click=lambda: st.session_state.pop(PENDING_KEY, None))
 
 
 def kill_switch(d: views.Desk, pid: str) -> None:
@@ -93,6 +155,7 @@ def kill_switch(d: views.Desk, pid: str) -> None:
         )
         st.text_input("Reason (required, audited)", key="ts_reason", max_chars=200)
         st.form_submit_button("Apply", type="primary", on_click=apply_state, args=(d, pid))
+    confirm_lift(d, pid)
     result = st.session_state.pop("ts_result", None)
     if result is not None:
         if result["ok"]:

@@ -64,7 +64,9 @@ def alerts_frame(
     window_seconds: float | None = None,
     limit: int = 200,
 ) -> pd.DataFrame:
-    """Active and resolved alerts, newest first, filtered (severity, status, portfolio, time)."""
+    """Active and resolved alerts, newest first, filtered (severity, status, portfolio). ``window_seconds`` and
+    ``limit`` thin out the resolved alerts only: every active alert that passes the other filters is listed,
+    however long ago it fired (:meth:`logic.alerts.AlertEngine.list_alerts`)."""
     since = None if window_seconds is None else desk.clock() - window_seconds
     alerts = desk.alert_engine().list_alerts(
         portfolio_id,
@@ -90,7 +92,7 @@ def inhibition_text(alert: Mapping[str, Any]) -> str:
 
 
 def alert_counts(alerts: pd.DataFrame) -> dict[str, int]:
-    """Headline counts of an :func:`alerts_frame`: active, unacknowledged, critical, escalated."""
+    """Counts of the active alerts of an :func:`alerts_frame`: active, unacknowledged, critical, escalated."""
     active = alerts[alerts["status"].isin(list(ACTIVE_STATUSES))]
     return {
         "Active": len(active),
@@ -100,25 +102,56 @@ def alert_counts(alerts: pd.DataFrame) -> dict[str, int]:
     }
 
 
+def headline_counts(desk: Desk, portfolio_id: str | None) -> dict[str, int]:
+    """The Alerts page's headline counts: every active alert of ``portfolio_id`` (None: every portfolio), whatever
+    the feed's filters show. A severity left out of the filter, or a window that starts after the alert fired,
+    must not make an open CRITICAL alert read as zero."""
+    return alert_counts(alerts_frame(desk, portfolio_id, statuses=ACTIVE_STATUSES))
+
+
 def _set_or_none(values: Iterable[str] | None) -> set[str] | None:
     return None if values is None else set(values)
 
 
 # -- acknowledge and resolve ---------------------------------------------------------------------------------
 
+AlertTarget = tuple[str, str]
+"""An active alert as the action panel picks it: (portfolio id, rule id), which stays the same while the alert
+moves from TRIGGERED to ACKNOWLEDGED (there is at most one active alert per rule and portfolio)."""
+
+
+def alert_targets(alerts: pd.DataFrame) -> list[AlertTarget]:
+    """The action panel's choices: the (portfolio, rule) of each alert of an :func:`alerts_frame`, in its order."""
+    return [(str(pid), str(rule)) for pid, rule in zip(alerts["portfolio_id"], alerts["rule_id"], strict=True)]
+
+
+def alert_target_label(target: AlertTarget) -> str:
+    """``main · var_breach``: the alert's name in the picker and in the messages. Its state and severity stay
+    out of it on purpose: a picker keeps its choice by the label, so a label that changed on Acknowledge would
+    drop the choice and leave the next button acting on another alert."""
+    return f"{target[0]} · {target[1]}"
+
 
 def acknowledge_alert(
-    desk: Desk, portfolio_id: str, rule_id: str, identity: Identity | None, note: str = ""
+    desk: Desk, portfolio_id: str | None, rule_id: str | None, identity: Identity | None, note: str = ""
 ) -> dict[str, Any]:
-    who = authorize(identity, Action.ACKNOWLEDGE, portfolio_id)
-    return desk.alert_engine().acknowledge(portfolio_id, rule_id, who.actor, note)
+    pid, rule = _target(portfolio_id, rule_id)
+    who = authorize(identity, Action.ACKNOWLEDGE, pid)
+    return desk.alert_engine().acknowledge(pid, rule, who.actor, note)
 
 
 def resolve_alert(
-    desk: Desk, portfolio_id: str, rule_id: str, identity: Identity | None, note: str = ""
+    desk: Desk, portfolio_id: str | None, rule_id: str | None, identity: Identity | None, note: str = ""
 ) -> dict[str, Any]:
-    who = authorize(identity, Action.RESOLVE, portfolio_id)
-    return desk.alert_engine().resolve(portfolio_id, rule_id, who.actor, note)
+    pid, rule = _target(portfolio_id, rule_id)
+    who = authorize(identity, Action.RESOLVE, pid)
+    return desk.alert_engine().resolve(pid, rule, who.actor, note)
+
+
+def _target(portfolio_id: str | None, rule_id: str | None) -> AlertTarget:
+    if not portfolio_id or not rule_id:
+        raise InputError("choose the alert to act on")
+    return portfolio_id, rule_id
 
 
 # -- deliveries and escalation -------------------------------------------------------------------------------

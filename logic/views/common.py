@@ -35,6 +35,8 @@ from engine.records import Clock
 from engine.redis_server import connect
 from engine.settings import Settings, load_settings
 from engine.store import Store, encode_json
+from logic.monitor import DEFAULT_CLAIM_IDLE_SECONDS
+from logic.shards import Membership
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,21 @@ def _short(exc: BaseException | str, limit: int = 300) -> str:
 
 
 @dataclass(frozen=True)
+class MonitorMember:
+    """One of the monitors sharing the portfolios (``monitor.shard_portfolios``) and how old its last beat in the
+    membership (``rd:monitors``, :class:`logic.shards.Membership`) is, on the wall clock."""
+
+    consumer: str
+    age_seconds: float
+    claim_seconds: float
+    """Past this age the other monitors no longer count it and take its portfolios (``--claim-idle``)."""
+
+    @property
+    def live(self) -> bool:
+        return self.age_seconds <= self.claim_seconds
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     name: str
     state: str
@@ -210,7 +227,26 @@ class DaemonStatus:
     a replay played to its end) or ``missing`` (never seen)."""
     age_seconds: float | None
     fields: Mapping[str, str]
+    """The heartbeat's fields. The monitors sharing the portfolios write one heartbeat (``hb:monitor``): its
+    counters are those of the monitor that beat last (its ``consumer``), not a sum over the monitors."""
     command: str
+    members: tuple[MonitorMember, ...] = ()
+    """The monitor only, with ``monitor.shard_portfolios``: every monitor in the membership, live or stale, by
+    name (the shared heartbeat stays fresh while any one of them runs, so it cannot show a dead one)."""
+
+    @property
+    def live_members(self) -> int:
+        return sum(m.live for m in self.members)
+
+    @property
+    def when(self) -> str:
+        """`` (last heartbeat 12 s ago)``; for a finished replay the time of its last bar instead (a replay that
+        ended is not late: how long ago it ended on the wall clock says nothing about its data)."""
+        if self.state == "finished":
+            with contextlib.suppress(KeyError, TypeError, ValueError, OverflowError, OSError):
+                return f" (last bar {datetime.fromtimestamp(float(self.fields['ts']), tz=UTC):%Y-%m-%d %H:%M} UTC)"
+            return ""
+        return f" (last heartbeat {self.age_seconds:.0f} s ago)" if self.age_seconds is not None else ""
 
     @property
     def fix(self) -> str:
@@ -241,12 +277,21 @@ class Health:
         out = [
             f"{d.name.capitalize()} daemon "
             + {"missing": "not running", "finished": "finished its replay"}.get(d.state, "stale")
-            + (f" (last heartbeat {d.age_seconds:.0f} s ago)" if d.age_seconds is not None else "")
+            + d.when
             + f" — fix: {d.fix.split(': ', 1)[1]}"
             for d in self.daemons
             if d.state != "running"
         ]
         out += [text for d in self.daemons if d.state == "running" and (text := delivery_warning(d.fields))]
+        out += [
+            f"Monitor {m.consumer} stale (last beat {m.age_seconds:.0f} s ago, past the {m.claim_seconds:g} s claim"
+            f" time; {d.live_members} of {len(d.members)} monitors live): its portfolios moved to the live monitors"
+            f" — fix: restart it (`{d.command} --consumer {m.consumer}`), or leave it: a monitor that stopped for"
+            " good drops out after monitor.consumer_idle_limit_seconds"
+            for d in self.daemons
+            for m in d.members
+            if not m.live
+        ]
         return out
 
 
@@ -297,7 +342,8 @@ def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
     :data:`LATE_BEATS` of its own interval when that is longer), finished (the stream daemon's feed ended: a replay
     played to its end; the daemon has exited) or missing. A heartbeat dated on the wall clock is judged by the wall
     clock (the desk's clock is the market's in a replay), and so is one that carries the wall time it was written
-    (``wall_ts``, the stream daemon's): a replay's bar time stands still when its daemon dies."""
+    (``wall_ts``, the stream daemon's): a replay's bar time stands still when its daemon dies. The monitor's
+    status carries the monitors sharing the portfolios (:func:`monitor_members`)."""
     now = desk.clock()
     wall = getattr(desk.clock, "wall", desk.clock)()  # MarketClock keeps the wall clock it falls back on
     limit = _stale_after(desk.settings)
@@ -315,8 +361,27 @@ def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
         state = "running" if age is not None and age <= allowed else "stale"
         if beat.get("feed_state") == FEED_ENDED:
             state = "finished"
-        out.append(DaemonStatus(daemon.name, state, age, dict(beat), daemon.command))
+        members = monitor_members(desk, wall) if daemon.name == "monitor" else ()
+        out.append(DaemonStatus(daemon.name, state, age, dict(beat), daemon.command, members))
     return out
+
+
+def monitor_members(desk: Desk, wall: float) -> tuple[MonitorMember, ...]:
+    """The monitors in the membership with the age of their last beat at wall time ``wall``, by name; none
+    unless ``monitor.shard_portfolios`` (a set left over from an earlier sharded run means nothing then).
+
+    A member is live while its beat is at most the claim time old: what the monitors themselves count
+    (:meth:`logic.shards.Membership.beat`). The claim time is each monitor's ``--claim-idle``, which the store does
+    not hold: the default (:data:`logic.monitor.DEFAULT_CLAIM_IDLE_SECONDS`, what ``make run`` starts them with)
+    is assumed."""
+    if not desk.settings.monitor.shard_portfolios:
+        return ()
+    claim = DEFAULT_CLAIM_IDLE_SECONDS
+    membership = Membership(desk.store, "dashboard", claim, desk.settings.monitor.consumer_idle_limit_seconds)
+    return tuple(
+        MonitorMember(consumer, max(0.0, wall - beat), claim)
+        for consumer, beat in sorted(membership.members().items())
+    )
 
 
 def _age(now: float, ts: str | float | None) -> float | None:

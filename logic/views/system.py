@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from engine.records import Action, TradingState
 from engine.redis_server import describe_server
 from engine.store import SCHEMA_VERSION, PortfolioKeys
 from logic.access import Identity, authorize
+from logic.actions import STATE_RANK
 from logic.backtest_monitor import feed_bar_model_bars
 from logic.views.common import (
     DaemonStatus,
@@ -57,6 +58,21 @@ def heartbeat_frame(statuses: list[DaemonStatus]) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     return df.dropna(axis="columns", how="all")  # counters no daemon reports
+
+
+MONITOR_COLUMNS = ("monitor", "state", "last beat age (s)", "stale after (s)")
+
+
+def monitor_frame(statuses: list[DaemonStatus]) -> pd.DataFrame:
+    """One row per monitor sharing the portfolios (``monitor.shard_portfolios``): its name, ``live`` or ``stale``
+    (its last beat older than the claim time: the others took its portfolios) and its beat's age; empty when the
+    monitors do not share."""
+    rows = [
+        (m.consumer, "live" if m.live else "stale", round(m.age_seconds, 1), m.claim_seconds)
+        for d in statuses
+        for m in d.members
+    ]
+    return pd.DataFrame(rows, columns=list(MONITOR_COLUMNS))
 
 
 def _number_or_text(value: str | None) -> Any:
@@ -140,6 +156,20 @@ class SystemView:
     market: MarketStatus | None
     redis: dict[str, Any]
     versions: pd.DataFrame
+    monitors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(MONITOR_COLUMNS)))
+    """:func:`monitor_frame`: the monitors sharing the portfolios (empty when they do not share)."""
+
+    @property
+    def live_monitors(self) -> int:
+        return int((self.monitors["state"] == "live").sum())
+
+    @property
+    def last_monitor(self) -> str | None:
+        """The monitor whose heartbeat the shared ``hb:monitor`` row shows (the last to beat)."""
+        for d in self.health.daemons:
+            if d.name == "monitor":
+                return d.fields.get("consumer")
+        return None
 
 
 def system_view(desk: Desk) -> SystemView:
@@ -152,6 +182,7 @@ def system_view(desk: Desk) -> SystemView:
         market=market_status(desk),
         redis=redis_health(desk),
         versions=versions(desk),
+        monitors=monitor_frame(list(health.daemons)),
     )
 
 
@@ -174,6 +205,36 @@ def trading_state_view(desk: Desk, portfolio_id: str) -> TradingStateView:
     return TradingStateView(ts.state, ts.reason, ts.actor, ts.ts, audit=records_frame(records))
 
 
+@dataclass(frozen=True)
+class StateChange:
+    """A kill-switch change as the person asked for it: the portfolio, the new state, the reason, and the state
+    the page showed when they decided (what the change is made against)."""
+
+    portfolio_id: str
+    state: str
+    reason: str
+    shown: str | None
+
+    @property
+    def lifts(self) -> bool:
+        """Whether the change is less restrictive than the state shown (HALTED -> REDUCING or ACTIVE, REDUCING ->
+        ACTIVE): it lets orders through that were refused, so the page asks for a confirmation first. A state
+        not shown (or unknown) counts as HALTED, as an unreadable stored state does."""
+        shown = STATE_RANK.get(str(self.shown), STATE_RANK[TradingState.HALTED])
+        return STATE_RANK.get(self.state, shown) < shown
+
+
+def check_trading_state_change(desk: Desk, change: StateChange, identity: Identity | None) -> str:
+    """Refuse a change that :func:`change_trading_state` would refuse for its input (role, state, reason) before
+    it is confirmed; returns the actor it would be made by. Writes nothing."""
+    who = authorize(identity, Action.TRADING_STATE, change.portfolio_id)
+    if change.state not in TRADING_STATES:
+        raise InputError(f"choose one of {', '.join(TRADING_STATES)}")
+    if not (change.reason or "").strip():
+        raise InputError("a reason is required to change the trading state")
+    return who.actor
+
+
 def change_trading_state(
     desk: Desk,
     portfolio_id: str,
@@ -186,13 +247,9 @@ def change_trading_state(
     ``identity.actor`` are audited. ``shown``: the state the page showed when the person decided; if the stored
     state is another by the time of the write (the automation halted meanwhile), nothing is written and
     ``TRADING_STATE_CHANGED`` says who changed it to what (engine/store/portfolio.py)."""
-    who = authorize(identity, Action.TRADING_STATE, portfolio_id)
-    if state not in TRADING_STATES:
-        raise InputError(f"choose one of {', '.join(TRADING_STATES)}")
-    reason = (reason or "").strip()
-    if not reason:
-        raise InputError("a reason is required to change the trading state")
-    desk.risk_manager(portfolio_id).set_trading_state(state, reason, who.actor, expected=shown)
+    change = StateChange(portfolio_id, str(state), (reason or "").strip(), shown)
+    actor = check_trading_state_change(desk, change, identity)
+    desk.risk_manager(portfolio_id).set_trading_state(change.state, change.reason, actor, expected=shown)
     return desk.store.read_trading_state(portfolio_id)
 
 
