@@ -17,6 +17,12 @@ last bar time plus the wall time since that beat, so its prices go stale at the 
 dead live feed's do. "Now" never goes backwards within one run of the daemon; a new run (a restarted or new replay,
 maybe years back) starts it again from that run's time.
 
+Redis down: the clock never raises. It keeps the last mode it read (live when it never read one) and tries again
+after :data:`MODE_TTL_SECONDS`; live, "now" is the wall clock as ever; a replay clock keeps its last known time
+(the wall clock if it never read one). So whoever asks for the time before touching the store (the pre-trade gate,
+logic/execution.py) reaches its own fail-closed handling (REJECTED ``STORE_UNAVAILABLE``) instead of a raw
+connection error, and a replay's time neither jumps to the wall clock nor runs on while nothing can be read.
+
 Daily close files (dates without a time) are dated at midnight UTC, before the session they close opens;
 :func:`stamp_daily_closes` moves such bars to their session's close so they fall in the right session, and a row
 dated on a holiday or weekend to the close of the session before it.
@@ -30,6 +36,8 @@ import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+
+import redis
 
 from engine.feeds import Bar
 from engine.records import Clock
@@ -114,6 +122,7 @@ class MarketClock:
 
     Notes
     -----
+    Never raises: with Redis unreadable it keeps the last mode and a replay its last known time (module doc).
     Live, a call costs one Redis read per :data:`MODE_TTL_SECONDS` (the mode); in a replay, one HMGET per call
     (the latest bar time must be current). In a replay, "now" is the latest bar time while the daemon beats, and
     that time plus the wall seconds since its last beat once it has been silent more than the beat's
@@ -128,9 +137,21 @@ class MarketClock:
         self._mode_read_at = -math.inf
         self._last_replay = -math.inf
         self._run: str | None = None
+        self._failing = False
 
-    def _read(self) -> _Beat:
-        raw = self.store.client.hmget(heartbeat_key(STREAM_COMPONENT), list(_BEAT_FIELDS))
+    def _read(self) -> _Beat | None:
+        """The stream heartbeat, or None when Redis cannot be read (unreachable, or the key holds another type):
+        the callers keep what they knew (see the module doc), and one warning is logged per outage."""
+        try:
+            raw = self.store.client.hmget(heartbeat_key(STREAM_COMPONENT), list(_BEAT_FIELDS))
+        except redis.RedisError as exc:
+            if not self._failing:
+                log.warning("the clock cannot read the stream heartbeat (%s): keeping mode %s", exc, self._mode)
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("the clock reads the stream heartbeat again")
+        self._failing = False
         mode_raw = _decode(raw[0])
         try:
             mode = ClockMode(mode_raw) if mode_raw is not None else ClockMode.LIVE
@@ -144,14 +165,18 @@ class MarketClock:
         """The daemon's clock mode (read again after :data:`MODE_TTL_SECONDS` of wall time)."""
         mono = time.monotonic()
         if mono - self._mode_read_at >= MODE_TTL_SECONDS:
-            self._mode = self._read().mode
-            self._mode_read_at = mono
+            beat = self._read()
+            if beat is not None:
+                self._mode = beat.mode
+            self._mode_read_at = mono  # unreadable: the last mode, and one more try after the TTL
         return self._mode
 
     def __call__(self) -> float:
         if self.mode() != ClockMode.REPLAY:
             return self.wall()
         beat = self._read()
+        if beat is None:  # Redis down in a replay: its last known time (module doc)
+            return self._last_replay if math.isfinite(self._last_replay) else self.wall()
         self._mode, self._mode_read_at = beat.mode, time.monotonic()
         if beat.mode != ClockMode.REPLAY or not math.isfinite(beat.ts):
             return self.wall()

@@ -214,10 +214,11 @@ class Checker:
             return decision.approved
 
         inputs = sizing.sizing_inputs(self, sim, ticker, side, intent, lookups)
-        estimate = math.inf
+        estimate, floor = math.inf, 1.0
         if inputs is not None:
             estimate = sizing.guess(inputs[0], self.limits, self.settings.fees, daily_loss_hit=inputs[1])
-        return sizing.largest_passing(passes, estimate, self.limits.max_order_qty)
+            floor = sizing.floor_guess(inputs[0], self.settings.fees)
+        return sizing.largest_passing(passes, estimate, self.limits.max_order_qty, floor=floor)
 
     def _evaluate(
         self,
@@ -249,7 +250,7 @@ class Checker:
             )
 
         # store health: anything unreadable fails closed
-        for part in ("market", "portfolio", "reference", "rate", "order", "limits"):
+        for part in ("market", "portfolio", "reference", "rate", "order", "limits", "writes"):
             error = sim.errors.get(part)
             if error is not None:
                 reasons.append(store_reason(error))
@@ -454,8 +455,10 @@ class Checker:
                     ReasonCode.PRICE_SANITY,
                     f"{ticker} last {_decimal(last)} is {insane} the reference {_decimal(ref)} (price sanity factor "
                     f"{factor:g}): a feed quoting in another unit (cents) or a bad print, so no order trades on it, "
-                    "a risk-reducing or liquidation-only one included. If the move is real (a split, a genuine "
-                    "crash), a risk manager widens limits.price_sanity_factor on the Limits page; audited",
+                    "a risk-reducing or liquidation-only one included. A stock split is restated with `python "
+                    "warmup.py --split TICKER RATIO` (prices, collar and books; stream daemon stopped), not by "
+                    "widening this factor; for a genuine crash a risk manager widens "
+                    "limits.price_sanity_factor on the Limits page; audited",
                 )
             )
 

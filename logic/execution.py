@@ -34,6 +34,13 @@ in one MULTI/EXEC.
    What this cannot see: an EXEC still in flight in the network when the read-back runs (a partition healing
    after the client gave up) may commit later. A fill of the same id cannot then commit too (both WATCH the
    idempotency records), but a retry that is refused on its checks could be answered REJECTED meanwhile.
+5. **A partly failed EXEC.** Redis does not roll a transaction back when one of its commands fails (WRONGTYPE on
+   a corrupted key): the others commit. The trade view checks the type of every key a fill writes and the order
+   is refused ``STORE_CORRUPT`` naming the key before any MULTI (nothing written, not even the rejection's
+   record). An EXEC that still answers with errors (a key corrupted meanwhile, a command Redis refuses at EXEC
+   time) is read back like a lost reply (:func:`_partly_failed`): this attempt's fill stored is FILLED with a
+   ``STORE_CORRUPT`` warning naming the failed writes (logged, and audited as ``fill_writes_failed``); never
+   REJECTED for a fill that committed.
 
 **Idempotency.** A fill claims its client order id (the idempotency record). The same id sent again with the
 same order (portfolio, ticker, side, quantity, intent) returns that fill (``duplicate``: nothing traded); with a
@@ -80,6 +87,7 @@ from engine.records import (
     OrderIntent,
     ReasonCode,
 )
+from engine.store.keys import PortfolioKeys
 from logic.check_book import Plan, Sim
 from logic.checks import automation_order
 from logic.decisions import parse_quantity, parse_side, reason
@@ -241,11 +249,21 @@ def _transact(
                 )
                 plan: Plan | None = None
                 rev: str | None = None
+                claimed: str | None = None
                 if view.order is not None:
                     claimed = _claimed_by_other_order(view.order, gate.portfolio_id, ticker, qty, side, intent)
                     if claimed is None:
                         pipe.unwatch()
                         return ExecutionResult.from_dict(view.order, duplicate=True), False
+                unwritable = view.errors.get("writes")
+                if unwritable is not None:
+                    # a key the MULTI writes holds the wrong type: Redis would commit the other writes and fail
+                    # that one (no rollback), so nothing is sent, not even the rejection's record
+                    pipe.unwatch()
+                    log.error("order refused, portfolio %s: %s", gate.portfolio_id, unwritable.detail)
+                    failed = gate.store_failure_decision(ticker, qty, side, unwritable, now)
+                    return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now), False
+                if claimed is not None:
                     # the id names another order: refused, and recorded like any refused execution
                     result = _duplicate_id_refusal(
                         gate, ticker, qty, side, client_order_id, actor, intent, claimed, now
@@ -281,19 +299,35 @@ def _transact(
                     store.leave_order_queue(
                         gate.portfolio_id, ticket, LEASE_SECONDS, QUEUE_WAIT_SECONDS + LEASE_SECONDS, pipe=pipe
                     )
+                lost: BaseException | None = None
+                refused: redis.ResponseError | None = None
+                failed_writes: list[str] = []
+                queued = list(pipe.command_stack)  # execute() empties the pipeline
                 try:
-                    pipe.execute()
-                    lost: BaseException | None = None
+                    replies = pipe.execute(raise_on_error=False)
+                    failed_writes = _failed_commands(queued, replies)
                 except redis.RedisError as exc:
                     lost = _lost_reply(exc)
                     if lost is None:
-                        raise  # a clean WatchError (nothing committed) or a reply Redis did send
-            if lost is None or plan is None or result.fill is None:
-                # committed; or a rejection whose record may or may not be logged: nothing traded either way, and
-                # the queue is left again in execute() (harmless if the EXEC did leave it)
-                if lost is None and plan is not None and rev is not None:
+                        if not isinstance(exc, redis.ResponseError):
+                            raise  # a clean WatchError: nothing committed
+                        refused = exc  # EXECABORT (nothing ran) or a reply that did not parse: read back
+            if plan is None or result.fill is None:
+                # a rejection whose record may or may not be logged: nothing traded either way, and the queue is
+                # left again in execute() (harmless if the EXEC did leave it)
+                clean = lost is None and refused is None and not failed_writes
+                if not clean:
+                    log.warning(
+                        "the record of a refused order was not stored, portfolio %s: %s",
+                        gate.portfolio_id, lost or refused or "; ".join(failed_writes),
+                    )  # fmt: skip
+                return result, clean and ticket is not None
+            if lost is None and refused is None and not failed_writes:
+                if rev is not None:
                     _remember(gate, plan, rev)
-                return result, lost is None and ticket is not None
+                return result, ticket is not None
+            if lost is None:
+                return _partly_failed(gate, result, plan, rev, refused, failed_writes, client_order_id), False
             answered, stored, why = _read_back(gate, client_order_id)
             if not answered:
                 return _outcome_unknown(result, lost, why), False
@@ -320,6 +354,86 @@ def _transact(
         intent,
     )  # fmt: skip
     return gave_up, False
+
+
+def _failed_commands(queued: list[Any], replies: list[Any]) -> list[str]:
+    """The commands of an EXEC that Redis ran but refused (``raise_on_error=False`` puts their errors in the
+    replies), each described ``ZADD pf:{id}:orders_ts: WRONGTYPE ...``; [] when every one succeeded."""
+    failed = []
+    for reply, command in zip(replies, queued, strict=False):
+        if isinstance(reply, Exception):
+            args = command[0] if isinstance(command, tuple) else getattr(command, "args", ())
+            name = " ".join(str(a.decode() if isinstance(a, bytes) else a) for a in args[:2] if a is not None)
+            failed.append(f"{name}: {str(reply)[:200]}")
+    return failed
+
+
+def _partly_failed(
+    gate: RiskManager,
+    result: ExecutionResult,
+    plan: Plan,
+    rev: str | None,
+    refused: redis.ResponseError | None,
+    failed_writes: list[str],
+    client_order_id: str | None,
+) -> ExecutionResult:
+    """The outcome of a fill whose EXEC answered with errors. Redis does not roll a transaction back when one of
+    its commands fails (a key of the wrong type): the others commit. So it is never reported as a rejection
+    without looking: the order's idempotency record is read back (as after a lost reply, :func:`_read_back`).
+
+    - This attempt's fill is stored: FILLED (the stored fill), with one ``STORE_CORRUPT`` reason saying which
+      writes failed; logged as an error and audited (``action: fill_writes_failed``). The trade view refuses
+      before the MULTI when a key a fill writes has the wrong type, so this takes a key corrupted in the
+      milliseconds between that read and the EXEC (or a command Redis refused for another reason).
+    - Not stored and no command ran (``refused``: EXECABORT, a command refused when queued, e.g. out of memory):
+      nothing committed (the MULTI is atomic), REJECTED ``STORE_UNAVAILABLE``.
+    - Otherwise (the record's write itself failed, or the read-back failed): ``UNKNOWN`` ``OUTCOME_UNKNOWN``,
+      never a rejection: the book may have changed (logged and audited too). The record's key is WATCHed and
+      type-checked, so its write failing in an EXEC that ran is not expected; the answer stays honest if it does.
+    """
+    assert result.fill is not None
+    fill = result.fill
+    what = "; ".join(failed_writes) if failed_writes else f"{type(refused).__name__}: {refused}"
+    answered, stored, why = _read_back(gate, client_order_id)
+    if answered and stored is not None and _trade_id(stored) == fill.trade_id:
+        if rev is not None:
+            _remember(gate, plan, rev)
+        message = (
+            f"FILLED {fill.side} {fill.qty} {fill.ticker} (trade {fill.trade_id}, client order id "
+            f"{client_order_id}): cash, position and the order's record committed, but Redis refused part of "
+            f"the fill's bookkeeping ({what}); do NOT send the order again as a new one"
+        )
+        fix = "repair the named key(s) (the trade log or an index may lack this fill), then check the book"
+        log.error("fill committed with failed writes, portfolio %s: %s", gate.portfolio_id, message)
+        _audit_best_effort(gate, fill, message, failed_writes or [what])
+        filled = ExecutionResult.from_dict(stored, duplicate=False)
+        warning = reason(ReasonCode.STORE_CORRUPT, f"{message} (fix: {fix})")
+        return replace(filled, decision=replace(filled.decision, reasons=(warning,)))
+    if answered and not failed_writes and (stored is None or _trade_id(stored) != fill.trade_id):
+        failure = StoreUnavailableError(f"Redis refused the trade ({what}); nothing was traded")
+        failed = gate.store_failure_decision(fill.ticker, fill.qty, fill.side, failure, result.ts)
+        return result_of(gate.portfolio_id, failed, None, client_order_id, result.actor, result.ts)
+    record = "is not stored" if answered else f"could not be read ({why})"
+    message = (
+        f"{fill.side} {fill.qty} {fill.ticker} (trade {fill.trade_id}, client order id {client_order_id}): Redis "
+        f"ran the fill's transaction but refused part of it ({what}) and the order's record {record}: cash and "
+        "position MAY HAVE CHANGED. Do not send it again, not even with the same client order id, before checking"
+    )
+    log.error("execution outcome unknown, portfolio %s: %s", gate.portfolio_id, message)
+    _audit_best_effort(gate, fill, message, failed_writes or [what])
+    return _as_unknown(result, message, "compare the book's cash and positions with the trade log, repair the "
+                       "named key(s), then send what is missing as a new order")  # fmt: skip
+
+
+def _audit_best_effort(gate: RiskManager, fill: Fill, message: str, failed: list[str]) -> None:
+    record = {
+        "ts": fill.ts, "actor": fill.actor, "action": "fill_writes_failed", "reason": message,
+        "trade_id": fill.trade_id, "client_order_id": fill.client_order_id, "failed": failed,
+    }  # fmt: skip
+    try:
+        gate.store.append_audit(PortfolioKeys(gate.portfolio_id).audit, record)
+    except (StoreError, redis.RedisError) as exc:
+        log.error("could not audit the partly failed fill %s: %s", fill.trade_id, exc)
 
 
 def _remember(gate: RiskManager, plan: Plan, rev: str) -> None:
@@ -393,6 +507,11 @@ def _outcome_unknown(result: ExecutionResult, lost: BaseException, why: str) -> 
         "happened, and trades the order once if it did not"
     )
     log.warning("execution outcome unknown, portfolio %s: %s", result.decision.portfolio_id, message)
+    return _as_unknown(result, message, fix)
+
+
+def _as_unknown(result: ExecutionResult, message: str, fix: str) -> ExecutionResult:
+    """``result`` as status ``UNKNOWN``: its one reason ``OUTCOME_UNKNOWN`` (``message`` and ``fix``), no fill."""
     decision = replace(result.decision, reasons=(reason(ReasonCode.OUTCOME_UNKNOWN, f"{message} (fix: {fix})"),))
     return replace(result, status=ExecutionStatus.UNKNOWN, decision=decision, fill=None)
 

@@ -13,6 +13,11 @@ Two steps (only for a refused, well-formed order: approved orders pay nothing):
    risk-reducing region (``q <= |q0|`` when the order closes toward zero).
 2. The real check settles it (:func:`largest_passing`): from the guess, gallop up or bisect down to a ``q`` that
    passes with ``q + 1`` refused (or ``q`` = the fat-finger cap), in at most :data:`MAX_EVALUATIONS` checks.
+
+The passing quantities need not start at one share: on a cash account whose cash is below the minimum fee, a
+sale must raise enough to pay its fee (cash 0, minimum fee 1.00, price 0.50: one share is refused
+INSUFFICIENT_CASH, two pass). The search never assumes ``q = 1`` passes; :func:`floor_guess` is the closed form
+of that smallest passing sale.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from engine import math_logic
 from engine.errors import StoreError
 from engine.records import AccountType, Float64Array, OrderIntent, Side, TradingState
 from engine.settings import Fees, Limits
-from logic.decisions import fill_price
+from logic.decisions import commission, fill_price
 from logic.limits import Lookups, position_cap
 
 if TYPE_CHECKING:  # logic.checks imports this module
@@ -41,15 +46,27 @@ MAX_EVALUATIONS = 64
 """Upper bound on the checks one search runs (the guess, a gallop and a bisection need about 45 at most)."""
 
 
-def largest_passing(passes: Callable[[int], bool], guess: float, cap: int, budget: int = MAX_EVALUATIONS) -> int:
-    """The largest ``q`` in ``[0, cap]`` found with ``passes(q)`` and not ``passes(q + 1)`` (0: even one share is
-    refused), starting from ``guess``.
+FLOOR_PROBES = 4
+"""Checks spent from :func:`floor_guess` upward (``f``, ``f + 1``, ``f + 3``, ``f + 7``) when neither the guess nor
+one share passes: the closed form is exact but for a share of rounding, and a refusal for another reason (a
+halted book) must stay cheap."""
+
+
+def largest_passing(
+    passes: Callable[[int], bool], guess: float, cap: int, budget: int = MAX_EVALUATIONS, floor: float = 1.0
+) -> int:
+    """The largest ``q`` in ``[1, cap]`` found with ``passes(q)`` and not ``passes(q + 1)`` (0: none passes),
+    starting from ``guess``; ``floor`` is the smallest passing quantity's estimate (:func:`floor_guess`).
 
     Notes
     -----
-    ``passes`` is assumed to hold on ``[1, Q]`` and fail above (each limit's passing set is an interval from 0:
-    VaR is convex in ``q``, the linear limits are bounds). Where it is not, the result is still a boundary:
-    ``q`` passes and ``q + 1`` does not.
+    ``passes`` is assumed to hold on an interval ``[A, Q]`` and fail outside it (each limit's passing set is an
+    interval: VaR is convex in ``q``, the linear limits are bounds; ``A > 1`` only where a sale must pay the
+    minimum fee out of its proceeds). The guess is checked first: passing, the search gallops up from it and
+    bisects; refused, it is an upper bound and the search looks for a passing ``q`` below it (one share, then
+    ``floor`` and a few shares above it) and bisects between the two. Where the set is not an interval, the
+    result is still a boundary: ``q`` passes and ``q + 1`` does not. An exact guess costs two checks; an order no
+    quantity passes (a halted book, a stale price) two, or :data:`FLOOR_PROBES` more with a ``floor`` above one.
     """
     used = 0
 
@@ -58,15 +75,17 @@ def largest_passing(passes: Callable[[int], bool], guess: float, cap: int, budge
         used += 1
         return passes(q)
 
-    if cap < 1 or not ok(1):
+    if cap < 1:
         return 0
-    lo, hi = 1, 0  # lo passes; hi > lo fails once known
     g = min(max(int(guess), 1), cap) if math.isfinite(guess) else cap
-    if g > lo:
-        if ok(g):
-            lo = g
-        else:
-            hi = g
+    lo, hi = 0, 0  # lo passes (0: none found); hi > lo is refused (0: none known)
+    if ok(g):
+        lo = g
+    else:
+        lo = _first_passing(ok, g, floor, cap)
+        if lo == 0:
+            return 0
+        hi = g if g > lo else 0
     step = 1
     while not hi and lo < cap and used < budget:
         q = min(lo + step, cap)
@@ -81,6 +100,23 @@ def largest_passing(passes: Callable[[int], bool], guess: float, cap: int, budge
         else:
             hi = mid
     return lo
+
+
+def _first_passing(ok: Callable[[int], bool], refused: int, floor: float, cap: int) -> int:
+    """A passing quantity other than ``refused`` (the guess, refused): one share, else the floor estimate and a
+    few above it (:data:`FLOOR_PROBES`); 0 when none of those pass."""
+    if refused > 1 and ok(1):
+        return 1
+    if not (math.isfinite(floor) and floor > 1):
+        return 0
+    start = math.ceil(floor)
+    for k in range(FLOOR_PROBES):
+        q = start + 2**k - 1
+        if q > cap:
+            break
+        if q != refused and ok(q):
+            return q
+    return 0
 
 
 @dataclass(frozen=True)
@@ -177,6 +213,33 @@ def guess(inp: SizingInputs, limits: Limits, fees: Fees, daily_loss_hit: bool) -
     if inp.intent == OrderIntent.LIQUIDATION:
         hard.append(float(closing))
     return min(*hard, max(float(closing), min(soft)))
+
+
+def floor_guess(inp: SizingInputs, fees: Fees) -> float:
+    """The smallest sale that pays its own fee on a cash account holding less cash than the fee of one share
+    (1 for any other order: every quantity from one share up is then as good as its limits allow).
+
+    Cash after a sale of ``q`` is ``cash + q p - fee(q)`` with ``fee(q) = max(minimum, q (per_share + bps p / 10^4))``
+    (logic/decisions.py ``commission``): at the minimum fee ``q >= (minimum - cash) / p``, above it
+    ``q >= -cash / (p - per_share - bps p / 10^4)``; then checked on the exact fee (rounded to the cent).
+    """
+    p = inp.fill_price
+    if not inp.cash_account or inp.s > 0 or p <= 0:
+        return 1.0
+    cash = inp.cash
+    if cash + p - commission(fees, 1, p) >= 0:
+        return 1.0
+    net = p - fees.per_share - fees.bps * p / Decimal(10_000)  # proceeds per share past the minimum fee
+    if net <= 0:
+        return 1.0  # no sale pays its fee: nothing passes, the search's first checks say so
+    q = max(1, math.ceil((fees.minimum - cash) / p))
+    if cash < 0:
+        q = max(q, math.ceil(-cash / net))
+    for _ in range(3):  # the cent rounding of the fee: a share or two more at most
+        if cash + q * p - commission(fees, q, p) >= 0:
+            break
+        q += 1
+    return float(q)
 
 
 def sizing_inputs(

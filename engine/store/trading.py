@@ -56,7 +56,8 @@ class TradeView:
 
     A part that is missing or does not decode is ``None`` and its typed error is in ``errors`` under the
     part's name (``market``, ``reference``, ``portfolio``, ``trading_state``, ``order``): the caller fails
-    closed.
+    closed. ``errors["writes"]`` (a :class:`CorruptDataError` naming them) when a key a fill writes holds the
+    wrong type: the parts still decode, but no fill may be attempted (execution refuses before its MULTI).
     """
 
     header: MarketHeader | None
@@ -128,6 +129,7 @@ class TradingStore(StoreBase):
         ]  # fmt: skip
         portfolio_keys = [
             keys.state, keys.trading_state, keys.rate, keys.orders, keys.positions, keys.limits, keys.auto_rate,
+            keys.trades, keys.orders_ts, keys.marks, keys.peaks,
         ]  # fmt: skip
         try:
             if is_cluster(self.client):
@@ -186,6 +188,8 @@ class TradingStore(StoreBase):
             where = f"{keys.orders}.{client_order_id}"
             order = _try(errors, "order", lambda: decode_object(_ok(raw_order, keys.orders), where))
         live = _try(errors, "limits", lambda: decode_limits_reply(portfolio_id, reply[10], reply[12], reply[11], memo))
+        if reply[14]:
+            errors["writes"] = _wrong_types(reply[14])
         return TradeView(
             header, reference, portfolio, positions_key, trading, recent or 0, order, errors,
             live.limits if live else None, live.version if live else None, live.rev if live else None,
@@ -232,6 +236,10 @@ class TradingStore(StoreBase):
         before the monitor's next tick does not inherit the closed one's. ``automated``: the automation's
         liquidation-only fill, recorded in its own rate window (``auto_rate``), not the traders' (``rate``).
         Returns the new ``positions_rev`` token (see :meth:`remember_positions`).
+
+        Redis does not roll a MULTI back when one command fails (a key of the wrong type): the others commit. So
+        :meth:`read_trade_view` checks the type of every key written here (``errors["writes"]``) and the caller
+        refuses before the MULTI; a key added here must be added to that check (``_TRADE_VIEW_PORTFOLIO``).
         """
         keys = PortfolioKeys(portfolio.portfolio_id)
         pipe.hset(
@@ -352,7 +360,8 @@ _TRADE_VIEW_HEADER = """
 -- One consistent, read-only snapshot of everything a pre-trade check needs, in one round trip.
 -- Market keys (hash tag {m}): KEYS[1] = mkt:{m}:snapshot, KEYS[2] = mkt:{m}:reference.
 -- Portfolio keys (hash tag {id}), from KEYS[P + 1]: pf:{id}:state, pf:{id}:trading_state, pf:{id}:rate,
--- pf:{id}:orders, pf:{id}:positions, pf:{id}:limits, pf:{id}:auto_rate (P = 2 after the market keys; P = 0 in the
+-- pf:{id}:orders, pf:{id}:positions, pf:{id}:limits, pf:{id}:auto_rate, and the keys only a fill writes:
+-- pf:{id}:trades, pf:{id}:orders_ts, pf:{id}:marks, pf:{id}:peaks (P = 2 after the market keys; P = 0 in the
 -- portfolio-only script a Redis Cluster runs on the portfolio's slot, while the market-only script runs on the
 -- market's).
 -- ARGV[1] = start of the order-rate window (epoch s), ARGV[2] = client order id ('' for none),
@@ -366,6 +375,9 @@ _TRADE_VIEW_HEADER = """
 -- tickers and prices when the reference's rev equals ARGV[5].
 -- Every read is a pcall: a key of the wrong type comes back as an error in its own slot of the reply, so the
 -- caller can fail closed on that part and still report the others.
+-- ``wrong`` lists every key a fill writes (TradingStore.write_fill) that holds another type than the fill's
+-- command needs, as '<key> <type> <expected>': Redis does not roll a MULTI back when one command fails, so such a
+-- fill would commit its other writes while its caller is told it failed; the caller refuses before the MULTI.
 """
 
 _TRADE_VIEW_MARKET = """
@@ -404,19 +416,27 @@ local state = redis.pcall('HMGET', KEYS[P + 1], 'account_type', 'cash', 'realize
 local trading = redis.pcall('HMGET', KEYS[P + 2], 'state', 'reason', 'actor', 'ts')
 local recent = redis.pcall('ZCOUNT', KEYS[P + 3], ARGV[1], '+inf')
 local recent_auto = redis.pcall('ZCOUNT', KEYS[P + 7], ARGV[1], '+inf')
+local wrong = {}
+for _, want in ipairs({{1, 'hash'}, {3, 'zset'}, {4, 'hash'}, {5, 'hash'}, {7, 'zset'}, {8, 'stream'},
+                       {9, 'zset'}, {10, 'hash'}, {11, 'hash'}}) do
+  local key = KEYS[P + want[1]]
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= want[2] then wrong[#wrong + 1] = key .. ' ' .. found .. ' ' .. want[2] end
+end
 """
 
 _READ_TRADE_VIEW_LUA = (
     _TRADE_VIEW_HEADER + "local P = 2\n" + _TRADE_VIEW_MARKET + _TRADE_VIEW_PORTFOLIO
     + "return {market, tickers, reference, ref_rev, state, trading, recent, order, rev, positions, limits_version,"
-    + " limits, limits_rev, recent_auto}\n"
+    + " limits, limits_rev, recent_auto, wrong}\n"
 )  # fmt: skip
 """The whole trade view in one script (a single Redis server: every key on one node)."""
 _READ_MARKET_VIEW_LUA = _TRADE_VIEW_HEADER + _TRADE_VIEW_MARKET + "return {market, tickers, reference, ref_rev}\n"
 """The market part of the trade view, on the market's slot (a Redis Cluster)."""
 _READ_PORTFOLIO_VIEW_LUA = (
     _TRADE_VIEW_HEADER + "local P = 0\n" + _TRADE_VIEW_PORTFOLIO
-    + "return {state, trading, recent, order, rev, positions, limits_version, limits, limits_rev, recent_auto}\n"
+    + "return {state, trading, recent, order, rev, positions, limits_version, limits, limits_rev, recent_auto,"
+    + " wrong}\n"
 )  # fmt: skip
 """The portfolio part of the trade view, on the portfolio's slot (a Redis Cluster)."""
 
@@ -498,6 +518,20 @@ def _ok(raw: Any, key: str) -> Any:
 def _fields(names: tuple[bytes, ...], values: list[Any]) -> dict[bytes, bytes]:
     """An HMGET reply as a dict of the fields that exist (empty when the hash does not)."""
     return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
+
+def _wrong_types(found: list[Any]) -> CorruptDataError:
+    """The ``writes`` error of a trade view: keys a fill writes that hold another type (see the script)."""
+    parts = []
+    for entry in found:
+        key, kind, want = (entry.decode() if isinstance(entry, bytes) else str(entry)).rsplit(" ", 2)
+        parts.append(f"{key} holds a {kind}, not a {want}")
+    return CorruptDataError(
+        f"{'; '.join(parts)}: a fill writes there, and Redis would commit the fill's other writes while failing "
+        "that one, so no order is executed until it is repaired (nothing was traded)",
+        fix="restore the named key(s) from a backup, or delete one (`DEL <key>`; a fill recreates it) once you "
+        "know it holds nothing to keep; or re-seed the store with `python warmup.py --reset`",
+    )
 
 
 def _try(errors: dict[str, StoreError], part: str, decode: Callable[[], Any]) -> Any:
