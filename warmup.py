@@ -8,6 +8,7 @@ Usage::
     python warmup.py --add-ticker IBM --price 180 --vol 0.22   # grow the universe, keep holdings and history
     python warmup.py --positions book.csv  # seed portfolios from the desk's book, with their cost basis
     python warmup.py --sync [--positions book.csv] [--dry-run] [--create]   # reconcile seeded portfolios
+    python warmup.py --split AAA 2 [--reason TEXT] [--split-id ID]   # a 2-for-1 split (1/10: 1-for-10)
 
 Idempotent: running it twice changes nothing the second time and says so. Exit status 0 on success, 2 on bad
 input or an unreachable store, with the reason on stderr.
@@ -28,7 +29,9 @@ The history CSV (engine/history.py) is wide (``date`` then one close column per 
 (``date,ticker,close``); its bar length (minute, hourly, daily, weekly) is read from its timestamps and the
 covariance scaled to one model bar. On a seeded store ``--history`` reloads the market (new epoch, books,
 trades and audit kept, engine/reload.py); ``--reset`` keeps the audit trail unless ``--wipe-audit``. The book
-CSV and ``--sync`` are described in engine/book.py.
+CSV and ``--sync`` are described in engine/book.py. ``--split`` restates a ticker's price, collar reference
+and every book for a stock split before its first post-split print, with the stream daemon stopped
+(engine/corporate_actions.py: what changes, the cash in lieu of fractions, the operating procedure).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from engine import book, history, math_logic, reload
+from engine import book, corporate_actions, history, math_logic, reload
 from engine.errors import RiskdeskError
 from engine.market_model import stressed_meta
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
@@ -381,6 +384,23 @@ def reset(store: Store) -> int:
     return len(keys)
 
 
+def _split(store: Store, args: argparse.Namespace) -> int:
+    """``--split TICKER RATIO``: alone (no other action in the same run), audited as :data:`ACTOR`."""
+    others = (args.history, args.reset, args.add_ticker, args.positions, args.sync, args.dry_run, args.create,
+              args.wipe_audit)  # fmt: skip
+    if any(others):
+        raise WarmupError("--split runs alone: run the other actions separately")
+    symbol, text = args.split
+    if not valid_symbol(symbol):
+        raise corporate_actions.SplitError(f"invalid ticker symbol {symbol!r}")
+    ratio = corporate_actions.parse_ratio(text)
+    result = corporate_actions.apply_split(
+        store, symbol, ratio, actor=ACTOR, reason=args.reason, split_id=args.split_id, now=time.time()
+    )
+    print("\n".join(f"warmup: {line}" for line in result.lines()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="settings file (default: $RISKDESK_CONFIG or riskdesk.toml)")
@@ -395,11 +415,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sync", action="store_true", help="reconcile seeded portfolios with settings or --positions")
     parser.add_argument("--dry-run", action="store_true", help="with --sync: print the diff, change nothing")
     parser.add_argument("--create", action="store_true", help="with --sync: create portfolios not in the store")
+    parser.add_argument("--split", nargs=2, metavar=("TICKER", "RATIO"),
+                        help="restate for a stock split: RATIO new shares per old, e.g. 2, 3/2, 1/10 or 0.1; run it "
+                             "before the first post-split print with the stream daemon stopped")  # fmt: skip
+    parser.add_argument("--reason", default="", help="with --split: why (kept in the audit records)")
+    parser.add_argument("--split-id", help="with --split: its id (default TICKER-N-for-M-<UTC date>); a rerun of "
+                                           "the same id changes nothing")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
         store = Store(connect(settings))
         store.ping()
+        if args.split:
+            return _split(store, args)
+        if args.reason or args.split_id:
+            raise WarmupError("--reason and --split-id go with --split")
         if args.add_ticker:
             if args.price is None or args.vol is None:
                 raise WarmupError("--add-ticker needs --price and --vol")

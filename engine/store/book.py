@@ -11,18 +11,20 @@ and a reset deletes them with every other key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from engine.store.base import Conn, StoreBase
-from engine.store.codec import decode_int
-from engine.store.keys import EPOCH_KEY, GLOBAL_AUDIT_KEY, PortfolioKeys
+from engine.store.codec import decode_float, decode_int, decode_json, encode_json
+from engine.store.keys import EPOCH_KEY, GLOBAL_AUDIT_KEY, REFERENCE_KEY, SPLITS_KEY, PortfolioKeys
 
 AUDIT_TRAIL_SUFFIXES = (":audit", ":checks", ":trades", ":alert_log", ":deliveries")
 """Append-only logs of a portfolio that a reset keeps unless told to wipe them (with ``rd:audit``)."""
 
 
 class BookStore(StoreBase):
-    """The market epoch, restarting drawdown references, and the audit-keeping reset."""
+    """The market epoch, restarting drawdown references, the audit-keeping reset, and the stock splits applied
+    (``mkt:{m}:splits``, ``pf:{<id>}:splits``: engine/corporate_actions.py)."""
 
     def read_market_epoch(self, conn: Conn = None) -> int:
         """The market epoch (0 when none was ever bumped)."""
@@ -32,6 +34,25 @@ class BookStore(StoreBase):
     def bump_market_epoch(self, pipe: Conn = None) -> None:
         """Start a new market epoch (INCR; in the caller's MULTI with the market it replaces)."""
         self._conn(pipe).incr(EPOCH_KEY)
+
+    def read_split(self, split_id: str, portfolio_id: str | None = None, conn: Conn = None) -> dict[str, Any] | None:
+        """The record of stock split ``split_id`` applied to the market (``portfolio_id`` None) or to that
+        portfolio's book; None when it was not applied there (engine/corporate_actions.py)."""
+        key = SPLITS_KEY if portfolio_id is None else PortfolioKeys(portfolio_id).splits
+        raw = self._conn(conn).hget(key, split_id)
+        return None if raw is None else dict(decode_json(raw, key=f"{key}.{split_id}"))
+
+    def record_split(
+        self, split_id: str, record: Mapping[str, Any], portfolio_id: str | None = None, pipe: Conn = None
+    ) -> None:
+        """Mark split ``split_id`` applied to the market or to one book, in the MULTI that applies it."""
+        key = SPLITS_KEY if portfolio_id is None else PortfolioKeys(portfolio_id).splits
+        self._conn(pipe).hset(key, split_id, encode_json(dict(record)))
+
+    def read_reference_ts(self, conn: Conn = None) -> float | None:
+        """The time stamp of the stored collar reference prices (None: no reference stored)."""
+        raw = self._conn(conn).hget(REFERENCE_KEY, "ts")
+        return None if raw is None else decode_float(raw, key=f"{REFERENCE_KEY}.ts")
 
     def restart_peaks(self, portfolio_ids: Iterable[str], pipe: Conn = None) -> None:
         """Forget the equity peaks and position excursions: drawdowns restart from the next equity seen."""

@@ -35,6 +35,9 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              names its tickers by that rev
     mkt:{m}:epoch                   string   market epoch: bumped by every reload or re-seed (never reset),
                                              no return is computed across two epochs
+    mkt:{m}:splits                  hash     split id -> JSON of a stock split applied to the market (ticker,
+                                             ratio, prices before/after): `warmup.py --split`, idempotent by id
+                                             (engine/corporate_actions.py)
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
                                              positions_rev (new random token on every positions write)
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
@@ -44,6 +47,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     pf:{<id>}:trades                stream   trade log / audit of every decision and fill
     pf:{<id>}:audit                 stream   trading-state changes and automated actions
                                              (also limit changes and book syncs: engine/store/audit.py)
+    pf:{<id>}:splits                hash     split id -> JSON of a stock split applied to this book (quantity and
+                                             average price before/after, cash in lieu): applied once per id
     pf:{<id>}:checks                stream   refused pre-trade checks made from the dashboard (a log of read-only
                                              questions, never of changes; apart from :audit, which holds changes)
     pf:{<id>}:history               stream   snapshot history at full resolution (entry id = time, field p = a
@@ -138,6 +143,8 @@ STDRET_META_KEY = "mkt:{m}:stdret_meta"
 """Column order, row count and rewrite token of :data:`STDRET_KEY`."""
 EPOCH_KEY = "mkt:{m}:epoch"
 """Market epoch (engine/store/book.py): a counter bumped by each market reload or re-seed, kept by ``--reset``."""
+SPLITS_KEY = "mkt:{m}:splits"
+"""The stock splits applied to the market, by split id (engine/corporate_actions.py): a rerun splits nothing twice."""
 UNIVERSES_KEY = "mkt:{m}:universes"
 """Ticker lists by content hash (``codec.universe_rev``): a tick event names its universe by that hash."""
 
@@ -219,6 +226,11 @@ class PortfolioKeys:
     def checks(self) -> str:
         """Refused pre-trade checks (engine/store/audit.py): apart from :attr:`audit`, which holds changes."""
         return self._key("checks")
+
+    @property
+    def splits(self) -> str:
+        """The stock splits applied to this book, by split id (engine/corporate_actions.py)."""
+        return self._key("splits")
 
     @property
     def limits(self) -> str:
@@ -325,5 +337,5 @@ class PortfolioKeys:
             self.alerts, self.alert_log, self.alert_eval, self.actions,
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
-            self.limits, self.backtest_window, self.checks, self.limits_log, self.auto_rate,
+            self.limits, self.backtest_window, self.checks, self.limits_log, self.auto_rate, self.splits,
         )  # fmt: skip
