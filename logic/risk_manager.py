@@ -317,12 +317,12 @@ class RiskManager:
         Raises :class:`engine.store.LimitsChangeError` (code ``LIMITS_INVALID``, nothing written) for an unknown
         limit, a bad value or an empty actor or reason; its :class:`engine.store.LimitsConflictError` (code
         ``LIMITS_CHANGED``, nothing written) when the limits moved since ``expected_version``. A
-        ``position_limits`` key that is not a ticker of the universe is refused too (a cap on ``"aaa"`` would
-        never apply to ``AAA``: the control would fail open).
+        ``position_limits`` key that is not a ticker of the universe (the settings' or one added at run time) is
+        refused too (a cap on ``"aaa"`` would never apply to ``AAA``: the control would fail open).
         """
         caps = changes.get("position_limits")
         unknown = (
-            sorted(str(t) for t in caps if str(t) not in self.settings.universe.assets)
+            sorted(str(t) for t in caps if str(t) not in self._universe())
             if isinstance(caps, Mapping)
             else []
         )
@@ -334,6 +334,16 @@ class RiskManager:
         )  # fmt: skip
         self.use_limits(stored.limits)
         return stored.version
+
+    def _universe(self) -> set[str]:
+        """The tickers a limit may name: the settings' universe and those added at run time (``warmup.py
+        --add-ticker``), as the stored market snapshot lists them (the settings' alone when it cannot be read)."""
+        tickers = set(self.settings.universe.assets)
+        try:
+            tickers.update(self.store.read_market_header().tickers)
+        except (StoreError, redis.RedisError):
+            pass
+        return tickers
 
     # -- reads -----------------------------------------------------------------------------------------------
 

@@ -205,6 +205,16 @@ def test_a_change_at_its_bound_is_accepted(seeded: Store, desk_settings: Setting
     assert rm.set_limits({"position_limits": {"AAA": 5}}, "alice", "a universe ticker") == 2
 
 
+def test_a_ticker_added_at_run_time_may_be_given_a_position_cap(seeded: Store, desk_settings: Settings) -> None:
+    import warmup
+
+    rm = gate(seeded, desk_settings)
+    with pytest.raises(LimitsChangeError):
+        rm.set_limits({"position_limits": {"EEE": 50}}, "alice", "not listed yet")
+    warmup.add_ticker(seeded, desk_settings, "EEE", 40.0, 0.3, now=NOW)
+    assert rm.set_limits({"position_limits": {"EEE": 50}}, "alice", "a ticker added at run time") == 1
+
+
 def test_corrupt_stored_limits_fail_closed_and_a_missing_record_uses_the_settings(
     seeded: Store, desk_settings: Settings, redis_client: redis.Redis
 ) -> None:
