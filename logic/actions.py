@@ -31,12 +31,17 @@ never flip it), so HALTED, REDUCING and the limits never stop a response from cu
 ``RiskManager.execute_trade`` with the rule's actor (``auto:<rule id>``). The fat-finger caps are not waived
 for a risk cut, so a leg is sent as **child orders** each within ``min(max_order_qty, floor(max_order_notional
 / fill price))`` of the live limits the gate checks (:class:`OrderCaps`); the children go one after the other
-and the leg stops at the first one refused, the outcome saying how many shares of how many were filled.
+and the leg stops at the first one refused, the outcome saying how many shares of how many were filled. A child
+refused by those caps alone (the price moved a cent past the size, or the caps were lowered meanwhile) is sized
+again from the refusal (its ``max_qty_allowed``, the live caps at its price) and sent under the next child id, at
+most ``MAX_CHILD_RESIZES`` times in a row (logic/action_orders.py).
 
 Idempotent re-runs: a leg's id derives from the action id (and, for sizes computed at run time, the round and
-ticker), and its k-th child is ``{leg id}-c{k}``. A re-run after a crash first reads which children already
-claimed a fill (the gate's idempotency records): a fixed plan's leg sends only what they left, and no child id
-is sent twice with another order, so the gate's idempotency by client order id never lets a leg trade twice.
+ticker), and its k-th child is ``{leg id}-c{k}``. A re-run after a crash first reads what earlier runs sent
+(:func:`logic.action_orders.leg_history`: the gate's idempotency records and the trade log, so fills whose records
+``prune_order_ids`` deleted still count, and so does a fill under the bare leg id, sent by the code before child
+orders): a fixed plan's leg sends only what they left, and its first child id is past every one already used.
+The limit (a fill both pruned and archived out of the trade log) is in that module's docstring.
 A sell-down re-run starts from the book as it then is: what the first run sold already shows in the margin
 level (so it sells only what is still missing), though not in the budget, which starts again from the
 configured fraction.
@@ -62,6 +67,15 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from engine.records import ExecutionStatus, OrderIntent, Side, TradingState
+from logic.action_orders import (  # child_order_id: the id scheme of a leg's children, also imported from here
+    MAX_CHILD_RESIZES,
+    EarlierOrders,
+    child_order_id,
+    leg_history,
+    read_earlier_orders,
+    resized_qty,
+    send_child,
+)
 
 STATE_RANK: Mapping[str, int] = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 AUTOMATED_STATES = (TradingState.REDUCING, TradingState.HALTED)
@@ -423,11 +437,6 @@ class OrderCaps:
         return max(1, min(self.max_qty, by_notional))
 
 
-def child_order_id(leg_id: str, k: int) -> str:
-    """The client order id of a leg's k-th child order (k from 0)."""
-    return f"{leg_id}-c{k}"
-
-
 def fee_estimate(control: TradingControl) -> FeeEstimate | None:
     """The commission schedule of the control's settings, when it has one."""
     fees = getattr(getattr(control, "settings", None), "fees", None)
@@ -515,16 +524,16 @@ class ResponseRunner:
                 f"while {held} are held",
                 {"legs": []},
             )
-        caps = OrderCaps.of(control)
+        caps, earlier = OrderCaps.of(control), read_earlier_orders(control, pending)
         results = [
-            _run_leg(control, leg, f"{pending['action_id']}-{i}", pending, step, book, caps, planned=True)
+            _run_leg(control, leg, f"{pending['action_id']}-{i}", pending, step, book, caps, earlier, planned=True)
             for i, leg in enumerate(legs)
         ]
         return _legs_outcome(action.text, results, book.missing)
 
     def _flatten(self, control: TradingControl, action: Action, pending: Mapping[str, Any], step: _Steps) -> Outcome:
         book = read_margin_book(control)
-        caps = OrderCaps.of(control)
+        caps, earlier = OrderCaps.of(control), read_earlier_orders(control, pending)
         priced = [r for r in book.rows if r["qty"] and str(r["ticker"]) not in book.missing]
         legs = [
             {
@@ -540,9 +549,10 @@ class ResponseRunner:
         step("plan", legs=legs, gross=book.gross, equity=book.equity, unpriced=list(book.missing))
         if book.flat:
             return Outcome(True, f"{action.text}: nothing to close (the book is flat)", {"legs": []})
+        leg_ids = [f"{pending['action_id']}-{leg['ticker']}" for leg in legs]
         results = [
-            _run_leg(control, leg, f"{pending['action_id']}-{leg['ticker']}", pending, step, book, caps, planned=False)
-            for leg in legs
+            _run_leg(control, leg, leg_id, pending, step, book, caps, earlier, planned=False)
+            for leg, leg_id in zip(legs, leg_ids, strict=True)
         ]
         return _legs_outcome(action.text, results, book.missing)
 
@@ -553,7 +563,7 @@ class ResponseRunner:
         fee = fee_estimate(control)
         results: list[dict[str, Any]] = []
         book = read_margin_book(control)
-        caps = OrderCaps.of(control)
+        caps, earlier = OrderCaps.of(control), read_earlier_orders(control, pending)
         level_before = book.readable_level
         stop = ""
         for round_ in range(MAX_SELL_DOWN_ROUNDS):
@@ -575,7 +585,7 @@ class ResponseRunner:
                 break
             leg_id = f"{pending['action_id']}-{round_}"
             sent = [
-                _run_leg(control, leg, f"{leg_id}-{leg['ticker']}", pending, step, book, caps, planned=False)
+                _run_leg(control, leg, f"{leg_id}-{leg['ticker']}", pending, step, book, caps, earlier, planned=False)
                 for leg in legs
             ]
             results += sent
@@ -646,21 +656,6 @@ LEG_DONE = (ExecutionStatus.FILLED, "SKIPPED")
 """Leg statuses that leave nothing undone: filled, or nothing (left) to sell on that side."""
 
 
-def _claimed_children(control: TradingControl, leg_id: str) -> list[dict[str, Any]]:
-    """The children of ``leg_id`` an earlier run of the action filled, in order: their idempotency records,
-    read through the control's store (a RiskManager's). None without one: the gate's idempotency still answers
-    a child id sent again with its fill, or refuses it for another order, so nothing trades twice either way."""
-    store, portfolio_id = getattr(control, "store", None), getattr(control, "portfolio_id", None)
-    if store is None or not isinstance(portfolio_id, str):
-        return []
-    found: list[dict[str, Any]] = []
-    while True:
-        record = store.read_order(portfolio_id, child_order_id(leg_id, len(found)))
-        if not record or record.get("status") != ExecutionStatus.FILLED or not record.get("fill"):
-            return found
-        found.append(record)
-
-
 def _run_leg(
     control: TradingControl,
     leg: Mapping[str, Any],
@@ -669,28 +664,30 @@ def _run_leg(
     step: _Steps,
     book: MarginBook,
     caps: OrderCaps,
+    earlier: EarlierOrders,
     *,
     planned: bool,
 ) -> dict[str, Any]:
     """One leg as child orders within ``caps``, through the gate one after the other, stopping at the first
-    not filled (the rest would meet the same refusal, or a book that moved).
+    refused (the rest would meet the same refusal, or a book that moved), except a refusal by the fat-finger caps
+    alone (the market moved past the size): that child is sized again (:func:`resized_qty`) and sent under the
+    next child id, at most :data:`MAX_CHILD_RESIZES` times in a row.
 
-    ``planned``: the leg's quantity was fixed before this run (a reduce plan), so what children of an earlier
-    run filled counts toward it; otherwise it was sized from ``book``, which already shows them. Either way the
-    quantity is clipped to the position ``book`` holds on the leg's side (liquidation-only: never past flat),
-    and the first child id sent is the first no earlier run claimed.
+    ``planned``: the leg's quantity was fixed before this run (a reduce plan), so what an earlier run filled
+    (:func:`leg_history`) counts toward it; otherwise it was sized from ``book``, which already shows it. Either
+    way the quantity is clipped to the position ``book`` holds on the leg's side (liquidation-only: never past
+    flat), and the first child id sent is past every one an earlier run used.
     """
     ticker, side, asked = str(leg["ticker"]), Side(str(leg["side"])), int(leg["qty"])
-    earlier = _claimed_children(control, leg_id)
-    earlier_qty = sum(int(r["fill"]["qty"]) for r in earlier)
-    want = max(0, asked - earlier_qty) if planned else asked
+    history = leg_history(control, earlier, leg_id)
+    want = max(0, asked - history.filled_qty) if planned else asked
     held = book.held(ticker)
     room = max(0, held if side == Side.SELL else -held)
     target = min(want, room)
     result: dict[str, Any] = {
-        **leg, "side": side, "qty": asked, "target": target, "held": held, "earlier_filled": earlier_qty,
+        **leg, "side": side, "qty": asked, "target": target, "held": held, "earlier_filled": history.filled_qty,
         "filled": 0, "filled_notional": 0.0, "orders": [], "status": ExecutionStatus.FILLED, "note": "",
-        "codes": [], "reasons": "",
+        "codes": [], "reasons": "", "resized": 0,
     }  # fmt: skip
     if ticker in book.missing:
         return {**result, "target": 0, "status": "NOT_PRICED", "note": "no usable price: not sent"}
@@ -702,57 +699,33 @@ def _run_leg(
     if target < want:
         result["note"] = f"clipped from {want} to the {room} held"
     px: float | Decimal = book.price(ticker) or 0.0
-    k = len(earlier)
-    while result["filled"] < target and len(result["orders"]) < target:  # every child fills a share at least
-        qty = min(caps.child_qty(px), target - result["filled"])
-        child = _send(control, {**leg, "side": side, "qty": qty}, child_order_id(leg_id, k), pending, step, leg_id)
+    k, size, resizes = history.next_k, None, 0
+    while result["filled"] < target:  # every fill is a share at least; refusals in a row are bounded
+        qty = min(size or caps.child_qty(px), target - result["filled"])
+        order, actor = {**leg, "side": side, "qty": qty}, str(pending["actor"])
+        child = send_child(control, order, child_order_id(leg_id, k), actor, leg_id, step.order)
         k += 1
         result["orders"].append({key: child[key] for key in ("client_order_id", "qty", "status", "duplicate")})
         if child["status"] != ExecutionStatus.FILLED:
-            return {**result, "status": child["status"], "codes": child["codes"], "reasons": child["reasons"]}
+            if resizes < MAX_CHILD_RESIZES:
+                caps = OrderCaps.of(control)  # the caps may have moved too
+                size = resized_qty(child, caps.child_qty)
+            if resizes >= MAX_CHILD_RESIZES or size is None:
+                return {**result, "status": child["status"], "codes": child["codes"], "reasons": child["reasons"]}
+            resizes, result["resized"] = resizes + 1, result["resized"] + 1
+            continue
+        size, resizes = None, 0
         result["filled"] += child["filled_qty"]
         result["filled_notional"] += child["filled_notional"]
         px = child["fill_price"] or px  # the next child sized at the price the market last filled at
     return result
 
 
-def _send(
-    control: TradingControl,
-    order: Mapping[str, Any],
-    order_id: str,
-    pending: Mapping[str, Any],
-    step: _Steps,
-    leg_id: str,
-) -> dict[str, Any]:
-    """One liquidation-only child order through the gate; its result is audited at once."""
-    result = control.execute_trade(
-        order["ticker"],
-        int(order["qty"]),
-        order["side"],
-        client_order_id=order_id,
-        actor=str(pending["actor"]),
-        intent=OrderIntent.LIQUIDATION,
-    )
-    raw_reasons = result.get("reasons") or []
-    codes = [str(r.get("code", "")) for r in raw_reasons]
-    reasons = "; ".join(r.get("message") or r.get("code", "") for r in raw_reasons)
-    fill = result.get("fill") or {}
-    filled = result.get("status") == ExecutionStatus.FILLED
-    record = {
-        **order, "leg_id": leg_id, "client_order_id": order_id, "intent": OrderIntent.LIQUIDATION.value,
-        "status": result.get("status"), "duplicate": bool(result.get("duplicate")), "codes": codes, "reasons": reasons,
-        "filled_qty": int(fill.get("qty", order["qty"])) if filled else 0,
-        "filled_notional": float(Decimal(str(fill["notional"]))) if filled and "notional" in fill else 0.0,
-        "fill_price": Decimal(str(fill["price"])) if filled and "price" in fill else None,
-    }  # fmt: skip
-    step.order({k: v for k, v in record.items() if k != "fill_price"})
-    return record
-
-
 def _leg_text(r: Mapping[str, Any]) -> str:
     """One leg as a human reads it: what was asked, what was done (shares of shares, orders), why not all."""
     notes = [r["note"]] if r["note"] else []
     notes += [f"{r['earlier_filled']} filled by an earlier run"] if r["earlier_filled"] else []
+    notes += [f"{r['resized']} sent again smaller after a fat-finger cap refusal"] if r.get("resized") else []
     sent = r["orders"]
     if r["status"] not in (*LEG_DONE, "NOT_PRICED") or len(sent) > 1 or (sent and r["filled"] != r["qty"]):
         notes.insert(0, f"{r['filled']} of {r['target']} filled in {len(sent)} order" + "s" * (len(sent) != 1))

@@ -4,6 +4,7 @@ as child orders within them (idempotent across a crash), and a fixed plan is cli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -336,3 +337,172 @@ def test_a_leg_whose_position_flipped_since_the_trigger_is_skipped_not_sent(desk
     assert "SELL 500 DDD SKIPPED (now -1000: a SELL would grow it, nothing sent)" in outcome.summary
     assert held(store, "hedge") == {"CCC": 200, "DDD": -1000}
     assert [o["ticker"] for o in orders_audited(store, "hedge")] == ["CCC"]
+
+
+# -- a child refused by the fat-finger caps alone is sized again, under the next child id ------------------------
+
+
+class MovesBeforeEachOrder:
+    """The real RiskManager; before each order reaches the gate the market prints the next price of ``prices``
+    (the last one stays), or the risk officer's ``limits`` change lands."""
+
+    def __init__(self, rm: RiskManager, store: Store, prices: list[float], limits: dict[str, Any] | None = None):
+        self.rm, self.store, self.prices, self.limits, self.sent = rm, store, prices, limits, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rm, name)
+
+    def execute_trade(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self.prices:
+            set_prices(self.store, {"BBB": self.prices[min(self.sent, len(self.prices) - 1)]})
+        if self.limits and self.sent == 0:
+            self.rm.set_limits(self.limits, "risk-officer", "cap lowered meanwhile")
+        self.sent += 1
+        return self.rm.execute_trade(*args, **kwargs)
+
+
+def test_a_one_cent_uptick_past_the_notional_cap_re_sizes_the_child_and_the_short_is_covered(
+    desk: Desk, store: Store
+) -> None:
+    rm = desk("hedge")
+    rm.set_limits({"max_order_notional": 10_000}, "risk-officer", "cap")
+    set_positions(store, "hedge", {"BBB": -2000})  # 200 x 50.00 = 10,000: the book's price sizes children of 200
+    control = MovesBeforeEachOrder(rm, store, [50.01])
+    outcome = ResponseRunner(lambda pid: control).run("hedge", pending("flatten"), None)
+    assert outcome.ok, outcome.summary
+    assert held(store, "hedge") == {}
+    # 200 x 50.01 = 10,002 refused; floor(10,000 / 50.01) = 199: ten children of 199 and one of 10 (2000 in all)
+    assert Decimal("50.01") * 200 > 10_000 >= Decimal("50.01") * 199
+    assert fills(rm) == [(child_order_id("a1-BBB", k), 199) for k in range(1, 11)] + [("a1-BBB-c11", 10)]
+    log = list(reversed(rm.trade_log(1000)))
+    assert (log[0]["client_order_id"], log[0]["status"]) == ("a1-BBB-c0", "REJECTED")  # c0 never sent again
+    assert [r["code"] for r in log[0]["reasons"]] == ["MAX_NOTIONAL"]
+    assert len({r["client_order_id"] for r in log}) == len(log) == 12
+    assert "2000 of 2000 filled in 12 orders; 1 sent again smaller after a fat-finger cap refusal" in outcome.summary
+
+
+@pytest.mark.parametrize(
+    ("last_price", "filled"),
+    [(53.06, True), (54.12, False)],  # the third re-sized child (188) fills at 53.06 (9,975.28), not at 54.12
+)
+def test_re_sizing_is_bounded_at_three_children_in_a_row(
+    desk: Desk, store: Store, last_price: float, filled: bool
+) -> None:
+    from logic.action_orders import MAX_CHILD_RESIZES
+
+    assert MAX_CHILD_RESIZES == 3
+    rm = desk("hedge")
+    rm.set_limits({"max_order_notional": 10_000}, "risk-officer", "cap")
+    set_positions(store, "hedge", {"BBB": -400})
+    # a squeeze: every re-size (the refusal's max_qty_allowed) is overtaken by the next print
+    control = MovesBeforeEachOrder(rm, store, [51.00, 52.02, 53.06, last_price])
+    outcome = ResponseRunner(lambda pid: control).run("hedge", pending("flatten"), None)
+    sizes = [math.floor(Decimal(10_000) / Decimal(repr(p))) for p in (51.00, 52.02, 53.06)]
+    assert sizes == [196, 192, 188]
+    sent = [(r["client_order_id"], r["decision"]["qty"], r["status"]) for r in reversed(rm.trade_log(1000))]
+    assert sent[:4] == [
+        ("a1-BBB-c0", 200, "REJECTED"), ("a1-BBB-c1", 196, "REJECTED"), ("a1-BBB-c2", 192, "REJECTED"),
+        ("a1-BBB-c3", 188, "FILLED" if filled else "REJECTED"),
+    ]  # fmt: skip
+    if filled:  # a fill starts the count again: the rest is sized at 53.06 and filled
+        assert outcome.ok, outcome.summary
+        assert held(store, "hedge") == {} and [q for _, q in fills(rm)] == [188, 188, 24]
+    else:  # the fourth refusal in a row stops the leg, reported like any refusal
+        assert not outcome.ok and control.sent == 4 and fills(rm) == []
+        assert held(store, "hedge") == {"BBB": -400}
+        (refused,) = outcome.details["refused"]
+        assert refused["codes"] == ["MAX_NOTIONAL"] and refused["qty"] == 400
+        assert "0 of 400 filled in 4 orders" in outcome.summary
+
+
+def test_a_child_refused_by_a_max_order_qty_lowered_meanwhile_is_re_sized_to_it(desk: Desk, store: Store) -> None:
+    rm = desk()
+    rm.set_limits({"max_order_qty": 500}, "risk-officer", "cap")
+    control = MovesBeforeEachOrder(rm, store, [], limits={"max_order_qty": 300})  # lands before the first child
+    outcome = ResponseRunner(lambda pid: control).run("main", pending("reduce:1", plan=[sell("BBB", 2000)]), None)
+    assert outcome.ok, outcome.summary
+    log = list(reversed(rm.trade_log(1000)))
+    first = (log[0]["client_order_id"], log[0]["status"], [r["code"] for r in log[0]["reasons"]])
+    assert first == ("a1-0-c0", "REJECTED", ["BAD_QUANTITY"])
+    assert [o["qty"] for o in outcome.details["legs"][0]["orders"]] == [500, *[300] * 6, 200]
+    assert fills(rm) == [(child_order_id("a1-0", k), 300) for k in range(1, 7)] + [("a1-0-c7", 200)]
+    assert "BBB" not in held(store)
+
+
+def test_a_rerun_after_a_re_sized_child_counts_the_fill_past_the_refused_id(desk: Desk, store: Store) -> None:
+    rm = desk()
+    rm.set_limits({"max_order_notional": 10_000}, "risk-officer", "cap")
+    inner = MovesBeforeEachOrder(rm, store, [50.01])
+
+    class DiesAfterFirstFill:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def execute_trade(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = inner.execute_trade(*args, **kwargs)
+            if result["status"] == "FILLED":
+                raise Crash("died")
+            return result
+
+    item = pending("reduce:0.5", plan=[sell("BBB", 1000)], created_at=NOW)
+    with pytest.raises(Crash):
+        ResponseRunner(lambda pid: DiesAfterFirstFill()).run("main", item, None)
+    assert fills(rm) == [("a1-0-c1", 199)]  # c0 (200 at 50.01) refused, c1 filled
+    outcome = run(desk(), item)
+    assert outcome.ok, outcome.summary
+    assert held(store) == {"AAA": 1000, "BBB": 1000}  # 1000 sold in all, never 1199
+    assert [cid for cid, _ in fills(rm)] == [child_order_id("a1-0", k) for k in range(1, 7)]
+    assert "199 filled by an earlier run" in outcome.summary
+
+
+# -- a re-run counts fills whose idempotency records are gone, or were written under the pre-child leg id -------
+
+
+@pytest.mark.parametrize("plan_qty", [1000, 1500])
+def test_a_rerun_of_a_leg_the_pre_child_code_sent_under_the_bare_leg_id_never_sells_it_twice(
+    desk: Desk, store: Store, plan_qty: int
+) -> None:
+    rm = desk()
+    item = pending("reduce:0.5", plan=[sell("BBB", plan_qty)], created_at=NOW)
+    # yesterday's code sent the whole leg as one order under the leg id, then the process died
+    old = rm.execute_trade("BBB", 1000, "SELL", client_order_id="a1-0", actor="auto:breaker",
+                           intent=OrderIntent.LIQUIDATION)  # fmt: skip
+    assert old["status"] == "FILLED"
+    outcome = run(desk(), item)
+    assert outcome.ok, outcome.summary
+    assert held(store) == {"AAA": 1000, "BBB": 2000 - plan_qty}
+    assert fills(rm) == [("a1-0", 1000)] + ([("a1-0-c0", 500)] if plan_qty > 1000 else [])
+    assert "1000 filled by an earlier run" in outcome.summary
+
+
+@pytest.mark.parametrize("created_at", [NOW, None])
+def test_a_rerun_after_the_idempotency_records_were_pruned_reads_the_trade_log(
+    desk: Desk, store: Store, created_at: float | None
+) -> None:
+    rm = desk()
+    rm.set_limits({"max_order_qty": 250}, "risk-officer", "cap")
+    extra = {"created_at": created_at} if created_at is not None else {}
+    item = pending("reduce:0.5", plan=[sell("BBB", 1000)], **extra)
+
+    class DiesAfterTwoFills:
+        filled = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(rm, name)
+
+        def execute_trade(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = rm.execute_trade(*args, **kwargs)
+            DiesAfterTwoFills.filled += result["status"] == "FILLED"
+            if DiesAfterTwoFills.filled == 2:
+                raise Crash("died")
+            return result
+
+    with pytest.raises(Crash):
+        ResponseRunner(lambda pid: DiesAfterTwoFills()).run("main", item, None)
+    assert held(store)["BBB"] == 1500
+    assert store.prune_order_ids("main", NOW + 1) == 2  # the housekeeping: both children's records are gone
+    assert store.read_order("main", "a1-0-c0") is None
+    outcome = run(desk(), item)
+    assert outcome.ok, outcome.summary
+    assert held(store) == {"AAA": 1000, "BBB": 1000}  # 1000 sold in all
+    assert fills(rm) == [(child_order_id("a1-0", k), 250) for k in range(4)]  # c0, c1 never sent again
