@@ -40,12 +40,13 @@ from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
 from engine.settings import AlertRule, Limits, Settings
 from engine.store import PortfolioKeys, Store, decode_snapshot
-from logic.actions import ControlFactory, ResponseRunner
+from logic.actions import ControlFactory, ResponseRunner, parse_action
 from logic.escalation import EscalationConfig, escalation_config
 from logic.lifecycle import (
     AUTO_ACTOR_PREFIX,
     MANUAL_RESOLVE_REARM_SECONDS,
     SYSTEM_ACTOR,
+    TRADE_ACTION_KINDS,
     AlertPlanner,
     Changes,
     public_alert,
@@ -639,7 +640,19 @@ class AlertEngine:
         for items in by_alert.values():
             audit = functools.partial(self._audit_response_step, portfolio_id)
             outcomes = [(item, self.responses.run(portfolio_id, item, audit)) for item in items]
-            self._transact(portfolio_id, functools.partial(self.planner.plan_action_alert, portfolio_id, outcomes, now))
+            self._transact(portfolio_id, functools.partial(self._plan_outcome, portfolio_id, outcomes, now))
+
+    def _plan_outcome(
+        self, portfolio_id: str, outcomes: list[tuple[dict[str, Any], Any]], now: float, alerts: dict[str, Any],
+        trackers: dict[str, Any], rules: Any,
+    ) -> Changes:  # fmt: skip
+        """The outcome of one alert's actions (:meth:`AlertPlanner.plan_action_alert`), and whether its trade
+        actions count as the breach episode's last run (:func:`settle_acted`)."""
+        ch = self.planner.plan_action_alert(portfolio_id, outcomes, now, alerts, trackers, rules)
+        first = outcomes[0][0]
+        trades = [o.ok for item, o in outcomes if parse_action(item["action"]).kind in TRADE_ACTION_KINDS]
+        settle_acted(ch, first["rule_id"], first["alert_id"], all(trades), alerts, trackers)
+        return ch
 
     def _audit_response_step(self, portfolio_id: str, record: Mapping[str, Any]) -> None:
         """Append one step or order of a running response to the portfolio's audit trail, as it happens (the
@@ -649,6 +662,33 @@ class AlertEngine:
             self.store.append_audit(PortfolioKeys(portfolio_id).audit, {"ts": self.clock(), **record})
         except (RiskdeskError, redis.RedisError):
             LOGGER.exception("could not audit a step of an automated response of %s", portfolio_id)
+
+
+def settle_acted(
+    ch: Changes, rule_id: str, alert_id: str, ok: bool, alerts: Mapping[str, Any], trackers: Mapping[str, Any]
+) -> None:
+    """Record whether the trade actions alert ``alert_id`` of ``rule_id`` planned (its ``acted``, pending since
+    :meth:`AlertPlanner.trigger`; in the alert and in the rule's tracker, which keeps it across a manual
+    resolve) count as the breach episode's last run, the reference a re-trigger must be materially worse than.
+
+    Only a run whose every trade action is ok counts. One refused (stale prices) or only partly done (a leg
+    refused, a position without a price) is no run: the reference goes back to the run before it (none on the
+    first), so a re-trigger at the same value after a manual resolve retries the cut. A retry sizes from the
+    book then held: a flatten or a margin sell-down does only what is still missing; a ``reduce`` cuts its
+    fraction of what is left (after a partial fill, the two runs together may cut more than the fraction of the
+    first book: a cut that stopped half-way is finished rather than left half-done)."""
+    for records, into in ((alerts, ch.alerts_set), (trackers, ch.trackers_set)):
+        record = dict(records.get(rule_id) or {})
+        acted = record.pop("acted", None) or {}
+        if acted.get("alert_id") != alert_id or not acted.get("pending"):
+            continue
+        settled = {k: v for k, v in acted.items() if k not in ("pending", "previous")} if ok else acted["previous"]
+        if settled:
+            record["acted"] = settled
+        if record or into is ch.alerts_set:
+            into[rule_id] = record
+        else:
+            ch.trackers_del.append(rule_id)
 
 
 def _as_set(value: str | Iterable[str] | None) -> set[str] | None:

@@ -484,8 +484,11 @@ class AlertPlanner:
                 assert action.fraction is not None
                 pending["plan"] = plan_reduction(snapshot.get("positions") or [], action.fraction)
             ch.actions[action_id] = pending
-        if traded:
-            alert["acted"] = {"value": value, "at": now, "alert_id": alert["alert_id"], "actions": traded}
+        if traded:  # pending until its outcome is recorded: only an ok run counts (logic/alerts.py settle_acted);
+            # a run that fails gives the reference back to the one before it
+            before = {k: v for k, v in (acted or {}).items() if k not in ("pending", "previous")}
+            alert["acted"] = {"value": value, "at": now, "alert_id": alert["alert_id"], "actions": traded,
+                              "pending": True, "previous": before}  # fmt: skip
         elif acted:
             alert["acted"] = dict(acted)  # the episode's last run stays the reference
         if skipped:

@@ -325,3 +325,223 @@ def test_the_kill_switch_page_refuses_to_lift_a_halt_it_never_showed(app_env: St
     at.run()
     assert not at.error, [e.value for e in at.error]
     assert app_env.read_trading_state("main").state == "ACTIVE"
+
+
+# -- 4. the emergency stop is never refused; a lift only of the state the person saw -------------------------
+
+RANK = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
+"""How restrictive each state is, stated independently of the code (a missing or unreadable state: HALTED)."""
+
+
+def _put_state(store: Store, settings: Any, state: str) -> None:
+    """Store ``state``: a trading state, ``UNREADABLE`` (a corrupt hash) or ``MISSING`` (no key)."""
+    key = PortfolioKeys("main").trading_state
+    store.client.delete(key)
+    if state == "UNREADABLE":
+        store.client.hset(key, mapping={"state": "BOGUS", "reason": "corrupted", "actor": "?", "ts": "0"})
+    elif state != "MISSING":
+        RiskManager(store.client, "main", settings, clock=lambda: T0).set_trading_state(state, "set up", "tester")
+
+
+def _stored(store: Store) -> str:
+    raw = store.client.hget(PortfolioKeys("main").trading_state, "state")
+    return "MISSING" if raw is None else raw.decode()
+
+
+@pytest.mark.parametrize("shown", ["ACTIVE", "REDUCING", "HALTED", "UNREADABLE", "MISSING"])
+def test_a_deliberate_change_is_refused_exactly_when_it_loosens_a_stored_state_the_person_did_not_see(
+    seeded: Store, settings: Any, shown: str
+) -> None:
+    """Every (stored, asked) pair against one shown state. The oracle: written iff HALTED (the emergency stop),
+    or at least as strict as the stored state (the boundary: equal goes through), or the stored state is the
+    one shown (a lift the person saw, confirmed on the page); else refused TRADING_STATE_CHANGED, nothing
+    written. Unreadable and missing rank as HALTED."""
+    desk = views.Desk(seeded.client, settings)
+    audit_key = PortfolioKeys("main").audit
+    for stored in ("ACTIVE", "REDUCING", "HALTED", "UNREADABLE", "MISSING"):
+        for new in ("ACTIVE", "REDUCING", "HALTED"):
+            _put_state(seeded, settings, stored)
+            before = seeded.client.xlen(audit_key)
+            written = new == "HALTED" or RANK[new] >= RANK.get(stored, 2) or stored == shown
+            case = f"shown {shown}, stored {stored}, asked {new}"
+            if written:
+                views.change_trading_state(desk, "main", new, case, local_identity(), shown)
+                assert _stored(seeded) == new, case
+                last = seeded.read_stream_json(audit_key, count=1)[0]
+                assert (last["previous"], last["state"], last["reason"]) == (stored, new, case)
+            else:
+                with pytest.raises(TradingStateConflictError) as caught:
+                    views.change_trading_state(desk, "main", new, case, local_identity(), shown)
+                assert caught.value.code == "TRADING_STATE_CHANGED", case
+                assert f"is {stored}, not {shown} as shown" in str(caught.value), case
+                assert _stored(seeded) == ("BOGUS" if stored == "UNREADABLE" else stored), case
+                assert seeded.client.xlen(audit_key) == before, case
+
+
+def _page() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=30.0)
+    at.session_state["refresh"] = "Paused"
+    at.switch_page("screens/system.py")
+    at.run()
+    return at
+
+
+def _apply(at: AppTest, state: str, reason: str) -> AppTest:
+    at.radio(key="ts_new_state").set_value(state)
+    at.text_input(key="ts_reason").input(reason)
+    at.button(key="FormSubmitter:trading_state_form-Apply").click()
+    return at.run()
+
+
+def test_the_page_halts_after_the_automation_tightened_to_reducing_meanwhile(app_env: Store, settings: Any) -> None:
+    at = _page()
+    assert at.session_state["ts_shown_state"] == "ACTIVE"
+    RiskManager(app_env.client, "main", settings).tighten_trading_state("REDUCING", "alert var_warn", "auto:var_warn")
+    _apply(at, "HALTED", "desk emergency")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert app_env.read_trading_state("main").state == "HALTED"
+    last = app_env.read_stream_json(PortfolioKeys("main").audit, count=1)[0]
+    assert (last["previous"], last["state"], last["reason"]) == ("REDUCING", "HALTED", "desk emergency")
+    assert at.session_state["ts_shown_state"] == "HALTED"
+
+
+def test_the_page_refuses_a_reducing_that_would_lift_a_halt_it_never_showed(app_env: Store, settings: Any) -> None:
+    """Shown ACTIVE, asked REDUCING (stricter than shown: no confirmation), but the automation HALTED meanwhile:
+    REDUCING would loosen the halt, so it is refused and the halt stands."""
+    at = _page()
+    RiskManager(app_env.client, "main", settings).tighten_trading_state("HALTED", "alert dd_halt", "auto:dd_halt")
+    _apply(at, "REDUCING", "slow down")
+    shown = "\n".join(str(e.value) for e in at.error).replace("\\", "")
+    assert "is HALTED, not ACTIVE as shown" in shown and "auto:dd_halt" in shown
+    assert app_env.read_trading_state("main").state == "HALTED"
+
+
+def test_an_unreadable_state_is_shown_as_such_and_the_page_halt_repairs_it(app_env: Store, settings: Any) -> None:
+    at = _page()
+    assert at.session_state["ts_shown_state"] == "ACTIVE"
+    key = PortfolioKeys("main").trading_state
+    app_env.client.hset(key, "state", "BOGUS")  # corrupted after the page rendered
+    at.run()  # reload: the read fails
+    assert at.session_state["ts_shown_state"] == "UNREADABLE"  # never the ACTIVE an earlier run showed
+    assert any("unknown trading state 'BOGUS'" in str(e.value) for e in at.error)
+    for attempt in range(2):  # the halt goes through at once, and again (nothing sticks from a refusal)
+        _apply(at, "HALTED", f"emergency halt {attempt}")
+        assert not at.error, [e.value for e in at.error]
+        assert app_env.client.hget(key, "state") == b"HALTED"
+        last = app_env.read_stream_json(PortfolioKeys("main").audit, count=1)[0]
+        assert last["previous"] == ("UNREADABLE" if attempt == 0 else "HALTED")
+    assert at.session_state["ts_shown_state"] == "HALTED"
+
+
+def test_a_missing_state_is_shown_as_missing_and_a_confirmed_lift_of_it_repairs_the_key(
+    app_env: Store, settings: Any
+) -> None:
+    at = _page()
+    app_env.client.delete(PortfolioKeys("main").trading_state)
+    at.run()
+    assert at.session_state["ts_shown_state"] == "MISSING"
+    _apply(at, "ACTIVE", "re-seeded by hand")
+    assert _stored(app_env) == "MISSING"  # a lift waits for its confirmation
+    at.button(key="ts_confirm").click()
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    assert app_env.read_trading_state("main").state == "ACTIVE"
+    assert app_env.read_stream_json(PortfolioKeys("main").audit, count=1)[0]["previous"] == "MISSING"
+
+
+# -- 5. only a cut that was done counts as the episode's last run ----------------------------------------------
+
+
+def _stamp_prices(store: Store, now: float, tickers: tuple[str, ...]) -> None:
+    """Stamp ``tickers``' prices ``now`` (the others keep their seeded, stale, time)."""
+    snap = store.read_market()
+    price_ts = snap.price_ts.copy()
+    for i, t in enumerate(snap.tickers):
+        if t in tickers:
+            price_ts[i] = now
+    store.write_market(
+        MarketSnapshot(
+            version=snap.version + 1, ts=now, tickers=snap.tickers, prices=snap.prices.copy(), price_ts=price_ts,
+            cov=snap.cov,
+        )
+    )  # fmt: skip
+
+
+def _acted(store: Store, engine: Any) -> tuple[Any, Any]:
+    """The episode's last run as the active dd_cut alert and the rule's tracker hold it."""
+    alerts = [a for a in engine.active_alerts("main") if a["rule_id"] == "dd_cut"]
+    tracker = store.read_json_hash(Store.alert_eval_key("main")).get("dd_cut") or {}
+    return (alerts[0].get("acted") if alerts else None), tracker.get("acted")
+
+
+def _refire(store: Store, engine: Any, clock: SimClock, value: float, fresh: bool) -> None:
+    engine.resolve("main", "dd_cut", "risk-officer", "retry")
+    clock.advance(MANUAL_RESOLVE_REARM_SECONDS + 1)
+    if fresh:
+        _fresh_prices(store, clock.now)
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=value, positions=_held(store)), clock.now)
+
+
+def test_a_cut_the_gate_refused_is_no_run_and_a_resolve_retries_it_at_the_same_value(
+    seeded: Store, make_settings: Any
+) -> None:
+    clock = SimClock(T0 + 100_000)  # prices seeded at T0: stale now, the gate refuses the cut
+    engine = _build(seeded, make_settings, clock, [DD_CUT])
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.0625, positions=[AAA, BBB]), clock.now)
+    first = _responses(seeded, "automated_response")
+    assert len(first) == 1 and not first[0]["ok"] and "STALE_PRICE" in first[0]["summary"]
+    assert _book(seeded) == {"AAA": 1000, "BBB": 2000}
+    assert _acted(seeded, engine) == (None, None)  # nothing was done: no reference to be worse than
+    _refire(seeded, engine, clock, -0.0625, fresh=True)  # prices back: the same drawdown
+    assert _book(seeded) == {"BBB": 2000}  # retried: half of $200k, AAA (the loser) first
+    ran = _responses(seeded, "automated_response")
+    assert len(ran) == 2 and ran[-1]["ok"] and not _responses(seeded, "automated_response_skipped")
+    alert_acted, tracker_acted = _acted(seeded, engine)
+    assert alert_acted == tracker_acted
+    assert alert_acted["value"] == -0.0625 and alert_acted["actions"] == ["reduce:0.5"]
+    assert "pending" not in alert_acted and "previous" not in alert_acted
+    _refire(seeded, engine, clock, -0.0625, fresh=True)  # this run was done: the same loss is not cut again
+    assert _book(seeded) == {"BBB": 2000} and len(_responses(seeded, "automated_response")) == 2
+    assert len(_responses(seeded, "automated_response_skipped")) == 1
+
+
+def test_a_refused_rerun_gives_the_reference_back_to_the_run_before_it(seeded: Store, make_settings: Any) -> None:
+    """Run 1 cuts at -0.0625 (fresh prices). The re-run at -0.078125 (exactly materially worse: the bar is
+    -0.0625 - 0.25 * 0.0625) is refused (stale prices): the reference is -0.0625 again, not none and not
+    -0.078125, so -0.078 (one hair short of the bar) still does not cut and -0.078125 does."""
+    clock = SimClock(T0 + 5)
+    engine = _build(seeded, make_settings, clock, [DD_CUT])
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.0625, positions=[AAA, BBB]), clock.now)
+    assert _book(seeded) == {"BBB": 2000}
+    run1 = _acted(seeded, engine)[0]
+    clock.advance(100_000)  # stale prices
+    _refire(seeded, engine, clock, -0.078125, fresh=False)
+    ran = _responses(seeded, "automated_response")
+    assert len(ran) == 2 and not ran[-1]["ok"] and _book(seeded) == {"BBB": 2000}
+    alert_acted, tracker_acted = _acted(seeded, engine)
+    assert alert_acted == tracker_acted
+    assert (alert_acted["value"], alert_acted["alert_id"]) == (-0.0625, run1["alert_id"])
+    _refire(seeded, engine, clock, -0.078, fresh=True)  # one hair short of the bar over -0.0625
+    assert _book(seeded) == {"BBB": 2000} and len(_responses(seeded, "automated_response")) == 2
+    _refire(seeded, engine, clock, -0.078125, fresh=True)  # exactly at it
+    assert _book(seeded) == {"BBB": 1000}
+    assert _responses(seeded, "automated_response")[-1]["ok"]
+    assert _acted(seeded, engine)[0]["value"] == -0.078125
+
+
+def test_a_partly_done_flatten_is_no_run_and_a_resolve_finishes_it(seeded: Store, make_settings: Any) -> None:
+    """Decision: a partial fill is no run (the cut stopped half-way); the retry sells only what is left."""
+    flatten = rule("dd_cut", "drawdown.daily", "<=", -0.05, "HIGH", description="drawdown flatten",
+                   actions=["flatten"])  # fmt: skip
+    clock = SimClock(T0 + 100_000)
+    engine = _build(seeded, make_settings, clock, [flatten])
+    _stamp_prices(seeded, clock.now, ("AAA",))  # BBB's price stays stale: its leg is refused
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.0625, positions=[AAA, BBB]), clock.now)
+    ran = _responses(seeded, "automated_response")
+    assert len(ran) == 1 and not ran[0]["ok"] and "1 of 2 legs filled" in ran[0]["summary"]
+    assert _book(seeded) == {"BBB": 2000}
+    assert _acted(seeded, engine) == (None, None)
+    _refire(seeded, engine, clock, -0.0625, fresh=True)
+    assert _book(seeded) == {}
+    assert _responses(seeded, "automated_response")[-1]["ok"]
+    assert _acted(seeded, engine)[0]["value"] == -0.0625

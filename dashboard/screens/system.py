@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
 
 from dashboard import components as ui
@@ -74,8 +76,9 @@ def status(d: views.Desk) -> None:
 
 
 def trading_state(d: views.Desk, pid: str) -> None:
-    tv = views.trading_state_view(d, pid)
-    st.session_state["ts_shown_state"] = tv.state  # what the person sees: the change is made against it
+    # what the person sees (the change is made against it): the state read, or MISSING / UNREADABLE when the
+    # read fails, never a state an earlier run showed
+    tv = views.trading_state_view(d, pid, shown=functools.partial(st.session_state.__setitem__, "ts_shown_state"))
     ui.state_badge(tv.state, tv.reason, tv.actor, tv.ts)
     st.caption("Audit (newest first)")
     ui.table(tv.audit, "audit", f"audit_{pid}.csv", height=240, empty="No trading-state change recorded.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import redis
 
+from engine.errors import StoreEmptyError, StoreError
 from engine.records import Action, TradingState
 from engine.redis_server import describe_server
 from engine.store import SCHEMA_VERSION, PortfolioKeys
+from engine.store.portfolio import MISSING, UNREADABLE
 from logic.access import Identity, authorize
 from logic.actions import STATE_RANK
 from logic.backtest_monitor import feed_bar_model_bars
@@ -198,9 +200,27 @@ def key_value_frame(values: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({"item": list(values), "value": [str(v) for v in values.values()]})
 
 
-def trading_state_view(desk: Desk, portfolio_id: str) -> TradingStateView:
-    """The portfolio's trading state and its audit trail (state changes and automated actions)."""
-    ts = desk.store.read_trading_state(portfolio_id)
+def unread_state(exc: BaseException) -> str:
+    """The name a trading state that could not be read goes by, as the store's audit names it (``previous``,
+    engine/store/portfolio.py): :data:`MISSING` for no key, :data:`UNREADABLE` for anything else (a value that
+    does not decode, a key of another type, a Redis that did not answer): what the page showed was no state."""
+    return MISSING if isinstance(exc, StoreEmptyError) else UNREADABLE
+
+
+def trading_state_view(desk: Desk, portfolio_id: str, shown: Callable[[str], None] | None = None) -> TradingStateView:
+    """The portfolio's trading state and its audit trail (state changes and automated actions).
+
+    ``shown`` (the kill switch's) is told the state the page shows as soon as it is read, before the audit
+    trail: its name, or :func:`unread_state` of the error when the read fails (the error is raised as before).
+    A failed read thus never leaves an earlier, stale state as the one the person decides against."""
+    try:
+        ts = desk.store.read_trading_state(portfolio_id)
+    except Exception as exc:
+        if shown is not None:
+            shown(unread_state(exc))
+        raise
+    if shown is not None:
+        shown(str(ts.state))
     records = desk.store.read_stream_json(PortfolioKeys(portfolio_id).audit, count=AUDIT_ROWS)
     return TradingStateView(ts.state, ts.reason, ts.actor, ts.ts, audit=records_frame(records))
 
@@ -244,13 +264,40 @@ def change_trading_state(
     shown: str | None = None,
 ) -> Any:
     """Set ACTIVE / REDUCING / HALTED deliberately (a risk manager or an admin): a reason is required; it and
-    ``identity.actor`` are audited. ``shown``: the state the page showed when the person decided; if the stored
-    state is another by the time of the write (the automation halted meanwhile), nothing is written and
-    ``TRADING_STATE_CHANGED`` says who changed it to what (engine/store/portfolio.py)."""
+    ``identity.actor`` are audited. ``shown``: the state the page showed when the person decided (None: no
+    check, for scripts); what the change is made against is :func:`expected_state`'s: a change that would lift
+    a state the person did not see is refused, ``TRADING_STATE_CHANGED`` saying who changed it to what
+    (engine/store/portfolio.py), and nothing is written; a HALT always goes through."""
     change = StateChange(portfolio_id, str(state), (reason or "").strip(), shown)
     actor = check_trading_state_change(desk, change, identity)
-    desk.risk_manager(portfolio_id).set_trading_state(change.state, change.reason, actor, expected=shown)
+    expected = expected_state(desk, change)
+    desk.risk_manager(portfolio_id).set_trading_state(change.state, change.reason, actor, expected=expected)
     return desk.store.read_trading_state(portfolio_id)
+
+
+def expected_state(desk: Desk, change: StateChange) -> str | None:
+    """The stored state ``change`` is written against (the store's compare-and-set; None: no check), so that a
+    deliberate change never lifts a restriction the person did not see, and never waits on one it only adds to.
+
+    - HALTED (the emergency stop): None. Nothing is stricter, so it loosens nothing, whatever landed after the
+      page rendered (an automatic REDUCING); a missing or unreadable state is repaired by it.
+    - A change at least as strict as the state stored now: that state (read here, compared again at the write,
+      so a halt landing in between refuses the change and is never loosened by it).
+    - One less strict than the state stored (a lift, confirmed on the page against the state it showed): the
+      state shown. The automation may have tightened after the page rendered (shown REDUCING, stored HALTED;
+      shown ACTIVE, asked REDUCING, stored HALTED): the change is then refused, naming who changed it to what.
+
+    A missing or unreadable state counts as HALTED; the page shows it as MISSING / UNREADABLE
+    (:func:`unread_state`), so a lift of the very state it showed (repairing the key) goes through."""
+    if change.shown is None or change.state == TradingState.HALTED:
+        return None
+    try:
+        current = str(desk.store.read_trading_state(change.portfolio_id).state)
+    except (StoreError, redis.ResponseError) as exc:
+        current = unread_state(exc)
+    if STATE_RANK[change.state] >= STATE_RANK.get(current, STATE_RANK[TradingState.HALTED]):
+        return current
+    return change.shown
 
 
 # -- the clock the stream daemon plays ------------------------------------------------------------------------
