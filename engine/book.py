@@ -445,7 +445,7 @@ def apply_sync(store: Store, plan: SyncPlan, *, now: float, actor: str) -> int:
                                                         **change.to_dict()}, pipe)  # fmt: skip
                     if flow is not None:  # not P&L: the references move by it (module docstring)
                         if flow["flow"] != 0.0:
-                            store.shift_peaks(pid, flow["flow"], pipe)
+                            store.shift_peaks(pid, flow["flow"], pipe, ts=now)  # and the flow ledger
                         store.append_audit(keys.audit, {"ts": now, "actor": actor, "action": "capital_flow",
                                                         **flow}, pipe)  # fmt: skip
                     pipe.execute()

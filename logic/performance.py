@@ -37,16 +37,21 @@ built on it; Kelly and the maximum drawdown have no time unit.
 Capital flows
 -------------
 A book sync that moves cash or securities in or out (engine/book.py) changes the equity but is not P&L, so the
-ratios are of time-weighted returns without it. The history points carry the P&L (``pnl.total``, realized plus
-unrealized; a tier keeps the last of its bucket, as for ``equity``), which a flow does not move: the equity change
-it does not explain is the flow, ``F_t = ΔE_t - ΔPnL_t``, and ``r_t = (ΔE_t - F_t) / E_{t-1}`` (the flow at the
-end of the step). The ratios, the annual return ``Π(1 + r_t)^{P/T} - 1`` and the maximum drawdown are of the index
-``I_t = Π_{s<=t}(1 + r_s)`` (:func:`flow_adjusted_index`): a withdrawal with prices unchanged is a return of 0 and
-no drawdown, a price move beside a flow is the move's return. A flow within the float32 rounding of a tier's P&L
-(:data:`FLOW_TOLERANCE`) is none: the step is its equity return, to the bit. Not in ``pnl.total``, so not told
-apart: fees (``fees_paid``) count as a flow, a sync's change of a cost basis as P&L (the history has no flow column).
-The index runs through equity <= 0 (a margin book past its capital; without a flow ``E_t / E_0``: 200,000 to
--35,000 is a drawdown of -1.175); the return ratios are then withheld with the reason, the drawdown is not.
+ratios are of time-weighted returns without it. The sync books each flow explicitly: its amount (the equity
+change at the marks of the moment) and its time go to the portfolio's flow ledger (``pf:{id}:flows``) in the
+transaction that shifts the monitor's equity references (``MonitoringStore.shift_peaks``), and the page reads the
+window's flows in one round trip (``MonitoringStore.read_flows``). ``F_t`` sums the flows dated from point
+``t - 1``'s time on, before point ``t``'s (:func:`step_flows`: a flow at a point's time came after its tick), and
+``r_t = (E_t - F_t) / E_{t-1} - 1`` (without a flow ``E_t / E_{t-1} - 1``, to the bit). The ratios, the annual
+return ``Π(1 + r_t)^{P/T} - 1`` and the maximum drawdown are of the index ``I_t = Π_{s<=t}(1 + r_s)``
+(:func:`flow_adjusted_index`): a withdrawal with prices unchanged is a return of 0 and no drawdown, a price move
+beside a flow is the move's return. Everything else that moves the equity is a return: a fee is a loss (as in the
+monitor's drawdowns), and a sync that only corrects a cost basis, margins or the account type moves no equity and
+books no flow, so it is no return either (the P&L it restates is not read). Flows synced before the ledger existed
+have no entry and show as returns, as the page showed every flow before; so does a flow synced during a replay
+(its points carry the bars' past times, the flow the sync's wall time: after every point). The index runs
+through equity <= 0 (a margin book past its capital; without a flow ``E_t / E_0``: 200,000 to -35,000 is a
+drawdown of -1.175); the return ratios are then withheld with the reason, the drawdown is not.
 
 Downsampled windows
 -------------------
@@ -376,16 +381,8 @@ def equity_series(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Fl
     """Timestamps, equity and market versions of history points (``ts``, ``equity``, ``version``), in time
     order; points with a missing or non-finite time or equity are skipped (a history point's metric is None when
     the snapshot had none), a missing version is NaN."""
-    rows = []
-    for p in points:
-        ts, equity, version = p.get("ts"), p.get("equity"), p.get("version")
-        if isinstance(ts, int | float) and isinstance(equity, int | float):
-            if math.isfinite(ts) and math.isfinite(equity):
-                v = float(version) if isinstance(version, int | float) else math.nan
-                rows.append((float(ts), float(equity), v))
-    rows.sort(key=lambda row: row[0])  # entry ids are write order: a late tick may be out of time order
-    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
-    return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+    ts, equity, version, _, _ = equity_band_series(points)
+    return ts, equity, version
 
 
 def equity_band_series(
@@ -393,28 +390,43 @@ def equity_band_series(
 ) -> tuple[Float64Array, Float64Array, Float64Array, Float64Array, Float64Array]:
     """:func:`equity_series` with each point's lowest and highest equity (``equity_low``, ``equity_high``; NaN
     where missing or not finite), aligned with it: ``ts, equity, version, low, high``."""
-    ts, equity, version, low, high, _ = equity_flow_series(points)
-    return ts, equity, version, low, high
-
-
-def equity_flow_series(
-    points: Iterable[Mapping[str, Any]],
-) -> tuple[Float64Array, Float64Array, Float64Array, Float64Array, Float64Array, Float64Array]:
-    """:func:`equity_band_series` with each point's P&L (``pnl.total``; NaN where missing or not finite), which
-    tells a capital flow from a return (module docstring): ``ts, equity, version, low, high, pnl``."""
     rows = []
     for p in points:
         ts, equity, version = p.get("ts"), p.get("equity"), p.get("version")
         if isinstance(ts, int | float) and isinstance(equity, int | float):
             if math.isfinite(ts) and math.isfinite(equity):
-                extras = [p.get("equity_low"), p.get("equity_high"), p.get("pnl.total")]
-                low, high, pnl = (float(x) if isinstance(x, int | float) and math.isfinite(x) else math.nan
-                                  for x in extras)  # fmt: skip
+                extras = [p.get("equity_low"), p.get("equity_high")]
+                low, high = (float(x) if isinstance(x, int | float) and math.isfinite(x) else math.nan
+                             for x in extras)  # fmt: skip
                 v = float(version) if isinstance(version, int | float) else math.nan
-                rows.append((float(ts), float(equity), v, low, high, pnl))
+                rows.append((float(ts), float(equity), v, low, high))
     rows.sort(key=lambda row: row[0])  # entry ids are write order: a late tick may be out of time order
-    arr = np.array(rows, dtype=np.float64).reshape(-1, 6)
-    return tuple(arr[:, i].copy() for i in range(6))  # type: ignore[return-value]
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    return tuple(arr[:, i].copy() for i in range(5))  # type: ignore[return-value]
+
+
+def step_flows(ts: npt.ArrayLike, flow_ts: npt.ArrayLike, amounts: npt.ArrayLike) -> Float64Array:
+    """``F_t``: the capital flows booked between each point and the one before, aligned with ``ts`` (module
+    docstring).
+
+    Notes
+    -----
+    A flow dated ``f`` belongs to the first point stamped after it: ``t_{t-1} <= f < t_t`` (a flow at a point's
+    own time was booked after the tick that stamped the point). ``F_0 = 0``: a flow before the first point is in
+    its equity already, one at or after the last point in no equity of the window yet.
+    """
+    t = np.asarray(ts, dtype=np.float64)
+    f = np.asarray(flow_ts, dtype=np.float64)
+    a = np.asarray(amounts, dtype=np.float64)
+    if t.ndim != 1 or f.shape != a.shape or f.ndim != 1:
+        raise ValueError(f"ts {t.shape} must be a vector, flow_ts {f.shape} and amounts {a.shape} one of one length")
+    if not (np.isfinite(f).all() and np.isfinite(a).all()):
+        raise ValueError("flow times and amounts must be finite")
+    out = np.zeros(t.size, dtype=np.float64)
+    step = np.searchsorted(t, f, side="right")  # the first point stamped after the flow
+    inside = (step > 0) & (step < t.size)
+    np.add.at(out, step[inside], a[inside])
+    return out
 
 
 def band_max_drawdown(low: npt.ArrayLike, high: npt.ArrayLike) -> float:
@@ -440,11 +452,6 @@ def band_max_drawdown(low: npt.ArrayLike, high: npt.ArrayLike) -> float:
     return float(min(0.0, float((lo / peak - 1.0).min())))
 
 
-FLOW_TOLERANCE: Final = 2.0**-20
-"""A step's flow within this fraction of the size of its two P&Ls (``|PnL_{t-1}| + |PnL_t|``) is none: 16 times
-the float32 rounding (2^-24) of a downsampled tier's ``pnl.total`` (engine/store/history.py)."""
-
-
 @dataclass(frozen=True, eq=False)
 class FlowIndex:
     """The flow-adjusted (time-weighted) index of an equity series and of its buckets' extremes (module
@@ -454,27 +461,27 @@ class FlowIndex:
     low: Float64Array
     high: Float64Array
     flows: Float64Array
-    """``F_t``, the equity change the P&L does not explain (0 at the first point and where within
-    :data:`FLOW_TOLERANCE`)."""
+    """``F_t``, the capital flow booked in each step (0 at the first point)."""
     returns: Float64Array
-    """``r_t = (E_t - E_{t-1} - F_t) / E_{t-1}`` (``E_t / E_{t-1} - 1`` where ``F_t = 0``; NaN where
-    ``E_{t-1} <= 0``), length ``T``."""
+    """``r_t = (E_t - F_t) / E_{t-1} - 1`` (``E_t / E_{t-1} - 1`` where ``F_t = 0``; NaN where ``E_{t-1} <= 0``),
+    length ``T``."""
 
 
 def flow_adjusted_index(
     equity: npt.ArrayLike,
-    pnl: npt.ArrayLike | None = None,
+    flows: npt.ArrayLike | None = None,
     low: npt.ArrayLike | None = None,
     high: npt.ArrayLike | None = None,
 ) -> FlowIndex:
-    """Time-weighted index of ``equity`` with the capital flows that ``pnl`` shows taken out (module docstring).
+    """Time-weighted index of ``equity`` with the capital ``flows`` taken out (module docstring).
 
     Parameters
     ----------
     equity : array_like, shape (T + 1,)
         Equity of the points, oldest first, ``equity[0] > 0``.
-    pnl : array_like, shape (T + 1,), optional
-        The points' P&L (``pnl.total``; NaN where unknown: that step has no flow). None: no flows.
+    flows : array_like, shape (T + 1,), optional
+        ``F_t``, the flows booked in each step (:func:`step_flows`; the first is ignored: no step ends there).
+        None: no flows.
     low, high : array_like, shape (T + 1,), optional
         The buckets' lowest and highest equity (NaN where unknown: the point's equity).
 
@@ -492,25 +499,20 @@ def flow_adjusted_index(
     if e.ndim != 1 or n == 0 or not np.isfinite(e).all() or e[0] <= 0:
         raise ValueError("equity must be a non-empty finite vector, its first value > 0")
     lo, hi = _band(e, low, high) or (e, e)
-    flows = np.zeros(n, dtype=np.float64)
-    if pnl is not None:
-        pl = np.asarray(pnl, dtype=np.float64)
-        if pl.shape != e.shape:
-            raise ValueError(f"pnl {pl.shape} and equity {e.shape} must have one length")
-        step = np.diff(e) - np.diff(pl)
-        known = np.isfinite(step)
-        tolerance = FLOW_TOLERANCE * (np.abs(pl[1:]) + np.abs(pl[:-1]))
-        flows[1:] = np.where(known & (np.abs(np.where(known, step, 0.0)) > tolerance), step, 0.0)
-    gain = np.diff(e) - flows[1:]  # the P&L of each step; its equity change exactly where no flow
+    fl = np.zeros(n, dtype=np.float64) if flows is None else np.array(flows, dtype=np.float64)  # a copy
+    if fl.shape != e.shape or not np.isfinite(fl).all():
+        raise ValueError(f"flows {fl.shape} must be finite, of the length of equity {e.shape}")
+    fl[0] = 0.0  # no step ends at the first point
+    gain = np.diff(e) - fl[1:]  # the P&L of each step; its equity change exactly where no flow
     base = np.where(e[:-1] > 0, e[:-1], np.nan)
     # without a flow E_t / E_{t-1} - 1, to the bit the return of the equity (a constant growth stays constant)
-    returns = np.where(flows[1:] != 0.0, gain / base, e[1:] / base - 1.0)
+    returns = np.where(fl[1:] != 0.0, gain / base, e[1:] / base - 1.0)
     index, i_lo, i_hi = np.empty(n), np.empty(n), np.empty(n)
     # Between two flows the index is affine in equity, I = I_a + k (E - E_a - flows since a), from an anchor a
     # (the last flow that rescaled it): no rounding accumulates over a long window without flows (E_t / E_0).
     k, anchor_level, anchor_equity, since = 1.0 / float(e[0]), 1.0, float(e[0]), 0.0
     for t in range(n):  # a loop: the scale changes only at flows, and the index runs through equity <= 0
-        f = float(flows[t])
+        f = float(fl[t])
         since += f
         level = anchor_level + k * (float(e[t]) - anchor_equity - since)
         if f != 0.0 and e[t] > 0 and level > 0:
@@ -518,7 +520,7 @@ def flow_adjusted_index(
         index[t] = level
         i_lo[t] = level + k * min(0.0, float(lo[t] - e[t]) + max(f, 0.0))
         i_hi[t] = level + k * max(0.0, float(hi[t] - e[t]) + min(f, 0.0))
-    return FlowIndex(index, i_lo, i_hi, flows, returns)
+    return FlowIndex(index, i_lo, i_hi, fl, returns)
 
 
 def equity_points(points: Iterable[Mapping[str, Any]]) -> tuple[Float64Array, Float64Array]:
@@ -536,10 +538,10 @@ def performance_stats(
     versions: npt.ArrayLike | None = None,
     low: npt.ArrayLike | None = None,
     high: npt.ArrayLike | None = None,
-    pnl: npt.ArrayLike | None = None,
+    flows: npt.ArrayLike | None = None,
 ) -> PerformanceStats:
     """Sharpe, Sortino, Calmar and Kelly of the time-weighted returns of an equity series stamped ``ts``
-    (seconds), capital flows taken out by its P&L (module docstring).
+    (seconds), its capital flows taken out (module docstring).
 
     Parameters
     ----------
@@ -556,9 +558,9 @@ def performance_stats(
         Lowest and highest equity of each point's bucket (NaN where unknown: the point's equity). Given, the
         maximum drawdown and the Calmar ratio are :func:`band_max_drawdown`'s (module docstring); else the
         drawdown of the points.
-    pnl : array_like, shape (T + 1,), optional
-        The P&L of each point (``pnl.total``; NaN where unknown): an equity change it does not explain is a
-        capital flow, not a return (:func:`flow_adjusted_index`). None: every equity change is a return.
+    flows : array_like, shape (T + 1,), optional
+        ``F_t``, the capital flows booked in each step (:func:`step_flows` of the flow ledger): not a return
+        (:func:`flow_adjusted_index`). None: every equity change is a return.
 
     Notes
     -----
@@ -593,7 +595,7 @@ def performance_stats(
     if e[0] <= 0:
         reason = "equity was <= 0 at the start of the window: no peak to fall from, its returns are not defined"
         return _unavailable(observations, t, time, reason)
-    flow_index = flow_adjusted_index(e, pnl, low, high)  # raises on a pnl or band of another length
+    flow_index = flow_adjusted_index(e, flows, low, high)  # raises on flows or a band of another length
     mdd = band_max_drawdown(flow_index.low, flow_index.high)
     drawdown = Ratio("max_drawdown", mdd)
     if (e <= 0).any():  # the drawdown stands (it needs no return on capital <= 0); the returns do not

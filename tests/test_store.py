@@ -312,6 +312,7 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
         portfolio_id, {"version": 1}, {"equity": 1.0}, ts=1_700_000_000.0, retention_seconds=3600, max_points=10
     )
     store.update_peaks(portfolio_id, 1000.0, "2023-11-14", "2023-W46")
+    store.shift_peaks(portfolio_id, -1.0, ts=1_700_000_000.0)  # a book sync's capital flow (the flow ledger)
     store.update_marks(portfolio_id, {"AAA": (1, 3.0)})
     store.write_active_alerts(portfolio_id, {"rule": {"status": "TRIGGERED"}})
     store.append_alert_log(portfolio_id, {"rule": "r"})

@@ -23,8 +23,8 @@ def ratios(pv: views.PerformanceView) -> None:
     if annualised is not None:
         st.caption(
             f"{s.observations:,} returns from {ui.when(s.start_ts)} to {ui.when(s.end_ts)} {annualised}. "
-            "Time-weighted: a capital flow (a book sync) is neither a return nor a drawdown; returns are before "
-            "fees (a fee is paid out of the book like a flow). Risk-free rate and Sortino target 0."
+            "Time-weighted: a capital flow booked by a book sync is neither a return nor a drawdown; fees are "
+            "losses. Risk-free rate and Sortino target 0."
         )
     else:
         st.info(f"Ratios n/a: {ui.md(s.reason)}.", icon=":material/info:")

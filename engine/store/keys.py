@@ -60,6 +60,10 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              max_peak, max_dd, last (drawdown windows and daily P&L); owner:
                                              the writer whose in-memory copy of peaks, marks and open history
                                              buckets is current (engine/store/tick_state.py)
+    pf:{<id>}:flows                 zset     the capital flows a book sync booked (engine/book.py), scored by the
+                                             sync's time: member JSON {ts, flow (exact decimal text), id}; written
+                                             in the MULTI that shifts :peaks, read by the Performance page for its
+                                             time-weighted returns, never trimmed (flows are rare)
     pf:{<id>}:marks                 hash     ticker -> JSON {side, mfe, mae} excursions of open positions
     pf:{<id>}:backtest              hash     state (JSON of logic.backtest.Backtester without its window), cov
                                              (codec array), summary (JSON), section (JSON: what the snapshot's
@@ -260,6 +264,11 @@ class PortfolioKeys:
         return self._key("peaks")
 
     @property
+    def flows(self) -> str:
+        """The capital flows book syncs booked, by time (:meth:`engine.store.MonitoringStore.shift_peaks`)."""
+        return self._key("flows")
+
+    @property
     def marks(self) -> str:
         return self._key("marks")
 
@@ -338,4 +347,5 @@ class PortfolioKeys:
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
             self.limits, self.backtest_window, self.checks, self.limits_log, self.auto_rate, self.splits,
+            self.flows,
         )  # fmt: skip

@@ -2,7 +2,8 @@
 excursions of open positions, the continuous VaR backtest, and short leases; the latest snapshot is read here
 and written with its history by engine/store/history.py.
 
-Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:peaks``, ``pf:{<id>}:marks``, ``pf:{<id>}:backtest``,
+Keys: ``pf:{<id>}:snapshot``, ``pf:{<id>}:peaks``, ``pf:{<id>}:flows`` (a book sync's capital flows, written with
+the shift of the peaks), ``pf:{<id>}:marks``, ``pf:{<id>}:backtest``,
 ``pf:{<id>}:backtest_window``, ``pf:{<id>}:backtest_log`` and ``rd:lock:<name>`` (see :mod:`engine.store.keys`).
 Per-portfolio writes of one snapshot touch keys of one hash tag only and each runs in one Lua script, so two
 monitors (or a tick processed twice) never lose an update.
@@ -11,6 +12,7 @@ monitors (or a tick processed twice) never lose an update.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -220,15 +222,18 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         reply = self._eval(pipe, self._PEAKS_LUA, [key], args)
         return None if pipe is not None else EquityPeaks.from_reply(reply, key)
 
-    # KEYS[1] = pf:{id}:peaks; ARGV[1] = a capital flow (number as text: the equity change a book sync causes at
-    # the marks it is made at), ARGV[2] = a fresh ``owner`` stamp (engine/store/tick_state.py: the vectorised
-    # monitor loads the shifted references again).
+    # KEYS[1] = pf:{id}:peaks, KEYS[2] = pf:{id}:flows; ARGV[1] = a capital flow (number as text: the equity
+    # change a book sync causes at the marks it is made at), ARGV[2] = a fresh ``owner`` stamp
+    # (engine/store/tick_state.py: the vectorised monitor loads the shifted references again), ARGV[3] = the
+    # flow's time (score, text; '' to record nothing), ARGV[4] = its ledger member (JSON).
     # A capital flow is not P&L: every equity reference (day_open, day_peak, week_peak, max_peak, last, close)
     # moves by it, so the next observation's daily P&L and drawdowns are those the book would show had the
-    # flow not happened; the worst drawdown so far (max_dd, a fraction) is history and stays. No hash (no
-    # observation yet): nothing to shift. Returns 1 when shifted, 0 when not.
+    # flow not happened; the worst drawdown so far (max_dd, a fraction) is history and stays. The flow is also
+    # added to the flow ledger (whether or not there are references: the Performance page's time-weighted
+    # returns read it). No hash (no observation yet): nothing to shift. Returns 1 when shifted, 0 when not.
     _SHIFT_PEAKS_LUA = """
 local key, flow = KEYS[1], tonumber(ARGV[1])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
 if redis.call('EXISTS', key) == 0 then return 0 end
 local names = {'day_open', 'day_peak', 'week_peak', 'max_peak', 'last', 'close'}
 local got = redis.call('HMGET', key, unpack(names))
@@ -246,15 +251,45 @@ redis.call('HSET', key, unpack(out))
 return 1
 """
 
-    def shift_peaks(self, portfolio_id: str, flow: float, pipe: Conn = None) -> bool | None:
+    def shift_peaks(
+        self, portfolio_id: str, flow: float, pipe: Conn = None, *, ts: float | None = None
+    ) -> bool | None:
         """Move the portfolio's equity references by a capital ``flow`` (``_SHIFT_PEAKS_LUA``; atomic, in the
         caller's MULTI when ``pipe`` is given); True when there were references to move, ``None`` on a
-        pipeline."""
+        pipeline.
+
+        ``ts``: the time the flow is booked at (the sync's ``now``); given, the flow is also added to the
+        portfolio's flow ledger (``pf:{id}:flows``, :meth:`read_flows`) in the same script, its amount as the
+        exact decimal text of ``flow`` (``repr``: it reads back as the very float the references moved by)."""
         if not math.isfinite(flow):
             raise ValueError(f"flow must be finite, got {flow}")
-        key = PortfolioKeys(portfolio_id).peaks
-        reply = self._eval(pipe, self._SHIFT_PEAKS_LUA, [key], [repr(float(flow)), foreign_stamp()])
+        if ts is not None and not math.isfinite(ts):
+            raise ValueError(f"ts must be finite, got {ts}")
+        keys = PortfolioKeys(portfolio_id)
+        score, member = "", b""
+        if ts is not None:  # a fresh id: two equal flows at one time are two members of the set
+            score = repr(float(ts))
+            member = encode_json_fast({"ts": float(ts), "flow": repr(float(flow)), "id": uuid.uuid4().hex})
+        args: list[str | bytes] = [repr(float(flow)), foreign_stamp(), score, member]
+        reply = self._eval(pipe, self._SHIFT_PEAKS_LUA, [keys.peaks, keys.flows], args)
         return None if pipe is not None else bool(reply)
+
+    def read_flows(self, portfolio_id: str, start: float, end: float, conn: Conn = None) -> list[tuple[float, float]]:
+        """The capital flows booked at ``start <= ts < end`` (:meth:`shift_peaks`), oldest first, as ``(ts,
+        amount)``: one ZRANGEBYSCORE. A flow at a history point's own time is after that point (the sync ran
+        after the tick stamped it), hence the half-open window (logic/performance.py ``step_flows``)."""
+        key = PortfolioKeys(portfolio_id).flows
+        if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
+            return []
+        raw = self._conn(conn).zrangebyscore(key, repr(float(start)), f"({float(end)!r}", withscores=True)
+        out = []
+        for member, score in raw:
+            text = decode_object(member, key).get("flow")
+            if not isinstance(text, str):
+                raise CorruptDataError(f"{key}: a flow without its amount: {member!r}")
+            amount = decode_float(text, key=f"{key}.flow")
+            out.append((decode_float(repr(score), key=f"{key}.ts"), amount))
+        return out
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
         key = PortfolioKeys(portfolio_id).peaks

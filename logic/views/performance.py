@@ -150,11 +150,13 @@ def performance_view(
     settings = desk.settings
     limits = live_limits(desk, portfolio_id)
     history = history_frame(desk, portfolio_id, window_seconds)
-    ts, equity, versions, low, high, pnl = performance.equity_flow_series(history.to_dict("records"))
+    ts, equity, versions, low, high = performance.equity_band_series(history.to_dict("records"))
+    booked = desk.store.read_flows(portfolio_id, float(ts[0]), float(ts[-1])) if ts.size else []
+    flows = performance.step_flows(ts, [f[0] for f in booked], [f[1] for f in booked])
     stats = performance.performance_stats(
-        ts, equity, time=ratio_time(desk), versions=versions, low=low, high=high, pnl=pnl
-    )  # returns without the capital flows the P&L shows; the drawdown of a downsampled window from its buckets'
-    # lows and highs (logic/performance.py)
+        ts, equity, time=ratio_time(desk), versions=versions, low=low, high=high, flows=flows
+    )  # time-weighted: without the capital flows the book syncs booked; the drawdown of a downsampled window from
+    # its buckets' lows and highs (logic/performance.py)
 
     rm = desk.risk_manager(portfolio_id)
     state = rm.get_portfolio_state()
