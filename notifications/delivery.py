@@ -35,23 +35,24 @@ What else a bad day brings
 - **Stale escalations.** An escalation, acknowledged-reminder or repeat reminder whose alert was acknowledged or
   resolved while it waited (group_interval) is not sent: a ``cancelled`` record says why.
 - **Nobody to reach.** A recipient reached by none of an event's channels (no address for them) gets a
-  ``skipped`` record per channel instead of silence, and a CRITICAL event goes to them by SMS, else e-mail
-  (``fallback_for`` names the channels it stands in for). ``logic/escalation.py`` refuses at load a level that
-  reaches none of its recipients.
+  ``skipped`` record per channel instead of silence, and a CRITICAL event goes to them by SMS, else (or when the
+  text fails) e-mail, each in its channel's turn of the flush (``fallback_for`` names the channels it stands in
+  for). ``logic/escalation.py`` refuses at load a level that reaches none of its recipients.
 - **A dead SMTP server.** A flush sends SMS before e-mail; after its first e-mail that failed transiently, the
-  other e-mails stay queued for the next flush and their CRITICAL events are texted at once (each once).
+  other e-mails (fallbacks too) stay queued for the next flush, their CRITICAL events texted at once (once).
 - The daemon's heartbeat counts ``failed``, ``rate_limited`` and ``skipped`` records (notifications/service.py).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.alert_records import Delivery, OutboxEntry
@@ -98,6 +99,10 @@ SEND_ORDER: dict[str, int] = {
 """The order a flush sends its due groups in, by channel (every portfolio's SMS before any e-mail): an SMTP
 server that times out must not hold back the texts of the portfolios after it. E-mail and the log share the last
 turn, each portfolio's in the order of their keys as before (the log pages nobody)."""
+UNROUTABLE = (
+    "unroutable: {person} has no {channel} address and no other channel of this message reaches them; add one in "
+    "[notifications.recipients] or change the escalation level's channels"
+)
 CANCELLABLE_KINDS: tuple[str, ...] = ("escalated", "acknowledged_reminder")
 """Event kinds (with repeat reminders) that say nobody acknowledged the alert: dropped at send time, recorded as
 ``cancelled``, when the alert was acknowledged or resolved before they went out (:meth:`Notifier._superseded`)."""
@@ -151,6 +156,29 @@ class _Due:
     @property
     def channel(self) -> str:
         return self.target.channel if self.target is not None else self.key.partition("|")[0]
+
+
+@dataclass(frozen=True)
+class _Fallback:
+    """A step of the CRITICAL fallback of a recipient no channel of an event reaches, sent in its channel's turn
+    (:data:`SEND_ORDER`): the SMS, then the e-mail when no text went out (:meth:`Notifier._drop_unroutable`)."""
+
+    portfolio_id: str
+    person: str
+    target: Target  # this step's: their number, else their e-mail address
+    email: Target | None  # the next step's, when this text does not go out
+    events: list[dict[str, Any]]  # the CRITICAL events still to tell them of
+    fallback_for: str
+    skipped: list[dict[str, Any]]  # the records written with the entries' removal
+    fields: list[str]
+    texted: list[str]  # events whose text failed in an earlier flush (``fallen_back``): not texted again
+
+    @property
+    def channel(self) -> str:
+        return self.target.channel
+
+
+_Step = _Due | _Fallback  # what a flush sends in turn
 
 
 def _utc(ts: float) -> str:
@@ -273,23 +301,26 @@ class Notifier:
         records: list[dict[str, Any]] = []
         try:
             pids = list(portfolio_ids) if portfolio_ids is not None else self.store.portfolio_ids()
-            due: list[_Due] = []
+            due: list[_Step] = []
             for pid in pids:
                 planned, written = self._plan_portfolio(pid, now, token)
                 due.extend(planned)
                 records.extend(written)
-            due.sort(key=lambda d: SEND_ORDER.get(d.channel, len(SEND_ORDER)))  # stable: portfolio order kept
-            for group in due:
+            due.sort(key=_turn)  # stable: portfolio order kept
+            while due:
+                step = due.pop(0)
                 if not self.store.renew_notify_lock(token, self._message_budget()):
                     self.logger.warning("notification flush lease lost; another process continues")
                     break
-                records.extend(self._send_due(group, now))
+                records.extend(
+                    self._send_fallback(step, now, due) if isinstance(step, _Fallback) else self._send_due(step, now)
+                )
         finally:
             self.store.release_notify_lock(token)
         if self._email_held:
             self.logger.warning(
-                "email is down (%s): %d e-mail group(s) kept queued for the next flush, their CRITICAL events "
-                "sent by the SMS fallback", self._email_down, self._email_held,
+                "email is down (%s): %d e-mail(s) kept queued for the next flush, their CRITICAL events "
+                "texted where a number is known", self._email_down, self._email_held,
             )  # fmt: skip
         return records
 
@@ -298,9 +329,9 @@ class Notifier:
         one = retry.max_attempts * (retry.max_backoff_seconds + CHANNEL_TIMEOUT_BUDGET_SECONDS)
         return LOCK_TTL_SECONDS + 2 * one  # the message and a possible SMS fallback
 
-    def _plan_portfolio(self, portfolio_id: str, now: float, token: str) -> tuple[list[_Due], list[dict[str, Any]]]:
-        """The portfolio's groups due at ``now``, and the records of the entries that reach nobody
-        (:meth:`_drop_unroutable`, done here at once)."""
+    def _plan_portfolio(self, portfolio_id: str, now: float, token: str) -> tuple[list[_Step], list[dict[str, Any]]]:
+        """The portfolio's groups due at ``now`` and fallbacks of entries that reach nobody, and the records of
+        those that need no fallback (:meth:`_drop_unroutable`). Sends nothing."""
         outbox = Store.outbox_key(portfolio_id)
         names = self.store.read_field_names(outbox)
         if not names:
@@ -332,9 +363,9 @@ class Notifier:
                 key = rest
             groups[key].append(name)
             oldest[key] = min(oldest.get(key, math.inf), enqueued_at)
-        records = self._drop_unroutable(portfolio_id, unroutable, reached, now, token) if unroutable else []
         state = self.store.read_json_hash(Store.notify_state_key(portfolio_id))
-        due: list[_Due] = []
+        due: list[_Step] = []
+        records = self._drop_unroutable(portfolio_id, unroutable, reached, state, now, token, due) if unroutable else []
         for key in sorted(groups):
             group_state = state.get(key, {})
             at = oldest[key] + self.config.group_wait_seconds
@@ -349,16 +380,21 @@ class Notifier:
         portfolio_id: str,
         unroutable: Mapping[tuple[str, str], list[tuple[str, str]]],
         reached: set[tuple[str, str]],
+        state: Mapping[str, Any],
         now: float,
         token: str,
+        due: list[_Step],
     ) -> list[dict[str, Any]]:
         """Entries whose recipient has no address for their channel leave the outbox.
 
         When another channel of the same event reaches that recipient, silently: a level may list ``sms`` for
         the people who have a phone number. When none does, the recipient is told of the event by nothing: a
         ``skipped`` record per channel and recipient says so (the heartbeat counts it), and a CRITICAL event
-        takes the fallback (:meth:`_unroutable_fallback`). The fallback goes out before the entries leave the
-        outbox: a crash in between repeats it, never loses it.
+        takes the fallback (:class:`_Fallback`, added to ``due``; ``sms_fallback`` switches it off): by SMS, else
+        (or when the text fails) by e-mail, whichever they have a configured address for. Planning sends nothing,
+        so a dead SMTP server delays no text; entries with a fallback leave the outbox, with their records, only
+        when it is done (a crash in between repeats it, never loses it), and a text that failed in an earlier
+        flush is not sent again before the e-mail (``fallen_back`` in the group state).
         """
         outbox = Store.outbox_key(portfolio_id)
         if not self.store.renew_notify_lock(token, self._message_budget()):
@@ -366,74 +402,82 @@ class Notifier:
         lost = {pair: items for pair, items in unroutable.items() if pair not in reached}
         entries = self.store.read_json_fields(outbox, [f for items in lost.values() for f, _ in items])
         by_target: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        fields: dict[str, list[str]] = defaultdict(list)
         for (_event_id, person), items in lost.items():
             for field, channel in items:
                 if field in entries:
                     by_target[(channel, person)].append(entries[field]["event"])
+                    fields[person].append(field)
         records: list[dict[str, Any]] = []
-        fallbacks: list[dict[str, Any]] = []
         for person in sorted({p for _, p in by_target}):
             channels = sorted(c for c, p in by_target if p == person)
+            skipped = [
+                self._record(portfolio_id, Target(c, "", (person,)), _distinct_events(by_target[(c, person)]),
+                             SendResult("skipped", 0, UNROUTABLE.format(person=person, channel=c)), now, None)
+                for c in channels
+            ]  # fmt: skip
             events = _distinct_events(e for c in channels for e in by_target[(c, person)])
-            fallbacks.extend(self._unroutable_fallback(portfolio_id, person, channels, events, now, token))
-        for (channel, person), events in sorted(by_target.items()):
-            error = (
-                f"unroutable: {person} has no {channel} address and no other channel of this message reaches "
-                f"them; add one in [notifications.recipients] or change the escalation level's channels"
-            )
-            result = SendResult("skipped", 0, error)
-            records.append(self._record(portfolio_id, Target(channel, "", (person,)), _distinct_events(events),
-                                        result, now, None))  # fmt: skip
-            self.metrics.sent(channel, "skipped")
+            critical = [e for e in events if e["alert"].get("severity") == Severity.CRITICAL]
+            sms, email = (next((t for t in self.targets([person], [c]) if not t.skip_reason), None)
+                          for c in (Channel.SMS, Channel.EMAIL))  # fmt: skip
+            texted = list((state.get(_fallback_key(person)) or {}).get("fallen_back") or ())
+            if sms is None or all(e["event_id"] in texted for e in critical):  # the text was tried: the e-mail
+                sms, email = email, None
+            if not (critical and self.config.sms_fallback and sms):
+                records.extend(skipped)
+                continue
+            due.append(_Fallback(portfolio_id, person, sms, email, critical, ",".join(channels), skipped,
+                                 fields[person], texted))  # fmt: skip
+        for record in records:
+            self.metrics.sent(record["channel"], "skipped")
+        kept = {f for step in due if isinstance(step, _Fallback) for f in step.fields}
         with self.store.client.pipeline(transaction=True) as pipe:
             for record in records:
                 self.store.append_delivery(portfolio_id, record, pipe)
-            self.store.delete_fields(outbox, [f for items in unroutable.values() for f, _ in items], pipe)
+            self.store.delete_fields(outbox, [f for its in unroutable.values() for f, _ in its if f not in kept], pipe)
             pipe.execute()
-        return records + fallbacks
+        return records
 
-    def _unroutable_fallback(
-        self,
-        portfolio_id: str,
-        person: str,
-        channels: list[str],
-        events: list[dict[str, Any]],
-        now: float,
-        token: str,
-    ) -> list[dict[str, Any]]:
-        """Tell ``person`` of the CRITICAL ``events`` that ``channels`` cannot reach them by: by SMS, else by
-        e-mail, whichever they have an address for and is configured (``sms_fallback`` switches it off); the
-        record says ``fallback_for``. Stops at the first delivered message."""
-        critical = [e for e in events if e["alert"].get("severity") == Severity.CRITICAL]
-        if not (critical and self.config.sms_fallback):
+    def _send_fallback(self, item: _Fallback, now: float, due: list[_Step]) -> list[dict[str, Any]]:
+        """One step of an unroutable recipient's fallback; when the text did not go out, the e-mail step joins
+        ``due`` in the e-mail turn. As in :meth:`_deliver_group`, an e-mail waits for the next flush while e-mail
+        is down and marks it down when it fails transiently; an event whose alert was acknowledged or resolved
+        meanwhile is not sent (:meth:`_superseded`)."""
+        if item.channel == Channel.EMAIL and self._email_down:
+            self._email_held += 1
             return []
+        stale = self._superseded(item.portfolio_id, item.events)
+        events = [e for e in item.events if e["event_id"] not in stale]
+        sending = [e for e in events if item.channel != Channel.SMS or e["event_id"] not in item.texted]
         out: list[dict[str, Any]] = []
-        for channel in (Channel.SMS, Channel.EMAIL):
-            found = self.targets([person], [channel])
-            if not found or found[0].skip_reason or (channel == Channel.EMAIL and self._email_down):
-                continue
-            if not self.store.renew_notify_lock(token, self._message_budget()):
-                break
-            message: Message | None = None
-            try:
-                message = self.renderer.render(portfolio_id, critical)
-            except Exception as exc:  # a template bug must not block the outbox forever
-                self.logger.exception("cannot render the fallback notification for %s", person)
-                result = SendResult("failed", 0, f"template error: {exc!r}")
+        delivered = False
+        if sending:
+            message, result = self._render_and_send(item.portfolio_id, item.target, sending)
+            out.append(self._record(item.portfolio_id, item.target, sending, result, now, message,
+                                    fallback_for=item.fallback_for))  # fmt: skip
+            self.metrics.sent(item.channel, result.status)
+            delivered = result.status == "delivered"
+        rest = [e for e in events if not delivered or e not in sending]
+        texted = sorted(set(item.texted) | {e["event_id"] for e in sending})  # remembered: a restart does not repeat
+        then = replace(item, target=item.email, email=None, events=rest, texted=texted) if item.email and rest else None
+        with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
+            for record in out + ([] if then else item.skipped):
+                self.store.append_delivery(item.portfolio_id, record, pipe)
+            if delivered:
+                self.store.record_send(item.target.key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)
+            state = Store.notify_state_key(item.portfolio_id)
+            if then is not None:
+                self.store.write_json_fields(state, {_fallback_key(item.person): {"fallen_back": texted}}, pipe)
             else:
-                result = self.send(found[0], message)
-            record = self._record(portfolio_id, found[0], critical, result, now, message,
-                                  fallback_for=",".join(channels))  # fmt: skip
-            self.metrics.sent(channel, result.status)
-            with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
-                self.store.append_delivery(portfolio_id, record, pipe)
-                if result.status == "delivered":
-                    self.store.record_send(found[0].key, now, max(self.config.rate_limit.per_seconds, 1.0), pipe)
-                pipe.execute()
-            out.append(record)
-            if result.status == "delivered":
-                break
-        return out
+                self.store.delete_fields(Store.outbox_key(item.portfolio_id), item.fields, pipe)
+                self.store.delete_fields(state, [_fallback_key(item.person)], pipe)
+            pipe.execute()
+        if then is not None:
+            bisect.insort_right(due, then, key=_turn)
+            return out
+        for record in item.skipped:
+            self.metrics.sent(record["channel"], "skipped")
+        return out + item.skipped
 
     def _send_due(self, group: _Due, now: float) -> list[dict[str, Any]]:
         """Send one due group, its entries read again now; escalations made stale meanwhile are cancelled
@@ -514,15 +558,7 @@ class Notifier:
                 return [held] if held else []
             if target.channel == Channel.EMAIL and self._email_down:
                 return self._fallback_while_email_down(portfolio_id, target, events, group_state, now)
-            try:
-                message = self.renderer.render(portfolio_id, events)
-            except Exception as exc:  # a template bug must not block the outbox forever
-                self.logger.exception("cannot render notification for %s", target.key)
-                message, result = None, SendResult("failed", 0, f"template error: {exc!r}")
-            else:
-                result = self.send(target, message)
-                if target.channel == Channel.EMAIL and result.transient:
-                    self._email_down = result.error
+            message, result = self._render_and_send(portfolio_id, target, events)
         record = self._record(portfolio_id, target, events, result, now, message)
         self.metrics.sent(target.channel, result.status)
         fallback: list[dict[str, Any]] = []
@@ -647,6 +683,20 @@ class Notifier:
             out.append(record)
         return out
 
+    def _render_and_send(
+        self, portfolio_id: str, target: Target, events: list[dict[str, Any]]
+    ) -> tuple[Message | None, SendResult]:
+        """Render and :meth:`send`; the first e-mail that fails transiently marks e-mail down for this flush."""
+        try:
+            message = self.renderer.render(portfolio_id, events)
+        except Exception as exc:  # a template bug must not block the outbox forever
+            self.logger.exception("cannot render notification for %s", target.key)
+            return None, SendResult("failed", 0, f"template error: {exc!r}")
+        result = self.send(target, message)
+        if target.channel == Channel.EMAIL and result.transient:
+            self._email_down = result.error
+        return message, result
+
     def send(self, target: Target, message: Message) -> SendResult:
         """Send with bounded retries on transient failures; never raises."""
         channel = self.channels.get(target.channel)
@@ -723,6 +773,14 @@ class Notifier:
                 for e in events[:MAX_EVENTS_IN_RECORD]
             ),
         ).to_dict()
+
+
+def _turn(item: _Step) -> int:
+    return SEND_ORDER.get(item.channel, len(SEND_ORDER))
+
+
+def _fallback_key(person: str) -> str:  # the group state of an unroutable recipient's fallback
+    return f"fallback|{person}"
 
 
 def _target_args(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,10 @@ BASIS_POINTS_BELOW = 0.01
 """A fraction below 1% (and its threshold, when shown beside it) reads in basis points: ``5.0 bp``."""
 MAX_EXTRA_DECIMALS = 6
 """A value and its threshold get up to this many more decimals than usual until they read differently."""
+SAME_REL_TOL = 1e-9
+SAME_ABS_TOL = 1e-12
+"""A value and its threshold this close (``math.isclose``) are float dust apart, not a breach by a hair: they get
+no extra decimals (``100.00% (>= 100.00%)`` for 1.0000000000000002 against 1.0, not eight identical decimals)."""
 Formatter = Callable[[float, int], str]
 MIN_SIGNIFICANT = 2
 """A fraction or ratio never shows fewer significant digits than this (a 0.5 bp threshold is not ``1 bp``)."""
@@ -49,13 +53,13 @@ MIN_SIGNIFICANT = 2
 def money(value: Any, decimals: int = 2) -> str:
     if not _finite(value):
         return str(value)
-    v = float(value)
-    return f"-${abs(v):,.{decimals}f}" if v < 0 else f"${v:,.{decimals}f}"
+    text = f"{float(value):z,.{decimals}f}"  # ``z``: what rounds to zero reads $0.00, never -$0.00
+    return f"-${text[1:]}" if text.startswith("-") else f"${text}"
 
 
 def percent(value: Any, digits: int = 2) -> str:
     """A fraction as percent: 0.1234 -> 12.34%."""
-    return f"{float(value) * 100:.{digits}f}%" if _finite(value) else str(value)
+    return f"{float(value) * 100:z.{digits}f}%" if _finite(value) else str(value)
 
 
 def format_metric(value: Any, unit: str = "number", versus: Any = None) -> str:
@@ -63,7 +67,8 @@ def format_metric(value: Any, unit: str = "number", versus: Any = None) -> str:
     is formatted with it: both get the same scale and enough decimals to read differently when they differ.
 
     Rounding is monotone, so once the two texts differ they also show which one is larger: a breach never
-    reads ``2.0% (> 2.0%)`` or ``0.1% (> 0.1%)`` (a 6 bp drawdown against a 5 bp limit).
+    reads ``2.0% (> 2.0%)`` or ``0.1% (> 0.1%)`` (a 6 bp drawdown against a 5 bp limit). What rounds to zero reads
+    without a sign (``0.00%``, never ``-0.00%`` beside ``0.00%``).
     """
     if value is None:
         return "n/a"
@@ -77,14 +82,14 @@ def format_metric(value: Any, unit: str = "number", versus: Any = None) -> str:
         scale = 1.0 if unit == "fraction" else 0.01  # ``percent`` metrics are already in percent points
         return _fraction(v * scale, None if other is None else other * scale)
     if unit == "ratio":
-        return _paired(v, other, 2, lambda x, d: f"{x:,.{d}f}x", significant=True)
+        return _paired(v, other, 2, lambda x, d: f"{x:z,.{d}f}x", significant=True)
     if unit == "money":
         return _paired(v, other, 2, money)
     if unit == "seconds":
         return duration(v)
     if unit == "count":
         return f"{int(v):d}"
-    return _paired(v, other, 4, lambda x, d: f"{x:,.{d}g}")
+    return _paired(v, other, 4, lambda x, d: f"{x:z,.{d}g}")
 
 
 def _fraction(v: float, other: float | None) -> str:
@@ -92,9 +97,9 @@ def _fraction(v: float, other: float | None) -> str:
     largest = max(abs(v), abs(other) if other is not None else 0.0)
     if 0 < largest < BASIS_POINTS_BELOW:
         bp = None if other is None else other * 1e4
-        return _paired(v * 1e4, bp, 0, lambda x, d: f"{x:,.{d}f} bp", significant=True)
+        return _paired(v * 1e4, bp, 0, lambda x, d: f"{x:z,.{d}f} bp", significant=True)
     pct = None if other is None else other * 100
-    return _paired(v * 100, pct, 2, lambda x, d: f"{x:,.{d}f}%", significant=True)
+    return _paired(v * 100, pct, 2, lambda x, d: f"{x:z,.{d}f}%", significant=True)
 
 
 def _paired(v: float, other: float | None, base: int, fmt: Formatter, significant: bool = False) -> str:
@@ -102,15 +107,20 @@ def _paired(v: float, other: float | None, base: int, fmt: Formatter, significan
     (``significant``), more again while ``v`` and ``other`` would read the same though they differ; never more
     than ``base`` + :data:`MAX_EXTRA_DECIMALS`.
 
-    The digits depend on both numbers symmetrically, so a value and its threshold formatted each ``versus`` the
-    other come out at the same precision."""
+    Numbers within :data:`SAME_REL_TOL` / :data:`SAME_ABS_TOL` of each other count as equal (float dust), and
+    when even the most digits do not tell two numbers apart they are shown at the usual precision: extra digits
+    that read the same tell a reader nothing. The digits depend on both numbers symmetrically, so a value and its
+    threshold formatted each ``versus`` the other come out at the same precision."""
     digits, top = base, base + MAX_EXTRA_DECIMALS
     largest = max(abs(v), abs(other) if other is not None else 0.0)
     if significant and largest > 0:  # by the larger one: float dust beside a threshold gets no 300 decimals
         digits = min(top, max(base, MIN_SIGNIFICANT - 1 - math.floor(math.log10(largest))))
-    if other is not None and other != v:
-        while digits < top and fmt(v, digits) == fmt(other, digits):
-            digits += 1
+    if other is not None and not math.isclose(v, other, rel_tol=SAME_REL_TOL, abs_tol=SAME_ABS_TOL):
+        more = digits
+        while more < top and fmt(v, more) == fmt(other, more):
+            more += 1
+        if fmt(v, more) != fmt(other, more):
+            digits = more
     return fmt(v, digits)
 
 

@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ConfigError
@@ -29,7 +30,14 @@ from notifications.alertmanager import AlertmanagerChannel
 from notifications.channels import Message, SmsChannel, TransientDeliveryError
 from notifications.config import TWILIO_MAX_TIMEOUT_SECONDS, notification_config, twilio_from_env
 from notifications.delivery import CHANNEL_TIMEOUT_BUDGET_SECONDS, build_channels
-from notifications.render import BASIS_POINTS_BELOW, MAX_EXTRA_DECIMALS, Renderer, format_metric
+from notifications.render import (
+    BASIS_POINTS_BELOW,
+    MAX_EXTRA_DECIMALS,
+    SAME_ABS_TOL,
+    SAME_REL_TOL,
+    Renderer,
+    format_metric,
+)
 from notifications.service import build_notifier
 
 from .alerts_support import T0, TWILIO_ENV, SimClock, SleepRecorder, rule, smtp_server, snapshot, webhook_server
@@ -241,6 +249,44 @@ def test_extra_decimals_stop_at_the_cap() -> None:
     assert format_metric(beyond, "fraction", 0.02) == format_metric(0.02, "fraction", beyond)
 
 
+def test_float_dust_beside_a_threshold_gets_no_extra_decimals() -> None:
+    """A utilization computed at its limit comes out 1.0000000000000002: it reads like its threshold at the usual
+    precision, not as eight identical decimals that suggest a difference they cannot show."""
+    for value, unit, threshold, text in (
+        (1.0000000000000002, "fraction", 1.0, "100.00%"),
+        (0.1 + 0.2, "fraction", 0.3, "30.00%"),
+        (2.0000000000000004, "ratio", 2.0, "2.00x"),
+        (1e6 + 1e-9, "money", 1e6, "$1,000,000.00"),
+        (0.02 + 10.0 ** -(2 + MAX_EXTRA_DECIMALS + 3), "fraction", 0.02, "2.00%"),  # 5e-10 relative: dust
+    ):
+        assert value != threshold
+        assert format_metric(value, unit, threshold) == format_metric(threshold, unit, value) == text
+
+
+def test_the_float_dust_tolerance_ends_at_one_part_in_a_billion() -> None:
+    """Money is not rescaled before the comparison, so the boundary is exact: the largest value ``isclose`` to
+    $1,048,576 (2**20) reads like it; the next float up reads apart, by its extra decimals."""
+    threshold = 2.0**20
+    edge = threshold * (1 + SAME_REL_TOL)
+    while math.isclose(threshold, math.nextafter(edge, math.inf), rel_tol=SAME_REL_TOL, abs_tol=SAME_ABS_TOL):
+        edge = math.nextafter(edge, math.inf)
+    while not math.isclose(threshold, edge, rel_tol=SAME_REL_TOL, abs_tol=SAME_ABS_TOL):
+        edge = math.nextafter(edge, -math.inf)
+    over = math.nextafter(edge, math.inf)
+    # independently: the edge is one part in a billion of the larger number, to within the float spacing
+    assert abs(Fraction(edge - threshold) / Fraction(edge) - Fraction(1, 10**9)) < Fraction(1, 10**15)
+    assert format_metric(edge, "money", threshold) == format_metric(threshold, "money", edge) == "$1,048,576.00"
+    assert format_metric(over, "money", threshold) == "$1,048,576.001"
+    assert format_metric(threshold, "money", over) == "$1,048,576.000"
+
+
+def test_numbers_the_capped_decimals_cannot_tell_apart_read_at_the_usual_precision() -> None:
+    """$0.000000006 against $0.000000001 differ in the last of the 2 + 6 decimals allowed; $0.000000004 does not
+    (both round to $0.00000000), so it reads at the usual two decimals, like the value it cannot be told from."""
+    assert (format_metric(6e-9, "money", 1e-9), format_metric(1e-9, "money", 6e-9)) == ("$0.00000001", "$0.00000000")
+    assert format_metric(4e-9, "money", 1e-9) == format_metric(1e-9, "money", 4e-9) == "$0.00"
+
+
 NUMBER = re.compile(r"^(-?[\d,]+(?:\.\d+)?)( bp|%)$")
 
 
@@ -255,6 +301,10 @@ def parsed(text: str) -> tuple[float, float]:
 
 
 @settings(max_examples=300, deadline=None)
+@example(2.0, 2.0 - 2.1e-9)  # apart by more than one part in a billion of 2: reads apart
+@example(2.0, 2.0 - 1.9e-9)  # by less: float dust, and not required to
+@example(0.0, -0.0)
+@example(-4e-129, 0.0)  # rounds to zero: reads 0.00%, not -0.00%
 @given(
     st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False),
     st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False),
@@ -264,10 +314,13 @@ def test_rendered_value_and_threshold_differ_keep_their_order_and_stay_within_ha
     (pv, ev), (pt, et) = parsed(value_text), parsed(threshold_text)
     assert ev == et  # one precision for both
     assert math.isclose(pv, v, abs_tol=ev * 1.000001) and math.isclose(pt, t, abs_tol=et * 1.000001)
-    if abs(v - t) >= 1e-9:  # the cap resolves 1e-10 in percent, 1e-10 in basis points
+    assert (pv <= pt) if v <= t else (pv >= pt)  # rounding is monotone, even where the texts read alike
+    # the cap resolves 1e-10 in percent, 1e-10 in basis points; closer than SAME_REL_TOL is float dust (the margin:
+    # the comparison is made on the percent or basis-point figures, rounded once more)
+    if abs(v - t) >= max(1e-9, SAME_REL_TOL * 1.000001 * max(abs(v), abs(t))):
         assert value_text != threshold_text
         assert (pv < pt) == (v < t)
-    elif v == t:
+    elif v == t:  # 0.0 and -0.0 too
         assert value_text == threshold_text
 
 

@@ -324,6 +324,88 @@ def test_a_flush_sends_every_portfolios_texts_before_any_email(
     assert [(r["portfolio_id"], r["status"]) for r in records[3:]] == [("p00", "failed")]  # email down after it
 
 
+def test_a_fallback_for_an_unroutable_critical_waits_for_the_email_turn_and_pays_the_dead_smtp_once(
+    store: Store, make_settings: Any, blackhole: int
+) -> None:
+    """The rule texts 'mailonly', who has only an e-mail: the CRITICAL falls back to their e-mail. Planning sends
+    nothing: every portfolio's text to head goes out first, then one fallback e-mail pays the blackholed server's
+    timeouts, and the other two stay queued (e-mail is down) until the next flush, where the next one is tried."""
+    settings = make_settings({
+        "alert_rules": [{**CRIT, "channels": ["sms"], "recipients": ["mailonly"]}],
+        "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0,
+                          "recipients": {**HEAD, "mailonly": {"email": "m@test.local"}},
+                          "retry": {"max_attempts": 2, "backoff_seconds": 0.0}},
+        "escalation": {"CRITICAL": head_level("sms") * 2},  # the rule's route replaces level 0: level 1 texts head
+    })  # fmt: skip
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(blackhole), "SMTP_SECURITY": "none", "SMTP_TIMEOUT": "0.3",
+           **TWILIO_ENV}  # fmt: skip
+    clock, twilio = SimClock(), RecordingTwilioHttpClient()
+    notifier = build_notifier(store, settings, clock, env=env, sleep=SleepRecorder(), twilio_http_client=twilio)
+    engine = build_alert_engine(store, settings, clock, recipients=notifier.config.recipients)
+    pids = ["p00", "p01", "p02"]
+    for pid in pids:
+        engine.evaluate(pid, snapshot(pid, now=T0, var__utilization=1.5), T0)
+    records = notifier.flush(T0, pids)
+    assert [(r["portfolio_id"], r["channel"], r["recipient"], r["status"], r["fallback_for"]) for r in records] == [
+        ("p00", "sms", "head", "delivered", None),
+        ("p01", "sms", "head", "delivered", None),
+        ("p02", "sms", "head", "delivered", None),
+        ("p00", "email", "mailonly", "failed", "sms"),  # the one e-mail that paid the timeouts
+        ("p00", "sms", "mailonly", "skipped", None),  # its unroutable record, with the entry's removal
+    ]
+    assert records[3]["attempts"] == 2 and len(twilio.requests) == 3
+    assert [notifier.pending_count(pid) for pid in pids] == [0, 1, 1]  # queued, recorded when they are done
+
+    records = notifier.flush(T0 + 1, pids)  # still down: the next fallback e-mail is tried, nobody texted twice
+    assert [(r["portfolio_id"], r["channel"], r["status"], r["fallback_for"]) for r in records] == [
+        ("p01", "email", "failed", "sms"),
+        ("p01", "sms", "skipped", None),
+    ]
+    assert len(twilio.requests) == 3 and [notifier.pending_count(pid) for pid in pids] == [0, 0, 1]
+    assert statuses(engine, "p02") == [("sms", "delivered", None)]
+
+
+def test_an_unroutable_critical_whose_text_fails_is_emailed_after_a_restart_without_texting_again(
+    store: Store, make_settings: Any, blackhole: int
+) -> None:
+    """Head, reached by no channel of the rule (a webhook), falls back to a text that Twilio refuses, then to an
+    e-mail in the e-mail turn; e-mail is down (desk's e-mail timed out first), so it waits. A restarted notifier
+    with SMTP back sends that e-mail and does not text head again (``fallen_back`` in the group state)."""
+    settings = make_settings({
+        "alert_rules": [{**CRIT, "channels": ["webhook"], "recipients": ["head"]},
+                        {**LEVER, "channels": ["email"], "recipients": ["desk"]}],
+        "notifications": {"group_wait_seconds": 0, "group_interval_seconds": 0,
+                          "recipients": {**HEAD, "desk": {"email": "desk@test.local"}},
+                          "retry": {"max_attempts": 2, "backoff_seconds": 0.0}},
+    })  # fmt: skip
+    dead = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(blackhole), "SMTP_SECURITY": "none", "SMTP_TIMEOUT": "0.3",
+            **TWILIO_ENV}  # fmt: skip
+    clock, twilio = SimClock(), RecordingTwilioHttpClient(statuses=[400])  # the fallback text is refused
+    notifier = build_notifier(store, settings, clock, env=dead, sleep=SleepRecorder(), twilio_http_client=twilio)
+    engine = build_alert_engine(store, settings, clock, recipients=notifier.config.recipients)
+    engine.evaluate("main", snapshot(now=T0, var__utilization=1.5, leverage=3.0), T0)
+    records = notifier.flush(T0, ["main"])
+    assert [(r["channel"], r["recipient"], r["status"], r["fallback_for"]) for r in records] == [
+        ("sms", "head", "failed", "webhook"),  # in the SMS turn
+        ("email", "desk", "failed", None),  # the e-mail turn: desk's e-mail finds SMTP dead
+        ("sms", "desk", "skipped", "email"),  # desk has no number to fall back to
+    ]  # head's fallback e-mail waits: e-mail is down
+    assert len(twilio.requests) == 1 and notifier.pending_count("main") == 1
+
+    with smtp_server() as (server, env):
+        restarted = build_notifier(store, settings, clock, env={**env, **TWILIO_ENV}, sleep=SleepRecorder(),
+                                   twilio_http_client=twilio)  # fmt: skip
+        records = restarted.flush(T0 + 1, ["main"])
+    assert [(r["channel"], r["recipient"], r["status"], r["fallback_for"]) for r in records] == [
+        ("email", "head", "delivered", "webhook"),
+        ("webhook", "head", "skipped", None),
+    ]
+    (sent,) = server.messages
+    assert sent.rcpt_tos == ["head@test.local"] and "VaR above its limit" in sent.content.decode()
+    assert len(twilio.requests) == 1 and restarted.pending_count("main") == 0
+    assert restarted.flush(T0 + 2, ["main"]) == [] and len(server.messages) == 1
+
+
 # -- 5. a channel a policy names that is not configured ------------------------------------------------------
 
 
