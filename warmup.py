@@ -8,7 +8,7 @@ Usage::
     python warmup.py --add-ticker IBM --price 180 --vol 0.22   # grow the universe, keep holdings and history
     python warmup.py --positions book.csv  # seed portfolios from the desk's book, with their cost basis
     python warmup.py --sync [--positions book.csv] [--dry-run] [--create]   # reconcile seeded portfolios
-    python warmup.py --split AAA 2 [--reason TEXT] [--split-id ID]   # a 2-for-1 split (1/10: 1-for-10)
+    python warmup.py --split AAA 2 [--reason TEXT] [--split-id ID] [--force]   # a 2-for-1 split (1/10: 1-for-10)
 
 Idempotent: running it twice changes nothing the second time and says so. Exit status 0 on success, 2 on bad
 input or an unreachable store, with the reason on stderr.
@@ -29,9 +29,10 @@ The history CSV (engine/history.py) is wide (``date`` then one close column per 
 (``date,ticker,close``); its bar length (minute, hourly, daily, weekly) is read from its timestamps and the
 covariance scaled to one model bar. On a seeded store ``--history`` reloads the market (new epoch, books,
 trades and audit kept, engine/reload.py); ``--reset`` keeps the audit trail unless ``--wipe-audit``. The book
-CSV and ``--sync`` are described in engine/book.py. ``--split`` restates a ticker's price, collar reference
-and every book for a stock split before its first post-split print, with the stream daemon stopped
-(engine/corporate_actions.py: what changes, the cash in lieu of fractions, the operating procedure).
+CSV and ``--sync`` are described in engine/book.py. ``--split`` restates a ticker's price, collar reference,
+every book and the live position limits on it for a stock split before its first post-split print, with the
+stream daemon stopped (engine/corporate_actions.py: what changes, the cash in lieu of fractions, a second split
+refused while the ticker has not printed, what to edit by hand in the settings file, the operating procedure).
 """
 
 from __future__ import annotations
@@ -384,8 +385,9 @@ def reset(store: Store) -> int:
     return len(keys)
 
 
-def _split(store: Store, args: argparse.Namespace) -> int:
-    """``--split TICKER RATIO``: alone (no other action in the same run), audited as :data:`ACTOR`."""
+def _split(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    """``--split TICKER RATIO``: alone (no other action in the same run), audited as :data:`ACTOR`; its output
+    lists what must be restated by hand (the settings file, ``max_order_qty`` / ``max_position_qty``)."""
     others = (args.history, args.reset, args.add_ticker, args.positions, args.sync, args.dry_run, args.create,
               args.wipe_audit)  # fmt: skip
     if any(others):
@@ -395,8 +397,9 @@ def _split(store: Store, args: argparse.Namespace) -> int:
         raise corporate_actions.SplitError(f"invalid ticker symbol {symbol!r}")
     ratio = corporate_actions.parse_ratio(text)
     result = corporate_actions.apply_split(
-        store, symbol, ratio, actor=ACTOR, reason=args.reason, split_id=args.split_id, now=time.time()
-    )
+        store, symbol, ratio, settings=settings, actor=ACTOR, reason=args.reason, split_id=args.split_id,
+        force=args.force, now=time.time(),
+    )  # fmt: skip
     print("\n".join(f"warmup: {line}" for line in result.lines()))
     return 0
 
@@ -420,16 +423,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "before the first post-split print with the stream daemon stopped")  # fmt: skip
     parser.add_argument("--reason", default="", help="with --split: why (kept in the audit records)")
     parser.add_argument("--split-id", help="with --split: its id (default TICKER-N-for-M-<UTC date>); a rerun of "
-                                           "the same id changes nothing")  # fmt: skip
+                                           "the same id changes nothing; a new split of a ticker split before needs "
+                                           "its own id")  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="with --split: split a ticker again although it has not printed since its last split "
+                             "(refused SPLIT_REPEATED otherwise)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
         store = Store(connect(settings))
         store.ping()
         if args.split:
-            return _split(store, args)
-        if args.reason or args.split_id:
-            raise WarmupError("--reason and --split-id go with --split")
+            return _split(store, settings, args)
+        if args.reason or args.split_id or args.force:
+            raise WarmupError("--reason, --split-id and --force go with --split")
         if args.add_ticker:
             if args.price is None or args.vol is None:
                 raise WarmupError("--add-ticker needs --price and --vol")

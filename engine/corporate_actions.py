@@ -1,4 +1,5 @@
-"""Stock splits: restate the market and every book in post-split units, so a split is not a return.
+"""Stock splits: restate the market, every book and the live position limits in post-split units, so a split is
+not a return.
 
 A 2-for-1 split halves the price and doubles the shares; nothing of value happens. Left to the stream daemon
 it would be read as a -50 % one-bar move: the jump filter refuses it then accepts the repeated print, the EWMA
@@ -12,19 +13,46 @@ showing a phantom 50 % loss. ``python warmup.py --split TICKER RATIO`` (:func:`a
    its version guard and it reloads the adjusted prices instead of writing the old ones back); the covariance,
    the stressed matrix and the window of standardized returns are left as they are (a split is not a return:
    no EWMA update, no window row), and the next print's return is computed against the adjusted price;
-2. each book (``pf:{<id>}``, one MULTI per portfolio, WATCHed against a fill landing meanwhile): the quantity
-   is multiplied by the ratio and the average price divided by it (the cost basis ``qty x avg`` is kept).
-   Quantities stay whole shares: a fractional remainder (1-for-10 of 25 shares: 2.5) is truncated towards
-   zero (2) and settled as **cash in lieu** at the adjusted price, rounded to the cent (half to even), as
-   brokers do; its difference from the fraction's cost basis is booked as realized P&L of the position and of
-   the book. A short's fraction is bought in: the book pays the cash. The split changes no equity, P&L,
-   drawdown peak or VaR (the risk of ``2q`` shares at ``p/2`` is that of ``q`` at ``p``) but for that cent
-   rounding of a cash in lieu;
-3. one audit record on ``rd:audit`` and one on each portfolio's ``:audit`` (actor ``warmup:local:<os user>``,
-   the ratio, the prices, quantities, average prices and cash before and after);
-4. the split is recorded by its id in ``mkt:{m}:splits`` and each book's ``pf:{<id>}:splits`` in the same
+2. each book holding the ticker (``pf:{<id>}``, one MULTI per portfolio, WATCHed against a fill landing
+   meanwhile): the quantity is multiplied by the ratio and the average price divided by it. The average price
+   is kept exactly when the quotient has at most 8 decimals (a 2-for-1, a 1-for-10 of a cent price), else
+   rounded half-even to 1e-8 (:data:`AVG_PRICE_QUANTUM`, the precision a fill's average price has,
+   logic/decisions.py): a 3-for-1 of 1000 shares at 100 is 3000 at 33.33333333, the cost basis moving by at most
+   ``|qty| x 0.5e-8`` (here 0.00001; both cost bases are in the audit record). Quantities stay whole shares: a
+   fractional remainder (1-for-10 of 25 shares: 2.5) is truncated towards zero (2) and settled as **cash in
+   lieu** at the adjusted price, rounded to the cent (half to even), as brokers do; its difference from the
+   fraction's exact cost basis, rounded to the cent, is booked as realized P&L of the position and of the book.
+   A short's fraction is bought in: the book pays the cash. The split changes no equity, P&L, drawdown peak or
+   VaR (the risk of ``2q`` shares at ``p/2`` is that of ``q`` at ``p``) but for that cent rounding of a cash in
+   lieu. A book without a position in the ticker is not touched (no output line, no audit record);
+3. each portfolio's live **position limit** on the ticker (``limits.position_limits[TICKER]``, the stored
+   limits, or the settings' when none are stored yet) is a count of shares: left alone, a 2-for-1 would make it
+   twice as tight and a 1-for-10 ten times looser (failing open). It is restated in the same MULTI as the book
+   (so a rerun never restates it twice): multiplied by the ratio and floored to whole shares (at least 1, at
+   most the settings' bound), written as the next version of the live limits through the store's limits change
+   path (engine/store/limits.py: validated, the Limits page's history, one ``set_limits`` audit record naming
+   the split), whether the book holds the ticker or not. ``max_position_qty`` and ``max_order_qty`` cap every
+   ticker at once and are **not** restated: the command's output says which portfolios have them, to review by
+   hand on the Limits page;
+4. one ``split`` audit record on ``rd:audit`` and one on the ``:audit`` of each book holding the ticker (actor
+   ``warmup:local:<os user>``, the ratio, the prices, quantities, average prices, cost bases and cash before
+   and after);
+5. the split is recorded by its id in ``mkt:{m}:splits`` and each portfolio's ``pf:{<id>}:splits`` in the same
    MULTIs, so a rerun with the same id changes nothing, and a run interrupted between portfolios (on a Redis
    Cluster one MULTI per slot) completes only the books not yet split, at the recorded adjusted price.
+
+**A second split of a ticker** under another id is refused (``SPLIT_REPEATED``, naming the earlier split) while
+the ticker has had no print since the earlier one (its price time is the one recorded with the split, or, for a
+record without it, the market version is unchanged): the default id carries the UTC date, so the same command
+run again after midnight UTC (a retry, a check) would otherwise split again (1000 -> 2000 -> 4000 shares). After
+a print, a new split of the ticker needs its own ``--split-id``. ``--force`` overrides both (two splits of a
+ticker before it prints again: really so), and the audit records say it was forced.
+
+**The settings file is not changed**: its ``position_limits`` on the ticker and the ticker's ``[[portfolios]]``
+holdings stay in pre-split shares, and the command's output lists them with their post-split values. Edit
+``riskdesk.toml`` by hand before the next ``warmup.py --sync``: a sync from the settings would put the pre-split
+quantity back (a 2-for-1's 2000 shares synced back to 1000, the difference booked as a securities flow) and its
+limits record with it.
 
 Operating procedure: apply the split **before the first post-split print**, with the stream daemon stopped
 (before the open, or halt the feed), then start the daemon. The daemon keeps the collar's session close and the
@@ -39,7 +67,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -48,15 +76,21 @@ import redis
 
 from engine.errors import RiskdeskError
 from engine.records import MarketSnapshot, PortfolioState, Position
-from engine.store import GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, PortfolioKeys, Store
+from engine.settings import Limits, Settings
+from engine.settings_types import MAX_QUANTITY
+from engine.store import GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, PortfolioKeys, Store, StoredLimits
 from engine.store.keys import SPLITS_KEY
+from engine.store.limits import plan_limits_change
 from engine.store.slots import slot_transaction
 
 MAX_SPLIT_TERM = 1000
 """Largest term of a split ratio: 1000-for-1 and 1-for-1000 are accepted, 1001-for-1 (or a ratio such as
 0.1234, 617-for-5000) is refused as a typo. Real splits are small whole numbers (2-for-1, 3-for-2, 1-for-10)."""
 CENT = Decimal("0.01")
-"""Cash in lieu is paid in cents."""
+"""Cash in lieu and its realized P&L are booked in cents."""
+AVG_PRICE_QUANTUM = Decimal("0.00000001")
+"""An average price restated by a split that does not terminate within it is rounded half-even to it: the
+precision of a fill's average price (logic/decisions.py ``AVG_PRICE_QUANTUM``; the engine does not import logic)."""
 WATCH_RETRIES = 5
 """Attempts when a fill or a bar lands between the split's reads and its MULTI."""
 
@@ -73,6 +107,17 @@ class SplitConflictError(RiskdeskError):
 
     code = "SPLIT_CONFLICT"
     fix = "choose another --split-id, or stop the stream daemon (and the traders) and run the split again"
+
+
+class SplitRepeatedError(SplitConflictError):
+    """The ticker was already split under another id and has not printed since, or has printed since but the new
+    split has no id of its own (module docstring): nothing was written."""
+
+    code = "SPLIT_REPEATED"
+    fix = (
+        "check the earlier split named in the message (warmup.py --split already applied it); a new split of the "
+        "ticker after it has printed needs its own --split-id, and --force applies one anyway"
+    )
 
 
 def parse_ratio(text: str) -> Fraction:
@@ -104,8 +149,31 @@ def ratio_text(ratio: Fraction) -> str:
 
 
 def default_split_id(ticker: str, ratio: Fraction, now: float) -> str:
-    """``AAA-2-for-1-2026-12-01`` (UTC date): the same split run twice the same day is one split."""
+    """``AAA-2-for-1-2026-12-01`` (UTC date): the same split run twice the same day is one split (run again on
+    another day it is refused by the check that the ticker printed since: module docstring)."""
     return f"{ticker}-{ratio_text(ratio)}-{time.strftime('%Y-%m-%d', time.gmtime(now))}"
+
+
+def round_to(value: Fraction, quantum: Decimal) -> Decimal:
+    """``value`` rounded half-even to a multiple of ``quantum``, exactly (no intermediate decimal rounding)."""
+    steps = round(value / Fraction(quantum))  # Fraction.__round__: half to even, exact
+    return Decimal(steps) * quantum  # exact: an integer of fewer than 28 digits times a power of ten
+
+
+def restated_avg_price(avg_price: Decimal, ratio: Fraction) -> Decimal:
+    """``avg_price / ratio``: exact when it has at most 8 decimals, else rounded half-even to
+    :data:`AVG_PRICE_QUANTUM` (module docstring, 2)."""
+    exact = Fraction(avg_price) / ratio
+    quotient = avg_price * Decimal(ratio.denominator) / Decimal(ratio.numerator)
+    if Fraction(quotient) == exact and quotient == quotient.quantize(AVG_PRICE_QUANTUM):
+        return quotient  # exact within 8 decimals: keeps the written form (100.0 / 2 is 50.0)
+    return round_to(exact, AVG_PRICE_QUANTUM)
+
+
+def restated_cap(shares: int, ratio: Fraction) -> int:
+    """A share-count limit in post-split shares: ``shares x ratio`` floored (a fraction of a share tightens, never
+    loosens), at least 1 (a limit is > 0), at most :data:`~engine.settings_types.MAX_QUANTITY`."""
+    return max(1, min(MAX_QUANTITY, math.floor(Fraction(shares) * ratio)))
 
 
 @dataclass(frozen=True)
@@ -117,7 +185,7 @@ class BookSplit:
     cash_in_lieu: Decimal
     """Paid to the book (negative: paid by a short), rounded to the cent."""
     realized: Decimal
-    """The cash in lieu less the fraction's cost basis: realized P&L."""
+    """The cash in lieu less the fraction's exact cost basis, rounded to the cent: realized P&L."""
     fraction: Fraction
     """The shares settled in cash (signed)."""
 
@@ -129,11 +197,11 @@ def split_position(position: Position | None, ratio: Fraction, price_after: Deci
     exact = Fraction(position.qty) * ratio
     whole = int(exact)  # towards zero: a short's fraction is bought in as a long's is sold
     fraction = exact - whole
-    avg_after = position.avg_price * Decimal(ratio.denominator) / Decimal(ratio.numerator)
-    # multiply before dividing: a fraction of n/d shares costs n x avg / d, exact whenever that is a decimal
-    num, den = Decimal(fraction.numerator), Decimal(fraction.denominator)
-    cash = (num * price_after / den).quantize(CENT, rounding=ROUND_HALF_EVEN) if fraction else Decimal(0)
-    realized = cash - num * avg_after / den if fraction else Decimal(0)
+    avg_after = restated_avg_price(position.avg_price, ratio)
+    cash, realized = Decimal(0), Decimal(0)
+    if fraction:
+        cash = round_to(fraction * Fraction(price_after), CENT)
+        realized = round_to(Fraction(cash) - fraction * Fraction(position.avg_price) / ratio, CENT)
     new = Position(
         qty=whole,
         avg_price=avg_after if whole else Decimal(0),
@@ -154,11 +222,17 @@ class SplitResult:
     market_applied: bool = False
     """The market was restated by this run (False: it already was, by an earlier run of the same id)."""
     books: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Portfolio id -> its audit record, for the books this run restated."""
+    """Portfolio id -> its audit record, for the books holding the ticker that this run restated."""
+    limits: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """Portfolio id -> (position limit before, after, the live limits' new version) restated by this run."""
+    marked: list[str] = field(default_factory=list)
+    """Every portfolio this run recorded the split for (holding the ticker or not)."""
+    notes: list[str] = field(default_factory=list)
+    """What must be done by hand (the settings file, the limits not restated): part of :meth:`lines`."""
 
     @property
     def changed(self) -> bool:
-        return self.market_applied or bool(self.books)
+        return self.market_applied or bool(self.marked)
 
     def lines(self) -> list[str]:
         if not self.changed:
@@ -177,7 +251,11 @@ class SplitResult:
             if Decimal(rec["cash_in_lieu"]) != 0:
                 line += f", cash in lieu {rec['cash_in_lieu']} for {rec['fraction']} share(s)"
             out.append(line)
-        return out
+        for pid, (before, after, version) in sorted(self.limits.items()):
+            out.append(
+                f"  {pid}: live position limit {self.ticker} {before} -> {after} shares (limits version {version})"
+            )
+        return out + self.notes
 
 
 def apply_split(
@@ -185,32 +263,56 @@ def apply_split(
     ticker: str,
     ratio: Fraction,
     *,
+    settings: Settings,
     actor: str,
     reason: str = "",
     split_id: str | None = None,
+    force: bool = False,
     now: float | None = None,
 ) -> SplitResult:
-    """Restate ``ticker`` and every book for a split of ``ratio`` new shares per old one (module docstring).
+    """Restate ``ticker``, every book and every live position limit on it for a split of ``ratio`` new shares per
+    old one (module docstring). ``settings``: the limits in force for a portfolio whose limits are not stored
+    yet, and the settings file's figures the output lists for editing by hand.
 
     One MULTI over the market and every book on one Redis server (per slot on a Redis Cluster), WATCHing the
-    snapshot, the reference, the split records and every book, retried when a bar or a fill lands meanwhile.
-    Idempotent by ``split_id`` (default :func:`default_split_id`). Raises :class:`SplitError` for an unknown
-    ticker or one without a price, :class:`SplitConflictError` for an id already used for another split.
+    snapshot, the reference, the split records, every book and its live limits, retried when a bar, a fill or a
+    limits change lands meanwhile. Idempotent by ``split_id`` (default :func:`default_split_id`). Raises
+    :class:`SplitError` for an unknown ticker or one without a price, :class:`SplitConflictError` for an id
+    already used for another split, :class:`SplitRepeatedError` for a second split of the ticker with no print
+    since the first (or after one, without an id of its own) unless ``force``.
     """
     now = time.time() if now is None else now
     store.require_schema()
+    explicit = split_id is not None
     split_id = split_id or default_split_id(ticker, ratio, now)
     for _ in range(WATCH_RETRIES):
         with slot_transaction(store.client) as pipe:
             try:
-                return _apply_once(store, pipe, ticker, ratio, actor, reason, split_id, now)
+                result = _apply_once(
+                    store, pipe, ticker, ratio, actor, reason, split_id, now, settings, explicit, force
+                )
+                break
             except redis.WatchError:
                 continue
-    raise SplitConflictError(f"the store kept changing during split {split_id}; nothing more was applied")
+    else:
+        raise SplitConflictError(f"the store kept changing during split {split_id}; nothing more was applied")
+    if result.changed:
+        result.notes = by_hand_notes(store, settings, ticker, ratio)
+    return result
 
 
 def _apply_once(
-    store: Store, pipe: Any, ticker: str, ratio: Fraction, actor: str, reason: str, split_id: str, now: float
+    store: Store,
+    pipe: Any,
+    ticker: str,
+    ratio: Fraction,
+    actor: str,
+    reason: str,
+    split_id: str,
+    now: float,
+    settings: Settings,
+    explicit: bool,
+    force: bool,
 ) -> SplitResult:
     registered = store.portfolio_ids()
     book_keys = [k for pid in registered for k in _book_keys(pid)]
@@ -231,23 +333,28 @@ def _apply_once(
         price_before = float(snap.prices[snap.tickers.index(ticker)])
         if not (math.isfinite(price_before) and price_before > 0):
             raise SplitError(f"{ticker} has no valid last price ({price_before}): nothing to restate it from")
+        if not force:
+            _refuse_a_repeat(store.read_splits(pipe), snap, ticker, ratio, explicit)
         price_after = float(Fraction(price_before) / ratio)
         portfolios = list(registered)
     result = SplitResult(split_id, ticker, ratio, price_before, price_after)
     pending = [pid for pid in portfolios if store.read_split(split_id, pid, conn=pipe) is None]
     books = {pid: store.read_portfolio(pid, pipe) for pid in pending}
+    limits = {pid: _limits_plan(store.read_limits(pid, pipe), settings.limits_for(pid), pid, ticker, ratio, split_id,
+                                actor, now) for pid in pending}  # fmt: skip
     reference = store.read_reference_prices(pipe) if done is None else {}
     reference_ts = store.read_reference_ts(pipe) if done is None else None
     common = {
         "ts": now, "actor": actor, "action": "split", "split_id": split_id, "ticker": ticker,
         "ratio": str(ratio), "ratio_text": ratio_text(ratio), "reason": reason,
-        "price_before": price_before, "price_after": price_after,
+        "price_before": price_before, "price_after": price_after, "forced": force,
     }  # fmt: skip
     pipe.multi()
     if done is None:  # the market first: its record is what a rerun completes the books from
+        price_ts = float(snap.price_ts[snap.tickers.index(ticker)])
         record = {
             **common, "portfolios": portfolios, "market_version_before": snap.version,
-            "market_version_after": snap.version + 1,
+            "market_version_after": snap.version + 1, "price_ts": price_ts if math.isfinite(price_ts) else None,
             "reference_before": reference.get(ticker),
             "reference_after": None if ticker not in reference else float(Fraction(reference[ticker]) / ratio),
         }  # fmt: skip
@@ -257,18 +364,118 @@ def _apply_once(
     for pid, state in books.items():
         rec = _restate_book(store, pipe, state, ticker, ratio, Decimal(repr(price_after)), common, now)
         store.record_split(split_id, rec, pid, pipe)
-        store.append_audit(PortfolioKeys(pid).audit, rec, pipe)
-        result.books[pid] = rec
+        if rec["qty_before"] != 0:  # a book without the ticker: nothing to say in its audit trail
+            store.append_audit(PortfolioKeys(pid).audit, rec, pipe)
+            result.books[pid] = rec
+        plan = limits[pid]
+        if plan is not None:
+            (new, change), (before, after) = plan
+            store.queue_limits_change(pid, new, change, pipe)
+            result.limits[pid] = (before, after, new.version)
+        result.marked.append(pid)
     if result.changed:  # the global record commits last (engine/store/slots.py)
+        restated = {pid: [b, a] for pid, (b, a, _) in result.limits.items()}
         store.append_audit(GLOBAL_AUDIT_KEY, {**common, "market_restated": result.market_applied,
-                                              "portfolios": sorted(result.books)}, pipe)  # fmt: skip
+                                              "portfolios": sorted(result.books),
+                                              "position_limits_restated": restated}, pipe)  # fmt: skip
     pipe.execute()
     return result
 
 
-def _book_keys(pid: str) -> tuple[str, str, str]:
+def _book_keys(pid: str) -> tuple[str, str, str, str]:
     keys = PortfolioKeys(pid)
-    return keys.state, keys.positions, keys.splits
+    return keys.state, keys.positions, keys.splits, keys.limits
+
+
+def _printed_since(earlier: dict[str, Any], snap: MarketSnapshot, ticker: str) -> bool:
+    """Whether ``ticker`` has had a print since the split ``earlier`` (its record): its price time moved past the
+    one recorded with the split (a record without one: the market version moved past the split's)."""
+    recorded = earlier.get("price_ts")
+    if isinstance(recorded, int | float) and not isinstance(recorded, bool):
+        current = float(snap.price_ts[snap.tickers.index(ticker)])
+        return math.isfinite(current) and current > float(recorded)
+    after = earlier.get("market_version_after")
+    return not isinstance(after, int) or snap.version > after
+
+
+def _refuse_a_repeat(
+    records: dict[str, dict[str, Any]], snap: MarketSnapshot, ticker: str, ratio: Fraction, explicit: bool
+) -> None:
+    """Raise :class:`SplitRepeatedError` when ``ticker`` was split before under another id and has not printed
+    since, or has but this split has no id of its own (module docstring)."""
+    earlier = [{"split_id": sid, **rec} for sid, rec in records.items() if rec.get("ticker") == ticker]
+    if not earlier:
+        return
+    last = max(earlier, key=lambda rec: float(rec.get("ts", 0.0)))
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last.get("ts", 0.0))))
+    what = (
+        f"{ticker} was already split by {last['split_id']!r} ({last.get('ratio_text')}, last price "
+        f"{last.get('price_before')} -> {last.get('price_after')}, at {when} by {last.get('actor')})"
+    )
+    if not _printed_since(last, snap, ticker):
+        raise SplitRepeatedError(
+            f"{what} and has had no print since: this {ratio_text(ratio)} would split the same shares again. "
+            f"If {ticker} really splits twice before it prints, run it with --force"
+        )
+    if not explicit:
+        raise SplitRepeatedError(
+            f"{what}; {ticker} has printed since, but this {ratio_text(ratio)} has only the default id: give a new "
+            "split its own --split-id (or --force)"
+        )
+
+
+def _limits_plan(
+    stored: StoredLimits | None,
+    fallback: Limits,
+    pid: str,
+    ticker: str,
+    ratio: Fraction,
+    split_id: str,
+    actor: str,
+    now: float,
+) -> tuple[tuple[StoredLimits, dict[str, Any]], tuple[int, int]] | None:
+    """The live limits change restating the portfolio's position limit on ``ticker`` (module docstring, 3), with
+    the limit before and after; None when the live limits have none on it."""
+    current = stored.limits if stored is not None else fallback
+    cap = current.position_limits.get(ticker)
+    if cap is None:
+        return None
+    new_cap = restated_cap(cap, ratio)
+    change = {"position_limits": {**current.position_limits, ticker: new_cap}}
+    why = f"split {split_id}: {ticker} {ratio_text(ratio)}, position limit restated in post-split shares"
+    plan = plan_limits_change(pid, stored, fallback, change, actor=actor, reason=why, now=now)
+    return None if plan is None else (plan, (cap, new_cap))
+
+
+def by_hand_notes(store: Store, settings: Settings, ticker: str, ratio: Fraction) -> list[str]:
+    """What the split cannot restate and a person must (module docstring): the settings file's position limits
+    on and holdings of ``ticker``, and the live ``max_order_qty`` / ``max_position_qty`` of each portfolio."""
+    file: list[str] = []
+    cap = settings.limits.position_limits.get(ticker)
+    if cap is not None:
+        file.append(f"[limits] position_limits.{ticker} = {cap} -> {restated_cap(cap, ratio)}")
+    for p in settings.portfolios:
+        own = p.limits.position_limits.get(ticker)
+        if own is not None and own != cap:
+            file.append(f"[[portfolios]] {p.id} limits.position_limits.{ticker} = {own} -> {restated_cap(own, ratio)}")
+        held = p.holdings.get(ticker)
+        if held:
+            file.append(f"[[portfolios]] {p.id} holdings.{ticker} = {held} -> {int(Fraction(held) * ratio)}")
+    out = [
+        "by hand: riskdesk.toml is not changed: before the next `warmup.py --sync` (which would put the file's "
+        f"pre-split {ticker} holdings and limits back) edit "
+        + ("; ".join(file) if file else f"any {ticker} holding or position limit you add to it in post-split shares")
+    ]
+    for pid in store.portfolio_ids():
+        limits = store.limits_or(pid, settings.limits_for(pid))
+        caps = [f"max_order_qty {limits.max_order_qty}"]
+        if limits.max_position_qty is not None and ticker not in limits.position_limits:
+            caps.append(f"max_position_qty {limits.max_position_qty} (the cap on {ticker}: it has no position limit)")
+        out.append(
+            f"by hand: {pid}: {' and '.join(caps)} (shares of any ticker) not restated: review for {ticker} "
+            f"({ratio_text(ratio)}) on the Limits page"
+        )
+    return out
 
 
 def _restate_market(
@@ -314,13 +521,17 @@ def _restate_book(
             replace(state, cash=cash_after, realized_pnl=state.realized_pnl + split.realized, updated_at=now), pipe
         )
     new = split.position
+    qty_before = 0 if old is None else old.qty
+    qty_after = 0 if new is None else new.qty
     return {
         **common,
         "portfolio_id": state.portfolio_id,
-        "qty_before": 0 if old is None else old.qty,
-        "qty_after": 0 if new is None else new.qty,
+        "qty_before": qty_before,
+        "qty_after": qty_after,
         "avg_price_before": "0" if old is None else str(old.avg_price),
         "avg_price_after": "0" if new is None else str(new.avg_price),
+        "cost_basis_before": "0" if old is None else str(qty_before * old.avg_price),
+        "cost_basis_after": "0" if new is None else str(qty_after * new.avg_price),
         "fraction": str(split.fraction),
         "cash_in_lieu": str(split.cash_in_lieu),
         "realized_in_lieu": str(split.realized),

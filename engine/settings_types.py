@@ -156,28 +156,46 @@ def _unwrap_type(tp: Any) -> Any:
             return tp
 
 
+TICKER_KEYED_TABLES = frozenset({"assets", "position_limits", "holdings", "shocks"})
+"""The settings tables keyed by ticker (``universe.assets``, ``limits.position_limits`` and each portfolio's,
+``[[portfolios]] holdings``, a stress scenario's ``shocks``): an environment override keeps the case of their keys
+(tickers are case-sensitive: ``AAA`` is not ``aaa``). Every other table (``stress_scenarios``, ``access.users``,
+``access.groups``, the sections kept in ``extra``) is keyed by names written in lower case by convention:
+their keys are lower-cased, as every part of an override's name was before tickers kept their case."""
+
+
 def env_path(tp: Any, data: Mapping[str, Any], parts: Sequence[str]) -> list[str]:
     """The settings path an environment override's name parts (``LIMITS``, ``POSITION_LIMITS``, ``AAA``) set in
     ``data`` (the file's settings, of type ``tp``).
 
     A field name is lower-cased (environment names are upper-case by convention; every field is lower-case). A
-    key of a table (a ticker, a scenario name) keeps its case, or takes that of the one key of the table equal to
-    it but for case: ``RISKDESK__LIMITS__POSITION_LIMITS__AAA`` caps ``AAA``. (Lower-casing it made the cap one on
-    ``aaa``, a ticker that does not exist: the cap silently did nothing.)"""
+    key of a table takes the case of the one key of the table equal to it but for case, when there is one: the
+    file's ``crash`` scenario, ``Traders`` group or ``AAA`` cap. Otherwise a new key of a ticker-keyed table
+    (:data:`TICKER_KEYED_TABLES`) keeps its case: ``RISKDESK__LIMITS__POSITION_LIMITS__AAA`` caps ``AAA``
+    (lower-cased it was a cap on ``aaa``, a ticker that does not exist: the cap silently did nothing); a new key
+    of any other table is lower-cased: ``RISKDESK__ACCESS__GROUPS__TRADERS__ROLES`` grants the identity
+    provider's group ``traders`` (kept upper-case it granted a group ``TRADERS`` that no token names, and the
+    desk's traders got no role)."""
     out: list[str] = []
     node: Any = data
+    field_name = ""
     for part in parts:
         tp = _unwrap_type(tp)
         if is_dataclass(tp) and isinstance(tp, type):
-            key = part.lower()
+            key = field_name = part.lower()
             tp = typing.get_type_hints(tp, include_extras=True).get(key, Any)
         elif typing.get_origin(tp) in (Mapping, dict):
             keys = [k for k in node if isinstance(k, str)] if isinstance(node, Mapping) else []
             same = [k for k in keys if k.lower() == part.lower()]
-            key = part if part in keys or len(same) != 1 else same[0]
-            tp = typing.get_args(tp)[-1]
+            if part in keys:
+                key = part
+            elif len(same) == 1:
+                key = same[0]
+            else:
+                key = part if field_name in TICKER_KEYED_TABLES else part.lower()
+            tp, field_name = typing.get_args(tp)[-1], ""
         else:
-            key, tp = part.lower(), Any
+            key, tp, field_name = part.lower(), Any, ""
         out.append(key)
         node = node.get(key) if isinstance(node, Mapping) else None
     return out

@@ -14,22 +14,28 @@ import pytest
 
 import warmup
 from engine.corporate_actions import (
+    AVG_PRICE_QUANTUM,
     MAX_SPLIT_TERM,
     SplitConflictError,
     SplitError,
+    SplitRepeatedError,
     apply_split,
     parse_ratio,
+    restated_avg_price,
+    restated_cap,
     split_position,
 )
 from engine.feeds import Bar, IterableFeed
 from engine.records import Position, ReasonCode
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings, settings_from_dict
+from engine.settings_types import MAX_QUANTITY
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
 from engine.stream import StreamDaemon
+from logic import decisions
 from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
-from tests.conftest import TEST_CONFIG, merge, store_contents
+from tests.conftest import TEST_CONFIG, merge, store_contents, to_toml
 
 T0 = 1_700_000_000.0
 ACTOR = warmup.ACTOR
@@ -126,7 +132,7 @@ def _post_split_day(store: Store, settings: Settings, aaa: float, *, split: bool
     warmup.seed(store, settings, now=T0)
     StreamDaemon(store, settings, IterableFeed([Bar(T0 + 60, dict(BASE))]), interval=0, clock=lambda: T0 + 60).run()
     if split:
-        apply_split(store, "AAA", Fraction(2), actor=ACTOR, reason="2-for-1 ex-date", now=T0 + 90)
+        apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, reason="2-for-1 ex-date", now=T0 + 90)
     bars = [Bar(T0 + 60 * k, {**BASE, "AAA": aaa * (1 + 0.0002 * (k - 2))}) for k in range(2, 6)]
     stats = StreamDaemon(store, settings, IterableFeed(bars), interval=0, clock=lambda: T0 + 400).run()
     rm = RiskManager(store.client, "main", settings, clock=lambda: T0 + 400)
@@ -162,9 +168,9 @@ def test_equity_pnl_drawdowns_var_and_the_matrix_are_unchanged_by_the_split_itse
     version0 = store.read_market_version()
     before = _figures(store, settings, T0 + 90)
 
-    result = apply_split(store, "AAA", Fraction(2), actor=ACTOR, now=T0 + 90)
+    result = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, now=T0 + 90)
 
-    assert result.market_applied and set(result.books) == {"main", "hedge"}
+    assert result.market_applied and set(result.books) == {"main"} and result.marked == ["hedge", "main"]
     assert _aaa(store) == (price0 / 2, var0) and store.read_market_version() == version0 + 1
     assert store.read_reference_prices()["AAA"] == 50.0
     window1 = store.read_standardized()
@@ -182,7 +188,8 @@ def test_equity_pnl_drawdowns_and_var_are_unchanged_by_a_reverse_split_with_a_sh
     warmup.seed(store, settings, now=T0)
     before = _figures(store, settings, T0 + 30)
 
-    result = apply_split(store, "DDD", Fraction(1, 8), actor=ACTOR, now=T0 + 30)  # -1000 shares -> -125
+    # -1000 shares -> -125
+    result = apply_split(store, "DDD", Fraction(1, 8), settings=settings, actor=ACTOR, now=T0 + 30)
 
     assert store.read_portfolio("hedge").positions["DDD"] == Position(-125, Decimal("200.0"), Decimal(0))
     assert result.books["hedge"]["cash_in_lieu"] == "0"
@@ -197,7 +204,8 @@ def test_a_fraction_moves_equity_by_the_cent_rounding_of_its_cash_in_lieu_only(s
     warmup.seed(store, settings, now=T0)
     before = _figures(store, settings, T0 + 30)
 
-    result = apply_split(store, "AAA", Fraction(1, 3), actor=ACTOR, now=T0 + 30)  # 1000 -> 333 + 1/3 share at 300
+    # 1000 -> 333 + 1/3 share at 300
+    result = apply_split(store, "AAA", Fraction(1, 3), settings=settings, actor=ACTOR, now=T0 + 30)
 
     main = store.read_portfolio("main")
     assert main.positions["AAA"].qty == 333 and main.cash == Decimal("1000000.00") + Decimal("100.00")
@@ -210,16 +218,16 @@ def test_a_fraction_moves_equity_by_the_cent_rounding_of_its_cash_in_lieu_only(s
 def test_a_rerun_of_the_same_split_id_changes_nothing_and_another_split_under_it_is_refused(store: Store) -> None:
     settings = _settings(merge(TEST_CONFIG, {}))
     warmup.seed(store, settings, now=T0)
-    apply_split(store, "AAA", Fraction(2), actor=ACTOR, split_id="AAA-2024", now=T0 + 30)
+    apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="AAA-2024", now=T0 + 30)
     contents = store_contents(store.client)
 
-    again = apply_split(store, "AAA", Fraction(2), actor=ACTOR, split_id="AAA-2024", now=T0 + 60)
+    again = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="AAA-2024", now=T0 + 60)
 
     assert not again.changed and again.lines() == ["split AAA-2024 was already applied; nothing changed"]
     assert store_contents(store.client) == contents
     assert store.read_portfolio("main").positions["AAA"].qty == 2000
     with pytest.raises(SplitConflictError) as info:
-        apply_split(store, "AAA", Fraction(3), actor=ACTOR, split_id="AAA-2024", now=T0 + 60)
+        apply_split(store, "AAA", Fraction(3), settings=settings, actor=ACTOR, split_id="AAA-2024", now=T0 + 60)
     assert info.value.code == "SPLIT_CONFLICT"
 
 
@@ -228,14 +236,14 @@ def test_a_run_interrupted_after_the_market_completes_only_the_books_not_yet_spl
     settings = _settings(merge(TEST_CONFIG, {}))
     warmup.seed(store, settings, now=T0)
     hedge_before = store.read_portfolio("hedge")
-    apply_split(store, "CCC", Fraction(2), actor=ACTOR, split_id="CCC-2", now=T0 + 30)
+    apply_split(store, "CCC", Fraction(2), settings=settings, actor=ACTOR, split_id="CCC-2", now=T0 + 30)
     # undo the hedge book's part as if its slot's MULTI had not run
     keys = PortfolioKeys("hedge")
     store.write_position("hedge", "CCC", hedge_before.positions["CCC"])
     store.client.delete(keys.splits)
     price_after = _aaa_like(store, "CCC")
 
-    again = apply_split(store, "CCC", Fraction(2), actor=ACTOR, split_id="CCC-2", now=T0 + 60)
+    again = apply_split(store, "CCC", Fraction(2), settings=settings, actor=ACTOR, split_id="CCC-2", now=T0 + 60)
 
     assert not again.market_applied and set(again.books) == {"hedge"}
     assert _aaa_like(store, "CCC") == price_after == 100.0  # the market is not split twice
@@ -247,24 +255,26 @@ def _aaa_like(store: Store, ticker: str) -> float:
     return float(snap.prices[snap.tickers.index(ticker)])
 
 
-def test_each_book_and_the_desk_get_one_audit_record_naming_the_actor_ratio_and_before_after(store: Store) -> None:
+def test_each_holding_book_and_the_desk_get_one_audit_record_naming_the_actor_ratio_and_before_after(
+    store: Store,
+) -> None:
     settings = _settings(merge(TEST_CONFIG, {}))
     warmup.seed(store, settings, now=T0)
 
-    apply_split(store, "AAA", Fraction(2), actor=ACTOR, reason="ex-date", split_id="s1", now=T0 + 30)
+    apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, reason="ex-date", split_id="s1", now=T0 + 30)
 
     main = [r for r in store.read_stream_json(PortfolioKeys("main").audit) if r.get("action") == "split"]
     hedge = [r for r in store.read_stream_json(PortfolioKeys("hedge").audit) if r.get("action") == "split"]
     desk = [r for r in store.read_stream_json(GLOBAL_AUDIT_KEY) if r.get("action") == "split"]
-    assert len(main) == len(hedge) == len(desk) == 1
+    assert len(main) == len(desk) == 1
+    assert hedge == []  # hedge holds no AAA: no audit record (it had one saying 0 -> 0)
     rec = main[0]
     assert rec["actor"] == ACTOR and ACTOR.startswith("warmup:local:")
     assert (rec["ratio"], rec["ratio_text"], rec["reason"]) == ("2", "2-for-1", "ex-date")
     assert (rec["qty_before"], rec["qty_after"]) == (1000, 2000)
     assert (rec["avg_price_before"], rec["avg_price_after"]) == ("100.0", "50.0")
     assert (rec["price_before"], rec["price_after"]) == (100.0, 50.0)
-    assert (hedge[0]["qty_before"], hedge[0]["qty_after"]) == (0, 0)
-    assert desk[0]["portfolios"] == ["hedge", "main"] and desk[0]["market_restated"] is True
+    assert desk[0]["portfolios"] == ["main"] and desk[0]["market_restated"] is True
 
 
 def test_an_unknown_ticker_is_refused_and_nothing_is_written(store: Store) -> None:
@@ -273,7 +283,7 @@ def test_an_unknown_ticker_is_refused_and_nothing_is_written(store: Store) -> No
     contents = store_contents(store.client)
 
     with pytest.raises(SplitError) as info:
-        apply_split(store, "ZZZ", Fraction(2), actor=ACTOR, now=T0 + 30)
+        apply_split(store, "ZZZ", Fraction(2), settings=settings, actor=ACTOR, now=T0 + 30)
 
     assert info.value.code == "SPLIT_INVALID"
     assert store_contents(store.client) == contents
@@ -329,3 +339,224 @@ def test_a_price_sanity_refusal_points_a_split_at_warmup_split_not_at_the_sanity
 
     sanity = [r.message for r in decision.reasons if r.code == ReasonCode.PRICE_SANITY]
     assert len(sanity) == 1 and "python warmup.py --split TICKER RATIO" in sanity[0]
+
+
+# -- a second split of the same ticker (SPLIT_REPEATED) ----------------------------------------------------------
+
+MIDNIGHT = T0 - (T0 % 86400) + 86400
+"""The first UTC midnight after T0: the default split id changes across it."""
+
+
+def _print_aaa(store: Store, price_ts: float, *, aaa: bool = True) -> None:
+    """A bar as the stream daemon writes it: a new snapshot version, the printed tickers' price times moved
+    (``aaa`` False: only the other tickers printed)."""
+    snap = store.read_market()
+    stamps = snap.price_ts.copy()
+    for i, ticker in enumerate(snap.tickers):
+        if ticker != "AAA" or aaa:
+            stamps[i] = price_ts
+    store.write_market(replace(snap, version=snap.version + 1, ts=price_ts, price_ts=stamps))
+
+
+def test_the_same_split_run_again_after_midnight_utc_is_refused_naming_the_first(store: Store) -> None:
+    """diffrev_inputs_splittwice.py: ``--split AAA 2`` at 23:50 and again at 00:10 UTC, no print in between, was
+    two splits (1000 -> 2000 -> 4000 shares, price 100 -> 25)."""
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=MIDNIGHT - 3600)
+    first = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, now=MIDNIGHT - 600)
+    contents = store_contents(store.client)
+
+    for split_id in (None, "AAA-another-id"):  # the next day's default id, or an id of its own: no print since
+        with pytest.raises(SplitRepeatedError) as info:
+            apply_split(
+                store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id=split_id, now=MIDNIGHT + 600
+            )
+        assert info.value.code == "SPLIT_REPEATED"
+        assert (
+            first.split_id in str(info.value) and "no print since" in str(info.value) and "--force" in str(info.value)
+        )
+    assert store_contents(store.client) == contents  # nothing written
+    assert store.read_portfolio("main").positions["AAA"].qty == 2000 and _aaa(store)[0] == 50.0
+
+
+def test_a_print_of_other_tickers_is_no_print_of_the_split_one_and_a_print_after_needs_an_id_of_its_own(
+    store: Store,
+) -> None:
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=T0)
+    apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="AAA-1", now=T0 + 30)
+    _print_aaa(store, T0 + 60, aaa=False)  # the market version moved, AAA's price time did not: boundary
+
+    with pytest.raises(SplitRepeatedError, match="no print since"):
+        apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="AAA-2", now=T0 + 90)
+
+    _print_aaa(store, T0 + 120)  # AAA printed: a later split is possible, but not under the default id
+    with pytest.raises(SplitRepeatedError, match="has printed since.*own --split-id"):
+        apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, now=T0 + 150)
+    assert store.read_portfolio("main").positions["AAA"].qty == 2000
+
+    again = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="AAA-2", now=T0 + 150)
+
+    assert again.market_applied and store.read_portfolio("main").positions["AAA"].qty == 4000
+    # another ticker is not held back by AAA's splits
+    assert apply_split(store, "BBB", Fraction(2), settings=settings, actor=ACTOR, now=T0 + 150).market_applied
+
+
+def test_force_splits_a_ticker_again_before_it_prints_and_says_so_in_the_audit(store: Store) -> None:
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=T0)
+    apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="AAA-1", now=T0 + 30)
+
+    result = apply_split(
+        store, "AAA", Fraction(3), settings=settings, actor=ACTOR, split_id="AAA-2", force=True, now=T0 + 60
+    )
+
+    assert result.market_applied and store.read_portfolio("main").positions["AAA"].qty == 6000
+    assert _aaa(store)[0] == pytest.approx(100.0 / 6, rel=1e-15)
+    desk = [r for r in store.read_stream_json(GLOBAL_AUDIT_KEY) if r.get("action") == "split"]
+    assert [r["forced"] for r in desk] == [True, False]  # newest first
+
+
+# -- share-denominated limits ------------------------------------------------------------------------------------
+
+
+def _caps(store: Store, settings: Settings, ticker: str) -> dict[str, int | None]:
+    return {
+        pid: store.limits_or(pid, settings.limits_for(pid)).position_limits.get(ticker) for pid in ("main", "hedge")
+    }
+
+
+def test_a_split_restates_the_live_position_limits_so_the_gate_caps_the_same_holding(store: Store) -> None:
+    """diffrev_inputs_store.py: with position_limits AAA 1500 and 1000 held, a 2-for-1 left the cap at 1500 while
+    the book held 2000: every AAA buy refused (the cap twice as tight)."""
+    settings = _settings(merge(TEST_CONFIG, {"limits": {"position_limits": {"AAA": 1500}}}))
+    warmup.seed(store, settings, now=T0)
+
+    result = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="s2", now=T0 + 1)
+
+    assert _caps(store, settings, "AAA") == {"main": 3000, "hedge": 3000}
+    assert result.limits == {"main": (1500, 3000, 1), "hedge": (1500, 3000, 1)}
+    rm = RiskManager(store.client, "main", settings, clock=lambda: T0 + 1)
+    assert rm.check("AAA", 1000, "BUY").status == "APPROVED"  # 2000 + 1000 = 3000: at the cap
+    assert {r.code for r in rm.check("AAA", 1001, "BUY").reasons} == {ReasonCode.POSITION_LIMIT}
+    # one set_limits audit record per portfolio naming the split (hedge holds no AAA: no split record, a limits one)
+    for pid in ("main", "hedge"):
+        changes = store.limits_changes(pid)
+        assert len(changes) == 1 and "split s2" in changes[0]["reason"] and changes[0]["actor"] == ACTOR
+        assert changes[0]["after"]["position_limits"] == {"AAA": 3000}
+    assert [r for r in store.read_stream_json(PortfolioKeys("hedge").audit) if r.get("action") == "split"] == []
+    assert "  hedge: live position limit AAA 1500 -> 3000 shares (limits version 1)" in result.lines()
+    # a rerun of the id restates nothing twice
+    apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="s2", now=T0 + 2)
+    assert _caps(store, settings, "AAA") == {"main": 3000, "hedge": 3000}
+
+
+def test_a_reverse_split_floors_a_stored_position_limit_and_fails_closed_at_its_boundary(store: Store) -> None:
+    """1-for-10 of a 1505-share cap: 150.5 floored to 150 (never 151: the cap is not loosened); left unrestated it
+    was ten times looser (fails open)."""
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=T0)
+    stored = store.change_limits(
+        "main",
+        {"position_limits": {"AAA": 1505, "BBB": 4000}},
+        actor="rm",
+        reason="caps",
+        now=T0,
+        fallback=settings.limits_for("main"),
+    )
+
+    apply_split(store, "AAA", Fraction(1, 10), settings=settings, actor=ACTOR, split_id="r10", now=T0 + 1)
+
+    live = store.read_limits("main")
+    assert live is not None and live.version == stored.version + 1
+    assert dict(live.limits.position_limits) == {"AAA": 150, "BBB": 4000}  # BBB untouched
+    assert store.limits_changes("main")[0]["before"] == {"position_limits": {"AAA": 1505, "BBB": 4000}}
+    assert _caps(store, settings, "AAA")["hedge"] is None  # hedge had no cap on AAA: no record created
+    assert store.read_limits("hedge") is None
+    rm = RiskManager(store.client, "main", settings, clock=lambda: T0 + 1)
+    assert store.read_portfolio("main").positions["AAA"].qty == 100
+    assert rm.check("AAA", 50, "BUY").status == "APPROVED"  # 150: at the cap
+    assert {r.code for r in rm.check("AAA", 51, "BUY").reasons} == {ReasonCode.POSITION_LIMIT}
+
+
+@pytest.mark.parametrize(
+    ("shares", "ratio", "expected"),
+    [(20, Fraction(1, 10), 2), (29, Fraction(1, 10), 2), (19, Fraction(1, 10), 1), (5, Fraction(1, 10), 1),
+     (1501, Fraction(3, 2), 2251), (MAX_QUANTITY // 2, Fraction(2), MAX_QUANTITY - MAX_QUANTITY % 2),
+     (MAX_QUANTITY // 2 + 1, Fraction(2), MAX_QUANTITY)],
+)  # fmt: skip
+def test_a_restated_share_limit_is_floored_at_least_one_share_and_at_most_the_bound(
+    shares: int, ratio: Fraction, expected: int
+) -> None:
+    assert restated_cap(shares, ratio) == expected
+
+
+def test_the_command_lists_what_must_be_restated_by_hand_and_refuses_a_repeat_unless_forced(
+    store: Store, tmp_path: Path, redis_server: EmbeddedRedis, monkeypatch: Any, capsys: Any
+) -> None:
+    cfg = merge(TEST_CONFIG, {"limits": {"position_limits": {"AAA": 1500}, "max_position_qty": 50_000}})
+    config = tmp_path / "riskdesk.toml"
+    config.write_text(to_toml(cfg))
+    warmup.seed(store, _settings(cfg), now=T0)
+
+    code, out, _ = _main(["--split", "AAA", "2", "--split-id", "a"], config, redis_server.url, monkeypatch, capsys)
+
+    assert code == 0
+    assert "main: live position limit AAA 1500 -> 3000 shares" in out
+    assert (
+        "[limits] position_limits.AAA = 1500 -> 3000" in out
+        and "[[portfolios]] main holdings.AAA = 1000 -> 2000" in out
+    )
+    assert "before the next `warmup.py --sync`" in out
+    assert "main: max_order_qty 100000 (shares of any ticker) not restated" in out
+    assert "max_position_qty" not in out  # AAA has a position limit of its own: max_position_qty is not its cap
+    repeat = _main(["--split", "AAA", "2", "--split-id", "b"], config, redis_server.url, monkeypatch, capsys)
+    assert repeat[0] == 2 and "[SPLIT_REPEATED]" in repeat[2] and "'a'" in repeat[2]
+    forced = _main(["--split", "AAA", "2", "--split-id", "b", "--force"], config, redis_server.url, monkeypatch, capsys)
+    assert forced[0] == 0 and store.read_portfolio("main").positions["AAA"].qty == 4000
+    stray = _main(["--force"], config, redis_server.url, monkeypatch, capsys)
+    assert stray[0] == 2 and "--force go with --split" in stray[2]
+
+
+# -- the arithmetic ----------------------------------------------------------------------------------------------
+
+
+def test_a_three_for_one_keeps_the_average_price_to_the_fills_eight_decimals() -> None:
+    """diffrev_inputs_store.py: 33.33333333333333333333333333 (28 digits), cost basis 99999.99999999999999999999999."""
+    out = split_position(Position(1000, Decimal("100")), Fraction(3), Decimal("33.33333333333333"))
+
+    assert out.position is not None and str(out.position.avg_price) == "33.33333333"
+    assert AVG_PRICE_QUANTUM == decisions.AVG_PRICE_QUANTUM  # the precision of a fill's average price
+    drift = abs(Fraction(1000 * 100) - out.position.qty * Fraction(out.position.avg_price))
+    assert drift == Fraction("0.00001") <= out.position.qty * Fraction(AVG_PRICE_QUANTUM) / 2
+    # an exact quotient keeps its written form
+    assert str(split_position(Position(1000, Decimal("100.0")), Fraction(2), Decimal(50)).position.avg_price) == "50.0"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("avg", "expected"),
+    [("1.00000001", "0.50000000"), ("1.00000003", "0.50000002"), ("1.00000002", "0.50000001"), ("3", "1.5")],
+)
+def test_a_restated_average_price_rounds_half_even_at_the_eighth_decimal(avg: str, expected: str) -> None:
+    assert str(restated_avg_price(Decimal(avg), Fraction(2))) == expected
+
+
+def test_the_realized_pnl_of_a_cash_in_lieu_is_booked_to_the_cent() -> None:
+    # 10 shares at 10.006, 1-for-3: 3 shares and 1/3 share paid 10.00 at 30.00; its exact cost is 10.006
+    out = split_position(Position(10, Decimal("10.006")), Fraction(1, 3), Decimal("30.00"))
+
+    assert out.cash_in_lieu == Decimal("10.00") and out.fraction == Fraction(1, 3)
+    assert str(out.realized) == "-0.01"  # -0.006 to the cent (half even); was -0.006
+    assert out.position is not None and out.position.avg_price == Decimal("30.018")
+
+
+def test_a_book_without_the_ticker_gets_no_output_line_and_no_audit_record(store: Store) -> None:
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=T0)
+
+    result = apply_split(store, "CCC", Fraction(2), settings=settings, actor=ACTOR, split_id="c2", now=T0 + 30)
+
+    assert set(result.books) == {"hedge"} and result.marked == ["hedge", "main"]
+    assert not [line for line in result.lines() if line.startswith("  main:")]
+    assert [r for r in store.read_stream_json(PortfolioKeys("main").audit) if r.get("action") == "split"] == []
+    assert store.read_split("c2", "main") is not None  # still marked: a rerun does nothing there

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import typing
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,11 @@ import pytest
 import warmup
 from engine import book
 from engine.errors import ConfigError
-from engine.records import DecisionStatus, ReasonCode
+from engine.records import DecisionStatus, ReasonCode, Role
 from engine.settings import Limits, Settings, load_settings, settings_from_dict, valid_symbol, validate_config
-from engine.settings_types import MAX_MONEY, MAX_QUANTITY
+from engine.settings_types import MAX_MONEY, MAX_QUANTITY, TICKER_KEYED_TABLES, _unwrap_type
 from engine.store import LimitsChangeError, PortfolioKeys, Store
-from logic.access import local_identity
+from logic.access import identity_from_claims, local_identity
 from logic.limits import position_cap
 from logic.risk_manager import RiskManager
 from logic.views import Desk, InputError, change_limits, limits_view
@@ -351,3 +353,81 @@ def test_a_book_file_refuses_portfolio_ids_that_differ_only_in_case(
     with pytest.raises(book.BookError, match="only in case"):
         book.check_book(settings, book.read_book(upper, settings.universe.tickers))
     assert store_contents(store.client) == before
+
+
+# -- environment overrides of tables that are not keyed by ticker --------------------------------------------------
+
+
+def _claims(groups: list[str]) -> dict[str, Any]:
+    return {"iss": "idp", "sub": "u1", "email": "t@x", "groups": groups, "iat": NOW - 10, "exp": NOW + 3600}
+
+
+def test_an_env_override_adding_an_access_group_lower_cases_it_and_grants_the_idp_group(tmp_path: Path) -> None:
+    """diffrev_inputs_envgroups.py: RISKDESK__ACCESS__GROUPS__TRADERS__ROLES made a group ``TRADERS`` (every part
+    of the name was lower-cased before tickers kept their case): a member of the IdP group ``traders`` got no
+    role."""
+    env = {
+        "RISKDESK__ACCESS__GROUPS__TRADERS__ROLES": '["trader"]',
+        "RISKDESK__ACCESS__GROUPS__TRADERS__PORTFOLIOS": '["*"]',
+    }
+
+    settings = load_settings(_config_file(tmp_path, TEST_CONFIG), env=env)
+
+    assert list(settings.access.groups) == ["traders"]
+    ident = identity_from_claims(settings.access, _claims(["traders"]), clock=lambda: NOW)
+    assert ident.roles == {Role.TRADER} and ident.portfolios == {"*"}
+
+
+def test_an_env_override_of_a_group_the_file_names_keeps_the_files_case(tmp_path: Path) -> None:
+    cfg = merge(TEST_CONFIG, {"access": {"groups": {"Risk_Managers": {"roles": ["trader"], "portfolios": ["main"]}}}})
+
+    settings = load_settings(
+        _config_file(tmp_path, cfg), env={"RISKDESK__ACCESS__GROUPS__RISK_MANAGERS__ROLES": '["risk_manager"]'}
+    )
+
+    assert list(settings.access.groups) == ["Risk_Managers"]  # the existing key, matched case aside
+    ident = identity_from_claims(settings.access, _claims(["Risk_Managers"]), clock=lambda: NOW)
+    assert ident.roles == {Role.RISK_MANAGER}
+
+
+def test_an_env_override_keeps_a_tickers_case_in_shocks_and_lower_cases_a_new_scenario_name(tmp_path: Path) -> None:
+    env = {
+        "RISKDESK__STRESS_SCENARIOS__ROTATION__SHOCKS__BBB": "-0.05",
+        "RISKDESK__STRESS_SCENARIOS__SQUEEZE__DESCRIPTION": '"DDD squeeze"',
+        "RISKDESK__STRESS_SCENARIOS__SQUEEZE__SHOCKS__DDD": "0.3",
+    }
+
+    settings = load_settings(_config_file(tmp_path, TEST_CONFIG), env=env)
+
+    assert dict(settings.stress_scenarios["rotation"].shocks) == {"AAA": -0.1, "DDD": 0.1, "BBB": -0.05}
+    assert set(settings.stress_scenarios) == {"crash", "rotation", "squeeze"}
+    assert dict(settings.stress_scenarios["squeeze"].shocks) == {"DDD": 0.3}
+
+
+def _tables(tp: Any, path: str = "") -> dict[str, Any]:
+    """Every ``Table`` field reachable from the settings type ``tp`` (by dotted path), with its field name."""
+    out: dict[str, Any] = {}
+    if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+        return out
+    for name, hint in typing.get_type_hints(tp, include_extras=True).items():
+        inner = _unwrap_type(hint)
+        if typing.get_origin(inner) is tuple:
+            inner = _unwrap_type(typing.get_args(inner)[0])
+        if typing.get_origin(inner) in (Mapping, dict):
+            out[f"{path}{name}"] = name
+            inner = _unwrap_type(typing.get_args(inner)[-1])
+        out.update(_tables(inner, f"{path}{name}."))
+    return out
+
+
+def test_every_settings_table_is_classified_as_keyed_by_ticker_or_not() -> None:
+    """A new table must say whether an env override keeps its keys' case (tickers) or lower-cases them."""
+    tables = _tables(Settings)
+    not_tickers = {"stress_scenarios", "extra", "access.users", "access.groups"}
+
+    assert set(tables) == {
+        "universe.assets", "limits.position_limits", "portfolios.holdings", "portfolios.limits.position_limits",
+        "stress_scenarios.shocks", *not_tickers,
+    }  # fmt: skip
+    assert {tables[p] for p in tables if p not in not_tickers} == TICKER_KEYED_TABLES
+    assert not {tables[p] for p in not_tickers} & TICKER_KEYED_TABLES

@@ -42,6 +42,16 @@ class BookStore(StoreBase):
         raw = self._conn(conn).hget(key, split_id)
         return None if raw is None else dict(decode_json(raw, key=f"{key}.{split_id}"))
 
+    def read_splits(self, conn: Conn = None) -> dict[str, dict[str, Any]]:
+        """Every stock split applied to the market, by split id: what a new split of a ticker is checked against
+        (a second split with no print since is refused, engine/corporate_actions.py)."""
+        raw = self._conn(conn).hgetall(SPLITS_KEY)
+        out: dict[str, dict[str, Any]] = {}
+        for field, value in raw.items():
+            split_id = field.decode() if isinstance(field, bytes) else str(field)
+            out[split_id] = dict(decode_json(value, key=f"{SPLITS_KEY}.{split_id}"))
+        return out
+
     def record_split(
         self, split_id: str, record: Mapping[str, Any], portfolio_id: str | None = None, pipe: Conn = None
     ) -> None:

@@ -293,28 +293,16 @@ class LimitsStore(StoreBase):
                         pipe.watch(key.limits)
                         stored = self.read_limits(portfolio_id, pipe)
                         _check_expected(portfolio_id, stored, expected_version, expected_rev)
-                        current = stored.limits if stored is not None else fallback
-                        version = stored.version if stored is not None else 0
-                        new = validate_limits({**limits_data(current), **changes}, f"limits[{portfolio_id}]")
-                        before, after = changed_fields(current, new)
-                        if not after and not (stored is None and create):
-                            pipe.unwatch()
-                            return stored or StoredLimits(0, current, "", "", 0.0)
-                        if stored is None:  # the first record: every limit becomes live from the store
-                            before, after = ({} if create else limits_data(current)), limits_data(new)
-                        result = StoredLimits(version + 1, new, actor.strip(), reason.strip(), float(now))
-                        record = {
-                            "ts": float(now), "actor": result.actor, "action": LIMITS_ACTION,
-                            "version": result.version, "reason": result.reason, "before": before, "after": after,
-                        }  # fmt: skip
-                        pipe.multi()
-                        rev = self.write_limits(
-                            portfolio_id, new, result.version, result.actor, result.reason, now, pipe
+                        planned = plan_limits_change(
+                            portfolio_id, stored, fallback, changes, actor=actor, reason=reason, now=now, create=create
                         )
-                        self.append_audit(key.audit, record, pipe)
-                        self.append_audit(key.limits_log, record, pipe, maxlen=LIMITS_LOG_MAXLEN)
+                        if planned is None:
+                            pipe.unwatch()
+                            return stored or StoredLimits(0, fallback, "", "", 0.0)
+                        pipe.multi()
+                        rev = self.queue_limits_change(portfolio_id, *planned, pipe)
                         pipe.execute()
-                        return dataclasses.replace(result, rev=rev)
+                        return dataclasses.replace(planned[0], rev=rev)
                     except redis.WatchError:
                         continue
         except StoreError:
@@ -324,6 +312,21 @@ class LimitsStore(StoreBase):
         except redis.RedisError as exc:
             raise CorruptDataError(f"{key.limits}: {exc}") from exc
         raise LimitsChangeError(f"the limits of {portfolio_id} kept changing under the change; try again")
+
+    def queue_limits_change(
+        self, portfolio_id: str, result: StoredLimits, record: Mapping[str, Any], pipe: Conn
+    ) -> str:
+        """Queue a change planned by :func:`plan_limits_change` in the caller's MULTI (which WATCHes the limits
+        key the plan read): the new record and its audit record on ``pf:{<id>}:audit`` and ``:limits_log``.
+        Returns the new ``rev`` token. :meth:`change_limits` and a stock split (engine/corporate_actions.py,
+        which restates the ticker's position limits in the MULTI that restates the book) write through here."""
+        key = PortfolioKeys(portfolio_id)
+        rev = self.write_limits(
+            portfolio_id, result.limits, result.version, result.actor, result.reason, result.ts, pipe
+        )
+        self.append_audit(key.audit, dict(record), pipe)
+        self.append_audit(key.limits_log, dict(record), pipe, maxlen=LIMITS_LOG_MAXLEN)
+        return rev
 
     def limits_changes(self, portfolio_id: str, count: int = 100) -> list[dict[str, Any]]:
         """Newest limit changes of the portfolio (their audit records), newest first: those of
@@ -337,6 +340,37 @@ class LimitsStore(StoreBase):
             return records
         scanned = self.read_stream_json(keys.audit, count=AUDIT_SCAN)
         return [r for r in scanned if r.get("action") == LIMITS_ACTION][:count]
+
+
+def plan_limits_change(
+    portfolio_id: str,
+    stored: StoredLimits | None,
+    fallback: Limits,
+    changes: Mapping[str, Any],
+    *,
+    actor: str,
+    reason: str,
+    now: float,
+    create: bool = False,
+) -> tuple[StoredLimits, dict[str, Any]] | None:
+    """The limits ``changes`` make of ``stored`` (``fallback``, the settings', when none are stored), validated as
+    the settings are, as the next version and its audit record (``before``/``after`` of the changed fields; of
+    every field on the first record, :meth:`LimitsStore.change_limits`); None when nothing changes (and a record
+    exists, or ``create`` is not asked). Raises :class:`LimitsChangeError`."""
+    current = stored.limits if stored is not None else fallback
+    version = stored.version if stored is not None else 0
+    new = validate_limits({**limits_data(current), **changes}, f"limits[{portfolio_id}]")
+    before, after = changed_fields(current, new)
+    if not after and not (stored is None and create):
+        return None
+    if stored is None:  # the first record: every limit becomes live from the store
+        before, after = ({} if create else limits_data(current)), limits_data(new)
+    result = StoredLimits(version + 1, new, actor.strip(), reason.strip(), float(now))
+    record = {
+        "ts": float(now), "actor": result.actor, "action": LIMITS_ACTION,
+        "version": result.version, "reason": result.reason, "before": before, "after": after,
+    }  # fmt: skip
+    return result, record
 
 
 def _check_expected(
