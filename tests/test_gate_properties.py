@@ -236,7 +236,10 @@ def expected(world: World, case: Case, ticker: str, side: str, qty: int) -> Expe
         near.append(case.day_loss == case.loss_limit)  # floats of the equity sum decide the exact tie
         if case.day_loss >= case.loss_limit:
             out.add("DAILY_LOSS")
-    if abs(p / REFERENCE[ticker] - 1.0) > limits.price_collar_pct:
+    # on the decimals the prices and the collar are written in, as the gate compares them (55.0 against 50 is
+    # exactly 10 %, not the float 0.10000000000000009)
+    ref = Decimal(repr(REFERENCE[ticker]))
+    if abs(Decimal(repr(float(p))) - ref) > Decimal(repr(float(limits.price_collar_pct))) * ref:
         out.add("PRICE_COLLAR")
     if case.state == TradingState.REDUCING and not reducing and not (limits.reducing_allows_hedges and var1 < var_from):
         out.add("REDUCING_ONLY")
