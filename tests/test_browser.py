@@ -198,7 +198,7 @@ def test_an_alert_on_the_live_snapshot_is_acknowledged_in_the_ui(page: Any, stac
         form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_role("button", name="Acknowledge"))
         assert form.get_by_label("Your name").count() == 0  # issue 13: the identity, never a typed name
         form.get_by_role("button", name="Acknowledge").click()
-        page.get_by_text("Alert acknowledged.").wait_for(timeout=30_000)
+        page.get_by_text("Alert main · var_in_use acknowledged.").wait_for(timeout=30_000)  # it names the alert
         alert = store.read_active_alerts("main")["var_in_use"]
         # no login configured: the local operator (the OS user running the stack)
         assert (alert["status"], alert["acknowledged_by"]) == ("ACKNOWLEDGED", local_identity().actor)
