@@ -34,10 +34,22 @@ showing a phantom 50 % loss. ``python warmup.py --split TICKER RATIO`` (:func:`a
    the split), whether the book holds the ticker or not. ``max_position_qty`` and ``max_order_qty`` cap every
    ticker at once and are **not** restated: the command's output says which portfolios have them, to review by
    hand on the Limits page;
-4. one ``split`` audit record on ``rd:audit`` and one on the ``:audit`` of each book holding the ticker (actor
+4. each portfolio's **continuous VaR backtest** modelling the ticker (``pf:{<id>}:backtest``, logic/backtest.py,
+   written by the backtest runner) in the same MULTI as its book: its last price of the ticker, and the price of
+   the ticker in each open forecast, are divided by the ratio and the forecast's quantity of it multiplied by it
+   (:func:`restate_backtest`). Left alone, the next bar would be a -50 % return against the stored last price
+   with the pre-split quantity: a phantom exceedance of every method (kept in the rolling 250, Kupiec,
+   Christoffersen and the Basel zone) and a -69 % return in the backtest's own covariance and window (its
+   one-bar VaR x160 the next bar, still x2 150 bars later). The covariance, window, counts, VaRs and records are
+   not touched (a split is not a return); a new token makes a running runner reload the state. A backtest that
+   is absent (a book holding the ticker: said so) or does not decode (said so: its runner refuses it too) is
+   left alone. The runner must have fed every pre-split bar first (operating procedure below): a bar still
+   queued at the pre-split price would be a phantom +100 % return against the restated one; the output warns
+   when the backtest's last bar is older than the newest tick;
+5. one ``split`` audit record on ``rd:audit`` and one on the ``:audit`` of each book holding the ticker (actor
    ``warmup:local:<os user>``, the ratio, the prices, quantities, average prices, cost bases and cash before
    and after);
-5. the split is recorded by its id in ``mkt:{m}:splits`` and each portfolio's ``pf:{<id>}:splits`` in the same
+6. the split is recorded by its id in ``mkt:{m}:splits`` and each portfolio's ``pf:{<id>}:splits`` in the same
    MULTIs, so a rerun with the same id changes nothing, and a run interrupted between portfolios (on a Redis
    Cluster one MULTI per slot) completes only the books not yet split, at the recorded adjusted price.
 
@@ -66,6 +78,8 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
@@ -74,7 +88,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from engine.errors import RiskdeskError
+from engine.errors import RiskdeskError, StoreError
 from engine.records import MarketSnapshot, PortfolioState, Position
 from engine.settings import Limits, Settings
 from engine.settings_types import MAX_QUANTITY
@@ -227,6 +241,9 @@ class SplitResult:
     """Portfolio id -> (position limit before, after, the live limits' new version) restated by this run."""
     marked: list[str] = field(default_factory=list)
     """Every portfolio this run recorded the split for (holding the ticker or not)."""
+    backtests: dict[str, str] = field(default_factory=dict)
+    """Portfolio id -> what this run did to its backtest (restated, or left alone and why), for those worth a line
+    (module docstring, 4)."""
     notes: list[str] = field(default_factory=list)
     """What must be done by hand (the settings file, the limits not restated): part of :meth:`lines`."""
 
@@ -255,6 +272,7 @@ class SplitResult:
             out.append(
                 f"  {pid}: live position limit {self.ticker} {before} -> {after} shares (limits version {version})"
             )
+        out.extend(f"  {pid}: {text}" for pid, text in sorted(self.backtests.items()))
         return out + self.notes
 
 
@@ -275,9 +293,10 @@ def apply_split(
     yet, and the settings file's figures the output lists for editing by hand.
 
     One MULTI over the market and every book on one Redis server (per slot on a Redis Cluster), WATCHing the
-    snapshot, the reference, the split records, every book and its live limits, retried when a bar, a fill or a
-    limits change lands meanwhile. Idempotent by ``split_id`` (default :func:`default_split_id`). Raises
-    :class:`SplitError` for an unknown ticker or one without a price, :class:`SplitConflictError` for an id
+    snapshot, the reference, the split records, every book, its live limits and its backtest, retried when a bar,
+    a fill, a limits change or a backtest bar lands meanwhile. Idempotent by ``split_id`` (default
+    :func:`default_split_id`). Raises :class:`SplitError` for an unknown ticker or one without a price,
+    :class:`SplitConflictError` for an id
     already used for another split, :class:`SplitRepeatedError` for a second split of the ticker with no print
     since the first (or after one, without an id of its own) unless ``force``.
     """
@@ -342,6 +361,8 @@ def _apply_once(
     books = {pid: store.read_portfolio(pid, pipe) for pid in pending}
     limits = {pid: _limits_plan(store.read_limits(pid, pipe), settings.limits_for(pid), pid, ticker, ratio, split_id,
                                 actor, now) for pid in pending}  # fmt: skip
+    newest = _newest_tick_version(store)
+    backtests = {pid: _backtest_plan(store, pipe, pid, books[pid], ticker, ratio, newest) for pid in pending}
     reference = store.read_reference_prices(pipe) if done is None else {}
     reference_ts = store.read_reference_ts(pipe) if done is None else None
     common = {
@@ -363,6 +384,11 @@ def _apply_once(
         result.market_applied = True
     for pid, state in books.items():
         rec = _restate_book(store, pipe, state, ticker, ratio, Decimal(repr(price_after)), common, now)
+        restated, rec["backtest"], line = backtests[pid]
+        if restated is not None:  # the same MULTI as the book and its split record: a rerun never restates it twice
+            store.restate_backtest(pid, restated, f"split-{uuid.uuid4().hex}", pipe)
+        if line is not None:
+            result.backtests[pid] = line
         store.record_split(split_id, rec, pid, pipe)
         if rec["qty_before"] != 0:  # a book without the ticker: nothing to say in its audit trail
             store.append_audit(PortfolioKeys(pid).audit, rec, pipe)
@@ -377,14 +403,103 @@ def _apply_once(
         restated = {pid: [b, a] for pid, (b, a, _) in result.limits.items()}
         store.append_audit(GLOBAL_AUDIT_KEY, {**common, "market_restated": result.market_applied,
                                               "portfolios": sorted(result.books),
-                                              "position_limits_restated": restated}, pipe)  # fmt: skip
+                                              "position_limits_restated": restated,
+                                              "backtests_restated": sorted(p for p, (s, _, _) in backtests.items()
+                                                                           if s is not None)}, pipe)  # fmt: skip
     pipe.execute()
     return result
 
 
-def _book_keys(pid: str) -> tuple[str, str, str, str]:
+def _book_keys(pid: str) -> tuple[str, str, str, str, str]:
     keys = PortfolioKeys(pid)
-    return keys.state, keys.positions, keys.splits, keys.limits
+    return keys.state, keys.positions, keys.splits, keys.limits, keys.backtest
+
+
+def _numbers(value: Any, n: int, name: str, *, positive: bool) -> list[float]:
+    """``value`` as ``n`` finite floats (> 0 when ``positive``); ValueError otherwise."""
+    if not isinstance(value, list) or len(value) != n:
+        raise ValueError(f"{name} is not a list of {n} numbers")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or (positive and v <= 0):
+            raise ValueError(f"{name} holds {v!r}")
+        out.append(float(v))
+    return out
+
+
+def restate_backtest(state: Mapping[str, Any], ticker: str, ratio: Fraction) -> tuple[dict[str, Any], int] | None:
+    """A stored backtest state (logic/backtest.py ``Backtester.store_state``, plain JSON) in post-split units
+    (module docstring, 4): the ticker's last price and its price in every open forecast divided by ``ratio``
+    (exactly, then rounded to the nearest float, as the market's last price is), the forecasts' quantity of it
+    multiplied by it. The next bar's return of the ticker is then ~0 and an open horizon closes on the P&L of the
+    value it held. Returns the new state and the number of open forecasts restated; None when the backtest does
+    not model the ticker. Raises ValueError when the state is not of the shape the backtest writes."""
+    tickers = state.get("tickers")
+    if not isinstance(tickers, list) or not all(isinstance(t, str) for t in tickers):
+        raise ValueError("its tickers are not a list of names")
+    if ticker not in tickers:
+        return None
+    i, n = tickers.index(ticker), len(tickers)
+    out = dict(state)
+    if state.get("last_prices") is not None:
+        last = _numbers(state["last_prices"], n, "last_prices", positive=True)
+        last[i] = float(Fraction(last[i]) / ratio)
+        out["last_prices"] = last
+    pending = state.get("pending")
+    if not isinstance(pending, dict):
+        raise ValueError("its open forecasts are not a JSON object")
+    restated: dict[str, Any] = {}
+    for track, forecast in pending.items():
+        if not isinstance(forecast, dict):
+            raise ValueError(f"open forecast {track!r} is not a JSON object")
+        prices = _numbers(forecast.get("prices"), n, f"pending.{track}.prices", positive=True)
+        qty = _numbers(forecast.get("qty"), n, f"pending.{track}.qty", positive=False)
+        prices[i], qty[i] = float(Fraction(prices[i]) / ratio), float(Fraction(qty[i]) * ratio)
+        restated[track] = {**forecast, "prices": prices, "qty": qty}
+    out["pending"] = restated
+    return out, len(restated)
+
+
+def _newest_tick_version(store: Store) -> int | None:
+    """The market version of the newest tick event (None: none, or it does not decode): a backtest whose last bar
+    is older has bars still to be fed, at pre-split prices."""
+    try:
+        tick = store.last_tick()
+    except (StoreError, ValueError):
+        return None
+    return None if tick is None else tick.version
+
+
+def _backtest_plan(
+    store: Store, pipe: Any, pid: str, book: PortfolioState, ticker: str, ratio: Fraction, newest: int | None
+) -> tuple[dict[str, Any] | None, str, str | None]:
+    """(the restated backtest state to write or None, what the audit record says, the output line or None) for
+    portfolio ``pid`` (module docstring, 4)."""
+    held = (position := book.positions.get(ticker)) is not None and position.qty != 0
+    try:
+        stored = store.read_backtest_json(pid, pipe)
+        if stored is None:
+            line = f"no backtest stored: nothing to restate for {ticker}" if held else None
+            return None, "absent", line
+        state, version = stored
+        restated = restate_backtest(state, ticker, ratio)
+    except (StoreError, ValueError) as exc:
+        why = f"backtest unreadable ({exc}): left as it is, not restated for {ticker}"
+        return None, f"unreadable: {exc}", f"{why} (its runner refuses it as well until it is repaired)"
+    if restated is None:
+        return None, "not modelled", None
+    new, forecasts = restated
+    line = (
+        f"backtest restated: {ticker} last price / {ratio}, {forecasts} open forecast(s) in post-split shares "
+        "(covariance, window and counts unchanged)"
+    )
+    if newest is not None and version < newest:
+        line += (
+            f"; WARNING: its last bar fed is market version {version}, the newest tick {newest}: a bar the backtest "
+            f"runner has still to feed is at the pre-split price of {ticker} (a phantom return): stop the stream "
+            "daemon and let the runner catch up before a split"
+        )
+    return new, "restated", line
 
 
 def _printed_since(earlier: dict[str, Any], snap: MarketSnapshot, ticker: str) -> bool:

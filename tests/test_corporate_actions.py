@@ -21,6 +21,7 @@ from engine.corporate_actions import (
     SplitRepeatedError,
     apply_split,
     parse_ratio,
+    restate_backtest,
     restated_avg_price,
     restated_cap,
     split_position,
@@ -33,6 +34,7 @@ from engine.settings_types import MAX_QUANTITY
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
 from engine.stream import StreamDaemon
 from logic import decisions
+from logic.backtest import BacktestConfig, Backtester, Track
 from logic.monitor import Monitor
 from logic.risk_manager import RiskManager
 from tests.conftest import TEST_CONFIG, merge, store_contents, to_toml
@@ -560,3 +562,169 @@ def test_a_book_without_the_ticker_gets_no_output_line_and_no_audit_record(store
     assert not [line for line in result.lines() if line.startswith("  main:")]
     assert [r for r in store.read_stream_json(PortfolioKeys("main").audit) if r.get("action") == "split"] == []
     assert store.read_split("c2", "main") is not None  # still marked: a rerun does nothing there
+
+
+# -- the continuous VaR backtest ---------------------------------------------------------------------------------
+
+
+def _fed_backtester(rng_seed: int = 7) -> tuple[Backtester, np.ndarray]:
+    """A real backtester of main's book (AAA 1000, BBB 2000) past its burn-in, its last bar at the seeded prices
+    (AAA 100, BBB 50) with both tracks' forecasts open."""
+    bt = Backtester(["AAA", "BBB"], BacktestConfig(window=60, seed_rows=10, horizon_bars=3))
+    rng = np.random.default_rng(rng_seed)
+    q = np.array([1000.0, 2000.0])
+    path = np.array([100.0, 50.0]) * np.exp(np.cumsum(rng.normal(0, 0.001, (99, 2)), axis=0))[::-1]
+    for k, p in enumerate([*path, np.array([100.0, 50.0])]):
+        bt.step(p, q, f"b{k}")
+    assert bt.ready and set(bt.pending) == {Track.BAR, Track.LIMIT}
+    return bt, q
+
+
+def _store_backtest(store: Store, pid: str, bt: Backtester, version: int, token: str = "runner-1") -> None:
+    """As the backtest runner writes it (logic/backtest_monitor.py ``BacktestBooks.write``)."""
+    store.write_backtest(pid, bt.store_state(), {}, version, token, cov=bt.cov, ring=bt.ring())
+
+
+def test_a_split_restates_the_backtest_so_the_next_bar_is_no_hit_and_no_return(store: Store) -> None:
+    """diffrev_btm_split.py: the split bar at P/2 against the stored P with the pre-split quantity was a P&L of
+    about -48,700 against a VaR of about 525 (a hit of every method) and a -69 % return in the covariance. Now the
+    restated backtest and one never split, fed the equivalent bars, give the same P&L, covariance and VaR."""
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=T0)
+    bt, q = _fed_backtester()
+    control = Backtester.from_dict(bt.to_dict())  # the same backtest, never split
+    version = store.read_market_version()
+    _store_backtest(store, "main", bt, version)
+
+    result = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="s", now=T0 + 30)
+
+    state, stored_version, token = store.read_backtest_state("main")  # type: ignore[misc]
+    assert stored_version == version and token != "runner-1"  # the runner reloads it; no bar is skipped or redone
+    split = Backtester.from_dict(state)
+    assert split.last_prices is not None and split.last_prices.tolist() == [50.0, 50.0] == [_aaa(store)[0], 50.0]
+    for track in Track:
+        assert split.pending[track].qty.tolist() == [2000.0, 2000.0]
+        assert split.pending[track].prices.tolist() == (control.pending[track].prices / [2.0, 1.0]).tolist()
+        assert split.pending[track].var == control.pending[track].var
+    np.testing.assert_array_equal(split.cov, control.cov)
+    np.testing.assert_array_equal(split.window, control.window)
+    assert "  main: backtest restated: AAA last price / 2, 2 open forecast(s) in post-split shares" in "\n".join(
+        result.lines()
+    )
+    assert store.read_split("s", "main")["backtest"] == "restated"  # type: ignore[index]
+    # the next bars: AAA up 0.05 % a bar, at post-split prices (the split) and pre-split prices (the control)
+    for k, move in enumerate([1.0005, 1.001, 1.0015, 1.002]):
+        closed = split.step([100.0 * move / 2, 50.0], [2000.0, 2000.0], f"a{k}", observed=[True, True])
+        expected = control.step([100.0 * move, 50.0], q, f"a{k}", observed=[True, True])
+        assert [(o.track, o.pnl, o.hit) for o in closed] == [(o.track, o.pnl, o.hit) for o in expected]
+        assert all(not hit for o in closed for hit in o.hit.values())  # was a hit of every method
+        assert closed[0].track is Track.BAR and closed[0].pnl == pytest.approx(1000 * 100.0 * 0.0005, rel=1e-9)
+        assert split.cov[0, 0] == pytest.approx(control.cov[0, 0], rel=1e-12, abs=0)  # was x250 the variance
+        np.testing.assert_allclose(split.cov, control.cov, rtol=1e-12, atol=0)
+        for track in Track:
+            for method, var in control.pending[track].var.items():
+                assert split.pending[track].var[method] == pytest.approx(var, rel=1e-12)
+    assert {m: s.exceedances for m, s in split.summary().items()} == {
+        m: s.exceedances for m, s in control.summary().items()
+    }
+
+
+def test_a_rerun_of_the_split_does_not_restate_the_backtest_twice(store: Store) -> None:
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=T0)
+    _store_backtest(store, "main", _fed_backtester()[0], store.read_market_version())
+    apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="s", now=T0 + 30)
+    contents = store_contents(store.client)
+
+    again = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="s", now=T0 + 60)
+
+    assert not again.changed and store_contents(store.client) == contents
+    state = store.read_backtest_state("main")[0]  # type: ignore[index]
+    assert state["last_prices"] == [50.0, 50.0] and state["pending"]["bar"]["qty"] == [2000.0, 2000.0]
+
+
+def test_an_absent_unreadable_or_unrelated_backtest_is_left_alone_and_said_so(store: Store) -> None:
+    settings = _settings(merge(TEST_CONFIG, {}))
+    warmup.seed(store, settings, now=T0)
+    damaged = _fed_backtester()[0].store_state()
+    damaged = {**damaged, "last_prices": [100.0]}  # one price for two tickers
+    store.write_backtest("main", damaged, {}, 1, "runner-1")
+    hedge = Backtester(["CCC", "DDD"], BacktestConfig(window=60, seed_rows=10))
+    hedge.step([200.0, 25.0], [300.0, -1000.0], "b0")
+    _store_backtest(store, "hedge", hedge, 1)
+    keys_main, keys_hedge = PortfolioKeys("main"), PortfolioKeys("hedge")
+    raw_main, raw_hedge = store.client.hgetall(keys_main.backtest), store.client.hgetall(keys_hedge.backtest)
+
+    result = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="s", now=T0 + 30)
+
+    assert store.read_portfolio("main").positions["AAA"].qty == 2000  # the book is split all the same
+    assert store.client.hgetall(keys_main.backtest) == raw_main
+    assert store.client.hgetall(keys_hedge.backtest) == raw_hedge
+    lines = "\n".join(result.lines())
+    assert "  main: backtest unreadable (last_prices is not a list of 2 numbers): left as it is" in lines
+    assert "  hedge:" not in lines  # its backtest does not model AAA
+    assert store.read_split("s", "main")["backtest"].startswith("unreadable")  # type: ignore[index]
+    assert store.read_split("s", "hedge")["backtest"] == "not modelled"  # type: ignore[index]
+    # not JSON at all, and no backtest stored
+    store.client.hset(keys_main.backtest, "state", b"{not json")
+    other = apply_split(store, "BBB", Fraction(2), settings=settings, actor=ACTOR, split_id="b", now=T0 + 40)
+    assert store.client.hget(keys_main.backtest, "state") == b"{not json"
+    assert any(line.startswith("  main: backtest unreadable (") for line in other.lines())
+    store.client.delete(keys_hedge.backtest)
+    third = apply_split(store, "CCC", Fraction(2), settings=settings, actor=ACTOR, split_id="c", now=T0 + 50)
+    assert "  hedge: no backtest stored: nothing to restate for CCC" in third.lines()
+    assert store.read_split("c", "hedge")["backtest"] == "absent"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("behind", "warned"), [(0, False), (1, True)])
+def test_a_backtest_whose_runner_has_bars_to_feed_is_restated_with_a_warning(
+    store: Store, behind: int, warned: bool
+) -> None:
+    """The runner's last bar exactly at the newest tick: no warning; one version behind: the queued bar is at the
+    pre-split price, said so."""
+    settings = _settings({**merge(TEST_CONFIG, {}), "stream": {}})
+    warmup.seed(store, settings, now=T0)
+    StreamDaemon(store, settings, IterableFeed([Bar(T0 + 60, dict(BASE))]), interval=0, clock=lambda: T0 + 60).run()
+    newest = store.last_tick()
+    assert newest is not None
+    _store_backtest(store, "main", _fed_backtester()[0], newest.version - behind)
+
+    result = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="s", now=T0 + 90)
+
+    line = result.backtests["main"]
+    assert line.startswith("backtest restated: AAA")
+    assert ("WARNING" in line) is warned
+    if warned:
+        assert f"last bar fed is market version {newest.version - 1}, the newest tick {newest.version}" in line
+
+
+def test_restate_backtest_divides_prices_and_multiplies_quantities_of_the_ticker_only() -> None:
+    bt = _fed_backtester()[0]
+    state = bt.store_state()
+
+    out = restate_backtest(state, "BBB", Fraction(1, 3))
+
+    assert out is not None
+    new, forecasts = out
+    assert forecasts == 2 and new["last_prices"] == [100.0, 150.0]
+    for track in ("bar", "limit"):
+        before, after = state["pending"][track], new["pending"][track]
+        assert after["qty"] == [1000.0, float(Fraction(2000) / 3)] and after["prices"][0] == before["prices"][0]
+        assert after["prices"][1] == before["prices"][1] * 3 and after["var"] == before["var"]
+        # the value held is unchanged: q x P = (q / 3) x (3 P)
+        assert after["qty"][1] * after["prices"][1] == pytest.approx(before["qty"][1] * before["prices"][1], rel=1e-15)
+    assert state["last_prices"] == [100.0, 50.0]  # the input is not modified
+    assert restate_backtest(state, "CCC", Fraction(2)) is None
+    fresh = Backtester(["AAA"], BacktestConfig(window=60, seed_rows=10)).store_state()
+    assert restate_backtest(fresh, "AAA", Fraction(2)) == ({**fresh, "pending": {}}, 0)  # nothing fed yet
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [{"tickers": "AAA"}, {"last_prices": [100.0, -1.0]}, {"last_prices": [100.0, True]}, {"pending": []},
+     {"pending": {"bar": {"qty": [1.0, 2.0], "prices": [1.0]}}}, {"pending": {"bar": {"qty": [1.0, None],
+     "prices": [1.0, 2.0]}}}],
+)  # fmt: skip
+def test_restate_backtest_refuses_a_state_not_of_the_backtest_shape(damage: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        restate_backtest({**_fed_backtester()[0].store_state(), **damage}, "AAA", Fraction(2))

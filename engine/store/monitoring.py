@@ -495,6 +495,23 @@ return out
             decode_str(raw[2], key=f"{keys.backtest}.token"),
         )
 
+    def read_backtest_json(self, portfolio_id: str, conn: Conn = None) -> tuple[dict[str, Any], int] | None:
+        """The stored backtest's JSON state (without its covariance and window) and the market version of its last
+        bar fed; None when there is none. For a restatement of that state alone (a split: engine/corporate_actions.py).
+        Raises CorruptDataError (StoreError) when either does not decode."""
+        key = PortfolioKeys(portfolio_id).backtest
+        raw = self._conn(conn).hmget(key, ["state", "version"])
+        if raw[0] is None:
+            return None
+        return decode_object(raw[0], key=f"{key}.state"), decode_int(raw[1], key=f"{key}.version")
+
+    def restate_backtest(self, portfolio_id: str, state: Mapping[str, Any], token: str, pipe: Conn = None) -> None:
+        """Replace the stored backtest's JSON state alone, with a new ``token``: a runner holding another copy in
+        memory reloads it (logic/backtest_monitor.py), and one WATCHing it redoes its bar. The covariance, window,
+        summary, section and version are left as they are."""
+        key = PortfolioKeys(portfolio_id).backtest
+        self._conn(pipe).hset(key, mapping={"state": encode_json_fast(state), "token": token})
+
     def read_backtest_summary(self, portfolio_id: str, conn: Conn = None) -> dict[str, Any] | None:
         """The stored summary (per track and method: counts, Kupiec, Christoffersen, zone), or None."""
         key = PortfolioKeys(portfolio_id).backtest
