@@ -10,10 +10,12 @@ the tests read with :meth:`CollectorRegistry.get_sample_value`)::
       (metrics.stream_port)              bar duration, market version, Redis errors
     python -m logic.monitor              MonitorMetrics: ticks processed / coalesced, snapshot duration,
       (metrics.monitor_port)             portfolios monitored, per-portfolio VaR 95/99, VaR utilisation,
-                                         drawdowns, trading state, alerts by severity and status, Redis
-                                         errors; GateMetrics of the automated actions' risk managers
-    python -m notifications              NotificationMetrics: notifications by channel and status
-      (metrics.notifications_port)
+                                         stressed VaR and its utilisation (the limit's basis), drawdowns,
+                                         equity, trading state, valuation complete, snapshot and market
+                                         timestamps, alerts by severity and status, Redis errors;
+                                         GateMetrics of the automated actions' risk managers
+    python -m notifications              NotificationMetrics: notifications by channel and status (held:
+      (metrics.notifications_port)       e-mails kept queued while e-mail is down)
     python -m logic.backtest_runner      BacktestMetrics: bars fed / lost / refused, conflicts, bar duration,
       (metrics.backtest_port)            market version of the last bar fed, Redis errors
     the dashboard (Streamlit)            GateMetrics can be given to its RiskManagers, but the dashboard
@@ -27,6 +29,20 @@ Label cardinality is bounded: ``portfolio`` takes only the ids of portfolios the
 ``channel`` come from the StrEnums of :mod:`engine.records`. A portfolio that leaves the store leaves the
 gauges at the next snapshot.
 
+Freshness and completeness: a gauge holds the last value set, whatever its age, so every portfolio also has
+``riskdesk_portfolio_snapshot_timestamp_seconds`` (wall-clock Unix time its gauges were last set) and
+``riskdesk_portfolio_market_timestamp_seconds`` (that time less the snapshot's ``data.market_age_seconds``: when
+the prices behind the figures were written, on the same wall clock in a replay too); ``time() - x`` is their age
+now, and it grows while the feed is silent or the monitor stalls. While a valuation is incomplete (a held ticker
+without a usable price, ``data.missing_prices``) ``riskdesk_portfolio_valuation_complete`` is 0 and every figure
+valued on the book (equity, VaR, stressed VaR, their utilisations, drawdowns) is NaN: the snapshot counts the
+unpriced position at 0, so those figures would be a phantom equity and an understated VaR. Alert on
+``valuation_complete == 0`` and on the timestamps, not on a missing value.
+
+Counters are per process: they start at 0 when the daemon starts (a restart resets them, two monitors count
+separately); ``rate()`` / ``increase()`` handle the reset, so query them through those and ``sum`` across
+processes, never read a raw ``_total`` as a lifetime figure.
+
 Names follow the Prometheus conventions: a ``riskdesk_`` prefix, ``_total`` on counters (the client adds
 it), ``_seconds`` on durations, ``_ratio`` on fractions; money in the book's currency unit (dollars).
 """
@@ -34,7 +50,9 @@ it), ``_seconds`` on durations, ``_ratio`` on fractions; money in the book's cur
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -143,23 +161,32 @@ class GateMetrics:
         self.decision_duration.observe(seconds)
 
 
+NOTIFICATION_STATUSES = ("delivered", "failed", "skipped", "rate_limited", "cancelled", "held")
+"""Every ``status`` of ``riskdesk_notifications_total``: a delivery record's status (notifications/channels.py),
+``rate_limited`` (held back by a recipient's rate limit), ``cancelled`` (its alert acknowledged or resolved before it
+went out) and ``held`` (an e-mail kept queued for the next flush while e-mail is down; counted at each flush it
+waits through, so a dead SMTP server shows as a steady rate of ``held``)."""
+
+
 class NotificationMetrics:
-    """Messages the delivery daemon sent, failed or skipped, by channel."""
+    """Messages the delivery daemon sent, failed, skipped, held back or cancelled, by channel."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.notifications = Counter(
             "riskdesk_notifications",
-            "Notification messages by channel and status (delivered, failed, skipped, rate_limited)",
+            f"Notification messages by channel and status ({', '.join(NOTIFICATION_STATUSES)}; held: e-mails kept "
+            "queued for the next flush while e-mail is down, counted at each flush)",
             ["channel", "status"],
             registry=self.registry,
         )
+        self.notifications.labels("email", "held")  # at 0 from the start: increase() sees the first hold
         self.redis_errors = Counter(
             "riskdesk_redis_errors", "Failed Redis operations", ["component"], registry=self.registry
         )
 
-    def sent(self, channel: str, status: str) -> None:
-        self.notifications.labels(str(channel), str(status)).inc()
+    def sent(self, channel: str, status: str, count: int = 1) -> None:
+        self.notifications.labels(str(channel), str(status)).inc(count)
 
 
 class BacktestMetrics:
@@ -193,11 +220,15 @@ class BacktestMetrics:
 class MonitorMetrics:
     """What the monitor counts, and the latest risk figures of every monitored portfolio."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, max_portfolios: int = 50) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, max_portfolios: int = 50, wall: Callable[[], float] = time.time
+    ) -> None:
         if max_portfolios < 1:
             raise ValueError("max_portfolios must be >= 1")
         self.registry = registry if registry is not None else CollectorRegistry()
         self.max_portfolios = max_portfolios
+        self.wall = wall
+        """The wall clock of the timestamp gauges (Prometheus' ``time()`` is wall time, even in a replay)."""
         r = self.registry
         self.ticks_processed = Counter(
             "riskdesk_monitor_ticks_processed", "Tick events snapshotted (every portfolio each)", registry=r
@@ -218,17 +249,52 @@ class MonitorMetrics:
             "riskdesk_portfolios_unlabelled", "Portfolios beyond metrics.max_portfolios (no gauges)", registry=r
         )
         self.var = Gauge(
-            "riskdesk_portfolio_var", "One-day VaR by confidence (dollars)", ["portfolio", "confidence"], registry=r
-        )
+            "riskdesk_portfolio_var", "One-day VaR by confidence (dollars; NaN while the valuation is incomplete)",
+            ["portfolio", "confidence"], registry=r,
+        )  # fmt: skip
         self.utilisation = Gauge(
-            "riskdesk_portfolio_var_utilisation_ratio", "VaR at the limit's confidence / the VaR limit",
+            "riskdesk_portfolio_var_utilisation_ratio",
+            "VaR at the limit's confidence and horizon / the VaR limit (NaN while the valuation is incomplete)",
+            ["portfolio"], registry=r,
+        )  # fmt: skip
+        self.stressed_var = Gauge(
+            "riskdesk_portfolio_stressed_var",
+            "Stressed VaR at the VaR limit's confidence and horizon, the figure the gate holds against "
+            "stressed_var_limit (dollars; NaN while the valuation is incomplete)",
+            ["portfolio"], registry=r,
+        )  # fmt: skip
+        self.stressed_utilisation = Gauge(
+            "riskdesk_portfolio_stressed_var_utilisation_ratio",
+            "Stressed VaR at the limit's basis / stressed_var_limit (NaN without that limit or while the valuation "
+            "is incomplete)",
             ["portfolio"], registry=r,
         )  # fmt: skip
         self.drawdown = Gauge(
-            "riskdesk_portfolio_drawdown_ratio", "Drawdown (a fraction <= 0) by window", ["portfolio", "window"],
+            "riskdesk_portfolio_drawdown_ratio",
+            "Drawdown (a fraction <= 0) by window (NaN while the valuation is incomplete)",
+            ["portfolio", "window"], registry=r,
+        )  # fmt: skip
+        self.equity = Gauge(
+            "riskdesk_portfolio_equity", "Equity (dollars; NaN while the valuation is incomplete)", ["portfolio"],
             registry=r,
         )  # fmt: skip
-        self.equity = Gauge("riskdesk_portfolio_equity", "Equity (dollars)", ["portfolio"], registry=r)
+        self.complete = Gauge(
+            "riskdesk_portfolio_valuation_complete",
+            "1 when every held ticker had a usable price, 0 when one did not (data.missing_prices): the equity, "
+            "VaR and drawdown gauges are then NaN, as the snapshot counts the unpriced position at 0",
+            ["portfolio"], registry=r,
+        )  # fmt: skip
+        self.snapshot_ts = Gauge(
+            "riskdesk_portfolio_snapshot_timestamp_seconds",
+            "Unix time (wall clock) the portfolio's gauges were last set from a snapshot; time() - this: their age",
+            ["portfolio"], registry=r,
+        )  # fmt: skip
+        self.market_ts = Gauge(
+            "riskdesk_portfolio_market_timestamp_seconds",
+            "Unix time (wall clock) of the prices behind the portfolio's figures: the last snapshot's time less "
+            "its data.market_age_seconds; time() - this: the figures' market-data age now",
+            ["portfolio"], registry=r,
+        )  # fmt: skip
         self.trading_state = Gauge(
             "riskdesk_portfolio_trading_state", "1 for the portfolio's trading state, 0 for the others",
             ["portfolio", "state"], registry=r,
@@ -252,40 +318,58 @@ class MonitorMetrics:
         kept = ids[: self.max_portfolios]
         total = len(ids) if portfolio_count is None else portfolio_count
         with self._lock:
+            now = self.wall()
             self.portfolios.set(total)
             self.unlabelled.set(max(0, total - len(kept)))
             for pid in self._labelled - set(kept):
                 self._forget(pid)
             self._labelled = set(kept)
             for pid in kept:
-                self._set_portfolio(pid, snapshots[pid])
+                self._set_portfolio(pid, snapshots[pid], now)
 
-    def _set_portfolio(self, pid: str, snap: Mapping[str, Any]) -> None:
-        var_children, (utilisation,), drawdown_children, (equity,), state_children = self._children_of(pid)
+    def _set_portfolio(self, pid: str, snap: Mapping[str, Any], now: float) -> None:
+        """One portfolio's gauges. An incomplete valuation (or a snapshot that does not say it is complete) sets
+        every figure valued on the book to NaN: its equity counts an unpriced position at 0."""
+        (
+            var_children, (utilisation,), drawdown_children, (equity,), state_children, (stressed,),
+            (stressed_utilisation,), (complete,), (snapshot_ts,), (market_ts,),
+        ) = self._children_of(pid)  # fmt: skip
+        data = snap.get("data") or {}
+        missing = data.get("missing_prices")
+        whole = isinstance(missing, list | tuple) and not missing
+        complete.set(1.0 if whole else 0.0)
         var = snap.get("var") or {}
-        for child, key in zip(var_children, VAR_CONFIDENCES.values(), strict=True):
-            _set(child, var.get(key))
-        _set(utilisation, var.get("utilization"))
         drawdown = snap.get("drawdown") or {}
-        for child, window in zip(drawdown_children, DRAWDOWN_WINDOWS, strict=True):
-            _set(child, drawdown.get(window))
-        _set(equity, snap.get("equity"))
+        figures = [
+            *((child, var.get(key)) for child, key in zip(var_children, VAR_CONFIDENCES.values(), strict=True)),
+            (utilisation, var.get("utilization")), (stressed, var.get("stressed_limit_var")),
+            (stressed_utilisation, var.get("stressed_utilization")), (equity, snap.get("equity")),
+            *((child, drawdown.get(window)) for child, window in zip(drawdown_children, DRAWDOWN_WINDOWS, strict=True)),
+        ]  # fmt: skip
+        for child, value in figures:
+            _set(child, value if whole else None)
         state = snap.get("trading_state")
         for child, s in zip(state_children, TradingState, strict=True):
             child.set(1.0 if state == s else 0.0)
+        snapshot_ts.set(now)
+        age = _number(data.get("market_age_seconds"))
+        market_ts.set(now - age if age is not None and 0.0 <= age < math.inf else math.nan)
 
     def _label_sets(self, pid: str) -> list[list[tuple[Any, tuple[str, ...]]]]:
         """A portfolio's gauges and their label values, grouped: VaR by confidence, utilisation, drawdown by
-        window, equity, trading state by state."""
+        window, equity, trading state by state, stressed VaR, its utilisation, valuation complete, snapshot and
+        market timestamps."""
         return [
             [(self.var, (pid, c)) for c in VAR_CONFIDENCES], [(self.utilisation, (pid,))],
             [(self.drawdown, (pid, w)) for w in DRAWDOWN_WINDOWS], [(self.equity, (pid,))],
             [(self.trading_state, (pid, s.value)) for s in TradingState],
+            [(self.stressed_var, (pid,))], [(self.stressed_utilisation, (pid,))], [(self.complete, (pid,))],
+            [(self.snapshot_ts, (pid,))], [(self.market_ts, (pid,))],
         ]  # fmt: skip
 
     def _children_of(self, pid: str) -> list[list[Any]]:
         """A portfolio's labelled gauges (grouped as :meth:`_label_sets`), looked up once while it stays labelled
-        (``labels()`` validates and locks on every call: 13 calls per portfolio per tick)."""
+        (``labels()`` validates and locks on every call: 15 calls per portfolio per tick)."""
         children = self._children.get(pid)
         if children is None:
             children = self._children[pid] = [
@@ -344,9 +428,15 @@ def alert_counts(alerts: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], i
     return counts
 
 
+def _number(value: Any) -> float | None:
+    """A number as a float; None for null, a bool or text."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _set(gauge: Any, value: Any) -> None:
     """A missing (null) figure is NaN: Prometheus shows no value rather than a made-up 0."""
-    gauge.set(float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan"))
+    number = _number(value)
+    gauge.set(math.nan if number is None else number)
 
 
 @dataclass(frozen=True)

@@ -73,9 +73,7 @@ from notifications.channels import (
     WebhookChannel,
     mask_address,
 )
-from notifications.channels import (
-    Channel as Sender,
-)
+from notifications.channels import Channel as Sender
 from notifications.config import NotificationConfig
 from notifications.masking import digest, mask_text
 from notifications.render import Renderer
@@ -318,6 +316,7 @@ class Notifier:
         finally:
             self.store.release_notify_lock(token)
         if self._email_held:
+            self.metrics.sent(Channel.EMAIL, "held", self._email_held)
             self.logger.warning(
                 "email is down (%s): %d e-mail(s) kept queued for the next flush, their CRITICAL events "
                 "texted where a number is known", self._email_down, self._email_held,
