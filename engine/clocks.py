@@ -14,8 +14,15 @@ A replay's heartbeat also carries ``wall_ts`` (the daemon's wall clock when it w
 (:func:`replay_late_after`) and ``run`` (one id per daemon process). When the daemon has been silent for more than
 ``late_after`` wall seconds (it died, stalls, or its file ended: ``feed_state = ended``), the replay's "now" is its
 last bar time plus the wall time since that beat, so its prices go stale at the gate and on every page exactly as a
-dead live feed's do. "Now" never goes backwards within one run of the daemon; a new run (a restarted or new replay,
-maybe years back) starts it again from that run's time.
+dead live feed's do. The wall extension restarts from each new bar: when a beat of the same run carries a later bar
+time, "now" is that bar time (plus the wall silence since that beat, once past its ``late_after``). A replay paced
+slower than ``late_after`` per bar thus reads stale between its bars, as a live feed that slow would, and fresh
+again (age 0) at each new bar; keeping the largest time seen instead left every fresh bar already older than the
+wall silence before it (200 wall s per one-minute bar under a 60 s limit: 139 s old on arrival, every order
+refused). So within one run "now" steps back only at a new bar and only by the wall extension it had added: never
+below the latest bar time read, and never back between bars (another beat of the same bar time, such as the end of
+the feed, or an older one, keeps the largest). A new run (a restarted or new replay, maybe years back) starts it
+again from that run's time.
 
 Redis down: the clock never raises. It keeps the last mode it read (live when it never read one) and tries again
 after :data:`MODE_TTL_SECONDS`; live, "now" is the wall clock as ever; a replay clock keeps its last known time
@@ -126,8 +133,10 @@ class MarketClock:
     Live, a call costs one Redis read per :data:`MODE_TTL_SECONDS` (the mode); in a replay, one HMGET per call
     (the latest bar time must be current). In a replay, "now" is the latest bar time while the daemon beats, and
     that time plus the wall seconds since its last beat once it has been silent more than the beat's
-    ``late_after`` (it died or its file ended: the prices go stale). It never goes backwards within one run of the
-    daemon (the heartbeat's ``run``); a new run (a restarted or re-seeded replay, maybe years back) restarts it.
+    ``late_after`` (it died or its file ended: the prices go stale). Within one run of the daemon (the heartbeat's
+    ``run``) it goes back only when a beat with a later bar time arrives, and then only by the wall extension it
+    had added: it restarts from that bar (module doc); a new run (a restarted or re-seeded replay, maybe years
+    back) restarts it from that run's time.
     """
 
     def __init__(self, store: Store, wall: Clock = time.time) -> None:
@@ -136,6 +145,8 @@ class MarketClock:
         self._mode = ClockMode.LIVE
         self._mode_read_at = -math.inf
         self._last_replay = -math.inf
+        self._bar_ts = -math.inf
+        """The latest bar time read from this run's heartbeat: a later one restarts the wall extension."""
         self._run: str | None = None
         self._failing = False
 
@@ -186,8 +197,10 @@ class MarketClock:
             if silent > beat.late_after:
                 now = beat.ts + silent
         if beat.run != self._run:  # a new run of the daemon: its time may be earlier (another replay)
-            self._run, self._last_replay = beat.run, now
-        else:
+            self._run, self._bar_ts, self._last_replay = beat.run, beat.ts, now
+        elif beat.ts > self._bar_ts:  # a new bar: the wall extension restarts from it (module doc)
+            self._bar_ts, self._last_replay = beat.ts, now
+        else:  # the same bar (still silent, or the end of the feed) or an older one: never back
             self._last_replay = max(self._last_replay, now)
         return self._last_replay
 

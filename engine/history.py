@@ -49,8 +49,9 @@ turned into a matrix that understates risk:
   column): its variance seeds near 0, it carries no VaR and the stream's jump filter has no band to judge its
   next print by (a x100 print of a constant column went straight into prices and P&L);
 - :func:`model_covariance` refuses a matrix that is not positive definite: a ticker of zero variance, fewer
-  returns than tickers (``T`` returns span at most ``T`` dimensions), or a column that is a multiple of others
-  (:data:`MIN_CORRELATION_EIGENVALUE`).
+  returns than tickers (``T`` returns span at most ``T`` dimensions), or a column that is a multiple or a
+  combination of others (:data:`MIN_CORRELATION_EIGENVALUE`, tested on the returns' equal-weight correlation: the
+  EWMA's ~300-return memory made 300 or more independent tickers look singular).
 
 Errors
 ------
@@ -106,7 +107,12 @@ the market. Minute bars of a low-priced name can repeat that often for real: use
 MIN_CORRELATION_EIGENVALUE = 1e-8
 """Smallest eigenvalue of the seeded *correlation* matrix (scale-free, trace N) accepted as positive definite.
 A rank-deficient matrix computed in floating point has eigenvalues of order 1e-16 of its largest; real data of
-N tickers and at least N returns, even two share classes of one company, stay many orders above 1e-8."""
+N tickers and at least N returns, even two share classes of one company, stay many orders above 1e-8. It is tested
+on the equal-weight correlation of the returns, never on the EWMA matrix (see :func:`_check_positive_definite`)."""
+
+PSD_ROUNDING = 1e-10
+"""Most negative eigenvalue of the seeded EWMA correlation (relative to its largest, at least 1) put down to
+rounding: ``eigh`` of an ``N x N`` correlation errs by about ``N · 2.2e-16 · λ_max`` (1e-13 at N = 500)."""
 
 _DATE_COLUMNS = ("date", "datetime", "timestamp", "time")
 _TICKER_COLUMNS = ("ticker", "symbol")
@@ -289,34 +295,50 @@ def model_covariance(history: History, decay: float, bars_per_day: int, bar_seco
     daily file (``b = 1``). A file whose bar is the model bar (``b · bars_per_day = 1``: a minute file under
     one-minute model bars) is stored unscaled.
 
-    Raises :class:`HistoryError` unless the matrix is positive definite (module docstring, "Enough moving data"):
-    a ticker of zero variance, fewer returns than tickers, or a smallest correlation eigenvalue below
-    :data:`MIN_CORRELATION_EIGENVALUE`; a singular matrix hedges a long/short book to nothing.
+    Raises :class:`HistoryError` unless the file can estimate a positive definite matrix (module docstring,
+    "Enough moving data"): a ticker of zero variance, fewer returns than tickers, or a smallest eigenvalue of the
+    returns' equal-weight correlation below :data:`MIN_CORRELATION_EIGENVALUE`; a singular matrix hedges a
+    long/short book to nothing. The EWMA matrix itself must only be finite with a positive diagonal and positive
+    semi-definite to rounding (:func:`_check_positive_definite`).
     """
     returns = history.log_returns()
     cov = math_logic.ewma_covariance_from_returns(returns, decay=decay)
-    _check_positive_definite(history, cov, len(returns))
+    _check_positive_definite(history, returns, cov)
     scale = history.spacing.model_bars(bars_per_day, bar_seconds)
     return cov if scale == 1.0 else cov / scale
 
 
-def _check_positive_definite(history: History, cov: Float64Array, returns: int) -> None:
-    """Refuse a seeded EWMA matrix that is not positive definite, naming the cause."""
+def _check_positive_definite(history: History, returns: Float64Array, cov: Float64Array) -> None:
+    """Refuse a history whose returns cannot estimate a positive definite matrix, naming the cause.
+
+    The rank test runs on the *equal-weight* zero-mean correlation ``R = D^-1/2 (Xᵀ X / T) D^-1/2`` of the ``T``
+    returns ``X``, not on the EWMA matrix: under the RiskMetrics decay (``model.ewma_decay``) only the last ~300
+    returns carry weight (``λ^300 ≈ 2e-8``), so the EWMA correlation of 300 or more perfectly independent tickers
+    has eigenvalues down to 1e-9 .. 1e-14, and testing it refused every healthy universe of that size (500 tickers x
+    2000 daily returns) as "singular". A copied or combined column makes ``Xᵀ X`` itself singular, which the
+    equal-weight correlation shows at rounding level (~1e-16) whatever ``N``; an independent universe with ``T >=
+    N`` keeps it far above the floor. The zero mean matches the EWMA's (RiskMetrics) so ``T >= N`` is exactly the
+    rank bound: a demeaned correlation would lose one more dimension.
+
+    The EWMA matrix is a positive combination of outer products, positive semi-definite by construction; it is
+    only checked finite with a positive diagonal (a ticker silent over the EWMA's memory has nothing to scale
+    its VaR by) and with no eigenvalue of its correlation below ``-PSD_ROUNDING · max(1, λ_max)``.
+    """
     n = len(history.tickers)
-    variances = np.diagonal(cov)
+    variances = np.einsum("ti,ti->i", returns, returns) / max(len(returns), 1)
     flat = [t for t, v in zip(history.tickers, variances.tolist(), strict=True) if not (math.isfinite(v) and v > 0)]
     if flat:
         raise _error(history.path, 1, f"zero variance for {flat}: their closes never move, no risk can be estimated")
-    if returns < n:
+    if len(returns) < n:
         raise _error(
             history.path, 1,
-            f"{returns} returns for {n} tickers: the covariance has rank at most {returns} < {n} (not positive "
-            f"definite; some combination of the tickers would show no risk): supply at least {n} returns",
+            f"{len(returns)} returns for {n} tickers: the covariance has rank at most {len(returns)} < {n} (not "
+            f"positive definite; some combination of the tickers would show no risk): supply at least {n} returns",
         )  # fmt: skip
     if n == 0:
         return
     sd = np.sqrt(variances)
-    corr = cov / np.multiply.outer(sd, sd)
+    corr = (returns.T @ returns) / len(returns) / np.multiply.outer(sd, sd)
     values, vectors = np.linalg.eigh((corr + corr.T) / 2.0)
     lowest = float(values[0])
     if not lowest >= MIN_CORRELATION_EIGENVALUE:
@@ -325,8 +347,29 @@ def _check_positive_definite(history: History, cov: Float64Array, returns: int) 
         involved = [history.tickers[i] for i in np.argsort(-weights)[:3].tolist() if weights[i] > 0.1]
         raise _error(
             history.path, 1,
-            f"the covariance is singular (smallest correlation eigenvalue {lowest:.3g} < "
+            f"the returns are singular (smallest correlation eigenvalue {lowest:.3g} < "
             f"{MIN_CORRELATION_EIGENVALUE:g}): a column is a copy or a combination of others, mostly {involved}",
+        )  # fmt: skip
+    _check_ewma(history, cov)
+
+
+def _check_ewma(history: History, cov: Float64Array) -> None:
+    """Refuse an EWMA matrix that is not finite, has a variance that is not positive, or is not positive
+    semi-definite to rounding (see :func:`_check_positive_definite`)."""
+    variances = np.diagonal(cov)
+    silent = [t for t, v in zip(history.tickers, variances.tolist(), strict=True) if not (math.isfinite(v) and v > 0)]
+    if silent or not np.isfinite(cov).all():
+        raise _error(
+            history.path, 1,
+            f"the EWMA covariance is not finite or has a zero variance for {silent}: no risk can be estimated",
+        )  # fmt: skip
+    sd = np.sqrt(variances)
+    corr = cov / np.multiply.outer(sd, sd)
+    values = np.linalg.eigvalsh((corr + corr.T) / 2.0)
+    if not float(values[0]) >= -PSD_ROUNDING * max(1.0, float(values[-1])):
+        raise _error(
+            history.path, 1,
+            f"the EWMA covariance is not positive semi-definite (smallest correlation eigenvalue {values[0]:.3g})",
         )  # fmt: skip
 
 

@@ -1996,10 +1996,16 @@ def fhs_fill_missing(
     backtest), column by column (a ticker's fill depends on its own column only, so a book restricted to a few
     tickers sees the numbers of the whole universe):
 
-    - with ``m >= FHS_MIN_OBSERVED`` observed entries, a balanced resample of them: the j-th missing entry (in
-      time order) gets the ``(j mod m)``-th observed one, so each observation is used ``⌊q/m⌋`` or ``⌈q/m⌉``
-      times and the filled column's distribution is the observed one, tails included, with no resampling
-      noise. Two tickers missing in the same bars get the pairs they were observed in together.
+    - with ``m >= FHS_MIN_OBSERVED`` observed entries, a balanced resample of them spread evenly over the
+      observations: the observations (in time order, counted from 0) are cut into ``q`` equal strata of
+      ``m/q`` and the j-th missing entry (in time order) gets the one in the middle of the j-th stratum, the
+      ``⌊(j + ½)·m/q⌋``-th. With ``q >= m`` each observation is used ``⌊q/m⌋`` or ``⌈q/m⌉`` times (``q = m``:
+      each once, in order), so the filled entries are the observed distribution, tails included, with no
+      resampling noise; with ``q < m`` they are every ``(m/q)``-th observation, from the oldest stratum to the
+      newest, a sample stratified over the whole window. Taking the ``(j mod m)``-th, as before, filled
+      ``q < m`` entries with the *oldest* ``q`` observations only (a window whose calm start filled every gap
+      with calm moves, whatever its recent tail). Two tickers missing in the same bars and observed in the same
+      bars get the pairs they were observed in together.
     - with fewer (``m`` observations cannot hold a 99% tail: the worst of 10 normal draws is about 1.5σ), the
       stratified standard normal ``Φ⁻¹((j + ½) / q)``, ``j < q``, of the parametric model, in an order drawn
       from a generator seeded by the ticker's volatility bits and ``q`` (:func:`_fill_seed`), so that two thin
@@ -2024,7 +2030,7 @@ def fhs_fill_missing(
         missing = np.flatnonzero(~mask[:, i])
         q = missing.size
         if seen.size >= FHS_MIN_OBSERVED:
-            z[missing, i] = seen[np.arange(q) % seen.size]
+            z[missing, i] = seen[((2 * np.arange(q) + 1) * seen.size) // (2 * q)]  # stratum midpoints, exact
         else:
             draws = _stratified_normal(int(q))
             z[missing, i] = draws[np.random.default_rng(_fill_seed(float(vol[i]), q)).permutation(q)]

@@ -60,8 +60,9 @@ Clock (engine/clocks.py): a replay stamps every write (snapshot ``ts``, ``price_
 with the bar's own time and publishes ``clock = replay`` in ``hb:stream``; ``--speed X`` plays X seconds of
 data per wall second. Live feeds stamp with the wall clock. Each bar also re-anchors the collar's reference
 prices at session opens (engine/collar.py), in the bar's transaction. The heartbeat also carries the wall time it
-was written (``wall_ts``), the daemon's run id (``run``) and ``feed_state``, ``ended`` when the feed ran out of
-bars (the daemon then exits): a dead or finished replay's clock runs on the wall and its prices go stale.
+was written (``wall_ts``), the daemon's run id (``run``) and ``feed_state``, ``ended`` when a replay ran out of
+bars (the daemon then exits; a live feed that ends writes nothing and its heartbeat goes stale): a dead or finished
+replay's clock runs on the wall and its prices go stale.
 
 Redis is ``REDIS_URL`` (or the settings' embedded server); the settings file is ``$RISKDESK_CONFIG`` or
 ``riskdesk.toml``.
@@ -526,18 +527,26 @@ class StreamDaemon:
         return replay_late_after(self.interval, float(stale))
 
     def _write_end_beat(self) -> None:
-        """The feed has no more bars (a replay's file ended): say so in the heartbeat before exiting. A replay
-        keeps its last bar's time as ``ts``; its clock then runs on the wall after ``late_after`` (engine/clocks.py)
-        and its prices go stale as a dead feed's would, while the System page says the replay finished."""
+        """The feed has no more bars: a replay's file ended. Say so in the heartbeat before exiting. The end beat
+        keeps the last bar's ``ts`` and, when this run wrote that bar, its ``wall_ts`` (the daemon has been silent
+        since that bar, however long the feed took to say it had no more: the clock runs on the wall ``late_after``
+        after it, engine/clocks.py, for a reader that starts after the end as for one already running) and its
+        prices go stale as a dead feed's would, while the System page says the replay finished. A run that wrote
+        no bar (a finished replay started again) dates its end beat on the wall clock, as before.
+
+        A live or compressed feed that ends (a broker connection that closed) writes nothing: it is a feed that
+        stopped, not a finished file, so its heartbeat ages and the System page shows it stale with the fix to
+        restart the daemon, exactly as a dead daemon's."""
+        if self.clock_mode != ClockMode.REPLAY:
+            log.warning("the %s feed ended: no more prices; the stream heartbeat goes stale", self.clock_mode)
+            return
         try:
-            if self.clock_mode == ClockMode.REPLAY:
-                last = (self.store.read_heartbeat(HEARTBEAT_COMPONENT) or {}).get("ts")
-                if last is None:
-                    return  # never wrote a bar: nothing to date the end by
-                now = float(last)
-            else:
-                now = self.clock()
-            beat = self._heartbeat(now, self.version, self.stats.bars_written, feed_state=FEED_ENDED)
+            last = self.store.read_heartbeat(HEARTBEAT_COMPONENT) or {}
+            if "ts" not in last:
+                return  # never wrote a bar: nothing to date the end by
+            beat = self._heartbeat(float(last["ts"]), self.version, self.stats.bars_written, feed_state=FEED_ENDED)
+            if last.get("run") == self._token_prefix and "wall_ts" in last:
+                beat["wall_ts"] = float(last["wall_ts"])  # silent since its last bar, not since the end was noticed
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, beat)
         except (redis.RedisError, ValueError) as exc:
             log.warning("end of feed not written to the heartbeat: %s", exc)

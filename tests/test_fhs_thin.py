@@ -357,3 +357,45 @@ def test_the_backtests_batched_kernel_scales_by_the_gap_as_math_logic_does() -> 
     np.testing.assert_array_equal(covs, expected_covs)
     with pytest.raises(ValueError, match="gaps"):
         kernels.ewma_standardize_and_update(covs, last, prices, 0.94, gaps=np.full((3, 4), np.nextafter(1.0, 0.0)))
+
+
+@pytest.mark.parametrize("missing", [1, 37, ml.FHS_MIN_OBSERVED - 1, ml.FHS_MIN_OBSERVED, ml.FHS_MIN_OBSERVED + 1])
+def test_the_resample_spreads_its_picks_evenly_over_the_observations_not_the_oldest(missing: int) -> None:
+    # Arrange: exactly FHS_MIN_OBSERVED observations, numbered 1..m in time order (a column whose calm start
+    # would fill every gap if the oldest were taken), then `missing` missing bars
+    m = ml.FHS_MIN_OBSERVED
+    t = m + missing
+    z = np.zeros((t, 1))
+    mask = np.zeros((t, 1), dtype=bool)
+    rows = np.linspace(0, t - 1, m).round().astype(int)  # the observations spread through the window
+    mask[rows, 0] = True
+    z[rows, 0] = np.arange(1.0, m + 1.0)
+    # Act
+    filled = ml.fhs_fill_missing(z, mask, np.array([0.001]))[:, 0]
+    # Assert: the j-th missing entry (time order) is the observation in the middle of the j-th of q equal strata,
+    # number ⌊(j + ½)·m/q⌋ + 1, computed here in floating point (exact: a whole quotient is an exact one)
+    expected = [float(math.floor((j + 0.5) * m / missing) + 1) for j in range(missing)]
+    assert filled[~mask[:, 0]].tolist() == expected
+    np.testing.assert_array_equal(filled[mask[:, 0]], np.arange(1.0, m + 1.0))
+    values, counts = np.unique(filled[~mask[:, 0]], return_counts=True)
+    if missing <= m:  # each observation at most once, the picks m/q apart, the first and last half that from the ends
+        assert counts.max() == 1
+        assert values[0] - 1 <= m / (2 * missing) and m - values[-1] <= m / (2 * missing)
+        assert np.all(np.diff(values) >= m // missing) and np.all(np.diff(values) <= -(-m // missing))
+    else:  # each ⌊q/m⌋ or ⌈q/m⌉ times: here one observation twice, every other once
+        assert len(values) == m and sorted(counts.tolist()) == [1] * (m - 1) + [2]
+
+
+def test_fewer_missing_than_observed_draw_the_recent_tail_too() -> None:
+    # Arrange: 400 observations whose last 40 are a crisis (innovations of -5), 100 bars missing
+    t, m = 500, 400
+    z = np.zeros((t, 1))
+    mask = np.zeros((t, 1), dtype=bool)
+    mask[:m, 0] = True
+    z[: m - 40, 0] = 0.5
+    z[m - 40 : m, 0] = -5.0
+    # Act
+    filled = ml.fhs_fill_missing(z, mask, np.array([0.001]))[m:, 0]
+    # Assert: every fourth observation (the 3rd, 7th, ..., 399th): 90 calm, 10 of the crisis (the old picks, the
+    # oldest 100, had none)
+    assert (filled == 0.5).sum() == 90 and (filled == -5.0).sum() == 10

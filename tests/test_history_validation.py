@@ -14,6 +14,7 @@ Every limit at its boundary and one unit over; the floor band and the rank check
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -357,3 +358,93 @@ def test_the_stream_refuses_a_x100_print_of_a_ticker_seeded_with_zero_variance(
     assert after_bad == 25.0
     assert daemon.stats.prices_rejected == 1
     assert float(store.read_market().prices[3]) == 25.0 * 1.01
+
+
+# -- a large universe: the rank test reads the returns, not the EWMA's ~300-return memory ---------------------------
+
+
+def _universe(n: int) -> list[str]:
+    return [f"T{i:03d}" for i in range(n)]
+
+
+def _named(message: str) -> list[str]:
+    """The tickers a singular-matrix refusal names (``mostly ['A', 'B']``)."""
+    found = re.search(r"mostly \[([^\]]*)\]", message)
+    assert found is not None, message
+    return [t.strip().strip("'") for t in found.group(1).split(",")]
+
+
+@pytest.mark.parametrize("n", [300, 500])
+def test_a_large_universe_of_independent_walks_with_twice_as_many_returns_is_accepted(tmp_path: Path, n: int) -> None:
+    # Arrange: n independent walks, 2n returns. Under decay 0.94 only the last ~300 returns weigh in the EWMA
+    # (0.94^300 ≈ 2e-8), so its correlation is near-singular although the returns are of full rank
+    tickers = _universe(n)
+    hist = history.read_history(_write(tmp_path / "wide.csv", _closes(2 * n + 1, n, seed=7), tickers))
+    returns = hist.log_returns()
+    # Act
+    cov = history.model_covariance(hist, 0.94, 390, 60.0)
+    # Assert: the stored matrix is the EWMA of the file's returns (a daily file: one day over 390 model bars)
+    expected = history.math_logic.ewma_covariance_from_returns(returns, decay=0.94) / 390.0
+    np.testing.assert_allclose(cov, expected, rtol=1e-12, atol=0)
+    # the equal-weight correlation the test reads is far above the floor (Marchenko-Pastur: (1 - sqrt(1/2))^2 ≈
+    # 0.086 for T = 2N), the EWMA's own is below it: testing that one refused this healthy universe
+    second = returns.T @ returns / len(returns)
+    sd = np.sqrt(np.diagonal(second))
+    assert np.linalg.eigvalsh(second / np.outer(sd, sd))[0] > 0.02
+    ewma_sd = np.sqrt(np.diagonal(cov))
+    assert np.linalg.eigvalsh(cov / np.outer(ewma_sd, ewma_sd))[0] < MIN_CORRELATION_EIGENVALUE
+
+
+def test_a_copied_column_in_a_large_universe_is_still_refused_naming_the_pair(tmp_path: Path) -> None:
+    # Arrange: 300 independent walks over 600 returns, T150 a copy of T010 at three times its price
+    n = 300
+    tickers = _universe(n)
+    closes = _closes(2 * n + 1, n, seed=8)
+    closes[:, 150] = 3.0 * closes[:, 10]
+    hist = history.read_history(_write(tmp_path / "copy.csv", closes, tickers))
+    # Act
+    with pytest.raises(HistoryError) as err:
+        history.model_covariance(hist, 0.94, 390, 60.0)
+    # Assert: the pair is named (each weighs 1/sqrt(2) in the riskless combination), nobody else
+    message = str(err.value)
+    assert "singular" in message and "a column is a copy or a combination of others" in message
+    assert sorted(_named(message)) == ["T010", "T150"], message
+
+
+def test_a_column_that_is_the_sum_of_two_others_in_a_large_universe_is_refused_naming_the_three(
+    tmp_path: Path,
+) -> None:
+    # Arrange: T299's log return is T000's plus T001's every day (its close the product of theirs over 100)
+    n = 300
+    tickers = _universe(n)
+    closes = _closes(2 * n + 1, n, seed=9)
+    closes[:, 299] = closes[:, 0] * closes[:, 1] / 100.0
+    hist = history.read_history(_write(tmp_path / "sum.csv", closes, tickers))
+    # Act
+    with pytest.raises(HistoryError) as err:
+        history.model_covariance(hist, 0.94, 390, 60.0)
+    # Assert
+    assert sorted(_named(str(err.value))) == ["T000", "T001", "T299"], str(err.value)
+
+
+def test_the_ewma_matrix_itself_need_only_be_finite_with_positive_variances_and_psd_to_rounding() -> None:
+    # Arrange: a 2-ticker History in memory; correlation [[1, rho], [rho, 1]] has eigenvalues 1 - rho and 1 + rho,
+    # so rho = 1 + e puts the smallest at -e against a largest of about 2
+    spacing = history.Spacing(history.SpacingKind.DAILY, 86_400.0, 0)
+    hist = history.History(Path("mem.csv"), ("AAA", "BBB"), np.arange(40) * 86_400.0, _closes(40, 2), spacing)
+
+    def ewma(rho: float, variances: tuple[float, float] = (4e-4, 1e-4)) -> np.ndarray:
+        sd = np.sqrt(variances)
+        return np.array([[1.0, rho], [rho, 1.0]]) * np.outer(sd, sd)
+
+    # Act / Assert: rounding-size negatives (a tenth of the tolerance) pass, ten times the tolerance is refused
+    tol = history.PSD_ROUNDING
+    history._check_ewma(hist, ewma(0.3))
+    history._check_ewma(hist, ewma(1.0 + 0.1 * tol))
+    with pytest.raises(HistoryError, match="not positive semi-definite"):
+        history._check_ewma(hist, ewma(1.0 + 20.0 * tol))
+    # a variance of 0 or NaN is named
+    with pytest.raises(HistoryError, match=r"zero variance for \['BBB'\]"):
+        history._check_ewma(hist, ewma(0.0, (4e-4, 0.0)))
+    with pytest.raises(HistoryError, match=r"zero variance for \['AAA'\]"):
+        history._check_ewma(hist, ewma(0.0, (math.nan, 1e-4)))

@@ -17,10 +17,13 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from engine.clocks import ClockMode, MarketClock
+from engine.feeds import Bar, IterableFeed
 from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.keys import MONITORS_KEY
+from engine.stream import StreamDaemon
 from logic import views
 from logic.alerts import build_alert_engine
 from logic.monitor import DEFAULT_CLAIM_IDLE_SECONDS, Monitor
@@ -346,3 +349,78 @@ def test_the_system_page_names_a_dead_monitor_the_shared_heartbeat_hides(
     health = views.check_health(views.Desk(seeded_store.client, make_settings(SHARDED)))
     (stale,) = [w for w in health.warnings if w.startswith("Monitor ")]
     assert stale.startswith("Monitor b stale") and "--consumer b" in stale  # how to bring it back
+
+
+# -- System page: a live feed that ended is a stopped feed, not a finished replay ------------------------------------
+
+
+def _stream_status(store: Store, settings: Settings, clock: SimClock) -> views.DaemonStatus:
+    desk = views.Desk(store.client, settings, clock=MarketClock(store, wall=clock))
+    return {d.name: d for d in views.daemon_statuses(desk)}["stream"]
+
+
+def _run_to_the_end(store: Store, settings: Settings, clock: Callable[[], float], mode: ClockMode) -> None:
+    """The stream daemon plays three bars (one a second, dated by ``clock``, or 6 Mar 2019 in a replay) until
+    its feed has no more: a broker connection that closed, or a replay file's end."""
+    t0 = clock() if mode is not ClockMode.REPLAY else 1_551_880_800.0  # 6 Mar 2019 14:00 UTC
+    prices = store.read_market_header().tickers
+    snap = store.read_market()
+    bars = [Bar(t0 + i, {t: float(snap.prices[j]) * (1 + 1e-4 * i) for j, t in enumerate(prices)}) for i in range(3)]
+    StreamDaemon(store, settings, IterableFeed(bars), clock=clock, interval=0, clock_mode=mode).run()
+
+
+@pytest.mark.parametrize("mode", [ClockMode.LIVE, ClockMode.COMPRESSED])
+def test_a_live_feed_that_ended_is_stale_after_exactly_the_limit_like_a_dead_daemon(
+    seeded_store: Store, settings: Settings, mode: ClockMode
+) -> None:
+    # Arrange / Act: the feed's iterator ends (its connection closed)
+    clock = SimClock(1_800_000_000.0)
+    _run_to_the_end(seeded_store, settings, clock, mode)
+    # Assert: no "ended" written; the heartbeat of its last bar ages on the wall clock
+    beat = seeded_store.read_heartbeat("stream") or {}
+    assert (beat["feed_state"], beat["clock"], float(beat["wall_ts"])) == ("running", str(mode), clock.now)
+    limit = views.common._stale_after(settings)
+    clock.advance(limit)
+    status = _stream_status(seeded_store, settings, clock)
+    assert (status.state, status.age_seconds) == ("running", limit)
+    clock.advance(1.0)
+    status = _stream_status(seeded_store, settings, clock)
+    assert (status.state, status.age_seconds) == ("stale", limit + 1.0)
+    assert "stopped writing heartbeats" in status.fix and "make run" in status.fix and "replay" not in status.fix
+
+
+def test_an_ended_heartbeat_of_a_live_clock_is_judged_by_its_age_and_only_a_replays_is_finished(
+    seeded_store: Store, settings: Settings
+) -> None:
+    # Arrange: an "ended" beat as a daemon before this fix wrote it for a live feed, and a replay's
+    clock = SimClock(1_800_000_000.0)
+    limit = views.common._stale_after(settings)
+    beat = {"ts": clock.now, "wall_ts": clock.now, "feed_state": "ended", "run": "r1"}
+    seeded_store.write_heartbeat("stream", {**beat, "clock": "live"})
+    # Act / Assert: running up to the limit, stale one second over, never "finished"
+    assert _stream_status(seeded_store, settings, SimClock(clock.now + limit)).state == "running"
+    assert _stream_status(seeded_store, settings, SimClock(clock.now + limit + 1.0)).state == "stale"
+    seeded_store.write_heartbeat("stream", {**beat, "clock": "replay"})
+    assert _stream_status(seeded_store, settings, SimClock(clock.now + limit + 1.0)).state == "finished"
+
+
+@pytest.mark.parametrize(
+    ("mode", "shown", "not_shown"),
+    [
+        (ClockMode.LIVE, "Stream daemon stale (last heartbeat", "finished its replay"),
+        (ClockMode.REPLAY, "Stream daemon finished its replay (last bar 2019-03-06 14:00 UTC)", "stopped writing"),
+    ],
+)
+def test_the_system_page_says_a_stopped_live_feed_is_stale_and_only_a_replay_finished(
+    app_env: Any, seeded_store: Store, settings: Settings, mode: ClockMode, shown: str, not_shown: str
+) -> None:
+    # Arrange: the feed ended an hour ago on the wall clock
+    _run_to_the_end(seeded_store, settings, lambda: time.time() - 3600.0, mode)
+    # Act
+    at = open_page("system")
+    # Assert
+    assert_clean(at)
+    warnings = joined(at.warning)
+    assert shown in warnings and not_shown not in warnings, warnings
+    restart = "start it with `make run`" if mode is ClockMode.LIVE else "start another with"
+    assert restart in warnings, warnings

@@ -262,3 +262,86 @@ def test_a_long_lived_clock_follows_a_new_replay_years_back_and_never_goes_back_
     # within one run the clock never goes back, even when the heartbeat's bar time does
     store.write_heartbeat("stream", {"ts": ny(2012, 3, 6, 16)})
     assert clock() == ny(2012, 3, 7, 16)
+
+
+# -- 4. a replay slower than real time, and the end of a file noticed late ------------------------------------------
+
+
+def test_a_replay_slower_than_late_after_reads_each_new_bar_fresh_and_goes_stale_between_bars(
+    seeded_store: Store, settings: Settings
+) -> None:
+    # Arrange: one-minute bars played 200 wall seconds apart (slower than real time): late_after is then the
+    # 30 s stale-price limit (3 x 200 capped by it); the gate and the System view read the shared wall clock
+    wall = Wall(WALL)
+    pace = 200.0
+    daemon = StreamDaemon(
+        seeded_store, settings, IterableFeed([]), clock=wall, interval=pace, clock_mode=ClockMode.REPLAY
+    )
+    gate = RiskManager(seeded_store.client, "main", settings, clock=MarketClock(seeded_store, wall=wall))
+    desk = views.Desk(seeded_store.client, settings, clock=MarketClock(seeded_store, wall=wall))
+    stale = settings.limits.stale_price_seconds
+    assert (min(max(5.0, 3 * pace), stale), stale) == (30.0, 30.0)
+    t0 = ny(2019, 3, 6, 14)
+
+    for k in range(3):
+        bar = Bar(t0 + 60.0 * k, {**PRICES, "AAA": 100.0 + k}, reset=k == 0)
+        wall.t = WALL + pace * k
+        # Act: the daemon writes the next bar
+        assert daemon.process_bar(bar)
+        # Assert: "now" is that bar's time (the wall extension of the silence before it is dropped): age 0
+        assert gate.clock() == bar.ts, k
+        assert gate.check_trade_impact("AAA", 10, "BUY")["status"] == "APPROVED", k
+        assert market_status(desk).stale_tickers == ()
+        # between bars: fresh at exactly the stale limit of silence, stale one second over, as a live feed that
+        # slow; the clock runs on with the wall until the next bar
+        wall.t = WALL + pace * k + stale
+        assert gate.clock() == bar.ts
+        assert gate.check_trade_impact("AAA", 10, "BUY")["status"] == "APPROVED", k
+        wall.t += 1.0
+        assert gate.clock() == bar.ts + stale + 1.0
+        assert "STALE_PRICE" in _codes(gate.check_trade_impact("AAA", 10, "BUY")), k
+        assert market_status(desk).stale_tickers == tuple(PRICES)
+        wall.t = WALL + pace * (k + 1) - 1.0
+        assert gate.clock() == bar.ts + pace - 1.0
+        assert market_status(desk).stale_tickers == tuple(PRICES)
+
+    # the daemon then dies: the clock never steps back without a new bar, the prices stay stale
+    last = t0 + 120.0
+    wall.t = WALL + pace * 2 + 1000.0
+    assert gate.clock() == last + 1000.0
+    assert "STALE_PRICE" in _codes(gate.check_trade_impact("AAA", 10, "BUY"))
+    seeded_store.write_heartbeat("stream", {"ts": last - 60.0})  # an older bar time: not a new bar, no step back
+    assert gate.clock() == last + 1000.0
+
+
+def test_the_end_of_a_file_noticed_after_a_silence_keeps_the_replay_stale_for_every_reader(
+    seeded_store: Store, settings: Settings
+) -> None:
+    # Arrange: three bars written at WALL; the feed says it has no more 100 wall seconds later (a slow file read,
+    # a paced replay), while a long-lived clock already reads the silence
+    wall = Wall(WALL)
+    t0 = ny(2019, 3, 6, 14)
+    bars = [Bar(t0 + 60.0 * i, {**PRICES, "AAA": 100.0 + i}, reset=i == 0) for i in range(3)]
+    running = MarketClock(seeded_store, wall=wall)
+    seen: list[float] = []
+
+    def feed() -> Any:
+        yield from bars
+        wall.t = WALL + 100.0
+        seen.append(running())
+
+    # Act
+    StreamDaemon(
+        seeded_store, settings, IterableFeed(feed()), clock=wall, interval=0, clock_mode=ClockMode.REPLAY
+    ).run()
+
+    # Assert: the end beat keeps the last bar's time and the wall time it was written at, so the running clock
+    # does not step back to the bar time, and a clock that starts now (a dashboard opened after the end) reads the
+    # same 100 s of silence: the gate refuses on stale prices
+    last = bars[-1].ts
+    beat = seeded_store.read_heartbeat("stream") or {}
+    assert (beat["feed_state"], float(beat["ts"]), float(beat["wall_ts"])) == ("ended", last, WALL)
+    assert seen == [last + 100.0] and running() == last + 100.0
+    fresh = RiskManager(seeded_store.client, "main", settings, clock=MarketClock(seeded_store, wall=wall))
+    assert fresh.clock() == last + 100.0
+    assert "STALE_PRICE" in _codes(fresh.check_trade_impact("AAA", 10, "BUY"))

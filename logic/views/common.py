@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import redis
 
-from engine.clocks import FEED_ENDED, MarketClock
+from engine.clocks import FEED_ENDED, ClockMode, MarketClock
 from engine.errors import (
     AccessDenied,
     ConfigError,
@@ -223,8 +223,8 @@ class MonitorMember:
 class DaemonStatus:
     name: str
     state: str
-    """``running``, ``stale`` (heartbeat older than the threshold), ``finished`` (the stream daemon's feed ended:
-    a replay played to its end) or ``missing`` (never seen)."""
+    """``running``, ``stale`` (heartbeat older than the threshold), ``finished`` (the stream daemon's replay
+    played to the end of its file; never a live feed that ended) or ``missing`` (never seen)."""
     age_seconds: float | None
     fields: Mapping[str, str]
     """The heartbeat's fields. The monitors sharing the portfolios write one heartbeat (``hb:monitor``): its
@@ -339,11 +339,13 @@ def _stale_after(settings: Settings) -> float:
 
 def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
     """Each of :data:`DAEMONS`: running, stale (its heartbeat older than :func:`_stale_after`, or than
-    :data:`LATE_BEATS` of its own interval when that is longer), finished (the stream daemon's feed ended: a replay
-    played to its end; the daemon has exited) or missing. A heartbeat dated on the wall clock is judged by the wall
-    clock (the desk's clock is the market's in a replay), and so is one that carries the wall time it was written
-    (``wall_ts``, the stream daemon's): a replay's bar time stands still when its daemon dies. The monitor's
-    status carries the monitors sharing the portfolios (:func:`monitor_members`)."""
+    :data:`LATE_BEATS` of its own interval when that is longer), finished (the stream daemon's replay played to
+    the end of its file, ``clock = replay``: the daemon has exited; a live feed that ended is judged by its age,
+    stale like a dead daemon's, even under an ``ended`` heartbeat an older daemon wrote) or missing. A heartbeat
+    dated on the wall clock is judged by the wall clock (the desk's clock is the market's in a replay), and so is
+    one that carries the wall time it was written (``wall_ts``, the stream daemon's): a replay's bar time stands
+    still when its daemon dies. The monitor's status carries the monitors sharing the portfolios
+    (:func:`monitor_members`)."""
     now = desk.clock()
     wall = getattr(desk.clock, "wall", desk.clock)()  # MarketClock keeps the wall clock it falls back on
     limit = _stale_after(desk.settings)
@@ -359,8 +361,8 @@ def daemon_statuses(desk: Desk) -> list[DaemonStatus]:
             age = _age(wall if daemon.wall_time else now, beat.get("ts"))
         allowed = limit if daemon.interval is None else max(limit, LATE_BEATS * daemon.interval(desk.settings))
         state = "running" if age is not None and age <= allowed else "stale"
-        if beat.get("feed_state") == FEED_ENDED:
-            state = "finished"
+        if beat.get("feed_state") == FEED_ENDED and beat.get("clock") == ClockMode.REPLAY:
+            state = "finished"  # a live feed that ended is a feed that stopped: stale like a dead daemon
         members = monitor_members(desk, wall) if daemon.name == "monitor" else ()
         out.append(DaemonStatus(daemon.name, state, age, dict(beat), daemon.command, members))
     return out
