@@ -57,27 +57,67 @@ def area_of(metric: str) -> str | None:
 LIMIT_AMBER_FRACTION = 0.8
 """A figure at or above this fraction of its gate limit turns its light amber (above the limit: red)."""
 
+DEFAULT_CURRENCY = "USD"
+"""The money unit of a light's text when the caller names none (``dashboard.currency`` defaults to it too)."""
 
-def limit_breaches(snapshot: Mapping[str, Any], limits: Limits) -> list[tuple[str, str, str]]:
+
+def limit_breaches(
+    snapshot: Mapping[str, Any], limits: Limits, currency: str = DEFAULT_CURRENCY
+) -> list[tuple[str, str, str]]:
     """``(area, level, text)`` of the snapshot's figures against the gate's own limits: the largest position's
-    share of equity against ``max_concentration``, the VaR's utilization of ``var_limit`` and, where the
-    portfolio sets ``stressed_var_limit``, the stressed VaR at the limit's confidence and horizon
-    (``var.stressed_limit_var``, the gate's figure; never the one-day ``stressed_var99``) against it. Above the
-    limit (what the gate refuses to grow) is red, from :data:`LIMIT_AMBER_FRACTION` of it amber, else green."""
+    share of equity against ``max_concentration``, the VaR's utilization of ``var_limit``, where the portfolio
+    sets ``stressed_var_limit`` the stressed VaR at the limit's confidence and horizon (``var.stressed_limit_var``,
+    the gate's figure; never the one-day ``stressed_var99``) against it, and the market data's age against
+    ``stale_price_seconds`` (the gate refuses a price older than that: STALE_PRICE; the live limit, so a limit
+    lowered on the Limits page turns the light red as soon as the gate refuses, while the shipped
+    ``stale_market_data`` rule keeps its own fixed threshold and still fires its alert when the limit is raised
+    above it). Above the limit (what the gate refuses) is red, from :data:`LIMIT_AMBER_FRACTION` of it amber,
+    else green: exactly at the limit is amber, as the gate passes it (it refuses ``>``).
+
+    The text states the figure and the limit in one unit (a share of equity, a percentage of the VaR limit with
+    the limit in ``currency``, money, seconds), so a reader sees how far over or under the limit the book is."""
     out = []
-    checks: list[tuple[str, str, float, str]] = [
-        ("Concentration", "concentration.largest_share", float(limits.max_concentration), "max_concentration"),
-        ("VaR", "var.utilization", 1.0, "var_limit"),
-    ]
-    if limits.stressed_var_limit is not None:  # the live limit, as a rule on limits.stressed_var_limit follows it
-        checks.append(("VaR", "var.stressed_limit_var", float(limits.stressed_var_limit), "stressed_var_limit"))
-    for area, metric, limit, name in checks:
+    for area, metric, limit in (
+        ("Concentration", "concentration.largest_share", float(limits.max_concentration)),
+        ("VaR", "var.utilization", 1.0),
+        ("VaR", "var.stressed_limit_var", limits.stressed_var_limit),  # the live limit, as a rule on it follows it
+        ("Market data", "data.market_age_seconds", float(limits.stale_price_seconds)),
+    ):
         value = metric_value(snapshot, metric)
-        if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
+        if limit is None or value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
             continue
-        level = "red" if value > limit else "amber" if value >= LIMIT_AMBER_FRACTION * limit else "green"
-        out.append((area, level, f"{metric} = {_fmt(value)} against the gate's {name} ({_fmt(limit)})"))
+        figure = abs(float(value)) if area == "Market data" else float(value)  # the gate's abs(age): a future stamp
+        limit = float(limit)
+        level = "red" if figure > limit else "amber" if figure >= LIMIT_AMBER_FRACTION * limit else "green"
+        out.append((area, level, _limit_text(snapshot, metric, figure, limits, currency)))
     return out
+
+
+def _limit_text(snapshot: Mapping[str, Any], metric: str, figure: float, limits: Limits, currency: str) -> str:
+    """One light's figure against its gate limit, both in the same unit."""
+    if metric == "concentration.largest_share":
+        ticker = metric_value(snapshot, "concentration.largest_ticker")
+        largest = f"largest position ({ticker})" if isinstance(ticker, str) and ticker else "largest position"
+        return (
+            f"{largest} at {_pct(figure)} of equity against the gate's max_concentration "
+            f"({_pct(limits.max_concentration)})"
+        )
+    if metric == "var.utilization":
+        # the utilization is of the limit the monitor measured it against (var.limit); the live one without it
+        measured = metric_value(snapshot, "var.limit")
+        if isinstance(measured, int | float) and not isinstance(measured, bool) and _finite(measured):
+            var = f"VaR {_money(figure * float(measured), currency)} at"
+            return f"{var} {_pct(figure)} of the gate's var_limit ({_money(float(measured), currency)})"
+        return f"VaR at {_pct(figure)} of the gate's var_limit ({_money(float(limits.var_limit), currency)})"
+    if metric == "var.stressed_limit_var":
+        cap = float(limits.stressed_var_limit or 0.0)
+        share = f" ({_pct(figure / cap)} of it)" if cap > 0 else ""
+        return (
+            f"stressed VaR {_money(figure, currency)} against the gate's stressed_var_limit "
+            f"({_money(cap, currency)}){share}"
+        )
+    limit = float(limits.stale_price_seconds)
+    return f"market data {figure:,.1f} s old against the gate's stale_price_seconds ({limit:,.1f} s)"
 
 
 def traffic_lights(
@@ -86,10 +126,12 @@ def traffic_lights(
     portfolio_id: str,
     active_alerts: Iterable[Mapping[str, Any]] = (),
     limits: Limits | None = None,
+    currency: str = DEFAULT_CURRENCY,
 ) -> list[Light]:
     """One light per area of :data:`AREAS`: the worst of the rules' current breaches, the active alerts and
     (with ``limits``, the portfolio's live limits) the figures against the gate's limits
-    (:func:`limit_breaches`), so a light is never green while the gate refuses for the same limit.
+    (:func:`limit_breaches`, its money in ``currency``), so a light is never green while the gate refuses for the
+    same limit: the Market data light goes red when the data is older than the live ``stale_price_seconds``.
 
     A rule breached now (on ``snapshot``) or an active alert of a rule of the area colours it by severity;
     an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey.
@@ -98,7 +140,7 @@ def traffic_lights(
     applicable = {area: 0 for area, _ in AREAS}
     if limits is not None and snapshot is not None:
         ranks = {"red": _rank(Severity.CRITICAL), "amber": _rank(Severity.MEDIUM)}
-        for limit_area, level, text in limit_breaches(snapshot, limits):
+        for limit_area, level, text in limit_breaches(snapshot, limits, currency):
             applicable[limit_area] += 1
             if level in ranks:
                 by_area[limit_area].append((ranks[level], 2, text))
@@ -181,6 +223,17 @@ def _finite(value: Any) -> bool:
 def _fmt(value: Any) -> str:
     number = float(value)
     return f"{number:,.4g}" if abs(number) < 1000 else f"{number:,.0f}"
+
+
+def _money(value: float, currency: str) -> str:
+    """``USD 1,234,568``: :func:`logic.views.fmt.money`'s rule for money (whole units), written here because
+    ``logic.views`` imports this module."""
+    return f"{currency} {0.0 if round(value) == 0 else value:,.0f}"
+
+
+def _pct(value: float) -> str:
+    """A fraction as a percentage with one decimal (``11.384`` -> ``1,138.4%``; ``1.001`` -> ``100.1%``)."""
+    return f"{value * 100:,.1f}%"
 
 
 # -- the monitor's stored backtest ---------------------------------------------------------------------------

@@ -350,3 +350,160 @@ def test_the_stress_tab_names_the_horizon_of_every_var_figure(app_env: tuple[Sto
     gate = RiskManager(store.client, "s10", settings, clock=lambda: T0 + 1.0).check_trade_impact("AAA", 1, "BUY")
     assert shown["VaR 95% (10 days)"][0] == money(gate["var_before"])
     assert not any(label in shown for label in ("VaR 95%", "Stressed VaR 95%", "Stressed VaR 99%"))
+
+
+# -- the Market data light follows the gate's live stale_price_seconds ---------------------------------------------
+
+STALE_RULE = SHIPPED["stale_market_data"]
+
+
+def shipped_stale_rule_settings(**extra: Any) -> Settings:
+    return book_settings(alert_rules=[STALE_RULE], **extra)
+
+
+def test_the_market_data_light_turns_at_the_live_stale_limit_exactly_where_the_gate_starts_refusing(
+    books: tuple[Store, Settings],
+) -> None:
+    # Arrange: a risk manager cuts d1's stale-price limit to 45 s on the Limits page; the shipped rule still says
+    # 150 s. The market was written at T0 (warmup.seed), so at T0 + age every price and the data are age s old.
+    store, _ = books
+    settings = shipped_stale_rule_settings()
+    assert (STALE_RULE["metric"], STALE_RULE["op"], STALE_RULE["threshold"]) == ("data.market_age_seconds", ">", 150)
+    store.change_limits(
+        "d1", {"stale_price_seconds": 45.0}, actor="alice", reason="test", now=T0,
+        fallback=settings.limits_for("d1"),
+    )  # fmt: skip
+    live = store.limits_or("d1", settings.limits_for("d1"))
+    assert live.stale_price_seconds == 45.0
+
+    def at_age(age: float) -> tuple[analytics.Light, set[str]]:
+        clock = lambda: T0 + age  # noqa: E731
+        snap = Monitor(store, settings, clock, consumer=f"m{age}", idle_refresh_seconds=0).refresh()["d1"]
+        assert snap["data"]["market_age_seconds"] == age  # the monitor's figure the light reads
+        light = {li.area: li for li in analytics.traffic_lights(settings.alert_rules, snap, "d1", (), live)}
+        decision = RiskManager(store.client, "d1", settings, clock=clock).check_trade_impact("AAA", 1, "BUY")
+        return light["Market data"], {r["code"] for r in decision["reasons"]}
+
+    # Act / Assert: exactly at the limit the gate passes (it refuses abs(age) > limit) and the light warns amber
+    light, codes = at_age(45.0)
+    assert "STALE_PRICE" not in codes and light.level == "amber"
+    assert light.detail == "market data 45.0 s old against the gate's stale_price_seconds (45.0 s)"
+    # one second over: the gate refuses every order for a stale price and the light is red (it was green, "1
+    # rule(s) clear", because the shipped rule waits for 150 s)
+    light, codes = at_age(46.0)
+    assert "STALE_PRICE" in codes and light.level == "red"
+    assert light.detail == "market data 46.0 s old against the gate's stale_price_seconds (45.0 s)"
+    # well under the limit: green
+    light, codes = at_age(10.0)
+    assert "STALE_PRICE" not in codes and light.level == "green"
+
+
+def test_the_market_data_light_is_amber_from_the_documented_fraction_of_the_stale_limit() -> None:
+    limits = settings_from_dict(merge(TEST_CONFIG, {"limits": {"stale_price_seconds": 50}})).limits
+
+    def level(age: float) -> str:
+        snap = snapshot(data__market_age_seconds=age)
+        return next(lvl for area, lvl, _ in analytics.limit_breaches(snap, limits) if area == "Market data")
+
+    edge = analytics.LIMIT_AMBER_FRACTION * 50.0  # 40 s
+    assert (level(edge - 0.01), level(edge), level(50.0), level(50.01), level(51.0)) == (
+        "green", "amber", "amber", "red", "red",
+    )  # fmt: skip
+    # a figure the light cannot read (no snapshot field) gives no Market data limit light at all
+    assert not [b for b in analytics.limit_breaches({"var": {}}, limits) if b[0] == "Market data"]
+
+
+def test_a_stale_limit_raised_above_the_rules_150_s_leaves_the_light_to_the_rule_which_still_fires() -> None:
+    # the opposite mismatch: the gate would pass a 200 s old price (limit 300 s), the shipped rule alerts at 150 s.
+    # The limit part of the light follows the gate (green: 200 < 80% of 300), the rule's breach turns it red.
+    settings = shipped_stale_rule_settings(limits={"stale_price_seconds": 300})
+    limits = settings.limits
+    snap = snapshot(data__market_age_seconds=200.0)
+    (market,) = [b for b in analytics.limit_breaches(snap, limits) if b[0] == "Market data"]
+    assert market[1] == "green"
+    light = {li.area: li for li in analytics.traffic_lights(settings.alert_rules, snap, "main", (), limits)}
+    assert light["Market data"].level == "red"  # the rule is HIGH
+    assert light["Market data"].detail.startswith(f"{STALE_RULE['description']}: data.market_age_seconds = 200 > 150")
+
+
+# -- the lights' detail: the figure and the limit in one unit ------------------------------------------------------
+
+
+def test_the_limit_lights_state_the_figure_and_the_limit_in_the_same_unit() -> None:
+    limits = settings_from_dict(
+        merge(TEST_CONFIG, {"limits": {"var_limit": 1000, "max_concentration": 0.3, "stressed_var_limit": 14000}})
+    ).limits
+    snap = snapshot(
+        var__utilization=11.38, var__limit=1000.0, var__stressed_limit_var=14000.0,
+        concentration__largest_share=0.35, concentration__largest_ticker="AAA",
+    )  # fmt: skip
+    texts = {(area, level): text for area, level, text in analytics.limit_breaches(snap, limits)}
+    # VaR 11.38 x 1,000 = 11,380: no "var.utilization = 11.38 against the gate's var_limit (1)"
+    assert texts[("VaR", "red")] == "VaR USD 11,380 at 1,138.0% of the gate's var_limit (USD 1,000)"
+    assert texts[("VaR", "amber")] == (
+        "stressed VaR USD 14,000 against the gate's stressed_var_limit (USD 14,000) (100.0% of it)"
+    )
+    assert texts[("Concentration", "red")] == (
+        "largest position (AAA) at 35.0% of equity against the gate's max_concentration (30.0%)"
+    )
+    # the desk's currency; one tenth of a percent over the limit reads as over it (red), in money too
+    over = snapshot(var__utilization=1.001, var__limit=60000.0)
+    (var,) = [t for a, lvl, t in analytics.limit_breaches(over, limits, "EUR") if a == "VaR" and lvl == "red"]
+    assert var == "VaR EUR 60,060 at 100.1% of the gate's var_limit (EUR 60,000)"
+    # without the measured limit in the snapshot: the live one
+    bare = {"var": {"utilization": 0.5}, "concentration": {"largest_share": 0.1}}
+    assert ("VaR", "green", "VaR at 50.0% of the gate's var_limit (USD 1,000)") in analytics.limit_breaches(
+        bare, limits
+    )
+
+
+def test_the_overview_light_states_the_var_in_money_against_the_live_limit(app_env: tuple[Store, Settings]) -> None:
+    # v10 is over its 15,000 VaR limit at 99% / 10 days (the gate refuses a buy)
+    store, settings = app_env
+    v = refresh(store, settings, vectorised=True)["v10"]["var"]
+    at = open_page("overview", "v10")
+    captions = [str(c.value) for c in at.caption]
+    pct = f"{v['utilization'] * 100:,.1f}%"
+    want = f"VaR USD {v['utilization'] * 15000.0:,.0f} at {pct} of the gate's var\\_limit (USD 15,000)"  # markdown
+    assert v["utilization"] > 1.0 and want in captions, captions
+    assert not any("var.utilization =" in c for c in captions)
+
+
+# -- the kill switch's radio goes back to HALTED without a widget-state warning --------------------------------------
+
+
+def test_the_kill_switch_radio_goes_back_to_halted_after_a_change_without_a_widget_state_warning(
+    app_env: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from streamlit.elements.lib import policies
+
+    # Streamlit warns once per process (with a stack trace) when a widget given a default (index=) also had its
+    # value set through the session state: let it warn again here, and record what it logs
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    logged: list[logging.LogRecord] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record)
+
+    handler = Recorder(logging.WARNING)
+    policies._LOGGER.addHandler(handler)
+    store, _ = app_env
+    try:
+        at = open_page("system", "d1")
+        assert at.radio(key="ts_new_state").value == "HALTED"  # the form's default on first sight
+        for state, confirm in (("REDUCING", False), ("ACTIVE", True)):  # a stricter change, then a lift
+            at.radio(key="ts_new_state").set_value(state)
+            at.text_input(key="ts_reason").input(f"to {state}")
+            at = at.button(key="FormSubmitter:trading_state_form-Apply").click().run()
+            if confirm:
+                at = at.button(key="ts_confirm").click().run()
+            assert not at.exception, [e.value for e in at.exception]
+            assert store.read_trading_state("d1").state == state
+            assert at.radio(key="ts_new_state").value == "HALTED"  # back to the default after each change
+            assert at.text_input(key="ts_reason").value == ""
+    finally:
+        policies._LOGGER.removeHandler(handler)
+    assert [r.getMessage() for r in logged] == []

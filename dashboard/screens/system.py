@@ -148,14 +148,11 @@ def kill_switch(d: views.Desk, pid: str) -> None:
     if ui.refused(Action.TRADING_STATE, pid):
         return
     with st.form("trading_state_form"):
-        # a radio always holds one state (a segmented control could be clicked off into "no state")
-        st.radio(
-            "New state",
-            views.TRADING_STATES,
-            index=views.TRADING_STATES.index(TradingState.HALTED),
-            key="ts_new_state",
-            horizontal=True,
-        )
+        # a radio always holds one state (a segmented control could be clicked off into "no state"); its default
+        # lives in the session state, not in index=: commit_state sets the key back to HALTED, and a widget given
+        # both makes Streamlit log a widget-state warning on every change
+        st.session_state.setdefault("ts_new_state", TradingState.HALTED)
+        st.radio("New state", views.TRADING_STATES, key="ts_new_state", horizontal=True)
         st.text_input("Reason (required, audited)", key="ts_reason", max_chars=200)
         st.form_submit_button("Apply", type="primary", on_click=apply_state, args=(d, pid))
     confirm_lift(d, pid)

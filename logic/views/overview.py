@@ -280,7 +280,7 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         trading=trading,
         headline=headline,
         gauges=gauges,
-        lights=analytics.traffic_lights(rules, measured, portfolio_id, alerts, live),
+        lights=analytics.traffic_lights(rules, measured, portfolio_id, alerts, live, desk.settings.dashboard.currency),
         breakers=analytics.breaker_levels(rules, portfolio_id, limits=live),
         var_caption=_var_caption(desk, portfolio_id, snapshot),
         missing=missing,
