@@ -93,6 +93,7 @@ from engine.records import MarketSnapshot, PortfolioState, Position
 from engine.settings import Limits, Settings
 from engine.settings_types import MAX_QUANTITY
 from engine.store import GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, PortfolioKeys, Store, StoredLimits
+from engine.store.codec import decode_json, encode_json
 from engine.store.keys import SPLITS_KEY
 from engine.store.limits import plan_limits_change
 from engine.store.slots import slot_transaction
@@ -304,20 +305,86 @@ def apply_split(
     store.require_schema()
     explicit = split_id is not None
     split_id = split_id or default_split_id(ticker, ratio, now)
+    carried: _Attempt | None = None  # what earlier attempts of this run committed (a Redis Cluster: some slots)
     for _ in range(WATCH_RETRIES):
+        attempt = _Attempt()
         with slot_transaction(store.client) as pipe:
             try:
                 result = _apply_once(
-                    store, pipe, ticker, ratio, actor, reason, split_id, now, settings, explicit, force
-                )
+                    store, pipe, ticker, ratio, actor, reason, split_id, now, settings, explicit, force, attempt,
+                    carried,
+                )  # fmt: skip
                 break
             except redis.WatchError:
+                carried = _merged(carried, _committed(store, split_id, attempt))
                 continue
     else:
         raise SplitConflictError(f"the store kept changing during split {split_id}; nothing more was applied")
     if result.changed:
         result.notes = by_hand_notes(store, settings, ticker, ratio)
     return result
+
+
+@dataclass
+class _Attempt:
+    """What one attempt of :func:`apply_split` queued: its own result, the split records it wrote (portfolio id;
+    None: the market's) and the books whose backtest it restated.
+
+    On one Redis a WatchError aborts the whole MULTI; on a Redis Cluster it aborts one slot's, after the slots
+    before it committed (engine/store/slots.py). The retry then finds those done (their split records exist) and
+    leaves them alone, so what they did is carried over from here (:func:`_committed`, :func:`_merged`): the
+    run's result and its ``rd:audit`` record say everything the run did, not only its last attempt."""
+
+    result: SplitResult | None = None
+    records: dict[str | None, dict[str, Any]] = field(default_factory=dict)
+    backtests_restated: set[str] = field(default_factory=set)
+
+
+def _committed(store: Store, split_id: str, attempt: _Attempt) -> _Attempt | None:
+    """The part of a failed ``attempt`` that committed all the same: the market and each book whose stored split
+    record is the very record the attempt wrote (its time and actor name this run; a concurrent run of the same
+    id writes its own). None when nothing did (always on one Redis)."""
+    if attempt.result is None:  # it failed before its MULTI: nothing queued
+        return None
+    own = attempt.result
+    kept = _Attempt(replace(own, market_applied=False, books={}, limits={}, marked=[], backtests={}, notes=[]))
+    assert kept.result is not None
+    for pid, record in attempt.records.items():
+        if store.read_split(split_id, pid) != decode_json(encode_json(record)):
+            continue
+        kept.records[pid] = record
+        if pid is None:
+            kept.result.market_applied = True
+            continue
+        kept.result.marked.append(pid)
+        if pid in own.books:
+            kept.result.books[pid] = own.books[pid]
+        if pid in own.limits:
+            kept.result.limits[pid] = own.limits[pid]
+        if pid in own.backtests:
+            kept.result.backtests[pid] = own.backtests[pid]
+        if pid in attempt.backtests_restated:
+            kept.backtests_restated.add(pid)
+    return kept if kept.records else None
+
+
+def _merged(earlier: _Attempt | None, later: _Attempt | None) -> _Attempt | None:
+    """``earlier`` and ``later`` together (each book is restated by one attempt at most: a book whose split
+    record exists is not pending again)."""
+    if earlier is None or earlier.result is None:
+        return later
+    if later is None or later.result is None:
+        return earlier
+    a, b = earlier.result, later.result
+    result = replace(
+        b,
+        market_applied=a.market_applied or b.market_applied,
+        books={**a.books, **b.books},
+        limits={**a.limits, **b.limits},
+        marked=a.marked + [pid for pid in b.marked if pid not in a.marked],
+        backtests={**a.backtests, **b.backtests},
+    )
+    return _Attempt(result, {**earlier.records, **later.records}, earlier.backtests_restated | later.backtests_restated)
 
 
 def _apply_once(
@@ -332,7 +399,11 @@ def _apply_once(
     settings: Settings,
     explicit: bool,
     force: bool,
+    attempt: _Attempt,
+    carried: _Attempt | None,
 ) -> SplitResult:
+    """One attempt: WATCH, read, one MULTI (per slot on a cluster). Fills ``attempt`` with what it queues before
+    the EXEC; returns the run's result, ``carried`` (what earlier attempts committed) included."""
     registered = store.portfolio_ids()
     book_keys = [k for pid in registered for k in _book_keys(pid)]
     pipe.watch(MARKET_KEY, REFERENCE_KEY, SPLITS_KEY, *book_keys)
@@ -381,6 +452,7 @@ def _apply_once(
         }  # fmt: skip
         _restate_market(store, pipe, snap, ticker, ratio, price_after, dict(reference), reference_ts)
         store.record_split(split_id, record, pipe=pipe)
+        attempt.records[None] = record
         result.market_applied = True
     for pid, state in books.items():
         rec = _restate_book(store, pipe, state, ticker, ratio, Decimal(repr(price_after)), common, now)
@@ -390,6 +462,9 @@ def _apply_once(
         if line is not None:
             result.backtests[pid] = line
         store.record_split(split_id, rec, pid, pipe)
+        attempt.records[pid] = rec
+        if restated is not None:
+            attempt.backtests_restated.add(pid)
         if rec["qty_before"] != 0:  # a book without the ticker: nothing to say in its audit trail
             store.append_audit(PortfolioKeys(pid).audit, rec, pipe)
             result.books[pid] = rec
@@ -399,15 +474,18 @@ def _apply_once(
             store.queue_limits_change(pid, new, change, pipe)
             result.limits[pid] = (before, after, new.version)
         result.marked.append(pid)
-    if result.changed:  # the global record commits last (engine/store/slots.py)
-        restated = {pid: [b, a] for pid, (b, a, _) in result.limits.items()}
-        store.append_audit(GLOBAL_AUDIT_KEY, {**common, "market_restated": result.market_applied,
-                                              "portfolios": sorted(result.books),
+    attempt.result = result
+    run = _merged(carried, attempt)  # this attempt and what earlier ones committed: what the run did
+    assert run is not None and run.result is not None
+    total = run.result
+    if total.changed:  # the global record commits last (engine/store/slots.py)
+        restated = {pid: [b, a] for pid, (b, a, _) in total.limits.items()}
+        store.append_audit(GLOBAL_AUDIT_KEY, {**common, "market_restated": total.market_applied,
+                                              "portfolios": sorted(total.books),
                                               "position_limits_restated": restated,
-                                              "backtests_restated": sorted(p for p, (s, _, _) in backtests.items()
-                                                                           if s is not None)}, pipe)  # fmt: skip
+                                              "backtests_restated": sorted(run.backtests_restated)}, pipe)  # fmt: skip
     pipe.execute()
-    return result
+    return total
 
 
 def _book_keys(pid: str) -> tuple[str, str, str, str, str]:

@@ -76,6 +76,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.exceptions import InvalidPipelineStack
 
 from engine.errors import CorruptDataError, StoreError, StoreUnavailableError
 from engine.records import (
@@ -302,10 +303,12 @@ def _transact(
                 lost: BaseException | None = None
                 refused: redis.ResponseError | None = None
                 failed_writes: list[str] = []
-                queued = list(pipe.command_stack)  # execute() empties the pipeline
+                queued = _queued_commands(pipe)  # execute() empties the pipeline
                 try:
                     replies = pipe.execute(raise_on_error=False)
                     failed_writes = _failed_commands(queued, replies)
+                except InvalidPipelineStack as exc:  # a cluster EXEC that ran but answered the wrong count
+                    failed_writes = [f"EXEC: {str(exc)[:200]}"]
                 except redis.RedisError as exc:
                     lost = _lost_reply(exc)
                     if lost is None:
@@ -356,10 +359,29 @@ def _transact(
     return gave_up, False
 
 
+def _queued_commands(pipe: Any) -> list[Any]:
+    """The commands queued in ``pipe`` since its MULTI, on one Redis and on a Redis Cluster alike: redis-py's
+    ``Pipeline`` keeps them in ``command_stack``, its ``ClusterPipeline`` in its execution strategy's
+    ``command_queue`` (its ``command_stack`` stays empty). ``len(pipe)`` counts them on both; a list that does not
+    match that count is returned as it is, and :func:`_failed_commands` then fails closed."""
+    stack = list(getattr(pipe, "command_stack", None) or ())
+    if len(stack) != len(pipe):
+        strategy = getattr(pipe, "_execution_strategy", None)
+        stack = list(getattr(strategy, "command_queue", None) or ())
+    if len(stack) != len(pipe):
+        return [None] * len(pipe)  # commands we cannot name: any reply count still says whether all answered
+    return stack
+
+
 def _failed_commands(queued: list[Any], replies: list[Any]) -> list[str]:
     """The commands of an EXEC that Redis ran but refused (``raise_on_error=False`` puts their errors in the
-    replies), each described ``ZADD pf:{id}:orders_ts: WRONGTYPE ...``; [] when every one succeeded."""
+    replies), each described ``ZADD pf:{id}:orders_ts: WRONGTYPE ...``; [] when every one succeeded.
+
+    Fails closed: a reply count that differs from the number of commands queued cannot say which commands ran,
+    so it is one failure of its own (the fill is then read back, never taken as fully written)."""
     failed = []
+    if len(replies) != len(queued):
+        failed.append(f"EXEC: {len(replies)} replies for {len(queued)} queued commands")
     for reply, command in zip(replies, queued, strict=False):
         if isinstance(reply, Exception):
             args = command[0] if isinstance(command, tuple) else getattr(command, "args", ())

@@ -201,3 +201,51 @@ def test_a_sync_row_says_before_and_after_and_a_capital_flow_row_what_moved(
         "capital_flow USD -250,000.00: cash USD -100,000.00; AAA -500 @ USD 100.00 = USD -50,000.00; "
         "BBB -2,000 @ USD 50.00 = USD -100,000.00",
     }
+
+
+def _fill_every_stream(store: Store, start: int, per_stream: int) -> list[str]:
+    """``per_stream`` records in each of the read's streams (rd:audit, then main's and hedge's sources, the read's
+    order), one millisecond apart; returns the stream keys in that order."""
+    sources = store_audit.PORTFOLIO_SOURCES
+    keys = ["rd:audit"] + [getattr(PortfolioKeys(pid), s) for pid in ("main", "hedge") for s in sources]
+    for key in keys:
+        for n in range(per_stream):
+            xadd(store, key, start + n, step((start + n) / 1000, n))
+    return keys
+
+
+@pytest.mark.parametrize("limit", [2 * STREAMS + 4, 2 * STREAMS - 1, 2 * STREAMS, 3 * STREAMS - 1, 3 * STREAMS])
+def test_the_last_round_reads_at_most_the_cap_and_cuts_every_stream_it_left(store: Store, limit: int) -> None:
+    """9 streams of 3 records each: round one reads ``limit // 9`` of each; once fewer records are left to read
+    than streams, only the first streams get one more, so exactly ``limit`` records are read (one over the cap
+    used to read a record from every stream); a stream with records left is named in the cut."""
+    start = 1_700_000_000_000
+    keys = _fill_every_stream(store, start, 3)
+    trail = store.read_audit_trail(["main", "hedge"], limit, since_ms=start, page=100)
+    by_key = {"rd:audit": trail.global_records} | {
+        getattr(PortfolioKeys(pid), s): trail.portfolios[pid][s]
+        for pid in ("main", "hedge")
+        for s in store_audit.PORTFOLIO_SOURCES
+    }
+    assert sum(len(v) for v in by_key.values()) == min(limit, 3 * STREAMS)
+    # independent count: limit // 9 each, and one more for the first limit % 9 streams (3 at most)
+    expected = {key: min(3, limit // STREAMS + (1 if i < limit % STREAMS else 0)) for i, key in enumerate(keys)}
+    assert {key: len(v) for key, v in by_key.items()} == expected
+    for key, records in by_key.items():  # the newest of each stream, newest first
+        assert [r["id"] for r in records] == [f"{start + 2 - n}-0" for n in range(expected[key])]
+    assert trail.cut == {key: f"{start + 3 - n}-0" for key, n in expected.items() if n < 3}
+
+
+@pytest.mark.parametrize("limit", [1, STREAMS - 1, STREAMS])
+def test_a_cap_under_the_number_of_streams_reads_the_cap_and_cuts_the_unread_streams_above_their_newest(
+    store: Store, limit: int
+) -> None:
+    start = 1_700_000_000_000
+    keys = _fill_every_stream(store, start, 2)
+    trail = store.read_audit_trail(["main", "hedge"], limit, since_ms=start)
+    read = len(trail.global_records) + sum(len(v) for p in trail.portfolios.values() for v in p.values())
+    assert read == limit
+    # read: the first ``limit`` streams, their newest record (cut at it); unread: cut just above their newest
+    assert trail.cut == {key: f"{start + 1}-0" if i < limit else f"{start + 1}-1" for i, key in enumerate(keys)}
+    note = view_audit.cut_note(trail, limit)
+    assert all(f"`{key}`" in note for key in keys)

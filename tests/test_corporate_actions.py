@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import warmup
+from engine import corporate_actions
 from engine.corporate_actions import (
     AVG_PRICE_QUANTUM,
     MAX_SPLIT_TERM,
@@ -728,3 +729,48 @@ def test_restate_backtest_divides_prices_and_multiplies_quantities_of_the_ticker
 def test_restate_backtest_refuses_a_state_not_of_the_backtest_shape(damage: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         restate_backtest({**_fed_backtester()[0].store_state(), **damage}, "AAA", Fraction(2))
+
+
+@pytest.mark.parametrize("backend", ["store", "cluster_store"])
+def test_a_split_retried_after_a_watch_conflict_reports_and_audits_everything_its_run_did(
+    request: pytest.FixtureRequest, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write to the second book between the split's read and its EXEC (first attempt only). One Redis: the
+    MULTI aborts whole and the retry does everything. A Redis Cluster: the market's and the first book's slots
+    commit, the second's fails, and the retry restates only that book: its result and the one ``rd:audit``
+    record must still name the market and both restated limits (what the run did, not its last attempt)."""
+    store: Store = request.getfixturevalue(backend)
+    settings = _settings(merge(TEST_CONFIG, {"limits": {"position_limits": {"AAA": 5000}}}))
+    warmup.seed(store, settings, now=T0)
+    other = Store(store.client)  # a concurrent writer (its own calls, not the split's WATCHed connection)
+    real = corporate_actions._restate_book
+    restated: list[str] = []
+
+    def restate_with_a_write_meanwhile(store_: Store, pipe: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+        restated.append(state.portfolio_id)
+        if len(restated) == 2:  # the first attempt, its second book: a write to that book lands meanwhile
+            other.client.hset(PortfolioKeys(state.portfolio_id).state, "updated_at", str(T0 + 1))
+        return real(store_, pipe, state, *args, **kwargs)
+
+    monkeypatch.setattr(corporate_actions, "_restate_book", restate_with_a_write_meanwhile)
+
+    result = apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, split_id="S1", now=T0 + 30)
+
+    conflicted = restated[1]
+    assert len(restated) == (3 if backend == "cluster_store" else 4)  # the cluster retries the conflicted book only
+    assert restated[2:] == ([conflicted] if backend == "cluster_store" else restated[:2])
+    assert result.market_applied is True
+    assert set(result.books) == {"main"} and result.books["main"]["qty_after"] == 2000  # hedge holds no AAA
+    assert result.limits == {"hedge": (5000, 10000, 1), "main": (5000, 10000, 1)}
+    assert sorted(result.marked) == ["hedge", "main"]
+    assert result.lines()[0].startswith("split S1: AAA 2-for-1, last price 100 -> 50")
+    desk = [r for r in store.read_stream_json(GLOBAL_AUDIT_KEY) if r.get("action") == "split"]
+    assert len(desk) == 1
+    assert desk[0]["market_restated"] is True and desk[0]["portfolios"] == ["main"]
+    assert desk[0]["position_limits_restated"] == {"hedge": [5000, 10000], "main": [5000, 10000]}
+    assert _aaa(store)[0] == 50.0 and store.read_portfolio("main").positions["AAA"].qty == 2000
+    live = {pid: store.read_limits(pid) for pid in ("main", "hedge")}
+    assert {pid: stored.limits.position_limits["AAA"] for pid, stored in live.items() if stored is not None} == {
+        "main": 10000,
+        "hedge": 10000,
+    }

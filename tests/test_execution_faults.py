@@ -30,6 +30,7 @@ from engine.redis_server import EmbeddedRedis
 from engine.settings import Fees, Settings
 from engine.store import PortfolioKeys, Store
 from engine.store.keys import heartbeat_key
+from logic import execution
 from logic.risk_manager import RiskManager
 from logic.sizing import FLOOR_PROBES, MAX_EVALUATIONS, largest_passing
 
@@ -114,10 +115,15 @@ def exhaust_trade_log(client: redis.Redis, portfolio: str = "main") -> None:
     client.xdel(key, MAX_STREAM_ID)  # empty again, its last id kept
 
 
+@pytest.mark.parametrize("backend", ["store", "cluster_store"])
 def test_a_fill_whose_exec_partly_fails_is_filled_with_a_warning_never_rejected(
-    seeded: Store, settings: Settings
+    request: pytest.FixtureRequest, settings: Settings, backend: str
 ) -> None:
+    """On one Redis and on a private 3-master Redis Cluster alike (redis-py queues a cluster MULTI elsewhere:
+    its refused command must be found all the same)."""
     # Arrange
+    seeded: Store = request.getfixturevalue(backend)
+    warmup.seed(seeded, settings, now=NOW)
     client = seeded.client
     exhaust_trade_log(client)
     rm = gate(seeded, settings)
@@ -148,6 +154,30 @@ def test_a_fill_whose_exec_partly_fails_is_filled_with_a_warning_never_rejected(
     assert again["status"] == "FILLED" and again["duplicate"] is True
     assert again["fill"]["trade_id"] == fill["trade_id"]
     assert store_contents(client) == snapshot
+
+
+@pytest.mark.parametrize("backend", ["store", "cluster_store"])
+def test_the_commands_queued_in_a_multi_are_read_from_a_pipeline_and_a_cluster_pipeline(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    store: Store = request.getfixturevalue(backend)
+    keys = PortfolioKeys("main")
+    with store.client.pipeline(transaction=True) as pipe:
+        pipe.watch(keys.state)
+        pipe.multi()
+        pipe.hset(keys.state, "cash", "1")
+        pipe.xadd(keys.trades, {"json": "{}"})
+        queued = execution._queued_commands(pipe)
+        pipe.reset()
+    names = [(c[0] if isinstance(c, tuple) else c.args)[:2] for c in queued]
+    assert names == [("HSET", keys.state), ("XADD", keys.trades)]
+
+
+def test_an_exec_answering_fewer_replies_than_commands_queued_fails_closed() -> None:
+    queued = [(("HSET", "pf:{main}:state", "cash", "1"), {}), (("XADD", "pf:{main}:trades", "*", "j", "1"), {})]
+    assert execution._failed_commands(queued, [1, b"1-1"]) == []  # as many replies, none an error
+    assert execution._failed_commands(queued, [1]) == ["EXEC: 1 replies for 2 queued commands"]
+    assert execution._failed_commands(queued, [1, b"1-1", 0]) == ["EXEC: 3 replies for 2 queued commands"]
 
 
 def test_a_refused_order_whose_log_record_cannot_be_stored_is_still_refused_for_its_own_reason(

@@ -65,7 +65,9 @@ class AuditTrail:
     """portfolio id -> source (:data:`PORTFOLIO_SOURCES`) -> records."""
     cut: Mapping[str, str] = field(default_factory=dict)
     """Streams read only in part (the read's cap was reached): stream key -> the oldest entry id read; the
-    stream's older records from :attr:`since_ms` on were not read. Empty when every record in range was read."""
+    stream's older records from :attr:`since_ms` on were not read. A stream none of whose records was read (a cap
+    below the number of streams) maps to the id just above its newest entry in range. Empty when every record in
+    range was read."""
     since_ms: int | None = None
     """The oldest stream id (milliseconds) the read asked for; None: everything each stream holds."""
 
@@ -183,23 +185,31 @@ class AuditStore(StoreBase):
         active, total = list(keys), 0
         page, limit = max(int(page), 1), max(int(limit), 1)
         while active and total < limit:
-            count = min(page, max(1, (limit - total) // len(active)))
-            replies = self._pipelined([(key, cursor[key], count) for key in active], low)
-            still = []
-            for key, reply in zip(active, replies, strict=True):
+            room = limit - total
+            count = min(page, max(1, room // len(active)))
+            # fewer records left than streams: one each to the first ``room`` streams only, never past ``limit``
+            reading = active[:room]
+            replies = self._pipelined([(key, cursor[key], count) for key in reading], low)
+            done = set()
+            for key, reply in zip(reading, replies, strict=True):
                 records = _decode_entries(key, reply)
                 read[key].extend(records)
                 total += len(records)
                 if len(records) == count:
                     cursor[key] = f"({records[-1]['id']}"
-                    still.append(key)
-            active = still
+                else:
+                    done.add(key)
+            active = [key for key in active if key not in done]  # a stream not read this round stays
         cut: dict[str, str] = {}
         if active:  # the cap was reached: which streams still hold older records in range (one entry each)
             probes = self._pipelined([(key, cursor[key], 1) for key in active], low)
             for key, more in zip(active, probes, strict=True):
-                if _decode_entries(key, more):
-                    cut[key] = str(read[key][-1]["id"])  # a stream in ``active`` has read a full page
+                newest = _decode_entries(key, more)
+                if newest and read[key]:
+                    cut[key] = str(read[key][-1]["id"])
+                elif newest:  # none of it read (fewer records allowed than streams): cut above its newest
+                    ms, _, seq = str(newest[0]["id"]).partition("-")
+                    cut[key] = f"{ms}-{int(seq or 0) + 1}"
         portfolios = {pid: {s: read[getattr(PortfolioKeys(pid), s)] for s in PORTFOLIO_SOURCES} for pid in ids}
         return AuditTrail(read[GLOBAL_AUDIT_KEY], portfolios, cut, since_ms)
 
