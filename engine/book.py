@@ -72,6 +72,7 @@ from engine.settings import Settings, valid_symbol
 from engine.settings_types import MAX_MONEY, MAX_QUANTITY
 from engine.store import PortfolioKeys, Store
 from engine.store.limits import changed_fields
+from engine.store.slots import slot_transaction
 
 REQUIRED_COLUMNS = ("portfolio_id", "ticker", "qty", "avg_price")
 OPTIONAL_COLUMNS = ("account_type", "cash")
@@ -410,13 +411,21 @@ def apply_sync(store: Store, plan: SyncPlan, *, now: float, actor: str) -> int:
     one (a trade landed meanwhile) the portfolio is left alone and :class:`BookError` says what was applied.
     A change of cash or quantities is a capital flow: the portfolio's P&L references move by it in the same
     MULTI, with a ``capital_flow`` audit record (module docstring).
+
+    A created portfolio joins the registry (``rd:portfolios``, global): on a Redis Cluster that key is on
+    another slot than the portfolio's, which one MULTI cannot span, so :func:`slot_transaction` commits the
+    portfolio's MULTI first and the registry's SADD after it, in its own (the registry is the commit marker:
+    no reader finds a registered portfolio without its data). A crash between the two leaves the portfolio
+    unregistered; the next ``--sync --create`` writes it again and registers it (SADD is idempotent).
     """
     applied = 0
     for pid in sorted(set(plan.changes) | set(plan.created)):
         want = plan.desired[pid]
         keys = PortfolioKeys(pid)
         for _ in range(WATCH_RETRIES):
-            with store.client.pipeline(transaction=True) as pipe:
+            # one MULTI on one server; on a cluster a creation is one per slot (portfolio, then registry)
+            tx = slot_transaction(store.client) if pid in plan.created else store.client.pipeline(transaction=True)
+            with tx as pipe:
                 try:
                     pipe.watch(keys.state, keys.positions, keys.trading_state)
                     try:

@@ -11,6 +11,13 @@ so a second per tick for a thousand portfolios). :func:`evaluate_batch` does the
 4. one MULTI writing every portfolio's changes (the engine's own ``_write``): alerts, timers, history, outbox,
    automated actions, audit.
 
+**On a Redis Cluster** a WATCH and a MULTI may only touch keys of one hash slot (engine/store/slots.py), and
+each portfolio's alert keys share their portfolio's slot: the portfolios are grouped by slot and each group is
+its own transaction (steps 1 to 4), so a conflict in one leaves only that group to the per-portfolio path. The
+rules (``rd:rules``, global, on another slot) are read once, before those transactions: they were never
+WATCHed on one server either. Before this grouping, every cluster tick raised at the first WATCH, so no alert
+timer (pending and clear periods, escalation, acknowledge timeouts) ran on a cluster.
+
 A conflict at step 4 (someone acknowledged or resolved an alert meanwhile) writes nothing of that range; the
 caller then evaluates its portfolios one by one (each in its own transaction, as before). A portfolio whose
 stored alerts do not decode, or whose planning fails, is left to the per-portfolio path too, which reports its
@@ -38,6 +45,7 @@ from engine.errors import RiskdeskError
 from engine.settings import AlertRule, Limits
 from engine.store import decode_str
 from engine.store.codec import decode_json_fast
+from engine.store.slots import is_cluster
 from logic.batch import PortfolioLookup, read_limits
 from logic.lifecycle import Changes, staleness
 from logic.rules import Snapshot
@@ -99,21 +107,38 @@ def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: 
     :data:`ALERT_BATCH_PORTFOLIOS` portfolios (module docstring). The caller holds the engine's lock."""
     result = BatchResult()
     pids = list(snapshots)
-    for lo in range(0, len(pids), ALERT_BATCH_PORTFOLIOS):
-        _evaluate_range(engine, snapshots, pids[lo : lo + ALERT_BATCH_PORTFOLIOS], now, result)
+    client: Any = engine.store.client  # a RedisCluster on a cluster (typed as redis.Redis by the store)
+    if not is_cluster(client):
+        for lo in range(0, len(pids), ALERT_BATCH_PORTFOLIOS):
+            _evaluate_range(engine, snapshots, pids[lo : lo + ALERT_BATCH_PORTFOLIOS], now, result)
+        return result
+    rules = engine.rulebook.rules()  # global (its own slot): read once, outside the portfolios' transactions
+    by_slot: dict[int, list[str]] = {}
+    for pid in pids:
+        by_slot.setdefault(client.keyslot(engine.store.alert_watch_keys(pid)[0]), []).append(pid)
+    for group in by_slot.values():
+        for lo in range(0, len(group), ALERT_BATCH_PORTFOLIOS):
+            _evaluate_range(engine, snapshots, group[lo : lo + ALERT_BATCH_PORTFOLIOS], now, result, rules)
     return result
 
 
 def _evaluate_range(
-    engine: AlertEngine, snapshots: Mapping[str, Snapshot], pids: list[str], now: float, result: BatchResult
+    engine: AlertEngine,
+    snapshots: Mapping[str, Snapshot],
+    pids: list[str],
+    now: float,
+    result: BatchResult,
+    cluster_rules: tuple[AlertRule, ...] | None = None,
 ) -> None:
-    """Steps 1 to 4 for ``pids``, adding to ``result``; a conflict leaves them all to the per-portfolio path."""
+    """Steps 1 to 4 for ``pids``, adding to ``result``; a conflict leaves them all to the per-portfolio path.
+    ``cluster_rules``: the rules read before (on a Redis Cluster ``pids`` share one slot and ``rd:rules`` is on
+    another, so it cannot be read on the transaction's connection); ``None`` reads them after the WATCH."""
     store = engine.store
     watched = {pid: store.alert_watch_keys(pid) for pid in pids}
     failed: list[str] = []
     with store.client.pipeline(transaction=True) as tx:
         tx.watch(*(key for pid in pids for key in watched[pid]))
-        rules = engine.rulebook.rules(tx)
+        rules = engine.rulebook.rules(tx) if cluster_rules is None else cluster_rules
         states = store.read_alert_states(pids)
         limits = read_limits(store, pids, PortfolioLookup(engine.settings), engine._limits_memo)
         plans: dict[str, Changes] = {}
