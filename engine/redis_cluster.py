@@ -126,9 +126,15 @@ class GuardedRedisCluster(RedisCluster):
         return dict(getattr(connection, "response_callbacks", {}) or {})
 
 
+_CROSS_SLOT = "must map to the same key slot"
+"""What redis-py's cluster client says of a WATCH (or a transaction) over keys of several hash slots."""
+
+
 def _unreachable(exc: RedisClusterException) -> Exception:
-    """``exc`` as the error a single server's client raises (class docstring); a misuse stays as it is."""
-    if isinstance(exc, CrossSlotTransactionError | InvalidPipelineStack):
+    """``exc`` as the error a single server's client raises (class docstring); a misuse stays as it is: keys of
+    several hash slots in one transaction (a WATCH of them raises a plain :class:`RedisClusterException` saying
+    so) is a bug to report, never "the cluster is unavailable" for a daemon to back off from."""
+    if isinstance(exc, CrossSlotTransactionError | InvalidPipelineStack) or _CROSS_SLOT in str(exc):
         return exc
     return redis.ConnectionError(f"Redis Cluster unavailable: {exc}")
 

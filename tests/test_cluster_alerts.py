@@ -214,3 +214,16 @@ def test_a_conflict_on_a_cluster_leaves_only_its_own_slot_to_the_one_by_one_path
     assert breaching
     for pid in breaching:
         assert ("var_breach" in store.read_active_alerts(pid)) is (pid != touched[0])
+
+
+def test_a_watch_over_keys_of_two_slots_is_a_misuse_not_an_unavailable_cluster(cluster_store: Store) -> None:
+    """A daemon backs off from "Redis Cluster unavailable"; a cross-slot WATCH is a bug, reported as itself."""
+    import redis as redis_py
+    from redis.exceptions import RedisClusterException
+
+    keys = [PortfolioKeys("main").alerts, PortfolioKeys("hedge").alerts]
+    assert len({cluster_store.client.keyslot(k) for k in keys}) == 2
+    with cluster_store.client.pipeline(transaction=True) as pipe, pytest.raises(RedisClusterException) as raised:
+        pipe.watch(*keys)
+    assert not isinstance(raised.value, redis_py.ConnectionError)
+    assert "same key slot" in str(raised.value)
