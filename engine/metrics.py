@@ -312,8 +312,18 @@ class MonitorMetrics:
         if seconds is not None:
             self.snapshot_duration.observe(seconds)
 
-    def snapshots(self, snapshots: Mapping[str, Mapping[str, Any]], portfolio_count: int | None = None) -> None:
-        """Set the per-portfolio gauges from one round's snapshots (the first ``max_portfolios`` ids)."""
+    def snapshots(
+        self,
+        snapshots: Mapping[str, Mapping[str, Any]],
+        portfolio_count: int | None = None,
+        present: Iterable[str] | None = None,
+    ) -> None:
+        """Set the per-portfolio gauges from one round's snapshots (the first ``max_portfolios`` ids).
+
+        ``present``: the portfolios the round was for (the monitor's, whether or not their snapshot succeeded).
+        A labelled portfolio among them without a snapshot this round (its snapshot failed: corrupt state) keeps
+        its last gauges, so its ``snapshot_timestamp_seconds`` ages and ``time() - x`` alerts on it; only one that
+        left the round entirely is forgotten. Without ``present``, every portfolio without a snapshot is."""
         ids = sorted(snapshots)
         kept = ids[: self.max_portfolios]
         total = len(ids) if portfolio_count is None else portfolio_count
@@ -321,9 +331,10 @@ class MonitorMetrics:
             now = self.wall()
             self.portfolios.set(total)
             self.unlabelled.set(max(0, total - len(kept)))
-            for pid in self._labelled - set(kept):
+            stuck = self._labelled & set(present) - set(kept) if present is not None else set()
+            for pid in self._labelled - set(kept) - stuck:
                 self._forget(pid)
-            self._labelled = set(kept)
+            self._labelled = set(kept) | stuck
             for pid in kept:
                 self._set_portfolio(pid, snapshots[pid], now)
 

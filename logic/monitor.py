@@ -618,7 +618,7 @@ class Monitor:
         self.stats.last_version = market.header.version
         self.stats.last_latency_ms = latency_ms
         self.metrics.snapshot_duration.observe(latency_ms / 1000.0)
-        self.metrics.snapshots(snapshots)
+        self.metrics.snapshots(snapshots, present=self._shard_ids(self._portfolio_ids or sorted(snapshots)))
         return snapshots
 
     def _shard_ids(self, portfolio_ids: list[str]) -> list[str]:

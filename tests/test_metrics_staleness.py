@@ -25,7 +25,7 @@ import warmup
 from engine.metrics import NOTIFICATION_STATUSES, MonitorMetrics, NotificationMetrics, serve
 from engine.records import TradingState
 from engine.settings import Settings
-from engine.store import Store
+from engine.store import PortfolioKeys, Store
 from logic.monitor import Monitor
 from tests.alerts_support import snapshot
 from tests.prom_support import free_port, prometheus, promql, wait_until
@@ -262,6 +262,48 @@ def test_the_market_timestamp_is_the_wall_time_less_the_snapshots_market_age(age
     assert got['riskdesk_portfolio_snapshot_timestamp_seconds{portfolio="p"}'] == WALL
     value = got['riskdesk_portfolio_market_timestamp_seconds{portfolio="p"}']
     assert value == market_ts or (math.isnan(market_ts) and math.isnan(value))
+
+
+def test_a_portfolio_whose_snapshot_fails_keeps_its_gauges_and_its_timestamp_ages(
+    store: Store, book_settings: Settings
+) -> None:
+    # Arrange: both books snapshotted at WALL (the per-portfolio path refuses a corrupt peaks hash)
+    wall = Wall(WALL)
+    metrics = MonitorMetrics(wall=wall)
+    d = desk(store, book_settings, False, metrics)
+    d.monitor.refresh()
+
+    # Act: hedge's peaks are corrupt (its snapshot fails), a minute later
+    store.client.hset(PortfolioKeys("hedge").peaks, "max_peak", "not-a-number")
+    d.clock[0] += 60.0
+    wall.now += 60.0
+    d.monitor.refresh()
+    got = exposition(metrics.registry)
+
+    # Assert: main is new; hedge keeps its last gauges, so time() - its snapshot timestamp grows and alerts
+    assert got['riskdesk_portfolio_snapshot_timestamp_seconds{portfolio="main"}'] == WALL + 60.0
+    assert got['riskdesk_portfolio_snapshot_timestamp_seconds{portfolio="hedge"}'] == WALL
+    assert got['riskdesk_portfolio_valuation_complete{portfolio="hedge"}'] == 1.0
+
+
+def test_only_a_portfolio_that_left_the_round_is_forgotten_a_failed_one_keeps_its_last_gauges() -> None:
+    # Arrange
+    wall = Wall(WALL)
+    metrics = MonitorMetrics(wall=wall)
+    metrics.snapshots({"a": snapshot("a"), "b": snapshot("b"), "c": snapshot("c")})
+    wall.now += 60.0
+
+    # Act: a round for a and b in which only b has a snapshot (a failed); c left the round
+    metrics.snapshots({"b": snapshot("b")}, present=["a", "b"])
+
+    # Assert
+    got = exposition(metrics.registry)
+    assert got['riskdesk_portfolio_snapshot_timestamp_seconds{portfolio="a"}'] == WALL  # ages from here
+    assert got['riskdesk_portfolio_snapshot_timestamp_seconds{portfolio="b"}'] == WALL + 60.0
+    assert not any('portfolio="c"' in key for key in got)
+    # the next round without ``present`` (no round to judge by) forgets a as before
+    metrics.snapshots({"b": snapshot("b")})
+    assert not any('portfolio="a"' in key for key in exposition(metrics.registry))
 
 
 def test_a_portfolio_gone_from_a_round_leaves_the_new_gauges_too() -> None:
