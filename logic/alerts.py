@@ -650,8 +650,9 @@ class AlertEngine:
         actions count as the breach episode's last run (:func:`settle_acted`)."""
         ch = self.planner.plan_action_alert(portfolio_id, outcomes, now, alerts, trackers, rules)
         first = outcomes[0][0]
-        trades = [o.ok for item, o in outcomes if parse_action(item["action"]).kind in TRADE_ACTION_KINDS]
-        settle_acted(ch, first["rule_id"], first["alert_id"], all(trades), alerts, trackers)
+        trades = [_counts_as_run(parse_action(item["action"]).kind, o) for item, o in outcomes]
+        settle_acted(ch, first["rule_id"], first["alert_id"], all(t for t in trades if t is not None), alerts,
+                     trackers)  # fmt: skip
         return ch
 
     def _audit_response_step(self, portfolio_id: str, record: Mapping[str, Any]) -> None:
@@ -664,6 +665,20 @@ class AlertEngine:
             LOGGER.exception("could not audit a step of an automated response of %s", portfolio_id)
 
 
+def _counts_as_run(kind: str, outcome: Any) -> bool | None:
+    """Whether one action's outcome counts as a run of the breach episode (None: not a trade action). A trade
+    action counts when it is ok, and a ``reduce`` also when any of its legs filled: it cuts a fraction of the book
+    it finds, so a retry at the same value would cut a fraction of the rest again (a leg refused every time, a
+    stale or unpriced holding, would let every manual resolve sell more of the others). A partly done ``flatten``
+    does not count: a retry only closes what is left."""
+    if kind not in TRADE_ACTION_KINDS:
+        return None
+    if outcome.ok:
+        return True
+    legs = (getattr(outcome, "details", None) or {}).get("legs") or []
+    return kind == "reduce" and any(isinstance(leg, Mapping) and int(leg.get("filled") or 0) > 0 for leg in legs)
+
+
 def settle_acted(
     ch: Changes, rule_id: str, alert_id: str, ok: bool, alerts: Mapping[str, Any], trackers: Mapping[str, Any]
 ) -> None:
@@ -671,12 +686,12 @@ def settle_acted(
     :meth:`AlertPlanner.trigger`; in the alert and in the rule's tracker, which keeps it across a manual
     resolve) count as the breach episode's last run, the reference a re-trigger must be materially worse than.
 
-    Only a run whose every trade action is ok counts. One refused (stale prices) or only partly done (a leg
-    refused, a position without a price) is no run: the reference goes back to the run before it (none on the
-    first), so a re-trigger at the same value after a manual resolve retries the cut. A retry sizes from the
-    book then held: a flatten or a margin sell-down does only what is still missing; a ``reduce`` cuts its
-    fraction of what is left (after a partial fill, the two runs together may cut more than the fraction of the
-    first book: a cut that stopped half-way is finished rather than left half-done)."""
+    A run counts when each of its trade actions counts (:func:`_counts_as_run`): ok, or a ``reduce`` that filled
+    any leg. One refused outright (stale prices), or a ``flatten`` only partly done, is no run: the reference goes
+    back to the run before it (none on the first), so a re-trigger at the same value after a manual resolve
+    retries the cut, which sizes from the book then held (a flatten closes only what is left). A ``reduce`` that
+    cut part of the book is a run, so a resolve at the same value never sells another fraction of the legs that
+    filled; its refused legs wait for the metric to worsen, or for a person (a liquidation-only order)."""
     for records, into in ((alerts, ch.alerts_set), (trackers, ch.trackers_set)):
         record = dict(records.get(rule_id) or {})
         acted = record.pop("acted", None) or {}

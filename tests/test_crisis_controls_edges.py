@@ -545,3 +545,34 @@ def test_a_partly_done_flatten_is_no_run_and_a_resolve_finishes_it(seeded: Store
     assert _book(seeded) == {}
     assert _responses(seeded, "automated_response")[-1]["ok"]
     assert _acted(seeded, engine)[0]["value"] == -0.0625
+
+
+def test_a_reduce_that_cut_part_of_the_book_is_a_run_and_a_resolve_never_sells_its_filled_legs_again(
+    seeded: Store, make_settings: Any
+) -> None:
+    """AAA (the loser, first in the plan) stays stale: its leg is refused every time. The BBB leg that filled is a
+    run of the episode: resolving at the same drawdown re-alerts but sells no more BBB (it sold another slice at
+    each resolve before: a fraction of the book then held, again and again)."""
+    cut = rule("dd_cut", "drawdown.daily", "<=", -0.05, "HIGH", description="cut", actions=["reduce:0.75"])
+    clock = SimClock(T0 + 100_000)
+    engine = _build(seeded, make_settings, clock, [cut])
+    _stamp_prices(seeded, clock.now, ("BBB",))
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.0625, positions=[AAA, BBB]), clock.now)
+    first = _responses(seeded, "automated_response")
+    assert len(first) == 1 and not first[0]["ok"] and "STALE_PRICE" in first[0]["summary"]
+    after_first = _book(seeded)
+    assert after_first["AAA"] == 1000 and 0 < after_first["BBB"] < 2000, first[0]["summary"]
+    assert _acted(seeded, engine)[0]["value"] == -0.0625
+    for _ in range(3):
+        engine.resolve("main", "dd_cut", "risk-officer", "looked at it")
+        clock.advance(MANUAL_RESOLVE_REARM_SECONDS + 1)
+        _stamp_prices(seeded, clock.now, ("BBB",))
+        engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.0625, positions=_held(seeded)), clock.now)
+        assert _book(seeded) == after_first
+    assert len(_responses(seeded, "automated_response")) == 1
+    # a materially worse drawdown (25% further) cuts again
+    engine.resolve("main", "dd_cut", "risk-officer", "worse now")
+    clock.advance(MANUAL_RESOLVE_REARM_SECONDS + 1)
+    _stamp_prices(seeded, clock.now, ("BBB",))
+    engine.evaluate("main", snapshot(now=clock.now, drawdown__daily=-0.078125, positions=_held(seeded)), clock.now)
+    assert _book(seeded).get("BBB", 0) < after_first["BBB"]
