@@ -507,3 +507,27 @@ def test_the_kill_switch_radio_goes_back_to_halted_after_a_change_without_a_widg
     finally:
         policies._LOGGER.removeHandler(handler)
     assert [r.getMessage() for r in logged] == []
+
+
+def test_the_market_data_light_ages_with_the_snapshot_when_the_monitor_stops_too(
+    books: tuple[Store, Settings],
+) -> None:
+    # Arrange: the monitor snapshots d1 at T0 + 1 (prices 1 s old), then stops with the feed; stale limit 45 s
+    store, _ = books
+    settings = shipped_stale_rule_settings()
+    store.change_limits(
+        "d1", {"stale_price_seconds": 45.0}, actor="alice", reason="test", now=T0,
+        fallback=settings.limits_for("d1"),
+    )  # fmt: skip
+    snap = Monitor(store, settings, lambda: T0 + 1.0, consumer="once", idle_refresh_seconds=0).refresh()["d1"]
+    assert snap["data"]["market_age_seconds"] == 1.0
+
+    def light_at(now: float) -> analytics.Light:
+        desk = Desk(store.client, settings, clock=lambda: now)
+        view = ov.overview_view(desk, "d1")
+        return next(li for li in view.lights if li.area == "Market data")
+
+    # Act / Assert: the prices are 1 + (now - (T0 + 1)) s old, as the gate measures them: red one second past 45 s
+    assert light_at(T0 + 45.0).level == "amber"  # 45 s old: exactly at the limit
+    assert light_at(T0 + 46.0).level == "red"
+    assert light_at(T0 + 1000.0).level == "red"  # it stayed green, "market data 1.0 s old"

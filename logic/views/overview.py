@@ -160,6 +160,17 @@ def same_basis(var: Mapping[str, Any], limits: Limits) -> bool:
     )
 
 
+def aged_now(measured: Mapping[str, Any] | None, snapshot_age: float) -> Mapping[str, Any] | None:
+    """``measured`` with its market data aged to now: the snapshot's ``data.market_age_seconds`` plus the
+    snapshot's own age. The gate judges a price by its age when an order arrives; with the monitor down too, the
+    snapshot's figure stands still while the market goes stale, and the Market data light would stay green."""
+    data = dict((measured or {}).get("data") or {})
+    market_age = float_or_none(data.get("market_age_seconds"))
+    if measured is None or market_age is None:
+        return measured
+    return {**measured, "data": {**data, "market_age_seconds": market_age + snapshot_age}}
+
+
 def on_live_limits(snapshot: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
     """``snapshot`` with its ``var`` limits and uses measured against the live ``limits``: what the monitor's next
     tick will write, so a limit cut since the snapshot shows on the gauges and the lights now, not at the next
@@ -247,6 +258,7 @@ def overview_view(desk: Desk, portfolio_id: str) -> OverviewView:
         measured: Mapping[str, Any] | None = on_live_limits(snapshot, live)
         missing = missing_tickers((snapshot.get("data") or {}).get("missing_prices"))
         age = max(0.0, desk.clock() - float(snapshot.get("ts", 0.0)))
+        measured = aged_now(measured, age)
     else:  # no monitor yet: the risk manager's own figures (no drawdown, no daily P&L)
         _, totals = priced_positions(desk.risk_manager(portfolio_id).get_dashboard_metrics())
         headline = {
