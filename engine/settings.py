@@ -46,7 +46,6 @@ import difflib
 import functools
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import field, fields, is_dataclass
@@ -103,6 +102,7 @@ from engine.settings_types import (  # noqa: F401  (re-exported: the one setting
     at_least,
     check_identifiers,
     env_path,
+    unwrap_type,
     valid_id,
 )
 
@@ -629,28 +629,15 @@ def _describe(tp: Any, error: Mapping[str, Any], where: str) -> str:
 
 def _field_names(tp: Any, loc: tuple[Any, ...]) -> set[str]:
     """The field names of the dataclass found at ``loc`` below ``tp`` (for an "unknown setting" message)."""
-    tp = _unwrap(tp)
+    tp = unwrap_type(tp)
     for part in loc:
         if is_dataclass(tp) and isinstance(tp, type):
-            tp = _unwrap(typing.get_type_hints(tp, include_extras=True).get(str(part), Any))
+            tp = unwrap_type(typing.get_type_hints(tp, include_extras=True).get(str(part), Any))
         elif typing.get_origin(tp) in (tuple, Mapping, dict):
-            tp = _unwrap(typing.get_args(tp)[-1 if typing.get_origin(tp) is not tuple else 0])
+            tp = unwrap_type(typing.get_args(tp)[-1 if typing.get_origin(tp) is not tuple else 0])
         else:
             return set()
     return {f.name for f in fields(tp)} if is_dataclass(tp) and isinstance(tp, type) else set()
-
-
-def _unwrap(tp: Any) -> Any:
-    """``Annotated[X, ...]`` -> X, ``X | None`` -> X."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            non_none = [a for a in typing.get_args(tp) if a is not type(None)]
-            tp = non_none[0] if len(non_none) == 1 else Any
-        else:
-            return tp
 
 
 # -- loading -----------------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def check_identifiers(settings: Any) -> None:
             _require(abs(qty) <= MAX_QUANTITY, f"portfolio {p.id}: holding {ticker} {qty} over {MAX_QUANTITY:,} shares")
 
 
-def _unwrap_type(tp: Any) -> Any:
+def unwrap_type(tp: Any) -> Any:
     """``Annotated[X, ...]`` -> X, ``X | None`` -> X."""
     while True:
         origin = typing.get_origin(tp)
@@ -180,7 +180,7 @@ def env_path(tp: Any, data: Mapping[str, Any], parts: Sequence[str]) -> list[str
     node: Any = data
     field_name = ""
     for part in parts:
-        tp = _unwrap_type(tp)
+        tp = unwrap_type(tp)
         if is_dataclass(tp) and isinstance(tp, type):
             key = field_name = part.lower()
             tp = typing.get_type_hints(tp, include_extras=True).get(key, Any)

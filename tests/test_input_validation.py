@@ -22,7 +22,7 @@ from engine import book
 from engine.errors import ConfigError
 from engine.records import DecisionStatus, ReasonCode, Role
 from engine.settings import Limits, Settings, load_settings, settings_from_dict, valid_symbol, validate_config
-from engine.settings_types import MAX_MONEY, MAX_QUANTITY, TICKER_KEYED_TABLES, _unwrap_type
+from engine.settings_types import MAX_MONEY, MAX_QUANTITY, TICKER_KEYED_TABLES, unwrap_type
 from engine.store import LimitsChangeError, PortfolioKeys, Store
 from logic.access import identity_from_claims, local_identity
 from logic.limits import position_cap
@@ -410,12 +410,12 @@ def _tables(tp: Any, path: str = "") -> dict[str, Any]:
     if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
         return out
     for name, hint in typing.get_type_hints(tp, include_extras=True).items():
-        inner = _unwrap_type(hint)
+        inner = unwrap_type(hint)
         if typing.get_origin(inner) is tuple:
-            inner = _unwrap_type(typing.get_args(inner)[0])
+            inner = unwrap_type(typing.get_args(inner)[0])
         if typing.get_origin(inner) in (Mapping, dict):
             out[f"{path}{name}"] = name
-            inner = _unwrap_type(typing.get_args(inner)[-1])
+            inner = unwrap_type(typing.get_args(inner)[-1])
         out.update(_tables(inner, f"{path}{name}."))
     return out
 
