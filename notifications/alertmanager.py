@@ -24,8 +24,15 @@ Riskdesk alerts back (``GET /api/v2/alerts?filter=portfolio="..."``) and posts, 
 end (``endsAt`` = now) of every alert of the same rule and portfolio still active there under another
 severity. An Alertmanager that refuses the read (HTTP 4xx: a proxy that only lets posts through) still gets
 the post (so does one that does not implement the read, HTTP 501); the delivery record says the ghosts could
-not be looked for. Network errors, 429 and other 5xx to the read fail the attempt as the post would. An
-attempt makes both requests, each within ``timeout``.
+not be looked for. Network errors, 429 and other 5xx to the read fail the attempt as the post would.
+
+An attempt is bounded by ``timeout`` (``[notifications.alertmanager] timeout_seconds``) as a whole, not per
+request: it starts one deadline, the read waits at most until it, the post at most for what the read left.
+A hung Alertmanager therefore holds the notifier (every portfolio and channel behind it) for ``timeout`` per
+attempt, as configured, not twice that; and a read that used the whole budget fails the attempt as transient
+before anything is posted (the retry reads again), so an attempt never half-delivers after its deadline.
+urllib applies the remaining time to each socket wait, so only a server trickling its answer byte by byte
+could stretch the request under way; the deadline is checked again before the post all the same.
 
 Errors follow :mod:`notifications.channels`: HTTP 429 / 5xx and network errors are transient (retried),
 other 4xx permanent.
@@ -130,7 +137,9 @@ class AlertmanagerChannel:
         if not alerts:
             raise PermanentDeliveryError("the message carries no alert event to post")
         portfolio = str(alerts[0]["labels"]["portfolio"])
-        ended, note = self.superseded(address, portfolio, alerts)
+        deadline = time.monotonic() + self.timeout
+        ended, note = self.superseded(address, portfolio, alerts, deadline)
+        left = self._left(deadline, address, "before the post; nothing posted")
         posted = alerts + ended
         request = urllib.request.Request(
             address.rstrip("/") + ALERTS_PATH,
@@ -139,7 +148,7 @@ class AlertmanagerChannel:
             method="POST",
         )
         try:
-            with self.opener(request, timeout=self.timeout) as response:
+            with self.opener(request, timeout=left) as response:
                 status = getattr(response, "status", 200)
         except urllib.error.HTTPError as exc:
             text = f"HTTP {exc.code} from Alertmanager {mask_url(address)}"
@@ -152,16 +161,31 @@ class AlertmanagerChannel:
         ends = f", ended {len(ended)} under a former severity" if ended else ""
         return f"HTTP {status}, {len(alerts)} alert(s){ends}{note}"
 
+    def _left(self, deadline: float, address: str, when: str) -> float:
+        """Seconds left to the attempt's ``deadline`` (``time.monotonic``), the bound of its next request.
+
+        Raises :class:`TransientDeliveryError` when none is left: the attempt is over, the retry starts afresh.
+        """
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TransientDeliveryError(
+                f"Alertmanager {mask_url(address)}: the attempt's {self.timeout:g} s timeout ran out {when}"
+            )
+        return left
+
     def superseded(
-        self, address: str, portfolio: str, alerts: list[dict[str, Any]]
+        self, address: str, portfolio: str, alerts: list[dict[str, Any]], deadline: float | None = None
     ) -> tuple[list[dict[str, Any]], str]:
         """The end (``endsAt`` = now) of each alert Alertmanager holds active for a rule of ``alerts`` under
         another severity (the rule was edited meanwhile), and a note for the delivery record.
 
         Raises :class:`TransientDeliveryError` when Alertmanager cannot be read (network, 429, 5xx), like the
         post would; a 4xx or 501 answer (reading not allowed or not implemented) returns no ends and says so in
-        the note: the post still goes out.
+        the note: the post still goes out. The read waits at most until ``deadline`` (``time.monotonic``; the
+        attempt's, see the module docstring), by default ``timeout`` from now.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         query = urlencode({"filter": f"portfolio={json.dumps(portfolio, ensure_ascii=False)}"})
         request = urllib.request.Request(
             f"{address.rstrip('/')}{ALERTS_PATH}?{query}",
@@ -169,7 +193,7 @@ class AlertmanagerChannel:
             method="GET",
         )
         try:
-            with self.opener(request, timeout=self.timeout) as response:
+            with self.opener(request, timeout=self._left(deadline, address, "before the read")) as response:
                 held = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 429 or (exc.code >= 500 and exc.code != HTTPStatus.NOT_IMPLEMENTED):
