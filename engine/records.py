@@ -591,7 +591,8 @@ class SnapshotDrawdown:
 
 @dataclass(frozen=True)
 class SnapshotConcentration:
-    hhi: float
+    hhi: float | None
+    """None (as the other two) while the valuation misses a held price (logic/snapshot.py)."""
     largest_share: float | None
     largest_ticker: str | None
 

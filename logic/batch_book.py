@@ -162,7 +162,8 @@ class BookValues:
     missing: list[list[str]]
     incomplete: npt.NDArray[np.bool_]
     """Per portfolio: a held ticker without a usable price (``Valuation.complete`` False): its equity moves no
-    peak and its snapshot has no daily P&L, drawdown or margin figure (logic/snapshot.py)."""
+    peak and its snapshot has no daily P&L, drawdown, leverage, concentration, open position's weight or margin
+    figure (logic/snapshot.py)."""
 
 
 def value_books(cols: BookColumns, market: MarketView, cash: Float64Array, max_price: float) -> BookValues:
@@ -279,20 +280,24 @@ def build_snapshots(
     stressed_caps = [None if lim.stressed_var_limit is None else float(lim.stressed_var_limit) for lim in inputs.limits]
     stressed_limit = _nullable(figure("stressed_limit_var"))
     margin, initial, maintenance = cols.margin, cols.initial, cols.maintenance
-    partial = values.incomplete  # no daily P&L, drawdown or margin figure (logic/snapshot.py): NaN, then null
+    # no daily P&L, drawdown, leverage, concentration, open position's weight or margin figure (logic/snapshot.py):
+    # NaN, then null
+    partial = values.incomplete
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         pos_weights = np.where(eq[owner] > 0, values.market_values / eq[owner], 0.0)
         magnitude = np.abs(exposure)
         total = magnitude.sum(axis=1)  # math_logic.hhi_concentration's sum, row by row; its dot product by einsum
         shares = magnitude / np.where(total == 0.0, 1.0, total)[:, None]
-        hhi = np.where(total == 0.0, 0.0, np.einsum("ij,ij->i", shares, shares))
+        hhi = np.where(partial, np.nan, np.where(total == 0.0, 0.0, np.einsum("ij,ij->i", shares, shares)))
         leverage = np.where(eq > 0, values.gross / eq, np.where(values.gross > 0, np.inf, 0.0))
+        leverage = np.where(partial, np.nan, leverage)
         # the largest exposure: numpy's argmax over each book's row, as the per-portfolio path finds it
         largest_col = np.argmax(magnitude, axis=1) if count and len(header.tickers) else np.zeros(count, np.intp)
         any_held = (magnitude != 0).any(axis=1) if count else np.zeros(0, dtype=bool)
         largest = np.full(count, -1, dtype=np.intp)
         hit = (tix == largest_col[owner]) & any_held[owner]
         largest[owner[hit]] = np.flatnonzero(hit)
+        largest[partial] = -1  # no largest position (nor its share) of an incomplete valuation
         at_largest = values.exposures[largest] if values.exposures.size else np.zeros(count)
         largest_share = np.where((largest >= 0) & (eq > 0), np.abs(at_largest) / eq, np.nan)
         used = values.gross * initial
@@ -324,6 +329,7 @@ def build_snapshots(
         used_out = np.where(margin, np.where(partial, np.nan, used), 0.0)
         maintenance_out = np.where(margin, np.where(partial, np.nan, values.gross * maintenance), 0.0)
         weights = np.where(values.ok, pos_weights, 0.0)
+        weights = np.where(partial[owner] & (cols.qty != 0), np.nan, weights)  # a flat position's stays 0
     points[~np.isfinite(points)] = np.nan
     points[[p for p in range(count) if inputs.figures[p] is None], 0] = np.nan
     rows = _nullable(points)

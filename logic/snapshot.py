@@ -7,18 +7,20 @@ Schema (read by the alert rules as dotted paths, and by the dashboard)::
     version       int     market version of the prices used (the tick's version)
     market_ts     float   when the daemon wrote those prices
     equity, cash, market_value, gross_exposure, net_exposure, leverage          floats (leverage null if
-                                                                              equity <= 0 with exposure)
+                                                                              equity <= 0 with exposure, or
+                                                                              the valuation is incomplete)
     pnl           {unrealized, realized, daily, total}
     var           {var95, var99, cvar95, cvar99, stressed_var99, limit, confidence, utilization, horizon_days,
                    stressed_limit_var, stressed_limit, stressed_utilization}
     drawdown      {daily, weekly, max}                      fractions <= 0; null when the valuation is incomplete
-    concentration {hhi, largest_share, largest_ticker}
+    concentration {hhi, largest_share, largest_ticker}      all three null when the valuation is incomplete
     margin        {level, used, maintenance}                level null for a cash account; all three null for a
                                                             margin account whose valuation is incomplete
     data          {market_age_seconds, missing_prices}
     trading_state a TradingState: ACTIVE | REDUCING | HALTED
     positions     [{ticker, qty, avg_price, last, market_value, weight, unrealized_pnl, realized_pnl,
-                    mfe, mae}]
+                    mfe, mae}]                              weight null for an open position while the valuation
+                                                            is incomplete
     var_method    a VarMethod: normal | student_t | fhs, the method of every VaR / CVaR figure above
     component_var {ticker: dollars} each held ticker's share of the VaR at the limit's confidence and horizon
     backtest      the continuous VaR backtest as the backtest runner last stored it (logic.backtest_monitor.section_for;
@@ -72,11 +74,14 @@ Definitions:
   ``last`` is null) in ``equity``, the exposures, P&L and VaR, so the valuation is *incomplete*: ``equity`` is that
   of the priced positions and cash only (an unpriced short counted at 0 adds its whole value, an unpriced long
   removes it). Figures that would take such an equity for the book's are null rather than made up:
-  ``pnl.daily``, every ``drawdown`` and, for a margin account, ``margin.level``, ``margin.used`` and
-  ``margin.maintenance`` (the level is equity over initial margin on the gross exposure: both sides miss the
-  position, so an unpriced short could read 600% on a book at 110%, the margin breaker's trigger). A null there is
-  *missing data* to the alert rules (their stale-data policy: ``keep`` holds an active margin or drawdown alert
-  through the gap, logic/lifecycle.py ``condition``), not "does not apply". Nor does an incomplete valuation move
+  ``pnl.daily``, every ``drawdown``, ``leverage``, every ``concentration`` figure, each open position's
+  ``weight`` and, for a margin account, ``margin.level``, ``margin.used`` and ``margin.maintenance`` (the level
+  is equity over initial margin on the gross exposure: both sides miss the position, so an unpriced short could
+  read 600% on a book at 110%, the margin breaker's trigger; a book whose largest position lost its price reads a
+  leverage and a largest share far below its own, and on the other positions only, so even the largest ticker
+  and the HHI are of another book). A null there is *missing data* to the alert rules (their stale-data policy:
+  ``keep`` holds an active margin, drawdown, leverage or concentration alert through the gap, logic/lifecycle.py
+  ``condition``), not "does not apply". Nor does an incomplete valuation move
   the equity peaks: the day / week / all-time peaks, the worst drawdown, the session's close and the last equity
   seen stay as the last complete valuation left them (``MonitoringStore._PEAKS_LUA``), so a phantom equity never
   becomes a peak and the drawdowns resume, when the price returns, from the peaks of real valuations.
@@ -334,12 +339,13 @@ def snapshot_dict(
     gross = valuation.gross_exposure
     realized = float(state.realized_pnl)
     unrealized_total = float(unrealized.sum())
-    largest_i = int(np.argmax(np.abs(exposures))) if held.size else None
+    margin = valuation.account_type == AccountType.MARGIN
+    # else: no P&L from the day open, no drawdown, leverage, concentration, weight or margin figure (docstring)
+    complete = valuation.complete
+    largest_i = int(np.argmax(np.abs(exposures))) if held.size and complete else None
     largest_share = None
     if largest_i is not None and equity > 0:
         largest_share = abs(float(exposures[largest_i])) / equity
-    margin = valuation.account_type == AccountType.MARGIN
-    complete = valuation.complete  # else: no P&L from the day open, no drawdown, no margin figure (docstring)
 
     return {
         "portfolio_id": portfolio_id,
@@ -351,7 +357,7 @@ def snapshot_dict(
         "market_value": _f(valuation.market_value),
         "gross_exposure": _f(gross),
         "net_exposure": _f(valuation.market_value),
-        "leverage": _f(valuation.leverage),
+        "leverage": _f(valuation.leverage) if complete else None,
         "pnl": {
             "unrealized": _f(unrealized_total),
             "realized": realized,
@@ -378,7 +384,7 @@ def snapshot_dict(
             "max": min(peaks.max_drawdown, _drawdown(equity, peaks.max_peak)) if complete else None,
         },
         "concentration": {
-            "hhi": math_logic.hhi_concentration(exposures),
+            "hhi": math_logic.hhi_concentration(exposures) if complete else None,
             "largest_share": _f(largest_share),
             "largest_ticker": header.tickers[largest_i] if largest_i is not None else None,
         },
@@ -392,7 +398,7 @@ def snapshot_dict(
             "missing_prices": list(valuation.missing),
         },
         "trading_state": trading_state.state if trading_state is not None else TradingState.ACTIVE,
-        "positions": _positions(state, market, ok, exposures, unrealized, valuation.weights, marks),
+        "positions": _positions(state, market, ok, exposures, unrealized, valuation.weights, marks, complete),
     }
 
 
@@ -404,9 +410,12 @@ def _positions(
     unrealized: Float64Array,
     weights: Float64Array,
     marks: Mapping[str, Excursion],
+    complete: bool = True,
 ) -> list[dict[str, Any]]:
     """The ``positions`` of a snapshot, by ticker (:meth:`engine.records.SnapshotPosition.to_dict` form): the
-    figures of every position gathered from the arrays at once, then one dict each."""
+    figures of every position gathered from the arrays at once, then one dict each. An open position's weight is
+    null when the valuation is not ``complete`` (its equity is not the book's); a flat one's is 0 whatever the
+    equity."""
     tickers = sorted(state.positions)
     if not tickers:
         return []
@@ -428,7 +437,7 @@ def _positions(
             "avg_price": float(pos.avg_price),
             "last": _f(last[k]) if p else None,
             "market_value": values[k] if p else 0.0,
-            "weight": _f(shares[k]) if p else 0.0,
+            "weight": None if pos.qty != 0 and not complete else _f(shares[k]) if p else 0.0,
             "unrealized_pnl": pnls[k] if p else 0.0,
             "realized_pnl": float(pos.realized_pnl),
             "mfe": mark.mfe if mark is not None else 0.0,
