@@ -201,9 +201,11 @@ def test_the_overview_without_a_monitor_sums_the_unrealized_pnl_over_priced_posi
     assert view.headline["total_pnl"] == pytest.approx(1000 * (110.0 - 100.0), abs=1e-9)
     assert view.headline["equity"] == pytest.approx(CASH + 1000 * 110.0, abs=1e-9)
     assert view.missing == ("BBB",) and view.incomplete
+    assert view.headline["leverage"] is None  # a ratio of the partial equity would understate it
     at = open_page("overview")
     assert "No usable price for BBB" in joined(at.warning)
     assert "Equity — incomplete" in metrics(at)
+    assert metrics(at)["Leverage — incomplete"][0] == "-"
 
 
 @pytest.mark.parametrize("bad", [float("nan"), 0.0])
@@ -217,14 +219,15 @@ def test_the_trade_page_does_not_value_an_unpriced_position_and_sums_unrealized_
     at = open_page("trade")
 
     # Assert: BBB's value, weight, unrealized P&L and price missing (the dash, with the reason), AAA's as the
-    # closed form (its weight over the priced equity); the totals over priced positions; a warning naming BBB
+    # closed form but its weight missing too (a share of an incomplete equity, as the monitor reports it); the
+    # totals over priced positions; a warning naming BBB
     positions = frame_with(at, "unrealized_pnl").set_index("ticker")
     for column in ("last", "market_value", "weight", "unrealized_pnl"):
         assert math.isnan(positions.loc["BBB", column]), column
     assert positions.loc["BBB", "qty"] == 2000
     equity = CASH + 1000 * 110.0
     assert positions.loc["AAA", "market_value"] == pytest.approx(110_000.0)
-    assert positions.loc["AAA", "weight"] == pytest.approx(110_000.0 / equity, rel=1e-12)
+    assert math.isnan(positions.loc["AAA", "weight"])  # was 110,000 / the priced equity: a partial share
     assert positions.loc["AAA", "unrealized_pnl"] == pytest.approx(10_000.0)
     shown = metrics(at)
     assert shown["Unrealized P&L — incomplete"][0] == money(10_000.0, signed=True)

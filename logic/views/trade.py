@@ -58,7 +58,9 @@ def priced_positions(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any
     :data:`UNPRICED_COLUMNS` missing (NaN) rather than a value of 0 and an unrealized loss of its whole cost, and
     ``totals["unrealized_pnl"]`` summed over the positions with a usable price, as the monitor's snapshot sums
     it (``pnl.unrealized``, logic/snapshot.py). The equity stays the priced positions' plus cash: incomplete
-    while ``totals["missing_prices"]`` lists a ticker."""
+    while ``totals["missing_prices"]`` lists a ticker, so every open position's ``weight`` and ``totals["leverage"]``
+    are missing too (a share of a partial equity: the biggest position losing its price would make the others look
+    small), as the monitor reports them (logic/snapshot.py); a flat position's weight stays 0."""
     totals = dict(metrics.attrs.get("totals", {}))
     df = metrics.copy()
     last = pd.to_numeric(df["last"], errors="coerce").to_numpy(dtype=float) if "last" in df else np.array([])
@@ -71,6 +73,13 @@ def priced_positions(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any
         totals["unrealized_pnl"] = float(df["unrealized_pnl"].sum()) if "unrealized_pnl" in df else 0.0
         known = [str(t) for t in totals.get("missing_prices") or ()]
         totals["missing_prices"] = known + [str(t) for t in df.loc[unpriced, "ticker"] if str(t) not in known]
+    if totals.get("missing_prices"):
+        if "weight" in df:
+            held = pd.to_numeric(df["qty"], errors="coerce").fillna(0.0).to_numpy() != 0 if "qty" in df else True
+            df["weight"] = df["weight"].astype(float)
+            df.loc[held, "weight"] = np.nan
+        if "leverage" in totals:
+            totals["leverage"] = None
     return df, totals
 
 
