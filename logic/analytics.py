@@ -240,7 +240,7 @@ def _pct(value: float) -> str:
 
 STORED_BACKTEST_COLUMNS = (
     "method", "observations", "exceedances", "expected", "rate", "kupiec_lr", "kupiec_p", "christoffersen_p",
-    "rolling_observations", "rolling_exceedances", "zone",
+    "rolling_observations", "rolling_exceedances", "zone", "flat_bars",
 )  # fmt: skip
 
 

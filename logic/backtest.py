@@ -25,6 +25,12 @@ Each bar
    ``limit`` track when the previous ``horizon_bars`` horizon has closed (non-overlapping horizons).
    Models: :func:`logic.var_methods.risk_model` with the current Σ; ``student_t`` with
    ``ν = math_logic.fit_student_t_dof(window)``; ``fhs`` with the window and ``σ(now) = sqrt(diag Σ_t)``.
+   A flat book (every ``q_i`` 0: closed out, or holding only tickers without a price) has no risk to forecast:
+   no forecast is opened, the bar is counted as ``flat`` on each track that was due one
+   (:meth:`logic.backtest_counts.TrackCounts.skip`) and the next bar holding something forecasts (on the
+   ``limit`` track too: its horizons start at bars with risk). A forecast of 0 counted as an observation would be
+   a success the model did nothing to earn; a book held but forecast at VaR 0 (no volatility seen yet) is an
+   observation, and a loss on it an exceedance.
 
 Missing entries
 ---------------
@@ -44,8 +50,9 @@ Without a missing entry everything is computed exactly as before the mask. The s
 NaN (the one value a window entry never is; any other NaN or an infinity is damage); a state without either, as
 stored before, has every entry observed.
 
-Statistics per track and method: all observations (count, exceedances, Kupiec POF, Christoffersen independence
-from the running transition counts) and the last ``rolling`` observations (exceedances, and their Basel zone once
+Statistics per track and method, on the observations only (a flat book's bars are counted apart, ``flat``): all
+of them (count, exceedances, Kupiec POF, Christoffersen independence from the running transition counts, the
+observations taken in sequence) and the last ``rolling`` observations (exceedances, and their Basel zone once
 they number at least ``zone_min_observations``: by default the whole window, 250, the window the Basel framework is
 defined on; at a handful of observations the binomial rule is no verdict, one exceedance in two being "red"). The
 closed observations are also kept, the last ``max_records`` of them.
@@ -254,6 +261,9 @@ class Backtester:
         self._models: tuple[int, dict[VarMethod, RiskModel]] | None = None
         self._shared: tuple[dict[str, Any], list[str]] | None = None
         """The configuration and tickers as :meth:`store_state` shares them."""
+        self.skipped: frozenset[Track] = frozenset()
+        """The tracks whose due forecast the last bar fed skipped (a flat book): their counts changed (``flat``)
+        though no horizon closed."""
 
     # --- model state --------------------------------------------------------------------------------------
 
@@ -484,6 +494,7 @@ class Backtester:
         """The bar's return updates the model (unless ``updated``: :func:`step_many` did it); the horizons ending
         here close."""
         closed: list[Observation] = []
+        self.skipped = frozenset()
         if self.last_prices is not None and not updated:
             self._update_model(math_logic.log_returns(self.last_prices, p))
         self.bar += 1
@@ -510,6 +521,15 @@ class Backtester:
             if h == 1:
                 one_bar = var
             self.pending[track] = OpenForecast(name, self.bar + h, q, p, var)
+
+    def _skip_flat(self) -> None:
+        """The book is flat at this bar (after :meth:`_advance`, once ready): the tracks with no forecast open,
+        which :meth:`_forecast` would have opened one on, count a flat bar and open none (module docstring)."""
+        skipped = frozenset(track for track in Track if track not in self.pending)
+        for track in skipped:
+            for counts in self.counts[track].values():
+                counts.skip()
+        self.skipped = skipped
 
     def _close(self, track: Track, pending: OpenForecast, prices: Float64Array, label: str) -> Observation:
         pnl = float(pending.qty @ (prices - pending.prices))

@@ -142,5 +142,9 @@ def step_many(
         checked.append((bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label), mask))
     updated = _update_models(checked)
     closed = [bt._advance(p, name, updated=id(bt) in updated) for bt, p, _, name, _ in checked]
-    _forecast_all([item for item in checked if item[0].ready])
+    ready = [item for item in checked if item[0].ready]
+    for bt, _, q, _, _ in ready:
+        if not q.any():  # a flat book: no risk, no forecast, no observation (logic/backtest.py, step 3)
+            bt._skip_flat()
+    _forecast_all([item for item in ready if item[2].any()])  # each row's floats do not depend on the batch
     return closed

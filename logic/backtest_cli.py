@@ -4,7 +4,9 @@ Reads a history of closes and a book, feeds every bar through :func:`logic.backt
 monitor uses) and prints, per method, observations, exceedances, rate, Kupiec LR and p-value, Christoffersen p-value
 and Basel zone (``-`` while the rolling window holds fewer than ``--zone-min-observations``, with a line saying so);
 ``--out`` writes the per-bar series. ``--horizon-bars`` counts the file's rows. Bad input: exit status 2 and
-``file:line: reason`` on stderr.
+``file:line: reason`` on stderr. A row at which the book holds nothing (a ``--book`` of zeros, ``--weights`` of 0)
+is no observation, as in the runner: ``obs`` counts the forecasts of a book holding something, a ``flat:`` line
+under the table the rows left out.
 
 Input files (CSV, UTF-8, blank lines ignored)
 ---------------------------------------------
@@ -214,6 +216,9 @@ def _format_summary(track: Track, summaries: Mapping[VarMethod, MethodSummary], 
             f"{fmt(s.kupiec_lr, '.3f'):>10} {fmt(s.kupiec_p, '.4f'):>9} {fmt(s.christoffersen_p, '.4f'):>9} "
             f"{s.zone or '-':>6}"
         )
+    flat = max(s.flat_bars for s in summaries.values())
+    if flat:
+        lines.append(f"flat: {flat} bar(s) at which the book held nothing: not observations (obs counts the others)")
     if any(s.zone is None for s in summaries.values()):
         n = max(s.rolling_observations for s in summaries.values())
         lines.append(f"zone: none before {config.zone_minimum} observations ({n} so far)")

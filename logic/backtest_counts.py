@@ -1,7 +1,14 @@
 """The continuous VaR backtest's running counts and open forecasts (:mod:`logic.backtest`): per method and track,
 the counts behind the Kupiec and Christoffersen tests and the rolling Basel zone, O(1) per observation; and a
 forecast waiting for its horizon to close. Plain state with its JSON form; the tests come from
-:mod:`engine.math_logic`."""
+:mod:`engine.math_logic`.
+
+An observation is a forecast of a book that held something. A bar at which the book is flat (no position: every
+method's VaR is 0 and so is the P&L) is no observation: counted as one it is a "success" the model did nothing to
+earn, and a book flat half the window would show half the exceedances it should, so Kupiec would reject a correct
+model (or pass a bad one) and the Basel zone would be too green. Those bars are counted apart (``flat``,
+``flat_bars`` in a summary); the tests and the rolling window (the last ``rolling`` *observations*) run on the
+observations only, as one consecutive sequence (Christoffersen's transitions skip the flat bars)."""
 
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ class MethodSummary:
 
     method: VarMethod
     observations: int
+    """Forecasts of a book holding something, closed and checked (the tests' sample)."""
     exceedances: int
     rate: float | None
     kupiec_lr: float | None
@@ -43,6 +51,8 @@ class MethodSummary:
     zone: str | None
     """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None while the rolling
     window holds fewer than ``zone_min_observations`` (:attr:`logic.backtest.BacktestConfig.zone_minimum`)."""
+    flat_bars: int = 0
+    """Bars at which a forecast was due on this track but the book was flat: no observation (module docstring)."""
 
     def to_dict(self) -> dict[str, Any]:
         # spelled out, not dataclasses.asdict (a deep copy): every method of every portfolio, every bar
@@ -58,6 +68,7 @@ class MethodSummary:
             "rolling_observations": self.rolling_observations,
             "rolling_exceedances": self.rolling_exceedances,
             "zone": self.zone,
+            "flat_bars": self.flat_bars,
         }
 
 
@@ -74,6 +85,9 @@ class TrackCounts:
     recent: deque[int] = field(default_factory=deque)
     recent_hits: int = -1
     """sum(recent), kept as hits come and go (-1: not counted yet)."""
+    flat: int = 0
+    """Bars a forecast was due at while the book was flat (:meth:`skip`): not observations. A state stored before
+    this count has none (its observations may include such bars: they leave the rolling window in time)."""
 
     def add(self, hit: bool) -> None:
         h = int(hit)
@@ -88,6 +102,11 @@ class TrackCounts:
         self.recent_hits += h
         if len(self.recent) > self.rolling:
             self.recent_hits -= self.recent.popleft()
+
+    def skip(self) -> None:
+        """A forecast was due but the book was flat: no observation, nothing in the tests or the rolling window;
+        the next observation follows the last one in Christoffersen's transitions."""
+        self.flat += 1
 
     def summary(self, method: VarMethod, confidence: float, zone_minimum: int) -> MethodSummary:
         d = self.summary_dict(method, confidence, zone_minimum)
@@ -116,6 +135,7 @@ class TrackCounts:
             "rolling_observations": recent_n,
             "rolling_exceedances": recent_x,
             "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n >= zone_minimum else None,
+            "flat_bars": self.flat,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +145,7 @@ class TrackCounts:
             "transitions": list(self.transitions),
             "last_hit": self.last_hit,
             "recent": bytes(self.recent).translate(_HIT_CHARS).decode(),  # "0110...": a char per hit, oldest first
+            "flat": self.flat,
         }
 
     @classmethod
@@ -136,6 +157,7 @@ class TrackCounts:
             transitions=[int(n) for n in d["transitions"]],
             last_hit=None if d["last_hit"] is None else int(d["last_hit"]),
             recent=deque(int(h) for h in list(d["recent"])[-rolling:]),
+            flat=int(d.get("flat", 0)),  # none: stored before the count (same STATE_VERSION, see the field)
         )
 
 

@@ -32,9 +32,12 @@ P&L from one fed bar to the next) and its limit VaR that of ``h`` fed bars (``sq
 P&L over those ``h`` bars): a daily replay with a one-day limit closes a limit horizon every bar. Another ``m`` (a
 replay of another spacing) gives another ``h``, hence a new backtest.
 
-Basel zone: given once the rolling window (the last 250 closed horizons) holds
+Basel zone: given once the rolling window (the last 250 observations) holds
 ``model.backtest_zone_min_observations`` of them (default 250), null before; a change of that setting keeps the
-stored counts (:meth:`logic.backtest.Backtester.rezone`).
+stored counts (:meth:`logic.backtest.Backtester.rezone`). An observation is a closed horizon of a book that held
+something: a bar at which the portfolio is flat (every position closed, or held only in tickers the market does not
+price) still updates the model but opens no forecast and is counted apart (``flat_bars`` of each method's summary,
+:mod:`logic.backtest_counts`), so a book flat for a stretch is scored on the bars it had risk, not on zeros.
 
 State: ``pf:{id}:backtest`` holds the backtester (its JSON state without closed observations and without its
 window, its covariance as a codec array), its summary and the market version of the last bar fed;
@@ -153,8 +156,9 @@ def summary_of(
 ) -> dict[str, Any]:
     """The stored summary: per track and method, :class:`logic.backtest.MethodSummary` as a dict.
 
-    A track on which no horizon ``closed`` keeps its figures from ``previous`` (the summary of the same
-    backtester one bar earlier): its tests are not recomputed."""
+    A track not in ``closed`` (no horizon closed on it, no flat bar skipped: its counts did not change) keeps its
+    figures from ``previous`` (the summary of the same backtester one bar earlier): its tests are not
+    recomputed."""
     old = (previous or {}).get("tracks", {})
     tracks = {
         str(t): old[str(t)] if t not in closed and str(t) in old
@@ -355,7 +359,7 @@ class BacktestBooks:
         tick = uuid.uuid4().hex  # a token per write: this feed's own prefix, then the portfolio's place in it
         closed_all = step_many(items, observed=observed)
         for k, ((pid, bt, kept, ring, pushed), closed) in enumerate(zip(fed, closed_all, strict=True)):
-            summary = summary_of(bt, kept, frozenset(o.track for o in closed))
+            summary = summary_of(bt, kept, frozenset(o.track for o in closed) | bt.skipped)
             row = bt.ring_row(*pushed) if ring else None
             out[pid] = Fed(pid, bt, event.version, f"{tick}{k:x}", summary, tuple(closed), row, not ring)
         return out

@@ -1,6 +1,6 @@
 """Risk: correlation and exposure, component VaR, stress tests, a what-if basket, the VaR surface over two
-positions, and the monitor's continuous VaR backtest with every method side by side. Every VaR figure names its
-method (the portfolio's ``var_method``). Only the open tab runs."""
+positions, and the backtest runner's continuous VaR backtest with every method side by side. Every VaR figure
+names its method (the portfolio's ``var_method``). Only the open tab runs."""
 
 from __future__ import annotations
 
@@ -232,9 +232,9 @@ def backtest(d: views.Desk, pid: str) -> None:
     if bt is None or not bt.ready:
         fed = 0 if bt is None else bt.bars
         st.info(
-            f"The monitor's VaR backtest is in its burn-in ({fed:,} bars fed): forecasts start once the EWMA is "
-            "seeded and the window of standardized returns is full (model.fhs_window). Fix: keep the stream "
-            "and monitor running (`make run`).",
+            f"The backtest runner's VaR backtest is in its burn-in ({fed:,} bars fed): forecasts start once the "
+            "EWMA is seeded and the window of standardized returns is full (model.fhs_window). Fix: keep the "
+            "stream daemon and the backtest runner running (`make run` starts both).",
             icon=":material/info:",
         )
         if bt is None:
@@ -248,7 +248,8 @@ def backtest(d: views.Desk, pid: str) -> None:
     ) or views.BACKTEST_TRACKS[0]  # fmt: skip
     st.caption(
         f"{bt.confidence:.0%} VaR of every configured method on the same P&L (the positions held at each "
-        f"forecast); {bt.bars:,} bars fed. Rolling: the last 250 observations (Basel zone). "
+        f"forecast); {bt.bars:,} bars fed. An observation is a forecast of a book holding something: bars the "
+        "portfolio was flat are not counted (flat_bars). Rolling: the last 250 observations (Basel zone). "
         f"This portfolio's figures use {views.method_caption(d, pid).removeprefix('VaR method: ')}."
     )
     ui.table(bt.tables.get(track, pd.DataFrame()), f"backtest_{track}", f"backtest_{pid}_{track}.csv", height=160)

@@ -350,8 +350,9 @@ def zone_label(zone: object, observations: int, minimum: int) -> str:
 
 
 def backtest_view(desk: Desk, portfolio_id: str) -> Any:
-    """The monitor's stored continuous backtest of the portfolio, every configured method side by side
-    (:func:`logic.analytics.stored_backtest`), or None when the monitor has not stored one yet. Each table's
+    """The continuous backtest of the portfolio the backtest runner (logic/backtest_runner.py) stored, every
+    configured method side by side (:func:`logic.analytics.stored_backtest`), or None when the runner has not
+    stored one yet. Each table's
     ``zone`` is :func:`zone_label`'s: a zone, or why there is none yet."""
     from logic import analytics
 
