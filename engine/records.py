@@ -187,6 +187,9 @@ class ReasonCode(StrEnum):
     """The store was written by another layout version."""
     BAD_ORDER_ID = "BAD_ORDER_ID"
     """execute_trade: client_order_id is not a non-empty string of at most 128 characters."""
+    BAD_ACTOR = "BAD_ACTOR"
+    """execute_trade: the actor claims to be the automation (``auto:...``) but the order does not come from the
+    automated responses' order path (logic/action_orders.py ``AUTOMATION``); nothing was written."""
     RETRY_EXHAUSTED = "RETRY_EXHAUSTED"
     """execute_trade: concurrent trades kept changing the portfolio; nothing was traded, send it again."""
     DUPLICATE_ORDER_ID = "DUPLICATE_ORDER_ID"

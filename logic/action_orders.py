@@ -23,14 +23,36 @@ send its fixed plan's legs again in full (the clip to the position held still ap
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, final
 
 from engine.records import ExecutionStatus, OrderIntent, ReasonCode
 from engine.store import TRADE_LOG_MAXLEN
+
+AUTO_ACTOR_PREFIX = "auto:"
+"""The actor of every automated response (``auto:<rule id>``, given by logic/lifecycle.py). It names the
+automation in the trade log and the audit trail; it grants nothing by itself (:data:`AUTOMATION`)."""
+
+
+@final
+class AutomationGrant:
+    """The automation's privilege at the gate: its own order-rate budget for its liquidation-only orders
+    (logic/checks.py ``automation_order``). Only :data:`AUTOMATION` exists, handed to the gate by
+    :func:`send_child` (the automated responses' order path) and checked by identity, never by the actor's name:
+    an actor is a typed string, and an in-process caller of ``RiskManager.execute_trade`` could otherwise claim
+    ``auto:...`` and step around the desk's ``max_orders_per_minute``. An order whose actor claims the prefix
+    without it is refused ``BAD_ACTOR`` (logic/execution.py), nothing written."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "AUTOMATION"
+
+
+AUTOMATION = AutomationGrant()
+"""The one :class:`AutomationGrant` (compared with ``is``)."""
 
 RESIZABLE_CODES = frozenset({ReasonCode.MAX_NOTIONAL, ReasonCode.BAD_QUANTITY})
 """Refusals by the fat-finger caps alone (``max_order_notional``; ``max_order_qty``, which the gate reports as
@@ -100,16 +122,42 @@ class LegHistory:
     next_k: int
 
 
-def leg_history(control: Any, earlier: EarlierOrders, leg_id: str) -> LegHistory:
-    """The earlier fills of ``leg_id`` (its children and the bare leg id), from the idempotency records and the
-    trade log together; ``next_k`` is past every child id either shows, filled or refused.
+def child_index(leg_id: str, client_order_id: str) -> int | None:
+    """k when ``client_order_id`` is exactly ``leg_id``'s k-th child id (:func:`child_order_id`), else None: the
+    whole id is parsed, ``-c`` then a canonical whole number (no sign, no leading zero), nothing after it."""
+    head = f"{leg_id}-c"
+    if not client_order_id.startswith(head):
+        return None
+    tail = client_order_id[len(head) :]
+    if not (tail.isascii() and tail.isdigit()) or child_order_id(leg_id, int(tail)) != client_order_id:
+        return None
+    return int(tail)
+
+
+def _of_ticker(fill: Mapping[str, Any], ticker: str) -> bool:
+    """The fill traded ``ticker`` (a fill recorded without one is taken by its id alone)."""
+    traded = fill.get("ticker")
+    return traded is None or str(traded) == ticker
+
+
+def leg_history(control: Any, earlier: EarlierOrders, leg_id: str, ticker: str) -> LegHistory:
+    """The earlier fills of ``leg_id`` (its children and the bare leg id) in ``ticker``, from the idempotency
+    records and the trade log together; ``next_k`` is past every child id either shows, filled or refused.
+
+    An id alone can name two legs: a ticker may contain ``-c<digit>`` (``A-c0`` is a valid symbol), so the bare id
+    of the leg of ``A-c0`` (``a1-A-c0``, sent by the code before child orders) is the first child id of the leg of
+    ``A``. A fill counts for the leg only if it traded the leg's ticker; an id of this leg's form that another
+    ticker's fill holds is still used (the gate would refuse it as a duplicate id), so ``next_k`` goes past it.
 
     The idempotency records are read child by child from ``c0``, past up to ``MAX_CHILD_RESIZES + 1`` ids in a row
     without a fill (a run leaves at most that many refused children between two fills), and at least as far as the
     highest id the trade log shows."""
-    pattern = re.compile(re.escape(leg_id) + r"-c(\d+)")
-    index = {cid: int(m.group(1)) for cid in earlier.used if (m := pattern.fullmatch(cid))}
-    fills = {cid: fill for cid, fill in earlier.fills.items() if cid in index or cid == leg_id}
+    index = {cid: k for cid in earlier.used if (k := child_index(leg_id, cid)) is not None}
+    fills = {
+        cid: fill
+        for cid, fill in earlier.fills.items()
+        if (cid in index or cid == leg_id) and _of_ticker(fill, ticker)
+    }
     store, portfolio_id = getattr(control, "store", None), getattr(control, "portfolio_id", None)
     if store is not None and isinstance(portfolio_id, str):
 
@@ -118,14 +166,16 @@ def leg_history(control: Any, earlier: EarlierOrders, leg_id: str) -> LegHistory
             ok = bool(record) and record.get("status") == ExecutionStatus.FILLED and bool(record.get("fill"))
             return record["fill"] if ok else None
 
-        if (bare := filled_record(leg_id)) is not None:
+        if (bare := filled_record(leg_id)) is not None and _of_ticker(bare, ticker):
             fills[leg_id] = bare
         top, k, misses = max(index.values(), default=-1), 0, 0
         while k <= top or misses <= MAX_CHILD_RESIZES:
             cid = child_order_id(leg_id, k)
             fill = filled_record(cid)
             if fill is not None:
-                fills[cid], index[cid] = fill, k
+                index[cid] = k  # used, whoever's it is
+                if _of_ticker(fill, ticker):
+                    fills[cid] = fill
             misses = 0 if fill is not None else misses + 1
             k += 1
     filled = sum(int(fill["qty"]) for fill in fills.values())
@@ -135,11 +185,12 @@ def leg_history(control: Any, earlier: EarlierOrders, leg_id: str) -> LegHistory
 def send_child(
     control: Any, order: Mapping[str, Any], order_id: str, actor: str, leg_id: str, audit: Callable[..., None]
 ) -> dict[str, Any]:
-    """One liquidation-only child order through the gate; its result is audited at once (``audit``). Returns the
+    """One liquidation-only child order through the gate, with the automation's grant (:data:`AUTOMATION`); its
+    result is audited at once (``audit``). Returns the
     audited record plus ``fill_price`` and, for a refusal, ``max_qty_allowed`` and the decision's ``price``."""
     result = control.execute_trade(
         order["ticker"], int(order["qty"]), order["side"], client_order_id=order_id, actor=actor,
-        intent=OrderIntent.LIQUIDATION,
+        intent=OrderIntent.LIQUIDATION, automation=AUTOMATION,
     )  # fmt: skip
     raw_reasons = result.get("reasons") or []
     codes = [str(r.get("code", "")) for r in raw_reasons]

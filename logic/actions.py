@@ -69,6 +69,7 @@ from typing import Any, Protocol
 from engine.records import ExecutionStatus, OrderIntent, Side, TradingState
 from logic.action_orders import (  # child_order_id: the id scheme of a leg's children, also imported from here
     MAX_CHILD_RESIZES,
+    AutomationGrant,
     EarlierOrders,
     child_order_id,
     leg_history,
@@ -109,8 +110,11 @@ class TradingControl(Protocol):
         client_order_id: str | None = None,
         actor: str = "trader",
         intent: OrderIntent = OrderIntent.TRADE,
+        *,
+        automation: AutomationGrant | None = None,
     ) -> Mapping[str, Any]:
-        """Returns a dict with ``status`` ("FILLED" | "REJECTED") and ``reasons`` [{code, message}]."""
+        """Returns a dict with ``status`` ("FILLED" | "REJECTED") and ``reasons`` [{code, message}]. The
+        responses pass ``automation`` (logic/action_orders.py ``AUTOMATION``) with their ``auto:`` actor."""
         ...
 
     def get_dashboard_metrics(self) -> Any:
@@ -679,7 +683,7 @@ def _run_leg(
     flat), and the first child id sent is past every one an earlier run used.
     """
     ticker, side, asked = str(leg["ticker"]), Side(str(leg["side"])), int(leg["qty"])
-    history = leg_history(control, earlier, leg_id)
+    history = leg_history(control, earlier, leg_id, ticker)
     want = max(0, asked - history.filled_qty) if planned else asked
     held = book.held(ticker)
     room = max(0, held if side == Side.SELL else -held)

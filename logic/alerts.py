@@ -40,10 +40,10 @@ from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
 from engine.settings import AlertRule, Limits, Settings
 from engine.store import PortfolioKeys, Store, decode_snapshot
+from logic.action_orders import AUTO_ACTOR_PREFIX
 from logic.actions import ControlFactory, ResponseRunner, parse_action
 from logic.escalation import EscalationConfig, escalation_config
 from logic.lifecycle import (
-    AUTO_ACTOR_PREFIX,
     MANUAL_RESOLVE_REARM_SECONDS,
     SYSTEM_ACTOR,
     TRADE_ACTION_KINDS,

@@ -18,10 +18,11 @@ session open by engine/collar.py); bad input, missing or stale data, a price bey
 reference (``PRICE_SANITY``: cents for dollars, a bad print), store errors, HALTED, cash-account inventory and cash,
 the fat-finger limits and the order rate still refuse it. The order rate has two budgets: the traders'
 ``max_orders_per_minute`` counts every fill but the automation's liquidation-only ones (actor ``auto:<rule id>``
-with ``OrderIntent.LIQUIDATION``, :func:`automation_order`), which neither count against it nor are refused by
-it, so a desk trading at its limit cannot lock the automated responses out of a crash; they have their own budget
-of :data:`AUTOMATION_RATE_MULTIPLE` times the limit per minute, which still stops a runaway loop. A human risk
-manager's liquidation-only order is a trader's order here (counted and throttled). An order that flips the position
+with ``OrderIntent.LIQUIDATION`` and the automation's grant, :func:`automation_order`), which neither count against
+it nor are refused by it, so a desk trading at its limit cannot lock the automated responses out of a crash; they
+have their own budget of :data:`AUTOMATION_RATE_MULTIPLE` times the limit per minute, which still stops a runaway
+loop (an order whose actor claims ``auto:`` without the grant is refused ``BAD_ACTOR``, logic/execution.py). A human
+risk manager's liquidation-only order is a trader's order here (counted and throttled). An order that flips the position
 is not risk-reducing, even when it lowers VaR and gross exposure: only its closing part would be, and the quantity it
 opens on the other side is new risk, so nothing is waived for it and each limit measures what it adds from the book
 with the ticker flat (:meth:`Checker._check_risk`); it passes at most as a hedge. HALTED refuses every trader order
@@ -69,6 +70,7 @@ from engine.records import (
 from engine.sessions import MarketCalendar, market_calendar
 from engine.settings import Asset, Limits, Settings, valid_symbol
 from logic import sizing
+from logic.action_orders import AUTO_ACTOR_PREFIX, AUTOMATION
 from logic.check_book import BookCache, Plan, Sim
 from logic.decisions import PRICE_QUANTUM, book_fill, commission, fill_price, parse_quantity, parse_side, reason
 from logic.limits import (
@@ -95,8 +97,6 @@ from logic.rejections import (
 from logic.rejections import store_failure_decision as store_failure_decision
 from logic.risk_models import risk_model_of
 
-AUTOMATION_ACTOR_PREFIX = "auto:"
-"""The actor of every automated response (``auto:<rule id>``, logic/lifecycle.py ``AUTO_ACTOR_PREFIX``)."""
 AUTOMATION_RATE_MULTIPLE = 10
 """The automation's liquidation-only orders may fill up to this many times ``max_orders_per_minute`` in the
 trailing minute, apart from the traders' budget. Why a multiple and why 10: a response fires in a burst (a flatten
@@ -699,12 +699,15 @@ class Checker:
         return plan, var_after < var_from
 
 
-def automation_order(actor: Any, intent: Any) -> bool:
-    """An order of the automated responses that its own order-rate budget covers: actor ``auto:<rule id>`` and
-    liquidation-only intent (an enum or its string). Anything else, a human risk manager's liquidation-only
-    order included, is a trader's order for the throttle: a person clicking is not a burst of hundreds of child
-    orders, and exempting every "liquidation" label would let any caller step around the desk's limit."""
-    if not (isinstance(actor, str) and actor.startswith(AUTOMATION_ACTOR_PREFIX)):
+def automation_order(actor: Any, intent: Any, grant: object = None) -> bool:
+    """An order of the automated responses that its own order-rate budget covers: it carries the automation's
+    grant (``grant is`` logic/action_orders.py ``AUTOMATION``, which only the responses' order path passes), its
+    actor is ``auto:<rule id>`` and its intent liquidation-only (an enum or its string). The actor alone grants
+    nothing: it is a typed name, and any in-process caller can type one. Anything else, a human risk manager's
+    liquidation-only order included, is a trader's order for the throttle: a person clicking is not a burst of
+    hundreds of child orders, and exempting every "liquidation" label would let any caller step around the
+    desk's limit."""
+    if grant is not AUTOMATION or not (isinstance(actor, str) and actor.startswith(AUTO_ACTOR_PREFIX)):
         return False
     if isinstance(intent, str) and not isinstance(intent, OrderIntent):
         intent = intent.strip().lower()

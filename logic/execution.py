@@ -89,6 +89,8 @@ from engine.records import (
     ReasonCode,
 )
 from engine.store.keys import PortfolioKeys
+from engine.store.sequencer import out_of_memory, out_of_memory_error
+from logic.action_orders import AUTO_ACTOR_PREFIX, AUTOMATION
 from logic.check_book import Plan, Sim
 from logic.checks import automation_order
 from logic.decisions import parse_quantity, parse_side, reason
@@ -130,8 +132,15 @@ def execute(
     client_order_id: str | None,
     actor: str,
     intent: OrderIntent = OrderIntent.TRADE,
+    automation: object = None,
 ) -> ExecutionResult:
     """Re-check and trade atomically at the last price; the same ``client_order_id`` trades at most once.
+
+    ``automation``: the automation's grant (logic/action_orders.py ``AUTOMATION``), passed only by the automated
+    responses' order path; with an ``auto:`` actor and a liquidation-only intent the order is rated against the
+    automation's own budget (logic/checks.py ``automation_order``). An actor that claims ``auto:`` (any case,
+    any surrounding blanks) without it is refused ``BAD_ACTOR`` before the queue: nothing is written, not even a
+    trade-log record, so a typed name can neither use the automation's budget nor pass for it in the log.
 
     Never raises for bad input or store trouble: the result is REJECTED with the reason, or ``UNKNOWN``
     (``OUTCOME_UNKNOWN``) when the fill was sent, its reply was lost and Redis stayed unreachable (see the module
@@ -152,6 +161,15 @@ def execute(
             ),
         )
         return result_of(gate.portfolio_id, decision, None, None, actor, now)
+    if automation is not AUTOMATION and claims_automation(actor):
+        now = gate.clock()
+        decision, _ = gate.checker.evaluate(Sim.empty(), ticker, qty, side, now, intent=intent, size=False)
+        why = (
+            f"actor {actor!r} claims to be the automation ({AUTO_ACTOR_PREFIX}<rule id>) but the order does not come "
+            "from the automated responses; nothing was written: send it under your own name"
+        )
+        refused = replace(decision, status=DecisionStatus.REJECTED, reasons=(reason(ReasonCode.BAD_ACTOR, why),))
+        return result_of(gate.portfolio_id, refused, None, client_order_id, actor, now)
     if client_order_id is None:
         # Chosen once, before the first attempt: after a lost EXEC reply the read-back (and any retry) must find
         # this order's own idempotency record, not fill it a second time.
@@ -173,11 +191,17 @@ def execute(
         )  # fmt: skip
     released = False
     try:
-        result, released = _transact(gate, ticker, qty, side, client_order_id, actor, intent, ticket)
+        result, released = _transact(gate, ticker, qty, side, client_order_id, actor, intent, ticket, automation)
         return result
     finally:
         if not released:
             _leave(gate, ticket)
+
+
+def claims_automation(actor: Any) -> bool:
+    """The actor reads as the automation's (``auto:...``), compared as a person reads it: blanks around it and the
+    letters' case ignored, so ``" Auto:x"`` claims it too."""
+    return isinstance(actor, str) and actor.strip().lower().startswith(AUTO_ACTOR_PREFIX)
 
 
 def new_order_id() -> str:
@@ -209,10 +233,13 @@ def _wait_for_turn(gate: RiskManager, ticket: str) -> bool:
 
 
 def _queue_failure(exc: redis.RedisError) -> StoreError:
-    """A Redis error of the order queue as the store's typed error: unreachable, or a queue key holding the
-    wrong type (corrupt)."""
+    """A Redis error of the order queue as the store's typed error: unreachable or out of memory (unavailable:
+    nothing is wrong with the data, the order may be sent again once Redis is back or has room), or a queue key
+    holding the wrong type (corrupt)."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return StoreUnavailableError(f"Redis failed while the order waited for its turn: {exc}")
+    if out_of_memory(exc):
+        return out_of_memory_error(exc, "the order could not join the portfolio's order queue")
     return CorruptDataError(f"the order queue of the portfolio is unreadable: {exc}")
 
 
@@ -225,6 +252,7 @@ def _transact(
     actor: str,
     intent: OrderIntent,
     ticket: str | None,
+    automation: object = None,
 ) -> tuple[ExecutionResult, bool]:
     """The WATCH / read / check / MULTI / EXEC loop, with at most :data:`MAX_ATTEMPTS` attempts.
 
@@ -238,7 +266,7 @@ def _transact(
     """
     store = gate.store
     keys = store.trading_watch_keys(gate.portfolio_id)
-    automated = automation_order(actor, intent)  # the automation's own order-rate budget (logic/checks.py)
+    automated = automation_order(actor, intent, automation)  # the automation's own budget (logic/checks.py)
     now = gate.clock()
     for attempt in range(MAX_ATTEMPTS):
         try:
@@ -347,7 +375,11 @@ def _transact(
             failed = gate.store_failure_decision(ticker, qty, side, exc, now)
             return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now), False
         except redis.RedisError as exc:
-            failure = StoreUnavailableError(f"Redis failed during the trade: {exc}")
+            failure = (
+                out_of_memory_error(exc, "Redis refused the trade")
+                if out_of_memory(exc)
+                else StoreUnavailableError(f"Redis failed during the trade: {exc}")
+            )
             failed = gate.store_failure_decision(ticker, qty, side, failure, now)
             return result_of(gate.portfolio_id, failed, None, client_order_id, actor, now), False
     gave_up = _give_up(
@@ -432,7 +464,11 @@ def _partly_failed(
         warning = reason(ReasonCode.STORE_CORRUPT, f"{message} (fix: {fix})")
         return replace(filled, decision=replace(filled.decision, reasons=(warning,)))
     if answered and not failed_writes and (stored is None or _trade_id(stored) != fill.trade_id):
-        failure = StoreUnavailableError(f"Redis refused the trade ({what}); nothing was traded")
+        failure = (
+            out_of_memory_error(refused, "Redis refused the trade")
+            if refused is not None and out_of_memory(refused)
+            else StoreUnavailableError(f"Redis refused the trade ({what}); nothing was traded")
+        )
         failed = gate.store_failure_decision(fill.ticker, fill.qty, fill.side, failure, result.ts)
         return result_of(gate.portfolio_id, failed, None, client_order_id, result.actor, result.ts)
     record = "is not stored" if answered else f"could not be read ({why})"

@@ -24,6 +24,7 @@ from engine.alert_records import OutboxEntry
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, AlertStatus, Channel, Severity
 from engine.settings import AlertRule, Limits
 from logic import escalation as esc
+from logic.action_orders import AUTO_ACTOR_PREFIX  # defined once, beside the automation's grant
 from logic.actions import MARGIN_METRIC, MARGIN_RULE_OPS, margin_response_spec, parse_action, plan_reduction
 from logic.escalation import EscalationConfig
 from logic.rules import (
@@ -40,7 +41,6 @@ from logic.rules import (
 )
 
 SYSTEM_ACTOR = "system"
-AUTO_ACTOR_PREFIX = "auto:"
 MANUAL_RESOLVE_REARM_SECONDS = 60.0
 """After a manual resolve, a condition that still holds fires again after its pending period but no sooner
 than this: the breach is real and the desk must hear of it again, yet not on the very next tick."""

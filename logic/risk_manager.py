@@ -91,6 +91,7 @@ from engine.redis_server import connect
 from engine.sessions import market_calendar
 from engine.settings import Limits, Settings, load_settings
 from engine.store import LimitsChangeError, PortfolioKeys, Store, TradeView
+from engine.store.sequencer import out_of_memory, out_of_memory_error
 from logic import execution
 from logic.actions import STATE_RANK
 from logic.check_book import BookCache, Sim
@@ -131,6 +132,8 @@ def _typed_store_errors(method: Callable[..., T]) -> Callable[..., T]:
         except redis.TimeoutError as exc:
             raise StoreUnavailableError(f"Redis did not answer in time: {exc}") from exc
         except redis.RedisError as exc:
+            if out_of_memory(exc):  # full, not corrupt: re-seeding would be the wrong fix
+                raise out_of_memory_error(exc, "Redis refused a read") from exc
             raise CorruptDataError(f"Redis refused a read: {exc}") from exc
 
     return wrapper
@@ -497,13 +500,15 @@ class RiskManager:
         client_order_id: str | None = None,
         actor: str = "trader",
         intent: OrderIntent = OrderIntent.TRADE,
+        *,
+        automation: object = None,
     ) -> dict[str, Any]:
         """Re-check and trade atomically at the last price; the same ``client_order_id`` trades at most once.
 
         Returns the execution result described in the module doc. Never raises for bad input or store
-        trouble: the result is REJECTED with the reason.
+        trouble: the result is REJECTED with the reason. ``automation``: see :meth:`execute`.
         """
-        return self.execute(ticker, qty, side, client_order_id, actor, intent).to_dict()
+        return self.execute(ticker, qty, side, client_order_id, actor, intent, automation=automation).to_dict()
 
     def execute(
         self,
@@ -513,13 +518,18 @@ class RiskManager:
         client_order_id: str | None = None,
         actor: str = "trader",
         intent: OrderIntent = OrderIntent.TRADE,
+        *,
+        automation: object = None,
     ) -> ExecutionResult:
         """:meth:`execute_trade` as a typed :class:`~engine.records.ExecutionResult` (see
         :mod:`logic.execution`). ``intent=LIQUIDATION``: a liquidation-only order (see
-        :class:`~engine.records.OrderIntent`)."""
+        :class:`~engine.records.OrderIntent`). ``automation``: the automation's grant, passed only by the automated
+        responses (logic/action_orders.py ``AUTOMATION``); an ``auto:`` actor without it is refused ``BAD_ACTOR``,
+        nothing written: the actor is a typed name and grants nothing."""
+        args = (self, ticker, qty, side, client_order_id, actor, intent, automation)
         if self.metrics is not None:
-            return self._counted(execution.execute, self, ticker, qty, side, client_order_id, actor, intent)
-        return execution.execute(self, ticker, qty, side, client_order_id, actor, intent)
+            return self._counted(execution.execute, *args)
+        return execution.execute(*args)
 
     def store_failure_decision(
         self, ticker: Any, qty: Any, side: Any, error: StoreError | None, now: float

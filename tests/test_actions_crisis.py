@@ -15,6 +15,7 @@ import warmup
 from engine.records import OrderIntent, Position
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioKeys, PortfolioState, Store
+from logic.action_orders import AUTOMATION
 from logic.actions import ResponseRunner, child_order_id, plan_reduction
 from logic.risk_manager import RiskManager
 
@@ -466,7 +467,7 @@ def test_a_rerun_of_a_leg_the_pre_child_code_sent_under_the_bare_leg_id_never_se
     item = pending("reduce:0.5", plan=[sell("BBB", plan_qty)], created_at=NOW)
     # yesterday's code sent the whole leg as one order under the leg id, then the process died
     old = rm.execute_trade("BBB", 1000, "SELL", client_order_id="a1-0", actor="auto:breaker",
-                           intent=OrderIntent.LIQUIDATION)  # fmt: skip
+                           intent=OrderIntent.LIQUIDATION, automation=AUTOMATION)  # fmt: skip
     assert old["status"] == "FILLED"
     outcome = run(desk(), item)
     assert outcome.ok, outcome.summary

@@ -197,10 +197,12 @@ def test_a_crash_during_a_reduction_is_finished_by_the_next_engine_without_tradi
             client_order_id: str | None = None,
             actor: str = "trader",
             intent: OrderIntent = OrderIntent.TRADE,
+            *,
+            automation: object = None,
         ) -> dict[str, Any]:
             assert intent == OrderIntent.LIQUIDATION  # every automated leg is liquidation-only
             result = self.rm.execute_trade(
-                ticker, qty, side, client_order_id=client_order_id, actor=actor, intent=intent
+                ticker, qty, side, client_order_id=client_order_id, actor=actor, intent=intent, automation=automation
             )
             raise Crash(f"died after {result['status']} {ticker}")
 

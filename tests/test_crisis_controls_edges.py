@@ -20,11 +20,12 @@ import warmup
 from engine.records import OrderIntent
 from engine.store import MarketSnapshot, PortfolioKeys, Store
 from engine.store.portfolio import TradingStateConflictError
-from logic import views
+from logic import lifecycle, views
 from logic.access import local_identity
+from logic.action_orders import AUTO_ACTOR_PREFIX, AUTOMATION
 from logic.actions import ResponseRunner
-from logic.checks import AUTOMATION_ACTOR_PREFIX, AUTOMATION_RATE_MULTIPLE, automation_order
-from logic.lifecycle import AUTO_ACTOR_PREFIX, MANUAL_RESOLVE_REARM_SECONDS, REARM_WORSENING_FRACTION, rerun_refusal
+from logic.checks import AUTOMATION_RATE_MULTIPLE, automation_order
+from logic.lifecycle import MANUAL_RESOLVE_REARM_SECONDS, REARM_WORSENING_FRACTION, rerun_refusal
 from logic.risk_manager import RiskManager
 from notifications.service import build_delivering_engine
 
@@ -210,7 +211,9 @@ def test_traders_at_their_limit_do_not_lock_out_a_flatten_nor_does_it_use_their_
     assert refused["status"] == "REJECTED" and _codes(refused) == ["RATE_LIMIT"]
     assert "3 orders in the last minute (limit 3)" in refused["reasons"][0]["message"]
     # the automation still cuts after the traders used up theirs
-    cut = rm.execute_trade("AAA", 1, "SELL", actor="auto:dd_flatten", intent=OrderIntent.LIQUIDATION)
+    cut = rm.execute_trade(
+        "AAA", 1, "SELL", actor="auto:dd_flatten", intent=OrderIntent.LIQUIDATION, automation=AUTOMATION
+    )
     assert cut["status"] == "FILLED"
 
 
@@ -221,9 +224,13 @@ def test_the_automations_budget_is_ten_times_the_limit_exactly_at_it_passes_one_
     budget = AUTOMATION_RATE_MULTIPLE * 3
     assert budget == 30
     for n in range(budget):  # the 30th (exactly at the budget) passes
-        result = rm.execute_trade("BBB", 1, "SELL", actor="auto:runaway", intent=OrderIntent.LIQUIDATION)
+        result = rm.execute_trade(
+            "BBB", 1, "SELL", actor="auto:runaway", intent=OrderIntent.LIQUIDATION, automation=AUTOMATION
+        )
         assert result["status"] == "FILLED", (n, result["reasons"])
-    refused = rm.execute_trade("BBB", 1, "SELL", actor="auto:runaway", intent="liquidation")  # the 31st
+    refused = rm.execute_trade(
+        "BBB", 1, "SELL", actor="auto:runaway", intent="liquidation", automation=AUTOMATION
+    )  # the 31st
     assert refused["status"] == "REJECTED" and _codes(refused) == ["RATE_LIMIT"]
     assert "30 automated liquidation orders in the last minute" in refused["reasons"][0]["message"]
     assert "budget 30" in refused["reasons"][0]["message"]
@@ -233,29 +240,32 @@ def test_the_automations_budget_is_ten_times_the_limit_exactly_at_it_passes_one_
 
 
 @pytest.mark.parametrize(
-    ("actor", "intent"),
-    [("risk-manager", OrderIntent.LIQUIDATION), ("auto:dd_cut", OrderIntent.TRADE)],
+    ("actor", "intent", "grant"),
+    [("risk-manager", OrderIntent.LIQUIDATION, None), ("auto:dd_cut", OrderIntent.TRADE, AUTOMATION)],
     ids=["human-liquidation", "automation-trade-intent"],
 )
 def test_anything_but_the_automations_liquidation_is_a_traders_order_for_the_throttle(
-    store: Store, make_settings: Any, actor: str, intent: OrderIntent
+    store: Store, make_settings: Any, actor: str, intent: OrderIntent, grant: object
 ) -> None:
     rm, _ = _gate(store, make_settings, 3)
-    assert not automation_order(actor, intent)
+    assert not automation_order(actor, intent, grant)
     for _ in range(2):
         assert rm.execute_trade("AAA", 1, "BUY", actor="trader")["status"] == "FILLED"
-    assert rm.execute_trade("BBB", 1, "SELL", actor=actor, intent=intent)["status"] == "FILLED"  # 3rd: at it
+    third = rm.execute_trade("BBB", 1, "SELL", actor=actor, intent=intent, automation=grant)  # 3rd: at it
+    assert third["status"] == "FILLED"
     assert store.client.zcard(PortfolioKeys("main").rate) == 3 and not store.client.exists(
         PortfolioKeys("main").auto_rate
     )
-    refused = rm.execute_trade("BBB", 1, "SELL", actor=actor, intent=intent)  # 4th: one over
+    refused = rm.execute_trade("BBB", 1, "SELL", actor=actor, intent=intent, automation=grant)  # 4th: one over
     assert refused["status"] == "REJECTED" and _codes(refused) == ["RATE_LIMIT"]
 
 
 def test_the_automation_prefix_is_the_one_the_alert_engine_gives_its_actors() -> None:
-    assert AUTOMATION_ACTOR_PREFIX == AUTO_ACTOR_PREFIX
-    assert automation_order("auto:x", "Liquidation ") and not automation_order("autox", OrderIntent.LIQUIDATION)
-    assert not automation_order(None, OrderIntent.LIQUIDATION)
+    assert lifecycle.AUTO_ACTOR_PREFIX is AUTO_ACTOR_PREFIX == "auto:"  # one definition (logic/action_orders.py)
+    assert automation_order("auto:x", "Liquidation ", AUTOMATION)
+    assert not automation_order("autox", OrderIntent.LIQUIDATION, AUTOMATION)
+    assert not automation_order(None, OrderIntent.LIQUIDATION, AUTOMATION)
+    assert not automation_order("auto:x", OrderIntent.LIQUIDATION)  # the name alone grants nothing
 
 
 # -- 3. a person lifts only the trading state their page showed -----------------------------------------------

@@ -29,6 +29,7 @@ from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
 from logic.access import local_identity
+from logic.action_orders import AUTOMATION
 from logic.firm import Firm
 from logic.risk_manager import RiskManager
 
@@ -261,7 +262,8 @@ def test_after_halt_all_a_liquidation_only_order_by_the_automation_is_accepted(
 ) -> None:
     Firm(seeded_store.client, settings).halt_all("alice", "drill")
     result = RiskManager(seeded_store.client, "main", settings).execute_trade(
-        "AAA", 100, "SELL", client_order_id="auto-1", actor="auto:margin_critical", intent=OrderIntent.LIQUIDATION
+        "AAA", 100, "SELL", client_order_id="auto-1", actor="auto:margin_critical", intent=OrderIntent.LIQUIDATION,
+        automation=AUTOMATION,
     )
     assert result["status"] == "FILLED", result["reasons"]
     assert seeded_store.read_portfolio("main").positions["AAA"].qty == 900

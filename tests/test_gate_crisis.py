@@ -17,6 +17,7 @@ from engine.records import Decision, DecisionStatus, ExecutionStatus, OrderInten
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioKeys, PortfolioState, Store
 from engine.store.keys import REFERENCE_KEY
+from logic.action_orders import AUTOMATION
 from logic.limits import shrinks_position
 from logic.risk_manager import RiskManager
 
@@ -94,7 +95,7 @@ def test_halted_accepts_a_liquidation_order_that_shrinks_the_position_and_books_
     rm = desk()
     rm.set_trading_state("HALTED", "daily drawdown breaker", "auto:drawdown_halt")
 
-    result = rm.execute("AAA", 400, "SELL", actor="auto:margin_critical", intent=LIQUIDATION)
+    result = rm.execute("AAA", 400, "SELL", actor="auto:margin_critical", intent=LIQUIDATION, automation=AUTOMATION)
 
     assert result.fill is not None and result.fill.position_after == 600
     assert result.fill.position_before == 1000 and result.fill.avg_price_before == Decimal(100)
@@ -161,7 +162,7 @@ def test_the_issue_scenario_a_crashed_halted_margin_book_can_still_be_cut(desk: 
     assert {"TRADING_HALTED", "PRICE_COLLAR", "VAR_LIMIT", "CONCENTRATION"} <= codes(buy)
     assert buy.margin_level_after is not None and buy.margin_level_after < 120.0
 
-    cut = rm.execute("CCC", 1000, "SELL", actor="auto:margin_critical", intent=LIQUIDATION)
+    cut = rm.execute("CCC", 1000, "SELL", actor="auto:margin_critical", intent=LIQUIDATION, automation=AUTOMATION)
 
     assert cut.fill is not None, cut.decision.reasons
     assert cut.fill.position_after == 2000

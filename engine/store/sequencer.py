@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from engine.errors import StoreUnavailableError
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import decode_str
 from engine.store.keys import PortfolioKeys
@@ -134,7 +135,8 @@ class SequencerStore(StoreBase):
     """The per-portfolio FIFO order queue and its lease (see the module doc for the protocol).
 
     TTLs are in seconds here and in milliseconds in Redis. Methods raise ``redis.RedisError`` as the client
-    does; the caller (logic/execution.py) turns that into a fail-closed rejection.
+    does; the caller (logic/execution.py) turns that into a fail-closed rejection: a full Redis
+    (:func:`out_of_memory`) as ``STORE_UNAVAILABLE``, never as a corrupt queue.
     """
 
     def _sequencer_script(self, name: str, source: str) -> redis.commands.core.Script:
@@ -218,6 +220,33 @@ class SequencerStore(StoreBase):
             tickets, holder = pipe.execute()
         queue = [decode_str(t, key=keys.order_queue) for t in tickets]
         return queue, None if holder is None else decode_str(holder, key=keys.order_lease)
+
+
+OUT_OF_MEMORY_FIX = (
+    "free memory in Redis or raise its limit (CONFIG SET maxmemory, or maxmemory in redis.conf; the memory figures "
+    "are on the System page), then send the order again: the data is intact, do NOT re-seed the store"
+)
+"""What to do when Redis refuses writes for memory (``maxmemory`` reached under ``noeviction``)."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write because it is at ``maxmemory`` with eviction off. redis-py raises
+    ``OutOfMemoryError`` for a plain command, but a script's write comes back as a plain ``ResponseError``
+    (``Error running script ...: -OOM command not allowed ...``), and a MULTI's as the queued command's error: the
+    reply text is what tells. Not a corrupt key: the queue scripts (and every order) need to write, so a full
+    Redis refuses every order until it has room."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc)
+
+
+def out_of_memory_error(exc: BaseException, what: str) -> StoreUnavailableError:
+    """``exc`` (see :func:`out_of_memory`) as the store's typed error: unavailable, never corrupt."""
+    return StoreUnavailableError(
+        f"{what}: Redis is out of memory (maxmemory reached, eviction off) and refuses writes; nothing was "
+        f"written ({str(exc)[:200]})",
+        fix=OUT_OF_MEMORY_FIX,
+    )
 
 
 def _pair(reply: Any) -> tuple[int, int]:
