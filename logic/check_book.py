@@ -55,6 +55,12 @@ class Book:
     prepared: Prepared | None = None
     """What ``RiskModel.var_after`` needs of these holdings (the method's)."""
 
+    @property
+    def priced(self) -> bool:
+        """Every held ticker has a usable price: only then is ``market_value`` (and any equity made of it) the
+        book's, rather than the priced positions' alone (an unpriced one counts 0)."""
+        return not self.missing
+
 
 @dataclass
 class Sim:

@@ -526,6 +526,12 @@ class Checker:
         alone would pass every limit of :data:`logic.limits.WAIVED_WHEN_REDUCING_RISK`) and opening ``|q1|``
         on the other side, which is new risk and is checked as an order from flat would be: its VaR, stressed
         VaR and gross exposure against the flat book's, its concentration and position as growing positions.
+
+        While a held ticker has no usable price (``book.missing``: refused ``MISSING_PRICE``, never waived) the
+        equity counts it as 0, so a ratio of it is another book's (the share of one position over 40,000 where the
+        book holds 120,000): no concentration, leverage, margin or margin floor check runs on it and
+        ``concentration_after`` / ``margin_level_after`` stay None, as the monitor's snapshot nulls those
+        figures (logic/snapshot.py). The ticket then says why it is refused, not a reason made of a partial equity.
         """
         limits = self.limits
         px = fill_price(price)
@@ -609,7 +615,9 @@ class Checker:
             )
 
         grows = abs(q1) > abs(q_from)
-        if equity_after > 0:
+        if not book.priced:
+            pass  # no ratio of a partial equity is the book's (see the docstring): MISSING_PRICE refuses it
+        elif equity_after > 0:
             concentration = abs(x_i + delta) / equity_after
             d["concentration_after"] = concentration
             if concentration > limits.max_concentration and grows:
@@ -635,7 +643,8 @@ class Checker:
             margin_account=portfolio.account_type == AccountType.MARGIN,
             initial_margin=portfolio.initial_margin,
         )
-        check_leverage(limits, figures, reasons)
+        if book.priced:
+            check_leverage(limits, figures, reasons)
         check_position(limits, figures, reasons)
         if limits.stressed_var_limit is not None:
             stressed, s_before, why = lookups.stressed(model, book.exposures)
@@ -652,7 +661,7 @@ class Checker:
             day_open, why = lookups.day_open()
             check_daily_loss(limits, figures.equity_before, day_open, why, reasons)
 
-        if portfolio.account_type == AccountType.MARGIN:
+        if portfolio.account_type == AccountType.MARGIN and book.priced:
             used_after = gross_after * portfolio.initial_margin
             d["margin_level_after"] = check_margin_floor(limits, figures, reasons)
             if used_after > equity_after and gross_after > gross_from:
