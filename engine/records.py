@@ -385,9 +385,11 @@ class Decision:
     position_after: int | None
     equity_after: float | None
     concentration_after: float | None
-    """|position value| / equity after the trade (None when equity would be <= 0)."""
+    """|position value| / equity after the trade (None when equity would be <= 0, or while a held ticker has no
+    usable price: a share of a partial equity)."""
     margin_level_after: float | None
-    """Equity / used margin x 100 after the trade (margin accounts; None otherwise)."""
+    """Equity / used margin x 100 after the trade (margin accounts; None otherwise, and while a held ticker has no
+    usable price)."""
     trading_state: TradingState | None
     """None when unreadable (treated as HALTED)."""
     market_version: int | None

@@ -16,8 +16,10 @@ Decision (:meth:`RiskManager.check_trade_impact`, and ``decision`` inside an exe
     marginal_var         VaR added per extra dollar of exposure to the ticker (at the limit's horizon)
     var_limit, var_confidence, var_horizon_days
     cash_before, cash_after, position_before, position_after, equity_after
-    concentration_after  |position value| / equity after the trade (None when equity would be <= 0)
-    margin_level_after   equity / used margin x 100 after the trade (margin accounts; None otherwise)
+    concentration_after  |position value| / equity after the trade (None when equity would be <= 0 or a held
+                         ticker has no usable price)
+    margin_level_after   equity / used margin x 100 after the trade (margin accounts with every held price; None
+                         otherwise)
     trading_state        "ACTIVE" | "REDUCING" | "HALTED" (None when unreadable: treated as HALTED)
     market_version, checked_at
     intent               "trade" | "liquidation" (liquidation-only: must shrink the position; passes HALTED)
