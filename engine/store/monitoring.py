@@ -12,6 +12,7 @@ monitors (or a tick processed twice) never lose an update.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import redis
 
 from engine.errors import CorruptDataError
 from engine.store.base import Conn, StoreBase
@@ -52,6 +54,81 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+
+PEAK_FIELDS = ("day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd", "last", "close")
+"""The fields of ``pf:{id}:peaks`` the merges read (the ``owner`` stamp besides), in :func:`check_peaks`' order."""
+_OPTIONAL_PEAKS = frozenset({"last", "close"})
+_PEAK_NUMBER = re.compile(rb"-?[0-9][0-9.eE+-]*")
+_CORRUPT_PREFIX = "STORE_CORRUPT "
+
+# The one rule of a stored peaks hash, for every reader: the per-portfolio merge (``_PEAKS_LUA``), the vectorised
+# monitor's load (engine/store/tick_state.py, :func:`check_peaks`, the same rule in Python) and
+# :meth:`MonitoringStore.read_peaks`. h = the HMGET of :data:`PEAK_FIELDS`. None of them stored (none yet, or
+# only an ``owner`` stamp: a fill's ``reset_mark`` on a new book): no peaks. Else day and week must be non-empty
+# and every reference a finite decimal number as the writers write them (``repr`` / ``%.17g`` / orjson: digits,
+# '.', an exponent; no hex, blanks, '_', nan or inf, which Lua's ``tonumber`` or Python's ``float`` would take
+# differently), ``last`` and ``close`` may be missing (a hash written before they existed), the others not.
+# Anything else is a corrupt hash: refused, not merged over (a reference made up from a partial one would be a
+# made-up P&L or drawdown). Returns false, or what is wrong.
+PEAKS_FAULT_LUA = """
+local PEAK_NAMES = {'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd', 'last', 'close'}
+local find, tonum, huge = string.find, tonumber, math.huge
+local function peaks_fault(key, h)
+  if not (h[1] or h[2] or h[3] or h[4] or h[5] or h[6] or h[7] or h[8] or h[9]) then return false end
+  for i = 1, 9 do
+    local v = h[i]
+    if not v then
+      if i < 8 then return key .. '.' .. PEAK_NAMES[i] .. ' is missing (a partial peaks hash)' end
+    elseif i == 1 or i == 4 then
+      if v == '' then return key .. '.' .. PEAK_NAMES[i] .. ' is empty' end
+    else
+      local x = find(v, '^%-?%d[%d.eE+%-]*$') and tonum(v)
+      if not x or x ~= x or x == huge or x == -huge then
+        return key .. '.' .. PEAK_NAMES[i] .. ': ' .. string.format('%q', v) .. ' is not a finite decimal number'
+      end
+    end
+  end
+  return false
+end
+"""
+
+
+def check_peaks(raw: Sequence[Any], key: str) -> bool:
+    """``PEAKS_FAULT_LUA``'s rule in Python, on the values of :data:`PEAK_FIELDS` (``None`` where missing): False
+    when no peaks are stored, True when they are usable; CorruptDataError (STORE_CORRUPT) otherwise."""
+    if all(v is None for v in raw):
+        return False
+    for name, v in zip(PEAK_FIELDS, raw, strict=True):
+        if v is None:
+            if name in _OPTIONAL_PEAKS:
+                continue
+            raise CorruptDataError(f"{key}.{name} is missing (a partial peaks hash)")
+        text = v.encode() if isinstance(v, str) else v
+        if name in ("day", "week"):
+            if not text:
+                raise CorruptDataError(f"{key}.{name} is empty")
+            continue
+        try:
+            ok = isinstance(text, bytes) and _PEAK_NUMBER.fullmatch(text) is not None and math.isfinite(float(text))
+        except ValueError:
+            ok = False
+        if not ok:
+            shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else repr(text)
+            raise CorruptDataError(f'{key}.{name}: "{shown}" is not a finite decimal number')
+    return True
+
+
+def corrupt_reply(exc: redis.ResponseError, key: str) -> CorruptDataError | None:
+    """The STORE_CORRUPT error a peaks script's error reply stands for (``_PEAKS_LUA``'s refusal, or a key of
+    the wrong type), or None for any other error."""
+    message = str(exc)
+    at = message.find(_CORRUPT_PREFIX)
+    if at >= 0:
+        return CorruptDataError(message[at + len(_CORRUPT_PREFIX) :])
+    if "WRONGTYPE" in message:  # a script's error reads 'Error running script (...): @user_script:N: WRONGTYPE ...'
+        return CorruptDataError(f"{key}: not a hash (WRONGTYPE)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -170,17 +247,20 @@ class MonitoringStore(StoreBase):
     # become a day's open) nor the day / week (the next complete observation rolls them, opening at the last
     # complete close): only the owner stamp is written, and the stored references are returned (with none
     # stored: this equity's, which the snapshot does not use; it reports no drawdown then, logic/snapshot.py).
+    # A corrupt hash (``PEAKS_FAULT_LUA``; a key of another type fails the HMGET) is refused before anything is
+    # written: an error reply 'STORE_CORRUPT <what>' (:func:`corrupt_reply`), the hash left exactly as it is.
     # Returns {day, day_open, day_peak, week, week_peak, max_peak, max_dd}.
-    _PEAKS_LUA = """
+    _PEAKS_LUA = PEAKS_FAULT_LUA + """
 local key, e, day, week = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
-if ARGV[6] == '0' then
-  local stored = redis.call('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd')
-  redis.call('HSET', key, 'owner', ARGV[4])
-  if not stored[1] then return {day, ARGV[1], ARGV[1], week, ARGV[1], ARGV[1], '0'} end
-  return stored
-end
 local h = redis.call('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd',
                      'last', 'close')
+local fault = peaks_fault(key, h)
+if fault then return redis.error_reply('STORE_CORRUPT ' .. fault) end
+if ARGV[6] == '0' then
+  redis.call('HSET', key, 'owner', ARGV[4])
+  if not h[1] then return {day, ARGV[1], ARGV[1], week, ARGV[1], ARGV[1], '0'} end
+  return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
+end
 local open_s = h[9] or h[8] or ARGV[1]
 local start_peak = ARGV[1]
 if tonumber(open_s) > e then start_peak = open_s end
@@ -211,15 +291,22 @@ return {h[1], h[2], h[3], h[4], h[5], h[6], h[7]}
         market_open: bool = True, complete: bool = True,
     ) -> EquityPeaks | None:  # fmt: skip
         """Merge one equity observation into the portfolio's peaks (atomic); returns the merged peaks, or
-        ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`). ``market_open``: the
-        observation may be the session's close (``MarketCalendar.sets_close``; the script's comment);
-        ``complete`` False: the valuation misses a held price, the peaks are returned as stored, unmoved."""
+        ``None`` on a pipeline (decode its result with :meth:`EquityPeaks.from_reply`; a corrupt hash is an error
+        reply there: :func:`corrupt_reply`). ``market_open``: the observation may be the session's close
+        (``MarketCalendar.sets_close``; the script's comment); ``complete`` False: the valuation misses a held
+        price, the peaks are returned as stored, unmoved. A corrupt hash: CorruptDataError, nothing written."""
         if not math.isfinite(equity):
             raise ValueError(f"equity must be finite, got {equity}")
         key = PortfolioKeys(portfolio_id).peaks
         args = [repr(float(equity)), day_id, week_id, foreign_stamp(), "1" if market_open else "0",
                 "1" if complete else "0"]  # fmt: skip
-        reply = self._eval(pipe, self._PEAKS_LUA, [key], args)
+        try:
+            reply = self._eval(pipe, self._PEAKS_LUA, [key], args)
+        except redis.ResponseError as exc:
+            corrupt = corrupt_reply(exc, key)
+            if corrupt is None:
+                raise
+            raise corrupt from None
         return None if pipe is not None else EquityPeaks.from_reply(reply, key)
 
     # KEYS[1] = pf:{id}:peaks, KEYS[2] = pf:{id}:flows; ARGV[1] = a capital flow (number as text: the equity
@@ -292,9 +379,17 @@ return 1
         return out
 
     def read_peaks(self, portfolio_id: str, conn: Conn = None) -> EquityPeaks | None:
+        """The stored peaks, None when there are none; CorruptDataError for a hash the monitor refuses
+        (:func:`check_peaks`, a key of another type)."""
         key = PortfolioKeys(portfolio_id).peaks
-        raw = self._conn(conn).hmget(key, ["day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd"])
-        return None if raw[0] is None else EquityPeaks.from_reply(raw, key)
+        try:
+            raw = self._conn(conn).hmget(key, list(PEAK_FIELDS))
+        except redis.ResponseError as exc:
+            corrupt = corrupt_reply(exc, key)
+            if corrupt is None:
+                raise
+            raise corrupt from None
+        return EquityPeaks.from_reply(raw[:7], key) if check_peaks(raw, key) else None
 
     # -- position excursions ---------------------------------------------------------------------------------
     # KEYS[1] = pf:{id}:marks (hash: ticker -> side, MFE, MAE: engine/store/codec.py ``EXCURSION_DTYPE``),

@@ -15,7 +15,10 @@ arithmetic on arrays (one row per portfolio, one element per position) and Redis
   monitor WATCHes the peaks keys and reads the stamps
   (:meth:`TickState.stale_rows`); a portfolio stamped by anyone else is loaded from the store again
   (:meth:`TickState.load`), so another monitor's or the reference path's merges are never lost, and a write by
-  anyone after the read aborts the monitor's MULTI (the tick is redone from the store).
+  anyone after the read aborts the monitor's MULTI (the tick is redone from the store). The same read checks
+  every peaks hash by the per-portfolio merge's rule (engine/store/monitoring.py ``PEAKS_FAULT_LUA``): a corrupt
+  one, or a key of another type, reads as no one's stamp, and the load refuses that portfolio (reported, not
+  snapshot, its stored state left as it is; the others are written), as the per-portfolio path does.
 - **Same results.** Peaks follow ``MonitoringStore._PEAKS_LUA`` and excursions ``_MARKS_LUA`` step for step
   (the same doubles: Redis' Lua numbers are IEEE doubles too); a tier bucket merges by
   :data:`engine.store.history.HISTORY_COLUMNS`' aggregations, its float32 columns rounded as ``struct.pack``
@@ -60,12 +63,12 @@ from engine.store.history import (
     upgrade_rows,
 )
 from engine.store.keys import PortfolioKeys
+from engine.store.monitoring import PEAK_FIELDS, PEAKS_FAULT_LUA, check_peaks
 from engine.store.slots import is_cluster
 
 Float64Array = npt.NDArray[np.float64]
 
-_PEAK_FIELDS = ("day", "day_open", "day_peak", "week", "week_peak", "max_peak", "max_dd", "last", "close",
-                OWNER_FIELD)  # fmt: skip
+_PEAK_FIELDS = (*PEAK_FIELDS, OWNER_FIELD)
 _PEAK_COLUMNS = ("day_open", "day_peak", "week_peak", "max_peak", "max_dd", "last", "close")
 """The columns of :attr:`Merged.peaks` (``close``: NaN while none is known, and then not written)."""
 _CHANGED_FIELDS = (*_PEAK_COLUMNS, "day", "week", OWNER_FIELD)
@@ -162,9 +165,19 @@ end
 return #KEYS / nkeys
 """
 
-_OWNERS_LUA = f"""
+# Each peaks key's owner stamp, false where none; '' (no writer's stamp, so the row is loaded: TickState.load,
+# which refuses it by the same rule) where the hash is corrupt (engine/store/monitoring.py ``PEAKS_FAULT_LUA``,
+# the rule the per-portfolio merge applies on every tick) or the key is not a hash (read by pcall: one
+# portfolio's wrong key must not fail every portfolio's tick). Checked on every tick, as that merge does: a hash
+# corrupted under a copy this writer owns (a write that left the owner stamp alone) is refused, not written over
+# from memory. The check is Redis' (one HMGET and a few string tests a key, about 3 us), no Python per portfolio.
+_OWNERS_LUA = PEAKS_FAULT_LUA + f"""
 local out = {{}}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, '{OWNER_FIELD}') or false end
+for i, key in ipairs(KEYS) do
+  local h = redis.pcall('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd',
+                        'last', 'close', '{OWNER_FIELD}')
+  if h.err or peaks_fault(key, h) then out[i] = '' else out[i] = h[10] end
+end
 return out
 """
 
@@ -403,20 +416,24 @@ class TickState:
                 replies[n * per + 3 + 3 * t], replies[n * per + 5 + 3 * t] = self._sizes[t], row.tobytes()
 
     def _load_peaks(self, p: int, raw: list[Any]) -> None:
+        """The stored peaks of row ``p`` by the per-portfolio merge's own rule (engine/store/monitoring.py
+        ``check_peaks`` / ``PEAKS_FAULT_LUA``): none stored, or every field usable; a corrupt hash raises (the
+        row is refused, not merged with references made up from part of it). Decoded only once it passed."""
         key = PortfolioKeys(self.pids[p]).peaks
-        if raw[0] is None:
+        if not check_peaks(raw[: len(PEAK_FIELDS)], key):
             self.day[p] = self.week[p] = None
             self.peaks[p] = np.nan
             return
         names = _PEAK_FIELDS
-        self.day[p] = decode_str(raw[0], key=f"{key}.day")
-        self.week[p] = decode_str(raw[3], key=f"{key}.week")
+        day = decode_str(raw[0], key=f"{key}.day")
+        week = decode_str(raw[3], key=f"{key}.week")
         values = [raw[1], raw[2], raw[4], raw[5], raw[6], raw[7], raw[8]]
         labels = [names[1], names[2], names[4], names[5], names[6], names[7], names[8]]
         self.peaks[p] = [
             np.nan if v is None and label in ("last", "close") else decode_float(v, key=f"{key}.{label}")
             for v, label in zip(values, labels, strict=True)
         ]
+        self.day[p], self.week[p] = day, week
 
     def _load_marks(self, p: int, raw: dict[bytes, bytes], start: int) -> None:
         key = PortfolioKeys(self.pids[p]).marks
