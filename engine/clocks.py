@@ -22,7 +22,9 @@ wall silence before it (200 wall s per one-minute bar under a 60 s limit: 139 s 
 refused). So within one run "now" steps back only at a new bar and only by the wall extension it had added: never
 below the latest bar time read, and never back between bars (another beat of the same bar time, such as the end of
 the feed, or an older one, keeps the largest). A new run (a restarted or new replay, maybe years back) starts it
-again from that run's time.
+again from that run's time. A finished replay started again with nothing new to play writes only its end beat, with
+the last bar's time and the ``wall_ts`` that bar was played at (engine/stream.py): its time runs on from then, not
+from the restart, so its old prices never read fresh again.
 
 Redis down: the clock never raises. It keeps the last mode it read (live when it never read one) and tries again
 after :data:`MODE_TTL_SECONDS`; live, "now" is the wall clock as ever; a replay clock keeps its last known time

@@ -62,7 +62,8 @@ data per wall second. Live feeds stamp with the wall clock. Each bar also re-anc
 prices at session opens (engine/collar.py), in the bar's transaction. The heartbeat also carries the wall time it
 was written (``wall_ts``), the daemon's run id (``run``) and ``feed_state``, ``ended`` when a replay ran out of
 bars (the daemon then exits; a live feed that ends writes nothing and its heartbeat goes stale): a dead or finished
-replay's clock runs on the wall and its prices go stale.
+replay's clock runs on the wall and its prices go stale. A finished replay started again (nothing new to play) ends
+at once on its last bar and the wall time that bar was played: its prices stay as old as they are.
 
 Redis is ``REDIS_URL`` (or the settings' embedded server); the settings file is ``$RISKDESK_CONFIG`` or
 ``riskdesk.toml``.
@@ -232,6 +233,8 @@ class StreamDaemon:
         self._seq = 0
         self._last_written: int | None = None
         """The version this daemon last committed (None: unknown): a reload finding another is a foreign write."""
+        self._found_beat: dict[str, str] | None = None
+        """A replay's stream heartbeat as :meth:`run` found it, before this run wrote one (:meth:`_write_end_beat`)."""
         self._row_gap = False
         """Set by a reload after a foreign write: the next bar's return spans it and gets no window row."""
         self._window_ok = False
@@ -247,6 +250,7 @@ class StreamDaemon:
 
     def run(self, ticks: int | None = None) -> DaemonStats:
         """Read bars until the feed ends, ``ticks`` bars were read, or :meth:`stop`."""
+        self._found_beat = self._previous_beat()
         iterator = iter(self.feed)
         next_at = time.monotonic()
         while not self.stopping and (ticks is None or self.stats.bars_read < ticks):
@@ -528,11 +532,17 @@ class StreamDaemon:
 
     def _write_end_beat(self) -> None:
         """The feed has no more bars: a replay's file ended. Say so in the heartbeat before exiting. The end beat
-        keeps the last bar's ``ts`` and, when this run wrote that bar, its ``wall_ts`` (the daemon has been silent
-        since that bar, however long the feed took to say it had no more: the clock runs on the wall ``late_after``
-        after it, engine/clocks.py, for a reader that starts after the end as for one already running) and its
-        prices go stale as a dead feed's would, while the System page says the replay finished. A run that wrote
-        no bar (a finished replay started again) dates its end beat on the wall clock, as before.
+        keeps the last bar's ``ts`` and the wall time that bar was played (``wall_ts``): the daemon has been silent
+        since that bar, however long the feed took to say it had no more, so the clock runs on the wall
+        ``late_after`` after it (engine/clocks.py), for a reader that starts after the end as for one already
+        running, and its prices go stale as a dead feed's would, while the System page says the replay finished.
+
+        A run that wrote no bar (a finished replay started again: nothing new to play) ends on the beat of the run
+        that played the last bar, the one it found (:attr:`_found_beat`, its last bar and that bar's ``wall_ts``,
+        which every end beat after it keeps, :meth:`_played_at`): it is finished at once, and the prices keep the
+        age they have had since they were played. Dated on the wall clock at the restart, as it once was, the end
+        beat made prices minutes or hours old read fresh for ``late_after`` plus the stale-price limit, and the
+        gate approved orders on them.
 
         A live or compressed feed that ends (a broker connection that closed) writes nothing: it is a feed that
         stopped, not a finished file, so its heartbeat ages and the System page shows it stale with the fix to
@@ -542,14 +552,47 @@ class StreamDaemon:
             return
         try:
             last = self.store.read_heartbeat(HEARTBEAT_COMPONENT) or {}
+            if last.get("run") == self._token_prefix and self.stats.bars_written == 0 and self._found_beat:
+                last = self._found_beat  # it only read bars refused whole: the earlier run's last bar stands
             if "ts" not in last:
                 return  # never wrote a bar: nothing to date the end by
             beat = self._heartbeat(float(last["ts"]), self.version, self.stats.bars_written, feed_state=FEED_ENDED)
-            if last.get("run") == self._token_prefix and "wall_ts" in last:
+            if last.get("run") != self._token_prefix:  # an earlier run played the last bar: when it played it
+                beat["wall_ts"] = self._played_at(last)
+            elif "wall_ts" in last:
                 beat["wall_ts"] = float(last["wall_ts"])  # silent since its last bar, not since the end was noticed
             self.store.write_heartbeat(HEARTBEAT_COMPONENT, beat)
-        except (redis.RedisError, ValueError) as exc:
+        except (redis.RedisError, RiskdeskError, ValueError) as exc:
             log.warning("end of feed not written to the heartbeat: %s", exc)
+
+    def _previous_beat(self) -> dict[str, str] | None:
+        """A replay's stream heartbeat before this run writes any (best effort: None live, or when Redis cannot be
+        read): an earlier run's, naming the bar it ended on and when it played it."""
+        if self.clock_mode != ClockMode.REPLAY:
+            return None
+        try:
+            return self.store.read_heartbeat(HEARTBEAT_COMPONENT)
+        except redis.RedisError as exc:
+            log.debug("stream heartbeat not read at start: %s", exc)
+            return None
+
+    def _played_at(self, beat: dict[str, str]) -> float:
+        """The wall time an earlier run played the bar of its heartbeat ``beat``: the beat's ``wall_ts``, written
+        with that bar and kept by every end beat after it. A heartbeat from before ``wall_ts`` existed does not
+        say: then the time Redis committed the last tick event (its stream entry id, the server's milliseconds),
+        and only when there is none the wall clock now (logged: the prices read fresh until they age again)."""
+        try:
+            played = float(beat.get("wall_ts", "nan"))
+        except ValueError:
+            played = math.nan
+        if math.isfinite(played):
+            return played
+        tick = self.store.last_tick()
+        millis = tick.entry_id.partition("-")[0] if tick is not None else ""
+        if millis.isdigit():
+            return int(millis) / 1000.0
+        log.warning("the stream heartbeat does not say when its last bar was played: the end is dated now")
+        return self.clock()
 
     def _write_heartbeat_best_effort(self, now: float) -> None:
         try:

@@ -5,8 +5,10 @@ The in-process version (tests/test_stress_restart.py) rebuilds clients, engines 
 one runs the real processes. ``launcher.py demo`` (what ``make demo`` runs) brings up the embedded Redis (AOF
 on), the warm-up from history files, the stream daemon replaying the demo's weekly closes (fast), the monitor,
 the notifier and the Streamlit dashboard. The replay is a bounded feed: when its file ends the stream daemon
-exits and the market is unchanged from then on; on the replay's clock (engine/clocks.py: the last bar's time)
-nothing a page shows ages while it stands still, so every figure can be compared exactly.
+exits and the market is unchanged from then on. The replay's clock (engine/clocks.py) runs on the wall once its
+daemon is silent, so its prices go stale: the test waits until they are (the Market data light red) before it reads
+the pages, and they must stay stale across the restart (a restarted replay with nothing new to play ends at once on
+the wall time its last bar was played; its end beat once dated them at the restart, and the light went green again).
 
 Once the monitor has snapshotted the last market version, both pages are rendered for each portfolio by a
 fresh dashboard process (tests/page_figures.py: the real pages under Streamlit's AppTest, every element the
@@ -18,10 +20,10 @@ on top of the market it had written). The monitor, notifier and dashboard are ne
 answers and the new monitor has written its heartbeat, the pages are rendered again by another new process, and
 every element must be equal.
 
-Nothing but a CSV export's random session handle is excluded there (:data:`IGNORED`): the replay's clock does
-not move while the market stands still, so even ages and times must be identical; but the Overview's figures
-after the restart are the first monitor's snapshot (kept by the AOF), since the new monitor has nothing to do on
-a clock that stands still.
+Nothing but a CSV export's random session handle is excluded there (:data:`IGNORED`): nothing else on these pages
+moves while a stale market stands still, so even ages and times must be identical (but the age in the red Market
+data light's caption, the wall time since the last bar was played, checked on its own terms); the Overview's figures
+after the restart are the first monitor's snapshot (kept by the AOF): no new bar, the same figures.
 
 The second test is the desk of ``make run`` (riskdesk.toml) on the wall clock: the simulated feed plays
 :data:`LIVE_BARS` bars and stops (``--ticks``), the restart starts it with none left. There the new monitor
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
@@ -159,6 +162,55 @@ def restart_every_process(stack: Stack, before: dict[str, int | None]) -> dict[s
     return after
 
 
+MARKET_AGE = re.compile(r"market data ([0-9.]+) s old")
+"""The age in the caption of a red Market data light (its detail): the wall time since the prices were played."""
+
+
+def wait_until_stale(stack: Stack) -> float:
+    """Sleep until the stale-price limit has passed on the wall clock since the replay's last bar was played (its
+    heartbeat's ``wall_ts``): from then on its prices are stale for the gate and the pages. Returns the limit."""
+    settings = stack.settings()
+    limit = max([settings.limits.stale_price_seconds] + [p.limits.stale_price_seconds for p in settings.portfolios])
+    store = Store(connect(stack.redis_url))
+    try:
+        played = float((store.read_heartbeat("stream") or {})["wall_ts"])
+    finally:
+        store.client.close()
+    time.sleep(max(0.0, played + limit + 1.0 - time.time()))
+    return float(limit)
+
+
+def timed_read(stack: Stack) -> tuple[dict[str, list[dict[str, Any]]], float, float]:
+    """:func:`read_pages` with the wall times before and after it (the pages are rendered in between)."""
+    start = time.time()
+    pages = read_pages(stack)
+    return pages, start, time.time()
+
+
+def market_ages(pages: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Per Overview page, the market data age its red Market data light's caption shows."""
+    out = {}
+    for spec in (s for s in PAGES if s.startswith("overview")):
+        bodies = [e.get("markdown", {}).get("body", "") for e in pages[spec]]
+        found = [float(m.group(1)) for body in bodies if (m := MARKET_AGE.search(body))]
+        assert len(found) == 1, f"{spec}: {found}"
+        out[spec] = found[0]
+    return out
+
+
+def without_market_age(pages: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """``pages`` with the age in the Market data caption replaced by a placeholder (checked by the caller)."""
+    return {spec: [json.loads(MARKET_AGE.sub("market data AGE s old", json.dumps(e))) for e in elements]
+            for spec, elements in pages.items()}  # fmt: skip
+
+
+def market_light(elements: list[dict[str, Any]]) -> str:
+    """The level the Overview's Market data light shows (``GREEN``, ``AMBER``, ``RED``)."""
+    bodies = [e["markdown"]["body"] for e in elements if "**Market data**" in e.get("markdown", {}).get("body", "")]
+    assert len(bodies) == 1, bodies
+    return bodies[0].rsplit("[", 1)[1].rstrip("]")
+
+
 def market_version(stack: Stack) -> int:
     store = Store(connect(stack.redis_url))
     try:
@@ -246,13 +298,21 @@ def test_every_overview_and_stress_figure_is_unchanged_after_every_process_resta
     wait_for("the replay to end and the monitor to catch up", lambda: market_settled(demo_stack), demo_stack)
     running = pids(demo_stack)
     running.pop("stream")  # exited with its replay
-    before = read_pages(demo_stack)
+    limit = wait_until_stale(demo_stack)
+    before, b0, b1 = timed_read(demo_stack)
+    assert all(market_light(before[spec]) == "RED" for spec in PAGES if spec.startswith("overview"))
     # Act: every process stopped by PID and started again on the same data directory
     restart_every_process(demo_stack, running)
-    after = read_pages(demo_stack)
-    # Assert: every element equal, stressed VaR included (and the figures are figures, not blanks); the
-    # Overview's snapshot is the first monitor's (the replay's clock stands still: no idle refresh)
-    assert_every_figure_unchanged(before, after, "replay")
+    after, a0, a1 = timed_read(demo_stack)
+    # Assert: the prices stayed stale across the restart, their age running on by the wall time between the two
+    # reads (the caption rounds to 0.1 s; before the fix the restart made them fresh: the light went green)
+    old, new = market_ages(before), market_ages(after)
+    for spec in old:
+        assert old[spec] > limit, f"{spec}: {old[spec]}"
+        assert a0 - b1 - 0.1 <= new[spec] - old[spec] <= a1 - b0 + 0.1, f"{spec}: {old[spec]} -> {new[spec]}"
+    # every element equal (the Market data light still red), stressed VaR included, and the figures are figures,
+    # not blanks; the Overview's snapshot is the first monitor's
+    assert_every_figure_unchanged(without_market_age(before), without_market_age(after), "replay")
 
 
 def start_live(stack: Stack, ticks: int) -> str:
