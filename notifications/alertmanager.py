@@ -27,12 +27,14 @@ the post (so does one that does not implement the read, HTTP 501); the delivery 
 not be looked for. Network errors, 429 and other 5xx to the read fail the attempt as the post would.
 
 An attempt is bounded by ``timeout`` (``[notifications.alertmanager] timeout_seconds``) as a whole, not per
-request: it starts one deadline, the read waits at most until it, the post at most for what the read left.
-A hung Alertmanager therefore holds the notifier (every portfolio and channel behind it) for ``timeout`` per
-attempt, as configured, not twice that; and a read that used the whole budget fails the attempt as transient
-before anything is posted (the retry reads again), so an attempt never half-delivers after its deadline.
-urllib applies the remaining time to each socket wait, so only a server trickling its answer byte by byte
-could stretch the request under way; the deadline is checked again before the post all the same.
+request: it starts one deadline, the read waits at most :data:`READ_SHARE` of it, the post for what the read
+left. A hung Alertmanager therefore holds the notifier (every portfolio and channel behind it) for ``timeout``
+per attempt, as configured, not twice that. The read is the optional part: one that does not answer within its
+share is given up (the note says the former severities were not checked) and the page is posted in the time
+left, so a slow but healthy Alertmanager still gets every page (a read slow on every try would otherwise have
+failed every retry). urllib applies the remaining time to each socket wait, so only a server trickling its
+answer byte by byte could stretch the read; the deadline is checked again before the post, and an attempt
+past it fails as transient with nothing posted (the retry starts afresh), never half-delivering late.
 
 Errors follow :mod:`notifications.channels`: HTTP 429 / 5xx and network errors are transient (retried),
 other 4xx permanent.
@@ -59,6 +61,9 @@ ALERTS_PATH = "/api/v2/alerts"
 DEFAULT_ACTIVE_FOR_SECONDS = 86_400.0
 SEVERITY_LABEL = "severity"
 IDENTITY_LABELS = ("alertname", "rule", "portfolio")
+READ_SHARE = 0.5
+"""The share of an attempt's timeout the read of the alerts held (the optional look for former severities) may
+use; the rest is the post's, the page itself (module docstring)."""
 """The labels besides ``severity`` that :func:`alert_payload` writes: an alert read back with exactly these
 (and a severity) is one of ours."""
 
@@ -137,8 +142,9 @@ class AlertmanagerChannel:
         if not alerts:
             raise PermanentDeliveryError("the message carries no alert event to post")
         portfolio = str(alerts[0]["labels"]["portfolio"])
-        deadline = time.monotonic() + self.timeout
-        ended, note = self.superseded(address, portfolio, alerts, deadline)
+        start = time.monotonic()
+        deadline = start + self.timeout
+        ended, note = self.superseded(address, portfolio, alerts, start + READ_SHARE * self.timeout)
         left = self._left(deadline, address, "before the post; nothing posted")
         posted = alerts + ended
         request = urllib.request.Request(
@@ -181,8 +187,9 @@ class AlertmanagerChannel:
 
         Raises :class:`TransientDeliveryError` when Alertmanager cannot be read (network, 429, 5xx), like the
         post would; a 4xx or 501 answer (reading not allowed or not implemented) returns no ends and says so in
-        the note: the post still goes out. The read waits at most until ``deadline`` (``time.monotonic``; the
-        attempt's, see the module docstring), by default ``timeout`` from now.
+        the note: the post still goes out, as it does after a read that timed out (the read is optional; the
+        post is the page). The read waits at most until ``deadline`` (``time.monotonic``; the attempt's share,
+        see the module docstring), by default ``timeout`` from now.
         """
         if deadline is None:
             deadline = time.monotonic() + self.timeout
@@ -200,6 +207,8 @@ class AlertmanagerChannel:
                 raise TransientDeliveryError(f"HTTP {exc.code} from Alertmanager {mask_url(address)}") from exc
             return [], f" (former severities not checked: HTTP {exc.code} to the read)"
         except (urllib.error.URLError, OSError) as exc:
+            if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+                return [], " (former severities not checked: the read timed out)"
             detail = mask_text(repr(exc), [address])
             raise TransientDeliveryError(f"Alertmanager {mask_url(address)}: {detail}") from exc
         except ValueError:
