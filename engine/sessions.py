@@ -3,21 +3,17 @@
 ``market.calendar`` names the calendar (default ``XNYS``, the New York Stock Exchange): its sessions, weekends,
 holidays and early closes. :class:`Sessions` answers, for an epoch time ``t``:
 
-- the session ``t`` belongs to (:meth:`Sessions.session_index`): the latest session that has opened at or
-  before ``t`` (the time after a close is the closed session's). The collar re-anchors when it changes, at each
-  open (:meth:`MarketCalendar.session_id`, engine/collar.py);
-- the daily window ``t`` is in (:meth:`Sessions.period_ids`), the desk's convention: a session's day is the
-  time after the previous session's close up to its own close, included (``(close before, close]``). So a day's
-  P&L is fixed at its close, and a move after it (evening, weekend, holiday, pre-market) is the next session's,
-  counted once: in the next day's P&L and drawdown, which start from the close, never in the day that closed
-  as well. A Friday evening's is the next week's;
+- the session ``t`` belongs to for the daily windows (:meth:`Sessions.session_index`): the latest session that
+  has opened at or before ``t``. So a session starts exactly at its open and runs until the next open: the
+  time after a close (evening, weekend, holiday) belongs to the session that closed, and daily P&L and daily
+  drawdown reset at each session open;
 - whether the market is open (:meth:`Sessions.is_open`): ``open <= t <= close`` (the close is in, it is the
   closing price's time); the monitor's last equity observed while it is (:meth:`MarketCalendar.sets_close`) is
   the close the next day's P&L and peaks start from, so an observation after hours never becomes the open;
 - the next / previous session, the open and close of each;
 - the week (:meth:`Sessions.period_ids`): sessions are grouped by the ISO week of their session date, and a
-  week's id is the date of its first session (Tuesday after a Monday holiday), so the weekly window starts at
-  the last close of the week before (a Friday's, or a Thursday's before a Good Friday).
+  week's id is the date of its first session (Tuesday after a Monday holiday), so the weekly window resets at
+  the first open of each calendar week.
 
 ``market.calendar = "24/7"``: no exchange calendar. The market never closes and the day starts at
 ``monitor.day_reset_hour`` in ``monitor.timezone`` (Monday at that hour starts a week): the rule of the
@@ -132,21 +128,9 @@ class Sessions:
             raise ValueError(f"no {self.name} session before {t}")
         return self.session(i)
 
-    def window_index(self, t: float) -> int:
-        """Index of the session whose daily window holds ``t``: the one in progress (its close included), else the
-        next one (``t`` is after a close: the module docstring). A time after the calendar's last close has
-        none: ValueError, as a time outside the calendar."""
-        i = self.session_index(t)
-        if t <= self.closes[i]:
-            return i
-        if i + 1 >= len(self.dates):
-            raise ValueError(f"{datetime.fromtimestamp(t).isoformat()} is after the {self.name} calendar's last close")
-        return i + 1
-
     def period_ids(self, t: float) -> tuple[str, str]:
-        """Ids of the daily window (its session's date) and of the weekly window (its week's first session)
-        holding ``t`` (:meth:`window_index`)."""
-        i = self.window_index(t)
+        """Ids of the daily window (the session date) and of the weekly window (its week's first session)."""
+        i = self.session_index(t)
         return self.dates[i], self.week_ids[i]
 
 
@@ -184,9 +168,8 @@ class MarketCalendar:
         self.sessions: Sessions | None = None if name == ALWAYS_OPEN else sessions_for(name)
 
     def period_ids(self, t: float) -> tuple[str, str]:
-        """Ids of the daily and weekly windows holding ``t`` (ISO dates, ordered as text): on an exchange, the
-        next session's after a close (:meth:`Sessions.period_ids`). A time outside the calendar's range (before
-        1990, after its last close) falls back to the ``24/7`` rule."""
+        """Ids of the daily and weekly windows holding ``t`` (ISO dates, ordered as text). A time outside the
+        calendar's range (before 1990, years ahead) falls back to the ``24/7`` rule."""
         if self.sessions is not None:
             try:
                 return self.sessions.period_ids(t)
@@ -206,21 +189,13 @@ class MarketCalendar:
         if self.sessions is None:
             return True
         try:
-            self.sessions.window_index(t)
+            return self.sessions.is_open(t)
         except ValueError:
             return True
-        return self.sessions.is_open(t)
 
     def session_id(self, t: float) -> str:
-        """Id of the session ``t`` belongs to: the one in progress, or the last one closed (:meth:`Sessions.
-        session_at`; the ``24/7`` rule's day outside the calendar). The collar's reference re-anchors when it
-        changes, at each open (engine/collar.py). Not the daily window after a close (:meth:`period_ids`)."""
-        if self.sessions is not None:
-            try:
-                return self.sessions.session_at(t).date
-            except ValueError:
-                pass
-        return wall_clock_period_ids(t, self.tz, self.reset_hour)[0]
+        """Id of the daily window holding ``t``."""
+        return self.period_ids(t)[0]
 
 
 def market_calendar(settings: Settings) -> MarketCalendar:

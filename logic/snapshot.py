@@ -53,8 +53,8 @@ Definitions:
   seen when no close is known (see ``Store.update_peaks``). With ``market.calendar = "24/7"`` the market never
   closes: the open is the last equity seen before the day started.
 - Drawdowns: ``daily`` / ``weekly`` = equity / peak of the day (week) - 1, where a day is a session of
-  ``market.calendar`` (it runs from the previous session's close to its own: the time after a close belongs to
-  the next session, so a move after it counts once) and a week the calendar's week (from the close before it),
+  ``market.calendar`` (it starts at the session's open and runs to the next open: the time after a close
+  belongs to the session that closed) and a week the calendar's week (from its first session's open),
   engine/sessions.py; with ``market.calendar = "24/7"`` a day starts at ``monitor.day_reset_hour`` in
   ``monitor.timezone`` and a week on Monday at that hour. A new day's (week's) peak starts at max(previous
   close, first equity of the period), so a gap down from the close is a drawdown; ``max`` is the worst drawdown

@@ -23,7 +23,6 @@ from scipy import stats
 
 import warmup
 from engine.records import Decision, DecisionStatus, ExecutionStatus, Position, ReasonCode
-from engine.sessions import MarketCalendar
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, PortfolioState, Store
 from engine.store.keys import STRESSED_KEY
@@ -454,9 +453,8 @@ def test_stressed_var_limit_fails_closed_on_a_stressed_matrix_that_is_not_a_cova
 
 
 def open_day(store: Store, portfolio_id: str, equity: float) -> None:
-    """Record ``equity`` as today's opening equity, as the monitor's first snapshot of the day does (on the
-    settings' calendar, XNYS: NOW is after a close, in the next session's day)."""
-    day, week = MarketCalendar("XNYS", UTC, 0).period_ids(NOW)
+    """Record ``equity`` as today's opening equity, as the monitor's first snapshot of the day does."""
+    day, week = period_ids(NOW, UTC, 0)
     store.update_peaks(portfolio_id, equity, day, week)
 
 
@@ -478,19 +476,18 @@ def test_the_daily_loss_limit_trips_when_the_loss_reaches_it(desk: Desk, store: 
 def test_the_daily_loss_limit_reads_the_day_the_monitor_stamps_on_an_exchange_calendar(
     desk: Desk, store: Store
 ) -> None:
-    # 2023-11-18 03:00 UTC is 22:00 in New York on Friday the 17th: after Friday's close the XNYS day (the
-    # monitor's "today") is Monday 2023-11-20's (engine/sessions.py) while the UTC wall-clock date is Saturday
-    # the 18th; trading outside the session is allowed
-    late = datetime(2023, 11, 18, 3, 0, tzinfo=UTC).timestamp()
+    # 2023-11-15 03:00 UTC is 22:00 in New York on the 14th: the XNYS session date (the monitor's "today") is
+    # 2023-11-14 while the UTC wall-clock date is the 15th; trading outside the session is allowed
+    late = datetime(2023, 11, 15, 3, 0, tzinfo=UTC).timestamp()
     override = {"market": {"calendar": "XNYS"}, "limits": {"max_daily_loss": 50_000, "outside_session": "allow"}}
     rm = desk(override, now=late)
     set_prices(store, {"AAA": 100.0}, ts=late)
-    store.update_peaks("main", 1_200_000.0, "2023-11-18", "2023-11-13")  # a wall-clock day: never the monitor's
-    assert codes(rm.check("AAA", 10, "BUY")) == {"DAILY_LOSS"}  # no opening equity of this session: closed
-
-    store.update_peaks("main", 1_200_000.0, "2023-11-20", "2023-11-20")  # as the monitor stamps it
-
+    store.update_peaks("main", 1_200_000.0, "2023-11-14", "2023-11-13")  # as the monitor stamps it
     assert rm.check("AAA", 10, "BUY").approved
+
+    store.update_peaks("main", 1_200_000.0, "2023-11-15", "2023-11-13")  # a wall-clock day: never the monitor's
+
+    assert codes(rm.check("AAA", 10, "BUY")) == {"DAILY_LOSS"}  # no opening equity of this session: closed
 
 
 def test_the_daily_loss_limit_fails_closed_when_today_has_no_opening_equity(desk: Desk, store: Store) -> None:

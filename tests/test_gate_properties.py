@@ -28,10 +28,10 @@ from scipy import stats
 import warmup
 from engine.defaults import STRESS_VOL_MULTIPLIER
 from engine.records import OrderIntent, TradingState
-from engine.sessions import MarketCalendar
 from engine.settings import settings_from_dict
 from engine.store import MarketSnapshot, Store
 from logic.risk_manager import RiskManager
+from logic.snapshot import period_ids
 
 from .conftest import TEST_CONFIG, merge
 
@@ -154,8 +154,7 @@ def build(client: redis.Redis, case: Case, intent_state: TradingState | None = N
     if case.day_loss is not None:
         limits["max_daily_loss"] = case.loss_limit
         equity = case.cash + float(x.sum())
-        # the day the monitor stamps on the settings' calendar (XNYS: NOW is after a close, the next session's)
-        day, week = MarketCalendar("XNYS", ZoneInfo("UTC"), 0).period_ids(NOW)
+        day, week = period_ids(NOW, ZoneInfo("UTC"), 0)
         store.update_peaks("p", equity + case.day_loss, day, week)
     settings = settings_from_dict(merge(base, {"limits": limits}))
     rm = RiskManager(client, "p", settings, clock=lambda: NOW)

@@ -262,7 +262,7 @@ def test_on_an_exchange_calendar_a_new_day_opens_at_the_previous_close_not_at_an
         return _snapshot(seeded_store, "main")
 
     # Act: Friday in the session, at the close (in it), a second after it (evening), Monday a second before the
-    # open (pre-market) and at the open
+    # open (pre-market: still Friday's day) and at the open
     step(datetime(2024, 3, 8, 15, 0), 100.0)
     step(datetime(2024, 3, 8, 16, 0, 0), 110.0)
     evening = step(datetime(2024, 3, 8, 16, 0, 1), 120.0)
@@ -270,18 +270,17 @@ def test_on_an_exchange_calendar_a_new_day_opens_at_the_previous_close_not_at_an
     opened = step(datetime(2024, 3, 11, 9, 30, 0), 105.0)
     later = step(datetime(2024, 3, 11, 10, 0), 107.0)
 
-    # Assert: Friday's P&L is fixed at its close; after it the day (and the week) is Monday's, measured from
-    # Friday's close (16:00:00, AAA 110), not from the evening's or the pre-market's equity, so a move after the
-    # close counts once (engine/sessions.py); the day's and the week's peaks start at max(close, first equity)
-    # and hold every equity of the day, the evening's and pre-market's too
-    assert evening["pnl"]["daily"] == pytest.approx(equity(120) - equity(110), rel=1e-12)
-    assert premarket["pnl"]["daily"] == pytest.approx(equity(130) - equity(110), rel=1e-12)
+    # Assert: after hours the day is still Friday's, measured from Friday's open
+    assert evening["pnl"]["daily"] == pytest.approx(equity(120) - equity(100), rel=1e-12)
+    assert premarket["pnl"]["daily"] == pytest.approx(equity(130) - equity(100), rel=1e-12)
+    # Monday opens at Friday's close (16:00:00, AAA 110), not at the evening's or the pre-market's equity; the
+    # day's and the week's peaks start at max(close, first equity)
     assert opened["pnl"]["daily"] == pytest.approx(equity(105) - equity(110), rel=1e-12)
-    assert opened["drawdown"]["daily"] == pytest.approx(equity(105) / equity(130) - 1, rel=1e-12)
-    assert opened["drawdown"]["weekly"] == pytest.approx(equity(105) / equity(130) - 1, rel=1e-12)
+    assert opened["drawdown"]["daily"] == pytest.approx(equity(105) / equity(110) - 1, rel=1e-12)
+    assert opened["drawdown"]["weekly"] == pytest.approx(equity(105) / equity(110) - 1, rel=1e-12)
     assert opened["drawdown"]["max"] == pytest.approx(equity(105) / equity(130) - 1, rel=1e-12)  # every equity
     assert later["pnl"]["daily"] == pytest.approx(equity(107) - equity(110), rel=1e-12)
-    assert later["drawdown"]["daily"] == pytest.approx(equity(107) / equity(130) - 1, rel=1e-12)
+    assert later["drawdown"]["daily"] == pytest.approx(equity(107) / equity(110) - 1, rel=1e-12)
     peaks = seeded_store.read_peaks("main")
     assert peaks is not None and (peaks.day, peaks.week, peaks.day_open) == ("2024-03-11", "2024-03-11", equity(110))
     stored = seeded_store.client.hmget(PortfolioKeys("main").peaks, ["last", "close"])

@@ -1,10 +1,8 @@
-"""Edges of the equity peaks and their daily / weekly windows (engine/sessions.py, engine/store/monitoring.py
+"""Edges of the equity peaks (engine/store/monitoring.py
 ``_PEAKS_LUA``, engine/store/tick_state.py, logic/batch_tick.py), through a real Redis and both monitor paths:
 
-- a move after a session's close counts once: in the next session's day (and a Friday evening's in the next
-  week), never in the day that closed as well (the next day measures from that close); weekends, holidays, early
-  closes, the close itself (in its day) and one second after it (the next), the 24/7 calendar unchanged, and
-  the gate's daily loss measured from the day the monitor stamps;
+- the 24/7 calendar's day turns at the reset hour, and the gate's daily loss is measured from the day the
+  monitor stamps, exactly at its limit;
 - a corrupt ``pf:{id}:peaks`` (a field that is no number, a partial hash, a key of another type) is refused by
   both paths, with or without a copy of it in memory: that portfolio is reported, gets no snapshot, and the
   vectorised path leaves its stored state exactly as it was; the others in the tick get theirs. One rule for a
@@ -23,7 +21,7 @@ import redis
 
 import warmup
 from engine.feeds import Bar, IterableFeed
-from engine.sessions import ALWAYS_OPEN, MarketCalendar, sessions_for, wall_clock_period_ids
+from engine.sessions import MarketCalendar
 from engine.settings import Settings
 from engine.store import PortfolioKeys, Store
 from engine.stream import StreamDaemon
@@ -76,122 +74,7 @@ class Desk:
         return peaks.day, peaks.week
 
 
-# -- the daily window after a close ------------------------------------------------------------------------------
-
-
-WINDOWS = [
-    ("thu-close", ny(2024, 3, 7, 16, 0, 0), ("2024-03-07", "2024-03-04")),  # the close: in its own day
-    ("thu-close+1s", ny(2024, 3, 7, 16, 0, 1), ("2024-03-08", "2024-03-04")),  # a second after: the next session's
-    ("fri-premarket", ny(2024, 3, 8, 9, 29, 59), ("2024-03-08", "2024-03-04")),  # the session about to open
-    ("fri-close", ny(2024, 3, 8, 16, 0, 0), ("2024-03-08", "2024-03-04")),
-    ("fri-close+1s", ny(2024, 3, 8, 16, 0, 1), ("2024-03-11", "2024-03-11")),  # Monday's day, the next week
-    ("saturday", ny(2024, 3, 9, 12, 0), ("2024-03-11", "2024-03-11")),
-    ("before-good-friday", ny(2024, 3, 28, 16, 0, 1), ("2024-04-01", "2024-04-01")),  # the next Monday
-    ("before-mlk-monday", ny(2019, 1, 18, 16, 0, 1), ("2019-01-22", "2019-01-22")),  # Tuesday, its week
-    ("mlk-day", ny(2019, 1, 21, 12, 0), ("2019-01-22", "2019-01-22")),
-    ("early-close", ny(2019, 12, 24, 13, 0, 0), ("2019-12-24", "2019-12-23")),  # 13:00: in its day
-    ("early-close+1s", ny(2019, 12, 24, 13, 0, 1), ("2019-12-26", "2019-12-23")),  # past Christmas
-]
-
-
-@pytest.mark.parametrize(("t", "want"), [pytest.param(t, want, id=name) for name, t, want in WINDOWS])
-def test_a_time_after_a_close_is_in_the_next_sessions_day_and_the_close_in_its_own(
-    t: float, want: tuple[str, str]
-) -> None:
-    cal = MarketCalendar("XNYS", NY, 0)
-    assert cal.period_ids(t) == want
-    assert sessions_for("XNYS").period_ids(t) == want
-
-
-def test_the_session_the_collar_reanchors_on_is_still_the_one_that_closed() -> None:
-    # engine/collar.py re-anchors when session_id changes: at the open, not a second after the close
-    cal = MarketCalendar("XNYS", NY, 0)
-    assert cal.session_id(ny(2024, 3, 8, 16, 0, 1)) == "2024-03-08"
-    assert cal.session_id(ny(2024, 3, 11, 9, 29, 59)) == "2024-03-08"
-    assert cal.session_id(ny(2024, 3, 11, 9, 30)) == "2024-03-11"
-
-
-def test_the_24_7_calendar_keeps_the_reset_hour_rule_after_an_exchanges_close() -> None:
-    always = MarketCalendar(ALWAYS_OPEN, NY, 0)
-    for t in (ny(2024, 3, 7, 16, 0, 1), ny(2024, 3, 8, 23, 59, 59), ny(2024, 3, 9, 0, 0)):
-        assert always.period_ids(t) == wall_clock_period_ids(t, NY, 0)
-        assert always.sets_close(t)
-    assert always.period_ids(ny(2024, 3, 8, 16, 0, 1)) == ("2024-03-08", "2024-03-04")
-
-
-def test_after_the_calendars_last_close_both_rules_follow_the_24_7_rule() -> None:
-    cal = MarketCalendar("XNYS", UTC, 0)
-    sessions = sessions_for("XNYS")
-    t = float(sessions.closes[-1]) + 3600.0  # in range for session_at, with no next session
-    assert cal.period_ids(t) == wall_clock_period_ids(t, UTC, 0)
-    assert cal.sets_close(t)  # as period_ids: the 24/7 rule, which never closes
-    assert cal.session_id(t) == sessions.dates[-1]
-
-
-@PATHS
-def test_an_after_close_move_counts_once_in_the_next_days_pnl(
-    seeded_store: Store, settings: Settings, vectorised: bool
-) -> None:
-    # Arrange: XNYS (the test settings' calendar); only AAA moves
-    assert settings.market.calendar == "XNYS"
-    desk = Desk(seeded_store, settings, ny(2024, 3, 7, 10), vectorised)
-    desk.step(ny(2024, 3, 7, 10), {"AAA": 100.0})  # Thursday's first equity: its day opens here
-
-    # Act: Thursday's close, a move after it, Friday pre-market, the open and later
-    closed = desk.step(ny(2024, 3, 7, 16, 0, 0), {"AAA": 104.0})
-    closed_day = desk.day()
-    evening = desk.step(ny(2024, 3, 7, 16, 0, 1), {"AAA": 110.0})
-    evening_day = desk.day()
-    premarket = desk.step(ny(2024, 3, 8, 9, 29, 59), {"AAA": 101.0})
-    opened = desk.step(ny(2024, 3, 8, 9, 30), {"AAA": 112.0})
-    later = desk.step(ny(2024, 3, 8, 11), {"AAA": 108.0})
-
-    # Assert: Thursday's P&L is fixed at its close (104 - 100); every later equity is Friday's, measured from
-    # Thursday's close, so Thursday's and Friday's P&L add up to the move from Thursday's open to now
-    assert closed_day == ("2024-03-07", "2024-03-04") and closed["pnl"]["daily"] == pytest.approx(4000.0)
-    assert evening_day == ("2024-03-08", "2024-03-04")
-    assert evening["pnl"]["daily"] == pytest.approx(equity(110) - equity(104), rel=1e-12)
-    assert premarket["pnl"]["daily"] == pytest.approx(equity(101) - equity(104), rel=1e-12)
-    assert opened["pnl"]["daily"] == pytest.approx(equity(112) - equity(104), rel=1e-12)
-    assert later["pnl"]["daily"] == pytest.approx(equity(108) - equity(104), rel=1e-12)
-    assert closed["pnl"]["daily"] + later["pnl"]["daily"] == pytest.approx(equity(108) - equity(100), rel=1e-12)
-    # the drawdowns follow the same windows: Friday's peak holds the evening's 110, and the pre-market drop from
-    # it is Friday's drawdown; the week (Monday 4th) holds Thursday's equities too
-    assert evening["drawdown"]["daily"] == 0.0
-    assert premarket["drawdown"]["daily"] == pytest.approx(equity(101) / equity(110) - 1, rel=1e-12)
-    assert later["drawdown"]["daily"] == pytest.approx(equity(108) / equity(112) - 1, rel=1e-12)
-    assert later["drawdown"]["weekly"] == pytest.approx(equity(108) / equity(112) - 1, rel=1e-12)
-    peaks = seeded_store.read_peaks("main")
-    assert peaks is not None and (peaks.day, peaks.day_open) == ("2024-03-08", equity(104))
-
-
-@PATHS
-def test_a_friday_evening_move_is_the_next_weeks_and_a_drop_after_the_close_a_drawdown_of_it(
-    seeded_store: Store, settings: Settings, vectorised: bool
-) -> None:
-    desk = Desk(seeded_store, settings, ny(2024, 3, 28, 15), vectorised)
-    desk.step(ny(2024, 3, 28, 15), {"AAA": 120.0})  # the week's peak so far
-
-    # Act: Thursday 28 March 2024 closes at 100 (Good Friday follows: no session until Monday 1 April), then
-    # drops after the close, on the holiday and over the weekend, and Monday opens
-    closed = desk.step(ny(2024, 3, 28, 16), {"AAA": 100.0})
-    holiday = desk.step(ny(2024, 3, 29, 12), {"AAA": 95.0})
-    holiday_ids = desk.day()
-    sunday = desk.step(ny(2024, 3, 31, 20), {"AAA": 90.0})
-    monday = desk.step(ny(2024, 4, 1, 10), {"AAA": 96.0})
-
-    # Assert: Thursday's day and week end at its close; everything after is Monday's day and week, opening at
-    # Thursday's close (peak: max(close, first equity) = the close)
-    assert closed["pnl"]["daily"] == pytest.approx(equity(100) - equity(120), rel=1e-12)
-    assert closed["drawdown"]["weekly"] == pytest.approx(equity(100) / equity(120) - 1, rel=1e-12)
-    assert holiday_ids == ("2024-04-01", "2024-04-01")
-    assert holiday["pnl"]["daily"] == pytest.approx(equity(95) - equity(100), rel=1e-12)
-    assert holiday["drawdown"]["daily"] == pytest.approx(equity(95) / equity(100) - 1, rel=1e-12)
-    assert holiday["drawdown"]["weekly"] == pytest.approx(equity(95) / equity(100) - 1, rel=1e-12)  # a new week
-    assert sunday["pnl"]["daily"] == pytest.approx(equity(90) - equity(100), rel=1e-12)
-    assert monday["pnl"]["daily"] == pytest.approx(equity(96) - equity(100), rel=1e-12)
-    assert monday["drawdown"]["weekly"] == pytest.approx(equity(96) / equity(100) - 1, rel=1e-12)
-    assert monday["drawdown"]["max"] == pytest.approx(equity(90) / equity(120) - 1, rel=1e-12)  # all-time: kept
+# -- the 24/7 calendar -------------------------------------------------------------------------------------------
 
 
 @PATHS
@@ -350,21 +233,21 @@ def test_the_merge_the_load_and_the_owner_read_apply_one_rule_to_a_stored_number
         assert store_contents(store.client) == before  # the merge refused before writing anything
 
 
-def test_the_gate_measures_the_daily_loss_after_a_close_from_that_close_and_fails_closed_on_a_corrupt_hash(
+def test_the_gate_measures_the_daily_loss_from_the_stamped_day_and_fails_closed_on_a_corrupt_hash(
     store: Store, make_settings: Any
 ) -> None:
-    # Arrange: Thursday 17:00 New York, after the close; main's equity is 1,200,000 (tests/conftest.py)
+    # Arrange: Thursday 17:00 New York, after the close: still Thursday's day (it runs to Friday's open)
     now = ny(2024, 3, 7, 17, 0)
     settings = make_settings({"limits": {"max_daily_loss": 50_000, "outside_session": "allow"}})
     warmup.seed(store, settings, now=now)
     rm = RiskManager(store.client, "main", settings, clock=lambda: now)
     day, week = MarketCalendar("XNYS", UTC, 0).period_ids(now)
-    assert (day, week) == ("2024-03-08", "2024-03-04")  # the day the monitor stamps: Friday's
+    assert (day, week) == ("2024-03-07", "2024-03-04")  # the day the monitor stamps: Thursday's
 
-    # Act / Assert: Thursday's own day is not "today" any more (no opening equity of today: closed)
-    store.update_peaks("main", 1_250_000.0, "2024-03-07", week)
+    # Act / Assert: Wednesday's day is not "today" (no opening equity of today: closed)
+    store.update_peaks("main", 1_250_000.0, "2024-03-06", week)
     assert {r.code.value for r in rm.check("AAA", 10, "BUY").reasons} == {"DAILY_LOSS"}
-    # Friday's day opened at Thursday's close: a loss one cent short of the limit passes, the limit refuses
+    # today's opening equity: a loss one cent short of the limit passes, the limit refuses
     store.client.delete(PortfolioKeys("main").peaks)
     store.update_peaks("main", 1_249_999.99, day, week)
     assert rm.check("AAA", 10, "BUY").approved

@@ -58,9 +58,7 @@ def test_holidays_and_weekends_are_not_sessions_and_next_previous_skip_them(xnys
 def test_the_week_id_is_the_first_session_of_the_calendar_week(xnys: Sessions) -> None:
     assert xnys.period_ids(ny(2019, 1, 25, 15)) == ("2019-01-25", "2019-01-22")  # after MLK Monday
     assert xnys.period_ids(ny(2019, 1, 28, 9, 30)) == ("2019-01-28", "2019-01-28")
-    # before the week's open: the new week's already (a day runs from the close before: engine/sessions.py)
-    assert xnys.period_ids(ny(2019, 1, 28, 9, 29)) == ("2019-01-28", "2019-01-28")
-    assert xnys.period_ids(ny(2019, 1, 25, 16, 0)) == ("2019-01-25", "2019-01-22")  # the Friday's close
+    assert xnys.period_ids(ny(2019, 1, 28, 9, 29)) == ("2019-01-25", "2019-01-22")  # before the week's open
     assert xnys.period_ids(ny(2019, 1, 2, 10)) == ("2019-01-02", "2018-12-31")  # the ISO week spans New Year
 
 
