@@ -20,7 +20,7 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, Float64Array, Severity
 from engine.settings import AlertRule, Limits
 from logic.alerts import MISSING, applies, compare, metric_value
-from logic.rules import limit_reference, resolve_rule
+from logic.rules import NOT_APPLICABLE_WHEN_NULL, limit_reference, resolve_rule
 from logic.var_methods import RiskModel
 
 # -- traffic lights ------------------------------------------------------------------------------------------
@@ -134,22 +134,31 @@ def traffic_lights(
     same limit: the Market data light goes red when the data is older than the live ``stale_price_seconds``.
 
     A rule breached now (on ``snapshot``) or an active alert of a rule of the area colours it by severity;
-    an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey.
+    an area whose rules all hold is green; one without any applicable rule (or without a snapshot) is grey, and
+    so is one whose rules apply but whose figures are null ("no data": e.g. the concentration while a held
+    ticker has no price), never green and never "no rule applies".
     """
     by_area: dict[str, list[tuple[int, int, str]]] = {area: [] for area, _ in AREAS}  # (rank, rule first, text)
     applicable = {area: 0 for area, _ in AREAS}
+    unknown = {area: 0 for area, _ in AREAS}
+    """Rules of each area whose metric the snapshot holds as null (no figure: e.g. a held price missing)."""
     if limits is not None and snapshot is not None:
         ranks = {"red": _rank(Severity.CRITICAL), "amber": _rank(Severity.MEDIUM)}
         for limit_area, level, text in limit_breaches(snapshot, limits, currency):
             applicable[limit_area] += 1
             if level in ranks:
                 by_area[limit_area].append((ranks[level], 2, text))
+        if metric_value(snapshot, "concentration.largest_share") is None:
+            unknown["Concentration"] += 1  # max_concentration applies, the share is unknown (a missing price)
     for written in rules:
         rule = resolve_rule(written, limits)  # a limits.<field> threshold follows the live limit
         area = area_of(written.metric)
         if rule is None or area is None or not applies(rule, portfolio_id) or snapshot is None:
             continue
         value = metric_value(snapshot, rule.metric)
+        if value is None and _no_data(rule.metric, snapshot):
+            unknown[area] += 1  # the rule applies; its figure is missing (never "no rule applies", never green)
+            continue
         if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
             continue
         applicable[area] += 1
@@ -177,11 +186,28 @@ def traffic_lights(
             level = "red" if rank >= min(SEVERITY_RANK[s] for s in RED_SEVERITIES) else "amber"
             more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
             lights.append(Light(area, level, text + more))
+        elif unknown[area]:
+            lights.append(Light(area, "grey", f"no data: {unknown[area]} rule(s) without a figure{_why(snapshot)}"))
         elif applicable[area]:
             lights.append(Light(area, "green", f"{applicable[area]} rule(s) clear"))
         else:
             lights.append(Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet"))
     return lights
+
+
+def _no_data(metric: str, snapshot: Mapping[str, Any]) -> bool:
+    """A null ``metric`` is missing data (the rule applies, its figure could not be computed), not "does not
+    apply" (logic/rules.py ``NOT_APPLICABLE_WHEN_NULL``; a null margin level applies unless no margin is used, as
+    the alert engine reads it, logic/lifecycle.py)."""
+    if metric == "margin.level":
+        used = metric_value(snapshot, "margin.used")
+        return not (_finite(used) and used == 0)
+    return metric not in NOT_APPLICABLE_WHEN_NULL
+
+
+def _why(snapshot: Mapping[str, Any]) -> str:
+    missing = (snapshot.get("data") or {}).get("missing_prices") or []
+    return f": no usable price for {', '.join(map(str, missing))}" if missing else ""
 
 
 def breaker_levels(

@@ -657,7 +657,7 @@ class Checker:
                     x_after[index] = 0.0
                     s_before = lookups.stressed_var(model, stressed, x_after)
             check_stressed_var(limits, s_before, s_after, why, reasons)
-        if limits.max_daily_loss is not None:
+        if limits.max_daily_loss is not None and book.priced:  # a partial equity's "loss" is no loss
             day_open, why = lookups.day_open()
             check_daily_loss(limits, figures.equity_before, day_open, why, reasons)
 

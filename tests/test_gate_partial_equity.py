@@ -161,3 +161,26 @@ def test_the_ticket_and_the_what_if_basket_show_the_ratios_as_not_available(desk
     assert basket["status"] == "REJECTED"
     for d in basket["decisions"]:
         assert [r["code"] for r in d["reasons"]] == ["MISSING_PRICE"] and d["concentration_after"] is None
+
+
+def test_no_daily_loss_is_read_from_a_partial_equity_but_the_priced_book_keeps_its_limit_exactly(
+    desk: Desk, store: Store
+) -> None:
+    # Arrange: the repro book (equity 120,000 priced) with a daily loss limit of 50,000 and today's opening
+    # equity stamped as the monitor does; CCC (80,000) unpriced makes the partial equity 40,000: a "loss" of 80,000
+    from engine.sessions import market_calendar
+
+    rm = desk(LONG, {"limits": {"max_daily_loss": 50_000}})
+    day, week = market_calendar(rm.settings).period_ids(NOW)
+    store.update_peaks("long", 170_000.0, day, week)  # today opened 50,000 above the priced equity: at the limit
+    assert codes(rm.check("AAA", 1, "BUY")) == ["DAILY_LOSS"]  # exactly at the limit: refused
+    store.client.delete("pf:{long}:peaks")
+    store.update_peaks("long", 169_999.99, day, week)  # one cent short of it: passes
+    assert rm.check("AAA", 1, "BUY").approved
+
+    # Act: the feed loses CCC
+    unprice(store, "CCC")
+    d = rm.check("AAA", 1, "BUY")
+
+    # Assert: refused for the missing price alone, not for a daily loss of 129,999.99 made of the partial book
+    assert codes(d) == ["MISSING_PRICE"]

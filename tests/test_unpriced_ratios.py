@@ -362,3 +362,51 @@ def test_the_overview_shows_no_leverage_or_concentration_of_an_incomplete_valuat
     assert shown["Leverage — incomplete"] == "-"
     text = "\n".join(str(e.value) for e in at.markdown)
     assert "largest position" not in text
+
+
+def test_the_concentration_light_says_no_data_not_no_rule_applies_while_the_share_is_null(
+    books_settings: Settings,
+) -> None:
+    # Arrange: the same book priced (a share under the limit) and with its largest position unpriced
+    from logic.analytics import traffic_lights
+
+    limits = books_settings.limits_for("long")
+    priced = alert_snapshot("long", NOW, concentration__largest_share=0.1, concentration__largest_ticker="CCC")
+    gap = alert_snapshot("long", NOW, concentration__largest_share=None, data__missing_prices=["CCC"])
+
+    def light(snap: Mapping[str, Any]) -> tuple[str, str]:
+        (found,) = [(x.level, x.detail) for x in traffic_lights([], snap, "long", limits=limits)
+                    if x.area == "Concentration"]  # fmt: skip
+        return found
+
+    # Act / Assert: green with a figure under the gate's limit; grey "no data" naming the ticker without one
+    # (the gate's max_concentration still applies: never "no rule applies", never green)
+    assert light(priced) == ("green", "1 rule(s) clear")
+    level, detail = light(gap)
+    assert level == "grey" and detail.startswith("no data") and "CCC" in detail and "no rule applies" not in detail
+
+
+def test_the_risk_page_shows_no_weight_of_a_partial_equity(app_env: Store, settings: Settings) -> None:
+    # Arrange: TEST_CONFIG's main book, AAA at 110 and BBB without a usable price
+    from logic.views.common import Desk as ViewDesk
+    from logic.views.risk import exposure_view
+
+    snap = app_env.read_market()
+    prices = snap.prices.copy()
+    prices[snap.tickers.index("BBB")] = float("nan")
+    prices[snap.tickers.index("AAA")] = 110.0
+    app_env.write_market(MarketSnapshot(
+        version=snap.version + 1, ts=snap.ts, tickers=snap.tickers, prices=prices, price_ts=snap.price_ts,
+        cov=snap.cov,
+    ))  # fmt: skip
+
+    # Act
+    view = exposure_view(ViewDesk(app_env.client, settings), "main")
+
+    # Assert: AAA valued (1,000 x 110) but weightless (the old page: 110,000 / the partial equity = 0.099),
+    # BBB not valued at all (the old page: 0.0), as on the Trade page and in the snapshot
+    rows = view.exposures.set_index("ticker")
+    assert rows.loc["AAA", "market_value"] == pytest.approx(110_000.0, rel=1e-12)
+    assert np.isnan(rows.loc["AAA", "weight"]) and np.isnan(rows.loc["BBB", "weight"])
+    assert np.isnan(rows.loc["BBB", "market_value"])
+    assert view.missing == ("BBB",)

@@ -18,6 +18,7 @@ from engine.records import AccountType
 from logic.valuation import value_portfolio
 from logic.views.common import Desk, InputError, float_or_none
 from logic.views.limits import live_limits
+from logic.views.trade import priced_positions
 
 # -- the VaR method -------------------------------------------------------------------------------------------
 
@@ -70,8 +71,8 @@ def exposure_view(desk: Desk, portfolio_id: str) -> ExposureView:
     from engine import math_logic
 
     rm = desk.risk_manager(portfolio_id)
-    metrics = rm.get_dashboard_metrics()
-    totals = dict(metrics.attrs.get("totals", {}))
+    # an unpriced position is not valued, and no weight is a share of a partial equity (as the Trade page)
+    metrics, totals = priced_positions(rm.get_dashboard_metrics())
     model = desk.market_model()
     snap = model.header
     corr = math_logic.correlation_from_covariance(model.cov, validate=False)
