@@ -50,7 +50,11 @@ bar written between the monitor's last snapshot and the sync is the monitor's P&
 The monitor's vectorised tick WATCHes the peaks before it reads the books (logic/batch_tick.py), so it never
 measures a book read before the sync against references shifted by it (its tick is redone); the per-portfolio
 reference path (``Monitor(vectorised=False)``) merges without a transaction and could, for one tick, if the sync
-commits between its read of the books and its merge.
+commits between its read of the books and its merge. The flow is booked at ``now`` (read before the sync commits):
+both monitor paths read their clock only after the WATCH that guards their book read (the per-portfolio path
+WATCHes the flow ledger), so a history point is stamped after every flow its book holds and before every flow it
+does not, and the Performance page puts the flow in the step where the book changed (logic/stamped_read.py; a
+replay dates its points by their bars, before the sync's wall-clock stamp: there the flow shows as a return).
 """
 
 from __future__ import annotations

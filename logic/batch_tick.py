@@ -7,25 +7,25 @@ state in memory while it owns it (engine/store/tick_state.py) and builds every s
 (logic/batch_book.py). The stored results are the same (tests compare both paths on random books over many
 ticks, interleaved).
 
-The portfolios are ticked in lanes of :data:`CHUNK_PORTFOLIOS` (consecutive ranges of the portfolios read), each
-with its columnar books and merged state, so that Redis writes one lane while Python computes the next (a tick of
-1,000 portfolios is about 60% Python, 40% Redis; computed whole and then written, the two took turns). Per tick:
-read every book (one script); then every read first, while Redis is free: per lane, value its books, WATCH its peaks
-keys, read which ones another writer touched and load those; the live limits and the backtest runner's sections of
-all (logic/backtest_runner.py feeds the backtests). Then per lane: merge peaks and excursions, compute the figures
-(logic/batch.py), build the snapshots and history points, merge the history buckets, and queue its MULTI (one
-script), executed on a writer thread of its own while the next lane is computed. Once every lane committed, a last
-MULTI acknowledges the tick and writes the heartbeat (with one lane, or on a Redis Cluster, where the lanes run one
-after the other, the last lane's MULTI does). A conflict (another writer stamped one of a lane's portfolios
-meanwhile: a fill that ended a position, a book sync, another monitor) aborts that lane's EXEC, which wrote nothing:
-the lanes committed keep their state, the aborted one its state of before the tick (the next read of owner stamps
-reloads only the portfolios touched), and the tick, left unacknowledged, is redone at once (logic/monitor.py: a
-conflict is no store failure, no backoff). The lanes committed are then written again: the same snapshot, and one
-more history point at the redo's time, as an idle refresh would add; peaks, excursions and buckets merge
-idempotently. Any other failure drops every lane's state (a failed script may have written part of a tick). A
-monitor stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone by
-whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new
-lane, as one another writer touched.
+The portfolios are ticked in lanes of :data:`CHUNK_PORTFOLIOS` (consecutive ranges of the portfolios read), each with
+its columnar books and merged state, so that Redis writes one lane while Python computes the next (a tick of 1,000
+portfolios is about 60% Python, 40% Redis; computed whole and then written, the two took turns). Per tick: WATCH every
+lane's peaks keys, read the clock (the tick's time: logic/stamped_read.py), read every book (one script; once more when
+the read laid a lane out anew); then every read first, while Redis is free: per lane, value its books, read which of its
+portfolios another writer touched and load those; the live limits and the backtest runner's sections of all
+(logic/backtest_runner.py feeds the backtests). Then per lane: merge peaks and excursions, compute the figures
+(logic/batch.py), build the snapshots and history points, merge the history buckets, and queue its MULTI (one script),
+executed on a writer thread of its own while the next lane is computed. Once every lane committed, a last MULTI
+acknowledges the tick and writes the heartbeat (with one lane, or on a Redis Cluster, where the lanes run one after the
+other, the last lane's MULTI does). A conflict (another writer stamped one of a lane's portfolios meanwhile: a fill that
+ended a position, a book sync, another monitor) aborts that lane's EXEC, which wrote nothing: the lanes committed keep
+their state, the aborted one its state of before the tick (the next read of owner stamps reloads only the portfolios
+touched), and the tick, left unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no
+backoff). The lanes committed are then written again: the same snapshot, and one more history point at the redo's time,
+as an idle refresh would add; peaks, excursions and buckets merge idempotently. Any other failure drops every lane's
+state (a failed script may have written part of a tick). A monitor stopped after the last lane and before the
+acknowledgement leaves the same state: the tick is redone by whoever takes it. A portfolio that moves to another lane
+(the registry changed) is loaded from the store by its new lane, as one another writer touched.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import numpy.typing as npt
 import redis
 
 from engine.errors import StoreError
-from engine.records import VarMethod
+from engine.records import Clock, VarMethod
 from engine.settings import Limits, Settings
 from engine.store import PortfolioBundle, Store
 from engine.store.slots import is_cluster, slot_transaction
@@ -96,6 +96,8 @@ SWITCH_INTERVAL_SECONDS = 0.0001
 """The GIL switch interval while a tick's ranges are written (:func:`prompt_writer`)."""
 CHUNK_PORTFOLIOS = 250
 """Portfolios per transaction: a tick of more is written in several, pipelined with building the next."""
+LAYOUT_PASSES = 2
+"""Reads of one tick at most: a second one when the first laid a lane out anew (:meth:`VectorisedTick.snapshot_all`)."""
 
 
 def chunks(count: int, size: int) -> list[tuple[int, int]]:
@@ -177,42 +179,57 @@ class VectorisedTick:
         monitor: Monitor,
         read: Callable[[], Mapping[str, PortfolioBundle]],
         market: MarketView,
-        now: float,
+        clock: Clock,
         *,
-        finish: Callable[[Any, dict[str, dict[str, Any]]], object],
-    ) -> dict[str, dict[str, Any]]:
-        """Read every portfolio (``read``), snapshot and write them (module docstring); ``finish`` queues the
-        acknowledgement and heartbeat and runs the EXEC.
+        finish: Callable[..., object],
+    ) -> tuple[dict[str, dict[str, Any]], float]:
+        """Read every portfolio (``read``), snapshot and write them (module docstring); ``finish(tx, snapshots,
+        now=now)`` queues the acknowledgement and heartbeat and runs the EXEC. Returns the snapshots and their time.
 
         Each lane WATCHes the peaks keys of the portfolios it held last tick *before* the books are read: a
         write that changes a book together with its peaks (a book sync's capital flow, engine/book.py) then
         either lands before the read (the book read is the new one, the peaks are loaded again: stamped by
         another writer) or aborts the lane's EXEC (the tick is redone), never between the two (an old book
-        measured against shifted references). Lanes whose portfolios changed WATCH their new keys after the
-        read too (:meth:`_watch_lane`)."""
+        measured against shifted references). The tick's time is read from ``clock`` after that WATCH and before
+        the read, so a point's time and its book agree about every flow (logic/stamped_read.py: a flow committed
+        before the WATCH is stamped before the clock read and in the books; one after it aborts the EXEC, and
+        the redo reads the clock again). A read that lays a lane out anew (the first tick, the registry changed)
+        met keys that were not WATCHed before it: it is done once more, those keys WATCHed first
+        (:data:`LAYOUT_PASSES`; :meth:`_watch_lane`)."""
         with paused_gc(), prompt_writer():
-            txs = [slot_transaction(self.store.client) for _ in self.lanes]
-            try:
-                for lane, tx in zip(self.lanes, txs, strict=True):
-                    if watched := lane.state.watch_keys():
-                        tx.watch(*watched)
-                bundles = list(read().values())
-            except BaseException:
-                for tx in txs:
+            for final in [False] * (LAYOUT_PASSES - 1) + [True]:
+                txs = [slot_transaction(self.store.client) for _ in self.lanes]
+                laying = False
+                try:
+                    for lane, tx in zip(self.lanes, txs, strict=True):
+                        if watched := lane.state.watch_keys():
+                            tx.watch(*watched)
+                    now = clock()  # after the WATCH, before the read (docstring)
+                    bundles = list(read().values())
+                    laying = True
+                    settled = self._lay_out(monitor, bundles, market, txs, final)
+                except BaseException:
+                    for tx in txs:
+                        tx.reset()
+                    if laying:  # a lane half laid out: load every state again
+                        for lane in self.lanes:
+                            lane.state.drop()
+                    raise
+                if settled:
+                    break
+                for tx in txs:  # keys met by the read were not WATCHed before it: read again, them WATCHed
                     tx.reset()
-                raise
-            return self._snapshot_all(monitor, bundles, market, now, finish=finish, txs=txs)
+            for b in bundles:  # once the read is the tick's
+                if b.state is None:
+                    monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
+            return self._snapshot_all(monitor, market, now, finish=finish, txs=txs), now
 
-    def _snapshot_all(
-        self,
-        monitor: Monitor,
-        bundles: Sequence[PortfolioBundle],
-        market: MarketView,
-        now: float,
-        *,
-        finish: Callable[[Any, dict[str, dict[str, Any]]], object],
-        txs: list[Any],
-    ) -> dict[str, dict[str, Any]]:
+    def _lay_out(
+        self, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, txs: list[Any], final: bool
+    ) -> bool:
+        """Split the books read into lanes (adding or dropping lanes and their transactions in ``txs``) and lay
+        each out (:meth:`_watch_lane`); False when a lane met keys its WATCH before the read did not cover
+        (``final``: they are WATCHed now, True)."""
         bounds = chunks(len(bundles), self.chunk_portfolios)
         while len(self.lanes) < len(bounds):
             self.lanes.append(_Lane(self.settings.history.tiers, self.token))
@@ -221,15 +238,27 @@ class VectorisedTick:
             tx.reset()
         del txs[len(bounds) :]
         txs += [slot_transaction(self.store.client) for _ in range(len(bounds) - len(txs))]
-        background = len(bounds) > 1 and not is_cluster(self.store.client)
+        settled = True
+        for lane, tx, (lo, hi) in zip(self.lanes, txs, bounds, strict=True):
+            settled &= self._watch_lane(lane, tx, monitor, bundles[lo:hi], market, final)
+        return settled
+
+    def _snapshot_all(
+        self,
+        monitor: Monitor,
+        market: MarketView,
+        now: float,
+        *,
+        finish: Callable[..., object],
+        txs: list[Any],
+    ) -> dict[str, dict[str, Any]]:
+        background = len(self.lanes) > 1 and not is_cluster(self.store.client)
         # a writer thread per lane (each transaction holds its own connection): a lane's MULTI runs while the
         # next lane is computed, and is packed and sent while Redis still runs the one before
-        pool = concurrent.futures.ThreadPoolExecutor(len(bounds), "riskdesk-tick-write") if background else None
+        pool = concurrent.futures.ThreadPoolExecutor(len(self.lanes), "riskdesk-tick-write") if background else None
         sent: list[_Sent] = []
         try:
             # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
-            for lane, tx, (lo, hi) in zip(self.lanes, txs, bounds, strict=True):
-                self._watch_lane(lane, tx, monitor, bundles[lo:hi], market)
             stale = self._stale([lane.state for lane in self.lanes])
             ms = int(now * 1000)
             reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(self.lanes, stale, strict=True)]
@@ -248,7 +277,7 @@ class VectorisedTick:
                 done: concurrent.futures.Future[Any] | None = None
                 if pool is not None:
                     done = pool.submit(tx.execute)
-                elif k < len(bounds) - 1:
+                elif k < len(self.lanes) - 1:
                     done = _done(tx.execute())
                 sent.append(_Sent(r.lane, merged, valid, snapshots, done))
             failures = [s.done.exception() if s.done is not None else None for s in sent]  # every EXEC returned
@@ -260,7 +289,7 @@ class VectorisedTick:
             if pool is not None:  # the acknowledgement once every lane committed, in a MULTI of its own
                 txs.append(slot_transaction(self.store.client))
                 txs[-1].multi()
-            finish(txs[-1], snapshots)  # without a pool: with the last lane's writes
+            finish(txs[-1], snapshots, now=now)  # without a pool: with the last lane's writes
             for s in sent:
                 s.lane.state.commit(s.merged, s.valid)
         except _Conflict as conflict:  # nothing else failed: the committed lanes keep what they wrote
@@ -284,22 +313,25 @@ class VectorisedTick:
         return snapshots
 
     def _watch_lane(
-        self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView
-    ) -> None:
-        """Lay out a lane's books and WATCH its portfolios in ``tx`` (every writer of peaks, marks or tier
-        buckets stamps the peaks key) unless they are those WATCHed before the read (:meth:`snapshot_all`);
-        the unreadable ones are reported and left out."""
+        self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView,
+        final: bool,
+    ) -> bool:  # fmt: skip
+        """Lay out a lane's books; True when its portfolios' peaks keys (every writer of peaks, marks or tier
+        buckets stamps them) were all WATCHed before the read (:meth:`snapshot_all`), else False (the read is
+        redone), or with ``final`` True once the new ones are WATCHed now in ``tx``. The unreadable ones are
+        left out (reported by :meth:`snapshot_all`)."""
         readable = [b for b in bundles if b.state is not None]
-        for b in bundles:
-            if b.state is None:
-                monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
         lane.readable = readable
         lane.cols.update([b.state for b in readable], market.header.tickers, market.index)  # type: ignore[misc]
         before = lane.state.watch_keys()
         lane.state.align(lane.cols.pids, lane.cols.ticker_tuples())
         watched = lane.state.watch_keys()
-        if watched and watched != before:  # the same keys were WATCHed before the read
-            tx.watch(*watched)
+        if watched is before or watched == before:  # the same keys were WATCHed before the read
+            return True
+        late = set(watched).difference(before)  # only when the lane's layout changed
+        if late and final:
+            tx.watch(*sorted(late))
+        return final or not late
 
     def _stale(self, states: Sequence[TickState]) -> list[npt.NDArray[np.bool_]]:
         """Each lane's rows another writer touched, or that it does not hold (one read of every owner stamp,

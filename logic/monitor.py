@@ -12,7 +12,8 @@ tick and writes the heartbeat ``hb:monitor``; then the alerts in one batch (:mod
 each). History: ``history.raw_seconds`` at full resolution and the downsampled tiers of ``[history]``
 (engine/store/history.py). VaR and CVaR by each portfolio's method. The continuous VaR backtest is fed every bar by
 its own daemon (logic/backtest_runner.py: a backtest needs every bar, a snapshot only the newest); the snapshot's
-``backtest`` section is its last stored one.
+``backtest`` section is its last stored one. Both paths read the tick's time after the WATCH that guards the books
+read, so a history point and its book agree about every capital flow a sync booked (logic/stamped_read.py).
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream; each
 tick goes to one of them, or (``monitor.shard_portfolios``) each live monitor snapshots its shard of every tick
@@ -91,6 +92,7 @@ from logic.batch_tick import VectorisedTick, paused_gc
 from logic.rejections import MAX_BOOKABLE_PRICE
 from logic.shards import Membership, newest_tick, remove_idle_consumers, shard
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
+from logic.stamped_read import stamped_read
 from logic.valuation import Valuation, value_portfolio
 
 log = logging.getLogger("riskdesk.monitor")
@@ -390,11 +392,12 @@ class Monitor:
         stands for, ``coalesced``) with the writes."""
         started = time.perf_counter()
         self._live = None  # the membership is read again once per tick
-        now = tick_time(self.clock, event.ts)  # a replay's tick is dated by its bar (engine/clocks.py)
-        n = len(event.tickers)
+        # a replay's tick is dated by its bar (engine/clocks.py); read after the WATCH (logic/stamped_read.py)
+        stamp = functools.partial(tick_time, self.clock, event.ts)
         if event.reset and replaying(self.clock):  # a replay restarted: so do its drawdowns (a reload keeps them)
             self.store.restart_peaks(self._shard_ids(self._portfolio_ids or self.store.portfolio_ids()))
-        header = MarketHeader(event.version, event.ts, event.tickers, event.prices, np.full(n, event.ts))
+        ts = np.full(len(event.tickers), event.ts)
+        header = MarketHeader(event.version, event.ts, event.tickers, event.prices, ts)
         cov, stressed, model = self._matrices_for(event.version, event.ts, event.tickers)
         view = MarketView(header, cov, stressed, model)
         acks = [*coalesced, entry_id] if entry_id is not None else list(coalesced)
@@ -402,7 +405,7 @@ class Monitor:
             acks = []
         self._coalescing = len(coalesced)  # counted in the heartbeat written with the snapshots
         try:
-            snapshots = self._snapshot_all(view, now, ack=acks, tick=True, started=started)
+            snapshots, now = self._snapshot_all(view, stamp, ack=acks, tick=True, started=started)
         finally:
             self._coalescing = 0
         self.stats.ticks_processed += 1
@@ -417,11 +420,10 @@ class Monitor:
         """Snapshot every portfolio from the stored market (no tick): see the module docstring."""
         started = time.perf_counter()
         self._live = None
-        now = self.clock()
         header = self.store.read_market_header()
         cov, stressed, model = self._matrices_for(header.version, header.ts, header.tickers)
         view = MarketView(header, cov, stressed, model)
-        snapshots = self._snapshot_all(view, now, ack=[], tick=False, started=started)
+        snapshots, now = self._snapshot_all(view, self.clock, ack=[], tick=False, started=started)
         self.stats.refreshes += 1
         self._evaluate_alerts(snapshots, now)
         return snapshots
@@ -491,19 +493,22 @@ class Monitor:
             log.warning(message)
 
     def _snapshot_all(
-        self,
-        market: MarketView,
-        now: float,
-        *,
-        ack: list[str],
-        tick: bool,
-        started: float,
-    ) -> dict[str, dict[str, Any]]:
-        """Value, merge peaks and marks, build and write the snapshots of every portfolio (one MULTI)."""
+        self, market: MarketView, clock: Clock, *, ack: list[str], tick: bool, started: float
+    ) -> tuple[dict[str, dict[str, Any]], float]:
+        """Value, merge peaks and marks, build and write the snapshots of every portfolio (one MULTI); returns
+        them and their time, ``clock`` read after the WATCH that guards the books read (logic/stamped_read.py)."""
         if self.fast is not None:
-            finish = functools.partial(self._commit_tick, market=market, now=now, ack=ack, tick=tick, started=started)
-            return self.fast.snapshot_all(self, self._read_bundles, market, now, finish=finish)
-        bundles = self._read_bundles()
+            finish = functools.partial(self._commit_tick, market=market, ack=ack, tick=tick, started=started)
+            return self.fast.snapshot_all(self, self._read_bundles, market, clock, finish=finish)
+        tx = slot_transaction(self.store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
+        try:
+            now, bundles = stamped_read(tx, clock, self._read_bundles, lambda: self._portfolio_ids)
+            return self._snapshot_read(tx, market, now, bundles, ack, tick, started), now
+        finally:
+            tx.reset()
+
+    def _snapshot_read(self, tx: Any, market: MarketView, now: float, bundles: Mapping[str, PortfolioBundle],
+                       ack: list[str], tick: bool, started: float) -> dict[str, dict[str, Any]]:  # fmt: skip
         (day_id, week_id), market_open = self.calendar.period_ids(now), self.calendar.sets_close(now)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
@@ -528,12 +533,7 @@ class Monitor:
             self.store.update_marks(pid, open_position_pnl(valuation), merges)
             valued.append((bundle, valuation))
         replies = merges.execute(raise_on_error=False) if valued else []
-
-        tx = slot_transaction(self.store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
-        try:
-            return self._write_snapshots(tx, market, now, valued, replies, ack, tick, started)
-        finally:
-            tx.reset()
+        return self._write_snapshots(tx, market, now, valued, replies, ack, tick, started)
 
     def _read_bundles(self) -> dict[str, PortfolioBundle]:
         """This monitor's portfolios (its shard when sharing them), read together (one MULTI)."""
