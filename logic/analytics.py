@@ -205,8 +205,8 @@ def _no_data(metric: str, snapshot: Mapping[str, Any]) -> bool:
     return metric not in NOT_APPLICABLE_WHEN_NULL
 
 
-def _why(snapshot: Mapping[str, Any]) -> str:
-    missing = (snapshot.get("data") or {}).get("missing_prices") or []
+def _why(snapshot: Mapping[str, Any] | None) -> str:
+    missing = ((snapshot or {}).get("data") or {}).get("missing_prices") or []
     return f": no usable price for {', '.join(map(str, missing))}" if missing else ""
 
 
