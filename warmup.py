@@ -98,7 +98,12 @@ class SeedMarket:
 
 
 def standardized_history(
-    returns: np.ndarray, decay: float, *, initial: np.ndarray | None = None, seed_rows: int = HISTORY_SEED_ROWS
+    returns: np.ndarray,
+    decay: float,
+    *,
+    initial: np.ndarray | None = None,
+    seed_rows: int = HISTORY_SEED_ROWS,
+    gaps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The EWMA matrix after ``returns`` and the standardized returns seen on the way, as the daemon sees them.
 
@@ -108,11 +113,19 @@ def standardized_history(
     ``initial``) and ``observed`` which of its entries are observations
     (:func:`engine.math_logic.standardize_observed`). A NaN return (no price on one side of it) is a missing
     entry, as the daemon treats a ticker without a new price: 0 in the matrix's update, missing in ``z``.
+    ``gaps`` (same shape, >= 1; None: all 1): the bars each return spans since its ticker's previous price, as the
+    daemon counts them; every row, seed rows included, enters as ``r / sqrt(g)`` (``math_logic.per_bar_returns``).
+    A history file has a close for every ticker in every row: its returns span one bar each.
     """
     history = np.asarray(returns, dtype=np.float64)
     present = ~np.isnan(history)
     if not present.all():
         history = np.where(present, history, 0.0)
+    if gaps is not None:
+        spans = np.asarray(gaps, dtype=np.float64)
+        if spans.shape != history.shape or not np.isfinite(spans).all() or (spans < 1.0).any():
+            raise ValueError(f"gaps must be finite and >= 1, shape {history.shape}")
+        history = history / np.sqrt(spans)  # math_logic.per_bar_returns, row by row: the same bits
     if initial is None:
         m = min(len(history), seed_rows)
         cov = math_logic.ewma_covariance_from_returns(history[:m], decay, seed_rows=seed_rows)
@@ -301,7 +314,7 @@ def add_ticker(
         with slot_transaction(store.client) as pipe:  # on a Redis Cluster the global audit commits last
             try:
                 pipe.watch(MARKET_KEY, STRESSED_KEY, REFERENCE_KEY, STDRET_META_KEY)
-                snap = store.read_market(pipe)
+                snap, since = store.read_market_state(pipe)  # the bars since each ticker's print go on
                 if symbol in snap.tickers:
                     raise WarmupError(f"{symbol} is already in the universe")
                 window = store.read_standardized()
@@ -328,6 +341,7 @@ def add_ticker(
                 reference[symbol] = price
                 pipe.multi()
                 store.write_market(grown, pipe)
+                store.write_print_gaps(grown.version, np.append(since, 0.0), pipe)  # the new ticker: priced now
                 _write_stressed(
                     store, settings, grown, pipe,
                     f"add_ticker {symbol}: the market covariance of version {snap.version} grown by one ticker",

@@ -18,6 +18,9 @@ Per bar from the feed (:mod:`engine.feeds`):
    continuous backtest marks those entries missing in its own window, engine/store/market.py ``TickEvent``) and
    the heartbeat ``hb:stream``.
 
+A return spanning the g bars since the ticker's last accepted price enters the update and the window as one
+bar's, ``r / sqrt(g)`` (``math_logic.per_bar_returns``; every g = 1: the same bits); the counts are written with
+each bar (``Store.write_print_gaps``: a restart continues them; none stored, or stale, count from 0).
 A ticker without a new price in a bar (none in it, refused by the price filter, or no accepted price before
 it) keeps its variance in the covariance update (its price is carried forward, engine/price_filter.py; its return
 0 is no data: ``engine.math_logic.update_covariance_ewma_observed``, the plain update when every ticker has one) and is
@@ -153,6 +156,10 @@ class _Step:
     """None for a reset bar (no covariance update)."""
     observed: npt.NDArray[np.bool_]
     """The tickers whose return is an observation: a new price accepted in this bar, and one before it."""
+    gaps: Float64Array | None
+    """Bars each return spans (``since + 1`` of the tickers observed); None when every one spans one bar."""
+    since: Float64Array
+    """Bars since each ticker's last accepted price after this bar (0: accepted in it)."""
     accepted: int
     rejected: tuple[str, ...]
 
@@ -220,12 +227,12 @@ class StreamDaemon:
         self.prices: Float64Array = np.empty(0)
         self.price_ts: Float64Array = np.empty(0)
         self.cov: Float64Array = np.empty((0, 0))
+        self.since: Float64Array = np.empty(0)
+        """Bars since each ticker's last accepted price, as stored with the snapshot (module docstring)."""
         self._index: dict[str, int] = {}
         self._tickers_json = "[]"
-        self._tickers_rev = universe_rev(self._tickers_json)
-        """Names the tickers in the tick events (engine.store.codec.universe_rev)."""
-        self._universe_written = False
-        """This daemon wrote its tickers (and their rev) since it last loaded the market."""
+        self._tickers_rev = universe_rev(self._tickers_json)  # names them in the tick events (codec.universe_rev)
+        self._universe_written = False  # this daemon wrote its tickers (and their rev) since it last loaded them
         self._synced = False
         self._validate_next = True
         self._in_flight: str | None = None
@@ -323,7 +330,7 @@ class StreamDaemon:
 
     def _load(self, conn: object = None) -> None:
         """Mirror the stored market (version, tickers, prices, matrix); validate the matrix on next use."""
-        snap = self.store.read_market(conn)
+        snap, since = self.store.read_market_state(conn)
         changed = snap.tickers != self.tickers
         if self._last_written is not None and snap.version != self._last_written:
             self._row_gap = True
@@ -346,6 +353,7 @@ class StreamDaemon:
         self.prices = snap.prices.copy()
         self.price_ts = snap.price_ts.copy()
         self.cov = snap.cov  # a fresh writeable copy (decode_market_cov), updated in place from now on
+        self.since = since  # zeros from a store that does not keep them, or a snapshot another writer wrote
         # measure the EWMA kernels for this N now (once per process and N), not inside the first bar's MULTI
         kernel = math_logic.ewma_kernel_calibration(len(snap.tickers)).chosen
         self._validate_next = True
@@ -408,7 +416,10 @@ class StreamDaemon:
                 returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
             observed[idx] = True  # only these returns are data; the zeros elsewhere are missing entries
         returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
-        return _Step(prices, price_ts, returns, observed, int(accepted.size), tuple(rejected))
+        since = self.since + 1.0  # a return since a price g bars back spans g bars (None: all span one)
+        gaps = since.copy() if returns is not None and (since[observed] > 1.0).any() else None
+        since[accepted] = 0.0  # a reset bar's prices too: the next return starts from them
+        return _Step(prices, price_ts, returns, observed, gaps, since, int(accepted.size), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
         now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
@@ -434,10 +445,10 @@ class StreamDaemon:
         if step.returns is not None:
             if not self._row_gap:
                 vols = np.sqrt(np.clip(np.diagonal(self.cov), 0.0, None))
-                z, observed = math_logic.standardize_observed(step.returns, vols, step.observed)
+                z, observed = math_logic.standardize_observed(step.returns, vols, step.observed, gaps=step.gaps)
             # a ticker without a new price keeps its variance (all observed: the plain update, the same bits)
             math_logic.update_covariance_ewma_observed(
-                self.cov, step.returns, step.observed, self.decay, validate=self._validate_next
+                self.cov, step.returns, step.observed, self.decay, validate=self._validate_next, gaps=step.gaps
             )
         snap = MarketSnapshot(
             version=version,
@@ -456,6 +467,7 @@ class StreamDaemon:
         write = self.store.market_write()
         # the stored tickers are this daemon's (the write is guarded by the version): sent once per load
         self.store.write_market(snap, write, tickers_json=self._tickers_json, tickers=not self._universe_written)
+        self.store.write_print_gaps(version, step.since, write)  # in the same script: a restart continues the count
         if not self._window_ok:
             empty = np.zeros((0, len(self.tickers)))
             self.store.write_standardized_window(self.tickers, [], empty, self.window, write)
@@ -483,6 +495,7 @@ class StreamDaemon:
         self._row_gap = False  # the written prices anchor the next return
         self.prices = step.prices
         self.price_ts = step.price_ts
+        self.since = step.since
         self._validate_next = False
         self._synced = True
         self.stats.prices_rejected += len(step.rejected)

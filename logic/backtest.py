@@ -239,6 +239,8 @@ class Backtester:
         self.bar = -1
         """Index of the last bar fed (-1: none)."""
         self.last_prices: Float64Array | None = None
+        self.since: Float64Array = np.zeros(n)
+        """Bars fed since each ticker's last new price (0: in the last bar): its next return spans ``since + 1``."""
         self.seed: list[Float64Array] = []
         self.cov: Float64Array | None = None
         # the window is rows [_end - window_count, _end) of a buffer a quarter longer: a push writes one row and
@@ -293,8 +295,15 @@ class Backtester:
         lo, hi = self.config.dof_bounds
         return math_logic.fit_student_t_dof(self.window, lo, hi, observed=self._window_mask())
 
-    def _update_model(self, r: Float64Array) -> None:
+    def _spans(self) -> Float64Array | None:
+        """Bars the next returns span (``since + 1``), or None when each spans one (the same bits as before)."""
+        return self.since + 1.0 if self.since.any() else None
+
+    def _update_model(self, r: Float64Array, gaps: Float64Array | None = None) -> None:
+        """One return (spanning ``gaps`` bars, :func:`math_logic.per_bar_returns`) into the seed or the model."""
         cfg = self.config
+        if gaps is not None:
+            r = math_logic.per_bar_returns(r, gaps)
         if self.cov is None:
             self.seed.append(r)
             if len(self.seed) == cfg.seed_rows:
@@ -490,13 +499,19 @@ class Backtester:
             raise ValueError("prices must be > 0")
         return p, self._vector(qty, "qty")
 
-    def _advance(self, p: Float64Array, name: str, *, updated: bool = False) -> list[Observation]:
+    def _advance(
+        self, p: Float64Array, name: str, *, updated: bool = False, observed: npt.NDArray[np.bool_] | None = None
+    ) -> list[Observation]:
         """The bar's return updates the model (unless ``updated``: :func:`step_many` did it); the horizons ending
-        here close."""
+        here close. ``observed``: which tickers had a new price (None: all), for the bars since each one's last."""
         closed: list[Observation] = []
         self.skipped = frozenset()
-        if self.last_prices is not None and not updated:
-            self._update_model(math_logic.log_returns(self.last_prices, p))
+        if self.last_prices is not None:
+            if not updated:
+                self._update_model(math_logic.log_returns(self.last_prices, p), self._spans())
+            # a new price, or one that moved since the last bar fed (as logic.backtest_kernels.ewma_observed)
+            printed = None if observed is None else observed | (p != self.last_prices)
+            self.since = np.where(printed, 0.0, self.since + 1.0) if printed is not None else np.zeros_like(p)
         self.bar += 1
         for track in Track:
             pending = self.pending.get(track)
@@ -580,6 +595,7 @@ class Backtester:
             "tickers": list(self.tickers),
             "bar": self.bar,
             "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
+            "since": self.since.tolist(),
             "seed_count": len(self.seed),
             "cov": cov,
             "window_count": self.window_count,
@@ -613,6 +629,7 @@ class Backtester:
             "tickers": self._shared[1],
             "bar": self.bar,
             "last_prices": None if self.last_prices is None else self.last_prices.tolist(),
+            "since": self.since.tolist(),
             "seed_count": len(self.seed),
             "cov": None,
             "window_count": self.window_count,
@@ -633,6 +650,10 @@ class Backtester:
             bt.bar = int(d["bar"])
             if d["last_prices"] is not None:
                 bt.last_prices = bt._vector(d["last_prices"], "last_prices")
+            if d.get("since") is not None:  # none: stored before the count was kept, every next return one bar
+                bt.since = bt._vector(d["since"], "since")
+                if (bt.since < 0.0).any() or (bt.since != np.floor(bt.since)).any():
+                    raise ValueError("since must hold whole numbers of bars >= 0")
             if d["cov"] is not None:
                 cov = np.array(d["cov"], dtype=np.float64, order="C")
                 if cov.shape != (n, n):

@@ -79,7 +79,10 @@ def _update_models(items: list[_Item]) -> set[int]:
             given = np.stack([np.ones(len(group[0][0].tickers), dtype=bool) if m is None else m for m in masks])
         entries = kernels.observed_entries(covs, last, prices, given)  # the variances before the update
         ewma = kernels.ewma_observed(last, prices, given)  # a ticker without a new price keeps its variance
-        z = kernels.ewma_standardize_and_update(covs, last, prices, group[0][0].config.decay, ewma)
+        gaps = None  # bars each return spans since its ticker's last new price; None: one each (same bits)
+        if any(bt.since.any() for bt, *_ in group):
+            gaps = kernels.as_stack([bt.since + 1.0 for bt, *_ in group])
+        z = kernels.ewma_standardize_and_update(covs, last, prices, group[0][0].config.decay, ewma, gaps)
         full: list[bool] = np.all(entries, axis=1).tolist()
         updates.append((group, covs, z, entries, full))
     done: set[int] = set()
@@ -141,7 +144,7 @@ def step_many(
         mask = bt._observed_row(None if observed is None else observed[k])
         checked.append((bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label), mask))
     updated = _update_models(checked)
-    closed = [bt._advance(p, name, updated=id(bt) in updated) for bt, p, _, name, _ in checked]
+    closed = [bt._advance(p, name, updated=id(bt) in updated, observed=m) for bt, p, _, name, m in checked]
     ready = [item for item in checked if item[0].ready]
     for bt, _, q, _, _ in ready:
         if not q.any():  # a flat book: no risk, no forecast, no observation (logic/backtest.py, step 3)

@@ -63,9 +63,8 @@ def ewma_standardize_and_update(
         row observed everywhere gets exactly the plain update's). None: every one.
     gaps : ndarray, shape (B, N), optional
         Bars each return spans since its ticker's previous price (>= 1): both steps see ``r / sqrt(g)``
-        (:func:`math_logic.per_bar_returns`, the same bits). None: every return is of one bar. Nothing passes it
-        yet: the backtester would need a per-ticker count of bars since the last print (the tick events'
-        ``observed`` give it).
+        (:func:`math_logic.per_bar_returns`, the same bits). None: every return is of one bar. The backtester
+        passes its count of bars since each ticker's last new price plus one (``Backtester.since``).
 
     Returns
     -------

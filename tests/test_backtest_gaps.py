@@ -69,6 +69,10 @@ def _independent(events: Sequence[TickEvent], tickers: Sequence[str], decay: flo
     p = np.array([np.asarray(e.prices)[cols] for e in events])
     seen = np.array([np.ones(len(cols), bool) if e.observed is None else np.asarray(e.observed)[cols] for e in events])
     r = np.log(p[1:] / p[:-1])
+    since = np.zeros(len(cols))  # a return g bars after the ticker's last new price enters as r / sqrt(g)
+    for k in range(len(r)):
+        r[k] /= np.sqrt(since + 1.0)
+        since = np.where(seen[k + 1] | (p[k + 1] != p[k]), 0.0, since + 1.0)
     cov = r[:SEED_ROWS].T @ r[:SEED_ROWS] / SEED_ROWS
     rows = []
     for row, observed in zip(r[SEED_ROWS:], seen[1 + SEED_ROWS :], strict=True):

@@ -41,18 +41,21 @@ DECAY = TEST_CONFIG["model"]["ewma_decay"]
 def ewma_from_ticks(start: MarketSnapshot, events: Sequence[TickEvent], decay: float = DECAY) -> np.ndarray:
     """Σ_t = AΣ_{t-1}A + (1-λ) r rᵀ over the published prices, with numpy only (no math_logic):
     ``A = diag(sqrt(λ))`` on the tickers with a new price (the event's ``observed``), 1 on the others (their
-    return 0, their variance kept); ``λΣ + (1-λ) r rᵀ`` when every ticker had one."""
+    return 0, their variance kept); ``λΣ + (1-λ) r rᵀ`` when every ticker had one. A return g bars after the
+    ticker's previous new price (counted from ``start``, where every ticker had one) enters as ``r / sqrt(g)``."""
     cov = start.cov.copy()
     prev = start.prices.copy()
+    since = np.zeros(len(prev))  # bars since each ticker's last new price
     for event in events:
         prices = np.asarray(event.prices)
         if len(prices) != len(prev):
             raise AssertionError("universe changed inside the recomputed range")
+        observed = np.ones(len(prices), dtype=bool) if event.observed is None else np.asarray(event.observed)
         if not event.reset:
-            r = np.log(prices / prev)
-            observed = np.ones(len(r), dtype=bool) if event.observed is None else np.asarray(event.observed)
+            r = np.log(prices / prev) / np.sqrt(since + 1.0)
             a = np.where(observed, math.sqrt(decay), 1.0)
             cov = np.diag(a) @ cov @ np.diag(a) + (1.0 - decay) * np.outer(r, r)
+        since = np.where(observed | (prices != prev), 0.0, since + 1.0)
         prev = prices
     return cov
 
@@ -350,10 +353,12 @@ def test_real_daemon_replays_a_csv_into_the_covariance_computed_here(
     filled = np.array(rows, dtype=float)
     filled[2, 1] = filled[1, 1]
     cov = start.cov.copy()
+    since = np.zeros(len(TICKERS))  # bars since each ticker's last price: BBB's row 3 return spans 2 bars
     for t in range(1, len(rows)):  # row 0 anchors the replay: no return against the seeded prices
-        r = np.log(filled[t] / filled[t - 1])
+        r = np.log(filled[t] / filled[t - 1]) / np.sqrt(since + 1.0)
         a = np.array([1.0 if p is None else math.sqrt(DECAY) for p in rows[t]])  # the gap keeps its variance
         cov = a[:, None] * cov * a[None, :] + (1 - DECAY) * np.outer(r, r)
+        since = np.where(a == 1.0, since + 1.0, 0.0)
     snap = seeded_store.read_market()
     assert snap.version == len(rows)
     np.testing.assert_array_equal(snap.prices, filled[-1])

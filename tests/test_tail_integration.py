@@ -60,12 +60,17 @@ def _independent_window(start: MarketSnapshot, store: Store, decay: float) -> tu
     events = store.read_ticks()
     versions, rows = [], []
     prev = start
+    since = np.zeros(len(start.prices))  # bars since each ticker's last new price: a return spans since + 1
     for k, event in enumerate(events):
         cov_before = ewma_from_ticks(start, events[:k], decay)
+        prices = np.asarray(event.prices)
+        before = prev.prices if k == 0 else np.asarray(events[k - 1].prices)
         if not event.reset:
-            r = np.log(np.asarray(event.prices) / (prev.prices if k == 0 else np.asarray(events[k - 1].prices)))
+            r = np.log(prices / before) / np.sqrt(since + 1.0)
             rows.append(r / np.sqrt(np.diagonal(cov_before)))
             versions.append(event.version)
+        observed = np.ones(len(prices), dtype=bool) if event.observed is None else np.asarray(event.observed)
+        since = np.where(observed | (prices != before), 0.0, since + 1.0)
     return versions, np.array(rows)
 
 

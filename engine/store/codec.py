@@ -97,6 +97,40 @@ def decode_array(blob: bytes | None, *, key: str = "?", shape: tuple[int, ...] |
     return np.frombuffer(blob, dtype="<f8", offset=shape_end).reshape(found).astype(np.float64, copy=True)
 
 
+def encode_print_gaps(version: int, since: npt.ArrayLike) -> bytes:
+    """``<version>:`` then :func:`encode_array` of each ticker's bars since its last accepted price (0: it printed
+    in the bar of ``version``). The version ties the counts to the snapshot they were written with: a writer of
+    the snapshot that does not know them (a re-seed, a split) leaves a stale field that :func:`decode_print_gaps`
+    reads as no gaps."""
+    counts = np.asarray(since, dtype=np.float64)
+    if counts.ndim != 1 or not np.isfinite(counts).all() or (counts < 0.0).any() or (counts != np.floor(counts)).any():
+        raise ValueError("bars since the last print must be a 1-D array of whole numbers >= 0")
+    return b"%d:" % int(version) + encode_array(counts)
+
+
+def decode_print_gaps(raw: bytes | None, *, key: str = "?", version: int, n: int) -> Float64Array:
+    """The counts of :func:`encode_print_gaps` written with the snapshot of ``version`` (``n`` tickers).
+
+    No field (a store written before the counts were kept) or one written with another version (the snapshot
+    was rewritten by a writer that does not keep them) reads as zeros: every next return spans one bar, the
+    behaviour before the counts. A field of this version that does not decode to whole numbers >= 0, one per
+    ticker, raises :class:`~engine.errors.CorruptDataError`."""
+    zeros: Float64Array = np.zeros(n)
+    if raw is None:
+        return zeros
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise CorruptDataError(f"{key}: expected bytes, got {type(raw).__name__}")
+    head, sep, blob = bytes(raw).partition(b":")
+    if not sep or not head.isdigit():
+        raise CorruptDataError(f"{key}: no version before the counts")
+    if int(head) != int(version):
+        return zeros
+    counts = decode_array(blob, key=key, shape=(n,))
+    if not np.isfinite(counts).all() or (counts < 0.0).any() or (counts != np.floor(counts)).any():
+        raise CorruptDataError(f"{key}: bars since the last print must be whole numbers >= 0")
+    return counts
+
+
 _SYMMETRIC_MAGIC = b"RDU1"
 """A symmetric float64 matrix as its upper triangle, row by row: ``MAGIC | dtype tag | ndim=2 | N | N | the
 N(N+1)/2 entries a_00..a_0N, a_11..a_1N, ...`` (little-endian float64)."""

@@ -138,6 +138,9 @@ MONITORS_KEY = "rd:monitors"
 # -- market keys (hash tag {m}) ----------------------------------------------------------------------------------
 
 MARKET_KEY = "mkt:{m}:snapshot"
+PRINT_GAPS_FIELD = "print_gaps"
+"""Field of :data:`MARKET_KEY`: each ticker's bars since its last accepted price, tagged with the version they were
+written with (``codec.encode_print_gaps``): a thin ticker's next return spans that many bars plus one."""
 STRESSED_KEY = "mkt:{m}:stressed"
 REFERENCE_KEY = "mkt:{m}:reference"
 TICKS_KEY = "mkt:{m}:ticks"

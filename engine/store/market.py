@@ -30,12 +30,14 @@ from engine.store.codec import (
     decode_float,
     decode_int,
     decode_json,
+    decode_print_gaps,
     decode_str,
     decode_symmetric,
     decode_tickers,
     decode_window,
     encode_array,
     encode_json,
+    encode_print_gaps,
     encode_symmetric,
     encode_window_row,
     universe_rev,
@@ -43,6 +45,7 @@ from engine.store.codec import (
 from engine.store.keys import (
     MARKET_KEY,
     MONITOR_GROUP,
+    PRINT_GAPS_FIELD,
     REFERENCE_KEY,
     STDRET_KEY,
     STDRET_META_KEY,
@@ -107,6 +110,24 @@ class MarketStore(StoreBase):
         header = decode_market_header(raw[:5])
         n = len(header.tickers)
         return MarketSnapshot(**header.__dict__, cov=decode_market_cov(raw[5], n))
+
+    def write_print_gaps(self, version: int, since: npt.ArrayLike, pipe: Conn = None) -> None:
+        """Each ticker's bars since its last accepted price, as of the snapshot of ``version`` (written in the same
+        script or transaction as that snapshot: :data:`~engine.store.keys.PRINT_GAPS_FIELD`)."""
+        self._conn(pipe).hset(MARKET_KEY, PRINT_GAPS_FIELD, encode_print_gaps(version, since))
+
+    def read_market_state(self, conn: Conn = None) -> tuple[MarketSnapshot, Float64Array]:
+        """:meth:`read_market` and each ticker's bars since its last print, from the same HMGET.
+
+        The counts are zeros (every next return spans one bar, as before they were kept) when the store has none
+        or they were written with another version of the snapshot (``codec.decode_print_gaps``)."""
+        fields = ["version", "ts", "tickers", "prices", "price_ts", "cov", PRINT_GAPS_FIELD]
+        raw = self._conn(conn).hmget(MARKET_KEY, fields)
+        header = decode_market_header(raw[:5])
+        n = len(header.tickers)
+        snap = MarketSnapshot(**header.__dict__, cov=decode_market_cov(raw[5], n))
+        key = f"{MARKET_KEY}.{PRINT_GAPS_FIELD}"
+        return snap, decode_print_gaps(raw[6], key=key, version=header.version, n=n)
 
     # -- stressed matrix -------------------------------------------------------------------------------------
     def write_stressed(
