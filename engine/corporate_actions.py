@@ -12,7 +12,10 @@ showing a phantom 50 % loss. ``python warmup.py --split TICKER RATIO`` (:func:`a
    price are divided by the ratio; the snapshot version is bumped (a running daemon's next write then fails
    its version guard and it reloads the adjusted prices instead of writing the old ones back); the covariance,
    the stressed matrix and the window of standardized returns are left as they are (a split is not a return:
-   no EWMA update, no window row), and the next print's return is computed against the adjusted price;
+   no EWMA update, no window row), and the next print's return is computed against the adjusted price; each
+   ticker's count of bars since its last print (``print_gaps``, tagged with the snapshot version) is written
+   again under the new version, unchanged: a split prints nothing, and a count left under the old version would
+   read as 0, so a thin ticker's next return (spanning all those bars) would enter the model as one bar's;
 2. each book holding the ticker (``pf:{<id>}``, one MULTI per portfolio, WATCHed against a fill landing
    meanwhile): the quantity is multiplied by the ratio and the average price divided by it. The average price
    is kept exactly when the quotient has at most 8 decimals (a 2-for-1, a 1-for-10 of a cent price), else
@@ -89,7 +92,7 @@ import numpy as np
 import redis
 
 from engine.errors import RiskdeskError, StoreError
-from engine.records import MarketSnapshot, PortfolioState, Position
+from engine.records import Float64Array, MarketSnapshot, PortfolioState, Position
 from engine.settings import Limits, Settings
 from engine.settings_types import MAX_QUANTITY
 from engine.store import GLOBAL_AUDIT_KEY, MARKET_KEY, REFERENCE_KEY, PortfolioKeys, Store, StoredLimits
@@ -408,7 +411,7 @@ def _apply_once(
     book_keys = [k for pid in registered for k in _book_keys(pid)]
     pipe.watch(MARKET_KEY, REFERENCE_KEY, SPLITS_KEY, *book_keys)
     done = store.read_split(split_id, conn=pipe)
-    snap = store.read_market(pipe)
+    snap, since = store.read_market_state(pipe)  # the bars since each print go on under the new version
     if done is not None:
         if done.get("ticker") != ticker or Fraction(str(done.get("ratio"))) != ratio:
             raise SplitConflictError(
@@ -450,7 +453,7 @@ def _apply_once(
             "reference_before": reference.get(ticker),
             "reference_after": None if ticker not in reference else float(Fraction(reference[ticker]) / ratio),
         }  # fmt: skip
-        _restate_market(store, pipe, snap, ticker, ratio, price_after, dict(reference), reference_ts)
+        _restate_market(store, pipe, snap, since, ticker, ratio, price_after, dict(reference), reference_ts)
         store.record_split(split_id, record, pipe=pipe)
         attempt.records[None] = record
         result.market_applied = True
@@ -675,17 +678,20 @@ def _restate_market(
     store: Store,
     pipe: Any,
     snap: MarketSnapshot,
+    since: Float64Array,
     ticker: str,
     ratio: Fraction,
     price_after: float,
     reference: dict[str, float],
     reference_ts: float | None,
 ) -> None:
-    """The adjusted last price in a new snapshot version (same time, price times and matrix), and the adjusted
-    collar reference (the stressed matrix and the return window are not touched: a split is not a return)."""
+    """The adjusted last price in a new snapshot version (same time, price times and matrix) with the same bars
+    since each ticker's print (``since``, as read with ``snap``), and the adjusted collar reference (the stressed
+    matrix and the return window are not touched: a split is not a return)."""
     prices = snap.prices.copy()
     prices[snap.tickers.index(ticker)] = price_after
     store.write_market(replace(snap, version=snap.version + 1, prices=prices), pipe)
+    store.write_print_gaps(snap.version + 1, since, pipe)  # a split is no print: every count goes on as it was
     if ticker in reference:
         reference[ticker] = float(Fraction(reference[ticker]) / ratio)
         ts = reference_ts if reference_ts is not None else snap.ts

@@ -34,12 +34,19 @@ Skipping the test let a x100 print of a never-moving ticker straight into prices
 filter which universe tickers a bar lacks (:meth:`PriceFilter.absent`); every bar the filter sees counts, a bar
 held back whole included.
 
-``n`` is kept in memory: a restarted daemon starts every ticker at ``n = 1`` (a ticker halted across the
-restart re-opens with the one-bar band, and its gap costs one bar of latency, see below). It is not derived
-from the stored ``price_ts``: with a live feed those are wall-clock stamps (a late bar, a compressed
-``--interval``, the daemon's own downtime, a night without bars), so ``elapsed / bar length`` is no exact count
-of the bars since the price. The closed time ``g`` is (see "Session opens"): it counts no bars, only the
-calendar's closed intervals between the session of the price time and the bar's, which those stamps place right.
+``n - 1`` is the count the stream daemon keeps with the market snapshot (``print_gaps``: the bars since each
+ticker's last accepted price, by which its next return is scaled to one bar): a daemon that loads the market (a
+restart, a replay resumed mid-file, another writer's new version) continues the filter's count from it
+(:meth:`PriceFilter.resume`). Since the model's variance of a thin ticker is one bar's (its returns are scaled by
+``1/sqrt(bars spanned)``), the band of a print after ``n`` bars must be ``sqrt(n)`` one-bar sigmas: a restart
+that started every count at ``n = 1`` refused a thin ticker's ordinary re-opening move (``sqrt(1/p)`` times
+too narrow for a name printing in a fraction ``p`` of the bars). A store without the counts (or with a stale
+field) gives ``n = 1``, as before they were kept. The count is not derived from the stored ``price_ts``: with a
+live feed those are wall-clock stamps (a late bar, a compressed ``--interval``, the daemon's own downtime, a night
+without bars), so ``elapsed / bar length`` is no exact count of the bars since the price; the count is per bar
+*written*: a market-wide halt (no bar at all) adds nothing, to the band as to the model. The closed time ``g``
+is (see "Session opens"): it counts no bars, only the calendar's closed intervals between the session of the
+price time and the bar's, which those stamps place right.
 
 A *single* absurd print is refused; a real move is not refused for long. A rejected jump is remembered as the
 ticker's candidate level ``c``, and the ticker's next price ``p`` confirms the move (it is accepted, and its
@@ -167,7 +174,7 @@ class PriceFilter:
     missed_bars: dict[str, int] = field(default_factory=dict)
     """Ticker -> bars since its last accepted price in which it had none (its print refused, or no print: see
     :meth:`absent`); not in the dict: 0. The jump bound of its next print is widened by ``sqrt(1 + missed_bars)``.
-    In memory only (module docstring)."""
+    Continued from the counts stored with the market when the daemon loads it (:meth:`resume`)."""
     _bar: object = None
     _before: dict[str, float] = field(default_factory=dict)
     _missed_before: dict[str, int] = field(default_factory=dict)
@@ -261,6 +268,18 @@ class PriceFilter:
             self.pending, self.missed_bars = dict(self._before), dict(self._missed_before)
         else:
             self._bar, self._before, self._missed_before = bar, dict(self.pending), dict(self.missed_bars)
+
+    def resume(self, tickers: Sequence[str], since: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Continue each ticker's count of bars without an accepted price from ``since`` (aligned with ``tickers``:
+        the counts stored with the market snapshot the daemon has just loaded); returns ``since`` (the daemon
+        keeps it). The count of a ticker not in ``tickers`` (a universe change) is dropped; a remembered
+        candidate level is kept (no print contradicted it). A retry of the bar in hand starts from these counts
+        too (:meth:`begin`): the market it was computed against is gone."""
+        if len(tickers) != len(since):
+            raise ValueError("resume: the counts must be aligned with the tickers")
+        self.missed_bars = {t: int(n) for t, n in zip(tickers, since.tolist(), strict=True) if n > 0}
+        self._missed_before = dict(self.missed_bars)
+        return since
 
     def absent(self, tickers: Iterable[str], *, reset: bool = False) -> None:
         """The bar has no print of ``tickers`` (universe tickers it lacks: a halt, a gap in the feed): each one's

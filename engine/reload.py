@@ -9,6 +9,13 @@ position excursions ``pf:{id}:marks``) are kept: refreshing the risk model is no
 version goes on from the stored one (+1), so every reader reloads its cached matrix; the stream daemon sees
 the new epoch and writes its next bar as a ``reset`` bar (no return across the two markets).
 
+Each ticker's count of bars since its last print (``print_gaps``, kept with the snapshot for a thin ticker's next
+return) is written as 0 under the new version, deliberately: the reloaded prices are the history file's last
+row, in which every ticker has a close (engine/history.py refuses a missing one), stamped with the reload's time
+(``price_ts``), so each ticker's last price is as of the reload and its next return is measured from it. The
+old counts belong to the prices the reload replaces; carried onto the new ones they would shrink a thin
+ticker's next return by ``sqrt`` of bars it does not span.
+
 Prices that the reload changes are a re-mark, and a re-mark shows as P&L: the next snapshot values the book at
 the reloaded prices against the references kept, as it would a price correction from the feed. We chose this
 over shifting the references by the revaluation (as a capital flow is, engine/book.py) because the marks are
@@ -87,6 +94,7 @@ def reload_market(
                 )
                 pipe.multi()
                 store.write_market(snap, pipe)
+                store.write_print_gaps(snap.version, np.zeros(len(snap.tickers)), pipe)  # module docstring
                 cfg = settings.model
                 meta = stressed_meta(
                     source="history reload: the covariance estimated from the history (EWMA, one model bar)",

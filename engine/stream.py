@@ -353,7 +353,7 @@ class StreamDaemon:
         self.prices = snap.prices.copy()
         self.price_ts = snap.price_ts.copy()
         self.cov = snap.cov  # a fresh writeable copy (decode_market_cov), updated in place from now on
-        self.since = since  # zeros from a store that does not keep them, or a snapshot another writer wrote
+        self.since = self.price_filter.resume(snap.tickers, since)  # the jump band's count too; zeros: none stored
         # measure the EWMA kernels for this N now (once per process and N), not inside the first bar's MULTI
         kernel = math_logic.ewma_kernel_calibration(len(snap.tickers)).chosen
         self._validate_next = True
