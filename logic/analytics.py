@@ -148,7 +148,7 @@ def traffic_lights(
             applicable[limit_area] += 1
             if level in ranks:
                 by_area[limit_area].append((ranks[level], 2, text))
-        if metric_value(snapshot, "concentration.largest_share") is None:
+        if metric_value(snapshot, "concentration.largest_share") is None and _why(snapshot):
             unknown["Concentration"] += 1  # max_concentration applies, the share is unknown (a missing price)
     for written in rules:
         rule = resolve_rule(written, limits)  # a limits.<field> threshold follows the live limit
@@ -156,7 +156,7 @@ def traffic_lights(
         if rule is None or area is None or not applies(rule, portfolio_id) or snapshot is None:
             continue
         value = metric_value(snapshot, rule.metric)
-        if value is None and _no_data(rule.metric, snapshot):
+        if value is None and _no_data(rule.metric, snapshot) and _why(snapshot):
             unknown[area] += 1  # the rule applies; its figure is missing (never "no rule applies", never green)
             continue
         if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):

@@ -61,11 +61,11 @@ ALERTS_PATH = "/api/v2/alerts"
 DEFAULT_ACTIVE_FOR_SECONDS = 86_400.0
 SEVERITY_LABEL = "severity"
 IDENTITY_LABELS = ("alertname", "rule", "portfolio")
+"""The labels besides ``severity`` that :func:`alert_payload` writes: an alert read back with exactly these
+(and a severity) is one of ours."""
 READ_SHARE = 0.5
 """The share of an attempt's timeout the read of the alerts held (the optional look for former severities) may
 use; the rest is the post's, the page itself (module docstring)."""
-"""The labels besides ``severity`` that :func:`alert_payload` writes: an alert read back with exactly these
-(and a severity) is one of ours."""
 
 
 def rfc3339(epoch: float) -> str:

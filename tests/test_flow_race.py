@@ -17,6 +17,7 @@ from engine import book
 from engine.feeds import Bar, IterableFeed
 from engine.settings import Settings
 from engine.store import Store, TickEvent
+from engine.store.slots import slot_transaction
 from engine.stream import StreamDaemon
 from logic import performance
 from logic.monitor import Monitor
@@ -201,7 +202,7 @@ def test_a_flow_stamped_before_the_clock_read_and_committed_after_it_is_in_that_
     _assert_no_phantom(seeded_store, settings, clock, WED + 59.5)
 
 
-@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+@pytest.mark.parametrize("vectorised", [True], ids=["vectorised"])  # the per-portfolio path does not WATCH there
 def test_a_sync_racing_the_clock_read_is_in_the_right_step_on_a_redis_cluster(
     cluster_store: Store, settings: Settings, tmp_path: Path, vectorised: bool
 ) -> None:
@@ -223,3 +224,27 @@ def test_a_sync_racing_the_clock_read_is_in_the_right_step_on_a_redis_cluster(
     # Assert
     _assert_no_phantom(cluster_store, settings, clock, WED + 60.5)
     assert monitor.stats.ticks_redone == 1
+
+
+def test_the_per_portfolio_path_on_a_cluster_opens_no_watch_connection_per_portfolio(
+    cluster_store: Store, settings: Settings
+) -> None:
+    # Arrange: a per-slot WATCH of every portfolio's flow ledger was a round trip and a held connection each, every
+    # tick (200 portfolios: 4x the tick time); on a cluster the per-portfolio path reads without it
+    import warmup
+    from logic.stamped_read import stamped_read
+
+    warmup.seed(cluster_store, settings)
+    monitor = Monitor(cluster_store, settings, idle_refresh_seconds=0, vectorised=False)
+    tx = slot_transaction(cluster_store.client)
+
+    # Act
+    try:
+        now, bundles = stamped_read(tx, lambda: 42.0, monitor._read_bundles, lambda: settings.portfolio_ids)
+        watching = dict(tx._watching)
+    finally:
+        tx.reset()
+
+    # Assert: the books read, the clock read once, nothing WATCHed
+    assert now == 42.0 and set(bundles) == set(settings.portfolio_ids)
+    assert not watching

@@ -410,3 +410,13 @@ def test_the_risk_page_shows_no_weight_of_a_partial_equity(app_env: Store, setti
     assert np.isnan(rows.loc["AAA", "weight"]) and np.isnan(rows.loc["BBB", "weight"])
     assert np.isnan(rows.loc["BBB", "market_value"])
     assert view.missing == ("BBB",)
+
+
+def test_a_flat_books_concentration_light_has_nothing_missing(books_settings: Settings) -> None:
+    # a book holding nothing has no largest position: a null share with no missing price is no missing data
+    from logic.analytics import traffic_lights
+
+    flat = alert_snapshot("long", NOW, concentration__largest_share=None, data__missing_prices=[])
+    (light,) = [x for x in traffic_lights([], flat, "long", limits=books_settings.limits_for("long"))
+                if x.area == "Concentration"]  # fmt: skip
+    assert (light.level, light.detail) == ("grey", "no rule applies")
