@@ -20,7 +20,7 @@ from engine.defaults import REPORTED_CONFIDENCES
 from engine.records import ACTIVE_ALERT_STATUSES, SEVERITY_RANK, Float64Array, Severity
 from engine.settings import AlertRule, Limits
 from logic.alerts import MISSING, applies, compare, metric_value
-from logic.rules import NOT_APPLICABLE_WHEN_NULL, limit_reference, resolve_rule
+from logic.rules import limit_reference, null_does_not_apply, resolve_rule
 from logic.var_methods import RiskModel
 
 # -- traffic lights ------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def traffic_lights(
         if rule is None or area is None or not applies(rule, portfolio_id) or snapshot is None:
             continue
         value = metric_value(snapshot, rule.metric)
-        if value is None and _no_data(rule.metric, snapshot) and _why(snapshot):
+        if value is None and not null_does_not_apply(rule.metric, snapshot) and _why(snapshot):
             unknown[area] += 1  # the rule applies; its figure is missing (never "no rule applies", never green)
             continue
         if value is MISSING or value is None or isinstance(value, bool) or not _finite(value):
@@ -193,16 +193,6 @@ def traffic_lights(
         else:
             lights.append(Light(area, "grey", "no rule applies" if snapshot is not None else "no snapshot yet"))
     return lights
-
-
-def _no_data(metric: str, snapshot: Mapping[str, Any]) -> bool:
-    """A null ``metric`` is missing data (the rule applies, its figure could not be computed), not "does not
-    apply" (logic/rules.py ``NOT_APPLICABLE_WHEN_NULL``; a null margin level applies unless no margin is used, as
-    the alert engine reads it, logic/lifecycle.py)."""
-    if metric == "margin.level":
-        used = metric_value(snapshot, "margin.used")
-        return not (_finite(used) and used == 0)
-    return metric not in NOT_APPLICABLE_WHEN_NULL
 
 
 def _why(snapshot: Mapping[str, Any] | None) -> str:

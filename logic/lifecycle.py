@@ -29,7 +29,6 @@ from logic.actions import MARGIN_METRIC, MARGIN_RULE_OPS, margin_response_spec, 
 from logic.escalation import EscalationConfig
 from logic.rules import (
     ACTION_RULE_PREFIX,
-    NOT_APPLICABLE_WHEN_NULL,
     SNAPSHOT_METRICS,
     AlertNotFoundError,
     Snapshot,
@@ -37,6 +36,7 @@ from logic.rules import (
     compare,
     limit_reference,
     metric_value,
+    null_does_not_apply,
     resolve_rule,
 )
 
@@ -244,10 +244,8 @@ class AlertPlanner:
         if age is None:
             age = data_age(snapshot, now)
         value = metric_value(snapshot, rule.metric)
-        if age <= rule.stale_after_seconds and value is None and rule.metric in NOT_APPLICABLE_WHEN_NULL:
-            used = metric_value(snapshot, "margin.used") if rule.metric == MARGIN_METRIC else 0.0
-            if _finite(used) and used == 0:
-                return False, None, False
+        if age <= rule.stale_after_seconds and value is None and null_does_not_apply(rule.metric, snapshot):
+            return False, None, False
         if age > rule.stale_after_seconds or not _finite(value):
             return (True, None, True) if rule.stale_policy == "fire" else (None, None, False)
         return compare(float(value), rule.op, float(rule.threshold)), float(value), False  # resolved

@@ -51,7 +51,7 @@ from engine.records import MAX_ACTOR_LENGTH, Channel, Clock, Severity, VarMethod
 from engine.settings import DEFAULT_CLEAR_SECONDS, LIMIT_PREFIX, AlertRule, Limits, valid_symbol
 from engine.store import GLOBAL_AUDIT_KEY, RULES_KEY, Store
 from engine.store.slots import slot_transaction
-from logic.actions import parse_action
+from logic.actions import MARGIN_METRIC, parse_action
 
 Snapshot = Mapping[str, Any]
 """A monitor snapshot in its dict form (:meth:`engine.records.Snapshot.to_dict`): rules read dotted paths."""
@@ -266,6 +266,19 @@ _RESOLVED: dict[tuple[int, float], tuple[AlertRule, AlertRule]] = {}
 rule of every portfolio on every tick, and a validated copy costs far more than a lookup. The entry holds the rule
 itself, so its id is not reused while it is cached."""
 _RESOLVED_MAX = 65_536
+
+
+def null_does_not_apply(metric: str, snapshot: Snapshot) -> bool:
+    """Whether a null ``metric`` in ``snapshot`` means "does not apply" (:data:`NOT_APPLICABLE_WHEN_NULL`) rather
+    than *no data*: a null ``margin.level`` does not apply only with ``margin.used`` 0 (a cash account; a flat,
+    fully priced margin book), else a missing price nulled it (logic/snapshot.py). The alert engine
+    (logic/lifecycle.py) and the traffic lights (logic/analytics.py) read a null by this one rule."""
+    if metric not in NOT_APPLICABLE_WHEN_NULL:
+        return False
+    if metric != MARGIN_METRIC:
+        return True
+    used = metric_value(snapshot, "margin.used")
+    return isinstance(used, int | float) and not isinstance(used, bool) and math.isfinite(used) and used == 0
 
 
 def metric_value(snapshot: Snapshot, path: str) -> Any:
