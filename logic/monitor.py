@@ -90,7 +90,7 @@ from engine.store.slots import slot_transaction
 from logic.batch import BacktestSections, PortfolioLookup, live_limits
 from logic.batch_tick import VectorisedTick, paused_gc
 from logic.rejections import MAX_BOOKABLE_PRICE
-from logic.shards import Membership, newest_tick, remove_idle_consumers, shard
+from logic.shards import Membership, TickCursor, newest_tick, remove_idle_consumers, shard
 from logic.snapshot import MarketView, build_snapshot, history_point, open_position_pnl
 from logic.stamped_read import stamped_read
 from logic.valuation import Valuation, value_portfolio
@@ -226,10 +226,9 @@ class Monitor:
         """The live monitors the last shard was computed among (kept across ticks, for the alert engine)."""
         if self.membership is not None and hasattr(alert_engine, "scope"):
             alert_engine.scope = self.alert_scope  # type: ignore[union-attr]
-        self._cursor: str | None = None
-        self._last_snapshot_ts = 0.0
-        self._coalescing = 0
-        """Last tick stream entry read (sharing the portfolios); None: start at the newest."""
+        self._cursor = TickCursor()
+        """Where this monitor reads the tick stream when sharing the portfolios (no consumer group)."""
+        self._last_snapshot_ts, self._coalescing = 0.0, 0
         self._group_ready = False
         self._check_pending = True
         self._next_claim = 0.0
@@ -250,6 +249,7 @@ class Monitor:
         done = 0
         while max_ticks is None or done < max_ticks:
             count = self.batch_size if max_ticks is None else min(self.batch_size, max_ticks - done)
+            self._cursor.mark()
             entries = self._next_entries(block_ms=None, count=count)
             if not entries:
                 break
@@ -264,6 +264,7 @@ class Monitor:
                 wanted = self.batch_size
                 if max_ticks is not None:
                     wanted = min(wanted, max_ticks - self.stats.ticks_processed)
+                self._cursor.mark()
                 entries = self._next_entries(block_ms=block_ms, count=wanted)
                 if entries:
                     self._process_entries(entries)
@@ -291,12 +292,14 @@ class Monitor:
         """Another writer touched a portfolio mid-tick (logic/batch_tick.py): no store failure; redo it now."""
         self.stats.ticks_redone += 1
         self._check_pending = True  # the tick was left pending: read it again first
+        self._cursor.rewind()  # sharing the portfolios (no group to leave it pending): read it again
 
     def _on_store_error(self, exc: Exception) -> None:
         self.stats.store_errors += 1
         self.metrics.redis_errors.labels("monitor").inc()
-        # whatever was read but not acknowledged is pending: read it again first; caches may be stale
+        # whatever was read but not acknowledged is pending (sharing: the cursor goes back); caches may be stale
         self._check_pending = True
+        self._cursor.rewind()
         self._group_ready = False
         self.models.clear()
         log.log(failure_log_level(self.stats.store_errors), "store unavailable (%s: %s); retrying with backoff",
@@ -310,10 +313,7 @@ class Monitor:
 
     def _next_entries(self, block_ms: int | None, count: int) -> list[tuple[str, TickEvent | None]]:
         if self.membership is not None:  # sharing the portfolios: every monitor reads every tick, no group
-            entries = self.store.read_ticks_after(self._cursor, count=count, block_ms=block_ms)
-            if entries:
-                self._cursor = entries[-1][0]
-            return entries
+            return self._cursor.read(self.store, count, block_ms)
         self._ensure_group()
         try:
             if self._check_pending:

@@ -33,7 +33,7 @@ from engine.records import Clock
 from engine.store import TICKS_KEY, Store, TickEvent
 from engine.store.keys import MONITORS_KEY
 
-__all__ = ["Membership", "newest_tick", "owner", "remove_idle_consumers", "shard"]
+__all__ = ["Membership", "TickCursor", "newest_tick", "owner", "remove_idle_consumers", "shard"]
 
 _REMOVE_IDLE_CONSUMERS_LUA = """
 -- KEYS[1] = the tick stream; ARGV[1] = group, ARGV[2] = the calling consumer, ARGV[3] = idle limit (ms)
@@ -143,6 +143,33 @@ class Membership:
     def leave(self) -> None:
         """Remove this monitor (a clean stop: the others take its portfolios on their next tick)."""
         self.store.client.zrem(MONITORS_KEY, self.consumer)
+
+
+class TickCursor:
+    """Where a monitor sharing the portfolios reads the tick stream (XREAD: no consumer group keeps its ticks
+    pending, so this does). It starts at the newest tick there is, or, while there is none, at the stream's start
+    (the first tick is waited for in a blocking XREAD, not asked for in a loop). :meth:`mark` before a tick's
+    reads and :meth:`rewind` after the tick's WATCH aborted it: the tick is read again and redone at once."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        """The last entry read; None: none yet (start at the newest)."""
+        self._mark: str | None = None
+
+    def read(self, store: Store, count: int, block_ms: int | None) -> list[tuple[str, TickEvent | None]]:
+        """The entries after :attr:`last` (at most ``count``, waiting up to ``block_ms`` for one)."""
+        entries = store.read_ticks_after(self.last, count=count, block_ms=block_ms)
+        if entries:
+            self.last = entries[-1][0]
+        elif self.last is None:  # an empty stream: its first entry, when it comes, is read from the start
+            self.last = "0-0"
+        return entries
+
+    def mark(self) -> None:
+        self._mark = self.last
+
+    def rewind(self) -> None:
+        self.last = self._mark
 
 
 def newest_tick(

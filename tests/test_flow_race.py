@@ -248,3 +248,39 @@ def test_the_per_portfolio_path_on_a_cluster_opens_no_watch_connection_per_portf
     # Assert: the books read, the clock read once, nothing WATCHed
     assert now == 42.0 and set(bundles) == set(settings.portfolio_ids)
     assert not watching
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+def test_a_monitor_sharing_the_portfolios_redoes_the_tick_a_racing_sync_aborted(
+    store: Store, make_settings: Callable[..., Settings], tmp_path: Path, vectorised: bool
+) -> None:
+    # Arrange: a monitor sharing the portfolios reads the stream with XREAD, no consumer group to keep the aborted
+    # tick pending: its cursor had moved past it, the tick was dropped and the book showed the pre-flow equity
+    # until the next tick (none comes here: Monitor.run waited for it)
+    import threading
+
+    import warmup
+
+    settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": True}})
+    warmup.seed(store, settings)
+    clock = RacingClock(WED)
+    monitor = Monitor(store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+    _step(store, settings, monitor, clock, refresh=False)
+    clock.t += 60.0
+    clock.armed = _withdraw(store, settings, tmp_path)
+    guard = threading.Timer(30.0, monitor.stop)  # the old code never returned: stopped, it fails the asserts
+    guard.start()
+
+    # Act: the racing tick (Monitor.run until it has processed one more), and one more
+    try:
+        _step(store, settings, monitor, clock, refresh=False)
+    finally:
+        guard.cancel()
+    assert (monitor.stats.ticks_redone, monitor.stats.ticks_processed, monitor.stats.store_errors) == (1, 2, 0)
+    clock.t += 60.0
+    _step(store, settings, monitor, clock, refresh=False)
+
+    # Assert: the tick was read again and redone at once, at the clock read after the sync
+    _assert_no_phantom(store, settings, clock, WED + 60.5)
+    ts, *_ = _page(store, settings, clock)
+    assert (ts - WED).tolist() == [0.0, 61.0, 121.0]

@@ -219,6 +219,40 @@ def test_beats_past_the_idle_limit_are_removed(store: Store) -> None:
     assert set(membership.members()) == {"alive", "me"}
 
 
+def _stream_reads(store: Store) -> int:
+    stats = store.client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("xread", "xrevrange"))
+
+
+def test_a_sharing_monitor_started_before_the_first_tick_waits_for_it_and_snapshots_it(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: a seeded store whose tick stream is empty (the stream daemon not started yet); a sharing monitor
+    # asked for the newest tick in a loop that never blocked: thousands of reads a second, a core of its own
+    settings = make_settings({"portfolios": _books(4), "monitor": {"latest_wins": True, "shard_portfolios": True}})
+    warmup.seed(store, settings)
+    store.client.delete(TICKS_KEY)
+    monitor = Monitor(store, settings, consumer="m1", idle_refresh_seconds=0)
+    store.client.config_resetstat()
+    runner = threading.Thread(target=monitor.run, kwargs={"block_ms": 200}, daemon=True)
+    runner.start()
+
+    # Act: a second with no tick, then the first tick
+    try:
+        time.sleep(1.0)
+        idle_reads = _stream_reads(store)
+        _sim_ticks(store, settings, 1)
+        wait_for(lambda: set(_snapshot_versions(store, list(settings.portfolio_ids)).values()) == {1}, 20,
+                 "the first tick's snapshots")  # fmt: skip
+    finally:
+        monitor.stop()
+        runner.join(timeout=20)
+
+    # Assert: the idle second was a few blocking reads (one per 200 ms, and the first), and the tick was taken
+    assert 1 <= idle_reads <= 10
+    assert not runner.is_alive() and monitor.stats.ticks_processed == 1
+
+
 # -- real daemons ----------------------------------------------------------------------------------------------
 
 
