@@ -261,9 +261,8 @@ class Monitor:
         backoff = Backoff()
         while not self.stopping and (max_ticks is None or self.stats.ticks_processed < max_ticks):
             try:
-                wanted = self.batch_size
-                if max_ticks is not None:
-                    wanted = min(wanted, max_ticks - self.stats.ticks_processed)
+                left = None if max_ticks is None else max_ticks - self.stats.ticks_processed
+                wanted = self.batch_size if left is None else min(self.batch_size, left)
                 self._cursor.mark()
                 entries = self._next_entries(block_ms=block_ms, count=wanted)
                 if entries:
@@ -408,6 +407,7 @@ class Monitor:
             snapshots, now = self._snapshot_all(view, stamp, ack=acks, tick=True, started=started)
         finally:
             self._coalescing = 0
+        self._cursor.passed(entry_id)  # written: a later tick's conflict is read again from after it
         self.stats.ticks_processed += 1
         self.stats.ticks_coalesced += len(coalesced)
         self.metrics.ticks(1)

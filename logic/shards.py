@@ -149,7 +149,9 @@ class TickCursor:
     """Where a monitor sharing the portfolios reads the tick stream (XREAD: no consumer group keeps its ticks
     pending, so this does). It starts at the newest tick there is, or, while there is none, at the stream's start
     (the first tick is waited for in a blocking XREAD, not asked for in a loop). :meth:`mark` before a tick's
-    reads and :meth:`rewind` after the tick's WATCH aborted it: the tick is read again and redone at once."""
+    reads, :meth:`passed` once one is written and :meth:`rewind` after a tick's WATCH aborted it (or the store
+    failed): that tick is read again and redone at once, not the ones written before it (as the consumer group
+    keeps only the unacknowledged ones pending)."""
 
     def __init__(self) -> None:
         self.last: str | None = None
@@ -166,7 +168,13 @@ class TickCursor:
         return entries
 
     def mark(self) -> None:
+        """Before a read: a conflict in what is read from here reads it again from here."""
         self._mark = self.last
+
+    def passed(self, entry_id: str | None) -> None:
+        """Entry ``entry_id`` is written (ticks in order: a conflict on a later one reads again from after it)."""
+        if entry_id is not None:
+            self._mark = entry_id
 
     def rewind(self) -> None:
         self.last = self._mark

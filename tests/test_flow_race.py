@@ -284,3 +284,57 @@ def test_a_monitor_sharing_the_portfolios_redoes_the_tick_a_racing_sync_aborted(
     _assert_no_phantom(store, settings, clock, WED + 60.5)
     ts, *_ = _page(store, settings, clock)
     assert (ts - WED).tolist() == [0.0, 61.0, 121.0]
+
+
+def test_a_sharing_monitor_taking_ticks_in_order_redoes_only_the_tick_a_racing_sync_aborted(
+    store: Store, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # Arrange: every tick in order (latest_wins off); two ticks wait, and the sync races the second one's clock read
+    import threading
+
+    import warmup
+
+    settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": False}})
+    warmup.seed(store, settings)
+    clock = RacingClock(WED)
+    monitor = Monitor(store, settings, clock=clock, idle_refresh_seconds=0)
+    _step(store, settings, monitor, clock, refresh=False)
+    withdraw = _withdraw(store, settings, tmp_path)
+    ticks = iter([WED + 60.0, WED + 120.0])
+
+    class SecondTickRaced(RacingClock):
+        """The first waiting tick reads WED + 60, the second WED + 120 and the sync commits right after it."""
+
+        def __call__(self) -> float:
+            now = next(ticks, None)
+            if now is None:
+                return super().__call__()
+            self.t = now
+            if now == WED + 120.0:
+                self.armed = withdraw
+            return super().__call__()
+
+    monitor.clock = clock = SecondTickRaced(WED)
+    daemon = StreamDaemon(store, settings, IterableFeed([]), clock=lambda: clock.t, interval=0)
+    for at in (WED + 60.0, WED + 120.0):
+        assert daemon.process_bar(Bar(at, {"AAA": 100.0}))
+    guard = threading.Timer(30.0, monitor.stop)
+    guard.start()
+
+    # Act: both ticks (read together in one batch)
+    try:
+        monitor.run(max_ticks=3, block_ms=1)
+    finally:
+        guard.cancel()
+
+    # Assert: the second tick alone was redone, at the clock read after the sync; the first was written once
+    assert (monitor.stats.ticks_redone, monitor.stats.ticks_processed) == (1, 3)
+    snap = store.read_snapshot("main")
+    assert snap is not None and snap["version"] == store.read_market_header().version  # the second tick's
+    ts, *_ = _page(store, settings, clock)
+    assert (ts - WED).tolist() == [0.0, 60.0, 121.0]
+    clock.t += 60.0
+    _step(store, settings, monitor, clock, refresh=False)
+    ts, *_ = _page(store, settings, clock)
+    assert (ts - WED).tolist() == [0.0, 60.0, 121.0, 181.0]
+    _assert_no_phantom(store, settings, clock, WED + 120.5)
