@@ -140,10 +140,6 @@ class MonitorStats:
     """Snapshot time minus the tick's write time: how far behind the stream the monitor is."""
 
 
-def default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 class Monitor:
     """Consumes tick events and writes per-portfolio snapshots (see the module docstring).
 
@@ -193,7 +189,7 @@ class Monitor:
         self.calendar = market_calendar(settings)
         """Daily / weekly windows: sessions of ``market.calendar`` (engine/sessions.py)."""
         self.alert_engine = alert_engine
-        self.consumer = consumer or default_consumer_name()
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.latest_wins = cfg.latest_wins
         """Skip to the newest waiting tick (``monitor.latest_wins``); off: every tick in order."""
         self.vectorised = vectorised
@@ -379,6 +375,8 @@ class Monitor:
             self._skip_unreadable(entry_id)
         if self.membership is None:
             self.store.ack_ticks(self.group, older)
+        elif older:  # no group to acknowledge them: a redo reads again from the newest (they count once)
+            self._cursor.passed(older[-1])
         self.stats.ticks_coalesced += len(older)
         self.metrics.ticks_coalesced.inc(len(older))
         return [] if newest_id is None else [(newest_id, newest)]

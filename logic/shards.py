@@ -172,7 +172,8 @@ class TickCursor:
         self._mark = self.last
 
     def passed(self, entry_id: str | None) -> None:
-        """Entry ``entry_id`` is written (ticks in order: a conflict on a later one reads again from after it)."""
+        """Done with entry ``entry_id`` (written, or counted as coalesced): a conflict on a later one reads again
+        from after it, not from before it (ticks in order, or the ticks a newer one stands for)."""
         if entry_id is not None:
             self._mark = entry_id
 

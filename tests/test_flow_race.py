@@ -338,3 +338,33 @@ def test_a_sharing_monitor_taking_ticks_in_order_redoes_only_the_tick_a_racing_s
     ts, *_ = _page(store, settings, clock)
     assert (ts - WED).tolist() == [0.0, 60.0, 121.0, 181.0]
     _assert_no_phantom(store, settings, clock, WED + 120.5)
+
+
+def test_a_sharing_monitor_redoing_the_newest_tick_counts_the_ticks_it_skipped_once(
+    store: Store, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # Arrange: latest wins; two ticks wait, and the sync races the newest one's clock read
+    import warmup
+
+    settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": True}})
+    warmup.seed(store, settings)
+    clock = RacingClock(WED)
+    monitor = Monitor(store, settings, clock=clock, idle_refresh_seconds=0, batch_size=1)  # a full read: drained
+    _step(store, settings, monitor, clock, refresh=False)
+    daemon = StreamDaemon(store, settings, IterableFeed([]), clock=lambda: clock.t, interval=0)
+    for at in (WED + 30.0, WED + 60.0):
+        assert daemon.process_bar(Bar(at, {"AAA": 100.0}))
+    clock.t = WED + 60.0
+    clock.armed = _withdraw(store, settings, tmp_path)
+
+    # Act: both ticks read together; the newest one's WATCH aborts it, and it is redone as Monitor.run does
+    with pytest.raises(redis.WatchError):
+        monitor.process_available()
+    monitor._on_conflict()
+    assert monitor.process_available() == 1
+
+    # Assert: the newest tick was redone once; the one it stands for is counted once, not once per attempt
+    assert (monitor.stats.ticks_redone, monitor.stats.ticks_processed, monitor.stats.ticks_coalesced) == (1, 2, 1)
+    snap = store.read_snapshot("main")
+    assert snap is not None and snap["version"] == store.read_market_header().version
+    assert store.read_heartbeat("monitor")["ticks_coalesced"] == "1"  # type: ignore[index]
