@@ -71,7 +71,7 @@ from engine.sessions import MarketCalendar, market_calendar
 from engine.settings import Asset, Limits, Settings, valid_symbol
 from logic import sizing
 from logic.action_orders import AUTO_ACTOR_PREFIX, AUTOMATION
-from logic.check_book import BookCache, Plan, Sim
+from logic.check_book import Book, BookCache, Plan, Sim
 from logic.decisions import PRICE_QUANTUM, book_fill, commission, fill_price, parse_quantity, parse_side, reason
 from logic.limits import (
     WAIVED_WHEN_REDUCING_RISK,
@@ -528,10 +528,14 @@ class Checker:
         VaR and gross exposure against the flat book's, its concentration and position as growing positions.
 
         While a held ticker has no usable price (``book.missing``: refused ``MISSING_PRICE``, never waived) the
-        equity counts it as 0, so a ratio of it is another book's (the share of one position over 40,000 where the
-        book holds 120,000): no concentration, leverage, margin or margin floor check runs on it and
-        ``concentration_after`` / ``margin_level_after`` stay None, as the monitor's snapshot nulls those
-        figures (logic/snapshot.py). The ticket then says why it is refused, not a reason made of a partial equity.
+        book counts it as 0, so every figure of it is another book's (the share of one position over 40,000 where
+        the book holds 120,000; the VaR of the priced positions alone, below the book's or, hedged by the missing
+        one, above it): no VaR, stressed VaR, concentration, leverage, daily loss, margin or margin floor check
+        runs on it and ``equity_after``, ``var_before``, ``var_after``, ``delta_var``, ``marginal_var``,
+        ``concentration_after`` and ``margin_level_after`` stay None, as the monitor's snapshot nulls those
+        figures (logic/snapshot.py). The ticket then says why it is refused, not a reason or a figure made of a
+        partial book; and the order is no hedge (its VaR effect is unknown: fail closed, REDUCING refuses it).
+        The checks of the order itself (cash, inventory, notional, position limits) still run.
         """
         limits = self.limits
         px = fill_price(price)
@@ -582,37 +586,18 @@ class Checker:
         signed = shares if side == Side.BUY else -shares
         delta = signed * price
         x_i = float(book.exposures[index])
-        equity_after = float(cash_after) + book.market_value + delta
+        equity_after = float(cash_after) + book.market_value + delta  # a partial book's: not reported (docstring)
         gross_after = book.gross_exposure - abs(x_i) + abs(x_i + delta)
-        d["equity_after"] = equity_after
-
-        # VaR after the trade from the cached book: O(N) (normal, student_t) or O(T) (fhs)
-        assert book.prepared is not None
-        risk = risk_model_of(model, self.books.method, self.horizon_bars)
-        var_after = risk.var_after(book.prepared, index, delta, limits.var_confidence)
-        delta_var = var_after - book.var
-        d.update(
-            var_before=book.var,
-            var_after=var_after,
-            delta_var=delta_var,
-            marginal_var=float(book.marginal[index]),
-        )
         # where the opening quantity starts from (see the docstring): this ticker flat for a flip
         flips = q0 * q1 < 0
         if flips:
             q_from, gross_from = 0, book.gross_exposure - abs(x_i)
-            var_from = risk.var_after(book.prepared, index, -x_i, limits.var_confidence)
         else:
-            q_from, gross_from, var_from = q0, book.gross_exposure, book.var
-        if var_after > float(limits.var_limit) and var_after > var_from:
-            reasons.append(
-                reason(
-                    ReasonCode.VAR_LIMIT,
-                    f"VaR would rise from {book.var:,.0f} to {var_after:,.0f}, above the limit "
-                    f"{limits.var_limit:,.0f} ({limits.var_confidence:.0%}, "
-                    f"{limits.var_horizon_days:g} d)",
-                )
-            )
+            q_from, gross_from = q0, book.gross_exposure
+        hedges = False  # a partial book's VaR is unknown: no order is shown to lower it (fail closed)
+        if book.priced:
+            d["equity_after"] = equity_after
+            hedges = self._check_var(d, reasons, model, book, index, delta, flips)
 
         grows = abs(q1) > abs(q_from)
         if not book.priced:
@@ -646,7 +631,7 @@ class Checker:
         if book.priced:
             check_leverage(limits, figures, reasons)
         check_position(limits, figures, reasons)
-        if limits.stressed_var_limit is not None:
+        if limits.stressed_var_limit is not None and book.priced:  # a partial book's stressed VaR is no book's
             stressed, s_before, why = lookups.stressed(model, book.exposures)
             s_after = None
             if stressed is not None:  # the worse crisis scenario of the book after, on its own (not the before's)
@@ -705,7 +690,45 @@ class Checker:
             book=book,
             index=index,
         )
-        return plan, var_after < var_from
+        return plan, hedges
+
+    def _check_var(
+        self,
+        d: dict[str, Any],
+        reasons: list[Reason],
+        model: MarketModel,
+        book: Book,
+        index: int,
+        delta: float,
+        flips: bool,
+    ) -> bool:
+        """The VaR figures and the VaR limit of a fully priced ``book`` after adding ``delta`` dollars of the
+        ticker at ``index``; returns whether the order is a hedge: the VaR after it is below the VaR it starts
+        from (the book's, or for a flip the book's with the ticker flat, see :meth:`_check_risk`). O(N) (normal,
+        student_t) or O(T) (fhs) from the cached book."""
+        limits = self.limits
+        assert book.prepared is not None
+        risk = risk_model_of(model, self.books.method, self.horizon_bars)
+        var_after = risk.var_after(book.prepared, index, delta, limits.var_confidence)
+        d.update(
+            var_before=book.var,
+            var_after=var_after,
+            delta_var=var_after - book.var,
+            marginal_var=float(book.marginal[index]),
+        )
+        var_from = book.var
+        if flips:
+            var_from = risk.var_after(book.prepared, index, -float(book.exposures[index]), limits.var_confidence)
+        if var_after > float(limits.var_limit) and var_after > var_from:
+            reasons.append(
+                reason(
+                    ReasonCode.VAR_LIMIT,
+                    f"VaR would rise from {book.var:,.0f} to {var_after:,.0f}, above the limit "
+                    f"{limits.var_limit:,.0f} ({limits.var_confidence:.0%}, "
+                    f"{limits.var_horizon_days:g} d)",
+                )
+            )
+        return bool(var_after < var_from)
 
 
 def automation_order(actor: Any, intent: Any, grant: object = None) -> bool:

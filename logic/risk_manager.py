@@ -580,7 +580,8 @@ class RiskManager:
             return None  # the decisions carry the reason
         if model.error is not None:
             return None
-        return checker.books.book(model, sim.book_key, sim.portfolio).var
+        book = checker.books.book(model, sim.book_key, sim.portfolio)
+        return book.var if book.priced else None  # a held ticker unpriced: the priced part's VaR is no book's
 
     # -- stress and dashboard --------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from dashboard import components as ui
 from engine.records import DecisionStatus, ExecutionStatus, OrderIntent
 from logic import views
 from logic.views import fmt
-from logic.views.trade import UNPRICED_COLUMNS, UNPRICED_REASON
+from logic.views.trade import UNPRICED_COLUMNS, UNPRICED_REASON, unpriced_book
 
 # Session keys: the last checked ticket (its inputs, decision and the client order id it executes with), the
 # result of executing it, and the ticket whose execution came back with its outcome unknown (kept until a resend
@@ -189,12 +189,14 @@ def decision_panel(d: views.Desk, pid: str) -> None:
             )
         elif decision.get("max_qty_allowed") == 0:
             st.caption(f"No quantity of this {ui.md(ticket['side'])} passes now: the reasons above say why.")
+    why = unpriced_book(decision)  # a held ticker unpriced: the VaR row's dash says why in the columns' help
     ui.table(
         views.deltas_frame(decision, ui.currency()),
         "deltas",
         "decision.csv",
         height="content",
         kinds=DELTA_KINDS,
+        column_config={c: {"help": f"{fmt.DASH}: no data: {why}"} for c in DELTA_KINDS} if why else None,
     )
     ui.table(views.impact_frame(decision, ui.currency()), "impact", "order.csv", height="content")
     if decision["status"] == DecisionStatus.APPROVED and not ui.refused(

@@ -3,6 +3,7 @@ ticket's pre-trade decision and execution, and the blotter."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -264,16 +265,36 @@ IMPACT_ROWS: tuple[tuple[str, str, str], ...] = (
     ("VaR limit", "var_limit", fmt.MONEY),
 )
 """The order's figures the ticket shows, with the kind each is written as (logic/views/fmt.py)."""
+UNPRICED_BOOK_FIGURES = ("var_before", "var_after", "equity_after", "marginal_var")
+"""The figures of the whole book a decision leaves None while a held ticker has no usable price (the gate's
+``MISSING_PRICE``): the ticket shows them as the dash with the reason, never the priced part's figures."""
+
+
+def unpriced_book(decision: Mapping[str, Any]) -> str | None:
+    """Why the book's figures (:data:`UNPRICED_BOOK_FIGURES`) of a priced order are missing: the message of its
+    ``MISSING_PRICE`` reason ("no usable price for held CCC: ...") when the order itself was priced and costed
+    (``cash_after`` is there) but no VaR was computed; None otherwise (the order's own price missing or a bad
+    order: nothing of it was computed and its rows are left out)."""
+    if decision.get("cash_after") is None or float_or_none(decision.get("var_before")) is not None:
+        return None
+    for r in decision.get("reasons") or []:
+        if str(r.get("code")) == ReasonCode.MISSING_PRICE:
+            return str(r.get("message", ""))
+    return None
 
 
 def deltas_frame(decision: Mapping[str, Any], currency: str = fmt.DEFAULT_CURRENCY) -> pd.DataFrame:
     """Before / after / change of VaR, cash and the position, with the unit of each row (the currency or
-    shares); rows a rejected order could not compute (bad ticker or quantity) are left out."""
+    shares); rows a rejected order could not compute (bad ticker or quantity) are left out, but the VaR row of a
+    book with a held ticker unpriced (:func:`unpriced_book`) is kept with no figures (the dash)."""
     rows = []
     confidence = float_or_none(decision.get("var_confidence"))
     horizon = float_or_none(decision.get("var_horizon_days"))
+    unpriced = unpriced_book(decision) is not None
     for label, before_key, after_key in DELTA_ROWS:
         before, after = float_or_none(decision.get(before_key)), float_or_none(decision.get(after_key))
+        if label == "VaR" and unpriced:
+            before = after = math.nan  # the dash: the priced part's VaR is not the book's
         if before is None or after is None:
             continue
         change = after - before
@@ -289,12 +310,16 @@ def deltas_frame(decision: Mapping[str, Any], currency: str = fmt.DEFAULT_CURREN
 def impact_frame(decision: Mapping[str, Any], currency: str = fmt.DEFAULT_CURRENCY) -> pd.DataFrame:
     """The order's price, costs and the book after it, each written with its unit (``USD 1,234.50``,
     ``20.22%``, ``39.7 bps``); figures that do not apply (margin level of a cash account) or could not be
-    computed are left out."""
-    rows = [
-        {"figure": label, "value": _impact_text(value, kind, currency)}
-        for label, key, kind in IMPACT_ROWS
-        if (value := float_or_none(decision.get(key))) is not None
-    ]
+    computed are left out; the book's figures of a book with a held ticker unpriced (:func:`unpriced_book`) are
+    shown as the dash with the reason."""
+    why = unpriced_book(decision)
+    rows = []
+    for label, key, kind in IMPACT_ROWS:
+        value = float_or_none(decision.get(key))
+        if value is not None:
+            rows.append({"figure": label, "value": _impact_text(value, kind, currency)})
+        elif why is not None and key in UNPRICED_BOOK_FIGURES:
+            rows.append({"figure": label, "value": f"{fmt.DASH} (no data: {why})"})
     return pd.DataFrame(rows, columns=["figure", "value"])
 
 
