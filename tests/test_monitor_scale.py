@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 import warmup
 from engine.feeds import SimulatedFeed
@@ -251,6 +252,45 @@ def test_a_sharing_monitor_started_before_the_first_tick_waits_for_it_and_snapsh
     # Assert: the idle second was a few blocking reads (one per 200 ms, and the first), and the tick was taken
     assert 1 <= idle_reads <= 10
     assert not runner.is_alive() and monitor.stats.ticks_processed == 1
+
+
+def test_a_sharing_monitor_redoes_a_tick_the_store_failed_once_it_answers_again(
+    store: Store, redis_server: EmbeddedRedis, make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: the monitor's client gives up on a reply after 0.3 s; the server stalls for 1 s just as the monitor
+    # reads the tick's books (a first tick creating a thousand portfolios' history rings blocked Redis past the
+    # socket timeout: the tick was dropped and its snapshots waited for the next one, which in a quiet market or a
+    # benchmark never came)
+    settings = make_settings({"portfolios": _books(4), "monitor": {"latest_wins": True, "shard_portfolios": True}})
+    warmup.seed(store, settings)
+    impatient = Store(redis.Redis.from_url(redis_server.url, socket_timeout=0.3))
+    stalls: list[threading.Thread] = []
+
+    def clock() -> float:  # read once per tick, after the WATCH and before the books (logic/batch_tick.py)
+        if not stalls:
+            stall = threading.Thread(target=lambda: store.client.execute_command("DEBUG", "SLEEP", "1"))
+            stalls.append(stall)
+            stall.start()
+            time.sleep(0.1)  # the stall has begun
+        return time.time()
+
+    monitor = Monitor(impatient, settings, clock=clock, consumer="m1", idle_refresh_seconds=0)
+    _sim_ticks(store, settings, 1)
+    guard = threading.Timer(30.0, monitor.stop)  # the old code waited for a next tick: stopped, it fails below
+    guard.start()
+
+    # Act
+    try:
+        monitor.run(max_ticks=1, block_ms=50)
+    finally:
+        guard.cancel()
+        for stall in stalls:
+            stall.join(timeout=10)
+        impatient.client.close()
+
+    # Assert: one store failure, then the same tick snapshotted
+    assert (monitor.stats.store_errors, monitor.stats.ticks_processed) == (1, 1)
+    assert set(_snapshot_versions(store, list(settings.portfolio_ids)).values()) == {1}
 
 
 # -- real daemons ----------------------------------------------------------------------------------------------
