@@ -340,6 +340,7 @@ class Monitor:
                     break
                 if event is None:
                     self._skip_unreadable(entry_id)
+                    self._cursor.passed(entry_id)  # counted: a redo of a later tick does not skip it again
                     continue
                 self.process_tick(entry_id, event)
                 done += 1

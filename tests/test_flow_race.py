@@ -16,7 +16,7 @@ import redis
 from engine import book
 from engine.feeds import Bar, IterableFeed
 from engine.settings import Settings
-from engine.store import Store, TickEvent
+from engine.store import TICKS_KEY, Store, TickEvent
 from engine.store.slots import slot_transaction
 from engine.stream import StreamDaemon
 from logic import performance
@@ -290,8 +290,6 @@ def test_a_sharing_monitor_taking_ticks_in_order_redoes_only_the_tick_a_racing_s
     store: Store, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     # Arrange: every tick in order (latest_wins off); two ticks wait, and the sync races the second one's clock read
-    import threading
-
     import warmup
 
     settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": False}})
@@ -316,19 +314,21 @@ def test_a_sharing_monitor_taking_ticks_in_order_redoes_only_the_tick_a_racing_s
 
     monitor.clock = clock = SecondTickRaced(WED)
     daemon = StreamDaemon(store, settings, IterableFeed([]), clock=lambda: clock.t, interval=0)
-    for at in (WED + 60.0, WED + 120.0):
-        assert daemon.process_bar(Bar(at, {"AAA": 100.0}))
-    guard = threading.Timer(30.0, monitor.stop)
-    guard.start()
+    assert daemon.process_bar(Bar(WED + 60.0, {"AAA": 100.0}))
+    ms, seq = store.client.xrevrange(TICKS_KEY, count=1)[0][0].decode().split("-")
+    store.client.xadd(TICKS_KEY, {"garbage": "x"}, id=f"{ms}-{int(seq) + 1}")  # between the ticks: does not decode
+    assert daemon.process_bar(Bar(WED + 120.0, {"AAA": 100.0}))
 
-    # Act: both ticks (read together in one batch)
-    try:
-        monitor.run(max_ticks=3, block_ms=1)
-    finally:
-        guard.cancel()
+    # Act: both ticks and the entry between them, read together; the second tick's WATCH aborts it, and it is redone
+    # as Monitor.run does
+    with pytest.raises(redis.WatchError):
+        monitor.process_available()
+    monitor._on_conflict()
+    assert monitor.process_available() == 1
 
-    # Assert: the second tick alone was redone, at the clock read after the sync; the first was written once
-    assert (monitor.stats.ticks_redone, monitor.stats.ticks_processed) == (1, 3)
+    # Assert: the second tick alone was redone, at the clock read after the sync; the first was written once and
+    # the entry between them skipped once
+    assert (monitor.stats.ticks_redone, monitor.stats.ticks_processed, monitor.stats.entries_skipped) == (1, 3, 1)
     snap = store.read_snapshot("main")
     assert snap is not None and snap["version"] == store.read_market_header().version  # the second tick's
     ts, *_ = _page(store, settings, clock)
