@@ -376,7 +376,7 @@ class Checker:
             if shares is not None and side_n is not None:
                 q1 = q0 + shares * side_n.sign
                 reducing = shrinks_position(q0, q1)  # the only risk-reducing trades; a flip opens new risk
-                hedges = False
+                hedges: bool | None = False
                 if (
                     price is not None
                     and model is not None
@@ -472,11 +472,13 @@ class Checker:
         q1: int,
         ticker: Any,
         reducing: bool,
-        hedges: bool,
+        hedges: bool | None,
     ) -> None:
         """Liquidation-only orders must shrink the position without flipping it (any state); in REDUCING a
         trader's order must shrink the position without flipping it, or, when ``reducing_allows_hedges``, be a
-        hedge (``hedges``: the quantity it opens lowers the VaR, see :meth:`_check_risk`)."""
+        hedge (``hedges``: the quantity it opens lowers the VaR, see :meth:`_check_risk`; None: unknown, a held
+        ticker has no usable price, and ``MISSING_PRICE``, never waived, refuses the order: no reason here
+        claims it does not lower the VaR)."""
         if intent == OrderIntent.LIQUIDATION:
             if not shrinks_position(q0, q1):
                 reasons.append(
@@ -489,7 +491,7 @@ class Checker:
             return
         if state != TradingState.REDUCING or reducing:
             return
-        if self.limits.reducing_allows_hedges and hedges:
+        if self.limits.reducing_allows_hedges and (hedges or hedges is None):
             return
         hedge = " or lower the portfolio VaR" if self.limits.reducing_allows_hedges else ""
         flip = f" (this order would flip it to {q1:+d}: at most {abs(q0):,d} closes it)" if q0 * q1 < 0 else ""
@@ -516,7 +518,7 @@ class Checker:
         price: float,
         now: float,
         lookups: Lookups,
-    ) -> tuple[Plan, bool]:
+    ) -> tuple[Plan, bool | None]:
         """Money, inventory, margin, VaR, concentration and the desk limits of a well-formed order; returns
         the plan and whether the order is a hedge (the quantity it opens lowers the VaR).
 
@@ -534,7 +536,7 @@ class Checker:
         runs on it and ``equity_after``, ``var_before``, ``var_after``, ``delta_var``, ``marginal_var``,
         ``concentration_after`` and ``margin_level_after`` stay None, as the monitor's snapshot nulls those
         figures (logic/snapshot.py). The ticket then says why it is refused, not a reason or a figure made of a
-        partial book; and the order is no hedge (its VaR effect is unknown: fail closed, REDUCING refuses it).
+        partial book; nor is the order taken for a hedge or for none (its VaR effect is unknown: ``MISSING_PRICE``).
         The checks of the order itself (cash, inventory, notional, position limits) still run.
         """
         limits = self.limits
@@ -594,7 +596,7 @@ class Checker:
             q_from, gross_from = 0, book.gross_exposure - abs(x_i)
         else:
             q_from, gross_from = q0, book.gross_exposure
-        hedges = False  # a partial book's VaR is unknown: no order is shown to lower it (fail closed)
+        hedges = None  # unknown, as the partial book's VaR (MISSING_PRICE refuses the order, never waived)
         if book.priced:
             d["equity_after"] = equity_after
             hedges = self._check_var(d, reasons, model, book, index, delta, flips)

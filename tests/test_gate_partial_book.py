@@ -167,24 +167,33 @@ def test_the_fully_priced_book_gets_its_figures_back_and_its_var_limit_holds_exa
         assert_no_book_figures(d)
 
 
-def test_a_hedge_is_not_one_while_a_held_price_is_missing_so_reducing_refuses_it(desk: Desk, store: Store) -> None:
+def test_in_reducing_a_partial_book_is_refused_for_its_missing_price_never_judged_a_hedge_or_not(
+    desk: Desk, store: Store
+) -> None:
     # Arrange: a margin book in REDUCING with hedges allowed; a short of 100 DDD (correlation 0.3 with the
-    # longs) lowers the VaR of the book, and would lower the priced part's too (AAA alone)
+    # longs) lowers the VaR of the book, and would lower the priced part's too (AAA alone); a buy of DDD would not
     book = {**BIG, "account_type": "margin", "initial_margin": 0.5, "maintenance_margin": 0.25}
+    strict = desk(book, {"limits": {"reducing_allows_hedges": False}})  # the same book, no hedge allowance
     rm = desk(book, {"limits": {"reducing_allows_hedges": True}})
     rm.set_trading_state("REDUCING", "drawdown", "risk-manager")
     hedge = rm.check("DDD", 100, "SELL")
     assert hedge.approved and hedge.delta_var is not None and hedge.delta_var < 0
+    assert codes(rm.check("DDD", 100, "BUY")) == ["REDUCING_ONLY"]
+    assert codes(strict.check("DDD", 100, "SELL")) == ["REDUCING_ONLY"]
     partial = closed_form_var(store, {"AAA": 500, "DDD": -100}) - closed_form_var(store, {"AAA": 500})
     assert partial < 0  # what the old gate read as "a hedge" on the partial book
 
     # Act: the feed loses CCC
     unprice(store, "CCC")
-    d = rm.check("DDD", 100, "SELL")
+    sell, buy = rm.check("DDD", 100, "SELL"), rm.check("DDD", 100, "BUY")
 
-    # Assert: its effect on the book's VaR is unknown, so it is no hedge: REDUCING refuses it (fail closed)
-    assert codes(d) == ["MISSING_PRICE", "REDUCING_ONLY"]
-    assert_no_book_figures(d)
+    # Assert: both refused for the missing price alone: whether either lowers the book's VaR is unknown, so no
+    # reason says it does (a hedge waved through on the partial VaR) or does not (REDUCING_ONLY's "or lower the VaR")
+    for d in (sell, buy):
+        assert not d.approved and codes(d) == ["MISSING_PRICE"]
+        assert_no_book_figures(d)
+    # without the hedge allowance REDUCING's rule needs no VaR: it still speaks
+    assert codes(strict.check("DDD", 100, "SELL")) == ["MISSING_PRICE", "REDUCING_ONLY"]
 
 
 def test_a_refused_execution_on_a_partial_book_leaves_the_stored_book_exact(desk: Desk, store: Store) -> None:
