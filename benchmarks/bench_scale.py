@@ -13,7 +13,7 @@ of monitors.
 
 On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
 both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
-and 4-monitor rows range from about 5 % above one monitor to about 20 % below it, by the machine's phase (what sharing
+and 4-monitor rows range from about 10 % above one monitor to about 20 % below it, by the machine's phase (what sharing
 saves in Python it mostly gives back in each monitor's fixed work); on a machine with a core per monitor each adds
 its share of throughput, down to Redis's own time per tick (``BENCH_SCALE_MONITORS=1,2,4,8`` on 16 cores, two
 runs: 93.7 / 84.3 / 75.3 / 74.3 ms and 134 / 86 / 78.6 / 94.2 ms; README "Scale out").
