@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,6 +251,21 @@ def test_the_per_portfolio_path_on_a_cluster_opens_no_watch_connection_per_portf
     assert not watching
 
 
+def _sharing_monitor(
+    store: Store, make_settings: Callable[..., Settings], *, latest_wins: bool, **options: Any
+) -> tuple[Settings, RacingClock, Monitor]:
+    """A seeded store and a monitor sharing the portfolios (``monitor.shard_portfolios``: no consumer group, its
+    own cursor in the stream, logic/shards.py ``TickCursor``) that has snapshotted a first tick at ``WED``."""
+    import warmup
+
+    settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": latest_wins}})
+    warmup.seed(store, settings)
+    clock = RacingClock(WED)
+    monitor = Monitor(store, settings, clock=clock, idle_refresh_seconds=0, **options)
+    _step(store, settings, monitor, clock, refresh=False)
+    return settings, clock, monitor
+
+
 @pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
 def test_a_monitor_sharing_the_portfolios_redoes_the_tick_a_racing_sync_aborted(
     store: Store, make_settings: Callable[..., Settings], tmp_path: Path, vectorised: bool
@@ -259,13 +275,7 @@ def test_a_monitor_sharing_the_portfolios_redoes_the_tick_a_racing_sync_aborted(
     # until the next tick (none comes here: Monitor.run waited for it)
     import threading
 
-    import warmup
-
-    settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": True}})
-    warmup.seed(store, settings)
-    clock = RacingClock(WED)
-    monitor = Monitor(store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
-    _step(store, settings, monitor, clock, refresh=False)
+    settings, clock, monitor = _sharing_monitor(store, make_settings, latest_wins=True, vectorised=vectorised)
     clock.t += 60.0
     clock.armed = _withdraw(store, settings, tmp_path)
     guard = threading.Timer(30.0, monitor.stop)  # the old code never returned: stopped, it fails the asserts
@@ -290,13 +300,7 @@ def test_a_sharing_monitor_taking_ticks_in_order_redoes_only_the_tick_a_racing_s
     store: Store, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     # Arrange: every tick in order (latest_wins off); two ticks wait, and the sync races the second one's clock read
-    import warmup
-
-    settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": False}})
-    warmup.seed(store, settings)
-    clock = RacingClock(WED)
-    monitor = Monitor(store, settings, clock=clock, idle_refresh_seconds=0)
-    _step(store, settings, monitor, clock, refresh=False)
+    settings, clock, monitor = _sharing_monitor(store, make_settings, latest_wins=False)
     withdraw = _withdraw(store, settings, tmp_path)
     ticks = iter([WED + 60.0, WED + 120.0])
 
@@ -344,13 +348,7 @@ def test_a_sharing_monitor_redoing_the_newest_tick_counts_the_ticks_it_skipped_o
     store: Store, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     # Arrange: latest wins; two ticks wait, and the sync races the newest one's clock read
-    import warmup
-
-    settings = make_settings({"monitor": {"shard_portfolios": True, "latest_wins": True}})
-    warmup.seed(store, settings)
-    clock = RacingClock(WED)
-    monitor = Monitor(store, settings, clock=clock, idle_refresh_seconds=0, batch_size=1)  # a full read: drained
-    _step(store, settings, monitor, clock, refresh=False)
+    settings, clock, monitor = _sharing_monitor(store, make_settings, latest_wins=True, batch_size=1)  # drained
     daemon = StreamDaemon(store, settings, IterableFeed([]), clock=lambda: clock.t, interval=0)
     for at in (WED + 30.0, WED + 60.0):
         assert daemon.process_bar(Bar(at, {"AAA": 100.0}))

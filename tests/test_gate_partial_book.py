@@ -3,64 +3,35 @@
 The book then counts that position as 0: its VaR is the priced positions' alone and its equity a partial one, so
 no figure of it is the book's. The order is refused ``MISSING_PRICE`` ("risk cannot be computed") with no
 ``VAR_LIMIT`` / ``STRESSED_VAR`` reason made of the partial book, ``equity_after``, ``var_before``, ``var_after``,
-``delta_var`` and ``marginal_var`` are None (the ticket shows the dash with the reason), the order is no hedge
-(REDUCING refuses it: fail closed) and nothing stored changes. The same book fully priced gets its figures back,
-checked against the delta-normal closed form ``z_c · sqrt(xᵀΣx) · sqrt(bars_per_day)`` at the limit's boundary.
+``delta_var`` and ``marginal_var`` are None (the ticket shows the dash with the reason), no reason says the order
+is or is not a hedge (REDUCING's with hedges allowed: its effect on the VaR is unknown) and nothing stored
+changes. The same book fully priced gets its figures back, checked against the delta-normal closed form
+``z_c · sqrt(xᵀΣx) · sqrt(bars_per_day)`` at the limit's boundary.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
 from scipy import stats
 
-import warmup
 from engine.records import Decision, DecisionStatus, ExecutionStatus
-from engine.settings import settings_from_dict
-from engine.store import MarketSnapshot, Store
-from logic.risk_manager import RiskManager
+from engine.store import Store
 from logic.views.trade import deltas_frame, impact_frame
 
-from .conftest import TEST_CONFIG, merge, store_contents
+from .conftest import TEST_CONFIG, store_contents
 from .test_dashboard import app_env, assert_clean, frame_with, joined, open_page, submit_ticket
+from .test_gate_partial_equity import Desk, desk, unprice
 
-__all__ = ["app_env"]  # the fixture, imported for pytest
+__all__ = ["app_env", "desk"]  # the fixtures, imported for pytest
 
-NOW = 1_700_000_000.0
 BARS_PER_DAY = TEST_CONFIG["model"]["bars_per_day"]
 NO_FEES = {"fees": {"per_share": "0", "bps": "0", "minimum": "0"}}
 # CCC 1000 x 200 = 200,000 is the largest holding; AAA 500 x 100 = 50,000; equity 350,000 priced
 BIG = {"id": "big", "account_type": "cash", "cash": "100000.00", "holdings": {"CCC": 1000, "AAA": 500}}
 BOOK_FIGURES = ("equity_after", "var_before", "var_after", "delta_var", "marginal_var")
-
-Desk = Callable[..., RiskManager]
-
-
-@pytest.fixture
-def desk(store: Store) -> Desk:
-    def build(portfolio: dict[str, Any], override: dict[str, Any] | None = None) -> RiskManager:
-        settings = settings_from_dict(merge(TEST_CONFIG, {"portfolios": [portfolio], **(override or {})}))
-        warmup.seed(store, settings, now=NOW)
-        return RiskManager(store.client, portfolio["id"], settings, clock=lambda: NOW)
-
-    return build
-
-
-def unprice(store: Store, ticker: str, price: float = float("nan")) -> None:
-    """Write a new market snapshot where ``ticker`` has no usable price (the feed lost it)."""
-    snap = store.read_market()
-    prices = snap.prices.copy()
-    prices[snap.tickers.index(ticker)] = price
-    store.write_market(
-        MarketSnapshot(
-            version=snap.version + 1, ts=snap.ts, tickers=snap.tickers, prices=prices, price_ts=snap.price_ts,
-            cov=snap.cov,
-        )
-    )  # fmt: skip
 
 
 def codes(decision: Decision) -> list[str]:
