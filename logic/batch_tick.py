@@ -21,11 +21,13 @@ other, the last lane's MULTI does). A conflict (another writer stamped one of a 
 ended a position, a book sync, another monitor) aborts that lane's EXEC, which wrote nothing: the lanes committed keep
 their state, the aborted one its state of before the tick (the next read of owner stamps reloads only the portfolios
 touched), and the tick, left unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no
-backoff). The lanes committed are then written again: the same snapshot, and one more history point at the redo's time,
-as an idle refresh would add; peaks, excursions and buckets merge idempotently. Any other failure drops every lane's
-state (a failed script may have written part of a tick). A monitor stopped after the last lane and before the
-acknowledgement leaves the same state: the tick is redone by whoever takes it. A portfolio that moves to another lane
-(the registry changed) is loaded from the store by its new lane, as one another writer touched.
+backoff). The redo of that same tick computes and writes only the lanes that did not commit (:class:`_Kept`): a
+committed lane's snapshots and history points of the tick are already stored, and are taken as they are (a desk
+flattening positions stamps portfolios every few ticks: redoing the whole tick each time kept the live risk seconds
+behind). Any other failure drops every lane's state (a failed script may have written part of a tick). A monitor
+stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone (whole) by
+whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new
+lane, as one another writer touched.
 """
 
 from __future__ import annotations
@@ -151,9 +153,23 @@ class _Read:
 
 
 @dataclass
+class _Kept:
+    """The lanes of a tick that committed when another lane's conflict aborted it (:class:`_Conflict`): by lane
+    index, its portfolios and their snapshots. The redo of the same tick (the next :meth:`VectorisedTick.snapshot_all`,
+    at once: logic/monitor.py) keeps a lane whose portfolios are the same instead of computing and writing it
+    again; any other call drops this. On a Redis Cluster a lane that raised may have committed some of its slots:
+    only lanes whose whole EXEC returned are kept."""
+
+    tick: tuple[int, float]
+    """The tick's market version and time."""
+    lanes: dict[int, tuple[tuple[str, ...], dict[str, dict[str, Any]]]]
+
+
+@dataclass
 class _Sent:
     """A lane's tick, computed and queued in its transaction (its EXEC maybe running on a writer thread)."""
 
+    index: int
     lane: _Lane
     merged: Merged
     valid: npt.NDArray[np.bool_]
@@ -173,6 +189,8 @@ class VectorisedTick:
         self.lanes: list[_Lane] = []
         self.sections = BacktestSections()
         self.chunk_portfolios = CHUNK_PORTFOLIOS
+        self.kept: _Kept | None = None
+        """What the tick a conflict aborted committed, for its redo (:class:`_Kept`)."""
 
     def snapshot_all(
         self,
@@ -182,9 +200,12 @@ class VectorisedTick:
         clock: Clock,
         *,
         finish: Callable[..., object],
+        tick: bool = True,
     ) -> tuple[dict[str, dict[str, Any]], float]:
         """Read every portfolio (``read``), snapshot and write them (module docstring); ``finish(tx, snapshots,
         now=now)`` queues the acknowledgement and heartbeat and runs the EXEC. Returns the snapshots and their time.
+        ``tick``: the market view is a tick's (a redo of it keeps the lanes its first attempt committed), not an
+        idle refresh's.
 
         Each lane WATCHes the peaks keys of the portfolios it held last tick *before* the books are read: a
         write that changes a book together with its peaks (a book sync's capital flow, engine/book.py) then
@@ -196,6 +217,9 @@ class VectorisedTick:
         the redo reads the clock again). A read that lays a lane out anew (the first tick, the registry changed)
         met keys that were not WATCHed before it: it is done once more, those keys WATCHed first
         (:data:`LAYOUT_PASSES`; :meth:`_watch_lane`)."""
+        key = (int(market.header.version), float(market.header.ts))
+        kept, self.kept = self.kept, None
+        kept = kept if tick and kept is not None and kept.tick == key else None
         with paused_gc(), prompt_writer():
             for final in [False] * (LAYOUT_PASSES - 1) + [True]:
                 txs = [slot_transaction(self.store.client) for _ in self.lanes]
@@ -222,7 +246,7 @@ class VectorisedTick:
             for b in bundles:  # once the read is the tick's
                 if b.state is None:
                     monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
-            return self._snapshot_all(monitor, market, now, finish=finish, txs=txs), now
+            return self._snapshot_all(monitor, market, now, finish=finish, txs=txs, kept=kept, key=key), now
 
     def _lay_out(
         self, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, txs: list[Any], final: bool
@@ -251,24 +275,32 @@ class VectorisedTick:
         *,
         finish: Callable[..., object],
         txs: list[Any],
+        kept: _Kept | None,
+        key: tuple[int, float],
     ) -> dict[str, dict[str, Any]]:
-        background = len(self.lanes) > 1 and not is_cluster(self.store.client)
+        done_before = {
+            k: snapshots for k, (pids, snapshots) in (kept.lanes.items() if kept is not None else ())
+            if k < len(self.lanes) and tuple(self.lanes[k].cols.pids) == pids
+        }  # fmt: skip
+        todo = [k for k in range(len(self.lanes)) if k not in done_before]  # the lanes this call writes
+        lanes, lane_txs = [self.lanes[k] for k in todo], [txs[k] for k in todo]
+        background = len(lanes) > 1 and not is_cluster(self.store.client)
         # a writer thread per lane (each transaction holds its own connection): a lane's MULTI runs while the
         # next lane is computed, and is packed and sent while Redis still runs the one before
-        pool = concurrent.futures.ThreadPoolExecutor(len(self.lanes), "riskdesk-tick-write") if background else None
+        pool = concurrent.futures.ThreadPoolExecutor(len(lanes), "riskdesk-tick-write") if background else None
         sent: list[_Sent] = []
         try:
             # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
-            stale = self._stale([lane.state for lane in self.lanes])
+            stale = self._stale([lane.state for lane in lanes])
             ms = int(now * 1000)
-            reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(self.lanes, stale, strict=True)]
+            reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(lanes, stale, strict=True)]
             pids = [pid for r in reads for p, pid in enumerate(r.lane.cols.pids) if r.failed[p] is None]
             limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
             sections = self.sections.read(
                 self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
             )  # fmt: skip
             at = 0
-            for k, (r, tx) in enumerate(zip(reads, txs, strict=True)):
+            for k, (index, r, tx) in enumerate(zip(todo, reads, lane_txs, strict=True)):
                 count = len(r.lane.cols.pids)
                 merged, valid, snapshots = self._write_lane(
                     r, tx, monitor, market, now, limits, sections[at : at + count]
@@ -277,29 +309,33 @@ class VectorisedTick:
                 done: concurrent.futures.Future[Any] | None = None
                 if pool is not None:
                     done = pool.submit(tx.execute)
-                elif k < len(self.lanes) - 1:
+                elif k < len(lanes) - 1 or done_before:
                     done = _done(tx.execute())
-                sent.append(_Sent(r.lane, merged, valid, snapshots, done))
+                sent.append(_Sent(index, r.lane, merged, valid, snapshots, done))
             failures = [s.done.exception() if s.done is not None else None for s in sent]  # every EXEC returned
             failure = next((e for e in failures if e is not None), None)
             if failure is not None:
                 committed = [s for s, e in zip(sent, failures, strict=True) if e is None and s.done is not None]
                 raise _Conflict(committed) if _only_conflicts(failures) else failure
-            snapshots = {pid: snap for s in sent for pid, snap in s.snapshots.items()}
-            if pool is not None:  # the acknowledgement once every lane committed, in a MULTI of its own
+            by_lane = {**done_before, **{s.index: s.snapshots for s in sent}}
+            snapshots = {pid: snap for k in sorted(by_lane) for pid, snap in by_lane[k].items()}
+            if pool is not None or done_before:  # the acknowledgement once every lane committed, in its own MULTI
                 txs.append(slot_transaction(self.store.client))
                 txs[-1].multi()
-            finish(txs[-1], snapshots, now=now)  # without a pool: with the last lane's writes
+                lane_txs.append(txs[-1])
+            finish(lane_txs[-1], snapshots, now=now)  # without a pool: with the last lane's writes
             for s in sent:
                 s.lane.state.commit(s.merged, s.valid)
         except _Conflict as conflict:  # nothing else failed: the committed lanes keep what they wrote
             for s in conflict.committed:
                 s.lane.state.commit(s.merged, s.valid)
+            self._keep(key, done_before, conflict.committed)
             raise conflict.watch from None
         except redis.WatchError:  # a lane run by finish() (one lane, or a cluster): nothing of it was written
             for s in sent:
                 if s.done is not None:
                     s.lane.state.commit(s.merged, s.valid)
+            self._keep(key, done_before, [s for s in sent if s.done is not None])
             raise
         except BaseException:
             for lane in self.lanes:
@@ -311,6 +347,15 @@ class VectorisedTick:
             for tx in txs:
                 tx.reset()
         return snapshots
+
+    def _keep(
+        self, key: tuple[int, float], before: dict[int, dict[str, dict[str, Any]]], committed: list[_Sent]
+    ) -> None:
+        """The tick ``key`` was aborted by a conflict: keep what its lanes committed, now and in an earlier attempt
+        (``before``), for its redo (:class:`_Kept`)."""
+        lanes = {k: (tuple(self.lanes[k].cols.pids), snapshots) for k, snapshots in before.items()}
+        lanes.update((s.index, (tuple(s.lane.cols.pids), s.snapshots)) for s in committed)
+        self.kept = _Kept(key, lanes)
 
     def _watch_lane(
         self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView,

@@ -498,7 +498,7 @@ class Monitor:
         them and their time, ``clock`` read after the WATCH that guards the books read (logic/stamped_read.py)."""
         if self.fast is not None:
             finish = functools.partial(self._commit_tick, market=market, ack=ack, tick=tick, started=started)
-            return self.fast.snapshot_all(self, self._read_bundles, market, clock, finish=finish)
+            return self.fast.snapshot_all(self, self._read_bundles, market, clock, finish=finish, tick=tick)
         tx = slot_transaction(self.store.client)  # one MULTI; on a Redis Cluster one per slot (engine/store/slots.py)
         try:
             now, bundles = stamped_read(tx, clock, self._read_bundles, lambda: self._portfolio_ids)
