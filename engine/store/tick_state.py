@@ -57,6 +57,8 @@ from engine.store.history import (
     TIER_LAYOUT,
     WRITE_LUA_PRELUDE,
     legacy_tier_bytes,
+    ring_cost,
+    size_rings,
     tier_bytes,
     tier_resolution_ms,
     tier_slots,
@@ -111,8 +113,8 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 #   then their excursion records end to end, 17 bytes each: codec.EXCURSION_DTYPE) and the tickers to delete.
 # The history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring of the legacy
-# layout is converted in place (upgrade_ring); one that is not its size otherwise (new, or reconfigured) is
-# recreated zero-filled before its bucket is written.
+# layout is converted in place; one that is not its size otherwise (new, or reconfigured) is recreated zero-filled
+# before its bucket is written (size_ring): a safety net, TickState.load sized them before the MULTI.
 _APPLY_LUA = WRITE_LUA_PRELUDE + """
 local ntier, ms, minid, cap, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sizes, offsets = {}, {}
@@ -148,13 +150,7 @@ for p = 0, #KEYS / nkeys - 1 do
     append_point(KEYS[k + 1], KEYS[k + 2], version, json, ms, minid, cap, row, replace)
     for t = 1, ntier do
       local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
-      if mode == '1' then
-        local len = upgrade_ring(key, sizes[t], redis.call('STRLEN', key))
-        if len ~= sizes[t] then
-          if len > 0 then redis.call('DEL', key) end
-          redis.call('SETRANGE', key, sizes[t] - 1, '\\0')
-        end
-      end
+      if mode == '1' then size_ring(key, sizes[t], redis.call('STRLEN', key)) end  -- sized already: size_rings
       if mode ~= '-' then
         redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
         if mode ~= '0' then redis.call('SETRANGE', key, '0', string.sub(heads, (t - 1) * 16 + 1, t * 16)) end
@@ -375,6 +371,8 @@ class TickState:
                 pipe.getrange(key, offset, offset + TIER_LAYOUT.size - 1)
         replies = pipe.execute(raise_on_error=False)
         per = 3 + 3 * len(self.tiers)
+        lengths = [[r if isinstance(r := replies[n * per + 3 + 3 * t], int) else -1 for t in range(len(self.tiers))]
+                   for n in range(rows.size)]  # fmt: skip
         self._read_legacy_rows(rows, ms, client, replies, per)
         for n, p in enumerate(rows.tolist()):
             got = replies[n * per : (n + 1) * per]
@@ -393,7 +391,20 @@ class TickState:
                 continue
             self.owned[p] = True
             self.checked[p] = True
+        self._size_rings([(p, lengths[n]) for n, p in enumerate(rows.tolist()) if p not in errors], client)
         return errors
+
+    def _size_rings(self, loaded: list[tuple[int, list[int]]], client: Any) -> None:
+        """Bring the rings of the rows loaded (with their lengths as read) to their size now, outside the lane's
+        MULTI, a bounded amount per call (engine/store/history.py ``size_rings``): a lane of new portfolios, or
+        a reconfigured tier, would otherwise have its lane script allocate and zero-fill every ring (4 MB a
+        portfolio by default) in one EXEC, blocking Redis, and every pre-trade check, for seconds."""
+        need = [
+            [(PortfolioKeys(self.pids[p]).history_tier(int(self._res[t])), self._sizes[t], cost) for t, n in
+             enumerate(lengths) if (cost := ring_cost(n, self._sizes[t], self._legacy_sizes[t]))]
+            for p, lengths in loaded
+        ]  # fmt: skip
+        size_rings(client, [rings for rings in need if rings])
 
     def _read_legacy_rows(self, rows: npt.NDArray[np.intp], ms: int, client: Any, replies: list[Any], per: int) -> None:
         """Rings of :data:`~engine.store.history.LEGACY_TIER_LAYOUT` (written before ``equity_low`` / ``_high``)
