@@ -4,10 +4,14 @@
 :meth:`engine.store.Store.read_portfolio_bundles` with ``reader=``). It returns what the plain read returns (one
 :class:`~engine.store.portfolio.PortfolioBundle` per portfolio, the same typed errors) at a fraction of the cost:
 
-- **One round trip, atomic.** On a single Redis one read-only Lua script (EVALSHA) reads the registry and, for
-  every portfolio, its state hash, its trading-state hash and its positions hash. A script runs alone on the
-  server, so a fill (itself one MULTI) is seen whole or not at all, as with the MULTI of the plain read. The
-  replies are plain nested arrays (no per-command reply callbacks): hiredis parses them in C.
+- **Few round trips, each portfolio atomic.** On a single Redis a read-only Lua script (EVALSHA) reads, for
+  every portfolio, its state hash, its trading-state hash and its positions hash, and the registry: one script
+  without tracking; through the tracked connection one per :data:`TRACKED_BOOKS` portfolios, the registry read by
+  the last (a tracked script's cost on Redis 6.2 grows with its keys times its commands: engine/store/tracking.py
+  ``TRACKED_SCRIPT_KEYS``), as on a Redis Cluster, where the registry, the commit marker, is read after the books
+  too. A script runs alone on the server, so a fill (itself one MULTI) is seen whole or not at all, as with the
+  MULTI of the plain read. The replies are plain nested arrays (no per-command reply callbacks): hiredis parses
+  them in C.
 - **What the reader holds is not sent back.** The reader sends, per portfolio, the fingerprint of the state and
   trading-state hashes it decoded (their DUMP, Redis's own serialization: compared in the script without
   turning either hash into Lua values, half the cost of comparing their fields) and the ``positions_rev`` of
@@ -50,7 +54,7 @@ from engine.store.codec import decode_str, decode_trading_status, hash_from_flat
 from engine.store.keys import PORTFOLIOS_KEY, PortfolioKeys
 from engine.store.portfolio import PortfolioBundle, decode_portfolio, decode_positions
 from engine.store.slots import is_cluster
-from engine.store.tracking import KeyTracker
+from engine.store.tracking import TRACKED_SCRIPT_KEYS, KeyTracker
 
 if TYPE_CHECKING:
     from engine.store.base import StoreBase
@@ -106,6 +110,9 @@ end
 return out
 """
 
+TRACKED_BOOKS = TRACKED_SCRIPT_KEYS // 3
+"""Portfolios per script call through the tracked connection (three keys each: engine/store/tracking.py
+``TRACKED_SCRIPT_KEYS``)."""
 _STATE_REV = b"positions_rev"
 _SLOTS = 4
 """Slots of the script's reply per portfolio."""
@@ -293,18 +300,31 @@ class PortfolioReader:
         return (entry.fingerprint, entry.rev) if entry is not None else (b"", b"")
 
     def _read_one(self, store: StoreBase, ids: list[str], tracker: KeyTracker | None, *, registry: bool) -> list[Any]:
-        """One script over every portfolio in ``ids`` (a single server), the registry first when ``registry``;
-        through the tracked connection when there is one."""
-        args: list[Any] = ["1" if registry else "0"]
-        for pid in ids:
-            args.extend(self._known(pid))
+        """The books of every portfolio in ``ids`` (a single server), the registry's reply first when
+        ``registry``: one script; through the tracked connection one script per :data:`TRACKED_BOOKS` portfolios
+        (``TRACKED_SCRIPT_KEYS``: a tracked script's cost grows with its keys times its commands), in turn, the
+        registry read by the last (after every book: the commit marker, as on a Redis Cluster), each portfolio
+        read whole by one script."""
         keys = self._keys_of(ids)
-        if registry:
-            keys = [PORTFOLIOS_KEY, *keys]
-        if tracker is not None:
-            return list(tracker.eval(_READ_BOOKS_LUA, keys, args))
-        reply: list[Any] = store._eval(None, _READ_BOOKS_LUA, keys, args)
-        return reply
+        if tracker is None:
+            args: list[Any] = ["1" if registry else "0"]
+            for pid in ids:
+                args.extend(self._known(pid))
+            reply: list[Any] = store._eval(None, _READ_BOOKS_LUA, [PORTFOLIOS_KEY, *keys] if registry else keys, args)
+            return reply
+        books: list[Any] = []
+        for at in range(0, max(len(ids), 1), TRACKED_BOOKS):
+            part = ids[at : at + TRACKED_BOOKS]
+            last = at + TRACKED_BOOKS >= len(ids)
+            args = ["1" if registry and last else "0"]
+            for pid in part:
+                args.extend(self._known(pid))
+            names = keys[3 * at : 3 * (at + len(part))]
+            reply = list(tracker.eval(_READ_BOOKS_LUA, [PORTFOLIOS_KEY, *names] if registry and last else names, args))
+            if registry and last:
+                return [reply[0], *books, *reply[1:]]
+            books += reply
+        return books
 
     def _read_cluster(self, store: StoreBase, ids: list[str]) -> list[Any]:
         """One script per portfolio (its own slot), pipelined; each atomic by itself."""

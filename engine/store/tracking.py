@@ -35,6 +35,16 @@ from engine.store.slots import is_cluster
 
 log = logging.getLogger(__name__)
 
+TRACKED_SCRIPT_KEYS = 96
+"""The most keys one script call through a tracked connection names (:class:`TrackedReplies`; the book reader
+sends whole portfolios, engine/store/portfolio_reader.py). Redis 6.2 (the embedded server) remembers, after every
+read-only command a script runs, every key of the script's ``EVALSHA`` for the tracking client, not the keys of that
+command: a script of K keys and C commands costs K x C insertions into the tracking table. Reading every book of
+1,000 portfolios in one call (3,001 keys, about 6,000 commands) held Redis for 1.3-1.8 s (measured; 25-37 ms
+untracked), and the monitor does that on every start, reconnection or failed read, while every pre-trade check
+waits; calls of at most this many keys hold it a few ms each (the same read: about 125-165 ms in all). Redis 7
+remembers the keys of each command a script runs; there the split costs a few round trips."""
+
 
 class KeyTracker:
     """A tracked connection to the server of ``client`` (module docstring). One thread uses it."""
@@ -186,7 +196,10 @@ class TrackedReplies:
                     need.append(i)
         try:
             need_args = [args[i] for i in need] if sent else []
-            fresh = tracker.eval(self.source, [keys[i] for i in need], need_args) if need else []
+            fresh = []
+            for at in range(0, len(need), TRACKED_SCRIPT_KEYS):  # a call of a few keys at a time (the constant)
+                part = need[at : at + TRACKED_SCRIPT_KEYS]
+                fresh += tracker.eval(self.source, [keys[i] for i in part], need_args[at : at + len(part)])
         except BaseException:
             tracker.forget()
             raise
