@@ -160,8 +160,9 @@ class _Kept:
     again; any other call drops this. On a Redis Cluster a lane that raised may have committed some of its slots:
     only lanes whose whole EXEC returned are kept."""
 
-    tick: tuple[int, float]
-    """The tick's market version and time."""
+    tick: tuple[int, float, int]
+    """The tick's market version and time, and the monitor's count of store failures then: after a failure (a
+    failover may have lost the lanes' writes) the redo computes every lane."""
     lanes: dict[int, tuple[tuple[str, ...], dict[str, dict[str, Any]]]]
 
 
@@ -217,7 +218,7 @@ class VectorisedTick:
         the redo reads the clock again). A read that lays a lane out anew (the first tick, the registry changed)
         met keys that were not WATCHed before it: it is done once more, those keys WATCHed first
         (:data:`LAYOUT_PASSES`; :meth:`_watch_lane`)."""
-        key = (int(market.header.version), float(market.header.ts))
+        key = (int(market.header.version), float(market.header.ts), monitor.stats.store_errors)
         kept, self.kept = self.kept, None
         kept = kept if tick and kept is not None and kept.tick == key else None
         with paused_gc(), prompt_writer():
@@ -276,7 +277,7 @@ class VectorisedTick:
         finish: Callable[..., object],
         txs: list[Any],
         kept: _Kept | None,
-        key: tuple[int, float],
+        key: tuple[int, float, int],
     ) -> dict[str, dict[str, Any]]:
         done_before = {
             k: snapshots for k, (pids, snapshots) in (kept.lanes.items() if kept is not None else ())
@@ -295,9 +296,12 @@ class VectorisedTick:
             ms = int(now * 1000)
             reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(lanes, stale, strict=True)]
             pids = [pid for r in reads for p, pid in enumerate(r.lane.cols.pids) if r.failed[p] is None]
-            limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
+            # the kept lanes' too (not used): the tracked reads hold what they read last, and would read them again
+            others = [pid for k in done_before for pid in self.lanes[k].cols.pids]
+            limits = live_limits(self.store, pids + others, self.lookup, monitor.limits_memo, batched=True)
             sections = self.sections.read(
-                self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
+                self.store, [pid for r in reads for pid in r.lane.cols.pids] + others,
+                [m for r in reads for m in r.methods] + [self.lookup.var_method_for(pid) for pid in others],
             )  # fmt: skip
             at = 0
             for k, (index, r, tx) in enumerate(zip(todo, reads, lane_txs, strict=True)):
@@ -349,7 +353,7 @@ class VectorisedTick:
         return snapshots
 
     def _keep(
-        self, key: tuple[int, float], before: dict[int, dict[str, dict[str, Any]]], committed: list[_Sent]
+        self, key: tuple[int, float, int], before: dict[int, dict[str, dict[str, Any]]], committed: list[_Sent]
     ) -> None:
         """The tick ``key`` was aborted by a conflict: keep what its lanes committed, now and in an earlier attempt
         (``before``), for its redo (:class:`_Kept`)."""

@@ -15,11 +15,14 @@ import warmup
 from engine.feeds import SimulatedFeed
 from engine.settings import Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, Store
+from engine.store.limits_batch import _READ_LIMITS_LUA
 from engine.store.tick_state import TickState
 from engine.stream import StreamDaemon
+from logic.batch import _SECTIONS_LUA
 from logic.monitor import Monitor
 from tests.test_batch import _random_settings
 from tests.test_batch_tick import START, Steps
+from tests.test_tracked_chunks import _key_counts, _log_every_command
 
 AFTER = 1.0
 """Seconds the clock moves between a tick's attempts (so a snapshot shows which attempt wrote it)."""
@@ -206,3 +209,53 @@ def test_on_a_redis_cluster_the_redo_writes_only_the_lanes_whose_transactions_di
                 assert after[pid] == points[pid] + 1, (k, pid)
     assert cluster_store.client.xpending(TICKS_KEY, MONITOR_GROUP)["pending"] == 0
     assert fast.stats.ticks_redone == 1
+
+
+def test_after_a_store_failure_the_redo_computes_every_lane(
+    store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: a conflict, then the next read of the stream fails (Monitor.run's handling of each)
+    settings, clock, fast, bar = _setup(store, make_settings)
+    pids = store.portfolio_ids()
+    _conflict_once(monkeypatch, store)
+    version = bar()
+    with pytest.raises(redis.WatchError):
+        fast.process_available()
+    fast._on_conflict()
+    fast._on_store_error(redis.ConnectionError("connection lost"))
+
+    # Act: the redo after the backoff
+    clock.now += AFTER
+    assert fast.process_available() == 1
+
+    # Assert: nothing of the first attempt was taken as stored (a failover may have lost it): every lane written
+    assert set(_snapshots(store, pids).values()) == {(version, clock.now)}
+
+
+def test_the_tick_after_a_lane_only_redo_reads_no_limits_or_backtest_section_again(
+    store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: a conflict and its redo (one lane computed); the tracked reads of limits and sections hold every
+    # portfolio's (engine/store/tracking.py)
+    settings, clock, fast, bar = _setup(store, make_settings)
+    _conflict_once(monkeypatch, store)
+    bar()
+    with pytest.raises(redis.WatchError):
+        fast.process_available()
+    fast._on_conflict()
+    assert fast.process_available() == 1
+    client = store.client
+    saved = {k: client.config_get(k)[k] for k in ("slowlog-max-len", "slowlog-log-slower-than")}
+
+    # Act: the next tick, nothing written to any limits or section
+    try:
+        _log_every_command(client)
+        bar()
+        assert fast.process_available() == 1
+        calls = [_key_counts(client, source) for source in (_READ_LIMITS_LUA, _SECTIONS_LUA)]
+    finally:
+        for k, v in saved.items():
+            client.config_set(k, v)
+
+    # Assert: neither was read again (the redo had read the kept lanes' too)
+    assert calls == [[], []]

@@ -15,7 +15,7 @@ from engine.records import PortfolioState, Position, TradingState, TradingStatus
 from engine.store import PORTFOLIOS_KEY, Store
 from engine.store.portfolio_reader import _READ_BOOKS_LUA, TRACKED_BOOKS, PortfolioReader
 from engine.store.tracking import TRACKED_SCRIPT_KEYS, KeyTracker, TrackedReplies
-from tests.test_portfolio_reader import _assert_same_as_plain
+from tests.test_portfolio_reader import _assert_same_as_plain, _comparable
 from tests.test_tracking import _SCRIPT, _same
 
 
@@ -143,4 +143,71 @@ def test_a_portfolio_registered_between_two_calls_of_a_read_is_read_by_its_repea
     assert {p: b.state for p, b in bundles.items()} == {
         p: b.state for p, b in seeded_store.read_portfolio_bundles().items()
     }
+    reader.close()
+
+
+def _registering_after_calls(
+    store: Store, monkeypatch: pytest.MonkeyPatch, count: int, removed: str | None = None
+) -> list[str]:
+    """After each of the next ``count`` script calls through a tracker another client registers one portfolio
+    (``late0``, ...), or, with ``removed``, removes that one after the first call; returns the ids registered."""
+    evaluate = KeyTracker.eval
+    done: list[str] = []
+
+    def spy(self: KeyTracker, source: str, keys: list[Any], args: list[Any]) -> Any:
+        reply = evaluate(self, source, keys, args)
+        if removed is not None and not done:
+            done.append(removed)
+            store.client.srem(PORTFOLIOS_KEY, removed)
+        elif removed is None and len(done) < count:
+            pid = f"late{len(done)}"
+            done.append(pid)
+            store.write_portfolio(PortfolioState(pid, "cash", Decimal(len(done)), {}))
+            store.write_trading_state(pid, TradingStatus(TradingState.ACTIVE, "new", "ops", 1.0))
+        return reply
+
+    monkeypatch.setattr(KeyTracker, "eval", spy)
+    return done
+
+
+def test_registrations_outpacing_every_repeat_leave_their_portfolios_to_the_next_read(
+    seeded_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: more portfolios than one call reads; a registration after every call of the read (an onboarding
+    # faster than the read's repeats)
+    _add_portfolios(seeded_store, TRACKED_BOOKS)
+    before = sorted(seeded_store.portfolio_ids())
+    reader = PortfolioReader()
+    late = _registering_after_calls(seeded_store, monkeypatch, 10)
+
+    # Act: the read; then, the registrations over, the next
+    first = seeded_store.read_portfolio_bundles(known_ids=before, reader=reader)
+    monkeypatch.undo()
+    second = seeded_store.read_portfolio_bundles(reader=reader)
+
+    # Assert: no error; the first read holds every portfolio registered before it and some registered during it
+    # (not the last: registered after its last call), each with its book; the next holds every one, as the plain
+    # read does
+    assert len(late) > 2 and set(before) < set(first) < set(before) | set(late)
+    assert all(b.error is None and b.state is not None for b in first.values())
+    assert sorted(second) == sorted([*before, *late])
+    assert _comparable(second) == _comparable(seeded_store.read_portfolio_bundles())
+    reader.close()
+
+
+def test_a_portfolio_removed_between_two_calls_is_dropped_without_reading_again(
+    seeded_store: Store, logged: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: two calls' worth of portfolios; the first one is removed from the registry after the first call
+    extra = _add_portfolios(seeded_store, TRACKED_BOOKS)
+    reader = PortfolioReader()
+    _registering_after_calls(seeded_store, monkeypatch, 0, removed=extra[0])
+    _log_every_command(logged)
+
+    # Act
+    bundles = seeded_store.read_portfolio_bundles(known_ids=sorted(seeded_store.portfolio_ids()), reader=reader)
+
+    # Assert: the registry read with the last call no longer holds it: dropped, and no call was repeated
+    assert extra[0] not in bundles and len(bundles) == TRACKED_BOOKS + 1
+    assert len(_key_counts(logged, _READ_BOOKS_LUA)) == 2
     reader.close()

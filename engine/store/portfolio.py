@@ -232,7 +232,8 @@ class PortfolioStore(StoreBase):
         (registered ids -> the ones to read) reads a subset: a monitor's shard (logic/shards.py).
 
         ``reader`` (a :class:`~engine.store.portfolio_reader.PortfolioReader` the caller keeps between reads)
-        returns the same in one round trip (one Lua script) and decodes only what changed since its last read.
+        returns the same in few round trips (Lua scripts, each portfolio read whole by one; only what Redis reports
+        written since the reader's last read, engine/store/tracking.py) and decodes only what changed.
         """
         if reader is not None:
             return reader.read(self, known_ids, select)

@@ -110,9 +110,9 @@ end
 return out
 """
 
-TRACKED_BOOKS = TRACKED_SCRIPT_KEYS // 3
-"""Portfolios per script call through the tracked connection (three keys each: engine/store/tracking.py
-``TRACKED_SCRIPT_KEYS``)."""
+TRACKED_BOOKS = (TRACKED_SCRIPT_KEYS - 1) // 3
+"""Portfolios per script call through the tracked connection (three keys each, and the registry with the last:
+engine/store/tracking.py ``TRACKED_SCRIPT_KEYS``)."""
 _STATE_REV = b"positions_rev"
 _SLOTS = 4
 """Slots of the script's reply per portfolio."""
@@ -223,25 +223,40 @@ class PortfolioReader:
         select: Callable[[list[str]], list[str]] | None,
     ) -> dict[str, PortfolioBundle]:
         """Read the registry and every selected portfolio (those whose held bytes still match come back as a
-        marker)."""
+        marker), the registry read after the books (with the last call: the commit marker). The result is the
+        portfolios it registers, each with a book read during this call: one removed meanwhile is dropped, and
+        one added is read by a repeat, which reads only the portfolios added (while portfolios are registered
+        every few ms, an onboarding, a read in several calls would otherwise never find the registry unchanged
+        across one). Through the tracker, registrations that outpace every repeat leave their portfolios to the
+        next read (``_read_changed`` reads the registered ones it does not hold); otherwise they raise."""
         client: Any = store.client
         cluster = is_cluster(client)
         registry = (
             sorted(known_ids) if known_ids is not None else self._decode_registry(client.smembers(PORTFOLIOS_KEY))
         )
+        have: dict[str, list[Any]] = {}  # each portfolio's books as read (each read atomic by itself)
         for _ in range(REGISTRY_ATTEMPTS):
             ids = sorted(select(registry)) if select is not None else registry
+            need = [pid for pid in ids if pid not in have]  # a repeat reads only the portfolios the registry added
             if cluster:
-                books = self._read_cluster(store, ids)
+                books = self._read_cluster(store, need)
                 registered = self._decode_registry(client.smembers(PORTFOLIOS_KEY))  # last: the commit marker
             else:
-                reply = self._read_one(store, ids, tracker, registry=True)
+                reply = self._read_one(store, need, tracker, registry=True)
                 registered, books = self._decode_registry(reply[0]), reply[1:]
-            if registered == registry:
+            have.update((pid, books[_SLOTS * i : _SLOTS * (i + 1)]) for i, pid in enumerate(need))
+            if registered != registry:
+                ids = sorted(select(registered)) if select is not None else registered
+            if all(pid in have for pid in ids):  # a book of every portfolio registered (removed ones dropped)
                 break
             registry = registered
         else:
-            raise CorruptDataError(f"{PORTFOLIOS_KEY} keeps changing; cannot read a consistent set")
+            if tracker is None:
+                raise CorruptDataError(f"{PORTFOLIOS_KEY} keeps changing; cannot read a consistent set")
+            # tracked: the registry read is held, so the next read reads the portfolios registered since: the
+            # ones read now are returned (those registered during the read come one read later)
+            ids = [pid for pid in ids if pid in have]
+        books = [slot for pid in ids for slot in have[pid]]
         return self._bundles(ids, dict(zip(ids, range(len(ids)), strict=True)), books)
 
     def _bundles(self, ids: list[str], read: dict[str, int], books: list[Any]) -> dict[str, PortfolioBundle]:
