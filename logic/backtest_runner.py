@@ -7,7 +7,7 @@ returns and horizons would depend on how busy the monitor was. So the backtests 
 snapshots: the monitor's tick carries no backtest work, and the snapshot's ``backtest`` section is the runner's
 last stored one (``backtest.market_version`` says of which bar).
 
-Per bar: read every portfolio's book (one script, :class:`~engine.store.portfolio_reader.PortfolioReader`; the book
+Per bar: read every portfolio's book (:class:`~engine.store.portfolio_reader.PortfolioReader`: what changed; the book
 as stored when the bar is fed: the runner is normally within a bar of the market, and after a restart it feeds its
 backlog with the current books, each forecast and its P&L still of the same positions) and the model bars a bar of
 the feed spans (the stream daemon's heartbeat: :func:`logic.backtest_monitor.feed_bar_model_bars`, which sets the

@@ -18,6 +18,7 @@ from engine.store import MONITOR_GROUP, TICKS_KEY, Store
 from engine.store.limits_batch import _READ_LIMITS_LUA
 from engine.store.tick_state import TickState
 from engine.stream import StreamDaemon
+from logic import batch_tick
 from logic.batch import _SECTIONS_LUA
 from logic.monitor import Monitor
 from tests.test_batch import _random_settings
@@ -196,10 +197,20 @@ def test_on_a_redis_cluster_the_redo_writes_only_the_lanes_whose_transactions_di
         fast.process_available()
     fast._on_conflict()
     clock.now += AFTER
+    read_limits: list[list[str]] = []
+    limits = batch_tick.live_limits
+
+    def recorded(store: Store, portfolio_ids: Any, *args: Any, **kwargs: Any) -> Any:
+        read_limits.append(list(portfolio_ids))
+        return limits(store, portfolio_ids, *args, **kwargs)
+
+    monkeypatch.setattr(batch_tick, "live_limits", recorded)
     assert fast.process_available() == 1
 
     # Assert: lanes 0 and 1 kept their first attempt (one point each); lanes 2 and 3 were written by the redo
-    # (p12's lane may have committed some of its slots first: at least one more point there)
+    # (p12's lane may have committed some of its slots first: at least one more point there), which read the
+    # live limits of their portfolios only (nothing is tracked on a cluster: every id read is a real read)
+    assert [sorted(r) for r in read_limits] == [sorted(lanes[2] + lanes[3])]
     got = _snapshots(cluster_store, pids)
     after = _points(cluster_store, pids)
     for k, lane in enumerate(lanes):

@@ -211,3 +211,35 @@ def test_a_portfolio_removed_between_two_calls_is_dropped_without_reading_again(
     assert extra[0] not in bundles and len(bundles) == TRACKED_BOOKS + 1
     assert len(_key_counts(logged, _READ_BOOKS_LUA)) == 2
     reader.close()
+
+
+def test_an_untracked_repeat_reads_every_book_again_so_one_registered_anew_comes_with_its_new_book(
+    seeded_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: "extra" registered after the caller read the registry, so an untracked reader (one script a read)
+    # repeats; between the two attempts "hedge" is removed and registered again with another book
+    seeded_store.write_portfolio(PortfolioState("extra", "cash", Decimal("5"), {}))
+    seeded_store.write_trading_state("extra", TradingStatus(TradingState.ACTIVE, "new", "ops", 1.0))
+    reader = PortfolioReader(tracking=False)
+    read_one = PortfolioReader._read_one
+    calls: list[int] = []
+
+    def between(self: PortfolioReader, store: Store, ids: list[str], *args: Any, **kwargs: Any) -> Any:
+        reply = read_one(self, store, ids, *args, **kwargs)
+        if not calls:
+            seeded_store.client.srem(PORTFOLIOS_KEY, "hedge")
+            seeded_store.write_portfolio(PortfolioState("hedge", "cash", Decimal("777"), {}))
+        calls.append(len(ids))
+        return reply
+
+    monkeypatch.setattr(PortfolioReader, "_read_one", between)
+
+    # Act
+    bundles = seeded_store.read_portfolio_bundles(known_ids=["hedge", "main"], reader=reader)
+
+    # Assert: the repeat read every book again: "hedge" as it is now, as the plain read has it
+    assert calls == [2, 3]
+    hedge = bundles["hedge"].state
+    assert hedge is not None and hedge.cash == Decimal("777") and hedge.positions == {}
+    monkeypatch.undo()
+    assert _comparable(bundles) == _comparable(seeded_store.read_portfolio_bundles())

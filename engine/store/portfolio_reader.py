@@ -1,4 +1,5 @@
-"""Every portfolio's book read in one round trip per tick, decoded only when its stored bytes changed.
+"""Every portfolio's book read in few round trips per tick (one when nothing changed), decoded only when its stored
+bytes changed.
 
 :class:`PortfolioReader` is the monitor's read of every portfolio at the start of a tick (through
 :meth:`engine.store.Store.read_portfolio_bundles` with ``reader=``). It returns what the plain read returns (one
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
     from engine.store.base import StoreBase
 
 REGISTRY_ATTEMPTS = 3
-"""Reads of every portfolio before giving up on a registry that changes under each of them."""
+"""Reads before giving up on a registry that changes under each of them (``PortfolioReader._read_all``: through the
+tracker a repeat reads only the portfolios added, and the last one returns those it read)."""
 
 _READ_BOOKS_LUA = """
 -- Every portfolio's raw books, read-only, in one atomic call; what the caller already holds is not sent back.
@@ -134,7 +136,7 @@ class _Entry:
 
 
 class PortfolioReader:
-    """Reads every portfolio's bundle in one round trip and reuses what it decoded (module docstring).
+    """Reads every portfolio's bundle in few round trips and reuses what it decoded (module docstring).
 
     One reader per process that reads every portfolio repeatedly (the monitor); not thread-safe (a reader is
     used by one thread). The plain :meth:`engine.store.Store.read_portfolio_bundles` needs none.
@@ -224,11 +226,14 @@ class PortfolioReader:
     ) -> dict[str, PortfolioBundle]:
         """Read the registry and every selected portfolio (those whose held bytes still match come back as a
         marker), the registry read after the books (with the last call: the commit marker). The result is the
-        portfolios it registers, each with a book read during this call: one removed meanwhile is dropped, and
-        one added is read by a repeat, which reads only the portfolios added (while portfolios are registered
-        every few ms, an onboarding, a read in several calls would otherwise never find the registry unchanged
-        across one). Through the tracker, registrations that outpace every repeat leave their portfolios to the
-        next read (``_read_changed`` reads the registered ones it does not hold); otherwise they raise."""
+        portfolios it registers, each with a book read during this call: one removed meanwhile is dropped, one
+        added is read by a repeat. Through the tracker a repeat reads only the portfolios added (while portfolios
+        are registered every few ms, an onboarding, a read in several calls would otherwise never find the
+        registry unchanged across one), so a portfolio removed and registered again with another book between
+        two attempts may come with its book of before, for this read only (the tracker reports the writes: the
+        next read reads it again); registrations that outpace every repeat leave their portfolios to the next
+        read (``_read_changed`` reads the registered ones it does not hold). Untracked (one atomic script, or a
+        Redis Cluster) a repeat reads every portfolio again, and running out of attempts raises."""
         client: Any = store.client
         cluster = is_cluster(client)
         registry = (
@@ -237,7 +242,7 @@ class PortfolioReader:
         have: dict[str, list[Any]] = {}  # each portfolio's books as read (each read atomic by itself)
         for _ in range(REGISTRY_ATTEMPTS):
             ids = sorted(select(registry)) if select is not None else registry
-            need = [pid for pid in ids if pid not in have]  # a repeat reads only the portfolios the registry added
+            need = [pid for pid in ids if tracker is None or pid not in have]  # tracked: only those added
             if cluster:
                 books = self._read_cluster(store, need)
                 registered = self._decode_registry(client.smembers(PORTFOLIOS_KEY))  # last: the commit marker
