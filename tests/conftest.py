@@ -188,6 +188,21 @@ def store(redis_client: redis.Redis) -> Store:
 
 
 @pytest.fixture
+def two_stores(redis_server: EmbeddedRedis) -> Iterator[tuple[Store, Store]]:
+    """Two stores on databases 1 and 2 of the session's server (two paths written side by side), flushed before
+    and after."""
+    clients = [redis.Redis.from_url(redis_server.url, db=db, socket_timeout=10) for db in (1, 2)]
+    for c in clients:
+        c.flushdb()
+    try:
+        yield Store(clients[0]), Store(clients[1])
+    finally:
+        for c in clients:
+            c.flushdb()
+            c.close()
+
+
+@pytest.fixture
 def make_settings() -> Callable[..., Settings]:
     def build(override: dict[str, Any] | None = None) -> Settings:
         return settings_from_dict(merge(TEST_CONFIG, override or {}))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +23,6 @@ from engine import book, reload
 from engine.errors import StoreError
 from engine.feeds import SimulatedFeed
 from engine.records import Position
-from engine.redis_server import EmbeddedRedis
 from engine.settings import Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Store
 from engine.store.codec import EXCURSION_DTYPE, decode_excursion
@@ -47,19 +46,6 @@ class Steps:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def two_stores(redis_server: EmbeddedRedis) -> Iterator[tuple[Store, Store]]:
-    clients = [redis.Redis.from_url(redis_server.url, db=db, socket_timeout=10) for db in (1, 2)]
-    for c in clients:
-        c.flushdb()
-    try:
-        yield Store(clients[0]), Store(clients[1])
-    finally:
-        for c in clients:
-            c.flushdb()
-            c.close()
 
 
 def _trade(store: Store, tick: int, tickers: list[str]) -> None:

@@ -72,6 +72,17 @@ def _conflict_once(monkeypatch: pytest.MonkeyPatch, store: Store, pid: str = "p1
     return fired
 
 
+def _aborted_tick(store: Store, fast: Monitor, bar: Callable[[], int], monkeypatch: pytest.MonkeyPatch) -> int:
+    """The next bar's tick aborted by another writer's merge of p12 (:func:`_conflict_once`) and left for its redo
+    as ``Monitor.run`` leaves it; returns its market version."""
+    _conflict_once(monkeypatch, store)
+    version = bar()
+    with pytest.raises(redis.WatchError):
+        fast.process_available()
+    fast._on_conflict()
+    return version
+
+
 def _snapshots(store: Store, pids: list[str]) -> dict[str, tuple[int, float]]:
     """Each portfolio's stored snapshot: (market version, time)."""
     out = {}
@@ -102,14 +113,10 @@ def test_the_redo_writes_only_the_lane_the_conflict_aborted(
     lanes = _lanes(fast)
     assert len(lanes) == 4 and "p12" in lanes[2]
     points = _points(store, pids)
-    _conflict_once(monkeypatch, store)
-    version = bar()
+    version = _aborted_tick(store, fast, bar, monkeypatch)
     tick_time = clock.now
 
-    # Act: the tick is aborted; the redo runs AFTER seconds later (Monitor.run's handling of the conflict)
-    with pytest.raises(redis.WatchError):
-        fast.process_available()
-    fast._on_conflict()
+    # Act: the redo runs AFTER seconds later (Monitor.run's handling of the conflict)
     clock.now += AFTER
     assert fast.process_available() == 1
 
@@ -135,11 +142,7 @@ def test_an_idle_refresh_between_the_conflict_and_the_redo_writes_every_lane_and
     # Arrange
     settings, clock, fast, bar = _setup(store, make_settings)
     pids = store.portfolio_ids()
-    _conflict_once(monkeypatch, store)
-    version = bar()
-    with pytest.raises(redis.WatchError):
-        fast.process_available()
-    fast._on_conflict()
+    version = _aborted_tick(store, fast, bar, monkeypatch)
 
     # Act: an idle refresh first (not the tick's redo: nothing kept applies to it), then the pending tick
     clock.now += AFTER
@@ -161,11 +164,7 @@ def test_a_sharing_monitor_whose_aborted_tick_was_superseded_writes_the_newest_t
     settings, clock, fast, bar = _setup(store, make_settings, shard_portfolios=True, latest_wins=True)
     pids = store.portfolio_ids()
     points = _points(store, pids)
-    _conflict_once(monkeypatch, store)
-    bar()
-    with pytest.raises(redis.WatchError):
-        fast.process_available()
-    fast._on_conflict()
+    _aborted_tick(store, fast, bar, monkeypatch)
     newest = bar()
 
     # Act: the redo reads the stream again and takes the newest tick
@@ -188,14 +187,10 @@ def test_on_a_redis_cluster_the_redo_writes_only_the_lanes_whose_transactions_di
     pids = cluster_store.portfolio_ids()
     lanes = _lanes(fast)
     points = _points(cluster_store, pids)
-    _conflict_once(monkeypatch, cluster_store)
-    version = bar()
+    version = _aborted_tick(cluster_store, fast, bar, monkeypatch)
     tick_time = clock.now
 
     # Act
-    with pytest.raises(redis.WatchError):
-        fast.process_available()
-    fast._on_conflict()
     clock.now += AFTER
     read_limits: list[list[str]] = []
     limits = batch_tick.live_limits
@@ -228,11 +223,7 @@ def test_after_a_store_failure_the_redo_computes_every_lane(
     # Arrange: a conflict, then the next read of the stream fails (Monitor.run's handling of each)
     settings, clock, fast, bar = _setup(store, make_settings)
     pids = store.portfolio_ids()
-    _conflict_once(monkeypatch, store)
-    version = bar()
-    with pytest.raises(redis.WatchError):
-        fast.process_available()
-    fast._on_conflict()
+    version = _aborted_tick(store, fast, bar, monkeypatch)
     fast._on_store_error(redis.ConnectionError("connection lost"))
 
     # Act: the redo after the backoff
@@ -249,11 +240,7 @@ def test_the_tick_after_a_lane_only_redo_reads_no_limits_or_backtest_section_aga
     # Arrange: a conflict and its redo (one lane computed); the tracked reads of limits and sections hold every
     # portfolio's (engine/store/tracking.py)
     settings, clock, fast, bar = _setup(store, make_settings)
-    _conflict_once(monkeypatch, store)
-    bar()
-    with pytest.raises(redis.WatchError):
-        fast.process_available()
-    fast._on_conflict()
+    _aborted_tick(store, fast, bar, monkeypatch)
     assert fast.process_available() == 1
     client = store.client
     saved = {k: client.config_get(k)[k] for k in ("slowlog-max-len", "slowlog-log-slower-than")}

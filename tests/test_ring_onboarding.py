@@ -15,7 +15,6 @@ import pytest
 import redis
 
 from engine.feeds import Bar, IterableFeed
-from engine.redis_server import EmbeddedRedis
 from engine.settings import HistoryTier, Settings
 from engine.store import PortfolioKeys, Store
 from engine.store import history as history_module
@@ -158,19 +157,6 @@ def test_a_second_tick_and_a_reload_size_nothing(
 
     # Assert: one call for the new rings, none for rings at their size
     assert (first, len(slowlog())) == (1, 1)
-
-
-@pytest.fixture
-def two_stores(redis_server: EmbeddedRedis) -> Iterator[tuple[Store, Store]]:
-    clients = [redis.Redis.from_url(redis_server.url, db=db, socket_timeout=10) for db in (1, 2)]
-    for c in clients:
-        c.flushdb()
-    try:
-        yield Store(clients[0]), Store(clients[1])
-    finally:
-        for c in clients:
-            c.flushdb()
-            c.close()
 
 
 def test_rings_are_the_bytes_the_lane_script_alone_writes_and_a_ring_deleted_between_the_steps_is_created(
