@@ -296,14 +296,9 @@ class VectorisedTick:
             ms = int(now * 1000)
             reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(lanes, stale, strict=True)]
             pids = [pid for r in reads for p, pid in enumerate(r.lane.cols.pids) if r.failed[p] is None]
-            # the kept lanes' too (not used): the tracked reads hold what they read last, and would read them again
-            # next tick; a Redis Cluster holds nothing (each is a real read)
-            kept_lanes = [] if is_cluster(self.store.client) else [self.lanes[k] for k in done_before]
-            others = [pid for lane in kept_lanes for pid in lane.cols.pids]
-            limits = live_limits(self.store, pids + others, self.lookup, monitor.limits_memo, batched=True)
+            limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
             sections = self.sections.read(
-                self.store, [pid for r in reads for pid in r.lane.cols.pids] + others,
-                [m for r in reads for m in r.methods] + [self.lookup.var_method_for(pid) for pid in others],
+                self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
             )  # fmt: skip
             at = 0
             for k, (index, r, tx) in enumerate(zip(todo, reads, lane_txs, strict=True)):

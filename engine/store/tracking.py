@@ -151,8 +151,10 @@ class TrackedReplies:
     ``ARGV[i]``), kept per key while Redis reports no write to it (:class:`KeyTracker`): a read sends the
     script over the keys written since, or whose argument changed, only (none: one round trip).
 
-    Every reply but an error is kept; an error is read again next time. On a Redis Cluster (or with ``tracking``
-    False) :meth:`read` returns None and the caller reads as without it."""
+    Every reply but an error is kept, also while a read names only some of the keys (a monitor redoing one lane
+    of a tick): a key Redis reports written is dropped whether this read names it or not; an error is read again
+    next time. On a Redis Cluster (or with ``tracking`` False) :meth:`read` returns None and the caller reads as
+    without it."""
 
     def __init__(self, source: str, *, tracking: bool = True) -> None:
         self.source = source
@@ -163,7 +165,6 @@ class TrackedReplies:
         """By key: (the argument sent, the reply)."""
         self._last: tuple[list[str], list[Any], list[Any]] = ([], [], [])
         """(keys, arguments, replies) of the last read: the answer again while nothing was written."""
-        self._encoded: dict[str, bytes] = {}
 
     def read(self, client: Any, keys: Sequence[str], args: Sequence[Any] | None = None) -> list[Any] | None:
         """The replies of the script over ``keys`` and ``args`` (one argument per key; None: the script takes
@@ -181,19 +182,10 @@ class TrackedReplies:
         last_keys, last_args, last_replies = self._last
         if changed is not None and not changed and keys == last_keys and args == last_args:
             return list(last_replies)  # nothing written: the common tick
-        held = self._held if changed is not None else {}
-        encoded = self._encoded
-        need: list[int] = []
-        for i, (key, arg) in enumerate(zip(keys, args, strict=True)):
-            h = held.get(key)
-            if h is None or h[0] != arg:
-                need.append(i)
-            elif changed:
-                name = encoded.get(key)
-                if name is None:
-                    name = encoded[key] = key.encode()
-                if name in changed:
-                    need.append(i)
+        held = self._held = self._held if changed is not None else {}
+        for name in changed or ():  # written since: not held any more, whichever read names it next
+            held.pop(name.decode(), None)
+        need = [i for i, (key, arg) in enumerate(zip(keys, args, strict=True)) if held.get(key, _NOT_HELD)[0] != arg]
         try:
             need_args = [args[i] for i in need] if sent else []
             fresh = []
@@ -206,8 +198,13 @@ class TrackedReplies:
         replies = [h[1] if h is not None else None for h in (held.get(k) for k in keys)]
         for i, reply in zip(need, fresh, strict=True):
             replies[i] = reply
-        self._held = {k: (a, r) for k, a, r in zip(keys, args, replies, strict=True) if not isinstance(r, Exception)}
-        self._last = (keys, args, replies) if len(self._held) == len(keys) else ([], [], [])
+        for i in need:
+            if isinstance(replies[i], Exception):
+                held.pop(keys[i], None)
+            else:
+                held[keys[i]] = (args[i], replies[i])
+        complete = not any(isinstance(r, Exception) for r in replies)
+        self._last = (keys, args, replies) if complete else ([], [], [])
         return list(replies)
 
     def close(self) -> None:
@@ -226,5 +223,7 @@ def _refusal(exc: redis.exceptions.ResponseError) -> bool:
     )
 
 
+_NOT_HELD = (object(), None)
+"""What :class:`TrackedReplies` finds for a key it does not hold: an argument no caller sends."""
 _PUSH = object()
 """What :meth:`KeyTracker._pushed` returns to redis-py's parser for a push: told apart from any reply."""
