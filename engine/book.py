@@ -47,14 +47,16 @@ peaks and the last equity and close seen; the worst drawdown so far stays as rec
 audit record (the flow, its cash part, each quantity change and its price). The next snapshot then shows the daily
 P&L and drawdowns the book would show without the flow. The prices are those stored when the transaction runs: a
 bar written between the monitor's last snapshot and the sync is the monitor's P&L on the old book, as it should.
-The monitor's vectorised tick WATCHes the peaks before it reads the books (logic/batch_tick.py), so it never
-measures a book read before the sync against references shifted by it (its tick is redone); the per-portfolio
-reference path (``Monitor(vectorised=False)``) merges without a transaction and could, for one tick, if the sync
-commits between its read of the books and its merge. The flow is booked at ``now`` (read before the sync commits):
-both monitor paths read their clock only after the WATCH that guards their book read (the per-portfolio path
-WATCHes the flow ledger), so a history point is stamped after every flow its book holds and before every flow it
-does not, and the Performance page puts the flow in the step where the book changed (logic/stamped_read.py; a
-replay dates its points by their bars, before the sync's wall-clock stamp: there the flow shows as a return).
+The monitor's vectorised tick reads the peaks' owner stamps before it reads the books and writes a portfolio only
+where its stamp is unchanged (logic/batch_tick.py), so it never measures a book read before the sync against
+references shifted by it (that portfolio is redone); the per-portfolio reference path
+(``Monitor(vectorised=False)``) merges without a transaction and could, for one tick, if the sync commits between
+its read of the books and its merge. The flow is booked at ``now`` (read before the sync commits): both monitor
+paths read their clock only after what guards their book read (the vectorised path's owner stamps, the
+per-portfolio path's WATCH of the flow ledger), so a history point is stamped after every flow its book holds and
+before every flow it does not, and the Performance page puts the flow in the step where the book changed
+(logic/stamped_read.py; a replay dates its points by their bars, before the sync's wall-clock stamp: there the flow
+shows as a return).
 """
 
 from __future__ import annotations

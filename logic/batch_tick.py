@@ -9,25 +9,25 @@ ticks, interleaved).
 
 The portfolios are ticked in lanes of :data:`CHUNK_PORTFOLIOS` (consecutive ranges of the portfolios read), each with
 its columnar books and merged state, so that Redis writes one lane while Python computes the next (a tick of 1,000
-portfolios is about 60% Python, 40% Redis; computed whole and then written, the two took turns). Per tick: WATCH every
-lane's peaks keys, read the clock (the tick's time: logic/stamped_read.py), read every book (one script; once more when
-the read laid a lane out anew); then every read first, while Redis is free: per lane, value its books, read which of its
-portfolios another writer touched and load those; the live limits and the backtest runner's sections of all
+portfolios is about 60% Python, 40% Redis; computed whole and then written, the two took turns). Per tick: read the
+owner stamp of every peaks key held, read the clock (the tick's time: logic/stamped_read.py), read every book (one
+script; once more when the read laid a lane out anew); then every read first, while Redis is free: per lane, value its
+books, load the portfolios another writer stamped; the live limits and the backtest runner's sections of all
 (logic/backtest_runner.py feeds the backtests). Then per lane: merge peaks and excursions, compute the figures
 (logic/batch.py), build the snapshots and history points, merge the history buckets, and queue its MULTI (one script),
 executed on a writer thread of its own while the next lane is computed. Once every lane committed, a last MULTI
-acknowledges the tick and writes the heartbeat (with one lane, or on a Redis Cluster, where the lanes run one after the
-other, the last lane's MULTI does). A conflict (another writer stamped one of a lane's portfolios meanwhile: a fill that
-ended a position, a book sync, another monitor) aborts that lane's EXEC, which wrote nothing: the lanes committed keep
-their state, the aborted one its state of before the tick (the next read of owner stamps reloads only the portfolios
-touched), and the tick, left unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no
-backoff). The redo of that same tick computes and writes only the lanes that did not commit (:class:`_Kept`): a
-committed lane's snapshots and history points of the tick are already stored, and are taken as they are (a desk
-flattening positions stamps portfolios every few ticks: redoing the whole tick each time kept the live risk seconds
-behind). Any other failure drops every lane's state (a failed script may have written part of a tick). A monitor
-stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone (whole) by
-whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new
-lane, as one another writer touched.
+acknowledges the tick and writes the heartbeat. The lane script writes each portfolio only where its peaks hash still
+holds the stamp read before the clock: one another writer stamped since (a fill that ended a position, a book sync,
+another monitor) is not written at all and its place is returned; the lane's other portfolios are written (no WATCH:
+a desk flattening positions stamps portfolios every few ticks, and aborting the 250 of a lane each time kept the live
+risk seconds behind). The touched portfolios are loaded again before their next write, and the tick, left
+unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no backoff): the redo of that same
+tick computes only the lanes holding a portfolio not done and writes only those portfolios (:class:`_Kept`); the
+others' snapshots and history points of the tick are already stored and are taken as they are. Any other failure
+drops every lane's state (a failed script may have written part of a tick). A monitor stopped after the last lane and
+before the acknowledgement leaves the same state: the tick is redone (whole) by whoever takes it. A portfolio that
+moves to another lane (the registry changed) is loaded from the store by its new lane, as one another writer
+touched.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from engine.records import Clock, VarMethod
 from engine.settings import Limits, Settings
 from engine.store import PortfolioBundle, Store
 from engine.store.slots import is_cluster, slot_transaction
-from engine.store.tick_state import Merged, TickState, read_owners
+from engine.store.tick_owners import read_owners, touched_rows
+from engine.store.tick_state import Merged, TickState
 from logic.batch import BacktestSections, PortfolioLookup, batch_risk, live_limits
 from logic.batch_book import BookColumns, BookInputs, build_snapshots, exposure_rows, value_books
 from logic.rejections import MAX_BOOKABLE_PRICE
@@ -115,21 +116,6 @@ def _done(value: Any) -> concurrent.futures.Future[Any]:
     return future
 
 
-class _Conflict(Exception):
-    """Some lanes' EXECs were aborted by their WATCH (another writer touched one of their portfolios: a fill that
-    ended a position, a book sync, another monitor) and nothing else failed: ``committed`` are the lanes that
-    were written."""
-
-    def __init__(self, committed: list[_Sent]) -> None:
-        super().__init__("a lane's portfolios changed during the tick")
-        self.committed = committed
-        self.watch = redis.WatchError("a lane's portfolios changed during the tick: redone")
-
-
-def _only_conflicts(failures: Sequence[BaseException | None]) -> bool:
-    return all(e is None or isinstance(e, redis.WatchError) for e in failures)
-
-
 class _Lane:
     """One range of the monitor's portfolios, ticked on its own: its columnar books and the merged state it
     holds between ticks (module docstring)."""
@@ -143,7 +129,7 @@ class _Lane:
 
 @dataclass
 class _Read:
-    """A lane WATCHed, its state loaded where another writer touched it."""
+    """A lane laid out, its state loaded where another writer touched it."""
 
     lane: _Lane
     readable: list[PortfolioBundle]
@@ -154,16 +140,16 @@ class _Read:
 
 @dataclass
 class _Kept:
-    """The lanes of a tick that committed when another lane's conflict aborted it (:class:`_Conflict`): by lane
-    index, its portfolios and their snapshots. The redo of the same tick (the next :meth:`VectorisedTick.snapshot_all`,
-    at once: logic/monitor.py) keeps a lane whose portfolios are the same instead of computing and writing it
-    again; any other call drops this. On a Redis Cluster a lane that raised may have committed some of its slots:
-    only lanes whose whole EXEC returned are kept."""
+    """What an attempt of a tick did before other writers' stamps left some of its portfolios unwritten
+    (:meth:`VectorisedTick._snapshot_all`): by lane index, its portfolios, the snapshots written and every
+    portfolio done (written, or not writable this tick: reported). The redo of the same tick (the next
+    :meth:`VectorisedTick.snapshot_all`, at once: logic/monitor.py) computes a lane whose portfolios are the same
+    only where some are not done, and writes only those; any other call drops this."""
 
     tick: tuple[int, float, int]
     """The tick's market version and time, and the monitor's count of store failures then: after a failure (a
-    failover may have lost the lanes' writes) the redo computes every lane."""
-    lanes: dict[int, tuple[tuple[str, ...], dict[str, dict[str, Any]]]]
+    failover may have lost the writes) the redo computes every lane."""
+    lanes: dict[int, tuple[tuple[str, ...], dict[str, dict[str, Any]], frozenset[str]]]
 
 
 @dataclass
@@ -174,8 +160,10 @@ class _Sent:
     lane: _Lane
     merged: Merged
     valid: npt.NDArray[np.bool_]
+    queued: list[int]
+    """The rows its script writes unless another writer stamped them since the tick began."""
     snapshots: dict[str, dict[str, Any]]
-    done: concurrent.futures.Future[Any] | None
+    done: concurrent.futures.Future[Any]
 
 
 class VectorisedTick:
@@ -205,67 +193,60 @@ class VectorisedTick:
     ) -> tuple[dict[str, dict[str, Any]], float]:
         """Read every portfolio (``read``), snapshot and write them (module docstring); ``finish(tx, snapshots,
         now=now)`` queues the acknowledgement and heartbeat and runs the EXEC. Returns the snapshots and their time.
-        ``tick``: the market view is a tick's (a redo of it keeps the lanes its first attempt committed), not an
-        idle refresh's.
+        ``tick``: the market view is a tick's (a redo of it keeps what its earlier attempts wrote), not an idle
+        refresh's.
 
-        Each lane WATCHes the peaks keys of the portfolios it held last tick *before* the books are read: a
-        write that changes a book together with its peaks (a book sync's capital flow, engine/book.py) then
-        either lands before the read (the book read is the new one, the peaks are loaded again: stamped by
-        another writer) or aborts the lane's EXEC (the tick is redone), never between the two (an old book
-        measured against shifted references). The tick's time is read from ``clock`` after that WATCH and before
-        the read, so a point's time and its book agree about every flow (logic/stamped_read.py: a flow committed
-        before the WATCH is stamped before the clock read and in the books; one after it aborts the EXEC, and
-        the redo reads the clock again). A read that lays a lane out anew (the first tick, the registry changed)
-        met keys that were not WATCHed before it: it is done once more, those keys WATCHed first
-        (:data:`LAYOUT_PASSES`; :meth:`_watch_lane`)."""
+        The owner stamps of the peaks keys of the portfolios held last tick are read *before* the books: a write
+        that changes a book together with its peaks (a book sync's capital flow, engine/book.py) stamps them, so
+        it either lands before that read (the book read is the new one, the peaks are loaded again: stamped by
+        another writer) or after it (the lane script finds another stamp and leaves the portfolio to the redo),
+        never measuring an old book against shifted references. The tick's time is read from ``clock`` after
+        the stamps and before the books, so a point's time and its book agree about every flow
+        (logic/stamped_read.py: a flow stamped before that read is stamped before the clock read and in the
+        books; one after it is redone, and the redo reads the clock again). A read that lays a lane out anew
+        (the first tick, the registry changed) met portfolios whose stamps were not read before it: it is done
+        once more, those stamps read first (:data:`LAYOUT_PASSES`; :meth:`_watch_lane`)."""
         key = (int(market.header.version), float(market.header.ts), monitor.stats.store_errors)
         kept, self.kept = self.kept, None
         kept = kept if tick and kept is not None and kept.tick == key else None
         with paused_gc(), prompt_writer():
             for final in [False] * (LAYOUT_PASSES - 1) + [True]:
-                txs = [slot_transaction(self.store.client) for _ in self.lanes]
                 laying = False
                 try:
-                    for lane, tx in zip(self.lanes, txs, strict=True):
-                        if watched := lane.state.watch_keys():
-                            tx.watch(*watched)
-                    now = clock()  # after the WATCH, before the read (docstring)
+                    held = [key for lane in self.lanes for key in lane.state.watch_keys()]
+                    seen = dict(zip(held, read_owners(self.store, held), strict=True))
+                    now = clock()  # after the owner stamps, before the read (docstring)
                     bundles = list(read().values())
                     laying = True
-                    settled = self._lay_out(monitor, bundles, market, txs, final)
+                    settled = self._lay_out(monitor, bundles, market, seen, final)
                 except BaseException:
-                    for tx in txs:
-                        tx.reset()
                     if laying:  # a lane half laid out: load every state again
                         for lane in self.lanes:
                             lane.state.drop()
                     raise
                 if settled:
                     break
-                for tx in txs:  # keys met by the read were not WATCHed before it: read again, them WATCHed
-                    tx.reset()
+                # portfolios met by the read whose stamps were not read before it: read again, those read first
             for b in bundles:  # once the read is the tick's
                 if b.state is None:
                     monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
-            return self._snapshot_all(monitor, market, now, finish=finish, txs=txs, kept=kept, key=key), now
+            txs = [slot_transaction(self.store.client) for _ in self.lanes]
+            return self._snapshot_all(monitor, market, now, finish=finish, txs=txs, kept=kept, key=key, seen=seen), now
 
     def _lay_out(
-        self, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, txs: list[Any], final: bool
-    ) -> bool:
-        """Split the books read into lanes (adding or dropping lanes and their transactions in ``txs``) and lay
-        each out (:meth:`_watch_lane`); False when a lane met keys its WATCH before the read did not cover
-        (``final``: they are WATCHed now, True)."""
+        self, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, seen: dict[str, Any],
+        final: bool,
+    ) -> bool:  # fmt: skip
+        """Split the books read into lanes (adding or dropping lanes) and lay each out (:meth:`_watch_lane`);
+        False when a lane met portfolios whose owner stamps ``seen`` (read before the clock) lacks (``final``:
+        they are read now, into ``seen``, True)."""
         bounds = chunks(len(bundles), self.chunk_portfolios)
         while len(self.lanes) < len(bounds):
             self.lanes.append(_Lane(self.settings.history.tiers, self.token))
         del self.lanes[len(bounds) :]
-        for tx in txs[len(bounds) :]:  # lanes gone (fewer portfolios): their WATCHes go
-            tx.reset()
-        del txs[len(bounds) :]
-        txs += [slot_transaction(self.store.client) for _ in range(len(bounds) - len(txs))]
         settled = True
-        for lane, tx, (lo, hi) in zip(self.lanes, txs, bounds, strict=True):
-            settled &= self._watch_lane(lane, tx, monitor, bundles[lo:hi], market, final)
+        for lane, (lo, hi) in zip(self.lanes, bounds, strict=True):
+            settled &= self._watch_lane(lane, monitor, bundles[lo:hi], market, seen, final)
         return settled
 
     def _snapshot_all(
@@ -278,12 +259,17 @@ class VectorisedTick:
         txs: list[Any],
         kept: _Kept | None,
         key: tuple[int, float, int],
+        seen: dict[str, Any],
     ) -> dict[str, dict[str, Any]]:
-        done_before = {
-            k: snapshots for k, (pids, snapshots) in (kept.lanes.items() if kept is not None else ())
+        before = {  # what an earlier attempt of this tick did, by lane (its portfolios the same)
+            k: (snapshots, done) for k, (pids, snapshots, done) in (kept.lanes.items() if kept is not None else ())
             if k < len(self.lanes) and tuple(self.lanes[k].cols.pids) == pids
         }  # fmt: skip
-        todo = [k for k in range(len(self.lanes)) if k not in done_before]  # the lanes this call writes
+        rows_left = {  # by lane, the portfolios this call computes and writes: those no earlier attempt did
+            k: np.array([pid not in before[k][1] for pid in lane.cols.pids], dtype=bool) if k in before
+            else np.ones(len(lane.cols.pids), dtype=bool) for k, lane in enumerate(self.lanes)
+        }  # fmt: skip
+        todo = [k for k in range(len(self.lanes)) if k not in before or rows_left[k].any()]
         lanes, lane_txs = [self.lanes[k] for k in todo], [txs[k] for k in todo]
         background = len(lanes) > 1 and not is_cluster(self.store.client)
         # a writer thread per lane (each transaction holds its own connection): a lane's MULTI runs while the
@@ -292,51 +278,49 @@ class VectorisedTick:
         sent: list[_Sent] = []
         try:
             # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
-            stale = self._stale([lane.state for lane in lanes])
+            stale = self._stale([lane.state for lane in lanes], seen)
             ms = int(now * 1000)
-            reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(lanes, stale, strict=True)]
+            reads = [self._load_lane(lane, monitor, rows & rows_left[k], ms)
+                     for k, lane, rows in zip(todo, lanes, stale, strict=True)]  # fmt: skip
             pids = [pid for r in reads for p, pid in enumerate(r.lane.cols.pids) if r.failed[p] is None]
             limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
             sections = self.sections.read(
                 self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
             )  # fmt: skip
             at = 0
-            for k, (index, r, tx) in enumerate(zip(todo, reads, lane_txs, strict=True)):
+            for index, r, tx in zip(todo, reads, lane_txs, strict=True):
                 count = len(r.lane.cols.pids)
-                merged, valid, snapshots = self._write_lane(
-                    r, tx, monitor, market, now, limits, sections[at : at + count]
+                only = rows_left[index]
+                merged, valid, queued, snapshots = self._write_lane(
+                    r, tx, monitor, market, now, limits, sections[at : at + count], only
                 )
                 at += count
-                done: concurrent.futures.Future[Any] | None = None
-                if pool is not None:
-                    done = pool.submit(tx.execute)
-                elif k < len(lanes) - 1 or done_before:
-                    done = _done(tx.execute())
-                sent.append(_Sent(index, r.lane, merged, valid, snapshots, done))
-            failures = [s.done.exception() if s.done is not None else None for s in sent]  # every EXEC returned
+                done = pool.submit(tx.execute) if pool is not None else _done(tx.execute())
+                sent.append(_Sent(index, r.lane, merged, valid & only, queued, snapshots, done))
+            failures = [s.done.exception() for s in sent]  # every EXEC returned
             failure = next((e for e in failures if e is not None), None)
             if failure is not None:
-                committed = [s for s, e in zip(sent, failures, strict=True) if e is None and s.done is not None]
-                raise _Conflict(committed) if _only_conflicts(failures) else failure
-            by_lane = {**done_before, **{s.index: s.snapshots for s in sent}}
-            snapshots = {pid: snap for k in sorted(by_lane) for pid, snap in by_lane[k].items()}
-            if pool is not None or done_before:  # the acknowledgement once every lane committed, in its own MULTI
-                txs.append(slot_transaction(self.store.client))
-                txs[-1].multi()
-                lane_txs.append(txs[-1])
-            finish(lane_txs[-1], snapshots, now=now)  # without a pool: with the last lane's writes
+                raise failure
+            touched = {s.index: touched_rows(s.queued, s.done.result()) for s in sent}
             for s in sent:
-                s.lane.state.commit(s.merged, s.valid)
-        except _Conflict as conflict:  # nothing else failed: the committed lanes keep what they wrote
-            for s in conflict.committed:
-                s.lane.state.commit(s.merged, s.valid)
-            self._keep(key, done_before, conflict.committed)
-            raise conflict.watch from None
-        except redis.WatchError:  # a lane run by finish() (one lane, or a cluster): nothing of it was written
-            for s in sent:
-                if s.done is not None:
-                    s.lane.state.commit(s.merged, s.valid)
-            self._keep(key, done_before, [s for s in sent if s.done is not None])
+                s.lane.state.commit(s.merged, s.valid, touched[s.index])
+            finished = dict(before)
+            for s in sent:  # this attempt's portfolios, written (or not writable) unless another writer touched them
+                pids = s.lane.cols.pids
+                gone = {pids[p] for p in touched[s.index]}
+                snaps, did = before.get(s.index, ({}, frozenset()))
+                finished[s.index] = (
+                    {**snaps, **{pid: snap for pid, snap in s.snapshots.items() if pid not in gone}},
+                    did | {pid for p, pid in enumerate(pids) if rows_left[s.index][p] and pid not in gone},
+                )  # fmt: skip
+            if any(touched.values()):  # another writer stamped some since the tick began: redo them (docstring)
+                self.kept = _Kept(key, {k: (tuple(self.lanes[k].cols.pids), *finished[k]) for k in finished})
+                raise redis.WatchError("portfolios changed during the tick: redone")
+            snapshots = {pid: snap for k in sorted(finished) for pid, snap in finished[k][0].items()}
+            txs.append(slot_transaction(self.store.client))  # the acknowledgement once every lane committed
+            txs[-1].multi()
+            finish(txs[-1], snapshots, now=now)
+        except redis.WatchError:
             raise
         except BaseException:
             for lane in self.lanes:
@@ -349,41 +333,28 @@ class VectorisedTick:
                 tx.reset()
         return snapshots
 
-    def _keep(
-        self, key: tuple[int, float, int], before: dict[int, dict[str, dict[str, Any]]], committed: list[_Sent]
-    ) -> None:
-        """The tick ``key`` was aborted by a conflict: keep what its lanes committed, now and in an earlier attempt
-        (``before``), for its redo (:class:`_Kept`)."""
-        lanes = {k: (tuple(self.lanes[k].cols.pids), snapshots) for k, snapshots in before.items()}
-        lanes.update((s.index, (tuple(s.lane.cols.pids), s.snapshots)) for s in committed)
-        self.kept = _Kept(key, lanes)
-
     def _watch_lane(
-        self, lane: _Lane, tx: Any, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView,
-        final: bool,
+        self, lane: _Lane, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView,
+        seen: dict[str, Any], final: bool,
     ) -> bool:  # fmt: skip
-        """Lay out a lane's books; True when its portfolios' peaks keys (every writer of peaks, marks or tier
-        buckets stamps them) were all WATCHed before the read (:meth:`snapshot_all`), else False (the read is
-        redone), or with ``final`` True once the new ones are WATCHed now in ``tx``. The unreadable ones are
-        left out (reported by :meth:`snapshot_all`)."""
+        """Lay out a lane's books; True when the owner stamps of its portfolios' peaks keys (every writer of
+        peaks, marks or tier buckets stamps them) were all read before the clock and the read
+        (:meth:`snapshot_all`: ``seen``), else False (the read is redone), or with ``final`` True once the new
+        ones are read now. The unreadable ones are left out (reported by :meth:`snapshot_all`)."""
         readable = [b for b in bundles if b.state is not None]
         lane.readable = readable
         lane.cols.update([b.state for b in readable], market.header.tickers, market.index)  # type: ignore[misc]
-        before = lane.state.watch_keys()
         lane.state.align(lane.cols.pids, lane.cols.ticker_tuples())
-        watched = lane.state.watch_keys()
-        if watched is before or watched == before:  # the same keys were WATCHed before the read
-            return True
-        late = set(watched).difference(before)  # only when the lane's layout changed
+        late = [key for key in lane.state.watch_keys() if key not in seen]  # only when the lane's layout changed
         if late and final:
-            tx.watch(*sorted(late))
+            seen.update(zip(late, read_owners(self.store, late), strict=True))
         return final or not late
 
-    def _stale(self, states: Sequence[TickState]) -> list[npt.NDArray[np.bool_]]:
-        """Each lane's rows another writer touched, or that it does not hold (one read of every owner stamp,
-        after every lane's WATCH)."""
-        owners = iter(read_owners(self.store, [key for s in states for key in s.watch_keys()]))
-        return [s.stale_rows([next(owners) for _ in s.pids]) for s in states]
+    @staticmethod
+    def _stale(states: Sequence[TickState], seen: dict[str, Any]) -> list[npt.NDArray[np.bool_]]:
+        """Each lane's rows another writer touched, or that it does not hold, by the owner stamps read before
+        the tick's clock (``seen``)."""
+        return [s.stale_rows([seen[key] for key in s.watch_keys()]) for s in states]
 
     def _load_lane(self, lane: _Lane, monitor: Monitor, stale: npt.NDArray[np.bool_], ms: int) -> _Read:
         """Load the state of a lane's ``stale`` rows, and of those whose buckets' slots a late point needs."""
@@ -404,14 +375,16 @@ class VectorisedTick:
         now: float,
         limits: dict[str, Limits | Exception],
         sections: list[dict[str, Any] | None],
-    ) -> tuple[Merged, npt.NDArray[np.bool_], dict[str, dict[str, Any]]]:
-        """Value a lane's books, compute its tick and queue its writes in ``tx`` (MULTI): the merged state (kept
-        once the EXEC succeeded), the rows it is valid for, and the snapshots by portfolio."""
+        only: npt.NDArray[np.bool_],
+    ) -> tuple[Merged, npt.NDArray[np.bool_], list[int], dict[str, dict[str, Any]]]:
+        """Value a lane's books, compute its tick and queue the writes of its rows ``only`` in ``tx`` (MULTI):
+        the merged state (kept once the EXEC succeeded), the rows it is valid for, the rows queued
+        (:meth:`TickState.write`) and the snapshots by portfolio of the rows ``only``."""
         cols, state = r.lane.cols, r.lane.state
         header = market.header
         values = value_books(cols, market, cols.cash, MAX_BOOKABLE_PRICE)
         valid = np.isfinite(values.equity) & ~values.absurd & np.array([f is None for f in r.failed], dtype=bool)
-        for p in np.flatnonzero(~valid).tolist():
+        for p in np.flatnonzero(~valid & only).tolist():
             pid = cols.pids[p]
             if r.failed[p] is not None:
                 continue  # reported when loaded
@@ -445,8 +418,9 @@ class VectorisedTick:
         )  # fmt: skip
         built, encoded = builder.build(0, len(cols.pids))
         tx.multi()
-        state.write(tx, self.store, prepared, range(len(cols.pids)), encoded, int(market.header.version))
-        return merged, valid, {cols.pids[p]: snap for p, snap in built.items()}
+        queued = state.write(tx, self.store, prepared, range(len(cols.pids)), encoded, int(market.header.version),
+                             only)  # fmt: skip
+        return merged, valid, queued, {cols.pids[p]: snap for p, snap in built.items() if only[p]}
 
     def _figures(
         self,

@@ -1,5 +1,5 @@
-"""When a monitor tick reads its clock: after the WATCH that guards its books, so a history point's time and its
-valuation agree about every capital flow.
+"""When a monitor tick reads its clock: after what guards its books (a WATCH, or the owner stamps its write checks),
+so a history point's time and its valuation agree about every capital flow.
 
 A book sync (engine/book.py) books a capital flow at its own time ``f`` (read before it commits) in the flow ledger
 ``pf:{id}:flows``, in the MULTI that changes the book and shifts the peaks (``MonitoringStore.shift_peaks``). The
@@ -14,17 +14,20 @@ Hence the order: WATCH the keys every flow writes, *then* read the clock, then r
 in a MULTI on the WATCHed connection. A flow committed before the WATCH was stamped before its commit, so before
 the clock read (``f < ts``) and it is in the books read; a flow committed after the WATCH aborts the EXEC (nothing
 of the tick is written) and the tick is redone at once with a new clock read (logic/monitor.py ``_on_conflict``:
-the redo calls the clock again). The vectorised path WATCHes each lane's peaks keys (logic/batch_tick.py: a flow
-shifts the peaks of a portfolio with an observation, and every portfolio with a history point has one); the
-per-portfolio path (:func:`stamped_read`) WATCHes the flow ledgers, because its own peak merges write the peaks
-keys outside its transaction (a WATCH on them would abort every one of its ticks). Keys first seen by a read (the
-first tick, a portfolio added) were not WATCHed before it: the read is done once more with them WATCHed, the clock
-read again.
+the redo calls the clock again). The vectorised path does the same per portfolio without a WATCH
+(logic/batch_tick.py): it reads the owner stamp of every peaks key before the clock (a flow shifts the peaks of a
+portfolio with an observation and stamps them, and every portfolio with a history point has one), and its lane
+script writes a portfolio only where that stamp is still there: one a flow stamped after the read is left out of
+the attempt (the rest is written) and written by the redo, with a new clock read. The per-portfolio path
+(:func:`stamped_read`) WATCHes the flow ledgers, because its own peak merges write the peaks keys outside its
+transaction (a WATCH on them would abort every one of its ticks). Keys first seen by a read (the first tick, a
+portfolio added) were not guarded before it: the read is done once more with them guarded, the clock read
+again.
 
 On a Redis Cluster the per-portfolio path does not WATCH (a WATCH per slot is one round trip and one held
 connection per portfolio every tick: a 200-portfolio tick took 4x as long, 500 never finished); there the race is
 left as before (a flow committed between the clock read and the book read shows as a phantom step). The vectorised
-path, the one the daemons run, WATCHes the peaks keys it already guarded on both.
+path, the one the daemons run, checks the owner stamps on both.
 
 This relies on the sync and the monitor reading one clock (both the host's wall clock live: hosts are assumed
 NTP-synchronised to well under a tick's spacing). In a replay the monitor dates a tick by its bar

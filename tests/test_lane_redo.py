@@ -1,6 +1,8 @@
-"""The redo of a tick another writer's conflict aborted (logic/batch_tick.py ``_Kept``): it computes and writes only
-the lanes that did not commit, on one Redis and on a Redis Cluster; anything but the redo of that same tick (an idle
-refresh, a newer tick that supersedes it) computes every lane. Real Redis, the vectorised monitor in lanes of 5."""
+"""The redo of a tick in which another writer touched a portfolio (logic/batch_tick.py ``_Kept``): the first attempt
+writes every portfolio but the one touched (each lane's script checks each portfolio's owner stamp), and the redo
+computes only that portfolio's lane and writes only that portfolio, on one Redis and on a Redis Cluster; anything but
+the redo of that same tick (an idle refresh, a newer tick that supersedes it) computes and writes every lane. Real
+Redis, the vectorised monitor in lanes of 5."""
 
 from __future__ import annotations
 
@@ -56,26 +58,36 @@ def _setup(
     return settings, clock, fast, bar
 
 
-def _conflict_once(monkeypatch: pytest.MonkeyPatch, store: Store, pid: str = "p12") -> list[bool]:
-    """While the next tick computes its first lane (every lane WATCHed by then), another writer merges ``pid``'s
-    peaks: the EXEC of ``pid``'s lane is aborted. Returns a list that holds True once that happened."""
-    prepare = TickState.prepare
+def _conflict_once(monkeypatch: pytest.MonkeyPatch, store: Store, pid: str = "p12", times: int = 1) -> list[bool]:
+    """While the next tick computes its first lane (every owner stamp read by then), another writer merges
+    ``pid``'s peaks: ``pid`` is not written by that attempt. With ``times`` > 1, again while each next attempt
+    computes its first lane, ``times`` attempts in all. Returns a list that holds True each time that happened."""
+    prepare, snapshot_all = TickState.prepare, batch_tick.VectorisedTick.snapshot_all
     fired: list[bool] = []
+    attempt: list[bool] = []
 
     def interfere(self: TickState, *args: Any, **kwargs: Any) -> Any:
-        if not fired:
+        if len(fired) < times and not attempt:
+            attempt.append(True)
             fired.append(True)
             store.update_peaks(pid, 1.0, "2099-01-01", "2099-01-01")
         return prepare(self, *args, **kwargs)
 
+    def attempts(self: Any, *args: Any, **kwargs: Any) -> Any:
+        attempt.clear()
+        return snapshot_all(self, *args, **kwargs)
+
+    monkeypatch.setattr(batch_tick.VectorisedTick, "snapshot_all", attempts)
     monkeypatch.setattr(TickState, "prepare", interfere)
     return fired
 
 
-def _aborted_tick(store: Store, fast: Monitor, bar: Callable[[], int], monkeypatch: pytest.MonkeyPatch) -> int:
-    """The next bar's tick aborted by another writer's merge of p12 (:func:`_conflict_once`) and left for its redo
-    as ``Monitor.run`` leaves it; returns its market version."""
-    _conflict_once(monkeypatch, store)
+def _aborted_tick(
+    store: Store, fast: Monitor, bar: Callable[[], int], monkeypatch: pytest.MonkeyPatch, times: int = 1
+) -> int:
+    """The next bar's tick left without p12 by another writer's merge of it (:func:`_conflict_once`), and for its
+    redo as ``Monitor.run`` leaves it; returns its market version."""
+    _conflict_once(monkeypatch, store, times=times)
     version = bar()
     with pytest.raises(redis.WatchError):
         fast.process_available()
@@ -103,10 +115,10 @@ def _lanes(monitor: Monitor) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("sharing", [False, True], ids=["group", "sharing"])
-def test_the_redo_writes_only_the_lane_the_conflict_aborted(
+def test_the_redo_writes_only_the_portfolio_another_writer_touched(
     store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, sharing: bool
 ) -> None:
-    # Arrange: the next tick's third lane (p12's) conflicts once
+    # Arrange: another writer touches p12 (the third lane's) once during the next tick
     options = {"shard_portfolios": True} if sharing else {}
     settings, clock, fast, bar = _setup(store, make_settings, **options)
     pids = store.portfolio_ids()
@@ -120,12 +132,12 @@ def test_the_redo_writes_only_the_lane_the_conflict_aborted(
     clock.now += AFTER
     assert fast.process_available() == 1
 
-    # Assert: the committed lanes kept their first attempt's snapshots and its one history point; p12's lane was
-    # written by the redo; every portfolio has exactly one more point, of this tick's version; nothing pending
+    # Assert: every portfolio but p12, its own lane's too, kept its first attempt's snapshot and its one history
+    # point; p12 was written by the redo; every portfolio has exactly one more point, of this tick's version;
+    # nothing pending
     got = _snapshots(store, pids)
-    for k, lane in enumerate(lanes):
-        for pid in lane:
-            assert got[pid] == (version, tick_time + (AFTER if k == 2 else 0.0)), (k, pid)
+    for pid in pids:
+        assert got[pid] == (version, tick_time + (AFTER if pid == "p12" else 0.0)), pid
     assert _points(store, pids) == {pid: n + 1 for pid, n in points.items()}
     assert (fast.stats.ticks_redone, fast.stats.ticks_processed, fast.stats.store_errors) == (1, 3, 0)
     if not sharing:
@@ -157,7 +169,7 @@ def test_an_idle_refresh_between_the_conflict_and_the_redo_writes_every_lane_and
     assert store.client.xpending(TICKS_KEY, MONITOR_GROUP)["pending"] == 0
 
 
-def test_a_sharing_monitor_whose_aborted_tick_was_superseded_writes_the_newest_tick_in_every_lane(
+def test_a_sharing_monitor_whose_aborted_tick_was_superseded_writes_the_newest_tick_everywhere(
     store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Arrange: a monitor sharing the portfolios, latest wins: a newer bar comes before the redo
@@ -170,19 +182,17 @@ def test_a_sharing_monitor_whose_aborted_tick_was_superseded_writes_the_newest_t
     # Act: the redo reads the stream again and takes the newest tick
     assert fast.process_available() == 1
 
-    # Assert: every portfolio at the newest tick, written by this attempt (none taken from the aborted tick's
-    # lanes); the committed lanes have a point of each tick, p12's lane one of the newest only
+    # Assert: every portfolio at the newest tick, written by this attempt (none taken from the aborted tick);
+    # the portfolios written by the aborted tick have a point of each tick, p12 one of the newest only
     assert set(_snapshots(store, pids).values()) == {(newest, clock.now)}
-    aborted = set(_lanes(fast)[2])
-    assert _points(store, pids) == {pid: n + (1 if pid in aborted else 2) for pid, n in points.items()}
+    assert _points(store, pids) == {pid: n + (1 if pid == "p12" else 2) for pid, n in points.items()}
     assert (fast.stats.ticks_coalesced, fast.stats.ticks_redone) == (1, 1)
 
 
-def test_on_a_redis_cluster_the_redo_writes_only_the_lanes_whose_transactions_did_not_commit(
+def test_on_a_redis_cluster_the_redo_writes_only_the_portfolio_another_writer_touched(
     cluster_store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Arrange: on a cluster the lanes run one after the other, one MULTI per slot; p12's lane stops the tick, so
-    # the lanes before it committed and the one after it never ran
+    # Arrange: on a cluster the lanes run one after the other, one MULTI per slot, one script per portfolio
     settings, clock, fast, bar = _setup(cluster_store, make_settings)
     pids = cluster_store.portfolio_ids()
     lanes = _lanes(fast)
@@ -202,17 +212,14 @@ def test_on_a_redis_cluster_the_redo_writes_only_the_lanes_whose_transactions_di
     monkeypatch.setattr(batch_tick, "live_limits", recorded)
     assert fast.process_available() == 1
 
-    # Assert: lanes 0 and 1 kept their first attempt (one point each); lanes 2 and 3 were written by the redo
-    # (p12's lane may have committed some of its slots first: at least one more point there), which read the
-    # live limits of their portfolios only (nothing is tracked on a cluster: every id read is a real read)
-    assert [sorted(r) for r in read_limits] == [sorted(lanes[2] + lanes[3])]
+    # Assert: every portfolio but p12 kept its first attempt; p12 was written by the redo, which computed its
+    # lane only and read the live limits of that lane's portfolios only (nothing is tracked on a cluster: every
+    # id read is a real read); every portfolio has exactly one more point
+    assert [sorted(r) for r in read_limits] == [sorted(lanes[2])]
     got = _snapshots(cluster_store, pids)
-    after = _points(cluster_store, pids)
-    for k, lane in enumerate(lanes):
-        for pid in lane:
-            assert got[pid] == (version, tick_time + (AFTER if k >= 2 else 0.0)), (k, pid)
-            if k != 2:
-                assert after[pid] == points[pid] + 1, (k, pid)
+    for pid in pids:
+        assert got[pid] == (version, tick_time + (AFTER if pid == "p12" else 0.0)), pid
+    assert _points(cluster_store, pids) == {pid: n + 1 for pid, n in points.items()}
     assert cluster_store.client.xpending(TICKS_KEY, MONITOR_GROUP)["pending"] == 0
     assert fast.stats.ticks_redone == 1
 
@@ -232,6 +239,40 @@ def test_after_a_store_failure_the_redo_computes_every_lane(
 
     # Assert: nothing of the first attempt was taken as stored (a failover may have lost it): every lane written
     assert set(_snapshots(store, pids).values()) == {(version, clock.now)}
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+def test_a_portfolio_touched_again_in_each_redo_is_written_once_untouched_and_no_other_twice(
+    store: Store,
+    cluster_store: Store,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    cluster: bool,
+) -> None:
+    # Arrange: another writer touches p12 during the first attempt and again during the first redo
+    target = cluster_store if cluster else store
+    settings, clock, fast, bar = _setup(target, make_settings)
+    pids = target.portfolio_ids()
+    points = _points(target, pids)
+    version = _aborted_tick(target, fast, bar, monkeypatch, times=2)
+    tick_time = clock.now
+    clock.now += AFTER
+    with pytest.raises(redis.WatchError):  # the first redo: p12 touched again
+        fast.process_available()
+    fast._on_conflict()
+
+    # Act: the second redo, untouched
+    clock.now += AFTER
+    assert fast.process_available() == 1
+
+    # Assert: p12 written by the second redo, every other portfolio by the first attempt; one point each
+    got = _snapshots(target, pids)
+    for pid in pids:
+        assert got[pid] == (version, tick_time + (2 * AFTER if pid == "p12" else 0.0)), pid
+    assert _points(target, pids) == {pid: n + 1 for pid, n in points.items()}
+    assert (fast.stats.ticks_redone, fast.stats.store_errors) == (2, 0)
+    peaks = target.read_peaks("p12")
+    assert peaks is not None and peaks.day == "2099-01-01"  # the other writer's merges are kept
 
 
 def test_the_tick_after_a_lane_only_redo_reads_no_limits_or_backtest_section_again(

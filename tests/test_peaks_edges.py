@@ -210,7 +210,7 @@ def test_the_merge_the_load_and_the_owner_read_apply_one_rule_to_a_stored_number
     # the largest finite double is accepted and the next decimal past it refused, in Lua and in Python alike
     from engine.errors import CorruptDataError
     from engine.store.monitoring import PEAK_FIELDS, check_peaks
-    from engine.store.tick_state import read_owners
+    from engine.store.tick_owners import read_owners
 
     key = PortfolioKeys("main").peaks
     store.update_peaks("main", 1000.0, "2024-03-07", "2024-03-04")

@@ -208,8 +208,9 @@ def reset_mark(pipe: Conn, portfolio_id: str, ticker: str) -> None:
     valuation, as a new one does (``_MARKS_LUA``: no mark, MFE / MAE start at that P&L); and the peaks hash gets
     a fresh foreign ``owner`` stamp (engine/store/tick_state.py), so a vectorised monitor reloads the
     portfolio's marks rather than merge into the copy it holds, and a tick of it that read the book before the
-    fill aborts (it WATCHes the peaks key) and is redone on the new book. Two commands, in a fill that closes or
-    flips only: the monitor reloads one portfolio (a few reads) on its next tick."""
+    fill leaves this portfolio unwritten (its lane script checks the stamp) and redoes it on the new book. Two
+    commands, in a fill that closes or flips only: the monitor reloads one portfolio (a few reads) on its next
+    tick."""
     keys = PortfolioKeys(portfolio_id)
     pipe.hdel(keys.marks, ticker)
     pipe.hset(keys.peaks, OWNER_FIELD, foreign_stamp())

@@ -11,11 +11,12 @@ arithmetic on arrays (one row per portfolio, one element per position) and Redis
   with this writer's ``owner`` token; the per-portfolio path's scripts, a book sync's capital flow
   (``MonitoringStore.shift_peaks``) and a fill that closes or flips a position (engine/store/monitoring.py
   ``reset_mark``: it deletes that excursion), replace it with a fresh foreign stamp (engine/store/history.py
-  ``foreign_stamp``), a replay's restart of the drawdowns deletes the hash. Before merging, the
-  monitor WATCHes the peaks keys and reads the stamps
-  (:meth:`TickState.stale_rows`); a portfolio stamped by anyone else is loaded from the store again
-  (:meth:`TickState.load`), so another monitor's or the reference path's merges are never lost, and a write by
-  anyone after the read aborts the monitor's MULTI (the tick is redone from the store). The same read checks
+  ``foreign_stamp``), a replay's restart of the drawdowns deletes the hash. Before its clock and its read of
+  the books, the monitor reads the stamps (:meth:`TickState.stale_rows`); a portfolio stamped by anyone else is
+  loaded from the store again (:meth:`TickState.load`), so another monitor's or the reference path's merges are
+  never lost, and the write (one script a lane) checks each portfolio's stamp again: one stamped by anyone since
+  the read is not written at all (the others are), and the tick redoes it from the store (no WATCH: a fill that
+  ends a position in one portfolio no longer aborts the 250 of its lane). The same read checks
   every peaks hash by the per-portfolio merge's rule (engine/store/monitoring.py ``PEAKS_FAULT_LUA``): a corrupt
   one, or a key of another type, reads as no one's stamp, and the load refuses that portfolio (reported, not
   snapshot, its stored state left as it is; the others are written), as the per-portfolio path does.
@@ -47,7 +48,7 @@ import orjson
 
 from engine.errors import CorruptDataError, StoreError
 from engine.settings import HistoryTier
-from engine.store.base import Conn, StoreBase
+from engine.store.base import Conn
 from engine.store.codec import EXCURSION_DTYPE, decode_excursion, decode_float, decode_str
 from engine.store.history import (
     HISTORY_COLUMNS,
@@ -65,7 +66,7 @@ from engine.store.history import (
     upgrade_rows,
 )
 from engine.store.keys import PortfolioKeys
-from engine.store.monitoring import PEAK_FIELDS, PEAKS_FAULT_LUA, check_peaks
+from engine.store.monitoring import PEAK_FIELDS, check_peaks
 from engine.store.slots import is_cluster
 
 Float64Array = npt.NDArray[np.float64]
@@ -99,6 +100,9 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 # ARGV[1] = tiers T, ARGV[2] = entry ms, ARGV[3] = oldest stream entry kept (ms, XTRIM MINID), ARGV[4] = stream
 # cap (MAXLEN ~), ARGV[5] = a tier row's size (bytes), then per tier its ring's size and the offset of the entry's
 # bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
+#   the owner stamp its peaks hash held when the tick began ('' = none): a portfolio whose stamp is another now
+#   (another writer touched it since: a fill that ended a position, a book sync, another monitor) is written not
+#   at all, and its place in the call (0-based) is returned, for the tick to redo it;
 #   version, snapshot (codec.encode_snapshot; '' = none this tick: peaks and marks only), the history point (a
 #   RAW_LAYOUT row),
 #   per tier one character: '1' check the ring's size first (loaded this tick), then write the row and the
@@ -122,61 +126,54 @@ local sizes, offsets = {}, {}
 for t = 1, ntier do sizes[t] = tonumber(ARGV[4 + 2 * t]); offsets[t] = ARGV[5 + 2 * t] end
 local a = 6 + 2 * ntier
 local nkeys = 4 + ntier
+local touched = {}
 for p = 0, #KEYS / nkeys - 1 do
   local k = p * nkeys
-  local version, json, row, check, rows, heads = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-                                                 ARGV[a + 5]
-  local replace, npeak, nset, ndel = ARGV[a + 6], tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
-  a = a + 10
-  redis.call('HSET', KEYS[k + 3], unpack(ARGV, a, a + 2 * npeak - 1))
-  a = a + 2 * npeak
-  if nset > 0 then
-    local names, records, pairs, at = ARGV[a], ARGV[a + 1], {}, 1
-    for i = 0, nset - 1 do
-      local z = string.find(names, '\0', at, true) or #names + 1
-      pairs[#pairs + 1] = string.sub(names, at, z - 1)
-      pairs[#pairs + 1] = string.sub(records, 17 * i + 1, 17 * i + 17)
-      at = z + 1
-      if #pairs == 1000 or i == nset - 1 then  -- Lua's unpack has a stack limit
-        redis.call('HSET', KEYS[k + 4], unpack(pairs))
-        pairs = {}
+  local held = redis.pcall('HGET', KEYS[k + 3], '""" + OWNER_FIELD + """')  -- an error: not a hash
+  if type(held) ~= 'string' then held = '' end
+  local expect, version, json, row, check, rows, heads = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+                                                         ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local replace, npeak, nset, ndel = ARGV[a + 7], tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]),
+                                     tonumber(ARGV[a + 10])
+  a = a + 11
+  if held ~= expect then  -- touched since the tick began: nothing of it written
+    touched[#touched + 1] = p
+    a = a + 2 * npeak + ndel
+    if nset > 0 then a = a + 2 end
+  else
+    redis.call('HSET', KEYS[k + 3], unpack(ARGV, a, a + 2 * npeak - 1))
+    a = a + 2 * npeak
+    if nset > 0 then
+      local names, records, pairs, at = ARGV[a], ARGV[a + 1], {}, 1
+      for i = 0, nset - 1 do
+        local z = string.find(names, '\0', at, true) or #names + 1
+        pairs[#pairs + 1] = string.sub(names, at, z - 1)
+        pairs[#pairs + 1] = string.sub(records, 17 * i + 1, 17 * i + 17)
+        at = z + 1
+        if #pairs == 1000 or i == nset - 1 then  -- Lua's unpack has a stack limit
+          redis.call('HSET', KEYS[k + 4], unpack(pairs))
+          pairs = {}
+        end
       end
+      a = a + 2
     end
-    a = a + 2
-  end
-  if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
-  a = a + ndel
-  if json ~= '' then
-    append_point(KEYS[k + 1], KEYS[k + 2], version, json, ms, minid, cap, row, replace)
-    for t = 1, ntier do
-      local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
-      if mode == '1' then size_ring(key, sizes[t], redis.call('STRLEN', key)) end  -- sized already: size_rings
-      if mode ~= '-' then
-        redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
-        if mode ~= '0' then redis.call('SETRANGE', key, '0', string.sub(heads, (t - 1) * 16 + 1, t * 16)) end
+    if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
+    a = a + ndel
+    if json ~= '' then
+      append_point(KEYS[k + 1], KEYS[k + 2], version, json, ms, minid, cap, row, replace)
+      for t = 1, ntier do
+        local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
+        if mode == '1' then size_ring(key, sizes[t], redis.call('STRLEN', key)) end  -- sized already: size_rings
+        if mode ~= '-' then
+          redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
+          if mode ~= '0' then redis.call('SETRANGE', key, '0', string.sub(heads, (t - 1) * 16 + 1, t * 16)) end
+        end
       end
     end
   end
 end
-return #KEYS / nkeys
+return touched
 """
-
-# Each peaks key's owner stamp, false where none; '' (no writer's stamp, so the row is loaded: TickState.load,
-# which refuses it by the same rule) where the hash is corrupt (engine/store/monitoring.py ``PEAKS_FAULT_LUA``,
-# the rule the per-portfolio merge applies on every tick) or the key is not a hash (read by pcall: one
-# portfolio's wrong key must not fail every portfolio's tick). Checked on every tick, as that merge does: a hash
-# corrupted under a copy this writer owns (a write that left the owner stamp alone) is refused, not written over
-# from memory. The check is Redis' (one HMGET and a few string tests a key, about 3 us), no Python per portfolio.
-_OWNERS_LUA = PEAKS_FAULT_LUA + f"""
-local out = {{}}
-for i, key in ipairs(KEYS) do
-  local h = redis.pcall('HMGET', key, 'day', 'day_open', 'day_peak', 'week', 'week_peak', 'max_peak', 'max_dd',
-                        'last', 'close', '{OWNER_FIELD}')
-  if h.err or peaks_fault(key, h) then out[i] = '' else out[i] = h[10] end
-end
-return out
-"""
-
 
 @dataclass
 class Merged:
@@ -271,6 +268,7 @@ class TickState:
         self._owner = np.zeros(0, dtype=np.intp)
         self._keys: dict[str, list[str]] = {}
         self._watch: list[str] | None = None
+        self._seen: list[bytes] = []
 
     # -- layout ----------------------------------------------------------------------------------------------
     def align(self, pids: Sequence[str], tickers: Sequence[tuple[str, ...]]) -> None:
@@ -318,6 +316,7 @@ class TickState:
         self._owner = np.repeat(np.arange(count, dtype=np.intp), [len(t) for t in self.tickers])
         self._keys = {}
         self._watch = None
+        self._seen = []
 
     def offsets(self) -> npt.NDArray[np.intp]:
         return np.concatenate(([0], np.cumsum([len(t) for t in self.tickers]))).astype(np.intp)
@@ -345,8 +344,10 @@ class TickState:
 
     def stale_rows(self, owners: Sequence[bytes | None]) -> npt.NDArray[np.bool_]:
         """Rows this state does not own any more (never loaded, or stamped by another writer), from the owner
-        stamps of :meth:`watch_keys` (:func:`read_owners`, read after the caller WATCHed them)."""
+        stamps of :meth:`watch_keys` (engine/store/tick_owners.py ``read_owners``, read before the tick's clock
+        and books). The write expects each peaks hash to hold the stamp read here still (:data:`_APPLY_LUA`)."""
         mine = self.token.encode()
+        self._seen = [o if isinstance(o, bytes) else b"" for o in owners]
         return ~self.owned | np.array([o != mine for o in owners], dtype=bool)
 
     def load(self, rows: npt.NDArray[np.intp], ms: int, client: Any) -> dict[int, str]:
@@ -660,20 +661,25 @@ class TickState:
         return sets, dels
 
     def write(
-        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, bytes], version: int
-    ) -> None:
-        """Queue the script writing the merged state of the valid portfolios among ``rows`` and, where
-        ``snapshots`` holds one (by row: its stored form), the snapshot (market ``version``) and its history
-        point."""
+        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, bytes], version: int,
+        only: npt.NDArray[np.bool_] | None = None,
+    ) -> list[int]:  # fmt: skip
+        """Queue the script writing the merged state of the valid portfolios among ``rows`` (and among ``only``,
+        when given) and, where ``snapshots`` holds one (by row: its stored form), the snapshot (market
+        ``version``) and its history point. Each portfolio is written only where its peaks hash still holds the
+        owner stamp :meth:`stale_rows` read: returns the rows queued, in order (engine/store/tick_owners.py
+        ``touched_rows``)."""
         x = prepared
         merged = x.merged
         sets, dels = self._marks(x, rows)
         peaks = dict(zip(rows, _decimal_rows(merged.peaks[rows.start : rows.stop]), strict=True))  # rows: step 1
         token = self.token
         groups: list[tuple[list[str], list[Any]]] = []
+        queued: list[int] = []
         for p in rows:
-            if not x.valid[p]:
+            if not x.valid[p] or (only is not None and not only[p]):
                 continue
+            queued.append(p)
             pid = self.pids[p]
             pk = self._keys.get(pid)
             if pk is None:
@@ -685,11 +691,11 @@ class TickState:
             count, set_names, set_records = sets.get(p, (0, b"", b""))
             del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
             fields = x.peak_fields[p]
-            pa: list[Any]
+            pa: list[Any] = [self._seen[p]]
             if snap is None:
-                pa = [0, "", "", "", "", "", ""]
+                pa += [0, "", "", "", "", "", ""]
             else:
-                pa = [
+                pa += [
                     version, snap, x.raw[p * x.raw_size : (p + 1) * x.raw_size], x.checks[p],
                     x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
                     x.headers[p * x.head_block : (p + 1) * x.head_block], x.replace[p],
@@ -709,37 +715,41 @@ class TickState:
             pa += del_p
             groups.append((pk, pa))
         if not groups:
-            return
+            return queued
         if is_cluster(store.client):  # one script per portfolio, each in its slot's MULTI
             for pk, pa in groups:
                 store._eval(pipe, _APPLY_LUA, pk, [*x.head, *pa])
-            return
+            return queued
         keys: list[str] = []
         args = list(x.head)
         for pk, pa in groups:
             keys += pk
             args += pa
         store._eval(pipe, _APPLY_LUA, keys, args)
+        return queued
 
-    def commit(self, merged: Merged, valid: npt.NDArray[np.bool_]) -> None:
-        """The transaction holding ``merged`` succeeded: it is the stored state of every ``valid`` row."""
+    def commit(self, merged: Merged, valid: npt.NDArray[np.bool_], touched: Sequence[int] = ()) -> None:
+        """The transaction holding ``merged`` succeeded: it is the stored state of every ``valid`` row; the rows
+        ``touched`` (another writer stamped them since the tick began, so not written: engine/store/tick_owners.py
+        ``touched_rows``) are loaded again before their next write."""
+        if len(touched):
+            valid = valid.copy()
+            valid[list(touched)] = False
+            self.owned[list(touched)] = False
         self.day = [d if v else old for d, v, old in zip(merged.day, valid.tolist(), self.day, strict=True)]
         self.week = [w if v else old for w, v, old in zip(merged.week, valid.tolist(), self.week, strict=True)]
         self.peaks = np.where(valid[:, None], merged.peaks, self.peaks)
-        self.side, self.mfe, self.mae = merged.side, merged.mfe, merged.mae
-        self.buckets, self.rows, self.headers = merged.buckets, merged.rows, merged.headers
-        self.versions = np.where(merged.replace & valid, merged.version, self.versions)
         valid_pos = valid[self._owner]
+        self.side = np.where(valid_pos, merged.side, self.side).astype(np.int8)
+        self.mfe, self.mae = np.where(valid_pos, merged.mfe, self.mfe), np.where(valid_pos, merged.mae, self.mae)
+        self.buckets = np.where(valid[:, None], merged.buckets, self.buckets)
+        self.rows = np.where(valid[:, None, None], merged.rows, self.rows)
+        self.headers = np.where(valid[:, None, None], merged.headers, self.headers)
+        self.versions = np.where(merged.replace & valid, merged.version, self.versions)
         self.stored = np.where(valid_pos, merged.side != 0, self.stored)
         self.checked &= ~valid
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
-
-
-def read_owners(store: StoreBase, keys: Sequence[str]) -> list[bytes | None]:
-    """The owner stamp of each peaks key (``StoreBase._eval_per_key``: one script, or one call per key on a Redis
-    Cluster)."""
-    return store._eval_per_key(_OWNERS_LUA, keys)
 
 
 NO_VERSION = np.iinfo(np.int64).min
