@@ -205,7 +205,7 @@ class VectorisedTick:
         (logic/stamped_read.py: a flow stamped before that read is stamped before the clock read and in the
         books; one after it is redone, and the redo reads the clock again). A read that lays a lane out anew
         (the first tick, the registry changed) met portfolios whose stamps were not read before it: it is done
-        once more, those stamps read first (:data:`LAYOUT_PASSES`; :meth:`_watch_lane`)."""
+        once more, those stamps read first (:data:`LAYOUT_PASSES`; :meth:`_lay_out_lane`)."""
         key = (int(market.header.version), float(market.header.ts), monitor.stats.store_errors)
         kept, self.kept = self.kept, None
         kept = kept if tick and kept is not None and kept.tick == key else None
@@ -213,7 +213,7 @@ class VectorisedTick:
             for final in [False] * (LAYOUT_PASSES - 1) + [True]:
                 laying = False
                 try:
-                    held = [key for lane in self.lanes for key in lane.state.watch_keys()]
+                    held = [key for lane in self.lanes for key in lane.state.peaks_keys()]
                     seen = dict(zip(held, read_owners(self.store, held), strict=True))
                     now = clock()  # after the owner stamps, before the read (docstring)
                     bundles = list(read().values())
@@ -237,7 +237,7 @@ class VectorisedTick:
         self, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, seen: dict[str, Any],
         final: bool,
     ) -> bool:  # fmt: skip
-        """Split the books read into lanes (adding or dropping lanes) and lay each out (:meth:`_watch_lane`);
+        """Split the books read into lanes (adding or dropping lanes) and lay each out (:meth:`_lay_out_lane`);
         False when a lane met portfolios whose owner stamps ``seen`` (read before the clock) lacks (``final``:
         they are read now, into ``seen``, True)."""
         bounds = chunks(len(bundles), self.chunk_portfolios)
@@ -246,7 +246,7 @@ class VectorisedTick:
         del self.lanes[len(bounds) :]
         settled = True
         for lane, (lo, hi) in zip(self.lanes, bounds, strict=True):
-            settled &= self._watch_lane(lane, monitor, bundles[lo:hi], market, seen, final)
+            settled &= self._lay_out_lane(lane, monitor, bundles[lo:hi], market, seen, final)
         return settled
 
     def _snapshot_all(
@@ -333,7 +333,7 @@ class VectorisedTick:
                 tx.reset()
         return snapshots
 
-    def _watch_lane(
+    def _lay_out_lane(
         self, lane: _Lane, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView,
         seen: dict[str, Any], final: bool,
     ) -> bool:  # fmt: skip
@@ -345,7 +345,7 @@ class VectorisedTick:
         lane.readable = readable
         lane.cols.update([b.state for b in readable], market.header.tickers, market.index)  # type: ignore[misc]
         lane.state.align(lane.cols.pids, lane.cols.ticker_tuples())
-        late = [key for key in lane.state.watch_keys() if key not in seen]  # only when the lane's layout changed
+        late = [key for key in lane.state.peaks_keys() if key not in seen]  # only when the lane's layout changed
         if late and final:
             seen.update(zip(late, read_owners(self.store, late), strict=True))
         return final or not late
@@ -354,7 +354,7 @@ class VectorisedTick:
     def _stale(states: Sequence[TickState], seen: dict[str, Any]) -> list[npt.NDArray[np.bool_]]:
         """Each lane's rows another writer touched, or that it does not hold, by the owner stamps read before
         the tick's clock (``seen``)."""
-        return [s.stale_rows([seen[key] for key in s.watch_keys()]) for s in states]
+        return [s.stale_rows([seen[key] for key in s.peaks_keys()]) for s in states]
 
     def _load_lane(self, lane: _Lane, monitor: Monitor, stale: npt.NDArray[np.bool_], ms: int) -> _Read:
         """Load the state of a lane's ``stale`` rows, and of those whose buckets' slots a late point needs."""

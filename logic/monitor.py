@@ -6,14 +6,14 @@ the latest snapshot and appends it to the portfolio's history, then hands it to 
 Per tick (issue 15): one read of every portfolio (state, positions, trading state; one script), then
 :mod:`logic.batch_tick`: every book valued, its peaks, excursions and history buckets merged, its risk figures
 (:mod:`logic.batch`) and snapshot built on arrays, and MULTIs (one per range of portfolios, pipelined with the
-building) writing one script with the snapshots, history points and merged state; the last also acknowledges the
-tick and writes the heartbeat ``hb:monitor``; then the alerts in one batch (:mod:`logic.alert_batch`).
+building) writing one script with the snapshots, history points and merged state, then a MULTI acknowledging the
+tick and writing the heartbeat ``hb:monitor``; then the alerts in one batch (:mod:`logic.alert_batch`).
 ``vectorised=False`` keeps the per-portfolio reference path (one portfolio at a time, merges by three Lua scripts
 each). History: ``history.raw_seconds`` at full resolution and the downsampled tiers of ``[history]``
 (engine/store/history.py). VaR and CVaR by each portfolio's method. The continuous VaR backtest is fed every bar by
 its own daemon (logic/backtest_runner.py: a backtest needs every bar, a snapshot only the newest); the snapshot's
-``backtest`` section is its last stored one. Both paths read the tick's time after the WATCH that guards the books
-read, so a history point and its book agree about every capital flow a sync booked (logic/stamped_read.py).
+``backtest`` section is its last stored one. Both paths read the tick's time after what guards the books read, so a
+history point and its book agree about every capital flow a sync booked (logic/stamped_read.py).
 
 Sharing the work: the monitors are consumers of one Redis consumer group (``monitor``) on the tick stream; each
 tick goes to one of them, or (``monitor.shard_portfolios``) each live monitor snapshots its shard of every tick
@@ -21,11 +21,12 @@ tick goes to one of them, or (``monitor.shard_portfolios``) each live monitor sn
 waiting tick and acknowledges the older ones (``ticks_coalesced``); peaks merge every snapshot written, so they
 stay exact. State two monitors may both update is merged so that none is lost: the per-portfolio path merges in
 Redis (max/min, "replace only if not older"), the vectorised one in memory while it owns the portfolio
-(engine/store/tick_state.py: a WATCHed owner stamp; a conflict redoes the tick at once, ``ticks_redone``). A tick is
-acknowledged in the MULTI that writes its (last) snapshots, so it is recorded once (logic/batch_tick.py: a tick
-redone after a partial write adds a history point, as a refresh would); a monitor that stops before that leaves it
-pending: on restart it processes its own pending entries first, and entries left by a monitor that never came back
-are claimed by a live one after ``--claim-idle`` seconds.
+(engine/store/tick_state.py: an owner stamp, new each write, read before the tick and checked by the write; a
+portfolio touched meanwhile is redone at once, ``ticks_redone``). A tick is acknowledged once its snapshots are
+written (the vectorised path: in a MULTI after its lanes', so a failure between them has the redo add a history
+point, as a refresh would); a monitor that stops before that leaves it pending: on restart it processes its own
+pending entries first, and entries left by a monitor that never came back are claimed by a live one after
+``--claim-idle`` seconds.
 
 When no tick arrives for ``--idle-refresh`` seconds (one monitor at a time, by a short lease) the portfolios are
 snapshotted from the stored market, so the history keeps at least one point per second and
@@ -390,7 +391,7 @@ class Monitor:
         stands for, ``coalesced``) with the writes."""
         started = time.perf_counter()
         self._live = None  # the membership is read again once per tick
-        # a replay's tick is dated by its bar (engine/clocks.py); read after the WATCH (logic/stamped_read.py)
+        # a replay's tick is dated by its bar (engine/clocks.py); read after the guard (logic/stamped_read.py)
         stamp = functools.partial(tick_time, self.clock, event.ts)
         if event.reset and replaying(self.clock):  # a replay restarted: so do its drawdowns (a reload keeps them)
             self.store.restart_peaks(self._shard_ids(self._portfolio_ids or self.store.portfolio_ids()))
@@ -495,7 +496,7 @@ class Monitor:
         self, market: MarketView, clock: Clock, *, ack: list[str], tick: bool, started: float
     ) -> tuple[dict[str, dict[str, Any]], float]:
         """Value, merge peaks and marks, build and write the snapshots of every portfolio (one MULTI); returns
-        them and their time, ``clock`` read after the WATCH that guards the books read (logic/stamped_read.py)."""
+        them and their time, ``clock`` read after what guards the books read (logic/stamped_read.py)."""
         if self.fast is not None:
             finish = functools.partial(self._commit_tick, market=market, ack=ack, tick=tick, started=started)
             return self.fast.snapshot_all(self, self._read_bundles, market, clock, finish=finish, tick=tick)
@@ -600,7 +601,7 @@ class Monitor:
         self, tx: Any, snapshots: dict[str, dict[str, Any]], *, market: MarketView, now: float,
         ack: list[str], tick: bool, started: float,
     ) -> dict[str, dict[str, Any]]:  # fmt: skip
-        """Acknowledge the tick and write the heartbeat in ``tx`` (the tick's writes queued), EXEC and count.
+        """Acknowledge the tick and write the heartbeat in ``tx`` (any writes queued in it), EXEC and count.
 
         The heartbeat goes in the tick's own MULTI, so its ``last_latency_ms`` is the previous tick's, measured to
         the return of its EXEC (as the stream daemon's); the tick's own is counted once its EXEC returned."""

@@ -16,7 +16,7 @@ import redis
 import warmup
 from engine.feeds import SimulatedFeed
 from engine.settings import Settings
-from engine.store import MONITOR_GROUP, TICKS_KEY, Store
+from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Store
 from engine.store.limits_batch import _READ_LIMITS_LUA
 from engine.store.tick_state import TickState
 from engine.stream import StreamDaemon
@@ -298,3 +298,40 @@ def test_the_tick_after_a_lane_only_redo_reads_no_limits_or_backtest_section_aga
 
     # Assert: neither was read again (the redo had read the kept lanes' too)
     assert calls == [[], []]
+
+
+def test_a_monitor_does_not_write_over_the_newer_tick_another_monitor_wrote_meanwhile(
+    store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: monitors A and B of one consumer group; B wrote the last tick (its stamps on every peaks hash), so A
+    # loads every portfolio for the next one, and while A computes it B writes the tick after (B holds them all: a
+    # write of a holder must still tell A that its read is old)
+    settings, clock, a, bar = _setup(store, make_settings)
+    b = Monitor(store, settings, clock, consumer="b", idle_refresh_seconds=0)
+    assert a.fast is not None and b.fast is not None
+    b.fast.chunk_portfolios = 5
+    pids = store.portfolio_ids()
+    bar()
+    assert b.process_available() == 1
+    bar()
+    prepare = TickState.prepare
+    seen: list[tuple[int, dict[str, dict[bytes, bytes]]]] = []
+
+    def b_writes_the_next_tick(self: TickState, *args: Any, **kwargs: Any) -> Any:
+        if not seen and self.token == a.fast.token:  # type: ignore[union-attr]
+            clock.now += AFTER
+            newest = bar()
+            assert b.process_available() == 1
+            seen.append((newest, {pid: store.client.hgetall(PortfolioKeys(pid).peaks) for pid in pids}))
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(TickState, "prepare", b_writes_the_next_tick)
+
+    # Act: A's tick
+    with pytest.raises(redis.WatchError):
+        a.process_available()
+
+    # Assert: A wrote none of its older tick over B's: every snapshot is still B's newest, every peaks hash B's
+    newest, peaks = seen[0]
+    assert {version for version, _ in _snapshots(store, pids).values()} == {newest}
+    assert {pid: store.client.hgetall(PortfolioKeys(pid).peaks) for pid in pids} == peaks

@@ -33,6 +33,7 @@ engine/store/monitoring.py, never derived from these tiers.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -239,6 +240,20 @@ end
 """
 """The Lua function both snapshot writes define (``HistoryStore.record_snapshot`` and the vectorised monitor's
 script in engine/store/tick_state.py): one rule for replacing the latest snapshot and appending its point."""
+
+NO_VERSION = np.iinfo(np.int64).min
+"""A portfolio without a stored snapshot, or whose snapshot has no readable version: any snapshot replaces it."""
+_VERSION = re.compile(rb'"version":(-?[0-9]+)')
+
+
+def stored_version(raw: bytes | None) -> int:
+    """The version of a stored snapshot as ``append_point`` reads it (the first ``"version":<integer>`` in it),
+    or :data:`NO_VERSION`."""
+    found = _VERSION.search(raw) if isinstance(raw, bytes) else None
+    if found is None:
+        return int(NO_VERSION)
+    return min(max(int(found.group(1)), int(NO_VERSION) + 1), int(np.iinfo(np.int64).max))
+
 
 SIZE_RING_LUA = """
 -- size_ring(key, size, len): the ring at its size, from its length now: one of the legacy layout converted in

@@ -8,18 +8,19 @@ structure: about 100 µs of Redis time each, 0.3 s a tick for a thousand portfol
 arithmetic on arrays (one row per portfolio, one element per position) and Redis only stores the results:
 
 - **Ownership.** The state of a portfolio is kept while this writer owns it: every write stamps the peaks hash
-  with this writer's ``owner`` token; the per-portfolio path's scripts, a book sync's capital flow
-  (``MonitoringStore.shift_peaks``) and a fill that closes or flips a position (engine/store/monitoring.py
-  ``reset_mark``: it deletes that excursion), replace it with a fresh foreign stamp (engine/store/history.py
-  ``foreign_stamp``), a replay's restart of the drawdowns deletes the hash. Before its clock and its read of
-  the books, the monitor reads the stamps (:meth:`TickState.stale_rows`); a portfolio stamped by anyone else is
-  loaded from the store again (:meth:`TickState.load`), so another monitor's or the reference path's merges are
-  never lost, and the write (one script a lane) checks each portfolio's stamp again: one stamped by anyone since
-  the read is not written at all (the others are), and the tick redoes it from the store (no WATCH: a fill that
-  ends a position in one portfolio no longer aborts the 250 of its lane). The same read checks
-  every peaks hash by the per-portfolio merge's rule (engine/store/monitoring.py ``PEAKS_FAULT_LUA``): a corrupt
-  one, or a key of another type, reads as no one's stamp, and the load refuses that portfolio (reported, not
-  snapshot, its stored state left as it is; the others are written), as the per-portfolio path does.
+  with an ``owner`` stamp of its own (this writer's token and a count: new each write, so even a writer that holds
+  the portfolio too tells any later write from the stamp it read); the per-portfolio path's scripts, a book sync's
+  capital flow (``MonitoringStore.shift_peaks``) and a fill that closes or flips a position
+  (engine/store/monitoring.py ``reset_mark``: it deletes that excursion) replace it with a fresh foreign stamp
+  (engine/store/history.py ``foreign_stamp``), a replay's restart of the drawdowns deletes the hash. Before its
+  clock and its read of the books, the monitor reads the stamps (:meth:`TickState.stale_rows`); a portfolio
+  stamped by anyone else is loaded from the store again (:meth:`TickState.load`), so another monitor's or the
+  reference path's merges are never lost, and the write (one script a lane) checks each portfolio's stamp again:
+  one stamped by anyone since the read is not written at all (the others are), and the tick redoes it from the
+  store (no WATCH: a fill that ends a position in one portfolio no longer aborts the 250 of its lane). The same
+  read checks every peaks hash by the per-portfolio merge's rule (engine/store/monitoring.py ``PEAKS_FAULT_LUA``):
+  a corrupt one, or a key of another type, reads as no one's stamp, and the load refuses that portfolio (reported,
+  not snapshot, its stored state left as it is; the others are written), as the per-portfolio path does.
 - **Same results.** Peaks follow ``MonitoringStore._PEAKS_LUA`` and excursions ``_MARKS_LUA`` step for step
   (the same doubles: Redis' Lua numbers are IEEE doubles too); a tier bucket merges by
   :data:`engine.store.history.HISTORY_COLUMNS`' aggregations, its float32 columns rounded as ``struct.pack``
@@ -36,7 +37,6 @@ excursions are flat, one element per position in the books' order (``offsets``).
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +53,7 @@ from engine.store.codec import EXCURSION_DTYPE, decode_excursion, decode_float, 
 from engine.store.history import (
     HISTORY_COLUMNS,
     LEGACY_TIER_LAYOUT,
+    NO_VERSION,
     OWNER_FIELD,
     RAW_LAYOUT,
     TIER_LAYOUT,
@@ -60,6 +61,7 @@ from engine.store.history import (
     legacy_tier_bytes,
     ring_cost,
     size_rings,
+    stored_version,
     tier_bytes,
     tier_resolution_ms,
     tier_slots,
@@ -81,10 +83,9 @@ _FIELD_SETS = {
 """The peaks fields a write sets, by the bit mask of those it sets (:meth:`TickState._peak_fields`)."""
 _ALL_FIELDS = (1 << len(_CHANGED_FIELDS)) - 1
 _CLOSE_BIT = 1 << _CHANGED_FIELDS.index("close")
-_LAST_BIT = 1 << _CHANGED_FIELDS.index("last")
 _OWNER_BIT = 1 << _CHANGED_FIELDS.index(OWNER_FIELD)
-_LAST_ONLY = ("last",)
-_LAST_AND_CLOSE = ("last", "close")
+_LAST_ONLY = ("last", OWNER_FIELD)
+_LAST_AND_CLOSE = ("last", "close", OWNER_FIELD)
 _LAST_COLUMN = _PEAK_COLUMNS.index("last")
 _CLOSE_COLUMN = _PEAK_COLUMNS.index("close")
 _NPEAK = len(_PEAK_COLUMNS)
@@ -112,9 +113,9 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 #   's' replace the snapshot or 'k' keep the stored one (of a higher version: this writer knows the version
 #   stored, read when it loaded the portfolio, or written by it since),
 #   n peaks fields, n marks to set, n marks to delete, then the (field, value) pairs of the peaks hash (``last``
-#   always: every write touches the peaks key, which other writers WATCH; every field and the owner stamp for a
-#   portfolio loaded this tick), the marks to set (when n > 0: their tickers joined by NUL, which no ticker holds,
-#   then their excursion records end to end, 17 bytes each: codec.EXCURSION_DTYPE) and the tickers to delete.
+#   and this write's new owner stamp always; every field for a portfolio loaded this tick), the marks to set (when
+#   n > 0: their tickers joined by NUL, which no ticker holds, then their excursion records end to end, 17 bytes
+#   each: codec.EXCURSION_DTYPE) and the tickers to delete.
 # The history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring of the legacy
 # layout is converted in place; one that is not its size otherwise (new, or reconfigured) is recreated zero-filled
@@ -201,6 +202,9 @@ class Merged:
     replace: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """Portfolios whose snapshot replaces the stored one (:meth:`TickState.prepare`)."""
     version: int = 0
+    stamp: str = ""
+    """The owner stamp this write puts on every peaks hash it writes (:meth:`TickState.prepare`: new each
+    write, so another writer, even one holding the same portfolio, tells any write of it from the stamp it read)."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,9 @@ class TickState:
     headers: Float64Array = field(default_factory=lambda: np.zeros((0, 0, 2)))
     checked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """Rows loaded since their last write: the write checks their rings' sizes first."""
+    stamps: list[bytes | None] = field(default_factory=list)
+    """The owner stamp this writer last wrote on each portfolio's peaks hash (None: none): the row is this
+    writer's while the hash holds it (:meth:`stale_rows`)."""
     versions: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """The version of each portfolio's stored snapshot (:data:`NO_VERSION`: none, or none readable), as loaded
     or written since: a snapshot is written unless that one is newer (``append_point``'s rule, kept here)."""
@@ -267,8 +274,9 @@ class TickState:
         self._flat: list[str] = []
         self._owner = np.zeros(0, dtype=np.intp)
         self._keys: dict[str, list[str]] = {}
-        self._watch: list[str] | None = None
+        self._peaks: list[str] | None = None
         self._seen: list[bytes] = []
+        self._writes = 0
 
     # -- layout ----------------------------------------------------------------------------------------------
     def align(self, pids: Sequence[str], tickers: Sequence[tuple[str, ...]]) -> None:
@@ -290,11 +298,12 @@ class TickState:
         rows = np.full((count, ntier, _NCOL), np.nan)
         headers = np.zeros((count, ntier, 2))
         versions = np.full(count, NO_VERSION, dtype=np.int64)
+        stamps: list[bytes | None] = [None] * count
         at = 0
         for p, (pid, names) in enumerate(zip(pids, tickers, strict=True)):
             i = old.get(pid)
             if i is not None:
-                owned[p], day[p], week[p] = self.owned[i], self.day[i], self.week[i]
+                owned[p], day[p], week[p], stamps[p] = self.owned[i], self.day[i], self.week[i], self.stamps[i]
                 peaks[p], buckets[p], versions[p] = self.peaks[i], self.buckets[i], self.versions[i]
                 rows[p], headers[p] = self.rows[i], self.headers[i]
                 before = {t: starts[i] + j for j, t in enumerate(self.tickers[i])}
@@ -312,10 +321,11 @@ class TickState:
         self.day, self.week, self.peaks = day, week, peaks
         self.side, self.mfe, self.mae, self.stored = side, mfe, mae, stored
         self.buckets, self.rows, self.headers, self.versions = buckets, rows, headers, versions
+        self.stamps = stamps
         self._flat = [t for names in self.tickers for t in names]
         self._owner = np.repeat(np.arange(count, dtype=np.intp), [len(t) for t in self.tickers])
         self._keys = {}
-        self._watch = None
+        self._peaks = None
         self._seen = []
 
     def offsets(self) -> npt.NDArray[np.intp]:
@@ -337,18 +347,18 @@ class TickState:
         self.owned[:] = False
 
     # -- ownership -------------------------------------------------------------------------------------------
-    def watch_keys(self) -> list[str]:
-        if self._watch is None or len(self._watch) != len(self.pids):
-            self._watch = [PortfolioKeys(pid).peaks for pid in self.pids]
-        return self._watch
+    def peaks_keys(self) -> list[str]:
+        if self._peaks is None or len(self._peaks) != len(self.pids):
+            self._peaks = [PortfolioKeys(pid).peaks for pid in self.pids]
+        return self._peaks
 
     def stale_rows(self, owners: Sequence[bytes | None]) -> npt.NDArray[np.bool_]:
         """Rows this state does not own any more (never loaded, or stamped by another writer), from the owner
-        stamps of :meth:`watch_keys` (engine/store/tick_owners.py ``read_owners``, read before the tick's clock
+        stamps of :meth:`peaks_keys` (engine/store/tick_owners.py ``read_owners``, read before the tick's clock
         and books). The write expects each peaks hash to hold the stamp read here still (:data:`_APPLY_LUA`)."""
-        mine = self.token.encode()
         self._seen = [o if isinstance(o, bytes) else b"" for o in owners]
-        return ~self.owned | np.array([o != mine for o in owners], dtype=bool)
+        return ~self.owned | np.array([o is None or o != s for o, s in zip(owners, self.stamps, strict=True)],
+                                      dtype=bool)  # fmt: skip
 
     def load(self, rows: npt.NDArray[np.intp], ms: int, client: Any) -> dict[int, str]:
         """Read the stored peaks, excursions and open tier buckets of ``rows`` (one pipeline); returns the rows
@@ -590,6 +600,8 @@ class TickState:
         version (a stored snapshot of a higher one is kept)."""
         merged.replace = valid & ~np.isnan(points[:, 0]) & (self.versions <= version)
         merged.version = version
+        self._writes += 1
+        merged.stamp = f"{self.token}:{self._writes}"
         ntier, count = len(self.tiers), len(self.pids)
         stored = points[:, _RAW_INDEX]
         raw = np.ascontiguousarray(np.where(np.isfinite(stored), stored, np.nan), dtype="<f8").tobytes()
@@ -618,7 +630,8 @@ class TickState:
         it was loaded this tick (its hash may lack some; another writer stamped it), else those that changed,
         and ``last`` always; never a field that is not known yet (a NaN ``close``; with an incomplete valuation,
         which moves nothing, any reference a hash lacks, and no day or week before a first observation), and
-        the owner stamp where ``last`` is not written (every write touches the key other writers WATCH)."""
+        the write's owner stamp always (new each write: every other writer, another monitor holding the same
+        portfolio too, checks the stamp it read before its clock, engine/store/tick_owners.py)."""
         changed = ~((merged.peaks == self.peaks) | (np.isnan(merged.peaks) & np.isnan(self.peaks)))
         changed[:, _LAST_COLUMN] = True
         changed = np.column_stack((
@@ -631,7 +644,7 @@ class TickState:
             np.zeros(len(self.pids), dtype=bool),
         )) if len(self.pids) else np.zeros((0, len(_CHANGED_FIELDS)), dtype=bool)  # fmt: skip
         codes &= ~(unknown @ (1 << np.arange(len(_CHANGED_FIELDS))))
-        codes = np.where(codes & _LAST_BIT, codes, codes | _OWNER_BIT)
+        codes |= _OWNER_BIT
         return [_FIELD_SETS[c] for c in codes.tolist()]
 
     def _marks(
@@ -673,7 +686,7 @@ class TickState:
         merged = x.merged
         sets, dels = self._marks(x, rows)
         peaks = dict(zip(rows, _decimal_rows(merged.peaks[rows.start : rows.stop]), strict=True))  # rows: step 1
-        token = self.token
+        stamp = merged.stamp
         groups: list[tuple[list[str], list[Any]]] = []
         queued: list[int] = []
         for p in rows:
@@ -702,11 +715,11 @@ class TickState:
                 ]  # fmt: skip
             pa += [len(fields), count, len(del_p)]
             if fields == _LAST_ONLY:  # the common cases: no new peak, day or week (market closed / open)
-                pa += ("last", peaks[p][_LAST_COLUMN])
+                pa += ("last", peaks[p][_LAST_COLUMN], OWNER_FIELD, stamp)
             elif fields == _LAST_AND_CLOSE:
-                pa += ("last", peaks[p][_LAST_COLUMN], "close", peaks[p][_CLOSE_COLUMN])
+                pa += ("last", peaks[p][_LAST_COLUMN], "close", peaks[p][_CLOSE_COLUMN], OWNER_FIELD, stamp)
             else:
-                values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: token,
+                values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: stamp,
                           **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
                 for name in fields:
                     pa += (name, values[name])
@@ -747,23 +760,11 @@ class TickState:
         self.headers = np.where(valid[:, None, None], merged.headers, self.headers)
         self.versions = np.where(merged.replace & valid, merged.version, self.versions)
         self.stored = np.where(valid_pos, merged.side != 0, self.stored)
+        stamp = merged.stamp.encode()
+        self.stamps = [stamp if v else old for v, old in zip(valid.tolist(), self.stamps, strict=True)]
         self.checked &= ~valid
         for p in np.flatnonzero(valid).tolist():
             self.orphans.pop(self.pids[p], None)
-
-
-NO_VERSION = np.iinfo(np.int64).min
-"""A portfolio without a stored snapshot, or whose snapshot has no readable version: any snapshot replaces it."""
-_VERSION = re.compile(rb'"version":(-?[0-9]+)')
-
-
-def stored_version(raw: bytes | None) -> int:
-    """The version of a stored snapshot as ``append_point`` reads it (the first ``"version":<integer>`` in it),
-    or :data:`NO_VERSION`."""
-    found = _VERSION.search(raw) if isinstance(raw, bytes) else None
-    if found is None:
-        return int(NO_VERSION)
-    return min(max(int(found.group(1)), int(NO_VERSION) + 1), int(np.iinfo(np.int64).max))
 
 
 def _decimal_rows(values: Float64Array) -> list[list[Any]]:
