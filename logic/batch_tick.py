@@ -22,8 +22,9 @@ another monitor) is not written at all and its place is returned; the lane's oth
 a desk flattening positions stamps portfolios every few ticks, and aborting the 250 of a lane each time kept the live
 risk seconds behind). The touched portfolios are loaded again before their next write, and the tick, left
 unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no backoff): the redo of that same
-tick computes only the lanes holding a portfolio not done and writes only those portfolios (:class:`_Kept`); the
-others' snapshots and history points of the tick are already stored and are taken as they are. Any other failure
+tick computes and writes only the portfolios not done, as lanes of their own loaded from the store (:class:`_Kept`,
+:meth:`VectorisedTick._left`); the others' snapshots and history points of the tick are already stored and are taken
+as they are. Any other failure
 drops every lane's state (a failed script may have written part of a tick). A monitor stopped after the last lane and
 before the acknowledgement leaves the same state: the tick is redone (whole) by whoever takes it. A portfolio that
 moves to another lane (the registry changed) is loaded from the store by its new lane, as one another writer
@@ -143,8 +144,8 @@ class _Kept:
     """What an attempt of a tick did before other writers' stamps left some of its portfolios unwritten
     (:meth:`VectorisedTick._snapshot_all`): by lane index, its portfolios, the snapshots written and every
     portfolio done (written, or not writable this tick: reported). The redo of the same tick (the next
-    :meth:`VectorisedTick.snapshot_all`, at once: logic/monitor.py) computes a lane whose portfolios are the same
-    only where some are not done, and writes only those; any other call drops this."""
+    :meth:`VectorisedTick.snapshot_all`, at once: logic/monitor.py) computes and writes, of a lane whose portfolios
+    are the same, only those not done (:meth:`VectorisedTick._left`); any other call drops this."""
 
     tick: tuple[int, float, int]
     """The tick's market version and time, and the monitor's count of store failures then: after a failure (a
@@ -265,12 +266,11 @@ class VectorisedTick:
             k: (snapshots, done) for k, (pids, snapshots, done) in (kept.lanes.items() if kept is not None else ())
             if k < len(self.lanes) and tuple(self.lanes[k].cols.pids) == pids
         }  # fmt: skip
-        rows_left = {  # by lane, the portfolios this call computes and writes: those no earlier attempt did
-            k: np.array([pid not in before[k][1] for pid in lane.cols.pids], dtype=bool) if k in before
-            else np.ones(len(lane.cols.pids), dtype=bool) for k, lane in enumerate(self.lanes)
-        }  # fmt: skip
-        todo = [k for k in range(len(self.lanes)) if k not in before or rows_left[k].any()]
-        lanes, lane_txs = [self.lanes[k] for k in todo], [txs[k] for k in todo]
+        todo = [  # the lanes this call writes, a lane an earlier attempt did in part as the part left
+            (k, lane) if k not in before else (k, self._left(lane, before[k][1], market))
+            for k, lane in enumerate(self.lanes) if k not in before or set(lane.cols.pids) - before[k][1]
+        ]  # fmt: skip
+        lanes, lane_txs = [lane for _, lane in todo], [txs[k] for k, _ in todo]
         background = len(lanes) > 1 and not is_cluster(self.store.client)
         # a writer thread per lane (each transaction holds its own connection): a lane's MULTI runs while the
         # next lane is computed, and is packed and sent while Redis still runs the one before
@@ -280,23 +280,21 @@ class VectorisedTick:
             # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
             stale = self._stale([lane.state for lane in lanes], seen)
             ms = int(now * 1000)
-            reads = [self._load_lane(lane, monitor, rows & rows_left[k], ms)
-                     for k, lane, rows in zip(todo, lanes, stale, strict=True)]  # fmt: skip
+            reads = [self._load_lane(lane, monitor, rows, ms) for lane, rows in zip(lanes, stale, strict=True)]
             pids = [pid for r in reads for p, pid in enumerate(r.lane.cols.pids) if r.failed[p] is None]
             limits = live_limits(self.store, pids, self.lookup, monitor.limits_memo, batched=True)
             sections = self.sections.read(
                 self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
             )  # fmt: skip
             at = 0
-            for index, r, tx in zip(todo, reads, lane_txs, strict=True):
+            for (index, _), r, tx in zip(todo, reads, lane_txs, strict=True):
                 count = len(r.lane.cols.pids)
-                only = rows_left[index]
                 merged, valid, queued, snapshots = self._write_lane(
-                    r, tx, monitor, market, now, limits, sections[at : at + count], only
+                    r, tx, monitor, market, now, limits, sections[at : at + count]
                 )
                 at += count
                 done = pool.submit(tx.execute) if pool is not None else _done(tx.execute())
-                sent.append(_Sent(index, r.lane, merged, valid & only, queued, snapshots, done))
+                sent.append(_Sent(index, r.lane, merged, valid, queued, snapshots, done))
             failures = [s.done.exception() for s in sent]  # every EXEC returned
             failure = next((e for e in failures if e is not None), None)
             if failure is not None:
@@ -311,7 +309,7 @@ class VectorisedTick:
                 snaps, did = before.get(s.index, ({}, frozenset()))
                 finished[s.index] = (
                     {**snaps, **{pid: snap for pid, snap in s.snapshots.items() if pid not in gone}},
-                    did | {pid for p, pid in enumerate(pids) if rows_left[s.index][p] and pid not in gone},
+                    did | (set(pids) - gone),
                 )  # fmt: skip
             if any(touched.values()):  # another writer stamped some since the tick began: redo them (docstring)
                 self.kept = _Kept(key, {k: (tuple(self.lanes[k].cols.pids), *finished[k]) for k in finished})
@@ -332,6 +330,16 @@ class VectorisedTick:
             for tx in txs:
                 tx.reset()
         return snapshots
+
+    def _left(self, lane: _Lane, done: frozenset[str], market: MarketView) -> _Lane:
+        """The portfolios of ``lane`` an earlier attempt of the tick did not do, as a lane of their own for the
+        redo: its state is loaded from the store (the lane's rows of them are not its any more, and load again
+        next tick), so a redo computes the few portfolios another writer touched, not the 250 of their lane."""
+        left = _Lane(self.settings.history.tiers, self.token)
+        left.readable = [b for b, pid in zip(lane.readable, lane.cols.pids, strict=True) if pid not in done]
+        left.cols.update([b.state for b in left.readable], market.header.tickers, market.index)  # type: ignore[misc]
+        left.state.align(left.cols.pids, left.cols.ticker_tuples())
+        return left
 
     def _lay_out_lane(
         self, lane: _Lane, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView,
@@ -375,16 +383,15 @@ class VectorisedTick:
         now: float,
         limits: dict[str, Limits | Exception],
         sections: list[dict[str, Any] | None],
-        only: npt.NDArray[np.bool_],
     ) -> tuple[Merged, npt.NDArray[np.bool_], list[int], dict[str, dict[str, Any]]]:
-        """Value a lane's books, compute its tick and queue the writes of its rows ``only`` in ``tx`` (MULTI):
-        the merged state (kept once the EXEC succeeded), the rows it is valid for, the rows queued
-        (:meth:`TickState.write`) and the snapshots by portfolio of the rows ``only``."""
+        """Value a lane's books, compute its tick and queue its writes in ``tx`` (MULTI): the merged state (kept
+        once the EXEC succeeded), the rows it is valid for, the rows queued (:meth:`TickState.write`) and the
+        snapshots by portfolio."""
         cols, state = r.lane.cols, r.lane.state
         header = market.header
         values = value_books(cols, market, cols.cash, MAX_BOOKABLE_PRICE)
         valid = np.isfinite(values.equity) & ~values.absurd & np.array([f is None for f in r.failed], dtype=bool)
-        for p in np.flatnonzero(~valid & only).tolist():
+        for p in np.flatnonzero(~valid).tolist():
             pid = cols.pids[p]
             if r.failed[p] is not None:
                 continue  # reported when loaded
@@ -418,9 +425,8 @@ class VectorisedTick:
         )  # fmt: skip
         built, encoded = builder.build(0, len(cols.pids))
         tx.multi()
-        queued = state.write(tx, self.store, prepared, range(len(cols.pids)), encoded, int(market.header.version),
-                             only)  # fmt: skip
-        return merged, valid, queued, {cols.pids[p]: snap for p, snap in built.items() if only[p]}
+        queued = state.write(tx, self.store, prepared, range(len(cols.pids)), encoded, int(market.header.version))
+        return merged, valid, queued, {cols.pids[p]: snap for p, snap in built.items()}
 
     def _figures(
         self,

@@ -354,7 +354,7 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     monkeypatch.setattr(TickState, "prepare", prepare)
     assert fast.process_available() == 1
     assert loop.process_available() == 1
-    # the redo computes p12's lane alone (the others committed the tick), loading p12 alone: no state was dropped
+    # the redo computes p12 alone (every other portfolio committed the tick), loading p12 alone: nothing dropped
     assert len(fast.fast.lanes) > 1 and loads == [1]
     assert (fast.stats.ticks_redone, fast.stats.store_errors) == (1, 0)
 
@@ -368,6 +368,17 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     _assert_same_state(fast_store, loop_store, fast_store.portfolio_ids(), settings)
     peaks = fast_store.read_peaks("p12")
     assert peaks is not None and peaks.day == "2099-01-01"
+    # and the ticks after it (p12 loaded again by its own lane: the redo wrote it from a lane of its own) too
+    for tick in range(2):
+        clock.now += 1.0
+        for daemon, feed in zip(daemons, feeds, strict=True):
+            daemon.process_bar(next(feed))
+        if tick == 1:
+            for s in two_stores:
+                _trade(s, 2, tickers)
+        assert fast.process_available() == 1
+        assert loop.process_available() == 1
+    _assert_same_state(fast_store, loop_store, fast_store.portfolio_ids(), settings)
 
 
 def test_an_excursion_record_of_an_older_store_in_json_merges_the_same_in_both_paths_and_is_rewritten_packed(

@@ -37,6 +37,7 @@ excursions are flat, one element per position in the books' order (``offsets``).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ _LAST_AND_CLOSE = ("last", "close", OWNER_FIELD)
 _LAST_COLUMN = _PEAK_COLUMNS.index("last")
 _CLOSE_COLUMN = _PEAK_COLUMNS.index("close")
 _NPEAK = len(_PEAK_COLUMNS)
+_WRITES = itertools.count(1)
+"""Numbers the writes of this process: with a writer's token, a stamp no other write puts (lanes share a token)."""
 _LAST = np.array([c.aggregation == "last" for c in HISTORY_COLUMNS])
 _HIGH = np.array([c.aggregation == "max" for c in HISTORY_COLUMNS])
 _LOW = np.array([c.aggregation == "min" for c in HISTORY_COLUMNS])
@@ -276,7 +279,6 @@ class TickState:
         self._keys: dict[str, list[str]] = {}
         self._peaks: list[str] | None = None
         self._seen: list[bytes] = []
-        self._writes = 0
 
     # -- layout ----------------------------------------------------------------------------------------------
     def align(self, pids: Sequence[str], tickers: Sequence[tuple[str, ...]]) -> None:
@@ -600,8 +602,7 @@ class TickState:
         version (a stored snapshot of a higher one is kept)."""
         merged.replace = valid & ~np.isnan(points[:, 0]) & (self.versions <= version)
         merged.version = version
-        self._writes += 1
-        merged.stamp = f"{self.token}:{self._writes}"
+        merged.stamp = f"{self.token}:{next(_WRITES)}"
         ntier, count = len(self.tiers), len(self.pids)
         stored = points[:, _RAW_INDEX]
         raw = np.ascontiguousarray(np.where(np.isfinite(stored), stored, np.nan), dtype="<f8").tobytes()
@@ -674,14 +675,12 @@ class TickState:
         return sets, dels
 
     def write(
-        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, bytes], version: int,
-        only: npt.NDArray[np.bool_] | None = None,
-    ) -> list[int]:  # fmt: skip
-        """Queue the script writing the merged state of the valid portfolios among ``rows`` (and among ``only``,
-        when given) and, where ``snapshots`` holds one (by row: its stored form), the snapshot (market
-        ``version``) and its history point. Each portfolio is written only where its peaks hash still holds the
-        owner stamp :meth:`stale_rows` read: returns the rows queued, in order (engine/store/tick_owners.py
-        ``touched_rows``)."""
+        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, bytes], version: int
+    ) -> list[int]:
+        """Queue the script writing the merged state of the valid portfolios among ``rows`` and, where
+        ``snapshots`` holds one (by row: its stored form), the snapshot (market ``version``) and its history
+        point. Each portfolio is written only where its peaks hash still holds the owner stamp :meth:`stale_rows`
+        read: returns the rows queued, in order (engine/store/tick_owners.py ``touched_rows``)."""
         x = prepared
         merged = x.merged
         sets, dels = self._marks(x, rows)
@@ -690,7 +689,7 @@ class TickState:
         groups: list[tuple[list[str], list[Any]]] = []
         queued: list[int] = []
         for p in rows:
-            if not x.valid[p] or (only is not None and not only[p]):
+            if not x.valid[p]:
                 continue
             queued.append(p)
             pid = self.pids[p]
