@@ -180,7 +180,7 @@ class VectorisedTick:
         self.sections = BacktestSections()
         self.chunk_portfolios = CHUNK_PORTFOLIOS
         self.kept: _Kept | None = None
-        """What the tick a conflict aborted committed, for its redo (:class:`_Kept`)."""
+        """What an attempt of the tick other writers interrupted did, for its redo (:class:`_Kept`)."""
 
     def snapshot_all(
         self,

@@ -320,7 +320,7 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     interfered: list[bool] = []
 
     def interfere(self: TickState, *args: Any, **kwargs: Any) -> Any:
-        if not interfered:  # every lane is WATCHed by now (the reads come first)
+        if not interfered:  # every owner stamp is read by now (the reads come first)
             interfered.append(True)
             for s in two_stores:  # the same merge in both stores: the reference sees it too
                 s.update_peaks("p12", 1.0, "2099-01-01", "2099-01-01")

@@ -15,9 +15,9 @@ arithmetic on arrays (one row per portfolio, one element per position) and Redis
   (engine/store/history.py ``foreign_stamp``), a replay's restart of the drawdowns deletes the hash. Before its
   clock and its read of the books, the monitor reads the stamps (:meth:`TickState.stale_rows`); a portfolio
   stamped by anyone else is loaded from the store again (:meth:`TickState.load`), so another monitor's or the
-  reference path's merges are never lost, and the write (one script a lane) checks each portfolio's stamp again:
-  one stamped by anyone since the read is not written at all (the others are), and the tick redoes it from the
-  store (no WATCH: a fill that ends a position in one portfolio no longer aborts the 250 of its lane). The same
+  reference path's merges are never lost, and the write (a script a lane; on a Redis Cluster, a portfolio)
+  checks each portfolio's stamp again: one stamped by anyone since the read is not written at all (the others
+  are), and the tick redoes it (no WATCH: a fill ending a position no longer aborts the 250 of its lane). The same
   read checks every peaks hash by the per-portfolio merge's rule (engine/store/monitoring.py ``PEAKS_FAULT_LUA``):
   a corrupt one, or a key of another type, reads as no one's stamp, and the load refuses that portfolio (reported,
   not snapshot, its stored state left as it is; the others are written), as the per-portfolio path does.
