@@ -300,6 +300,51 @@ def test_a_portfolio_whose_monitor_state_is_corrupt_is_skipped_and_left_as_it_is
     assert "p03" in other.refresh()
 
 
+def test_a_corrupt_peaks_hash_refuses_the_portfolio_in_both_paths_and_after_its_repair_they_agree(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> None:
+    # Arrange: both paths over the same ticks and trades; p11's peaks hash corrupt in both stores for three ticks
+    fast_store, loop_store = two_stores
+    settings = _random_settings(make_settings, seed=5)
+    for s in two_stores:
+        warmup.seed(s, settings, now=START)
+    clock = Steps()
+    fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
+    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    assert fast.fast is not None
+    fast.fast.chunk_portfolios = 5
+    tickers = list(settings.universe.assets)
+    daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in two_stores]  # type: ignore[arg-type]
+    feeds = [iter(SimulatedFeed.from_settings(settings, seed=3)) for _ in two_stores]
+    pids = fast_store.portfolio_ids()
+    peaks, marks = PortfolioKeys("p11").peaks, PortfolioKeys("p11").marks
+    frozen: dict[int, bytes | None] = {}
+
+    # Act / Assert: every tick, the portfolios not refused equal the reference; p11's marks stay as they were in
+    # both stores while its hash is corrupt (no snapshot, no merge); after the repair everything equals again
+    for tick in range(10):
+        clock.now += STEPS[tick % len(STEPS)]
+        for daemon, feed in zip(daemons, feeds, strict=True):
+            daemon.process_bar(next(feed))
+        if tick % 4 == 2:
+            for s in two_stores:
+                _trade(s, tick, tickers)
+        if tick == 3:
+            for s in two_stores:
+                s.client.hset(peaks, mapping={"max_dd": "garbage", "owner": "someone"})
+            frozen = {id(s): s.client.dump(marks) for s in two_stores}
+        if tick == 6:
+            for s in two_stores:
+                s.client.hset(peaks, "max_dd", "-0.01")
+        for monitor in (fast, loop):
+            assert monitor.process_available() == 1
+        corrupt = 3 <= tick < 6
+        _assert_same_state(fast_store, loop_store, [p for p in pids if not (corrupt and p == "p11")], settings)
+        if corrupt:
+            assert {id(s): s.client.dump(marks) for s in two_stores} == frozen, tick
+    assert fast.stats.portfolio_errors == loop.stats.portfolio_errors == 3
+
+
 def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_loses_nothing(
     two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -401,11 +401,16 @@ return 1
     # at this P&L; a ticker not listed (position closed) is deleted. Max/min merges: order-insensitive. A side
     # change or a close between two ticks is seen by the fill, which deletes the mark (``reset_mark``).
     # One HMGET and one HSET for all tickers (not one call per ticker: this runs for every portfolio on every
-    # tick); the field names are read only when the hash holds more tickers than are open.
+    # tick); the field names are read only when the hash holds more tickers than are open. A corrupt peaks hash
+    # refuses the merge as ``_PEAKS_LUA`` does (the portfolio is refused; the vectorised tick refuses it whole),
+    # its marks left as they are.
     # Returns {ticker, side, mfe, mae, ...} after the merge.
-    _MARKS_LUA = """
+    _MARKS_LUA = PEAKS_FAULT_LUA + """
 local key = KEYS[1]
 local n = (#ARGV - 1) / 3
+local fault = peaks_fault(KEYS[2], redis.call('HMGET', KEYS[2], 'day', 'day_open', 'day_peak', 'week', 'week_peak',
+                                              'max_peak', 'max_dd', 'last', 'close'))
+if fault then return redis.error_reply('STORE_CORRUPT ' .. fault) end
 redis.call('HSET', KEYS[2], 'owner', ARGV[#ARGV])
 local stored = {}
 for lo = 1, n, 500 do  -- one HMGET per 500 tickers (Lua's unpack has a stack limit)
