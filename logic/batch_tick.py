@@ -24,11 +24,10 @@ risk seconds behind). The touched portfolios are loaded again before their next 
 unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no backoff): the redo of that same
 tick computes and writes only the portfolios not done, as lanes of their own loaded from the store (:class:`_Kept`,
 :meth:`VectorisedTick._left`); the others' snapshots and history points of the tick are already stored and are taken
-as they are. Any other failure
-drops every lane's state (a failed script may have written part of a tick). A monitor stopped after the last lane and
-before the acknowledgement leaves the same state: the tick is redone (whole) by whoever takes it. A portfolio that
-moves to another lane (the registry changed) is loaded from the store by its new lane, as one another writer
-touched.
+as they are. Any other failure drops every lane's state (a failed script may have written part of a tick). A monitor
+stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone (whole) by
+whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new
+lane, as one another writer touched.
 """
 
 from __future__ import annotations
@@ -214,7 +213,7 @@ class VectorisedTick:
             for final in [False] * (LAYOUT_PASSES - 1) + [True]:
                 laying = False
                 try:
-                    held = [key for lane in self.lanes for key in lane.state.peaks_keys()]
+                    held = [k for lane in self.lanes for k in lane.state.peaks_keys()]
                     seen = dict(zip(held, read_owners(self.store, held), strict=True))
                     now = clock()  # after the owner stamps, before the read (docstring)
                     bundles = list(read().values())
