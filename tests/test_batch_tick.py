@@ -114,6 +114,22 @@ def _seeded_monitor(store: Store, make_settings: Callable[..., Settings]) -> tup
     return settings, clock, Monitor(store, settings, clock, consumer="fast", idle_refresh_seconds=0)
 
 
+def _paired_monitors(
+    stores: tuple[Store, Store], settings: Settings, *, chunk: int | None = None, now: float = START
+) -> tuple[Steps, Monitor, Monitor]:
+    """``settings`` seeded in both ``stores`` at ``now``, a stepped clock, a vectorised monitor of the first (in
+    lanes of ``chunk`` portfolios when given) and the per-portfolio reference monitor of the second."""
+    for s in stores:
+        warmup.seed(s, settings, now=now)
+    clock = Steps()
+    fast = Monitor(stores[0], settings, clock, consumer="fast", idle_refresh_seconds=0)
+    loop = Monitor(stores[1], settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    if chunk is not None:
+        assert fast.fast is not None
+        fast.fast.chunk_portfolios = chunk
+    return clock, fast, loop
+
+
 def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list[Monitor]], clock: Steps, ticks: int,
          tickers: list[str]) -> None:  # fmt: skip
     daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in stores]  # type: ignore[arg-type]
@@ -138,13 +154,7 @@ def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
     # its 18 portfolios in one transaction, or in four pipelined ones (5 portfolios each at most)
     fast_store, loop_store = two_stores
     settings = _random_settings(make_settings, seed=5)
-    for s in two_stores:
-        warmup.seed(s, settings, now=START)
-    clock = Steps()
-    fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
-    assert fast.fast is not None
-    fast.fast.chunk_portfolios = chunk
-    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=chunk)
     tickers = list(settings.universe.assets)
     late: set[int] = set()
     slots_needed = TickState.slots_needed
@@ -216,13 +226,7 @@ def test_both_paths_agree_across_closes_after_hours_ticks_a_capital_flow_and_a_m
         (11, 9, 30, 0), (11, 9, 30, 30), (11, 12, 0), (11, 16, 0), (12, 8, 0), (12, 9, 30, 5), (12, 10, 0),
         (11, 15, 0), (12, 10, 5),  # a late tick of Monday's session, then Tuesday again
     )]  # fmt: skip
-    for s in two_stores:
-        warmup.seed(s, settings, now=times[0] - 60)
-    clock = Steps()
-    fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
-    assert fast.fast is not None
-    fast.fast.chunk_portfolios = 5
-    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5, now=times[0] - 60)
     daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in two_stores]  # type: ignore[arg-type]
     feeds = [iter(SimulatedFeed.from_settings(settings, seed=4)) for _ in two_stores]
     tickers = list(settings.universe.assets)
@@ -306,13 +310,7 @@ def test_a_corrupt_peaks_hash_refuses_the_portfolio_in_both_paths_and_after_its_
     # Arrange: both paths over the same ticks and trades; p11's peaks hash corrupt in both stores for three ticks
     fast_store, loop_store = two_stores
     settings = _random_settings(make_settings, seed=5)
-    for s in two_stores:
-        warmup.seed(s, settings, now=START)
-    clock = Steps()
-    fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
-    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
-    assert fast.fast is not None
-    fast.fast.chunk_portfolios = 5
+    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
     tickers = list(settings.universe.assets)
     daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in two_stores]  # type: ignore[arg-type]
     feeds = [iter(SimulatedFeed.from_settings(settings, seed=3)) for _ in two_stores]
@@ -352,13 +350,7 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     # writer merges p12's peaks (the third range); the per-portfolio monitor on the other store is the reference
     fast_store, loop_store = two_stores
     settings = _random_settings(make_settings, seed=5)
-    for s in two_stores:
-        warmup.seed(s, settings, now=START)
-    clock = Steps()
-    fast = Monitor(fast_store, settings, clock, consumer="fast", idle_refresh_seconds=0)
-    loop = Monitor(loop_store, settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
-    assert fast.fast is not None
-    fast.fast.chunk_portfolios = 5
+    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
     tickers = list(settings.universe.assets)
     _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 3, tickers)
     prepare = TickState.prepare
@@ -481,11 +473,7 @@ def test_a_book_of_more_positions_than_one_lua_unpack_takes_has_every_excursion_
     holdings = {t: int(rng.integers(1, 100)) * (1 if i % 3 else -1) for i, t in enumerate(tickers)}
     settings = make_settings({"universe": {"assets": assets}, "portfolios": [
         {"id": "big", "account_type": "margin", "cash": "100000000", "holdings": holdings}]})  # fmt: skip
-    for s in two_stores:
-        warmup.seed(s, settings, now=START)
-    clock = Steps()
-    fast = Monitor(two_stores[0], settings, clock, consumer="fast", idle_refresh_seconds=0)
-    loop = Monitor(two_stores[1], settings, clock, consumer="loop", idle_refresh_seconds=0, vectorised=False)
+    clock, fast, loop = _paired_monitors(two_stores, settings)
 
     # Act
     _run(settings, list(two_stores), lambda _: [fast, loop], clock, 2, tickers)  # (no trade: the third tick trades)
