@@ -38,6 +38,7 @@ excursions are flat, one element per position in the books' order (``offsets``).
 from __future__ import annotations
 
 import itertools
+import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,75 +103,85 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 
 # KEYS: per portfolio, in order: snapshot, history, peaks, marks, then one ring per tier.
 # ARGV[1] = tiers T, ARGV[2] = entry ms, ARGV[3] = oldest stream entry kept (ms, XTRIM MINID), ARGV[4] = stream
-# cap (MAXLEN ~), ARGV[5] = a tier row's size (bytes), then per tier its ring's size and the offset of the entry's
-# bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
+# cap (MAXLEN ~), ARGV[5] = a tier row's size (bytes), ARGV[6] = this write's owner stamp (one for every portfolio
+# it writes), ARGV[7] = a history point's size (bytes, a RAW_LAYOUT row), then per tier its ring's size and the
+# offset of the entry's bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
 #   the owner stamp its peaks hash held when the tick began ('' = none): a portfolio whose stamp is another now
 #   (another writer touched it since: a fill that ended a position, a book sync, another monitor) is written not
 #   at all, and its place in the call (0-based) is returned, for the tick to redo it;
-#   version, snapshot (codec.encode_snapshot; '' = none this tick: peaks and marks only), the history point (a
-#   RAW_LAYOUT row),
-#   per tier one character: '1' check the ring's size first (loaded this tick), then write the row and the
-#   header, 'h' write both, '0' the row only (the header did not change), '-' leave the tier alone (the point is
-#   past its retention),
-#   the T tier rows end to end, the T 16-byte headers end to end,
-#   's' replace the snapshot or 'k' keep the stored one (of a higher version: this writer knows the version
-#   stored, read when it loaded the portfolio, or written by it since),
-#   n peaks fields, n marks to set, n marks to delete, then the (field, value) pairs of the peaks hash (``last``
-#   and this write's new owner stamp always; every field for a portfolio loaded this tick), the marks to set (when
-#   n > 0: their tickers joined by NUL, which no ticker holds, then their excursion records end to end, 17 bytes
-#   each: codec.EXCURSION_DTYPE) and the tickers to delete.
+#   the snapshot (codec.encode_snapshot; '' = none this tick: peaks and marks only);
+#   a record (:data:`_COUNTS`, then bytes): n peaks pairs, n marks to set, n marks to delete (uint32 each); with
+#   a snapshot, 's' (replace the stored one) or 'k' (keep it: of a higher version, which this writer knows, read
+#   when it loaded the portfolio or written by it since), per tier one byte ('1' check the ring's size first
+#   (loaded this tick), then write the row and the header, 'h' write both, '0' the row only (the header did not
+#   change), '-' leave the tier alone: the point is past its retention), the history point, the T tier rows end
+#   to end and the T 16-byte headers end to end; then the excursion records to set end to end (17 bytes each:
+#   codec.EXCURSION_DTYPE) and their tickers joined by NUL (which no ticker holds);
+#   the (field, value) pairs of the peaks hash (``last`` always, every field for a portfolio loaded this tick;
+#   the owner stamp is ARGV[6]) and the tickers of the marks to delete.
+# Three arguments a portfolio and its pairs, not one per part: Redis parses each argument into an object and then
+# a Lua string, and at 1,000 portfolios that was about a tenth of its time a tick (20,000 arguments; 10,000 now).
 # The history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring of the legacy
 # layout is converted in place; one that is not its size otherwise (new, or reconfigured) is recreated zero-filled
 # before its bucket is written (size_ring): a safety net, TickState.load sized them before the MULTI.
 _APPLY_LUA = WRITE_LUA_PRELUDE + """
 local ntier, ms, minid, cap, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local stamp, rawlen = ARGV[6], tonumber(ARGV[7])
 local sizes, offsets = {}, {}
 -- the offsets stay strings: a Lua number passed to redis.call is formatted back into one (sprintf) every call
-for t = 1, ntier do sizes[t] = tonumber(ARGV[4 + 2 * t]); offsets[t] = ARGV[5 + 2 * t] end
-local a = 6 + 2 * ntier
+for t = 1, ntier do sizes[t] = tonumber(ARGV[6 + 2 * t]); offsets[t] = ARGV[7 + 2 * t] end
+local a = 8 + 2 * ntier
 local nkeys = 4 + ntier
+local fixed = 1 + ntier + rawlen + ntier * (rowlen + 16)  -- a record's part written with a snapshot
 local touched = {}
 for p = 0, #KEYS / nkeys - 1 do
   local k = p * nkeys
   local held = redis.pcall('HGET', KEYS[k + 3], '""" + OWNER_FIELD + """')  -- an error: not a hash
   if type(held) ~= 'string' then held = '' end
-  local expect, version, json, row, check, rows, heads = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-                                                         ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  local replace, npeak, nset, ndel = ARGV[a + 7], tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]),
-                                     tonumber(ARGV[a + 10])
-  a = a + 11
+  local expect, json, record = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local npeak, nset, ndel = struct.unpack('<I4I4I4', record)
+  a = a + 3
   if held ~= expect then  -- touched since the tick began: nothing of it written
     touched[#touched + 1] = p
     a = a + 2 * npeak + ndel
-    if nset > 0 then a = a + 2 end
   else
-    redis.call('HSET', KEYS[k + 3], unpack(ARGV, a, a + 2 * npeak - 1))
+    redis.call('HSET', KEYS[k + 3], '""" + OWNER_FIELD + """', stamp, unpack(ARGV, a, a + 2 * npeak - 1))
     a = a + 2 * npeak
+    local point = 13  -- past the counts: the part written with a snapshot, then the excursions
+    local at = json ~= '' and point + fixed or point
     if nset > 0 then
-      local names, records, pairs, at = ARGV[a], ARGV[a + 1], {}, 1
+      local names, pairs = at + 17 * nset, {}
       for i = 0, nset - 1 do
-        local z = string.find(names, '\0', at, true) or #names + 1
-        pairs[#pairs + 1] = string.sub(names, at, z - 1)
-        pairs[#pairs + 1] = string.sub(records, 17 * i + 1, 17 * i + 17)
-        at = z + 1
+        local z = string.find(record, '\0', names, true) or #record + 1
+        pairs[#pairs + 1] = string.sub(record, names, z - 1)
+        pairs[#pairs + 1] = string.sub(record, at + 17 * i, at + 17 * i + 16)
+        names = z + 1
         if #pairs == 1000 or i == nset - 1 then  -- Lua's unpack has a stack limit
           redis.call('HSET', KEYS[k + 4], unpack(pairs))
           pairs = {}
         end
       end
-      a = a + 2
     end
     if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
     a = a + ndel
     if json ~= '' then
-      append_point(KEYS[k + 1], KEYS[k + 2], version, json, ms, minid, cap, row, replace)
+      local modes = point + 1
+      local raw = modes + ntier
+      local rows = raw + rawlen
+      local heads = rows + ntier * rowlen
+      append_point(KEYS[k + 1], KEYS[k + 2], '', json, ms, minid, cap, string.sub(record, raw, rows - 1),
+                   string.sub(record, point, point))
       for t = 1, ntier do
-        local key, mode = KEYS[k + 4 + t], string.sub(check, t, t)
-        if mode == '1' then size_ring(key, sizes[t], redis.call('STRLEN', key)) end  -- sized already: size_rings
-        if mode ~= '-' then
-          redis.call('SETRANGE', key, offsets[t], string.sub(rows, (t - 1) * rowlen + 1, t * rowlen))
-          if mode ~= '0' then redis.call('SETRANGE', key, '0', string.sub(heads, (t - 1) * 16 + 1, t * 16)) end
+        local key, mode = KEYS[k + 4 + t], string.byte(record, modes + t - 1)
+        if mode == 49 then size_ring(key, sizes[t], redis.call('STRLEN', key)) end  -- '1'; sized already: size_rings
+        if mode ~= 45 then  -- not '-'
+          local r = rows + (t - 1) * rowlen
+          redis.call('SETRANGE', key, offsets[t], string.sub(record, r, r + rowlen - 1))
+          if mode ~= 48 then  -- not '0': the header too
+            local h = heads + (t - 1) * 16
+            redis.call('SETRANGE', key, '0', string.sub(record, h, h + 15))
+          end
         end
       end
     end
@@ -178,6 +189,9 @@ for p = 0, #KEYS / nkeys - 1 do
 end
 return touched
 """
+_COUNTS = struct.Struct("<III")
+"""The head of a portfolio's record in :data:`_APPLY_LUA`: its peaks pairs, marks to set and marks to delete."""
+
 
 @dataclass
 class Merged:
@@ -217,15 +231,11 @@ class Prepared:
     merged: Merged
     valid: list[bool]
     head: list[Any]
-    raw: bytes
-    raw_size: int
-    tier_rows: bytes
-    tier_block: int
-    headers: bytes
-    head_block: int
-    checks: list[str]
-    """Per portfolio, per tier: '1' check the ring's size then write the row and the header, 'h' write both, '0'
-    the row, '-' leave alone (too old)."""
+    """The script's arguments before the portfolios' (:data:`_APPLY_LUA`)."""
+    fixed: bytes
+    """Per portfolio, ``fixed_size`` bytes end to end: the part of its record written with a snapshot (the replace
+    mode, the tier modes, the history point, the tier rows and headers: :data:`_APPLY_LUA`)."""
+    fixed_size: int
     marks: npt.NDArray[np.intp]
     """The positions whose excursion is written (new, or a new extreme) or deleted (none any more), in order: the
     ones of a range of portfolios are contiguous (positions are laid out portfolio by portfolio)."""
@@ -233,8 +243,6 @@ class Prepared:
     """Of :attr:`marks`, those deleted."""
     peak_fields: list[tuple[str, ...]]
     """Per portfolio, the peaks hash fields its write sets (:meth:`TickState._peak_fields`)."""
-    replace: list[str]
-    """Per portfolio: 's' its snapshot replaces the stored one, 'k' the stored one is newer: kept."""
 
 
 @dataclass
@@ -604,26 +612,31 @@ class TickState:
         merged.version = version
         merged.stamp = f"{self.token}:{next(_WRITES)}"
         ntier, count = len(self.tiers), len(self.pids)
+        row_size = TIER_LAYOUT.size
         stored = points[:, _RAW_INDEX]
-        raw = np.ascontiguousarray(np.where(np.isfinite(stored), stored, np.nan), dtype="<f8").tobytes()
+        raw = np.ascontiguousarray(np.where(np.isfinite(stored), stored, np.nan), dtype="<f8")
         rows = np.zeros((count, max(ntier, 1)), dtype=TIER_LAYOUT.dtype)
         for c, column in enumerate(HISTORY_COLUMNS):
             with np.errstate(over="ignore"):  # rounded already (_float32)
                 rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
-        row_size = TIER_LAYOUT.size
+        fixed = np.concatenate((
+            np.where(merged.replace, ord("s"), ord("k")).astype(np.uint8)[:, None],
+            _modes(self.checked, merged.skip, (merged.headers != self.headers).any(axis=2)),
+            raw.view(np.uint8).reshape(count, -1),
+            rows.view(np.uint8).reshape(count, -1)[:, : ntier * row_size],
+            np.ascontiguousarray(merged.headers, dtype="<f8").view(np.uint8).reshape(count, -1),
+        ), axis=1)  # fmt: skip
         # excursions to set (new or a new extreme) and to delete (no excursion any more); encoded a range of
         # portfolios at a time by write(), so that the first range's MULTI is sent sooner
         valid_pos = valid[self._owner]
         gone = self.stored & (merged.side == 0) & valid_pos
         picked = np.flatnonzero((merged.changed | gone) & valid_pos)
-        head: list[Any] = [ntier, merged.ms, min_ms, int(max_points), row_size]
+        head: list[Any] = [ntier, merged.ms, min_ms, int(max_points), row_size, merged.stamp, RAW_LAYOUT.size]
         for t in range(ntier):
             head += [self._sizes[t], 16 + int((merged.ms // int(self._res[t])) % int(self._slots[t])) * row_size]
         return Prepared(
-            merged, valid.tolist(), head, raw, RAW_LAYOUT.size, rows.tobytes(), ntier * row_size,
-            np.ascontiguousarray(merged.headers, dtype="<f8").tobytes(), ntier * 16,
-            _modes(self.checked, merged.skip, (merged.headers != self.headers).any(axis=2)), picked, gone[picked],
-            self._peak_fields(merged), np.where(merged.replace, "s", "k").tolist(),
+            merged, valid.tolist(), head, fixed.tobytes(), fixed.shape[1], picked, gone[picked],
+            self._peak_fields(merged),
         )  # fmt: skip
 
     def _peak_fields(self, merged: Merged) -> list[tuple[str, ...]]:
@@ -685,7 +698,7 @@ class TickState:
         merged = x.merged
         sets, dels = self._marks(x, rows)
         peaks = dict(zip(rows, _decimal_rows(merged.peaks[rows.start : rows.stop]), strict=True))  # rows: step 1
-        stamp = merged.stamp
+        size = x.fixed_size
         groups: list[tuple[list[str], list[Any]]] = []
         queued: list[int] = []
         for p in rows:
@@ -703,29 +716,20 @@ class TickState:
             count, set_names, set_records = sets.get(p, (0, b"", b""))
             del_p = [*dels.get(p, []), *sorted(self.orphans.get(pid, ()))]
             fields = x.peak_fields[p]
-            pa: list[Any] = [self._seen[p]]
-            if snap is None:
-                pa += [0, "", "", "", "", "", ""]
-            else:
-                pa += [
-                    version, snap, x.raw[p * x.raw_size : (p + 1) * x.raw_size], x.checks[p],
-                    x.tier_rows[p * x.tier_block : (p + 1) * x.tier_block],
-                    x.headers[p * x.head_block : (p + 1) * x.head_block], x.replace[p],
-                ]  # fmt: skip
-            pa += [len(fields), count, len(del_p)]
             if fields == _LAST_ONLY:  # the common cases: no new peak, day or week (market closed / open)
-                pa += ("last", peaks[p][_LAST_COLUMN], OWNER_FIELD, stamp)
+                pairs: list[Any] = ["last", peaks[p][_LAST_COLUMN]]
             elif fields == _LAST_AND_CLOSE:
-                pa += ("last", peaks[p][_LAST_COLUMN], "close", peaks[p][_CLOSE_COLUMN], OWNER_FIELD, stamp)
+                pairs = ["last", peaks[p][_LAST_COLUMN], "close", peaks[p][_CLOSE_COLUMN]]
             else:
-                values = {"day": merged.day[p], "week": merged.week[p], OWNER_FIELD: stamp,
+                values = {"day": merged.day[p], "week": merged.week[p],
                           **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
-                for name in fields:
-                    pa += (name, values[name])
-            if count:
-                pa += (set_names, set_records)
-            pa += del_p
-            groups.append((pk, pa))
+                pairs = [v for name in fields if name != OWNER_FIELD for v in (name, values[name])]
+            head = _COUNTS.pack(len(pairs) // 2, count, len(del_p))
+            if snap is None:  # peaks and marks only
+                record, snap = b"".join((head, set_records, set_names)), b""
+            else:
+                record = b"".join((head, x.fixed[p * size : (p + 1) * size], set_records, set_names))
+            groups.append((pk, [self._seen[p], snap, record, *pairs, *del_p]))
         if not groups:
             return queued
         if is_cluster(store.client):  # one script per portfolio, each in its slot's MULTI
@@ -784,11 +788,11 @@ def _decimal_rows(values: Float64Array) -> list[list[Any]]:
 
 def _modes(
     checked: npt.NDArray[np.bool_], skip: npt.NDArray[np.bool_], header: npt.NDArray[np.bool_]
-) -> list[str]:
-    """Each portfolio's tier modes for the script: '1' check the ring first (then write the row and the header),
-    'h' write the row and the header (``header``: it changed), '0' the row, '-' leave alone."""
-    modes = np.where(skip, "-", np.where(checked[:, None], "1", np.where(header, "h", "0")))
-    return ["".join(row) for row in modes.tolist()]
+) -> npt.NDArray[np.uint8]:
+    """Each portfolio's tier modes for the script, one byte a tier: '1' check the ring first (then write the row
+    and the header), 'h' write the row and the header (``header``: it changed), '0' the row, '-' leave alone."""
+    modes = np.where(skip, ord("-"), np.where(checked[:, None], ord("1"), np.where(header, ord("h"), ord("0"))))
+    return modes.astype(np.uint8).reshape(len(checked), -1)
 
 
 def _float32(values: Float64Array) -> Float64Array:
