@@ -2,7 +2,10 @@
 
 1, 2 and 4 real monitor processes (``python -m logic.monitor`` with ``monitor.shard_portfolios = true``, no
 alerts) share 1,000 portfolios of 20 positions (N = 500). Redis runs with AOF as in production; every timed tick
-starts with no background AOF rewrite running. The bench writes one bar with the stream daemon's code
+starts with no background AOF rewrite running, and a tick during which one started is not timed (another is
+written in its place): the fork that starts a rewrite blocks a server of 4 GB for about 70 ms, once every ten
+ticks or so, whatever the number of monitors, and landing in one count's ticks and not another's it swung the
+medians more than the monitors did. The bench writes one bar with the stream daemon's code
 and times until the newest snapshot of every portfolio carries that bar's version (a Lua script reads the stored
 snapshots' versions every few milliseconds, each poll from the first not caught up on). One untimed tick first
 (each process loads the matrix and the backtests). Baseline in the same run: one monitor. Each count is started
@@ -73,6 +76,8 @@ scripts/bench.py scale`` on a machine with more cores (README, "Scale out")."""
 CORES = os.cpu_count() or 1
 REPEAT = 4
 """Timed ticks per start of the monitors."""
+MAX_TICKS_PER_SAMPLE = 3
+"""Ticks written at most per timed tick wanted: a tick during which an AOF rewrite started is not timed (above)."""
 ROUNDS = 2
 """Starts of each monitor count, in turn (1, 2, 4, 1, 2, 4): the ticks of all starts of a count are pooled, so a
 drift of this shared machine's speed over the minutes of the bench reaches every count alike."""
@@ -162,8 +167,12 @@ def _time_to_full_set(
         if servers:  # its main thread: the one that runs every command (not its background AOF fsync)
             meters["redis"] = lambda: _thread_seconds(servers[0])
         cpu: dict[str, list[float]] = {group: [] for group in meters}
-        for i in range((repeat or REPEAT) + 1):
+        wanted = repeat or REPEAT
+        for i in range(1 + wanted * MAX_TICKS_PER_SAMPLE):
+            if len(samples) == wanted:
+                break
             _after_rewrite(store.client)  # every timed tick starts with no AOF rewrite running (bench_monitor.py)
+            forks = _forks(store.client)
             cpu0 = {group: meter() for group, meter in meters.items()}
             daemon.process_bar(next(bars))
             version = store.read_market_header().version
@@ -175,19 +184,29 @@ def _time_to_full_set(
                 return at[0] == len(keys)
 
             _wait(every_snapshot, f"every snapshot at version {version}")
-            if i:  # the first tick loads the matrix and the backtests in every process: untimed
+            # the first tick loads the matrix and the backtests in every process: untimed; so is a tick during
+            # which Redis forked (an AOF rewrite started: the fork of a server of GBs blocks it for tens of ms)
+            timed = i > 0 and _forks(store.client) == forks
+            if timed:
                 samples.append(time.perf_counter() - t0)
                 for group, meter in meters.items():
                     cpu[group].append(meter() - cpu0[group])
             if backtests:
                 _wait(lambda v=version: int((store.read_heartbeat("backtest") or {}).get("version", -1)) >= v,
                       f"the backtests fed version {version}")  # fmt: skip
-                if i:
+                if timed:
                     fed.append(time.perf_counter() - t0)
+        if len(samples) < wanted:
+            raise RuntimeError(f"bench_scale: {wanted - len(samples)} of {wanted} ticks met an AOF rewrite's fork")
         return samples, fed, cpu
     finally:
         for proc in procs:
             _stop(proc)
+
+
+def _forks(client: Any) -> int:
+    """The forks Redis has made so far (each AOF rewrite starts with one)."""
+    return int(client.info("stats")["total_forks"])
 
 
 def _cpu_seconds(pids: list[int]) -> float:
