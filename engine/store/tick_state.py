@@ -622,9 +622,9 @@ class TickState:
         fixed = np.concatenate((
             np.where(merged.replace, ord("s"), ord("k")).astype(np.uint8)[:, None],
             _modes(self.checked, merged.skip, (merged.headers != self.headers).any(axis=2)),
-            raw.view(np.uint8).reshape(count, -1),
-            rows.view(np.uint8).reshape(count, -1)[:, : ntier * row_size],
-            np.ascontiguousarray(merged.headers, dtype="<f8").view(np.uint8).reshape(count, -1),
+            raw.view(np.uint8).reshape(count, RAW_LAYOUT.size),
+            rows.view(np.uint8).reshape(count, max(ntier, 1) * row_size)[:, : ntier * row_size],
+            np.ascontiguousarray(merged.headers, dtype="<f8").view(np.uint8).reshape(count, ntier * 16),
         ), axis=1)  # fmt: skip
         # excursions to set (new or a new extreme) and to delete (no excursion any more); encoded a range of
         # portfolios at a time by write(), so that the first range's MULTI is sent sooner
@@ -792,7 +792,7 @@ def _modes(
     """Each portfolio's tier modes for the script, one byte a tier: '1' check the ring first (then write the row
     and the header), 'h' write the row and the header (``header``: it changed), '0' the row, '-' leave alone."""
     modes = np.where(skip, ord("-"), np.where(checked[:, None], ord("1"), np.where(header, ord("h"), ord("0"))))
-    return modes.astype(np.uint8).reshape(len(checked), -1)
+    return modes.astype(np.uint8).reshape(skip.shape)
 
 
 def _float32(values: Float64Array) -> Float64Array:
