@@ -14,12 +14,13 @@ CPU per tick of Redis's main thread and of the monitors (diagnostic): Redis runs
 so its CPU per tick (from the bar's write) is about a floor under the time to every snapshot, whatever the number
 of monitors.
 
-On this shared 2-core machine more than two processes cannot run at once, and one monitor's lanes already keep
-both cores busy (its Python on one while Redis writes the lane before on the other, logic/batch_tick.py): the 2-
-and 4-monitor rows range from about 10 % above one monitor to about 20 % below it, by the machine's phase (what sharing
-saves in Python it mostly gives back in each monitor's fixed work); on a machine with a core per monitor each adds
-its share of throughput, down to Redis's own time per tick (``BENCH_SCALE_MONITORS=1,2,4,8`` on 16 cores, two
-runs: 93.7 / 84.3 / 75.3 / 74.3 ms and 134 / 86 / 78.6 / 94.2 ms; README "Scale out").
+On C cores no count can beat (Redis's CPU + every monitor's CPU per tick) / C, and one monitor already keeps
+Redis and its own Python overlapped (its Python on one core while Redis writes the lane before, logic/batch_tick.py):
+on this shared 2-core machine one monitor keeps about 1.5-1.6 cores busy, and the bound for two monitors (each
+adds its fixed work: the matrix read, its membership, a lane at least) is about what one monitor takes, so the 2-
+and 4-monitor rows come out about equal to one monitor or above it (README "Scale out"); on a machine with a core
+per monitor each adds its share of throughput, down to Redis's own time per tick (``BENCH_SCALE_MONITORS=1,2,4,8``
+on 16 cores, two runs: 93.7 / 84.3 / 75.3 / 74.3 ms and 134 / 86 / 78.6 / 94.2 ms).
 
 The deployment as ``make run`` has it: one monitor and the backtest runner (``python -m logic.backtest_runner``)
 in its own process, every portfolio's backtest past its burn-in (a full 500-row window, every method forecast each
@@ -295,6 +296,12 @@ def run(ctx: Context) -> list[Row]:
                 rows.append(Row(what, per_tick[count][group], "ms"))
             else:
                 rows.append(Row(what, per_tick[count][group], "ms", "1 monitor (same run)", per_tick[1][group]))
+    for count in MONITORS:  # no count can beat the work it brings spread over every core
+        if "redis" in per_tick[count]:
+            bound = (per_tick[count]["redis"] + per_tick[count]["monitors"]) / CORES
+            rows.append(Row(f"least time possible on {CORES} cores, (Redis's main thread + the monitors' CPU per "
+                            f"tick) / cores, {_monitors(count)} (diagnostic)", bound, "ms",
+                            "measured time to every snapshot (same run)", figures[count]))  # fmt: skip
     rows.append(Row(f"time to every snapshot of a tick, {PORTFOLIOS} portfolios, 1 monitor + the backtest runner "
                     f"(steady state) on the same {CORES} cores", with_runner, "ms", "1 monitor alone (same run)",
                     figures[1]))  # fmt: skip
