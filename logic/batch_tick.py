@@ -424,7 +424,7 @@ class VectorisedTick:
         )  # fmt: skip
         built, encoded = builder.build(0, len(cols.pids))
         tx.multi()
-        queued = state.write(tx, self.store, prepared, range(len(cols.pids)), encoded, int(market.header.version))
+        queued = state.write(tx, self.store, prepared, range(len(cols.pids)), encoded)
         return merged, valid, queued, {cols.pids[p]: snap for p, snap in built.items()}
 
     def _figures(

@@ -120,7 +120,7 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 #   the (field, value) pairs of the peaks hash (``last`` always, every field for a portfolio loaded this tick;
 #   the owner stamp is ARGV[6]) and the tickers of the marks to delete.
 # Three arguments a portfolio and its pairs, not one per part: Redis parses each argument into an object and then
-# a Lua string, and at 1,000 portfolios that was about a tenth of its time a tick (20,000 arguments; 10,000 now).
+# a Lua string, and at 1,000 portfolios that was about a tenth of its time a tick (22,000 arguments; 10,000 now).
 # The history entry id is <ms>-0, or the stream's
 # last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring of the legacy
 # layout is converted in place; one that is not its size otherwise (new, or reconfigured) is recreated zero-filled
@@ -688,12 +688,13 @@ class TickState:
         return sets, dels
 
     def write(
-        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, bytes], version: int
+        self, pipe: Conn, store: Any, prepared: Prepared, rows: range, snapshots: Mapping[int, bytes]
     ) -> list[int]:
         """Queue the script writing the merged state of the valid portfolios among ``rows`` and, where
-        ``snapshots`` holds one (by row: its stored form), the snapshot (market ``version``) and its history
-        point. Each portfolio is written only where its peaks hash still holds the owner stamp :meth:`stale_rows`
-        read: returns the rows queued, in order (engine/store/tick_owners.py ``touched_rows``)."""
+        ``snapshots`` holds one (by row: its stored form, of the market version :meth:`prepare` took), the
+        snapshot and its history point. Each portfolio is written only where its peaks hash still holds the owner
+        stamp :meth:`stale_rows` read: returns the rows queued, in order (engine/store/tick_owners.py
+        ``touched_rows``)."""
         x = prepared
         merged = x.merged
         sets, dels = self._marks(x, rows)
