@@ -121,10 +121,10 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 #   the owner stamp is ARGV[6]) and the tickers of the marks to delete.
 # Three arguments a portfolio and its pairs, not one per part: Redis parses each argument into an object and then
 # a Lua string, and at 1,000 portfolios that was about a tenth of its time a tick (22,000 arguments; 10,000 now).
-# The history entry id is <ms>-0, or the stream's
-# last id plus one when that is not greater (MonitoringStore / HistoryStore scripts' rules). A ring of the legacy
-# layout is converted in place; one that is not its size otherwise (new, or reconfigured) is recreated zero-filled
-# before its bucket is written (size_ring): a safety net, TickState.load sized them before the MULTI.
+# The history entry id is <ms>-0, or the stream's last id plus one when that is not greater (MonitoringStore /
+# HistoryStore scripts' rules). A ring of the legacy layout is converted in place; one that is not its size
+# otherwise (new, or reconfigured) is recreated zero-filled before its bucket is written (size_ring): a safety
+# net, TickState.load sized them before the MULTI.
 _APPLY_LUA = WRITE_LUA_PRELUDE + """
 local ntier, ms, minid, cap, rowlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local stamp, rawlen = ARGV[6], tonumber(ARGV[7])
@@ -166,10 +166,8 @@ for p = 0, #KEYS / nkeys - 1 do
     if ndel > 0 then redis.call('HDEL', KEYS[k + 4], unpack(ARGV, a, a + ndel - 1)) end
     a = a + ndel
     if json ~= '' then
-      local modes = point + 1
-      local raw = modes + ntier
-      local rows = raw + rawlen
-      local heads = rows + ntier * rowlen
+      local modes, raw = point + 1, point + 1 + ntier  -- the tier modes, the history point
+      local rows, heads = raw + rawlen, raw + rawlen + ntier * rowlen
       append_point(KEYS[k + 1], KEYS[k + 2], '', json, ms, minid, cap, string.sub(record, raw, rows - 1),
                    string.sub(record, point, point))
       for t = 1, ntier do
@@ -726,11 +724,9 @@ class TickState:
                           **dict(zip(_PEAK_COLUMNS, peaks[p], strict=True))}  # fmt: skip
                 pairs = [v for name in fields if name != OWNER_FIELD for v in (name, values[name])]
             head = _COUNTS.pack(len(pairs) // 2, count, len(del_p))
-            if snap is None:  # peaks and marks only
-                record, snap = b"".join((head, set_records, set_names)), b""
-            else:
-                record = b"".join((head, x.fixed[p * size : (p + 1) * size], set_records, set_names))
-            groups.append((pk, [self._seen[p], snap, record, *pairs, *del_p]))
+            fixed = b"" if snap is None else x.fixed[p * size : (p + 1) * size]  # none: peaks and marks only
+            record = b"".join((head, fixed, set_records, set_names))
+            groups.append((pk, [self._seen[p], b"" if snap is None else snap, record, *pairs, *del_p]))
         if not groups:
             return queued
         if is_cluster(store.client):  # one script per portfolio, each in its slot's MULTI
