@@ -131,7 +131,10 @@ def _paired_monitors(
 
 
 def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list[Monitor]], clock: Steps, ticks: int,
-         tickers: list[str]) -> None:  # fmt: skip
+         tickers: list[str], *, before: Callable[[int], None] | None = None,
+         after: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    """``ticks`` bars into every store, a trade every fourth tick; ``before(tick)`` runs before the monitors of the
+    tick, ``after(tick)`` once they snapshotted it."""
     daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in stores]  # type: ignore[arg-type]
     feeds = [iter(SimulatedFeed.from_settings(settings, seed=3)) for _ in stores]
     for tick in range(ticks):
@@ -141,8 +144,12 @@ def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list
         if tick % 4 == 2:
             for s in stores:
                 _trade(s, tick, tickers)
+        if before is not None:
+            before(tick)
         for monitor in monitors(tick):
             assert monitor.process_available() == 1
+        if after is not None:
+            after(tick)
 
 
 @pytest.mark.parametrize("chunk", [250, 5])
@@ -312,34 +319,29 @@ def test_a_corrupt_peaks_hash_refuses_the_portfolio_in_both_paths_and_after_its_
     settings = _random_settings(make_settings, seed=5)
     clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
     tickers = list(settings.universe.assets)
-    daemons = [StreamDaemon(s, settings, iter(()), clock=clock, interval=0) for s in two_stores]  # type: ignore[arg-type]
-    feeds = [iter(SimulatedFeed.from_settings(settings, seed=3)) for _ in two_stores]
     pids = fast_store.portfolio_ids()
     peaks, marks = PortfolioKeys("p11").peaks, PortfolioKeys("p11").marks
     frozen: dict[int, bytes | None] = {}
 
-    # Act / Assert: every tick, the portfolios not refused equal the reference; p11's marks stay as they were in
-    # both stores while its hash is corrupt (no snapshot, no merge); after the repair everything equals again
-    for tick in range(10):
-        clock.now += STEPS[tick % len(STEPS)]
-        for daemon, feed in zip(daemons, feeds, strict=True):
-            daemon.process_bar(next(feed))
-        if tick % 4 == 2:
-            for s in two_stores:
-                _trade(s, tick, tickers)
+    def corrupt_and_repair(tick: int) -> None:
         if tick == 3:
             for s in two_stores:
                 s.client.hset(peaks, mapping={"max_dd": "garbage", "owner": "someone"})
-            frozen = {id(s): s.client.dump(marks) for s in two_stores}
+            frozen.update({id(s): s.client.dump(marks) for s in two_stores})
         if tick == 6:
             for s in two_stores:
                 s.client.hset(peaks, "max_dd", "-0.01")
-        for monitor in (fast, loop):
-            assert monitor.process_available() == 1
+
+    def compare(tick: int) -> None:
         corrupt = 3 <= tick < 6
         _assert_same_state(fast_store, loop_store, [p for p in pids if not (corrupt and p == "p11")], settings)
         if corrupt:
             assert {id(s): s.client.dump(marks) for s in two_stores} == frozen, tick
+
+    # Act / Assert: every tick, the portfolios not refused equal the reference; p11's marks stay as they were in
+    # both stores while its hash is corrupt (no snapshot, no merge); after the repair everything equals again
+    _run(settings, list(two_stores), lambda _: [fast, loop], clock, 10, tickers, before=corrupt_and_repair,
+         after=compare)  # fmt: skip
     assert fast.stats.portfolio_errors == loop.stats.portfolio_errors == 3
 
 
