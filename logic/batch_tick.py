@@ -13,27 +13,29 @@ portfolios is about 60% Python, 40% Redis; computed whole and then written, the 
 owner stamp of every peaks key held, read the clock (the tick's time: logic/stamped_read.py), read every book (one
 script; once more when the read laid a lane out anew); then every read first, while Redis is free: per lane, value its
 books, load the portfolios another writer stamped; the live limits and the backtest runner's sections of all
-(logic/backtest_runner.py feeds the backtests). Then per lane: merge peaks and excursions, compute the figures
-(logic/batch.py), build the snapshots and history points, merge the history buckets, and queue its MULTI (one script),
-executed on a writer thread of its own while the next lane is computed. Once every lane committed, a last MULTI
-acknowledges the tick and writes the heartbeat. The lane script writes each portfolio only where its peaks hash still
-holds the stamp read before the clock: one another writer stamped since (a fill that ended a position, a book sync,
-another monitor) is not written at all and its place is returned; the lane's other portfolios are written (no WATCH:
-a desk flattening positions stamps portfolios every few ticks, and aborting the 250 of a lane each time kept the live
-risk seconds behind). The touched portfolios are loaded again before their next write, and the tick, left
+(logic/backtest_runner.py feeds the backtests). The stored peaks of the portfolios kept in memory are checked (a
+corrupt hash is refused, not written over: engine/store/tick_owners.py) by one script that Redis runs while the first
+lane is computed; each lane waits for it before its write. Then per lane: merge peaks and excursions, compute the
+figures (logic/batch.py), build the snapshots and history points, merge the history buckets, and queue its MULTI (one
+script), executed on a writer thread of its own while the next lane is computed. Once every lane committed, a last
+MULTI acknowledges the tick and writes the heartbeat. The lane script writes each portfolio only where its peaks hash
+still holds the stamp read before the clock: one another writer stamped since (a fill that ended a position, a book
+sync, another monitor) is not written at all and its place is returned; the lane's other portfolios are written (no
+WATCH: a desk flattening positions stamps portfolios every few ticks, and aborting the 250 of a lane each time kept the
+live risk seconds behind). The touched portfolios are loaded again before their next write, and the tick, left
 unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no backoff): the redo of that same
 tick computes and writes only the portfolios not done, as lanes of their own loaded from the store (:class:`_Kept`,
-:meth:`VectorisedTick._left`); the others' snapshots and history points of the tick are already stored and are taken
-as they are. Any other failure drops every lane's state (a failed script may have written part of a tick). A monitor
-stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone (whole) by
-whoever takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new
-lane, as one another writer touched.
-"""
+:meth:`VectorisedTick._left`); the others' snapshots and history points of the tick are already stored and are taken as
+they are. Any other failure drops every lane's state (a failed script may have written part of a tick). A monitor
+stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone (whole) by whoever
+takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new lane, as
+one another writer touched."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import gc
 import sys
 import uuid
@@ -50,7 +52,7 @@ from engine.records import Clock, VarMethod
 from engine.settings import Limits, Settings
 from engine.store import PortfolioBundle, Store
 from engine.store.slots import is_cluster, slot_transaction
-from engine.store.tick_owners import read_owners, touched_rows
+from engine.store.tick_owners import read_faults, read_owners, touched_rows
 from engine.store.tick_state import Merged, TickState
 from logic.batch import BacktestSections, PortfolioLookup, batch_risk, live_limits
 from logic.batch_book import BookColumns, BookInputs, build_snapshots, exposure_rows, value_books
@@ -164,6 +166,8 @@ class _Sent:
     """The rows its script writes unless another writer stamped them since the tick began."""
     snapshots: dict[str, dict[str, Any]]
     done: concurrent.futures.Future[Any]
+    repaired: list[int]
+    """The rows left out because their stored peaks hash was found corrupt and is usable again (redone)."""
 
 
 class VectorisedTick:
@@ -273,7 +277,7 @@ class VectorisedTick:
         background = len(lanes) > 1 and not is_cluster(self.store.client)
         # a writer thread per lane (each transaction holds its own connection): a lane's MULTI runs while the
         # next lane is computed, and is packed and sent while Redis still runs the one before
-        pool = concurrent.futures.ThreadPoolExecutor(len(lanes), "riskdesk-tick-write") if background else None
+        pool = concurrent.futures.ThreadPoolExecutor(len(lanes) + 1, "riskdesk-tick-write") if background else None
         sent: list[_Sent] = []
         try:
             # every read first (Redis is free; once the first lane's MULTI runs, a read waits behind it)
@@ -285,20 +289,22 @@ class VectorisedTick:
             sections = self.sections.read(
                 self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
             )  # fmt: skip
+            faults = self._check_peaks(lanes, stale, pool)
             at = 0
-            for (index, _), r, tx in zip(todo, reads, lane_txs, strict=True):
+            for (index, _), r, tx, corrupt in zip(todo, reads, lane_txs, faults, strict=True):
                 count = len(r.lane.cols.pids)
-                merged, valid, queued, snapshots = self._write_lane(
-                    r, tx, monitor, market, now, limits, sections[at : at + count]
+                merged, valid, queued, snapshots, repaired = self._write_lane(
+                    r, tx, monitor, market, now, limits, sections[at : at + count], corrupt
                 )
                 at += count
                 done = pool.submit(tx.execute) if pool is not None else _done(tx.execute())
-                sent.append(_Sent(index, r.lane, merged, valid, queued, snapshots, done))
+                sent.append(_Sent(index, r.lane, merged, valid, queued, snapshots, done, repaired))
             failures = [s.done.exception() for s in sent]  # every EXEC returned
             failure = next((e for e in failures if e is not None), None)
             if failure is not None:
                 raise failure
-            touched = {s.index: touched_rows(s.queued, s.done.result()) for s in sent}
+            # left out: stamped by another writer since the tick began, or repaired since found corrupt
+            touched = {s.index: sorted({*touched_rows(s.queued, s.done.result()), *s.repaired}) for s in sent}
             for s in sent:
                 s.lane.state.commit(s.merged, s.valid, touched[s.index])
             finished = dict(before)
@@ -363,6 +369,24 @@ class VectorisedTick:
         the tick's clock (``seen``)."""
         return [s.stale_rows([seen[key] for key in s.peaks_keys()]) for s in states]
 
+    def _check_peaks(
+        self, lanes: Sequence[_Lane], stale: Sequence[npt.NDArray[np.bool_]],
+        pool: concurrent.futures.ThreadPoolExecutor | None,
+    ) -> list[Callable[[], list[int]]]:  # fmt: skip
+        """Per lane, a call returning its rows kept in memory (not loaded this tick: a load checks what it reads)
+        whose stored peaks hash is corrupt (engine/store/tick_owners.py ``FAULTS_LUA``). One script checks every
+        lane's rows, on a writer thread while the first lane is computed (Redis is otherwise idle then); a lane
+        waits for it before it queues its write, and leaves those rows out (redone: loaded, and refused)."""
+        rows = [np.flatnonzero(~s) for s in stale]
+        keys = [lane.state.peaks_keys()[p] for lane, r in zip(lanes, rows, strict=True) for p in r.tolist()]
+        found = pool.submit(read_faults, self.store, keys) if pool is not None else _done(read_faults(self.store, keys))
+        starts = np.cumsum([0, *(len(r) for r in rows)]).tolist()
+
+        def corrupt(k: int) -> list[int]:
+            return [int(rows[k][i - starts[k]]) for i in found.result() if starts[k] <= i < starts[k + 1]]
+
+        return [functools.partial(corrupt, k) for k in range(len(lanes))]
+
     def _load_lane(self, lane: _Lane, monitor: Monitor, stale: npt.NDArray[np.bool_], ms: int) -> _Read:
         """Load the state of a lane's ``stale`` rows, and of those whose buckets' slots a late point needs."""
         state = lane.state
@@ -382,10 +406,13 @@ class VectorisedTick:
         now: float,
         limits: dict[str, Limits | Exception],
         sections: list[dict[str, Any] | None],
-    ) -> tuple[Merged, npt.NDArray[np.bool_], list[int], dict[str, dict[str, Any]]]:
+        corrupt: Callable[[], list[int]],
+    ) -> tuple[Merged, npt.NDArray[np.bool_], list[int], dict[str, dict[str, Any]], list[int]]:
         """Value a lane's books, compute its tick and queue its writes in ``tx`` (MULTI): the merged state (kept
-        once the EXEC succeeded), the rows it is valid for, the rows queued (:meth:`TickState.write`) and the
-        snapshots by portfolio."""
+        once the EXEC succeeded), the rows it is valid for, the rows queued (:meth:`TickState.write`), the
+        snapshots by portfolio, and the rows to redo. ``corrupt``: the rows whose stored peaks hash is corrupt
+        (:meth:`_check_peaks`): left out (not written over from memory), loaded, which refuses them as a stale
+        row's load does (reported); one repaired since the check loads, and is redone."""
         cols, state = r.lane.cols, r.lane.state
         header = market.header
         values = value_books(cols, market, cols.cash, MAX_BOOKABLE_PRICE)
@@ -417,6 +444,11 @@ class VectorisedTick:
             figures, backtest, merged.peaks, merged.mfe, merged.mae,
         )  # fmt: skip
         builder = build_snapshots(cols, values, inputs, market, now)
+        bad = corrupt()
+        valid[bad] = False
+        refused = state.load(np.array(bad, dtype=np.intp), ms, self.store.client) if bad else {}
+        for p, reason in refused.items():
+            monitor._portfolio_error(cols.pids[p], reason)
         state.merge_tiers(merged, valid, builder.points)
         prepared = state.prepare(
             merged, valid, builder.points, min_ms=max(0, int((now - monitor.retention_seconds) * 1000)),
@@ -425,7 +457,8 @@ class VectorisedTick:
         built, encoded = builder.build(0, len(cols.pids))
         tx.multi()
         queued = state.write(tx, self.store, prepared, range(len(cols.pids)), encoded)
-        return merged, valid, queued, {cols.pids[p]: snap for p, snap in built.items()}
+        snaps = {cols.pids[p]: snap for p, snap in built.items() if valid[p]}
+        return merged, valid, queued, snaps, [p for p in bad if p not in refused]
 
     def _figures(
         self,

@@ -311,10 +311,13 @@ def test_a_portfolio_whose_monitor_state_is_corrupt_is_skipped_and_left_as_it_is
     assert "p03" in other.refresh()
 
 
+@pytest.mark.parametrize("stamped", [True, False], ids=["owner-stamp-changed", "owner-stamp-left-alone"])
 def test_a_corrupt_peaks_hash_refuses_the_portfolio_in_both_paths_and_after_its_repair_they_agree(
-    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], stamped: bool
 ) -> None:
-    # Arrange: both paths over the same ticks and trades; p11's peaks hash corrupt in both stores for three ticks
+    # Arrange: both paths over the same ticks and trades; p11's peaks hash corrupt in both stores for three ticks,
+    # by a write that stamps it (the vectorised monitor loads it before the tick) or one that leaves the stamp of
+    # the monitor that holds it in memory (found by the check that runs while the first lane is computed)
     fast_store, loop_store = two_stores
     settings = _random_settings(make_settings, seed=5)
     clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
@@ -326,7 +329,7 @@ def test_a_corrupt_peaks_hash_refuses_the_portfolio_in_both_paths_and_after_its_
     def corrupt_and_repair(tick: int) -> None:
         if tick == 3:
             for s in two_stores:
-                s.client.hset(peaks, mapping={"max_dd": "garbage", "owner": "someone"})
+                s.client.hset(peaks, mapping={"max_dd": "garbage", **({"owner": "someone"} if stamped else {})})
             frozen.update({id(s): s.client.dump(marks) for s in two_stores})
         if tick == 6:
             for s in two_stores:
@@ -343,6 +346,46 @@ def test_a_corrupt_peaks_hash_refuses_the_portfolio_in_both_paths_and_after_its_
     _run(settings, list(two_stores), lambda _: [fast, loop], clock, 10, tickers, before=corrupt_and_repair,
          after=compare)  # fmt: skip
     assert fast.stats.portfolio_errors == loop.stats.portfolio_errors == 3
+    assert len(fast.fast.lanes) > 1 and fast.stats.ticks_redone == 0  # refused in the tick itself, no redo
+
+
+def test_a_peaks_hash_repaired_between_the_check_and_the_load_is_redone_and_snapshotted(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: both paths ticked; p11's peaks hash then corrupt by a write that leaves its owner stamp, and
+    # repaired (in both stores) after the vectorised monitor's check found it and before its lane loads it
+    fast_store, loop_store = two_stores
+    settings = _random_settings(make_settings, seed=5)
+    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
+    tickers = list(settings.universe.assets)
+    _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 3, tickers)
+    peaks = PortfolioKeys("p11").peaks
+    good = fast_store.client.hget(peaks, "max_dd")
+    fast_store.client.hset(peaks, "max_dd", "garbage")
+    load = TickState.load
+    loaded: list[list[str]] = []
+
+    def repair_first(self: TickState, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        if rows.size:  # a lane's load of the rows it must read (the first: the check's)
+            loaded.append([self.pids[p] for p in rows.tolist()])
+            fast_store.client.hset(peaks, "max_dd", good)
+        return load(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(TickState, "load", repair_first)
+    errors = fast.stats.portfolio_errors
+
+    # Act: the next tick, then its redo (what Monitor.run does on the conflict)
+    with pytest.raises(redis.WatchError):
+        _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 1, tickers)
+    fast._on_conflict()
+    assert fast.process_available() == 1
+    assert loop.process_available() == 1  # the reference (its turn came after the vectorised monitor's)
+
+    # Assert: the check's load found p11 usable again: left out of its lane's write and redone (loaded again, as
+    # another writer's portfolio is), no error; every portfolio then equals the per-portfolio path's
+    assert loaded[0] == ["p11"] and ["p11"] in loaded[1:]
+    assert (fast.stats.portfolio_errors, fast.stats.ticks_redone) == (errors, 1)
+    _assert_same_state(fast_store, loop_store, fast_store.portfolio_ids(), settings)
 
 
 def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_loses_nothing(

@@ -210,7 +210,7 @@ def test_the_merge_the_load_and_the_owner_read_apply_one_rule_to_a_stored_number
     # the largest finite double is accepted and the next decimal past it refused, in Lua and in Python alike
     from engine.errors import CorruptDataError
     from engine.store.monitoring import PEAK_FIELDS, check_peaks
-    from engine.store.tick_owners import read_owners
+    from engine.store.tick_owners import read_faults, read_owners
 
     key = PortfolioKeys("main").peaks
     store.update_peaks("main", 1000.0, "2024-03-07", "2024-03-04")
@@ -220,17 +220,19 @@ def test_the_merge_the_load_and_the_owner_read_apply_one_rule_to_a_stored_number
     raw = store.client.hmget(key, list(PEAK_FIELDS))
     if usable:
         assert check_peaks(raw, key)
-        assert read_owners(store, [key]) == [store.client.hget(key, "owner")]
+        assert read_faults(store, [key]) == []
         assert store.update_peaks("main", 1000.0, "2024-03-07", "2024-03-04") is not None
     else:
         with pytest.raises(CorruptDataError, match="week_peak"):
             check_peaks(raw, key)
-        assert read_owners(store, [key]) == [b""]  # no writer's stamp: the vectorised monitor loads and refuses it
+        # the vectorised monitor's check finds it: the row is left out of its lane's write, loaded and refused
+        assert read_faults(store, [key]) == [0]
         with pytest.raises(CorruptDataError, match="week_peak"):
             store.update_peaks("main", 1000.0, "2024-03-07", "2024-03-04")
         with pytest.raises(CorruptDataError, match="week_peak"):
             store.read_peaks("main")
         assert store_contents(store.client) == before  # the merge refused before writing anything
+    assert read_owners(store, [key]) == [store.client.hget(key, "owner")]  # the stamp, corrupt or not
 
 
 def test_the_gate_measures_the_daily_loss_from_the_stamped_day_and_fails_closed_on_a_corrupt_hash(
@@ -261,3 +263,17 @@ def test_the_gate_measures_the_daily_loss_from_the_stamped_day_and_fails_closed_
     store.client.hset(PortfolioKeys("main").peaks, "last", "abc")
     refused = rm.check("AAA", 10, "BUY")
     assert {r.code.value for r in refused.reasons} == {"DAILY_LOSS"} and "peaks.last" in refused.reasons[0].message
+
+
+def test_the_owner_read_and_the_check_of_a_missing_key_and_of_a_key_that_is_not_a_hash(store: Store) -> None:
+    from engine.store.tick_owners import read_faults, read_owners
+
+    missing, wrong, good = (PortfolioKeys(p).peaks for p in ("nobody", "wrong", "main"))
+    store.client.set(wrong, "not a hash")
+    store.update_peaks("main", 1000.0, "2024-03-07", "2024-03-04")
+    before = store_contents(store.client)
+
+    # none stored: no stamp, nothing wrong; not a hash: no writer's stamp, and refused; a good hash: its stamp
+    assert read_owners(store, [missing, wrong, good]) == [None, b"", store.client.hget(good, "owner")]
+    assert read_faults(store, [missing, wrong, good]) == [1]
+    assert store_contents(store.client) == before  # both only read
