@@ -138,6 +138,8 @@ class _Read:
     failed: list[str | None]
     """Per row: why its stored state is unusable (not snapshot this tick), or None."""
     methods: list[VarMethod]
+    loaded: npt.NDArray[np.bool_]
+    """Per row: its stored state was loaded this tick (stale, or a late point needs its buckets' slots)."""
 
 
 @dataclass
@@ -289,7 +291,7 @@ class VectorisedTick:
             sections = self.sections.read(
                 self.store, [pid for r in reads for pid in r.lane.cols.pids], [m for r in reads for m in r.methods]
             )  # fmt: skip
-            faults = self._check_peaks(lanes, stale, pool)
+            faults = self._check_peaks(reads, pool)
             at = 0
             for (index, _), r, tx, corrupt in zip(todo, reads, lane_txs, faults, strict=True):
                 count = len(r.lane.cols.pids)
@@ -370,32 +372,32 @@ class VectorisedTick:
         return [s.stale_rows([seen[key] for key in s.peaks_keys()]) for s in states]
 
     def _check_peaks(
-        self, lanes: Sequence[_Lane], stale: Sequence[npt.NDArray[np.bool_]],
-        pool: concurrent.futures.ThreadPoolExecutor | None,
-    ) -> list[Callable[[], list[int]]]:  # fmt: skip
+        self, reads: Sequence[_Read], pool: concurrent.futures.ThreadPoolExecutor | None
+    ) -> list[Callable[[], list[int]]]:
         """Per lane, a call returning its rows kept in memory (not loaded this tick: a load checks what it reads)
         whose stored peaks hash is corrupt (engine/store/tick_owners.py ``FAULTS_LUA``). One script checks every
-        lane's rows, on a writer thread while the first lane is computed (Redis is otherwise idle then); a lane
-        waits for it before it queues its write, and leaves those rows out (redone: loaded, and refused)."""
-        rows = [np.flatnonzero(~s) for s in stale]
-        keys = [lane.state.peaks_keys()[p] for lane, r in zip(lanes, rows, strict=True) for p in r.tolist()]
+        lane's rows: with several lanes on a writer thread, while the first lane is computed (Redis is otherwise
+        idle then), else at once. A lane waits for it before it queues its write (:meth:`_write_lane`)."""
+        rows = [np.flatnonzero(~r.loaded) for r in reads]
+        keys = [r.lane.state.peaks_keys()[p] for r, at in zip(reads, rows, strict=True) for p in at.tolist()]
         found = pool.submit(read_faults, self.store, keys) if pool is not None else _done(read_faults(self.store, keys))
         starts = np.cumsum([0, *(len(r) for r in rows)]).tolist()
 
         def corrupt(k: int) -> list[int]:
             return [int(rows[k][i - starts[k]]) for i in found.result() if starts[k] <= i < starts[k + 1]]
 
-        return [functools.partial(corrupt, k) for k in range(len(lanes))]
+        return [functools.partial(corrupt, k) for k in range(len(reads))]
 
     def _load_lane(self, lane: _Lane, monitor: Monitor, stale: npt.NDArray[np.bool_], ms: int) -> _Read:
         """Load the state of a lane's ``stale`` rows, and of those whose buckets' slots a late point needs."""
         state = lane.state
         failed: list[str | None] = [None] * len(state.pids)
-        for p, reason in state.load(np.flatnonzero(stale | state.slots_needed(ms)), ms, self.store.client).items():
+        loaded = stale | state.slots_needed(ms)
+        for p, reason in state.load(np.flatnonzero(loaded), ms, self.store.client).items():
             failed[p] = reason
             monitor._portfolio_error(lane.cols.pids[p], reason)
         methods = [self.lookup.var_method_for(pid) for pid in lane.cols.pids]
-        return _Read(lane, lane.readable, failed, methods)
+        return _Read(lane, lane.readable, failed, methods, loaded)
 
     def _write_lane(
         self,
@@ -411,14 +413,15 @@ class VectorisedTick:
         """Value a lane's books, compute its tick and queue its writes in ``tx`` (MULTI): the merged state (kept
         once the EXEC succeeded), the rows it is valid for, the rows queued (:meth:`TickState.write`), the
         snapshots by portfolio, and the rows to redo. ``corrupt``: the rows whose stored peaks hash is corrupt
-        (:meth:`_check_peaks`): left out (not written over from memory), loaded, which refuses them as a stale
-        row's load does (reported); one repaired since the check loads, and is redone."""
+        (:meth:`_check_peaks`): left out (not written over from memory) and loaded, which refuses them as a stale
+        row's load does; one repaired since the check loads, and is redone. The lane's other errors of a row are
+        held until then: a refused row is reported for its refusal alone, as one refused by the load is."""
         cols, state = r.lane.cols, r.lane.state
+        errors: list[tuple[int, str]] = []
         header = market.header
         values = value_books(cols, market, cols.cash, MAX_BOOKABLE_PRICE)
         valid = np.isfinite(values.equity) & ~values.absurd & np.array([f is None for f in r.failed], dtype=bool)
         for p in np.flatnonzero(~valid).tolist():
-            pid = cols.pids[p]
             if r.failed[p] is not None:
                 continue  # reported when loaded
             if values.absurd[p]:
@@ -428,16 +431,16 @@ class VectorisedTick:
                     t for t, q, c in zip(book.tickers, book.qty_int, columns, strict=True)
                     if q != 0 and c >= 0 and abs(np.nan_to_num(header.prices[c])) > MAX_BOOKABLE_PRICE
                 )  # fmt: skip
-                monitor._portfolio_error(pid, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable")
+                errors.append((p, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable"))
             else:
-                monitor._portfolio_error(pid, "equity is not finite")
+                errors.append((p, "equity is not finite"))
         ms = int(now * 1000)
         day_id, week_id = monitor.calendar.period_ids(now)
         merged = state.merge_books(
             valid, values.equity, day_id, week_id, values.side, values.pnl, ms, monitor.calendar.sets_close(now),
             complete=~values.incomplete,  # an incomplete valuation moves no peak (logic/snapshot.py)
         )  # fmt: skip
-        figures, chosen = self._figures(monitor, market, cols, values, valid, limits, r.methods)
+        figures, chosen = self._figures(errors, market, cols, values, valid, limits, r.methods)
         backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
         inputs = BookInputs(
             [b.state for b in r.readable], [b.trading_state for b in r.readable], chosen, r.methods,  # type: ignore[misc]
@@ -447,8 +450,8 @@ class VectorisedTick:
         bad = corrupt()
         valid[bad] = False
         refused = state.load(np.array(bad, dtype=np.intp), ms, self.store.client) if bad else {}
-        for p, reason in refused.items():
-            monitor._portfolio_error(cols.pids[p], reason)
+        for p, message in [*((p, m) for p, m in errors if p not in bad), *refused.items()]:
+            monitor._portfolio_error(cols.pids[p], message)
         state.merge_tiers(merged, valid, builder.points)
         prepared = state.prepare(
             merged, valid, builder.points, min_ms=max(0, int((now - monitor.retention_seconds) * 1000)),
@@ -462,7 +465,7 @@ class VectorisedTick:
 
     def _figures(
         self,
-        monitor: Monitor,
+        errors: list[tuple[int, str]],
         market: MarketView,
         cols: BookColumns,
         values: Any,
@@ -470,7 +473,7 @@ class VectorisedTick:
         limits: dict[str, Limits | Exception],
         methods: list[VarMethod],
     ) -> tuple[list[RiskFigures | None], list[Limits]]:
-        """Each book's figures (None: no snapshot, the error reported) and limits."""
+        """Each book's figures (None: no snapshot, the error added to ``errors``, by row) and limits."""
         count = len(cols.pids)
         chosen: list[Limits] = [self.lookup.limits_for(pid) for pid in cols.pids]
         figures: list[RiskFigures | None] = [None] * count
@@ -480,7 +483,7 @@ class VectorisedTick:
                 continue
             live = limits[pid]
             if isinstance(live, Exception):
-                monitor._portfolio_error(pid, str(live))
+                errors.append((p, str(live)))
                 continue
             chosen[p] = live
             rows.append(p)
@@ -499,9 +502,7 @@ class VectorisedTick:
                         market, methods[p], held, exposures[i, held], chosen[p], self.settings.model
                     )
             except (StoreError, ValueError) as exc:
-                monitor._portfolio_error(cols.pids[p], str(exc))
+                errors.append((p, str(exc)))
             except ArithmeticError as exc:
-                monitor._portfolio_error(
-                    cols.pids[p], f"risk figures are not finite (an absurd price or variance): {exc}"
-                )
+                errors.append((p, f"risk figures are not finite (an absurd price or variance): {exc}"))
         return figures, chosen

@@ -352,8 +352,8 @@ def test_a_corrupt_peaks_hash_refuses_the_portfolio_in_both_paths_and_after_its_
 def test_a_peaks_hash_repaired_between_the_check_and_the_load_is_redone_and_snapshotted(
     two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Arrange: both paths ticked; p11's peaks hash then corrupt by a write that leaves its owner stamp, and
-    # repaired (in both stores) after the vectorised monitor's check found it and before its lane loads it
+    # Arrange: both paths ticked; p11's peaks hash then corrupt in the vectorised monitor's store, by a write that
+    # leaves its owner stamp, and repaired after the monitor's check found it and before its lane loads it
     fast_store, loop_store = two_stores
     settings = _random_settings(make_settings, seed=5)
     clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
@@ -386,6 +386,44 @@ def test_a_peaks_hash_repaired_between_the_check_and_the_load_is_redone_and_snap
     assert loaded[0] == ["p11"] and ["p11"] in loaded[1:]
     assert (fast.stats.portfolio_errors, fast.stats.ticks_redone) == (errors, 1)
     _assert_same_state(fast_store, loop_store, fast_store.portfolio_ids(), settings)
+
+
+@pytest.mark.parametrize("also", ["a late point", "unreadable live limits"])
+def test_a_corrupt_peaks_hash_is_reported_once_whatever_else_the_tick_meets(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+    also: str,
+) -> None:  # fmt: skip
+    # Arrange: both paths ticked; p11's peaks hash then corrupt in both stores by a write that leaves its owner
+    # stamp; and either the next tick's point is late for p11 (its buckets' slots are read: the lane loads p11
+    # anyway) or p11's live limits are unreadable (a key of the wrong type)
+    fast_store, loop_store = two_stores
+    settings = _random_settings(make_settings, seed=5)
+    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
+    tickers = list(settings.universe.assets)
+    _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 3, tickers)
+    for s in two_stores:
+        s.client.hset(PortfolioKeys("p11").peaks, "max_dd", "garbage")
+    if also == "a late point":
+        needed = TickState.slots_needed
+        monkeypatch.setattr(
+            TickState, "slots_needed", lambda self, ms: needed(self, ms) | (np.array(self.pids) == "p11")
+        )
+    else:
+        for s in two_stores:
+            s.client.delete(PortfolioKeys("p11").limits)
+            s.client.set(PortfolioKeys("p11").limits, "not a hash")
+    errors = fast.stats.portfolio_errors
+    before = {k: fast_store.client.dump(k) for k in (PortfolioKeys("p11").peaks, PortfolioKeys("p11").marks)}
+
+    # Act
+    _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 1, tickers)
+
+    # Assert: one error for p11 (its refusal, as when the load alone meets it), in the tick itself (no redo);
+    # nothing of it written; the other portfolios equal the per-portfolio path's
+    assert (fast.stats.portfolio_errors, fast.stats.ticks_redone) == (errors + 1, 0)
+    assert {k: fast_store.client.dump(k) for k in before} == before
+    others = [p for p in fast_store.portfolio_ids() if p != "p11"]
+    _assert_same_state(fast_store, loop_store, others, settings)
 
 
 def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_loses_nothing(

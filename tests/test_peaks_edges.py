@@ -6,7 +6,8 @@
 - a corrupt ``pf:{id}:peaks`` (a field that is no number, a partial hash, a key of another type) is refused by
   both paths, with or without a copy of it in memory: that portfolio is reported, gets no snapshot, and the
   vectorised path leaves its stored state exactly as it was; the others in the tick get theirs. One rule for a
-  stored number in Lua (the merge, the owner read) and Python (the load, ``read_peaks``), at a double's range.
+  stored number in Lua (the merge, the vectorised monitor's check) and Python (the load, ``read_peaks``), at a
+  double's range.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ REFUSED = ["1.8e308", "-1.8e308", "abc", "nan", "inf", "-inf", "0x10", " 5", "5 
 
 
 @pytest.mark.parametrize(("value", "usable"), [(v, True) for v in ACCEPTED] + [(v, False) for v in REFUSED])
-def test_the_merge_the_load_and_the_owner_read_apply_one_rule_to_a_stored_number(
+def test_the_merge_the_load_and_the_check_apply_one_rule_to_a_stored_number(
     store: Store, value: str, usable: bool
 ) -> None:
     # the largest finite double is accepted and the next decimal past it refused, in Lua and in Python alike

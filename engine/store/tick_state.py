@@ -17,10 +17,10 @@ arithmetic on arrays (one row per portfolio, one element per position) and Redis
   stamped by anyone else is loaded from the store again (:meth:`TickState.load`), so another monitor's or the
   reference path's merges are never lost, and the write (a script a lane; on a Redis Cluster, a portfolio)
   checks each portfolio's stamp again: one stamped by anyone since the read is not written at all (the others
-  are), and the tick redoes it (no WATCH: a fill ending a position no longer aborts the 250 of its lane). The same
-  read checks every peaks hash by the per-portfolio merge's rule (engine/store/monitoring.py ``PEAKS_FAULT_LUA``):
-  a corrupt one, or a key of another type, reads as no one's stamp, and the load refuses that portfolio (reported,
-  not snapshot, its stored state left as it is; the others are written), as the per-portfolio path does.
+  are), and the tick redoes it (no WATCH: a fill ending a position no longer aborts the 250 of its lane). Each
+  peaks hash held in memory is checked every tick by the per-portfolio merge's rule (engine/store/tick_owners.py
+  ``FAULTS_LUA``): a corrupt one, or a key of another type, is loaded, and the load refuses that portfolio
+  (reported, not snapshot, its stored state left as it is; the others are written), as the per-portfolio path does.
 - **Same results.** Peaks follow ``MonitoringStore._PEAKS_LUA`` and excursions ``_MARKS_LUA`` step for step
   (the same doubles: Redis' Lua numbers are IEEE doubles too); a tier bucket merges by
   :data:`engine.store.history.HISTORY_COLUMNS`' aggregations, its float32 columns rounded as ``struct.pack``
