@@ -418,40 +418,46 @@ class VectorisedTick:
         held until then: a refused row is reported for its refusal alone, as one refused by the load is."""
         cols, state = r.lane.cols, r.lane.state
         errors: list[tuple[int, str]] = []
-        header = market.header
-        values = value_books(cols, market, cols.cash, MAX_BOOKABLE_PRICE)
-        valid = np.isfinite(values.equity) & ~values.absurd & np.array([f is None for f in r.failed], dtype=bool)
-        for p in np.flatnonzero(~valid).tolist():
-            if r.failed[p] is not None:
-                continue  # reported when loaded
-            if values.absurd[p]:
-                book, lo = cols.books[p], int(cols.offsets[p])
-                columns = cols.tix[lo : lo + len(book.tickers)].tolist()
-                names = ", ".join(
-                    t for t, q, c in zip(book.tickers, book.qty_int, columns, strict=True)
-                    if q != 0 and c >= 0 and abs(np.nan_to_num(header.prices[c])) > MAX_BOOKABLE_PRICE
-                )  # fmt: skip
-                errors.append((p, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable"))
-            else:
-                errors.append((p, "equity is not finite"))
-        ms = int(now * 1000)
-        day_id, week_id = monitor.calendar.period_ids(now)
-        merged = state.merge_books(
-            valid, values.equity, day_id, week_id, values.side, values.pnl, ms, monitor.calendar.sets_close(now),
-            complete=~values.incomplete,  # an incomplete valuation moves no peak (logic/snapshot.py)
-        )  # fmt: skip
-        figures, chosen = self._figures(errors, market, cols, values, valid, limits, r.methods)
-        backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
-        inputs = BookInputs(
-            [b.state for b in r.readable], [b.trading_state for b in r.readable], chosen, r.methods,  # type: ignore[misc]
-            figures, backtest, merged.peaks, merged.mfe, merged.mae,
-        )  # fmt: skip
-        builder = build_snapshots(cols, values, inputs, market, now)
-        bad = corrupt()
-        valid[bad] = False
-        refused = state.load(np.array(bad, dtype=np.intp), ms, self.store.client) if bad else {}
-        for p, message in [*((p, m) for p, m in errors if p not in bad), *refused.items()]:
-            monitor._portfolio_error(cols.pids[p], message)
+        bad: list[int] = []
+        try:
+            header = market.header
+            values = value_books(cols, market, cols.cash, MAX_BOOKABLE_PRICE)
+            valid = np.isfinite(values.equity) & ~values.absurd & np.array([f is None for f in r.failed], dtype=bool)
+            for p in np.flatnonzero(~valid).tolist():
+                if r.failed[p] is not None:
+                    continue  # reported when loaded
+                if values.absurd[p]:
+                    book, lo = cols.books[p], int(cols.offsets[p])
+                    columns = cols.tix[lo : lo + len(book.tickers)].tolist()
+                    names = ", ".join(
+                        t for t, q, c in zip(book.tickers, book.qty_int, columns, strict=True)
+                        if q != 0 and c >= 0 and abs(np.nan_to_num(header.prices[c])) > MAX_BOOKABLE_PRICE
+                    )  # fmt: skip
+                    errors.append((p, f"price of held {names} above {MAX_BOOKABLE_PRICE:g}: not usable"))
+                else:
+                    errors.append((p, "equity is not finite"))
+            ms = int(now * 1000)
+            day_id, week_id = monitor.calendar.period_ids(now)
+            merged = state.merge_books(
+                valid, values.equity, day_id, week_id, values.side, values.pnl, ms, monitor.calendar.sets_close(now),
+                complete=~values.incomplete,  # an incomplete valuation moves no peak (logic/snapshot.py)
+            )  # fmt: skip
+            figures, chosen = self._figures(errors, market, cols, values, valid, limits, r.methods)
+            backtest = [s if figures[p] is not None else None for p, s in enumerate(sections)]
+            inputs = BookInputs(
+                [b.state for b in r.readable], [b.trading_state for b in r.readable], chosen, r.methods,  # type: ignore[misc]
+                figures, backtest, merged.peaks, merged.mfe, merged.mae,
+            )  # fmt: skip
+            builder = build_snapshots(cols, values, inputs, market, now)
+            bad = corrupt()
+            valid[bad] = False
+            refused = state.load(np.array(bad, dtype=np.intp), ms, self.store.client) if bad else {}
+        finally:  # a lane that fails reports what it found too, as it would have found it
+            for p, message in errors:
+                if p not in bad:
+                    monitor._portfolio_error(cols.pids[p], message)
+        for p, reason in refused.items():
+            monitor._portfolio_error(cols.pids[p], reason)
         state.merge_tiers(merged, valid, builder.points)
         prepared = state.prepare(
             merged, valid, builder.points, min_ms=max(0, int((now - monitor.retention_seconds) * 1000)),

@@ -388,6 +388,39 @@ def test_a_peaks_hash_repaired_between_the_check_and_the_load_is_redone_and_snap
     _assert_same_state(fast_store, loop_store, fast_store.portfolio_ids(), settings)
 
 
+def test_a_lane_that_fails_mid_way_still_reports_the_errors_it_found(
+    two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: p02's live limits unreadable (a key of the wrong type); the next tick's snapshots fail to build
+    # once (after p02's lane found its error, before the lane learns which rows the peaks check refused)
+    import logic.batch_tick as batch_tick
+
+    store = two_stores[0]
+    settings = _random_settings(make_settings, seed=5)
+    clock, fast, _ = _paired_monitors(two_stores, settings, chunk=5)
+    _run(settings, [store], lambda _: [fast], clock, 2, list(settings.universe.assets))
+    store.client.delete(PortfolioKeys("p02").limits)
+    store.client.set(PortfolioKeys("p02").limits, "not a hash")
+    build = batch_tick.build_snapshots
+    failed: list[bool] = []
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise redis.ConnectionError("lost the connection")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(batch_tick, "build_snapshots", fail_once)
+    errors = fast.stats.portfolio_errors
+
+    # Act: the tick fails (p02's lane is the first)
+    with pytest.raises(redis.ConnectionError):
+        _run(settings, [store], lambda _: [fast], clock, 1, list(settings.universe.assets))
+
+    # Assert: p02's error was reported all the same, once
+    assert fast.stats.portfolio_errors == errors + 1
+
+
 @pytest.mark.parametrize("also", ["a late point", "unreadable live limits"])
 def test_a_corrupt_peaks_hash_is_reported_once_whatever_else_the_tick_meets(
     two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
