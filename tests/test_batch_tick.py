@@ -152,6 +152,18 @@ def _run(settings: Settings, stores: list[Store], monitors: Callable[[int], list
             after(tick)
 
 
+def _ticked_in_lanes_of_5(
+    stores: tuple[Store, Store], make_settings: Callable[..., Settings]
+) -> tuple[Settings, Steps, Monitor, Monitor, list[str]]:
+    """Random books (seed 5) in both ``stores``, the vectorised monitor in lanes of 5 portfolios and the
+    reference, both three ticks in (:func:`_run`): the settings, the clock, both monitors and the tickers."""
+    settings = _random_settings(make_settings, seed=5)
+    clock, fast, loop = _paired_monitors(stores, settings, chunk=5)
+    tickers = list(settings.universe.assets)
+    _run(settings, list(stores), lambda _: [fast, loop], clock, 3, tickers)
+    return settings, clock, fast, loop, tickers
+
+
 @pytest.mark.parametrize("chunk", [250, 5])
 def test_the_vectorised_tick_writes_what_the_per_portfolio_scripts_write(
     two_stores: tuple[Store, Store], make_settings: Callable[..., Settings], chunk: int,
@@ -355,10 +367,7 @@ def test_a_peaks_hash_repaired_between_the_check_and_the_load_is_redone_and_snap
     # Arrange: both paths ticked; p11's peaks hash then corrupt in the vectorised monitor's store, by a write that
     # leaves its owner stamp, and repaired after the monitor's check found it and before its lane loads it
     fast_store, loop_store = two_stores
-    settings = _random_settings(make_settings, seed=5)
-    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
-    tickers = list(settings.universe.assets)
-    _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 3, tickers)
+    settings, clock, fast, loop, tickers = _ticked_in_lanes_of_5(two_stores, make_settings)
     peaks = PortfolioKeys("p11").peaks
     good = fast_store.client.hget(peaks, "max_dd")
     fast_store.client.hset(peaks, "max_dd", "garbage")
@@ -430,10 +439,7 @@ def test_a_corrupt_peaks_hash_is_reported_once_whatever_else_the_tick_meets(
     # stamp; and either the next tick's point is late for p11 (its buckets' slots are read: the lane loads p11
     # anyway) or p11's live limits are unreadable (a key of the wrong type)
     fast_store, loop_store = two_stores
-    settings = _random_settings(make_settings, seed=5)
-    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
-    tickers = list(settings.universe.assets)
-    _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 3, tickers)
+    settings, clock, fast, loop, tickers = _ticked_in_lanes_of_5(two_stores, make_settings)
     for s in two_stores:
         s.client.hset(PortfolioKeys("p11").peaks, "max_dd", "garbage")
     if also == "a late point":
@@ -465,10 +471,7 @@ def test_a_conflict_in_one_range_leaves_the_tick_unacknowledged_and_the_redo_los
     # Arrange: the vectorised monitor writes in ranges of 5 portfolios; while it computes one tick, another
     # writer merges p12's peaks (the third range); the per-portfolio monitor on the other store is the reference
     fast_store, loop_store = two_stores
-    settings = _random_settings(make_settings, seed=5)
-    clock, fast, loop = _paired_monitors(two_stores, settings, chunk=5)
-    tickers = list(settings.universe.assets)
-    _run(settings, [fast_store, loop_store], lambda _: [fast, loop], clock, 3, tickers)
+    settings, clock, fast, loop, tickers = _ticked_in_lanes_of_5(two_stores, make_settings)
     prepare = TickState.prepare
     interfered: list[bool] = []
 
