@@ -290,11 +290,13 @@ def apply_split(
     reason: str = "",
     split_id: str | None = None,
     force: bool = False,
-    now: float | None = None,
+    now: float,
 ) -> SplitResult:
     """Restate ``ticker``, every book and every live position limit on it for a split of ``ratio`` new shares per
     old one (module docstring). ``settings``: the limits in force for a portfolio whose limits are not stored
-    yet, and the settings file's figures the output lists for editing by hand.
+    yet, and the settings file's figures the output lists for editing by hand. ``now``: the time the split is
+    stamped with (its audit record, the restated books' ``updated_at``, the default id's date); the caller's
+    clock, so a replay can pass its data's.
 
     One MULTI over the market and every book on one Redis server (per slot on a Redis Cluster), WATCHing the
     snapshot, the reference, the split records, every book, its live limits and its backtest, retried when a bar,
@@ -304,7 +306,6 @@ def apply_split(
     already used for another split, :class:`SplitRepeatedError` for a second split of the ticker with no print
     since the first (or after one, without an id of its own) unless ``force``.
     """
-    now = time.time() if now is None else now
     store.require_schema()
     explicit = split_id is not None
     split_id = split_id or default_split_id(ticker, ratio, now)
