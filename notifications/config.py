@@ -81,16 +81,26 @@ Address = Annotated[str, BeforeValidator(_address)]
 
 @dataclass(frozen=True, config=CONFIG)
 class RetryPolicy:
-    """Bounded retries of transient failures: waits ``backoff * multiplier**(attempt-1)``, capped."""
+    """Retries of transient failures. Within a flush, bounded: ``max_attempts``, waiting ``backoff *
+    multiplier**(attempt-1)``, capped. A message whose attempts all failed transiently stays queued and is tried
+    again by a later flush, ``requeue_seconds`` after the failure, doubling per failure up to
+    ``max_requeue_seconds``, until ``give_up_seconds`` after its first failure (notifications/retry.py)."""
 
     max_attempts: Annotated[int, at_least(1)] = 3
     backoff_seconds: Seconds = 1.0
     backoff_multiplier: Annotated[Seconds, Field(ge=1)] = 2.0
     max_backoff_seconds: Seconds = 30.0
+    requeue_seconds: Seconds = 30.0
+    max_requeue_seconds: Seconds = 900.0
+    give_up_seconds: Seconds = 86400.0
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number ``attempt`` (2, 3, ...)."""
         return min(self.max_backoff_seconds, self.backoff_seconds * self.backoff_multiplier ** (attempt - 2))
+
+    def requeue_delay(self, failures: int) -> float:
+        """Seconds from a message's ``failures``-th transient failure (1, 2, ...) to its next try."""
+        return min(self.max_requeue_seconds, self.requeue_seconds * 2.0 ** (failures - 1))
 
 
 @dataclass(frozen=True, config=CONFIG)

@@ -15,7 +15,11 @@ How a notification travels
    group_interval): all entries due together become **one message** (one template, or the digest).
 3. The message is sent with bounded retries: transient failures (SMTP 4xx, HTTP 429/5xx, network) wait
    ``backoff * multiplier**(n-1)`` (capped; a server's Retry-After is honoured up to the cap) through the
-   injected ``sleep``; permanent failures (SMTP 5xx, HTTP 4xx) are not retried.
+   injected ``sleep``; permanent failures (SMTP 5xx, HTTP 4xx) are not retried. A message whose attempts all
+   failed transiently (the server down, not refusing it) stays queued, with a ``failed`` record saying when it
+   is tried again: a later flush tries it ``retry.requeue_seconds`` after the failure, doubling per failure up
+   to ``retry.max_requeue_seconds``, until ``retry.give_up_seconds`` after its first failure, when it is dropped
+   (a 3-second SMTP or Twilio outage no longer loses the message).
 4. In one transaction the entries leave the outbox, a record goes to the delivery log ``pf:{id}:deliveries``
    (channel, recipient, status, error, attempts, events) and the target's group state is updated. A restarted
    process sees only what is still in the outbox, so nothing delivered is sent again. The one unavoidable
@@ -38,8 +42,9 @@ What else a bad day brings
   ``skipped`` record per channel instead of silence, and a CRITICAL event goes to them by SMS, else (or when the
   text fails) e-mail, each in its channel's turn of the flush (``fallback_for`` names the channels it stands in
   for). ``logic/escalation.py`` refuses at load a level that reaches none of its recipients.
-- **A dead SMTP server.** A flush sends SMS before e-mail; after its first e-mail that failed transiently, the
-  other e-mails (fallbacks too) stay queued for the next flush, their CRITICAL events texted at once (once).
+- **A dead SMTP server.** A flush sends SMS before e-mail; after its first e-mail that failed transiently (kept
+  queued itself, step 3), the other e-mails (fallbacks too) stay queued for the next flush, their CRITICAL events
+  texted at once (once: the group state remembers which were texted, across tries).
 - The daemon's heartbeat counts ``failed``, ``rate_limited`` and ``skipped`` records (notifications/service.py).
 """
 
@@ -67,9 +72,7 @@ from notifications.channels import (
     EmailChannel,
     LogChannel,
     Message,
-    PermanentDeliveryError,
     SmsChannel,
-    TransientDeliveryError,
     WebhookChannel,
     mask_address,
 )
@@ -77,6 +80,7 @@ from notifications.channels import Channel as Sender
 from notifications.config import NotificationConfig
 from notifications.masking import digest, mask_text
 from notifications.render import Renderer
+from notifications.retry import SendResult, requeue, send_with_retries, utc, waiting
 
 Sleep = Callable[[float], None]
 
@@ -130,17 +134,6 @@ class Target:
 
 
 @dataclass(frozen=True)
-class SendResult:
-    status: str
-    """``delivered``, ``failed``, ``skipped``, ``rate_limited`` or ``cancelled``."""
-    attempts: int
-    error: str = ""
-    provider_id: str | None = None
-    transient: bool = False
-    """A failure of transient errors only, every attempt spent (the server may be down, not refusing)."""
-
-
-@dataclass(frozen=True)
 class _Due:
     """A group due in this flush: a portfolio's outbox fields for one target, and the target's group state."""
 
@@ -177,10 +170,6 @@ class _Fallback:
 
 
 _Step = _Due | _Fallback  # what a flush sends in turn
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def build_channels(
@@ -370,6 +359,9 @@ class Notifier:
             at = oldest[key] + self.config.group_wait_seconds
             if group_state.get("last_sent_at") is not None:
                 at = max(at, group_state["last_sent_at"] + self.config.group_interval_seconds)
+            retry_at = waiting(group_state, groups[key])  # its last try failed transiently (notifications/retry.py)
+            if retry_at is not None:
+                at = max(at, retry_at)
             if now >= at:
                 due.append(_Due(portfolio_id, key, routed.get(key), groups[key], group_state))
         return due, records
@@ -533,7 +525,7 @@ class Notifier:
             acknowledged_at = current.get("acknowledged_at")
             since = isinstance(acknowledged_at, int | float) and acknowledged_at >= float(event.get("ts") or 0.0)
             if current.get("status") == AlertStatus.ACKNOWLEDGED or since:
-                when = f" at {_utc(acknowledged_at)}" if isinstance(acknowledged_at, int | float) else ""
+                when = f" at {utc(acknowledged_at)}" if isinstance(acknowledged_at, int | float) else ""
                 who = current.get("acknowledged_by") or "?"
                 out[event["event_id"]] = f"{what} not sent: the alert was acknowledged by {who}{when} first"
         return out
@@ -558,17 +550,29 @@ class Notifier:
             if target.channel == Channel.EMAIL and self._email_down:
                 return self._fallback_while_email_down(portfolio_id, target, events, group_state, now)
             message, result = self._render_and_send(portfolio_id, target, events)
+        requeued, note = requeue(self.config.retry, group_state, result, fields, now)
+        if note:
+            result = replace(result, error=f"{result.error}; {note}")
         record = self._record(portfolio_id, target, events, result, now, message)
         self.metrics.sent(target.channel, result.status)
         fallback: list[dict[str, Any]] = []
+        texted = set(group_state.get("fallen_back") or ())
         if target.channel == Channel.EMAIL and result.status != "delivered":
             # before the entries leave the outbox: a crash in between sends the fallback again on the next
-            # flush (at-least-once), where after it the CRITICAL text would be lost; events already texted while
-            # e-mail was down (:meth:`_fallback_while_email_down`) are not texted twice
-            texted = set(group_state.get("fallen_back") or ())
+            # flush (at-least-once), where after it the CRITICAL text would be lost; events already texted (while
+            # e-mail was down, :meth:`_fallback_while_email_down`, or by an earlier try) are not texted twice
             rest = [e for e in events if e["event_id"] not in texted]
             message = message if len(rest) == len(events) else None
             fallback = self._sms_fallback(portfolio_id, target, rest, message, now, result.status)
+            texted |= {e["event_id"] for e in rest}
+        if requeued is not None:  # the entries stay queued for a later flush (notifications/retry.py)
+            if target.channel == Channel.EMAIL:
+                requeued["fallen_back"] = sorted(texted)
+            with slot_transaction(self.store.client) as pipe:
+                self.store.append_delivery(portfolio_id, record, pipe)
+                self._write_group_state(portfolio_id, target, requeued, pipe)
+                pipe.execute()
+            return [record, *fallback]
         with slot_transaction(self.store.client) as pipe:  # the send-rate key is global: its own slot
             self.store.delete_fields(Store.outbox_key(portfolio_id), fields, pipe)
             self.store.append_delivery(portfolio_id, record, pipe)
@@ -697,36 +701,13 @@ class Notifier:
         return message, result
 
     def send(self, target: Target, message: Message) -> SendResult:
-        """Send with bounded retries on transient failures; never raises."""
+        """Send with bounded retries on transient failures (:func:`~notifications.retry.send_with_retries`);
+        never raises."""
         channel = self.channels.get(target.channel)
         if channel is None:
             return SendResult("skipped", 0, NOT_CONFIGURED_HINT.get(target.channel, f"no {target.channel} channel"))
-        retry = self.config.retry
-        error = ""
-        retry_after: float | None = None
-        for attempt in range(1, retry.max_attempts + 1):
-            if attempt > 1:
-                delay = retry.delay_before(attempt)
-                if retry_after is not None:
-                    delay = min(retry.max_backoff_seconds, max(delay, retry_after))
-                self.sleep(delay)
-            try:
-                provider_id = channel.send(target.address, message)
-            except TransientDeliveryError as exc:
-                error, retry_after = mask_text(str(exc), self.secrets), exc.retry_after
-                self.logger.info("transient failure on %s (attempt %d): %s", target.channel, attempt, error)
-                continue
-            except PermanentDeliveryError as exc:
-                return SendResult("failed", attempt, str(exc))
-            except Exception as exc:  # a bug in a channel: record it, do not kill the monitor
-                text = mask_text(f"unexpected error: {exc!r}", self.secrets)
-                # no traceback: an exception's text may carry a credential, only its masked form is logged
-                self.logger.error("%s sending by %s", text, target.channel)
-                return SendResult("failed", attempt, text)
-            return SendResult("delivered", attempt, "", provider_id)
-        return SendResult(
-            "failed", retry.max_attempts, f"gave up after {retry.max_attempts} attempts: {error}", transient=True
-        )
+        return send_with_retries(channel, target.channel, target.address, message, self.config.retry,
+                                 sleep=self.sleep, logger=self.logger, secrets=self.secrets)  # fmt: skip
 
     # -- records ---------------------------------------------------------------------------------------------
     def _write_group_state(self, portfolio_id: str, target: Target, value: Mapping[str, Any], pipe: Any) -> None:

@@ -205,23 +205,26 @@ def test_a_crash_before_the_failed_emails_record_commits_repeats_the_sms_fallbac
     twilio = RecordingTwilioHttpClient()
     engine, _, _ = engine_with(store, make_settings, env, ["email"], twilio_http_client=twilio)
     engine.evaluate("main", snapshot(var__utilization=1.5), T0)
-    commit = Store.delete_fields
+    commit = Store.write_json_fields
 
     def crash(self: Store, *args: Any, **kwargs: Any) -> Any:  # the process dies before the email's commit
         raise SystemExit("killed")
 
-    monkeypatch.setattr(Store, "delete_fields", crash)
+    monkeypatch.setattr(Store, "write_json_fields", crash)
     with pytest.raises(SystemExit):
         engine.tick(T0)
 
     assert len(twilio.sent) == 1  # the CRITICAL text went out first
     assert engine.pending_notifications("main") == 1  # the email's entry is still waiting
-    monkeypatch.setattr(Store, "delete_fields", commit)
+    monkeypatch.setattr(Store, "write_json_fields", commit)
     engine.tick(T0 + 1)  # the restarted flush: the email fails again and the text is repeated
-    assert len(twilio.sent) == 2 and engine.pending_notifications("main") == 0
+    assert len(twilio.sent) == 2 and engine.pending_notifications("main") == 1  # kept queued (a transient failure)
     assert sorted((r["channel"], r["status"]) for r in engine.delivery_log("main")) == [
         ("email", "failed"), ("sms", "delivered"), ("sms", "delivered"),
     ]  # fmt: skip
+    engine.tick(T0 + 1 + 30)  # the e-mail's next try (retry.requeue_seconds): still down, nobody texted again
+    assert len(twilio.sent) == 2 and engine.pending_notifications("main") == 1
+    assert [r["channel"] for r in engine.delivery_log("main")].count("email") == 2
 
 
 def test_a_failed_email_of_lower_severity_does_not_fall_back_to_sms(store: Store, make_settings) -> None:

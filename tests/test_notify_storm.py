@@ -306,11 +306,11 @@ def test_after_the_first_email_times_out_the_others_stay_queued_and_their_critic
     ]
     assert sorted(r["portfolio_id"] for r in records if r["channel"] == "sms" and r["status"] == "delivered") == pids
     assert len(twilio.requests) == 4
-    assert [notifier.pending_count(pid) for pid in pids] == [0, 1, 1, 1]
+    assert [notifier.pending_count(pid) for pid in pids] == [1, 1, 1, 1]  # the failed one too: tried again later
 
     records = notifier.flush(T0 + 1, pids)  # still down: the next e-mail is tried, nobody is texted twice
-    assert [(r["portfolio_id"], r["status"]) for r in records] == [("p01", "failed")]
-    assert len(twilio.requests) == 4 and [notifier.pending_count(pid) for pid in pids] == [0, 0, 1, 1]
+    assert [(r["portfolio_id"], r["status"]) for r in records] == [("p01", "failed")]  # p00 waits for its retry
+    assert len(twilio.requests) == 4 and [notifier.pending_count(pid) for pid in pids] == [1, 1, 1, 1]
 
 
 def test_a_flush_sends_every_portfolios_texts_before_any_email(
@@ -389,21 +389,25 @@ def test_an_unroutable_critical_whose_text_fails_is_emailed_after_a_restart_with
         ("sms", "head", "failed", "webhook"),  # in the SMS turn
         ("email", "desk", "failed", None),  # the e-mail turn: desk's e-mail finds SMTP dead
         ("sms", "desk", "skipped", "email"),  # desk has no number to fall back to
-    ]  # head's fallback e-mail waits: e-mail is down
-    assert len(twilio.requests) == 1 and notifier.pending_count("main") == 1
+    ]  # head's fallback e-mail waits: e-mail is down; desk's failed e-mail waits for its next try
+    assert len(twilio.requests) == 1 and notifier.pending_count("main") == 2
 
     with smtp_server() as (server, env):
         restarted = build_notifier(store, settings, clock, env={**env, **TWILIO_ENV}, sleep=SleepRecorder(),
                                    twilio_http_client=twilio)  # fmt: skip
         records = restarted.flush(T0 + 1, ["main"])
-    assert [(r["channel"], r["recipient"], r["status"], r["fallback_for"]) for r in records] == [
-        ("email", "head", "delivered", "webhook"),
-        ("webhook", "head", "skipped", None),
-    ]
-    (sent,) = server.messages
-    assert sent.rcpt_tos == ["head@test.local"] and "VaR above its limit" in sent.content.decode()
+        assert [(r["channel"], r["recipient"], r["status"], r["fallback_for"]) for r in records] == [
+            ("email", "head", "delivered", "webhook"),
+            ("webhook", "head", "skipped", None),
+        ]
+        (sent,) = server.messages
+        assert sent.rcpt_tos == ["head@test.local"] and "VaR above its limit" in sent.content.decode()
+        assert len(twilio.requests) == 1 and restarted.pending_count("main") == 1
+        assert restarted.flush(T0 + 2, ["main"]) == [] and len(server.messages) == 1
+        records = restarted.flush(T0 + 30, ["main"])  # desk's e-mail, tried again retry.requeue_seconds later
+        assert [(r["channel"], r["recipient"], r["status"]) for r in records] == [("email", "desk", "delivered")]
+        assert server.messages[-1].rcpt_tos == ["desk@test.local"] and "Leverage above 2x" in records[0]["subject"]
     assert len(twilio.requests) == 1 and restarted.pending_count("main") == 0
-    assert restarted.flush(T0 + 2, ["main"]) == [] and len(server.messages) == 1
 
 
 # -- 5. a channel a policy names that is not configured ------------------------------------------------------
