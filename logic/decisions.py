@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from typing import Any
 
+import numpy as np
+
 from engine.records import Position, Reason, ReasonCode, Side
 from engine.settings import Fees
 
@@ -49,9 +51,10 @@ def reason(code: ReasonCode, message: str) -> Reason:
 def parse_quantity(qty: Any, max_qty: int) -> tuple[int | None, str | None]:
     """A whole, positive, finite number of shares up to ``max_qty``: ``(shares, None)`` or ``(None, why)``.
 
-    Integral floats and Decimals (``100.0``) are accepted; strings, booleans, fractions, NaN and inf are not.
+    Integral floats and Decimals (``100.0``) are accepted; strings, booleans (numpy's too: ``np.True_`` is no
+    Python bool, and ``float`` makes it 1.0), fractions, NaN and inf are not.
     """
-    if isinstance(qty, bool) or isinstance(qty, str | bytes) or qty is None:
+    if isinstance(qty, bool | np.bool_ | str | bytes) or qty is None:
         return None, f"quantity {qty!r} is not a number of shares"
     try:
         if isinstance(qty, int):

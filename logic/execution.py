@@ -106,6 +106,18 @@ BACKOFF_MAX_SECONDS = 0.01
 """Upper bound of the random sleep between two attempts (doubles from 0.25 ms up to this)."""
 RATE_WINDOW_SECONDS = 60.0
 """The order-rate throttle counts fills in this trailing window (``max_orders_per_minute``)."""
+
+
+def read_gate_view(
+    store: Any, portfolio_id: str, now: float, client_order_id: str | None = None, memo: dict[Any, Any] | None = None
+) -> Any:
+    """``store.read_trade_view`` with the order-rate window at ``now``: the fills of the last
+    :data:`RATE_WINDOW_SECONDS`, and none stamped more than a window after ``now`` (a replay that took the
+    clock back leaves its last run's fills ahead of it: they are not recent, and they locked every order out,
+    even a risk-reducing one, until the data's time caught up with them)."""
+    return store.read_trade_view(
+        portfolio_id, now - RATE_WINDOW_SECONDS, client_order_id, memo=memo, rate_until=now + RATE_WINDOW_SECONDS
+    )
 LEASE_SECONDS = 3.0
 """TTL of the queue head's lease: how long a dead head (crashed process) can hold the portfolio's queue.
 An order takes milliseconds; the lease is refreshed on every transaction retry."""
@@ -273,9 +285,7 @@ def _transact(
             with gate.client.pipeline(transaction=True) as pipe:
                 pipe.watch(*keys)
                 now = gate.clock()  # after WATCH: whatever happens from here on aborts the EXEC
-                view = store.read_trade_view(
-                    gate.portfolio_id, now - RATE_WINDOW_SECONDS, client_order_id, memo=gate.memo
-                )
+                view = read_gate_view(store, gate.portfolio_id, now, client_order_id, memo=gate.memo)
                 plan: Plan | None = None
                 rev: str | None = None
                 claimed: str | None = None

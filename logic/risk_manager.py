@@ -98,7 +98,7 @@ from logic import execution
 from logic.actions import STATE_RANK
 from logic.check_book import BookCache, Sim
 from logic.checks import Checker, store_failure_decision
-from logic.execution import RATE_WINDOW_SECONDS
+from logic.execution import read_gate_view
 from logic.limits import read_day_open
 from logic.risk_models import risk_model_of
 from logic.valuation import value_portfolio
@@ -488,7 +488,7 @@ class RiskManager:
     def _check(self, ticker: Any, qty: Any, side: Any, intent: OrderIntent) -> Decision:
         now = self.clock()
         try:
-            view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
+            view = read_gate_view(self.store, self.portfolio_id, now, memo=self.memo)
         except StoreError as exc:
             return self.store_failure_decision(ticker, qty, side, exc, now)
         decision, _plan = self.checker_for(view).evaluate(Sim.from_view(view), ticker, qty, side, now, intent=intent)
@@ -550,7 +550,7 @@ class RiskManager:
         now = self.clock()
         items = [_trade_tuple(t) for t in trades]
         try:
-            view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
+            view = read_gate_view(self.store, self.portfolio_id, now, memo=self.memo)
         except StoreError as exc:
             decisions = [self.store_failure_decision(t, q, s, exc, now).to_dict() for t, q, s in items]
             return _basket(decisions, None, None, None, None, None)
@@ -596,7 +596,7 @@ class RiskManager:
         (dollars; pnl_pct is a fraction of equity, None when equity <= 0). Raises the typed store errors.
         """
         now = self.clock()
-        view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
+        view = read_gate_view(self.store, self.portfolio_id, now, memo=self.memo)
         checker = self.checker_for(view)  # this view's limits, whatever other threads read meanwhile
         limits, horizon_bars = checker.limits, checker.horizon_bars
         sim = Sim.from_view(view)
@@ -678,7 +678,7 @@ class RiskManager:
         operations). Raises the typed store errors (StoreEmptyError, CorruptDataError, ...).
         """
         now = self.clock()
-        view = self.store.read_trade_view(self.portfolio_id, now - RATE_WINDOW_SECONDS, memo=self.memo)
+        view = read_gate_view(self.store, self.portfolio_id, now, memo=self.memo)
         checker = self.checker_for(view)  # this view's limits, whatever other threads read meanwhile
         limits = checker.limits
         _raise_first(view.errors, ("market", "portfolio", "limits"))

@@ -182,6 +182,7 @@ def test_a_ticker_added_at_run_time_trades_with_default_liquidity_parameters(
         pytest.param("AAA", 100_001, "BUY", ReasonCode.BAD_QUANTITY, id="qty above the fat-finger limit"),
         pytest.param("AAA", "100", "BUY", ReasonCode.BAD_QUANTITY, id="qty a string"),
         pytest.param("AAA", True, "BUY", ReasonCode.BAD_QUANTITY, id="qty a boolean"),
+        pytest.param("AAA", np.True_, "BUY", ReasonCode.BAD_QUANTITY, id="qty a numpy boolean"),
         pytest.param("AAA", None, "BUY", ReasonCode.BAD_QUANTITY, id="qty None"),
         pytest.param("AAA", 10, "HOLD", ReasonCode.BAD_SIDE, id="side HOLD"),
         pytest.param("AAA", 10, "", ReasonCode.BAD_SIDE, id="side empty"),
@@ -567,6 +568,15 @@ def test_a_rejected_execution_is_logged_but_changes_no_money_position_or_state(
     assert record["status"] == "REJECTED" and record["actor"] == "bob" and record["fill"] is None
     # a rejection does not use up the client order id
     assert rm.execute_trade("AAA", 500, "SELL", client_order_id="too-many")["status"] == "FILLED"
+
+
+def test_a_numpy_boolean_quantity_executes_nothing(rm: RiskManager, redis_client: redis.Redis) -> None:
+    """``np.True_`` is no Python bool, and ``float`` makes it 1.0: it was filled as one share."""
+    trades_key = PortfolioKeys("main").trades.encode()
+    before = {k: v for k, v in store_contents(redis_client).items() if k != trades_key}
+    result = rm.execute_trade("AAA", np.True_, "BUY", client_order_id="bool-qty", actor="bob")
+    assert result["status"] == "REJECTED" and codes(result) == {"BAD_QUANTITY"} and result["fill"] is None
+    assert {k: v for k, v in store_contents(redis_client).items() if k != trades_key} == before
 
 
 def test_an_invalid_client_order_id_is_refused(rm: RiskManager) -> None:

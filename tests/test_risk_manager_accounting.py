@@ -47,6 +47,8 @@ def test_whole_positive_quantities_are_accepted(qty: object, expected: int) -> N
         b"5",
         None,
         True,
+        np.True_,  # a numpy boolean (a bool column of a data editor) is no quantity either, not 1 share
+        np.bool_(False),
         [1],
         object(),
     ],

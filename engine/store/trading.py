@@ -99,9 +99,11 @@ class TradingStore(StoreBase):
         rate_since: float,
         client_order_id: str | None = None,
         memo: dict[Any, Any] | None = None,
+        rate_until: float | None = None,
     ) -> TradeView:
-        """Market header, reference prices, portfolio, trading state, recent order count and the idempotency
-        record of ``client_order_id``, from one consistent snapshot in one round trip.
+        """Market header, reference prices, portfolio, trading state, recent order count (fills stamped from
+        ``rate_since`` to ``rate_until``, no bound above when None) and the idempotency record of
+        ``client_order_id``, from one consistent snapshot in one round trip.
 
         The read is one read-only Lua script (atomic, one reply). A caller that WATCHed
         :meth:`trading_watch_keys` on another connection before this read knows its EXEC fails if any of them
@@ -125,7 +127,7 @@ class TradingStore(StoreBase):
         args = [
             repr(float(rate_since)), client_order_id or "", known[0] if known else "",
             known_tickers[0] if known_tickers else "", known_reference[0] if known_reference else "",
-            held_token(memo, portfolio_id),
+            held_token(memo, portfolio_id), "+inf" if rate_until is None else repr(float(rate_until)),
         ]  # fmt: skip
         portfolio_keys = [
             keys.state, keys.trading_state, keys.rate, keys.orders, keys.positions, keys.limits, keys.auto_rate,
@@ -414,8 +416,8 @@ end
 local state = redis.pcall('HMGET', KEYS[P + 1], 'account_type', 'cash', 'realized_pnl', 'fees_paid',
                           'initial_margin', 'maintenance_margin', 'updated_at')
 local trading = redis.pcall('HMGET', KEYS[P + 2], 'state', 'reason', 'actor', 'ts')
-local recent = redis.pcall('ZCOUNT', KEYS[P + 3], ARGV[1], '+inf')
-local recent_auto = redis.pcall('ZCOUNT', KEYS[P + 7], ARGV[1], '+inf')
+local recent = redis.pcall('ZCOUNT', KEYS[P + 3], ARGV[1], ARGV[7])
+local recent_auto = redis.pcall('ZCOUNT', KEYS[P + 7], ARGV[1], ARGV[7])
 local wrong = {}
 for _, want in ipairs({{1, 'hash'}, {3, 'zset'}, {4, 'hash'}, {5, 'hash'}, {7, 'zset'}, {8, 'stream'},
                        {9, 'zset'}, {10, 'hash'}, {11, 'hash'}}) do
