@@ -118,6 +118,8 @@ def read_gate_view(
     return store.read_trade_view(
         portfolio_id, now - RATE_WINDOW_SECONDS, client_order_id, memo=memo, rate_until=now + RATE_WINDOW_SECONDS
     )
+
+
 LEASE_SECONDS = 3.0
 """TTL of the queue head's lease: how long a dead head (crashed process) can hold the portfolio's queue.
 An order takes milliseconds; the lease is refreshed on every transaction retry."""
