@@ -193,6 +193,17 @@ class MarketCalendar:
         except ValueError:
             return True
 
+    def closes(self, now: float, printed: float | None = None) -> bool:
+        """Whether an equity observed at ``now`` may be the session's close (:meth:`sets_close`), decided on the
+        time its prices were printed when that is known (``printed``: the tick's bar time): a closing bar reaches
+        the monitor after the close and its equity is the close all the same, where a bar printed after the
+        close (extended hours, an evening re-mark) is not. Prices of another session than ``now``'s (a backlog
+        processed after the next open) close no session. A bar time after ``now`` (or none: 0) is of another
+        clock than the monitor's (a feed stamping bars its own way): ``now`` decides, as before bar times."""
+        if printed is None or not math.isfinite(printed) or not 0.0 < printed <= now:
+            return self.sets_close(now)
+        return self.sets_close(printed) and self.period_ids(printed)[0] == self.period_ids(now)[0]
+
     def session_id(self, t: float) -> str:
         """Id of the daily window holding ``t``."""
         return self.period_ids(t)[0]

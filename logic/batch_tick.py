@@ -439,7 +439,8 @@ class VectorisedTick:
             ms = int(now * 1000)
             day_id, week_id = monitor.calendar.period_ids(now)
             merged = state.merge_books(
-                valid, values.equity, day_id, week_id, values.side, values.pnl, ms, monitor.calendar.sets_close(now),
+                valid, values.equity, day_id, week_id, values.side, values.pnl, ms,
+                monitor.calendar.closes(now, market.printed_at),
                 complete=~values.incomplete,  # an incomplete valuation moves no peak (logic/snapshot.py)
             )  # fmt: skip
             figures, chosen = self._figures(errors, market, cols, values, valid, limits, r.methods)

@@ -398,7 +398,7 @@ class Monitor:
         ts = np.full(len(event.tickers), event.ts)
         header = MarketHeader(event.version, event.ts, event.tickers, event.prices, ts)
         cov, stressed, model = self._matrices_for(event.version, event.ts, event.tickers)
-        view = MarketView(header, cov, stressed, model)
+        view = MarketView(header, cov, stressed, model, printed_at=event.bar_ts)
         acks = [*coalesced, entry_id] if entry_id is not None else list(coalesced)
         if self.membership is not None:  # no consumer group: nothing to acknowledge
             acks = []
@@ -509,7 +509,7 @@ class Monitor:
 
     def _snapshot_read(self, tx: Any, market: MarketView, now: float, bundles: Mapping[str, PortfolioBundle],
                        ack: list[str], tick: bool, started: float) -> dict[str, dict[str, Any]]:  # fmt: skip
-        (day_id, week_id), market_open = self.calendar.period_ids(now), self.calendar.sets_close(now)
+        (day_id, week_id), market_open = self.calendar.period_ids(now), self.calendar.closes(now, market.printed_at)
         valued: list[tuple[PortfolioBundle, Valuation]] = []
         merges = self.store.client.pipeline(transaction=False)
         clean = np.nan_to_num(market.header.prices, nan=0.0)  # once for every portfolio

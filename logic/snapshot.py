@@ -48,7 +48,8 @@ Definitions:
   it at 95% over one day).
 - ``pnl.unrealized`` sums positions with a usable price; ``pnl.realized`` is the portfolio's realized P&L;
   ``pnl.total`` their sum; ``pnl.daily`` is equity minus the day's opening equity: the previous session's
-  close, i.e. the last equity observed while the market was open (``MarketCalendar.sets_close``), so an
+  close, i.e. the last equity observed at prices printed while the market was open (``MarketCalendar.closes``:
+  a tick's bar time decides, so the closing bar counts though the monitor sees it after the close), so an
   overnight gap counts and an extended-hours tick or an evening re-mark never becomes the open; the last equity
   seen when no close is known (see ``Store.update_peaks``). With ``market.calendar = "24/7"`` the market never
   closes: the open is the last equity seen before the day started.
@@ -138,6 +139,10 @@ class MarketView:
     model: MarketModel | None = None
     """Where the window of standardized returns and the Student-t degrees of freedom come from (read only when
     a portfolio's method needs them); None: only ``normal`` can be measured."""
+    printed_at: float | None = None
+    """When the tick's prices were printed (its bar's own time, ``TickEvent.bar_ts``), None for the stored market
+    (an idle refresh): whether an equity may be the session's close is decided on it
+    (``MarketCalendar.closes``)."""
 
     @cached_property
     def index(self) -> dict[str, int]:

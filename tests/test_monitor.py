@@ -288,6 +288,34 @@ def test_on_an_exchange_calendar_a_new_day_opens_at_the_previous_close_not_at_an
 
 
 @pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
+@pytest.mark.parametrize(("printed", "closes"), [((16, 0, 0), True), ((16, 0, 1), False)], ids=["at", "after"])
+def test_the_closing_bar_is_the_close_though_the_monitor_sees_it_after_the_close(
+    seeded_store: Store, settings: Settings, vectorised: bool, printed: tuple[int, int, int], closes: bool
+) -> None:
+    """Whether an equity is the session's close is decided on the bar's own time (``MarketView.printed_at``), not
+    on the monitor's: live, the bar printed at 16:00:00 reaches the monitor half a second later, and its equity
+    is Friday's close all the same (the next day's P&L counted the closing minute's move again); a bar printed a
+    second after the close is not, however soon it is seen."""
+    ny = ZoneInfo("America/New_York")
+    clock = Clock(datetime(2024, 3, 8, 15, 0, tzinfo=ny).timestamp())
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+
+    def step(at: datetime, aaa: float) -> dict[str, Any]:
+        bar = at.replace(tzinfo=ny).timestamp()
+        clock.t = bar + 0.5  # the stream daemon and the monitor see it half a second after it was printed
+        StreamDaemon(seeded_store, settings, IterableFeed([Bar(bar, {"AAA": aaa})]), clock=clock, interval=0).run()
+        monitor.process_available()
+        return _snapshot(seeded_store, "main")
+
+    step(datetime(2024, 3, 8, 15, 59), 100.0)
+    step(datetime(2024, 3, 8, *printed), 100.4)
+    opened = step(datetime(2024, 3, 11, 9, 30, 30), 100.1)
+    close = 1000.0 * (100.4 if closes else 100.0)  # main: 1,100,000 + 1000 * AAA
+    assert opened["pnl"]["daily"] == pytest.approx(1000.0 * 100.1 - close, rel=1e-9)
+    assert seeded_store.read_peaks("main").day_open == pytest.approx(1_100_000.0 + close, rel=1e-12)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-portfolio"])
 def test_a_late_tick_of_an_earlier_day_moves_neither_that_day_nor_the_close(
     seeded_store: Store, settings: Settings, vectorised: bool
 ) -> None:

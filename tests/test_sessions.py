@@ -97,6 +97,19 @@ def test_an_equity_sets_the_close_from_the_open_to_the_close_inclusive_and_not_a
     assert always.sets_close(ny(2024, 3, 9, 12)) and always.sets_close(close + 1)
 
 
+def test_the_close_is_decided_on_the_time_the_prices_were_printed_when_it_is_known() -> None:
+    cal = MarketCalendar("XNYS", NY, 0)
+    close, monday = ny(2024, 3, 8, 16, 0), ny(2024, 3, 11, 9, 31)
+    seen = close + 0.5  # the monitor's clock, after the close
+    assert [cal.closes(seen, printed) for printed in (close - 60, close, close + 1)] == [True, True, False]
+    # no bar time, or one ahead of the clock (another clock's): the monitor's clock decides
+    assert [cal.closes(seen, printed) for printed in (None, 0.0, float("nan"), seen + 1)] == [False] * 4
+    assert cal.closes(close, None) and cal.closes(close, 0.0) and cal.closes(close, close + 1)
+    assert not cal.closes(close, close - 1e9)  # a bar of years before
+    assert not cal.closes(monday, close)  # Friday's closing bar seen on Monday closes neither day
+    assert cal.closes(monday, monday - 30)
+
+
 # -- collar anchor ---------------------------------------------------------------------------------------------
 
 
