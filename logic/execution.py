@@ -90,6 +90,7 @@ from engine.records import (
 )
 from engine.store.keys import PortfolioKeys
 from engine.store.sequencer import out_of_memory, out_of_memory_error
+from engine.store.trading import TradeView, TradingStore
 from logic.action_orders import AUTO_ACTOR_PREFIX, AUTOMATION
 from logic.check_book import Plan, Sim
 from logic.checks import automation_order
@@ -109,8 +110,12 @@ RATE_WINDOW_SECONDS = 60.0
 
 
 def read_gate_view(
-    store: Any, portfolio_id: str, now: float, client_order_id: str | None = None, memo: dict[Any, Any] | None = None
-) -> Any:
+    store: TradingStore,
+    portfolio_id: str,
+    now: float,
+    client_order_id: str | None = None,
+    memo: dict[Any, Any] | None = None,
+) -> TradeView:
     """``store.read_trade_view`` with the order-rate window at ``now``: the fills of the last
     :data:`RATE_WINDOW_SECONDS`, and none stamped more than a window after ``now`` (a replay that took the
     clock back leaves its last run's fills ahead of it: they are not recent, and they locked every order out,
