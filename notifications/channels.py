@@ -121,8 +121,12 @@ class EmailChannel:
             raise PermanentDeliveryError(f"not an email address: {address!r}")
         email = self.build(address, message)
         try:
-            with self._connect() as client:
+            client = self._connect()
+            try:
                 client.send_message(email)
+            except BaseException:
+                client.close()
+                raise
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _reply in exc.recipients.values()]
             refused = exc.recipients.items()
@@ -135,6 +139,10 @@ class EmailChannel:
             raise PermanentDeliveryError(f"SMTP server does not support a required extension: {exc}") from exc
         except (smtplib.SMTPException, OSError) as exc:  # disconnects, refused connections, timeouts, TLS
             raise TransientDeliveryError(f"SMTP {self.config.host}:{self.config.port}: {exc!r}") from exc
+        try:  # the server took the message (250 to its DATA): how the goodbye goes changes nothing, and a
+            client.quit()  # failure there must not send it again (smtplib's context manager raised a 4xx QUIT)
+        except (smtplib.SMTPException, OSError):
+            client.close()
         return str(email["Message-ID"])
 
     def _connect(self) -> smtplib.SMTP:

@@ -127,13 +127,18 @@ def free_port() -> int:
 
 
 class ScriptedSmtpHandler:
-    """aiosmtpd handler: answers DATA with the next scripted reply (then 250), keeps accepted messages."""
+    """aiosmtpd handler: answers DATA with the next scripted reply (then 250), keeps accepted messages; answers
+    QUIT with ``quit_reply``."""
 
-    def __init__(self, replies: Iterable[str] = ()) -> None:
+    def __init__(self, replies: Iterable[str] = (), quit_reply: str = "221 Bye") -> None:
         self.replies = list(replies)
+        self.quit_reply = quit_reply
         self.messages: list[Any] = []
         self.attempts = 0
         self.logins: list[str] = []
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        return self.quit_reply
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.attempts += 1
@@ -150,16 +155,18 @@ def smtp_server(
     tls: str | None = None,
     cert_dir: Path | None = None,
     credentials: tuple[str, str] | None = None,
+    quit_reply: str = "221 Bye",
 ) -> Iterator[tuple[ScriptedSmtpHandler, dict[str, str]]]:
     """A real SMTP server on 127.0.0.1:<free port>; yields the handler and the SMTP_* environment for it.
 
     ``tls="starttls"`` requires STARTTLS, ``tls="ssl"`` speaks implicit TLS (certificate made in
-    ``cert_dir`` by :func:`self_signed_certificate`); ``credentials`` requires AUTH with that user/password.
+    ``cert_dir`` by :func:`self_signed_certificate`); ``credentials`` requires AUTH with that user/password;
+    ``quit_reply`` is the answer to QUIT.
     """
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    handler = ScriptedSmtpHandler(replies)
+    handler = ScriptedSmtpHandler(replies, quit_reply)
     kwargs: dict[str, Any] = {}
     env = {
         "SMTP_HOST": "127.0.0.1",

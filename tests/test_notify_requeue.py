@@ -137,3 +137,21 @@ def test_an_event_that_joins_a_group_waiting_for_its_retry_goes_out_at_once(stor
         body = message.content.decode()
         assert "VaR above its limit" in body and "Leverage above 2x" in body
     assert notifier.pending_count("main") == 0
+
+
+@pytest.mark.parametrize("quit_reply", ["421 4.3.2 service shutting down", "554 5.0.0 transaction failed"])
+def test_an_email_the_server_accepted_is_not_sent_again_when_its_quit_fails(
+    store: Store, make_settings: Any, quit_reply: str
+) -> None:
+    """The server answered DATA with 250: the message is delivered. An error reply to the QUIT after it (smtplib
+    raises it on leaving the connection) made the send a failure, a 4xx one was retried, and the desk got the
+    same alert twice."""
+    settings = desk(make_settings, [HIGH], ["email"], {"desk": {"email": "desk@test.local"}})
+    with smtp_server(quit_reply=quit_reply) as (server, env):
+        notifier, engine = notifier_on(store, settings, env)
+        engine.evaluate("main", snapshot(now=T0, var__utilization=1.5), T0)
+        (record,) = notifier.flush(T0, ["main"])
+        assert (record["status"], record["attempts"], record["error"]) == ("delivered", 1, "")
+        assert len(server.messages) == 1 and server.attempts == 1
+        assert notifier.flush(T0 + 60, ["main"]) == [] and len(server.messages) == 1
+    assert notifier.pending_count("main") == 0
