@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,22 @@ def test_shipped_stale_market_data_rule_fires_only_once_market_data_is_more_than
     assert "stale_market_data" not in active_after(61.0)
     assert "stale_market_data" not in active_after(150.0)
     assert "stale_market_data" in active_after(151.0)
+
+
+def test_shipped_var_breach_rule_fires_above_the_limit_not_exactly_at_it(store: Store) -> None:
+    """The gate approves a trade that takes VaR exactly to its limit (logic/checks.py: refused only above it): the
+    CRITICAL "VaR above its limit" rule, which sets REDUCING, must not call that a breach."""
+    settings = load_settings(ROOT / "riskdesk.toml", env={})
+    warmup.seed(store, settings)
+    engine = build_alert_engine(store, settings, SimClock(T0))
+    pid = settings.portfolio_ids[0]
+
+    def active_at(utilization: float, now: float) -> list[str]:
+        engine.evaluate(pid, snapshot(pid, now, var__utilization=utilization), now)
+        return [a["rule_id"] for a in engine.active_alerts(pid)]
+
+    assert "var_breach" not in active_at(1.0, T0)  # exactly at the limit
+    assert "var_breach" in active_at(math.nextafter(1.0, 2.0), T0 + 1)  # the next float above it
 
 
 # -- a null backtest section ------------------------------------------------------------------------------------
