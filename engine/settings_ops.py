@@ -117,7 +117,9 @@ class DashboardConfig:
 
 @dataclass(frozen=True, config=CONFIG)
 class AccessGrant:
-    """The roles (and, for traders, the portfolios, ``"*"`` for all) one user or group is given."""
+    """The roles (and, for traders, the portfolios, ``"*"`` for all) one user or group is given. The portfolios of
+    a grant without the trader role count for nothing: grants add up role by role, and one grant's portfolios
+    never widen the trader role another grant gives (logic/access.py ``identity_from_claims``)."""
 
     roles: Annotated[tuple[Role, ...], Field(min_length=1)]
     portfolios: tuple[Text, ...] = ()

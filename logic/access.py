@@ -224,7 +224,9 @@ def identity_from_claims(access: AccessConfig, claims: Mapping[str, Any], clock:
         email=email,
         name=str(claims.get("name") or ""),
         roles=frozenset(r for g in grants for r in g.roles),
-        portfolios=frozenset(p for g in grants for p in g.portfolios),
+        # a grant's portfolios scope that grant's trader role only: a viewer's or a risk manager's grant listing
+        # portfolios never lets the trader role of another grant trade them
+        portfolios=frozenset(p for g in grants if Role.TRADER in g.roles for p in g.portfolios),
     )
 
 

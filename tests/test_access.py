@@ -229,6 +229,25 @@ def test_identity_from_claims_maps_email_case_insensitively_and_groups_and_adds_
         identity_from_claims(access, {"iss": ISSUER, "email": "alice@desk.test"})
 
 
+@pytest.mark.parametrize("other", ["viewer", "risk_manager"])
+@pytest.mark.parametrize("listed", ["hedge", "*"])
+def test_portfolios_another_grant_lists_never_widen_a_traders_portfolios(other: str, listed: str) -> None:
+    """Alice trades ``main``; a group of another role listing ``hedge`` (or every portfolio) must not let her
+    trade it: a grant's portfolios scope its own trader role (they were merged across grants, and she traded)."""
+    access = access_settings(
+        {
+            "users": {"alice@desk.test": {"roles": ["trader"], "portfolios": ["main"]}},
+            "groups": {"desk": {"roles": [other], "portfolios": [listed]}},
+        }
+    )
+    claims = {"iss": ISSUER, "sub": "a-1", "email": "alice@desk.test", "groups": ["desk"]}
+    alice = identity_from_claims(access, claims)
+    assert (alice.roles, alice.portfolios) == (frozenset({Role.TRADER, Role(other)}), frozenset({"main"}))
+    assert authorize(alice, Action.TRADE, "main") is alice
+    with pytest.raises(AccessDenied, match="may not trade on portfolio hedge"):
+        authorize(alice, Action.TRADE, "hedge")
+
+
 def test_a_custom_groups_claim_is_read() -> None:
     access = access_settings({"groups_claim": "roles", "groups": {"desk-admins": {"roles": ["admin"]}}})
     admin = identity_from_claims(access, {"iss": ISSUER, "sub": "x", "roles": ["desk-admins"], "groups": []})
@@ -265,7 +284,7 @@ def test_an_email_the_provider_has_not_verified_maps_no_role(email_verified: Any
         claims["email_verified"] = email_verified
     mallory = identity_from_claims(access, claims)
     if by_email:
-        assert (mallory.roles, mallory.portfolios) == (frozenset({Role.ADMIN, Role.VIEWER}), frozenset({"*"}))
+        assert (mallory.roles, mallory.portfolios) == (frozenset({Role.ADMIN, Role.VIEWER}), frozenset())
     else:  # the group still grants its role; the unverified e-mail grants nothing
         assert (mallory.roles, mallory.portfolios) == (frozenset({Role.VIEWER}), frozenset())
         with pytest.raises(AccessDenied):
