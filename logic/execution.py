@@ -159,7 +159,8 @@ def execute(
     responses' order path; with an ``auto:`` actor and a liquidation-only intent the order is rated against the
     automation's own budget (logic/checks.py ``automation_order``). An actor that claims ``auto:`` (any case,
     any surrounding blanks) without it is refused ``BAD_ACTOR`` before the queue: nothing is written, not even a
-    trade-log record, so a typed name can neither use the automation's budget nor pass for it in the log.
+    trade-log record, so a typed name can neither use the automation's budget nor pass for it in the log. So is
+    an order with no actor (None, empty or blank): every fill names who sent it.
 
     Never raises for bad input or store trouble: the result is REJECTED with the reason, or ``UNKNOWN``
     (``OUTCOME_UNKNOWN``) when the fill was sent, its reply was lost and Redis stayed unreachable (see the module
@@ -180,15 +181,21 @@ def execute(
             ),
         )
         return result_of(gate.portfolio_id, decision, None, None, actor, now)
-    if automation is not AUTOMATION and claims_automation(actor):
-        now = gate.clock()
-        decision, _ = gate.checker.evaluate(Sim.empty(), ticker, qty, side, now, intent=intent, size=False)
+    why = None
+    if not (isinstance(actor, str) and actor.strip()):
+        why = f"an order names who sends it: actor {actor!r} is no name; nothing was written"
+    elif automation is not AUTOMATION and claims_automation(actor):
         why = (
             f"actor {actor!r} claims to be the automation ({AUTO_ACTOR_PREFIX}<rule id>) but the order does not come "
             "from the automated responses; nothing was written: send it under your own name"
         )
+    if why is not None:
+        now = gate.clock()
+        decision, _ = gate.checker.evaluate(Sim.empty(), ticker, qty, side, now, intent=intent, size=False)
         refused = replace(decision, status=DecisionStatus.REJECTED, reasons=(reason(ReasonCode.BAD_ACTOR, why),))
-        return result_of(gate.portfolio_id, refused, None, client_order_id, actor, now)
+        return result_of(
+            gate.portfolio_id, refused, None, client_order_id, actor if isinstance(actor, str) else "", now
+        )
     if client_order_id is None:
         # Chosen once, before the first attempt: after a lost EXEC reply the read-back (and any retry) must find
         # this order's own idempotency record, not fill it a second time.

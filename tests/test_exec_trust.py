@@ -64,6 +64,20 @@ def test_an_auto_actor_without_the_grant_is_refused_bad_actor_and_nothing_is_wri
     assert store_contents(store.client) == before  # no fill, no trade-log record, no queue ticket, no rate entry
 
 
+@pytest.mark.parametrize("actor", ["", "   ", None, 42])
+def test_an_order_without_an_actor_is_refused_bad_actor_and_nothing_is_written(
+    store: Store, make_settings: Any, actor: Any
+) -> None:
+    """Every fill names who sent it: an order with no actor (a caller of the engine API that forgot it) filled and
+    logged '' or None as its sender."""
+    rm = _gate(store, make_settings, 3)
+    before = store_contents(store.client)
+    result = rm.execute_trade("AAA", 1, "BUY", actor=actor)
+    assert result["status"] == "REJECTED" and _codes(result) == ["BAD_ACTOR"] and result["fill"] is None
+    assert "is no name" in result["reasons"][0]["message"]
+    assert store_contents(store.client) == before
+
+
 def test_a_typed_auto_actor_cannot_use_the_automations_budget_but_the_grant_can_exactly_to_it(
     store: Store, make_settings: Any
 ) -> None:
