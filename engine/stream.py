@@ -160,6 +160,8 @@ class _Step:
     """Bars each return spans (``since + 1`` of the tickers observed); None when every one spans one bar."""
     since: Float64Array
     """Bars since each ticker's last accepted price after this bar (0: accepted in it)."""
+    unanchored: npt.NDArray[np.bool_]
+    """After this bar, the tickers no bar has priced since the last reset bar (:attr:`StreamDaemon.unanchored`)."""
     accepted: int
     rejected: tuple[str, ...]
 
@@ -229,6 +231,10 @@ class StreamDaemon:
         self.cov: Float64Array = np.empty((0, 0))
         self.since: Float64Array = np.empty(0)
         """Bars since each ticker's last accepted price, as stored with the snapshot (module docstring)."""
+        self.unanchored: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        """Tickers a reset bar (a replay's first row, a new market) did not price and no bar has since: their price
+        is from before it, so their next print anchors them (no return, no jump test against it), as the reset
+        bar's prices are anchors. Kept in memory: a restart before that print measures it against the old price."""
         self._index: dict[str, int] = {}
         self._tickers_json = "[]"
         self._tickers_rev = universe_rev(self._tickers_json)  # names them in the tick events (codec.universe_rev)
@@ -354,6 +360,8 @@ class StreamDaemon:
         self.price_ts = snap.price_ts.copy()
         self.cov = snap.cov  # a fresh writeable copy (decode_market_cov), updated in place from now on
         self.since = self.price_filter.resume(snap.tickers, since)  # the jump band's count too; zeros: none stored
+        if changed or self.unanchored.shape != (len(snap.tickers),):
+            self.unanchored = np.zeros(len(snap.tickers), dtype=bool)
         # measure the EWMA kernels for this N now (once per process and N), not inside the first bar's MULTI
         kernel = math_logic.ewma_kernel_calibration(len(snap.tickers)).chosen
         self._validate_next = True
@@ -375,6 +383,8 @@ class StreamDaemon:
         """Check every price of ``bar`` against the loaded universe and compute the returns (pure)."""
         self.price_filter.begin(self._seq)  # a retried bar starts from the same remembered jumps
         prices = self.prices.copy()
+        last = prices.copy()  # what a new price is measured against: none for a ticker not anchored since a reset
+        last[self.unanchored] = np.nan
         price_ts = self.price_ts.copy()
         names = list(bar.prices)
         raws = list(bar.prices.values())
@@ -393,7 +403,7 @@ class StreamDaemon:
         # this bar's are stamped by the same clock: engine/price_filter.py, "Session opens")
         closed = None if bar.reset else self.price_filter.closed_bars(self.price_ts[at], now)
         checked, reasons = self.price_filter.check_many(
-            known, raws, self.prices[at], np.diagonal(self.cov)[at], reset=bar.reset, closed=closed
+            known, raws, last[at], np.diagonal(self.cov)[at], reset=bar.reset, closed=closed
         )  # engine/price_filter.py: absurd prices never reach the model
         good = ~np.isnan(checked)  # an accepted price is a finite one, a rejected one NaN
         accepted = at[good]
@@ -410,16 +420,18 @@ class StreamDaemon:
         observed = np.zeros(len(self.tickers), dtype=bool)
         if not bar.reset:
             returns = np.zeros(len(self.tickers))  # no new price: the last one carried forward, return 0
-            before = self.prices[accepted]
+            before = last[accepted]
             idx = accepted[np.isfinite(before) & (before > 0)]
             if idx.size:
-                returns[idx] = math_logic.log_returns(self.prices[idx], prices[idx])
+                returns[idx] = math_logic.log_returns(last[idx], prices[idx])
             observed[idx] = True  # only these returns are data; the zeros elsewhere are missing entries
         returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
         since = self.since + 1.0  # a return since a price g bars back spans g bars (None: all span one)
         gaps = since.copy() if returns is not None and (since[observed] > 1.0).any() else None
         since[accepted] = 0.0  # a reset bar's prices too: the next return starts from them
-        return _Step(prices, price_ts, returns, observed, gaps, since, int(accepted.size), tuple(rejected))
+        unanchored = np.ones_like(self.unanchored) if bar.reset else self.unanchored.copy()
+        unanchored[accepted] = False
+        return _Step(prices, price_ts, returns, observed, gaps, since, unanchored, int(accepted.size), tuple(rejected))
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
         now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
@@ -496,6 +508,7 @@ class StreamDaemon:
         self.prices = step.prices
         self.price_ts = step.price_ts
         self.since = step.since
+        self.unanchored = step.unanchored
         self._validate_next = False
         self._synced = True
         self.stats.prices_rejected += len(step.rejected)

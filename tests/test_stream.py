@@ -366,6 +366,45 @@ def test_real_daemon_replays_a_csv_into_the_covariance_computed_here(
     assert [e.reset for e in seeded_store.read_ticks()] == [True] + [False] * 5
 
 
+def test_a_ticker_the_replays_first_row_does_not_price_is_anchored_by_its_first_print(
+    seeded_store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    """The first row anchors the replay; a ticker it leaves empty (listed later, or one missing value) had its
+    first print measured against the price stored before the replay (DDD 25 -> 40: a 47% one-minute return,
+    refused by the jump filter, then confirmed and taken into the covariance). Its first print anchors it: no
+    return and no jump test, as for the others on the first row (its price until then is the one it had)."""
+    import argparse
+
+    from engine.stream import _replay_feed
+
+    rows = [[100.0, 50.0, 200.0, None], [101.0, 49.0, 202.0, 40.0], [99.5, 49.5, 199.0, 40.4],
+            [100.5, 48.0, 201.0, 40.2]]  # fmt: skip
+    csv = tmp_path / "bars.csv"
+    csv.write_text("date," + ",".join(TICKERS) + "\n" + "".join(
+        f"2024-03-01T10:{i:02d}:00," + ",".join("" if p is None else repr(p) for p in row) + "\n"
+        for i, row in enumerate(rows)
+    ))  # fmt: skip
+    start = seeded_store.read_market()
+    assert start.prices[3] == 25.0
+    feed = _replay_feed(argparse.Namespace(file=str(csv), bar_model_bars=None), settings, seeded_store)
+    daemon = StreamDaemon(seeded_store, settings, feed, interval=0)
+
+    assert daemon.process_bar(next(iter(feed)))  # the first row: DDD keeps its old price, not an anchor
+    assert seeded_store.read_market().prices[3] == 25.0 and daemon.unanchored.tolist() == [False] * 3 + [True]
+    daemon.run()
+    assert not daemon.unanchored.any()
+
+    cov = start.cov.copy()
+    for t in (1, 2, 3):  # DDD's first print (row 1) anchors it: no return, its variance kept
+        r = np.array([0.0 if rows[t - 1][i] is None else math.log(rows[t][i] / rows[t - 1][i]) for i in range(4)])
+        a = np.array([1.0 if rows[t - 1][i] is None else math.sqrt(DECAY) for i in range(4)])
+        cov = a[:, None] * cov * a[None, :] + (1 - DECAY) * np.outer(r, r)
+    snap = seeded_store.read_market()
+    np.testing.assert_array_equal(snap.prices, rows[-1])
+    np.testing.assert_allclose(snap.cov, cov, rtol=1e-10, atol=0)
+    assert daemon.stats.rejections == []  # no jump "from 25"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
