@@ -678,7 +678,8 @@ def _replay_feed(args: argparse.Namespace, settings: Settings, store: Store) -> 
     if sessions is not None:  # a file of dates: each bar is its session's close (engine/clocks.py)
         feed.bars = stamp_daily_closes(feed.bars, sessions)
     last = store.last_tick()  # a restart: resume after the file's last bar the store holds (engine/feeds.py)
-    if last is not None and last.version == store.read_market_version() and (done := feed.resume_after(last.bar_ts)):
+    # its market, or one a split or an added ticker wrote since (a version each, no tick: a re-seed drops the ticks)
+    if last is not None and last.version <= store.read_market_version() and (done := feed.resume_after(last.bar_ts)):
         _check_resumed_scale(store, scale, str(args.file))
         log.info("replay %s: the store holds its first %d of %d bars; resuming after them", args.file, done,
                  done + len(feed))  # fmt: skip
