@@ -256,7 +256,7 @@ def _pct(value: float) -> str:
 
 STORED_BACKTEST_COLUMNS = (
     "method", "observations", "exceedances", "expected", "rate", "kupiec_lr", "kupiec_p", "christoffersen_p",
-    "rolling_observations", "rolling_exceedances", "zone", "flat_bars",
+    "rolling_observations", "rolling_exceedances", "rolling_kupiec_p", "rolling_christoffersen_p", "zone", "flat_bars",
 )  # fmt: skip
 
 

@@ -48,6 +48,13 @@ class MethodSummary:
     christoffersen_p: float | None
     rolling_observations: int
     rolling_exceedances: int
+    rolling_kupiec_lr: float | None
+    rolling_kupiec_p: float | None
+    rolling_christoffersen_lr: float | None
+    rolling_christoffersen_p: float | None
+    """The two tests on the rolling window (the last ``rolling`` observations, the Basel zone's sample), beside the
+    ones since the backtest began (``kupiec_*``, ``christoffersen_*``): a model that was wrong a year ago and is
+    right now passes these and still fails those."""
     zone: str | None
     """Basel traffic light of the rolling count (:func:`math_logic.basel_traffic_light`); None while the rolling
     window holds fewer than ``zone_min_observations`` (:attr:`logic.backtest.BacktestConfig.zone_minimum`)."""
@@ -67,6 +74,10 @@ class MethodSummary:
             "christoffersen_p": self.christoffersen_p,
             "rolling_observations": self.rolling_observations,
             "rolling_exceedances": self.rolling_exceedances,
+            "rolling_kupiec_lr": self.rolling_kupiec_lr,
+            "rolling_kupiec_p": self.rolling_kupiec_p,
+            "rolling_christoffersen_lr": self.rolling_christoffersen_lr,
+            "rolling_christoffersen_p": self.rolling_christoffersen_p,
             "zone": self.zone,
             "flat_bars": self.flat_bars,
         }
@@ -85,6 +96,9 @@ class TrackCounts:
     recent: deque[int] = field(default_factory=deque)
     recent_hits: int = -1
     """sum(recent), kept as hits come and go (-1: not counted yet)."""
+    recent_transitions: list[int] | None = None
+    """n00, n01, n10, n11 of the consecutive pairs within ``recent``, kept as hits come and go (None: not counted
+    yet, counted from ``recent`` when first needed)."""
     flat: int = 0
     """Bars a forecast was due at while the book was flat (:meth:`skip`): not observations. A state stored before
     this count has none (its observations may include such bars: they leave the rolling window in time)."""
@@ -98,10 +112,24 @@ class TrackCounts:
         if self.last_hit is not None:
             self.transitions[2 * self.last_hit + h] += 1
         self.last_hit = h
+        pairs = self._recent_pairs()
+        if self.recent:
+            pairs[2 * self.recent[-1] + h] += 1
         self.recent.append(h)
         self.recent_hits += h
         if len(self.recent) > self.rolling:
-            self.recent_hits -= self.recent.popleft()
+            oldest = self.recent.popleft()
+            self.recent_hits -= oldest
+            pairs[2 * oldest + self.recent[0]] -= 1
+
+    def _recent_pairs(self) -> list[int]:
+        if self.recent_transitions is None:
+            pairs = [0, 0, 0, 0]
+            hits = list(self.recent)
+            for a, b in zip(hits, hits[1:], strict=False):
+                pairs[2 * a + b] += 1
+            self.recent_transitions = pairs
+        return self.recent_transitions
 
     def skip(self) -> None:
         """A forecast was due but the book was flat: no observation, nothing in the tests or the rolling window;
@@ -123,6 +151,8 @@ class TrackCounts:
         if self.recent_hits < 0:
             self.recent_hits = sum(self.recent)
         recent_n, recent_x = len(self.recent), self.recent_hits
+        rolling_kupiec = _kupiec_pof(recent_x, recent_n, confidence) if recent_n else (None, None)
+        rolling_chris = _christoffersen(*self._recent_pairs()) if recent_n >= 2 else (None, None)
         return {
             "method": str(method),
             "observations": n,
@@ -134,6 +164,10 @@ class TrackCounts:
             "christoffersen_p": chris[1],
             "rolling_observations": recent_n,
             "rolling_exceedances": recent_x,
+            "rolling_kupiec_lr": rolling_kupiec[0],
+            "rolling_kupiec_p": rolling_kupiec[1],
+            "rolling_christoffersen_lr": rolling_chris[0],
+            "rolling_christoffersen_p": rolling_chris[1],
             "zone": _basel_zone(recent_x, recent_n, confidence=confidence) if recent_n >= zone_minimum else None,
             "flat_bars": self.flat,
         }
