@@ -388,29 +388,38 @@ class AlertEngine:
             thread.join(timeout=300)
 
     # -- the dashboard's calls -------------------------------------------------------------------------------
-    def acknowledge(self, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
+    def acknowledge(
+        self, portfolio_id: str, rule_id: str, actor: str, note: str = "", alert_id: str | None = None
+    ) -> dict[str, Any]:
         """TRIGGERED -> ACKNOWLEDGED by ``actor``: escalation stops (until the acknowledge timeout, if any).
 
         Acknowledging an already acknowledged alert records the new acknowledgement (who and when).
-        Raises :class:`AlertNotFoundError` when the rule has no active alert in that portfolio.
+        Raises :class:`AlertNotFoundError` when the rule has no active alert in that portfolio, and, given the
+        ``alert_id`` the person was shown, :class:`AlertChangedError` when the active alert is another one (it
+        resolved and fired again since): nothing is written.
         """
-        return self._by_hand(self.planner.plan_acknowledge, portfolio_id, rule_id, actor, note)
+        return self._by_hand(self.planner.plan_acknowledge, portfolio_id, rule_id, actor, note, alert_id)
 
-    def resolve(self, portfolio_id: str, rule_id: str, actor: str, note: str = "") -> dict[str, Any]:
+    def resolve(
+        self, portfolio_id: str, rule_id: str, actor: str, note: str = "", alert_id: str | None = None
+    ) -> dict[str, Any]:
         """Resolve by hand (ACTIVE -> RESOLVED by ``actor``); escalation is cancelled and everyone notified so
         far gets one resolved message. A condition that still holds triggers again after its pending period,
         and no sooner than :data:`MANUAL_RESOLVE_REARM_SECONDS`.
-        Raises :class:`AlertNotFoundError` when there is no active alert (e.g. it resolved already)."""
-        return self._by_hand(self.planner.plan_resolve, portfolio_id, rule_id, actor, note)
+        Raises :class:`AlertNotFoundError` when there is no active alert (e.g. it resolved already), and
+        :class:`AlertChangedError` as :meth:`acknowledge` does."""
+        return self._by_hand(self.planner.plan_resolve, portfolio_id, rule_id, actor, note, alert_id)
 
-    def _by_hand(self, planner: Any, portfolio_id: str, rule_id: str, actor: str, note: str) -> dict[str, Any]:
+    def _by_hand(
+        self, planner: Any, portfolio_id: str, rule_id: str, actor: str, note: str, alert_id: str | None
+    ) -> dict[str, Any]:
         """One transition made by a person (acknowledge, resolve), planned and written in one transaction."""
         actor = require_actor(actor)
         now = self.clock()
         result: dict[str, Any] = {}
 
         def plan(alerts: dict[str, Any], trackers: dict[str, Any], rules: Any) -> Changes:
-            changes, alert = planner(portfolio_id, rule_id, actor, note, now, alerts)
+            changes, alert = planner(portfolio_id, rule_id, actor, note, now, alerts, alert_id)
             result.clear()
             result.update(alert)
             return changes

@@ -30,6 +30,7 @@ from logic.escalation import EscalationConfig
 from logic.rules import (
     ACTION_RULE_PREFIX,
     SNAPSHOT_METRICS,
+    AlertChangedError,
     AlertNotFoundError,
     Snapshot,
     applies,
@@ -86,11 +87,20 @@ class Changes:
         return [{k: r[k] for k in ("event", "rule_id", "alert_id", "severity", "ts")} for r in self.log]
 
 
-def _active(alerts: Mapping[str, Any], portfolio_id: str, rule_id: str) -> Mapping[str, Any]:
-    """The active alert of ``rule_id``, or :class:`AlertNotFoundError` naming the rule and the portfolio."""
+def _active(
+    alerts: Mapping[str, Any], portfolio_id: str, rule_id: str, alert_id: str | None = None
+) -> Mapping[str, Any]:
+    """The active alert of ``rule_id``, or :class:`AlertNotFoundError` naming the rule and the portfolio; with
+    ``alert_id`` (the alert a person was shown), :class:`AlertChangedError` when the active one is another (it
+    resolved and fired again since): an acknowledgement must not silence a breach nobody has seen."""
     alert = alerts.get(rule_id)
     if alert is None:
         raise AlertNotFoundError(f"no active alert for rule {rule_id!r} in portfolio {portfolio_id!r}")
+    if alert_id is not None and alert.get("alert_id") != alert_id:
+        raise AlertChangedError(
+            f"the alert of rule {rule_id!r} in portfolio {portfolio_id!r} fired again since it was shown (now "
+            f"{alert.get('alert_id')}, {str(alert.get('status', '')).lower()}): nothing was changed"
+        )
     return alert
 
 
@@ -141,10 +151,12 @@ class AlertPlanner:
 
     # -- the dashboard's transitions -------------------------------------------------------------------------
     def plan_acknowledge(
-        self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any]
-    ) -> tuple[Changes, dict[str, Any]]:
-        """TRIGGERED -> ACKNOWLEDGED by ``actor``: escalation stops (until the acknowledge timeout, if any)."""
-        alert = dict(_active(alerts, portfolio_id, rule_id))
+        self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any],
+        alert_id: str | None = None,
+    ) -> tuple[Changes, dict[str, Any]]:  # fmt: skip
+        """TRIGGERED -> ACKNOWLEDGED by ``actor``: escalation stops (until the acknowledge timeout, if any).
+        ``alert_id``: the alert the person was shown (:func:`_active`)."""
+        alert = dict(_active(alerts, portfolio_id, rule_id, alert_id))
         ch = Changes()
         alert.update(
             status=AlertStatus.ACKNOWLEDGED,
@@ -161,10 +173,12 @@ class AlertPlanner:
         return ch, alert
 
     def plan_resolve(
-        self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any]
-    ) -> tuple[Changes, dict[str, Any]]:
-        """Resolve by hand; a metric breach that persists is re-armed (see MANUAL_RESOLVE_REARM_SECONDS)."""
-        alert = _active(alerts, portfolio_id, rule_id)
+        self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any],
+        alert_id: str | None = None,
+    ) -> tuple[Changes, dict[str, Any]]:  # fmt: skip
+        """Resolve by hand; a metric breach that persists is re-armed (see MANUAL_RESOLVE_REARM_SECONDS).
+        ``alert_id``: the alert the person was shown (:func:`_active`)."""
+        alert = _active(alerts, portfolio_id, rule_id, alert_id)
         ch = Changes()
         resolved = self.resolve_into(ch, portfolio_id, alert, now, actor, note or "resolved by hand")
         if alert.get("kind") == "metric":

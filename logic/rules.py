@@ -196,6 +196,13 @@ class AlertNotFoundError(AlertError):
     fix = "refresh the alert list: the alert may have been resolved already"
 
 
+class AlertChangedError(AlertError):
+    """The rule's active alert is not the one the person acting on it was shown (it resolved and fired again)."""
+
+    code = "ALERT_CHANGED"
+    fix = "look at the alert as it is now, then acknowledge or resolve it again"
+
+
 class AlertConflictError(AlertError):
     code = "ALERT_CONFLICT"
     fix = "try again: the alert kept changing while it was being updated"

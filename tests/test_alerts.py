@@ -16,6 +16,7 @@ from engine.settings import load_settings
 from engine.store import GLOBAL_AUDIT_KEY, PortfolioKeys, Store
 from logic.lifecycle import MANUAL_RESOLVE_REARM_SECONDS
 from logic.rules import (
+    AlertChangedError,
     AlertError,
     AlertNotFoundError,
     RuleExistsError,
@@ -588,3 +589,27 @@ def test_tick_uses_the_newest_stored_snapshot_so_a_fresh_engine_completes_a_pend
     store.record_snapshot("main", newer, {"equity": 1e6}, ts=T0 + 31, retention_seconds=3600, max_points=100)
     first.tick(T0 + 32)  # holds an older snapshot in memory; the stored one is newer and wins
     assert [t["event"] for t in first.alert_history("main")][:1] == ["RESOLVED"]
+
+
+@pytest.mark.parametrize("action", ["acknowledge", "resolve"])
+def test_acting_on_an_alert_that_fired_again_since_it_was_shown_is_refused_and_writes_nothing(
+    store: Store, make_settings: Any, action: str
+) -> None:
+    clock = SimClock()
+    engine = make_engine(store, make_settings, [VAR_CRIT], clock)
+    engine.evaluate("main", snapshot(var__utilization=1.5), T0)
+    shown = engine.active_alerts("main")[0]["alert_id"]
+    engine.evaluate("main", snapshot(now=T0 + 10, var__utilization=0.5), T0 + 10)  # cleared (no clear period)
+    engine.evaluate("main", snapshot(now=T0 + 20, var__utilization=1.5), T0 + 20)  # and fired again
+    (again,) = engine.active_alerts("main")
+    assert again["alert_id"] != shown
+    log = store.client.xlen(PortfolioKeys("main").alert_log)
+
+    with pytest.raises(AlertChangedError, match="fired again since it was shown") as refused:
+        getattr(engine, action)("main", "var_breach", "alice", "seen", alert_id=shown)
+    assert refused.value.code == "ALERT_CHANGED"
+    assert engine.active_alerts("main") == [again] and store.client.xlen(PortfolioKeys("main").alert_log) == log
+
+    done = getattr(engine, action)("main", "var_breach", "alice", "seen", alert_id=again["alert_id"])
+    assert done["alert_id"] == again["alert_id"]
+    assert done["status"] == ("ACKNOWLEDGED" if action == "acknowledge" else "RESOLVED")

@@ -132,6 +132,40 @@ def test_resolve_after_acknowledge_closes_the_alert_the_picker_showed_not_anothe
     assert statuses(seeded_store) == {other: "TRIGGERED"}  # the other one is still open, untouched
 
 
+def test_an_alert_that_fired_again_behind_the_page_is_not_acknowledged_by_a_click_on_the_old_one(
+    app_env: Any, seeded_store: Store, settings: Settings
+) -> None:
+    """The page showed b_var's alert; it cleared and fired again (a new alert) before the click. Acknowledge must
+    not silence the new breach nobody has seen: refused ALERT_CHANGED, nothing written; after the page shows the
+    new alert, Acknowledge acts on it."""
+    clock = SimClock()
+    engine = build_alert_engine(seeded_store, settings, clock)
+    engine.add_rule(rule("b_var", "var.utilization", ">=", 0.0, "CRITICAL"), "tester")
+    engine.evaluate("main", snapshot(now=clock.now, var__utilization=0.5), clock.now)
+    first = seeded_store.read_active_alerts("main")["b_var"]["alert_id"]
+    at = open_page("alerts")
+    assert_clean(at)
+    assert at.selectbox(key="al_target").value == ("main", "b_var")
+
+    clock.advance(10)  # behind the page: clear (no clear period), then breach again
+    engine.evaluate("main", snapshot(now=clock.now, var__utilization=-0.5), clock.now)
+    clock.advance(10)
+    engine.evaluate("main", snapshot(now=clock.now, var__utilization=0.5), clock.now)
+    second = seeded_store.read_active_alerts("main")["b_var"]
+    assert second["alert_id"] != first and second["status"] == "TRIGGERED"
+
+    at.button(key="FormSubmitter:alert_action_form-Acknowledge").click().run()
+    assert_clean(at)
+    assert "fired again since it was shown" in joined(at.error) + joined(at.warning)
+    assert seeded_store.read_active_alerts("main")["b_var"] == second  # untouched
+
+    at.button(key="FormSubmitter:alert_action_form-Acknowledge").click().run()  # the page now shows the new one
+    assert_clean(at)
+    assert "Alert main · b_var acknowledged." in joined(at.success)
+    acknowledged = seeded_store.read_active_alerts("main")["b_var"]
+    assert (acknowledged["alert_id"], acknowledged["status"]) == (second["alert_id"], "ACKNOWLEDGED")
+
+
 def test_the_picker_label_names_the_alert_without_its_state(
     app_env: Any, seeded_store: Store, settings: Settings
 ) -> None:

@@ -18,6 +18,7 @@ from logic.views.alerts import (
     alert_targets,
     headline_counts,
     rule_form,
+    shown_alert_ids,
 )
 
 st.title("Alerts")
@@ -86,6 +87,7 @@ def act_on_alert(d: views.Desk, f: dict) -> None:
         return
     # keyed by (portfolio, rule), labelled without the state: the choice stays on the alert when it is acknowledged
     targets = alert_targets(active)
+    st.session_state["al_shown"] = shown_alert_ids(active)  # a click acts on the alert shown, not a newer one
     may_ack = any(ui.can(Action.ACKNOWLEDGE, pid) for pid, _ in targets)
     may_resolve = ui.can(Action.RESOLVE, f["portfolio_id"])
     if not may_ack and ui.refused(Action.RESOLVE, f["portfolio_id"]):
@@ -114,8 +116,10 @@ def alert_action(d: views.Desk, what: str) -> None:
     pid, rule_id = target if target is not None else (None, None)
     fn = views.acknowledge_alert if what == "ack" else views.resolve_alert
 
+    shown = s.get("al_shown", {}).get(alert_target_label(target)) if target is not None else None
+
     def act() -> str:
-        alert = fn(d, pid, rule_id, ui.identity(), s.get("al_note", ""))
+        alert = fn(d, pid, rule_id, ui.identity(), s.get("al_note", ""), shown)
         acted_on = (str(alert.get("portfolio_id", pid)), str(alert.get("rule_id", rule_id)))
         return f"{alert_target_label(acted_on)} {str(alert['status']).lower()}"
 

@@ -125,6 +125,16 @@ def alert_targets(alerts: pd.DataFrame) -> list[AlertTarget]:
     return [(str(pid), str(rule)) for pid, rule in zip(alerts["portfolio_id"], alerts["rule_id"], strict=True)]
 
 
+def shown_alert_ids(alerts: pd.DataFrame) -> dict[str, str]:
+    """The alert id of each alert of an :func:`alerts_frame`, by :func:`alert_target_label`: what the action
+    panel showed, so a click acts on that alert only (:func:`acknowledge_alert`)."""
+    return {
+        alert_target_label((str(pid), str(rule))): str(aid)
+        for pid, rule, aid in zip(alerts["portfolio_id"], alerts["rule_id"], alerts["alert_id"], strict=True)
+        if isinstance(aid, str) and aid
+    }
+
+
 def alert_target_label(target: AlertTarget) -> str:
     """``main · var_breach``: the alert's name in the picker and in the messages. Its state and severity stay
     out of it on purpose: a picker keeps its choice by the label, so a label that changed on Acknowledge would
@@ -133,19 +143,24 @@ def alert_target_label(target: AlertTarget) -> str:
 
 
 def acknowledge_alert(
-    desk: Desk, portfolio_id: str | None, rule_id: str | None, identity: Identity | None, note: str = ""
-) -> dict[str, Any]:
+    desk: Desk, portfolio_id: str | None, rule_id: str | None, identity: Identity | None, note: str = "",
+    alert_id: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Acknowledge the active alert of a rule; ``alert_id``: the one the page showed (another one: refused
+    ``ALERT_CHANGED``, :meth:`logic.alerts.AlertEngine.acknowledge`)."""
     pid, rule = _target(portfolio_id, rule_id)
     who = authorize(identity, Action.ACKNOWLEDGE, pid)
-    return desk.alert_engine().acknowledge(pid, rule, who.actor, note)
+    return desk.alert_engine().acknowledge(pid, rule, who.actor, note, alert_id)
 
 
 def resolve_alert(
-    desk: Desk, portfolio_id: str | None, rule_id: str | None, identity: Identity | None, note: str = ""
-) -> dict[str, Any]:
+    desk: Desk, portfolio_id: str | None, rule_id: str | None, identity: Identity | None, note: str = "",
+    alert_id: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Resolve the active alert of a rule; ``alert_id`` as for :func:`acknowledge_alert`."""
     pid, rule = _target(portfolio_id, rule_id)
     who = authorize(identity, Action.RESOLVE, pid)
-    return desk.alert_engine().resolve(pid, rule, who.actor, note)
+    return desk.alert_engine().resolve(pid, rule, who.actor, note, alert_id)
 
 
 def _target(portfolio_id: str | None, rule_id: str | None) -> AlertTarget:
