@@ -72,7 +72,16 @@ from engine.settings import Asset, Limits, Settings, valid_symbol
 from logic import sizing
 from logic.action_orders import AUTO_ACTOR_PREFIX, AUTOMATION
 from logic.check_book import Book, BookCache, Plan, Sim
-from logic.decisions import PRICE_QUANTUM, book_fill, commission, fill_price, parse_quantity, parse_side, reason
+from logic.decisions import (
+    PRICE_QUANTUM,
+    book_fill,
+    commission,
+    fill_price,
+    parse_intent,
+    parse_quantity,
+    parse_side,
+    reason,
+)
 from logic.limits import (
     WAIVED_WHEN_REDUCING_RISK,
     DayOpen,
@@ -236,11 +245,9 @@ class Checker:
         limits = self.limits
         reasons: list[Reason] = []
         d = empty_decision_fields(self.portfolio_id, ticker, limits, now)
-        if intent is OrderIntent.TRADE or intent is OrderIntent.LIQUIDATION:
-            d["intent"] = intent
-        elif isinstance(intent, str) and intent.strip().lower() in OrderIntent._value2member_map_:
-            intent = OrderIntent(intent.strip().lower())
-            d["intent"] = intent
+        parsed = parse_intent(intent)
+        if parsed is not None:
+            intent = d["intent"] = parsed
         else:
             reasons.append(
                 reason(
@@ -743,9 +750,7 @@ def automation_order(actor: Any, intent: Any, grant: object = None) -> bool:
     desk's limit."""
     if grant is not AUTOMATION or not (isinstance(actor, str) and actor.startswith(AUTO_ACTOR_PREFIX)):
         return False
-    if isinstance(intent, str) and not isinstance(intent, OrderIntent):
-        intent = intent.strip().lower()
-    return bool(intent == OrderIntent.LIQUIDATION)
+    return parse_intent(intent) is OrderIntent.LIQUIDATION
 
 
 def _beyond_collar(last: float, ref: float, collar: float) -> bool:

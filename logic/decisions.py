@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.records import Position, Reason, ReasonCode, Side
+from engine.records import OrderIntent, Position, Reason, ReasonCode, Side
 from engine.settings import Fees
 
 PRICE_QUANTUM = Decimal("0.0001")
@@ -79,6 +79,18 @@ def parse_quantity(qty: Any, max_qty: int) -> tuple[int | None, str | None]:
     if shares > max_qty:
         return None, f"quantity {shares:,} exceeds the fat-finger limit of {max_qty:,} shares per order"
     return shares, None
+
+
+def parse_intent(intent: Any) -> OrderIntent | None:
+    """``OrderIntent.TRADE`` or ``OrderIntent.LIQUIDATION`` from the enum or its value in any case and spacing
+    (``" Liquidation"``), else None. The gate and the permission check of the views read an intent by this one
+    rule: read two ways, a trader's ``"LIQUIDATION"`` passed the check as a trade and the gate as a liquidation-only
+    order, through HALTED."""
+    if isinstance(intent, OrderIntent):
+        return intent
+    if isinstance(intent, str) and intent.strip().lower() in OrderIntent._value2member_map_:
+        return OrderIntent(intent.strip().lower())
+    return None
 
 
 def parse_side(side: Any) -> Side | None:

@@ -451,6 +451,11 @@ def test_a_risk_manager_de_risks_a_halted_book_with_liquidation_only_orders_only
         views.execute_ticket(desk, "main", "AAA", "SELL", 1, "rm-plain", RISK)
     with pytest.raises(AccessDenied, match="may not send liquidation-only orders on portfolio main"):
         views.execute_ticket(desk, "main", "AAA", "SELL", 1, "tr-liq", TRADER, LIQUIDATION)
+    for spelled in ("LIQUIDATION", " liquidation", "Liquidation"):  # the gate reads these as liquidation-only too
+        assert views.ticket_action(spelled) is Action.LIQUIDATE
+        with pytest.raises(AccessDenied, match="may not send liquidation-only orders on portfolio main"):
+            views.execute_ticket(desk, "main", "AAA", "SELL", 1, f"tr-{spelled.strip()}", TRADER, spelled)
+    assert seeded_store.read_portfolio("main") == book  # a trader got through HALTED with "LIQUIDATION"
     flipped = views.execute_ticket(desk, "main", "AAA", "SELL", 1001, "rm-flip", RISK, LIQUIDATION)
     assert flipped["status"] == "REJECTED" and "LIQUIDATION_ONLY" in {r["code"] for r in flipped["reasons"]}
     assert seeded_store.read_portfolio("main") == book  # refused: the book as it was

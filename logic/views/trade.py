@@ -15,6 +15,7 @@ import pandas as pd
 from engine.errors import StoreError
 from engine.records import Action, DecisionStatus, ExecutionStatus, OrderIntent, ReasonCode, Side, TradingState
 from logic.access import Identity, authorize
+from logic.decisions import parse_intent
 from logic.risk_manager import POSITION_FIELDS
 from logic.views import fmt
 from logic.views.audit import record_refused_check
@@ -167,9 +168,10 @@ def settles_unknown(result: Mapping[str, Any]) -> bool:
 
 
 def ticket_action(intent: Any) -> Action:
-    """What executing a ticket of ``intent`` needs: :attr:`Action.LIQUIDATE` for a liquidation-only order,
-    :attr:`Action.TRADE` otherwise (an intent the gate does not know is refused by the gate, with its reason)."""
-    return Action.LIQUIDATE if intent == OrderIntent.LIQUIDATION else Action.TRADE
+    """What executing a ticket of ``intent`` needs: :attr:`Action.LIQUIDATE` for a liquidation-only order (read as
+    the gate reads it, :func:`logic.decisions.parse_intent`), :attr:`Action.TRADE` otherwise (an intent the gate
+    does not know is refused by the gate, with its reason)."""
+    return Action.LIQUIDATE if parse_intent(intent) is OrderIntent.LIQUIDATION else Action.TRADE
 
 
 def order_types(identity: Identity | None, portfolio_id: str) -> list[str]:
