@@ -19,7 +19,8 @@ How a notification travels
    failed transiently (the server down, not refusing it) stays queued, with a ``failed`` record saying when it
    is tried again: a later flush tries it ``retry.requeue_seconds`` after the failure, doubling per failure up
    to ``retry.max_requeue_seconds``, until ``retry.give_up_seconds`` after its first failure, when it is dropped
-   (a 3-second SMTP or Twilio outage no longer loses the message).
+   (a 3-second SMTP or Twilio outage no longer loses the message). The fallbacks (a CRITICAL e-mail's text, an
+   unroutable recipient's, below) are still tried once.
 4. In one transaction the entries leave the outbox, a record goes to the delivery log ``pf:{id}:deliveries``
    (channel, recipient, status, error, attempts, events) and the target's group state is updated. A restarted
    process sees only what is still in the outbox, so nothing delivered is sent again. The one unavoidable

@@ -82,12 +82,14 @@ def requeue(
     failure up to ``retry.max_requeue_seconds`` (``retry_at``: the flush plans the group for then), until
     ``retry.give_up_seconds`` after its first failure. The fields tried are kept (``tried``): an event that
     joins the group meanwhile (a CRITICAL, say) does not wait for the retry, the group is due for it as a new
-    one is, and goes out whole."""
+    one is, and goes out whole. A message none of whose fields were tried before (the earlier ones cancelled or
+    delivered) starts its own count: an old failure never shortens a new message's tries."""
     if not (result.status == "failed" and result.transient):
         return None, ""
     since = group_state.get("failed_since")
-    first = float(since) if isinstance(since, int | float) else now
-    failures = int(group_state.get("failures") or 0) + 1
+    carried = bool(set(group_state.get("tried") or ()) & set(fields))  # the same message, tried again
+    first = float(since) if carried and isinstance(since, int | float) else now
+    failures = (int(group_state.get("failures") or 0) if carried else 0) + 1
     if now - first >= retry.give_up_seconds:
         return None, f"dropped: failing since {utc(first)} ({failures} tries)"
     retry_at = now + retry.requeue_delay(failures)

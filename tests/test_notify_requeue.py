@@ -155,3 +155,19 @@ def test_an_email_the_server_accepted_is_not_sent_again_when_its_quit_fails(
         assert len(server.messages) == 1 and server.attempts == 1
         assert notifier.flush(T0 + 60, ["main"]) == [] and len(server.messages) == 1
     assert notifier.pending_count("main") == 0
+
+
+def test_a_new_message_does_not_inherit_the_failures_of_one_that_left_the_outbox() -> None:
+    """A failed message whose events were all cancelled (its alert acknowledged) leaves its retry state behind;
+    the next message to the address, failing once, was dropped at once as "failing since" two days before."""
+    from notifications.config import RetryPolicy
+    from notifications.retry import SendResult, requeue
+
+    policy = RetryPolicy(requeue_seconds=30.0, max_requeue_seconds=900.0, give_up_seconds=86400.0)
+    failed = SendResult("failed", 3, "gave up after 3 attempts: 451", transient=True)
+    old = {"failed_since": T0 - 2 * 86400.0, "failures": 5, "retry_at": T0 - 86400.0, "tried": ["e1|old"]}
+    state, note = requeue(policy, old, failed, ["e2|new"], T0)
+    assert state is not None and (state["failed_since"], state["failures"], state["retry_at"]) == (T0, 1, T0 + 30)
+    assert note == f"kept queued, next try at {utc(T0 + 30)}"
+    state, note = requeue(policy, old, failed, ["e1|old", "e2|new"], T0)  # the same message (one joined it)
+    assert state is None and note == f"dropped: failing since {utc(T0 - 2 * 86400.0)} (6 tries)"
