@@ -346,6 +346,9 @@ class StreamDaemon:
             self._new_epoch, self._epoch_seq = True, self._seq  # the bar in hand predates the new market
         self._epoch = epoch
         self.version = snap.version
+        # the tickers not anchored since a reset bar stay so, by name, across a change of universe (an added ticker)
+        was = dict(zip(self.tickers, self.unanchored.tolist(), strict=False))
+        self.unanchored = np.array([was.get(t, False) for t in snap.tickers], dtype=bool)
         self.tickers = snap.tickers
         self._index = {t: i for i, t in enumerate(snap.tickers)}
         if changed:
@@ -360,8 +363,6 @@ class StreamDaemon:
         self.price_ts = snap.price_ts.copy()
         self.cov = snap.cov  # a fresh writeable copy (decode_market_cov), updated in place from now on
         self.since = self.price_filter.resume(snap.tickers, since)  # the jump band's count too; zeros: none stored
-        if changed or self.unanchored.shape != (len(snap.tickers),):
-            self.unanchored = np.zeros(len(snap.tickers), dtype=bool)
         # measure the EWMA kernels for this N now (once per process and N), not inside the first bar's MULTI
         kernel = math_logic.ewma_kernel_calibration(len(snap.tickers)).chosen
         self._validate_next = True
@@ -678,11 +679,16 @@ def _replay_feed(args: argparse.Namespace, settings: Settings, store: Store) -> 
     if sessions is not None:  # a file of dates: each bar is its session's close (engine/clocks.py)
         feed.bars = stamp_daily_closes(feed.bars, sessions)
     last = store.last_tick()  # a restart: resume after the file's last bar the store holds (engine/feeds.py)
-    # its market, or one a split or an added ticker wrote since (a version each, no tick: a re-seed drops the ticks)
-    if last is not None and last.version <= store.read_market_version() and (done := feed.resume_after(last.bar_ts)):
+    # on its market, or on one written since without a tick (a split, an added ticker, a history reload: a version
+    # each; a re-seed drops the ticks): then the first bar resumed anchors, no return from the prices written since
+    version = store.read_market_version() or 0
+    if last is not None and last.version <= version and (done := feed.resume_after(last.bar_ts)):
         _check_resumed_scale(store, scale, str(args.file))
-        log.info("replay %s: the store holds its first %d of %d bars; resuming after them", args.file, done,
-                 done + len(feed))  # fmt: skip
+        written = last.version < version
+        if written and feed.bars:
+            feed.bars[0] = Bar(feed.bars[0].ts, feed.bars[0].prices, reset=True)
+        log.info("replay %s: the store holds its first %d of %d bars; resuming after them%s", args.file, done,
+                 done + len(feed), " (market written since: the next bar anchors)" if written else "")  # fmt: skip
     return feed
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.feeds import ReplayFeed
 from engine.redis_server import EmbeddedRedis
@@ -86,18 +87,23 @@ def test_a_replay_stopped_and_started_again_ends_on_the_market_of_one_uninterrup
     assert "holds its first 6 of 6 bars" in third.stderr + third.stdout
 
 
-def test_a_replay_stopped_for_a_split_resumes_after_its_last_bar_not_from_the_first_row(
-    seeded_store: Store, redis_server: EmbeddedRedis, tmp_path: Path
+@pytest.mark.parametrize("written", ["split", "reload"])
+def test_a_replay_stopped_for_a_split_or_a_reload_resumes_after_its_last_bar_the_next_one_anchoring(
+    seeded_store: Store, redis_server: EmbeddedRedis, tmp_path: Path, written: str
 ) -> None:
     """The split procedure: stop the daemon, apply the split, start it again. The split writes a market version of
     its own (no tick), and the restart played the file again from its first row: the pre-split prices against the
-    doubled books, and the file's last pre-split print to its first post-split one as a -50% return."""
+    doubled books, and the file's last pre-split print to its first post-split one as a -50% return. It resumes
+    after its last bar; as the market was written since (a split, a history reload: AAA at 70), the first bar
+    resumed anchors: no return from the prices written since."""
     from fractions import Fraction
 
+    from engine import reload
     from engine.corporate_actions import apply_split
     from engine.settings import load_settings
 
     config = write_config(tmp_path)
+    settings = load_settings(config, env={})
     csv = tmp_path / "bars.csv"
     rows = [[100.0, 50.0, 200.0, 25.0], [100.5, 49.5, 201.0, 25.5], [101.0, 49.0, 202.0, 25.2],
             [50.6, 49.5, 203.0, 25.1], [50.4, 50.0, 202.5, 25.3]]  # AAA 2-for-1 after row 2  # fmt: skip
@@ -106,18 +112,26 @@ def test_a_replay_stopped_for_a_split_resumes_after_its_last_bar_not_from_the_fi
     ))  # fmt: skip
     start = seeded_store.read_market()
     replay(csv, redis_server.url, config, "--ticks", "3")
-    apply_split(seeded_store, "AAA", Fraction(2), settings=load_settings(config, env={}), actor="ops", now=2e9)
-    assert seeded_store.read_market_version() == 4 and seeded_store.read_market().prices[0] == 50.5
+    if written == "split":
+        apply_split(seeded_store, "AAA", Fraction(2), settings=settings, actor="ops", now=2e9)
+        assert seeded_store.read_market().prices[0] == 50.5
+    else:
+        market = seeded_store.read_market()
+        prices = market.prices.copy()
+        prices[0] = 70.0
+        reload.reload_market(seeded_store, settings, market.tickers, prices, market.cov, now=2e9, actor="ops",
+                             detail={})  # fmt: skip
+    assert seeded_store.read_market_version() == 4
+    reloaded = seeded_store.read_market().cov
     second = replay(csv, redis_server.url, config)
 
     assert "holds its first 3 of 5 bars" in second.stderr + second.stdout
     ticks = seeded_store.read_ticks()
-    expected = [(1, 100.0), (2, 100.5), (3, 101.0), (5, 50.6), (6, 50.4)]  # version 4: the split's
-    assert [(e.version, float(e.prices[0])) for e in ticks] == expected
+    expected = [(1, 100.0, True), (2, 100.5, False), (3, 101.0, False), (5, 50.6, True), (6, 50.4, False)]
+    assert [(e.version, float(e.prices[0]), e.reset) for e in ticks] == expected  # version 4: the split's
     prices = np.array(rows)
-    prices[:3, 0] /= 2.0  # the split restated the stored price: the next return is from 50.5
-    cov = start.cov.copy()
-    for t in range(1, len(rows)):  # row 0 anchors; log returns: the split leaves the matrix as it was
+    cov = start.cov.copy() if written == "split" else reloaded.copy()
+    for t in (1, 2, 4) if written == "split" else (4,):  # rows 0 and 3 anchor (log returns: a split moves none)
         r = np.log(prices[t] / prices[t - 1])
         cov = DECAY * cov + (1 - DECAY) * np.outer(r, r)
     np.testing.assert_allclose(seeded_store.read_market().cov, cov, rtol=1e-10, atol=0)

@@ -405,6 +405,28 @@ def test_a_ticker_the_replays_first_row_does_not_price_is_anchored_by_its_first_
     assert daemon.stats.rejections == []  # no jump "from 25"
 
 
+def test_a_ticker_added_during_a_replay_leaves_the_others_unanchored_until_they_print(
+    seeded_store: Store, settings: Settings
+) -> None:
+    """The daemon reloads a universe that changed (a ticker added by the warm-up) and keeps, by name, which tickers
+    no bar has priced since the reset: DDD's first print is still an anchor, not a jump from its old price."""
+    daemon = StreamDaemon(seeded_store, settings, IterableFeed([]), interval=0)
+    t0 = seeded_store.read_market().ts + 60.0
+    first = {"AAA": 100.0, "BBB": 50.0, "CCC": 200.0}
+    assert daemon.process_bar(Bar(t0, first, reset=True))
+    assert daemon.process_bar(Bar(t0 + 60, {**first, "AAA": 100.5}))
+    warmup.add_ticker(seeded_store, settings, "EEE", 10.0, 0.3, now=t0 + 90)
+    i = seeded_store.read_market().tickers.index("DDD")
+    before = seeded_store.read_market().cov[i, i]
+
+    assert daemon.process_bar(Bar(t0 + 120, {**first, "AAA": 100.4, "DDD": 40.0}))  # reloads, then DDD anchors
+
+    assert daemon.tickers[-1] == "EEE" and daemon.stats.rejections == []  # no "jump of ... sigma from 25"
+    after = seeded_store.read_market()
+    assert after.prices[i] == 40.0 and after.cov[i, i] == before  # no return: its variance kept
+    assert not daemon.unanchored.any()  # DDD anchored now; EEE came with the warm-up's price, an anchor
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
