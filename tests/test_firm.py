@@ -249,6 +249,20 @@ def test_reduce_all_never_loosens_a_halted_portfolio(seeded_store: Store, settin
     assert record["action"] == "reduce_all" and record["actor"] == "bob"
 
 
+def test_reduce_all_never_loosens_a_portfolio_without_a_trading_state(seeded_store: Store, settings: Settings) -> None:
+    """A missing trading state is HALTED at the gate (fail closed); REDUCE ALL wrote REDUCING over it, and a
+    trader's risk-reducing order that was refused went through."""
+    seeded_store.client.delete(PortfolioKeys("hedge").trading_state)
+    rm = RiskManager(seeded_store.client, "hedge", settings)
+    assert "TRADING_HALTED" in [r["code"] for r in rm.check_trade_impact("CCC", 1, "SELL")["reasons"]]
+    changes = Firm(seeded_store.client, settings).reduce_all("bob", "volatile open")
+    assert changes["hedge"] == {"previous": "MISSING", "state": "MISSING"} and changes["main"]["state"] == "REDUCING"
+    assert not seeded_store.client.exists(PortfolioKeys("hedge").trading_state)
+    assert "TRADING_HALTED" in [r["code"] for r in rm.check_trade_impact("CCC", 1, "SELL")["reasons"]]
+    Firm(seeded_store.client, settings).halt_all("alice", "and now for everyone")  # HALT ALL writes it: HALTED
+    assert seeded_store.read_trading_state("hedge").state == "HALTED"
+
+
 def test_after_halt_all_a_trader_order_to_any_portfolio_is_refused(seeded_store: Store, settings: Settings) -> None:
     Firm(seeded_store.client, settings).halt_all("alice", "drill")
     for pid, ticker in (("main", "AAA"), ("hedge", "CCC")):

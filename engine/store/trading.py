@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from engine.errors import CorruptDataError, StoreEmptyError, StoreError, StoreUnavailableError
-from engine.records import MarketHeader, PortfolioState, Position, TradingStatus
+from engine.records import MarketHeader, PortfolioState, Position, TradingState, TradingStatus
 from engine.settings import Limits
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import (
@@ -315,7 +315,8 @@ class TradingStore(StoreBase):
         WATCHes the registry and every portfolio's trading state, reads them, then writes all the states and
         the record (``record`` plus ``"portfolios": {id: {"previous", "state"}}``, to :data:`GLOBAL_AUDIT_KEY`)
         in one MULTI/EXEC: a reader sees either no portfolio changed or all of them. A portfolio whose current
-        state is in ``keep_states`` keeps it (listed with its unchanged state). A trading state that does not
+        state is in ``keep_states`` keeps it (listed with its unchanged state), and so does one with no state when
+        ``keep_states`` holds HALTED (a missing state is HALTED at the gate). A trading state that does not
         decode (a corrupt key) raises :class:`CorruptDataError` naming it and nothing is written; a change by
         someone else in between retries (at most :data:`SET_ALL_ATTEMPTS` times, then
         :class:`StoreUnavailableError`, nothing written).
@@ -337,7 +338,9 @@ class TradingStore(StoreBase):
                         for pid, key in keys.items():
                             raw: Any = pipe.hgetall(key)
                             previous = decode_trading_status(key, raw).state if raw else "MISSING"
-                            kept = previous in keep_states
+                            # a missing state counts as HALTED, as at the gate: REDUCE ALL does not loosen it
+                            halted = previous == "MISSING" and TradingState.HALTED in keep_states
+                            kept = previous in keep_states or halted
                             changes[pid] = {"previous": str(previous), "state": str(previous if kept else status.state)}
                         pipe.multi()
                         mapping: Any = encode_trading_status(status)
