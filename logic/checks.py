@@ -92,6 +92,7 @@ from logic.limits import (
     check_margin_floor,
     check_position,
     check_stressed_var,
+    ratio_above,
     shrinks_position,
 )
 from logic.rejections import (
@@ -614,7 +615,7 @@ class Checker:
         elif equity_after > 0:
             concentration = abs(x_i + delta) / equity_after
             d["concentration_after"] = concentration
-            if concentration > limits.max_concentration and grows:
+            if ratio_above(concentration, limits.max_concentration) and grows:
                 reasons.append(
                     reason(
                         ReasonCode.CONCENTRATION,

@@ -41,6 +41,23 @@ from engine.settings import Limits
 from engine.store import Store
 from logic.decisions import reason
 
+RATIO_SLACK = 1e-12
+"""Relative slack of a limit on a ratio of money (margin level, gross leverage, concentration). The ratio is
+computed in floats from decimal money and lands an ulp or two off a limit it is exactly at: a margin level of
+exactly 150% read 149.99999999999997 and was refused at a 150% floor. One share or one cent moves a ratio by far
+more than this, so one unit over a limit is still refused."""
+
+
+def ratio_above(value: float, limit: float) -> bool:
+    """``value`` is above ``limit`` by more than float noise (:data:`RATIO_SLACK`)."""
+    return value > limit + RATIO_SLACK * abs(limit)
+
+
+def ratio_below(value: float, floor: float) -> bool:
+    """``value`` is below ``floor`` by more than float noise (:data:`RATIO_SLACK`)."""
+    return value < floor - RATIO_SLACK * abs(floor)
+
+
 WAIVED_WHEN_REDUCING_RISK: frozenset[ReasonCode] = frozenset(
     {
         ReasonCode.PRICE_COLLAR,
@@ -96,7 +113,7 @@ def check_leverage(limits: Limits, f: Figures, reasons: list[Reason]) -> None:
         reasons.append(
             reason(ReasonCode.LEVERAGE, f"equity would be {f.equity_after:,.2f}: the gross exposure may not grow")
         )
-    elif f.gross_after / f.equity_after > cap:
+    elif ratio_above(f.gross_after / f.equity_after, cap):
         reasons.append(
             reason(
                 ReasonCode.LEVERAGE,
@@ -125,7 +142,7 @@ def check_margin_floor(limits: Limits, f: Figures, reasons: list[Reason]) -> flo
     used = f.gross_after * f.initial_margin
     level = f.equity_after / used * 100.0 if used > 0 else None
     floor = limits.min_margin_level_after
-    if level is not None and level < floor and f.gross_after > f.gross_before:
+    if level is not None and ratio_below(level, floor) and f.gross_after > f.gross_before:
         reasons.append(
             reason(
                 ReasonCode.MARGIN_FLOOR,

@@ -339,6 +339,26 @@ def test_the_margin_floor_passes_exactly_at_it_and_refuses_one_share_more(desk: 
     assert over.margin_level_after is not None and 100.0 < over.margin_level_after < 200.0
 
 
+@pytest.mark.parametrize(("price", "cash"), [("90.32", "28817.74"), ("90.6", "28817.95")])
+def test_a_margin_level_exactly_at_the_floor_in_decimals_passes_though_floats_read_it_an_ulp_under(
+    desk: Desk, store: Store, price: str, cash: str
+) -> None:
+    """hedge holds CCC 300 @ 200 and DDD -1000 @ 25 (initial margin 50%); buying one AAA at ``price`` with
+    ``cash`` leaves the level at exactly 150% (equity cash + 35,000 over half of 85,000 + price), which floats
+    read as 149.99999999999997: it was refused MARGIN_FLOOR. A cent less cash is below it, and refused."""
+    rm = desk({**NO_FEES, "limits": {"max_concentration": 1.0}}, portfolio_id="hedge")
+    set_prices(store, {"AAA": float(price), "CCC": 200.0, "DDD": 25.0})
+    state = store.read_portfolio("hedge")
+    held = {"CCC": Position(qty=300, avg_price=Decimal(200)), "DDD": Position(qty=-1000, avg_price=Decimal(25))}
+    for money, passes in ((cash, True), (str(Decimal(cash) - Decimal("0.01")), False)):
+        store.write_portfolio(PortfolioState(**{**state.__dict__, "positions": held, "cash": Decimal(money)}))
+        exact = (Decimal(money) + 35_000) / ((85_000 + Decimal(price)) / 2) * 100
+        assert (exact == 150) is passes
+        decision = rm.check("AAA", 1, "BUY")
+        assert decision.status == (DecisionStatus.APPROVED if passes else DecisionStatus.REJECTED), decision.reasons
+        assert passes or codes(decision) == {"MARGIN_FLOOR"}
+
+
 def test_the_default_margin_floor_is_the_warning_level_of_150_percent(desk: Desk) -> None:
     rm = desk({**NO_FEES, "limits": {"max_concentration": 1.0}}, portfolio_id="hedge")
     assert rm.limits.min_margin_level_after == 150.0
