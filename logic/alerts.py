@@ -393,11 +393,9 @@ class AlertEngine:
     ) -> dict[str, Any]:
         """TRIGGERED -> ACKNOWLEDGED by ``actor``: escalation stops (until the acknowledge timeout, if any).
 
-        Acknowledging an already acknowledged alert records the new acknowledgement (who and when).
-        Raises :class:`AlertNotFoundError` when the rule has no active alert in that portfolio, and, given the
-        ``alert_id`` the person was shown, :class:`AlertChangedError` when the active alert is another one (it
-        resolved and fired again since): nothing is written.
-        """
+        Acknowledging an already acknowledged alert records the new acknowledgement (who and when). Raises
+        :class:`AlertNotFoundError` when the rule has no active alert there, and :class:`AlertChangedError` when
+        it is not ``alert_id``, the one the person was shown (it fired again since): nothing is written."""
         return self._by_hand(self.planner.plan_acknowledge, portfolio_id, rule_id, actor, note, alert_id)
 
     def resolve(
@@ -406,8 +404,7 @@ class AlertEngine:
         """Resolve by hand (ACTIVE -> RESOLVED by ``actor``); escalation is cancelled and everyone notified so
         far gets one resolved message. A condition that still holds triggers again after its pending period,
         and no sooner than :data:`MANUAL_RESOLVE_REARM_SECONDS`.
-        Raises :class:`AlertNotFoundError` when there is no active alert (e.g. it resolved already), and
-        :class:`AlertChangedError` as :meth:`acknowledge` does."""
+        Raises :class:`AlertNotFoundError` (none active) and :class:`AlertChangedError` as :meth:`acknowledge`."""
         return self._by_hand(self.planner.plan_resolve, portfolio_id, rule_id, actor, note, alert_id)
 
     def _by_hand(

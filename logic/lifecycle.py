@@ -87,12 +87,9 @@ class Changes:
         return [{k: r[k] for k in ("event", "rule_id", "alert_id", "severity", "ts")} for r in self.log]
 
 
-def _active(
-    alerts: Mapping[str, Any], portfolio_id: str, rule_id: str, alert_id: str | None = None
-) -> Mapping[str, Any]:
-    """The active alert of ``rule_id``, or :class:`AlertNotFoundError` naming the rule and the portfolio; with
-    ``alert_id`` (the alert a person was shown), :class:`AlertChangedError` when the active one is another (it
-    resolved and fired again since): an acknowledgement must not silence a breach nobody has seen."""
+def _active(alerts: Mapping[str, Any], portfolio_id: str, rule_id: str, alert_id: str | None) -> Mapping[str, Any]:
+    """The active alert of ``rule_id``, else :class:`AlertNotFoundError`; :class:`AlertChangedError` when it is
+    not ``alert_id``, the one a person was shown (it fired again since: no click silences a breach unseen)."""
     alert = alerts.get(rule_id)
     if alert is None:
         raise AlertNotFoundError(f"no active alert for rule {rule_id!r} in portfolio {portfolio_id!r}")
@@ -154,17 +151,11 @@ class AlertPlanner:
         self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any],
         alert_id: str | None = None,
     ) -> tuple[Changes, dict[str, Any]]:  # fmt: skip
-        """TRIGGERED -> ACKNOWLEDGED by ``actor``: escalation stops (until the acknowledge timeout, if any).
-        ``alert_id``: the alert the person was shown (:func:`_active`)."""
+        """TRIGGERED -> ACKNOWLEDGED by ``actor`` (the alert ``alert_id``, :func:`_active`): escalation stops."""
         alert = dict(_active(alerts, portfolio_id, rule_id, alert_id))
         ch = Changes()
-        alert.update(
-            status=AlertStatus.ACKNOWLEDGED,
-            acknowledged_by=actor,
-            acknowledged_at=now,
-            ack_note=str(note)[:500],
-            updated_at=now,
-        )
+        alert.update(status=AlertStatus.ACKNOWLEDGED, acknowledged_by=actor, acknowledged_at=now,
+                     ack_note=str(note)[:500], updated_at=now)  # fmt: skip
         timeout = self.escalation.ack_timeout_seconds
         alert["ack_timeout_at"] = now + timeout if timeout > 0 else None
         esc.stop(alert)
@@ -176,8 +167,7 @@ class AlertPlanner:
         self, portfolio_id: str, rule_id: str, actor: str, note: str, now: float, alerts: Mapping[str, Any],
         alert_id: str | None = None,
     ) -> tuple[Changes, dict[str, Any]]:  # fmt: skip
-        """Resolve by hand; a metric breach that persists is re-armed (see MANUAL_RESOLVE_REARM_SECONDS).
-        ``alert_id``: the alert the person was shown (:func:`_active`)."""
+        """Resolve by hand (``alert_id``: :func:`_active`); a breach that persists re-arms, below."""
         alert = _active(alerts, portfolio_id, rule_id, alert_id)
         ch = Changes()
         resolved = self.resolve_into(ch, portfolio_id, alert, now, actor, note or "resolved by hand")
