@@ -328,6 +328,16 @@ def test_real_daemons_turn_200_bars_into_200_versions_an_exact_ewma_and_200_hist
     assert seeded_store.tick_group_pending() == 0
 
 
+def wide_csv(tmp_path: Path, rows: Sequence[Sequence[float | None]]) -> Path:
+    """A wide replay CSV of ``rows`` (one a minute from 10:00, None: an empty cell)."""
+    csv = tmp_path / "bars.csv"
+    csv.write_text("date," + ",".join(TICKERS) + "\n" + "".join(
+        f"2024-03-01T10:{i:02d}:00," + ",".join("" if p is None else repr(p) for p in row) + "\n"
+        for i, row in enumerate(rows)
+    ))  # fmt: skip
+    return csv
+
+
 def test_real_daemon_replays_a_csv_into_the_covariance_computed_here(
     seeded_store: Store, redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
@@ -336,11 +346,7 @@ def test_real_daemon_replays_a_csv_into_the_covariance_computed_here(
         [100.0, 50.0, 200.0, 25.0], [101.0, 49.0, 202.0, 25.5], [99.5, None, 199.0, 26.0],
         [100.5, 48.0, 201.0, 25.2], [102.0, 49.5, 203.5, 24.8], [101.0, 50.5, 202.0, 25.1],
     ]  # fmt: skip
-    csv = tmp_path / "bars.csv"
-    csv.write_text("date," + ",".join(TICKERS) + "\n" + "".join(
-        f"2024-03-01T10:{i:02d}:00," + ",".join("" if p is None else repr(p) for p in row) + "\n"
-        for i, row in enumerate(rows)
-    ))  # fmt: skip
+    csv = wide_csv(tmp_path, rows)
     start = seeded_store.read_market()
     # Act
     proc = subprocess.run(
@@ -379,11 +385,7 @@ def test_a_ticker_the_replays_first_row_does_not_price_is_anchored_by_its_first_
 
     rows = [[100.0, 50.0, 200.0, None], [101.0, 49.0, 202.0, 40.0], [99.5, 49.5, 199.0, 40.4],
             [100.5, 48.0, 201.0, 40.2]]  # fmt: skip
-    csv = tmp_path / "bars.csv"
-    csv.write_text("date," + ",".join(TICKERS) + "\n" + "".join(
-        f"2024-03-01T10:{i:02d}:00," + ",".join("" if p is None else repr(p) for p in row) + "\n"
-        for i, row in enumerate(rows)
-    ))  # fmt: skip
+    csv = wide_csv(tmp_path, rows)
     start = seeded_store.read_market()
     assert start.prices[3] == 25.0
     feed = _replay_feed(argparse.Namespace(file=str(csv), bar_model_bars=None), settings, seeded_store)
