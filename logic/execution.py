@@ -94,7 +94,7 @@ from engine.store.trading import TradeView, TradingStore
 from logic.action_orders import AUTO_ACTOR_PREFIX, AUTOMATION
 from logic.check_book import Plan, Sim
 from logic.checks import automation_order
-from logic.decisions import parse_quantity, parse_side, reason
+from logic.decisions import parse_intent, parse_quantity, parse_side, reason
 
 if TYPE_CHECKING:
     from logic.risk_manager import RiskManager
@@ -618,21 +618,13 @@ def _claimed_by_other_order(
     was_intent = (decision.get("intent") if isinstance(decision, Mapping) else None) or OrderIntent.TRADE
     was = (fill.get("portfolio_id"), fill.get("ticker"), fill.get("side"), fill.get("qty"), was_intent)
     shares, _ = parse_quantity(qty, sys.maxsize)  # the order as asked, whatever today's max_order_qty
-    asked = (portfolio_id, ticker, parse_side(side), shares, _parse_intent(intent))
+    asked = (portfolio_id, ticker, parse_side(side), shares, parse_intent(intent))
     if None not in asked and asked == was:
         return None
     text = _describe(fill.get("side"), fill.get("qty"), fill.get("ticker"), was_intent)
     if fill.get("portfolio_id") != portfolio_id:
         text += f" of portfolio {fill.get('portfolio_id')}"
     return f"{text} (trade {fill.get('trade_id')})"
-
-
-def _parse_intent(intent: Any) -> OrderIntent | None:
-    if isinstance(intent, OrderIntent):
-        return intent
-    if isinstance(intent, str) and intent.strip().lower() in OrderIntent._value2member_map_:
-        return OrderIntent(intent.strip().lower())
-    return None
 
 
 def _describe(side: Any, qty: Any, ticker: Any, intent: Any) -> str:
@@ -654,11 +646,11 @@ def _duplicate_id_refusal(
 ) -> ExecutionResult:
     """REJECTED ``DUPLICATE_ORDER_ID``: ``client_order_id`` already filled ``claimed``, another order."""
     shares, _ = parse_quantity(qty, sys.maxsize)
-    asked = _describe(parse_side(side) or side, shares if shares is not None else qty, ticker, _parse_intent(intent))
+    asked = _describe(parse_side(side) or side, shares if shares is not None else qty, ticker, parse_intent(intent))
     decision = gate.store_failure_decision(ticker, qty, side, None, now)
     decision = replace(
         decision,
-        intent=_parse_intent(intent) or OrderIntent.TRADE,
+        intent=parse_intent(intent) or OrderIntent.TRADE,
         reasons=(
             reason(
                 ReasonCode.DUPLICATE_ORDER_ID,
