@@ -455,6 +455,27 @@ class PriceFilter:
         move, refused = math.log(price / last_price), math.log(candidate / last_price)
         return (move < 0) == (refused < 0) and abs(move) >= abs(refused)
 
+    def nights(self, since: npt.NDArray[np.float64], now: float) -> npt.NDArray[np.float64] | None:
+        """Session opens of the calendar between each price time ``since`` and the bar's time ``now``: the nights
+        (a weekend or a holiday is one) a return from that price spans; 0 for a price of ``now``'s session.
+
+        None where :meth:`closed_bars` gives None: no price from an earlier session, no :attr:`sessions`, or
+        ``now`` outside the calendar. A price time that is not finite or before the calendar counts none.
+        """
+        if self.sessions is None or not math.isfinite(now):
+            return None
+        opens = self.sessions.opens
+        if not opens[0] <= now <= self.sessions.closes[-1] + 7 * 86400:
+            return None
+        j = int(np.searchsorted(opens, now, side="right")) - 1
+        with np.errstate(invalid="ignore"):
+            earlier = (since < opens[j]) & (since >= opens[0])  # NaN: False
+        if not earlier.any():
+            return None
+        out = np.zeros(since.shape)
+        out[earlier] = j - (np.searchsorted(opens, since[earlier], side="right") - 1)
+        return out
+
     def per_model_bar(self, returns: np.ndarray | None) -> np.ndarray | None:
         """A feed bar's log returns as returns of one model bar (divided by ``sqrt(bar_scale)``)."""
         if returns is None or self.bar_scale == 1.0:

@@ -339,6 +339,14 @@ class Model:
     bars_per_day: Annotated[Integer, Field(gt=0)] = BARS_PER_DAY
     """Trading minutes per day: daily figures scale one-bar volatility by sqrt(bars_per_day)."""
     trading_days_per_year: Annotated[Integer, Field(gt=0)] = TRADING_DAYS_PER_YEAR
+    night_variance_share: Annotated[Number, Field(ge=0, le=10)] = 0.0
+    """Variance of a night (a session's close to the next open: a weekend or a holiday is one night) as a share of
+    one session's (open to close variance), for a feed whose bar is shorter than a session on a calendar with
+    sessions (:func:`engine.math_logic.session_spans`: a return across a night is scaled to one bar by the
+    variance it spans, and a day of ``bars_per_day`` bars includes its night). 0: a night is no time, its return
+    enters the model as one more bar (a -3 % opening gap of a 20 %-vol stock, 47 one-minute sigmas, multiplies
+    the ticker's one-bar volatility by about 12). riskdesk.toml sets the value calibrated on real daily opens
+    and closes (:func:`engine.math_logic.night_variance_share`, README "Nights")."""
     stress_vol_multiplier: Annotated[Number, Field(ge=1)] = STRESS_VOL_MULTIPLIER
     stress_correlation_floor: Annotated[Number, Field(gt=-1, lt=1)] = STRESS_CORRELATION_FLOOR
     liquidity_impact_coef: Number = LIQUIDITY_IMPACT_COEF

@@ -20,7 +20,9 @@ Per bar from the feed (:mod:`engine.feeds`):
 
 A return spanning the g bars since the ticker's last accepted price enters the update and the window as one
 bar's, ``r / sqrt(g)`` (``math_logic.per_bar_returns``; every g = 1: the same bits); the counts are written with
-each bar (``Store.write_print_gaps``: a restart continues them; none stored, or stale, count from 0).
+each bar (``Store.write_print_gaps``: a restart continues them; none stored, or stale, count from 0). With
+``model.night_variance_share`` on a calendar with sessions, g also counts the nights since that price, each worth
+a night's variance (``math_logic.session_spans``): an opening gap is no 47-sigma minute.
 A ticker without a new price in a bar (none in it, refused by the price filter, or no accepted price before
 it) keeps its variance in the covariance update (its price is carried forward, engine/price_filter.py; its return
 0 is no data: ``engine.math_logic.update_covariance_ewma_observed``, the plain update when every ticker has one) and is
@@ -159,13 +161,16 @@ class _Step:
     observed: npt.NDArray[np.bool_]
     """The tickers whose return is an observation: a new price accepted in this bar, and one before it."""
     gaps: Float64Array | None
-    """Bars each return spans (``since + 1`` of the tickers observed); None when every one spans one bar."""
+    """Bars of variance each return spans: ``since + 1``, or with ``model.night_variance_share`` on a calendar
+    with sessions :func:`~engine.math_logic.session_spans` of it and the nights since; None: one bar each."""
     since: Float64Array
     """Bars since each ticker's last accepted price after this bar (0: accepted in it)."""
     unanchored: npt.NDArray[np.bool_]
     """After this bar, the tickers no bar has priced since the last reset bar (:attr:`StreamDaemon.unanchored`)."""
     accepted: int
     rejected: tuple[str, ...]
+    span: float = 1.0
+    """Bars of variance the bar spans for a ticker that printed in the bar before (``TickEvent.span``)."""
 
 
 class StreamDaemon:
@@ -215,6 +220,7 @@ class StreamDaemon:
         if not (math.isfinite(self.interval) and self.interval >= 0):
             raise ValueError(f"interval must be >= 0 seconds, got {interval}")
         self.decay = settings.model.ewma_decay
+        self._night_share = float(settings.model.night_variance_share)
         self.window = settings.model.fhs_window
         self.maxlen = settings.stream.tick_stream_maxlen
         self._stop = stop_event or threading.Event()
@@ -252,6 +258,8 @@ class StreamDaemon:
         """A replay's stream heartbeat as :meth:`run` found it, before this run wrote one (:meth:`_write_end_beat`)."""
         self._row_gap = False
         """Set by a reload after a foreign write: the next bar's return spans it and gets no window row."""
+        self._bar_time = math.nan
+        """The last bar's time (from the market loaded, then each bar written): a bar's nights count from it."""
         self._window_ok = False
         """The stored window's columns are this daemon's tickers (else the next write starts an empty one)."""
 
@@ -358,6 +366,7 @@ class StreamDaemon:
         # a fresh process (or a reset anchor) rebuilds the collar's session and close from the stored market,
         # so the next session open re-anchors after a restart as without one (engine/collar.py)
         self.anchor.seed(snap.ts, snap.prices, snap.price_ts)
+        self._bar_time = float(snap.ts)  # the last bar's time: the nights a bar spans are counted from it
         self._tickers_json = encode_json(list(snap.tickers))
         self._tickers_rev = universe_rev(self._tickers_json)
         self._universe_written = False
@@ -430,11 +439,24 @@ class StreamDaemon:
             observed[idx] = True  # only these returns are data; the zeros elsewhere are missing entries
         returns = self.price_filter.per_model_bar(returns)  # a replay's bar may span many model bars
         since = self.since + 1.0  # a return since a price g bars back spans g bars (None: all span one)
-        gaps = since.copy() if returns is not None and (since[observed] > 1.0).any() else None
+        gaps, span = None, 1.0
+        if returns is not None and self._night_share > 0.0 and self.price_filter.sessions is not None:
+            # and a night's variance more, each open bar a little less (math_logic.session_spans)
+            model = self.settings.model
+            times = np.append(self.price_ts, self._bar_time)  # the tickers' last prices, then the last bar
+            nights = self.price_filter.nights(times, now)
+            spans = math_logic.session_spans(
+                np.append(since, 1.0), nights, self._night_share, model.bars_per_day, self.price_filter.bar_scale
+            )
+            gaps, span = spans[:-1], float(spans[-1])
+        elif returns is not None and (since[observed] > 1.0).any():
+            gaps = since.copy()
         since[accepted] = 0.0  # a reset bar's prices too: the next return starts from them
         unanchored = np.ones_like(self.unanchored) if bar.reset else self.unanchored.copy()
         unanchored[accepted] = False
-        return _Step(prices, price_ts, returns, observed, gaps, since, unanchored, int(accepted.size), tuple(rejected))
+        return _Step(
+            prices, price_ts, returns, observed, gaps, since, unanchored, int(accepted.size), tuple(rejected), span
+        )
 
     def _write(self, bar: Bar, token: str, started: float) -> bool:
         now = float(bar.ts) if self.clock_mode == ClockMode.REPLAY else self.clock()
@@ -477,6 +499,7 @@ class StreamDaemon:
             version=version, ts=now, tickers=self.tickers, prices=step.prices, bar_ts=float(bar.ts),
             token=token, reset=bar.reset, rejected=len(step.rejected),
             observed=None if step.returns is None else step.observed,  # a reset bar has no return to mark
+            span=step.span,
         )  # fmt: skip
         reference, anchor_state = self.anchor.propose(now, step.prices, reset=bar.reset)
         write = self.store.market_write()
@@ -510,6 +533,7 @@ class StreamDaemon:
         self._row_gap = False  # the written prices anchor the next return
         self.prices = step.prices
         self.price_ts = step.price_ts
+        self._bar_time = now
         self.since = step.since
         self.unanchored = step.unanchored
         self._validate_next = False

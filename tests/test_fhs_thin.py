@@ -130,8 +130,10 @@ def test_a_return_spanning_g_bars_enters_the_ewma_as_its_variance_over_g_and_is_
     z_obs, mask = ml.standardize_observed(r, np.sqrt(np.diagonal(cov)), np.array([True, True]), gaps=g)
     np.testing.assert_array_equal(z_obs, z)
     assert mask.all()
-    with pytest.raises(ValueError, match="gaps must be >= 1"):
-        ml.per_bar_returns(r, [1.0, math.nextafter(1.0, 0.0)])  # one unit under the boundary
+    with pytest.raises(ValueError, match="gaps must be > 0"):
+        ml.per_bar_returns(r, [1.0, 0.0])  # at the boundary: no variance spanned
+    tiny = math.nextafter(0.0, 1.0)  # one unit over it: a span, however small (session_spans gives spans < 1)
+    assert np.isfinite(ml.per_bar_returns(np.array([0.0, 1e-200]), [1.0, tiny])).all()
     np.testing.assert_array_equal(ml.per_bar_returns(r, [1.0, 1.0]), r)  # at the boundary: the same bits
 
 

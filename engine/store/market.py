@@ -12,6 +12,7 @@ stored row is refused as :class:`~engine.errors.CorruptDataError`.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -582,6 +583,12 @@ class TickEvent:
     """Shape (N,), aligned with ``tickers``: True where the ticker had a new price in this bar (one accepted in it,
     and one before it); None: every ticker had one (a bar without a gap, a ``reset`` bar, which has no return,
     and every event published before the field)."""
+    span: float = 1.0
+    """Bars of the model's variance this bar spans for a ticker that also printed in the bar before: 1 for a bar,
+    with ``model.night_variance_share`` on a calendar with sessions less for a bar of the open market and more
+    for one across a night (:func:`engine.math_logic.session_spans`); the continuous backtest scales its returns
+    and its horizons by it as the stream's model does. In the stream entry only when it is not 1 (an entry
+    without it, every one published before it, reads as 1)."""
 
     def to_fields(self, tickers_json: str | None = None, tickers_rev: str | None = None) -> dict[str, Any]:
         """The stream entry; with ``tickers_rev`` the tickers are named by it instead of listed."""
@@ -598,6 +605,8 @@ class TickEvent:
             observed = observed_mask(self.observed, (len(self.tickers),))
             if not observed.all():  # only then: the entry of a bar without a gap does not grow
                 fields["missing"] = np.packbits(~observed, bitorder="little").tobytes()
+        if self.span != 1.0:
+            fields["span"] = repr(float(self.span))
         return fields
 
     @classmethod
@@ -628,6 +637,9 @@ class TickEvent:
             if bits[n:].any():
                 raise CorruptDataError(f"{key}.missing marks a ticker past its {n} tickers")
             observed = bits[:n] == 0
+        span = decode_float(fields.get(b"span", b"1.0"), key=f"{key}.span")
+        if not (math.isfinite(span) and span > 0.0):
+            raise CorruptDataError(f"{key}.span is not a positive number of bars: {span!r}")
         return cls(
             version=decode_int(fields.get(b"version"), key=f"{key}.version"),
             ts=decode_float(fields.get(b"ts"), key=f"{key}.ts"),
@@ -639,6 +651,7 @@ class TickEvent:
             rejected=decode_int(fields.get(b"rejected", b"0"), key=f"{key}.rejected"),
             entry_id=eid,
             observed=observed,
+            span=span,
         )
 
 
