@@ -55,6 +55,7 @@ from engine.errors import RiskdeskError
 from engine.market_model import stressed_meta
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
 from engine.redis_server import connect
+from engine.sessions import market_calendar
 from engine.settings import Settings, load_settings, valid_symbol
 from engine.store import (
     GLOBAL_AUDIT_KEY,
@@ -177,8 +178,14 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
         raise history.HistoryError(f"{path}:1: no price column for {missing}")
     hist = hist.reordered(tuple(settings.universe.assets))
     model = settings.model
-    cov = history.model_covariance(hist, model.ewma_decay, model.bars_per_day, model.bar_seconds)
-    _, z, observed = standardized_history(hist.log_returns(), settings.model.ewma_decay)
+    sessions = market_calendar(settings).sessions
+    spans = history.night_spans(
+        hist, None if sessions is None else sessions.opens, model.night_variance_share, model.bars_per_day,
+        model.bar_seconds,
+    )  # fmt: skip
+    cov = history.model_covariance(hist, model.ewma_decay, model.bars_per_day, model.bar_seconds, spans=spans)
+    returns = hist.log_returns() if spans is None else hist.log_returns() / np.sqrt(spans)[:, np.newaxis]
+    _, z, observed = standardized_history(returns, settings.model.ewma_decay)
     return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z, observed)
 
 

@@ -283,7 +283,37 @@ def classify_spacing(timestamps: Float64Array, *, path: Path | str = "<data>", l
     return Spacing(kind, median, int(steps.size - regular))
 
 
-def model_covariance(history: History, decay: float, bars_per_day: int, bar_seconds: float) -> Float64Array:
+def night_spans(
+    history: History, opens: Float64Array | None, night_share: float, bars_per_day: int, bar_seconds: float
+) -> Float64Array | None:
+    """Bars of the model's variance each of the history's returns spans, with the nights between its rows
+    (:func:`engine.math_logic.session_spans`, in the file's own bars), or None when no return is rescaled: no
+    share, no calendar (``opens`` None: a ``24/7`` market) or a file whose bar is a session or longer (a daily or
+    weekly close-to-close bar already spans its nights).
+
+    ``opens``: the calendar's session opens (epoch seconds, ascending). A row's nights are the opens between its
+    timestamp and the one before (the timestamps are the file's: UTC where the file gives no zone); a row before
+    the calendar's first open counts none. As in the stream daemon, so a warm-up from a minute file seeds the
+    matrix the stream would have built from the same bars.
+    """
+    scale = history.spacing.model_bars(bars_per_day, bar_seconds)
+    if night_share == 0.0 or opens is None or opens.size == 0 or scale >= bars_per_day:
+        return None
+    ts = history.timestamps
+    at = np.searchsorted(opens, ts, side="right") - 1  # the session each row belongs to (-1: before the first)
+    nights = np.maximum(np.diff(at), 0).astype(np.float64)
+    nights[at[:-1] < 0] = 0.0
+    return math_logic.session_spans(np.ones(nights.size), nights, night_share, bars_per_day, scale)
+
+
+def model_covariance(
+    history: History,
+    decay: float,
+    bars_per_day: int,
+    bar_seconds: float,
+    *,
+    spans: Float64Array | None = None,
+) -> Float64Array:
     """EWMA covariance of the history's own log returns, expressed per model bar (``bars_per_day`` bars of
     ``bar_seconds`` a day: ``settings.model``).
 
@@ -293,7 +323,8 @@ def model_covariance(history: History, decay: float, bars_per_day: int, bar_seco
     bar is ``b`` trading days, the store keeps ``C_b / (b · bars_per_day)``: a one-day VaR then scales it back
     by ``bars_per_day`` and gives ``z · sqrt(wᵀ C_b w / b)``, exactly the EWMA answer of daily returns for a
     daily file (``b = 1``). A file whose bar is the model bar (``b · bars_per_day = 1``: a minute file under
-    one-minute model bars) is stored unscaled.
+    one-minute model bars) is stored unscaled. ``spans`` (:func:`night_spans`): each return is first divided by
+    the square root of the bars of variance it spans, as the stream daemon divides a return across a night.
 
     Raises :class:`HistoryError` unless the file can estimate a positive definite matrix (module docstring,
     "Enough moving data"): a ticker of zero variance, fewer returns than tickers, or a smallest eigenvalue of the
@@ -302,6 +333,8 @@ def model_covariance(history: History, decay: float, bars_per_day: int, bar_seco
     semi-definite to rounding (:func:`_check_positive_definite`).
     """
     returns = history.log_returns()
+    if spans is not None:
+        returns = returns / np.sqrt(spans)[:, np.newaxis]
     cov = math_logic.ewma_covariance_from_returns(returns, decay=decay)
     _check_positive_definite(history, returns, cov)
     scale = history.spacing.model_bars(bars_per_day, bar_seconds)

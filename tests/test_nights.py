@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,6 +28,8 @@ from engine.sessions import sessions_for
 from engine.settings import Settings, load_settings
 from engine.store import Store
 from engine.stream import StreamDaemon
+
+from .conftest import merge
 
 ROOT = Path(__file__).resolve().parent.parent
 NY = ZoneInfo("America/New_York")
@@ -239,3 +241,37 @@ def test_a_daily_replay_gets_no_night_its_bar_already_spans_one(make_settings: C
     assert PriceFilter.for_feed(settings, daily).sessions is None  # so the stream keeps its spans at one
     always = make_settings({"model": {"night_variance_share": 0.54}, "market": {"calendar": "24/7"}})
     assert PriceFilter.for_feed(always, IterableFeed([])).sessions is None
+
+
+# -- the warm-up from a minute file --------------------------------------------------------------------------
+
+
+def test_a_warm_up_from_a_minute_file_scales_its_nights_as_the_stream_does(
+    store: Store, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from engine.history import read_history
+
+    from .test_history import FIVE, TICKERS, _ewma_from_scratch, _write_wide
+
+    phi = shipped_share()
+    settings = make_settings(merge(FIVE, {"model": {"night_variance_share": phi}}))
+    rng = np.random.default_rng(8)
+    # Monday and Tuesday 2 March 2026 (before daylight saving: 09:30 New York is 14:30 UTC), 120 minutes each
+    stamps = [datetime(2026, 3, day, 14, 30, tzinfo=UTC) + timedelta(minutes=i) for day in (2, 3) for i in range(120)]
+    closes = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.001, (len(stamps), len(TICKERS))), axis=0))
+    closes[120] *= 0.97  # Tuesday opens 3 % down
+    path = _write_wide(tmp_path / "minutes.csv", [s.isoformat() for s in stamps], closes)
+
+    warmup.seed(store, settings, history=warmup.read_history(path, settings), now=1.0)
+
+    returns = np.log(closes[1:] / closes[:-1])
+    spans = np.full(len(returns), 1.0 / (1.0 + phi))  # written out: the open-market minutes ...
+    spans[119] = (1.0 + phi * 390) / (1.0 + phi)  # ... and the return from Monday's last minute to Tuesday's open
+    expected = _ewma_from_scratch(returns / np.sqrt(spans)[:, np.newaxis])
+    np.testing.assert_allclose(store.read_market().cov, expected, rtol=1e-12)
+    assert read_history(path).spacing.kind.value == "minute"
+    # a 24/7 market has no nights: the file's returns as they are
+    always = make_settings(merge(FIVE, {"model": {"night_variance_share": phi}, "market": {"calendar": "24/7"}}))
+    store.client.flushdb()
+    warmup.seed(store, always, history=warmup.read_history(path, always), now=1.0)
+    np.testing.assert_allclose(store.read_market().cov, _ewma_from_scratch(returns), rtol=1e-12)
