@@ -213,7 +213,8 @@ APPEND_POINT_LUA = """
 -- append_point(snapshot key, stream key, version, snapshot JSON, entry ms, oldest ms kept, stream cap, row[,
 -- mode]): the snapshot is replaced unless the stored one has a higher version (mode 's': replaced, 'k': kept,
 -- the caller knows the stored version); the point is appended with id <ms>-0, or the stream's last id plus one
--- when that is not greater; the stream is trimmed to the oldest ms kept. Returns the entry id.
+-- when that is not greater, unless the stream's last entry is this point in this ms (the same script re-sent
+-- after its reply was lost: it committed); the stream is trimmed to the oldest ms kept. Returns the entry id.
 local function append_point(snapshot_key, stream_key, version, json, ms, minid, cap, row, mode)
   if mode == 's' then
     redis.call('SET', snapshot_key, json)
@@ -225,6 +226,10 @@ local function append_point(snapshot_key, stream_key, version, json, ms, minid, 
   local id = ms .. '-0'
   local added = redis.pcall('XADD', stream_key, 'MAXLEN', '~', cap, id, 'p', row)
   if type(added) == 'table' and added.err then
+    local newest = redis.call('XREVRANGE', stream_key, '+', '-', 'COUNT', 1)[1]
+    if newest and newest[2][2] == row and string.match(newest[1], '^(%d+)') == tostring(ms) then
+      return newest[1]  -- this very point, sent again by a client whose first reply was lost: not twice
+    end
     local info = redis.call('XINFO', 'STREAM', stream_key)
     local last = '0-0'
     for i = 1, #info, 2 do

@@ -108,7 +108,8 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 # offset of the entry's bucket in it (every portfolio's point falls in the same bucket); then per portfolio:
 #   the owner stamp its peaks hash held when the tick began ('' = none): a portfolio whose stamp is another now
 #   (another writer touched it since: a fill that ended a position, a book sync, another monitor) is written not
-#   at all, and its place in the call (0-based) is returned, for the tick to redo it;
+#   at all, and its place in the call (0-based) is returned, for the tick to redo it; one that holds this write's
+#   stamp already was written by this very script (re-sent by the client after its reply was lost): not again;
 #   the snapshot (codec.encode_snapshot; '' = none this tick: peaks and marks only);
 #   a record (:data:`_COUNTS`, then bytes): n peaks pairs, n marks to set, n marks to delete (uint32 each); with
 #   a snapshot, 's' (replace the stored one) or 'k' (keep it: of a higher version, which this writer knows, read
@@ -143,7 +144,9 @@ for p = 0, #KEYS / nkeys - 1 do
   local npeak, nset, ndel = struct.unpack('<I4I4I4', record)
   a = a + 3
   if held ~= expect then  -- touched since the tick began: nothing of it written
-    touched[#touched + 1] = p
+    -- unless it holds this write's own stamp: this very script ran before (a client re-sent it after a lost
+    -- reply) and wrote it; it is done, not touched
+    if held ~= stamp then touched[#touched + 1] = p end
     a = a + 2 * npeak + ndel
   else
     redis.call('HSET', KEYS[k + 3], '""" + OWNER_FIELD + """', stamp, unpack(ARGV, a, a + 2 * npeak - 1))

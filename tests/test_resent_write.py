@@ -1,0 +1,81 @@
+"""A write whose reply was lost and that the client sent again (redis-py retries a command or a MULTI once a
+connection error hides whether it ran, with its default ``Retry``): the second send must change nothing, not add a
+second history point of the tick nor send the monitor into a redo of portfolios it already wrote.
+
+The client's re-send is reproduced exactly: every transaction the monitor executes is executed twice with the same
+commands, and the second reply is the one the monitor sees (the first was "lost").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+
+from engine.feeds import SimulatedFeed
+from engine.settings import Settings
+from engine.store import Store
+from engine.stream import StreamDaemon
+from logic import batch_tick
+from logic.monitor import Monitor
+
+WEDNESDAY = datetime(2024, 3, 6, 15, 0, tzinfo=UTC).timestamp()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = WEDNESDAY
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _bar(store: Store, settings: Settings, seed: int) -> None:
+    StreamDaemon(store, settings, SimulatedFeed.from_settings(settings, seed=seed), interval=0).run(ticks=1)
+
+
+def _sent_twice(pipe: Any) -> Any:
+    """``pipe`` whose :meth:`execute` runs its queued commands, then queues and runs the very same ones again and
+    returns the second reply (the first send committed; its reply was lost)."""
+    execute = pipe.execute
+
+    def again(raise_on_error: bool = True) -> Any:
+        stack = [(args, dict(options)) for args, options in pipe.command_stack]
+        execute(raise_on_error)
+        pipe.multi()
+        for args, options in stack:
+            pipe.execute_command(*args, **options)
+        return execute(raise_on_error)
+
+    pipe.execute = again
+    return pipe
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_a_monitor_write_sent_twice_stores_each_tick_once(
+    seeded_store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch, vectorised: bool
+) -> None:
+    clock = _Clock()
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0, vectorised=vectorised)
+    _bar(seeded_store, settings, 0)
+    monitor.process_available()  # the first tick loads every portfolio: written once, normally
+    real_pipeline = redis.Redis.pipeline
+
+    def pipeline(self: redis.Redis, transaction: bool = True, shard_hint: Any = None) -> Any:
+        return _sent_twice(real_pipeline(self, transaction, shard_hint))
+
+    for i in range(1, 4):
+        clock.t += 1.0
+        _bar(seeded_store, settings, i)
+        with monkeypatch.context() as m:  # only the monitor's writes are sent twice
+            m.setattr(batch_tick, "slot_transaction", lambda client: _sent_twice(client.pipeline(transaction=True)))
+            if not vectorised:  # the per-portfolio loop writes each portfolio in a MULTI of its own
+                m.setattr(redis.Redis, "pipeline", pipeline)
+            assert monitor.process_available() == 1
+
+    for pid in ("main", "hedge"):
+        versions = [int(p["version"]) for p in seeded_store.read_history(pid)]
+        assert versions == [1, 2, 3, 4], (pid, versions)
+    assert monitor.stats.ticks_redone == 0
