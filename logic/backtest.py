@@ -20,7 +20,7 @@ Each bar
      method at once, so all methods are scored on the same observations.
 2. Forecasts whose horizon ends at this bar are closed: the realized P&L of the positions held at the forecast,
    ``Σ_i q_i (P_{t,i} - P_{start,i})`` (hypothetical, "clean" P&L: no trades, no fees), against each method's VaR;
-   a hit is ``-P&L > VaR``.
+   a hit is ``-P&L > VaR`` (of the bars of variance the horizon spanned: Spans below).
 3. New forecasts are made with exposures ``x = q · P_t``: on the ``bar`` track every bar (one-bar VaR), on the
    ``limit`` track when the previous ``horizon_bars`` horizon has closed (non-overlapping horizons).
    Models: :func:`logic.var_methods.risk_model` with the current Σ; ``student_t`` with
@@ -49,6 +49,16 @@ Without a missing entry everything is computed exactly as before the mask. The s
 :meth:`Backtester.to_dict` as ``"missing"`` (the window's ``[row, column]`` pairs), :meth:`Backtester.ring` as
 NaN (the one value a window entry never is; any other NaN or an infinity is damage); a state without either, as
 stored before, has every entry observed.
+
+Spans
+-----
+A bar spans ``S`` bars of the model's variance (the tick event's ``span``, :meth:`Backtester.step`'s): 1, or with
+``model.night_variance_share`` on a calendar with sessions less for a bar of the open market and more for the first
+after a night (:func:`math_logic.session_spans`). ``since`` sums the spans of the bars since each ticker's last new
+price and its return enters the model as ``r / sqrt(since + S)`` (:func:`math_logic.per_bar_returns`), as in the
+stream's model. A forecast for ``h`` bars closes after ``h`` bars fed spanning ``E`` (``OpenForecast.elapsed``) and
+is scored as ``-P&L > VaR · sqrt(E / h)`` (square root of time; ``Observation.scale``): an opening gap is checked
+against a night's VaR, not a minute's. With every span 1 (a CSV, φ = 0) every number and stored byte is as before.
 
 Statistics per track and method, on the observations only (a flat book's bars are counted apart, ``flat``): all
 of them (count, exceedances, Kupiec POF, Christoffersen independence from the running transition counts, the
@@ -95,8 +105,6 @@ ROLLING_OBSERVATIONS = BASEL_OBSERVATIONS
 
 _MISSING_BITS = np.float64(np.nan).view(np.uint64)
 """The bits of the NaN that marks a missing entry in :meth:`Backtester.ring` (``numpy.nan``'s, 0x7FF8...0)."""
-
-
 
 
 class Track(StrEnum):
@@ -203,10 +211,15 @@ class Observation:
     pnl: float
     """Realized P&L of the positions held at ``start``, dollars."""
     var: Mapping[VarMethod, float]
+    """Each method's VaR as forecast, for the forecast's horizon."""
     hit: Mapping[VarMethod, bool]
+    """``-pnl > var · scale``."""
+    scale: float = 1.0
+    """``sqrt(E / h)``: the VaR's scale to the ``E`` bars of variance the horizon's ``h`` bars spanned (the tick
+    events' ``span``; 1: ``E = h``, the VaR itself). In the dict only when it is not 1."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "track": str(self.track),
             "start": self.start,
             "end": self.end,
@@ -214,6 +227,9 @@ class Observation:
             "var": {str(m): v for m, v in self.var.items()},
             "hit": {str(m): h for m, h in self.hit.items()},
         }
+        if self.scale != 1.0:
+            d["scale"] = self.scale
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Observation:
@@ -224,6 +240,7 @@ class Observation:
             pnl=float(d["pnl"]),
             var={VarMethod(m): float(v) for m, v in d["var"].items()},
             hit={VarMethod(m): bool(h) for m, h in d["hit"].items()},
+            scale=float(d.get("scale", 1.0)),
         )
 
 
@@ -240,7 +257,8 @@ class Backtester:
         """Index of the last bar fed (-1: none)."""
         self.last_prices: Float64Array | None = None
         self.since: Float64Array = np.zeros(n)
-        """Bars fed since each ticker's last new price (0: in the last bar): its next return spans ``since + 1``."""
+        """Bars of variance fed since each ticker's last new price (the bars' ``span``s summed; 0: in the last
+        bar): its next return spans ``since + S``, ``S`` the span of the bar that brings it."""
         self.seed: list[Float64Array] = []
         self.cov: Float64Array | None = None
         # the window is rows [_end - window_count, _end) of a buffer a quarter longer: a push writes one row and
@@ -295,9 +313,10 @@ class Backtester:
         lo, hi = self.config.dof_bounds
         return math_logic.fit_student_t_dof(self.window, lo, hi, observed=self._window_mask())
 
-    def _spans(self) -> Float64Array | None:
-        """Bars the next returns span (``since + 1``), or None when each spans one (the same bits as before)."""
-        return self.since + 1.0 if self.since.any() else None
+    def _spans(self, span: float = 1.0) -> Float64Array | None:
+        """Bars of variance the returns of a bar of ``span`` span (``since + span``), or None when each spans one
+        (the same bits as before spans)."""
+        return self.since + span if span != 1.0 or self.since.any() else None
 
     def _update_model(self, r: Float64Array, gaps: Float64Array | None = None) -> None:
         """One return (spanning ``gaps`` bars, :func:`math_logic.per_bar_returns`) into the seed or the model."""
@@ -469,6 +488,7 @@ class Backtester:
         label: str | None = None,
         *,
         observed: npt.ArrayLike | None = None,
+        span: float = 1.0,
     ) -> list[Observation]:
         """Feed one bar (:func:`step_many` of this backtester alone: the monitor's code path).
 
@@ -483,6 +503,8 @@ class Backtester:
         observed : array_like of bool, shape (N,), optional
             Which tickers had a new price in this bar (the tick event's); the others' prices are carried
             forward and their return is a missing entry of the window (module docstring). None: every ticker.
+        span : float
+            Bars of the model's variance the bar spans (the tick event's ``span``, > 0; module docstring).
 
         Returns
         -------
@@ -491,7 +513,7 @@ class Backtester:
 
         Bad input raises ValueError before any state changes.
         """
-        return step_many([(self, prices, qty, label)], observed=[observed])[0]
+        return step_many([(self, prices, qty, label)], observed=[observed], span=span)[0]
 
     def _checked(self, prices: npt.ArrayLike, qty: npt.ArrayLike) -> tuple[Float64Array, Float64Array]:
         p = self._vector(prices, "prices")
@@ -500,23 +522,34 @@ class Backtester:
         return p, self._vector(qty, "qty")
 
     def _advance(
-        self, p: Float64Array, name: str, *, updated: bool = False, observed: npt.NDArray[np.bool_] | None = None
+        self,
+        p: Float64Array,
+        name: str,
+        *,
+        updated: bool = False,
+        observed: npt.NDArray[np.bool_] | None = None,
+        span: float = 1.0,
     ) -> list[Observation]:
         """The bar's return updates the model (unless ``updated``: :func:`step_many` did it); the horizons ending
-        here close. ``observed``: which tickers had a new price (None: all), for the bars since each one's last."""
+        here close. ``observed``: which tickers had a new price (None: all), for the bars since each one's last;
+        ``span``: the bars of variance this bar spans, for the same and for the open horizons."""
         closed: list[Observation] = []
         self.skipped = frozenset()
         if self.last_prices is not None:
             if not updated:
-                self._update_model(math_logic.log_returns(self.last_prices, p), self._spans())
+                self._update_model(math_logic.log_returns(self.last_prices, p), self._spans(span))
             # a new price, or one that moved since the last bar fed (as logic.backtest_kernels.ewma_observed)
             printed = None if observed is None else observed | (p != self.last_prices)
-            self.since = np.where(printed, 0.0, self.since + 1.0) if printed is not None else np.zeros_like(p)
+            self.since = np.where(printed, 0.0, self.since + span) if printed is not None else np.zeros_like(p)
         self.bar += 1
         for track in Track:
             pending = self.pending.get(track)
-            if pending is not None and pending.end_bar == self.bar:
-                closed.append(self._close(track, pending, p, name))
+            if pending is None:
+                continue
+            h = self._horizon(track)
+            pending.elapse(span, self.bar - 1 - (pending.end_bar - h))
+            if pending.end_bar == self.bar:
+                closed.append(self._close(track, pending, p, name, h))
                 del self.pending[track]
         self.last_prices = p
         return closed
@@ -528,7 +561,7 @@ class Backtester:
         for track in Track:
             if track in self.pending:
                 continue
-            h = 1 if track is Track.BAR else self.config.horizon_bars
+            h = self._horizon(track)
             if h == 1 and one_bar is not None:
                 var = dict(one_bar)
             else:
@@ -536,6 +569,10 @@ class Backtester:
             if h == 1:
                 one_bar = var
             self.pending[track] = OpenForecast(name, self.bar + h, q, p, var)
+
+    def _horizon(self, track: Track) -> int:
+        """Bars fed a forecast of ``track`` is for."""
+        return 1 if track is Track.BAR else self.config.horizon_bars
 
     def _skip_flat(self) -> None:
         """The book is flat at this bar (after :meth:`_advance`, once ready): the tracks with no forecast open,
@@ -546,12 +583,20 @@ class Backtester:
                 counts.skip()
         self.skipped = skipped
 
-    def _close(self, track: Track, pending: OpenForecast, prices: Float64Array, label: str) -> Observation:
+    def _close(self, track: Track, pending: OpenForecast, prices: Float64Array, label: str, h: int) -> Observation:
+        """The forecast for ``h`` bars, closed after ``h`` bars fed of ``E`` bars of variance, is scored as
+        ``-P&L > VaR · sqrt(E / h)`` (module docstring); ``E = h`` scores the VaR itself."""
         pnl = float(pending.qty @ (prices - pending.prices))
-        hits = {m: -pnl > v for m, v in pending.var.items()}
+        elapsed = pending.variance_bars(h)
+        if elapsed == h:  # the horizon forecast: the VaR itself
+            scale, scored = 1.0, pending.var
+        else:
+            scale = math.sqrt(elapsed / h)
+            scored = {m: v * scale for m, v in pending.var.items()}
+        hits = {m: -pnl > v for m, v in scored.items()}
         for method, hit in hits.items():
             self.counts[track][method].add(hit)
-        observation = Observation(track, pending.start, label, pnl, dict(pending.var), hits)
+        observation = Observation(track, pending.start, label, pnl, dict(pending.var), hits, scale)
         self.records.append(observation)
         return observation
 
@@ -652,8 +697,8 @@ class Backtester:
                 bt.last_prices = bt._vector(d["last_prices"], "last_prices")
             if d.get("since") is not None:  # none: stored before the count was kept, every next return one bar
                 bt.since = bt._vector(d["since"], "since")
-                if (bt.since < 0.0).any() or (bt.since != np.floor(bt.since)).any():
-                    raise ValueError("since must hold whole numbers of bars >= 0")
+                if (bt.since < 0.0).any():  # bars of variance: whole bars only while every span is 1
+                    raise ValueError("since must hold numbers of bars >= 0")
             if d["cov"] is not None:
                 cov = np.array(d["cov"], dtype=np.float64, order="C")
                 if cov.shape != (n, n):

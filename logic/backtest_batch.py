@@ -62,8 +62,9 @@ def _group(items: Iterable[_Item], key: Callable[[Backtester], Hashable]) -> dic
     return groups
 
 
-def _update_models(items: list[_Item]) -> set[int]:
-    """The EWMA step of every backtester past its seed (:meth:`Backtester._update_model`), batched by shape;
+def _update_models(items: list[_Item], span: float = 1.0) -> set[int]:
+    """The EWMA step of every backtester past its seed (:meth:`Backtester._update_model`) for a bar of ``span``
+    bars of variance, batched by shape;
     returns the ids of those updated (their return pushed into the window, with which entries are observations:
     :func:`logic.backtest_kernels.observed_entries`). Every group is computed (on copies) before any backtester
     changes: a return that is not finite raises ValueError with no state changed."""
@@ -79,9 +80,9 @@ def _update_models(items: list[_Item]) -> set[int]:
             given = np.stack([np.ones(len(group[0][0].tickers), dtype=bool) if m is None else m for m in masks])
         entries = kernels.observed_entries(covs, last, prices, given)  # the variances before the update
         ewma = kernels.ewma_observed(last, prices, given)  # a ticker without a new price keeps its variance
-        gaps = None  # bars each return spans since its ticker's last new price; None: one each (same bits)
-        if any(bt.since.any() for bt, *_ in group):
-            gaps = kernels.as_stack([bt.since + 1.0 for bt, *_ in group])
+        gaps = None  # bars of variance each return spans since its ticker's last new price; None: one each
+        if span != 1.0 or any(bt.since.any() for bt, *_ in group):
+            gaps = kernels.as_stack([bt.since + span for bt, *_ in group])
         z = kernels.ewma_standardize_and_update(covs, last, prices, group[0][0].config.decay, ewma, gaps)
         full: list[bool] = np.all(entries, axis=1).tolist()
         updates.append((group, covs, z, entries, full))
@@ -126,10 +127,11 @@ def step_many(
     items: Sequence[tuple[Backtester, npt.ArrayLike, npt.ArrayLike, str | None]],
     *,
     observed: Sequence[npt.ArrayLike | None] | None = None,
+    span: float = 1.0,
 ) -> list[list[Observation]]:
     """Feed one bar to each of several backtesters: ``(backtester, prices, qty, label)`` as :meth:`Backtester.step`
-    takes them, and ``observed``, one per item (or None for all), as ``step`` takes it; returns each one's closed
-    horizons.
+    takes them, ``observed``, one per item (or None for all), and ``span``, the bar's (one tick event's: the same
+    for every book), as ``step`` takes them; returns each one's closed horizons.
 
     The only implementation of a bar (``step`` is this with one item): the model updates and the forecasts of
     backtesters of one shape are computed together (:mod:`logic.backtest_kernels`, the same floats as one at a
@@ -137,14 +139,17 @@ def step_many(
     state changes, of any backtester; a backtester listed twice is refused."""
     if len({id(item[0]) for item in items}) != len(items):
         raise ValueError("a backtester is listed twice")
+    span = float(span)
+    if not (math.isfinite(span) and span > 0.0):
+        raise ValueError(f"span must be a finite number of bars > 0, got {span!r}")
     if observed is not None and len(observed) != len(items):
         raise ValueError(f"observed has {len(observed)} masks for {len(items)} backtesters")
     checked: list[_Item] = []
     for k, (bt, prices, qty, label) in enumerate(items):
         mask = bt._observed_row(None if observed is None else observed[k])
         checked.append((bt, *bt._checked(prices, qty), str(bt.bar + 1) if label is None else str(label), mask))
-    updated = _update_models(checked)
-    closed = [bt._advance(p, name, updated=id(bt) in updated, observed=m) for bt, p, _, name, m in checked]
+    updated = _update_models(checked, span)
+    closed = [bt._advance(p, name, updated=id(bt) in updated, observed=m, span=span) for bt, p, _, name, m in checked]
     ready = [item for item in checked if item[0].ready]
     for bt, _, q, _, _ in ready:
         if not q.any():  # a flat book: no risk, no forecast, no observation (logic/backtest.py, step 3)

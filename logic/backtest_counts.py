@@ -204,25 +204,51 @@ class OpenForecast:
     qty: Float64Array
     prices: Float64Array
     var: dict[VarMethod, float]
+    elapsed: float | None = None
+    """Bars of variance the bars fed since the forecast spanned (the sum of their tick events' ``span``), which
+    the P&L at the close realized; None while each of them spanned one, so that it is the bars fed (derived from
+    the bar indices, nothing kept: a state stored before the field reads so too)."""
     shared: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
-    """:meth:`to_dict`, built once for :meth:`logic.backtest.Backtester.store_state` (an open forecast does not
-    change)."""
+    """:meth:`to_dict`, built once for :meth:`logic.backtest.Backtester.store_state` (an open forecast changes
+    only its :attr:`elapsed`, which :meth:`elapse` writes into it)."""
+
+    def elapse(self, span: float, fed: int) -> None:
+        """One more bar fed, spanning ``span`` bars of variance; ``fed``: the bars fed since the forecast before
+        it (what :attr:`elapsed` None stands for)."""
+        if self.elapsed is None:
+            if span == 1.0:
+                return  # still one bar each: nothing kept, the stored bytes as before spans
+            self.elapsed = float(fed)
+        self.elapsed += span
+        if self.shared is not None:  # a new dict (one written may still be read): the arrays' lists shared
+            self.shared = {**self.shared, "elapsed": self.elapsed}
+
+    def variance_bars(self, bars: int) -> float:
+        """:attr:`elapsed` once ``bars`` bars were fed since the forecast."""
+        return float(bars) if self.elapsed is None else self.elapsed
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "start": self.start,
             "end_bar": self.end_bar,
             "qty": self.qty.tolist(),
             "prices": self.prices.tolist(),
             "var": {str(m): v for m, v in self.var.items()},
         }
+        if self.elapsed is not None:  # only then: the state of a feed of one-bar spans is the same bytes
+            d["elapsed"] = self.elapsed
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OpenForecast:
+        elapsed = None if d.get("elapsed") is None else float(d["elapsed"])
+        if elapsed is not None and not (np.isfinite(elapsed) and elapsed >= 0.0):
+            raise ValueError(f"elapsed must be a finite number of bars >= 0, got {elapsed!r}")
         return cls(
             start=str(d["start"]),
             end_bar=int(d["end_bar"]),
             qty=np.array(d["qty"], dtype=np.float64),
             prices=np.array(d["prices"], dtype=np.float64),
             var={VarMethod(m): float(v) for m, v in d["var"].items()},
+            elapsed=elapsed,
         )

@@ -62,9 +62,10 @@ def ewma_standardize_and_update(
         :func:`math_logic.ewma_partial_factors` (:func:`math_logic.update_covariance_ewma_observed`'s bits; a
         row observed everywhere gets exactly the plain update's). None: every one.
     gaps : ndarray, shape (B, N), optional
-        Bars each return spans since its ticker's previous price (>= 1): both steps see ``r / sqrt(g)``
+        Bars of variance each return spans since its ticker's previous price (> 0): both steps see ``r / sqrt(g)``
         (:func:`math_logic.per_bar_returns`, the same bits). None: every return is of one bar. The backtester
-        passes its count of bars since each ticker's last new price plus one (``Backtester.since``).
+        passes its bars of variance since each ticker's last new price plus the bar's span (``Backtester.since``;
+        with ``model.night_variance_share`` a bar of the open market spans less than one).
 
     Returns
     -------
@@ -77,8 +78,8 @@ def ewma_standardize_and_update(
     if not np.isfinite(returns).all():  # math_logic.ewma_standardize_and_update refuses them too
         raise ValueError("returns contain NaN or infinite values")
     if gaps is not None:
-        if gaps.shape != returns.shape or not np.isfinite(gaps).all() or (gaps < 1.0).any():
-            raise ValueError("gaps must be finite and >= 1, one per return")
+        if gaps.shape != returns.shape or not np.isfinite(gaps).all() or (gaps <= 0.0).any():
+            raise ValueError("gaps must be finite and > 0, one per return")
         returns = returns / np.sqrt(gaps)
     vol = np.sqrt(np.clip(np.diagonal(covs, axis1=1, axis2=2), 0.0, None))
     z = np.zeros_like(returns)
