@@ -357,7 +357,7 @@ class BacktestBooks:
             fed.append((pid, bt, kept, continued and book.ring, (bt.pushed, len(bt.seed))))  # type: ignore[union-attr]
         out: dict[str, Fed] = {}
         tick = uuid.uuid4().hex  # a token per write: this feed's own prefix, then the portfolio's place in it
-        closed_all = step_many(items, observed=observed)
+        closed_all = step_many(items, observed=observed, span=event.span)  # the bar's bars of variance
         for k, ((pid, bt, kept, ring, pushed), closed) in enumerate(zip(fed, closed_all, strict=True)):
             summary = summary_of(bt, kept, frozenset(o.track for o in closed) | bt.skipped)
             row = bt.ring_row(*pushed) if ring else None
