@@ -60,6 +60,9 @@ one of them. Student-t's degrees of freedom are fitted to the window of those ti
 only: a ticker without a new price in a bar (the tick event's ``observed``, engine/store/market.py ``TickEvent``)
 is a missing entry there, as in the live model's window (logic/backtest.py, "Missing entries"); the store's window
 ring marks it NaN, so the mask costs no byte more per bar and a ring stored before it reads as every entry observed.
+The event's ``span`` (the bars of the model's variance its bar spans: less than one for a bar of the open market,
+more across a night, with ``model.night_variance_share``) is fed with it, so the backtest's model is the stream's
+and a night's P&L is checked against a night's VaR (logic/backtest.py, "Spans").
 
 Alert metrics (the snapshot's ``backtest`` section, see :func:`section_for`; ``backtest.market_version`` is the
 bar it is of): ``backtest.exceedances`` and
