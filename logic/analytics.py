@@ -274,7 +274,8 @@ class StoredBacktest:
     tables: Mapping[str, pd.DataFrame]
     """Track (``bar``, ``limit``) -> one row per method: :data:`STORED_BACKTEST_COLUMNS`."""
     series: Mapping[str, pd.DataFrame]
-    """Track -> the kept closed horizons: start, end, pnl, then var_<method> and hit_<method> per method."""
+    """Track -> the kept closed horizons: start, end, pnl, then var_<method> and hit_<method> per method; the VaR
+    is the one the horizon's loss was checked against (``Observation.scale`` applied: over a night, a night's)."""
 
 
 def stored_backtest(summary: Mapping[str, Any], records: Iterable[Mapping[str, Any]]) -> StoredBacktest:
@@ -293,7 +294,8 @@ def stored_backtest(summary: Mapping[str, Any], records: Iterable[Mapping[str, A
     by_track: dict[str, list[dict[str, Any]]] = {t: [] for t in tables}
     for r in records:
         row: dict[str, Any] = {"start": r["start"], "end": r["end"], "pnl": r["pnl"]}
-        row.update({f"var_{m}": r["var"].get(m) for m in methods})
+        scale = float(r.get("scale", 1.0))  # the VaR scaled to the variance the horizon spanned (a night)
+        row.update({f"var_{m}": None if r["var"].get(m) is None else r["var"][m] * scale for m in methods})
         row.update({f"hit_{m}": bool(r["hit"].get(m)) for m in methods})
         by_track.setdefault(str(r["track"]), []).append(row)
     columns = ["start", "end", "pnl", *(f"var_{m}" for m in methods), *(f"hit_{m}" for m in methods)]

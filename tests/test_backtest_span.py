@@ -336,3 +336,18 @@ def test_the_runner_feeds_the_stream_daemons_night_span_into_the_backtests_model
         r = np.log(rows[1:, cols] / rows[:-1, cols]) / np.sqrt(spans)[:, None]
         np.testing.assert_allclose(np.array(bt.seed), r, rtol=1e-15, atol=0)
         assert bt.since.tolist() == [0.0, 0.0]
+
+
+def test_the_loss_chart_plots_the_var_each_loss_was_checked_against() -> None:
+    """A night's observation (``scale`` 2) is plotted against twice its one-bar VaR, so a loss between the two is
+    no exceedance on the chart either; a record without ``scale`` (every one before spans) is plotted as stored."""
+    from logic.analytics import stored_backtest
+
+    summary = {"methods": ["normal"], "confidence": 0.99, "tracks": {"bar": {"normal": {"observations": 2}}}}
+    night = {"track": "bar", "start": "a", "end": "b", "pnl": -150.0, "var": {"normal": 100.0},
+             "hit": {"normal": False}, "scale": 2.0}  # fmt: skip
+    minute = {"track": "bar", "start": "b", "end": "c", "pnl": -150.0, "var": {"normal": 100.0},
+              "hit": {"normal": True}}  # fmt: skip
+    series = stored_backtest(summary, [night, minute]).series["bar"]
+    assert series["var_normal"].tolist() == [200.0, 100.0]
+    assert ((-series["pnl"] > series["var_normal"]) == series["hit_normal"]).all()
