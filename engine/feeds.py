@@ -159,12 +159,22 @@ class SimulatedFeed:
         Timestamps of the bars.
     bars:
         Stop after this many bars (default: never).
+    night_share, opens, bars_per_day:
+        ``model.night_variance_share`` φ, the calendar's session opens (epoch seconds; None: a ``24/7`` market)
+        and ``model.bars_per_day`` B: the nights of the model (engine/math_logic.py ``session_spans``).
 
     Notes
     -----
     ``log(S_t / S_{t-1}) = m σ_i (L z)_i - (m σ_i)² / 2`` with ``L Lᵀ = R`` (the constant correlation
     matrix), ``z ~ N(0, I)`` and ``m`` the regime multiplier; a shock multiplies the price by ``1 + r``
     afterwards. The drift term makes each price a martingale.
+
+    With φ > 0 and a calendar the world simulated is the one the model assumes: ``σ_i`` is the one-bar
+    volatility of a whole day, its night included, so a bar of the open market has ``σ_i / sqrt(1 + φ)`` and a
+    bar stamped after ``n`` session opens since the previous one adds a night's draw of
+    ``σ_i sqrt(n φ B / (1 + φ))`` (its own ``z``, the same correlation): a day of ``B`` bars and its night has
+    the variance of ``B`` bars of ``σ_i``, as the settings' ``annual_vol`` says. Without it the stream's model
+    (which scales each open-market bar by ``sqrt(1 + φ)``) would settle at ``1 + φ`` times the configured variance.
     """
 
     name = "sim"
@@ -181,7 +191,16 @@ class SimulatedFeed:
         regimes: Iterable[VolRegime] = (),
         clock: Clock = time.time,
         bars: int | None = None,
+        night_share: float = 0.0,
+        opens: np.ndarray | None = None,
+        bars_per_day: float = 390.0,
     ) -> None:
+        if not (math.isfinite(night_share) and night_share >= 0.0):
+            raise FeedError(f"simulated feed: night_share must be a number >= 0, got {night_share!r}")
+        self.night_share = float(night_share)
+        self.opens = None if opens is None or self.night_share == 0.0 else np.asarray(opens, dtype=float)
+        self.bars_per_day = float(bars_per_day)
+        self._last_ts: float | None = None
         self.correlation = float(correlation)
         self.rng = np.random.default_rng(seed)
         self.shocks = tuple(shocks)
@@ -215,6 +234,13 @@ class SimulatedFeed:
             vols_per_bar = [assets[t].annual_vol / per_year for t in tickers]
         seed = settings.stream.seed if seed is None else seed
         rho = settings.universe.correlation
+        model = settings.model
+        if model.night_variance_share > 0.0 and "opens" not in kwargs:  # the model's nights (class docstring)
+            from engine.sessions import market_calendar  # noqa: PLC0415 - heavy: only with nights
+
+            sessions = market_calendar(settings).sessions
+            kwargs.update(night_share=float(model.night_variance_share), bars_per_day=float(model.bars_per_day),
+                          opens=None if sessions is None else sessions.opens)  # fmt: skip
         return cls(tickers, prices, vols_per_bar, rho, seed=seed, **kwargs)  # type: ignore[arg-type]
 
     def _set_universe(self, tickers: list[str], prices: np.ndarray, vols: np.ndarray) -> None:
@@ -266,7 +292,18 @@ class SimulatedFeed:
         m = self.multiplier(k)
         z = self.rng.standard_normal(len(self.tickers))
         sigma = m * self.vols
+        ts = self.clock()
+        nights = 0
+        if self.opens is not None:  # the class docstring: a bar of the open market, and the nights since the last
+            sigma = sigma / math.sqrt(1.0 + self.night_share)
+            if self._last_ts is not None:
+                at = np.searchsorted(self.opens, [self._last_ts, ts], side="right")
+                nights = int(at[1] - at[0])
         log_ret = sigma * (self._chol @ z) - 0.5 * sigma**2
+        if nights > 0:
+            night = sigma * math.sqrt(nights * self.night_share * self.bars_per_day)
+            log_ret += night * (self._chol @ self.rng.standard_normal(len(self.tickers))) - 0.5 * night**2
+        self._last_ts = ts
         prices = self.prices * np.exp(log_ret)
         for shock in self.shocks:
             if shock.bar == k:
@@ -275,7 +312,7 @@ class SimulatedFeed:
                 elif shock.ticker in self.tickers:
                     prices[self.tickers.index(shock.ticker)] *= 1.0 + shock.simple_return
         self.prices = prices
-        return Bar(ts=self.clock(), prices=dict(zip(self.tickers, prices.tolist(), strict=True)))
+        return Bar(ts=ts, prices=dict(zip(self.tickers, prices.tolist(), strict=True)))
 
     def __iter__(self) -> Iterator[Bar]:
         while self.max_bars is None or self.bar_index < self.max_bars:

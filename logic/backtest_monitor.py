@@ -7,7 +7,9 @@ held at it, so every configured method (``model.backtest_methods``) forecasts th
 same bar and is checked against the same clean P&L (the positions held at the forecast, revalued at the close of
 the horizon): at one bar and at the limit's horizon (non-overlapping), at ``model.backtest_confidence``. It is
 the code path of ``python -m logic.backtest`` (:func:`backtest_config` gives the same configuration), so a replay
-through the daemons and the CLI on the same closes agree exactly.
+through the daemons and the CLI on the same closes agree exactly where every bar spans one (daily and weekly
+closes, or ``model.night_variance_share`` 0): the CLI knows no calendar, so a minute file spanning nights is fed
+there without the tick events' ``span``.
 
 Horizons of fed bars
 --------------------

@@ -220,6 +220,23 @@ def test_a_monday_gap_enters_the_model_as_a_night_and_the_tick_event_says_so(
     )
 
 
+def test_a_ticker_added_between_two_sessions_of_a_replay_leaves_the_nights_span_on_the_tick_event(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    """``warmup.py --add`` stamps the snapshot with the wall clock, far from a replay's bar times: the bar's span
+    is read from the price times of the tickers priced in the bar before, not from the snapshot's time."""
+    phi = shipped_share()
+    settings = make_settings({"model": {"night_variance_share": phi}})
+    warmup.seed(store, settings, now=ny("2026-11-20T15:58"))
+    _stream(store, settings, [("2026-11-20T15:59", 100.0), (FRI_CLOSE, 100.0)])
+    warmup.add_ticker(store, settings, "EEE", 10.0, 0.2)  # now: the wall clock
+
+    _stream(store, settings, [(MON_OPEN, 97.0)])
+
+    event = store.read_ticks(1, newest_first=True)[0]
+    assert event.span == pytest.approx((1.0 + phi * 390) / (1.0 + phi), rel=1e-15)
+
+
 def test_without_a_share_the_gap_is_one_more_minute_as_before(
     store: Store, make_settings: Callable[..., Settings]
 ) -> None:
@@ -275,3 +292,55 @@ def test_a_warm_up_from_a_minute_file_scales_its_nights_as_the_stream_does(
     store.client.flushdb()
     warmup.seed(store, always, history=warmup.read_history(path, always), now=1.0)
     np.testing.assert_allclose(store.read_market().cov, _ewma_from_scratch(returns), rtol=1e-12)
+
+
+# -- the simulated feed lives in the model's world -------------------------------------------------------------
+
+
+def test_the_simulated_feed_draws_open_market_bars_and_a_night_as_the_model_assumes() -> None:
+    from engine.feeds import SimulatedFeed
+
+    phi, vols, rho = 0.54, np.array([0.001, 0.002]), 0.3
+    stamps = iter([ny("2026-11-20T15:59"), ny(FRI_CLOSE), ny(MON_OPEN), ny("2026-11-23T09:31")])
+    feed = SimulatedFeed(["AAA", "BBB"], [100.0, 50.0], vols, rho, seed=9, clock=lambda: next(stamps),
+                         night_share=phi, opens=sessions_for("XNYS").opens, bars_per_day=390)  # fmt: skip
+    bars = [feed.step() for _ in range(4)]
+
+    # written out with the same generator: each bar's draw, then the weekend's own draw on Monday's open
+    rng = np.random.default_rng(9)
+    chol = np.linalg.cholesky(np.array([[1.0, rho], [rho, 1.0]]))
+    u = vols / math.sqrt(1.0 + phi)
+    night = u * math.sqrt(phi * 390)
+    prices, expected = np.array([100.0, 50.0]), []
+    for k in range(4):
+        r = u * (chol @ rng.standard_normal(2)) - 0.5 * u**2
+        if k == 2:
+            r += night * (chol @ rng.standard_normal(2)) - 0.5 * night**2
+        prices = prices * np.exp(r)
+        expected.append(prices.copy())
+    for bar, want in zip(bars, expected, strict=True):
+        np.testing.assert_allclose([bar.prices["AAA"], bar.prices["BBB"]], want, rtol=1e-14)
+    # a day of 390 open bars and its night: the variance of 390 bars of the configured one-bar vol
+    np.testing.assert_allclose(390 * u**2 + night**2, 390 * vols**2, rtol=1e-14)
+
+
+def test_the_stream_models_the_simulated_feed_at_its_configured_volatility(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    """Within a session the feed's bars are ``1 / sqrt(1 + φ)`` of the configured vol and the model scales each
+    back by ``sqrt(1 + φ)``: the matrix is the one of φ = 0 (the demo's VaR is its settings' ``annual_vol``)."""
+    from engine.feeds import SimulatedFeed
+
+    covs = []
+    for phi in (0.0, 0.54):
+        store.client.flushdb()
+        settings = make_settings({"model": {"night_variance_share": phi}})
+        stamps = [ny("2026-11-23T10:00") + 60.0 * k for k in range(60)]
+        warmup.seed(store, settings, now=ny("2026-11-23T09:59"))
+        feed = SimulatedFeed.from_settings(settings, seed=5, clock=iter(stamps).__next__, bars=60)
+        written = iter(stamps).__next__  # the daemon stamps each bar as the feed did
+        StreamDaemon(store, settings, feed, interval=0, clock=written, clock_mode=ClockMode.LIVE).run()
+        covs.append(store.read_market().cov)
+    # equal but for the drift term of the feed's draws (-σ²/2 of the smaller σ): about 1e-5 of the variances,
+    # against 54 % without the feed's nights
+    np.testing.assert_allclose(covs[1], covs[0], rtol=1e-4, atol=1e-4 * float(np.diagonal(covs[0]).max()))
