@@ -42,6 +42,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from engine import math_logic
+from engine.defaults import BARS_PER_DAY
 from engine.errors import FeedError
 from engine.records import Clock
 from engine.settings import Settings, valid_symbol
@@ -193,7 +194,7 @@ class SimulatedFeed:
         bars: int | None = None,
         night_share: float = 0.0,
         opens: np.ndarray | None = None,
-        bars_per_day: float = 390.0,
+        bars_per_day: float = BARS_PER_DAY,
     ) -> None:
         if not (math.isfinite(night_share) and night_share >= 0.0):
             raise FeedError(f"simulated feed: night_share must be a number >= 0, got {night_share!r}")
