@@ -178,7 +178,7 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
         raise history.HistoryError(f"{path}:1: no price column for {missing}")
     hist = hist.reordered(tuple(settings.universe.assets))
     model = settings.model
-    sessions = market_calendar(settings).sessions
+    sessions = market_calendar(settings).sessions if model.night_variance_share > 0.0 else None  # heavy: if used
     spans = history.night_spans(
         hist, None if sessions is None else sessions.opens, model.night_variance_share, model.bars_per_day,
         model.bar_seconds,
