@@ -357,8 +357,10 @@ def test_the_backtests_batched_kernel_scales_by_the_gap_as_math_logic_does() -> 
 
     np.testing.assert_array_equal(z, expected_z)
     np.testing.assert_array_equal(covs, expected_covs)
-    with pytest.raises(ValueError, match="gaps"):
-        kernels.ewma_standardize_and_update(covs, last, prices, 0.94, gaps=np.full((3, 4), np.nextafter(1.0, 0.0)))
+    with pytest.raises(ValueError, match="gaps"):  # at the boundary: no variance spanned
+        kernels.ewma_standardize_and_update(covs, last, prices, 0.94, gaps=np.zeros((3, 4)))
+    tiny = np.full((3, 4), np.nextafter(0.0, 1.0))  # one unit over it: a span, however small (a night's share)
+    assert np.isfinite(kernels.ewma_standardize_and_update(covs.copy(), last, last, 0.94, gaps=tiny)).all()
 
 
 @pytest.mark.parametrize("missing", [1, 37, ml.FHS_MIN_OBSERVED - 1, ml.FHS_MIN_OBSERVED, ml.FHS_MIN_OBSERVED + 1])

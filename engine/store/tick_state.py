@@ -144,9 +144,7 @@ for p = 0, #KEYS / nkeys - 1 do
   local npeak, nset, ndel = struct.unpack('<I4I4I4', record)
   a = a + 3
   if held ~= expect then  -- touched since the tick began: nothing of it written
-    -- unless it holds this write's own stamp: this very script ran before (a client re-sent it after a lost
-    -- reply) and wrote it; it is done, not touched
-    if held ~= stamp then touched[#touched + 1] = p end
+    if held ~= stamp then touched[#touched + 1] = p end  -- own stamp: this script, re-sent, ran already (done)
     a = a + 2 * npeak + ndel
   else
     redis.call('HSET', KEYS[k + 3], '""" + OWNER_FIELD + """', stamp, unpack(ARGV, a, a + 2 * npeak - 1))
