@@ -82,7 +82,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
@@ -436,8 +436,14 @@ def _apply_once(
     books = {pid: store.read_portfolio(pid, pipe) for pid in pending}
     limits = {pid: _limits_plan(store.read_limits(pid, pipe), settings.limits_for(pid), pid, ticker, ratio, split_id,
                                 actor, now) for pid in pending}  # fmt: skip
-    newest = _newest_tick_version(store)
-    backtests = {pid: _backtest_plan(store, pipe, pid, books[pid], ticker, ratio, newest) for pid in pending}
+    newest = newest_tick_version(store)
+    backtests = {
+        pid: backtest_plan(
+            store, pipe, pid, books[pid], ticker, lambda state: restate_backtest(state, ticker, ratio),
+            lambda n: f"last price / {ratio}, {n} open forecast(s) in post-split shares", "split", newest,
+        )
+        for pid in pending
+    }  # fmt: skip
     reference = store.read_reference_prices(pipe) if done is None else {}
     reference_ts = store.read_reference_ts(pipe) if done is None else None
     common = {
@@ -454,7 +460,8 @@ def _apply_once(
             "reference_before": reference.get(ticker),
             "reference_after": None if ticker not in reference else float(Fraction(reference[ticker]) / ratio),
         }  # fmt: skip
-        _restate_market(store, pipe, snap, since, ticker, ratio, price_after, dict(reference), reference_ts)
+        restate_market(store, pipe, snap, since, ticker, price_after, reference, record["reference_after"],
+                       reference_ts)  # fmt: skip
         store.record_split(split_id, record, pipe=pipe)
         attempt.records[None] = record
         result.market_applied = True
@@ -516,16 +523,35 @@ def restate_backtest(state: Mapping[str, Any], ticker: str, ratio: Fraction) -> 
     multiplied by it. The next bar's return of the ticker is then ~0 and an open horizon closes on the P&L of the
     value it held. Returns the new state and the number of open forecasts restated; None when the backtest does
     not model the ticker. Raises ValueError when the state is not of the shape the backtest writes."""
+    return restate_backtest_prices(
+        state, ticker, lambda p: float(Fraction(p) / ratio), lambda q: float(Fraction(q) * ratio)
+    )
+
+
+def restate_backtest_prices(
+    state: Mapping[str, Any], ticker: str, price: Callable[[float], float], qty: Callable[[float], float] | None = None
+) -> tuple[dict[str, Any], int] | None:
+    """``state`` (a stored backtest's JSON) with the ticker's last price and its price in every open forecast
+    mapped by ``price`` and, when ``qty`` is given, the forecasts' quantity of it by ``qty`` (a split,
+    :func:`restate_backtest`; a dividend, engine/dividends.py). Returns the new state and the number of open
+    forecasts restated; None when the backtest does not model the ticker. Raises ValueError when the state is not
+    of the shape the backtest writes, or a restated price is not positive."""
     tickers = state.get("tickers")
     if not isinstance(tickers, list) or not all(isinstance(t, str) for t in tickers):
         raise ValueError("its tickers are not a list of names")
     if ticker not in tickers:
         return None
     i, n = tickers.index(ticker), len(tickers)
+
+    def positive(value: float, name: str) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} of {ticker} would be {value!r}")
+        return value
+
     out = dict(state)
     if state.get("last_prices") is not None:
         last = _numbers(state["last_prices"], n, "last_prices", positive=True)
-        last[i] = float(Fraction(last[i]) / ratio)
+        last[i] = positive(price(last[i]), "the last price")
         out["last_prices"] = last
     pending = state.get("pending")
     if not isinstance(pending, dict):
@@ -535,14 +561,16 @@ def restate_backtest(state: Mapping[str, Any], ticker: str, ratio: Fraction) -> 
         if not isinstance(forecast, dict):
             raise ValueError(f"open forecast {track!r} is not a JSON object")
         prices = _numbers(forecast.get("prices"), n, f"pending.{track}.prices", positive=True)
-        qty = _numbers(forecast.get("qty"), n, f"pending.{track}.qty", positive=False)
-        prices[i], qty[i] = float(Fraction(prices[i]) / ratio), float(Fraction(qty[i]) * ratio)
-        restated[track] = {**forecast, "prices": prices, "qty": qty}
+        qtys = _numbers(forecast.get("qty"), n, f"pending.{track}.qty", positive=False)
+        prices[i] = positive(price(prices[i]), f"the start price of open forecast {track!r}")
+        if qty is not None:
+            qtys[i] = qty(qtys[i])
+        restated[track] = {**forecast, "prices": prices, "qty": qtys}
     out["pending"] = restated
     return out, len(restated)
 
 
-def _newest_tick_version(store: Store) -> int | None:
+def newest_tick_version(store: Store) -> int | None:
     """The market version of the newest tick event (None: none, or it does not decode): a backtest whose last bar
     is older has bars still to be fed, at pre-split prices."""
     try:
@@ -552,11 +580,20 @@ def _newest_tick_version(store: Store) -> int | None:
     return None if tick is None else tick.version
 
 
-def _backtest_plan(
-    store: Store, pipe: Any, pid: str, book: PortfolioState, ticker: str, ratio: Fraction, newest: int | None
+def backtest_plan(
+    store: Store,
+    pipe: Any,
+    pid: str,
+    book: PortfolioState,
+    ticker: str,
+    restate: Callable[[Mapping[str, Any]], tuple[dict[str, Any], int] | None],
+    what: Callable[[int], str],
+    action: str,
+    newest: int | None,
 ) -> tuple[dict[str, Any] | None, str, str | None]:
     """(the restated backtest state to write or None, what the audit record says, the output line or None) for
-    portfolio ``pid`` (module docstring, 4)."""
+    portfolio ``pid`` (module docstring, 4). ``restate``: the state restated (:func:`restate_backtest_prices`),
+    ``what``: what that did, given the number of open forecasts restated, ``action``: ``split`` or ``dividend``."""
     held = (position := book.positions.get(ticker)) is not None and position.qty != 0
     try:
         stored = store.read_backtest_json(pid, pipe)
@@ -564,27 +601,24 @@ def _backtest_plan(
             line = f"no backtest stored: nothing to restate for {ticker}" if held else None
             return None, "absent", line
         state, version = stored
-        restated = restate_backtest(state, ticker, ratio)
+        restated = restate(state)
     except (StoreError, ValueError) as exc:
         why = f"backtest unreadable ({exc}): left as it is, not restated for {ticker}"
         return None, f"unreadable: {exc}", f"{why} (its runner refuses it as well until it is repaired)"
     if restated is None:
         return None, "not modelled", None
     new, forecasts = restated
-    line = (
-        f"backtest restated: {ticker} last price / {ratio}, {forecasts} open forecast(s) in post-split shares "
-        "(covariance, window and counts unchanged)"
-    )
+    line = f"backtest restated: {ticker} {what(forecasts)} (covariance, window and counts unchanged)"
     if newest is not None and version < newest:
         line += (
             f"; WARNING: its last bar fed is market version {version}, the newest tick {newest}: a bar the backtest "
-            f"runner has still to feed is at the pre-split price of {ticker} (a phantom return): stop the stream "
-            "daemon and let the runner catch up before a split"
+            f"runner has still to feed is at the pre-{action} price of {ticker} (a phantom return): stop the stream "
+            f"daemon and let the runner catch up before a {action}"
         )
     return new, "restated", line
 
 
-def _printed_since(earlier: dict[str, Any], snap: MarketSnapshot, ticker: str) -> bool:
+def printed_since(earlier: dict[str, Any], snap: MarketSnapshot, ticker: str) -> bool:
     """Whether ``ticker`` has had a print since the split ``earlier`` (its record): its price time moved past the
     one recorded with the split (a record without one: the market version moved past the split's)."""
     recorded = earlier.get("price_ts")
@@ -609,7 +643,7 @@ def _refuse_a_repeat(
         f"{ticker} was already split by {last['split_id']!r} ({last.get('ratio_text')}, last price "
         f"{last.get('price_before')} -> {last.get('price_after')}, at {when} by {last.get('actor')})"
     )
-    if not _printed_since(last, snap, ticker):
+    if not printed_since(last, snap, ticker):
         raise SplitRepeatedError(
             f"{what} and has had no print since: this {ratio_text(ratio)} would split the same shares again. "
             f"If {ticker} really splits twice before it prints, run it with --force"
@@ -675,26 +709,27 @@ def by_hand_notes(store: Store, settings: Settings, ticker: str, ratio: Fraction
     return out
 
 
-def _restate_market(
+def restate_market(
     store: Store,
     pipe: Any,
     snap: MarketSnapshot,
     since: Float64Array,
     ticker: str,
-    ratio: Fraction,
     price_after: float,
     reference: dict[str, float],
+    reference_after: float | None,
     reference_ts: float | None,
 ) -> None:
     """The adjusted last price in a new snapshot version (same time, price times and matrix) with the same bars
-    since each ticker's print (``since``, as read with ``snap``), and the adjusted collar reference (the stressed
-    matrix and the return window are not touched: a split is not a return)."""
+    since each ticker's print (``since``, as read with ``snap``), and the adjusted collar reference
+    (``reference_after``, when ``reference`` has the ticker); the stressed matrix and the return window are not
+    touched: a split (a dividend, engine/dividends.py) is not a return."""
     prices = snap.prices.copy()
     prices[snap.tickers.index(ticker)] = price_after
     store.write_market(replace(snap, version=snap.version + 1, prices=prices), pipe)
     store.write_print_gaps(snap.version + 1, since, pipe)  # a split is no print: every count goes on as it was
-    if ticker in reference:
-        reference[ticker] = float(Fraction(reference[ticker]) / ratio)
+    if ticker in reference and reference_after is not None:
+        reference = {**reference, ticker: reference_after}
         ts = reference_ts if reference_ts is not None else snap.ts
         store.write_reference_prices(tuple(reference), np.array(list(reference.values()), dtype=float), ts, pipe)
 
