@@ -454,14 +454,14 @@ def _apply_once(
     pipe.multi()
     if done is None:  # the market first: its record is what a rerun completes the books from
         price_ts = float(snap.price_ts[snap.tickers.index(ticker)])
+        reference_after = None if ticker not in reference else float(Fraction(reference[ticker]) / ratio)
         record = {
             **common, "portfolios": portfolios, "market_version_before": snap.version,
             "market_version_after": snap.version + 1, "price_ts": price_ts if math.isfinite(price_ts) else None,
             "reference_before": reference.get(ticker),
-            "reference_after": None if ticker not in reference else float(Fraction(reference[ticker]) / ratio),
+            "reference_after": reference_after,
         }  # fmt: skip
-        restate_market(store, pipe, snap, since, ticker, price_after, reference, record["reference_after"],
-                       reference_ts)  # fmt: skip
+        restate_market(store, pipe, snap, since, ticker, price_after, reference, reference_after, reference_ts)
         store.record_split(split_id, record, pipe=pipe)
         attempt.records[None] = record
         result.market_applied = True
