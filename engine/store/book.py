@@ -16,15 +16,16 @@ from typing import Any
 
 from engine.store.base import Conn, StoreBase
 from engine.store.codec import decode_float, decode_int, decode_json, encode_json
-from engine.store.keys import EPOCH_KEY, GLOBAL_AUDIT_KEY, REFERENCE_KEY, SPLITS_KEY, PortfolioKeys
+from engine.store.keys import DIVIDENDS_KEY, EPOCH_KEY, GLOBAL_AUDIT_KEY, REFERENCE_KEY, SPLITS_KEY, PortfolioKeys
 
 AUDIT_TRAIL_SUFFIXES = (":audit", ":checks", ":trades", ":alert_log", ":deliveries")
 """Append-only logs of a portfolio that a reset keeps unless told to wipe them (with ``rd:audit``)."""
 
 
 class BookStore(StoreBase):
-    """The market epoch, restarting drawdown references, the audit-keeping reset, and the stock splits applied
-    (``mkt:{m}:splits``, ``pf:{<id>}:splits``: engine/corporate_actions.py)."""
+    """The market epoch, restarting drawdown references, the audit-keeping reset, and the stock splits and cash
+    dividends applied (``mkt:{m}:splits``, ``pf:{<id>}:splits``: engine/corporate_actions.py; ``mkt:{m}:dividends``,
+    ``pf:{<id>}:dividends``: engine/dividends.py)."""
 
     def read_market_epoch(self, conn: Conn = None) -> int:
         """The market epoch (0 when none was ever bumped)."""
@@ -39,18 +40,12 @@ class BookStore(StoreBase):
         """The record of stock split ``split_id`` applied to the market (``portfolio_id`` None) or to that
         portfolio's book; None when it was not applied there (engine/corporate_actions.py)."""
         key = SPLITS_KEY if portfolio_id is None else PortfolioKeys(portfolio_id).splits
-        raw = self._conn(conn).hget(key, split_id)
-        return None if raw is None else dict(decode_json(raw, key=f"{key}.{split_id}"))
+        return self._read_applied(key, split_id, conn)
 
     def read_splits(self, conn: Conn = None) -> dict[str, dict[str, Any]]:
         """Every stock split applied to the market, by split id: what a new split of a ticker is checked against
         (a second split with no print since is refused, engine/corporate_actions.py)."""
-        raw = self._conn(conn).hgetall(SPLITS_KEY)
-        out: dict[str, dict[str, Any]] = {}
-        for field, value in raw.items():
-            split_id = field.decode() if isinstance(field, bytes) else str(field)
-            out[split_id] = dict(decode_json(value, key=f"{SPLITS_KEY}.{split_id}"))
-        return out
+        return self._read_all_applied(SPLITS_KEY, conn)
 
     def record_split(
         self, split_id: str, record: Mapping[str, Any], portfolio_id: str | None = None, pipe: Conn = None
@@ -58,6 +53,37 @@ class BookStore(StoreBase):
         """Mark split ``split_id`` applied to the market or to one book, in the MULTI that applies it."""
         key = SPLITS_KEY if portfolio_id is None else PortfolioKeys(portfolio_id).splits
         self._conn(pipe).hset(key, split_id, encode_json(dict(record)))
+
+    def read_dividend(
+        self, dividend_id: str, portfolio_id: str | None = None, conn: Conn = None
+    ) -> dict[str, Any] | None:
+        """The record of cash dividend ``dividend_id`` applied to the market (``portfolio_id`` None) or booked to
+        that portfolio's book; None when it was not applied there (engine/dividends.py)."""
+        key = DIVIDENDS_KEY if portfolio_id is None else PortfolioKeys(portfolio_id).dividends
+        return self._read_applied(key, dividend_id, conn)
+
+    def read_dividends(self, conn: Conn = None) -> dict[str, dict[str, Any]]:
+        """Every cash dividend applied to the market, by dividend id: what a new dividend of a ticker is checked
+        against (a second one with no print since is refused, engine/dividends.py)."""
+        return self._read_all_applied(DIVIDENDS_KEY, conn)
+
+    def record_dividend(
+        self, dividend_id: str, record: Mapping[str, Any], portfolio_id: str | None = None, pipe: Conn = None
+    ) -> None:
+        """Mark dividend ``dividend_id`` applied to the market or to one book, in the MULTI that applies it."""
+        key = DIVIDENDS_KEY if portfolio_id is None else PortfolioKeys(portfolio_id).dividends
+        self._conn(pipe).hset(key, dividend_id, encode_json(dict(record)))
+
+    def _read_applied(self, key: str, action_id: str, conn: Conn) -> dict[str, Any] | None:
+        raw = self._conn(conn).hget(key, action_id)
+        return None if raw is None else dict(decode_json(raw, key=f"{key}.{action_id}"))
+
+    def _read_all_applied(self, key: str, conn: Conn) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for field, value in self._conn(conn).hgetall(key).items():
+            action_id = field.decode() if isinstance(field, bytes) else str(field)
+            out[action_id] = dict(decode_json(value, key=f"{key}.{action_id}"))
+        return out
 
     def read_reference_ts(self, conn: Conn = None) -> float | None:
         """The time stamp of the stored collar reference prices (None: no reference stored)."""

@@ -38,6 +38,9 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
     mkt:{m}:splits                  hash     split id -> JSON of a stock split applied to the market (ticker,
                                              ratio, prices before/after): `warmup.py --split`, idempotent by id
                                              (engine/corporate_actions.py)
+    mkt:{m}:dividends               hash     dividend id -> JSON of a cash dividend applied to the market on its
+                                             ex-date (ticker, amount, prices before/after): `warmup.py
+                                             --dividend`, idempotent by id (engine/dividends.py)
     pf:{<id>}:state                 hash     cash, realized_pnl, fees_paid, account type and margins,
                                              positions_rev (new random token on every positions write)
     pf:{<id>}:positions             hash     ticker -> JSON {qty, avg_price, realized_pnl}
@@ -49,6 +52,8 @@ Layout (schema version :data:`SCHEMA_VERSION`)::
                                              (also limit changes and book syncs: engine/store/audit.py)
     pf:{<id>}:splits                hash     split id -> JSON of a stock split applied to this book (quantity and
                                              average price before/after, cash in lieu): applied once per id
+    pf:{<id>}:dividends             hash     dividend id -> JSON of a cash dividend booked to this book (quantity,
+                                             cash before/after): applied once per id
     pf:{<id>}:checks                stream   refused pre-trade checks made from the dashboard (a log of read-only
                                              questions, never of changes; apart from :audit, which holds changes)
     pf:{<id>}:history               stream   snapshot history at full resolution (entry id = time, field p = a
@@ -152,6 +157,8 @@ EPOCH_KEY = "mkt:{m}:epoch"
 """Market epoch (engine/store/book.py): a counter bumped by each market reload or re-seed, kept by ``--reset``."""
 SPLITS_KEY = "mkt:{m}:splits"
 """The stock splits applied to the market, by split id (engine/corporate_actions.py): a rerun splits nothing twice."""
+DIVIDENDS_KEY = "mkt:{m}:dividends"
+"""The cash dividends applied to the market, by dividend id (engine/dividends.py): a rerun books nothing twice."""
 UNIVERSES_KEY = "mkt:{m}:universes"
 """Ticker lists by content hash (``codec.universe_rev``): a tick event names its universe by that hash."""
 
@@ -238,6 +245,11 @@ class PortfolioKeys:
     def splits(self) -> str:
         """The stock splits applied to this book, by split id (engine/corporate_actions.py)."""
         return self._key("splits")
+
+    @property
+    def dividends(self) -> str:
+        """The cash dividends booked to this book, by dividend id (engine/dividends.py)."""
+        return self._key("dividends")
 
     @property
     def limits(self) -> str:
@@ -350,5 +362,5 @@ class PortfolioKeys:
             self.outbox, self.notify_state, self.deliveries,
             self.backtest, self.backtest_log, self.orders_ts,
             self.limits, self.backtest_window, self.checks, self.limits_log, self.auto_rate, self.splits,
-            self.flows,
+            self.flows, self.dividends,
         )  # fmt: skip
