@@ -9,6 +9,7 @@ Usage::
     python warmup.py --positions book.csv  # seed portfolios from the desk's book, with their cost basis
     python warmup.py --sync [--positions book.csv] [--dry-run] [--create]   # reconcile seeded portfolios
     python warmup.py --split AAA 2 [--reason TEXT] [--split-id ID] [--force]   # a 2-for-1 split (1/10: 1-for-10)
+    python warmup.py --dividend AAA 0.25 [--reason TEXT] [--dividend-id ID] [--force]   # AAA goes ex 0.25 a share
 
 Idempotent: running it twice changes nothing the second time and says so. Exit status 0 on success, 2 on bad
 input or an unreachable store, with the reason on stderr.
@@ -33,6 +34,8 @@ CSV and ``--sync`` are described in engine/book.py. ``--split`` restates a ticke
 every book and the live position limits on it for a stock split before its first post-split print, with the
 stream daemon stopped (engine/corporate_actions.py: what changes, the cash in lieu of fractions, a second split
 refused while the ticker has not printed, what to edit by hand in the settings file, the operating procedure).
+``--dividend`` books a cash dividend on its ex-date the same way (engine/dividends.py): the price and collar
+reference lowered by the amount, each holder's cash credited (a short debited), so the ex-date is no loss.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from engine import book, corporate_actions, history, math_logic, reload
+from engine import book, corporate_actions, dividends, history, math_logic, reload
 from engine.errors import RiskdeskError
 from engine.market_model import stressed_meta
 from engine.records import MarketSnapshot, PortfolioState, Position, TradingState, TradingStatus
@@ -410,7 +413,7 @@ def _split(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     """``--split TICKER RATIO``: alone (no other action in the same run), audited as :data:`ACTOR`; its output
     lists what must be restated by hand (the settings file, ``max_order_qty`` / ``max_position_qty``)."""
     others = (args.history, args.reset, args.add_ticker, args.positions, args.sync, args.dry_run, args.create,
-              args.wipe_audit)  # fmt: skip
+              args.wipe_audit, args.dividend, args.dividend_id)  # fmt: skip
     if any(others):
         raise WarmupError("--split runs alone: run the other actions separately")
     symbol, text = args.split
@@ -420,6 +423,24 @@ def _split(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     result = corporate_actions.apply_split(
         store, symbol, ratio, settings=settings, actor=ACTOR, reason=args.reason, split_id=args.split_id,
         force=args.force, now=time.time(),
+    )  # fmt: skip
+    print("\n".join(f"warmup: {line}" for line in result.lines()))
+    return 0
+
+
+def _dividend(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    """``--dividend TICKER AMOUNT``: alone (no other action in the same run), audited as :data:`ACTOR`; its
+    output names the settings file's cash to edit by hand."""
+    others = (args.history, args.reset, args.add_ticker, args.positions, args.sync, args.dry_run, args.create,
+              args.wipe_audit, args.split_id)  # fmt: skip
+    if any(others):
+        raise WarmupError("--dividend runs alone: run the other actions separately")
+    symbol, text = args.dividend
+    if not valid_symbol(symbol):
+        raise dividends.DividendError(f"invalid ticker symbol {symbol!r}")
+    result = dividends.apply_dividend(
+        store, symbol, dividends.parse_amount(text), settings=settings, actor=ACTOR, reason=args.reason,
+        dividend_id=args.dividend_id, force=args.force, now=time.time(),
     )  # fmt: skip
     print("\n".join(f"warmup: {line}" for line in result.lines()))
     return 0
@@ -442,13 +463,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", nargs=2, metavar=("TICKER", "RATIO"),
                         help="restate for a stock split: RATIO new shares per old, e.g. 2, 3/2, 1/10 or 0.1; run it "
                              "before the first post-split print with the stream daemon stopped")  # fmt: skip
-    parser.add_argument("--reason", default="", help="with --split: why (kept in the audit records)")
+    parser.add_argument("--dividend", nargs=2, metavar=("TICKER", "AMOUNT"),
+                        help="book a cash dividend of AMOUNT a share (e.g. 0.25) on its ex-date; run it before the "
+                             "ex-date's first print with the stream daemon stopped")  # fmt: skip
+    parser.add_argument("--dividend-id", help="with --dividend: its id (default TICKER-div-AMOUNT-<UTC date>); a "
+                                              "rerun of the same id changes nothing")  # fmt: skip
+    parser.add_argument("--reason", default="", help="with --split or --dividend: why (kept in the audit records)")
     parser.add_argument("--split-id", help="with --split: its id (default TICKER-N-for-M-<UTC date>); a rerun of "
                                            "the same id changes nothing; a new split of a ticker split before needs "
                                            "its own id")  # fmt: skip
     parser.add_argument("--force", action="store_true",
-                        help="with --split: split a ticker again although it has not printed since its last split "
-                             "(refused SPLIT_REPEATED otherwise)")  # fmt: skip
+                        help="with --split (--dividend): split a ticker (book a dividend) again although it has "
+                             "not printed since the last one (refused SPLIT_REPEATED / DIVIDEND_REPEATED "
+                             "otherwise)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -456,8 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.ping()
         if args.split:
             return _split(store, settings, args)
-        if args.reason or args.split_id or args.force:
-            raise WarmupError("--reason, --split-id and --force go with --split")
+        if args.dividend:
+            return _dividend(store, settings, args)
+        if args.reason or args.split_id or args.dividend_id or args.force:
+            raise WarmupError("--reason, --split-id, --dividend-id and --force go with --split or --dividend")
         if args.add_ticker:
             if args.price is None or args.vol is None:
                 raise WarmupError("--add-ticker needs --price and --vol")
