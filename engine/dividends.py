@@ -21,8 +21,10 @@ return ``ln((P - D) / P)``, and the continuous VaR backtest scores it as a loss 
    it in lieu), booked as realized P&L of the position and of the book by the same amount; quantity and average
    price unchanged. Equity ``cash + qty x price`` is then unchanged but for that cent rounding (the price falls by
    ``D``, the cash rises by ``qty x D``), and so are the daily P&L, the drawdowns and ``pnl.total`` (realized up,
-   unrealized down by the same amount). A book without a position in the ticker is not touched (no output line,
-   no audit record);
+   unrealized down by the same amount). A book without a position in the ticker whose backtest does not model it
+   is not touched at all (no record, no output line, no audit record): the market's record lists the books the
+   dividend was booked to at the ex-date, and only those are completed by a rerun (a position opened on the
+   ex-date is not entitled to it);
 3. each portfolio's continuous VaR backtest modelling the ticker (``pf:{<id>}:backtest``, in the MULTI of its
    book): its last price of the ticker and the ticker's start price in each open forecast minus ``D``
    (:func:`engine.corporate_actions.restate_backtest_prices`; quantities unchanged), so the next bar is no
@@ -158,7 +160,7 @@ class DividendResult:
     books: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Portfolio id -> its audit record, for the books holding the ticker that this run booked."""
     marked: list[str] = field(default_factory=list)
-    """Every portfolio this run recorded the dividend for (holding the ticker or not)."""
+    """Every portfolio this run recorded the dividend for (holding the ticker, or whose backtest models it)."""
     backtests: dict[str, str] = field(default_factory=dict)
     """Portfolio id -> what this run did to its backtest, for those worth a line (module docstring, 3)."""
     notes: list[str] = field(default_factory=list)
@@ -262,15 +264,15 @@ def _apply_once(
                 f"{amount_text(amount)}"
             )
         price_before, price_after = float(done["price_before"]), float(done["price_after"])
-        portfolios = [pid for pid in done.get("portfolios", []) if pid in registered]
+        candidates = [pid for pid in done.get("portfolios", []) if pid in registered]
     else:
         price_before, price_after = _ex_prices(snap, reference, ticker, amount)
         if not force:
             _refuse_a_repeat(store.read_dividends(pipe), snap, ticker, amount, explicit)
-        portfolios = list(registered)
+        candidates = list(registered)
     result = DividendResult(dividend_id, ticker, amount, price_before, price_after)
     result.market_applied = done is not None and done.get("run") == run
-    recorded = {pid: store.read_dividend(dividend_id, pid, conn=pipe) for pid in portfolios}
+    recorded = {pid: store.read_dividend(dividend_id, pid, conn=pipe) for pid in candidates}
     ours = {pid: rec for pid, rec in recorded.items() if rec is not None and rec.get("run") == run}
     for pid, rec in ours.items():  # booked by an earlier attempt of this run (a Redis Cluster: its slot committed)
         _report(result, pid, rec)
@@ -285,6 +287,8 @@ def _apply_once(
         )
         for pid in pending
     }  # fmt: skip
+    if done is None:  # the books the dividend touches: holders, and backtests modelling the ticker (docstring, 2-3)
+        pending = [pid for pid in pending if _holds(books[pid], ticker) or backtests[pid][0] is not None]
     common = {
         "ts": now, "actor": actor, "action": "dividend", "dividend_id": dividend_id, "ticker": ticker,
         "amount": str(amount), "reason": reason, "price_before": price_before, "price_after": price_after,
@@ -292,9 +296,10 @@ def _apply_once(
     }  # fmt: skip
     pipe.multi()
     if done is None:  # the market first: its record is what a rerun completes the books from
-        _adjust_market(store, pipe, snap, since, reference, reference_ts, common, portfolios)
+        _adjust_market(store, pipe, snap, since, reference, reference_ts, common, pending)
         result.market_applied = True
-    for pid, state in books.items():
+    for pid in pending:
+        state = books[pid]
         restated, status, line = backtests[pid]
         rec = {**_book_dividend(store, pipe, state, ticker, amount, common, now), "backtest": status,
                "backtest_line": line}  # fmt: skip
@@ -312,6 +317,11 @@ def _apply_once(
                                               "backtests_restated": restated_pids}, pipe)  # fmt: skip
     pipe.execute()
     return result
+
+
+def _holds(book: PortfolioState, ticker: str) -> bool:
+    position = book.positions.get(ticker)
+    return position is not None and position.qty != 0
 
 
 def _book_keys(pid: str) -> tuple[str, str, str, str]:
