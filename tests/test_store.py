@@ -324,6 +324,7 @@ def _write_through_every_portfolio_method(store: Store, portfolio_id: str) -> No
     store.write_backtest(portfolio_id, {"bar": 0}, {"tracks": {}}, version=1, token="t1", ring=np.zeros((2, 1)))
     store.append_backtest_observations(portfolio_id, [{"track": "bar", "pnl": 1.0}], maxlen=10)
     store.record_split("AAA-2-for-1", {"ticker": "AAA"}, portfolio_id)
+    store.record_dividend("AAA-div-0.25", {"ticker": "AAA"}, portfolio_id)
 
 
 def test_every_key_the_store_writes_for_a_portfolio_is_listed_by_portfolio_keys_all(store: Store) -> None:
