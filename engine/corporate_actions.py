@@ -629,18 +629,27 @@ def printed_since(earlier: dict[str, Any], snap: MarketSnapshot, ticker: str) ->
     return not isinstance(after, int) or snap.version > after
 
 
+def latest_of(records: Mapping[str, Mapping[str, Any]], ticker: str) -> tuple[dict[str, Any], str] | None:
+    """The newest of ``records`` (by id: splits, dividends) on ``ticker``, its id under ``id``, with its time
+    written out in UTC; None when none is on it."""
+    earlier = [{**rec, "id": rid} for rid, rec in records.items() if rec.get("ticker") == ticker]
+    if not earlier:
+        return None
+    last = max(earlier, key=lambda rec: float(rec.get("ts", 0.0)))
+    return last, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last.get("ts", 0.0))))
+
+
 def _refuse_a_repeat(
     records: dict[str, dict[str, Any]], snap: MarketSnapshot, ticker: str, ratio: Fraction, explicit: bool
 ) -> None:
     """Raise :class:`SplitRepeatedError` when ``ticker`` was split before under another id and has not printed
     since, or has but this split has no id of its own (module docstring)."""
-    earlier = [{"split_id": sid, **rec} for sid, rec in records.items() if rec.get("ticker") == ticker]
-    if not earlier:
+    found = latest_of(records, ticker)
+    if found is None:
         return
-    last = max(earlier, key=lambda rec: float(rec.get("ts", 0.0)))
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last.get("ts", 0.0))))
+    last, when = found
     what = (
-        f"{ticker} was already split by {last['split_id']!r} ({last.get('ratio_text')}, last price "
+        f"{ticker} was already split by {last['id']!r} ({last.get('ratio_text')}, last price "
         f"{last.get('price_before')} -> {last.get('price_after')}, at {when} by {last.get('actor')})"
     )
     if not printed_since(last, snap, ticker):

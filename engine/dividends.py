@@ -68,6 +68,7 @@ from engine.corporate_actions import (
     CENT,
     WATCH_RETRIES,
     backtest_plan,
+    latest_of,
     newest_tick_version,
     printed_since,
     restate_backtest_prices,
@@ -358,13 +359,12 @@ def _refuse_a_repeat(
 ) -> None:
     """Raise :class:`DividendRepeatedError` when ``ticker`` went ex-dividend before under another id and has not
     printed since, or has but this dividend has no id of its own (module docstring)."""
-    earlier = [{"dividend_id": did, **rec} for did, rec in records.items() if rec.get("ticker") == ticker]
-    if not earlier:
+    found = latest_of(records, ticker)
+    if found is None:
         return
-    last = max(earlier, key=lambda rec: float(rec.get("ts", 0.0)))
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last.get("ts", 0.0))))
+    last, when = found
     what = (
-        f"{ticker} already went ex-dividend by {last['dividend_id']!r} ({last.get('amount')} a share, last price "
+        f"{ticker} already went ex-dividend by {last['id']!r} ({last.get('amount')} a share, last price "
         f"{last.get('price_before')} -> {last.get('price_after')}, at {when} by {last.get('actor')})"
     )
     if not printed_since(last, snap, ticker):
