@@ -241,18 +241,13 @@ class PriceFilter:
         plus ``max(0, x - close)`` of that session), the closed time between ``t`` and ``now`` is ``C(now) -
         C(t)``: exact whatever sessions (holidays, early closes) lie between.
         """
-        if self.sessions is None or not math.isfinite(now):
+        found = self._earlier(since, now)
+        if found is None:
             return None
-        opens, closes = self.sessions.opens, self.sessions.closes
-        if not opens[0] <= now <= closes[-1] + 7 * 86400:  # the calendar's own range (engine/sessions.py)
-            return None
-        j = int(np.searchsorted(opens, now, side="right")) - 1
-        with np.errstate(invalid="ignore"):
-            earlier = (since < opens[j]) & (since >= opens[0])  # NaN: False
-        if not earlier.any():
-            return None
+        j, earlier, i = found
+        assert self.sessions is not None
+        closes = self.sessions.closes
         t = since[earlier]
-        i = np.searchsorted(opens, t, side="right") - 1
         closed_t = self._closed_before[i] + np.maximum(0.0, t - closes[i])
         closed_now = self._closed_before[j] + max(0.0, now - float(closes[j]))
         out = np.zeros(since.shape)
@@ -462,19 +457,31 @@ class PriceFilter:
         None where :meth:`closed_bars` gives None: no price from an earlier session, no :attr:`sessions`, or
         ``now`` outside the calendar. A price time that is not finite or before the calendar counts none.
         """
+        found = self._earlier(since, now)
+        if found is None:
+            return None
+        j, earlier, i = found
+        out = np.zeros(since.shape)
+        out[earlier] = j - i
+        return out
+
+    def _earlier(
+        self, since: npt.NDArray[np.float64], now: float
+    ) -> tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.intp]] | None:
+        """``now``'s session index ``j``, which price times ``since`` are of an earlier session of the calendar,
+        and those sessions' indices; None without :attr:`sessions`, with ``now`` outside the calendar's range or
+        no earlier price (a price time not finite or before the calendar is none)."""
         if self.sessions is None or not math.isfinite(now):
             return None
         opens = self.sessions.opens
-        if not opens[0] <= now <= self.sessions.closes[-1] + 7 * 86400:
+        if not opens[0] <= now <= self.sessions.closes[-1] + 7 * 86400:  # the calendar's range (engine/sessions.py)
             return None
         j = int(np.searchsorted(opens, now, side="right")) - 1
         with np.errstate(invalid="ignore"):
             earlier = (since < opens[j]) & (since >= opens[0])  # NaN: False
         if not earlier.any():
             return None
-        out = np.zeros(since.shape)
-        out[earlier] = j - (np.searchsorted(opens, since[earlier], side="right") - 1)
-        return out
+        return j, earlier, np.searchsorted(opens, since[earlier], side="right") - 1
 
     def per_model_bar(self, returns: np.ndarray | None) -> np.ndarray | None:
         """A feed bar's log returns as returns of one model bar (divided by ``sqrt(bar_scale)``)."""
