@@ -20,7 +20,7 @@ calendar's range (before 1990) never re-anchor: the reference stays as it was.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -80,6 +80,17 @@ class CollarAnchor:
 
     def commit(self, state: AnchorState) -> None:
         self.state = state
+
+    def restate(self, factor: Float64Array) -> None:
+        """Prices restated in the store without a bar (a split, a dividend: engine/corporate_actions.py,
+        engine/dividends.py), ``factor`` the stored price over the one this process wrote (1 where unchanged):
+        the remembered close and window are restated alike, so the next open re-anchors at the restated close
+        instead of writing the old one back (the reference the restatement wrote stays)."""
+        state = self.state
+        if state.close is None or state.close.shape != factor.shape:
+            return
+        window = tuple(w * factor if w.shape == factor.shape else w for w in state.window)
+        self.state = replace(state, close=state.close * factor, window=window)
 
     def seed(self, t: float, prices: Float64Array, price_ts: Float64Array) -> None:
         """Rebuild the memory of a fresh process (or one reset) from the stored market snapshot of time ``t``.

@@ -70,9 +70,10 @@ quantity back (a 2-for-1's 2000 shares synced back to 1000, the difference booke
 limits record with it.
 
 Operating procedure: apply the split **before the first post-split print**, with the stream daemon stopped
-(before the open, or halt the feed), then start the daemon. The daemon keeps the collar's session close and the
-price filter's remembered jumps in memory only (engine/collar.py, engine/price_filter.py): a daemon left
-running would re-anchor the next session's collar reference at its pre-split close. On a Redis Cluster stop
+(before the open, or halt the feed), then start the daemon. The daemon keeps the price filter's remembered
+jumps in memory only (engine/price_filter.py); its collar memory of the session's close is restated when it
+reloads the restated market (``CollarAnchor.restate``: a daemon left running re-anchored the next session's
+reference at its pre-split close, and refused the post-split price all session). On a Redis Cluster stop
 the monitors too: the market and each book commit one slot after the other, and a monitor valuing a book
 between the two would see a phantom move. On one Redis server the whole split is a single MULTI.
 """
@@ -454,11 +455,12 @@ def _apply_once(
     pipe.multi()
     if done is None:  # the market first: its record is what a rerun completes the books from
         price_ts = float(snap.price_ts[snap.tickers.index(ticker)])
-        reference_after = None if ticker not in reference else float(Fraction(reference[ticker]) / ratio)
+        before = reference_of(reference, ticker)
+        reference_after = None if before is None else float(Fraction(before) / ratio)
         record = {
             **common, "portfolios": portfolios, "market_version_before": snap.version,
             "market_version_after": snap.version + 1, "price_ts": price_ts if math.isfinite(price_ts) else None,
-            "reference_before": reference.get(ticker),
+            "reference_before": before,
             "reference_after": reference_after,
         }  # fmt: skip
         restate_market(store, pipe, snap, since, ticker, price_after, reference, reference_after, reference_ts)
@@ -716,6 +718,13 @@ def by_hand_notes(store: Store, settings: Settings, ticker: str, ratio: Fraction
             f"({ratio_text(ratio)}) on the Limits page"
         )
     return out
+
+
+def reference_of(reference: Mapping[str, float], ticker: str) -> float | None:
+    """``ticker``'s collar reference price to restate, or None: none stored, or one that is no price (NaN: the
+    gate then has no reference for it), which a restatement leaves as it is."""
+    value = reference.get(ticker)
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def restate_market(

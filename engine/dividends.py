@@ -13,9 +13,10 @@ return ``ln((P - D) / P)``, and the continuous VaR backtest scores it as a loss 
    daemon reloads instead of writing the old price back) and the bars since each ticker's print are written
    again under the new version, unchanged. The covariance, the stressed matrix and the window of standardized
    returns are not touched: the next print at ``P - D`` is a zero return. Refused (:class:`DividendError`,
-   nothing written): an amount that is not a finite positive decimal, an unknown ticker, a ticker without a
-   valid price, an amount of at least the price or of at least the collar reference (the price would not stay
-   positive);
+   nothing written): an amount that is not a finite positive decimal or is finer than a millionth of a dollar,
+   an unknown ticker, a ticker without a valid price, an amount of at least the price or of at least the collar
+   reference (the price would not stay positive), and unless forced one of a quarter of the price or more (a
+   typo more often than a special dividend). A NaN collar reference (none usable) is left as it is;
 2. each book holding the ticker (``pf:{<id>}``, one MULTI per portfolio, WATCHed against a fill landing
    meanwhile): ``cash += qty x D`` rounded to the cent, half to even (a long receives the dividend, a short pays
    it in lieu), booked as realized P&L of the position and of the book by the same amount; quantity and average
@@ -23,8 +24,9 @@ return ``ln((P - D) / P)``, and the continuous VaR backtest scores it as a loss 
    ``D``, the cash rises by ``qty x D``), and so are the daily P&L, the drawdowns and ``pnl.total`` (realized up,
    unrealized down by the same amount). A book without a position in the ticker whose backtest does not model it
    is not touched at all (no record, no output line, no audit record): the market's record lists the books the
-   dividend was booked to at the ex-date, and only those are completed by a rerun (a position opened on the
-   ex-date is not entitled to it);
+   dividend was booked to at the ex-date with the quantity each held (``entitled``), and a rerun completes only
+   those, on that quantity (a position opened on the ex-date is not entitled to it; one a fill changed before
+   its slot committed, on a Redis Cluster, is paid what it held);
 3. each portfolio's continuous VaR backtest modelling the ticker (``pf:{<id>}:backtest``, in the MULTI of its
    book): its last price of the ticker and the ticker's start price in each open forecast minus ``D``
    (:func:`engine.corporate_actions.restate_backtest_prices`; quantities unchanged), so the next bar is no
@@ -58,7 +60,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
@@ -71,6 +73,7 @@ from engine.corporate_actions import (
     latest_of,
     newest_tick_version,
     printed_since,
+    reference_of,
     restate_backtest_prices,
     restate_market,
     round_to,
@@ -108,6 +111,14 @@ class DividendRepeatedError(DividendConflictError):
     )
 
 
+AMOUNT_QUANTUM = Decimal("0.000001")
+"""The finest amount per share accepted: dividends are declared to a few decimals (an amount like ``1E-30`` is
+a typo that would change no price yet block the ticker's next dividend as a repeat)."""
+LARGE_SHARE = Decimal("0.25")
+"""An amount of at least this share of the last price is refused unless forced: a special dividend can be that
+large, a typo (25 for 0.25) more often is."""
+
+
 def check_amount(amount: object) -> Decimal:
     """``amount`` when it is a finite positive :class:`~decimal.Decimal`; :class:`DividendError` otherwise (a
     float is refused too: money is exact)."""
@@ -115,6 +126,11 @@ def check_amount(amount: object) -> Decimal:
         raise DividendError(f"dividend amount {amount!r} is not a Decimal (money is exact: Decimal('0.25'))")
     if not amount.is_finite() or amount <= 0:
         raise DividendError(f"dividend amount {amount} must be a finite positive amount per share")
+    if amount != amount.quantize(AMOUNT_QUANTUM, rounding=ROUND_DOWN):
+        raise DividendError(
+            f"dividend amount {amount} is finer than {AMOUNT_QUANTUM}: dividends are declared to a millionth of "
+            "a dollar at most (a typo?)"
+        )
     return amount
 
 
@@ -216,6 +232,8 @@ def apply_dividend(
     one, without an id of its own) unless ``force``.
     """
     check_amount(amount)
+    if dividend_id is not None and not dividend_id.strip():
+        raise DividendError("an empty dividend id: give one (--dividend-id) or none (the default id)")
     store.require_schema()
     explicit = dividend_id is not None
     dividend_id = dividend_id or default_dividend_id(ticker, amount, now)
@@ -267,7 +285,7 @@ def _apply_once(
         price_before, price_after = float(done["price_before"]), float(done["price_after"])
         candidates = [pid for pid in done.get("portfolios", []) if pid in registered]
     else:
-        price_before, price_after = _ex_prices(snap, reference, ticker, amount)
+        price_before, price_after = _ex_prices(snap, reference, ticker, amount, force)
         if not force:
             _refuse_a_repeat(store.read_dividends(pipe), snap, ticker, amount, explicit)
         candidates = list(registered)
@@ -290,6 +308,9 @@ def _apply_once(
     }  # fmt: skip
     if done is None:  # the books the dividend touches: holders, and backtests modelling the ticker (docstring, 2-3)
         pending = [pid for pid in pending if _holds(books[pid], ticker) or backtests[pid][0] is not None]
+        entitled = {pid: _qty(books[pid], ticker) for pid in pending}
+    else:  # a rerun books the quantity held at the ex-date, as recorded, not one a fill changed since
+        entitled = {pid: int(q) for pid, q in (done.get("entitled") or {}).items()}
     common = {
         "ts": now, "actor": actor, "action": "dividend", "dividend_id": dividend_id, "ticker": ticker,
         "amount": str(amount), "reason": reason, "price_before": price_before, "price_after": price_after,
@@ -297,12 +318,13 @@ def _apply_once(
     }  # fmt: skip
     pipe.multi()
     if done is None:  # the market first: its record is what a rerun completes the books from
-        _adjust_market(store, pipe, snap, since, reference, reference_ts, common, pending)
+        _adjust_market(store, pipe, snap, since, reference, reference_ts, common, entitled)
         result.market_applied = True
     for pid in pending:
         state = books[pid]
         restated, status, line = backtests[pid]
-        rec = {**_book_dividend(store, pipe, state, ticker, amount, common, now), "backtest": status,
+        qty = entitled.get(pid, _qty(state, ticker))  # a record from before "entitled": the book's own
+        rec = {**_book_dividend(store, pipe, state, ticker, qty, amount, common, now), "backtest": status,
                "backtest_line": line}  # fmt: skip
         if restated is not None:  # the same MULTI as the book and its record: a rerun never restates it twice
             store.restate_backtest(pid, restated, f"dividend-{uuid.uuid4().hex}", pipe)
@@ -320,9 +342,13 @@ def _apply_once(
     return result
 
 
-def _holds(book: PortfolioState, ticker: str) -> bool:
+def _qty(book: PortfolioState, ticker: str) -> int:
     position = book.positions.get(ticker)
-    return position is not None and position.qty != 0
+    return 0 if position is None else int(position.qty)
+
+
+def _holds(book: PortfolioState, ticker: str) -> bool:
+    return _qty(book, ticker) != 0
 
 
 def _book_keys(pid: str) -> tuple[str, str, str, str]:
@@ -331,10 +357,11 @@ def _book_keys(pid: str) -> tuple[str, str, str, str]:
 
 
 def _ex_prices(
-    snap: MarketSnapshot, reference: Mapping[str, float], ticker: str, amount: Decimal
+    snap: MarketSnapshot, reference: Mapping[str, float], ticker: str, amount: Decimal, force: bool
 ) -> tuple[float, float]:
     """The ticker's last price and its ex-dividend price (module docstring, 1); :class:`DividendError` when the
-    ticker is unknown, has no valid price, or the price or collar reference would not stay positive."""
+    ticker is unknown, has no valid price, the price or collar reference would not stay positive, or (unless
+    ``force``) the amount is at least :data:`LARGE_SHARE` of the price."""
     if ticker not in snap.tickers:
         raise DividendError(f"{ticker} is not in the universe ({', '.join(snap.tickers)})")
     price = float(snap.prices[snap.tickers.index(ticker)])
@@ -346,7 +373,13 @@ def _ex_prices(
             f"a dividend of {amount_text(amount)} on {ticker} is not below its last price {price:g}: the price "
             "would not stay positive (a typo?)"
         )
-    if ticker in reference and ex_price(reference[ticker], amount) <= 0:
+    if not force and amount >= LARGE_SHARE * Decimal(repr(price)):
+        raise DividendError(
+            f"a dividend of {amount_text(amount)} on {ticker} is {float(amount) / price:.0%} of its last price "
+            f"{price:g}: a typo? A special dividend that large needs --force"
+        )
+    before = reference_of(reference, ticker)
+    if before is not None and ex_price(before, amount) <= 0:
         raise DividendError(
             f"a dividend of {amount_text(amount)} on {ticker} is not below its collar reference price "
             f"{reference[ticker]:g}: the reference would not stay positive"
@@ -387,18 +420,20 @@ def _adjust_market(
     reference: Mapping[str, float],
     reference_ts: float | None,
     common: dict[str, Any],
-    portfolios: list[str],
+    entitled: dict[str, int],
 ) -> None:
-    """Queue the ex-dividend market (module docstring, 1) and its record."""
+    """Queue the ex-dividend market (module docstring, 1) and its record: the books it touches (``portfolios``)
+    and the quantity of the ticker each held at the ex-date (``entitled``), which a rerun books."""
     ticker, amount = common["ticker"], Decimal(common["amount"])
     price_ts = float(snap.price_ts[snap.tickers.index(ticker)])
-    reference_after = float(ex_price(reference[ticker], amount)) if ticker in reference else None
+    before = reference_of(reference, ticker)
+    reference_after = None if before is None else float(ex_price(before, amount))
     restate_market(store, pipe, snap, since, ticker, common["price_after"], dict(reference), reference_after,
                    reference_ts)  # fmt: skip
     record = {
-        **common, "portfolios": portfolios, "market_version_before": snap.version,
+        **common, "portfolios": list(entitled), "entitled": entitled, "market_version_before": snap.version,
         "market_version_after": snap.version + 1, "price_ts": price_ts if math.isfinite(price_ts) else None,
-        "reference_before": reference.get(ticker), "reference_after": reference_after,
+        "reference_before": reference_of(reference, ticker), "reference_after": reference_after,
     }  # fmt: skip
     store.record_dividend(common["dividend_id"], record, pipe=pipe)
 
@@ -408,18 +443,20 @@ def _book_dividend(
     pipe: Any,
     state: PortfolioState,
     ticker: str,
+    qty: int,
     amount: Decimal,
     common: dict[str, Any],
     now: float,
 ) -> dict[str, Any]:
-    """Queue the book's dividend (module docstring, 2); return its audit record."""
+    """Queue the book's dividend on the ``qty`` it held at the ex-date (module docstring, 2); return its audit
+    record. A position closed since still books the cash, to the book alone."""
     position = state.positions.get(ticker)
-    qty = 0 if position is None else position.qty
     cash = dividend_cash(qty, amount)
-    if position is not None and cash != 0:
-        store.write_position(
-            state.portfolio_id, ticker, replace(position, realized_pnl=position.realized_pnl + cash), pipe
-        )
+    if cash != 0:
+        if position is not None:
+            store.write_position(
+                state.portfolio_id, ticker, replace(position, realized_pnl=position.realized_pnl + cash), pipe
+            )
         store.write_portfolio_state(
             replace(state, cash=state.cash + cash, realized_pnl=state.realized_pnl + cash, updated_at=now), pipe
         )

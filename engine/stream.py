@@ -363,6 +363,12 @@ class StreamDaemon:
         self._index = {t: i for i, t in enumerate(snap.tickers)}
         if changed:
             self.anchor.reset()
+        elif self.prices.shape == snap.prices.shape:  # prices restated with no bar (a split, a dividend)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                restated = (snap.price_ts == self.price_ts) & (snap.prices != self.prices) & (self.prices > 0)
+                restated &= np.isfinite(snap.prices) & (snap.prices > 0)
+            if restated.any():
+                self.anchor.restate(np.where(restated, snap.prices / np.where(restated, self.prices, 1.0), 1.0))
         # a fresh process (or a reset anchor) rebuilds the collar's session and close from the stored market,
         # so the next session open re-anchors after a restart as without one (engine/collar.py)
         self.anchor.seed(snap.ts, snap.prices, snap.price_ts)

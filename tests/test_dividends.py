@@ -144,7 +144,7 @@ def test_a_book_without_the_ticker_is_untouched_byte_for_byte(store: Store, sett
 @pytest.mark.parametrize(
     "amount",
     [Decimal(0), Decimal("-0.25"), Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("100"),
-     Decimal("100.00"), Decimal("100.01"), 0.25],
+     Decimal("100.00"), Decimal("100.01"), 0.25, Decimal("1E-30"), Decimal("0.0000001"), Decimal("0.2500001")],
 )  # fmt: skip
 def test_a_bad_amount_is_refused_with_its_code_and_the_store_is_unchanged(
     store: Store, settings: Settings, amount: Any
@@ -152,8 +152,8 @@ def test_a_bad_amount_is_refused_with_its_code_and_the_store_is_unchanged(
     warmup.seed(store, settings, now=T0)  # AAA at 100: exactly the price would leave a price of 0
     contents = store_contents(store.client)
 
-    with pytest.raises(DividendError) as info:
-        apply_dividend(store, "AAA", amount, settings=settings, actor=ACTOR, now=T0 + 30)
+    with pytest.raises(DividendError) as info:  # forced: not the large amount's refusal, the price's own
+        apply_dividend(store, "AAA", amount, settings=settings, actor=ACTOR, now=T0 + 30, force=True)
 
     assert info.value.code == "DIVIDEND_INVALID"
     assert store_contents(store.client) == contents
@@ -162,7 +162,7 @@ def test_a_bad_amount_is_refused_with_its_code_and_the_store_is_unchanged(
 def test_one_cent_under_the_price_is_booked_and_leaves_a_price_of_one_cent(store: Store, settings: Settings) -> None:
     warmup.seed(store, settings, now=T0)
 
-    _dividend(store, settings, "AAA", "99.99")
+    _dividend(store, settings, "AAA", "99.99", force=True)  # forced: at least a quarter of the price
 
     assert _price(store, "AAA") == 0.01
     assert store.read_portfolio("main").cash == Decimal("1000000.00") + Decimal("99990.00")
@@ -188,6 +188,85 @@ def test_an_unknown_ticker_one_without_a_price_or_below_its_collar_reference_is_
         _dividend(store, settings, ticker, "0.5")
 
     assert store_contents(store.client) == contents
+
+
+def test_a_quarter_of_the_price_or_more_needs_force_and_a_millionth_of_a_dollar_is_the_finest_amount(
+    store: Store, settings: Settings
+) -> None:
+    warmup.seed(store, settings, now=T0)  # AAA at 100
+    contents = store_contents(store.client)
+    with pytest.raises(DividendError, match="typo") as info:  # exactly a quarter: refused
+        _dividend(store, settings, "AAA", "25")
+    assert info.value.code == "DIVIDEND_INVALID" and store_contents(store.client) == contents
+
+    _dividend(store, settings, "AAA", "24.999999", dividend_id="under")  # a millionth under: booked
+    assert _price(store, "AAA") == pytest.approx(75.000001, rel=1e-15)
+    _dividend(store, settings, "BBB", "12.5", dividend_id="special", force=True)  # half of BBB's 50, forced
+    assert _price(store, "BBB") == 37.5
+
+
+def test_an_empty_dividend_id_is_refused_not_taken_for_the_default(store: Store, settings: Settings) -> None:
+    """An empty id would have counted as one of its own (no repeat check) yet booked under the default id."""
+    warmup.seed(store, settings, now=T0)
+    contents = store_contents(store.client)
+    for empty in ("", "  "):
+        with pytest.raises(DividendError, match="empty dividend id"):
+            _dividend(store, settings, "AAA", "0.25", dividend_id=empty)
+    assert store_contents(store.client) == contents
+
+
+def test_a_ticker_whose_collar_reference_is_nan_is_booked_and_its_reference_left_as_it_is(
+    store: Store, settings: Settings
+) -> None:
+    warmup.seed(store, settings, now=T0)
+    reference = store.read_reference_prices()
+    store.write_reference_prices(tuple(reference), np.array([np.nan if t == "AAA" else p for t, p in
+                                                             reference.items()]), T0)  # fmt: skip
+
+    _dividend(store, settings, "AAA", "0.25")
+
+    assert _price(store, "AAA") == 99.75 and np.isnan(store.read_reference_prices()["AAA"])
+    assert store.read_portfolio("main").cash == Decimal("1000000.00") + Decimal("250.00")
+
+
+def test_a_split_of_a_ticker_whose_collar_reference_is_nan_is_applied_and_the_reference_left_as_it_is(
+    store: Store, settings: Settings
+) -> None:
+    """It raised a ValueError (Fraction of NaN) out of the command before: the split's and the dividend's
+    reference rule is one (engine/corporate_actions.py ``reference_of``)."""
+    from fractions import Fraction
+
+    from engine.corporate_actions import apply_split
+
+    warmup.seed(store, settings, now=T0)
+    reference = store.read_reference_prices()
+    store.write_reference_prices(tuple(reference), np.array([np.nan if t == "AAA" else p for t, p in
+                                                             reference.items()]), T0)  # fmt: skip
+
+    apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, now=T0 + 30)
+
+    assert _price(store, "AAA") == 50.0 and np.isnan(store.read_reference_prices()["AAA"])
+
+
+def test_a_rerun_books_the_quantity_held_at_the_ex_date_not_one_a_fill_changed_since(
+    store: Store, make_settings: Any
+) -> None:
+    """On a Redis Cluster the market's slot commits first: a fill can land before a book's slot does, and the
+    retry (or a rerun) must book what the book held at the ex-date, recorded with the market."""
+    settings = make_settings(HOLDS_AAA_SHORT)
+    warmup.seed(store, settings, now=T0)
+    main0 = store.read_portfolio("main")
+    _dividend(store, settings, "AAA", "0.25", dividend_id="d")
+    assert store.read_dividend("d")["entitled"] == {"main": 1000, "hedge": -200}  # type: ignore[index]
+    store.write_portfolio_state(main0)  # main's part undone, as if its slot had not run ...
+    store.write_position("main", "AAA", replace(main0.positions["AAA"], qty=0))  # ... and a fill closed AAA
+    store.client.delete(PortfolioKeys("main").dividends)
+
+    again = _dividend(store, settings, "AAA", "0.25", dividend_id="d", now=T0 + 60)
+
+    assert set(again.books) == {"main"} and again.books["main"]["qty"] == 1000
+    main = store.read_portfolio("main")
+    assert main.cash == Decimal("1000000.00") + Decimal("250.00") and main.realized_pnl == Decimal("250.00")
 
 
 # -- idempotence and repeats -------------------------------------------------------------------------------------
@@ -437,3 +516,39 @@ def test_a_dividend_retried_after_a_watch_conflict_books_each_book_once_and_audi
     assert store.read_portfolio("hedge").cash == Decimal("199950.00")
     desk = [r for r in store.read_stream_json(GLOBAL_AUDIT_KEY) if r.get("action") == "dividend"]
     assert len(desk) == 1 and desk[0]["market_adjusted"] is True and desk[0]["portfolios"] == ["hedge", "main"]
+
+
+# -- a stream daemon running across the restatement ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["dividend", "split"])
+def test_a_daemon_running_across_a_restatement_anchors_the_next_open_at_the_restated_close(
+    store: Store, action: str
+) -> None:
+    """The daemon reloads the restated market (its version was bumped) with its collar memory of the session
+    before: that memory is restated too, so the next open's reference is the restated close, not the old one
+    written back (a trade at the ex price was refused PRICE_COLLAR all session)."""
+    from fractions import Fraction
+
+    from engine.corporate_actions import apply_split
+    from logic.risk_manager import RiskManager
+
+    settings = _settings({**merge(TEST_CONFIG, {"market": {"calendar": "24/7"}}), "stream": {}})
+    warmup.seed(store, settings, now=T0)
+    now = {"t": T0 + 60}
+    after = 88.0 if action == "dividend" else 50.0
+
+    def bars() -> Any:
+        yield Bar(T0 + 60, dict(BASE))  # the last bar before the restatement (AAA 100)
+        if action == "dividend":
+            apply_dividend(store, "AAA", Decimal("12"), settings=settings, actor=ACTOR, now=T0 + 90)
+        else:
+            apply_split(store, "AAA", Fraction(2), settings=settings, actor=ACTOR, now=T0 + 90)
+        now["t"] = MIDNIGHT + 60
+        yield Bar(MIDNIGHT + 60, {**BASE, "AAA": after})  # the next day's first bar, at the restated price
+
+    StreamDaemon(store, settings, IterableFeed(bars()), interval=0, clock=lambda: now["t"]).run()
+
+    assert store.read_reference_prices()["AAA"] == pytest.approx(after, rel=1e-12)
+    decision = RiskManager(store.client, "main", settings, clock=lambda: MIDNIGHT + 60).check("AAA", 10, "BUY")
+    assert decision.status == "APPROVED", decision.reasons
