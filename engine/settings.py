@@ -337,7 +337,8 @@ class Model:
     ``bar_seconds`` (``make run`` uses 2 s for a lively demo); the dashboard then says so on every page.
     0 plays as fast as possible (tests)."""
     bars_per_day: Annotated[Integer, Field(gt=0)] = BARS_PER_DAY
-    """Trading minutes per day: daily figures scale one-bar volatility by sqrt(bars_per_day)."""
+    """Trading minutes per day: daily figures scale one-bar volatility by sqrt(bars_per_day) (with
+    ``night_variance_share`` a bar's variance carries its share of the night, so a day is close to close)."""
     trading_days_per_year: Annotated[Integer, Field(gt=0)] = TRADING_DAYS_PER_YEAR
     night_variance_share: Annotated[Number, Field(ge=0, le=10)] = 0.0
     """Variance of a night (a session's close to the next open: a weekend or a holiday is one night) as a share of
