@@ -120,6 +120,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine import math_logic
 from engine.errors import FeedError, RiskdeskError
 from engine.sessions import Sessions, market_calendar
 from engine.settings import Settings
@@ -464,6 +465,31 @@ class PriceFilter:
         out = np.zeros(since.shape)
         out[earlier] = j - i
         return out
+
+    def session_gaps(
+        self,
+        since: npt.NDArray[np.float64],
+        price_ts: npt.NDArray[np.float64],
+        printed_before: npt.NDArray[np.bool_],
+        bar_time: float,
+        now: float,
+        night_share: float,
+        bars_per_day: float,
+    ) -> tuple[npt.NDArray[np.float64], float]:
+        """The bars of variance each ticker's return spans (:func:`engine.math_logic.session_spans` of the feed
+        bars ``since`` its price at ``price_ts`` and the nights between), and the bar's own span
+        (``TickEvent.span``): the nights of the tickers ``printed_before`` (in the bar before: their price times
+        are that bar's, while the snapshot's time may be a foreign writer's wall clock, an add_ticker in a replay),
+        with none since the last bar written (``bar_time``)."""
+        nights = self.nights(price_ts, now)
+        gaps = math_logic.session_spans(since, nights, night_share, bars_per_day, self.bar_scale)
+        if printed_before.any():
+            bar_nights = 0.0 if nights is None else float(nights[printed_before].max())
+        else:
+            counted = self.nights(np.array([bar_time]), now)
+            bar_nights = 0.0 if counted is None else float(counted[0])
+        span = math_logic.session_spans(np.ones(1), np.array([bar_nights]), night_share, bars_per_day, self.bar_scale)
+        return gaps, float(span[0])
 
     def _earlier(
         self, since: npt.NDArray[np.float64], now: float

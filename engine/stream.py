@@ -448,24 +448,10 @@ class StreamDaemon:
         gaps, span = None, 1.0
         if returns is not None and self._night_share > 0.0 and self.price_filter.sessions is not None:
             # and a night's variance more, each open bar a little less (math_logic.session_spans)
-            model = self.settings.model
-            nights = self.price_filter.nights(self.price_ts, now)
-            scale = self.price_filter.bar_scale
-            gaps = math_logic.session_spans(since, nights, self._night_share, model.bars_per_day, scale)
-            # the bar's own nights (TickEvent.span): those of the tickers priced in the bar before, whose price
-            # times are that bar's (the snapshot's time may be a foreign writer's wall clock: an add_ticker in a
-            # replay); with none, since the last bar written
-            before = self.since == 0.0
-            if before.any():
-                bar_nights = 0.0 if nights is None else float(nights[before].max())
-            else:
-                counted = self.price_filter.nights(np.array([self._bar_time]), now)
-                bar_nights = 0.0 if counted is None else float(counted[0])
-            span = float(
-                math_logic.session_spans(
-                    np.ones(1), np.array([bar_nights]), self._night_share, model.bars_per_day, scale
-                )[0]
-            )
+            gaps, span = self.price_filter.session_gaps(
+                since, self.price_ts, self.since == 0.0, self._bar_time, now, self._night_share,
+                self.settings.model.bars_per_day,
+            )  # fmt: skip
         elif returns is not None and (since[observed] > 1.0).any():
             gaps = since.copy()
         since[accepted] = 0.0  # a reset bar's prices too: the next return starts from them
