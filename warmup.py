@@ -187,8 +187,7 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
         model.bar_seconds,
     )  # fmt: skip
     cov = history.model_covariance(hist, model.ewma_decay, model.bars_per_day, model.bar_seconds, spans=spans)
-    returns = hist.log_returns() if spans is None else hist.log_returns() / np.sqrt(spans)[:, np.newaxis]
-    _, z, observed = standardized_history(returns, settings.model.ewma_decay)
+    _, z, observed = standardized_history(history.model_returns(hist, spans), settings.model.ewma_decay)
     return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z, observed)
 
 

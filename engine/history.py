@@ -306,6 +306,13 @@ def night_spans(
     return math_logic.session_spans(np.ones(nights.size), nights, night_share, bars_per_day, scale)
 
 
+def model_returns(history: History, spans: Float64Array | None = None) -> Float64Array:
+    """The history's log returns, each divided by the square root of the bars of variance it spans
+    (:func:`night_spans`; None: as they are): what the EWMA matrix and the standardized window are built from."""
+    returns = history.log_returns()
+    return returns if spans is None else returns / np.sqrt(spans)[:, np.newaxis]
+
+
 def model_covariance(
     history: History,
     decay: float,
@@ -332,9 +339,7 @@ def model_covariance(
     long/short book to nothing. The EWMA matrix itself must only be finite with a positive diagonal and positive
     semi-definite to rounding (:func:`_check_positive_definite`).
     """
-    returns = history.log_returns()
-    if spans is not None:
-        returns = returns / np.sqrt(spans)[:, np.newaxis]
+    returns = model_returns(history, spans)
     cov = math_logic.ewma_covariance_from_returns(returns, decay=decay)
     _check_positive_definite(history, returns, cov)
     scale = history.spacing.model_bars(bars_per_day, bar_seconds)
