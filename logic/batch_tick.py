@@ -26,10 +26,12 @@ live risk seconds behind). The touched portfolios are loaded again before their 
 unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no backoff): the redo of that same
 tick computes and writes only the portfolios not done, as lanes of their own loaded from the store (:class:`_Kept`,
 :meth:`VectorisedTick._left`); the others' snapshots and history points of the tick are already stored and are taken as
-they are. Any other failure drops every lane's state (a failed script may have written part of a tick). A monitor
-stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone (whole) by whoever
-takes it. A portfolio that moves to another lane (the registry changed) is loaded from the store by its new lane, as
-one another writer touched."""
+they are. Any other failure drops every lane's state (a failed script may have written part of a tick); its redo
+takes a portfolio that holds the stamp of one of the failed attempt's lane writes as written by it (:class:`_Unsure`:
+the store went away after running it), so no point of the tick is stored twice. A monitor stopped after the last lane
+and before the acknowledgement leaves the tick unacknowledged: it is redone (whole) by whoever takes it. A portfolio
+that moves to another lane (the registry changed) is loaded from the store by its new lane, as one another writer
+touched."""
 
 from __future__ import annotations
 
@@ -157,6 +159,17 @@ class _Kept:
 
 
 @dataclass
+class _Unsure:
+    """The lane writes of a tick's failed attempts (the store went away: whether each ran is unknown), by their
+    owner stamp: the snapshots each queued. A redo of the tick takes a portfolio whose peaks hash holds one of
+    those stamps as written by it (one script wrote its stamp, snapshot and history point together), so its
+    point is not written twice at a later time; a write the store lost (not run, or a failover) left no stamp."""
+
+    tick: tuple[int, float]
+    writes: dict[bytes, dict[str, dict[str, Any]]]
+
+
+@dataclass
 class _Sent:
     """A lane's tick, computed and queued in its transaction (its EXEC maybe running on a writer thread)."""
 
@@ -186,6 +199,8 @@ class VectorisedTick:
         self.chunk_portfolios = CHUNK_PORTFOLIOS
         self.kept: _Kept | None = None
         """What an attempt of the tick other writers interrupted did, for its redo (:class:`_Kept`)."""
+        self.unsure: _Unsure | None = None
+        """The writes of the tick's failed attempts, for its redo (:class:`_Unsure`)."""
 
     def snapshot_all(
         self,
@@ -215,6 +230,8 @@ class VectorisedTick:
         key = (int(market.header.version), float(market.header.ts), monitor.stats.store_errors)
         kept, self.kept = self.kept, None
         kept = kept if tick and kept is not None and kept.tick == key else None
+        if tick and (self.unsure is None or self.unsure.tick != key[:2]):
+            self.unsure = _Unsure(key[:2], {})
         with paused_gc(), prompt_writer():
             for final in [False] * (LAYOUT_PASSES - 1) + [True]:
                 laying = False
@@ -271,6 +288,9 @@ class VectorisedTick:
             k: (snapshots, done) for k, (pids, snapshots, done) in (kept.lanes.items() if kept is not None else ())
             if k < len(self.lanes) and tuple(self.lanes[k].cols.pids) == pids
         }  # fmt: skip
+        unsure = self.unsure if key[:2] == (self.unsure.tick if self.unsure is not None else None) else None
+        if unsure is not None and unsure.writes:
+            before = self._written(before, seen, unsure)
         todo = [  # the lanes this call writes, a lane an earlier attempt did in part as the part left
             (k, lane) if k not in before else (k, self._left(lane, before[k][1], market))
             for k, lane in enumerate(self.lanes) if k not in before or set(lane.cols.pids) - before[k][1]
@@ -326,8 +346,10 @@ class VectorisedTick:
             txs[-1].multi()
             finish(txs[-1], snapshots, now=now)
         except redis.WatchError:
+            self._remember(unsure, sent)
             raise
         except BaseException:
+            self._remember(unsure, sent)
             for lane in self.lanes:
                 lane.state.drop()  # a failed script may have written part of a tick: load again
             raise
@@ -337,6 +359,31 @@ class VectorisedTick:
             for tx in txs:
                 tx.reset()
         return snapshots
+
+    @staticmethod
+    def _remember(unsure: _Unsure | None, sent: Sequence[_Sent]) -> None:
+        """Keep the lane writes of an attempt that failed (:class:`_Unsure`); a refresh's are not redone."""
+        if unsure is not None:
+            for s in sent:
+                unsure.writes[s.merged.stamp.encode()] = s.snapshots
+
+    def _written(
+        self, before: dict[int, tuple[dict[str, dict[str, Any]], frozenset[str]]], seen: dict[str, Any],
+        unsure: _Unsure,
+    ) -> dict[int, tuple[dict[str, dict[str, Any]], frozenset[str]]]:  # fmt: skip
+        """``before`` with, in each lane, the portfolios whose peaks hash holds (``seen``: read before the clock)
+        the stamp of a write of an earlier failed attempt of the tick: done, with the snapshot it wrote."""
+        done = dict(before)
+        for k, lane in enumerate(self.lanes):
+            hit = {}
+            for pid, key in zip(lane.cols.pids, lane.state.peaks_keys(), strict=True):
+                snapshot = unsure.writes.get(seen.get(key) or b"", {}).get(pid)
+                if snapshot is not None:
+                    hit[pid] = snapshot
+            if hit:
+                snaps, did = done.get(k, ({}, frozenset()))
+                done[k] = ({**snaps, **hit}, did | frozenset(hit))
+        return done
 
     def _left(self, lane: _Lane, done: frozenset[str], market: MarketView) -> _Lane:
         """The portfolios of ``lane`` an earlier attempt of the tick did not do, as a lane of their own for the

@@ -79,3 +79,65 @@ def test_a_monitor_write_sent_twice_stores_each_tick_once(
         versions = [int(p["version"]) for p in seeded_store.read_history(pid)]
         assert versions == [1, 2, 3, 4], (pid, versions)
     assert monitor.stats.ticks_redone == 0
+
+
+class _Outage:
+    """Makes the monitor's ``fail_at``-th transaction of a tick (1-based, the acknowledgement last) commit and
+    then raise a ConnectionError, as a server killed after it ran the write and before its reply reached the
+    client (appendfsync always: nothing it acknowledged is lost) leaves a monitor; ``ran`` False: it raises without
+    running (the server was gone before it)."""
+
+    def __init__(self, fail_at: int, ran: bool) -> None:
+        self.fail_at, self.ran, self.count, self.failed = fail_at, ran, 0, False
+
+    def __call__(self, client: Any) -> Any:
+        pipe = client.pipeline(transaction=True)
+        execute = pipe.execute
+
+        def once(raise_on_error: bool = True) -> Any:
+            self.count += 1
+            if self.count != self.fail_at or self.failed:
+                return execute(raise_on_error)
+            self.failed = True
+            if self.ran:
+                execute(raise_on_error)
+            raise redis.ConnectionError("Connection closed by server.")
+
+        pipe.execute = once
+        return pipe
+
+
+class _Moving(_Clock):
+    """A clock that moves a millisecond each time it is read: a redo of a tick is at a later time."""
+
+    def __call__(self) -> float:
+        self.t += 0.001
+        return self.t
+
+
+@pytest.mark.parametrize(("fail_at", "ran"), [(1, True), (2, True), (3, True), (1, False), (2, False), (3, False)])
+def test_a_tick_whose_writes_committed_before_the_server_went_away_stores_each_point_once(
+    seeded_store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch, fail_at: int, ran: bool
+) -> None:
+    # Arrange: two lanes of one portfolio each (two lane transactions, then the acknowledgement: the third)
+    clock = _Moving()
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0)
+    assert monitor.fast is not None
+    monitor.fast.chunk_portfolios = 1
+    _bar(seeded_store, settings, 0)
+    assert monitor.process_available() == 1
+    outage = _Outage(fail_at, ran)
+    for seed in (1, 2):
+        clock.t += 1.0
+        _bar(seeded_store, settings, seed)
+    # Act: the second tick fails once with the store "gone", and is redone by the monitor's loop a backoff later
+    # (unless its acknowledgement committed: the tick was done, the third is next)
+    with monkeypatch.context() as m:
+        m.setattr(batch_tick, "slot_transaction", outage)
+        stats = monitor.run(max_ticks=2 if (fail_at, ran) == (3, True) else 3, block_ms=10)
+    # Assert
+    assert outage.failed and stats.store_errors == 1
+    for pid in ("main", "hedge"):
+        versions = [int(p["version"]) for p in seeded_store.read_history(pid)]
+        assert versions == [1, 2, 3], (pid, versions)
+        assert seeded_store.read_snapshot(pid)["version"] == 3
