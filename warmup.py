@@ -408,13 +408,19 @@ def reset(store: Store) -> int:
     return len(keys)
 
 
+def _alone(args: argparse.Namespace, action: str, *others: object) -> None:
+    """Refuse a corporate action (``action``) given with another action or an option it does not take
+    (``others``: the other action's own): it would be ignored, and the operator would believe it done."""
+    given = (args.history, args.reset, args.yes, args.add_ticker, args.price is not None, args.vol is not None,
+             args.positions, args.sync, args.dry_run, args.create, args.wipe_audit, *others)  # fmt: skip
+    if any(given):
+        raise WarmupError(f"{action} runs alone: run the other actions separately")
+
+
 def _split(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     """``--split TICKER RATIO``: alone (no other action in the same run), audited as :data:`ACTOR`; its output
     lists what must be restated by hand (the settings file, ``max_order_qty`` / ``max_position_qty``)."""
-    others = (args.history, args.reset, args.add_ticker, args.positions, args.sync, args.dry_run, args.create,
-              args.wipe_audit, args.dividend, args.dividend_id)  # fmt: skip
-    if any(others):
-        raise WarmupError("--split runs alone: run the other actions separately")
+    _alone(args, "--split", args.dividend, args.dividend_id)
     symbol, text = args.split
     if not valid_symbol(symbol):
         raise corporate_actions.SplitError(f"invalid ticker symbol {symbol!r}")
@@ -430,10 +436,7 @@ def _split(store: Store, settings: Settings, args: argparse.Namespace) -> int:
 def _dividend(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     """``--dividend TICKER AMOUNT``: alone (no other action in the same run), audited as :data:`ACTOR`; its
     output names the settings file's cash to edit by hand."""
-    others = (args.history, args.reset, args.add_ticker, args.positions, args.sync, args.dry_run, args.create,
-              args.wipe_audit, args.split_id)  # fmt: skip
-    if any(others):
-        raise WarmupError("--dividend runs alone: run the other actions separately")
+    _alone(args, "--dividend", args.split_id)
     symbol, text = args.dividend
     if not valid_symbol(symbol):
         raise dividends.DividendError(f"invalid ticker symbol {symbol!r}")
@@ -486,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dividend(store, settings, args)
         if args.reason or args.split_id or args.dividend_id or args.force:
             raise WarmupError("--reason, --split-id, --dividend-id and --force go with --split or --dividend")
+        if (args.price is not None or args.vol is not None) and not args.add_ticker:
+            raise WarmupError("--price and --vol go with --add-ticker")
         if args.add_ticker:
             if args.price is None or args.vol is None:
                 raise WarmupError("--add-ticker needs --price and --vol")

@@ -314,6 +314,35 @@ def test_the_command_refuses_a_bad_split_with_its_code(
     assert store.read_portfolio("main").positions["AAA"].qty == 1000
 
 
+@pytest.mark.parametrize("action", [["--split", "AAA", "2"], ["--dividend", "AAA", "0.25"]])
+@pytest.mark.parametrize("other", [["--price", "50"], ["--vol", "0.3"], ["--yes"], ["--sync"],
+                                   ["--add-ticker", "NEW"]])  # fmt: skip
+def test_the_command_refuses_a_corporate_action_with_an_option_it_would_ignore(
+    action: list[str], other: list[str], store: Store, config_file: Path, redis_server: EmbeddedRedis,
+    monkeypatch: Any, capsys: Any,
+) -> None:  # fmt: skip
+    warmup.seed(store, _settings(merge(TEST_CONFIG, {})), now=T0)
+    contents = store_contents(store.client)
+
+    status, out, err = _main([*action, *other], config_file, redis_server.url, monkeypatch, capsys)
+
+    assert status == 2 and f"{action[0]} runs alone" in err and out == ""
+    assert store_contents(store.client) == contents
+
+
+@pytest.mark.parametrize("option", [["--price", "50"], ["--vol", "0.3"]])
+def test_the_command_refuses_a_price_or_vol_without_a_ticker_to_add(
+    option: list[str], store: Store, config_file: Path, redis_server: EmbeddedRedis, monkeypatch: Any, capsys: Any
+) -> None:
+    warmup.seed(store, _settings(merge(TEST_CONFIG, {})), now=T0)
+    contents = store_contents(store.client)
+
+    status, out, err = _main(option, config_file, redis_server.url, monkeypatch, capsys)
+
+    assert status == 2 and "--price and --vol go with --add-ticker" in err and out == ""
+    assert store_contents(store.client) == contents
+
+
 def test_the_command_splits_once_and_says_so_on_a_rerun(
     store: Store, config_file: Path, redis_server: EmbeddedRedis, monkeypatch: Any, capsys: Any
 ) -> None:
