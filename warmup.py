@@ -99,6 +99,9 @@ class SeedMarket:
     """Standardized one-bar returns, oldest first, shape (T, N); None: simulate them from ``cov``."""
     observed: np.ndarray | None = None
     """Which entries of ``standardized`` are observations (bool, same shape); None: all."""
+    printed: float | None = None
+    """When ``prices`` were printed (``history.printed_at``), the stored price time of every ticker (never later
+    than the warm-up); None: the warm-up's time (prices typed in the settings)."""
 
 
 def standardized_history(
@@ -181,14 +184,15 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
         raise history.HistoryError(f"{path}:1: no price column for {missing}")
     hist = hist.reordered(tuple(settings.universe.assets))
     model = settings.model
-    sessions = market_calendar(settings).sessions if model.night_variance_share > 0.0 else None  # heavy: if used
+    sessions = market_calendar(settings).sessions  # heavy: built on first use
     spans = history.night_spans(
         hist, None if sessions is None else sessions.opens, model.night_variance_share, model.bars_per_day,
         model.bar_seconds,
     )  # fmt: skip
     cov = history.model_covariance(hist, model.ewma_decay, model.bars_per_day, model.bar_seconds, spans=spans)
     _, z, observed = standardized_history(history.model_returns(hist, spans), settings.model.ewma_decay)
-    return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z, observed)
+    printed = history.printed_at(hist, None if sessions is None else sessions.closes)
+    return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z, observed, printed)
 
 
 def _initial_portfolio(settings: Settings, portfolio_id: str, prices: dict[str, float], now: float) -> PortfolioState:
@@ -226,7 +230,7 @@ def seed(store: Store, settings: Settings, *, history: SeedMarket | None = None,
         ts=now,
         tickers=market.tickers,
         prices=market.prices,
-        price_ts=np.full(len(market.tickers), now),
+        price_ts=np.full(len(market.tickers), now if market.printed is None else min(market.printed, now)),
         cov=market.cov,
     )
     prices = dict(zip(market.tickers, market.prices.tolist(), strict=True))
@@ -531,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version = reload.reload_market(
                 store, settings, history.tickers, history.prices, history.cov, now=time.time(), actor=ACTOR,
                 detail={"file": str(args.history)}, standardized=history.standardized, observed=history.observed,
+                printed=history.printed,
             )  # fmt: skip
             print(f"warmup: market reloaded from {args.history} (version {version}, new epoch; books kept)")
             history = None

@@ -306,6 +306,22 @@ def night_spans(
     return math_logic.session_spans(np.ones(nights.size), nights, night_share, bars_per_day, scale)
 
 
+def printed_at(history: History, closes: Float64Array | None) -> float:
+    """When the history's last prices were printed (epoch seconds): the stored market's price time after a
+    warm-up from it, from which the stream counts the nights its first bar spans (README "Nights").
+
+    A minute or hourly row is stamped with its own time. A daily or weekly row carries a date (midnight UTC of
+    it, where the file gives no time): its price is the close of that day's session, or of the last one before it
+    (a row dated on a holiday repeats that close): the last of the calendar's ``closes`` (epoch seconds,
+    ascending; None or empty: no calendar) before the date ends in UTC. The row's time as it is without a
+    calendar, or when the calendar has no session in the week before it (outside its range)."""
+    last = float(history.timestamps[-1])
+    if history.spacing.kind in (SpacingKind.MINUTE, SpacingKind.HOURLY) or closes is None or closes.size == 0:
+        return last
+    i = int(np.searchsorted(closes, last + NOMINAL_SECONDS[SpacingKind.DAILY], side="left")) - 1
+    return float(closes[i]) if i >= 0 and last - closes[i] < NOMINAL_SECONDS[SpacingKind.WEEKLY] else last
+
+
 def model_returns(history: History, spans: Float64Array | None = None) -> Float64Array:
     """The history's log returns, each divided by the square root of the bars of variance it spans
     (:func:`night_spans`; None: as they are): what the EWMA matrix and the standardized window are built from."""

@@ -11,8 +11,9 @@ the new epoch and writes its next bar as a ``reset`` bar (no return across the t
 
 Each ticker's count of bars since its last print (``print_gaps``, kept with the snapshot for a thin ticker's next
 return) is written as 0 under the new version, deliberately: the reloaded prices are the history file's last
-row, in which every ticker has a close (engine/history.py refuses a missing one), stamped with the reload's time
-(``price_ts``), so each ticker's last price is as of the reload and its next return is measured from it. The
+row, in which every ticker has a close (engine/history.py refuses a missing one), stamped with when that row was
+printed (``price_ts``: ``history.printed_at``, never later than the reload), and the next bar is a reset bar: no
+return is measured across the reload. The
 old counts belong to the prices the reload replaces; carried onto the new ones they would shrink a thin
 ticker's next return by ``sqrt`` of bars it does not span.
 
@@ -62,12 +63,15 @@ def reload_market(
     detail: dict[str, object],
     standardized: Float64Array | None = None,
     observed: npt.NDArray[np.bool_] | None = None,
+    printed: float | None = None,
 ) -> int:
     """Replace the stored market by ``tickers, prices, cov`` (one model bar); returns the new version.
 
     ``standardized``: the history's window of standardized returns (T, N), written in the same transaction
     (stamped with the new version), so no reader sees the new market with the old window; ``observed`` (bool,
-    same shape; None: all) marks its missing entries (``warmup.standardized_history``).
+    same shape; None: all) marks its missing entries (``warmup.standardized_history``). ``printed``: when the
+    prices were printed (``history.printed_at``: the stream counts the nights since), never later than ``now``;
+    None: ``now``.
     Refused (nothing written) when the store's universe holds a ticker that ``tickers`` does not cover.
     """
     for _ in range(WATCH_RETRIES):
@@ -85,7 +89,7 @@ def reload_market(
                 pids = store.portfolio_ids(pipe)
                 snap = MarketSnapshot(
                     version=header.version + 1, ts=now, tickers=tuple(tickers), prices=np.asarray(prices),
-                    price_ts=np.full(len(tickers), now), cov=cov,
+                    price_ts=np.full(len(tickers), now if printed is None else min(printed, now)), cov=cov,
                 )  # fmt: skip
                 stressed = math_logic.build_stressed_covariance(
                     cov,

@@ -294,6 +294,80 @@ def test_a_warm_up_from_a_minute_file_scales_its_nights_as_the_stream_does(
     np.testing.assert_allclose(store.read_market().cov, _ewma_from_scratch(returns), rtol=1e-12)
 
 
+def _daily_file(tmp_path: Path, last: str, sessions: int = 60) -> Path:
+    """XNYS sessions up to ``last`` (a date), one close a day, each ticker at its settings' daily volatility."""
+    from .test_history import _write_wide
+
+    dates = [d for d in sessions_for("XNYS").dates if d <= last][-sessions:]
+    vols = np.array([0.20, 0.30, 0.25, 0.40]) / math.sqrt(252.0)
+    start = np.array([100.0, 50.0, 200.0, 25.0])
+    steps = np.random.default_rng(4).normal(0.0, 1.0, (len(dates), 4)) * vols
+    closes = start * np.exp(np.cumsum(steps, axis=0) - np.cumsum(steps, axis=0)[-1])  # the last row at ``start``
+    return _write_wide(tmp_path / "daily.csv", dates, closes, ["AAA", "BBB", "CCC", "DDD"])
+
+
+def test_the_prices_of_a_file_are_stamped_when_they_were_printed() -> None:
+    from engine.history import History, Spacing, SpacingKind, printed_at
+
+    closes = sessions_for("XNYS").closes
+
+    def last_row(text: str, kind: SpacingKind) -> History:
+        t = datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+        return History(Path("f.csv"), ("AAA",), np.array([t - 86_400.0, t]), np.ones((2, 1)), Spacing(kind, 1.0, 0))
+
+    friday = last_row("2026-11-20", SpacingKind.DAILY)
+    assert printed_at(friday, closes) == ny("2026-11-20T16:00")  # the day's close, not midnight UTC before it
+    assert printed_at(last_row("2026-11-27", SpacingKind.DAILY), closes) == ny("2026-11-27T13:00")  # a half-day
+    # Thanksgiving: no session that day, the close before it
+    assert printed_at(last_row("2026-11-26", SpacingKind.DAILY), closes) == ny("2026-11-25T16:00")
+    assert printed_at(last_row("2026-11-23", SpacingKind.WEEKLY), closes) == ny("2026-11-23T16:00")
+    minute = last_row("2026-11-20T15:59:00", SpacingKind.MINUTE)
+    assert printed_at(minute, closes) == float(minute.timestamps[-1])  # a bar's own time
+    assert printed_at(friday, None) == float(friday.timestamps[-1])  # no calendar: the row's time
+    assert printed_at(last_row("1980-01-02", SpacingKind.DAILY), closes) == float(
+        last_row("1980-01-02", SpacingKind.DAILY).timestamps[-1]
+    )  # before the calendar's first session
+
+
+@pytest.mark.parametrize("at", ["2026-11-23T08:00", "2026-11-23T11:00"])
+def test_a_warm_up_leaves_the_night_since_the_files_last_close_to_the_first_bar(
+    at: str, store: Store, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A desk seeds from Friday's closes on Monday, before the open or in the session (a restart mid-morning):
+    the first bar, 3 % down on Friday's close, spans the weekend's night. Stamped with the warm-up's time, the
+    prices of a warm-up in the session hid it: the gap was one minute's return, about 40 of its sigmas, refused as
+    absurd by the stream's jump test (the shipped 12 sigmas; with a looser test it multiplied the vol by 12)."""
+    phi = shipped_share()
+    settings = make_settings({"model": {"night_variance_share": phi}, "stream": {"max_jump_sigma": 12.0}})
+    lam = float(settings.model.ewma_decay)
+    path = _daily_file(tmp_path, "2026-11-20")
+    first = MON_OPEN if at < MON_OPEN else "2026-11-23T11:01"
+
+    warmup.seed(store, settings, history=warmup.read_history(path, settings), now=ny(at))
+    seeded = store.read_market()
+    _stream(store, settings, [(first, 97.0)])
+
+    assert seeded.price_ts.tolist() == [ny(FRI_CLOSE)] * 4  # Friday's close, when these prices were printed
+    market = store.read_market()
+    assert market.prices[0] == 97.0  # accepted
+    span = (1.0 + phi * 390) / (1.0 + phi)  # one weekend: one night
+    event = store.read_ticks(1, newest_first=True)[0]
+    assert event.span == pytest.approx(span, rel=1e-15)
+    r = math.log(0.97)
+    assert market.cov[0, 0] == pytest.approx(lam * seeded.cov[0, 0] + (1.0 - lam) * r * r / span, rel=1e-12)
+
+
+def test_a_file_whose_last_close_is_later_than_the_warm_up_is_stamped_with_the_warm_up(
+    store: Store, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings({})
+    path = _daily_file(tmp_path, "2026-11-20")
+
+    warmup.seed(store, settings, history=warmup.read_history(path, settings), now=ny("2026-11-20T15:00"))
+
+    assert store.read_market().price_ts.tolist() == [ny("2026-11-20T15:00")] * 4  # never in the future
+
+
 # -- the simulated feed lives in the model's world -------------------------------------------------------------
 
 
