@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from streamlit.testing.v1 import AppTest
 
 import warmup
 from engine.archive import Archiver
+from engine.corporate_actions import apply_split
+from engine.dividends import apply_dividend
 from engine.errors import CorruptDataError
 from engine.records import Role
 from engine.settings import Settings
@@ -98,6 +101,7 @@ def act_on_every_kind(desk: views.Desk) -> None:
     engine.evaluate("main", snapshot(now=now, var__utilization=0.9, drawdown__daily=-0.06), now)
     views.acknowledge_alert(desk, "main", "var_in_use", TRADER, "looking at it")
     views.firm_switch(desk, "HALT ALL", RISK, "end of day")
+    apply_dividend(desk.store, "AAA", Decimal("0.25"), settings=desk.settings, actor="ops", now=desk.clock())
 
 
 def test_every_kind_of_audited_action_is_a_row_with_its_actor_newest_first(desk: views.Desk) -> None:
@@ -382,3 +386,25 @@ def test_the_page_says_where_older_records_are_archived_once_an_archive_exists(
         assert note in [c.value for c in at.caption]
     finally:
         st.cache_resource.clear()
+
+
+def test_a_split_and_a_dividend_read_as_corporate_actions_in_a_desks_words(
+    desk: views.Desk, desk_settings: Settings
+) -> None:
+    store = desk.store
+    apply_dividend(store, "AAA", Decimal("0.25"), settings=desk_settings, actor="ops", reason="Q1 dividend",
+                   dividend_id="AAA-q1", now=T0 + 10)  # fmt: skip
+    apply_split(store, "AAA", Fraction(2), settings=desk_settings, actor="ops", reason="2-for-1",
+                split_id="AAA-2", now=T0 + 20)  # fmt: skip
+
+    rows = by_kind(list(audit_view(desk).entries), AuditKind.CORPORATE_ACTION)
+
+    assert [(e.portfolio, e.summary, e.detail, e.actor) for e in rows] == [
+        (views.FIRM_WIDE, "split AAA-2: AAA 2-for-1, last price 99.75 → 49.875; books main", "2-for-1", "ops"),
+        ("main", "split AAA-2: AAA 1,000 @ 100 → 2,000 @ 50", "2-for-1", "ops"),
+        (views.FIRM_WIDE, "dividend AAA-q1: AAA 0.25 a share, last price 100 → 99.75; books main", "Q1 dividend",
+         "ops"),
+        ("main", "dividend AAA-q1: 1,000 AAA × USD 0.25 = USD 250.00 received; cash USD 1,000,000.00 → "
+         "USD 1,000,250.00", "Q1 dividend", "ops"),
+    ]  # fmt: skip
+    assert AuditKind.CORPORATE_ACTION in audit_view(desk).kinds  # the page's kind filter offers it

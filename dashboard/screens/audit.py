@@ -1,5 +1,5 @@
 """Audit: every fill, refused execution, refused check, trading-state change, rule change, limit change,
-acknowledgement and automated action of the desk, newest first, filtered, with CSV export."""
+acknowledgement, automated action and corporate action of the desk, newest first, filtered, with CSV export."""
 
 from __future__ import annotations
 

@@ -95,6 +95,7 @@ class AuditKind(StrEnum):
     ACKNOWLEDGEMENT = "acknowledgement"
     RESOLUTION = "resolution"
     AUTOMATED = "automated action"
+    CORPORATE_ACTION = "corporate action"
     MAINTENANCE = "maintenance"
 
 
@@ -320,6 +321,9 @@ def _portfolio_audit_entry(pid: str, r: Mapping[str, Any], source: str, currency
     if action.startswith("automated_"):
         return AuditEntry(ts, pid, actor, AuditKind.AUTOMATED, _automated_summary(action, r), reason or
                           f"rule {r.get('rule_id', '?')}, alert {r.get('alert_id', '?')}", source)  # fmt: skip
+    if action in CORPORATE_ACTIONS:
+        summary = _corporate_summary(r, currency, book=True)
+        return AuditEntry(ts, pid, actor, AuditKind.CORPORATE_ACTION, summary, reason, source)
     if action == SYNC_ACTION:
         return AuditEntry(ts, pid, actor, AuditKind.MAINTENANCE, _sync_summary(r, currency), reason, source)
     if action == CAPITAL_FLOW_ACTION:
@@ -327,6 +331,36 @@ def _portfolio_audit_entry(pid: str, r: Mapping[str, Any], source: str, currency
     extra = _scalars(r)
     return AuditEntry(ts, pid, actor, AuditKind.MAINTENANCE, f"{action or 'record'}" + (f": {extra}" if extra else ""),
                       reason, source)  # fmt: skip
+
+
+CORPORATE_ACTIONS = ("split", "dividend")
+"""The ``action`` of the records of engine/corporate_actions.py and engine/dividends.py."""
+
+
+def _corporate_summary(r: Mapping[str, Any], currency: str, *, book: bool) -> str:
+    """A split or a dividend as the warm-up printed it: the market's (``book`` False: the ticker's terms, its last
+    price restated, the books it touched) or one book's (its position restated, or the cash it received)."""
+    action, ticker = str(r.get("action")), str(r.get("ticker") or "?")
+    head = f"{action} {r.get(f'{action}_id') or '?'}: "
+    if action == "split" and book:
+        lieu = _decimal(r.get("cash_in_lieu"))
+        return head + (
+            f"{ticker} {fmt_qty(r.get('qty_before'))} @ {fmt_qty(r.get('avg_price_before'))}{ARROW}"
+            f"{fmt_qty(r.get('qty_after'))} @ {fmt_qty(r.get('avg_price_after'))}"
+        ) + (f"; cash in lieu {fmt_money(lieu, currency)}" if lieu else "")  # fmt: skip
+    if action == "dividend" and book:
+        cash, before, after = (fmt_money(r.get(k), currency) for k in ("cash", "cash_before", "cash_after"))
+        return head + (
+            f"{fmt_qty(r.get('qty'))} {ticker} × {currency} {r.get('amount', '?')} = {cash} received; "
+            f"cash {before}{ARROW}{after}"
+        )  # fmt: skip
+    terms = r.get("ratio_text") if action == "split" else f"{r.get('amount', '?')} a share"
+    books = r.get("portfolios")
+    named = ", ".join(str(p) for p in books) if isinstance(books, list) and books else "none"
+    return head + (
+        f"{ticker} {terms}, last price {fmt_qty(r.get('price_before'))}{ARROW}{fmt_qty(r.get('price_after'))}; "
+        f"books {named}"
+    )  # fmt: skip
 
 
 def _sync_summary(r: Mapping[str, Any], currency: str) -> str:
@@ -397,6 +431,9 @@ def _global_entries(r: Mapping[str, Any], source: str) -> list[AuditEntry]:
         else:
             summary = f"rule {rule} {verb}: " + (_changes(before, after, lambda _n, v: str(v)) or "no change")
         return [AuditEntry(ts, FIRM_WIDE, actor, AuditKind.RULE_CHANGE, summary, reason, source)]
+    if action in CORPORATE_ACTIONS:
+        summary = _corporate_summary(r, DEFAULT_CURRENCY, book=False)
+        return [AuditEntry(ts, FIRM_WIDE, actor, AuditKind.CORPORATE_ACTION, summary, reason, source)]
     if action in FIRM_ACTION_LABELS and isinstance(r.get("portfolios"), Mapping):
         out = []
         for pid, change in sorted(r["portfolios"].items()):
