@@ -212,15 +212,12 @@ a ring of the legacy layout is converted, not started empty, so the history writ
 APPEND_POINT_LUA = """
 -- append_point(snapshot key, stream key, version, snapshot JSON, entry ms, oldest ms kept, stream cap, row[,
 -- mode]): the snapshot is replaced unless the stored one has a higher version (mode 's': replaced, 'k': kept,
--- the caller knows the stored version; 'a': replaced, and no point appended: the stored snapshot is of the
--- same tick, whose point an earlier attempt stored); the point is appended with id <ms>-0, or the stream's last
--- id plus one when that is not greater, unless the stream's last entry is this point in this ms (the same script
--- re-sent after its reply was lost: it committed); the stream is trimmed to the oldest ms kept. Returns the
--- entry id (none with 'a').
+-- the caller knows the stored version); the point is appended with id <ms>-0, or the stream's last id plus one
+-- when that is not greater, unless the stream's last entry is this point in this ms (the same script re-sent
+-- after its reply was lost: it committed); the stream is trimmed to the oldest ms kept. Returns the entry id.
 local function append_point(snapshot_key, stream_key, version, json, ms, minid, cap, row, mode)
-  if mode == 's' or mode == 'a' then
+  if mode == 's' then
     redis.call('SET', snapshot_key, json)
-    if mode == 'a' then return nil end
   elseif mode ~= 'k' then
     local current = redis.call('GET', snapshot_key)
     local stored = current and tonumber(string.match(current, '"version":(%-?%d+)'))
