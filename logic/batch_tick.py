@@ -26,12 +26,12 @@ live risk seconds behind). The touched portfolios are loaded again before their 
 unacknowledged, is redone at once (logic/monitor.py: a conflict is no store failure, no backoff): the redo of that same
 tick computes and writes only the portfolios not done, as lanes of their own loaded from the store (:class:`_Kept`,
 :meth:`VectorisedTick._left`); the others' snapshots and history points of the tick are already stored and are taken as
-they are. Any other failure drops every lane's state (a failed script may have written part of a tick). A monitor
-stopped after the last lane and before the acknowledgement leaves the same state: the tick is redone (whole) by whoever
-takes it, and a portfolio whose stored snapshot is already of the tick's version gets its snapshot replaced and no
-second history point (engine/store/tick_state.py: an idle refresh's point of the same version goes beside it). A
-portfolio that moves to another lane (the registry changed) is loaded from the store by its new lane, as one another
-writer touched."""
+they are. Any other failure drops every lane's state (a failed script may have written part of a tick); its redo
+takes a portfolio that holds the stamp of one of the failed attempt's lane writes as written by it (:class:`_Unsure`:
+the store went away after running it), so no point of the tick is stored twice. A monitor stopped after the last lane
+and before the acknowledgement leaves the tick unacknowledged: it is redone (whole) by whoever takes it. A portfolio
+that moves to another lane (the registry changed) is loaded from the store by its new lane, as one another writer
+touched."""
 
 from __future__ import annotations
 
@@ -159,6 +159,17 @@ class _Kept:
 
 
 @dataclass
+class _Unsure:
+    """The lane writes of a tick's failed attempts (the store went away: whether each ran is unknown), by their
+    owner stamp: the snapshots each queued. A redo of the tick takes a portfolio whose peaks hash holds one of
+    those stamps as written by it (one script wrote its stamp, snapshot and history point together), so its
+    point is not written twice at a later time; a write the store lost (not run, or a failover) left no stamp."""
+
+    tick: tuple[int, float]
+    writes: dict[bytes, dict[str, dict[str, Any]]]
+
+
+@dataclass
 class _Sent:
     """A lane's tick, computed and queued in its transaction (its EXEC maybe running on a writer thread)."""
 
@@ -188,6 +199,8 @@ class VectorisedTick:
         self.chunk_portfolios = CHUNK_PORTFOLIOS
         self.kept: _Kept | None = None
         """What an attempt of the tick other writers interrupted did, for its redo (:class:`_Kept`)."""
+        self.unsure: _Unsure | None = None
+        """The writes of the tick's failed attempts, for its redo (:class:`_Unsure`)."""
 
     def snapshot_all(
         self,
@@ -217,6 +230,8 @@ class VectorisedTick:
         key = (int(market.header.version), float(market.header.ts), monitor.stats.store_errors)
         kept, self.kept = self.kept, None
         kept = kept if tick and kept is not None and kept.tick == key else None
+        if tick and (self.unsure is None or self.unsure.tick != key[:2]):
+            self.unsure = _Unsure(key[:2], {})
         with paused_gc(), prompt_writer():
             for final in [False] * (LAYOUT_PASSES - 1) + [True]:
                 laying = False
@@ -239,10 +254,7 @@ class VectorisedTick:
                 if b.state is None:
                     monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
             txs = [slot_transaction(self.store.client) for _ in self.lanes]
-            snapshots = self._snapshot_all(
-                monitor, market, now, finish=finish, txs=txs, kept=kept, key=key, seen=seen, tick=tick
-            )  # fmt: skip
-            return snapshots, now
+            return self._snapshot_all(monitor, market, now, finish=finish, txs=txs, kept=kept, key=key, seen=seen), now
 
     def _lay_out(
         self, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, seen: dict[str, Any],
@@ -271,12 +283,14 @@ class VectorisedTick:
         kept: _Kept | None,
         key: tuple[int, float, int],
         seen: dict[str, Any],
-        tick: bool,
     ) -> dict[str, dict[str, Any]]:
         before = {  # what an earlier attempt of this tick did, by lane (its portfolios the same)
             k: (snapshots, done) for k, (pids, snapshots, done) in (kept.lanes.items() if kept is not None else ())
             if k < len(self.lanes) and tuple(self.lanes[k].cols.pids) == pids
         }  # fmt: skip
+        unsure = self.unsure if key[:2] == (self.unsure.tick if self.unsure is not None else None) else None
+        if unsure is not None and unsure.writes:
+            before = self._written(before, seen, unsure)
         todo = [  # the lanes this call writes, a lane an earlier attempt did in part as the part left
             (k, lane) if k not in before else (k, self._left(lane, before[k][1], market))
             for k, lane in enumerate(self.lanes) if k not in before or set(lane.cols.pids) - before[k][1]
@@ -302,7 +316,7 @@ class VectorisedTick:
             for (index, _), r, tx, corrupt in zip(todo, reads, lane_txs, faults, strict=True):
                 count = len(r.lane.cols.pids)
                 merged, valid, queued, snapshots, repaired = self._write_lane(
-                    r, tx, monitor, market, now, limits, sections[at : at + count], corrupt, tick
+                    r, tx, monitor, market, now, limits, sections[at : at + count], corrupt
                 )
                 at += count
                 done = pool.submit(tx.execute) if pool is not None else _done(tx.execute())
@@ -332,8 +346,10 @@ class VectorisedTick:
             txs[-1].multi()
             finish(txs[-1], snapshots, now=now)
         except redis.WatchError:
+            self._remember(unsure, sent)
             raise
         except BaseException:
+            self._remember(unsure, sent)
             for lane in self.lanes:
                 lane.state.drop()  # a failed script may have written part of a tick: load again
             raise
@@ -343,6 +359,31 @@ class VectorisedTick:
             for tx in txs:
                 tx.reset()
         return snapshots
+
+    @staticmethod
+    def _remember(unsure: _Unsure | None, sent: Sequence[_Sent]) -> None:
+        """Keep the lane writes of an attempt that failed (:class:`_Unsure`); a refresh's are not redone."""
+        if unsure is not None:
+            for s in sent:
+                unsure.writes[s.merged.stamp.encode()] = s.snapshots
+
+    def _written(
+        self, before: dict[int, tuple[dict[str, dict[str, Any]], frozenset[str]]], seen: dict[str, Any],
+        unsure: _Unsure,
+    ) -> dict[int, tuple[dict[str, dict[str, Any]], frozenset[str]]]:  # fmt: skip
+        """``before`` with, in each lane, the portfolios whose peaks hash holds (``seen``: read before the clock)
+        the stamp of a write of an earlier failed attempt of the tick: done, with the snapshot it wrote."""
+        done = dict(before)
+        for k, lane in enumerate(self.lanes):
+            hit = {}
+            for pid, key in zip(lane.cols.pids, lane.state.peaks_keys(), strict=True):
+                snapshot = unsure.writes.get(seen.get(key) or b"", {}).get(pid)
+                if snapshot is not None:
+                    hit[pid] = snapshot
+            if hit:
+                snaps, did = done.get(k, ({}, frozenset()))
+                done[k] = ({**snaps, **hit}, did | frozenset(hit))
+        return done
 
     def _left(self, lane: _Lane, done: frozenset[str], market: MarketView) -> _Lane:
         """The portfolios of ``lane`` an earlier attempt of the tick did not do, as a lane of their own for the
@@ -415,7 +456,6 @@ class VectorisedTick:
         limits: dict[str, Limits | Exception],
         sections: list[dict[str, Any] | None],
         corrupt: Callable[[], list[int]],
-        tick: bool,
     ) -> tuple[Merged, npt.NDArray[np.bool_], list[int], dict[str, dict[str, Any]], list[int]]:
         """Value a lane's books, compute its tick and queue its writes in ``tx`` (MULTI): the merged state (kept
         once the EXEC succeeded), the rows it is valid for, the rows queued (:meth:`TickState.write`), the
@@ -469,7 +509,7 @@ class VectorisedTick:
         state.merge_tiers(merged, valid, builder.points)
         prepared = state.prepare(
             merged, valid, builder.points, min_ms=max(0, int((now - monitor.retention_seconds) * 1000)),
-            max_points=monitor.history.raw_max_points, version=int(market.header.version), tick=tick,
+            max_points=monitor.history.raw_max_points, version=int(market.header.version),
         )  # fmt: skip
         built, encoded = builder.build(0, len(cols.pids))
         tx.multi()

@@ -141,38 +141,3 @@ def test_a_tick_whose_writes_committed_before_the_server_went_away_stores_each_p
         versions = [int(p["version"]) for p in seeded_store.read_history(pid)]
         assert versions == [1, 2, 3], (pid, versions)
         assert seeded_store.read_snapshot(pid)["version"] == 3
-
-
-@pytest.mark.parametrize("lanes", [1, 2])
-def test_a_tick_another_monitor_wrote_and_died_before_acknowledging_is_redone_without_a_second_point(
-    seeded_store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch, lanes: int
-) -> None:
-    """A monitor killed after its lanes committed and before the acknowledgement leaves the tick pending; the
-    monitor that claims it redoes it whole (it knows nothing of the dead one's writes) and must not append a
-    second point of the tick to any history: the stored snapshot already is of the tick's version."""
-    # Arrange: "m1" writes every lane of tick 2 and "dies" before its acknowledgement
-    clock = _Moving()
-    m1 = Monitor(seeded_store, settings, consumer="m1", clock=clock, idle_refresh_seconds=0)
-    assert m1.fast is not None
-    m1.fast.chunk_portfolios = 1 if lanes == 2 else 1000
-    _bar(seeded_store, settings, 0)
-    assert m1.process_available() == 1
-    clock.t += 1.0
-    _bar(seeded_store, settings, 1)
-    with monkeypatch.context() as m:
-        m.setattr(batch_tick, "slot_transaction", _Outage(lanes + 1, ran=False))
-        with pytest.raises(redis.ConnectionError):
-            m1.process_available()
-    written = {pid: seeded_store.read_snapshot(pid)["version"] for pid in ("main", "hedge")}
-    # Act: another monitor claims the pending tick at once, then takes the next one
-    clock.t += 1.0
-    m2 = Monitor(seeded_store, settings, consumer="m2", clock=clock, idle_refresh_seconds=0, claim_idle_seconds=0)
-    _bar(seeded_store, settings, 2)
-    assert m2.process_available() == 2
-    # Assert
-    assert written == {"main": 2, "hedge": 2}  # the dead monitor's lanes had committed
-    for pid in ("main", "hedge"):
-        versions = [int(p["version"]) for p in seeded_store.read_history(pid)]
-        assert versions == [1, 2, 3], (pid, versions)
-        assert seeded_store.read_snapshot(pid)["version"] == 3
-    assert seeded_store.tick_group_pending() == 0

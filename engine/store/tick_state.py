@@ -112,13 +112,10 @@ _RAW_INDEX = np.array([[c.name for c in HISTORY_COLUMNS].index(n) for n in RAW_L
 #   stamp already was written by this very script (re-sent by the client after its reply was lost): not again;
 #   the snapshot (codec.encode_snapshot; '' = none this tick: peaks and marks only);
 #   a record (:data:`_COUNTS`, then bytes): n peaks pairs, n marks to set, n marks to delete (uint32 each); with
-#   a snapshot, 's' (replace the stored one), 'k' (keep it: of a higher version, which this writer knows, read
-#   when it loaded the portfolio or written by it since) or 'a' (a tick's write where the stored snapshot is of
-#   the tick's version: an earlier attempt of the tick, by a monitor that died or lost the store before its
-#   acknowledgement, stored its point: replace the snapshot, append no second point), per tier one byte ('1'
-#   check the ring's size first (loaded this tick), then write the row and the header, 'h' write both, '0' the
-#   row only (the header did not change), '-' leave the tier alone: the point is past its retention; a tier's
-#   merge of the same point again changes nothing: last, max and min), the history point, the T tier rows end
+#   a snapshot, 's' (replace the stored one) or 'k' (keep it: of a higher version, which this writer knows, read
+#   when it loaded the portfolio or written by it since), per tier one byte ('1' check the ring's size first
+#   (loaded this tick), then write the row and the header, 'h' write both, '0' the row only (the header did not
+#   change), '-' leave the tier alone: the point is past its retention), the history point, the T tier rows end
 #   to end and the T 16-byte headers end to end; then the excursion records to set end to end (17 bytes each:
 #   codec.EXCURSION_DTYPE) and their tickers joined by NUL (which no ticker holds);
 #   the (field, value) pairs of the peaks hash (``last`` always, every field for a portfolio loaded this tick;
@@ -172,12 +169,8 @@ for p = 0, #KEYS / nkeys - 1 do
     if json ~= '' then
       local modes, raw = point + 1, point + 1 + ntier  -- the tier modes, the history point
       local rows, heads = raw + rawlen, raw + rawlen + ntier * rowlen
-      local mode = string.sub(record, point, point)
-      if mode == 'a' then  -- the tick's point is stored already (an earlier attempt's): the snapshot only
-        redis.call('SET', KEYS[k + 1], json)
-      else
-        append_point(KEYS[k + 1], KEYS[k + 2], '', json, ms, minid, cap, string.sub(record, raw, rows - 1), mode)
-      end
+      append_point(KEYS[k + 1], KEYS[k + 2], '', json, ms, minid, cap, string.sub(record, raw, rows - 1),
+                   string.sub(record, point, point))
       for t = 1, ntier do
         local key, mode = KEYS[k + 4 + t], string.byte(record, modes + t - 1)
         if mode == 49 then size_ring(key, sizes[t], redis.call('STRLEN', key)) end  -- '1'; sized already: size_rings
@@ -609,15 +602,12 @@ class TickState:
     # -- write -----------------------------------------------------------------------------------------------
     def prepare(
         self, merged: Merged, valid: npt.NDArray[np.bool_], points: Float64Array, *, min_ms: int, max_points: int,
-        version: int, tick: bool,
+        version: int,
     ) -> Prepared:  # fmt: skip
         """Encode the tick's merged state once (rows, headers, peaks, the excursions to set and delete); the
         writes of :meth:`write` then take a range of portfolios each. ``version``: the snapshots' market
-        version (a stored snapshot of a higher one is kept). ``tick``: the snapshots are a tick's (a stored one
-        of the same version is an earlier attempt's, whose point is stored: none is appended), not an idle
-        refresh's (whose point goes beside the tick's)."""
+        version (a stored snapshot of a higher one is kept)."""
         merged.replace = valid & ~np.isnan(points[:, 0]) & (self.versions <= version)
-        again = merged.replace & (self.versions == version) if tick else np.zeros_like(merged.replace)
         merged.version = version
         merged.stamp = f"{self.token}:{next(_WRITES)}"
         ntier, count = len(self.tiers), len(self.pids)
@@ -629,7 +619,7 @@ class TickState:
             with np.errstate(over="ignore"):  # rounded already (_float32)
                 rows[column.name] = merged.rows[:, :, c] if ntier else np.nan
         fixed = np.concatenate((
-            np.where(again, ord("a"), np.where(merged.replace, ord("s"), ord("k"))).astype(np.uint8)[:, None],
+            np.where(merged.replace, ord("s"), ord("k")).astype(np.uint8)[:, None],
             _modes(self.checked, merged.skip, (merged.headers != self.headers).any(axis=2)),
             raw.view(np.uint8).reshape(count, RAW_LAYOUT.size),
             rows.view(np.uint8).reshape(count, max(ntier, 1) * row_size)[:, : ntier * row_size],
