@@ -232,6 +232,7 @@ class VectorisedTick:
         kept = kept if tick and kept is not None and kept.tick == key else None
         if tick and (self.unsure is None or self.unsure.tick != key[:2]):
             self.unsure = _Unsure(key[:2], {})
+        unsure = self.unsure if tick else None  # an idle refresh writes every portfolio: none of its writes is kept
         with paused_gc(), prompt_writer():
             for final in [False] * (LAYOUT_PASSES - 1) + [True]:
                 laying = False
@@ -254,7 +255,9 @@ class VectorisedTick:
                 if b.state is None:
                     monitor._portfolio_error(b.portfolio_id, f"cannot read portfolio: {b.error}")
             txs = [slot_transaction(self.store.client) for _ in self.lanes]
-            return self._snapshot_all(monitor, market, now, finish=finish, txs=txs, kept=kept, key=key, seen=seen), now
+            return self._snapshot_all(
+                monitor, market, now, finish=finish, txs=txs, kept=kept, key=key, seen=seen, unsure=unsure
+            ), now
 
     def _lay_out(
         self, monitor: Monitor, bundles: Sequence[PortfolioBundle], market: MarketView, seen: dict[str, Any],
@@ -283,12 +286,12 @@ class VectorisedTick:
         kept: _Kept | None,
         key: tuple[int, float, int],
         seen: dict[str, Any],
+        unsure: _Unsure | None,
     ) -> dict[str, dict[str, Any]]:
         before = {  # what an earlier attempt of this tick did, by lane (its portfolios the same)
             k: (snapshots, done) for k, (pids, snapshots, done) in (kept.lanes.items() if kept is not None else ())
             if k < len(self.lanes) and tuple(self.lanes[k].cols.pids) == pids
         }  # fmt: skip
-        unsure = self.unsure if key[:2] == (self.unsure.tick if self.unsure is not None else None) else None
         if unsure is not None and unsure.writes:
             before = self._written(before, seen, unsure)
         todo = [  # the lanes this call writes, a lane an earlier attempt did in part as the part left

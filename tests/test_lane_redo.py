@@ -17,6 +17,7 @@ import warmup
 from engine.feeds import SimulatedFeed
 from engine.settings import Settings
 from engine.store import MONITOR_GROUP, TICKS_KEY, PortfolioKeys, Store
+from engine.store.history import OWNER_FIELD
 from engine.store.limits_batch import _READ_LIMITS_LUA
 from engine.store.tick_state import TickState
 from engine.stream import StreamDaemon
@@ -233,21 +234,39 @@ def test_on_a_redis_cluster_the_redo_writes_only_the_portfolio_another_writer_to
     assert fast.stats.ticks_redone == 1
 
 
-def test_after_a_store_failure_the_redo_computes_every_lane(
-    store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("lost", [False, True], ids=["held", "lost"])
+def test_after_a_store_failure_the_redo_takes_as_written_only_what_the_store_still_holds(
+    store: Store, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, lost: bool
 ) -> None:
-    # Arrange: a conflict, then the next read of the stream fails (Monitor.run's handling of each)
+    # Arrange: a conflict (every portfolio but p12 written), then the next read of the stream fails (Monitor.run's
+    # handling of each); with ``lost``, a failover lost the first attempt's write of the first portfolio: its
+    # history point gone, its peaks hash stamped as before the tick
     settings, clock, fast, bar = _setup(store, make_settings)
     pids = store.portfolio_ids()
+    points = _points(store, pids)
+    first = pids[0]
+    peaks = PortfolioKeys(first).peaks
+    stamp = store.client.hget(peaks, OWNER_FIELD)
     version = _aborted_tick(store, fast, bar, monkeypatch)
+    tick_time = clock.now
     fast._on_store_error(redis.ConnectionError("connection lost"))
+    if lost:
+        newest = store.client.xrevrange(PortfolioKeys(first).history, count=1)[0][0]
+        store.client.xdel(PortfolioKeys(first).history, newest)
+        store.client.hset(peaks, OWNER_FIELD, stamp)
 
     # Act: the redo after the backoff
     clock.now += AFTER
     assert fast.process_available() == 1
 
-    # Assert: nothing of the first attempt was taken as stored (a failover may have lost it): every lane written
-    assert set(_snapshots(store, pids).values()) == {(version, clock.now)}
+    # Assert: a portfolio whose peaks hash holds the first attempt's stamp holds its snapshot and point (one script
+    # wrote them together): taken as written, not written twice; p12, and a write the failover lost, are redone
+    redone = {"p12", first} if lost else {"p12"}
+    got = _snapshots(store, pids)
+    for pid in pids:
+        assert got[pid] == (version, tick_time + (AFTER if pid in redone else 0.0)), pid
+    assert _points(store, pids) == {pid: n + 1 for pid, n in points.items()}
+    assert store.client.xpending(TICKS_KEY, MONITOR_GROUP)["pending"] == 0
 
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
