@@ -318,7 +318,8 @@ def printed_at(history: History, closes: Float64Array | None) -> float:
     last = float(history.timestamps[-1])
     if history.spacing.kind in (SpacingKind.MINUTE, SpacingKind.HOURLY) or closes is None or closes.size == 0:
         return last
-    i = int(np.searchsorted(closes, last + NOMINAL_SECONDS[SpacingKind.DAILY], side="left")) - 1
+    day = NOMINAL_SECONDS[SpacingKind.DAILY]
+    i = int(np.searchsorted(closes, (math.floor(last / day) + 1) * day, side="left")) - 1  # before its date ends
     return float(closes[i]) if i >= 0 and last - closes[i] < NOMINAL_SECONDS[SpacingKind.WEEKLY] else last
 
 

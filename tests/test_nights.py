@@ -321,6 +321,8 @@ def test_the_prices_of_a_file_are_stamped_when_they_were_printed() -> None:
     # Thanksgiving: no session that day, the close before it
     assert printed_at(last_row("2026-11-26", SpacingKind.DAILY), closes) == ny("2026-11-25T16:00")
     assert printed_at(last_row("2026-11-23", SpacingKind.WEEKLY), closes) == ny("2026-11-23T16:00")
+    # a daily row that carries a time (the file's, after the close): still its date's close, not the next day's
+    assert printed_at(last_row("2026-11-19T23:59:59", SpacingKind.DAILY), closes) == ny("2026-11-19T16:00")
     minute = last_row("2026-11-20T15:59:00", SpacingKind.MINUTE)
     assert printed_at(minute, closes) == float(minute.timestamps[-1])  # a bar's own time
     assert printed_at(friday, None) == float(friday.timestamps[-1])  # no calendar: the row's time
