@@ -114,6 +114,17 @@ def chunks(count: int, size: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
+def _ran(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """``call()`` run now, its result or its error in a future, as a writer thread's would be: a lane whose EXEC
+    failed is one of the attempt's sent lanes all the same (:meth:`VectorisedTick._remember`)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    try:
+        future.set_result(call())
+    except Exception as exc:  # noqa: BLE001 - raised by the attempt once every lane is sent, as with threads
+        future.set_exception(exc)
+    return future
+
+
 def _done(value: Any) -> concurrent.futures.Future[Any]:
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     future.set_result(value)
@@ -322,7 +333,7 @@ class VectorisedTick:
                     r, tx, monitor, market, now, limits, sections[at : at + count], corrupt
                 )
                 at += count
-                done = pool.submit(tx.execute) if pool is not None else _done(tx.execute())
+                done = pool.submit(tx.execute) if pool is not None else _ran(tx.execute)
                 sent.append(_Sent(index, r.lane, merged, valid, queued, snapshots, done, repaired))
             failures = [s.done.exception() for s in sent]  # every EXEC returned
             failure = next((e for e in failures if e is not None), None)
@@ -365,10 +376,14 @@ class VectorisedTick:
 
     @staticmethod
     def _remember(unsure: _Unsure | None, sent: Sequence[_Sent]) -> None:
-        """Keep the lane writes of an attempt that failed (:class:`_Unsure`); a refresh's are not redone."""
+        """Keep the lane writes of an attempt that failed (:class:`_Unsure`; none of a refresh's): those that
+        committed, or whose connection failed (the script ran whole or not at all), not one whose script failed
+        (it stamps a portfolio before its point: stopped in between, it left a stamp and no point)."""
         if unsure is not None:
             for s in sent:
-                unsure.writes[s.merged.stamp.encode()] = s.snapshots
+                error = s.done.exception()
+                if error is None or isinstance(error, redis.ConnectionError | redis.TimeoutError):
+                    unsure.writes[s.merged.stamp.encode()] = s.snapshots
 
     def _written(
         self, before: dict[int, tuple[dict[str, dict[str, Any]], frozenset[str]]], seen: dict[str, Any],

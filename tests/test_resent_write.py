@@ -115,15 +115,20 @@ class _Moving(_Clock):
         return self.t
 
 
-@pytest.mark.parametrize(("fail_at", "ran"), [(1, True), (2, True), (3, True), (1, False), (2, False), (3, False)])
+@pytest.mark.parametrize(
+    ("lanes", "fail_at", "ran"),
+    [(2, 1, True), (2, 2, True), (2, 3, True), (2, 1, False), (2, 2, False), (2, 3, False),
+     (1, 1, True), (1, 2, True), (1, 1, False), (1, 2, False)],
+)  # fmt: skip
 def test_a_tick_whose_writes_committed_before_the_server_went_away_stores_each_point_once(
-    seeded_store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch, fail_at: int, ran: bool
+    seeded_store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch, lanes: int, fail_at: int, ran: bool
 ) -> None:
-    # Arrange: two lanes of one portfolio each (two lane transactions, then the acknowledgement: the third)
+    # Arrange: one lane of both portfolios (written on the monitor's thread), or two of one each (on writer
+    # threads); then the acknowledgement, the last transaction
     clock = _Moving()
     monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0)
     assert monitor.fast is not None
-    monitor.fast.chunk_portfolios = 1
+    monitor.fast.chunk_portfolios = 1 if lanes == 2 else 1000
     _bar(seeded_store, settings, 0)
     assert monitor.process_available() == 1
     outage = _Outage(fail_at, ran)
@@ -134,10 +139,40 @@ def test_a_tick_whose_writes_committed_before_the_server_went_away_stores_each_p
     # (unless its acknowledgement committed: the tick was done, the third is next)
     with monkeypatch.context() as m:
         m.setattr(batch_tick, "slot_transaction", outage)
-        stats = monitor.run(max_ticks=2 if (fail_at, ran) == (3, True) else 3, block_ms=10)
+        stats = monitor.run(max_ticks=2 if (fail_at, ran) == (lanes + 1, True) else 3, block_ms=10)
     # Assert
     assert outage.failed and stats.store_errors == 1
     for pid in ("main", "hedge"):
         versions = [int(p["version"]) for p in seeded_store.read_history(pid)]
         assert versions == [1, 2, 3], (pid, versions)
         assert seeded_store.read_snapshot(pid)["version"] == 3
+
+
+def test_a_lane_whose_script_failed_midway_is_redone_whole_not_taken_as_written(
+    seeded_store: Store, settings: Settings
+) -> None:
+    """A script error stops the lane script after it stamped a portfolio and before its point (a history key of
+    the wrong type): the stamp proves nothing then, and the redo, once the key is repaired, writes the point."""
+    from engine.store import PortfolioKeys
+
+    clock = _Moving()
+    monitor = Monitor(seeded_store, settings, clock=clock, idle_refresh_seconds=0)
+    _bar(seeded_store, settings, 0)
+    assert monitor.process_available() == 1
+    history = PortfolioKeys("hedge").history
+    kept = seeded_store.client.xrange(history)
+    seeded_store.client.delete(history)
+    seeded_store.client.set(history, "not a stream")
+    clock.t += 1.0
+    _bar(seeded_store, settings, 1)
+    with pytest.raises(redis.ResponseError) as failed:
+        monitor.process_available()
+    monitor._on_store_error(failed.value)  # as Monitor.run handles it
+    seeded_store.client.delete(history)  # repaired: the point of before put back
+    for entry_id, fields in kept:
+        seeded_store.client.xadd(history, fields, id=entry_id)
+
+    assert monitor.process_available() == 1
+
+    assert [int(p["version"]) for p in seeded_store.read_history("hedge")] == [1, 2]
+    assert seeded_store.read_snapshot("hedge")["version"] == 2
