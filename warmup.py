@@ -191,7 +191,7 @@ def read_history(path: Path, settings: Settings) -> SeedMarket:
     )  # fmt: skip
     cov = history.model_covariance(hist, model.ewma_decay, model.bars_per_day, model.bar_seconds, spans=spans)
     _, z, observed = standardized_history(history.model_returns(hist, spans), settings.model.ewma_decay)
-    printed = history.printed_at(hist, None if sessions is None else sessions.closes)
+    printed = history.printed_at(hist, sessions)
     return SeedMarket(hist.tickers, hist.closes[-1].copy(), cov, z, observed, printed)
 
 

@@ -39,7 +39,6 @@ dated on a holiday or weekend to the close of the session before it.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import time
@@ -245,20 +244,19 @@ def stamp_daily_closes(bars: list[Bar], sessions: Sessions) -> list[Bar]:
     outside the calendar keeps the time of day of the nearest session close, as before."""
     if not is_date_only(bars):
         return bars
-    index = {d: i for i, d in enumerate(sessions.dates)}
     day_seconds = 86_400.0
     out: list[Bar] = []
     offset: float | None = None
     moved = merged = 0
     for bar in bars:
         day = time.strftime("%Y-%m-%d", time.gmtime(bar.ts))
-        i = index.get(day)
-        if i is not None:
-            ts = float(sessions.closes[i])
-            offset = ts - float(bar.ts)
-        elif sessions.dates and sessions.dates[0] < day <= sessions.dates[-1]:
-            ts = float(sessions.closes[bisect.bisect_left(sessions.dates, day) - 1])  # the session before it
-            moved += 1
+        close = sessions.close_on(day)
+        if close is not None:
+            ts = close
+            if ts >= float(bar.ts):  # its own date's session (the row is dated at its date's midnight)
+                offset = ts - float(bar.ts)
+            else:  # a day without a session: the session before it
+                moved += 1
         else:  # outside the calendar: the time of day of the nearest session close
             if offset is None:
                 later = [float(c) for c in sessions.closes if float(c) >= bar.ts][:1]

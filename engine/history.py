@@ -68,12 +68,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine import math_logic
 from engine.errors import RiskdeskError
 from engine.records import Float64Array
+
+if TYPE_CHECKING:
+    from engine.sessions import Sessions
 
 TOLERANCE = 0.1
 """Relative tolerance of a step against a whole number of nominal bars (absorbs DST shifts of daily stamps)."""
@@ -306,21 +310,20 @@ def night_spans(
     return math_logic.session_spans(np.ones(nights.size), nights, night_share, bars_per_day, scale)
 
 
-def printed_at(history: History, closes: Float64Array | None) -> float:
+def printed_at(history: History, sessions: Sessions | None) -> float:
     """When the history's last prices were printed (epoch seconds): the stored market's price time after a
     warm-up from it, from which the stream counts the nights its first bar spans (README "Nights").
 
     A minute or hourly row is stamped with its own time. A daily or weekly row carries a date (midnight UTC of
-    it, where the file gives no time): its price is the close of that day's session, or of the last one before it
-    (a row dated on a holiday repeats that close): the last of the calendar's ``closes`` (epoch seconds,
-    ascending; None or empty: no calendar) before the date ends in UTC. The row's time as it is without a
-    calendar, or when the calendar has no session in the week before it (outside its range)."""
+    it, where the file gives no time): its price is the close of that date's session, or of the last one before it
+    (a row dated on a holiday repeats that close: :meth:`Sessions.close_on`, as a replay stamps it,
+    engine/clocks.py ``stamp_daily_closes``). The row's time as it is without a calendar (``sessions`` None) or
+    for a date outside it."""
     last = float(history.timestamps[-1])
-    if history.spacing.kind in (SpacingKind.MINUTE, SpacingKind.HOURLY) or closes is None or closes.size == 0:
+    if history.spacing.kind in (SpacingKind.MINUTE, SpacingKind.HOURLY) or sessions is None:
         return last
-    day = NOMINAL_SECONDS[SpacingKind.DAILY]
-    i = int(np.searchsorted(closes, (math.floor(last / day) + 1) * day, side="left")) - 1  # before its date ends
-    return float(closes[i]) if i >= 0 and last - closes[i] < NOMINAL_SECONDS[SpacingKind.WEEKLY] else last
+    close = sessions.close_on(datetime.fromtimestamp(last, UTC).date().isoformat())
+    return last if close is None else close
 
 
 def model_returns(history: History, spans: Float64Array | None = None) -> Float64Array:

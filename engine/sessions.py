@@ -25,6 +25,7 @@ numpy arrays of open/close epoch seconds; a lookup is one ``searchsorted`` (call
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import warnings
@@ -96,6 +97,14 @@ class Sessions:
             raise ValueError(
                 f"{datetime.fromtimestamp(t).isoformat()} is outside the {self.name} calendar ({first}..{last})"
             )
+
+    def close_on(self, day: str) -> float | None:
+        """The close of the session of the date ``day`` (ISO), or, on a date without one (a holiday, a weekend),
+        of the last session before it: the latest close known that day (a later one would date a price before it
+        was printed). None for a date outside the calendar."""
+        if not self.dates or not self.dates[0] <= day <= self.dates[-1]:
+            return None
+        return float(self.closes[bisect.bisect_right(self.dates, day) - 1])
 
     def session_index(self, t: float) -> int:
         """Index of the session ``t`` belongs to: the latest one opened at or before ``t``."""

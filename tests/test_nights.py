@@ -309,24 +309,24 @@ def _daily_file(tmp_path: Path, last: str, sessions: int = 60) -> Path:
 def test_the_prices_of_a_file_are_stamped_when_they_were_printed() -> None:
     from engine.history import History, Spacing, SpacingKind, printed_at
 
-    closes = sessions_for("XNYS").closes
+    xnys = sessions_for("XNYS")
 
     def last_row(text: str, kind: SpacingKind) -> History:
         t = datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
         return History(Path("f.csv"), ("AAA",), np.array([t - 86_400.0, t]), np.ones((2, 1)), Spacing(kind, 1.0, 0))
 
     friday = last_row("2026-11-20", SpacingKind.DAILY)
-    assert printed_at(friday, closes) == ny("2026-11-20T16:00")  # the day's close, not midnight UTC before it
-    assert printed_at(last_row("2026-11-27", SpacingKind.DAILY), closes) == ny("2026-11-27T13:00")  # a half-day
+    assert printed_at(friday, xnys) == ny("2026-11-20T16:00")  # the day's close, not midnight UTC before it
+    assert printed_at(last_row("2026-11-27", SpacingKind.DAILY), xnys) == ny("2026-11-27T13:00")  # a half-day
     # Thanksgiving: no session that day, the close before it
-    assert printed_at(last_row("2026-11-26", SpacingKind.DAILY), closes) == ny("2026-11-25T16:00")
-    assert printed_at(last_row("2026-11-23", SpacingKind.WEEKLY), closes) == ny("2026-11-23T16:00")
+    assert printed_at(last_row("2026-11-26", SpacingKind.DAILY), xnys) == ny("2026-11-25T16:00")
+    assert printed_at(last_row("2026-11-23", SpacingKind.WEEKLY), xnys) == ny("2026-11-23T16:00")
     # a daily row that carries a time (the file's, after the close): still its date's close, not the next day's
-    assert printed_at(last_row("2026-11-19T23:59:59", SpacingKind.DAILY), closes) == ny("2026-11-19T16:00")
+    assert printed_at(last_row("2026-11-19T23:59:59", SpacingKind.DAILY), xnys) == ny("2026-11-19T16:00")
     minute = last_row("2026-11-20T15:59:00", SpacingKind.MINUTE)
-    assert printed_at(minute, closes) == float(minute.timestamps[-1])  # a bar's own time
+    assert printed_at(minute, xnys) == float(minute.timestamps[-1])  # a bar's own time
     assert printed_at(friday, None) == float(friday.timestamps[-1])  # no calendar: the row's time
-    assert printed_at(last_row("1980-01-02", SpacingKind.DAILY), closes) == float(
+    assert printed_at(last_row("1980-01-02", SpacingKind.DAILY), xnys) == float(
         last_row("1980-01-02", SpacingKind.DAILY).timestamps[-1]
     )  # before the calendar's first session
 
