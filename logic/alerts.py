@@ -40,6 +40,7 @@ from engine.records import ACTIVE_ALERT_STATUSES, AlertStatus, Clock, Severity
 from engine.records import SEVERITY_RANK as _SEVERITY_RANK
 from engine.settings import AlertRule, Limits, Settings
 from engine.store import PortfolioKeys, Store, decode_snapshot
+from engine.store.codec import encode_json_fast
 from logic.action_orders import AUTO_ACTOR_PREFIX
 from logic.actions import ControlFactory, ResponseRunner, parse_action
 from logic.escalation import EscalationConfig, escalation_config
@@ -616,9 +617,9 @@ class AlertEngine:
         keys = PortfolioKeys(portfolio_id)
         eval_key = Store.alert_eval_key(portfolio_id)
         self.store.delete_fields(keys.alerts, [k for k in ch.alerts_del if k not in ch.alerts_set], pipe)
-        self.store.write_json_fields(keys.alerts, ch.alerts_set, pipe)
+        self.store.write_json_fields(keys.alerts, ch.alerts_set, pipe, encode=encode_json_fast)
         self.store.delete_fields(eval_key, ch.trackers_del, pipe)
-        self.store.write_json_fields(eval_key, ch.trackers_set, pipe)
+        self.store.write_json_fields(eval_key, ch.trackers_set, pipe, encode=encode_json_fast)
         for record in ch.log:
             self.store.append_alert_log(portfolio_id, record, pipe)
         self.store.write_json_fields(Store.outbox_key(portfolio_id), {e.field: e.to_dict() for e in ch.notify}, pipe)

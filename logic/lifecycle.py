@@ -33,12 +33,10 @@ from logic.rules import (
     AlertChangedError,
     AlertNotFoundError,
     Snapshot,
-    applies,
+    applying_rules,
     compare,
-    limit_reference,
     metric_value,
     null_does_not_apply,
-    resolve_rule,
 )
 
 SYSTEM_ACTOR = "system"
@@ -197,12 +195,8 @@ class AlertPlanner:
         apply when the portfolio sets no such limit (or when ``limits`` is None)."""
         ch = Changes()
         current = {rid: dict(a) for rid, a in alerts.items()}
-        refs: dict[str, str | None] = {}
-        applicable: dict[str, AlertRule] = {}
-        for r in rules:
-            resolved = resolve_rule(r, limits) if applies(r, portfolio_id) else None
-            if resolved is not None:
-                applicable[r.id], refs[r.id] = resolved, limit_reference(r)
+        applying = applying_rules(rules, limits, portfolio_id)
+        applicable, refs, ordered = applying.by_id, applying.refs, applying.ordered
         for rule_id, alert in list(current.items()):
             if alert.get("kind") == "metric" and rule_id not in applicable:
                 self.resolve_into(
@@ -217,7 +211,6 @@ class AlertPlanner:
         for rule_id in trackers:
             if rule_id not in applicable:
                 ch.trackers_del.append(rule_id)
-        ordered = sorted(applicable.values(), key=lambda r: -SEVERITY_RANK[Severity(r.severity)])
         age = data_age(snapshot, now)  # once for every rule
         for rule in ordered:
             self.evaluate_rule(
@@ -271,6 +264,8 @@ class AlertPlanner:
         thresholds resolved; ``ref``: the limit ``rule``'s threshold came from (kept in the alert record);
         ``age``: :func:`data_age` of ``snapshot`` at ``now`` when the caller has it."""
         breach, value, stale = self.condition(rule, snapshot, now, age)
+        if not breach and not tracker and rule.id not in current:
+            return  # no breach (or no data, held) and nothing stored of the rule: nothing changes (as below)
         if breach is None:
             self.hold(ch, rule, current.get(rule.id), tracker, now)
             return
@@ -794,4 +789,6 @@ def _gross(snapshot: Snapshot) -> float:
 
 
 def _finite(value: Any) -> bool:
+    if type(value) is float:  # the usual case, first
+        return math.isfinite(value)
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

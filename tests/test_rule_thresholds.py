@@ -14,7 +14,14 @@ from engine.settings import DEFAULT_CLEAR_SECONDS, AlertRule, Limits, load_setti
 from engine.store import Store
 from logic import analytics
 from logic.lifecycle import public_alert
-from logic.rules import RuleValidationError, limit_reference, resolve_rule, resolve_threshold, validate_rule
+from logic.rules import (
+    RuleValidationError,
+    applying_rules,
+    limit_reference,
+    resolve_rule,
+    resolve_threshold,
+    validate_rule,
+)
 from notifications.render import Renderer
 from notifications.service import build_delivering_engine
 
@@ -80,6 +87,30 @@ def test_resolve_threshold_is_the_live_limit_times_the_fraction() -> None:
     assert resolved is not None and resolved.threshold == 32000.0 and resolved.threshold_fraction == 1.0
     assert limit_reference(var80) == "0.8 x limits.var_limit"
     assert limit_reference(conc) == "limits.max_concentration" and limit_reference(fixed) is None
+
+
+def test_the_rules_applying_to_a_portfolio_follow_its_limits_and_the_rules_kept_or_not() -> None:
+    """applying_rules keeps its answer per portfolio while the rules and the limits are the same (equal, not only
+    the same objects), and answers anew for another portfolio, other limits or other rules."""
+    var80 = validate_rule(rule("v80", "var.var95", ">=", "limits.var_limit", "MEDIUM", threshold_fraction=0.8))
+    stressed = validate_rule(rule("s", "var.stressed_var99", ">", "limits.stressed_var_limit", "HIGH"))
+    crit = validate_rule(rule("c", "leverage", ">", 2.5, "CRITICAL"))
+    other = validate_rule({**rule("o", "equity", "<", 1.0, "LOW"), "portfolios": ["other"]})
+    rules = (var80, stressed, crit, other)
+
+    def limits(var_limit: str, stressed_limit: str | None = None) -> Limits:
+        return Limits(var_limit=Decimal(var_limit), stressed_var_limit=None if stressed_limit is None else
+                      Decimal(stressed_limit))  # fmt: skip
+
+    first = applying_rules(rules, limits("40000"), "main")
+    assert [r.id for r in first.ordered] == ["c", "v80"]  # most severe first; unset limit, other desk: out
+    assert first.by_id["v80"].threshold == 32000.0 and first.refs == {"v80": "0.8 x limits.var_limit", "c": None}
+    assert applying_rules(list(rules), limits("40000"), "main") is first  # equal rules and limits: kept
+    moved = applying_rules(rules, limits("40000.01"), "main")  # one cent more: resolved anew
+    assert moved.by_id["v80"].threshold == pytest.approx(0.8 * 40000.01, rel=1e-15)
+    assert [r.id for r in applying_rules(rules, limits("40000", "9"), "main").ordered] == ["c", "s", "v80"]
+    assert [r.id for r in applying_rules(rules, limits("40000"), "other").ordered] == ["c", "v80", "o"]
+    assert [r.id for r in applying_rules(rules[:2], limits("40000"), "main").ordered] == ["v80"]
 
 
 def test_a_rule_clears_after_60_data_seconds_by_default() -> None:

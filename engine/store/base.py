@@ -6,7 +6,7 @@ Each domain module of :mod:`engine.store` adds its typed reads and writes as a m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -141,9 +141,13 @@ class StoreBase:
         values = self._conn(conn).hmget(key, names)
         return {n: decode_json(v, key=f"{key}.{n}") for n, v in zip(names, values, strict=True) if v is not None}
 
-    def write_json_fields(self, key: str, mapping: Mapping[str, Any], pipe: Conn = None) -> None:
+    def write_json_fields(
+        self, key: str, mapping: Mapping[str, Any], pipe: Conn = None, *, encode: Callable[[Any], Any] = encode_json
+    ) -> None:
+        """HSET each field of ``mapping`` as JSON (``encode``: codec.py's ``encode_json``, or its orjson twin
+        ``encode_json_fast`` for writes made every tick)."""
         if mapping:
-            self._conn(pipe).hset(key, mapping={k: encode_json(v) for k, v in mapping.items()})
+            self._conn(pipe).hset(key, mapping={k: encode(v) for k, v in mapping.items()})
 
     def delete_fields(self, key: str, names: Iterable[str], pipe: Conn = None) -> None:
         names = list(names)
