@@ -30,6 +30,16 @@ limits are the same and no rule's stale-data test turns (:func:`logic.lifecycle.
 time enters a condition), planning it again would change nothing either: with no alert and no timer, a plan
 changes something only for a breach, and the conditions are those that had none. Such a portfolio is skipped
 (:class:`Quiet`); its alert and timer hashes are still read under the WATCH, and must still be empty.
+
+**Nor is a portfolio a tick has just planned.** The monitor plans every portfolio of every tick, and on a bad day
+(every portfolio with active alerts, so nothing is quiet) the timers' run planning the same snapshots again
+every 0.5 s doubled the alert work and held the engine's lock while the next tick waited (make bench,
+bench_scale). The timers' run of :meth:`~logic.alerts.AlertEngine.start_background` skips a portfolio whose
+newest snapshot a batch planned less than one period before (:func:`recently_planned`): nothing has moved but
+the time, by less than a period, and the next run plans it unless a tick has again. A time-based change (a
+pending or clear period completing, an escalation level, a reminder, an acknowledge timeout, data turning
+stale) is therefore planned within about two periods (1 s) of falling due, not one; every such period is whole
+seconds or more. :meth:`~logic.alerts.AlertEngine.tick` called directly (no background thread) skips nothing.
 """
 
 from __future__ import annotations
@@ -122,6 +132,18 @@ def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: 
     return result
 
 
+def recently_planned(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: float) -> set[str]:
+    """The portfolios of ``snapshots`` (each one's newest) that a batch planned less than ``engine.timers_every``
+    before ``now``, that very snapshot (module docstring: the timers run leaves them to its next run)."""
+    every = engine.timers_every
+    if every <= 0:
+        return set()
+    return {
+        pid for pid, snapshot in snapshots.items()
+        if (last := engine.planned.get(pid)) is not None and last[1] is snapshot and 0.0 <= now - last[0] < every
+    }  # fmt: skip
+
+
 def _evaluate_range(
     engine: AlertEngine,
     snapshots: Mapping[str, Snapshot],
@@ -169,17 +191,18 @@ def _evaluate_range(
                 quiet[pid] = Quiet(snapshot, rules, live, staleness(rules, snapshot, now))
         if not plans:
             tx.unwatch()
-            result.one_by_one.extend(failed)
-            return
-        tx.multi()
-        for pid, changes in plans.items():
-            engine._write(pid, changes, tx)
-        try:
-            tx.execute()
-        except redis.WatchError:
-            LOGGER.debug("alert batch conflicted with another writer: %d portfolios one by one", len(pids))
-            result.one_by_one.extend(pids)
-            return
+        else:
+            tx.multi()
+            for pid, changes in plans.items():
+                engine._write(pid, changes, tx)
+            try:
+                tx.execute()
+            except redis.WatchError:
+                LOGGER.debug("alert batch conflicted with another writer: %d portfolios one by one", len(pids))
+                result.one_by_one.extend(pids)
+                return
+    for pid in set(pids) - set(failed):
+        engine.planned[pid] = (now, snapshots[pid])
     result.one_by_one.extend(failed)
     for pid, changes in plans.items():
         for record in changes.log:

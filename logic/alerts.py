@@ -183,6 +183,10 @@ class AlertEngine:
         self._last: dict[str, Snapshot] = {}
         self.quiet: dict[str, Quiet] = {}
         """Per portfolio, its last planning that found nothing and changed nothing (logic/alert_batch.py)."""
+        self.planned: dict[str, tuple[float, Snapshot]] = {}
+        """Per portfolio, when the batch last planned it and the snapshot it planned (logic/alert_batch.py)."""
+        self.timers_every = 0.0
+        """:meth:`start_background`'s period: its run skips what was planned less than this ago (0: none)."""
         self._stored: dict[str, tuple[bytes, Snapshot]] = {}
         """The stored snapshot last decoded per portfolio, with its bytes (:meth:`_latest_snapshots`)."""
         self._limits_memo: dict[Any, Any] = {}
@@ -252,7 +256,7 @@ class AlertEngine:
         Returns ``{"transitions": [...], "deliveries": [...]}``; ``deliveries`` is what the ``after_tick`` hook
         returned (none by default: delivery is the notifications package's, see :mod:`notifications.service`).
         """
-        from logic.alert_batch import evaluate_batch  # lazily: alert_batch imports this module for its types
+        from logic.alert_batch import evaluate_batch, recently_planned  # lazily: it imports this module
 
         now = self.clock() if now is None else float(now)
         transitions: list[dict[str, Any]] = []
@@ -260,9 +264,10 @@ class AlertEngine:
         with self._lock:
             latest = self._latest_snapshots(pids)
             known = {pid: snap for pid, snap in latest.items() if snap is not None}
-            batch = evaluate_batch(self, known, now)  # the portfolios with a snapshot, in one transaction
+            recent = recently_planned(self, known, now)  # just planned, by a tick's evaluation: not again yet
+            batch = evaluate_batch(self, {p: s for p, s in known.items() if p not in recent}, now)
             for pid in pids:
-                if pid in known and pid not in batch.one_by_one:
+                if pid in recent or (pid in known and pid not in batch.one_by_one):
                     transitions.extend(batch.transitions.get(pid, []))
                     continue
                 try:
@@ -364,11 +369,12 @@ class AlertEngine:
         """Run :meth:`tick` every ``interval_seconds`` (engine clock) on a daemon thread until :meth:`close`.
 
         With it the monitor only calls :meth:`evaluate`; timers and reminders never delay the monitor's
-        loop. Errors are logged and the thread carries on.
+        loop. Errors are logged, the thread carries on; a run skips what a tick just planned (alert_batch.py).
         """
         if self._background is not None:
             return
         self._stop.clear()
+        self.timers_every = interval_seconds
 
         def loop() -> None:
             while not self._stop.is_set():
@@ -600,14 +606,8 @@ class AlertEngine:
                 except redis.WatchError:
                     continue
             for record in changes.log:
-                LOGGER.info(
-                    "alert %s %s/%s [%s] %s",
-                    record["event"],
-                    portfolio_id,
-                    record["rule_id"],
-                    record["severity"],
-                    record.get("note") or "",
-                )
+                LOGGER.info("alert %s %s/%s [%s] %s", record["event"], portfolio_id, record["rule_id"],
+                            record["severity"], record.get("note") or "")  # fmt: skip
             return changes
         raise AlertConflictError(
             f"alerts of portfolio {portfolio_id!r} kept changing; gave up after {MAX_TRANSACTION_ATTEMPTS} attempts"

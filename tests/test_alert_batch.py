@@ -173,3 +173,42 @@ def test_timers_ticks_that_skip_quiet_portfolios_leave_the_state_of_planning_eve
     assert skipping == planning
     assert planned_all == 6 * 4 * len(PIDS) and len(PIDS) < planned_skipping < planned_all
     assert sum(len(s["log"]) for s in skipping.values()) > len(PIDS)  # many transitions happened
+
+
+def _pending_then_timers(client: redis.Redis, every: float, after: float) -> tuple[Any, dict[str, Any]]:
+    """VaR at 85% of its limit from T0 (the shipped ``var_warning``: 10 s pending), evaluated as a tick at
+    T0 + 9.75, then a timers run ``after`` seconds later with the background period ``every``; the engine and
+    the active alerts of the portfolio."""
+    store, clock, engine = _fresh(client)
+    engine.timers_every = every
+    pid = PIDS[0]
+    engine.evaluate_many({pid: snapshot(pid, T0, var__utilization=0.85)}, T0)
+    engine.evaluate_many({pid: snapshot(pid, T0 + 9.75, var__utilization=0.85)}, T0 + 9.75)
+    engine.tick(T0 + 9.75 + after)
+    return engine, store.read_active_alerts(pid)
+
+
+def test_a_timers_run_skips_a_portfolio_a_tick_planned_less_than_one_period_before(redis_client: redis.Redis) -> None:
+    # Act / Assert: the pending period completes at T0 + 10; a run 0.375 s after the tick's planning (under the
+    # 0.5 s period) leaves it to the next run, one exactly a period after plans it and the alert triggers
+    _, under = _pending_then_timers(redis_client, every=0.5, after=0.375)
+    assert under == {}
+    _, at = _pending_then_timers(redis_client, every=0.5, after=0.5)
+    assert set(at) == {"var_warning"} and at["var_warning"]["triggered_at"] == T0 + 10.25
+    # a tick called directly (no background period) skips nothing, as before
+    _, direct = _pending_then_timers(redis_client, every=0.0, after=0.375)
+    assert set(direct) == {"var_warning"} and direct["var_warning"]["triggered_at"] == T0 + 10.125
+
+
+def test_only_the_very_snapshot_planned_at_a_time_before_now_is_skipped(redis_client: redis.Redis) -> None:
+    # Arrange: a tick planned PIDS[0]'s snapshot at T0 + 9.75 (the engine holds it)
+    engine, _ = _pending_then_timers(redis_client, every=0.5, after=0.375)
+    pid = PIDS[0]
+    held = engine.planned[pid][1]
+
+    # Assert: that snapshot within a period after is skipped; an equal copy (another snapshot read since), a
+    # time before the planning (the clock went back: a replay restarted) or a whole period after is not
+    assert logic.alert_batch.recently_planned(engine, {pid: held}, T0 + 10.0) == {pid}
+    assert logic.alert_batch.recently_planned(engine, {pid: dict(held)}, T0 + 10.0) == set()
+    assert logic.alert_batch.recently_planned(engine, {pid: held}, T0 + 9.5) == set()
+    assert logic.alert_batch.recently_planned(engine, {pid: held}, T0 + 10.25) == set()
