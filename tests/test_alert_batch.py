@@ -87,7 +87,11 @@ def _run(client: redis.Redis, batched: bool) -> tuple[dict[str, Any], list[dict[
     return _state(store), transitions
 
 
-def test_a_batch_of_snapshots_leaves_the_state_of_one_by_one_evaluation(redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize("per_range", [125, 5])  # one range; five ranges of 5 (the last of 4), two at a time
+def test_a_batch_of_snapshots_leaves_the_state_of_one_by_one_evaluation(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, per_range: int
+) -> None:
+    monkeypatch.setattr(logic.alert_batch, "ALERT_BATCH_PORTFOLIOS", per_range)
     # Act: the same six ticks of 24 portfolios, batched and one by one, each on a fresh store
     batched_state, batched_transitions = _run(redis_client, batched=True)
     single_state, single_transitions = _run(redis_client, batched=False)
@@ -99,7 +103,11 @@ def test_a_batch_of_snapshots_leaves_the_state_of_one_by_one_evaluation(redis_cl
     assert sum(len(s["log"]) for s in batched_state.values()) > len(PIDS)  # and many transitions happened
 
 
-def test_a_conflicting_write_during_the_batch_falls_back_to_one_by_one(redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize("per_range", [125, 5])
+def test_a_conflicting_write_during_the_batch_falls_back_to_one_by_one(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, per_range: int
+) -> None:
+    monkeypatch.setattr(logic.alert_batch, "ALERT_BATCH_PORTFOLIOS", per_range)
     # Arrange: the batch's WATCH is broken by a write to one portfolio's timers between its read and its MULTI
     store = Store(redis_client)
     settings = _shipped()
@@ -115,6 +123,14 @@ def test_a_conflicting_write_during_the_batch_falls_back_to_one_by_one(redis_cli
         return original(pid, *args, **kwargs)
 
     engine.planner.plan_evaluation = plan_and_interfere  # type: ignore[method-assign]
+    one_by_one: list[str] = []
+    evaluate = engine.evaluate
+
+    def counted(pid: str, *args: Any, **kwargs: Any) -> Any:
+        one_by_one.append(pid)
+        return evaluate(pid, *args, **kwargs)
+
+    engine.evaluate = counted  # type: ignore[method-assign]
 
     # Act
     got = engine.evaluate_many(_snapshots(T0, 2), T0)
@@ -127,6 +143,10 @@ def test_a_conflicting_write_during_the_batch_falls_back_to_one_by_one(redis_cli
         assert "var_breach" in store.read_active_alerts(pid)
     # the interfering timer was seen: only an evaluation that read after the write drops it (no such rule)
     assert "someone" not in store.read_json_hash(Store.alert_eval_key(touched[0]))
+    # only the conflicting range went one by one, each of its portfolios once (one range: all of them; ranges of
+    # 5: two at most, as two run at once and the first planning of each may be the one that interferes)
+    assert touched[0] in one_by_one and len(set(one_by_one)) == len(one_by_one)
+    assert len(one_by_one) == len(PIDS) if per_range >= len(PIDS) else len(one_by_one) <= 2 * per_range
 
 
 class _Forgetful(dict):  # type: ignore[type-arg]
