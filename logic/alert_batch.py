@@ -20,7 +20,7 @@ timer (pending and clear periods, escalation, acknowledge timeouts) ran on a clu
 
 On one server :data:`ALERT_BATCH_THREADS` ranges run at once, each on its own connections: while one waits for
 Redis (its read, its MULTI) the other plans, so Redis's time hides behind Python's (a bad day of 1,000 portfolios,
-every active alert's value moving: 275-320 -> 190-235 ms, make bench). The live limits of every portfolio are
+every active alert's value moving: 275-320 -> 190-235 ms, measured in one process). The live limits of every portfolio are
 read first, in one call (they are not WATCHed, and their tracked connection serves one thread); each range's
 transitions are reported in range order.
 
