@@ -20,9 +20,9 @@ timer (pending and clear periods, escalation, acknowledge timeouts) ran on a clu
 
 On one server :data:`ALERT_BATCH_THREADS` ranges run at once, each on its own connections: while one waits for
 Redis (its read, its MULTI) the other plans, so Redis's time hides behind Python's (a bad day of 1,000 portfolios,
-every active alert's value moving: 275-320 -> 190-235 ms, measured in one process). The live limits of every portfolio are
-read first, in one call (they are not WATCHed, and their tracked connection serves one thread); each range's
-transitions are reported in range order.
+every active alert's value moving: 275-320 -> 190-235 ms, measured in one process). The live limits of every
+portfolio are read first, in one call (they are not WATCHed, and their tracked connection serves one thread);
+each range's transitions are reported in range order.
 
 A conflict at step 4 (someone acknowledged or resolved an alert meanwhile) writes nothing of that range; the
 caller then evaluates its portfolios one by one (each in its own transaction, as before). A portfolio whose
