@@ -58,7 +58,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from engine.errors import RiskdeskError
 from engine.settings import AlertRule, Limits
 from engine.store import decode_str
 from engine.store.codec import decode_json_fast
@@ -134,13 +133,13 @@ def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: 
         ranges = [pids[lo : lo + ALERT_BATCH_PORTFOLIOS] for lo in range(0, len(pids), ALERT_BATCH_PORTFOLIOS)]
         if len(ranges) <= 1:
             for portfolios in ranges:
-                _evaluate_range(engine, snapshots, portfolios, now, result)
+                _guarded(engine, snapshots, portfolios, now, result)
             return result
         parts = [BatchResult() for _ in ranges]  # each range's own, merged in order (module docstring)
         # the limits first, for all (not WATCHed, so no later than a range's read; one tracked connection)
         limits = read_limits(engine.store, pids, PortfolioLookup(engine.settings), engine._limits_memo)
         with concurrent.futures.ThreadPoolExecutor(ALERT_BATCH_THREADS, "riskdesk-alert-batch") as pool:
-            futures = [pool.submit(_evaluate_range, engine, snapshots, portfolios, now, part, limits=limits)
+            futures = [pool.submit(_guarded, engine, snapshots, portfolios, now, part, limits=limits)
                        for portfolios, part in zip(ranges, parts, strict=True)]  # fmt: skip
             for future in futures:
                 future.result()
@@ -155,8 +154,25 @@ def evaluate_batch(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: 
         by_slot.setdefault(client.keyslot(engine.store.alert_watch_keys(pid)[0]), []).append(pid)
     for group in by_slot.values():
         for lo in range(0, len(group), ALERT_BATCH_PORTFOLIOS):
-            _evaluate_range(engine, snapshots, group[lo : lo + ALERT_BATCH_PORTFOLIOS], now, result, rules)
+            _guarded(engine, snapshots, group[lo : lo + ALERT_BATCH_PORTFOLIOS], now, result, rules)
     return result
+
+
+def _guarded(
+    engine: AlertEngine, snapshots: Mapping[str, Snapshot], pids: list[str], now: float, result: BatchResult,
+    cluster_rules: tuple[AlertRule, ...] | None = None, *, limits: Mapping[str, Limits | Exception] | None = None,
+) -> None:  # fmt: skip
+    """:func:`_evaluate_range`; a range that fails other than in Redis leaves its portfolios to the per-portfolio
+    path, which reports the error, and the other ranges' results (their automated actions) stand. A Redis error
+    is raised: the store is down for every range alike."""
+    try:
+        _evaluate_range(engine, snapshots, pids, now, result, cluster_rules, limits=limits)
+    except redis.RedisError:
+        raise
+    except Exception:
+        LOGGER.exception("alert batch of %d portfolios failed: they are evaluated one by one", len(pids))
+        held = set(result.one_by_one)
+        result.one_by_one.extend(pid for pid in pids if pid not in held)
 
 
 def recently_planned(engine: AlertEngine, snapshots: Mapping[str, Snapshot], now: float) -> set[str]:
@@ -210,8 +226,8 @@ def _evaluate_range(
                 alerts = _json_hash(alerts_key, stored_alerts)
                 trackers = _json_hash(eval_key, stored_timers)
                 changes = engine.planner.plan_evaluation(pid, snapshot, now, alerts, trackers, rules, limits=live)
-            except (RiskdeskError, ValueError, TypeError, KeyError):
-                failed.append(pid)  # its own transaction reports the error
+            except Exception:  # noqa: BLE001 - any planning failure: its own transaction reports the error
+                failed.append(pid)
                 quiet.pop(pid, None)
                 continue
             if not changes.empty():

@@ -226,8 +226,7 @@ class AlertEngine:
     ) -> dict[str, list[dict[str, Any]]]:
         """:meth:`evaluate` for every snapshot of a tick (portfolio id -> snapshot) in one batch
         (:mod:`logic.alert_batch`: one WATCH, one pipelined read, the same planning, one MULTI); portfolios the
-        batch could not write go through :meth:`evaluate` one by one (errors propagate from there).
-        Returns portfolio id -> transitions."""
+        batch could not write go through :meth:`evaluate` one by one (errors propagate). Returns id -> transitions."""
         from logic.alert_batch import evaluate_batch  # lazily: alert_batch imports this module for its types
 
         now = self.clock() if now is None else float(now)
@@ -390,6 +389,7 @@ class AlertEngine:
     def close(self) -> None:
         """Stop the background thread (after its current tick); safe to call twice."""
         thread, self._background = self._background, None
+        self.timers_every = 0.0  # a direct tick() skips nothing again
         if thread is not None:
             self._stop.set()
             thread.join(timeout=300)

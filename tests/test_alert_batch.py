@@ -13,6 +13,7 @@ import warmup
 from engine.settings import Settings, load_settings
 from engine.store import PortfolioKeys, Store
 from logic.alerts import build_alert_engine
+from logic.rules import ACTION_RULE_PREFIX
 
 from .alerts_support import T0, SimClock, snapshot
 
@@ -232,3 +233,42 @@ def test_only_the_very_snapshot_planned_at_a_time_before_now_is_skipped(redis_cl
     assert logic.alert_batch.recently_planned(engine, {pid: dict(held)}, T0 + 10.0) == set()
     assert logic.alert_batch.recently_planned(engine, {pid: held}, T0 + 9.5) == set()
     assert logic.alert_batch.recently_planned(engine, {pid: held}, T0 + 10.25) == set()
+
+
+def test_a_range_whose_planning_fails_goes_one_by_one_and_the_other_ranges_actions_run(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: ranges of 5 (two at a time); the first portfolio's stored timer of var_warning is JSON but not an
+    # object (its planning fails), and a portfolio of the second range breaches VaR (var_breach sets REDUCING)
+    monkeypatch.setattr(logic.alert_batch, "ALERT_BATCH_PORTFOLIOS", 5)
+    store, _, engine = _fresh(redis_client)
+    pids, broken, breaching = PIDS[:10], PIDS[0], PIDS[7]
+    redis_client.hset(Store.alert_eval_key(broken), "var_warning", '"x"')
+    snaps = {pid: snapshot(pid, T0, var__utilization=1.2 if pid == breaching else 0.5) for pid in pids}
+
+    # Act: the broken portfolio's own evaluation reports its error
+    with pytest.raises(AttributeError):
+        engine.evaluate_many(snaps, T0)
+
+    # Assert: the breach triggered and its automated action ran: none left queued, its outcome on record (the
+    # action's own alert: these test portfolios have no trading state to set); the broken record is left as it was
+    alerts = store.read_active_alerts(breaching)
+    assert "var_breach" in alerts and f"{ACTION_RULE_PREFIX}var_breach" in alerts
+    assert store.read_pending_actions(breaching) == {}
+    assert redis_client.hget(Store.alert_eval_key(broken), "var_warning") == b'"x"'
+
+
+def test_closing_the_timers_thread_lets_a_direct_tick_skip_nothing_again(redis_client: redis.Redis) -> None:
+    # Arrange: a background period set, then the thread stopped
+    store, _, engine = _fresh(redis_client)
+    engine.start_background(0.5)
+    engine.close()
+    pid = PIDS[0]
+    engine.evaluate_many({pid: snapshot(pid, T0, var__utilization=0.85)}, T0)
+    engine.evaluate_many({pid: snapshot(pid, T0 + 9.75, var__utilization=0.85)}, T0 + 9.75)
+
+    # Act: a direct tick 0.375 s after the tick's planning, the pending period (10 s) complete
+    engine.tick(T0 + 10.125)
+
+    # Assert
+    assert "var_warning" in store.read_active_alerts(pid)
