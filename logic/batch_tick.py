@@ -115,19 +115,14 @@ def chunks(count: int, size: int) -> list[tuple[int, int]]:
 
 
 def _ran(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-    """``call()`` run now, its result or its error in a future, as a writer thread's would be: a lane whose EXEC
-    failed is one of the attempt's sent lanes all the same (:meth:`VectorisedTick._remember`)."""
+    """``call()`` run now, its result or its error in a future, as a writer thread's would be (with one lane, or
+    on a cluster): a lane whose EXEC failed is one of the attempt's sent lanes all the same
+    (:meth:`VectorisedTick._remember`)."""
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     try:
         future.set_result(call())
     except Exception as exc:  # noqa: BLE001 - raised by the attempt once every lane is sent, as with threads
         future.set_exception(exc)
-    return future
-
-
-def _done(value: Any) -> concurrent.futures.Future[Any]:
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    future.set_result(value)
     return future
 
 
@@ -445,7 +440,8 @@ class VectorisedTick:
         idle then), else at once. A lane waits for it before it queues its write (:meth:`_write_lane`)."""
         rows = [np.flatnonzero(~r.loaded) for r in reads]
         keys = [r.lane.state.peaks_keys()[p] for r, at in zip(reads, rows, strict=True) for p in at.tolist()]
-        found = pool.submit(read_faults, self.store, keys) if pool is not None else _done(read_faults(self.store, keys))
+        read = functools.partial(read_faults, self.store, keys)
+        found = pool.submit(read) if pool is not None else _ran(read)  # its error raised where a lane waits for it
         starts = np.cumsum([0, *(len(r) for r in rows)]).tolist()
 
         def corrupt(k: int) -> list[int]:
